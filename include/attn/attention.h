@@ -1,0 +1,78 @@
+// attn/attention.h: scaled dot-product attention, the general form the whole family derives from.
+//
+//   out = softmax(scale · Q·Kᵀ + M) · V
+//
+// with PyTorch's semantics (torch.nn.functional.scaled_dot_product_attention), grouped-query attention
+// (H a multiple of Hkv, as PyTorch's enable_gqa=True, without copying K/V), named causal alignment, a
+// key-padding mask, optional attention weights, a sliding window and ALiBi biases.
+//
+// Masking rule, the same on every path (reference, unfused, fused):
+//   key j is hidden from query i when any of these hold:
+//     - the boolean `mask` is false at (b, h, i, j)              (true = may attend, as PyTorch's SDPA)
+//     - `key_padding_mask` is true at (b, j)                     (true = padding, as nn.MultiheadAttention)
+//     - causal: j > i + offset, offset = 0 (kTopLeft) or Lk − Lq (kBottomRight)
+//     - window W > 0 (needs causal): j <= i + offset − W          (each query sees its last W keys)
+//   the score of a visible key is  scale · q_i·k_j + float mask(b, h, i, j) − slope_h · |i + offset − j|
+//   (the last term only with ALiBi slopes). A key whose score is −inf is hidden too.
+// A row in which every key is hidden gives output 0 and weights 0, never NaN. (PyTorch's math backend
+// returns NaN there for boolean masks; attn defines the row as "attends to nothing".)
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "attn/tensor.h"
+
+namespace attn {
+
+// Which keys a causal mask lets query i see.
+enum class CausalAlignment : uint8_t {
+  kNone,        // no causal mask
+  kTopLeft,     // key j <= i: PyTorch's is_causal=True (torch.ones(Lq, Lk).tril(0))
+  kBottomRight, // key j <= i + Lk − Lq: the last query sees every key (incremental decoding, KV cache)
+};
+
+// Which implementation computes the attention.
+enum class AttentionImpl : uint8_t {
+  kAuto,       // the fastest path for the problem (the fused kernel)
+  kFused,      // tiled online-softmax kernel: never materialises [Lq, Lk]
+  kUnfused,    // BLAS GEMMs around a materialised [Lq, Lk] score matrix
+  kReference,  // plain loops in double precision: the readable spec
+};
+
+struct AttentionOptions {
+  // Multiplies Q·Kᵀ. Default 1/√D. Must be finite.
+  std::optional<float> scale;
+  // mask: broadcastable to [B, H, Lq, Lk] (rank 1 to 4, right-aligned as in NumPy).
+  // bool: true = may attend (PyTorch SDPA polarity). float32: added to the scores (−inf hides a key).
+  Tensor mask;
+  // key_padding_mask: [B, Lk] bool, true = this key is padding and is ignored.
+  Tensor key_padding_mask;
+  CausalAlignment causal = CausalAlignment::kNone;
+  // Sliding window: with causal set, each query sees only its last `window` keys. 0 = no window.
+  int64_t window = 0;
+  // ALiBi: alibi_slopes [H] float32; adds −slope_h · |i + offset − j| to each score.
+  Tensor alibi_slopes;
+  // Also return the attention weights [B, H, Lq, Lk] (exact, from the row log-sum-exp).
+  bool return_weights = false;
+  AttentionImpl impl = AttentionImpl::kAuto;
+  // Threads for the kernels; 0 = the OpenMP default (all cores).
+  int num_threads = 0;
+};
+
+struct AttentionResult {
+  Tensor output;   // [B, H, Lq, Dv]
+  Tensor weights;  // [B, H, Lq, Lk] when options.return_weights, else undefined
+};
+
+// q: [B, H, Lq, D]  k: [B, Hkv, Lk, D]  v: [B, Hkv, Lk, Dv]   (H % Hkv == 0; query head h reads kv
+// head h / (H / Hkv), as PyTorch's enable_gqa)
+// Throws ShapeError, DTypeError or ArgumentError naming the argument and the shapes.
+AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const AttentionOptions& options = {});
+
+// Names of the implementations and alignments, for messages and the command line.
+const char* impl_name(AttentionImpl impl);
+const char* causal_name(CausalAlignment causal);
+
+}  // namespace attn

@@ -1,0 +1,48 @@
+// attn/error.h: the typed exceptions every public function throws.
+//
+// Every message names the argument at fault and the shapes involved, e.g.
+//   "scaled_dot_product_attention: k has shape [1, 2, 5, 8] but q has D = 16; k must be [B, Hkv, Lk, D]"
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace attn {
+
+// Base of every error attn throws on bad input.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+// A tensor has the wrong rank or sizes, or two tensors' sizes do not agree.
+class ShapeError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A tensor has the wrong element type (float32 where bool was needed, ...).
+class DTypeError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A value is out of range or an option is inconsistent (scale <= 0, heads not dividing, ...).
+class ArgumentError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A file is unreadable, truncated, corrupt, or its header lies about its contents.
+class FormatError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A named tensor is missing from a weights file.
+class MissingTensorError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace attn

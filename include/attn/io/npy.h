@@ -1,0 +1,27 @@
+// attn/io/npy.h: NumPy .npy files (format versions 1, 2 and 3).
+//
+// Reads little-endian float32 ('<f4'), float64 ('<f8', converted to float32) and bool ('|b1'), C order.
+// Writes float32 or bool, format version 1 (version 2 when the header needs it).
+// Throws FormatError on anything else: a bad magic, an unsupported dtype or Fortran order, a header
+// that is malformed or longer than 1 MiB, a shape whose byte count disagrees with the file's size (the
+// header is checked against the real size before anything is allocated).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attn/tensor.h"
+
+namespace attn::io {
+
+Tensor read_npy(const std::string& path);
+// Parses an in-memory .npy image; `what` names it in error messages.
+Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what);
+
+// Writes atomically: a temporary file renamed into place, so a failure leaves no partial file.
+void write_npy(const std::string& path, const Tensor& tensor);
+std::vector<uint8_t> encode_npy(const Tensor& tensor);
+
+}  // namespace attn::io

@@ -1,0 +1,38 @@
+// attn/io/safetensors.h: Hugging Face .safetensors files.
+//
+// Reads F32, F16, BF16 and F64 (all converted to float32) and BOOL; writes F32 and BOOL.
+// Throws FormatError on a truncated or corrupt file: a header length past the file's end or over
+// 100 MiB, invalid JSON, a missing or mistyped field, an unsupported dtype, data offsets outside the
+// data or disagreeing with the shape. Nothing is allocated from a size the file has not backed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "attn/tensor.h"
+
+namespace attn::io {
+
+struct Safetensors {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> metadata;  // the "__metadata__" object (string values)
+
+  // The tensor called `name`; throws MissingTensorError listing what the file has.
+  const Tensor& at(const std::string& name) const;
+  bool contains(const std::string& name) const { return tensors.count(name) != 0; }
+  std::string source;  // the path or description it was read from, for messages
+};
+
+Safetensors read_safetensors(const std::string& path);
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what);
+
+// Writes atomically (temporary file, then rename).
+void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& tensors,
+                                        const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace attn::io

@@ -1,0 +1,59 @@
+// Chooses the fused kernel compiled for the best instruction set the processor has.
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/attention_fused.h"
+
+namespace attn::detail {
+
+SimdLevel simd_level_supported() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return SimdLevel::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::kAvx2;
+#endif
+  return SimdLevel::kScalar;
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kAvx512: return "avx512";
+    case SimdLevel::kAvx2: return "avx2";
+    case SimdLevel::kScalar: return "scalar";
+  }
+  return "?";
+}
+
+namespace {
+SimdLevel clamp_to_supported(SimdLevel level) {
+  const SimdLevel best = simd_level_supported();
+  return static_cast<int>(level) > static_cast<int>(best) ? best : level;
+}
+
+SimdLevel initial_level() {
+  const char* env = std::getenv("ATTN_SIMD");
+  if (env != nullptr) {
+    if (std::strcmp(env, "scalar") == 0) return clamp_to_supported(SimdLevel::kScalar);
+    if (std::strcmp(env, "avx2") == 0) return clamp_to_supported(SimdLevel::kAvx2);
+  }
+  return simd_level_supported();
+}
+
+SimdLevel& active_level() {
+  static SimdLevel level = initial_level();
+  return level;
+}
+}  // namespace
+
+SimdLevel simd_level_active() { return active_level(); }
+void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(level); }
+
+void attention_fused(const AttentionProblem& p) {
+  switch (simd_level_active()) {
+    case SimdLevel::kAvx512: avx512::attention_fused(p); return;
+    case SimdLevel::kAvx2: avx2::attention_fused(p); return;
+    case SimdLevel::kScalar: scalar::attention_fused(p); return;
+  }
+}
+
+}  // namespace attn::detail

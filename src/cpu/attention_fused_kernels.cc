@@ -1,0 +1,392 @@
+// The fused attention kernel (FlashAttention-2 forward on a CPU). Compiled once per instruction set:
+// ATTN_TARGET names the namespace (avx512, avx2, scalar) and the compiler flags pick simd::Vec.
+//
+// For each task (b, h, query tile of up to kBq rows, key split):
+//   qs = scale · Q_tile                                   // [rows, D]
+//   m = −inf, l = 0, acc = 0                              // [rows], [rows], [rows, Dv]
+//   for each key tile K_t, V_t (kBk keys) that the causal/window range can reach:
+//     S = qs · K_tᵀ                                       // [rows, kBk], never wider than a tile
+//     S = mask(S)                                         // only on tiles that need it
+//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')
+//     l = c·l + rowsum P;  acc = c·acc + P · V_t;  m = m'
+//   out = acc / l  (0 where l = 0: a row with every key hidden)
+// The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
+// (decode: few queries, long K/V) each split keeps its own (m, l, acc) and they merge by log-sum-exp.
+// Weights, when asked for, come from a second pass over K: w = exp(S − lse), lse = m + log l.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/attention_fused.h"
+#include "cpu/simd.h"
+#include "cpu/threads.h"
+
+#ifndef ATTN_TARGET
+#error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
+#endif
+
+namespace attn::detail::ATTN_TARGET {
+namespace {
+
+using simd::Vec;
+constexpr int W = Vec::W;
+constexpr int64_t kBq = 64;               // query rows per tile
+constexpr int64_t kBk = 64;               // keys per tile; a multiple of 2·W
+constexpr int kScoreRows = W == 16 ? 8 : 6;  // rows of the Q·Kᵀ register tile (× 2 vectors)
+constexpr int kPvRows = 4;                // rows of the P·V register tile
+constexpr int kPvVecs = W == 16 ? 4 : 2;  // vectors of the P·V register tile
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+static_assert(kBk % (2 * W) == 0);
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N].
+template <int N, class F>
+void with_const(int n, F&& f) {
+  if constexpr (N >= 1) {
+    if (n == N) return f(std::integral_constant<int, N>{});
+    with_const<N - 1>(n, f);
+  }
+}
+
+// Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
+struct Workspace {
+  std::vector<float> qs;   // [kBq, D]      scaled queries of the tile
+  std::vector<float> kt;   // [D, kBk]      transposed key tile, zero beyond the tile's keys
+  std::vector<float> vp;   // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
+  std::vector<float> s;    // [kBq, kBk]    scores, then probabilities
+  std::vector<float> acc;  // [kBq, Dvp]
+  std::vector<float> m, l; // [kBq]
+  void reserve(int64_t D, int64_t Dvp) {
+    auto grow = [](std::vector<float>& b, int64_t n) {
+      if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+    };
+    grow(qs, kBq * std::max<int64_t>(D, 1));
+    grow(kt, std::max<int64_t>(D, 1) * kBk);
+    grow(vp, kBk * Dvp);
+    grow(s, kBq * kBk);
+    grow(acc, kBq * std::max<int64_t>(Dvp, 1));
+    grow(m, kBq);
+    grow(l, kBq);
+  }
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+// s[r, c] = Σ_d qs[r, d] · kt[d, c] for R rows and `cols` columns (a multiple of 2W).
+template <int R>
+void score_tile(const float* qs, int64_t D, const float* kt, int64_t cols, float* s) {
+  for (int64_t c = 0; c < cols; c += 2 * W) {
+    Vec a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = Vec::zero();
+    for (int64_t d = 0; d < D; ++d) {
+      const Vec k0 = Vec::load(kt + d * kBk + c), k1 = Vec::load(kt + d * kBk + c + W);
+      for (int r = 0; r < R; ++r) {
+        const Vec qb = Vec::set1(qs[r * D + d]);
+        a0[r] = Vec::fmadd(qb, k0, a0[r]);
+        a1[r] = Vec::fmadd(qb, k1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      a0[r].store(s + r * kBk + c);
+      a1[r].store(s + r * kBk + c + W);
+    }
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  Vec acc = Vec::zero();
+  int64_t d = 0;
+  for (; d + W <= n; d += W) acc = Vec::fmadd(Vec::load(a + d), Vec::load(b + d), acc);
+  float s = acc.reduce_add();
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// S[rows, n] = qs · K[j0 : j0 + n]ᵀ
+void compute_scores(const AttentionProblem& p, const float* k, int64_t j0, int64_t n, int64_t rows, Workspace& ws) {
+  const int64_t D = p.D;
+  if (rows <= 4) {
+    // Few queries (decode): dot products straight from K's rows, no transpose.
+    for (int64_t jj = 0; jj < n; ++jj) {
+      const float* kj = k + (j0 + jj) * p.k_sl;
+      for (int64_t r = 0; r < rows; ++r) ws.s[r * kBk + jj] = dot(ws.qs.data() + r * D, kj, D);
+    }
+    return;
+  }
+  // kt = K_tileᵀ : [D, kBk], columns past n zero
+  const int64_t cols = round_up(n, 2 * W);
+  for (int64_t d = 0; d < D; ++d) std::fill(ws.kt.data() + d * kBk + n, ws.kt.data() + d * kBk + cols, 0.0f);
+  for (int64_t jj = 0; jj < n; ++jj) {
+    const float* kj = k + (j0 + jj) * p.k_sl;
+    for (int64_t d = 0; d < D; ++d) ws.kt[d * kBk + jj] = kj[d];
+  }
+  int64_t r = 0;
+  for (; r + kScoreRows <= rows; r += kScoreRows)
+    score_tile<kScoreRows>(ws.qs.data() + r * D, D, ws.kt.data(), cols, ws.s.data() + r * kBk);
+  if (r < rows)
+    with_const<kScoreRows>(static_cast<int>(rows - r), [&](auto R) {
+      score_tile<decltype(R)::value>(ws.qs.data() + r * D, D, ws.kt.data(), cols, ws.s.data() + r * kBk);
+    });
+}
+
+// acc[r, c·W ...] += Σ_j P[r, j] · V[j, c·W ...] for R rows and C vectors of columns.
+template <int R, int C>
+void pv_tile(const float* P, int64_t n, const float* V, int64_t v_stride, float* acc, int64_t acc_stride) {
+  Vec a[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) a[r][c] = Vec::load(acc + r * acc_stride + c * W);
+  for (int64_t j = 0; j < n; ++j) {
+    Vec vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = Vec::load(V + j * v_stride + c * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec pb = Vec::set1(P[r * kBk + j]);
+      for (int c = 0; c < C; ++c) a[r][c] = Vec::fmadd(pb, vv[c], a[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) a[r][c].store(acc + r * acc_stride + c * W);
+}
+
+// acc[rows, Dvp] += P[rows, n] · V[n, Dvp]
+void accumulate_pv(const float* V, int64_t v_stride, int64_t n, int64_t rows, int64_t Dvp, Workspace& ws) {
+  const int64_t vecs = Dvp / W;
+  for (int64_t r = 0; r < rows; r += kPvRows) {
+    const int R = static_cast<int>(std::min<int64_t>(kPvRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += kPvVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(kPvVecs, vecs - c));
+      with_const<kPvRows>(R, [&](auto RR) {
+        with_const<kPvVecs>(C, [&](auto CC) {
+          pv_tile<decltype(RR)::value, decltype(CC)::value>(ws.s.data() + r * kBk, n, V + c * W, v_stride,
+                                                            ws.acc.data() + r * Dvp + c * W, Dvp);
+        });
+      });
+    }
+  }
+}
+
+// Rows [i0, i0 + rows) of head (b, h): scaled queries into ws.qs.
+void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& ws) {
+  const float* q = p.q + b * p.q_sb + h * p.q_sh;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * p.scale;
+}
+
+// Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
+bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+  if (!only_range_masking(p)) return true;
+  int64_t lo_last, hi_last, lo_first, hi_first;
+  p.key_range(i0 + rows - 1, &lo_last, &hi_last);
+  p.key_range(i0, &lo_first, &hi_first);
+  // inside every row's [lo, hi): lo grows and hi grows with i
+  return j0 < lo_last || j0 + n > hi_first;
+}
+
+// Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); ws.qs already
+// holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
+void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
+                     int64_t j_end, int64_t Dvp, Workspace& ws) {
+  const int64_t kvh = p.kv_head(h);
+  const float* k = p.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
+  const float* v = p.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
+  const bool pack_v = p.Dv % W != 0;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
+    const int64_t n = std::min(kBk, j_end - j0);
+    compute_scores(p, k, j0, n, rows, ws);
+    const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = ws.s.data() + r * kBk;
+      if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+      // m' = max(m, rowmax s)
+      float tile_max = kNegInf;
+      for (int64_t j = 0; j < n; ++j) tile_max = std::max(tile_max, s[j]);
+      const float m_new = std::max(ws.m[r], tile_max);
+      if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+        std::fill(s, s + n, 0.0f);
+        continue;
+      }
+      // P = exp(s − m'), l = c·l + Σ P
+      const Vec mv = Vec::set1(m_new);
+      Vec sum = Vec::zero();
+      int64_t j = 0;
+      for (; j + W <= n; j += W) {
+        const Vec e = simd::exp(Vec::load(s + j) - mv);
+        e.store(s + j);
+        sum = sum + e;
+      }
+      float tail = 0.0f;
+      if (j < n) {
+        float buf[W];
+        std::fill(buf, buf + W, kNegInf);
+        std::copy(s + j, s + n, buf);
+        (simd::exp(Vec::load(buf) - mv)).store(buf);
+        for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
+      }
+      const float c = ws.m[r] == kNegInf ? 0.0f : std::exp(ws.m[r] - m_new);
+      ws.l[r] = ws.l[r] * c + sum.reduce_add() + tail;
+      ws.m[r] = m_new;
+      if (c != 1.0f) {
+        float* acc = ws.acc.data() + r * Dvp;
+        for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
+      }
+    }
+    // acc += P · V_tile
+    const float* vt = v + j0 * p.v_sl;
+    int64_t v_stride = p.v_sl;
+    if (pack_v) {
+      for (int64_t jj = 0; jj < n; ++jj) {
+        std::copy(vt + jj * p.v_sl, vt + jj * p.v_sl + p.Dv, ws.vp.data() + jj * Dvp);
+        std::fill(ws.vp.data() + jj * Dvp + p.Dv, ws.vp.data() + (jj + 1) * Dvp, 0.0f);
+      }
+      vt = ws.vp.data();
+      v_stride = Dvp;
+    }
+    accumulate_pv(vt, v_stride, n, rows, Dvp, ws);
+  }
+}
+
+// The keys any row of [i0, i0 + rows) may see, as a half-open range.
+void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t* lo, int64_t* hi) {
+  int64_t unused;
+  p.key_range(i0, lo, &unused);
+  p.key_range(i0 + rows - 1, &unused, hi);
+}
+
+// Second pass: weights[b, h, i, :] = exp(S − lse_i) for rows [i0, i0 + rows); 0 where hidden.
+void write_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* lse,
+                   Workspace& ws) {
+  const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
+  for (int64_t j0 = 0; j0 < p.Lk; j0 += kBk) {
+    const int64_t n = std::min(kBk, p.Lk - j0);
+    compute_scores(p, k, j0, n, rows, ws);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = ws.s.data() + r * kBk;
+      float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+      if (lse[r] == kNegInf) {
+        std::fill(w, w + n, 0.0f);
+        continue;
+      }
+      const Vec lv = Vec::set1(lse[r]);
+      int64_t j = 0;
+      for (; j + W <= n; j += W) simd::exp(Vec::load(s + j) - lv).store(w + j);
+      for (; j < n; ++j) w[j] = std::exp(s[j] - lse[r]);
+    }
+  }
+}
+
+}  // namespace
+
+float exp_for_test(float x) {
+  float buf[W];
+  std::fill(buf, buf + W, x);
+  simd::exp(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+
+void attention_fused(const AttentionProblem& p) {
+  if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
+  const int threads = resolve_threads(p.num_threads);
+  const int64_t Dvp = round_up(p.Dv, W);
+  const int64_t tiles = (p.Lq + kBq - 1) / kBq;
+  const int64_t heads = p.B * p.H * tiles;
+  // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
+  int64_t splits = 1;
+  if (p.Lq <= 4 && heads < 2 * threads) splits = std::min<int64_t>((2 * threads + heads - 1) / heads, (p.Lk + kBk - 1) / kBk);
+  splits = std::max<int64_t>(splits, 1);
+  // Per task: its rows' m, l and acc (kept for the merge when splits > 1) and lse for the weights pass.
+  const int64_t row_state = 2 + Dvp;
+  thread_local std::vector<float> partial;  // [heads, splits, kBq, row_state]
+  thread_local std::vector<float> lse;      // [B, H, Lq]
+  if (splits > 1 && static_cast<int64_t>(partial.size()) < heads * splits * kBq * row_state)
+    partial.resize(static_cast<size_t>(heads * splits * kBq * row_state));
+  if (p.weights && static_cast<int64_t>(lse.size()) < p.B * p.H * p.Lq) lse.resize(static_cast<size_t>(p.B * p.H * p.Lq));
+  float* partial_data = partial.data();
+  float* lse_data = lse.data();
+
+#pragma omp parallel num_threads(threads)
+  {
+    Workspace& ws = thread_workspace();
+    ws.reserve(p.D, Dvp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < heads * splits; ++task) {
+      const int64_t split = task % splits, tile = task / splits % tiles, bh = task / splits / tiles;
+      const int64_t b = bh / p.H, h = bh % p.H;
+      const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+      int64_t lo, hi;
+      tile_key_range(p, i0, rows, &lo, &hi);
+      if (splits > 1) {  // this split's share of the keys, whole tiles each
+        const int64_t ntiles = hi > lo ? (hi - lo + kBk - 1) / kBk : 0;
+        const int64_t a = lo + ntiles * split / splits * kBk, e = lo + ntiles * (split + 1) / splits * kBk;
+        lo = std::min(a, hi);
+        hi = std::min(e, hi);
+      }
+      pack_queries(p, b, h, i0, rows, ws);
+      std::fill(ws.m.begin(), ws.m.begin() + rows, kNegInf);
+      std::fill(ws.l.begin(), ws.l.begin() + rows, 0.0f);
+      std::fill(ws.acc.begin(), ws.acc.begin() + rows * Dvp, 0.0f);
+      if (lo < hi) accumulate_keys(p, b, h, i0, rows, lo, hi, Dvp, ws);
+      if (splits > 1) {
+        float* state = partial_data + task * kBq * row_state;
+        for (int64_t r = 0; r < rows; ++r) {
+          state[r * row_state] = ws.m[r];
+          state[r * row_state + 1] = ws.l[r];
+          std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * row_state + 2);
+        }
+        continue;
+      }
+      // out = acc / l ; lse = m + log l
+      float* o = p.o + b * p.o_sb + h * p.o_sh;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float inv = ws.l[r] > 0.0f ? 1.0f / ws.l[r] : 0.0f;
+        for (int64_t d = 0; d < p.Dv; ++d) o[(i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
+        if (p.weights) lse_data[bh * p.Lq + i0 + r] = ws.l[r] > 0.0f ? ws.m[r] + std::log(ws.l[r]) : kNegInf;
+      }
+    }
+
+    if (splits > 1) {
+      // Merge the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic).
+#pragma omp for schedule(static)
+      for (int64_t head = 0; head < heads; ++head) {
+        const int64_t tile = head % tiles, bh = head / tiles, b = bh / p.H, h = bh % p.H;
+        const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+        float* o = p.o + b * p.o_sb + h * p.o_sh;
+        for (int64_t r = 0; r < rows; ++r) {
+          float m = kNegInf;
+          for (int64_t s = 0; s < splits; ++s) m = std::max(m, partial_data[((head * splits + s) * kBq + r) * row_state]);
+          float l = 0.0f;
+          float* out = o + (i0 + r) * p.o_sl;
+          std::fill(out, out + p.Dv, 0.0f);
+          if (m != kNegInf) {
+            for (int64_t s = 0; s < splits; ++s) {
+              const float* state = partial_data + ((head * splits + s) * kBq + r) * row_state;
+              if (state[0] == kNegInf) continue;
+              const float c = std::exp(state[0] - m);
+              l += c * state[1];
+              for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
+            }
+            for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
+          }
+          if (p.weights) lse_data[bh * p.Lq + i0 + r] = l > 0.0f ? m + std::log(l) : kNegInf;
+        }
+      }
+    }
+
+    if (p.weights) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t head = 0; head < heads; ++head) {
+        const int64_t tile = head % tiles, bh = head / tiles, b = bh / p.H, h = bh % p.H;
+        const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+        pack_queries(p, b, h, i0, rows, ws);
+        write_weights(p, b, h, i0, rows, lse_data + bh * p.Lq + i0, ws);
+      }
+    }
+  }
+}
+
+}  // namespace attn::detail::ATTN_TARGET

@@ -1,0 +1,154 @@
+// A small SIMD vocabulary for the kernels, one definition per instruction set. The file that includes
+// it is compiled once per target (-mavx512f..., -mavx2 -mfma, or nothing) and `Vec` is the widest
+// vector that target has; `kTargetName` names it. Kernels are written once against this vocabulary.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace attn::simd {
+
+#if defined(__AVX512F__)
+inline constexpr const char* kTargetName = "avx512";
+struct Vec {
+  static constexpr int W = 16;
+  __m512 v;
+  static Vec zero() { return {_mm512_setzero_ps()}; }
+  static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }  // a·b + c
+  static Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+  float reduce_max() const { return _mm512_reduce_max_ps(v); }
+  float reduce_add() const { return _mm512_reduce_add_ps(v); }
+  // 2^n for integral-valued n in [-126, 127]
+  static Vec pow2i(Vec n) {
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+  }
+  static Vec round(Vec x) { return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  // x < t ? 0 : y
+  static Vec zero_below(Vec x, float t, Vec y) {
+    __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(t), _CMP_LT_OQ);
+    return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr const char* kTargetName = "avx2";
+struct Vec {
+  static constexpr int W = 8;
+  __m256 v;
+  static Vec zero() { return {_mm256_setzero_ps()}; }
+  static Vec set1(float x) { return {_mm256_set1_ps(x)}; }
+  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static Vec min(Vec a, Vec b) { return {_mm256_min_ps(a.v, b.v)}; }
+  float reduce_max() const {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  float reduce_add() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+  static Vec pow2i(Vec n) {
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+  }
+  static Vec round(Vec x) { return {_mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static Vec zero_below(Vec x, float t, Vec y) {
+    __m256 m = _mm256_cmp_ps(x.v, _mm256_set1_ps(t), _CMP_LT_OQ);
+    return {_mm256_andnot_ps(m, y.v)};
+  }
+};
+#else
+inline constexpr const char* kTargetName = "scalar";
+// Portable fallback: eight lanes in a plain array; the compiler vectorises what it can.
+struct Vec {
+  static constexpr int W = 8;
+  float v[W];
+  static Vec zero() { return set1(0.0f); }
+  static Vec set1(float x) {
+    Vec r;
+    for (float& e : r.v) e = x;
+    return r;
+  }
+  static Vec load(const float* p) {
+    Vec r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  void store(float* p) const { std::memcpy(p, v, sizeof v); }
+#define ATTN_LANEWISE(expr) \
+  Vec r;                    \
+  for (int i = 0; i < W; ++i) r.v[i] = (expr); \
+  return r
+  friend Vec operator+(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] + b.v[i]); }
+  friend Vec operator-(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] - b.v[i]); }
+  friend Vec operator*(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] * b.v[i]); }
+  static Vec fmadd(Vec a, Vec b, Vec c) { ATTN_LANEWISE(std::fma(a.v[i], b.v[i], c.v[i])); }
+  static Vec max(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] > b.v[i] ? a.v[i] : b.v[i]); }
+  static Vec min(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] < b.v[i] ? a.v[i] : b.v[i]); }
+  static Vec pow2i(Vec n) {
+    Vec r;
+    for (int i = 0; i < W; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n.v[i]) + 127) << 23;
+      std::memcpy(&r.v[i], &bits, 4);
+    }
+    return r;
+  }
+  static Vec round(Vec x) { ATTN_LANEWISE(std::nearbyint(x.v[i])); }
+  static Vec zero_below(Vec x, float t, Vec y) { ATTN_LANEWISE(x.v[i] < t ? 0.0f : y.v[i]); }
+#undef ATTN_LANEWISE
+  float reduce_max() const {
+    float m = v[0];
+    for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;
+    return m;
+  }
+  float reduce_add() const {
+    float s = 0.0f;
+    for (int i = 0; i < W; ++i) s += v[i];
+    return s;
+  }
+};
+#endif
+
+// exp(x) for float lanes: Cody–Waite range reduction x = n·ln2 + r, |r| <= ln2/2, then a degree-6
+// polynomial for e^r (Cephes' coefficients) and 2^n through the exponent bits. Relative error below
+// 2e-7 wherever the result is a normal float (tested against std::exp in double over [-87, 88]);
+// x < -87.3 (including −inf) gives exactly 0, so masked scores give weights that are exactly 0.
+inline Vec exp(Vec x) {
+  // clamp to [-87.3, 88.37]: keeps 2^n a normal float
+  const Vec xm = Vec::min(Vec::max(x, Vec::set1(-87.3f)), Vec::set1(88.3762626647949f));
+  const Vec n = Vec::round(xm * Vec::set1(1.44269504088896341f));
+  Vec r = Vec::fmadd(n, Vec::set1(-0.693359375f), xm);
+  r = Vec::fmadd(n, Vec::set1(2.12194440e-4f), r);
+  Vec y = Vec::set1(1.9875691500e-4f);
+  y = Vec::fmadd(y, r, Vec::set1(1.3981999507e-3f));
+  y = Vec::fmadd(y, r, Vec::set1(8.3334519073e-3f));
+  y = Vec::fmadd(y, r, Vec::set1(4.1665795894e-2f));
+  y = Vec::fmadd(y, r, Vec::set1(1.6666665459e-1f));
+  y = Vec::fmadd(y, r, Vec::set1(5.0000001201e-1f));
+  y = Vec::fmadd(y * r, r, r + Vec::set1(1.0f));  // 1 + r + r²·P(r)
+  return Vec::zero_below(x, -87.3f, y * Vec::pow2i(n));
+}
+
+}  // namespace attn::simd

@@ -1,0 +1,16 @@
+// Internal: whole-file reads with a size cap, and atomic writes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attn::io::detail {
+
+// The file's bytes; FormatError if it cannot be read.
+std::vector<uint8_t> read_file(const std::string& path);
+// Writes `bytes` to path + ".tmp-XXXX" and renames it onto `path`; on failure removes the temporary
+// and throws attn::Error, so `path` is either the complete new file or untouched.
+void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
+
+}  // namespace attn::io::detail

@@ -1,0 +1,173 @@
+// .safetensors reader and writer: [u64 header length N][N bytes of JSON][data]. Every size in the JSON
+// is checked against the bytes that are really there before a tensor is allocated.
+#include "attn/io/safetensors.h"
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "attn/error.h"
+#include "io/file.h"
+
+namespace attn::io {
+namespace {
+
+constexpr uint64_t kMaxHeader = uint64_t{100} << 20;
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal half: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) mant <<= 1, --exp;
+      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+struct DTypeInfo {
+  const char* name;
+  size_t itemsize;
+  DType dtype;
+};
+const DTypeInfo kDTypes[] = {{"F32", 4, DType::kFloat32}, {"F16", 2, DType::kFloat32}, {"BF16", 2, DType::kFloat32},
+                             {"F64", 8, DType::kFloat32}, {"BOOL", 1, DType::kBool}};
+
+}  // namespace
+
+const Tensor& Safetensors::at(const std::string& name) const {
+  auto it = tensors.find(name);
+  if (it != tensors.end()) return it->second;
+  std::string have;
+  for (const auto& [n, t] : tensors) have += (have.empty() ? "" : ", ") + n + " " + shape_str(t.shape());
+  throw MissingTensorError(source + ": no tensor named '" + name + "' (the file has: " + (have.empty() ? "nothing" : have) + ")");
+}
+
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
+  if (size < 8) throw FormatError(what + ": not a .safetensors file (shorter than 8 bytes)");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+  if (n > kMaxHeader) throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " exceeds 100 MiB");
+  if (n > size - 8)
+    throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " runs past the end of the file (size " +
+                      std::to_string(size) + ")");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(data + 8, data + 8 + n);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(what + ": .safetensors header is not valid JSON (" + e.what() + ")");
+  }
+  if (!header.is_object()) throw FormatError(what + ": .safetensors header is not a JSON object");
+  const uint8_t* body = data + 8 + n;
+  const uint64_t body_size = size - 8 - n;
+  Safetensors out;
+  out.source = what;
+  for (const auto& [name, entry] : header.items()) {
+    const std::string where = what + ": tensor '" + name + "'";
+    if (name == "__metadata__") {
+      if (!entry.is_object()) throw FormatError(what + ": __metadata__ is not an object");
+      for (const auto& [k, v] : entry.items())
+        if (v.is_string()) out.metadata[k] = v.get<std::string>();
+      continue;
+    }
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets") ||
+        !entry["dtype"].is_string() || !entry["shape"].is_array() || !entry["data_offsets"].is_array() ||
+        entry["data_offsets"].size() != 2)
+      throw FormatError(where + " needs 'dtype' (string), 'shape' (array) and 'data_offsets' ([begin, end])");
+    const std::string dt = entry["dtype"].get<std::string>();
+    const DTypeInfo* info = nullptr;
+    for (const DTypeInfo& d : kDTypes)
+      if (dt == d.name) info = &d;
+    if (info == nullptr) throw FormatError(where + " has unsupported dtype " + dt + " (F32, F16, BF16, F64, BOOL)");
+    Shape shape;
+    for (const auto& s : entry["shape"]) {
+      if (!s.is_number_unsigned() || shape.size() >= 32) throw FormatError(where + " has a malformed shape");
+      shape.push_back(static_cast<int64_t>(std::min<uint64_t>(s.get<uint64_t>(), uint64_t{1} << 62)));
+    }
+    const auto& off = entry["data_offsets"];
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) throw FormatError(where + " has malformed data_offsets");
+    const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end || end > body_size)
+      throw FormatError(where + " has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                        "] outside the data (" + std::to_string(body_size) + " bytes)");
+    int64_t numel;
+    try {
+      numel = shape_numel(shape);
+    } catch (const ShapeError&) {
+      throw FormatError(where + " has shape " + shape_str(shape) + " with too many elements");
+    }
+    if (static_cast<uint64_t>(numel) > (end - begin) / info->itemsize ||
+        static_cast<uint64_t>(numel) * info->itemsize != end - begin)
+      throw FormatError(where + " has shape " + shape_str(shape) + " of " + dt + " but " + std::to_string(end - begin) +
+                        " bytes of data");
+    Tensor t(shape, info->dtype);
+    const uint8_t* src = body + begin;
+    for (int64_t i = 0; i < numel; ++i) {
+      if (dt == "F32") {
+        std::memcpy(t.f32() + i, src + 4 * i, 4);
+      } else if (dt == "F16") {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        t.f32()[i] = half_to_float(h);
+      } else if (dt == "BF16") {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(t.f32() + i, &bits, 4);
+      } else if (dt == "F64") {
+        double d;
+        std::memcpy(&d, src + 8 * i, 8);
+        t.f32()[i] = static_cast<float>(d);
+      } else {
+        t.b8()[i] = src[i] ? 1 : 0;
+      }
+    }
+    out.tensors[name] = std::move(t);
+  }
+  return out;
+}
+
+Safetensors read_safetensors(const std::string& path) {
+  const std::vector<uint8_t> bytes = detail::read_file(path);
+  return parse_safetensors(bytes.data(), bytes.size(), path);
+}
+
+std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& tensors,
+                                        const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined()) throw ArgumentError("write_safetensors: tensor '" + name + "' is empty (undefined)");
+    header[name] = {{"dtype", t.dtype() == DType::kFloat32 ? "F32" : "BOOL"},
+                    {"shape", t.shape()},
+                    {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::vector<uint8_t> out(8);
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  out.insert(out.end(), text.begin(), text.end());
+  for (const auto& [name, t] : tensors) {
+    const auto* raw = static_cast<const uint8_t*>(t.raw());
+    out.insert(out.end(), raw, raw + t.nbytes());
+  }
+  return out;
+}
+
+void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  detail::write_file_atomically(path, encode_safetensors(tensors, metadata));
+}
+
+}  // namespace attn::io

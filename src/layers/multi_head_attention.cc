@@ -1,0 +1,280 @@
+// MultiHeadAttention: projections through BLAS, heads read in place by the attention kernel.
+//
+// Layout: the projections write Q as [B·Lq, H·Dh], i.e. [B, Lq, H, Dh]; head h of batch b is the
+// strided view q[b, :, h, :], which the kernel reads through AttentionProblem's strides. The kernel
+// writes its output the same way, [B, Lq, H, Dh] = [B·Lq, E], which is the input of out_proj: no
+// transposing copy anywhere.
+#include "attn/layers/multi_head_attention.h"
+
+#include <cmath>
+#include <random>
+
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "ops/attention_problem.h"
+#include "ops/linear.h"
+
+namespace attn {
+namespace {
+
+const char* kWho = "MultiHeadAttention";
+
+void check_config(MultiHeadAttentionConfig& c) {
+  if (c.num_kv_heads == 0) c.num_kv_heads = c.num_heads;
+  if (c.kdim == 0) c.kdim = c.embed_dim;
+  if (c.vdim == 0) c.vdim = c.embed_dim;
+  if (c.embed_dim <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.kdim <= 0 || c.vdim <= 0)
+    throw ArgumentError(std::string(kWho) + ": embed_dim, num_heads, num_kv_heads, kdim and vdim must be positive (E = " +
+                        std::to_string(c.embed_dim) + ", H = " + std::to_string(c.num_heads) + ")");
+  if (c.embed_dim % c.num_heads != 0)
+    throw ArgumentError(std::string(kWho) + ": embed_dim E = " + std::to_string(c.embed_dim) +
+                        " is not divisible by num_heads H = " + std::to_string(c.num_heads));
+  if (c.num_heads % c.num_kv_heads != 0)
+    throw ArgumentError(std::string(kWho) + ": num_heads H = " + std::to_string(c.num_heads) +
+                        " is not a multiple of num_kv_heads Hkv = " + std::to_string(c.num_kv_heads));
+}
+
+Tensor xavier_uniform(Shape shape, int64_t fan_in, int64_t fan_out, std::mt19937_64& rng) {
+  const float bound = std::sqrt(6.0f / static_cast<float>(fan_in + fan_out));
+  std::uniform_real_distribution<float> dist(-bound, bound);
+  Tensor t(std::move(shape));
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
+
+const Tensor& take(const std::map<std::string, Tensor>& tensors, const std::string& name, const Shape& shape) {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) {
+    std::string have;
+    for (const auto& [n, t] : tensors) have += (have.empty() ? "" : ", ") + n;
+    throw MissingTensorError(std::string(kWho) + ": the weights lack '" + name + "' (they have: " +
+                             (have.empty() ? "nothing" : have) + ")");
+  }
+  if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
+    throw ShapeError(std::string(kWho) + ": '" + name + "' has shape " + shape_str(it->second.shape()) + " (" +
+                     dtype_name(it->second.dtype()) + ") but the config needs float32 " + shape_str(shape));
+  return it->second;
+}
+
+// Rows [r0, r0 + n) of a [R, C] tensor, copied.
+Tensor rows(const Tensor& t, int64_t r0, int64_t n) {
+  const int64_t C = t.dim(1);
+  Tensor out({n, C});
+  std::copy(t.f32() + r0 * C, t.f32() + (r0 + n) * C, out.f32());
+  return out;
+}
+
+Tensor concat_rows(const std::vector<const Tensor*>& parts) {
+  int64_t R = 0;
+  for (const Tensor* p : parts) R += p->dim(0);
+  Shape shape = parts[0]->shape();
+  shape[0] = R;
+  Tensor out(shape);
+  float* dst = out.f32();
+  for (const Tensor* p : parts) dst = std::copy(p->f32(), p->f32() + p->numel(), dst);
+  return out;
+}
+
+void require_input(const Tensor& t, const char* arg, int64_t B, int64_t width, const char* width_name) {
+  if (!t.defined()) throw ArgumentError(std::string(kWho) + ": " + arg + " is missing");
+  if (t.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(kWho) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()));
+  if (t.rank() != 3 || (B >= 0 && t.dim(0) != B) || t.dim(2) != width)
+    throw ShapeError(std::string(kWho) + ": " + arg + " has shape " + shape_str(t.shape()) + " but must be [B" +
+                     (B >= 0 ? " = " + std::to_string(B) : std::string()) + ", L, " + width_name + " = " +
+                     std::to_string(width) + "] (batch first)");
+}
+
+}  // namespace
+
+MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, uint64_t seed) : config_(config) {
+  check_config(config_);
+  const int64_t E = config_.embed_dim, kv = config_.num_kv_heads * head_dim();
+  std::mt19937_64 rng(seed);
+  w_q = xavier_uniform({E, E}, E, E + 2 * kv, rng);
+  w_k = xavier_uniform({kv, config_.kdim}, config_.kdim, E + 2 * kv, rng);
+  w_v = xavier_uniform({kv, config_.vdim}, config_.vdim, E + 2 * kv, rng);
+  w_o = xavier_uniform({E, E}, E, E, rng);
+  if (config_.bias) {
+    b_q = Tensor({E});
+    b_k = Tensor({kv});
+    b_v = Tensor({kv});
+    b_o = Tensor({E});
+  }
+}
+
+MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::string, Tensor>& tensors,
+                                                       const MultiHeadAttentionConfig& config, const std::string& prefix) {
+  MultiHeadAttention m(config);
+  const MultiHeadAttentionConfig& c = m.config_;
+  const int64_t E = c.embed_dim, kv = c.num_kv_heads * m.head_dim();
+  if (tensors.count(prefix + "in_proj_weight")) {
+    if (c.kdim != E || c.vdim != E)
+      throw ShapeError(std::string(kWho) + ": '" + prefix + "in_proj_weight' needs kdim = vdim = E, but kdim = " +
+                       std::to_string(c.kdim) + ", vdim = " + std::to_string(c.vdim) + ", E = " + std::to_string(E));
+    const Tensor& w = take(tensors, prefix + "in_proj_weight", {E + 2 * kv, E});
+    m.w_q = rows(w, 0, E);
+    m.w_k = rows(w, E, kv);
+    m.w_v = rows(w, E + kv, kv);
+  } else {
+    m.w_q = take(tensors, prefix + "q_proj_weight", {E, E}).clone();
+    m.w_k = take(tensors, prefix + "k_proj_weight", {kv, c.kdim}).clone();
+    m.w_v = take(tensors, prefix + "v_proj_weight", {kv, c.vdim}).clone();
+  }
+  m.w_o = take(tensors, prefix + "out_proj.weight", {E, E}).clone();
+  if (c.bias) {
+    const Tensor& b = take(tensors, prefix + "in_proj_bias", {E + 2 * kv});
+    m.b_q = Tensor::from_floats({E}, std::vector<float>(b.f32(), b.f32() + E));
+    m.b_k = Tensor::from_floats({kv}, std::vector<float>(b.f32() + E, b.f32() + E + kv));
+    m.b_v = Tensor::from_floats({kv}, std::vector<float>(b.f32() + E + kv, b.f32() + E + 2 * kv));
+    m.b_o = take(tensors, prefix + "out_proj.bias", {E}).clone();
+  }
+  return m;
+}
+
+MultiHeadAttention MultiHeadAttention::load(const std::string& path, const MultiHeadAttentionConfig& config,
+                                            const std::string& prefix) {
+  return from_state_dict(io::read_safetensors(path).tensors, config, prefix);
+}
+
+std::map<std::string, Tensor> MultiHeadAttention::state_dict(const std::string& prefix) const {
+  std::map<std::string, Tensor> out;
+  if (config_.kdim == config_.embed_dim && config_.vdim == config_.embed_dim) {
+    out[prefix + "in_proj_weight"] = concat_rows({&w_q, &w_k, &w_v});
+  } else {
+    out[prefix + "q_proj_weight"] = w_q;
+    out[prefix + "k_proj_weight"] = w_k;
+    out[prefix + "v_proj_weight"] = w_v;
+  }
+  out[prefix + "out_proj.weight"] = w_o;
+  if (config_.bias) {
+    out[prefix + "in_proj_bias"] = concat_rows({&b_q, &b_k, &b_v});
+    out[prefix + "out_proj.bias"] = b_o;
+  }
+  return out;
+}
+
+void MultiHeadAttention::save(const std::string& path) const { io::write_safetensors(path, state_dict()); }
+
+MhaOutput MultiHeadAttention::self_attention(const Tensor& x, const MhaOptions& options) const {
+  return attention(x, x, x, options);
+}
+
+MhaOutput MultiHeadAttention::masked_self_attention(const Tensor& x, MhaOptions options) const {
+  options.causal = true;
+  return attention(x, x, x, options);
+}
+
+MhaOutput MultiHeadAttention::cross_attention(const Tensor& x, const Tensor& memory, const MhaOptions& options) const {
+  return attention(x, memory, memory, options);
+}
+
+MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, const Tensor& value,
+                                        const MhaOptions& options) const {
+  const MultiHeadAttentionConfig& c = config_;
+  const int64_t E = c.embed_dim, H = c.num_heads, Hkv = c.num_kv_heads, Dh = head_dim(), kv = Hkv * Dh;
+  require_input(query, "query", -1, E, "E");
+  const int64_t B = query.dim(0), Lq = query.dim(1);
+  require_input(key, "key", B, c.kdim, "kdim");
+  require_input(value, "value", B, c.vdim, "vdim");
+  const int64_t Lk = key.dim(1);
+  if (value.dim(1) != Lk)
+    throw ShapeError(std::string(kWho) + ": key " + shape_str(key.shape()) + " and value " + shape_str(value.shape()) +
+                     " have different lengths");
+
+  detail::AttentionProblem p;
+  p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = Dh, p.Dv = Dh;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+
+  // Masks in SDPA's terms: bool attn_mask flips polarity (true = masked out → false = may not attend);
+  // a float key_padding_mask is folded into a float mask [B, 1 or H, Lq, Lk].
+  Tensor mask;
+  const Tensor& am = options.attn_mask;
+  if (am.defined()) {
+    if (am.rank() == 2 && (am.dim(0) != Lq || am.dim(1) != Lk))
+      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) + " but must be [Lq, Lk] = " +
+                       shape_str({Lq, Lk}) + " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
+    if (am.rank() == 3 && (am.dim(0) != B * H || am.dim(1) != Lq || am.dim(2) != Lk))
+      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) + " but must be [Lq, Lk] = " +
+                       shape_str({Lq, Lk}) + " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
+    if (am.rank() != 2 && am.rank() != 3)
+      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) +
+                       "; it must be [Lq, Lk] or [B·H, Lq, Lk]");
+    mask = am.rank() == 3 ? am.reshape({B, H, Lq, Lk}) : am;
+    if (am.dtype() == DType::kBool) {
+      mask = mask.clone();
+      for (int64_t i = 0; i < mask.numel(); ++i) mask.b8()[i] = !mask.b8()[i];
+    }
+  }
+  AttentionOptions sdpa;
+  const Tensor& kpm = options.key_padding_mask;
+  if (kpm.defined()) {
+    if (kpm.rank() != 2 || kpm.dim(0) != B || kpm.dim(1) != Lk)
+      throw ShapeError(std::string(kWho) + ": key_padding_mask has shape " + shape_str(kpm.shape()) + " but must be [B, Lk] = " +
+                       shape_str({B, Lk}));
+    if (kpm.dtype() == DType::kBool) {
+      sdpa.key_padding_mask = kpm;
+    } else {
+      const int64_t Hm = mask.defined() && mask.rank() == 4 ? H : 1;
+      Tensor merged({B, Hm, Lq, Lk});
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < Hm; ++h)
+          for (int64_t i = 0; i < Lq; ++i)
+            for (int64_t j = 0; j < Lk; ++j) {
+              float base = 0.0f;
+              if (mask.defined()) {
+                const int64_t at = mask.rank() == 4 ? ((b * H + h) * Lq + i) * Lk + j : i * Lk + j;
+                base = mask.dtype() == DType::kBool ? (mask.b8()[at] ? 0.0f : -INFINITY) : mask.f32()[at];
+              }
+              merged.f32()[((b * Hm + h) * Lq + i) * Lk + j] = base + kpm.f32()[b * Lk + j];
+            }
+      mask = merged;
+    }
+  }
+  detail::set_mask(p, mask, kWho, "attn_mask");
+  sdpa.causal = options.causal ? CausalAlignment::kTopLeft : CausalAlignment::kNone;
+  sdpa.num_threads = options.num_threads;
+  detail::set_options(p, sdpa, kWho);
+
+  // Q = query·W_Qᵀ + b_Q : [B·Lq, E] = [B, Lq, H, Dh];  K, V : [B·Lk, Hkv·Dh]
+  float* q = detail::scratch(0, B * Lq * E);
+  float* k = detail::scratch(1, B * Lk * kv);
+  float* v = detail::scratch(2, B * Lk * kv);
+  float* heads = detail::scratch(3, B * Lq * E);
+  detail::linear_forward(q, E, query.f32(), E, w_q.f32(), c.bias ? b_q.f32() : nullptr, B * Lq, E, E);
+  detail::linear_forward(k, kv, key.f32(), c.kdim, w_k.f32(), c.bias ? b_k.f32() : nullptr, B * Lk, kv, c.kdim);
+  detail::linear_forward(v, kv, value.f32(), c.vdim, w_v.f32(), c.bias ? b_v.f32() : nullptr, B * Lk, kv, c.vdim);
+  p.q = q, p.q_sb = Lq * E, p.q_sh = Dh, p.q_sl = E;
+  p.k = k, p.k_sb = Lk * kv, p.k_sh = Dh, p.k_sl = kv;
+  p.v = v, p.v_sb = Lk * kv, p.v_sh = Dh, p.v_sl = kv;
+  p.o = heads, p.o_sb = Lq * E, p.o_sh = Dh, p.o_sl = E;
+
+  MhaOutput out;
+  Tensor per_head;
+  if (options.need_weights) {
+    per_head = Tensor({B, H, Lq, Lk});
+    p.weights = per_head.f32();
+  }
+  detail::run_problem(p, options.impl);
+
+  // out = concat_h(heads)·W_Oᵀ + b_O : [B, Lq, E]
+  out.output = Tensor({B, Lq, E});
+  detail::linear_forward(out.output.f32(), E, heads, E, w_o.f32(), c.bias ? b_o.f32() : nullptr, B * Lq, E, E);
+  if (options.need_weights) {
+    if (!options.average_attn_weights) {
+      out.weights = per_head;
+    } else {
+      out.weights = Tensor({B, Lq, Lk});
+      const float inv = 1.0f / static_cast<float>(H);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h) {
+          const float* src = per_head.f32() + (b * H + h) * Lq * Lk;
+          float* dst = out.weights.f32() + b * Lq * Lk;
+          for (int64_t i = 0; i < Lq * Lk; ++i) dst[i] += src[i] * inv;
+        }
+    }
+  }
+  return out;
+}
+
+}  // namespace attn

@@ -1,0 +1,169 @@
+// scaled_dot_product_attention: shape checks and dispatch. The only place that validates its inputs;
+// the paths in attention_reference.cc, attention_unfused.cc and cpu/ assume a valid AttentionProblem.
+#include <cmath>
+#include <string>
+
+#include "attn/error.h"
+#include "ops/attention_problem.h"
+
+namespace attn {
+
+const char* impl_name(AttentionImpl impl) {
+  switch (impl) {
+    case AttentionImpl::kAuto: return "auto";
+    case AttentionImpl::kFused: return "fused";
+    case AttentionImpl::kUnfused: return "unfused";
+    case AttentionImpl::kReference: return "reference";
+  }
+  return "?";
+}
+
+const char* causal_name(CausalAlignment causal) {
+  switch (causal) {
+    case CausalAlignment::kNone: return "none";
+    case CausalAlignment::kTopLeft: return "top-left";
+    case CausalAlignment::kBottomRight: return "bottom-right";
+  }
+  return "?";
+}
+
+namespace detail {
+namespace {
+
+[[noreturn]] void shape_fail(const char* who, const std::string& msg) {
+  throw ShapeError(std::string(who) + ": " + msg);
+}
+
+void require_float(const Tensor& t, const char* who, const char* arg) {
+  if (!t.defined()) throw ArgumentError(std::string(who) + ": " + arg + " is missing");
+  if (t.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(who) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()) +
+                     " with shape " + shape_str(t.shape()));
+}
+
+}  // namespace
+
+void set_mask(AttentionProblem& p, const Tensor& mask, const char* who, const char* arg) {
+  if (!mask.defined()) return;
+  const Shape target = {p.B, p.H, p.Lq, p.Lk};
+  if (mask.rank() < 1 || mask.rank() > 4)
+    shape_fail(who, std::string(arg) + " has shape " + shape_str(mask.shape()) +
+                        "; it must have rank 1 to 4 and broadcast to [B, H, Lq, Lk] = " + shape_str(target));
+  // Right-aligned broadcasting: pad the mask's shape with leading 1s to rank 4.
+  int64_t sizes[4] = {1, 1, 1, 1};
+  for (int i = 0; i < mask.rank(); ++i) sizes[4 - mask.rank() + i] = mask.shape()[static_cast<size_t>(i)];
+  int64_t strides[4];
+  int64_t s = 1;
+  for (int i = 3; i >= 0; --i) {
+    if (sizes[i] != 1 && sizes[i] != target[static_cast<size_t>(i)])
+      shape_fail(who, std::string(arg) + " has shape " + shape_str(mask.shape()) +
+                          ", which does not broadcast to [B, H, Lq, Lk] = " + shape_str(target));
+    strides[i] = sizes[i] == 1 ? 0 : s;
+    s *= sizes[i];
+  }
+  p.m_sb = strides[0];
+  p.m_sh = strides[1];
+  p.m_sq = strides[2];
+  p.m_sk = strides[3];
+  if (mask.dtype() == DType::kBool)
+    p.bool_mask = mask.b8();
+  else
+    p.float_mask = mask.f32();
+}
+
+void set_options(AttentionProblem& p, const AttentionOptions& options, const char* who) {
+  if (options.key_padding_mask.defined()) {
+    const Tensor& kpm = options.key_padding_mask;
+    if (kpm.dtype() != DType::kBool)
+      throw DTypeError(std::string(who) + ": key_padding_mask must be bool (true = padding), got " +
+                       dtype_name(kpm.dtype()) + " with shape " + shape_str(kpm.shape()));
+    if (kpm.rank() != 2 || kpm.dim(0) != p.B || kpm.dim(1) != p.Lk)
+      shape_fail(who, "key_padding_mask has shape " + shape_str(kpm.shape()) + " but must be [B, Lk] = " +
+                          shape_str({p.B, p.Lk}));
+    p.key_padding = kpm.b8();
+  }
+  p.causal = options.causal;
+  if (options.window < 0)
+    throw ArgumentError(std::string(who) + ": window must be >= 0, got " + std::to_string(options.window));
+  if (options.window > 0 && options.causal == CausalAlignment::kNone)
+    throw ArgumentError(std::string(who) + ": window = " + std::to_string(options.window) +
+                        " needs a causal alignment (top-left or bottom-right)");
+  p.window = options.window;
+  if (options.alibi_slopes.defined()) {
+    require_float(options.alibi_slopes, who, "alibi_slopes");
+    if (options.alibi_slopes.rank() != 1 || options.alibi_slopes.dim(0) != p.H)
+      shape_fail(who, "alibi_slopes has shape " + shape_str(options.alibi_slopes.shape()) + " but must be [H] = [" +
+                          std::to_string(p.H) + "]");
+    p.alibi_slopes = options.alibi_slopes.f32();
+  }
+  if (options.num_threads < 0)
+    throw ArgumentError(std::string(who) + ": num_threads must be >= 0, got " + std::to_string(options.num_threads));
+  p.num_threads = options.num_threads;
+}
+
+AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options,
+                              const char* who) {
+  require_float(q, who, "q");
+  require_float(k, who, "k");
+  require_float(v, who, "v");
+  const std::string shapes = " (q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " +
+                             shape_str(v.shape()) + ")";
+  if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
+    shape_fail(who, "q, k and v must be [B, H, Lq, D], [B, Hkv, Lk, D], [B, Hkv, Lk, Dv]" + shapes);
+  AttentionProblem p;
+  p.B = q.dim(0);
+  p.H = q.dim(1);
+  p.Lq = q.dim(2);
+  p.D = q.dim(3);
+  p.Hkv = k.dim(1);
+  p.Lk = k.dim(2);
+  p.Dv = v.dim(3);
+  if (k.dim(0) != p.B || v.dim(0) != p.B) shape_fail(who, "batch sizes differ" + shapes);
+  if (v.dim(1) != p.Hkv) shape_fail(who, "k and v have different head counts" + shapes);
+  if (v.dim(2) != p.Lk) shape_fail(who, "k and v have different lengths Lk" + shapes);
+  if (k.dim(3) != p.D) shape_fail(who, "q and k have different head dimensions D" + shapes);
+  if (p.Hkv == 0 || p.H % p.Hkv != 0)
+    throw ArgumentError(std::string(who) + ": the query heads H = " + std::to_string(p.H) +
+                        " must be a multiple of the key/value heads Hkv = " + std::to_string(p.Hkv) + shapes);
+  if (p.D == 0 && !options.scale) throw ArgumentError(std::string(who) + ": D = 0 needs an explicit scale" + shapes);
+  const float scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.D));
+  if (!std::isfinite(scale)) throw ArgumentError(std::string(who) + ": scale must be finite, got " + std::to_string(scale));
+  p.scale = scale;
+  p.q = q.f32();
+  p.q_sl = p.D, p.q_sh = p.Lq * p.D, p.q_sb = p.H * p.Lq * p.D;
+  p.k = k.f32();
+  p.k_sl = p.D, p.k_sh = p.Lk * p.D, p.k_sb = p.Hkv * p.Lk * p.D;
+  p.v = v.f32();
+  p.v_sl = p.Dv, p.v_sh = p.Lk * p.Dv, p.v_sb = p.Hkv * p.Lk * p.Dv;
+  p.o_sl = p.Dv, p.o_sh = p.Lq * p.Dv, p.o_sb = p.H * p.Lq * p.Dv;
+  set_mask(p, options.mask, who, "mask");
+  set_options(p, options, who);
+  return p;
+}
+
+void run_problem(const AttentionProblem& p, AttentionImpl impl) {
+  switch (impl) {
+    case AttentionImpl::kReference: attention_reference(p); return;
+    case AttentionImpl::kUnfused: attention_unfused(p); return;
+    case AttentionImpl::kAuto:
+    case AttentionImpl::kFused: attention_fused(p); return;
+  }
+}
+
+}  // namespace detail
+
+AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const AttentionOptions& options) {
+  detail::AttentionProblem p = detail::make_problem(q, k, v, options, "scaled_dot_product_attention");
+  AttentionResult result;
+  result.output = Tensor({p.B, p.H, p.Lq, p.Dv});
+  p.o = result.output.f32();
+  if (options.return_weights) {
+    result.weights = Tensor({p.B, p.H, p.Lq, p.Lk});
+    p.weights = result.weights.f32();
+  }
+  detail::run_problem(p, options.impl);
+  return result;
+}
+
+}  // namespace attn

@@ -1,0 +1,100 @@
+#include "attn/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <sstream>
+
+#include "attn/error.h"
+
+namespace attn {
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream out;
+  out << '[';
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+const char* dtype_name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : "bool"; }
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    if (s < 0) throw ShapeError("shape " + shape_str(shape) + " has a negative size");
+    if (s != 0 && n > (int64_t{1} << 62) / s)
+      throw ShapeError("shape " + shape_str(shape) + " has too many elements");
+    n *= s;
+  }
+  return n;
+}
+
+namespace {
+std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
+  const size_t rounded = (nbytes + 63) / 64 * 64 + 64;  // never zero, a multiple of the alignment
+  void* p = std::aligned_alloc(64, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, rounded);
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+}
+}  // namespace
+
+Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
+  numel_ = shape_numel(shape_);
+  storage_ = allocate_zeroed(nbytes());
+}
+
+Tensor Tensor::from_floats(Shape shape, const std::vector<float>& values) {
+  Tensor t(std::move(shape), DType::kFloat32);
+  if (static_cast<int64_t>(values.size()) != t.numel())
+    throw ShapeError("Tensor::from_floats: " + std::to_string(values.size()) + " values for shape " +
+                     shape_str(t.shape()));
+  if (!values.empty()) std::memcpy(t.f32(), values.data(), values.size() * sizeof(float));
+  return t;
+}
+
+Tensor Tensor::from_bools(Shape shape, const std::vector<uint8_t>& values) {
+  Tensor t(std::move(shape), DType::kBool);
+  if (static_cast<int64_t>(values.size()) != t.numel())
+    throw ShapeError("Tensor::from_bools: " + std::to_string(values.size()) + " values for shape " +
+                     shape_str(t.shape()));
+  for (size_t i = 0; i < values.size(); ++i) t.b8()[i] = values[i] ? 1 : 0;
+  return t;
+}
+
+int64_t Tensor::dim(int i) const {
+  const int r = rank();
+  const int j = i < 0 ? i + r : i;
+  if (j < 0 || j >= r)
+    throw ShapeError("Tensor::dim(" + std::to_string(i) + ") on a tensor of shape " + shape_str(shape_));
+  return shape_[static_cast<size_t>(j)];
+}
+
+float* Tensor::f32() {
+  if (dtype_ != DType::kFloat32) throw DTypeError(std::string("expected a float32 tensor, got ") + dtype_name(dtype_));
+  return reinterpret_cast<float*>(storage_.get());
+}
+const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
+uint8_t* Tensor::b8() {
+  if (dtype_ != DType::kBool) throw DTypeError(std::string("expected a bool tensor, got ") + dtype_name(dtype_));
+  return reinterpret_cast<uint8_t*>(storage_.get());
+}
+const uint8_t* Tensor::b8() const { return const_cast<Tensor*>(this)->b8(); }
+
+Tensor Tensor::reshape(Shape shape) const {
+  if (shape_numel(shape) != numel_)
+    throw ShapeError("Tensor::reshape: cannot view " + shape_str(shape_) + " as " + shape_str(shape));
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  if (!defined()) return Tensor();
+  Tensor t(shape_, dtype_);
+  std::memcpy(t.raw(), raw(), nbytes());
+  return t;
+}
+
+}  // namespace attn

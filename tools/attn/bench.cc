@@ -1,0 +1,166 @@
+// attn bench: times scaled_dot_product_attention and MultiHeadAttention on random inputs.
+// Prints the median, min and max of --repeat runs (after one warm-up run) and GFLOP/s.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+
+#include "attn/attention.h"
+#include "attn/error.h"
+#include "attn/layers/multi_head_attention.h"
+#include "common.h"
+#include "cpu/attention_fused.h"
+
+namespace attn::cli {
+namespace {
+
+Tensor random_tensor(Shape shape, uint64_t seed) {
+  Tensor t(std::move(shape));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+template <class F>
+std::vector<double> time_runs(int repeat, F&& f) {
+  f();  // warm-up: first touches, thread pool start
+  std::vector<double> ms;
+  for (int r = 0; r < repeat; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms;
+}
+
+void report(const char* what, const std::string& shape, const std::vector<double>& ms, double flops, bool json,
+            const std::string& extra_json) {
+  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double gflops = flops / (median * 1e-3) / 1e9;
+  if (json) {
+    std::printf("{\"bench\": \"%s\", %s, \"median_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"gflops\": %.2f, "
+                "\"peak_rss_mb\": %.1f, \"simd\": \"%s\"%s}\n",
+                what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
+                detail::simd_level_name(detail::simd_level_active()), extra_json.c_str());
+  } else {
+    std::printf("%s  %s\n  median %.3f ms   min %.3f ms   max %.3f ms   %.1f GFLOP/s   peak RSS %.0f MB   simd %s\n", what,
+                shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
+                detail::simd_level_name(detail::simd_level_active()));
+  }
+}
+
+struct SdpaBench {
+  int64_t batch = 1, heads = 8, kv_heads = 0, q_len = 1024, kv_len = 0, head_dim = 64;
+  bool causal = false, json = false;
+  int64_t window = 0;
+  int threads = 0, repeat = 5;
+  std::string impl = "fused";
+};
+
+void run_sdpa_bench(const SdpaBench& a) {
+  const int64_t G = a.kv_heads ? a.kv_heads : a.heads, Lk = a.kv_len ? a.kv_len : a.q_len;
+  const Tensor q = random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1);
+  const Tensor k = random_tensor({a.batch, G, Lk, a.head_dim}, 2);
+  const Tensor v = random_tensor({a.batch, G, Lk, a.head_dim}, 3);
+  AttentionOptions o;
+  o.causal = a.causal ? CausalAlignment::kBottomRight : CausalAlignment::kNone;
+  o.window = a.window;
+  o.num_threads = a.threads;
+  o.impl = parse_impl(a.impl);
+  const auto ms = time_runs(a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); });
+  // 4·Lq·Lk·D per head (two GEMMs of 2·Lq·Lk·D), halved for causal
+  double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
+                 static_cast<double>(a.batch * a.heads);
+  if (a.causal) flops /= 2;
+  char shape[256];
+  std::snprintf(shape, sizeof shape,
+                "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
+                "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d",
+                a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
+                static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
+                a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads);
+  // K and V bytes read per call, for the memory-bound decode case
+  const double kv_bytes = 2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * 4.0;
+  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  char extra[96];
+  std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f", kv_bytes / (median * 1e-3) / 1e9);
+  report("sdpa", shape, ms, flops, a.json, extra);
+}
+
+struct MhaBench {
+  int64_t batch = 1, embed_dim = 512, heads = 8, len = 2048;
+  bool causal = false, json = false;
+  int threads = 0, repeat = 5;
+  std::string impl = "fused";
+};
+
+void run_mha_bench(const MhaBench& a) {
+  MultiHeadAttentionConfig c;
+  c.embed_dim = a.embed_dim;
+  c.num_heads = a.heads;
+  const MultiHeadAttention mha(c, 7);
+  const Tensor x = random_tensor({a.batch, a.len, a.embed_dim}, 4);
+  MhaOptions o;
+  o.causal = a.causal;
+  o.num_threads = a.threads;
+  o.impl = parse_impl(a.impl);
+  const auto ms = time_runs(a.repeat, [&] { mha.self_attention(x, o); });
+  const double L = static_cast<double>(a.len), E = static_cast<double>(a.embed_dim), B = static_cast<double>(a.batch);
+  const double flops = B * (2.0 * L * E * E * 4.0 + 4.0 * L * L * E / (a.causal ? 2.0 : 1.0));
+  char shape[200];
+  std::snprintf(shape, sizeof shape,
+                "\"impl\": \"%s\", \"batch\": %lld, \"embed_dim\": %lld, \"heads\": %lld, \"len\": %lld, \"causal\": %s, "
+                "\"threads\": %d",
+                a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.embed_dim),
+                static_cast<long long>(a.heads), static_cast<long long>(a.len), a.causal ? "true" : "false", a.threads);
+  report("mha", shape, ms, flops, a.json, "");
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks on random inputs (median, min, max of --repeat runs, GFLOP/s)");
+  bench->require_subcommand(1);
+
+  auto s = std::make_shared<SdpaBench>();
+  CLI::App* sdpa = bench->add_subcommand("sdpa", "time scaled_dot_product_attention; GFLOP/s counts 4·Lq·Lk·D per head (halved when causal)");
+  sdpa->add_option("--batch", s->batch, "B");
+  sdpa->add_option("--heads", s->heads, "H");
+  sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)");
+  sdpa->add_option("--q-len", s->q_len, "Lq");
+  sdpa->add_option("--kv-len", s->kv_len, "Lk (default Lq)");
+  sdpa->add_option("--head-dim", s->head_dim, "D = Dv");
+  sdpa->add_flag("--causal", s->causal, "bottom-right causal mask");
+  sdpa->add_option("--window", s->window, "sliding window W (with --causal)");
+  sdpa->add_option("--threads", s->threads, "threads; 0 = all cores");
+  sdpa->add_option("--impl", s->impl, "fused, unfused or reference")->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
+  sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
+  sdpa->add_flag("--json", s->json, "one JSON line");
+  sdpa->callback([s] { run_sdpa_bench(*s); });
+
+  auto m = std::make_shared<MhaBench>();
+  CLI::App* mha = bench->add_subcommand("mha", "time MultiHeadAttention self-attention forward");
+  mha->add_option("--batch", m->batch, "B");
+  mha->add_option("--embed-dim", m->embed_dim, "E");
+  mha->add_option("--heads", m->heads, "H");
+  mha->add_option("--len", m->len, "L");
+  mha->add_flag("--causal", m->causal, "masked self-attention");
+  mha->add_option("--threads", m->threads, "threads; 0 = all cores");
+  mha->add_option("--impl", m->impl, "fused, unfused or reference")->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
+  mha->add_option("--repeat", m->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
+  mha->add_flag("--json", m->json, "one JSON line");
+  mha->callback([m] { run_mha_bench(*m); });
+}
+
+}  // namespace attn::cli

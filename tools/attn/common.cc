@@ -1,0 +1,101 @@
+#include "common.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "attn/error.h"
+#include "attn/io/npy.h"
+#include "io/file.h"
+
+namespace attn::cli {
+
+Tensor load_npy_flag(const std::string& flag, const std::string& path) {
+  try {
+    return io::read_npy(path);
+  } catch (const Error& e) {
+    throw FormatError(flag + " " + path + ": " + e.what());
+  }
+}
+
+void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs) {
+  std::vector<std::string> temps;
+  try {
+    for (const auto& [path, tensor] : outputs) {
+      const std::string tmp = path + ".partial";
+      temps.push_back(tmp);
+      io::write_npy(tmp, tensor);
+    }
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (std::rename(temps[i].c_str(), outputs[i].first.c_str()) != 0)
+        throw Error(outputs[i].first + ": cannot move the finished file into place");
+    }
+  } catch (...) {
+    for (const std::string& t : temps) std::remove(t.c_str());
+    throw;
+  }
+}
+
+CausalAlignment parse_causal(const std::string& text) {
+  if (text == "top-left") return CausalAlignment::kTopLeft;
+  if (text == "bottom-right") return CausalAlignment::kBottomRight;
+  if (text == "none") return CausalAlignment::kNone;
+  throw ArgumentError("--causal must be top-left, bottom-right or none, got '" + text + "'");
+}
+
+AttentionImpl parse_impl(const std::string& text) {
+  if (text == "auto") return AttentionImpl::kAuto;
+  if (text == "fused") return AttentionImpl::kFused;
+  if (text == "unfused") return AttentionImpl::kUnfused;
+  if (text == "reference") return AttentionImpl::kReference;
+  throw ArgumentError("--impl must be auto, fused, unfused or reference, got '" + text + "'");
+}
+
+int display_width(const std::string& s) {
+  int w = 0;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    uint32_t cp = c;
+    int len = 1;
+    if (c >= 0xF0) len = 4, cp = c & 0x07;
+    else if (c >= 0xE0) len = 3, cp = c & 0x0F;
+    else if (c >= 0xC0) len = 2, cp = c & 0x1F;
+    for (int k = 1; k < len && i + static_cast<size_t>(k) < s.size(); ++k)
+      cp = (cp << 6) | (static_cast<unsigned char>(s[i + static_cast<size_t>(k)]) & 0x3F);
+    i += static_cast<size_t>(len);
+    // East Asian wide ranges (CJK, Hangul, full-width forms)
+    const bool wide = (cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0xA4CF) || (cp >= 0xAC00 && cp <= 0xD7A3) ||
+                      (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0xFF00 && cp <= 0xFF60) || (cp >= 0xFFE0 && cp <= 0xFFE6);
+    w += wide ? 2 : 1;
+  }
+  return w;
+}
+
+std::string pad(const std::string& s, int width, bool right_align) {
+  const int fill = width - display_width(s);
+  if (fill <= 0) return s;
+  return right_align ? std::string(static_cast<size_t>(fill), ' ') + s : s + std::string(static_cast<size_t>(fill), ' ');
+}
+
+void print_weight_matrix(const float* w, int64_t rows, int64_t cols, const std::vector<std::string>& row_labels,
+                         const std::vector<std::string>& col_labels) {
+  static const char* kShades[] = {" ", "░", "▒", "▓", "█"};
+  int label_w = 0;
+  for (const auto& l : row_labels) label_w = std::max(label_w, display_width(l));
+  const int cell = 8;  // "  " + two shade glyphs + "0.00"
+  std::cout << "      " << pad("", label_w);
+  for (int64_t j = 0; j < cols; ++j) std::cout << pad(col_labels[static_cast<size_t>(j)], cell, true);
+  std::cout << "\n";
+  for (int64_t i = 0; i < rows; ++i) {
+    std::cout << "      " << pad(row_labels[static_cast<size_t>(i)], label_w);
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = w[i * cols + j];
+      const int shade = v <= 0.0f ? 0 : std::min(4, 1 + static_cast<int>(v * 4.0f));
+      char num[16];
+      std::snprintf(num, sizeof num, "%.2f", static_cast<double>(v));
+      std::cout << "  " << kShades[shade] << kShades[shade] << num;
+    }
+    std::cout << "\n";
+  }
+}
+
+}  // namespace attn::cli

@@ -1,0 +1,70 @@
+// attn sdpa: scaled_dot_product_attention on .npy files.
+#include <memory>
+
+#include "attn/attention.h"
+#include "attn/error.h"
+#include "common.h"
+
+namespace attn::cli {
+namespace {
+
+struct SdpaArgs {
+  std::string q, k, v, out, mask, key_padding_mask, causal = "none", weights, alibi, impl = "auto";
+  std::optional<float> scale;
+  int64_t window = 0;
+  int threads = 0;
+};
+
+void run_sdpa(const SdpaArgs& a) {
+  const Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
+  AttentionOptions o;
+  if (!a.mask.empty()) o.mask = load_npy_flag("--mask", a.mask);
+  if (!a.key_padding_mask.empty()) o.key_padding_mask = load_npy_flag("--key-padding-mask", a.key_padding_mask);
+  if (!a.alibi.empty()) o.alibi_slopes = load_npy_flag("--alibi-slopes", a.alibi);
+  o.causal = parse_causal(a.causal);
+  o.scale = a.scale;
+  o.window = a.window;
+  o.return_weights = !a.weights.empty();
+  o.impl = parse_impl(a.impl);
+  o.num_threads = a.threads;
+  const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
+  std::vector<std::pair<std::string, Tensor>> outputs = {{a.out, r.output}};
+  if (!a.weights.empty()) outputs.emplace_back(a.weights, r.weights);
+  write_outputs(outputs);
+}
+
+}  // namespace
+
+void add_sdpa(CLI::App& app) {
+  auto args = std::make_shared<SdpaArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "sdpa",
+      "Scaled dot-product attention on .npy files, as torch.nn.functional.scaled_dot_product_attention:\n"
+      "  out = softmax(scale · Q·Kᵀ + M) · V\n"
+      "Q [B, H, Lq, D], K [B, Hkv, Lk, D], V [B, Hkv, Lk, Dv] -> out [B, H, Lq, Dv]; H must be a multiple of Hkv\n"
+      "(grouped-query attention: query head h uses K/V head h / (H / Hkv)).\n"
+      "A query row whose keys are all masked gets output 0 and weights 0 (never NaN).");
+  sub->add_option("--q", args->q, "queries Q [B, H, Lq, D] (.npy, float32 or float64)")->required();
+  sub->add_option("--k", args->k, "keys K [B, Hkv, Lk, D] (.npy)")->required();
+  sub->add_option("--v", args->v, "values V [B, Hkv, Lk, Dv] (.npy)")->required();
+  sub->add_option("--out", args->out, "output [B, H, Lq, Dv] (.npy, float32); written only if everything succeeds")->required();
+  sub->add_option("--mask", args->mask,
+                  "mask broadcastable to [B, H, Lq, Lk] (.npy). bool: TRUE = MAY ATTEND (PyTorch SDPA polarity), "
+                  "false = hidden. float: added to the scores (-inf hides a key)");
+  sub->add_option("--key-padding-mask", args->key_padding_mask,
+                  "[B, Lk] bool (.npy): TRUE = PADDING, the key is ignored");
+  sub->add_option("--causal", args->causal,
+                  "causal mask: top-left (query i sees keys j <= i, PyTorch's is_causal) or bottom-right "
+                  "(query i sees keys j <= i + Lk - Lq, for incremental decoding); default none")
+      ->check(CLI::IsMember({"none", "top-left", "bottom-right"}));
+  sub->add_option("--scale", args->scale, "multiplies Q·Kᵀ; default 1/sqrt(D)");
+  sub->add_option("--window", args->window, "sliding window: with --causal, each query sees only its last W keys");
+  sub->add_option("--alibi-slopes", args->alibi, "[H] float (.npy): ALiBi, adds -slope_h·|i + offset - j| to the scores");
+  sub->add_option("--weights", args->weights, "also write the attention weights [B, H, Lq, Lk] (.npy)");
+  sub->add_option("--impl", args->impl, "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
+      ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
+  sub->add_option("--threads", args->threads, "threads; 0 = all cores");
+  sub->callback([args] { run_sdpa(*args); });
+}
+
+}  // namespace attn::cli
