@@ -1,0 +1,141 @@
+// The attn command line, run as a user runs it: results equal the library's, errors exit non-zero
+// with a message naming the argument, and no output file is left behind.
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "attn/attention.h"
+#include "attn/io/npy.h"
+#include "attn/io/safetensors.h"
+#include "attn/layers/multi_head_attention.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliResult {
+  int status;
+  std::string out, err;
+};
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("attn_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  CliResult run(const std::string& args) const {
+    const std::string cmd = std::string(ATTN_BINARY) + " " + args + " >" + path("stdout") + " 2>" + path("stderr");
+    const int raw = std::system(cmd.c_str());
+    auto slurp = [](const std::string& p) {
+      std::ifstream in(p);
+      std::stringstream s;
+      s << in.rdbuf();
+      return s.str();
+    };
+    return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, slurp(path("stdout")), slurp(path("stderr"))};
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, SdpaMatchesTheLibrary) {
+  std::mt19937 rng(1);
+  const Tensor q = test::random_tensor({2, 4, 5, 8}, rng), k = test::random_tensor({2, 2, 7, 8}, rng),
+               v = test::random_tensor({2, 2, 7, 6}, rng);
+  const Tensor mask = test::random_bool({5, 7}, rng, 0.8);
+  io::write_npy(path("q.npy"), q);
+  io::write_npy(path("k.npy"), k);
+  io::write_npy(path("v.npy"), v);
+  io::write_npy(path("m.npy"), mask);
+  const CliResult r = run("sdpa --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") + " --mask " +
+                    path("m.npy") + " --causal bottom-right --scale 0.4 --out " + path("o.npy") + " --weights " + path("w.npy"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  AttentionOptions o;
+  o.mask = mask;
+  o.causal = CausalAlignment::kBottomRight;
+  o.scale = 0.4f;
+  o.return_weights = true;
+  o.impl = AttentionImpl::kReference;
+  const AttentionResult want = scaled_dot_product_attention(q, k, v, o);
+  EXPECT_LE(test::max_abs_diff(io::read_npy(path("o.npy")), want.output), 2e-5);
+  EXPECT_LE(test::max_abs_diff(io::read_npy(path("w.npy")), want.weights), 2e-5);
+}
+
+TEST_F(Cli, MhaMatchesPyTorchFixture) {
+  const io::Safetensors st = io::read_safetensors(test::fixture("mha_bool_masks.safetensors"));
+  std::map<std::string, Tensor> weights;
+  for (const auto& [name, t] : st.tensors)
+    if (name.rfind("mha.", 0) == 0) weights[name.substr(4)] = t;
+  io::write_safetensors(path("w.safetensors"), weights);
+  io::write_npy(path("x.npy"), st.at("query"));
+  io::write_npy(path("am.npy"), st.at("attn_mask"));
+  io::write_npy(path("kpm.npy"), st.at("key_padding_mask"));
+  const CliResult r = run("mha --weights " + path("w.safetensors") + " --num-heads 4 --query " + path("x.npy") + " --attn-mask " +
+                    path("am.npy") + " --key-padding-mask " + path("kpm.npy") + " --out " + path("o.npy") +
+                    " --need-weights " + path("w.npy") + " --average-attn-weights");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_LE(test::max_abs_diff(io::read_npy(path("o.npy")), st.at("expected")), 1e-5);
+  EXPECT_LE(test::max_abs_diff(io::read_npy(path("w.npy")), st.at("expected_weights")), 1e-5);
+}
+
+TEST_F(Cli, BadInputFailsCleanlyAndLeavesNoOutput) {
+  std::mt19937 rng(2);
+  io::write_npy(path("q.npy"), test::random_tensor({1, 4, 5, 8}, rng));
+  io::write_npy(path("k3.npy"), test::random_tensor({1, 3, 6, 8}, rng));
+  io::write_npy(path("v3.npy"), test::random_tensor({1, 3, 6, 8}, rng));
+  io::write_npy(path("k.npy"), test::random_tensor({1, 2, 6, 8}, rng));
+  io::write_npy(path("v.npy"), test::random_tensor({1, 2, 6, 8}, rng));
+  io::write_npy(path("badmask.npy"), Tensor({5, 4}, DType::kBool));
+  {
+    std::ofstream(path("trunc.npy"), std::ios::binary) << "\x93NUMPY\x01";
+  }
+  const std::string qkv = " --q " + path("q.npy") + " --v " + path("v.npy");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"sdpa --q " + path("q.npy") + " --k " + path("k3.npy") + " --v " + path("v3.npy"), "Hkv = 3"},
+      {"sdpa" + qkv + " --k " + path("k.npy") + " --mask " + path("badmask.npy"), "mask"},
+      {"sdpa" + qkv + " --k " + path("trunc.npy"), "--k"},
+      {"sdpa" + qkv + " --k " + path("missing.npy"), "missing.npy"},
+      {"sdpa" + qkv + " --k " + path("k.npy") + " --weights " + path("nodir/w.npy"), "nodir"},
+      {"mha --weights " + path("missing.safetensors") + " --num-heads 2 --query " + path("q.npy"), "--weights"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const CliResult r = run(args + " --out " + path("o.npy"));
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_LT(r.status, 128) << "crashed: " << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(path("o.npy"))) << args;
+    for (const auto& e : fs::directory_iterator(dir_))
+      EXPECT_EQ(e.path().string().find(".partial"), std::string::npos) << e.path();
+  }
+}
+
+TEST_F(Cli, HelpSpellsOutTheMaskPolarity) {
+  CliResult r = run("sdpa --help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("TRUE = MAY ATTEND"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("TRUE = PADDING"), std::string::npos);
+  r = run("mha --help");
+  EXPECT_NE(r.out.find("TRUE = MASKED OUT"), std::string::npos) << r.out;
+  r = run("--help");
+  EXPECT_EQ(r.status, 0);
+  for (const char* sub : {"explain", "sdpa", "mha", "bench"}) EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+}
+
+TEST_F(Cli, ExplainWalksThroughAllFiveMechanisms) {
+  const CliResult r = run("explain");
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* s : {"Attention (scaled dot-product)", "Self-attention", "Multi-head self-attention", "Cross-attention",
+                        "Masked self-attention", "-inf", "The family at a glance"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace attn

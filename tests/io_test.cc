@@ -1,0 +1,205 @@
+// .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
+// of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "attn/error.h"
+#include "attn/io/npy.h"
+#include "attn/io/safetensors.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+using test::fixture;
+
+TEST(Npy, ReadsWhatNumPyWrote) {
+  const Tensor a = io::read_npy(fixture("npy_v1_f4.npy"));
+  ASSERT_EQ(a.shape(), (Shape{2, 3}));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(a.f32()[i], static_cast<float>(i) / 7.0f);
+  const Tensor b = io::read_npy(fixture("npy_v2_f8.npy"));  // format 2.0, float64 -> float32
+  ASSERT_EQ(b.shape(), (Shape{3, 4}));
+  for (int i = 0; i < 12; ++i) EXPECT_FLOAT_EQ(b.f32()[i], static_cast<float>(-1.0 + 2.0 * i / 11.0));
+  const Tensor c = io::read_npy(fixture("npy_v3_f4.npy"));  // format 3.0
+  ASSERT_EQ(c.shape(), (Shape{5}));
+  EXPECT_EQ(c.f32()[4], 4.0f);
+  const Tensor d = io::read_npy(fixture("npy_bool.npy"));
+  ASSERT_EQ(d.dtype(), DType::kBool);
+  const uint8_t want[] = {1, 0, 1, 0, 0, 1};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(d.b8()[i], want[i]);
+  const Tensor s = io::read_npy(fixture("npy_scalar.npy"));
+  EXPECT_EQ(s.rank(), 0);
+  EXPECT_EQ(s.f32()[0], 2.5f);
+  EXPECT_EQ(io::read_npy(fixture("npy_empty.npy")).shape(), (Shape{0, 3}));
+}
+
+TEST(Npy, RejectsWhatItDoesNotSupport) {
+  for (const char* name : {"npy_fortran.npy", "npy_big_endian.npy", "npy_int32.npy"}) {
+    EXPECT_THROW(io::read_npy(fixture(name)), FormatError) << name;
+  }
+  try {
+    io::read_npy(fixture("npy_int32.npy"));
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("<i4"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(io::read_npy("/nonexistent/x.npy"), FormatError);
+}
+
+TEST(Npy, RoundTrip) {
+  std::mt19937 rng(1);
+  for (const Shape& shape : {Shape{}, Shape{7}, Shape{2, 3, 4}, Shape{0, 5}}) {
+    const Tensor t = test::random_tensor(shape, rng);
+    const auto bytes = io::encode_npy(t);
+    EXPECT_EQ((bytes.size() - t.nbytes()) % 64, 0u);  // header padded as NumPy pads it
+    const Tensor u = io::parse_npy(bytes.data(), bytes.size(), "mem");
+    EXPECT_EQ(u.shape(), shape);
+    EXPECT_EQ(test::max_abs_diff(t, u), 0.0);
+  }
+  const Tensor b = test::random_bool({3, 3}, rng, 0.5);
+  const auto bytes = io::encode_npy(b);
+  const Tensor c = io::parse_npy(bytes.data(), bytes.size(), "mem");
+  ASSERT_EQ(c.dtype(), DType::kBool);
+  EXPECT_EQ(std::memcmp(b.raw(), c.raw(), 9), 0);
+}
+
+std::vector<uint8_t> npy_with_header(const std::string& dict, size_t data_bytes, int version = 1) {
+  std::vector<uint8_t> out = {0x93, 'N', 'U', 'M', 'P', 'Y', static_cast<uint8_t>(version), 0};
+  const size_t n = dict.size();
+  out.push_back(static_cast<uint8_t>(n));
+  out.push_back(static_cast<uint8_t>(n >> 8));
+  if (version > 1) out.push_back(static_cast<uint8_t>(n >> 16)), out.push_back(static_cast<uint8_t>(n >> 24));
+  out.insert(out.end(), dict.begin(), dict.end());
+  out.resize(out.size() + data_bytes, 0);
+  return out;
+}
+
+TEST(Npy, LyingHeadersAreRejectedWithoutAllocating) {
+  const std::vector<std::pair<std::string, size_t>> bad = {
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }", 16},  // claims 4 TB
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }", 16},  // overflow
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }", 16},  // 20 bytes claimed, 16 held
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", 16},  // 12 bytes claimed, 16 held
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", 16},
+      {"{'descr': '<f4', 'fortran_order': False }", 16},                  // no shape
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,", 16},       // unterminated
+      {"{'descr': '<f4, 'fortran_order': False, 'shape': (4,), }", 16},   // bad quotes
+      {"", 16},
+  };
+  for (const auto& [dict, data] : bad) {
+    const auto bytes = npy_with_header(dict, data);
+    EXPECT_THROW(io::parse_npy(bytes.data(), bytes.size(), "mem"), FormatError) << dict;
+  }
+  // header length past the end of the file, and over the 1 MiB cap
+  auto bytes = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", 4);
+  bytes[8] = 0xff, bytes[9] = 0xff;
+  EXPECT_THROW(io::parse_npy(bytes.data(), bytes.size(), "mem"), FormatError);
+  auto v2 = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", 4, 2);
+  v2[11] = 0x7f;
+  EXPECT_THROW(io::parse_npy(v2.data(), v2.size(), "mem"), FormatError);
+  // truncated anywhere
+  const auto good = io::encode_npy(Tensor::from_floats({3}, {1, 2, 3}));
+  for (size_t n = 0; n < good.size(); ++n) EXPECT_THROW(io::parse_npy(good.data(), n, "mem"), FormatError) << n;
+  EXPECT_THROW(io::parse_npy(bytes.data(), 3, "mem"), FormatError);
+  bytes[0] = 'X';
+  EXPECT_THROW(io::parse_npy(bytes.data(), bytes.size(), "mem"), FormatError);
+  bytes[0] = 0x93, bytes[6] = 9;  // unknown version
+  EXPECT_THROW(io::parse_npy(bytes.data(), bytes.size(), "mem"), FormatError);
+}
+
+TEST(Safetensors, ReadsWhatPyTorchWrote) {
+  const io::Safetensors st = io::read_safetensors(fixture("mha_self.safetensors"));
+  EXPECT_EQ(st.at("mha.in_proj_weight").shape(), (Shape{48, 16}));
+  EXPECT_EQ(st.metadata.at("format"), "1");
+  EXPECT_THROW(st.at("nope"), MissingTensorError);
+  try {
+    st.at("nope");
+  } catch (const MissingTensorError& e) {
+    EXPECT_NE(std::string(e.what()).find("mha.in_proj_weight"), std::string::npos) << "lists what the file has";
+  }
+}
+
+// A safetensors image with one tensor of the given dtype holding raw bytes.
+std::vector<uint8_t> safetensors_image(const std::string& header, const std::vector<uint8_t>& data) {
+  std::vector<uint8_t> out(8);
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(header.size() >> (8 * i));
+  out.insert(out.end(), header.begin(), header.end());
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+
+TEST(Safetensors, HalfPrecisionConvertsExactly) {
+  // F16: 1.0 = 0x3c00, -2.0 = 0xc000, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001, 0.5 = 0x3800
+  const auto f16 = safetensors_image(R"({"x":{"dtype":"F16","shape":[5],"data_offsets":[0,10]}})",
+                                     {0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x01, 0x00, 0x00, 0x38});
+  const Tensor x = io::parse_safetensors(f16.data(), f16.size(), "mem").at("x");
+  EXPECT_EQ(x.f32()[0], 1.0f);
+  EXPECT_EQ(x.f32()[1], -2.0f);
+  EXPECT_EQ(x.f32()[2], 65504.0f);
+  EXPECT_EQ(x.f32()[3], std::ldexp(1.0f, -24));
+  EXPECT_EQ(x.f32()[4], 0.5f);
+  // BF16: 1.0 = 0x3f80, -3.5 = 0xc060
+  const auto bf16 = safetensors_image(R"({"y":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})",
+                                      {0x80, 0x3f, 0x60, 0xc0});
+  const Tensor y = io::parse_safetensors(bf16.data(), bf16.size(), "mem").at("y");
+  EXPECT_EQ(y.f32()[0], 1.0f);
+  EXPECT_EQ(y.f32()[1], -3.5f);
+}
+
+TEST(Safetensors, RoundTripKeepsNamesShapesAndMetadata) {
+  std::mt19937 rng(2);
+  std::map<std::string, Tensor> m = {{"a", test::random_tensor({2, 3}, rng)},
+                                     {"b.weight", test::random_tensor({5}, rng)},
+                                     {"mask", test::random_bool({2, 2}, rng, 0.5)}};
+  const auto bytes = io::encode_safetensors(m, {{"note", "hello"}});
+  const io::Safetensors st = io::parse_safetensors(bytes.data(), bytes.size(), "mem");
+  EXPECT_EQ(st.metadata.at("note"), "hello");
+  EXPECT_EQ(test::max_abs_diff(st.at("a"), m["a"]), 0.0);
+  EXPECT_EQ(test::max_abs_diff(st.at("b.weight"), m["b.weight"]), 0.0);
+  EXPECT_EQ(std::memcmp(st.at("mask").raw(), m["mask"].raw(), 4), 0);
+}
+
+TEST(Safetensors, CorruptFilesAreRejected) {
+  const std::vector<uint8_t> data(16, 0);
+  const std::vector<std::string> bad = {
+      R"({"x":{"dtype":"F32","shape":[1000000000000],"data_offsets":[0,16]}})",  // lies about its size
+      R"({"x":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}})",
+      R"({"x":{"dtype":"F32","shape":[5],"data_offsets":[0,20]}})",  // offsets past the data
+      R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[8,4]}})",   // begin > end
+      R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})",  // shape disagrees with offsets
+      R"({"x":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}})",  // unsupported dtype
+      R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
+      R"({"x":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",
+      R"({"x":{"dtype":"F32","shape":[2]}})",
+      R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",
+      R"({"x":[1,2]})", R"([1,2])", R"({"x":)", "not json at all",
+  };
+  for (const std::string& h : bad) {
+    const auto img = safetensors_image(h, data);
+    EXPECT_THROW(io::parse_safetensors(img.data(), img.size(), "mem"), FormatError) << h;
+  }
+  auto img = safetensors_image(R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data);
+  EXPECT_NO_THROW(io::parse_safetensors(img.data(), img.size(), "mem"));
+  for (size_t n = 0; n < img.size(); ++n)  // every truncation
+    EXPECT_THROW(io::parse_safetensors(img.data(), n, "mem"), FormatError) << n;
+  img[7] = 0x7f;  // header length 2^62: past the end, never allocated
+  EXPECT_THROW(io::parse_safetensors(img.data(), img.size(), "mem"), FormatError);
+}
+
+TEST(Io, WritesAreAtomic) {
+  const auto dir = std::filesystem::temp_directory_path() / "attn_io_test";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "x.npy").string();
+  io::write_npy(path, Tensor::from_floats({2}, {1, 2}));
+  EXPECT_EQ(io::read_npy(path).f32()[1], 2.0f);
+  // into a directory that does not exist: throws, leaves nothing behind
+  EXPECT_THROW(io::write_npy((dir / "missing" / "y.npy").string(), Tensor::from_floats({1}, {1})), Error);
+  EXPECT_FALSE(std::filesystem::exists(dir / "missing"));
+  size_t files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
+  EXPECT_EQ(files, 1u);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace attn

@@ -1,0 +1,116 @@
+// Every fast path against the reference (the spec) on the shared case list: the unfused BLAS path,
+// and the fused kernel at every SIMD level the machine has, with one and two threads. Also: the fused
+// kernel is deterministic for a given thread count, and the vectorised exp is accurate.
+#include <cstring>
+
+#include "attention_cases.h"
+#include "attn/attention.h"
+#include "cpu/attention_fused.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+constexpr double kTol = 2e-5;  // float32 kernels vs the double reference, inputs in [-1, 1]
+
+std::vector<detail::SimdLevel> levels() {
+  std::vector<detail::SimdLevel> out;
+  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
+    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
+  return out;
+}
+
+TEST(Paths, EveryPathMatchesTheReference) {
+  const auto cases = test::attention_cases(150);
+  ASSERT_GT(cases.size(), 200u);
+  const detail::SimdLevel saved = detail::simd_level_active();
+  int checked = 0;
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.impl = AttentionImpl::kReference;
+    const AttentionResult ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    ASSERT_TRUE(test::all_finite(ref.output)) << c.name();
+    struct Run {
+      AttentionImpl impl;
+      detail::SimdLevel simd;
+      int threads;
+    };
+    std::vector<Run> runs = {{AttentionImpl::kUnfused, saved, 2}};
+    for (auto level : levels())
+      for (int threads : {1, 2}) runs.push_back({AttentionImpl::kFused, level, threads});
+    for (const Run& run : runs) {
+      SCOPED_TRACE(c.name() + " impl=" + impl_name(run.impl) + " simd=" + detail::simd_level_name(run.simd) +
+                   " threads=" + std::to_string(run.threads));
+      detail::force_simd_level(run.simd);
+      in.options.impl = run.impl;
+      in.options.num_threads = run.threads;
+      const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+      EXPECT_LE(test::max_abs_diff(r.output, ref.output), kTol);
+      if (c.weights) {
+        EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), kTol);
+      }
+      ++checked;
+    }
+  }
+  detail::force_simd_level(saved);
+  EXPECT_GT(checked, 1000);
+}
+
+TEST(Paths, FusedIsDeterministicForAThreadCount) {
+  for (const test::AttentionCase& c : test::attention_cases(20)) {
+    test::CaseInputs in = test::make_inputs(c, 99);
+    in.options.impl = AttentionImpl::kFused;
+    in.options.num_threads = 2;
+    const AttentionResult a = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    const AttentionResult b = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    EXPECT_EQ(std::memcmp(a.output.raw(), b.output.raw(), a.output.nbytes()), 0) << c.name();
+  }
+}
+
+TEST(Paths, MaskedWeightsAreExactlyZero) {
+  for (const test::AttentionCase& c : test::attention_cases(40)) {
+    if (!c.weights) continue;
+    test::CaseInputs in = test::make_inputs(c, 5);
+    for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused}) {
+      in.options.impl = impl;
+      const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+      // A weight is 0 exactly where the mask hides the key: check causal and the bool mask.
+      for (int64_t b = 0; b < c.B; ++b)
+        for (int64_t h = 0; h < c.H; ++h)
+          for (int64_t i = 0; i < c.Lq; ++i)
+            for (int64_t j = 0; j < c.Lk; ++j) {
+              const int64_t off = c.causal == CausalAlignment::kTopLeft ? 0 : c.Lk - c.Lq;
+              const bool hidden_by_causal = c.causal != CausalAlignment::kNone && j > i + off;
+              const float w = r.weights.f32()[((b * c.H + h) * c.Lq + i) * c.Lk + j];
+              const bool padded = c.key_padding && in.options.key_padding_mask.b8()[b * c.Lk + j];
+              if (hidden_by_causal || padded) {
+                ASSERT_EQ(w, 0.0f) << c.name() << " " << impl_name(impl);
+              }
+            }
+    }
+  }
+}
+
+TEST(Simd, ExpIsAccurateOnEveryTarget) {
+  using ExpFn = float (*)(float);
+  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {{detail::SimdLevel::kScalar, detail::scalar::exp_for_test},
+                                                          {detail::SimdLevel::kAvx2, detail::avx2::exp_for_test},
+                                                          {detail::SimdLevel::kAvx512, detail::avx512::exp_for_test}};
+  for (const auto& [level, fn] : fns) {
+    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
+    double worst = 0.0;
+    for (double x = -87.0; x <= 88.0; x += 0.0137) {
+      const double want = std::exp(static_cast<double>(static_cast<float>(x)));
+      const double got = fn(static_cast<float>(x));
+      worst = std::max(worst, std::fabs(got - want) / want);
+    }
+    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(-INFINITY), 0.0f);
+    EXPECT_EQ(fn(-100.0f), 0.0f);
+    EXPECT_EQ(fn(0.0f), 1.0f);
+  }
+}
+
+}  // namespace
+}  // namespace attn
