@@ -6,7 +6,10 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <omp.h>
+
 #include <random>
+#include <tuple>
 
 #include "attn/attention.h"
 #include "attn/error.h"
@@ -127,6 +130,35 @@ void run_mha_bench(const MhaBench& a) {
   report("mha", shape, ms, flops, a.json, "");
 }
 
+// Memory read bandwidth: sums a buffer far larger than the caches with every thread.
+void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) {
+  const int64_t n = megabytes * (1 << 20) / 4;
+  std::vector<float> buf(static_cast<size_t>(n), 1.0f);  // touched once here, not in the timed runs
+  const int t = threads > 0 ? threads : omp_get_max_threads();
+  volatile float sink = 0.0f;
+  const auto ms = time_runs(repeat, [&] {
+    float total = 0.0f;
+#pragma omp parallel for num_threads(t) reduction(+ : total) schedule(static)
+    for (int64_t blk = 0; blk < n / 64; ++blk) {
+      float acc[16] = {};
+      const float* p = buf.data() + blk * 64;
+      for (int r = 0; r < 4; ++r)
+        for (int i = 0; i < 16; ++i) acc[i] += p[r * 16 + i];
+      for (float a : acc) total += a;
+    }
+    sink = total;
+  });
+  (void)sink;
+  const double median = ms[ms.size() / 2];
+  const double gbs = static_cast<double>(n) * 4.0 / (median * 1e-3) / 1e9;
+  if (json)
+    std::printf("{\"bench\": \"bandwidth\", \"megabytes\": %lld, \"threads\": %d, \"median_ms\": %.3f, \"gb_per_s\": %.2f}\n",
+                static_cast<long long>(megabytes), t, median, gbs);
+  else
+    std::printf("memory read bandwidth: %.2f GB/s (%lld MB, %d threads, median of %d)\n", gbs,
+                static_cast<long long>(megabytes), t, repeat);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -161,6 +193,14 @@ void add_bench(CLI::App& app) {
   mha->add_option("--repeat", m->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   mha->add_flag("--json", m->json, "one JSON line");
   mha->callback([m] { run_mha_bench(*m); });
+
+  auto bw = std::make_shared<std::tuple<int64_t, int, int, bool>>(1024, 0, 5, false);
+  CLI::App* band = bench->add_subcommand("bandwidth", "measure the memory read bandwidth (the decode kernel's roofline)");
+  band->add_option("--megabytes", std::get<0>(*bw), "buffer size");
+  band->add_option("--threads", std::get<1>(*bw), "threads; 0 = all cores");
+  band->add_option("--repeat", std::get<2>(*bw), "timed runs")->check(CLI::PositiveNumber);
+  band->add_flag("--json", std::get<3>(*bw), "one JSON line");
+  band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
 }
 
 }  // namespace attn::cli
