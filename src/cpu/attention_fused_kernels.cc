@@ -35,12 +35,13 @@ constexpr int W = Vec::W;
 constexpr int64_t kBq = 64;               // query rows per tile
 constexpr int64_t kBk = 64;               // keys per tile; a multiple of 2·W
 // Register tiles; all shapes that fit the 32 zmm registers measured within 2% of each other on the
-// Zen 4 development machine (one 512-bit FMA per cycle per core), 8×2 being the best for P·V at D = 128.
+// Zen 4 development machine (one 512-bit FMA per cycle per core) for long sequences. P·V keeps 4
+// vectors of columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
 #ifndef ATTN_SCORE_ROWS
 #define ATTN_SCORE_ROWS (W == 16 ? 8 : 6)
 #define ATTN_SCORE_VECS 2
-#define ATTN_PV_ROWS (W == 16 ? 8 : 4)
-#define ATTN_PV_VECS 2
+#define ATTN_PV_ROWS 4
+#define ATTN_PV_VECS (W == 16 ? 4 : 2)
 #endif
 constexpr int kScoreRows = ATTN_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns
 constexpr int kScoreVecs = ATTN_SCORE_VECS;
