@@ -190,6 +190,15 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
     for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * p.scale;
 }
 
+// Is every key of [j0, j0 + n) padding in batch b?
+bool all_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_t n) {
+  if (p.key_padding == nullptr) return false;
+  const uint8_t* pad = p.key_padding + b * p.Lk + j0;
+  for (int64_t j = 0; j < n; ++j)
+    if (!pad[j]) return false;
+  return true;
+}
+
 // Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
 bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
   if (!only_range_masking(p)) return true;
@@ -211,6 +220,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   const bool pack_v = p.Dv % W != 0;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
     const int64_t n = std::min(kBk, j_end - j0);
+    if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
     compute_scores(p, k, kpack ? kpack + j0 / kBk * p.D * kBk : nullptr, j0, n, rows, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     for (int64_t r = 0; r < rows; ++r) {
