@@ -3,7 +3,6 @@
 // every SIMD level this machine has. Tolerance: twice PyTorch's own float32 error on the case, plus
 // a floor of 2e-6 for cases where PyTorch's error happens to be ~0.
 #include <filesystem>
-#include <nlohmann/json.hpp>
 
 #include "attn/attention.h"
 #include "attn/io/safetensors.h"

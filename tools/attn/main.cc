@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "attn/error.h"
+#include "attn/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
       "  softmax(scale · Q·Kᵀ + M) · V, with PyTorch's semantics.\n"
       "Start with `attn explain` for a walk-through of the five mechanisms."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("attn ") + attn::version());
   attn::cli::add_explain(app);
   attn::cli::add_sdpa(app);
   attn::cli::add_mha(app);
