@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
-# Runs every test: builds (installing what is missing), then the GoogleTest suite through CTest.
+# Runs every test:
+#   1. builds (installing what is missing) and runs the GoogleTest suite through CTest;
+#   2. installs the library and builds examples/ against it out of tree (CMake and pkg-config);
+#   3. builds the Python module with `pip install .` into build/venv and runs pytest, then the
+#      README's Python quick-start exactly as written.
 #   scripts/test.sh
 # ATTN_FUZZ_SECONDS=N also fuzzes each file reader for N seconds (fuzz/run.sh) and fails on a find.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 ctest --test-dir build --output-on-failure -j"$(nproc)"
+scripts/check_install.sh
+
+# Python: a venv with the module built from this tree (needs python3-dev and python3-venv on Debian).
+if ! python3 -c 'import sysconfig, os, venv; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    python3 python3-dev python3-venv python3-pip >/dev/null
+fi
+[ -x build/venv/bin/python ] || python3 -m venv build/venv
+build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
+build/venv/bin/python -m pip install -q ./ pytest
+build/venv/bin/python -m pytest -q -rs tests/python
+sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py
+(cd build && venv/bin/python readme_quickstart.py)
+echo "README Python quick-start ran"
+
 if [ "${ATTN_FUZZ_SECONDS:-0}" -gt 0 ]; then
   fuzz/run.sh "$ATTN_FUZZ_SECONDS"
 fi

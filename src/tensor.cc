@@ -63,6 +63,21 @@ Tensor Tensor::from_bools(Shape shape, const std::vector<uint8_t>& values) {
   return t;
 }
 
+Tensor Tensor::borrow(Shape shape, DType dtype, void* data, std::shared_ptr<void> owner) {
+  Tensor t;
+  t.numel_ = shape_numel(shape);
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  if (data == nullptr) {
+    if (t.numel_ != 0) throw ArgumentError("Tensor::borrow: null data for shape " + shape_str(t.shape_));
+    t.storage_ = allocate_zeroed(0);
+    return t;
+  }
+  // aliasing constructor: shares owner's lifetime, points at data
+  t.storage_ = std::shared_ptr<std::byte>(std::move(owner), static_cast<std::byte*>(data));
+  return t;
+}
+
 int64_t Tensor::dim(int i) const {
   const int r = rank();
   const int j = i < 0 ? i + r : i;

@@ -36,6 +36,11 @@ class Tensor {
   // A bool tensor holding `values` (nonzero = true).
   static Tensor from_bools(Shape shape, const std::vector<uint8_t>& values);
 
+  // A tensor over memory it does not own (row-major, `shape`), e.g. a NumPy array's buffer: no copy.
+  // `owner`, if given, is kept alive as long as the tensor or any copy of it. Kernels accept any
+  // alignment. Throws ArgumentError if data is null for a non-empty shape.
+  static Tensor borrow(Shape shape, DType dtype, void* data, std::shared_ptr<void> owner = nullptr);
+
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }

@@ -1,0 +1,176 @@
+"""attn: the Transformer attention family, exact against PyTorch and fast on a CPU.
+
+NumPy in, NumPy out, with PyTorch's names and semantics:
+
+    import numpy as np, attn
+    q = np.random.rand(1, 8, 128, 64).astype(np.float32)
+    out = attn.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+Arrays that are already C-contiguous float32 (or bool, for masks) are used in place; anything else
+array-like (float64, non-contiguous, a torch CPU tensor) is converted first. Errors raise ValueError
+(shapes, values), TypeError (dtypes) or KeyError (a missing weight), with the C++ message.
+"""
+import numpy as np
+
+from . import _attn
+
+__version__ = _attn.__version__
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "load_safetensors", "save_safetensors", "__version__"]
+
+
+def _f32(x, name):
+    if x is None:
+        raise ValueError(f"{name} is required")
+    a = np.asarray(x)
+    if a.dtype == np.bool_:
+        raise TypeError(f"{name} must be a floating-point array, got bool with shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise TypeError(f"{name} must be a numeric array, got {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _mask(x, name):
+    """bool masks stay bool; anything else becomes float32 (additive)."""
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.dtype == np.bool_:
+        return np.ascontiguousarray(a)
+    return _f32(a, name)
+
+
+def _bool(x, name):
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.dtype != np.bool_:
+        raise TypeError(f"{name} must be a bool array (True = padding), got {a.dtype} with shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _to_4d(a, name):
+    if a.ndim < 2 or a.ndim > 4:
+        raise ValueError(f"{name} must have 2 to 4 dimensions (..., L, E), got shape {a.shape}")
+    return a.reshape((1,) * (4 - a.ndim) + a.shape)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, causal_alignment=None, key_padding_mask=None,
+                                 return_weights=False, window=0, alibi_slopes=None, impl="auto", num_threads=0):
+    """torch.nn.functional.scaled_dot_product_attention on NumPy arrays.
+
+    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv), 2 to 4 dimensions.
+    attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores.
+    is_causal: query i sees keys j <= i (top-left, as PyTorch). enable_gqa: allow H a multiple of Hkv.
+    dropout_p must be 0 (inference).
+    Extras: causal_alignment='top-left'|'bottom-right' (bottom-right: query i sees j <= i + Lk - Lq;
+    setting it implies causal), key_padding_mask (B, Lk) bool True = padding, window (sliding window,
+    with causal), alibi_slopes (H,), return_weights (then returns (output, weights (..., H, Lq, Lk))).
+    A query row whose keys are all masked gives 0 (PyTorch gives NaN).
+    """
+    if dropout_p != 0.0:
+        raise ValueError("dropout_p must be 0: attn computes inference-time attention")
+    q, k, v = _f32(query, "query"), _f32(key, "key"), _f32(value, "value")
+    if not (q.ndim == k.ndim == v.ndim):
+        raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} must have the same number of dimensions")
+    out_shape = q.shape
+    q4, k4, v4 = _to_4d(q, "query"), _to_4d(k, "key"), _to_4d(v, "value")
+    if q4.shape[1] != k4.shape[1] and not enable_gqa:
+        raise ValueError(f"query has {q4.shape[1]} heads but key has {k4.shape[1]}: pass enable_gqa=True for "
+                         f"grouped-query attention (query {q.shape}, key {k.shape})")
+    causal = causal_alignment or ("top-left" if is_causal else "none")
+    out, weights = _attn.sdpa(q4, k4, v4, _mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
+                              causal, None if scale is None else float(scale), int(window),
+                              None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
+                              bool(return_weights), impl, int(num_threads))
+    out = out.reshape(out_shape[:-1] + (v.shape[-1],))
+    if return_weights:
+        return out, weights.reshape(out_shape[:-2] + (q.shape[-2], k.shape[-2]))
+    return out
+
+
+class MultiheadAttention:
+    """torch.nn.MultiheadAttention (inference) on NumPy arrays.
+
+    forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+            average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights or None)
+    Inputs are (L, N, E), or (N, L, E) with batch_first=True, or unbatched (L, E), as in PyTorch.
+    Masks as in PyTorch: bool True = NOT allowed to attend, float = added. Weights load from PyTorch
+    state-dict names (in_proj_weight / q_proj_weight..., out_proj.weight, ...). num_kv_heads < num_heads
+    gives grouped-query attention (not in PyTorch). is_causal=True applies a causal mask itself
+    (PyTorch only takes it as a hint beside attn_mask).
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=False, *, num_kv_heads=None, seed=0):
+        if dropout != 0.0 or add_bias_kv or add_zero_attn:
+            raise ValueError("dropout, add_bias_kv and add_zero_attn are not supported")
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.num_kv_heads = int(num_kv_heads or num_heads)
+        self.kdim, self.vdim = int(kdim or embed_dim), int(vdim or embed_dim)
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self._m = _attn.MultiHeadAttention(self.embed_dim, self.num_heads, self.num_kv_heads, self.kdim, self.vdim,
+                                           self.bias, int(seed))
+
+    def load_state_dict(self, state_dict, prefix=""):
+        """Loads PyTorch's names from a dict of arrays (NumPy, or torch tensors via .numpy())."""
+        arrays = {}
+        for name, t in state_dict.items():
+            if not name.startswith(prefix):
+                continue
+            if hasattr(t, "detach"):
+                t = t.detach().cpu().numpy()
+            arrays[name] = _mask(t, name)
+        self._m = _attn.MultiHeadAttention.from_state_dict(arrays, self.embed_dim, self.num_heads, self.num_kv_heads,
+                                                           self.kdim, self.vdim, self.bias, prefix)
+        return self
+
+    @classmethod
+    def from_safetensors(cls, path, num_heads, *, prefix="", batch_first=False, num_kv_heads=None):
+        """A layer whose sizes are read off a .safetensors state dict."""
+        tensors, _ = _attn.load_safetensors(str(path))
+        get = lambda n: tensors[prefix + n] if prefix + n in tensors else None  # noqa: E731
+        wo = get("out_proj.weight")
+        if wo is None:
+            raise KeyError(f"{path}: no tensor named '{prefix}out_proj.weight'")
+        kdim = vdim = None
+        if get("in_proj_weight") is None:
+            kdim, vdim = get("k_proj_weight").shape[1], get("v_proj_weight").shape[1]
+        layer = cls(wo.shape[0], num_heads, bias=get("in_proj_bias") is not None, kdim=kdim, vdim=vdim,
+                    batch_first=batch_first, num_kv_heads=num_kv_heads)
+        return layer.load_state_dict(tensors, prefix)
+
+    def state_dict(self):
+        return self._m.state_dict()
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False, *, impl="auto", num_threads=0):
+        q, k, v = _f32(query, "query"), _f32(key, "key"), _f32(value, "value")
+        unbatched = q.ndim == 2
+        if unbatched:
+            q, k, v = q[None], k[None], v[None]
+            if key_padding_mask is not None:
+                key_padding_mask = np.asarray(key_padding_mask)[None]
+        elif not self.batch_first:
+            q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) if x.ndim == 3 else x for x in (q, k, v))
+        out, weights = self._m.forward(q, k, v, _mask(attn_mask, "attn_mask"), _mask(key_padding_mask, "key_padding_mask"),
+                                       bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
+                                       int(num_threads))
+        if unbatched:
+            out = out[0]
+            weights = None if weights is None else weights[0]
+        elif not self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return out, weights
+
+    __call__ = forward
+
+
+def load_safetensors(path):
+    """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted) and bool arrays."""
+    return _attn.load_safetensors(str(path))
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Writes float32/bool arrays under their names (atomically)."""
+    _attn.save_safetensors(str(path), {n: _mask(t, n) for n, t in tensors.items()}, metadata or {})

@@ -1,0 +1,179 @@
+// attn._attn: the C++ core for Python. NumPy arrays in and out without copies: inputs that are
+// C-contiguous float32/bool are viewed in place (the Python layer converts anything else), outputs
+// are NumPy arrays over the result tensors' own memory. The GIL is released while a kernel runs.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include "attn/attn.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
+
+// A view of a NumPy array as a Tensor (no copy); `arg` names it in errors.
+attn::Tensor view(const Array& a, const char* arg) {
+  attn::DType dtype;
+  if (a.dtype() == nb::dtype<float>()) dtype = attn::DType::kFloat32;
+  else if (a.dtype() == nb::dtype<bool>()) dtype = attn::DType::kBool;
+  else throw attn::DTypeError(std::string(arg) + " must be float32 or bool");
+  attn::Shape shape(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) shape[i] = static_cast<int64_t>(a.shape(i));
+  return attn::Tensor::borrow(std::move(shape), dtype, const_cast<void*>(a.data()));
+}
+
+attn::Tensor view_opt(const std::optional<Array>& a, const char* arg) { return a ? view(*a, arg) : attn::Tensor(); }
+
+// A NumPy array that owns (a share of) the tensor's storage.
+nb::object to_numpy(const attn::Tensor& t) {
+  if (!t.defined()) return nb::none();
+  auto* keep = new attn::Tensor(t);
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<attn::Tensor*>(p); });
+  std::vector<size_t> shape(t.shape().begin(), t.shape().end());
+  if (t.dtype() == attn::DType::kBool)
+    return nb::cast(nb::ndarray<nb::numpy, bool>(keep->b8(), shape.size(), shape.data(), owner));
+  return nb::cast(nb::ndarray<nb::numpy, float>(keep->f32(), shape.size(), shape.data(), owner));
+}
+
+attn::AttentionImpl impl_from(const std::string& s) {
+  if (s == "auto") return attn::AttentionImpl::kAuto;
+  if (s == "fused") return attn::AttentionImpl::kFused;
+  if (s == "unfused") return attn::AttentionImpl::kUnfused;
+  if (s == "reference") return attn::AttentionImpl::kReference;
+  throw attn::ArgumentError("impl must be 'auto', 'fused', 'unfused' or 'reference', got '" + s + "'");
+}
+
+attn::CausalAlignment causal_from(const std::string& s) {
+  if (s == "none") return attn::CausalAlignment::kNone;
+  if (s == "top-left") return attn::CausalAlignment::kTopLeft;
+  if (s == "bottom-right") return attn::CausalAlignment::kBottomRight;
+  throw attn::ArgumentError("causal alignment must be 'top-left', 'bottom-right' or None, got '" + s + "'");
+}
+
+std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Array& v, const std::optional<Array>& mask,
+                                       const std::optional<Array>& key_padding_mask, const std::string& causal,
+                                       std::optional<float> scale, int64_t window, const std::optional<Array>& alibi,
+                                       bool return_weights, const std::string& impl, int num_threads) {
+  attn::AttentionOptions o;
+  o.mask = view_opt(mask, "attn_mask");
+  o.key_padding_mask = view_opt(key_padding_mask, "key_padding_mask");
+  o.alibi_slopes = view_opt(alibi, "alibi_slopes");
+  o.causal = causal_from(causal);
+  o.scale = scale;
+  o.window = window;
+  o.return_weights = return_weights;
+  o.impl = impl_from(impl);
+  o.num_threads = num_threads;
+  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
+  attn::AttentionResult r;
+  {
+    nb::gil_scoped_release release;
+    r = attn::scaled_dot_product_attention(tq, tk, tv, o);
+  }
+  return {to_numpy(r.output), to_numpy(r.weights)};
+}
+
+attn::MultiHeadAttentionConfig make_config(int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias) {
+  attn::MultiHeadAttentionConfig c;
+  c.embed_dim = E, c.num_heads = H, c.num_kv_heads = Hkv, c.kdim = kdim, c.vdim = vdim, c.bias = bias;
+  return c;
+}
+
+std::map<std::string, attn::Tensor> views(const std::map<std::string, Array>& arrays) {
+  std::map<std::string, attn::Tensor> out;
+  for (const auto& [name, a] : arrays) out[name] = view(a, name.c_str()).clone();
+  return out;
+}
+
+std::map<std::string, nb::object> to_numpy_map(const std::map<std::string, attn::Tensor>& tensors) {
+  std::map<std::string, nb::object> out;
+  for (const auto& [name, t] : tensors) out[name] = to_numpy(t);
+  return out;
+}
+
+}  // namespace
+
+NB_MODULE(_attn, m) {
+  m.doc() = "attn: the Transformer attention family (C++ core)";
+  m.attr("__version__") = attn::version();
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const attn::ShapeError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const attn::ArgumentError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const attn::DTypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const attn::MissingTensorError& e) {
+      PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const attn::FormatError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const attn::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+  m.def("sdpa", &sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(),
+        "window"_a, "alibi_slopes"_a.none(), "return_weights"_a, "impl"_a, "num_threads"_a,
+        "scaled_dot_product_attention on [B, H, L, D] float32 arrays; see attn.scaled_dot_product_attention");
+
+  nb::class_<attn::MultiHeadAttention>(m, "MultiHeadAttention")
+      .def("__init__",
+           [](attn::MultiHeadAttention* self, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias,
+              uint64_t seed) { new (self) attn::MultiHeadAttention(make_config(E, H, Hkv, kdim, vdim, bias), seed); },
+           "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "seed"_a)
+      .def_static(
+          "from_state_dict",
+          [](const std::map<std::string, Array>& sd, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim,
+             bool bias, const std::string& prefix) {
+            return attn::MultiHeadAttention::from_state_dict(views(sd), make_config(E, H, Hkv, kdim, vdim, bias), prefix);
+          },
+          "state_dict"_a, "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "prefix"_a)
+      .def("state_dict", [](const attn::MultiHeadAttention& m, const std::string& prefix) { return to_numpy_map(m.state_dict(prefix)); },
+           "prefix"_a = "")
+      .def(
+          "forward",
+          [](const attn::MultiHeadAttention& mha, const Array& query, const Array& key, const Array& value,
+             const std::optional<Array>& attn_mask, const std::optional<Array>& key_padding_mask, bool causal,
+             bool need_weights, bool average, const std::string& impl, int num_threads) {
+            attn::MhaOptions o;
+            o.attn_mask = view_opt(attn_mask, "attn_mask");
+            o.key_padding_mask = view_opt(key_padding_mask, "key_padding_mask");
+            o.causal = causal;
+            o.need_weights = need_weights;
+            o.average_attn_weights = average;
+            o.impl = impl_from(impl);
+            o.num_threads = num_threads;
+            const attn::Tensor q = view(query, "query"), k = view(key, "key"), v = view(value, "value");
+            attn::MhaOutput r;
+            {
+              nb::gil_scoped_release release;
+              r = mha.attention(q, k, v, o);
+            }
+            return std::make_pair(to_numpy(r.output), to_numpy(r.weights));
+          },
+          "query"_a, "key"_a, "value"_a, "attn_mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "need_weights"_a,
+          "average_attn_weights"_a, "impl"_a, "num_threads"_a);
+
+  m.def(
+      "load_safetensors",
+      [](const std::string& path) {
+        const attn::io::Safetensors st = attn::io::read_safetensors(path);
+        return std::make_pair(to_numpy_map(st.tensors), st.metadata);
+      },
+      "path"_a, "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays");
+  m.def(
+      "save_safetensors",
+      [](const std::string& path, const std::map<std::string, Array>& tensors, const std::map<std::string, std::string>& metadata) {
+        attn::io::write_safetensors(path, views(tensors), metadata);
+      },
+      "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>());
+}

@@ -1,0 +1,205 @@
+"""The Python module: PyTorch parity (committed fixtures always; live PyTorch where installed), the
+PyTorch names and return values, zero-copy views, errors as Python exceptions, the GIL released."""
+import glob
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import attn
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def tol(meta):
+    return 2 * float(meta["torch_f32_err"]) + 2e-6
+
+
+# ---------------------------------------------------------------- parity through the committed fixtures
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(FIXTURES, "sdpa_*.safetensors"))))
+def test_sdpa_matches_pytorch_fixture(path):
+    t, meta = attn.load_safetensors(path)
+    causal = meta["causal"]
+    out, w = attn.scaled_dot_product_attention(
+        t["q"], t["k"], t["v"], attn_mask=t.get("mask"), enable_gqa=True,
+        scale=None if meta["scale"] == "default" else float(meta["scale"]),
+        causal_alignment=None if causal == "none" else causal, key_padding_mask=t.get("key_padding_mask"),
+        return_weights=True)
+    assert np.abs(out - t["expected"]).max() <= tol(meta)
+    assert np.abs(w - t["expected_weights"]).max() <= 2e-6
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(FIXTURES, "mha_*.safetensors"))))
+def test_multihead_attention_matches_pytorch_fixture(path):
+    t, meta = attn.load_safetensors(path)
+    query = t["query"]
+    self_attn = json.loads(meta["self_attention"])
+    key = query if self_attn else t["key"]
+    value = query if self_attn else t["value"]
+    layer = attn.MultiheadAttention.from_safetensors(path, int(meta["num_heads"]), prefix="mha.", batch_first=True)
+    out, w = layer(query, key, value, key_padding_mask=t.get("key_padding_mask"), attn_mask=t.get("attn_mask"),
+                   average_attn_weights=json.loads(meta["average"]), is_causal=json.loads(meta["causal"]))
+    assert np.abs(out - t["expected"]).max() <= tol(meta)
+    assert np.abs(w - t["expected_weights"]).max() <= 2e-6
+
+
+# ---------------------------------------------------------------- the API itself
+def test_shapes_ranks_and_return_values():
+    q = rand(3, 7, 16)  # (N, L, E): PyTorch's 3-D form
+    out = attn.scaled_dot_product_attention(q, q, q)
+    assert isinstance(out, np.ndarray) and out.shape == (3, 7, 16) and out.dtype == np.float32
+    out, w = attn.scaled_dot_product_attention(rand(2, 4, 5, 8), rand(2, 2, 6, 8), rand(2, 2, 6, 3), enable_gqa=True,
+                                               return_weights=True)
+    assert out.shape == (2, 4, 5, 3) and w.shape == (2, 4, 5, 6)
+    assert np.allclose(w.sum(-1), 1, atol=1e-5)
+    out = attn.scaled_dot_product_attention(rand(5, 8).astype(np.float64), rand(6, 8), rand(6, 8))  # 2-D, float64
+    assert out.shape == (5, 8) and out.dtype == np.float32
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    mask = np.zeros((4, 6), dtype=bool)
+    out, w = attn.scaled_dot_product_attention(rand(1, 1, 4, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8), attn_mask=mask,
+                                               return_weights=True)
+    assert np.all(out == 0) and np.all(w == 0)
+
+
+def test_outputs_own_their_memory_and_inputs_are_not_copied_or_changed():
+    q = rand(1, 2, 9, 8)
+    before = q.copy()
+    out = attn.scaled_dot_product_attention(q, q, q)
+    assert out.flags.owndata is False and out.base is not None  # a view over the C++ tensor, kept alive
+    out[0, 0, 0, 0] = 42.0  # writable, and independent of the input
+    assert np.array_equal(q, before)
+    del q
+    assert out[0, 0, 0, 0] == 42.0
+
+
+def test_multihead_attention_layouts():
+    layer = attn.MultiheadAttention(16, 4, seed=3)
+    x = rand(7, 2, 16)  # (L, N, E): PyTorch's default layout
+    out, w = layer(x, x, x)
+    assert out.shape == (7, 2, 16) and w.shape == (2, 7, 7)
+    out_bf, _ = attn.MultiheadAttention(16, 4, batch_first=True, seed=3)(x.transpose(1, 0, 2), x.transpose(1, 0, 2),
+                                                                         x.transpose(1, 0, 2))
+    assert np.allclose(out_bf.transpose(1, 0, 2), out, atol=1e-6)
+    out_u, w_u = layer(x[:, 0], x[:, 0], x[:, 0], need_weights=True, average_attn_weights=False)  # unbatched
+    assert out_u.shape == (7, 16) and w_u.shape == (4, 7, 7)
+    assert np.allclose(out_u, out[:, 0], atol=1e-6)
+    out, w = layer(x, x, x, need_weights=False)
+    assert w is None
+    sd = layer.state_dict()
+    assert sd["in_proj_weight"].shape == (48, 16) and "out_proj.bias" in sd
+
+
+def test_safetensors_round_trip(tmp_path):
+    tensors = {"a": rand(2, 3), "m": np.array([[True, False]])}
+    attn.save_safetensors(tmp_path / "x.safetensors", tensors, {"k": "v"})
+    back, meta = attn.load_safetensors(tmp_path / "x.safetensors")
+    assert np.array_equal(back["a"], tensors["a"]) and np.array_equal(back["m"], tensors["m"]) and meta == {"k": "v"}
+
+
+# ---------------------------------------------------------------- bad input: exceptions, never a crash
+@pytest.mark.parametrize("call, exc, needle", [
+    (lambda: attn.scaled_dot_product_attention(rand(1, 4, 5, 8), rand(1, 4, 6, 7), rand(1, 4, 6, 8)), ValueError,
+     "[1, 4, 6, 7]"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 4, 5, 8), rand(1, 2, 6, 8), rand(1, 2, 6, 8)), ValueError,
+     "enable_gqa"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 4, 5, 8), rand(1, 3, 6, 8), rand(1, 3, 6, 8), enable_gqa=True),
+     ValueError, "Hkv = 3"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 1, 5, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8),
+                                               attn_mask=np.ones((5, 7), bool)), ValueError, "mask"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 1, 5, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8),
+                                               key_padding_mask=np.ones((1, 6))), TypeError, "key_padding_mask"),
+    (lambda: attn.scaled_dot_product_attention(np.ones((2, 2), bool), rand(2, 2), rand(2, 2)), TypeError, "query"),
+    (lambda: attn.scaled_dot_product_attention("abc", rand(2, 2), rand(2, 2)), TypeError, "query"),
+    (lambda: attn.scaled_dot_product_attention(rand(8), rand(8), rand(8)), ValueError, "dimensions"),
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), dropout_p=0.1), ValueError, "dropout"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2), window=2),
+     ValueError, "window"),
+    (lambda: attn.MultiheadAttention(10, 4), ValueError, "E = 10"),
+    (lambda: attn.MultiheadAttention(8, 2)(rand(1, 3, 6), rand(1, 3, 6), rand(1, 3, 6)), ValueError, "E = 8"),
+    (lambda: attn.MultiheadAttention(8, 2).load_state_dict({"in_proj_weight": rand(24, 8)}), KeyError,
+     "out_proj.weight"),
+    (lambda: attn.load_safetensors("/nonexistent.safetensors"), ValueError, "nonexistent"),
+])
+def test_bad_input_raises(call, exc, needle):
+    with pytest.raises(exc) as e:
+        call()
+    assert needle in str(e.value)
+
+
+def test_corrupt_file_raises(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\xff" * 8 + b"{}")
+    with pytest.raises(ValueError, match="header length"):
+        attn.load_safetensors(p)
+
+
+def test_gil_is_released_while_a_kernel_runs():
+    q = rand(1, 8, 2048, 64)
+    done = threading.Event()
+    ticks = 0
+
+    def work():
+        for _ in range(3):
+            attn.scaled_dot_product_attention(q, q, q, num_threads=1)
+        done.set()
+
+    t = threading.Thread(target=work)
+    t0 = time.perf_counter()
+    t.start()
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0.001)
+    t.join()
+    assert time.perf_counter() - t0 > 0.05, "the kernel ran too fast to tell"
+    assert ticks > 10, "the main thread could not run while the kernel ran: GIL held"
+
+
+# ---------------------------------------------------------------- live PyTorch, where installed
+def _torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        pytest.skip("PyTorch is not installed: live parity skipped (the committed fixtures still ran)")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_live_sdpa_parity(seed):
+    torch = _torch()
+    g = np.random.default_rng(seed)
+    B, Hkv = int(g.integers(1, 3)), int(g.integers(1, 3))
+    H, Lq, Lk, D = Hkv * int(g.integers(1, 3)), int(g.integers(1, 70)), int(g.integers(1, 90)), int(g.choice([8, 64]))
+    q, k, v = (g.standard_normal(s).astype(np.float32) for s in ((B, H, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
+    mask = g.random((Lq, Lk)) < 0.7
+    mask[:, 0] = True
+    causal = bool(seed % 2) and Lq <= Lk
+    want = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(x).double() for x in (q, k, v)), attn_mask=None if causal else torch.from_numpy(mask),
+        is_causal=causal, enable_gqa=True).float().numpy()
+    got = attn.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                            enable_gqa=True)
+    assert np.abs(got - want).max() < 2e-5
+
+
+def test_live_multihead_attention_parity():
+    torch = _torch()
+    m = torch.nn.MultiheadAttention(16, 4).eval()  # PyTorch's defaults: (L, N, E)
+    x = torch.randn(9, 2, 16)
+    mask = torch.rand(9, 9) < 0.2
+    mask.fill_diagonal_(False)
+    with torch.no_grad():
+        want, want_w = m(x, x, x, attn_mask=mask)
+    layer = attn.MultiheadAttention(16, 4).load_state_dict(m.state_dict())
+    got, got_w = layer(x.numpy(), x.numpy(), x.numpy(), attn_mask=mask.numpy())
+    assert np.abs(got - want.numpy()).max() < 1e-5
+    assert np.abs(got_w - want_w.numpy()).max() < 1e-5
