@@ -71,6 +71,20 @@ struct AttentionResult {
 AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                              const AttentionOptions& options = {});
 
+struct AttentionGrads {
+  Tensor dq;  // [B, H, Lq, D]
+  Tensor dk;  // [B, Hkv, Lk, D]   (summed over the query heads of each group)
+  Tensor dv;  // [B, Hkv, Lk, Dv]
+};
+
+// The backward pass: gradients of a loss with respect to q, k and v, given d_out = dLoss/dOutput
+// [B, H, Lq, Dv] and the forward's attention weights [B, H, Lq, Lk] (pass an undefined tensor to have
+// them recomputed). Same shapes, options and checks as the forward; masked weights are 0, so masked
+// keys receive no gradient, and a fully masked row passes none.
+AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                     const Tensor& weights, const Tensor& d_out,
+                                                     const AttentionOptions& options = {});
+
 // Names of the implementations and alignments, for messages and the command line.
 const char* impl_name(AttentionImpl impl);
 const char* causal_name(CausalAlignment causal);

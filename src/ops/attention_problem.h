@@ -69,6 +69,12 @@ void attention_reference(const AttentionProblem& p);
 void attention_unfused(const AttentionProblem& p);
 void attention_fused(const AttentionProblem& p);
 
+// Backward of the problem: dq, dk, dv (same strides as q, k, v) += gradients, from the forward's weights
+// ([B, H, Lq, Lk] contiguous) and d_out (strides o_*). With attention-weight dropout, `keep` (same shape
+// as weights) and its probability p: the forward used P·keep/(1 − p) in place of P.
+void attention_backward(const AttentionProblem& p, const float* weights, const float* d_out, float* dq, float* dk,
+                        float* dv, const uint8_t* keep = nullptr, float dropout = 0.0f);
+
 // Validates and resolves q/k/v/options into a problem writing into `out` ([B, H, Lq, Dv]) and
 // `weights` (when requested). The single place that checks the public API's inputs.
 AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options,

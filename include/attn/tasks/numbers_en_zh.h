@@ -1,0 +1,40 @@
+// attn/tasks/numbers_en_zh.h: the shipped translation task, English number words -> Chinese numerals.
+//
+//   1234567  "one million two hundred thirty four thousand five hundred sixty seven"
+//            -> 一百二十三万四千五百六十七
+// Source: an integer n in [0, 999 999 999] as lower-case English words separated by single spaces, no
+// "and", no hyphens, no commas. Target: standard Chinese numerals, one token per character: digits
+// 零一二三四五六七八九 (二, not 两), units 十百千万亿; a leading 一十 is written 十; one 零 stands for any
+// run of zeros between non-zero digits, across 万 and 亿 too.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attn::tasks {
+
+std::string english_words(int64_t n);   // throws ArgumentError outside [0, 999 999 999]
+std::string chinese_numeral(int64_t n);  // UTF-8
+
+// The inverse of english_words, for validating user input: the number, or throws ArgumentError naming
+// the offending word (unknown words, empty input, ill-formed order).
+int64_t parse_english_words(const std::string& text);
+
+enum class Split : uint8_t { kTrain, kValidation, kTest };
+// Which split n belongs to: a hash of n, so the splits never share a number (1% test, 1% validation).
+Split split_of(int64_t n);
+
+struct Example {
+  int64_t n;
+  std::string source, target;
+};
+// `count` examples of the split, deterministically from `seed`. Numbers are drawn with a uniform
+// number of digits (1..9) and with runs of zeros made common, so 零 rules are well represented.
+std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed);
+
+// Splits UTF-8 into characters (the target's tokens) and text into space-separated words.
+std::vector<std::string> utf8_chars(const std::string& s);
+std::vector<std::string> words(const std::string& s);
+
+}  // namespace attn::tasks

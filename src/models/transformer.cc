@@ -1,0 +1,251 @@
+// The encoder–decoder Transformer: parameters, teacher-forced forward, backward, save/load.
+// Inference with a KV cache lives in transformer_generate.cc.
+#include "attn/models/transformer.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "models/transformer_internal.h"
+
+namespace attn {
+
+using models::Buf;
+using models::grow;
+
+// ---------------------------------------------------------------- config
+std::string TransformerConfig::to_json() const {
+  nlohmann::json j = {{"src_vocab", src_vocab},
+                      {"tgt_vocab", tgt_vocab},
+                      {"d_model", d_model},
+                      {"num_heads", num_heads},
+                      {"d_ff", d_ff},
+                      {"num_encoder_layers", num_encoder_layers},
+                      {"num_decoder_layers", num_decoder_layers},
+                      {"max_len", max_len},
+                      {"norm_first", norm_first},
+                      {"activation", activation == Activation::kGelu ? "gelu" : "relu"},
+                      {"tie_embeddings", tie_embeddings},
+                      {"learned_positions", learned_positions},
+                      {"dropout", dropout},
+                      {"attention_dropout", attention_dropout},
+                      {"pad_id", pad_id},
+                      {"bos_id", bos_id},
+                      {"eos_id", eos_id}};
+  return j.dump(2);
+}
+
+TransformerConfig TransformerConfig::from_json(const std::string& text) {
+  TransformerConfig c;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    c.src_vocab = j.at("src_vocab"), c.tgt_vocab = j.at("tgt_vocab"), c.d_model = j.at("d_model");
+    c.num_heads = j.at("num_heads"), c.d_ff = j.at("d_ff");
+    c.num_encoder_layers = j.at("num_encoder_layers"), c.num_decoder_layers = j.at("num_decoder_layers");
+    c.max_len = j.at("max_len"), c.norm_first = j.at("norm_first");
+    c.activation = j.at("activation") == "gelu" ? Activation::kGelu : Activation::kRelu;
+    c.tie_embeddings = j.at("tie_embeddings"), c.learned_positions = j.at("learned_positions");
+    c.dropout = j.at("dropout"), c.attention_dropout = j.at("attention_dropout");
+    c.pad_id = j.at("pad_id"), c.bos_id = j.at("bos_id"), c.eos_id = j.at("eos_id");
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(std::string("model config: ") + e.what());
+  }
+  return c;
+}
+
+namespace {
+
+void check_config(const TransformerConfig& c) {
+  auto bad = [](const std::string& m) { throw ArgumentError("TransformerConfig: " + m); };
+  if (c.src_vocab <= 0 || c.tgt_vocab <= 0) bad("src_vocab and tgt_vocab must be positive");
+  if (c.d_model <= 0 || c.num_heads <= 0 || c.d_model % c.num_heads != 0)
+    bad("d_model = " + std::to_string(c.d_model) + " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
+  if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0) bad("sizes must be positive");
+  if (c.dropout < 0 || c.dropout >= 1 || c.attention_dropout < 0 || c.attention_dropout >= 1) bad("dropout must be in [0, 1)");
+}
+
+void xavier(Tensor& t, std::mt19937_64& rng) {
+  const float bound = std::sqrt(6.0f / static_cast<float>(t.dim(0) + t.dim(1)));
+  std::uniform_real_distribution<float> u(-bound, bound);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- parameters
+Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : config_(config) {
+  check_config(config_);
+  const int64_t E = config_.d_model, F = config_.d_ff;
+  std::mt19937_64 rng(seed);
+  auto add = [&](const std::string& name, Shape shape, char init) {
+    Tensor t(std::move(shape));
+    if (init == 'x') xavier(t, rng);
+    if (init == '1') std::fill(t.f32(), t.f32() + t.numel(), 1.0f);
+    if (init == 'e') {
+      std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(static_cast<float>(E)));
+      for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = n(rng);
+    }
+    params_[name] = t;
+  };
+  auto attention = [&](const std::string& p) {
+    add(p + "in_proj_weight", {3 * E, E}, 'x');
+    add(p + "in_proj_bias", {3 * E}, '0');
+    add(p + "out_proj.weight", {E, E}, 'x');
+    add(p + "out_proj.bias", {E}, '0');
+  };
+  auto feed_forward_and_norms = [&](const std::string& p, int norms) {
+    add(p + "linear1.weight", {F, E}, 'x');
+    add(p + "linear1.bias", {F}, '0');
+    add(p + "linear2.weight", {E, F}, 'x');
+    add(p + "linear2.bias", {E}, '0');
+    for (int n = 1; n <= norms; ++n) {
+      add(p + "norm" + std::to_string(n) + ".weight", {E}, '1');
+      add(p + "norm" + std::to_string(n) + ".bias", {E}, '0');
+    }
+  };
+  add("src_embed.weight", {config_.src_vocab, E}, 'e');
+  add("tgt_embed.weight", {config_.tgt_vocab, E}, 'e');
+  if (config_.learned_positions) add("pos_embed.weight", {config_.max_len, E}, 'e');
+  for (int64_t l = 0; l < config_.num_encoder_layers; ++l) {
+    const std::string p = "encoder.layers." + std::to_string(l) + ".";
+    attention(p + "self_attn.");
+    feed_forward_and_norms(p, 2);
+  }
+  add("encoder.norm.weight", {E}, '1');
+  add("encoder.norm.bias", {E}, '0');
+  for (int64_t l = 0; l < config_.num_decoder_layers; ++l) {
+    const std::string p = "decoder.layers." + std::to_string(l) + ".";
+    attention(p + "self_attn.");
+    attention(p + "multihead_attn.");
+    feed_forward_and_norms(p, 3);
+  }
+  add("decoder.norm.weight", {E}, '1');
+  add("decoder.norm.bias", {E}, '0');
+  if (!config_.tie_embeddings) add("generator.weight", {config_.tgt_vocab, E}, 'x');
+  add("generator.bias", {config_.tgt_vocab}, '0');
+  for (const auto& [name, t] : params_) grads_[name] = Tensor(t.shape());
+  cache_ = std::make_unique<TransformerCache>();
+}
+
+Transformer::~Transformer() = default;
+Transformer::Transformer(Transformer&&) noexcept = default;
+Transformer& Transformer::operator=(Transformer&&) noexcept = default;
+
+int64_t Transformer::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : params_) n += t.numel();
+  return n;
+}
+
+void Transformer::zero_grad() {
+  for (auto& [name, g] : grads_) std::fill(g.f32(), g.f32() + g.numel(), 0.0f);
+}
+
+// ---------------------------------------------------------------- forward / backward
+Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
+                            std::map<std::string, Tensor>* grads, TransformerCache& k, const TokenBatch& src,
+                            const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
+  models::check_tokens(c, src, c.src_vocab, "src");
+  models::check_tokens(c, tgt_in, c.tgt_vocab, "tgt_in");
+  if (src.B != tgt_in.B)
+    throw ShapeError("Transformer::forward: src has " + std::to_string(src.B) + " sentences but tgt_in has " + std::to_string(tgt_in.B));
+  if (training && rng == nullptr && (c.dropout > 0.0f || c.attention_dropout > 0.0f))
+    throw ArgumentError("Transformer::forward: training with dropout needs an rng");
+  models::Net net = models::bind(c, params, grads);
+  k.training = training;
+  std::mt19937_64* r = training ? rng : nullptr;
+  const int64_t B = src.B, Ls = src.L, Lt = tgt_in.L, E = c.d_model;
+  k.B = B, k.Ls = Ls, k.Lt = Lt, k.src = src, k.tgt = tgt_in;
+  models::padding_mask(k.src_pad, src, c.pad_id);
+  models::padding_mask(k.tgt_pad, tgt_in, c.pad_id);
+
+  // encoder: x = dropout(E_src[src]·√E + PE)
+  float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
+  k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l) x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), r);
+  k.enc_out_pre = x;
+  float* mem = grow(k.mem, B * Ls * E);
+  train::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
+
+  // decoder
+  float* y = models::embed_forward(k.tgt_emb, k.tgt_keep, net, net.tgt_embed, tgt_in, r);
+  k.dec.resize(static_cast<size_t>(c.num_decoder_layers));
+  for (int64_t l = 0; l < c.num_decoder_layers; ++l)
+    y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, mem, B, Lt, Ls, k.tgt_pad.data(), k.src_pad.data(), r);
+  k.dec_out_pre = y;
+  float* yn = grow(k.dec_out, B * Lt * E);
+  train::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b, B * Lt, E);
+
+  // logits = LN(y)·W_genᵀ + b_gen
+  Tensor logits({B, Lt, c.tgt_vocab});
+  train::linear_forward(logits.f32(), yn, net.gen_w, net.gen_b, B * Lt, c.tgt_vocab, E);
+  return logits;
+}
+
+Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
+  return models::forward_impl(config_, params_, &grads_, *cache_, src, tgt_in, training, rng);
+}
+
+void Transformer::backward(const Tensor& dlogits) {
+  const TransformerConfig& c = config_;
+  TransformerCache& k = *cache_;
+  if (!k.training) throw ArgumentError("Transformer::backward: call forward(..., training = true) first");
+  const int64_t B = k.B, Ls = k.Ls, Lt = k.Lt, E = c.d_model;
+  if (dlogits.shape() != Shape{B, Lt, c.tgt_vocab})
+    throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) + " but the forward gave " +
+                     shape_str({B, Lt, c.tgt_vocab}));
+  models::Net net = models::bind(c, params_, &grads_);
+  // logits = yn·W_genᵀ + b_gen
+  Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
+  train::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
+  // yn = LN_dec(y)
+  Buf dy(static_cast<size_t>(B * Lt * E), 0.0f);
+  train::layer_norm_backward(dy.data(), net.dec_norm.dw, net.dec_norm.db, dyn.data(), k.dec_out_pre, net.dec_norm.w,
+                             k.dec_mean.data(), k.dec_rstd.data(), B * Lt, E);
+  Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
+  for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l)
+    models::decoder_layer_backward(dy, dmem.data(), k.dec[l], net.dec[l], net, B, Lt, Ls);
+  models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy.data());
+  // mem = LN_enc(x)
+  Buf dx(static_cast<size_t>(B * Ls * E), 0.0f);
+  train::layer_norm_backward(dx.data(), net.enc_norm.dw, net.enc_norm.db, dmem.data(), k.enc_out_pre, net.enc_norm.w,
+                             k.mem_mean.data(), k.mem_rstd.data(), B * Ls, E);
+  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls);
+  models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx.data());
+}
+
+// ---------------------------------------------------------------- save / load
+void Transformer::save(const std::string& dir) const {
+  std::filesystem::create_directories(dir);
+  io::write_safetensors(dir + "/model.safetensors", params_, {{"format", "attn-transformer-1"}});
+  const std::string tmp = dir + "/config.json.tmp";
+  {
+    std::ofstream out(tmp);
+    out << config_.to_json() << "\n";
+    if (!out) throw Error(dir + "/config.json: write failed");
+  }
+  std::filesystem::rename(tmp, dir + "/config.json");
+}
+
+Transformer Transformer::load(const std::string& dir) {
+  std::ifstream in(dir + "/config.json");
+  if (!in) throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
+  std::stringstream text;
+  text << in.rdbuf();
+  Transformer m(TransformerConfig::from_json(text.str()));
+  const io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
+  for (auto& [name, t] : m.params_) {
+    const Tensor& src = st.at(name);
+    if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
+      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) + " but the config needs " +
+                       shape_str(t.shape()));
+    std::copy(src.f32(), src.f32() + src.numel(), t.f32());
+  }
+  return m;
+}
+
+}  // namespace attn

@@ -1,0 +1,193 @@
+// The Transformer's layers as forward/backward pairs (see transformer_internal.h).
+#include <cmath>
+
+#include "attn/error.h"
+#include "models/transformer_internal.h"
+
+namespace attn::models {
+namespace {
+
+const float* P(const std::map<std::string, Tensor>& m, const std::string& name) { return m.at(name).f32(); }
+float* G(std::map<std::string, Tensor>* g, const std::string& name) { return g ? g->at(name).f32() : nullptr; }
+
+MhaWeights bind_mha(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre,
+                    int64_t E, int64_t H) {
+  return {P(p, pre + "in_proj_weight"),  P(p, pre + "in_proj_bias"),  P(p, pre + "out_proj.weight"),
+          P(p, pre + "out_proj.bias"),   G(g, pre + "in_proj_weight"), G(g, pre + "in_proj_bias"),
+          G(g, pre + "out_proj.weight"), G(g, pre + "out_proj.bias"),  E,
+          H};
+}
+
+FfWeights bind_ff(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre, int64_t E,
+                  int64_t F) {
+  return {P(p, pre + "linear1.weight"), P(p, pre + "linear1.bias"), P(p, pre + "linear2.weight"), P(p, pre + "linear2.bias"),
+          G(g, pre + "linear1.weight"), G(g, pre + "linear1.bias"), G(g, pre + "linear2.weight"), G(g, pre + "linear2.bias"),
+          E,                            F};
+}
+
+LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre) {
+  return {P(p, pre + "weight"), P(p, pre + "bias"), G(g, pre + "weight"), G(g, pre + "bias")};
+}
+
+}  // namespace
+
+Net bind(const TransformerConfig& c, const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g) {
+  Net n;
+  n.c = &c;
+  const int64_t E = c.d_model;
+  n.src_embed = P(p, "src_embed.weight"), n.src_embed_d = G(g, "src_embed.weight");
+  n.tgt_embed = P(p, "tgt_embed.weight"), n.tgt_embed_d = G(g, "tgt_embed.weight");
+  if (c.learned_positions) {
+    n.pos_embed = P(p, "pos_embed.weight"), n.pos_embed_d = G(g, "pos_embed.weight");
+  } else {  // PE[pos, 2i] = sin(pos / 10000^(2i/E)), PE[pos, 2i+1] = cos(...)
+    n.sinusoid.resize(static_cast<size_t>(c.max_len * E));
+    for (int64_t pos = 0; pos < c.max_len; ++pos)
+      for (int64_t i = 0; i < E; ++i) {
+        const double angle = static_cast<double>(pos) / std::pow(10000.0, static_cast<double>(i / 2 * 2) / static_cast<double>(E));
+        n.sinusoid[static_cast<size_t>(pos * E + i)] = static_cast<float>(i % 2 ? std::cos(angle) : std::sin(angle));
+      }
+    n.pos_embed = n.sinusoid.data();
+  }
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l) {
+    const std::string pre = "encoder.layers." + std::to_string(l) + ".";
+    n.enc.push_back({bind_mha(p, g, pre + "self_attn.", E, c.num_heads), bind_ff(p, g, pre, E, c.d_ff),
+                     bind_ln(p, g, pre + "norm1."), bind_ln(p, g, pre + "norm2.")});
+  }
+  for (int64_t l = 0; l < c.num_decoder_layers; ++l) {
+    const std::string pre = "decoder.layers." + std::to_string(l) + ".";
+    n.dec.push_back({bind_mha(p, g, pre + "self_attn.", E, c.num_heads), bind_mha(p, g, pre + "multihead_attn.", E, c.num_heads),
+                     bind_ff(p, g, pre, E, c.d_ff), bind_ln(p, g, pre + "norm1."), bind_ln(p, g, pre + "norm2."),
+                     bind_ln(p, g, pre + "norm3.")});
+  }
+  n.enc_norm = bind_ln(p, g, "encoder.norm.");
+  n.dec_norm = bind_ln(p, g, "decoder.norm.");
+  const std::string gen = c.tie_embeddings ? "tgt_embed.weight" : "generator.weight";
+  n.gen_w = P(p, gen), n.gen_dw = G(g, gen);
+  n.gen_b = P(p, "generator.bias"), n.gen_db = G(g, "generator.bias");
+  return n;
+}
+
+void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab, const char* name) {
+  if (t.B <= 0 || t.L <= 0 || static_cast<int64_t>(t.ids.size()) != t.B * t.L)
+    throw ShapeError(std::string("Transformer: ") + name + " has " + std::to_string(t.ids.size()) + " ids for [B, L] = [" +
+                     std::to_string(t.B) + ", " + std::to_string(t.L) + "]");
+  if (t.L > c.max_len)
+    throw ShapeError(std::string("Transformer: ") + name + " has length " + std::to_string(t.L) + " > max_len " +
+                     std::to_string(c.max_len));
+  for (int32_t id : t.ids)
+    if (id < 0 || id >= vocab)
+      throw ArgumentError(std::string("Transformer: ") + name + " holds token id " + std::to_string(id) + " outside [0, " +
+                          std::to_string(vocab) + ")");
+}
+
+void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_id) {
+  mask.resize(t.ids.size());
+  for (size_t i = 0; i < t.ids.size(); ++i) mask[i] = t.ids[i] == pad_id;
+}
+
+void embed_rows(float* out, const Net& net, const float* table, const int32_t* ids, int64_t n, int64_t pos) {
+  const int64_t E = net.c->d_model;
+  const float s = std::sqrt(static_cast<float>(E));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t e = 0; e < E; ++e) out[r * E + e] = table[ids[r] * E + e] * s + net.pos_embed[pos * E + e];
+}
+
+float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const Net& net, const float* table, const TokenBatch& ids,
+                     std::mt19937_64* rng) {
+  const int64_t E = net.c->d_model, n = ids.B * ids.L;
+  float* x = grow(buf, n * E);
+  for (int64_t b = 0; b < ids.B; ++b)
+    for (int64_t i = 0; i < ids.L; ++i) embed_rows(x + (b * ids.L + i) * E, net, table, &ids.ids[static_cast<size_t>(b * ids.L + i)], 1, i);
+  if (rng && net.c->dropout > 0.0f) {
+    keep.resize(static_cast<size_t>(n * E));
+    Buf tmp(x, x + n * E);
+    train::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c->dropout, *rng);
+  } else {
+    keep.clear();
+  }
+  return x;
+}
+
+void embed_backward(const Net& net, float* dtable, const TokenBatch& ids, const std::vector<uint8_t>& keep, const float* dx) {
+  // x = dropout(table[id]·√E + pos)
+  const int64_t E = net.c->d_model;
+  const float s = std::sqrt(static_cast<float>(E)), ks = keep.empty() ? 1.0f : 1.0f / (1.0f - net.c->dropout);
+  for (int64_t b = 0; b < ids.B; ++b)
+    for (int64_t i = 0; i < ids.L; ++i) {
+      const int64_t row = b * ids.L + i;
+      const int32_t id = ids.ids[static_cast<size_t>(row)];
+      for (int64_t e = 0; e < E; ++e) {
+        const float d = keep.empty() ? dx[row * E + e] : (keep[static_cast<size_t>(row * E + e)] ? dx[row * E + e] * ks : 0.0f);
+        dtable[id * E + e] += d * s;
+        if (net.pos_embed_d) net.pos_embed_d[i * E + e] += d;
+      }
+    }
+}
+
+float* encoder_layer_forward(EncoderLayerCache& k, const EncoderLayerNet& w, const Net& net, const float* x, int64_t B,
+                             int64_t L, const uint8_t* pad, std::mt19937_64* rng) {
+  const TransformerConfig& c = *net.c;
+  const int64_t M = B * L, E = c.d_model;
+  // x1 = sublayer(x, self-attention)
+  const float* in = sublayer_input(k.sa, x, M, E, w.norm1, c.norm_first);
+  mha_forward(k.sa.f_out.data(), k.mha, w.sa, in, in, B, L, L, pad, false, c.attention_dropout, rng);
+  sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
+  // x2 = sublayer(x1, feed-forward)
+  in = sublayer_input(k.ff, k.x1.data(), M, E, w.norm2, c.norm_first);
+  ff_forward(k.ff.f_out.data(), k.ffc, w.ff, in, M, net.act(), c.dropout, rng);
+  sublayer_output(grow(k.x2, M * E), k.ff, M, E, w.norm2, c.norm_first, c.dropout, rng);
+  return k.x2.data();
+}
+
+void encoder_layer_backward(Buf& dx, EncoderLayerCache& k, const EncoderLayerNet& w, const Net& net, int64_t B, int64_t L) {
+  const TransformerConfig& c = *net.c;
+  const int64_t M = B * L, E = c.d_model;
+  Buf dx1(static_cast<size_t>(M * E), 0.0f);
+  float* df = sublayer_backward_output(dx1.data(), dx.data(), k.ff, M, E, w.norm2, c.norm_first, c.dropout);
+  ff_backward(k.ff.d_f_in.data(), df, k.ffc, w.ff, M, net.act(), c.dropout);
+  sublayer_backward_input(dx1.data(), k.ff, M, E, w.norm2, c.norm_first);
+  std::fill(dx.begin(), dx.end(), 0.0f);
+  df = sublayer_backward_output(dx.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  mha_backward(k.sa.d_f_in.data(), k.sa.d_f_in.data(), df, k.mha, w.sa, B, L, L);
+  sublayer_backward_input(dx.data(), k.sa, M, E, w.norm1, c.norm_first);
+}
+
+float* decoder_layer_forward(DecoderLayerCache& k, const DecoderLayerNet& w, const Net& net, const float* y,
+                             const float* mem, int64_t B, int64_t Lt, int64_t Ls, const uint8_t* tgt_pad,
+                             const uint8_t* src_pad, std::mt19937_64* rng) {
+  const TransformerConfig& c = *net.c;
+  const int64_t M = B * Lt, E = c.d_model;
+  k.mem = mem;
+  // x1 = sublayer(y, masked self-attention)
+  const float* in = sublayer_input(k.sa, y, M, E, w.norm1, c.norm_first);
+  mha_forward(k.sa.f_out.data(), k.smha, w.sa, in, in, B, Lt, Lt, tgt_pad, true, c.attention_dropout, rng);
+  sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
+  // x2 = sublayer(x1, cross-attention over mem)
+  in = sublayer_input(k.ca, k.x1.data(), M, E, w.norm2, c.norm_first);
+  mha_forward(k.ca.f_out.data(), k.cmha, w.ca, in, mem, B, Lt, Ls, src_pad, false, c.attention_dropout, rng);
+  sublayer_output(grow(k.x2, M * E), k.ca, M, E, w.norm2, c.norm_first, c.dropout, rng);
+  // x3 = sublayer(x2, feed-forward)
+  in = sublayer_input(k.ff, k.x2.data(), M, E, w.norm3, c.norm_first);
+  ff_forward(k.ff.f_out.data(), k.ffc, w.ff, in, M, net.act(), c.dropout, rng);
+  sublayer_output(grow(k.x3, M * E), k.ff, M, E, w.norm3, c.norm_first, c.dropout, rng);
+  return k.x3.data();
+}
+
+void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerCache& k, const DecoderLayerNet& w, const Net& net, int64_t B,
+                            int64_t Lt, int64_t Ls) {
+  const TransformerConfig& c = *net.c;
+  const int64_t M = B * Lt, E = c.d_model;
+  Buf dx2(static_cast<size_t>(M * E), 0.0f), dx1(static_cast<size_t>(M * E), 0.0f);
+  float* df = sublayer_backward_output(dx2.data(), dy.data(), k.ff, M, E, w.norm3, c.norm_first, c.dropout);
+  ff_backward(k.ff.d_f_in.data(), df, k.ffc, w.ff, M, net.act(), c.dropout);
+  sublayer_backward_input(dx2.data(), k.ff, M, E, w.norm3, c.norm_first);
+  df = sublayer_backward_output(dx1.data(), dx2.data(), k.ca, M, E, w.norm2, c.norm_first, c.dropout);
+  mha_backward(k.ca.d_f_in.data(), dmem, df, k.cmha, w.ca, B, Lt, Ls);
+  sublayer_backward_input(dx1.data(), k.ca, M, E, w.norm2, c.norm_first);
+  std::fill(dy.begin(), dy.end(), 0.0f);
+  df = sublayer_backward_output(dy.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  mha_backward(k.sa.d_f_in.data(), k.sa.d_f_in.data(), df, k.smha, w.sa, B, Lt, Lt);
+  sublayer_backward_input(dy.data(), k.sa, M, E, w.norm1, c.norm_first);
+}
+
+}  // namespace attn::models

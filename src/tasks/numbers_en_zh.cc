@@ -1,0 +1,162 @@
+#include "attn/tasks/numbers_en_zh.h"
+
+#include <random>
+#include <sstream>
+
+#include "attn/error.h"
+
+namespace attn::tasks {
+namespace {
+
+const char* kOnes[] = {"zero",    "one",     "two",       "three",    "four",     "five",    "six",
+                       "seven",   "eight",   "nine",      "ten",      "eleven",   "twelve",  "thirteen",
+                       "fourteen", "fifteen", "sixteen",  "seventeen", "eighteen", "nineteen"};
+const char* kTens[] = {"", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"};
+const char* kDigits[] = {"零", "一", "二", "三", "四", "五", "六", "七", "八", "九"};
+const char* kUnits[] = {"", "十", "百", "千"};
+constexpr int64_t kMax = 999'999'999;
+
+void check_range(int64_t n, const char* who) {
+  if (n < 0 || n > kMax)
+    throw ArgumentError(std::string(who) + ": " + std::to_string(n) + " is outside [0, 999999999]");
+}
+
+// 1..999 in words
+void below_thousand(int64_t n, std::vector<std::string>& out) {
+  if (n >= 100) {
+    out.push_back(kOnes[n / 100]);
+    out.push_back("hundred");
+    n %= 100;
+  }
+  if (n >= 20) {
+    out.push_back(kTens[n / 10]);
+    n %= 10;
+    if (n) out.push_back(kOnes[n]);
+  } else if (n > 0) {
+    out.push_back(kOnes[n]);
+  }
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64 finaliser
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+std::string english_words(int64_t n) {
+  check_range(n, "english_words");
+  if (n == 0) return "zero";
+  std::vector<std::string> w;
+  if (n >= 1'000'000) below_thousand(n / 1'000'000, w), w.push_back("million");
+  if (n / 1000 % 1000) below_thousand(n / 1000 % 1000, w), w.push_back("thousand");
+  below_thousand(n % 1000, w);
+  std::string s;
+  for (const auto& x : w) s += (s.empty() ? "" : " ") + x;
+  return s;
+}
+
+std::string chinese_numeral(int64_t n) {
+  check_range(n, "chinese_numeral");
+  if (n == 0) return "零";
+  int d[9];
+  for (int p = 0; p < 9; ++p, n /= 10) d[p] = static_cast<int>(n % 10);
+  std::string out;
+  bool started = false, zero_pending = false;
+  for (int p = 8; p >= 0; --p) {
+    if (d[p] != 0) {
+      if (zero_pending) out += "零";
+      zero_pending = false;
+      out += kDigits[d[p]];
+      out += kUnits[p % 4];
+      started = true;
+    } else if (started) {
+      zero_pending = true;  // one 零 for the whole run, written only if a non-zero digit follows
+    }
+    if (p == 8 && d[8]) out += "亿";
+    if (p == 4 && (d[4] || d[5] || d[6] || d[7])) out += "万";
+  }
+  if (out.rfind("一十", 0) == 0) out.erase(0, std::string("一").size());  // leading 一十 -> 十
+  return out;
+}
+
+int64_t parse_english_words(const std::string& text) {
+  const std::vector<std::string> w = words(text);
+  if (w.empty()) throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
+  if (w.size() > 40) throw ArgumentError("the input has " + std::to_string(w.size()) + " words; a number below one billion needs at most 17");
+  int64_t total = 0, group = 0;
+  for (const std::string& word : w) {
+    int64_t v = -1;
+    for (int i = 0; i < 20; ++i)
+      if (word == kOnes[i]) v = i;
+    for (int i = 2; i < 10; ++i)
+      if (word == kTens[i]) v = i * 10;
+    if (v >= 0) {
+      group += v;
+    } else if (word == "hundred") {
+      group *= 100;
+    } else if (word == "thousand" || word == "million") {
+      total += group * (word == "thousand" ? 1000 : 1'000'000);
+      group = 0;
+    } else {
+      throw ArgumentError("unknown word '" + word + "' in \"" + text +
+                          "\": the source vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million");
+    }
+  }
+  total += group;
+  if (total > kMax || english_words(total) != [&] {
+        std::string s;
+        for (const auto& x : w) s += (s.empty() ? "" : " ") + x;
+        return s;
+      }())
+    throw ArgumentError("\"" + text + "\" is not a well-formed number below one billion in words (expected e.g. \"" +
+                        english_words(total > kMax ? 312 : total) + "\")");
+  return total;
+}
+
+Split split_of(int64_t n) {
+  const uint64_t h = mix(static_cast<uint64_t>(n) ^ 0x5eed5eedull) % 100;
+  return h == 0 ? Split::kTest : h == 1 ? Split::kValidation : Split::kTrain;
+}
+
+std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed) {
+  std::mt19937_64 rng(mix(seed) ^ static_cast<uint64_t>(split));
+  std::vector<Example> out;
+  out.reserve(static_cast<size_t>(count));
+  while (static_cast<int64_t>(out.size()) < count) {
+    const int digits = 1 + static_cast<int>(rng() % 9);
+    int64_t n = 0;
+    const int zero_rate = static_cast<int>(rng() % 3);  // 0: none forced, 1: some, 2: many zeros
+    for (int i = 0; i < digits; ++i) {
+      int digit = static_cast<int>(rng() % 10);
+      if (i == 0 && digits > 1 && digit == 0) digit = 1 + static_cast<int>(rng() % 9);
+      if (i > 0 && zero_rate && rng() % 4 < static_cast<uint64_t>(zero_rate)) digit = 0;
+      n = n * 10 + digit;
+    }
+    if (split_of(n) != split) continue;
+    out.push_back({n, english_words(n), chinese_numeral(n)});
+  }
+  return out;
+}
+
+std::vector<std::string> utf8_chars(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    out.push_back(s.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+std::vector<std::string> words(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+}  // namespace attn::tasks

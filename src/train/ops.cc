@@ -1,0 +1,146 @@
+#include "train/ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/linear.h"
+
+namespace attn::train {
+
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
+                        int64_t C, float eps) {
+  for (int64_t i = 0; i < M; ++i) {
+    const float* xi = x + i * C;
+    double m = 0.0, v = 0.0;
+    for (int64_t c = 0; c < C; ++c) m += xi[c];
+    m /= static_cast<double>(C);
+    for (int64_t c = 0; c < C; ++c) v += (xi[c] - m) * (xi[c] - m);
+    v /= static_cast<double>(C);  // biased variance, as PyTorch
+    const float s = static_cast<float>(1.0 / std::sqrt(v + eps));
+    for (int64_t c = 0; c < C; ++c) out[i * C + c] = (xi[c] - static_cast<float>(m)) * s * w[c] + b[c];
+    mean[i] = static_cast<float>(m);
+    rstd[i] = s;
+  }
+}
+
+void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
+                         const float* mean, const float* rstd, int64_t M, int64_t C) {
+  // out = x̂ · w + b,  x̂ = (x − mean) · rstd
+  // dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dx̂ = dout · w
+  for (int64_t i = 0; i < M; ++i) {
+    const float* xi = x + i * C;
+    const float* di = dout + i * C;
+    double sum_dxh = 0.0, sum_dxh_xh = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xi[c] - mean[i]) * rstd[i];
+      const float dxh = di[c] * w[c];
+      sum_dxh += dxh;
+      sum_dxh_xh += dxh * xh;
+      dw[c] += di[c] * xh;
+      db[c] += di[c];
+    }
+    const float a = static_cast<float>(sum_dxh / static_cast<double>(C)),
+                bb = static_cast<float>(sum_dxh_xh / static_cast<double>(C));
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xi[c] - mean[i]) * rstd[i];
+      dx[i * C + c] += rstd[i] * (di[c] * w[c] - a - xh * bb);
+    }
+  }
+}
+
+void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K) {
+  detail::linear_forward(y, N, x, K, w, b, M, N, K);
+}
+
+void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
+                     int64_t N, int64_t K) {
+  if (M == 0) return;
+  // y = x·Wᵀ + b  =>  dx += dy·W [M, K];  dW += dyᵀ·x [N, K];  db += Σ_rows dy
+  if (dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(K), static_cast<int>(N),
+                1.0f, dy, static_cast<int>(N), w, static_cast<int>(K), 1.0f, dx, static_cast<int>(K));
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), static_cast<int>(M), 1.0f,
+              dy, static_cast<int>(N), x, static_cast<int>(K), 1.0f, dw, static_cast<int>(K));
+  if (db)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t n = 0; n < N; ++n) db[n] += dy[i * N + n];
+}
+
+void activation_forward(float* out, const float* x, int64_t n, Activation act) {
+  if (act == Activation::kRelu) {
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  } else {  // gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2))
+    for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+  }
+}
+
+void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act) {
+  if (act == Activation::kRelu) {
+    for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > 0.0f ? dout[i] : 0.0f;
+  } else {  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+    for (int64_t i = 0; i < n; ++i) {
+      const float cdf = 0.5f * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+      const float pdf = 0.39894228040143268f * std::exp(-0.5f * x[i] * x[i]);
+      dx[i] += dout[i] * (cdf + x[i] * pdf);
+    }
+  }
+}
+
+void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float p, std::mt19937_64& rng) {
+  if (p <= 0.0f) {
+    std::copy(x, x + n, out);
+    std::fill(keep, keep + n, uint8_t{1});
+    return;
+  }
+  const float s = 1.0f / (1.0f - p);
+  const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551615.0);
+  for (int64_t i = 0; i < n; ++i) {
+    keep[i] = rng() >= threshold;
+    out[i] = keep[i] ? x[i] * s : 0.0f;
+  }
+}
+
+void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p) {
+  // out = x · keep / (1 − p)
+  const float s = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+  for (int64_t i = 0; i < n; ++i) dx[i] += keep[i] ? dout[i] * s : 0.0f;
+}
+
+float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
+                                     float smoothing, int32_t ignore_index, int64_t* counted) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < M; ++i) n += targets[i] != ignore_index;
+  if (counted) *counted = n;
+  double loss = 0.0;
+  std::vector<double> p(static_cast<size_t>(V));
+  for (int64_t i = 0; i < M; ++i) {
+    const float* z = logits + i * V;
+    float* dz = dlogits ? dlogits + i * V : nullptr;
+    if (targets[i] == ignore_index || n == 0) {
+      if (dz) std::fill(dz, dz + V, 0.0f);
+      continue;
+    }
+    // log p = z − logsumexp(z)
+    double m = z[0];
+    for (int64_t c = 1; c < V; ++c) m = std::max(m, static_cast<double>(z[c]));
+    double s = 0.0;
+    for (int64_t c = 0; c < V; ++c) s += (p[c] = std::exp(z[c] - m));
+    const double lse = m + std::log(s);
+    // loss_i = (1 − ε)·(−log p_y) + ε · mean_c(−log p_c)
+    double mean_nll = 0.0;
+    for (int64_t c = 0; c < V; ++c) mean_nll += lse - z[c];
+    mean_nll /= static_cast<double>(V);
+    loss += (1.0 - smoothing) * (lse - z[targets[i]]) + smoothing * mean_nll;
+    // dloss_i/dz_c = p_c − ((1 − ε)·[c = y] + ε / V), then / n for the mean
+    if (dz)
+      for (int64_t c = 0; c < V; ++c)
+        dz[c] = static_cast<float>((p[c] / s - (c == targets[i] ? 1.0 - smoothing : 0.0) - smoothing / static_cast<double>(V)) /
+                                   static_cast<double>(n));
+  }
+  return n ? static_cast<float>(loss / static_cast<double>(n)) : 0.0f;
+}
+
+}  // namespace attn::train

@@ -1,0 +1,38 @@
+// Internal: the primitives of the Transformer as forward/backward pairs (llm.c's layout): outputs
+// first, then inputs, then sizes; gradients are prefixed d and ACCUMULATED (+=) into, so a tensor used
+// twice (a residual) simply receives both contributions. The backward quotes the forward line it
+// differentiates. All tensors are row-major float32.
+#pragma once
+
+#include <cstdint>
+#include <random>
+
+namespace attn::train {
+
+// out = (x − mean) · rstd · w + b, per row of C.        out, x: [M, C]; w, b: [C]; mean, rstd: [M]
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
+                        int64_t C, float eps = 1e-5f);
+void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
+                         const float* mean, const float* rstd, int64_t M, int64_t C);
+
+// y = x·Wᵀ + b                                          y: [M, N]; x: [M, K]; w: [N, K]; b: [N]
+void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K);
+void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
+                     int64_t N, int64_t K);
+
+enum class Activation : uint8_t { kRelu, kGelu };
+// out = act(x), GELU the exact erf form (PyTorch's default)                        [n]
+void activation_forward(float* out, const float* x, int64_t n, Activation act);
+void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act);
+
+// out = x · keep / (1 − p), keep ~ Bernoulli(1 − p), stored as a 0/1 byte mask       [n]
+void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float p, std::mt19937_64& rng);
+void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p);
+
+// Cross-entropy with label smoothing ε, averaged over the rows whose target is not ignore_index
+// (PyTorch's CrossEntropyLoss(label_smoothing=ε, ignore_index=...)). logits: [M, V], targets: [M].
+// Returns the loss; dlogits (if not null) receives its gradient (written, not accumulated).
+float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
+                                     float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
+
+}  // namespace attn::train

@@ -1,0 +1,114 @@
+// Backward passes against central finite differences: scaled dot-product attention (every mask kind,
+// causal, GQA) and the whole Transformer (post-norm and pre-norm, ReLU and GELU, tied and untied
+// embeddings, learned positions, padding), with label-smoothed cross-entropy as the loss.
+#include "attention_cases.h"
+#include "attn/attention.h"
+#include "attn/models/transformer.h"
+#include "test_util.h"
+#include "train/ops.h"
+
+namespace attn {
+namespace {
+
+// Loss L = Σ out ⊙ R for a fixed random R, so dL/dout = R.
+double sdpa_loss(const test::CaseInputs& in, const Tensor& r) {
+  AttentionOptions o = in.options;
+  o.impl = AttentionImpl::kReference;
+  o.return_weights = false;
+  const Tensor out = scaled_dot_product_attention(in.q, in.k, in.v, o).output;
+  double s = 0.0;
+  for (int64_t i = 0; i < out.numel(); ++i) s += static_cast<double>(out.f32()[i]) * r.f32()[i];
+  return s;
+}
+
+TEST(Grad, AttentionBackwardMatchesFiniteDifferences) {
+  int checked = 0;
+  for (const test::AttentionCase& base : test::attention_cases(12, 3)) {
+    if (base.B * base.H * base.Lq * base.Lk * base.D > 60000) continue;  // keep it quick
+    test::AttentionCase c = base;
+    c.weights = false;
+    test::CaseInputs in = test::make_inputs(c, 11);
+    std::mt19937 rng(5);
+    const Tensor r = test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng);
+    const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, Tensor(), r, in.options);
+    for (auto [t, dt] : {std::pair<Tensor*, const Tensor*>{&in.q, &g.dq}, {&in.k, &g.dk}, {&in.v, &g.dv}}) {
+      for (int s = 0; s < 4; ++s) {
+        const int64_t i = static_cast<int64_t>(rng() % static_cast<uint32_t>(t->numel()));
+        const float saved = t->f32()[i], eps = 1e-2f;
+        t->f32()[i] = saved + eps;
+        const double up = sdpa_loss(in, r);
+        t->f32()[i] = saved - eps;
+        const double down = sdpa_loss(in, r);
+        t->f32()[i] = saved;
+        const double fd = (up - down) / (2.0 * eps);
+        EXPECT_NEAR(dt->f32()[i], fd, 2e-3 + 2e-3 * std::fabs(fd)) << c.name() << " element " << i;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 300);
+}
+
+struct Batch {
+  TokenBatch src, tgt_in;
+  std::vector<int32_t> tgt_out;
+};
+
+Batch toy_batch(const TransformerConfig& c) {
+  // two sentences, the second padded; target out = target in shifted left, EOS at the end
+  Batch b;
+  b.src = {{3, 4, 5, 6, 3, 5, 0, 0}, 2, 4};
+  b.tgt_in = {{c.bos_id, 3, 4, c.bos_id, 5, 0}, 2, 3};
+  b.tgt_out = {3, 4, c.eos_id, 5, c.eos_id, c.pad_id};
+  return b;
+}
+
+double model_loss(Transformer& m, const Batch& b, float smoothing, Tensor* dlogits) {
+  const Tensor logits = m.forward(b.src, b.tgt_in, dlogits != nullptr, nullptr);
+  const int64_t M = b.tgt_in.B * b.tgt_in.L, V = m.config().tgt_vocab;
+  return train::cross_entropy_forward_backward(dlogits ? dlogits->f32() : nullptr, logits.f32(), b.tgt_out.data(), M, V,
+                                               smoothing, m.config().pad_id);
+}
+
+TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
+  for (int variant = 0; variant < 4; ++variant) {
+    TransformerConfig c;
+    c.src_vocab = 8, c.tgt_vocab = 7, c.d_model = 8, c.num_heads = 2, c.d_ff = 12;
+    c.num_encoder_layers = 1 + variant % 2, c.num_decoder_layers = 1 + variant / 2, c.max_len = 8;
+    c.dropout = 0.0f;
+    c.norm_first = variant % 2 == 1;
+    c.activation = variant >= 2 ? Activation::kGelu : Activation::kRelu;
+    c.tie_embeddings = variant != 1;
+    c.learned_positions = variant == 3;
+    Transformer m(c, 100 + static_cast<uint64_t>(variant));
+    std::mt19937 init(variant);
+    for (auto& [name, t] : m.params())  // non-trivial biases and norms, so their gradients matter
+      if (name.find("bias") != std::string::npos || name.find("norm") != std::string::npos)
+        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] += 0.2f * (static_cast<float>(init() % 1000) / 500.0f - 1.0f);
+    const Batch b = toy_batch(c);
+    Tensor dlogits({b.tgt_in.B, b.tgt_in.L, c.tgt_vocab});
+    std::mt19937_64 rng(1);
+    m.zero_grad();
+    m.forward(b.src, b.tgt_in, true, &rng);
+    model_loss(m, b, 0.1f, &dlogits);
+    m.backward(dlogits);
+    std::mt19937 pick(7);
+    for (auto& [name, t] : m.params()) {
+      const Tensor& g = m.grads().at(name);
+      for (int s = 0; s < 3; ++s) {
+        const int64_t i = static_cast<int64_t>(pick() % static_cast<uint32_t>(t.numel()));
+        const float saved = t.f32()[i], eps = 5e-3f;
+        t.f32()[i] = saved + eps;
+        const double up = model_loss(m, b, 0.1f, nullptr);
+        t.f32()[i] = saved - eps;
+        const double down = model_loss(m, b, 0.1f, nullptr);
+        t.f32()[i] = saved;
+        const double fd = (up - down) / (2.0 * eps);
+        EXPECT_NEAR(g.f32()[i], fd, 1e-3 + 2e-2 * std::fabs(fd)) << "variant " << variant << " " << name << "[" << i << "]";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attn
