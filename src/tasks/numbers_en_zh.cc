@@ -1,7 +1,10 @@
 #include "attn/tasks/numbers_en_zh.h"
 
+#include <algorithm>
 #include <random>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "attn/error.h"
 
@@ -139,6 +142,67 @@ std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed) {
     out.push_back({n, english_words(n), chinese_numeral(n)});
   }
   return out;
+}
+
+Vocab Vocab::numbers() {
+  Vocab v;
+  v.src = {"<pad>", "<bos>", "<eos>", "<unk>"};
+  for (const char* w : kOnes) v.src.push_back(w);
+  for (int i = 2; i < 10; ++i) v.src.push_back(kTens[i]);
+  for (const char* w : {"hundred", "thousand", "million"}) v.src.push_back(w);
+  v.tgt = {"<pad>", "<bos>", "<eos>", "<unk>"};
+  for (const char* d : kDigits) v.tgt.push_back(d);
+  for (const char* u : {"十", "百", "千", "万", "亿"}) v.tgt.push_back(u);
+  return v;
+}
+
+std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_len) const {
+  const std::vector<std::string> w = words(text);
+  if (w.empty()) throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
+  if (static_cast<int64_t>(w.size()) + 1 > max_len)
+    throw ArgumentError("the input has " + std::to_string(w.size()) + " words; the model reads at most " +
+                        std::to_string(max_len - 1));
+  std::vector<int32_t> ids;
+  for (const std::string& word : w) {
+    const auto it = std::find(src.begin() + 4, src.end(), word);
+    if (it == src.end())
+      throw ArgumentError("unknown word '" + word + "' in \"" + text +
+                          "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million (lower case)");
+    ids.push_back(static_cast<int32_t>(it - src.begin()));
+  }
+  ids.push_back(2);
+  return ids;
+}
+
+std::vector<int32_t> Vocab::encode_target(const std::string& utf8) const {
+  std::vector<int32_t> ids;
+  for (const std::string& ch : utf8_chars(utf8)) {
+    const auto it = std::find(tgt.begin() + 4, tgt.end(), ch);
+    ids.push_back(it == tgt.end() ? 3 : static_cast<int32_t>(it - tgt.begin()));
+  }
+  return ids;
+}
+
+std::string Vocab::decode_target(const std::vector<int32_t>& ids) const {
+  std::string out;
+  for (int32_t id : ids) {
+    if (id == 2) break;
+    if (id >= 4 && id < static_cast<int32_t>(tgt.size())) out += tgt[static_cast<size_t>(id)];
+  }
+  return out;
+}
+
+std::string Vocab::to_json() const { return nlohmann::json{{"src", src}, {"tgt", tgt}}.dump(1); }
+
+Vocab Vocab::from_json(const std::string& text) {
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    Vocab v{j.at("src").get<std::vector<std::string>>(), j.at("tgt").get<std::vector<std::string>>()};
+    if (v.src.size() < 5 || v.tgt.size() < 5) throw FormatError("vocab.json: too few tokens");
+    return v;
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(std::string("vocab.json: ") + e.what());
+  }
 }
 
 std::vector<std::string> utf8_chars(const std::string& s) {

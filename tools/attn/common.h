@@ -36,5 +36,7 @@ void add_explain(CLI::App& app);
 void add_sdpa(CLI::App& app);
 void add_mha(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_translate(CLI::App& app);  // translate and eval
+void add_train(CLI::App& app);
 
 }  // namespace attn::cli

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   attn::cli::add_sdpa(app);
   attn::cli::add_mha(app);
   attn::cli::add_bench(app);
+  attn::cli::add_translate(app);
+  attn::cli::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

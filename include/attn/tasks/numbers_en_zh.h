@@ -33,6 +33,19 @@ struct Example {
 // number of digits (1..9) and with runs of zeros made common, so 零 rules are well represented.
 std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed);
 
+// The task's token vocabularies: ids 0..3 are <pad>, <bos>, <eos>, <unk> on both sides.
+struct Vocab {
+  std::vector<std::string> src, tgt;
+  static Vocab numbers();  // 31 English words; 15 Chinese characters
+  // "three hundred twelve" -> word ids + EOS; throws ArgumentError for unknown words, empty input, or
+  // more than max_len − 1 words, naming the problem.
+  std::vector<int32_t> encode_source(const std::string& text, int64_t max_len) const;
+  std::vector<int32_t> encode_target(const std::string& utf8) const;  // chars -> ids (no BOS/EOS)
+  std::string decode_target(const std::vector<int32_t>& ids) const;  // stops at EOS
+  std::string to_json() const;
+  static Vocab from_json(const std::string& text);  // throws FormatError
+};
+
 // Splits UTF-8 into characters (the target's tokens) and text into space-separated words.
 std::vector<std::string> utf8_chars(const std::string& s);
 std::vector<std::string> words(const std::string& s);

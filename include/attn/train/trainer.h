@@ -1,0 +1,58 @@
+// attn/train/trainer.h: training the encoder–decoder Transformer on the numbers-en-zh task.
+//
+// Label-smoothed cross-entropy that ignores padding, AdamW with the original paper's warm-up schedule
+//   lr(step) = lr_factor · d_model^−0.5 · min(step^−0.5, step · warmup^−1.5),
+// gradient clipping by global norm, batches bucketed by length, a fixed seed reproducing a run, and
+// checkpoints (model.safetensors + config.json + vocab.json + optimizer.safetensors + train_state.json)
+// from which training resumes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+
+namespace attn::train {
+
+struct TrainOptions {
+  TransformerConfig model;        // vocab sizes are filled in from the task
+  std::string out_dir;            // checkpoints go here ("" = none)
+  std::string resume_dir;         // continue from this checkpoint
+  int64_t steps = 6000;
+  int64_t batch_size = 64;        // sentences per batch
+  float lr_factor = 1.0f;
+  int64_t warmup = 500;
+  float beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f;
+  float label_smoothing = 0.1f;
+  float clip_norm = 1.0f;
+  uint64_t seed = 1;
+  int64_t train_examples = 200000;
+  int64_t val_examples = 500;
+  int64_t eval_every = 1000;      // validation accuracy and a checkpoint every this many steps
+  bool progress = true;           // a progress bar on stderr
+  int num_threads = 0;
+};
+
+struct TrainReport {
+  int64_t steps = 0;
+  float last_loss = 0.0f;        // mean loss of the last 100 steps
+  double val_accuracy = 0.0;     // exact match on the validation examples
+  double seconds = 0.0;
+  double tokens_per_second = 0.0;  // target tokens
+};
+
+// Trains (or resumes), writing checkpoints to out_dir. `on_step` (optional) sees (step, loss).
+TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step = nullptr);
+
+// Exact-match accuracy of model on examples, decoding with `beam`; `outputs` receives the translations.
+double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples,
+                   int beam = 1, std::vector<std::string>* outputs = nullptr);
+
+// Translates sentences (English number words) with the model: one Chinese numeral each.
+std::vector<std::string> translate(const Transformer& model, const tasks::Vocab& vocab,
+                                   const std::vector<std::string>& sentences, int beam = 1);
+
+}  // namespace attn::train

@@ -1,0 +1,268 @@
+// The training loop for numbers-en-zh: data, batches, AdamW + warm-up, clipping, checkpoints.
+#include "attn/train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "train/ops.h"
+
+namespace attn::train {
+namespace {
+
+struct Pair {
+  std::vector<int32_t> src, tgt;  // src: words + EOS; tgt: characters (no BOS/EOS)
+};
+
+struct Batch {
+  TokenBatch src, tgt_in;
+  std::vector<int32_t> tgt_out;
+  int64_t tokens = 0;
+};
+
+Batch make_batch(const std::vector<const Pair*>& pairs, const TransformerConfig& c) {
+  Batch b;
+  const int64_t B = static_cast<int64_t>(pairs.size());
+  int64_t Ls = 0, Lt = 0;
+  for (const Pair* p : pairs) {
+    Ls = std::max<int64_t>(Ls, static_cast<int64_t>(p->src.size()));
+    Lt = std::max<int64_t>(Lt, static_cast<int64_t>(p->tgt.size()) + 1);
+  }
+  b.src = {std::vector<int32_t>(static_cast<size_t>(B * Ls), c.pad_id), B, Ls};
+  b.tgt_in = {std::vector<int32_t>(static_cast<size_t>(B * Lt), c.pad_id), B, Lt};
+  b.tgt_out.assign(static_cast<size_t>(B * Lt), c.pad_id);
+  for (int64_t i = 0; i < B; ++i) {
+    const Pair& p = *pairs[static_cast<size_t>(i)];
+    std::copy(p.src.begin(), p.src.end(), b.src.ids.begin() + i * Ls);
+    b.tgt_in.ids[static_cast<size_t>(i * Lt)] = c.bos_id;  // tgt_in = BOS y1 .. yn ; tgt_out = y1 .. yn EOS
+    std::copy(p.tgt.begin(), p.tgt.end(), b.tgt_in.ids.begin() + i * Lt + 1);
+    std::copy(p.tgt.begin(), p.tgt.end(), b.tgt_out.begin() + i * Lt);
+    b.tgt_out[static_cast<size_t>(i * Lt) + p.tgt.size()] = c.eos_id;
+    b.tokens += static_cast<int64_t>(p.tgt.size()) + 1;
+  }
+  return b;
+}
+
+// Batches of similar lengths: sort by (target, source) length, cut into batch_size pieces.
+std::vector<std::vector<const Pair*>> bucket(const std::vector<Pair>& data, int64_t batch_size) {
+  std::vector<const Pair*> order;
+  for (const Pair& p : data) order.push_back(&p);
+  std::stable_sort(order.begin(), order.end(), [](const Pair* a, const Pair* b) {
+    return std::make_pair(a->tgt.size(), a->src.size()) < std::make_pair(b->tgt.size(), b->src.size());
+  });
+  std::vector<std::vector<const Pair*>> batches;
+  for (size_t i = 0; i < order.size(); i += static_cast<size_t>(batch_size))
+    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(i),
+                         order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + static_cast<size_t>(batch_size))));
+  return batches;
+}
+
+struct Adam {
+  std::map<std::string, Tensor> m, v;
+  int64_t step = 0;
+};
+
+// AdamW (PyTorch's): m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
+void adam_step(Transformer& model, Adam& a, const TrainOptions& o, float lr) {
+  ++a.step;
+  const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)), bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
+  for (auto& [name, p] : model.params()) {
+    const Tensor& g = model.grads().at(name);
+    Tensor& m = a.m.at(name);
+    Tensor& v = a.v.at(name);
+    float *pp = p.f32(), *mm = m.f32(), *vv = v.f32();
+    const float* gg = g.f32();
+    const bool decay = o.weight_decay > 0.0f && p.rank() == 2;
+    for (int64_t i = 0; i < p.numel(); ++i) {
+      mm[i] = o.beta1 * mm[i] + (1.0f - o.beta1) * gg[i];
+      vv[i] = o.beta2 * vv[i] + (1.0f - o.beta2) * gg[i] * gg[i];
+      if (decay) pp[i] -= lr * o.weight_decay * pp[i];
+      pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + o.adam_eps);
+    }
+  }
+}
+
+// Scales the gradients so their global L2 norm is at most max_norm; returns the norm before.
+float clip_gradients(Transformer& model, float max_norm) {
+  double sq = 0.0;
+  for (auto& [name, g] : model.grads())
+    for (int64_t i = 0; i < g.numel(); ++i) sq += static_cast<double>(g.f32()[i]) * g.f32()[i];
+  const float norm = static_cast<float>(std::sqrt(sq));
+  if (max_norm > 0.0f && norm > max_norm) {
+    const float s = max_norm / (norm + 1e-6f);
+    for (auto& [name, g] : model.grads())
+      for (int64_t i = 0; i < g.numel(); ++i) g.f32()[i] *= s;
+  }
+  return norm;
+}
+
+float noam(const TrainOptions& o, int64_t step) {
+  const float s = static_cast<float>(std::max<int64_t>(step, 1)), w = static_cast<float>(std::max<int64_t>(o.warmup, 1));
+  return o.lr_factor / std::sqrt(static_cast<float>(o.model.d_model)) * std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path + ".tmp");
+  out << text << "\n";
+  if (!out) throw Error(path + ": write failed");
+  out.close();
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw FormatError(path + ": cannot open");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const Adam& adam,
+                     const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, uint64_t shuffle_seed) {
+  model.save(dir);
+  write_text(dir + "/vocab.json", vocab.to_json());
+  std::map<std::string, Tensor> state;
+  for (const auto& [name, t] : adam.m) state["m." + name] = t;
+  for (const auto& [name, t] : adam.v) state["v." + name] = t;
+  io::write_safetensors(dir + "/optimizer.safetensors", state);
+  std::ostringstream r;
+  r << rng;
+  write_text(dir + "/train_state.json", nlohmann::json{{"step", adam.step},
+                                                      {"epoch", epoch},
+                                                      {"batch_index", batch_index},
+                                                      {"shuffle_seed", shuffle_seed},
+                                                      {"rng", r.str()}}
+                                            .dump(1));
+}
+
+std::string eta(double seconds) {
+  char buf[32];
+  const int s = static_cast<int>(seconds);
+  std::snprintf(buf, sizeof buf, s >= 3600 ? "%dh%02dm" : "%dm%02ds", s >= 3600 ? s / 3600 : s / 60, s >= 3600 ? s / 60 % 60 : s % 60);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::string> translate(const Transformer& model, const tasks::Vocab& vocab, const std::vector<std::string>& sentences,
+                                   int beam) {
+  std::vector<std::string> out;
+  const int64_t chunk = 64;
+  for (size_t i = 0; i < sentences.size(); i += chunk) {
+    std::vector<std::vector<int32_t>> ids;
+    int64_t L = 0;
+    for (size_t j = i; j < std::min(sentences.size(), i + chunk); ++j) {
+      ids.push_back(vocab.encode_source(sentences[j], model.config().max_len));
+      L = std::max<int64_t>(L, static_cast<int64_t>(ids.back().size()));
+    }
+    TokenBatch src{std::vector<int32_t>(ids.size() * static_cast<size_t>(L), model.config().pad_id), static_cast<int64_t>(ids.size()), L};
+    for (size_t b = 0; b < ids.size(); ++b) std::copy(ids[b].begin(), ids[b].end(), src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
+    for (const auto& y : model.generate(src, beam, 0.6f, 24)) out.push_back(vocab.decode_target(y));
+  }
+  return out;
+}
+
+double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples, int beam,
+                   std::vector<std::string>* outputs) {
+  std::vector<std::string> src;
+  for (const auto& e : examples) src.push_back(e.source);
+  const std::vector<std::string> got = translate(model, vocab, src, beam);
+  int64_t right = 0;
+  for (size_t i = 0; i < examples.size(); ++i) right += got[i] == examples[i].target;
+  if (outputs) *outputs = got;
+  return examples.empty() ? 0.0 : static_cast<double>(right) / static_cast<double>(examples.size());
+}
+
+TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step) {
+  TrainOptions o = options;
+  const tasks::Vocab vocab = tasks::Vocab::numbers();
+  o.model.src_vocab = static_cast<int64_t>(vocab.src.size());
+  o.model.tgt_vocab = static_cast<int64_t>(vocab.tgt.size());
+  o.model.pad_id = 0, o.model.bos_id = 1, o.model.eos_id = 2;
+  Transformer model(o.model, o.seed);
+  Adam adam;
+  std::mt19937_64 rng(o.seed * 7919 + 1);
+  int64_t epoch = 0, batch_index = 0;
+  if (!o.resume_dir.empty()) {
+    model = Transformer::load(o.resume_dir);
+    o.model = model.config();
+    const nlohmann::json st = nlohmann::json::parse(read_text(o.resume_dir + "/train_state.json"));
+    const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
+    for (const auto& [name, t] : model.params()) adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
+    adam.step = st.at("step");
+    epoch = st.at("epoch"), batch_index = st.at("batch_index");
+    std::istringstream r(st.at("rng").get<std::string>());
+    r >> rng;
+  } else {
+    for (const auto& [name, t] : model.params()) adam.m[name] = Tensor(t.shape()), adam.v[name] = Tensor(t.shape());
+  }
+  // data: the training pool and the validation examples, both from the seed
+  std::vector<Pair> data;
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, o.train_examples, o.seed))
+    data.push_back({vocab.encode_source(e.source, o.model.max_len), vocab.encode_target(e.target)});
+  const std::vector<tasks::Example> val = tasks::make_examples(tasks::Split::kValidation, o.val_examples, o.seed + 1);
+  const auto batches = bucket(data, o.batch_size);
+  std::vector<size_t> order(batches.size());
+  auto shuffle_epoch = [&](int64_t e) {
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::mt19937_64 shuffle_rng(o.seed * 104729 + static_cast<uint64_t>(e));
+    std::shuffle(order.begin(), order.end(), shuffle_rng);
+  };
+  shuffle_epoch(epoch);
+
+  TrainReport report;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t tokens = 0;
+  double loss_window = 0.0;
+  int64_t window = 0;
+  const int64_t first = adam.step;
+  while (adam.step < o.steps) {
+    if (batch_index >= static_cast<int64_t>(batches.size())) shuffle_epoch(++epoch), batch_index = 0;
+    const Batch b = make_batch(batches[order[static_cast<size_t>(batch_index++)]], o.model);
+    model.zero_grad();
+    const Tensor logits = model.forward(b.src, b.tgt_in, true, &rng);
+    Tensor dlogits(logits.shape());
+    const float loss = cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
+                                                      o.model.tgt_vocab, o.label_smoothing, o.model.pad_id);
+    model.backward(dlogits);
+    clip_gradients(model, o.clip_norm);
+    adam_step(model, adam, o, noam(o, adam.step + 1));
+    tokens += b.tokens;
+    loss_window += loss, ++window;
+    if (on_step) on_step(adam.step, loss);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool eval_now = o.eval_every > 0 && (adam.step % o.eval_every == 0 || adam.step == o.steps);
+    if (eval_now) {
+      report.val_accuracy = exact_match(model, vocab, val);
+      if (!o.out_dir.empty()) save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index, o.seed);
+    }
+    if (o.progress && (adam.step % 10 == 0 || eval_now || adam.step == o.steps)) {
+      const double frac = static_cast<double>(adam.step) / static_cast<double>(o.steps);
+      const int bar = static_cast<int>(frac * 30);
+      const double rate = static_cast<double>(adam.step - first) / std::max(elapsed, 1e-9);
+      std::fprintf(stderr, "\r[%s%s] step %lld/%lld  loss %.3f  %.0f tok/s  val %.1f%%  ETA %s   ",
+                   std::string(static_cast<size_t>(bar), '=').c_str(), std::string(static_cast<size_t>(30 - bar), ' ').c_str(),
+                   static_cast<long long>(adam.step), static_cast<long long>(o.steps), loss_window / std::max<int64_t>(window, 1),
+                   static_cast<double>(tokens) / std::max(elapsed, 1e-9), 100.0 * report.val_accuracy,
+                   eta(static_cast<double>(o.steps - adam.step) / std::max(rate, 1e-9)).c_str());
+      if (eval_now) std::fprintf(stderr, "\n");
+    }
+    if (window >= 100) report.last_loss = static_cast<float>(loss_window / static_cast<double>(window)), loss_window = 0.0, window = 0;
+    report.seconds = elapsed;
+    report.tokens_per_second = static_cast<double>(tokens) / std::max(elapsed, 1e-9);
+  }
+  if (window > 0) report.last_loss = static_cast<float>(loss_window / static_cast<double>(window));
+  report.steps = adam.step;
+  if (o.progress) std::fprintf(stderr, "\n");
+  return report;
+}
+
+}  // namespace attn::train

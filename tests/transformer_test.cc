@@ -1,0 +1,198 @@
+// The encoder–decoder Transformer against PyTorch (fixtures from tests/fixtures/generate.py):
+// nn.TransformerEncoderLayer / DecoderLayer (batch-first, both norm_first) forward and autograd
+// gradients, and the whole model (embeddings + nn.Transformer + generator) forward, loss and
+// gradients. Then generation: incremental decoding equals full recomputation; beam search.
+#include <filesystem>
+#include <fstream>
+
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "attn/models/transformer.h"
+#include "models/transformer_internal.h"
+#include "test_util.h"
+#include "train/ops.h"
+
+namespace attn {
+namespace {
+
+// Relative-plus-absolute closeness of two float tensors.
+double max_rel_err(const float* a, const float* b, int64_t n) {
+  double m = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double e = std::fabs(static_cast<double>(a[i]) - b[i]) / (1e-3 + std::fabs(static_cast<double>(b[i])));
+    if (!(e <= m)) m = std::isnan(e) ? INFINITY : e;  // NaN anywhere is a failure, not a pass
+  }
+  return m;
+}
+
+TokenBatch ids(const Tensor& t) {
+  TokenBatch b{{}, t.dim(0), t.dim(1)};
+  for (int64_t i = 0; i < t.numel(); ++i) b.ids.push_back(static_cast<int32_t>(t.f32()[i]));
+  return b;
+}
+
+TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
+  for (const char* name : {"transformer_post_relu", "transformer_pre_gelu", "transformer_post_gelu_untied_learned"}) {
+    SCOPED_TRACE(name);
+    const io::Safetensors st = io::read_safetensors(test::fixture(std::string(name) + ".safetensors"));
+    Transformer m(TransformerConfig::from_json(st.metadata.at("config")));
+    for (auto& [pname, t] : m.params()) {
+      const Tensor& src = st.at(pname);
+      ASSERT_EQ(src.shape(), t.shape()) << pname;
+      std::copy_n(src.f32(), src.numel(), t.f32());
+    }
+    const TokenBatch src = ids(st.at("src")), tgt_in = ids(st.at("tgt_in")), tgt_out = ids(st.at("tgt_out"));
+    m.zero_grad();
+    const Tensor logits = m.forward(src, tgt_in, true, nullptr);
+    EXPECT_LE(test::max_abs_diff(logits, st.at("expected_logits")), 2e-5);
+    Tensor dlogits(logits.shape());
+    const float loss = train::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(), tgt_in.B * tgt_in.L,
+                                                             m.config().tgt_vocab, 0.1f, 0);
+    EXPECT_NEAR(loss, std::stod(st.metadata.at("loss")), 1e-5);
+    m.backward(dlogits);
+    for (const auto& [pname, g] : m.grads()) {
+      const Tensor& want = st.at("grad." + pname);
+      EXPECT_LE(max_rel_err(g.f32(), want.f32(), g.numel()), 2e-3) << pname;
+    }
+  }
+}
+
+TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
+  for (const char* name : {"layer_encoder_post", "layer_encoder_pre", "layer_decoder_post", "layer_decoder_pre"}) {
+    SCOPED_TRACE(name);
+    const io::Safetensors st = io::read_safetensors(test::fixture(std::string(name) + ".safetensors"));
+    const bool decoder = st.metadata.at("decoder") == "true";
+    TransformerConfig c;
+    c.src_vocab = 4, c.tgt_vocab = 4, c.d_model = 16, c.num_heads = 4, c.d_ff = 24, c.max_len = 8, c.dropout = 0.0f;
+    c.num_encoder_layers = 1, c.num_decoder_layers = 1;
+    c.norm_first = st.metadata.at("norm_first") == "true";
+    Transformer m(c);
+    for (auto& [pname, t] : m.params())
+      if (st.contains(pname)) std::copy_n(st.at(pname).f32(), t.numel(), t.f32());
+    m.zero_grad();
+    const models::Net net = models::bind(m.config(), m.params(), &m.grads());
+    const Tensor& x = st.at("x");
+    const int64_t B = x.dim(0), L = x.dim(1), E = 16, M = B * L;
+    std::vector<uint8_t> x_pad(st.at("x_pad").b8(), st.at("x_pad").b8() + B * L);
+    const Tensor& R = st.at("R");
+    models::Buf dx(R.f32(), R.f32() + R.numel());  // dLoss/dout = R for loss = Σ out ⊙ R
+    const float* out;
+    if (!decoder) {
+      EncoderLayerCache k;
+      out = models::encoder_layer_forward(k, net.enc[0], net, x.f32(), B, L, x_pad.data(), nullptr);
+      EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
+      models::encoder_layer_backward(dx, k, net.enc[0], net, B, L);
+    } else {
+      const Tensor& mem = st.at("mem");
+      const int64_t Ls = mem.dim(1);
+      std::vector<uint8_t> m_pad(st.at("mem_pad").b8(), st.at("mem_pad").b8() + B * Ls);
+      DecoderLayerCache k;
+      out = models::decoder_layer_forward(k, net.dec[0], net, x.f32(), mem.f32(), B, L, Ls, x_pad.data(), m_pad.data(), nullptr);
+      EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
+      models::Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
+      models::decoder_layer_backward(dx, dmem.data(), k, net.dec[0], net, B, L, Ls);
+      EXPECT_LE(max_rel_err(dmem.data(), st.at("grad.mem").f32(), B * Ls * E), 2e-3) << "d mem";
+    }
+    EXPECT_LE(max_rel_err(dx.data(), st.at("grad.x").f32(), M * E), 2e-3) << "d x";
+    for (const auto& [pname, g] : m.grads())
+      if (st.contains("grad." + pname)) EXPECT_LE(max_rel_err(g.f32(), st.at("grad." + pname).f32(), g.numel()), 2e-3) << pname;
+  }
+}
+
+Transformer random_model(bool norm_first) {
+  TransformerConfig c;
+  c.src_vocab = 12, c.tgt_vocab = 10, c.d_model = 16, c.num_heads = 4, c.d_ff = 32, c.max_len = 20;
+  c.num_encoder_layers = 2, c.num_decoder_layers = 2, c.norm_first = norm_first, c.dropout = 0.0f;
+  Transformer m(c, 3);
+  std::mt19937 rng(4);
+  for (auto& [name, t] : m.params())  // sharpen the output so greedy choices are clear-cut
+    if (name == "generator.bias") {
+      for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(rng() % 100) / 50.0f;
+      t.f32()[c.pad_id] = t.f32()[c.bos_id] = -100.0f;  // never predicted, as in a trained model
+    }
+  return m;
+}
+
+TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
+  for (bool norm_first : {false, true}) {
+    const Transformer m = random_model(norm_first);
+    const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0}, 2, 5};
+    std::vector<std::vector<float>> inc_logits, full_logits;
+    const auto inc = m.generate_greedy_logits(src, 12, &inc_logits);
+    const auto full = m.generate_full_recompute(src, 12, &full_logits);
+    ASSERT_EQ(inc, full);
+    for (size_t b = 0; b < inc_logits.size(); ++b) {
+      ASSERT_EQ(inc_logits[b].size(), full_logits[b].size());
+      for (size_t i = 0; i < inc_logits[b].size(); ++i) EXPECT_NEAR(inc_logits[b][i], full_logits[b][i], 1e-4);
+    }
+    // generate(beam = 1) is the same greedy path, stopping at EOS
+    const auto greedy = m.generate(src, 1, 0.0f, 12);
+    for (size_t b = 0; b < greedy.size(); ++b) {
+      const auto& f = full[b];
+      std::vector<int32_t> until_eos;
+      for (int32_t t : f) {
+        if (t == m.config().eos_id) break;
+        until_eos.push_back(t);
+      }
+      EXPECT_EQ(greedy[b], until_eos) << "sentence " << b;
+    }
+  }
+}
+
+// log P(y | src) under the model, by the teacher-forced forward pass.
+double sequence_logprob(Transformer& m, const TokenBatch& src1, const std::vector<int32_t>& y) {
+  TokenBatch tgt_in{{m.config().bos_id}, 1, 0};
+  for (int32_t t : y) tgt_in.ids.push_back(t);
+  tgt_in.L = static_cast<int64_t>(tgt_in.ids.size());
+  const Tensor logits = m.forward(src1, tgt_in);
+  const int64_t V = m.config().tgt_vocab;
+  double lp = 0.0;
+  for (int64_t i = 0; i < tgt_in.L; ++i) {
+    const float* row = logits.f32() + i * V;
+    const int32_t target = i + 1 < tgt_in.L ? y[static_cast<size_t>(i)] : m.config().eos_id;
+    double mx = *std::max_element(row, row + V), s = 0.0;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
+    lp += row[target] - mx - std::log(s);
+  }
+  return lp;
+}
+
+TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
+  Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0, 9, 2, 0, 0, 0}, 3, 5};
+  const auto greedy = m.generate(src, 1, 0.0f, 10);
+  const auto beam = m.generate(src, 4, 0.0f, 10);
+  ASSERT_EQ(beam.size(), 3u);
+  for (int64_t b = 0; b < 3; ++b) {
+    TokenBatch one{std::vector<int32_t>(src.ids.begin() + b * 5, src.ids.begin() + (b + 1) * 5), 1, 5};
+    EXPECT_GE(sequence_logprob(m, one, beam[static_cast<size_t>(b)]) + 1e-4, sequence_logprob(m, one, greedy[static_cast<size_t>(b)]));
+  }
+}
+
+TEST(Transformer, BadInputAndCorruptCheckpoints) {
+  Transformer m = random_model(false);
+  EXPECT_THROW(m.generate({{3, 99}, 1, 2}), ArgumentError);          // id outside the vocabulary
+  EXPECT_THROW(m.generate({{3, 4}, 1, 3}), ShapeError);              // ids disagree with [B, L]
+  EXPECT_THROW(m.generate({std::vector<int32_t>(30, 3), 1, 30}), ShapeError);  // longer than max_len
+  EXPECT_THROW(m.generate({{3, 4}, 1, 2}, 0), ArgumentError);        // beam 0
+  const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
+  std::filesystem::remove_all(dir);
+  m.save(dir.string());
+  Transformer back = Transformer::load(dir.string());
+  EXPECT_EQ(back.params().at("decoder.norm.weight").f32()[3], m.params().at("decoder.norm.weight").f32()[3]);
+  {  // truncate the weights
+    const auto path = dir / "model.safetensors";
+    const auto size = std::filesystem::file_size(path);
+    std::filesystem::resize_file(path, size / 2);
+  }
+  EXPECT_THROW(Transformer::load(dir.string()), FormatError);
+  {
+    std::ofstream(dir / "config.json") << "{\"d_model\": ";
+  }
+  EXPECT_THROW(Transformer::load(dir.string()), FormatError);
+  EXPECT_THROW(Transformer::load((dir / "nowhere").string()), FormatError);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace attn

@@ -1,0 +1,12 @@
+// Where the shipped model is found when --model is not given.
+#pragma once
+
+#include <string>
+
+namespace attn::cli {
+
+// --model if given; else $ATTN_MODEL; else <exe>/../share/attn/models/numbers-en-zh (installed);
+// else the repository's models/numbers-en-zh (the build tree). Throws ArgumentError if none exists.
+std::string resolve_model_dir(const std::string& flag);
+
+}  // namespace attn::cli

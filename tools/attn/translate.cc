@@ -1,0 +1,141 @@
+// attn translate / attn eval / attn train: the numbers-en-zh translation task from the command line.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "attn/error.h"
+#include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/train/trainer.h"
+#include "common.h"
+#include "model_path.h"
+
+namespace attn::cli {
+
+std::string resolve_model_dir(const std::string& flag) {
+  namespace fs = std::filesystem;
+  auto is_model = [](const fs::path& p) { return fs::exists(p / "config.json") && fs::exists(p / "model.safetensors"); };
+  if (!flag.empty()) {
+    if (!is_model(flag)) throw ArgumentError("--model " + flag + ": not a model directory (needs config.json and model.safetensors)");
+    return flag;
+  }
+  if (const char* env = std::getenv("ATTN_MODEL"); env && *env) {
+    if (!is_model(env)) throw ArgumentError("ATTN_MODEL=" + std::string(env) + ": not a model directory");
+    return env;
+  }
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path installed = exe.parent_path() / ".." / "share" / "attn" / "models" / "numbers-en-zh";
+    if (is_model(installed)) return installed.string();
+  }
+  if (is_model(ATTN_SOURCE_MODEL_DIR)) return ATTN_SOURCE_MODEL_DIR;
+  throw ArgumentError("no model found: pass --model DIR (the repository ships models/numbers-en-zh)");
+}
+
+namespace {
+
+struct LoadedModel {
+  Transformer model;
+  tasks::Vocab vocab;
+};
+
+LoadedModel load_model(const std::string& flag) {
+  const std::string dir = resolve_model_dir(flag);
+  std::ifstream in(dir + "/vocab.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  tasks::Vocab vocab = in ? tasks::Vocab::from_json(text.str()) : tasks::Vocab::numbers();
+  try {
+    return {Transformer::load(dir), vocab};
+  } catch (const Error& e) {
+    throw FormatError("--model " + dir + ": " + e.what());
+  }
+}
+
+struct TranslateArgs {
+  std::string model;
+  int beam = 1;
+  std::vector<std::string> text;
+};
+
+void run_translate(const TranslateArgs& a) {
+  if (a.beam < 1 || a.beam > 64) throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.beam));
+  const LoadedModel m = load_model(a.model);
+  std::vector<std::string> lines = a.text;
+  if (lines.empty()) {
+    for (std::string line; std::getline(std::cin, line);) lines.push_back(line);
+    if (lines.empty()) throw ArgumentError("no input: give the text as an argument or one sentence per line on standard input");
+  }
+  if (a.text.size() > 1) {  // several words given without quotes: one sentence
+    std::string joined;
+    for (const auto& w : a.text) joined += (joined.empty() ? "" : " ") + w;
+    lines = {joined};
+  }
+  for (std::string& l : lines)
+    for (char& ch : l) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (size_t i = 0; i < lines.size(); ++i) {  // validate every line before printing anything
+    try {
+      m.vocab.encode_source(lines[i], m.model.config().max_len);
+    } catch (const Error& e) {
+      throw ArgumentError((lines.size() > 1 ? "line " + std::to_string(i + 1) + ": " : std::string()) + e.what());
+    }
+  }
+  for (const std::string& out : train::translate(m.model, m.vocab, lines, a.beam)) std::cout << out << "\n";
+}
+
+struct EvalArgs {
+  std::string model, task = "numbers-en-zh", split = "test";
+  int beam = 1;
+  int64_t count = 2000;
+  uint64_t seed = 1;
+  bool show_errors = false;
+};
+
+void run_eval(const EvalArgs& a) {
+  if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
+  const LoadedModel m = load_model(a.model);
+  const tasks::Split split = a.split == "test" ? tasks::Split::kTest : a.split == "validation" ? tasks::Split::kValidation : tasks::Split::kTrain;
+  const auto examples = tasks::make_examples(split, a.count, a.seed + (split == tasks::Split::kValidation ? 1 : split == tasks::Split::kTest ? 2 : 0));
+  std::vector<std::string> got;
+  const double acc = train::exact_match(m.model, m.vocab, examples, a.beam, &got);
+  int64_t right = 0;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    right += got[i] == examples[i].target;
+    if (a.show_errors && got[i] != examples[i].target)
+      std::cout << examples[i].source << "\t" << examples[i].target << "\tgot " << got[i] << "\n";
+  }
+  std::printf("numbers-en-zh %s split: exact match %.2f%% (%lld / %lld), beam %d\n", a.split.c_str(), 100.0 * acc,
+              static_cast<long long>(right), static_cast<long long>(examples.size()), a.beam);
+}
+
+}  // namespace
+
+void add_translate(CLI::App& app) {
+  auto t = std::make_shared<TranslateArgs>();
+  CLI::App* sub = app.add_subcommand("translate",
+                                     "Translate English number words to Chinese numerals with an encoder-decoder Transformer.\n"
+                                     "With no text, reads one sentence per line from standard input.");
+  sub->add_option("--model", t->model, "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
+  sub->add_option("--beam", t->beam, "beam width; 1 = greedy");
+  sub->add_option("text", t->text, "the sentence, e.g. \"three hundred twelve\"");
+  sub->callback([t] { run_translate(*t); });
+
+  auto e = std::make_shared<EvalArgs>();
+  CLI::App* ev = app.add_subcommand("eval", "Exact-match accuracy of a model on a split of the task");
+  ev->add_option("--task", e->task, "the task (numbers-en-zh)");
+  ev->add_option("--model", e->model, "model directory; default: the shipped model");
+  ev->add_option("--split", e->split, "test, validation or train")->check(CLI::IsMember({"test", "validation", "train"}));
+  ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
+  ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
+  ev->add_option("--seed", e->seed, "data seed");
+  ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");
+  ev->callback([e] { run_eval(*e); });
+}
+
+}  // namespace attn::cli
