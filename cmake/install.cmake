@@ -15,7 +15,8 @@ install(TARGETS attn_shared attn_static EXPORT attnTargets
 install(TARGETS attn RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(EXPORT attnTargets NAMESPACE attn:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
 configure_package_config_file(cmake/attnConfig.cmake.in ${PROJECT_BINARY_DIR}/attnConfig.cmake
-                              INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
+                              INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn
+                              PATH_VARS CMAKE_INSTALL_DATADIR)
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/attnConfigVersion.cmake COMPATIBILITY SameMajorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/attnConfig.cmake ${PROJECT_BINARY_DIR}/attnConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
@@ -25,3 +26,6 @@ string(JOIN " " ATTN_PC_BLAS ${OPENBLAS_LINK_LIBRARIES})
 file(RELATIVE_PATH ATTN_PC_PREFIX_REL "${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig" "${CMAKE_INSTALL_PREFIX}")
 configure_file(cmake/attn.pc.in ${PROJECT_BINARY_DIR}/attn.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/attn.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+
+# The shipped translation model: found by `attn translate` at <prefix>/share/attn/models/numbers-en-zh.
+install(DIRECTORY models/ DESTINATION ${CMAKE_INSTALL_DATADIR}/attn/models)

@@ -137,5 +137,46 @@ TEST_F(Cli, ExplainWalksThroughAllFiveMechanisms) {
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
 }
 
+TEST_F(Cli, TranslateWithTheShippedModel) {
+  CliResult r = run("translate \"three hundred twelve\"");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "三百一十二\n");
+  r = run("translate --beam 4 one million two hundred thirty four thousand five hundred sixty seven");
+  EXPECT_EQ(r.out, "一百二十三万四千五百六十七\n") << r.err;
+  {
+    std::ofstream(path("in.txt")) << "ten\nfifteen\none hundred one\n";
+  }
+  r = run("translate < " + path("in.txt"));
+  EXPECT_EQ(r.out, "十\n十五\n一百零一\n") << r.err;
+}
+
+TEST_F(Cli, TranslateRejectsBadInput) {
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"translate \"three hundred twelfe\"", "twelfe"},
+           {"translate \"   \"", "empty"},
+           {"translate \"" + [] { std::string s; for (int i = 0; i < 70; ++i) s += "one "; return s; }() + "\"", "at most"},
+           {"translate --model /nonexistent \"one\"", "/nonexistent"},
+           {"translate --beam 0 one", "--beam"}}) {
+    const CliResult r = run(args);
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_LT(r.status, 128) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
+    EXPECT_EQ(r.out, "") << args;
+  }
+  {
+    std::ofstream(path("mixed.txt")) << "ten\nelevn\n";
+  }
+  const CliResult r = run("translate < " + path("mixed.txt"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "") << "nothing is printed when a line is bad";
+}
+
+TEST_F(Cli, EvalPrintsExactMatch) {
+  const CliResult r = run("eval --task numbers-en-zh --count 100");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("exact match"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace attn

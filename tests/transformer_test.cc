@@ -95,7 +95,9 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
     }
     EXPECT_LE(max_rel_err(dx.data(), st.at("grad.x").f32(), M * E), 2e-3) << "d x";
     for (const auto& [pname, g] : m.grads())
-      if (st.contains("grad." + pname)) EXPECT_LE(max_rel_err(g.f32(), st.at("grad." + pname).f32(), g.numel()), 2e-3) << pname;
+      if (st.contains("grad." + pname)) {
+        EXPECT_LE(max_rel_err(g.f32(), st.at("grad." + pname).f32(), g.numel()), 2e-3) << pname;
+      }
   }
 }
 

@@ -6,5 +6,8 @@
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
+#include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/train/trainer.h"
 #include "attn/tensor.h"
 #include "attn/version.h"

@@ -218,6 +218,23 @@ void Transformer::backward(const Tensor& dlogits) {
   models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx.data());
 }
 
+std::map<std::string, Tensor> Transformer::attention_maps() const {
+  const TransformerCache& k = *cache_;
+  const int64_t H = config_.num_heads;
+  std::map<std::string, Tensor> out;
+  auto copy = [&](const std::string& name, const models::Buf& w, int64_t Lq, int64_t Lk) {
+    Tensor t({k.B, H, Lq, Lk});
+    std::copy_n(w.data(), t.numel(), t.f32());
+    out[name] = t;
+  };
+  for (size_t l = 0; l < k.enc.size(); ++l) copy("encoder.layers." + std::to_string(l) + ".self_attn", k.enc[l].mha.weights, k.Ls, k.Ls);
+  for (size_t l = 0; l < k.dec.size(); ++l) {
+    copy("decoder.layers." + std::to_string(l) + ".self_attn", k.dec[l].smha.weights, k.Lt, k.Lt);
+    copy("decoder.layers." + std::to_string(l) + ".multihead_attn", k.dec[l].cmha.weights, k.Lt, k.Ls);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- save / load
 void Transformer::save(const std::string& dir) const {
   std::filesystem::create_directories(dir);

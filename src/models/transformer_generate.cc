@@ -196,6 +196,9 @@ std::vector<std::vector<int32_t>> Transformer::generate(const TokenBatch& src, i
       for (size_t i = 0; i < keep && filled < K; ++i) {
         const auto [score, n, v] = cand[i];
         if (v == c.eos_id || last) {
+          // an ending counts only if it ranks among the K best continuations; weaker EOS candidates
+          // would otherwise fill the finished list with early stops
+          if (v == c.eos_id && static_cast<int64_t>(i) >= K) continue;
           std::vector<int32_t> out = seqs[static_cast<size_t>(n)];
           if (v != c.eos_id) out.push_back(v);
           finished[static_cast<size_t>(b)].push_back({out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
@@ -208,8 +211,13 @@ std::vector<std::vector<int32_t>> Transformer::generate(const TokenBatch& src, i
         next_logp[static_cast<size_t>(slot)] = score;
         next_tokens[static_cast<size_t>(slot)] = v;
       }
-      // done when K hypotheses have finished (greedy: the first one), or no live beam is left
-      if (static_cast<int64_t>(finished[static_cast<size_t>(b)].size()) >= K || filled == 0) done[static_cast<size_t>(b)] = true;
+      // Done when no live beam can still beat the best finished hypothesis: a live beam's log-probability
+      // only falls, and its length penalty is at most the one of the longest output (T positions).
+      float best_finished = kNegInf, best_alive = kNegInf;
+      for (const Hypothesis& h : finished[static_cast<size_t>(b)]) best_finished = std::max(best_finished, h.score);
+      for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(b * K + k)]);
+      const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? T : t + 2, length_penalty);
+      if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true;
     }
     if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
     // reorder the self-attention caches by parent beam (positions 0..t), into the spare buffers

@@ -38,5 +38,6 @@ void add_mha(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_translate(CLI::App& app);  // translate and eval
 void add_train(CLI::App& app);
+void add_viz(CLI::App& app);
 
 }  // namespace attn::cli

@@ -8,6 +8,7 @@
 #include "attn/attention.h"
 #include "attn/layers/multi_head_attention.h"
 #include "common.h"
+#include "html_report.h"
 
 namespace attn::cli {
 namespace {
@@ -39,7 +40,16 @@ void line(const std::string& s) { std::cout << "   " << s << "\n"; }
 // q, k, v: [1, 1, L, kE] views of the toy sequences
 Tensor as_heads(const Tensor& x) { return x.reshape({1, 1, x.dim(1), x.dim(2)}); }
 
-void run_explain() {
+void run_explain(const std::string& html) {
+  Report report;
+  report.title = "attn explain: the five attention mechanisms on a toy translation";
+  report.intro = {"Source (English, the encoder's input): I love you. Target (Chinese, the decoder's input): <s> 我 爱 你. "
+                  "Every token is a vector of E = 4 numbers. All five mechanisms compute softmax(Q·Kᵀ/√d + M)·V and differ only in "
+                  "where Q, K and V come from and what the mask M hides. Rows are queries, columns keys; each row sums to 1."};
+  auto add = [&](const std::string& section, const std::vector<std::string>& rows, const std::vector<std::string>& cols,
+                 const Tensor& w, const std::string& note) {
+    report.maps.push_back({section, "weights", rows, cols, w.reshape({w.numel() / (static_cast<int64_t>(rows.size() * cols.size())), static_cast<int64_t>(rows.size()), static_cast<int64_t>(cols.size())}), note});
+  };
   const std::vector<std::string> src = {"I", "love", "you"};
   const std::vector<std::string> tgt = {"<s>", "我", "爱", "你"};
   const Tensor x_src = embed(src), x_tgt = embed(tgt);
@@ -65,6 +75,8 @@ void run_explain() {
   AttentionResult r = scaled_dot_product_attention(as_heads(x_tgt), as_heads(x_src), as_heads(x_src), opt);
   line("weights (rows: queries, columns: keys):");
   print_weight_matrix(r.weights.f32(), Lt, Ls, tgt, src);
+  add("1. Attention (scaled dot-product)", tgt, src, r.weights,
+      "Q = the target as it is, K = V = the source as it is. Q [1, 1, 4, 4], K [1, 1, 3, 4], V [1, 1, 3, 4] -> out [1, 1, 4, 4]. No mask.");
   line("C++: attn::scaled_dot_product_attention(q, k, v, options)   CLI: attn sdpa --q Q.npy --k K.npy --v V.npy --out O.npy");
 
   // 2. self-attention
@@ -81,6 +93,7 @@ void run_explain() {
   MhaOutput o = sa.self_attention(x_src, mo);
   line("weights (each source word against every source word):");
   print_weight_matrix(o.weights.f32(), Ls, Ls, src, src);
+  add("2. Self-attention", src, src, o.weights, "Q = X·W_Qᵀ, K = X·W_Kᵀ, V = X·W_Vᵀ from the same X [1, 3, 4]; weights [1, 3, 3]. No mask.");
   line("Without position codes self-attention is order-blind: permuting the tokens permutes the output rows.");
   line("C++: mha.self_attention(x)   CLI: attn mha --weights W.safetensors --num-heads 1 --query X.npy --out O.npy");
 
@@ -98,6 +111,8 @@ void run_explain() {
     line("head " + std::to_string(h) + " weights:");
     print_weight_matrix(o.weights.f32() + h * Ls * Ls, Ls, Ls, src, src);
   }
+  add("3. Multi-head self-attention", src, src, o.weights,
+      "E = 4 split into 2 heads of 2: Q, K, V [1, 3, 2, 2]; per-head weights [1, 2, 3, 3]; heads concatenated, then W_O.");
   line("The heads look at different relations; every encoder and decoder layer has one of these.");
   line("C++: MultiHeadAttention({.embed_dim = E, .num_heads = H})   CLI: attn mha --num-heads H ...");
 
@@ -111,6 +126,12 @@ void run_explain() {
   o = ca.cross_attention(x_tgt, x_src, mo);
   line("weights averaged over heads (each Chinese token consults the English words):");
   print_weight_matrix(o.weights.f32(), Lt, Ls, tgt, src);
+  {
+    MhaOptions per_head = mo;
+    per_head.average_attn_weights = false;
+    add("4. Cross-attention", tgt, src, ca.cross_attention(x_tgt, x_src, per_head).weights,
+        "Q from the decoder [1, 4, 4], K and V from the encoder output [1, 3, 4]; weights [1, 2, 4, 3]: target x source.");
+  }
   line("C++: mha.cross_attention(x, memory)   CLI: attn mha ... --query DEC.npy --key ENC.npy --value ENC.npy");
 
   // 5. masked self-attention
@@ -124,6 +145,13 @@ void run_explain() {
   line("softmax turns -inf into weight 0: the weight matrix is lower-triangular.");
   o = mha.masked_self_attention(x_tgt, mo);
   print_weight_matrix(o.weights.f32(), Lt, Lt, tgt, tgt);
+  {
+    MhaOptions per_head = mo;
+    per_head.average_attn_weights = false;
+    add("5. Masked self-attention", tgt, tgt, mha.masked_self_attention(x_tgt, per_head).weights,
+        "Self-attention over the target [1, 4, 4] with a causal mask M: 0 on and below the diagonal, -inf above, so the "
+        "weights are lower-triangular: no position sees the future.");
+  }
   line("Training feeds the whole target at once and the mask keeps it honest; generation adds one token");
   line("at a time, and what was computed for earlier positions never changes (a KV cache reuses it).");
   line("C++: mha.masked_self_attention(x)   CLI: attn mha ... --causal   or   attn sdpa ... --causal top-left");
@@ -152,13 +180,19 @@ void run_explain() {
   }
   std::cout << "\nEncoder layer: multi-head self-attention -> feed-forward.\n"
                "Decoder layer: masked multi-head self-attention -> cross-attention over the encoder -> feed-forward.\n";
+  if (!html.empty()) {
+    write_html_report(html, report);
+    std::cout << "\nwrote " << html << "\n";
+  }
 }
 
 }  // namespace
 
 void add_explain(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("explain", "Walk through the five attention mechanisms on a tiny example, with shapes, masks and weight maps");
-  sub->callback([] { run_explain(); });
+  auto html = std::make_shared<std::string>();
+  sub->add_option("--html", *html, "also write the walk-through as a self-contained HTML page with every weight map");
+  sub->callback([html] { run_explain(*html); });
 }
 
 }  // namespace attn::cli

@@ -74,6 +74,12 @@ class Transformer {
   std::map<std::string, Tensor>& grads() { return grads_; }
   int64_t num_parameters() const;
 
+  // The attention weights of the last forward(), exactly as computed, by name:
+  //   "encoder.layers.L.self_attn"        [B, H, Ls, Ls]
+  //   "decoder.layers.L.self_attn"        [B, H, Lt, Lt]   (masked: zero above the diagonal)
+  //   "decoder.layers.L.multihead_attn"   [B, H, Lt, Ls]   (cross-attention)
+  std::map<std::string, Tensor> attention_maps() const;
+
   // Encoder output [B, Ls, E] (inference).
   Tensor encode(const TokenBatch& src) const;
 

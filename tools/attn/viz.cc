@@ -1,0 +1,127 @@
+// attn viz: translate a sentence and draw every attention map of the model: encoder self-attention,
+// decoder masked self-attention and decoder cross-attention, every layer and head plus the average.
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include "attn/error.h"
+#include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/train/trainer.h"
+#include "common.h"
+#include "html_report.h"
+#include "model_path.h"
+
+namespace attn::cli {
+namespace {
+
+struct VizArgs {
+  std::string model, out, png, png_map = "decoder.layers.0.multihead_attn", text;
+  int png_head = -1;  // -1: the head average
+  int beam = 1;
+  int64_t random_map = 0;
+};
+
+// A random N x N causal map, to check that long inputs stay usable in the page.
+void write_random_map(const std::string& out, int64_t n) {
+  if (n <= 0 || n > 8192) throw ArgumentError("--random-map must be in [1, 8192], got " + std::to_string(n));
+  Tensor w({1, n, n});
+  std::mt19937 rng(1);
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = w.f32() + i * n;
+    double s = 0.0;
+    for (int64_t j = 0; j <= i; ++j) s += (row[j] = static_cast<float>(rng() % 1000) / 1000.0f + (j == i ? 20.0f : 0.0f));
+    for (int64_t j = 0; j <= i; ++j) row[j] = static_cast<float>(row[j] / s);
+  }
+  std::vector<std::string> tokens;
+  for (int64_t i = 0; i < n; ++i) tokens.push_back("t" + std::to_string(i));
+  Report r{"attn viz: a random causal map of " + std::to_string(n) + " tokens", {"Long inputs: cells smaller than a pixel are aggregated (max)."}, {}};
+  r.maps.push_back({"Random masked self-attention", std::to_string(n) + " tokens", tokens, tokens, w, ""});
+  write_html_report(out, r);
+}
+
+void run_viz(const VizArgs& a) {
+  if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
+  if (a.random_map > 0) return write_random_map(a.out, a.random_map);
+  if (a.text.empty()) throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
+  const std::string dir = resolve_model_dir(a.model);
+  Transformer model = Transformer::load(dir);
+  std::ifstream vin(dir + "/vocab.json");
+  std::stringstream vtext;
+  vtext << vin.rdbuf();
+  const tasks::Vocab vocab = vin ? tasks::Vocab::from_json(vtext.str()) : tasks::Vocab::numbers();
+  std::string text = a.text;
+  for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
+  const std::string translation = train::translate(model, vocab, {text}, a.beam)[0];
+  // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
+  std::vector<int32_t> tgt = {model.config().bos_id};
+  for (int32_t id : vocab.encode_target(translation)) tgt.push_back(id);
+  const TokenBatch src{src_ids, 1, static_cast<int64_t>(src_ids.size())};
+  const TokenBatch tgt_in{tgt, 1, static_cast<int64_t>(tgt.size())};
+  model.forward(src, tgt_in);
+  const auto maps = model.attention_maps();
+  std::vector<std::string> src_tok, tgt_tok;
+  for (int32_t id : src_ids) src_tok.push_back(vocab.src[static_cast<size_t>(id)]);
+  for (int32_t id : tgt) tgt_tok.push_back(vocab.tgt[static_cast<size_t>(id)]);
+  const TransformerConfig& c = model.config();
+  Report r;
+  r.title = "attn viz: \"" + text + "\" -> " + translation;
+  r.intro = {"Every attention map of the model (" + std::to_string(c.num_encoder_layers) + " encoder and " +
+                 std::to_string(c.num_decoder_layers) + " decoder layers, " + std::to_string(c.num_heads) +
+                 " heads each) for this translation, as computed (exact weights). Rows are queries, columns keys; "
+                 "each row sums to 1. Hover a cell for its weight; click a row or a query token to highlight what it attends to.",
+             "Model: " + dir};
+  auto head_view = [](const Tensor& t) { return t.reshape({t.dim(1), t.dim(2), t.dim(3)}); };  // [1, H, Lq, Lk] -> [H, Lq, Lk]
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l)
+    r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), src_tok, src_tok,
+                      head_view(maps.at("encoder.layers." + std::to_string(l) + ".self_attn")),
+                      "Q, K, V all from the source (English words); padding masked. [" + std::to_string(src_tok.size()) + " x " +
+                          std::to_string(src_tok.size()) + "] per head."});
+  for (int64_t l = 0; l < c.num_decoder_layers; ++l)
+    r.maps.push_back({"Decoder masked self-attention", "layer " + std::to_string(l), tgt_tok, tgt_tok,
+                      head_view(maps.at("decoder.layers." + std::to_string(l) + ".self_attn")),
+                      "Q, K, V from the target so far; the causal mask hides the future, so the map is lower-triangular."});
+  for (int64_t l = 0; l < c.num_decoder_layers; ++l)
+    r.maps.push_back({"Decoder cross-attention", "layer " + std::to_string(l), tgt_tok, src_tok,
+                      head_view(maps.at("decoder.layers." + std::to_string(l) + ".multihead_attn")),
+                      "Q from the decoder (Chinese characters), K and V from the encoder's output (English words): which "
+                      "source words each output position looked at."});
+  if (!a.out.empty()) write_html_report(a.out, r);
+  if (!a.png.empty()) {
+    const auto it = maps.find(a.png_map);
+    if (it == maps.end()) throw ArgumentError("--png-map '" + a.png_map + "' is not a map of this model (e.g. decoder.layers.0.multihead_attn)");
+    const Tensor& w = it->second;  // [1, H, Lq, Lk]
+    const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
+    if (a.png_head >= H) throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
+    std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
+    for (int64_t h = 0; h < H; ++h)
+      if (a.png_head < 0 || a.png_head == h)
+        for (int64_t i = 0; i < Lq * Lk; ++i) m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
+    write_heatmap_png(a.png, m.data(), Lq, Lk, 24);
+  }
+  std::cout << translation << "\n";
+}
+
+}  // namespace
+
+void add_viz(CLI::App& app) {
+  auto a = std::make_shared<VizArgs>();
+  CLI::App* sub = app.add_subcommand("viz", "Translate a sentence and draw every attention map (encoder self, decoder masked self, "
+                                            "cross) of every layer and head as one self-contained HTML page, or one map as a PNG");
+  sub->add_option("text", a->text, "the sentence, e.g. \"three hundred twelve\"");
+  sub->add_option("--model", a->model, "model directory; default: the shipped model");
+  sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
+  sub->add_option("--png", a->png, "also write one map as a PNG heatmap");
+  sub->add_option("--png-map", a->png_map, "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
+                                            "decoder.layers.0.multihead_attn (default)");
+  sub->add_option("--png-head", a->png_head, "which head for --png; default: the average of all heads");
+  sub->add_option("--beam", a->beam, "beam width for the translation");
+  sub->add_option("--random-map", a->random_map, "instead: a random N x N causal map (checks that long inputs stay usable)");
+  sub->callback([a] { run_viz(*a); });
+}
+
+}  // namespace attn::cli
