@@ -7,6 +7,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include "attn/attn.h"
 
@@ -162,6 +163,21 @@ NB_MODULE(_attn, m) {
           },
           "query"_a, "key"_a, "value"_a, "attn_mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "need_weights"_a,
           "average_attn_weights"_a, "impl"_a, "num_threads"_a);
+
+  nb::class_<attn::Transformer>(m, "Transformer")
+      .def_static("load", &attn::Transformer::load, "dir"_a, "a model directory (config.json, model.safetensors)")
+      .def("num_parameters", &attn::Transformer::num_parameters)
+      .def("config_json", [](const attn::Transformer& t) { return t.config().to_json(); })
+      .def(
+          "translate",
+          [](const attn::Transformer& t, const std::vector<std::string>& sentences, int beam, const std::string& vocab_json) {
+            const attn::tasks::Vocab vocab =
+                vocab_json.empty() ? attn::tasks::Vocab::numbers() : attn::tasks::Vocab::from_json(vocab_json);
+            for (const std::string& s : sentences) vocab.encode_source(s, t.config().max_len);  // raise before working
+            nb::gil_scoped_release release;
+            return attn::train::translate(t, vocab, sentences, beam);
+          },
+          "sentences"_a, "beam"_a = 1, "vocab_json"_a = "");
 
   m.def(
       "load_safetensors",

@@ -23,7 +23,7 @@ build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 build/venv/bin/python -m pip install -q ./ pytest
 build/venv/bin/python -m pytest -q -rs tests/python
 sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py
-(cd build && venv/bin/python readme_quickstart.py)
+build/venv/bin/python build/readme_quickstart.py   # from the repository root, as a reader would
 echo "README Python quick-start ran"
 
 if [ "${ATTN_FUZZ_SECONDS:-0}" -gt 0 ]; then

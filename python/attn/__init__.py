@@ -15,7 +15,8 @@ import numpy as np
 from . import _attn
 
 __version__ = _attn.__version__
-__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "load_safetensors", "save_safetensors", "__version__"]
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "load_safetensors", "save_safetensors",
+           "__version__"]
 
 
 def _f32(x, name):
@@ -164,6 +165,29 @@ class MultiheadAttention:
         return out, weights
 
     __call__ = forward
+
+
+class Translator:
+    """An encoder-decoder Transformer trained by `attn train` (English number words -> Chinese numerals).
+
+    Translator(model_dir)("three hundred twelve") -> "三百一十二"; a list gives a list. Without model_dir,
+    $ATTN_MODEL is used. Unknown words, empty or over-long input raise ValueError.
+    """
+
+    def __init__(self, model_dir=None):
+        import os
+        model_dir = model_dir or os.environ.get("ATTN_MODEL")
+        if not model_dir:
+            raise ValueError("give the model directory (e.g. models/numbers-en-zh of the attn repository) or set ATTN_MODEL")
+        self.model_dir = str(model_dir)
+        self._m = _attn.Transformer.load(self.model_dir)
+        vocab = os.path.join(self.model_dir, "vocab.json")
+        self._vocab = open(vocab, encoding="utf-8").read() if os.path.exists(vocab) else ""
+
+    def __call__(self, text, beam=1):
+        one = isinstance(text, str)
+        out = self._m.translate([text] if one else list(text), int(beam), self._vocab)
+        return out[0] if one else out
 
 
 def load_safetensors(path):

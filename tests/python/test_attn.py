@@ -99,6 +99,17 @@ def test_multihead_attention_layouts():
     assert sd["in_proj_weight"].shape == (48, 16) and "out_proj.bias" in sd
 
 
+def test_translator_uses_the_shipped_model():
+    model = os.path.join(os.path.dirname(__file__), "..", "..", "models", "numbers-en-zh")
+    t = attn.Translator(model)
+    assert t("three hundred twelve") == "三百一十二"
+    assert t(["ten", "one hundred one"], beam=4) == ["十", "一百零一"]
+    with pytest.raises(ValueError, match="twelfe"):
+        t("three hundred twelfe")
+    with pytest.raises(ValueError, match="empty"):
+        t("")
+
+
 def test_safetensors_round_trip(tmp_path):
     tensors = {"a": rand(2, 3), "m": np.array([[True, False]])}
     attn.save_safetensors(tmp_path / "x.safetensors", tensors, {"k": "v"})
