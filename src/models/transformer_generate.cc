@@ -131,6 +131,29 @@ struct Hypothesis {
 
 }  // namespace
 
+namespace {
+// Encodes src once and prepares the decoder: cross-attention K/V per layer from the encoder output
+// (shared by the K beams of each sentence) and preallocated [B·K, T, E] self-attention caches.
+DecodeState start_decoding(const Transformer& model, const models::Net& net, const TokenBatch& src, int64_t K, int64_t T,
+                           bool spare_caches) {
+  const int64_t B = src.B, E = model.config().d_model;
+  DecodeState s;
+  s.B = B, s.K = K, s.N = B * K, s.Ls = src.L, s.T = T, s.E = E;
+  const Tensor mem = model.encode(src);
+  models::padding_mask(s.src_pad, src, model.config().pad_id);
+  for (const models::DecoderLayerNet& w : net.dec) {
+    s.cross_k.emplace_back(static_cast<size_t>(B * src.L * E));
+    s.cross_v.emplace_back(static_cast<size_t>(B * src.L * E));
+    train::linear_forward(s.cross_k.back().data(), mem.f32(), w.ca.w_in + E * E, w.ca.b_in + E, B * src.L, E, E);
+    train::linear_forward(s.cross_v.back().data(), mem.f32(), w.ca.w_in + 2 * E * E, w.ca.b_in + 2 * E, B * src.L, E, E);
+    for (auto* cache : {&s.self_k, &s.self_v}) cache->emplace_back(static_cast<size_t>(s.N * T * E));
+    if (spare_caches)
+      for (auto* cache : {&s.next_k, &s.next_v}) cache->emplace_back(static_cast<size_t>(s.N * T * E));
+  }
+  return s;
+}
+}  // namespace
+
 Tensor Transformer::encode(const TokenBatch& src) const {
   TransformerCache k;  // the decoder runs on one BOS per sentence; only the encoder output is kept
   TokenBatch tgt{std::vector<int32_t>(static_cast<size_t>(src.B), config_.bos_id), src.B, 1};
@@ -149,17 +172,7 @@ std::vector<std::vector<int32_t>> Transformer::generate(const TokenBatch& src, i
   const int64_t B = src.B, K = beam, N = B * K, E = c.d_model, V = c.tgt_vocab;
   const int64_t T = max_len > 0 ? std::min(max_len, c.max_len) : c.max_len;  // positions, BOS included
 
-  DecodeState s;
-  s.B = B, s.K = K, s.N = N, s.Ls = src.L, s.T = T, s.E = E;
-  const Tensor mem = encode(src);
-  models::padding_mask(s.src_pad, src, c.pad_id);
-  for (const models::DecoderLayerNet& w : net.dec) {  // cross K/V once per layer, shared by all beams
-    s.cross_k.emplace_back(static_cast<size_t>(B * src.L * E));
-    s.cross_v.emplace_back(static_cast<size_t>(B * src.L * E));
-    train::linear_forward(s.cross_k.back().data(), mem.f32(), w.ca.w_in + E * E, w.ca.b_in + E, B * src.L, E, E);
-    train::linear_forward(s.cross_v.back().data(), mem.f32(), w.ca.w_in + 2 * E * E, w.ca.b_in + 2 * E, B * src.L, E, E);
-    for (auto* cache : {&s.self_k, &s.self_v, &s.next_k, &s.next_v}) cache->emplace_back(static_cast<size_t>(N * T * E));
-  }
+  DecodeState s = start_decoding(*this, net, src, K, T, /*spare_caches=*/K > 1);
 
   const float kNegInf = -std::numeric_limits<float>::infinity();
   std::vector<int32_t> tokens(static_cast<size_t>(N), c.bos_id);
@@ -253,19 +266,8 @@ std::vector<std::vector<int32_t>> Transformer::generate_greedy_logits(const Toke
   const TransformerConfig& c = config_;
   models::check_tokens(c, src, c.src_vocab, "src");
   const models::Net net = models::bind(c, params_, nullptr);
-  const int64_t B = src.B, E = c.d_model, V = c.tgt_vocab, T = std::min(max_len, c.max_len);
-  DecodeState s;
-  s.B = B, s.K = 1, s.N = B, s.Ls = src.L, s.T = T, s.E = E;
-  const Tensor mem = encode(src);
-  models::padding_mask(s.src_pad, src, c.pad_id);
-  for (const models::DecoderLayerNet& w : net.dec) {
-    s.cross_k.emplace_back(static_cast<size_t>(B * src.L * E));
-    s.cross_v.emplace_back(static_cast<size_t>(B * src.L * E));
-    train::linear_forward(s.cross_k.back().data(), mem.f32(), w.ca.w_in + E * E, w.ca.b_in + E, B * src.L, E, E);
-    train::linear_forward(s.cross_v.back().data(), mem.f32(), w.ca.w_in + 2 * E * E, w.ca.b_in + 2 * E, B * src.L, E, E);
-    s.self_k.emplace_back(static_cast<size_t>(B * T * E));
-    s.self_v.emplace_back(static_cast<size_t>(B * T * E));
-  }
+  const int64_t B = src.B, V = c.tgt_vocab, T = std::min(max_len, c.max_len);
+  DecodeState s = start_decoding(*this, net, src, 1, T, /*spare_caches=*/false);
   std::vector<int32_t> tokens(static_cast<size_t>(B), c.bos_id);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
   if (step_logits) step_logits->assign(static_cast<size_t>(B), {});
