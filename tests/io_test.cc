@@ -167,7 +167,7 @@ TEST(Safetensors, CorruptFilesAreRejected) {
       R"({"x":{"dtype":"F32","shape":[5],"data_offsets":[0,20]}})",  // offsets past the data
       R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[8,4]}})",   // begin > end
       R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})",  // shape disagrees with offsets
-      R"({"x":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}})",  // unsupported dtype
+      R"({"x":{"dtype":"U16","shape":[8],"data_offsets":[0,16]}})",  // unsupported dtype
       R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
       R"({"x":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",
       R"({"x":{"dtype":"F32","shape":[2]}})",

@@ -40,7 +40,8 @@ struct DTypeInfo {
   DType dtype;
 };
 const DTypeInfo kDTypes[] = {{"F32", 4, DType::kFloat32}, {"F16", 2, DType::kFloat32}, {"BF16", 2, DType::kFloat32},
-                             {"F64", 8, DType::kFloat32}, {"BOOL", 1, DType::kBool}};
+                             {"F64", 8, DType::kFloat32}, {"I64", 8, DType::kFloat32}, {"I32", 4, DType::kFloat32},
+                             {"BOOL", 1, DType::kBool}};
 
 }  // namespace
 
@@ -87,7 +88,7 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     const DTypeInfo* info = nullptr;
     for (const DTypeInfo& d : kDTypes)
       if (dt == d.name) info = &d;
-    if (info == nullptr) throw FormatError(where + " has unsupported dtype " + dt + " (F32, F16, BF16, F64, BOOL)");
+    if (info == nullptr) throw FormatError(where + " has unsupported dtype " + dt + " (F32, F16, BF16, F64, I64, I32, BOOL)");
     Shape shape;
     for (const auto& s : entry["shape"]) {
       if (!s.is_number_unsigned() || shape.size() >= 32) throw FormatError(where + " has a malformed shape");
@@ -123,6 +124,14 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
         std::memcpy(&h, src + 2 * i, 2);
         const uint32_t bits = static_cast<uint32_t>(h) << 16;
         std::memcpy(t.f32() + i, &bits, 4);
+      } else if (dt == "I64") {  // e.g. BERT's position_ids; exact below 2^24
+        int64_t v;
+        std::memcpy(&v, src + 8 * i, 8);
+        t.f32()[i] = static_cast<float>(v);
+      } else if (dt == "I32") {
+        int32_t v;
+        std::memcpy(&v, src + 4 * i, 4);
+        t.f32()[i] = static_cast<float>(v);
       } else if (dt == "F64") {
         double d;
         std::memcpy(&d, src + 8 * i, 8);

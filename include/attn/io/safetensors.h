@@ -1,6 +1,6 @@
 // attn/io/safetensors.h: Hugging Face .safetensors files.
 //
-// Reads F32, F16, BF16 and F64 (all converted to float32) and BOOL; writes F32 and BOOL.
+// Reads F32, F16, BF16, F64, I64 and I32 (all converted to float32) and BOOL; writes F32 and BOOL.
 // Throws FormatError on a truncated or corrupt file: a header length past the file's end or over
 // 100 MiB, invalid JSON, a missing or mistyped field, an unsupported dtype, data offsets outside the
 // data or disagreeing with the shape. Nothing is allocated from a size the file has not backed.

@@ -1,0 +1,48 @@
+// attn/text/wordpiece.h: BERT's WordPiece tokenizer, giving exactly the ids of Hugging Face's
+// BertTokenizer (transformers 5: the tokenizers library's BertNormalizer + BertPreTokenizer + WordPiece;
+// do_lower_case, tokenize_chinese_chars, accents stripped when lower-casing):
+//   0. special tokens written in the text ([CLS], [SEP], [PAD], [UNK], [MASK]) stay whole
+//   1. clean: drop NUL, U+FFFD and control characters; every whitespace character becomes a space
+//   2. put spaces around every CJK ideograph (one token per character)
+//   3. strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (full
+//      Unicode mapping without context: no final sigma); split on whitespace and split off every
+//      punctuation character (ASCII symbols and Unicode P*)
+//   4. WordPiece: greedy longest match from the vocabulary, continuations prefixed "##"; a word with
+//      no full match, or over 100 characters, becomes [UNK]
+// encode() adds [CLS] ... [SEP] and truncates to max_length.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace attn::text {
+
+class WordPiece {
+ public:
+  // vocab.txt: one token per line, id = line number. Throws FormatError if unreadable or missing
+  // [CLS], [SEP], [UNK] or [PAD].
+  static WordPiece load(const std::string& vocab_path, bool lower_case = true);
+
+  std::vector<std::string> basic_tokens(const std::string& utf8) const;  // steps 1-3
+  std::vector<std::string> tokenize(const std::string& utf8) const;      // steps 1-4, as strings
+  // [CLS] + ids + [SEP], at most max_length ids (the words are truncated, [SEP] kept).
+  std::vector<int32_t> encode(const std::string& utf8, int64_t max_length) const;
+
+  int32_t id(const std::string& token) const;  // -1 if absent
+  const std::string& token(int32_t id) const;
+  int64_t size() const { return static_cast<int64_t>(tokens_.size()); }
+  int32_t cls_id() const { return cls_; }
+  int32_t sep_id() const { return sep_; }
+  int32_t pad_id() const { return pad_; }
+  int32_t unk_id() const { return unk_; }
+
+ private:
+  std::vector<std::string> tokens_;
+  std::unordered_map<std::string, int32_t> ids_;
+  int32_t cls_ = -1, sep_ = -1, pad_ = -1, unk_ = -1;
+  bool lower_case_ = true;
+};
+
+}  // namespace attn::text

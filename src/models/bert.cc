@@ -1,0 +1,197 @@
+#include "attn/models/bert.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "ops/attention_problem.h"
+#include "train/ops.h"
+
+namespace attn {
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw FormatError(path + ": cannot open");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+BertConfig BertConfig::from_hf_json(const std::string& text) {
+  BertConfig c;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    c.vocab_size = j.at("vocab_size"), c.hidden_size = j.at("hidden_size"), c.num_layers = j.at("num_hidden_layers");
+    c.num_heads = j.at("num_attention_heads"), c.intermediate_size = j.at("intermediate_size");
+    c.max_position = j.value("max_position_embeddings", 512), c.type_vocab_size = j.value("type_vocab_size", 2);
+    c.layer_norm_eps = j.value("layer_norm_eps", 1e-12f);
+    const std::string act = j.value("hidden_act", std::string("gelu"));
+    if (act != "gelu") throw FormatError("config.json: hidden_act '" + act + "' is not supported (gelu)");
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(std::string("config.json: ") + e.what());
+  }
+  if (c.hidden_size <= 0 || c.num_heads <= 0 || c.hidden_size % c.num_heads != 0)
+    throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
+                      std::to_string(c.num_heads));
+  return c;
+}
+
+const float* SentenceEncoder::p(const std::string& name) const {
+  const auto it = params_.find(prefix_ + name);
+  if (it == params_.end()) throw MissingTensorError("BERT weights: no tensor named '" + prefix_ + name + "'");
+  return it->second.f32();
+}
+
+SentenceEncoder SentenceEncoder::load(const std::string& dir) {
+  namespace fs = std::filesystem;
+  SentenceEncoder e;
+  e.config_ = BertConfig::from_hf_json(slurp(dir + "/config.json"));
+  bool lower = true;
+  if (fs::exists(dir + "/tokenizer_config.json"))
+    lower = nlohmann::json::parse(slurp(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
+  e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
+  e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
+  if (!e.params_.count("embeddings.word_embeddings.weight") && e.params_.count("bert.embeddings.word_embeddings.weight"))
+    e.prefix_ = "bert.";
+  e.max_seq_length_ = e.config_.max_position;
+  if (fs::exists(dir + "/sentence_bert_config.json")) {
+    const auto j = nlohmann::json::parse(slurp(dir + "/sentence_bert_config.json"), nullptr, false);
+    if (j.is_object()) e.max_seq_length_ = std::min<int64_t>(j.value("max_seq_length", e.max_seq_length_), e.config_.max_position);
+  }
+  if (fs::exists(dir + "/modules.json")) e.normalize_ = slurp(dir + "/modules.json").find("Normalize") != std::string::npos;
+  // every weight the forward pass reads, with the shape the config implies
+  const BertConfig& c = e.config_;
+  const int64_t Hd = c.hidden_size, F = c.intermediate_size;
+  auto expect = [&](const std::string& name, const Shape& shape) {
+    const auto it = e.params_.find(e.prefix_ + name);
+    if (it == e.params_.end()) throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + e.prefix_ + name + "'");
+    if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
+      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) + ", config.json implies " +
+                       shape_str(shape));
+  };
+  expect("embeddings.word_embeddings.weight", {c.vocab_size, Hd});
+  expect("embeddings.position_embeddings.weight", {c.max_position, Hd});
+  expect("embeddings.token_type_embeddings.weight", {c.type_vocab_size, Hd});
+  for (const char* n : {"embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"}) expect(n, {Hd});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string L = "encoder.layer." + std::to_string(l) + ".";
+    for (const char* m : {"attention.self.query.", "attention.self.key.", "attention.self.value.", "attention.output.dense."})
+      expect(L + m + "weight", {Hd, Hd}), expect(L + m + "bias", {Hd});
+    expect(L + "intermediate.dense.weight", {F, Hd}), expect(L + "intermediate.dense.bias", {F});
+    expect(L + "output.dense.weight", {Hd, F}), expect(L + "output.dense.bias", {Hd});
+    for (const char* n : {"attention.output.LayerNorm.", "output.LayerNorm."}) expect(L + n + "weight", {Hd}), expect(L + n + "bias", {Hd});
+  }
+  if (e.tokenizer_.size() != c.vocab_size)
+    throw FormatError(dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json says " +
+                      std::to_string(c.vocab_size));
+  return e;
+}
+
+std::vector<int32_t> SentenceEncoder::token_ids(const std::string& sentence) const {
+  return tokenizer_.encode(sentence, max_seq_length_);
+}
+
+std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& pad, int64_t B,
+                                            int64_t L, int num_threads, std::map<std::string, Tensor>* maps) const {
+  const BertConfig& c = config_;
+  const int64_t Hd = c.hidden_size, F = c.intermediate_size, M = B * L, H = c.num_heads, Dh = Hd / H;
+  const float eps = c.layer_norm_eps;
+  std::vector<float> x(static_cast<size_t>(M * Hd)), y(x.size()), q(x.size()), k(x.size()), v(x.size()), heads(x.size()),
+      h(static_cast<size_t>(M * F)), mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
+  // x = LN(word[id] + position[i] + token_type[0])
+  const float *word = p("embeddings.word_embeddings.weight"), *pos = p("embeddings.position_embeddings.weight"),
+              *type = p("embeddings.token_type_embeddings.weight");
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t d = 0; d < Hd; ++d)
+        y[static_cast<size_t>((b * L + i) * Hd + d)] = word[ids[static_cast<size_t>(b * L + i)] * Hd + d] + pos[i * Hd + d] + type[d];
+  train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p("embeddings.LayerNorm.weight"), p("embeddings.LayerNorm.bias"),
+                            M, Hd, eps);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string P = "encoder.layer." + std::to_string(l) + ".";
+    // self-attention: heads read in place from [B, L, H, Dh]
+    train::linear_forward(q.data(), x.data(), p(P + "attention.self.query.weight"), p(P + "attention.self.query.bias"), M, Hd, Hd);
+    train::linear_forward(k.data(), x.data(), p(P + "attention.self.key.weight"), p(P + "attention.self.key.bias"), M, Hd, Hd);
+    train::linear_forward(v.data(), x.data(), p(P + "attention.self.value.weight"), p(P + "attention.self.value.bias"), M, Hd, Hd);
+    detail::AttentionProblem pr;
+    pr.B = B, pr.H = H, pr.Hkv = H, pr.Lq = L, pr.Lk = L, pr.D = Dh, pr.Dv = Dh;
+    pr.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+    pr.q = q.data(), pr.k = k.data(), pr.v = v.data(), pr.o = heads.data();
+    pr.q_sb = pr.k_sb = pr.v_sb = pr.o_sb = L * Hd;
+    pr.q_sh = pr.k_sh = pr.v_sh = pr.o_sh = Dh;
+    pr.q_sl = pr.k_sl = pr.v_sl = pr.o_sl = Hd;
+    pr.key_padding = pad.data();
+    pr.num_threads = num_threads;
+    Tensor w;
+    if (maps) {
+      w = Tensor({B, H, L, L});
+      pr.weights = w.f32();
+    }
+    detail::run_problem(pr, AttentionImpl::kAuto);
+    if (maps) (*maps)["encoder.layer." + std::to_string(l) + ".attention"] = w;
+    // x = LN(x + dense(heads))
+    train::linear_forward(y.data(), heads.data(), p(P + "attention.output.dense.weight"), p(P + "attention.output.dense.bias"), M, Hd, Hd);
+    for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
+    train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "attention.output.LayerNorm.weight"),
+                              p(P + "attention.output.LayerNorm.bias"), M, Hd, eps);
+    // x = LN(x + W2·gelu(W1·x))
+    train::linear_forward(h.data(), x.data(), p(P + "intermediate.dense.weight"), p(P + "intermediate.dense.bias"), M, F, Hd);
+    train::activation_forward(h.data(), h.data(), M * F, train::Activation::kGelu);
+    train::linear_forward(y.data(), h.data(), p(P + "output.dense.weight"), p(P + "output.dense.bias"), M, Hd, F);
+    for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
+    train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "output.LayerNorm.weight"),
+                              p(P + "output.LayerNorm.bias"), M, Hd, eps);
+  }
+  return x;
+}
+
+Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t batch_size, int num_threads) const {
+  if (batch_size <= 0) throw ArgumentError("embed: batch_size must be positive, got " + std::to_string(batch_size));
+  const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size;
+  Tensor out({N, Hd});
+  for (int64_t s0 = 0; s0 < N; s0 += batch_size) {
+    const int64_t B = std::min(batch_size, N - s0);
+    std::vector<std::vector<int32_t>> enc;
+    int64_t L = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      enc.push_back(token_ids(sentences[static_cast<size_t>(s0 + b)]));
+      L = std::max<int64_t>(L, static_cast<int64_t>(enc.back().size()));
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(B * L), tokenizer_.pad_id());
+    std::vector<uint8_t> pad(static_cast<size_t>(B * L), 1);
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t i = 0; i < enc[static_cast<size_t>(b)].size(); ++i) {
+        ids[static_cast<size_t>(b * L) + i] = enc[static_cast<size_t>(b)][i];
+        pad[static_cast<size_t>(b * L) + i] = 0;
+      }
+    const std::vector<float> x = forward(ids, pad, B, L, num_threads, nullptr);
+    // mean over the real tokens, then L2 normalisation
+    for (int64_t b = 0; b < B; ++b) {
+      float* e = out.f32() + (s0 + b) * Hd;
+      const int64_t n = static_cast<int64_t>(enc[static_cast<size_t>(b)].size());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < Hd; ++d) e[d] += x[static_cast<size_t>((b * L + i) * Hd + d)];
+      double norm = 0.0;
+      for (int64_t d = 0; d < Hd; ++d) e[d] /= static_cast<float>(n), norm += static_cast<double>(e[d]) * e[d];
+      if (normalize_ && norm > 0.0)
+        for (int64_t d = 0; d < Hd; ++d) e[d] = static_cast<float>(e[d] / std::sqrt(norm));
+    }
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> SentenceEncoder::attention_maps(const std::string& sentence) const {
+  const std::vector<int32_t> ids = token_ids(sentence);
+  std::map<std::string, Tensor> maps;
+  forward(ids, std::vector<uint8_t>(ids.size(), 0), 1, static_cast<int64_t>(ids.size()), 0, &maps);
+  return maps;
+}
+
+}  // namespace attn

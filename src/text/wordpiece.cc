@@ -1,0 +1,183 @@
+#include "attn/text/wordpiece.h"
+
+#include <unicode/locid.h>
+#include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
+#include <unicode/unistr.h>
+
+#include <fstream>
+
+#include "attn/error.h"
+
+namespace attn::text {
+namespace {
+
+bool is_cjk(UChar32 c) {
+  return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
+         (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
+         (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+
+bool is_whitespace(UChar32 c) {  // the BertNormalizer's: \t \n \r or the Unicode White_Space property
+  return c == '\t' || c == '\n' || c == '\r' || u_isUWhiteSpace(c);
+}
+
+bool is_control(UChar32 c) {  // BERT's _is_control: category C*, except \t \n \r
+  if (c == '\t' || c == '\n' || c == '\r') return false;
+  const int8_t t = u_charType(c);
+  return t == U_CONTROL_CHAR || t == U_FORMAT_CHAR || t == U_UNASSIGNED || t == U_PRIVATE_USE_CHAR || t == U_SURROGATE;
+}
+
+bool is_punctuation(UChar32 c) {  // BERT's _is_punctuation: ASCII symbols, or category P*
+  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
+  const int8_t t = u_charType(c);
+  return t == U_DASH_PUNCTUATION || t == U_START_PUNCTUATION || t == U_END_PUNCTUATION || t == U_CONNECTOR_PUNCTUATION ||
+         t == U_OTHER_PUNCTUATION || t == U_INITIAL_PUNCTUATION || t == U_FINAL_PUNCTUATION;
+}
+
+bool is_split_space(UChar32 c) { return u_isUWhiteSpace(c); }  // the BertPreTokenizer's whitespace
+
+std::string utf8(const icu::UnicodeString& s) {
+  std::string out;
+  s.toUTF8String(out);
+  return out;
+}
+
+}  // namespace
+
+WordPiece WordPiece::load(const std::string& path, bool lower_case) {
+  std::ifstream in(path);
+  if (!in) throw FormatError(path + ": cannot open the vocabulary");
+  WordPiece w;
+  w.lower_case_ = lower_case;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    w.ids_.emplace(line, static_cast<int32_t>(w.tokens_.size()));
+    w.tokens_.push_back(line);
+  }
+  w.cls_ = w.id("[CLS]"), w.sep_ = w.id("[SEP]"), w.pad_ = w.id("[PAD]"), w.unk_ = w.id("[UNK]");
+  if (w.cls_ < 0 || w.sep_ < 0 || w.pad_ < 0 || w.unk_ < 0)
+    throw FormatError(path + ": the vocabulary lacks [CLS], [SEP], [PAD] or [UNK] (" + std::to_string(w.tokens_.size()) + " lines)");
+  return w;
+}
+
+int32_t WordPiece::id(const std::string& token) const {
+  const auto it = ids_.find(token);
+  return it == ids_.end() ? -1 : it->second;
+}
+
+const std::string& WordPiece::token(int32_t id) const {
+  if (id < 0 || id >= static_cast<int32_t>(tokens_.size())) throw ArgumentError("WordPiece: no token with id " + std::to_string(id));
+  return tokens_[static_cast<size_t>(id)];
+}
+
+std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const {
+  const icu::UnicodeString in = icu::UnicodeString::fromUTF8(text);
+  // 1-2: clean, and spaces around CJK ideographs
+  icu::UnicodeString cleaned;
+  for (int32_t i = 0; i < in.length(); i = in.moveIndex32(i, 1)) {
+    const UChar32 c = in.char32At(i);
+    if (c == 0 || c == 0xFFFD || is_control(c)) continue;
+    if (is_whitespace(c)) {
+      cleaned.append(static_cast<UChar32>(' '));
+    } else if (is_cjk(c)) {
+      cleaned.append(static_cast<UChar32>(' ')).append(c).append(static_cast<UChar32>(' '));
+    } else {
+      cleaned.append(c);
+    }
+  }
+  // 3a: strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (full
+  // mapping, no context: Σ is always σ), in this order, as Hugging Face's BertNormalizer does
+  if (lower_case_) {
+    UErrorCode err = U_ZERO_ERROR;
+    const icu::Normalizer2* nfd = icu::Normalizer2::getNFDInstance(err);
+    if (U_FAILURE(err)) throw Error("WordPiece: ICU's NFD normaliser is unavailable");
+    const icu::UnicodeString d = nfd->normalize(cleaned, err);
+    cleaned.remove();
+    for (int32_t i = 0; i < d.length(); i = d.moveIndex32(i, 1)) {
+      const UChar32 c = d.char32At(i);
+      if (u_charType(c) == U_NON_SPACING_MARK) continue;
+      icu::UnicodeString one(c);
+      cleaned.append(one.toLower(icu::Locale::getRoot()));
+    }
+  }
+  // 3b: split on whitespace, and split off every punctuation character
+  std::vector<std::string> out;
+  icu::UnicodeString run;
+  auto flush = [&] {
+    if (!run.isEmpty()) out.push_back(utf8(run)), run.remove();
+  };
+  for (int32_t i = 0; i < cleaned.length(); i = cleaned.moveIndex32(i, 1)) {
+    const UChar32 c = cleaned.char32At(i);
+    if (is_split_space(c)) {
+      flush();
+    } else if (is_punctuation(c)) {
+      flush();
+      out.push_back(utf8(icu::UnicodeString(c)));
+    } else {
+      run.append(c);
+    }
+  }
+  flush();
+  return out;
+}
+
+std::vector<std::string> WordPiece::tokenize(const std::string& text) const {
+  // special tokens written in the text ("[CLS]", "[SEP]", ...) stay whole, as Hugging Face's added tokens
+  static const char* kSpecial[] = {"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"};
+  for (const char* sp : kSpecial) {
+    const size_t at = text.find(sp);
+    if (at == std::string::npos || id(sp) < 0) continue;
+    std::vector<std::string> out = tokenize(text.substr(0, at));
+    out.push_back(sp);
+    for (const std::string& t : tokenize(text.substr(at + std::string(sp).size()))) out.push_back(t);
+    return out;
+  }
+  std::vector<std::string> out;
+  for (const std::string& word : basic_tokens(text)) {
+    const icu::UnicodeString w = icu::UnicodeString::fromUTF8(word);
+    if (w.countChar32() > 100) {
+      out.push_back("[UNK]");
+      continue;
+    }
+    // greedy longest match first; continuations carry "##"
+    std::vector<std::string> pieces;
+    int32_t start = 0;
+    bool bad = false;
+    while (start < w.length()) {
+      int32_t end = w.length();
+      std::string found;
+      while (start < end) {
+        std::string piece = utf8(icu::UnicodeString(w, start, end - start));
+        if (start > 0) piece = "##" + piece;
+        if (ids_.count(piece)) {
+          found = piece;
+          break;
+        }
+        end = w.moveIndex32(end, -1);
+      }
+      if (found.empty()) {
+        bad = true;
+        break;
+      }
+      pieces.push_back(found);
+      start = end;
+    }
+    if (bad) out.push_back("[UNK]");
+    else out.insert(out.end(), pieces.begin(), pieces.end());
+  }
+  return out;
+}
+
+std::vector<int32_t> WordPiece::encode(const std::string& text, int64_t max_length) const {
+  if (max_length < 2) throw ArgumentError("WordPiece::encode: max_length must be at least 2, got " + std::to_string(max_length));
+  std::vector<int32_t> ids = {cls_};
+  for (const std::string& t : tokenize(text)) {
+    if (static_cast<int64_t>(ids.size()) + 1 >= max_length) break;
+    ids.push_back(id(t));
+  }
+  ids.push_back(sep_);
+  return ids;
+}
+
+}  // namespace attn::text
