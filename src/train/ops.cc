@@ -10,8 +10,13 @@
 
 namespace attn::train {
 
+// Below this many elements a loop stays on one thread (a parallel region costs a few microseconds).
+constexpr int64_t kParallelElements = 1 << 15;
+
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
                         int64_t C, float eps) {
+  // rows are independent: split them over the OpenMP pool the kernels and BLAS already use
+#pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
   for (int64_t i = 0; i < M; ++i) {
     const float* xi = x + i * C;
     double m = 0.0, v = 0.0;
@@ -71,16 +76,20 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, const flo
 
 void activation_forward(float* out, const float* x, int64_t n, Activation act) {
   if (act == Activation::kRelu) {
+#pragma omp parallel for schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
   } else {  // gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2))
+#pragma omp parallel for schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
   }
 }
 
 void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act) {
   if (act == Activation::kRelu) {
+#pragma omp parallel for schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > 0.0f ? dout[i] : 0.0f;
   } else {  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+#pragma omp parallel for schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) {
       const float cdf = 0.5f * (1.0f + std::erf(x[i] * 0.70710678118654752f));
       const float pdf = 0.39894228040143268f * std::exp(-0.5f * x[i] * x[i]);
