@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-ctest --test-dir build --output-on-failure -j"$(nproc)"
+ctest --test-dir build --output-on-failure -j"$(nproc)" 2>&1 | tee build/ctest.log
+ctest_passed=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' build/ctest.log | awk '{print $1 - $2}')
 scripts/check_install.sh
 
 # Python: a venv with the module built from this tree (needs python3-dev and python3-venv on Debian).
@@ -21,7 +22,8 @@ fi
 [ -x build/venv/bin/python ] || python3 -m venv build/venv
 build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 build/venv/bin/python -m pip install -q ./ pytest
-build/venv/bin/python -m pytest -q -rs tests/python
+build/venv/bin/python -m pytest -q -rs tests/python 2>&1 | tee build/pytest.log
+pytest_passed=$(grep -oE '[0-9]+ passed' build/pytest.log | tail -1 | grep -oE '[0-9]+')
 sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py
 build/venv/bin/python build/readme_quickstart.py   # from the repository root, as a reader would
 echo "README Python quick-start ran"
@@ -29,3 +31,5 @@ echo "README Python quick-start ran"
 if [ "${ATTN_FUZZ_SECONDS:-0}" -gt 0 ]; then
   fuzz/run.sh "$ATTN_FUZZ_SECONDS"
 fi
+# every step above stops the script on a failure (set -e, pipefail), so reaching here means none failed
+echo "summary: $((ctest_passed + pytest_passed)) passed, 0 failed"
