@@ -27,6 +27,11 @@ std::vector<uint8_t> read_file(const std::string& path) {
   return bytes;
 }
 
+std::string read_text(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   {

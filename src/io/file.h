@@ -9,6 +9,8 @@ namespace attn::io::detail {
 
 // The file's bytes; FormatError if it cannot be read.
 std::vector<uint8_t> read_file(const std::string& path);
+// The file as text (configs, vocabularies, training state); FormatError if it cannot be read.
+std::string read_text(const std::string& path);
 // Writes `bytes` to path + ".tmp-XXXX" and renames it onto `path`; on failure removes the temporary
 // and throws attn::Error, so `path` is either the complete new file or untouched.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);

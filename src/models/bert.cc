@@ -2,27 +2,16 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "io/file.h"
 #include "ops/attention_problem.h"
 #include "train/ops.h"
 
 namespace attn {
-namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw FormatError(path + ": cannot open");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-}  // namespace
+using io::detail::read_text;
 
 BertConfig BertConfig::from_hf_json(const std::string& text) {
   BertConfig c;
@@ -52,20 +41,20 @@ const float* SentenceEncoder::p(const std::string& name) const {
 SentenceEncoder SentenceEncoder::load(const std::string& dir) {
   namespace fs = std::filesystem;
   SentenceEncoder e;
-  e.config_ = BertConfig::from_hf_json(slurp(dir + "/config.json"));
+  e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
   bool lower = true;
   if (fs::exists(dir + "/tokenizer_config.json"))
-    lower = nlohmann::json::parse(slurp(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
+    lower = nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
   if (!e.params_.count("embeddings.word_embeddings.weight") && e.params_.count("bert.embeddings.word_embeddings.weight"))
     e.prefix_ = "bert.";
   e.max_seq_length_ = e.config_.max_position;
   if (fs::exists(dir + "/sentence_bert_config.json")) {
-    const auto j = nlohmann::json::parse(slurp(dir + "/sentence_bert_config.json"), nullptr, false);
+    const auto j = nlohmann::json::parse(read_text(dir + "/sentence_bert_config.json"), nullptr, false);
     if (j.is_object()) e.max_seq_length_ = std::min<int64_t>(j.value("max_seq_length", e.max_seq_length_), e.config_.max_position);
   }
-  if (fs::exists(dir + "/modules.json")) e.normalize_ = slurp(dir + "/modules.json").find("Normalize") != std::string::npos;
+  if (fs::exists(dir + "/modules.json")) e.normalize_ = read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;

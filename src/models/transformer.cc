@@ -10,6 +10,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "io/file.h"
 #include "models/transformer_internal.h"
 
 namespace attn {
@@ -249,11 +250,13 @@ void Transformer::save(const std::string& dir) const {
 }
 
 Transformer Transformer::load(const std::string& dir) {
-  std::ifstream in(dir + "/config.json");
-  if (!in) throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
-  std::stringstream text;
-  text << in.rdbuf();
-  Transformer m(TransformerConfig::from_json(text.str()));
+  std::string text;
+  try {
+    text = io::detail::read_text(dir + "/config.json");
+  } catch (const FormatError&) {
+    throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
+  }
+  Transformer m(TransformerConfig::from_json(text));
   const io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
   for (auto& [name, t] : m.params_) {
     const Tensor& src = st.at(name);

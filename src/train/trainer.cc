@@ -13,6 +13,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "io/file.h"
 #include "train/ops.h"
 
 namespace attn::train {
@@ -117,14 +118,6 @@ void write_text(const std::string& path, const std::string& text) {
   std::filesystem::rename(path + ".tmp", path);
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw FormatError(path + ": cannot open");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const Adam& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, uint64_t shuffle_seed) {
   model.save(dir);
@@ -194,7 +187,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
-    const nlohmann::json st = nlohmann::json::parse(read_text(o.resume_dir + "/train_state.json"));
+    const nlohmann::json st = nlohmann::json::parse(io::detail::read_text(o.resume_dir + "/train_state.json"));
     const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
     for (const auto& [name, t] : model.params()) adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
     adam.step = st.at("step");

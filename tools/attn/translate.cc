@@ -13,6 +13,7 @@
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
 #include "common.h"
+#include "io/file.h"
 #include "model_path.h"
 
 namespace attn::cli {
@@ -38,6 +39,11 @@ std::string resolve_model_dir(const std::string& flag) {
   throw ArgumentError("no model found: pass --model DIR (the repository ships models/numbers-en-zh)");
 }
 
+tasks::Vocab load_vocab(const std::string& dir) {
+  return std::filesystem::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::detail::read_text(dir + "/vocab.json"))
+                                                      : tasks::Vocab::numbers();
+}
+
 namespace {
 
 struct LoadedModel {
@@ -47,10 +53,7 @@ struct LoadedModel {
 
 LoadedModel load_model(const std::string& flag) {
   const std::string dir = resolve_model_dir(flag);
-  std::ifstream in(dir + "/vocab.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  tasks::Vocab vocab = in ? tasks::Vocab::from_json(text.str()) : tasks::Vocab::numbers();
+  const tasks::Vocab vocab = load_vocab(dir);
   try {
     return {Transformer::load(dir), vocab};
   } catch (const Error& e) {

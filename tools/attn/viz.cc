@@ -81,10 +81,7 @@ void run_viz(const VizArgs& a) {
   if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
-  std::ifstream vin(dir + "/vocab.json");
-  std::stringstream vtext;
-  vtext << vin.rdbuf();
-  const tasks::Vocab vocab = vin ? tasks::Vocab::from_json(vtext.str()) : tasks::Vocab::numbers();
+  const tasks::Vocab vocab = load_vocab(dir);
   std::string text = a.text;
   for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
