@@ -1,5 +1,6 @@
 #include "attn/models/bert.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -145,26 +146,30 @@ Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t
   if (batch_size <= 0) throw ArgumentError("embed: batch_size must be positive, got " + std::to_string(batch_size));
   const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size;
   Tensor out({N, Hd});
+  // batches of similar lengths pad less (sentence-transformers sorts the same way); rows go back in order
+  std::vector<std::vector<int32_t>> enc(static_cast<size_t>(N));
+  std::vector<int64_t> order(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) enc[static_cast<size_t>(i)] = token_ids(sentences[static_cast<size_t>(i)]), order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return enc[static_cast<size_t>(a)].size() > enc[static_cast<size_t>(b)].size(); });
   for (int64_t s0 = 0; s0 < N; s0 += batch_size) {
     const int64_t B = std::min(batch_size, N - s0);
-    std::vector<std::vector<int32_t>> enc;
     int64_t L = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      enc.push_back(token_ids(sentences[static_cast<size_t>(s0 + b)]));
-      L = std::max<int64_t>(L, static_cast<int64_t>(enc.back().size()));
-    }
+    for (int64_t b = 0; b < B; ++b) L = std::max<int64_t>(L, static_cast<int64_t>(enc[static_cast<size_t>(order[static_cast<size_t>(s0 + b)])].size()));
     std::vector<int32_t> ids(static_cast<size_t>(B * L), tokenizer_.pad_id());
     std::vector<uint8_t> pad(static_cast<size_t>(B * L), 1);
-    for (int64_t b = 0; b < B; ++b)
-      for (size_t i = 0; i < enc[static_cast<size_t>(b)].size(); ++i) {
-        ids[static_cast<size_t>(b * L) + i] = enc[static_cast<size_t>(b)][i];
+    for (int64_t b = 0; b < B; ++b) {
+      const std::vector<int32_t>& e = enc[static_cast<size_t>(order[static_cast<size_t>(s0 + b)])];
+      for (size_t i = 0; i < e.size(); ++i) {
+        ids[static_cast<size_t>(b * L) + i] = e[i];
         pad[static_cast<size_t>(b * L) + i] = 0;
       }
+    }
     const std::vector<float> x = forward(ids, pad, B, L, num_threads, nullptr);
     // mean over the real tokens, then L2 normalisation
     for (int64_t b = 0; b < B; ++b) {
-      float* e = out.f32() + (s0 + b) * Hd;
-      const int64_t n = static_cast<int64_t>(enc[static_cast<size_t>(b)].size());
+      const int64_t row = order[static_cast<size_t>(s0 + b)];
+      float* e = out.f32() + row * Hd;
+      const int64_t n = static_cast<int64_t>(enc[static_cast<size_t>(row)].size());
       for (int64_t i = 0; i < n; ++i)
         for (int64_t d = 0; d < Hd; ++d) e[d] += x[static_cast<size_t>((b * L + i) * Hd + d)];
       double norm = 0.0;

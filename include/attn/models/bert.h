@@ -28,8 +28,8 @@ class SentenceEncoder {
  public:
   static SentenceEncoder load(const std::string& dir);
 
-  // [N, hidden_size] sentence embeddings (mean pooling, L2-normalised when the model says so),
-  // computed in batches of batch_size sentences padded to their longest.
+  // [N, hidden_size] sentence embeddings in input order (mean pooling, L2-normalised when the model
+  // says so), computed in batches of batch_size sentences of similar length, padded to their longest.
   Tensor embed(const std::vector<std::string>& sentences, int64_t batch_size = 32, int num_threads = 0) const;
   // The token ids embed() feeds the model: [CLS] ... [SEP], at most max_seq_length.
   std::vector<int32_t> token_ids(const std::string& sentence) const;
