@@ -147,6 +147,20 @@ void Transformer::zero_grad() {
 }
 
 // ---------------------------------------------------------------- forward / backward
+void models::encode_impl(const TransformerConfig& c, const models::Net& net, TransformerCache& k, const TokenBatch& src,
+                         std::mt19937_64* r) {
+  const int64_t B = src.B, Ls = src.L, E = c.d_model;
+  k.B = B, k.Ls = Ls, k.src = src;
+  models::padding_mask(k.src_pad, src, c.pad_id);
+  // x = dropout(E_src[src]·√E + PE) ; encoder layers ; mem = LN_enc(x)
+  float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
+  k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l) x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), r);
+  k.enc_out_pre = x;
+  float* mem = grow(k.mem, B * Ls * E);
+  train::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
+}
+
 Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
                             std::map<std::string, Tensor>* grads, TransformerCache& k, const TokenBatch& src,
                             const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
@@ -156,27 +170,19 @@ Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::stri
     throw ShapeError("Transformer::forward: src has " + std::to_string(src.B) + " sentences but tgt_in has " + std::to_string(tgt_in.B));
   if (training && rng == nullptr && (c.dropout > 0.0f || c.attention_dropout > 0.0f))
     throw ArgumentError("Transformer::forward: training with dropout needs an rng");
-  models::Net net = models::bind(c, params, grads);
+  const models::Net net = models::bind(c, params, grads);
   k.training = training;
   std::mt19937_64* r = training ? rng : nullptr;
+  encode_impl(c, net, k, src, r);
   const int64_t B = src.B, Ls = src.L, Lt = tgt_in.L, E = c.d_model;
-  k.B = B, k.Ls = Ls, k.Lt = Lt, k.src = src, k.tgt = tgt_in;
-  models::padding_mask(k.src_pad, src, c.pad_id);
+  k.Lt = Lt, k.tgt = tgt_in;
   models::padding_mask(k.tgt_pad, tgt_in, c.pad_id);
-
-  // encoder: x = dropout(E_src[src]·√E + PE)
-  float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
-  k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
-  for (int64_t l = 0; l < c.num_encoder_layers; ++l) x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), r);
-  k.enc_out_pre = x;
-  float* mem = grow(k.mem, B * Ls * E);
-  train::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
 
   // decoder
   float* y = models::embed_forward(k.tgt_emb, k.tgt_keep, net, net.tgt_embed, tgt_in, r);
   k.dec.resize(static_cast<size_t>(c.num_decoder_layers));
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
-    y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, mem, B, Lt, Ls, k.tgt_pad.data(), k.src_pad.data(), r);
+    y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(), k.src_pad.data(), r);
   k.dec_out_pre = y;
   float* yn = grow(k.dec_out, B * Lt * E);
   train::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b, B * Lt, E);

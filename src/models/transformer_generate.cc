@@ -155,9 +155,9 @@ DecodeState start_decoding(const Transformer& model, const models::Net& net, con
 }  // namespace
 
 Tensor Transformer::encode(const TokenBatch& src) const {
-  TransformerCache k;  // the decoder runs on one BOS per sentence; only the encoder output is kept
-  TokenBatch tgt{std::vector<int32_t>(static_cast<size_t>(src.B), config_.bos_id), src.B, 1};
-  models::forward_impl(config_, params_, nullptr, k, src, tgt, false, nullptr);
+  models::check_tokens(config_, src, config_.src_vocab, "src");
+  TransformerCache k;
+  models::encode_impl(config_, models::bind(config_, params_, nullptr), k, src, nullptr);
   Tensor mem({src.B, src.L, config_.d_model});
   std::copy_n(k.mem.data(), mem.numel(), mem.f32());
   return mem;

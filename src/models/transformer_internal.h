@@ -72,6 +72,9 @@ struct Net {
 // Pointers into params (and grads, when given; else the gradient pointers are null).
 Net bind(const TransformerConfig& c, const std::map<std::string, Tensor>& params, std::map<std::string, Tensor>* grads);
 
+// The encoder half of forward_impl: k.mem = LN_enc(encoder(embed(src))), k.src_pad filled.
+void encode_impl(const TransformerConfig& c, const Net& net, TransformerCache& k, const TokenBatch& src, std::mt19937_64* rng);
+
 // The teacher-forced forward pass into cache k (Transformer::forward, and the no-cache reference decoder).
 Tensor forward_impl(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
                     std::map<std::string, Tensor>* grads, TransformerCache& k, const TokenBatch& src,
