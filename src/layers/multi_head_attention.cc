@@ -182,9 +182,13 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
     throw ShapeError(std::string(kWho) + ": key " + shape_str(key.shape()) + " and value " + shape_str(value.shape()) +
                      " have different lengths");
 
-  detail::AttentionProblem p;
-  p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = Dh, p.Dv = Dh;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  // Q = query·W_Qᵀ + b_Q : [B·Lq, E] = [B, Lq, H, Dh];  K, V : [B·Lk, Hkv·Dh]  (computed below, once the
+  // masks have been checked); the kernel reads the heads in place and writes `heads` the same way
+  float* q = detail::scratch(0, B * Lq * E);
+  float* k = detail::scratch(1, B * Lk * kv);
+  float* v = detail::scratch(2, B * Lk * kv);
+  float* heads = detail::scratch(3, B * Lq * E);
+  detail::AttentionProblem p = detail::interleaved_heads_problem(B, H, Hkv, Lq, Lk, Dh, q, k, v, heads);
 
   // Masks in SDPA's terms: bool attn_mask flips polarity (true = masked out → false = may not attend);
   // a float key_padding_mask is folded into a float mask [B, 1 or H, Lq, Lk].
@@ -236,18 +240,9 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   sdpa.num_threads = options.num_threads;
   detail::set_options(p, sdpa, kWho);
 
-  // Q = query·W_Qᵀ + b_Q : [B·Lq, E] = [B, Lq, H, Dh];  K, V : [B·Lk, Hkv·Dh]
-  float* q = detail::scratch(0, B * Lq * E);
-  float* k = detail::scratch(1, B * Lk * kv);
-  float* v = detail::scratch(2, B * Lk * kv);
-  float* heads = detail::scratch(3, B * Lq * E);
   detail::linear_forward(q, E, query.f32(), E, w_q.f32(), c.bias ? b_q.f32() : nullptr, B * Lq, E, E);
   detail::linear_forward(k, kv, key.f32(), c.kdim, w_k.f32(), c.bias ? b_k.f32() : nullptr, B * Lk, kv, c.kdim);
   detail::linear_forward(v, kv, value.f32(), c.vdim, w_v.f32(), c.bias ? b_v.f32() : nullptr, B * Lk, kv, c.vdim);
-  p.q = q, p.q_sb = Lq * E, p.q_sh = Dh, p.q_sl = E;
-  p.k = k, p.k_sb = Lk * kv, p.k_sh = Dh, p.k_sl = kv;
-  p.v = v, p.v_sb = Lk * kv, p.v_sh = Dh, p.v_sl = kv;
-  p.o = heads, p.o_sb = Lq * E, p.o_sh = Dh, p.o_sl = E;
 
   MhaOutput out;
   Tensor per_head;

@@ -110,13 +110,7 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     train::linear_forward(q.data(), x.data(), p(P + "attention.self.query.weight"), p(P + "attention.self.query.bias"), M, Hd, Hd);
     train::linear_forward(k.data(), x.data(), p(P + "attention.self.key.weight"), p(P + "attention.self.key.bias"), M, Hd, Hd);
     train::linear_forward(v.data(), x.data(), p(P + "attention.self.value.weight"), p(P + "attention.self.value.bias"), M, Hd, Hd);
-    detail::AttentionProblem pr;
-    pr.B = B, pr.H = H, pr.Hkv = H, pr.Lq = L, pr.Lk = L, pr.D = Dh, pr.Dv = Dh;
-    pr.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-    pr.q = q.data(), pr.k = k.data(), pr.v = v.data(), pr.o = heads.data();
-    pr.q_sb = pr.k_sb = pr.v_sb = pr.o_sb = L * Hd;
-    pr.q_sh = pr.k_sh = pr.v_sh = pr.o_sh = Dh;
-    pr.q_sl = pr.k_sl = pr.v_sl = pr.o_sl = Hd;
+    detail::AttentionProblem pr = detail::interleaved_heads_problem(B, H, H, L, L, Dh, q.data(), k.data(), v.data(), heads.data());
     pr.key_padding = pad.data();
     pr.num_threads = num_threads;
     Tensor w;

@@ -14,13 +14,7 @@ void mha_forward(float* out, MhaCache& c, const MhaWeights& w, const float* xq, 
   train::linear_forward(grow(c.k, B * Lk * E), xkv, w.w_in + E * E, w.b_in + E, B * Lk, E, E);
   train::linear_forward(grow(c.v, B * Lk * E), xkv, w.w_in + 2 * E * E, w.b_in + 2 * E, B * Lk, E, E);
   detail::AttentionProblem& p = c.problem;
-  p = detail::AttentionProblem();
-  p.B = B, p.H = H, p.Hkv = H, p.Lq = Lq, p.Lk = Lk, p.D = Dh, p.Dv = Dh;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  p.q = c.q.data(), p.q_sb = Lq * E, p.q_sh = Dh, p.q_sl = E;
-  p.k = c.k.data(), p.k_sb = Lk * E, p.k_sh = Dh, p.k_sl = E;
-  p.v = c.v.data(), p.v_sb = Lk * E, p.v_sh = Dh, p.v_sl = E;
-  p.o = grow(c.heads, B * Lq * E), p.o_sb = Lq * E, p.o_sh = Dh, p.o_sl = E;
+  p = detail::interleaved_heads_problem(B, H, H, Lq, Lk, Dh, c.q.data(), c.k.data(), c.v.data(), grow(c.heads, B * Lq * E));
   p.weights = grow(c.weights, B * H * Lq * Lk);
   p.key_padding = key_padding;
   p.causal = causal ? CausalAlignment::kTopLeft : CausalAlignment::kNone;

@@ -33,19 +33,6 @@ struct DecodeState {
   Buf x, in, q, k, v, heads, sub, ffh, logits;      // per-step activations
 };
 
-// attention over rows with explicit strides; q/out [rows, E] laid out as the problem says
-void attend(const detail::AttentionProblem& p) { detail::run_problem(p, AttentionImpl::kAuto); }
-
-detail::AttentionProblem heads_problem(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t E) {
-  detail::AttentionProblem p;
-  const int64_t Dh = E / H;
-  p.B = B, p.H = H, p.Hkv = H, p.Lq = Lq, p.Lk = Lk, p.D = Dh, p.Dv = Dh;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  p.q_sh = p.k_sh = p.v_sh = p.o_sh = Dh;
-  p.q_sl = p.k_sl = p.v_sl = p.o_sl = E;
-  return p;
-}
-
 // y = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x; F writes its output into s.sub.
 template <class F>
 void sublayer(DecodeState& s, const models::LnWeights& ln, bool norm_first, int64_t M, F&& f) {
@@ -80,24 +67,20 @@ void decode_step(DecodeState& s, const models::Net& net, const int32_t* tokens, 
         std::copy_n(s.k.data() + n * E, E, s.self_k[l].data() + (n * T + t) * E);
         std::copy_n(s.v.data() + n * E, E, s.self_v[l].data() + (n * T + t) * E);
       }
-      detail::AttentionProblem p = heads_problem(N, H, 1, t + 1, E);  // the one new query sees every cached key
-      p.q = s.q.data(), p.q_sb = E;
-      p.k = s.self_k[l].data(), p.k_sb = T * E;
-      p.v = s.self_v[l].data(), p.v_sb = T * E;
-      p.o = grow(s.heads, N * E), p.o_sb = E;
-      attend(p);
+      // the one new query sees every cached key; cache rows are T apart per hypothesis
+      detail::AttentionProblem p = detail::interleaved_heads_problem(N, H, H, 1, t + 1, E / H, s.q.data(), s.self_k[l].data(),
+                                                                     s.self_v[l].data(), grow(s.heads, N * E));
+      p.k_sb = p.v_sb = T * E;
+      detail::run_problem(p, AttentionImpl::kAuto);
       train::linear_forward(out, s.heads.data(), w.sa.w_out, w.sa.b_out, N, E, E);
     });
     // cross-attention: the K beams of sentence b are K query rows over b's encoder K/V
     sublayer(s, w.norm2, c.norm_first, N, [&](const float* in, float* out) {
       train::linear_forward(grow(s.q, N * E), in, w.ca.w_in, w.ca.b_in, N, E, E);
-      detail::AttentionProblem p = heads_problem(s.B, H, s.K, s.Ls, E);
-      p.q = s.q.data(), p.q_sb = s.K * E;
-      p.k = s.cross_k[l].data(), p.k_sb = s.Ls * E;
-      p.v = s.cross_v[l].data(), p.v_sb = s.Ls * E;
-      p.o = grow(s.heads, N * E), p.o_sb = s.K * E;
+      detail::AttentionProblem p = detail::interleaved_heads_problem(s.B, H, H, s.K, s.Ls, E / H, s.q.data(), s.cross_k[l].data(),
+                                                                     s.cross_v[l].data(), grow(s.heads, N * E));
       p.key_padding = s.src_pad.data();
-      attend(p);
+      detail::run_problem(p, AttentionImpl::kAuto);
       train::linear_forward(out, s.heads.data(), w.ca.w_out, w.ca.b_out, N, E, E);
     });
     // feed-forward

@@ -64,6 +64,24 @@ struct AttentionProblem {
   }
 };
 
+// A problem whose heads are interleaved in rows, the layout a projection writes ([B·L, H·Dh]):
+// query i of batch b, head h, is q[(b·Lq + i)·H·Dh + h·Dh + d] (out likewise), and key/value j, head g,
+// is k[(b·Lk + j)·Hkv·Dh + g·Dh + d]. Scale 1/√Dh. Used by MultiHeadAttention, the Transformer and BERT:
+// no head is ever transposed. A caller whose rows are not packed (a KV cache with spare capacity)
+// overrides the batch stride afterwards.
+inline AttentionProblem interleaved_heads_problem(int64_t B, int64_t H, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t Dh,
+                                                  const float* q, const float* k, const float* v, float* o) {
+  AttentionProblem p;
+  p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = Dh, p.Dv = Dh;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const int64_t q_row = H * Dh, kv_row = Hkv * Dh;
+  p.q = q, p.q_sb = Lq * q_row, p.q_sh = Dh, p.q_sl = q_row;
+  p.k = k, p.k_sb = Lk * kv_row, p.k_sh = Dh, p.k_sl = kv_row;
+  p.v = v, p.v_sb = Lk * kv_row, p.v_sh = Dh, p.v_sl = kv_row;
+  p.o = o, p.o_sb = Lq * q_row, p.o_sh = Dh, p.o_sl = q_row;
+  return p;
+}
+
 // The three paths. Each fills p.o (and p.weights when set) for the whole problem.
 void attention_reference(const AttentionProblem& p);
 void attention_unfused(const AttentionProblem& p);
