@@ -20,7 +20,7 @@ namespace attn::cli {
 namespace {
 
 struct VizArgs {
-  std::string model, out, png, png_map = "decoder.layers.0.multihead_attn", text;
+  std::string model, out, png, png_map, text;  // png_map "": the model's most telling map
   int png_head = -1;  // -1: the head average
   int beam = 1;
   int64_t random_map = 0;
@@ -44,6 +44,21 @@ void write_random_map(const std::string& out, int64_t n) {
   write_html_report(out, r);
 }
 
+// --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average.
+void write_map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps, const std::string& default_map, int cell) {
+  const std::string name = a.png_map.empty() ? default_map : a.png_map;
+  const auto it = maps.find(name);
+  if (it == maps.end()) throw ArgumentError("--png-map '" + name + "' is not a map of this model (e.g. " + default_map + ")");
+  const Tensor& w = it->second;
+  const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
+  if (a.png_head >= H) throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
+  std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
+  for (int64_t h = 0; h < H; ++h)
+    if (a.png_head < 0 || a.png_head == h)
+      for (int64_t i = 0; i < Lq * Lk; ++i) m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
+  write_heatmap_png(a.png, m.data(), Lq, Lk, cell);
+}
+
 // A Hugging Face BERT directory (vocab.txt beside config.json): its self-attention, every layer and head.
 void run_bert_viz(const VizArgs& a, const std::string& dir) {
   const SentenceEncoder enc = SentenceEncoder::load(dir);
@@ -63,14 +78,7 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
                       "Q, K, V from the same WordPiece tokens ([CLS] ... [SEP])."});
   }
   if (!a.out.empty()) write_html_report(a.out, r);
-  if (!a.png.empty()) {
-    const Tensor& w = maps.at("encoder.layer.0.attention");
-    const int64_t H = w.dim(1), L = w.dim(2);
-    std::vector<float> m(static_cast<size_t>(L * L), 0.0f);
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < L * L; ++i) m[static_cast<size_t>(i)] += w.f32()[h * L * L + i] / static_cast<float>(H);
-    write_heatmap_png(a.png, m.data(), L, L, 16);
-  }
+  if (!a.png.empty()) write_map_png(a, maps, "encoder.layer.0.attention", 16);
   std::cout << tokens.size() << " tokens, " << r.maps.size() << " layers drawn\n";
 }
 
@@ -120,18 +128,7 @@ void run_viz(const VizArgs& a) {
                       "Q from the decoder (Chinese characters), K and V from the encoder's output (English words): which "
                       "source words each output position looked at."});
   if (!a.out.empty()) write_html_report(a.out, r);
-  if (!a.png.empty()) {
-    const auto it = maps.find(a.png_map);
-    if (it == maps.end()) throw ArgumentError("--png-map '" + a.png_map + "' is not a map of this model (e.g. decoder.layers.0.multihead_attn)");
-    const Tensor& w = it->second;  // [1, H, Lq, Lk]
-    const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
-    if (a.png_head >= H) throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
-    std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
-    for (int64_t h = 0; h < H; ++h)
-      if (a.png_head < 0 || a.png_head == h)
-        for (int64_t i = 0; i < Lq * Lk; ++i) m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
-    write_heatmap_png(a.png, m.data(), Lq, Lk, 24);
-  }
+  if (!a.png.empty()) write_map_png(a, maps, "decoder.layers.0.multihead_attn", 24);
   std::cout << translation << "\n";
 }
 
@@ -147,7 +144,7 @@ void add_viz(CLI::App& app) {
   sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
   sub->add_option("--png", a->png, "also write one map as a PNG heatmap");
   sub->add_option("--png-map", a->png_map, "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
-                                            "decoder.layers.0.multihead_attn (default)");
+                                            "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention (BERT; default L = 0)");
   sub->add_option("--png-head", a->png_head, "which head for --png; default: the average of all heads");
   sub->add_option("--beam", a->beam, "beam width for the translation");
   sub->add_option("--random-map", a->random_map, "instead: a random N x N causal map (checks that long inputs stay usable)");
