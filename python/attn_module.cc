@@ -44,21 +44,6 @@ nb::object to_numpy(const attn::Tensor& t) {
   return nb::cast(nb::ndarray<nb::numpy, float>(keep->f32(), shape.size(), shape.data(), owner));
 }
 
-attn::AttentionImpl impl_from(const std::string& s) {
-  if (s == "auto") return attn::AttentionImpl::kAuto;
-  if (s == "fused") return attn::AttentionImpl::kFused;
-  if (s == "unfused") return attn::AttentionImpl::kUnfused;
-  if (s == "reference") return attn::AttentionImpl::kReference;
-  throw attn::ArgumentError("impl must be 'auto', 'fused', 'unfused' or 'reference', got '" + s + "'");
-}
-
-attn::CausalAlignment causal_from(const std::string& s) {
-  if (s == "none") return attn::CausalAlignment::kNone;
-  if (s == "top-left") return attn::CausalAlignment::kTopLeft;
-  if (s == "bottom-right") return attn::CausalAlignment::kBottomRight;
-  throw attn::ArgumentError("causal alignment must be 'top-left', 'bottom-right' or None, got '" + s + "'");
-}
-
 std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Array& v, const std::optional<Array>& mask,
                                        const std::optional<Array>& key_padding_mask, const std::string& causal,
                                        std::optional<float> scale, int64_t window, const std::optional<Array>& alibi,
@@ -67,11 +52,11 @@ std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Arr
   o.mask = view_opt(mask, "attn_mask");
   o.key_padding_mask = view_opt(key_padding_mask, "key_padding_mask");
   o.alibi_slopes = view_opt(alibi, "alibi_slopes");
-  o.causal = causal_from(causal);
+  o.causal = attn::parse_causal(causal);
   o.scale = scale;
   o.window = window;
   o.return_weights = return_weights;
-  o.impl = impl_from(impl);
+  o.impl = attn::parse_impl(impl);
   o.num_threads = num_threads;
   const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
   attn::AttentionResult r;
@@ -153,7 +138,7 @@ NB_MODULE(_attn, m) {
             o.causal = causal;
             o.need_weights = need_weights;
             o.average_attn_weights = average;
-            o.impl = impl_from(impl);
+            o.impl = attn::parse_impl(impl);
             o.num_threads = num_threads;
             const attn::Tensor q = view(query, "query"), k = view(key, "key"), v = view(value, "value");
             attn::MhaOutput r;

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "attn/tensor.h"
 
@@ -85,8 +86,12 @@ AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tens
                                                      const Tensor& weights, const Tensor& d_out,
                                                      const AttentionOptions& options = {});
 
-// Names of the implementations and alignments, for messages and the command line.
+// Names of the implementations and alignments, for messages, the command line and Python, and their
+// inverses: "auto" | "fused" | "unfused" | "reference"; "none" | "top-left" | "bottom-right".
+// The parsers throw ArgumentError naming the accepted values.
 const char* impl_name(AttentionImpl impl);
 const char* causal_name(CausalAlignment causal);
+AttentionImpl parse_impl(const std::string& name);
+CausalAlignment parse_causal(const std::string& name);
 
 }  // namespace attn

@@ -27,6 +27,18 @@ const char* causal_name(CausalAlignment causal) {
   return "?";
 }
 
+AttentionImpl parse_impl(const std::string& name) {
+  for (AttentionImpl i : {AttentionImpl::kAuto, AttentionImpl::kFused, AttentionImpl::kUnfused, AttentionImpl::kReference})
+    if (name == impl_name(i)) return i;
+  throw ArgumentError("implementation must be auto, fused, unfused or reference, got '" + name + "'");
+}
+
+CausalAlignment parse_causal(const std::string& name) {
+  for (CausalAlignment c : {CausalAlignment::kNone, CausalAlignment::kTopLeft, CausalAlignment::kBottomRight})
+    if (name == causal_name(c)) return c;
+  throw ArgumentError("causal alignment must be none, top-left or bottom-right, got '" + name + "'");
+}
+
 namespace detail {
 namespace {
 

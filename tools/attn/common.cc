@@ -35,21 +35,6 @@ void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs) {
   }
 }
 
-CausalAlignment parse_causal(const std::string& text) {
-  if (text == "top-left") return CausalAlignment::kTopLeft;
-  if (text == "bottom-right") return CausalAlignment::kBottomRight;
-  if (text == "none") return CausalAlignment::kNone;
-  throw ArgumentError("--causal must be top-left, bottom-right or none, got '" + text + "'");
-}
-
-AttentionImpl parse_impl(const std::string& text) {
-  if (text == "auto") return AttentionImpl::kAuto;
-  if (text == "fused") return AttentionImpl::kFused;
-  if (text == "unfused") return AttentionImpl::kUnfused;
-  if (text == "reference") return AttentionImpl::kReference;
-  throw ArgumentError("--impl must be auto, fused, unfused or reference, got '" + text + "'");
-}
-
 int display_width(const std::string& s) {
   int w = 0;
   for (size_t i = 0; i < s.size();) {

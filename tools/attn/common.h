@@ -18,9 +18,6 @@ Tensor load_npy_flag(const std::string& flag, const std::string& path);
 // place; on any failure the temporaries are removed and the error is rethrown.
 void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs);
 
-// Parses --causal's value.
-CausalAlignment parse_causal(const std::string& text);
-AttentionImpl parse_impl(const std::string& text);
 
 // Display width of a UTF-8 string in a terminal (CJK characters take two columns).
 int display_width(const std::string& utf8);
