@@ -16,6 +16,20 @@
 //   (the last term only with ALiBi slopes). A key whose score is −inf is hidden too.
 // A row in which every key is hidden gives output 0 and weights 0, never NaN. (PyTorch's math backend
 // returns NaN there for boolean masks; attn defines the row as "attends to nothing".)
+//
+// Non-finite values, the same on every path, instruction set, forward and backward (tests/nonfinite_test.cc):
+// IEEE arithmetic over the keys the masks leave visible.
+//   - A key a mask hides (boolean mask false, padding, causal/window range, float mask −inf) never
+//     influences any output, whatever its key, value or score holds (NaN included): its weight is 0 and a
+//     value is only ever multiplied by a nonzero weight. So skipping hidden tiles is always correct.
+//   - A NaN anywhere a visible score depends on (the query row, a visible key, a visible float-mask entry,
+//     the scale) makes the row's output and its visible weights NaN; so does a +inf score (exp(inf − inf)),
+//     e.g. from an infinite query. A score of −inf hides its key, as a −inf mask entry does.
+//   - A NaN or ±Inf in a visible value reaches the output columns it touches as IEEE sums do (Inf, or NaN
+//     for Inf − Inf).
+//   - A row whose keys are all hidden stays 0, whatever the hidden keys hold.
+// Where PyTorch differs: its CPU flash kernel gives 0 (not NaN) for a NaN query, and both its kernels
+// spread a NaN from a value that a mask hides (0·NaN); attn follows the rule above.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +56,7 @@ enum class AttentionImpl : uint8_t {
 };
 
 struct AttentionOptions {
-  // Multiplies Q·Kᵀ. Default 1/√D. Must be finite.
+  // Multiplies Q·Kᵀ. Default 1/√D. A NaN or infinite scale follows the non-finite rule above.
   std::optional<float> scale;
   // mask: broadcastable to [B, H, Lq, Lk] (rank 1 to 4, right-aligned as in NumPy).
   // bool: true = may attend (PyTorch SDPA polarity). float32: added to the scores (−inf hides a key).

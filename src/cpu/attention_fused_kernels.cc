@@ -237,6 +237,8 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       }
       const float m_new = std::max(ws.m[r], tile_max);
       if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+        for (int64_t j = 0; j < n; ++j)  // unless a visible score is NaN (max skips it): poison the row
+          if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
         std::fill(s, s + n, 0.0f);
         continue;
       }
@@ -280,6 +282,42 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   }
 }
 
+// The slow path for one row whose fast state came out non-finite: its (m, l, acc) over keys [lo, hi),
+// computed term by term as attention_reference does (a value is only multiplied by a nonzero weight, a
+// NaN score poisons the row), in float. Non-finite rows are rare (corrupted inputs), so the fast path
+// pays only the check in row_state_finite.
+void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
+                     const float* qs_row, float* m_out, float* l_out, float* acc) {
+  thread_local std::vector<float> s;  // [hi − lo]
+  s.resize(static_cast<size_t>(hi - lo));
+  const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
+  const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
+  for (int64_t j = lo; j < hi; ++j) s[j - lo] = dot(qs_row, k + j * p.k_sl, p.D);
+  mask_row_segment(p, b, h, i, lo, hi, s.data());
+  float m = kNegInf;
+  bool any_nan = false;
+  for (float x : s) {
+    m = x > m ? x : m;
+    any_nan |= std::isnan(x);
+  }
+  *m_out = m;
+  *l_out = 0.0f;
+  std::fill(acc, acc + p.Dv, 0.0f);
+  if (m == kNegInf && !any_nan) return;
+  for (int64_t j = lo; j < hi; ++j) {
+    const float e = s[j - lo] == kNegInf ? 0.0f : std::exp(s[j - lo] - m);
+    *l_out += e;
+    if (e == 0.0f) continue;
+    for (int64_t d = 0; d < p.Dv; ++d) acc[d] += e * v[j * p.v_sl + d];
+  }
+}
+
+bool row_state_finite(float l, const float* acc, int64_t Dv) {
+  bool finite = std::isfinite(l);
+  for (int64_t d = 0; d < Dv; ++d) finite &= std::isfinite(acc[d]);
+  return finite;
+}
+
 // The keys any row of [i0, i0 + rows) may see, as a half-open range.
 void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t* lo, int64_t* hi) {
   int64_t unused;
@@ -300,6 +338,10 @@ void write_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, 
       mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
       if (lse[r] == kNegInf) {
         std::fill(w, w + n, 0.0f);
+        continue;
+      }
+      if (std::isnan(lse[r])) {  // a poisoned row: NaN wherever a key is visible, 0 where hidden
+        for (int64_t j = 0; j < n; ++j) w[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
         continue;
       }
       const Vec lv = Vec::set1(lse[r]);
@@ -380,7 +422,13 @@ void attention_fused(const AttentionProblem& p) {
       std::fill(ws.m.begin(), ws.m.begin() + rows, kNegInf);
       std::fill(ws.l.begin(), ws.l.begin() + rows, 0.0f);
       std::fill(ws.acc.begin(), ws.acc.begin() + rows * Dvp, 0.0f);
-      if (lo < hi) accumulate_keys(p, b, h, i0, rows, lo, hi, Dvp, head_pack(b, h), ws);
+      if (lo < hi) {
+        accumulate_keys(p, b, h, i0, rows, lo, hi, Dvp, head_pack(b, h), ws);
+        for (int64_t r = 0; r < rows; ++r)
+          if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
+            exact_row_state(p, b, h, i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
+                            ws.acc.data() + r * Dvp);
+      }
       if (splits > 1) {
         float* state = partial_data + task * kBq * row_state;
         for (int64_t r = 0; r < rows; ++r) {
@@ -392,10 +440,10 @@ void attention_fused(const AttentionProblem& p) {
       }
       // out = acc / l ; lse = m + log l
       float* o = p.o + b * p.o_sb + h * p.o_sh;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float inv = ws.l[r] > 0.0f ? 1.0f / ws.l[r] : 0.0f;
+      for (int64_t r = 0; r < rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
+        const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
         for (int64_t d = 0; d < p.Dv; ++d) o[(i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
-        if (p.weights) lse_data[bh * p.Lq + i0 + r] = ws.l[r] > 0.0f ? ws.m[r] + std::log(ws.l[r]) : kNegInf;
+        if (p.weights) lse_data[bh * p.Lq + i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
       }
     }
 
@@ -407,22 +455,28 @@ void attention_fused(const AttentionProblem& p) {
         const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
         float* o = p.o + b * p.o_sb + h * p.o_sh;
         for (int64_t r = 0; r < rows; ++r) {
+          auto state_of = [&](int64_t s) { return partial_data + ((head * splits + s) * kBq + r) * row_state; };
           float m = kNegInf;
-          for (int64_t s = 0; s < splits; ++s) m = std::max(m, partial_data[((head * splits + s) * kBq + r) * row_state]);
+          bool poisoned = false;  // a split whose l is NaN makes the whole row NaN
+          for (int64_t s = 0; s < splits; ++s) {
+            m = std::max(m, state_of(s)[0]);
+            poisoned |= std::isnan(state_of(s)[1]);
+          }
           float l = 0.0f;
           float* out = o + (i0 + r) * p.o_sl;
-          std::fill(out, out + p.Dv, 0.0f);
-          if (m != kNegInf) {
+          std::fill(out, out + p.Dv, poisoned ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+          if (poisoned) l = std::numeric_limits<float>::quiet_NaN();
+          if (!poisoned && m != kNegInf) {
             for (int64_t s = 0; s < splits; ++s) {
-              const float* state = partial_data + ((head * splits + s) * kBq + r) * row_state;
-              if (state[0] == kNegInf) continue;
-              const float c = std::exp(state[0] - m);
+              const float* state = state_of(s);
+              const float c = state[0] == kNegInf ? 0.0f : std::exp(state[0] - m);
+              if (c == 0.0f) continue;  // its weights are all 0 here: its values are never multiplied
               l += c * state[1];
               for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
             }
             for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
           }
-          if (p.weights) lse_data[bh * p.Lq + i0 + r] = l > 0.0f ? m + std::log(l) : kNegInf;
+          if (p.weights) lse_data[bh * p.Lq + i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
         }
       }
     }

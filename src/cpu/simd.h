@@ -110,7 +110,8 @@ struct Vec {
   static Vec pow2i(Vec n) {
     Vec r;
     for (int i = 0; i < W; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n.v[i]) + 127) << 23;
+      const int32_t e = n.v[i] == n.v[i] ? static_cast<int32_t>(n.v[i]) : 0;  // NaN: any finite scale will do
+      const uint32_t bits = static_cast<uint32_t>(e + 127) << 23;
       std::memcpy(&r.v[i], &bits, 4);
     }
     return r;
@@ -134,10 +135,12 @@ struct Vec {
 // exp(x) for float lanes: Cody–Waite range reduction x = n·ln2 + r, |r| <= ln2/2, then a degree-6
 // polynomial for e^r (Cephes' coefficients) and 2^n through the exponent bits. Relative error below
 // 2e-7 wherever the result is a normal float (tested against std::exp in double over [-87, 88]);
-// x < -87.3 (including −inf) gives exactly 0, so masked scores give weights that are exactly 0.
+// x < -87.3 (including −inf) gives exactly 0, so masked scores give weights that are exactly 0; a NaN
+// gives NaN (the non-finite rule of attn/attention.h).
 inline Vec exp(Vec x) {
-  // clamp to [-87.3, 88.37]: keeps 2^n a normal float
-  const Vec xm = Vec::min(Vec::max(x, Vec::set1(-87.3f)), Vec::set1(88.3762626647949f));
+  // clamp to [-87.3, 88.37]: keeps 2^n a normal float. max/min return their second operand when either
+  // is NaN (x86's rule, kept by the portable Vec), so x goes second: a NaN passes through the clamp.
+  const Vec xm = Vec::min(Vec::set1(88.3762626647949f), Vec::max(Vec::set1(-87.3f), x));
   const Vec n = Vec::round(xm * Vec::set1(1.44269504088896341f));
   Vec r = Vec::fmadd(n, Vec::set1(-0.693359375f), xm);
   r = Vec::fmadd(n, Vec::set1(2.12194440e-4f), r);

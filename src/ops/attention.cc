@@ -139,7 +139,6 @@ AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v,
                         " must be a multiple of the key/value heads Hkv = " + std::to_string(p.Hkv) + shapes);
   if (p.D == 0 && !options.scale) throw ArgumentError(std::string(who) + ": D = 0 needs an explicit scale" + shapes);
   const float scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.D));
-  if (!std::isfinite(scale)) throw ArgumentError(std::string(who) + ": scale must be finite, got " + std::to_string(scale));
   p.scale = scale;
   p.q = q.f32();
   p.q_sl = p.D, p.q_sh = p.Lq * p.D, p.q_sb = p.H * p.Lq * p.D;

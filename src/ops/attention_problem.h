@@ -131,7 +131,10 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
       if (!m[j * p.m_sk]) s[j - j0] = kHidden;
   } else if (p.float_mask) {
     const float* m = p.float_mask + p.mask_index(b, h, i, 0);
-    for (int64_t j = a; j < e; ++j) s[j - j0] += m[j * p.m_sk];
+    for (int64_t j = a; j < e; ++j) {  // a hidden key stays hidden; −inf hides it even from a NaN score
+      const float mj = m[j * p.m_sk];
+      if (s[j - j0] != kHidden) s[j - j0] = mj == kHidden ? kHidden : s[j - j0] + mj;
+    }
   }
   if (p.alibi_slopes) {
     const float slope = p.alibi_slopes[h];

@@ -16,6 +16,7 @@ static double reference_score(const AttentionProblem& p, int64_t b, int64_t h, i
   if (j < lo || j >= hi) return kHidden;                              // causal / window
   if (p.key_padding && p.key_padding[b * p.Lk + j]) return kHidden;   // padding
   if (p.bool_mask && !p.bool_mask[p.mask_index(b, h, i, j)]) return kHidden;
+  if (p.float_mask && p.float_mask[p.mask_index(b, h, i, j)] == kHidden) return kHidden;  // whatever q·k is
   // q_i · k_j, with K's head chosen by grouped-query attention
   const float* qi = p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl;
   const float* kj = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh + j * p.k_sl;
@@ -28,28 +29,34 @@ static double reference_score(const AttentionProblem& p, int64_t b, int64_t h, i
 }
 
 void attention_reference(const AttentionProblem& p) {
-  std::vector<double> s(static_cast<size_t>(p.Lk));
+  std::vector<double> s(static_cast<size_t>(p.Lk)), e(static_cast<size_t>(p.Lk));  // scores, exp(s − m)
   std::vector<double> acc(static_cast<size_t>(p.Dv));
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t h = 0; h < p.H; ++h)
       for (int64_t i = 0; i < p.Lq; ++i) {
-        // s = scale · q_i·Kᵀ + M ; m = max_j s_j
+        // s = scale · q_i·Kᵀ + M ; m = max_j s_j over the scores that are numbers
         double m = -std::numeric_limits<double>::infinity();
+        bool any_nan = false;
         for (int64_t j = 0; j < p.Lk; ++j) {
           s[j] = reference_score(p, b, h, i, j);
           if (s[j] > m) m = s[j];
+          any_nan |= std::isnan(s[j]);
         }
-        // w = exp(s − m) / Σ exp(s − m); a row with no visible key (m = −inf) gives w = 0
+        // A row with no visible key (every score −inf, none NaN) attends to nothing: output and weights 0.
+        // Otherwise IEEE arithmetic over the visible keys: w_j = exp(s_j − m) / Σ exp(s − m), so a NaN or
+        // +inf visible score makes the sum NaN and every visible weight NaN; a hidden key (s_j = −inf)
+        // has weight 0 whatever the row holds.
+        const bool empty = m == -std::numeric_limits<double>::infinity() && !any_nan;
         double sum = 0.0;
         for (int64_t j = 0; j < p.Lk; ++j) {
-          s[j] = std::isinf(m) && m < 0 ? 0.0 : std::exp(s[j] - m);
-          sum += s[j];
+          e[j] = empty || s[j] == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(s[j] - m);
+          sum += e[j];
         }
-        const double inv = sum > 0.0 ? 1.0 / sum : 0.0;
-        // out_i = Σ_j w_j v_j
+        // out_i = Σ_j w_j v_j over the keys with w_j ≠ 0: a value is only ever multiplied by a nonzero
+        // weight, so a NaN or Inf in a hidden key's value never reaches the output.
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t j = 0; j < p.Lk; ++j) {
-          const double w = s[j] * inv;
+          const double w = empty || s[j] == -std::numeric_limits<double>::infinity() ? 0.0 : e[j] / sum;
           if (p.weights) p.weights[((b * p.H + h) * p.Lq + i) * p.Lk + j] = static_cast<float>(w);
           if (w == 0.0) continue;
           const float* vj = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh + j * p.v_sl;

@@ -3,6 +3,7 @@
 // (cpu/attention_fused.cc) avoids. Also the "unfused" peer in the benchmarks.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -12,21 +13,49 @@
 
 namespace attn::detail {
 
-// Softmax of one masked row in place; a row with every key hidden becomes all zeros.
+// Softmax of one masked row in place; a row with every key hidden becomes all zeros. Non-finite scores
+// follow attn/attention.h: a NaN (or +inf) visible score makes every visible weight NaN, hidden keys keep 0.
 static void softmax_row(float* s, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
-  if (m == -std::numeric_limits<float>::infinity()) {
+  constexpr float kHidden = -std::numeric_limits<float>::infinity();
+  float m = kHidden;
+  bool any_nan = false;
+  for (int64_t j = 0; j < n; ++j) {
+    m = s[j] > m ? s[j] : m;
+    any_nan |= std::isnan(s[j]);
+  }
+  if (m == kHidden && !any_nan) {
     for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+    return;
+  }
+  if (any_nan || m == -kHidden) {  // Σ exp(s − m) is NaN: every visible weight is NaN
+    for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kHidden ? 0.0f : std::numeric_limits<float>::quiet_NaN();
     return;
   }
   float sum = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
-    s[j] = std::exp(s[j] - m);
+    s[j] = s[j] == kHidden ? 0.0f : std::exp(s[j] - m);
     sum += s[j];
   }
   const float inv = 1.0f / sum;
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+}
+
+// A value is only ever multiplied by a nonzero weight (attn/attention.h): the GEMM also multiplies the
+// zero weights of hidden keys, so a NaN or Inf value there would leak into the row. Such a row is the
+// only one that comes out non-finite while its weights are finite; it is recomputed here, term by term.
+static void recompute_nonfinite_rows(const AttentionProblem& p, const float* P, const float* v, float* o) {
+  for (int64_t i = 0; i < p.Lq; ++i) {
+    float* oi = o + i * p.o_sl;
+    bool finite = true;
+    for (int64_t d = 0; d < p.Dv; ++d) finite &= std::isfinite(oi[d]);
+    if (finite) continue;
+    const float* Pi = P + i * p.Lk;
+    std::fill(oi, oi + p.Dv, 0.0f);
+    for (int64_t j = 0; j < p.Lk; ++j) {
+      if (Pi[j] == 0.0f) continue;
+      for (int64_t d = 0; d < p.Dv; ++d) oi[d] += Pi[j] * v[j * p.v_sl + d];
+    }
+  }
 }
 
 void attention_unfused(const AttentionProblem& p) {
@@ -65,6 +94,7 @@ void attention_unfused(const AttentionProblem& p) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(p.Lq), static_cast<int>(p.Dv),
                     static_cast<int>(p.Lk), 1.0f, s, static_cast<int>(p.Lk), v, static_cast<int>(p.v_sl), 0.0f, o,
                     static_cast<int>(p.o_sl));
+        recompute_nonfinite_rows(p, s, v, o);
       }
     }
 }

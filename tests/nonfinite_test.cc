@@ -1,0 +1,210 @@
+// The non-finite rule of attn/attention.h on every path and SIMD target, forward and backward, and in
+// MultiHeadAttention. Truth comes from two places that do not share the fast paths' code:
+//   - the math: a NaN planted where a mask hides it changes nothing (against the clean run),
+//     and a NaN planted in a visible key makes exactly the rows that see it NaN;
+//   - the float64 reference (the readable spec), whose non-finite pattern every path must reproduce:
+//     NaN where it is NaN, the same infinity where it is infinite, within 2e-5 elsewhere.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "attention_cases.h"
+#include "attn/attention.h"
+#include "attn/layers/multi_head_attention.h"
+#include "cpu/attention_fused.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+std::vector<detail::SimdLevel> levels() {
+  std::vector<detail::SimdLevel> out;
+  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
+    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
+  return out;
+}
+
+// "" when a matches the reference's pattern: NaN where ref is NaN, the same infinity, else within tol.
+std::string pattern_mismatch(const Tensor& a, const Tensor& ref, double tol) {
+  if (a.shape() != ref.shape()) return "shape " + shape_str(a.shape()) + " vs " + shape_str(ref.shape());
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const float x = a.f32()[i], r = ref.f32()[i];
+    const bool ok = std::isnan(r) ? std::isnan(x) : std::isinf(r) ? x == r : std::fabs(x - r) <= tol;
+    if (!ok) return "element " + std::to_string(i) + ": " + std::to_string(x) + " vs reference " + std::to_string(r);
+  }
+  return "";
+}
+
+bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// Runs `check(result, options description)` for the unfused path and the fused kernel at every SIMD
+// level with 1 and 2 threads.
+template <class F>
+void for_every_fast_path(test::CaseInputs& in, F&& check) {
+  const detail::SimdLevel saved = detail::simd_level_active();
+  check(AttentionImpl::kUnfused, std::string("unfused"));
+  for (auto level : levels())
+    for (int threads : {1, 2}) {
+      detail::force_simd_level(level);
+      in.options.num_threads = threads;
+      check(AttentionImpl::kFused,
+            std::string("fused simd=") + detail::simd_level_name(level) + " threads=" + std::to_string(threads));
+    }
+  detail::force_simd_level(saved);
+  in.options.num_threads = 0;
+}
+
+TEST(NonFinite, EveryPathFollowsTheReferenceWithNaNAndInfPlanted) {
+  const auto cases = test::attention_cases(60);
+  std::mt19937 rng(11);
+  int checked = 0, nonfinite_outputs = 0;
+  for (size_t n = 0; n < cases.size(); n += 3) {
+    const test::AttentionCase& c = cases[n];
+    for (int what = 0; what < 4; ++what) {  // q, k, v, float mask
+      if (what == 3 && c.mask != test::MaskKind::kFloat) continue;
+      for (float value : {kNaN, kInf, -kInf}) {
+        test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+        Tensor& t = what == 0 ? in.q : what == 1 ? in.k : what == 2 ? in.v : in.options.mask;
+        for (int planted = 0; planted < 2; ++planted) t.f32()[rng() % t.numel()] = value;
+        in.options.impl = AttentionImpl::kReference;
+        const AttentionResult ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+        nonfinite_outputs += !test::all_finite(ref.output);
+        for_every_fast_path(in, [&](AttentionImpl impl, const std::string& path) {
+          in.options.impl = impl;
+          const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+          const char* names[] = {"q", "k", "v", "mask"};
+          SCOPED_TRACE(c.name() + " planted " + std::to_string(value) + " in " + names[what] + " " + path);
+          EXPECT_EQ(pattern_mismatch(r.output, ref.output, 2e-5), "");
+          if (c.weights) {
+            EXPECT_EQ(pattern_mismatch(r.weights, ref.weights, 2e-5), "");
+          }
+          ++checked;
+        });
+      }
+    }
+  }
+  EXPECT_GT(checked, 1000);
+  EXPECT_GT(nonfinite_outputs, 100);  // the planted values did reach outputs: the test is not vacuous
+}
+
+// A key hidden by padding, causality or a −inf float-mask entry may hold anything: the output is the
+// clean run's (to rounding: such a row may take the term-by-term path) on every path; NaN in a visible key makes exactly its rows NaN.
+TEST(NonFinite, HiddenKeysNeverInfluenceAndVisibleNaNPoisonsExactlyItsRows) {
+  std::mt19937 rng(5);
+  for (int64_t Lk : {7, 100, 1000}) {
+    test::AttentionCase c;
+    c.B = 2, c.H = 2, c.Hkv = 1, c.Lq = Lk == 1000 ? 1 : 5, c.Lk = Lk, c.D = 16, c.Dv = 16;
+    c.causal = CausalAlignment::kBottomRight, c.key_padding = true;
+    test::CaseInputs clean = test::make_inputs(c, 3);
+    // batch 0 pads its last key, batch 1 every key (its output is 0 whatever K/V hold)
+    for (int64_t j = 0; j < Lk; ++j) {
+      clean.options.key_padding_mask.b8()[j] = j == Lk - 1;
+      clean.options.key_padding_mask.b8()[Lk + j] = 1;
+    }
+    test::CaseInputs dirty = clean;
+    dirty.k = clean.k.clone(), dirty.v = clean.v.clone();
+    const int64_t D = c.D, last = Lk - 1;
+    for (int64_t d = 0; d < D; ++d) {
+      dirty.k.f32()[last * D + d] = kNaN;
+      dirty.v.f32()[last * D + d] = kNaN;
+      dirty.v.f32()[(Lk + 3 % Lk) * D + d] = kInf;
+    }
+    for_every_fast_path(dirty, [&](AttentionImpl impl, const std::string& path) {
+      SCOPED_TRACE("Lk " + std::to_string(Lk) + " " + path);
+      dirty.options.impl = clean.options.impl = impl;
+      clean.options.num_threads = dirty.options.num_threads;
+      const Tensor a = scaled_dot_product_attention(clean.q, clean.k, clean.v, clean.options).output;
+      const Tensor b = scaled_dot_product_attention(dirty.q, dirty.k, dirty.v, dirty.options).output;
+      // equal up to summation order (a row a hidden NaN touched may take the term-by-term path)
+      EXPECT_LE(test::max_abs_diff(a, b), 1e-6);
+    });
+    // A NaN in key 0 of batch 0 (visible to every row of batch 0, bottom-right causal): those rows NaN.
+    test::CaseInputs visible = clean;
+    visible.k = clean.k.clone();
+    visible.k.f32()[rng() % D] = kNaN;
+    for_every_fast_path(visible, [&](AttentionImpl impl, const std::string& path) {
+      SCOPED_TRACE("visible NaN, Lk " + std::to_string(Lk) + " " + path);
+      visible.options.impl = impl;
+      const Tensor o = scaled_dot_product_attention(visible.q, visible.k, visible.v, visible.options).output;
+      const int64_t per_batch = c.H * c.Lq * c.Dv;
+      for (int64_t i = 0; i < per_batch; ++i) ASSERT_TRUE(std::isnan(o.f32()[i])) << i;
+      for (int64_t i = per_batch; i < 2 * per_batch; ++i) ASSERT_EQ(o.f32()[i], 0.0f) << i;  // all padding
+    });
+  }
+}
+
+// A float mask of −inf hides its key even when the score is NaN; a NaN query or scale poisons its rows.
+TEST(NonFinite, MinusInfMaskHidesANaNScoreAndANaNScalePoisons) {
+  std::mt19937 rng(9);
+  Tensor q = test::random_tensor({1, 1, 3, 8}, rng), k = test::random_tensor({1, 1, 5, 8}, rng);
+  Tensor v = test::random_tensor({1, 1, 5, 8}, rng);
+  Tensor mask({3, 5});
+  for (int64_t i = 0; i < 15; ++i) mask.f32()[i] = 0.0f;
+  for (int64_t i = 0; i < 3; ++i) mask.f32()[i * 5 + 2] = -kInf;  // key 2 hidden from every row
+  AttentionOptions o;
+  o.mask = mask;
+  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused}) {
+    o.impl = impl;
+    const Tensor clean = scaled_dot_product_attention(q, k, v, o).output;
+    Tensor kn = k.clone();
+    kn.f32()[2 * 8 + 1] = kNaN;
+    EXPECT_TRUE(bitwise_equal(scaled_dot_product_attention(q, kn, v, o).output, clean)) << impl_name(impl);
+    AttentionOptions nan_scale = o;
+    nan_scale.scale = kNaN;
+    const Tensor poisoned = scaled_dot_product_attention(q, k, v, nan_scale).output;
+    for (int64_t i = 0; i < poisoned.numel(); ++i) EXPECT_TRUE(std::isnan(poisoned.f32()[i])) << impl_name(impl);
+  }
+}
+
+// Backward: a NaN in a key and value that padding hides reaches no gradient; a NaN in a visible value
+// reaches dQ of every row that sees it.
+TEST(NonFinite, BackwardKeepsTheRule) {
+  std::mt19937 rng(2);
+  Tensor q = test::random_tensor({1, 2, 4, 8}, rng), k = test::random_tensor({1, 2, 6, 8}, rng);
+  Tensor v = test::random_tensor({1, 2, 6, 8}, rng), d_out = test::random_tensor({1, 2, 4, 8}, rng);
+  AttentionOptions o;
+  o.key_padding_mask = Tensor({1, 6}, DType::kBool);
+  for (int64_t j = 0; j < 6; ++j) o.key_padding_mask.b8()[j] = j == 5;
+  const AttentionGrads clean = scaled_dot_product_attention_backward(q, k, v, Tensor(), d_out, o);
+  Tensor kn = k.clone(), vn = v.clone();
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t d = 0; d < 8; ++d) kn.f32()[(h * 6 + 5) * 8 + d] = vn.f32()[(h * 6 + 5) * 8 + d] = kNaN;
+  const AttentionGrads dirty = scaled_dot_product_attention_backward(q, kn, vn, Tensor(), d_out, o);
+  EXPECT_TRUE(bitwise_equal(clean.dq, dirty.dq));
+  EXPECT_TRUE(bitwise_equal(clean.dk, dirty.dk));
+  EXPECT_TRUE(bitwise_equal(clean.dv, dirty.dv));
+  Tensor vv = v.clone();
+  vv.f32()[0] = kNaN;  // head 0, key 0, visible to every row of head 0
+  const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, Tensor(), d_out, o);
+  for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;          // head 0
+  for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;   // head 1
+}
+
+// MultiHeadAttention: NaN and Inf in the padded positions of the key/value input change no output.
+TEST(NonFinite, MultiHeadAttentionIgnoresNaNAtPaddedPositions) {
+  std::mt19937 rng(4);
+  MultiHeadAttentionConfig cfg;
+  cfg.embed_dim = 16, cfg.num_heads = 4;
+  const MultiHeadAttention mha(cfg, 1);
+  Tensor x = test::random_tensor({2, 5, 16}, rng), mem = test::random_tensor({2, 9, 16}, rng);
+  MhaOptions o;
+  o.key_padding_mask = Tensor({2, 9}, DType::kBool);
+  for (int64_t j = 0; j < 18; ++j) o.key_padding_mask.b8()[j] = j % 9 >= 6;  // last 3 keys of each batch
+  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused}) {
+    o.impl = impl;
+    const Tensor clean = mha.cross_attention(x, mem, o).output;
+    Tensor dirty = mem.clone();
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t d = 0; d < 16; ++d) dirty.f32()[(b * 9 + 7) * 16 + d] = d % 2 ? kNaN : kInf;
+    EXPECT_LE(test::max_abs_diff(mha.cross_attention(x, dirty, o).output, clean), 1e-6) << impl_name(impl);
+  }
+}
+
+}  // namespace
+}  // namespace attn
