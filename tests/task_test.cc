@@ -4,6 +4,7 @@
 //     resuming from a checkpoint continues exactly where the run stopped;
 //   - the shipped model (models/numbers-en-zh) reaches 99% exact match on the test split.
 #include <filesystem>
+#include <random>
 #include <set>
 
 #include "attn/error.h"
@@ -53,6 +54,62 @@ TEST(Task, BadSourceTextIsRejectedClearly) {
   std::string longer;
   for (int i = 0; i < 40; ++i) longer += "one ";
   EXPECT_THROW(v.encode_source(longer, 32), ArgumentError);
+}
+
+TEST(Task, GrammarAcceptsEveryCanonicalPhrase) {
+  // every number below 20 000, every thousand and every million step, the edges, and 20 000 random ones
+  std::vector<int64_t> ns;
+  for (int64_t n = 0; n < 20000; ++n) ns.push_back(n);
+  for (int64_t n = 0; n <= 999'999'999; n += 999'001) ns.push_back(n);
+  for (int64_t k = 1; k < 1000; ++k) ns.insert(ns.end(), {k * 1000, k * 1'000'000, k * 1'000'001, k * 1'001'000});
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 20000; ++i) ns.push_back(static_cast<int64_t>(rng() % 1'000'000'000));
+  ns.push_back(999'999'999);
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, 2000, 1)) ns.push_back(e.n);
+  int64_t bad = 0;
+  for (int64_t n : ns) {
+    const std::string phrase = english_words(n);
+    const auto why = tasks::grammar_problem(phrase);
+    if (why || tasks::parse_english_words(phrase) != n) {
+      if (++bad <= 5) ADD_FAILURE() << n << " \"" << phrase << "\": " << why.value_or("parses to another number");
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  // normalised first: case and spacing are not the grammar's business
+  EXPECT_EQ(tasks::normalize_source("  Three HUNDRED\ttwelve\r"), "three hundred twelve");
+  EXPECT_EQ(tasks::grammar_problem("  Three HUNDRED\ttwelve\r"), std::nullopt);
+  EXPECT_EQ(tasks::parse_english_words("One Million"), 1'000'000);
+}
+
+TEST(Task, GrammarRejectsWhatTheGeneratorNeverWrites) {
+  // phrase -> a piece of the reason that tells the user what is wrong
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"one million million", "1000000000000"},                    // reads as 10^12: out of range
+      {"ninety nine hundred", "nine thousand nine hundred"},       // 9900, written the task's way
+      {"one hundred and one", "\"one hundred one\""},              // no "and" in the task
+      {"twelve hundred", "one thousand two hundred"},
+      {"one thousand thousand", "one million"},
+      {"one thousand million", "outside"},
+      {"one one", "'one' cannot follow 'one'"},
+      {"twenty twelve", "'twelve' cannot follow 'twenty'"},
+      {"zero one", "zero"},
+      {"hundred", "'hundred' cannot start"},
+      {"one thousand two million", "'million' cannot follow 'two'"},
+      {"one hundred five hundred", "'hundred' cannot follow 'five'"},
+      {"twenty-one", "unknown word 'twenty-one'"},
+      {"", "empty"},
+  };
+  for (const auto& [phrase, needle] : cases) {
+    const auto why = tasks::grammar_problem(phrase);
+    ASSERT_TRUE(why.has_value()) << "accepted: \"" << phrase << "\"";
+    EXPECT_NE(why->find(needle), std::string::npos) << phrase << ": " << *why;
+    EXPECT_THROW(tasks::parse_english_words(phrase), ArgumentError) << phrase;
+  }
+  // long nonsense saturates instead of overflowing
+  std::string hundreds = "one", millions = "one";
+  for (int i = 0; i < 60; ++i) hundreds += " hundred", millions += " million";
+  EXPECT_NE(tasks::grammar_problem(hundreds)->find("'hundred' cannot follow 'hundred'"), std::string::npos);
+  EXPECT_NE(tasks::grammar_problem(millions)->find("10^18 or more"), std::string::npos);
 }
 
 train::TrainOptions tiny_options(int64_t steps) {

@@ -1,6 +1,7 @@
 #include "attn/tasks/numbers_en_zh.h"
 
 #include <algorithm>
+#include <cctype>
 #include <random>
 #include <sstream>
 
@@ -85,38 +86,104 @@ std::string chinese_numeral(int64_t n) {
   return out;
 }
 
-int64_t parse_english_words(const std::string& text) {
-  const std::vector<std::string> w = words(text);
-  if (w.empty()) throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
-  if (w.size() > 40) throw ArgumentError("the input has " + std::to_string(w.size()) + " words; a number below one billion needs at most 17");
-  int64_t total = 0, group = 0;
+namespace {
+
+// What a reader takes a phrase to mean, allowing the English that lies outside the task's grammar
+// ("twelve hundred" = 1200, "one million million" = 10^12), or why it has no reading at all.
+struct Reading {
+  int64_t value = 0;    // saturates at kSaturated
+  std::string problem;  // non-empty: no reading
+};
+constexpr int64_t kSaturated = 1'000'000'000'000'000'000;
+
+int64_t sat_add(int64_t a, int64_t b) { return a > kSaturated - b ? kSaturated : a + b; }
+int64_t sat_mul(int64_t a, int64_t b) { return b != 0 && a > kSaturated / b ? kSaturated : a * b; }
+
+// 0..90 for a number word, 100 / 1000 / 1000000 for a scale word, -1 for a word outside the vocabulary.
+int64_t word_value(const std::string& word) {
+  for (int i = 0; i < 20; ++i)
+    if (word == kOnes[i]) return i;
+  for (int i = 2; i < 10; ++i)
+    if (word == kTens[i]) return i * 10;
+  return word == "hundred" ? 100 : word == "thousand" ? 1000 : word == "million" ? 1'000'000 : -1;
+}
+
+std::string join(const std::vector<std::string>& w) {
+  std::string s;
+  for (const auto& x : w) s += (s.empty() ? "" : " ") + x;
+  return s;
+}
+
+Reading read_words(const std::vector<std::string>& w) {  // w [words], non-empty, all in the vocabulary
+  enum { kStart, kUnit, kTeen, kTen, kHundred, kScale } last = kStart;
+  int64_t total = 0, group = 0, scale = 0;  // scale: the largest scale word so far (0: none)
+  std::string prev;
   for (const std::string& word : w) {
-    int64_t v = -1;
-    for (int i = 0; i < 20; ++i)
-      if (word == kOnes[i]) v = i;
-    for (int i = 2; i < 10; ++i)
-      if (word == kTens[i]) v = i * 10;
-    if (v >= 0) {
-      group += v;
-    } else if (word == "hundred") {
-      group *= 100;
-    } else if (word == "thousand" || word == "million") {
-      total += group * (word == "thousand" ? 1000 : 1'000'000);
-      group = 0;
+    const int64_t v = word_value(word);
+    auto cannot = [&] {
+      return Reading{0, prev.empty() ? "'" + word + "' cannot start a number" : "'" + word + "' cannot follow '" + prev + "'"};
+    };
+    if (v == 0) {
+      if (w.size() != 1) return {0, "'zero' is a number only on its own"};
+    } else if (v < 10) {
+      if (last == kUnit || last == kTeen) return cannot();
+      group += v, last = kUnit;
+    } else if (v < 100) {
+      if (last == kUnit || last == kTeen || last == kTen) return cannot();
+      group += v, last = v < 20 ? kTeen : kTen;
+    } else if (v == 100) {
+      if (last == kStart || last == kHundred || last == kScale || group >= 100) return cannot();
+      group *= 100, last = kHundred;
     } else {
-      throw ArgumentError("unknown word '" + word + "' in \"" + text +
-                          "\": the source vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million");
+      if (last == kStart) return cannot();
+      if (last == kScale) total = sat_mul(total, v);                        // "one million million"
+      else if (scale == 0 || v < scale) total = sat_add(total, group * v);  // "two million three thousand"
+      else return cannot();                                                // "one thousand two million"
+      group = 0, scale = std::max(scale, v), last = kScale;
     }
+    prev = word;
   }
-  total += group;
-  if (total > kMax || english_words(total) != [&] {
-        std::string s;
-        for (const auto& x : w) s += (s.empty() ? "" : " ") + x;
-        return s;
-      }())
-    throw ArgumentError("\"" + text + "\" is not a well-formed number below one billion in words (expected e.g. \"" +
-                        english_words(total > kMax ? 312 : total) + "\")");
-  return total;
+  return {sat_add(total, group), ""};
+}
+
+}  // namespace
+
+std::string normalize_source(const std::string& text) {
+  std::string lower = text;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return join(words(lower));
+}
+
+std::optional<std::string> grammar_problem(const std::string& text) {
+  const std::vector<std::string> w = words(normalize_source(text));
+  const std::string phrase = join(w);
+  if (w.empty()) return "the input is empty: expected a number in English words, e.g. \"three hundred twelve\"";
+  for (const std::string& word : w) {
+    if (word_value(word) >= 0) continue;
+    std::string why = "unknown word '" + word + "' in \"" + phrase +
+                      "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million";
+    std::vector<std::string> without_and;
+    for (const std::string& x : w)
+      if (x != "and") without_and.push_back(x);
+    if (word == "and" && !without_and.empty() && !grammar_problem(join(without_and)))
+      why += "; the task writes no \"and\": \"" + join(without_and) + "\"";
+    return why;
+  }
+  const Reading r = read_words(w);
+  if (!r.problem.empty()) return "\"" + phrase + "\" does not read as a number: " + r.problem;
+  if (r.value > kMax)
+    return "\"" + phrase + "\" reads as " + (r.value < kSaturated ? std::to_string(r.value) : "10^18 or more") +
+           ", outside the task's range [0, 999999999]";
+  const std::string canonical = english_words(r.value);
+  if (canonical != phrase)
+    return "\"" + phrase + "\" (" + std::to_string(r.value) + ") is not in the task's grammar: the model was trained on \"" +
+           canonical + "\"";
+  return std::nullopt;
+}
+
+int64_t parse_english_words(const std::string& text) {
+  if (const auto why = grammar_problem(text)) throw ArgumentError(*why);
+  return read_words(words(normalize_source(text))).value;
 }
 
 Split split_of(int64_t n) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,23 @@ namespace attn::tasks {
 std::string english_words(int64_t n);   // throws ArgumentError outside [0, 999 999 999]
 std::string chinese_numeral(int64_t n);  // UTF-8
 
-// The inverse of english_words, for validating user input: the number, or throws ArgumentError naming
-// the offending word (unknown words, empty input, ill-formed order).
+// The form every input is brought to before it is checked or translated, by the CLI and the Python
+// module alike: ASCII letters lower-cased, words separated by single spaces, no leading or trailing
+// whitespace (tabs, a CR of CRLF input). "  Three HUNDRED\ttwelve\r" -> "three hundred twelve".
+std::string normalize_source(const std::string& text);
+
+// The task's grammar is exactly the phrases english_words writes: the generator (make_examples) writes
+// nothing else, so they are the only phrases the model was trained on. grammar_problem says why the
+// phrase (normalised first) is outside it, or nullopt when it is inside. The reason names the offending
+// word or the phrase the model knows, e.g.
+//   "ninety nine hundred" -> "... (9900) is not in the task's grammar: the model was trained on \"nine thousand nine hundred\""
+//   "one million million" -> "... reads as 1000000000000, outside the task's range [0, 999999999]"
+//   "one hundred and one" -> "unknown word 'and' ... (\"one hundred one\")"
+// Other out-of-grammar phrases: "twelve hundred", "one one", "zero one", "hundred", "twenty-one".
+std::optional<std::string> grammar_problem(const std::string& text);
+
+// The inverse of english_words: the number of a phrase inside the grammar (normalised first), or throws
+// ArgumentError with grammar_problem's reason.
 int64_t parse_english_words(const std::string& text);
 
 enum class Split : uint8_t { kTrain, kValidation, kTest };
