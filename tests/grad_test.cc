@@ -5,7 +5,7 @@
 #include "attn/attention.h"
 #include "attn/models/transformer.h"
 #include "test_util.h"
-#include "train/ops.h"
+#include "ops/nn.h"
 
 namespace attn {
 namespace {
@@ -66,7 +66,7 @@ Batch toy_batch(const TransformerConfig& c) {
 double model_loss(Transformer& m, const Batch& b, float smoothing, Tensor* dlogits) {
   const Tensor logits = m.forward(b.src, b.tgt_in, dlogits != nullptr, nullptr);
   const int64_t M = b.tgt_in.B * b.tgt_in.L, V = m.config().tgt_vocab;
-  return train::cross_entropy_forward_backward(dlogits ? dlogits->f32() : nullptr, logits.f32(), b.tgt_out.data(), M, V,
+  return ops::cross_entropy_forward_backward(dlogits ? dlogits->f32() : nullptr, logits.f32(), b.tgt_out.data(), M, V,
                                                smoothing, m.config().pad_id);
 }
 

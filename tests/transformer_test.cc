@@ -10,7 +10,7 @@
 #include "attn/models/transformer.h"
 #include "models/transformer_internal.h"
 #include "test_util.h"
-#include "train/ops.h"
+#include "ops/nn.h"
 
 namespace attn {
 namespace {
@@ -46,7 +46,7 @@ TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
     const Tensor logits = m.forward(src, tgt_in, true, nullptr);
     EXPECT_LE(test::max_abs_diff(logits, st.at("expected_logits")), 2e-5);
     Tensor dlogits(logits.shape());
-    const float loss = train::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(), tgt_in.B * tgt_in.L,
+    const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(), tgt_in.B * tgt_in.L,
                                                              m.config().tgt_vocab, 0.1f, 0);
     EXPECT_NEAR(loss, std::stod(st.metadata.at("loss")), 1e-5);
     m.backward(dlogits);

@@ -12,7 +12,7 @@
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
 #include "ops/attention_problem.h"
-#include "ops/linear.h"
+#include "ops/nn.h"
 
 namespace attn {
 namespace {
@@ -184,10 +184,10 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
 
   // Q = query·W_Qᵀ + b_Q : [B·Lq, E] = [B, Lq, H, Dh];  K, V : [B·Lk, Hkv·Dh]  (computed below, once the
   // masks have been checked); the kernel reads the heads in place and writes `heads` the same way
-  float* q = detail::scratch(0, B * Lq * E);
-  float* k = detail::scratch(1, B * Lk * kv);
-  float* v = detail::scratch(2, B * Lk * kv);
-  float* heads = detail::scratch(3, B * Lq * E);
+  float* q = ops::scratch(0, B * Lq * E);
+  float* k = ops::scratch(1, B * Lk * kv);
+  float* v = ops::scratch(2, B * Lk * kv);
+  float* heads = ops::scratch(3, B * Lq * E);
   detail::AttentionProblem p = detail::interleaved_heads_problem(B, H, Hkv, Lq, Lk, Dh, q, k, v, heads);
 
   // Masks in SDPA's terms: bool attn_mask flips polarity (true = masked out → false = may not attend);
@@ -240,9 +240,9 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   sdpa.num_threads = options.num_threads;
   detail::set_options(p, sdpa, kWho);
 
-  detail::linear_forward(q, E, query.f32(), E, w_q.f32(), c.bias ? b_q.f32() : nullptr, B * Lq, E, E);
-  detail::linear_forward(k, kv, key.f32(), c.kdim, w_k.f32(), c.bias ? b_k.f32() : nullptr, B * Lk, kv, c.kdim);
-  detail::linear_forward(v, kv, value.f32(), c.vdim, w_v.f32(), c.bias ? b_v.f32() : nullptr, B * Lk, kv, c.vdim);
+  ops::linear_forward(q, E, query.f32(), E, w_q.f32(), c.bias ? b_q.f32() : nullptr, B * Lq, E, E);
+  ops::linear_forward(k, kv, key.f32(), c.kdim, w_k.f32(), c.bias ? b_k.f32() : nullptr, B * Lk, kv, c.kdim);
+  ops::linear_forward(v, kv, value.f32(), c.vdim, w_v.f32(), c.bias ? b_v.f32() : nullptr, B * Lk, kv, c.vdim);
 
   MhaOutput out;
   Tensor per_head;
@@ -254,7 +254,7 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
 
   // out = concat_h(heads)·W_Oᵀ + b_O : [B, Lq, E]
   out.output = Tensor({B, Lq, E});
-  detail::linear_forward(out.output.f32(), E, heads, E, w_o.f32(), c.bias ? b_o.f32() : nullptr, B * Lq, E, E);
+  ops::linear_forward(out.output.f32(), E, heads, E, w_o.f32(), c.bias ? b_o.f32() : nullptr, B * Lq, E, E);
   if (options.need_weights) {
     if (!options.average_attn_weights) {
       out.weights = per_head;

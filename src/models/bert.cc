@@ -9,7 +9,7 @@
 #include "attn/io/safetensors.h"
 #include "io/file.h"
 #include "ops/attention_problem.h"
-#include "train/ops.h"
+#include "ops/nn.h"
 
 namespace attn {
 using io::detail::read_text;
@@ -102,14 +102,14 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     for (int64_t i = 0; i < L; ++i)
       for (int64_t d = 0; d < Hd; ++d)
         y[static_cast<size_t>((b * L + i) * Hd + d)] = word[ids[static_cast<size_t>(b * L + i)] * Hd + d] + pos[i * Hd + d] + type[d];
-  train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p("embeddings.LayerNorm.weight"), p("embeddings.LayerNorm.bias"),
+  ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p("embeddings.LayerNorm.weight"), p("embeddings.LayerNorm.bias"),
                             M, Hd, eps);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string P = "encoder.layer." + std::to_string(l) + ".";
     // self-attention: heads read in place from [B, L, H, Dh]
-    train::linear_forward(q.data(), x.data(), p(P + "attention.self.query.weight"), p(P + "attention.self.query.bias"), M, Hd, Hd);
-    train::linear_forward(k.data(), x.data(), p(P + "attention.self.key.weight"), p(P + "attention.self.key.bias"), M, Hd, Hd);
-    train::linear_forward(v.data(), x.data(), p(P + "attention.self.value.weight"), p(P + "attention.self.value.bias"), M, Hd, Hd);
+    ops::linear_forward(q.data(), x.data(), p(P + "attention.self.query.weight"), p(P + "attention.self.query.bias"), M, Hd, Hd);
+    ops::linear_forward(k.data(), x.data(), p(P + "attention.self.key.weight"), p(P + "attention.self.key.bias"), M, Hd, Hd);
+    ops::linear_forward(v.data(), x.data(), p(P + "attention.self.value.weight"), p(P + "attention.self.value.bias"), M, Hd, Hd);
     detail::AttentionProblem pr = detail::interleaved_heads_problem(B, H, H, L, L, Dh, q.data(), k.data(), v.data(), heads.data());
     pr.key_padding = pad.data();
     pr.num_threads = num_threads;
@@ -121,16 +121,16 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     detail::run_problem(pr, AttentionImpl::kAuto);
     if (maps) (*maps)["encoder.layer." + std::to_string(l) + ".attention"] = w;
     // x = LN(x + dense(heads))
-    train::linear_forward(y.data(), heads.data(), p(P + "attention.output.dense.weight"), p(P + "attention.output.dense.bias"), M, Hd, Hd);
+    ops::linear_forward(y.data(), heads.data(), p(P + "attention.output.dense.weight"), p(P + "attention.output.dense.bias"), M, Hd, Hd);
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "attention.output.LayerNorm.weight"),
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "attention.output.LayerNorm.weight"),
                               p(P + "attention.output.LayerNorm.bias"), M, Hd, eps);
     // x = LN(x + W2·gelu(W1·x))
-    train::linear_forward(h.data(), x.data(), p(P + "intermediate.dense.weight"), p(P + "intermediate.dense.bias"), M, F, Hd);
-    train::activation_forward(h.data(), h.data(), M * F, train::Activation::kGelu);
-    train::linear_forward(y.data(), h.data(), p(P + "output.dense.weight"), p(P + "output.dense.bias"), M, Hd, F);
+    ops::linear_forward(h.data(), x.data(), p(P + "intermediate.dense.weight"), p(P + "intermediate.dense.bias"), M, F, Hd);
+    ops::activation_forward(h.data(), h.data(), M * F, Activation::kGelu);
+    ops::linear_forward(y.data(), h.data(), p(P + "output.dense.weight"), p(P + "output.dense.bias"), M, Hd, F);
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    train::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "output.LayerNorm.weight"),
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "output.LayerNorm.weight"),
                               p(P + "output.LayerNorm.bias"), M, Hd, eps);
   }
   return x;

@@ -29,7 +29,7 @@ std::string TransformerConfig::to_json() const {
                       {"num_decoder_layers", num_decoder_layers},
                       {"max_len", max_len},
                       {"norm_first", norm_first},
-                      {"activation", activation == Activation::kGelu ? "gelu" : "relu"},
+                      {"activation", activation_name(activation)},
                       {"tie_embeddings", tie_embeddings},
                       {"learned_positions", learned_positions},
                       {"dropout", dropout},
@@ -48,12 +48,14 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
     c.num_heads = j.at("num_heads"), c.d_ff = j.at("d_ff");
     c.num_encoder_layers = j.at("num_encoder_layers"), c.num_decoder_layers = j.at("num_decoder_layers");
     c.max_len = j.at("max_len"), c.norm_first = j.at("norm_first");
-    c.activation = j.at("activation") == "gelu" ? Activation::kGelu : Activation::kRelu;
+    c.activation = parse_activation(j.at("activation").get<std::string>());
     c.tie_embeddings = j.at("tie_embeddings"), c.learned_positions = j.at("learned_positions");
     c.dropout = j.at("dropout"), c.attention_dropout = j.at("attention_dropout");
     c.pad_id = j.at("pad_id"), c.bos_id = j.at("bos_id"), c.eos_id = j.at("eos_id");
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(std::string("model config: ") + e.what());
+  } catch (const ArgumentError& e) {  // an unknown activation: never silently another one
+    throw FormatError(std::string("model config: \"activation\": ") + e.what());
   }
   return c;
 }
@@ -158,7 +160,7 @@ void models::encode_impl(const TransformerConfig& c, const models::Net& net, Tra
   for (int64_t l = 0; l < c.num_encoder_layers; ++l) x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), r);
   k.enc_out_pre = x;
   float* mem = grow(k.mem, B * Ls * E);
-  train::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
+  ops::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
 }
 
 Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
@@ -185,11 +187,11 @@ Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::stri
     y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(), k.src_pad.data(), r);
   k.dec_out_pre = y;
   float* yn = grow(k.dec_out, B * Lt * E);
-  train::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b, B * Lt, E);
+  ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b, B * Lt, E);
 
   // logits = LN(y)·W_genᵀ + b_gen
   Tensor logits({B, Lt, c.tgt_vocab});
-  train::linear_forward(logits.f32(), yn, net.gen_w, net.gen_b, B * Lt, c.tgt_vocab, E);
+  ops::linear_forward(logits.f32(), yn, net.gen_w, net.gen_b, B * Lt, c.tgt_vocab, E);
   return logits;
 }
 
@@ -208,10 +210,10 @@ void Transformer::backward(const Tensor& dlogits) {
   models::Net net = models::bind(c, params_, &grads_);
   // logits = yn·W_genᵀ + b_gen
   Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
-  train::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
+  ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
   // yn = LN_dec(y)
   Buf dy(static_cast<size_t>(B * Lt * E), 0.0f);
-  train::layer_norm_backward(dy.data(), net.dec_norm.dw, net.dec_norm.db, dyn.data(), k.dec_out_pre, net.dec_norm.w,
+  ops::layer_norm_backward(dy.data(), net.dec_norm.dw, net.dec_norm.db, dyn.data(), k.dec_out_pre, net.dec_norm.w,
                              k.dec_mean.data(), k.dec_rstd.data(), B * Lt, E);
   Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
   for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l)
@@ -219,7 +221,7 @@ void Transformer::backward(const Tensor& dlogits) {
   models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy.data());
   // mem = LN_enc(x)
   Buf dx(static_cast<size_t>(B * Ls * E), 0.0f);
-  train::layer_norm_backward(dx.data(), net.enc_norm.dw, net.enc_norm.db, dmem.data(), k.enc_out_pre, net.enc_norm.w,
+  ops::layer_norm_backward(dx.data(), net.enc_norm.dw, net.enc_norm.db, dmem.data(), k.enc_out_pre, net.enc_norm.w,
                              k.mem_mean.data(), k.mem_rstd.data(), B * Ls, E);
   for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls);
   models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx.data());

@@ -10,9 +10,9 @@ void mha_forward(float* out, MhaCache& c, const MhaWeights& w, const float* xq, 
   const int64_t E = w.E, H = w.H, Dh = E / H;
   c.xq = xq, c.xkv = xkv, c.dropout = rng ? dropout : 0.0f;
   // Q = xq·W_Qᵀ + b_Q,  K = xkv·W_Kᵀ + b_K,  V = xkv·W_Vᵀ + b_V        [B·L, E] = [B, L, H, Dh]
-  train::linear_forward(grow(c.q, B * Lq * E), xq, w.w_in, w.b_in, B * Lq, E, E);
-  train::linear_forward(grow(c.k, B * Lk * E), xkv, w.w_in + E * E, w.b_in + E, B * Lk, E, E);
-  train::linear_forward(grow(c.v, B * Lk * E), xkv, w.w_in + 2 * E * E, w.b_in + 2 * E, B * Lk, E, E);
+  ops::linear_forward(grow(c.q, B * Lq * E), xq, w.w_in, w.b_in, B * Lq, E, E);
+  ops::linear_forward(grow(c.k, B * Lk * E), xkv, w.w_in + E * E, w.b_in + E, B * Lk, E, E);
+  ops::linear_forward(grow(c.v, B * Lk * E), xkv, w.w_in + 2 * E * E, w.b_in + 2 * E, B * Lk, E, E);
   detail::AttentionProblem& p = c.problem;
   p = detail::interleaved_heads_problem(B, H, H, Lq, Lk, Dh, c.q.data(), c.k.data(), c.v.data(), grow(c.heads, B * Lq * E));
   p.weights = grow(c.weights, B * H * Lq * Lk);
@@ -23,7 +23,7 @@ void mha_forward(float* out, MhaCache& c, const MhaWeights& w, const float* xq, 
     // heads = (P ⊙ keep / (1 − p)) · V, recomputed with the dropped weights
     c.keep.resize(c.weights.size());
     Buf dropped(static_cast<size_t>(B * H * Lq * Lk));
-    train::dropout_forward(dropped.data(), c.keep.data(), c.weights.data(), B * H * Lq * Lk, c.dropout, *rng);
+    ops::dropout_forward(dropped.data(), c.keep.data(), c.weights.data(), B * H * Lq * Lk, c.dropout, *rng);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < Lq; ++i) {
@@ -38,7 +38,7 @@ void mha_forward(float* out, MhaCache& c, const MhaWeights& w, const float* xq, 
         }
   }
   // out = heads·W_Oᵀ + b_O
-  train::linear_forward(out, c.heads.data(), w.w_out, w.b_out, B * Lq, E, E);
+  ops::linear_forward(out, c.heads.data(), w.w_out, w.b_out, B * Lq, E, E);
 }
 
 void mha_backward(float* dxq, float* dxkv, const float* dout, MhaCache& c, const MhaWeights& w, int64_t B, int64_t Lq,
@@ -46,58 +46,58 @@ void mha_backward(float* dxq, float* dxkv, const float* dout, MhaCache& c, const
   const int64_t E = w.E;
   // out = heads·W_Oᵀ + b_O
   Buf dheads(static_cast<size_t>(B * Lq * E), 0.0f);
-  train::linear_backward(dheads.data(), w.dw_out, w.db_out, dout, c.heads.data(), w.w_out, B * Lq, E, E);
+  ops::linear_backward(dheads.data(), w.dw_out, w.db_out, dout, c.heads.data(), w.w_out, B * Lq, E, E);
   // heads = softmax(scale·Q·Kᵀ + M)·V
   Buf dq(static_cast<size_t>(B * Lq * E), 0.0f), dk(static_cast<size_t>(B * Lk * E), 0.0f),
       dv(static_cast<size_t>(B * Lk * E), 0.0f);
   detail::attention_backward(c.problem, c.weights.data(), dheads.data(), dq.data(), dk.data(), dv.data(),
                              c.dropout > 0.0f ? c.keep.data() : nullptr, c.dropout);
   // Q = xq·W_Qᵀ + b_Q, K = xkv·W_Kᵀ + b_K, V = xkv·W_Vᵀ + b_V
-  train::linear_backward(dxq, w.dw_in, w.db_in, dq.data(), c.xq, w.w_in, B * Lq, E, E);
-  train::linear_backward(dxkv, w.dw_in + E * E, w.db_in + E, dk.data(), c.xkv, w.w_in + E * E, B * Lk, E, E);
-  train::linear_backward(dxkv, w.dw_in + 2 * E * E, w.db_in + 2 * E, dv.data(), c.xkv, w.w_in + 2 * E * E, B * Lk, E, E);
+  ops::linear_backward(dxq, w.dw_in, w.db_in, dq.data(), c.xq, w.w_in, B * Lq, E, E);
+  ops::linear_backward(dxkv, w.dw_in + E * E, w.db_in + E, dk.data(), c.xkv, w.w_in + E * E, B * Lk, E, E);
+  ops::linear_backward(dxkv, w.dw_in + 2 * E * E, w.db_in + 2 * E, dv.data(), c.xkv, w.w_in + 2 * E * E, B * Lk, E, E);
 }
 
-void ff_forward(float* out, FfCache& c, const FfWeights& w, const float* x, int64_t M, train::Activation act, float dropout,
+void ff_forward(float* out, FfCache& c, const FfWeights& w, const float* x, int64_t M, Activation act, float dropout,
                 std::mt19937_64* rng) {
   c.x = x;
   // h = act(x·W1ᵀ + b1) ; out = dropout(h)·W2ᵀ + b2
-  train::linear_forward(grow(c.h_pre, M * w.F), x, w.w1, w.b1, M, w.F, w.E);
-  train::activation_forward(grow(c.h, M * w.F), c.h_pre.data(), M * w.F, act);
+  ops::linear_forward(grow(c.h_pre, M * w.F), x, w.w1, w.b1, M, w.F, w.E);
+  ops::activation_forward(grow(c.h, M * w.F), c.h_pre.data(), M * w.F, act);
   const float* h = c.h.data();
   if (rng && dropout > 0.0f) {
     c.keep.resize(static_cast<size_t>(M * w.F));
-    train::dropout_forward(grow(c.h_drop, M * w.F), c.keep.data(), c.h.data(), M * w.F, dropout, *rng);
+    ops::dropout_forward(grow(c.h_drop, M * w.F), c.keep.data(), c.h.data(), M * w.F, dropout, *rng);
     h = c.h_drop.data();
   } else {
     c.keep.clear();
   }
-  train::linear_forward(out, h, w.w2, w.b2, M, w.E, w.F);
+  ops::linear_forward(out, h, w.w2, w.b2, M, w.E, w.F);
 }
 
-void ff_backward(float* dx, const float* dout, FfCache& c, const FfWeights& w, int64_t M, train::Activation act,
+void ff_backward(float* dx, const float* dout, FfCache& c, const FfWeights& w, int64_t M, Activation act,
                  float dropout) {
   const bool dropped = !c.keep.empty();
   // out = h_drop·W2ᵀ + b2
   Buf dh(static_cast<size_t>(M * w.F), 0.0f);
-  train::linear_backward(dh.data(), w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F);
+  ops::linear_backward(dh.data(), w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F);
   Buf dh_pre(static_cast<size_t>(M * w.F), 0.0f);
   if (dropped) {  // h_drop = dropout(h)
     Buf t(static_cast<size_t>(M * w.F), 0.0f);
-    train::dropout_backward(t.data(), dh.data(), c.keep.data(), M * w.F, dropout);
+    ops::dropout_backward(t.data(), dh.data(), c.keep.data(), M * w.F, dropout);
     dh.swap(t);
   }
   // h = act(h_pre)
-  train::activation_backward(dh_pre.data(), dh.data(), c.h_pre.data(), M * w.F, act);
+  ops::activation_backward(dh_pre.data(), dh.data(), c.h_pre.data(), M * w.F, act);
   // h_pre = x·W1ᵀ + b1
-  train::linear_backward(dx, w.dw1, w.db1, dh_pre.data(), c.x, w.w1, M, w.F, w.E);
+  ops::linear_backward(dx, w.dw1, w.db1, dh_pre.data(), c.x, w.w1, M, w.F, w.E);
 }
 
 const float* sublayer_input(SublayerCache& c, const float* x, int64_t M, int64_t E, const LnWeights& ln, bool norm_first) {
   c.x = x;
   grow(c.f_out, M * E);
   if (!norm_first) return x;
-  train::layer_norm_forward(grow(c.ln_out, M * E), grow(c.mean, M), grow(c.rstd, M), x, ln.w, ln.b, M, E);
+  ops::layer_norm_forward(grow(c.ln_out, M * E), grow(c.mean, M), grow(c.rstd, M), x, ln.w, ln.b, M, E);
   return c.ln_out.data();
 }
 
@@ -107,7 +107,7 @@ void sublayer_output(float* out, SublayerCache& c, int64_t M, int64_t E, const L
   const float* f = c.f_out.data();
   if (rng && dropout > 0.0f) {
     c.keep.resize(static_cast<size_t>(M * E));
-    train::dropout_forward(grow(c.f_drop, M * E), c.keep.data(), c.f_out.data(), M * E, dropout, *rng);
+    ops::dropout_forward(grow(c.f_drop, M * E), c.keep.data(), c.f_out.data(), M * E, dropout, *rng);
     f = c.f_drop.data();
   } else {
     c.keep.clear();
@@ -117,7 +117,7 @@ void sublayer_output(float* out, SublayerCache& c, int64_t M, int64_t E, const L
   } else {  // out = LN(r), r = x + f_drop
     float* r = grow(c.r, M * E);
     for (int64_t i = 0; i < M * E; ++i) r[i] = c.x[i] + f[i];
-    train::layer_norm_forward(out, grow(c.mean, M), grow(c.rstd, M), r, ln.w, ln.b, M, E);
+    ops::layer_norm_forward(out, grow(c.mean, M), grow(c.rstd, M), r, ln.w, ln.b, M, E);
   }
 }
 
@@ -127,7 +127,7 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerCache& c, 
   Buf tmp;
   if (!norm_first) {  // out = LN(r)
     tmp.assign(static_cast<size_t>(M * E), 0.0f);
-    train::layer_norm_backward(tmp.data(), ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E);
+    ops::layer_norm_backward(tmp.data(), ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E);
     dr = tmp.data();
   }
   // r = x + f_drop
@@ -135,7 +135,7 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerCache& c, 
   float* df = grow(c.d_f_out, M * E);
   if (!c.keep.empty()) {  // f_drop = dropout(f)
     std::fill(df, df + M * E, 0.0f);
-    train::dropout_backward(df, dr, c.keep.data(), M * E, dropout);
+    ops::dropout_backward(df, dr, c.keep.data(), M * E, dropout);
   } else {
     std::copy(dr, dr + M * E, df);
   }
@@ -146,7 +146,7 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerCache& c, 
 
 void sublayer_backward_input(float* dx, SublayerCache& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first) {
   if (norm_first)  // F read LN(x)
-    train::layer_norm_backward(dx, ln.dw, ln.db, c.d_f_in.data(), c.x, ln.w, c.mean.data(), c.rstd.data(), M, E);
+    ops::layer_norm_backward(dx, ln.dw, ln.db, c.d_f_in.data(), c.x, ln.w, c.mean.data(), c.rstd.data(), M, E);
   else  // F read x
     for (int64_t i = 0; i < M * E; ++i) dx[i] += c.d_f_in[i];
 }

@@ -8,7 +8,7 @@
 
 #include "attn/models/transformer.h"
 #include "ops/attention_problem.h"
-#include "train/ops.h"
+#include "ops/nn.h"
 
 namespace attn::models {
 
@@ -57,9 +57,9 @@ struct FfCache {
 };
 
 // out = linear2(dropout(act(linear1(x))))          x, out: [M, E]
-void ff_forward(float* out, FfCache& c, const FfWeights& w, const float* x, int64_t M, train::Activation act, float dropout,
+void ff_forward(float* out, FfCache& c, const FfWeights& w, const float* x, int64_t M, Activation act, float dropout,
                 std::mt19937_64* rng);
-void ff_backward(float* dx, const float* dout, FfCache& c, const FfWeights& w, int64_t M, train::Activation act,
+void ff_backward(float* dx, const float* dout, FfCache& c, const FfWeights& w, int64_t M, Activation act,
                  float dropout);
 
 struct LnWeights {

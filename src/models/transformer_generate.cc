@@ -40,14 +40,14 @@ void sublayer(DecodeState& s, const models::LnWeights& ln, bool norm_first, int6
   Buf mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
   const float* input = s.x.data();
   if (norm_first) {
-    train::layer_norm_forward(grow(s.in, M * E), mean.data(), rstd.data(), s.x.data(), ln.w, ln.b, M, E);
+    ops::layer_norm_forward(grow(s.in, M * E), mean.data(), rstd.data(), s.x.data(), ln.w, ln.b, M, E);
     input = s.in.data();
   }
   f(input, grow(s.sub, M * E));
   for (int64_t i = 0; i < M * E; ++i) s.x[static_cast<size_t>(i)] += s.sub[static_cast<size_t>(i)];
   if (!norm_first) {
     Buf r(s.x.begin(), s.x.begin() + M * E);
-    train::layer_norm_forward(s.x.data(), mean.data(), rstd.data(), r.data(), ln.w, ln.b, M, E);
+    ops::layer_norm_forward(s.x.data(), mean.data(), rstd.data(), r.data(), ln.w, ln.b, M, E);
   }
 }
 
@@ -60,9 +60,9 @@ void decode_step(DecodeState& s, const models::Net& net, const int32_t* tokens, 
     const models::DecoderLayerNet& w = net.dec[l];
     // masked self-attention: write k_t, v_t into the cache, attend over positions 0..t
     sublayer(s, w.norm1, c.norm_first, N, [&](const float* in, float* out) {
-      train::linear_forward(grow(s.q, N * E), in, w.sa.w_in, w.sa.b_in, N, E, E);
-      train::linear_forward(grow(s.k, N * E), in, w.sa.w_in + E * E, w.sa.b_in + E, N, E, E);
-      train::linear_forward(grow(s.v, N * E), in, w.sa.w_in + 2 * E * E, w.sa.b_in + 2 * E, N, E, E);
+      ops::linear_forward(grow(s.q, N * E), in, w.sa.w_in, w.sa.b_in, N, E, E);
+      ops::linear_forward(grow(s.k, N * E), in, w.sa.w_in + E * E, w.sa.b_in + E, N, E, E);
+      ops::linear_forward(grow(s.v, N * E), in, w.sa.w_in + 2 * E * E, w.sa.b_in + 2 * E, N, E, E);
       for (int64_t n = 0; n < N; ++n) {
         std::copy_n(s.k.data() + n * E, E, s.self_k[l].data() + (n * T + t) * E);
         std::copy_n(s.v.data() + n * E, E, s.self_v[l].data() + (n * T + t) * E);
@@ -72,28 +72,28 @@ void decode_step(DecodeState& s, const models::Net& net, const int32_t* tokens, 
                                                                      s.self_v[l].data(), grow(s.heads, N * E));
       p.k_sb = p.v_sb = T * E;
       detail::run_problem(p, AttentionImpl::kAuto);
-      train::linear_forward(out, s.heads.data(), w.sa.w_out, w.sa.b_out, N, E, E);
+      ops::linear_forward(out, s.heads.data(), w.sa.w_out, w.sa.b_out, N, E, E);
     });
     // cross-attention: the K beams of sentence b are K query rows over b's encoder K/V
     sublayer(s, w.norm2, c.norm_first, N, [&](const float* in, float* out) {
-      train::linear_forward(grow(s.q, N * E), in, w.ca.w_in, w.ca.b_in, N, E, E);
+      ops::linear_forward(grow(s.q, N * E), in, w.ca.w_in, w.ca.b_in, N, E, E);
       detail::AttentionProblem p = detail::interleaved_heads_problem(s.B, H, H, s.K, s.Ls, E / H, s.q.data(), s.cross_k[l].data(),
                                                                      s.cross_v[l].data(), grow(s.heads, N * E));
       p.key_padding = s.src_pad.data();
       detail::run_problem(p, AttentionImpl::kAuto);
-      train::linear_forward(out, s.heads.data(), w.ca.w_out, w.ca.b_out, N, E, E);
+      ops::linear_forward(out, s.heads.data(), w.ca.w_out, w.ca.b_out, N, E, E);
     });
     // feed-forward
     sublayer(s, w.norm3, c.norm_first, N, [&](const float* in, float* out) {
       float* h = grow(s.ffh, N * c.d_ff);
-      train::linear_forward(h, in, w.ff.w1, w.ff.b1, N, c.d_ff, E);
-      train::activation_forward(h, h, N * c.d_ff, net.act());
-      train::linear_forward(out, h, w.ff.w2, w.ff.b2, N, E, c.d_ff);
+      ops::linear_forward(h, in, w.ff.w1, w.ff.b1, N, c.d_ff, E);
+      ops::activation_forward(h, h, N * c.d_ff, net.act());
+      ops::linear_forward(out, h, w.ff.w2, w.ff.b2, N, E, c.d_ff);
     });
   }
   Buf mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N)), y(static_cast<size_t>(N * E));
-  train::layer_norm_forward(y.data(), mean.data(), rstd.data(), s.x.data(), net.dec_norm.w, net.dec_norm.b, N, E);
-  train::linear_forward(grow(s.logits, N * c.tgt_vocab), y.data(), net.gen_w, net.gen_b, N, c.tgt_vocab, E);
+  ops::layer_norm_forward(y.data(), mean.data(), rstd.data(), s.x.data(), net.dec_norm.w, net.dec_norm.b, N, E);
+  ops::linear_forward(grow(s.logits, N * c.tgt_vocab), y.data(), net.gen_w, net.gen_b, N, c.tgt_vocab, E);
 }
 
 void log_softmax_rows(float* z, int64_t rows, int64_t V) {
@@ -127,8 +127,8 @@ DecodeState start_decoding(const Transformer& model, const models::Net& net, con
   for (const models::DecoderLayerNet& w : net.dec) {
     s.cross_k.emplace_back(static_cast<size_t>(B * src.L * E));
     s.cross_v.emplace_back(static_cast<size_t>(B * src.L * E));
-    train::linear_forward(s.cross_k.back().data(), mem.f32(), w.ca.w_in + E * E, w.ca.b_in + E, B * src.L, E, E);
-    train::linear_forward(s.cross_v.back().data(), mem.f32(), w.ca.w_in + 2 * E * E, w.ca.b_in + 2 * E, B * src.L, E, E);
+    ops::linear_forward(s.cross_k.back().data(), mem.f32(), w.ca.w_in + E * E, w.ca.b_in + E, B * src.L, E, E);
+    ops::linear_forward(s.cross_v.back().data(), mem.f32(), w.ca.w_in + 2 * E * E, w.ca.b_in + 2 * E, B * src.L, E, E);
     for (auto* cache : {&s.self_k, &s.self_v}) cache->emplace_back(static_cast<size_t>(s.N * T * E));
     if (spare_caches)
       for (auto* cache : {&s.next_k, &s.next_v}) cache->emplace_back(static_cast<size_t>(s.N * T * E));

@@ -64,9 +64,7 @@ struct Net {
   const float *gen_w = nullptr, *gen_b = nullptr;
   float *gen_dw = nullptr, *gen_db = nullptr;
   std::vector<float> sinusoid;  // [max_len, E] when positions are not learned
-  train::Activation act() const {
-    return c->activation == Activation::kGelu ? train::Activation::kGelu : train::Activation::kRelu;
-  }
+  Activation act() const { return c->activation; }
 };
 
 // Pointers into params (and grads, when given; else the gradient pointers are null).

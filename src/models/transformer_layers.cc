@@ -101,7 +101,7 @@ float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const Net& net, const
   if (rng && net.c->dropout > 0.0f) {
     keep.resize(static_cast<size_t>(n * E));
     Buf tmp(x, x + n * E);
-    train::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c->dropout, *rng);
+    ops::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c->dropout, *rng);
   } else {
     keep.clear();
   }

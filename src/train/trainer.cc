@@ -14,7 +14,7 @@
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
 #include "io/file.h"
-#include "train/ops.h"
+#include "ops/nn.h"
 
 namespace attn::train {
 namespace {
@@ -223,7 +223,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     model.zero_grad();
     const Tensor logits = model.forward(b.src, b.tgt_in, true, &rng);
     Tensor dlogits(logits.shape());
-    const float loss = cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
+    const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
                                                       o.model.tgt_vocab, o.label_smoothing, o.model.pad_id);
     model.backward(dlogits);
     clip_gradients(model, o.clip_norm);

@@ -17,7 +17,7 @@ struct TrainArgs {
 
 void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
-  a.o.model.activation = a.activation == "gelu" ? Activation::kGelu : Activation::kRelu;
+  a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
   std::fprintf(stderr, "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld sentences\n",
                static_cast<long long>(a.o.model.d_model), static_cast<long long>(a.o.model.num_heads),

@@ -19,11 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "attn/activation.h"
 #include "attn/tensor.h"
 
 namespace attn {
 
-enum class Activation : uint8_t { kRelu, kGelu };
 
 struct TransformerConfig {
   int64_t src_vocab = 0, tgt_vocab = 0;

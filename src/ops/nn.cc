@@ -1,14 +1,28 @@
-#include "train/ops.h"
+// The neural-net primitives (ops/nn.h): BLAS for the linear maps, OpenMP loops for the rest.
+#include "ops/nn.h"
+
+#include "attn/error.h"
 
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
-#include "ops/linear.h"
+namespace attn {
 
-namespace attn::train {
+const char* activation_name(Activation activation) { return activation == Activation::kGelu ? "gelu" : "relu"; }
+
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  throw ArgumentError("activation must be \"relu\" or \"gelu\", got \"" + name + "\"");
+}
+
+}  // namespace attn
+
+namespace attn::ops {
 
 // Below this many elements a loop stays on one thread (a parallel region costs a few microseconds).
 constexpr int64_t kParallelElements = 1 << 15;
@@ -56,8 +70,29 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
   }
 }
 
+void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
+                    int64_t N, int64_t K) {
+  if (M == 0 || N == 0) return;
+  // y = b (broadcast over rows), then y += x·Wᵀ
+  for (int64_t i = 0; i < M; ++i) {
+    float* row = y + i * ldy;
+    if (b) std::copy(b, b + N, row);
+    else std::fill(row, row + N, 0.0f);
+  }
+  if (K == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
+              x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
+}
+
+float* scratch(int slot, int64_t n) {
+  thread_local std::array<std::vector<float>, 8> buffers;
+  std::vector<float>& b = buffers.at(static_cast<size_t>(slot));
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K) {
-  detail::linear_forward(y, N, x, K, w, b, M, N, K);
+  linear_forward(y, N, x, K, w, b, M, N, K);
 }
 
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
@@ -152,4 +187,4 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
   return n ? static_cast<float>(loss / static_cast<double>(n)) : 0.0f;
 }
 
-}  // namespace attn::train
+}  // namespace attn::ops

@@ -1,5 +1,5 @@
-// Internal: the primitives of the Transformer as forward/backward pairs (llm.c's layout): outputs
-// first, then inputs, then sizes; gradients are prefixed d and ACCUMULATED (+=) into, so a tensor used
+// Internal: the neural-net primitives every layer is built from, as forward/backward pairs (llm.c's
+// layout): outputs first, then inputs, then sizes; gradients are prefixed d and ACCUMULATED (+=) into, so a tensor used
 // twice (a residual) simply receives both contributions. The backward quotes the forward line it
 // differentiates. All tensors are row-major float32.
 #pragma once
@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <random>
 
-namespace attn::train {
+#include "attn/activation.h"
+
+namespace attn::ops {
 
 // out = (x − mean) · rstd · w + b, per row of C.        out, x: [M, C]; w, b: [C]; mean, rstd: [M]
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
@@ -15,12 +17,14 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, co
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
                          const float* mean, const float* rstd, int64_t M, int64_t C);
 
-// y = x·Wᵀ + b                                          y: [M, N]; x: [M, K]; w: [N, K]; b: [N]
+// y = x·Wᵀ + b through BLAS (nn.Linear's layout)      y: [M, N]; x: [M, K]; w: [N, K]; b: [N] or nullptr
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K);
+// The same with rows ldy / ldx apart (a head block inside a wider row).
+void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
+                    int64_t N, int64_t K);
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
                      int64_t N, int64_t K);
 
-enum class Activation : uint8_t { kRelu, kGelu };
 // out = act(x), GELU the exact erf form (PyTorch's default)                        [n]
 void activation_forward(float* out, const float* x, int64_t n, Activation act);
 void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act);
@@ -35,4 +39,8 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
 
-}  // namespace attn::train
+// A per-thread scratch buffer that only grows: slot s (0..7) holds at least n floats, reused across calls
+// and layers so the hot path touches no fresh pages.
+float* scratch(int slot, int64_t n);
+
+}  // namespace attn::ops
