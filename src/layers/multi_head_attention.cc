@@ -11,8 +11,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
-#include "ops/attention_problem.h"
-#include "ops/nn.h"
+#include "layers/mha_layer.h"
 
 namespace attn {
 namespace {
@@ -83,6 +82,16 @@ void require_input(const Tensor& t, const char* arg, int64_t B, int64_t width, c
     throw ShapeError(std::string(kWho) + ": " + arg + " has shape " + shape_str(t.shape()) + " but must be [B" +
                      (B >= 0 ? " = " + std::to_string(B) : std::string()) + ", L, " + width_name + " = " +
                      std::to_string(width) + "] (batch first)");
+}
+
+// The layer's view of the module's parameters.
+layers::MhaWeights weights_of(const MultiHeadAttention& m) {
+  const MultiHeadAttentionConfig& c = m.config();
+  layers::MhaWeights w;
+  w.w_q = m.w_q.f32(), w.w_k = m.w_k.f32(), w.w_v = m.w_v.f32(), w.w_o = m.w_o.f32();
+  if (c.bias) w.b_q = m.b_q.f32(), w.b_k = m.b_k.f32(), w.b_v = m.b_v.f32(), w.b_o = m.b_o.f32();
+  w.E = c.embed_dim, w.H = c.num_heads, w.Hkv = c.num_kv_heads, w.kdim = c.kdim, w.vdim = c.vdim;
+  return w;
 }
 
 }  // namespace
@@ -172,7 +181,7 @@ MhaOutput MultiHeadAttention::cross_attention(const Tensor& x, const Tensor& mem
 MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, const Tensor& value,
                                         const MhaOptions& options) const {
   const MultiHeadAttentionConfig& c = config_;
-  const int64_t E = c.embed_dim, H = c.num_heads, Hkv = c.num_kv_heads, Dh = head_dim(), kv = Hkv * Dh;
+  const int64_t E = c.embed_dim, H = c.num_heads;
   require_input(query, "query", -1, E, "E");
   const int64_t B = query.dim(0), Lq = query.dim(1);
   require_input(key, "key", B, c.kdim, "kdim");
@@ -181,14 +190,6 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   if (value.dim(1) != Lk)
     throw ShapeError(std::string(kWho) + ": key " + shape_str(key.shape()) + " and value " + shape_str(value.shape()) +
                      " have different lengths");
-
-  // Q = query·W_Qᵀ + b_Q : [B·Lq, E] = [B, Lq, H, Dh];  K, V : [B·Lk, Hkv·Dh]  (computed below, once the
-  // masks have been checked); the kernel reads the heads in place and writes `heads` the same way
-  float* q = ops::scratch(0, B * Lq * E);
-  float* k = ops::scratch(1, B * Lk * kv);
-  float* v = ops::scratch(2, B * Lk * kv);
-  float* heads = ops::scratch(3, B * Lq * E);
-  detail::AttentionProblem p = detail::interleaved_heads_problem(B, H, Hkv, Lq, Lk, Dh, q, k, v, heads);
 
   // Masks in SDPA's terms: bool attn_mask flips polarity (true = masked out → false = may not attend);
   // a float key_padding_mask is folded into a float mask [B, 1 or H, Lq, Lk].
@@ -210,14 +211,14 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
       for (int64_t i = 0; i < mask.numel(); ++i) mask.b8()[i] = !mask.b8()[i];
     }
   }
-  AttentionOptions sdpa;
+  const uint8_t* key_padding = nullptr;  // [B, Lk], 1 = padding
   const Tensor& kpm = options.key_padding_mask;
   if (kpm.defined()) {
     if (kpm.rank() != 2 || kpm.dim(0) != B || kpm.dim(1) != Lk)
       throw ShapeError(std::string(kWho) + ": key_padding_mask has shape " + shape_str(kpm.shape()) + " but must be [B, Lk] = " +
                        shape_str({B, Lk}));
     if (kpm.dtype() == DType::kBool) {
-      sdpa.key_padding_mask = kpm;
+      key_padding = kpm.b8();
     } else {
       const int64_t Hm = mask.defined() && mask.rank() == 4 ? H : 1;
       Tensor merged({B, Hm, Lq, Lk});
@@ -235,26 +236,20 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
       mask = merged;
     }
   }
-  detail::set_mask(p, mask, kWho, "attn_mask");
-  sdpa.causal = options.causal ? CausalAlignment::kTopLeft : CausalAlignment::kNone;
-  sdpa.num_threads = options.num_threads;
-  detail::set_options(p, sdpa, kWho);
+  layers::MhaMasks masks;
+  masks.mask = mask;
+  masks.key_padding = key_padding;
+  masks.causal = options.causal ? CausalAlignment::kTopLeft : CausalAlignment::kNone;
+  masks.impl = options.impl;
+  masks.num_threads = options.num_threads;
 
-  ops::linear_forward(q, E, query.f32(), E, w_q.f32(), c.bias ? b_q.f32() : nullptr, B * Lq, E, E);
-  ops::linear_forward(k, kv, key.f32(), c.kdim, w_k.f32(), c.bias ? b_k.f32() : nullptr, B * Lk, kv, c.kdim);
-  ops::linear_forward(v, kv, value.f32(), c.vdim, w_v.f32(), c.bias ? b_v.f32() : nullptr, B * Lk, kv, c.vdim);
-
+  // out = MHA(query, key, value) : [B, Lq, E]; per-head weights [B, H, Lq, Lk] only when asked for
   MhaOutput out;
   Tensor per_head;
-  if (options.need_weights) {
-    per_head = Tensor({B, H, Lq, Lk});
-    p.weights = per_head.f32();
-  }
-  detail::run_problem(p, options.impl);
-
-  // out = concat_h(heads)·W_Oᵀ + b_O : [B, Lq, E]
+  if (options.need_weights) per_head = Tensor({B, H, Lq, Lk});
   out.output = Tensor({B, Lq, E});
-  ops::linear_forward(out.output.f32(), E, heads, E, w_o.f32(), c.bias ? b_o.f32() : nullptr, B * Lq, E, E);
+  layers::mha_forward(out.output.f32(), weights_of(*this), query.f32(), key.f32(), value.f32(), B, Lq, Lk, masks,
+                      nullptr, options.need_weights ? per_head.f32() : nullptr);
   if (options.need_weights) {
     if (!options.average_attn_weights) {
       out.weights = per_head;

@@ -1,0 +1,155 @@
+// Multi-head attention over rows (layers/mha_layer.h): projections through BLAS, heads read in place.
+#include "layers/mha_layer.h"
+
+#include <algorithm>
+
+#include "ops/nn.h"
+
+namespace attn::layers {
+namespace {
+
+float* grow(std::vector<float>& b, int64_t n) {
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// The attention problem of one call, heads interleaved in the projection rows, with the masks set (the
+// public mask is checked here, before any work).
+detail::AttentionProblem make_problem(const MhaWeights& w, const MhaMasks& masks, int64_t B, int64_t Lq, int64_t Lk,
+                                      float* q, float* k, float* v, float* heads) {
+  detail::AttentionProblem p =
+      detail::interleaved_heads_problem(B, w.H, w.Hkv, Lq, Lk, w.head_dim(), q, k, v, heads);
+  if (masks.mask.defined()) detail::set_mask(p, masks.mask, "MultiHeadAttention", "attn_mask");
+  p.key_padding = masks.key_padding;
+  p.causal = masks.causal;
+  p.num_threads = masks.num_threads;
+  return p;
+}
+
+}  // namespace
+
+void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
+                 int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts, float* weights, float dropout,
+                 std::mt19937_64* rng) {
+  const int64_t E = w.E, kv = w.kv_width(), H = w.H, Dh = w.head_dim();
+  // q: [B·Lq, E]  k, v: [B·Lk, Hkv·Dh]  heads: [B·Lq, E]; kept for the backward when training
+  float *q, *k, *v, *heads;
+  if (acts) {
+    q = grow(acts->q, B * Lq * E), k = grow(acts->k, B * Lk * kv), v = grow(acts->v, B * Lk * kv);
+    heads = grow(acts->heads, B * Lq * E);
+    weights = grow(acts->weights, B * H * Lq * Lk);
+  } else {
+    q = ops::scratch(0, B * Lq * E), k = ops::scratch(1, B * Lk * kv), v = ops::scratch(2, B * Lk * kv);
+    heads = ops::scratch(3, B * Lq * E);
+  }
+  detail::AttentionProblem p = make_problem(w, masks, B, Lq, Lk, q, k, v, heads);
+  p.weights = weights;
+  // Q = xq·W_Qᵀ + b_Q,  K = xk·W_Kᵀ + b_K,  V = xv·W_Vᵀ + b_V
+  ops::linear_forward(q, xq, w.w_q, w.b_q, B * Lq, E, E);
+  ops::linear_forward(k, xk, w.w_k, w.b_k, B * Lk, kv, w.kdim);
+  ops::linear_forward(v, xv, w.w_v, w.b_v, B * Lk, kv, w.vdim);
+  // heads = softmax(scale·Q·Kᵀ + M)·V
+  detail::run_problem(p, masks.impl);
+  if (acts) {
+    acts->xq = xq, acts->xk = xk, acts->xv = xv, acts->problem = p;
+    acts->dropout = rng ? dropout : 0.0f;
+    if (acts->dropout > 0.0f) {
+      // heads = (P ⊙ keep / (1 − p)) · V, recomputed with the dropped weights
+      const int64_t n = B * H * Lq * Lk;
+      acts->keep.resize(static_cast<size_t>(n));
+      std::vector<float> dropped(static_cast<size_t>(n));
+      ops::dropout_forward(dropped.data(), acts->keep.data(), weights, n, acts->dropout, *rng);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < Lq; ++i) {
+            float* o = heads + (b * Lq + i) * E + h * Dh;
+            std::fill(o, o + Dh, 0.0f);
+            const float* P = dropped.data() + ((b * H + h) * Lq + i) * Lk;
+            for (int64_t j = 0; j < Lk; ++j) {
+              if (P[j] == 0.0f) continue;
+              const float* vj = v + (b * Lk + j) * kv + p.kv_head(h) * Dh;
+              for (int64_t d = 0; d < Dh; ++d) o[d] += P[j] * vj[d];
+            }
+          }
+    }
+  }
+  // out = heads·W_Oᵀ + b_O
+  ops::linear_forward(out, heads, w.w_o, w.b_o, B * Lq, E, E);
+}
+
+void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
+                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk) {
+  const int64_t E = w.E, kv = w.kv_width();
+  // out = heads·W_Oᵀ + b_O
+  std::vector<float> dheads(static_cast<size_t>(B * Lq * E), 0.0f);
+  ops::linear_backward(dheads.data(), g.dw_o, g.db_o, dout, acts.heads.data(), w.w_o, B * Lq, E, E);
+  // heads = softmax(scale·Q·Kᵀ + M)·V
+  std::vector<float> dq(static_cast<size_t>(B * Lq * E), 0.0f), dk(static_cast<size_t>(B * Lk * kv), 0.0f),
+      dv(static_cast<size_t>(B * Lk * kv), 0.0f);
+  detail::attention_backward(acts.problem, acts.weights.data(), dheads.data(), dq.data(), dk.data(), dv.data(),
+                             acts.dropout > 0.0f ? acts.keep.data() : nullptr, acts.dropout);
+  // Q = xq·W_Qᵀ + b_Q, K = xk·W_Kᵀ + b_K, V = xv·W_Vᵀ + b_V
+  ops::linear_backward(dxq, g.dw_q, g.db_q, dq.data(), acts.xq, w.w_q, B * Lq, E, E);
+  ops::linear_backward(dxk, g.dw_k, g.db_k, dk.data(), acts.xk, w.w_k, B * Lk, kv, w.kdim);
+  ops::linear_backward(dxv, g.dw_v, g.db_v, dv.data(), acts.xv, w.w_v, B * Lk, kv, w.vdim);
+}
+
+void KVCache::allocate(int64_t n, int64_t cap, int64_t w, bool spare) {
+  N = n, capacity = cap, width = w;
+  k.assign(static_cast<size_t>(N * capacity * width), 0.0f);
+  v.assign(k.size(), 0.0f);
+  spare_k.assign(spare ? k.size() : 0, 0.0f);
+  spare_v.assign(spare ? k.size() : 0, 0.0f);
+}
+
+void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t from = parent[static_cast<size_t>(n)];
+    std::copy_n(k.data() + from * capacity * width, length * width, spare_k.data() + n * capacity * width);
+    std::copy_n(v.data() + from * capacity * width, length * width, spare_v.data() + n * capacity * width);
+  }
+  k.swap(spare_k);
+  v.swap(spare_v);
+}
+
+void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
+  const int64_t E = w.E, kv = w.kv_width(), T = cache.capacity;
+  // q: [N, E]  k_t, v_t: [N, Hkv·Dh]  heads: [N, E]
+  float *q = ops::scratch(0, N * E), *k = ops::scratch(1, N * kv), *v = ops::scratch(2, N * kv);
+  float* heads = ops::scratch(3, N * E);
+  ops::linear_forward(q, x, w.w_q, w.b_q, N, E, E);
+  ops::linear_forward(k, x, w.w_k, w.b_k, N, kv, w.kdim);
+  ops::linear_forward(v, x, w.w_v, w.b_v, N, kv, w.vdim);
+  for (int64_t n = 0; n < N; ++n) {
+    std::copy_n(k + n * kv, kv, cache.k.data() + (n * T + t) * kv);
+    std::copy_n(v + n * kv, kv, cache.v.data() + (n * T + t) * kv);
+  }
+  // the one new query sees every cached key; cache rows are T apart per hypothesis
+  detail::AttentionProblem p = detail::interleaved_heads_problem(N, w.H, w.Hkv, 1, t + 1, w.head_dim(), q,
+                                                                 cache.k.data(), cache.v.data(), heads);
+  p.k_sb = p.v_sb = T * kv;
+  detail::run_problem(p, AttentionImpl::kAuto);
+  ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);
+}
+
+void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
+  cache.allocate(B, Ls, w.kv_width(), /*spare=*/false);
+  ops::linear_forward(cache.k.data(), memory, w.w_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
+  ops::linear_forward(cache.v.data(), memory, w.w_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
+}
+
+void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
+                              const KVCache& cache, const uint8_t* key_padding) {
+  const int64_t E = w.E, N = B * K;
+  float* q = ops::scratch(0, N * E);
+  float* heads = ops::scratch(3, N * E);
+  ops::linear_forward(q, x, w.w_q, w.b_q, N, E, E);
+  // the K hypotheses of sentence b are K query rows over b's encoder K/V: nothing is copied per beam
+  detail::AttentionProblem p = detail::interleaved_heads_problem(B, w.H, w.Hkv, K, cache.capacity, w.head_dim(), q,
+                                                                 cache.k.data(), cache.v.data(), heads);
+  p.key_padding = key_padding;
+  detail::run_problem(p, AttentionImpl::kAuto);
+  ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);
+}
+
+}  // namespace attn::layers

@@ -1,0 +1,94 @@
+// Internal: multi-head attention as a layer over rows — the one implementation under the public
+// MultiHeadAttention, the Transformer's encoder and decoder, incremental decoding and BERT.
+//
+//   out = concat_h( softmax(Q_h·K_hᵀ/√Dh + M) · V_h ) · W_Oᵀ + b_O
+//   Q = xq·W_Qᵀ + b_Q   K = xk·W_Kᵀ + b_K   V = xv·W_Vᵀ + b_V
+//
+// Rows are [B·L, width]; the projections write Q as [B, Lq, H, Dh] and K, V as [B, Lk, Hkv, Dh], and the
+// kernel reads each head in place through the problem's strides and writes its output the same way,
+// which is out_proj's input: no head is ever transposed.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "attn/attention.h"
+#include "attn/tensor.h"
+#include "ops/attention_problem.h"
+
+namespace attn::layers {
+
+// Views of one attention's parameters in nn.MultiheadAttention's layout ([out, in]); biases may be null.
+// A packed in_proj_weight [E + 2·Hkv·Dh, E] is w_q = in_proj, w_k = in_proj + E·E, w_v = w_k + Hkv·Dh·E.
+struct MhaWeights {
+  const float *w_q = nullptr, *w_k = nullptr, *w_v = nullptr, *w_o = nullptr;  // [E, E], [Hkv·Dh, kdim] ×2, [E, E]
+  const float *b_q = nullptr, *b_k = nullptr, *b_v = nullptr, *b_o = nullptr;  // [E], [Hkv·Dh] ×2, [E]
+  int64_t E = 0, H = 1, Hkv = 1, kdim = 0, vdim = 0;
+  int64_t head_dim() const { return E / H; }
+  int64_t kv_width() const { return Hkv * head_dim(); }  // Hkv·Dh
+};
+
+// The gradients of MhaWeights (same layout), accumulated (+=) by the backward.
+struct MhaGrads {
+  float *dw_q = nullptr, *dw_k = nullptr, *dw_v = nullptr, *dw_o = nullptr;
+  float *db_q = nullptr, *db_k = nullptr, *db_v = nullptr, *db_o = nullptr;
+};
+
+// What the attention hides, beside what the caller's kernel options say.
+struct MhaMasks {
+  const uint8_t* key_padding = nullptr;             // [B, Lk], 1 = padding
+  CausalAlignment causal = CausalAlignment::kNone;
+  Tensor mask;  // SDPA polarity (true = may attend) or additive, broadcastable to [B, H, Lq, Lk]; may be undefined
+  AttentionImpl impl = AttentionImpl::kAuto;
+  int num_threads = 0;
+};
+
+// What the backward needs from a training forward (llm.c's activations).
+struct MhaActivations {
+  const float* xq = nullptr;   // [B·Lq, E]
+  const float* xk = nullptr;   // [B·Lk, kdim]
+  const float* xv = nullptr;   // [B·Lk, vdim]
+  std::vector<float> q, k, v;  // projections: [B·Lq, E], [B·Lk, Hkv·Dh] ×2
+  std::vector<float> weights;  // [B, H, Lq, Lk] (the backward recomputes nothing)
+  std::vector<float> heads;    // attention output before out_proj, [B·Lq, E]
+  std::vector<uint8_t> keep;   // attention-weight dropout mask, [B, H, Lq, Lk]
+  float dropout = 0.0f;
+  detail::AttentionProblem problem;
+};
+
+// out [B·Lq, E] = MHA(xq [B·Lq, E], xk [B·Lk, kdim], xv [B·Lk, vdim]).
+// Inference (acts = nullptr): no weights are computed unless `weights` ([B, H, Lq, Lk]) is given.
+// Training (acts given): keeps what mha_backward needs, weights included, and applies attention-weight
+// dropout with probability `dropout` from rng (none when rng is null).
+void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
+                 int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr, float* weights = nullptr,
+                 float dropout = 0.0f, std::mt19937_64* rng = nullptr);
+// dxq += dLoss/dxq, dxk += ..., dxv += ... (they may alias: self-attention accumulates all three into one);
+// parameter gradients accumulate into g.
+void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
+                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk);
+
+// The keys and values of decoding: [N, capacity, Hkv·Dh] each, written in place, never re-concatenated.
+// A self-attention cache grows by one position a step; a cross-attention cache holds the encoder's K/V
+// projected once (capacity = Ls) and shared by the K hypotheses of each sentence.
+struct KVCache {
+  int64_t N = 0, capacity = 0, width = 0;
+  std::vector<float> k, v;
+  std::vector<float> spare_k, spare_v;  // beam search gathers reordered rows here, then swaps
+  void allocate(int64_t n, int64_t cap, int64_t w, bool spare);
+  // Row n continues row parent[n]: positions [0, length) are gathered by parent.
+  void reorder(const std::vector<int64_t>& parent, int64_t length);
+};
+
+// Masked self-attention of one step: x [N, E] (one token per hypothesis at position t) → out [N, E];
+// writes k_t, v_t into the cache, then the new query sees positions 0..t.
+void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache);
+// Fills the cross-attention cache from memory [B·Ls, kdim = vdim]: K and V projected once.
+void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls);
+// Cross-attention of one step: x [B·K, E], the K hypotheses of sentence b are K query rows over b's cached
+// K/V; key_padding [B, Ls].
+void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
+                              const KVCache& cache, const uint8_t* key_padding);
+
+}  // namespace attn::layers
