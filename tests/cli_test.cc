@@ -1,16 +1,13 @@
 // The attn command line, run as a user runs it: results equal the library's, errors exit non-zero
 // with a message naming the argument, and no output file is left behind.
-#include <sys/wait.h>
-
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "attn/attention.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
+#include "cli_util.h"
 #include "test_util.h"
 
 namespace attn {
@@ -18,33 +15,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliResult {
-  int status;
-  std::string out, err;
-};
-
-class Cli : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("attn_cli_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  CliResult run(const std::string& args) const {
-    const std::string cmd = std::string(ATTN_BINARY) + " " + args + " >" + path("stdout") + " 2>" + path("stderr");
-    const int raw = std::system(cmd.c_str());
-    auto slurp = [](const std::string& p) {
-      std::ifstream in(p);
-      std::stringstream s;
-      s << in.rdbuf();
-      return s.str();
-    };
-    return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, slurp(path("stdout")), slurp(path("stderr"))};
-  }
-  fs::path dir_;
-};
+using test::Cli;
+using test::CliResult;
 
 TEST_F(Cli, SdpaMatchesTheLibrary) {
   std::mt19937 rng(1);
@@ -166,10 +138,10 @@ TEST_F(Cli, TranslateRejectsBadInput) {
   {
     std::ofstream(path("mixed.txt")) << "ten\nelevn\n";
   }
-  const CliResult r = run("translate < " + path("mixed.txt"));
+  const CliResult r = run("translate --strict < " + path("mixed.txt"));  // without --strict: cli_lines_test.cc
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
-  EXPECT_EQ(r.out, "") << "nothing is printed when a line is bad";
+  EXPECT_EQ(r.out, "") << "with --strict nothing is printed when a line is bad";
 }
 
 TEST_F(Cli, EmbedAndSimilarWithMiniLM) {

@@ -35,6 +35,70 @@ void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs) {
   }
 }
 
+std::vector<std::string> read_stdin_lines() {
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(std::cin, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+std::optional<std::string> utf8_problem(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+    const unsigned char c = byte(i);
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) len = 1, cp = c;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1Fu;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0Fu;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07u;
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      ok = (byte(i + k) & 0xC0) == 0x80;
+      cp = (cp << 6) | (byte(i + k) & 0x3Fu);
+    }
+    // overlong 3- and 4-byte forms, UTF-16 surrogates, beyond U+10FFFF
+    if (ok && ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
+      ok = false;
+    if (!ok) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", c);
+      return "not valid UTF-8 (byte " + std::string(hex) + " at offset " + std::to_string(i) + ")";
+    }
+    i += len;
+  }
+  return std::nullopt;
+}
+
+std::string LineErrors::where(size_t i) const { return unit_.empty() ? std::string() : unit_ + " " + std::to_string(i + 1) + ": "; }
+
+void LineErrors::fail(size_t i, const std::string& why) {
+  if (stop_at_error_) throw ArgumentError(where(i) + why);
+  std::cerr << "attn: error: " << where(i) << why << "\n";
+  if (failed_.size() <= i) failed_.resize(i + 1, false);
+  failed_[i] = true;
+}
+
+void LineErrors::warn(size_t i, const std::string& why) {
+  if (strict_warnings_) throw ArgumentError(where(i) + why + " (an error under --strict)");
+  std::cerr << "attn: warning: " << where(i) << why << "\n";
+}
+
+void LineErrors::finish(size_t count, const std::string& placeholder) const {
+  std::string list;
+  size_t n = 0;
+  for (size_t i = 0; i < failed_.size(); ++i) {
+    if (!failed_[i]) continue;
+    if (++n <= 10) list += (list.empty() ? "" : ", ") + std::to_string(i + 1);
+    else if (n == 11) list += ", ...";
+  }
+  if (n == 0) return;
+  throw ArgumentError(std::to_string(n) + " of " + std::to_string(count) + " " + unit_ + "s failed (" + unit_ +
+                      (n > 1 ? "s " : " ") + list + "), reported above; " + placeholder + " stand in their place");
+}
+
 int display_width(const std::string& s) {
   int w = 0;
   for (size_t i = 0; i < s.size();) {

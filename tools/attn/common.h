@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,34 @@ Tensor load_npy_flag(const std::string& flag, const std::string& path);
 // place; on any failure the temporaries are removed and the error is rethrown.
 void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs);
 
+// Standard input, one item per line; the CR that ends a line of CRLF input is dropped.
+std::vector<std::string> read_stdin_lines();
+
+// Why `s` is not valid UTF-8 (the first bad byte and its offset), or nullopt when it is.
+std::optional<std::string> utf8_problem(const std::string& s);
+
+// Inputs read one per line, where a bad one costs only itself. Every problem goes to stderr as it is
+// found, numbered by `unit` ("attn: error: line 2: ...", "attn: warning: line 3: ..."; no number when
+// unit is empty); the command writes a placeholder in each failed item's place and calls finish(),
+// which ends it with a non-zero exit status if any item failed. stop_at_error (--strict, or inputs given
+// as arguments): the first error throws ArgumentError at once, before anything is written;
+// strict_warnings (--strict): so does the first warning.
+class LineErrors {
+ public:
+  LineErrors(std::string unit, bool strict_warnings, bool stop_at_error)
+      : unit_(std::move(unit)), strict_warnings_(strict_warnings), stop_at_error_(stop_at_error) {}
+  void fail(size_t i, const std::string& why);  // item i (0-based) is unusable
+  void warn(size_t i, const std::string& why);  // item i is usable but suspect
+  bool failed(size_t i) const { return i < failed_.size() && failed_[i]; }
+  // Throws ArgumentError naming the failed items of `count` and what stands in their place ("empty lines").
+  void finish(size_t count, const std::string& placeholder) const;
+
+ private:
+  std::string where(size_t i) const;
+  std::string unit_;
+  bool strict_warnings_, stop_at_error_;
+  std::vector<bool> failed_;  // [items seen], true where fail() was called
+};
 
 // Display width of a UTF-8 string in a terminal (CJK characters take two columns).
 int display_width(const std::string& utf8);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <numeric>
 
@@ -40,29 +41,46 @@ std::string resolve_minilm_dir(const std::string& flag) {
 
 namespace {
 
-std::vector<std::string> read_lines() {
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(std::cin, line);) lines.push_back(line);
-  return lines;
-}
-
 struct EmbedArgs {
   std::string model, out;
   std::vector<std::string> text;
   int64_t batch = 32;
   int threads = 0;
+  bool strict = false;
 };
 
+// Standard input: a line that is not UTF-8 is reported with its number and gives a row of NaN, the rest
+// are embedded, and the exit status is non-zero at the end. --strict, or sentences given as arguments:
+// the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
-  const std::vector<std::string> sentences = a.text.empty() ? read_lines() : a.text;
+  const bool from_stdin = a.text.empty();
+  const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;
   if (sentences.empty()) throw ArgumentError("no input: give sentences as arguments or one per line on standard input");
-  const Tensor e = enc.embed(sentences, a.batch, a.threads);  // [N, hidden]
-  if (!a.out.empty()) return write_outputs({{a.out, e}});
-  for (int64_t i = 0; i < e.dim(0); ++i) {
-    for (int64_t d = 0; d < e.dim(1); ++d) std::printf(d ? " %.6f" : "%.6f", static_cast<double>(e.f32()[i * e.dim(1) + d]));
-    std::printf("\n");
+  LineErrors errors(from_stdin ? "line" : "argument", a.strict, a.strict || !from_stdin);
+  std::vector<std::string> good;
+  for (size_t i = 0; i < sentences.size(); ++i) {
+    if (const auto why = utf8_problem(sentences[i])) errors.fail(i, *why);
+    else good.push_back(sentences[i]);
   }
+  const int64_t N = static_cast<int64_t>(sentences.size()), D = enc.config().hidden_size;
+  Tensor e({N, D});  // [N, hidden]; NaN rows for the failed lines
+  std::fill(e.f32(), e.f32() + N * D, std::numeric_limits<float>::quiet_NaN());
+  if (!good.empty()) {
+    const Tensor g = enc.embed(good, a.batch, a.threads);  // [good, hidden]
+    for (int64_t i = 0, next = 0; i < N; ++i)
+      if (!errors.failed(static_cast<size_t>(i))) std::copy_n(g.f32() + D * next++, D, e.f32() + D * i);
+  }
+  if (!a.out.empty()) {
+    write_outputs({{a.out, e}});
+  } else {
+    for (int64_t i = 0; i < N; ++i) {
+      for (int64_t d = 0; d < D; ++d) std::printf(d ? " %.6f" : "%.6f", static_cast<double>(e.f32()[i * D + d]));
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  }
+  errors.finish(sentences.size(), "rows of NaN");
 }
 
 struct SimilarArgs {
@@ -73,7 +91,7 @@ struct SimilarArgs {
 void run_similar(const SimilarArgs& a) {
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
   std::vector<std::string> sentences;
-  for (const std::string& s : read_lines())
+  for (const std::string& s : read_stdin_lines())
     if (!s.empty()) sentences.push_back(s);
   if (sentences.empty()) throw ArgumentError("no sentences on standard input to rank (one per line)");
   std::vector<std::string> all = {a.query};
@@ -107,6 +125,9 @@ void add_embed(CLI::App& app) {
   sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
   sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
   sub->add_option("--threads", e->threads, "threads; 0 = all cores");
+  sub->add_flag("--strict", e->strict,
+                "stop at the first bad line (not UTF-8), before writing anything; without it a bad line of standard "
+                "input gives a row of NaN, an error on stderr and a non-zero exit status at the end");
   sub->callback([e] { run_embed(*e); });
 
   auto s = std::make_shared<SimilarArgs>();

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "attn/error.h"
@@ -64,32 +65,44 @@ LoadedModel load_model(const std::string& flag) {
 struct TranslateArgs {
   std::string model;
   int beam = 1;
+  bool strict = false;
   std::vector<std::string> text;
 };
 
+// Standard input: a bad line (unknown word, empty, too long) is reported with its number and gives an
+// empty output line, the rest are translated, and the exit status is non-zero at the end. A phrase
+// outside the task's grammar is translated with a warning. --strict: either stops before any output.
 void run_translate(const TranslateArgs& a) {
   if (a.beam < 1 || a.beam > 64) throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.beam));
   const LoadedModel m = load_model(a.model);
-  std::vector<std::string> lines = a.text;
-  if (lines.empty()) {
-    for (std::string line; std::getline(std::cin, line);) lines.push_back(line);
+  const bool from_stdin = a.text.empty();
+  std::vector<std::string> lines;
+  if (from_stdin) {
+    lines = read_stdin_lines();
     if (lines.empty()) throw ArgumentError("no input: give the text as an argument or one sentence per line on standard input");
-  }
-  if (a.text.size() > 1) {  // several words given without quotes: one sentence
+  } else {  // several words given without quotes: one sentence
     std::string joined;
     for (const auto& w : a.text) joined += (joined.empty() ? "" : " ") + w;
     lines = {joined};
   }
-  for (std::string& l : lines)
-    for (char& ch : l) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  for (size_t i = 0; i < lines.size(); ++i) {  // validate every line before printing anything
+  LineErrors errors(from_stdin ? "line" : "", a.strict, a.strict || !from_stdin);
+  std::vector<std::string> good;  // the normalised lines that can be translated
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::string text = tasks::normalize_source(lines[i]);
+    const std::optional<std::string> why = tasks::grammar_problem(text);
     try {
-      m.vocab.encode_source(lines[i], m.model.config().max_len);
-    } catch (const Error& e) {
-      throw ArgumentError((lines.size() > 1 ? "line " + std::to_string(i + 1) + ": " : std::string()) + e.what());
+      m.vocab.encode_source(text, m.model.config().max_len);
+    } catch (const Error& e) {  // the grammar's reason for an unknown word also says how the task writes it
+      errors.fail(i, why && why->rfind("unknown word", 0) == 0 ? *why : e.what());
+      continue;
     }
+    if (why) errors.warn(i, *why + (a.strict ? "" : "; translated anyway, but the model never saw such a phrase"));
+    good.push_back(text);
   }
-  for (const std::string& out : train::translate(m.model, m.vocab, lines, a.beam)) std::cout << out << "\n";
+  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : train::translate(m.model, m.vocab, good, a.beam);
+  for (size_t i = 0, next = 0; i < lines.size(); ++i) std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
+  std::cout.flush();
+  errors.finish(lines.size(), "empty lines");
 }
 
 struct EvalArgs {
@@ -127,6 +140,10 @@ void add_translate(CLI::App& app) {
   sub->add_option("--model", t->model, "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->beam, "beam width; 1 = greedy");
   sub->add_option("text", t->text, "the sentence, e.g. \"three hundred twelve\"");
+  sub->add_flag("--strict", t->strict,
+                "stop at the first bad line, before printing anything, and treat a phrase outside the task's grammar "
+                "(e.g. \"ninety nine hundred\") as an error; without it a bad line of standard input gives an empty "
+                "output line, an error on stderr and a non-zero exit status at the end, and such a phrase a warning");
   sub->callback([t] { run_translate(*t); });
 
   auto e = std::make_shared<EvalArgs>();

@@ -1,5 +1,6 @@
 // attn viz: translate a sentence and draw every attention map of the model: encoder self-attention,
 // decoder masked self-attention and decoder cross-attention, every layer and head plus the average.
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -59,6 +60,22 @@ void write_map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps, 
   write_heatmap_png(a.png, m.data(), Lq, Lk, cell);
 }
 
+// --out and/or --png, both or neither: the page waits under a temporary name until the PNG is written,
+// so a bad --png-map or an unwritable --png leaves no page behind.
+void write_viz_outputs(const VizArgs& a, const Report& r, const std::map<std::string, Tensor>& maps,
+                       const std::string& default_map, int cell) {
+  const std::string page = a.png.empty() ? a.out : a.out + ".partial";
+  if (!a.out.empty()) write_html_report(page, r);
+  if (a.png.empty()) return;
+  try {
+    write_map_png(a, maps, default_map, cell);
+    if (!a.out.empty() && std::rename(page.c_str(), a.out.c_str()) != 0) throw Error(a.out + ": cannot move the finished file into place");
+  } catch (...) {
+    if (!a.out.empty()) std::remove(page.c_str());
+    throw;
+  }
+}
+
 // A Hugging Face BERT directory (vocab.txt beside config.json): its self-attention, every layer and head.
 void run_bert_viz(const VizArgs& a, const std::string& dir) {
   const SentenceEncoder enc = SentenceEncoder::load(dir);
@@ -77,8 +94,7 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
     r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), tokens, tokens, w.reshape({w.dim(1), w.dim(2), w.dim(3)}),
                       "Q, K, V from the same WordPiece tokens ([CLS] ... [SEP])."});
   }
-  if (!a.out.empty()) write_html_report(a.out, r);
-  if (!a.png.empty()) write_map_png(a, maps, "encoder.layer.0.attention", 16);
+  write_viz_outputs(a, r, maps, "encoder.layer.0.attention", 16);
   std::cout << tokens.size() << " tokens, " << r.maps.size() << " layers drawn\n";
 }
 
@@ -90,8 +106,7 @@ void run_viz(const VizArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
   const tasks::Vocab vocab = load_vocab(dir);
-  std::string text = a.text;
-  for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::string text = tasks::normalize_source(a.text);
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
   const std::string translation = train::translate(model, vocab, {text}, a.beam)[0];
   // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
@@ -127,8 +142,7 @@ void run_viz(const VizArgs& a) {
                       head_view(maps.at("decoder.layers." + std::to_string(l) + ".multihead_attn")),
                       "Q from the decoder (Chinese characters), K and V from the encoder's output (English words): which "
                       "source words each output position looked at."});
-  if (!a.out.empty()) write_html_report(a.out, r);
-  if (!a.png.empty()) write_map_png(a, maps, "decoder.layers.0.multihead_attn", 24);
+  write_viz_outputs(a, r, maps, "decoder.layers.0.multihead_attn", 24);
   std::cout << translation << "\n";
 }
 

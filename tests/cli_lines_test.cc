@@ -1,0 +1,179 @@
+// Line-by-line input to the attn command line never loses work: a bad line of standard input costs only
+// itself (reported on stderr with its number, an empty line or a row of NaN in its place, a non-zero exit
+// status at the end), --strict stops before writing anything, a phrase outside the numbers task's grammar
+// is translated with a warning, and no command leaves a partial output file behind.
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "attn/io/npy.h"
+#include "cli_util.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+namespace fs = std::filesystem;
+using test::CliResult;
+
+class CliLines : public test::Cli {
+ protected:
+  // Every line of `text`, without the newlines.
+  static std::vector<std::string> lines(const std::string& text) {
+    std::vector<std::string> out;
+    for (size_t at = 0; at < text.size();) {
+      const size_t nl = text.find('\n', at);
+      out.push_back(text.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
+      at = nl == std::string::npos ? text.size() : nl + 1;
+    }
+    return out;
+  }
+  // No temporary or partial file left in the test's directory.
+  void expect_no_temporaries() const {
+    for (const auto& e : fs::directory_iterator(dir_)) {
+      const std::string name = e.path().filename().string();
+      EXPECT_EQ(name.find(".partial"), std::string::npos) << name;
+      EXPECT_EQ(name.find(".tmp"), std::string::npos) << name;
+    }
+  }
+};
+
+bool failed_cleanly(const CliResult& r) { return r.status > 0 && r.status < 128; }
+
+TEST_F(CliLines, TranslateKeepsTheGoodLinesAroundABadOne) {
+  write("in.txt", "one hundred\nand\none hundred one\n");  // the example
+  CliResult r = run("translate < " + path("in.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "一百\n\n一百零一\n") << r.err;
+  EXPECT_NE(r.err.find("line 2: unknown word 'and'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 of 3 lines failed"), std::string::npos) << r.err;
+
+  // several kinds of bad line (empty, misspelt, too long), one output line per input line
+  std::string too_long;
+  for (int i = 0; i < 70; ++i) too_long += "one ";
+  write("mixed.txt", "ten\n\nelevn\n" + too_long + "\nfifteen\n");
+  r = run("translate --beam 2 < " + path("mixed.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "十\n\n\n\n十五\n") << r.err;
+  for (const char* needle : {"line 2: the input is empty", "line 3: unknown word 'elevn'", "line 4: the input has 70 words",
+                             "3 of 5 lines failed (lines 2, 3, 4)"})
+    EXPECT_NE(r.err.find(needle), std::string::npos) << needle << "\n" << r.err;
+  EXPECT_EQ(r.err.find("line 1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("line 5"), std::string::npos) << r.err;
+
+  write("allbad.txt", "and\n");
+  r = run("translate < " + path("allbad.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "\n");
+}
+
+TEST_F(CliLines, TranslateStrictStopsAtTheFirstBadLineBeforePrintingAnything) {
+  write("in.txt", "one hundred\nand\nelevn\none hundred one\n");
+  const CliResult r = run("translate --strict < " + path("in.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("line 2: unknown word 'and'"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("line 3"), std::string::npos) << "stops at the first: " << r.err;
+}
+
+TEST_F(CliLines, TranslateWarnsAboutPhrasesOutsideTheGrammarAndStillTranslates) {
+  CliResult r = run("translate \"one million million\"");
+  EXPECT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(lines(r.out).size(), 1u) << r.out;
+  EXPECT_FALSE(lines(r.out)[0].empty());
+  EXPECT_NE(r.err.find("warning"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1000000000000"), std::string::npos) << r.err;
+
+  write("in.txt", "ten\nninety nine hundred\none hundred one\n");
+  r = run("translate < " + path("in.txt"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  const std::vector<std::string> out = lines(r.out);
+  ASSERT_EQ(out.size(), 3u) << r.out;
+  EXPECT_EQ(out[0], "十");
+  EXPECT_FALSE(out[1].empty());
+  EXPECT_EQ(out[2], "一百零一");
+  EXPECT_NE(r.err.find("warning: line 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\"nine thousand nine hundred\""), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("line 1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("line 3"), std::string::npos) << r.err;
+
+  r = run("translate --strict < " + path("in.txt"));  // --strict: an error, before any output
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--strict"), std::string::npos) << r.err;
+  r = run("translate --strict ninety nine hundred");
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "");
+
+  r = run("translate nine thousand nine hundred");  // the canonical phrase: no word on stderr
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out, "九千九百\n");
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(CliLines, TranslateNormalisesCaseSpacingAndCrlf) {
+  write("in.txt", "  Three HUNDRED\ttwelve \r\nTEN\r\n");
+  const CliResult r = run("translate --strict < " + path("in.txt"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "三百一十二\n十\n");
+  EXPECT_EQ(r.err, "") << "normalised input is inside the grammar";
+}
+
+TEST_F(CliLines, EmbedGivesARowOfNanForABadLineAndKeepsTheRest) {
+  const std::string model = " --model " + std::string(ATTN_MINILM_DIR);
+  CliResult r = run("embed" + model + " \"the cat sat\" \"a dog ran\" --out " + path("want.npy"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const Tensor want = io::read_npy(path("want.npy"));  // [2, 384]
+
+  write("in.txt", "the cat sat\n\xff\xfe not UTF-8\na dog ran\n");
+  r = run("embed" + model + " --out " + path("e.npy") + " < " + path("in.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_NE(r.err.find("line 2: not valid UTF-8 (byte 0xFF at offset 0)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 of 3 lines failed"), std::string::npos) << r.err;
+  const Tensor e = io::read_npy(path("e.npy"));
+  ASSERT_EQ(e.shape(), (Shape{3, 384}));
+  for (int64_t d = 0; d < 384; ++d) {
+    EXPECT_TRUE(std::isnan(e.f32()[384 + d])) << d;
+    EXPECT_NEAR(e.f32()[d], want.f32()[d], 1e-5) << d;
+    EXPECT_NEAR(e.f32()[2 * 384 + d], want.f32()[384 + d], 1e-5) << d;
+  }
+  expect_no_temporaries();
+
+  r = run("embed" + model + " < " + path("in.txt"));  // text output: three rows, the second NaN
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  const std::vector<std::string> rows = lines(r.out);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1].rfind("nan nan ", 0), 0u) << rows[1].substr(0, 40);
+  EXPECT_EQ(rows[0].find("nan"), std::string::npos);
+}
+
+TEST_F(CliLines, EmbedStrictWritesNothingAndLeavesAnOldFileAlone) {
+  write("in.txt", "the cat sat\n\xc3\x28 broken\n");
+  write("e.npy", "the previous contents");
+  const CliResult r = run("embed --strict --model " + std::string(ATTN_MINILM_DIR) + " --out " + path("e.npy") + " < " +
+                          path("in.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_NE(r.err.find("line 2: not valid UTF-8 (byte 0xC3 at offset 0)"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(path("e.npy")), "the previous contents");
+  expect_no_temporaries();
+}
+
+TEST_F(CliLines, VizWritesBothFilesOrNeither) {
+  for (const std::string& png : {path("nodir/map.png") + " ", path("map.png") + " --png-map no.such.map"}) {
+    const CliResult r = run("viz \"three hundred twelve\" --out " + path("page.html") + " --png " + png);
+    EXPECT_TRUE(failed_cleanly(r)) << png << ": " << r.status;
+    EXPECT_FALSE(fs::exists(path("page.html"))) << png;
+    EXPECT_FALSE(fs::exists(path("map.png"))) << png;
+    expect_no_temporaries();
+  }
+  const CliResult r = run("viz \"Three Hundred Twelve\" --out " + path("page.html") + " --png " + path("map.png"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "三百一十二\n");
+  EXPECT_TRUE(fs::exists(path("page.html")) && fs::exists(path("map.png")));
+  expect_no_temporaries();
+}
+
+}  // namespace
+}  // namespace attn
