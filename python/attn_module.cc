@@ -12,6 +12,7 @@
 #include "attn/models/bert.h"
 
 #include "attn/attn.h"
+#include "attn/translator.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -160,11 +161,20 @@ NB_MODULE(_attn, m) {
           [](const attn::Transformer& t, const std::vector<std::string>& sentences, int beam, const std::string& vocab_json) {
             const attn::tasks::Vocab vocab =
                 vocab_json.empty() ? attn::tasks::Vocab::numbers() : attn::tasks::Vocab::from_json(vocab_json);
-            for (const std::string& s : sentences) vocab.encode_source(s, t.config().max_len);  // raise before working
+            std::vector<std::string> normalised;  // as `attn translate` does: lower case, single spaces
+            for (const std::string& s : sentences) normalised.push_back(attn::tasks::normalize_source(s));
+            for (const std::string& s : normalised) vocab.encode_source(s, t.config().max_len);  // raise before working
             nb::gil_scoped_release release;
-            return attn::train::translate(t, vocab, sentences, beam);
+            attn::TranslateOptions options;
+            options.beam = beam;
+            return attn::Translator::borrowing(t, vocab).translate(normalised, options);
           },
           "sentences"_a, "beam"_a = 1, "vocab_json"_a = "");
+
+  m.def("normalize_source", &attn::tasks::normalize_source, "text"_a,
+        "the numbers task's input normalisation (lower case, single spaces), as attn translate applies it");
+  m.def("grammar_problem", &attn::tasks::grammar_problem, "text"_a,
+        "why a phrase is outside the numbers task's grammar (the phrases the model was trained on), or None");
 
   nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
       .def_static("load", &attn::SentenceEncoder::load, "dir"_a, "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")

@@ -10,6 +10,7 @@
 #include "attn/error.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
+#include "attn/translator.h"
 #include "test_util.h"
 
 namespace attn {
@@ -166,7 +167,7 @@ TEST(ShippedModel, ReachesNinetyNinePercentOnTheTestSplit) {
   const double acc = train::exact_match(m, tasks::Vocab::numbers(), test, 1, &got);
   EXPECT_GE(acc, 0.99);
   std::cout << "shipped model: " << 100.0 * acc << "% exact match on 1000 test examples\n";
-  EXPECT_EQ(train::translate(m, tasks::Vocab::numbers(), {"three hundred twelve"})[0], "三百一十二");
+  EXPECT_EQ(Translator::borrowing(m, tasks::Vocab::numbers()).translate("three hundred twelve"), "三百一十二");
 }
 
 }  // namespace

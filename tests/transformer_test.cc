@@ -7,6 +7,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "attn/generation.h"
 #include "attn/models/transformer.h"
 #include "models/transformer_internal.h"
 #include "test_util.h"
@@ -70,7 +71,7 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
     for (auto& [pname, t] : m.params())
       if (st.contains(pname)) std::copy_n(st.at(pname).f32(), t.numel(), t.f32());
     m.zero_grad();
-    const models::Net net = models::bind(m.config(), m.params(), &m.grads());
+    const models::TransformerWeights net = models::bind(m.config(), m.params(), m.grads());
     const Tensor& x = st.at("x");
     const int64_t B = x.dim(0), L = x.dim(1), E = 16, M = B * L;
     std::vector<uint8_t> x_pad(st.at("x_pad").b8(), st.at("x_pad").b8() + B * L);
@@ -78,16 +79,17 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
     models::Buf dx(R.f32(), R.f32() + R.numel());  // dLoss/dout = R for loss = Σ out ⊙ R
     const float* out;
     if (!decoder) {
-      EncoderLayerCache k;
-      out = models::encoder_layer_forward(k, net.enc[0], net, x.f32(), B, L, x_pad.data(), nullptr);
+      EncoderLayerActivations k;
+      out = models::encoder_layer_forward(k, net.enc[0], net, x.f32(), B, L, x_pad.data(), true, nullptr);
       EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
       models::encoder_layer_backward(dx, k, net.enc[0], net, B, L);
     } else {
       const Tensor& mem = st.at("mem");
       const int64_t Ls = mem.dim(1);
       std::vector<uint8_t> m_pad(st.at("mem_pad").b8(), st.at("mem_pad").b8() + B * Ls);
-      DecoderLayerCache k;
-      out = models::decoder_layer_forward(k, net.dec[0], net, x.f32(), mem.f32(), B, L, Ls, x_pad.data(), m_pad.data(), nullptr);
+      DecoderLayerActivations k;
+      out = models::decoder_layer_forward(k, net.dec[0], net, x.f32(), mem.f32(), B, L, Ls, x_pad.data(), m_pad.data(),
+                                          true, nullptr);
       EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
       models::Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
       models::decoder_layer_backward(dx, dmem.data(), k, net.dec[0], net, B, L, Ls);
@@ -120,15 +122,15 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
     const Transformer m = random_model(norm_first);
     const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0}, 2, 5};
     std::vector<std::vector<float>> inc_logits, full_logits;
-    const auto inc = m.generate_greedy_logits(src, 12, &inc_logits);
-    const auto full = m.generate_full_recompute(src, 12, &full_logits);
+    const auto inc = generate_greedy_logits(m, src, 12, &inc_logits);
+    const auto full = generate_full_recompute(m, src, 12, &full_logits);
     ASSERT_EQ(inc, full);
     for (size_t b = 0; b < inc_logits.size(); ++b) {
       ASSERT_EQ(inc_logits[b].size(), full_logits[b].size());
       for (size_t i = 0; i < inc_logits[b].size(); ++i) EXPECT_NEAR(inc_logits[b][i], full_logits[b][i], 1e-4);
     }
     // generate(beam = 1) is the same greedy path, stopping at EOS
-    const auto greedy = m.generate(src, 1, 0.0f, 12);
+    const auto greedy = generate(m, src, {1, 0.0f, 12});
     for (size_t b = 0; b < greedy.size(); ++b) {
       const auto& f = full[b];
       std::vector<int32_t> until_eos;
@@ -162,8 +164,8 @@ double sequence_logprob(Transformer& m, const TokenBatch& src1, const std::vecto
 TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
   Transformer m = random_model(false);
   const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0, 9, 2, 0, 0, 0}, 3, 5};
-  const auto greedy = m.generate(src, 1, 0.0f, 10);
-  const auto beam = m.generate(src, 4, 0.0f, 10);
+  const auto greedy = generate(m, src, {1, 0.0f, 10});
+  const auto beam = generate(m, src, {4, 0.0f, 10});
   ASSERT_EQ(beam.size(), 3u);
   for (int64_t b = 0; b < 3; ++b) {
     TokenBatch one{std::vector<int32_t>(src.ids.begin() + b * 5, src.ids.begin() + (b + 1) * 5), 1, 5};
@@ -173,10 +175,10 @@ TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
 
 TEST(Transformer, BadInputAndCorruptCheckpoints) {
   Transformer m = random_model(false);
-  EXPECT_THROW(m.generate({{3, 99}, 1, 2}), ArgumentError);          // id outside the vocabulary
-  EXPECT_THROW(m.generate({{3, 4}, 1, 3}), ShapeError);              // ids disagree with [B, L]
-  EXPECT_THROW(m.generate({std::vector<int32_t>(30, 3), 1, 30}), ShapeError);  // longer than max_len
-  EXPECT_THROW(m.generate({{3, 4}, 1, 2}, 0), ArgumentError);        // beam 0
+  EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);          // id outside the vocabulary
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);              // ids disagree with [B, L]
+  EXPECT_THROW(generate(m, {std::vector<int32_t>(30, 3), 1, 30}), ShapeError);  // longer than max_len
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, {0}), ArgumentError);        // beam 0
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
   std::filesystem::remove_all(dir);
   m.save(dir.string());

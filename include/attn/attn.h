@@ -1,8 +1,10 @@
 // attn/attn.h: everything a consumer of attn needs.
 #pragma once
 
+#include "attn/activation.h"
 #include "attn/attention.h"
 #include "attn/error.h"
+#include "attn/generation.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
@@ -10,6 +12,7 @@
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
+#include "attn/translator.h"
 #include "attn/tensor.h"
 #include "attn/text/wordpiece.h"
 #include "attn/version.h"

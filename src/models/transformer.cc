@@ -1,5 +1,5 @@
 // The encoder–decoder Transformer: parameters, teacher-forced forward, backward, save/load.
-// Inference with a KV cache lives in transformer_generate.cc.
+// Incremental decoding with a KV cache lives in transformer_decoder.cc.
 #include "attn/models/transformer.h"
 
 #include <cmath>
@@ -15,8 +15,8 @@
 
 namespace attn {
 
-using models::Buf;
-using models::grow;
+using layers::Buf;
+using layers::grow;
 
 // ---------------------------------------------------------------- config
 std::string TransformerConfig::to_json() const {
@@ -131,7 +131,8 @@ Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : confi
   if (!config_.tie_embeddings) add("generator.weight", {config_.tgt_vocab, E}, 'x');
   add("generator.bias", {config_.tgt_vocab}, '0');
   for (const auto& [name, t] : params_) grads_[name] = Tensor(t.shape());
-  cache_ = std::make_unique<TransformerCache>();
+  weights_ = std::make_unique<models::TransformerWeights>(models::bind(config_, params_, grads_));
+  activations_ = std::make_unique<TransformerActivations>();
 }
 
 Transformer::~Transformer() = default;
@@ -149,33 +150,37 @@ void Transformer::zero_grad() {
 }
 
 // ---------------------------------------------------------------- forward / backward
-void models::encode_impl(const TransformerConfig& c, const models::Net& net, TransformerCache& k, const TokenBatch& src,
-                         std::mt19937_64* r) {
+void models::encode_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src,
+                         bool keep_weights, std::mt19937_64* r) {
+  const TransformerConfig& c = net.c;
   const int64_t B = src.B, Ls = src.L, E = c.d_model;
   k.B = B, k.Ls = Ls, k.src = src;
   models::padding_mask(k.src_pad, src, c.pad_id);
   // x = dropout(E_src[src]·√E + PE) ; encoder layers ; mem = LN_enc(x)
   float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
   k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
-  for (int64_t l = 0; l < c.num_encoder_layers; ++l) x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), r);
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l)
+    x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), keep_weights, r);
   k.enc_out_pre = x;
   float* mem = grow(k.mem, B * Ls * E);
-  ops::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b, B * Ls, E);
+  ops::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b,
+                          B * Ls, E);
 }
 
-Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
-                            std::map<std::string, Tensor>* grads, TransformerCache& k, const TokenBatch& src,
+Tensor models::forward_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src,
                             const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
+  const TransformerConfig& c = net.c;
   models::check_tokens(c, src, c.src_vocab, "src");
   models::check_tokens(c, tgt_in, c.tgt_vocab, "tgt_in");
   if (src.B != tgt_in.B)
-    throw ShapeError("Transformer::forward: src has " + std::to_string(src.B) + " sentences but tgt_in has " + std::to_string(tgt_in.B));
+    throw ShapeError("Transformer::forward: src has " + std::to_string(src.B) + " sentences but tgt_in has " +
+                     std::to_string(tgt_in.B));
   if (training && rng == nullptr && (c.dropout > 0.0f || c.attention_dropout > 0.0f))
     throw ArgumentError("Transformer::forward: training with dropout needs an rng");
-  const models::Net net = models::bind(c, params, grads);
   k.training = training;
   std::mt19937_64* r = training ? rng : nullptr;
-  encode_impl(c, net, k, src, r);
+  // the teacher-forced forward keeps every attention's weights: the backward and attention_maps read them
+  encode_impl(net, k, src, /*keep_weights=*/true, r);
   const int64_t B = src.B, Ls = src.L, Lt = tgt_in.L, E = c.d_model;
   k.Lt = Lt, k.tgt = tgt_in;
   models::padding_mask(k.tgt_pad, tgt_in, c.pad_id);
@@ -184,10 +189,12 @@ Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::stri
   float* y = models::embed_forward(k.tgt_emb, k.tgt_keep, net, net.tgt_embed, tgt_in, r);
   k.dec.resize(static_cast<size_t>(c.num_decoder_layers));
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
-    y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(), k.src_pad.data(), r);
+    y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(),
+                                      k.src_pad.data(), /*keep_weights=*/true, r);
   k.dec_out_pre = y;
   float* yn = grow(k.dec_out, B * Lt * E);
-  ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b, B * Lt, E);
+  ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b,
+                          B * Lt, E);
 
   // logits = LN(y)·W_genᵀ + b_gen
   Tensor logits({B, Lt, c.tgt_vocab});
@@ -196,18 +203,32 @@ Tensor models::forward_impl(const TransformerConfig& c, const std::map<std::stri
 }
 
 Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
-  return models::forward_impl(config_, params_, &grads_, *cache_, src, tgt_in, training, rng);
+  return models::forward_impl(*weights_, *activations_, src, tgt_in, training, rng);
+}
+
+Tensor Transformer::logits(const TokenBatch& src, const TokenBatch& tgt_in) const {
+  TransformerActivations k;
+  return models::forward_impl(*weights_, k, src, tgt_in, false, nullptr);
+}
+
+Tensor Transformer::encode(const TokenBatch& src) const {
+  models::check_tokens(config_, src, config_.src_vocab, "src");
+  TransformerActivations k;
+  models::encode_impl(*weights_, k, src, /*keep_weights=*/false, nullptr);
+  Tensor mem({src.B, src.L, config_.d_model});
+  std::copy_n(k.mem.data(), mem.numel(), mem.f32());
+  return mem;
 }
 
 void Transformer::backward(const Tensor& dlogits) {
   const TransformerConfig& c = config_;
-  TransformerCache& k = *cache_;
+  TransformerActivations& k = *activations_;
   if (!k.training) throw ArgumentError("Transformer::backward: call forward(..., training = true) first");
   const int64_t B = k.B, Ls = k.Ls, Lt = k.Lt, E = c.d_model;
   if (dlogits.shape() != Shape{B, Lt, c.tgt_vocab})
     throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) + " but the forward gave " +
                      shape_str({B, Lt, c.tgt_vocab}));
-  models::Net net = models::bind(c, params_, &grads_);
+  const models::TransformerWeights& net = *weights_;
   // logits = yn·W_genᵀ + b_gen
   Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
   ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
@@ -228,18 +249,18 @@ void Transformer::backward(const Tensor& dlogits) {
 }
 
 std::map<std::string, Tensor> Transformer::attention_maps() const {
-  const TransformerCache& k = *cache_;
+  const TransformerActivations& k = *activations_;
   const int64_t H = config_.num_heads;
   std::map<std::string, Tensor> out;
-  auto copy = [&](const std::string& name, const models::Buf& w, int64_t Lq, int64_t Lk) {
+  auto copy = [&](const std::string& name, const layers::Buf& w, int64_t Lq, int64_t Lk) {
     Tensor t({k.B, H, Lq, Lk});
     std::copy_n(w.data(), t.numel(), t.f32());
     out[name] = t;
   };
-  for (size_t l = 0; l < k.enc.size(); ++l) copy("encoder.layers." + std::to_string(l) + ".self_attn", k.enc[l].mha.weights, k.Ls, k.Ls);
+  for (size_t l = 0; l < k.enc.size(); ++l) copy("encoder.layers." + std::to_string(l) + ".self_attn", k.enc[l].self_attn.weights, k.Ls, k.Ls);
   for (size_t l = 0; l < k.dec.size(); ++l) {
-    copy("decoder.layers." + std::to_string(l) + ".self_attn", k.dec[l].smha.weights, k.Lt, k.Lt);
-    copy("decoder.layers." + std::to_string(l) + ".multihead_attn", k.dec[l].cmha.weights, k.Lt, k.Ls);
+    copy("decoder.layers." + std::to_string(l) + ".self_attn", k.dec[l].self_attn.weights, k.Lt, k.Lt);
+    copy("decoder.layers." + std::to_string(l) + ".multihead_attn", k.dec[l].cross_attn.weights, k.Lt, k.Ls);
   }
   return out;
 }

@@ -8,32 +8,39 @@ namespace attn::models {
 namespace {
 
 const float* P(const std::map<std::string, Tensor>& m, const std::string& name) { return m.at(name).f32(); }
-float* G(std::map<std::string, Tensor>* g, const std::string& name) { return g ? g->at(name).f32() : nullptr; }
+float* G(std::map<std::string, Tensor>& g, const std::string& name) { return g.at(name).f32(); }
 
-MhaWeights bind_mha(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre,
-                    int64_t E, int64_t H) {
-  return {P(p, pre + "in_proj_weight"),  P(p, pre + "in_proj_bias"),  P(p, pre + "out_proj.weight"),
-          P(p, pre + "out_proj.bias"),   G(g, pre + "in_proj_weight"), G(g, pre + "in_proj_bias"),
-          G(g, pre + "out_proj.weight"), G(g, pre + "out_proj.bias"),  E,
-          H};
+// nn.MultiheadAttention's packed in_proj_weight [3E, E] / in_proj_bias [3E] seen as W_Q, W_K, W_V.
+AttentionWeights bind_attention(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g,
+                                const std::string& pre, int64_t E, int64_t H) {
+  AttentionWeights a;
+  const float *w_in = P(p, pre + "in_proj_weight"), *b_in = P(p, pre + "in_proj_bias");
+  float *dw_in = G(g, pre + "in_proj_weight"), *db_in = G(g, pre + "in_proj_bias");
+  a.w.w_q = w_in, a.w.w_k = w_in + E * E, a.w.w_v = w_in + 2 * E * E, a.w.w_o = P(p, pre + "out_proj.weight");
+  a.w.b_q = b_in, a.w.b_k = b_in + E, a.w.b_v = b_in + 2 * E, a.w.b_o = P(p, pre + "out_proj.bias");
+  a.w.E = E, a.w.H = H, a.w.Hkv = H, a.w.kdim = E, a.w.vdim = E;
+  a.g.dw_q = dw_in, a.g.dw_k = dw_in + E * E, a.g.dw_v = dw_in + 2 * E * E, a.g.dw_o = G(g, pre + "out_proj.weight");
+  a.g.db_q = db_in, a.g.db_k = db_in + E, a.g.db_v = db_in + 2 * E, a.g.db_o = G(g, pre + "out_proj.bias");
+  return a;
 }
 
-FfWeights bind_ff(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre, int64_t E,
-                  int64_t F) {
-  return {P(p, pre + "linear1.weight"), P(p, pre + "linear1.bias"), P(p, pre + "linear2.weight"), P(p, pre + "linear2.bias"),
-          G(g, pre + "linear1.weight"), G(g, pre + "linear1.bias"), G(g, pre + "linear2.weight"), G(g, pre + "linear2.bias"),
-          E,                            F};
+layers::FfWeights bind_ff(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g,
+                          const std::string& pre, int64_t E, int64_t F) {
+  return {P(p, pre + "linear1.weight"), P(p, pre + "linear1.bias"), P(p, pre + "linear2.weight"),
+          P(p, pre + "linear2.bias"),   G(g, pre + "linear1.weight"), G(g, pre + "linear1.bias"),
+          G(g, pre + "linear2.weight"), G(g, pre + "linear2.bias"),  E, F};
 }
 
-LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g, const std::string& pre) {
+layers::LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g, const std::string& pre) {
   return {P(p, pre + "weight"), P(p, pre + "bias"), G(g, pre + "weight"), G(g, pre + "bias")};
 }
 
 }  // namespace
 
-Net bind(const TransformerConfig& c, const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>* g) {
-  Net n;
-  n.c = &c;
+TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, Tensor>& p,
+                        std::map<std::string, Tensor>& g) {
+  TransformerWeights n;
+  n.c = c;
   const int64_t E = c.d_model;
   n.src_embed = P(p, "src_embed.weight"), n.src_embed_d = G(g, "src_embed.weight");
   n.tgt_embed = P(p, "tgt_embed.weight"), n.tgt_embed_d = G(g, "tgt_embed.weight");
@@ -46,18 +53,17 @@ Net bind(const TransformerConfig& c, const std::map<std::string, Tensor>& p, std
         const double angle = static_cast<double>(pos) / std::pow(10000.0, static_cast<double>(i / 2 * 2) / static_cast<double>(E));
         n.sinusoid[static_cast<size_t>(pos * E + i)] = static_cast<float>(i % 2 ? std::cos(angle) : std::sin(angle));
       }
-    n.pos_embed = n.sinusoid.data();
   }
   for (int64_t l = 0; l < c.num_encoder_layers; ++l) {
     const std::string pre = "encoder.layers." + std::to_string(l) + ".";
-    n.enc.push_back({bind_mha(p, g, pre + "self_attn.", E, c.num_heads), bind_ff(p, g, pre, E, c.d_ff),
+    n.enc.push_back({bind_attention(p, g, pre + "self_attn.", E, c.num_heads), bind_ff(p, g, pre, E, c.d_ff),
                      bind_ln(p, g, pre + "norm1."), bind_ln(p, g, pre + "norm2.")});
   }
   for (int64_t l = 0; l < c.num_decoder_layers; ++l) {
     const std::string pre = "decoder.layers." + std::to_string(l) + ".";
-    n.dec.push_back({bind_mha(p, g, pre + "self_attn.", E, c.num_heads), bind_mha(p, g, pre + "multihead_attn.", E, c.num_heads),
-                     bind_ff(p, g, pre, E, c.d_ff), bind_ln(p, g, pre + "norm1."), bind_ln(p, g, pre + "norm2."),
-                     bind_ln(p, g, pre + "norm3.")});
+    n.dec.push_back({bind_attention(p, g, pre + "self_attn.", E, c.num_heads),
+                     bind_attention(p, g, pre + "multihead_attn.", E, c.num_heads), bind_ff(p, g, pre, E, c.d_ff),
+                     bind_ln(p, g, pre + "norm1."), bind_ln(p, g, pre + "norm2."), bind_ln(p, g, pre + "norm3.")});
   }
   n.enc_norm = bind_ln(p, g, "encoder.norm.");
   n.dec_norm = bind_ln(p, g, "decoder.norm.");
@@ -85,33 +91,33 @@ void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_i
   for (size_t i = 0; i < t.ids.size(); ++i) mask[i] = t.ids[i] == pad_id;
 }
 
-void embed_rows(float* out, const Net& net, const float* table, const int32_t* ids, int64_t n, int64_t pos) {
-  const int64_t E = net.c->d_model;
+void embed_rows(float* out, const TransformerWeights& net, const float* table, const int32_t* ids, int64_t n, int64_t pos) {
+  const int64_t E = net.c.d_model;
   const float s = std::sqrt(static_cast<float>(E));
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t e = 0; e < E; ++e) out[r * E + e] = table[ids[r] * E + e] * s + net.pos_embed[pos * E + e];
+    for (int64_t e = 0; e < E; ++e) out[r * E + e] = table[ids[r] * E + e] * s + net.positions()[pos * E + e];
 }
 
-float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const Net& net, const float* table, const TokenBatch& ids,
+float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table, const TokenBatch& ids,
                      std::mt19937_64* rng) {
-  const int64_t E = net.c->d_model, n = ids.B * ids.L;
+  const int64_t E = net.c.d_model, n = ids.B * ids.L;
   float* x = grow(buf, n * E);
   for (int64_t b = 0; b < ids.B; ++b)
     for (int64_t i = 0; i < ids.L; ++i) embed_rows(x + (b * ids.L + i) * E, net, table, &ids.ids[static_cast<size_t>(b * ids.L + i)], 1, i);
-  if (rng && net.c->dropout > 0.0f) {
+  if (rng && net.c.dropout > 0.0f) {
     keep.resize(static_cast<size_t>(n * E));
     Buf tmp(x, x + n * E);
-    ops::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c->dropout, *rng);
+    ops::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c.dropout, *rng);
   } else {
     keep.clear();
   }
   return x;
 }
 
-void embed_backward(const Net& net, float* dtable, const TokenBatch& ids, const std::vector<uint8_t>& keep, const float* dx) {
+void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids, const std::vector<uint8_t>& keep, const float* dx) {
   // x = dropout(table[id]·√E + pos)
-  const int64_t E = net.c->d_model;
-  const float s = std::sqrt(static_cast<float>(E)), ks = keep.empty() ? 1.0f : 1.0f / (1.0f - net.c->dropout);
+  const int64_t E = net.c.d_model;
+  const float s = std::sqrt(static_cast<float>(E)), ks = keep.empty() ? 1.0f : 1.0f / (1.0f - net.c.dropout);
   for (int64_t b = 0; b < ids.B; ++b)
     for (int64_t i = 0; i < ids.L; ++i) {
       const int64_t row = b * ids.L + i;
@@ -124,70 +130,90 @@ void embed_backward(const Net& net, float* dtable, const TokenBatch& ids, const 
     }
 }
 
-float* encoder_layer_forward(EncoderLayerCache& k, const EncoderLayerNet& w, const Net& net, const float* x, int64_t B,
-                             int64_t L, const uint8_t* pad, std::mt19937_64* rng) {
-  const TransformerConfig& c = *net.c;
+namespace {
+// Self-attention of one layer: the training forward keeps its activations (weights included), inference
+// computes no weights.
+void self_attention(float* out, layers::MhaActivations& acts, const AttentionWeights& w, const float* x, int64_t B,
+                    int64_t L, const uint8_t* pad, CausalAlignment causal, bool keep_weights, float dropout,
+                    std::mt19937_64* rng) {
+  layers::MhaMasks masks;
+  masks.key_padding = pad;
+  masks.causal = causal;
+  layers::mha_forward(out, w.w, x, x, x, B, L, L, masks, keep_weights ? &acts : nullptr, nullptr, dropout, rng);
+}
+}  // namespace
+
+float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, const float* x, int64_t B,
+                             int64_t L, const uint8_t* pad, bool keep_weights, std::mt19937_64* rng) {
+  const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
   // x1 = sublayer(x, self-attention)
-  const float* in = sublayer_input(k.sa, x, M, E, w.norm1, c.norm_first);
-  mha_forward(k.sa.f_out.data(), k.mha, w.sa, in, in, B, L, L, pad, false, c.attention_dropout, rng);
-  sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
+  const float* in = layers::sublayer_input(k.sa, x, M, E, w.norm1, c.norm_first);
+  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, L, pad, CausalAlignment::kNone, keep_weights, c.attention_dropout, rng);
+  layers::sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
   // x2 = sublayer(x1, feed-forward)
-  in = sublayer_input(k.ff, k.x1.data(), M, E, w.norm2, c.norm_first);
-  ff_forward(k.ff.f_out.data(), k.ffc, w.ff, in, M, net.act(), c.dropout, rng);
-  sublayer_output(grow(k.x2, M * E), k.ff, M, E, w.norm2, c.norm_first, c.dropout, rng);
+  in = layers::sublayer_input(k.ff, k.x1.data(), M, E, w.norm2, c.norm_first);
+  layers::ff_forward(k.ff.f_out.data(), k.ffn, w.ff, in, M, net.act(), c.dropout, rng);
+  layers::sublayer_output(grow(k.x2, M * E), k.ff, M, E, w.norm2, c.norm_first, c.dropout, rng);
   return k.x2.data();
 }
 
-void encoder_layer_backward(Buf& dx, EncoderLayerCache& k, const EncoderLayerNet& w, const Net& net, int64_t B, int64_t L) {
-  const TransformerConfig& c = *net.c;
+void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, int64_t B, int64_t L) {
+  const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
   Buf dx1(static_cast<size_t>(M * E), 0.0f);
-  float* df = sublayer_backward_output(dx1.data(), dx.data(), k.ff, M, E, w.norm2, c.norm_first, c.dropout);
-  ff_backward(k.ff.d_f_in.data(), df, k.ffc, w.ff, M, net.act(), c.dropout);
-  sublayer_backward_input(dx1.data(), k.ff, M, E, w.norm2, c.norm_first);
+  float* df = layers::sublayer_backward_output(dx1.data(), dx.data(), k.ff, M, E, w.norm2, c.norm_first, c.dropout);
+  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout);
+  layers::sublayer_backward_input(dx1.data(), k.ff, M, E, w.norm2, c.norm_first);
   std::fill(dx.begin(), dx.end(), 0.0f);
-  df = sublayer_backward_output(dx.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
-  mha_backward(k.sa.d_f_in.data(), k.sa.d_f_in.data(), df, k.mha, w.sa, B, L, L);
-  sublayer_backward_input(dx.data(), k.sa, M, E, w.norm1, c.norm_first);
+  df = layers::sublayer_backward_output(dx.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  float* d_in = k.sa.d_f_in.data();
+  layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
+  layers::sublayer_backward_input(dx.data(), k.sa, M, E, w.norm1, c.norm_first);
 }
 
-float* decoder_layer_forward(DecoderLayerCache& k, const DecoderLayerNet& w, const Net& net, const float* y,
+float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, const float* y,
                              const float* mem, int64_t B, int64_t Lt, int64_t Ls, const uint8_t* tgt_pad,
-                             const uint8_t* src_pad, std::mt19937_64* rng) {
-  const TransformerConfig& c = *net.c;
+                             const uint8_t* src_pad, bool keep_weights,
+                             std::mt19937_64* rng) {
+  const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
   k.mem = mem;
   // x1 = sublayer(y, masked self-attention)
-  const float* in = sublayer_input(k.sa, y, M, E, w.norm1, c.norm_first);
-  mha_forward(k.sa.f_out.data(), k.smha, w.sa, in, in, B, Lt, Lt, tgt_pad, true, c.attention_dropout, rng);
-  sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
+  const float* in = layers::sublayer_input(k.sa, y, M, E, w.norm1, c.norm_first);
+  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, Lt, tgt_pad, CausalAlignment::kTopLeft, keep_weights,
+                 c.attention_dropout, rng);
+  layers::sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
   // x2 = sublayer(x1, cross-attention over mem)
-  in = sublayer_input(k.ca, k.x1.data(), M, E, w.norm2, c.norm_first);
-  mha_forward(k.ca.f_out.data(), k.cmha, w.ca, in, mem, B, Lt, Ls, src_pad, false, c.attention_dropout, rng);
-  sublayer_output(grow(k.x2, M * E), k.ca, M, E, w.norm2, c.norm_first, c.dropout, rng);
+  in = layers::sublayer_input(k.ca, k.x1.data(), M, E, w.norm2, c.norm_first);
+  layers::MhaMasks masks;
+  masks.key_padding = src_pad;
+  layers::mha_forward(k.ca.f_out.data(), w.cross_attn.w, in, mem, mem, B, Lt, Ls, masks, keep_weights ? &k.cross_attn : nullptr,
+                      nullptr, c.attention_dropout, rng);
+  layers::sublayer_output(grow(k.x2, M * E), k.ca, M, E, w.norm2, c.norm_first, c.dropout, rng);
   // x3 = sublayer(x2, feed-forward)
-  in = sublayer_input(k.ff, k.x2.data(), M, E, w.norm3, c.norm_first);
-  ff_forward(k.ff.f_out.data(), k.ffc, w.ff, in, M, net.act(), c.dropout, rng);
-  sublayer_output(grow(k.x3, M * E), k.ff, M, E, w.norm3, c.norm_first, c.dropout, rng);
+  in = layers::sublayer_input(k.ff, k.x2.data(), M, E, w.norm3, c.norm_first);
+  layers::ff_forward(k.ff.f_out.data(), k.ffn, w.ff, in, M, net.act(), c.dropout, rng);
+  layers::sublayer_output(grow(k.x3, M * E), k.ff, M, E, w.norm3, c.norm_first, c.dropout, rng);
   return k.x3.data();
 }
 
-void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerCache& k, const DecoderLayerNet& w, const Net& net, int64_t B,
+void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, int64_t B,
                             int64_t Lt, int64_t Ls) {
-  const TransformerConfig& c = *net.c;
+  const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
   Buf dx2(static_cast<size_t>(M * E), 0.0f), dx1(static_cast<size_t>(M * E), 0.0f);
-  float* df = sublayer_backward_output(dx2.data(), dy.data(), k.ff, M, E, w.norm3, c.norm_first, c.dropout);
-  ff_backward(k.ff.d_f_in.data(), df, k.ffc, w.ff, M, net.act(), c.dropout);
-  sublayer_backward_input(dx2.data(), k.ff, M, E, w.norm3, c.norm_first);
-  df = sublayer_backward_output(dx1.data(), dx2.data(), k.ca, M, E, w.norm2, c.norm_first, c.dropout);
-  mha_backward(k.ca.d_f_in.data(), dmem, df, k.cmha, w.ca, B, Lt, Ls);
-  sublayer_backward_input(dx1.data(), k.ca, M, E, w.norm2, c.norm_first);
+  float* df = layers::sublayer_backward_output(dx2.data(), dy.data(), k.ff, M, E, w.norm3, c.norm_first, c.dropout);
+  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout);
+  layers::sublayer_backward_input(dx2.data(), k.ff, M, E, w.norm3, c.norm_first);
+  df = layers::sublayer_backward_output(dx1.data(), dx2.data(), k.ca, M, E, w.norm2, c.norm_first, c.dropout);
+  layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
+  layers::sublayer_backward_input(dx1.data(), k.ca, M, E, w.norm2, c.norm_first);
   std::fill(dy.begin(), dy.end(), 0.0f);
-  df = sublayer_backward_output(dy.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
-  mha_backward(k.sa.d_f_in.data(), k.sa.d_f_in.data(), df, k.smha, w.sa, B, Lt, Lt);
-  sublayer_backward_input(dy.data(), k.sa, M, E, w.norm1, c.norm_first);
+  df = layers::sublayer_backward_output(dy.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  float* d_in = k.sa.d_f_in.data();
+  layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);
+  layers::sublayer_backward_input(dy.data(), k.sa, M, E, w.norm1, c.norm_first);
 }
 
 }  // namespace attn::models

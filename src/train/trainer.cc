@@ -1,6 +1,8 @@
 // The training loop for numbers-en-zh: data, batches, AdamW + warm-up, clipping, checkpoints.
 #include "attn/train/trainer.h"
 
+#include "attn/translator.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -145,29 +147,13 @@ std::string eta(double seconds) {
 
 }  // namespace
 
-std::vector<std::string> translate(const Transformer& model, const tasks::Vocab& vocab, const std::vector<std::string>& sentences,
-                                   int beam) {
-  std::vector<std::string> out;
-  const int64_t chunk = 64;
-  for (size_t i = 0; i < sentences.size(); i += chunk) {
-    std::vector<std::vector<int32_t>> ids;
-    int64_t L = 0;
-    for (size_t j = i; j < std::min(sentences.size(), i + chunk); ++j) {
-      ids.push_back(vocab.encode_source(sentences[j], model.config().max_len));
-      L = std::max<int64_t>(L, static_cast<int64_t>(ids.back().size()));
-    }
-    TokenBatch src{std::vector<int32_t>(ids.size() * static_cast<size_t>(L), model.config().pad_id), static_cast<int64_t>(ids.size()), L};
-    for (size_t b = 0; b < ids.size(); ++b) std::copy(ids[b].begin(), ids[b].end(), src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
-    for (const auto& y : model.generate(src, beam, 0.6f, 24)) out.push_back(vocab.decode_target(y));
-  }
-  return out;
-}
-
 double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples, int beam,
                    std::vector<std::string>* outputs) {
   std::vector<std::string> src;
   for (const auto& e : examples) src.push_back(e.source);
-  const std::vector<std::string> got = translate(model, vocab, src, beam);
+  TranslateOptions options;
+  options.beam = beam;
+  const std::vector<std::string> got = Translator::borrowing(model, vocab).translate(src, options);
   int64_t right = 0;
   for (size_t i = 0; i < examples.size(); ++i) right += got[i] == examples[i].target;
   if (outputs) *outputs = got;

@@ -13,6 +13,7 @@
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
+#include "attn/translator.h"
 #include "common.h"
 #include "io/file.h"
 #include "model_path.h"
@@ -62,6 +63,12 @@ LoadedModel load_model(const std::string& flag) {
   }
 }
 
+std::vector<std::string> translate_all(const LoadedModel& m, const std::vector<std::string>& sentences, int beam) {
+  TranslateOptions options;
+  options.beam = beam;
+  return Translator::borrowing(m.model, m.vocab).translate(sentences, options);
+}
+
 struct TranslateArgs {
   std::string model;
   int beam = 1;
@@ -99,7 +106,7 @@ void run_translate(const TranslateArgs& a) {
     if (why) errors.warn(i, *why + (a.strict ? "" : "; translated anyway, but the model never saw such a phrase"));
     good.push_back(text);
   }
-  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : train::translate(m.model, m.vocab, good, a.beam);
+  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : translate_all(m, good, a.beam);
   for (size_t i = 0, next = 0; i < lines.size(); ++i) std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
   std::cout.flush();
   errors.finish(lines.size(), "empty lines");

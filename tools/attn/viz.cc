@@ -12,13 +12,19 @@
 #include "attn/models/bert.h"
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
-#include "attn/train/trainer.h"
+#include "attn/translator.h"
 #include "common.h"
 #include "html_report.h"
 #include "model_path.h"
 
 namespace attn::cli {
 namespace {
+
+std::string translate_one(const Transformer& model, const tasks::Vocab& vocab, const std::string& text, int beam) {
+  TranslateOptions options;
+  options.beam = beam;
+  return Translator::borrowing(model, vocab).translate(text, options);
+}
 
 struct VizArgs {
   std::string model, out, png, png_map, text;  // png_map "": the model's most telling map
@@ -108,7 +114,7 @@ void run_viz(const VizArgs& a) {
   const tasks::Vocab vocab = load_vocab(dir);
   const std::string text = tasks::normalize_source(a.text);
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
-  const std::string translation = train::translate(model, vocab, {text}, a.beam)[0];
+  const std::string translation = translate_one(model, vocab, text, a.beam);
   // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
   std::vector<int32_t> tgt = {model.config().bos_id};
   for (int32_t id : vocab.encode_target(translation)) tgt.push_back(id);

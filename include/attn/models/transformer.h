@@ -49,7 +49,23 @@ struct TokenBatch {
   int32_t at(int64_t b, int64_t i) const { return ids[static_cast<size_t>(b * L + i)]; }
 };
 
-struct TransformerCache;  // activations kept by forward for backward
+struct TransformerActivations;  // what forward keeps for backward and attention_maps
+namespace models {
+struct TransformerWeights;  // the parameters as named fields, bound once
+}
+
+// The small interface generation needs from an encoder–decoder model: one decoder step for N current
+// hypotheses, and reordering when beam search reselects them (attn/generation.h searches over it).
+class StepDecoder {
+ public:
+  virtual ~StepDecoder() = default;
+  // tokens: [N], the current token of each hypothesis at position t -> logits [N, V] of the next token
+  // (the caller's to overwrite, e.g. into log-probabilities; valid until the next call).
+  virtual float* step(const int32_t* tokens, int64_t t) = 0;
+  // Hypothesis n continues hypothesis parent[n]: positions 0..t of the decoder state follow it.
+  virtual void reorder(const std::vector<int64_t>& parent, int64_t t) = 0;
+  virtual int64_t vocab_size() const = 0;
+};
 
 class Transformer {
  public:
@@ -69,6 +85,8 @@ class Transformer {
   void backward(const Tensor& dlogits);
   void zero_grad();
 
+  // Parameters and gradients by torch.nn.Transformer's names. Update them in place; never replace a tensor
+  // (the model's named fields point into them).
   std::map<std::string, Tensor>& params() { return params_; }
   const std::map<std::string, Tensor>& params() const { return params_; }
   std::map<std::string, Tensor>& grads() { return grads_; }
@@ -80,22 +98,17 @@ class Transformer {
   //   "decoder.layers.L.multihead_attn"   [B, H, Lt, Ls]   (cross-attention)
   std::map<std::string, Tensor> attention_maps() const;
 
-  // Encoder output [B, Ls, E] (inference).
+  // Encoder output [B, Ls, E] (inference: no attention weights are computed).
   Tensor encode(const TokenBatch& src) const;
+  // Teacher-forced logits [B, Lt, Vt] without keeping anything (inference; the no-cache reference decoder).
+  Tensor logits(const TokenBatch& src, const TokenBatch& tgt_in) const;
 
-  // Generation with incremental decoding: a preallocated KV cache for masked self-attention, the
-  // encoder's K/V for cross-attention computed once and shared by all beams. Returns, per sentence,
-  // the best target ids (without BOS/EOS). beam = 1 is greedy. Length penalty: GNMT's
-  // ((5 + len) / 6)^alpha divides the log-probability.
-  std::vector<std::vector<int32_t>> generate(const TokenBatch& src, int beam = 1, float length_penalty = 0.6f,
-                                             int64_t max_len = 0) const;
-  // Greedy decoding that recomputes the whole decoder for every prefix (no cache): the reference the
-  // incremental path is tested against. Also returns each step's logits [steps, Vt] per sentence.
-  std::vector<std::vector<int32_t>> generate_full_recompute(const TokenBatch& src, int64_t max_len = 0,
-                                                            std::vector<std::vector<float>>* step_logits = nullptr) const;
-  // The same as generate(beam = 1) but also returning the step logits, for the test above.
-  std::vector<std::vector<int32_t>> generate_greedy_logits(const TokenBatch& src, int64_t max_len,
-                                                           std::vector<std::vector<float>>* step_logits) const;
+  // Incremental decoding of src with `hypotheses` (beam width) per sentence for up to `positions`
+  // target positions (BOS included, at most max_len): encodes once, then each step() runs the decoder for
+  // one token per hypothesis with a preallocated KV cache for masked self-attention and the encoder's
+  // K/V, computed once, shared by all hypotheses of a sentence for cross-attention. The decoder reads this
+  // model's parameters: keep the model alive while it is used.
+  std::unique_ptr<StepDecoder> start_decoding(const TokenBatch& src, int64_t hypotheses, int64_t positions) const;
 
   // A directory with model.safetensors and config.json.
   void save(const std::string& dir) const;
@@ -104,7 +117,8 @@ class Transformer {
  private:
   TransformerConfig config_;
   std::map<std::string, Tensor> params_, grads_;
-  std::unique_ptr<TransformerCache> cache_;
+  std::unique_ptr<models::TransformerWeights> weights_;
+  std::unique_ptr<TransformerActivations> activations_;
 };
 
 }  // namespace attn

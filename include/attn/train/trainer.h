@@ -51,8 +51,4 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
 double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples,
                    int beam = 1, std::vector<std::string>* outputs = nullptr);
 
-// Translates sentences (English number words) with the model: one Chinese numeral each.
-std::vector<std::string> translate(const Transformer& model, const tasks::Vocab& vocab,
-                                   const std::vector<std::string>& sentences, int beam = 1);
-
 }  // namespace attn::train

@@ -1,0 +1,34 @@
+// attn/generation.h: greedy and beam search over an encoder–decoder model's incremental decoder
+// (StepDecoder, attn/models/transformer.h).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attn/models/transformer.h"
+
+namespace attn {
+
+struct GenerationOptions {
+  int beam = 1;                // hypotheses kept per sentence; 1 = greedy
+  float length_penalty = 0.6f; // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none
+  int64_t max_length = 0;      // target positions, BOS and EOS included; 0 = the model's max_len (and never above it)
+};
+
+// Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no
+// live hypothesis can beat its best finished one; a hypothesis still alive at max_length ends there.
+// Throws ArgumentError for a beam < 1 or a negative max_length, and what the model throws for bad tokens.
+std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
+                                           const GenerationOptions& options = {});
+
+// Greedy decoding for exactly max_length steps (no stop at EOS), also returning each step's logits
+// [steps, Vt] per sentence: the incremental path, for comparison with the reference below.
+std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,
+                                                         int64_t max_length,
+                                                         std::vector<std::vector<float>>* step_logits);
+// The same greedy decoding recomputing the whole decoder for every prefix (no cache): the reference.
+std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& model, const TokenBatch& src,
+                                                          int64_t max_length,
+                                                          std::vector<std::vector<float>>* step_logits = nullptr);
+
+}  // namespace attn

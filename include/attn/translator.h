@@ -1,0 +1,52 @@
+// attn/translator.h: the one translation path (the CLI, Python, the examples and `attn eval` use it):
+// a model directory, its vocabulary, input normalisation and validation, batches and beam search.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attn/generation.h"
+#include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+
+namespace attn {
+
+struct TranslateOptions {
+  int beam = 1;                 // 1 = greedy
+  float length_penalty = 0.6f;  // GNMT's alpha (beam search)
+  // Longest output in target tokens, EOS included; 0 = derived from each batch's input: 2 × its longest
+  // source (in tokens, EOS included) + 8, capped at the model's max_len (64 for the shipped model; the
+  // longest number, 27 words, gives at most 17 characters).
+  int64_t max_length = 0;
+  int64_t batch_size = 64;      // sentences decoded together
+};
+
+class Translator {
+ public:
+  // model_dir holds config.json and model.safetensors, and vocab.json (else the numbers task's
+  // vocabulary). Throws FormatError naming the directory for a missing or bad file.
+  static Translator load(const std::string& model_dir);
+  Translator(Transformer model, tasks::Vocab vocab);
+  // A translator over a model it does not own (the trainer's, while it trains): keep `model` alive.
+  static Translator borrowing(const Transformer& model, tasks::Vocab vocab);
+
+  // The source ids of one sentence, normalised first (tasks::normalize_source: lower case, single spaces);
+  // throws ArgumentError naming the unknown word, an empty sentence or one longer than the model takes.
+  std::vector<int32_t> encode(const std::string& sentence) const;
+  // One translation per sentence, in order. Throws as encode() does for the first bad sentence.
+  std::vector<std::string> translate(const std::vector<std::string>& sentences,
+                                     const TranslateOptions& options = {}) const;
+  std::string translate(const std::string& sentence, const TranslateOptions& options = {}) const;
+
+  const Transformer& model() const { return *model_; }
+  const tasks::Vocab& vocab() const { return vocab_; }
+
+ private:
+  Translator(std::shared_ptr<const Transformer> model, tasks::Vocab vocab);
+  std::shared_ptr<const Transformer> model_;
+  tasks::Vocab vocab_;
+};
+
+}  // namespace attn

@@ -1,0 +1,176 @@
+// Greedy and beam search over a StepDecoder (attn/generation.h).
+#include "attn/generation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <tuple>
+
+#include "attn/error.h"
+
+namespace attn {
+namespace {
+
+float gnmt_penalty(int64_t len, float alpha) {
+  return alpha == 0.0f ? 1.0f : std::pow((5.0f + static_cast<float>(len)) / 6.0f, alpha);
+}
+
+void log_softmax_rows(float* z, int64_t rows, int64_t V) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = z + r * V;
+    const float m = *std::max_element(row, row + V);
+    double s = 0.0;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - m);
+    const float lse = m + static_cast<float>(std::log(s));
+    for (int64_t v = 0; v < V; ++v) row[v] -= lse;
+  }
+}
+
+struct Hypothesis {
+  std::vector<int32_t> tokens;
+  float score;  // log-probability / length penalty
+};
+
+int64_t positions_for(const Transformer& model, int64_t max_length) {
+  if (max_length < 0) throw ArgumentError("generate: max_length must be >= 0, got " + std::to_string(max_length));
+  return max_length > 0 ? std::min(max_length, model.config().max_len) : model.config().max_len;
+}
+
+// Beam search (K = 1: greedy) for the B sentences of `decoder`, over T positions.
+std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const TransformerConfig& c, int64_t B, int64_t K,
+                                              int64_t T, float length_penalty) {
+  const int64_t N = B * K, V = decoder.vocab_size();
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<int32_t> tokens(static_cast<size_t>(N), c.bos_id);
+  std::vector<float> logp(static_cast<size_t>(N), kNegInf);
+  for (int64_t b = 0; b < B; ++b) logp[static_cast<size_t>(b * K)] = 0.0f;  // one live beam to start: no duplicates
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(N));
+  std::vector<std::vector<Hypothesis>> finished(static_cast<size_t>(B));
+  std::vector<bool> done(static_cast<size_t>(B), false);
+
+  for (int64_t t = 0; t < T; ++t) {
+    float* logits = decoder.step(tokens.data(), t);  // [N, V] -> log-probabilities in place
+    log_softmax_rows(logits, N, V);
+    const bool last = t + 1 == T;
+    std::vector<int64_t> parent(static_cast<size_t>(N));
+    std::iota(parent.begin(), parent.end(), 0);
+    std::vector<std::vector<int32_t>> next_seqs(static_cast<size_t>(N));
+    std::vector<float> next_logp(static_cast<size_t>(N), kNegInf);
+    std::vector<int32_t> next_tokens(static_cast<size_t>(N), c.pad_id);
+    for (int64_t b = 0; b < B; ++b) {
+      if (done[static_cast<size_t>(b)]) continue;
+      // candidates: (score, beam, token) over the sentence's K beams
+      std::vector<std::tuple<float, int64_t, int32_t>> cand;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t n = b * K + k;
+        if (logp[static_cast<size_t>(n)] == kNegInf) continue;
+        const float* row = logits + n * V;
+        for (int32_t v = 0; v < V; ++v)
+          if (v != c.pad_id && v != c.bos_id) cand.emplace_back(logp[static_cast<size_t>(n)] + row[v], n, v);
+      }
+      const size_t keep = std::min<size_t>(cand.size(), static_cast<size_t>(2 * K));
+      std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(keep), cand.end(),
+                        [](const auto& a, const auto& z) { return std::get<0>(a) > std::get<0>(z); });
+      int64_t filled = 0;
+      for (size_t i = 0; i < keep && filled < K; ++i) {
+        const auto [score, n, v] = cand[i];
+        if (v == c.eos_id || last) {
+          // an ending counts only if it ranks among the K best continuations; weaker EOS candidates
+          // would otherwise fill the finished list with early stops
+          if (v == c.eos_id && static_cast<int64_t>(i) >= K) continue;
+          std::vector<int32_t> out = seqs[static_cast<size_t>(n)];
+          if (v != c.eos_id) out.push_back(v);
+          finished[static_cast<size_t>(b)].push_back({out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
+          continue;
+        }
+        const int64_t slot = b * K + filled++;
+        parent[static_cast<size_t>(slot)] = n;
+        next_seqs[static_cast<size_t>(slot)] = seqs[static_cast<size_t>(n)];
+        next_seqs[static_cast<size_t>(slot)].push_back(v);
+        next_logp[static_cast<size_t>(slot)] = score;
+        next_tokens[static_cast<size_t>(slot)] = v;
+      }
+      // Done when no live beam can still beat the best finished hypothesis: a live beam's log-probability
+      // only falls, and its length penalty is at most the one of the longest output (T positions).
+      float best_finished = kNegInf, best_alive = kNegInf;
+      for (const Hypothesis& h : finished[static_cast<size_t>(b)]) best_finished = std::max(best_finished, h.score);
+      for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(b * K + k)]);
+      const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? T : t + 2, length_penalty);
+      if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true;
+    }
+    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    // the decoder state follows the reselected hypotheses (positions 0..t)
+    bool moved = false;
+    for (int64_t n = 0; n < N; ++n) moved |= parent[static_cast<size_t>(n)] != n;
+    if (moved) decoder.reorder(parent, t);
+    seqs.swap(next_seqs);
+    logp.swap(next_logp);
+    tokens.swap(next_tokens);
+  }
+  std::vector<std::vector<int32_t>> best(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    auto& f = finished[static_cast<size_t>(b)];
+    if (f.empty()) continue;
+    best[static_cast<size_t>(b)] =
+        std::max_element(f.begin(), f.end(), [](const Hypothesis& a, const Hypothesis& z) { return a.score < z.score; })->tokens;
+  }
+  return best;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
+                                           const GenerationOptions& options) {
+  if (options.beam < 1) throw ArgumentError("generate: beam must be >= 1, got " + std::to_string(options.beam));
+  const int64_t T = positions_for(model, options.max_length);  // positions, BOS included
+  const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, options.beam, T);
+  return beam_search(*decoder, model.config(), src.B, options.beam, T, options.length_penalty);
+}
+
+std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,
+                                                         int64_t max_length,
+                                                         std::vector<std::vector<float>>* step_logits) {
+  const TransformerConfig& c = model.config();
+  const int64_t B = src.B, V = c.tgt_vocab, T = positions_for(model, max_length);
+  const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, 1, T);
+  std::vector<int32_t> tokens(static_cast<size_t>(B), c.bos_id);
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
+  if (step_logits) step_logits->assign(static_cast<size_t>(B), {});
+  for (int64_t t = 0; t < T; ++t) {
+    const float* logits = decoder->step(tokens.data(), t);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = logits + b * V;
+      if (step_logits) (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
+      tokens[static_cast<size_t>(b)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      out[static_cast<size_t>(b)].push_back(tokens[static_cast<size_t>(b)]);
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& model, const TokenBatch& src,
+                                                          int64_t max_length,
+                                                          std::vector<std::vector<float>>* step_logits) {
+  const TransformerConfig& c = model.config();
+  const int64_t B = src.B, V = c.tgt_vocab, T = positions_for(model, max_length);
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
+  if (step_logits) step_logits->assign(static_cast<size_t>(B), {});
+  TokenBatch prefix{std::vector<int32_t>(static_cast<size_t>(B), c.bos_id), B, 1};
+  for (int64_t t = 0; t < T; ++t) {
+    const Tensor logits = model.logits(src, prefix);  // no cache across steps: the whole prefix again
+    TokenBatch next{{}, B, prefix.L + 1};
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = logits.f32() + (b * prefix.L + prefix.L - 1) * V;
+      if (step_logits) (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
+      const int32_t tok = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      out[static_cast<size_t>(b)].push_back(tok);
+      for (int64_t i = 0; i < prefix.L; ++i) next.ids.push_back(prefix.at(b, i));
+      next.ids.push_back(tok);
+    }
+    prefix = std::move(next);
+  }
+  return out;
+}
+
+}  // namespace attn

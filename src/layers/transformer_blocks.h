@@ -1,0 +1,66 @@
+// Internal: the feed-forward block and the residual sublayer around any block, as forward/backward
+// pairs with the activations the backward needs. Rows are [M, E] row-major, M = B·L. Gradients
+// accumulate (+=). (Multi-head attention is layers/mha_layer.h.)
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "attn/activation.h"
+#include "ops/nn.h"
+
+namespace attn::layers {
+
+using Buf = std::vector<float>;
+
+inline float* grow(Buf& b, int64_t n) {
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+struct FfWeights {
+  const float *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;  // [F, E], [F], [E, F], [E]
+  float *dw1 = nullptr, *db1 = nullptr, *dw2 = nullptr, *db2 = nullptr;   // their gradients (null: inference)
+  int64_t E = 0, F = 0;
+};
+
+struct FeedForwardActivations {
+  const float* x = nullptr;
+  Buf h_pre, h, h_drop;
+  std::vector<uint8_t> keep;
+};
+
+// out = linear2(dropout(act(linear1(x))))          x, out: [M, E]
+void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act, float dropout,
+                std::mt19937_64* rng);
+void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
+                 float dropout);
+
+struct LnWeights {
+  const float *w = nullptr, *b = nullptr;  // [E], [E]
+  float *dw = nullptr, *db = nullptr;
+};
+
+// A residual sublayer around F: norm_first ? x + drop(F(LN(x))) : LN(x + drop(F(x))).
+struct SublayerActivations {
+  const float* x = nullptr;
+  Buf ln_out, mean, rstd;  // LN of x (pre-norm) or of r (post-norm)
+  Buf f_out, r;            // F's output; r = x + drop(F) (post-norm)
+  std::vector<uint8_t> keep;
+  Buf f_drop, d_f_out, d_f_in;
+};
+
+// The input F should read: x (post-norm) or LN(x) (pre-norm). Computes LN(x) first when pre-norm.
+const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln, bool norm_first);
+// Given F's output in c.f_out, finishes the sublayer into out.
+void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first, float dropout,
+                     std::mt19937_64* rng);
+// Backward, first half: dx += the residual's share; returns dLoss/dF_out (in c.d_f_out).
+float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,
+                                bool norm_first, float dropout);
+// Backward, second half: given dLoss/dF_input (c.d_f_in, filled by F's backward), dx += through LN (pre-norm)
+// or directly (post-norm).
+void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first);
+
+}  // namespace attn::layers

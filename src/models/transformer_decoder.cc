@@ -1,0 +1,111 @@
+// Incremental decoding (Transformer::start_decoding): encode once, then one decoder step per token with
+//   - a KV cache per decoder layer for masked self-attention, preallocated for every position
+//     ([N, positions, E], N = sentences × hypotheses) and written in place, never re-concatenated;
+//   - the cross-attention K/V of each layer computed once from the encoder output ([B, Ls, E]) and
+//     shared by every hypothesis of a sentence: the K hypotheses of sentence b are K query rows of one
+//     attention problem over b's K/V, so nothing is copied per beam.
+// When beam search reselects hypotheses, the self-attention caches are gathered into a spare buffer
+// and swapped (KVCache::reorder).
+#include <algorithm>
+
+#include "attn/error.h"
+#include "models/transformer_internal.h"
+
+namespace attn {
+namespace {
+
+using layers::Buf;
+using layers::grow;
+
+class TransformerDecoder final : public StepDecoder {
+ public:
+  TransformerDecoder(const models::TransformerWeights& net, const Tensor& memory, const TokenBatch& src, int64_t K,
+                     int64_t T)
+      : net_(net), B_(src.B), K_(K), N_(src.B * K), Ls_(src.L), T_(T), E_(net.c.d_model) {
+    models::padding_mask(src_pad_, src, net.c.pad_id);
+    self_.resize(net.dec.size());
+    cross_.resize(net.dec.size());
+    for (size_t l = 0; l < net.dec.size(); ++l) {
+      layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory.f32(), B_, Ls_);
+      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.kv_width(), /*spare=*/K > 1);
+    }
+  }
+
+  float* step(const int32_t* tokens, int64_t t) override {
+    if (t < 0 || t >= T_)
+      throw ArgumentError("StepDecoder::step: position " + std::to_string(t) + " outside [0, " + std::to_string(T_) +
+                          ")");
+    const TransformerConfig& c = net_.c;
+    const int64_t N = N_, E = E_;
+    models::embed_rows(grow(x_, N * E), net_, net_.tgt_embed, tokens, N, t);
+    for (size_t l = 0; l < net_.dec.size(); ++l) {
+      const models::DecoderLayerWeights& w = net_.dec[l];
+      // masked self-attention: k_t, v_t go into the cache, the query sees positions 0..t
+      sublayer(w.norm1, [&](const float* in, float* out) {
+        layers::mha_self_attention_step(out, w.self_attn.w, in, N, t, self_[l]);
+      });
+      // cross-attention over the encoder's K/V, shared by the hypotheses of each sentence
+      sublayer(w.norm2, [&](const float* in, float* out) {
+        layers::mha_cross_attention_step(out, w.cross_attn.w, in, B_, K_, cross_[l], src_pad_.data());
+      });
+      // feed-forward
+      sublayer(w.norm3, [&](const float* in, float* out) {
+        float* h = grow(ffh_, N * c.d_ff);
+        ops::linear_forward(h, in, w.ff.w1, w.ff.b1, N, c.d_ff, E);
+        ops::activation_forward(h, h, N * c.d_ff, net_.act());
+        ops::linear_forward(out, h, w.ff.w2, w.ff.b2, N, E, c.d_ff);
+      });
+    }
+    Buf mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N)), y(static_cast<size_t>(N * E));
+    ops::layer_norm_forward(y.data(), mean.data(), rstd.data(), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
+    ops::linear_forward(grow(logits_, N * c.tgt_vocab), y.data(), net_.gen_w, net_.gen_b, N, c.tgt_vocab, E);
+    return logits_.data();
+  }
+
+  void reorder(const std::vector<int64_t>& parent, int64_t t) override {
+    if (K_ == 1) throw ArgumentError("StepDecoder::reorder: decoding with one hypothesis per sentence never reorders");
+    for (layers::KVCache& cache : self_) cache.reorder(parent, t + 1);
+  }
+
+  int64_t vocab_size() const override { return net_.c.tgt_vocab; }
+
+ private:
+  // x = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x_; F writes its output into sub_.
+  template <class F>
+  void sublayer(const layers::LnWeights& ln, F&& f) {
+    const int64_t M = N_, E = E_;
+    Buf mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
+    const float* input = x_.data();
+    if (net_.c.norm_first) {
+      ops::layer_norm_forward(grow(in_, M * E), mean.data(), rstd.data(), x_.data(), ln.w, ln.b, M, E);
+      input = in_.data();
+    }
+    f(input, grow(sub_, M * E));
+    for (int64_t i = 0; i < M * E; ++i) x_[static_cast<size_t>(i)] += sub_[static_cast<size_t>(i)];
+    if (!net_.c.norm_first) {
+      Buf r(x_.begin(), x_.begin() + M * E);
+      ops::layer_norm_forward(x_.data(), mean.data(), rstd.data(), r.data(), ln.w, ln.b, M, E);
+    }
+  }
+
+  const models::TransformerWeights& net_;
+  int64_t B_, K_, N_, Ls_, T_, E_;
+  std::vector<uint8_t> src_pad_;                // [B, Ls]
+  std::vector<layers::KVCache> self_, cross_;  // per decoder layer
+  Buf x_, in_, sub_, ffh_, logits_;             // per-step activations: [N, E] ×3, [N, F], [N, V]
+};
+
+}  // namespace
+
+std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, int64_t hypotheses,
+                                                         int64_t positions) const {
+  if (hypotheses < 1)
+    throw ArgumentError("Transformer::start_decoding: hypotheses must be >= 1, got " + std::to_string(hypotheses));
+  if (positions < 1 || positions > config_.max_len)
+    throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
+                        std::to_string(config_.max_len) + "], got " + std::to_string(positions));
+  const Tensor memory = encode(src);  // checks the tokens
+  return std::make_unique<TransformerDecoder>(*weights_, memory, src, hypotheses, positions);
+}
+
+}  // namespace attn
