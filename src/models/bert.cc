@@ -8,7 +8,7 @@
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
 #include "io/file.h"
-#include "ops/attention_problem.h"
+#include "layers/mha_layer.h"
 #include "ops/nn.h"
 
 namespace attn {
@@ -33,11 +33,22 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
   return c;
 }
 
-const float* SentenceEncoder::p(const std::string& name) const {
-  const auto it = params_.find(prefix_ + name);
-  if (it == params_.end()) throw MissingTensorError("BERT weights: no tensor named '" + prefix_ + name + "'");
-  return it->second.f32();
-}
+namespace models {
+
+struct BertLayerWeights {
+  layers::MhaWeights attention;                    // query/key/value/output dense [Hd, Hd] and biases
+  const float *attn_ln_w, *attn_ln_b;              // attention.output.LayerNorm [Hd]
+  const float *w1, *b1, *w2, *b2;                  // intermediate.dense [F, Hd], [F]; output.dense [Hd, F], [Hd]
+  const float *out_ln_w, *out_ln_b;                // output.LayerNorm [Hd]
+};
+
+struct BertWeights {
+  const float *word, *position, *token_type;  // [V, Hd], [max_position, Hd], [type_vocab, Hd]
+  const float *emb_ln_w, *emb_ln_b;           // embeddings.LayerNorm [Hd]
+  std::vector<BertLayerWeights> layers;
+};
+
+}  // namespace models
 
 SentenceEncoder SentenceEncoder::load(const std::string& dir) {
   namespace fs = std::filesystem;
@@ -48,8 +59,9 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
     lower = nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
+  std::string prefix;  // "bert." when the weights come from a BertModel inside another module
   if (!e.params_.count("embeddings.word_embeddings.weight") && e.params_.count("bert.embeddings.word_embeddings.weight"))
-    e.prefix_ = "bert.";
+    prefix = "bert.";
   e.max_seq_length_ = e.config_.max_position;
   if (fs::exists(dir + "/sentence_bert_config.json")) {
     const auto j = nlohmann::json::parse(read_text(dir + "/sentence_bert_config.json"), nullptr, false);
@@ -60,8 +72,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;
   auto expect = [&](const std::string& name, const Shape& shape) {
-    const auto it = e.params_.find(e.prefix_ + name);
-    if (it == e.params_.end()) throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + e.prefix_ + name + "'");
+    const auto it = e.params_.find(prefix + name);
+    if (it == e.params_.end()) throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + prefix + name + "'");
     if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
       throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) + ", config.json implies " +
                        shape_str(shape));
@@ -78,6 +90,28 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
     expect(L + "output.dense.weight", {Hd, F}), expect(L + "output.dense.bias", {Hd});
     for (const char* n : {"attention.output.LayerNorm.", "output.LayerNorm."}) expect(L + n + "weight", {Hd}), expect(L + n + "bias", {Hd});
   }
+  // bound once: every forward reads named fields
+  auto w = std::make_shared<models::BertWeights>();
+  auto P = [&](const std::string& name) { return e.params_.at(prefix + name).f32(); };
+  w->word = P("embeddings.word_embeddings.weight"), w->position = P("embeddings.position_embeddings.weight");
+  w->token_type = P("embeddings.token_type_embeddings.weight");
+  w->emb_ln_w = P("embeddings.LayerNorm.weight"), w->emb_ln_b = P("embeddings.LayerNorm.bias");
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string L = "encoder.layer." + std::to_string(l) + ".";
+    models::BertLayerWeights lw;
+    lw.attention.w_q = P(L + "attention.self.query.weight"), lw.attention.b_q = P(L + "attention.self.query.bias");
+    lw.attention.w_k = P(L + "attention.self.key.weight"), lw.attention.b_k = P(L + "attention.self.key.bias");
+    lw.attention.w_v = P(L + "attention.self.value.weight"), lw.attention.b_v = P(L + "attention.self.value.bias");
+    lw.attention.w_o = P(L + "attention.output.dense.weight"), lw.attention.b_o = P(L + "attention.output.dense.bias");
+    lw.attention.E = Hd, lw.attention.H = c.num_heads, lw.attention.Hkv = c.num_heads;
+    lw.attention.kdim = lw.attention.vdim = Hd;
+    lw.attn_ln_w = P(L + "attention.output.LayerNorm.weight"), lw.attn_ln_b = P(L + "attention.output.LayerNorm.bias");
+    lw.w1 = P(L + "intermediate.dense.weight"), lw.b1 = P(L + "intermediate.dense.bias");
+    lw.w2 = P(L + "output.dense.weight"), lw.b2 = P(L + "output.dense.bias");
+    lw.out_ln_w = P(L + "output.LayerNorm.weight"), lw.out_ln_b = P(L + "output.LayerNorm.bias");
+    w->layers.push_back(lw);
+  }
+  e.weights_ = std::move(w);
   if (e.tokenizer_.size() != c.vocab_size)
     throw FormatError(dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json says " +
                       std::to_string(c.vocab_size));
@@ -91,47 +125,37 @@ std::vector<int32_t> SentenceEncoder::token_ids(const std::string& sentence) con
 std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& pad, int64_t B,
                                             int64_t L, int num_threads, std::map<std::string, Tensor>* maps) const {
   const BertConfig& c = config_;
-  const int64_t Hd = c.hidden_size, F = c.intermediate_size, M = B * L, H = c.num_heads, Dh = Hd / H;
+  const int64_t Hd = c.hidden_size, F = c.intermediate_size, M = B * L, H = c.num_heads;
   const float eps = c.layer_norm_eps;
-  std::vector<float> x(static_cast<size_t>(M * Hd)), y(x.size()), q(x.size()), k(x.size()), v(x.size()), heads(x.size()),
-      h(static_cast<size_t>(M * F)), mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
+  const models::BertWeights& w = *weights_;
+  std::vector<float> x(static_cast<size_t>(M * Hd)), y(x.size()), h(static_cast<size_t>(M * F)),
+      mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
   // x = LN(word[id] + position[i] + token_type[0])
-  const float *word = p("embeddings.word_embeddings.weight"), *pos = p("embeddings.position_embeddings.weight"),
-              *type = p("embeddings.token_type_embeddings.weight");
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < L; ++i)
       for (int64_t d = 0; d < Hd; ++d)
-        y[static_cast<size_t>((b * L + i) * Hd + d)] = word[ids[static_cast<size_t>(b * L + i)] * Hd + d] + pos[i * Hd + d] + type[d];
-  ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p("embeddings.LayerNorm.weight"), p("embeddings.LayerNorm.bias"),
-                            M, Hd, eps);
+        y[static_cast<size_t>((b * L + i) * Hd + d)] =
+            w.word[ids[static_cast<size_t>(b * L + i)] * Hd + d] + w.position[i * Hd + d] + w.token_type[d];
+  ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), w.emb_ln_w, w.emb_ln_b, M, Hd, eps);
+  layers::MhaMasks masks;
+  masks.key_padding = pad.data();
+  masks.num_threads = num_threads;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string P = "encoder.layer." + std::to_string(l) + ".";
-    // self-attention: heads read in place from [B, L, H, Dh]
-    ops::linear_forward(q.data(), x.data(), p(P + "attention.self.query.weight"), p(P + "attention.self.query.bias"), M, Hd, Hd);
-    ops::linear_forward(k.data(), x.data(), p(P + "attention.self.key.weight"), p(P + "attention.self.key.bias"), M, Hd, Hd);
-    ops::linear_forward(v.data(), x.data(), p(P + "attention.self.value.weight"), p(P + "attention.self.value.bias"), M, Hd, Hd);
-    detail::AttentionProblem pr = detail::interleaved_heads_problem(B, H, H, L, L, Dh, q.data(), k.data(), v.data(), heads.data());
-    pr.key_padding = pad.data();
-    pr.num_threads = num_threads;
-    Tensor w;
-    if (maps) {
-      w = Tensor({B, H, L, L});
-      pr.weights = w.f32();
-    }
-    detail::run_problem(pr, AttentionImpl::kAuto);
-    if (maps) (*maps)["encoder.layer." + std::to_string(l) + ".attention"] = w;
-    // x = LN(x + dense(heads))
-    ops::linear_forward(y.data(), heads.data(), p(P + "attention.output.dense.weight"), p(P + "attention.output.dense.bias"), M, Hd, Hd);
+    const models::BertLayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    // x = LN(x + SelfAttention(x)); the weights only for attention maps
+    Tensor weights;
+    if (maps) weights = Tensor({B, H, L, L});
+    layers::mha_forward(y.data(), lw.attention, x.data(), x.data(), x.data(), B, L, L, masks, nullptr,
+                        maps ? weights.f32() : nullptr);
+    if (maps) (*maps)["encoder.layer." + std::to_string(l) + ".attention"] = weights;
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "attention.output.LayerNorm.weight"),
-                              p(P + "attention.output.LayerNorm.bias"), M, Hd, eps);
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.attn_ln_w, lw.attn_ln_b, M, Hd, eps);
     // x = LN(x + W2·gelu(W1·x))
-    ops::linear_forward(h.data(), x.data(), p(P + "intermediate.dense.weight"), p(P + "intermediate.dense.bias"), M, F, Hd);
+    ops::linear_forward(h.data(), x.data(), lw.w1, lw.b1, M, F, Hd);
     ops::activation_forward(h.data(), h.data(), M * F, Activation::kGelu);
-    ops::linear_forward(y.data(), h.data(), p(P + "output.dense.weight"), p(P + "output.dense.bias"), M, Hd, F);
+    ops::linear_forward(y.data(), h.data(), lw.w2, lw.b2, M, Hd, F);
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), p(P + "output.LayerNorm.weight"),
-                              p(P + "output.LayerNorm.bias"), M, Hd, eps);
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.out_ln_w, lw.out_ln_b, M, Hd, eps);
   }
   return x;
 }

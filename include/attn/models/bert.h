@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,10 @@
 #include "attn/text/wordpiece.h"
 
 namespace attn {
+
+namespace models {
+struct BertWeights;  // the parameters as named fields, bound once at load
+}
 
 struct BertConfig {
   int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, intermediate_size = 0;
@@ -45,12 +50,11 @@ class SentenceEncoder {
   // hidden states [B, L, hidden] for padded ids [B, L]; pad [B, L] (1 = padding)
   std::vector<float> forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& pad, int64_t B, int64_t L,
                              int num_threads, std::map<std::string, Tensor>* maps) const;
-  const float* p(const std::string& name) const;
 
   BertConfig config_;
   text::WordPiece tokenizer_;
   std::map<std::string, Tensor> params_;
-  std::string prefix_;
+  std::shared_ptr<const models::BertWeights> weights_;  // views into params_
   int64_t max_seq_length_ = 512;
   bool normalize_ = true;
 };
