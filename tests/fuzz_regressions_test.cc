@@ -5,7 +5,7 @@
 #include "attn/error.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 #include "test_util.h"
 
 namespace attn {
@@ -17,7 +17,7 @@ int replay(const std::string& dir, Parse&& parse) {
   if (!std::filesystem::exists(dir)) return 0;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     if (!e.is_regular_file() || e.path().filename().string()[0] == '.' || e.path().extension() == ".md") continue;
-    const auto bytes = io::detail::read_file(e.path().string());
+    const auto bytes = io::read_file(e.path().string());
     try {
       parse(bytes);
     } catch (const FormatError&) {

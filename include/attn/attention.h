@@ -108,4 +108,8 @@ const char* causal_name(CausalAlignment causal);
 AttentionImpl parse_impl(const std::string& name);
 CausalAlignment parse_causal(const std::string& name);
 
+// The instruction set the fused kernel runs on here: "avx512" | "avx2" | "scalar" (the best this processor
+// has, unless the environment variable ATTN_SIMD=scalar|avx2 lowers it).
+const char* fused_kernel_isa();
+
 }  // namespace attn

@@ -1,4 +1,4 @@
-#include "io/file.h"
+#include "attn/io/file.h"
 
 #include <unistd.h>
 
@@ -10,7 +10,7 @@
 
 #include "attn/error.h"
 
-namespace attn::io::detail {
+namespace attn::io {
 
 std::vector<uint8_t> read_file(const std::string& path) {
   std::error_code ec;
@@ -51,4 +51,4 @@ void write_file_atomically(const std::string& path, const std::vector<uint8_t>& 
   }
 }
 
-}  // namespace attn::io::detail
+}  // namespace attn::io

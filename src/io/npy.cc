@@ -8,7 +8,7 @@
 #include <string_view>
 
 #include "attn/error.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 
 namespace attn::io {
 namespace {
@@ -176,7 +176,7 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
 }
 
 Tensor read_npy(const std::string& path) {
-  const std::vector<uint8_t> bytes = detail::read_file(path);
+  const std::vector<uint8_t> bytes = read_file(path);
   return parse_npy(bytes.data(), bytes.size(), path);
 }
 
@@ -203,6 +203,6 @@ std::vector<uint8_t> encode_npy(const Tensor& t) {
   return out;
 }
 
-void write_npy(const std::string& path, const Tensor& t) { detail::write_file_atomically(path, encode_npy(t)); }
+void write_npy(const std::string& path, const Tensor& t) { write_file_atomically(path, encode_npy(t)); }
 
 }  // namespace attn::io

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attn/error.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 
 namespace attn::io {
 namespace {
@@ -146,7 +146,7 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
 }
 
 Safetensors read_safetensors(const std::string& path) {
-  const std::vector<uint8_t> bytes = detail::read_file(path);
+  const std::vector<uint8_t> bytes = read_file(path);
   return parse_safetensors(bytes.data(), bytes.size(), path);
 }
 
@@ -176,7 +176,7 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
 
 void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  detail::write_file_atomically(path, encode_safetensors(tensors, metadata));
+  write_file_atomically(path, encode_safetensors(tensors, metadata));
 }
 
 }  // namespace attn::io

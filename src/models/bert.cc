@@ -7,12 +7,12 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 #include "layers/mha_layer.h"
 #include "ops/nn.h"
 
 namespace attn {
-using io::detail::read_text;
+using io::read_text;
 
 BertConfig BertConfig::from_hf_json(const std::string& text) {
   BertConfig c;

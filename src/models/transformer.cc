@@ -10,7 +10,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 #include "models/transformer_internal.h"
 
 namespace attn {
@@ -281,7 +281,7 @@ void Transformer::save(const std::string& dir) const {
 Transformer Transformer::load(const std::string& dir) {
   std::string text;
   try {
-    text = io::detail::read_text(dir + "/config.json");
+    text = io::read_text(dir + "/config.json");
   } catch (const FormatError&) {
     throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
   }

@@ -4,9 +4,12 @@
 #include <string>
 
 #include "attn/error.h"
+#include "cpu/attention_fused.h"
 #include "ops/attention_problem.h"
 
 namespace attn {
+
+const char* fused_kernel_isa() { return detail::simd_level_name(detail::simd_level_active()); }
 
 const char* impl_name(AttentionImpl impl) {
   switch (impl) {

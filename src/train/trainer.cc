@@ -15,7 +15,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 #include "ops/nn.h"
 
 namespace attn::train {
@@ -173,7 +173,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
-    const nlohmann::json st = nlohmann::json::parse(io::detail::read_text(o.resume_dir + "/train_state.json"));
+    const nlohmann::json st = nlohmann::json::parse(io::read_text(o.resume_dir + "/train_state.json"));
     const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
     for (const auto& [name, t] : model.params()) adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
     adam.step = st.at("step");

@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "attn/error.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 
 namespace attn {
 
@@ -28,7 +28,7 @@ Translator Translator::borrowing(const Transformer& model, tasks::Vocab vocab) {
 Translator Translator::load(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
-  tasks::Vocab vocab = fs::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::detail::read_text(dir + "/vocab.json"))
+  tasks::Vocab vocab = fs::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::read_text(dir + "/vocab.json"))
                                                        : tasks::Vocab::numbers();
   try {
     return Translator(Transformer::load(dir), std::move(vocab));

@@ -16,7 +16,6 @@
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
 #include "common.h"
-#include "cpu/attention_fused.h"
 #include "model_path.h"
 
 namespace attn::cli {
@@ -57,11 +56,11 @@ void report(const char* what, const std::string& shape, const std::vector<double
     std::printf("{\"bench\": \"%s\", %s, \"median_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"gflops\": %.2f, "
                 "\"peak_rss_mb\": %.1f, \"simd\": \"%s\"%s}\n",
                 what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
-                detail::simd_level_name(detail::simd_level_active()), extra_json.c_str());
+                fused_kernel_isa(), extra_json.c_str());
   } else {
     std::printf("%s  %s\n  median %.3f ms   min %.3f ms   max %.3f ms   %.1f GFLOP/s   peak RSS %.0f MB   simd %s\n", what,
                 shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
-                detail::simd_level_name(detail::simd_level_active()));
+                fused_kernel_isa());
   }
 }
 

@@ -5,7 +5,7 @@
 
 #include "attn/error.h"
 #include "attn/io/npy.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 
 namespace attn::cli {
 

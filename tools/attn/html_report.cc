@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attn/error.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 
 namespace attn::cli {
 namespace {
@@ -167,7 +167,7 @@ void write_html_report(const std::string& path, const Report& report) {
   for (char c : report.title) title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
   for (size_t p; (p = page.find("__TITLE__")) != std::string::npos;) page.replace(p, 9, title);
   page.replace(page.find("__DATA__"), 8, json);
-  io::detail::write_file_atomically(path, std::vector<uint8_t>(page.begin(), page.end()));
+  io::write_file_atomically(path, std::vector<uint8_t>(page.begin(), page.end()));
 }
 
 void write_heatmap_png(const std::string& path, const float* w, int64_t rows, int64_t cols, int cell) {

@@ -15,7 +15,7 @@
 #include "attn/train/trainer.h"
 #include "attn/translator.h"
 #include "common.h"
-#include "io/file.h"
+#include "attn/io/file.h"
 #include "model_path.h"
 
 namespace attn::cli {
@@ -42,7 +42,7 @@ std::string resolve_model_dir(const std::string& flag) {
 }
 
 tasks::Vocab load_vocab(const std::string& dir) {
-  return std::filesystem::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::detail::read_text(dir + "/vocab.json"))
+  return std::filesystem::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::read_text(dir + "/vocab.json"))
                                                       : tasks::Vocab::numbers();
 }
 

@@ -1,11 +1,12 @@
-// Internal: whole-file reads with a size cap, and atomic writes.
+// attn/io/file.h: whole-file reads with a size cap, and atomic writes (what the readers and writers of
+// attn use; public so tools and bindings write their files the same way).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-namespace attn::io::detail {
+namespace attn::io {
 
 // The file's bytes; FormatError if it cannot be read.
 std::vector<uint8_t> read_file(const std::string& path);
@@ -15,4 +16,4 @@ std::string read_text(const std::string& path);
 // and throws attn::Error, so `path` is either the complete new file or untouched.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
-}  // namespace attn::io::detail
+}  // namespace attn::io
