@@ -7,6 +7,8 @@
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/translator.h"
 #include "cli_util.h"
 #include "test_util.h"
 
@@ -164,10 +166,19 @@ TEST_F(Cli, EmbedAndSimilarWithMiniLM) {
   EXPECT_NE(r.err.find("/nonexistent"), std::string::npos);
 }
 
+// attn eval's count is the number of test examples whose translation is the task's own numeral
+// (tasks::chinese_numeral, the truth), counted here independently through the library.
 TEST_F(Cli, EvalPrintsExactMatch) {
   const CliResult r = run("eval --task numbers-en-zh --count 100");
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("exact match"), std::string::npos) << r.out;
+  const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
+  const auto examples = tasks::make_examples(tasks::Split::kTest, 100, 3);  // eval's test split: seed 1 + 2
+  int right = 0;
+  for (const auto& e : examples) right += translator.translate(e.source) == tasks::chinese_numeral(e.n);
+  EXPECT_GE(right, 99);
+  char want[96];
+  std::snprintf(want, sizeof want, "exact match %.2f%% (%d / 100), beam 1", right * 1.0, right);
+  EXPECT_NE(r.out.find(want), std::string::npos) << r.out << " (expected \"" << want << "\")";
 }
 
 }  // namespace

@@ -116,6 +116,8 @@ TEST(Properties, FullyMaskedRowsGiveZeroNotNaN) {
     }
 }
 
+// Cross-attention: the output has the query's length whatever the memory's, and query rows are
+// independent: each row computed alone gives the same output and weights; each weight row sums to 1.
 TEST(Properties, CrossAttentionLengthFollowsTheQuery) {
   std::mt19937 rng(5);
   const MultiHeadAttention mha = make_mha(8, 2, 6);
@@ -123,9 +125,26 @@ TEST(Properties, CrossAttentionLengthFollowsTheQuery) {
   o.need_weights = true;
   for (int64_t Lq : {1, 3, 17})
     for (int64_t Lk : {1, 5, 40}) {
-      const MhaOutput r = mha.cross_attention(test::random_tensor({2, Lq, 8}, rng), test::random_tensor({2, Lk, 8}, rng), o);
-      EXPECT_EQ(r.output.shape(), (Shape{2, Lq, 8}));
-      EXPECT_EQ(r.weights.shape(), (Shape{2, Lq, Lk}));
+      SCOPED_TRACE("Lq " + std::to_string(Lq) + " Lk " + std::to_string(Lk));
+      const Tensor x = test::random_tensor({2, Lq, 8}, rng), mem = test::random_tensor({2, Lk, 8}, rng);
+      const MhaOutput r = mha.cross_attention(x, mem, o);
+      ASSERT_EQ(r.output.shape(), (Shape{2, Lq, 8}));
+      ASSERT_EQ(r.weights.shape(), (Shape{2, Lq, Lk}));
+      for (int64_t i = 0; i < Lq; ++i) {
+        Tensor xi({2, 1, 8});  // query row i of both batches
+        for (int64_t b = 0; b < 2; ++b) std::copy_n(x.f32() + (b * Lq + i) * 8, 8, xi.f32() + b * 8);
+        const MhaOutput ri = mha.cross_attention(xi, mem, o);
+        for (int64_t b = 0; b < 2; ++b) {
+          for (int64_t e = 0; e < 8; ++e)
+            EXPECT_NEAR(r.output.f32()[(b * Lq + i) * 8 + e], ri.output.f32()[b * 8 + e], 1e-6);
+          double sum = 0.0;
+          for (int64_t j = 0; j < Lk; ++j) {
+            EXPECT_NEAR(r.weights.f32()[(b * Lq + i) * Lk + j], ri.weights.f32()[b * Lk + j], 1e-6);
+            sum += r.weights.f32()[(b * Lq + i) * Lk + j];
+          }
+          EXPECT_NEAR(sum, 1.0, 1e-5);
+        }
+      }
     }
 }
 

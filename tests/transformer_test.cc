@@ -2,6 +2,7 @@
 // nn.TransformerEncoderLayer / DecoderLayer (batch-first, both norm_first) forward and autograd
 // gradients, and the whole model (embeddings + nn.Transformer + generator) forward, loss and
 // gradients. Then generation: incremental decoding equals full recomputation; beam search.
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -181,9 +182,28 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, {0}), ArgumentError);        // beam 0
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
   std::filesystem::remove_all(dir);
+  std::mt19937 rng(9);  // every parameter off its initial value (LayerNorm weights start at 1 everywhere)
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& [name, t] : m.params())
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] += u(rng);
   m.save(dir.string());
   Transformer back = Transformer::load(dir.string());
-  EXPECT_EQ(back.params().at("decoder.norm.weight").f32()[3], m.params().at("decoder.norm.weight").f32()[3]);
+  ASSERT_EQ(back.params().size(), m.params().size());
+  for (const auto& [name, t] : m.params()) {  // every tensor comes back bit for bit
+    const Tensor& b = back.params().at(name);
+    ASSERT_EQ(b.shape(), t.shape()) << name;
+    EXPECT_EQ(std::memcmp(b.raw(), t.raw(), t.nbytes()), 0) << name;
+  }
+  // and the loaded model computes what the saved one does (its named fields point at the loaded tensors)
+  const TokenBatch src{{3, 4, 5, 2}, 1, 4};
+  EXPECT_EQ(generate(back, src, {2, 0.6f, 8}), generate(m, src, {2, 0.6f, 8}));
+  EXPECT_EQ(test::max_abs_diff(back.encode(src), m.encode(src)), 0.0);
+  {  // an unknown activation is an error, not silently ReLU
+    std::ofstream(dir / "config.json") << std::string(m.config().to_json()).replace(
+        m.config().to_json().find("\"relu\""), 6, "\"tanh\"");
+  }
+  EXPECT_THROW(Transformer::load(dir.string()), FormatError);
+  m.save(dir.string());
   {  // truncate the weights
     const auto path = dir / "model.safetensors";
     const auto size = std::filesystem::file_size(path);
