@@ -1,6 +1,7 @@
 #include "attn/tasks/numbers_en_zh.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <cctype>
 #include <random>
 #include <sstream>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 
 namespace attn::tasks {
 namespace {
@@ -260,6 +262,11 @@ std::string Vocab::decode_target(const std::vector<int32_t>& ids) const {
 }
 
 std::string Vocab::to_json() const { return nlohmann::json{{"src", src}, {"tgt", tgt}}.dump(1); }
+
+Vocab Vocab::load(const std::string& model_dir) {
+  const std::string path = model_dir + "/vocab.json";
+  return std::filesystem::exists(path) ? from_json(io::read_text(path)) : numbers();
+}
 
 Vocab Vocab::from_json(const std::string& text) {
   try {

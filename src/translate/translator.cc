@@ -5,7 +5,6 @@
 #include <filesystem>
 
 #include "attn/error.h"
-#include "attn/io/file.h"
 
 namespace attn {
 
@@ -28,8 +27,7 @@ Translator Translator::borrowing(const Transformer& model, tasks::Vocab vocab) {
 Translator Translator::load(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
-  tasks::Vocab vocab = fs::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::read_text(dir + "/vocab.json"))
-                                                       : tasks::Vocab::numbers();
+  tasks::Vocab vocab = tasks::Vocab::load(dir);
   try {
     return Translator(Transformer::load(dir), std::move(vocab));
   } catch (const Error& e) {

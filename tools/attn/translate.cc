@@ -41,37 +41,13 @@ std::string resolve_model_dir(const std::string& flag) {
   throw ArgumentError("no model found: pass --model DIR (the repository ships models/numbers-en-zh)");
 }
 
-tasks::Vocab load_vocab(const std::string& dir) {
-  return std::filesystem::exists(dir + "/vocab.json") ? tasks::Vocab::from_json(io::read_text(dir + "/vocab.json"))
-                                                      : tasks::Vocab::numbers();
-}
-
 namespace {
 
-struct LoadedModel {
-  Transformer model;
-  tasks::Vocab vocab;
-};
-
-LoadedModel load_model(const std::string& flag) {
-  const std::string dir = resolve_model_dir(flag);
-  const tasks::Vocab vocab = load_vocab(dir);
-  try {
-    return {Transformer::load(dir), vocab};
-  } catch (const Error& e) {
-    throw FormatError("--model " + dir + ": " + e.what());
-  }
-}
-
-std::vector<std::string> translate_all(const LoadedModel& m, const std::vector<std::string>& sentences, int beam) {
-  TranslateOptions options;
-  options.beam = beam;
-  return Translator::borrowing(m.model, m.vocab).translate(sentences, options);
-}
+Translator load_translator(const std::string& flag) { return Translator::load(resolve_model_dir(flag)); }
 
 struct TranslateArgs {
   std::string model;
-  int beam = 1;
+  TranslateOptions options;
   bool strict = false;
   std::vector<std::string> text;
 };
@@ -80,8 +56,9 @@ struct TranslateArgs {
 // empty output line, the rest are translated, and the exit status is non-zero at the end. A phrase
 // outside the task's grammar is translated with a warning. --strict: either stops before any output.
 void run_translate(const TranslateArgs& a) {
-  if (a.beam < 1 || a.beam > 64) throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.beam));
-  const LoadedModel m = load_model(a.model);
+  if (a.options.beam < 1 || a.options.beam > 64)
+    throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
+  const Translator translator = load_translator(a.model);
   const bool from_stdin = a.text.empty();
   std::vector<std::string> lines;
   if (from_stdin) {
@@ -98,7 +75,7 @@ void run_translate(const TranslateArgs& a) {
     const std::string text = tasks::normalize_source(lines[i]);
     const std::optional<std::string> why = tasks::grammar_problem(text);
     try {
-      m.vocab.encode_source(text, m.model.config().max_len);
+      translator.encode(text);
     } catch (const Error& e) {  // the grammar's reason for an unknown word also says how the task writes it
       errors.fail(i, why && why->rfind("unknown word", 0) == 0 ? *why : e.what());
       continue;
@@ -106,7 +83,7 @@ void run_translate(const TranslateArgs& a) {
     if (why) errors.warn(i, *why + (a.strict ? "" : "; translated anyway, but the model never saw such a phrase"));
     good.push_back(text);
   }
-  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : translate_all(m, good, a.beam);
+  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : translator.translate(good, a.options);
   for (size_t i = 0, next = 0; i < lines.size(); ++i) std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
   std::cout.flush();
   errors.finish(lines.size(), "empty lines");
@@ -122,11 +99,11 @@ struct EvalArgs {
 
 void run_eval(const EvalArgs& a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
-  const LoadedModel m = load_model(a.model);
+  const Translator translator = load_translator(a.model);
   const tasks::Split split = a.split == "test" ? tasks::Split::kTest : a.split == "validation" ? tasks::Split::kValidation : tasks::Split::kTrain;
   const auto examples = tasks::make_examples(split, a.count, a.seed + (split == tasks::Split::kValidation ? 1 : split == tasks::Split::kTest ? 2 : 0));
   std::vector<std::string> got;
-  const double acc = train::exact_match(m.model, m.vocab, examples, a.beam, &got);
+  const double acc = train::exact_match(translator.model(), translator.vocab(), examples, a.beam, &got);
   int64_t right = 0;
   for (size_t i = 0; i < examples.size(); ++i) {
     right += got[i] == examples[i].target;
@@ -145,7 +122,12 @@ void add_translate(CLI::App& app) {
                                      "Translate English number words to Chinese numerals with an encoder-decoder Transformer.\n"
                                      "With no text, reads one sentence per line from standard input.");
   sub->add_option("--model", t->model, "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
-  sub->add_option("--beam", t->beam, "beam width; 1 = greedy");
+  sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
+  sub->add_option("--max-length", t->options.max_length,
+                  "longest output in tokens (EOS included); default: 2 x the source's tokens + 8, at most the model's "
+                  "max_len")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--batch-size", t->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
   sub->add_option("text", t->text, "the sentence, e.g. \"three hundred twelve\"");
   sub->add_flag("--strict", t->strict,
                 "stop at the first bad line, before printing anything, and treat a phrase outside the task's grammar "

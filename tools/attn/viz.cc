@@ -111,7 +111,7 @@ void run_viz(const VizArgs& a) {
   if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
-  const tasks::Vocab vocab = load_vocab(dir);
+  const tasks::Vocab vocab = tasks::Vocab::load(dir);
   const std::string text = tasks::normalize_source(a.text);
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
   const std::string translation = translate_one(model, vocab, text, a.beam);

@@ -60,6 +60,8 @@ struct Vocab {
   std::string decode_target(const std::vector<int32_t>& ids) const;  // stops at EOS
   std::string to_json() const;
   static Vocab from_json(const std::string& text);  // throws FormatError
+  // A model directory's vocab.json, or numbers() when it has none (the shipped model's vocabulary).
+  static Vocab load(const std::string& model_dir);
 };
 
 // Splits UTF-8 into characters (the target's tokens) and text into space-separated words.
