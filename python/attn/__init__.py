@@ -15,8 +15,8 @@ import numpy as np
 from . import _attn
 
 __version__ = _attn.__version__
-__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "SentenceEncoder", "load_safetensors",
-           "save_safetensors", "__version__"]
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "shipped_model_dir", "SentenceEncoder",
+           "load_safetensors", "save_safetensors", "__version__"]
 
 
 def _f32(x, name):
@@ -167,26 +167,48 @@ class MultiheadAttention:
     __call__ = forward
 
 
+def shipped_model_dir():
+    """The translation model that ships inside the package (models/numbers-en-zh of the repository)."""
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "numbers-en-zh")
+
+
 class Translator:
     """An encoder-decoder Transformer trained by `attn train` (English number words -> Chinese numerals).
 
-    Translator(model_dir)("three hundred twelve") -> "三百一十二"; a list gives a list. Without model_dir,
-    $ATTN_MODEL is used. Unknown words, empty or over-long input raise ValueError.
+    Translator()("three hundred twelve") -> "三百一十二"; a list gives a list. The model: model_dir if given,
+    else $ATTN_MODEL, else the one shipped in the package (shipped_model_dir()). Input is normalised as
+    `attn translate` does it (lower case, single spaces). Unknown words, empty or over-long input raise
+    ValueError. A phrase outside the task's grammar (one the model was never trained on, e.g. "ninety
+    nine hundred") is translated with a UserWarning, or raises ValueError with strict=True.
     """
 
     def __init__(self, model_dir=None):
         import os
-        model_dir = model_dir or os.environ.get("ATTN_MODEL")
-        if not model_dir:
-            raise ValueError("give the model directory (e.g. models/numbers-en-zh of the attn repository) or set ATTN_MODEL")
+        model_dir = model_dir or os.environ.get("ATTN_MODEL") or shipped_model_dir()
         self.model_dir = str(model_dir)
+        if not os.path.exists(os.path.join(self.model_dir, "config.json")):
+            raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
         self._m = _attn.Transformer.load(self.model_dir)
         vocab = os.path.join(self.model_dir, "vocab.json")
         self._vocab = open(vocab, encoding="utf-8").read() if os.path.exists(vocab) else ""
 
-    def __call__(self, text, beam=1):
+    @staticmethod
+    def grammar_problem(text):
+        """Why `text` is outside the task's grammar, as `attn translate` warns it, or None."""
+        return _attn.grammar_problem(str(text))
+
+    def __call__(self, text, beam=1, strict=False):
+        import warnings
         one = isinstance(text, str)
-        out = self._m.translate([text] if one else list(text), int(beam), self._vocab)
+        sentences = [text] if one else list(text)
+        problems = [_attn.grammar_problem(s) for s in sentences]
+        if strict and any(problems):
+            raise ValueError(next(p for p in problems if p))
+        out = self._m.translate(sentences, int(beam), self._vocab)  # raises for unknown words, empty input
+        for p in problems:
+            if p:
+                warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)
         return out[0] if one else out
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -108,6 +109,30 @@ def test_translator_uses_the_shipped_model():
         t("three hundred twelfe")
     with pytest.raises(ValueError, match="empty"):
         t("")
+
+
+def test_translator_without_an_argument_finds_the_model_shipped_in_the_package(monkeypatch):
+    monkeypatch.delenv("ATTN_MODEL", raising=False)
+    t = attn.Translator()
+    package = os.path.dirname(os.path.abspath(attn.__file__))
+    assert os.path.commonpath([os.path.abspath(t.model_dir), package]) == package, "not package data: " + t.model_dir
+    for name in ("config.json", "model.safetensors", "vocab.json", "README.md"):
+        assert os.path.isfile(os.path.join(t.model_dir, name)), name
+    assert t("three hundred twelve") == "三百一十二"
+
+
+def test_translator_normalises_and_checks_the_grammar_as_the_cli_does():
+    t = attn.Translator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # canonical input, however spelt: no warning
+        assert t("  Three HUNDRED\ttwelve ") == "三百一十二"
+        assert t(["TEN", "one  hundred one"]) == ["十", "一百零一"]
+    with pytest.warns(UserWarning, match="nine thousand nine hundred"):
+        assert t("ninety nine hundred") != ""  # translated anyway
+    with pytest.raises(ValueError, match="1000000000000"):
+        t("one million million", strict=True)
+    assert attn.Translator.grammar_problem("One Hundred One") is None
+    assert "and" in attn.Translator.grammar_problem("one hundred and one")
 
 
 def test_sentence_encoder_matches_the_fixture():
