@@ -203,6 +203,12 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
         m.config().to_json().find("\"relu\""), 6, "\"tanh\"");
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
+  {  // so is an unknown key (a misspelt "norm_first" would otherwise load as post-norm)
+    std::string json = m.config().to_json();
+    json.replace(json.find("\"norm_first\""), 12, "\"normfirst\"");
+    std::ofstream(dir / "config.json") << json;
+  }
+  EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   m.save(dir.string());
   {  // truncate the weights
     const auto path = dir / "model.safetensors";

@@ -44,6 +44,10 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
   TransformerConfig c;
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
+    if (!j.is_object()) throw FormatError("model config: expected a JSON object");
+    const nlohmann::json known = nlohmann::json::parse(TransformerConfig{}.to_json());
+    for (const auto& [key, value] : j.items())  // a misspelt key would otherwise be silently a default
+      if (!known.contains(key)) throw FormatError("model config: unknown key \"" + key + "\"");
     c.src_vocab = j.at("src_vocab"), c.tgt_vocab = j.at("tgt_vocab"), c.d_model = j.at("d_model");
     c.num_heads = j.at("num_heads"), c.d_ff = j.at("d_ff");
     c.num_encoder_layers = j.at("num_encoder_layers"), c.num_decoder_layers = j.at("num_decoder_layers");
