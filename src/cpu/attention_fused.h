@@ -1,7 +1,10 @@
-// Internal: the fused attention kernel, one entry point per compiled instruction set.
+// Internal: the fused attention kernel, one entry point per compiled instruction set, and the choice
+// between them.
 #pragma once
 
-#include "ops/attention_problem.h"
+#include <cstdint>
+
+#include "cpu/attention_problem.h"
 
 namespace attn::detail {
 
@@ -21,5 +24,8 @@ SimdLevel simd_level_supported();
 SimdLevel simd_level_active();
 void force_simd_level(SimdLevel level);
 const char* simd_level_name(SimdLevel level);
+
+// The fused path: runs the kernel of simd_level_active().
+void attention_fused(const AttentionProblem& p);
 
 }  // namespace attn::detail
