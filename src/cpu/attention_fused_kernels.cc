@@ -13,6 +13,14 @@
 // The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
 // (decode: few queries, long K/V) each split keeps its own (m, l, acc) and they merge by log-sum-exp.
 // Weights, when asked for, come from a second pass over K: w = exp(S − lse), lse = m + log l.
+//
+// One call, step by step (attention_fused, at the end of the file):
+//   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
+//   pack_keys         Kᵀ packed once per call into [D, kBk] tiles (not on the few-query path)
+//   run_tiles         every task above; with one split it finishes its rows (out, lse)
+//   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
+//   write_weights     the second pass, when weights are asked for
+// Tile sizes (kBq, kBk, the register tiles) are this target's Tiles (cpu/tile_traits.h).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,6 +30,7 @@
 #include "cpu/attention_fused.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
+#include "cpu/tile_traits.h"
 
 #ifndef ATTN_TARGET
 #error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
@@ -32,23 +41,9 @@ namespace {
 
 using simd::Vec;
 constexpr int W = Vec::W;
-constexpr int64_t kBq = 64;               // query rows per tile
-constexpr int64_t kBk = 64;               // keys per tile; a multiple of 2·W
-// Register tiles; all shapes that fit the 32 zmm registers measured within 2% of each other on the
-// Zen 4 development machine (one 512-bit FMA per cycle per core) for long sequences. P·V keeps 4
-// vectors of columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
-#ifndef ATTN_SCORE_ROWS
-#define ATTN_SCORE_ROWS (W == 16 ? 8 : 6)
-#define ATTN_SCORE_VECS 2
-#define ATTN_PV_ROWS 4
-#define ATTN_PV_VECS (W == 16 ? 4 : 2)
-#endif
-constexpr int kScoreRows = ATTN_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns
-constexpr int kScoreVecs = ATTN_SCORE_VECS;
-constexpr int kPvRows = ATTN_PV_ROWS;        // P·V register tile: rows × vectors of columns
-constexpr int kPvVecs = ATTN_PV_VECS;
+static_assert(Tiles::kLanes == W, "this target's tile traits describe another vector width");
+static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-static_assert(kBk % (kScoreVecs * W) == 0);
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -72,12 +67,12 @@ struct Workspace {
     auto grow = [](std::vector<float>& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
-    grow(qs, kBq * std::max<int64_t>(D, 1));
-    grow(vp, kBk * Dvp);
-    grow(s, kBq * kBk);
-    grow(acc, kBq * std::max<int64_t>(Dvp, 1));
-    grow(m, kBq);
-    grow(l, kBq);
+    grow(qs, Tiles::kBq * std::max<int64_t>(D, 1));
+    grow(vp, Tiles::kBk * Dvp);
+    grow(s, Tiles::kBq * Tiles::kBk);
+    grow(acc, Tiles::kBq * std::max<int64_t>(Dvp, 1));
+    grow(m, Tiles::kBq);
+    grow(l, Tiles::kBq);
   }
 };
 
@@ -89,21 +84,21 @@ Workspace& thread_workspace() {
 // s[r, c] = Σ_d qs[r, d] · kt[d, c] for R rows and `cols` columns (a multiple of kScoreVecs·W).
 template <int R>
 void score_tile(const float* qs, int64_t D, const float* kt, int64_t cols, float* s) {
-  constexpr int C = kScoreVecs;
+  constexpr int C = Tiles::kScoreVecs;
   for (int64_t c0 = 0; c0 < cols; c0 += C * W) {
     Vec a[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) a[r][c] = Vec::zero();
     for (int64_t d = 0; d < D; ++d) {
       Vec k[C];
-      for (int c = 0; c < C; ++c) k[c] = Vec::load(kt + d * kBk + c0 + c * W);
+      for (int c = 0; c < C; ++c) k[c] = Vec::load(kt + d * Tiles::kBk + c0 + c * W);
       for (int r = 0; r < R; ++r) {
         const Vec qb = Vec::set1(qs[r * D + d]);
         for (int c = 0; c < C; ++c) a[r][c] = Vec::fmadd(qb, k[c], a[r][c]);
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) a[r][c].store(s + r * kBk + c0 + c * W);
+      for (int c = 0; c < C; ++c) a[r][c].store(s + r * Tiles::kBk + c0 + c * W);
   }
 }
 
@@ -118,11 +113,11 @@ float dot(const float* a, const float* b, int64_t n) {
 
 // kt[d, jj] = K[j0 + jj, d] for jj < n, 0 for jj in [n, round_up(n, kScoreVecs·W)): a [D, kBk] tile.
 void transpose_key_tile(const float* k, int64_t k_sl, int64_t j0, int64_t n, int64_t D, float* kt) {
-  const int64_t cols = round_up(n, kScoreVecs * W);
-  for (int64_t d = 0; d < D; ++d) std::fill(kt + d * kBk + n, kt + d * kBk + cols, 0.0f);
+  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+  for (int64_t d = 0; d < D; ++d) std::fill(kt + d * Tiles::kBk + n, kt + d * Tiles::kBk + cols, 0.0f);
   for (int64_t jj = 0; jj < n; ++jj) {
     const float* kj = k + (j0 + jj) * k_sl;
-    for (int64_t d = 0; d < D; ++d) kt[d * kBk + jj] = kj[d];
+    for (int64_t d = 0; d < D; ++d) kt[d * Tiles::kBk + jj] = kj[d];
   }
 }
 
@@ -134,17 +129,17 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
   if (kt == nullptr) {
     for (int64_t jj = 0; jj < n; ++jj) {
       const float* kj = k + (j0 + jj) * p.k_sl;
-      for (int64_t r = 0; r < rows; ++r) ws.s[r * kBk + jj] = dot(ws.qs.data() + r * D, kj, D);
+      for (int64_t r = 0; r < rows; ++r) ws.s[r * Tiles::kBk + jj] = dot(ws.qs.data() + r * D, kj, D);
     }
     return;
   }
-  const int64_t cols = round_up(n, kScoreVecs * W);
+  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
   int64_t r = 0;
-  for (; r + kScoreRows <= rows; r += kScoreRows)
-    score_tile<kScoreRows>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * kBk);
+  for (; r + Tiles::kScoreRows <= rows; r += Tiles::kScoreRows)
+    score_tile<Tiles::kScoreRows>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * Tiles::kBk);
   if (r < rows)
-    with_const<kScoreRows>(static_cast<int>(rows - r), [&](auto R) {
-      score_tile<decltype(R)::value>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * kBk);
+    with_const<Tiles::kScoreRows>(static_cast<int>(rows - r), [&](auto R) {
+      score_tile<decltype(R)::value>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * Tiles::kBk);
     });
 }
 
@@ -158,7 +153,7 @@ void pv_tile(const float* P, int64_t n, const float* V, int64_t v_stride, float*
     Vec vv[C];
     for (int c = 0; c < C; ++c) vv[c] = Vec::load(V + j * v_stride + c * W);
     for (int r = 0; r < R; ++r) {
-      const Vec pb = Vec::set1(P[r * kBk + j]);
+      const Vec pb = Vec::set1(P[r * Tiles::kBk + j]);
       for (int c = 0; c < C; ++c) a[r][c] = Vec::fmadd(pb, vv[c], a[r][c]);
     }
   }
@@ -169,13 +164,13 @@ void pv_tile(const float* P, int64_t n, const float* V, int64_t v_stride, float*
 // acc[rows, Dvp] += P[rows, n] · V[n, Dvp]
 void accumulate_pv(const float* V, int64_t v_stride, int64_t n, int64_t rows, int64_t Dvp, Workspace& ws) {
   const int64_t vecs = Dvp / W;
-  for (int64_t r = 0; r < rows; r += kPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(kPvRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += kPvVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(kPvVecs, vecs - c));
-      with_const<kPvRows>(R, [&](auto RR) {
-        with_const<kPvVecs>(C, [&](auto CC) {
-          pv_tile<decltype(RR)::value, decltype(CC)::value>(ws.s.data() + r * kBk, n, V + c * W, v_stride,
+  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
+    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
+      with_const<Tiles::kPvRows>(R, [&](auto RR) {
+        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
+          pv_tile<decltype(RR)::value, decltype(CC)::value>(ws.s.data() + r * Tiles::kBk, n, V + c * W, v_stride,
                                                             ws.acc.data() + r * Dvp + c * W, Dvp);
         });
       });
@@ -218,13 +213,13 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   const float* k = p.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
   const float* v = p.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
   const bool pack_v = p.Dv % W != 0;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
-    const int64_t n = std::min(kBk, j_end - j0);
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += Tiles::kBk) {
+    const int64_t n = std::min(Tiles::kBk, j_end - j0);
     if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
-    compute_scores(p, k, kpack ? kpack + j0 / kBk * p.D * kBk : nullptr, j0, n, rows, ws);
+    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, j0, n, rows, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     for (int64_t r = 0; r < rows; ++r) {
-      float* s = ws.s.data() + r * kBk;
+      float* s = ws.s.data() + r * Tiles::kBk;
       if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
       // m' = max(m, rowmax s)
       float tile_max = kNegInf;
@@ -326,14 +321,15 @@ void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t
 }
 
 // Second pass: weights[b, h, i, :] = exp(S − lse_i) for rows [i0, i0 + rows); 0 where hidden.
-void write_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* lse,
-                   const float* kpack, Workspace& ws) {
+// lse: [rows], the rows' log-sum-exp; kpack as in accumulate_keys.
+void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* lse,
+                        const float* kpack, Workspace& ws) {
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
-  for (int64_t j0 = 0; j0 < p.Lk; j0 += kBk) {
-    const int64_t n = std::min(kBk, p.Lk - j0);
-    compute_scores(p, k, kpack ? kpack + j0 / kBk * p.D * kBk : nullptr, j0, n, rows, ws);
+  for (int64_t j0 = 0; j0 < p.Lk; j0 += Tiles::kBk) {
+    const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
+    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, j0, n, rows, ws);
     for (int64_t r = 0; r < rows; ++r) {
-      float* s = ws.s.data() + r * kBk;
+      float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
       mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
       if (lse[r] == kNegInf) {
@@ -352,6 +348,192 @@ void write_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, 
   }
 }
 
+// ---- The steps of one call --------------------------------------------------------------------------------
+
+// How one call divides its work; every step reads it.
+struct FusedPlan {
+  int threads = 1;
+  int64_t Dvp = 0;              // Dv rounded up to whole vectors: an accumulator row
+  int64_t query_tiles = 0;      // query tiles per head: ⌈Lq / kBq⌉
+  int64_t tile_tasks = 0;       // (batch, head, query tile) tasks: B · H · query_tiles
+  int64_t splits = 1;           // key splits per tile task; > 1 only for decode (Lq <= 4, few tasks)
+  int64_t row_state = 0;        // floats of one row's kept (m, l, acc): 2 + Dvp
+  bool keys_packed = false;     // Kᵀ packed by pack_keys; the few-query path reads K's rows instead
+  int64_t key_tiles = 0;        // ⌈Lk / kBk⌉
+  int64_t key_tile_floats = 0;  // one packed key tile [D, kBk] (D at least 1)
+};
+
+FusedPlan plan_fused(const AttentionProblem& p) {
+  FusedPlan plan;
+  plan.threads = resolve_threads(p.num_threads);
+  plan.Dvp = round_up(p.Dv, W);
+  plan.query_tiles = (p.Lq + Tiles::kBq - 1) / Tiles::kBq;
+  plan.tile_tasks = p.B * p.H * plan.query_tiles;
+  plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
+  plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
+  // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
+  if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)
+    plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
+  plan.splits = std::max<int64_t>(plan.splits, 1);
+  plan.row_state = 2 + plan.Dvp;
+  plan.keys_packed = p.Lq > 4;
+  return plan;
+}
+
+// The call's buffers shared by its threads; owned by the calling thread, grown once and reused.
+struct FusedBuffers {
+  float* partial;  // [tile_tasks, splits, kBq, row_state]  each split's row states, when splits > 1
+  float* lse;      // [B, H, Lq]                            each row's log-sum-exp, when weights are asked for
+  float* packed;   // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed
+};
+
+FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
+  thread_local std::vector<float> partial, lse, packed;
+  const int64_t partial_floats = plan.tile_tasks * plan.splits * Tiles::kBq * plan.row_state;
+  if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
+    partial.resize(static_cast<size_t>(partial_floats));
+  const int64_t lse_floats = p.B * p.H * p.Lq;
+  if (p.weights && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
+  const int64_t packed_floats = p.B * p.Hkv * plan.key_tiles * plan.key_tile_floats;
+  if (plan.keys_packed && static_cast<int64_t>(packed.size()) < packed_floats)
+    packed.resize(static_cast<size_t>(packed_floats));
+  return {partial.data(), lse.data(), packed.data()};
+}
+
+// Head (b, h)'s packed Kᵀ, [key_tiles, D, kBk] (shared by the heads of a group), or nullptr when the
+// keys are not packed.
+const float* head_keys(const AttentionProblem& p, const FusedPlan& plan, const float* packed, int64_t b, int64_t h) {
+  return plan.keys_packed ? packed + (b * p.Hkv + p.kv_head(h)) * plan.key_tiles * plan.key_tile_floats : nullptr;
+}
+
+// One (batch, head, query tile) task: rows [i0, i0 + rows) of head (b, h); bh = b · H + h.
+struct TileTask {
+  int64_t b, h, bh, i0, rows;
+};
+
+TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t index) {
+  const int64_t tile = index % plan.query_tiles, bh = index / plan.query_tiles;
+  const int64_t i0 = tile * Tiles::kBq;
+  return {bh / p.H, bh % p.H, bh, i0, std::min(Tiles::kBq, p.Lq - i0)};
+}
+
+// The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
+// threads leave it together.
+
+// Kᵀ packed once per call as [B, Hkv, key tile, D, kBk], shared by every query tile and every head of a
+// group (transpose_key_tile pads each tile's last columns with 0).
+void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
+    const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
+    transpose_key_tile(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk,
+                       std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk), p.D, packed + t * plan.key_tile_floats);
+  }
+}
+
+// The keys split `split` of task t covers, as a half-open range: whole, aligned key tiles of the range
+// the task's rows may see, divided evenly among the splits.
+void split_key_range(const AttentionProblem& p, const FusedPlan& plan, const TileTask& t, int64_t split, int64_t* lo,
+                     int64_t* hi) {
+  tile_key_range(p, t.i0, t.rows, lo, hi);
+  *lo = *lo / Tiles::kBk * Tiles::kBk;  // whole, aligned key tiles: the keys before lo are hidden in every row
+  if (plan.splits > 1) {  // this split's share of the key tiles
+    const int64_t ntiles = *hi > *lo ? (*hi - *lo + Tiles::kBk - 1) / Tiles::kBk : 0;
+    const int64_t a = *lo + ntiles * split / plan.splits * Tiles::kBk;
+    const int64_t e = *lo + ntiles * (split + 1) / plan.splits * Tiles::kBk;
+    *lo = std::min(a, *hi);
+    *hi = std::min(e, *hi);
+  }
+}
+
+// Every (tile task, key split): the online softmax over the split's keys into ws.m, ws.l, ws.acc, a row
+// whose fast state came out non-finite redone by exact_row_state. With one split the task finishes its
+// rows: out = acc / l, and lse = m + log l when weights are asked for. With several, it keeps the rows'
+// (m, l, acc) in buf.partial for merge_key_splits.
+void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf, Workspace& ws) {
+  const int64_t Dvp = plan.Dvp;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t task = 0; task < plan.tile_tasks * plan.splits; ++task) {
+    const int64_t split = task % plan.splits;
+    const TileTask t = tile_task(p, plan, task / plan.splits);
+    int64_t lo, hi;
+    split_key_range(p, plan, t, split, &lo, &hi);
+    pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
+    std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
+    std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
+    if (lo < hi) {
+      accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), ws);
+      for (int64_t r = 0; r < t.rows; ++r)
+        if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
+          exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
+                          ws.acc.data() + r * Dvp);
+    }
+    if (plan.splits > 1) {
+      float* state = buf.partial + task * Tiles::kBq * plan.row_state;  // [kBq, row_state]
+      for (int64_t r = 0; r < t.rows; ++r) {
+        state[r * plan.row_state] = ws.m[r];
+        state[r * plan.row_state + 1] = ws.l[r];
+        std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * plan.row_state + 2);
+      }
+      continue;
+    }
+    // out = acc / l ; lse = m + log l
+    float* o = p.o + t.b * p.o_sb + t.h * p.o_sh;
+    for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
+      const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
+      for (int64_t d = 0; d < p.Dv; ++d) o[(t.i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
+      if (p.weights) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
+    }
+  }
+}
+
+// Merges the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic): out, and
+// lse when weights are asked for. partial: [tile_tasks, splits, kBq, row_state]; lse: [B, H, Lq].
+void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const float* partial, float* lse) {
+  const int64_t splits = plan.splits, row_state = plan.row_state;
+#pragma omp for schedule(static)
+  for (int64_t index = 0; index < plan.tile_tasks; ++index) {
+    const TileTask t = tile_task(p, plan, index);
+    float* o = p.o + t.b * p.o_sb + t.h * p.o_sh;
+    for (int64_t r = 0; r < t.rows; ++r) {
+      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * Tiles::kBq + r) * row_state; };
+      float m = kNegInf;
+      bool poisoned = false;  // a split whose l is NaN makes the whole row NaN
+      for (int64_t s = 0; s < splits; ++s) {
+        m = std::max(m, state_of(s)[0]);
+        poisoned |= std::isnan(state_of(s)[1]);
+      }
+      float l = 0.0f;
+      float* out = o + (t.i0 + r) * p.o_sl;
+      std::fill(out, out + p.Dv, poisoned ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+      if (poisoned) l = std::numeric_limits<float>::quiet_NaN();
+      if (!poisoned && m != kNegInf) {
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* state = state_of(s);
+          const float c = state[0] == kNegInf ? 0.0f : std::exp(state[0] - m);
+          if (c == 0.0f) continue;  // its weights are all 0 here: its values are never multiplied
+          l += c * state[1];
+          for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
+        }
+        for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
+      }
+      if (p.weights) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
+    }
+  }
+}
+
+// The weights pass: every tile task's rows of p.weights, from lse ([B, H, Lq]).
+void write_weights(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf, Workspace& ws) {
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t index = 0; index < plan.tile_tasks; ++index) {
+    const TileTask t = tile_task(p, plan, index);
+    pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.lse + t.bh * p.Lq + t.i0,
+                       head_keys(p, plan, buf.packed, t.b, t.h), ws);
+  }
+}
+
 }  // namespace
 
 float exp_for_test(float x) {
@@ -363,133 +545,16 @@ float exp_for_test(float x) {
 
 void attention_fused(const AttentionProblem& p) {
   if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
-  const int threads = resolve_threads(p.num_threads);
-  const int64_t Dvp = round_up(p.Dv, W);
-  const int64_t tiles = (p.Lq + kBq - 1) / kBq;
-  const int64_t heads = p.B * p.H * tiles;
-  // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
-  int64_t splits = 1;
-  if (p.Lq <= 4 && heads < 2 * threads) splits = std::min<int64_t>((2 * threads + heads - 1) / heads, (p.Lk + kBk - 1) / kBk);
-  splits = std::max<int64_t>(splits, 1);
-  // Per task: its rows' m, l and acc (kept for the merge when splits > 1) and lse for the weights pass.
-  const int64_t row_state = 2 + Dvp;
-  thread_local std::vector<float> partial;  // [heads, splits, kBq, row_state]
-  thread_local std::vector<float> lse;      // [B, H, Lq]
-  if (splits > 1 && static_cast<int64_t>(partial.size()) < heads * splits * kBq * row_state)
-    partial.resize(static_cast<size_t>(heads * splits * kBq * row_state));
-  if (p.weights && static_cast<int64_t>(lse.size()) < p.B * p.H * p.Lq) lse.resize(static_cast<size_t>(p.B * p.H * p.Lq));
-  float* partial_data = partial.data();
-  float* lse_data = lse.data();
-  // Kᵀ packed once per call as [B, Hkv, key tile, D, kBk], shared by every query tile and every head
-  // of a group (the few-query path reads K's rows directly instead).
-  const bool pack = p.Lq > 4;
-  const int64_t ktiles = (p.Lk + kBk - 1) / kBk, tile_floats = std::max<int64_t>(p.D, 1) * kBk;
-  thread_local std::vector<float> packed;
-  if (pack && static_cast<int64_t>(packed.size()) < p.B * p.Hkv * ktiles * tile_floats)
-    packed.resize(static_cast<size_t>(p.B * p.Hkv * ktiles * tile_floats));
-  float* packed_data = packed.data();
-  auto head_pack = [&](int64_t b, int64_t h) -> const float* {
-    return pack ? packed_data + (b * p.Hkv + p.kv_head(h)) * ktiles * tile_floats : nullptr;
-  };
-
-#pragma omp parallel num_threads(threads)
+  const FusedPlan plan = plan_fused(p);
+  const FusedBuffers buf = call_buffers(p, plan);
+#pragma omp parallel num_threads(plan.threads)
   {
     Workspace& ws = thread_workspace();
-    ws.reserve(p.D, Dvp);
-    if (pack) {
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < p.B * p.Hkv * ktiles; ++t) {
-        const int64_t kt = t % ktiles, bk = t / ktiles;
-        transpose_key_tile(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * kBk,
-                           std::min(kBk, p.Lk - kt * kBk), p.D, packed_data + t * tile_floats);
-      }
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < heads * splits; ++task) {
-      const int64_t split = task % splits, tile = task / splits % tiles, bh = task / splits / tiles;
-      const int64_t b = bh / p.H, h = bh % p.H;
-      const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-      int64_t lo, hi;
-      tile_key_range(p, i0, rows, &lo, &hi);
-      lo = lo / kBk * kBk;  // whole, aligned key tiles: the keys before lo are hidden in every row
-      if (splits > 1) {  // this split's share of the key tiles
-        const int64_t ntiles = hi > lo ? (hi - lo + kBk - 1) / kBk : 0;
-        const int64_t a = lo + ntiles * split / splits * kBk, e = lo + ntiles * (split + 1) / splits * kBk;
-        lo = std::min(a, hi);
-        hi = std::min(e, hi);
-      }
-      pack_queries(p, b, h, i0, rows, ws);
-      std::fill(ws.m.begin(), ws.m.begin() + rows, kNegInf);
-      std::fill(ws.l.begin(), ws.l.begin() + rows, 0.0f);
-      std::fill(ws.acc.begin(), ws.acc.begin() + rows * Dvp, 0.0f);
-      if (lo < hi) {
-        accumulate_keys(p, b, h, i0, rows, lo, hi, Dvp, head_pack(b, h), ws);
-        for (int64_t r = 0; r < rows; ++r)
-          if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
-            exact_row_state(p, b, h, i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
-                            ws.acc.data() + r * Dvp);
-      }
-      if (splits > 1) {
-        float* state = partial_data + task * kBq * row_state;
-        for (int64_t r = 0; r < rows; ++r) {
-          state[r * row_state] = ws.m[r];
-          state[r * row_state + 1] = ws.l[r];
-          std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * row_state + 2);
-        }
-        continue;
-      }
-      // out = acc / l ; lse = m + log l
-      float* o = p.o + b * p.o_sb + h * p.o_sh;
-      for (int64_t r = 0; r < rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
-        const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
-        for (int64_t d = 0; d < p.Dv; ++d) o[(i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
-        if (p.weights) lse_data[bh * p.Lq + i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
-      }
-    }
-
-    if (splits > 1) {
-      // Merge the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic).
-#pragma omp for schedule(static)
-      for (int64_t head = 0; head < heads; ++head) {
-        const int64_t tile = head % tiles, bh = head / tiles, b = bh / p.H, h = bh % p.H;
-        const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-        float* o = p.o + b * p.o_sb + h * p.o_sh;
-        for (int64_t r = 0; r < rows; ++r) {
-          auto state_of = [&](int64_t s) { return partial_data + ((head * splits + s) * kBq + r) * row_state; };
-          float m = kNegInf;
-          bool poisoned = false;  // a split whose l is NaN makes the whole row NaN
-          for (int64_t s = 0; s < splits; ++s) {
-            m = std::max(m, state_of(s)[0]);
-            poisoned |= std::isnan(state_of(s)[1]);
-          }
-          float l = 0.0f;
-          float* out = o + (i0 + r) * p.o_sl;
-          std::fill(out, out + p.Dv, poisoned ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
-          if (poisoned) l = std::numeric_limits<float>::quiet_NaN();
-          if (!poisoned && m != kNegInf) {
-            for (int64_t s = 0; s < splits; ++s) {
-              const float* state = state_of(s);
-              const float c = state[0] == kNegInf ? 0.0f : std::exp(state[0] - m);
-              if (c == 0.0f) continue;  // its weights are all 0 here: its values are never multiplied
-              l += c * state[1];
-              for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
-            }
-            for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
-          }
-          if (p.weights) lse_data[bh * p.Lq + i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
-        }
-      }
-    }
-
-    if (p.weights) {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t head = 0; head < heads; ++head) {
-        const int64_t tile = head % tiles, bh = head / tiles, b = bh / p.H, h = bh % p.H;
-        const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-        pack_queries(p, b, h, i0, rows, ws);
-        write_weights(p, b, h, i0, rows, lse_data + bh * p.Lq + i0, head_pack(b, h), ws);
-      }
-    }
+    ws.reserve(p.D, plan.Dvp);
+    if (plan.keys_packed) pack_keys(p, plan, buf.packed);
+    run_tiles(p, plan, buf, ws);
+    if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
+    if (p.weights) write_weights(p, plan, buf, ws);
   }
 }
 

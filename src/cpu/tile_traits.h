@@ -1,0 +1,59 @@
+// Internal: the fused kernel's tile sizes, one set per instruction set. The kernel compiled for
+// namespace X (attention_fused_kernels.cc, -DATTN_TARGET=X) reads them as X::Tiles and checks that
+// kLanes matches the vector width its compiler flags gave simd::Vec.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/attention_fused.h"
+
+namespace attn::detail {
+
+// kBq × kBk is one task's block of scores; the register tiles are the micro-kernels' blocks:
+// Q·Kᵀ keeps kScoreRows × kScoreVecs accumulator vectors, P·V keeps kPvRows × kPvVecs.
+template <SimdLevel>
+struct TileTraits;
+
+// 32 zmm registers. All register tiles that fit them measured within 2% of each other on the Zen 4
+// development machine (one 512-bit FMA per cycle per core) for long sequences. P·V keeps 4 vectors of
+// columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
+template <>
+struct TileTraits<SimdLevel::kAvx512> {
+  static constexpr int kLanes = 16;     // floats per vector
+  static constexpr int64_t kBq = 64;    // query rows per tile
+  static constexpr int64_t kBk = 64;    // keys per tile; a multiple of kScoreVecs·kLanes
+  static constexpr int kScoreRows = 8;  // Q·Kᵀ register tile: rows × vectors of columns
+  static constexpr int kScoreVecs = 2;
+  static constexpr int kPvRows = 4;     // P·V register tile: rows × vectors of columns
+  static constexpr int kPvVecs = 4;
+};
+
+// 16 ymm registers: 6 × 2 score accumulators, 2 key vectors and a broadcast fit.
+template <>
+struct TileTraits<SimdLevel::kAvx2> {
+  static constexpr int kLanes = 8;
+  static constexpr int64_t kBq = 64;
+  static constexpr int64_t kBk = 64;
+  static constexpr int kScoreRows = 6;
+  static constexpr int kScoreVecs = 2;
+  static constexpr int kPvRows = 4;
+  static constexpr int kPvVecs = 2;
+};
+
+// The portable Vec has 8 lanes, as AVX2's, and takes AVX2's shapes.
+template <>
+struct TileTraits<SimdLevel::kScalar> {
+  static constexpr int kLanes = 8;
+  static constexpr int64_t kBq = 64;
+  static constexpr int64_t kBk = 64;
+  static constexpr int kScoreRows = 6;
+  static constexpr int kScoreVecs = 2;
+  static constexpr int kPvRows = 4;
+  static constexpr int kPvVecs = 2;
+};
+
+namespace avx512 { using Tiles = TileTraits<SimdLevel::kAvx512>; }
+namespace avx2 { using Tiles = TileTraits<SimdLevel::kAvx2>; }
+namespace scalar { using Tiles = TileTraits<SimdLevel::kScalar>; }
+
+}  // namespace attn::detail
