@@ -152,24 +152,25 @@ NB_MODULE(_attn, m) {
           "query"_a, "key"_a, "value"_a, "attn_mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "need_weights"_a,
           "average_attn_weights"_a, "impl"_a, "num_threads"_a);
 
-  nb::class_<attn::Transformer>(m, "Transformer")
-      .def_static("load", &attn::Transformer::load, "dir"_a, "a model directory (config.json, model.safetensors)")
-      .def("num_parameters", &attn::Transformer::num_parameters)
-      .def("config_json", [](const attn::Transformer& t) { return t.config().to_json(); })
+  // The library's Translator: model directory, vocabulary, normalisation and validation, batches, beam.
+  nb::class_<attn::Translator>(m, "Translator")
+      .def_static("load", &attn::Translator::load, "model_dir"_a,
+                  "a model directory (config.json, model.safetensors, vocab.json)")
+      .def("num_parameters", [](const attn::Translator& t) { return t.model().num_parameters(); })
+      .def("config_json", [](const attn::Translator& t) { return t.model().config().to_json(); })
       .def(
           "translate",
-          [](const attn::Transformer& t, const std::vector<std::string>& sentences, int beam, const std::string& vocab_json) {
-            const attn::tasks::Vocab vocab =
-                vocab_json.empty() ? attn::tasks::Vocab::numbers() : attn::tasks::Vocab::from_json(vocab_json);
-            std::vector<std::string> normalised;  // as `attn translate` does: lower case, single spaces
-            for (const std::string& s : sentences) normalised.push_back(attn::tasks::normalize_source(s));
-            for (const std::string& s : normalised) vocab.encode_source(s, t.config().max_len);  // raise before working
-            nb::gil_scoped_release release;
+          [](const attn::Translator& t, const std::vector<std::string>& sentences, int beam, int64_t max_length,
+             int64_t batch_size) {
+            for (const std::string& s : sentences) t.encode(s);  // raise (ValueError) before releasing the GIL
             attn::TranslateOptions options;
             options.beam = beam;
-            return attn::Translator::borrowing(t, vocab).translate(normalised, options);
+            options.max_length = max_length;
+            options.batch_size = batch_size;
+            nb::gil_scoped_release release;
+            return t.translate(sentences, options);
           },
-          "sentences"_a, "beam"_a = 1, "vocab_json"_a = "");
+          "sentences"_a, "beam"_a = 1, "max_length"_a = 0, "batch_size"_a = 64);
 
   m.def("normalize_source", &attn::tasks::normalize_source, "text"_a,
         "the numbers task's input normalisation (lower case, single spaces), as attn translate applies it");

@@ -189,23 +189,22 @@ class Translator:
         self.model_dir = str(model_dir)
         if not os.path.exists(os.path.join(self.model_dir, "config.json")):
             raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
-        self._m = _attn.Transformer.load(self.model_dir)
-        vocab = os.path.join(self.model_dir, "vocab.json")
-        self._vocab = open(vocab, encoding="utf-8").read() if os.path.exists(vocab) else ""
+        self._m = _attn.Translator.load(self.model_dir)  # the C++ attn::Translator, as `attn translate` uses
 
     @staticmethod
     def grammar_problem(text):
         """Why `text` is outside the task's grammar, as `attn translate` warns it, or None."""
         return _attn.grammar_problem(str(text))
 
-    def __call__(self, text, beam=1, strict=False):
+    def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64):
         import warnings
         one = isinstance(text, str)
         sentences = [text] if one else list(text)
         problems = [_attn.grammar_problem(s) for s in sentences]
         if strict and any(problems):
             raise ValueError(next(p for p in problems if p))
-        out = self._m.translate(sentences, int(beam), self._vocab)  # raises for unknown words, empty input
+        # raises ValueError for unknown words, empty or over-long input; max_length 0 = derived from the input
+        out = self._m.translate(sentences, int(beam), int(max_length), int(batch_size))
         for p in problems:
             if p:
                 warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)
