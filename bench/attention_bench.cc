@@ -24,7 +24,9 @@ void BM_Sdpa(benchmark::State& state) {
 }
 BENCHMARK(BM_Sdpa)
     ->ArgNames({"L", "D", "causal", "impl"})
-    ->ArgsProduct({{256, 1024, 4096}, {64, 128}, {0, 1},
+    ->ArgsProduct({{256, 1024, 4096},
+                   {64, 128},
+                   {0, 1},
                    {static_cast<int64_t>(AttentionImpl::kFused), static_cast<int64_t>(AttentionImpl::kUnfused)}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
@@ -36,7 +38,8 @@ void BM_SdpaDecode(benchmark::State& state) {
   c.causal = CausalAlignment::kBottomRight;
   test::CaseInputs in = test::make_inputs(c, 2);
   for (auto _ : state) benchmark::DoNotOptimize(scaled_dot_product_attention(in.q, in.k, in.v, in.options));
-  state.counters["KV GB/s"] = benchmark::Counter(2.0 * 32 * c.Lk * 128 * 4 * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["KV GB/s"] =
+      benchmark::Counter(2.0 * 32 * c.Lk * 128 * 4 * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_SdpaDecode)->Arg(1024)->Arg(8192)->Unit(benchmark::kMicrosecond)->UseRealTime();
 

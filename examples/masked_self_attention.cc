@@ -17,7 +17,7 @@ int main() {
   // The same with the general function: causal alignment named explicitly.
   attn::AttentionOptions o;
   o.causal = attn::CausalAlignment::kTopLeft;
-  const attn::AttentionResult s = attn::scaled_dot_product_attention(random_tensor({1, 1, 5, 4}, 11), random_tensor({1, 1, 5, 4}, 12),
-                                                                     random_tensor({1, 1, 5, 4}, 13), o);
+  const attn::AttentionResult s = attn::scaled_dot_product_attention(
+      random_tensor({1, 1, 5, 4}, 11), random_tensor({1, 1, 5, 4}, 12), random_tensor({1, 1, 5, 4}, 13), o);
   return s.output.shape() == attn::Shape{1, 1, 5, 4} ? 0 : 1;
 }

@@ -21,6 +21,7 @@ int main() {
     std::printf("\n");
   }
   // The state dict uses PyTorch's names.
-  for (const auto& [name, t] : layer.state_dict()) std::printf("  %s %s\n", name.c_str(), attn::shape_str(t.shape()).c_str());
+  for (const auto& [name, t] : layer.state_dict())
+    std::printf("  %s %s\n", name.c_str(), attn::shape_str(t.shape()).c_str());
   return r.weights.shape() == attn::Shape{2, 4, 6, 6} ? 0 : 1;
 }

@@ -7,7 +7,8 @@
 
 int main(int argc, char** argv) {
   const attn::Translator translator = attn::Translator::load(ATTN_MODEL_DIR);
-  std::vector<std::string> sentences = {"three hundred twelve", "one million two hundred thirty four thousand five hundred sixty seven"};
+  std::vector<std::string> sentences = {"three hundred twelve",
+                                        "one million two hundred thirty four thousand five hundred sixty seven"};
   for (int i = 1; i < argc; ++i) sentences.push_back(argv[i]);
   attn::TranslateOptions options;
   options.beam = 4;

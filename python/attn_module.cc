@@ -24,9 +24,12 @@ using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
 // A view of a NumPy array as a Tensor (no copy); `arg` names it in errors.
 attn::Tensor view(const Array& a, const char* arg) {
   attn::DType dtype;
-  if (a.dtype() == nb::dtype<float>()) dtype = attn::DType::kFloat32;
-  else if (a.dtype() == nb::dtype<bool>()) dtype = attn::DType::kBool;
-  else throw attn::DTypeError(std::string(arg) + " must be float32 or bool");
+  if (a.dtype() == nb::dtype<float>())
+    dtype = attn::DType::kFloat32;
+  else if (a.dtype() == nb::dtype<bool>())
+    dtype = attn::DType::kBool;
+  else
+    throw attn::DTypeError(std::string(arg) + " must be float32 or bool");
   attn::Shape shape(a.ndim());
   for (size_t i = 0; i < a.ndim(); ++i) shape[i] = static_cast<int64_t>(a.shape(i));
   return attn::Tensor::borrow(std::move(shape), dtype, const_cast<void*>(a.data()));
@@ -115,19 +118,25 @@ NB_MODULE(_attn, m) {
         "scaled_dot_product_attention on [B, H, L, D] float32 arrays; see attn.scaled_dot_product_attention");
 
   nb::class_<attn::MultiHeadAttention>(m, "MultiHeadAttention")
-      .def("__init__",
-           [](attn::MultiHeadAttention* self, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias,
-              uint64_t seed) { new (self) attn::MultiHeadAttention(make_config(E, H, Hkv, kdim, vdim, bias), seed); },
-           "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "seed"_a)
+      .def(
+          "__init__",
+          [](attn::MultiHeadAttention* self, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias,
+             uint64_t seed) { new (self) attn::MultiHeadAttention(make_config(E, H, Hkv, kdim, vdim, bias), seed); },
+          "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "seed"_a)
       .def_static(
           "from_state_dict",
           [](const std::map<std::string, Array>& sd, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim,
              bool bias, const std::string& prefix) {
-            return attn::MultiHeadAttention::from_state_dict(views(sd), make_config(E, H, Hkv, kdim, vdim, bias), prefix);
+            return attn::MultiHeadAttention::from_state_dict(views(sd), make_config(E, H, Hkv, kdim, vdim, bias),
+                                                             prefix);
           },
           "state_dict"_a, "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "prefix"_a)
-      .def("state_dict", [](const attn::MultiHeadAttention& m, const std::string& prefix) { return to_numpy_map(m.state_dict(prefix)); },
-           "prefix"_a = "")
+      .def(
+          "state_dict",
+          [](const attn::MultiHeadAttention& m, const std::string& prefix) {
+            return to_numpy_map(m.state_dict(prefix));
+          },
+          "prefix"_a = "")
       .def(
           "forward",
           [](const attn::MultiHeadAttention& mha, const Array& query, const Array& key, const Array& value,
@@ -149,8 +158,8 @@ NB_MODULE(_attn, m) {
             }
             return std::make_pair(to_numpy(r.output), to_numpy(r.weights));
           },
-          "query"_a, "key"_a, "value"_a, "attn_mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "need_weights"_a,
-          "average_attn_weights"_a, "impl"_a, "num_threads"_a);
+          "query"_a, "key"_a, "value"_a, "attn_mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a,
+          "need_weights"_a, "average_attn_weights"_a, "impl"_a, "num_threads"_a);
 
   // The library's Translator: model directory, vocabulary, normalisation and validation, batches, beam.
   nb::class_<attn::Translator>(m, "Translator")
@@ -178,7 +187,8 @@ NB_MODULE(_attn, m) {
         "why a phrase is outside the numbers task's grammar (the phrases the model was trained on), or None");
 
   nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
-      .def_static("load", &attn::SentenceEncoder::load, "dir"_a, "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")
+      .def_static("load", &attn::SentenceEncoder::load, "dir"_a,
+                  "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")
       .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
       .def(
           "embed",
@@ -201,7 +211,8 @@ NB_MODULE(_attn, m) {
       "path"_a, "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays");
   m.def(
       "save_safetensors",
-      [](const std::string& path, const std::map<std::string, Array>& tensors, const std::map<std::string, std::string>& metadata) {
+      [](const std::string& path, const std::map<std::string, Array>& tensors,
+         const std::map<std::string, std::string>& metadata) {
         attn::io::write_safetensors(path, views(tensors), metadata);
       },
       "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>());

@@ -3,7 +3,7 @@
 #   scripts/setup.sh            -> build/attn, build/tests/attn_tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages="cmake g++ make pkg-config libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
+packages="cmake g++ make pkg-config clang-format python3 libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -23,8 +23,7 @@ int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t s : shape) {
     if (s < 0) throw ShapeError("shape " + shape_str(shape) + " has a negative size");
-    if (s != 0 && n > (int64_t{1} << 62) / s)
-      throw ShapeError("shape " + shape_str(shape) + " has too many elements");
+    if (s != 0 && n > (int64_t{1} << 62) / s) throw ShapeError("shape " + shape_str(shape) + " has too many elements");
     n *= s;
   }
   return n;

@@ -15,7 +15,7 @@ enum class MaskKind { kNone, kBool, kFloat, kBoolWithEmptyRows };
 struct AttentionCase {
   int64_t B = 1, H = 1, Hkv = 1, Lq = 1, Lk = 1, D = 8, Dv = 8;
   MaskKind mask = MaskKind::kNone;
-  int mask_rank = 4;          // 2: [Lq, Lk], 3: [1, Lq, Lk] (broadcast over B), 4: [B, H, Lq, Lk]
+  int mask_rank = 4;  // 2: [Lq, Lk], 3: [1, Lq, Lk] (broadcast over B), 4: [B, H, Lq, Lk]
   bool key_padding = false;
   CausalAlignment causal = CausalAlignment::kNone;
   int64_t window = 0;
@@ -25,10 +25,10 @@ struct AttentionCase {
   std::string name() const {
     static const char* masks[] = {"none", "bool", "float", "bool-empty-rows"};
     return "B" + std::to_string(B) + " H" + std::to_string(H) + "/" + std::to_string(Hkv) + " Lq" + std::to_string(Lq) +
-           " Lk" + std::to_string(Lk) + " D" + std::to_string(D) + " Dv" + std::to_string(Dv) + " mask=" +
-           masks[static_cast<int>(mask)] + "/" + std::to_string(mask_rank) + (key_padding ? " kpm" : "") + " causal=" +
-           causal_name(causal) + (window ? " window=" + std::to_string(window) : "") + (alibi ? " alibi" : "") +
-           (weights ? " weights" : "");
+           " Lk" + std::to_string(Lk) + " D" + std::to_string(D) + " Dv" + std::to_string(Dv) +
+           " mask=" + masks[static_cast<int>(mask)] + "/" + std::to_string(mask_rank) + (key_padding ? " kpm" : "") +
+           " causal=" + causal_name(causal) + (window ? " window=" + std::to_string(window) : "") +
+           (alibi ? " alibi" : "") + (weights ? " weights" : "");
   }
 };
 
@@ -49,7 +49,9 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   in.q = fill({c.B, c.H, c.Lq, c.D});
   in.k = fill({c.B, c.Hkv, c.Lk, c.D});
   in.v = fill({c.B, c.Hkv, c.Lk, c.Dv});
-  Shape ms = c.mask_rank == 2 ? Shape{c.Lq, c.Lk} : c.mask_rank == 3 ? Shape{1, c.Lq, c.Lk} : Shape{c.B, c.H, c.Lq, c.Lk};
+  Shape ms = c.mask_rank == 2   ? Shape{c.Lq, c.Lk}
+             : c.mask_rank == 3 ? Shape{1, c.Lq, c.Lk}
+                                : Shape{c.B, c.H, c.Lq, c.Lk};
   if (c.mask == MaskKind::kBool || c.mask == MaskKind::kBoolWithEmptyRows) {
     Tensor m(ms, DType::kBool);
     std::bernoulli_distribution keep(0.7);
@@ -67,12 +69,14 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   if (c.key_padding) {
     Tensor p({c.B, c.Lk}, DType::kBool);
     for (int64_t b = 0; b < c.B; ++b)  // batch b pads its last b·Lk/(B+1) keys; the last batch pads all
-      for (int64_t j = 0; j < c.Lk; ++j) p.b8()[b * c.Lk + j] = (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1);
+      for (int64_t j = 0; j < c.Lk; ++j)
+        p.b8()[b * c.Lk + j] = (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1);
     in.options.key_padding_mask = p;
   }
   if (c.alibi) {
     Tensor s({c.H});
-    for (int64_t h = 0; h < c.H; ++h) s.f32()[h] = std::pow(2.0f, -8.0f * static_cast<float>(h + 1) / static_cast<float>(c.H));
+    for (int64_t h = 0; h < c.H; ++h)
+      s.f32()[h] = std::pow(2.0f, -8.0f * static_cast<float>(h + 1) / static_cast<float>(c.H));
     in.options.alibi_slopes = s;
   }
   in.options.causal = c.causal;

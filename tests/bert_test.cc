@@ -61,7 +61,10 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
   EXPECT_THROW(SentenceEncoder::load("/nonexistent"), FormatError);
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_bert";
   std::filesystem::create_directories(dir);
-  { std::ofstream(dir / "config.json") << R"({"vocab_size": 5, "hidden_size": 10, "num_hidden_layers": 1, "num_attention_heads": 3, "intermediate_size": 4})"; }
+  {
+    std::ofstream(dir / "config.json") << R"({"vocab_size": 5, "hidden_size": 10, "num_hidden_layers": 1, )"
+                                          R"("num_attention_heads": 3, "intermediate_size": 4})";
+  }
   EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);  // 10 is not a multiple of 3
   std::filesystem::remove_all(dir);
 }

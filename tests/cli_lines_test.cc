@@ -56,8 +56,8 @@ TEST_F(CliLines, TranslateKeepsTheGoodLinesAroundABadOne) {
   r = run("translate --beam 2 < " + path("mixed.txt"));
   EXPECT_TRUE(failed_cleanly(r)) << r.status;
   EXPECT_EQ(r.out, "十\n\n\n\n十五\n") << r.err;
-  for (const char* needle : {"line 2: the input is empty", "line 3: unknown word 'elevn'", "line 4: the input has 70 words",
-                             "3 of 5 lines failed (lines 2, 3, 4)"})
+  for (const char* needle : {"line 2: the input is empty", "line 3: unknown word 'elevn'",
+                             "line 4: the input has 70 words", "3 of 5 lines failed (lines 2, 3, 4)"})
     EXPECT_NE(r.err.find(needle), std::string::npos) << needle << "\n" << r.err;
   EXPECT_EQ(r.err.find("line 1"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("line 5"), std::string::npos) << r.err;

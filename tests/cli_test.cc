@@ -29,8 +29,9 @@ TEST_F(Cli, SdpaMatchesTheLibrary) {
   io::write_npy(path("k.npy"), k);
   io::write_npy(path("v.npy"), v);
   io::write_npy(path("m.npy"), mask);
-  const CliResult r = run("sdpa --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") + " --mask " +
-                    path("m.npy") + " --causal bottom-right --scale 0.4 --out " + path("o.npy") + " --weights " + path("w.npy"));
+  const CliResult r =
+      run("sdpa --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy") + " --mask " + path("m.npy") +
+          " --causal bottom-right --scale 0.4 --out " + path("o.npy") + " --weights " + path("w.npy"));
   ASSERT_EQ(r.status, 0) << r.err;
   AttentionOptions o;
   o.mask = mask;
@@ -52,9 +53,9 @@ TEST_F(Cli, MhaMatchesPyTorchFixture) {
   io::write_npy(path("x.npy"), st.at("query"));
   io::write_npy(path("am.npy"), st.at("attn_mask"));
   io::write_npy(path("kpm.npy"), st.at("key_padding_mask"));
-  const CliResult r = run("mha --weights " + path("w.safetensors") + " --num-heads 4 --query " + path("x.npy") + " --attn-mask " +
-                    path("am.npy") + " --key-padding-mask " + path("kpm.npy") + " --out " + path("o.npy") +
-                    " --need-weights " + path("w.npy") + " --average-attn-weights");
+  const CliResult r = run("mha --weights " + path("w.safetensors") + " --num-heads 4 --query " + path("x.npy") +
+                          " --attn-mask " + path("am.npy") + " --key-padding-mask " + path("kpm.npy") + " --out " +
+                          path("o.npy") + " --need-weights " + path("w.npy") + " --average-attn-weights");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_LE(test::max_abs_diff(io::read_npy(path("o.npy")), st.at("expected")), 1e-5);
   EXPECT_LE(test::max_abs_diff(io::read_npy(path("w.npy")), st.at("expected_weights")), 1e-5);
@@ -68,9 +69,7 @@ TEST_F(Cli, BadInputFailsCleanlyAndLeavesNoOutput) {
   io::write_npy(path("k.npy"), test::random_tensor({1, 2, 6, 8}, rng));
   io::write_npy(path("v.npy"), test::random_tensor({1, 2, 6, 8}, rng));
   io::write_npy(path("badmask.npy"), Tensor({5, 4}, DType::kBool));
-  {
-    std::ofstream(path("trunc.npy"), std::ios::binary) << "\x93NUMPY\x01";
-  }
+  { std::ofstream(path("trunc.npy"), std::ios::binary) << "\x93NUMPY\x01"; }
   const std::string qkv = " --q " + path("q.npy") + " --v " + path("v.npy");
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"sdpa --q " + path("q.npy") + " --k " + path("k3.npy") + " --v " + path("v3.npy"), "Hkv = 3"},
@@ -106,8 +105,8 @@ TEST_F(Cli, HelpSpellsOutTheMaskPolarity) {
 TEST_F(Cli, ExplainWalksThroughAllFiveMechanisms) {
   const CliResult r = run("explain");
   ASSERT_EQ(r.status, 0) << r.err;
-  for (const char* s : {"Attention (scaled dot-product)", "Self-attention", "Multi-head self-attention", "Cross-attention",
-                        "Masked self-attention", "-inf", "The family at a glance"})
+  for (const char* s : {"Attention (scaled dot-product)", "Self-attention", "Multi-head self-attention",
+                        "Cross-attention", "Masked self-attention", "-inf", "The family at a glance"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
 }
 
@@ -117,29 +116,32 @@ TEST_F(Cli, TranslateWithTheShippedModel) {
   EXPECT_EQ(r.out, "三百一十二\n");
   r = run("translate --beam 4 one million two hundred thirty four thousand five hundred sixty seven");
   EXPECT_EQ(r.out, "一百二十三万四千五百六十七\n") << r.err;
-  {
-    std::ofstream(path("in.txt")) << "ten\nfifteen\none hundred one\n";
-  }
+  { std::ofstream(path("in.txt")) << "ten\nfifteen\none hundred one\n"; }
   r = run("translate < " + path("in.txt"));
   EXPECT_EQ(r.out, "十\n十五\n一百零一\n") << r.err;
 }
 
 TEST_F(Cli, TranslateRejectsBadInput) {
-  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
-           {"translate \"three hundred twelfe\"", "twelfe"},
-           {"translate \"   \"", "empty"},
-           {"translate \"" + [] { std::string s; for (int i = 0; i < 70; ++i) s += "one "; return s; }() + "\"", "at most"},
-           {"translate --model /nonexistent \"one\"", "/nonexistent"},
-           {"translate --beam 0 one", "--beam"}}) {
+  for (const auto& [args, needle] :
+       std::vector<std::pair<std::string, std::string>>{{"translate \"three hundred twelfe\"", "twelfe"},
+                                                        {"translate \"   \"", "empty"},
+                                                        {"translate \"" +
+                                                             [] {
+                                                               std::string s;
+                                                               for (int i = 0; i < 70; ++i) s += "one ";
+                                                               return s;
+                                                             }() +
+                                                             "\"",
+                                                         "at most"},
+                                                        {"translate --model /nonexistent \"one\"", "/nonexistent"},
+                                                        {"translate --beam 0 one", "--beam"}}) {
     const CliResult r = run(args);
     EXPECT_NE(r.status, 0) << args;
     EXPECT_LT(r.status, 128) << args;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
     EXPECT_EQ(r.out, "") << args;
   }
-  {
-    std::ofstream(path("mixed.txt")) << "ten\nelevn\n";
-  }
+  { std::ofstream(path("mixed.txt")) << "ten\nelevn\n"; }
   const CliResult r = run("translate --strict < " + path("mixed.txt"));  // without --strict: cli_lines_test.cc
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
@@ -147,7 +149,8 @@ TEST_F(Cli, TranslateRejectsBadInput) {
 }
 
 TEST_F(Cli, EmbedAndSimilarWithMiniLM) {
-  CliResult r = run("embed --model " + std::string(ATTN_MINILM_DIR) + " \"the cat sat\" \"a dog ran\" --out " + path("e.npy"));
+  CliResult r =
+      run("embed --model " + std::string(ATTN_MINILM_DIR) + " \"the cat sat\" \"a dog ran\" --out " + path("e.npy"));
   ASSERT_EQ(r.status, 0) << r.err;
   const Tensor e = io::read_npy(path("e.npy"));
   ASSERT_EQ(e.shape(), (Shape{2, 384}));

@@ -13,7 +13,8 @@ void expect_error(F&& f, std::initializer_list<const char*> needles) {
     f();
     ADD_FAILURE() << "no exception";
   } catch (const E& e) {
-    for (const char* n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << "'" << n << "' not in: " << e.what();
+    for (const char* n : needles)
+      EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << "'" << n << "' not in: " << e.what();
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type: " << e.what();
   }
@@ -55,18 +56,30 @@ TEST(Errors, ScaledDotProductAttention) {
 }
 
 TEST(Errors, MultiHeadAttention) {
-  expect_error<ArgumentError>([] { MultiHeadAttentionConfig c;
-    c.embed_dim = 10, c.num_heads = 4;
-    MultiHeadAttention m(c); }, {"E = 10", "H = 4"});
-  expect_error<ArgumentError>([] { MultiHeadAttentionConfig c;
-    c.embed_dim = 8, c.num_heads = 4, c.num_kv_heads = 3;
-    MultiHeadAttention m(c); }, {"Hkv = 3"});
+  expect_error<ArgumentError>(
+      [] {
+        MultiHeadAttentionConfig c;
+        c.embed_dim = 10, c.num_heads = 4;
+        MultiHeadAttention m(c);
+      },
+      {"E = 10", "H = 4"});
+  expect_error<ArgumentError>(
+      [] {
+        MultiHeadAttentionConfig c;
+        c.embed_dim = 8, c.num_heads = 4, c.num_kv_heads = 3;
+        MultiHeadAttention m(c);
+      },
+      {"Hkv = 3"});
   MultiHeadAttentionConfig config;
   config.embed_dim = 8, config.num_heads = 2;
   const MultiHeadAttention mha(config);
   std::mt19937 rng(2);
   const Tensor x = test::random_tensor({2, 5, 8}, rng);
-  expect_error<ShapeError>([&] { mha.self_attention(test::random_tensor({2, 5, 6}, rng)); }, {"query", "[2, 5, 6]", "E = 8"});
+  expect_error<ShapeError>(
+      [&] {
+        mha.self_attention(test::random_tensor({2, 5, 6}, rng));
+      },
+      {"query", "[2, 5, 6]", "E = 8"});
   expect_error<ShapeError>([&] { mha.cross_attention(x, test::random_tensor({3, 4, 8}, rng)); }, {"key", "[3, 4, 8]"});
   MhaOptions o;
   o.attn_mask = Tensor({5, 4}, DType::kBool);
@@ -82,7 +95,8 @@ TEST(Errors, MultiHeadAttention) {
   expect_error<MissingTensorError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); }, {"out_proj.weight"});
   sd = mha.state_dict();
   sd["in_proj_weight"] = Tensor({20, 8});
-  expect_error<ShapeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); }, {"in_proj_weight", "[20, 8]", "[24, 8]"});
+  expect_error<ShapeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); },
+                           {"in_proj_weight", "[20, 8]", "[24, 8]"});
 }
 
 }  // namespace

@@ -3,9 +3,9 @@
 #include <filesystem>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
-#include "attn/io/file.h"
 #include "test_util.h"
 
 namespace attn {

@@ -59,8 +59,9 @@ TEST(Golden, SdpaMatchesPyTorch) {
     if (st.contains("mask")) o.mask = st.at("mask");
     if (st.contains("key_padding_mask")) o.key_padding_mask = st.at("key_padding_mask");
     const std::string causal = st.metadata.at("causal");
-    o.causal = causal == "top-left" ? CausalAlignment::kTopLeft
-               : causal == "bottom-right" ? CausalAlignment::kBottomRight : CausalAlignment::kNone;
+    o.causal = causal == "top-left"       ? CausalAlignment::kTopLeft
+               : causal == "bottom-right" ? CausalAlignment::kBottomRight
+                                          : CausalAlignment::kNone;
     if (st.metadata.at("scale") != "default") o.scale = std::stof(st.metadata.at("scale"));
     o.return_weights = true;
     const double tol = tolerance(st);

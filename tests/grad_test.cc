@@ -4,8 +4,8 @@
 #include "attention_cases.h"
 #include "attn/attention.h"
 #include "attn/models/transformer.h"
-#include "test_util.h"
 #include "ops/nn.h"
+#include "test_util.h"
 
 namespace attn {
 namespace {
@@ -67,7 +67,7 @@ double model_loss(Transformer& m, const Batch& b, float smoothing, Tensor* dlogi
   const Tensor logits = m.forward(b.src, b.tgt_in, dlogits != nullptr, nullptr);
   const int64_t M = b.tgt_in.B * b.tgt_in.L, V = m.config().tgt_vocab;
   return ops::cross_entropy_forward_backward(dlogits ? dlogits->f32() : nullptr, logits.f32(), b.tgt_out.data(), M, V,
-                                               smoothing, m.config().pad_id);
+                                             smoothing, m.config().pad_id);
 }
 
 TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
@@ -84,7 +84,8 @@ TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
     std::mt19937 init(variant);
     for (auto& [name, t] : m.params())  // non-trivial biases and norms, so their gradients matter
       if (name.find("bias") != std::string::npos || name.find("norm") != std::string::npos)
-        for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] += 0.2f * (static_cast<float>(init() % 1000) / 500.0f - 1.0f);
+        for (int64_t i = 0; i < t.numel(); ++i)
+          t.f32()[i] += 0.2f * (static_cast<float>(init() % 1000) / 500.0f - 1.0f);
     const Batch b = toy_batch(c);
     Tensor dlogits({b.tgt_in.B, b.tgt_in.L, c.tgt_vocab});
     std::mt19937_64 rng(1);
@@ -104,7 +105,8 @@ TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
         const double down = model_loss(m, b, 0.1f, nullptr);
         t.f32()[i] = saved;
         const double fd = (up - down) / (2.0 * eps);
-        EXPECT_NEAR(g.f32()[i], fd, 1e-3 + 2e-2 * std::fabs(fd)) << "variant " << variant << " " << name << "[" << i << "]";
+        EXPECT_NEAR(g.f32()[i], fd, 1e-3 + 2e-2 * std::fabs(fd))
+            << "variant " << variant << " " << name << "[" << i << "]";
       }
     }
   }

@@ -76,14 +76,14 @@ std::vector<uint8_t> npy_with_header(const std::string& dict, size_t data_bytes,
 
 TEST(Npy, LyingHeadersAreRejectedWithoutAllocating) {
   const std::vector<std::pair<std::string, size_t>> bad = {
-      {"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }", 16},  // claims 4 TB
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }", 16},          // claims 4 TB
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }", 16},  // overflow
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }", 16},  // 20 bytes claimed, 16 held
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", 16},  // 12 bytes claimed, 16 held
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", 16},
-      {"{'descr': '<f4', 'fortran_order': False }", 16},                  // no shape
-      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,", 16},       // unterminated
-      {"{'descr': '<f4, 'fortran_order': False, 'shape': (4,), }", 16},   // bad quotes
+      {"{'descr': '<f4', 'fortran_order': False }", 16},                 // no shape
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,", 16},     // unterminated
+      {"{'descr': '<f4, 'fortran_order': False, 'shape': (4,), }", 16},  // bad quotes
       {"", 16},
   };
   for (const auto& [dict, data] : bad) {
@@ -139,8 +139,8 @@ TEST(Safetensors, HalfPrecisionConvertsExactly) {
   EXPECT_EQ(x.f32()[3], std::ldexp(1.0f, -24));
   EXPECT_EQ(x.f32()[4], 0.5f);
   // BF16: 1.0 = 0x3f80, -3.5 = 0xc060
-  const auto bf16 = safetensors_image(R"({"y":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})",
-                                      {0x80, 0x3f, 0x60, 0xc0});
+  const auto bf16 =
+      safetensors_image(R"({"y":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", {0x80, 0x3f, 0x60, 0xc0});
   const Tensor y = io::parse_safetensors(bf16.data(), bf16.size(), "mem").at("y");
   EXPECT_EQ(y.f32()[0], 1.0f);
   EXPECT_EQ(y.f32()[1], -3.5f);
@@ -172,7 +172,10 @@ TEST(Safetensors, CorruptFilesAreRejected) {
       R"({"x":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",
       R"({"x":{"dtype":"F32","shape":[2]}})",
       R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",
-      R"({"x":[1,2]})", R"([1,2])", R"({"x":)", "not json at all",
+      R"({"x":[1,2]})",
+      R"([1,2])",
+      R"({"x":)",
+      "not json at all",
   };
   for (const std::string& h : bad) {
     const auto img = safetensors_image(h, data);

@@ -94,7 +94,8 @@ TEST(NonFinite, EveryPathFollowsTheReferenceWithNaNAndInfPlanted) {
 }
 
 // A key hidden by padding, causality or a −inf float-mask entry may hold anything: the output is the
-// clean run's (to rounding: such a row may take the term-by-term path) on every path; NaN in a visible key makes exactly its rows NaN.
+// clean run's (to rounding: such a row may take the term-by-term path) on every path; NaN in a visible key makes
+// exactly its rows NaN.
 TEST(NonFinite, HiddenKeysNeverInfluenceAndVisibleNaNPoisonsExactlyItsRows) {
   std::mt19937 rng(5);
   for (int64_t Lk : {7, 100, 1000}) {
@@ -182,8 +183,8 @@ TEST(NonFinite, BackwardKeepsTheRule) {
   Tensor vv = v.clone();
   vv.f32()[0] = kNaN;  // head 0, key 0, visible to every row of head 0
   const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, Tensor(), d_out, o);
-  for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;          // head 0
-  for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;   // head 1
+  for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;         // head 0
+  for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;  // head 1
 }
 
 // MultiHeadAttention: NaN and Inf in the padded positions of the key/value input change no output.

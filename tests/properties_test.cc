@@ -36,7 +36,8 @@ TEST(Properties, SelfAttentionIsPermutationEquivariant) {
     double worst = 0.0;
     for (int64_t i = 0; i < L; ++i)
       for (int64_t d = 0; d < 16; ++d)
-        worst = std::max(worst, static_cast<double>(std::fabs(yp.f32()[i * 16 + d] - y.f32()[perm[static_cast<size_t>(i)] * 16 + d])));
+        worst = std::max(worst, static_cast<double>(
+                                    std::fabs(yp.f32()[i * 16 + d] - y.f32()[perm[static_cast<size_t>(i)] * 16 + d])));
     EXPECT_LE(worst, 1e-5) << impl_name(impl);
   }
 }
@@ -109,7 +110,8 @@ TEST(Properties, FullyMaskedRowsGiveZeroNotNaN) {
       o.impl = impl;
       const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
       ASSERT_TRUE(test::all_finite(r.output)) << impl_name(impl);
-      const int64_t zero_part = o.key_padding_mask.defined() ? 2 * 5 * 8 : r.output.numel();  // batch 0 only when padded
+      const int64_t zero_part =
+          o.key_padding_mask.defined() ? 2 * 5 * 8 : r.output.numel();  // batch 0 only when padded
       for (int64_t i = 0; i < zero_part; ++i) ASSERT_EQ(r.output.f32()[i], 0.0f) << impl_name(impl);
       for (int64_t i = 0; i < (o.key_padding_mask.defined() ? 2 * 5 * 6 : r.weights.numel()); ++i)
         ASSERT_EQ(r.weights.f32()[i], 0.0f) << impl_name(impl);
@@ -189,7 +191,8 @@ TEST(Properties, GroupedQueryAttentionEqualsRepeatedKeysAndValues) {
     const int64_t per = t.numel() / (2 * Hkv);
     Tensor r({2, H, t.dim(2), t.dim(3)});
     for (int64_t b = 0; b < 2; ++b)
-      for (int64_t h = 0; h < H; ++h) std::copy_n(t.f32() + (b * Hkv + h / (H / Hkv)) * per, per, r.f32() + (b * H + h) * per);
+      for (int64_t h = 0; h < H; ++h)
+        std::copy_n(t.f32() + (b * Hkv + h / (H / Hkv)) * per, per, r.f32() + (b * H + h) * per);
     return r;
   };
   for (AttentionImpl impl : kImpls) {

@@ -22,11 +22,20 @@ using tasks::english_words;
 TEST(Task, ExamplesFromTheIssue) {
   EXPECT_EQ(english_words(1234567), "one million two hundred thirty four thousand five hundred sixty seven");
   EXPECT_EQ(english_words(0), "zero");
-  const std::vector<std::pair<int64_t, std::string>> zh = {
-      {10, "十"},           {15, "十五"},         {110, "一百一十"},    {101, "一百零一"},
-      {1010, "一千零一十"}, {10001, "一万零一"},  {150000, "十五万"},   {100000005, "一亿零五"},
-      {101000000, "一亿零一百万"}, {0, "零"},   {2, "二"},            {1234567, "一百二十三万四千五百六十七"},
-      {100010, "十万零一十"}, {999999999, "九亿九千九百九十九万九千九百九十九"}};
+  const std::vector<std::pair<int64_t, std::string>> zh = {{10, "十"},
+                                                           {15, "十五"},
+                                                           {110, "一百一十"},
+                                                           {101, "一百零一"},
+                                                           {1010, "一千零一十"},
+                                                           {10001, "一万零一"},
+                                                           {150000, "十五万"},
+                                                           {100000005, "一亿零五"},
+                                                           {101000000, "一亿零一百万"},
+                                                           {0, "零"},
+                                                           {2, "二"},
+                                                           {1234567, "一百二十三万四千五百六十七"},
+                                                           {100010, "十万零一十"},
+                                                           {999999999, "九亿九千九百九十九万九千九百九十九"}};
   for (const auto& [n, want] : zh) EXPECT_EQ(chinese_numeral(n), want) << n;
   EXPECT_THROW(english_words(1000000000), ArgumentError);
   EXPECT_THROW(chinese_numeral(-1), ArgumentError);
@@ -85,9 +94,9 @@ TEST(Task, GrammarAcceptsEveryCanonicalPhrase) {
 TEST(Task, GrammarRejectsWhatTheGeneratorNeverWrites) {
   // phrase -> a piece of the reason that tells the user what is wrong
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"one million million", "1000000000000"},                    // reads as 10^12: out of range
-      {"ninety nine hundred", "nine thousand nine hundred"},       // 9900, written the task's way
-      {"one hundred and one", "\"one hundred one\""},              // no "and" in the task
+      {"one million million", "1000000000000"},               // reads as 10^12: out of range
+      {"ninety nine hundred", "nine thousand nine hundred"},  // 9900, written the task's way
+      {"one hundred and one", "\"one hundred one\""},         // no "and" in the task
       {"twelve hundred", "one thousand two hundred"},
       {"one thousand thousand", "one million"},
       {"one thousand million", "outside"},
@@ -126,7 +135,8 @@ TEST(Training, ShortRunLowersTheLoss) {
   // 300 steps (about 2 s) of a small model: the loss starts near log(19) ≈ 2.9 and must fall below 2.0
   // (measured: 1.64).
   std::vector<float> losses;
-  const train::TrainReport r = train::train_numbers(tiny_options(300), [&](int64_t, float loss) { losses.push_back(loss); });
+  const train::TrainReport r =
+      train::train_numbers(tiny_options(300), [&](int64_t, float loss) { losses.push_back(loss); });
   ASSERT_EQ(losses.size(), 300u);
   EXPECT_GT(losses.front(), 2.5f);
   EXPECT_LT(r.last_loss, 2.0f);
@@ -160,7 +170,8 @@ TEST(Training, SeedReproducesAndResumeContinuesExactly) {
 TEST(ShippedModel, ReachesNinetyNinePercentOnTheTestSplit) {
   const std::string dir = std::string(ATTN_SOURCE_MODEL_DIR);
   ASSERT_TRUE(std::filesystem::exists(dir + "/model.safetensors")) << dir;
-  ASSERT_LT(std::filesystem::file_size(dir + "/model.safetensors"), 5u << 20) << "the shipped model must stay under 5 MB";
+  ASSERT_LT(std::filesystem::file_size(dir + "/model.safetensors"), 5u << 20)
+      << "the shipped model must stay under 5 MB";
   const Transformer m = Transformer::load(dir);
   const auto test = tasks::make_examples(tasks::Split::kTest, 1000, 3);
   std::vector<std::string> got;

@@ -7,12 +7,12 @@
 #include <fstream>
 
 #include "attn/error.h"
-#include "attn/io/safetensors.h"
 #include "attn/generation.h"
+#include "attn/io/safetensors.h"
 #include "attn/models/transformer.h"
 #include "models/transformer_internal.h"
-#include "test_util.h"
 #include "ops/nn.h"
+#include "test_util.h"
 
 namespace attn {
 namespace {
@@ -48,8 +48,8 @@ TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
     const Tensor logits = m.forward(src, tgt_in, true, nullptr);
     EXPECT_LE(test::max_abs_diff(logits, st.at("expected_logits")), 2e-5);
     Tensor dlogits(logits.shape());
-    const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(), tgt_in.B * tgt_in.L,
-                                                             m.config().tgt_vocab, 0.1f, 0);
+    const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(),
+                                                           tgt_in.B * tgt_in.L, m.config().tgt_vocab, 0.1f, 0);
     EXPECT_NEAR(loss, std::stod(st.metadata.at("loss")), 1e-5);
     m.backward(dlogits);
     for (const auto& [pname, g] : m.grads()) {
@@ -170,16 +170,17 @@ TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
   ASSERT_EQ(beam.size(), 3u);
   for (int64_t b = 0; b < 3; ++b) {
     TokenBatch one{std::vector<int32_t>(src.ids.begin() + b * 5, src.ids.begin() + (b + 1) * 5), 1, 5};
-    EXPECT_GE(sequence_logprob(m, one, beam[static_cast<size_t>(b)]) + 1e-4, sequence_logprob(m, one, greedy[static_cast<size_t>(b)]));
+    EXPECT_GE(sequence_logprob(m, one, beam[static_cast<size_t>(b)]) + 1e-4,
+              sequence_logprob(m, one, greedy[static_cast<size_t>(b)]));
   }
 }
 
 TEST(Transformer, BadInputAndCorruptCheckpoints) {
   Transformer m = random_model(false);
-  EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);          // id outside the vocabulary
-  EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);              // ids disagree with [B, L]
+  EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);                    // id outside the vocabulary
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);                        // ids disagree with [B, L]
   EXPECT_THROW(generate(m, {std::vector<int32_t>(30, 3), 1, 30}), ShapeError);  // longer than max_len
-  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, {0}), ArgumentError);        // beam 0
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, {0}), ArgumentError);                // beam 0
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
   std::filesystem::remove_all(dir);
   std::mt19937 rng(9);  // every parameter off its initial value (LayerNorm weights start at 1 everywhere)
@@ -199,8 +200,8 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   EXPECT_EQ(generate(back, src, {2, 0.6f, 8}), generate(m, src, {2, 0.6f, 8}));
   EXPECT_EQ(test::max_abs_diff(back.encode(src), m.encode(src)), 0.0);
   {  // an unknown activation is an error, not silently ReLU
-    std::ofstream(dir / "config.json") << std::string(m.config().to_json()).replace(
-        m.config().to_json().find("\"relu\""), 6, "\"tanh\"");
+    std::ofstream(dir / "config.json")
+        << std::string(m.config().to_json()).replace(m.config().to_json().find("\"relu\""), 6, "\"tanh\"");
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   {  // so is an unknown key (a misspelt "norm_first" would otherwise load as post-norm)
@@ -216,9 +217,7 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
     std::filesystem::resize_file(path, size / 2);
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
-  {
-    std::ofstream(dir / "config.json") << "{\"d_model\": ";
-  }
+  { std::ofstream(dir / "config.json") << "{\"d_model\": "; }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   EXPECT_THROW(Transformer::load((dir / "nowhere").string()), FormatError);
   std::filesystem::remove_all(dir);

@@ -42,9 +42,9 @@ namespace attn {
 
 // Which keys a causal mask lets query i see.
 enum class CausalAlignment : uint8_t {
-  kNone,        // no causal mask
-  kTopLeft,     // key j <= i: PyTorch's is_causal=True (torch.ones(Lq, Lk).tril(0))
-  kBottomRight, // key j <= i + Lk − Lq: the last query sees every key (incremental decoding, KV cache)
+  kNone,         // no causal mask
+  kTopLeft,      // key j <= i: PyTorch's is_causal=True (torch.ones(Lq, Lk).tril(0))
+  kBottomRight,  // key j <= i + Lk − Lq: the last query sees every key (incremental decoding, KV cache)
 };
 
 // Which implementation computes the attention.

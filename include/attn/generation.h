@@ -10,9 +10,9 @@
 namespace attn {
 
 struct GenerationOptions {
-  int beam = 1;                // hypotheses kept per sentence; 1 = greedy
-  float length_penalty = 0.6f; // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none
-  int64_t max_length = 0;      // target positions, BOS and EOS included; 0 = the model's max_len (and never above it)
+  int beam = 1;                 // hypotheses kept per sentence; 1 = greedy
+  float length_penalty = 0.6f;  // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none
+  int64_t max_length = 0;       // target positions, BOS and EOS included; 0 = the model's max_len (and never above it)
 };
 
 // Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no

@@ -20,7 +20,7 @@ struct TranslateOptions {
   // source (in tokens, EOS included) + 8, capped at the model's max_len (64 for the shipped model; the
   // longest number, 27 words, gives at most 17 characters).
   int64_t max_length = 0;
-  int64_t batch_size = 64;      // sentences decoded together
+  int64_t batch_size = 64;  // sentences decoded together
 };
 
 class Translator {

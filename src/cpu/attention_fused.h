@@ -10,12 +10,24 @@ namespace attn::detail {
 
 enum class SimdLevel : uint8_t { kScalar, kAvx2, kAvx512 };
 
-namespace scalar { void attention_fused(const AttentionProblem& p); }
-namespace avx2 { void attention_fused(const AttentionProblem& p); }
-namespace avx512 { void attention_fused(const AttentionProblem& p); }
-namespace scalar { float exp_for_test(float x); }
-namespace avx2 { float exp_for_test(float x); }
-namespace avx512 { float exp_for_test(float x); }
+namespace scalar {
+void attention_fused(const AttentionProblem& p);
+}
+namespace avx2 {
+void attention_fused(const AttentionProblem& p);
+}
+namespace avx512 {
+void attention_fused(const AttentionProblem& p);
+}
+namespace scalar {
+float exp_for_test(float x);
+}
+namespace avx2 {
+float exp_for_test(float x);
+}
+namespace avx512 {
+float exp_for_test(float x);
+}
 
 // The best level this processor runs, and the one attention_fused uses: the best, unless
 // force_simd_level (tests, benchmarks) or the environment variable ATTN_SIMD=scalar|avx2|avx512 says

@@ -58,11 +58,11 @@ void with_const(int n, F&& f) {
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  std::vector<float> qs;   // [kBq, D]      scaled queries of the tile
-  std::vector<float> vp;   // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
-  std::vector<float> s;    // [kBq, kBk]    scores, then probabilities
-  std::vector<float> acc;  // [kBq, Dvp]
-  std::vector<float> m, l; // [kBq]
+  std::vector<float> qs;    // [kBq, D]      scaled queries of the tile
+  std::vector<float> vp;    // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
+  std::vector<float> s;     // [kBq, kBk]    scores, then probabilities
+  std::vector<float> acc;   // [kBq, Dvp]
+  std::vector<float> m, l;  // [kBq]
   void reserve(int64_t D, int64_t Dvp) {
     auto grow = [](std::vector<float>& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -231,7 +231,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
         for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
       }
       const float m_new = std::max(ws.m[r], tile_max);
-      if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+      if (m_new == kNegInf) {            // nothing visible yet: P = 0, state unchanged
         for (int64_t j = 0; j < n; ++j)  // unless a visible score is NaN (max skips it): poison the row
           if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
         std::fill(s, s + n, 0.0f);
@@ -437,7 +437,7 @@ void split_key_range(const AttentionProblem& p, const FusedPlan& plan, const Til
                      int64_t* hi) {
   tile_key_range(p, t.i0, t.rows, lo, hi);
   *lo = *lo / Tiles::kBk * Tiles::kBk;  // whole, aligned key tiles: the keys before lo are hidden in every row
-  if (plan.splits > 1) {  // this split's share of the key tiles
+  if (plan.splits > 1) {                // this split's share of the key tiles
     const int64_t ntiles = *hi > *lo ? (*hi - *lo + Tiles::kBk - 1) / Tiles::kBk : 0;
     const int64_t a = *lo + ntiles * split / plan.splits * Tiles::kBk;
     const int64_t e = *lo + ntiles * (split + 1) / plan.splits * Tiles::kBk;

@@ -43,8 +43,8 @@ struct AttentionProblem {
   const uint8_t* key_padding = nullptr;
 
   CausalAlignment causal = CausalAlignment::kNone;
-  int64_t window = 0;                  // > 0 only with causal
-  const float* alibi_slopes = nullptr; // [H] or nullptr
+  int64_t window = 0;                   // > 0 only with causal
+  const float* alibi_slopes = nullptr;  // [H] or nullptr
   int num_threads = 0;
 
   int64_t group() const { return H / Hkv; }

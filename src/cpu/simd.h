@@ -97,8 +97,8 @@ struct Vec {
     return r;
   }
   void store(float* p) const { std::memcpy(p, v, sizeof v); }
-#define ATTN_LANEWISE(expr) \
-  Vec r;                    \
+#define ATTN_LANEWISE(expr)                    \
+  Vec r;                                       \
   for (int i = 0; i < W; ++i) r.v[i] = (expr); \
   return r
   friend Vec operator+(Vec a, Vec b) { ATTN_LANEWISE(a.v[i] + b.v[i]); }

@@ -24,7 +24,7 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int64_t kBk = 64;    // keys per tile; a multiple of kScoreVecs·kLanes
   static constexpr int kScoreRows = 8;  // Q·Kᵀ register tile: rows × vectors of columns
   static constexpr int kScoreVecs = 2;
-  static constexpr int kPvRows = 4;     // P·V register tile: rows × vectors of columns
+  static constexpr int kPvRows = 4;  // P·V register tile: rows × vectors of columns
   static constexpr int kPvVecs = 4;
 };
 
@@ -52,8 +52,14 @@ struct TileTraits<SimdLevel::kScalar> {
   static constexpr int kPvVecs = 2;
 };
 
-namespace avx512 { using Tiles = TileTraits<SimdLevel::kAvx512>; }
-namespace avx2 { using Tiles = TileTraits<SimdLevel::kAvx2>; }
-namespace scalar { using Tiles = TileTraits<SimdLevel::kScalar>; }
+namespace avx512 {
+using Tiles = TileTraits<SimdLevel::kAvx512>;
+}
+namespace avx2 {
+using Tiles = TileTraits<SimdLevel::kAvx2>;
+}
+namespace scalar {
+using Tiles = TileTraits<SimdLevel::kScalar>;
+}
 
 }  // namespace attn::detail

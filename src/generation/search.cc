@@ -81,7 +81,8 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
           if (v == c.eos_id && static_cast<int64_t>(i) >= K) continue;
           std::vector<int32_t> out = seqs[static_cast<size_t>(n)];
           if (v != c.eos_id) out.push_back(v);
-          finished[static_cast<size_t>(b)].push_back({out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
+          finished[static_cast<size_t>(b)].push_back(
+              {out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
           continue;
         }
         const int64_t slot = b * K + filled++;
@@ -112,8 +113,9 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
   for (int64_t b = 0; b < B; ++b) {
     auto& f = finished[static_cast<size_t>(b)];
     if (f.empty()) continue;
-    best[static_cast<size_t>(b)] =
-        std::max_element(f.begin(), f.end(), [](const Hypothesis& a, const Hypothesis& z) { return a.score < z.score; })->tokens;
+    best[static_cast<size_t>(b)] = std::max_element(f.begin(), f.end(), [](const Hypothesis& a, const Hypothesis& z) {
+                                     return a.score < z.score;
+                                   })->tokens;
   }
   return best;
 }
@@ -141,7 +143,8 @@ std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& mode
     const float* logits = decoder->step(tokens.data(), t);
     for (int64_t b = 0; b < B; ++b) {
       const float* row = logits + b * V;
-      if (step_logits) (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
+      if (step_logits)
+        (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
       tokens[static_cast<size_t>(b)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
       out[static_cast<size_t>(b)].push_back(tokens[static_cast<size_t>(b)]);
     }
@@ -162,7 +165,8 @@ std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& mod
     TokenBatch next{{}, B, prefix.L + 1};
     for (int64_t b = 0; b < B; ++b) {
       const float* row = logits.f32() + (b * prefix.L + prefix.L - 1) * V;
-      if (step_logits) (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
+      if (step_logits)
+        (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
       const int32_t tok = static_cast<int32_t>(std::max_element(row, row + V) - row);
       out[static_cast<size_t>(b)].push_back(tok);
       for (int64_t i = 0; i < prefix.L; ++i) next.ids.push_back(prefix.at(b, i));

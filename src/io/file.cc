@@ -22,8 +22,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
   if (size < 0) throw FormatError(path + ": cannot determine the file size");
   in.seekg(0, std::ios::beg);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
-    throw FormatError(path + ": read failed");
+  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw FormatError(path + ": read failed");
   return bytes;
 }
 

@@ -103,8 +103,10 @@ class HeaderParser {
       if (shape.size() >= 32) fail("more than 32 dimensions");
       shape.push_back(v);
       skip_ws();
-      if (peek() == ',') ++pos_;
-      else if (peek() != ')') fail("expected ',' or ')' in the shape");
+      if (peek() == ',')
+        ++pos_;
+      else if (peek() != ')')
+        fail("expected ',' or ')' in the shape");
     }
   }
 
@@ -124,27 +126,34 @@ uint32_t read_le(const uint8_t* p, int bytes) {
 Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
   static const uint8_t kMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size < 10 || std::memcmp(data, kMagic, 6) != 0)
-    throw FormatError(what + ": not a .npy file (bad magic or shorter than 10 bytes; size " + std::to_string(size) + ")");
+    throw FormatError(what + ": not a .npy file (bad magic or shorter than 10 bytes; size " + std::to_string(size) +
+                      ")");
   const int major = data[6];
   if (major < 1 || major > 3) throw FormatError(what + ": unsupported .npy format version " + std::to_string(major));
   const size_t len_bytes = major == 1 ? 2 : 4;
   const size_t prefix = 8 + len_bytes;
   if (size < prefix) throw FormatError(what + ": truncated .npy header");
   const size_t header_len = read_le(data + 8, static_cast<int>(len_bytes));
-  if (header_len > kMaxHeader) throw FormatError(what + ": .npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
+  if (header_len > kMaxHeader)
+    throw FormatError(what + ": .npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
   if (header_len > size - prefix)
-    throw FormatError(what + ": .npy header length " + std::to_string(header_len) + " runs past the end of the file (size " +
-                      std::to_string(size) + ")");
+    throw FormatError(what + ": .npy header length " + std::to_string(header_len) +
+                      " runs past the end of the file (size " + std::to_string(size) + ")");
   std::string descr;
   bool fortran = false;
   Shape shape;
-  HeaderParser(std::string_view(reinterpret_cast<const char*>(data + prefix), header_len), what).parse(&descr, &fortran, &shape);
-  if (fortran) throw FormatError(what + ": Fortran-order .npy arrays are not supported; save with np.ascontiguousarray");
+  HeaderParser(std::string_view(reinterpret_cast<const char*>(data + prefix), header_len), what)
+      .parse(&descr, &fortran, &shape);
+  if (fortran)
+    throw FormatError(what + ": Fortran-order .npy arrays are not supported; save with np.ascontiguousarray");
   size_t itemsize;
   DType dtype;
-  if (descr == "<f4") itemsize = 4, dtype = DType::kFloat32;
-  else if (descr == "<f8") itemsize = 8, dtype = DType::kFloat32;
-  else if (descr == "|b1") itemsize = 1, dtype = DType::kBool;
+  if (descr == "<f4")
+    itemsize = 4, dtype = DType::kFloat32;
+  else if (descr == "<f8")
+    itemsize = 8, dtype = DType::kFloat32;
+  else if (descr == "|b1")
+    itemsize = 1, dtype = DType::kBool;
   else
     throw FormatError(what + ": unsupported .npy dtype '" + descr + "' (expected '<f4', '<f8' or '|b1')");
   int64_t numel;
@@ -156,8 +165,9 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
   const size_t body = size - prefix - header_len;
   if (static_cast<uint64_t>(numel) > body / itemsize || static_cast<size_t>(numel) * itemsize != body)
     throw FormatError(what + ": .npy shape " + shape_str(shape) + " of '" + descr + "' needs " +
-                      (static_cast<uint64_t>(numel) > (uint64_t{1} << 60) / itemsize ? std::string("too many")
-                                                                                       : std::to_string(numel * itemsize)) +
+                      (static_cast<uint64_t>(numel) > (uint64_t{1} << 60) / itemsize
+                           ? std::string("too many")
+                           : std::to_string(numel * itemsize)) +
                       " bytes but the file holds " + std::to_string(body));
   Tensor t(shape, dtype);
   const uint8_t* src = data + prefix + header_len;

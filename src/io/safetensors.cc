@@ -50,17 +50,19 @@ const Tensor& Safetensors::at(const std::string& name) const {
   if (it != tensors.end()) return it->second;
   std::string have;
   for (const auto& [n, t] : tensors) have += (have.empty() ? "" : ", ") + n + " " + shape_str(t.shape());
-  throw MissingTensorError(source + ": no tensor named '" + name + "' (the file has: " + (have.empty() ? "nothing" : have) + ")");
+  throw MissingTensorError(source + ": no tensor named '" + name +
+                           "' (the file has: " + (have.empty() ? "nothing" : have) + ")");
 }
 
 Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
   if (size < 8) throw FormatError(what + ": not a .safetensors file (shorter than 8 bytes)");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
-  if (n > kMaxHeader) throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " exceeds 100 MiB");
+  if (n > kMaxHeader)
+    throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " exceeds 100 MiB");
   if (n > size - 8)
-    throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " runs past the end of the file (size " +
-                      std::to_string(size) + ")");
+    throw FormatError(what + ": .safetensors header length " + std::to_string(n) +
+                      " runs past the end of the file (size " + std::to_string(size) + ")");
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(data + 8, data + 8 + n);
@@ -88,14 +90,16 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     const DTypeInfo* info = nullptr;
     for (const DTypeInfo& d : kDTypes)
       if (dt == d.name) info = &d;
-    if (info == nullptr) throw FormatError(where + " has unsupported dtype " + dt + " (F32, F16, BF16, F64, I64, I32, BOOL)");
+    if (info == nullptr)
+      throw FormatError(where + " has unsupported dtype " + dt + " (F32, F16, BF16, F64, I64, I32, BOOL)");
     Shape shape;
     for (const auto& s : entry["shape"]) {
       if (!s.is_number_unsigned() || shape.size() >= 32) throw FormatError(where + " has a malformed shape");
       shape.push_back(static_cast<int64_t>(std::min<uint64_t>(s.get<uint64_t>(), uint64_t{1} << 62)));
     }
     const auto& off = entry["data_offsets"];
-    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) throw FormatError(where + " has malformed data_offsets");
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      throw FormatError(where + " has malformed data_offsets");
     const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
     if (begin > end || end > body_size)
       throw FormatError(where + " has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
@@ -165,7 +169,8 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   std::vector<uint8_t> out(8);
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
   out.insert(out.end(), text.begin(), text.end());
   for (const auto& [name, t] : tensors) {
     const auto* raw = static_cast<const uint8_t*>(t.raw());

@@ -17,8 +17,7 @@ float* grow(std::vector<float>& b, int64_t n) {
 // public mask is checked here, before any work).
 detail::AttentionProblem make_problem(const MhaWeights& w, const MhaMasks& masks, int64_t B, int64_t Lq, int64_t Lk,
                                       float* q, float* k, float* v, float* heads) {
-  detail::AttentionProblem p =
-      detail::interleaved_heads_problem(B, w.H, w.Hkv, Lq, Lk, w.head_dim(), q, k, v, heads);
+  detail::AttentionProblem p = detail::interleaved_heads_problem(B, w.H, w.Hkv, Lq, Lk, w.head_dim(), q, k, v, heads);
   if (masks.mask.defined()) detail::set_mask(p, masks.mask, "MultiHeadAttention", "attn_mask");
   p.key_padding = masks.key_padding;
   p.causal = masks.causal;

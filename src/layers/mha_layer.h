@@ -37,7 +37,7 @@ struct MhaGrads {
 
 // What the attention hides, beside what the caller's kernel options say.
 struct MhaMasks {
-  const uint8_t* key_padding = nullptr;             // [B, Lk], 1 = padding
+  const uint8_t* key_padding = nullptr;  // [B, Lk], 1 = padding
   CausalAlignment causal = CausalAlignment::kNone;
   Tensor mask;  // SDPA polarity (true = may attend) or additive, broadcastable to [B, H, Lq, Lk]; may be undefined
   AttentionImpl impl = AttentionImpl::kAuto;
@@ -62,8 +62,8 @@ struct MhaActivations {
 // Training (acts given): keeps what mha_backward needs, weights included, and applies attention-weight
 // dropout with probability `dropout` from rng (none when rng is null).
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
-                 int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr, float* weights = nullptr,
-                 float dropout = 0.0f, std::mt19937_64* rng = nullptr);
+                 int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr,
+                 float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr);
 // dxq += dLoss/dxq, dxk += ..., dxv += ... (they may alias: self-attention accumulates all three into one);
 // parameter gradients accumulate into g.
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,

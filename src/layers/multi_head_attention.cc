@@ -23,7 +23,8 @@ void check_config(MultiHeadAttentionConfig& c) {
   if (c.kdim == 0) c.kdim = c.embed_dim;
   if (c.vdim == 0) c.vdim = c.embed_dim;
   if (c.embed_dim <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.kdim <= 0 || c.vdim <= 0)
-    throw ArgumentError(std::string(kWho) + ": embed_dim, num_heads, num_kv_heads, kdim and vdim must be positive (E = " +
+    throw ArgumentError(std::string(kWho) +
+                        ": embed_dim, num_heads, num_kv_heads, kdim and vdim must be positive (E = " +
                         std::to_string(c.embed_dim) + ", H = " + std::to_string(c.num_heads) + ")");
   if (c.embed_dim % c.num_heads != 0)
     throw ArgumentError(std::string(kWho) + ": embed_dim E = " + std::to_string(c.embed_dim) +
@@ -46,8 +47,8 @@ const Tensor& take(const std::map<std::string, Tensor>& tensors, const std::stri
   if (it == tensors.end()) {
     std::string have;
     for (const auto& [n, t] : tensors) have += (have.empty() ? "" : ", ") + n;
-    throw MissingTensorError(std::string(kWho) + ": the weights lack '" + name + "' (they have: " +
-                             (have.empty() ? "nothing" : have) + ")");
+    throw MissingTensorError(std::string(kWho) + ": the weights lack '" + name +
+                             "' (they have: " + (have.empty() ? "nothing" : have) + ")");
   }
   if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
     throw ShapeError(std::string(kWho) + ": '" + name + "' has shape " + shape_str(it->second.shape()) + " (" +
@@ -113,7 +114,8 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, u
 }
 
 MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::string, Tensor>& tensors,
-                                                       const MultiHeadAttentionConfig& config, const std::string& prefix) {
+                                                       const MultiHeadAttentionConfig& config,
+                                                       const std::string& prefix) {
   MultiHeadAttention m(config);
   const MultiHeadAttentionConfig& c = m.config_;
   const int64_t E = c.embed_dim, kv = c.num_kv_heads * m.head_dim();
@@ -197,11 +199,13 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   const Tensor& am = options.attn_mask;
   if (am.defined()) {
     if (am.rank() == 2 && (am.dim(0) != Lq || am.dim(1) != Lk))
-      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) + " but must be [Lq, Lk] = " +
-                       shape_str({Lq, Lk}) + " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
+      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) +
+                       " but must be [Lq, Lk] = " + shape_str({Lq, Lk}) +
+                       " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
     if (am.rank() == 3 && (am.dim(0) != B * H || am.dim(1) != Lq || am.dim(2) != Lk))
-      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) + " but must be [Lq, Lk] = " +
-                       shape_str({Lq, Lk}) + " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
+      throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) +
+                       " but must be [Lq, Lk] = " + shape_str({Lq, Lk}) +
+                       " or [B·H, Lq, Lk] = " + shape_str({B * H, Lq, Lk}));
     if (am.rank() != 2 && am.rank() != 3)
       throw ShapeError(std::string(kWho) + ": attn_mask has shape " + shape_str(am.shape()) +
                        "; it must be [Lq, Lk] or [B·H, Lq, Lk]");
@@ -215,8 +219,8 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   const Tensor& kpm = options.key_padding_mask;
   if (kpm.defined()) {
     if (kpm.rank() != 2 || kpm.dim(0) != B || kpm.dim(1) != Lk)
-      throw ShapeError(std::string(kWho) + ": key_padding_mask has shape " + shape_str(kpm.shape()) + " but must be [B, Lk] = " +
-                       shape_str({B, Lk}));
+      throw ShapeError(std::string(kWho) + ": key_padding_mask has shape " + shape_str(kpm.shape()) +
+                       " but must be [B, Lk] = " + shape_str({B, Lk}));
     if (kpm.dtype() == DType::kBool) {
       key_padding = kpm.b8();
     } else {

@@ -6,8 +6,8 @@
 
 namespace attn::layers {
 
-void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act, float dropout,
-                std::mt19937_64* rng) {
+void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act,
+                float dropout, std::mt19937_64* rng) {
   c.x = x;
   // h = act(x·W1ᵀ + b1) ; out = dropout(h)·W2ᵀ + b2
   ops::linear_forward(grow(c.h_pre, M * w.F), x, w.w1, w.b1, M, w.F, w.E);
@@ -41,7 +41,8 @@ void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const 
   ops::linear_backward(dx, w.dw1, w.db1, dh_pre.data(), c.x, w.w1, M, w.F, w.E);
 }
 
-const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln, bool norm_first) {
+const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln,
+                            bool norm_first) {
   c.x = x;
   grow(c.f_out, M * E);
   if (!norm_first) return x;
@@ -49,8 +50,8 @@ const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, i
   return c.ln_out.data();
 }
 
-void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first, float dropout,
-                     std::mt19937_64* rng) {
+void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first,
+                     float dropout, std::mt19937_64* rng) {
   // f_drop = dropout(F(...))
   const float* f = c.f_out.data();
   if (rng && dropout > 0.0f) {
@@ -69,8 +70,8 @@ void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, c
   }
 }
 
-float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,
-                                bool norm_first, float dropout) {
+float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
+                                const LnWeights& ln, bool norm_first, float dropout) {
   const float* dr = dout;
   Buf tmp;
   if (!norm_first) {  // out = LN(r)
@@ -92,7 +93,8 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerActivation
   return df;
 }
 
-void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first) {
+void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,
+                             bool norm_first) {
   if (norm_first)  // F read LN(x)
     ops::layer_norm_backward(dx, ln.dw, ln.db, c.d_f_in.data(), c.x, ln.w, c.mean.data(), c.rstd.data(), M, E);
   else  // F read x

@@ -21,7 +21,7 @@ inline float* grow(Buf& b, int64_t n) {
 
 struct FfWeights {
   const float *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;  // [F, E], [F], [E, F], [E]
-  float *dw1 = nullptr, *db1 = nullptr, *dw2 = nullptr, *db2 = nullptr;   // their gradients (null: inference)
+  float *dw1 = nullptr, *db1 = nullptr, *dw2 = nullptr, *db2 = nullptr;    // their gradients (null: inference)
   int64_t E = 0, F = 0;
 };
 
@@ -32,8 +32,8 @@ struct FeedForwardActivations {
 };
 
 // out = linear2(dropout(act(linear1(x))))          x, out: [M, E]
-void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act, float dropout,
-                std::mt19937_64* rng);
+void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act,
+                float dropout, std::mt19937_64* rng);
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
                  float dropout);
 
@@ -52,15 +52,17 @@ struct SublayerActivations {
 };
 
 // The input F should read: x (post-norm) or LN(x) (pre-norm). Computes LN(x) first when pre-norm.
-const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln, bool norm_first);
+const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln,
+                            bool norm_first);
 // Given F's output in c.f_out, finishes the sublayer into out.
-void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first, float dropout,
-                     std::mt19937_64* rng);
+void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first,
+                     float dropout, std::mt19937_64* rng);
 // Backward, first half: dx += the residual's share; returns dLoss/dF_out (in c.d_f_out).
-float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,
-                                bool norm_first, float dropout);
+float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
+                                const LnWeights& ln, bool norm_first, float dropout);
 // Backward, second half: given dLoss/dF_input (c.d_f_in, filled by F's backward), dx += through LN (pre-norm)
 // or directly (post-norm).
-void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first);
+void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,
+                             bool norm_first);
 
 }  // namespace attn::layers

@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "attn/error.h"
-#include "attn/io/safetensors.h"
 #include "attn/io/file.h"
+#include "attn/io/safetensors.h"
 #include "layers/mha_layer.h"
 #include "ops/nn.h"
 
@@ -28,18 +28,18 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
     throw FormatError(std::string("config.json: ") + e.what());
   }
   if (c.hidden_size <= 0 || c.num_heads <= 0 || c.hidden_size % c.num_heads != 0)
-    throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
-                      std::to_string(c.num_heads));
+    throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) +
+                      " is not a multiple of num_attention_heads " + std::to_string(c.num_heads));
   return c;
 }
 
 namespace models {
 
 struct BertLayerWeights {
-  layers::MhaWeights attention;                    // query/key/value/output dense [Hd, Hd] and biases
-  const float *attn_ln_w, *attn_ln_b;              // attention.output.LayerNorm [Hd]
-  const float *w1, *b1, *w2, *b2;                  // intermediate.dense [F, Hd], [F]; output.dense [Hd, F], [Hd]
-  const float *out_ln_w, *out_ln_b;                // output.LayerNorm [Hd]
+  layers::MhaWeights attention;        // query/key/value/output dense [Hd, Hd] and biases
+  const float *attn_ln_w, *attn_ln_b;  // attention.output.LayerNorm [Hd]
+  const float *w1, *b1, *w2, *b2;      // intermediate.dense [F, Hd], [F]; output.dense [Hd, F], [Hd]
+  const float *out_ln_w, *out_ln_b;    // output.LayerNorm [Hd]
 };
 
 struct BertWeights {
@@ -56,27 +56,32 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
   e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
   bool lower = true;
   if (fs::exists(dir + "/tokenizer_config.json"))
-    lower = nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
+    lower =
+        nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module
-  if (!e.params_.count("embeddings.word_embeddings.weight") && e.params_.count("bert.embeddings.word_embeddings.weight"))
+  if (!e.params_.count("embeddings.word_embeddings.weight") &&
+      e.params_.count("bert.embeddings.word_embeddings.weight"))
     prefix = "bert.";
   e.max_seq_length_ = e.config_.max_position;
   if (fs::exists(dir + "/sentence_bert_config.json")) {
     const auto j = nlohmann::json::parse(read_text(dir + "/sentence_bert_config.json"), nullptr, false);
-    if (j.is_object()) e.max_seq_length_ = std::min<int64_t>(j.value("max_seq_length", e.max_seq_length_), e.config_.max_position);
+    if (j.is_object())
+      e.max_seq_length_ = std::min<int64_t>(j.value("max_seq_length", e.max_seq_length_), e.config_.max_position);
   }
-  if (fs::exists(dir + "/modules.json")) e.normalize_ = read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
+  if (fs::exists(dir + "/modules.json"))
+    e.normalize_ = read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;
   auto expect = [&](const std::string& name, const Shape& shape) {
     const auto it = e.params_.find(prefix + name);
-    if (it == e.params_.end()) throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + prefix + name + "'");
+    if (it == e.params_.end())
+      throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + prefix + name + "'");
     if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
-      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) + ", config.json implies " +
-                       shape_str(shape));
+      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) +
+                       ", config.json implies " + shape_str(shape));
   };
   expect("embeddings.word_embeddings.weight", {c.vocab_size, Hd});
   expect("embeddings.position_embeddings.weight", {c.max_position, Hd});
@@ -84,11 +89,13 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
   for (const char* n : {"embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"}) expect(n, {Hd});
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string L = "encoder.layer." + std::to_string(l) + ".";
-    for (const char* m : {"attention.self.query.", "attention.self.key.", "attention.self.value.", "attention.output.dense."})
+    for (const char* m :
+         {"attention.self.query.", "attention.self.key.", "attention.self.value.", "attention.output.dense."})
       expect(L + m + "weight", {Hd, Hd}), expect(L + m + "bias", {Hd});
     expect(L + "intermediate.dense.weight", {F, Hd}), expect(L + "intermediate.dense.bias", {F});
     expect(L + "output.dense.weight", {Hd, F}), expect(L + "output.dense.bias", {Hd});
-    for (const char* n : {"attention.output.LayerNorm.", "output.LayerNorm."}) expect(L + n + "weight", {Hd}), expect(L + n + "bias", {Hd});
+    for (const char* n : {"attention.output.LayerNorm.", "output.LayerNorm."})
+      expect(L + n + "weight", {Hd}), expect(L + n + "bias", {Hd});
   }
   // bound once: every forward reads named fields
   auto w = std::make_shared<models::BertWeights>();
@@ -167,12 +174,17 @@ Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t
   // batches of similar lengths pad less (sentence-transformers sorts the same way); rows go back in order
   std::vector<std::vector<int32_t>> enc(static_cast<size_t>(N));
   std::vector<int64_t> order(static_cast<size_t>(N));
-  for (int64_t i = 0; i < N; ++i) enc[static_cast<size_t>(i)] = token_ids(sentences[static_cast<size_t>(i)]), order[static_cast<size_t>(i)] = i;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return enc[static_cast<size_t>(a)].size() > enc[static_cast<size_t>(b)].size(); });
+  for (int64_t i = 0; i < N; ++i)
+    enc[static_cast<size_t>(i)] = token_ids(sentences[static_cast<size_t>(i)]), order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return enc[static_cast<size_t>(a)].size() > enc[static_cast<size_t>(b)].size();
+  });
   for (int64_t s0 = 0; s0 < N; s0 += batch_size) {
     const int64_t B = std::min(batch_size, N - s0);
     int64_t L = 0;
-    for (int64_t b = 0; b < B; ++b) L = std::max<int64_t>(L, static_cast<int64_t>(enc[static_cast<size_t>(order[static_cast<size_t>(s0 + b)])].size()));
+    for (int64_t b = 0; b < B; ++b)
+      L = std::max<int64_t>(L,
+                            static_cast<int64_t>(enc[static_cast<size_t>(order[static_cast<size_t>(s0 + b)])].size()));
     std::vector<int32_t> ids(static_cast<size_t>(B * L), tokenizer_.pad_id());
     std::vector<uint8_t> pad(static_cast<size_t>(B * L), 1);
     for (int64_t b = 0; b < B; ++b) {

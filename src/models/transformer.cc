@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "attn/error.h"
-#include "attn/io/safetensors.h"
 #include "attn/io/file.h"
+#include "attn/io/safetensors.h"
 #include "models/transformer_internal.h"
 
 namespace attn {
@@ -70,9 +70,12 @@ void check_config(const TransformerConfig& c) {
   auto bad = [](const std::string& m) { throw ArgumentError("TransformerConfig: " + m); };
   if (c.src_vocab <= 0 || c.tgt_vocab <= 0) bad("src_vocab and tgt_vocab must be positive");
   if (c.d_model <= 0 || c.num_heads <= 0 || c.d_model % c.num_heads != 0)
-    bad("d_model = " + std::to_string(c.d_model) + " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
-  if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0) bad("sizes must be positive");
-  if (c.dropout < 0 || c.dropout >= 1 || c.attention_dropout < 0 || c.attention_dropout >= 1) bad("dropout must be in [0, 1)");
+    bad("d_model = " + std::to_string(c.d_model) +
+        " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
+  if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0)
+    bad("sizes must be positive");
+  if (c.dropout < 0 || c.dropout >= 1 || c.attention_dropout < 0 || c.attention_dropout >= 1)
+    bad("dropout must be in [0, 1)");
 }
 
 void xavier(Tensor& t, std::mt19937_64& rng) {
@@ -230,16 +233,17 @@ void Transformer::backward(const Tensor& dlogits) {
   if (!k.training) throw ArgumentError("Transformer::backward: call forward(..., training = true) first");
   const int64_t B = k.B, Ls = k.Ls, Lt = k.Lt, E = c.d_model;
   if (dlogits.shape() != Shape{B, Lt, c.tgt_vocab})
-    throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) + " but the forward gave " +
-                     shape_str({B, Lt, c.tgt_vocab}));
+    throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) +
+                     " but the forward gave " + shape_str({B, Lt, c.tgt_vocab}));
   const models::TransformerWeights& net = *weights_;
   // logits = yn·W_genᵀ + b_gen
   Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
-  ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
+  ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt,
+                       c.tgt_vocab, E);
   // yn = LN_dec(y)
   Buf dy(static_cast<size_t>(B * Lt * E), 0.0f);
   ops::layer_norm_backward(dy.data(), net.dec_norm.dw, net.dec_norm.db, dyn.data(), k.dec_out_pre, net.dec_norm.w,
-                             k.dec_mean.data(), k.dec_rstd.data(), B * Lt, E);
+                           k.dec_mean.data(), k.dec_rstd.data(), B * Lt, E);
   Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
   for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l)
     models::decoder_layer_backward(dy, dmem.data(), k.dec[l], net.dec[l], net, B, Lt, Ls);
@@ -247,8 +251,9 @@ void Transformer::backward(const Tensor& dlogits) {
   // mem = LN_enc(x)
   Buf dx(static_cast<size_t>(B * Ls * E), 0.0f);
   ops::layer_norm_backward(dx.data(), net.enc_norm.dw, net.enc_norm.db, dmem.data(), k.enc_out_pre, net.enc_norm.w,
-                             k.mem_mean.data(), k.mem_rstd.data(), B * Ls, E);
-  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls);
+                           k.mem_mean.data(), k.mem_rstd.data(), B * Ls, E);
+  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l)
+    models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls);
   models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx.data());
 }
 
@@ -261,7 +266,8 @@ std::map<std::string, Tensor> Transformer::attention_maps() const {
     std::copy_n(w.data(), t.numel(), t.f32());
     out[name] = t;
   };
-  for (size_t l = 0; l < k.enc.size(); ++l) copy("encoder.layers." + std::to_string(l) + ".self_attn", k.enc[l].self_attn.weights, k.Ls, k.Ls);
+  for (size_t l = 0; l < k.enc.size(); ++l)
+    copy("encoder.layers." + std::to_string(l) + ".self_attn", k.enc[l].self_attn.weights, k.Ls, k.Ls);
   for (size_t l = 0; l < k.dec.size(); ++l) {
     copy("decoder.layers." + std::to_string(l) + ".self_attn", k.dec[l].self_attn.weights, k.Lt, k.Lt);
     copy("decoder.layers." + std::to_string(l) + ".multihead_attn", k.dec[l].cross_attn.weights, k.Lt, k.Ls);
@@ -294,8 +300,8 @@ Transformer Transformer::load(const std::string& dir) {
   for (auto& [name, t] : m.params_) {
     const Tensor& src = st.at(name);
     if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
-      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) + " but the config needs " +
-                       shape_str(t.shape()));
+      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) +
+                       " but the config needs " + shape_str(t.shape()));
     std::copy(src.f32(), src.f32() + src.numel(), t.f32());
   }
   return m;

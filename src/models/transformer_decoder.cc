@@ -90,9 +90,9 @@ class TransformerDecoder final : public StepDecoder {
 
   const models::TransformerWeights& net_;
   int64_t B_, K_, N_, Ls_, T_, E_;
-  std::vector<uint8_t> src_pad_;                // [B, Ls]
+  std::vector<uint8_t> src_pad_;               // [B, Ls]
   std::vector<layers::KVCache> self_, cross_;  // per decoder layer
-  Buf x_, in_, sub_, ffh_, logits_;             // per-step activations: [N, E] ×3, [N, F], [N, V]
+  Buf x_, in_, sub_, ffh_, logits_;            // per-step activations: [N, E] ×3, [N, F], [N, V]
 };
 
 }  // namespace

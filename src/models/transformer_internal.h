@@ -24,7 +24,7 @@ struct DecoderLayerActivations {
   layers::SublayerActivations sa, ca, ff;
   layers::MhaActivations self_attn, cross_attn;
   layers::FeedForwardActivations ffn;
-  layers::Buf x1, x2, x3;  // [B·Lt, E] each
+  layers::Buf x1, x2, x3;      // [B·Lt, E] each
   const float* mem = nullptr;  // [B·Ls, E]
 };
 
@@ -97,22 +97,25 @@ void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab
 void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_id);
 
 // x = dropout(embed[ids]·√E + position)      -> [B·L, E] in buf
-float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table, const TokenBatch& ids,
-                     std::mt19937_64* rng);
+float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table,
+                     const TokenBatch& ids, std::mt19937_64* rng);
 // One row at position `pos` for each id (inference).
-void embed_rows(float* out, const TransformerWeights& net, const float* table, const int32_t* ids, int64_t n, int64_t pos);
-void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids, const std::vector<uint8_t>& keep, const float* dx);
+void embed_rows(float* out, const TransformerWeights& net, const float* table, const int32_t* ids, int64_t n,
+                int64_t pos);
+void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids,
+                    const std::vector<uint8_t>& keep, const float* dx);
 
-float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, const float* x, int64_t B,
-                             int64_t L, const uint8_t* pad, bool keep_weights, std::mt19937_64* rng);
-void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, int64_t B, int64_t L);
-float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, const float* y,
-                             const float* mem, int64_t B, int64_t Lt, int64_t Ls, const uint8_t* tgt_pad,
-                             const uint8_t* src_pad, bool keep_weights,
+float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net,
+                             const float* x, int64_t B, int64_t L, const uint8_t* pad, bool keep_weights,
                              std::mt19937_64* rng);
+void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t L);
+float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net,
+                             const float* y, const float* mem, int64_t B, int64_t Lt, int64_t Ls,
+                             const uint8_t* tgt_pad, const uint8_t* src_pad, bool keep_weights, std::mt19937_64* rng);
 // dy: in = dLoss/d(layer output), out = dLoss/d(layer input); dmem accumulates.
-void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, int64_t B,
-                            int64_t Lt, int64_t Ls);
+void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls);
 
 }  // namespace models
 }  // namespace attn

@@ -26,12 +26,20 @@ AttentionWeights bind_attention(const std::map<std::string, Tensor>& p, std::map
 
 layers::FfWeights bind_ff(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g,
                           const std::string& pre, int64_t E, int64_t F) {
-  return {P(p, pre + "linear1.weight"), P(p, pre + "linear1.bias"), P(p, pre + "linear2.weight"),
-          P(p, pre + "linear2.bias"),   G(g, pre + "linear1.weight"), G(g, pre + "linear1.bias"),
-          G(g, pre + "linear2.weight"), G(g, pre + "linear2.bias"),  E, F};
+  return {P(p, pre + "linear1.weight"),
+          P(p, pre + "linear1.bias"),
+          P(p, pre + "linear2.weight"),
+          P(p, pre + "linear2.bias"),
+          G(g, pre + "linear1.weight"),
+          G(g, pre + "linear1.bias"),
+          G(g, pre + "linear2.weight"),
+          G(g, pre + "linear2.bias"),
+          E,
+          F};
 }
 
-layers::LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g, const std::string& pre) {
+layers::LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::string, Tensor>& g,
+                          const std::string& pre) {
   return {P(p, pre + "weight"), P(p, pre + "bias"), G(g, pre + "weight"), G(g, pre + "bias")};
 }
 
@@ -50,7 +58,8 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
     n.sinusoid.resize(static_cast<size_t>(c.max_len * E));
     for (int64_t pos = 0; pos < c.max_len; ++pos)
       for (int64_t i = 0; i < E; ++i) {
-        const double angle = static_cast<double>(pos) / std::pow(10000.0, static_cast<double>(i / 2 * 2) / static_cast<double>(E));
+        const double angle =
+            static_cast<double>(pos) / std::pow(10000.0, static_cast<double>(i / 2 * 2) / static_cast<double>(E));
         n.sinusoid[static_cast<size_t>(pos * E + i)] = static_cast<float>(i % 2 ? std::cos(angle) : std::sin(angle));
       }
   }
@@ -75,15 +84,15 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
 
 void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab, const char* name) {
   if (t.B <= 0 || t.L <= 0 || static_cast<int64_t>(t.ids.size()) != t.B * t.L)
-    throw ShapeError(std::string("Transformer: ") + name + " has " + std::to_string(t.ids.size()) + " ids for [B, L] = [" +
-                     std::to_string(t.B) + ", " + std::to_string(t.L) + "]");
+    throw ShapeError(std::string("Transformer: ") + name + " has " + std::to_string(t.ids.size()) +
+                     " ids for [B, L] = [" + std::to_string(t.B) + ", " + std::to_string(t.L) + "]");
   if (t.L > c.max_len)
     throw ShapeError(std::string("Transformer: ") + name + " has length " + std::to_string(t.L) + " > max_len " +
                      std::to_string(c.max_len));
   for (int32_t id : t.ids)
     if (id < 0 || id >= vocab)
-      throw ArgumentError(std::string("Transformer: ") + name + " holds token id " + std::to_string(id) + " outside [0, " +
-                          std::to_string(vocab) + ")");
+      throw ArgumentError(std::string("Transformer: ") + name + " holds token id " + std::to_string(id) +
+                          " outside [0, " + std::to_string(vocab) + ")");
 }
 
 void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_id) {
@@ -91,19 +100,21 @@ void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_i
   for (size_t i = 0; i < t.ids.size(); ++i) mask[i] = t.ids[i] == pad_id;
 }
 
-void embed_rows(float* out, const TransformerWeights& net, const float* table, const int32_t* ids, int64_t n, int64_t pos) {
+void embed_rows(float* out, const TransformerWeights& net, const float* table, const int32_t* ids, int64_t n,
+                int64_t pos) {
   const int64_t E = net.c.d_model;
   const float s = std::sqrt(static_cast<float>(E));
   for (int64_t r = 0; r < n; ++r)
     for (int64_t e = 0; e < E; ++e) out[r * E + e] = table[ids[r] * E + e] * s + net.positions()[pos * E + e];
 }
 
-float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table, const TokenBatch& ids,
-                     std::mt19937_64* rng) {
+float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table,
+                     const TokenBatch& ids, std::mt19937_64* rng) {
   const int64_t E = net.c.d_model, n = ids.B * ids.L;
   float* x = grow(buf, n * E);
   for (int64_t b = 0; b < ids.B; ++b)
-    for (int64_t i = 0; i < ids.L; ++i) embed_rows(x + (b * ids.L + i) * E, net, table, &ids.ids[static_cast<size_t>(b * ids.L + i)], 1, i);
+    for (int64_t i = 0; i < ids.L; ++i)
+      embed_rows(x + (b * ids.L + i) * E, net, table, &ids.ids[static_cast<size_t>(b * ids.L + i)], 1, i);
   if (rng && net.c.dropout > 0.0f) {
     keep.resize(static_cast<size_t>(n * E));
     Buf tmp(x, x + n * E);
@@ -114,7 +125,8 @@ float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeig
   return x;
 }
 
-void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids, const std::vector<uint8_t>& keep, const float* dx) {
+void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids,
+                    const std::vector<uint8_t>& keep, const float* dx) {
   // x = dropout(table[id]·√E + pos)
   const int64_t E = net.c.d_model;
   const float s = std::sqrt(static_cast<float>(E)), ks = keep.empty() ? 1.0f : 1.0f / (1.0f - net.c.dropout);
@@ -123,7 +135,8 @@ void embed_backward(const TransformerWeights& net, float* dtable, const TokenBat
       const int64_t row = b * ids.L + i;
       const int32_t id = ids.ids[static_cast<size_t>(row)];
       for (int64_t e = 0; e < E; ++e) {
-        const float d = keep.empty() ? dx[row * E + e] : (keep[static_cast<size_t>(row * E + e)] ? dx[row * E + e] * ks : 0.0f);
+        const float d =
+            keep.empty() ? dx[row * E + e] : (keep[static_cast<size_t>(row * E + e)] ? dx[row * E + e] * ks : 0.0f);
         dtable[id * E + e] += d * s;
         if (net.pos_embed_d) net.pos_embed_d[i * E + e] += d;
       }
@@ -143,13 +156,15 @@ void self_attention(float* out, layers::MhaActivations& acts, const AttentionWei
 }
 }  // namespace
 
-float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, const float* x, int64_t B,
-                             int64_t L, const uint8_t* pad, bool keep_weights, std::mt19937_64* rng) {
+float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net,
+                             const float* x, int64_t B, int64_t L, const uint8_t* pad, bool keep_weights,
+                             std::mt19937_64* rng) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
   // x1 = sublayer(x, self-attention)
   const float* in = layers::sublayer_input(k.sa, x, M, E, w.norm1, c.norm_first);
-  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, L, pad, CausalAlignment::kNone, keep_weights, c.attention_dropout, rng);
+  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, L, pad, CausalAlignment::kNone, keep_weights,
+                 c.attention_dropout, rng);
   layers::sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
   // x2 = sublayer(x1, feed-forward)
   in = layers::sublayer_input(k.ff, k.x1.data(), M, E, w.norm2, c.norm_first);
@@ -158,7 +173,8 @@ float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeigh
   return k.x2.data();
 }
 
-void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net, int64_t B, int64_t L) {
+void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t L) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
   Buf dx1(static_cast<size_t>(M * E), 0.0f);
@@ -172,24 +188,23 @@ void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLa
   layers::sublayer_backward_input(dx.data(), k.sa, M, E, w.norm1, c.norm_first);
 }
 
-float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, const float* y,
-                             const float* mem, int64_t B, int64_t Lt, int64_t Ls, const uint8_t* tgt_pad,
-                             const uint8_t* src_pad, bool keep_weights,
-                             std::mt19937_64* rng) {
+float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net,
+                             const float* y, const float* mem, int64_t B, int64_t Lt, int64_t Ls,
+                             const uint8_t* tgt_pad, const uint8_t* src_pad, bool keep_weights, std::mt19937_64* rng) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
   k.mem = mem;
   // x1 = sublayer(y, masked self-attention)
   const float* in = layers::sublayer_input(k.sa, y, M, E, w.norm1, c.norm_first);
-  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, Lt, tgt_pad, CausalAlignment::kTopLeft, keep_weights,
-                 c.attention_dropout, rng);
+  self_attention(k.sa.f_out.data(), k.self_attn, w.self_attn, in, B, Lt, tgt_pad, CausalAlignment::kTopLeft,
+                 keep_weights, c.attention_dropout, rng);
   layers::sublayer_output(grow(k.x1, M * E), k.sa, M, E, w.norm1, c.norm_first, c.dropout, rng);
   // x2 = sublayer(x1, cross-attention over mem)
   in = layers::sublayer_input(k.ca, k.x1.data(), M, E, w.norm2, c.norm_first);
   layers::MhaMasks masks;
   masks.key_padding = src_pad;
-  layers::mha_forward(k.ca.f_out.data(), w.cross_attn.w, in, mem, mem, B, Lt, Ls, masks, keep_weights ? &k.cross_attn : nullptr,
-                      nullptr, c.attention_dropout, rng);
+  layers::mha_forward(k.ca.f_out.data(), w.cross_attn.w, in, mem, mem, B, Lt, Ls, masks,
+                      keep_weights ? &k.cross_attn : nullptr, nullptr, c.attention_dropout, rng);
   layers::sublayer_output(grow(k.x2, M * E), k.ca, M, E, w.norm2, c.norm_first, c.dropout, rng);
   // x3 = sublayer(x2, feed-forward)
   in = layers::sublayer_input(k.ff, k.x2.data(), M, E, w.norm3, c.norm_first);
@@ -198,8 +213,8 @@ float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeigh
   return k.x3.data();
 }
 
-void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net, int64_t B,
-                            int64_t Lt, int64_t Ls) {
+void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
   Buf dx2(static_cast<size_t>(M * E), 0.0f), dx1(static_cast<size_t>(M * E), 0.0f);

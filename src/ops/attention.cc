@@ -31,7 +31,8 @@ const char* causal_name(CausalAlignment causal) {
 }
 
 AttentionImpl parse_impl(const std::string& name) {
-  for (AttentionImpl i : {AttentionImpl::kAuto, AttentionImpl::kFused, AttentionImpl::kUnfused, AttentionImpl::kReference})
+  for (AttentionImpl i :
+       {AttentionImpl::kAuto, AttentionImpl::kFused, AttentionImpl::kUnfused, AttentionImpl::kReference})
     if (name == impl_name(i)) return i;
   throw ArgumentError("implementation must be auto, fused, unfused or reference, got '" + name + "'");
 }
@@ -52,8 +53,8 @@ namespace {
 void require_float(const Tensor& t, const char* who, const char* arg) {
   if (!t.defined()) throw ArgumentError(std::string(who) + ": " + arg + " is missing");
   if (t.dtype() != DType::kFloat32)
-    throw DTypeError(std::string(who) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()) +
-                     " with shape " + shape_str(t.shape()));
+    throw DTypeError(std::string(who) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()) + " with shape " +
+                     shape_str(t.shape()));
 }
 
 }  // namespace
@@ -93,8 +94,8 @@ void set_options(AttentionProblem& p, const AttentionOptions& options, const cha
       throw DTypeError(std::string(who) + ": key_padding_mask must be bool (true = padding), got " +
                        dtype_name(kpm.dtype()) + " with shape " + shape_str(kpm.shape()));
     if (kpm.rank() != 2 || kpm.dim(0) != p.B || kpm.dim(1) != p.Lk)
-      shape_fail(who, "key_padding_mask has shape " + shape_str(kpm.shape()) + " but must be [B, Lk] = " +
-                          shape_str({p.B, p.Lk}));
+      shape_fail(who, "key_padding_mask has shape " + shape_str(kpm.shape()) +
+                          " but must be [B, Lk] = " + shape_str({p.B, p.Lk}));
     p.key_padding = kpm.b8();
   }
   p.causal = options.causal;
@@ -121,8 +122,8 @@ AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v,
   require_float(q, who, "q");
   require_float(k, who, "k");
   require_float(v, who, "v");
-  const std::string shapes = " (q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " +
-                             shape_str(v.shape()) + ")";
+  const std::string shapes =
+      " (q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape()) + ")";
   if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
     shape_fail(who, "q, k and v must be [B, H, Lq, D], [B, Hkv, Lk, D], [B, Hkv, Lk, Dv]" + shapes);
   AttentionProblem p;

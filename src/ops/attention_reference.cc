@@ -13,8 +13,8 @@ static double reference_score(const AttentionProblem& p, int64_t b, int64_t h, i
   const double kHidden = -std::numeric_limits<double>::infinity();
   int64_t lo, hi;
   p.key_range(i, &lo, &hi);
-  if (j < lo || j >= hi) return kHidden;                              // causal / window
-  if (p.key_padding && p.key_padding[b * p.Lk + j]) return kHidden;   // padding
+  if (j < lo || j >= hi) return kHidden;                             // causal / window
+  if (p.key_padding && p.key_padding[b * p.Lk + j]) return kHidden;  // padding
   if (p.bool_mask && !p.bool_mask[p.mask_index(b, h, i, j)]) return kHidden;
   if (p.float_mask && p.float_mask[p.mask_index(b, h, i, j)] == kHidden) return kHidden;  // whatever q·k is
   // q_i · k_j, with K's head chosen by grouped-query attention

@@ -67,10 +67,10 @@ void attention_unfused(const AttentionProblem& p) {
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t h = 0; h < p.H; ++h) {
       float* s = p.weights ? p.weights + (b * p.H + h) * p.Lq * p.Lk : workspace.data();
-      const float* q = p.q + b * p.q_sb + h * p.q_sh;              // [Lq, D] rows q_sl apart
-      const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;   // [Lk, D]
-      const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;   // [Lk, Dv]
-      float* o = p.o + b * p.o_sb + h * p.o_sh;                    // [Lq, Dv]
+      const float* q = p.q + b * p.q_sb + h * p.q_sh;             // [Lq, D] rows q_sl apart
+      const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;  // [Lk, D]
+      const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;  // [Lk, Dv]
+      float* o = p.o + b * p.o_sb + h * p.o_sh;                   // [Lq, Dv]
       if (p.Lk == 0 || p.D == 0) {
         for (int64_t i = 0; i < p.Lq * p.Lk; ++i) s[i] = 0.0f;
       } else {

@@ -76,12 +76,14 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
   // y = b (broadcast over rows), then y += x·Wᵀ
   for (int64_t i = 0; i < M; ++i) {
     float* row = y + i * ldy;
-    if (b) std::copy(b, b + N, row);
-    else std::fill(row, row + N, 0.0f);
+    if (b)
+      std::copy(b, b + N, row);
+    else
+      std::fill(row, row + N, 0.0f);
   }
   if (K == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
-              x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+              1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
 }
 
 float* scratch(int slot, int64_t n) {
@@ -100,10 +102,11 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, const flo
   if (M == 0) return;
   // y = x·Wᵀ + b  =>  dx += dy·W [M, K];  dW += dyᵀ·x [N, K];  db += Σ_rows dy
   if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(K), static_cast<int>(N),
-                1.0f, dy, static_cast<int>(N), w, static_cast<int>(K), 1.0f, dx, static_cast<int>(K));
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), static_cast<int>(M), 1.0f,
-              dy, static_cast<int>(N), x, static_cast<int>(K), 1.0f, dw, static_cast<int>(K));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(K),
+                static_cast<int>(N), 1.0f, dy, static_cast<int>(N), w, static_cast<int>(K), 1.0f, dx,
+                static_cast<int>(K));
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), static_cast<int>(M),
+              1.0f, dy, static_cast<int>(N), x, static_cast<int>(K), 1.0f, dw, static_cast<int>(K));
   if (db)
     for (int64_t i = 0; i < M; ++i)
       for (int64_t n = 0; n < N; ++n) db[n] += dy[i * N + n];
@@ -181,8 +184,9 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
     // dloss_i/dz_c = p_c − ((1 − ε)·[c = y] + ε / V), then / n for the mean
     if (dz)
       for (int64_t c = 0; c < V; ++c)
-        dz[c] = static_cast<float>((p[c] / s - (c == targets[i] ? 1.0 - smoothing : 0.0) - smoothing / static_cast<double>(V)) /
-                                   static_cast<double>(n));
+        dz[c] = static_cast<float>(
+            (p[c] / s - (c == targets[i] ? 1.0 - smoothing : 0.0) - smoothing / static_cast<double>(V)) /
+            static_cast<double>(n));
   }
   return n ? static_cast<float>(loss / static_cast<double>(n)) : 0.0f;
 }

@@ -1,8 +1,8 @@
 #include "attn/tasks/numbers_en_zh.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <cctype>
+#include <filesystem>
 #include <random>
 #include <sstream>
 
@@ -14,9 +14,9 @@
 namespace attn::tasks {
 namespace {
 
-const char* kOnes[] = {"zero",    "one",     "two",       "three",    "four",     "five",    "six",
-                       "seven",   "eight",   "nine",      "ten",      "eleven",   "twelve",  "thirteen",
-                       "fourteen", "fifteen", "sixteen",  "seventeen", "eighteen", "nineteen"};
+const char* kOnes[] = {"zero",     "one",     "two",     "three",     "four",     "five",    "six",
+                       "seven",    "eight",   "nine",    "ten",       "eleven",   "twelve",  "thirteen",
+                       "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"};
 const char* kTens[] = {"", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"};
 const char* kDigits[] = {"零", "一", "二", "三", "四", "五", "六", "七", "八", "九"};
 const char* kUnits[] = {"", "十", "百", "千"};
@@ -123,7 +123,8 @@ Reading read_words(const std::vector<std::string>& w) {  // w [words], non-empty
   for (const std::string& word : w) {
     const int64_t v = word_value(word);
     auto cannot = [&] {
-      return Reading{0, prev.empty() ? "'" + word + "' cannot start a number" : "'" + word + "' cannot follow '" + prev + "'"};
+      return Reading{
+          0, prev.empty() ? "'" + word + "' cannot start a number" : "'" + word + "' cannot follow '" + prev + "'"};
     };
     if (v == 0) {
       if (w.size() != 1) return {0, "'zero' is a number only on its own"};
@@ -138,9 +139,12 @@ Reading read_words(const std::vector<std::string>& w) {  // w [words], non-empty
       group *= 100, last = kHundred;
     } else {
       if (last == kStart) return cannot();
-      if (last == kScale) total = sat_mul(total, v);                        // "one million million"
-      else if (scale == 0 || v < scale) total = sat_add(total, group * v);  // "two million three thousand"
-      else return cannot();                                                // "one thousand two million"
+      if (last == kScale)
+        total = sat_mul(total, v);  // "one million million"
+      else if (scale == 0 || v < scale)
+        total = sat_add(total, group * v);  // "two million three thousand"
+      else
+        return cannot();  // "one thousand two million"
       group = 0, scale = std::max(scale, v), last = kScale;
     }
     prev = word;
@@ -178,8 +182,8 @@ std::optional<std::string> grammar_problem(const std::string& text) {
            ", outside the task's range [0, 999999999]";
   const std::string canonical = english_words(r.value);
   if (canonical != phrase)
-    return "\"" + phrase + "\" (" + std::to_string(r.value) + ") is not in the task's grammar: the model was trained on \"" +
-           canonical + "\"";
+    return "\"" + phrase + "\" (" + std::to_string(r.value) +
+           ") is not in the task's grammar: the model was trained on \"" + canonical + "\"";
   return std::nullopt;
 }
 
@@ -227,7 +231,8 @@ Vocab Vocab::numbers() {
 
 std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_len) const {
   const std::vector<std::string> w = words(text);
-  if (w.empty()) throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
+  if (w.empty())
+    throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
   if (static_cast<int64_t>(w.size()) + 1 > max_len)
     throw ArgumentError("the input has " + std::to_string(w.size()) + " words; the model reads at most " +
                         std::to_string(max_len - 1));
@@ -235,8 +240,9 @@ std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_l
   for (const std::string& word : w) {
     const auto it = std::find(src.begin() + 4, src.end(), word);
     if (it == src.end())
-      throw ArgumentError("unknown word '" + word + "' in \"" + text +
-                          "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million (lower case)");
+      throw ArgumentError(
+          "unknown word '" + word + "' in \"" + text +
+          "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million (lower case)");
     ids.push_back(static_cast<int32_t>(it - src.begin()));
   }
   ids.push_back(2);

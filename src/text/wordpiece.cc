@@ -31,8 +31,9 @@ bool is_control(UChar32 c) {  // BERT's _is_control: category C*, except \t \n \
 bool is_punctuation(UChar32 c) {  // BERT's _is_punctuation: ASCII symbols, or category P*
   if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
   const int8_t t = u_charType(c);
-  return t == U_DASH_PUNCTUATION || t == U_START_PUNCTUATION || t == U_END_PUNCTUATION || t == U_CONNECTOR_PUNCTUATION ||
-         t == U_OTHER_PUNCTUATION || t == U_INITIAL_PUNCTUATION || t == U_FINAL_PUNCTUATION;
+  return t == U_DASH_PUNCTUATION || t == U_START_PUNCTUATION || t == U_END_PUNCTUATION ||
+         t == U_CONNECTOR_PUNCTUATION || t == U_OTHER_PUNCTUATION || t == U_INITIAL_PUNCTUATION ||
+         t == U_FINAL_PUNCTUATION;
 }
 
 bool is_split_space(UChar32 c) { return u_isUWhiteSpace(c); }  // the BertPreTokenizer's whitespace
@@ -57,7 +58,8 @@ WordPiece WordPiece::load(const std::string& path, bool lower_case) {
   }
   w.cls_ = w.id("[CLS]"), w.sep_ = w.id("[SEP]"), w.pad_ = w.id("[PAD]"), w.unk_ = w.id("[UNK]");
   if (w.cls_ < 0 || w.sep_ < 0 || w.pad_ < 0 || w.unk_ < 0)
-    throw FormatError(path + ": the vocabulary lacks [CLS], [SEP], [PAD] or [UNK] (" + std::to_string(w.tokens_.size()) + " lines)");
+    throw FormatError(path + ": the vocabulary lacks [CLS], [SEP], [PAD] or [UNK] (" +
+                      std::to_string(w.tokens_.size()) + " lines)");
   return w;
 }
 
@@ -67,7 +69,8 @@ int32_t WordPiece::id(const std::string& token) const {
 }
 
 const std::string& WordPiece::token(int32_t id) const {
-  if (id < 0 || id >= static_cast<int32_t>(tokens_.size())) throw ArgumentError("WordPiece: no token with id " + std::to_string(id));
+  if (id < 0 || id >= static_cast<int32_t>(tokens_.size()))
+    throw ArgumentError("WordPiece: no token with id " + std::to_string(id));
   return tokens_[static_cast<size_t>(id)];
 }
 
@@ -163,14 +166,17 @@ std::vector<std::string> WordPiece::tokenize(const std::string& text) const {
       pieces.push_back(found);
       start = end;
     }
-    if (bad) out.push_back("[UNK]");
-    else out.insert(out.end(), pieces.begin(), pieces.end());
+    if (bad)
+      out.push_back("[UNK]");
+    else
+      out.insert(out.end(), pieces.begin(), pieces.end());
   }
   return out;
 }
 
 std::vector<int32_t> WordPiece::encode(const std::string& text, int64_t max_length) const {
-  if (max_length < 2) throw ArgumentError("WordPiece::encode: max_length must be at least 2, got " + std::to_string(max_length));
+  if (max_length < 2)
+    throw ArgumentError("WordPiece::encode: max_length must be at least 2, got " + std::to_string(max_length));
   std::vector<int32_t> ids = {cls_};
   for (const std::string& t : tokenize(text)) {
     if (static_cast<int64_t>(ids.size()) + 1 >= max_length) break;

@@ -14,8 +14,8 @@
 #include <sstream>
 
 #include "attn/error.h"
-#include "attn/io/safetensors.h"
 #include "attn/io/file.h"
+#include "attn/io/safetensors.h"
 #include "ops/nn.h"
 
 namespace attn::train {
@@ -63,8 +63,9 @@ std::vector<std::vector<const Pair*>> bucket(const std::vector<Pair>& data, int6
   });
   std::vector<std::vector<const Pair*>> batches;
   for (size_t i = 0; i < order.size(); i += static_cast<size_t>(batch_size))
-    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(i),
-                         order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + static_cast<size_t>(batch_size))));
+    batches.emplace_back(
+        order.begin() + static_cast<std::ptrdiff_t>(i),
+        order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), i + static_cast<size_t>(batch_size))));
   return batches;
 }
 
@@ -76,7 +77,8 @@ struct Adam {
 // AdamW (PyTorch's): m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
 void adam_step(Transformer& model, Adam& a, const TrainOptions& o, float lr) {
   ++a.step;
-  const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)), bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
+  const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)),
+              bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
   for (auto& [name, p] : model.params()) {
     const Tensor& g = model.grads().at(name);
     Tensor& m = a.m.at(name);
@@ -108,8 +110,10 @@ float clip_gradients(Transformer& model, float max_norm) {
 }
 
 float noam(const TrainOptions& o, int64_t step) {
-  const float s = static_cast<float>(std::max<int64_t>(step, 1)), w = static_cast<float>(std::max<int64_t>(o.warmup, 1));
-  return o.lr_factor / std::sqrt(static_cast<float>(o.model.d_model)) * std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
+  const float s = static_cast<float>(std::max<int64_t>(step, 1)),
+              w = static_cast<float>(std::max<int64_t>(o.warmup, 1));
+  return o.lr_factor / std::sqrt(static_cast<float>(o.model.d_model)) *
+         std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
 }
 
 void write_text(const std::string& path, const std::string& text) {
@@ -131,24 +135,25 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
   std::ostringstream r;
   r << rng;
   write_text(dir + "/train_state.json", nlohmann::json{{"step", adam.step},
-                                                      {"epoch", epoch},
-                                                      {"batch_index", batch_index},
-                                                      {"shuffle_seed", shuffle_seed},
-                                                      {"rng", r.str()}}
+                                                       {"epoch", epoch},
+                                                       {"batch_index", batch_index},
+                                                       {"shuffle_seed", shuffle_seed},
+                                                       {"rng", r.str()}}
                                             .dump(1));
 }
 
 std::string eta(double seconds) {
   char buf[32];
   const int s = static_cast<int>(seconds);
-  std::snprintf(buf, sizeof buf, s >= 3600 ? "%dh%02dm" : "%dm%02ds", s >= 3600 ? s / 3600 : s / 60, s >= 3600 ? s / 60 % 60 : s % 60);
+  std::snprintf(buf, sizeof buf, s >= 3600 ? "%dh%02dm" : "%dm%02ds", s >= 3600 ? s / 3600 : s / 60,
+                s >= 3600 ? s / 60 % 60 : s % 60);
   return buf;
 }
 
 }  // namespace
 
-double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples, int beam,
-                   std::vector<std::string>* outputs) {
+double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples,
+                   int beam, std::vector<std::string>* outputs) {
   std::vector<std::string> src;
   for (const auto& e : examples) src.push_back(e.source);
   TranslateOptions options;
@@ -175,7 +180,8 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     o.model = model.config();
     const nlohmann::json st = nlohmann::json::parse(io::read_text(o.resume_dir + "/train_state.json"));
     const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
-    for (const auto& [name, t] : model.params()) adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
+    for (const auto& [name, t] : model.params())
+      adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
     adam.step = st.at("step");
     epoch = st.at("epoch"), batch_index = st.at("batch_index");
     std::istringstream r(st.at("rng").get<std::string>());
@@ -209,8 +215,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     model.zero_grad();
     const Tensor logits = model.forward(b.src, b.tgt_in, true, &rng);
     Tensor dlogits(logits.shape());
-    const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
-                                                      o.model.tgt_vocab, o.label_smoothing, o.model.pad_id);
+    const float loss =
+        ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
+                                            o.model.tgt_vocab, o.label_smoothing, o.model.pad_id);
     model.backward(dlogits);
     clip_gradients(model, o.clip_norm);
     adam_step(model, adam, o, noam(o, adam.step + 1));
@@ -228,13 +235,15 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
       const int bar = static_cast<int>(frac * 30);
       const double rate = static_cast<double>(adam.step - first) / std::max(elapsed, 1e-9);
       std::fprintf(stderr, "\r[%s%s] step %lld/%lld  loss %.3f  %.0f tok/s  val %.1f%%  ETA %s   ",
-                   std::string(static_cast<size_t>(bar), '=').c_str(), std::string(static_cast<size_t>(30 - bar), ' ').c_str(),
-                   static_cast<long long>(adam.step), static_cast<long long>(o.steps), loss_window / std::max<int64_t>(window, 1),
+                   std::string(static_cast<size_t>(bar), '=').c_str(),
+                   std::string(static_cast<size_t>(30 - bar), ' ').c_str(), static_cast<long long>(adam.step),
+                   static_cast<long long>(o.steps), loss_window / std::max<int64_t>(window, 1),
                    static_cast<double>(tokens) / std::max(elapsed, 1e-9), 100.0 * report.val_accuracy,
                    eta(static_cast<double>(o.steps - adam.step) / std::max(rate, 1e-9)).c_str());
       if (eval_now) std::fprintf(stderr, "\n");
     }
-    if (window >= 100) report.last_loss = static_cast<float>(loss_window / static_cast<double>(window)), loss_window = 0.0, window = 0;
+    if (window >= 100)
+      report.last_loss = static_cast<float>(loss_window / static_cast<double>(window)), loss_window = 0.0, window = 0;
     report.seconds = elapsed;
     report.tokens_per_second = static_cast<double>(tokens) / std::max(elapsed, 1e-9);
   }

@@ -59,7 +59,8 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     // src: [n, L], padded
     TokenBatch src{std::vector<int32_t>(n * static_cast<size_t>(L), c.pad_id), static_cast<int64_t>(n), L};
     for (size_t b = 0; b < n; ++b)
-      std::copy(ids[i + b].begin(), ids[i + b].end(), src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
+      std::copy(ids[i + b].begin(), ids[i + b].end(),
+                src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
     GenerationOptions g;
     g.beam = options.beam;
     g.length_penalty = options.length_penalty;

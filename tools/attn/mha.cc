@@ -21,7 +21,8 @@ struct MhaArgs {
 MultiHeadAttentionConfig infer_config(const io::Safetensors& st, int64_t num_heads, int64_t num_kv_heads) {
   MultiHeadAttentionConfig c;
   const Tensor& wo = st.at("out_proj.weight");
-  if (wo.rank() != 2) throw ShapeError("--weights: out_proj.weight has shape " + shape_str(wo.shape()) + ", expected [E, E]");
+  if (wo.rank() != 2)
+    throw ShapeError("--weights: out_proj.weight has shape " + shape_str(wo.shape()) + ", expected [E, E]");
   c.embed_dim = wo.dim(0);
   c.num_heads = num_heads;
   c.num_kv_heads = num_kv_heads;
@@ -29,8 +30,8 @@ MultiHeadAttentionConfig infer_config(const io::Safetensors& st, int64_t num_hea
     const Tensor& wk = st.at("k_proj_weight");
     const Tensor& wv = st.at("v_proj_weight");
     if (wk.rank() != 2 || wv.rank() != 2)
-      throw ShapeError("--weights: k_proj_weight " + shape_str(wk.shape()) + " and v_proj_weight " + shape_str(wv.shape()) +
-                       " must be matrices");
+      throw ShapeError("--weights: k_proj_weight " + shape_str(wk.shape()) + " and v_proj_weight " +
+                       shape_str(wv.shape()) + " must be matrices");
     c.kdim = wk.dim(1);
     c.vdim = wv.dim(1);
   }
@@ -39,7 +40,8 @@ MultiHeadAttentionConfig infer_config(const io::Safetensors& st, int64_t num_hea
 }
 
 void run_mha(const MhaArgs& a) {
-  if (a.key.empty() != a.value.empty()) throw ArgumentError("--key and --value go together (give both, or neither for self-attention)");
+  if (a.key.empty() != a.value.empty())
+    throw ArgumentError("--key and --value go together (give both, or neither for self-attention)");
   if (a.average && a.need_weights.empty()) throw ArgumentError("--average-attn-weights needs --need-weights FILE");
   io::Safetensors st;
   try {
@@ -47,7 +49,8 @@ void run_mha(const MhaArgs& a) {
   } catch (const Error& e) {
     throw FormatError(std::string("--weights: ") + e.what());
   }
-  const MultiHeadAttention mha = MultiHeadAttention::from_state_dict(st.tensors, infer_config(st, a.num_heads, a.num_kv_heads));
+  const MultiHeadAttention mha =
+      MultiHeadAttention::from_state_dict(st.tensors, infer_config(st, a.num_heads, a.num_kv_heads));
   const Tensor query = load_npy_flag("--query", a.query);
   const Tensor key = a.key.empty() ? query : load_npy_flag("--key", a.key);
   const Tensor value = a.value.empty() ? query : load_npy_flag("--value", a.value);
@@ -77,9 +80,11 @@ void add_mha(CLI::App& app) {
       "A query row whose keys are all masked gets output from a zero attention vector (never NaN).");
   sub->add_option("--weights", args->weights,
                   "PyTorch state dict (.safetensors): in_proj_weight/in_proj_bias or q_proj_weight, k_proj_weight, "
-                  "v_proj_weight; out_proj.weight, out_proj.bias")->required();
+                  "v_proj_weight; out_proj.weight, out_proj.bias")
+      ->required();
   sub->add_option("--num-heads", args->num_heads, "number of heads H (must divide E)")->required();
-  sub->add_option("--num-kv-heads", args->num_kv_heads, "key/value heads for grouped-query attention (must divide H); default H");
+  sub->add_option("--num-kv-heads", args->num_kv_heads,
+                  "key/value heads for grouped-query attention (must divide H); default H");
   sub->add_option("--query", args->query, "query [B, Lq, E] (.npy)")->required();
   sub->add_option("--key", args->key, "key [B, Lk, kdim] (.npy); default: the query");
   sub->add_option("--value", args->value, "value [B, Lk, vdim] (.npy); default: the query");
@@ -90,8 +95,10 @@ void add_mha(CLI::App& app) {
   sub->add_option("--key-padding-mask", args->key_padding_mask,
                   "[B, Lk] (.npy). bool: TRUE = PADDING, ignored. float: added to the scores");
   sub->add_flag("--causal", args->causal, "add a causal mask: query i sees keys j <= i (masked self-attention)");
-  sub->add_option("--need-weights", args->need_weights, "also write the attention weights, per head [B, H, Lq, Lk] (.npy)");
-  sub->add_flag("--average-attn-weights", args->average, "with --need-weights: average the weights over heads -> [B, Lq, Lk]");
+  sub->add_option("--need-weights", args->need_weights,
+                  "also write the attention weights, per head [B, H, Lq, Lk] (.npy)");
+  sub->add_flag("--average-attn-weights", args->average,
+                "with --need-weights: average the weights over heads -> [B, Lq, Lk]");
   sub->add_option("--impl", args->impl, "implementation: auto, fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sub->add_option("--threads", args->threads, "threads; 0 = all cores");

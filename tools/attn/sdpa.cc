@@ -47,7 +47,8 @@ void add_sdpa(CLI::App& app) {
   sub->add_option("--q", args->q, "queries Q [B, H, Lq, D] (.npy, float32 or float64)")->required();
   sub->add_option("--k", args->k, "keys K [B, Hkv, Lk, D] (.npy)")->required();
   sub->add_option("--v", args->v, "values V [B, Hkv, Lk, Dv] (.npy)")->required();
-  sub->add_option("--out", args->out, "output [B, H, Lq, Dv] (.npy, float32); written only if everything succeeds")->required();
+  sub->add_option("--out", args->out, "output [B, H, Lq, Dv] (.npy, float32); written only if everything succeeds")
+      ->required();
   sub->add_option("--mask", args->mask,
                   "mask broadcastable to [B, H, Lq, Lk] (.npy). bool: TRUE = MAY ATTEND (PyTorch SDPA polarity), "
                   "false = hidden. float: added to the scores (-inf hides a key)");
@@ -59,9 +60,11 @@ void add_sdpa(CLI::App& app) {
       ->check(CLI::IsMember({"none", "top-left", "bottom-right"}));
   sub->add_option("--scale", args->scale, "multiplies Q·Kᵀ; default 1/sqrt(D)");
   sub->add_option("--window", args->window, "sliding window: with --causal, each query sees only its last W keys");
-  sub->add_option("--alibi-slopes", args->alibi, "[H] float (.npy): ALiBi, adds -slope_h·|i + offset - j| to the scores");
+  sub->add_option("--alibi-slopes", args->alibi,
+                  "[H] float (.npy): ALiBi, adds -slope_h·|i + offset - j| to the scores");
   sub->add_option("--weights", args->weights, "also write the attention weights [B, H, Lq, Lk] (.npy)");
-  sub->add_option("--impl", args->impl, "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
+  sub->add_option("--impl", args->impl,
+                  "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sub->add_option("--threads", args->threads, "threads; 0 = all cores");
   sub->callback([args] { run_sdpa(*args); });

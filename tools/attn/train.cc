@@ -19,7 +19,9 @@ void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
-  std::fprintf(stderr, "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld sentences\n",
+  std::fprintf(stderr,
+               "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld "
+               "sentences\n",
                static_cast<long long>(a.o.model.d_model), static_cast<long long>(a.o.model.num_heads),
                static_cast<long long>(a.o.model.d_ff), static_cast<long long>(a.o.model.num_encoder_layers),
                static_cast<long long>(a.o.model.num_decoder_layers), a.o.model.norm_first ? "pre-norm" : "post-norm",
@@ -40,12 +42,15 @@ void add_train(CLI::App& app) {
   a->o.model.d_model = 128, a->o.model.num_heads = 4, a->o.model.d_ff = 256;
   a->o.model.num_encoder_layers = 3, a->o.model.num_decoder_layers = 3;
   a->o.steps = 14000, a->o.warmup = 800, a->o.eval_every = 1000;
-  CLI::App* sub = app.add_subcommand("train", "Train an encoder-decoder Transformer (numbers-en-zh: English number words -> Chinese numerals)");
+  CLI::App* sub = app.add_subcommand(
+      "train", "Train an encoder-decoder Transformer (numbers-en-zh: English number words -> Chinese numerals)");
   sub->add_option("--task", a->task, "the task (numbers-en-zh)");
-  sub->add_option("--out", a->o.out_dir, "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
+  sub->add_option("--out", a->o.out_dir,
+                  "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
   sub->add_option("--resume", a->o.resume_dir, "continue from this checkpoint directory");
   sub->add_option("--steps", a->o.steps, "optimizer steps")->check(CLI::PositiveNumber);
-  sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")->check(CLI::PositiveNumber);
+  sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--d-model", a->o.model.d_model, "embedding size");
   sub->add_option("--heads", a->o.model.num_heads, "attention heads");
   sub->add_option("--d-ff", a->o.model.d_ff, "feed-forward size");

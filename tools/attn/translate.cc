@@ -10,21 +10,24 @@
 #include <sstream>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
 #include "attn/translator.h"
 #include "common.h"
-#include "attn/io/file.h"
 #include "model_path.h"
 
 namespace attn::cli {
 
 std::string resolve_model_dir(const std::string& flag) {
   namespace fs = std::filesystem;
-  auto is_model = [](const fs::path& p) { return fs::exists(p / "config.json") && fs::exists(p / "model.safetensors"); };
+  auto is_model = [](const fs::path& p) {
+    return fs::exists(p / "config.json") && fs::exists(p / "model.safetensors");
+  };
   if (!flag.empty()) {
-    if (!is_model(flag)) throw ArgumentError("--model " + flag + ": not a model directory (needs config.json and model.safetensors)");
+    if (!is_model(flag))
+      throw ArgumentError("--model " + flag + ": not a model directory (needs config.json and model.safetensors)");
     return flag;
   }
   if (const char* env = std::getenv("ATTN_MODEL"); env && *env) {
@@ -63,7 +66,8 @@ void run_translate(const TranslateArgs& a) {
   std::vector<std::string> lines;
   if (from_stdin) {
     lines = read_stdin_lines();
-    if (lines.empty()) throw ArgumentError("no input: give the text as an argument or one sentence per line on standard input");
+    if (lines.empty())
+      throw ArgumentError("no input: give the text as an argument or one sentence per line on standard input");
   } else {  // several words given without quotes: one sentence
     std::string joined;
     for (const auto& w : a.text) joined += (joined.empty() ? "" : " ") + w;
@@ -83,8 +87,10 @@ void run_translate(const TranslateArgs& a) {
     if (why) errors.warn(i, *why + (a.strict ? "" : "; translated anyway, but the model never saw such a phrase"));
     good.push_back(text);
   }
-  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : translator.translate(good, a.options);
-  for (size_t i = 0, next = 0; i < lines.size(); ++i) std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
+  const std::vector<std::string> out =
+      good.empty() ? std::vector<std::string>() : translator.translate(good, a.options);
+  for (size_t i = 0, next = 0; i < lines.size(); ++i)
+    std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
   std::cout.flush();
   errors.finish(lines.size(), "empty lines");
 }
@@ -100,8 +106,13 @@ struct EvalArgs {
 void run_eval(const EvalArgs& a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
   const Translator translator = load_translator(a.model);
-  const tasks::Split split = a.split == "test" ? tasks::Split::kTest : a.split == "validation" ? tasks::Split::kValidation : tasks::Split::kTrain;
-  const auto examples = tasks::make_examples(split, a.count, a.seed + (split == tasks::Split::kValidation ? 1 : split == tasks::Split::kTest ? 2 : 0));
+  const tasks::Split split = a.split == "test"         ? tasks::Split::kTest
+                             : a.split == "validation" ? tasks::Split::kValidation
+                                                       : tasks::Split::kTrain;
+  const auto examples = tasks::make_examples(split, a.count,
+                                             a.seed + (split == tasks::Split::kValidation ? 1
+                                                       : split == tasks::Split::kTest     ? 2
+                                                                                          : 0));
   std::vector<std::string> got;
   const double acc = train::exact_match(translator.model(), translator.vocab(), examples, a.beam, &got);
   int64_t right = 0;
@@ -118,10 +129,12 @@ void run_eval(const EvalArgs& a) {
 
 void add_translate(CLI::App& app) {
   auto t = std::make_shared<TranslateArgs>();
-  CLI::App* sub = app.add_subcommand("translate",
-                                     "Translate English number words to Chinese numerals with an encoder-decoder Transformer.\n"
-                                     "With no text, reads one sentence per line from standard input.");
-  sub->add_option("--model", t->model, "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
+  CLI::App* sub =
+      app.add_subcommand("translate",
+                         "Translate English number words to Chinese numerals with an encoder-decoder Transformer.\n"
+                         "With no text, reads one sentence per line from standard input.");
+  sub->add_option("--model", t->model,
+                  "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
   sub->add_option("--max-length", t->options.max_length,
                   "longest output in tokens (EOS included); default: 2 x the source's tokens + 8, at most the model's "
@@ -139,7 +152,8 @@ void add_translate(CLI::App& app) {
   CLI::App* ev = app.add_subcommand("eval", "Exact-match accuracy of a model on a split of the task");
   ev->add_option("--task", e->task, "the task (numbers-en-zh)");
   ev->add_option("--model", e->model, "model directory; default: the shipped model");
-  ev->add_option("--split", e->split, "test, validation or train")->check(CLI::IsMember({"test", "validation", "train"}));
+  ev->add_option("--split", e->split, "test, validation or train")
+      ->check(CLI::IsMember({"test", "validation", "train"}));
   ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
   ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
   ev->add_option("--seed", e->seed, "data seed");

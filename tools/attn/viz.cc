@@ -28,7 +28,7 @@ std::string translate_one(const Transformer& model, const tasks::Vocab& vocab, c
 
 struct VizArgs {
   std::string model, out, png, png_map, text;  // png_map "": the model's most telling map
-  int png_head = -1;  // -1: the head average
+  int png_head = -1;                           // -1: the head average
   int beam = 1;
   int64_t random_map = 0;
 };
@@ -41,28 +41,35 @@ void write_random_map(const std::string& out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     float* row = w.f32() + i * n;
     double s = 0.0;
-    for (int64_t j = 0; j <= i; ++j) s += (row[j] = static_cast<float>(rng() % 1000) / 1000.0f + (j == i ? 20.0f : 0.0f));
+    for (int64_t j = 0; j <= i; ++j)
+      s += (row[j] = static_cast<float>(rng() % 1000) / 1000.0f + (j == i ? 20.0f : 0.0f));
     for (int64_t j = 0; j <= i; ++j) row[j] = static_cast<float>(row[j] / s);
   }
   std::vector<std::string> tokens;
   for (int64_t i = 0; i < n; ++i) tokens.push_back("t" + std::to_string(i));
-  Report r{"attn viz: a random causal map of " + std::to_string(n) + " tokens", {"Long inputs: cells smaller than a pixel are aggregated (max)."}, {}};
+  Report r{"attn viz: a random causal map of " + std::to_string(n) + " tokens",
+           {"Long inputs: cells smaller than a pixel are aggregated (max)."},
+           {}};
   r.maps.push_back({"Random masked self-attention", std::to_string(n) + " tokens", tokens, tokens, w, ""});
   write_html_report(out, r);
 }
 
 // --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average.
-void write_map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps, const std::string& default_map, int cell) {
+void write_map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps, const std::string& default_map,
+                   int cell) {
   const std::string name = a.png_map.empty() ? default_map : a.png_map;
   const auto it = maps.find(name);
-  if (it == maps.end()) throw ArgumentError("--png-map '" + name + "' is not a map of this model (e.g. " + default_map + ")");
+  if (it == maps.end())
+    throw ArgumentError("--png-map '" + name + "' is not a map of this model (e.g. " + default_map + ")");
   const Tensor& w = it->second;
   const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
-  if (a.png_head >= H) throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
+  if (a.png_head >= H)
+    throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
   std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
   for (int64_t h = 0; h < H; ++h)
     if (a.png_head < 0 || a.png_head == h)
-      for (int64_t i = 0; i < Lq * Lk; ++i) m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
+      for (int64_t i = 0; i < Lq * Lk; ++i)
+        m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
   write_heatmap_png(a.png, m.data(), Lq, Lk, cell);
 }
 
@@ -75,7 +82,8 @@ void write_viz_outputs(const VizArgs& a, const Report& r, const std::map<std::st
   if (a.png.empty()) return;
   try {
     write_map_png(a, maps, default_map, cell);
-    if (!a.out.empty() && std::rename(page.c_str(), a.out.c_str()) != 0) throw Error(a.out + ": cannot move the finished file into place");
+    if (!a.out.empty() && std::rename(page.c_str(), a.out.c_str()) != 0)
+      throw Error(a.out + ": cannot move the finished file into place");
   } catch (...) {
     if (!a.out.empty()) std::remove(page.c_str());
     throw;
@@ -92,12 +100,14 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
   Report r;
   r.title = "attn viz: \"" + a.text + "\" through " + std::filesystem::path(dir).filename().string();
   r.intro = {"Multi-head self-attention of every layer (" + std::to_string(enc.config().num_layers) + " layers x " +
-                 std::to_string(enc.config().num_heads) + " heads) of a pretrained BERT encoder, exact weights. Rows are "
+                 std::to_string(enc.config().num_heads) +
+                 " heads) of a pretrained BERT encoder, exact weights. Rows are "
                  "queries, columns keys; hover a cell, click a token to highlight what it attends to.",
              "Model: " + dir};
   for (int64_t l = 0; l < enc.config().num_layers; ++l) {
     const Tensor& w = maps.at("encoder.layer." + std::to_string(l) + ".attention");
-    r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), tokens, tokens, w.reshape({w.dim(1), w.dim(2), w.dim(3)}),
+    r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), tokens, tokens,
+                      w.reshape({w.dim(1), w.dim(2), w.dim(3)}),
                       "Q, K, V from the same WordPiece tokens ([CLS] ... [SEP])."});
   }
   write_viz_outputs(a, r, maps, "encoder.layer.0.attention", 16);
@@ -107,7 +117,8 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
 void run_viz(const VizArgs& a) {
   if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
   if (a.random_map > 0) return write_random_map(a.out, a.random_map);
-  if (a.text.empty()) throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
+  if (a.text.empty())
+    throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
   if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
@@ -131,23 +142,28 @@ void run_viz(const VizArgs& a) {
   r.intro = {"Every attention map of the model (" + std::to_string(c.num_encoder_layers) + " encoder and " +
                  std::to_string(c.num_decoder_layers) + " decoder layers, " + std::to_string(c.num_heads) +
                  " heads each) for this translation, as computed (exact weights). Rows are queries, columns keys; "
-                 "each row sums to 1. Hover a cell for its weight; click a row or a query token to highlight what it attends to.",
+                 "each row sums to 1. Hover a cell for its weight; click a row or a query token to highlight what it "
+                 "attends to.",
              "Model: " + dir};
-  auto head_view = [](const Tensor& t) { return t.reshape({t.dim(1), t.dim(2), t.dim(3)}); };  // [1, H, Lq, Lk] -> [H, Lq, Lk]
+  auto head_view = [](const Tensor& t) {
+    return t.reshape({t.dim(1), t.dim(2), t.dim(3)});
+  };  // [1, H, Lq, Lk] -> [H, Lq, Lk]
   for (int64_t l = 0; l < c.num_encoder_layers; ++l)
     r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), src_tok, src_tok,
                       head_view(maps.at("encoder.layers." + std::to_string(l) + ".self_attn")),
-                      "Q, K, V all from the source (English words); padding masked. [" + std::to_string(src_tok.size()) + " x " +
-                          std::to_string(src_tok.size()) + "] per head."});
+                      "Q, K, V all from the source (English words); padding masked. [" +
+                          std::to_string(src_tok.size()) + " x " + std::to_string(src_tok.size()) + "] per head."});
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
-    r.maps.push_back({"Decoder masked self-attention", "layer " + std::to_string(l), tgt_tok, tgt_tok,
-                      head_view(maps.at("decoder.layers." + std::to_string(l) + ".self_attn")),
-                      "Q, K, V from the target so far; the causal mask hides the future, so the map is lower-triangular."});
+    r.maps.push_back(
+        {"Decoder masked self-attention", "layer " + std::to_string(l), tgt_tok, tgt_tok,
+         head_view(maps.at("decoder.layers." + std::to_string(l) + ".self_attn")),
+         "Q, K, V from the target so far; the causal mask hides the future, so the map is lower-triangular."});
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
-    r.maps.push_back({"Decoder cross-attention", "layer " + std::to_string(l), tgt_tok, src_tok,
-                      head_view(maps.at("decoder.layers." + std::to_string(l) + ".multihead_attn")),
-                      "Q from the decoder (Chinese characters), K and V from the encoder's output (English words): which "
-                      "source words each output position looked at."});
+    r.maps.push_back(
+        {"Decoder cross-attention", "layer " + std::to_string(l), tgt_tok, src_tok,
+         head_view(maps.at("decoder.layers." + std::to_string(l) + ".multihead_attn")),
+         "Q from the decoder (Chinese characters), K and V from the encoder's output (English words): which "
+         "source words each output position looked at."});
   write_viz_outputs(a, r, maps, "decoder.layers.0.multihead_attn", 24);
   std::cout << translation << "\n";
 }
@@ -156,18 +172,24 @@ void run_viz(const VizArgs& a) {
 
 void add_viz(CLI::App& app) {
   auto a = std::make_shared<VizArgs>();
-  CLI::App* sub = app.add_subcommand("viz", "Translate a sentence and draw every attention map (encoder self, decoder masked self, "
-                                            "cross) of every layer and head as one self-contained HTML page, or one map as a PNG");
+  CLI::App* sub =
+      app.add_subcommand("viz",
+                         "Translate a sentence and draw every attention map (encoder self, decoder masked self, "
+                         "cross) of every layer and head as one self-contained HTML page, or one map as a PNG");
   sub->add_option("text", a->text, "the sentence, e.g. \"three hundred twelve\"");
-  sub->add_option("--model", a->model, "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
-                                       "BERT directory (vocab.txt, e.g. all-MiniLM-L6-v2) to draw its self-attention");
+  sub->add_option("--model", a->model,
+                  "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
+                  "BERT directory (vocab.txt, e.g. all-MiniLM-L6-v2) to draw its self-attention");
   sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
   sub->add_option("--png", a->png, "also write one map as a PNG heatmap");
-  sub->add_option("--png-map", a->png_map, "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
-                                            "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention (BERT; default L = 0)");
+  sub->add_option("--png-map", a->png_map,
+                  "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
+                  "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention "
+                  "(BERT; default L = 0)");
   sub->add_option("--png-head", a->png_head, "which head for --png; default: the average of all heads");
   sub->add_option("--beam", a->beam, "beam width for the translation");
-  sub->add_option("--random-map", a->random_map, "instead: a random N x N causal map (checks that long inputs stay usable)");
+  sub->add_option("--random-map", a->random_map,
+                  "instead: a random N x N causal map (checks that long inputs stay usable)");
   sub->callback([a] { run_viz(*a); });
 }
 

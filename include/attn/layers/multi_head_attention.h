@@ -75,7 +75,8 @@ class MultiHeadAttention {
   // x: [B, Lq, E] (the decoder), memory: [B, Lk, kdim = vdim] (the encoder): Q from x, K and V from memory.
   MhaOutput cross_attention(const Tensor& x, const Tensor& memory, const MhaOptions& options = {}) const;
   // The general form: query [B, Lq, E], key [B, Lk, kdim], value [B, Lk, vdim].
-  MhaOutput attention(const Tensor& query, const Tensor& key, const Tensor& value, const MhaOptions& options = {}) const;
+  MhaOutput attention(const Tensor& query, const Tensor& key, const Tensor& value,
+                      const MhaOptions& options = {}) const;
 
   const MultiHeadAttentionConfig& config() const { return config_; }
   int64_t head_dim() const { return config_.embed_dim / config_.num_heads; }

@@ -24,7 +24,6 @@
 
 namespace attn {
 
-
 struct TransformerConfig {
   int64_t src_vocab = 0, tgt_vocab = 0;
   int64_t d_model = 128, num_heads = 4, d_ff = 512;
@@ -80,7 +79,8 @@ class Transformer {
 
   // Teacher-forced forward: src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, Vt]. With training = true,
   // dropout is applied from `rng` and the activations are kept for backward().
-  Tensor forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training = false, std::mt19937_64* rng = nullptr);
+  Tensor forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training = false,
+                 std::mt19937_64* rng = nullptr);
   // Accumulates dLoss/dParameter into grads() given dLoss/dlogits [B, Lt, Vt]. Needs forward(training).
   void backward(const Tensor& dlogits);
   void zero_grad();

@@ -15,7 +15,7 @@
 
 namespace attn::tasks {
 
-std::string english_words(int64_t n);   // throws ArgumentError outside [0, 999 999 999]
+std::string english_words(int64_t n);    // throws ArgumentError outside [0, 999 999 999]
 std::string chinese_numeral(int64_t n);  // UTF-8
 
 // The form every input is brought to before it is checked or translated, by the CLI and the Python
@@ -27,9 +27,9 @@ std::string normalize_source(const std::string& text);
 // nothing else, so they are the only phrases the model was trained on. grammar_problem says why the
 // phrase (normalised first) is outside it, or nullopt when it is inside. The reason names the offending
 // word or the phrase the model knows, e.g.
-//   "ninety nine hundred" -> "... (9900) is not in the task's grammar: the model was trained on \"nine thousand nine hundred\""
-//   "one million million" -> "... reads as 1000000000000, outside the task's range [0, 999999999]"
-//   "one hundred and one" -> "unknown word 'and' ... (\"one hundred one\")"
+//   "ninety nine hundred" -> "... (9900) is not in the task's grammar: the model was trained on \"nine thousand nine
+//   hundred\"" "one million million" -> "... reads as 1000000000000, outside the task's range [0, 999999999]" "one
+//   hundred and one" -> "unknown word 'and' ... (\"one hundred one\")"
 // Other out-of-grammar phrases: "twelve hundred", "one one", "zero one", "hundred", "twenty-one".
 std::optional<std::string> grammar_problem(const std::string& text);
 
@@ -57,7 +57,7 @@ struct Vocab {
   // more than max_len − 1 words, naming the problem.
   std::vector<int32_t> encode_source(const std::string& text, int64_t max_len) const;
   std::vector<int32_t> encode_target(const std::string& utf8) const;  // chars -> ids (no BOS/EOS)
-  std::string decode_target(const std::vector<int32_t>& ids) const;  // stops at EOS
+  std::string decode_target(const std::vector<int32_t>& ids) const;   // stops at EOS
   std::string to_json() const;
   static Vocab from_json(const std::string& text);  // throws FormatError
   // A model directory's vocab.json, or numbers() when it has none (the shipped model's vocabulary).

@@ -18,11 +18,11 @@
 namespace attn::train {
 
 struct TrainOptions {
-  TransformerConfig model;        // vocab sizes are filled in from the task
-  std::string out_dir;            // checkpoints go here ("" = none)
-  std::string resume_dir;         // continue from this checkpoint
+  TransformerConfig model;  // vocab sizes are filled in from the task
+  std::string out_dir;      // checkpoints go here ("" = none)
+  std::string resume_dir;   // continue from this checkpoint
   int64_t steps = 6000;
-  int64_t batch_size = 64;        // sentences per batch
+  int64_t batch_size = 64;  // sentences per batch
   float lr_factor = 1.0f;
   int64_t warmup = 500;
   float beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f;
@@ -31,15 +31,15 @@ struct TrainOptions {
   uint64_t seed = 1;
   int64_t train_examples = 200000;
   int64_t val_examples = 500;
-  int64_t eval_every = 1000;      // validation accuracy and a checkpoint every this many steps
-  bool progress = true;           // a progress bar on stderr
+  int64_t eval_every = 1000;  // validation accuracy and a checkpoint every this many steps
+  bool progress = true;       // a progress bar on stderr
   int num_threads = 0;
 };
 
 struct TrainReport {
   int64_t steps = 0;
-  float last_loss = 0.0f;        // mean loss of the last 100 steps
-  double val_accuracy = 0.0;     // exact match on the validation examples
+  float last_loss = 0.0f;     // mean loss of the last 100 steps
+  double val_accuracy = 0.0;  // exact match on the validation examples
   double seconds = 0.0;
   double tokens_per_second = 0.0;  // target tokens
 };
