@@ -95,20 +95,30 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
 
 void KVCache::allocate(int64_t n, int64_t cap, int64_t w, bool spare) {
   N = n, capacity = cap, width = w;
-  k.assign(static_cast<size_t>(N * capacity * width), 0.0f);
-  v.assign(k.size(), 0.0f);
-  spare_k.assign(spare ? k.size() : 0, 0.0f);
-  spare_v.assign(spare ? k.size() : 0, 0.0f);
+  // Uninitialised on purpose: position t is written before anything reads it, so only the pages of the
+  // positions a batch reaches are ever touched (zero-filling the whole capacity cost more than decoding).
+  const size_t floats = static_cast<size_t>(N * capacity * width);
+  if (floats > held) {
+    k.reset(new float[floats]);
+    v.reset(new float[floats]);
+    held = floats;
+  }
+  if (spare && floats > spare_held) {
+    spare_k.reset(new float[floats]);
+    spare_v.reset(new float[floats]);
+    spare_held = floats;
+  }
 }
 
 void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
   for (int64_t n = 0; n < N; ++n) {
     const int64_t from = parent[static_cast<size_t>(n)];
-    std::copy_n(k.data() + from * capacity * width, length * width, spare_k.data() + n * capacity * width);
-    std::copy_n(v.data() + from * capacity * width, length * width, spare_v.data() + n * capacity * width);
+    std::copy_n(k.get() + from * capacity * width, length * width, spare_k.get() + n * capacity * width);
+    std::copy_n(v.get() + from * capacity * width, length * width, spare_v.get() + n * capacity * width);
   }
   k.swap(spare_k);
   v.swap(spare_v);
+  std::swap(held, spare_held);
 }
 
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
@@ -120,12 +130,12 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
   ops::linear_forward(k, x, w.w_k, w.b_k, N, kv, w.kdim);
   ops::linear_forward(v, x, w.w_v, w.b_v, N, kv, w.vdim);
   for (int64_t n = 0; n < N; ++n) {
-    std::copy_n(k + n * kv, kv, cache.k.data() + (n * T + t) * kv);
-    std::copy_n(v + n * kv, kv, cache.v.data() + (n * T + t) * kv);
+    std::copy_n(k + n * kv, kv, cache.k.get() + (n * T + t) * kv);
+    std::copy_n(v + n * kv, kv, cache.v.get() + (n * T + t) * kv);
   }
   // the one new query sees every cached key; cache rows are T apart per hypothesis
-  detail::AttentionProblem p = detail::interleaved_heads_problem(N, w.H, w.Hkv, 1, t + 1, w.head_dim(), q,
-                                                                 cache.k.data(), cache.v.data(), heads);
+  detail::AttentionProblem p =
+      detail::interleaved_heads_problem(N, w.H, w.Hkv, 1, t + 1, w.head_dim(), q, cache.k.get(), cache.v.get(), heads);
   p.k_sb = p.v_sb = T * kv;
   detail::run_problem(p, AttentionImpl::kAuto);
   ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);
@@ -133,8 +143,8 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
 
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
   cache.allocate(B, Ls, w.kv_width(), /*spare=*/false);
-  ops::linear_forward(cache.k.data(), memory, w.w_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
-  ops::linear_forward(cache.v.data(), memory, w.w_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
+  ops::linear_forward(cache.k.get(), memory, w.w_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
+  ops::linear_forward(cache.v.get(), memory, w.w_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
 }
 
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
@@ -145,7 +155,7 @@ void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, i
   ops::linear_forward(q, x, w.w_q, w.b_q, N, E, E);
   // the K hypotheses of sentence b are K query rows over b's encoder K/V: nothing is copied per beam
   detail::AttentionProblem p = detail::interleaved_heads_problem(B, w.H, w.Hkv, K, cache.capacity, w.head_dim(), q,
-                                                                 cache.k.data(), cache.v.data(), heads);
+                                                                 cache.k.get(), cache.v.get(), heads);
   p.key_padding = key_padding;
   detail::run_problem(p, AttentionImpl::kAuto);
   ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -72,10 +73,13 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
 // The keys and values of decoding: [N, capacity, Hkv·Dh] each, written in place, never re-concatenated.
 // A self-attention cache grows by one position a step; a cross-attention cache holds the encoder's K/V
 // projected once (capacity = Ls) and shared by the K hypotheses of each sentence.
+// allocate() keeps memory it already holds when it is large enough, so a cache reused from one batch to
+// the next (the model's decoder keeps a per-thread pool) allocates and faults in its pages only once.
 struct KVCache {
   int64_t N = 0, capacity = 0, width = 0;
-  std::vector<float> k, v;
-  std::vector<float> spare_k, spare_v;  // beam search gathers reordered rows here, then swaps
+  std::unique_ptr<float[]> k, v;              // [N, capacity, width] each, uninitialised until written
+  std::unique_ptr<float[]> spare_k, spare_v;  // beam search gathers reordered rows here, then swaps
+  size_t held = 0, spare_held = 0;            // floats allocated in k/v and in spare_k/spare_v
   void allocate(int64_t n, int64_t cap, int64_t w, bool spare);
   // Row n continues row parent[n]: positions [0, length) are gathered by parent.
   void reorder(const std::vector<int64_t>& parent, int64_t length);

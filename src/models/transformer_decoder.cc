@@ -17,19 +17,45 @@ namespace {
 using layers::Buf;
 using layers::grow;
 
+// KV caches kept per thread between decoders: a translator decoding batch after batch allocates (and
+// faults in) its cache memory once instead of per batch. Bounded by the largest batch decoded.
+// (self: [N, positions, E] per layer; cross: [B, Ls, E] per layer)
+enum class CacheKind { kSelf, kCross };
+std::vector<layers::KVCache>& cache_pool(CacheKind kind) {
+  thread_local std::vector<layers::KVCache> pools[2];
+  return pools[static_cast<int>(kind)];
+}
+
+std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
+  std::vector<layers::KVCache>& pool = cache_pool(kind);
+  std::vector<layers::KVCache> out(n);
+  for (size_t i = 0; i < n && !pool.empty(); ++i) {
+    out[i] = std::move(pool.back());
+    pool.pop_back();
+  }
+  return out;
+}
+
 class TransformerDecoder final : public StepDecoder {
  public:
   TransformerDecoder(const models::TransformerWeights& net, const Tensor& memory, const TokenBatch& src, int64_t K,
                      int64_t T)
       : net_(net), B_(src.B), K_(K), N_(src.B * K), Ls_(src.L), T_(T), E_(net.c.d_model) {
     models::padding_mask(src_pad_, src, net.c.pad_id);
-    self_.resize(net.dec.size());
-    cross_.resize(net.dec.size());
+    self_ = take_caches(CacheKind::kSelf, net.dec.size());
+    cross_ = take_caches(CacheKind::kCross, net.dec.size());
     for (size_t l = 0; l < net.dec.size(); ++l) {
       layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory.f32(), B_, Ls_);
       self_[l].allocate(N_, T_, net.dec[l].self_attn.w.kv_width(), /*spare=*/K > 1);
     }
   }
+
+  ~TransformerDecoder() override {  // the caches' memory serves this thread's next batch
+    for (layers::KVCache& c : self_) cache_pool(CacheKind::kSelf).push_back(std::move(c));
+    for (layers::KVCache& c : cross_) cache_pool(CacheKind::kCross).push_back(std::move(c));
+  }
+  TransformerDecoder(const TransformerDecoder&) = delete;
+  TransformerDecoder& operator=(const TransformerDecoder&) = delete;
 
   float* step(const int32_t* tokens, int64_t t) override {
     if (t < 0 || t >= T_)
@@ -56,9 +82,9 @@ class TransformerDecoder final : public StepDecoder {
         ops::linear_forward(out, h, w.ff.w2, w.ff.b2, N, E, c.d_ff);
       });
     }
-    Buf mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N)), y(static_cast<size_t>(N * E));
-    ops::layer_norm_forward(y.data(), mean.data(), rstd.data(), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
-    ops::linear_forward(grow(logits_, N * c.tgt_vocab), y.data(), net_.gen_w, net_.gen_b, N, c.tgt_vocab, E);
+    float* y = grow(in_, N * E);  // LN_dec(x)
+    ops::layer_norm_forward(y, grow(mean_, N), grow(rstd_, N), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
+    ops::linear_forward(grow(logits_, N * c.tgt_vocab), y, net_.gen_w, net_.gen_b, N, c.tgt_vocab, E);
     return logits_.data();
   }
 
@@ -74,17 +100,18 @@ class TransformerDecoder final : public StepDecoder {
   template <class F>
   void sublayer(const layers::LnWeights& ln, F&& f) {
     const int64_t M = N_, E = E_;
-    Buf mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
+    float *mean = grow(mean_, M), *rstd = grow(rstd_, M);
     const float* input = x_.data();
     if (net_.c.norm_first) {
-      ops::layer_norm_forward(grow(in_, M * E), mean.data(), rstd.data(), x_.data(), ln.w, ln.b, M, E);
+      ops::layer_norm_forward(grow(in_, M * E), mean, rstd, x_.data(), ln.w, ln.b, M, E);
       input = in_.data();
     }
     f(input, grow(sub_, M * E));
     for (int64_t i = 0; i < M * E; ++i) x_[static_cast<size_t>(i)] += sub_[static_cast<size_t>(i)];
-    if (!net_.c.norm_first) {
-      Buf r(x_.begin(), x_.begin() + M * E);
-      ops::layer_norm_forward(x_.data(), mean.data(), rstd.data(), r.data(), ln.w, ln.b, M, E);
+    if (!net_.c.norm_first) {  // x = LN(r), r = x + F(...)
+      float* r = grow(in_, M * E);
+      std::copy_n(x_.data(), M * E, r);
+      ops::layer_norm_forward(x_.data(), mean, rstd, r, ln.w, ln.b, M, E);
     }
   }
 
@@ -92,7 +119,8 @@ class TransformerDecoder final : public StepDecoder {
   int64_t B_, K_, N_, Ls_, T_, E_;
   std::vector<uint8_t> src_pad_;               // [B, Ls]
   std::vector<layers::KVCache> self_, cross_;  // per decoder layer
-  Buf x_, in_, sub_, ffh_, logits_;            // per-step activations: [N, E] ×3, [N, F], [N, V]
+  // per-step activations, grown once: [N, E] ×3, [N, F], [N, V], [N] ×2
+  Buf x_, in_, sub_, ffh_, logits_, mean_, rstd_;
 };
 
 }  // namespace
