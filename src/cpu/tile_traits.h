@@ -42,15 +42,7 @@ struct TileTraits<SimdLevel::kAvx2> {
 
 // The portable Vec has 8 lanes, as AVX2's, and takes AVX2's shapes.
 template <>
-struct TileTraits<SimdLevel::kScalar> {
-  static constexpr int kLanes = 8;
-  static constexpr int64_t kBq = 64;
-  static constexpr int64_t kBk = 64;
-  static constexpr int kScoreRows = 6;
-  static constexpr int kScoreVecs = 2;
-  static constexpr int kPvRows = 4;
-  static constexpr int kPvVecs = 2;
-};
+struct TileTraits<SimdLevel::kScalar> : TileTraits<SimdLevel::kAvx2> {};
 
 namespace avx512 {
 using Tiles = TileTraits<SimdLevel::kAvx512>;
