@@ -44,7 +44,8 @@ def main():
         m.encode(sentences, batch_size=32)
         ts.append(time.perf_counter() - t0)
     torch_rate = a.count / statistics.median(ts)
-    print(f"all-MiniLM-L6-v2, {a.count} sentences of 8-24 words, batches of 32, {a.threads} threads, torch {torch.__version__}\n")
+    print(f"all-MiniLM-L6-v2, {a.count} sentences of 8-24 words, batches of 32, {a.threads} threads, "
+          f"torch {torch.__version__}\n")
     print("| | attn | sentence-transformers (PyTorch) | attn / PyTorch |")
     print("|---|---|---|---|")
     print(f"| sentences/s | {attn_rate:.0f} | {torch_rate:.0f} | {attn_rate / torch_rate:.2f}x |")

@@ -93,7 +93,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for c in CONFIGS[:1] if a.quick else CONFIGS:
         if c.get("mha"):
-            args = ["mha", "--batch", str(c["B"]), "--embed-dim", str(c["E"]), "--heads", str(c["H"]), "--len", str(c["L"])]
+            args = ["mha", "--batch", str(c["B"]), "--embed-dim", str(c["E"]), "--heads", str(c["H"]),
+                    "--len", str(c["L"])]
             fused = run_attn(a.attn, args + ["--impl", "fused"], a.threads, a.repeat)
             unfused = run_attn(a.attn, args + ["--impl", "unfused"], a.threads, a.repeat)
             pt = torch_mha(c, a.repeat)

@@ -44,7 +44,8 @@ def torch_model(cfg):
 
         def decode(self, tgt, mem):
             mask = torch.nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
-            y = self.t.decoder(self.tgt(tgt) * E ** 0.5 + self.pe[: tgt.shape[1]], mem, tgt_mask=mask, tgt_is_causal=True)
+            y = self.t.decoder(self.tgt(tgt) * E ** 0.5 + self.pe[: tgt.shape[1]], mem, tgt_mask=mask,
+                               tgt_is_causal=True)
             return y @ self.tgt.weight.T + self.bias
 
         def forward(self, src, tgt):
@@ -66,7 +67,8 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
 
     # attn training: same architecture flags as the shipped model
-    args = [a.attn, "train", "--steps", str(a.steps), "--eval-every", "0", "--no-progress", "--out", "/tmp/attn-bench-train",
+    args = [a.attn, "train", "--steps", str(a.steps), "--eval-every", "0", "--no-progress",
+            "--out", "/tmp/attn-bench-train",
             "--d-model", str(cfg["d_model"]), "--heads", str(cfg["num_heads"]), "--d-ff", str(cfg["d_ff"]),
             "--encoder-layers", str(cfg["num_encoder_layers"]), "--decoder-layers", str(cfg["num_decoder_layers"])]
     out = subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
@@ -74,7 +76,8 @@ def main():
 
     # attn translation
     t0 = time.perf_counter()
-    subprocess.run([a.attn, "eval", "--model", a.model, "--count", str(a.sentences)], check=True, capture_output=True, env=env)
+    subprocess.run([a.attn, "eval", "--model", a.model, "--count", str(a.sentences)], check=True,
+                   capture_output=True, env=env)
     attn_translate = a.sentences / (time.perf_counter() - t0)
 
     # PyTorch training
@@ -87,7 +90,8 @@ def main():
     for i in range(a.steps // 4 + 3):
         t0 = time.perf_counter()
         logits = m(src, tgt)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg["tgt_vocab"]), tgt.reshape(-1), label_smoothing=0.1)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg["tgt_vocab"]), tgt.reshape(-1),
+                                                 label_smoothing=0.1)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
@@ -110,11 +114,13 @@ def main():
     torch_translate = n_batches * 64 / (time.perf_counter() - t0)
 
     print(f"model: d_model {cfg['d_model']}, {cfg['num_heads']} heads, d_ff {cfg['d_ff']}, "
-          f"{cfg['num_encoder_layers']}+{cfg['num_decoder_layers']} layers; threads {a.threads}; torch {torch.__version__}\n")
+          f"{cfg['num_encoder_layers']}+{cfg['num_decoder_layers']} layers; threads {a.threads}; "
+          f"torch {torch.__version__}\n")
     print("| work | attn | PyTorch | attn / PyTorch |")
     print("|---|---|---|---|")
     print(f"| training, target tokens/s | {attn_train:.0f} | {torch_train:.0f} | {attn_train / torch_train:.2f}x |")
-    print(f"| translation, sentences/s | {attn_translate:.0f} | {torch_translate:.0f} | {attn_translate / torch_translate:.2f}x |")
+    print(f"| translation, sentences/s | {attn_translate:.0f} | {torch_translate:.0f} | "
+          f"{attn_translate / torch_translate:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 need=""
 command -v clang++ >/dev/null || need="clang"
-compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null || need="$need libclang-rt-dev"
+compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null ||
+  need="$need libclang-rt-dev"
 if [ -n "$need" ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $need >/dev/null
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $need >/dev/null
 fi
 out=build-fuzz
 mkdir -p "$out"

@@ -3,7 +3,10 @@
 #   scripts/check_format.sh [--fix]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v clang-format >/dev/null || { echo "check_format: clang-format is not installed (scripts/setup.sh installs it)"; exit 1; }
+command -v clang-format >/dev/null || {
+  echo "check_format: clang-format is not installed (scripts/setup.sh installs it)"
+  exit 1
+}
 mapfile -t files < <(git ls-files '*.h' '*.cc' '*.cpp' 2>/dev/null | grep -v '^tests/fixtures/' ||
                      find include src tools python tests bench examples fuzz -name '*.h' -o -name '*.cc')
 if [ "${1:-}" = "--fix" ]; then

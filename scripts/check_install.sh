@@ -9,12 +9,15 @@ cmake --install build --prefix "$prefix" >/dev/null
 "$prefix/bin/attn" --version
 cmake -S examples -B build/examples -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build build/examples -j"$(nproc)"
-for e in attention attention_static self_attention multi_head_self_attention cross_attention masked_self_attention translate; do
+for e in attention attention_static self_attention multi_head_self_attention cross_attention masked_self_attention \
+    translate; do
   build/examples/$e >/dev/null || { echo "example $e failed"; exit 1; }
 done
 mkdir -p build/examples-pc
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-g++ -Wall -Wextra -Werror -pedantic examples/attention.cc -o build/examples-pc/attention $(pkg-config --cflags --libs attn)
+g++ -Wall -Wextra -Werror -pedantic examples/attention.cc -o build/examples-pc/attention \
+  $(pkg-config --cflags --libs attn)
 build/examples-pc/attention >/dev/null
 "$prefix/bin/attn" translate "three hundred twelve" | grep -qx "三百一十二"
-echo "install check: the installed attn translates; 7 CMake examples and 1 pkg-config example built against $prefix and ran"
+echo "install check: the installed attn translates; 7 CMake examples and 1 pkg-config example built" \
+  "against $prefix and ran"

