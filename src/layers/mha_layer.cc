@@ -6,12 +6,9 @@
 #include "ops/nn.h"
 
 namespace attn::layers {
-namespace {
+using ops::grow;
 
-float* grow(std::vector<float>& b, int64_t n) {
-  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
-  return b.data();
-}
+namespace {
 
 // The attention problem of one call, heads interleaved in the projection rows, with the masks set (the
 // public mask is checked here, before any work).

@@ -14,10 +14,7 @@ namespace attn::layers {
 
 using Buf = std::vector<float>;
 
-inline float* grow(Buf& b, int64_t n) {
-  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
-  return b.data();
-}
+using ops::grow;
 
 struct FfWeights {
   const float *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;  // [F, E], [F], [E, F], [E]

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <vector>
 
 #include "attn/activation.h"
 
@@ -38,6 +39,13 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 // Returns the loss; dlogits (if not null) receives its gradient (written, not accumulated).
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
+
+// Grows b to at least n floats (never shrinks, so a buffer reused across calls is allocated once) and
+// returns its data.
+inline float* grow(std::vector<float>& b, int64_t n) {
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
 
 // A per-thread scratch buffer that only grows: slot s (0..7) holds at least n floats, reused across calls
 // and layers so the hot path touches no fresh pages.
