@@ -20,7 +20,8 @@ struct TranslateOptions {
   // source (in tokens, EOS included) + 8, capped at the model's max_len (64 for the shipped model; the
   // longest number, 27 words, gives at most 17 characters).
   int64_t max_length = 0;
-  int64_t batch_size = 64;  // sentences decoded together
+  int64_t batch_size = 64;  // sentences decoded together; batches are formed by source length
+  int num_threads = 0;      // OpenMP threads (kernels and BLAS) while translating; 0 = the current setting
 };
 
 class Translator {
@@ -35,7 +36,9 @@ class Translator {
   // The source ids of one sentence, normalised first (tasks::normalize_source: lower case, single spaces);
   // throws ArgumentError naming the unknown word, an empty sentence or one longer than the model takes.
   std::vector<int32_t> encode(const std::string& sentence) const;
-  // One translation per sentence, in order. Throws as encode() does for the first bad sentence.
+  // One translation per sentence, in input order. Sentences are decoded in batches of similar source length
+  // (less padding, and a batch ends when its longest output does). Throws as encode() does for the first bad
+  // sentence, before any work.
   std::vector<std::string> translate(const std::vector<std::string>& sentences,
                                      const TranslateOptions& options = {}) const;
   std::string translate(const std::string& sentence, const TranslateOptions& options = {}) const;

@@ -1,12 +1,35 @@
 // The library's translation façade (attn/translator.h) over generation (attn/generation.h).
 #include "attn/translator.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <filesystem>
+#include <numeric>
 
 #include "attn/error.h"
 
 namespace attn {
+namespace {
+
+// Sets OpenMP's thread count (the kernels' and OpenBLAS's pool) for a scope; 0 leaves it alone.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int n) : saved_(omp_get_max_threads()), set_(n > 0) {
+    if (set_) omp_set_num_threads(n);
+  }
+  ~ThreadScope() {
+    if (set_) omp_set_num_threads(saved_);
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_;
+  bool set_;
+};
+
+}  // namespace
 
 Translator::Translator(std::shared_ptr<const Transformer> model, tasks::Vocab vocab)
     : model_(std::move(model)), vocab_(std::move(vocab)) {
@@ -46,26 +69,33 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     throw ArgumentError("translate: batch_size must be >= 1, got " + std::to_string(options.batch_size));
   if (options.max_length < 0)
     throw ArgumentError("translate: max_length must be >= 0, got " + std::to_string(options.max_length));
+  if (options.num_threads < 0)
+    throw ArgumentError("translate: num_threads must be >= 0, got " + std::to_string(options.num_threads));
   const TransformerConfig& c = model_->config();
   std::vector<std::vector<int32_t>> ids;
   ids.reserve(sentences.size());
   for (const std::string& s : sentences) ids.push_back(encode(s));  // every sentence checked before any work
-  std::vector<std::string> out;
-  out.reserve(sentences.size());
-  for (size_t i = 0; i < ids.size(); i += static_cast<size_t>(options.batch_size)) {
-    const size_t n = std::min(ids.size() - i, static_cast<size_t>(options.batch_size));
-    int64_t L = 0;
-    for (size_t j = i; j < i + n; ++j) L = std::max<int64_t>(L, static_cast<int64_t>(ids[j].size()));
+  // longest first, ties in input order: batches of similar lengths pad (and decode) less
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
+  const ThreadScope threads(options.num_threads);
+  std::vector<std::string> out(sentences.size());
+  for (size_t i = 0; i < order.size(); i += static_cast<size_t>(options.batch_size)) {
+    const size_t n = std::min(order.size() - i, static_cast<size_t>(options.batch_size));
+    const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest of the batch
     // src: [n, L], padded
     TokenBatch src{std::vector<int32_t>(n * static_cast<size_t>(L), c.pad_id), static_cast<int64_t>(n), L};
-    for (size_t b = 0; b < n; ++b)
-      std::copy(ids[i + b].begin(), ids[i + b].end(),
-                src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
+    for (size_t b = 0; b < n; ++b) {
+      const std::vector<int32_t>& row = ids[order[i + b]];
+      std::copy(row.begin(), row.end(), src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
+    }
     GenerationOptions g;
     g.beam = options.beam;
     g.length_penalty = options.length_penalty;
     g.max_length = std::min(options.max_length > 0 ? options.max_length : 2 * L + 8, c.max_len);
-    for (const std::vector<int32_t>& y : generate(*model_, src, g)) out.push_back(vocab_.decode_target(y));
+    const std::vector<std::vector<int32_t>> best = generate(*model_, src, g);
+    for (size_t b = 0; b < n; ++b) out[order[i + b]] = vocab_.decode_target(best[b]);
   }
   return out;
 }

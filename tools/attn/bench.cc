@@ -15,6 +15,8 @@
 #include "attn/error.h"
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/translator.h"
 #include "common.h"
 #include "model_path.h"
 
@@ -190,6 +192,39 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
                 static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
 }
 
+struct TranslateBench {
+  std::string model;
+  TranslateOptions options;
+  int64_t count = 2000;
+  int repeat = 3;
+  bool json = false;
+};
+
+// Translation throughput of the shipped task's test split (the sentences attn eval uses): sentences/s and
+// target tokens/s (characters + EOS), the whole Translator::translate call timed.
+void run_translate_bench(const TranslateBench& a) {
+  const Translator translator = Translator::load(resolve_model_dir(a.model));
+  std::vector<std::string> sentences;
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, a.count, 3)) sentences.push_back(e.source);
+  std::vector<std::string> out;
+  const auto ms = time_runs(a.repeat, [&] { out = translator.translate(sentences, a.options); });
+  int64_t tokens = 0;
+  for (const std::string& t : out) tokens += static_cast<int64_t>(tasks::utf8_chars(t).size()) + 1;
+  const double median = ms[ms.size() / 2], seconds = median * 1e-3;
+  const double per_s = static_cast<double>(sentences.size()) / seconds, tok_s = static_cast<double>(tokens) / seconds;
+  const int threads = a.options.num_threads > 0 ? a.options.num_threads : omp_get_max_threads();
+  if (a.json)
+    std::printf(
+        "{\"bench\": \"translate\", \"count\": %zu, \"beam\": %d, \"batch\": %lld, \"threads\": %d, "
+        "\"median_ms\": %.2f, \"sentences_per_s\": %.1f, \"target_tokens_per_s\": %.1f}\n",
+        sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
+  else
+    std::printf(
+        "translate: %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, %.1f sentences/s, "
+        "%.1f target tokens/s\n",
+        sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -253,6 +288,17 @@ void add_bench(CLI::App& app) {
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
   emb->callback([eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json); });
+
+  auto tb = std::make_shared<TranslateBench>();
+  CLI::App* tr = bench->add_subcommand("translate", "translation throughput on the numbers-en-zh test split");
+  tr->add_option("--model", tb->model, "model directory; default: the shipped model");
+  tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::PositiveNumber);
+  tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
+  tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
+  tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
+  tr->add_flag("--json", tb->json, "one JSON line");
+  tr->callback([tb] { run_translate_bench(*tb); });
 }
 
 }  // namespace attn::cli

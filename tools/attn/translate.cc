@@ -141,6 +141,8 @@ void add_translate(CLI::App& app) {
                   "max_len")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--batch-size", t->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  sub->add_option("--threads", t->options.num_threads, "threads; 0 = all cores (or OMP_NUM_THREADS)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("text", t->text, "the sentence, e.g. \"three hundred twelve\"");
   sub->add_flag("--strict", t->strict,
                 "stop at the first bad line, before printing anything, and treat a phrase outside the task's grammar "
