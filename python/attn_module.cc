@@ -171,7 +171,6 @@ NB_MODULE(_attn, m) {
           "translate",
           [](const attn::Translator& t, const std::vector<std::string>& sentences, int beam, int64_t max_length,
              int64_t batch_size, int num_threads) {
-            for (const std::string& s : sentences) t.encode(s);  // raise (ValueError) before releasing the GIL
             attn::TranslateOptions options;
             options.beam = beam;
             options.max_length = max_length;

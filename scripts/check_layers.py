@@ -25,18 +25,22 @@ ORDER = ["base", "cpu", "ops", "layers", "models", "generation", "translate", "t
 RANK = {name: i for i, name in enumerate(ORDER)}
 SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "ops": "ops", "layers": "layers",
              "models": "models", "generation": "generation", "translate": "translate", "train": "train"}
-INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+INCLUDE = re.compile(r'^\s*#\s*include\s+(?:"([^"]+)"|<(attn/[^>]+)>)', re.M)
 
 
-def public_layer(header):  # "attn/models/bert.h" -> "models"
+PUBLIC_TOP = {"tensor.h": "base", "error.h": "base", "attention.h": "base", "activation.h": "base",
+              "version.h": "base", "generation.h": "generation", "translator.h": "translate", "attn.h": "umbrella"}
+PUBLIC_DIRS = {"io": "base", "text": "base", "tasks": "base", "layers": "layers", "models": "models",
+               "train": "train"}
+
+
+def public_layer(header):  # "attn/models/bert.h" -> "models"; "?" for a public header of no known layer
     parts = header.split("/")
     if parts[0] != "attn":
         return None
     if len(parts) == 2:
-        name = parts[1]
-        return {"generation.h": "generation", "translator.h": "translate", "attn.h": "umbrella"}.get(name, "base")
-    return {"io": "base", "text": "base", "tasks": "base", "layers": "layers", "models": "models",
-            "train": "train"}.get(parts[1], "base")
+        return PUBLIC_TOP.get(parts[1], "?")
+    return PUBLIC_DIRS.get(parts[1], "?")
 
 
 def private_layer(header):  # "ops/nn.h" -> "ops"; None when not a private header of src/
@@ -53,17 +57,54 @@ def layer_of(path, root):
     return None
 
 
+def self_test():
+    """The check catches what it is for: a tree with one upward include and one tool reaching inside."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        files = {"src/models/m.cc": '#include "attn/translator.h"\n', "tools/attn/t.cc": '#include "ops/nn.h"\n',
+                 "src/ops/o.cc": '#include "cpu/simd.h"\n#include <attn/tensor.h>\n'}
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (root / "include").mkdir()
+        found = check(root)
+    want = ["src/models/m.cc (models) includes", 'tools/attn/t.cc: includes "ops/nn.h"']
+    ok = len(found) == 2 and all(any(p.startswith(w) for p in found) for w in want)
+    print("check_layers self-test:", "ok" if ok else f"FAILED, found {found}")
+    return 0 if ok else 1
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parent.parent)
+    problems = check(root)
+    for p in problems:
+        print(p)
+    print(f"check_layers: {len(problems)} problem(s)" if problems
+          else "check_layers: every include points down a layer")
+    return 1 if problems else 0
+
+
+def check(root):
     problems = []
     for folder in ["include", "src"]:
         for path in sorted((root / folder).rglob("*")):
             if path.suffix not in (".h", ".cc"):
                 continue
             mine = layer_of(path, root)
-            for header in INCLUDE.findall(path.read_text(encoding="utf-8")):
+            if mine == "?":
+                problems.append(f"{path.relative_to(root)}: a public header of no known layer "
+                                f"(add it to scripts/check_layers.py)")
+                continue
+            for quoted, angled in INCLUDE.findall(path.read_text(encoding="utf-8")):
+                header = quoted or angled
                 theirs = public_layer(header) or private_layer(header)
-                if theirs is None:
+                if theirs == "?":
+                    problems.append(f"{path.relative_to(root)}: includes \"{header}\", a public header of no known "
+                                    f"layer (add it to scripts/check_layers.py)")
+                elif theirs is None:
                     problems.append(f"{path.relative_to(root)}: includes \"{header}\", which is no header of attn")
                 elif RANK[theirs] > RANK[mine]:
                     problems.append(f"{path.relative_to(root)} ({mine}) includes \"{header}\" ({theirs}): "
@@ -74,16 +115,13 @@ def main():
         for path in sorted((root / folder).rglob("*")):
             if path.suffix not in (".h", ".cc", ".cpp"):
                 continue
-            for header in INCLUDE.findall(path.read_text(encoding="utf-8")):
+            for quoted, angled in INCLUDE.findall(path.read_text(encoding="utf-8")):
+                header = quoted or angled
                 if header.startswith("attn/") or (path.parent / header).exists():
                     continue
                 problems.append(f"{path.relative_to(root)}: includes \"{header}\", a private header of the library "
                                 f"(tools, python and examples use the public headers in include/attn only)")
-    for p in problems:
-        print(p)
-    print(f"check_layers: {len(problems)} problem(s)" if problems
-          else "check_layers: every include points down a layer")
-    return 1 if problems else 0
+    return problems
 
 
 if __name__ == "__main__":

@@ -225,3 +225,53 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+// The decoder checks its caller: positions in order, tokens in the vocabulary, parents of the same sentence.
+TEST(Transformer, StepDecoderRejectsMisuse) {
+  const Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 2, 6, 7, 2, 0}, 2, 4};
+  std::unique_ptr<StepDecoder> d = m.start_decoding(src, 2, 6);
+  const std::vector<int32_t> bos(4, m.config().bos_id);
+  EXPECT_THROW(d->step(bos.data(), 1), ArgumentError);  // position 0 comes first
+  d->step(bos.data(), 0);
+  EXPECT_THROW(d->reorder({0, 1, 0, 1}, 0), ArgumentError);  // hypotheses 2, 3 are sentence 1's
+  EXPECT_THROW(d->reorder({1, 0}, 0), ArgumentError);        // one parent per hypothesis
+  d->reorder({1, 1, 3, 2}, 0);
+  const std::vector<int32_t> bad = {3, 3, 99, 3};
+  EXPECT_THROW(d->step(bad.data(), 1), ArgumentError);  // outside the target vocabulary
+  EXPECT_THROW(m.start_decoding(src, 0, 6), ArgumentError);
+  EXPECT_THROW(m.start_decoding(src, 1, m.config().max_len + 1), ArgumentError);
+}
+
+// A parameter tensor replaced instead of updated in place: the const paths refuse, forward() rebinds.
+TEST(Transformer, AReplacedParameterIsNoticed) {
+  Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 2}, 1, 4};
+  const Tensor before = m.encode(src);
+  m.params().at("encoder.norm.bias") = m.params().at("encoder.norm.bias").clone();  // same values, new storage
+  EXPECT_THROW(m.encode(src), ArgumentError);
+  m.forward(src, TokenBatch{{1, 3}, 1, 2});
+  EXPECT_EQ(test::max_abs_diff(m.encode(src), before), 0.0);
+}
+
+// Each sentence's maximum length is its own (the Translator derives one per sentence): a random model
+// rarely ends, so its outputs run to the limit; sentence 0 alone and beside a longer limit agree.
+TEST(Transformer, PerSentenceLimitsMakeOutputsIndependentOfTheBatch) {
+  const Transformer m = random_model(false);
+  for (int beam : {1, 3}) {
+    GenerationOptions alone{beam, 0.6f, 0, {3}};
+    GenerationOptions both{beam, 0.6f, 0, {3, 9}};
+    const auto a = generate(m, TokenBatch{{3, 4, 5, 2}, 1, 4}, alone);
+    const auto b = generate(m, TokenBatch{{3, 4, 5, 2, 6, 7, 8, 2}, 2, 4}, both);
+    EXPECT_LE(a[0].size(), 3u);
+    EXPECT_EQ(b[0], a[0]) << "beam " << beam;
+    EXPECT_GT(b[1].size(), 3u) << "beam " << beam;  // the other sentence did run longer
+  }
+  EXPECT_THROW(generate(m, TokenBatch{{3, 4, 5, 2}, 1, 4}, {1, 0.6f, 0, {3, 4}}), ArgumentError);
+}
+
+}  // namespace
+}  // namespace attn

@@ -12,7 +12,12 @@ namespace attn {
 struct GenerationOptions {
   int beam = 1;                 // hypotheses kept per sentence; 1 = greedy
   float length_penalty = 0.6f;  // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none
-  int64_t max_length = 0;       // target positions, BOS and EOS included; 0 = the model's max_len (and never above it)
+  // Decoding steps per sentence, so at most this many output tokens, EOS included (a hypothesis still alive
+  // at the last step ends there, without EOS); 0 = the model's max_len, and never above it.
+  int64_t max_length = 0;
+  // Per sentence [B], instead of max_length: each sentence stops at its own limit (its output then does not
+  // depend on the other sentences of the batch).
+  std::vector<int64_t> max_lengths;
 };
 
 // Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no

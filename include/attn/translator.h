@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,12 +17,15 @@ namespace attn {
 struct TranslateOptions {
   int beam = 1;                 // 1 = greedy
   float length_penalty = 0.6f;  // GNMT's alpha (beam search)
-  // Longest output in target tokens, EOS included; 0 = derived from each batch's input: 2 × its longest
-  // source (in tokens, EOS included) + 8, capped at the model's max_len (64 for the shipped model; the
-  // longest number, 27 words, gives at most 17 characters).
+  // Longest output in target tokens, EOS included; 0 = derived from each sentence: 2 × its source tokens
+  // (EOS included) + 8, capped at the model's max_len (64 for the shipped model; the longest number, 27
+  // words, gives at most 17 characters). Each sentence has its own limit, whatever its batch.
   int64_t max_length = 0;
   int64_t batch_size = 64;  // sentences decoded together; batches are formed by source length
-  int num_threads = 0;      // OpenMP threads (kernels and BLAS) while translating; 0 = the current setting
+  // OpenMP threads (the kernels' and, with OpenBLAS's OpenMP build, BLAS's) while translating; 0 = the current
+  // setting. It is the calling thread's setting; OpenBLAS keeps one global count, so concurrent translations
+  // from several threads should use the same value.
+  int num_threads = 0;
 };
 
 class Translator {
@@ -42,6 +46,11 @@ class Translator {
   std::vector<std::string> translate(const std::vector<std::string>& sentences,
                                      const TranslateOptions& options = {}) const;
   std::string translate(const std::string& sentence, const TranslateOptions& options = {}) const;
+  // translate({"one", "two"}) (a brace list would otherwise also read as std::string's iterator pair)
+  std::vector<std::string> translate(std::initializer_list<std::string> sentences,
+                                     const TranslateOptions& options = {}) const {
+    return translate(std::vector<std::string>(sentences), options);
+  }
 
   const Transformer& model() const { return *model_; }
   const tasks::Vocab& vocab() const { return vocab_; }

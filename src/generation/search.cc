@@ -37,10 +37,11 @@ int64_t positions_for(const Transformer& model, int64_t max_length) {
   return max_length > 0 ? std::min(max_length, model.config().max_len) : model.config().max_len;
 }
 
-// Beam search (K = 1: greedy) for the B sentences of `decoder`, over T positions.
+// Beam search (K = 1: greedy) for the B sentences of `decoder`; sentence b decodes at most limit[b]
+// positions, the decoder runs to the largest.
 std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const TransformerConfig& c, int64_t B, int64_t K,
-                                              int64_t T, float length_penalty) {
-  const int64_t N = B * K, V = decoder.vocab_size();
+                                              const std::vector<int64_t>& limit, float length_penalty) {
+  const int64_t N = B * K, V = decoder.vocab_size(), T = *std::max_element(limit.begin(), limit.end());
   const float kNegInf = -std::numeric_limits<float>::infinity();
   std::vector<int32_t> tokens(static_cast<size_t>(N), c.bos_id);
   std::vector<float> logp(static_cast<size_t>(N), kNegInf);
@@ -52,7 +53,6 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
   for (int64_t t = 0; t < T; ++t) {
     float* logits = decoder.step(tokens.data(), t);  // [N, V] -> log-probabilities in place
     log_softmax_rows(logits, N, V);
-    const bool last = t + 1 == T;
     std::vector<int64_t> parent(static_cast<size_t>(N));
     std::iota(parent.begin(), parent.end(), 0);
     std::vector<std::vector<int32_t>> next_seqs(static_cast<size_t>(N));
@@ -60,6 +60,8 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
     std::vector<int32_t> next_tokens(static_cast<size_t>(N), c.pad_id);
     for (int64_t b = 0; b < B; ++b) {
       if (done[static_cast<size_t>(b)]) continue;
+      const int64_t Tb = limit[static_cast<size_t>(b)];
+      const bool last = t + 1 == Tb;  // the sentence's last position: every candidate ends here
       // candidates: (score, beam, token) over the sentence's K beams
       std::vector<std::tuple<float, int64_t, int32_t>> cand;
       for (int64_t k = 0; k < K; ++k) {
@@ -93,11 +95,12 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
         next_tokens[static_cast<size_t>(slot)] = v;
       }
       // Done when no live beam can still beat the best finished hypothesis: a live beam's log-probability
-      // only falls, and its length penalty is at most the one of the longest output (T positions).
+      // only falls, and its length penalty is at most the one of the longest output: Tb tokens cut at the
+      // last position, scored as Tb + 1 (an ending's EOS counts).
       float best_finished = kNegInf, best_alive = kNegInf;
       for (const Hypothesis& h : finished[static_cast<size_t>(b)]) best_finished = std::max(best_finished, h.score);
       for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(b * K + k)]);
-      const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? T : t + 2, length_penalty);
+      const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? Tb + 1 : t + 2, length_penalty);
       if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true;
     }
     if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
@@ -125,9 +128,20 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
 std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
                                            const GenerationOptions& options) {
   if (options.beam < 1) throw ArgumentError("generate: beam must be >= 1, got " + std::to_string(options.beam));
-  const int64_t T = positions_for(model, options.max_length);  // positions, BOS included
+  std::vector<int64_t> limit(static_cast<size_t>(src.B), positions_for(model, options.max_length));
+  if (!options.max_lengths.empty()) {
+    if (static_cast<int64_t>(options.max_lengths.size()) != src.B)
+      throw ArgumentError("generate: max_lengths has " + std::to_string(options.max_lengths.size()) + " entries for " +
+                          std::to_string(src.B) + " sentences");
+    for (size_t b = 0; b < limit.size(); ++b) {
+      if (options.max_lengths[b] < 1)
+        throw ArgumentError("generate: max_lengths[" + std::to_string(b) + "] must be >= 1");
+      limit[b] = positions_for(model, options.max_lengths[b]);
+    }
+  }
+  const int64_t T = *std::max_element(limit.begin(), limit.end());
   const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, options.beam, T);
-  return beam_search(*decoder, model.config(), src.B, options.beam, T, options.length_penalty);
+  return beam_search(*decoder, model.config(), src.B, options.beam, limit, options.length_penalty);
 }
 
 std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,

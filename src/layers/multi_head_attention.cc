@@ -245,6 +245,8 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   masks.key_padding = key_padding;
   masks.causal = options.causal ? CausalAlignment::kTopLeft : CausalAlignment::kNone;
   masks.impl = options.impl;
+  if (options.num_threads < 0)
+    throw ArgumentError(std::string(kWho) + ": num_threads must be >= 0, got " + std::to_string(options.num_threads));
   masks.num_threads = options.num_threads;
 
   // out = MHA(query, key, value) : [B, Lq, E]; per-head weights [B, H, Lq, Lk] only when asked for

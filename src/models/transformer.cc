@@ -138,7 +138,7 @@ Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : confi
   if (!config_.tie_embeddings) add("generator.weight", {config_.tgt_vocab, E}, 'x');
   add("generator.bias", {config_.tgt_vocab}, '0');
   for (const auto& [name, t] : params_) grads_[name] = Tensor(t.shape());
-  weights_ = std::make_unique<models::TransformerWeights>(models::bind(config_, params_, grads_));
+  weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_));
   activations_ = std::make_unique<TransformerActivations>();
 }
 
@@ -175,7 +175,7 @@ void models::encode_impl(const TransformerWeights& net, TransformerActivations& 
 }
 
 Tensor models::forward_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src,
-                            const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
+                            const TokenBatch& tgt_in, bool training, std::mt19937_64* rng, bool keep_weights) {
   const TransformerConfig& c = net.c;
   models::check_tokens(c, src, c.src_vocab, "src");
   models::check_tokens(c, tgt_in, c.tgt_vocab, "tgt_in");
@@ -186,8 +186,7 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
     throw ArgumentError("Transformer::forward: training with dropout needs an rng");
   k.training = training;
   std::mt19937_64* r = training ? rng : nullptr;
-  // the teacher-forced forward keeps every attention's weights: the backward and attention_maps read them
-  encode_impl(net, k, src, /*keep_weights=*/true, r);
+  encode_impl(net, k, src, keep_weights, r);
   const int64_t B = src.B, Ls = src.L, Lt = tgt_in.L, E = c.d_model;
   k.Lt = Lt, k.tgt = tgt_in;
   models::padding_mask(k.tgt_pad, tgt_in, c.pad_id);
@@ -197,7 +196,7 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
   k.dec.resize(static_cast<size_t>(c.num_decoder_layers));
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
     y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(),
-                                      k.src_pad.data(), /*keep_weights=*/true, r);
+                                      k.src_pad.data(), keep_weights, r);
   k.dec_out_pre = y;
   float* yn = grow(k.dec_out, B * Lt * E);
   ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b,
@@ -210,18 +209,32 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
 }
 
 Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
-  return models::forward_impl(*weights_, *activations_, src, tgt_in, training, rng);
+  return models::forward_impl(weights(), *activations_, src, tgt_in, training, rng);
+}
+
+const models::TransformerWeights& Transformer::weights() {
+  if (!weights_->bound_to(params_, grads_))
+    weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_));
+  return *weights_;
+}
+
+const models::TransformerWeights& Transformer::weights() const {
+  if (!weights_->bound_to(params_, grads_))
+    throw ArgumentError(
+        "Transformer: a parameter or gradient tensor was replaced instead of updated in place; call forward() or "
+        "load the model again");
+  return *weights_;
 }
 
 Tensor Transformer::logits(const TokenBatch& src, const TokenBatch& tgt_in) const {
   TransformerActivations k;
-  return models::forward_impl(*weights_, k, src, tgt_in, false, nullptr);
+  return models::forward_impl(weights(), k, src, tgt_in, false, nullptr, /*keep_weights=*/false);
 }
 
 Tensor Transformer::encode(const TokenBatch& src) const {
   models::check_tokens(config_, src, config_.src_vocab, "src");
   TransformerActivations k;
-  models::encode_impl(*weights_, k, src, /*keep_weights=*/false, nullptr);
+  models::encode_impl(weights(), k, src, /*keep_weights=*/false, nullptr);
   Tensor mem({src.B, src.L, config_.d_model});
   std::copy_n(k.mem.data(), mem.numel(), mem.f32());
   return mem;
@@ -235,7 +248,7 @@ void Transformer::backward(const Tensor& dlogits) {
   if (dlogits.shape() != Shape{B, Lt, c.tgt_vocab})
     throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) +
                      " but the forward gave " + shape_str({B, Lt, c.tgt_vocab}));
-  const models::TransformerWeights& net = *weights_;
+  const models::TransformerWeights& net = weights();
   // logits = yn·W_genᵀ + b_gen
   Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
   ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt,

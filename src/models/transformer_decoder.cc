@@ -18,29 +18,63 @@ using layers::Buf;
 using layers::grow;
 
 // KV caches kept per thread between decoders: a translator decoding batch after batch allocates (and
-// faults in) its cache memory once instead of per batch. Bounded by the largest batch decoded.
+// faults in) its cache memory once instead of per batch. The pool keeps at most kPoolBytes per thread;
+// larger caches are freed when their decoder ends.
 // (self: [N, positions, E] per layer; cross: [B, Ls, E] per layer)
 enum class CacheKind { kSelf, kCross };
-std::vector<layers::KVCache>& cache_pool(CacheKind kind) {
-  thread_local std::vector<layers::KVCache> pools[2];
-  return pools[static_cast<int>(kind)];
+constexpr size_t kPoolBytes = size_t{256} << 20;
+
+struct CachePool {
+  std::vector<layers::KVCache> caches[2];
+  size_t bytes = 0;
+};
+
+CachePool& cache_pool() {
+  thread_local CachePool pool;
+  return pool;
 }
 
+size_t cache_bytes(const layers::KVCache& c) { return (2 * c.held + 2 * c.spare_held) * sizeof(float); }
+
 std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
-  std::vector<layers::KVCache>& pool = cache_pool(kind);
+  CachePool& pool = cache_pool();
+  std::vector<layers::KVCache>& free = pool.caches[static_cast<int>(kind)];
   std::vector<layers::KVCache> out(n);
-  for (size_t i = 0; i < n && !pool.empty(); ++i) {
-    out[i] = std::move(pool.back());
-    pool.pop_back();
+  for (size_t i = 0; i < n && !free.empty(); ++i) {
+    pool.bytes -= cache_bytes(free.back());
+    out[i] = std::move(free.back());
+    free.pop_back();
   }
   return out;
 }
 
+void give_back(CacheKind kind, std::vector<layers::KVCache>& caches) noexcept {
+  CachePool& pool = cache_pool();
+  std::vector<layers::KVCache>& free = pool.caches[static_cast<int>(kind)];
+  for (layers::KVCache& c : caches) {
+    const size_t bytes = cache_bytes(c);
+    if (pool.bytes + bytes > kPoolBytes) continue;  // freed with `caches`
+    try {
+      free.push_back(std::move(c));
+      pool.bytes += bytes;
+    } catch (...) {  // no memory to keep it: it is freed instead
+    }
+  }
+}
+
 class TransformerDecoder final : public StepDecoder {
  public:
-  TransformerDecoder(const models::TransformerWeights& net, const Tensor& memory, const TokenBatch& src, int64_t K,
-                     int64_t T)
-      : net_(net), B_(src.B), K_(K), N_(src.B * K), Ls_(src.L), T_(T), E_(net.c.d_model) {
+  TransformerDecoder(std::shared_ptr<const models::TransformerWeights> weights, const Tensor& memory,
+                     const TokenBatch& src, int64_t K, int64_t T)
+      : weights_(std::move(weights)),
+        net_(*weights_),
+        B_(src.B),
+        K_(K),
+        N_(src.B * K),
+        Ls_(src.L),
+        T_(T),
+        E_(net_.c.d_model) {
+    const models::TransformerWeights& net = net_;
     models::padding_mask(src_pad_, src, net.c.pad_id);
     self_ = take_caches(CacheKind::kSelf, net.dec.size());
     cross_ = take_caches(CacheKind::kCross, net.dec.size());
@@ -51,16 +85,22 @@ class TransformerDecoder final : public StepDecoder {
   }
 
   ~TransformerDecoder() override {  // the caches' memory serves this thread's next batch
-    for (layers::KVCache& c : self_) cache_pool(CacheKind::kSelf).push_back(std::move(c));
-    for (layers::KVCache& c : cross_) cache_pool(CacheKind::kCross).push_back(std::move(c));
+    give_back(CacheKind::kSelf, self_);
+    give_back(CacheKind::kCross, cross_);
   }
   TransformerDecoder(const TransformerDecoder&) = delete;
   TransformerDecoder& operator=(const TransformerDecoder&) = delete;
 
   float* step(const int32_t* tokens, int64_t t) override {
-    if (t < 0 || t >= T_)
-      throw ArgumentError("StepDecoder::step: position " + std::to_string(t) + " outside [0, " + std::to_string(T_) +
-                          ")");
+    // positions in order: the caches hold 0..t-1 (uninitialised memory beyond), so t must be the next one
+    if (t != next_t_ || t >= T_)
+      throw ArgumentError("StepDecoder::step: expected position " + std::to_string(next_t_) + " (of " +
+                          std::to_string(T_) + "), got " + std::to_string(t));
+    for (int64_t n = 0; n < N_; ++n)
+      if (tokens[n] < 0 || tokens[n] >= net_.c.tgt_vocab)
+        throw ArgumentError("StepDecoder::step: token " + std::to_string(tokens[n]) + " outside [0, " +
+                            std::to_string(net_.c.tgt_vocab) + ")");
+    ++next_t_;
     const TransformerConfig& c = net_.c;
     const int64_t N = N_, E = E_;
     models::embed_rows(grow(x_, N * E), net_, net_.tgt_embed, tokens, N, t);
@@ -89,7 +129,16 @@ class TransformerDecoder final : public StepDecoder {
   }
 
   void reorder(const std::vector<int64_t>& parent, int64_t t) override {
+    // (with one hypothesis per sentence there is nothing to reorder, and no spare buffer to do it with)
     if (K_ == 1) throw ArgumentError("StepDecoder::reorder: decoding with one hypothesis per sentence never reorders");
+    if (t != next_t_ - 1 || static_cast<int64_t>(parent.size()) != N_)
+      throw ArgumentError("StepDecoder::reorder: expected the " + std::to_string(N_) + " parents after position " +
+                          std::to_string(next_t_ - 1) + ", got " + std::to_string(parent.size()) + " at " +
+                          std::to_string(t));
+    for (int64_t n = 0; n < N_; ++n)  // a hypothesis continues one of its own sentence's
+      if (parent[static_cast<size_t>(n)] / K_ != n / K_ || parent[static_cast<size_t>(n)] < 0)
+        throw ArgumentError("StepDecoder::reorder: hypothesis " + std::to_string(n) + " cannot continue " +
+                            std::to_string(parent[static_cast<size_t>(n)]) + " (another sentence's)");
     for (layers::KVCache& cache : self_) cache.reorder(parent, t + 1);
   }
 
@@ -115,8 +164,10 @@ class TransformerDecoder final : public StepDecoder {
     }
   }
 
+  std::shared_ptr<const models::TransformerWeights> weights_;  // keeps the parameters alive
   const models::TransformerWeights& net_;
   int64_t B_, K_, N_, Ls_, T_, E_;
+  int64_t next_t_ = 0;                         // the position the next step() decodes
   std::vector<uint8_t> src_pad_;               // [B, Ls]
   std::vector<layers::KVCache> self_, cross_;  // per decoder layer
   // per-step activations, grown once: [N, E] ×3, [N, F], [N, V], [N] ×2
@@ -133,7 +184,8 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
     throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
                         std::to_string(config_.max_len) + "], got " + std::to_string(positions));
   const Tensor memory = encode(src);  // checks the tokens
-  return std::make_unique<TransformerDecoder>(*weights_, memory, src, hypotheses, positions);
+  weights();                          // throws if a parameter was replaced
+  return std::make_unique<TransformerDecoder>(weights_, memory, src, hypotheses, positions);
 }
 
 }  // namespace attn

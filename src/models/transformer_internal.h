@@ -76,6 +76,10 @@ struct TransformerWeights {
   const float *gen_w = nullptr, *gen_b = nullptr;  // [Vt, E] (tgt_embed when tied), [Vt]
   float *gen_dw = nullptr, *gen_db = nullptr;
   std::vector<float> sinusoid;  // [max_len, E] when positions are not learned
+  // Shallow copies of every bound parameter and gradient tensor (params, then grads, in map order): they
+  // keep the storage the fields point into alive, and tell whether a map entry was replaced since.
+  std::vector<Tensor> bound;
+  bool bound_to(const std::map<std::string, Tensor>& params, const std::map<std::string, Tensor>& grads) const;
   Activation act() const { return c.activation; }
   const float* positions() const { return c.learned_positions ? pos_embed : sinusoid.data(); }  // [max_len, E]
 };
@@ -90,8 +94,9 @@ void encode_impl(const TransformerWeights& net, TransformerActivations& k, const
                  std::mt19937_64* rng);
 
 // The teacher-forced forward pass into k (Transformer::forward, and the no-cache reference decoder).
+// keep_weights: every attention keeps its weights (the backward and attention_maps read them).
 Tensor forward_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src,
-                    const TokenBatch& tgt_in, bool training, std::mt19937_64* rng);
+                    const TokenBatch& tgt_in, bool training, std::mt19937_64* rng, bool keep_weights = true);
 
 void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab, const char* name);
 void padding_mask(std::vector<uint8_t>& mask, const TokenBatch& t, int32_t pad_id);

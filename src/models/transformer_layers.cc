@@ -79,7 +79,18 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
   const std::string gen = c.tie_embeddings ? "tgt_embed.weight" : "generator.weight";
   n.gen_w = P(p, gen), n.gen_dw = G(g, gen);
   n.gen_b = P(p, "generator.bias"), n.gen_db = G(g, "generator.bias");
+  for (const auto* m : {&p, static_cast<const std::map<std::string, Tensor>*>(&g)})
+    for (const auto& [name, t] : *m) n.bound.push_back(t);
   return n;
+}
+
+bool TransformerWeights::bound_to(const std::map<std::string, Tensor>& params,
+                                  const std::map<std::string, Tensor>& grads) const {
+  size_t i = 0;
+  for (const auto* m : {&params, &grads})
+    for (const auto& [name, t] : *m)
+      if (i >= bound.size() || bound[i++].raw() != t.raw()) return false;
+  return i == bound.size();
 }
 
 void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab, const char* name) {

@@ -10,18 +10,6 @@
 #include <cmath>
 #include <vector>
 
-namespace attn {
-
-const char* activation_name(Activation activation) { return activation == Activation::kGelu ? "gelu" : "relu"; }
-
-Activation parse_activation(const std::string& name) {
-  if (name == "relu") return Activation::kRelu;
-  if (name == "gelu") return Activation::kGelu;
-  throw ArgumentError("activation must be \"relu\" or \"gelu\", got \"" + name + "\"");
-}
-
-}  // namespace attn
-
 namespace attn::ops {
 
 // Below this many elements a loop stays on one thread (a parallel region costs a few microseconds).

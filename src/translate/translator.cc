@@ -34,6 +34,9 @@ class ThreadScope {
 Translator::Translator(std::shared_ptr<const Transformer> model, tasks::Vocab vocab)
     : model_(std::move(model)), vocab_(std::move(vocab)) {
   const TransformerConfig& c = model_->config();
+  if (c.pad_id != 0 || c.bos_id != 1 || c.eos_id != 2)  // the ids tasks::Vocab reads and writes
+    throw FormatError("Translator: the model's pad/bos/eos ids are " + std::to_string(c.pad_id) + "/" +
+                      std::to_string(c.bos_id) + "/" + std::to_string(c.eos_id) + "; the vocabulary's are 0/1/2");
   if (static_cast<int64_t>(vocab_.src.size()) != c.src_vocab || static_cast<int64_t>(vocab_.tgt.size()) != c.tgt_vocab)
     throw FormatError("Translator: the vocabulary has " + std::to_string(vocab_.src.size()) + " source and " +
                       std::to_string(vocab_.tgt.size()) + " target tokens, the model " + std::to_string(c.src_vocab) +
@@ -50,9 +53,8 @@ Translator Translator::borrowing(const Transformer& model, tasks::Vocab vocab) {
 Translator Translator::load(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
-  tasks::Vocab vocab = tasks::Vocab::load(dir);
   try {
-    return Translator(Transformer::load(dir), std::move(vocab));
+    return Translator(Transformer::load(dir), tasks::Vocab::load(dir));
   } catch (const Error& e) {
     throw FormatError("model directory " + dir + ": " + e.what());
   }
@@ -83,7 +85,7 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   std::vector<std::string> out(sentences.size());
   for (size_t i = 0; i < order.size(); i += static_cast<size_t>(options.batch_size)) {
     const size_t n = std::min(order.size() - i, static_cast<size_t>(options.batch_size));
-    const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest of the batch
+    const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest source of the batch
     // src: [n, L], padded
     TokenBatch src{std::vector<int32_t>(n * static_cast<size_t>(L), c.pad_id), static_cast<int64_t>(n), L};
     for (size_t b = 0; b < n; ++b) {
@@ -93,7 +95,10 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     GenerationOptions g;
     g.beam = options.beam;
     g.length_penalty = options.length_penalty;
-    g.max_length = std::min(options.max_length > 0 ? options.max_length : 2 * L + 8, c.max_len);
+    for (size_t b = 0; b < n; ++b) {  // each sentence's own limit: its output does not depend on its batch
+      const int64_t Li = static_cast<int64_t>(ids[order[i + b]].size());
+      g.max_lengths.push_back(std::min(options.max_length > 0 ? options.max_length : 2 * Li + 8, c.max_len));
+    }
     const std::vector<std::vector<int32_t>> best = generate(*model_, src, g);
     for (size_t b = 0; b < n; ++b) out[order[i + b]] = vocab_.decode_target(best[b]);
   }

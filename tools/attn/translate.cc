@@ -3,11 +3,9 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <optional>
-#include <sstream>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -137,8 +135,8 @@ void add_translate(CLI::App& app) {
                   "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
   sub->add_option("--max-length", t->options.max_length,
-                  "longest output in tokens (EOS included); default: 2 x the source's tokens + 8, at most the model's "
-                  "max_len")
+                  "longest output in tokens (EOS included); default per sentence: 2 x its source tokens + 8, at most "
+                  "the model's max_len")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--batch-size", t->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
   sub->add_option("--threads", t->options.num_threads, "threads; 0 = all cores (or OMP_NUM_THREADS)")

@@ -85,8 +85,8 @@ class Transformer {
   void backward(const Tensor& dlogits);
   void zero_grad();
 
-  // Parameters and gradients by torch.nn.Transformer's names. Update them in place; never replace a tensor
-  // (the model's named fields point into them).
+  // Parameters and gradients by torch.nn.Transformer's names. Update them in place: the model's named
+  // fields point into them. A replaced tensor is noticed: forward() rebinds, the const methods throw.
   std::map<std::string, Tensor>& params() { return params_; }
   const std::map<std::string, Tensor>& params() const { return params_; }
   std::map<std::string, Tensor>& grads() { return grads_; }
@@ -117,7 +117,11 @@ class Transformer {
  private:
   TransformerConfig config_;
   std::map<std::string, Tensor> params_, grads_;
-  std::unique_ptr<models::TransformerWeights> weights_;
+  // The named fields, bound once; shared with the decoders started from this model (they stay valid if the
+  // model goes away). weights() rebinds after a parameter tensor was replaced; weights() const throws then.
+  std::shared_ptr<const models::TransformerWeights> weights_;
+  const models::TransformerWeights& weights();
+  const models::TransformerWeights& weights() const;
   std::unique_ptr<TransformerActivations> activations_;
 };
 
