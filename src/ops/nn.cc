@@ -21,13 +21,18 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, co
 #pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
   for (int64_t i = 0; i < M; ++i) {
     const float* xi = x + i * C;
+    // sums in double, as lanes (omp simd: the additions may be reordered, a few ulps of a double)
     double m = 0.0, v = 0.0;
+#pragma omp simd reduction(+ : m)
     for (int64_t c = 0; c < C; ++c) m += xi[c];
     m /= static_cast<double>(C);
+#pragma omp simd reduction(+ : v)
     for (int64_t c = 0; c < C; ++c) v += (xi[c] - m) * (xi[c] - m);
     v /= static_cast<double>(C);  // biased variance, as PyTorch
-    const float s = static_cast<float>(1.0 / std::sqrt(v + eps));
-    for (int64_t c = 0; c < C; ++c) out[i * C + c] = (xi[c] - static_cast<float>(m)) * s * w[c] + b[c];
+    const float s = static_cast<float>(1.0 / std::sqrt(v + eps)), mf = static_cast<float>(m);
+    float* oi = out + i * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) oi[c] = (xi[c] - mf) * s * w[c] + b[c];
     mean[i] = static_cast<float>(m);
     rstd[i] = s;
   }
