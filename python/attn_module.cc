@@ -163,8 +163,13 @@ NB_MODULE(_attn, m) {
 
   // The library's Translator: model directory, vocabulary, normalisation and validation, batches, beam.
   nb::class_<attn::Translator>(m, "Translator")
-      .def_static("load", &attn::Translator::load, "model_dir"_a,
-                  "a model directory (config.json, model.safetensors, vocab.json)")
+      .def_static(
+          "load",
+          [](const std::string& dir, const std::string& quantize) {
+            return attn::Translator::load(dir, attn::parse_quantization(quantize));
+          },
+          "model_dir"_a, "quantize"_a = "none",
+          "a model directory (config.json, model.safetensors, vocab.json); quantize: none or int8")
       .def("num_parameters", [](const attn::Translator& t) { return t.model().num_parameters(); })
       .def("config_json", [](const attn::Translator& t) { return t.model().config().to_json(); })
       .def(

@@ -3,7 +3,7 @@
 #   scripts/setup.sh            -> build/attn, build/tests/attn_tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages="cmake g++ make pkg-config clang-format python3 libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev"
+packages="cmake g++ make pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev"
 packages="$packages libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
 missing=""
 for p in $packages; do

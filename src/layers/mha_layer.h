@@ -17,6 +17,7 @@
 #include "attn/attention.h"
 #include "attn/tensor.h"
 #include "ops/attention_problem.h"
+#include "ops/nn.h"
 
 namespace attn::layers {
 
@@ -25,6 +26,8 @@ namespace attn::layers {
 struct MhaWeights {
   const float *w_q = nullptr, *w_k = nullptr, *w_v = nullptr, *w_o = nullptr;  // [E, E], [Hkv·Dh, kdim] ×2, [E, E]
   const float *b_q = nullptr, *b_k = nullptr, *b_v = nullptr, *b_o = nullptr;  // [E], [Hkv·Dh] ×2, [E]
+  // A quantised model's int8 copies of W_Q, W_K, W_V, W_O (inference only), else null.
+  const ops::QuantizedMatrix *qw_q = nullptr, *qw_k = nullptr, *qw_v = nullptr, *qw_o = nullptr;
   int64_t E = 0, H = 1, Hkv = 1, kdim = 0, vdim = 0;
   int64_t head_dim() const { return E / H; }
   int64_t kv_width() const { return Hkv * head_dim(); }  // Hkv·Dh

@@ -10,7 +10,7 @@ void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const
                 float dropout, std::mt19937_64* rng) {
   c.x = x;
   // h = act(x·W1ᵀ + b1) ; out = dropout(h)·W2ᵀ + b2
-  ops::linear_forward(grow(c.h_pre, M * w.F), x, w.w1, w.b1, M, w.F, w.E);
+  ops::linear_forward(grow(c.h_pre, M * w.F), x, w.w1, w.qw1, w.b1, M, w.F, w.E);
   ops::activation_forward(grow(c.h, M * w.F), c.h_pre.data(), M * w.F, act);
   const float* h = c.h.data();
   if (rng && dropout > 0.0f) {
@@ -20,7 +20,7 @@ void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const
   } else {
     c.keep.clear();
   }
-  ops::linear_forward(out, h, w.w2, w.b2, M, w.E, w.F);
+  ops::linear_forward(out, h, w.w2, w.qw2, w.b2, M, w.E, w.F);
 }
 
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,

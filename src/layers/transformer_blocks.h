@@ -20,6 +20,7 @@ struct FfWeights {
   const float *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;  // [F, E], [F], [E, F], [E]
   float *dw1 = nullptr, *db1 = nullptr, *dw2 = nullptr, *db2 = nullptr;    // their gradients (null: inference)
   int64_t E = 0, F = 0;
+  const ops::QuantizedMatrix *qw1 = nullptr, *qw2 = nullptr;  // int8 copies (a quantised model's inference)
 };
 
 struct FeedForwardActivations {

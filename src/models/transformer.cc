@@ -204,18 +204,34 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
 
   // logits = LN(y)·W_genᵀ + b_gen
   Tensor logits({B, Lt, c.tgt_vocab});
-  ops::linear_forward(logits.f32(), yn, net.gen_w, net.gen_b, B * Lt, c.tgt_vocab, E);
+  ops::linear_forward(logits.f32(), yn, net.gen_w, net.gen_q, net.gen_b, B * Lt, c.tgt_vocab, E);
   return logits;
 }
 
 Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {
+  if (training && quantization_ != Quantization::kNone)
+    throw ArgumentError("Transformer::forward: a quantised model does not train (quantize(Quantization::kNone) first)");
   return models::forward_impl(weights(), *activations_, src, tgt_in, training, rng);
 }
 
 const models::TransformerWeights& Transformer::weights() {
   if (!weights_->bound_to(params_, grads_))
-    weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_));
+    weights_ =
+        std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
   return *weights_;
+}
+
+void Transformer::quantize(Quantization quantization) {
+  quantization_ = quantization;
+  weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
+}
+
+const char* quantization_name(Quantization q) { return q == Quantization::kInt8 ? "int8" : "none"; }
+
+Quantization parse_quantization(const std::string& name) {
+  if (name == "none") return Quantization::kNone;
+  if (name == "int8") return Quantization::kInt8;
+  throw ArgumentError("quantization must be \"none\" or \"int8\", got \"" + name + "\"");
 }
 
 const models::TransformerWeights& Transformer::weights() const {

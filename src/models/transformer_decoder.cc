@@ -117,14 +117,14 @@ class TransformerDecoder final : public StepDecoder {
       // feed-forward
       sublayer(w.norm3, [&](const float* in, float* out) {
         float* h = grow(ffh_, N * c.d_ff);
-        ops::linear_forward(h, in, w.ff.w1, w.ff.b1, N, c.d_ff, E);
+        ops::linear_forward(h, in, w.ff.w1, w.ff.qw1, w.ff.b1, N, c.d_ff, E);
         ops::activation_forward(h, h, N * c.d_ff, net_.act());
-        ops::linear_forward(out, h, w.ff.w2, w.ff.b2, N, E, c.d_ff);
+        ops::linear_forward(out, h, w.ff.w2, w.ff.qw2, w.ff.b2, N, E, c.d_ff);
       });
     }
     float* y = grow(in_, N * E);  // LN_dec(x)
     ops::layer_norm_forward(y, grow(mean_, N), grow(rstd_, N), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
-    ops::linear_forward(grow(logits_, N * c.tgt_vocab), y, net_.gen_w, net_.gen_b, N, c.tgt_vocab, E);
+    ops::linear_forward(grow(logits_, N * c.tgt_vocab), y, net_.gen_w, net_.gen_q, net_.gen_b, N, c.tgt_vocab, E);
     return logits_.data();
   }
 

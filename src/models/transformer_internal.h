@@ -3,6 +3,7 @@
 // pairs built from layers/ (transformer_layers.cc).
 #pragma once
 
+#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -76,6 +77,10 @@ struct TransformerWeights {
   const float *gen_w = nullptr, *gen_b = nullptr;  // [Vt, E] (tgt_embed when tied), [Vt]
   float *gen_dw = nullptr, *gen_db = nullptr;
   std::vector<float> sinusoid;  // [max_len, E] when positions are not learned
+  // Quantization::kInt8: int8 copies of every projection (the fields' qw_* point into them) and of the
+  // generator; inference only.
+  std::deque<ops::QuantizedMatrix> quantized;
+  const ops::QuantizedMatrix* gen_q = nullptr;
   // Shallow copies of every bound parameter and gradient tensor (params, then grads, in map order): they
   // keep the storage the fields point into alive, and tell whether a map entry was replaced since.
   std::vector<Tensor> bound;
@@ -86,7 +91,10 @@ struct TransformerWeights {
 
 // Binds params (and grads) by their torch.nn.Transformer names.
 TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
-                        std::map<std::string, Tensor>& grads);
+                        std::map<std::string, Tensor>& grads, Quantization quantization = Quantization::kNone);
+
+// Adds int8 copies of every projection and of the generator (Quantization::kInt8).
+void quantize_int8(TransformerWeights& net);
 
 // The encoder half of forward_impl: k.mem = LN_enc(encoder(embed(src))), k.src_pad filled. With
 // keep_weights (training or attention maps) every attention keeps its weights; else none are computed.

@@ -46,7 +46,7 @@ layers::LnWeights bind_ln(const std::map<std::string, Tensor>& p, std::map<std::
 }  // namespace
 
 TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, Tensor>& p,
-                        std::map<std::string, Tensor>& g) {
+                        std::map<std::string, Tensor>& g, Quantization quantization) {
   TransformerWeights n;
   n.c = c;
   const int64_t E = c.d_model;
@@ -81,7 +81,24 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
   n.gen_b = P(p, "generator.bias"), n.gen_db = G(g, "generator.bias");
   for (const auto* m : {&p, static_cast<const std::map<std::string, Tensor>*>(&g)})
     for (const auto& [name, t] : *m) n.bound.push_back(t);
+  if (quantization == Quantization::kInt8) quantize_int8(n);
   return n;
+}
+
+void quantize_int8(TransformerWeights& n) {
+  const int64_t E = n.c.d_model, F = n.c.d_ff;
+  auto q = [&](const float* w, int64_t rows, int64_t cols) {
+    n.quantized.push_back(ops::quantize_rows(w, rows, cols));  // a deque: the pointers stay valid
+    return &n.quantized.back();
+  };
+  auto attention = [&](layers::MhaWeights& w) {
+    w.qw_q = q(w.w_q, E, E), w.qw_k = q(w.w_k, w.kv_width(), w.kdim);
+    w.qw_v = q(w.w_v, w.kv_width(), w.vdim), w.qw_o = q(w.w_o, E, E);
+  };
+  auto ff = [&](layers::FfWeights& w) { w.qw1 = q(w.w1, F, E), w.qw2 = q(w.w2, E, F); };
+  for (EncoderLayerWeights& l : n.enc) attention(l.self_attn.w), ff(l.ff);
+  for (DecoderLayerWeights& l : n.dec) attention(l.self_attn.w), attention(l.cross_attn.w), ff(l.ff);
+  n.gen_q = q(n.gen_w, n.c.tgt_vocab, E);
 }
 
 bool TransformerWeights::bound_to(const std::map<std::string, Tensor>& params,

@@ -4,6 +4,7 @@
 #include "attn/error.h"
 
 #include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <array>
@@ -88,6 +89,84 @@ float* scratch(int slot, int64_t n) {
 
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K) {
   linear_forward(y, N, x, K, w, b, M, N, K);
+}
+
+namespace {
+// Without VNNI, oneDNN's int8 GEMM sums pairs of u8·s8 products in int16 (vpmaddubsw), which saturates
+// for |w| near 127 (its input A is shifted to u8); weights of at most 63 levels keep every pair exact there.
+float weight_levels() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const float levels =
+      __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni") ? 127.0f : 63.0f;
+  return levels;
+#else
+  return 63.0f;
+#endif
+}
+}  // namespace
+
+QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
+  const float levels = weight_levels();
+  QuantizedMatrix m;
+  m.N = N, m.K = K;
+  m.q.resize(static_cast<size_t>(N * K));
+  m.scale.resize(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = w + n * K;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float scale = amax > 0.0f ? amax / levels : 1.0f;
+    m.scale[static_cast<size_t>(n)] = scale;
+    for (int64_t k = 0; k < K; ++k)
+      m.q[static_cast<size_t>(n * K + k)] =
+          static_cast<int8_t>(std::lrint(std::clamp(row[k] / scale, -levels, levels)));
+  }
+  return m;
+}
+
+void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M) {
+  const int64_t N = w.N, K = w.K;
+  if (M == 0 || N == 0) return;
+  thread_local std::vector<int8_t> xq;    // [M, K]
+  thread_local std::vector<int32_t> acc;  // [M, N]
+  thread_local std::vector<float> xs;     // [M]
+  if (static_cast<int64_t>(xq.size()) < M * K) xq.resize(static_cast<size_t>(M * K));
+  if (static_cast<int64_t>(acc.size()) < M * N) acc.resize(static_cast<size_t>(M * N));
+  if (static_cast<int64_t>(xs.size()) < M) xs.resize(static_cast<size_t>(M));
+  for (int64_t m = 0; m < M; ++m) {  // x[m, :] ≈ xs[m] · xq[m, :]
+    const float* row = x + m * K;
+    float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / scale;
+    xs[static_cast<size_t>(m)] = scale;
+    int8_t* q = xq.data() + m * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {  // round half away from zero (a truncating conversion: vectorises)
+      const float v = row[k] * inv;
+      q[k] = static_cast<int8_t>(static_cast<int32_t>(v + (v >= 0.0f ? 0.5f : -0.5f)));
+    }
+  }
+  // acc = xq · Wqᵀ  (row-major, int32)
+  const int32_t c_offset = 0;
+  const dnnl_status_t status = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq.data(), K, 0, w.q.data(), K, 0, 0.0f,
+                                                 acc.data(), N, &c_offset);
+  if (status != dnnl_success)
+    throw Error("linear_forward_int8: oneDNN gemm_s8s8s32 failed (status " + std::to_string(static_cast<int>(status)) +
+                ")");
+  const float* ws = w.scale.data();
+  for (int64_t m = 0; m < M; ++m) {  // y = xs[m] · scale[n] · acc + b
+    const float s = xs[static_cast<size_t>(m)];
+    const int32_t* a = acc.data() + m * N;
+    float* out = y + m * N;
+    if (b) {
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n) out[n] = s * ws[n] * static_cast<float>(a[n]) + b[n];
+    } else {
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n) out[n] = s * ws[n] * static_cast<float>(a[n]);
+    }
+  }
 }
 
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,

@@ -40,6 +40,29 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
 
+// Int8 weights, one scale per output row (CTranslate2's scheme): w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127.
+struct QuantizedMatrix {
+  std::vector<int8_t> q;     // [N, K]
+  std::vector<float> scale;  // [N]
+  int64_t N = 0, K = 0;
+};
+// w: [N, K] float32 -> per-row int8 (scale = max|w[n, :]| / 127, round to nearest; / 63 on processors
+// without VNNI, where oneDNN's int8 GEMM would otherwise saturate).
+QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K);
+
+// y = x·Wᵀ + b with W int8: x is quantised per row on the fly (int8, scale max|x[m, :]| / 127), the product
+// accumulates in int32 (oneDNN's gemm_s8s8s32: VNNI where the processor has it) and is scaled back.
+// y: [M, N]; x: [M, K]; b: [N] or nullptr
+void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M);
+// The projection every layer runs: int8 when qw is given (a quantised model's inference), else float32.
+inline void linear_forward(float* y, const float* x, const float* w, const QuantizedMatrix* qw, const float* b,
+                           int64_t M, int64_t N, int64_t K) {
+  if (qw)
+    linear_forward_int8(y, x, *qw, b, M);
+  else
+    linear_forward(y, x, w, b, M, N, K);
+}
+
 // Grows b to at least n floats (never shrinks, so a buffer reused across calls is allocated once) and
 // returns its data.
 inline float* grow(std::vector<float>& b, int64_t n) {

@@ -50,11 +50,13 @@ Translator Translator::borrowing(const Transformer& model, tasks::Vocab vocab) {
   return Translator(std::shared_ptr<const Transformer>(&model, [](const Transformer*) {}), std::move(vocab));
 }
 
-Translator Translator::load(const std::string& dir) {
+Translator Translator::load(const std::string& dir, Quantization quantization) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
   try {
-    return Translator(Transformer::load(dir), tasks::Vocab::load(dir));
+    Transformer model = Transformer::load(dir);
+    model.quantize(quantization);
+    return Translator(std::move(model), tasks::Vocab::load(dir));
   } catch (const Error& e) {
     throw FormatError("model directory " + dir + ": " + e.what());
   }

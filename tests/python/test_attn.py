@@ -111,6 +111,14 @@ def test_translator_uses_the_shipped_model():
         t("")
 
 
+def test_translator_int8_translates_as_float32():
+    model = os.path.join(os.path.dirname(__file__), "..", "..", "models", "numbers-en-zh")
+    sentences = ["three hundred twelve", "one million two hundred thirty four thousand five hundred sixty seven"]
+    assert attn.Translator(model, quantize="int8")(sentences) == attn.Translator(model)(sentences)
+    with pytest.raises(ValueError, match="int4"):
+        attn.Translator(model, quantize="int4")
+
+
 def test_translator_without_an_argument_finds_the_model_shipped_in_the_package(monkeypatch):
     monkeypatch.delenv("ATTN_MODEL", raising=False)
     t = attn.Translator()

@@ -193,7 +193,7 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
 }
 
 struct TranslateBench {
-  std::string model;
+  std::string model, quantize = "none";
   TranslateOptions options;
   int64_t count = 2000;
   int repeat = 3;
@@ -203,7 +203,7 @@ struct TranslateBench {
 // Translation throughput of the shipped task's test split (the sentences attn eval uses): sentences/s and
 // target tokens/s (characters + EOS), the whole Translator::translate call timed.
 void run_translate_bench(const TranslateBench& a) {
-  const Translator translator = Translator::load(resolve_model_dir(a.model));
+  const Translator translator = Translator::load(resolve_model_dir(a.model), parse_quantization(a.quantize));
   std::vector<std::string> sentences;
   for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, a.count, 3)) sentences.push_back(e.source);
   std::vector<std::string> out;
@@ -215,14 +215,17 @@ void run_translate_bench(const TranslateBench& a) {
   const int threads = a.options.num_threads > 0 ? a.options.num_threads : omp_get_max_threads();
   if (a.json)
     std::printf(
-        "{\"bench\": \"translate\", \"count\": %zu, \"beam\": %d, \"batch\": %lld, \"threads\": %d, "
+        "{\"bench\": \"translate\", \"quantize\": \"%s\", \"count\": %zu, \"beam\": %d, \"batch\": %lld, \"threads\": "
+        "%d, "
         "\"median_ms\": %.2f, \"sentences_per_s\": %.1f, \"target_tokens_per_s\": %.1f}\n",
-        sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
+        a.quantize.c_str(), sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads,
+        median, per_s, tok_s);
   else
     std::printf(
-        "translate: %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, %.1f sentences/s, "
+        "translate (%s): %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, %.1f sentences/s, "
         "%.1f target tokens/s\n",
-        sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
+        a.quantize.c_str(), sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads,
+        median, per_s, tok_s);
 }
 
 }  // namespace
@@ -294,6 +297,7 @@ void add_bench(CLI::App& app) {
   tr->add_option("--model", tb->model, "model directory; default: the shipped model");
   tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::PositiveNumber);
   tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
+  tr->add_option("--quantize", tb->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
   tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
   tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);

@@ -44,10 +44,12 @@ std::string resolve_model_dir(const std::string& flag) {
 
 namespace {
 
-Translator load_translator(const std::string& flag) { return Translator::load(resolve_model_dir(flag)); }
+Translator load_translator(const std::string& flag, const std::string& quantize) {
+  return Translator::load(resolve_model_dir(flag), parse_quantization(quantize));
+}
 
 struct TranslateArgs {
-  std::string model;
+  std::string model, quantize = "none";
   TranslateOptions options;
   bool strict = false;
   std::vector<std::string> text;
@@ -59,7 +61,7 @@ struct TranslateArgs {
 void run_translate(const TranslateArgs& a) {
   if (a.options.beam < 1 || a.options.beam > 64)
     throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
-  const Translator translator = load_translator(a.model);
+  const Translator translator = load_translator(a.model, a.quantize);
   const bool from_stdin = a.text.empty();
   std::vector<std::string> lines;
   if (from_stdin) {
@@ -94,7 +96,7 @@ void run_translate(const TranslateArgs& a) {
 }
 
 struct EvalArgs {
-  std::string model, task = "numbers-en-zh", split = "test";
+  std::string model, task = "numbers-en-zh", split = "test", quantize = "none";
   int beam = 1;
   int64_t count = 2000;
   uint64_t seed = 1;
@@ -103,7 +105,7 @@ struct EvalArgs {
 
 void run_eval(const EvalArgs& a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
-  const Translator translator = load_translator(a.model);
+  const Translator translator = load_translator(a.model, a.quantize);
   const tasks::Split split = a.split == "test"         ? tasks::Split::kTest
                              : a.split == "validation" ? tasks::Split::kValidation
                                                        : tasks::Split::kTrain;
@@ -134,6 +136,8 @@ void add_translate(CLI::App& app) {
   sub->add_option("--model", t->model,
                   "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
+  sub->add_option("--quantize", t->quantize, "none or int8 (int8 weights and activations, oneDNN GEMMs)")
+      ->check(CLI::IsMember({"none", "int8"}));
   sub->add_option("--max-length", t->options.max_length,
                   "longest output in tokens (EOS included); default per sentence: 2 x its source tokens + 8, at most "
                   "the model's max_len")
@@ -156,6 +160,7 @@ void add_translate(CLI::App& app) {
       ->check(CLI::IsMember({"test", "validation", "train"}));
   ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
   ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
+  ev->add_option("--quantize", e->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
   ev->add_option("--seed", e->seed, "data seed");
   ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");
   ev->callback([e] { run_eval(*e); });

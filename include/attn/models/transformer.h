@@ -41,6 +41,13 @@ struct TransformerConfig {
   static TransformerConfig from_json(const std::string& text);  // throws FormatError
 };
 
+// How the model's projections compute: float32, or int8 weights with a scale per output row and activations
+// quantised per row on the fly (inference only; CTranslate2's int8 scheme, through oneDNN).
+enum class Quantization : uint8_t { kNone, kInt8 };
+// "none" | "int8", and the inverse (ArgumentError naming the accepted values).
+const char* quantization_name(Quantization q);
+Quantization parse_quantization(const std::string& name);
+
 // A batch of token ids, row-major [B, L], padded with pad_id.
 struct TokenBatch {
   std::vector<int32_t> ids;
@@ -76,6 +83,10 @@ class Transformer {
   Transformer& operator=(Transformer&&) noexcept;
 
   const TransformerConfig& config() const { return config_; }
+  // Quantization::kInt8: encode, decoding and logits() run int8 projections; forward(training = true) and
+  // backward() then throw. kNone returns to float32. The float32 parameters are kept either way.
+  void quantize(Quantization quantization);
+  Quantization quantization() const { return quantization_; }
 
   // Teacher-forced forward: src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, Vt]. With training = true,
   // dropout is applied from `rng` and the activations are kept for backward().
@@ -120,6 +131,7 @@ class Transformer {
   // The named fields, bound once; shared with the decoders started from this model (they stay valid if the
   // model goes away). weights() rebinds after a parameter tensor was replaced; weights() const throws then.
   std::shared_ptr<const models::TransformerWeights> weights_;
+  Quantization quantization_ = Quantization::kNone;
   const models::TransformerWeights& weights();
   const models::TransformerWeights& weights() const;
   std::unique_ptr<TransformerActivations> activations_;
