@@ -2,7 +2,7 @@
 """Translation sentences/s: `attn translate` beside CTranslate2 (fp32 and int8) on the shipped model, same sentences.
 
     build/ct2venv/bin/python bench/compare_ctranslate2.py --threads 2 --batch-size 64 [--beam 4] [--count 2000]
-        [--repeat 5] [--sentences FILE] [--engines attn,ct2-fp32,ct2-int8]
+        [--repeat 5] [--sentences FILE] [--engines attn,attn-int8,ct2-fp32,ct2-int8]
 
 Needs the pip packages ctranslate2, numpy and safetensors (`python3 -m venv build/ct2venv &&
 build/ct2venv/bin/pip install ctranslate2 numpy safetensors`) and a built `build/attn`.
@@ -174,10 +174,12 @@ def make_examples(split, count, seed=1):
 
 # ---------------------------------------------------------------- engines
 class Attn:
-    def __init__(self, exe, model, threads, batch, beam):
-        self.name = "attn"
+    def __init__(self, exe, model, threads, batch, beam, quantize="none"):
+        self.name = "attn" if quantize == "none" else "attn-" + quantize
         help_text = subprocess.run([exe, "translate", "--help"], capture_output=True, text=True).stdout
         self.args = [exe, "translate", "--model", model, "--beam", str(beam), "--batch-size", str(batch)]
+        if quantize != "none":
+            self.args += ["--quantize", quantize]
         if "--threads" in help_text:
             self.args += ["--threads", str(threads)]
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
@@ -223,14 +225,14 @@ def main():
     ap.add_argument("--sentences", help="one source (or source<TAB>reference) per line; default: the test split")
     ap.add_argument("--split", default="test", choices=sorted(SPLITS), help="without --sentences")
     ap.add_argument("--seed", type=int, default=1, help="data seed, as attn eval's")
-    ap.add_argument("--engines", default="attn,ct2-fp32,ct2-int8")
+    ap.add_argument("--engines", default="attn,attn-int8,ct2-fp32,ct2-int8")
     ap.add_argument("--model", default=os.path.join(HERE, "..", "models", "numbers-en-zh"))
     ap.add_argument("--attn", default=os.path.join(HERE, "..", "build", "attn"))
     ap.add_argument("--ct2-dir", help="where to write the converted models (default: a temporary directory)")
     a = ap.parse_args()
     engines_wanted = a.engines.split(",")
     for e in engines_wanted:
-        if e not in ("attn", "ct2-fp32", "ct2-int8"):
+        if e not in ("attn", "attn-int8", "ct2-fp32", "ct2-int8"):
             ap.error("unknown engine " + e)
 
     if a.sentences:
@@ -254,8 +256,9 @@ def main():
         ct2_dir = tmp.name
     engines = []
     for e in engines_wanted:
-        if e == "attn":
-            engines.append(Attn(a.attn, a.model, a.threads, a.batch_size, a.beam))
+        if e in ("attn", "attn-int8"):
+            quantize = "int8" if e == "attn-int8" else "none"
+            engines.append(Attn(a.attn, a.model, a.threads, a.batch_size, a.beam, quantize))
         else:
             quant = "int8" if e == "ct2-int8" else None
             d = convert(a.model, os.path.join(ct2_dir, e), quant)
