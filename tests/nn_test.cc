@@ -33,7 +33,8 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
           const double xv = x.f32()[m * K + k], wv = w.f32()[n * K + k];
           exact += xv * wv;
           // |x·w − x̂·ŵ| ≤ |x|·|w − ŵ| + |ŵ|·|x − x̂|, each error at most half a step
-          bound += std::fabs(xv) * 0.5 * q.scale[static_cast<size_t>(n)] + (std::fabs(wv) + 0.5 * q.scale[static_cast<size_t>(n)]) * 0.5 * xmax / 127.0;
+          bound += std::fabs(xv) * 0.5 * q.scale[static_cast<size_t>(n)] +
+                   (std::fabs(wv) + 0.5 * q.scale[static_cast<size_t>(n)]) * 0.5 * xmax / 127.0;
         }
         ASSERT_LE(std::fabs(y.f32()[m * N + n] - exact), bound * 1.001 + 1e-5) << m << ", " << n;
       }

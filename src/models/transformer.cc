@@ -87,12 +87,15 @@ void xavier(Tensor& t, std::mt19937_64& rng) {
 }  // namespace
 
 // ---------------------------------------------------------------- parameters
-Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : config_(config) {
+Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : Transformer(config, seed, true) {}
+
+Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool initialise) : config_(config) {
   check_config(config_);
   const int64_t E = config_.d_model, F = config_.d_ff;
   std::mt19937_64 rng(seed);
   auto add = [&](const std::string& name, Shape shape, char init) {
     Tensor t(std::move(shape));
+    if (!initialise) init = '0';  // load() overwrites every parameter: zeros (fresh pages) are enough
     if (init == 'x') xavier(t, rng);
     if (init == '1') std::fill(t.f32(), t.f32() + t.numel(), 1.0f);
     if (init == 'e') {
@@ -324,7 +327,7 @@ Transformer Transformer::load(const std::string& dir) {
   } catch (const FormatError&) {
     throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
   }
-  Transformer m(TransformerConfig::from_json(text));
+  Transformer m(TransformerConfig::from_json(text), 0, /*initialise=*/false);
   const io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
   for (auto& [name, t] : m.params_) {
     const Tensor& src = st.at(name);

@@ -127,6 +127,7 @@ class Transformer {
 
  private:
   TransformerConfig config_;
+  Transformer(const TransformerConfig& config, uint64_t seed, bool initialise);  // load(): no random init
   std::map<std::string, Tensor> params_, grads_;
   // The named fields, bound once; shared with the decoders started from this model (they stay valid if the
   // model goes away). weights() rebinds after a parameter tensor was replaced; weights() const throws then.
