@@ -3,6 +3,8 @@
 #include <cmath>
 #include <random>
 
+#include "attn/attention.h"
+#include "attn/error.h"
 #include "ops/nn.h"
 #include "test_util.h"
 
@@ -40,6 +42,20 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace attn
+
+namespace attn {
+namespace {
+
+// attn bench peak's measurement: positive, larger with more threads only up to the cores, bad input rejected.
+TEST(Nn, FmaPeakIsMeasured) {
+  const double one = measure_fma_peak(1, 0.02);
+  EXPECT_GT(one, 0.5);  // GFLOP/s: even the portable target does better
+  EXPECT_THROW(measure_fma_peak(-1, 0.02), ArgumentError);
+  EXPECT_THROW(measure_fma_peak(1, 0.0), ArgumentError);
 }
 
 }  // namespace

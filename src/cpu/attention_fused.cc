@@ -48,6 +48,15 @@ SimdLevel& active_level() {
 SimdLevel simd_level_active() { return active_level(); }
 void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(level); }
 
+double fma_peak_gflops(int threads, double seconds) {
+  switch (simd_level_active()) {
+    case SimdLevel::kAvx512: return avx512::fma_peak_gflops(threads, seconds);
+    case SimdLevel::kAvx2: return avx2::fma_peak_gflops(threads, seconds);
+    case SimdLevel::kScalar: return scalar::fma_peak_gflops(threads, seconds);
+  }
+  return 0.0;
+}
+
 void attention_fused(const AttentionProblem& p) {
   switch (simd_level_active()) {
     case SimdLevel::kAvx512: avx512::attention_fused(p); return;

@@ -28,6 +28,18 @@ float exp_for_test(float x);
 namespace avx512 {
 float exp_for_test(float x);
 }
+// The FMA ceiling in GFLOP/s, measured for `seconds` on `threads` threads (0 = all), per instruction set.
+namespace scalar {
+double fma_peak_gflops(int threads, double seconds);
+}
+namespace avx2 {
+double fma_peak_gflops(int threads, double seconds);
+}
+namespace avx512 {
+double fma_peak_gflops(int threads, double seconds);
+}
+// ... at the active level (simd_level_active()).
+double fma_peak_gflops(int threads, double seconds);
 
 // The best level this processor runs, and the one attention_fused uses: the best, unless
 // force_simd_level (tests, benchmarks) or the environment variable ATTN_SIMD=scalar|avx2|avx512 says

@@ -11,6 +11,12 @@ namespace attn {
 
 const char* fused_kernel_isa() { return detail::simd_level_name(detail::simd_level_active()); }
 
+double measure_fma_peak(int threads, double seconds) {
+  if (threads < 0) throw ArgumentError("measure_fma_peak: threads must be >= 0, got " + std::to_string(threads));
+  if (!(seconds > 0.0)) throw ArgumentError("measure_fma_peak: seconds must be positive");
+  return detail::fma_peak_gflops(threads, seconds);
+}
+
 const char* impl_name(AttentionImpl impl) {
   switch (impl) {
     case AttentionImpl::kAuto: return "auto";

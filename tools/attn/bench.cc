@@ -100,9 +100,14 @@ void run_sdpa_bench(const SdpaBench& a) {
   // K and V bytes read per call, for the memory-bound decode case
   const double kv_bytes = 2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * 4.0;
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
-  char extra[96];
-  std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f", kv_bytes / (median * 1e-3) / 1e9);
+  // the machine's FMA ceiling at the same thread count, measured now: the share of it this call reached
+  const double peak = measure_fma_peak(a.threads, 0.2), gflops = flops / (median * 1e-3) / 1e9;
+  char extra[160];
+  std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f, \"peak_gflops\": %.1f, \"peak_share\": %.3f",
+                kv_bytes / (median * 1e-3) / 1e9, peak, gflops / peak);
   report("sdpa", shape, ms, flops, a.json, extra);
+  if (!a.json)
+    std::printf("  %.0f%% of this machine's FMA peak (%.1f GFLOP/s, measured now)\n", 100.0 * gflops / peak, peak);
 }
 
 struct MhaBench {
@@ -228,6 +233,20 @@ void run_translate_bench(const TranslateBench& a) {
         median, per_s, tok_s);
 }
 
+// The FMA ceiling at 1 thread and at all threads (or --threads), at the fused kernel's instruction set.
+void run_peak_bench(int threads, double seconds, bool json) {
+  const int all = threads > 0 ? threads : omp_get_max_threads();
+  const double one = measure_fma_peak(1, seconds), many = measure_fma_peak(all, seconds);
+  if (json)
+    std::printf(
+        "{\"bench\": \"peak\", \"simd\": \"%s\", \"gflops_1_thread\": %.1f, \"threads\": %d, "
+        "\"gflops\": %.1f}\n",
+        fused_kernel_isa(), one, all, many);
+  else
+    std::printf("FMA peak (%s): %.1f GFLOP/s on 1 thread, %.1f GFLOP/s on %d threads\n", fused_kernel_isa(), one, many,
+                all);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
@@ -291,6 +310,13 @@ void add_bench(CLI::App& app) {
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
   emb->callback([eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json); });
+
+  auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);
+  CLI::App* peak = bench->add_subcommand("peak", "this machine's FMA ceiling (widest vectors, 1 thread and all)");
+  peak->add_option("--threads", std::get<0>(*pk), "threads for the second figure; 0 = all cores");
+  peak->add_option("--seconds", std::get<1>(*pk), "seconds per measurement")->check(CLI::PositiveNumber);
+  peak->add_flag("--json", std::get<2>(*pk), "one JSON line");
+  peak->callback([pk] { run_peak_bench(std::get<0>(*pk), std::get<1>(*pk), std::get<2>(*pk)); });
 
   auto tb = std::make_shared<TranslateBench>();
   CLI::App* tr = bench->add_subcommand("translate", "translation throughput on the numbers-en-zh test split");
