@@ -41,9 +41,10 @@ double fma_peak_gflops(int threads, double seconds) {
     float keep[Vec::W];
     for (int c = 1; c < kChains; ++c) acc[0] = acc[0] + acc[c];
     acc[0].store(keep);
-    sink += keep[0];
+    for (float v : keep) sink += v;
   }
-  return sink == 12345.0f ? 0.0 : total_flops / 1e9;  // (sink keeps the chains from being optimised away)
+  // every lane of every chain feeds `sink`, whose value decides the result: no FMA can be optimised away
+  return sink == 12345.0f ? 0.0 : total_flops / 1e9;
 }
 
 }  // namespace attn::detail::ATTN_TARGET

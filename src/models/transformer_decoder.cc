@@ -116,13 +116,10 @@ class TransformerDecoder final : public StepDecoder {
       });
       // feed-forward
       sublayer(w.norm3, [&](const float* in, float* out) {
-        float* h = grow(ffh_, N * c.d_ff);
-        ops::linear_forward(h, in, w.ff.w1, w.ff.qw1, w.ff.b1, N, c.d_ff, E);
-        ops::activation_forward(h, h, N * c.d_ff, net_.act());
-        ops::linear_forward(out, h, w.ff.w2, w.ff.qw2, w.ff.b2, N, E, c.d_ff);
+        layers::ff_forward(out, ff_acts_, w.ff, in, N, net_.act(), 0.0f, nullptr);
       });
     }
-    float* y = grow(in_, N * E);  // LN_dec(x)
+    float* y = grow(y_, N * E);  // LN_dec(x)
     ops::layer_norm_forward(y, grow(mean_, N), grow(rstd_, N), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
     ops::linear_forward(grow(logits_, N * c.tgt_vocab), y, net_.gen_w, net_.gen_q, net_.gen_b, N, c.tgt_vocab, E);
     return logits_.data();
@@ -145,23 +142,13 @@ class TransformerDecoder final : public StepDecoder {
   int64_t vocab_size() const override { return net_.c.tgt_vocab; }
 
  private:
-  // x = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x_; F writes its output into sub_.
+  // x = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x_: the residual sublayer of layers/, without
+  // dropout; F writes its output into the sublayer's f_out.
   template <class F>
   void sublayer(const layers::LnWeights& ln, F&& f) {
-    const int64_t M = N_, E = E_;
-    float *mean = grow(mean_, M), *rstd = grow(rstd_, M);
-    const float* input = x_.data();
-    if (net_.c.norm_first) {
-      ops::layer_norm_forward(grow(in_, M * E), mean, rstd, x_.data(), ln.w, ln.b, M, E);
-      input = in_.data();
-    }
-    f(input, grow(sub_, M * E));
-    for (int64_t i = 0; i < M * E; ++i) x_[static_cast<size_t>(i)] += sub_[static_cast<size_t>(i)];
-    if (!net_.c.norm_first) {  // x = LN(r), r = x + F(...)
-      float* r = grow(in_, M * E);
-      std::copy_n(x_.data(), M * E, r);
-      ops::layer_norm_forward(x_.data(), mean, rstd, r, ln.w, ln.b, M, E);
-    }
+    const float* in = layers::sublayer_input(sub_acts_, x_.data(), N_, E_, ln, net_.c.norm_first);
+    f(in, sub_acts_.f_out.data());
+    layers::sublayer_output(x_.data(), sub_acts_, N_, E_, ln, net_.c.norm_first, 0.0f, nullptr);
   }
 
   std::shared_ptr<const models::TransformerWeights> weights_;  // keeps the parameters alive
@@ -170,8 +157,11 @@ class TransformerDecoder final : public StepDecoder {
   int64_t next_t_ = 0;                         // the position the next step() decodes
   std::vector<uint8_t> src_pad_;               // [B, Ls]
   std::vector<layers::KVCache> self_, cross_;  // per decoder layer
-  // per-step activations, grown once: [N, E] ×3, [N, F], [N, V], [N] ×2
-  Buf x_, in_, sub_, ffh_, logits_, mean_, rstd_;
+  // per-step activations, grown once: x [N, E], LN_dec(x) [N, E], logits [N, V], mean/rstd [N]; the layers'
+  // own buffers for the residual sublayer and the feed-forward block
+  Buf x_, y_, logits_, mean_, rstd_;
+  layers::SublayerActivations sub_acts_;
+  layers::FeedForwardActivations ff_acts_;
 };
 
 }  // namespace
@@ -183,8 +173,7 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
   if (positions < 1 || positions > config_.max_len)
     throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
                         std::to_string(config_.max_len) + "], got " + std::to_string(positions));
-  const Tensor memory = encode(src);  // checks the tokens
-  weights();                          // throws if a parameter was replaced
+  const Tensor memory = encode(src);  // checks the tokens, and that no parameter was replaced
   return std::make_unique<TransformerDecoder>(weights_, memory, src, hypotheses, positions);
 }
 
