@@ -30,7 +30,7 @@ TEST(Grad, AttentionBackwardMatchesFiniteDifferences) {
     test::CaseInputs in = test::make_inputs(c, 11);
     std::mt19937 rng(5);
     const Tensor r = test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng);
-    const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, Tensor(), r, in.options);
+    const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, r, in.options);
     for (auto [t, dt] : {std::pair<Tensor*, const Tensor*>{&in.q, &g.dq}, {&in.k, &g.dk}, {&in.v, &g.dv}}) {
       for (int s = 0; s < 4; ++s) {
         const int64_t i = static_cast<int64_t>(rng() % static_cast<uint32_t>(t->numel()));

@@ -172,17 +172,17 @@ TEST(NonFinite, BackwardKeepsTheRule) {
   AttentionOptions o;
   o.key_padding_mask = Tensor({1, 6}, DType::kBool);
   for (int64_t j = 0; j < 6; ++j) o.key_padding_mask.b8()[j] = j == 5;
-  const AttentionGrads clean = scaled_dot_product_attention_backward(q, k, v, Tensor(), d_out, o);
+  const AttentionGrads clean = scaled_dot_product_attention_backward(q, k, v, d_out, o);
   Tensor kn = k.clone(), vn = v.clone();
   for (int64_t h = 0; h < 2; ++h)
     for (int64_t d = 0; d < 8; ++d) kn.f32()[(h * 6 + 5) * 8 + d] = vn.f32()[(h * 6 + 5) * 8 + d] = kNaN;
-  const AttentionGrads dirty = scaled_dot_product_attention_backward(q, kn, vn, Tensor(), d_out, o);
+  const AttentionGrads dirty = scaled_dot_product_attention_backward(q, kn, vn, d_out, o);
   EXPECT_TRUE(bitwise_equal(clean.dq, dirty.dq));
   EXPECT_TRUE(bitwise_equal(clean.dk, dirty.dk));
   EXPECT_TRUE(bitwise_equal(clean.dv, dirty.dv));
   Tensor vv = v.clone();
   vv.f32()[0] = kNaN;  // head 0, key 0, visible to every row of head 0
-  const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, Tensor(), d_out, o);
+  const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, d_out, o);
   for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;         // head 0
   for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;  // head 1
 }

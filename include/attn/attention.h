@@ -68,8 +68,17 @@ struct AttentionOptions {
   int64_t window = 0;
   // ALiBi: alibi_slopes [H] float32; adds −slope_h · |i + offset − j| to each score.
   Tensor alibi_slopes;
-  // Also return the attention weights [B, H, Lq, Lk] (exact, from the row log-sum-exp).
+  // Attention-weight dropout (training), as PyTorch's dropout_p: after the softmax each weight is zeroed
+  // with probability dropout_p and the survivors are scaled by 1/(1 − dropout_p). Which weights survive is a
+  // pure function of (dropout_seed, b, h, i, j) (Philox4x32-10, src/cpu/dropout.h): the same on every path,
+  // instruction set and thread count, and the backward regenerates it from the same options. dropout_p is
+  // rounded to a multiple of 2⁻¹⁶. Must be in [0, 1]; 1 gives output 0.
+  float dropout_p = 0.0f;
+  uint64_t dropout_seed = 0;
+  // Also return the attention weights [B, H, Lq, Lk] (exact, from the row log-sum-exp; before dropout).
   bool return_weights = false;
+  // Also return each row's log-sum-exp [B, H, Lq]: what the backward needs besides the output.
+  bool return_lse = false;
   AttentionImpl impl = AttentionImpl::kAuto;
   // Threads for the kernels; 0 = the OpenMP default (all cores).
   int num_threads = 0;
@@ -78,6 +87,9 @@ struct AttentionOptions {
 struct AttentionResult {
   Tensor output;   // [B, H, Lq, Dv]
   Tensor weights;  // [B, H, Lq, Lk] when options.return_weights, else undefined
+  // [B, H, Lq] when options.return_lse: lse_i = log Σ_j exp(s_ij) over the visible keys of row i (s the masked,
+  // scaled scores); −inf for a row with no visible key, NaN for a row the non-finite rule poisons.
+  Tensor lse;
 };
 
 // q: [B, H, Lq, D]  k: [B, Hkv, Lk, D]  v: [B, Hkv, Lk, Dv]   (H % Hkv == 0; query head h reads kv
@@ -92,13 +104,20 @@ struct AttentionGrads {
   Tensor dv;  // [B, Hkv, Lk, Dv]
 };
 
-// The backward pass: gradients of a loss with respect to q, k and v, given d_out = dLoss/dOutput
-// [B, H, Lq, Dv] and the forward's attention weights [B, H, Lq, Lk] (pass an undefined tensor to have
-// them recomputed). Same shapes, options and checks as the forward; masked weights are 0, so masked
-// keys receive no gradient, and a fully masked row passes none.
+// The backward pass (FlashAttention-2's): gradients of a loss with respect to q, k and v, given the
+// forward's output `out` [B, H, Lq, Dv] and log-sum-exp `lse` [B, H, Lq] (AttentionResult with
+// return_lse) and d_out = dLoss/dOutput [B, H, Lq, Dv]. Pass the forward's options unchanged (masks,
+// dropout_p and dropout_seed included): the weights are recomputed tile by tile from lse, never stored,
+// and dropout regenerates the forward's mask. Memory O(L). Hidden keys receive no gradient, a fully masked
+// row passes none. The result is bitwise the same from run to run for a given num_threads.
+// With impl = kReference, plain loops in double precision (the readable spec), which ignore out and lse.
+// Throws ShapeError, DTypeError or ArgumentError naming the argument and the shapes.
 AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                                     const Tensor& weights, const Tensor& d_out,
+                                                     const Tensor& out, const Tensor& lse, const Tensor& d_out,
                                                      const AttentionOptions& options = {});
+// The same when the forward's output and lse were not kept: runs the forward first.
+AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                     const Tensor& d_out, const AttentionOptions& options = {});
 
 // Names of the implementations and alignments, for messages, the command line and Python, and their
 // inverses: "auto" | "fused" | "unfused" | "reference"; "none" | "top-left" | "bottom-right".

@@ -65,4 +65,12 @@ void attention_fused(const AttentionProblem& p) {
   }
 }
 
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g) {
+  switch (simd_level_active()) {
+    case SimdLevel::kAvx512: avx512::attention_backward_fused(p, g); return;
+    case SimdLevel::kAvx2: avx2::attention_backward_fused(p, g); return;
+    case SimdLevel::kScalar: scalar::attention_backward_fused(p, g); return;
+  }
+}
+
 }  // namespace attn::detail

@@ -28,6 +28,16 @@ float exp_for_test(float x);
 namespace avx512 {
 float exp_for_test(float x);
 }
+// The fused backward (FlashAttention-2's), per instruction set.
+namespace scalar {
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g);
+}
+namespace avx2 {
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g);
+}
+namespace avx512 {
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g);
+}
 // The FMA ceiling in GFLOP/s, measured for `seconds` on `threads` threads (0 = all), per instruction set.
 namespace scalar {
 double fma_peak_gflops(int threads, double seconds);
@@ -51,5 +61,7 @@ const char* simd_level_name(SimdLevel level);
 
 // The fused path: runs the kernel of simd_level_active().
 void attention_fused(const AttentionProblem& p);
+// The fused backward of simd_level_active(): g.dq, g.dk, g.dv from p (its o unused), g.out, g.lse, g.d_out.
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g);
 
 }  // namespace attn::detail

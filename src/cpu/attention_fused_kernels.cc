@@ -30,6 +30,7 @@
 #include "cpu/attention_fused.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
+#include "cpu/tile_kernels.h"
 #include "cpu/tile_traits.h"
 
 #ifndef ATTN_TARGET
@@ -39,22 +40,8 @@
 namespace attn::detail::ATTN_TARGET {
 namespace {
 
-using simd::Vec;
-constexpr int W = Vec::W;
-static_assert(Tiles::kLanes == W, "this target's tile traits describe another vector width");
 static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N].
-template <int N, class F>
-void with_const(int n, F&& f) {
-  if constexpr (N >= 1) {
-    if (n == N) return f(std::integral_constant<int, N>{});
-    with_const<N - 1>(n, f);
-  }
-}
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
@@ -81,27 +68,6 @@ Workspace& thread_workspace() {
   return ws;
 }
 
-// s[r, c] = Σ_d qs[r, d] · kt[d, c] for R rows and `cols` columns (a multiple of kScoreVecs·W).
-template <int R>
-void score_tile(const float* qs, int64_t D, const float* kt, int64_t cols, float* s) {
-  constexpr int C = Tiles::kScoreVecs;
-  for (int64_t c0 = 0; c0 < cols; c0 += C * W) {
-    Vec a[R][C];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) a[r][c] = Vec::zero();
-    for (int64_t d = 0; d < D; ++d) {
-      Vec k[C];
-      for (int c = 0; c < C; ++c) k[c] = Vec::load(kt + d * Tiles::kBk + c0 + c * W);
-      for (int r = 0; r < R; ++r) {
-        const Vec qb = Vec::set1(qs[r * D + d]);
-        for (int c = 0; c < C; ++c) a[r][c] = Vec::fmadd(qb, k[c], a[r][c]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) a[r][c].store(s + r * Tiles::kBk + c0 + c * W);
-  }
-}
-
 float dot(const float* a, const float* b, int64_t n) {
   Vec acc = Vec::zero();
   int64_t d = 0;
@@ -109,16 +75,6 @@ float dot(const float* a, const float* b, int64_t n) {
   float s = acc.reduce_add();
   for (; d < n; ++d) s += a[d] * b[d];
   return s;
-}
-
-// kt[d, jj] = K[j0 + jj, d] for jj < n, 0 for jj in [n, round_up(n, kScoreVecs·W)): a [D, kBk] tile.
-void transpose_key_tile(const float* k, int64_t k_sl, int64_t j0, int64_t n, int64_t D, float* kt) {
-  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
-  for (int64_t d = 0; d < D; ++d) std::fill(kt + d * Tiles::kBk + n, kt + d * Tiles::kBk + cols, 0.0f);
-  for (int64_t jj = 0; jj < n; ++jj) {
-    const float* kj = k + (j0 + jj) * k_sl;
-    for (int64_t d = 0; d < D; ++d) kt[d * Tiles::kBk + jj] = kj[d];
-  }
 }
 
 // S[rows, n] = qs · K[j0 : j0 + n]ᵀ. `kt` is the key tile already transposed (see pack_keys), or
@@ -133,49 +89,7 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
     }
     return;
   }
-  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
-  int64_t r = 0;
-  for (; r + Tiles::kScoreRows <= rows; r += Tiles::kScoreRows)
-    score_tile<Tiles::kScoreRows>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * Tiles::kBk);
-  if (r < rows)
-    with_const<Tiles::kScoreRows>(static_cast<int>(rows - r), [&](auto R) {
-      score_tile<decltype(R)::value>(ws.qs.data() + r * D, D, kt, cols, ws.s.data() + r * Tiles::kBk);
-    });
-}
-
-// acc[r, c·W ...] += Σ_j P[r, j] · V[j, c·W ...] for R rows and C vectors of columns.
-template <int R, int C>
-void pv_tile(const float* P, int64_t n, const float* V, int64_t v_stride, float* acc, int64_t acc_stride) {
-  Vec a[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) a[r][c] = Vec::load(acc + r * acc_stride + c * W);
-  for (int64_t j = 0; j < n; ++j) {
-    Vec vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = Vec::load(V + j * v_stride + c * W);
-    for (int r = 0; r < R; ++r) {
-      const Vec pb = Vec::set1(P[r * Tiles::kBk + j]);
-      for (int c = 0; c < C; ++c) a[r][c] = Vec::fmadd(pb, vv[c], a[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) a[r][c].store(acc + r * acc_stride + c * W);
-}
-
-// acc[rows, Dvp] += P[rows, n] · V[n, Dvp]
-void accumulate_pv(const float* V, int64_t v_stride, int64_t n, int64_t rows, int64_t Dvp, Workspace& ws) {
-  const int64_t vecs = Dvp / W;
-  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
-      with_const<Tiles::kPvRows>(R, [&](auto RR) {
-        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
-          pv_tile<decltype(RR)::value, decltype(CC)::value>(ws.s.data() + r * Tiles::kBk, n, V + c * W, v_stride,
-                                                            ws.acc.data() + r * Dvp + c * W, Dvp);
-        });
-      });
-    }
-  }
+  gemm_abt(ws.qs.data(), D, kt, Tiles::kBk, D, rows, round_up(n, Tiles::kScoreVecs * W), ws.s.data(), Tiles::kBk);
 }
 
 // Rows [i0, i0 + rows) of head (b, h): scaled queries into ws.qs.
@@ -183,25 +97,6 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * p.scale;
-}
-
-// Is every key of [j0, j0 + n) padding in batch b?
-bool all_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_t n) {
-  if (p.key_padding == nullptr) return false;
-  const uint8_t* pad = p.key_padding + b * p.Lk + j0;
-  for (int64_t j = 0; j < n; ++j)
-    if (!pad[j]) return false;
-  return true;
-}
-
-// Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
-bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
-  if (!only_range_masking(p)) return true;
-  int64_t lo_last, hi_last, lo_first, hi_first;
-  p.key_range(i0 + rows - 1, &lo_last, &hi_last);
-  p.key_range(i0, &lo_first, &hi_first);
-  // inside every row's [lo, hi): lo grows and hi grows with i
-  return j0 < lo_last || j0 + n > hi_first;
 }
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); ws.qs already
@@ -257,6 +152,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       const float c = ws.m[r] == kNegInf ? 0.0f : std::exp(ws.m[r] - m_new);
       ws.l[r] = ws.l[r] * c + sum.reduce_add() + tail;
       ws.m[r] = m_new;
+      if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s);  // l counts every weight
       if (c != 1.0f) {
         float* acc = ws.acc.data() + r * Dvp;
         for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
@@ -273,7 +169,11 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       vt = ws.vp.data();
       v_stride = Dvp;
     }
-    accumulate_pv(vt, v_stride, n, rows, Dvp, ws);
+    // A hidden key's value is never multiplied (its weight is 0), even when it holds NaN or Inf: such a tile
+    // takes the zero-skipping update, whose sums are bitwise those of the fast one where all is finite.
+    const bool skip_zero = masked && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, n, p.Dv);
+    (skip_zero ? rank_update_nonzero : rank_update)(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W,
+                                                    ws.acc.data(), Dvp);
   }
 }
 
@@ -300,8 +200,9 @@ void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   std::fill(acc, acc + p.Dv, 0.0f);
   if (m == kNegInf && !any_nan) return;
   for (int64_t j = lo; j < hi; ++j) {
-    const float e = s[j - lo] == kNegInf ? 0.0f : std::exp(s[j - lo] - m);
+    float e = s[j - lo] == kNegInf ? 0.0f : std::exp(s[j - lo] - m);
     *l_out += e;
+    if (p.dropout.active()) e = dropout_keeps(p.dropout, b, h, i, j) ? e * p.dropout.scale : 0.0f;
     if (e == 0.0f) continue;
     for (int64_t d = 0; d < p.Dv; ++d) acc[d] += e * v[j * p.v_sl + d];
   }
@@ -383,7 +284,8 @@ FusedPlan plan_fused(const AttentionProblem& p) {
 // The call's buffers shared by its threads; owned by the calling thread, grown once and reused.
 struct FusedBuffers {
   float* partial;  // [tile_tasks, splits, kBq, row_state]  each split's row states, when splits > 1
-  float* lse;      // [B, H, Lq]                            each row's log-sum-exp, when weights are asked for
+  float* lse;      // [B, H, Lq]                            each row's log-sum-exp (p.lse when asked for), when
+                   //                                       lse or weights are asked for, else nullptr
   float* packed;   // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed
 };
 
@@ -393,11 +295,12 @@ FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
     partial.resize(static_cast<size_t>(partial_floats));
   const int64_t lse_floats = p.B * p.H * p.Lq;
-  if (p.weights && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
+  const bool own_lse = p.weights && !p.lse;
+  if (own_lse && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
   const int64_t packed_floats = p.B * p.Hkv * plan.key_tiles * plan.key_tile_floats;
   if (plan.keys_packed && static_cast<int64_t>(packed.size()) < packed_floats)
     packed.resize(static_cast<size_t>(packed_floats));
-  return {partial.data(), lse.data(), packed.data()};
+  return {partial.data(), p.lse ? p.lse : own_lse ? lse.data() : nullptr, packed.data()};
 }
 
 // Head (b, h)'s packed Kᵀ, [key_tiles, D, kBk] (shared by the heads of a group), or nullptr when the
@@ -421,13 +324,14 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // threads leave it together.
 
 // Kᵀ packed once per call as [B, Hkv, key tile, D, kBk], shared by every query tile and every head of a
-// group (transpose_key_tile pads each tile's last columns with 0).
+// group (pack_transposed pads each tile's last columns with 0).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
-    transpose_key_tile(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk,
-                       std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk), p.D, packed + t * plan.key_tile_floats);
+    const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
+    pack_transposed(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D,
+                    round_up(n, Tiles::kScoreVecs * W), packed + t * plan.key_tile_floats, Tiles::kBk);
   }
 }
 
@@ -483,7 +387,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
       const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
       for (int64_t d = 0; d < p.Dv; ++d) o[(t.i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
-      if (p.weights) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
+      if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
     }
   }
 }
@@ -518,7 +422,7 @@ void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const fl
         }
         for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
       }
-      if (p.weights) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
+      if (lse) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
     }
   }
 }

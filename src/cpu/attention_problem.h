@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "attn/attention.h"
+#include "cpu/dropout.h"
 
 namespace attn::detail {
 
@@ -32,6 +33,10 @@ struct AttentionProblem {
   int64_t o_sb = 0, o_sh = 0, o_sl = 0;
   // weights: [B, H, Lq, Lk] contiguous, or nullptr when not requested
   float* weights = nullptr;
+  // lse: [B, H, Lq] contiguous, each row's log-sum-exp, or nullptr when not requested
+  float* lse = nullptr;
+  // Attention-weight dropout (inactive by default); the weights above are the ones before dropout.
+  DropoutParams dropout;
 
   float scale = 1.0f;
 
@@ -65,6 +70,17 @@ struct AttentionProblem {
     *hi = last + 1 < Lk ? (last + 1 > 0 ? last + 1 : 0) : Lk;
     if (window > 0) *lo = last - window + 1 > 0 ? last - window + 1 : 0;
   }
+};
+
+// The backward's tensors beside a forward problem, in its layouts: out and d_out with o's strides, dq with
+// q's, dk with k's, dv with v's. The backward writes dq, dk and dv (it does not accumulate into them).
+struct AttentionGradients {
+  const float* out = nullptr;    // [B, H, Lq, Dv]   the forward's output
+  const float* lse = nullptr;    // [B, H, Lq]       the forward's log-sum-exp, contiguous
+  const float* d_out = nullptr;  // [B, H, Lq, Dv]   dLoss/dout
+  float* dq = nullptr;           // [B, H, Lq, D]
+  float* dk = nullptr;           // [B, Hkv, Lk, D]
+  float* dv = nullptr;           // [B, Hkv, Lk, Dv]
 };
 
 // A problem whose heads are interleaved in rows, the layout a projection writes ([B·L, H·Dh]):
@@ -124,6 +140,25 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
 // window key range hides keys: the fused kernel then skips the masking pass on interior tiles.
 inline bool only_range_masking(const AttentionProblem& p) {
   return !p.has_mask() && p.key_padding == nullptr && p.alibi_slopes == nullptr;
+}
+
+// Is every key of [j0, j0 + n) padding in batch b?
+inline bool all_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_t n) {
+  if (p.key_padding == nullptr) return false;
+  const uint8_t* pad = p.key_padding + b * p.Lk + j0;
+  for (int64_t j = 0; j < n; ++j)
+    if (!pad[j]) return false;
+  return true;
+}
+
+// Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
+inline bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+  if (!only_range_masking(p)) return true;
+  int64_t lo_last, hi_last, lo_first, hi_first;
+  p.key_range(i0 + rows - 1, &lo_last, &hi_last);
+  p.key_range(i0, &lo_first, &hi_first);
+  // inside every row's [lo, hi): lo grows and hi grows with i
+  return j0 < lo_last || j0 + n > hi_first;
 }
 
 }  // namespace attn::detail

@@ -41,6 +41,12 @@ struct Vec {
     __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(t), _CMP_LT_OQ);
     return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
   }
+  static bool any_zero(Vec x) { return _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0; }
+  // x == 0 ? 0 : y
+  static Vec zero_where_zero(Vec x, Vec y) {
+    __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
+  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 inline constexpr const char* kTargetName = "avx2";
@@ -76,6 +82,11 @@ struct Vec {
   static Vec round(Vec x) { return {_mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
   static Vec zero_below(Vec x, float t, Vec y) {
     __m256 m = _mm256_cmp_ps(x.v, _mm256_set1_ps(t), _CMP_LT_OQ);
+    return {_mm256_andnot_ps(m, y.v)};
+  }
+  static bool any_zero(Vec x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0; }
+  static Vec zero_where_zero(Vec x, Vec y) {
+    __m256 m = _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ);
     return {_mm256_andnot_ps(m, y.v)};
   }
 };
@@ -118,6 +129,12 @@ struct Vec {
   }
   static Vec round(Vec x) { ATTN_LANEWISE(std::nearbyint(x.v[i])); }
   static Vec zero_below(Vec x, float t, Vec y) { ATTN_LANEWISE(x.v[i] < t ? 0.0f : y.v[i]); }
+  static Vec zero_where_zero(Vec x, Vec y) { ATTN_LANEWISE(x.v[i] == 0.0f ? 0.0f : y.v[i]); }
+  static bool any_zero(Vec x) {
+    bool z = false;
+    for (float e : x.v) z |= e == 0.0f;
+    return z;
+  }
 #undef ATTN_LANEWISE
   float reduce_max() const {
     float m = v[0];

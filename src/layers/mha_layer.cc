@@ -27,48 +27,31 @@ detail::AttentionProblem make_problem(const MhaWeights& w, const MhaMasks& masks
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts, float* weights, float dropout,
                  std::mt19937_64* rng) {
-  const int64_t E = w.E, kv = w.kv_width(), H = w.H, Dh = w.head_dim();
+  const int64_t E = w.E, kv = w.kv_width();
   // q: [B·Lq, E]  k, v: [B·Lk, Hkv·Dh]  heads: [B·Lq, E]; kept for the backward when training
   float *q, *k, *v, *heads;
   if (acts) {
     q = grow(acts->q, B * Lq * E), k = grow(acts->k, B * Lk * kv), v = grow(acts->v, B * Lk * kv);
     heads = grow(acts->heads, B * Lq * E);
-    weights = grow(acts->weights, B * H * Lq * Lk);
   } else {
     q = ops::scratch(0, B * Lq * E), k = ops::scratch(1, B * Lk * kv), v = ops::scratch(2, B * Lk * kv);
     heads = ops::scratch(3, B * Lq * E);
   }
   detail::AttentionProblem p = make_problem(w, masks, B, Lq, Lk, q, k, v, heads);
+  if (acts && acts->record_weights && weights == nullptr) weights = grow(acts->weights, B * w.H * Lq * Lk);
   p.weights = weights;
+  if (acts) {
+    p.lse = grow(acts->lse, B * w.H * Lq);  // [B, H, Lq]: the backward recomputes the weights from it
+    // attention dropout inside the kernel; the backward regenerates the mask from the same seed
+    if (rng && dropout > 0.0f) p.dropout = detail::make_dropout(dropout, (*rng)());
+  }
   // Q = xq·W_Qᵀ + b_Q,  K = xk·W_Kᵀ + b_K,  V = xv·W_Vᵀ + b_V
   ops::linear_forward(q, xq, w.w_q, w.qw_q, w.b_q, B * Lq, E, E);
   ops::linear_forward(k, xk, w.w_k, w.qw_k, w.b_k, B * Lk, kv, w.kdim);
   ops::linear_forward(v, xv, w.w_v, w.qw_v, w.b_v, B * Lk, kv, w.vdim);
-  // heads = softmax(scale·Q·Kᵀ + M)·V
+  // heads = dropout(softmax(scale·Q·Kᵀ + M))·V
   detail::run_problem(p, masks.impl);
-  if (acts) {
-    acts->xq = xq, acts->xk = xk, acts->xv = xv, acts->problem = p;
-    acts->dropout = rng ? dropout : 0.0f;
-    if (acts->dropout > 0.0f) {
-      // heads = (P ⊙ keep / (1 − p)) · V, recomputed with the dropped weights
-      const int64_t n = B * H * Lq * Lk;
-      acts->keep.resize(static_cast<size_t>(n));
-      std::vector<float> dropped(static_cast<size_t>(n));
-      ops::dropout_forward(dropped.data(), acts->keep.data(), weights, n, acts->dropout, *rng);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t i = 0; i < Lq; ++i) {
-            float* o = heads + (b * Lq + i) * E + h * Dh;
-            std::fill(o, o + Dh, 0.0f);
-            const float* P = dropped.data() + ((b * H + h) * Lq + i) * Lk;
-            for (int64_t j = 0; j < Lk; ++j) {
-              if (P[j] == 0.0f) continue;
-              const float* vj = v + (b * Lk + j) * kv + p.kv_head(h) * Dh;
-              for (int64_t d = 0; d < Dh; ++d) o[d] += P[j] * vj[d];
-            }
-          }
-    }
-  }
+  if (acts) acts->xq = xq, acts->xk = xk, acts->xv = xv, acts->problem = p;
   // out = heads·W_Oᵀ + b_O
   ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, B * Lq, E, E);
 }
@@ -77,17 +60,18 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
                   const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk) {
   const int64_t E = w.E, kv = w.kv_width();
   // out = heads·W_Oᵀ + b_O
-  std::vector<float> dheads(static_cast<size_t>(B * Lq * E), 0.0f);
-  ops::linear_backward(dheads.data(), g.dw_o, g.db_o, dout, acts.heads.data(), w.w_o, B * Lq, E, E);
-  // heads = softmax(scale·Q·Kᵀ + M)·V
-  std::vector<float> dq(static_cast<size_t>(B * Lq * E), 0.0f), dk(static_cast<size_t>(B * Lk * kv), 0.0f),
-      dv(static_cast<size_t>(B * Lk * kv), 0.0f);
-  detail::attention_backward(acts.problem, acts.weights.data(), dheads.data(), dq.data(), dk.data(), dv.data(),
-                             acts.dropout > 0.0f ? acts.keep.data() : nullptr, acts.dropout);
+  float* dheads = grow(acts.dheads, B * Lq * E);
+  std::fill(dheads, dheads + B * Lq * E, 0.0f);
+  ops::linear_backward(dheads, g.dw_o, g.db_o, dout, acts.heads.data(), w.w_o, B * Lq, E, E);
+  // heads = dropout(softmax(scale·Q·Kᵀ + M))·V: the fused backward writes dQ, dK, dV
+  detail::AttentionGradients ag;
+  ag.out = acts.heads.data(), ag.lse = acts.lse.data(), ag.d_out = dheads;
+  ag.dq = grow(acts.dq, B * Lq * E), ag.dk = grow(acts.dk, B * Lk * kv), ag.dv = grow(acts.dv, B * Lk * kv);
+  detail::run_backward(acts.problem, ag, AttentionImpl::kFused);
   // Q = xq·W_Qᵀ + b_Q, K = xk·W_Kᵀ + b_K, V = xv·W_Vᵀ + b_V
-  ops::linear_backward(dxq, g.dw_q, g.db_q, dq.data(), acts.xq, w.w_q, B * Lq, E, E);
-  ops::linear_backward(dxk, g.dw_k, g.db_k, dk.data(), acts.xk, w.w_k, B * Lk, kv, w.kdim);
-  ops::linear_backward(dxv, g.dw_v, g.db_v, dv.data(), acts.xv, w.w_v, B * Lk, kv, w.vdim);
+  ops::linear_backward(dxq, g.dw_q, g.db_q, ag.dq, acts.xq, w.w_q, B * Lq, E, E);
+  ops::linear_backward(dxk, g.dw_k, g.db_k, ag.dk, acts.xk, w.w_k, B * Lk, kv, w.kdim);
+  ops::linear_backward(dxv, g.dw_v, g.db_v, ag.dv, acts.xv, w.w_v, B * Lk, kv, w.vdim);
 }
 
 void KVCache::allocate(int64_t n, int64_t cap, int64_t w, bool spare) {

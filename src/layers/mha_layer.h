@@ -50,21 +50,24 @@ struct MhaMasks {
 
 // What the backward needs from a training forward (llm.c's activations).
 struct MhaActivations {
-  const float* xq = nullptr;   // [B·Lq, E]
-  const float* xk = nullptr;   // [B·Lk, kdim]
-  const float* xv = nullptr;   // [B·Lk, vdim]
-  std::vector<float> q, k, v;  // projections: [B·Lq, E], [B·Lk, Hkv·Dh] ×2
-  std::vector<float> weights;  // [B, H, Lq, Lk] (the backward recomputes nothing)
-  std::vector<float> heads;    // attention output before out_proj, [B·Lq, E]
-  std::vector<uint8_t> keep;   // attention-weight dropout mask, [B, H, Lq, Lk]
-  float dropout = 0.0f;
-  detail::AttentionProblem problem;
+  const float* xq = nullptr;    // [B·Lq, E]
+  const float* xk = nullptr;    // [B·Lk, kdim]
+  const float* xv = nullptr;    // [B·Lk, vdim]
+  std::vector<float> q, k, v;   // projections: [B·Lq, E], [B·Lk, Hkv·Dh] ×2
+  std::vector<float> heads;     // attention output before out_proj, [B·Lq, E]
+  std::vector<float> lse;       // [B, H, Lq] each row's log-sum-exp: the backward recomputes the weights
+  bool record_weights = false;  // also keep the weights [B, H, Lq, Lk] (attention maps; never needed by training)
+  std::vector<float> weights;
+  detail::AttentionProblem problem;  // the forward's, dropout seed included
+  // the backward's buffers, grown once and reused: [B·Lq, E], [B·Lq, E], [B·Lk, Hkv·Dh] ×2
+  std::vector<float> dheads, dq, dk, dv;
 };
 
 // out [B·Lq, E] = MHA(xq [B·Lq, E], xk [B·Lk, kdim], xv [B·Lk, vdim]).
 // Inference (acts = nullptr): no weights are computed unless `weights` ([B, H, Lq, Lk]) is given.
-// Training (acts given): keeps what mha_backward needs, weights included, and applies attention-weight
-// dropout with probability `dropout` from rng (none when rng is null).
+// Training (acts given): keeps what mha_backward needs (projections, output, log-sum-exp; never the
+// [B, H, Lq, Lk] weights) and applies attention-weight dropout with probability `dropout` inside the
+// kernel, seeded from rng (none when rng is null).
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr,
                  float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr);

@@ -169,6 +169,7 @@ void models::encode_impl(const TransformerWeights& net, TransformerActivations& 
   // x = dropout(E_src[src]·√E + PE) ; encoder layers ; mem = LN_enc(x)
   float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
   k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
+  for (auto& layer : k.enc) layer.self_attn.record_weights = !k.training;  // attention_maps() after inference
   for (int64_t l = 0; l < c.num_encoder_layers; ++l)
     x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), keep_weights, r);
   k.enc_out_pre = x;
@@ -197,6 +198,7 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
   // decoder
   float* y = models::embed_forward(k.tgt_emb, k.tgt_keep, net, net.tgt_embed, tgt_in, r);
   k.dec.resize(static_cast<size_t>(c.num_decoder_layers));
+  for (auto& layer : k.dec) layer.self_attn.record_weights = layer.cross_attn.record_weights = !training;
   for (int64_t l = 0; l < c.num_decoder_layers; ++l)
     y = models::decoder_layer_forward(k.dec[l], net.dec[l], net, y, k.mem.data(), B, Lt, Ls, k.tgt_pad.data(),
                                       k.src_pad.data(), keep_weights, r);
@@ -293,6 +295,8 @@ std::map<std::string, Tensor> Transformer::attention_maps() const {
   const TransformerActivations& k = *activations_;
   const int64_t H = config_.num_heads;
   std::map<std::string, Tensor> out;
+  if (k.training || k.enc.empty())
+    throw ArgumentError("Transformer::attention_maps: needs an inference forward() first (training keeps no weights)");
   auto copy = [&](const std::string& name, const layers::Buf& w, int64_t Lq, int64_t Lk) {
     Tensor t({k.B, H, Lq, Lk});
     std::copy_n(w.data(), t.numel(), t.f32());

@@ -118,6 +118,9 @@ void set_options(AttentionProblem& p, const AttentionOptions& options, const cha
                           std::to_string(p.H) + "]");
     p.alibi_slopes = options.alibi_slopes.f32();
   }
+  if (!(options.dropout_p >= 0.0f && options.dropout_p <= 1.0f))
+    throw ArgumentError(std::string(who) + ": dropout_p must be in [0, 1], got " + std::to_string(options.dropout_p));
+  p.dropout = make_dropout(options.dropout_p, options.dropout_seed);
   if (options.num_threads < 0)
     throw ArgumentError(std::string(who) + ": num_threads must be >= 0, got " + std::to_string(options.num_threads));
   p.num_threads = options.num_threads;
@@ -182,6 +185,10 @@ AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, c
   if (options.return_weights) {
     result.weights = Tensor({p.B, p.H, p.Lq, p.Lk});
     p.weights = result.weights.f32();
+  }
+  if (options.return_lse) {
+    result.lse = Tensor({p.B, p.H, p.Lq});
+    p.lse = result.lse.f32();
   }
   detail::run_problem(p, options.impl);
   return result;

@@ -14,11 +14,13 @@ void attention_reference(const AttentionProblem& p);
 void attention_unfused(const AttentionProblem& p);
 void attention_fused(const AttentionProblem& p);
 
-// Backward of the problem: dq, dk, dv (same strides as q, k, v) += gradients, from the forward's weights
-// ([B, H, Lq, Lk] contiguous) and d_out (strides o_*). With attention-weight dropout, `keep` (same shape
-// as weights) and its probability p: the forward used P·keep/(1 − p) in place of P.
-void attention_backward(const AttentionProblem& p, const float* weights, const float* d_out, float* dq, float* dk,
-                        float* dv, const uint8_t* keep = nullptr, float dropout = 0.0f);
+// The score of key j for query i in double precision, or −inf when the masking rule hides it (the reference).
+double reference_score(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j);
+
+// The backward paths: g.dq, g.dk, g.dv from p, g.d_out (and g.out, g.lse for the fused path). The
+// reference recomputes everything in double precision; kAuto, kFused and kUnfused run the fused kernel.
+void attention_backward_reference(const AttentionProblem& p, const AttentionGradients& g);
+void run_backward(const AttentionProblem& p, const AttentionGradients& g, AttentionImpl impl);
 
 // Validates and resolves q/k/v/options into a problem writing into `out` ([B, H, Lq, Dv]) and
 // `weights` (when requested). The single place that checks the public API's inputs.

@@ -9,7 +9,7 @@
 namespace attn::detail {
 
 // Score of key j for query i, or −inf when the masking rule in attn/attention.h hides it.
-static double reference_score(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+double reference_score(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   const double kHidden = -std::numeric_limits<double>::infinity();
   int64_t lo, hi;
   p.key_range(i, &lo, &hi);
@@ -52,12 +52,15 @@ void attention_reference(const AttentionProblem& p) {
           e[j] = empty || s[j] == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(s[j] - m);
           sum += e[j];
         }
+        if (p.lse) p.lse[(b * p.H + h) * p.Lq + i] = static_cast<float>(empty ? m : m + std::log(sum));
         // out_i = Σ_j w_j v_j over the keys with w_j ≠ 0: a value is only ever multiplied by a nonzero
-        // weight, so a NaN or Inf in a hidden key's value never reaches the output.
+        // weight, so a NaN or Inf in a hidden key's value never reaches the output. With dropout, w_j is
+        // zeroed where the weight is dropped and scaled by 1/(1 − p) where it survives (after `weights`).
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t j = 0; j < p.Lk; ++j) {
-          const double w = empty || s[j] == -std::numeric_limits<double>::infinity() ? 0.0 : e[j] / sum;
+          double w = empty || s[j] == -std::numeric_limits<double>::infinity() ? 0.0 : e[j] / sum;
           if (p.weights) p.weights[((b * p.H + h) * p.Lq + i) * p.Lk + j] = static_cast<float>(w);
+          if (p.dropout.active()) w = dropout_keeps(p.dropout, b, h, i, j) ? w * p.dropout.scale : 0.0;
           if (w == 0.0) continue;
           const float* vj = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh + j * p.v_sl;
           for (int64_t d = 0; d < p.Dv; ++d) acc[d] += w * vj[d];

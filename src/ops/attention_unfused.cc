@@ -15,7 +15,8 @@ namespace attn::detail {
 
 // Softmax of one masked row in place; a row with every key hidden becomes all zeros. Non-finite scores
 // follow attn/attention.h: a NaN (or +inf) visible score makes every visible weight NaN, hidden keys keep 0.
-static void softmax_row(float* s, int64_t n) {
+// Returns the row's log-sum-exp (−inf for an empty row, NaN for a poisoned one).
+static float softmax_row(float* s, int64_t n) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
   float m = kHidden;
   bool any_nan = false;
@@ -25,11 +26,11 @@ static void softmax_row(float* s, int64_t n) {
   }
   if (m == kHidden && !any_nan) {
     for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
-    return;
+    return kHidden;
   }
   if (any_nan || m == -kHidden) {  // Σ exp(s − m) is NaN: every visible weight is NaN
     for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kHidden ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-    return;
+    return std::numeric_limits<float>::quiet_NaN();
   }
   float sum = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
@@ -38,6 +39,7 @@ static void softmax_row(float* s, int64_t n) {
   }
   const float inv = 1.0f / sum;
   for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  return m + std::log(sum);
 }
 
 // A value is only ever multiplied by a nonzero weight (attn/attention.h): the GEMM also multiplies the
@@ -63,10 +65,12 @@ void attention_unfused(const AttentionProblem& p) {
   thread_local std::vector<float> workspace;
   const size_t need = static_cast<size_t>(p.Lq * p.Lk);
   if (p.Lq == 0) return;
-  if (p.weights == nullptr && workspace.size() < need) workspace.resize(need);
+  // With dropout the GEMM reads the dropped weights and `weights` keeps the ones before dropout.
+  const bool weights_in_place = p.weights != nullptr && !p.dropout.active();
+  if (!weights_in_place && workspace.size() < need) workspace.resize(need);
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t h = 0; h < p.H; ++h) {
-      float* s = p.weights ? p.weights + (b * p.H + h) * p.Lq * p.Lk : workspace.data();
+      float* s = weights_in_place ? p.weights + (b * p.H + h) * p.Lq * p.Lk : workspace.data();
       const float* q = p.q + b * p.q_sb + h * p.q_sh;             // [Lq, D] rows q_sl apart
       const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;  // [Lk, D]
       const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;  // [Lk, Dv]
@@ -84,7 +88,12 @@ void attention_unfused(const AttentionProblem& p) {
       for (int64_t i = 0; i < p.Lq; ++i) {
         float* row = s + i * p.Lk;
         mask_row_segment(p, b, h, i, 0, p.Lk, row);
-        softmax_row(row, p.Lk);
+        const float lse = softmax_row(row, p.Lk);
+        if (p.lse) p.lse[(b * p.H + h) * p.Lq + i] = lse;
+        if (p.dropout.active()) {
+          if (p.weights) std::copy(row, row + p.Lk, p.weights + ((b * p.H + h) * p.Lq + i) * p.Lk);
+          dropout_row_segment(p.dropout, b, h, i, 0, p.Lk, row);
+        }
       }
       // o = P·V : [Lq, Dv]
       if (p.Lk == 0) {

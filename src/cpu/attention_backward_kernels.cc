@@ -1,0 +1,282 @@
+// The fused attention backward (FlashAttention-2's, on a CPU). Compiled once per instruction set, as the
+// forward (attention_fused_kernels.cc). With S = scale·Q·Kᵀ + M, P = softmax(S) = exp(S − lse), the dropout
+// mask Z and its scale c = 1/(1 − p), P̃ = c·Z ⊙ P, O = P̃·V:
+//   dV = P̃ᵀ·dO      dP = c·Z ⊙ (dO·Vᵀ)      Δ_i = Σ_d dO_id · O_id  (= Σ_j P_ij dP_ij)
+//   dS = P ⊙ (dP − Δ)      dQ = scale·dS·K      dK = scale·dSᵀ·Q
+// P is recomputed tile by tile from the forward's lse; no [Lq, Lk] matrix exists, memory is O(L).
+//
+// Work division: one task per (batch, kv head g, key chunk). A task walks its chunk's key blocks (kBk
+// keys); for each block it sweeps every query head of the group and every query tile (kBq rows) that
+// can see the block, accumulating the block's dK, dV in its workspace (it owns them: no other task
+// touches those keys) and each query row's dQ in the chunk's own dQ buffer. The chunks' dQ buffers are
+// summed in chunk order at the end. The chunk count depends only on the shape and the thread count, and
+// every sum runs in a fixed order: the gradients are bitwise the same from run to run for a given
+// num_threads.
+//
+// One call, step by step (attention_backward_fused, at the end of the file):
+//   plan_backward     key blocks, chunks, threads
+//   row_deltas        Δ for every row
+//   run_key_blocks    every task above
+//   reduce_dq         dQ = Σ over chunks, in order
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/attention_fused.h"
+#include "cpu/dropout.h"
+#include "cpu/threads.h"
+#include "cpu/tile_kernels.h"
+
+namespace attn::detail::ATTN_TARGET {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
+
+struct BackwardPlan {
+  int threads = 1;
+  int64_t Dp = 0, Dvp = 0;   // D, Dv rounded up to whole vectors (at least one)
+  int64_t key_blocks = 0;    // ⌈Lk / kBk⌉
+  int64_t chunks = 1;        // key chunks per (batch, kv head)
+  int64_t tasks = 0;         // B · Hkv · chunks
+  int64_t dq_part_rows = 0;  // rows of one chunk's dQ buffer: B · H · Lq
+};
+
+BackwardPlan plan_backward(const AttentionProblem& p) {
+  BackwardPlan plan;
+  plan.threads = resolve_threads(p.num_threads);
+  plan.Dp = round_up(std::max<int64_t>(p.D, 1), W);
+  plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
+  plan.key_blocks = (p.Lk + kBk - 1) / kBk;
+  plan.dq_part_rows = p.B * p.H * p.Lq;
+  // Fewer (batch, kv head) pairs than 2 per thread: split the keys into chunks so every thread works, as
+  // long as the chunks' dQ buffers stay under 512 MB.
+  const int64_t pairs = p.B * p.Hkv;
+  if (pairs > 0 && pairs < 2 * plan.threads) {
+    plan.chunks = std::min<int64_t>((2 * plan.threads + pairs - 1) / pairs, plan.key_blocks);
+    const int64_t chunk_bytes = plan.dq_part_rows * plan.Dp * static_cast<int64_t>(sizeof(float));
+    plan.chunks =
+        std::min<int64_t>(plan.chunks, std::max<int64_t>(1, (int64_t{512} << 20) / std::max<int64_t>(chunk_bytes, 1)));
+  }
+  plan.chunks = std::max<int64_t>(plan.chunks, 1);
+  plan.tasks = pairs * plan.chunks;
+  return plan;
+}
+
+// Per-thread buffers, grown once and reused across calls.
+struct BackwardWorkspace {
+  std::vector<float> kt, vt;       // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ
+  std::vector<float> kb;           // [kBk, Dp]             its K rows, padded
+  std::vector<float> q, qs, dout;  // [kBq, Dp], [kBq, D], [kBq, Dvp]   the query tile's Q, scale·Q, dO
+  std::vector<float> s, pt, ds;    // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
+  std::vector<float> dk, dv;       // [kBk, Dp], [kBk, Dvp] the key block's gradients
+  void reserve(const AttentionProblem& p, const BackwardPlan& plan) {
+    auto grow = [](std::vector<float>& b, int64_t n) {
+      if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+    };
+    grow(kt, std::max<int64_t>(p.D, 1) * kBk);
+    grow(vt, std::max<int64_t>(p.Dv, 1) * kBk);
+    grow(kb, kBk * plan.Dp);
+    grow(q, kBq * plan.Dp);
+    grow(qs, kBq * std::max<int64_t>(p.D, 1));
+    grow(dout, kBq * plan.Dvp);
+    grow(s, kBq * kBk);
+    grow(pt, kBq * kBk);
+    grow(ds, kBq * kBk);
+    grow(dk, kBk * plan.Dp);
+    grow(dv, kBk * plan.Dvp);
+  }
+};
+
+BackwardWorkspace& thread_workspace() {
+  thread_local BackwardWorkspace ws;
+  return ws;
+}
+
+// rows × width floats of x (row stride x_rs) into dst (row stride dst_rs), times `scale`, zero-padded to
+// dst_rs. Returns whether every copied value is finite.
+bool pack_rows(const float* x, int64_t x_rs, int64_t rows, int64_t width, float scale, float* dst, int64_t dst_rs) {
+  bool finite = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * x_rs;
+    float* d = dst + r * dst_rs;
+    for (int64_t c = 0; c < width; ++c) {
+      d[c] = xr[c] * scale;
+      finite &= std::isfinite(xr[c]);
+    }
+    std::fill(d + width, d + dst_rs, 0.0f);
+  }
+  return finite;
+}
+
+// The query rows [*lo, *hi) that may see some key of [j0, j0 + n) under the causal range and the window.
+void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_t* lo, int64_t* hi) {
+  *lo = 0, *hi = p.Lq;
+  if (p.causal == CausalAlignment::kNone) return;
+  const int64_t off = p.offset();  // query i sees keys j <= i + off (and j > i + off − window)
+  *lo = std::clamp<int64_t>(j0 - off, 0, p.Lq);
+  if (p.window > 0) *hi = std::clamp<int64_t>(j0 + n + p.window - 1 - off, 0, p.Lq);
+}
+
+// P = exp(s − lse) over n keys of one row, in place: exactly 0 for a hidden key (s = −inf), whatever lse
+// holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN) is NaN where visible.
+void probabilities_row(float* s, int64_t n, float lse) {
+  if (lse == kNegInf) {
+    std::fill(s, s + n, 0.0f);
+    return;
+  }
+  if (!std::isfinite(lse)) {
+    for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  const Vec lv = Vec::set1(lse);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) simd::exp(Vec::load(s + j) - lv).store(s + j);
+  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - lse);
+}
+
+// dS = scale · P ⊙ (dP − Δ) over n keys of one row, into dp; exactly 0 where P = 0 (a hidden or dropped-out
+// key's dP may be anything, NaN included).
+void score_grads_row(const float* P, float* dp, int64_t n, float delta, float scale) {
+  const Vec dv = Vec::set1(delta), sv = Vec::set1(scale);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const Vec pj = Vec::load(P + j);
+    Vec::zero_where_zero(pj, sv * pj * (Vec::load(dp + j) - dv)).store(dp + j);
+  }
+  for (; j < n; ++j) dp[j] = P[j] == 0.0f ? 0.0f : scale * P[j] * (dp[j] - delta);
+}
+
+// Δ_i = Σ_d dO_id · O_id for every row; delta: [B, H, Lq].
+void row_deltas(const AttentionProblem& p, const AttentionGradients& g, float* delta) {
+#pragma omp for schedule(static)
+  for (int64_t row = 0; row < p.B * p.H * p.Lq; ++row) {
+    const int64_t i = row % p.Lq, bh = row / p.Lq, b = bh / p.H, h = bh % p.H;
+    const int64_t at = b * p.o_sb + h * p.o_sh + i * p.o_sl;
+    float sum = 0.0f;
+    for (int64_t d = 0; d < p.Dv; ++d) sum += g.d_out[at + d] * g.out[at + d];
+    delta[row] = sum;
+  }
+}
+
+// One query tile of head h against the key block in ws (keys [j0, j0 + n)): adds its share of dK and dV
+// to ws.dk, ws.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ buffer).
+void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
+                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, bool keys_finite, float* dq_rows,
+                BackwardWorkspace& ws) {
+  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+  const int64_t Dp = plan.Dp, Dvp = plan.Dvp;
+  const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
+  const float* dout = g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
+  const bool q_finite = pack_rows(q, p.q_sl, rows, p.D, 1.0f, ws.q.data(), Dp);
+  pack_rows(q, p.q_sl, rows, p.D, p.scale, ws.qs.data(), std::max<int64_t>(p.D, 1));
+  const bool dout_finite = pack_rows(dout, p.o_sl, rows, p.Dv, 1.0f, ws.dout.data(), Dvp);
+  // S = scale·Q·Kᵀ and dP̃ = dO·Vᵀ, [rows, cols]
+  gemm_abt(ws.qs.data(), std::max<int64_t>(p.D, 1), ws.kt.data(), kBk, p.D, rows, cols, ws.s.data(), kBk);
+  gemm_abt(ws.dout.data(), Dvp, ws.vt.data(), kBk, p.Dv, rows, cols, ws.ds.data(), kBk);
+  const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+  const bool dropout = p.dropout.active();
+  const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
+  const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = ws.s.data() + r * kBk;
+    float* dp = ws.ds.data() + r * kBk;
+    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+    probabilities_row(s, n, row_lse[r]);
+    if (dropout) {  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
+      float* pt = ws.pt.data() + r * kBk;
+      std::copy(s, s + n, pt);
+      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, pt, dp);
+    }
+    score_grads_row(s, dp, n, row_delta[r], p.scale);
+  }
+  const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
+  // dV[n, Dvp] += P̃ᵀ · dO ; dK[n, Dp] += dSᵀ · Q ; dQ[rows, Dp] += dS · K
+  (dout_finite ? rank_update : rank_update_nonzero)(P_used, 1, kBk, n, rows, ws.dout.data(), Dvp, Dvp / W, ws.dv.data(),
+                                                    Dvp);
+  (q_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), 1, kBk, n, rows, ws.q.data(), Dp, Dp / W, ws.dk.data(),
+                                                 Dp);
+  (keys_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), kBk, 1, rows, n, ws.kb.data(), Dp, Dp / W, dq_rows,
+                                                    Dp);
+}
+
+// Every task: (b, kv head g, chunk c) walks its key blocks; see the file comment.
+void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
+                    const float* delta, float* dq_part, BackwardWorkspace& ws) {
+  const int64_t Dp = plan.Dp, Dvp = plan.Dvp, group = p.group();
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t task = 0; task < plan.tasks; ++task) {
+    const int64_t c = task % plan.chunks, bg = task / plan.chunks, b = bg / p.Hkv, kvh = bg % p.Hkv;
+    float* dq_chunk = dq_part + c * plan.dq_part_rows * Dp;  // [B, H, Lq, Dp]
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+      std::fill(dq_chunk + (b * p.H + h) * p.Lq * Dp, dq_chunk + (b * p.H + h + 1) * p.Lq * Dp, 0.0f);
+    const float* k = p.k + b * p.k_sb + kvh * p.k_sh;
+    const float* v = p.v + b * p.v_sb + kvh * p.v_sh;
+    float* dk = g.dk + b * p.k_sb + kvh * p.k_sh;
+    float* dv = g.dv + b * p.v_sb + kvh * p.v_sh;
+    const int64_t kb_lo = plan.key_blocks * c / plan.chunks, kb_hi = plan.key_blocks * (c + 1) / plan.chunks;
+    for (int64_t kb = kb_lo; kb < kb_hi; ++kb) {
+      const int64_t j0 = kb * kBk, n = std::min(kBk, p.Lk - j0);
+      std::fill(ws.dk.begin(), ws.dk.begin() + n * Dp, 0.0f);
+      std::fill(ws.dv.begin(), ws.dv.begin() + n * Dvp, 0.0f);
+      if (!all_padding(p, b, j0, n)) {
+        const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+        pack_transposed(k, p.k_sl, j0, n, p.D, cols, ws.kt.data(), kBk);
+        pack_transposed(v, p.v_sl, j0, n, p.Dv, cols, ws.vt.data(), kBk);
+        const bool keys_finite = pack_rows(k + j0 * p.k_sl, p.k_sl, n, p.D, 1.0f, ws.kb.data(), Dp);
+        int64_t i_lo, i_hi;
+        query_range(p, j0, n, &i_lo, &i_hi);
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int64_t i0 = i_lo; i0 < i_hi; i0 += kBq) {
+            const int64_t rows = std::min(kBq, i_hi - i0);
+            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n, keys_finite,
+                       dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
+          }
+      }
+      for (int64_t jj = 0; jj < n; ++jj) {
+        std::copy(ws.dk.data() + jj * Dp, ws.dk.data() + jj * Dp + p.D, dk + (j0 + jj) * p.k_sl);
+        std::copy(ws.dv.data() + jj * Dvp, ws.dv.data() + jj * Dvp + p.Dv, dv + (j0 + jj) * p.v_sl);
+      }
+    }
+  }
+}
+
+// dq = Σ_c dq_part[c], chunk by chunk in order.
+void reduce_dq(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* dq_part) {
+#pragma omp for schedule(static)
+  for (int64_t row = 0; row < plan.dq_part_rows; ++row) {
+    const int64_t i = row % p.Lq, bh = row / p.Lq, b = bh / p.H, h = bh % p.H;
+    float* dq = g.dq + b * p.q_sb + h * p.q_sh + i * p.q_sl;
+    const float* part = dq_part + row * plan.Dp;
+    std::copy(part, part + p.D, dq);
+    for (int64_t c = 1; c < plan.chunks; ++c) {
+      const float* pc = part + c * plan.dq_part_rows * plan.Dp;
+      for (int64_t d = 0; d < p.D; ++d) dq[d] += pc[d];
+    }
+  }
+}
+
+}  // namespace
+
+void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g) {
+  if (p.B == 0 || p.H == 0) return;
+  const BackwardPlan plan = plan_backward(p);
+  thread_local std::vector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, Dp]
+  const int64_t rows = p.B * p.H * p.Lq;
+  if (static_cast<int64_t>(delta.size()) < rows) delta.resize(static_cast<size_t>(rows));
+  if (static_cast<int64_t>(dq_part.size()) < plan.chunks * rows * plan.Dp)
+    dq_part.resize(static_cast<size_t>(plan.chunks * rows * plan.Dp));
+  float* const deltas = delta.data();  // the calling thread's buffers (thread_local: name them out here)
+  float* const dq_parts = dq_part.data();
+#pragma omp parallel num_threads(plan.threads)
+  {
+    BackwardWorkspace& ws = thread_workspace();
+    ws.reserve(p, plan);
+    row_deltas(p, g, deltas);
+    run_key_blocks(p, g, plan, deltas, dq_parts, ws);
+    reduce_dq(p, g, plan, dq_parts);
+  }
+}
+
+}  // namespace attn::detail::ATTN_TARGET

@@ -1,0 +1,158 @@
+// Attention dropout from a counter-based generator: whether weight (b, h, i, j) survives is a pure
+// function of (seed, b, h, i, j), so the backward regenerates exactly the forward's mask without storing
+// it, every path (reference, unfused, fused, every instruction set) drops the same weights, and the
+// result does not depend on the thread count or the tiling.
+//
+// The generator is Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11;
+// the generator of cuRAND, PyTorch's CUDA dropout and FlashAttention), keyed by the 64-bit seed. One
+// Philox block gives 128 bits = eight 16-bit uniforms; the keys of a row are taken in groups of 128:
+//   key j:   G = j / 128, t = j % 16, e = (j % 128) / 16
+//   counter  (16·G + t, i, h, b),  key (seed mod 2³², seed / 2³²)
+//   u16      = half e % 2 (0 = low 16 bits) of word e / 2 of the block
+// so one block per lane t and 16 lanes cover 128 consecutive keys, and each 16-bit half-word of the 16
+// lanes is 16 consecutive keys: a vector compare gives a row's keep mask directly.
+// The weight survives iff u16 >= threshold = round(p · 65536): the dropout probability is p rounded to a
+// multiple of 2⁻¹⁶ (|error| ≤ 7.7e-6). Survivors are scaled by 1/(1 − p).
+// Included by the kernels (compiled once per instruction set) and the reference (scalar).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace attn::detail {
+
+struct DropoutParams {
+  uint32_t threshold = 0;  // 0 = no dropout; 65536 = every weight dropped
+  float scale = 1.0f;      // 1/(1 − p) (0 when p = 1)
+  uint64_t seed = 0;
+  bool active() const { return threshold > 0; }
+};
+
+inline DropoutParams make_dropout(float p, uint64_t seed) {
+  DropoutParams d;
+  d.seed = seed;
+  if (!(p > 0.0f)) return d;
+  const double t = std::nearbyint(static_cast<double>(p) * 65536.0);
+  d.threshold = static_cast<uint32_t>(t > 65536.0 ? 65536.0 : t);
+  d.scale = p >= 1.0f ? 0.0f : 1.0f / (1.0f - p);
+  return d;
+}
+
+// The Philox4x32-10 block function: out = Philox(ctr, key).
+inline void philox4x32_10(const uint32_t ctr[4], uint32_t k0, uint32_t k1, uint32_t out[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0, p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
+}
+
+// The 16-bit uniform of weight (b, h, i, j), by the layout above (the readable definition).
+inline uint32_t dropout_u16(uint64_t seed, int64_t b, int64_t h, int64_t i, int64_t j) {
+  const uint32_t ctr[4] = {static_cast<uint32_t>(j / 128 * 16 + j % 16), static_cast<uint32_t>(i),
+                           static_cast<uint32_t>(h), static_cast<uint32_t>(b)};
+  uint32_t out[4];
+  philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), out);
+  const int64_t e = j % 128 / 16;
+  const uint32_t word = out[e / 2];
+  return e % 2 == 0 ? (word & 0xFFFFu) : (word >> 16);
+}
+
+inline bool dropout_keeps(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return dropout_u16(d.seed, b, h, i, j) >= d.threshold;
+}
+
+// The keep masks of keys [128·G, 128·G + 128) of row (b, h, i): bit t of keep[e] is key 128·G + 16·e + t.
+// Vectorised where the target has the instructions; the same bits as dropout_keeps everywhere.
+inline void dropout_keep_group(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t G, uint16_t keep[8]) {
+#if defined(__AVX512F__)
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(G * 16)), lanes);
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(i)), c2 = _mm512_set1_epi32(static_cast<int>(h));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(b));
+  uint32_t k0 = static_cast<uint32_t>(d.seed), k1 = static_cast<uint32_t>(d.seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  // 32×32 → 64-bit products of every lane: even lanes from mul_epu32, odd lanes after a 32-bit shift
+  auto mulhilo = [](__m512i a, __m512i m, __m512i* hi, __m512i* lo) {
+    const __m512i even = _mm512_mul_epu32(a, m);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  };
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo(c0, m0, &hi0, &lo0);
+    mulhilo(c2, m1, &hi1, &lo1);
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c1 = lo1;
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  const __m512i low = _mm512_set1_epi32(0xFFFF), thr = _mm512_set1_epi32(static_cast<int>(d.threshold));
+  const __m512i words[4] = {c0, c1, c2, c3};
+  for (int w = 0; w < 4; ++w) {
+    keep[2 * w] = _mm512_cmpge_epu32_mask(_mm512_and_si512(words[w], low), thr);
+    keep[2 * w + 1] = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(words[w], 16), thr);
+  }
+#else
+  for (int e = 0; e < 8; ++e) keep[e] = 0;
+  for (int t = 0; t < 16; ++t) {
+    const uint32_t ctr[4] = {static_cast<uint32_t>(G * 16 + t), static_cast<uint32_t>(i), static_cast<uint32_t>(h),
+                             static_cast<uint32_t>(b)};
+    uint32_t out[4];
+    philox4x32_10(ctr, static_cast<uint32_t>(d.seed), static_cast<uint32_t>(d.seed >> 32), out);
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t u = e % 2 == 0 ? (out[e / 2] & 0xFFFFu) : (out[e / 2] >> 16);
+      keep[e] = static_cast<uint16_t>(keep[e] | (u >= d.threshold ? 1u : 0u) << t);
+    }
+  }
+#endif
+}
+
+// Dropout of one row segment in place: s[jj] for keys j0 + jj, jj < n, becomes s·scale where the weight
+// survives and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite s).
+// With s2 (the backward's dP̃ beside P), s2 gets the same mask.
+inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
+                                float* s, float* s2 = nullptr) {
+  uint16_t keep[8];
+  int64_t group = -1;
+  int64_t jj = 0;
+  while (jj < n) {
+    const int64_t j = j0 + jj;
+    if (j / 128 != group) {
+      group = j / 128;
+      dropout_keep_group(d, b, h, i, group, keep);
+    }
+    const int e = static_cast<int>(j % 128 / 16), t = static_cast<int>(j % 16);
+#if defined(__AVX512F__)
+    if (t == 0 && jj + 16 <= n) {
+      const __m512 scale = _mm512_set1_ps(d.scale);
+      _mm512_storeu_ps(s + jj, _mm512_maskz_mul_ps(keep[e], _mm512_loadu_ps(s + jj), scale));
+      if (s2) _mm512_storeu_ps(s2 + jj, _mm512_maskz_mul_ps(keep[e], _mm512_loadu_ps(s2 + jj), scale));
+      jj += 16;
+      continue;
+    }
+#endif
+    const bool kept = (keep[e] >> t & 1u) != 0;
+    s[jj] = kept ? s[jj] * d.scale : 0.0f;
+    if (s2) s2[jj] = kept ? s2[jj] * d.scale : 0.0f;
+    ++jj;
+  }
+}
+
+}  // namespace attn::detail

@@ -1,0 +1,156 @@
+// The two register-tiled micro-kernels every attention kernel is built from, compiled once per
+// instruction set (included by the kernel files, which define ATTN_TARGET; Vec and the tile sizes are that
+// target's):
+//   gemm_abt      C = A · Bᵀ with Bᵀ packed: the scores S = Q·Kᵀ (forward, backward) and dP = dO·Vᵀ
+//   rank_update   Acc += A · B with A read through any strides: O += P·V, dV += Pᵀ·dO, dK += dSᵀ·Q,
+//                 dQ += dS·K (a transposed A costs nothing: its elements are broadcast one at a time)
+// rank_update_nonzero sums the same terms in the same order but skips the zero elements of A, so a NaN or
+// Inf in a row of B that a zero weight multiplies never reaches Acc (the non-finite rule of attn/attention.h);
+// where everything is finite its results are bitwise those of rank_update.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/simd.h"
+#include "cpu/tile_traits.h"
+
+#ifndef ATTN_TARGET
+#error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
+#endif
+
+namespace attn::detail::ATTN_TARGET {
+
+using simd::Vec;
+inline constexpr int W = Vec::W;
+static_assert(Tiles::kLanes == W, "this target's tile traits describe another vector width");
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N].
+template <int N, class F>
+inline void with_const(int n, F&& f) {
+  if constexpr (N >= 1) {
+    if (n == N) return f(std::integral_constant<int, N>{});
+    with_const<N - 1>(n, f);
+  }
+}
+
+// c[r·c_rs + col] = Σ_d a[r·a_rs + d] · bt[d·bt_rs + col] for R rows and `cols` columns (a multiple of C·W).
+template <int R, int C>
+inline void gemm_abt_tile(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t cols,
+                          float* c, int64_t c_rs) {
+  for (int64_t c0 = 0; c0 < cols; c0 += C * W) {
+    Vec acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < C; ++v) acc[r][v] = Vec::zero();
+    for (int64_t d = 0; d < depth; ++d) {
+      Vec b[C];
+      for (int v = 0; v < C; ++v) b[v] = Vec::load(bt + d * bt_rs + c0 + v * W);
+      for (int r = 0; r < R; ++r) {
+        const Vec ab = Vec::set1(a[r * a_rs + d]);
+        for (int v = 0; v < C; ++v) acc[r][v] = Vec::fmadd(ab, b[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < C; ++v) acc[r][v].store(c + r * c_rs + c0 + v * W);
+  }
+}
+
+// c[rows, cols] = a[rows, depth] · bt[depth, cols]; cols a multiple of kScoreVecs·W.
+inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
+                     int64_t cols, float* c, int64_t c_rs) {
+  constexpr int R = Tiles::kScoreRows, C = Tiles::kScoreVecs;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) gemm_abt_tile<R, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
+  if (r < rows)
+    with_const<R>(static_cast<int>(rows - r), [&](auto RR) {
+      gemm_abt_tile<decltype(RR)::value, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
+    });
+}
+
+// acc[r·acc_rs + v·W ...] += Σ_j A[r·a_rs + j·a_js] · B[j·b_rs + v·W ...] for R rows, C vectors, n terms.
+template <int R, int C>
+inline void rank_update_tile(const float* A, int64_t a_rs, int64_t a_js, int64_t n, const float* B, int64_t b_rs,
+                             float* acc, int64_t acc_rs) {
+  Vec a[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < C; ++v) a[r][v] = Vec::load(acc + r * acc_rs + v * W);
+  for (int64_t j = 0; j < n; ++j) {
+    Vec b[C];
+    for (int v = 0; v < C; ++v) b[v] = Vec::load(B + j * b_rs + v * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec ab = Vec::set1(A[r * a_rs + j * a_js]);
+      for (int v = 0; v < C; ++v) a[r][v] = Vec::fmadd(ab, b[v], a[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < C; ++v) a[r][v].store(acc + r * acc_rs + v * W);
+}
+
+// acc[rows, vecs·W] += A[rows, n] · B[n, vecs·W], A's element (r, j) at A[r·a_rs + j·a_js].
+inline void rank_update(const float* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t n, const float* B,
+                        int64_t b_rs, int64_t vecs, float* acc, int64_t acc_rs) {
+  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
+    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
+      with_const<Tiles::kPvRows>(R, [&](auto RR) {
+        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
+          rank_update_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, n, B + c * W, b_rs,
+                                                                     acc + r * acc_rs + c * W, acc_rs);
+        });
+      });
+    }
+  }
+}
+
+// rank_update over the terms with A(r, j) ≠ 0 only, each column's sum in the same order.
+inline void rank_update_nonzero(const float* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t n, const float* B,
+                                int64_t b_rs, int64_t vecs, float* acc, int64_t acc_rs) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < vecs; ++c) {
+      Vec a = Vec::load(acc + r * acc_rs + c * W);
+      for (int64_t j = 0; j < n; ++j) {
+        const float x = A[r * a_rs + j * a_js];
+        if (x != 0.0f) a = Vec::fmadd(Vec::set1(x), Vec::load(B + j * b_rs + c * W), a);
+      }
+      a.store(acc + r * acc_rs + c * W);
+    }
+}
+
+// Is any of rows × n values (row stride s_rs) exactly 0?
+inline bool any_zero(const float* s, int64_t s_rs, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = s + r * s_rs;
+    int64_t j = 0;
+    for (; j + W <= n; j += W)
+      if (Vec::any_zero(Vec::load(x + j))) return true;
+    for (; j < n; ++j)
+      if (x[j] == 0.0f) return true;
+  }
+  return false;
+}
+
+// Are the n rows × width values (row stride x_rs) all finite?
+inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
+  bool finite = true;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < width; ++d) finite &= std::isfinite(x[j * x_rs + d]);
+  return finite;
+}
+
+// t[d·t_rs + jj] = X[(j0 + jj)·x_rs + d] for jj < n, 0 for jj in [n, cols): rows of X packed transposed
+// into a [depth, cols] panel (Kᵀ and Vᵀ tiles).
+inline void pack_transposed(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t cols, float* t,
+                            int64_t t_rs) {
+  for (int64_t d = 0; d < depth; ++d) std::fill(t + d * t_rs + n, t + d * t_rs + cols, 0.0f);
+  for (int64_t jj = 0; jj < n; ++jj) {
+    const float* xj = x + (j0 + jj) * x_rs;
+    for (int64_t d = 0; d < depth; ++d) t[d * t_rs + jj] = xj[d];
+  }
+}
+
+}  // namespace attn::detail::ATTN_TARGET

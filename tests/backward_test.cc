@@ -1,0 +1,240 @@
+// The fused attention backward and attention dropout:
+//   - PyTorch autograd fixtures (tests/fixtures/generate_backward.py) for every option, dropout included
+//     (the fixture rebuilds attn's mask with its own Philox and applies it to PyTorch's math path);
+//   - the fused backward against the double-precision reference on the shared case list, on every SIMD
+//     level and with 1 and 2 threads, with and without dropout;
+//   - Philox4x32-10 against Random123's known answers; the dropped fraction; the same dropped weights on
+//     every forward path; bitwise determinism for a thread count.
+#include <cstring>
+#include <filesystem>
+
+#include "attention_cases.h"
+#include "attn/attention.h"
+#include "attn/error.h"
+#include "attn/io/safetensors.h"
+#include "cpu/attention_fused.h"
+#include "cpu/dropout.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+std::vector<detail::SimdLevel> levels() {
+  std::vector<detail::SimdLevel> out;
+  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
+    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
+  return out;
+}
+
+class SimdGuard {
+ public:
+  explicit SimdGuard(detail::SimdLevel level) : saved_(detail::simd_level_active()) { detail::force_simd_level(level); }
+  ~SimdGuard() { detail::force_simd_level(saved_); }
+
+ private:
+  detail::SimdLevel saved_;
+};
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
+  return m;
+}
+
+TEST(Dropout, PhiloxMatchesRandom123KnownAnswers) {
+  uint32_t out[4];
+  const uint32_t zero[4] = {0, 0, 0, 0};
+  detail::philox4x32_10(zero, 0, 0, out);
+  EXPECT_EQ(out[0], 0x6627e8d5u);
+  EXPECT_EQ(out[1], 0xe169c58du);
+  EXPECT_EQ(out[2], 0xbc57ac4cu);
+  EXPECT_EQ(out[3], 0x9b00dbd8u);
+  const uint32_t ones[4] = {0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu};
+  detail::philox4x32_10(ones, 0xFFFFFFFFu, 0xFFFFFFFFu, out);
+  EXPECT_EQ(out[0], 0x408f276du);
+  EXPECT_EQ(out[1], 0x41c83b0eu);
+  EXPECT_EQ(out[2], 0xa20bc7c6u);
+  EXPECT_EQ(out[3], 0x6d5451fdu);
+  const uint32_t pi[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u};
+  detail::philox4x32_10(pi, 0xa4093822u, 0x299f31d0u, out);
+  EXPECT_EQ(out[0], 0xd16cfe09u);
+  EXPECT_EQ(out[1], 0x94fdccebu);
+  EXPECT_EQ(out[2], 0x5001e420u);
+  EXPECT_EQ(out[3], 0x24126ea1u);
+}
+
+TEST(Dropout, DropsTheRequestedFractionAndGroupsAgreeWithTheDefinition) {
+  for (float p : {0.1f, 0.5f}) {
+    const detail::DropoutParams d = detail::make_dropout(p, 0x1234567890ull);
+    int64_t dropped = 0, total = 0;
+    for (int64_t i = 0; i < 64; ++i)
+      for (int64_t G = 0; G < 8; ++G) {
+        uint16_t keep[8];
+        detail::dropout_keep_group(d, 1, 3, i, G, keep);
+        for (int64_t j = G * 128; j < (G + 1) * 128; ++j) {
+          const bool kept = (keep[j % 128 / 16] >> (j % 16) & 1) != 0;
+          ASSERT_EQ(kept, detail::dropout_keeps(d, 1, 3, i, j)) << "i " << i << " j " << j;
+          dropped += !kept;
+          ++total;
+        }
+      }
+    const double fraction = static_cast<double>(dropped) / static_cast<double>(total);
+    EXPECT_NEAR(fraction, p, 4.0 * std::sqrt(p * (1 - p) / static_cast<double>(total))) << p;
+  }
+  EXPECT_EQ(detail::make_dropout(1.0f, 0).threshold, 65536u);  // every weight dropped
+  EXPECT_FALSE(detail::make_dropout(0.0f, 0).active());
+}
+
+// Every forward path drops the same weights: their outputs agree to float rounding (one differently
+// dropped weight would move an output by ~1/Lk). p = 1 gives 0; a bad p is an ArgumentError.
+TEST(Dropout, EveryForwardPathDropsTheSameWeights) {
+  int checked = 0;
+  for (const test::AttentionCase& c : test::attention_cases(30, 11)) {
+    test::CaseInputs in = test::make_inputs(c, 3);
+    in.options.dropout_p = 0.25f;
+    in.options.dropout_seed = 77 + static_cast<uint64_t>(checked);
+    in.options.impl = AttentionImpl::kReference;
+    const AttentionResult ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    in.options.impl = AttentionImpl::kUnfused;
+    EXPECT_LE(test::max_abs_diff(scaled_dot_product_attention(in.q, in.k, in.v, in.options).output, ref.output), 3e-5)
+        << c.name();
+    for (auto level : levels()) {
+      SimdGuard guard(level);
+      in.options.impl = AttentionImpl::kFused;
+      const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+      EXPECT_LE(test::max_abs_diff(r.output, ref.output), 3e-5) << c.name() << " " << detail::simd_level_name(level);
+      if (c.weights) EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5) << c.name();  // before dropout
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 100);
+  std::mt19937 rng(1);
+  const Tensor q = test::random_tensor({1, 1, 5, 8}, rng), k = test::random_tensor({1, 1, 7, 8}, rng);
+  AttentionOptions o;
+  o.dropout_p = 1.0f;
+  EXPECT_EQ(max_abs(scaled_dot_product_attention(q, k, k, o).output), 0.0);
+  for (float bad : {-0.1f, 1.5f, std::nanf("")}) {
+    o.dropout_p = bad;
+    EXPECT_THROW(scaled_dot_product_attention(q, k, k, o), ArgumentError);
+  }
+}
+
+std::vector<std::string> grad_fixtures() {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(ATTN_FIXTURE_DIR)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("grad_sdpa_", 0) == 0) out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// PyTorch autograd (float64) for every option; tolerance: 4× PyTorch's own float32 error on the case.
+TEST(Backward, MatchesPyTorchAutograd) {
+  const auto files = grad_fixtures();
+  ASSERT_GE(files.size(), 10u);
+  for (const std::string& file : files) {
+    const io::Safetensors st = io::read_safetensors(file);
+    AttentionOptions o;
+    if (st.contains("mask")) o.mask = st.at("mask");
+    if (st.contains("key_padding_mask")) o.key_padding_mask = st.at("key_padding_mask");
+    if (st.contains("alibi_slopes")) o.alibi_slopes = st.at("alibi_slopes");
+    o.causal = parse_causal(st.metadata.at("causal"));
+    o.window = std::stoll(st.metadata.at("window"));
+    o.dropout_p = std::stof(st.metadata.at("dropout_p"));
+    o.dropout_seed = std::stoull(st.metadata.at("dropout_seed"));
+    if (st.metadata.at("scale") != "default") o.scale = std::stof(st.metadata.at("scale"));
+    const double tol = 4.0 * std::stod(st.metadata.at("torch_f32_grad_err")) + 1e-5;
+    o.return_lse = true;
+    for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kFused})
+      for (auto level : levels()) {
+        if (impl == AttentionImpl::kReference && level != levels().front()) continue;
+        SCOPED_TRACE(file + " " + impl_name(impl) + " " + detail::simd_level_name(level));
+        SimdGuard guard(level);
+        o.impl = impl;
+        const AttentionResult r = scaled_dot_product_attention(st.at("q"), st.at("k"), st.at("v"), o);
+        EXPECT_LE(test::max_abs_diff(r.output, st.at("expected_out")), 1e-5);
+        const AttentionGrads g = scaled_dot_product_attention_backward(st.at("q"), st.at("k"), st.at("v"), r.output,
+                                                                       r.lse, st.at("d_out"), o);
+        EXPECT_LE(test::max_abs_diff(g.dq, st.at("expected_dq")), tol);
+        EXPECT_LE(test::max_abs_diff(g.dk, st.at("expected_dk")), tol);
+        EXPECT_LE(test::max_abs_diff(g.dv, st.at("expected_dv")), tol);
+      }
+  }
+}
+
+// The fused backward against the reference on the shared case list, every level, 1 and 2 threads.
+TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
+  int checked = 0;
+  const auto cases = test::attention_cases(60, 5);
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.return_weights = false;
+    if (n % 3 == 0) in.options.dropout_p = 0.2f, in.options.dropout_seed = n;
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    const Tensor d_out = test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng);
+    in.options.impl = AttentionImpl::kReference;
+    const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+    const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+    for (auto level : levels())
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(c.name() + (n % 3 == 0 ? " dropout" : "") + " simd=" + detail::simd_level_name(level) +
+                     " threads=" + std::to_string(threads));
+        SimdGuard guard(level);
+        in.options.impl = AttentionImpl::kFused;
+        in.options.num_threads = threads;
+        const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+        EXPECT_LE(test::max_abs_diff(g.dq, ref.dq), 3e-5 * scale);
+        EXPECT_LE(test::max_abs_diff(g.dk, ref.dk), 3e-5 * scale);
+        EXPECT_LE(test::max_abs_diff(g.dv, ref.dv), 3e-5 * scale);
+        ++checked;
+      }
+  }
+  EXPECT_GT(checked, 500);
+}
+
+// Bitwise the same gradients from run to run for a given thread count (fixed reduction order), also
+// when the keys are split into chunks (one head, long keys: the chunked dQ path).
+TEST(Backward, DeterministicForAThreadCount) {
+  std::vector<test::AttentionCase> cases = test::attention_cases(10, 3);
+  test::AttentionCase chunked;
+  chunked.Lq = 200, chunked.Lk = 700, chunked.D = 32, chunked.Dv = 32;
+  cases.push_back(chunked);
+  for (const test::AttentionCase& c : cases) {
+    test::CaseInputs in = test::make_inputs(c, 21);
+    in.options.impl = AttentionImpl::kFused;
+    in.options.return_weights = false;
+    in.options.dropout_p = 0.1f;
+    std::mt19937 rng(4);
+    const Tensor d_out = test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng);
+    for (int threads : {2, 3}) {
+      in.options.num_threads = threads;
+      const AttentionGrads a = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+      const AttentionGrads b = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+      for (auto [x, y] : {std::pair{&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv}})
+        EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name() << " threads " << threads;
+    }
+  }
+}
+
+TEST(Backward, ChecksItsArguments) {
+  std::mt19937 rng(2);
+  const Tensor q = test::random_tensor({1, 2, 4, 8}, rng), k = test::random_tensor({1, 2, 6, 8}, rng);
+  AttentionOptions o;
+  o.return_lse = true;
+  const AttentionResult r = scaled_dot_product_attention(q, k, k, o);
+  EXPECT_EQ(r.lse.shape(), (Shape{1, 2, 4}));
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, k, r.output, Tensor(), r.output, o), ShapeError);
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, k, r.output, r.output, r.output, o), ShapeError);
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, k, r.output, r.lse, r.lse, o), ShapeError);
+  try {
+    scaled_dot_product_attention_backward(q, k, k, r.output, Tensor({1, 2, 5}), r.output, o);
+    FAIL();
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("lse"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace attn
