@@ -69,13 +69,8 @@ std::vector<std::vector<const Pair*>> bucket(const std::vector<Pair>& data, int6
   return batches;
 }
 
-struct Adam {
-  std::map<std::string, Tensor> m, v;
-  int64_t step = 0;
-};
-
 // AdamW (PyTorch's): m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
-void adam_step(Transformer& model, Adam& a, const TrainOptions& o, float lr) {
+void adam_step(Transformer& model, AdamState& a, const StepOptions& o, float lr) {
   ++a.step;
   const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)),
               bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
@@ -124,7 +119,7 @@ void write_text(const std::string& path, const std::string& text) {
   std::filesystem::rename(path + ".tmp", path);
 }
 
-void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const Adam& adam,
+void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, uint64_t shuffle_seed) {
   model.save(dir);
   write_text(dir + "/vocab.json", vocab.to_json());
@@ -152,6 +147,36 @@ std::string eta(double seconds) {
 
 }  // namespace
 
+StepOptions step_options(const TrainOptions& o) {
+  StepOptions s;
+  s.beta1 = o.beta1, s.beta2 = o.beta2, s.adam_eps = o.adam_eps, s.weight_decay = o.weight_decay;
+  s.label_smoothing = o.label_smoothing, s.clip_norm = o.clip_norm;
+  return s;
+}
+
+TrainingStep::TrainingStep(Transformer& model, const StepOptions& options) : model_(&model), options_(options) {
+  for (const auto& [name, t] : model.params()) adam_.m[name] = Tensor(t.shape()), adam_.v[name] = Tensor(t.shape());
+}
+
+float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const std::vector<int32_t>& tgt_out, float lr,
+                        std::mt19937_64& rng) {
+  Transformer& model = *model_;
+  const TransformerConfig& c = model.config();
+  if (static_cast<int64_t>(tgt_out.size()) != tgt_in.B * tgt_in.L)
+    throw ShapeError("TrainingStep: tgt_out has " + std::to_string(tgt_out.size()) + " ids for tgt_in [B, Lt] = [" +
+                     std::to_string(tgt_in.B) + ", " + std::to_string(tgt_in.L) + "]");
+  model.zero_grad();
+  const Tensor logits = model.forward(src, tgt_in, true, &rng);
+  if (dlogits_.shape() != logits.shape()) dlogits_ = Tensor(logits.shape());
+  const float loss =
+      ops::cross_entropy_forward_backward(dlogits_.f32(), logits.f32(), tgt_out.data(), tgt_in.B * tgt_in.L,
+                                          c.tgt_vocab, options_.label_smoothing, c.pad_id);
+  model.backward(dlogits_);
+  clip_gradients(model, options_.clip_norm);
+  adam_step(model, adam_, options_, lr);
+  return loss;
+}
+
 double exact_match(const Transformer& model, const tasks::Vocab& vocab, const std::vector<tasks::Example>& examples,
                    int beam, std::vector<std::string>* outputs) {
   std::vector<std::string> src;
@@ -172,7 +197,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   o.model.tgt_vocab = static_cast<int64_t>(vocab.tgt.size());
   o.model.pad_id = 0, o.model.bos_id = 1, o.model.eos_id = 2;
   Transformer model(o.model, o.seed);
-  Adam adam;
+  AdamState resumed;
   std::mt19937_64 rng(o.seed * 7919 + 1);
   int64_t epoch = 0, batch_index = 0;
   if (!o.resume_dir.empty()) {
@@ -181,14 +206,15 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     const nlohmann::json st = nlohmann::json::parse(io::read_text(o.resume_dir + "/train_state.json"));
     const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
     for (const auto& [name, t] : model.params())
-      adam.m[name] = opt.at("m." + name).clone(), adam.v[name] = opt.at("v." + name).clone();
-    adam.step = st.at("step");
+      resumed.m[name] = opt.at("m." + name).clone(), resumed.v[name] = opt.at("v." + name).clone();
+    resumed.step = st.at("step");
     epoch = st.at("epoch"), batch_index = st.at("batch_index");
     std::istringstream r(st.at("rng").get<std::string>());
     r >> rng;
-  } else {
-    for (const auto& [name, t] : model.params()) adam.m[name] = Tensor(t.shape()), adam.v[name] = Tensor(t.shape());
   }
+  TrainingStep step(model, step_options(o));
+  if (!o.resume_dir.empty()) step.state() = std::move(resumed);
+  const AdamState& adam = step.state();
   // data: the training pool and the validation examples, both from the seed
   std::vector<Pair> data;
   for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, o.train_examples, o.seed))
@@ -212,15 +238,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   while (adam.step < o.steps) {
     if (batch_index >= static_cast<int64_t>(batches.size())) shuffle_epoch(++epoch), batch_index = 0;
     const Batch b = make_batch(batches[order[static_cast<size_t>(batch_index++)]], o.model);
-    model.zero_grad();
-    const Tensor logits = model.forward(b.src, b.tgt_in, true, &rng);
-    Tensor dlogits(logits.shape());
-    const float loss =
-        ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), b.tgt_out.data(), b.tgt_in.B * b.tgt_in.L,
-                                            o.model.tgt_vocab, o.label_smoothing, o.model.pad_id);
-    model.backward(dlogits);
-    clip_gradients(model, o.clip_norm);
-    adam_step(model, adam, o, noam(o, adam.step + 1));
+    const float loss = step.run(b.src, b.tgt_in, b.tgt_out, noam(o, adam.step + 1), rng);
     tokens += b.tokens;
     loss_window += loss, ++window;
     if (on_step) on_step(adam.step, loss);

@@ -329,6 +329,8 @@ void add_bench(CLI::App& app) {
   tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   tr->add_flag("--json", tb->json, "one JSON line");
   tr->callback([tb] { run_translate_bench(*tb); });
+
+  add_bench_train(*bench);
 }
 
 }  // namespace attn::cli

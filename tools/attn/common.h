@@ -62,7 +62,8 @@ void add_explain(CLI::App& app);
 void add_sdpa(CLI::App& app);
 void add_mha(CLI::App& app);
 void add_bench(CLI::App& app);
-void add_translate(CLI::App& app);  // translate and eval
+void add_bench_train(CLI::App& bench);  // attn bench train (bench_train.cc)
+void add_translate(CLI::App& app);      // translate and eval
 void add_train(CLI::App& app);
 void add_viz(CLI::App& app);
 void add_embed(CLI::App& app);  // embed and similar

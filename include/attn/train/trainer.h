@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,41 @@ struct TrainReport {
   double val_accuracy = 0.0;  // exact match on the validation examples
   double seconds = 0.0;
   double tokens_per_second = 0.0;  // target tokens
+};
+
+// AdamW's state: the first and second moments of every parameter (by its name) and the steps taken.
+struct AdamState {
+  std::map<std::string, Tensor> m, v;
+  int64_t step = 0;
+};
+
+// What one optimisation step does beside the forward and backward (TrainOptions' fields of the same names).
+struct StepOptions {
+  float beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f;  // AdamW (decay: matrices only)
+  float label_smoothing = 0.1f;
+  float clip_norm = 1.0f;  // global gradient norm; 0 = no clipping
+};
+StepOptions step_options(const TrainOptions& o);
+
+// One teacher-forced training step of a model on a batch:
+//   zero_grad -> forward(training) -> label-smoothed cross-entropy over the targets that are not pad_id
+//   -> backward -> clipping by global norm -> AdamW at learning rate lr.
+// The optimizer's moments and the step's own buffers are allocated once and reused from step to step.
+class TrainingStep {
+ public:
+  // Fresh (zero) moments for every parameter of model, which must outlive this object.
+  TrainingStep(Transformer& model, const StepOptions& options);
+  // src [B, Ls], tgt_in [B, Lt], tgt_out [B·Lt] (pad_id: not counted). Returns the batch's mean loss.
+  float run(const TokenBatch& src, const TokenBatch& tgt_in, const std::vector<int32_t>& tgt_out, float lr,
+            std::mt19937_64& rng);
+  AdamState& state() { return adam_; }
+  const AdamState& state() const { return adam_; }
+
+ private:
+  Transformer* model_;
+  StepOptions options_;
+  AdamState adam_;
+  Tensor dlogits_;  // [B, Lt, Vt], reused while the batch shape stays
 };
 
 // Trains (or resumes), writing checkpoints to out_dir. `on_step` (optional) sees (step, loss).
