@@ -7,7 +7,11 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <tuple>
 
 #include "attn/models/bert.h"
 
@@ -71,6 +75,82 @@ std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Arr
   return {to_numpy(r.output), to_numpy(r.weights)};
 }
 
+// ---- attn.torch: torch CPU tensors in through DLPack views (no copy), torch tensors out over attn's memory.
+
+// A torch tensor that owns (a share of) the float32 tensor's storage: no copy.
+nb::object to_torch(const attn::Tensor& t) {
+  if (!t.defined()) return nb::none();
+  auto* keep = new attn::Tensor(t);
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<attn::Tensor*>(p); });
+  std::vector<size_t> shape(t.shape().begin(), t.shape().end());
+  return nb::cast(nb::ndarray<nb::pytorch, float>(keep->f32(), shape.size(), shape.data(), owner));
+}
+
+// The data pointers the last torch_sdpa / torch_sdpa_backward call on this thread read and wrote, for the tests
+// that check nothing was copied on the way in or out.
+thread_local std::map<std::string, uintptr_t> last_pointers;
+
+uintptr_t address(const attn::Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); }
+
+attn::AttentionOptions torch_options(const std::optional<Array>& mask, const std::optional<Array>& key_padding_mask,
+                                     const std::string& causal, std::optional<double> scale, int64_t window,
+                                     const std::optional<Array>& alibi, double dropout_p, int64_t seed,
+                                     int num_threads) {
+  attn::AttentionOptions o;
+  o.mask = view_opt(mask, "attn_mask");
+  o.key_padding_mask = view_opt(key_padding_mask, "key_padding_mask");
+  o.alibi_slopes = view_opt(alibi, "alibi_slopes");
+  o.causal = attn::parse_causal(causal);
+  if (scale) o.scale = static_cast<float>(*scale);
+  o.window = window;
+  o.dropout_p = static_cast<float>(dropout_p);
+  o.dropout_seed = static_cast<uint64_t>(seed);
+  o.num_threads = num_threads;
+  return o;
+}
+
+// attn.torch's forward: (out [B, H, Lq, Dv], lse [B, H, Lq], weights [B, H, Lq, Lk] or None).
+std::tuple<nb::object, nb::object, nb::object> torch_sdpa(const Array& q, const Array& k, const Array& v,
+                                                          const std::optional<Array>& mask,
+                                                          const std::optional<Array>& key_padding_mask,
+                                                          const std::string& causal, std::optional<double> scale,
+                                                          int64_t window, const std::optional<Array>& alibi,
+                                                          double dropout_p, int64_t seed, bool return_weights,
+                                                          int num_threads) {
+  attn::AttentionOptions o =
+      torch_options(mask, key_padding_mask, causal, scale, window, alibi, dropout_p, seed, num_threads);
+  o.return_lse = true;
+  o.return_weights = return_weights;
+  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
+  attn::AttentionResult r;
+  {
+    nb::gil_scoped_release release;
+    r = attn::scaled_dot_product_attention(tq, tk, tv, o);
+  }
+  last_pointers = {{"query", address(tq)}, {"key", address(tk)}, {"value", address(tv)}, {"out", address(r.output)}};
+  return {to_torch(r.output), to_torch(r.lse), to_torch(r.weights)};
+}
+
+// attn.torch's backward: (dq, dk, dv) from the forward's out and lse, with the forward's options.
+std::tuple<nb::object, nb::object, nb::object> torch_sdpa_backward(
+    const Array& q, const Array& k, const Array& v, const Array& out, const Array& lse, const Array& d_out,
+    const std::optional<Array>& mask, const std::optional<Array>& key_padding_mask, const std::string& causal,
+    std::optional<double> scale, int64_t window, const std::optional<Array>& alibi, double dropout_p, int64_t seed,
+    int num_threads) {
+  const attn::AttentionOptions o =
+      torch_options(mask, key_padding_mask, causal, scale, window, alibi, dropout_p, seed, num_threads);
+  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
+  const attn::Tensor to = view(out, "out"), tl = view(lse, "lse"), tg = view(d_out, "grad_out");
+  attn::AttentionGrads g;
+  {
+    nb::gil_scoped_release release;
+    g = attn::scaled_dot_product_attention_backward(tq, tk, tv, to, tl, tg, o);
+  }
+  last_pointers = {{"query", address(tq)}, {"key", address(tk)},      {"value", address(tv)}, {"out", address(to)},
+                   {"lse", address(tl)},   {"grad_out", address(tg)}, {"dq", address(g.dq)}};
+  return {to_torch(g.dq), to_torch(g.dk), to_torch(g.dv)};
+}
+
 attn::MultiHeadAttentionConfig make_config(int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias) {
   attn::MultiHeadAttentionConfig c;
   c.embed_dim = E, c.num_heads = H, c.num_kv_heads = Hkv, c.kdim = kdim, c.vdim = vdim, c.bias = bias;
@@ -116,6 +196,17 @@ NB_MODULE(_attn, m) {
   m.def("sdpa", &sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(),
         "window"_a, "alibi_slopes"_a.none(), "return_weights"_a, "impl"_a, "num_threads"_a,
         "scaled_dot_product_attention on [B, H, L, D] float32 arrays; see attn.scaled_dot_product_attention");
+
+  // attn.torch (python/attn/torch.py) calls these inside its torch.library custom ops; torch is imported only then.
+  m.def("torch_sdpa", &torch_sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a,
+        "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a, "seed"_a, "return_weights"_a,
+        "num_threads"_a, "(out, lse, weights or None) as torch tensors over attn's memory; see attn.torch");
+  m.def("torch_sdpa_backward", &torch_sdpa_backward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "d_out"_a, "mask"_a.none(),
+        "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a,
+        "seed"_a, "num_threads"_a, "(dq, dk, dv) as torch tensors from the forward's out and lse; see attn.torch");
+  m.def(
+      "_torch_last_pointers", [] { return last_pointers; },
+      "the data pointers the last torch_sdpa/torch_sdpa_backward call on this thread used (for the tests)");
 
   nb::class_<attn::MultiHeadAttention>(m, "MultiHeadAttention")
       .def(

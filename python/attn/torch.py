@@ -1,0 +1,379 @@
+"""attn.torch: attn's attention kernels inside PyTorch, differentiable, traceable by torch.compile.
+
+    import torch, attn.torch
+    q = torch.randn(2, 8, 1024, 64, requires_grad=True)
+    out = attn.torch.scaled_dot_product_attention(q, q, q, is_causal=True)   # as F.scaled_dot_product_attention
+    out.sum().backward()                                                     # attn's fused backward
+
+    mha = attn.torch.MultiheadAttention(512, 8, batch_first=True)            # as nn.MultiheadAttention
+    y, w = mha(x, x, x)
+
+The forward and the backward are `torch.library` custom ops (``torch.ops.attn.sdpa`` and
+``torch.ops.attn.sdpa_backward``) with fake (meta) kernels, so ``torch.compile`` traces models that use them and
+``torch.library.opcheck`` passes. The backward is attn's fused (FlashAttention-2) backward from the forward's saved
+output and row log-sum-exp; with dropout the forward draws a seed from torch's generator (``torch.manual_seed``
+makes it reproducible) and the backward regenerates the same mask from it.
+
+Tensors: CPU, float32 (bool or float32 masks). Contiguous tensors reach the kernels as views (DLPack), never
+copied; the outputs are torch tensors over the memory attn wrote. Non-contiguous inputs are made contiguous
+first (one copy). CUDA tensors, other dtypes and bad shapes raise ValueError / TypeError naming the argument.
+attn uses torch.get_num_threads() threads.
+
+Not differentiable: attn_mask (a float mask gets no gradient), alibi_slopes, and the attention weights that
+MultiheadAttention returns with need_weights=True. A query row whose keys are all masked gives 0 (PyTorch: NaN).
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _attn
+
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention"]
+
+_ALIGNMENTS = ("none", "top-left", "bottom-right")
+
+
+# ---------------------------------------------------------------- argument checks (messages name the argument)
+def _check_tensor(t, name, dtypes=(torch.float32,)):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device}: attn.torch runs on CPU tensors only (move it with .cpu())")
+    if t.dtype not in dtypes:
+        want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be {want}, got {str(t.dtype).replace('torch.', '')} with shape "
+                        f"{tuple(t.shape)}")
+
+
+def _check_mask(t, name):
+    if t is not None:
+        _check_tensor(t, name, (torch.bool, torch.float32))
+
+
+def _c(t):
+    return None if t is None else t.contiguous()
+
+
+def _seed_int(seed):
+    return 0 if seed is None else int(seed.item())
+
+
+# ---------------------------------------------------------------- the custom ops
+@torch.library.custom_op("attn::sdpa", mutates_args=())
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+          causal: str, scale: Optional[float], window: int, alibi_slopes: Optional[Tensor], dropout_p: float,
+          seed: Optional[Tensor], return_weights: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(out [B, H, Lq, Dv], lse [B, H, Lq], weights [B, H, Lq, Lk] or empty) from q [B, H, Lq, D],
+    k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; masks with attn.scaled_dot_product_attention's polarity."""
+    out, lse, weights = _attn.torch_sdpa(q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask),
+                                         _c(key_padding_mask), causal, scale, window, _c(alibi_slopes), dropout_p,
+                                         _seed_int(seed), return_weights, torch.get_num_threads())
+    return out, lse, (weights if weights is not None else q.new_empty(0))
+
+
+@_sdpa.register_fake
+def _(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, return_weights):
+    B, H, Lq, _ = q.shape
+    weights = q.new_empty(B, H, Lq, k.shape[2]) if return_weights else q.new_empty(0)
+    return q.new_empty(B, H, Lq, v.shape[3]), q.new_empty(B, H, Lq), weights
+
+
+@torch.library.custom_op("attn::sdpa_backward", mutates_args=())
+def _sdpa_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor,
+                   attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], causal: str,
+                   scale: Optional[float], window: int, alibi_slopes: Optional[Tensor], dropout_p: float,
+                   seed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of attn::sdpa from its saved out and lse and the output's gradient (fused backward)."""
+    return _attn.torch_sdpa_backward(q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
+                                     lse.contiguous(), grad_out.contiguous(), _c(attn_mask), _c(key_padding_mask),
+                                     causal, scale, window, _c(alibi_slopes), dropout_p, _seed_int(seed),
+                                     torch.get_num_threads())
+
+
+@_sdpa_backward.register_fake
+def _(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as attn returns them
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, _ = inputs
+    out, lse, weights = output
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed)
+    ctx.options = (causal, scale, window, dropout_p)
+    ctx.mark_non_differentiable(lse, weights)
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_weights):
+    q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed = ctx.saved_tensors
+    causal, scale, window, dropout_p = ctx.options
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
+                                alibi_slopes, dropout_p, seed)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+_sdpa.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
+    """The op on 4-D tensors; draws the dropout seed from torch's default generator when dropout_p > 0."""
+    seed = None
+    if dropout_p > 0.0:
+        seed = torch.empty((), dtype=torch.int64).random_()
+    # contiguous here, not only inside the op: the saved tensors and the compiled graph's strides then agree
+    q, k, v, attn_mask, key_padding_mask = q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask), \
+        _c(key_padding_mask)
+    return _sdpa(q, k, v, attn_mask, key_padding_mask, causal, None if scale is None else float(scale), int(window),
+                 alibi_slopes, float(dropout_p), seed, need_weights)
+
+
+# ---------------------------------------------------------------- the functional form
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, causal_alignment=None, key_padding_mask=None, window=0,
+                                 alibi_slopes=None):
+    """torch.nn.functional.scaled_dot_product_attention computed by attn (forward and fused backward).
+
+    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 to 4 dimensions, CPU float32.
+    Returns (..., H, Lq, Dv).
+    attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float32 added to the scores.
+    dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch); the mask's seed comes from
+    torch's default generator. is_causal: query i sees keys j <= i (top-left). scale: default 1/sqrt(D).
+    enable_gqa: allow H to be a multiple of Hkv (grouped-query attention, K/V never repeated in memory).
+    Extras: causal_alignment 'top-left' | 'bottom-right' (query i sees j <= i + Lk - Lq; setting it implies
+    causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
+    alibi_slopes (H,) float32. A row whose keys are all masked gives 0 (PyTorch: NaN).
+    Differentiable in query, key and value.
+    """
+    _check_tensor(query, "query")
+    _check_tensor(key, "key")
+    _check_tensor(value, "value")
+    _check_mask(attn_mask, "attn_mask")
+    if key_padding_mask is not None:
+        _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
+    if alibi_slopes is not None:
+        _check_tensor(alibi_slopes, "alibi_slopes")
+    n = query.dim()
+    if not 2 <= n <= 4:
+        raise ValueError(f"query must have 2 to 4 dimensions (..., L, E), got shape {tuple(query.shape)}")
+    if key.dim() != n or value.dim() != n:
+        raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} must "
+                         "have the same number of dimensions")
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError(f"query and key must have the same last dimension E, got query {tuple(query.shape)} and "
+                         f"key {tuple(key.shape)}")
+    if key.shape[:-1] != value.shape[:-1]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must agree in all dimensions but "
+                         "the last")
+    if n >= 3 and query.shape[-3] != key.shape[-3] and not enable_gqa:
+        raise ValueError(f"query has {query.shape[-3]} heads but key has {key.shape[-3]}: pass enable_gqa=True for "
+                         f"grouped-query attention (query {tuple(query.shape)}, key {tuple(key.shape)})")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
+    causal = causal_alignment or ("top-left" if is_causal else "none")
+    lead = (1,) * (4 - n)
+    q4 = query.reshape(lead + tuple(query.shape))
+    k4 = key.reshape(lead + tuple(key.shape))
+    v4 = value.reshape(lead + tuple(value.shape))
+    out = _attention(q4, k4, v4, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
+                     False)[0]
+    return out.reshape(tuple(query.shape[:-1]) + (value.shape[-1],))
+
+
+# ---------------------------------------------------------------- the module
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention with attn's attention: same constructor, parameters, state_dict, forward.
+
+    Parameters (as nn.MultiheadAttention): in_proj_weight [E + 2*kv, E] and in_proj_bias [E + 2*kv] when
+    kdim = vdim = embed_dim, else q_proj_weight [E, E], k_proj_weight [kv, kdim], v_proj_weight [kv, vdim];
+    out_proj.weight [E, E], out_proj.bias [E]; bias_k, bias_v [1, 1, kv] with add_bias_kv. kv = E (as PyTorch)
+    unless num_kv_heads < num_heads (grouped-query attention): kv = num_kv_heads * E / num_heads.
+    With the same torch seed and arguments the initial weights equal nn.MultiheadAttention's, and state dicts
+    load both ways.
+
+    forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+            average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights or None)
+      query (L, N, E), key (S, N, kdim), value (S, N, vdim); (N, L, E)... with batch_first; unbatched (L, E).
+      attn_output like query. attn_weights (N, L, S) averaged over heads, or (N, H, L, S) with
+      average_attn_weights=False (unbatched: without N); not differentiable, before dropout.
+      key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
+      bool True = NOT allowed to attend, or float added. is_causal: a causal (top-left) mask is applied
+      (with attn_mask, both apply: PyTorch takes is_causal as a hint that attn_mask is causal).
+    """
+
+    __constants__ = ["batch_first"]
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, num_kv_heads=None):
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} and "
+                             f"num_heads={num_heads} instead")
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        if self.head_dim * num_heads != embed_dim:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if self.num_kv_heads <= 0 or num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({num_heads})")
+        kv = self.num_kv_heads * self.head_dim
+        self._kv_dim = kv
+        if not self._qkv_same_embed_dim:
+            self.q_proj_weight = nn.Parameter(torch.empty((embed_dim, embed_dim), **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty((kv, self.kdim), **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty((kv, self.vdim), **factory))
+            self.register_parameter("in_proj_weight", None)
+        else:
+            self.in_proj_weight = nn.Parameter(torch.empty((embed_dim + 2 * kv, embed_dim), **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(embed_dim + 2 * kv, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.modules.linear.NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty((1, 1, kv), **factory))
+            self.bias_v = nn.Parameter(torch.empty((1, 1, kv), **factory))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = add_zero_attn
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """nn.MultiheadAttention's initialisation, in its order (same seed, same weights)."""
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+        if self.bias_v is not None:
+            nn.init.xavier_normal_(self.bias_v)
+
+    def extra_repr(self):
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+                f"batch_first={self.batch_first}")
+
+    def _project(self, query, key, value):
+        E, kv = self.embed_dim, self._kv_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else b.split([E, kv, kv])
+        if self._qkv_same_embed_dim:
+            if query is key and key is value:  # self-attention: one GEMM
+                return F.linear(query, self.in_proj_weight, b).split([E, kv, kv], dim=-1)
+            wq, wk, wv = self.in_proj_weight.split([E, kv, kv])
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        return F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            _check_tensor(t, name)
+        _check_mask(attn_mask, "attn_mask")
+        _check_mask(key_padding_mask, "key_padding_mask")
+        batched = query.dim() == 3
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "
+                             f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+            if attn_mask is not None and attn_mask.dim() == 3:
+                attn_mask = attn_mask.unsqueeze(0)
+        elif not self.batch_first:
+            same_kv = key is value
+            same_qk = query is key
+            query = query.transpose(0, 1)
+            key = query if same_qk else key.transpose(0, 1)
+            value = key if same_kv else value.transpose(0, 1)
+        N, L, E = query.shape
+        if E != self.embed_dim:
+            raise ValueError(f"query has embedding size {E} but the module expects embed_dim={self.embed_dim}")
+        if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must end in kdim={self.kdim} "
+                             f"and vdim={self.vdim}")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
+            raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} "
+                             "disagree in batch size or key length")
+        q, k, v = self._project(query, key, value)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(N, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(N, 1, -1)], dim=1)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+        S = k.shape[1]
+        q = q.view(N, L, H, D).transpose(1, 2)
+        k = k.view(N, S, Hkv, D).transpose(1, 2)
+        v = v.view(N, S, Hkv, D).transpose(1, 2)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(N, Hkv, 1, D)], dim=2)
+            v = torch.cat([v, v.new_zeros(N, Hkv, 1, D)], dim=2)
+            attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+            key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+            S += 1
+        mask = None
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                if attn_mask.shape != (L, S):
+                    raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                                     f"{tuple(attn_mask.shape)}")
+            elif attn_mask.dim() == 3 or (not batched and attn_mask.dim() == 4):
+                if attn_mask.numel() != N * H * L * S:
+                    raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                                     f"{tuple(attn_mask.shape)}")
+                attn_mask = attn_mask.reshape(N, H, L, S)
+            else:
+                raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
+            mask = attn_mask.logical_not() if attn_mask.dtype == torch.bool else attn_mask
+        padding = None
+        if key_padding_mask is not None:
+            if tuple(key_padding_mask.shape) != (N, S):
+                raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
+            if key_padding_mask.dtype == torch.bool:
+                padding = key_padding_mask
+            else:  # a float padding mask is added to the scores: merge it into the float mask
+                add = key_padding_mask.view(N, 1, 1, S)
+                if mask is None:
+                    mask = add
+                elif mask.dtype == torch.bool:
+                    mask = torch.zeros((), dtype=add.dtype).masked_fill(~mask, -math.inf) + add
+                else:
+                    mask = mask + add
+        dropout_p = self.dropout if self.training else 0.0
+        out, _, weights = _attention(q, k, v, mask, padding, "top-left" if is_causal else "none", None, 0, None,
+                                     dropout_p, bool(need_weights))
+        out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
+        if need_weights:
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+            if not batched:
+                weights = weights.squeeze(0)
+        else:
+            weights = None
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
