@@ -75,31 +75,64 @@ std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Arr
   return {to_numpy(r.output), to_numpy(r.weights)};
 }
 
-// ---- attn.torch: torch CPU tensors in through DLPack views (no copy), torch tensors out over attn's memory.
+// ---- attn.torch: torch CPU tensors in as views of their memory, torch tensors out over attn's memory; no copies.
+// The tensors are read through their data_ptr() and shape, which costs far less than a DLPack round trip
+// (torch's __dlpack__ is Python code: ~4 us a tensor, more than the whole kernel at small sizes). attn.torch has
+// checked device and dtype; a non-contiguous or wrongly typed tensor is refused here too, never misread.
 
-// A torch tensor that owns (a share of) the float32 tensor's storage: no copy.
+struct TorchTypes {
+  nb::object float32, boolean, from_numpy;
+};
+
+const TorchTypes& torch_types() {
+  static const TorchTypes* types = [] {
+    nb::module_ torch = nb::module_::import_("torch");
+    return new TorchTypes{torch.attr("float32"), torch.attr("bool"), torch.attr("from_numpy")};
+  }();
+  return *types;
+}
+
+// A view of a contiguous CPU torch tensor (float32 or bool) as a Tensor; `arg` names it in errors.
+attn::Tensor torch_view(nb::handle t, const char* arg) {
+  if (t.is_none()) return attn::Tensor();
+  const TorchTypes& types = torch_types();
+  const nb::object dtype = t.attr("dtype");
+  attn::DType d;
+  if (dtype.is(types.float32))
+    d = attn::DType::kFloat32;
+  else if (dtype.is(types.boolean))
+    d = attn::DType::kBool;
+  else
+    throw attn::DTypeError(std::string(arg) + " must be float32 or bool, got " + nb::str(dtype).c_str());
+  if (!nb::cast<bool>(t.attr("is_contiguous")()))
+    throw attn::ArgumentError(std::string(arg) + " must be contiguous (attn.torch calls .contiguous() first)");
+  const nb::tuple sizes = nb::borrow<nb::tuple>(t.attr("shape"));
+  attn::Shape shape(sizes.size());
+  for (size_t i = 0; i < shape.size(); ++i) shape[i] = nb::cast<int64_t>(sizes[i]);
+  auto* data = reinterpret_cast<void*>(nb::cast<uintptr_t>(t.attr("data_ptr")()));
+  return attn::Tensor::borrow(std::move(shape), d, data);
+}
+
+// A torch tensor over (a share of) the float32 tensor's storage: no copy.
 nb::object to_torch(const attn::Tensor& t) {
   if (!t.defined()) return nb::none();
-  auto* keep = new attn::Tensor(t);
-  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<attn::Tensor*>(p); });
-  std::vector<size_t> shape(t.shape().begin(), t.shape().end());
-  return nb::cast(nb::ndarray<nb::pytorch, float>(keep->f32(), shape.size(), shape.data(), owner));
+  return torch_types().from_numpy(to_numpy(t));
 }
 
 // The data pointers the last torch_sdpa / torch_sdpa_backward call on this thread read and wrote, for the tests
 // that check nothing was copied on the way in or out.
-thread_local std::map<std::string, uintptr_t> last_pointers;
+enum Seen { kQuery, kKey, kValue, kOut, kLse, kGradOut, kDq, kSeenCount };
+thread_local uintptr_t last_pointers[kSeenCount];
 
 uintptr_t address(const attn::Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); }
 
-attn::AttentionOptions torch_options(const std::optional<Array>& mask, const std::optional<Array>& key_padding_mask,
-                                     const std::string& causal, std::optional<double> scale, int64_t window,
-                                     const std::optional<Array>& alibi, double dropout_p, int64_t seed,
-                                     int num_threads) {
+attn::AttentionOptions torch_options(nb::handle mask, nb::handle key_padding_mask, const std::string& causal,
+                                     std::optional<double> scale, int64_t window, nb::handle alibi, double dropout_p,
+                                     int64_t seed, int num_threads) {
   attn::AttentionOptions o;
-  o.mask = view_opt(mask, "attn_mask");
-  o.key_padding_mask = view_opt(key_padding_mask, "key_padding_mask");
-  o.alibi_slopes = view_opt(alibi, "alibi_slopes");
+  o.mask = torch_view(mask, "attn_mask");
+  o.key_padding_mask = torch_view(key_padding_mask, "key_padding_mask");
+  o.alibi_slopes = torch_view(alibi, "alibi_slopes");
   o.causal = attn::parse_causal(causal);
   if (scale) o.scale = static_cast<float>(*scale);
   o.window = window;
@@ -109,45 +142,44 @@ attn::AttentionOptions torch_options(const std::optional<Array>& mask, const std
   return o;
 }
 
-// attn.torch's forward: (out [B, H, Lq, Dv], lse [B, H, Lq], weights [B, H, Lq, Lk] or None).
-std::tuple<nb::object, nb::object, nb::object> torch_sdpa(const Array& q, const Array& k, const Array& v,
-                                                          const std::optional<Array>& mask,
-                                                          const std::optional<Array>& key_padding_mask,
-                                                          const std::string& causal, std::optional<double> scale,
-                                                          int64_t window, const std::optional<Array>& alibi,
+// attn.torch's forward: (out [B, H, Lq, Dv], lse [B, H, Lq] or None, weights [B, H, Lq, Lk] or None).
+std::tuple<nb::object, nb::object, nb::object> torch_sdpa(nb::handle q, nb::handle k, nb::handle v, nb::handle mask,
+                                                          nb::handle key_padding_mask, const std::string& causal,
+                                                          std::optional<double> scale, int64_t window, nb::handle alibi,
                                                           double dropout_p, int64_t seed, bool return_weights,
-                                                          int num_threads) {
+                                                          bool return_lse, int num_threads) {
   attn::AttentionOptions o =
       torch_options(mask, key_padding_mask, causal, scale, window, alibi, dropout_p, seed, num_threads);
-  o.return_lse = true;
+  o.return_lse = return_lse;
   o.return_weights = return_weights;
-  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
+  const attn::Tensor tq = torch_view(q, "query"), tk = torch_view(k, "key"), tv = torch_view(v, "value");
   attn::AttentionResult r;
   {
     nb::gil_scoped_release release;
     r = attn::scaled_dot_product_attention(tq, tk, tv, o);
   }
-  last_pointers = {{"query", address(tq)}, {"key", address(tk)}, {"value", address(tv)}, {"out", address(r.output)}};
+  last_pointers[kQuery] = address(tq), last_pointers[kKey] = address(tk), last_pointers[kValue] = address(tv);
+  last_pointers[kOut] = address(r.output), last_pointers[kLse] = address(r.lse);
   return {to_torch(r.output), to_torch(r.lse), to_torch(r.weights)};
 }
 
 // attn.torch's backward: (dq, dk, dv) from the forward's out and lse, with the forward's options.
 std::tuple<nb::object, nb::object, nb::object> torch_sdpa_backward(
-    const Array& q, const Array& k, const Array& v, const Array& out, const Array& lse, const Array& d_out,
-    const std::optional<Array>& mask, const std::optional<Array>& key_padding_mask, const std::string& causal,
-    std::optional<double> scale, int64_t window, const std::optional<Array>& alibi, double dropout_p, int64_t seed,
-    int num_threads) {
+    nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse, nb::handle d_out, nb::handle mask,
+    nb::handle key_padding_mask, const std::string& causal, std::optional<double> scale, int64_t window,
+    nb::handle alibi, double dropout_p, int64_t seed, int num_threads) {
   const attn::AttentionOptions o =
       torch_options(mask, key_padding_mask, causal, scale, window, alibi, dropout_p, seed, num_threads);
-  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
-  const attn::Tensor to = view(out, "out"), tl = view(lse, "lse"), tg = view(d_out, "grad_out");
+  const attn::Tensor tq = torch_view(q, "query"), tk = torch_view(k, "key"), tv = torch_view(v, "value");
+  const attn::Tensor to = torch_view(out, "out"), tl = torch_view(lse, "lse"), tg = torch_view(d_out, "grad_out");
   attn::AttentionGrads g;
   {
     nb::gil_scoped_release release;
     g = attn::scaled_dot_product_attention_backward(tq, tk, tv, to, tl, tg, o);
   }
-  last_pointers = {{"query", address(tq)}, {"key", address(tk)},      {"value", address(tv)}, {"out", address(to)},
-                   {"lse", address(tl)},   {"grad_out", address(tg)}, {"dq", address(g.dq)}};
+  last_pointers[kQuery] = address(tq), last_pointers[kKey] = address(tk), last_pointers[kValue] = address(tv);
+  last_pointers[kOut] = address(to), last_pointers[kLse] = address(tl), last_pointers[kGradOut] = address(tg);
+  last_pointers[kDq] = address(g.dq);
   return {to_torch(g.dq), to_torch(g.dk), to_torch(g.dv)};
 }
 
@@ -200,12 +232,21 @@ NB_MODULE(_attn, m) {
   // attn.torch (python/attn/torch.py) calls these inside its torch.library custom ops; torch is imported only then.
   m.def("torch_sdpa", &torch_sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a,
         "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a, "seed"_a, "return_weights"_a,
-        "num_threads"_a, "(out, lse, weights or None) as torch tensors over attn's memory; see attn.torch");
+        "return_lse"_a, "num_threads"_a,
+        "(out, lse or None, weights or None) as torch tensors over attn's memory, from contiguous CPU torch tensors "
+        "(float32;"
+        " bool or float32 masks) read in place; see attn.torch");
   m.def("torch_sdpa_backward", &torch_sdpa_backward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "d_out"_a, "mask"_a.none(),
         "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a,
         "seed"_a, "num_threads"_a, "(dq, dk, dv) as torch tensors from the forward's out and lse; see attn.torch");
   m.def(
-      "_torch_last_pointers", [] { return last_pointers; },
+      "_torch_last_pointers",
+      [] {
+        const char* names[kSeenCount] = {"query", "key", "value", "out", "lse", "grad_out", "dq"};
+        std::map<std::string, uintptr_t> seen;
+        for (int i = 0; i < kSeenCount; ++i) seen[names[i]] = last_pointers[i];
+        return seen;
+      },
       "the data pointers the last torch_sdpa/torch_sdpa_backward call on this thread used (for the tests)");
 
   nb::class_<attn::MultiHeadAttention>(m, "MultiHeadAttention")

@@ -70,7 +70,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], key_padd
     k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; masks with attn.scaled_dot_product_attention's polarity."""
     out, lse, weights = _attn.torch_sdpa(q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask),
                                          _c(key_padding_mask), causal, scale, window, _c(alibi_slopes), dropout_p,
-                                         _seed_int(seed), return_weights, torch.get_num_threads())
+                                         _seed_int(seed), return_weights, True, torch.get_num_threads())
     return out, lse, (weights if weights is not None else q.new_empty(0))
 
 
@@ -119,16 +119,52 @@ def _backward(ctx, grad_out, _grad_lse, _grad_weights):
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerSdpa(torch.autograd.Function):
+    """The eager path: the same kernels as the custom ops without their dispatch (tens of microseconds a call)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed,
+                return_weights):
+        out, lse, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window,
+                                             alibi_slopes, dropout_p, seed, return_weights, True,
+                                             torch.get_num_threads())
+        ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes)
+        ctx.options = (causal, scale, window, dropout_p, seed)
+        if weights is not None:
+            ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_weights):
+        q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes = ctx.saved_tensors
+        causal, scale, window, dropout_p, seed = ctx.options
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+        dq, dk, dv = _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal,
+                                               scale, window, alibi_slopes, dropout_p, seed, torch.get_num_threads())
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
 def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
-    """The op on 4-D tensors; draws the dropout seed from torch's default generator when dropout_p > 0."""
-    seed = None
-    if dropout_p > 0.0:
-        seed = torch.empty((), dtype=torch.int64).random_()
-    # contiguous here, not only inside the op: the saved tensors and the compiled graph's strides then agree
-    q, k, v, attn_mask, key_padding_mask = q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask), \
-        _c(key_padding_mask)
-    return _sdpa(q, k, v, attn_mask, key_padding_mask, causal, None if scale is None else float(scale), int(window),
-                 alibi_slopes, float(dropout_p), seed, need_weights)
+    """(out, weights or None) on 4-D tensors. Under torch.compile (or for tensor subclasses) through the custom
+    op; eagerly through _EagerSdpa, or straight to the kernel when no gradient is wanted. With dropout the seed
+    comes from torch's default generator."""
+    # contiguous before the op, not only inside it: the saved tensors and the compiled graph's strides then agree
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    attn_mask, key_padding_mask, alibi_slopes = _c(attn_mask), _c(key_padding_mask), _c(alibi_slopes)
+    scale = None if scale is None else float(scale)
+    window, dropout_p = int(window), float(dropout_p)
+    if torch.compiler.is_compiling() or type(q) is not torch.Tensor:
+        seed = torch.empty((), dtype=torch.int64).random_() if dropout_p > 0.0 else None
+        out, _, weights = _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
+                                seed, need_weights)
+        return out, (weights if need_weights else None)
+    seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout_p > 0.0 else 0
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _EagerSdpa.apply(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                                dropout_p, seed, need_weights)
+    out, _, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                                       dropout_p, seed, need_weights, False, torch.get_num_threads())
+    return out, weights
 
 
 # ---------------------------------------------------------------- the functional form
@@ -165,23 +201,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(f"query and key must have the same last dimension E, got query {tuple(query.shape)} and "
                          f"key {tuple(key.shape)}")
-    if key.shape[:-1] != value.shape[:-1]:
-        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must agree in all dimensions but "
-                         "the last")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same length")
     if n >= 3 and query.shape[-3] != key.shape[-3] and not enable_gqa:
         raise ValueError(f"query has {query.shape[-3]} heads but key has {key.shape[-3]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {tuple(query.shape)}, key {tuple(key.shape)})")
-    if not 0.0 <= dropout_p <= 1.0:
+    if dropout_p and not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
         raise ValueError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
     causal = causal_alignment or ("top-left" if is_causal else "none")
+    if n == 4:  # (the common case costs no reshapes)
+        return _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                          dropout_p, False)[0]
     lead = (1,) * (4 - n)
-    q4 = query.reshape(lead + tuple(query.shape))
-    k4 = key.reshape(lead + tuple(key.shape))
-    v4 = value.reshape(lead + tuple(value.shape))
-    out = _attention(q4, k4, v4, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
-                     False)[0]
+    out = _attention(query.reshape(lead + tuple(query.shape)), key.reshape(lead + tuple(key.shape)),
+                     value.reshape(lead + tuple(value.shape)), attn_mask, key_padding_mask, causal, scale, window,
+                     alibi_slopes, dropout_p, False)[0]
     return out.reshape(tuple(query.shape[:-1]) + (value.shape[-1],))
 
 
@@ -362,7 +398,7 @@ class MultiheadAttention(nn.Module):
                 else:
                     mask = mask + add
         dropout_p = self.dropout if self.training else 0.0
-        out, _, weights = _attention(q, k, v, mask, padding, "top-left" if is_causal else "none", None, 0, None,
+        out, weights = _attention(q, k, v, mask, padding, "top-left" if is_causal else "none", None, 0, None,
                                      dropout_p, bool(need_weights))
         out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
         if need_weights:

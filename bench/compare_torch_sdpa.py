@@ -1,0 +1,71 @@
+"""attn.torch against torch.nn.functional.scaled_dot_product_attention on CPU: forward+backward at one size and
+the per-call overhead at a tiny one (B=1, H=1, L=8), in the same process with the same threads.
+    python bench/compare_torch_sdpa.py [--L 1024] [--B 1] [--H 8] [--D 64] [--causal] [--seconds 2] [--threads N]"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import attn
+import attn.torch as at
+
+
+def per_call(fn, seconds):
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--H", type=int, default=8)
+    p.add_argument("--L", type=int, default=1024)
+    p.add_argument("--D", type=int, default=64)
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (attn.torch follows it); 0 = as is")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(a.B, a.H, a.L, a.D, requires_grad=True) for _ in range(3))
+    g = torch.randn(a.B, a.H, a.L, a.D)
+
+    def step(sdpa):
+        def run():
+            out = sdpa(q, k, v, is_causal=a.causal)
+            torch.autograd.grad(out, (q, k, v), g)
+        return run
+
+    print(f"threads {torch.get_num_threads()}, B={a.B} H={a.H} L={a.L} D={a.D} causal={a.causal}")
+    t_torch = per_call(step(F.scaled_dot_product_attention), a.seconds)
+    t_attn = per_call(step(at.scaled_dot_product_attention), a.seconds)
+    print(f"fwd+bwd  torch {t_torch * 1e3:8.2f} ms   attn.torch {t_attn * 1e3:8.2f} ms   "
+          f"speed-up {t_torch / t_attn:.2f}x")
+    t_torch = per_call(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=a.causal), a.seconds)
+    t_attn = per_call(lambda: at.scaled_dot_product_attention(q, k, v, is_causal=a.causal), a.seconds)
+    print(f"fwd      torch {t_torch * 1e3:8.2f} ms   attn.torch {t_attn * 1e3:8.2f} ms   "
+          f"speed-up {t_torch / t_attn:.2f}x")
+
+    # overhead: a tiny problem through attn.torch vs the same kernel called straight from the extension
+    x = torch.randn(1, 1, 8, 8)
+    xn = x.numpy()
+    t_op = per_call(lambda: at.scaled_dot_product_attention(x, x, x), a.seconds / 2)
+    t_kernel = per_call(lambda: attn._attn.sdpa(xn, xn, xn, None, None, "none", None, 0, None, False, "auto",
+                                                       torch.get_num_threads()),
+                        a.seconds / 2)
+    t_torch = per_call(lambda: F.scaled_dot_product_attention(x, x, x), a.seconds / 2)
+    xg = x.clone().requires_grad_(True)
+    t_op_grad = per_call(lambda: at.scaled_dot_product_attention(xg, xg, xg), a.seconds / 2)
+    print(f"B=1 H=1 L=8: attn.torch {t_op * 1e6:.1f} us/call (inputs requiring grad: {t_op_grad * 1e6:.1f} us), "
+          f"the extension alone {t_kernel * 1e6:.1f} us, overhead {(t_op - t_kernel) * 1e6:.1f} us; "
+          f"F.sdpa {t_torch * 1e6:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
