@@ -6,7 +6,8 @@ include(CMakePackageConfigHelpers)
 # The installed libattn.so and attn find OpenBLAS's OpenMP build outside the default library path.
 set_target_properties(attn_shared attn PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
 
-install(DIRECTORY include/attn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h")
+# attn/dist (MPI) stays in the build tree: attn_dist is not installed
+install(DIRECTORY include/attn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN dist EXCLUDE)
 install(FILES ${PROJECT_BINARY_DIR}/include/attn/version.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/attn)
 install(TARGETS attn_shared attn_static EXPORT attnTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}

@@ -11,7 +11,9 @@ The layers, bottom to top (docs/ARCHITECTURE.md); a file may include its own lay
   generation  src/generation, attn/generation.h: greedy and beam search over a StepDecoder
   translate   src/translate, attn/translator.h: the Translator
   train       src/train, attn/train/*: the trainer
-  umbrella    attn/attn.h (for users only)
+  dist        src/dist, attn/dist/*: ring attention and data-parallel training over MPI (optional). It sits on top
+              and, like the tools, uses only the public headers of the library (and its own src/dist headers)
+  umbrella    attn/attn.h (for users only; it does not include attn/dist: that needs MPI)
 tools/, python/ and examples/ include public headers (attn/...) and their own folder's headers only.
 tests/, bench/ and fuzz/ may include anything (they test the internals).
 
@@ -21,17 +23,18 @@ import pathlib
 import re
 import sys
 
-ORDER = ["base", "cpu", "ops", "layers", "models", "generation", "translate", "train", "umbrella"]
+ORDER = ["base", "cpu", "ops", "layers", "models", "generation", "translate", "train", "dist", "umbrella"]
 RANK = {name: i for i, name in enumerate(ORDER)}
 SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "ops": "ops", "layers": "layers",
-             "models": "models", "generation": "generation", "translate": "translate", "train": "train"}
+             "models": "models", "generation": "generation", "translate": "translate", "train": "train",
+             "dist": "dist"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+(?:"([^"]+)"|<(attn/[^>]+)>)', re.M)
 
 
 PUBLIC_TOP = {"tensor.h": "base", "error.h": "base", "attention.h": "base", "activation.h": "base",
               "version.h": "base", "generation.h": "generation", "translator.h": "translate", "attn.h": "umbrella"}
 PUBLIC_DIRS = {"io": "base", "text": "base", "tasks": "base", "layers": "layers", "models": "models",
-               "train": "train"}
+               "train": "train", "dist": "dist"}
 
 
 def public_layer(header):  # "attn/models/bert.h" -> "models"; "?" for a public header of no known layer
@@ -63,14 +66,17 @@ def self_test():
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         files = {"src/models/m.cc": '#include "attn/translator.h"\n', "tools/attn/t.cc": '#include "ops/nn.h"\n',
-                 "src/ops/o.cc": '#include "cpu/simd.h"\n#include <attn/tensor.h>\n'}
+                 "src/ops/o.cc": '#include "cpu/simd.h"\n#include <attn/tensor.h>\n',
+                 "src/dist/d.cc": '#include "ops/nn.h"\n#include "attn/attention.h"\n#include "d.h"\n',
+                 "src/dist/d.h": '#include "attn/tensor.h"\n'}
         for name, text in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(text)
         (root / "include").mkdir()
         found = check(root)
-    want = ["src/models/m.cc (models) includes", 'tools/attn/t.cc: includes "ops/nn.h"']
-    ok = len(found) == 2 and all(any(p.startswith(w) for p in found) for w in want)
+    want = ["src/models/m.cc (models) includes", 'tools/attn/t.cc: includes "ops/nn.h"',
+            'src/dist/d.cc: includes "ops/nn.h"']
+    ok = len(found) == 3 and all(any(p.startswith(w) for p in found) for w in want)
     print("check_layers self-test:", "ok" if ok else f"FAILED, found {found}")
     return 0 if ok else 1
 
@@ -101,6 +107,11 @@ def check(root):
             for quoted, angled in INCLUDE.findall(path.read_text(encoding="utf-8")):
                 header = quoted or angled
                 theirs = public_layer(header) or private_layer(header)
+                if mine == "dist" and folder == "src" and not header.startswith("attn/"):
+                    if not (path.parent / header).exists():
+                        problems.append(f"{path.relative_to(root)}: includes \"{header}\"; the dist layer uses only "
+                                        f"the public headers of the library (attn/...) and its own")
+                    continue
                 if theirs == "?":
                     problems.append(f"{path.relative_to(root)}: includes \"{header}\", a public header of no known "
                                     f"layer (add it to scripts/check_layers.py)")

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 packages="cmake g++ make pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev"
 packages="$packages libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
+# Open MPI: attn_dist (ring attention, data-parallel training) and its tests under mpirun; optional for the build
+packages="$packages libopenmpi-dev openmpi-bin"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

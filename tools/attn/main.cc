@@ -7,6 +7,7 @@
 #include "attn/error.h"
 #include "attn/version.h"
 #include "common.h"
+#include "dist_cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -23,19 +24,22 @@ int main(int argc, char** argv) {
   attn::cli::add_train(app);
   attn::cli::add_viz(app);
   attn::cli::add_embed(app);
+  attn::cli::add_bench_ring(*app.get_subcommand("bench"));
+  int status = 0;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    status = app.exit(e);
   } catch (const attn::Error& e) {
     std::cerr << "attn: error: " << e.what() << "\n";
-    return 2;
+    status = 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "attn: error: out of memory\n";
-    return 3;
+    status = 3;
   } catch (const std::exception& e) {
     std::cerr << "attn: error: " << e.what() << "\n";
-    return 2;
+    status = 2;
   }
-  return 0;
+  // under mpirun: MPI is finalised, or on a failure every rank is ended (none is left waiting)
+  return attn::cli::finish_distributed(status);
 }

@@ -4,6 +4,7 @@
 #include "attn/attention.h"
 #include "attn/error.h"
 #include "common.h"
+#include "dist_cli.h"
 
 namespace attn::cli {
 namespace {
@@ -13,9 +14,24 @@ struct SdpaArgs {
   std::optional<float> scale;
   int64_t window = 0;
   int threads = 0;
+  bool ring = false;
+  std::string ring_layout;
 };
 
+void run_sdpa_on_ring(const SdpaArgs& a) {
+  for (const auto& [flag, given] : {std::pair{"--mask", !a.mask.empty()},
+                                    {"--weights", !a.weights.empty()},
+                                    {"--alibi-slopes", !a.alibi.empty()},
+                                    {"--window", a.window != 0}})
+    if (given) throw ArgumentError(std::string(flag) + " is not supported with --ring");
+  RingSdpaArgs r;
+  r.q = a.q, r.k = a.k, r.v = a.v, r.out = a.out, r.key_padding_mask = a.key_padding_mask, r.causal = a.causal;
+  r.impl = a.impl, r.layout = a.ring_layout, r.scale = a.scale, r.threads = a.threads;
+  run_sdpa_ring(r);
+}
+
 void run_sdpa(const SdpaArgs& a) {
+  if (a.ring) return run_sdpa_on_ring(a);
   const Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
   AttentionOptions o;
   if (!a.mask.empty()) o.mask = load_npy_flag("--mask", a.mask);
@@ -67,6 +83,14 @@ void add_sdpa(CLI::App& app) {
                   "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sub->add_option("--threads", args->threads, "threads; 0 = all cores");
+  sub->add_flag("--ring", args->ring,
+                "ring attention under mpirun (mpirun -np N attn sdpa ... --ring): every rank reads the inputs and "
+                "keeps its chunk of the sequence, K/V chunks travel around the ranks, rank 0 writes the output. "
+                "Supports --causal, --key-padding-mask, --scale, grouped-query K/V");
+  sub->add_option("--ring-layout", args->ring_layout,
+                  "with --ring: contiguous (rank r holds the r-th chunk) or zigzag (chunks r and 2N-1-r: balanced "
+                  "causal work); default zigzag with --causal, else contiguous")
+      ->check(CLI::IsMember({"contiguous", "zigzag"}));
   sub->callback([args] { run_sdpa(*args); });
 }
 

@@ -1,0 +1,65 @@
+// attn sdpa --ring and the MPI session of the attn tool.
+#include "dist_cli.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "attn/dist/ring_attention.h"
+#include "attn/error.h"
+#include "common.h"
+#include "mpi_session.h"
+
+namespace attn::cli {
+namespace {
+std::unique_ptr<dist::MpiSession> g_session;
+}
+
+dist::MpiSession& mpi_session() {
+  if (!g_session) g_session = std::make_unique<dist::MpiSession>(nullptr, nullptr);
+  return *g_session;
+}
+
+bool launched_by_mpirun() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return true;
+  return false;
+}
+
+int finish_distributed(int status) {
+  if (!g_session) return status;
+  std::fflush(stdout), std::fflush(stderr);
+  if (status != 0 && g_session->size() > 1) MPI_Abort(MPI_COMM_WORLD, status);  // ends every rank
+  g_session.reset();
+  return status;
+}
+
+void run_sdpa_ring(const RingSdpaArgs& a) {
+  dist::MpiSession& mpi = mpi_session();
+  const Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
+  for (const auto& [flag, t] : {std::pair{"--q", &q}, {"--k", &k}, {"--v", &v}})
+    if (t->rank() != 4)
+      throw ShapeError(std::string(flag) + " has shape " + shape_str(t->shape()) + "; --ring needs [B, H, L, D]");
+  dist::RingOptions o;
+  o.attention.causal = parse_causal(a.causal);
+  o.attention.scale = a.scale;
+  o.attention.impl = parse_impl(a.impl);
+  o.attention.num_threads = a.threads;
+  o.layout = !a.layout.empty()                              ? dist::parse_layout(a.layout)
+             : o.attention.causal != CausalAlignment::kNone ? dist::SequenceLayout::kZigzag
+                                                            : dist::SequenceLayout::kContiguous;
+  const int r = mpi.rank(), n = mpi.size();
+  if (!a.key_padding_mask.empty()) {
+    const Tensor pad = load_npy_flag("--key-padding-mask", a.key_padding_mask);
+    if (pad.rank() != 2)
+      throw ShapeError("--key-padding-mask has shape " + shape_str(pad.shape()) + "; expected [B, Lk]");
+    o.attention.key_padding_mask = dist::shard_sequence(pad, 1, r, n, o.layout);
+  }
+  const dist::RingResult res =
+      dist::ring_attention(dist::shard_sequence(q, 2, r, n, o.layout), dist::shard_sequence(k, 2, r, n, o.layout),
+                           dist::shard_sequence(v, 2, r, n, o.layout), MPI_COMM_WORLD, o);
+  const Tensor out = dist::gather_sequence(res.output, 2, MPI_COMM_WORLD, o.layout, 0);
+  if (r == 0) write_outputs({{a.out, out}});
+}
+
+}  // namespace attn::cli

@@ -1,0 +1,29 @@
+// The attn tool's distributed commands (dist_cli.cc with MPI; dist_cli_stub.cc without, where each says so):
+// attn sdpa --ring, attn bench ring, attn train under mpirun.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <optional>
+#include <string>
+
+namespace attn::cli {
+
+// attn sdpa --ring: the flags of attn sdpa that ring attention supports.
+struct RingSdpaArgs {
+  std::string q, k, v, out, key_padding_mask, causal = "none", impl = "auto";
+  std::string layout;  // "contiguous" | "zigzag"; "" = zigzag when causal, else contiguous
+  std::optional<float> scale;
+  int threads = 0;
+};
+// Every rank reads the inputs and keeps its chunk of the sequence; rank 0 gathers the output and writes it.
+void run_sdpa_ring(const RingSdpaArgs& args);
+
+// Whether mpirun (Open MPI or a PMI launcher) started this process as one of several ranks.
+bool launched_by_mpirun();
+// The exit status of attn: MPI is finalised if it was started; a failure with several ranks ends them all
+// (MPI_Abort), so a rank that fails never leaves the others waiting.
+int finish_distributed(int status);
+
+void add_bench_ring(CLI::App& bench);  // attn bench ring (bench_ring.cc)
+
+}  // namespace attn::cli
