@@ -240,7 +240,7 @@ struct Block {
 Block block_view(const BlockBuffers& buf, const Ring& r, int src) {
   const int64_t L = r.lk[static_cast<size_t>(src)];
   return {view(buf.k, {r.B, r.Hkv, L, r.D}), view(buf.v, {r.B, r.Hkv, L, r.Dv}),
-          r.pad ? view(buf.pad, {r.B, L}) : Tensor()};
+          buf.pad.defined() ? view(buf.pad, {r.B, L}) : Tensor()};
 }
 
 void post(std::vector<MPI_Request>& reqs, bool send, const Tensor& t, int peer, int tag, MPI_Comm comm,
