@@ -2,8 +2,8 @@
 # Runs every test:
 #   1. builds (installing what is missing) and runs the GoogleTest suite through CTest;
 #   2. installs the library and builds examples/ against it out of tree (CMake and pkg-config);
-#   3. builds the Python module with `pip install .` into build/venv and runs pytest, then the
-#      README's Python quick-start exactly as written.
+#   3. builds the Python wheel (`python -m build --wheel`), installs it into build/venv with PyTorch and runs
+#      pytest (attn.torch's tests included), then the README's Python quick-start exactly as written.
 #   scripts/test.sh
 # ATTN_FUZZ_SECONDS=N also fuzzes each file reader for N seconds (fuzz/run.sh) and fails on a find.
 set -euo pipefail
@@ -29,7 +29,15 @@ if [ ! -x build/venv/bin/python ]; then
     rm -rf build/venv && python3 -m venv build/venv; }
 fi
 build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
-build/venv/bin/python -m pip install -q ./ pytest
+# The wheel is built as a Python user would (python -m build --wheel), in this venv without build isolation so that
+# it reuses build/python-* from run to run, and the tests run against that installed wheel.
+build/venv/bin/python -m pip install -q scikit-build-core nanobind build numpy pytest
+# PyTorch, for attn.torch's tests (tests/python/test_torch.py skips without it); PyPI's default wheel, once per venv.
+build/venv/bin/python -c 'import torch' 2>/dev/null || build/venv/bin/python -m pip install -q torch
+rm -rf build/dist
+build/venv/bin/python -m build --wheel --no-isolation --outdir build/dist . >build/wheel.log 2>&1 ||
+  { cat build/wheel.log; exit 1; }
+build/venv/bin/python -m pip install -q --force-reinstall --no-deps build/dist/attn-*.whl
 build/venv/bin/python -m pytest -q -rs tests/python 2>&1 | tee build/pytest.log
 pytest_passed=$(grep -oE '[0-9]+ passed' build/pytest.log | tail -1 | grep -oE '[0-9]+')
 sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py

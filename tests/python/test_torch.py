@@ -407,3 +407,31 @@ def test_mha_trains_and_dropout_only_in_training():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# ---------------------------------------------------------------- the eager path and the custom op agree
+def test_eager_path_and_custom_op_agree():
+    q, k, v = randn(2, 4, 9, 8, seed=1), randn(2, 2, 11, 8, seed=2), randn(2, 2, 11, 8, seed=3)
+    kpm = torch.zeros(2, 11, dtype=torch.bool)
+    kpm[0, -3:] = True
+    eager, ge = grads(lambda q, k, v: at.scaled_dot_product_attention(
+        q, k, v, enable_gqa=True, key_padding_mask=kpm, causal_alignment="bottom-right"), q, k, v)
+    op, go = grads(lambda q, k, v: torch.ops.attn.sdpa(q, k, v, None, kpm, "bottom-right", None, 0, None, 0.0, None,
+                                                        False)[0], q, k, v)
+    assert torch.equal(eager, op) and all(torch.equal(a, b) for a, b in zip(ge, go))
+    with torch.no_grad():
+        assert torch.equal(at.scaled_dot_product_attention(q, k, v, enable_gqa=True, key_padding_mask=kpm,
+                                                           causal_alignment="bottom-right"), eager)
+
+
+def test_example_train_lm_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python", "train_lm.py")
+    r = subprocess.run([sys.executable, script, "--text", str(text), "--steps", "4", "--context", "32", "--dim", "32",
+                        "--batch", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tokens/s" in r.stdout and "largest loss difference" in r.stdout
