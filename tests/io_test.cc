@@ -3,6 +3,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <vector>
 
 #include "attn/error.h"
 #include "attn/io/npy.h"
@@ -202,6 +204,33 @@ TEST(Io, WritesAreAtomic) {
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
   EXPECT_EQ(files, 1u);
   std::filesystem::remove_all(dir);
+}
+
+// Tensor::borrow, what the Python module's NumPy and torch paths rely on: a view of memory the tensor does not own,
+// read and written in place, kept alive by its owner, never copied.
+TEST(Tensor, BorrowViewsExternalMemoryWithoutCopying) {
+  std::vector<float> external = {1, 2, 3, 4, 5, 6};
+  Tensor t = Tensor::borrow({2, 3}, DType::kFloat32, external.data());
+  EXPECT_EQ(t.f32(), external.data());
+  EXPECT_EQ(t.shape(), (Shape{2, 3}));
+  t.f32()[4] = 50;
+  EXPECT_EQ(external[4], 50);
+  const Tensor copy = t;  // copies share storage, as for owned tensors
+  EXPECT_EQ(copy.f32(), external.data());
+  EXPECT_EQ(t.reshape({3, 2}).f32(), external.data());
+  const Tensor deep = t.clone();
+  EXPECT_NE(deep.f32(), external.data());
+  EXPECT_EQ(deep.f32()[4], 50);
+
+  auto owner = std::make_shared<std::vector<uint8_t>>(std::vector<uint8_t>{1, 0, 1});
+  Tensor b = Tensor::borrow({3}, DType::kBool, owner->data(), owner);
+  const uint8_t* data = owner->data();
+  owner.reset();  // the tensor keeps its owner alive
+  EXPECT_EQ(b.b8(), data);
+  EXPECT_EQ(b.b8()[2], 1);
+
+  EXPECT_THROW(Tensor::borrow({2}, DType::kFloat32, nullptr), ArgumentError);
+  EXPECT_NO_THROW(Tensor::borrow({0, 4}, DType::kFloat32, nullptr));
 }
 
 }  // namespace
