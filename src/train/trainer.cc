@@ -137,6 +137,22 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
                                             .dump(1));
 }
 
+// Data parallel: this rank's sentences of a global batch (contiguous, as even as possible; every rank takes the
+// whole batch when it has fewer sentences than ranks) and its share of the batch's loss; *tokens = the batch's.
+std::vector<const Pair*> shard_of(const std::vector<const Pair*>& batch, GradientReducer& r, int64_t* tokens) {
+  const size_t n = batch.size(), ranks = static_cast<size_t>(r.size()), me = static_cast<size_t>(r.rank());
+  const std::vector<const Pair*> mine =
+      n < ranks ? batch
+                : std::vector<const Pair*>(batch.begin() + static_cast<std::ptrdiff_t>(n * me / ranks),
+                                           batch.begin() + static_cast<std::ptrdiff_t>(n * (me + 1) / ranks));
+  int64_t all = 0, own = 0;
+  for (const Pair* p : batch) all += static_cast<int64_t>(p->tgt.size()) + 1;
+  for (const Pair* p : mine) own += static_cast<int64_t>(p->tgt.size()) + 1;
+  r.share = n < ranks ? 1.0 / static_cast<double>(ranks) : static_cast<double>(own) / static_cast<double>(all);
+  *tokens = all;
+  return mine;
+}
+
 std::string eta(double seconds) {
   char buf[32];
   const int s = static_cast<int>(seconds);
@@ -150,7 +166,7 @@ std::string eta(double seconds) {
 StepOptions step_options(const TrainOptions& o) {
   StepOptions s;
   s.beta1 = o.beta1, s.beta2 = o.beta2, s.adam_eps = o.adam_eps, s.weight_decay = o.weight_decay;
-  s.label_smoothing = o.label_smoothing, s.clip_norm = o.clip_norm;
+  s.label_smoothing = o.label_smoothing, s.clip_norm = o.clip_norm, s.reducer = o.reducer;
   return s;
 }
 
@@ -168,10 +184,10 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
   model.zero_grad();
   const Tensor logits = model.forward(src, tgt_in, true, &rng);
   if (dlogits_.shape() != logits.shape()) dlogits_ = Tensor(logits.shape());
-  const float loss =
-      ops::cross_entropy_forward_backward(dlogits_.f32(), logits.f32(), tgt_out.data(), tgt_in.B * tgt_in.L,
-                                          c.tgt_vocab, options_.label_smoothing, c.pad_id);
+  float loss = ops::cross_entropy_forward_backward(dlogits_.f32(), logits.f32(), tgt_out.data(), tgt_in.B * tgt_in.L,
+                                                   c.tgt_vocab, options_.label_smoothing, c.pad_id);
   model.backward(dlogits_);
+  if (options_.reducer) loss = options_.reducer->reduce(model.grads(), loss);  // data parallel: the whole batch's
   clip_gradients(model, options_.clip_norm);
   adam_step(model, adam_, options_, lr);
   return loss;
@@ -235,20 +251,25 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   double loss_window = 0.0;
   int64_t window = 0;
   const int64_t first = adam.step;
+  const bool writer = !o.reducer || o.reducer->rank() == 0;  // data parallel: rank 0 validates, saves, reports
   while (adam.step < o.steps) {
     if (batch_index >= static_cast<int64_t>(batches.size())) shuffle_epoch(++epoch), batch_index = 0;
-    const Batch b = make_batch(batches[order[static_cast<size_t>(batch_index++)]], o.model);
-    const float loss = step.run(b.src, b.tgt_in, b.tgt_out, noam(o, adam.step + 1), rng);
-    tokens += b.tokens;
+    const std::vector<const Pair*>& global = batches[order[static_cast<size_t>(batch_index++)]];
+    int64_t batch_tokens = 0;
+    const Batch b = make_batch(o.reducer ? shard_of(global, *o.reducer, &batch_tokens) : global, o.model);
+    // data parallel: each rank's dropout from its own stream, drawn from the shared one (saved in checkpoints)
+    std::mt19937_64 rank_rng(o.reducer ? rng() + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(o.reducer->rank()) : 0);
+    const float loss = step.run(b.src, b.tgt_in, b.tgt_out, noam(o, adam.step + 1), o.reducer ? rank_rng : rng);
+    tokens += o.reducer ? batch_tokens : b.tokens;
     loss_window += loss, ++window;
     if (on_step) on_step(adam.step, loss);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const bool eval_now = o.eval_every > 0 && (adam.step % o.eval_every == 0 || adam.step == o.steps);
-    if (eval_now) {
+    if (eval_now && writer) {
       report.val_accuracy = exact_match(model, vocab, val);
       if (!o.out_dir.empty()) save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index, o.seed);
     }
-    if (o.progress && (adam.step % 10 == 0 || eval_now || adam.step == o.steps)) {
+    if (o.progress && writer && (adam.step % 10 == 0 || eval_now || adam.step == o.steps)) {
       const double frac = static_cast<double>(adam.step) / static_cast<double>(o.steps);
       const int bar = static_cast<int>(frac * 30);
       const double rate = static_cast<double>(adam.step - first) / std::max(elapsed, 1e-9);
@@ -267,7 +288,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   }
   if (window > 0) report.last_loss = static_cast<float>(loss_window / static_cast<double>(window));
   report.steps = adam.step;
-  if (o.progress) std::fprintf(stderr, "\n");
+  if (o.progress && writer) std::fprintf(stderr, "\n");
   return report;
 }
 

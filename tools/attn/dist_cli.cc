@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "attn/dist/data_parallel.h"
 #include "attn/dist/ring_attention.h"
 #include "attn/error.h"
 #include "common.h"
@@ -32,6 +33,13 @@ int finish_distributed(int status) {
   if (status != 0 && g_session->size() > 1) MPI_Abort(MPI_COMM_WORLD, status);  // ends every rank
   g_session.reset();
   return status;
+}
+
+train::TrainReport train_distributed(const train::TrainOptions& options,
+                                     const std::function<void(int64_t, float)>& on_step, int* rank) {
+  dist::MpiSession& mpi = mpi_session();
+  *rank = mpi.rank();
+  return dist::train_numbers_data_parallel(options, MPI_COMM_WORLD, on_step);
 }
 
 void run_sdpa_ring(const RingSdpaArgs& a) {

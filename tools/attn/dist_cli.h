@@ -3,8 +3,12 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+
+#include "attn/train/trainer.h"
 
 namespace attn::cli {
 
@@ -25,5 +29,9 @@ bool launched_by_mpirun();
 int finish_distributed(int status);
 
 void add_bench_ring(CLI::App& bench);  // attn bench ring (bench_ring.cc)
+
+// attn train under mpirun: data parallel over every rank (attn/dist/data_parallel.h). *rank receives this rank.
+train::TrainReport train_distributed(const train::TrainOptions& options,
+                                     const std::function<void(int64_t, float)>& on_step, int* rank);
 
 }  // namespace attn::cli

@@ -1,10 +1,13 @@
 // attn train: trains the encoder-decoder Transformer on numbers-en-zh, with a progress bar.
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "attn/error.h"
 #include "attn/train/trainer.h"
 #include "common.h"
+#include "dist_cli.h"
 
 namespace attn::cli {
 namespace {
@@ -13,20 +16,36 @@ struct TrainArgs {
   train::TrainOptions o;
   std::string task = "numbers-en-zh", activation = "relu";
   bool no_progress = false;
+  std::string loss_log;  // "step loss" per line
 };
 
 void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
-  std::fprintf(stderr,
-               "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld "
-               "sentences\n",
-               static_cast<long long>(a.o.model.d_model), static_cast<long long>(a.o.model.num_heads),
-               static_cast<long long>(a.o.model.d_ff), static_cast<long long>(a.o.model.num_encoder_layers),
-               static_cast<long long>(a.o.model.num_decoder_layers), a.o.model.norm_first ? "pre-norm" : "post-norm",
-               static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
-  const train::TrainReport r = train::train_numbers(a.o);
+  if (!launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
+      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0")
+    std::fprintf(
+        stderr,
+        "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld "
+        "sentences\n",
+        static_cast<long long>(a.o.model.d_model), static_cast<long long>(a.o.model.num_heads),
+        static_cast<long long>(a.o.model.d_ff), static_cast<long long>(a.o.model.num_encoder_layers),
+        static_cast<long long>(a.o.model.num_decoder_layers), a.o.model.norm_first ? "pre-norm" : "post-norm",
+        static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
+  // under mpirun: data parallel over the ranks, rank 0 writes the checkpoints, the log and the summary
+  int rank = 0;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
+  auto on_step = [&](int64_t step, float loss) {
+    if (!a.loss_log.empty() && rank == 0) {
+      if (!log) log.reset(std::fopen(a.loss_log.c_str(), "w"));
+      if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write");
+      std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
+    }
+  };
+  const train::TrainReport r =
+      launched_by_mpirun() ? train_distributed(a.o, on_step, &rank) : train::train_numbers(a.o, on_step);
+  if (rank != 0) return;
   std::printf("trained %lld steps in %.0f s (%.0f target tokens/s): loss %.4f, validation exact match %.2f%%%s%s\n",
               static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, static_cast<double>(r.last_loss),
               100.0 * r.val_accuracy, a.o.out_dir.empty() ? "" : ", saved to ", a.o.out_dir.c_str());
@@ -43,7 +62,10 @@ void add_train(CLI::App& app) {
   a->o.model.num_encoder_layers = 3, a->o.model.num_decoder_layers = 3;
   a->o.steps = 14000, a->o.warmup = 800, a->o.eval_every = 1000;
   CLI::App* sub = app.add_subcommand(
-      "train", "Train an encoder-decoder Transformer (numbers-en-zh: English number words -> Chinese numerals)");
+      "train",
+      "Train an encoder-decoder Transformer (numbers-en-zh: English number words -> Chinese numerals).\n"
+      "Under mpirun (mpirun -np N attn train ...) data parallel: each rank trains on its shard of every batch, the "
+      "gradients are summed over the ranks; rank 0 writes the checkpoints and the progress");
   sub->add_option("--task", a->task, "the task (numbers-en-zh)");
   sub->add_option("--out", a->o.out_dir,
                   "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
@@ -71,6 +93,7 @@ void add_train(CLI::App& app) {
   sub->add_option("--train-examples", a->o.train_examples, "size of the training pool");
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps");
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
+  sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
   sub->callback([a] { run_train(*a); });
 }
 

@@ -19,6 +19,21 @@
 
 namespace attn::train {
 
+// Data-parallel training (attn/dist/data_parallel.h implements it over MPI): each rank runs the step on its shard
+// of every global batch, and between the backward and the clipping TrainingStep::run hands this rank's
+// gradients to reduce(), which leaves on every rank the gradients of the whole batch's mean loss.
+class GradientReducer {
+ public:
+  virtual ~GradientReducer() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // grads: of this rank's shard's mean loss `loss`. Afterwards grads = Σ_ranks share·grads on every rank; returns
+  // Σ_ranks share·loss (the batch's mean loss).
+  virtual float reduce(std::map<std::string, Tensor>& grads, float loss) = 0;
+  // This rank's share of the next step's loss: its target tokens / the global batch's (set by train_numbers).
+  double share = 1.0;
+};
+
 struct TrainOptions {
   TransformerConfig model;  // vocab sizes are filled in from the task
   std::string out_dir;      // checkpoints go here ("" = none)
@@ -36,6 +51,10 @@ struct TrainOptions {
   int64_t eval_every = 1000;  // validation accuracy and a checkpoint every this many steps
   bool progress = true;       // a progress bar on stderr
   int num_threads = 0;
+  // Data parallel (nullptr: one process): each rank trains on its shard of every batch (the same global batches
+  // and the same losses, within float reordering, for any number of ranks); only rank 0 validates, writes
+  // checkpoints and shows progress. Dropout masks come from a per-rank stream drawn from the shared one.
+  GradientReducer* reducer = nullptr;
 };
 
 struct TrainReport {
@@ -56,7 +75,8 @@ struct AdamState {
 struct StepOptions {
   float beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f;  // AdamW (decay: matrices only)
   float label_smoothing = 0.1f;
-  float clip_norm = 1.0f;  // global gradient norm; 0 = no clipping
+  float clip_norm = 1.0f;              // global gradient norm; 0 = no clipping
+  GradientReducer* reducer = nullptr;  // data parallel: called after the backward (see GradientReducer)
 };
 StepOptions step_options(const TrainOptions& o);
 
