@@ -154,11 +154,11 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     scale = None if scale is None else float(scale)
     window, dropout_p = int(window), float(dropout_p)
     if torch.compiler.is_compiling() or type(q) is not torch.Tensor:
-        seed = torch.empty((), dtype=torch.int64).random_() if dropout_p > 0.0 else None
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
         out, _, weights = _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
                                 seed, need_weights)
         return out, (weights if need_weights else None)
-    seed = int(torch.empty((), dtype=torch.int64).random_()) if dropout_p > 0.0 else 0
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _EagerSdpa.apply(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                                 dropout_p, seed, need_weights)
