@@ -25,7 +25,10 @@ MultiheadAttention returns with need_weights=True. A query row whose keys are al
 import math
 from typing import Optional, Tuple
 
-import torch
+try:
+    import torch
+except ImportError as e:  # `import attn` works without PyTorch; attn.torch does not
+    raise ImportError("attn.torch needs PyTorch (pip install torch, or pip install attn[torch])") from e
 import torch.nn.functional as F
 from torch import Tensor, nn
 

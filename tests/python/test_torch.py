@@ -456,3 +456,19 @@ def test_torch_compile_multihead_attention_with_dropout_gqa_and_padding():
     assert torch.allclose(y1, y2, atol=1e-6)
     y1.sum().backward()
     assert m.in_proj_weight.grad.abs().sum() > 0
+
+
+def test_import_attn_works_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import attn, numpy as np\n"
+            "x = np.ones((3, 4), np.float32)\n"
+            "assert attn.scaled_dot_product_attention(x, x, x).shape == (3, 4)\n"
+            "try:\n"
+            "    import attn.torch\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "attn.torch needs PyTorch" in r.stdout
