@@ -32,7 +32,7 @@ namespace attn::detail::ATTN_TARGET {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
+constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 
 struct BackwardPlan {
   int threads = 1;

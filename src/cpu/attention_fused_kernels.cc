@@ -45,11 +45,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  std::vector<float> qs;    // [kBq, D]      scaled queries of the tile
-  std::vector<float> vp;    // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
-  std::vector<float> s;     // [kBq, kBk]    scores, then probabilities
-  std::vector<float> acc;   // [kBq, Dvp]
-  std::vector<float> m, l;  // [kBq]
+  std::vector<float> qs;                // [kBq, D]      scaled queries of the tile
+  std::vector<float> vp;                // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
+  std::vector<float> s;                 // [kBq, kBk]    scores, then probabilities
+  std::vector<float> acc;               // [kBq, Dvp]
+  std::vector<float> m, l;              // [kBq]
+  std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
   void reserve(int64_t D, int64_t Dvp) {
     auto grow = [](std::vector<float>& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -60,6 +61,7 @@ struct Workspace {
     grow(acc, Tiles::kBq * std::max<int64_t>(Dvp, 1));
     grow(m, Tiles::kBq);
     grow(l, Tiles::kBq);
+    if (drop.size() < static_cast<size_t>(Tiles::kBq)) drop.resize(static_cast<size_t>(Tiles::kBq));
   }
 };
 
@@ -152,7 +154,8 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       const float c = ws.m[r] == kNegInf ? 0.0f : std::exp(ws.m[r] - m_new);
       ws.l[r] = ws.l[r] * c + sum.reduce_add() + tail;
       ws.m[r] = m_new;
-      if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s);  // l counts every weight
+      if (p.dropout.active())  // l counts every weight
+        dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s, nullptr, &ws.drop[r]);
       if (c != 1.0f) {
         float* acc = ws.acc.data() + r * Dvp;
         for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
@@ -366,6 +369,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
     std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
+    for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
       accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), ws);
       for (int64_t r = 0; r < t.rows; ++r)

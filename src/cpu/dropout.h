@@ -19,9 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "cpu/simd.h"
 
 namespace attn::detail {
 
@@ -109,6 +107,46 @@ inline void dropout_keep_group(const DropoutParams& d, int64_t b, int64_t h, int
     keep[2 * w] = _mm512_cmpge_epu32_mask(_mm512_and_si512(words[w], low), thr);
     keep[2 * w + 1] = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(words[w], 16), thr);
   }
+#elif defined(__AVX2__)
+  // two halves of 8 lanes (t = 0..7, 8..15), each as the AVX-512 path above
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  auto mulhilo = [](__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
+    const __m256i even = _mm256_mul_epu32(a, m);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  };
+  for (int e = 0; e < 8; ++e) keep[e] = 0;
+  for (int half = 0; half < 2; ++half) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(G * 16 + half * 8)),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(i)), c2 = _mm256_set1_epi32(static_cast<int>(h));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(b));
+    uint32_t k0 = static_cast<uint32_t>(d.seed), k1 = static_cast<uint32_t>(d.seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(c0, m0, &hi0, &lo0);
+      mulhilo(c2, m1, &hi1, &lo1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c1 = lo1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    // kept iff u16 >= threshold, i.e. not (threshold > u16): signed compares are exact for 17-bit values
+    const __m256i low = _mm256_set1_epi32(0xFFFF), thr = _mm256_set1_epi32(static_cast<int>(d.threshold));
+    const __m256i words[4] = {c0, c1, c2, c3};
+    for (int w = 0; w < 4; ++w) {
+      const int lo_dropped =
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(thr, _mm256_and_si256(words[w], low))));
+      const int hi_dropped =
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(thr, _mm256_srli_epi32(words[w], 16))));
+      keep[2 * w] = static_cast<uint16_t>(keep[2 * w] | ((~lo_dropped & 0xFF) << (8 * half)));
+      keep[2 * w + 1] = static_cast<uint16_t>(keep[2 * w + 1] | ((~hi_dropped & 0xFF) << (8 * half)));
+    }
+  }
 #else
   for (int e = 0; e < 8; ++e) keep[e] = 0;
   for (int t = 0; t < 16; ++t) {
@@ -124,13 +162,22 @@ inline void dropout_keep_group(const DropoutParams& d, int64_t b, int64_t h, int
 #endif
 }
 
+// The keep masks of one row's current 128-key group, kept between the key tiles of a row that share it.
+struct DropoutGroupCache {
+  int64_t group = -1;
+  uint16_t keep[8] = {};
+};
+
 // Dropout of one row segment in place: s[jj] for keys j0 + jj, jj < n, becomes s·scale where the weight
 // survives and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite s).
-// With s2 (the backward's dP̃ beside P), s2 gets the same mask.
+// With s2 (the backward's dP̃ beside P), s2 gets the same mask. With `cache` (the row's, reset to group −1
+// when the row changes), a group generated for one key tile is reused by the next.
 inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
-                                float* s, float* s2 = nullptr) {
-  uint16_t keep[8];
-  int64_t group = -1;
+                                float* s, float* s2 = nullptr, DropoutGroupCache* cache = nullptr) {
+  DropoutGroupCache local;
+  DropoutGroupCache& c = cache ? *cache : local;
+  uint16_t* keep = c.keep;
+  int64_t& group = c.group;
   int64_t jj = 0;
   while (jj < n) {
     const int64_t j = j0 + jj;
@@ -139,15 +186,14 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
       dropout_keep_group(d, b, h, i, group, keep);
     }
     const int e = static_cast<int>(j % 128 / 16), t = static_cast<int>(j % 16);
-#if defined(__AVX512F__)
-    if (t == 0 && jj + 16 <= n) {
-      const __m512 scale = _mm512_set1_ps(d.scale);
-      _mm512_storeu_ps(s + jj, _mm512_maskz_mul_ps(keep[e], _mm512_loadu_ps(s + jj), scale));
-      if (s2) _mm512_storeu_ps(s2 + jj, _mm512_maskz_mul_ps(keep[e], _mm512_loadu_ps(s2 + jj), scale));
-      jj += 16;
+    if (t % simd::Vec::W == 0 && jj + simd::Vec::W <= n) {  // a whole vector of keys: one masked product
+      const uint32_t bits = static_cast<uint32_t>(keep[e]) >> t;
+      const simd::Vec scale = simd::Vec::set1(d.scale);
+      simd::Vec::masked_mul(bits, simd::Vec::load(s + jj), scale).store(s + jj);
+      if (s2) simd::Vec::masked_mul(bits, simd::Vec::load(s2 + jj), scale).store(s2 + jj);
+      jj += simd::Vec::W;
       continue;
     }
-#endif
     const bool kept = (keep[e] >> t & 1u) != 0;
     s[jj] = kept ? s[jj] * d.scale : 0.0f;
     if (s2) s2[jj] = kept ? s2[jj] * d.scale : 0.0f;

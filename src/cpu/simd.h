@@ -42,6 +42,10 @@ struct Vec {
     return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
   }
   static bool any_zero(Vec x) { return _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0; }
+  // lane l: bit l of `bits` set ? x·y : 0
+  static Vec masked_mul(uint32_t bits, Vec x, Vec y) {
+    return {_mm512_maskz_mul_ps(static_cast<__mmask16>(bits), x.v, y.v)};
+  }
   // x == 0 ? 0 : y
   static Vec zero_where_zero(Vec x, Vec y) {
     __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ);
@@ -85,6 +89,12 @@ struct Vec {
     return {_mm256_andnot_ps(m, y.v)};
   }
   static bool any_zero(Vec x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0; }
+  static Vec masked_mul(uint32_t bits, Vec x, Vec y) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set =
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit);
+    return {_mm256_and_ps(_mm256_castsi256_ps(set), _mm256_mul_ps(x.v, y.v))};
+  }
   static Vec zero_where_zero(Vec x, Vec y) {
     __m256 m = _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ);
     return {_mm256_andnot_ps(m, y.v)};
@@ -130,6 +140,7 @@ struct Vec {
   static Vec round(Vec x) { ATTN_LANEWISE(std::nearbyint(x.v[i])); }
   static Vec zero_below(Vec x, float t, Vec y) { ATTN_LANEWISE(x.v[i] < t ? 0.0f : y.v[i]); }
   static Vec zero_where_zero(Vec x, Vec y) { ATTN_LANEWISE(x.v[i] == 0.0f ? 0.0f : y.v[i]); }
+  static Vec masked_mul(uint32_t bits, Vec x, Vec y) { ATTN_LANEWISE((bits >> i & 1u) ? x.v[i] * y.v[i] : 0.0f); }
   static bool any_zero(Vec x) {
     bool z = false;
     for (float e : x.v) z |= e == 0.0f;

@@ -9,7 +9,7 @@
 
 namespace attn::detail {
 
-// kBq × kBk is one task's block of scores; the register tiles are the micro-kernels' blocks:
+// kBq × kBk is one forward task's block of scores; the register tiles are the micro-kernels' blocks:
 // Q·Kᵀ keeps kScoreRows × kScoreVecs accumulator vectors, P·V keeps kPvRows × kPvVecs.
 template <SimdLevel>
 struct TileTraits;
@@ -26,6 +26,10 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int kScoreVecs = 2;
   static constexpr int kPvRows = 4;  // P·V register tile: rows × vectors of columns
   static constexpr int kPvVecs = 4;
+  // The backward's blocks: kBackwardBq query rows × kBackwardBk keys. 128 keys = one dropout group (one
+  // Philox block per lane, cpu/dropout.h), generated once per row and block.
+  static constexpr int64_t kBackwardBq = 64;
+  static constexpr int64_t kBackwardBk = 128;
 };
 
 // 16 ymm registers: 6 × 2 score accumulators, 2 key vectors and a broadcast fit.
@@ -38,6 +42,8 @@ struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int kScoreVecs = 2;
   static constexpr int kPvRows = 4;
   static constexpr int kPvVecs = 2;
+  static constexpr int64_t kBackwardBq = 64;
+  static constexpr int64_t kBackwardBk = 128;
 };
 
 // The portable Vec has 8 lanes, as AVX2's, and takes AVX2's shapes.
