@@ -19,8 +19,8 @@ copied; the outputs are torch tensors over the memory attn wrote. Non-contiguous
 first (one copy). CUDA tensors, other dtypes and bad shapes raise ValueError / TypeError naming the argument.
 attn uses torch.get_num_threads() threads.
 
-Not differentiable: attn_mask (a float mask gets no gradient), alibi_slopes, and the attention weights that
-MultiheadAttention returns with need_weights=True. A query row whose keys are all masked gives 0 (PyTorch: NaN).
+Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), and the
+attention weights that MultiheadAttention returns with need_weights=True. A query row whose keys are all masked gives 0 (PyTorch: NaN).
 """
 import math
 from typing import Optional, Tuple
@@ -54,6 +54,12 @@ def _check_tensor(t, name, dtypes=(torch.float32,)):
 def _check_mask(t, name):
     if t is not None:
         _check_tensor(t, name, (torch.bool, torch.float32))
+
+
+def _no_grad_needed(t, name):
+    if t is not None and t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
+                         f"{name}.detach() if no gradient is wanted for it")
 
 
 def _c(t):
@@ -191,6 +197,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     _check_tensor(key, "key")
     _check_tensor(value, "value")
     _check_mask(attn_mask, "attn_mask")
+    _no_grad_needed(attn_mask, "attn_mask")
+    _no_grad_needed(alibi_slopes, "alibi_slopes")
     if key_padding_mask is not None:
         _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
     if alibi_slopes is not None:
@@ -330,6 +338,8 @@ class MultiheadAttention(nn.Module):
             _check_tensor(t, name)
         _check_mask(attn_mask, "attn_mask")
         _check_mask(key_padding_mask, "key_padding_mask")
+        _no_grad_needed(attn_mask, "attn_mask")
+        _no_grad_needed(key_padding_mask, "key_padding_mask")
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "

@@ -246,6 +246,10 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(x, x, x, attn_mask=torch.ones(3, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="query must be float32"):
         at.MultiheadAttention(8, 2)(x[0].double(), x[0], x[0])
+    with pytest.raises(ValueError, match="attn_mask requires grad"):
+        at.scaled_dot_product_attention(x, x, x, attn_mask=torch.zeros(4, 4, requires_grad=True))
+    with pytest.raises(ValueError, match="key_padding_mask requires grad"):
+        at.MultiheadAttention(8, 2)(x[0], x[0], x[0], key_padding_mask=torch.zeros(4, requires_grad=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
