@@ -20,7 +20,8 @@ first (one copy). CUDA tensors, other dtypes and bad shapes raise ValueError / T
 attn uses torch.get_num_threads() threads.
 
 Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), and the
-attention weights that MultiheadAttention returns with need_weights=True. A query row whose keys are all masked gives 0 (PyTorch: NaN).
+attention weights that MultiheadAttention returns with need_weights=True. A query row whose keys are all masked
+gives 0 (PyTorch: NaN).
 """
 import math
 from typing import Optional, Tuple
