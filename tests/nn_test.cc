@@ -1,7 +1,12 @@
 // The neural-net primitives of ops/nn.h that have no PyTorch fixture: the int8 projection against the
-// float64 product (its error is bounded by the quantisation steps of x and W, from the math).
+// float64 product (its error is bounded by the quantisation steps of x and W, from the math); the training ops
+// threaded and vectorised give the same bits at any thread count (and the plain loops' bits where the arithmetic
+// is the same); the counter-based dropout mask.
+#include <omp.h>
+
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "attn/attention.h"
 #include "attn/error.h"
@@ -56,6 +61,118 @@ TEST(Nn, FmaPeakIsMeasured) {
   EXPECT_GT(one, 0.5);  // GFLOP/s: even the portable target does better
   EXPECT_THROW(measure_fma_peak(-1, 0.02), ArgumentError);
   EXPECT_THROW(measure_fma_peak(1, 0.0), ArgumentError);
+}
+
+}  // namespace
+}  // namespace attn
+
+namespace attn {
+namespace {
+
+// The training step's elementwise and row ops, run at 1, 2 and 3 threads on sizes above their parallel threshold:
+// every output bit for bit the same, and equal to the plain loops they replaced where the arithmetic is the same.
+struct TrainingOpsRun {
+  std::vector<float> ln_dx, ln_dw, ln_db, db, act, dact, drop, keep_f, ddrop, ce_d;
+  float loss = 0.0f;
+  bool operator==(const TrainingOpsRun&) const = default;
+};
+
+TrainingOpsRun run_training_ops(int threads) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  const int64_t M = 300, C = 136, V = 37;  // C not a multiple of any vector width
+  std::mt19937 rng(11);
+  const Tensor x = test::random_tensor({M, C}, rng, -3.0f, 3.0f), dout = test::random_tensor({M, C}, rng);
+  const Tensor w = test::random_tensor({C}, rng), b = test::random_tensor({C}, rng);
+  const Tensor logits = test::random_tensor({M, V}, rng, -4.0f, 4.0f);
+  std::vector<int32_t> targets(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i) targets[static_cast<size_t>(i)] = i % 7 == 0 ? 0 : static_cast<int32_t>(i % V);
+  TrainingOpsRun r;
+  std::vector<float> y(static_cast<size_t>(M * C)), mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M));
+  ops::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.f32(), w.f32(), b.f32(), M, C);
+  r.ln_dx.assign(static_cast<size_t>(M * C), 0.5f), r.ln_dw.assign(static_cast<size_t>(C), 0.25f);
+  r.ln_db.assign(static_cast<size_t>(C), -0.25f);
+  ops::layer_norm_backward(r.ln_dx.data(), r.ln_dw.data(), r.ln_db.data(), dout.f32(), x.f32(), w.f32(), mean.data(),
+                           rstd.data(), M, C);
+  // linear_backward's bias gradient (the GEMMs are OpenBLAS's)
+  std::vector<float> dxl(static_cast<size_t>(M * 8), 0.0f), dwl(static_cast<size_t>(C * 8), 0.0f);
+  r.db.assign(static_cast<size_t>(C), 1.0f);
+  ops::linear_backward(dxl.data(), dwl.data(), r.db.data(), dout.f32(), x.f32(), x.f32(), M, C, 8);
+  for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+    std::vector<float> o(static_cast<size_t>(M * C)), d(static_cast<size_t>(M * C), 0.125f);
+    ops::activation_forward(o.data(), x.f32(), M * C, a);
+    ops::activation_backward(d.data(), dout.f32(), x.f32(), M * C, a);
+    r.act.insert(r.act.end(), o.begin(), o.end());
+    r.dact.insert(r.dact.end(), d.begin(), d.end());
+  }
+  std::mt19937_64 drop_rng(5);
+  std::vector<uint8_t> keep(static_cast<size_t>(M * C));
+  r.drop.resize(static_cast<size_t>(M * C));
+  ops::dropout_forward(r.drop.data(), keep.data(), x.f32(), M * C, 0.3f, drop_rng);
+  r.keep_f.assign(keep.begin(), keep.end());
+  r.ddrop.assign(static_cast<size_t>(M * C), 2.0f);
+  ops::dropout_backward(r.ddrop.data(), dout.f32(), keep.data(), M * C, 0.3f);
+  r.ce_d.resize(static_cast<size_t>(M * V));
+  r.loss = ops::cross_entropy_forward_backward(r.ce_d.data(), logits.f32(), targets.data(), M, V, 0.1f, 0);
+  omp_set_num_threads(saved);
+  // the plain loops (the code before the ops were threaded and vectorised), where the arithmetic is unchanged
+  {
+    std::vector<float> dw(static_cast<size_t>(C), 0.25f), db(static_cast<size_t>(C), -0.25f);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (x.f32()[i * C + c] - mean[static_cast<size_t>(i)]) * rstd[static_cast<size_t>(i)];
+        dw[static_cast<size_t>(c)] += dout.f32()[i * C + c] * xh;
+        db[static_cast<size_t>(c)] += dout.f32()[i * C + c];
+      }
+    EXPECT_EQ(dw, r.ln_dw);
+    EXPECT_EQ(db, r.ln_db);
+    std::vector<float> dbl(static_cast<size_t>(C), 1.0f);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t c = 0; c < C; ++c) dbl[static_cast<size_t>(c)] += dout.f32()[i * C + c];
+    EXPECT_EQ(dbl, r.db);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < M * C; ++i) {
+      const float xi = x.f32()[i], d = dout.f32()[i], s = 1.0f / 0.7f;
+      const bool k = keep[static_cast<size_t>(i)];
+      bad += r.act[static_cast<size_t>(i)] != (xi > 0.0f ? xi : 0.0f);
+      bad += r.dact[static_cast<size_t>(i)] != 0.125f + (xi > 0.0f ? d : 0.0f);
+      bad += r.drop[static_cast<size_t>(i)] != (k ? xi * s : 0.0f);
+      bad += r.ddrop[static_cast<size_t>(i)] != 2.0f + (k ? d * s : 0.0f);
+    }
+    EXPECT_EQ(bad, 0) << "elements unlike the plain loops";
+  }
+  return r;
+}
+
+TEST(Nn, TrainingOpsGiveTheSameBitsAtAnyThreadCount) {
+  const TrainingOpsRun one = run_training_ops(1);
+  EXPECT_TRUE(one == run_training_ops(2));
+  EXPECT_TRUE(one == run_training_ops(3));
+}
+
+TEST(Nn, DropoutMaskIsKeyedByTheGeneratorAndKeepsOneMinusP) {
+  const int64_t n = 200000;
+  std::vector<float> x(static_cast<size_t>(n), 1.0f), out(static_cast<size_t>(n));
+  std::vector<uint8_t> keep(static_cast<size_t>(n)), keep2(static_cast<size_t>(n));
+  for (float p : {0.1f, 0.5f, 0.9f}) {
+    std::mt19937_64 rng(7), copy = rng;
+    ops::dropout_forward(out.data(), keep.data(), x.data(), n, p, rng);
+    int64_t kept = 0;
+    for (uint8_t k : keep) kept += k;
+    // binomial: 5 standard deviations
+    EXPECT_NEAR(static_cast<double>(kept) / n, 1.0 - p, 5.0 * std::sqrt(p * (1.0 - p) / n)) << p;
+    std::vector<float> in_place = x;  // in place, from a copy of the generator: the same mask and values
+    ops::dropout_forward(in_place.data(), keep2.data(), in_place.data(), n, p, copy);
+    EXPECT_EQ(keep, keep2);
+    EXPECT_EQ(out, in_place);
+    ops::dropout_forward(out.data(), keep2.data(), x.data(), n, p, rng);  // the next call draws a new mask
+    EXPECT_NE(keep, keep2);
+  }
+  // p = 0 keeps everything and draws nothing
+  std::mt19937_64 rng(7), untouched(7);
+  ops::dropout_forward(out.data(), keep.data(), x.data(), n, 0.0f, rng);
+  EXPECT_EQ(rng, untouched);
+  EXPECT_EQ(out, x);
 }
 
 }  // namespace

@@ -4,11 +4,14 @@
 #include "attn/error.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace attn::ops {
@@ -39,27 +42,55 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, co
   }
 }
 
+namespace {
+
+// The columns [c0, c1) of C that thread t of T owns (a contiguous share; every column belongs to one thread).
+std::pair<int64_t, int64_t> column_share(int64_t C, int t, int T) { return {C * t / T, C * (t + 1) / T}; }
+
+}  // namespace
+
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
                          const float* mean, const float* rstd, int64_t M, int64_t C) {
   // out = x̂ · w + b,  x̂ = (x − mean) · rstd
   // dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dx̂ = dout · w
-  for (int64_t i = 0; i < M; ++i) {
-    const float* xi = x + i * C;
-    const float* di = dout + i * C;
-    double sum_dxh = 0.0, sum_dxh_xh = 0.0;
-    for (int64_t c = 0; c < C; ++c) {
-      const float xh = (xi[c] - mean[i]) * rstd[i];
-      const float dxh = di[c] * w[c];
-      sum_dxh += dxh;
-      sum_dxh_xh += dxh * xh;
-      dw[c] += di[c] * xh;
-      db[c] += di[c];
+#pragma omp parallel if (M * C >= kParallelElements)
+  {
+    // dx: rows are independent, split over the threads; each row's two sums in double, as lanes
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      const float* xi = x + i * C;
+      const float* di = dout + i * C;
+      float* dxi = dx + i * C;
+      const float mi = mean[i], ri = rstd[i];
+      double sum_dxh = 0.0, sum_dxh_xh = 0.0;
+#pragma omp simd reduction(+ : sum_dxh, sum_dxh_xh)
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (xi[c] - mi) * ri;
+        const float dxh = di[c] * w[c];
+        sum_dxh += dxh;
+        sum_dxh_xh += dxh * xh;
+      }
+      const float a = static_cast<float>(sum_dxh / static_cast<double>(C)),
+                  bb = static_cast<float>(sum_dxh_xh / static_cast<double>(C));
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (xi[c] - mi) * ri;
+        dxi[c] += ri * (di[c] * w[c] - a - xh * bb);
+      }
     }
-    const float a = static_cast<float>(sum_dxh / static_cast<double>(C)),
-                bb = static_cast<float>(sum_dxh_xh / static_cast<double>(C));
-    for (int64_t c = 0; c < C; ++c) {
-      const float xh = (xi[c] - mean[i]) * rstd[i];
-      dx[i * C + c] += rstd[i] * (di[c] * w[c] - a - xh * bb);
+    // dw, db: each thread owns a share of the columns and adds their rows in row order, as one thread would,
+    // so the sums are the same for any thread count
+    const auto [c0, c1] = column_share(C, omp_get_thread_num(), omp_get_num_threads());
+    for (int64_t i = 0; i < M; ++i) {
+      const float* xi = x + i * C;
+      const float* di = dout + i * C;
+      const float mi = mean[i], ri = rstd[i];
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) {
+        const float xh = (xi[c] - mi) * ri;
+        dw[c] += di[c] * xh;
+        db[c] += di[c];
+      }
     }
   }
 }
@@ -179,27 +210,43 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, const flo
                 static_cast<int>(K));
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), static_cast<int>(M),
               1.0f, dy, static_cast<int>(N), x, static_cast<int>(K), 1.0f, dw, static_cast<int>(K));
-  if (db)
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t n = 0; n < N; ++n) db[n] += dy[i * N + n];
+  if (db) {  // each thread owns a share of the columns, whose rows it adds in row order: any thread count agrees
+#pragma omp parallel if (M * N >= kParallelElements)
+    {
+      const auto [n0, n1] = column_share(N, omp_get_thread_num(), omp_get_num_threads());
+      for (int64_t i = 0; i < M; ++i) {
+        const float* dyi = dy + i * N;
+#pragma omp simd
+        for (int64_t n = n0; n < n1; ++n) db[n] += dyi[n];
+      }
+    }
+  }
+}
+
+void add(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
 void activation_forward(float* out, const float* x, int64_t n, Activation act) {
   if (act == Activation::kRelu) {
-#pragma omp parallel for schedule(static) if (n >= kParallelElements)
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
-  } else {  // gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2))
-#pragma omp parallel for schedule(static) if (n >= kParallelElements)
+  } else {  // gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2)); erf has no vector form in libm: threads only
+#pragma omp parallel for schedule(static) if (n >= kParallelElements / 4)
     for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
   }
 }
 
 void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act) {
   if (act == Activation::kRelu) {
-#pragma omp parallel for schedule(static) if (n >= kParallelElements)
-    for (int64_t i = 0; i < n; ++i) dx[i] += x[i] > 0.0f ? dout[i] : 0.0f;
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = dout[i];  // loaded unconditionally: the select vectorises
+      dx[i] += x[i] > 0.0f ? d : 0.0f;
+    }
   } else {  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
-#pragma omp parallel for schedule(static) if (n >= kParallelElements)
+#pragma omp parallel for schedule(static) if (n >= kParallelElements / 4)
     for (int64_t i = 0; i < n; ++i) {
       const float cdf = 0.5f * (1.0f + std::erf(x[i] * 0.70710678118654752f));
       const float pdf = 0.39894228040143268f * std::exp(-0.5f * x[i] * x[i]);
@@ -208,24 +255,55 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t n
   }
 }
 
+namespace {
+
+// A 32-bit bijection with full avalanche (Wellons' lowbias32): the counter-based dropout generator's mixer.
+inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return h;
+}
+
+// Element i of a dropout keyed by (k0, k1): 32 random bits that depend only on the key and i, never on the order
+// or the thread the elements are drawn in. Plain 32-bit arithmetic, so the loops around it vectorise.
+inline uint32_t dropout_bits(uint32_t k0, uint32_t k1, int64_t i) {
+  const uint64_t u = static_cast<uint64_t>(i);
+  return mix32(mix32(static_cast<uint32_t>(u) ^ k0) + (k1 ^ static_cast<uint32_t>(u >> 32)));
+}
+
+// v where mask is all ones, +0 where it is zero (a select written as bits, which vectorises; the same value as
+// `mask ? v : 0.0f`, NaN and infinities included).
+inline float keep_bits(float v, uint32_t mask) { return std::bit_cast<float>(std::bit_cast<uint32_t>(v) & mask); }
+
+}  // namespace
+
 void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float p, std::mt19937_64& rng) {
   if (p <= 0.0f) {
-    std::copy(x, x + n, out);
+    if (out != x) std::copy(x, x + n, out);
     std::fill(keep, keep + n, uint8_t{1});
     return;
   }
+  // One draw from rng keys the whole call; element i is kept when its 32 counter-based bits reach p·2^32.
+  const uint64_t key = rng();
+  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
   const float s = 1.0f / (1.0f - p);
-  const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551615.0);
-  for (int64_t i = 0; i < n; ++i) {
-    keep[i] = rng() >= threshold;
-    out[i] = keep[i] ? x[i] * s : 0.0f;
+  const uint32_t threshold = static_cast<uint32_t>(std::min(static_cast<double>(p) * 4294967296.0, 4294967295.0));
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
+  for (int64_t i = 0; i < n; ++i) {  // out may be x: each element reads and writes only itself
+    const uint32_t mask = dropout_bits(k0, k1, i) >= threshold ? 0xffffffffU : 0U;
+    keep[i] = static_cast<uint8_t>(mask & 1U);
+    out[i] = keep_bits(x[i] * s, mask);
   }
 }
 
 void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p) {
   // out = x · keep / (1 − p)
   const float s = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
-  for (int64_t i = 0; i < n; ++i) dx[i] += keep[i] ? dout[i] * s : 0.0f;
+#pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
+  for (int64_t i = 0; i < n; ++i) dx[i] += keep_bits(dout[i] * s, 0U - static_cast<uint32_t>(keep[i] != 0));
 }
 
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
@@ -233,33 +311,46 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
   int64_t n = 0;
   for (int64_t i = 0; i < M; ++i) n += targets[i] != ignore_index;
   if (counted) *counted = n;
-  double loss = 0.0;
-  std::vector<double> p(static_cast<size_t>(V));
-  for (int64_t i = 0; i < M; ++i) {
-    const float* z = logits + i * V;
-    float* dz = dlogits ? dlogits + i * V : nullptr;
-    if (targets[i] == ignore_index || n == 0) {
-      if (dz) std::fill(dz, dz + V, 0.0f);
-      continue;
+  // rows are independent: each writes its loss term, and the terms are added in row order afterwards (the same
+  // sum for any thread count)
+  thread_local std::vector<double> row_loss;
+  if (static_cast<int64_t>(row_loss.size()) < M) row_loss.resize(static_cast<size_t>(M));
+  double* terms = row_loss.data();
+#pragma omp parallel if (M * V >= kParallelElements / 8)
+  {
+    thread_local std::vector<double> p;
+    if (static_cast<int64_t>(p.size()) < V) p.resize(static_cast<size_t>(V));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      const float* z = logits + i * V;
+      float* dz = dlogits ? dlogits + i * V : nullptr;
+      terms[i] = 0.0;
+      if (targets[i] == ignore_index || n == 0) {
+        if (dz) std::fill(dz, dz + V, 0.0f);
+        continue;
+      }
+      // log p = z − logsumexp(z)
+      double m = z[0];
+      for (int64_t c = 1; c < V; ++c) m = std::max(m, static_cast<double>(z[c]));
+      double s = 0.0;
+      for (int64_t c = 0; c < V; ++c) s += (p[c] = std::exp(z[c] - m));
+      const double lse = m + std::log(s);
+      // loss_i = (1 − ε)·(−log p_y) + ε · mean_c(−log p_c)
+      double mean_nll = 0.0;
+      for (int64_t c = 0; c < V; ++c) mean_nll += lse - z[c];
+      mean_nll /= static_cast<double>(V);
+      terms[i] = (1.0 - smoothing) * (lse - z[targets[i]]) + smoothing * mean_nll;
+      // dloss_i/dz_c = p_c − ((1 − ε)·[c = y] + ε / V), then / n for the mean
+      if (dz)
+        for (int64_t c = 0; c < V; ++c)
+          dz[c] = static_cast<float>(
+              (p[c] / s - (c == targets[i] ? 1.0 - smoothing : 0.0) - smoothing / static_cast<double>(V)) /
+              static_cast<double>(n));
     }
-    // log p = z − logsumexp(z)
-    double m = z[0];
-    for (int64_t c = 1; c < V; ++c) m = std::max(m, static_cast<double>(z[c]));
-    double s = 0.0;
-    for (int64_t c = 0; c < V; ++c) s += (p[c] = std::exp(z[c] - m));
-    const double lse = m + std::log(s);
-    // loss_i = (1 − ε)·(−log p_y) + ε · mean_c(−log p_c)
-    double mean_nll = 0.0;
-    for (int64_t c = 0; c < V; ++c) mean_nll += lse - z[c];
-    mean_nll /= static_cast<double>(V);
-    loss += (1.0 - smoothing) * (lse - z[targets[i]]) + smoothing * mean_nll;
-    // dloss_i/dz_c = p_c − ((1 − ε)·[c = y] + ε / V), then / n for the mean
-    if (dz)
-      for (int64_t c = 0; c < V; ++c)
-        dz[c] = static_cast<float>(
-            (p[c] / s - (c == targets[i] ? 1.0 - smoothing : 0.0) - smoothing / static_cast<double>(V)) /
-            static_cast<double>(n));
   }
+  double loss = 0.0;
+  for (int64_t i = 0; i < M; ++i)
+    if (targets[i] != ignore_index) loss += terms[i];
   return n ? static_cast<float>(loss / static_cast<double>(n)) : 0.0f;
 }
 

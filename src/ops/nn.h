@@ -4,6 +4,7 @@
 // differentiates. All tensors are row-major float32.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -26,11 +27,16 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
                      int64_t N, int64_t K);
 
+// out = a + b, element by element (out may be a or b)                                [n]
+void add(float* out, const float* a, const float* b, int64_t n);
+
 // out = act(x), GELU the exact erf form (PyTorch's default)                        [n]
 void activation_forward(float* out, const float* x, int64_t n, Activation act);
 void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act);
 
 // out = x · keep / (1 − p), keep ~ Bernoulli(1 − p), stored as a 0/1 byte mask       [n]
+// The mask comes from a counter-based generator keyed by one draw of rng: element i's bits depend on (key, i)
+// only, so the mask is the same for any thread count. out may be x (in place).
 void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float p, std::mt19937_64& rng);
 void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p);
 
@@ -68,6 +74,13 @@ inline void linear_forward(float* y, const float* x, const float* w, const Quant
 inline float* grow(std::vector<float>& b, int64_t n) {
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
   return b.data();
+}
+
+// grow(b, n) with its first n floats set to zero: a gradient buffer about to be accumulated into.
+inline float* grow_zeroed(std::vector<float>& b, int64_t n) {
+  float* p = grow(b, n);
+  std::fill(p, p + n, 0.0f);
+  return p;
 }
 
 // A per-thread scratch buffer that only grows: slot s (0..7) holds at least n floats, reused across calls
