@@ -79,11 +79,12 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
     const Tensor& R = st.at("R");
     models::Buf dx(R.f32(), R.f32() + R.numel());  // dLoss/dout = R for loss = Σ out ⊙ R
     const float* out;
+    TransformerBackwardBuffers buffers;
     if (!decoder) {
       EncoderLayerActivations k;
       out = models::encoder_layer_forward(k, net.enc[0], net, x.f32(), B, L, x_pad.data(), true, nullptr);
       EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
-      models::encoder_layer_backward(dx, k, net.enc[0], net, B, L);
+      models::encoder_layer_backward(dx.data(), k, net.enc[0], net, B, L, buffers);
     } else {
       const Tensor& mem = st.at("mem");
       const int64_t Ls = mem.dim(1);
@@ -93,7 +94,7 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
                                           true, nullptr);
       EXPECT_LE(max_rel_err(out, st.at("expected").f32(), M * E), 1e-4);
       models::Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
-      models::decoder_layer_backward(dx, dmem.data(), k, net.dec[0], net, B, L, Ls);
+      models::decoder_layer_backward(dx.data(), dmem.data(), k, net.dec[0], net, B, L, Ls, buffers);
       EXPECT_LE(max_rel_err(dmem.data(), st.at("grad.mem").f32(), B * Ls * E), 2e-3) << "d mem";
     }
     EXPECT_LE(max_rel_err(dx.data(), st.at("grad.x").f32(), M * E), 2e-3) << "d x";

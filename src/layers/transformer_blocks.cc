@@ -5,6 +5,11 @@
 #include <cmath>
 
 namespace attn::layers {
+namespace {
+
+void add_to(float* dx, const float* d, int64_t n) { ops::add(dx, dx, d, n); }
+
+}  // namespace
 
 void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act,
                 float dropout, std::mt19937_64* rng) {
@@ -24,21 +29,22 @@ void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const
 }
 
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
-                 float dropout) {
+                 float dropout, BackwardScratch& scratch) {
   const bool dropped = !c.keep.empty();
-  // out = h_drop·W2ᵀ + b2
-  Buf dh(static_cast<size_t>(M * w.F), 0.0f);
-  ops::linear_backward(dh.data(), w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F);
-  Buf dh_pre(static_cast<size_t>(M * w.F), 0.0f);
+  const int64_t n = M * w.F;
+  // out = h_drop·W2ᵀ + b2   (h_drop is h itself without dropout)
+  float* dh = ops::grow_zeroed(scratch.d_h_drop, n);
+  ops::linear_backward(dh, w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F);
   if (dropped) {  // h_drop = dropout(h)
-    Buf t(static_cast<size_t>(M * w.F), 0.0f);
-    ops::dropout_backward(t.data(), dh.data(), c.keep.data(), M * w.F, dropout);
-    dh.swap(t);
+    float* t = ops::grow_zeroed(scratch.d_h, n);
+    ops::dropout_backward(t, dh, c.keep.data(), n, dropout);
+    dh = t;
   }
   // h = act(h_pre)
-  ops::activation_backward(dh_pre.data(), dh.data(), c.h_pre.data(), M * w.F, act);
+  float* dh_pre = ops::grow_zeroed(scratch.d_h_pre, n);
+  ops::activation_backward(dh_pre, dh, c.h_pre.data(), n, act);
   // h_pre = x·W1ᵀ + b1
-  ops::linear_backward(dx, w.dw1, w.db1, dh_pre.data(), c.x, w.w1, M, w.F, w.E);
+  ops::linear_backward(dx, w.dw1, w.db1, dh_pre, c.x, w.w1, M, w.F, w.E);
 }
 
 const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln,
@@ -62,34 +68,34 @@ void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, c
     c.keep.clear();
   }
   if (norm_first) {  // out = x + f_drop
-    for (int64_t i = 0; i < M * E; ++i) out[i] = c.x[i] + f[i];
+    ops::add(out, c.x, f, M * E);
   } else {  // out = LN(r), r = x + f_drop
     float* r = grow(c.r, M * E);
-    for (int64_t i = 0; i < M * E; ++i) r[i] = c.x[i] + f[i];
+    ops::add(r, c.x, f, M * E);
     ops::layer_norm_forward(out, grow(c.mean, M), grow(c.rstd, M), r, ln.w, ln.b, M, E);
   }
 }
 
 float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
-                                const LnWeights& ln, bool norm_first, float dropout) {
+                                const LnWeights& ln, bool norm_first, float dropout, BackwardScratch& scratch) {
+  const int64_t n = M * E;
   const float* dr = dout;
-  Buf tmp;
   if (!norm_first) {  // out = LN(r)
-    tmp.assign(static_cast<size_t>(M * E), 0.0f);
-    ops::layer_norm_backward(tmp.data(), ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E);
-    dr = tmp.data();
+    float* t = ops::grow_zeroed(scratch.d_r, n);
+    ops::layer_norm_backward(t, ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E);
+    dr = t;
   }
   // r = x + f_drop
-  for (int64_t i = 0; i < M * E; ++i) dx[i] += dr[i];
-  float* df = grow(c.d_f_out, M * E);
+  add_to(dx, dr, n);
+  float* df = grow(c.d_f_out, n);
   if (!c.keep.empty()) {  // f_drop = dropout(f)
-    std::fill(df, df + M * E, 0.0f);
-    ops::dropout_backward(df, dr, c.keep.data(), M * E, dropout);
+    std::fill(df, df + n, 0.0f);
+    ops::dropout_backward(df, dr, c.keep.data(), n, dropout);
   } else {
-    std::copy(dr, dr + M * E, df);
+    std::copy(dr, dr + n, df);
   }
-  float* df_in = grow(c.d_f_in, M * E);  // (grow first: it may reallocate)
-  std::fill(df_in, df_in + M * E, 0.0f);
+  float* df_in = grow(c.d_f_in, n);  // (grow first: it may reallocate)
+  std::fill(df_in, df_in + n, 0.0f);
   return df;
 }
 
@@ -98,7 +104,7 @@ void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64
   if (norm_first)  // F read LN(x)
     ops::layer_norm_backward(dx, ln.dw, ln.db, c.d_f_in.data(), c.x, ln.w, c.mean.data(), c.rstd.data(), M, E);
   else  // F read x
-    for (int64_t i = 0; i < M * E; ++i) dx[i] += c.d_f_in[i];
+    add_to(dx, c.d_f_in.data(), M * E);
 }
 
 }  // namespace attn::layers

@@ -15,6 +15,7 @@ namespace attn::layers {
 using Buf = std::vector<float>;
 
 using ops::grow;
+using ops::grow_zeroed;
 
 struct FfWeights {
   const float *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;  // [F, E], [F], [E, F], [E]
@@ -29,11 +30,19 @@ struct FeedForwardActivations {
   std::vector<uint8_t> keep;
 };
 
+// The temporaries of the blocks' backward passes. Only one block's backward runs at a time, so a model keeps one
+// of these for all its layers and from step to step: each buffer grows to the largest batch shape it has seen and
+// is never shrunk, so the backward allocates nothing once the shapes repeat.
+struct BackwardScratch {
+  Buf d_h_drop, d_h, d_h_pre;  // feed-forward: dLoss/dh_drop (linear2's input), /dh, /dh_pre   [M, F] each
+  Buf d_r;                     // post-norm sublayer: dLoss/dr, r = x + drop(F)             [M, E]
+};
+
 // out = linear2(dropout(act(linear1(x))))          x, out: [M, E]
 void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act,
                 float dropout, std::mt19937_64* rng);
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
-                 float dropout);
+                 float dropout, BackwardScratch& scratch);
 
 struct LnWeights {
   const float *w = nullptr, *b = nullptr;  // [E], [E]
@@ -57,7 +66,7 @@ void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, c
                      float dropout, std::mt19937_64* rng);
 // Backward, first half: dx += the residual's share; returns dLoss/dF_out (in c.d_f_out).
 float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
-                                const LnWeights& ln, bool norm_first, float dropout);
+                                const LnWeights& ln, bool norm_first, float dropout, BackwardScratch& scratch);
 // Backward, second half: given dLoss/dF_input (c.d_f_in, filled by F's backward), dx += through LN (pre-norm)
 // or directly (post-norm).
 void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,

@@ -17,6 +17,7 @@ namespace attn {
 
 using layers::Buf;
 using layers::grow;
+using layers::grow_zeroed;
 
 // ---------------------------------------------------------------- config
 std::string TransformerConfig::to_json() const {
@@ -270,25 +271,25 @@ void Transformer::backward(const Tensor& dlogits) {
     throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) +
                      " but the forward gave " + shape_str({B, Lt, c.tgt_vocab}));
   const models::TransformerWeights& net = weights();
+  TransformerBackwardBuffers& s = k.back;  // allocated once per batch shape, reused from step to step
   // logits = yn·W_genᵀ + b_gen
-  Buf dyn(static_cast<size_t>(B * Lt * E), 0.0f);
-  ops::linear_backward(dyn.data(), net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt,
-                       c.tgt_vocab, E);
+  float* dyn = grow_zeroed(s.d_dec_out, B * Lt * E);
+  ops::linear_backward(dyn, net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
   // yn = LN_dec(y)
-  Buf dy(static_cast<size_t>(B * Lt * E), 0.0f);
-  ops::layer_norm_backward(dy.data(), net.dec_norm.dw, net.dec_norm.db, dyn.data(), k.dec_out_pre, net.dec_norm.w,
-                           k.dec_mean.data(), k.dec_rstd.data(), B * Lt, E);
-  Buf dmem(static_cast<size_t>(B * Ls * E), 0.0f);
+  float* dy = grow_zeroed(s.d_dec, B * Lt * E);
+  ops::layer_norm_backward(dy, net.dec_norm.dw, net.dec_norm.db, dyn, k.dec_out_pre, net.dec_norm.w, k.dec_mean.data(),
+                           k.dec_rstd.data(), B * Lt, E);
+  float* dmem = grow_zeroed(s.d_mem, B * Ls * E);
   for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l)
-    models::decoder_layer_backward(dy, dmem.data(), k.dec[l], net.dec[l], net, B, Lt, Ls);
-  models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy.data());
+    models::decoder_layer_backward(dy, dmem, k.dec[l], net.dec[l], net, B, Lt, Ls, s);
+  models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy);
   // mem = LN_enc(x)
-  Buf dx(static_cast<size_t>(B * Ls * E), 0.0f);
-  ops::layer_norm_backward(dx.data(), net.enc_norm.dw, net.enc_norm.db, dmem.data(), k.enc_out_pre, net.enc_norm.w,
-                           k.mem_mean.data(), k.mem_rstd.data(), B * Ls, E);
+  float* dx = grow_zeroed(s.d_enc, B * Ls * E);
+  ops::layer_norm_backward(dx, net.enc_norm.dw, net.enc_norm.db, dmem, k.enc_out_pre, net.enc_norm.w, k.mem_mean.data(),
+                           k.mem_rstd.data(), B * Ls, E);
   for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l)
-    models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls);
-  models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx.data());
+    models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls, s);
+  models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx);
 }
 
 std::map<std::string, Tensor> Transformer::attention_maps() const {

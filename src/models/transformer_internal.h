@@ -29,6 +29,14 @@ struct DecoderLayerActivations {
   const float* mem = nullptr;  // [B·Ls, E]
 };
 
+// The backward's temporaries, grown to the largest batch shape seen and reused from step to step.
+struct TransformerBackwardBuffers {
+  layers::Buf d_dec_out, d_dec;  // dLoss/d LN_dec(y), dLoss/dy (the decoder's stream)    [B·Lt, E] each
+  layers::Buf d_mem, d_enc;      // dLoss/dmem, dLoss/dx (the encoder's stream)           [B·Ls, E] each
+  layers::Buf d1, d2;            // inside one layer's backward                           [B·L, E] each
+  layers::BackwardScratch blocks;
+};
+
 struct TransformerActivations {
   bool training = false;
   int64_t B = 0, Ls = 0, Lt = 0;
@@ -41,6 +49,7 @@ struct TransformerActivations {
   const float* enc_out_pre = nullptr;
   const float* dec_out_pre = nullptr;
   layers::Buf mem, mem_mean, mem_rstd, dec_out, dec_mean, dec_rstd;
+  TransformerBackwardBuffers back;
 };
 
 namespace models {
@@ -121,14 +130,16 @@ void embed_backward(const TransformerWeights& net, float* dtable, const TokenBat
 float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net,
                              const float* x, int64_t B, int64_t L, const uint8_t* pad, bool keep_weights,
                              std::mt19937_64* rng);
-void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
-                            const TransformerWeights& net, int64_t B, int64_t L);
+// dx [B·L, E]: in = dLoss/d(layer output), out = dLoss/d(layer input).
+void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t L, TransformerBackwardBuffers& buffers);
 float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net,
                              const float* y, const float* mem, int64_t B, int64_t Lt, int64_t Ls,
                              const uint8_t* tgt_pad, const uint8_t* src_pad, bool keep_weights, std::mt19937_64* rng);
-// dy: in = dLoss/d(layer output), out = dLoss/d(layer input); dmem accumulates.
-void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
-                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls);
+// dy [B·Lt, E]: in = dLoss/d(layer output), out = dLoss/d(layer input); dmem [B·Ls, E] accumulates.
+void decoder_layer_backward(float* dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls,
+                            TransformerBackwardBuffers& buffers);
 
 }  // namespace models
 }  // namespace attn

@@ -1,4 +1,6 @@
 // The Transformer's layers as forward/backward pairs (see transformer_internal.h).
+#include <omp.h>
+
 #include <cmath>
 
 #include "attn/error.h"
@@ -132,43 +134,76 @@ void embed_rows(float* out, const TransformerWeights& net, const float* table, c
                 int64_t pos) {
   const int64_t E = net.c.d_model;
   const float s = std::sqrt(static_cast<float>(E));
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t e = 0; e < E; ++e) out[r * E + e] = table[ids[r] * E + e] * s + net.positions()[pos * E + e];
+  const float* pe = net.positions() + pos * E;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = table + ids[r] * E;
+    float* o = out + r * E;
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) o[e] = row[e] * s + pe[e];
+  }
 }
 
 float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeights& net, const float* table,
                      const TokenBatch& ids, std::mt19937_64* rng) {
   const int64_t E = net.c.d_model, n = ids.B * ids.L;
   float* x = grow(buf, n * E);
-  for (int64_t b = 0; b < ids.B; ++b)
-    for (int64_t i = 0; i < ids.L; ++i)
-      embed_rows(x + (b * ids.L + i) * E, net, table, &ids.ids[static_cast<size_t>(b * ids.L + i)], 1, i);
+  // rows are independent: split over the threads when there is enough work
+#pragma omp parallel for schedule(static) if (n * E >= (1 << 15))
+  for (int64_t row = 0; row < n; ++row)
+    embed_rows(x + row * E, net, table, &ids.ids[static_cast<size_t>(row)], 1, row % ids.L);
   if (rng && net.c.dropout > 0.0f) {
     keep.resize(static_cast<size_t>(n * E));
-    Buf tmp(x, x + n * E);
-    ops::dropout_forward(x, keep.data(), tmp.data(), n * E, net.c.dropout, *rng);
+    ops::dropout_forward(x, keep.data(), x, n * E, net.c.dropout, *rng);  // in place
   } else {
     keep.clear();
   }
   return x;
 }
 
+namespace {
+// Columns [e0, e1) of one row of dLoss/dx taken back through the embedding dropout (keep: that row's mask, or null
+// without dropout): a per-thread buffer indexed like the row, or the row itself.
+const float* d_row_scratch(const float* d_row, const uint8_t* keep, float ks, int64_t e0, int64_t e1) {
+  if (!keep) return d_row;
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < e1) buf.resize(static_cast<size_t>(e1));
+  float* d = buf.data();
+#pragma omp simd
+  for (int64_t e = e0; e < e1; ++e) {
+    const float v = d_row[e] * ks;
+    d[e] = keep[e] ? v : 0.0f;
+  }
+  return d;
+}
+}  // namespace
+
 void embed_backward(const TransformerWeights& net, float* dtable, const TokenBatch& ids,
                     const std::vector<uint8_t>& keep, const float* dx) {
   // x = dropout(table[id]·√E + pos)
-  const int64_t E = net.c.d_model;
+  const int64_t E = net.c.d_model, n = ids.B * ids.L;
   const float s = std::sqrt(static_cast<float>(E)), ks = keep.empty() ? 1.0f : 1.0f / (1.0f - net.c.dropout);
-  for (int64_t b = 0; b < ids.B; ++b)
-    for (int64_t i = 0; i < ids.L; ++i) {
-      const int64_t row = b * ids.L + i;
+  const uint8_t* kp = keep.empty() ? nullptr : keep.data();
+  float* dpos = net.pos_embed_d;
+  // Rows scatter into the table (two rows may share a token): each thread owns a share of the columns and adds
+  // the rows in row order, as one thread would, so any thread count gives the same sums.
+#pragma omp parallel if (n * E >= (1 << 15))
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t e0 = E * t / T, e1 = E * (t + 1) / T;
+    for (int64_t row = 0; row < n; ++row) {
       const int32_t id = ids.ids[static_cast<size_t>(row)];
-      for (int64_t e = 0; e < E; ++e) {
-        const float d =
-            keep.empty() ? dx[row * E + e] : (keep[static_cast<size_t>(row * E + e)] ? dx[row * E + e] * ks : 0.0f);
-        dtable[id * E + e] += d * s;
-        if (net.pos_embed_d) net.pos_embed_d[i * E + e] += d;
+      const float* d_row = dx + row * E;
+      const float* d = d_row_scratch(d_row, kp ? kp + row * E : nullptr, ks, e0, e1);  // dLoss/d(embedding + position)
+      float* dt = dtable + id * E;
+#pragma omp simd
+      for (int64_t e = e0; e < e1; ++e) dt[e] += d[e] * s;
+      if (dpos) {
+        float* dp = dpos + (row % ids.L) * E;
+#pragma omp simd
+        for (int64_t e = e0; e < e1; ++e) dp[e] += d[e];
       }
     }
+  }
 }
 
 namespace {
@@ -201,19 +236,19 @@ float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeigh
   return k.x2.data();
 }
 
-void encoder_layer_backward(Buf& dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
-                            const TransformerWeights& net, int64_t B, int64_t L) {
+void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t L, TransformerBackwardBuffers& s) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
-  Buf dx1(static_cast<size_t>(M * E), 0.0f);
-  float* df = layers::sublayer_backward_output(dx1.data(), dx.data(), k.ff, M, E, w.norm2, c.norm_first, c.dropout);
-  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout);
-  layers::sublayer_backward_input(dx1.data(), k.ff, M, E, w.norm2, c.norm_first);
-  std::fill(dx.begin(), dx.end(), 0.0f);
-  df = layers::sublayer_backward_output(dx.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  float* dx1 = layers::grow_zeroed(s.d1, M * E);
+  float* df = layers::sublayer_backward_output(dx1, dx, k.ff, M, E, w.norm2, c.norm_first, c.dropout, s.blocks);
+  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  layers::sublayer_backward_input(dx1, k.ff, M, E, w.norm2, c.norm_first);
+  std::fill(dx, dx + M * E, 0.0f);
+  df = layers::sublayer_backward_output(dx, dx1, k.sa, M, E, w.norm1, c.norm_first, c.dropout, s.blocks);
   float* d_in = k.sa.d_f_in.data();
   layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
-  layers::sublayer_backward_input(dx.data(), k.sa, M, E, w.norm1, c.norm_first);
+  layers::sublayer_backward_input(dx, k.sa, M, E, w.norm1, c.norm_first);
 }
 
 float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net,
@@ -241,22 +276,23 @@ float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeigh
   return k.x3.data();
 }
 
-void decoder_layer_backward(Buf& dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
-                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls) {
+void decoder_layer_backward(float* dy, float* dmem, DecoderLayerActivations& k, const DecoderLayerWeights& w,
+                            const TransformerWeights& net, int64_t B, int64_t Lt, int64_t Ls,
+                            TransformerBackwardBuffers& s) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
-  Buf dx2(static_cast<size_t>(M * E), 0.0f), dx1(static_cast<size_t>(M * E), 0.0f);
-  float* df = layers::sublayer_backward_output(dx2.data(), dy.data(), k.ff, M, E, w.norm3, c.norm_first, c.dropout);
-  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout);
-  layers::sublayer_backward_input(dx2.data(), k.ff, M, E, w.norm3, c.norm_first);
-  df = layers::sublayer_backward_output(dx1.data(), dx2.data(), k.ca, M, E, w.norm2, c.norm_first, c.dropout);
+  float *dx2 = layers::grow_zeroed(s.d2, M * E), *dx1 = layers::grow_zeroed(s.d1, M * E);
+  float* df = layers::sublayer_backward_output(dx2, dy, k.ff, M, E, w.norm3, c.norm_first, c.dropout, s.blocks);
+  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  layers::sublayer_backward_input(dx2, k.ff, M, E, w.norm3, c.norm_first);
+  df = layers::sublayer_backward_output(dx1, dx2, k.ca, M, E, w.norm2, c.norm_first, c.dropout, s.blocks);
   layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
-  layers::sublayer_backward_input(dx1.data(), k.ca, M, E, w.norm2, c.norm_first);
-  std::fill(dy.begin(), dy.end(), 0.0f);
-  df = layers::sublayer_backward_output(dy.data(), dx1.data(), k.sa, M, E, w.norm1, c.norm_first, c.dropout);
+  layers::sublayer_backward_input(dx1, k.ca, M, E, w.norm2, c.norm_first);
+  std::fill(dy, dy + M * E, 0.0f);
+  df = layers::sublayer_backward_output(dy, dx1, k.sa, M, E, w.norm1, c.norm_first, c.dropout, s.blocks);
   float* d_in = k.sa.d_f_in.data();
   layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);
-  layers::sublayer_backward_input(dy.data(), k.sa, M, E, w.norm1, c.norm_first);
+  layers::sublayer_backward_input(dy, k.sa, M, E, w.norm1, c.norm_first);
 }
 
 }  // namespace attn::models
