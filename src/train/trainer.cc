@@ -69,37 +69,93 @@ std::vector<std::vector<const Pair*>> bucket(const std::vector<Pair>& data, int6
   return batches;
 }
 
+// Below this many elements the optimizer stays on one thread.
+constexpr int64_t kParallelElements = 1 << 15;
+
+// One parameter tensor as the optimizer sees it (the map lookups done once per step).
+struct ParamSlot {
+  float *p, *g, *m, *v;  // the parameter, its gradient and AdamW's two moments: [n] each
+  int64_t n;
+  bool decay;  // weight decay applies (matrices only)
+};
+
+std::vector<ParamSlot> param_slots(Transformer& model, AdamState& a, const StepOptions& o) {
+  std::vector<ParamSlot> slots;
+  for (auto& [name, p] : model.params())
+    slots.push_back({p.f32(), model.grads().at(name).f32(), a.m.at(name).f32(), a.v.at(name).f32(), p.numel(),
+                     o.weight_decay > 0.0f && p.rank() == 2});
+  return slots;
+}
+
+int64_t total_elements(const std::vector<ParamSlot>& slots) {
+  int64_t n = 0;
+  for (const ParamSlot& s : slots) n += s.n;
+  return n;
+}
+
 // AdamW (PyTorch's): m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
-void adam_step(Transformer& model, AdamState& a, const StepOptions& o, float lr) {
+// Element by element, so vectorised and split over the threads it gives the same bits as one scalar loop.
+void adam_step(const std::vector<ParamSlot>& slots, AdamState& a, const StepOptions& o, float lr) {
   ++a.step;
   const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)),
               bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
-  for (auto& [name, p] : model.params()) {
-    const Tensor& g = model.grads().at(name);
-    Tensor& m = a.m.at(name);
-    Tensor& v = a.v.at(name);
-    float *pp = p.f32(), *mm = m.f32(), *vv = v.f32();
-    const float* gg = g.f32();
-    const bool decay = o.weight_decay > 0.0f && p.rank() == 2;
-    for (int64_t i = 0; i < p.numel(); ++i) {
-      mm[i] = o.beta1 * mm[i] + (1.0f - o.beta1) * gg[i];
-      vv[i] = o.beta2 * vv[i] + (1.0f - o.beta2) * gg[i] * gg[i];
-      if (decay) pp[i] -= lr * o.weight_decay * pp[i];
-      pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + o.adam_eps);
+  const float b1 = o.beta1, b2 = o.beta2, c1 = 1.0f - o.beta1, c2 = 1.0f - o.beta2, eps = o.adam_eps;
+  const float lr_wd = lr * o.weight_decay;
+#pragma omp parallel if (total_elements(slots) >= kParallelElements)
+  for (const ParamSlot& s : slots) {
+    float *pp = s.p, *mm = s.m, *vv = s.v;
+    const float* gg = s.g;
+    if (s.decay) {
+#pragma omp for simd schedule(static) nowait
+      for (int64_t i = 0; i < s.n; ++i) {
+        mm[i] = b1 * mm[i] + c1 * gg[i];
+        vv[i] = b2 * vv[i] + c2 * gg[i] * gg[i];
+        pp[i] -= lr_wd * pp[i];
+        pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + eps);
+      }
+    } else {
+#pragma omp for simd schedule(static) nowait
+      for (int64_t i = 0; i < s.n; ++i) {
+        mm[i] = b1 * mm[i] + c1 * gg[i];
+        vv[i] = b2 * vv[i] + c2 * gg[i] * gg[i];
+        pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + eps);
+      }
     }
   }
 }
 
-// Scales the gradients so their global L2 norm is at most max_norm; returns the norm before.
-float clip_gradients(Transformer& model, float max_norm) {
+// Scales the gradients so their global L2 norm is at most max_norm; returns the norm before. The squares are
+// summed in double over fixed blocks of elements, then the blocks in order: the same norm for any thread count.
+float clip_gradients(const std::vector<ParamSlot>& slots, float max_norm) {
+  constexpr int64_t kBlock = 1 << 14;
+  struct Block {
+    const float* g;
+    int64_t n;
+  };
+  std::vector<Block> blocks;
+  for (const ParamSlot& s : slots)
+    for (int64_t i = 0; i < s.n; i += kBlock) blocks.push_back({s.g + i, std::min(kBlock, s.n - i)});
+  std::vector<double> partial(blocks.size());
+  const int64_t nb = static_cast<int64_t>(blocks.size()), total = total_elements(slots);
+#pragma omp parallel for schedule(static) if (total >= kParallelElements)
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* g = blocks[static_cast<size_t>(b)].g;
+    double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t i = 0; i < blocks[static_cast<size_t>(b)].n; ++i) sq += static_cast<double>(g[i]) * g[i];
+    partial[static_cast<size_t>(b)] = sq;
+  }
   double sq = 0.0;
-  for (auto& [name, g] : model.grads())
-    for (int64_t i = 0; i < g.numel(); ++i) sq += static_cast<double>(g.f32()[i]) * g.f32()[i];
+  for (double x : partial) sq += x;
   const float norm = static_cast<float>(std::sqrt(sq));
   if (max_norm > 0.0f && norm > max_norm) {
-    const float s = max_norm / (norm + 1e-6f);
-    for (auto& [name, g] : model.grads())
-      for (int64_t i = 0; i < g.numel(); ++i) g.f32()[i] *= s;
+    const float scale = max_norm / (norm + 1e-6f);
+#pragma omp parallel if (total >= kParallelElements)
+    for (const ParamSlot& s : slots) {
+      float* g = s.g;
+#pragma omp for simd schedule(static) nowait
+      for (int64_t i = 0; i < s.n; ++i) g[i] *= scale;
+    }
   }
   return norm;
 }
@@ -188,8 +244,9 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
                                                    c.tgt_vocab, options_.label_smoothing, c.pad_id);
   model.backward(dlogits_);
   if (options_.reducer) loss = options_.reducer->reduce(model.grads(), loss);  // data parallel: the whole batch's
-  clip_gradients(model, options_.clip_norm);
-  adam_step(model, adam_, options_, lr);
+  const std::vector<ParamSlot> slots = param_slots(model, adam_, options_);
+  clip_gradients(slots, options_.clip_norm);
+  adam_step(slots, adam_, options_, lr);
   return loss;
 }
 
