@@ -68,11 +68,62 @@ void report(const char* what, const std::string& shape, const std::vector<double
 
 struct SdpaBench {
   int64_t batch = 1, heads = 8, kv_heads = 0, q_len = 1024, kv_len = 0, head_dim = 64;
-  bool causal = false, json = false;
+  bool causal = false, json = false, backward = false;
+  float dropout = 0.0f;
   int64_t window = 0;
   int threads = 0, repeat = 5;
   std::string impl = "fused";
 };
+
+std::string sdpa_shape_json(const SdpaBench& a, int64_t G, int64_t Lk) {
+  char shape[320];
+  std::snprintf(
+      shape, sizeof shape,
+      "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
+      "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d, \"dropout\": %g",
+      a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
+      static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
+      a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads, static_cast<double>(a.dropout));
+  return shape;
+}
+
+double median_of(const std::vector<double>& ms) {
+  return ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+}
+
+// --backward: forward+backward (forward keeping lse, then the fused backward) and the backward alone.
+// FLOPs: the forward's 4·Lq·Lk·D per head, the backward 2.5× that (its five GEMMs to the forward's two),
+// halved when causal; the backward recomputes P, so it really does 3.5× the forward's FMAs.
+void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& k, const Tensor& v,
+                             AttentionOptions o) {
+  const int64_t G = k.dim(1), Lk = k.dim(2);
+  const Tensor d_out = random_tensor(q.shape(), 4);
+  o.return_lse = true;
+  AttentionResult fwd;
+  const auto both = time_runs(a.repeat, [&] {
+    fwd = scaled_dot_product_attention(q, k, v, o);
+    scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+  });
+  const auto bwd =
+      time_runs(a.repeat, [&] { scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o); });
+  double fwd_flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
+                     static_cast<double>(a.batch * a.heads);
+  if (a.causal) fwd_flops /= 2;
+  const double peak = measure_fma_peak(a.threads, 0.2);
+  const double both_gflops = 3.5 * fwd_flops / (median_of(both) * 1e-3) / 1e9;
+  const double bwd_gflops = 2.5 * fwd_flops / (median_of(bwd) * 1e-3) / 1e9;
+  char extra[256];
+  std::snprintf(extra, sizeof extra,
+                ", \"backward_median_ms\": %.4f, \"backward_gflops\": %.2f, \"peak_gflops\": %.1f, "
+                "\"peak_share\": %.3f, \"backward_peak_share\": %.3f",
+                median_of(bwd), bwd_gflops, peak, both_gflops / peak, bwd_gflops / peak);
+  report("sdpa-forward-backward", sdpa_shape_json(a, G, Lk), both, 3.5 * fwd_flops, a.json, extra);
+  if (!a.json)
+    std::printf(
+        "  backward alone: median %.3f ms   %.1f GFLOP/s\n  %.0f%% (forward+backward) and %.0f%% (backward) "
+        "of this machine's FMA peak (%.1f GFLOP/s, measured now)\n",
+        median_of(bwd), bwd_gflops, 100.0 * both_gflops / peak, 100.0 * bwd_gflops / peak, peak);
+}
 
 void run_sdpa_bench(const SdpaBench& a) {
   const int64_t G = a.kv_heads ? a.kv_heads : a.heads, Lk = a.kv_len ? a.kv_len : a.q_len;
@@ -84,28 +135,22 @@ void run_sdpa_bench(const SdpaBench& a) {
   o.window = a.window;
   o.num_threads = a.threads;
   o.impl = parse_impl(a.impl);
+  o.dropout_p = a.dropout;
+  if (a.backward) return run_sdpa_backward_bench(a, q, k, v, o);
   const auto ms = time_runs(a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); });
   // 4·Lq·Lk·D per head (two GEMMs of 2·Lq·Lk·D), halved for causal
   double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                  static_cast<double>(a.batch * a.heads);
   if (a.causal) flops /= 2;
-  char shape[256];
-  std::snprintf(
-      shape, sizeof shape,
-      "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
-      "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d",
-      a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
-      static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
-      a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads);
   // K and V bytes read per call, for the memory-bound decode case
   const double kv_bytes = 2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * 4.0;
-  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double median = median_of(ms);
   // the machine's FMA ceiling at the same thread count, measured now: the share of it this call reached
   const double peak = measure_fma_peak(a.threads, 0.2), gflops = flops / (median * 1e-3) / 1e9;
   char extra[160];
   std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f, \"peak_gflops\": %.1f, \"peak_share\": %.3f",
                 kv_bytes / (median * 1e-3) / 1e9, peak, gflops / peak);
-  report("sdpa", shape, ms, flops, a.json, extra);
+  report("sdpa", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra);
   if (!a.json)
     std::printf("  %.0f%% of this machine's FMA peak (%.1f GFLOP/s, measured now)\n", 100.0 * gflops / peak, peak);
 }
@@ -270,6 +315,9 @@ void add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   sdpa->add_flag("--json", s->json, "one JSON line");
+  sdpa->add_flag("--backward", s->backward, "time forward+backward and the backward alone (fused backward)");
+  sdpa->add_option("--dropout", s->dropout, "attention dropout probability (fused into the kernels)")
+      ->check(CLI::Range(0.0, 1.0));
   sdpa->callback([s] { run_sdpa_bench(*s); });
 
   auto m = std::make_shared<MhaBench>();
