@@ -476,3 +476,23 @@ def test_import_attn_works_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "attn.torch needs PyTorch" in r.stdout
+
+
+def test_mha_drops_into_nn_transformer_encoder_layer():
+    import copy
+    torch.manual_seed(0)
+    theirs = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    ours = copy.deepcopy(theirs)
+    ours.self_attn = at.MultiheadAttention(32, 4, batch_first=True)
+    ours.self_attn.load_state_dict(theirs.self_attn.state_dict())
+    x = randn(2, 6, 32, seed=1, grad=False)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[1, -2:] = True
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)  # True = masked out, as nn.Transformer's masks
+    y = ours(x, src_mask=causal, src_key_padding_mask=kpm, is_causal=True)
+    yt = theirs(x, src_mask=causal, src_key_padding_mask=kpm, is_causal=True)
+    assert (y - yt).abs().max() < 1e-5
+    y.square().sum().backward()
+    yt.square().sum().backward()
+    for (name, p), (_, pt) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert (p.grad - pt.grad).abs().max() < 1e-4, name
