@@ -9,6 +9,8 @@ NumPy in, NumPy out, with PyTorch's names and semantics:
 Arrays that are already C-contiguous float32 (or bool, for masks) are used in place; anything else
 array-like (float64, non-contiguous, a torch CPU tensor) is converted first. Errors raise ValueError
 (shapes, values), TypeError (dtypes) or KeyError (a missing weight), with the C++ message.
+
+For PyTorch (torch tensors, autograd, torch.compile, a drop-in nn.MultiheadAttention): `import attn.torch`.
 """
 import numpy as np
 
