@@ -15,7 +15,7 @@
 //
 // One call, step by step (attention_backward_fused, at the end of the file):
 //   plan_backward     key blocks, chunks, threads
-//   row_deltas        Δ for every row
+//   row_deltas_and_checks  Δ for every row; which query tiles hold non-finite Q or dO
 //   run_key_blocks    every task above
 //   reduce_dq         dQ = Σ over chunks, in order
 #include <algorithm>
@@ -41,6 +41,9 @@ struct BackwardPlan {
   int64_t chunks = 1;        // key chunks per (batch, kv head)
   int64_t tasks = 0;         // B · Hkv · chunks
   int64_t dq_part_rows = 0;  // rows of one chunk's dQ buffer: B · H · Lq
+  int64_t q_tiles = 0;       // ⌈Lq / kBq⌉ query tiles per head, aligned to multiples of kBq
+  // Q rows and dO rows are read in place when their width is whole vectors, else packed per tile
+  bool q_in_place = false, dout_in_place = false;
 };
 
 BackwardPlan plan_backward(const AttentionProblem& p) {
@@ -50,6 +53,9 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
   plan.key_blocks = (p.Lk + kBk - 1) / kBk;
   plan.dq_part_rows = p.B * p.H * p.Lq;
+  plan.q_tiles = (p.Lq + kBq - 1) / kBq;
+  plan.q_in_place = p.D > 0 && p.D % W == 0;
+  plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
   // Fewer (batch, kv head) pairs than 2 per thread: split the keys into chunks so every thread works, as
   // long as the chunks' dQ buffers stay under 512 MB.
   const int64_t pairs = p.B * p.Hkv;
@@ -66,11 +72,11 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
 
 // Per-thread buffers, grown once and reused across calls.
 struct BackwardWorkspace {
-  std::vector<float> kt, vt;       // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ
-  std::vector<float> kb;           // [kBk, Dp]             its K rows, padded
-  std::vector<float> q, qs, dout;  // [kBq, Dp], [kBq, D], [kBq, Dvp]   the query tile's Q, scale·Q, dO
-  std::vector<float> s, pt, ds;    // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
-  std::vector<float> dk, dv;       // [kBk, Dp], [kBk, Dvp] the key block's gradients
+  std::vector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ
+  std::vector<float> kb;         // [kBk, Dp]             its K rows, padded
+  std::vector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
+  std::vector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
+  std::vector<float> dk, dv;     // [kBk, Dp], [kBk, Dvp] the key block's gradients
   void reserve(const AttentionProblem& p, const BackwardPlan& plan) {
     auto grow = [](std::vector<float>& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -79,7 +85,6 @@ struct BackwardWorkspace {
     grow(vt, std::max<int64_t>(p.Dv, 1) * kBk);
     grow(kb, kBk * plan.Dp);
     grow(q, kBq * plan.Dp);
-    grow(qs, kBq * std::max<int64_t>(p.D, 1));
     grow(dout, kBq * plan.Dvp);
     grow(s, kBq * kBk);
     grow(pt, kBq * kBk);
@@ -94,20 +99,12 @@ BackwardWorkspace& thread_workspace() {
   return ws;
 }
 
-// rows × width floats of x (row stride x_rs) into dst (row stride dst_rs), times `scale`, zero-padded to
-// dst_rs. Returns whether every copied value is finite.
-bool pack_rows(const float* x, int64_t x_rs, int64_t rows, int64_t width, float scale, float* dst, int64_t dst_rs) {
-  bool finite = true;
+// rows × width floats of x (row stride x_rs) into dst (row stride dst_rs), zero-padded to dst_rs.
+void pack_rows(const float* x, int64_t x_rs, int64_t rows, int64_t width, float* dst, int64_t dst_rs) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * x_rs;
-    float* d = dst + r * dst_rs;
-    for (int64_t c = 0; c < width; ++c) {
-      d[c] = xr[c] * scale;
-      finite &= std::isfinite(xr[c]);
-    }
-    std::fill(d + width, d + dst_rs, 0.0f);
+    std::copy(x + r * x_rs, x + r * x_rs + width, dst + r * dst_rs);
+    std::fill(dst + r * dst_rs + width, dst + (r + 1) * dst_rs, 0.0f);
   }
-  return finite;
 }
 
 // The query rows [*lo, *hi) that may see some key of [j0, j0 + n) under the causal range and the window.
@@ -119,9 +116,9 @@ void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_t* lo, 
   if (p.window > 0) *hi = std::clamp<int64_t>(j0 + n + p.window - 1 - off, 0, p.Lq);
 }
 
-// P = exp(s − lse) over n keys of one row, in place: exactly 0 for a hidden key (s = −inf), whatever lse
-// holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN) is NaN where visible.
-void probabilities_row(float* s, int64_t n, float lse) {
+// P = exp(scale·s − lse) over n keys of one row, in place: exactly 0 for a hidden key (s = −inf), whatever
+// lse holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN) is NaN where visible.
+void probabilities_row(float* s, int64_t n, float scale, float lse) {
   if (lse == kNegInf) {
     std::fill(s, s + n, 0.0f);
     return;
@@ -130,10 +127,10 @@ void probabilities_row(float* s, int64_t n, float lse) {
     for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
     return;
   }
-  const Vec lv = Vec::set1(lse);
+  const Vec lv = Vec::set1(-lse), sv = Vec::set1(scale);
   int64_t j = 0;
-  for (; j + W <= n; j += W) simd::exp(Vec::load(s + j) - lv).store(s + j);
-  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - lse);
+  for (; j + W <= n; j += W) simd::exp(Vec::fmadd(Vec::load(s + j), sv, lv)).store(s + j);
+  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp(scale * s[j] - lse);
 }
 
 // dS = scale · P ⊙ (dP − Δ) over n keys of one row, into dp; exactly 0 where P = 0 (a hidden or dropped-out
@@ -148,33 +145,47 @@ void score_grads_row(const float* P, float* dp, int64_t n, float delta, float sc
   for (; j < n; ++j) dp[j] = P[j] == 0.0f ? 0.0f : scale * P[j] * (dp[j] - delta);
 }
 
-// Δ_i = Σ_d dO_id · O_id for every row; delta: [B, H, Lq].
-void row_deltas(const AttentionProblem& p, const AttentionGradients& g, float* delta) {
+// Per (b, h, aligned query tile): Δ_i = Σ_d dO_id · O_id for its rows (delta: [B, H, Lq]) and whether its
+// Q rows and dO rows are all finite (q_ok, dout_ok: [B, H, q_tiles]).
+void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
+                           float* delta, uint8_t* q_ok, uint8_t* dout_ok) {
 #pragma omp for schedule(static)
-  for (int64_t row = 0; row < p.B * p.H * p.Lq; ++row) {
-    const int64_t i = row % p.Lq, bh = row / p.Lq, b = bh / p.H, h = bh % p.H;
-    const int64_t at = b * p.o_sb + h * p.o_sh + i * p.o_sl;
-    float sum = 0.0f;
-    for (int64_t d = 0; d < p.Dv; ++d) sum += g.d_out[at + d] * g.out[at + d];
-    delta[row] = sum;
+  for (int64_t t = 0; t < p.B * p.H * plan.q_tiles; ++t) {
+    const int64_t tile = t % plan.q_tiles, bh = t / plan.q_tiles, b = bh / p.H, h = bh % p.H;
+    const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+    const int64_t at = b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
+    for (int64_t r = 0; r < rows; ++r) {
+      float sum = 0.0f;
+      for (int64_t d = 0; d < p.Dv; ++d) sum += g.d_out[at + r * p.o_sl + d] * g.out[at + r * p.o_sl + d];
+      delta[bh * p.Lq + i0 + r] = sum;
+    }
+    q_ok[t] = all_finite(p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl, p.q_sl, rows, p.D);
+    dout_ok[t] = all_finite(g.d_out + at, p.o_sl, rows, p.Dv);
   }
 }
 
 // One query tile of head h against the key block in ws (keys [j0, j0 + n)): adds its share of dK and dV
 // to ws.dk, ws.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ buffer).
+// `keys`: the block's K rows (row stride k_rs, whole vectors wide); q_finite, dout_finite: the tile's checks.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
-                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, bool keys_finite, float* dq_rows,
-                BackwardWorkspace& ws) {
+                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, const float* keys, int64_t k_rs,
+                bool keys_finite, bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
   const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp;
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
   const float* dout = g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
-  const bool q_finite = pack_rows(q, p.q_sl, rows, p.D, 1.0f, ws.q.data(), Dp);
-  pack_rows(q, p.q_sl, rows, p.D, p.scale, ws.qs.data(), std::max<int64_t>(p.D, 1));
-  const bool dout_finite = pack_rows(dout, p.o_sl, rows, p.Dv, 1.0f, ws.dout.data(), Dvp);
-  // S = scale·Q·Kᵀ and dP̃ = dO·Vᵀ, [rows, cols]
-  gemm_abt(ws.qs.data(), std::max<int64_t>(p.D, 1), ws.kt.data(), kBk, p.D, rows, cols, ws.s.data(), kBk);
-  gemm_abt(ws.dout.data(), Dvp, ws.vt.data(), kBk, p.Dv, rows, cols, ws.ds.data(), kBk);
+  int64_t q_rs = p.q_sl, dout_rs = p.o_sl;
+  if (!plan.q_in_place) {
+    pack_rows(q, p.q_sl, rows, p.D, ws.q.data(), Dp);
+    q = ws.q.data(), q_rs = Dp;
+  }
+  if (!plan.dout_in_place) {
+    pack_rows(dout, p.o_sl, rows, p.Dv, ws.dout.data(), Dvp);
+    dout = ws.dout.data(), dout_rs = Dvp;
+  }
+  // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, cols]
+  gemm_abt(q, q_rs, ws.kt.data(), kBk, p.D, rows, cols, ws.s.data(), kBk);
+  gemm_abt(dout, dout_rs, ws.vt.data(), kBk, p.Dv, rows, cols, ws.ds.data(), kBk);
   const bool masked = tile_needs_mask(p, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
@@ -182,8 +193,14 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
-    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-    probabilities_row(s, n, row_lse[r]);
+    if (masked) {  // the masking rule works on scaled scores
+      const Vec sv = Vec::set1(p.scale);
+      int64_t j = 0;
+      for (; j + W <= n; j += W) (Vec::load(s + j) * sv).store(s + j);
+      for (; j < n; ++j) s[j] *= p.scale;
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+    }
+    probabilities_row(s, n, masked ? 1.0f : p.scale, row_lse[r]);
     if (dropout) {  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
       float* pt = ws.pt.data() + r * kBk;
       std::copy(s, s + n, pt);
@@ -193,17 +210,15 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   }
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
   // dV[n, Dvp] += P̃ᵀ · dO ; dK[n, Dp] += dSᵀ · Q ; dQ[rows, Dp] += dS · K
-  (dout_finite ? rank_update : rank_update_nonzero)(P_used, 1, kBk, n, rows, ws.dout.data(), Dvp, Dvp / W, ws.dv.data(),
-                                                    Dvp);
-  (q_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), 1, kBk, n, rows, ws.q.data(), Dp, Dp / W, ws.dk.data(),
-                                                 Dp);
-  (keys_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), kBk, 1, rows, n, ws.kb.data(), Dp, Dp / W, dq_rows,
-                                                    Dp);
+  (dout_finite ? rank_update : rank_update_nonzero)(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
+  (q_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
+  (keys_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
 }
 
 // Every task: (b, kv head g, chunk c) walks its key blocks; see the file comment.
 void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
-                    const float* delta, float* dq_part, BackwardWorkspace& ws) {
+                    const float* delta, const uint8_t* q_ok, const uint8_t* dout_ok, float* dq_part,
+                    BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp, group = p.group();
 #pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < plan.tasks; ++task) {
@@ -224,13 +239,19 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
         const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
         pack_transposed(k, p.k_sl, j0, n, p.D, cols, ws.kt.data(), kBk);
         pack_transposed(v, p.v_sl, j0, n, p.Dv, cols, ws.vt.data(), kBk);
-        const bool keys_finite = pack_rows(k + j0 * p.k_sl, p.k_sl, n, p.D, 1.0f, ws.kb.data(), Dp);
+        const bool keys_finite = all_finite(k + j0 * p.k_sl, p.k_sl, n, p.D);
+        const float* keys = k + j0 * p.k_sl;  // K rows in place (D whole vectors) or padded
+        int64_t k_rs = p.k_sl;
+        if (!plan.q_in_place) {
+          pack_rows(keys, p.k_sl, n, p.D, ws.kb.data(), Dp);
+          keys = ws.kb.data(), k_rs = Dp;
+        }
         int64_t i_lo, i_hi;
         query_range(p, j0, n, &i_lo, &i_hi);
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-          for (int64_t i0 = i_lo; i0 < i_hi; i0 += kBq) {
-            const int64_t rows = std::min(kBq, i_hi - i0);
-            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n, keys_finite,
+          for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {  // aligned tiles: their checks are per tile
+            const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
+            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n, keys, k_rs, keys_finite, q_ok[t] != 0, dout_ok[t] != 0,
                        dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
       }
@@ -263,18 +284,23 @@ void attention_backward_fused(const AttentionProblem& p, const AttentionGradient
   if (p.B == 0 || p.H == 0) return;
   const BackwardPlan plan = plan_backward(p);
   thread_local std::vector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, Dp]
+  thread_local std::vector<uint8_t> checks;        // [2, B, H, q_tiles]: Q rows finite, dO rows finite
+  const int64_t tiles = p.B * p.H * plan.q_tiles;
+  if (static_cast<int64_t>(checks.size()) < 2 * tiles) checks.resize(static_cast<size_t>(2 * tiles));
   const int64_t rows = p.B * p.H * p.Lq;
   if (static_cast<int64_t>(delta.size()) < rows) delta.resize(static_cast<size_t>(rows));
   if (static_cast<int64_t>(dq_part.size()) < plan.chunks * rows * plan.Dp)
     dq_part.resize(static_cast<size_t>(plan.chunks * rows * plan.Dp));
   float* const deltas = delta.data();  // the calling thread's buffers (thread_local: name them out here)
   float* const dq_parts = dq_part.data();
+  uint8_t* const q_ok = checks.data();
+  uint8_t* const dout_ok = checks.data() + tiles;
 #pragma omp parallel num_threads(plan.threads)
   {
     BackwardWorkspace& ws = thread_workspace();
     ws.reserve(p, plan);
-    row_deltas(p, g, deltas);
-    run_key_blocks(p, g, plan, deltas, dq_parts, ws);
+    row_deltas_and_checks(p, g, plan, deltas, q_ok, dout_ok);
+    run_key_blocks(p, g, plan, deltas, q_ok, dout_ok, dq_parts, ws);
     reduce_dq(p, g, plan, dq_parts);
   }
 }

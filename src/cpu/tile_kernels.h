@@ -136,10 +136,16 @@ inline bool any_zero(const float* s, int64_t s_rs, int64_t rows, int64_t n) {
 
 // Are the n rows × width values (row stride x_rs) all finite?
 inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
-  bool finite = true;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < width; ++d) finite &= std::isfinite(x[j * x_rs + d]);
-  return finite;
+  Vec acc = Vec::zero();  // Σ x·0: 0 while every x is finite, NaN once one is not
+  float tail = 0.0f;
+  const Vec zero = Vec::zero();
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = x + j * x_rs;
+    int64_t d = 0;
+    for (; d + W <= width; d += W) acc = Vec::fmadd(Vec::load(row + d), zero, acc);
+    for (; d < width; ++d) tail += row[d] * 0.0f;
+  }
+  return !std::isnan(acc.reduce_add() + tail);
 }
 
 // t[d·t_rs + jj] = X[(j0 + jj)·x_rs + d] for jj < n, 0 for jj in [n, cols): rows of X packed transposed
