@@ -1,6 +1,7 @@
 // Data-parallel training: the gradient all-reduce in buckets, and train_numbers with it.
 #include "attn/dist/data_parallel.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "attn/error.h"
@@ -26,57 +27,66 @@ MpiGradientReducer::~MpiGradientReducer() {
 float MpiGradientReducer::reduce(std::map<std::string, Tensor>& grads, float loss) {
   const auto t0 = std::chrono::steady_clock::now();
   const float w = static_cast<float>(share);
-  // pack share·grads into buckets (the map's order: the same on every rank), the share-weighted loss last; each
-  // bucket's all-reduce starts as soon as it is full
-  std::vector<MPI_Request> requests;
+  int64_t total = 1;  // every gradient, then the share-weighted loss
+  for (const auto& [name, g] : grads) total += g.numel();
+  const size_t count = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
+  if (buckets_.size() < count) buckets_.resize(count);
+  // pack share·grads into buckets (the map's order: the same on every rank); each bucket's all-reduce starts as
+  // soon as it is full
+  std::vector<MPI_Request> requests(count);
   size_t b = 0;
-  auto bucket = [&]() -> std::vector<float>& {
-    if (buckets_.size() <= b) buckets_.emplace_back();
-    return buckets_[b];
+  int64_t at = 0;
+  auto bucket_size = [&](size_t i) {
+    return std::min<int64_t>(bucket_elements_, total - static_cast<int64_t>(i) * bucket_elements_);
   };
-  auto launch = [&](std::vector<float>& buf) {
-    MPI_Request req;
-    detail::check_mpi(
-        MPI_Iallreduce(MPI_IN_PLACE, buf.data(),
-                       detail::mpi_count(static_cast<int64_t>(buf.size()), "MpiGradientReducer: a bucket"), MPI_FLOAT,
-                       MPI_SUM, comm_, &req),
-        "MpiGradientReducer: MPI_Iallreduce");
-    requests.push_back(req);
-    ++b;
-  };
-  bucket().clear();
-  for (auto& [name, g] : grads) {
-    const float* x = g.f32();
-    for (int64_t i = 0; i < g.numel(); ++i) {
-      std::vector<float>& buf = bucket();
-      buf.push_back(w * x[i]);
-      if (static_cast<int64_t>(buf.size()) == bucket_elements_) launch(buf), bucket().clear();
+  buckets_[0].resize(static_cast<size_t>(bucket_size(0)));
+  auto put = [&](const float* x, int64_t n, bool scale) {
+    while (n > 0) {
+      std::vector<float>& buf = buckets_[b];
+      const int64_t take = std::min<int64_t>(n, static_cast<int64_t>(buf.size()) - at);
+      float* out = buf.data() + at;
+      for (int64_t i = 0; i < take; ++i) out[i] = scale ? w * x[i] : x[i];
+      x += take, n -= take, at += take;
+      if (at == static_cast<int64_t>(buf.size())) {
+        detail::check_mpi(
+            MPI_Iallreduce(MPI_IN_PLACE, buf.data(), detail::mpi_count(at, "MpiGradientReducer: a bucket"), MPI_FLOAT,
+                           MPI_SUM, comm_, &requests[b]),
+            "MpiGradientReducer: MPI_Iallreduce");
+        if (++b < count) buckets_[b].resize(static_cast<size_t>(bucket_size(b)));
+        at = 0;
+      }
     }
-  }
-  bucket().push_back(w * loss);
-  launch(bucket());
+  };
+  for (const auto& [name, g] : grads) put(g.f32(), g.numel(), true);
+  const float weighted_loss = w * loss;
+  put(&weighted_loss, 1, false);
   detail::check_mpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
                     "MpiGradientReducer: MPI_Waitall");
   // unpack in the same order
-  size_t at = 0;
-  b = 0;
+  b = 0, at = 0;
   for (auto& [name, g] : grads) {
     float* x = g.f32();
-    for (int64_t i = 0; i < g.numel(); ++i) {
-      x[i] = buckets_[b][at];
-      if (++at == buckets_[b].size()) ++b, at = 0;
+    for (int64_t done = 0; done < g.numel();) {
+      const std::vector<float>& buf = buckets_[b];
+      const int64_t take = std::min<int64_t>(g.numel() - done, static_cast<int64_t>(buf.size()) - at);
+      std::copy(buf.data() + at, buf.data() + at + take, x + done);
+      done += take, at += take;
+      if (at == static_cast<int64_t>(buf.size())) ++b, at = 0;
     }
   }
-  const float total = buckets_[b][at];
+  const float mean_loss = buckets_[b][static_cast<size_t>(at)];
   seconds_ += detail::seconds_since(t0);
-  return total;
+  return mean_loss;
 }
 
 train::TrainReport train_numbers_data_parallel(train::TrainOptions options, MPI_Comm comm,
-                                               const std::function<void(int64_t, float)>& on_step) {
+                                               const std::function<void(int64_t, float)>& on_step,
+                                               double* seconds_reducing) {
   MpiGradientReducer reducer(comm);
   options.reducer = &reducer;
-  return train::train_numbers(options, on_step);
+  train::TrainReport report = train::train_numbers(options, on_step);
+  if (seconds_reducing) *seconds_reducing = reducer.seconds_reducing();
+  return report;
 }
 
 }  // namespace attn::dist

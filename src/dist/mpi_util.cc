@@ -62,6 +62,7 @@ Exchange::Exchange() {
 }
 
 Exchange::~Exchange() {
+  stop_ = true;  // only reached with a helper still running when an exception unwinds past finish()
   if (helper_.joinable()) helper_.join();
 }
 
@@ -73,7 +74,7 @@ void Exchange::start(std::vector<MPI_Request> requests) {
     for (;;) {
       int done = 0;
       status_ = MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE);
-      if (done || status_ != MPI_SUCCESS) return;
+      if (done || status_ != MPI_SUCCESS || stop_) return;
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   });

@@ -4,6 +4,7 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -52,6 +53,7 @@ class Exchange {
   bool threaded_ = false;
   std::vector<MPI_Request> requests_;
   std::thread helper_;
+  std::atomic<bool> stop_{false};  // set when the caller leaves through an exception: the helper gives up
   int status_ = MPI_SUCCESS;
 };
 

@@ -16,7 +16,7 @@ for n in 2 3; do
 done
 # resume with a different N: 10 steps on 2 ranks (checkpoint at step 10), then on to 20 on 3 ranks
 "${mpirun[@]}" -np 2 "$attn" train "${args[@]}" --steps 10 --eval-every 10 --out ckpt --loss-log first.txt >/dev/null
-"${mpirun[@]}" -np 3 "$attn" train "${args[@]}" --steps 20 --eval-every 0 --resume ckpt --loss-log resumed.txt >/dev/null
+"${mpirun[@]}" -np 3 "$attn" train "${args[@]}" "${twenty[@]}" --resume ckpt --loss-log resumed.txt >/dev/null
 cat first.txt resumed.txt >resume.txt
 status=0
 for f in np2.txt np3.txt resume.txt; do

@@ -21,7 +21,7 @@ struct RingBench {
   int64_t batch = 1, heads = 1, kv_heads = 0, length = 4096, head_dim = 64;
   bool causal = false, backward = false, json = false;
   std::string layout;
-  int threads = 0, repeat = 3;
+  int threads = 0, repeat = 3, warmup = 1;
 };
 
 Tensor random_tensor(Shape shape, uint64_t seed) {
@@ -63,7 +63,7 @@ void run_ring_bench(const RingBench& a) {
   const Tensor d_out = a.backward ? random_tensor({a.batch, a.heads, local, a.head_dim}, seed + 4) : Tensor();
   std::vector<double> ms, wait_share, bwd_ms, bwd_wait;
   int64_t bytes = 0;
-  for (int i = 0; i <= a.repeat; ++i) {  // run 0 warms up
+  for (int i = 1 - a.warmup; i <= a.repeat; ++i) {  // runs i <= 0 warm up
     MPI_Barrier(MPI_COMM_WORLD);
     const dist::RingResult f = dist::ring_attention(q, k, v, MPI_COMM_WORLD, o);
     if (i > 0) ms.push_back(1e3 * f.stats.seconds), wait_share.push_back(f.stats.wait_seconds / f.stats.seconds);
@@ -144,7 +144,8 @@ void add_bench_ring(CLI::App& bench) {
   sub->add_option("--layout", a->layout, "contiguous or zigzag (default zigzag with --causal)")
       ->check(CLI::IsMember({"contiguous", "zigzag"}));
   sub->add_option("--threads", a->threads, "threads per rank; 0 = the cores mpirun gave the rank");
-  sub->add_option("--repeat", a->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
+  sub->add_option("--repeat", a->repeat, "timed runs after the warm-up")->check(CLI::PositiveNumber);
+  sub->add_option("--warmup", a->warmup, "untimed runs first (default 1)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--backward", a->backward, "also time the ring backward");
   sub->add_flag("--json", a->json, "one JSON line");
   sub->callback([a] { run_ring_bench(*a); });

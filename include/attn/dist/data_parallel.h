@@ -4,7 +4,7 @@
 // Every rank builds the same model from the seed and the same global batches; each trains on its shard of every
 // batch (train::TrainOptions::reducer). After the backward the gradients, scaled by each rank's share of the
 // batch's target tokens, are summed over the ranks with MPI_Iallreduce in buckets of `bucket_elements` floats
-// (a bucket is packed while the previous one is being reduced), so every rank takes the same optimizer step
+// (each bucket's reduction is started as soon as it is packed), so every rank takes the same optimizer step
 // and N ranks give the losses of one process within float reordering. Rank 0 alone validates, writes
 // checkpoints and shows progress; a checkpoint holds no trace of N, so training resumes with any N.
 // The all-reduce starts after the whole backward: overlapping it with the backward needs a per-parameter
@@ -45,8 +45,10 @@ class MpiGradientReducer : public train::GradientReducer {
 };
 
 // train::train_numbers over the ranks of comm (every rank calls it with the same options; out_dir and progress
-// are used by rank 0 only). The report's tokens_per_second counts the whole batches.
+// are used by rank 0 only). The report's tokens_per_second counts the whole batches; *seconds_reducing (optional)
+// receives this rank's time in the gradient all-reduce (packing and waiting included).
 train::TrainReport train_numbers_data_parallel(train::TrainOptions options, MPI_Comm comm,
-                                               const std::function<void(int64_t, float)>& on_step = nullptr);
+                                               const std::function<void(int64_t, float)>& on_step = nullptr,
+                                               double* seconds_reducing = nullptr);
 
 }  // namespace attn::dist
