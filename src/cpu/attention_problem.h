@@ -101,6 +101,8 @@ inline AttentionProblem interleaved_heads_problem(int64_t B, int64_t H, int64_t 
   return p;
 }
 
+inline namespace ATTN_SIMD_NS {  // compiled per instruction set by the kernels that include it (cpu/simd.h)
+
 // Fast-path masking of one row segment: s[j − j0] holds scale·q_i·k_j for keys j in [j0, j1); hides
 // (−inf) what the masking rule hides and adds the float mask and ALiBi bias to the rest. Shared by the
 // unfused and the fused paths; the reference spells the same rule out on its own.
@@ -161,4 +163,5 @@ inline bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows,
   return j0 < lo_last || j0 + n > hi_first;
 }
 
+}  // namespace ATTN_SIMD_NS
 }  // namespace attn::detail

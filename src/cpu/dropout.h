@@ -30,6 +30,8 @@ struct DropoutParams {
   bool active() const { return threshold > 0; }
 };
 
+inline namespace ATTN_SIMD_NS {  // compiled per instruction set (cpu/simd.h)
+
 inline DropoutParams make_dropout(float p, uint64_t seed) {
   DropoutParams d;
   d.seed = seed;
@@ -201,4 +203,5 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
   }
 }
 
+}  // namespace ATTN_SIMD_NS
 }  // namespace attn::detail

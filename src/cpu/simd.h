@@ -11,7 +11,19 @@
 #include <immintrin.h>
 #endif
 
+// The functions here differ by instruction set under the same names; each target's copies live in their
+// own inline namespace (ATTN_SIMD_NS), so the linker never merges an AVX-512 copy into an AVX2 caller (or a
+// scalar copy into a vector kernel). Every header whose inline functions are compiled per target uses it.
+#if defined(__AVX512F__)
+#define ATTN_SIMD_NS simd_avx512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define ATTN_SIMD_NS simd_avx2
+#else
+#define ATTN_SIMD_NS simd_generic
+#endif
+
 namespace attn::simd {
+inline namespace ATTN_SIMD_NS {
 
 #if defined(__AVX512F__)
 inline constexpr const char* kTargetName = "avx512";
@@ -182,4 +194,5 @@ inline Vec exp(Vec x) {
   return Vec::zero_below(x, -87.3f, y * Vec::pow2i(n));
 }
 
+}  // namespace ATTN_SIMD_NS
 }  // namespace attn::simd
