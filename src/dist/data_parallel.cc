@@ -31,9 +31,9 @@ float MpiGradientReducer::reduce(std::map<std::string, Tensor>& grads, float los
   for (const auto& [name, g] : grads) total += g.numel();
   const size_t count = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
   if (buckets_.size() < count) buckets_.resize(count);
-  // pack share·grads into buckets (the map's order: the same on every rank); each bucket's all-reduce starts as
-  // soon as it is full
-  std::vector<MPI_Request> requests(count);
+  // pack share·grads into buckets (the map's order: the same on every rank), each reduced as soon as it is full.
+  // Blocking MPI_Allreduce: with nothing to overlap it with yet, Open MPI's MPI_Iallreduce (libnbc) was 11x slower
+  // here (6.4 ms against 0.56 ms for 4 MB over 2 ranks).
   size_t b = 0;
   int64_t at = 0;
   auto bucket_size = [&](size_t i) {
@@ -48,10 +48,9 @@ float MpiGradientReducer::reduce(std::map<std::string, Tensor>& grads, float los
       for (int64_t i = 0; i < take; ++i) out[i] = scale ? w * x[i] : x[i];
       x += take, n -= take, at += take;
       if (at == static_cast<int64_t>(buf.size())) {
-        detail::check_mpi(
-            MPI_Iallreduce(MPI_IN_PLACE, buf.data(), detail::mpi_count(at, "MpiGradientReducer: a bucket"), MPI_FLOAT,
-                           MPI_SUM, comm_, &requests[b]),
-            "MpiGradientReducer: MPI_Iallreduce");
+        detail::check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf.data(), detail::mpi_count(at, "MpiGradientReducer: a bucket"),
+                                        MPI_FLOAT, MPI_SUM, comm_),
+                          "MpiGradientReducer: MPI_Allreduce");
         if (++b < count) buckets_[b].resize(static_cast<size_t>(bucket_size(b)));
         at = 0;
       }
@@ -60,8 +59,6 @@ float MpiGradientReducer::reduce(std::map<std::string, Tensor>& grads, float los
   for (const auto& [name, g] : grads) put(g.f32(), g.numel(), true);
   const float weighted_loss = w * loss;
   put(&weighted_loss, 1, false);
-  detail::check_mpi(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE),
-                    "MpiGradientReducer: MPI_Waitall");
   // unpack in the same order
   b = 0, at = 0;
   for (auto& [name, g] : grads) {

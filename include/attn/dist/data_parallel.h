@@ -3,8 +3,8 @@
 //   mpirun -np N attn train ...   (tools/attn/train.cc uses train_numbers_data_parallel under mpirun)
 // Every rank builds the same model from the seed and the same global batches; each trains on its shard of every
 // batch (train::TrainOptions::reducer). After the backward the gradients, scaled by each rank's share of the
-// batch's target tokens, are summed over the ranks with MPI_Iallreduce in buckets of `bucket_elements` floats
-// (each bucket's reduction is started as soon as it is packed), so every rank takes the same optimizer step
+// batch's target tokens, are summed over the ranks with MPI_Allreduce in buckets of `bucket_elements` floats
+// (each bucket is reduced as soon as it is packed), so every rank takes the same optimizer step
 // and N ranks give the losses of one process within float reordering. Rank 0 alone validates, writes
 // checkpoints and shows progress; a checkpoint holds no trace of N, so training resumes with any N.
 // The all-reduce starts after the whole backward: overlapping it with the backward needs a per-parameter
