@@ -93,14 +93,16 @@ int64_t total_elements(const std::vector<ParamSlot>& slots) {
   return n;
 }
 
-// AdamW (PyTorch's): m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
-// Element by element, so vectorised and split over the threads it gives the same bits as one scalar loop.
-void adam_step(const std::vector<ParamSlot>& slots, AdamState& a, const StepOptions& o, float lr) {
+// AdamW (PyTorch's) on the gradients scaled by g_scale (clipping): g = g_scale·grad;
+//   m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr·(m̂/(√v̂ + ε) + wd·p)
+// Element by element, so vectorised and split over the threads it gives the same bits as one scalar loop, and the
+// same as scaling the gradients in memory first (one pass over them fewer).
+void adam_step(const std::vector<ParamSlot>& slots, AdamState& a, const StepOptions& o, float lr, float g_scale) {
   ++a.step;
   const float bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(a.step)),
               bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(a.step));
   const float b1 = o.beta1, b2 = o.beta2, c1 = 1.0f - o.beta1, c2 = 1.0f - o.beta2, eps = o.adam_eps;
-  const float lr_wd = lr * o.weight_decay;
+  const float lr_wd = lr * o.weight_decay, gs = g_scale;
 #pragma omp parallel if (total_elements(slots) >= kParallelElements)
   for (const ParamSlot& s : slots) {
     float *pp = s.p, *mm = s.m, *vv = s.v;
@@ -108,25 +110,28 @@ void adam_step(const std::vector<ParamSlot>& slots, AdamState& a, const StepOpti
     if (s.decay) {
 #pragma omp for simd schedule(static) nowait
       for (int64_t i = 0; i < s.n; ++i) {
-        mm[i] = b1 * mm[i] + c1 * gg[i];
-        vv[i] = b2 * vv[i] + c2 * gg[i] * gg[i];
+        const float g = gg[i] * gs;
+        mm[i] = b1 * mm[i] + c1 * g;
+        vv[i] = b2 * vv[i] + c2 * g * g;
         pp[i] -= lr_wd * pp[i];
         pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + eps);
       }
     } else {
 #pragma omp for simd schedule(static) nowait
       for (int64_t i = 0; i < s.n; ++i) {
-        mm[i] = b1 * mm[i] + c1 * gg[i];
-        vv[i] = b2 * vv[i] + c2 * gg[i] * gg[i];
+        const float g = gg[i] * gs;
+        mm[i] = b1 * mm[i] + c1 * g;
+        vv[i] = b2 * vv[i] + c2 * g * g;
         pp[i] -= lr * (mm[i] / bc1) / (std::sqrt(vv[i] / bc2) + eps);
       }
     }
   }
 }
 
-// Scales the gradients so their global L2 norm is at most max_norm; returns the norm before. The squares are
-// summed in double over fixed blocks of elements, then the blocks in order: the same norm for any thread count.
-float clip_gradients(const std::vector<ParamSlot>& slots, float max_norm) {
+// The factor that brings the gradients' global L2 norm down to max_norm (1 when it is already at most that, or
+// max_norm is 0). The squares are summed in double over fixed blocks of elements, then the blocks in order: the same
+// norm for any thread count.
+float clip_scale(const std::vector<ParamSlot>& slots, float max_norm) {
   constexpr int64_t kBlock = 1 << 14;
   struct Block {
     const float* g;
@@ -136,8 +141,8 @@ float clip_gradients(const std::vector<ParamSlot>& slots, float max_norm) {
   for (const ParamSlot& s : slots)
     for (int64_t i = 0; i < s.n; i += kBlock) blocks.push_back({s.g + i, std::min(kBlock, s.n - i)});
   std::vector<double> partial(blocks.size());
-  const int64_t nb = static_cast<int64_t>(blocks.size()), total = total_elements(slots);
-#pragma omp parallel for schedule(static) if (total >= kParallelElements)
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+#pragma omp parallel for schedule(static) if (total_elements(slots) >= kParallelElements)
   for (int64_t b = 0; b < nb; ++b) {
     const float* g = blocks[static_cast<size_t>(b)].g;
     double sq = 0.0;
@@ -148,16 +153,7 @@ float clip_gradients(const std::vector<ParamSlot>& slots, float max_norm) {
   double sq = 0.0;
   for (double x : partial) sq += x;
   const float norm = static_cast<float>(std::sqrt(sq));
-  if (max_norm > 0.0f && norm > max_norm) {
-    const float scale = max_norm / (norm + 1e-6f);
-#pragma omp parallel if (total >= kParallelElements)
-    for (const ParamSlot& s : slots) {
-      float* g = s.g;
-#pragma omp for simd schedule(static) nowait
-      for (int64_t i = 0; i < s.n; ++i) g[i] *= scale;
-    }
-  }
-  return norm;
+  return max_norm > 0.0f && norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
 }
 
 float noam(const TrainOptions& o, int64_t step) {
@@ -245,8 +241,7 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
   model.backward(dlogits_);
   if (options_.reducer) loss = options_.reducer->reduce(model.grads(), loss);  // data parallel: the whole batch's
   const std::vector<ParamSlot> slots = param_slots(model, adam_, options_);
-  clip_gradients(slots, options_.clip_norm);
-  adam_step(slots, adam_, options_, lr);
+  adam_step(slots, adam_, options_, lr, clip_scale(slots, options_.clip_norm));
   return loss;
 }
 

@@ -83,7 +83,8 @@ StepOptions step_options(const TrainOptions& o);
 // One teacher-forced training step of a model on a batch:
 //   zero_grad -> forward(training) -> label-smoothed cross-entropy over the targets that are not pad_id
 //   -> backward -> clipping by global norm -> AdamW at learning rate lr.
-// The optimizer's moments and the step's own buffers are allocated once and reused from step to step.
+// The optimizer's moments and the step's own buffers are allocated once and reused from step to step. The clipping
+// factor is applied inside the AdamW update, so model.grads() keep the gradients as the backward left them.
 class TrainingStep {
  public:
   // Fresh (zero) moments for every parameter of model, which must outlive this object.
