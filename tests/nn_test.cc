@@ -150,6 +150,33 @@ TEST(Nn, TrainingOpsGiveTheSameBitsAtAnyThreadCount) {
   EXPECT_TRUE(one == run_training_ops(3));
 }
 
+// The dropout generator written out as a scalar loop: the kernel (whichever instruction set's copy runs) must give
+// exactly its bits, so a checkpoint resumes with the same masks on any x86-64.
+uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return h;
+}
+
+TEST(Nn, DropoutMaskIsTheDocumentedCounterBasedHash) {
+  const int64_t n = 5000;
+  const float p = 0.25f;
+  std::vector<float> x(static_cast<size_t>(n), 3.0f), out(static_cast<size_t>(n));
+  std::vector<uint8_t> keep(static_cast<size_t>(n));
+  std::mt19937_64 rng(42), copy = rng;
+  ops::dropout_forward(out.data(), keep.data(), x.data(), n, p, rng);
+  const uint64_t key = copy();
+  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    bad += keep[static_cast<size_t>(i)] != (mix32(mix32(static_cast<uint32_t>(i) ^ k0) + k1) >= threshold);
+  EXPECT_EQ(bad, 0);
+}
+
 TEST(Nn, DropoutMaskIsKeyedByTheGeneratorAndKeepsOneMinusP) {
   const int64_t n = 200000;
   std::vector<float> x(static_cast<size_t>(n), 1.0f), out(static_cast<size_t>(n));
