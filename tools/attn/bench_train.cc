@@ -85,23 +85,28 @@ void run_train_bench(TrainBench a) {
     std::printf(
         "{\"bench\": \"train\", \"d_model\": %lld, \"heads\": %lld, \"d_ff\": %lld, \"layers\": %lld, \"src_vocab\": "
         "%lld, \"tgt_vocab\": %lld, \"batch\": %lld, \"src_len\": %lld, \"tgt_len\": %lld, \"dropout\": %g, "
-        "\"threads\": %d, \"steps\": %d, \"repeat\": %d, \"parameters\": %lld, \"target_tokens_per_s\": %.1f, "
+        "\"attention_dropout\": %g, \"threads\": %d, \"steps\": %d, \"repeat\": %d, \"parameters\": %lld, "
+        "\"target_tokens_per_s\": %.1f, "
         "\"min_tokens_per_s\": %.1f, \"max_tokens_per_s\": %.1f, \"step_ms\": %.3f, \"loss\": %.4f}\n",
         static_cast<long long>(c.d_model), static_cast<long long>(c.num_heads), static_cast<long long>(c.d_ff),
         static_cast<long long>(a.layers), static_cast<long long>(c.src_vocab), static_cast<long long>(c.tgt_vocab),
         static_cast<long long>(a.batch), static_cast<long long>(a.src_len), static_cast<long long>(a.tgt_len),
-        static_cast<double>(c.dropout), threads, a.steps, a.repeat, static_cast<long long>(model.num_parameters()),
-        median, per_s.front(), per_s.back(), step_ms, static_cast<double>(loss));
+        static_cast<double>(c.dropout), static_cast<double>(c.attention_dropout), threads, a.steps, a.repeat,
+        static_cast<long long>(model.num_parameters()), median, per_s.front(), per_s.back(), step_ms,
+        static_cast<double>(loss));
   } else {
     std::printf(
         "train step (forward, loss, backward, AdamW): d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, "
-        "%lld parameters\n  batch %lld x (src %lld, tgt %lld) tokens, dropout %g, %d threads, %d steps x %d repeats\n"
+        "%lld parameters\n  batch %lld x (src %lld, tgt %lld) tokens, dropout %g (attention %g), %d threads, %d steps "
+        "x %d "
+        "repeats\n"
         "  median %.1f target tokens/s (min %.1f, max %.1f), %.2f ms a step\n",
         static_cast<long long>(c.d_model), static_cast<long long>(c.num_heads), static_cast<long long>(c.d_ff),
         static_cast<long long>(a.layers), static_cast<long long>(a.layers),
         static_cast<long long>(model.num_parameters()), static_cast<long long>(a.batch),
-        static_cast<long long>(a.src_len), static_cast<long long>(a.tgt_len), static_cast<double>(c.dropout), threads,
-        a.steps, a.repeat, median, per_s.front(), per_s.back(), step_ms);
+        static_cast<long long>(a.src_len), static_cast<long long>(a.tgt_len), static_cast<double>(c.dropout),
+        static_cast<double>(c.attention_dropout), threads, a.steps, a.repeat, median, per_s.front(), per_s.back(),
+        step_ms);
   }
 }
 
