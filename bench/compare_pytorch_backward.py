@@ -2,7 +2,7 @@
 """attn's fused attention backward against PyTorch's CPU SDPA backward, in the same run, alternating A/B.
 
     python3 bench/compare_pytorch_backward.py [--attn build/attn] [--threads 1 2] [--rounds 3] [--repeat 3]
-                                              [--quick]
+                                              [--quick] [--lengths 1024 2048 4096] [--dims 64 128]
 
 Needs torch (pip). For every shape (L in {1024, 2048, 4096}, D in {64, 128}, causal or not; B=1, H=8) and
 thread count it alternates `attn bench sdpa --backward --json` and PyTorch (F.scaled_dot_product_attention
@@ -61,9 +61,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="L=1024 and 2048, D=64 only")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     a = ap.parse_args()
-    shapes = [dict(H=8, L=L, D=D, causal=causal) for L in (1024, 2048, 4096) for D in (64, 128)
-              for causal in (False, True)]
+    shapes = [dict(H=8, L=L, D=D, causal=causal) for L in a.lengths for D in a.dims for causal in (False, True)]
     if a.quick:
         shapes = [s for s in shapes if s["L"] <= 2048 and s["D"] == 64]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}")
