@@ -14,26 +14,11 @@
 #include "attn/io/safetensors.h"
 #include "cpu/attention_fused.h"
 #include "cpu/dropout.h"
+#include "simd_levels.h"
 #include "test_util.h"
 
 namespace attn {
 namespace {
-
-std::vector<detail::SimdLevel> levels() {
-  std::vector<detail::SimdLevel> out;
-  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
-    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
-  return out;
-}
-
-class SimdGuard {
- public:
-  explicit SimdGuard(detail::SimdLevel level) : saved_(detail::simd_level_active()) { detail::force_simd_level(level); }
-  ~SimdGuard() { detail::force_simd_level(saved_); }
-
- private:
-  detail::SimdLevel saved_;
-};
 
 double max_abs(const Tensor& t) {
   double m = 0.0;
@@ -98,8 +83,8 @@ TEST(Dropout, EveryForwardPathDropsTheSameWeights) {
     in.options.impl = AttentionImpl::kUnfused;
     EXPECT_LE(test::max_abs_diff(scaled_dot_product_attention(in.q, in.k, in.v, in.options).output, ref.output), 3e-5)
         << c.name();
-    for (auto level : levels()) {
-      SimdGuard guard(level);
+    for (auto level : test::simd_levels()) {
+      test::SimdGuard guard(level);
       in.options.impl = AttentionImpl::kFused;
       const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
       EXPECT_LE(test::max_abs_diff(r.output, ref.output), 3e-5) << c.name() << " " << detail::simd_level_name(level);
@@ -147,10 +132,10 @@ TEST(Backward, MatchesPyTorchAutograd) {
     const double tol = 4.0 * std::stod(st.metadata.at("torch_f32_grad_err")) + 1e-5;
     o.return_lse = true;
     for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kFused})
-      for (auto level : levels()) {
-        if (impl == AttentionImpl::kReference && level != levels().front()) continue;
+      for (auto level : test::simd_levels()) {
+        if (impl == AttentionImpl::kReference && level != test::simd_levels().front()) continue;
         SCOPED_TRACE(file + " " + impl_name(impl) + " " + detail::simd_level_name(level));
-        SimdGuard guard(level);
+        test::SimdGuard guard(level);
         o.impl = impl;
         const AttentionResult r = scaled_dot_product_attention(st.at("q"), st.at("k"), st.at("v"), o);
         EXPECT_LE(test::max_abs_diff(r.output, st.at("expected_out")), 1e-5);
@@ -177,11 +162,11 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
     in.options.impl = AttentionImpl::kReference;
     const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
     const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
-    for (auto level : levels())
+    for (auto level : test::simd_levels())
       for (int threads : {1, 2}) {
         SCOPED_TRACE(c.name() + (n % 3 == 0 ? " dropout" : "") + " simd=" + detail::simd_level_name(level) +
                      " threads=" + std::to_string(threads));
-        SimdGuard guard(level);
+        test::SimdGuard guard(level);
         in.options.impl = AttentionImpl::kFused;
         in.options.num_threads = threads;
         const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);

@@ -8,6 +8,7 @@
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
 #include "cpu/attention_fused.h"
+#include "simd_levels.h"
 #include "test_util.h"
 
 namespace attn {
@@ -40,15 +41,6 @@ std::vector<Path> all_paths() {
   return paths;
 }
 
-class SimdGuard {
- public:
-  explicit SimdGuard(detail::SimdLevel level) : saved_(detail::simd_level_active()) { detail::force_simd_level(level); }
-  ~SimdGuard() { detail::force_simd_level(saved_); }
-
- private:
-  detail::SimdLevel saved_;
-};
-
 TEST(Golden, SdpaMatchesPyTorch) {
   const auto files = fixtures_with_prefix("sdpa_");
   ASSERT_GE(files.size(), 10u);
@@ -67,7 +59,7 @@ TEST(Golden, SdpaMatchesPyTorch) {
     const double tol = tolerance(st);
     for (const Path& path : all_paths()) {
       SCOPED_TRACE(file + " via " + path.name);
-      SimdGuard guard(path.simd);
+      test::SimdGuard guard(path.simd);
       o.impl = path.impl;
       const AttentionResult r = scaled_dot_product_attention(st.at("q"), st.at("k"), st.at("v"), o);
       EXPECT_LE(test::max_abs_diff(r.output, st.at("expected")), tol);
@@ -101,7 +93,7 @@ TEST(Golden, MultiheadAttentionMatchesPyTorch) {
     const double tol = tolerance(st);
     for (const Path& path : all_paths()) {
       SCOPED_TRACE(file + " via " + path.name);
-      SimdGuard guard(path.simd);
+      test::SimdGuard guard(path.simd);
       o.impl = path.impl;
       const MhaOutput r = self ? (o.causal ? mha.masked_self_attention(query, o) : mha.self_attention(query, o))
                                : mha.attention(query, key, value, o);

@@ -13,6 +13,7 @@
 #include "attn/attention.h"
 #include "attn/layers/multi_head_attention.h"
 #include "cpu/attention_fused.h"
+#include "simd_levels.h"
 #include "test_util.h"
 
 namespace attn {
@@ -20,13 +21,6 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-std::vector<detail::SimdLevel> levels() {
-  std::vector<detail::SimdLevel> out;
-  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
-    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
-  return out;
-}
 
 // "" when a matches the reference's pattern: NaN where ref is NaN, the same infinity, else within tol.
 std::string pattern_mismatch(const Tensor& a, const Tensor& ref, double tol) {
@@ -49,7 +43,7 @@ template <class F>
 void for_every_fast_path(test::CaseInputs& in, F&& check) {
   const detail::SimdLevel saved = detail::simd_level_active();
   check(AttentionImpl::kUnfused, std::string("unfused"));
-  for (auto level : levels())
+  for (auto level : test::simd_levels())
     for (int threads : {1, 2}) {
       detail::force_simd_level(level);
       in.options.num_threads = threads;

@@ -6,19 +6,13 @@
 #include "attention_cases.h"
 #include "attn/attention.h"
 #include "cpu/attention_fused.h"
+#include "simd_levels.h"
 #include "test_util.h"
 
 namespace attn {
 namespace {
 
 constexpr double kTol = 2e-5;  // float32 kernels vs the double reference, inputs in [-1, 1]
-
-std::vector<detail::SimdLevel> levels() {
-  std::vector<detail::SimdLevel> out;
-  for (auto l : {detail::SimdLevel::kScalar, detail::SimdLevel::kAvx2, detail::SimdLevel::kAvx512})
-    if (static_cast<int>(l) <= static_cast<int>(detail::simd_level_supported())) out.push_back(l);
-  return out;
-}
 
 TEST(Paths, EveryPathMatchesTheReference) {
   const auto cases = test::attention_cases(150);
@@ -37,7 +31,7 @@ TEST(Paths, EveryPathMatchesTheReference) {
       int threads;
     };
     std::vector<Run> runs = {{AttentionImpl::kUnfused, saved, 2}};
-    for (auto level : levels())
+    for (auto level : test::simd_levels())
       for (int threads : {1, 2}) runs.push_back({AttentionImpl::kFused, level, threads});
     for (const Run& run : runs) {
       SCOPED_TRACE(c.name() + " impl=" + impl_name(run.impl) + " simd=" + detail::simd_level_name(run.simd) +
