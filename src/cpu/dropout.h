@@ -78,36 +78,42 @@ inline bool dropout_keeps(const DropoutParams& d, int64_t b, int64_t h, int64_t 
 // Vectorised where the target has the instructions; the same bits as dropout_keeps everywhere.
 inline void dropout_keep_group(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t G, uint16_t keep[8]) {
 #if defined(__AVX512F__)
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(G * 16)), lanes);
-  __m512i c1 = _mm512_set1_epi32(static_cast<int>(i)), c2 = _mm512_set1_epi32(static_cast<int>(h));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(b));
+  // The 16 lanes as two vectors of eight 64-bit containers (t = 0..7 and 8..15), each lane's 32-bit words in
+  // the low halves: _mm512_mul_epu32 gives the whole 64-bit product of the low halves, i.e. hi and lo at once.
+  // What the upper halves hold never matters (only low halves are multiplied and compared).
+  const __m512i m0 = _mm512_set1_epi64(0xD2511F53), m1 = _mm512_set1_epi64(0xCD9E8D57);
+  __m512i c0[2], c1[2], c2[2], c3[2];
+  for (int half = 0; half < 2; ++half) {
+    c0[half] = _mm512_add_epi64(_mm512_set1_epi64(G * 16 + half * 8), _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+    c1[half] = _mm512_set1_epi64(static_cast<uint32_t>(i));
+    c2[half] = _mm512_set1_epi64(static_cast<uint32_t>(h));
+    c3[half] = _mm512_set1_epi64(static_cast<uint32_t>(b));
+  }
   uint32_t k0 = static_cast<uint32_t>(d.seed), k1 = static_cast<uint32_t>(d.seed >> 32);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  // 32×32 → 64-bit products of every lane: even lanes from mul_epu32, odd lanes after a 32-bit shift
-  auto mulhilo = [](__m512i a, __m512i m, __m512i* hi, __m512i* lo) {
-    const __m512i even = _mm512_mul_epu32(a, m);
-    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  };
   for (int round = 0; round < 10; ++round) {
-    __m512i hi0, lo0, hi1, lo1;
-    mulhilo(c0, m0, &hi0, &lo0);
-    mulhilo(c2, m1, &hi1, &lo1);
-    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-    c1 = lo1;
-    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-    c3 = lo0;
+    const __m512i key0 = _mm512_set1_epi64(k0), key1 = _mm512_set1_epi64(k1);
+    for (int half = 0; half < 2; ++half) {
+      const __m512i p0 = _mm512_mul_epu32(c0[half], m0), p1 = _mm512_mul_epu32(c2[half], m1);
+      c0[half] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1[half], key0, 0x96);  // hi1 ^ c1 ^ k0
+      c1[half] = p1;                                                                          // lo1
+      c2[half] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3[half], key1, 0x96);  // hi0 ^ c3 ^ k1
+      c3[half] = p0;                                                                          // lo0
+    }
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  const __m512i low = _mm512_set1_epi32(0xFFFF), thr = _mm512_set1_epi32(static_cast<int>(d.threshold));
-  const __m512i words[4] = {c0, c1, c2, c3};
+  const __m512i low = _mm512_set1_epi64(0xFFFF), thr = _mm512_set1_epi64(d.threshold);
+  const __m512i* words[4] = {c0, c1, c2, c3};
   for (int w = 0; w < 4; ++w) {
-    keep[2 * w] = _mm512_cmpge_epu32_mask(_mm512_and_si512(words[w], low), thr);
-    keep[2 * w + 1] = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(words[w], 16), thr);
+    uint32_t lo_bits = 0, hi_bits = 0;
+    for (int half = 0; half < 2; ++half) {
+      const __m512i x = words[w][half];
+      lo_bits |= static_cast<uint32_t>(_mm512_cmpge_epu64_mask(_mm512_and_si512(x, low), thr)) << (8 * half);
+      hi_bits |= static_cast<uint32_t>(_mm512_cmpge_epu64_mask(_mm512_and_si512(_mm512_srli_epi64(x, 16), low), thr))
+                 << (8 * half);
+    }
+    keep[2 * w] = static_cast<uint16_t>(lo_bits);
+    keep[2 * w + 1] = static_cast<uint16_t>(hi_bits);
   }
 #elif defined(__AVX2__)
   // two halves of 8 lanes (t = 0..7, 8..15), each as the AVX-512 path above
