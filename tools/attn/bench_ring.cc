@@ -11,6 +11,7 @@
 
 #include "attn/dist/ring_attention.h"
 #include "attn/error.h"
+#include "common.h"
 #include "dist_cli.h"
 #include "mpi_session.h"
 
@@ -23,20 +24,6 @@ struct RingBench {
   std::string layout;
   int threads = 0, repeat = 3, warmup = 1;
 };
-
-Tensor random_tensor(Shape shape, uint64_t seed) {
-  Tensor t(std::move(shape));
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return t;
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
 
 double median(std::vector<double> x) {
   std::sort(x.begin(), x.end());

@@ -1,7 +1,10 @@
 #include "common.h"
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <iostream>
+#include <random>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -159,6 +162,20 @@ void print_weight_matrix(const float* w, int64_t rows, int64_t cols, const std::
     }
     std::cout << "\n";
   }
+}
+
+Tensor random_tensor(Shape shape, uint64_t seed) {
+  Tensor t(std::move(shape));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
 }  // namespace attn::cli

@@ -68,4 +68,8 @@ void add_train(CLI::App& app);
 void add_viz(CLI::App& app);
 void add_embed(CLI::App& app);  // embed and similar
 
+// Benchmarks: a tensor of uniform [-1, 1) floats drawn from `seed`, and this process's peak resident set in MB.
+Tensor random_tensor(Shape shape, uint64_t seed);
+double peak_rss_mb();
+
 }  // namespace attn::cli
