@@ -251,8 +251,14 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
           for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {  // aligned tiles: their checks are per tile
             const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
-            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n, keys, k_rs, keys_finite, q_ok[t] != 0, dout_ok[t] != 0,
-                       dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
+            // on the causal diagonal the tile's last row sees only the block's first keys: the rest are hidden
+            // from every row of the tile, so the tile stops there
+            int64_t unused, last_hi;
+            p.key_range(i0 + rows - 1, &unused, &last_hi);
+            const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
+            if (n_tile == 0) continue;
+            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, keys, k_rs, keys_finite, q_ok[t] != 0,
+                       dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
       }
       for (int64_t jj = 0; jj < n; ++jj) {
