@@ -142,6 +142,18 @@ TEST(Training, ShortRunLowersTheLoss) {
   EXPECT_LT(r.last_loss, 2.0f);
 }
 
+TEST(Training, EndsWithACheckpointWhenNeverEvaluatingInBetween) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "attn_eval_every_zero_test";
+  fs::remove_all(dir);
+  train::TrainOptions o = tiny_options(5);  // eval_every = 0
+  o.out_dir = dir.string();
+  train::train_numbers(o);
+  EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+  EXPECT_EQ(Transformer::load(dir.string()).config().d_model, 64);
+  fs::remove_all(dir);
+}
+
 TEST(Training, SeedReproducesAndResumeContinuesExactly) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / "attn_resume_test";

@@ -316,7 +316,8 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     loss_window += loss, ++window;
     if (on_step) on_step(adam.step, loss);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const bool eval_now = o.eval_every > 0 && (adam.step % o.eval_every == 0 || adam.step == o.steps);
+    // every eval_every steps (0: never in between) and always after the last: the run ends with a checkpoint
+    const bool eval_now = adam.step == o.steps || (o.eval_every > 0 && adam.step % o.eval_every == 0);
     if (eval_now && writer) {
       report.val_accuracy = exact_match(model, vocab, val);
       if (!o.out_dir.empty()) save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index, o.seed);

@@ -91,7 +91,7 @@ void add_train(CLI::App& app) {
   sub->add_option("--weight-decay", a->o.weight_decay, "AdamW weight decay (matrices only)");
   sub->add_option("--seed", a->o.seed, "seed: data, initialisation, dropout; the same seed reproduces a run");
   sub->add_option("--train-examples", a->o.train_examples, "size of the training pool");
-  sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps");
+  sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)");
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
   sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
   sub->callback([a] { run_train(*a); });

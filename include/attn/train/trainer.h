@@ -48,7 +48,7 @@ struct TrainOptions {
   uint64_t seed = 1;
   int64_t train_examples = 200000;
   int64_t val_examples = 500;
-  int64_t eval_every = 1000;  // validation accuracy and a checkpoint every this many steps
+  int64_t eval_every = 1000;  // validation accuracy and a checkpoint every this many steps (0: only at the end)
   bool progress = true;       // a progress bar on stderr
   int num_threads = 0;
   // Data parallel (nullptr: one process): each rank trains on its shard of every batch (the same global batches
