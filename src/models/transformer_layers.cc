@@ -236,19 +236,35 @@ float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeigh
   return k.x2.data();
 }
 
+namespace {
+// The backward of one residual sublayer x_out = sublayer(x_in, F): dx_in += dLoss/dx_in given d_out = dLoss/dx_out.
+// F's backward runs between the two halves of the sublayer's backward.
+template <class FBackward>
+void sublayer_backward(float* dx_in, const float* d_out, layers::SublayerActivations& sub,
+                       const layers::LnWeights& norm, const TransformerConfig& c, int64_t M,
+                       TransformerBackwardBuffers& s, FBackward&& f_backward) {
+  const float* df =
+      layers::sublayer_backward_output(dx_in, d_out, sub, M, c.d_model, norm, c.norm_first, c.dropout, s.blocks);
+  f_backward(df);  // fills sub.d_f_in
+  layers::sublayer_backward_input(dx_in, sub, M, c.d_model, norm, c.norm_first);
+}
+}  // namespace
+
 void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
                             const TransformerWeights& net, int64_t B, int64_t L, TransformerBackwardBuffers& s) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
   float* dx1 = layers::grow_zeroed(s.d1, M * E);
-  float* df = layers::sublayer_backward_output(dx1, dx, k.ff, M, E, w.norm2, c.norm_first, c.dropout, s.blocks);
-  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
-  layers::sublayer_backward_input(dx1, k.ff, M, E, w.norm2, c.norm_first);
+  // x2 = sublayer(x1, feed-forward)
+  sublayer_backward(dx1, dx, k.ff, w.norm2, c, M, s, [&](const float* df) {
+    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  });
+  // x1 = sublayer(x, self-attention)
   std::fill(dx, dx + M * E, 0.0f);
-  df = layers::sublayer_backward_output(dx, dx1, k.sa, M, E, w.norm1, c.norm_first, c.dropout, s.blocks);
-  float* d_in = k.sa.d_f_in.data();
-  layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
-  layers::sublayer_backward_input(dx, k.sa, M, E, w.norm1, c.norm_first);
+  sublayer_backward(dx, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
+    float* d_in = k.sa.d_f_in.data();
+    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
+  });
 }
 
 float* decoder_layer_forward(DecoderLayerActivations& k, const DecoderLayerWeights& w, const TransformerWeights& net,
@@ -282,17 +298,20 @@ void decoder_layer_backward(float* dy, float* dmem, DecoderLayerActivations& k, 
   const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
   float *dx2 = layers::grow_zeroed(s.d2, M * E), *dx1 = layers::grow_zeroed(s.d1, M * E);
-  float* df = layers::sublayer_backward_output(dx2, dy, k.ff, M, E, w.norm3, c.norm_first, c.dropout, s.blocks);
-  layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
-  layers::sublayer_backward_input(dx2, k.ff, M, E, w.norm3, c.norm_first);
-  df = layers::sublayer_backward_output(dx1, dx2, k.ca, M, E, w.norm2, c.norm_first, c.dropout, s.blocks);
-  layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
-  layers::sublayer_backward_input(dx1, k.ca, M, E, w.norm2, c.norm_first);
+  // x3 = sublayer(x2, feed-forward)
+  sublayer_backward(dx2, dy, k.ff, w.norm3, c, M, s, [&](const float* df) {
+    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  });
+  // x2 = sublayer(x1, cross-attention over mem)
+  sublayer_backward(dx1, dx2, k.ca, w.norm2, c, M, s, [&](const float* df) {
+    layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
+  });
+  // x1 = sublayer(y, masked self-attention)
   std::fill(dy, dy + M * E, 0.0f);
-  df = layers::sublayer_backward_output(dy, dx1, k.sa, M, E, w.norm1, c.norm_first, c.dropout, s.blocks);
-  float* d_in = k.sa.d_f_in.data();
-  layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);
-  layers::sublayer_backward_input(dy, k.sa, M, E, w.norm1, c.norm_first);
+  sublayer_backward(dy, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
+    float* d_in = k.sa.d_f_in.data();
+    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);
+  });
 }
 
 }  // namespace attn::models
