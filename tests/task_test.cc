@@ -4,6 +4,7 @@
 //     resuming from a checkpoint continues exactly where the run stopped;
 //   - the shipped model (models/numbers-en-zh) reaches 99% exact match on the test split.
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 
@@ -191,6 +192,40 @@ TEST(ShippedModel, ReachesNinetyNinePercentOnTheTestSplit) {
   EXPECT_GE(acc, 0.99);
   std::cout << "shipped model: " << 100.0 * acc << "% exact match on 1000 test examples\n";
   EXPECT_EQ(Translator::borrowing(m, tasks::Vocab::numbers()).translate("three hundred twelve"), "三百一十二");
+}
+
+// The decoding engine against fixed outputs for the whole test split (eval's 2000 sentences): greedy as
+// CTranslate2 4.8.5 float32 decodes the same weights (bench/convert_ctranslate2.py; identical on all 2000),
+// which is also what attn's engine gave before finished sentences left the batch; beam 4 as that engine gave
+// (CTranslate2 normalises length differently). Any batch size and thread count must give the same outputs.
+TEST(ShippedModel, DecodingMatchesTheFixedTranslationsOfTheTestSplit) {
+  const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
+  std::ifstream in(std::string(ATTN_FIXTURE_DIR) + "/shipped_test_split_translations.tsv");
+  ASSERT_TRUE(in) << "missing fixture";
+  std::vector<std::string> sources, greedy, beam4;
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 2000, 3)) sources.push_back(e.source);
+  for (std::string line; std::getline(in, line);) {
+    const size_t tab = line.find('\t');
+    ASSERT_NE(tab, std::string::npos) << line;
+    greedy.push_back(line.substr(0, tab));
+    beam4.push_back(line.substr(tab + 1));
+  }
+  ASSERT_EQ(greedy.size(), sources.size());
+  struct Run {
+    int beam, batch_size, threads;
+  };
+  for (const Run r : {Run{1, 64, 1}, Run{1, 256, 2}, Run{1, 5, 2}, Run{4, 64, 2}}) {
+    TranslateOptions o;
+    o.beam = r.beam, o.batch_size = r.batch_size, o.num_threads = r.threads;
+    const std::vector<std::string> got = translator.translate(sources, o);
+    const std::vector<std::string>& want = r.beam == 1 ? greedy : beam4;
+    int differ = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      if (got[i] != want[i] && ++differ <= 3)
+        ADD_FAILURE() << "beam " << r.beam << ", batches of " << r.batch_size << ": \"" << sources[i] << "\" -> "
+                      << got[i] << ", expected " << want[i];
+    EXPECT_EQ(differ, 0) << "beam " << r.beam << ", batches of " << r.batch_size << ", " << r.threads << " threads";
+  }
 }
 
 // int8 weights and activations (Transformer::quantize): the translation issue's bar is <= 0.5% of the test

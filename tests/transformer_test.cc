@@ -247,6 +247,32 @@ TEST(Transformer, StepDecoderRejectsMisuse) {
   EXPECT_THROW(m.start_decoding(src, 1, m.config().max_len + 1), ArgumentError);
 }
 
+// Finished sentences leave the batch (StepDecoder::retain): the sentences that stay decode as before.
+TEST(Transformer, RetainedSentencesDecodeAsBefore) {
+  const Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 2, 6, 7, 2, 0, 8, 2, 0, 0}, 3, 4};
+  const int64_t K = 2, V = m.config().tgt_vocab;
+  std::unique_ptr<StepDecoder> all = m.start_decoding(src, K, 6), kept = m.start_decoding(src, K, 6);
+  const std::vector<int32_t> t0(6, m.config().bos_id), t1 = {3, 4, 5, 6, 7, 8};  // random_model: 10 target tokens
+  for (StepDecoder* d : {all.get(), kept.get()}) {
+    d->step(t0.data(), 0);
+    d->step(t1.data(), 1);
+  }
+  EXPECT_THROW(kept->retain({0, 0}), ArgumentError);  // listed twice
+  EXPECT_THROW(kept->retain({3}), ArgumentError);     // no sentence 3
+  EXPECT_THROW(kept->retain({1, 0}), ArgumentError);  // sentence 1 would overwrite sentence 0, which stays
+  kept->retain({2, 1});                               // sentence 0 leaves, sentence 2 takes its slot
+  const std::vector<int32_t> t2_all = {4, 5, 6, 7, 8, 9}, t2_kept = {8, 9, 6, 7};
+  const float* a = all->step(t2_all.data(), 2);
+  const std::vector<float> want(a, a + 3 * K * V);
+  const float* b = kept->step(t2_kept.data(), 2);
+  for (int64_t slot = 0; slot < 2; ++slot) {
+    const int64_t sentence = slot == 0 ? 2 : 1;
+    for (int64_t i = 0; i < K * V; ++i)
+      EXPECT_NEAR(b[slot * K * V + i], want[static_cast<size_t>(sentence * K * V + i)], 1e-5) << slot << " " << i;
+  }
+}
+
 // A parameter tensor replaced instead of updated in place: the const paths refuse, forward() rebinds.
 TEST(Transformer, AReplacedParameterIsNoticed) {
   Transformer m = random_model(false);

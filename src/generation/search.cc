@@ -38,34 +38,47 @@ int64_t positions_for(const Transformer& model, int64_t max_length) {
 }
 
 // Beam search (K = 1: greedy) for the B sentences of `decoder`; sentence b decodes at most limit[b]
-// positions, the decoder runs to the largest.
+// positions, the decoder runs to the largest. Finished sentences leave the decoder's batch (StepDecoder::
+// retain): the decoder holds the live ones in slots, sentence[s] being the one in slot s, with its K
+// hypotheses in rows s·K .. s·K + K − 1.
 std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const TransformerConfig& c, int64_t B, int64_t K,
                                               const std::vector<int64_t>& limit, float length_penalty) {
-  const int64_t N = B * K, V = decoder.vocab_size(), T = *std::max_element(limit.begin(), limit.end());
+  const int64_t V = decoder.vocab_size(), T = *std::max_element(limit.begin(), limit.end());
   const float kNegInf = -std::numeric_limits<float>::infinity();
-  std::vector<int32_t> tokens(static_cast<size_t>(N), c.bos_id);
-  std::vector<float> logp(static_cast<size_t>(N), kNegInf);
+  int64_t live = B;                                    // sentences in the decoder
+  std::vector<int64_t> sentence(static_cast<size_t>(B));  // [live]: slot -> sentence
+  std::iota(sentence.begin(), sentence.end(), int64_t{0});
+  // per row of the decoder [live·K]: current token, log-probability, output so far
+  std::vector<int32_t> tokens(static_cast<size_t>(B * K), c.bos_id);
+  std::vector<float> logp(static_cast<size_t>(B * K), kNegInf);
   for (int64_t b = 0; b < B; ++b) logp[static_cast<size_t>(b * K)] = 0.0f;  // one live beam to start: no duplicates
-  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(N));
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(B * K));
   std::vector<std::vector<Hypothesis>> finished(static_cast<size_t>(B));
   std::vector<bool> done(static_cast<size_t>(B), false);
+  std::vector<int64_t> parent;
+  std::vector<std::vector<int32_t>> next_seqs;
+  std::vector<float> next_logp;
+  std::vector<int32_t> next_tokens;
+  std::vector<std::tuple<float, int64_t, int32_t>> cand;
 
-  for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = 0; t < T && live > 0; ++t) {
+    const int64_t N = live * K;
     float* logits = decoder.step(tokens.data(), t);  // [N, V] -> log-probabilities in place
     log_softmax_rows(logits, N, V);
-    std::vector<int64_t> parent(static_cast<size_t>(N));
-    std::iota(parent.begin(), parent.end(), 0);
-    std::vector<std::vector<int32_t>> next_seqs(static_cast<size_t>(N));
-    std::vector<float> next_logp(static_cast<size_t>(N), kNegInf);
-    std::vector<int32_t> next_tokens(static_cast<size_t>(N), c.pad_id);
-    for (int64_t b = 0; b < B; ++b) {
-      if (done[static_cast<size_t>(b)]) continue;
+    parent.resize(static_cast<size_t>(N));
+    std::iota(parent.begin(), parent.end(), int64_t{0});
+    next_seqs.assign(static_cast<size_t>(N), {});
+    next_logp.assign(static_cast<size_t>(N), kNegInf);
+    next_tokens.assign(static_cast<size_t>(N), c.pad_id);
+    int64_t ended = 0;
+    for (int64_t s = 0; s < live; ++s) {
+      const int64_t b = sentence[static_cast<size_t>(s)];
       const int64_t Tb = limit[static_cast<size_t>(b)];
       const bool last = t + 1 == Tb;  // the sentence's last position: every candidate ends here
-      // candidates: (score, beam, token) over the sentence's K beams
-      std::vector<std::tuple<float, int64_t, int32_t>> cand;
+      // candidates: (score, row, token) over the sentence's K beams
+      cand.clear();
       for (int64_t k = 0; k < K; ++k) {
-        const int64_t n = b * K + k;
+        const int64_t n = s * K + k;
         if (logp[static_cast<size_t>(n)] == kNegInf) continue;
         const float* row = logits + n * V;
         for (int32_t v = 0; v < V; ++v)
@@ -87,23 +100,23 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
               {out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
           continue;
         }
-        const int64_t slot = b * K + filled++;
-        parent[static_cast<size_t>(slot)] = n;
-        next_seqs[static_cast<size_t>(slot)] = seqs[static_cast<size_t>(n)];
-        next_seqs[static_cast<size_t>(slot)].push_back(v);
-        next_logp[static_cast<size_t>(slot)] = score;
-        next_tokens[static_cast<size_t>(slot)] = v;
+        const int64_t row = s * K + filled++;
+        parent[static_cast<size_t>(row)] = n;
+        next_seqs[static_cast<size_t>(row)] = seqs[static_cast<size_t>(n)];
+        next_seqs[static_cast<size_t>(row)].push_back(v);
+        next_logp[static_cast<size_t>(row)] = score;
+        next_tokens[static_cast<size_t>(row)] = v;
       }
       // Done when no live beam can still beat the best finished hypothesis: a live beam's log-probability
       // only falls, and its length penalty is at most the one of the longest output: Tb tokens cut at the
       // last position, scored as Tb + 1 (an ending's EOS counts).
       float best_finished = kNegInf, best_alive = kNegInf;
       for (const Hypothesis& h : finished[static_cast<size_t>(b)]) best_finished = std::max(best_finished, h.score);
-      for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(b * K + k)]);
+      for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(s * K + k)]);
       const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? Tb + 1 : t + 2, length_penalty);
-      if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true;
+      if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true, ++ended;
     }
-    if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+    if (ended == live) break;
     // the decoder state follows the reselected hypotheses (positions 0..t)
     bool moved = false;
     for (int64_t n = 0; n < N; ++n) moved |= parent[static_cast<size_t>(n)] != n;
@@ -111,6 +124,32 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
     seqs.swap(next_seqs);
     logp.swap(next_logp);
     tokens.swap(next_tokens);
+    if (ended == 0) continue;
+    // Finished sentences leave the batch: the last live sentences move into their slots.
+    std::vector<int64_t> keep_slots;  // new slot i continues old slot keep_slots[i]
+    const auto is_done = [&](int64_t slot) { return done[static_cast<size_t>(sentence[static_cast<size_t>(slot)])]; };
+    for (int64_t s = 0, end = live; s < end; ++s) {
+      if (!is_done(s)) {
+        keep_slots.push_back(s);
+        continue;
+      }
+      while (end > s + 1 && is_done(end - 1)) --end;  // the last live slot after s fills the hole
+      if (end == s + 1) break;
+      keep_slots.push_back(--end);
+    }
+    const int64_t end = static_cast<int64_t>(keep_slots.size());
+    decoder.retain(keep_slots);
+    for (int64_t i = 0; i < end; ++i) {
+      const int64_t from = keep_slots[static_cast<size_t>(i)];
+      if (from == i) continue;
+      sentence[static_cast<size_t>(i)] = sentence[static_cast<size_t>(from)];
+      for (int64_t k = 0; k < K; ++k) {
+        const size_t dst = static_cast<size_t>(i * K + k), src = static_cast<size_t>(from * K + k);
+        tokens[dst] = tokens[src], logp[dst] = logp[src];
+        seqs[dst].swap(seqs[src]);
+      }
+    }
+    live = end;
   }
   std::vector<std::vector<int32_t>> best(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {

@@ -102,6 +102,14 @@ void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
   std::swap(held, spare_held);
 }
 
+void KVCache::move_rows(int64_t from, int64_t to, int64_t rows, int64_t length) {
+  if (from == to) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(k.get() + (from + r) * capacity * width, length * width, k.get() + (to + r) * capacity * width);
+    std::copy_n(v.get() + (from + r) * capacity * width, length * width, v.get() + (to + r) * capacity * width);
+  }
+}
+
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
   const int64_t E = w.E, kv = w.kv_width(), T = cache.capacity;
   // q: [N, E]  k_t, v_t: [N, Hkv·Dh]  heads: [N, E]

@@ -89,6 +89,9 @@ struct KVCache {
   void allocate(int64_t n, int64_t cap, int64_t w, bool spare);
   // Row n continues row parent[n]: positions [0, length) are gathered by parent.
   void reorder(const std::vector<int64_t>& parent, int64_t length);
+  // Rows [from, from + rows) move to [to, to + rows), positions [0, length) (the batch shrinking; N is the
+  // caller's to set).
+  void move_rows(int64_t from, int64_t to, int64_t rows, int64_t length);
 };
 
 // Masked self-attention of one step: x [N, E] (one token per hypothesis at position t) → out [N, E];

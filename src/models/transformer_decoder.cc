@@ -139,6 +139,33 @@ class TransformerDecoder final : public StepDecoder {
     for (layers::KVCache& cache : self_) cache.reorder(parent, t + 1);
   }
 
+  void retain(const std::vector<int64_t>& sentences) override {
+    const int64_t B = static_cast<int64_t>(sentences.size());
+    std::vector<int64_t> slot(static_cast<size_t>(B_), -1);  // each current sentence's new slot
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t s = sentences[static_cast<size_t>(i)];
+      if (s < 0 || s >= B_ || slot[static_cast<size_t>(s)] != -1)
+        throw ArgumentError("StepDecoder::retain: sentence " + std::to_string(s) + " is outside [0, " +
+                            std::to_string(B_) + ") or listed twice");
+      slot[static_cast<size_t>(s)] = i;
+    }
+    for (int64_t i = 0; i < B; ++i)  // a moved sentence lands on one that leaves (so nothing is overwritten unread)
+      if (sentences[static_cast<size_t>(i)] != i && slot[static_cast<size_t>(i)] != -1)
+        throw ArgumentError("StepDecoder::retain: sentence " + std::to_string(sentences[static_cast<size_t>(i)]) +
+                            " cannot move into slot " + std::to_string(i) + ", whose sentence stays");
+    const int64_t length = next_t_;  // the positions the self-attention caches hold
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t s = sentences[static_cast<size_t>(i)];
+      if (s == i) continue;
+      for (layers::KVCache& c : self_) c.move_rows(s * K_, i * K_, K_, length);
+      for (layers::KVCache& c : cross_) c.move_rows(s, i, 1, Ls_);
+      std::copy_n(src_pad_.begin() + s * Ls_, Ls_, src_pad_.begin() + i * Ls_);
+    }
+    B_ = B, N_ = B * K_;
+    for (layers::KVCache& c : self_) c.N = N_;
+    for (layers::KVCache& c : cross_) c.N = B_;
+  }
+
   int64_t vocab_size() const override { return net_.c.tgt_vocab; }
 
  private:

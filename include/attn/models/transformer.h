@@ -70,6 +70,11 @@ class StepDecoder {
   virtual float* step(const int32_t* tokens, int64_t t) = 0;
   // Hypothesis n continues hypothesis parent[n]: positions 0..t of the decoder state follow it.
   virtual void reorder(const std::vector<int64_t>& parent, int64_t t) = 0;
+  // Finished sentences leave the batch: afterwards the decoder holds sentences.size() sentences, the i-th
+  // continuing the current sentence sentences[i] (all its hypotheses), and step() takes and returns their
+  // rows only. A sentence either keeps its slot (sentences[i] == i) or moves into the slot of a sentence that
+  // leaves, so the state moves in place (generation fills holes from the end of the batch).
+  virtual void retain(const std::vector<int64_t>& sentences) = 0;
   virtual int64_t vocab_size() const = 0;
 };
 
