@@ -253,9 +253,14 @@ Tensor Transformer::logits(const TokenBatch& src, const TokenBatch& tgt_in) cons
   return models::forward_impl(weights(), k, src, tgt_in, false, nullptr, /*keep_weights=*/false);
 }
 
+TransformerActivations& models::inference_activations() {
+  thread_local TransformerActivations k;
+  return k;
+}
+
 Tensor Transformer::encode(const TokenBatch& src) const {
   models::check_tokens(config_, src, config_.src_vocab, "src");
-  TransformerActivations k;
+  TransformerActivations& k = models::inference_activations();
   models::encode_impl(weights(), k, src, /*keep_weights=*/false, nullptr);
   Tensor mem({src.B, src.L, config_.d_model});
   std::copy_n(k.mem.data(), mem.numel(), mem.f32());

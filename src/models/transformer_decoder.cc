@@ -64,7 +64,8 @@ void give_back(CacheKind kind, std::vector<layers::KVCache>& caches) noexcept {
 
 class TransformerDecoder final : public StepDecoder {
  public:
-  TransformerDecoder(std::shared_ptr<const models::TransformerWeights> weights, const Tensor& memory,
+  // memory: [B·Ls, E], the encoder's output (read here only)
+  TransformerDecoder(std::shared_ptr<const models::TransformerWeights> weights, const float* memory,
                      const TokenBatch& src, int64_t K, int64_t T)
       : weights_(std::move(weights)),
         net_(*weights_),
@@ -79,7 +80,7 @@ class TransformerDecoder final : public StepDecoder {
     self_ = take_caches(CacheKind::kSelf, net.dec.size());
     cross_ = take_caches(CacheKind::kCross, net.dec.size());
     for (size_t l = 0; l < net.dec.size(); ++l) {
-      layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory.f32(), B_, Ls_);
+      layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory, B_, Ls_);
       self_[l].allocate(N_, T_, net.dec[l].self_attn.w.kv_width(), /*spare=*/K > 1);
     }
   }
@@ -200,8 +201,11 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
   if (positions < 1 || positions > config_.max_len)
     throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
                         std::to_string(config_.max_len) + "], got " + std::to_string(positions));
-  const Tensor memory = encode(src);  // checks the tokens, and that no parameter was replaced
-  return std::make_unique<TransformerDecoder>(weights_, memory, src, hypotheses, positions);
+  models::check_tokens(config_, src, config_.src_vocab, "src");
+  const models::TransformerWeights& net = weights();  // checks that no parameter was replaced
+  TransformerActivations& k = models::inference_activations();
+  models::encode_impl(net, k, src, /*keep_weights=*/false, nullptr);
+  return std::make_unique<TransformerDecoder>(weights_, k.mem.data(), src, hypotheses, positions);
 }
 
 }  // namespace attn

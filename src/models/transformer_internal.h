@@ -110,6 +110,11 @@ void quantize_int8(TransformerWeights& net);
 void encode_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src, bool keep_weights,
                  std::mt19937_64* rng);
 
+// This thread's activations for inference (encode, start_decoding): grown to the largest batch seen and reused,
+// so a translator encoding batch after batch allocates (and zero-fills) its buffers once. Valid until the
+// thread's next inference call.
+TransformerActivations& inference_activations();
+
 // The teacher-forced forward pass into k (Transformer::forward, and the no-cache reference decoder).
 // keep_weights: every attention keeps its weights (the backward and attention_maps read them).
 Tensor forward_impl(const TransformerWeights& net, TransformerActivations& k, const TokenBatch& src,
