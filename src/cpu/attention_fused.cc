@@ -1,8 +1,9 @@
-// Chooses the fused kernel compiled for the best instruction set the processor has.
+// Chooses the fused and decoding kernels compiled for the best instruction set the processor has.
 #include <cstdlib>
 #include <cstring>
 
 #include "cpu/attention_fused.h"
+#include "cpu/attention_decode.h"
 
 namespace attn::detail {
 
@@ -62,6 +63,14 @@ void attention_fused(const AttentionProblem& p) {
     case SimdLevel::kAvx512: avx512::attention_fused(p); return;
     case SimdLevel::kAvx2: avx2::attention_fused(p); return;
     case SimdLevel::kScalar: scalar::attention_fused(p); return;
+  }
+}
+
+void attention_decode(const DecodeProblem& p) {
+  switch (simd_level_active()) {
+    case SimdLevel::kAvx512: avx512::attention_decode(p); return;
+    case SimdLevel::kAvx2: avx2::attention_decode(p); return;
+    case SimdLevel::kScalar: scalar::attention_decode(p); return;
   }
 }
 

@@ -2,6 +2,9 @@
 #include "layers/mha_layer.h"
 
 #include <algorithm>
+#include <cmath>
+
+#include "cpu/attention_decode.h"
 
 #include "ops/nn.h"
 
@@ -22,11 +25,37 @@ detail::AttentionProblem make_problem(const MhaWeights& w, const MhaMasks& masks
   return p;
 }
 
+// Where one step's projections of x [N, E] went: q, k, v with their row strides (scratch slots 0-2).
+struct Projections {
+  float *q, *k, *v;
+  int64_t q_ld, kv_ld;
+};
+
+// Q, K and V of x as one GEMM into qkv [N, E + 2·Hkv·Dh] when the three projections are one packed float32
+// in_proj (nn.MultiheadAttention's in_proj_weight); else three GEMMs.
+Projections project_qkv(const MhaWeights& w, const float* x, int64_t N) {
+  const int64_t E = w.E, kv = w.kv_width();
+  const bool packed = w.qw_q == nullptr && w.kdim == E && w.vdim == E && w.w_k == w.w_q + E * E &&
+                      w.w_v == w.w_k + kv * E &&
+                      ((w.b_q == nullptr && w.b_k == nullptr && w.b_v == nullptr) ||
+                       (w.b_q != nullptr && w.b_k == w.b_q + E && w.b_v == w.b_k + kv));
+  if (packed) {
+    const int64_t row = E + 2 * kv;
+    float* qkv = ops::scratch(0, N * row);
+    ops::linear_forward(qkv, x, w.w_q, nullptr, w.b_q, N, row, E);
+    return {qkv, qkv + E, qkv + E + kv, row, row};
+  }
+  Projections p{ops::scratch(0, N * E), ops::scratch(1, N * kv), ops::scratch(2, N * kv), E, kv};
+  ops::linear_forward(p.q, x, w.w_q, w.qw_q, w.b_q, N, E, E);
+  ops::linear_forward(p.k, x, w.w_k, w.qw_k, w.b_k, N, kv, w.kdim);
+  ops::linear_forward(p.v, x, w.w_v, w.qw_v, w.b_v, N, kv, w.vdim);
+  return p;
+}
 }  // namespace
 
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts, float* weights, float dropout,
-                 std::mt19937_64* rng) {
+                 std::mt19937_64* rng, ops::LinearEpilogue out_epilogue) {
   const int64_t E = w.E, kv = w.kv_width();
   // q: [B·Lq, E]  k, v: [B·Lk, Hkv·Dh]  heads: [B·Lq, E]; kept for the backward when training
   float *q, *k, *v, *heads;
@@ -45,15 +74,22 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
     // attention dropout inside the kernel; the backward regenerates the mask from the same seed
     if (rng && dropout > 0.0f) p.dropout = detail::make_dropout(dropout, (*rng)());
   }
-  // Q = xq·W_Qᵀ + b_Q,  K = xk·W_Kᵀ + b_K,  V = xv·W_Vᵀ + b_V
-  ops::linear_forward(q, xq, w.w_q, w.qw_q, w.b_q, B * Lq, E, E);
-  ops::linear_forward(k, xk, w.w_k, w.qw_k, w.b_k, B * Lk, kv, w.kdim);
-  ops::linear_forward(v, xv, w.w_v, w.qw_v, w.b_v, B * Lk, kv, w.vdim);
+  if (!acts && xq == xk && xk == xv && Lq == Lk) {  // inference self-attention: one GEMM if in_proj is packed
+    const Projections qkv = project_qkv(w, xq, B * Lq);
+    p.q = qkv.q, p.k = qkv.k, p.v = qkv.v;
+    p.q_sb = Lq * qkv.q_ld, p.q_sl = qkv.q_ld;
+    p.k_sb = p.v_sb = Lk * qkv.kv_ld, p.k_sl = p.v_sl = qkv.kv_ld;
+  } else {
+    // Q = xq·W_Qᵀ + b_Q,  K = xk·W_Kᵀ + b_K,  V = xv·W_Vᵀ + b_V
+    ops::linear_forward(q, xq, w.w_q, w.qw_q, w.b_q, B * Lq, E, E);
+    ops::linear_forward(k, xk, w.w_k, w.qw_k, w.b_k, B * Lk, kv, w.kdim);
+    ops::linear_forward(v, xv, w.w_v, w.qw_v, w.b_v, B * Lk, kv, w.vdim);
+  }
   // heads = dropout(softmax(scale·Q·Kᵀ + M))·V
   detail::run_problem(p, masks.impl);
   if (acts) acts->xq = xq, acts->xk = xk, acts->xv = xv, acts->problem = p;
   // out = heads·W_Oᵀ + b_O
-  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, B * Lq, E, E);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, B * Lq, E, E, out_epilogue);
 }
 
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
@@ -74,80 +110,112 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
   ops::linear_backward(dxv, g.dw_v, g.db_v, ag.dv, acts.xv, w.w_v, B * Lk, kv, w.vdim);
 }
 
-void KVCache::allocate(int64_t n, int64_t cap, int64_t w, bool spare) {
-  N = n, capacity = cap, width = w;
+int64_t KVCache::k_head() const { return detail::key_block_floats(Dh, capacity); }
+
+void KVCache::allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool spare) {
+  N = n, capacity = cap, Hkv = hkv, Dh = dh, width = hkv * dh;
   // Uninitialised on purpose: position t is written before anything reads it, so only the pages of the
   // positions a batch reaches are ever touched (zero-filling the whole capacity cost more than decoding).
-  const size_t floats = static_cast<size_t>(N * capacity * width);
-  if (floats > held) {
-    k.reset(new float[floats]);
-    v.reset(new float[floats]);
-    held = floats;
-  }
-  if (spare && floats > spare_held) {
-    spare_k.reset(new float[floats]);
-    spare_v.reset(new float[floats]);
-    spare_held = floats;
-  }
+  const size_t k_floats = static_cast<size_t>(N * k_row()), v_floats = static_cast<size_t>(N * v_row());
+  if (k_floats > k_held) k.reset(new float[k_floats]), k_held = k_floats;
+  if (v_floats > v_held) v.reset(new float[v_floats]), v_held = v_floats;
+  if (spare && k_floats > spare_k_held) spare_k.reset(new float[k_floats]), spare_k_held = k_floats;
+  if (spare && v_floats > spare_v_held) spare_v.reset(new float[v_floats]), spare_v_held = v_floats;
 }
 
+void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count) {
+  const int64_t head = k_head();
+  for (int64_t n = 0; n < rows; ++n)
+    for (int64_t c = 0; c < count; ++c) {
+      const float* kr = k_rows + n * ld + c * width;  // [Hkv, Dh]
+      float* kt = k.get() + n * k_row();
+      for (int64_t g = 0; g < Hkv; ++g)
+        for (int64_t d = 0; d < Dh; ++d) kt[g * head + detail::key_block_index(Dh, t + c, d)] = kr[g * Dh + d];
+      std::copy_n(v_rows + n * ld + c * width, width, v.get() + n * v_row() + (t + c) * width);
+    }
+}
+
+namespace {
+// Positions [0, length) of row `from` of (k_from, v_from) into row `to` of (k_to, v_to).
+void copy_row(const KVCache& c, const float* k_from, const float* v_from, int64_t from, float* k_to, float* v_to,
+              int64_t to, int64_t length) {
+  const int64_t head = c.k_head(), used = detail::key_block_floats(c.Dh, length);
+  for (int64_t g = 0; g < c.Hkv; ++g)
+    std::copy_n(k_from + from * c.k_row() + g * head, used, k_to + to * c.k_row() + g * head);
+  std::copy_n(v_from + from * c.v_row(), length * c.width, v_to + to * c.v_row());
+}
+}  // namespace
+
 void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
+  // a row about to be overwritten whose state another row continues is saved first
+  std::vector<uint8_t> saved(static_cast<size_t>(N), 0);
   for (int64_t n = 0; n < N; ++n) {
     const int64_t from = parent[static_cast<size_t>(n)];
-    std::copy_n(k.get() + from * capacity * width, length * width, spare_k.get() + n * capacity * width);
-    std::copy_n(v.get() + from * capacity * width, length * width, spare_v.get() + n * capacity * width);
+    if (from != n && parent[static_cast<size_t>(from)] != from && !saved[static_cast<size_t>(from)]) {
+      copy_row(*this, k.get(), v.get(), from, spare_k.get(), spare_v.get(), from, length);
+      saved[static_cast<size_t>(from)] = 1;
+    }
   }
-  k.swap(spare_k);
-  v.swap(spare_v);
-  std::swap(held, spare_held);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t from = parent[static_cast<size_t>(n)];
+    if (from == n) continue;
+    const bool s = saved[static_cast<size_t>(from)];
+    copy_row(*this, s ? spare_k.get() : k.get(), s ? spare_v.get() : v.get(), from, k.get(), v.get(), n, length);
+  }
 }
 
 void KVCache::move_rows(int64_t from, int64_t to, int64_t rows, int64_t length) {
   if (from == to) return;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy_n(k.get() + (from + r) * capacity * width, length * width, k.get() + (to + r) * capacity * width);
-    std::copy_n(v.get() + (from + r) * capacity * width, length * width, v.get() + (to + r) * capacity * width);
-  }
+  for (int64_t r = 0; r < rows; ++r) copy_row(*this, k.get(), v.get(), from + r, k.get(), v.get(), to + r, length);
 }
 
+
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
-  const int64_t E = w.E, kv = w.kv_width(), T = cache.capacity;
-  // q: [N, E]  k_t, v_t: [N, Hkv·Dh]  heads: [N, E]
-  float *q = ops::scratch(0, N * E), *k = ops::scratch(1, N * kv), *v = ops::scratch(2, N * kv);
+  const int64_t E = w.E, Dh = w.head_dim();
+  // q: [N, E], k_t, v_t: [N, Hkv·Dh] (rows q_ld, kv_ld apart)  heads: [N, E]
+  const Projections qkv = project_qkv(w, x, N);
   float* heads = ops::scratch(3, N * E);
-  ops::linear_forward(q, x, w.w_q, w.qw_q, w.b_q, N, E, E);
-  ops::linear_forward(k, x, w.w_k, w.qw_k, w.b_k, N, kv, w.kdim);
-  ops::linear_forward(v, x, w.w_v, w.qw_v, w.b_v, N, kv, w.vdim);
-  for (int64_t n = 0; n < N; ++n) {
-    std::copy_n(k + n * kv, kv, cache.k.get() + (n * T + t) * kv);
-    std::copy_n(v + n * kv, kv, cache.v.get() + (n * T + t) * kv);
-  }
-  // the one new query sees every cached key; cache rows are T apart per hypothesis
-  detail::AttentionProblem p =
-      detail::interleaved_heads_problem(N, w.H, w.Hkv, 1, t + 1, w.head_dim(), q, cache.k.get(), cache.v.get(), heads);
-  p.k_sb = p.v_sb = T * kv;
-  detail::run_problem(p, AttentionImpl::kAuto);
-  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E);
+  cache.write(qkv.k, qkv.v, qkv.kv_ld, N, t, 1);
+  // the one new query of each hypothesis sees every cached position 0..t
+  detail::DecodeProblem p;
+  p.B = N, p.H = w.H, p.Hkv = w.Hkv, p.Lq = 1, p.Lk = t + 1, p.D = Dh, p.Dv = Dh;
+  p.q = qkv.q, p.q_sb = qkv.q_ld, p.q_sh = Dh, p.q_sl = qkv.q_ld;
+  p.kt = cache.k.get(), p.kt_sb = cache.k_row(), p.kt_sh = cache.k_head();
+  p.v = cache.v.get(), p.v_sb = cache.v_row(), p.v_sh = Dh, p.v_sl = cache.width;
+  p.o = heads, p.o_sb = E, p.o_sh = Dh, p.o_sl = E;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  detail::attention_decode(p);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E, {.accumulate = true});
 }
 
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
-  cache.allocate(B, Ls, w.kv_width(), /*spare=*/false);
-  ops::linear_forward(cache.k.get(), memory, w.w_k, w.qw_k, w.b_k, B * Ls, w.kv_width(), w.kdim);
-  ops::linear_forward(cache.v.get(), memory, w.w_v, w.qw_v, w.b_v, B * Ls, w.kv_width(), w.vdim);
+  const int64_t kv = w.kv_width();
+  cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*spare=*/false);
+  // K and V as rows [B, Ls, Hkv·Dh], then into the cache's layout
+  float* k = ops::scratch(1, B * Ls * kv);
+  float* v = ops::scratch(2, B * Ls * kv);
+  ops::linear_forward(k, memory, w.w_k, w.qw_k, w.b_k, B * Ls, kv, w.kdim);
+  ops::linear_forward(v, memory, w.w_v, w.qw_v, w.b_v, B * Ls, kv, w.vdim);
+  cache.write(k, v, Ls * kv, B, 0, Ls);
 }
 
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
                               const KVCache& cache, const uint8_t* key_padding) {
-  const int64_t E = w.E, N = B * K;
+  const int64_t E = w.E, N = B * K, Dh = w.head_dim();
   float* q = ops::scratch(0, N * E);
   float* heads = ops::scratch(3, N * E);
   ops::linear_forward(q, x, w.w_q, w.qw_q, w.b_q, N, E, E);
   // the K hypotheses of sentence b are K query rows over b's encoder K/V: nothing is copied per beam
-  detail::AttentionProblem p = detail::interleaved_heads_problem(B, w.H, w.Hkv, K, cache.capacity, w.head_dim(), q,
-                                                                 cache.k.get(), cache.v.get(), heads);
-  p.key_padding = key_padding;
-  detail::run_problem(p, AttentionImpl::kAuto);
-  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E);
+  detail::DecodeProblem p;
+  p.B = B, p.H = w.H, p.Hkv = w.Hkv, p.Lq = K, p.Lk = cache.capacity, p.D = Dh, p.Dv = Dh;
+  p.q = q, p.q_sb = K * E, p.q_sh = Dh, p.q_sl = E;
+  p.kt = cache.k.get(), p.kt_sb = cache.k_row(), p.kt_sh = cache.k_head();
+  p.v = cache.v.get(), p.v_sb = cache.v_row(), p.v_sh = Dh, p.v_sl = cache.width;
+  p.o = heads, p.o_sb = K * E, p.o_sh = Dh, p.o_sl = E;
+  p.key_padding = key_padding, p.pad_sb = cache.capacity;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  detail::attention_decode(p);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E, {.accumulate = true});
 }
 
 }  // namespace attn::layers

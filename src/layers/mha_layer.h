@@ -68,39 +68,51 @@ struct MhaActivations {
 // Training (acts given): keeps what mha_backward needs (projections, output, log-sum-exp; never the
 // [B, H, Lq, Lk] weights) and applies attention-weight dropout with probability `dropout` inside the
 // kernel, seeded from rng (none when rng is null).
+// out_epilogue: what out_proj's GEMM does after the product (accumulate: out += MHA(...), a residual).
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr,
-                 float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr);
+                 float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr,
+                 ops::LinearEpilogue out_epilogue = {});
 // dxq += dLoss/dxq, dxk += ..., dxv += ... (they may alias: self-attention accumulates all three into one);
 // parameter gradients accumulate into g.
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
                   const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk);
 
-// The keys and values of decoding: [N, capacity, Hkv·Dh] each, written in place, never re-concatenated.
-// A self-attention cache grows by one position a step; a cross-attention cache holds the encoder's K/V
-// projected once (capacity = Ls) and shared by the K hypotheses of each sentence.
+// The keys and values of decoding, written in place, never re-concatenated. A self-attention cache grows by
+// one position a step; a cross-attention cache holds the encoder's K/V projected once (capacity = Ls) and
+// shared by the K hypotheses of each sentence. Keys are kept transposed in blocks of kKeyBlock positions
+// (the decoding kernel's layout, cpu/attention_decode.h), values as rows:
+//   k: [N, Hkv, ⌈capacity / kKeyBlock⌉, Dh, kKeyBlock]     v: [N, capacity, Hkv·Dh]
 // allocate() keeps memory it already holds when it is large enough, so a cache reused from one batch to
 // the next (the model's decoder keeps a per-thread pool) allocates and faults in its pages only once.
 struct KVCache {
-  int64_t N = 0, capacity = 0, width = 0;
-  std::unique_ptr<float[]> k, v;              // [N, capacity, width] each, uninitialised until written
-  std::unique_ptr<float[]> spare_k, spare_v;  // beam search gathers reordered rows here, then swaps
-  size_t held = 0, spare_held = 0;            // floats allocated in k/v and in spare_k/spare_v
-  void allocate(int64_t n, int64_t cap, int64_t w, bool spare);
-  // Row n continues row parent[n]: positions [0, length) are gathered by parent.
+  int64_t N = 0, capacity = 0, Hkv = 0, Dh = 0, width = 0;  // width = Hkv·Dh
+  std::unique_ptr<float[]> k, v;              // uninitialised until written
+  std::unique_ptr<float[]> spare_k, spare_v;  // beam search saves rows about to be overwritten here
+  size_t k_held = 0, v_held = 0, spare_k_held = 0, spare_v_held = 0;  // floats allocated in each
+  size_t floats_held() const { return k_held + v_held + spare_k_held + spare_v_held; }
+  void allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool spare);
+  int64_t k_head() const;  // floats of one head's transposed keys
+  int64_t k_row() const { return Hkv * k_head(); }
+  int64_t v_row() const { return capacity * width; }
+  // Writes positions [t, t + count) of rows [0, rows) from k_rows, v_rows: [rows, count, width], rows
+  // ld floats apart (ld >= count·width).
+  void write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count);
+  // Row n continues row parent[n]: positions [0, length) are gathered by parent (rows that keep their own
+  // state are not copied).
   void reorder(const std::vector<int64_t>& parent, int64_t length);
   // Rows [from, from + rows) move to [to, to + rows), positions [0, length) (the batch shrinking; N is the
   // caller's to set).
   void move_rows(int64_t from, int64_t to, int64_t rows, int64_t length);
 };
 
-// Masked self-attention of one step: x [N, E] (one token per hypothesis at position t) → out [N, E];
-// writes k_t, v_t into the cache, then the new query sees positions 0..t.
+// Masked self-attention of one step: out [N, E] += MHA(x [N, E]) (one token per hypothesis at position t; out
+// may be x: the residual); writes k_t, v_t into the cache, then the new query sees positions 0..t.
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache);
 // Fills the cross-attention cache from memory [B·Ls, kdim = vdim]: K and V projected once.
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls);
-// Cross-attention of one step: x [B·K, E], the K hypotheses of sentence b are K query rows over b's cached
-// K/V; key_padding [B, Ls].
+// Cross-attention of one step: out [B·K, E] += MHA(x [B·K, E]) (out may be x), the K hypotheses of sentence b
+// being K query rows over b's cached K/V; key_padding [B, Ls].
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
                               const KVCache& cache, const uint8_t* key_padding);
 

@@ -4,8 +4,9 @@
 //   - the cross-attention K/V of each layer computed once from the encoder output ([B, Ls, E]) and
 //     shared by every hypothesis of a sentence: the K hypotheses of sentence b are K query rows of one
 //     attention problem over b's K/V, so nothing is copied per beam.
-// When beam search reselects hypotheses, the self-attention caches are gathered into a spare buffer
-// and swapped (KVCache::reorder).
+// When beam search reselects hypotheses, the self-attention caches copy each moved hypothesis in place
+// (KVCache::reorder; rows another one continues are saved first); finished sentences leave the batch
+// (retain), the last live ones moving into their slots.
 #include <algorithm>
 
 #include "attn/error.h"
@@ -34,7 +35,7 @@ CachePool& cache_pool() {
   return pool;
 }
 
-size_t cache_bytes(const layers::KVCache& c) { return (2 * c.held + 2 * c.spare_held) * sizeof(float); }
+size_t cache_bytes(const layers::KVCache& c) { return c.floats_held() * sizeof(float); }
 
 std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
   CachePool& pool = cache_pool();
@@ -81,7 +82,7 @@ class TransformerDecoder final : public StepDecoder {
     cross_ = take_caches(CacheKind::kCross, net.dec.size());
     for (size_t l = 0; l < net.dec.size(); ++l) {
       layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory, B_, Ls_);
-      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.kv_width(), /*spare=*/K > 1);
+      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.Hkv, net.dec[l].self_attn.w.head_dim(), /*spare=*/K > 1);
     }
   }
 
@@ -108,16 +109,16 @@ class TransformerDecoder final : public StepDecoder {
     for (size_t l = 0; l < net_.dec.size(); ++l) {
       const models::DecoderLayerWeights& w = net_.dec[l];
       // masked self-attention: k_t, v_t go into the cache, the query sees positions 0..t
-      sublayer(w.norm1, [&](const float* in, float* out) {
-        layers::mha_self_attention_step(out, w.self_attn.w, in, N, t, self_[l]);
+      sublayer(w.norm1, [&](const float* in, float* x) {
+        layers::mha_self_attention_step(x, w.self_attn.w, in, N, t, self_[l]);
       });
       // cross-attention over the encoder's K/V, shared by the hypotheses of each sentence
-      sublayer(w.norm2, [&](const float* in, float* out) {
-        layers::mha_cross_attention_step(out, w.cross_attn.w, in, B_, K_, cross_[l], src_pad_.data());
+      sublayer(w.norm2, [&](const float* in, float* x) {
+        layers::mha_cross_attention_step(x, w.cross_attn.w, in, B_, K_, cross_[l], src_pad_.data());
       });
       // feed-forward
-      sublayer(w.norm3, [&](const float* in, float* out) {
-        layers::ff_forward(out, ff_acts_, w.ff, in, N, net_.act(), 0.0f, nullptr);
+      sublayer(w.norm3, [&](const float* in, float* x) {
+        layers::ff_forward_accumulate(x, ff_acts_, w.ff, in, N, net_.act());
       });
     }
     float* y = grow(y_, N * E);  // LN_dec(x)
@@ -170,13 +171,11 @@ class TransformerDecoder final : public StepDecoder {
   int64_t vocab_size() const override { return net_.c.tgt_vocab; }
 
  private:
-  // x = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x_: the residual sublayer of layers/, without
-  // dropout; F writes its output into the sublayer's f_out.
+  // x = norm_first ? x + F(LN(x)) : LN(x + F(x)), in place on x_ (layers::residual_inference): F adds its
+  // output into x_ through its last GEMM.
   template <class F>
   void sublayer(const layers::LnWeights& ln, F&& f) {
-    const float* in = layers::sublayer_input(sub_acts_, x_.data(), N_, E_, ln, net_.c.norm_first);
-    f(in, sub_acts_.f_out.data());
-    layers::sublayer_output(x_.data(), sub_acts_, N_, E_, ln, net_.c.norm_first, 0.0f, nullptr);
+    layers::residual_inference(x_.data(), sub_acts_, N_, E_, ln, net_.c.norm_first, f);
   }
 
   std::shared_ptr<const models::TransformerWeights> weights_;  // keeps the parameters alive

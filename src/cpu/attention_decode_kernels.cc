@@ -1,0 +1,155 @@
+// The decoding attention kernel (cpu/attention_decode.h), compiled once per instruction set: ATTN_TARGET
+// names the namespace (avx512, avx2, scalar) and the compiler flags pick simd::Vec.
+//
+// One task per (batch, kv head); it serves every query row of the heads of its group:
+//   s = scale · q · Kᵀ      a key block at a time: kKeyBlock keys are kKeyBlock / W vectors, and each of
+//                           the D elements of q is one broadcast FMA into them (independent chains over d)
+//   s = mask(s)             padding, and the last block's keys beyond Lk
+//   p = exp(s − max s),  l = Σ p
+//   out = Σ_j p_j · v_j / l  (keys with p_j = 0 skipped: a hidden value is never multiplied)
+// Non-finite input follows the fused kernel's rule: a visible NaN score makes the row NaN, a row with every
+// key hidden is 0.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/attention_decode.h"
+#include "cpu/simd.h"
+#include "cpu/threads.h"
+
+#ifndef ATTN_TARGET
+#error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
+#endif
+
+namespace attn::detail::ATTN_TARGET {
+namespace {
+
+using simd::Vec;
+constexpr int64_t W = Vec::W;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+static_assert(kKeyBlock % W == 0, "a key block is whole vectors");
+constexpr int64_t kBlockVecs = kKeyBlock / W;                           // vectors per key block
+constexpr int64_t kChains = kBlockVecs >= 4 ? 1 : 4 / kBlockVecs;       // independent FMA chains over d
+constexpr int64_t kValueVecs = 8;                                       // accumulator vectors per pass over keys
+// Below this many FLOPs a call runs on the calling thread: a parallel region costs more than the work.
+constexpr int64_t kParallelFlops = int64_t{1} << 18;
+
+// s[0, nblocks·kKeyBlock) = qs · Kᵀ over one head's transposed keys kt.  qs: [D] (scaled)
+void block_scores(const float* qs, const float* kt, int64_t D, int64_t nblocks, float* s) {
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const float* kb = kt + blk * D * kKeyBlock;  // [D, kKeyBlock]
+    Vec acc[kChains][kBlockVecs];
+    for (auto& chain : acc)
+      for (Vec& a : chain) a = Vec::zero();
+    int64_t d = 0;
+    for (; d + kChains <= D; d += kChains)
+      for (int64_t c = 0; c < kChains; ++c) {
+        const Vec qd = Vec::set1(qs[d + c]);
+        for (int64_t u = 0; u < kBlockVecs; ++u)
+          acc[c][u] = Vec::fmadd(qd, Vec::load(kb + (d + c) * kKeyBlock + u * W), acc[c][u]);
+      }
+    for (; d < D; ++d) {
+      const Vec qd = Vec::set1(qs[d]);
+      for (int64_t u = 0; u < kBlockVecs; ++u) acc[0][u] = Vec::fmadd(qd, Vec::load(kb + d * kKeyBlock + u * W), acc[0][u]);
+    }
+    for (int64_t u = 0; u < kBlockVecs; ++u) {
+      Vec sum = acc[0][u];
+      for (int64_t c = 1; c < kChains; ++c) sum = sum + acc[c][u];
+      sum.store(s + blk * kKeyBlock + u * W);
+    }
+  }
+}
+
+// out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; v: key j's row at v + j·v_sl
+void weighted_values(const float* p, int64_t Lk, const float* v, int64_t v_sl, int64_t Dv, float inv, float* out) {
+  int64_t e0 = 0;
+  for (; e0 + W <= Dv; e0 += kValueVecs * W) {
+    const int64_t nv = std::min<int64_t>(kValueVecs, (Dv - e0) / W);
+    Vec acc[2][kValueVecs];  // even and odd keys: two independent chains
+    for (auto& half : acc)
+      for (Vec& a : half) a = Vec::zero();
+    for (int64_t j = 0; j < Lk; ++j) {
+      if (p[j] == 0.0f) continue;
+      const Vec pj = Vec::set1(p[j]);
+      const float* vj = v + j * v_sl + e0;
+      Vec* a = acc[j & 1];
+      for (int64_t u = 0; u < nv; ++u) a[u] = Vec::fmadd(pj, Vec::load(vj + u * W), a[u]);
+    }
+    const Vec scale = Vec::set1(inv);
+    for (int64_t u = 0; u < nv; ++u) ((acc[0][u] + acc[1][u]) * scale).store(out + e0 + u * W);
+  }
+  for (int64_t e = Dv / W * W; e < Dv; ++e) {  // the tail below a whole vector
+    float acc = 0.0f;
+    for (int64_t j = 0; j < Lk; ++j)
+      if (p[j] != 0.0f) acc += p[j] * v[j * v_sl + e];
+    out[e] = acc * inv;
+  }
+}
+
+// One query row: out [Dv] from q [D] over head (b, g)'s keys and values. s: scratch [nblocks·kKeyBlock],
+// qs: scratch [D].
+void decode_row(const DecodeProblem& p, const float* q, const float* kt, const float* v, const uint8_t* pad, float* out,
+                float* s, float* qs) {
+  const int64_t nblocks = (p.Lk + kKeyBlock - 1) / kKeyBlock, padded = nblocks * kKeyBlock;
+  for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
+  block_scores(qs, kt, p.D, nblocks, s);
+  std::fill(s + p.Lk, s + padded, kNegInf);  // the last block's keys beyond Lk
+  if (pad)
+    for (int64_t j = 0; j < p.Lk; ++j)
+      if (pad[j]) s[j] = kNegInf;
+  Vec mx = Vec::set1(kNegInf);
+  for (int64_t j = 0; j < padded; j += W) mx = Vec::max(mx, Vec::load(s + j));
+  const float m = mx.reduce_max();
+  if (m == kNegInf || std::isnan(m)) {  // every key hidden (0), unless a visible score is NaN (the row is NaN)
+    bool nan = std::isnan(m);
+    for (int64_t j = 0; j < p.Lk && !nan; ++j) nan = std::isnan(s[j]);
+    std::fill(out, out + p.Dv, nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+    return;
+  }
+  const Vec mv = Vec::set1(m);
+  Vec sum = Vec::zero();
+  for (int64_t j = 0; j < padded; j += W) {
+    const Vec e = simd::exp(Vec::load(s + j) - mv);
+    e.store(s + j);
+    sum = sum + e;
+  }
+  const float l = sum.reduce_add();  // NaN when a visible score is NaN: then so is every output
+  if (std::isnan(l)) {
+    std::fill(out, out + p.Dv, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
+  weighted_values(s, p.Lk, v, p.v_sl, p.Dv, 1.0f / l, out);
+}
+
+// Every query row of the heads of kv head g in batch b.
+void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {
+  thread_local std::vector<float> s, qs;
+  const int64_t padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+  if (static_cast<int64_t>(s.size()) < padded) s.resize(static_cast<size_t>(padded));
+  if (static_cast<int64_t>(qs.size()) < p.D) qs.resize(static_cast<size_t>(p.D));
+  const float* kt = p.kt + b * p.kt_sb + g * p.kt_sh;
+  const float* v = p.v + b * p.v_sb + g * p.v_sh;
+  const uint8_t* pad = p.key_padding ? p.key_padding + b * p.pad_sb : nullptr;
+  for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
+    for (int64_t i = 0; i < p.Lq; ++i)
+      decode_row(p, p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl, kt, v, pad, p.o + b * p.o_sb + h * p.o_sh + i * p.o_sl,
+                 s.data(), qs.data());
+}
+
+}  // namespace
+
+void attention_decode(const DecodeProblem& p) {
+  if (p.B == 0 || p.H == 0 || p.Lq == 0) return;
+  const int64_t tasks = p.B * p.Hkv;
+  const int64_t flops = 2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv);
+  const int threads = flops < kParallelFlops ? 1 : resolve_threads(p.num_threads);
+  if (threads == 1) {
+    for (int64_t t = 0; t < tasks; ++t) decode_task(p, t / p.Hkv, t % p.Hkv);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) decode_task(p, t / p.Hkv, t % p.Hkv);
+}
+
+}  // namespace attn::detail::ATTN_TARGET

@@ -1,0 +1,105 @@
+// The decoding attention kernel (cpu/attention_decode.h) against the reference on the shared case list's
+// cases it serves (no mask but key padding, every key causally visible), plus decode shapes of its own: odd
+// key counts around the key block, odd head sizes, GQA, fully padded rows (→ 0), one and two threads, on
+// every SIMD level the machine has.
+#include <cmath>
+
+#include "attention_cases.h"
+#include "attn/attention.h"
+#include "cpu/attention_decode.h"
+#include "simd_levels.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+constexpr double kTol = 2e-5;  // float32 kernel vs the double reference, inputs in [-1, 1]
+
+bool decode_serves(const test::AttentionCase& c) {
+  const bool all_visible = c.causal == CausalAlignment::kNone || (c.causal == CausalAlignment::kBottomRight && c.Lq == 1);
+  return all_visible && c.mask == test::MaskKind::kNone && !c.alibi && c.window == 0;
+}
+
+// out [B, H, Lq, Dv] through attention_decode, K rearranged into the transposed key blocks.
+Tensor run_decode(const test::CaseInputs& in, int threads) {
+  const Shape& qs = in.q.shape();
+  const int64_t B = qs[0], H = qs[1], Lq = qs[2], D = qs[3], Hkv = in.k.dim(1), Lk = in.k.dim(2), Dv = in.v.dim(3);
+  const int64_t head = detail::key_block_floats(D, Lk);
+  std::vector<float> kt(static_cast<size_t>(B * Hkv * head), NAN);  // the unused keys of a block hold NaN
+  for (int64_t bg = 0; bg < B * Hkv; ++bg)
+    for (int64_t j = 0; j < Lk; ++j)
+      for (int64_t d = 0; d < D; ++d)
+        kt[static_cast<size_t>(bg * head + detail::key_block_index(D, j, d))] = in.k.f32()[(bg * Lk + j) * D + d];
+  Tensor out({B, H, Lq, Dv});
+  detail::DecodeProblem p;
+  p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
+  p.q = in.q.f32(), p.q_sb = H * Lq * D, p.q_sh = Lq * D, p.q_sl = D;
+  p.kt = kt.data(), p.kt_sb = Hkv * head, p.kt_sh = head;
+  p.v = in.v.f32(), p.v_sb = Hkv * Lk * Dv, p.v_sh = Lk * Dv, p.v_sl = Dv;
+  p.o = out.f32(), p.o_sb = H * Lq * Dv, p.o_sh = Lq * Dv, p.o_sl = Dv;
+  if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  p.num_threads = threads;
+  detail::attention_decode(p);
+  return out;
+}
+
+std::vector<test::AttentionCase> decode_cases() {
+  std::vector<test::AttentionCase> cases;
+  for (const test::AttentionCase& c : test::attention_cases(150))
+    if (decode_serves(c) && !c.weights) cases.push_back(c);
+  for (int64_t Lq : {1, 3, 4})
+    for (int64_t Lk : {1, 15, 16, 17, 33, 100})
+      for (int64_t D : {1, 7, 32, 80}) {
+        test::AttentionCase c;
+        c.B = 3, c.H = 4, c.Hkv = Lk % 2 ? 2 : 4, c.Lq = Lq, c.Lk = Lk, c.D = D, c.Dv = D == 7 ? 9 : D;
+        c.key_padding = Lk > 15;  // the last batch entirely padding: its rows are 0
+        cases.push_back(c);
+      }
+  test::AttentionCase big;  // enough work for a parallel region
+  big.B = 2, big.H = 8, big.Hkv = 2, big.Lq = 2, big.Lk = 1000, big.D = 64, big.Dv = 64, big.key_padding = true;
+  cases.push_back(big);
+  return cases;
+}
+
+TEST(Decode, MatchesTheReference) {
+  const auto cases = decode_cases();
+  ASSERT_GT(cases.size(), 80u);
+  int checked = 0;
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.impl = AttentionImpl::kReference;
+    in.options.causal = CausalAlignment::kNone;  // (bottom-right with one query hides nothing)
+    const Tensor ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+    for (auto level : test::simd_levels())
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(c.name() + " simd=" + detail::simd_level_name(level) + " threads=" + std::to_string(threads));
+        test::SimdGuard guard(level);
+        EXPECT_LE(test::max_abs_diff(run_decode(in, threads), ref), kTol);
+        ++checked;
+      }
+  }
+  EXPECT_GT(checked, 400);
+}
+
+// The fused kernel's rule for non-finite input: a NaN score poisons its row, a hidden key's value (here
+// padding holding Inf) is never multiplied.
+TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
+  test::AttentionCase c;
+  c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16, c.key_padding = true;  // batch 1 pads keys 15..19
+  for (auto level : test::simd_levels()) {
+    test::SimdGuard guard(level);
+    test::CaseInputs in = test::make_inputs(c, 5);
+    in.k.f32()[(0 * 20 + 3) * 16 + 2] = NAN;     // batch 0, head 0, key 3: visible
+    in.v.f32()[((1 * 2 + 0) * 20 + 19) * 16 + 5] = INFINITY;  // batch 1, head 0, key 19: padding
+    const Tensor out = run_decode(in, 1);
+    for (int64_t e = 0; e < 16; ++e) {
+      EXPECT_TRUE(std::isnan(out.f32()[e])) << e;             // (b 0, h 0)
+      EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attn
