@@ -28,6 +28,15 @@ void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const
   ops::linear_forward(out, h, w.w2, w.qw2, w.b2, M, w.E, w.F);
 }
 
+void ff_forward_accumulate(float* x, FeedForwardActivations& c, const FfWeights& w, const float* in, int64_t M,
+                           Activation act) {
+  c.x = in;
+  float* h = grow(c.h, M * w.F);
+  ops::linear_forward(h, in, w.w1, w.qw1, w.b1, M, w.F, w.E, {.relu = act == Activation::kRelu});
+  if (act != Activation::kRelu) ops::activation_forward(h, h, M * w.F, act);  // (in place)
+  ops::linear_forward(x, h, w.w2, w.qw2, w.b2, M, w.E, w.F, {.accumulate = true});
+}
+
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
                  float dropout, BackwardScratch& scratch) {
   const bool dropped = !c.keep.empty();

@@ -44,6 +44,11 @@ void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
                  float dropout, BackwardScratch& scratch);
 
+// Inference: x += linear2(act(linear1(in))), the bias, ReLU and the residual sum fused into the GEMMs.
+// in, x: [M, E] (in may be x: linear1 reads it whole before linear2 adds into it)
+void ff_forward_accumulate(float* x, FeedForwardActivations& c, const FfWeights& w, const float* in, int64_t M,
+                           Activation act);
+
 struct LnWeights {
   const float *w = nullptr, *b = nullptr;  // [E], [E]
   float *dw = nullptr, *db = nullptr;
@@ -64,6 +69,21 @@ const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, i
 // Given F's output in c.f_out, finishes the sublayer into out.
 void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first,
                      float dropout, std::mt19937_64* rng);
+// Inference, in place on x [M, E]: x = norm_first ? x + F(LN(x)) : LN(x + F(x)), no dropout.
+// f(in, x) must ADD F(in) into x (its last GEMM accumulating, LinearEpilogue::accumulate) after it has read in.
+template <class F>
+void residual_inference(float* x, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln, bool norm_first,
+                        F&& f) {
+  const float* in = x;
+  if (norm_first) {
+    float* ln_out = grow(c.ln_out, M * E);
+    ops::layer_norm_forward(ln_out, grow(c.mean, M), grow(c.rstd, M), x, ln.w, ln.b, M, E);
+    in = ln_out;
+  }
+  f(in, x);
+  if (!norm_first) ops::layer_norm_forward(x, grow(c.mean, M), grow(c.rstd, M), x, ln.w, ln.b, M, E);  // in place
+}
+
 // Backward, first half: dx += the residual's share; returns dLoss/dF_out (in c.d_f_out).
 float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
                                 const LnWeights& ln, bool norm_first, float dropout, BackwardScratch& scratch);

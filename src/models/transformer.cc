@@ -171,8 +171,12 @@ void models::encode_impl(const TransformerWeights& net, TransformerActivations& 
   float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
   k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
   for (auto& layer : k.enc) layer.self_attn.record_weights = !k.training;  // attention_maps() after inference
+  const bool inference = !keep_weights && r == nullptr;  // nothing kept: the layers run in place on x
   for (int64_t l = 0; l < c.num_encoder_layers; ++l)
-    x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), keep_weights, r);
+    if (inference)
+      models::encoder_layer_inference(x, k.enc[l], net.enc[l], net, B, Ls, k.src_pad.data());
+    else
+      x = models::encoder_layer_forward(k.enc[l], net.enc[l], net, x, B, Ls, k.src_pad.data(), keep_weights, r);
   k.enc_out_pre = x;
   float* mem = grow(k.mem, B * Ls * E);
   ops::layer_norm_forward(mem, grow(k.mem_mean, B * Ls), grow(k.mem_rstd, B * Ls), x, net.enc_norm.w, net.enc_norm.b,

@@ -135,6 +135,10 @@ void embed_backward(const TransformerWeights& net, float* dtable, const TokenBat
 float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeights& w, const TransformerWeights& net,
                              const float* x, int64_t B, int64_t L, const uint8_t* pad, bool keep_weights,
                              std::mt19937_64* rng);
+// Inference (no dropout, no activations kept): x [B·L, E] in place, each residual sum fused into its sublayer's
+// last GEMM.
+void encoder_layer_inference(float* x, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                             const TransformerWeights& net, int64_t B, int64_t L, const uint8_t* pad);
 // dx [B·L, E]: in = dLoss/d(layer output), out = dLoss/d(layer input).
 void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const EncoderLayerWeights& w,
                             const TransformerWeights& net, int64_t B, int64_t L, TransformerBackwardBuffers& buffers);

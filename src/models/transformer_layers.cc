@@ -236,6 +236,23 @@ float* encoder_layer_forward(EncoderLayerActivations& k, const EncoderLayerWeigh
   return k.x2.data();
 }
 
+void encoder_layer_inference(float* x, EncoderLayerActivations& k, const EncoderLayerWeights& w,
+                             const TransformerWeights& net, int64_t B, int64_t L, const uint8_t* pad) {
+  const TransformerConfig& c = net.c;
+  const int64_t M = B * L, E = c.d_model;
+  layers::MhaMasks masks;
+  masks.key_padding = pad;
+  // x = sublayer(x, self-attention): out_proj adds into x
+  layers::residual_inference(x, k.sa, M, E, w.norm1, c.norm_first, [&](const float* in, float* out) {
+    layers::mha_forward(out, w.self_attn.w, in, in, in, B, L, L, masks, nullptr, nullptr, 0.0f, nullptr,
+                        {.accumulate = true});
+  });
+  // x = sublayer(x, feed-forward)
+  layers::residual_inference(x, k.ff, M, E, w.norm2, c.norm_first, [&](const float* in, float* out) {
+    layers::ff_forward_accumulate(out, k.ffn, w.ff, in, M, net.act());
+  });
+}
+
 namespace {
 // The backward of one residual sublayer x_out = sublayer(x_in, F): dx_in += dLoss/dx_in given d_out = dLoss/dx_out.
 // F's backward runs between the two halves of the sublayer's backward.

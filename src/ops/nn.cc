@@ -11,6 +11,7 @@
 #include <array>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -95,31 +96,11 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
   }
 }
 
-void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
-                    int64_t N, int64_t K) {
-  if (M == 0 || N == 0) return;
-  // y = b (broadcast over rows), then y += x·Wᵀ
-  for (int64_t i = 0; i < M; ++i) {
-    float* row = y + i * ldy;
-    if (b)
-      std::copy(b, b + N, row);
-    else
-      std::fill(row, row + N, 0.0f);
-  }
-  if (K == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-              1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
-}
-
 float* scratch(int slot, int64_t n) {
   thread_local std::array<std::vector<float>, 8> buffers;
   std::vector<float>& b = buffers.at(static_cast<size_t>(slot));
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
   return b.data();
-}
-
-void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K) {
-  linear_forward(y, N, x, K, w, b, M, N, K);
 }
 
 namespace {
@@ -155,7 +136,8 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
   return m;
 }
 
-void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M) {
+void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue) {
   const int64_t N = w.N, K = w.K;
   if (M == 0 || N == 0) return;
   thread_local std::vector<int8_t> xq;    // [M, K]
@@ -186,16 +168,15 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
     throw Error("linear_forward_int8: oneDNN gemm_s8s8s32 failed (status " + std::to_string(static_cast<int>(status)) +
                 ")");
   const float* ws = w.scale.data();
-  for (int64_t m = 0; m < M; ++m) {  // y = xs[m] · scale[n] · acc + b
+  const float relu_floor = epilogue.relu ? 0.0f : -std::numeric_limits<float>::infinity();
+  for (int64_t m = 0; m < M; ++m) {  // y = max(xs[m] · scale[n] · acc + b, floor) (+ y)
     const float s = xs[static_cast<size_t>(m)];
     const int32_t* a = acc.data() + m * N;
     float* out = y + m * N;
-    if (b) {
 #pragma omp simd
-      for (int64_t n = 0; n < N; ++n) out[n] = s * ws[n] * static_cast<float>(a[n]) + b[n];
-    } else {
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) out[n] = s * ws[n] * static_cast<float>(a[n]);
+    for (int64_t n = 0; n < N; ++n) {
+      const float r = std::max(s * ws[n] * static_cast<float>(a[n]) + (b ? b[n] : 0.0f), relu_floor);
+      out[n] = epilogue.accumulate ? out[n] + r : r;
     }
   }
 }

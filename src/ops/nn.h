@@ -19,11 +19,19 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, co
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
                          const float* mean, const float* rstd, int64_t M, int64_t C);
 
-// y = x·Wᵀ + b through BLAS (nn.Linear's layout)      y: [M, N]; x: [M, K]; w: [N, K]; b: [N] or nullptr
-void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K);
+// What a linear map does after the product, fused into its store.
+struct LinearEpilogue {
+  bool relu = false;        // y = max(x·Wᵀ + b, 0)
+  bool accumulate = false;  // y += (the result), the residual of a sublayer, instead of y = (the result)
+};
+
+// y = x·Wᵀ + b (nn.Linear's layout), then the epilogue; a oneDNN matmul (src/ops/linear.cc).
+// y: [M, N]; x: [M, K]; w: [N, K]; b: [N] or nullptr
+void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K,
+                    LinearEpilogue epilogue = {});
 // The same with rows ldy / ldx apart (a head block inside a wider row).
 void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
-                    int64_t N, int64_t K);
+                    int64_t N, int64_t K, LinearEpilogue epilogue = {});
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
                      int64_t N, int64_t K);
 
@@ -59,14 +67,15 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W int8: x is quantised per row on the fly (int8, scale max|x[m, :]| / 127), the product
 // accumulates in int32 (oneDNN's gemm_s8s8s32: VNNI where the processor has it) and is scaled back.
 // y: [M, N]; x: [M, K]; b: [N] or nullptr
-void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M);
+void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue = {});
 // The projection every layer runs: int8 when qw is given (a quantised model's inference), else float32.
 inline void linear_forward(float* y, const float* x, const float* w, const QuantizedMatrix* qw, const float* b,
-                           int64_t M, int64_t N, int64_t K) {
+                           int64_t M, int64_t N, int64_t K, LinearEpilogue epilogue = {}) {
   if (qw)
-    linear_forward_int8(y, x, *qw, b, M);
+    linear_forward_int8(y, x, *qw, b, M, epilogue);
   else
-    linear_forward(y, x, w, b, M, N, K);
+    linear_forward(y, x, w, b, M, N, K, epilogue);
 }
 
 // Grows b to at least n floats (never shrinks, so a buffer reused across calls is allocated once) and
