@@ -32,7 +32,7 @@ void add_bench_ring(CLI::App& bench);  // attn bench ring (bench_ring.cc)
 
 // attn train's data-parallel flags (used under mpirun only; dist::ReducerOptions).
 struct DataParallelArgs {
-  double bucket_mb = 1.0;          // --bucket-mb: MB of gradients per all-reduce
+  double bucket_mb = 0.25;         // --bucket-mb: MB of gradients per all-reduce
   std::string overlap = "thread";  // --overlap: none | thread | nonblocking
 };
 

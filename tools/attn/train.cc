@@ -97,10 +97,11 @@ void add_train(CLI::App& app) {
   sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
   sub->add_option(
       "--bucket-mb", a->data_parallel.bucket_mb,
-      "under mpirun: MB of gradients per all-reduce (a bucket goes as soon as the backward has finished it)");
+      "under mpirun: MB of gradients per all-reduce, 0.25 by default (a bucket goes as soon as the backward has "
+      "finished it)");
   sub->add_option("--overlap", a->data_parallel.overlap,
                   "under mpirun: how the all-reduce runs beside the backward: thread (a communication thread), "
-                  "nonblocking (MPI_Iallreduce) or none (after the backward)")
+                  "nonblocking (MPI_Iallreduce from the backward) or none (after the backward); default thread")
       ->check(CLI::IsMember({"none", "thread", "nonblocking"}));
   sub->callback([a] { run_train(*a); });
 }
