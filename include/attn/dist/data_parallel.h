@@ -67,7 +67,7 @@ class MpiGradientReducer : public train::GradientReducer {
   // Overlapped (train::GradientReducer): each gradient of `names` is scaled by share into the open bucket; a full
   // bucket starts its all-reduce. Every gradient of grads must be named exactly once between begin and finish
   // (Error otherwise), in the same order on every rank (the backward's). finish_step waits for every bucket and
-  // copies the sums back into grads.
+  // copies the sums back into grads. A step left by an exception is not resumed (begin_step throws after it).
   void begin_step(std::map<std::string, Tensor>& grads, float loss) override;
   void gradients_ready(const std::vector<std::string>& names) override;
   float finish_step() override;
