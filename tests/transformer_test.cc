@@ -271,6 +271,54 @@ TEST(Transformer, RetainedSentencesDecodeAsBefore) {
     for (int64_t i = 0; i < K * V; ++i)
       EXPECT_NEAR(b[slot * K * V + i], want[static_cast<size_t>(sentence * K * V + i)], 1e-5) << slot << " " << i;
   }
+
+// BackwardOptions::on_gradients_ready names every parameter once, in gradient_ready_groups() order, and only when
+// nothing later in the backward changes its gradient (the tied generator and learned positions get contributions
+// from two places: their group comes after the last one).
+TEST(Transformer, BackwardNamesEachGradientOnceWhenItIsFinal) {
+  for (const bool tied : {true, false})
+    for (const bool learned : {false, true}) {
+      SCOPED_TRACE(std::string(tied ? "tied" : "untied") + (learned ? ", learned positions" : ""));
+      TransformerConfig c;
+      c.src_vocab = 12, c.tgt_vocab = 10, c.d_model = 16, c.num_heads = 4, c.d_ff = 32, c.max_len = 20;
+      c.num_encoder_layers = 2, c.num_decoder_layers = 3, c.dropout = 0.0f;
+      c.tie_embeddings = tied, c.learned_positions = learned;
+      Transformer m(c, 5);
+      const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0}, 2, 5}, tgt_in{{1, 3, 4, 5, 1, 6, 0, 0}, 2, 4};
+      const std::vector<int32_t> tgt_out = {3, 4, 5, 2, 6, 2, 0, 0};
+      m.zero_grad();
+      const Tensor logits = m.forward(src, tgt_in, true, nullptr);
+      Tensor dlogits(logits.shape());
+      ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.data(), 8, c.tgt_vocab, 0.1f, 0);
+      std::vector<std::vector<std::string>> reported;
+      std::map<std::string, std::vector<float>> at_report;  // each gradient as it was when named
+      BackwardOptions hooks;
+      hooks.on_gradients_ready = [&](const std::vector<std::string>& names) {
+        reported.push_back(names);
+        for (const std::string& name : names) {
+          const Tensor& g = m.grads().at(name);
+          EXPECT_FALSE(at_report.count(name)) << name << " named twice";
+          at_report[name].assign(g.f32(), g.f32() + g.numel());
+        }
+      };
+      m.backward(dlogits, hooks);
+      EXPECT_EQ(reported, m.gradient_ready_groups());
+      EXPECT_EQ(at_report.size(), m.grads().size());
+      using Names = std::vector<std::string>;
+      const Names generator = tied ? Names{"generator.bias"} : Names{"generator.bias", "generator.weight"};
+      const Names embeddings = learned ? Names{"src_embed.weight", "pos_embed.weight"} : Names{"src_embed.weight"};
+      EXPECT_EQ(reported.front(), generator);
+      EXPECT_EQ(reported.back(), embeddings);
+      for (const auto& [name, g] : m.grads()) {
+        ASSERT_TRUE(at_report.count(name)) << name << " never named";
+        double norm = 0.0;
+        for (int64_t i = 0; i < g.numel(); ++i) {
+          EXPECT_EQ(g.f32()[i], at_report[name][static_cast<size_t>(i)]) << name << "[" << i << "] changed after";
+          norm += std::fabs(g.f32()[i]);
+        }
+        EXPECT_GT(norm, 0.0) << name;  // every gradient gets something (else the check above proves little)
+      }
+    }
 }
 
 // A parameter tensor replaced instead of updated in place: the const paths refuse, forward() rebinds.

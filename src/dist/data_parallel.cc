@@ -1,4 +1,5 @@
-// Data-parallel training: the gradient all-reduce in buckets, and train_numbers with it.
+// Data-parallel training: the bucketed gradient all-reduce (after the backward or overlapped with it), and
+// train_numbers with it.
 #include "attn/dist/data_parallel.h"
 
 #include <algorithm>
@@ -8,81 +9,253 @@
 #include "mpi_util.h"
 
 namespace attn::dist {
+namespace {
+// The communication thread's pause between two MPI_Test calls on a bucket in flight.
+constexpr int kPollMicroseconds = 20;
+}  // namespace
 
-MpiGradientReducer::MpiGradientReducer(MPI_Comm comm, int64_t bucket_elements) : bucket_elements_(bucket_elements) {
-  if (bucket_elements < 1)
-    throw ArgumentError("MpiGradientReducer: bucket_elements = " + std::to_string(bucket_elements) + ", must be >= 1");
+const char* gradient_overlap_name(GradientOverlap overlap) {
+  switch (overlap) {
+    case GradientOverlap::kNone: return "none";
+    case GradientOverlap::kThread: return "thread";
+    case GradientOverlap::kNonBlocking: return "nonblocking";
+  }
+  return "?";
+}
+
+GradientOverlap parse_gradient_overlap(const std::string& name) {
+  for (GradientOverlap o : {GradientOverlap::kNone, GradientOverlap::kThread, GradientOverlap::kNonBlocking})
+    if (name == gradient_overlap_name(o)) return o;
+  throw ArgumentError("gradient overlap must be \"none\", \"thread\" or \"nonblocking\", got \"" + name + "\"");
+}
+
+MpiGradientReducer::MpiGradientReducer(MPI_Comm comm, const ReducerOptions& options)
+    : bucket_elements_(options.bucket_elements), overlap_(options.overlap) {
+  if (options.bucket_elements < 1)
+    throw ArgumentError("MpiGradientReducer: bucket_elements = " + std::to_string(options.bucket_elements) +
+                        ", must be >= 1");
+  detail::mpi_count(options.bucket_elements, "MpiGradientReducer: bucket_elements");
   detail::check_mpi(MPI_Comm_dup(comm, &comm_), "MpiGradientReducer: MPI_Comm_dup");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  if (overlap_ == GradientOverlap::kThread) {
+    // The thread makes MPI calls only between begin_step and finish_step, when the caller makes none (SERIALIZED).
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    if (level >= MPI_THREAD_SERIALIZED)
+      thread_ = std::thread([this] { communicate(); });
+    else
+      overlap_ = GradientOverlap::kNonBlocking;
+  }
 }
 
 MpiGradientReducer::~MpiGradientReducer() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+  if (finalized) return;
+  for (Bucket& b : buckets_)  // left in flight by an exception between begin_step and finish_step
+    if (b.request != MPI_REQUEST_NULL) MPI_Wait(&b.request, MPI_STATUS_IGNORE);
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
 float MpiGradientReducer::reduce(std::map<std::string, Tensor>& grads, float loss) {
+  std::vector<std::string> names;  // the map's order: the same on every rank
+  for (const auto& [name, g] : grads) names.push_back(name);
   const auto t0 = std::chrono::steady_clock::now();
-  const float w = static_cast<float>(share);
-  int64_t total = 1;  // every gradient, then the share-weighted loss
-  for (const auto& [name, g] : grads) total += g.numel();
-  const size_t count = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
-  if (buckets_.size() < count) buckets_.resize(count);
-  // pack share·grads into buckets (the map's order: the same on every rank), each reduced as soon as it is full.
-  // Blocking MPI_Allreduce: with nothing to overlap it with yet, Open MPI's MPI_Iallreduce (libnbc) was 11x slower
-  // here (6.4 ms against 0.56 ms for 4 MB over 2 ranks).
-  size_t b = 0;
-  int64_t at = 0;
-  auto bucket_size = [&](size_t i) {
-    return std::min<int64_t>(bucket_elements_, total - static_cast<int64_t>(i) * bucket_elements_);
-  };
-  buckets_[0].resize(static_cast<size_t>(bucket_size(0)));
-  auto put = [&](const float* x, int64_t n, bool scale) {
-    while (n > 0) {
-      std::vector<float>& buf = buckets_[b];
-      const int64_t take = std::min<int64_t>(n, static_cast<int64_t>(buf.size()) - at);
-      float* out = buf.data() + at;
-      for (int64_t i = 0; i < take; ++i) out[i] = scale ? w * x[i] : x[i];
-      x += take, n -= take, at += take;
-      if (at == static_cast<int64_t>(buf.size())) {
-        detail::check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf.data(), detail::mpi_count(at, "MpiGradientReducer: a bucket"),
-                                        MPI_FLOAT, MPI_SUM, comm_),
-                          "MpiGradientReducer: MPI_Allreduce");
-        if (++b < count) buckets_[b].resize(static_cast<size_t>(bucket_size(b)));
-        at = 0;
-      }
-    }
-  };
-  for (const auto& [name, g] : grads) put(g.f32(), g.numel(), true);
-  const float weighted_loss = w * loss;
-  put(&weighted_loss, 1, false);
-  // unpack in the same order
-  b = 0, at = 0;
-  for (auto& [name, g] : grads) {
-    float* x = g.f32();
-    for (int64_t done = 0; done < g.numel();) {
-      const std::vector<float>& buf = buckets_[b];
-      const int64_t take = std::min<int64_t>(g.numel() - done, static_cast<int64_t>(buf.size()) - at);
-      std::copy(buf.data() + at, buf.data() + at + take, x + done);
-      done += take, at += take;
-      if (at == static_cast<int64_t>(buf.size())) ++b, at = 0;
-    }
-  }
-  const float mean_loss = buckets_[b][static_cast<size_t>(at)];
-  seconds_ += detail::seconds_since(t0);
+  const double waited = times_.waiting;
+  start(grads, loss, GradientOverlap::kNone);  // every gradient is final: each bucket reduced at once, here
+  gradients_ready(names);
+  const float mean_loss = finish_step();
+  times_.waiting = waited + detail::seconds_since(t0);  // after the backward: none of it overlapped
   return mean_loss;
 }
 
+void MpiGradientReducer::begin_step(std::map<std::string, Tensor>& grads, float loss) {
+  start(grads, loss, overlap_);
+  deferred_ = overlap_ == GradientOverlap::kNone;  // the names are only checked; finish_step calls reduce()
+}
+
+void MpiGradientReducer::start(std::map<std::string, Tensor>& grads, float loss, GradientOverlap mode) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (stepping_) throw ArgumentError("MpiGradientReducer::begin_step: the previous step was not finished");
+  mode_ = mode;
+  deferred_ = false;
+  int64_t total = 1;  // every gradient, then the share-weighted loss
+  for (const auto& [name, g] : grads) total += g.numel();
+  used_ = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
+  if (buckets_.size() < used_) buckets_.resize(used_);
+  for (size_t b = 0; b < used_; ++b) {
+    const int64_t first = static_cast<int64_t>(b) * bucket_elements_;
+    buckets_[b].data.resize(static_cast<size_t>(std::min(bucket_elements_, total - first)));
+    buckets_[b].segments.clear();
+  }
+  grads_ = &grads;
+  weight_ = static_cast<float>(share);
+  loss_ = loss;
+  open_ = 0, at_ = 0;
+  named_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    reduced_ = 0, status_ = MPI_SUCCESS;
+  }
+  stepping_ = true;
+  times_.reducing += detail::seconds_since(t0);
+}
+
+void MpiGradientReducer::gradients_ready(const std::vector<std::string>& names) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!stepping_) throw ArgumentError("MpiGradientReducer::gradients_ready: called outside begin_step .. finish_step");
+  for (const std::string& name : names) {
+    const auto it = grads_->find(name);
+    if (it == grads_->end())
+      throw ArgumentError("MpiGradientReducer::gradients_ready: no gradient named '" + name + "'");
+    float* g = it->second.f32();
+    if (std::find(named_.begin(), named_.end(), g) != named_.end())
+      throw Error("MpiGradientReducer::gradients_ready: '" + name + "' named twice in one step");
+    named_.push_back(g);
+    if (!deferred_) put(g, it->second.numel(), weight_);
+  }
+  if (mode_ == GradientOverlap::kNonBlocking) progress();
+  times_.reducing += detail::seconds_since(t0);
+}
+
+float MpiGradientReducer::finish_step() {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!stepping_) throw ArgumentError("MpiGradientReducer::finish_step: called without begin_step");
+  stepping_ = false;
+  if (named_.size() != grads_->size()) {
+    for (auto& [name, g] : *grads_)  // the first one missing
+      if (std::find(named_.begin(), named_.end(), g.f32()) == named_.end())
+        throw Error("MpiGradientReducer::finish_step: the gradient '" + name + "' was never named ready (" +
+                    std::to_string(named_.size()) + " of " + std::to_string(grads_->size()) + ")");
+  }
+  if (deferred_) {
+    times_.reducing += detail::seconds_since(t0);
+    return reduce(*grads_, loss_);
+  }
+  float weighted_loss = weight_ * loss_;
+  put(&weighted_loss, 1, 1.0f);  // the last element of the last bucket: launches it
+  const auto waiting_from = std::chrono::steady_clock::now();
+  if (mode_ == GradientOverlap::kThread) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return reduced_ == used_; });
+    detail::check_mpi(status_, "MpiGradientReducer: MPI_Iallreduce (communication thread)");
+  } else if (mode_ == GradientOverlap::kNonBlocking) {
+    for (size_t b = 0; b < used_; ++b) {
+      detail::check_mpi(MPI_Wait(&buckets_[b].request, MPI_STATUS_IGNORE), "MpiGradientReducer: MPI_Wait");
+      unpack(buckets_[b]);
+    }
+  }
+  times_.waiting += detail::seconds_since(waiting_from);
+  const float mean_loss = buckets_[used_ - 1].data.back();
+  times_.reducing += detail::seconds_since(t0);
+  ++times_.steps, times_.buckets += static_cast<int64_t>(used_);
+  return mean_loss;
+}
+
+// scale·grad[0 .. n) into the open bucket and the next ones; each bucket that fills up is launched.
+void MpiGradientReducer::put(float* grad, int64_t n, float scale) {
+  int64_t done = 0;
+  while (done < n) {
+    Bucket& b = buckets_[open_];
+    const int64_t take = std::min<int64_t>(n - done, static_cast<int64_t>(b.data.size()) - at_);
+    const float* x = grad + done;
+    float* out = b.data.data() + at_;
+    for (int64_t i = 0; i < take; ++i) out[i] = scale * x[i];
+    b.segments.push_back({grad + done, at_, take});
+    done += take, at_ += take;
+    if (at_ == static_cast<int64_t>(b.data.size())) {
+      launch(open_);
+      ++open_, at_ = 0;
+    }
+  }
+}
+
+void MpiGradientReducer::launch(size_t bucket) {
+  Bucket& b = buckets_[bucket];
+  const int count = detail::mpi_count(static_cast<int64_t>(b.data.size()), "MpiGradientReducer: a bucket");
+  switch (mode_) {
+    case GradientOverlap::kNone:
+      detail::check_mpi(MPI_Allreduce(MPI_IN_PLACE, b.data.data(), count, MPI_FLOAT, MPI_SUM, comm_),
+                        "MpiGradientReducer: MPI_Allreduce");
+      unpack(b);
+      break;
+    case GradientOverlap::kNonBlocking:
+      detail::check_mpi(MPI_Iallreduce(MPI_IN_PLACE, b.data.data(), count, MPI_FLOAT, MPI_SUM, comm_, &b.request),
+                        "MpiGradientReducer: MPI_Iallreduce");
+      break;
+    case GradientOverlap::kThread: {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        queue_.push_back(bucket);
+      }
+      wake_.notify_one();
+      break;
+    }
+  }
+}
+
+void MpiGradientReducer::progress() {
+  // libnbc advances a collective only inside MPI calls: one test of every bucket in flight moves them along
+  for (size_t b = 0; b < open_; ++b) {
+    if (buckets_[b].request == MPI_REQUEST_NULL) continue;
+    int done = 0;
+    detail::check_mpi(MPI_Test(&buckets_[b].request, &done, MPI_STATUS_IGNORE), "MpiGradientReducer: MPI_Test");
+  }
+}
+
+// The sums back into the gradients (their backward is over: nothing else touches them until finish_step returns).
+void MpiGradientReducer::unpack(const Bucket& bucket) {
+  for (const Segment& s : bucket.segments) std::copy_n(bucket.data.data() + s.offset, s.n, s.grad);
+}
+
+void MpiGradientReducer::communicate() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    // Stopping drains the queue first: a bucket launched here is launched by every rank (an exception on this rank
+    // stops it launching more), so its all-reduce completes, and the destructor does not hang.
+    wake_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;
+    const size_t b = queue_.front();
+    queue_.pop_front();
+    int status = status_;  // after a failure the remaining buckets are only counted
+    lock.unlock();
+    Bucket& bucket = buckets_[b];
+    if (status == MPI_SUCCESS) {
+      // non-blocking, polled with short sleeps: a blocking MPI_Allreduce spins while it waits for the other ranks,
+      // taking the core the backward needs (docs/DISTRIBUTED.md, "Overlap")
+      MPI_Request request = MPI_REQUEST_NULL;
+      status = MPI_Iallreduce(MPI_IN_PLACE, bucket.data.data(), static_cast<int>(bucket.data.size()), MPI_FLOAT,
+                              MPI_SUM, comm_, &request);
+      for (int done = 0; status == MPI_SUCCESS && !done;) {
+        status = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        if (!done) std::this_thread::sleep_for(std::chrono::microseconds(kPollMicroseconds));
+      }
+      if (status == MPI_SUCCESS) unpack(bucket);
+    }
+    lock.lock();
+    status_ = status;
+    if (++reduced_ == used_) done_.notify_one();
+  }
+}
+
 train::TrainReport train_numbers_data_parallel(train::TrainOptions options, MPI_Comm comm,
+                                               const ReducerOptions& reducer_options,
                                                const std::function<void(int64_t, float)>& on_step,
-                                               double* seconds_reducing) {
-  MpiGradientReducer reducer(comm);
+                                               ReducerTimes* times) {
+  MpiGradientReducer reducer(comm, reducer_options);
   options.reducer = &reducer;
   train::TrainReport report = train::train_numbers(options, on_step);
-  if (seconds_reducing) *seconds_reducing = reducer.seconds_reducing();
+  if (times) *times = reducer.times();
   return report;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -79,6 +80,31 @@ void check_config(const TransformerConfig& c) {
     bad("dropout must be in [0, 1)");
 }
 
+// Transformer::gradient_ready_groups(): the parameter names by the prefixes the backward finishes one after another.
+std::vector<std::vector<std::string>> ready_groups(const TransformerConfig& c,
+                                                   const std::map<std::string, Tensor>& params) {
+  std::vector<std::vector<std::string>> groups;
+  auto group = [&](std::initializer_list<std::string> prefixes) {
+    std::vector<std::string>& names = groups.emplace_back();
+    for (const std::string& prefix : prefixes)
+      for (const auto& [name, t] : params)
+        if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  };
+  group({"generator."});
+  group({"decoder.norm."});
+  for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l) group({"decoder.layers." + std::to_string(l) + "."});
+  group({"tgt_embed."});
+  group({"encoder.norm."});
+  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) group({"encoder.layers." + std::to_string(l) + "."});
+  group({"src_embed.", "pos_embed."});
+  size_t named = 0;
+  for (const auto& names : groups) named += names.size();
+  if (named != params.size())  // a parameter added without a place in the backward's order
+    throw Error("Transformer: the gradient-ready groups name " + std::to_string(named) + " of " +
+                std::to_string(params.size()) + " parameters");
+  return groups;
+}
+
 void xavier(Tensor& t, std::mt19937_64& rng) {
   const float bound = std::sqrt(6.0f / static_cast<float>(t.dim(0) + t.dim(1)));
   std::uniform_real_distribution<float> u(-bound, bound);
@@ -142,6 +168,7 @@ Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool in
   if (!config_.tie_embeddings) add("generator.weight", {config_.tgt_vocab, E}, 'x');
   add("generator.bias", {config_.tgt_vocab}, '0');
   for (const auto& [name, t] : params_) grads_[name] = Tensor(t.shape());
+  ready_groups_ = ready_groups(config_, params_);
   weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_));
   activations_ = std::make_unique<TransformerActivations>();
 }
@@ -271,7 +298,7 @@ Tensor Transformer::encode(const TokenBatch& src) const {
   return mem;
 }
 
-void Transformer::backward(const Tensor& dlogits) {
+void Transformer::backward(const Tensor& dlogits, const BackwardOptions& options) {
   const TransformerConfig& c = config_;
   TransformerActivations& k = *activations_;
   if (!k.training) throw ArgumentError("Transformer::backward: call forward(..., training = true) first");
@@ -281,24 +308,39 @@ void Transformer::backward(const Tensor& dlogits) {
                      " but the forward gave " + shape_str({B, Lt, c.tgt_vocab}));
   const models::TransformerWeights& net = weights();
   TransformerBackwardBuffers& s = k.back;  // allocated once per batch shape, reused from step to step
+  // the next group of gradient_ready_groups() is final: tell the caller
+  size_t next_group = 0;
+  auto finished_group = [&] {
+    if (options.on_gradients_ready) options.on_gradients_ready(ready_groups_[next_group]);
+    ++next_group;
+  };
   // logits = yn·W_genᵀ + b_gen
   float* dyn = grow_zeroed(s.d_dec_out, B * Lt * E);
   ops::linear_backward(dyn, net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
+  finished_group();  // generator.* (generator.weight is tgt_embed's gradient when tied: not yet final, not in it)
   // yn = LN_dec(y)
   float* dy = grow_zeroed(s.d_dec, B * Lt * E);
   ops::layer_norm_backward(dy, net.dec_norm.dw, net.dec_norm.db, dyn, k.dec_out_pre, net.dec_norm.w, k.dec_mean.data(),
                            k.dec_rstd.data(), B * Lt, E);
+  finished_group();  // decoder.norm.*
   float* dmem = grow_zeroed(s.d_mem, B * Ls * E);
-  for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l)
+  for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l) {
     models::decoder_layer_backward(dy, dmem, k.dec[l], net.dec[l], net, B, Lt, Ls, s);
+    finished_group();  // decoder.layers.l.*
+  }
   models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy);
+  finished_group();  // tgt_embed.weight (with the tied generator's contribution); pos_embed waits for the source
   // mem = LN_enc(x)
   float* dx = grow_zeroed(s.d_enc, B * Ls * E);
   ops::layer_norm_backward(dx, net.enc_norm.dw, net.enc_norm.db, dmem, k.enc_out_pre, net.enc_norm.w, k.mem_mean.data(),
                            k.mem_rstd.data(), B * Ls, E);
-  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l)
+  finished_group();  // encoder.norm.*
+  for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) {
     models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls, s);
+    finished_group();  // encoder.layers.l.*
+  }
   models::embed_backward(net, net.src_embed_d, k.src, k.src_keep, dx);
+  finished_group();  // src_embed.weight, pos_embed.weight
 }
 
 std::map<std::string, Tensor> Transformer::attention_maps() const {

@@ -238,8 +238,16 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
   if (dlogits_.shape() != logits.shape()) dlogits_ = Tensor(logits.shape());
   float loss = ops::cross_entropy_forward_backward(dlogits_.f32(), logits.f32(), tgt_out.data(), tgt_in.B * tgt_in.L,
                                                    c.tgt_vocab, options_.label_smoothing, c.pad_id);
-  model.backward(dlogits_);
-  if (options_.reducer) loss = options_.reducer->reduce(model.grads(), loss);  // data parallel: the whole batch's
+  if (GradientReducer* reducer = options_.reducer) {
+    // data parallel: gradients reduced as the backward finishes them; afterwards the whole batch's, and its loss
+    reducer->begin_step(model.grads(), loss);
+    BackwardOptions hooks;
+    hooks.on_gradients_ready = [reducer](const std::vector<std::string>& names) { reducer->gradients_ready(names); };
+    model.backward(dlogits_, hooks);
+    loss = reducer->finish_step();
+  } else {
+    model.backward(dlogits_);
+  }
   const std::vector<ParamSlot> slots = param_slots(model, adam_, options_);
   adam_step(slots, adam_, options_, lr, clip_scale(slots, options_.clip_norm));
   return loss;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel training: the same global batches on 2 and 3 ranks give the losses of 1 process within 1e-5
-# relative (20 steps), and a run checkpointed on 2 ranks resumes on 3 with the same losses.
+# relative (20 steps), also with small buckets overlapped with the backward (both overlap modes), and a run
+# checkpointed on 2 ranks resumes on 3 with the same losses.
 #   tests/dist/data_parallel_test.sh ATTN MPIEXEC WORKDIR
 set -euo pipefail
 attn=$1 mpiexec=$2 dir=$3
@@ -14,12 +15,17 @@ OMP_NUM_THREADS=1 "$attn" train "${args[@]}" "${twenty[@]}" --loss-log one.txt >
 for n in 2 3; do
   "${mpirun[@]}" -np $n "$attn" train "${args[@]}" "${twenty[@]}" --loss-log np$n.txt >/dev/null
 done
+# buckets of about 1000 floats (this model has 23 k parameters): all-reduces overlapped with the backward, tensors split
+"${mpirun[@]}" -np 2 "$attn" train "${args[@]}" "${twenty[@]}" --bucket-mb 0.004 --overlap thread \
+  --loss-log np2_small_buckets.txt >/dev/null
+"${mpirun[@]}" -np 3 "$attn" train "${args[@]}" "${twenty[@]}" --bucket-mb 0.004 --overlap nonblocking \
+  --loss-log np3_nonblocking.txt >/dev/null
 # resume with a different N: 10 steps on 2 ranks (checkpoint at step 10), then on to 20 on 3 ranks
 "${mpirun[@]}" -np 2 "$attn" train "${args[@]}" --steps 10 --eval-every 10 --out ckpt --loss-log first.txt >/dev/null
 "${mpirun[@]}" -np 3 "$attn" train "${args[@]}" "${twenty[@]}" --resume ckpt --loss-log resumed.txt >/dev/null
 cat first.txt resumed.txt >resume.txt
 status=0
-for f in np2.txt np3.txt resume.txt; do
+for f in np2.txt np3.txt np2_small_buckets.txt np3_nonblocking.txt resume.txt; do
   awk -v name="$f" 'NR == FNR { want[$1] = $2; next }
     { d = $2 - want[$1]; if (d < 0) d = -d; r = d / (want[$1] < 0 ? -want[$1] : want[$1]);
       if (r > worst) worst = r; n++ }

@@ -8,7 +8,6 @@
 #include <string>
 
 #include "attn/attention.h"
-#include "attn/dist/data_parallel.h"
 #include "attn/dist/ring_attention.h"
 #include "attn/error.h"
 #include "test_util.h"
@@ -203,37 +202,6 @@ TEST(Sequence, SegmentsCoverTheSequenceOnce) {
         for (int o : owner) EXPECT_NE(o, -1) << layout_name(layout) << " n=" << n << " L=" << L;
       }
   EXPECT_THROW(parse_layout("spiral"), ArgumentError);
-}
-
-}  // namespace
-}  // namespace attn::dist
-
-namespace attn::dist {
-namespace {
-
-// The all-reduce over buckets smaller than a tensor, and across tensor boundaries: Σ_ranks share·grads.
-TEST(MpiGradientReducer, SumsShareWeightedGradientsInBuckets) {
-  const int r = rank(), n = size();
-  for (int64_t bucket : {1, 7, 64, 1 << 20}) {
-    MpiGradientReducer reducer(MPI_COMM_WORLD, bucket);
-    reducer.share = (r + 1.0) / (n * (n + 1) / 2.0);  // shares 1, 2, ..., n over their sum
-    std::map<std::string, Tensor> grads;
-    for (const auto& [name, numel] : {std::pair{"a", 5}, {"b", 13}, {"c", 1}}) {
-      Tensor t({numel});
-      for (int64_t i = 0; i < numel; ++i) t.f32()[i] = static_cast<float>(100 * r + i);
-      grads[name] = t;
-    }
-    const float loss = reducer.reduce(grads, static_cast<float>(r + 1));
-    double want_loss = 0.0;
-    for (int s = 0; s < n; ++s) want_loss += (s + 1.0) / (n * (n + 1) / 2.0) * (s + 1);
-    EXPECT_NEAR(loss, want_loss, 1e-5) << "bucket " << bucket;
-    for (const auto& [name, t] : grads)
-      for (int64_t i = 0; i < t.numel(); ++i) {
-        double want = 0.0;
-        for (int s = 0; s < n; ++s) want += (s + 1.0) / (n * (n + 1) / 2.0) * (100.0 * s + static_cast<double>(i));
-        EXPECT_NEAR(t.f32()[i], want, 1e-3) << name << "[" << i << "] bucket " << bucket;
-      }
-  }
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // attn sdpa --ring and the MPI session of the attn tool.
 #include "dist_cli.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -35,15 +37,24 @@ int finish_distributed(int status) {
   return status;
 }
 
-train::TrainReport train_distributed(const train::TrainOptions& options,
+train::TrainReport train_distributed(const train::TrainOptions& options, const DataParallelArgs& data_parallel,
                                      const std::function<void(int64_t, float)>& on_step, int* rank) {
   dist::MpiSession& mpi = mpi_session();
   *rank = mpi.rank();
-  double reducing = 0.0;
-  const train::TrainReport r = dist::train_numbers_data_parallel(options, MPI_COMM_WORLD, on_step, &reducing);
+  if (!(data_parallel.bucket_mb > 0.0) || data_parallel.bucket_mb > 8192.0)
+    throw ArgumentError("--bucket-mb " + std::to_string(data_parallel.bucket_mb) + ": must be in (0, 8192]");
+  dist::ReducerOptions reducer;
+  reducer.bucket_elements = std::max<int64_t>(1, std::llround(data_parallel.bucket_mb * (1 << 20) / sizeof(float)));
+  reducer.overlap = dist::parse_gradient_overlap(data_parallel.overlap);
+  dist::ReducerTimes times;
+  const train::TrainReport r = dist::train_numbers_data_parallel(options, MPI_COMM_WORLD, reducer, on_step, &times);
   if (*rank == 0)
-    std::fprintf(stderr, "data parallel over %d ranks: rank 0 spent %.2f s of %.2f s in the gradient all-reduce\n",
-                 mpi.size(), reducing, r.seconds);
+    std::fprintf(stderr,
+                 "data parallel over %d ranks (overlap %s, buckets of %.3g MB, %.1f per step): rank 0 spent %.2f s of "
+                 "%.2f s in the gradient all-reduce, %.2f s (%.1f %%) of it waiting after the backward\n",
+                 mpi.size(), data_parallel.overlap.c_str(), data_parallel.bucket_mb,
+                 times.steps ? static_cast<double>(times.buckets) / static_cast<double>(times.steps) : 0.0,
+                 times.reducing, r.seconds, times.waiting, 100.0 * times.waiting / std::max(r.seconds, 1e-9));
   return r;
 }
 

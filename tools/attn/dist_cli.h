@@ -30,8 +30,14 @@ int finish_distributed(int status);
 
 void add_bench_ring(CLI::App& bench);  // attn bench ring (bench_ring.cc)
 
+// attn train's data-parallel flags (used under mpirun only; dist::ReducerOptions).
+struct DataParallelArgs {
+  double bucket_mb = 0.25;         // --bucket-mb: MB of gradients per all-reduce
+  std::string overlap = "thread";  // --overlap: none | thread | nonblocking
+};
+
 // attn train under mpirun: data parallel over every rank (attn/dist/data_parallel.h). *rank receives this rank.
-train::TrainReport train_distributed(const train::TrainOptions& options,
+train::TrainReport train_distributed(const train::TrainOptions& options, const DataParallelArgs& data_parallel,
                                      const std::function<void(int64_t, float)>& on_step, int* rank);
 
 }  // namespace attn::cli

@@ -19,7 +19,8 @@ bool launched_by_mpirun() {
   return false;
 }
 
-train::TrainReport train_distributed(const train::TrainOptions&, const std::function<void(int64_t, float)>&, int*) {
+train::TrainReport train_distributed(const train::TrainOptions&, const DataParallelArgs&,
+                                     const std::function<void(int64_t, float)>&, int*) {
   throw ArgumentError(std::string("attn train under mpirun: ") + kWhy);
 }
 

@@ -17,6 +17,7 @@ struct TrainArgs {
   std::string task = "numbers-en-zh", activation = "relu";
   bool no_progress = false;
   std::string loss_log;  // "step loss" per line
+  DataParallelArgs data_parallel;
 };
 
 void run_train(TrainArgs a) {
@@ -43,8 +44,8 @@ void run_train(TrainArgs a) {
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
     }
   };
-  const train::TrainReport r =
-      launched_by_mpirun() ? train_distributed(a.o, on_step, &rank) : train::train_numbers(a.o, on_step);
+  const train::TrainReport r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
+                                                    : train::train_numbers(a.o, on_step);
   if (rank != 0) return;
   std::printf("trained %lld steps in %.0f s (%.0f target tokens/s): loss %.4f, validation exact match %.2f%%%s%s\n",
               static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, static_cast<double>(r.last_loss),
@@ -94,6 +95,14 @@ void add_train(CLI::App& app) {
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)");
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
   sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
+  sub->add_option(
+      "--bucket-mb", a->data_parallel.bucket_mb,
+      "under mpirun: MB of gradients per all-reduce, 0.25 by default (a bucket goes as soon as the backward has "
+      "finished it)");
+  sub->add_option("--overlap", a->data_parallel.overlap,
+                  "under mpirun: how the all-reduce runs beside the backward: thread (a communication thread), "
+                  "nonblocking (MPI_Iallreduce from the backward) or none (after the backward); default thread")
+      ->check(CLI::IsMember({"none", "thread", "nonblocking"}));
   sub->callback([a] { run_train(*a); });
 }
 

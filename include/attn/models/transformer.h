@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -78,6 +79,15 @@ class StepDecoder {
   virtual int64_t vocab_size() const = 0;
 };
 
+// What Transformer::backward() tells its caller while it runs: data-parallel training all-reduces the gradients
+// that are final while the rest of the backward goes on (attn/dist/data_parallel.h). A plain callback: the model
+// knows nothing of who listens.
+struct BackwardOptions {
+  // Called with the names of parameters whose gradients this backward has finished (nothing later in it adds to
+  // them), one group at a time, in the order of Transformer::gradient_ready_groups(): every parameter once.
+  std::function<void(const std::vector<std::string>& names)> on_gradients_ready;
+};
+
 class Transformer {
  public:
   // Parameters initialised as PyTorch initialises them (Xavier-uniform matrices, N(0, 1/E) embeddings,
@@ -98,7 +108,12 @@ class Transformer {
   Tensor forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training = false,
                  std::mt19937_64* rng = nullptr);
   // Accumulates dLoss/dParameter into grads() given dLoss/dlogits [B, Lt, Vt]. Needs forward(training).
-  void backward(const Tensor& dlogits);
+  void backward(const Tensor& dlogits, const BackwardOptions& options = {});
+  // The groups of parameter names in which backward() finishes their gradients, in its order: the generator,
+  // the decoder's final norm, the decoder layers last to first, tgt_embed (after its last contribution: with
+  // tied embeddings it also holds the generator's), the encoder's final norm, the encoder layers last to first,
+  // then src_embed with pos_embed (learned positions: both embeddings add to it). Every parameter is in one group.
+  const std::vector<std::vector<std::string>>& gradient_ready_groups() const { return ready_groups_; }
   void zero_grad();
 
   // Parameters and gradients by torch.nn.Transformer's names. Update them in place: the model's named
@@ -134,6 +149,7 @@ class Transformer {
   TransformerConfig config_;
   Transformer(const TransformerConfig& config, uint64_t seed, bool initialise);  // load(): no random init
   std::map<std::string, Tensor> params_, grads_;
+  std::vector<std::vector<std::string>> ready_groups_;  // see gradient_ready_groups()
   // The named fields, bound once; shared with the decoders started from this model (they stay valid if the
   // model goes away). weights() rebinds after a parameter tensor was replaced; weights() const throws then.
   std::shared_ptr<const models::TransformerWeights> weights_;

@@ -30,8 +30,23 @@ class GradientReducer {
   // grads: of this rank's shard's mean loss `loss`. Afterwards grads = Σ_ranks share·grads on every rank; returns
   // Σ_ranks share·loss (the batch's mean loss).
   virtual float reduce(std::map<std::string, Tensor>& grads, float loss) = 0;
+
+  // The same reduction overlapped with the backward. TrainingStep::run calls begin_step(grads, loss) before the
+  // backward, gradients_ready(names) from the backward's hook (BackwardOptions::on_gradients_ready) as groups of
+  // gradients become final, and finish_step() after it, which returns what reduce() returns and leaves grads as it
+  // does. These defaults reduce everything in finish_step() (no overlap).
+  virtual void begin_step(std::map<std::string, Tensor>& grads, float loss) {
+    pending_grads_ = &grads;
+    pending_loss_ = loss;
+  }
+  virtual void gradients_ready(const std::vector<std::string>& names) { (void)names; }
+  virtual float finish_step() { return reduce(*pending_grads_, pending_loss_); }
   // This rank's share of the next step's loss: its target tokens / the global batch's (set by train_numbers).
   double share = 1.0;
+
+ private:
+  std::map<std::string, Tensor>* pending_grads_ = nullptr;  // the default begin_step .. finish_step
+  float pending_loss_ = 0.0f;
 };
 
 struct TrainOptions {
@@ -76,7 +91,7 @@ struct StepOptions {
   float beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f;  // AdamW (decay: matrices only)
   float label_smoothing = 0.1f;
   float clip_norm = 1.0f;              // global gradient norm; 0 = no clipping
-  GradientReducer* reducer = nullptr;  // data parallel: called after the backward (see GradientReducer)
+  GradientReducer* reducer = nullptr;  // data parallel: around and during the backward (see GradientReducer)
 };
 StepOptions step_options(const TrainOptions& o);
 
