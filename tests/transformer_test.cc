@@ -271,6 +271,7 @@ TEST(Transformer, RetainedSentencesDecodeAsBefore) {
     for (int64_t i = 0; i < K * V; ++i)
       EXPECT_NEAR(b[slot * K * V + i], want[static_cast<size_t>(sentence * K * V + i)], 1e-5) << slot << " " << i;
   }
+}
 
 // BackwardOptions::on_gradients_ready names every parameter once, in gradient_ready_groups() order, and only when
 // nothing later in the backward changes its gradient (the tied generator and learned positions get contributions
