@@ -15,6 +15,9 @@ Engines, each at --threads threads and batches of --batch-size:
   attn      `attn translate --beam K --batch-size B` as a subprocess reading all sentences on standard input, timed
             from outside: process start-up and model load are included (measured alone on one sentence and
             printed); threads through OMP_NUM_THREADS (and --threads where the CLI has it).
+  attn-call the Translator call alone, timed as CTranslate2's translate_batch is (no start-up, load or
+            tokenisation of a file): `attn bench translate --json --repeat 1` per round, the test split only.
+  attn-int8, attn-call-int8: the same with --quantize int8.
   ct2-fp32  ctranslate2.Translator on the model converted by bench/convert_ctranslate2.py (float32),
   ct2-int8  the same converted with --quantization int8 (compute_type int8), both with intra_threads=N,
             inter_threads=1, translate_batch(all sentences, max_batch_size=B, beam_size=K) in this process, timed
@@ -195,6 +198,25 @@ class Attn:
         return out
 
 
+class AttnCall:
+    """The Translator call alone, as CTranslate2 is timed: `attn bench translate --json` on the same test split
+    (its own process; model load, start-up and a warm-up run excluded from the time it reports). No outputs: the
+    `attn` engine's are the same engine's."""
+
+    def __init__(self, exe, model, threads, batch, beam, count, quantize="none"):
+        self.name = "attn-call" if quantize == "none" else "attn-call-" + quantize
+        self.args = [exe, "bench", "translate", "--json", "--repeat", "1", "--model", model, "--count", str(count),
+                     "--beam", str(beam), "--batch-size", str(batch), "--threads", str(threads), "--quantize", quantize]
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+
+    def translate(self, sources):
+        run = subprocess.run(self.args, capture_output=True, text=True, env=self.env)
+        if run.returncode != 0:
+            raise RuntimeError("attn bench translate failed (%d): %s" % (run.returncode, run.stderr.strip()))
+        self.seconds = json.loads(run.stdout.strip().split("\n")[-1])["median_ms"] / 1000.0
+        return None
+
+
 class CT2:
     def __init__(self, name, model_dir, compute_type, threads, batch, beam, max_length):
         self.name = name
@@ -212,7 +234,8 @@ class CT2:
 def timed(engine, sources):
     t0 = time.perf_counter()
     out = engine.translate(sources)
-    return time.perf_counter() - t0, out
+    t = time.perf_counter() - t0
+    return getattr(engine, "seconds", t), out
 
 
 def main():
@@ -232,8 +255,10 @@ def main():
     a = ap.parse_args()
     engines_wanted = a.engines.split(",")
     for e in engines_wanted:
-        if e not in ("attn", "attn-int8", "ct2-fp32", "ct2-int8"):
+        if e not in ("attn", "attn-int8", "attn-call", "attn-call-int8", "ct2-fp32", "ct2-int8"):
             ap.error("unknown engine " + e)
+        if e.startswith("attn-call") and (a.sentences or a.split != "test" or a.seed != 1):
+            ap.error(e + " times `attn bench translate`, which translates the test split (seed 1) only")
 
     if a.sentences:
         rows = [line.rstrip("\n").split("\t") for line in open(a.sentences, encoding="utf-8") if line.strip()]
@@ -259,6 +284,9 @@ def main():
         if e in ("attn", "attn-int8"):
             quantize = "int8" if e == "attn-int8" else "none"
             engines.append(Attn(a.attn, a.model, a.threads, a.batch_size, a.beam, quantize))
+        elif e.startswith("attn-call"):
+            quantize = "int8" if e.endswith("int8") else "none"
+            engines.append(AttnCall(a.attn, a.model, a.threads, a.batch_size, a.beam, len(sources), quantize))
         else:
             quant = "int8" if e == "ct2-int8" else None
             d = convert(a.model, os.path.join(ct2_dir, e), quant)
@@ -284,9 +312,13 @@ def main():
     print("|---|---|---|---|---|")
     for e in engines:
         med = statistics.median(times[e.name])
-        out = outputs[e.name]
+        out, scored = outputs[e.name], refs
+        if out is None:  # attn-call: the same engine's outputs through the CLI, if it ran; else only token counts
+            out = outputs.get(e.name.replace("-call", ""))
+            if out is None:
+                out, scored = refs, None
         tokens = sum(len(o) + 1 for o in out)  # characters + EOS
-        em = "%.2f%%" % (100.0 * sum(o == g for o, g in zip(out, refs)) / len(out)) if refs else "-"
+        em = "%.2f%%" % (100.0 * sum(o == g for o, g in zip(out, scored)) / len(out)) if scored else "-"
         print("| %s | %.3f | %.0f | %.0f | %s |" % (e.name, med, len(sources) / med, tokens / med, em))
     if startup is not None:
         print("\nattn's times include process start-up and model load: %.0f ms (median, one sentence)" %
@@ -295,25 +327,23 @@ def main():
     # Agreement: greedy outputs of CTranslate2 against attn's.
     if "attn" in outputs:
         greedy = {}
+        others = [e for e in engines if e.name != "attn" and outputs[e.name] is not None]
         if a.beam == 1:
             greedy = outputs
         else:  # an extra untimed greedy pass
-            g = Attn(a.attn, a.model, a.threads, a.batch_size, 1)
-            greedy["attn"] = g.translate(sources)
-            for e in engines:
-                if e.name != "attn":
-                    greedy[e.name] = e.translate(sources, beam=1)
-            for e in engines:
-                if e.name != "attn":
-                    n = sum(x != y for x, y in zip(outputs[e.name], outputs["attn"]))
-                    print("beam %d: %s differs from attn on %d / %d sentences" % (a.beam, e.name, n, len(sources)))
-        for e in engines:
-            if e.name != "attn":
-                diff = [i for i, (x, y) in enumerate(zip(greedy[e.name], greedy["attn"])) if x != y]
-                print("greedy: %s differs from attn on %d / %d sentences%s" %
-                      (e.name, len(diff), len(sources),
-                       "".join("\n  %s -> attn %s, %s %s" % (sources[i], greedy["attn"][i], e.name, greedy[e.name][i])
-                               for i in diff[:5])))
+            greedy["attn"] = Attn(a.attn, a.model, a.threads, a.batch_size, 1).translate(sources)
+            for e in others:
+                greedy[e.name] = (e.translate(sources, beam=1) if isinstance(e, CT2) else
+                                  Attn(a.attn, a.model, a.threads, a.batch_size, 1, "int8").translate(sources))
+            for e in others:
+                n = sum(x != y for x, y in zip(outputs[e.name], outputs["attn"]))
+                print("beam %d: %s differs from attn on %d / %d sentences" % (a.beam, e.name, n, len(sources)))
+        for e in others:
+            diff = [i for i, (x, y) in enumerate(zip(greedy[e.name], greedy["attn"])) if x != y]
+            print("greedy: %s differs from attn on %d / %d sentences%s" %
+                  (e.name, len(diff), len(sources),
+                   "".join("\n  %s -> attn %s, %s %s" % (sources[i], greedy["attn"][i], e.name, greedy[e.name][i])
+                           for i in diff[:5])))
     if tmp is not None:
         tmp.cleanup()
 

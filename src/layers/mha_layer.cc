@@ -128,10 +128,11 @@ void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_
   for (int64_t n = 0; n < rows; ++n)
     for (int64_t c = 0; c < count; ++c) {
       const float* kr = k_rows + n * ld + c * width;  // [Hkv, Dh]
-      float* kt = k.get() + n * k_row();
+      // position t + c: column (t + c) % kKeyBlock of its block, elements kKeyBlock apart
+      float* kt = k.get() + n * k_row() + detail::key_block_index(Dh, t + c, 0);
       for (int64_t g = 0; g < Hkv; ++g)
-        for (int64_t d = 0; d < Dh; ++d) kt[g * head + detail::key_block_index(Dh, t + c, d)] = kr[g * Dh + d];
-      std::copy_n(v_rows + n * ld + c * width, width, v.get() + n * v_row() + (t + c) * width);
+        for (int64_t d = 0; d < Dh; ++d) kt[g * head + d * detail::kKeyBlock] = kr[g * Dh + d];
+      if (v_rows) std::copy_n(v_rows + n * ld + c * width, width, v.get() + n * v_row() + (t + c) * width);
     }
 }
 
@@ -191,12 +192,11 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
   const int64_t kv = w.kv_width();
   cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*spare=*/false);
-  // K and V as rows [B, Ls, Hkv·Dh], then into the cache's layout
+  // V straight into the cache (its rows are the GEMM's); K as rows [B, Ls, Hkv·Dh], then transposed into blocks
+  ops::linear_forward(cache.v.get(), memory, w.w_v, w.qw_v, w.b_v, B * Ls, kv, w.vdim);
   float* k = ops::scratch(1, B * Ls * kv);
-  float* v = ops::scratch(2, B * Ls * kv);
   ops::linear_forward(k, memory, w.w_k, w.qw_k, w.b_k, B * Ls, kv, w.kdim);
-  ops::linear_forward(v, memory, w.w_v, w.qw_v, w.b_v, B * Ls, kv, w.vdim);
-  cache.write(k, v, Ls * kv, B, 0, Ls);
+  cache.write(k, nullptr, Ls * kv, B, 0, Ls);
 }
 
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,

@@ -96,7 +96,7 @@ struct KVCache {
   int64_t k_row() const { return Hkv * k_head(); }
   int64_t v_row() const { return capacity * width; }
   // Writes positions [t, t + count) of rows [0, rows) from k_rows, v_rows: [rows, count, width], rows
-  // ld floats apart (ld >= count·width).
+  // ld floats apart (ld >= count·width); v_rows null: the keys only.
   void write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count);
   // Row n continues row parent[n]: positions [0, length) are gathered by parent (rows that keep their own
   // state are not copied).

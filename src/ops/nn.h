@@ -19,13 +19,13 @@ void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, co
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
                          const float* mean, const float* rstd, int64_t M, int64_t C);
 
-// What a linear map does after the product, fused into its store.
+// What a linear map does beside the product (one or the other, not both).
 struct LinearEpilogue {
   bool relu = false;        // y = max(x·Wᵀ + b, 0)
-  bool accumulate = false;  // y += (the result), the residual of a sublayer, instead of y = (the result)
+  bool accumulate = false;  // y += x·Wᵀ + b, the residual of a sublayer, instead of y = x·Wᵀ + b
 };
 
-// y = x·Wᵀ + b (nn.Linear's layout), then the epilogue; a oneDNN matmul (src/ops/linear.cc).
+// y = x·Wᵀ + b (nn.Linear's layout) with the epilogue, through OpenBLAS (src/ops/linear.cc says why not oneDNN).
 // y: [M, N]; x: [M, K]; w: [N, K]; b: [N] or nullptr
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K,
                     LinearEpilogue epilogue = {});
