@@ -60,6 +60,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
         nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
+  io::widen_to_float32(e.params_);
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module
   if (!e.params_.count("embeddings.word_embeddings.weight") &&
       e.params_.count("bert.embeddings.word_embeddings.weight"))

@@ -333,7 +333,8 @@ Transformer Transformer::load(const std::string& dir) {
     throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
   }
   Transformer m(TransformerConfig::from_json(text), 0, /*initialise=*/false);
-  const io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
+  io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
+  io::widen_to_float32(st.tensors);
   for (auto& [name, t] : m.params_) {
     const Tensor& src = st.at(name);
     if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
