@@ -18,6 +18,7 @@
 // influences), and a row whose state comes out non-finite is redone term by term (the fp32 kernel's rule).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -123,9 +124,23 @@ inline void narrow_row(const float* src, int64_t n, float mul, uint16_t* dst) {
 template <LowpType T>
 inline bool any_nonfinite(const uint16_t* x, int64_t rs, int64_t n, int64_t width) {
   constexpr uint16_t kExp = T == LowpType::kBFloat16 ? 0x7f80 : 0x7c00;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < width; ++d)
-      if ((x[j * rs + d] & kExp) == kExp) return true;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = x + j * rs;
+    int64_t d = 0;
+#if defined(__AVX512BW__)
+    const __m512i e = _mm512_set1_epi16(static_cast<short>(kExp));
+    for (; d + 32 <= width; d += 32)
+      if (_mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(row + d), e), e)) return true;
+#elif defined(__AVX2__)
+    const __m256i e = _mm256_set1_epi16(static_cast<short>(kExp));
+    for (; d + 16 <= width; d += 16)
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(
+              _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d)), e), e)))
+        return true;
+#endif
+    for (; d < width; ++d)
+      if ((row[d] & kExp) == kExp) return true;
+  }
   return false;
 }
 
@@ -317,19 +332,49 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
     const uint16_t* v = lp.v + b * p.v_sb + g * p.v_sh + j0 * p.v_sl;  // [n, Dv]
     buf.v_nonfinite[t] = any_nonfinite<T>(v, p.v_sl, n, p.Dv);
     if (plan.dot) {
-      uint16_t* kt_out = buf.kb + t * plan.k_tile;  // element (d, j) at ((d/2)·kBk + j)·2 + d%2
+      // Kᵀ: the pair (d, d+1) of key j is the uint32 at (d/2)·kBk + j
+      uint16_t* kt_out = buf.kb + t * plan.k_tile;
       std::fill(kt_out, kt_out + plan.k_tile, uint16_t{0});
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t d = 0; d < p.D; ++d) kt_out[((d >> 1) * kBk + j) * 2 + (d & 1)] = k[j * p.k_sl + d];
-      uint16_t* vt_out = buf.vb + t * plan.v_tile;  // element (j, c) at ((j/2)·Dvp + c)·2 + j%2
-      std::fill(vt_out, vt_out + plan.v_tile, uint16_t{0});
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t c = 0; c < p.Dv; ++c) vt_out[((j >> 1) * plan.Dvp + c) * 2 + (j & 1)] = v[j * p.v_sl + c];
+      for (int64_t j = 0; j < n; ++j) {
+        const uint16_t* kj = k + j * p.k_sl;
+        for (int64_t d2 = 0; d2 < plan.Dp / 2; ++d2) {
+          const uint32_t pair = kj[2 * d2] | (2 * d2 + 1 < p.D ? static_cast<uint32_t>(kj[2 * d2 + 1]) << 16 : 0u);
+          std::memcpy(kt_out + (d2 * kBk + j) * 2, &pair, 4);
+        }
+      }
+      // V: the pair (keys 2·j2, 2·j2 + 1) of column c is the uint32 at j2·Dvp + c
+      uint16_t* vt_out = buf.vb + t * plan.v_tile;
+      for (int64_t j2 = 0; j2 < kBk / 2; ++j2) {
+        uint16_t* out = vt_out + j2 * plan.Dvp * 2;
+        if (2 * j2 >= n) {
+          std::fill(out, out + plan.Dvp * 2, uint16_t{0});
+          continue;
+        }
+        const uint16_t* lo = v + 2 * j2 * p.v_sl;
+        const uint16_t* hi = 2 * j2 + 1 < n ? lo + p.v_sl : nullptr;
+        int64_t c = 0;
+#if ATTN_LOWP_DOT
+        for (; c + 16 <= p.Dv; c += 16) {
+          const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + c)));
+          const __m512i b = hi ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + c)))
+                               : _mm512_setzero_si512();
+          _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+        }
+#endif
+        for (; c < plan.Dvp; ++c) {
+          out[2 * c] = c < p.Dv ? lo[c] : uint16_t{0};
+          out[2 * c + 1] = c < p.Dv && hi ? hi[c] : uint16_t{0};
+        }
+      }
     } else {
       float* kt_out = buf.kf + t * plan.k_tile;  // [D, kBk]
       std::fill(kt_out, kt_out + plan.k_tile, 0.0f);
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t d = 0; d < p.D; ++d) kt_out[d * kBk + j] = widen<T>(k[j * p.k_sl + d]);
+      thread_local std::vector<float> row;  // [D] one key widened
+      row.resize(static_cast<size_t>(p.D));
+      for (int64_t j = 0; j < n; ++j) {
+        widen_row<T>(k + j * p.k_sl, p.D, row.data());
+        for (int64_t d = 0; d < p.D; ++d) kt_out[d * kBk + j] = row[static_cast<size_t>(d)];
+      }
       float* vt_out = buf.vf + t * plan.v_tile;  // [kBk, Dvp]
       std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
       for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
@@ -378,6 +423,32 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 
 // One row's softmax step on s[0, n) (already masked): updates m, l, rescales acc; s becomes P (dropped out).
 // Returns false when nothing is visible yet (s is zeroed, the state unchanged but for a NaN poisoning l).
+// e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
+// rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
+// polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
+// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN.
+template <bool kFast>
+inline Vec exp_minus(Vec s, float m) {
+#if ATTN_LOWP_DOT
+  if constexpr (kFast) {
+    const __m512 t = _mm512_max_ps(
+        _mm512_set1_ps(-160.0f),  // NaN second: max returns it
+        _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(-m * 1.44269504088896341f)));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 y = _mm512_set1_ps(1.3333558146e-3f);                  // ln2^5 / 5!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291076e-3f));  // ln2^4 / 4!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504108665e-2f));  // ln2^3 / 3!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650696e-1f));  // ln2^2 / 2
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718056e-1f));  // ln2
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return {_mm512_scalef_ps(y, n)};
+  }
+#endif
+  return simd::exp(s - Vec::set1(m));
+}
+
+template <bool kFast>
 inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
                         float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
   float tile_max = kNegInf;
@@ -395,10 +466,9 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     std::fill(s, s + n, 0.0f);
     return;
   }
-  const Vec mv = Vec::set1(m_new);
   Vec sum = Vec::zero();
   for (j = 0; j + W <= n; j += W) {
-    const Vec e = simd::exp(Vec::load(s + j) - mv);
+    const Vec e = exp_minus<kFast>(Vec::load(s + j), m_new);
     e.store(s + j);
     sum = sum + e;
   }
@@ -407,10 +477,10 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     float buf[W];
     std::fill(buf, buf + W, kNegInf);
     std::copy(s + j, s + n, buf);
-    simd::exp(Vec::load(buf) - mv).store(buf);
+    exp_minus<kFast>(Vec::load(buf), m_new).store(buf);
     for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
   }
-  const float c = *m == kNegInf ? 0.0f : std::exp(*m - m_new);
+  const float c = *m == kNegInf ? 0.0f : *m == m_new ? 1.0f : std::exp(*m - m_new);  // no libm call per row
   *l = *l * c + sum.reduce_add() + tail;
   *m = m_new;
   if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i, j0, n, s, nullptr, drop);
@@ -448,7 +518,10 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * kBk;
       if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-      softmax_row(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp, Dvp, &ws.drop[r]);
+      if (plan.dot && plan.keys_packed)
+        softmax_row<true>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp, Dvp, &ws.drop[r]);
+      else
+        softmax_row<false>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp, Dvp, &ws.drop[r]);
     }
     // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
     // takes the zero-skipping float32 update.
