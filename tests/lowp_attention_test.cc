@@ -12,7 +12,9 @@
 
 #include "attention_cases.h"
 #include "attn/attention.h"
+#include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
+#include "cli_util.h"
 #include "cpu/attention_lowp.h"
 #include "simd_levels.h"
 #include "test_util.h"
@@ -149,7 +151,9 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
             else
               EXPECT_NEAR(a, b, 1e-4 * (1.0 + std::fabs(b))) << i;
           }
-          if (c.weights) EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5);
+          if (c.weights) {
+            EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5);
+          }
           ++checked;
         }
       }
@@ -207,6 +211,37 @@ TEST(LowpAttention, HiddenNonFiniteValuesNeverShow) {
       }
     }
   }
+}
+
+class LowpCli : public test::Cli {};
+
+// attn sdpa --dtype: float32 files rounded to bf16/f16, the output file float32 holding the 16-bit result (the
+// library's, bit for bit); a bad dtype exits non-zero and writes nothing. attn bench sdpa --dtype runs.
+TEST_F(LowpCli, SdpaDTypeMatchesTheLibrary) {
+  std::mt19937 rng(6);
+  const Tensor q = test::random_tensor({1, 4, 9, 16}, rng), k = test::random_tensor({1, 2, 11, 16}, rng),
+               v = test::random_tensor({1, 2, 11, 16}, rng);
+  io::write_npy(path("q.npy"), q);
+  io::write_npy(path("k.npy"), k);
+  io::write_npy(path("v.npy"), v);
+  const std::string files = " --q " + path("q.npy") + " --k " + path("k.npy") + " --v " + path("v.npy");
+  for (const std::string dt : {"bf16", "f16"}) {
+    const test::CliResult r = run("sdpa" + files + " --causal top-left --dtype " + dt + " --out " + path("o.npy"));
+    ASSERT_EQ(r.status, 0) << r.err;
+    AttentionOptions o;
+    o.causal = CausalAlignment::kTopLeft;
+    const DType d = parse_dtype(dt);
+    const Tensor want = scaled_dot_product_attention(to_dtype(q, d), to_dtype(k, d), to_dtype(v, d), o).output;
+    const Tensor got = io::read_npy(path("o.npy"));
+    ASSERT_EQ(got.dtype(), DType::kFloat32);
+    EXPECT_EQ(test::max_abs_diff(got, to_dtype(want, DType::kFloat32)), 0.0) << dt;
+  }
+  const test::CliResult bad = run("sdpa" + files + " --dtype int8 --out " + path("bad.npy"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_FALSE(std::filesystem::exists(path("bad.npy")));
+  const test::CliResult b = run("bench sdpa --heads 2 --q-len 40 --head-dim 16 --repeat 1 --dtype bf16 --json");
+  ASSERT_EQ(b.status, 0) << b.err;
+  EXPECT_NE(b.out.find("\"dtype\": \"bf16\""), std::string::npos) << b.out;
 }
 
 }  // namespace
