@@ -295,6 +295,7 @@ struct Workspace {
   std::vector<float> vp;                // [kBk, Dvp]     a value tile widened (decode, non-finite tiles)
   std::vector<float> acc;               // [kBq, Dvp]
   std::vector<float> m, l;              // [kBq]
+  std::vector<float> lv;                // [kBq, W]       each row's partial sums of P (l = their sum)
   std::vector<DropoutGroupCache> drop;  // [kBq]
   void reserve(int64_t D, int64_t Dp, int64_t Dvp) {
     auto grow = [](auto& b, int64_t n) {
@@ -308,6 +309,7 @@ struct Workspace {
     grow(acc, kBq * Dvp);
     grow(m, kBq);
     grow(l, kBq);
+    grow(lv, kBq * W);
     grow(drop, kBq);
   }
 };
@@ -451,6 +453,7 @@ inline Vec exp_minus(Vec s, float m) {
 template <bool kFast>
 inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
                         float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
+  // l: the row's W partial sums (summed once, in finish_sums: no horizontal add per tile)
   float tile_max = kNegInf;
   int64_t j = 0;
   {
@@ -462,7 +465,7 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
   const float m_new = std::max(*m, tile_max);
   if (m_new == kNegInf) {  // nothing visible yet; a NaN score (max skips it) poisons the row
     for (int64_t jj = 0; jj < n; ++jj)
-      if (std::isnan(s[jj])) *l = std::numeric_limits<float>::quiet_NaN();
+      if (std::isnan(s[jj])) l[0] = std::numeric_limits<float>::quiet_NaN();
     std::fill(s, s + n, 0.0f);
     return;
   }
@@ -472,16 +475,17 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     e.store(s + j);
     sum = sum + e;
   }
-  float tail = 0.0f;
   if (j < n) {
     float buf[W];
     std::fill(buf, buf + W, kNegInf);
     std::copy(s + j, s + n, buf);
-    exp_minus<kFast>(Vec::load(buf), m_new).store(buf);
-    for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
+    const Vec e = exp_minus<kFast>(Vec::load(buf), m_new);  // exp(−inf) = 0 in the padding lanes
+    e.store(buf);
+    sum = sum + e;
+    std::copy(buf, buf + (n - j), s + j);
   }
   const float c = *m == kNegInf ? 0.0f : *m == m_new ? 1.0f : std::exp(*m - m_new);  // no libm call per row
-  *l = *l * c + sum.reduce_add() + tail;
+  (c == 1.0f ? Vec::load(l) + sum : Vec::fmadd(Vec::load(l), Vec::set1(c), sum)).store(l);
   *m = m_new;
   if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i, j0, n, s, nullptr, drop);
   if (c != 1.0f)
@@ -519,9 +523,11 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       float* s = ws.s.data() + r * kBk;
       if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
       if (plan.dot && plan.keys_packed)
-        softmax_row<true>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp, Dvp, &ws.drop[r]);
+        softmax_row<true>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
+                          &ws.drop[r]);
       else
-        softmax_row<false>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp, Dvp, &ws.drop[r]);
+        softmax_row<false>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
+                           &ws.drop[r]);
     }
     // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
     // takes the zero-skipping float32 update.
@@ -641,10 +647,12 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
     pack_queries<T>(lp, plan, t.b, t.h, t.i0, t.rows, ws);
     std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
     std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
+    std::fill(ws.lv.begin(), ws.lv.begin() + t.rows * W, 0.0f);
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
       accumulate_keys<T>(lp, plan, buf, t.b, t.h, t.i0, t.rows, lo, hi, ws);
+      for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
       for (int64_t r = 0; r < t.rows; ++r)
         if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
           exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
