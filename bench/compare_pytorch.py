@@ -99,7 +99,7 @@ def dtype_grid(a, cpu):
         for L in a.lengths:
             for D in a.dims:
                 for causal in a.causal:
-                    c = dict(B=1, H=a.heads, Lq=L, Lk=L, D=D, causal=causal)
+                    c = dict(B=1, H=a.heads, Lq=L, Lk=L, D=D, causal=bool(causal))
                     runs = {(w, d): [] for w in ("attn", "torch") for d in a.dtypes}
                     gf = []
                     for _ in range(a.rounds):
