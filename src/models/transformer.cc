@@ -232,12 +232,15 @@ void Transformer::quantize(Quantization quantization) {
   weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
 }
 
-const char* quantization_name(Quantization q) { return q == Quantization::kInt8 ? "int8" : "none"; }
+const char* quantization_name(Quantization q) {
+  return q == Quantization::kInt8 ? "int8" : q == Quantization::kBFloat16 ? "bf16" : "none";
+}
 
 Quantization parse_quantization(const std::string& name) {
   if (name == "none") return Quantization::kNone;
   if (name == "int8") return Quantization::kInt8;
-  throw ArgumentError("quantization must be \"none\" or \"int8\", got \"" + name + "\"");
+  if (name == "bf16") return Quantization::kBFloat16;
+  throw ArgumentError("quantization must be \"none\", \"int8\" or \"bf16\", got \"" + name + "\"");
 }
 
 const models::TransformerWeights& Transformer::weights() const {

@@ -215,8 +215,9 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 }
 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
-void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json) {
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model));
+void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json,
+                     const std::string& dtype) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_dtype(dtype));
   static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
                                  "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
                                  "which",     "tokens",   "matter", "for",      "translation", "today"};
@@ -233,9 +234,9 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
   const double per_s = static_cast<double>(count) / (median * 1e-3);
   if (json)
     std::printf(
-        "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"median_ms\": %.2f, "
-        "\"sentences_per_s\": %.1f}\n",
-        static_cast<long long>(count), static_cast<long long>(batch), threads, median, per_s);
+        "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"dtype\": \"%s\", "
+        "\"median_ms\": %.2f, \"sentences_per_s\": %.1f}\n",
+        static_cast<long long>(count), static_cast<long long>(batch), threads, dtype.c_str(), median, per_s);
   else
     std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n",
                 static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
@@ -347,7 +348,7 @@ void add_bench(CLI::App& app) {
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
 
   struct EmbedBench {
-    std::string model;
+    std::string model, dtype = "f32";
     int64_t count = 256, batch = 32;
     int threads = 0, repeat = 3;
     bool json = false;
@@ -360,7 +361,10 @@ void add_bench(CLI::App& app) {
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores");
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
-  emb->callback([eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json); });
+  emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  emb->callback(
+      [eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, eb->dtype); });
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);
   CLI::App* peak = bench->add_subcommand("peak", "this machine's FMA ceiling (widest vectors, 1 thread and all)");
@@ -374,7 +378,8 @@ void add_bench(CLI::App& app) {
   tr->add_option("--model", tb->model, "model directory; default: the shipped model");
   tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::PositiveNumber);
   tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
-  tr->add_option("--quantize", tb->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
+  tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
+      ->check(CLI::IsMember({"none", "int8", "bf16"}));
   tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
   tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
