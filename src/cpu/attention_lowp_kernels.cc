@@ -357,10 +357,11 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
         int64_t c = 0;
 #if ATTN_LOWP_DOT
         for (; c + 16 <= p.Dv; c += 16) {
-          const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + c)));
-          const __m512i b = hi ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + c)))
-                               : _mm512_setzero_si512();
-          _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+          const __m512i first = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + c)));
+          const __m512i second =
+              hi ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + c)))
+                 : _mm512_setzero_si512();
+          _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(first, _mm512_slli_epi32(second, 16)));
         }
 #endif
         for (; c < plan.Dvp; ++c) {
