@@ -166,7 +166,7 @@ void add_translate(CLI::App& app) {
       ->check(CLI::IsMember({"test", "validation", "train"}));
   ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
   ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
-  ev->add_option("--quantize", e->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
+  ev->add_option("--quantize", e->quantize, "none, int8 or bf16")->check(CLI::IsMember({"none", "int8", "bf16"}));
   ev->add_option("--seed", e->seed, "data seed");
   ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");
   ev->callback([e] { run_eval(*e); });
