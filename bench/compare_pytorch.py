@@ -2,6 +2,7 @@
 """attn against PyTorch on the CPU, in the same run, same shapes, same thread count.
 
     python3 bench/compare_pytorch.py [--threads 2] [--repeat 7] [--attn build/attn] [--quick]
+    python3 bench/compare_pytorch.py --dtypes f32 bf16 f16 --threads 1 2 --rounds 3 [--lengths 1024 2048]
 
 Needs torch (pip). For each configuration it runs `attn bench ... --json` (fused and unfused) and
 times torch.nn.functional.scaled_dot_product_attention / nn.MultiheadAttention in this process
@@ -9,6 +10,11 @@ times torch.nn.functional.scaled_dot_product_attention / nn.MultiheadAttention i
 for docs/PERFORMANCE.md. PyTorch runs in its best honest configuration: eval mode, no_grad,
 need_weights=False for nn.MultiheadAttention (its fused fast path), torch.set_num_threads(threads).
 OPENBLAS_CORETYPE is reported as found; every peer runs under the same setting.
+
+With --dtypes, the SDPA grid instead: for each thread count, length and head dimension, attn's fused kernel
+in every dtype (`attn bench sdpa --dtype`) and PyTorch's SDPA in the same dtypes (torch.bfloat16/float16
+tensors), alternated A/B for --rounds rounds, medians of the per-round medians; the table gives attn bf16
+against attn f32 and against PyTorch bf16.
 """
 import argparse
 import json
@@ -51,16 +57,20 @@ def run_attn(binary, args, threads, repeat):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def sdpa_args(c, impl):
-    a = ["sdpa", "--batch", str(c["B"]), "--heads", str(c["H"]), "--q-len", str(c["Lq"]), "--kv-len", str(c["Lk"]),
+def sdpa_args(c, impl, dtype="f32"):
+    a = ["sdpa", "--dtype", dtype, "--batch", str(c["B"]), "--heads", str(c["H"]), "--q-len", str(c["Lq"]), "--kv-len", str(c["Lk"]),
          "--head-dim", str(c["D"]), "--impl", impl]
     return a + (["--causal"] if c["causal"] else [])
 
 
-def torch_sdpa(c, repeat):
-    q = torch.randn(c["B"], c["H"], c["Lq"], c["D"])
-    k = torch.randn(c["B"], c["H"], c["Lk"], c["D"])
-    v = torch.randn(c["B"], c["H"], c["Lk"], c["D"])
+TORCH_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def torch_sdpa(c, repeat, dtype="f32"):
+    dt = TORCH_DTYPES[dtype]
+    q = torch.randn(c["B"], c["H"], c["Lq"], c["D"]).to(dt)
+    k = torch.randn(c["B"], c["H"], c["Lk"], c["D"]).to(dt)
+    v = torch.randn(c["B"], c["H"], c["Lk"], c["D"]).to(dt)
     mask = None
     causal = c["causal"]
     if causal and c["Lq"] != c["Lk"]:  # bottom-right alignment, as attn bench uses
@@ -77,15 +87,56 @@ def torch_mha(c, repeat):
         return time_torch(lambda: m(x, x, x, need_weights=False), repeat)
 
 
+def dtype_grid(a, cpu):
+    """attn fused and PyTorch SDPA per dtype, alternated A/B, medians over rounds."""
+    print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; rounds {a.rounds} x repeat {a.repeat}; "
+          f"load before: {os.getloadavg()[0]:.2f}\n")
+    cols = " | ".join(f"attn {d} ms | PyTorch {d} ms" for d in a.dtypes)
+    print(f"| threads | L | D | causal | {cols} | attn bf16 GFLOP/s | bf16 / attn f32 | bf16 vs PyTorch bf16 |")
+    print("|" + "---|" * (4 + 2 * len(a.dtypes) + 3))
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        for L in a.lengths:
+            for D in a.dims:
+                for causal in a.causal:
+                    c = dict(B=1, H=a.heads, Lq=L, Lk=L, D=D, causal=bool(causal))
+                    runs = {(w, d): [] for w in ("attn", "torch") for d in a.dtypes}
+                    gf = []
+                    for _ in range(a.rounds):
+                        for d in a.dtypes:
+                            r = run_attn(a.attn, sdpa_args(c, "fused", d), threads, a.repeat)
+                            runs[("attn", d)].append(r["median_ms"])
+                            if d == "bf16":
+                                gf.append(r["gflops"])
+                            runs[("torch", d)].append(torch_sdpa(c, a.repeat, d))
+                    m = {key: median(v) for key, v in runs.items()}
+                    cells = " | ".join(f"{m[('attn', d)]:.1f} | {m[('torch', d)]:.1f}" for d in a.dtypes)
+                    extra = ""
+                    if "bf16" in a.dtypes and "f32" in a.dtypes:
+                        extra = (f"{median(gf):.0f} | {m[('attn', 'f32')] / m[('attn', 'bf16')]:.2f}x | "
+                                 f"{m[('torch', 'bf16')] / m[('attn', 'bf16')]:.2f}x")
+                    print(f"| {threads} | {L} | {D} | {'yes' if causal else 'no'} | {cells} | {extra} |", flush=True)
+    print(f"\nload after: {os.getloadavg()[0]:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="one; with --dtypes, several")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(__file__), "..", "build", "attn"))
     ap.add_argument("--quick", action="store_true", help="only the first configuration")
+    ap.add_argument("--dtypes", nargs="+", choices=["f32", "bf16", "f16"], help="the SDPA dtype grid instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--dtypes: A/B rounds")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048], help="--dtypes: L = Lq = Lk")
+    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="--dtypes: head dimensions")
+    ap.add_argument("--heads", type=int, default=8, help="--dtypes: H (B = 1)")
+    ap.add_argument("--causal", type=int, nargs="+", default=[0], help="--dtypes: 0 and/or 1")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    if a.dtypes:
+        return dtype_grid(a, cpu)
+    a.threads = a.threads[0]
+    torch.set_num_threads(a.threads)
     print(f"machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; repeat {a.repeat}; "
           f"torch {torch.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
           f"python {platform.python_version()}\n")

@@ -25,13 +25,20 @@ namespace {
 
 using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
 
-// A view of a NumPy array as a Tensor (no copy); `arg` names it in errors.
-attn::Tensor view(const Array& a, const char* arg) {
+constexpr nb::dlpack::dtype kFloat16{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+
+// A view of a NumPy array as a Tensor (no copy); `arg` names it in errors. float16 arrays are float16 tensors;
+// with `bf16_bits`, uint16 arrays are bfloat16 bit patterns (the Python layer's view of ml_dtypes/torch bfloat16).
+attn::Tensor view(const Array& a, const char* arg, bool bf16_bits = false) {
   attn::DType dtype;
   if (a.dtype() == nb::dtype<float>())
     dtype = attn::DType::kFloat32;
   else if (a.dtype() == nb::dtype<bool>())
     dtype = attn::DType::kBool;
+  else if (a.dtype() == kFloat16)
+    dtype = attn::DType::kFloat16;
+  else if (bf16_bits && a.dtype() == nb::dtype<uint16_t>())
+    dtype = attn::DType::kBFloat16;
   else
     throw attn::DTypeError(std::string(arg) + " must be float32 or bool");
   attn::Shape shape(a.ndim());
@@ -49,6 +56,10 @@ nb::object to_numpy(const attn::Tensor& t) {
   std::vector<size_t> shape(t.shape().begin(), t.shape().end());
   if (t.dtype() == attn::DType::kBool)
     return nb::cast(nb::ndarray<nb::numpy, bool>(keep->b8(), shape.size(), shape.data(), owner));
+  if (t.dtype() == attn::DType::kFloat16)
+    return nb::cast(nb::ndarray<nb::numpy>(keep->f16(), shape.size(), shape.data(), owner, nullptr, kFloat16));
+  if (t.dtype() == attn::DType::kBFloat16)  // bit patterns: the Python layer views them as bfloat16
+    return nb::cast(nb::ndarray<nb::numpy, uint16_t>(keep->bf16(), shape.size(), shape.data(), owner));
   return nb::cast(nb::ndarray<nb::numpy, float>(keep->f32(), shape.size(), shape.data(), owner));
 }
 
@@ -66,7 +77,7 @@ std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Arr
   o.return_weights = return_weights;
   o.impl = attn::parse_impl(impl);
   o.num_threads = num_threads;
-  const attn::Tensor tq = view(q, "query"), tk = view(k, "key"), tv = view(v, "value");
+  const attn::Tensor tq = view(q, "query", true), tk = view(k, "key", true), tv = view(v, "value", true);
   attn::AttentionResult r;
   {
     nb::gil_scoped_release release;
@@ -227,7 +238,8 @@ NB_MODULE(_attn, m) {
 
   m.def("sdpa", &sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(),
         "window"_a, "alibi_slopes"_a.none(), "return_weights"_a, "impl"_a, "num_threads"_a,
-        "scaled_dot_product_attention on [B, H, L, D] float32 arrays; see attn.scaled_dot_product_attention");
+        "scaled_dot_product_attention on [B, H, L, D] float32 or float16 arrays, or uint16 arrays of bfloat16 bits "
+        "(the output in the same form); see attn.scaled_dot_product_attention");
 
   // attn.torch (python/attn/torch.py) calls these inside its torch.library custom ops; torch is imported only then.
   m.def("torch_sdpa", &torch_sdpa, "q"_a, "k"_a, "v"_a, "mask"_a.none(), "key_padding_mask"_a.none(), "causal"_a,
@@ -301,7 +313,7 @@ NB_MODULE(_attn, m) {
             return attn::Translator::load(dir, attn::parse_quantization(quantize));
           },
           "model_dir"_a, "quantize"_a = "none",
-          "a model directory (config.json, model.safetensors, vocab.json); quantize: none or int8")
+          "a model directory (config.json, model.safetensors, vocab.json); quantize: none, int8 or bf16")
       .def("num_parameters", [](const attn::Translator& t) { return t.model().num_parameters(); })
       .def("config_json", [](const attn::Translator& t) { return t.model().config().to_json(); })
       .def(
@@ -324,8 +336,14 @@ NB_MODULE(_attn, m) {
         "why a phrase is outside the numbers task's grammar (the phrases the model was trained on), or None");
 
   nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
-      .def_static("load", &attn::SentenceEncoder::load, "dir"_a,
-                  "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors)")
+      .def_static(
+          "load",
+          [](const std::string& dir, const std::string& dtype) {
+            return attn::SentenceEncoder::load(dir, attn::parse_dtype(dtype));
+          },
+          "dir"_a, "dtype"_a = "f32",
+          "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); dtype f32 or bf16 (the dense "
+          "layers in bfloat16)")
       .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
       .def(
           "embed",
@@ -342,7 +360,8 @@ NB_MODULE(_attn, m) {
   m.def(
       "load_safetensors",
       [](const std::string& path) {
-        const attn::io::Safetensors st = attn::io::read_safetensors(path);
+        attn::io::Safetensors st = attn::io::read_safetensors(path);
+        attn::io::widen_to_float32(st.tensors);  // NumPy has no bfloat16: F16/BF16 come back as float32
         return std::make_pair(to_numpy_map(st.tensors), st.metadata);
       },
       "path"_a, "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays");

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "attn/error.h"
+#include "attn/half.h"
 
 namespace attn {
 
@@ -17,7 +18,32 @@ std::string shape_str(const Shape& shape) {
   return out.str();
 }
 
-const char* dtype_name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : "bool"; }
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kBool: return "bool";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat16: return "float16";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kBool: return 1;
+    case DType::kBFloat16:
+    case DType::kFloat16: return 2;
+  }
+  return 1;
+}
+
+DType parse_dtype(const std::string& name) {
+  if (name == "f32" || name == "float32") return DType::kFloat32;
+  if (name == "bf16" || name == "bfloat16") return DType::kBFloat16;
+  if (name == "f16" || name == "float16") return DType::kFloat16;
+  throw ArgumentError("dtype must be f32, bf16 or f16 (float32, bfloat16, float16), got '" + name + "'");
+}
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
@@ -95,6 +121,17 @@ uint8_t* Tensor::b8() {
   return reinterpret_cast<uint8_t*>(storage_.get());
 }
 const uint8_t* Tensor::b8() const { return const_cast<Tensor*>(this)->b8(); }
+uint16_t* Tensor::bf16() {
+  if (dtype_ != DType::kBFloat16)
+    throw DTypeError(std::string("expected a bfloat16 tensor, got ") + dtype_name(dtype_));
+  return reinterpret_cast<uint16_t*>(storage_.get());
+}
+const uint16_t* Tensor::bf16() const { return const_cast<Tensor*>(this)->bf16(); }
+uint16_t* Tensor::f16() {
+  if (dtype_ != DType::kFloat16) throw DTypeError(std::string("expected a float16 tensor, got ") + dtype_name(dtype_));
+  return reinterpret_cast<uint16_t*>(storage_.get());
+}
+const uint16_t* Tensor::f16() const { return const_cast<Tensor*>(this)->f16(); }
 
 Tensor Tensor::reshape(Shape shape) const {
   if (shape_numel(shape) != numel_)
@@ -109,6 +146,34 @@ Tensor Tensor::clone() const {
   Tensor t(shape_, dtype_);
   std::memcpy(t.raw(), raw(), nbytes());
   return t;
+}
+
+Tensor to_dtype(const Tensor& t, DType dtype) {
+  if (!t.defined()) throw ArgumentError("to_dtype: the tensor is empty (undefined)");
+  if (t.dtype() == dtype) return t;
+  if (t.dtype() == DType::kBool || dtype == DType::kBool)
+    throw DTypeError(std::string("to_dtype: cannot convert ") + dtype_name(t.dtype()) + " to " + dtype_name(dtype) +
+                     " (shape " + shape_str(t.shape()) + ")");
+  const Tensor wide = t.dtype() == DType::kFloat32 ? t : Tensor(t.shape(), DType::kFloat32);
+  const int64_t n = t.numel();
+  if (t.dtype() == DType::kBFloat16) {
+    const uint16_t* s = t.bf16();
+    float* d = const_cast<Tensor&>(wide).f32();
+    for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_float(s[i]);
+  } else if (t.dtype() == DType::kFloat16) {
+    const uint16_t* s = t.f16();
+    float* d = const_cast<Tensor&>(wide).f32();
+    for (int64_t i = 0; i < n; ++i) d[i] = f16_to_float(s[i]);
+  }
+  if (dtype == DType::kFloat32) return wide;
+  Tensor out(t.shape(), dtype);
+  const float* s = wide.f32();
+  auto* d = static_cast<uint16_t*>(out.raw());
+  if (dtype == DType::kBFloat16)
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(s[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_f16(s[i]);
+  return out;
 }
 
 }  // namespace attn

@@ -130,11 +130,14 @@ std::vector<uint8_t> safetensors_image(const std::string& header, const std::vec
   return out;
 }
 
-TEST(Safetensors, HalfPrecisionConvertsExactly) {
+TEST(Safetensors, HalfPrecisionIsKeptAndWidensExactly) {
   // F16: 1.0 = 0x3c00, -2.0 = 0xc000, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001, 0.5 = 0x3800
   const auto f16 = safetensors_image(R"({"x":{"dtype":"F16","shape":[5],"data_offsets":[0,10]}})",
                                      {0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x01, 0x00, 0x00, 0x38});
-  const Tensor x = io::parse_safetensors(f16.data(), f16.size(), "mem").at("x");
+  const Tensor x16 = io::parse_safetensors(f16.data(), f16.size(), "mem").at("x");
+  ASSERT_EQ(x16.dtype(), DType::kFloat16);  // not widened
+  EXPECT_EQ(x16.f16()[2], 0x7bff);
+  const Tensor x = to_dtype(x16, DType::kFloat32);
   EXPECT_EQ(x.f32()[0], 1.0f);
   EXPECT_EQ(x.f32()[1], -2.0f);
   EXPECT_EQ(x.f32()[2], 65504.0f);
@@ -143,7 +146,10 @@ TEST(Safetensors, HalfPrecisionConvertsExactly) {
   // BF16: 1.0 = 0x3f80, -3.5 = 0xc060
   const auto bf16 =
       safetensors_image(R"({"y":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})", {0x80, 0x3f, 0x60, 0xc0});
-  const Tensor y = io::parse_safetensors(bf16.data(), bf16.size(), "mem").at("y");
+  const Tensor y16 = io::parse_safetensors(bf16.data(), bf16.size(), "mem").at("y");
+  ASSERT_EQ(y16.dtype(), DType::kBFloat16);
+  EXPECT_EQ(y16.bf16()[1], 0xc060);
+  const Tensor y = to_dtype(y16, DType::kFloat32);
   EXPECT_EQ(y.f32()[0], 1.0f);
   EXPECT_EQ(y.f32()[1], -3.5f);
 }

@@ -233,7 +233,7 @@ TEST(ShippedModel, DecodingMatchesTheFixedTranslationsOfTheTestSplit) {
 
 // A signal may arrive at any time (a sampling profiler's SIGPROF, a handler of the embedding program): the
 // kernels and the GEMMs under translation must leave the stack below their frame alone (oneDNN 2.6's generated
-// f32 GEMMs do not: src/ops/linear.cc). A profiling timer interrupts float32 and int8 translation every 200 µs of
+// f32 GEMMs do not: src/ops/linear.cc). A profiling timer interrupts float32, int8 and bf16 translation every 200 µs of
 // CPU time, its handler writing over 2 KB of its stack; the translations must stay exact.
 void scribble_on_the_stack(int) {
   volatile char buf[2048];
@@ -252,7 +252,7 @@ TEST(ShippedModel, TranslationSurvivesSignals) {
   ASSERT_EQ(sigaction(SIGPROF, &handler, &saved), 0);
   const itimerval every{{0, 200}, {0, 200}}, off{};
   ASSERT_EQ(setitimer(ITIMER_PROF, &every, nullptr), 0);
-  for (const Quantization q : {Quantization::kNone, Quantization::kInt8}) {
+  for (const Quantization q : {Quantization::kNone, Quantization::kInt8, Quantization::kBFloat16}) {
     const Translator translator = Translator::load(dir, q);
     for (int beam : {1, 4}) {
       TranslateOptions o;

@@ -130,6 +130,9 @@ CausalAlignment parse_causal(const std::string& name);
 // The instruction set the fused kernel runs on here: "avx512" | "avx2" | "scalar" (the best this processor
 // has, unless the environment variable ATTN_SIMD=scalar|avx2 lowers it).
 const char* fused_kernel_isa();
+// The same for the kernel scaled_dot_product_attention runs on `dtype` inputs: for bfloat16 "avx512-bf16"
+// where the processor has AVX512_BF16 (vdpbf16ps; ATTN_BF16_DOT=0 turns it off), else the level above.
+const char* fused_kernel_isa(DType dtype);
 // This machine's FMA ceiling in GFLOP/s at the fused kernel's instruction set: independent vector FMA
 // chains on registers for `seconds` on `threads` threads (0 = all cores). Benchmarks report shares of it.
 double measure_fma_peak(int threads = 0, double seconds = 0.2);

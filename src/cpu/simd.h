@@ -14,7 +14,9 @@
 // The functions here differ by instruction set under the same names; each target's copies live in their
 // own inline namespace (ATTN_SIMD_NS), so the linker never merges an AVX-512 copy into an AVX2 caller (or a
 // scalar copy into a vector kernel). Every header whose inline functions are compiled per target uses it.
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define ATTN_SIMD_NS simd_avx512bf16
+#elif defined(__AVX512F__)
 #define ATTN_SIMD_NS simd_avx512
 #elif defined(__AVX2__) && defined(__FMA__)
 #define ATTN_SIMD_NS simd_avx2

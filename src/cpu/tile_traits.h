@@ -53,6 +53,9 @@ struct TileTraits<SimdLevel::kScalar> : TileTraits<SimdLevel::kAvx2> {};
 namespace avx512 {
 using Tiles = TileTraits<SimdLevel::kAvx512>;
 }
+namespace avx512bf16 {  // the bfloat16 kernel's AVX512_BF16 build (attention_lowp_kernels.cc): AVX-512's tiles
+using Tiles = TileTraits<SimdLevel::kAvx512>;
+}
 namespace avx2 {
 using Tiles = TileTraits<SimdLevel::kAvx2>;
 }

@@ -152,10 +152,12 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
     itemsize = 4, dtype = DType::kFloat32;
   else if (descr == "<f8")
     itemsize = 8, dtype = DType::kFloat32;
+  else if (descr == "<f2")
+    itemsize = 2, dtype = DType::kFloat16;
   else if (descr == "|b1")
     itemsize = 1, dtype = DType::kBool;
   else
-    throw FormatError(what + ": unsupported .npy dtype '" + descr + "' (expected '<f4', '<f8' or '|b1')");
+    throw FormatError(what + ": unsupported .npy dtype '" + descr + "' (expected '<f4', '<f8', '<f2' or '|b1')");
   int64_t numel;
   try {
     numel = shape_numel(shape);
@@ -171,8 +173,8 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
                       " bytes but the file holds " + std::to_string(body));
   Tensor t(shape, dtype);
   const uint8_t* src = data + prefix + header_len;
-  if (descr == "<f4") {
-    std::memcpy(t.f32(), src, body);
+  if (descr == "<f4" || descr == "<f2") {
+    if (body != 0) std::memcpy(t.raw(), src, body);
   } else if (descr == "<f8") {
     for (int64_t i = 0; i < numel; ++i) {
       double d;
@@ -192,8 +194,11 @@ Tensor read_npy(const std::string& path) {
 
 std::vector<uint8_t> encode_npy(const Tensor& t) {
   if (!t.defined()) throw ArgumentError("write_npy: the tensor is empty (undefined)");
-  std::string dict = std::string("{'descr': '") + (t.dtype() == DType::kFloat32 ? "<f4" : "|b1") +
-                     "', 'fortran_order': False, 'shape': (";
+  const char* descr = t.dtype() == DType::kFloat32 ? "<f4" : t.dtype() == DType::kFloat16 ? "<f2" : "|b1";
+  if (t.dtype() == DType::kBFloat16)  // NumPy has no bfloat16 ('<V2' from ml_dtypes would not round-trip)
+    throw DTypeError("write_npy: .npy has no bfloat16; convert to float32 first (to_dtype), shape " +
+                     shape_str(t.shape()));
+  std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
   // NumPy's tuple spelling: () for a scalar, (n,) for one dimension, (a, b) otherwise
   for (int i = 0; i < t.rank(); ++i) dict += (i ? ", " : "") + std::to_string(t.shape()[static_cast<size_t>(i)]);
   dict += t.rank() == 1 ? ",)" : ")";

@@ -2,6 +2,7 @@
 // is checked against the bytes that are really there before a tensor is allocated.
 #include "attn/io/safetensors.h"
 
+#include <cstdint>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -13,33 +14,12 @@ namespace {
 
 constexpr uint64_t kMaxHeader = uint64_t{100} << 20;
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal half: normalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400u) == 0) mant <<= 1, --exp;
-      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 struct DTypeInfo {
   const char* name;
   size_t itemsize;
   DType dtype;
 };
-const DTypeInfo kDTypes[] = {{"F32", 4, DType::kFloat32}, {"F16", 2, DType::kFloat32}, {"BF16", 2, DType::kFloat32},
+const DTypeInfo kDTypes[] = {{"F32", 4, DType::kFloat32}, {"F16", 2, DType::kFloat16}, {"BF16", 2, DType::kBFloat16},
                              {"F64", 8, DType::kFloat32}, {"I64", 8, DType::kFloat32}, {"I32", 4, DType::kFloat32},
                              {"BOOL", 1, DType::kBool}};
 
@@ -116,18 +96,14 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
                         " bytes of data");
     Tensor t(shape, info->dtype);
     const uint8_t* src = body + begin;
+    if (info->dtype == DType::kBFloat16 || info->dtype == DType::kFloat16) {  // kept as they are
+      if (numel != 0) std::memcpy(t.raw(), src, static_cast<size_t>(numel) * 2);
+      out.tensors[name] = std::move(t);
+      continue;
+    }
     for (int64_t i = 0; i < numel; ++i) {
       if (dt == "F32") {
         std::memcpy(t.f32() + i, src + 4 * i, 4);
-      } else if (dt == "F16") {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        t.f32()[i] = half_to_float(h);
-      } else if (dt == "BF16") {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        const uint32_t bits = static_cast<uint32_t>(h) << 16;
-        std::memcpy(t.f32() + i, &bits, 4);
       } else if (dt == "I64") {  // e.g. BERT's position_ids; exact below 2^24
         int64_t v;
         std::memcpy(&v, src + 8 * i, 8);
@@ -149,6 +125,11 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
   return out;
 }
 
+void widen_to_float32(std::map<std::string, Tensor>& tensors) {
+  for (auto& [name, t] : tensors)
+    if (t.dtype() == DType::kBFloat16 || t.dtype() == DType::kFloat16) t = to_dtype(t, DType::kFloat32);
+}
+
 Safetensors read_safetensors(const std::string& path) {
   const std::vector<uint8_t> bytes = read_file(path);
   return parse_safetensors(bytes.data(), bytes.size(), path);
@@ -161,9 +142,11 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (!t.defined()) throw ArgumentError("write_safetensors: tensor '" + name + "' is empty (undefined)");
-    header[name] = {{"dtype", t.dtype() == DType::kFloat32 ? "F32" : "BOOL"},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, offset + t.nbytes()}}};
+    const char* dt = t.dtype() == DType::kFloat32    ? "F32"
+                     : t.dtype() == DType::kBFloat16 ? "BF16"
+                     : t.dtype() == DType::kFloat16  ? "F16"
+                                                     : "BOOL";
+    header[name] = {{"dtype", dt}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
   }
   std::string text = header.dump();

@@ -145,7 +145,9 @@ MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::strin
 
 MultiHeadAttention MultiHeadAttention::load(const std::string& path, const MultiHeadAttentionConfig& config,
                                             const std::string& prefix) {
-  return from_state_dict(io::read_safetensors(path).tensors, config, prefix);
+  io::Safetensors st = io::read_safetensors(path);
+  io::widen_to_float32(st.tensors);
+  return from_state_dict(st.tensors, config, prefix);
 }
 
 std::map<std::string, Tensor> MultiHeadAttention::state_dict(const std::string& prefix) const {
@@ -195,6 +197,11 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
 
   // Masks in SDPA's terms: bool attn_mask flips polarity (true = masked out → false = may not attend);
   // a float key_padding_mask is folded into a float mask [B, 1 or H, Lq, Lk].
+  for (const auto& [m, arg] :
+       {std::pair{&options.attn_mask, "attn_mask"}, {&options.key_padding_mask, "key_padding_mask"}})
+    if (m->defined() && m->dtype() != DType::kBool && m->dtype() != DType::kFloat32)
+      throw DTypeError(std::string(kWho) + ": " + arg + " must be bool or float32, got " + dtype_name(m->dtype()) +
+                       " with shape " + shape_str(m->shape()));
   Tensor mask;
   const Tensor& am = options.attn_mask;
   if (am.defined()) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -39,18 +40,22 @@ struct BertLayerWeights {
   layers::MhaWeights attention;        // query/key/value/output dense [Hd, Hd] and biases
   const float *attn_ln_w, *attn_ln_b;  // attention.output.LayerNorm [Hd]
   const float *w1, *b1, *w2, *b2;      // intermediate.dense [F, Hd], [F]; output.dense [Hd, F], [Hd]
-  const float *out_ln_w, *out_ln_b;    // output.LayerNorm [Hd]
+  const ops::QuantizedMatrix *qw1 = nullptr, *qw2 = nullptr;  // bf16 copies of w1, w2 (load with kBFloat16)
+  const float *out_ln_w, *out_ln_b;                           // output.LayerNorm [Hd]
 };
 
 struct BertWeights {
   const float *word, *position, *token_type;  // [V, Hd], [max_position, Hd], [type_vocab, Hd]
   const float *emb_ln_w, *emb_ln_b;           // embeddings.LayerNorm [Hd]
   std::vector<BertLayerWeights> layers;
+  std::deque<ops::QuantizedMatrix> bf16;  // the dense layers' bf16 copies (a deque: pointers stay valid)
 };
 
 }  // namespace models
 
-SentenceEncoder SentenceEncoder::load(const std::string& dir) {
+SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
+  if (dtype != DType::kFloat32 && dtype != DType::kBFloat16)
+    throw DTypeError(std::string("SentenceEncoder::load: dtype must be float32 or bfloat16, got ") + dtype_name(dtype));
   namespace fs = std::filesystem;
   SentenceEncoder e;
   e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
@@ -60,6 +65,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
         nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
+  io::widen_to_float32(e.params_);
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module
   if (!e.params_.count("embeddings.word_embeddings.weight") &&
       e.params_.count("bert.embeddings.word_embeddings.weight"))
@@ -116,6 +122,15 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir) {
     lw.w1 = P(L + "intermediate.dense.weight"), lw.b1 = P(L + "intermediate.dense.bias");
     lw.w2 = P(L + "output.dense.weight"), lw.b2 = P(L + "output.dense.bias");
     lw.out_ln_w = P(L + "output.LayerNorm.weight"), lw.out_ln_b = P(L + "output.LayerNorm.bias");
+    if (dtype == DType::kBFloat16) {
+      auto q = [&](const float* m, int64_t rows, int64_t cols) {
+        w->bf16.push_back(ops::bf16_rows(m, rows, cols));
+        return &w->bf16.back();
+      };
+      lw.attention.qw_q = q(lw.attention.w_q, Hd, Hd), lw.attention.qw_k = q(lw.attention.w_k, Hd, Hd);
+      lw.attention.qw_v = q(lw.attention.w_v, Hd, Hd), lw.attention.qw_o = q(lw.attention.w_o, Hd, Hd);
+      lw.qw1 = q(lw.w1, F, Hd), lw.qw2 = q(lw.w2, Hd, F);
+    }
     w->layers.push_back(lw);
   }
   e.weights_ = std::move(w);
@@ -158,9 +173,9 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
     ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.attn_ln_w, lw.attn_ln_b, M, Hd, eps);
     // x = LN(x + W2·gelu(W1·x))
-    ops::linear_forward(h.data(), x.data(), lw.w1, lw.b1, M, F, Hd);
+    ops::linear_forward(h.data(), x.data(), lw.w1, lw.qw1, lw.b1, M, F, Hd);
     ops::activation_forward(h.data(), h.data(), M * F, Activation::kGelu);
-    ops::linear_forward(y.data(), h.data(), lw.w2, lw.b2, M, Hd, F);
+    ops::linear_forward(y.data(), h.data(), lw.w2, lw.qw2, lw.b2, M, Hd, F);
     for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
     ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.out_ln_w, lw.out_ln_b, M, Hd, eps);
   }

@@ -263,12 +263,15 @@ void Transformer::quantize(Quantization quantization) {
   weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
 }
 
-const char* quantization_name(Quantization q) { return q == Quantization::kInt8 ? "int8" : "none"; }
+const char* quantization_name(Quantization q) {
+  return q == Quantization::kInt8 ? "int8" : q == Quantization::kBFloat16 ? "bf16" : "none";
+}
 
 Quantization parse_quantization(const std::string& name) {
   if (name == "none") return Quantization::kNone;
   if (name == "int8") return Quantization::kInt8;
-  throw ArgumentError("quantization must be \"none\" or \"int8\", got \"" + name + "\"");
+  if (name == "bf16") return Quantization::kBFloat16;
+  throw ArgumentError("quantization must be \"none\", \"int8\" or \"bf16\", got \"" + name + "\"");
 }
 
 const models::TransformerWeights& Transformer::weights() const {
@@ -384,7 +387,8 @@ Transformer Transformer::load(const std::string& dir) {
     throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
   }
   Transformer m(TransformerConfig::from_json(text), 0, /*initialise=*/false);
-  const io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
+  io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
+  io::widen_to_float32(st.tensors);
   for (auto& [name, t] : m.params_) {
     const Tensor& src = st.at(name);
     if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())

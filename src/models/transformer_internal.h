@@ -102,8 +102,8 @@ struct TransformerWeights {
 TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
                         std::map<std::string, Tensor>& grads, Quantization quantization = Quantization::kNone);
 
-// Adds int8 copies of every projection and of the generator (Quantization::kInt8).
-void quantize_int8(TransformerWeights& net);
+// Adds int8 or bf16 copies of every projection and of the generator (Quantization::kInt8, kBFloat16).
+void quantize_projections(TransformerWeights& net, Quantization quantization);
 
 // The encoder half of forward_impl: k.mem = LN_enc(encoder(embed(src))), k.src_pad filled. With
 // keep_weights (training or attention maps) every attention keeps its weights; else none are computed.

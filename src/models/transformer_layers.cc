@@ -83,14 +83,15 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
   n.gen_b = P(p, "generator.bias"), n.gen_db = G(g, "generator.bias");
   for (const auto* m : {&p, static_cast<const std::map<std::string, Tensor>*>(&g)})
     for (const auto& [name, t] : *m) n.bound.push_back(t);
-  if (quantization == Quantization::kInt8) quantize_int8(n);
+  if (quantization != Quantization::kNone) quantize_projections(n, quantization);
   return n;
 }
 
-void quantize_int8(TransformerWeights& n) {
+void quantize_projections(TransformerWeights& n, Quantization quantization) {
   const int64_t E = n.c.d_model, F = n.c.d_ff;
-  auto q = [&](const float* w, int64_t rows, int64_t cols) {
-    n.quantized.push_back(ops::quantize_rows(w, rows, cols));  // a deque: the pointers stay valid
+  auto q = [&](const float* w, int64_t rows, int64_t cols) {  // a deque: the pointers stay valid
+    n.quantized.push_back(quantization == Quantization::kBFloat16 ? ops::bf16_rows(w, rows, cols)
+                                                                  : ops::quantize_rows(w, rows, cols));
     return &n.quantized.back();
   };
   auto attention = [&](layers::MhaWeights& w) {

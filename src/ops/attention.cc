@@ -87,6 +87,9 @@ void set_mask(AttentionProblem& p, const Tensor& mask, const char* who, const ch
   p.m_sh = strides[1];
   p.m_sq = strides[2];
   p.m_sk = strides[3];
+  if (mask.dtype() != DType::kBool && mask.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(who) + ": " + arg + " must be bool or float32, got " + dtype_name(mask.dtype()) +
+                     " with shape " + shape_str(mask.shape()));
   if (mask.dtype() == DType::kBool)
     p.bool_mask = mask.b8();
   else
@@ -131,6 +134,15 @@ AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v,
   require_float(q, who, "q");
   require_float(k, who, "k");
   require_float(v, who, "v");
+  AttentionProblem p = make_problem_shapes(q, k, v, options, who);
+  p.q = q.f32();
+  p.k = k.f32();
+  p.v = v.f32();
+  return p;
+}
+
+AttentionProblem make_problem_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options,
+                                     const char* who) {
   const std::string shapes =
       " (q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape()) + ")";
   if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
@@ -153,11 +165,8 @@ AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v,
   if (p.D == 0 && !options.scale) throw ArgumentError(std::string(who) + ": D = 0 needs an explicit scale" + shapes);
   const float scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.D));
   p.scale = scale;
-  p.q = q.f32();
   p.q_sl = p.D, p.q_sh = p.Lq * p.D, p.q_sb = p.H * p.Lq * p.D;
-  p.k = k.f32();
   p.k_sl = p.D, p.k_sh = p.Lk * p.D, p.k_sb = p.Hkv * p.Lk * p.D;
-  p.v = v.f32();
   p.v_sl = p.Dv, p.v_sh = p.Lk * p.Dv, p.v_sb = p.Hkv * p.Lk * p.Dv;
   p.o_sl = p.Dv, p.o_sh = p.Lq * p.Dv, p.o_sb = p.H * p.Lq * p.Dv;
   set_mask(p, options.mask, who, "mask");
@@ -178,6 +187,8 @@ void run_problem(const AttentionProblem& p, AttentionImpl impl) {
 
 AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                              const AttentionOptions& options) {
+  if (detail::is_lowp(q.dtype()) || detail::is_lowp(k.dtype()) || detail::is_lowp(v.dtype()))
+    return detail::scaled_dot_product_attention_lowp(q, k, v, options);
   detail::AttentionProblem p = detail::make_problem(q, k, v, options, "scaled_dot_product_attention");
   AttentionResult result;
   result.output = Tensor({p.B, p.H, p.Lq, p.Dv});

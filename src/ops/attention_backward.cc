@@ -108,6 +108,9 @@ namespace attn {
 namespace {
 
 void check_float(const Tensor& t, const Shape& shape, const char* who, const char* arg) {
+  if (t.defined() && t.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(who) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()) + " with shape " +
+                     shape_str(t.shape()));
   if (!t.defined() || t.dtype() != DType::kFloat32 || t.shape() != shape)
     throw ShapeError(std::string(who) + ": " + arg + " has shape " + (t.defined() ? shape_str(t.shape()) : "(none)") +
                      (t.defined() ? std::string(" and dtype ") + dtype_name(t.dtype()) : std::string()) +

@@ -26,6 +26,14 @@ void run_backward(const AttentionProblem& p, const AttentionGradients& g, Attent
 // `weights` (when requested). The single place that checks the public API's inputs.
 AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options,
                               const char* who);
+// make_problem's checks of everything but the dtypes of q, k, v; their pointers are left null (the
+// bfloat16/float16 entry fills its own).
+AttentionProblem make_problem_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options,
+                                     const char* who);
+inline bool is_lowp(DType t) { return t == DType::kBFloat16 || t == DType::kFloat16; }
+// scaled_dot_product_attention on bfloat16 or float16 q, k, v (src/ops/attention_lowp.cc).
+AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                  const AttentionOptions& options);
 // Checks and broadcasts `mask` against [B, H, Lq, Lk] into p (shared by the public API and MHA).
 void set_mask(AttentionProblem& p, const Tensor& mask, const char* who, const char* arg);
 // Checks key_padding_mask [B, Lk] and the remaining options, fills them into p.

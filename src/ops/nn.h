@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -54,12 +55,22 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
 
-// Int8 weights, one scale per output row (CTranslate2's scheme): w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127.
+struct Bf16Matmul;  // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
+
+// A projection's inference copy. Int8 weights, one scale per output row (CTranslate2's scheme):
+// w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout.
 struct QuantizedMatrix {
   std::vector<int8_t> q;     // [N, K]
   std::vector<float> scale;  // [N]
   int64_t N = 0, K = 0;
+  std::shared_ptr<const Bf16Matmul> bf16;  // instead of q and scale
 };
+// w: [N, K] float32 -> bfloat16 (round to nearest even), reordered once for oneDNN's bf16 x bf16 -> f32 matmul.
+QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K);
+// y = x·Wᵀ + b with W bfloat16: x rounded to bfloat16 on the fly, float32 sums (AVX512_BF16 where the
+// processor has it; oneDNN chooses). y: [M, N]; x: [M, K]; b: [N] or nullptr
+void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue = {});
 // w: [N, K] float32 -> per-row int8 (scale = max|w[n, :]| / 127, round to nearest; / 63 on processors
 // without VNNI, where oneDNN's int8 GEMM would otherwise saturate).
 QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K);
@@ -69,10 +80,12 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K);
 // y: [M, N]; x: [M, K]; b: [N] or nullptr
 void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                          LinearEpilogue epilogue = {});
-// The projection every layer runs: int8 when qw is given (a quantised model's inference), else float32.
+// The projection every layer runs: int8 or bf16 when qw is given (a quantised model's inference), else float32.
 inline void linear_forward(float* y, const float* x, const float* w, const QuantizedMatrix* qw, const float* b,
                            int64_t M, int64_t N, int64_t K, LinearEpilogue epilogue = {}) {
-  if (qw)
+  if (qw && qw->bf16)
+    linear_forward_bf16(y, x, *qw, b, M, epilogue);
+  else if (qw)
     linear_forward_int8(y, x, *qw, b, M, epilogue);
   else
     linear_forward(y, x, w, b, M, N, K, epilogue);

@@ -262,3 +262,55 @@ def test_live_multihead_attention_parity():
     got, got_w = layer(x.numpy(), x.numpy(), x.numpy(), attn_mask=mask.numpy())
     assert np.abs(got - want.numpy()).max() < 1e-5
     assert np.abs(got_w - want_w.numpy()).max() < 1e-5
+
+
+# ---------------------------------------------------------------- bfloat16 / float16
+def _lowp_inputs():
+    q, k, v = rand(2, 4, 9, 16), rand(2, 2, 13, 16), rand(2, 2, 13, 8)
+    return q, k, v
+
+
+def test_float16_arrays_run_the_16_bit_kernel_and_return_float16():
+    q, k, v = _lowp_inputs()
+    q16, k16, v16 = q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)
+    # the reference on the same rounded inputs
+    ref = attn.scaled_dot_product_attention(q16.astype(np.float32), k16.astype(np.float32), v16.astype(np.float32),
+                                            is_causal=True, enable_gqa=True, impl="reference")
+    out = attn.scaled_dot_product_attention(q16, k16, v16, is_causal=True, enable_gqa=True)
+    assert out.dtype == np.float16 and out.shape == ref.shape
+    assert np.abs(out.astype(np.float32) - ref).max() <= 2 * 2.0 ** -11 * np.abs(v16).max() + 1e-5
+    out, w = attn.scaled_dot_product_attention(q16, k16, v16, enable_gqa=True, return_weights=True)
+    assert out.dtype == np.float16 and w.dtype == np.float32
+
+
+def _bf16_reference(q, k, v):
+    """The reference on the inputs rounded to bfloat16 (nearest even, through torch or ml_dtypes)."""
+    torch = pytest.importorskip("torch")
+    r = [torch.from_numpy(x).bfloat16().float().numpy() for x in (q, k, v)]
+    return attn.scaled_dot_product_attention(*r, enable_gqa=True, impl="reference")
+
+
+def test_bfloat16_torch_tensors_run_the_16_bit_kernel():
+    torch = pytest.importorskip("torch")
+    q, k, v = _lowp_inputs()
+    out = attn.scaled_dot_product_attention(*(torch.from_numpy(x).bfloat16() for x in (q, k, v)), enable_gqa=True)
+    assert out.dtype == torch.bfloat16 or out.dtype.name == "bfloat16"  # ml_dtypes.bfloat16 when installed
+    got = out.float().numpy() if isinstance(out, torch.Tensor) else out.astype(np.float32)
+    assert np.abs(got - _bf16_reference(q, k, v)).max() <= 2 * 2.0 ** -8 * np.abs(v).max() + 1e-5
+
+
+def test_bfloat16_from_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    q, k, v = _lowp_inputs()
+    qb, kb, vb = (x.astype(ml_dtypes.bfloat16) for x in (q, k, v))
+    ref = attn.scaled_dot_product_attention(qb.astype(np.float32), kb.astype(np.float32), vb.astype(np.float32),
+                                            enable_gqa=True, impl="reference")
+    out = attn.scaled_dot_product_attention(qb, kb, vb, enable_gqa=True)
+    assert out.dtype == ml_dtypes.bfloat16
+    assert np.abs(out.astype(np.float32) - ref).max() <= 2 * 2.0 ** -8 * np.abs(v).max() + 1e-5
+
+
+def test_mixed_precisions_raise_type_error_naming_the_argument():
+    q, k, v = _lowp_inputs()
+    with pytest.raises(TypeError, match="k is float32"):
+        attn.scaled_dot_product_attention(q.astype(np.float16), k, v.astype(np.float16), enable_gqa=True)

@@ -37,18 +37,17 @@ std::vector<double> time_runs(int repeat, F&& f) {
 }
 
 void report(const char* what, const std::string& shape, const std::vector<double>& ms, double flops, bool json,
-            const std::string& extra_json) {
+            const std::string& extra_json, const char* isa = fused_kernel_isa()) {
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
   const double gflops = flops / (median * 1e-3) / 1e9;
   if (json) {
     std::printf(
         "{\"bench\": \"%s\", %s, \"median_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"gflops\": %.2f, "
         "\"peak_rss_mb\": %.1f, \"simd\": \"%s\"%s}\n",
-        what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), fused_kernel_isa(),
-        extra_json.c_str());
+        what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), isa, extra_json.c_str());
   } else {
     std::printf("%s  %s\n  median %.3f ms   min %.3f ms   max %.3f ms   %.1f GFLOP/s   peak RSS %.0f MB   simd %s\n",
-                what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), fused_kernel_isa());
+                what, shape.c_str(), median, ms.front(), ms.back(), gflops, peak_rss_mb(), isa);
   }
 }
 
@@ -58,18 +57,19 @@ struct SdpaBench {
   float dropout = 0.0f;
   int64_t window = 0;
   int threads = 0, repeat = 5;
-  std::string impl = "fused";
+  std::string impl = "fused", dtype = "f32";
 };
 
 std::string sdpa_shape_json(const SdpaBench& a, int64_t G, int64_t Lk) {
-  char shape[320];
+  char shape[360];
   std::snprintf(
       shape, sizeof shape,
       "\"impl\": \"%s\", \"batch\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"q_len\": %lld, \"kv_len\": %lld, "
-      "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d, \"dropout\": %g",
+      "\"head_dim\": %lld, \"causal\": %s, \"window\": %lld, \"threads\": %d, \"dropout\": %g, \"dtype\": \"%s\"",
       a.impl.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.heads), static_cast<long long>(G),
       static_cast<long long>(a.q_len), static_cast<long long>(Lk), static_cast<long long>(a.head_dim),
-      a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads, static_cast<double>(a.dropout));
+      a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads, static_cast<double>(a.dropout),
+      a.dtype.c_str());
   return shape;
 }
 
@@ -113,9 +113,12 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
 
 void run_sdpa_bench(const SdpaBench& a) {
   const int64_t G = a.kv_heads ? a.kv_heads : a.heads, Lk = a.kv_len ? a.kv_len : a.q_len;
-  const Tensor q = random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1);
-  const Tensor k = random_tensor({a.batch, G, Lk, a.head_dim}, 2);
-  const Tensor v = random_tensor({a.batch, G, Lk, a.head_dim}, 3);
+  // --dtype bf16|f16: the same random inputs rounded to it (nearest even)
+  const DType dt = parse_dtype(a.dtype);
+  if (dt != DType::kFloat32 && a.backward) throw ArgumentError("--backward needs --dtype f32");
+  const Tensor q = to_dtype(random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1), dt);
+  const Tensor k = to_dtype(random_tensor({a.batch, G, Lk, a.head_dim}, 2), dt);
+  const Tensor v = to_dtype(random_tensor({a.batch, G, Lk, a.head_dim}, 3), dt);
   AttentionOptions o;
   o.causal = a.causal ? CausalAlignment::kBottomRight : CausalAlignment::kNone;
   o.window = a.window;
@@ -129,16 +132,26 @@ void run_sdpa_bench(const SdpaBench& a) {
                  static_cast<double>(a.batch * a.heads);
   if (a.causal) flops /= 2;
   // K and V bytes read per call, for the memory-bound decode case
-  const double kv_bytes = 2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * 4.0;
+  const double kv_bytes =
+      2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * static_cast<double>(dtype_size(dt));
   const double median = median_of(ms);
   // the machine's FMA ceiling at the same thread count, measured now: the share of it this call reached
   const double peak = measure_fma_peak(a.threads, 0.2), gflops = flops / (median * 1e-3) / 1e9;
   char extra[160];
   std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f, \"peak_gflops\": %.1f, \"peak_share\": %.3f",
                 kv_bytes / (median * 1e-3) / 1e9, peak, gflops / peak);
-  report("sdpa", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra);
-  if (!a.json)
-    std::printf("  %.0f%% of this machine's FMA peak (%.1f GFLOP/s, measured now)\n", 100.0 * gflops / peak, peak);
+  // vdpbf16ps retires as many instructions per cycle as vfmadd231ps with twice the multiply-adds per lane (Zen 4,
+  // measured): the bf16 dot kernel's ceiling is twice the float32 FMA peak.
+  const bool dot = std::string(fused_kernel_isa(dt)) == "avx512-bf16";
+  std::string extra_json = extra;
+  if (dot) extra_json += ", \"bf16_peak_share\": " + std::to_string(gflops / (2.0 * peak));
+  report("sdpa", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra_json, fused_kernel_isa(dt));
+  if (!a.json) {
+    std::printf("  %.0f%% of this machine's float32 FMA peak (%.1f GFLOP/s, measured now)", 100.0 * gflops / peak,
+                peak);
+    if (dot) std::printf(", %.0f%% of the vdpbf16ps ceiling (twice that)", 50.0 * gflops / peak);
+    std::printf("\n");
+  }
 }
 
 struct MhaBench {
@@ -202,8 +215,9 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 }
 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
-void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json) {
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model));
+void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json,
+                     const std::string& dtype) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_dtype(dtype));
   static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
                                  "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
                                  "which",     "tokens",   "matter", "for",      "translation", "today"};
@@ -220,9 +234,9 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
   const double per_s = static_cast<double>(count) / (median * 1e-3);
   if (json)
     std::printf(
-        "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"median_ms\": %.2f, "
-        "\"sentences_per_s\": %.1f}\n",
-        static_cast<long long>(count), static_cast<long long>(batch), threads, median, per_s);
+        "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"dtype\": \"%s\", "
+        "\"median_ms\": %.2f, \"sentences_per_s\": %.1f}\n",
+        static_cast<long long>(count), static_cast<long long>(batch), threads, dtype.c_str(), median, per_s);
   else
     std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n",
                 static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
@@ -301,6 +315,10 @@ void add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   sdpa->add_flag("--json", s->json, "one JSON line");
+  sdpa->add_option("--dtype", s->dtype,
+                   "f32, bf16 or f16: q, k, v in that dtype (bf16 uses vdpbf16ps where the CPU has AVX512_BF16); the "
+                   "peak share is of the float32 FMA peak")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   sdpa->add_flag("--backward", s->backward, "time forward+backward and the backward alone (fused backward)");
   sdpa->add_option("--dropout", s->dropout, "attention dropout probability (fused into the kernels)")
       ->check(CLI::Range(0.0, 1.0));
@@ -330,7 +348,7 @@ void add_bench(CLI::App& app) {
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
 
   struct EmbedBench {
-    std::string model;
+    std::string model, dtype = "f32";
     int64_t count = 256, batch = 32;
     int threads = 0, repeat = 3;
     bool json = false;
@@ -343,7 +361,10 @@ void add_bench(CLI::App& app) {
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores");
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
-  emb->callback([eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json); });
+  emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  emb->callback(
+      [eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, eb->dtype); });
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);
   CLI::App* peak = bench->add_subcommand("peak", "this machine's FMA ceiling (widest vectors, 1 thread and all)");
@@ -357,7 +378,8 @@ void add_bench(CLI::App& app) {
   tr->add_option("--model", tb->model, "model directory; default: the shipped model");
   tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::PositiveNumber);
   tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
-  tr->add_option("--quantize", tb->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
+  tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
+      ->check(CLI::IsMember({"none", "int8", "bf16"}));
   tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
   tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);

@@ -45,7 +45,7 @@ std::string resolve_minilm_dir(const std::string& flag) {
 namespace {
 
 struct EmbedArgs {
-  std::string model, out;
+  std::string model, out, dtype = "f32";
   std::vector<std::string> text;
   int64_t batch = 32;
   int threads = 0;
@@ -56,7 +56,7 @@ struct EmbedArgs {
 // are embedded, and the exit status is non-zero at the end. --strict, or sentences given as arguments:
 // the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model), parse_dtype(a.dtype));
   const bool from_stdin = a.text.empty();
   const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;
   if (sentences.empty()) throw ArgumentError("no input: give sentences as arguments or one per line on standard input");
@@ -132,6 +132,10 @@ void add_embed(CLI::App& app) {
   sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
   sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
   sub->add_option("--threads", e->threads, "threads; 0 = all cores");
+  sub->add_option("--dtype", e->dtype,
+                  "f32 or bf16: bf16 rounds every dense layer's weights and inputs to bfloat16 (float32 sums, oneDNN's "
+                  "bf16 matmul); embeddings, attention and LayerNorm stay float32")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_flag("--strict", e->strict,
                 "stop at the first bad line (not UTF-8), before writing anything; without it a bad line of standard "
                 "input gives a row of NaN, an error on stderr and a non-zero exit status at the end");

@@ -46,6 +46,7 @@ void run_mha(const MhaArgs& a) {
   io::Safetensors st;
   try {
     st = io::read_safetensors(a.weights);
+    io::widen_to_float32(st.tensors);
   } catch (const Error& e) {
     throw FormatError(std::string("--weights: ") + e.what());
   }

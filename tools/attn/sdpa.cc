@@ -10,7 +10,7 @@ namespace attn::cli {
 namespace {
 
 struct SdpaArgs {
-  std::string q, k, v, out, mask, key_padding_mask, causal = "none", weights, alibi, impl = "auto";
+  std::string q, k, v, out, mask, key_padding_mask, causal = "none", weights, alibi, impl = "auto", dtype;
   std::optional<float> scale;
   int64_t window = 0;
   int threads = 0;
@@ -31,8 +31,13 @@ void run_sdpa_on_ring(const SdpaArgs& a) {
 }
 
 void run_sdpa(const SdpaArgs& a) {
+  if (a.ring && !a.dtype.empty()) throw ArgumentError("--dtype is not supported with --ring");
   if (a.ring) return run_sdpa_on_ring(a);
-  const Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
+  Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
+  if (!a.dtype.empty()) {  // float32 (or float16) inputs rounded to the compute dtype, nearest even
+    const DType dt = parse_dtype(a.dtype);
+    q = to_dtype(q, dt), k = to_dtype(k, dt), v = to_dtype(v, dt);
+  }
   AttentionOptions o;
   if (!a.mask.empty()) o.mask = load_npy_flag("--mask", a.mask);
   if (!a.key_padding_mask.empty()) o.key_padding_mask = load_npy_flag("--key-padding-mask", a.key_padding_mask);
@@ -44,7 +49,9 @@ void run_sdpa(const SdpaArgs& a) {
   o.impl = parse_impl(a.impl);
   o.num_threads = a.threads;
   const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
-  std::vector<std::pair<std::string, Tensor>> outputs = {{a.out, r.output}};
+  // With --dtype the file holds the low-precision result widened to float32 (exact).
+  const Tensor out = a.dtype.empty() ? r.output : to_dtype(r.output, DType::kFloat32);
+  std::vector<std::pair<std::string, Tensor>> outputs = {{a.out, out}};
   if (!a.weights.empty()) outputs.emplace_back(a.weights, r.weights);
   write_outputs(outputs);
 }
@@ -60,7 +67,7 @@ void add_sdpa(CLI::App& app) {
       "Q [B, H, Lq, D], K [B, Hkv, Lk, D], V [B, Hkv, Lk, Dv] -> out [B, H, Lq, Dv]; H must be a multiple of Hkv\n"
       "(grouped-query attention: query head h uses K/V head h / (H / Hkv)).\n"
       "A query row whose keys are all masked gets output 0 and weights 0 (never NaN).");
-  sub->add_option("--q", args->q, "queries Q [B, H, Lq, D] (.npy, float32 or float64)")->required();
+  sub->add_option("--q", args->q, "queries Q [B, H, Lq, D] (.npy, float32, float64 or float16)")->required();
   sub->add_option("--k", args->k, "keys K [B, Hkv, Lk, D] (.npy)")->required();
   sub->add_option("--v", args->v, "values V [B, Hkv, Lk, Dv] (.npy)")->required();
   sub->add_option("--out", args->out, "output [B, H, Lq, Dv] (.npy, float32); written only if everything succeeds")
@@ -83,6 +90,11 @@ void add_sdpa(CLI::App& app) {
                   "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sub->add_option("--threads", args->threads, "threads; 0 = all cores");
+  sub->add_option("--dtype", args->dtype,
+                  "compute in f32, bf16 or f16: q, k and v are rounded to it first (nearest even), the kernel sums "
+                  "in float32, and --out holds the bf16/f16 result as float32. Masks stay bool/float32. Without it, "
+                  "inputs are used as read (float16 .npy files compute in float16 and write float16)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   sub->add_flag("--ring", args->ring,
                 "ring attention under mpirun (mpirun -np N attn sdpa ... --ring): every rank reads the inputs and "
                 "keeps its chunk of the sequence, K/V chunks travel around the ranks, rank 0 writes the output. "

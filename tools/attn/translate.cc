@@ -44,12 +44,14 @@ std::string resolve_model_dir(const std::string& flag) {
 
 namespace {
 
-Translator load_translator(const std::string& flag, const std::string& quantize) {
-  return Translator::load(resolve_model_dir(flag), parse_quantization(quantize));
+// --quantize int8 and --dtype bf16 both pick the projections' inference copies (Quantization).
+Translator load_translator(const std::string& flag, const std::string& quantize, const std::string& dtype = "f32") {
+  if (dtype == "bf16" && quantize != "none") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
+  return Translator::load(resolve_model_dir(flag), parse_quantization(dtype == "bf16" ? "bf16" : quantize));
 }
 
 struct TranslateArgs {
-  std::string model, quantize = "none";
+  std::string model, quantize = "none", dtype = "f32";
   TranslateOptions options;
   bool strict = false;
   std::vector<std::string> text;
@@ -61,7 +63,7 @@ struct TranslateArgs {
 void run_translate(const TranslateArgs& a) {
   if (a.options.beam < 1 || a.options.beam > 64)
     throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
-  const Translator translator = load_translator(a.model, a.quantize);
+  const Translator translator = load_translator(a.model, a.quantize, a.dtype);
   const bool from_stdin = a.text.empty();
   std::vector<std::string> lines;
   if (from_stdin) {
@@ -138,6 +140,10 @@ void add_translate(CLI::App& app) {
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
   sub->add_option("--quantize", t->quantize, "none or int8 (int8 weights and activations, oneDNN GEMMs)")
       ->check(CLI::IsMember({"none", "int8"}));
+  sub->add_option("--dtype", t->dtype,
+                  "f32 or bf16: bf16 rounds every projection's weights and inputs to bfloat16 (float32 sums, oneDNN's "
+                  "bf16 matmul; AVX512_BF16 where the CPU has it); attention and normalisation stay float32")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--max-length", t->options.max_length,
                   "longest output in tokens (EOS included); default per sentence: 2 x its source tokens + 8, at most "
                   "the model's max_len")
@@ -160,7 +166,7 @@ void add_translate(CLI::App& app) {
       ->check(CLI::IsMember({"test", "validation", "train"}));
   ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
   ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
-  ev->add_option("--quantize", e->quantize, "none or int8")->check(CLI::IsMember({"none", "int8"}));
+  ev->add_option("--quantize", e->quantize, "none, int8 or bf16")->check(CLI::IsMember({"none", "int8", "bf16"}));
   ev->add_option("--seed", e->seed, "data seed");
   ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");
   ev->callback([e] { run_eval(*e); });

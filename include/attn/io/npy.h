@@ -1,7 +1,8 @@
 // attn/io/npy.h: NumPy .npy files (format versions 1, 2 and 3).
 //
-// Reads little-endian float32 ('<f4'), float64 ('<f8', converted to float32) and bool ('|b1'), C order.
-// Writes float32 or bool, format version 1 (version 2 when the header needs it).
+// Reads little-endian float32 ('<f4'), float64 ('<f8', converted to float32), float16 ('<f2', kept as
+// float16) and bool ('|b1'), C order. Writes float32, float16 or bool, format version 1 (version 2 when the
+// header needs it); bfloat16 has no NumPy dtype and throws DTypeError.
 // Throws FormatError on anything else: a bad magic, an unsupported dtype or Fortran order, a header
 // that is malformed or longer than 1 MiB, a shape whose byte count disagrees with the file's size (the
 // header is checked against the real size before anything is allocated).

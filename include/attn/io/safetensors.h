@@ -1,6 +1,7 @@
 // attn/io/safetensors.h: Hugging Face .safetensors files.
 //
-// Reads F32, F16, BF16, F64, I64 and I32 (all converted to float32) and BOOL; writes F32 and BOOL.
+// Reads F32, BF16 and F16 (kept as float32, bfloat16, float16), F64, I64 and I32 (converted to float32) and
+// BOOL; writes F32, BF16, F16 and BOOL. Model loaders widen BF16/F16 weights to float32 (to_dtype).
 // Throws FormatError on a truncated or corrupt file: a header length past the file's end or over
 // 100 MiB, invalid JSON, a missing or mistyped field, an unsupported dtype, data offsets outside the
 // data or disagreeing with the shape. Nothing is allocated from a size the file has not backed.
@@ -28,6 +29,10 @@ struct Safetensors {
 
 Safetensors read_safetensors(const std::string& path);
 Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what);
+
+// Widens every bfloat16/float16 tensor of `tensors` to float32 (exact), in place: the model loaders' step,
+// so a checkpoint saved in BF16 or F16 loads into float32 models.
+void widen_to_float32(std::map<std::string, Tensor>& tensors);
 
 // Writes atomically (temporary file, then rename).
 void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,

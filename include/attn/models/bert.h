@@ -31,7 +31,10 @@ struct BertConfig {
 
 class SentenceEncoder {
  public:
-  static SentenceEncoder load(const std::string& dir);
+  // dtype kBFloat16: the dense layers (attention projections, feed-forward) run bfloat16 weights and inputs with
+  // float32 sums (oneDNN's bf16 matmul); embeddings, attention and LayerNorm stay float32. kFloat32 otherwise;
+  // anything else throws DTypeError.
+  static SentenceEncoder load(const std::string& dir, DType dtype = DType::kFloat32);
 
   // [N, hidden_size] sentence embeddings in input order (mean pooling, L2-normalised when the model
   // says so), computed in batches of batch_size sentences of similar length, padded to their longest.

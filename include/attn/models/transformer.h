@@ -43,9 +43,10 @@ struct TransformerConfig {
 };
 
 // How the model's projections compute: float32, or int8 weights with a scale per output row and activations
-// quantised per row on the fly (inference only; CTranslate2's int8 scheme, through oneDNN).
-enum class Quantization : uint8_t { kNone, kInt8 };
-// "none" | "int8", and the inverse (ArgumentError naming the accepted values).
+// quantised per row on the fly (inference only; CTranslate2's int8 scheme, through oneDNN), or bfloat16
+// weights and activations with float32 sums (inference only; oneDNN's bf16 matmul).
+enum class Quantization : uint8_t { kNone, kInt8, kBFloat16 };
+// "none" | "int8" | "bf16", and the inverse (ArgumentError naming the accepted values).
 const char* quantization_name(Quantization q);
 Quantization parse_quantization(const std::string& name);
 

@@ -1,0 +1,57 @@
+// Internal: the bfloat16/float16 attention kernel (src/cpu/attention_lowp_kernels.cc), one entry point per
+// compiled instruction set, and the choice between them.
+//
+// Q, K, V and the output are 16-bit (all bfloat16 or all float16); the masks, the ALiBi slopes, lse and
+// every sum stay float32: S = Q·Kᵀ accumulates in float32, the online softmax runs in float32, and the
+// output is rounded once at the end (round to nearest even). Two ways to multiply:
+//   dot      (bfloat16 on AVX512_BF16: vdpbf16ps) Q·Kᵀ on bfloat16 pairs; P rounded to bfloat16 for P·V,
+//            as PyTorch's CPU kernel does; float32 accumulators
+//   convert  (everything else) tiles widened to float32 as they are packed, then fp32 FMA micro-kernels
+//            (tile_kernels.h): float16 through F16C vcvtph2ps, bfloat16 by a 16-bit shift
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/attention_fused.h"
+#include "cpu/attention_problem.h"
+
+namespace attn::detail {
+
+enum class LowpType : uint8_t { kBFloat16, kFloat16 };
+
+// The fp32 problem's sizes, strides, masks and options, with 16-bit q, k, v and output in its layouts
+// (p.q, p.k, p.v, p.o are null; p.lse is float32 when asked for; weights are never asked for here).
+struct LowpAttentionProblem {
+  AttentionProblem p;
+  LowpType type = LowpType::kBFloat16;
+  const uint16_t* q = nullptr;  // [B, H, Lq, D]     with p's q strides
+  const uint16_t* k = nullptr;  // [B, Hkv, Lk, D]   with p's k strides
+  const uint16_t* v = nullptr;  // [B, Hkv, Lk, Dv]  with p's v strides
+  uint16_t* o = nullptr;        // [B, H, Lq, Dv]    with p's o strides
+};
+
+namespace scalar {
+void attention_lowp(const LowpAttentionProblem& lp);
+}
+namespace avx2 {
+void attention_lowp(const LowpAttentionProblem& lp);
+}
+namespace avx512 {
+void attention_lowp(const LowpAttentionProblem& lp);
+}
+namespace avx512bf16 {  // the avx512 kernel with vdpbf16ps for bfloat16 (float16 as avx512)
+void attention_lowp(const LowpAttentionProblem& lp);
+}
+
+// Does this processor have AVX512_BF16 (and AVX-512)?
+bool bf16_dot_supported();
+// Whether bfloat16 uses vdpbf16ps at the avx512 level: where supported, unless ATTN_BF16_DOT=0 or
+// force_bf16_dot(false) (tests, benchmarks) turned it off.
+bool bf16_dot_active();
+void force_bf16_dot(bool on);
+// The kernel attention_lowp runs for `type` now: "avx512-bf16" | "avx512" | "avx2" | "scalar".
+const char* lowp_kernel_name(LowpType type);
+// Runs the kernel of simd_level_active() (and bf16_dot_active()).
+void attention_lowp(const LowpAttentionProblem& lp);
+
+}  // namespace attn::detail

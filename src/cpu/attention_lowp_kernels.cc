@@ -1,0 +1,740 @@
+// The bfloat16/float16 attention kernel: the fused kernel's FlashAttention-2 forward
+// (attention_fused_kernels.cc: tiles, online softmax, key splits for decode, the non-finite fallback) on
+// 16-bit Q, K, V, with float32 accumulation, a float32 softmax and one rounding of the output. Compiled once
+// per instruction set (ATTN_TARGET = avx512bf16, avx512, avx2, scalar; attention_lowp.cc picks one).
+//
+// For each task (b, h, query tile of up to kBq rows, key split):
+//   S = Q_tile · K_tᵀ                  dot: vdpbf16ps on bfloat16 pairs, × scale   convert: (scale·Q) · K_tᵀ
+//   S = mask(S); online softmax (m, l) in float32, dropout as the fp32 kernel
+//   acc += P · V_t                     dot: P rounded to bfloat16, vdpbf16ps        convert: fp32 FMA
+//   out = round16(acc / l)
+// Whole-call packing (more than 4 queries), shared by every query tile and every head of a group:
+//   dot      Kᵀ as [key tile, D/2, kBk, 2] and V as [key tile, kBk/2, Dvp, 2] bfloat16: the pairs vdpbf16ps
+//            multiplies (zero-padded: odd D, odd key counts, Dv up to whole vectors)
+//   convert  Kᵀ as [key tile, D, kBk] and V as [key tile, kBk, Dvp] float32: the fp32 micro-kernels'
+//            operands (gemm_abt, rank_update), widened once
+// Few queries (decode) read K's rows and widen V's tile by tile, as the fp32 kernel's dot-product path.
+// A V tile holding NaN or Inf under a zero weight takes rank_update_nonzero in float32 (a hidden key never
+// influences), and a row whose state comes out non-finite is redone term by term (the fp32 kernel's rule).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "attn/half.h"
+#include "cpu/attention_lowp.h"
+#include "cpu/simd.h"
+#include "cpu/threads.h"
+#include "cpu/tile_kernels.h"
+#include "cpu/tile_traits.h"
+
+#ifndef ATTN_TARGET
+#error "compile this file with -DATTN_TARGET=avx512bf16|avx512|avx2|scalar"
+#endif
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define ATTN_LOWP_DOT 1
+#else
+#define ATTN_LOWP_DOT 0
+#endif
+
+namespace attn::detail::ATTN_TARGET {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
+static_assert(kBk % (Tiles::kScoreVecs * W) == 0 && kBk % 2 == 0);
+
+// ---- Conversions -------------------------------------------------------------------------------------------
+
+template <LowpType T>
+inline float widen(uint16_t h) {
+  if constexpr (T == LowpType::kBFloat16) return bf16_to_float(h);
+  return f16_to_float(h);
+}
+
+template <LowpType T>
+inline uint16_t narrow(float f) {
+  if constexpr (T == LowpType::kBFloat16) return float_to_bf16(f);
+  return float_to_f16(f);
+}
+
+// W values at p widened to float32.
+template <LowpType T>
+inline Vec load_wide(const uint16_t* p) {
+#if defined(__AVX512F__)
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if constexpr (T == LowpType::kBFloat16)
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  else
+    return {_mm512_cvtph_ps(h)};
+#elif defined(__AVX2__)
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (T == LowpType::kBFloat16)
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  else
+    return {_mm256_cvtph_ps(h)};
+#else
+  float buf[W];
+  for (int i = 0; i < W; ++i) buf[i] = widen<T>(p[i]);
+  return Vec::load(buf);
+#endif
+}
+
+// dst[0, n) = src[0, n) widened.
+template <LowpType T>
+inline void widen_row(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) load_wide<T>(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = widen<T>(src[i]);
+}
+
+// dst[0, n) = round16(src[0, n) · mul), to nearest even, NaN kept (the same bits as attn/half.h).
+template <LowpType T>
+inline void narrow_row(const float* src, int64_t n, float mul, uint16_t* dst) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(src + i), _mm512_set1_ps(mul));
+    __m256i h;
+    if constexpr (T == LowpType::kFloat16) {
+      h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m512i u = _mm512_castps_si512(x);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+      const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+      h = _mm512_cvtepi32_epi16(r);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), h);
+  }
+#elif defined(__AVX2__)
+  if constexpr (T == LowpType::kFloat16)
+    for (; i + 8 <= n; i += 8) {
+      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(src + i), _mm256_set1_ps(mul));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+#endif
+  for (; i < n; ++i) dst[i] = narrow<T>(src[i] * mul);
+}
+
+// Does any of the n × width 16-bit values (row stride rs) hold NaN or Inf (an all-ones exponent)?
+template <LowpType T>
+inline bool any_nonfinite(const uint16_t* x, int64_t rs, int64_t n, int64_t width) {
+  constexpr uint16_t kExp = T == LowpType::kBFloat16 ? 0x7f80 : 0x7c00;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = x + j * rs;
+    int64_t d = 0;
+#if defined(__AVX512BW__)
+    const __m512i e = _mm512_set1_epi16(static_cast<short>(kExp));
+    for (; d + 32 <= width; d += 32)
+      if (_mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(row + d), e), e)) return true;
+#elif defined(__AVX2__)
+    const __m256i e = _mm256_set1_epi16(static_cast<short>(kExp));
+    for (; d + 16 <= width; d += 16)
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(
+              _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d)), e), e)))
+        return true;
+#endif
+    for (; d < width; ++d)
+      if ((row[d] & kExp) == kExp) return true;
+  }
+  return false;
+}
+
+// ---- The dot micro-kernels (vdpbf16ps): the pairs layout -------------------------------------------------------
+
+#if ATTN_LOWP_DOT
+// c[r·c_rs + col] = mul · Σ_d a(r, d)·bt(d, col) for R rows, `cols` columns (a multiple of C·16): a holds each
+// row's bfloat16 pairs (d, d+1) as uint32 (a_rs pairs a row), bt the pairs [pairs, bt_cols, 2].
+template <int R, int C>
+inline void dot_scores_tile(const uint32_t* a, int64_t a_rs, const uint16_t* bt, int64_t bt_cols, int64_t pairs,
+                            int64_t cols, float mul, float* c, int64_t c_rs) {
+  for (int64_t c0 = 0; c0 < cols; c0 += C * 16) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < C; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t d2 = 0; d2 < pairs; ++d2) {
+      __m512i b[C];
+      for (int v = 0; v < C; ++v) b[v] = _mm512_loadu_si512(bt + (d2 * bt_cols + c0 + v * 16) * 2);
+      for (int r = 0; r < R; ++r) {
+        const __m512i ab = _mm512_set1_epi32(static_cast<int>(a[r * a_rs + d2]));
+        for (int v = 0; v < C; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)ab, (__m512bh)b[v]);
+      }
+    }
+    const __m512 m = _mm512_set1_ps(mul);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < C; ++v) _mm512_storeu_ps(c + r * c_rs + c0 + v * 16, _mm512_mul_ps(acc[r][v], m));
+  }
+}
+
+// S[rows, cols] = mul · A · Bᵀ in the pairs layout; cols a multiple of kScoreVecs·16.
+inline void dot_scores(const uint32_t* a, int64_t a_rs, const uint16_t* bt, int64_t pairs, int64_t rows, int64_t cols,
+                       float mul, float* c, int64_t c_rs) {
+  constexpr int R = Tiles::kScoreRows, C = Tiles::kScoreVecs;
+  int64_t r = 0;
+  for (; r + R <= rows; r += R)
+    dot_scores_tile<R, C>(a + r * a_rs, a_rs, bt, kBk, pairs, cols, mul, c + r * c_rs, c_rs);
+  if (r < rows)
+    with_const<R>(static_cast<int>(rows - r), [&](auto RR) {
+      dot_scores_tile<decltype(RR)::value, C>(a + r * a_rs, a_rs, bt, kBk, pairs, cols, mul, c + r * c_rs, c_rs);
+    });
+}
+
+// acc[r, v·16 ...] += Σ_j2 P(r, pair j2) · V(pair j2, v·16 ...): P's rows as uint32 pairs (p_rs a row), V as
+// [pairs, Dvp, 2] (vb_rs = 2·Dvp values a pair row).
+template <int R, int C>
+inline void dot_pv_tile(const uint32_t* P, int64_t p_rs, int64_t pairs, const uint16_t* vb, int64_t vb_rs, float* acc,
+                        int64_t acc_rs) {
+  __m512 a[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < C; ++v) a[r][v] = _mm512_loadu_ps(acc + r * acc_rs + v * 16);
+  for (int64_t j2 = 0; j2 < pairs; ++j2) {
+    __m512i b[C];
+    for (int v = 0; v < C; ++v) b[v] = _mm512_loadu_si512(vb + j2 * vb_rs + v * 32);
+    for (int r = 0; r < R; ++r) {
+      const __m512i ab = _mm512_set1_epi32(static_cast<int>(P[r * p_rs + j2]));
+      for (int v = 0; v < C; ++v) a[r][v] = _mm512_dpbf16_ps(a[r][v], (__m512bh)ab, (__m512bh)b[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < C; ++v) _mm512_storeu_ps(acc + r * acc_rs + v * 16, a[r][v]);
+}
+
+inline void dot_pv(const uint32_t* P, int64_t p_rs, int64_t rows, int64_t pairs, const uint16_t* vb, int64_t vecs,
+                   float* acc, int64_t acc_rs) {
+  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
+    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
+      with_const<Tiles::kPvRows>(R, [&](auto RR) {
+        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
+          dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(P + r * p_rs, p_rs, pairs, vb + c * 32, vecs * 32,
+                                                                acc + r * acc_rs + c * 16, acc_rs);
+        });
+      });
+    }
+  }
+}
+#endif
+
+// ---- The plan and the call's buffers ---------------------------------------------------------------------------
+
+struct LowpPlan {
+  int threads = 1;
+  bool dot = false;          // vdpbf16ps (bfloat16 on the avx512bf16 build), else convert
+  bool keys_packed = false;  // more than 4 queries: K and V packed once per call
+  int64_t Dp = 0;            // D rounded up to even (pairs)
+  int64_t Dvp = 0;           // Dv rounded up to whole vectors
+  int64_t query_tiles = 0, tile_tasks = 0, splits = 1, key_tiles = 0, row_state = 0;
+  int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
+};
+
+template <LowpType T>
+LowpPlan plan_lowp(const AttentionProblem& p) {
+  LowpPlan plan;
+  plan.threads = resolve_threads(p.num_threads);
+  plan.dot = ATTN_LOWP_DOT && T == LowpType::kBFloat16;
+  plan.Dp = round_up(std::max<int64_t>(p.D, 1), 2);
+  plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
+  plan.query_tiles = (p.Lq + kBq - 1) / kBq;
+  plan.tile_tasks = p.B * p.H * plan.query_tiles;
+  plan.key_tiles = (p.Lk + kBk - 1) / kBk;
+  if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
+    plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
+  plan.splits = std::max<int64_t>(plan.splits, 1);
+  plan.row_state = 2 + plan.Dvp;
+  plan.keys_packed = p.Lq > 4;
+  plan.k_tile = (plan.dot ? plan.Dp : std::max<int64_t>(p.D, 1)) * kBk;
+  plan.v_tile = kBk * plan.Dvp;
+  return plan;
+}
+
+// Owned by the calling thread, grown once and reused.
+struct LowpBuffers {
+  float* partial = nullptr;        // [tile_tasks, splits, kBq, row_state]   when splits > 1
+  float* kf = nullptr;             // [B·Hkv·key_tiles, D, kBk]     convert, packed
+  float* vf = nullptr;             // [B·Hkv·key_tiles, kBk, Dvp]   convert, packed
+  uint16_t* kb = nullptr;          // [B·Hkv·key_tiles, Dp/2, kBk, 2]      dot, packed
+  uint16_t* vb = nullptr;          // [B·Hkv·key_tiles, kBk/2, Dvp, 2]     dot, packed
+  uint8_t* v_nonfinite = nullptr;  // [B·Hkv·key_tiles]  does the value tile hold NaN or Inf?
+};
+
+LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
+  thread_local std::vector<float> partial, kf, vf;
+  thread_local std::vector<uint16_t> kb, vb;
+  thread_local std::vector<uint8_t> nonfinite;
+  auto grow = [](auto& b, int64_t n) {
+    if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+    return b.data();
+  };
+  LowpBuffers buf;
+  if (plan.splits > 1) buf.partial = grow(partial, plan.tile_tasks * plan.splits * kBq * plan.row_state);
+  if (plan.keys_packed) {
+    const int64_t tiles = p.B * p.Hkv * plan.key_tiles;
+    if (plan.dot) {
+      buf.kb = grow(kb, tiles * plan.k_tile);
+      buf.vb = grow(vb, tiles * plan.v_tile);
+    } else {
+      buf.kf = grow(kf, tiles * plan.k_tile);
+      buf.vf = grow(vf, tiles * plan.v_tile);
+    }
+    buf.v_nonfinite = grow(nonfinite, tiles);
+  }
+  return buf;
+}
+
+// Per-thread buffers.
+struct Workspace {
+  std::vector<float> qs;                // [kBq, D]       scale · Q tile, float32
+  std::vector<uint32_t> qb;             // [kBq, Dp/2]    dot: the Q tile's bfloat16 pairs (unscaled)
+  std::vector<float> s;                 // [kBq, kBk]     scores, then probabilities
+  std::vector<uint32_t> pb;             // [kBq, kBk/2]   dot: P's bfloat16 pairs
+  std::vector<float> vp;                // [kBk, Dvp]     a value tile widened (decode, non-finite tiles)
+  std::vector<float> acc;               // [kBq, Dvp]
+  std::vector<float> m, l;              // [kBq]
+  std::vector<float> lv;                // [kBq, W]       each row's partial sums of P (l = their sum)
+  std::vector<DropoutGroupCache> drop;  // [kBq]
+  void reserve(int64_t D, int64_t Dp, int64_t Dvp) {
+    auto grow = [](auto& b, int64_t n) {
+      if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+    };
+    grow(qs, kBq * std::max<int64_t>(D, 1));
+    grow(qb, kBq * Dp / 2);
+    grow(s, kBq * kBk);
+    grow(pb, kBq * kBk / 2);
+    grow(vp, kBk * Dvp);
+    grow(acc, kBq * Dvp);
+    grow(m, kBq);
+    grow(l, kBq);
+    grow(lv, kBq * W);
+    grow(drop, kBq);
+  }
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+// ---- Packing -----------------------------------------------------------------------------------------------------
+
+// Key tile t (of [B·Hkv·key_tiles]) packed: dot Kᵀ pairs [Dp/2, kBk, 2], convert Kᵀ [D, kBk]; value tile t packed:
+// dot [kBk/2, Dvp, 2], convert [kBk, Dvp]; zero padding everywhere; and whether the value tile is finite.
+template <LowpType T>
+void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf) {
+  const AttentionProblem& p = lp.p;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
+    const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles, b = bk / p.Hkv, g = bk % p.Hkv;
+    const int64_t j0 = kt * kBk, n = std::min(kBk, p.Lk - j0);
+    const uint16_t* k = lp.k + b * p.k_sb + g * p.k_sh + j0 * p.k_sl;  // [n, D]
+    const uint16_t* v = lp.v + b * p.v_sb + g * p.v_sh + j0 * p.v_sl;  // [n, Dv]
+    buf.v_nonfinite[t] = any_nonfinite<T>(v, p.v_sl, n, p.Dv);
+    if (plan.dot) {
+      // Kᵀ: the pair (d, d+1) of key j is the uint32 at (d/2)·kBk + j
+      uint16_t* kt_out = buf.kb + t * plan.k_tile;
+      std::fill(kt_out, kt_out + plan.k_tile, uint16_t{0});
+      for (int64_t j = 0; j < n; ++j) {
+        const uint16_t* kj = k + j * p.k_sl;
+        for (int64_t d2 = 0; d2 < plan.Dp / 2; ++d2) {
+          const uint32_t pair = kj[2 * d2] | (2 * d2 + 1 < p.D ? static_cast<uint32_t>(kj[2 * d2 + 1]) << 16 : 0u);
+          std::memcpy(kt_out + (d2 * kBk + j) * 2, &pair, 4);
+        }
+      }
+      // V: the pair (keys 2·j2, 2·j2 + 1) of column c is the uint32 at j2·Dvp + c
+      uint16_t* vt_out = buf.vb + t * plan.v_tile;
+      for (int64_t j2 = 0; j2 < kBk / 2; ++j2) {
+        uint16_t* out = vt_out + j2 * plan.Dvp * 2;
+        if (2 * j2 >= n) {
+          std::fill(out, out + plan.Dvp * 2, uint16_t{0});
+          continue;
+        }
+        const uint16_t* lo = v + 2 * j2 * p.v_sl;
+        const uint16_t* hi = 2 * j2 + 1 < n ? lo + p.v_sl : nullptr;
+        int64_t c = 0;
+#if ATTN_LOWP_DOT
+        for (; c + 16 <= p.Dv; c += 16) {
+          const __m512i first = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + c)));
+          const __m512i second =
+              hi ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + c)))
+                 : _mm512_setzero_si512();
+          _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(first, _mm512_slli_epi32(second, 16)));
+        }
+#endif
+        for (; c < plan.Dvp; ++c) {
+          out[2 * c] = c < p.Dv ? lo[c] : uint16_t{0};
+          out[2 * c + 1] = c < p.Dv && hi ? hi[c] : uint16_t{0};
+        }
+      }
+    } else {
+      float* kt_out = buf.kf + t * plan.k_tile;  // [D, kBk]
+      std::fill(kt_out, kt_out + plan.k_tile, 0.0f);
+      thread_local std::vector<float> row;  // [D] one key widened
+      row.resize(static_cast<size_t>(p.D));
+      for (int64_t j = 0; j < n; ++j) {
+        widen_row<T>(k + j * p.k_sl, p.D, row.data());
+        for (int64_t d = 0; d < p.D; ++d) kt_out[d * kBk + j] = row[static_cast<size_t>(d)];
+      }
+      float* vt_out = buf.vf + t * plan.v_tile;  // [kBk, Dvp]
+      std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
+      for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
+    }
+  }
+}
+
+// Rows [i0, i0 + rows) of head (b, h): scale · q into ws.qs; for dot also the raw bfloat16 pairs into ws.qb.
+template <LowpType T>
+void pack_queries(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                  Workspace& ws) {
+  const AttentionProblem& p = lp.p;
+  const uint16_t* q = lp.q + b * p.q_sb + h * p.q_sh;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* qr = q + (i0 + r) * p.q_sl;
+    float* out = ws.qs.data() + r * p.D;
+    widen_row<T>(qr, p.D, out);
+    for (int64_t d = 0; d < p.D; ++d) out[d] *= p.scale;
+    if (plan.dot) {
+      uint32_t* pairs = ws.qb.data() + r * plan.Dp / 2;
+      for (int64_t d2 = 0; d2 < plan.Dp / 2; ++d2) {
+        const uint32_t lo = 2 * d2 < p.D ? qr[2 * d2] : 0u, hi = 2 * d2 + 1 < p.D ? qr[2 * d2 + 1] : 0u;
+        pairs[d2] = lo | hi << 16;
+      }
+    }
+  }
+}
+
+// ---- The online softmax over one split's keys --------------------------------------------------------------------
+
+float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
+  Vec acc = Vec::zero();
+  int64_t d = 0;
+  float s;
+  if (type == LowpType::kBFloat16) {
+    for (; d + W <= n; d += W) acc = Vec::fmadd(Vec::load(a + d), load_wide<LowpType::kBFloat16>(b + d), acc);
+    s = acc.reduce_add();
+    for (; d < n; ++d) s += a[d] * bf16_to_float(b[d]);
+  } else {
+    for (; d + W <= n; d += W) acc = Vec::fmadd(Vec::load(a + d), load_wide<LowpType::kFloat16>(b + d), acc);
+    s = acc.reduce_add();
+    for (; d < n; ++d) s += a[d] * f16_to_float(b[d]);
+  }
+  return s;
+}
+
+// One row's softmax step on s[0, n) (already masked): updates m, l, rescales acc; s becomes P (dropped out).
+// Returns false when nothing is visible yet (s is zeroed, the state unchanged but for a NaN poisoning l).
+// e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
+// rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
+// polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
+// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN.
+template <bool kFast>
+inline Vec exp_minus(Vec s, float m) {
+#if ATTN_LOWP_DOT
+  if constexpr (kFast) {
+    const __m512 t = _mm512_max_ps(
+        _mm512_set1_ps(-160.0f),  // NaN second: max returns it
+        _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(-m * 1.44269504088896341f)));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 y = _mm512_set1_ps(1.3333558146e-3f);                  // ln2^5 / 5!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291076e-3f));  // ln2^4 / 4!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504108665e-2f));  // ln2^3 / 3!
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650696e-1f));  // ln2^2 / 2
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718056e-1f));  // ln2
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return {_mm512_scalef_ps(y, n)};
+  }
+#endif
+  return simd::exp(s - Vec::set1(m));
+}
+
+template <bool kFast>
+inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
+                        float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
+  // l: the row's W partial sums (summed once, in finish_sums: no horizontal add per tile)
+  float tile_max = kNegInf;
+  int64_t j = 0;
+  {
+    Vec mx = Vec::set1(kNegInf);
+    for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
+    tile_max = mx.reduce_max();
+    for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
+  }
+  const float m_new = std::max(*m, tile_max);
+  if (m_new == kNegInf) {  // nothing visible yet; a NaN score (max skips it) poisons the row
+    for (int64_t jj = 0; jj < n; ++jj)
+      if (std::isnan(s[jj])) l[0] = std::numeric_limits<float>::quiet_NaN();
+    std::fill(s, s + n, 0.0f);
+    return;
+  }
+  Vec sum = Vec::zero();
+  for (j = 0; j + W <= n; j += W) {
+    const Vec e = exp_minus<kFast>(Vec::load(s + j), m_new);
+    e.store(s + j);
+    sum = sum + e;
+  }
+  if (j < n) {
+    float buf[W];
+    std::fill(buf, buf + W, kNegInf);
+    std::copy(s + j, s + n, buf);
+    const Vec e = exp_minus<kFast>(Vec::load(buf), m_new);  // exp(−inf) = 0 in the padding lanes
+    e.store(buf);
+    sum = sum + e;
+    std::copy(buf, buf + (n - j), s + j);
+  }
+  const float c = *m == kNegInf ? 0.0f : *m == m_new ? 1.0f : std::exp(*m - m_new);  // no libm call per row
+  (c == 1.0f ? Vec::load(l) + sum : Vec::fmadd(Vec::load(l), Vec::set1(c), sum)).store(l);
+  *m = m_new;
+  if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i, j0, n, s, nullptr, drop);
+  if (c != 1.0f)
+    for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
+}
+
+// Online softmax over keys [j_begin, j_end) (j_begin a multiple of kBk) for rows [i0, i0 + rows) of head (b, h).
+template <LowpType T>
+void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf, int64_t b, int64_t h,
+                     int64_t i0, int64_t rows, int64_t j_begin, int64_t j_end, Workspace& ws) {
+  const AttentionProblem& p = lp.p;
+  const int64_t kvh = p.kv_head(h), Dvp = plan.Dvp;
+  const uint16_t* k = lp.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
+  const uint16_t* v = lp.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
+  const int64_t tile0 = (b * p.Hkv + kvh) * plan.key_tiles;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
+    const int64_t n = std::min(kBk, j_end - j0), t = tile0 + j0 / kBk;
+    if (all_padding(p, b, j0, n)) continue;
+    const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+    // S = scale · Q·Kᵀ
+    if (!plan.keys_packed) {
+      for (int64_t jj = 0; jj < n; ++jj)
+        for (int64_t r = 0; r < rows; ++r)
+          ws.s[r * kBk + jj] = dot_wide(ws.qs.data() + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
+    } else if (plan.dot) {
+#if ATTN_LOWP_DOT
+      dot_scores(ws.qb.data(), plan.Dp / 2, buf.kb + t * plan.k_tile, plan.Dp / 2, rows, cols, p.scale, ws.s.data(),
+                 kBk);
+#endif
+    } else {
+      gemm_abt(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, kBk, p.D, rows, cols, ws.s.data(), kBk);
+    }
+    const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = ws.s.data() + r * kBk;
+      if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+      if (plan.dot && plan.keys_packed)
+        softmax_row<true>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
+                          &ws.drop[r]);
+      else
+        softmax_row<false>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
+                           &ws.drop[r]);
+    }
+    // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
+    // takes the zero-skipping float32 update.
+    const bool nonfinite =
+        plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
+    const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
+    if (plan.keys_packed && !skip_zero && plan.dot) {
+#if ATTN_LOWP_DOT
+      const int64_t pairs = (n + 1) / 2;
+      for (int64_t r = 0; r < rows; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
+        float* s = ws.s.data() + r * kBk;
+        std::fill(s + n, s + round_up(n, 16), 0.0f);  // the odd key's partner (V's padding row is 0 too)
+        auto* pr = reinterpret_cast<__m256bh*>(ws.pb.data() + r * kBk / 2);
+        for (int64_t j = 0; j < 2 * pairs; j += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
+                              (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+      }
+      dot_pv(ws.pb.data(), kBk / 2, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, ws.acc.data(), Dvp);
+#endif
+      continue;
+    }
+    if (plan.dot && plan.keys_packed)  // the fallback multiplies the same bfloat16 weights as vdpbf16ps would
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] = bf16_to_float(float_to_bf16(ws.s[r * kBk + jj]));
+    const float* vt = nullptr;
+    if (plan.keys_packed && !plan.dot) {
+      vt = buf.vf + t * plan.v_tile;
+    } else {
+      for (int64_t jj = 0; jj < n; ++jj) {
+        widen_row<T>(v + (j0 + jj) * p.v_sl, p.Dv, ws.vp.data() + jj * Dvp);
+        std::fill(ws.vp.data() + jj * Dvp + p.Dv, ws.vp.data() + (jj + 1) * Dvp, 0.0f);
+      }
+      vt = ws.vp.data();
+    }
+    (skip_zero ? rank_update_nonzero : rank_update)(ws.s.data(), kBk, 1, rows, n, vt, Dvp, Dvp / W, ws.acc.data(), Dvp);
+  }
+}
+
+// The fp32 kernel's slow path for a row whose fast state came out non-finite: (m, l, acc) over keys [lo, hi)
+// term by term, a value multiplied only by a nonzero weight.
+template <LowpType T>
+void exact_row_state(const LowpAttentionProblem& lp, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
+                     const float* qs_row, float* m_out, float* l_out, float* acc) {
+  const AttentionProblem& p = lp.p;
+  thread_local std::vector<float> s;
+  s.resize(static_cast<size_t>(hi - lo));
+  const uint16_t* k = lp.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
+  const uint16_t* v = lp.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
+  for (int64_t j = lo; j < hi; ++j) {
+    float d = 0.0f;
+    for (int64_t e = 0; e < p.D; ++e) d += qs_row[e] * widen<T>(k[j * p.k_sl + e]);
+    s[j - lo] = d;
+  }
+  mask_row_segment(p, b, h, i, lo, hi, s.data());
+  float m = kNegInf;
+  bool any_nan = false;
+  for (float x : s) {
+    m = x > m ? x : m;
+    any_nan |= std::isnan(x);
+  }
+  *m_out = m;
+  *l_out = 0.0f;
+  std::fill(acc, acc + p.Dv, 0.0f);
+  if (m == kNegInf && !any_nan) return;
+  for (int64_t j = lo; j < hi; ++j) {
+    float e = s[j - lo] == kNegInf ? 0.0f : std::exp(s[j - lo] - m);
+    *l_out += e;
+    if (p.dropout.active()) e = dropout_keeps(p.dropout, b, h, i, j) ? e * p.dropout.scale : 0.0f;
+    if (e == 0.0f) continue;
+    for (int64_t d = 0; d < p.Dv; ++d) acc[d] += e * widen<T>(v[j * p.v_sl + d]);
+  }
+}
+
+bool row_state_finite(float l, const float* acc, int64_t Dv) {
+  bool finite = std::isfinite(l);
+  for (int64_t d = 0; d < Dv; ++d) finite &= std::isfinite(acc[d]);
+  return finite;
+}
+
+// ---- The tasks ------------------------------------------------------------------------------------------------------
+
+struct TileTask {
+  int64_t b, h, bh, i0, rows;
+};
+
+TileTask tile_task(const AttentionProblem& p, const LowpPlan& plan, int64_t index) {
+  const int64_t tile = index % plan.query_tiles, bh = index / plan.query_tiles;
+  const int64_t i0 = tile * kBq;
+  return {bh / p.H, bh % p.H, bh, i0, std::min(kBq, p.Lq - i0)};
+}
+
+// The keys split `split` of task t covers: whole aligned key tiles of the rows' range, divided evenly.
+void split_key_range(const AttentionProblem& p, const LowpPlan& plan, const TileTask& t, int64_t split, int64_t* lo,
+                     int64_t* hi) {
+  int64_t unused;
+  p.key_range(t.i0, lo, &unused);
+  p.key_range(t.i0 + t.rows - 1, &unused, hi);
+  *lo = *lo / kBk * kBk;
+  if (plan.splits > 1) {
+    const int64_t ntiles = *hi > *lo ? (*hi - *lo + kBk - 1) / kBk : 0;
+    const int64_t a = *lo + ntiles * split / plan.splits * kBk, e = *lo + ntiles * (split + 1) / plan.splits * kBk;
+    *lo = std::min(a, *hi);
+    *hi = std::min(e, *hi);
+  }
+}
+
+template <LowpType T>
+void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf, Workspace& ws) {
+  const AttentionProblem& p = lp.p;
+  const int64_t Dvp = plan.Dvp;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t task = 0; task < plan.tile_tasks * plan.splits; ++task) {
+    const int64_t split = task % plan.splits;
+    const TileTask t = tile_task(p, plan, task / plan.splits);
+    int64_t lo, hi;
+    split_key_range(p, plan, t, split, &lo, &hi);
+    pack_queries<T>(lp, plan, t.b, t.h, t.i0, t.rows, ws);
+    std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
+    std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
+    std::fill(ws.lv.begin(), ws.lv.begin() + t.rows * W, 0.0f);
+    std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
+    for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
+    if (lo < hi) {
+      accumulate_keys<T>(lp, plan, buf, t.b, t.h, t.i0, t.rows, lo, hi, ws);
+      for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
+      for (int64_t r = 0; r < t.rows; ++r)
+        if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
+          exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
+                             ws.acc.data() + r * Dvp);
+    }
+    if (plan.splits > 1) {
+      float* state = buf.partial + task * kBq * plan.row_state;  // [kBq, row_state]
+      for (int64_t r = 0; r < t.rows; ++r) {
+        state[r * plan.row_state] = ws.m[r];
+        state[r * plan.row_state + 1] = ws.l[r];
+        std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * plan.row_state + 2);
+      }
+      continue;
+    }
+    uint16_t* o = lp.o + t.b * p.o_sb + t.h * p.o_sh;
+    for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
+      const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
+      narrow_row<T>(ws.acc.data() + r * Dvp, p.Dv, inv, o + (t.i0 + r) * p.o_sl);
+      if (p.lse) p.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
+    }
+  }
+}
+
+// The key splits of each row merged by log-sum-exp in split order (attention_fused_kernels.cc's merge).
+template <LowpType T>
+void merge_key_splits(const LowpAttentionProblem& lp, const LowpPlan& plan, const float* partial) {
+  const AttentionProblem& p = lp.p;
+  const int64_t splits = plan.splits, row_state = plan.row_state;
+#pragma omp for schedule(static)
+  for (int64_t index = 0; index < plan.tile_tasks; ++index) {
+    const TileTask t = tile_task(p, plan, index);
+    uint16_t* o = lp.o + t.b * p.o_sb + t.h * p.o_sh;
+    std::vector<float> out(static_cast<size_t>(p.Dv));
+    for (int64_t r = 0; r < t.rows; ++r) {
+      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * kBq + r) * row_state; };
+      float m = kNegInf;
+      bool poisoned = false;
+      for (int64_t s = 0; s < splits; ++s) {
+        m = std::max(m, state_of(s)[0]);
+        poisoned |= std::isnan(state_of(s)[1]);
+      }
+      float l = poisoned ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      std::fill(out.begin(), out.end(), poisoned ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+      if (!poisoned && m != kNegInf) {
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* state = state_of(s);
+          const float c = state[0] == kNegInf ? 0.0f : std::exp(state[0] - m);
+          if (c == 0.0f) continue;
+          l += c * state[1];
+          for (int64_t d = 0; d < p.Dv; ++d) out[static_cast<size_t>(d)] += c * state[2 + d];
+        }
+      }
+      narrow_row<T>(out.data(), p.Dv, l == 0.0f || std::isnan(l) ? 1.0f : 1.0f / l, o + (t.i0 + r) * p.o_sl);
+      if (p.lse) p.lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
+    }
+  }
+}
+
+template <LowpType T>
+void run(const LowpAttentionProblem& lp) {
+  const AttentionProblem& p = lp.p;
+  if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
+  const LowpPlan plan = plan_lowp<T>(p);
+  const LowpBuffers buf = call_buffers(p, plan);
+#pragma omp parallel num_threads(plan.threads)
+  {
+    Workspace& ws = thread_workspace();
+    ws.reserve(p.D, plan.Dp, plan.Dvp);
+    if (plan.keys_packed) pack_kv<T>(lp, plan, buf);
+    run_tiles<T>(lp, plan, buf, ws);
+    if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
+  }
+}
+
+}  // namespace
+
+void attention_lowp(const LowpAttentionProblem& lp) {
+  if (lp.type == LowpType::kBFloat16)
+    run<LowpType::kBFloat16>(lp);
+  else
+    run<LowpType::kFloat16>(lp);
+}
+
+}  // namespace attn::detail::ATTN_TARGET

@@ -1,0 +1,205 @@
+// Projections with bfloat16 weights through oneDNN's matmul primitive (Debian's libdnnl): one primitive per
+// weight matrix with the row count M a runtime dimension, the weights reordered once into the layout it prefers.
+// Chosen over OpenBLAS's sbgemm, which Debian's OpenBLAS 0.3.21 does not build (bench/bf16_gemm_bench.cc,
+// docs/PERFORMANCE.md: 1.7-2.6x float32 SGEMM on the models' projection shapes).
+#include <oneapi/dnnl/dnnl.h>
+
+#include <omp.h>
+
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "attn/error.h"
+#include "attn/half.h"
+#include "ops/nn.h"
+
+namespace attn::ops {
+
+namespace {
+
+void check(dnnl_status_t s, const char* what) {
+  if (s != dnnl_success)
+    throw Error(std::string("linear_forward_bf16: oneDNN ") + what + " failed (status " +
+                std::to_string(static_cast<int>(s)) + ")");
+}
+
+dnnl_engine_t engine() {
+  static dnnl_engine_t e = [] {
+    dnnl_engine_t made;
+    check(dnnl_engine_create(&made, dnnl_cpu, 0), "engine");
+    return made;
+  }();
+  return e;
+}
+
+// out[0, n) = x rounded to bfloat16; a copy per instruction set, chosen at load time (the rest of ops/ is built for
+// plain x86-64).
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void round_to_bf16(uint16_t* out, const float* x,
+                                                                                       int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = float_to_bf16(x[i]);
+}
+
+}  // namespace
+
+// One primitive per thread count: oneDNN fixes a primitive's thread count when it is created (from
+// omp_get_max_threads()), so a model loaded with every core and run with num_threads = 1 gets a primitive of its
+// own for 1 thread, created on first use.
+struct Bf16Variant {
+  int threads = 0;
+  dnnl_primitive_t prim = nullptr;
+  dnnl_memory_t weights = nullptr;  // [K, N] in this primitive's layout
+  dnnl_memory_desc_t scratch_md;    // its scratchpad, given per call from a per-thread buffer (oneDNN's own
+                                    // would be allocated and freed, mmap and munmap, on every call)
+};
+
+struct Bf16Matmul {
+  int64_t N = 0, K = 0;
+  std::vector<uint16_t> w;            // [N, K] the weights rounded to bfloat16
+  std::vector<float> zeros;           // [N] the bias of a call without one (the primitive always adds one)
+  dnnl_memory_t zero_bias = nullptr;  // over zeros
+  dnnl_memory_desc_t bias_md;
+  mutable std::mutex mutex;
+  mutable std::deque<Bf16Variant> variants;  // a deque: references stay valid while others are added
+  Bf16Matmul() = default;
+  Bf16Matmul(const Bf16Matmul&) = delete;
+  Bf16Matmul& operator=(const Bf16Matmul&) = delete;
+  ~Bf16Matmul() {
+    for (Bf16Variant& v : variants) {
+      if (v.weights) dnnl_memory_destroy(v.weights);
+      if (v.prim) dnnl_primitive_destroy(v.prim);
+    }
+    if (zero_bias) dnnl_memory_destroy(zero_bias);
+  }
+  const Bf16Variant& variant(int threads) const;
+};
+
+// The primitive for `threads` (omp_get_max_threads() now), created and its weights reordered on first use.
+const Bf16Variant& Bf16Matmul::variant(int threads) const {
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const Bf16Variant& v : variants)
+    if (v.threads == threads) return v;
+  Bf16Variant v;
+  v.threads = threads;
+  // y[M, N] = x[M, K] · Wᵀ + b, Wᵀ [K, N] seen through W's rows ([N, K] row-major is [K, N] with tag ba)
+  const dnnl_dims_t a_dims = {DNNL_RUNTIME_DIM_VAL, K}, b_dims = {K, N}, c_dims = {DNNL_RUNTIME_DIM_VAL, N};
+  dnnl_memory_desc_t a_md, b_plain, b_any, c_md;
+  check(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_bf16, dnnl_ab), "src desc");
+  check(dnnl_memory_desc_init_by_tag(&b_plain, 2, b_dims, dnnl_bf16, dnnl_ba), "weights desc");
+  check(dnnl_memory_desc_init_by_tag(&b_any, 2, b_dims, dnnl_bf16, dnnl_format_tag_any), "weights desc");
+  check(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_f32, dnnl_ab), "dst desc");
+  dnnl_matmul_desc_t md;
+  check(dnnl_matmul_desc_init(&md, &a_md, &b_any, &bias_md, &c_md), "matmul desc");  // bias added in the GEMM
+  dnnl_primitive_attr_t attr;
+  check(dnnl_primitive_attr_create(&attr), "attributes");
+  check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+  dnnl_primitive_desc_t pd;
+  const dnnl_status_t pd_made = dnnl_primitive_desc_create(&pd, &md, attr, engine(), nullptr);
+  dnnl_primitive_attr_destroy(attr);
+  check(pd_made, "matmul primitive desc");
+  v.scratch_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+  const dnnl_memory_desc_t w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  const dnnl_status_t made = dnnl_primitive_create(&v.prim, pd);
+  dnnl_primitive_desc_destroy(pd);
+  check(made, "matmul primitive");
+  // the bfloat16 weights reordered into the primitive's layout
+  check(dnnl_memory_create(&v.weights, &w_md, engine(), DNNL_MEMORY_ALLOCATE), "weights memory");
+  dnnl_memory_t plain;
+  check(dnnl_memory_create(&plain, &b_plain, engine(), const_cast<uint16_t*>(w.data())), "plain weights memory");
+  dnnl_primitive_desc_t rpd;
+  check(dnnl_reorder_primitive_desc_create(&rpd, &b_plain, engine(), &w_md, engine(), nullptr), "reorder desc");
+  dnnl_primitive_t reorder;
+  const dnnl_status_t rmade = dnnl_primitive_create(&reorder, rpd);
+  dnnl_primitive_desc_destroy(rpd);
+  check(rmade, "reorder");
+  dnnl_stream_t stream;
+  check(dnnl_stream_create(&stream, engine(), dnnl_stream_default_flags), "stream");
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, v.weights}};
+  const dnnl_status_t ran = dnnl_primitive_execute(reorder, stream, 2, args);
+  dnnl_stream_wait(stream);
+  dnnl_stream_destroy(stream);
+  dnnl_primitive_destroy(reorder);
+  dnnl_memory_destroy(plain);
+  check(ran, "reorder run");
+  variants.push_back(v);
+  return variants.back();
+}
+
+QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K) {
+  QuantizedMatrix m;
+  m.N = N, m.K = K;
+  auto mm = std::make_shared<Bf16Matmul>();
+  mm->N = N, mm->K = K;
+  mm->w.resize(static_cast<size_t>(N * K));
+  for (size_t i = 0; i < mm->w.size(); ++i) mm->w[i] = float_to_bf16(w[i]);
+  mm->zeros.assign(static_cast<size_t>(N), 0.0f);
+  const dnnl_dims_t bias_dims = {1, N};
+  check(dnnl_memory_desc_init_by_tag(&mm->bias_md, 2, bias_dims, dnnl_f32, dnnl_ab), "bias desc");
+  check(dnnl_memory_create(&mm->zero_bias, &mm->bias_md, engine(), mm->zeros.data()), "bias memory");
+  mm->variant(omp_get_max_threads());  // the primitive for the current thread count, now rather than mid-call
+  m.bf16 = std::move(mm);
+  return m;
+}
+
+void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue) {
+  const Bf16Matmul& mm = *w.bf16;
+  const Bf16Variant& v = mm.variant(omp_in_parallel() ? 1 : omp_get_max_threads());
+  const int64_t N = mm.N, K = mm.K;
+  if (M == 0 || N == 0) return;
+  if (epilogue.relu && epilogue.accumulate)
+    throw ArgumentError("linear_forward_bf16: a ReLU epilogue does not accumulate");
+  thread_local std::vector<float> product;  // [M, N] when accumulating into y
+  float* out = y;
+  if (epilogue.accumulate) {
+    if (static_cast<int64_t>(product.size()) < M * N) product.resize(static_cast<size_t>(M * N));
+    out = product.data();
+  }
+  thread_local std::vector<uint16_t> xb;  // [M, K] x rounded to bfloat16
+  if (static_cast<int64_t>(xb.size()) < M * K) xb.resize(static_cast<size_t>(M * K));
+  uint16_t* xbp = xb.data();
+  round_to_bf16(xbp, x, M * K);
+  const dnnl_dims_t a_dims = {M, K}, c_dims = {M, N};
+  dnnl_memory_desc_t a_md, c_md;
+  check(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_bf16, dnnl_ab), "src desc");
+  check(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_f32, dnnl_ab), "dst desc");
+  thread_local dnnl_stream_t stream = [] {
+    dnnl_stream_t s;
+    check(dnnl_stream_create(&s, engine(), dnnl_stream_default_flags), "stream");
+    return s;
+  }();
+  dnnl_memory_t src, dst, bias = mm.zero_bias;
+  check(dnnl_memory_create(&src, &a_md, engine(), xbp), "src memory");
+  check(dnnl_memory_create(&dst, &c_md, engine(), out), "dst memory");
+  if (b) check(dnnl_memory_create(&bias, &mm.bias_md, engine(), const_cast<float*>(b)), "bias memory");
+  thread_local std::vector<uint8_t> scratch;
+  const size_t scratch_bytes = dnnl_memory_desc_get_size(&v.scratch_md);
+  if (scratch.size() < scratch_bytes + 64) scratch.resize(scratch_bytes + 64);
+  dnnl_memory_t pad;
+  check(dnnl_memory_create(&pad, &v.scratch_md, engine(), scratch.data()), "scratchpad memory");
+  dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src},
+                             {DNNL_ARG_WEIGHTS, v.weights},
+                             {DNNL_ARG_BIAS, bias},
+                             {DNNL_ARG_DST, dst},
+                             {DNNL_ARG_SCRATCHPAD, pad}};
+  const dnnl_status_t ran = dnnl_primitive_execute(v.prim, stream, 5, args);
+  const dnnl_status_t waited = dnnl_stream_wait(stream);
+  dnnl_memory_destroy(src);
+  dnnl_memory_destroy(dst);
+  if (b) dnnl_memory_destroy(bias);
+  dnnl_memory_destroy(pad);
+  check(ran, "matmul run");
+  check(waited, "stream wait");
+  if (epilogue.accumulate) {
+#pragma omp simd
+    for (int64_t i = 0; i < M * N; ++i) y[i] += out[i];
+  }
+  if (epilogue.relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < M * N; ++i) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+  }
+}
+
+}  // namespace attn::ops
