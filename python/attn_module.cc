@@ -319,16 +319,18 @@ NB_MODULE(_attn, m) {
       .def(
           "translate",
           [](const attn::Translator& t, const std::vector<std::string>& sentences, int beam, int64_t max_length,
-             int64_t batch_size, int num_threads) {
+             int64_t batch_size, int num_threads, const std::string& kv_cache) {
             attn::TranslateOptions options;
             options.beam = beam;
             options.max_length = max_length;
             options.batch_size = batch_size;
             options.num_threads = num_threads;
+            options.kv_cache = attn::parse_kv_cache(kv_cache);
             nb::gil_scoped_release release;
             return t.translate(sentences, options);
           },
-          "sentences"_a, "beam"_a = 1, "max_length"_a = 0, "batch_size"_a = 64, "num_threads"_a = 0);
+          "sentences"_a, "beam"_a = 1, "max_length"_a = 0, "batch_size"_a = 64, "num_threads"_a = 0,
+          "kv_cache"_a = "f32");
 
   m.def("normalize_source", &attn::tasks::normalize_source, "text"_a,
         "the numbers task's input normalisation (lower case, single spaces), as attn translate applies it");

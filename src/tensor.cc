@@ -1,5 +1,6 @@
 #include "attn/tensor.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -57,11 +58,13 @@ int64_t shape_numel(const Shape& shape) {
 
 namespace {
 std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
+  // calloc, aligned by hand: a large block comes as fresh zero pages the kernel maps on first touch, so a tensor
+  // never written (an inference model's gradients) costs no memset and no memory
   const size_t rounded = (nbytes + 63) / 64 * 64 + 64;  // never zero, a multiple of the alignment
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = std::calloc(rounded + 64, 1);
   if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
-  return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+  const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
+  return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
 }
 }  // namespace
 

@@ -2,7 +2,10 @@
 // cases it serves (no mask but key padding, every key causally visible), plus decode shapes of its own: odd
 // key counts around the key block, odd head sizes, GQA, fully padded rows (→ 0), one and two threads, on
 // every SIMD level the machine has.
+#include <algorithm>
 #include <cmath>
+
+#include "attn/half.h"
 
 #include "attention_cases.h"
 #include "attn/attention.h"
@@ -16,26 +19,60 @@ namespace {
 constexpr double kTol = 2e-5;  // float32 kernel vs the double reference, inputs in [-1, 1]
 
 bool decode_serves(const test::AttentionCase& c) {
-  const bool all_visible = c.causal == CausalAlignment::kNone || (c.causal == CausalAlignment::kBottomRight && c.Lq == 1);
+  const bool all_visible =
+      c.causal == CausalAlignment::kNone || (c.causal == CausalAlignment::kBottomRight && c.Lq == 1);
   return all_visible && c.mask == test::MaskKind::kNone && !c.alibi && c.window == 0;
 }
 
-// out [B, H, Lq, Dv] through attention_decode, K rearranged into the transposed key blocks.
-Tensor run_decode(const test::CaseInputs& in, int threads) {
+// out [B, H, Lq, Dv] through attention_decode, K rearranged into the transposed key blocks and stored as `type`;
+// deq_k, deq_v (if given) receive the K and V the cache holds, widened back to float32 ([B, Hkv, Lk, D] each).
+Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type = detail::KVType::kFloat32,
+                  Tensor* deq_k = nullptr, Tensor* deq_v = nullptr) {
   const Shape& qs = in.q.shape();
   const int64_t B = qs[0], H = qs[1], Lq = qs[2], D = qs[3], Hkv = in.k.dim(1), Lk = in.k.dim(2), Dv = in.v.dim(3);
-  const int64_t head = detail::key_block_floats(D, Lk);
-  std::vector<float> kt(static_cast<size_t>(B * Hkv * head), NAN);  // the unused keys of a block hold NaN
+  const int64_t head = detail::key_block_floats(D, Lk), size = detail::kv_type_size(type);
+  std::vector<std::byte> kt(static_cast<size_t>(B * Hkv * head * size), std::byte{0x7f});  // unused keys: junk
+  std::vector<std::byte> v(static_cast<size_t>(B * Hkv * Lk * Dv * size));
+  std::vector<float> k_scale(static_cast<size_t>(B * Hkv * Lk)), v_scale(k_scale.size());
+  std::vector<float> column(static_cast<size_t>(D));
   for (int64_t bg = 0; bg < B * Hkv; ++bg)
-    for (int64_t j = 0; j < Lk; ++j)
-      for (int64_t d = 0; d < D; ++d)
-        kt[static_cast<size_t>(bg * head + detail::key_block_index(D, j, d))] = in.k.f32()[(bg * Lk + j) * D + d];
+    for (int64_t j = 0; j < Lk; ++j) {
+      const float* kj = in.k.f32() + (bg * Lk + j) * D;
+      k_scale[static_cast<size_t>(bg * Lk + j)] = detail::store_kv(
+          kj, D, type, kt.data() + (bg * head + detail::key_block_index(D, j, 0)) * size, detail::kKeyBlock);
+      v_scale[static_cast<size_t>(bg * Lk + j)] =
+          detail::store_kv(in.v.f32() + (bg * Lk + j) * Dv, Dv, type, v.data() + (bg * Lk + j) * Dv * size, 1);
+    }
+  auto widen = [&](const std::byte* base, int64_t i, float scale) {
+    switch (type) {
+      case detail::KVType::kFloat32: return reinterpret_cast<const float*>(base)[i];
+      case detail::KVType::kBFloat16: return bf16_to_float(reinterpret_cast<const uint16_t*>(base)[i]);
+      case detail::KVType::kInt8: return scale * static_cast<float>(reinterpret_cast<const int8_t*>(base)[i]);
+    }
+    return 0.0f;
+  };
+  if (deq_k && deq_v) {
+    *deq_k = Tensor(in.k.shape()), *deq_v = Tensor(in.v.shape());
+    for (int64_t bg = 0; bg < B * Hkv; ++bg)
+      for (int64_t j = 0; j < Lk; ++j) {
+        const size_t r = static_cast<size_t>(bg * Lk + j);
+        for (int64_t d = 0; d < D; ++d)
+          deq_k->f32()[static_cast<int64_t>(r) * D + d] =
+              widen(kt.data(), bg * head + detail::key_block_index(D, j, d), k_scale[r]);
+        for (int64_t e = 0; e < Dv; ++e)
+          deq_v->f32()[static_cast<int64_t>(r) * Dv + e] =
+              widen(v.data(), static_cast<int64_t>(r) * Dv + e, v_scale[r]);
+      }
+  }
   Tensor out({B, H, Lq, Dv});
   detail::DecodeProblem p;
   p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
   p.q = in.q.f32(), p.q_sb = H * Lq * D, p.q_sh = Lq * D, p.q_sl = D;
+  p.kv_type = type;
   p.kt = kt.data(), p.kt_sb = Hkv * head, p.kt_sh = head;
-  p.v = in.v.f32(), p.v_sb = Hkv * Lk * Dv, p.v_sh = Lk * Dv, p.v_sl = Dv;
+  p.v = v.data(), p.v_sb = Hkv * Lk * Dv, p.v_sh = Lk * Dv, p.v_sl = Dv;
+  if (type == detail::KVType::kInt8)
+    p.k_scale = k_scale.data(), p.v_scale = v_scale.data(), p.s_sb = Hkv * Lk, p.s_sh = Lk;
   p.o = out.f32(), p.o_sb = H * Lq * Dv, p.o_sh = Lq * Dv, p.o_sl = Dv;
   if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
   p.scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -83,19 +120,49 @@ TEST(Decode, MatchesTheReference) {
   EXPECT_GT(checked, 400);
 }
 
+// bfloat16 and int8 caches: against the reference on the K and V the cache holds (the kernel's own error), and
+// against the float32 inputs (the storage's error: relative ≤ 2e-2, the bar for an int8 cache).
+TEST(Decode, QuantizedCachesMatchTheReference) {
+  const auto cases = decode_cases();
+  int checked = 0;
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.impl = AttentionImpl::kReference;
+    in.options.causal = CausalAlignment::kNone;
+    const Tensor exact = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+    double exact_scale = 0.0;
+    for (int64_t i = 0; i < exact.numel(); ++i) exact_scale = std::max(exact_scale, std::fabs(double{exact.f32()[i]}));
+    for (detail::KVType type : {detail::KVType::kBFloat16, detail::KVType::kInt8})
+      for (auto level : test::simd_levels()) {
+        SCOPED_TRACE(c.name() + (type == detail::KVType::kInt8 ? " int8" : " bf16") +
+                     " simd=" + detail::simd_level_name(level));
+        test::SimdGuard guard(level);
+        Tensor k, v;
+        const Tensor got = run_decode(in, 1, type, &k, &v);
+        const Tensor held = scaled_dot_product_attention(in.q, k, v, in.options).output;
+        EXPECT_LE(test::max_abs_diff(got, held), kTol);
+        EXPECT_LE(test::max_abs_diff(got, exact), 2e-2 * std::max(exact_scale, 1e-3));
+        ++checked;
+      }
+  }
+  EXPECT_GT(checked, 150);
+}
+
 // The fused kernel's rule for non-finite input: a NaN score poisons its row, a hidden key's value (here
 // padding holding Inf) is never multiplied.
 TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
   test::AttentionCase c;
-  c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16, c.key_padding = true;  // batch 1 pads keys 15..19
+  c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16,
+  c.key_padding = true;  // batch 1 pads keys 15..19
   for (auto level : test::simd_levels()) {
     test::SimdGuard guard(level);
     test::CaseInputs in = test::make_inputs(c, 5);
-    in.k.f32()[(0 * 20 + 3) * 16 + 2] = NAN;     // batch 0, head 0, key 3: visible
+    in.k.f32()[(0 * 20 + 3) * 16 + 2] = NAN;                  // batch 0, head 0, key 3: visible
     in.v.f32()[((1 * 2 + 0) * 20 + 19) * 16 + 5] = INFINITY;  // batch 1, head 0, key 19: padding
     const Tensor out = run_decode(in, 1);
     for (int64_t e = 0; e < 16; ++e) {
-      EXPECT_TRUE(std::isnan(out.f32()[e])) << e;             // (b 0, h 0)
+      EXPECT_TRUE(std::isnan(out.f32()[e])) << e;              // (b 0, h 0)
       EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
     }
   }

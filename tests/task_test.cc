@@ -214,20 +214,25 @@ TEST(ShippedModel, DecodingMatchesTheFixedTranslationsOfTheTestSplit) {
     beam4.push_back(line.substr(tab + 1));
   }
   ASSERT_EQ(greedy.size(), sources.size());
+  // (a quantised KV cache may change at most 0.5% of the sentences: the translation issue's bar for int8)
   struct Run {
     int beam, batch_size, threads;
+    KVCacheType kv_cache = KVCacheType::kFloat32;
   };
-  for (const Run r : {Run{1, 64, 1}, Run{1, 256, 2}, Run{1, 5, 2}, Run{4, 64, 2}}) {
+  for (const Run r : {Run{1, 64, 1}, Run{1, 256, 2}, Run{1, 5, 2}, Run{4, 64, 2}, Run{1, 64, 2, KVCacheType::kInt8},
+                      Run{4, 64, 2, KVCacheType::kInt8}, Run{1, 64, 2, KVCacheType::kBFloat16}}) {
     TranslateOptions o;
-    o.beam = r.beam, o.batch_size = r.batch_size, o.num_threads = r.threads;
+    o.beam = r.beam, o.batch_size = r.batch_size, o.num_threads = r.threads, o.kv_cache = r.kv_cache;
     const std::vector<std::string> got = translator.translate(sources, o);
     const std::vector<std::string>& want = r.beam == 1 ? greedy : beam4;
     int differ = 0;
     for (size_t i = 0; i < got.size(); ++i)
-      if (got[i] != want[i] && ++differ <= 3)
+      if (got[i] != want[i] && ++differ <= 3 && r.kv_cache == KVCacheType::kFloat32)
         ADD_FAILURE() << "beam " << r.beam << ", batches of " << r.batch_size << ": \"" << sources[i] << "\" -> "
                       << got[i] << ", expected " << want[i];
-    EXPECT_EQ(differ, 0) << "beam " << r.beam << ", batches of " << r.batch_size << ", " << r.threads << " threads";
+    EXPECT_LE(differ, r.kv_cache == KVCacheType::kFloat32 ? 0 : 10)
+        << "beam " << r.beam << ", batches of " << r.batch_size << ", " << r.threads << " threads, kv cache "
+        << kv_cache_name(r.kv_cache);
   }
 }
 
@@ -247,7 +252,8 @@ TEST(ShippedModel, TranslationSurvivesSignals) {
     sources.push_back(e.source);
     targets.push_back(e.target);
   }
-  struct sigaction handler {}, saved{};
+  struct sigaction handler {
+  }, saved{};
   handler.sa_handler = scribble_on_the_stack;
   ASSERT_EQ(sigaction(SIGPROF, &handler, &saved), 0);
   const itimerval every{{0, 200}, {0, 200}}, off{};

@@ -18,6 +18,7 @@ struct GenerationOptions {
   // Per sentence [B], instead of max_length: each sentence stops at its own limit (its output then does not
   // depend on the other sentences of the batch).
   std::vector<int64_t> max_lengths;
+  KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values
 };
 
 // Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no

@@ -26,6 +26,7 @@ struct TranslateOptions {
   // setting. It is the calling thread's setting; OpenBLAS keeps one global count, so concurrent translations
   // from several threads should use the same value.
   int num_threads = 0;
+  KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values (int8: 4x fewer bytes)
 };
 
 class Translator {

@@ -240,7 +240,7 @@ class Translator:
         """Why `text` is outside the task's grammar, as `attn translate` warns it, or None."""
         return _attn.grammar_problem(str(text))
 
-    def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0):
+    def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0, kv_cache="f32"):
         import warnings
         one = isinstance(text, str)
         sentences = [text] if one else list(text)
@@ -248,7 +248,8 @@ class Translator:
         if strict and any(problems):
             raise ValueError(next(p for p in problems if p))
         # raises ValueError for unknown words, empty or over-long input; max_length 0 = derived from the input
-        out = self._m.translate(sentences, int(beam), int(max_length), int(batch_size), int(num_threads))
+        # kv_cache: how decoding stores keys and values, "f32", "bf16" or "int8" (a scale per token and head)
+        out = self._m.translate(sentences, int(beam), int(max_length), int(batch_size), int(num_threads), str(kv_cache))
         for p in problems:
             if p:
                 warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)

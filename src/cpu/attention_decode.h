@@ -10,26 +10,68 @@
 // Includes only public and standard headers beside the kernel contract: this is the bottom layer.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+
+#include "attn/half.h"
 
 namespace attn::detail {
 
 // Keys per block of the transposed key layout (any instruction set: 1, 2 or 16 vectors of it).
 constexpr int64_t kKeyBlock = 16;
 
+// How the cache stores keys and values: float32; bfloat16 (rounded to nearest even); or int8 with one float
+// scale per (token, head) for K and for V (x ≈ scale · q, |q| ≤ 127, scale = max|x| / 127), the dequantisation
+// fused into Q·Kᵀ (a key block's sums scaled once) and P·V (p_j · scale_j per key).
+enum class KVType : uint8_t { kFloat32, kBFloat16, kInt8 };
+
+inline int64_t kv_type_size(KVType t) { return t == KVType::kFloat32 ? 4 : t == KVType::kBFloat16 ? 2 : 1; }
+
+// Stores n floats x (one head of one token) as t at out (element stride `stride`); for int8 returns the scale
+// (NaN when x holds a non-finite value: the token's scores then poison the rows that see it), else 1.
+inline float store_kv(const float* x, int64_t n, KVType t, void* out, int64_t stride) {
+  if (t == KVType::kFloat32) {
+    for (int64_t i = 0; i < n; ++i) static_cast<float*>(out)[i * stride] = x[i];
+    return 1.0f;
+  }
+  if (t == KVType::kBFloat16) {
+    for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(out)[i * stride] = float_to_bf16(x[i]);
+    return 1.0f;
+  }
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    finite &= std::isfinite(x[i]);
+    amax = std::fabs(x[i]) > amax ? std::fabs(x[i]) : amax;
+  }
+  int8_t* q = static_cast<int8_t*>(out);
+  if (!finite || amax == 0.0f) {
+    for (int64_t i = 0; i < n; ++i) q[i * stride] = 0;
+    return finite ? 1.0f : std::nanf("");
+  }
+  const float scale = amax / 127.0f, inv = 127.0f / amax;
+  for (int64_t i = 0; i < n; ++i) q[i * stride] = static_cast<int8_t>(std::lrint(x[i] * inv));
+  return scale;
+}
+
 struct DecodeProblem {
   int64_t B = 0, H = 0, Hkv = 0, Lq = 0, Lk = 0, D = 0, Dv = 0;
   // q: [B, H, Lq, D]       element (b, h, i, d) at q[b*q_sb + h*q_sh + i*q_sl + d]
   const float* q = nullptr;
   int64_t q_sb = 0, q_sh = 0, q_sl = 0;
+  // The cache's element type (kt and v), and for int8 the scales. Strides count elements of kv_type.
+  KVType kv_type = KVType::kFloat32;
   // kt: [B, Hkv, ⌈Lk / kKeyBlock⌉, D, kKeyBlock]: key j of head g, element d at
   //     kt[b*kt_sb + g*kt_sh + (j / kKeyBlock)*D*kKeyBlock + d*kKeyBlock + j % kKeyBlock]
   //     (the last block's keys beyond Lk may hold anything: they are never read as keys)
-  const float* kt = nullptr;
+  const void* kt = nullptr;
   int64_t kt_sb = 0, kt_sh = 0;
   // v: [B, Hkv, Lk, Dv]    element (b, g, j, e) at v[b*v_sb + g*v_sh + j*v_sl + e]
-  const float* v = nullptr;
+  const void* v = nullptr;
   int64_t v_sb = 0, v_sh = 0, v_sl = 0;
+  // int8 only: k_scale, v_scale [B, Hkv, Lk]: token j of head g at scale[b*s_sb + g*s_sh + j]
+  const float *k_scale = nullptr, *v_scale = nullptr;
+  int64_t s_sb = 0, s_sh = 0;
   // out: [B, H, Lq, Dv]
   float* o = nullptr;
   int64_t o_sb = 0, o_sh = 0, o_sl = 0;

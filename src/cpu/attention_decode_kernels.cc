@@ -7,6 +7,8 @@
 //   s = mask(s)             padding, and the last block's keys beyond Lk
 //   p = exp(s − max s),  l = Σ p
 //   out = Σ_j p_j · v_j / l  (keys with p_j = 0 skipped: a hidden value is never multiplied)
+// The cache holds float32, bfloat16 or int8 (cpu/attention_decode.h): elements are widened as they are loaded,
+// int8 scales applied once per key (to its score, and to its weight before P·V).
 // Non-finite input follows the fused kernel's rule: a visible NaN score makes the row NaN, a row with every
 // key hidden is 0.
 #include <algorithm>
@@ -29,16 +31,55 @@ using simd::Vec;
 constexpr int64_t W = Vec::W;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 static_assert(kKeyBlock % W == 0, "a key block is whole vectors");
-constexpr int64_t kBlockVecs = kKeyBlock / W;                           // vectors per key block
-constexpr int64_t kChains = kBlockVecs >= 4 ? 1 : 4 / kBlockVecs;       // independent FMA chains over d
-constexpr int64_t kValueVecs = 8;                                       // accumulator vectors per pass over keys
+constexpr int64_t kBlockVecs = kKeyBlock / W;                      // vectors per key block
+constexpr int64_t kChains = kBlockVecs >= 4 ? 1 : 4 / kBlockVecs;  // independent FMA chains over d
+constexpr int64_t kValueVecs = 8;                                  // accumulator vectors per pass over keys
 // Below this many FLOPs a call runs on the calling thread: a parallel region costs more than the work.
 constexpr int64_t kParallelFlops = int64_t{1} << 18;
 
-// s[0, nblocks·kKeyBlock) = qs · Kᵀ over one head's transposed keys kt.  qs: [D] (scaled)
-void block_scores(const float* qs, const float* kt, int64_t D, int64_t nblocks, float* s) {
+// W cached elements as floats (bf16 widened, int8 converted; an int8 element's scale is applied by the caller).
+float to_float(float x) { return x; }
+float to_float(uint16_t x) { return bf16_to_float(x); }
+float to_float(int8_t x) { return static_cast<float>(x); }
+
+template <class T>
+Vec load_floats(const T* p) {
+  float buf[W];
+  for (int64_t i = 0; i < W; ++i) buf[i] = to_float(p[i]);
+  return Vec::load(buf);
+}
+template <>
+Vec load_floats(const float* p) {
+  return Vec::load(p);
+}
+#if defined(__AVX512F__)
+template <>
+Vec load_floats(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+}
+template <>
+Vec load_floats(const int8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+template <>
+Vec load_floats(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+}
+template <>
+Vec load_floats(const int8_t* p) {
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
+#endif
+
+// s[0, nblocks·kKeyBlock) = qs · Kᵀ over one head's transposed keys kt (int8: before the keys' scales).
+// qs: [D] (scaled)
+template <class KT>
+void block_scores(const float* qs, const KT* kt, int64_t D, int64_t nblocks, float* s) {
   for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const float* kb = kt + blk * D * kKeyBlock;  // [D, kKeyBlock]
+    const KT* kb = kt + blk * D * kKeyBlock;  // [D, kKeyBlock]
     Vec acc[kChains][kBlockVecs];
     for (auto& chain : acc)
       for (Vec& a : chain) a = Vec::zero();
@@ -47,11 +88,12 @@ void block_scores(const float* qs, const float* kt, int64_t D, int64_t nblocks, 
       for (int64_t c = 0; c < kChains; ++c) {
         const Vec qd = Vec::set1(qs[d + c]);
         for (int64_t u = 0; u < kBlockVecs; ++u)
-          acc[c][u] = Vec::fmadd(qd, Vec::load(kb + (d + c) * kKeyBlock + u * W), acc[c][u]);
+          acc[c][u] = Vec::fmadd(qd, load_floats(kb + (d + c) * kKeyBlock + u * W), acc[c][u]);
       }
     for (; d < D; ++d) {
       const Vec qd = Vec::set1(qs[d]);
-      for (int64_t u = 0; u < kBlockVecs; ++u) acc[0][u] = Vec::fmadd(qd, Vec::load(kb + d * kKeyBlock + u * W), acc[0][u]);
+      for (int64_t u = 0; u < kBlockVecs; ++u)
+        acc[0][u] = Vec::fmadd(qd, load_floats(kb + d * kKeyBlock + u * W), acc[0][u]);
     }
     for (int64_t u = 0; u < kBlockVecs; ++u) {
       Vec sum = acc[0][u];
@@ -61,8 +103,10 @@ void block_scores(const float* qs, const float* kt, int64_t D, int64_t nblocks, 
   }
 }
 
-// out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; v: key j's row at v + j·v_sl
-void weighted_values(const float* p, int64_t Lk, const float* v, int64_t v_sl, int64_t Dv, float inv, float* out) {
+// out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; v: key j's row at v + j·v_sl.
+// int8 values: p holds p_j · scale_j already.
+template <class VT>
+void weighted_values(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int64_t Dv, float inv, float* out) {
   int64_t e0 = 0;
   for (; e0 + W <= Dv; e0 += kValueVecs * W) {
     const int64_t nv = std::min<int64_t>(kValueVecs, (Dv - e0) / W);
@@ -72,9 +116,9 @@ void weighted_values(const float* p, int64_t Lk, const float* v, int64_t v_sl, i
     for (int64_t j = 0; j < Lk; ++j) {
       if (p[j] == 0.0f) continue;
       const Vec pj = Vec::set1(p[j]);
-      const float* vj = v + j * v_sl + e0;
+      const VT* vj = v + j * v_sl + e0;
       Vec* a = acc[j & 1];
-      for (int64_t u = 0; u < nv; ++u) a[u] = Vec::fmadd(pj, Vec::load(vj + u * W), a[u]);
+      for (int64_t u = 0; u < nv; ++u) a[u] = Vec::fmadd(pj, load_floats(vj + u * W), a[u]);
     }
     const Vec scale = Vec::set1(inv);
     for (int64_t u = 0; u < nv; ++u) ((acc[0][u] + acc[1][u]) * scale).store(out + e0 + u * W);
@@ -82,18 +126,21 @@ void weighted_values(const float* p, int64_t Lk, const float* v, int64_t v_sl, i
   for (int64_t e = Dv / W * W; e < Dv; ++e) {  // the tail below a whole vector
     float acc = 0.0f;
     for (int64_t j = 0; j < Lk; ++j)
-      if (p[j] != 0.0f) acc += p[j] * v[j * v_sl + e];
+      if (p[j] != 0.0f) acc += p[j] * to_float(v[j * v_sl + e]);
     out[e] = acc * inv;
   }
 }
 
-// One query row: out [Dv] from q [D] over head (b, g)'s keys and values. s: scratch [nblocks·kKeyBlock],
-// qs: scratch [D].
-void decode_row(const DecodeProblem& p, const float* q, const float* kt, const float* v, const uint8_t* pad, float* out,
-                float* s, float* qs) {
+// One query row: out [Dv] from q [D] over head (b, g)'s keys and values (k_scale, v_scale: its int8 scales
+// [Lk], else null). s: scratch [nblocks·kKeyBlock], qs: scratch [D].
+template <class T>
+void decode_row(const DecodeProblem& p, const float* q, const T* kt, const T* v, const float* k_scale,
+                const float* v_scale, const uint8_t* pad, float* out, float* s, float* qs) {
   const int64_t nblocks = (p.Lk + kKeyBlock - 1) / kKeyBlock, padded = nblocks * kKeyBlock;
   for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
   block_scores(qs, kt, p.D, nblocks, s);
+  if (k_scale)
+    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= k_scale[j];
   std::fill(s + p.Lk, s + padded, kNegInf);  // the last block's keys beyond Lk
   if (pad)
     for (int64_t j = 0; j < p.Lk; ++j)
@@ -119,22 +166,35 @@ void decode_row(const DecodeProblem& p, const float* q, const float* kt, const f
     std::fill(out, out + p.Dv, std::numeric_limits<float>::quiet_NaN());
     return;
   }
+  if (v_scale)
+    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= v_scale[j];
   weighted_values(s, p.Lk, v, p.v_sl, p.Dv, 1.0f / l, out);
 }
 
-// Every query row of the heads of kv head g in batch b.
+// Every query row of the heads of kv head g in batch b, the cache's elements being T.
+template <class T>
 void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {
   thread_local std::vector<float> s, qs;
   const int64_t padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   if (static_cast<int64_t>(s.size()) < padded) s.resize(static_cast<size_t>(padded));
   if (static_cast<int64_t>(qs.size()) < p.D) qs.resize(static_cast<size_t>(p.D));
-  const float* kt = p.kt + b * p.kt_sb + g * p.kt_sh;
-  const float* v = p.v + b * p.v_sb + g * p.v_sh;
+  const T* kt = static_cast<const T*>(p.kt) + b * p.kt_sb + g * p.kt_sh;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_sb + g * p.v_sh;
+  const float* k_scale = p.k_scale ? p.k_scale + b * p.s_sb + g * p.s_sh : nullptr;
+  const float* v_scale = p.v_scale ? p.v_scale + b * p.s_sb + g * p.s_sh : nullptr;
   const uint8_t* pad = p.key_padding ? p.key_padding + b * p.pad_sb : nullptr;
   for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
     for (int64_t i = 0; i < p.Lq; ++i)
-      decode_row(p, p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl, kt, v, pad, p.o + b * p.o_sb + h * p.o_sh + i * p.o_sl,
-                 s.data(), qs.data());
+      decode_row(p, p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl, kt, v, k_scale, v_scale, pad,
+                 p.o + b * p.o_sb + h * p.o_sh + i * p.o_sl, s.data(), qs.data());
+}
+
+void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {
+  switch (p.kv_type) {
+    case KVType::kFloat32: decode_task<float>(p, b, g); return;
+    case KVType::kBFloat16: decode_task<uint16_t>(p, b, g); return;
+    case KVType::kInt8: decode_task<int8_t>(p, b, g); return;
+  }
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cpu/attention_fused.h"
 #include "cpu/attention_decode.h"
+#include "cpu/attention_fused.h"
 
 namespace attn::detail {
 

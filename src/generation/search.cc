@@ -45,7 +45,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
                                               const std::vector<int64_t>& limit, float length_penalty) {
   const int64_t V = decoder.vocab_size(), T = *std::max_element(limit.begin(), limit.end());
   const float kNegInf = -std::numeric_limits<float>::infinity();
-  int64_t live = B;                                    // sentences in the decoder
+  int64_t live = B;                                       // sentences in the decoder
   std::vector<int64_t> sentence(static_cast<size_t>(B));  // [live]: slot -> sentence
   std::iota(sentence.begin(), sentence.end(), int64_t{0});
   // per row of the decoder [live·K]: current token, log-probability, output so far
@@ -179,7 +179,7 @@ std::vector<std::vector<int32_t>> generate(const Transformer& model, const Token
     }
   }
   const int64_t T = *std::max_element(limit.begin(), limit.end());
-  const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, options.beam, T);
+  const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, options.beam, T, options.kv_cache);
   return beam_search(*decoder, model.config(), src.B, options.beam, limit, options.length_penalty);
 }
 

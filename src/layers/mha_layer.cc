@@ -112,38 +112,70 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
 
 int64_t KVCache::k_head() const { return detail::key_block_floats(Dh, capacity); }
 
-void KVCache::allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool spare) {
-  N = n, capacity = cap, Hkv = hkv, Dh = dh, width = hkv * dh;
+size_t KVCache::bytes_held() const {
+  return main.k_bytes + main.v_bytes + spare.k_bytes + spare.v_bytes +
+         2 * (main.scale_floats + spare.scale_floats) * sizeof(float);
+}
+
+namespace {
+void reserve(KVCache::Buffers& b, size_t k_bytes, size_t v_bytes, size_t scale_floats) {
+  if (k_bytes > b.k_bytes) b.k.reset(new std::byte[k_bytes]), b.k_bytes = k_bytes;
+  if (v_bytes > b.v_bytes) b.v.reset(new std::byte[v_bytes]), b.v_bytes = v_bytes;
+  if (scale_floats > b.scale_floats) {
+    b.k_scale.reset(new float[scale_floats]);
+    b.v_scale.reset(new float[scale_floats]);
+    b.scale_floats = scale_floats;
+  }
+}
+}  // namespace
+
+void KVCache::allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool with_spare, detail::KVType kv_type) {
+  N = n, capacity = cap, Hkv = hkv, Dh = dh, width = hkv * dh, type = kv_type;
   // Uninitialised on purpose: position t is written before anything reads it, so only the pages of the
   // positions a batch reaches are ever touched (zero-filling the whole capacity cost more than decoding).
-  const size_t k_floats = static_cast<size_t>(N * k_row()), v_floats = static_cast<size_t>(N * v_row());
-  if (k_floats > k_held) k.reset(new float[k_floats]), k_held = k_floats;
-  if (v_floats > v_held) v.reset(new float[v_floats]), v_held = v_floats;
-  if (spare && k_floats > spare_k_held) spare_k.reset(new float[k_floats]), spare_k_held = k_floats;
-  if (spare && v_floats > spare_v_held) spare_v.reset(new float[v_floats]), spare_v_held = v_floats;
+  const size_t size = static_cast<size_t>(detail::kv_type_size(type));
+  const size_t k_bytes = static_cast<size_t>(N * k_row()) * size, v_bytes = static_cast<size_t>(N * v_row()) * size;
+  const size_t scales = type == detail::KVType::kInt8 ? static_cast<size_t>(N * scale_row()) : 0;
+  reserve(main, k_bytes, v_bytes, scales);
+  if (with_spare) reserve(spare, k_bytes, v_bytes, scales);
 }
 
 void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count) {
-  const int64_t head = k_head();
+  const int64_t head = k_head(), size = detail::kv_type_size(type);
+  const bool scaled = type == detail::KVType::kInt8;
   for (int64_t n = 0; n < rows; ++n)
     for (int64_t c = 0; c < count; ++c) {
       const float* kr = k_rows + n * ld + c * width;  // [Hkv, Dh]
-      // position t + c: column (t + c) % kKeyBlock of its block, elements kKeyBlock apart
-      float* kt = k.get() + n * k_row() + detail::key_block_index(Dh, t + c, 0);
-      for (int64_t g = 0; g < Hkv; ++g)
-        for (int64_t d = 0; d < Dh; ++d) kt[g * head + d * detail::kKeyBlock] = kr[g * Dh + d];
-      if (v_rows) std::copy_n(v_rows + n * ld + c * width, width, v.get() + n * v_row() + (t + c) * width);
+      const float* vr = v_rows + n * ld + c * width;
+      // key t + c: column (t + c) % kKeyBlock of its block, elements kKeyBlock apart
+      std::byte* kt = main.k.get() + (n * k_row() + detail::key_block_index(Dh, t + c, 0)) * size;
+      std::byte* v = main.v.get() + (n * v_row() + (t + c) * width) * size;
+      for (int64_t g = 0; g < Hkv; ++g) {
+        const float ks = detail::store_kv(kr + g * Dh, Dh, type, kt + g * head * size, detail::kKeyBlock);
+        const float vs = detail::store_kv(vr + g * Dh, Dh, type, v + g * Dh * size, 1);
+        if (scaled) {
+          main.k_scale[static_cast<size_t>(n * scale_row() + g * capacity + t + c)] = ks;
+          main.v_scale[static_cast<size_t>(n * scale_row() + g * capacity + t + c)] = vs;
+        }
+      }
     }
 }
 
 namespace {
-// Positions [0, length) of row `from` of (k_from, v_from) into row `to` of (k_to, v_to).
-void copy_row(const KVCache& c, const float* k_from, const float* v_from, int64_t from, float* k_to, float* v_to,
-              int64_t to, int64_t length) {
-  const int64_t head = c.k_head(), used = detail::key_block_floats(c.Dh, length);
+// Positions [0, length) of row `from` of buffers `in` into row `to` of `out`.
+void copy_row(const KVCache& c, const KVCache::Buffers& in, int64_t from, KVCache::Buffers& out, int64_t to,
+              int64_t length) {
+  const int64_t size = detail::kv_type_size(c.type), head = c.k_head() * size;
+  const int64_t used = detail::key_block_floats(c.Dh, length) * size;
   for (int64_t g = 0; g < c.Hkv; ++g)
-    std::copy_n(k_from + from * c.k_row() + g * head, used, k_to + to * c.k_row() + g * head);
-  std::copy_n(v_from + from * c.v_row(), length * c.width, v_to + to * c.v_row());
+    std::copy_n(in.k.get() + from * c.k_row() * size + g * head, used, out.k.get() + to * c.k_row() * size + g * head);
+  std::copy_n(in.v.get() + from * c.v_row() * size, length * c.width * size, out.v.get() + to * c.v_row() * size);
+  if (c.type == detail::KVType::kInt8)
+    for (int64_t g = 0; g < c.Hkv; ++g) {
+      const int64_t a = from * c.scale_row() + g * c.capacity, z = to * c.scale_row() + g * c.capacity;
+      std::copy_n(in.k_scale.get() + a, length, out.k_scale.get() + z);
+      std::copy_n(in.v_scale.get() + a, length, out.v_scale.get() + z);
+    }
 }
 }  // namespace
 
@@ -153,23 +185,30 @@ void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
   for (int64_t n = 0; n < N; ++n) {
     const int64_t from = parent[static_cast<size_t>(n)];
     if (from != n && parent[static_cast<size_t>(from)] != from && !saved[static_cast<size_t>(from)]) {
-      copy_row(*this, k.get(), v.get(), from, spare_k.get(), spare_v.get(), from, length);
+      copy_row(*this, main, from, spare, from, length);
       saved[static_cast<size_t>(from)] = 1;
     }
   }
   for (int64_t n = 0; n < N; ++n) {
     const int64_t from = parent[static_cast<size_t>(n)];
-    if (from == n) continue;
-    const bool s = saved[static_cast<size_t>(from)];
-    copy_row(*this, s ? spare_k.get() : k.get(), s ? spare_v.get() : v.get(), from, k.get(), v.get(), n, length);
+    if (from != n) copy_row(*this, saved[static_cast<size_t>(from)] ? spare : main, from, main, n, length);
   }
 }
 
 void KVCache::move_rows(int64_t from, int64_t to, int64_t rows, int64_t length) {
   if (from == to) return;
-  for (int64_t r = 0; r < rows; ++r) copy_row(*this, k.get(), v.get(), from + r, k.get(), v.get(), to + r, length);
+  for (int64_t r = 0; r < rows; ++r) copy_row(*this, main, from + r, main, to + r, length);
 }
 
+void KVCache::describe(detail::DecodeProblem& p) const {
+  p.kv_type = type;
+  p.kt = main.k.get(), p.kt_sb = k_row(), p.kt_sh = k_head();
+  p.v = main.v.get(), p.v_sb = v_row(), p.v_sh = Dh, p.v_sl = width;
+  if (type == detail::KVType::kInt8) {
+    p.k_scale = main.k_scale.get(), p.v_scale = main.v_scale.get();
+    p.s_sb = scale_row(), p.s_sh = capacity;
+  }
+}
 
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
   const int64_t E = w.E, Dh = w.head_dim();
@@ -181,22 +220,23 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
   detail::DecodeProblem p;
   p.B = N, p.H = w.H, p.Hkv = w.Hkv, p.Lq = 1, p.Lk = t + 1, p.D = Dh, p.Dv = Dh;
   p.q = qkv.q, p.q_sb = qkv.q_ld, p.q_sh = Dh, p.q_sl = qkv.q_ld;
-  p.kt = cache.k.get(), p.kt_sb = cache.k_row(), p.kt_sh = cache.k_head();
-  p.v = cache.v.get(), p.v_sb = cache.v_row(), p.v_sh = Dh, p.v_sl = cache.width;
+  cache.describe(p);
   p.o = heads, p.o_sb = E, p.o_sh = Dh, p.o_sl = E;
   p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   detail::attention_decode(p);
   ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E, {.accumulate = true});
 }
 
-void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls) {
+void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls,
+                  detail::KVType kv_type) {
   const int64_t kv = w.kv_width();
-  cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*spare=*/false);
-  // V straight into the cache (its rows are the GEMM's); K as rows [B, Ls, Hkv·Dh], then transposed into blocks
-  ops::linear_forward(cache.v.get(), memory, w.w_v, w.qw_v, w.b_v, B * Ls, kv, w.vdim);
+  cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*with_spare=*/false, kv_type);
+  // K and V as rows [B, Ls, Hkv·Dh], then into the cache's layout and type
   float* k = ops::scratch(1, B * Ls * kv);
+  float* v = ops::scratch(2, B * Ls * kv);
   ops::linear_forward(k, memory, w.w_k, w.qw_k, w.b_k, B * Ls, kv, w.kdim);
-  cache.write(k, nullptr, Ls * kv, B, 0, Ls);
+  ops::linear_forward(v, memory, w.w_v, w.qw_v, w.b_v, B * Ls, kv, w.vdim);
+  cache.write(k, v, Ls * kv, B, 0, Ls);
 }
 
 void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t K,
@@ -209,8 +249,7 @@ void mha_cross_attention_step(float* out, const MhaWeights& w, const float* x, i
   detail::DecodeProblem p;
   p.B = B, p.H = w.H, p.Hkv = w.Hkv, p.Lq = K, p.Lk = cache.capacity, p.D = Dh, p.Dv = Dh;
   p.q = q, p.q_sb = K * E, p.q_sh = Dh, p.q_sl = E;
-  p.kt = cache.k.get(), p.kt_sb = cache.k_row(), p.kt_sh = cache.k_head();
-  p.v = cache.v.get(), p.v_sb = cache.v_row(), p.v_sh = Dh, p.v_sl = cache.width;
+  cache.describe(p);
   p.o = heads, p.o_sb = K * E, p.o_sh = Dh, p.o_sl = E;
   p.key_padding = key_padding, p.pad_sb = cache.capacity;
   p.scale = 1.0f / std::sqrt(static_cast<float>(Dh));

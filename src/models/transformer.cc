@@ -198,7 +198,7 @@ void models::encode_impl(const TransformerWeights& net, TransformerActivations& 
   float* x = models::embed_forward(k.src_emb, k.src_keep, net, net.src_embed, src, r);
   k.enc.resize(static_cast<size_t>(c.num_encoder_layers));
   for (auto& layer : k.enc) layer.self_attn.record_weights = !k.training;  // attention_maps() after inference
-  const bool inference = !keep_weights && r == nullptr;  // nothing kept: the layers run in place on x
+  const bool inference = !keep_weights && r == nullptr;                    // nothing kept: the layers run in place on x
   for (int64_t l = 0; l < c.num_encoder_layers; ++l)
     if (inference)
       models::encoder_layer_inference(x, k.enc[l], net.enc[l], net, B, Ls, k.src_pad.data());
@@ -272,6 +272,17 @@ Quantization parse_quantization(const std::string& name) {
   if (name == "int8") return Quantization::kInt8;
   if (name == "bf16") return Quantization::kBFloat16;
   throw ArgumentError("quantization must be \"none\", \"int8\" or \"bf16\", got \"" + name + "\"");
+}
+
+const char* kv_cache_name(KVCacheType t) {
+  return t == KVCacheType::kInt8 ? "int8" : t == KVCacheType::kBFloat16 ? "bf16" : "f32";
+}
+
+KVCacheType parse_kv_cache(const std::string& name) {
+  if (name == "f32") return KVCacheType::kFloat32;
+  if (name == "bf16") return KVCacheType::kBFloat16;
+  if (name == "int8") return KVCacheType::kInt8;
+  throw ArgumentError("kv cache must be \"f32\", \"bf16\" or \"int8\", got \"" + name + "\"");
 }
 
 const models::TransformerWeights& Transformer::weights() const {

@@ -35,7 +35,7 @@ CachePool& cache_pool() {
   return pool;
 }
 
-size_t cache_bytes(const layers::KVCache& c) { return c.floats_held() * sizeof(float); }
+size_t cache_bytes(const layers::KVCache& c) { return c.bytes_held(); }
 
 std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
   CachePool& pool = cache_pool();
@@ -67,7 +67,7 @@ class TransformerDecoder final : public StepDecoder {
  public:
   // memory: [B·Ls, E], the encoder's output (read here only)
   TransformerDecoder(std::shared_ptr<const models::TransformerWeights> weights, const float* memory,
-                     const TokenBatch& src, int64_t K, int64_t T)
+                     const TokenBatch& src, int64_t K, int64_t T, detail::KVType kv_type)
       : weights_(std::move(weights)),
         net_(*weights_),
         B_(src.B),
@@ -81,8 +81,9 @@ class TransformerDecoder final : public StepDecoder {
     self_ = take_caches(CacheKind::kSelf, net.dec.size());
     cross_ = take_caches(CacheKind::kCross, net.dec.size());
     for (size_t l = 0; l < net.dec.size(); ++l) {
-      layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory, B_, Ls_);
-      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.Hkv, net.dec[l].self_attn.w.head_dim(), /*spare=*/K > 1);
+      layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory, B_, Ls_, kv_type);
+      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.Hkv, net.dec[l].self_attn.w.head_dim(), /*with_spare=*/K > 1,
+                        kv_type);
     }
   }
 
@@ -117,9 +118,8 @@ class TransformerDecoder final : public StepDecoder {
         layers::mha_cross_attention_step(x, w.cross_attn.w, in, B_, K_, cross_[l], src_pad_.data());
       });
       // feed-forward
-      sublayer(w.norm3, [&](const float* in, float* x) {
-        layers::ff_forward_accumulate(x, ff_acts_, w.ff, in, N, net_.act());
-      });
+      sublayer(w.norm3,
+               [&](const float* in, float* x) { layers::ff_forward_accumulate(x, ff_acts_, w.ff, in, N, net_.act()); });
     }
     float* y = grow(y_, N * E);  // LN_dec(x)
     ops::layer_norm_forward(y, grow(mean_, N), grow(rstd_, N), x_.data(), net_.dec_norm.w, net_.dec_norm.b, N, E);
@@ -193,8 +193,8 @@ class TransformerDecoder final : public StepDecoder {
 
 }  // namespace
 
-std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, int64_t hypotheses,
-                                                         int64_t positions) const {
+std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, int64_t hypotheses, int64_t positions,
+                                                         KVCacheType kv_cache) const {
   if (hypotheses < 1)
     throw ArgumentError("Transformer::start_decoding: hypotheses must be >= 1, got " + std::to_string(hypotheses));
   if (positions < 1 || positions > config_.max_len)
@@ -204,7 +204,10 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
   const models::TransformerWeights& net = weights();  // checks that no parameter was replaced
   TransformerActivations& k = models::inference_activations();
   models::encode_impl(net, k, src, /*keep_weights=*/false, nullptr);
-  return std::make_unique<TransformerDecoder>(weights_, k.mem.data(), src, hypotheses, positions);
+  const detail::KVType kv_type = kv_cache == KVCacheType::kInt8       ? detail::KVType::kInt8
+                                 : kv_cache == KVCacheType::kBFloat16 ? detail::KVType::kBFloat16
+                                                                      : detail::KVType::kFloat32;
+  return std::make_unique<TransformerDecoder>(weights_, k.mem.data(), src, hypotheses, positions, kv_type);
 }
 
 }  // namespace attn

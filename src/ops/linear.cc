@@ -8,7 +8,8 @@
 // 2.6 (Debian's) runs its generated f32 GEMM kernels, which point rsp into the heap while they run, so a signal
 // delivered meanwhile (a profiler's SIGPROF, any handler) corrupts the heap (oneDNN issue #4845, fixed upstream
 // in 2026 by PR #4855). A fixed row count selects brgemm kernels, which are safe, but a primitive per row count
-// costs 0.2-0.7 ms to create. tests/task_test.cc translates with a profiling timer's signals arriving to keep this honest.
+// costs 0.2-0.7 ms to create. tests/task_test.cc translates with a profiling timer's signals arriving to keep this
+// honest.
 #include <cblas.h>
 
 #include <algorithm>
@@ -38,9 +39,8 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
     }
   }
   if (K > 0)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
-                static_cast<int>(K), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y,
-                static_cast<int>(ldy));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+                1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
   if (epilogue.relu)
     for (int64_t i = 0; i < M; ++i) {
       float* row = y + i * ldy;

@@ -243,7 +243,7 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
 }
 
 struct TranslateBench {
-  std::string model, quantize = "none";
+  std::string model, quantize = "none", kv_cache = "f32";
   TranslateOptions options;
   int64_t count = 2000;
   int repeat = 3;
@@ -257,7 +257,9 @@ void run_translate_bench(const TranslateBench& a) {
   std::vector<std::string> sentences;
   for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, a.count, 3)) sentences.push_back(e.source);
   std::vector<std::string> out;
-  const auto ms = time_runs(a.repeat, [&] { out = translator.translate(sentences, a.options); });
+  TranslateOptions options = a.options;
+  options.kv_cache = parse_kv_cache(a.kv_cache);
+  const auto ms = time_runs(a.repeat, [&] { out = translator.translate(sentences, options); });
   int64_t tokens = 0;
   for (const std::string& t : out) tokens += static_cast<int64_t>(tasks::utf8_chars(t).size()) + 1;
   const double median = ms[ms.size() / 2], seconds = median * 1e-3;
@@ -265,17 +267,17 @@ void run_translate_bench(const TranslateBench& a) {
   const int threads = a.options.num_threads > 0 ? a.options.num_threads : omp_get_max_threads();
   if (a.json)
     std::printf(
-        "{\"bench\": \"translate\", \"quantize\": \"%s\", \"count\": %zu, \"beam\": %d, \"batch\": %lld, \"threads\": "
-        "%d, "
+        "{\"bench\": \"translate\", \"quantize\": \"%s\", \"kv_cache\": \"%s\", \"count\": %zu, \"beam\": %d, "
+        "\"batch\": %lld, \"threads\": %d, "
         "\"median_ms\": %.2f, \"sentences_per_s\": %.1f, \"target_tokens_per_s\": %.1f}\n",
-        a.quantize.c_str(), sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads,
-        median, per_s, tok_s);
+        a.quantize.c_str(), a.kv_cache.c_str(), sentences.size(), a.options.beam,
+        static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
   else
     std::printf(
-        "translate (%s): %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, %.1f sentences/s, "
-        "%.1f target tokens/s\n",
-        a.quantize.c_str(), sentences.size(), a.options.beam, static_cast<long long>(a.options.batch_size), threads,
-        median, per_s, tok_s);
+        "translate (%s, kv cache %s): %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, "
+        "%.1f sentences/s, %.1f target tokens/s\n",
+        a.quantize.c_str(), a.kv_cache.c_str(), sentences.size(), a.options.beam,
+        static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
 }
 
 // The FMA ceiling at 1 thread and at all threads (or --threads), at the fused kernel's instruction set.
@@ -381,6 +383,8 @@ void add_bench(CLI::App& app) {
   tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));
   tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  tr->add_option("--kv-cache", tb->kv_cache, "how decoding stores keys and values: f32, bf16 or int8")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}));
   tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   tr->add_option("--repeat", tb->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   tr->add_flag("--json", tb->json, "one JSON line");

@@ -51,7 +51,7 @@ Translator load_translator(const std::string& flag, const std::string& quantize,
 }
 
 struct TranslateArgs {
-  std::string model, quantize = "none", dtype = "f32";
+  std::string model, quantize = "none", dtype = "f32", kv_cache = "f32";
   TranslateOptions options;
   bool strict = false;
   std::vector<std::string> text;
@@ -64,6 +64,8 @@ void run_translate(const TranslateArgs& a) {
   if (a.options.beam < 1 || a.options.beam > 64)
     throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
   const Translator translator = load_translator(a.model, a.quantize, a.dtype);
+  TranslateOptions options = a.options;
+  options.kv_cache = parse_kv_cache(a.kv_cache);
   const bool from_stdin = a.text.empty();
   std::vector<std::string> lines;
   if (from_stdin) {
@@ -89,8 +91,7 @@ void run_translate(const TranslateArgs& a) {
     if (why) errors.warn(i, *why + (a.strict ? "" : "; translated anyway, but the model never saw such a phrase"));
     good.push_back(text);
   }
-  const std::vector<std::string> out =
-      good.empty() ? std::vector<std::string>() : translator.translate(good, a.options);
+  const std::vector<std::string> out = good.empty() ? std::vector<std::string>() : translator.translate(good, options);
   for (size_t i = 0, next = 0; i < lines.size(); ++i)
     std::cout << (errors.failed(i) ? std::string() : out[next++]) << "\n";
   std::cout.flush();
@@ -149,6 +150,9 @@ void add_translate(CLI::App& app) {
                   "the model's max_len")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--batch-size", t->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  sub->add_option("--kv-cache", t->kv_cache,
+                  "how decoding stores keys and values: f32, bf16 or int8 (a scale per token and head)")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}));
   sub->add_option("--threads", t->options.num_threads, "threads; 0 = all cores (or OMP_NUM_THREADS)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("text", t->text, "the sentence, e.g. \"three hundred twelve\"");

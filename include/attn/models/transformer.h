@@ -50,6 +50,13 @@ enum class Quantization : uint8_t { kNone, kInt8, kBFloat16 };
 const char* quantization_name(Quantization q);
 Quantization parse_quantization(const std::string& name);
 
+// How incremental decoding stores its keys and values: float32, bfloat16, or int8 with a scale per (token, head)
+// (the dequantisation fused into the decoding kernel: fewer bytes per key for the memory-bound decode).
+enum class KVCacheType : uint8_t { kFloat32, kBFloat16, kInt8 };
+// "f32" | "bf16" | "int8", and the inverse (ArgumentError naming the accepted values).
+const char* kv_cache_name(KVCacheType t);
+KVCacheType parse_kv_cache(const std::string& name);
+
 // A batch of token ids, row-major [B, L], padded with pad_id.
 struct TokenBatch {
   std::vector<int32_t> ids;
@@ -139,8 +146,9 @@ class Transformer {
   // target positions (BOS included, at most max_len): encodes once, then each step() runs the decoder for
   // one token per hypothesis with a preallocated KV cache for masked self-attention and the encoder's
   // K/V, computed once, shared by all hypotheses of a sentence for cross-attention. The decoder reads this
-  // model's parameters: keep the model alive while it is used.
-  std::unique_ptr<StepDecoder> start_decoding(const TokenBatch& src, int64_t hypotheses, int64_t positions) const;
+  // model's parameters: keep the model alive while it is used. kv_cache: how both caches store K and V.
+  std::unique_ptr<StepDecoder> start_decoding(const TokenBatch& src, int64_t hypotheses, int64_t positions,
+                                              KVCacheType kv_cache = KVCacheType::kFloat32) const;
 
   // A directory with model.safetensors and config.json.
   void save(const std::string& dir) const;
