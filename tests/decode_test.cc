@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attn/error.h"
 #include "attn/half.h"
+#include "attn/layers/decode_cache.h"
 
 #include "attention_cases.h"
 #include "attn/attention.h"
@@ -166,6 +168,47 @@ TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
       EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
     }
   }
+}
+
+}  // namespace
+}  // namespace attn
+
+namespace attn {
+namespace {
+
+// The public DecodeCache: appended in pieces, its attention equals scaled_dot_product_attention over the whole
+// K/V (float32 exactly up to the kernel's rounding; int8 within its storage error); misuse is a typed error.
+TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
+  test::AttentionCase c;
+  c.B = 2, c.H = 4, c.Hkv = 2, c.Lq = 3, c.Lk = 37, c.D = 24, c.Dv = 24, c.key_padding = true;
+  test::CaseInputs in = test::make_inputs(c, 11);
+  in.options.impl = AttentionImpl::kReference;
+  const Tensor want = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+  auto slice = [](const Tensor& t, int64_t a, int64_t z) {  // positions [a, z) of [B, G, L, D]
+    Tensor out({t.dim(0), t.dim(1), z - a, t.dim(3)});
+    for (int64_t bg = 0; bg < t.dim(0) * t.dim(1); ++bg)
+      for (int64_t j = a; j < z; ++j)
+        for (int64_t d = 0; d < t.dim(3); ++d)
+          out.f32()[(bg * (z - a) + j - a) * t.dim(3) + d] = t.f32()[(bg * t.dim(2) + j) * t.dim(3) + d];
+    return out;
+  };
+  for (KVCacheType type : {KVCacheType::kFloat32, KVCacheType::kBFloat16, KVCacheType::kInt8}) {
+    SCOPED_TRACE(kv_cache_name(type));
+    DecodeCache cache(c.B, c.Hkv, c.D, 40, type);
+    cache.append(slice(in.k, 0, 20), slice(in.v, 0, 20));
+    cache.append(slice(in.k, 20, 37), slice(in.v, 20, 37));
+    EXPECT_EQ(cache.length(), 37);
+    const Tensor got = cache.attend(in.q, in.options.key_padding_mask);
+    EXPECT_LE(test::max_abs_diff(got, want), type == KVCacheType::kFloat32 ? kTol : 2e-2);
+    EXPECT_THROW(cache.append(slice(in.k, 0, 4), slice(in.v, 0, 4)), ArgumentError);  // past the capacity
+  }
+  DecodeCache cache(c.B, c.Hkv, c.D, 8);
+  EXPECT_THROW(cache.append(Tensor({2, 3, 1, 24}), Tensor({2, 3, 1, 24})), ShapeError);  // 3 heads, not 2
+  EXPECT_THROW(cache.append(Tensor({2, 2, 1, 24}), Tensor({2, 2, 2, 24})), ShapeError);  // k and v differ
+  EXPECT_THROW(cache.attend(Tensor({2, 3, 1, 24})), ShapeError);                         // 3 heads over 2
+  EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}, DType::kBool)), DTypeError);
+  EXPECT_THROW(DecodeCache(0, 1, 1, 1), ArgumentError);
+  EXPECT_THROW(parse_kv_cache("fp8"), ArgumentError);
 }
 
 }  // namespace

@@ -137,4 +137,12 @@ const char* fused_kernel_isa(DType dtype);
 // chains on registers for `seconds` on `threads` threads (0 = all cores). Benchmarks report shares of it.
 double measure_fma_peak(int threads = 0, double seconds = 0.2);
 
+// How incremental decoding stores its keys and values (attn/layers/decode_cache.h, the Transformer's generation):
+// float32, bfloat16, or int8 with a scale per (token, head), the dequantisation fused into the decoding kernel
+// (fewer bytes per key for the memory-bound decode).
+enum class KVCacheType : uint8_t { kFloat32, kBFloat16, kInt8 };
+// "f32" | "bf16" | "int8", and the inverse (ArgumentError naming the accepted values).
+const char* kv_cache_name(KVCacheType t);
+KVCacheType parse_kv_cache(const std::string& name);
+
 }  // namespace attn

@@ -7,6 +7,7 @@
 #include "attn/generation.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
+#include "attn/layers/decode_cache.h"
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
 #include "attn/models/transformer.h"

@@ -33,7 +33,6 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 static_assert(kKeyBlock % W == 0, "a key block is whole vectors");
 constexpr int64_t kBlockVecs = kKeyBlock / W;                      // vectors per key block
 constexpr int64_t kChains = kBlockVecs >= 4 ? 1 : 4 / kBlockVecs;  // independent FMA chains over d
-constexpr int64_t kValueVecs = 8;                                  // accumulator vectors per pass over keys
 // Below this many FLOPs a call runs on the calling thread: a parallel region costs more than the work.
 constexpr int64_t kParallelFlops = int64_t{1} << 18;
 
@@ -103,27 +102,38 @@ void block_scores(const float* qs, const KT* kt, int64_t D, int64_t nblocks, flo
   }
 }
 
+// out[e0, e0 + NV·W) = Σ_j p_j · v_j[e0 ..] over the keys with p_j != 0, times inv: NV accumulator vectors per
+// chain, two chains (even and odd keys), all in registers (NV is a compile-time count).
+template <int NV, class VT>
+void weighted_value_vectors(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int64_t e0, float inv, float* out) {
+  Vec even[NV], odd[NV];  // (never indexed by a run-time value: they stay in registers)
+  for (int u = 0; u < NV; ++u) even[u] = odd[u] = Vec::zero();
+  const auto add_key = [&](Vec* a, int64_t j) {
+    if (p[j] == 0.0f) return;
+    const Vec pj = Vec::set1(p[j]);
+    const VT* vj = v + j * v_sl + e0;
+    for (int u = 0; u < NV; ++u) a[u] = Vec::fmadd(pj, load_floats(vj + u * W), a[u]);
+  };
+  int64_t j = 0;
+  for (; j + 2 <= Lk; j += 2) {
+    add_key(even, j);
+    add_key(odd, j + 1);
+  }
+  if (j < Lk) add_key(even, j);
+  const Vec scale = Vec::set1(inv);
+  for (int u = 0; u < NV; ++u) ((even[u] + odd[u]) * scale).store(out + e0 + u * W);
+}
+
 // out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; v: key j's row at v + j·v_sl.
-// int8 values: p holds p_j · scale_j already.
+// int8 values: p holds p_j · scale_j already. Whole vectors in passes of 8, 4, 2, 1; the tail element-wise.
 template <class VT>
 void weighted_values(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int64_t Dv, float inv, float* out) {
   int64_t e0 = 0;
-  for (; e0 + W <= Dv; e0 += kValueVecs * W) {
-    const int64_t nv = std::min<int64_t>(kValueVecs, (Dv - e0) / W);
-    Vec acc[2][kValueVecs];  // even and odd keys: two independent chains
-    for (auto& half : acc)
-      for (Vec& a : half) a = Vec::zero();
-    for (int64_t j = 0; j < Lk; ++j) {
-      if (p[j] == 0.0f) continue;
-      const Vec pj = Vec::set1(p[j]);
-      const VT* vj = v + j * v_sl + e0;
-      Vec* a = acc[j & 1];
-      for (int64_t u = 0; u < nv; ++u) a[u] = Vec::fmadd(pj, load_floats(vj + u * W), a[u]);
-    }
-    const Vec scale = Vec::set1(inv);
-    for (int64_t u = 0; u < nv; ++u) ((acc[0][u] + acc[1][u]) * scale).store(out + e0 + u * W);
-  }
-  for (int64_t e = Dv / W * W; e < Dv; ++e) {  // the tail below a whole vector
+  for (; e0 + 8 * W <= Dv; e0 += 8 * W) weighted_value_vectors<8>(p, Lk, v, v_sl, e0, inv, out);
+  if (e0 + 4 * W <= Dv) weighted_value_vectors<4>(p, Lk, v, v_sl, e0, inv, out), e0 += 4 * W;
+  if (e0 + 2 * W <= Dv) weighted_value_vectors<2>(p, Lk, v, v_sl, e0, inv, out), e0 += 2 * W;
+  if (e0 + W <= Dv) weighted_value_vectors<1>(p, Lk, v, v_sl, e0, inv, out), e0 += W;
+  for (int64_t e = e0; e < Dv; ++e) {  // the tail below a whole vector
     float acc = 0.0f;
     for (int64_t j = 0; j < Lk; ++j)
       if (p[j] != 0.0f) acc += p[j] * to_float(v[j * v_sl + e]);

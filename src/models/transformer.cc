@@ -274,17 +274,6 @@ Quantization parse_quantization(const std::string& name) {
   throw ArgumentError("quantization must be \"none\", \"int8\" or \"bf16\", got \"" + name + "\"");
 }
 
-const char* kv_cache_name(KVCacheType t) {
-  return t == KVCacheType::kInt8 ? "int8" : t == KVCacheType::kBFloat16 ? "bf16" : "f32";
-}
-
-KVCacheType parse_kv_cache(const std::string& name) {
-  if (name == "f32") return KVCacheType::kFloat32;
-  if (name == "bf16") return KVCacheType::kBFloat16;
-  if (name == "int8") return KVCacheType::kInt8;
-  throw ArgumentError("kv cache must be \"f32\", \"bf16\" or \"int8\", got \"" + name + "\"");
-}
-
 const models::TransformerWeights& Transformer::weights() const {
   if (!weights_->bound_to(params_, grads_))
     throw ArgumentError(

@@ -205,4 +205,15 @@ AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, c
   return result;
 }
 
+const char* kv_cache_name(KVCacheType t) {
+  return t == KVCacheType::kInt8 ? "int8" : t == KVCacheType::kBFloat16 ? "bf16" : "f32";
+}
+
+KVCacheType parse_kv_cache(const std::string& name) {
+  if (name == "f32") return KVCacheType::kFloat32;
+  if (name == "bf16") return KVCacheType::kBFloat16;
+  if (name == "int8") return KVCacheType::kInt8;
+  throw ArgumentError("kv cache must be \"f32\", \"bf16\" or \"int8\", got \"" + name + "\"");
+}
+
 }  // namespace attn

@@ -13,6 +13,7 @@
 
 #include "attn/attention.h"
 #include "attn/error.h"
+#include "attn/layers/decode_cache.h"
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
 #include "attn/tasks/numbers_en_zh.h"
@@ -58,6 +59,7 @@ struct SdpaBench {
   int64_t window = 0;
   int threads = 0, repeat = 5;
   std::string impl = "fused", dtype = "f32";
+  std::string kv_dtype;  // f32 | bf16 | int8: decode through a DecodeCache of that type instead
 };
 
 std::string sdpa_shape_json(const SdpaBench& a, int64_t G, int64_t Lk) {
@@ -111,8 +113,31 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
         median_of(bwd), bwd_gflops, 100.0 * both_gflops / peak, 100.0 * bwd_gflops / peak, peak);
 }
 
+// --kv-dtype: decoding through attn::DecodeCache (the Transformer's cache: keys transposed in blocks, stored as
+// f32, bf16 or int8 with a scale per token and head): Lk cached positions, q_len new queries; the figure that
+// matters is the cache's bytes read per second (decode is memory-bound).
+void run_decode_cache_bench(const SdpaBench& a, int64_t G, int64_t Lk) {
+  if (a.causal || a.window || a.backward || a.dropout > 0.0f || a.dtype != "f32")
+    throw ArgumentError("--kv-dtype times the decoding cache: no --causal, --window, --backward, --dropout or --dtype");
+  DecodeCache cache(a.batch, G, a.head_dim, Lk, parse_kv_cache(a.kv_dtype));
+  cache.append(random_tensor({a.batch, G, Lk, a.head_dim}, 2), random_tensor({a.batch, G, Lk, a.head_dim}, 3));
+  const Tensor q = random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1);
+  const auto ms = time_runs(a.repeat, [&] { cache.attend(q, Tensor(), a.threads); });
+  const double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
+                       static_cast<double>(a.batch * a.heads);
+  const double median = median_of(ms), gb_s = static_cast<double>(cache.bytes()) / (median * 1e-3) / 1e9;
+  char extra[160];
+  std::snprintf(extra, sizeof extra, ", \"kv_dtype\": \"%s\", \"kv_bytes\": %zu, \"kv_gb_per_s\": %.2f",
+                a.kv_dtype.c_str(), cache.bytes(), gb_s);
+  report("sdpa-decode", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra, "decode");
+  if (!a.json)
+    std::printf("  %s cache: %.1f MB read at %.1f GB/s\n", a.kv_dtype.c_str(), static_cast<double>(cache.bytes()) / 1e6,
+                gb_s);
+}
+
 void run_sdpa_bench(const SdpaBench& a) {
   const int64_t G = a.kv_heads ? a.kv_heads : a.heads, Lk = a.kv_len ? a.kv_len : a.q_len;
+  if (!a.kv_dtype.empty()) return run_decode_cache_bench(a, G, Lk);
   // --dtype bf16|f16: the same random inputs rounded to it (nearest even)
   const DType dt = parse_dtype(a.dtype);
   if (dt != DType::kFloat32 && a.backward) throw ArgumentError("--backward needs --dtype f32");
@@ -317,6 +342,9 @@ void add_bench(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   sdpa->add_flag("--json", s->json, "one JSON line");
+  sdpa->add_option("--kv-dtype", s->kv_dtype,
+                   "f32, bf16 or int8: decode (q_len new queries) over a DecodeCache of kv_len positions stored so")
+      ->check(CLI::IsMember({"f32", "bf16", "int8"}));
   sdpa->add_option("--dtype", s->dtype,
                    "f32, bf16 or f16: q, k, v in that dtype (bf16 uses vdpbf16ps where the CPU has AVX512_BF16); the "
                    "peak share is of the float32 FMA peak")

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "attn/activation.h"
+#include "attn/attention.h"
 #include "attn/tensor.h"
 
 namespace attn {
@@ -49,13 +50,6 @@ enum class Quantization : uint8_t { kNone, kInt8, kBFloat16 };
 // "none" | "int8" | "bf16", and the inverse (ArgumentError naming the accepted values).
 const char* quantization_name(Quantization q);
 Quantization parse_quantization(const std::string& name);
-
-// How incremental decoding stores its keys and values: float32, bfloat16, or int8 with a scale per (token, head)
-// (the dequantisation fused into the decoding kernel: fewer bytes per key for the memory-bound decode).
-enum class KVCacheType : uint8_t { kFloat32, kBFloat16, kInt8 };
-// "f32" | "bf16" | "int8", and the inverse (ArgumentError naming the accepted values).
-const char* kv_cache_name(KVCacheType t);
-KVCacheType parse_kv_cache(const std::string& name);
 
 // A batch of token ids, row-major [B, L], padded with pad_id.
 struct TokenBatch {
