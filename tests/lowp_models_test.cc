@@ -14,27 +14,14 @@
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/translator.h"
 #include "test_util.h"
+#include "translation_checks.h"
 
 namespace attn {
 namespace {
 
 TEST(Bf16Models, TranslationOfTheTestSplitIsFloat32s) {
   const std::string dir = std::string(ATTN_SOURCE_MODEL_DIR);
-  const Translator fp32 = Translator::load(dir), bf16 = Translator::load(dir, Quantization::kBFloat16);
-  std::vector<std::string> sources, targets;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 2000, 3)) {
-    sources.push_back(e.source);
-    targets.push_back(e.target);
-  }
-  for (int beam : {1, 4}) {
-    TranslateOptions o;
-    o.beam = beam;
-    const auto a = fp32.translate(sources, o), b = bf16.translate(sources, o);
-    int differ = 0, right = 0;
-    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i], right += b[i] == targets[i];
-    EXPECT_LE(differ, 10) << "beam " << beam;  // 0.5% of 2000
-    EXPECT_GE(right, 1980) << "beam " << beam;
-  }
+  test::expect_translates_the_test_split_as_float32(dir, Quantization::kBFloat16);
   Transformer m = Transformer::load(dir);
   m.quantize(Quantization::kBFloat16);
   const TokenBatch src{{3, 4, 2}, 1, 3}, tgt{{1, 5}, 1, 2};

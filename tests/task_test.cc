@@ -16,6 +16,7 @@
 #include "attn/train/trainer.h"
 #include "attn/translator.h"
 #include "test_util.h"
+#include "translation_checks.h"
 
 namespace attn {
 namespace {
@@ -247,11 +248,7 @@ void scribble_on_the_stack(int) {
 
 TEST(ShippedModel, TranslationSurvivesSignals) {
   const std::string dir = std::string(ATTN_SOURCE_MODEL_DIR);
-  std::vector<std::string> sources, targets;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 600, 3)) {
-    sources.push_back(e.source);
-    targets.push_back(e.target);
-  }
+  const auto [sources, targets] = test::test_split(600);
   struct sigaction handler {
   }, saved{};
   handler.sa_handler = scribble_on_the_stack;
@@ -277,21 +274,7 @@ TEST(ShippedModel, TranslationSurvivesSignals) {
 // split translated differently from float32 and >= 99% exact match.
 TEST(ShippedModel, Int8TranslatesTheTestSplitAsFloat32Does) {
   const std::string dir = std::string(ATTN_SOURCE_MODEL_DIR);
-  const Translator fp32 = Translator::load(dir), int8 = Translator::load(dir, Quantization::kInt8);
-  std::vector<std::string> sources, targets;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 2000, 3)) {
-    sources.push_back(e.source);
-    targets.push_back(e.target);
-  }
-  for (int beam : {1, 4}) {
-    TranslateOptions o;
-    o.beam = beam;
-    const auto a = fp32.translate(sources, o), b = int8.translate(sources, o);
-    int differ = 0, right = 0;
-    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i], right += b[i] == targets[i];
-    EXPECT_LE(differ, 10) << "beam " << beam;  // 0.5% of 2000
-    EXPECT_GE(right, 1980) << "beam " << beam;
-  }
+  test::expect_translates_the_test_split_as_float32(dir, Quantization::kInt8);
   // a quantised model does not train
   Transformer m = Transformer::load(dir);
   m.quantize(Quantization::kInt8);
