@@ -77,9 +77,8 @@ Tensor DecodeCache::attend(const Tensor& q, const Tensor& key_padding_mask, int 
   const Impl& c = *impl_;
   if (!q.defined() || q.dtype() != DType::kFloat32) throw DTypeError("DecodeCache::attend: q must be a float32 tensor");
   if (q.rank() != 4 || q.dim(0) != c.B || q.dim(3) != c.D || q.dim(1) % c.Hkv != 0)
-    throw ShapeError("DecodeCache::attend: q has shape " + shape_str(q.shape()) + ", expected [" +
-                     std::to_string(c.B) + ", H, Lq, " + std::to_string(c.D) + "] with H a multiple of " +
-                     std::to_string(c.Hkv));
+    throw ShapeError("DecodeCache::attend: q has shape " + shape_str(q.shape()) + ", expected [" + std::to_string(c.B) +
+                     ", H, Lq, " + std::to_string(c.D) + "] with H a multiple of " + std::to_string(c.Hkv));
   if (key_padding_mask.defined() &&
       (key_padding_mask.dtype() != DType::kBool || key_padding_mask.shape() != Shape{c.B, c.length}))
     throw ShapeError("DecodeCache::attend: key_padding_mask must be bool [" + std::to_string(c.B) + ", " +
