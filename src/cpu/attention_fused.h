@@ -21,12 +21,15 @@ void attention_fused(const AttentionProblem& p);
 }
 namespace scalar {
 float exp_for_test(float x);
+float exp2_for_test(float x);
 }
 namespace avx2 {
 float exp_for_test(float x);
+float exp2_for_test(float x);
 }
 namespace avx512 {
 float exp_for_test(float x);
+float exp2_for_test(float x);
 }
 // The fused backward (FlashAttention-2's), per instruction set.
 namespace scalar {

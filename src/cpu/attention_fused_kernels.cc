@@ -7,7 +7,7 @@
 //   for each key tile K_t, V_t (kBk keys) that the causal/window range can reach:
 //     S = qs · K_tᵀ                                       // [rows, kBk], never wider than a tile
 //     S = mask(S)                                         // only on tiles that need it
-//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')
+//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: qs carries log2 e)
 //     l = c·l + rowsum P;  acc = c·acc + P · V_t;  m = m'
 //   out = acc / l  (0 where l = 0: a row with every key hidden)
 // The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
@@ -42,6 +42,10 @@ namespace {
 
 static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Scores are kept in base 2: the queries are scaled by scale·log2(e), so P = 2^(s − m) (simd::exp2, cheaper
+// than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
@@ -49,7 +53,8 @@ struct Workspace {
   std::vector<float> vp;                // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
   std::vector<float> s;                 // [kBq, kBk]    scores, then probabilities
   std::vector<float> acc;               // [kBq, Dvp]
-  std::vector<float> m, l;              // [kBq]
+  std::vector<float> m, l;              // [kBq]    each row's running max (base 2) and sum
+  std::vector<float> m_new, c;          // [kBq]    softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
   void reserve(int64_t D, int64_t Dvp) {
     auto grow = [](std::vector<float>& b, int64_t n) {
@@ -61,6 +66,8 @@ struct Workspace {
     grow(acc, Tiles::kBq * std::max<int64_t>(Dvp, 1));
     grow(m, Tiles::kBq);
     grow(l, Tiles::kBq);
+    grow(m_new, Tiles::kBq);
+    grow(c, Tiles::kBq);
     if (drop.size() < static_cast<size_t>(Tiles::kBq)) drop.resize(static_cast<size_t>(Tiles::kBq));
   }
 };
@@ -94,11 +101,109 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
   gemm_abt(ws.qs.data(), D, kt, Tiles::kBk, D, rows, round_up(n, Tiles::kScoreVecs * W), ws.s.data(), Tiles::kBk);
 }
 
-// Rows [i0, i0 + rows) of head (b, h): scaled queries into ws.qs.
+// Rows [i0, i0 + rows) of head (b, h): queries scaled by scale·log2(e) into ws.qs (scores in base 2).
 void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& ws) {
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
+  const float qscale = p.scale * kLog2e;
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * p.scale;
+    for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * qscale;
+}
+
+// The largest of s[0, n) (NaN lanes may be skipped: a NaN row is caught by row_state_finite).
+[[gnu::always_inline]] inline float row_max(const float* s, int64_t n) {
+  constexpr int kVecs = Tiles::kBk / W;
+  if (n == Tiles::kBk) {  // a whole tile: constant trip counts, a tree of maxima
+    Vec x[kVecs];
+    for (int v = 0; v < kVecs; ++v) x[v] = Vec::load(s + v * W);
+    for (int step = 1; step < kVecs; step *= 2)
+      for (int v = 0; v + step < kVecs; v += 2 * step) x[v] = Vec::max(x[v], x[v + step]);
+    return x[0].reduce_max();
+  }
+  int64_t j = 0;
+  Vec mx = Vec::set1(kNegInf);
+  for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
+  float m = mx.reduce_max();
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// s[0, n) = 2^(s − m) in place; returns their sum.
+[[gnu::always_inline]] inline float exp2_row(float* s, int64_t n, float m) {
+  constexpr int kVecs = Tiles::kBk / W;
+  const Vec mv = Vec::set1(m);
+  if (n == Tiles::kBk) {  // a whole tile: kVecs independent exponentials, a tree of sums
+    Vec e[kVecs];
+    for (int v = 0; v < kVecs; ++v) {
+      e[v] = simd::exp2(Vec::load(s + v * W) - mv);
+      e[v].store(s + v * W);
+    }
+    for (int step = 1; step < kVecs; step *= 2)
+      for (int v = 0; v + step < kVecs; v += 2 * step) e[v] = e[v] + e[v + step];
+    return e[0].reduce_add();
+  }
+  Vec sum = Vec::zero();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const Vec e = simd::exp2(Vec::load(s + j) - mv);
+    e.store(s + j);
+    sum = sum + e;
+  }
+  float tail = 0.0f;
+  if (j < n) {
+    float buf[W];
+    std::fill(buf, buf + W, kNegInf);
+    std::copy(s + j, s + n, buf);
+    (simd::exp2(Vec::load(buf) - mv)).store(buf);
+    for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
+  }
+  return sum.reduce_add() + tail;
+}
+
+// The online-softmax step of one score tile, S = ws.s [rows, n] (base 2) for keys [j0, j0 + n): masks it
+// when `masked`, then for every row m' = max(m, rowmax S), P = 2^(S − m') in place, c = 2^(m − m'),
+// l = c·l + Σ P, acc = c·acc, m = m'. Done phase by phase over all rows, not row by row: each row's
+// chain (max, horizontal reduction, exponentials, sum, reduction) is long and serial, and rows side by
+// side keep the vector units busy; the corrections c of W rows are one vector exp2.
+void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
+                  bool masked, int64_t Dvp, Workspace& ws) {
+  float* m_new = ws.m_new.data();  // [rows]
+  float* c = ws.c.data();          // [rows]
+  // 1. masking and the new running maxima
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = ws.s.data() + r * Tiles::kBk;
+    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
+    m_new[r] = std::max(ws.m[r], row_max(s, n));
+  }
+  // 2. the corrections c = 2^(m − m'): 0 while m = −inf (nothing seen yet), exactly 1 where m' = m
+  for (int64_t r = 0; r < rows; r += W) {
+    float m_old[W], m_cur[W];
+    std::fill(m_old, m_old + W, 0.0f);
+    std::fill(m_cur, m_cur + W, 0.0f);
+    std::copy(ws.m.data() + r, ws.m.data() + std::min(rows, r + W), m_old);
+    std::copy(m_new + r, m_new + std::min(rows, r + W), m_cur);
+    float e[W];
+    simd::exp2(Vec::load(m_old) - Vec::load(m_cur)).store(e);
+    std::copy(e, e + std::min<int64_t>(W, rows - r), c + r);
+  }
+  // 3. P = 2^(S − m'), l = c·l + Σ P, acc = c·acc
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = ws.s.data() + r * Tiles::kBk;
+    if (m_new[r] == kNegInf) {         // nothing visible yet: P = 0, state unchanged
+      for (int64_t j = 0; j < n; ++j)  // unless a visible score is NaN (max skips it): poison the row
+        if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(s, s + n, 0.0f);
+      continue;
+    }
+    const float cr = ws.m[r] == kNegInf ? 0.0f : c[r];
+    ws.l[r] = ws.l[r] * cr + exp2_row(s, n, m_new[r]);
+    ws.m[r] = m_new[r];
+    if (p.dropout.active())  // l counts every weight
+      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s, nullptr, &ws.drop[r]);
+    if (cr != 1.0f) {
+      float* acc = ws.acc.data() + r * Dvp;
+      for (int64_t d = 0; d < Dvp; d += W) (Vec::load(acc + d) * Vec::set1(cr)).store(acc + d);
+    }
+  }
 }
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); ws.qs already
@@ -115,52 +220,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
     compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, j0, n, rows, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* s = ws.s.data() + r * Tiles::kBk;
-      if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-      // m' = max(m, rowmax s)
-      float tile_max = kNegInf;
-      {
-        int64_t j = 0;
-        Vec mx = Vec::set1(kNegInf);
-        for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
-        tile_max = mx.reduce_max();
-        for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
-      }
-      const float m_new = std::max(ws.m[r], tile_max);
-      if (m_new == kNegInf) {            // nothing visible yet: P = 0, state unchanged
-        for (int64_t j = 0; j < n; ++j)  // unless a visible score is NaN (max skips it): poison the row
-          if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
-        std::fill(s, s + n, 0.0f);
-        continue;
-      }
-      // P = exp(s − m'), l = c·l + Σ P
-      const Vec mv = Vec::set1(m_new);
-      Vec sum = Vec::zero();
-      int64_t j = 0;
-      for (; j + W <= n; j += W) {
-        const Vec e = simd::exp(Vec::load(s + j) - mv);
-        e.store(s + j);
-        sum = sum + e;
-      }
-      float tail = 0.0f;
-      if (j < n) {
-        float buf[W];
-        std::fill(buf, buf + W, kNegInf);
-        std::copy(s + j, s + n, buf);
-        (simd::exp(Vec::load(buf) - mv)).store(buf);
-        for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
-      }
-      const float c = ws.m[r] == kNegInf ? 0.0f : std::exp(ws.m[r] - m_new);
-      ws.l[r] = ws.l[r] * c + sum.reduce_add() + tail;
-      ws.m[r] = m_new;
-      if (p.dropout.active())  // l counts every weight
-        dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s, nullptr, &ws.drop[r]);
-      if (c != 1.0f) {
-        float* acc = ws.acc.data() + r * Dvp;
-        for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
-      }
-    }
+    softmax_tile(p, b, h, i0, rows, j0, n, masked, Dvp, ws);
     // acc += P · V_tile
     const float* vt = v + j0 * p.v_sl;
     int64_t v_stride = p.v_sl;
@@ -181,7 +241,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
 }
 
 // The slow path for one row whose fast state came out non-finite: its (m, l, acc) over keys [lo, hi),
-// computed term by term as attention_reference does (a value is only multiplied by a nonzero weight, a
+// computed term by term as attention_reference does (in base 2, as the fast path) (a value is only multiplied by a nonzero weight, a
 // NaN score poisons the row), in float. Non-finite rows are rare (corrupted inputs), so the fast path
 // pays only the check in row_state_finite.
 void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
@@ -191,7 +251,7 @@ void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
   for (int64_t j = lo; j < hi; ++j) s[j - lo] = dot(qs_row, k + j * p.k_sl, p.D);
-  mask_row_segment(p, b, h, i, lo, hi, s.data());
+  mask_row_segment(p, b, h, i, lo, hi, s.data(), kLog2e);
   float m = kNegInf;
   bool any_nan = false;
   for (float x : s) {
@@ -203,7 +263,7 @@ void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   std::fill(acc, acc + p.Dv, 0.0f);
   if (m == kNegInf && !any_nan) return;
   for (int64_t j = lo; j < hi; ++j) {
-    float e = s[j - lo] == kNegInf ? 0.0f : std::exp(s[j - lo] - m);
+    float e = s[j - lo] == kNegInf ? 0.0f : std::exp2(s[j - lo] - m);
     *l_out += e;
     if (p.dropout.active()) e = dropout_keeps(p.dropout, b, h, i, j) ? e * p.dropout.scale : 0.0f;
     if (e == 0.0f) continue;
@@ -235,7 +295,7 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
       if (lse[r] == kNegInf) {
         std::fill(w, w + n, 0.0f);
         continue;
@@ -244,10 +304,11 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
         for (int64_t j = 0; j < n; ++j) w[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
         continue;
       }
-      const Vec lv = Vec::set1(lse[r]);
+      const float lse2 = lse[r] * kLog2e;  // in base 2, as the scores
+      const Vec lv = Vec::set1(lse2);
       int64_t j = 0;
-      for (; j + W <= n; j += W) simd::exp(Vec::load(s + j) - lv).store(w + j);
-      for (; j < n; ++j) w[j] = std::exp(s[j] - lse[r]);
+      for (; j + W <= n; j += W) simd::exp2(Vec::load(s + j) - lv).store(w + j);
+      for (; j < n; ++j) w[j] = std::exp2(s[j] - lse2);
     }
   }
 }
@@ -391,7 +452,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
       const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
       for (int64_t d = 0; d < p.Dv; ++d) o[(t.i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
-      if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
+      if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : kLn2 * (ws.m[r] + std::log2(ws.l[r]));
     }
   }
 }
@@ -419,14 +480,14 @@ void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const fl
       if (!poisoned && m != kNegInf) {
         for (int64_t s = 0; s < splits; ++s) {
           const float* state = state_of(s);
-          const float c = state[0] == kNegInf ? 0.0f : std::exp(state[0] - m);
+          const float c = state[0] == kNegInf ? 0.0f : std::exp2(state[0] - m);
           if (c == 0.0f) continue;  // its weights are all 0 here: its values are never multiplied
           l += c * state[1];
           for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
         }
         for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
       }
-      if (lse) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : m + std::log(l);
+      if (lse) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : kLn2 * (m + std::log2(l));
     }
   }
 }
@@ -448,6 +509,13 @@ float exp_for_test(float x) {
   float buf[W];
   std::fill(buf, buf + W, x);
   simd::exp(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+
+float exp2_for_test(float x) {
+  float buf[W];
+  std::fill(buf, buf + W, x);
+  simd::exp2(Vec::load(buf)).store(buf);
   return buf[0];
 }
 

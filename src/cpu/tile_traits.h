@@ -21,7 +21,7 @@ template <>
 struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int kLanes = 16;     // floats per vector
   static constexpr int64_t kBq = 64;    // query rows per tile
-  static constexpr int64_t kBk = 64;    // keys per tile; a multiple of kScoreVecs·kLanes
+  static constexpr int64_t kBk = 128;    // keys per tile; a multiple of kScoreVecs·kLanes
   static constexpr int kScoreRows = 8;  // Q·Kᵀ register tile: rows × vectors of columns
   static constexpr int kScoreVecs = 2;
   static constexpr int kPvRows = 4;  // P·V register tile: rows × vectors of columns
