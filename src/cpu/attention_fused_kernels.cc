@@ -16,7 +16,7 @@
 //
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
-//   pack_keys         Kᵀ packed once per call into [D, kBk] tiles (not on the few-query path)
+//   pack_keys         Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path)
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
 //   write_weights     the second pass, when weights are asked for
@@ -86,10 +86,24 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// S[rows, n] = qs · K[j0 : j0 + n]ᵀ. `kt` is the key tile already transposed (see pack_keys), or
-// nullptr for the few-query path, which takes dot products straight from K's rows.
-void compute_scores(const AttentionProblem& p, const float* k, const float* kt, int64_t j0, int64_t n, int64_t rows,
-                    Workspace& ws) {
+// A packed key tile of n keys is [D, packed_width(n)]: its keys padded to whole vectors only (gemm_abt
+// takes any multiple of W columns), so a short sequence (L = 16) packs 16 columns, not kBk.
+int64_t packed_width(int64_t n) { return round_up(n, W); }
+
+// How many of the keys [j0, j0 + n) rows [i0, i0 + rows) may see at most: the causal diagonal ends the
+// last row's range inside a tile; the keys after it are hidden in every row (mask_row_segment writes
+// −inf there), so the products that would fill them are skipped.
+int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+  int64_t lo, hi;
+  p.key_range(i0 + rows - 1, &lo, &hi);
+  return std::clamp<int64_t>(hi - j0, 0, n);
+}
+
+// S[rows, n] = qs · K[j0 : j0 + n]ᵀ for the rows' queries i0.... `kt` is the key tile already transposed
+// (see pack_keys), or nullptr for the few-query path, which takes dot products straight from K's rows.
+// On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
+void compute_scores(const AttentionProblem& p, const float* k, const float* kt, int64_t i0, int64_t j0, int64_t n,
+                    int64_t rows, bool diagonal, Workspace& ws) {
   const int64_t D = p.D;
   if (kt == nullptr) {
     for (int64_t jj = 0; jj < n; ++jj) {
@@ -98,7 +112,17 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
     }
     return;
   }
-  gemm_abt(ws.qs.data(), D, kt, Tiles::kBk, D, rows, round_up(n, Tiles::kScoreVecs * W), ws.s.data(), Tiles::kBk);
+  const int64_t kt_rs = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's row stride (pack_keys)
+  if (!diagonal) {
+    gemm_abt(ws.qs.data(), D, kt, kt_rs, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
+    return;
+  }
+  for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
+    const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r);
+    const int64_t cols = packed_width(visible_prefix(p, i0 + r, block, j0, n));
+    if (cols > 0)
+      gemm_abt(ws.qs.data() + r * D, D, kt, kt_rs, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
+  }
 }
 
 // Rows [i0, i0 + rows) of head (b, h): queries scaled by scale·log2(e) into ws.qs (scores in base 2).
@@ -218,7 +242,9 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   for (int64_t j0 = j_begin; j0 < j_end; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, j_end - j0);
     if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
-    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, j0, n, rows, ws);
+    // the causal diagonal: the first row sees fewer keys of the tile than the last
+    const bool diagonal = visible_prefix(p, i0, 1, j0, n) < visible_prefix(p, i0, rows, j0, n);
+    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     softmax_tile(p, b, h, i0, rows, j0, n, masked, Dvp, ws);
     // acc += P · V_tile
@@ -235,8 +261,19 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     // A hidden key's value is never multiplied (its weight is 0), even when it holds NaN or Inf: such a tile
     // takes the zero-skipping update, whose sums are bitwise those of the fast one where all is finite.
     const bool skip_zero = masked && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, n, p.Dv);
-    (skip_zero ? rank_update_nonzero : rank_update)(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W,
-                                                    ws.acc.data(), Dvp);
+    if (skip_zero) {
+      rank_update_nonzero(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
+    } else if (!diagonal) {
+      rank_update(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
+    } else {  // each block of kPvRows rows stops at its last row's last key: the rest of P is 0
+      for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
+        const int64_t block = std::min<int64_t>(Tiles::kPvRows, rows - r);
+        const int64_t terms = visible_prefix(p, i0 + r, block, j0, n);
+        if (terms > 0)
+          rank_update(ws.s.data() + r * Tiles::kBk, Tiles::kBk, 1, block, terms, vt, v_stride, Dvp / W,
+                      ws.acc.data() + r * Dvp, Dvp);
+      }
+    }
   }
 }
 
@@ -291,7 +328,7 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   for (int64_t j0 = 0; j0 < p.Lk; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
-    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, j0, n, rows, ws);
+    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, false, ws);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
@@ -387,7 +424,7 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
 // threads leave it together.
 
-// Kᵀ packed once per call as [B, Hkv, key tile, D, kBk], shared by every query tile and every head of a
+// Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every query tile and every head of a
 // group (pack_transposed pads each tile's last columns with 0).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
@@ -395,7 +432,7 @@ void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) 
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
     const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
     pack_transposed(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D,
-                    round_up(n, Tiles::kScoreVecs * W), packed + t * plan.key_tile_floats, Tiles::kBk);
+                    packed_width(n), packed + t * plan.key_tile_floats, packed_width(n));
   }
 }
 
