@@ -28,8 +28,7 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+torch = F = None  # imported in main(), after OMP_WAIT_POLICY is set
 
 BEGIN, END = "<!-- sdpa-grid:begin -->", "<!-- sdpa-grid:end -->"
 
@@ -100,7 +99,15 @@ def main():
     ap.add_argument("--no-small", action="store_true", help="skip the small batched shapes")
     ap.add_argument("--quick", action="store_true", help="L 1024 and 4096, D 64 and 128, one round, no GQA")
     ap.add_argument("--write", metavar="FILE", help="put the tables into FILE between the sdpa-grid markers")
+    ap.add_argument("--wait-policy", default="passive", choices=["passive", "active", "as-found"],
+                    help="OMP_WAIT_POLICY for both sides (passive: a thread descheduled by other work on a shared "
+                         "machine does not leave the others spinning)")
     a = ap.parse_args()
+    if a.wait_policy != "as-found":
+        os.environ["OMP_WAIT_POLICY"] = a.wait_policy
+    global torch, F
+    import torch
+    import torch.nn.functional as F
     if a.quick:
         a.dims, a.lengths, a.rounds, a.no_gqa = [64, 128], [1024, 4096], 1, True
     all_threads = os.cpu_count() or 1
@@ -174,7 +181,8 @@ def main():
         cmd = "bench/sdpa_grid.py " + " ".join(sys.argv[1:])
         block = [BEGIN,
                  f"Written by `{cmd.strip()}` on {datetime.date.today().isoformat()}: {cpu}, {all_threads} CPUs, attn "
-                 f"kernel {isa}, PyTorch {torch.__version__} (F.scaled_dot_product_attention, no_grad); FMA peak "
+                 f"kernel {isa}, PyTorch {torch.__version__} (F.scaled_dot_product_attention, no_grad), OMP_WAIT_POLICY="
+                 f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; FMA peak "
                  + ", ".join(f"{peaks[t]:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}" for t in threads_list)
                  + f" (`attn bench peak`, measured at the start); load average (1/5/15 min) {load_start} at the "
                  f"start, {load_end} at the end. Medians of alternating A/B rounds; B = 1.", "",

@@ -151,14 +151,17 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   return m;
 }
 
-// s[0, n) = 2^(s − m) in place; returns their sum.
+// s[0, n) = 2^(s − m) in place; returns their sum. kFinite: every s is finite (no masked key; see
+// simd::exp2_finite for what an infinite input does then).
+template <bool kFinite>
 [[gnu::always_inline]] inline float exp2_row(float* s, int64_t n, float m) {
+  const auto exp2 = [](Vec x) { return kFinite ? simd::exp2_finite(x) : simd::exp2(x); };
   constexpr int kVecs = Tiles::kBk / W;
   const Vec mv = Vec::set1(m);
   if (n == Tiles::kBk) {  // a whole tile: kVecs independent exponentials, a tree of sums
     Vec e[kVecs];
     for (int v = 0; v < kVecs; ++v) {
-      e[v] = simd::exp2(Vec::load(s + v * W) - mv);
+      e[v] = exp2(Vec::load(s + v * W) - mv);
       e[v].store(s + v * W);
     }
     for (int step = 1; step < kVecs; step *= 2)
@@ -168,7 +171,7 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   Vec sum = Vec::zero();
   int64_t j = 0;
   for (; j + W <= n; j += W) {
-    const Vec e = simd::exp2(Vec::load(s + j) - mv);
+    const Vec e = exp2(Vec::load(s + j) - mv);
     e.store(s + j);
     sum = sum + e;
   }
@@ -177,7 +180,7 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
     float buf[W];
     std::fill(buf, buf + W, kNegInf);
     std::copy(s + j, s + n, buf);
-    (simd::exp2(Vec::load(buf) - mv)).store(buf);
+    (exp2(Vec::load(buf) - mv)).store(buf);
     for (int64_t t = 0; t < n - j; ++t) tail += (s[j + t] = buf[t]);
   }
   return sum.reduce_add() + tail;
@@ -219,7 +222,7 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
       continue;
     }
     const float cr = ws.m[r] == kNegInf ? 0.0f : c[r];
-    ws.l[r] = ws.l[r] * cr + exp2_row(s, n, m_new[r]);
+    ws.l[r] = ws.l[r] * cr + (masked ? exp2_row<false>(s, n, m_new[r]) : exp2_row<true>(s, n, m_new[r]));
     ws.m[r] = m_new[r];
     if (p.dropout.active())  // l counts every weight
       dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s, nullptr, &ws.drop[r]);
@@ -264,22 +267,23 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (skip_zero) {
       rank_update_nonzero(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
     } else if (!diagonal) {
-      rank_update(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
+      rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W,
+                                                  ws.acc.data(), Dvp);
     } else {  // each block of kPvRows rows stops at its last row's last key: the rest of P is 0
       for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
         const int64_t block = std::min<int64_t>(Tiles::kPvRows, rows - r);
         const int64_t terms = visible_prefix(p, i0 + r, block, j0, n);
         if (terms > 0)
-          rank_update(ws.s.data() + r * Tiles::kBk, Tiles::kBk, 1, block, terms, vt, v_stride, Dvp / W,
-                      ws.acc.data() + r * Dvp, Dvp);
+          rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data() + r * Tiles::kBk, Tiles::kBk, 1, block, terms, vt,
+                                                      v_stride, Dvp / W, ws.acc.data() + r * Dvp, Dvp);
       }
     }
   }
 }
 
 // The slow path for one row whose fast state came out non-finite: its (m, l, acc) over keys [lo, hi),
-// computed term by term as attention_reference does (in base 2, as the fast path) (a value is only multiplied by a nonzero weight, a
-// NaN score poisons the row), in float. Non-finite rows are rare (corrupted inputs), so the fast path
+// computed term by term as attention_reference does (in base 2, as the fast path) (a value is only multiplied by a
+// nonzero weight, a NaN score poisons the row), in float. Non-finite rows are rare (corrupted inputs), so the fast path
 // pays only the check in row_state_finite.
 void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
                      const float* qs_row, float* m_out, float* l_out, float* acc) {
@@ -415,8 +419,13 @@ struct TileTask {
   int64_t b, h, bh, i0, rows;
 };
 
+// Tasks go head by head; with a causal mask the last query tiles (the most keys) of every head come
+// first, so that the dynamic schedule ends on the cheap first tiles and the threads finish together.
 TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t index) {
-  const int64_t tile = index % plan.query_tiles, bh = index / plan.query_tiles;
+  const bool heavy_first = p.causal != CausalAlignment::kNone;
+  const int64_t heads = p.B * p.H;
+  const int64_t tile = heavy_first ? plan.query_tiles - 1 - index / heads : index % plan.query_tiles;
+  const int64_t bh = heavy_first ? index % heads : index / plan.query_tiles;
   const int64_t i0 = tile * Tiles::kBq;
   return {bh / p.H, bh % p.H, bh, i0, std::min(Tiles::kBq, p.Lq - i0)};
 }
@@ -424,15 +433,15 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
 // threads leave it together.
 
-// Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every query tile and every head of a
-// group (pack_transposed pads each tile's last columns with 0).
+// Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every query tile and
+// every head of a group (pack_transposed pads each tile's last columns with 0).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
     const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
-    pack_transposed(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D,
-                    packed_width(n), packed + t * plan.key_tile_floats, packed_width(n));
+    pack_transposed(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
+                    packed + t * plan.key_tile_floats, packed_width(n));
   }
 }
 

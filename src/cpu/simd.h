@@ -231,5 +231,24 @@ inline Vec exp2(Vec x) {
 #endif
 }
 
+// exp2 for finite x (a softmax tile without masked keys): on AVX-512 without the clamps, since scalef
+// takes any n (x far below −149 gives 0). An infinite x gives NaN here instead of 0 or inf, which the
+// fused kernel's check of each row's state catches (a row with non-finite scores is recomputed exactly).
+// Elsewhere it is exp2.
+inline Vec exp2_finite(Vec x) {
+#if defined(__AVX512F__)
+  const Vec n = Vec::round(x);
+  const Vec r = x - n;
+  Vec y = Vec::fmadd(Vec::set1(0.001326472731307149f), r, Vec::set1(0.009671512991189957f));
+  y = Vec::fmadd(y, r, Vec::set1(0.05550733581185341f));
+  y = Vec::fmadd(y, r, Vec::set1(0.24022242426872253f));
+  y = Vec::fmadd(y, r, Vec::set1(0.6931470036506653f));
+  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  return Vec::scale_pow2(y, n);
+#else
+  return exp2(x);
+#endif
+}
+
 }  // namespace ATTN_SIMD_NS
 }  // namespace attn::simd
