@@ -123,7 +123,8 @@ void run_sdpa_bench(const SdpaBench& a) {
   o.impl = parse_impl(a.impl);
   o.dropout_p = a.dropout;
   if (a.backward) return run_sdpa_backward_bench(a, q, k, v, o);
-  const auto ms = time_runs(a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); }, a.warmup);
+  const auto ms = time_runs(
+      a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); }, a.warmup);
   // 4·Lq·Lk·D per head (two GEMMs of 2·Lq·Lk·D), halved for causal
   double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                  static_cast<double>(a.batch * a.heads);
