@@ -192,14 +192,20 @@ template <bool kFinite>
 // chain (max, horizontal reduction, exponentials, sum, reduction) is long and serial, and rows side by
 // side keep the vector units busy; the corrections c of W rows are one vector exp2.
 void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
-                  bool masked, int64_t Dvp, Workspace& ws) {
+                  bool masked, bool diagonal, int64_t Dvp, Workspace& ws) {
   float* m_new = ws.m_new.data();  // [rows]
   float* c = ws.c.data();          // [rows]
+  // On the causal diagonal a row's scores end at its last visible key (rounded up to a vector; the
+  // scores after it were perhaps never computed, see compute_scores): its P is 0 from there on.
+  const auto row_length = [&](int64_t r) {
+    return diagonal ? std::min(n, packed_width(visible_prefix(p, i0 + r, 1, j0, n))) : n;
+  };
   // 1. masking and the new running maxima
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
-    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
-    m_new[r] = std::max(ws.m[r], row_max(s, n));
+    const int64_t len = row_length(r);
+    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
+    m_new[r] = std::max(ws.m[r], row_max(s, len));
   }
   // 2. the corrections c = 2^(m − m'): 0 while m = −inf (nothing seen yet), exactly 1 where m' = m
   for (int64_t r = 0; r < rows; r += W) {
@@ -215,17 +221,19 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   // 3. P = 2^(S − m'), l = c·l + Σ P, acc = c·acc
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
-    if (m_new[r] == kNegInf) {         // nothing visible yet: P = 0, state unchanged
-      for (int64_t j = 0; j < n; ++j)  // unless a visible score is NaN (max skips it): poison the row
+    const int64_t len = row_length(r);
+    std::fill(s + len, s + n, 0.0f);
+    if (m_new[r] == kNegInf) {           // nothing visible yet: P = 0, state unchanged
+      for (int64_t j = 0; j < len; ++j)  // unless a visible score is NaN (max skips it): poison the row
         if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
-      std::fill(s, s + n, 0.0f);
+      std::fill(s, s + len, 0.0f);
       continue;
     }
     const float cr = ws.m[r] == kNegInf ? 0.0f : c[r];
-    ws.l[r] = ws.l[r] * cr + (masked ? exp2_row<false>(s, n, m_new[r]) : exp2_row<true>(s, n, m_new[r]));
+    ws.l[r] = ws.l[r] * cr + (masked ? exp2_row<false>(s, len, m_new[r]) : exp2_row<true>(s, len, m_new[r]));
     ws.m[r] = m_new[r];
     if (p.dropout.active())  // l counts every weight
-      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, s, nullptr, &ws.drop[r]);
+      dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, s, nullptr, &ws.drop[r]);
     if (cr != 1.0f) {
       float* acc = ws.acc.data() + r * Dvp;
       for (int64_t d = 0; d < Dvp; d += W) (Vec::load(acc + d) * Vec::set1(cr)).store(acc + d);
@@ -249,7 +257,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     const bool diagonal = visible_prefix(p, i0, 1, j0, n) < visible_prefix(p, i0, rows, j0, n);
     compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
-    softmax_tile(p, b, h, i0, rows, j0, n, masked, Dvp, ws);
+    softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, Dvp, ws);
     // acc += P · V_tile
     const float* vt = v + j0 * p.v_sl;
     int64_t v_stride = p.v_sl;
