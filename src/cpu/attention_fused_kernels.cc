@@ -241,6 +241,13 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   }
 }
 
+// Rows [0, rows) of `row_floats` floats, `stride` floats apart, asked into the L2 (prefetcht1).
+constexpr int64_t kPrefetchAboveBytes = 512 << 10;  // half of a Zen 4 or Skylake-SP core's L2
+void prefetch_rows(const float* x, int64_t rows, int64_t row_floats, int64_t stride) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t f = 0; f < row_floats; f += 64 / sizeof(float)) __builtin_prefetch(x + r * stride + f, 0, 2);
+}
+
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); ws.qs already
 // holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
 // j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries).
@@ -250,14 +257,22 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   const float* k = p.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
   const float* v = p.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
   const bool pack_v = p.Dv % W != 0;
+  // A head's K and V larger than the L2 come from L3 or memory for every query tile: this tile's values are
+  // asked for before its scores are computed, the next tile's keys before this tile's P·V.
+  const bool prefetch = kpack != nullptr && (j_end - j_begin) * (p.D + p.Dv) * 4 > kPrefetchAboveBytes;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, j_end - j0);
     if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
+    if (prefetch) prefetch_rows(v + j0 * p.v_sl, n, p.Dv, p.v_sl);
     // the causal diagonal: the first row sees fewer keys of the tile than the last
     const bool diagonal = visible_prefix(p, i0, 1, j0, n) < visible_prefix(p, i0, rows, j0, n);
     compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, Dvp, ws);
+    if (prefetch && j0 + Tiles::kBk < j_end) {
+      const int64_t next = j0 + Tiles::kBk, width = packed_width(std::min(Tiles::kBk, p.Lk - next));
+      prefetch_rows(kpack + next / Tiles::kBk * p.D * Tiles::kBk, 1, p.D * width, 0);
+    }
     // acc += P · V_tile
     const float* vt = v + j0 * p.v_sl;
     int64_t v_stride = p.v_sl;
@@ -427,13 +442,13 @@ struct TileTask {
   int64_t b, h, bh, i0, rows;
 };
 
-// Tasks go head by head; with a causal mask the last query tiles (the most keys) of every head come
-// first, so that the dynamic schedule ends on the cheap first tiles and the threads finish together.
+// Tasks go head by head (consecutive tasks share their K and V in the caches); with a causal mask each
+// head's last query tiles (the most keys) come first, so that the dynamic schedule ends on cheap tiles and
+// the threads finish together. (Heaviest first across all heads measured 20% slower at L = 16384, H = 8:
+// eight heads' K and V, 32 MB, cycled through the L3 task by task.)
 TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t index) {
-  const bool heavy_first = p.causal != CausalAlignment::kNone;
-  const int64_t heads = p.B * p.H;
-  const int64_t tile = heavy_first ? plan.query_tiles - 1 - index / heads : index % plan.query_tiles;
-  const int64_t bh = heavy_first ? index % heads : index / plan.query_tiles;
+  const int64_t in_head = index % plan.query_tiles, bh = index / plan.query_tiles;
+  const int64_t tile = p.causal != CausalAlignment::kNone ? plan.query_tiles - 1 - in_head : in_head;
   const int64_t i0 = tile * Tiles::kBq;
   return {bh / p.H, bh % p.H, bh, i0, std::min(Tiles::kBq, p.Lq - i0)};
 }
