@@ -16,7 +16,8 @@ dominates, attn fused against attn's unfused BLAS path and PyTorch.
 
 --write FILE replaces the text between the markers <!-- sdpa-grid:begin --> and <!-- sdpa-grid:end --> in FILE
 (appending them if absent) with the tables and the machine line (CPU, cores, load average at the start and end,
-peaks). --quick: L in {1024, 4096}, D in {64, 128}, one round, H = Hkv only (about a minute on 2 cores).
+peaks). The default run takes about 30 minutes on the 2-core development machine (most of it at L = 16384);
+--quick: L in {1024, 4096}, D in {64, 128}, one round, H = Hkv only (about two minutes).
 """
 import argparse
 import datetime
