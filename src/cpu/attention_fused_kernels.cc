@@ -129,8 +129,14 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
 void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& ws) {
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
   const float qscale = p.scale * kLog2e;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] = q[(i0 + r) * p.q_sl + d] * qscale;
+  const Vec qv = Vec::set1(qscale);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + (i0 + r) * p.q_sl;
+    float* out = ws.qs.data() + r * p.D;
+    int64_t d = 0;
+    for (; d + W <= p.D; d += W) (Vec::load(qr + d) * qv).store(out + d);
+    for (; d < p.D; ++d) out[d] = qr[d] * qscale;
+  }
 }
 
 // The largest of s[0, n) (NaN lanes may be skipped: a NaN row is caught by row_state_finite).
@@ -335,11 +341,7 @@ void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   }
 }
 
-bool row_state_finite(float l, const float* acc, int64_t Dv) {
-  bool finite = std::isfinite(l);
-  for (int64_t d = 0; d < Dv; ++d) finite &= std::isfinite(acc[d]);
-  return finite;
-}
+bool row_state_finite(float l, const float* acc, int64_t Dv) { return std::isfinite(l) && all_finite(acc, 0, 1, Dv); }
 
 // The keys any row of [i0, i0 + rows) may see, as a half-open range.
 void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t* lo, int64_t* hi) {
@@ -520,7 +522,11 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     float* o = p.o + t.b * p.o_sb + t.h * p.o_sh;
     for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
       const float inv = ws.l[r] == 0.0f ? 0.0f : 1.0f / ws.l[r];
-      for (int64_t d = 0; d < p.Dv; ++d) o[(t.i0 + r) * p.o_sl + d] = ws.acc[r * Dvp + d] * inv;
+      const float* acc = ws.acc.data() + r * Dvp;
+      float* out = o + (t.i0 + r) * p.o_sl;
+      int64_t d = 0;
+      for (; d + W <= p.Dv; d += W) (Vec::load(acc + d) * Vec::set1(inv)).store(out + d);
+      for (; d < p.Dv; ++d) out[d] = acc[d] * inv;
       if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : kLn2 * (ws.m[r] + std::log2(ws.l[r]));
     }
   }
