@@ -4,6 +4,7 @@
 
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attn/attention.h"
@@ -123,6 +124,15 @@ inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7)
       c.H = 3, c.Hkv = 1, c.Lq = 150, c.Lk = 170, c.D = 16, c.Dv = 16, c.causal = causal, c.window = window;
       c.alibi = window == 17;
       c.weights = true;
+      cases.push_back(c);
+    }
+  // the fused kernel's tile remainders: causal diagonals crossing 64-query and 128-key tiles at odd offsets
+  // (row blocks stop at their last visible key), key tiles narrower than one score step (16, 17, 33 keys)
+  for (CausalAlignment causal : causals)
+    for (auto [Lq, Lk] : {std::pair<int64_t, int64_t>{200, 200}, {129, 300}, {300, 129}, {16, 16}, {17, 33}}) {
+      AttentionCase c;
+      c.H = 2, c.Hkv = 1, c.Lq = Lq, c.Lk = Lk, c.D = 64, c.Dv = 64, c.causal = causal;
+      c.weights = Lq <= 200;
       cases.push_back(c);
     }
   // decode: a few queries against a long K/V (the key-split path)

@@ -106,5 +106,28 @@ TEST(Simd, ExpIsAccurateOnEveryTarget) {
   }
 }
 
+// The fused kernel's softmax exponential: scores in base 2 (log2(e) folded into the scale).
+TEST(Simd, Exp2IsAccurateOnEveryTarget) {
+  using ExpFn = float (*)(float);
+  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {{detail::SimdLevel::kScalar, detail::scalar::exp2_for_test},
+                                                          {detail::SimdLevel::kAvx2, detail::avx2::exp2_for_test},
+                                                          {detail::SimdLevel::kAvx512, detail::avx512::exp2_for_test}};
+  for (const auto& [level, fn] : fns) {
+    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
+    double worst = 0.0;
+    for (double x = -125.0; x <= 127.0; x += 0.00731) {
+      const double want = std::exp2(static_cast<double>(static_cast<float>(x)));
+      const double got = fn(static_cast<float>(x));
+      worst = std::max(worst, std::fabs(got - want) / want);
+    }
+    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(-INFINITY), 0.0f) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(-200.0f), 0.0f);
+    EXPECT_EQ(fn(0.0f), 1.0f);
+    EXPECT_EQ(fn(-3.0f), 0.125f);
+    EXPECT_TRUE(std::isnan(fn(NAN)));
+  }
+}
+
 }  // namespace
 }  // namespace attn

@@ -210,9 +210,12 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   }
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
   // dV[n, Dvp] += P̃ᵀ · dO ; dK[n, Dp] += dSᵀ · Q ; dQ[rows, Dp] += dS · K
-  (dout_finite ? rank_update : rank_update_nonzero)(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
-  (q_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
-  (keys_finite ? rank_update : rank_update_nonzero)(ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
+  (dout_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
+      P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
+  (q_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
+      ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
+  (keys_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
+      ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
 }
 
 // Every task: (b, kv head g, chunk c) walks its key blocks; see the file comment.

@@ -563,7 +563,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       }
       vt = ws.vp.data();
     }
-    (skip_zero ? rank_update_nonzero : rank_update)(ws.s.data(), kBk, 1, rows, n, vt, Dvp, Dvp / W, ws.acc.data(), Dvp);
+    (skip_zero ? rank_update_nonzero : rank_update<Tiles::kPvRows, Tiles::kPvVecs>)(ws.s.data(), kBk, 1, rows, n, vt,
+                                                                                    Dvp, Dvp / W, ws.acc.data(), Dvp);
   }
 }
 

@@ -103,11 +103,13 @@ inline AttentionProblem interleaved_heads_problem(int64_t B, int64_t H, int64_t 
 
 inline namespace ATTN_SIMD_NS {  // compiled per instruction set by the kernels that include it (cpu/simd.h)
 
-// Fast-path masking of one row segment: s[j − j0] holds scale·q_i·k_j for keys j in [j0, j1); hides
-// (−inf) what the masking rule hides and adds the float mask and ALiBi bias to the rest. Shared by the
-// unfused and the fused paths; the reference spells the same rule out on its own.
+// Fast-path masking of one row segment: s[j − j0] holds bias_scale·scale·q_i·k_j for keys j in [j0, j1);
+// hides (−inf) what the masking rule hides and adds bias_scale × (the float mask and ALiBi bias) to the rest.
+// The fused kernel keeps its scores in base 2 (bias_scale = log2(e), so that its softmax is exp2); the
+// unfused path in base e (1). Shared by the unfused and the fused paths; the reference spells the same
+// rule out on its own.
 inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t j1,
-                             float* s) {
+                             float* s, float bias_scale = 1.0f) {
   constexpr float kHidden = -std::numeric_limits<float>::infinity();
   int64_t lo, hi;
   p.key_range(i, &lo, &hi);
@@ -128,11 +130,11 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
     const float* m = p.float_mask + p.mask_index(b, h, i, 0);
     for (int64_t j = a; j < e; ++j) {  // a hidden key stays hidden; −inf hides it even from a NaN score
       const float mj = m[j * p.m_sk];
-      if (s[j - j0] != kHidden) s[j - j0] = mj == kHidden ? kHidden : s[j - j0] + mj;
+      if (s[j - j0] != kHidden) s[j - j0] = mj == kHidden ? kHidden : s[j - j0] + bias_scale * mj;
     }
   }
   if (p.alibi_slopes) {
-    const float slope = p.alibi_slopes[h];
+    const float slope = bias_scale * p.alibi_slopes[h];
     const int64_t pos = i + p.offset();
     for (int64_t j = a; j < e; ++j) s[j - j0] -= slope * static_cast<float>(pos > j ? pos - j : j - pos);
   }

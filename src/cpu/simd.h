@@ -50,6 +50,8 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
   }
   static Vec round(Vec x) { return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  // y · 2^n for integral-valued n, without range limits: 0 below the denormals, inf above the floats
+  static Vec scale_pow2(Vec y, Vec n) { return {_mm512_scalef_ps(y.v, n.v)}; }
   // x < t ? 0 : y
   static Vec zero_below(Vec x, float t, Vec y) {
     __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(t), _CMP_LT_OQ);
@@ -194,6 +196,60 @@ inline Vec exp(Vec x) {
   y = Vec::fmadd(y, r, Vec::set1(5.0000001201e-1f));
   y = Vec::fmadd(y * r, r, r + Vec::set1(1.0f));  // 1 + r + r²·P(r)
   return Vec::zero_below(x, -87.3f, y * Vec::pow2i(n));
+}
+
+// 2^x for float lanes, the softmax's exponential once log2(e) is folded into the scores' scale: x = n + r,
+// n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial (relative error 1.6e-7, a minimax fit with the
+// constant term exactly 1), 2^n through the exponent. About half the instructions of exp above: no
+// Cody–Waite reduction, one polynomial term less, and on AVX-512 one scalef for 2^n with its range.
+// x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
+// (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
+inline Vec exp2(Vec x) {
+  constexpr float c1 = 0.6931470036506653f, c2 = 0.24022242426872253f, c3 = 0.05550733581185341f,
+                  c4 = 0.009671512991189957f, c5 = 0.001326472731307149f;
+#if defined(__AVX512F__)
+  // scalef takes any n: below −149 the product rounds to 0 (2^−150 · 1 is a tie to even), so only the
+  // polynomial's argument needs a finite n (x = −inf would give r = NaN)
+  const Vec xm = Vec::min(Vec::set1(129.0f), Vec::max(Vec::set1(-150.0f), x));  // a NaN x passes through
+  const Vec n = Vec::round(xm);
+  const Vec r = xm - n;
+  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
+  y = Vec::fmadd(y, r, Vec::set1(c3));
+  y = Vec::fmadd(y, r, Vec::set1(c2));
+  y = Vec::fmadd(y, r, Vec::set1(c1));
+  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  return Vec::scale_pow2(y, n);
+#else
+  // 2^n through the exponent bits needs n in [−126, 127]; below −126 the result is set to 0
+  const Vec xm = Vec::min(Vec::set1(127.0f), Vec::max(Vec::set1(-126.0f), x));
+  const Vec n = Vec::round(xm);
+  const Vec r = xm - n;
+  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
+  y = Vec::fmadd(y, r, Vec::set1(c3));
+  y = Vec::fmadd(y, r, Vec::set1(c2));
+  y = Vec::fmadd(y, r, Vec::set1(c1));
+  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  return Vec::zero_below(x, -126.0f, y * Vec::pow2i(n));
+#endif
+}
+
+// exp2 for finite x (a softmax tile without masked keys): on AVX-512 without the clamps, since scalef
+// takes any n (x far below −149 gives 0). An infinite x gives NaN here instead of 0 or inf, which the
+// fused kernel's check of each row's state catches (a row with non-finite scores is recomputed exactly).
+// Elsewhere it is exp2.
+inline Vec exp2_finite(Vec x) {
+#if defined(__AVX512F__)
+  const Vec n = Vec::round(x);
+  const Vec r = x - n;
+  Vec y = Vec::fmadd(Vec::set1(0.001326472731307149f), r, Vec::set1(0.009671512991189957f));
+  y = Vec::fmadd(y, r, Vec::set1(0.05550733581185341f));
+  y = Vec::fmadd(y, r, Vec::set1(0.24022242426872253f));
+  y = Vec::fmadd(y, r, Vec::set1(0.6931470036506653f));
+  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  return Vec::scale_pow2(y, n);
+#else
+  return exp2(x);
+#endif
 }
 
 }  // namespace ATTN_SIMD_NS

@@ -59,16 +59,27 @@ inline void gemm_abt_tile(const float* a, int64_t a_rs, const float* bt, int64_t
   }
 }
 
-// c[rows, cols] = a[rows, depth] · bt[depth, cols]; cols a multiple of kScoreVecs·W.
-inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
-                     int64_t cols, float* c, int64_t c_rs) {
-  constexpr int R = Tiles::kScoreRows, C = Tiles::kScoreVecs;
+// c[rows, cols] = a[rows, depth] · bt[depth, cols]; cols a multiple of W: whole kScoreVecs-vector column
+// steps, then the remaining vectors one at a time (a short key tile, L = 16, costs 1 vector, not kScoreVecs).
+template <int C>
+inline void gemm_abt_columns(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
+                             int64_t cols, float* c, int64_t c_rs) {
+  constexpr int R = Tiles::kScoreRows;
   int64_t r = 0;
   for (; r + R <= rows; r += R) gemm_abt_tile<R, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
   if (r < rows)
     with_const<R>(static_cast<int>(rows - r), [&](auto RR) {
       gemm_abt_tile<decltype(RR)::value, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
     });
+}
+
+inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
+                     int64_t cols, float* c, int64_t c_rs) {
+  constexpr int C = Tiles::kScoreVecs;
+  const int64_t wide = cols / (C * W) * (C * W);
+  if (wide > 0) gemm_abt_columns<C>(a, a_rs, bt, bt_rs, depth, rows, wide, c, c_rs);
+  if constexpr (C > 1)
+    if (wide < cols) gemm_abt_columns<1>(a, a_rs, bt + wide, bt_rs, depth, rows, cols - wide, c + wide, c_rs);
 }
 
 // acc[r·acc_rs + v·W ...] += Σ_j A[r·a_rs + j·a_js] · B[j·b_rs + v·W ...] for R rows, C vectors, n terms.
@@ -90,15 +101,18 @@ inline void rank_update_tile(const float* A, int64_t a_rs, int64_t a_js, int64_t
     for (int v = 0; v < C; ++v) a[r][v].store(acc + r * acc_rs + v * W);
 }
 
-// acc[rows, vecs·W] += A[rows, n] · B[n, vecs·W], A's element (r, j) at A[r·a_rs + j·a_js].
+// acc[rows, vecs·W] += A[rows, n] · B[n, vecs·W], A's element (r, j) at A[r·a_rs + j·a_js], in register
+// tiles of kRows × kVecs (the forward's P·V: Tiles::kPvRows × kPvVecs; the backward's updates: kUpdateRows ×
+// kUpdateVecs).
+template <int kRows, int kVecs>
 inline void rank_update(const float* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t n, const float* B,
                         int64_t b_rs, int64_t vecs, float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
-      with_const<Tiles::kPvRows>(R, [&](auto RR) {
-        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
+  for (int64_t r = 0; r < rows; r += kRows) {
+    const int R = static_cast<int>(std::min<int64_t>(kRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += kVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(kVecs, vecs - c));
+      with_const<kRows>(R, [&](auto RR) {
+        with_const<kVecs>(C, [&](auto CC) {
           rank_update_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, n, B + c * W, b_rs,
                                                                      acc + r * acc_rs + c * W, acc_rs);
         });

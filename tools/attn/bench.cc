@@ -25,8 +25,8 @@ namespace attn::cli {
 namespace {
 
 template <class F>
-std::vector<double> time_runs(int repeat, F&& f) {
-  f();  // warm-up: first touches, thread pool start
+std::vector<double> time_runs(int repeat, F&& f, int warmup = 1) {
+  for (int w = 0; w < warmup; ++w) f();  // warm-up: first touches, thread pool start
   std::vector<double> ms;
   for (int r = 0; r < repeat; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -57,7 +57,7 @@ struct SdpaBench {
   bool causal = false, json = false, backward = false;
   float dropout = 0.0f;
   int64_t window = 0;
-  int threads = 0, repeat = 5;
+  int threads = 0, repeat = 5, warmup = 1;
   std::string impl = "fused", dtype = "f32";
   std::string kv_dtype;  // f32 | bf16 | int8: decode through a DecodeCache of that type instead
 };
@@ -151,7 +151,8 @@ void run_sdpa_bench(const SdpaBench& a) {
   o.impl = parse_impl(a.impl);
   o.dropout_p = a.dropout;
   if (a.backward) return run_sdpa_backward_bench(a, q, k, v, o);
-  const auto ms = time_runs(a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); });
+  const auto ms = time_runs(
+      a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); }, a.warmup);
   // 4·Lq·Lk·D per head (two GEMMs of 2·Lq·Lk·D), halved for causal
   double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                  static_cast<double>(a.batch * a.heads);
@@ -340,7 +341,8 @@ void add_bench(CLI::App& app) {
   sdpa->add_option("--threads", s->threads, "threads; 0 = all cores");
   sdpa->add_option("--impl", s->impl, "fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
-  sdpa->add_option("--repeat", s->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
+  sdpa->add_option("--repeat", s->repeat, "timed runs after the warm-up")->check(CLI::PositiveNumber);
+  sdpa->add_option("--warmup", s->warmup, "untimed runs first (default 1)")->check(CLI::NonNegativeNumber);
   sdpa->add_flag("--json", s->json, "one JSON line");
   sdpa->add_option("--kv-dtype", s->kv_dtype,
                    "f32, bf16 or int8: decode (q_len new queries) over a DecodeCache of kv_len positions stored so")
