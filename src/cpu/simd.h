@@ -204,31 +204,30 @@ inline Vec exp(Vec x) {
 // Cody–Waite reduction, one polynomial term less, and on AVX-512 one scalef for 2^n with its range.
 // x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
 // (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
-inline Vec exp2(Vec x) {
+// 2^r for r in [−½, ½]: the degree-5 minimax polynomial exp2 uses (constant term exactly 1).
+inline Vec exp2_fraction(Vec r) {
   constexpr float c1 = 0.6931470036506653f, c2 = 0.24022242426872253f, c3 = 0.05550733581185341f,
                   c4 = 0.009671512991189957f, c5 = 0.001326472731307149f;
+  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
+  y = Vec::fmadd(y, r, Vec::set1(c3));
+  y = Vec::fmadd(y, r, Vec::set1(c2));
+  y = Vec::fmadd(y, r, Vec::set1(c1));
+  return Vec::fmadd(y, r, Vec::set1(1.0f));
+}
+
+inline Vec exp2(Vec x) {
 #if defined(__AVX512F__)
   // scalef takes any n: below −149 the product rounds to 0 (2^−150 · 1 is a tie to even), so only the
   // polynomial's argument needs a finite n (x = −inf would give r = NaN)
   const Vec xm = Vec::min(Vec::set1(129.0f), Vec::max(Vec::set1(-150.0f), x));  // a NaN x passes through
   const Vec n = Vec::round(xm);
-  const Vec r = xm - n;
-  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
-  y = Vec::fmadd(y, r, Vec::set1(c3));
-  y = Vec::fmadd(y, r, Vec::set1(c2));
-  y = Vec::fmadd(y, r, Vec::set1(c1));
-  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  const Vec y = exp2_fraction(xm - n);
   return Vec::scale_pow2(y, n);
 #else
   // 2^n through the exponent bits needs n in [−126, 127]; below −126 the result is set to 0
   const Vec xm = Vec::min(Vec::set1(127.0f), Vec::max(Vec::set1(-126.0f), x));
   const Vec n = Vec::round(xm);
-  const Vec r = xm - n;
-  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
-  y = Vec::fmadd(y, r, Vec::set1(c3));
-  y = Vec::fmadd(y, r, Vec::set1(c2));
-  y = Vec::fmadd(y, r, Vec::set1(c1));
-  y = Vec::fmadd(y, r, Vec::set1(1.0f));
+  const Vec y = exp2_fraction(xm - n);
   return Vec::zero_below(x, -126.0f, y * Vec::pow2i(n));
 #endif
 }
@@ -240,13 +239,7 @@ inline Vec exp2(Vec x) {
 inline Vec exp2_finite(Vec x) {
 #if defined(__AVX512F__)
   const Vec n = Vec::round(x);
-  const Vec r = x - n;
-  Vec y = Vec::fmadd(Vec::set1(0.001326472731307149f), r, Vec::set1(0.009671512991189957f));
-  y = Vec::fmadd(y, r, Vec::set1(0.05550733581185341f));
-  y = Vec::fmadd(y, r, Vec::set1(0.24022242426872253f));
-  y = Vec::fmadd(y, r, Vec::set1(0.6931470036506653f));
-  y = Vec::fmadd(y, r, Vec::set1(1.0f));
-  return Vec::scale_pow2(y, n);
+  return Vec::scale_pow2(exp2_fraction(x - n), n);
 #else
   return exp2(x);
 #endif

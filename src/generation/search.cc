@@ -137,9 +137,9 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
       if (end == s + 1) break;
       keep_slots.push_back(--end);
     }
-    const int64_t end = static_cast<int64_t>(keep_slots.size());
+    const int64_t kept = static_cast<int64_t>(keep_slots.size());
     decoder.retain(keep_slots);
-    for (int64_t i = 0; i < end; ++i) {
+    for (int64_t i = 0; i < kept; ++i) {
       const int64_t from = keep_slots[static_cast<size_t>(i)];
       if (from == i) continue;
       sentence[static_cast<size_t>(i)] = sentence[static_cast<size_t>(from)];
@@ -149,7 +149,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
         seqs[dst].swap(seqs[src]);
       }
     }
-    live = end;
+    live = kept;
   }
   std::vector<std::vector<int32_t>> best(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {

@@ -12,20 +12,13 @@
 #include "attn/dist/data_parallel.h"
 #include "attn/error.h"
 #include "attn/models/transformer.h"
+#include "mpi_test_util.h"
 
 namespace attn::dist {
 namespace {
 
-int rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using test::rank;
+using test::size;
 
 constexpr GradientOverlap kModes[] = {GradientOverlap::kNone, GradientOverlap::kThread, GradientOverlap::kNonBlocking};
 

@@ -10,21 +10,14 @@
 #include "attn/attention.h"
 #include "attn/dist/ring_attention.h"
 #include "attn/error.h"
+#include "mpi_test_util.h"
 #include "test_util.h"
 
 namespace attn::dist {
 namespace {
 
-int rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using test::rank;
+using test::size;
 
 // max |a − b| where equal infinities count as 0 (lse of a row with no visible key is −inf on both sides).
 double diff(const Tensor& a, const Tensor& b) {
