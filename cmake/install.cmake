@@ -23,7 +23,7 @@ install(FILES ${PROJECT_BINARY_DIR}/attnConfig.cmake ${PROJECT_BINARY_DIR}/attnC
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
 
 # pkg-config: the linker flags of OpenBLAS as found here
-string(JOIN " " ATTN_PC_BLAS ${OPENBLAS_LINK_LIBRARIES} ${DNNL_LIBRARY})
+string(JOIN " " ATTN_PC_BLAS ${XSMM_LIBRARY} ${OPENBLAS_LINK_LIBRARIES} ${DNNL_LIBRARY} -ldl)
 file(RELATIVE_PATH ATTN_PC_PREFIX_REL "${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig" "${CMAKE_INSTALL_PREFIX}")
 configure_file(cmake/attn.pc.in ${PROJECT_BINARY_DIR}/attn.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/attn.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -3,7 +3,7 @@
 #   scripts/setup.sh            -> build/attn, build/tests/attn_tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages="cmake g++ make pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev"
+packages="cmake g++ make pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev libxsmm-dev nlohmann-json3-dev"
 packages="$packages libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
 # Open MPI: attn_dist (ring attention, data-parallel training) and its tests under mpirun; optional for the build
 packages="$packages libopenmpi-dev openmpi-bin"

@@ -49,6 +49,47 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
   }
 }
 
+// The transposed float32 copy through libxsmm's kernels (Quantization::kFloat32): within float32's rounding of
+// the float64 product, for row counts below the kernels' threshold (OpenBLAS), one block, a block and a
+// remainder, every epilogue, 1 and 2 threads. A matrix too large for L2 gets no copy.
+TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
+  std::mt19937 rng(5);
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{3, 384, 128},
+                         {8, 19, 128},
+                         {9, 7, 33},
+                         {31, 384, 128},
+                         {37, 128, 256},
+                         {64, 384, 128},
+                         {70, 17, 5},
+                         {256, 16, 16}}) {
+    const Tensor x = test::random_tensor({M, K}, rng, -2.0f, 2.0f), w = test::random_tensor({N, K}, rng, -0.3f, 0.3f);
+    const Tensor b = test::random_tensor({N}, rng), y0 = test::random_tensor({M, N}, rng);
+    const ops::QuantizedMatrix copy = ops::small_gemm_copy(w.f32(), N, K);
+    ASSERT_EQ(copy.N, N);
+    for (int threads : {1, 2})
+      for (int e = 0; e < 3; ++e) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) + " epilogue " +
+                     std::to_string(e) + " threads " + std::to_string(threads));
+        const ops::LinearEpilogue epilogue{.relu = e == 1, .accumulate = e == 2};
+        Tensor y = y0.clone();
+        omp_set_num_threads(threads);
+        ops::linear_forward_small(y.f32(), x.f32(), copy, b.f32(), M, epilogue);
+        omp_set_num_threads(omp_get_num_procs());
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double exact = b.f32()[n] + (epilogue.accumulate ? y0.f32()[m * N + n] : 0.0), scale = std::fabs(exact);
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = static_cast<double>(x.f32()[m * K + k]) * w.f32()[n * K + k];
+              exact += p, scale += std::fabs(p);
+            }
+            if (epilogue.relu) exact = std::max(exact, 0.0);
+            ASSERT_NEAR(y.f32()[m * N + n], exact, scale * (K + 2) * 6e-8 + 1e-30) << m << ", " << n;
+          }
+      }
+  }
+  EXPECT_EQ(ops::small_gemm_copy(test::random_tensor({512, 512}, rng).f32(), 512, 512).N, 0);
+}
+
 }  // namespace
 }  // namespace attn
 

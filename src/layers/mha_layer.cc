@@ -35,14 +35,14 @@ struct Projections {
 // in_proj (nn.MultiheadAttention's in_proj_weight); else three GEMMs.
 Projections project_qkv(const MhaWeights& w, const float* x, int64_t N) {
   const int64_t E = w.E, kv = w.kv_width();
-  const bool packed = w.qw_q == nullptr && w.kdim == E && w.vdim == E && w.w_k == w.w_q + E * E &&
-                      w.w_v == w.w_k + kv * E &&
+  const bool packed = (w.qw_q == nullptr || w.qw_qkv != nullptr) && w.kdim == E && w.vdim == E &&
+                      w.w_k == w.w_q + E * E && w.w_v == w.w_k + kv * E &&
                       ((w.b_q == nullptr && w.b_k == nullptr && w.b_v == nullptr) ||
                        (w.b_q != nullptr && w.b_k == w.b_q + E && w.b_v == w.b_k + kv));
   if (packed) {
     const int64_t row = E + 2 * kv;
     float* qkv = ops::scratch(0, N * row);
-    ops::linear_forward(qkv, x, w.w_q, nullptr, w.b_q, N, row, E);
+    ops::linear_forward(qkv, x, w.w_q, w.qw_qkv, w.b_q, N, row, E);
     return {qkv, qkv + E, qkv + E + kv, row, row};
   }
   Projections p{ops::scratch(0, N * E), ops::scratch(1, N * kv), ops::scratch(2, N * kv), E, kv};

@@ -27,8 +27,10 @@ namespace attn::layers {
 struct MhaWeights {
   const float *w_q = nullptr, *w_k = nullptr, *w_v = nullptr, *w_o = nullptr;  // [E, E], [Hkv·Dh, kdim] ×2, [E, E]
   const float *b_q = nullptr, *b_k = nullptr, *b_v = nullptr, *b_o = nullptr;  // [E], [Hkv·Dh] ×2, [E]
-  // A quantised model's int8 copies of W_Q, W_K, W_V, W_O (inference only), else null.
+  // An inference-only model's copies (int8, bf16 or transposed float32) of W_Q, W_K, W_V, W_O, else null.
   const ops::QuantizedMatrix *qw_q = nullptr, *qw_k = nullptr, *qw_v = nullptr, *qw_o = nullptr;
+  // The float32 inference copy of the packed in_proj [E + 2·Hkv·Dh, E] (Quantization::kFloat32), else null.
+  const ops::QuantizedMatrix* qw_qkv = nullptr;
   int64_t E = 0, H = 1, Hkv = 1, kdim = 0, vdim = 0;
   int64_t head_dim() const { return E / H; }
   int64_t kv_width() const { return Hkv * head_dim(); }  // Hkv·Dh

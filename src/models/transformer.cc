@@ -264,14 +264,21 @@ void Transformer::quantize(Quantization quantization) {
 }
 
 const char* quantization_name(Quantization q) {
-  return q == Quantization::kInt8 ? "int8" : q == Quantization::kBFloat16 ? "bf16" : "none";
+  switch (q) {
+    case Quantization::kInt8: return "int8";
+    case Quantization::kBFloat16: return "bf16";
+    case Quantization::kFloat32: return "float32";
+    case Quantization::kNone: break;
+  }
+  return "none";
 }
 
 Quantization parse_quantization(const std::string& name) {
   if (name == "none") return Quantization::kNone;
   if (name == "int8") return Quantization::kInt8;
   if (name == "bf16") return Quantization::kBFloat16;
-  throw ArgumentError("quantization must be \"none\", \"int8\" or \"bf16\", got \"" + name + "\"");
+  if (name == "float32") return Quantization::kFloat32;
+  throw ArgumentError("quantization must be \"none\", \"int8\", \"bf16\" or \"float32\", got \"" + name + "\"");
 }
 
 const models::TransformerWeights& Transformer::weights() const {

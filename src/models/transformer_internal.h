@@ -86,8 +86,8 @@ struct TransformerWeights {
   const float *gen_w = nullptr, *gen_b = nullptr;  // [Vt, E] (tgt_embed when tied), [Vt]
   float *gen_dw = nullptr, *gen_db = nullptr;
   std::vector<float> sinusoid;  // [max_len, E] when positions are not learned
-  // Quantization::kInt8: int8 copies of every projection (the fields' qw_* point into them) and of the
-  // generator; inference only.
+  // Quantization::kInt8, kBFloat16, kFloat32: inference copies of every projection (the fields' qw_* point into them)
+  // and of the generator; inference only.
   std::deque<ops::QuantizedMatrix> quantized;
   const ops::QuantizedMatrix* gen_q = nullptr;
   // Shallow copies of every bound parameter and gradient tensor (params, then grads, in map order): they

@@ -89,14 +89,20 @@ TransformerWeights bind(const TransformerConfig& c, const std::map<std::string, 
 
 void quantize_projections(TransformerWeights& n, Quantization quantization) {
   const int64_t E = n.c.d_model, F = n.c.d_ff;
-  auto q = [&](const float* w, int64_t rows, int64_t cols) {  // a deque: the pointers stay valid
-    n.quantized.push_back(quantization == Quantization::kBFloat16 ? ops::bf16_rows(w, rows, cols)
-                                                                  : ops::quantize_rows(w, rows, cols));
-    return &n.quantized.back();
+  auto q = [&](const float* w, int64_t rows, int64_t cols) -> const ops::QuantizedMatrix* {
+    n.quantized.push_back(quantization == Quantization::kBFloat16  ? ops::bf16_rows(w, rows, cols)
+                          : quantization == Quantization::kFloat32 ? ops::small_gemm_copy(w, rows, cols)
+                                                                   : ops::quantize_rows(w, rows, cols));
+    // a deque: the pointers stay valid; a float32 matrix too large for the copy stays with OpenBLAS
+    return n.quantized.back().N == 0 ? nullptr : &n.quantized.back();
   };
   auto attention = [&](layers::MhaWeights& w) {
     w.qw_q = q(w.w_q, E, E), w.qw_k = q(w.w_k, w.kv_width(), w.kdim);
     w.qw_v = q(w.w_v, w.kv_width(), w.vdim), w.qw_o = q(w.w_o, E, E);
+    // the packed in_proj as one matrix (one GEMM for Q, K and V: layers::project_qkv)
+    if (quantization == Quantization::kFloat32 && w.kdim == E && w.vdim == E && w.w_k == w.w_q + E * E &&
+        w.w_v == w.w_k + w.kv_width() * E)
+      w.qw_qkv = q(w.w_q, E + 2 * w.kv_width(), E);
   };
   auto ff = [&](layers::FfWeights& w) { w.qw1 = q(w.w1, F, E), w.qw2 = q(w.w2, E, F); };
   for (EncoderLayerWeights& l : n.enc) attention(l.self_attn.w), ff(l.ff);

@@ -19,15 +19,10 @@
 
 namespace attn::ops {
 
-void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
-                    int64_t N, int64_t K, LinearEpilogue epilogue) {
-  if (epilogue.relu && epilogue.accumulate)
-    throw ArgumentError("linear_forward: a ReLU epilogue does not accumulate (relu(x·Wᵀ + b) + y is not needed)");
-  if (M == 0 || N == 0) return;
-  // y = b (or y + b when accumulating), then y += x·Wᵀ
+void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N, bool accumulate) {
   for (int64_t i = 0; i < M; ++i) {
     float* row = y + i * ldy;
-    if (epilogue.accumulate) {
+    if (accumulate) {
       if (b) {
 #pragma omp simd
         for (int64_t n = 0; n < N; ++n) row[n] += b[n];
@@ -38,15 +33,26 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
       std::fill(row, row + N, 0.0f);
     }
   }
+}
+
+void relu_rows(float* y, int64_t ldy, int64_t M, int64_t N) {
+  for (int64_t i = 0; i < M; ++i) {
+    float* row = y + i * ldy;
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) row[n] = row[n] > 0.0f ? row[n] : 0.0f;
+  }
+}
+
+void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
+                    int64_t N, int64_t K, LinearEpilogue epilogue) {
+  if (epilogue.relu && epilogue.accumulate)
+    throw ArgumentError("linear_forward: a ReLU epilogue does not accumulate (relu(x·Wᵀ + b) + y is not needed)");
+  if (M == 0 || N == 0) return;
+  linear_prologue(y, ldy, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += x·Wᵀ
   if (K > 0)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
                 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
-  if (epilogue.relu)
-    for (int64_t i = 0; i < M; ++i) {
-      float* row = y + i * ldy;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) row[n] = row[n] > 0.0f ? row[n] : 0.0f;
-    }
+  if (epilogue.relu) relu_rows(y, ldy, M, N);
 }
 
 void linear_forward(float* y, const float* x, const float* w, const float* b, int64_t M, int64_t N, int64_t K,

@@ -33,6 +33,10 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, in
 // The same with rows ldy / ldx apart (a head block inside a wider row).
 void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, const float* b, int64_t M,
                     int64_t N, int64_t K, LinearEpilogue epilogue = {});
+// The passes around a linear map's GEMM: y = b, y += b (accumulate) or y = 0 before it; y = max(y, 0) after.
+// y: [M, N] with rows ldy apart; b: [N] or nullptr
+void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N, bool accumulate);
+void relu_rows(float* y, int64_t ldy, int64_t M, int64_t N);
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
                      int64_t N, int64_t K);
 
@@ -58,13 +62,22 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
 struct Bf16Matmul;  // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
 
 // A projection's inference copy. Int8 weights, one scale per output row (CTranslate2's scheme):
-// w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout.
+// w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout; or (wt not
+// empty) the float32 weights transposed, for libxsmm's small-matrix kernels (src/ops/linear_small.cc).
 struct QuantizedMatrix {
   std::vector<int8_t> q;     // [N, K]
   std::vector<float> scale;  // [N]
   int64_t N = 0, K = 0;
   std::shared_ptr<const Bf16Matmul> bf16;  // instead of q and scale
+  std::vector<float> wt;                   // [K, N] instead of q and scale
 };
+// w: [N, K] float32 -> its transpose [K, N] when it has at most 64 Ki floats (it stays in L2 while the rows
+// stream past); else an empty copy (N = 0): such a matrix stays with OpenBLAS.
+QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K);
+// y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 32 rows (in parallel when large
+// enough), OpenBLAS below 8 rows or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or nullptr
+void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                          LinearEpilogue epilogue = {});
 // w: [N, K] float32 -> bfloat16 (round to nearest even), reordered once for oneDNN's bf16 x bf16 -> f32 matmul.
 QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W bfloat16: x rounded to bfloat16 on the fly, float32 sums (AVX512_BF16 where the
@@ -80,11 +93,14 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K);
 // y: [M, N]; x: [M, K]; b: [N] or nullptr
 void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                          LinearEpilogue epilogue = {});
-// The projection every layer runs: int8 or bf16 when qw is given (a quantised model's inference), else float32.
+// The projection every layer runs: int8, bf16 or transposed float32 when qw is given (an inference-only model),
+// else float32 through OpenBLAS.
 inline void linear_forward(float* y, const float* x, const float* w, const QuantizedMatrix* qw, const float* b,
                            int64_t M, int64_t N, int64_t K, LinearEpilogue epilogue = {}) {
   if (qw && qw->bf16)
     linear_forward_bf16(y, x, *qw, b, M, epilogue);
+  else if (qw && !qw->wt.empty())
+    linear_forward_small(y, x, *qw, b, M, epilogue);
   else if (qw)
     linear_forward_int8(y, x, *qw, b, M, epilogue);
   else

@@ -55,7 +55,8 @@ Translator Translator::load(const std::string& dir, Quantization quantization) {
   if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
   try {
     Transformer model = Transformer::load(dir);
-    model.quantize(quantization);
+    // An owned model never trains: float32 takes the inference layout (Quantization::kFloat32).
+    model.quantize(quantization == Quantization::kNone ? Quantization::kFloat32 : quantization);
     return Translator(std::move(model), tasks::Vocab::load(dir));
   } catch (const Error& e) {
     throw FormatError("model directory " + dir + ": " + e.what());

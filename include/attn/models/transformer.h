@@ -45,9 +45,12 @@ struct TransformerConfig {
 
 // How the model's projections compute: float32, or int8 weights with a scale per output row and activations
 // quantised per row on the fly (inference only; CTranslate2's int8 scheme, through oneDNN), or bfloat16
-// weights and activations with float32 sums (inference only; oneDNN's bf16 matmul).
-enum class Quantization : uint8_t { kNone, kInt8, kBFloat16 };
-// "none" | "int8" | "bf16", and the inverse (ArgumentError naming the accepted values).
+// weights and activations with float32 sums (inference only; oneDNN's bf16 matmul), or float32 weights kept
+// transposed beside the parameters for libxsmm's small-matrix kernels where they fit in the L2 cache
+// (inference only: the same products in another summation order, 1.2x OpenBLAS at decoding's shapes;
+// Translator::load uses it for kNone).
+enum class Quantization : uint8_t { kNone, kInt8, kBFloat16, kFloat32 };
+// "none" | "int8" | "bf16" | "float32", and the inverse (ArgumentError naming the accepted values).
 const char* quantization_name(Quantization q);
 Quantization parse_quantization(const std::string& name);
 
@@ -100,8 +103,9 @@ class Transformer {
   Transformer& operator=(Transformer&&) noexcept;
 
   const TransformerConfig& config() const { return config_; }
-  // Quantization::kInt8: encode, decoding and logits() run int8 projections; forward(training = true) and
-  // backward() then throw. kNone returns to float32. The float32 parameters are kept either way.
+  // Quantization::kInt8 (kBFloat16, kFloat32): encode, decoding and logits() run int8 (bf16, transposed
+  // float32) projections; forward(training = true) and backward() then throw. kNone returns to float32 that
+  // trains. The float32 parameters are kept either way.
   void quantize(Quantization quantization);
   Quantization quantization() const { return quantization_; }
 

@@ -1,0 +1,111 @@
+// The float32 linear map of an inference-only model whose weight matrices fit in the L2 cache (the shipped
+// translation model's are 16-192 KB), through libxsmm's just-in-time small-matrix kernels (Debian's
+// libxsmm-dev) instead of OpenBLAS's SGEMM.
+//
+// Why: at decoding's row counts (one row per live hypothesis, 1-256) OpenBLAS spends a fifth of each call
+// packing the weight matrix it has just packed the step before (sgemm_incopy was 13% of greedy translation's
+// time) and runs at 80-90% of the FMA peak; libxsmm's kernels read the operands where they lie and ran at
+// 99-100% of it on the model's shapes (M = 16-256 rows of 128-384 columns: 1.2-1.7x OpenBLAS; bench numbers
+// in docs/PERFORMANCE.md). They want the weights as the column-major left operand, i.e. W transposed, so the
+// model keeps that copy (inference only: a model that trains would make it stale; Transformer::quantize).
+// The kernels' sums run in the same k order as any GEMM's but with other partial sums than OpenBLAS's, so
+// results differ from the float32 training path in the last bits.
+//
+// libxsmm's generated code keeps the stack pointer where it belongs (the oneDNN kernels that ruled out
+// oneDNN's f32 matmul, src/ops/linear.cc, do not): tests/task_test.cc translates under a profiling timer.
+#include <cblas.h>
+#include <libxsmm.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "attn/error.h"
+#include "cpu/attention_fused.h"
+#include "ops/nn.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace attn::ops {
+
+namespace {
+
+constexpr int64_t kMaxWeightFloats = 64 * 1024;  // 256 KB: the copy stays in L2 while the rows stream past
+constexpr int64_t kRowBlock = 32;                // rows per kernel call (the last call takes the remainder)
+constexpr int64_t kMinRows = 8;                  // fewer rows: OpenBLAS (no kernel to generate for a GEMV)
+
+// libxsmm picks its code generator from the processor; ATTN_SIMD (and the tests' forced levels) choose for
+// our own kernels, and the first call here follows that choice: AVX2 kernels under ATTN_SIMD=avx2, none under
+// ATTN_SIMD=scalar (OpenBLAS instead). Later changes of level keep the kernels already generated.
+bool use_libxsmm() {
+  static const bool use = [] {
+    switch (detail::simd_level_active()) {
+      case detail::SimdLevel::kScalar: return false;
+      case detail::SimdLevel::kAvx2: libxsmm_set_target_arch("hsw"); break;
+      case detail::SimdLevel::kAvx512: break;
+    }
+    libxsmm_init();
+    return true;
+  }();
+  return use && detail::simd_level_active() != detail::SimdLevel::kScalar;
+}
+
+// y rows [rows, N] (+)= x rows [rows, K] · wt [K, N]: column-major C (N × rows) += A (N × K) · B (K × rows).
+libxsmm_smmfunction small_gemm_kernel(int64_t N, int64_t rows, int64_t K) {
+  const float alpha = 1.0f, beta = 1.0f;
+  const int flags = LIBXSMM_GEMM_FLAG_NONE, prefetch = LIBXSMM_PREFETCH_NONE;
+  const libxsmm_blasint lda = N, ldb = K, ldc = N;
+  return libxsmm_smmdispatch(static_cast<libxsmm_blasint>(N), static_cast<libxsmm_blasint>(rows),
+                             static_cast<libxsmm_blasint>(K), &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+}
+
+// libxsmm's kernels return with the upper halves of the vector registers dirty (no vzeroupper): the SSE code
+// after them (this library's baseline build) would then pay for the transition on every instruction.
+__attribute__((target("avx"))) void clear_upper_vector_state() { _mm256_zeroupper(); }
+
+}  // namespace
+
+QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K) {
+  QuantizedMatrix m;
+  if (N * K > kMaxWeightFloats || N <= 0 || K <= 0) return m;
+  m.N = N, m.K = K;
+  m.wt.resize(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) m.wt[static_cast<size_t>(k * N + n)] = w[n * K + k];
+  return m;
+}
+
+void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
+                          LinearEpilogue epilogue) {
+  if (epilogue.relu && epilogue.accumulate)
+    throw ArgumentError("linear_forward_small: a ReLU epilogue does not accumulate");
+  const int64_t N = w.N, K = w.K;
+  if (M == 0 || N == 0) return;
+  linear_prologue(y, N, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += x·Wᵀ
+  const float* wt = w.wt.data();
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  libxsmm_smmfunction full = nullptr, last = nullptr;
+  if (M >= kMinRows && use_libxsmm()) {
+    full = small_gemm_kernel(N, std::min(M, kRowBlock), K);
+    last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
+  }
+  if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+                static_cast<int>(K), 1.0f, x, static_cast<int>(K), wt, static_cast<int>(N), 1.0f, y,
+                static_cast<int>(N));
+  } else {
+    // Blocks of rows in parallel when there is work for more than one thread (2^20 FLOPs: ~10 µs).
+    [[maybe_unused]] const bool parallel = blocks > 1 && 2 * M * N * K >= (int64_t{1} << 20);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRowBlock;
+      (blk + 1 == blocks ? last : full)(wt, x + r0 * K, y + r0 * N);
+      clear_upper_vector_state();
+    }
+  }
+  if (epilogue.relu) relu_rows(y, N, M, N);
+}
+
+}  // namespace attn::ops
