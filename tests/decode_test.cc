@@ -41,7 +41,8 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
     for (int64_t j = 0; j < Lk; ++j) {
       const float* kj = in.k.f32() + (bg * Lk + j) * D;
       k_scale[static_cast<size_t>(bg * Lk + j)] = detail::store_kv(
-          kj, D, type, kt.data() + (bg * head + detail::key_block_index(D, j, 0)) * size, detail::kKeyBlock);
+          kj, D, type, kt.data() + (bg * head + detail::key_block_index(D, j, 0, Lk)) * size,
+          detail::key_element_stride(j, Lk));
       v_scale[static_cast<size_t>(bg * Lk + j)] =
           detail::store_kv(in.v.f32() + (bg * Lk + j) * Dv, Dv, type, v.data() + (bg * Lk + j) * Dv * size, 1);
     }
@@ -60,7 +61,7 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
         const size_t r = static_cast<size_t>(bg * Lk + j);
         for (int64_t d = 0; d < D; ++d)
           deq_k->f32()[static_cast<int64_t>(r) * D + d] =
-              widen(kt.data(), bg * head + detail::key_block_index(D, j, d), k_scale[r]);
+              widen(kt.data(), bg * head + detail::key_block_index(D, j, d, Lk), k_scale[r]);
         for (int64_t e = 0; e < Dv; ++e)
           deq_v->f32()[static_cast<int64_t>(r) * Dv + e] =
               widen(v.data(), static_cast<int64_t>(r) * Dv + e, v_scale[r]);
@@ -201,6 +202,20 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
     const Tensor got = cache.attend(in.q, in.options.key_padding_mask);
     EXPECT_LE(test::max_abs_diff(got, want), type == KVCacheType::kFloat32 ? kTol : 2e-2);
     EXPECT_THROW(cache.append(slice(in.k, 0, 4), slice(in.v, 0, 4)), ArgumentError);  // past the capacity
+  }
+  // one position at a time, as decoding appends: the last, incomplete block is kept as rows and transposed when
+  // it completes; attending at every length around the block edges
+  for (KVCacheType type : {KVCacheType::kFloat32, KVCacheType::kInt8}) {
+    DecodeCache steps(c.B, c.Hkv, c.D, 40, type);
+    for (int64_t L = 1; L <= c.Lk; ++L) {
+      steps.append(slice(in.k, L - 1, L), slice(in.v, L - 1, L));
+      if (L % 16 > 1 && L % 16 < 15 && L != c.Lk) continue;
+      SCOPED_TRACE(std::string(kv_cache_name(type)) + " length " + std::to_string(L));
+      AttentionOptions o;
+      o.impl = AttentionImpl::kReference;
+      const Tensor prefix = scaled_dot_product_attention(in.q, slice(in.k, 0, L), slice(in.v, 0, L), o).output;
+      EXPECT_LE(test::max_abs_diff(steps.attend(in.q), prefix), type == KVCacheType::kFloat32 ? kTol : 2e-2);
+    }
   }
   DecodeCache cache(c.B, c.Hkv, c.D, 8);
   EXPECT_THROW(cache.append(Tensor({2, 3, 1, 24}), Tensor({2, 3, 1, 24})), ShapeError);  // 3 heads, not 2

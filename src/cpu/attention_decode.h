@@ -3,6 +3,8 @@
 // values. Decoding calls it once per layer and step on problems of a few hundred FLOPs per head, so it is a
 // kernel of its own: no planning, no packing, no parallel region unless the problem is large, and the keys
 // stored transposed in blocks of kKeyBlock, so Q·Kᵀ is FMAs over whole vectors of keys with no horizontal sums.
+// The last, incomplete block keeps its keys as rows: a step writes its key as one row (a few cache lines, not
+// one line per element), and the block is transposed once, when its last key arrives.
 //
 //   s_j = scale · q · k_j            (hidden: key padding, and keys at or beyond Lk)
 //   out = Σ_j softmax(s)_j · v_j     (0 for a row with every key hidden)
@@ -62,8 +64,10 @@ struct DecodeProblem {
   // The cache's element type (kt and v), and for int8 the scales. Strides count elements of kv_type.
   KVType kv_type = KVType::kFloat32;
   // kt: [B, Hkv, ⌈Lk / kKeyBlock⌉, D, kKeyBlock]: key j of head g, element d at
-  //     kt[b*kt_sb + g*kt_sh + (j / kKeyBlock)*D*kKeyBlock + d*kKeyBlock + j % kKeyBlock]
-  //     (the last block's keys beyond Lk may hold anything: they are never read as keys)
+  //     kt[b*kt_sb + g*kt_sh + key_block_index(D, j, d, Lk)]: in a complete block (j < ⌊Lk / kKeyBlock⌋ ·
+  //     kKeyBlock) at (j / kKeyBlock)*D*kKeyBlock + d*kKeyBlock + j % kKeyBlock, transposed; in the last,
+  //     incomplete block at (j / kKeyBlock)*D*kKeyBlock + (j % kKeyBlock)*D + d, a row
+  //     (the last block's slots beyond Lk may hold anything: they are never read as keys)
   const void* kt = nullptr;
   int64_t kt_sb = 0, kt_sh = 0;
   // v: [B, Hkv, Lk, Dv]    element (b, g, j, e) at v[b*v_sb + g*v_sh + j*v_sl + e]
@@ -84,10 +88,14 @@ struct DecodeProblem {
   int64_t group() const { return H / Hkv; }
 };
 
-// The offset of key j, element d, inside one head's transposed keys (the layout above).
-inline int64_t key_block_index(int64_t D, int64_t j, int64_t d) {
-  return (j / kKeyBlock) * D * kKeyBlock + d * kKeyBlock + j % kKeyBlock;
+// The offset of key j, element d, inside the keys of one head holding Lk keys (the layout above), and the
+// distance between its elements d and d + 1 (kKeyBlock in a complete block, 1 in the last, incomplete one).
+inline bool key_in_complete_block(int64_t j, int64_t Lk) { return j < Lk / kKeyBlock * kKeyBlock; }
+inline int64_t key_block_index(int64_t D, int64_t j, int64_t d, int64_t Lk) {
+  const int64_t block = (j / kKeyBlock) * D * kKeyBlock;
+  return key_in_complete_block(j, Lk) ? block + d * kKeyBlock + j % kKeyBlock : block + (j % kKeyBlock) * D + d;
 }
+inline int64_t key_element_stride(int64_t j, int64_t Lk) { return key_in_complete_block(j, Lk) ? kKeyBlock : 1; }
 
 // Floats one head's transposed keys take for `keys` keys: whole blocks.
 inline int64_t key_block_floats(int64_t D, int64_t keys) { return (keys + kKeyBlock - 1) / kKeyBlock * D * kKeyBlock; }

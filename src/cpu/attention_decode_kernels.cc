@@ -3,7 +3,8 @@
 //
 // One task per (batch, kv head); it serves every query row of the heads of its group:
 //   s = scale · q · Kᵀ      a key block at a time: kKeyBlock keys are kKeyBlock / W vectors, and each of
-//                           the D elements of q is one broadcast FMA into them (independent chains over d)
+//                           the D elements of q is one broadcast FMA into them (independent chains over d);
+//                           the last, incomplete block's keys are rows: one dot product each
 //   s = mask(s)             padding, and the last block's keys beyond Lk
 //   p = exp(s − max s),  l = Σ p
 //   out = Σ_j p_j · v_j / l  (keys with p_j = 0 skipped: a hidden value is never multiplied)
@@ -102,6 +103,20 @@ void block_scores(const float* qs, const KT* kt, int64_t D, int64_t nblocks, flo
   }
 }
 
+// s[0, n) = qs · k_j for the n keys stored as rows k (the last, incomplete block: [n, D]).
+template <class KT>
+void row_scores(const float* qs, const KT* k, int64_t D, int64_t n, float* s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const KT* kj = k + j * D;
+    Vec acc = Vec::zero();
+    int64_t d = 0;
+    for (; d + W <= D; d += W) acc = Vec::fmadd(Vec::load(qs + d), load_floats(kj + d), acc);
+    float sum = acc.reduce_add();
+    for (; d < D; ++d) sum += qs[d] * to_float(kj[d]);
+    s[j] = sum;
+  }
+}
+
 // out[e0, e0 + NV·W) = Σ_j p_j · v_j[e0 ..] over the keys with p_j != 0, times inv: NV accumulator vectors per
 // chain, two chains (even and odd keys), all in registers (NV is a compile-time count).
 template <int NV, class VT>
@@ -146,9 +161,10 @@ void weighted_values(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int6
 template <class T>
 void decode_row(const DecodeProblem& p, const float* q, const T* kt, const T* v, const float* k_scale,
                 const float* v_scale, const uint8_t* pad, float* out, float* s, float* qs) {
-  const int64_t nblocks = (p.Lk + kKeyBlock - 1) / kKeyBlock, padded = nblocks * kKeyBlock;
+  const int64_t complete = p.Lk / kKeyBlock, padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
-  block_scores(qs, kt, p.D, nblocks, s);
+  block_scores(qs, kt, p.D, complete, s);
+  row_scores(qs, kt + complete * p.D * kKeyBlock, p.D, p.Lk - complete * kKeyBlock, s + complete * kKeyBlock);
   if (k_scale)
     for (int64_t j = 0; j < p.Lk; ++j) s[j] *= k_scale[j];
   std::fill(s + p.Lk, s + padded, kNegInf);  // the last block's keys beyond Lk

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "cpu/attention_decode.h"
 
@@ -140,18 +142,38 @@ void KVCache::allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool wit
   if (with_spare) reserve(spare, k_bytes, v_bytes, scales);
 }
 
+namespace {
+// The first `kept` keys of one head's block, stored as rows [kept, Dh] while the block was incomplete, rearranged
+// into the complete block's transposed layout [Dh, kKeyBlock] (elements of `size` bytes).
+void transpose_block_rows(std::byte* block, int64_t Dh, int64_t kept, int64_t size) {
+  thread_local std::vector<std::byte> rows;
+  rows.assign(block, block + kept * Dh * size);
+  for (int64_t i = 0; i < kept; ++i)
+    for (int64_t d = 0; d < Dh; ++d)
+      std::memcpy(block + (d * detail::kKeyBlock + i) * size, rows.data() + (i * Dh + d) * size,
+                  static_cast<size_t>(size));
+}
+}  // namespace
+
 void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count) {
-  const int64_t head = k_head(), size = detail::kv_type_size(type);
+  const int64_t head = k_head(), size = detail::kv_type_size(type), end = t + count;
   const bool scaled = type == detail::KVType::kInt8;
-  for (int64_t n = 0; n < rows; ++n)
+  // The keys of t's block written before, rows while it was incomplete, are transposed when it completes now.
+  const int64_t kept = t % detail::kKeyBlock;
+  const bool completes = kept != 0 && detail::key_in_complete_block(t, end);
+  for (int64_t n = 0; n < rows; ++n) {
+    std::byte* k_n = main.k.get() + n * k_row() * size;
+    if (completes)
+      for (int64_t g = 0; g < Hkv; ++g)
+        transpose_block_rows(k_n + (g * head + detail::key_block_index(Dh, t - kept, 0, t)) * size, Dh, kept, size);
     for (int64_t c = 0; c < count; ++c) {
       const float* kr = k_rows + n * ld + c * width;  // [Hkv, Dh]
       const float* vr = v_rows + n * ld + c * width;
-      // key t + c: column (t + c) % kKeyBlock of its block, elements kKeyBlock apart
-      std::byte* kt = main.k.get() + (n * k_row() + detail::key_block_index(Dh, t + c, 0)) * size;
+      // key t + c in the layout of a head holding `end` keys (transposed block or the last block's row)
+      const int64_t at = detail::key_block_index(Dh, t + c, 0, end), stride = detail::key_element_stride(t + c, end);
       std::byte* v = main.v.get() + (n * v_row() + (t + c) * width) * size;
       for (int64_t g = 0; g < Hkv; ++g) {
-        const float ks = detail::store_kv(kr + g * Dh, Dh, type, kt + g * head * size, detail::kKeyBlock);
+        const float ks = detail::store_kv(kr + g * Dh, Dh, type, k_n + (g * head + at) * size, stride);
         const float vs = detail::store_kv(vr + g * Dh, Dh, type, v + g * Dh * size, 1);
         if (scaled) {
           main.k_scale[static_cast<size_t>(n * scale_row() + g * capacity + t + c)] = ks;
@@ -159,6 +181,7 @@ void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_
         }
       }
     }
+  }
 }
 
 namespace {

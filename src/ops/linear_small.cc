@@ -33,7 +33,7 @@ namespace attn::ops {
 namespace {
 
 constexpr int64_t kMaxWeightFloats = 64 * 1024;  // 256 KB: the copy stays in L2 while the rows stream past
-constexpr int64_t kRowBlock = 32;                // rows per kernel call (the last call takes the remainder)
+constexpr int64_t kRowBlock = 16;                // rows per kernel call (the last call takes the remainder)
 constexpr int64_t kMinRows = 8;                  // fewer rows: OpenBLAS (no kernel to generate for a GEMV)
 
 // libxsmm picks its code generator from the processor; ATTN_SIMD (and the tests' forced levels) choose for
