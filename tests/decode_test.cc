@@ -40,9 +40,9 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
   for (int64_t bg = 0; bg < B * Hkv; ++bg)
     for (int64_t j = 0; j < Lk; ++j) {
       const float* kj = in.k.f32() + (bg * Lk + j) * D;
-      k_scale[static_cast<size_t>(bg * Lk + j)] = detail::store_kv(
-          kj, D, type, kt.data() + (bg * head + detail::key_block_index(D, j, 0, Lk)) * size,
-          detail::key_element_stride(j, Lk));
+      k_scale[static_cast<size_t>(bg * Lk + j)] =
+          detail::store_kv(kj, D, type, kt.data() + (bg * head + detail::key_block_index(D, j, 0, Lk)) * size,
+                           detail::key_element_stride(j, Lk));
       v_scale[static_cast<size_t>(bg * Lk + j)] =
           detail::store_kv(in.v.f32() + (bg * Lk + j) * Dv, Dv, type, v.data() + (bg * Lk + j) * Dv * size, 1);
     }

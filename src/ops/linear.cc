@@ -15,11 +15,12 @@
 #include <algorithm>
 
 #include "attn/error.h"
+#include "ops/clones.h"
 #include "ops/nn.h"
 
 namespace attn::ops {
 
-void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N, bool accumulate) {
+ATTN_VECTOR_CLONES void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N, bool accumulate) {
   for (int64_t i = 0; i < M; ++i) {
     float* row = y + i * ldy;
     if (accumulate) {
@@ -35,7 +36,7 @@ void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N
   }
 }
 
-void relu_rows(float* y, int64_t ldy, int64_t M, int64_t N) {
+ATTN_VECTOR_CLONES void relu_rows(float* y, int64_t ldy, int64_t M, int64_t N) {
   for (int64_t i = 0; i < M; ++i) {
     float* row = y + i * ldy;
 #pragma omp simd

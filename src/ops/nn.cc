@@ -2,6 +2,7 @@
 #include "ops/nn.h"
 
 #include "attn/error.h"
+#include "ops/clones.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -20,27 +21,31 @@ namespace attn::ops {
 // Below this many elements a loop stays on one thread (a parallel region costs a few microseconds).
 constexpr int64_t kParallelElements = 1 << 15;
 
+namespace {
+// One row of layer_norm_forward (oi may be xi).
+ATTN_VECTOR_CLONES void layer_norm_row(float* oi, float* mean, float* rstd, const float* xi, const float* w,
+                                       const float* b, int64_t C, float eps) {
+  // sums in double, as lanes (omp simd: the additions may be reordered, a few ulps of a double)
+  double m = 0.0, v = 0.0;
+#pragma omp simd reduction(+ : m)
+  for (int64_t c = 0; c < C; ++c) m += xi[c];
+  m /= static_cast<double>(C);
+#pragma omp simd reduction(+ : v)
+  for (int64_t c = 0; c < C; ++c) v += (xi[c] - m) * (xi[c] - m);
+  v /= static_cast<double>(C);  // biased variance, as PyTorch
+  const float s = static_cast<float>(1.0 / std::sqrt(v + eps)), mf = static_cast<float>(m);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) oi[c] = (xi[c] - mf) * s * w[c] + b[c];
+  *mean = static_cast<float>(m);
+  *rstd = s;
+}
+}  // namespace
+
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
                         int64_t C, float eps) {
   // rows are independent: split them over the OpenMP pool the kernels and BLAS already use
 #pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
-  for (int64_t i = 0; i < M; ++i) {
-    const float* xi = x + i * C;
-    // sums in double, as lanes (omp simd: the additions may be reordered, a few ulps of a double)
-    double m = 0.0, v = 0.0;
-#pragma omp simd reduction(+ : m)
-    for (int64_t c = 0; c < C; ++c) m += xi[c];
-    m /= static_cast<double>(C);
-#pragma omp simd reduction(+ : v)
-    for (int64_t c = 0; c < C; ++c) v += (xi[c] - m) * (xi[c] - m);
-    v /= static_cast<double>(C);  // biased variance, as PyTorch
-    const float s = static_cast<float>(1.0 / std::sqrt(v + eps)), mf = static_cast<float>(m);
-    float* oi = out + i * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) oi[c] = (xi[c] - mf) * s * w[c] + b[c];
-    mean[i] = static_cast<float>(m);
-    rstd[i] = s;
-  }
+  for (int64_t i = 0; i < M; ++i) layer_norm_row(out + i * C, mean + i, rstd + i, x + i * C, w, b, C, eps);
 }
 
 namespace {
@@ -136,6 +141,46 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
   return m;
 }
 
+namespace {
+// x[m, :] ≈ xs[m] · xq[m, :] for M rows of K (scale max|x| / 127; round half away from zero: a truncating
+// conversion, which vectorises)
+ATTN_VECTOR_CLONES void quantize_activations(int8_t* xq, float* xs, const float* x, int64_t M, int64_t K) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / scale;
+    xs[m] = scale;
+    int8_t* q = xq + m * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = row[k] * inv;
+      q[k] = static_cast<int8_t>(static_cast<int32_t>(v + (v >= 0.0f ? 0.5f : -0.5f)));
+    }
+  }
+}
+
+// y = max(xs[m] · ws[n] · acc + b, floor), or y += that when accumulating.  y, acc: [M, N]; b: [N] or nullptr
+ATTN_VECTOR_CLONES void scale_int8_sums(float* y, const int32_t* acc, const float* xs, const float* ws, const float* b,
+                                        int64_t M, int64_t N, float floor, bool accumulate) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float s = xs[m];
+    const int32_t* a = acc + m * N;
+    float* out = y + m * N;
+    if (accumulate) {
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n)
+        out[n] += std::max(s * ws[n] * static_cast<float>(a[n]) + (b ? b[n] : 0.0f), floor);
+    } else {
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n)
+        out[n] = std::max(s * ws[n] * static_cast<float>(a[n]) + (b ? b[n] : 0.0f), floor);
+    }
+  }
+}
+}  // namespace
+
 void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                          LinearEpilogue epilogue) {
   const int64_t N = w.N, K = w.K;
@@ -146,20 +191,7 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
   if (static_cast<int64_t>(xq.size()) < M * K) xq.resize(static_cast<size_t>(M * K));
   if (static_cast<int64_t>(acc.size()) < M * N) acc.resize(static_cast<size_t>(M * N));
   if (static_cast<int64_t>(xs.size()) < M) xs.resize(static_cast<size_t>(M));
-  for (int64_t m = 0; m < M; ++m) {  // x[m, :] ≈ xs[m] · xq[m, :]
-    const float* row = x + m * K;
-    float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / scale;
-    xs[static_cast<size_t>(m)] = scale;
-    int8_t* q = xq.data() + m * K;
-#pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {  // round half away from zero (a truncating conversion: vectorises)
-      const float v = row[k] * inv;
-      q[k] = static_cast<int8_t>(static_cast<int32_t>(v + (v >= 0.0f ? 0.5f : -0.5f)));
-    }
-  }
+  quantize_activations(xq.data(), xs.data(), x, M, K);
   // acc = xq · Wqᵀ  (row-major, int32)
   const int32_t c_offset = 0;
   const dnnl_status_t status = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq.data(), K, 0, w.q.data(), K, 0, 0.0f,
@@ -167,18 +199,8 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
   if (status != dnnl_success)
     throw Error("linear_forward_int8: oneDNN gemm_s8s8s32 failed (status " + std::to_string(static_cast<int>(status)) +
                 ")");
-  const float* ws = w.scale.data();
   const float relu_floor = epilogue.relu ? 0.0f : -std::numeric_limits<float>::infinity();
-  for (int64_t m = 0; m < M; ++m) {  // y = max(xs[m] · scale[n] · acc + b, floor) (+ y)
-    const float s = xs[static_cast<size_t>(m)];
-    const int32_t* a = acc.data() + m * N;
-    float* out = y + m * N;
-#pragma omp simd
-    for (int64_t n = 0; n < N; ++n) {
-      const float r = std::max(s * ws[n] * static_cast<float>(a[n]) + (b ? b[n] : 0.0f), relu_floor);
-      out[n] = epilogue.accumulate ? out[n] + r : r;
-    }
-  }
+  scale_int8_sums(y, acc.data(), xs.data(), w.scale.data(), b, M, N, relu_floor, epilogue.accumulate);
 }
 
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
