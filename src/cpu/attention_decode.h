@@ -76,6 +76,14 @@ struct DecodeProblem {
   // int8 only: k_scale, v_scale [B, Hkv, Lk]: token j of head g at scale[b*s_sb + g*s_sh + j]
   const float *k_scale = nullptr, *v_scale = nullptr;
   int64_t s_sb = 0, s_sh = 0;
+  // Paged caches (layers/kv_cache.h): block_table [B, ⌈Lk / kKeyBlock⌉] (rows table_sb apart) names the block
+  // of pools kt, v, k_scale, v_scale that holds batch b's positions [blk·kKeyBlock, (blk + 1)·kKeyBlock); the
+  // strides ending in _sb then step from one block to the next, and within a block of id `id`:
+  //   key j, element d:  kt[id*kt_sb + g*kt_sh + key_in_block_index(D, j, d, Lk)]
+  //   value j:           v[id*v_sb + g*v_sh + (j % kKeyBlock)*v_sl + e]
+  //   scale j:           scale[id*s_sb + g*s_sh + j % kKeyBlock]
+  const int32_t* block_table = nullptr;
+  int64_t table_sb = 0;
   // out: [B, H, Lq, Dv]
   float* o = nullptr;
   int64_t o_sb = 0, o_sh = 0, o_sl = 0;
@@ -91,9 +99,11 @@ struct DecodeProblem {
 // The offset of key j, element d, inside the keys of one head holding Lk keys (the layout above), and the
 // distance between its elements d and d + 1 (kKeyBlock in a complete block, 1 in the last, incomplete one).
 inline bool key_in_complete_block(int64_t j, int64_t Lk) { return j < Lk / kKeyBlock * kKeyBlock; }
+inline int64_t key_in_block_index(int64_t D, int64_t j, int64_t d, int64_t Lk) {  // from its block's start
+  return key_in_complete_block(j, Lk) ? d * kKeyBlock + j % kKeyBlock : (j % kKeyBlock) * D + d;
+}
 inline int64_t key_block_index(int64_t D, int64_t j, int64_t d, int64_t Lk) {
-  const int64_t block = (j / kKeyBlock) * D * kKeyBlock;
-  return key_in_complete_block(j, Lk) ? block + d * kKeyBlock + j % kKeyBlock : block + (j % kKeyBlock) * D + d;
+  return (j / kKeyBlock) * D * kKeyBlock + key_in_block_index(D, j, d, Lk);
 }
 inline int64_t key_element_stride(int64_t j, int64_t Lk) { return key_in_complete_block(j, Lk) ? kKeyBlock : 1; }
 

@@ -74,12 +74,27 @@ Vec load_floats(const int8_t* p) {
 }
 #endif
 
-// s[0, nblocks·kKeyBlock) = qs · Kᵀ over one head's transposed keys kt (int8: before the keys' scales).
-// qs: [D] (scaled)
+// Where the blocks of one (batch, kv head) lie: key block blk at kb[blk] (transposed [D, kKeyBlock], the last
+// incomplete one rows [n, D]); value j at vb[j / kKeyBlock] + (j % kKeyBlock)·v_sl; int8 scale j at
+// ksb/vsb[j / kKeyBlock][j % kKeyBlock]. Contiguous caches and paged ones (a block table) alike.
+template <class T>
+struct HeadBlocks {
+  const int32_t* table = nullptr;      // this batch's block ids; null: its blocks follow one another
+  const T *k = nullptr, *v = nullptr;  // the pools at head g (block ids count from here), or (b, g)'s block 0
+  const float *k_scale = nullptr, *v_scale = nullptr;
+  int64_t k_step = 0, v_step = 0, s_step = 0;  // elements from one block (id) to the next
+  int64_t id(int64_t blk) const { return table ? table[blk] : blk; }
+  const T* kb(int64_t blk) const { return k + id(blk) * k_step; }
+  const T* vb(int64_t blk) const { return v + id(blk) * v_step; }
+  const float* ksb(int64_t blk) const { return k_scale + id(blk) * s_step; }
+  const float* vsb(int64_t blk) const { return v_scale + id(blk) * s_step; }
+};
+
+// s[0, nblocks·kKeyBlock) = qs · Kᵀ over complete key blocks (int8: before the keys' scales).  qs: [D] (scaled)
 template <class KT>
-void block_scores(const float* qs, const KT* kt, int64_t D, int64_t nblocks, float* s) {
+void block_scores(const float* qs, const HeadBlocks<KT>& hb, int64_t D, int64_t nblocks, float* s) {
   for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const KT* kb = kt + blk * D * kKeyBlock;  // [D, kKeyBlock]
+    const KT* block = hb.kb(blk);  // [D, kKeyBlock]
     Vec acc[kChains][kBlockVecs];
     for (auto& chain : acc)
       for (Vec& a : chain) a = Vec::zero();
@@ -88,12 +103,12 @@ void block_scores(const float* qs, const KT* kt, int64_t D, int64_t nblocks, flo
       for (int64_t c = 0; c < kChains; ++c) {
         const Vec qd = Vec::set1(qs[d + c]);
         for (int64_t u = 0; u < kBlockVecs; ++u)
-          acc[c][u] = Vec::fmadd(qd, load_floats(kb + (d + c) * kKeyBlock + u * W), acc[c][u]);
+          acc[c][u] = Vec::fmadd(qd, load_floats(block + (d + c) * kKeyBlock + u * W), acc[c][u]);
       }
     for (; d < D; ++d) {
       const Vec qd = Vec::set1(qs[d]);
       for (int64_t u = 0; u < kBlockVecs; ++u)
-        acc[0][u] = Vec::fmadd(qd, load_floats(kb + d * kKeyBlock + u * W), acc[0][u]);
+        acc[0][u] = Vec::fmadd(qd, load_floats(block + d * kKeyBlock + u * W), acc[0][u]);
     }
     for (int64_t u = 0; u < kBlockVecs; ++u) {
       Vec sum = acc[0][u];
@@ -118,55 +133,61 @@ void row_scores(const float* qs, const KT* k, int64_t D, int64_t n, float* s) {
 }
 
 // out[e0, e0 + NV·W) = Σ_j p_j · v_j[e0 ..] over the keys with p_j != 0, times inv: NV accumulator vectors per
-// chain, two chains (even and odd keys), all in registers (NV is a compile-time count).
+// chain, two chains (even and odd keys), all in registers (NV is a compile-time count). Block by block.
 template <int NV, class VT>
-void weighted_value_vectors(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int64_t e0, float inv, float* out) {
+void weighted_value_vectors(const float* p, int64_t Lk, const HeadBlocks<VT>& hb, int64_t v_sl, int64_t e0, float inv,
+                            float* out) {
   Vec even[NV], odd[NV];  // (never indexed by a run-time value: they stay in registers)
   for (int u = 0; u < NV; ++u) even[u] = odd[u] = Vec::zero();
-  const auto add_key = [&](Vec* a, int64_t j) {
-    if (p[j] == 0.0f) return;
-    const Vec pj = Vec::set1(p[j]);
-    const VT* vj = v + j * v_sl + e0;
-    for (int u = 0; u < NV; ++u) a[u] = Vec::fmadd(pj, load_floats(vj + u * W), a[u]);
+  const auto add_key = [&](Vec* a, float pj_, const VT* vj) {
+    if (pj_ == 0.0f) return;
+    const Vec pj = Vec::set1(pj_);
+    for (int u = 0; u < NV; ++u) a[u] = Vec::fmadd(pj, load_floats(vj + e0 + u * W), a[u]);
   };
-  int64_t j = 0;
-  for (; j + 2 <= Lk; j += 2) {
-    add_key(even, j);
-    add_key(odd, j + 1);
+  for (int64_t j0 = 0; j0 < Lk; j0 += kKeyBlock) {
+    const VT* block = hb.vb(j0 / kKeyBlock);
+    const float* pb = p + j0;
+    const int64_t n = std::min(kKeyBlock, Lk - j0);
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      add_key(even, pb[j], block + j * v_sl);
+      add_key(odd, pb[j + 1], block + (j + 1) * v_sl);
+    }
+    if (j < n) add_key(even, pb[j], block + j * v_sl);
   }
-  if (j < Lk) add_key(even, j);
   const Vec scale = Vec::set1(inv);
   for (int u = 0; u < NV; ++u) ((even[u] + odd[u]) * scale).store(out + e0 + u * W);
 }
 
-// out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; v: key j's row at v + j·v_sl.
+// out[0, Dv) = Σ_j p_j · v_j over the keys with p_j != 0, times inv.  p: [Lk]; value rows through vb.
 // int8 values: p holds p_j · scale_j already. Whole vectors in passes of 8, 4, 2, 1; the tail element-wise.
 template <class VT>
-void weighted_values(const float* p, int64_t Lk, const VT* v, int64_t v_sl, int64_t Dv, float inv, float* out) {
+void weighted_values(const float* p, int64_t Lk, const HeadBlocks<VT>& hb, int64_t v_sl, int64_t Dv, float inv,
+                     float* out) {
   int64_t e0 = 0;
-  for (; e0 + 8 * W <= Dv; e0 += 8 * W) weighted_value_vectors<8>(p, Lk, v, v_sl, e0, inv, out);
-  if (e0 + 4 * W <= Dv) weighted_value_vectors<4>(p, Lk, v, v_sl, e0, inv, out), e0 += 4 * W;
-  if (e0 + 2 * W <= Dv) weighted_value_vectors<2>(p, Lk, v, v_sl, e0, inv, out), e0 += 2 * W;
-  if (e0 + W <= Dv) weighted_value_vectors<1>(p, Lk, v, v_sl, e0, inv, out), e0 += W;
+  for (; e0 + 8 * W <= Dv; e0 += 8 * W) weighted_value_vectors<8>(p, Lk, hb, v_sl, e0, inv, out);
+  if (e0 + 4 * W <= Dv) weighted_value_vectors<4>(p, Lk, hb, v_sl, e0, inv, out), e0 += 4 * W;
+  if (e0 + 2 * W <= Dv) weighted_value_vectors<2>(p, Lk, hb, v_sl, e0, inv, out), e0 += 2 * W;
+  if (e0 + W <= Dv) weighted_value_vectors<1>(p, Lk, hb, v_sl, e0, inv, out), e0 += W;
   for (int64_t e = e0; e < Dv; ++e) {  // the tail below a whole vector
     float acc = 0.0f;
     for (int64_t j = 0; j < Lk; ++j)
-      if (p[j] != 0.0f) acc += p[j] * to_float(v[j * v_sl + e]);
+      if (p[j] != 0.0f) acc += p[j] * to_float(hb.vb(j / kKeyBlock)[(j % kKeyBlock) * v_sl + e]);
     out[e] = acc * inv;
   }
 }
 
-// One query row: out [Dv] from q [D] over head (b, g)'s keys and values (k_scale, v_scale: its int8 scales
-// [Lk], else null). s: scratch [nblocks·kKeyBlock], qs: scratch [D].
+// One query row: out [Dv] from q [D] over the blocks of head (b, g). s: scratch [nblocks·kKeyBlock], qs: [D].
 template <class T>
-void decode_row(const DecodeProblem& p, const float* q, const T* kt, const T* v, const float* k_scale,
-                const float* v_scale, const uint8_t* pad, float* out, float* s, float* qs) {
+void decode_row(const DecodeProblem& p, const float* q, const HeadBlocks<T>& hb, const uint8_t* pad, float* out,
+                float* s, float* qs) {
   const int64_t complete = p.Lk / kKeyBlock, padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
-  block_scores(qs, kt, p.D, complete, s);
-  row_scores(qs, kt + complete * p.D * kKeyBlock, p.D, p.Lk - complete * kKeyBlock, s + complete * kKeyBlock);
-  if (k_scale)
-    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= k_scale[j];
+  block_scores(qs, hb, p.D, complete, s);
+  if (p.Lk > complete * kKeyBlock)
+    row_scores(qs, hb.kb(complete), p.D, p.Lk - complete * kKeyBlock, s + complete * kKeyBlock);
+  if (p.k_scale)
+    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= hb.ksb(j / kKeyBlock)[j % kKeyBlock];
   std::fill(s + p.Lk, s + padded, kNegInf);  // the last block's keys beyond Lk
   if (pad)
     for (int64_t j = 0; j < p.Lk; ++j)
@@ -192,9 +213,9 @@ void decode_row(const DecodeProblem& p, const float* q, const T* kt, const T* v,
     std::fill(out, out + p.Dv, std::numeric_limits<float>::quiet_NaN());
     return;
   }
-  if (v_scale)
-    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= v_scale[j];
-  weighted_values(s, p.Lk, v, p.v_sl, p.Dv, 1.0f / l, out);
+  if (p.v_scale)
+    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= hb.vsb(j / kKeyBlock)[j % kKeyBlock];
+  weighted_values(s, p.Lk, hb, p.v_sl, p.Dv, 1.0f / l, out);
 }
 
 // Every query row of the heads of kv head g in batch b, the cache's elements being T.
@@ -204,15 +225,24 @@ void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {
   const int64_t padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   if (static_cast<int64_t>(s.size()) < padded) s.resize(static_cast<size_t>(padded));
   if (static_cast<int64_t>(qs.size()) < p.D) qs.resize(static_cast<size_t>(p.D));
-  const T* kt = static_cast<const T*>(p.kt) + b * p.kt_sb + g * p.kt_sh;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_sb + g * p.v_sh;
-  const float* k_scale = p.k_scale ? p.k_scale + b * p.s_sb + g * p.s_sh : nullptr;
-  const float* v_scale = p.v_scale ? p.v_scale + b * p.s_sb + g * p.s_sh : nullptr;
+  HeadBlocks<T> hb;
+  const T* kt = static_cast<const T*>(p.kt);
+  const T* v = static_cast<const T*>(p.v);
+  if (p.block_table) {  // blocks of the pools, each holding every head
+    hb.table = p.block_table + b * p.table_sb;
+    hb.k = kt + g * p.kt_sh, hb.v = v + g * p.v_sh;
+    if (p.k_scale) hb.k_scale = p.k_scale + g * p.s_sh, hb.v_scale = p.v_scale + g * p.s_sh;
+    hb.k_step = p.kt_sb, hb.v_step = p.v_sb, hb.s_step = p.s_sb;
+  } else {  // batch b's blocks one after another
+    hb.k = kt + b * p.kt_sb + g * p.kt_sh, hb.v = v + b * p.v_sb + g * p.v_sh;
+    if (p.k_scale) hb.k_scale = p.k_scale + b * p.s_sb + g * p.s_sh, hb.v_scale = p.v_scale + b * p.s_sb + g * p.s_sh;
+    hb.k_step = p.D * kKeyBlock, hb.v_step = kKeyBlock * p.v_sl, hb.s_step = kKeyBlock;
+  }
   const uint8_t* pad = p.key_padding ? p.key_padding + b * p.pad_sb : nullptr;
   for (int64_t h = g * p.group(); h < (g + 1) * p.group(); ++h)
     for (int64_t i = 0; i < p.Lq; ++i)
-      decode_row(p, p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl, kt, v, k_scale, v_scale, pad,
-                 p.o + b * p.o_sb + h * p.o_sh + i * p.o_sl, s.data(), qs.data());
+      decode_row(p, p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl, hb, pad, p.o + b * p.o_sb + h * p.o_sh + i * p.o_sl,
+                 s.data(), qs.data());
 }
 
 void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {

@@ -31,7 +31,7 @@ DecodeCache::DecodeCache(int64_t batch, int64_t kv_heads, int64_t head_dim, int6
                         std::to_string(batch) + ", " + std::to_string(kv_heads) + ", " + std::to_string(head_dim) +
                         ", " + std::to_string(capacity));
   impl_->B = batch, impl_->Hkv = kv_heads, impl_->D = head_dim, impl_->type = type;
-  impl_->cache.allocate(batch, capacity, kv_heads, head_dim, /*with_spare=*/false, kernel_type(type));
+  impl_->cache.allocate(batch, capacity, kv_heads, head_dim, /*paged_blocks=*/false, kernel_type(type));
 }
 
 DecodeCache::~DecodeCache() = default;

@@ -112,127 +112,6 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
   ops::linear_backward(dxv, g.dw_v, g.db_v, ag.dv, acts.xv, w.w_v, B * Lk, kv, w.vdim);
 }
 
-int64_t KVCache::k_head() const { return detail::key_block_floats(Dh, capacity); }
-
-size_t KVCache::bytes_held() const {
-  return main.k_bytes + main.v_bytes + spare.k_bytes + spare.v_bytes +
-         2 * (main.scale_floats + spare.scale_floats) * sizeof(float);
-}
-
-namespace {
-void reserve(KVCache::Buffers& b, size_t k_bytes, size_t v_bytes, size_t scale_floats) {
-  if (k_bytes > b.k_bytes) b.k.reset(new std::byte[k_bytes]), b.k_bytes = k_bytes;
-  if (v_bytes > b.v_bytes) b.v.reset(new std::byte[v_bytes]), b.v_bytes = v_bytes;
-  if (scale_floats > b.scale_floats) {
-    b.k_scale.reset(new float[scale_floats]);
-    b.v_scale.reset(new float[scale_floats]);
-    b.scale_floats = scale_floats;
-  }
-}
-}  // namespace
-
-void KVCache::allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool with_spare, detail::KVType kv_type) {
-  N = n, capacity = cap, Hkv = hkv, Dh = dh, width = hkv * dh, type = kv_type;
-  // Uninitialised on purpose: position t is written before anything reads it, so only the pages of the
-  // positions a batch reaches are ever touched (zero-filling the whole capacity cost more than decoding).
-  const size_t size = static_cast<size_t>(detail::kv_type_size(type));
-  const size_t k_bytes = static_cast<size_t>(N * k_row()) * size, v_bytes = static_cast<size_t>(N * v_row()) * size;
-  const size_t scales = type == detail::KVType::kInt8 ? static_cast<size_t>(N * scale_row()) : 0;
-  reserve(main, k_bytes, v_bytes, scales);
-  if (with_spare) reserve(spare, k_bytes, v_bytes, scales);
-}
-
-namespace {
-// The first `kept` keys of one head's block, stored as rows [kept, Dh] while the block was incomplete, rearranged
-// into the complete block's transposed layout [Dh, kKeyBlock] (elements of `size` bytes).
-void transpose_block_rows(std::byte* block, int64_t Dh, int64_t kept, int64_t size) {
-  thread_local std::vector<std::byte> rows;
-  rows.assign(block, block + kept * Dh * size);
-  for (int64_t i = 0; i < kept; ++i)
-    for (int64_t d = 0; d < Dh; ++d)
-      std::memcpy(block + (d * detail::kKeyBlock + i) * size, rows.data() + (i * Dh + d) * size,
-                  static_cast<size_t>(size));
-}
-}  // namespace
-
-void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count) {
-  const int64_t head = k_head(), size = detail::kv_type_size(type), end = t + count;
-  const bool scaled = type == detail::KVType::kInt8;
-  // The keys of t's block written before, rows while it was incomplete, are transposed when it completes now.
-  const int64_t kept = t % detail::kKeyBlock;
-  const bool completes = kept != 0 && detail::key_in_complete_block(t, end);
-  for (int64_t n = 0; n < rows; ++n) {
-    std::byte* k_n = main.k.get() + n * k_row() * size;
-    if (completes)
-      for (int64_t g = 0; g < Hkv; ++g)
-        transpose_block_rows(k_n + (g * head + detail::key_block_index(Dh, t - kept, 0, t)) * size, Dh, kept, size);
-    for (int64_t c = 0; c < count; ++c) {
-      const float* kr = k_rows + n * ld + c * width;  // [Hkv, Dh]
-      const float* vr = v_rows + n * ld + c * width;
-      // key t + c in the layout of a head holding `end` keys (transposed block or the last block's row)
-      const int64_t at = detail::key_block_index(Dh, t + c, 0, end), stride = detail::key_element_stride(t + c, end);
-      std::byte* v = main.v.get() + (n * v_row() + (t + c) * width) * size;
-      for (int64_t g = 0; g < Hkv; ++g) {
-        const float ks = detail::store_kv(kr + g * Dh, Dh, type, k_n + (g * head + at) * size, stride);
-        const float vs = detail::store_kv(vr + g * Dh, Dh, type, v + g * Dh * size, 1);
-        if (scaled) {
-          main.k_scale[static_cast<size_t>(n * scale_row() + g * capacity + t + c)] = ks;
-          main.v_scale[static_cast<size_t>(n * scale_row() + g * capacity + t + c)] = vs;
-        }
-      }
-    }
-  }
-}
-
-namespace {
-// Positions [0, length) of row `from` of buffers `in` into row `to` of `out`.
-void copy_row(const KVCache& c, const KVCache::Buffers& in, int64_t from, KVCache::Buffers& out, int64_t to,
-              int64_t length) {
-  const int64_t size = detail::kv_type_size(c.type), head = c.k_head() * size;
-  const int64_t used = detail::key_block_floats(c.Dh, length) * size;
-  for (int64_t g = 0; g < c.Hkv; ++g)
-    std::copy_n(in.k.get() + from * c.k_row() * size + g * head, used, out.k.get() + to * c.k_row() * size + g * head);
-  std::copy_n(in.v.get() + from * c.v_row() * size, length * c.width * size, out.v.get() + to * c.v_row() * size);
-  if (c.type == detail::KVType::kInt8)
-    for (int64_t g = 0; g < c.Hkv; ++g) {
-      const int64_t a = from * c.scale_row() + g * c.capacity, z = to * c.scale_row() + g * c.capacity;
-      std::copy_n(in.k_scale.get() + a, length, out.k_scale.get() + z);
-      std::copy_n(in.v_scale.get() + a, length, out.v_scale.get() + z);
-    }
-}
-}  // namespace
-
-void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
-  // a row about to be overwritten whose state another row continues is saved first
-  std::vector<uint8_t> saved(static_cast<size_t>(N), 0);
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t from = parent[static_cast<size_t>(n)];
-    if (from != n && parent[static_cast<size_t>(from)] != from && !saved[static_cast<size_t>(from)]) {
-      copy_row(*this, main, from, spare, from, length);
-      saved[static_cast<size_t>(from)] = 1;
-    }
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t from = parent[static_cast<size_t>(n)];
-    if (from != n) copy_row(*this, saved[static_cast<size_t>(from)] ? spare : main, from, main, n, length);
-  }
-}
-
-void KVCache::move_rows(int64_t from, int64_t to, int64_t rows, int64_t length) {
-  if (from == to) return;
-  for (int64_t r = 0; r < rows; ++r) copy_row(*this, main, from + r, main, to + r, length);
-}
-
-void KVCache::describe(detail::DecodeProblem& p) const {
-  p.kv_type = type;
-  p.kt = main.k.get(), p.kt_sb = k_row(), p.kt_sh = k_head();
-  p.v = main.v.get(), p.v_sb = v_row(), p.v_sh = Dh, p.v_sl = width;
-  if (type == detail::KVType::kInt8) {
-    p.k_scale = main.k_scale.get(), p.v_scale = main.v_scale.get();
-    p.s_sb = scale_row(), p.s_sh = capacity;
-  }
-}
-
 void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, int64_t N, int64_t t, KVCache& cache) {
   const int64_t E = w.E, Dh = w.head_dim();
   // q: [N, E], k_t, v_t: [N, Hkv·Dh] (rows q_ld, kv_ld apart)  heads: [N, E]
@@ -253,7 +132,7 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls,
                   detail::KVType kv_type) {
   const int64_t kv = w.kv_width();
-  cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*with_spare=*/false, kv_type);
+  cache.allocate(B, Ls, w.Hkv, w.head_dim(), /*paged_blocks=*/false, kv_type);
   // K and V as rows [B, Ls, Hkv·Dh], then into the cache's layout and type
   float* k = ops::scratch(1, B * Ls * kv);
   float* v = ops::scratch(2, B * Ls * kv);

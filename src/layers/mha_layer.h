@@ -17,6 +17,7 @@
 #include "attn/attention.h"
 #include "attn/tensor.h"
 #include "cpu/attention_decode.h"
+#include "layers/kv_cache.h"
 #include "ops/attention_problem.h"
 #include "ops/nn.h"
 
@@ -80,43 +81,6 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
 // parameter gradients accumulate into g.
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
                   const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk);
-
-// The keys and values of decoding, written in place, never re-concatenated. A self-attention cache grows by
-// one position a step; a cross-attention cache holds the encoder's K/V projected once (capacity = Ls) and
-// shared by the K hypotheses of each sentence. Keys are kept transposed in blocks of kKeyBlock positions
-// (the decoding kernel's layout, cpu/attention_decode.h), values as rows, in float32, bfloat16 or int8 with a
-// scale per (token, head):
-//   k: [N, Hkv, ⌈capacity / kKeyBlock⌉, Dh, kKeyBlock]   v: [N, capacity, Hkv·Dh]   scales: [N, Hkv, capacity]
-// allocate() keeps memory it already holds when it is large enough, so a cache reused from one batch to
-// the next (the model's decoder keeps a per-thread pool) allocates and faults in its pages only once.
-struct KVCache {
-  int64_t N = 0, capacity = 0, Hkv = 0, Dh = 0, width = 0;  // width = Hkv·Dh
-  detail::KVType type = detail::KVType::kFloat32;
-  struct Buffers {                                      // uninitialised until written
-    std::unique_ptr<std::byte[]> k, v;                  // elements of `type`
-    std::unique_ptr<float[]> k_scale, v_scale;          // int8 only
-    size_t k_bytes = 0, v_bytes = 0, scale_floats = 0;  // allocated
-  };
-  Buffers main, spare;  // spare: beam search saves rows about to be overwritten there
-  size_t bytes_held() const;
-  void allocate(int64_t n, int64_t cap, int64_t hkv, int64_t dh, bool with_spare,
-                detail::KVType kv_type = detail::KVType::kFloat32);
-  int64_t k_head() const;  // elements of one head's transposed keys
-  int64_t k_row() const { return Hkv * k_head(); }
-  int64_t v_row() const { return capacity * width; }
-  int64_t scale_row() const { return Hkv * capacity; }
-  // Writes positions [t, t + count) of rows [0, rows) from k_rows, v_rows: [rows, count, width], rows
-  // ld floats apart (ld >= count·width).
-  void write(const float* k_rows, const float* v_rows, int64_t ld, int64_t rows, int64_t t, int64_t count);
-  // Row n continues row parent[n]: positions [0, length) are gathered by parent (rows that keep their own
-  // state are not copied).
-  void reorder(const std::vector<int64_t>& parent, int64_t length);
-  // Rows [from, from + rows) move to [to, to + rows), positions [0, length) (the batch shrinking; N is the
-  // caller's to set).
-  void move_rows(int64_t from, int64_t to, int64_t rows, int64_t length);
-  // The decoding problem's cache fields: kt, v, their strides and the scales (batch b = row b).
-  void describe(detail::DecodeProblem& p) const;
-};
 
 // Masked self-attention of one step: out [N, E] += MHA(x [N, E]) (one token per hypothesis at position t; out
 // may be x: the residual); writes k_t, v_t into the cache, then the new query sees positions 0..t.

@@ -4,9 +4,9 @@
 //   - the cross-attention K/V of each layer computed once from the encoder output ([B, Ls, E]) and
 //     shared by every hypothesis of a sentence: the K hypotheses of sentence b are K query rows of one
 //     attention problem over b's K/V, so nothing is copied per beam.
-// When beam search reselects hypotheses, the self-attention caches copy each moved hypothesis in place
-// (KVCache::reorder; rows another one continues are saved first); finished sentences leave the batch
-// (retain), the last live ones moving into their slots.
+// Beam search's self-attention caches are paged (layers/kv_cache.h): when it reselects hypotheses, a moved
+// one shares its parent's complete blocks and copies only the incomplete last one (KVCache::reorder);
+// finished sentences leave the batch (retain), the last live ones moving into their slots.
 #include <algorithm>
 
 #include "attn/error.h"
@@ -82,7 +82,7 @@ class TransformerDecoder final : public StepDecoder {
     cross_ = take_caches(CacheKind::kCross, net.dec.size());
     for (size_t l = 0; l < net.dec.size(); ++l) {
       layers::mha_cross_kv(cross_[l], net.dec[l].cross_attn.w, memory, B_, Ls_, kv_type);
-      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.Hkv, net.dec[l].self_attn.w.head_dim(), /*with_spare=*/K > 1,
+      self_[l].allocate(N_, T_, net.dec[l].self_attn.w.Hkv, net.dec[l].self_attn.w.head_dim(), /*paged_blocks=*/K > 1,
                         kv_type);
     }
   }
@@ -128,7 +128,7 @@ class TransformerDecoder final : public StepDecoder {
   }
 
   void reorder(const std::vector<int64_t>& parent, int64_t t) override {
-    // (with one hypothesis per sentence there is nothing to reorder, and no spare buffer to do it with)
+    // (with one hypothesis per sentence there is nothing to reorder, and the caches are not paged)
     if (K_ == 1) throw ArgumentError("StepDecoder::reorder: decoding with one hypothesis per sentence never reorders");
     if (t != next_t_ - 1 || static_cast<int64_t>(parent.size()) != N_)
       throw ArgumentError("StepDecoder::reorder: expected the " + std::to_string(N_) + " parents after position " +
