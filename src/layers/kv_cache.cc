@@ -125,8 +125,10 @@ void KVCache::copy_block(int32_t from, int32_t to, int64_t kept) {
   // an incomplete block's keys are rows: its first `kept` positions are contiguous in each head's part
   const int64_t size = detail::kv_type_size(type), head = Dh * kBlock;
   for (int64_t g = 0; g < Hkv; ++g)
-    std::copy_n(main.k.get() + (from * Hkv + g) * head * size, kept * Dh * size, main.k.get() + (to * Hkv + g) * head * size);
-  std::copy_n(main.v.get() + from * kBlock * width * size, kept * width * size, main.v.get() + to * kBlock * width * size);
+    std::copy_n(main.k.get() + (from * Hkv + g) * head * size, kept * Dh * size,
+                main.k.get() + (to * Hkv + g) * head * size);
+  std::copy_n(main.v.get() + from * kBlock * width * size, kept * width * size,
+              main.v.get() + to * kBlock * width * size);
   if (type == detail::KVType::kInt8)
     for (int64_t g = 0; g < Hkv; ++g) {
       std::copy_n(main.k_scale.get() + (from * Hkv + g) * kBlock, kept, main.k_scale.get() + (to * Hkv + g) * kBlock);
@@ -164,7 +166,8 @@ void KVCache::copy_row(int64_t from, int64_t to, int64_t length) {
   for (int64_t g = 0; g < Hkv; ++g)
     std::copy_n(main.k.get() + (key_block_offset(from, 0) + g * k_head_stride()) * size, used,
                 main.k.get() + (key_block_offset(to, 0) + g * k_head_stride()) * size);
-  std::copy_n(main.v.get() + value_offset(from, 0) * size, length * width * size, main.v.get() + value_offset(to, 0) * size);
+  std::copy_n(main.v.get() + value_offset(from, 0) * size, length * width * size,
+              main.v.get() + value_offset(to, 0) * size);
   if (type == detail::KVType::kInt8)
     for (int64_t g = 0; g < Hkv; ++g) {
       std::copy_n(main.k_scale.get() + scale_offset(from, g, 0), length, main.k_scale.get() + scale_offset(to, g, 0));

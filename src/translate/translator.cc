@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <exception>
 #include <filesystem>
 #include <numeric>
 
@@ -86,8 +87,9 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
   const ThreadScope threads(options.num_threads);
   std::vector<std::string> out(sentences.size());
-  for (size_t i = 0; i < order.size(); i += static_cast<size_t>(options.batch_size)) {
-    const size_t n = std::min(order.size() - i, static_cast<size_t>(options.batch_size));
+  const size_t batch = static_cast<size_t>(options.batch_size), batches = (order.size() + batch - 1) / batch;
+  const auto translate_batch = [&](size_t i) {  // sentences order[i, i + n)
+    const size_t n = std::min(order.size() - i, batch);
     const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest source of the batch
     // src: [n, L], padded
     TokenBatch src{std::vector<int32_t>(n * static_cast<size_t>(L), c.pad_id), static_cast<int64_t>(n), L};
@@ -105,7 +107,30 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     }
     const std::vector<std::vector<int32_t>> best = generate(*model_, src, g);
     for (size_t b = 0; b < n; ++b) out[order[i + b]] = vocab_.decode_target(best[b]);
+  };
+  // Several batches and threads: each thread decodes whole batches on its own (CTranslate2's inter_threads),
+  // its kernels on one thread: a decoding step's operations are too small to share between threads without
+  // waiting on each other more than they compute. One batch: its operations use every thread.
+  const int workers = static_cast<int>(std::min<size_t>(static_cast<size_t>(omp_get_max_threads()), batches));
+  if (workers <= 1) {
+    for (size_t i = 0; i < order.size(); i += batch) translate_batch(i);
+    return out;
   }
+  std::exception_ptr error;
+#pragma omp parallel num_threads(workers)
+  {
+    omp_set_num_threads(1);  // this thread's kernels, BLAS and oneDNN
+#pragma omp for schedule(dynamic, 1)
+    for (size_t k = 0; k < batches; ++k) {
+      try {
+        translate_batch(k * batch);
+      } catch (...) {
+#pragma omp critical(attn_translate_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
   return out;
 }
 
