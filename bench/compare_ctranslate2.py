@@ -23,6 +23,9 @@ Engines, each at --threads threads and batches of --batch-size:
             inter_threads=1, translate_batch(all sentences, max_batch_size=B, beam_size=K) in this process, timed
             around the call (tokenisation included, model load excluded). CTranslate2 sorts the sentences by length
             before batching; `attn translate` does too.
+  ct2-fp32-inter, ct2-int8-inter: the same with inter_threads=N, intra_threads=1 (CTranslate2's throughput
+            setting: N batches decoded in parallel, one thread each, as attn's Translator does with several
+            batches); at one thread they are the plain engines.
 Rounds alternate the engines (the order rotates each round) after one untimed warm-up round; the medians of
 --repeat rounds are printed. Beam search differs in its length normalisation (attn: GNMT ((5 + len) / 6)^0.6,
 CTranslate2: len^length_penalty, default 1), so beam outputs may differ; greedy outputs of CTranslate2 fp32 must
@@ -218,10 +221,11 @@ class AttnCall:
 
 
 class CT2:
-    def __init__(self, name, model_dir, compute_type, threads, batch, beam, max_length):
+    def __init__(self, name, model_dir, compute_type, threads, batch, beam, max_length, inter=False):
         self.name = name
         self.translator = ctranslate2.Translator(model_dir, device="cpu", compute_type=compute_type,
-                                                 intra_threads=threads, inter_threads=1)
+                                                 intra_threads=1 if inter else threads,
+                                                 inter_threads=threads if inter else 1)
         self.batch, self.beam, self.max_length = batch, beam, max_length
 
     def translate(self, sources, beam=None):
@@ -255,7 +259,8 @@ def main():
     a = ap.parse_args()
     engines_wanted = a.engines.split(",")
     for e in engines_wanted:
-        if e not in ("attn", "attn-int8", "attn-call", "attn-call-int8", "ct2-fp32", "ct2-int8"):
+        if e not in ("attn", "attn-int8", "attn-call", "attn-call-int8", "ct2-fp32", "ct2-int8", "ct2-fp32-inter",
+                     "ct2-int8-inter"):
             ap.error("unknown engine " + e)
         if e.startswith("attn-call") and (a.sentences or a.split != "test" or a.seed != 1):
             ap.error(e + " times `attn bench translate`, which translates the test split (seed 1) only")
@@ -288,9 +293,10 @@ def main():
             quantize = "int8" if e.endswith("int8") else "none"
             engines.append(AttnCall(a.attn, a.model, a.threads, a.batch_size, a.beam, len(sources), quantize))
         else:
-            quant = "int8" if e == "ct2-int8" else None
+            quant = "int8" if e.startswith("ct2-int8") else None
             d = convert(a.model, os.path.join(ct2_dir, e), quant)
-            engines.append(CT2(e, d, quant or "float32", a.threads, a.batch_size, a.beam, max_length))
+            engines.append(CT2(e, d, quant or "float32", a.threads, a.batch_size, a.beam, max_length,
+                               inter=e.endswith("-inter")))
     print("CTranslate2 %s" % ctranslate2.__version__)
 
     times = {e.name: [] for e in engines}

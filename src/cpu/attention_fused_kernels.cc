@@ -397,6 +397,9 @@ struct FusedPlan {
 FusedPlan plan_fused(const AttentionProblem& p) {
   FusedPlan plan;
   plan.threads = resolve_threads(p.num_threads);
+  // A problem of a few microseconds (one short sentence's encoder) on the calling thread: waking the pool
+  // costs more than the work.
+  if (2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv) < (int64_t{1} << 18)) plan.threads = 1;
   plan.Dvp = round_up(p.Dv, W);
   plan.query_tiles = (p.Lq + Tiles::kBq - 1) / Tiles::kBq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
@@ -598,15 +601,22 @@ void attention_fused(const AttentionProblem& p) {
   if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
   const FusedPlan plan = plan_fused(p);
   const FusedBuffers buf = call_buffers(p, plan);
-#pragma omp parallel num_threads(plan.threads)
-  {
+  const auto steps = [&] {  // every thread of the team (the worksharing inside divides the work)
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan.Dvp);
     if (plan.keys_packed) pack_keys(p, plan, buf.packed);
     run_tiles(p, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
     if (p.weights) write_weights(p, plan, buf, ws);
+  };
+  // One thread and no enclosing region: no parallel region (see plan_fused). Inside one (a translator's
+  // batch-parallel workers), the steps' worksharing must bind to a team of their own: an inactive one.
+  if (plan.threads == 1 && !omp_in_parallel()) {
+    steps();
+    return;
   }
+#pragma omp parallel num_threads(plan.threads)
+  steps();
 }
 
 }  // namespace attn::detail::ATTN_TARGET

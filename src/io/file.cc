@@ -1,5 +1,8 @@
 #include "attn/io/file.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,6 +27,29 @@ std::vector<uint8_t> read_file(const std::string& path) {
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw FormatError(path + ": read failed");
   return bytes;
+}
+
+void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw FormatError(path + ": is a directory, not a file");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw FormatError(path + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat st {};
+  void* map = MAP_FAILED;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+    map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) {  // empty, a pipe, or no mapping: read it
+    const std::vector<uint8_t> bytes = read_file(path);
+    f(bytes.data(), bytes.size());
+    return;
+  }
+  struct Unmap {
+    void* p;
+    size_t n;
+    ~Unmap() { ::munmap(p, n); }
+  } unmap{map, static_cast<size_t>(st.st_size)};
+  f(static_cast<const uint8_t*>(map), static_cast<size_t>(st.st_size));
 }
 
 std::string read_text(const std::string& path) {

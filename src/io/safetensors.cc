@@ -101,10 +101,13 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
       out.tensors[name] = std::move(t);
       continue;
     }
+    if (dt == "F32") {  // as it is (little-endian, as this library's hosts)
+      if (numel != 0) std::memcpy(t.raw(), src, static_cast<size_t>(numel) * 4);
+      out.tensors[name] = std::move(t);
+      continue;
+    }
     for (int64_t i = 0; i < numel; ++i) {
-      if (dt == "F32") {
-        std::memcpy(t.f32() + i, src + 4 * i, 4);
-      } else if (dt == "I64") {  // e.g. BERT's position_ids; exact below 2^24
+      if (dt == "I64") {  // e.g. BERT's position_ids; exact below 2^24
         int64_t v;
         std::memcpy(&v, src + 8 * i, 8);
         t.f32()[i] = static_cast<float>(v);
@@ -131,8 +134,9 @@ void widen_to_float32(std::map<std::string, Tensor>& tensors) {
 }
 
 Safetensors read_safetensors(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file(path);
-  return parse_safetensors(bytes.data(), bytes.size(), path);
+  Safetensors out;
+  with_file_bytes(path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path); });
+  return out;
 }
 
 std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& tensors,

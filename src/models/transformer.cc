@@ -397,12 +397,13 @@ Transformer Transformer::load(const std::string& dir) {
   io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
   io::widen_to_float32(st.tensors);
   for (auto& [name, t] : m.params_) {
-    const Tensor& src = st.at(name);
+    Tensor& src = st.tensors.at(name);
     if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
       throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) +
                        " but the config needs " + shape_str(t.shape()));
-    std::copy(src.f32(), src.f32() + src.numel(), t.f32());
+    t = std::move(src);  // the file's tensor becomes the parameter (no copy)
   }
+  m.weights_ = std::make_shared<const models::TransformerWeights>(models::bind(m.config_, m.params_, m.grads_));
   return m;
 }
 

@@ -96,17 +96,21 @@ void quantize_projections(TransformerWeights& n, Quantization quantization) {
     // a deque: the pointers stay valid; a float32 matrix too large for the copy stays with OpenBLAS
     return n.quantized.back().N == 0 ? nullptr : &n.quantized.back();
   };
-  auto attention = [&](layers::MhaWeights& w) {
-    w.qw_q = q(w.w_q, E, E), w.qw_k = q(w.w_k, w.kv_width(), w.kdim);
-    w.qw_v = q(w.w_v, w.kv_width(), w.vdim), w.qw_o = q(w.w_o, E, E);
-    // the packed in_proj as one matrix (one GEMM for Q, K and V: layers::project_qkv)
-    if (quantization == Quantization::kFloat32 && w.kdim == E && w.vdim == E && w.w_k == w.w_q + E * E &&
-        w.w_v == w.w_k + w.kv_width() * E)
+  // self: a self-attention, whose Q, K and V come from one input: float32 copies the packed in_proj as one
+  // matrix (one GEMM for the three: layers::project_qkv) instead of three
+  auto attention = [&](layers::MhaWeights& w, bool self) {
+    if (self && quantization == Quantization::kFloat32 && w.kdim == E && w.vdim == E && w.w_k == w.w_q + E * E &&
+        w.w_v == w.w_k + w.kv_width() * E) {
       w.qw_qkv = q(w.w_q, E + 2 * w.kv_width(), E);
+    } else {
+      w.qw_q = q(w.w_q, E, E), w.qw_k = q(w.w_k, w.kv_width(), w.kdim);
+      w.qw_v = q(w.w_v, w.kv_width(), w.vdim);
+    }
+    w.qw_o = q(w.w_o, E, E);
   };
   auto ff = [&](layers::FfWeights& w) { w.qw1 = q(w.w1, F, E), w.qw2 = q(w.w2, E, F); };
-  for (EncoderLayerWeights& l : n.enc) attention(l.self_attn.w), ff(l.ff);
-  for (DecoderLayerWeights& l : n.dec) attention(l.self_attn.w), attention(l.cross_attn.w), ff(l.ff);
+  for (EncoderLayerWeights& l : n.enc) attention(l.self_attn.w, true), ff(l.ff);
+  for (DecoderLayerWeights& l : n.dec) attention(l.self_attn.w, true), attention(l.cross_attn.w, false), ff(l.ff);
   n.gen_q = q(n.gen_w, n.c.tgt_vocab, E);
 }
 
@@ -154,10 +158,17 @@ float* embed_forward(Buf& buf, std::vector<uint8_t>& keep, const TransformerWeig
                      const TokenBatch& ids, std::mt19937_64* rng) {
   const int64_t E = net.c.d_model, n = ids.B * ids.L;
   float* x = grow(buf, n * E);
-  // rows are independent: split over the threads when there is enough work
-#pragma omp parallel for schedule(static) if (n * E >= (1 << 15))
-  for (int64_t row = 0; row < n; ++row)
+  // rows are independent: split over the threads when there is enough work (else no parallel region at all:
+  // ops::layer_norm_forward says why)
+  const auto embed_row = [&](int64_t row) {
     embed_rows(x + row * E, net, table, &ids.ids[static_cast<size_t>(row)], 1, row % ids.L);
+  };
+  if (n * E >= (1 << 15)) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; ++row) embed_row(row);
+  } else {
+    for (int64_t row = 0; row < n; ++row) embed_row(row);
+  }
   if (rng && net.c.dropout > 0.0f) {
     keep.resize(static_cast<size_t>(n * E));
     ops::dropout_forward(x, keep.data(), x, n * E, net.c.dropout, *rng);  // in place

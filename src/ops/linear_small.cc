@@ -7,7 +7,8 @@
 // time) and runs at 80-90% of the FMA peak; libxsmm's kernels read the operands where they lie and ran at
 // 99-100% of it on the model's shapes (M = 16-256 rows of 128-384 columns: 1.2-1.7x OpenBLAS; bench numbers
 // in docs/PERFORMANCE.md). They want the weights as the column-major left operand, i.e. W transposed, so the
-// model keeps that copy (inference only: a model that trains would make it stale; Transformer::quantize).
+// model keeps that copy, made on first use (inference only: a model that trains would make it stale;
+// Transformer::quantize).
 // The kernels' sums run in the same k order as any GEMM's but with other partial sums than OpenBLAS's, so
 // results differ from the float32 training path in the last bits.
 //
@@ -19,6 +20,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "attn/error.h"
 #include "cpu/attention_fused.h"
@@ -67,13 +71,18 @@ __attribute__((target("avx"))) void clear_upper_vector_state() { _mm256_zerouppe
 
 }  // namespace
 
+struct SmallGemmWeights {
+  explicit SmallGemmWeights(const float* weights) : w(weights) {}
+  const float* w;  // [N, K]: the parameter itself
+  std::once_flag transposed;
+  std::vector<float> wt;  // [K, N], once a call had enough rows
+};
+
 QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K) {
   QuantizedMatrix m;
   if (N * K > kMaxWeightFloats || N <= 0 || K <= 0) return m;
   m.N = N, m.K = K;
-  m.wt.resize(static_cast<size_t>(N * K));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) m.wt[static_cast<size_t>(k * N + n)] = w[n * K + k];
+  m.small = std::make_shared<SmallGemmWeights>(w);
   return m;
 }
 
@@ -84,26 +93,40 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
   const int64_t N = w.N, K = w.K;
   if (M == 0 || N == 0) return;
   linear_prologue(y, N, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += x·Wᵀ
-  const float* wt = w.wt.data();
-  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
   libxsmm_smmfunction full = nullptr, last = nullptr;
   if (M >= kMinRows && use_libxsmm()) {
     full = small_gemm_kernel(N, std::min(M, kRowBlock), K);
     last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
   }
-  if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-                static_cast<int>(K), 1.0f, x, static_cast<int>(K), wt, static_cast<int>(N), 1.0f, y,
-                static_cast<int>(N));
+  if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape: W as it is
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+                1.0f, x, static_cast<int>(K), w.small->w, static_cast<int>(K), 1.0f, y, static_cast<int>(N));
+    if (epilogue.relu) relu_rows(y, N, M, N);
+    return;
+  }
+  SmallGemmWeights& s = *w.small;
+  std::call_once(s.transposed, [&] {
+    s.wt.resize(static_cast<size_t>(N * K));
+    constexpr int64_t kTile = 32;  // tile by tile: both sides stay in cache lines already fetched
+    for (int64_t n0 = 0; n0 < N; n0 += kTile)
+      for (int64_t k0 = 0; k0 < K; k0 += kTile)
+        for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
+          for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k) s.wt[static_cast<size_t>(k * N + n)] = s.w[n * K + k];
+  });
+  const float* wt = s.wt.data();
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  // Blocks of rows in parallel when there is work for more than one thread (2^20 FLOPs: ~10 µs).
+  // (no region at all below that: see ops::layer_norm_forward)
+  const auto run_block = [&](int64_t blk) {
+    const int64_t r0 = blk * kRowBlock;
+    (blk + 1 == blocks ? last : full)(wt, x + r0 * K, y + r0 * N);
+    clear_upper_vector_state();
+  };
+  if (blocks > 1 && 2 * M * N * K >= (int64_t{1} << 20) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk);
   } else {
-    // Blocks of rows in parallel when there is work for more than one thread (2^20 FLOPs: ~10 µs).
-    [[maybe_unused]] const bool parallel = blocks > 1 && 2 * M * N * K >= (int64_t{1} << 20);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t r0 = blk * kRowBlock;
-      (blk + 1 == blocks ? last : full)(wt, x + r0 * K, y + r0 * N);
-      clear_upper_vector_state();
-    }
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk);
   }
   if (epilogue.relu) relu_rows(y, N, M, N);
 }

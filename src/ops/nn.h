@@ -59,20 +59,23 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
 
-struct Bf16Matmul;  // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
+struct Bf16Matmul;        // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
+struct SmallGemmWeights;  // src/ops/linear_small.cc: a float32 matrix and, built on first use, its transpose
 
 // A projection's inference copy. Int8 weights, one scale per output row (CTranslate2's scheme):
-// w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout; or (wt not
-// empty) the float32 weights transposed, for libxsmm's small-matrix kernels (src/ops/linear_small.cc).
+// w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout; or (small set)
+// the float32 weights for libxsmm's small-matrix kernels, transposed on first use (src/ops/linear_small.cc).
 struct QuantizedMatrix {
   std::vector<int8_t> q;     // [N, K]
   std::vector<float> scale;  // [N]
   int64_t N = 0, K = 0;
-  std::shared_ptr<const Bf16Matmul> bf16;  // instead of q and scale
-  std::vector<float> wt;                   // [K, N] instead of q and scale
+  std::shared_ptr<const Bf16Matmul> bf16;   // instead of q and scale
+  std::shared_ptr<SmallGemmWeights> small;  // instead of q and scale
 };
-// w: [N, K] float32 -> its transpose [K, N] when it has at most 64 Ki floats (it stays in L2 while the rows
-// stream past); else an empty copy (N = 0): such a matrix stays with OpenBLAS.
+// w: [N, K] float32 (not copied: it must outlive the result) -> its small-GEMM form when it has at most 64 Ki
+// floats (its transpose stays in L2 while the rows stream past); else an empty one (N = 0): such a matrix
+// stays with OpenBLAS. The transpose is made by the first call with enough rows for libxsmm (a translator
+// that only ever sees one sentence never makes it: start-up stays short).
 QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 32 rows (in parallel when large
 // enough), OpenBLAS below 8 rows or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or nullptr
@@ -99,7 +102,7 @@ inline void linear_forward(float* y, const float* x, const float* w, const Quant
                            int64_t M, int64_t N, int64_t K, LinearEpilogue epilogue = {}) {
   if (qw && qw->bf16)
     linear_forward_bf16(y, x, *qw, b, M, epilogue);
-  else if (qw && !qw->wt.empty())
+  else if (qw && qw->small)
     linear_forward_small(y, x, *qw, b, M, epilogue);
   else if (qw)
     linear_forward_int8(y, x, *qw, b, M, epilogue);
