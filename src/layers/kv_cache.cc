@@ -141,7 +141,9 @@ void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
   const int64_t bpr = blocks_per_row(), complete = length / kBlock, used = (length + kBlock - 1) / kBlock;
   const std::vector<int32_t> before(table.begin(), table.begin() + N * bpr);
   const auto old = [&](int64_t n, int64_t blk) { return before[static_cast<size_t>(n * bpr + blk)]; };
-  // a moved row shares its parent's complete blocks and gets its own copy of the incomplete one ...
+  // A moved row shares its parent's complete blocks, and takes the parent's incomplete block when the parent
+  // itself does not continue and no other row took it yet; else it gets its own copy ...
+  std::vector<uint8_t> taken(static_cast<size_t>(N), 0);  // row p's incomplete block went to a child
   for (int64_t n = 0; n < N; ++n) {
     const int64_t p = parent[static_cast<size_t>(n)];
     if (p == n) continue;
@@ -150,15 +152,21 @@ void KVCache::reorder(const std::vector<int64_t>& parent, int64_t length) {
       ++refs[static_cast<size_t>(old(p, blk))];
     }
     if (used > complete) {
-      const int32_t copy = take_block();
-      copy_block(old(p, complete), copy, length % kBlock);
-      table[static_cast<size_t>(n * bpr + complete)] = copy;
+      if (parent[static_cast<size_t>(p)] != p && !taken[static_cast<size_t>(p)]) {
+        table[static_cast<size_t>(n * bpr + complete)] = old(p, complete);
+        taken[static_cast<size_t>(p)] = 1;
+      } else {
+        const int32_t copy = take_block();
+        copy_block(old(p, complete), copy, length % kBlock);
+        table[static_cast<size_t>(n * bpr + complete)] = copy;
+      }
     }
   }
   // ... and gives up what it held before (a block nobody shares any more goes back to the pool)
   for (int64_t n = 0; n < N; ++n)
     if (parent[static_cast<size_t>(n)] != n)
-      for (int64_t blk = 0; blk < used; ++blk) release(old(n, blk));
+      for (int64_t blk = 0; blk < used; ++blk)
+        if (blk < complete || !taken[static_cast<size_t>(n)]) release(old(n, blk));
 }
 
 void KVCache::copy_row(int64_t from, int64_t to, int64_t length) {
