@@ -10,6 +10,7 @@
 
 #include "attn/attention.h"
 #include "attn/error.h"
+#include "attn/half.h"
 #include "ops/nn.h"
 #include "test_util.h"
 
@@ -88,6 +89,41 @@ TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
       }
   }
   EXPECT_EQ(ops::small_gemm_copy(test::random_tensor({512, 512}, rng).f32(), 512, 512).N, 0);
+}
+
+// bfloat16 projections (Quantization::kBFloat16): oneDNN's matmul, and libxsmm's AVX512_BF16 kernels from 8 rows
+// where the processor has them; both equal the float64 product of the bfloat16-rounded x and W to float32's
+// rounding of the sums, for every epilogue.
+TEST(Nn, Bf16LinearMatchesTheProductOfTheRoundedInputs) {
+  std::mt19937 rng(7);
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{3, 384, 128},
+                         {8, 19, 128},
+                         {37, 128, 256},
+                         {64, 384, 128},
+                         {70, 17, 6},
+                         {9, 7, 33}}) {
+    const Tensor x = test::random_tensor({M, K}, rng, -2.0f, 2.0f), w = test::random_tensor({N, K}, rng, -0.3f, 0.3f);
+    const Tensor b = test::random_tensor({N}, rng), y0 = test::random_tensor({M, N}, rng);
+    const ops::QuantizedMatrix q = ops::bf16_rows(w.f32(), N, K);
+    for (int e = 0; e < 3; ++e) {
+      SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) + " epilogue " +
+                   std::to_string(e) + (q.small_bf16 ? " (libxsmm)" : ""));
+      const ops::LinearEpilogue epilogue{.relu = e == 1, .accumulate = e == 2};
+      Tensor y = y0.clone();
+      ops::linear_forward_bf16(y.f32(), x.f32(), q, b.f32(), M, epilogue);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          double exact = b.f32()[n] + (epilogue.accumulate ? y0.f32()[m * N + n] : 0.0), scale = std::fabs(exact);
+          for (int64_t k = 0; k < K; ++k) {
+            const double p = static_cast<double>(bf16_to_float(float_to_bf16(x.f32()[m * K + k]))) *
+                             bf16_to_float(float_to_bf16(w.f32()[n * K + k]));
+            exact += p, scale += std::fabs(p);
+          }
+          if (epilogue.relu) exact = std::max(exact, 0.0);
+          ASSERT_NEAR(y.f32()[m * N + n], exact, scale * (K + 2) * 6e-8 + 1e-30) << m << ", " << n;
+        }
+    }
+  }
 }
 
 }  // namespace

@@ -139,6 +139,7 @@ QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K) {
   check(dnnl_memory_desc_init_by_tag(&mm->bias_md, 2, bias_dims, dnnl_f32, dnnl_ab), "bias desc");
   check(dnnl_memory_create(&mm->zero_bias, &mm->bias_md, engine(), mm->zeros.data()), "bias memory");
   mm->variant(omp_get_max_threads());  // the primitive for the current thread count, now rather than mid-call
+  m.small_bf16 = small_gemm_bf16(mm->w.data(), N, K);
   m.bf16 = std::move(mm);
   return m;
 }
@@ -151,6 +152,12 @@ void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, con
   if (M == 0 || N == 0) return;
   if (epilogue.relu && epilogue.accumulate)
     throw ArgumentError("linear_forward_bf16: a ReLU epilogue does not accumulate");
+  if (w.small_bf16 && M >= 8) {               // libxsmm's AVX512_BF16 kernels where it has them (linear_small.cc)
+    thread_local std::vector<uint16_t> rows;  // [M, K] x rounded to bfloat16
+    if (static_cast<int64_t>(rows.size()) < M * K) rows.resize(static_cast<size_t>(M * K));
+    round_to_bf16(rows.data(), x, M * K);
+    if (small_gemm_bf16_run(y, rows.data(), *w.small_bf16, b, M, epilogue)) return;
+  }
   thread_local std::vector<float> product;  // [M, N] when accumulating into y
   float* out = y;
   if (epilogue.accumulate) {

@@ -131,4 +131,57 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
   if (epilogue.relu) relu_rows(y, N, M, N);
 }
 
+// ---- bfloat16 weights (Quantization::kBFloat16): libxsmm's AVX512_BF16 kernels (vdpbf16ps) --------------------
+
+struct SmallGemmBf16 {
+  int64_t N = 0, K = 0;
+  std::vector<libxsmm_bfloat16> a;  // [K/2, N, 2]: Wᵀ rounded to bfloat16 in libxsmm's VNNI layout
+};
+
+namespace {
+bool bf16_kernels() { return use_libxsmm() && libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CPX; }
+
+libxsmm_bsmmfunction small_bf16_kernel(int64_t N, int64_t rows, int64_t K) {
+  const float alpha = 1.0f, beta = 1.0f;
+  const int flags = LIBXSMM_GEMM_FLAG_VNNI_A, prefetch = LIBXSMM_PREFETCH_NONE;
+  const libxsmm_blasint lda = N, ldb = K, ldc = N;
+  return libxsmm_bsmmdispatch(static_cast<libxsmm_blasint>(N), static_cast<libxsmm_blasint>(rows),
+                              static_cast<libxsmm_blasint>(K), &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+}
+}  // namespace
+
+std::shared_ptr<const SmallGemmBf16> small_gemm_bf16(const uint16_t* w, int64_t N, int64_t K) {
+  if (N * K > kMaxWeightFloats || N <= 0 || K <= 0 || K % 2 != 0 || !bf16_kernels()) return nullptr;
+  auto m = std::make_shared<SmallGemmBf16>();
+  m->N = N, m->K = K;
+  m->a.resize(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) m->a[static_cast<size_t>((k / 2) * N * 2 + n * 2 + k % 2)] = w[n * K + k];
+  return m;
+}
+
+bool small_gemm_bf16_run(float* y, const uint16_t* xb, const SmallGemmBf16& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue) {
+  const int64_t N = w.N, K = w.K;
+  if (M < kMinRows) return false;
+  const libxsmm_bsmmfunction full = small_bf16_kernel(N, std::min(M, kRowBlock), K);
+  const libxsmm_bsmmfunction last = M % kRowBlock == 0 ? full : small_bf16_kernel(N, M % kRowBlock, K);
+  if (full == nullptr || last == nullptr) return false;
+  linear_prologue(y, N, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += xb·Wᵀ
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const auto run_block = [&](int64_t blk) {
+    const int64_t r0 = blk * kRowBlock;
+    (blk + 1 == blocks ? last : full)(w.a.data(), reinterpret_cast<const libxsmm_bfloat16*>(xb) + r0 * K, y + r0 * N);
+    clear_upper_vector_state();
+  };
+  if (blocks > 1 && 2 * M * N * K >= (int64_t{1} << 21) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk);
+  } else {
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(blk);
+  }
+  if (epilogue.relu) relu_rows(y, N, M, N);
+  return true;
+}
+
 }  // namespace attn::ops

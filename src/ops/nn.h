@@ -61,6 +61,7 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
 
 struct Bf16Matmul;        // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
 struct SmallGemmWeights;  // src/ops/linear_small.cc: a float32 matrix and, built on first use, its transpose
+struct SmallGemmBf16;     // src/ops/linear_small.cc: bfloat16 weights in libxsmm's VNNI layout
 
 // A projection's inference copy. Int8 weights, one scale per output row (CTranslate2's scheme):
 // w[n, k] ≈ scale[n] · q[n, k], |q| ≤ 127; or (bf16 set) bfloat16 weights in oneDNN's layout; or (small set)
@@ -69,8 +70,9 @@ struct QuantizedMatrix {
   std::vector<int8_t> q;     // [N, K]
   std::vector<float> scale;  // [N]
   int64_t N = 0, K = 0;
-  std::shared_ptr<const Bf16Matmul> bf16;   // instead of q and scale
-  std::shared_ptr<SmallGemmWeights> small;  // instead of q and scale
+  std::shared_ptr<const Bf16Matmul> bf16;           // instead of q and scale
+  std::shared_ptr<const SmallGemmBf16> small_bf16;  // beside bf16, where libxsmm has AVX512_BF16 kernels
+  std::shared_ptr<SmallGemmWeights> small;          // instead of q and scale
 };
 // w: [N, K] float32 (not copied: it must outlive the result) -> its small-GEMM form when it has at most 64 Ki
 // floats (its transpose stays in L2 while the rows stream past); else an empty one (N = 0): such a matrix
@@ -81,6 +83,13 @@ QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K);
 // enough), OpenBLAS below 8 rows or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or nullptr
 void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                           LinearEpilogue epilogue = {});
+// bfloat16 weights w [N, K] in libxsmm's VNNI layout for its AVX512_BF16 kernels (2x its float32 ones), when
+// the matrix fits in L2, K is even and the processor has AVX512_BF16 (and ATTN_SIMD allows AVX-512); else null.
+std::shared_ptr<const SmallGemmBf16> small_gemm_bf16(const uint16_t* w, int64_t N, int64_t K);
+// y = xb · Wᵀ + b with the epilogue (xb: [M, K] bfloat16 rows, y: [M, N], float32 sums) in blocks of 32 rows;
+// false, y untouched, below 8 rows or where libxsmm has no kernel.
+bool small_gemm_bf16_run(float* y, const uint16_t* xb, const SmallGemmBf16& w, const float* b, int64_t M,
+                         LinearEpilogue epilogue);
 // w: [N, K] float32 -> bfloat16 (round to nearest even), reordered once for oneDNN's bf16 x bf16 -> f32 matmul.
 QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W bfloat16: x rounded to bfloat16 on the fly, float32 sums (AVX512_BF16 where the
