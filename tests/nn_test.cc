@@ -50,6 +50,24 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
   }
 }
 
+// Expects y [M, N] to be the linear map of x [M, K] and w [N, K] (each element read through round, e.g. to
+// bfloat16) with bias b and the epilogue (y0: y before, for accumulate), within float32's rounding of its sums.
+template <class Round>
+void expect_linear(const Tensor& y, const Tensor& y0, const Tensor& x, const Tensor& w, const Tensor& b,
+                   ops::LinearEpilogue epilogue, Round round) {
+  const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double exact = b.f32()[n] + (epilogue.accumulate ? y0.f32()[m * N + n] : 0.0), scale = std::fabs(exact);
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(round(x.f32()[m * K + k])) * round(w.f32()[n * K + k]);
+        exact += p, scale += std::fabs(p);
+      }
+      if (epilogue.relu) exact = std::max(exact, 0.0);
+      ASSERT_NEAR(y.f32()[m * N + n], exact, scale * (K + 2) * 6e-8 + 1e-30) << m << ", " << n;
+    }
+}
+
 // The transposed float32 copy through libxsmm's kernels (Quantization::kFloat32): within float32's rounding of
 // the float64 product, for row counts below the kernels' threshold (OpenBLAS), one block, a block and a
 // remainder, every epilogue, 1 and 2 threads. A matrix too large for L2 gets no copy.
@@ -76,16 +94,7 @@ TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
         omp_set_num_threads(threads);
         ops::linear_forward_small(y.f32(), x.f32(), copy, b.f32(), M, epilogue);
         omp_set_num_threads(omp_get_num_procs());
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = 0; n < N; ++n) {
-            double exact = b.f32()[n] + (epilogue.accumulate ? y0.f32()[m * N + n] : 0.0), scale = std::fabs(exact);
-            for (int64_t k = 0; k < K; ++k) {
-              const double p = static_cast<double>(x.f32()[m * K + k]) * w.f32()[n * K + k];
-              exact += p, scale += std::fabs(p);
-            }
-            if (epilogue.relu) exact = std::max(exact, 0.0);
-            ASSERT_NEAR(y.f32()[m * N + n], exact, scale * (K + 2) * 6e-8 + 1e-30) << m << ", " << n;
-          }
+        expect_linear(y, y0, x, w, b, epilogue, [](float v) { return v; });
       }
   }
   EXPECT_EQ(ops::small_gemm_copy(test::random_tensor({512, 512}, rng).f32(), 512, 512).N, 0);
@@ -111,17 +120,7 @@ TEST(Nn, Bf16LinearMatchesTheProductOfTheRoundedInputs) {
       const ops::LinearEpilogue epilogue{.relu = e == 1, .accumulate = e == 2};
       Tensor y = y0.clone();
       ops::linear_forward_bf16(y.f32(), x.f32(), q, b.f32(), M, epilogue);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-          double exact = b.f32()[n] + (epilogue.accumulate ? y0.f32()[m * N + n] : 0.0), scale = std::fabs(exact);
-          for (int64_t k = 0; k < K; ++k) {
-            const double p = static_cast<double>(bf16_to_float(float_to_bf16(x.f32()[m * K + k]))) *
-                             bf16_to_float(float_to_bf16(w.f32()[n * K + k]));
-            exact += p, scale += std::fabs(p);
-          }
-          if (epilogue.relu) exact = std::max(exact, 0.0);
-          ASSERT_NEAR(y.f32()[m * N + n], exact, scale * (K + 2) * 6e-8 + 1e-30) << m << ", " << n;
-        }
+      expect_linear(y, y0, x, w, b, epilogue, [](float v) { return bf16_to_float(float_to_bf16(v)); });
     }
   }
 }
