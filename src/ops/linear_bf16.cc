@@ -147,7 +147,6 @@ QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K) {
 void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                          LinearEpilogue epilogue) {
   const Bf16Matmul& mm = *w.bf16;
-  const Bf16Variant& v = mm.variant(omp_in_parallel() ? 1 : omp_get_max_threads());
   const int64_t N = mm.N, K = mm.K;
   if (M == 0 || N == 0) return;
   if (epilogue.relu && epilogue.accumulate)
@@ -158,6 +157,7 @@ void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, con
     round_to_bf16(rows.data(), x, M * K);
     if (small_gemm_bf16_run(y, rows.data(), *w.small_bf16, b, M, epilogue)) return;
   }
+  const Bf16Variant& v = mm.variant(omp_in_parallel() ? 1 : omp_get_max_threads());
   thread_local std::vector<float> product;  // [M, N] when accumulating into y
   float* out = y;
   if (epilogue.accumulate) {
