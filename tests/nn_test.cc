@@ -68,9 +68,9 @@ void expect_linear(const Tensor& y, const Tensor& y0, const Tensor& x, const Ten
     }
 }
 
-// The transposed float32 copy through libxsmm's kernels (Quantization::kFloat32): within float32's rounding of
-// the float64 product, for row counts below the kernels' threshold (OpenBLAS), one block, a block and a
-// remainder, every epilogue, 1 and 2 threads. A matrix too large for L2 gets no copy.
+// The float32 small-GEMM form (Quantization::kFloat32: libxsmm's kernels, Wᵀ made on first use): within
+// float32's rounding of the float64 product, for row counts below the kernels' threshold (OpenBLAS), one block,
+// blocks and a remainder, every epilogue, 1 and 2 threads. A matrix too large for L2 gets none.
 TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
   std::mt19937 rng(5);
   for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{3, 384, 128},
@@ -83,8 +83,8 @@ TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
                          {256, 16, 16}}) {
     const Tensor x = test::random_tensor({M, K}, rng, -2.0f, 2.0f), w = test::random_tensor({N, K}, rng, -0.3f, 0.3f);
     const Tensor b = test::random_tensor({N}, rng), y0 = test::random_tensor({M, N}, rng);
-    const ops::QuantizedMatrix copy = ops::small_gemm_copy(w.f32(), N, K);
-    ASSERT_EQ(copy.N, N);
+    const ops::QuantizedMatrix small = ops::small_gemm_weights(w.f32(), N, K);
+    ASSERT_EQ(small.N, N);
     for (int threads : {1, 2})
       for (int e = 0; e < 3; ++e) {
         SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) + " epilogue " +
@@ -92,12 +92,12 @@ TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
         const ops::LinearEpilogue epilogue{.relu = e == 1, .accumulate = e == 2};
         Tensor y = y0.clone();
         omp_set_num_threads(threads);
-        ops::linear_forward_small(y.f32(), x.f32(), copy, b.f32(), M, epilogue);
+        ops::linear_forward_small(y.f32(), x.f32(), small, b.f32(), M, epilogue);
         omp_set_num_threads(omp_get_num_procs());
         expect_linear(y, y0, x, w, b, epilogue, [](float v) { return v; });
       }
   }
-  EXPECT_EQ(ops::small_gemm_copy(test::random_tensor({512, 512}, rng).f32(), 512, 512).N, 0);
+  EXPECT_EQ(ops::small_gemm_weights(test::random_tensor({512, 512}, rng).f32(), 512, 512).N, 0);
 }
 
 // bfloat16 projections (Quantization::kBFloat16): oneDNN's matmul, and libxsmm's AVX512_BF16 kernels from 8 rows

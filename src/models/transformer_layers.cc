@@ -91,7 +91,7 @@ void quantize_projections(TransformerWeights& n, Quantization quantization) {
   const int64_t E = n.c.d_model, F = n.c.d_ff;
   auto q = [&](const float* w, int64_t rows, int64_t cols) -> const ops::QuantizedMatrix* {
     n.quantized.push_back(quantization == Quantization::kBFloat16  ? ops::bf16_rows(w, rows, cols)
-                          : quantization == Quantization::kFloat32 ? ops::small_gemm_copy(w, rows, cols)
+                          : quantization == Quantization::kFloat32 ? ops::small_gemm_weights(w, rows, cols)
                                                                    : ops::quantize_rows(w, rows, cols));
     // a deque: the pointers stay valid; a float32 matrix too large for the copy stays with OpenBLAS
     return n.quantized.back().N == 0 ? nullptr : &n.quantized.back();

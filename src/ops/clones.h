@@ -1,12 +1,12 @@
 // Internal: the ops layer is compiled for the baseline x86-64 (SSE2) so that one libattn runs everywhere; its
-// few hot element loops on inference's path (LayerNorm, the int8 projection's quantisation and scaling, a linear
-// map's bias and ReLU passes) are compiled again for AVX2 and AVX-512 by GCC's function multi-versioning, and
-// the loader picks the processor's best (an ifunc). The same source, so the same results up to the order of
-// the double-precision LayerNorm sums' lanes.
+// few hot element loops (LayerNorm, the int8 projection's quantisation and scaling, a linear map's bias and ReLU
+// passes, rounding to bfloat16, dropout masks) are compiled again for AVX2 and x86-64-v4 (AVX-512 F/BW/DQ/VL) by
+// GCC's function multi-versioning, and the loader picks the processor's best (an ifunc). The same source, so
+// the same results up to the order of the double-precision LayerNorm sums' lanes.
 #pragma once
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define ATTN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define ATTN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define ATTN_VECTOR_CLONES
 #endif

@@ -13,6 +13,7 @@
 
 #include "attn/error.h"
 #include "attn/half.h"
+#include "ops/clones.h"
 #include "ops/nn.h"
 
 namespace attn::ops {
@@ -36,8 +37,7 @@ dnnl_engine_t engine() {
 
 // out[0, n) = x rounded to bfloat16; a copy per instruction set, chosen at load time (the rest of ops/ is built for
 // plain x86-64).
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void round_to_bf16(uint16_t* out, const float* x,
-                                                                                       int64_t n) {
+ATTN_VECTOR_CLONES void round_to_bf16(uint16_t* out, const float* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = float_to_bf16(x[i]);
 }

@@ -28,9 +28,7 @@
 #include "cpu/attention_fused.h"
 #include "ops/nn.h"
 
-#ifdef _OPENMP
 #include <omp.h>
-#endif
 
 namespace attn::ops {
 
@@ -96,7 +94,7 @@ struct SmallGemmWeights {
   std::vector<float> wt;  // [K, N], once a call had enough rows
 };
 
-QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K) {
+QuantizedMatrix small_gemm_weights(const float* w, int64_t N, int64_t K) {
   QuantizedMatrix m;
   if (N * K > kMaxWeightFloats || N <= 0 || K <= 0) return m;
   m.N = N, m.K = K;

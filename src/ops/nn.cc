@@ -291,14 +291,10 @@ inline float keep_bits(float v, uint32_t mask) { return std::bit_cast<float>(std
 
 namespace {
 
-// Elements [begin, end) of dropout_forward. Compiled twice, for AVX2 (eight lanes with a native 32-bit multiply) and
-// for the library's generic x86-64 target, the copy chosen once when the library loads; integer hashing and one
-// float multiply give the same bits on both.
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void dropout_range(float* out, uint8_t* keep, const float* x, int64_t begin, int64_t end, uint32_t k0, uint32_t k1,
-                   uint32_t threshold, float s) {
+// Elements [begin, end) of dropout_forward, multi-versioned (ops/clones.h: a native 32-bit vector multiply from
+// AVX2 on); integer hashing and one float multiply give the same bits on every copy.
+ATTN_VECTOR_CLONES void dropout_range(float* out, uint8_t* keep, const float* x, int64_t begin, int64_t end,
+                                      uint32_t k0, uint32_t k1, uint32_t threshold, float s) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {  // out may be x: each element reads and writes only itself
     const uint32_t mask = dropout_bits(k0, k1, i) >= threshold ? 0xffffffffU : 0U;

@@ -78,15 +78,15 @@ struct QuantizedMatrix {
 // floats (its transpose stays in L2 while the rows stream past); else an empty one (N = 0): such a matrix
 // stays with OpenBLAS. The transpose is made by the first call with enough rows for libxsmm (a translator
 // that only ever sees one sentence never makes it: start-up stays short).
-QuantizedMatrix small_gemm_copy(const float* w, int64_t N, int64_t K);
-// y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 32 rows (in parallel when large
+QuantizedMatrix small_gemm_weights(const float* w, int64_t N, int64_t K);
+// y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 16 rows (in parallel when large
 // enough), OpenBLAS below 8 rows or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or nullptr
 void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                           LinearEpilogue epilogue = {});
 // bfloat16 weights w [N, K] in libxsmm's VNNI layout for its AVX512_BF16 kernels (2x its float32 ones), when
 // the matrix fits in L2, K is even and the processor has AVX512_BF16 (and ATTN_SIMD allows AVX-512); else null.
 std::shared_ptr<const SmallGemmBf16> small_gemm_bf16(const uint16_t* w, int64_t N, int64_t K);
-// y = xb · Wᵀ + b with the epilogue (xb: [M, K] bfloat16 rows, y: [M, N], float32 sums) in blocks of 32 rows;
+// y = xb · Wᵀ + b with the epilogue (xb: [M, K] bfloat16 rows, y: [M, N], float32 sums) in blocks of 16 rows;
 // false, y untouched, below 8 rows or where libxsmm has no kernel.
 bool small_gemm_bf16_run(float* y, const uint16_t* xb, const SmallGemmBf16& w, const float* b, int64_t M,
                          LinearEpilogue epilogue);
