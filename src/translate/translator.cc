@@ -87,7 +87,13 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
   const ThreadScope threads(options.num_threads);
   std::vector<std::string> out(sentences.size());
-  const size_t batch = static_cast<size_t>(options.batch_size), batches = (order.size() + batch - 1) / batch;
+  // At most kStepHypotheses hypotheses decode together (beam 4: 16 sentences): every step reads each one's
+  // caches, and beyond this the step's working set falls out of the CPU's caches (beam 4, shipped model,
+  // 1 thread: batches of 16 sentences decode 20–28% faster than batches of 64; greedy is best at 64).
+  constexpr int64_t kStepHypotheses = 64;
+  const size_t batch =
+      static_cast<size_t>(std::min(options.batch_size, std::max<int64_t>(1, kStepHypotheses / options.beam)));
+  const size_t batches = (order.size() + batch - 1) / batch;
   const auto translate_batch = [&](size_t i) {  // sentences order[i, i + n)
     const size_t n = std::min(order.size() - i, batch);
     const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest source of the batch
