@@ -3,7 +3,7 @@
 //     (the fixture rebuilds attn's mask with its own Philox and applies it to PyTorch's math path);
 //   - the fused backward against the double-precision reference on the shared case list, on every SIMD
 //     level and with 1 and 2 threads, with and without dropout;
-//   - Philox4x32-10 against Random123's known answers; the dropped fraction; the same dropped weights on
+//   - Philox4x32-7 and -10 against Random123's known answers; the dropped fraction; the same dropped weights on
 //     every forward path; bitwise determinism for a thread count.
 #include <cstring>
 #include <filesystem>
@@ -26,26 +26,37 @@ double max_abs(const Tensor& t) {
   return m;
 }
 
+// Random123's kat_vectors for Philox4x32-7 (the dropout generator) and -10 (the same round function, cuRAND's
+// round count): counters and keys zero, all ones, and the digits of pi.
 TEST(Dropout, PhiloxMatchesRandom123KnownAnswers) {
-  uint32_t out[4];
-  const uint32_t zero[4] = {0, 0, 0, 0};
-  detail::philox4x32_10(zero, 0, 0, out);
-  EXPECT_EQ(out[0], 0x6627e8d5u);
-  EXPECT_EQ(out[1], 0xe169c58du);
-  EXPECT_EQ(out[2], 0xbc57ac4cu);
-  EXPECT_EQ(out[3], 0x9b00dbd8u);
-  const uint32_t ones[4] = {0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu};
-  detail::philox4x32_10(ones, 0xFFFFFFFFu, 0xFFFFFFFFu, out);
-  EXPECT_EQ(out[0], 0x408f276du);
-  EXPECT_EQ(out[1], 0x41c83b0eu);
-  EXPECT_EQ(out[2], 0xa20bc7c6u);
-  EXPECT_EQ(out[3], 0x6d5451fdu);
-  const uint32_t pi[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u};
-  detail::philox4x32_10(pi, 0xa4093822u, 0x299f31d0u, out);
-  EXPECT_EQ(out[0], 0xd16cfe09u);
-  EXPECT_EQ(out[1], 0x94fdccebu);
-  EXPECT_EQ(out[2], 0x5001e420u);
-  EXPECT_EQ(out[3], 0x24126ea1u);
+  struct Known {
+    uint32_t ctr[4], k0, k1, out7[4], out10[4];
+  };
+  const Known known[] = {
+      {{0, 0, 0, 0},
+       0,
+       0,
+       {0x5f6fb709u, 0x0d893f64u, 0x4f121f81u, 0x4f730a48u},
+       {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u}},
+      {{0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu},
+       0xFFFFFFFFu,
+       0xFFFFFFFFu,
+       {0x5207ddc2u, 0x45165e59u, 0x4d8ee751u, 0x8c52f662u},
+       {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu}},
+      {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u},
+       0xa4093822u,
+       0x299f31d0u,
+       {0x4dfccabau, 0x190a87f0u, 0xc47362bau, 0xb6b5242au},
+       {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}},
+  };
+  static_assert(detail::kPhiloxRounds == 7, "the known answers below are for the dropout generator's 7 rounds");
+  for (const Known& k : known) {
+    uint32_t out[4];
+    detail::philox4x32(k.ctr, k.k0, k.k1, out);
+    for (int w = 0; w < 4; ++w) EXPECT_EQ(out[w], k.out7[w]) << "7 rounds, word " << w;
+    detail::philox4x32<10>(k.ctr, k.k0, k.k1, out);
+    for (int w = 0; w < 4; ++w) EXPECT_EQ(out[w], k.out10[w]) << "10 rounds, word " << w;
+  }
 }
 
 TEST(Dropout, DropsTheRequestedFractionAndGroupsAgreeWithTheDefinition) {
