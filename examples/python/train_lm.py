@@ -6,13 +6,17 @@ The text is the GNU GPL version 3 that Debian's base-files package ships (/usr/s
 same weights and batches: the loss curves agree to float32 rounding. Prints both curves and tokens/s.
 
     python examples/python/train_lm.py [--steps 30] [--context 1024] [--layers 2] [--dim 128] [--heads 4]
-                                       [--batch 4] [--threads N] [--text FILE]
+                                       [--batch 4] [--threads N] [--text FILE] [--rounds R]
+
+With --rounds R the two trainings alternate R times (the first of each pair changing every round) and the
+tokens/s printed last are the medians: one pair alone moves with the machine's drift.
 
 At context 1024 attention is most of a step, so the tokens/s differ most; at --context 256 the projections and
 the MLP dominate and both run at about the same speed.
 """
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -90,7 +94,10 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (attn.torch follows it)")
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds of the two trainings (medians)")
     a = p.parse_args()
+    if a.rounds < 1:
+        p.error("--rounds must be at least 1")
     if a.threads:
         torch.set_num_threads(a.threads)
     with open(a.text, encoding="utf-8") as f:
@@ -99,8 +106,18 @@ def main():
     data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
     print(f"{a.text}: {len(text)} characters, vocabulary {len(chars)}; {a.layers} layers, dim {a.dim}, "
           f"{a.heads} heads, context {a.context}, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads")
-    ref, tps_ref = train("F.scaled_dot_product_attention", F.scaled_dot_product_attention, data, len(chars), a)
-    got, tps_attn = train("attn.torch", attn.torch.scaled_dot_product_attention, data, len(chars), a)
+    runs = {"torch": [], "attn": []}
+    for r in range(a.rounds):
+        order = ["torch", "attn"] if r % 2 == 0 else ["attn", "torch"]
+        for side in order:
+            if side == "torch":
+                ref, tps = train("F.scaled_dot_product_attention", F.scaled_dot_product_attention, data, len(chars), a)
+            else:
+                got, tps = train("attn.torch", attn.torch.scaled_dot_product_attention, data, len(chars), a)
+            runs[side].append(tps)
+    tps_ref, tps_attn = statistics.median(runs["torch"]), statistics.median(runs["attn"])
+    if a.rounds > 1:
+        print(f"medians of {a.rounds} alternating rounds: F.sdpa {tps_ref:.0f}, attn.torch {tps_attn:.0f} tokens/s")
     diff = max(abs(x - y) for x, y in zip(ref, got))
     print("step  " + "  ".join(f"{i:>7}" for i in range(0, a.steps, max(1, a.steps // 8))))
     print("torch " + "  ".join(f"{ref[i]:7.4f}" for i in range(0, a.steps, max(1, a.steps // 8))))

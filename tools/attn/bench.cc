@@ -412,7 +412,9 @@ void add_bench(CLI::App& app) {
   tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
   tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));
-  tr->add_option("--batch-size", tb->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  tr->add_option("--batch-size", tb->options.batch_size,
+                 "most sentences decoded together (beam search: at most 64 hypotheses at a time)")
+      ->check(CLI::PositiveNumber);
   tr->add_option("--kv-cache", tb->kv_cache, "how decoding stores keys and values: f32, bf16 or int8")
       ->check(CLI::IsMember({"f32", "bf16", "int8"}));
   tr->add_option("--threads", tb->options.num_threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);

@@ -149,7 +149,9 @@ void add_translate(CLI::App& app) {
                   "longest output in tokens (EOS included); default per sentence: 2 x its source tokens + 8, at most "
                   "the model's max_len")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--batch-size", t->options.batch_size, "sentences decoded together")->check(CLI::PositiveNumber);
+  sub->add_option("--batch-size", t->options.batch_size,
+                  "most sentences decoded together (beam search: at most 64 hypotheses at a time)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--kv-cache", t->kv_cache,
                   "how decoding stores keys and values: f32, bf16 or int8 (a scale per token and head)")
       ->check(CLI::IsMember({"f32", "bf16", "int8"}));
