@@ -115,6 +115,38 @@ TEST(Dropout, EveryForwardPathDropsTheSameWeights) {
   }
 }
 
+// Each instruction set's keep masks, bit for bit against the definition (detail::dropout_keeps): with q = 0
+// every weight is 1/Lk, and with V the identity output (i, j) is weight (i, j) after dropout, exactly 0 where it
+// was dropped. Thresholds 1, 6554, 32768 and 65535; 300 keys span three 128-key groups and several tiles.
+TEST(Dropout, EveryInstructionSetKeepsExactlyTheDefinedWeights) {
+  constexpr int64_t B = 2, H = 2, Lq = 5, Lk = 300;
+  const Tensor q({B, H, Lq, 8}), k({B, H, Lk, 8});
+  Tensor v({B, H, Lk, Lk});
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    for (int64_t j = 0; j < Lk; ++j) v.f32()[(bh * Lk + j) * Lk + j] = 1.0f;
+  for (float p : {1.0f / 65536.0f, 0.1f, 0.5f, 65535.0f / 65536.0f}) {
+    AttentionOptions o;
+    o.dropout_p = p;
+    o.dropout_seed = 0x5EED0000ull + static_cast<uint64_t>(p * 65536.0f);
+    const detail::DropoutParams d = detail::make_dropout(p, o.dropout_seed);
+    for (auto level : test::simd_levels()) {
+      test::SimdGuard guard(level);
+      for (AttentionImpl impl : {AttentionImpl::kFused, AttentionImpl::kReference}) {
+        o.impl = impl;
+        const Tensor out = scaled_dot_product_attention(q, k, v, o).output;  // [B, H, Lq, Lk]
+        int64_t wrong = 0;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t i = 0; i < Lq; ++i)
+              for (int64_t j = 0; j < Lk; ++j)
+                wrong += (out.f32()[((b * H + h) * Lq + i) * Lk + j] != 0.0f) != detail::dropout_keeps(d, b, h, i, j);
+        EXPECT_EQ(wrong, 0) << "threshold " << d.threshold << ", " << detail::simd_level_name(level)
+                            << (impl == AttentionImpl::kFused ? " fused" : " reference");
+      }
+    }
+  }
+}
+
 std::vector<std::string> grad_fixtures() {
   std::vector<std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(ATTN_FIXTURE_DIR)) {

@@ -70,7 +70,7 @@ struct AttentionOptions {
   Tensor alibi_slopes;
   // Attention-weight dropout (training), as PyTorch's dropout_p: after the softmax each weight is zeroed
   // with probability dropout_p and the survivors are scaled by 1/(1 − dropout_p). Which weights survive is a
-  // pure function of (dropout_seed, b, h, i, j) (Philox4x32-10, src/cpu/dropout.h): the same on every path,
+  // pure function of (dropout_seed, b, h, i, j) (Philox4x32-7, src/cpu/dropout.h): the same on every path,
   // instruction set and thread count, and the backward regenerates it from the same options. dropout_p is
   // rounded to a multiple of 2⁻¹⁶. Must be in [0, 1]; 1 gives output 0.
   float dropout_p = 0.0f;

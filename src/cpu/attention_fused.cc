@@ -10,7 +10,10 @@ namespace attn::detail {
 SimdLevel simd_level_supported() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return SimdLevel::kAvx512;
+  // the avx512 build is compiled with -mavx512f/dq/bw/vl (CMakeLists.txt): every one must be there
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    return SimdLevel::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::kAvx2;
 #endif
   return SimdLevel::kScalar;

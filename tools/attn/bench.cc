@@ -300,7 +300,7 @@ void run_translate_bench(const TranslateBench& a) {
         static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
   else
     std::printf(
-        "translate (%s, kv cache %s): %zu sentences, beam %d, batches of %lld, %d threads: median %.1f ms, "
+        "translate (%s, kv cache %s): %zu sentences, beam %d, batch size %lld, %d threads: median %.1f ms, "
         "%.1f sentences/s, %.1f target tokens/s\n",
         a.quantize.c_str(), a.kv_cache.c_str(), sentences.size(), a.options.beam,
         static_cast<long long>(a.options.batch_size), threads, median, per_s, tok_s);
@@ -413,7 +413,7 @@ void add_bench(CLI::App& app) {
   tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));
   tr->add_option("--batch-size", tb->options.batch_size,
-                 "most sentences decoded together (beam search: at most 64 hypotheses at a time)")
+                 "most sentences decoded together (and at most 64 hypotheses: sentences x beam)")
       ->check(CLI::PositiveNumber);
   tr->add_option("--kv-cache", tb->kv_cache, "how decoding stores keys and values: f32, bf16 or int8")
       ->check(CLI::IsMember({"f32", "bf16", "int8"}));

@@ -150,7 +150,7 @@ void add_translate(CLI::App& app) {
                   "the model's max_len")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--batch-size", t->options.batch_size,
-                  "most sentences decoded together (beam search: at most 64 hypotheses at a time)")
+                  "most sentences decoded together (and at most 64 hypotheses: sentences x beam)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--kv-cache", t->kv_cache,
                   "how decoding stores keys and values: f32, bf16 or int8 (a scale per token and head)")
