@@ -54,13 +54,18 @@ bool use_libxsmm() {
   return use && detail::simd_level_active() != detail::SimdLevel::kScalar;
 }
 
-// y rows [rows, N] (+)= x rows [rows, K] · wt [K, N]: column-major C (N × rows) += A (N × K) · B (K × rows).
-libxsmm_smmfunction small_gemm_kernel(int64_t N, int64_t rows, int64_t K) {
+// y rows [rows, N] += x rows [rows, K] · wt [K, N]: column-major C (N × rows) += A (N × K) · B (K × rows), the
+// kernel libxsmm's `dispatch` (libxsmm_smmdispatch for float32, libxsmm_bsmmdispatch for bfloat16) makes for it.
+template <class Dispatch>
+auto small_kernel(Dispatch dispatch, int flags, int64_t N, int64_t rows, int64_t K) {
   const float alpha = 1.0f, beta = 1.0f;
-  const int flags = LIBXSMM_GEMM_FLAG_NONE, prefetch = LIBXSMM_PREFETCH_NONE;
+  const int prefetch = LIBXSMM_PREFETCH_NONE;
   const libxsmm_blasint lda = N, ldb = K, ldc = N;
-  return libxsmm_smmdispatch(static_cast<libxsmm_blasint>(N), static_cast<libxsmm_blasint>(rows),
-                             static_cast<libxsmm_blasint>(K), &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+  return dispatch(static_cast<libxsmm_blasint>(N), static_cast<libxsmm_blasint>(rows), static_cast<libxsmm_blasint>(K),
+                  &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+}
+libxsmm_smmfunction small_gemm_kernel(int64_t N, int64_t rows, int64_t K) {
+  return small_kernel(libxsmm_smmdispatch, LIBXSMM_GEMM_FLAG_NONE, N, rows, K);
 }
 
 // libxsmm's kernels return with the upper halves of the vector registers dirty (no vzeroupper): the SSE code
@@ -145,12 +150,8 @@ struct SmallGemmBf16 {
 namespace {
 bool bf16_kernels() { return use_libxsmm() && libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CPX; }
 
-libxsmm_bsmmfunction small_bf16_kernel(int64_t N, int64_t rows, int64_t K) {
-  const float alpha = 1.0f, beta = 1.0f;
-  const int flags = LIBXSMM_GEMM_FLAG_VNNI_A, prefetch = LIBXSMM_PREFETCH_NONE;
-  const libxsmm_blasint lda = N, ldb = K, ldc = N;
-  return libxsmm_bsmmdispatch(static_cast<libxsmm_blasint>(N), static_cast<libxsmm_blasint>(rows),
-                              static_cast<libxsmm_blasint>(K), &lda, &ldb, &ldc, &alpha, &beta, &flags, &prefetch);
+libxsmm_bsmmfunction small_bf16_kernel(int64_t N, int64_t rows, int64_t K) {  // Wᵀ in the VNNI layout
+  return small_kernel(libxsmm_bsmmdispatch, LIBXSMM_GEMM_FLAG_VNNI_A, N, rows, K);
 }
 }  // namespace
 
