@@ -139,15 +139,25 @@ void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   }
 }
 
+// x[0] ∘ x[1] ∘ … ∘ x[N − 1] as a balanced tree ((x0 ∘ x1) ∘ (x2 ∘ x3)) ∘ …, unrolled at compile time so
+// that the operands stay in registers (a `step *= 2` loop over an array compiled to a loop through the
+// stack: a third of the softmax's time at D = 64).
+template <int N, class Op>
+[[gnu::always_inline]] inline Vec tree_reduce(const Vec* x, Op op) {
+  if constexpr (N == 1) {
+    return x[0];
+  } else {
+    return op(tree_reduce<N / 2>(x, op), tree_reduce<N - N / 2>(x + N / 2, op));
+  }
+}
+
 // The largest of s[0, n) (NaN lanes may be skipped: a NaN row is caught by row_state_finite).
 [[gnu::always_inline]] inline float row_max(const float* s, int64_t n) {
   constexpr int kVecs = Tiles::kBk / W;
   if (n == Tiles::kBk) {  // a whole tile: constant trip counts, a tree of maxima
     Vec x[kVecs];
     for (int v = 0; v < kVecs; ++v) x[v] = Vec::load(s + v * W);
-    for (int step = 1; step < kVecs; step *= 2)
-      for (int v = 0; v + step < kVecs; v += 2 * step) x[v] = Vec::max(x[v], x[v + step]);
-    return x[0].reduce_max();
+    return tree_reduce<kVecs>(x, [](Vec a, Vec b) { return Vec::max(a, b); }).reduce_max();
   }
   int64_t j = 0;
   Vec mx = Vec::set1(kNegInf);
@@ -170,9 +180,7 @@ template <bool kFinite>
       e[v] = exp2(Vec::load(s + v * W) - mv);
       e[v].store(s + v * W);
     }
-    for (int step = 1; step < kVecs; step *= 2)
-      for (int v = 0; v + step < kVecs; v += 2 * step) e[v] = e[v] + e[v + step];
-    return e[0].reduce_add();
+    return tree_reduce<kVecs>(e, [](Vec a, Vec b) { return a + b; }).reduce_add();
   }
   Vec sum = Vec::zero();
   int64_t j = 0;
