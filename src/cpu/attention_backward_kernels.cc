@@ -32,6 +32,7 @@ namespace attn::detail::ATTN_TARGET {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 
 struct BackwardPlan {
@@ -116,9 +117,11 @@ void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_t* lo, 
   if (p.window > 0) *hi = std::clamp<int64_t>(j0 + n + p.window - 1 - off, 0, p.Lq);
 }
 
-// P = exp(scale·s − lse) over n keys of one row, in place: exactly 0 for a hidden key (s = −inf), whatever
-// lse holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN) is NaN where visible.
-void probabilities_row(float* s, int64_t n, float scale, float lse) {
+// P = 2^(scale₂·s − lse₂) over n keys of one row, in place, with scale₂ = scale·log2(e) and lse₂ = lse·log2(e)
+// (the forward's base; simd::exp2 is about half of exp's instructions): exactly 0 for a hidden key
+// (s = −inf), whatever lse holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN)
+// is NaN where visible.
+void probabilities_row(float* s, int64_t n, float scale2, float lse) {
   if (lse == kNegInf) {
     std::fill(s, s + n, 0.0f);
     return;
@@ -127,10 +130,11 @@ void probabilities_row(float* s, int64_t n, float scale, float lse) {
     for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
     return;
   }
-  const Vec lv = Vec::set1(-lse), sv = Vec::set1(scale);
+  const float lse2 = lse * kLog2e;
+  const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2);
   int64_t j = 0;
-  for (; j + W <= n; j += W) simd::exp(Vec::fmadd(Vec::load(s + j), sv, lv)).store(s + j);
-  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp(scale * s[j] - lse);
+  for (; j + W <= n; j += W) simd::exp2(Vec::fmadd(Vec::load(s + j), sv, lv)).store(s + j);
+  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp2(scale2 * s[j] - lse2);
 }
 
 // dS = scale · P ⊙ (dP − Δ) over n keys of one row, into dp; exactly 0 where P = 0 (a hidden or dropped-out
@@ -190,22 +194,20 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
   const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;
+  const float scale2 = p.scale * kLog2e;
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
-    if (masked) {  // the masking rule works on scaled scores
-      const Vec sv = Vec::set1(p.scale);
+    if (masked) {  // the masking rule works on scaled scores (here in base 2, as the forward's)
+      const Vec sv = Vec::set1(scale2);
       int64_t j = 0;
       for (; j + W <= n; j += W) (Vec::load(s + j) * sv).store(s + j);
-      for (; j < n; ++j) s[j] *= p.scale;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+      for (; j < n; ++j) s[j] *= scale2;
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
     }
-    probabilities_row(s, n, masked ? 1.0f : p.scale, row_lse[r]);
-    if (dropout) {  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
-      float* pt = ws.pt.data() + r * kBk;
-      std::copy(s, s + n, pt);
-      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, pt, dp);
-    }
+    probabilities_row(s, n, masked ? 1.0f : scale2, row_lse[r]);
+    if (dropout)  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
+      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, ws.pt.data() + r * kBk, dp, nullptr, s);
     score_grads_row(s, dp, n, row_delta[r], p.scale);
   }
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward

@@ -182,16 +182,19 @@ struct DropoutGroupCache {
   uint16_t keep[8] = {};
 };
 
-// Dropout of one row segment in place: s[jj] for keys j0 + jj, jj < n, becomes s·scale where the weight
-// survives and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite s).
-// With s2 (the backward's dP̃ beside P), s2 gets the same mask. With `cache` (the row's, reset to group −1
-// when the row changes), a group generated for one key tile is reused by the next.
+// Dropout of one row segment: s[jj] for keys j0 + jj, jj < n, becomes src[jj]·scale where the weight survives
+// and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite value); src = s (in
+// place) unless given (the backward's P̃ written beside P without a copy first). With s2 (the backward's
+// dP̃), s2 gets the same mask in place. With `cache` (the row's, reset to group −1 when the row changes), a
+// group generated for one key tile is reused by the next.
 inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n,
-                                float* s, float* s2 = nullptr, DropoutGroupCache* cache = nullptr) {
+                                float* s, float* s2 = nullptr, DropoutGroupCache* cache = nullptr,
+                                const float* src = nullptr) {
   DropoutGroupCache local;
   DropoutGroupCache& c = cache ? *cache : local;
   uint16_t* keep = c.keep;
   int64_t& group = c.group;
+  if (src == nullptr) src = s;
   int64_t jj = 0;
   while (jj < n) {
     const int64_t j = j0 + jj;
@@ -203,13 +206,13 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
     if (t % simd::Vec::W == 0 && jj + simd::Vec::W <= n) {  // a whole vector of keys: one masked product
       const uint32_t bits = static_cast<uint32_t>(keep[e]) >> t;
       const simd::Vec scale = simd::Vec::set1(d.scale);
-      simd::Vec::masked_mul(bits, simd::Vec::load(s + jj), scale).store(s + jj);
+      simd::Vec::masked_mul(bits, simd::Vec::load(src + jj), scale).store(s + jj);
       if (s2) simd::Vec::masked_mul(bits, simd::Vec::load(s2 + jj), scale).store(s2 + jj);
       jj += simd::Vec::W;
       continue;
     }
     const bool kept = (keep[e] >> t & 1u) != 0;
-    s[jj] = kept ? s[jj] * d.scale : 0.0f;
+    s[jj] = kept ? src[jj] * d.scale : 0.0f;
     if (s2) s2[jj] = kept ? s2[jj] * d.scale : 0.0f;
     ++jj;
   }
