@@ -99,7 +99,9 @@ TEST(Dropout, EveryForwardPathDropsTheSameWeights) {
       in.options.impl = AttentionImpl::kFused;
       const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
       EXPECT_LE(test::max_abs_diff(r.output, ref.output), 3e-5) << c.name() << " " << detail::simd_level_name(level);
-      if (c.weights) EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5) << c.name();  // before dropout
+      if (c.weights) {  // before dropout
+        EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5) << c.name();
+      }
     }
     ++checked;
   }
