@@ -73,7 +73,7 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
 
 // Per-thread buffers, grown once and reused across calls.
 struct BackwardWorkspace {
-  std::vector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ
+  std::vector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ, in panels
   std::vector<float> kb;         // [kBk, Dp]             its K rows, padded
   std::vector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
   std::vector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
@@ -170,10 +170,12 @@ void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& 
 
 // One query tile of head h against the key block in ws (keys [j0, j0 + n)): adds its share of dK and dV
 // to ws.dk, ws.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ buffer).
-// `keys`: the block's K rows (row stride k_rs, whole vectors wide); q_finite, dout_finite: the tile's checks.
+// packed_cols: the width of the block's packed Kᵀ and Vᵀ panels (ws.kt, ws.vt; pack_panels); `keys`: the block's
+// K rows (row stride k_rs, whole vectors wide); q_finite, dout_finite: the tile's checks.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
-                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, const float* keys, int64_t k_rs,
-                bool keys_finite, bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
+                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, int64_t packed_cols,
+                const float* keys, int64_t k_rs, bool keys_finite, bool q_finite, bool dout_finite, float* dq_rows,
+                BackwardWorkspace& ws) {
   const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp;
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
@@ -188,8 +190,8 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
     dout = ws.dout.data(), dout_rs = Dvp;
   }
   // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, cols]
-  gemm_abt(q, q_rs, ws.kt.data(), kBk, p.D, rows, cols, ws.s.data(), kBk);
-  gemm_abt(dout, dout_rs, ws.vt.data(), kBk, p.Dv, rows, cols, ws.ds.data(), kBk);
+  gemm_abt_panels(q, q_rs, ws.kt.data(), packed_cols, p.D, rows, cols, ws.s.data(), kBk);
+  gemm_abt_panels(dout, dout_rs, ws.vt.data(), packed_cols, p.Dv, rows, cols, ws.ds.data(), kBk);
   const bool masked = tile_needs_mask(p, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
@@ -242,8 +244,8 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
       std::fill(ws.dv.begin(), ws.dv.begin() + n * Dvp, 0.0f);
       if (!all_padding(p, b, j0, n)) {
         const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
-        pack_transposed(k, p.k_sl, j0, n, p.D, cols, ws.kt.data(), kBk);
-        pack_transposed(v, p.v_sl, j0, n, p.Dv, cols, ws.vt.data(), kBk);
+        pack_panels(k, p.k_sl, j0, n, p.D, cols, ws.kt.data());
+        pack_panels(v, p.v_sl, j0, n, p.Dv, cols, ws.vt.data());
         const bool keys_finite = all_finite(k + j0 * p.k_sl, p.k_sl, n, p.D);
         const float* keys = k + j0 * p.k_sl;  // K rows in place (D whole vectors) or padded
         int64_t k_rs = p.k_sl;
@@ -262,7 +264,7 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
             p.key_range(i0 + rows - 1, &unused, &last_hi);
             const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
             if (n_tile == 0) continue;
-            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, keys, k_rs, keys_finite, q_ok[t] != 0,
+            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, cols, keys, k_rs, keys_finite, q_ok[t] != 0,
                        dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
       }

@@ -86,7 +86,7 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// A packed key tile of n keys is [D, packed_width(n)]: its keys padded to whole vectors only (gemm_abt
+// A packed key tile of n keys is [D, packed_width(n)] in panels: its keys padded to whole vectors only (gemm_abt_panels
 // takes any multiple of W columns), so a short sequence (L = 16) packs 16 columns, not kBk.
 int64_t packed_width(int64_t n) { return round_up(n, W); }
 
@@ -112,16 +112,16 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
     }
     return;
   }
-  const int64_t kt_rs = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's row stride (pack_keys)
+  const int64_t kt_cols = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's width (pack_keys)
   if (!diagonal) {
-    gemm_abt(ws.qs.data(), D, kt, kt_rs, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
+    gemm_abt_panels(ws.qs.data(), D, kt, kt_cols, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
     return;
   }
   for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
     const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r);
     const int64_t cols = packed_width(visible_prefix(p, i0 + r, block, j0, n));
     if (cols > 0)
-      gemm_abt(ws.qs.data() + r * D, D, kt, kt_rs, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
+      gemm_abt_panels(ws.qs.data() + r * D, D, kt, kt_cols, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
   }
 }
 
@@ -470,14 +470,14 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // threads leave it together.
 
 // Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every query tile and
-// every head of a group (pack_transposed pads each tile's last columns with 0).
+// every head of a group, in panels (pack_panels, which pads each tile's last columns with 0).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
     const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
-    pack_transposed(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
-                    packed + t * plan.key_tile_floats, packed_width(n));
+    pack_panels(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
+                packed + t * plan.key_tile_floats);
   }
 }
 

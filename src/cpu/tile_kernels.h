@@ -1,7 +1,8 @@
 // The two register-tiled micro-kernels every attention kernel is built from, compiled once per
 // instruction set (included by the kernel files, which define ATTN_TARGET; Vec and the tile sizes are that
 // target's):
-//   gemm_abt      C = A · Bᵀ with Bᵀ packed: the scores S = Q·Kᵀ (forward, backward) and dP = dO·Vᵀ
+//   gemm_abt_panels  C = A · Bᵀ with Bᵀ packed in panels (pack_panels): the scores S = Q·Kᵀ (forward,
+//                 backward) and dP = dO·Vᵀ; gemm_abt: the same over a plainly transposed Bᵀ (the float16 path)
 //   rank_update   Acc += A · B with A read through any strides: O += P·V, dV += Pᵀ·dO, dK += dSᵀ·Q,
 //                 dQ += dS·K (a transposed A costs nothing: its elements are broadcast one at a time)
 // rank_update_nonzero sums the same terms in the same order but skips the zero elements of A, so a NaN or
@@ -80,6 +81,37 @@ inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_r
   if (wide > 0) gemm_abt_columns<C>(a, a_rs, bt, bt_rs, depth, rows, wide, c, c_rs);
   if constexpr (C > 1)
     if (wide < cols) gemm_abt_columns<1>(a, a_rs, bt + wide, bt_rs, depth, rows, cols - wide, c + wide, c_rs);
+}
+
+// Bᵀ packed in panels, the layout the Q·Kᵀ and dO·Vᵀ products stream: a [depth, total] matrix (total a
+// multiple of W) cut into panels of kPanel columns, panel p (columns [p·kPanel, p·kPanel + w_p), w_p =
+// min(kPanel, total − p·kPanel)) stored [depth, w_p] at offset p·kPanel·depth. One column step of the
+// micro-kernel reads one panel front to back: with the whole [depth, total] rows instead (a stride of total
+// floats, 512 bytes for 128 keys), the step's depth rows fell into a few L1 sets and missed.
+inline constexpr int64_t kPanel = Tiles::kScoreVecs * W;
+
+// c[rows, cols] = a[rows, depth] · bt[depth, cols] with bt packed in panels of a [depth, total] matrix (cols
+// ≤ total, both multiples of W): whole panels with the kScoreRows × kScoreVecs tile, the columns of a partial
+// panel one vector at a time.
+inline void gemm_abt_panels(const float* a, int64_t a_rs, const float* bt, int64_t total, int64_t depth, int64_t rows,
+                            int64_t cols, float* c, int64_t c_rs) {
+  constexpr int R = Tiles::kScoreRows, C = Tiles::kScoreVecs;
+  const auto row_block = [&](auto RR, int64_t r) {
+    constexpr int kR = decltype(RR)::value;
+    for (int64_t c0 = 0; c0 < cols; c0 += kPanel) {
+      const float* panel = bt + c0 * depth;
+      const int64_t width = std::min(kPanel, total - c0), used = std::min(kPanel, cols - c0);
+      if (used == kPanel) {
+        gemm_abt_tile<kR, C>(a + r * a_rs, a_rs, panel, width, depth, kPanel, c + r * c_rs + c0, c_rs);
+      } else {
+        for (int64_t v = 0; v < used; v += W)
+          gemm_abt_tile<kR, 1>(a + r * a_rs, a_rs, panel + v, width, depth, W, c + r * c_rs + c0 + v, c_rs);
+      }
+    }
+  };
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) row_block(std::integral_constant<int, R>{}, r);
+  if (r < rows) with_const<R>(static_cast<int>(rows - r), [&](auto RR) { row_block(RR, r); });
 }
 
 // acc[r·acc_rs + v·W ...] += Σ_j A[r·a_rs + j·a_js] · B[j·b_rs + v·W ...] for R rows, C vectors, n terms.
@@ -170,6 +202,21 @@ inline void pack_transposed(const float* x, int64_t x_rs, int64_t j0, int64_t n,
   for (int64_t jj = 0; jj < n; ++jj) {
     const float* xj = x + (j0 + jj) * x_rs;
     for (int64_t d = 0; d < depth; ++d) t[d * t_rs + jj] = xj[d];
+  }
+}
+
+// Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each) packed transposed into the panels of a
+// [depth, total] matrix (see kPanel; total ≥ n, a multiple of W), the columns from n on 0.
+inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t total, float* t) {
+  for (int64_t c0 = 0; c0 < total; c0 += kPanel) {
+    float* panel = t + c0 * depth;
+    const int64_t width = std::min(kPanel, total - c0), keys = std::clamp<int64_t>(n - c0, 0, width);
+    if (keys < width)
+      for (int64_t d = 0; d < depth; ++d) std::fill(panel + d * width + keys, panel + (d + 1) * width, 0.0f);
+    for (int64_t jj = 0; jj < keys; ++jj) {
+      const float* xj = x + (j0 + c0 + jj) * x_rs;
+      for (int64_t d = 0; d < depth; ++d) panel[d * width + jj] = xj[d];
+    }
   }
 }
 
