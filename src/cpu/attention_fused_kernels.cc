@@ -174,13 +174,24 @@ template <bool kFinite>
   const auto exp2 = [](Vec x) { return kFinite ? simd::exp2_finite(x) : simd::exp2(x); };
   constexpr int kVecs = Tiles::kBk / W;
   const Vec mv = Vec::set1(m);
-  if (n == Tiles::kBk) {  // a whole tile: kVecs independent exponentials, a tree of sums
-    Vec e[kVecs];
-    for (int v = 0; v < kVecs; ++v) {
-      e[v] = exp2(Vec::load(s + v * W) - mv);
-      e[v].store(s + v * W);
+  if (n == Tiles::kBk) {         // a whole tile: kVecs independent exponentials
+    if constexpr (kVecs <= 8) {  // all in registers (AVX-512: 8 of 32), a tree of sums
+      Vec e[kVecs];
+      for (int v = 0; v < kVecs; ++v) {
+        e[v] = exp2(Vec::load(s + v * W) - mv);
+        e[v].store(s + v * W);
+      }
+      return tree_reduce<kVecs>(e, [](Vec a, Vec b) { return a + b; }).reduce_add();
+    } else {  // AVX2's 16 do not fit its 16 registers (they went through the stack): four running sums
+      Vec sum[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
+      for (int v = 0; v < kVecs; v += 4)
+        for (int u = 0; u < 4; ++u) {
+          const Vec e = exp2(Vec::load(s + (v + u) * W) - mv);
+          e.store(s + (v + u) * W);
+          sum[u] = sum[u] + e;
+        }
+      return tree_reduce<4>(sum, [](Vec a, Vec b) { return a + b; }).reduce_add();
     }
-    return tree_reduce<kVecs>(e, [](Vec a, Vec b) { return a + b; }).reduce_add();
   }
   Vec sum = Vec::zero();
   int64_t j = 0;
