@@ -209,15 +209,18 @@ inline Vec exp(Vec x) {
 // vreduceps for r and one scalef for 2^n with its range.
 // x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
 // (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
+// 1 + c[0]·r + c[1]·r² + … + c[4]·r⁵ by Horner's rule: the two degree-5 fits of 2^r below.
+inline Vec poly5_one(Vec r, const float (&c)[5]) {
+  Vec y = Vec::fmadd(Vec::set1(c[4]), r, Vec::set1(c[3]));
+  for (int k = 2; k >= 0; --k) y = Vec::fmadd(y, r, Vec::set1(c[k]));
+  return Vec::fmadd(y, r, Vec::set1(1.0f));
+}
+
 // 2^r for r in [−½, ½]: the degree-5 minimax polynomial exp2 uses (constant term exactly 1).
 inline Vec exp2_fraction(Vec r) {
-  constexpr float c1 = 0.6931470036506653f, c2 = 0.24022242426872253f, c3 = 0.05550733581185341f,
-                  c4 = 0.009671512991189957f, c5 = 0.001326472731307149f;
-  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
-  y = Vec::fmadd(y, r, Vec::set1(c3));
-  y = Vec::fmadd(y, r, Vec::set1(c2));
-  y = Vec::fmadd(y, r, Vec::set1(c1));
-  return Vec::fmadd(y, r, Vec::set1(1.0f));
+  static constexpr float c[5] = {0.6931470036506653f, 0.24022242426872253f, 0.05550733581185341f, 0.009671512991189957f,
+                                 0.001326472731307149f};
+  return poly5_one(r, c);
 }
 
 #if defined(__AVX512F__)
@@ -226,13 +229,9 @@ inline Vec exp2_fraction(Vec r) {
 // which split x = ⌊x⌋ + r in one instruction (vreduceps) and take 2^⌊x⌋ from vscalefps, which floors its
 // exponent itself: one instruction less than round, subtract and scale.
 inline Vec exp2_unit(Vec r) {
-  constexpr float c1 = 0.6931512951850891f, c2 = 0.24016444385051727f, c3 = 0.05579991266131401f,
-                  c4 = 0.009017028845846653f, c5 = 0.001867130515165627f;
-  Vec y = Vec::fmadd(Vec::set1(c5), r, Vec::set1(c4));
-  y = Vec::fmadd(y, r, Vec::set1(c3));
-  y = Vec::fmadd(y, r, Vec::set1(c2));
-  y = Vec::fmadd(y, r, Vec::set1(c1));
-  return Vec::fmadd(y, r, Vec::set1(1.0f));
+  static constexpr float c[5] = {0.6931512951850891f, 0.24016444385051727f, 0.05579991266131401f, 0.009017028845846653f,
+                                 0.001867130515165627f};
+  return poly5_one(r, c);
 }
 #endif
 
