@@ -194,17 +194,6 @@ inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
   return !std::isnan(acc.reduce_add() + tail);
 }
 
-// t[d·t_rs + jj] = X[(j0 + jj)·x_rs + d] for jj < n, 0 for jj in [n, cols): rows of X packed transposed
-// into a [depth, cols] panel (Kᵀ and Vᵀ tiles).
-inline void pack_transposed(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t cols, float* t,
-                            int64_t t_rs) {
-  for (int64_t d = 0; d < depth; ++d) std::fill(t + d * t_rs + n, t + d * t_rs + cols, 0.0f);
-  for (int64_t jj = 0; jj < n; ++jj) {
-    const float* xj = x + (j0 + jj) * x_rs;
-    for (int64_t d = 0; d < depth; ++d) t[d * t_rs + jj] = xj[d];
-  }
-}
-
 // Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each) packed transposed into the panels of a
 // [depth, total] matrix (see kPanel; total ≥ n, a multiple of W), the columns from n on 0.
 inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t total, float* t) {
