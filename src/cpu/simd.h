@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -62,6 +63,31 @@ struct Vec {
     return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
   }
   static bool any_zero(Vec x) { return _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0; }
+  // r[i] = row i of a W × W block in, column i out (lanes and vectors swapped): 64 shuffles
+  static void transpose(Vec r[W]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+    }
+    for (int i = 0; i < 4; ++i) {
+      const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+      const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+      r[4 * i].v = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[4 * i + 1].v = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      r[4 * i + 2].v = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+      r[4 * i + 3].v = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j].v, r[8 * i + 4 + j].v, 0x88);
+        t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j].v, r[8 * i + 4 + j].v, 0xdd);
+      }
+    for (int j = 0; j < 8; ++j) {
+      r[j].v = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+      r[8 + j].v = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    }
+  }
   // lane l: bit l of `bits` set ? x·y : 0
   static Vec masked_mul(uint32_t bits, Vec x, Vec y) {
     return {_mm512_maskz_mul_ps(static_cast<__mmask16>(bits), x.v, y.v)};
@@ -109,6 +135,24 @@ struct Vec {
     return {_mm256_andnot_ps(m, y.v)};
   }
   static bool any_zero(Vec x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0; }
+  // r[i] = row i of a W × W block in, column i out: 24 shuffles
+  static void transpose(Vec r[W]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i].v, r[2 * i + 1].v);
+      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i].v, r[2 * i + 1].v);
+    }
+    for (int i = 0; i < 2; ++i) {
+      u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j].v = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+      r[4 + j].v = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+  }
   static Vec masked_mul(uint32_t bits, Vec x, Vec y) {
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i set =
@@ -165,6 +209,10 @@ struct Vec {
     bool z = false;
     for (float e : x.v) z |= e == 0.0f;
     return z;
+  }
+  static void transpose(Vec r[W]) {
+    for (int i = 0; i < W; ++i)
+      for (int j = i + 1; j < W; ++j) std::swap(r[i].v[j], r[j].v[i]);
   }
 #undef ATTN_LANEWISE
   float reduce_max() const {

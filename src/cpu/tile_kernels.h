@@ -202,7 +202,20 @@ inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int
     const int64_t width = std::min(kPanel, total - c0), keys = std::clamp<int64_t>(n - c0, 0, width);
     if (keys < width)
       for (int64_t d = 0; d < depth; ++d) std::fill(panel + d * width + keys, panel + (d + 1) * width, 0.0f);
-    for (int64_t jj = 0; jj < keys; ++jj) {
+    int64_t jj = 0;
+    for (; jj + W <= keys; jj += W) {  // W keys × W depths at a time through a register transpose
+      const float* xj = x + (j0 + c0 + jj) * x_rs;
+      int64_t d = 0;
+      for (; d + W <= depth; d += W) {
+        Vec r[W];
+        for (int k = 0; k < W; ++k) r[k] = Vec::load(xj + k * x_rs + d);
+        Vec::transpose(r);
+        for (int k = 0; k < W; ++k) r[k].store(panel + (d + k) * width + jj);
+      }
+      for (; d < depth; ++d)
+        for (int k = 0; k < W; ++k) panel[d * width + jj + k] = xj[k * x_rs + d];
+    }
+    for (; jj < keys; ++jj) {
       const float* xj = x + (j0 + c0 + jj) * x_rs;
       for (int64_t d = 0; d < depth; ++d) panel[d * width + jj] = xj[d];
     }
