@@ -158,9 +158,14 @@ void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& 
     const int64_t tile = t % plan.q_tiles, bh = t / plan.q_tiles, b = bh / p.H, h = bh % p.H;
     const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
     const int64_t at = b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
-    for (int64_t r = 0; r < rows; ++r) {
-      float sum = 0.0f;
-      for (int64_t d = 0; d < p.Dv; ++d) sum += g.d_out[at + r * p.o_sl + d] * g.out[at + r * p.o_sl + d];
+    for (int64_t r = 0; r < rows; ++r) {  // W lanes of partial sums, then the tail
+      const float* dor = g.d_out + at + r * p.o_sl;
+      const float* orow = g.out + at + r * p.o_sl;
+      Vec acc = Vec::zero();
+      int64_t d = 0;
+      for (; d + W <= p.Dv; d += W) acc = Vec::fmadd(Vec::load(dor + d), Vec::load(orow + d), acc);
+      float sum = acc.reduce_add();
+      for (; d < p.Dv; ++d) sum += dor[d] * orow[d];
       delta[bh * p.Lq + i0 + r] = sum;
     }
     q_ok[t] = all_finite(p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl, p.q_sl, rows, p.D);
