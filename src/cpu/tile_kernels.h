@@ -40,9 +40,9 @@ inline void with_const(int n, F&& f) {
 }
 
 // c[r·c_rs + col] = Σ_d a[r·a_rs + d] · bt[d·bt_rs + col] for R rows and `cols` columns (a multiple of C·W).
-// Never inlined: inlined into the backward's query loop, GCC ran out of general registers for the R row
-// pointers and kept some in vector registers and on the stack, inside the FMA loop (not inlined: backward
-// L 1024, D 64, 1 thread 55.4 → 53.3 ms).
+// Kept out of line: when GCC inlined it into the backward's query loop, it ran out of general registers for
+// the R row pointers and kept some in vector registers and on the stack inside the FMA loop (out of line:
+// backward L 1024, D 64, 1 thread 55.4 → 53.3 ms).
 template <int R, int C>
 [[gnu::noinline]] void gemm_abt_tile(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth,
                                      int64_t cols, float* c, int64_t c_rs) {
@@ -89,8 +89,9 @@ inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_r
 // Bᵀ packed in panels, the layout the Q·Kᵀ and dO·Vᵀ products stream: a [depth, total] matrix (total a
 // multiple of W) cut into panels of kPanel columns, panel p (columns [p·kPanel, p·kPanel + w_p), w_p =
 // min(kPanel, total − p·kPanel)) stored [depth, w_p] at offset p·kPanel·depth. One column step of the
-// micro-kernel reads one panel front to back: with the whole [depth, total] rows instead (a stride of total
-// floats, 512 bytes for 128 keys), the step's depth rows fell into a few L1 sets and missed.
+// micro-kernel reads one panel front to back, where with the whole [depth, total] rows it read depth rows a
+// stride of total floats apart (512 bytes for 128 keys: a few L1 sets for all of them; the AVX2 forward was
+// 5.7% slower so at L 1024, D 64).
 inline constexpr int64_t kPanel = Tiles::kScoreVecs * W;
 
 // c[rows, cols] = a[rows, depth] · bt[depth, cols] with bt packed in panels of a [depth, total] matrix (cols
