@@ -12,7 +12,7 @@
 //   dot      Kᵀ as [key tile, D/2, kBk, 2] and V as [key tile, kBk/2, Dvp, 2] bfloat16: the pairs vdpbf16ps
 //            multiplies (zero-padded: odd D, odd key counts, Dv up to whole vectors)
 //   convert  Kᵀ as [key tile, D, kBk] and V as [key tile, kBk, Dvp] float32: the fp32 micro-kernels'
-//            operands (gemm_abt, rank_update), widened once
+//            operands (gemm_abt_panels, rank_update), widened once
 // Few queries (decode) read K's rows and widen V's tile by tile, as the fp32 kernel's dot-product path.
 // A V tile holding NaN or Inf under a zero weight takes rank_update_nonzero in float32 (a hidden key never
 // influences), and a row whose state comes out non-finite is redone term by term (the fp32 kernel's rule).
@@ -255,7 +255,7 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
 // Owned by the calling thread, grown once and reused.
 struct LowpBuffers {
   float* partial = nullptr;        // [tile_tasks, splits, kBq, row_state]   when splits > 1
-  float* kf = nullptr;             // [B·Hkv·key_tiles, D, kBk]     convert, packed
+  float* kf = nullptr;             // [B·Hkv·key_tiles, D, kBk]     convert, packed in panels (pack_panels)
   float* vf = nullptr;             // [B·Hkv·key_tiles, kBk, Dvp]   convert, packed
   uint16_t* kb = nullptr;          // [B·Hkv·key_tiles, Dp/2, kBk, 2]      dot, packed
   uint16_t* vb = nullptr;          // [B·Hkv·key_tiles, kBk/2, Dvp, 2]     dot, packed
@@ -370,14 +370,11 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
         }
       }
     } else {
-      float* kt_out = buf.kf + t * plan.k_tile;  // [D, kBk]
-      std::fill(kt_out, kt_out + plan.k_tile, 0.0f);
-      thread_local std::vector<float> row;  // [D] one key widened
-      row.resize(static_cast<size_t>(p.D));
-      for (int64_t j = 0; j < n; ++j) {
-        widen_row<T>(k + j * p.k_sl, p.D, row.data());
-        for (int64_t d = 0; d < p.D; ++d) kt_out[d * kBk + j] = row[static_cast<size_t>(d)];
-      }
+      // Kᵀ in the panels gemm_abt_panels streams, from the tile's keys widened
+      thread_local std::vector<float> rows;  // [n, D] the tile's keys widened
+      rows.resize(static_cast<size_t>(n * p.D));
+      for (int64_t j = 0; j < n; ++j) widen_row<T>(k + j * p.k_sl, p.D, rows.data() + j * p.D);
+      pack_panels(rows.data(), p.D, 0, n, p.D, round_up(n, Tiles::kScoreVecs * W), buf.kf + t * plan.k_tile);
       float* vt_out = buf.vf + t * plan.v_tile;  // [kBk, Dvp]
       std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
       for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
@@ -517,7 +514,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
                  kBk);
 #endif
     } else {
-      gemm_abt(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, kBk, p.D, rows, cols, ws.s.data(), kBk);
+      const int64_t packed_cols = round_up(std::min(kBk, p.Lk - j0), Tiles::kScoreVecs * W);  // pack_kv's width
+      gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_cols, p.D, rows, cols, ws.s.data(), kBk);
     }
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     for (int64_t r = 0; r < rows; ++r) {

@@ -2,7 +2,7 @@
 // instruction set (included by the kernel files, which define ATTN_TARGET; Vec and the tile sizes are that
 // target's):
 //   gemm_abt_panels  C = A · Bᵀ with Bᵀ packed in panels (pack_panels): the scores S = Q·Kᵀ (forward,
-//                 backward) and dP = dO·Vᵀ; gemm_abt: the same over a plainly transposed Bᵀ (the float16 path)
+//                 backward, the float16 path) and dP = dO·Vᵀ
 //   rank_update   Acc += A · B with A read through any strides: O += P·V, dV += Pᵀ·dO, dK += dSᵀ·Q,
 //                 dQ += dS·K (a transposed A costs nothing: its elements are broadcast one at a time)
 // rank_update_nonzero sums the same terms in the same order but skips the zero elements of A, so a NaN or
@@ -61,29 +61,6 @@ template <int R, int C>
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < C; ++v) acc[r][v].store(c + r * c_rs + c0 + v * W);
   }
-}
-
-// c[rows, cols] = a[rows, depth] · bt[depth, cols]; cols a multiple of W: whole kScoreVecs-vector column
-// steps, then the remaining vectors one at a time (a short key tile, L = 16, costs 1 vector, not kScoreVecs).
-template <int C>
-inline void gemm_abt_columns(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
-                             int64_t cols, float* c, int64_t c_rs) {
-  constexpr int R = Tiles::kScoreRows;
-  int64_t r = 0;
-  for (; r + R <= rows; r += R) gemm_abt_tile<R, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
-  if (r < rows)
-    with_const<R>(static_cast<int>(rows - r), [&](auto RR) {
-      gemm_abt_tile<decltype(RR)::value, C>(a + r * a_rs, a_rs, bt, bt_rs, depth, cols, c + r * c_rs, c_rs);
-    });
-}
-
-inline void gemm_abt(const float* a, int64_t a_rs, const float* bt, int64_t bt_rs, int64_t depth, int64_t rows,
-                     int64_t cols, float* c, int64_t c_rs) {
-  constexpr int C = Tiles::kScoreVecs;
-  const int64_t wide = cols / (C * W) * (C * W);
-  if (wide > 0) gemm_abt_columns<C>(a, a_rs, bt, bt_rs, depth, rows, wide, c, c_rs);
-  if constexpr (C > 1)
-    if (wide < cols) gemm_abt_columns<1>(a, a_rs, bt + wide, bt_rs, depth, rows, cols - wide, c + wide, c_rs);
 }
 
 // Bᵀ packed in panels, the layout the Q·Kᵀ and dO·Vᵀ products stream: a [depth, total] matrix (total a
