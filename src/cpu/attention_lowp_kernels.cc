@@ -232,6 +232,12 @@ struct LowpPlan {
   int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
 };
 
+// The width of key tile j0's packed Kᵀ panels (convert): its keys rounded up to whole column steps. pack_kv
+// packs that many columns; accumulate_keys multiplies a prefix of them.
+int64_t packed_key_cols(const AttentionProblem& p, int64_t j0) {
+  return round_up(std::min(kBk, p.Lk - j0), Tiles::kScoreVecs * W);
+}
+
 template <LowpType T>
 LowpPlan plan_lowp(const AttentionProblem& p) {
   LowpPlan plan;
@@ -374,7 +380,7 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
       thread_local std::vector<float> rows;  // [n, D] the tile's keys widened
       rows.resize(static_cast<size_t>(n * p.D));
       for (int64_t j = 0; j < n; ++j) widen_row<T>(k + j * p.k_sl, p.D, rows.data() + j * p.D);
-      pack_panels(rows.data(), p.D, 0, n, p.D, round_up(n, Tiles::kScoreVecs * W), buf.kf + t * plan.k_tile);
+      pack_panels(rows.data(), p.D, 0, n, p.D, packed_key_cols(p, j0), buf.kf + t * plan.k_tile);
       float* vt_out = buf.vf + t * plan.v_tile;  // [kBk, Dvp]
       std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
       for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
@@ -514,8 +520,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
                  kBk);
 #endif
     } else {
-      const int64_t packed_cols = round_up(std::min(kBk, p.Lk - j0), Tiles::kScoreVecs * W);  // pack_kv's width
-      gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_cols, p.D, rows, cols, ws.s.data(), kBk);
+      gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(),
+                      kBk);
     }
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     for (int64_t r = 0; r < rows; ++r) {

@@ -51,9 +51,8 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
   }
   static Vec round(Vec x) { return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
-  // y · 2^n for integral-valued n, without range limits: 0 below the denormals, inf above the floats
-  static Vec scale_pow2(Vec y, Vec n) { return {_mm512_scalef_ps(y.v, n.v)}; }
-  // y · 2^⌊x⌋ for any x (vscalefps floors its exponent operand), with scale_pow2's range
+  // y · 2^⌊x⌋ for any x (vscalefps floors its exponent operand), without range limits: 0 below the
+  // denormals, inf above the floats
   static Vec scale_pow2_floor(Vec y, Vec x) { return {_mm512_scalef_ps(y.v, x.v)}; }
   // x − ⌊x⌋ in [0, 1), exact (vreduceps, AVX512DQ): one instruction for floor and subtraction
   static Vec fraction_floor(Vec x) { return {_mm512_reduce_ps(x.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)}; }
@@ -250,13 +249,6 @@ inline Vec exp(Vec x) {
   return Vec::zero_below(x, -87.3f, y * Vec::pow2i(n));
 }
 
-// 2^x for float lanes, the softmax's exponential once log2(e) is folded into the scores' scale: x = n + r,
-// n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial (relative error 1.6e-7, a minimax fit with the
-// constant term exactly 1), 2^n through the exponent; on AVX-512 n = ⌊x⌋, r in [0, 1) (exp2_unit). About half
-// the instructions of exp above: no Cody–Waite reduction, one polynomial term less, and on AVX-512 one
-// vreduceps for r and one scalef for 2^n with its range.
-// x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
-// (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
 // 1 + c[0]·r + c[1]·r² + … + c[4]·r⁵ by Horner's rule: the two degree-5 fits of 2^r below.
 inline Vec poly5_one(Vec r, const float (&c)[5]) {
   Vec y = Vec::fmadd(Vec::set1(c[4]), r, Vec::set1(c[3]));
@@ -283,6 +275,13 @@ inline Vec exp2_unit(Vec r) {
 }
 #endif
 
+// 2^x for float lanes, the softmax's exponential once log2(e) is folded into the scores' scale: x = n + r,
+// n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial (relative error 1.6e-7, a minimax fit with the
+// constant term exactly 1), 2^n through the exponent; on AVX-512 n = ⌊x⌋, r in [0, 1) (exp2_unit). About half
+// the instructions of exp above: no Cody–Waite reduction, one polynomial term less, and on AVX-512 one
+// vreduceps for r and one scalef for 2^n with its range.
+// x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
+// (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
 inline Vec exp2(Vec x) {
 #if defined(__AVX512F__)
   // scalef takes any exponent: below −149 the product rounds to 0 (2^−150 · 1 is a tie to even), so only the
