@@ -1,0 +1,158 @@
+"""attn.cuda against PyTorch on the GPU (run by scripts/gpu_check.sh; skipped where there is no GPU).
+
+Truth is PyTorch's float64 math on the same (rounded) inputs; the bar is PyTorch's own low-precision error: for each
+case and tensor (out, dq, dk, dv), attn's max abs error against float64 must be at most twice that of
+torch.nn.functional.scaled_dot_product_attention run on the same bf16/fp16 inputs (plus a floor of 1e-3 of the
+tensor's magnitude). Rows whose keys are all hidden must be exactly 0 (PyTorch gives NaN there; such rows are left
+out of PyTorch's error).
+"""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device: the GPU tests are skipped here", allow_module_level=True)
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("attn_cuda", os.path.join(_here, "..", "..", "python", "attn", "cuda.py"))
+attn_cuda = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(attn_cuda)
+if not attn_cuda.available():
+    pytest.skip("libattn_cuda not found or sees no GPU", allow_module_level=True)
+
+F = torch.nn.functional
+
+
+def visible_mask(B, Lq, Lk, causal, window, pad, device):
+    """[B, 1, Lq, Lk] bool, True = may attend: the masking rule of attn/attention.h."""
+    i = torch.arange(Lq, device=device)[:, None]
+    j = torch.arange(Lk, device=device)[None, :]
+    m = torch.ones(Lq, Lk, dtype=torch.bool, device=device)
+    if causal:
+        last = i + (Lk - Lq if causal == "bottom-right" else 0)
+        m = j <= last
+        if window:
+            m = m & (j > last - window)
+    m = m[None, None].expand(B, 1, Lq, Lk)
+    if pad is not None:
+        m = m & ~pad[:, None, None, :]
+    return m
+
+
+def math_reference(q, k, v, mask, scale):
+    """float64 softmax(scale·QKᵀ + mask)·V with GQA by repetition; fully hidden rows → 0."""
+    G = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(G, dim=1)
+    v = v.repeat_interleave(G, dim=1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return p @ v
+
+
+CASES = [
+    # B, H, Hkv, Lq, Lk, D, causal, window, padding, dtype
+    (2, 4, 4, 256, 256, 64, None, 0, False, torch.bfloat16),
+    (1, 8, 2, 333, 517, 128, None, 0, False, torch.bfloat16),
+    (2, 4, 4, 511, 511, 128, "top-left", 0, False, torch.bfloat16),
+    (1, 4, 1, 200, 700, 64, "bottom-right", 0, False, torch.float16),
+    (1, 4, 4, 700, 200, 128, "bottom-right", 0, False, torch.bfloat16),
+    (2, 4, 2, 640, 640, 64, "top-left", 128, False, torch.bfloat16),
+    (3, 4, 4, 190, 410, 128, None, 0, True, torch.float16),
+    (3, 8, 4, 300, 300, 64, "bottom-right", 64, True, torch.bfloat16),
+    (1, 16, 16, 1024, 1024, 128, None, 0, False, torch.float16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_against_float64(case):
+    B, H, Hkv, Lq, Lk, D, causal, window, padding, dtype = case
+    gen = torch.Generator(device="cuda").manual_seed(hash(case) % 2**31)
+    dev = "cuda"
+    q = torch.randn(B, H, Lq, D, device=dev, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, Lk, D, device=dev, generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, Lk, D, device=dev, generator=gen).to(dtype)
+    d_out = torch.randn(B, H, Lq, D, device=dev, generator=gen).to(dtype)
+    pad = None
+    if padding:
+        pad = torch.rand(B, Lk, device=dev, generator=gen) < 0.3
+        pad[0] = False
+        pad[-1] = True  # a batch whose every key is padding
+    scale = D ** -0.5
+    mask = visible_mask(B, Lq, Lk, causal, window, pad, dev)
+    live = mask.any(-1, keepdim=True)  # [B, 1, Lq, 1]: rows with a visible key
+
+    # float64 truth
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    ref = math_reference(q64, k64, v64, mask, scale)
+    ref.backward(d_out.double())
+
+    # PyTorch in low precision (its own error is the bar)
+    qt, kt, vt = (x.clone().requires_grad_() for x in (q, k, v))
+    gqa = Hkv != H
+    if causal == "top-left" and not window and pad is None:
+        out_t = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
+    elif causal is None and pad is None:
+        out_t = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=gqa)
+    else:
+        out_t = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    out_t.backward(d_out)
+
+    # attn
+    qa, ka, va = (x.clone().requires_grad_() for x in (q, k, v))
+    out_a, lse_a = attn_cuda.scaled_dot_product_attention(
+        qa, ka, va, scale=scale, enable_gqa=gqa, causal_alignment=causal, window=window, key_padding_mask=pad,
+        return_lse=True)
+    out_a.backward(d_out)
+
+    # rows with nothing visible: exactly 0 and lse −inf
+    dead = (~live).expand(B, H, Lq, 1)
+    assert torch.all(out_a.masked_select(dead.expand_as(out_a)) == 0)
+    assert torch.all(lse_a.masked_select(dead[..., 0]) == float("-inf"))
+
+    live_rows = live.expand(B, H, Lq, 1)
+    for name, ours, theirs, truth, rows in (
+            ("out", out_a, out_t, ref, live_rows),
+            ("dq", qa.grad, qt.grad, q64.grad, live_rows),
+            ("dk", ka.grad, kt.grad, k64.grad, None),
+            ("dv", va.grad, vt.grad, v64.grad, None)):
+        truth = truth.detach()
+        err_a = (ours.double() - truth).abs()
+        err_t = (theirs.double() - truth).abs()
+        if rows is not None:
+            sel = rows.expand_as(truth)
+            err_a, err_t, mag = err_a[sel], err_t[sel], truth[sel].abs().max()
+        else:
+            mag = truth.abs().max()
+        err_t = err_t.nan_to_num(0.0)  # PyTorch's NaN for a batch with every key padded
+        bound = 2 * err_t.max().item() + 1e-3 * mag.item()
+        assert err_a.max().item() <= bound, (
+            f"{name}: attn max error {err_a.max().item():.3g}, PyTorch {err_t.max().item():.3g}, "
+            f"magnitude {mag.item():.3g}")
+
+    # the log-sum-exp of live rows against float64
+    s = (q.double() @ k.double().repeat_interleave(H // Hkv, 1).transpose(-1, -2)) * scale
+    lse_ref = torch.logsumexp(s.masked_fill(~mask, float("-inf")), dim=-1)
+    sel = live_rows[..., 0]
+    assert (lse_a.double()[sel] - lse_ref[sel]).abs().max().item() < 1e-3
+
+
+def test_dlpack_input_and_errors():
+    q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.float16)
+    cupy = pytest.importorskip("cupy")
+    qc = cupy.from_dlpack(q)  # a CuPy array over the same memory: attn takes it back through DLPack
+    out = attn_cuda.scaled_dot_product_attention(qc, qc, qc)
+    ref = F.scaled_dot_product_attention(q.double(), q.double(), q.double())
+    assert (out.double() - ref).abs().max().item() < 5e-3
+    with pytest.raises(ValueError, match="96"):
+        x = torch.randn(1, 2, 8, 96, device="cuda", dtype=torch.bfloat16)
+        attn_cuda.scaled_dot_product_attention(x, x, x)
+    with pytest.raises(TypeError, match="float32"):
+        x = torch.randn(1, 2, 8, 64, device="cuda")
+        attn_cuda.scaled_dot_product_attention(x, x, x)
+    with pytest.raises(ValueError, match="CUDA"):
+        x = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)
+        attn_cuda.scaled_dot_product_attention(x, x, x)
