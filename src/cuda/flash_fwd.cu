@@ -13,16 +13,39 @@
 namespace attn::cuda::detail {
 namespace {
 
-// Tile sizes (flash-attention's kernel traits): kBr query rows, kBc keys per step, kWarps warps.
+// Tile sizes (flash-attention's kernel traits): kBr query rows, kBc keys per step, kWarps warps, kMinBlocks CTAs per
+// multiprocessor the registers are budgeted for, kQInRegs: Q's fragments stay in registers for the whole loop.
+// The ATTN_FWD<D>_* macros exist for bench/cuda_tile_sweep.sh; the defaults are what it chose on an H200.
+#ifndef ATTN_FWD64_BR
+#define ATTN_FWD64_BR 128
+#define ATTN_FWD64_BC 64
+#define ATTN_FWD64_WARPS 4
+#define ATTN_FWD64_QREGS 0
+#define ATTN_FWD64_MINB 1
+#endif
+#ifndef ATTN_FWD128_BR
+#define ATTN_FWD128_BR 128
+#define ATTN_FWD128_BC 32
+#define ATTN_FWD128_WARPS 4
+#define ATTN_FWD128_QREGS 0
+#define ATTN_FWD128_MINB 1
+#endif
+#ifndef ATTN_SOFTMAX_TREE
+#define ATTN_SOFTMAX_TREE 1
+#endif
 template <int kD>
 struct FwdTraits;
 template <>
 struct FwdTraits<64> {
-  static constexpr int kBr = 128, kBc = 64, kWarps = 4;
+  static constexpr int kBr = ATTN_FWD64_BR, kBc = ATTN_FWD64_BC, kWarps = ATTN_FWD64_WARPS;
+  static constexpr int kMinBlocks = ATTN_FWD64_MINB;
+  static constexpr bool kQInRegs = ATTN_FWD64_QREGS;
 };
 template <>
 struct FwdTraits<128> {
-  static constexpr int kBr = 128, kBc = 64, kWarps = 4;
+  static constexpr int kBr = ATTN_FWD128_BR, kBc = ATTN_FWD128_BC, kWarps = ATTN_FWD128_WARPS;
+  static constexpr int kMinBlocks = ATTN_FWD128_MINB;
+  static constexpr bool kQInRegs = ATTN_FWD128_QREGS;
 };
 
 template <typename T, int kD>
@@ -32,7 +55,7 @@ constexpr int fwd_smem_bytes() {
 }
 
 template <typename T, int kD>
-__global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, 1) flash_fwd_kernel(const FlashParams p) {
+__global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMinBlocks) flash_fwd_kernel(const FlashParams p) {
   using Tr = FwdTraits<kD>;
   constexpr int kBr = Tr::kBr, kBc = Tr::kBc, kWarps = Tr::kWarps, kThreads = kWarps * 32;
   constexpr int kMTiles = kBr / (16 * kWarps);  // 16-row tiles per warp
@@ -83,6 +106,17 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, 1) flash_fwd_kerne
   const int warp_row0 = warp * 16 * kMTiles;
   const LaneParts<kD> lp(lane);
 
+  // Q's fragments, when they live in registers: [kMTiles][D / 16] A operands
+  uint32_t q_frag[Tr::kQInRegs ? kMTiles : 1][Tr::kQInRegs ? kD / 16 : 1][4];
+  if constexpr (Tr::kQInRegs) {
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) ldmatrix_x4(q_frag[mt][ks], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
+  }
+
   for (int tile = tile_lo; tile < tile_hi; ++tile) {
     const int n0 = tile * kBc;
     cp_async_wait<0>();
@@ -102,8 +136,14 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, 1) flash_fwd_kerne
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[kMTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-        ldmatrix_x4(a[mt], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        if constexpr (Tr::kQInRegs) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
+        } else {
+          ldmatrix_x4(a[mt], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
+        }
+      }
 #pragma unroll
       for (int np = 0; np < kNTiles / 2; ++np) {
         uint32_t bk[4];  // keys np·16 .. +15: b0, b1 of tile 2np, then of tile 2np + 1
@@ -137,14 +177,38 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, 1) flash_fwd_kerne
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
+#if ATTN_SOFTMAX_TREE
+        float part[kNTiles];  // pairwise (tree) reductions: log2 kNTiles dependent steps instead of kNTiles
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) part[nt] = fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+#pragma unroll
+        for (int w = kNTiles / 2; w >= 1; w /= 2)
+#pragma unroll
+          for (int x = 0; x < w; ++x) part[x] = fmaxf(part[x], part[x + w]);
+        float mx = part[0];
+#else
         float mx = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+#endif
         mx = quad_max(mx) * p.scale_log2;
         const float m_new = fmaxf(row_max[mt][half], mx);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
         const float alpha = fast_exp2(row_max[mt][half] - m_use);
         row_max[mt][half] = m_new;
+#if ATTN_SOFTMAX_TREE
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], p.scale_log2, -m_use));
+          s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], p.scale_log2, -m_use));
+          part[nt] = s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
+        }
+#pragma unroll
+        for (int w = kNTiles / 2; w >= 1; w /= 2)
+#pragma unroll
+          for (int x = 0; x < w; ++x) part[x] += part[x + w];
+        const float sum = part[0];
+#else
         float sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
@@ -154,6 +218,7 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, 1) flash_fwd_kerne
             s[mt][nt][e] = pe;
             sum += pe;
           }
+#endif
         row_sum[mt][half] = row_sum[mt][half] * alpha + sum;
 #pragma unroll
         for (int dt = 0; dt < kDTiles; ++dt) {
