@@ -14,50 +14,63 @@ namespace attn::cuda::detail {
 namespace {
 
 // Tile sizes (flash-attention's kernel traits): kBr query rows, kBc keys per step, kWarps warps, kMinBlocks CTAs per
-// multiprocessor the registers are budgeted for, kQInRegs: Q's fragments stay in registers for the whole loop.
-// The ATTN_FWD<D>_* macros exist for bench/cuda_tile_sweep.sh; the defaults are what it chose on an H200.
+// multiprocessor the registers are budgeted for. kStages: 1 = one K and one V buffer (V[t] copied during S of
+// step t, K[t + 1] during P·V, two barriers a step); n ≥ 2 = n K/V buffers in a ring (the copies of step t + n − 1
+// are issued at step t and run during n − 1 steps, one barrier a step). kLazyRescale: O is rescaled only when some
+// row of the warp has a new maximum.
+// The ATTN_FWD* macros exist for bench/cuda_tile_sweep.sh; the defaults are what it chose on an H200.
 #ifndef ATTN_FWD64_BR
 #define ATTN_FWD64_BR 128
 #define ATTN_FWD64_BC 64
 #define ATTN_FWD64_WARPS 4
-#define ATTN_FWD64_QREGS 0
 #define ATTN_FWD64_MINB 1
+#define ATTN_FWD64_LAZY 0
 #endif
 #ifndef ATTN_FWD128_BR
 #define ATTN_FWD128_BR 128
 #define ATTN_FWD128_BC 32
 #define ATTN_FWD128_WARPS 4
-#define ATTN_FWD128_QREGS 0
 #define ATTN_FWD128_MINB 1
+#define ATTN_FWD128_LAZY 1
 #endif
-#ifndef ATTN_SOFTMAX_TREE
-#define ATTN_SOFTMAX_TREE 1
+#ifndef ATTN_FWD_STAGES
+#define ATTN_FWD_STAGES 2
 #endif
 template <int kD>
 struct FwdTraits;
 template <>
 struct FwdTraits<64> {
   static constexpr int kBr = ATTN_FWD64_BR, kBc = ATTN_FWD64_BC, kWarps = ATTN_FWD64_WARPS;
-  static constexpr int kMinBlocks = ATTN_FWD64_MINB;
-  static constexpr bool kQInRegs = ATTN_FWD64_QREGS;
+  static constexpr int kMinBlocks = ATTN_FWD64_MINB, kStages = ATTN_FWD_STAGES;
+  static constexpr bool kLazyRescale = ATTN_FWD64_LAZY;
 };
 template <>
 struct FwdTraits<128> {
   static constexpr int kBr = ATTN_FWD128_BR, kBc = ATTN_FWD128_BC, kWarps = ATTN_FWD128_WARPS;
-  static constexpr int kMinBlocks = ATTN_FWD128_MINB;
-  static constexpr bool kQInRegs = ATTN_FWD128_QREGS;
+  static constexpr int kMinBlocks = ATTN_FWD128_MINB, kStages = ATTN_FWD_STAGES;
+  static constexpr bool kLazyRescale = ATTN_FWD128_LAZY;
 };
 
 template <typename T, int kD>
 constexpr int fwd_smem_bytes() {
   using Tr = FwdTraits<kD>;
-  return (Tr::kBr + 2 * Tr::kBc) * kD * 2;
+  return (Tr::kBr + 2 * Tr::kStages * Tr::kBc) * kD * 2;
+}
+
+// x[0] = reduce(x[0 .. n)) pairwise (log2 n dependent steps); n a power of two
+template <int kN, typename Op>
+__device__ __forceinline__ float tree_reduce(float (&x)[kN], Op op) {
+#pragma unroll
+  for (int w = kN / 2; w >= 1; w /= 2)
+#pragma unroll
+    for (int i = 0; i < w; ++i) x[i] = op(x[i], x[i + w]);
+  return x[0];
 }
 
 template <typename T, int kD>
 __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMinBlocks) flash_fwd_kernel(const FlashParams p) {
   using Tr = FwdTraits<kD>;
-  constexpr int kBr = Tr::kBr, kBc = Tr::kBc, kWarps = Tr::kWarps, kThreads = kWarps * 32;
+  constexpr int kBr = Tr::kBr, kBc = Tr::kBc, kWarps = Tr::kWarps, kThreads = kWarps * 32, kStages = Tr::kStages;
   constexpr int kMTiles = kBr / (16 * kWarps);  // 16-row tiles per warp
   constexpr int kNTiles = kBc / 8;              // 8-key score tiles
   constexpr int kDTiles = kD / 8;               // 8-column output tiles
@@ -65,8 +78,8 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
 
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // sQ: [kBr, D]
-  T* sK = sQ + kBr * kD;               // sK: [kBc, D]
-  T* sV = sK + kBc * kD;               // sV: [kBc, D]
+  T* sK = sQ + kBr * kD;               // sK: [kStages][kBc, D]
+  T* sV = sK + kStages * kBc * kD;     // sV: [kStages][kBc, D]
 
   const int m_block = gridDim.x - 1 - blockIdx.x;  // the longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
@@ -87,9 +100,20 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
   }
   const int tile_lo = key_lo / kBc, tile_hi = key_lo < key_hi ? (key_hi + kBc - 1) / kBc : tile_lo;
 
+  // Copies step `tile`'s K (and, with a ring, V) into ring slot `slot`.
+  auto load_kv = [&](int tile, int slot) {
+    load_tile_async<kBc, kD, kThreads>(sK + slot * kBc * kD, k, p.k_sl, tile * kBc, p.Lk, tid);
+    if constexpr (kStages >= 2) load_tile_async<kBc, kD, kThreads>(sV + slot * kBc * kD, v, p.v_sl, tile * kBc, p.Lk, tid);
+  };
   load_tile_async<kBr, kD, kThreads>(sQ, q, p.q_sl, m0, p.Lq, tid);
-  if (tile_lo < tile_hi) load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, tile_lo * kBc, p.Lk, tid);
+  if (tile_lo < tile_hi) load_kv(tile_lo, 0);
   cp_async_commit();
+  // the ring's first kStages − 1 steps, one commit group each (empty groups past the end keep the count uniform)
+#pragma unroll
+  for (int ahead = 1; ahead < kStages - 1; ++ahead) {
+    if (tile_lo + ahead < tile_hi) load_kv(tile_lo + ahead, ahead);
+    cp_async_commit();
+  }
 
   float acc_o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2], row_sum[kMTiles][2];  // row g and g + 8 of each tile; sums are this lane's share
@@ -102,26 +126,21 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.0f;
   }
-  const uint32_t sQ_u = smem_u32(sQ), sK_u = smem_u32(sK), sV_u = smem_u32(sV);
+  const uint32_t sQ_u = smem_u32(sQ);
   const int warp_row0 = warp * 16 * kMTiles;
   const LaneParts<kD> lp(lane);
 
-  // Q's fragments, when they live in registers: [kMTiles][D / 16] A operands
-  uint32_t q_frag[Tr::kQInRegs ? kMTiles : 1][Tr::kQInRegs ? kD / 16 : 1][4];
-  if constexpr (Tr::kQInRegs) {
-    cp_async_wait<0>();
-    __syncthreads();
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) ldmatrix_x4(q_frag[mt][ks], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
-  }
-
   for (int tile = tile_lo; tile < tile_hi; ++tile) {
-    const int n0 = tile * kBc;
-    cp_async_wait<0>();
-    __syncthreads();  // K[tile] is in; every warp is done with V[tile − 1]
-    load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid);
+    const int n0 = tile * kBc, slot = kStages >= 2 ? (tile - tile_lo) % kStages : 0;
+    const uint32_t sK_u = smem_u32(sK + slot * kBc * kD), sV_u = smem_u32(sV + slot * kBc * kD);
+    cp_async_wait<kStages >= 2 ? kStages - 2 : 0>();
+    __syncthreads();  // K[tile] (and V[tile] with a ring) is in; every warp is done with step tile − 1
+    if constexpr (kStages >= 2) {
+      const int ahead = tile + kStages - 1;  // into the slot step tile − 1 used
+      if (ahead < tile_hi) load_kv(ahead, (ahead - tile_lo) % kStages);
+    } else {
+      load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid);
+    }
     cp_async_commit();
 
     // S = Q·Kᵀ   s: [kMTiles][kNTiles] tiles of 16×8
@@ -136,14 +155,7 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
     for (int ks = 0; ks < kD / 16; ++ks) {
       uint32_t a[kMTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        if constexpr (Tr::kQInRegs) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt][ks][e];
-        } else {
-          ldmatrix_x4(a[mt], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
-        }
-      }
+      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], Tile::address(sQ_u, lp.a, warp_row0 + mt * 16, 2 * ks));
 #pragma unroll
       for (int np = 0; np < kNTiles / 2; ++np) {
         uint32_t bk[4];  // keys np·16 .. +15: b0, b1 of tile 2np, then of tile 2np + 1
@@ -172,65 +184,45 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
           }
     }
 
-    // Online softmax, base 2.
+    // Online softmax, base 2: m = max(m, rowmax S·scale·log2 e), P = 2^(S·scale·log2 e − m), l = l·α + rowsum P
+    float alpha[kMTiles][2];
+    bool new_max = false;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-#if ATTN_SOFTMAX_TREE
-        float part[kNTiles];  // pairwise (tree) reductions: log2 kNTiles dependent steps instead of kNTiles
+        float part[kNTiles];
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) part[nt] = fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
-#pragma unroll
-        for (int w = kNTiles / 2; w >= 1; w /= 2)
-#pragma unroll
-          for (int x = 0; x < w; ++x) part[x] = fmaxf(part[x], part[x + w]);
-        float mx = part[0];
-#else
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-#endif
-        mx = quad_max(mx) * p.scale_log2;
+        const float mx = quad_max(tree_reduce(part, [](float x, float y) { return fmaxf(x, y); })) * p.scale_log2;
         const float m_new = fmaxf(row_max[mt][half], mx);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
-        const float alpha = fast_exp2(row_max[mt][half] - m_use);
+        new_max |= m_new != row_max[mt][half];
+        alpha[mt][half] = fast_exp2(row_max[mt][half] - m_use);  // exactly 1 when the maximum did not move
         row_max[mt][half] = m_new;
-#if ATTN_SOFTMAX_TREE
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
           s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], p.scale_log2, -m_use));
           s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], p.scale_log2, -m_use));
           part[nt] = s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
         }
-#pragma unroll
-        for (int w = kNTiles / 2; w >= 1; w /= 2)
-#pragma unroll
-          for (int x = 0; x < w; ++x) part[x] += part[x + w];
-        const float sum = part[0];
-#else
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-          for (int e = 2 * half; e < 2 * half + 2; ++e) {
-            const float pe = fast_exp2(fmaf(s[mt][nt][e], p.scale_log2, -m_use));
-            s[mt][nt][e] = pe;
-            sum += pe;
-          }
-#endif
-        row_sum[mt][half] = row_sum[mt][half] * alpha + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          acc_o[mt][dt][2 * half] *= alpha;
-          acc_o[mt][dt][2 * half + 1] *= alpha;
-        }
+        row_sum[mt][half] = row_sum[mt][half] * alpha[mt][half] + tree_reduce(part, [](float x, float y) { return x + y; });
       }
+    if (!Tr::kLazyRescale || __any_sync(0xffffffffu, new_max)) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] *= alpha[mt][e / 2];
+    }
 
-    cp_async_wait<0>();
-    __syncthreads();  // V[tile] is in; every warp is done with K[tile]
-    if (tile + 1 < tile_hi) load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0 + kBc, p.Lk, tid);
-    cp_async_commit();
+    if constexpr (kStages == 1) {
+      cp_async_wait<0>();
+      __syncthreads();  // V[tile] is in; every warp is done with K[tile]
+      if (tile + 1 < tile_hi) load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0 + kBc, p.Lk, tid);
+      cp_async_commit();
+    }
 
     // O += P·V: P from the score registers (C layout → A layout), V by transposed ldmatrix.
 #pragma unroll
