@@ -7,8 +7,8 @@ command -v clang-format >/dev/null || {
   echo "check_format: clang-format is not installed (scripts/setup.sh installs it)"
   exit 1
 }
-mapfile -t files < <(git ls-files '*.h' '*.cc' '*.cpp' 2>/dev/null | grep -v '^tests/fixtures/' ||
-                     find include src tools python tests bench examples fuzz -name '*.h' -o -name '*.cc')
+mapfile -t files < <(git ls-files '*.h' '*.cc' '*.cpp' '*.cu' '*.cuh' 2>/dev/null | grep -v '^tests/fixtures/' ||
+                     find include src tools python tests bench examples fuzz -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh')
 if [ "${1:-}" = "--fix" ]; then
   clang-format -i "${files[@]}"
   exit 0

@@ -10,8 +10,13 @@
 extern "C" {
 #endif
 
-enum { ATTN_CUDA_OK = 0, ATTN_CUDA_SHAPE_ERROR = 1, ATTN_CUDA_DTYPE_ERROR = 2, ATTN_CUDA_ARGUMENT_ERROR = 3,
-       ATTN_CUDA_RUNTIME_ERROR = 4 };
+enum {
+  ATTN_CUDA_OK = 0,
+  ATTN_CUDA_SHAPE_ERROR = 1,
+  ATTN_CUDA_DTYPE_ERROR = 2,
+  ATTN_CUDA_ARGUMENT_ERROR = 3,
+  ATTN_CUDA_RUNTIME_ERROR = 4
+};
 
 /* [B, heads, L, D] in device memory: element (b, h, l, d) at data[b*sb + h*sh + l*sl + d] */
 typedef struct {

@@ -35,13 +35,18 @@ detail::FlashParams make_params(const DeviceAttention& p) {
                      " Hkv=" + std::to_string(p.Hkv) + " Lq=" + std::to_string(p.Lq) + " Lk=" + std::to_string(p.Lk) +
                      " must be positive");
   if (p.D != 64 && p.D != 128)
-    throw ShapeError(std::string(kFn) + ": head size D=" + std::to_string(p.D) + " (q " +
-                     shape(p.B, p.H, p.Lq, p.D) + "); the GPU kernels support D = 64 and 128");
+    throw ShapeError(std::string(kFn) + ": head size D=" + std::to_string(p.D) + " (q " + shape(p.B, p.H, p.Lq, p.D) +
+                     "); the GPU kernels support D = 64 and 128");
   if (p.H % p.Hkv != 0)
     throw ShapeError(std::string(kFn) + ": H=" + std::to_string(p.H) + " query heads (q " + shape(p.B, p.H, p.Lq, p.D) +
-                     ") is not a multiple of Hkv=" + std::to_string(p.Hkv) + " (k " + shape(p.B, p.Hkv, p.Lk, p.D) + ")");
-  if (p.Lq >= (int64_t{1} << 30) || p.Lk >= (int64_t{1} << 30) || p.B * p.H >= (int64_t{1} << 30))
-    throw ShapeError(std::string(kFn) + ": sizes too large (q " + shape(p.B, p.H, p.Lq, p.D) + ")");
+                     ") is not a multiple of Hkv=" + std::to_string(p.Hkv) + " (k " + shape(p.B, p.Hkv, p.Lk, p.D) +
+                     ")");
+  // 32-bit row indices inside the kernels, and the grid's y and z dimensions (heads, batch) of at most 65535
+  if (p.Lq >= (int64_t{1} << 30) || p.Lk >= (int64_t{1} << 30) || p.B * p.H * p.Lq >= (int64_t{1} << 31) ||
+      p.B * p.Lk >= (int64_t{1} << 31) || p.H > 65535 || p.B > 65535)
+    throw ShapeError(std::string(kFn) + ": sizes too large for the GPU kernels (q " + shape(p.B, p.H, p.Lq, p.D) +
+                     ", k " + shape(p.B, p.Hkv, p.Lk, p.D) +
+                     "): Lq, Lk < 2^30, B·H·Lq and B·Lk < 2^31, B and H <= 65535");
   if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16)
     throw DTypeError(std::string(kFn) + ": dtype must be bfloat16 or float16");
   check_tensor(p.q, "q", p.H, p.Lq, p.D, p.B);

@@ -74,18 +74,19 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
   using STile = SwizzledTile<kBr>;  // dSᵀ: [kBc keys, kBr queries]
 
   extern __shared__ __align__(128) unsigned char smem[];
-  T* sK = reinterpret_cast<T*>(smem);  // sK: [kBc, D]
-  T* sV = sK + kBc * kD;               // sV: [kBc, D]
-  T* sQ = sV + kBc * kD;               // sQ: [2][kBr, D]  (double-buffered)
-  T* sdO = sQ + 2 * kBr * kD;          // sdO: [2][kBr, D]
-  T* sdS = sdO + 2 * kBr * kD;         // sdS: [kBc, kBr]  dSᵀ
+  T* sK = reinterpret_cast<T*>(smem);                       // sK: [kBc, D]
+  T* sV = sK + kBc * kD;                                    // sV: [kBc, D]
+  T* sQ = sV + kBc * kD;                                    // sQ: [2][kBr, D]  (double-buffered)
+  T* sdO = sQ + 2 * kBr * kD;                               // sdO: [2][kBr, D]
+  T* sdS = sdO + 2 * kBr * kD;                              // sdS: [kBc, kBr]  dSᵀ
   float* sLse = reinterpret_cast<float*>(sdS + kBc * kBr);  // sLse: [2][kBr]  lse·log2 e (+inf: no weight)
   float* sDelta = sLse + 2 * kBr;                           // sDelta: [2][kBr]
 
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int n0 = n_block * kBc;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const MaskRule rule{p.causal, p.offset, p.window, p.key_padding ? p.key_padding + b * p.Lk : nullptr};
+  const MaskRule rule{p.causal, p.offset, p.window,
+                      p.key_padding ? p.key_padding + static_cast<int64_t>(b) * p.Lk : nullptr};
 
   const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
   const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
@@ -164,9 +165,9 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
       }
     }
     // Pᵀ = 2^(Sᵀ·scale·log2 e − lse·log2 e), 0 where hidden
-    const bool needs_mask = n0 + kBc > p.Lk || rule.pad != nullptr ||
-                            (p.causal && (n0 + kBc - 1 > q0 + p.offset ||
-                                          (p.window > 0 && n0 <= q0 + kBr - 1 + p.offset - p.window)));
+    const bool needs_mask =
+        n0 + kBc > p.Lk || rule.pad != nullptr ||
+        (p.causal && (n0 + kBc - 1 > q0 + p.offset || (p.window > 0 && n0 <= q0 + kBr - 1 + p.offset - p.window)));
 #pragma unroll
     for (int nt = 0; nt < kQTiles; ++nt)
 #pragma unroll
@@ -179,7 +180,7 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
         }
         s[nt][e] = pe;
       }
-    // dV += Pᵀ·dO   (A = Pᵀ from registers, B = dO[query][d] by transposed ldmatrix)
+      // dV += Pᵀ·dO   (A = Pᵀ from registers, B = dO[query][d] by transposed ldmatrix)
 #pragma unroll
     for (int ks = 0; ks < kBr / 16; ++ks) {
       uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),
@@ -215,7 +216,7 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
     for (int nt = 0; nt < kQTiles; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] *= dp_acc[nt][e] - delta[nt * 8 + 2 * t4 + e % 2];
-    // dK += dSᵀ·Q   (B = Q[query][d] by transposed ldmatrix)
+        // dK += dSᵀ·Q   (B = Q[query][d] by transposed ldmatrix)
 #pragma unroll
     for (int ks = 0; ks < kBr / 16; ++ks) {
       uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),

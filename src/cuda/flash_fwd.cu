@@ -68,7 +68,8 @@ __device__ __forceinline__ float tree_reduce(float (&x)[kN], Op op) {
 }
 
 template <typename T, int kD>
-__global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMinBlocks) flash_fwd_kernel(const FlashParams p) {
+__global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMinBlocks)
+    flash_fwd_kernel(const FlashParams p) {
   using Tr = FwdTraits<kD>;
   constexpr int kBr = Tr::kBr, kBc = Tr::kBc, kWarps = Tr::kWarps, kThreads = kWarps * 32, kStages = Tr::kStages;
   constexpr int kMTiles = kBr / (16 * kWarps);  // 16-row tiles per warp
@@ -89,7 +90,8 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
   const T* q = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;   // q: [Lq, D]
   const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;  // k: [Lk, D]
   const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;  // v: [Lk, D]
-  const MaskRule rule{p.causal, p.offset, p.window, p.key_padding ? p.key_padding + b * p.Lk : nullptr};
+  const MaskRule rule{p.causal, p.offset, p.window,
+                      p.key_padding ? p.key_padding + static_cast<int64_t>(b) * p.Lk : nullptr};
 
   // The keys any of this CTA's rows can see: [key_lo, key_hi).
   const int last_row = min(m0 + kBr, p.Lq) - 1;
@@ -103,7 +105,8 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
   // Copies step `tile`'s K (and, with a ring, V) into ring slot `slot`.
   auto load_kv = [&](int tile, int slot) {
     load_tile_async<kBc, kD, kThreads>(sK + slot * kBc * kD, k, p.k_sl, tile * kBc, p.Lk, tid);
-    if constexpr (kStages >= 2) load_tile_async<kBc, kD, kThreads>(sV + slot * kBc * kD, v, p.v_sl, tile * kBc, p.Lk, tid);
+    if constexpr (kStages >= 2)
+      load_tile_async<kBc, kD, kThreads>(sV + slot * kBc * kD, v, p.v_sl, tile * kBc, p.Lk, tid);
   };
   load_tile_async<kBr, kD, kThreads>(sQ, q, p.q_sl, m0, p.Lq, tid);
   if (tile_lo < tile_hi) load_kv(tile_lo, 0);
@@ -169,9 +172,9 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
     }
 
     // Mask: only tiles at the sequence's end, on the causal/window boundary, or with key padding.
-    const bool needs_mask = n0 + kBc > p.Lk || rule.pad != nullptr ||
-                            (p.causal && (n0 + kBc - 1 > m0 + p.offset ||
-                                          (p.window > 0 && n0 <= last_row + p.offset - p.window)));
+    const bool needs_mask =
+        n0 + kBc > p.Lk || rule.pad != nullptr ||
+        (p.causal && (n0 + kBc - 1 > m0 + p.offset || (p.window > 0 && n0 <= last_row + p.offset - p.window)));
     if (needs_mask) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
@@ -206,7 +209,8 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
           s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], p.scale_log2, -m_use));
           part[nt] = s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
         }
-        row_sum[mt][half] = row_sum[mt][half] * alpha[mt][half] + tree_reduce(part, [](float x, float y) { return x + y; });
+        row_sum[mt][half] =
+            row_sum[mt][half] * alpha[mt][half] + tree_reduce(part, [](float x, float y) { return x + y; });
       }
     if (!Tr::kLazyRescale || __any_sync(0xffffffffu, new_max)) {
 #pragma unroll

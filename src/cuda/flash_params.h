@@ -19,7 +19,7 @@ struct FlashParams {
   int64_t v_sb = 0, v_sh = 0, v_sl = 0;
   void* o = nullptr;
   int64_t o_sb = 0, o_sh = 0, o_sl = 0;
-  float* lse = nullptr;  // lse: [B, H, Lq] contiguous, natural log
+  float* lse = nullptr;                  // lse: [B, H, Lq] contiguous, natural log
   const uint8_t* key_padding = nullptr;  // [B, Lk], 1 = padding
 
   float scale = 1.0f;       // multiplies q·k

@@ -66,12 +66,15 @@ struct Tensor4 {
   attn::cuda::DeviceTensor view() const {
     attn::cuda::DeviceTensor t;
     t.data = dev;
-    if (interleaved) t.sb = int64_t{L} * heads * D, t.sh = D, t.sl = int64_t{heads} * D;
-    else t.sb = int64_t{heads} * L * D, t.sh = int64_t{L} * D, t.sl = D;
+    if (interleaved)
+      t.sb = int64_t{L} * heads * D, t.sh = D, t.sl = int64_t{heads} * D;
+    else
+      t.sb = int64_t{heads} * L * D, t.sh = int64_t{L} * D, t.sl = D;
     return t;
   }
   size_t index(int b, int h, int l, int d) const { return ((size_t(b) * heads + h) * L + l) * D + d; }
-  Tensor4(int b, int h, int l, int d, bool inter) : B(b), heads(h), L(l), D(d), interleaved(inter), host(size_t(b) * h * l * d) {
+  Tensor4(int b, int h, int l, int d, bool inter)
+      : B(b), heads(h), L(l), D(d), interleaved(inter), host(size_t(b) * h * l * d) {
     check(cudaMalloc(&dev, host.size() * 2), "cudaMalloc");
   }
   ~Tensor4() { cudaFree(dev); }
@@ -105,7 +108,8 @@ bool visible(const Case& c, const std::vector<uint8_t>& pad, int b, int i, int j
 }
 
 // max |x − ref| ≤ tol · max |ref| (+ a floor for all-zero tensors)
-bool close(const char* name, const std::vector<double>& x, const std::vector<double>& ref, double tol, std::string* why) {
+bool close(const char* name, const std::vector<double>& x, const std::vector<double>& ref, double tol,
+           std::string* why) {
   double err = 0, mag = 0;
   for (size_t n = 0; n < x.size(); ++n) {
     if (std::isnan(x[n]) != std::isnan(ref[n])) {
@@ -124,9 +128,11 @@ bool close(const char* name, const std::vector<double>& x, const std::vector<dou
 
 bool run_case(const Case& c, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  Tensor4 q(c.B, c.H, c.Lq, c.D, c.interleaved), k(c.B, c.Hkv, c.Lk, c.D, c.interleaved), v(c.B, c.Hkv, c.Lk, c.D, c.interleaved);
+  Tensor4 q(c.B, c.H, c.Lq, c.D, c.interleaved), k(c.B, c.Hkv, c.Lk, c.D, c.interleaved),
+      v(c.B, c.Hkv, c.Lk, c.D, c.interleaved);
   Tensor4 o(c.B, c.H, c.Lq, c.D, c.interleaved), d_out(c.B, c.H, c.Lq, c.D, c.interleaved);
-  Tensor4 dq(c.B, c.H, c.Lq, c.D, c.interleaved), dk(c.B, c.Hkv, c.Lk, c.D, c.interleaved), dv(c.B, c.Hkv, c.Lk, c.D, c.interleaved);
+  Tensor4 dq(c.B, c.H, c.Lq, c.D, c.interleaved), dk(c.B, c.Hkv, c.Lk, c.D, c.interleaved),
+      dv(c.B, c.Hkv, c.Lk, c.D, c.interleaved);
   for (Tensor4* t : {&q, &k, &v, &d_out})
     for (double& x : t->host) x = round_to(c.dtype, normal(rng));
   for (Tensor4* t : {&q, &k, &v, &d_out}) t->upload(c.dtype);
@@ -204,7 +210,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
   bool ok = close("out", o.download(c.dtype), ro, tol, &why);
   std::vector<double> lse_d(lse.begin(), lse.end());
   for (size_t n = 0; n < lse_d.size(); ++n)
-    if ((rlse[n] == -INFINITY) != (lse_d[n] == -INFINITY) || (std::isfinite(rlse[n]) && std::fabs(rlse[n] - lse_d[n]) > 1e-3)) {
+    if ((rlse[n] == -INFINITY) != (lse_d[n] == -INFINITY) ||
+        (std::isfinite(rlse[n]) && std::fabs(rlse[n] - lse_d[n]) > 1e-3)) {
       char buf[96];
       std::snprintf(buf, sizeof buf, " lse[%zu] = %g, reference %g", n, lse_d[n], rlse[n]);
       why += buf;
@@ -252,18 +259,13 @@ int main() {
   const auto none = CausalAlignment::kNone, tl = CausalAlignment::kTopLeft, br = CausalAlignment::kBottomRight;
   const auto bf = DType::kBFloat16, f16 = DType::kFloat16;
   const std::vector<Case> cases = {
-      {1, 2, 2, 1, 1, 64, none, 0, false, false, bf},
-      {2, 2, 1, 77, 130, 64, none, 0, false, false, bf},
-      {1, 4, 2, 130, 77, 128, none, 0, false, true, bf},
-      {2, 2, 2, 200, 200, 64, tl, 0, false, false, bf},
-      {1, 2, 2, 150, 97, 128, tl, 0, false, false, f16},
-      {1, 4, 1, 97, 150, 64, br, 0, false, true, f16},
+      {1, 2, 2, 1, 1, 64, none, 0, false, false, bf},    {2, 2, 1, 77, 130, 64, none, 0, false, false, bf},
+      {1, 4, 2, 130, 77, 128, none, 0, false, true, bf}, {2, 2, 2, 200, 200, 64, tl, 0, false, false, bf},
+      {1, 2, 2, 150, 97, 128, tl, 0, false, false, f16}, {1, 4, 1, 97, 150, 64, br, 0, false, true, f16},
       {1, 2, 2, 150, 97, 128, br, 0, false, false, bf},  // Lq > Lk: the first rows see nothing
-      {1, 2, 2, 257, 257, 64, tl, 33, false, false, bf},
-      {2, 4, 2, 65, 300, 128, br, 100, false, false, f16},
+      {1, 2, 2, 257, 257, 64, tl, 33, false, false, bf}, {2, 4, 2, 65, 300, 128, br, 100, false, false, f16},
       {3, 2, 2, 70, 129, 64, none, 0, true, false, bf},  // the last batch is all padding
-      {3, 2, 1, 129, 70, 128, br, 0, true, true, bf},
-      {1, 2, 2, 300, 300, 128, none, 0, false, false, f16},
+      {3, 2, 1, 129, 70, 128, br, 0, true, true, bf},    {1, 2, 2, 300, 300, 128, none, 0, false, false, f16},
   };
   std::mt19937 rng(12345);
   int failed = 0;

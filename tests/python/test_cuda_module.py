@@ -1,0 +1,29 @@
+"""attn.cuda where CI runs (no GPU): the module imports, finds the library the wheel carries (when nvcc was there at
+build time), says whether a GPU is visible, and rejects what it cannot take with errors that name the argument.
+The GPU tests themselves are tests/gpu/test_cuda_torch.py (scripts/gpu_check.sh)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+import attn.cuda as ac  # noqa: E402
+
+
+def test_available_is_a_bool_and_false_without_a_gpu():
+    assert isinstance(ac.available(), bool)
+    if not torch.cuda.is_available():
+        assert ac.available() is False
+
+
+def test_cpu_tensors_are_rejected_naming_the_argument():
+    x = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"query must be on a CUDA device.*\(1, 2, 8, 64\)"):
+        ac.scaled_dot_product_attention(x, x, x)
+
+
+def test_non_tensors_are_rejected():
+    with pytest.raises(TypeError, match="query must be a torch tensor or support DLPack"):
+        ac.scaled_dot_product_attention([1.0], [1.0], [1.0])
+
+
+def test_library_path_points_at_a_file_or_is_none():
+    path = ac.library_path()
+    assert path is None or path.endswith("libattn_cuda.so")
