@@ -5,6 +5,8 @@ The layers, bottom to top (docs/ARCHITECTURE.md); a file may include its own lay
   base        src/{io,text,tasks}, src/tensor.cc, src/version.cc; the public attn/{tensor,error,
               attention,activation,version}.h, attn/io/*, attn/text/*, attn/tasks/*
   cpu         src/cpu: the kernels and their contract (AttentionProblem, tile traits)
+  cuda        src/cuda, attn/cuda.h, attn/cuda_c.h: the GPU kernels and their host API (libattn_cuda, a library of
+              its own: it includes only base headers and its own)
   ops         src/ops: validation and dispatch of attention, the neural-net primitives
   layers      src/layers, attn/layers/*: multi-head attention (forward, backward, KV cache), blocks
   models      src/models, attn/models/*: Transformer, BERT
@@ -23,16 +25,18 @@ import pathlib
 import re
 import sys
 
-ORDER = ["base", "cpu", "ops", "layers", "models", "generation", "translate", "train", "dist", "umbrella"]
+ORDER = ["base", "cpu", "cuda", "ops", "layers", "models", "generation", "translate", "train", "dist", "umbrella"]
 RANK = {name: i for i, name in enumerate(ORDER)}
-SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "ops": "ops", "layers": "layers",
+SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "cuda": "cuda", "ops": "ops",
+             "layers": "layers",
              "models": "models", "generation": "generation", "translate": "translate", "train": "train",
              "dist": "dist"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+(?:"([^"]+)"|<(attn/[^>]+)>)', re.M)
 
 
 PUBLIC_TOP = {"tensor.h": "base", "half.h": "base", "error.h": "base", "attention.h": "base", "activation.h": "base",
-              "version.h": "base", "generation.h": "generation", "translator.h": "translate", "attn.h": "umbrella"}
+              "version.h": "base", "cuda.h": "cuda", "cuda_c.h": "cuda", "generation.h": "generation",
+              "translator.h": "translate", "attn.h": "umbrella"}
 PUBLIC_DIRS = {"io": "base", "text": "base", "tasks": "base", "layers": "layers", "models": "models",
                "train": "train", "dist": "dist"}
 
@@ -97,7 +101,7 @@ def check(root):
     problems = []
     for folder in ["include", "src"]:
         for path in sorted((root / folder).rglob("*")):
-            if path.suffix not in (".h", ".cc"):
+            if path.suffix not in (".h", ".cc", ".cu", ".cuh"):
                 continue
             mine = layer_of(path, root)
             if mine == "?":
