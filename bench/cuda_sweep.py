@@ -45,8 +45,8 @@ def check(m, D, causal):
     rs = [x.float().requires_grad_() for x in (q, k, v)]
     ref = F.scaled_dot_product_attention(*rs, is_causal=causal)
     ref.backward(do.float())
-    errs = [(out.float() - ref).abs().max().item()] + [(a.grad.float() - r.grad).abs().max().item() / r.grad.abs().max().item()
-                                                       for a, r in zip(qs, rs)]
+    errs = [(out.float() - ref).abs().max().item()]
+    errs += [(a.grad.float() - r.grad).abs().max().item() / r.grad.abs().max().item() for a, r in zip(qs, rs)]
     return max(errs)
 
 
@@ -69,7 +69,8 @@ def main():
         q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         do = torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16)
         flops = 4 * B * H * L * L * D * (0.5 if causal else 1)
-        fns = dict((n, (lambda m=m: m.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)))) for n, m in mods.items())
+        fns = {n: (lambda m=m: m.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)))
+               for n, m in mods.items()}
         if not args.no_check:
             fns["torch"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
         t = {n: ([], []) for n in fns}

@@ -59,7 +59,8 @@ def _load():
     if _lib is None:
         path = library_path()
         if path is None:
-            raise RuntimeError("attn.cuda: libattn_cuda.so not found (build with nvcc present, or set ATTN_CUDA_LIBRARY)")
+            raise RuntimeError("attn.cuda: libattn_cuda.so not found (build with nvcc present, or set "
+                               "ATTN_CUDA_LIBRARY)")
         lib = ctypes.CDLL(path)
         lib.attn_cuda_forward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_char_p, ctypes.c_int]
         lib.attn_cuda_backward.argtypes = [ctypes.POINTER(_Problem), ctypes.POINTER(_Grads), ctypes.c_char_p,

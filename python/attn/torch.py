@@ -45,7 +45,8 @@ def _check_tensor(t, name, dtypes=(torch.float32,)):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise ValueError(f"{name} is on {t.device}: attn.torch runs on CPU tensors only (move it with .cpu())")
+        raise ValueError(f"{name} is on {t.device}: attn.torch runs on CPU tensors (move it with .cpu()); "
+                         "for bf16/fp16 attention on the GPU use attn.cuda.scaled_dot_product_attention")
     if t.dtype not in dtypes:
         want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must be {want}, got {str(t.dtype).replace('torch.', '')} with shape "

@@ -8,7 +8,6 @@ out of PyTorch's error).
 """
 import importlib.util
 import os
-import sys
 
 import pytest
 
@@ -17,7 +16,8 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device: the GPU tests are skipped here", allow_module_level=True)
 
 _here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("attn_cuda", os.path.join(_here, "..", "..", "python", "attn", "cuda.py"))
+_spec = importlib.util.spec_from_file_location("attn_cuda",
+                                               os.path.join(_here, "..", "..", "python", "attn", "cuda.py"))
 attn_cuda = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(attn_cuda)
 if not attn_cuda.available():
