@@ -1,8 +1,8 @@
 // The forward kernel: FlashAttention-2 on mma.sync tensor cores. One CTA computes kBr query rows of one (b, h),
 // each of its warps 16·kMTiles rows, streaming the keys in tiles of kBc with an online softmax in registers:
 //   S = Q·Kᵀ (scores, base 2: scale·log2 e)  →  mask  →  m = rowmax, P = 2^(S − m), l += rowsum P  →  O += P·V
-// and at the end O /= l, lse = (m + log2 l)·ln 2. The K tile of step t + 1 is copied while P·V of step t runs,
-// the V tile of step t while S of step t does.
+// and at the end O /= l, lse = (m + log2 l)·ln 2. K and V tiles arrive through a ring of shared-memory slots
+// (cp.async), step t + 1's while step t computes.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -18,7 +18,8 @@ namespace {
 // step t, K[t + 1] during P·V, two barriers a step); n ≥ 2 = n K/V buffers in a ring (the copies of step t + n − 1
 // are issued at step t and run during n − 1 steps, one barrier a step). kLazyRescale: O is rescaled only when some
 // row of the warp has a new maximum.
-// The ATTN_FWD* macros exist for bench/cuda_tile_sweep.sh; the defaults are what it chose on an H200.
+// The ATTN_FWD* macros exist for bench/cuda_tile_sweep.sh (a variant defines a head size's whole group); the
+// defaults are what it chose on an H200 (docs/PERFORMANCE.md).
 #ifndef ATTN_FWD64_BR
 #define ATTN_FWD64_BR 128
 #define ATTN_FWD64_BC 64
