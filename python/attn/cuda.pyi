@@ -1,5 +1,5 @@
 # Type stubs for attn.cuda (python/attn/cuda.py): attn's CUDA kernels on bf16/fp16 GPU tensors.
-from typing import Any, List, Literal, Optional, Tuple, Union, overload
+from typing import Any, List, Literal, Optional, Tuple, overload
 
 from torch import Tensor
 
@@ -16,18 +16,13 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bo
                                  scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  causal_alignment: Optional[Literal["top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
-                                 return_lse: Literal[False] = False) -> Tensor: ...
+                                 return_lse: Literal[False] = False) -> Tensor:
+    """query (B, H, Lq, D), key/value (B, Hkv, Lk, D): CUDA torch tensors or DLPack producers, bf16 or fp16,
+    D in {64, 128}. key_padding_mask (B, Lk) bool True = padding. Returns (B, H, Lq, D), and with return_lse=True
+    also the (B, H, Lq) float32 log-sum-exp. Differentiable in query, key and value."""
 @overload
 def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
                                  scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  causal_alignment: Optional[Literal["top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: Literal[True]) -> Tuple[Tensor, Tensor]: ...
-def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
-                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
-                                 causal_alignment: Optional[Literal["top-left", "bottom-right"]] = None,
-                                 key_padding_mask: Optional[Tensor] = None, window: int = 0,
-                                 return_lse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """query (B, H, Lq, D), key/value (B, Hkv, Lk, D): CUDA torch tensors or DLPack producers, bf16 or fp16,
-    D in {64, 128}. key_padding_mask (B, Lk) bool True = padding. Returns (B, H, Lq, D), and with return_lse the
-    (B, H, Lq) float32 log-sum-exp. Differentiable in query, key and value."""
