@@ -251,10 +251,39 @@ const char* attn::causal_name(CausalAlignment c) {
   return c == CausalAlignment::kNone ? "none" : c == CausalAlignment::kTopLeft ? "top-left" : "bottom-right";
 }
 
+// Argument checks happen before any CUDA call: they run (and must pass) on machines without a GPU too.
+int check_arguments() {
+  int failed = 0;
+  attn::cuda::DeviceAttention bad;
+  bad.B = 1, bad.H = 1, bad.Hkv = 1, bad.Lq = 4, bad.Lk = 4, bad.D = 96;
+  failed += !throws<attn::ShapeError>("D = 96", [&] { attn::cuda::attention_forward(bad); });
+  bad.D = 64, bad.H = 3, bad.Hkv = 2;
+  failed += !throws<attn::ShapeError>("H = 3, Hkv = 2", [&] { attn::cuda::attention_forward(bad); });
+  bad.H = 2;
+  failed += !throws<attn::ArgumentError>("null q", [&] { attn::cuda::attention_forward(bad); });
+  alignas(16) static uint16_t buffer[64];
+  bad.q = bad.k = bad.v = bad.o = {buffer, 0, 0, 64};
+  bad.q.sl = 60;  // rows not 16-byte aligned
+  failed += !throws<attn::ArgumentError>("q row stride 60", [&] { attn::cuda::attention_forward(bad); });
+  bad.q.sl = 64;
+  bad.window = 8;  // a window without causal masking
+  failed += !throws<attn::ArgumentError>("window without causal", [&] { attn::cuda::attention_forward(bad); });
+  bad.window = 0;
+  bad.scale = -1.0f;
+  failed += !throws<attn::ArgumentError>("scale -1", [&] { attn::cuda::attention_forward(bad); });
+  bad.scale.reset();
+  failed += !throws<attn::ArgumentError>("backward without lse", [&] {
+    attn::cuda::attention_backward(bad, {bad.o, bad.o, bad.q, bad.k, bad.v});
+  });
+  return failed;
+}
+
 int main() {
+  const int failed_arguments = check_arguments();
   if (attn::cuda::device_count() == 0) {
-    std::printf("attn_cuda_check: SKIPPED (no CUDA device here; the GPU kernels were compiled, not run)\n");
-    return 0;
+    std::printf("attn_cuda_check: argument checks %s; kernels SKIPPED (no CUDA device here: compiled, not run)\n",
+                failed_arguments ? "FAILED" : "passed");
+    return failed_arguments ? 1 : 0;
   }
   const auto none = CausalAlignment::kNone, tl = CausalAlignment::kTopLeft, br = CausalAlignment::kBottomRight;
   const auto bf = DType::kBFloat16, f16 = DType::kFloat16;
@@ -268,16 +297,8 @@ int main() {
       {3, 2, 1, 129, 70, 128, br, 0, true, true, bf},    {1, 2, 2, 300, 300, 128, none, 0, false, false, f16},
   };
   std::mt19937 rng(12345);
-  int failed = 0;
+  int failed = failed_arguments;
   for (const Case& c : cases) failed += !run_case(c, rng);
-
-  attn::cuda::DeviceAttention bad;
-  bad.B = 1, bad.H = 1, bad.Hkv = 1, bad.Lq = 4, bad.Lk = 4, bad.D = 96;
-  failed += !throws<attn::ShapeError>("D = 96", [&] { attn::cuda::attention_forward(bad); });
-  bad.D = 64, bad.H = 3, bad.Hkv = 2;
-  failed += !throws<attn::ShapeError>("H = 3, Hkv = 2", [&] { attn::cuda::attention_forward(bad); });
-  bad.H = 2;
-  failed += !throws<attn::ArgumentError>("null q", [&] { attn::cuda::attention_forward(bad); });
   std::printf("attn_cuda_check: %s (%d failed)\n", failed ? "FAILED" : "passed", failed);
   return failed ? 1 : 0;
 }

@@ -27,3 +27,25 @@ def test_non_tensors_are_rejected():
 def test_library_path_points_at_a_file_or_is_none():
     path = ac.library_path()
     assert path is None or path.endswith("libattn_cuda.so")
+
+
+def test_the_c_entry_points_report_errors_by_type():
+    """attn_cuda_forward through ctypes: the C API's error codes become ValueError / TypeError with the C++ message
+    (argument checks run before any CUDA call, so this runs without a GPU)."""
+    if ac.library_path() is None:
+        pytest.skip("libattn_cuda was not built (no nvcc when the wheel was made)")
+    import ctypes
+
+    lib = ac._load()
+    p = ac._Problem()
+    p.B = p.H = p.Hkv = 1
+    p.Lq = p.Lk = 4
+    p.D = 96
+    with pytest.raises(ValueError, match=r"head size D=96 \(q \[1, 1, 4, 96\]\)"):
+        ac._call(lib.attn_cuda_forward, ctypes.byref(p))
+    p.D, p.dtype = 64, 7
+    with pytest.raises(TypeError, match="dtype code 7"):
+        ac._call(lib.attn_cuda_forward, ctypes.byref(p))
+    p.dtype, p.causal = 0, 5
+    with pytest.raises(ValueError, match="causal code 5"):
+        ac._call(lib.attn_cuda_forward, ctypes.byref(p))
