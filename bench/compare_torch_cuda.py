@@ -47,6 +47,11 @@ def main():
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}")
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    torch.matmul(a, b)
+    ceiling = max(2 * 8192 ** 3 / timed(lambda: torch.matmul(a, b), args.iters) for _ in range(3)) / 1e12
+    del a, b
+    print(f"ceiling: bf16 matrix product 8192^3 {ceiling:.0f} TFLOP/s (best of 3 rounds of {args.iters})")
     results = []
     for B, H, L, D, causal in SHAPES:
         q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -80,14 +85,16 @@ def main():
             row[f"{name}_{what}_ms"] = t * 1e3
             row[f"{name}_{what}_tflops"] = work / t / 1e12
         results.append(row)
+        share = {k: f"{v:.0f} ({100 * v / ceiling:.0f}%)" for k, v in row.items() if k.endswith("_tflops")}
         print(f"B={B} H={H} L={L} D={D} causal={causal}: "
-              f"fwd attn {row['attn_fwd_tflops']:.0f} vs torch {row['torch_fwd_tflops']:.0f} TFLOP/s, "
-              f"bwd attn {row['attn_bwd_tflops']:.0f} vs torch {row['torch_bwd_tflops']:.0f} TFLOP/s "
-              f"(median of {args.rounds} alternating rounds)", flush=True)
+              f"fwd attn {share['attn_fwd_tflops']} vs torch {share['torch_fwd_tflops']} TFLOP/s, "
+              f"bwd attn {share['attn_bwd_tflops']} vs torch {share['torch_bwd_tflops']} TFLOP/s "
+              f"(median of {args.rounds} alternating rounds; % of the ceiling)", flush=True)
         del q, k, v, d_out
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": props.name, "torch": torch.__version__, "results": results}, f, indent=1)
+            json.dump({"device": props.name, "torch": torch.__version__, "ceiling_tflops": ceiling, "results": results},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
