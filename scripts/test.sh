@@ -3,7 +3,8 @@
 #   1. builds (installing what is missing) and runs the GoogleTest suite through CTest;
 #   2. installs the library and builds examples/ against it out of tree (CMake and pkg-config);
 #   3. builds the Python wheel (`python -m build --wheel`), installs it into build/venv with PyTorch and runs
-#      pytest (attn.torch's tests included), then the README's Python quick-start exactly as written.
+#      pytest (attn.torch's tests included; tests/gpu too, which say they are skipped without a GPU), then the
+#      README's Python quick-start exactly as written.
 #   scripts/test.sh
 # ATTN_FUZZ_SECONDS=N also fuzzes each file reader for N seconds (fuzz/run.sh) and fails on a find.
 set -euo pipefail
@@ -38,7 +39,7 @@ rm -rf build/dist
 build/venv/bin/python -m build --wheel --no-isolation --outdir build/dist . >build/wheel.log 2>&1 ||
   { cat build/wheel.log; exit 1; }
 build/venv/bin/python -m pip install -q --force-reinstall --no-deps build/dist/attn-*.whl
-build/venv/bin/python -m pytest -q -rs tests/python 2>&1 | tee build/pytest.log
+build/venv/bin/python -m pytest -q -rs tests/python tests/gpu 2>&1 | tee build/pytest.log
 pytest_passed=$(grep -oE '[0-9]+ passed' build/pytest.log | tail -1 | grep -oE '[0-9]+')
 sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py
 build/venv/bin/python build/readme_quickstart.py   # from the repository root, as a reader would
