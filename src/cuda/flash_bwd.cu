@@ -46,7 +46,7 @@ __global__ void bwd_preprocess(const FlashParams p) {
   const T* d = static_cast<const T*>(p.d_out) + b * p.do_sb + h * p.do_sh + i * p.do_sl;
   float acc = 0.0f;
 #pragma unroll
-  for (int c = lane; c < kD; c += 32) acc += to_float(o[c]) * to_float(d[c]);
+  for (int c = lane; c < kD; c += 32) acc += static_cast<float>(o[c]) * static_cast<float>(d[c]);
 #pragma unroll
   for (int s = 16; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, s);
   if (lane == 0) p.delta[row] = acc;
@@ -60,7 +60,54 @@ __global__ void bwd_convert_dq(const FlashParams p) {
     const int d = x % kD;
     const int64_t row = x / kD;
     const int i = row % p.Lq, bh = row / p.Lq, h = bh % p.H, b = bh / p.H;
-    static_cast<T*>(p.dq)[b * p.dq_sb + h * p.dq_sh + i * p.dq_sl + d] = from_float<T>(p.dq_accum[x] * p.scale);
+    static_cast<T*>(p.dq)[b * p.dq_sb + h * p.dq_sh + i * p.dq_sl + d] = T(p.dq_accum[x] * p.scale);
+  }
+}
+
+// The warp-level products the backward is made of (each warp owns 16 rows of its result):
+// acc[16 × 8·kN8] = A[row0 .. row0 + 16, 0 .. kK) · B[0 .. 8·kN8, 0 .. kK)ᵀ, A and B swizzled [*, kK] tiles in shared
+// memory (Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ).
+template <typename T, int kK, int kN8>
+__device__ __forceinline__ void warp_gemm_abt(float (&acc)[kN8][4], uint32_t a_tile, uint32_t b_tile,
+                                              const LaneParts<kK>& lp, int row0) {
+  using Tile = SwizzledTile<kK>;
+#pragma unroll
+  for (int nt = 0; nt < kN8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint32_t a[4];
+    ldmatrix_x4(a, Tile::address(a_tile, lp.a, row0, 2 * ks));
+#pragma unroll
+    for (int np = 0; np < kN8 / 2; ++np) {
+      uint32_t bt[4];
+      ldmatrix_x4(bt, Tile::address(b_tile, lp.b, np * 16, 2 * ks));
+      mma_16816<T>(acc[2 * np], a, bt[0], bt[1]);
+      mma_16816<T>(acc[2 * np + 1], a, bt[2], bt[3]);
+    }
+  }
+}
+
+// acc[16 × kN] += P[16 × kK] · B[0 .. kK, 0 .. kN): P in accumulator registers (C layout, packed into A operands),
+// B a swizzled row-major [kK, kN] tile read by transposed ldmatrix (dV += Pᵀ·dO and dK += dSᵀ·Q). After each
+// 16-column step of P, each_step(ks, a) sees the packed operand (the dK product stores dSᵀ from it).
+template <typename T, int kK, int kN, typename F>
+__device__ __forceinline__ void warp_gemm_pb(float (&acc)[kN / 8][4], const float (&pm)[kK / 8][4], uint32_t b_tile,
+                                             const LaneParts<kN>& lp, F&& each_step) {
+  using Tile = SwizzledTile<kN>;
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint32_t a[4] = {pack2<T>(pm[2 * ks][0], pm[2 * ks][1]), pack2<T>(pm[2 * ks][2], pm[2 * ks][3]),
+                     pack2<T>(pm[2 * ks + 1][0], pm[2 * ks + 1][1]), pack2<T>(pm[2 * ks + 1][2], pm[2 * ks + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kN / 16; ++dp) {
+      uint32_t bt[4];
+      ldmatrix_x4_trans(bt, Tile::address(b_tile, lp.bt, ks * 16, 2 * dp));
+      mma_16816<T>(acc[2 * dp], a, bt[0], bt[1]);
+      mma_16816<T>(acc[2 * dp + 1], a, bt[2], bt[3]);
+    }
+    each_step(ks, a);
   }
 }
 
@@ -148,22 +195,7 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
 
     // Sᵀ = K·Qᵀ   s: [kQTiles] tiles of 16 keys × 8 queries
     float s[kQTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kQTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks) {
-      uint32_t a[4];
-      ldmatrix_x4(a, Tile::address(sK_u, lp.a, key_row, 2 * ks));
-#pragma unroll
-      for (int np = 0; np < kQTiles / 2; ++np) {
-        uint32_t bq[4];
-        ldmatrix_x4(bq, Tile::address(sQ_u, lp.b, np * 16, 2 * ks));
-        mma_16816<T>(s[2 * np], a, bq[0], bq[1]);
-        mma_16816<T>(s[2 * np + 1], a, bq[2], bq[3]);
-      }
-    }
+    warp_gemm_abt<T, kD, kQTiles>(s, sK_u, sQ_u, lp, key_row);
     // Pᵀ = 2^(Sᵀ·scale·log2 e − lse·log2 e), 0 where hidden
     const bool needs_mask =
         n0 + kBc > p.Lk || rule.pad != nullptr ||
@@ -180,55 +212,19 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
         }
         s[nt][e] = pe;
       }
-      // dV += Pᵀ·dO   (A = Pᵀ from registers, B = dO[query][d] by transposed ldmatrix)
-#pragma unroll
-    for (int ks = 0; ks < kBr / 16; ++ks) {
-      uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),
-                       pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]), pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < kDTiles / 2; ++dp) {
-        uint32_t bd[4];
-        ldmatrix_x4_trans(bd, Tile::address(sdO_u, lp.bt, ks * 16, 2 * dp));
-        mma_16816<T>(acc_dv[2 * dp], a, bd[0], bd[1]);
-        mma_16816<T>(acc_dv[2 * dp + 1], a, bd[2], bd[3]);
-      }
-    }
+    // dV += Pᵀ·dO   (B = dO[query][d])
+    warp_gemm_pb<T, kBr, kD>(acc_dv, s, sdO_u, lp, [](int, const uint32_t(&)[4]) {});
     // dPᵀ = V·dOᵀ
     float dp_acc[kQTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kQTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp_acc[nt][e] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks) {
-      uint32_t a[4];
-      ldmatrix_x4(a, Tile::address(sV_u, lp.a, key_row, 2 * ks));
-#pragma unroll
-      for (int np = 0; np < kQTiles / 2; ++np) {
-        uint32_t bd[4];
-        ldmatrix_x4(bd, Tile::address(sdO_u, lp.b, np * 16, 2 * ks));
-        mma_16816<T>(dp_acc[2 * np], a, bd[0], bd[1]);
-        mma_16816<T>(dp_acc[2 * np + 1], a, bd[2], bd[3]);
-      }
-    }
+    warp_gemm_abt<T, kD, kQTiles>(dp_acc, sV_u, sdO_u, lp, key_row);
     // dSᵀ = Pᵀ ∘ (dPᵀ − Δ) (in units of the scores before scaling; dK and dQ take the scale at the end)
 #pragma unroll
     for (int nt = 0; nt < kQTiles; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] *= dp_acc[nt][e] - delta[nt * 8 + 2 * t4 + e % 2];
-        // dK += dSᵀ·Q   (B = Q[query][d] by transposed ldmatrix)
-#pragma unroll
-    for (int ks = 0; ks < kBr / 16; ++ks) {
-      uint32_t a[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]), pack2<T>(s[2 * ks][2], s[2 * ks][3]),
-                       pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]), pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < kDTiles / 2; ++dp) {
-        uint32_t bq[4];
-        ldmatrix_x4_trans(bq, Tile::address(sQ_u, lp.bt, ks * 16, 2 * dp));
-        mma_16816<T>(acc_dk[2 * dp], a, bq[0], bq[1]);
-        mma_16816<T>(acc_dk[2 * dp + 1], a, bq[2], bq[3]);
-      }
-      // this warp's dSᵀ rows into shared memory for dQ: rows key_row + g (+8), queries 16ks + 2t4 (+8)
+    // dK += dSᵀ·Q   (B = Q[query][d]), storing this warp's dSᵀ rows for dQ on the way: rows key_row + g (+8),
+    // queries 16ks + 2t4 (+8)
+    warp_gemm_pb<T, kBr, kD>(acc_dk, s, sQ_u, lp, [&](int ks, const uint32_t(&a)[4]) {
       T* r0 = sdS + STile::offset(key_row + g, 2 * ks) + 2 * t4;
       T* r1 = sdS + STile::offset(key_row + g + 8, 2 * ks) + 2 * t4;
       T* r2 = sdS + STile::offset(key_row + g, 2 * ks + 1) + 2 * t4;
@@ -237,7 +233,7 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
       *reinterpret_cast<uint32_t*>(r1) = a[1];
       *reinterpret_cast<uint32_t*>(r2) = a[2];
       *reinterpret_cast<uint32_t*>(r3) = a[3];
-    }
+    });
     __syncthreads();  // dSᵀ of every warp is in
 
     // dQ[q0 + dq_row .. +16, dq_col .. + D/kDqColWarps] += dS·K   (A = dS by transposed ldmatrix of dSᵀ)
