@@ -12,6 +12,8 @@ import statistics
 
 import torch
 
+from compare_torch_cuda import timed  # bench/ is the script's folder, so on sys.path
+
 F = torch.nn.functional
 _here = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,16 +26,6 @@ def load(path):
     spec.loader.exec_module(m)
     m._load()
     return m
-
-
-def timed(fn, iters):
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(iters):
-        fn()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / 1e3 / iters
 
 
 def check(m, D, causal):

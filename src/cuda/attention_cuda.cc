@@ -42,8 +42,9 @@ detail::FlashParams make_params(const DeviceAttention& p) {
                      ") is not a multiple of Hkv=" + std::to_string(p.Hkv) + " (k " + shape(p.B, p.Hkv, p.Lk, p.D) +
                      ")");
   // 32-bit row indices inside the kernels, and the grid's y and z dimensions (heads, batch) of at most 65535
-  if (p.Lq >= (int64_t{1} << 30) || p.Lk >= (int64_t{1} << 30) || p.B * p.H * p.Lq >= (int64_t{1} << 31) ||
-      p.B * p.Lk >= (int64_t{1} << 31) || p.H > 65535 || p.B > 65535)
+  // (each factor is bounded before the products, so that they cannot overflow)
+  if (p.H > 65535 || p.B > 65535 || p.Lq >= (int64_t{1} << 30) || p.Lk >= (int64_t{1} << 30) ||
+      p.B * p.H * p.Lq >= (int64_t{1} << 31) || p.B * p.Lk >= (int64_t{1} << 31))
     throw ShapeError(std::string(kFn) + ": sizes too large for the GPU kernels (q " + shape(p.B, p.H, p.Lq, p.D) +
                      ", k " + shape(p.B, p.Hkv, p.Lk, p.D) +
                      "): Lq, Lk < 2^30, B·H·Lq and B·Lk < 2^31, B and H <= 65535");

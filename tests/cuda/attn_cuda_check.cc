@@ -259,7 +259,9 @@ int check_arguments() {
   failed += !throws<attn::ShapeError>("D = 96", [&] { attn::cuda::attention_forward(bad); });
   bad.D = 64, bad.H = 3, bad.Hkv = 2;
   failed += !throws<attn::ShapeError>("H = 3, Hkv = 2", [&] { attn::cuda::attention_forward(bad); });
-  bad.H = 2;
+  bad.B = bad.H = bad.Hkv = int64_t{1} << 40;  // B·H·Lq would overflow int64 if formed first
+  failed += !throws<attn::ShapeError>("B = H = 2^40", [&] { attn::cuda::attention_forward(bad); });
+  bad.B = 1, bad.H = 2, bad.Hkv = 2;
   failed += !throws<attn::ArgumentError>("null q", [&] { attn::cuda::attention_forward(bad); });
   alignas(16) static uint16_t buffer[64];
   bad.q = bad.k = bad.v = bad.o = {buffer, 0, 0, 64};
