@@ -23,6 +23,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
 #include "cpu/dropout.h"
 #include "cpu/threads.h"
@@ -73,13 +74,13 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
 
 // Per-thread buffers, grown once and reused across calls.
 struct BackwardWorkspace {
-  std::vector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ, in panels
-  std::vector<float> kb;         // [kBk, Dp]             its K rows, padded
-  std::vector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
-  std::vector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
-  std::vector<float> dk, dv;     // [kBk, Dp], [kBk, Dvp] the key block's gradients
+  AlignedVector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ, in panels
+  AlignedVector<float> kb;         // [kBk, Dp]             its K rows, padded
+  AlignedVector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
+  AlignedVector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
+  AlignedVector<float> dk, dv;     // [kBk, Dp], [kBk, Dvp] the key block's gradients
   void reserve(const AttentionProblem& p, const BackwardPlan& plan) {
-    auto grow = [](std::vector<float>& b, int64_t n) {
+    auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
     grow(kt, std::max<int64_t>(p.D, 1) * kBk);
@@ -301,8 +302,8 @@ void reduce_dq(const AttentionProblem& p, const AttentionGradients& g, const Bac
 void attention_backward_fused(const AttentionProblem& p, const AttentionGradients& g) {
   if (p.B == 0 || p.H == 0) return;
   const BackwardPlan plan = plan_backward(p);
-  thread_local std::vector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, Dp]
-  thread_local std::vector<uint8_t> checks;        // [2, B, H, q_tiles]: Q rows finite, dO rows finite
+  thread_local AlignedVector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, Dp]
+  thread_local std::vector<uint8_t> checks;          // [2, B, H, q_tiles]: Q rows finite, dO rows finite
   const int64_t tiles = p.B * p.H * plan.q_tiles;
   if (static_cast<int64_t>(checks.size()) < 2 * tiles) checks.resize(static_cast<size_t>(2 * tiles));
   const int64_t rows = p.B * p.H * p.Lq;

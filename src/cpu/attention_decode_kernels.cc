@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/aligned_vector.h"
 #include "cpu/attention_decode.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
@@ -221,7 +222,7 @@ void decode_row(const DecodeProblem& p, const float* q, const HeadBlocks<T>& hb,
 // Every query row of the heads of kv head g in batch b, the cache's elements being T.
 template <class T>
 void decode_task(const DecodeProblem& p, int64_t b, int64_t g) {
-  thread_local std::vector<float> s, qs;
+  thread_local AlignedVector<float> s, qs;
   const int64_t padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   if (static_cast<int64_t>(s.size()) < padded) s.resize(static_cast<size_t>(padded));
   if (static_cast<int64_t>(qs.size()) < p.D) qs.resize(static_cast<size_t>(p.D));

@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
@@ -35,6 +36,12 @@
 
 #ifndef ATTN_TARGET
 #error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
+#endif
+#ifndef ATTN_SWEEP_PV_CHUNK  // bench/cpu_tile_sweep.sh's variants (0: as built)
+#define ATTN_SWEEP_PV_CHUNK 0
+#endif
+#ifndef ATTN_SWEEP_SKIP
+#define ATTN_SWEEP_SKIP 0
 #endif
 
 namespace attn::detail::ATTN_TARGET {
@@ -49,15 +56,15 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  std::vector<float> qs;                // [kBq, D]      scaled queries of the tile
-  std::vector<float> vp;                // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
-  std::vector<float> s;                 // [kBq, kBk]    scores, then probabilities
-  std::vector<float> acc;               // [kBq, Dvp]
-  std::vector<float> m, l;              // [kBq]    each row's running max (base 2) and sum
-  std::vector<float> m_new, c;          // [kBq]    softmax_tile's new maxima and corrections
+  AlignedVector<float> qs;              // [kBq, D]      scaled queries of the tile
+  AlignedVector<float> vp;              // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
+  AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
+  AlignedVector<float> acc;             // [kBq, Dvp]
+  AlignedVector<float> m, l;            // [kBq]    each row's running max (base 2) and sum
+  AlignedVector<float> m_new, c;        // [kBq]    softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
   void reserve(int64_t D, int64_t Dvp) {
-    auto grow = [](std::vector<float>& b, int64_t n) {
+    auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
     grow(qs, Tiles::kBq * std::max<int64_t>(D, 1));
@@ -291,9 +298,13 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (prefetch) prefetch_rows(v + j0 * p.v_sl, n, p.Dv, p.v_sl);
     // the causal diagonal: the first row sees fewer keys of the tile than the last
     const bool diagonal = visible_prefix(p, i0, 1, j0, n) < visible_prefix(p, i0, rows, j0, n);
-    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
+    // ATTN_SWEEP_SKIP (bench/cpu_tile_sweep.sh, timing only: wrong results) leaves one stage out: 1 the
+    // softmax, 2 P·V, 3 Q·Kᵀ.
+    if (ATTN_SWEEP_SKIP != 3)
+      compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
-    softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, Dvp, ws);
+    if (ATTN_SWEEP_SKIP != 1) softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, Dvp, ws);
+    if (ATTN_SWEEP_SKIP == 2) continue;
     if (prefetch && j0 + Tiles::kBk < j_end) {
       const int64_t next = j0 + Tiles::kBk, width = packed_width(std::min(Tiles::kBk, p.Lk - next));
       prefetch_rows(kpack + next / Tiles::kBk * p.D * Tiles::kBk, 1, p.D * width, 0);
@@ -315,8 +326,15 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (skip_zero) {
       rank_update_nonzero(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
     } else if (!diagonal) {
+#if ATTN_SWEEP_PV_CHUNK  // bench/cpu_tile_sweep.sh: the keys in chunks whose values stay in L1 for all rows
+      for (int64_t jc = 0; jc < n; jc += ATTN_SWEEP_PV_CHUNK)
+        rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data() + jc, Tiles::kBk, 1, rows,
+                                                    std::min<int64_t>(ATTN_SWEEP_PV_CHUNK, n - jc), vt + jc * v_stride,
+                                                    v_stride, Dvp / W, ws.acc.data(), Dvp);
+#else
       rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W,
                                                   ws.acc.data(), Dvp);
+#endif
     } else {  // each block of kPvRows rows stops at its last row's last key: the rest of P is 0
       for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
         const int64_t block = std::min<int64_t>(Tiles::kPvRows, rows - r);
@@ -335,7 +353,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
 // pays only the check in row_state_finite.
 void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
                      const float* qs_row, float* m_out, float* l_out, float* acc) {
-  thread_local std::vector<float> s;  // [hi − lo]
+  thread_local AlignedVector<float> s;  // [hi − lo]
   s.resize(static_cast<size_t>(hi - lo));
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
@@ -442,7 +460,7 @@ struct FusedBuffers {
 };
 
 FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
-  thread_local std::vector<float> partial, lse, packed;
+  thread_local AlignedVector<float> partial, lse, packed;
   const int64_t partial_floats = plan.tile_tasks * plan.splits * Tiles::kBq * plan.row_state;
   if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
     partial.resize(static_cast<size_t>(partial_floats));

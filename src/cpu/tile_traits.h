@@ -14,18 +14,43 @@ namespace attn::detail {
 template <SimdLevel>
 struct TileTraits;
 
-// 32 zmm registers. All register tiles that fit them measured within 2% of each other on the Zen 4
-// development machine (one 512-bit FMA per cycle per core) for long sequences. P·V keeps 4 vectors of
-// columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
+// bench/cpu_tile_sweep.sh compiles variants of the AVX-512 kernels with other values (ATTN_SWEEP_* macros,
+// never set in the build): each constant below is its macro's default.
+#ifndef ATTN_SWEEP_BQ
+#define ATTN_SWEEP_BQ 64
+#endif
+#ifndef ATTN_SWEEP_BK
+#define ATTN_SWEEP_BK 128
+#endif
+#ifndef ATTN_SWEEP_SCORE_ROWS
+#define ATTN_SWEEP_SCORE_ROWS 8
+#endif
+#ifndef ATTN_SWEEP_SCORE_VECS
+#define ATTN_SWEEP_SCORE_VECS 2
+#endif
+#ifndef ATTN_SWEEP_PV_ROWS
+#define ATTN_SWEEP_PV_ROWS 6
+#endif
+#ifndef ATTN_SWEEP_PV_VECS
+#define ATTN_SWEEP_PV_VECS 4
+#endif
+
+// 32 zmm registers. On the Zen 4 development machine (one 512-bit FMA per cycle per core) all register tiles
+// that fit them measured within 2% of each other for long sequences; on an Intel Xeon (two) the score tiles
+// 12 × 2 and 6 × 4 were no better than 8 × 2 (bench/cpu_tile_sweep.sh, docs/PERFORMANCE.md). P·V keeps 4
+// vectors of columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
 template <>
 struct TileTraits<SimdLevel::kAvx512> {
-  static constexpr int kLanes = 16;     // floats per vector
-  static constexpr int64_t kBq = 64;    // query rows per tile
-  static constexpr int64_t kBk = 128;   // keys per tile; a multiple of kScoreVecs·kLanes
-  static constexpr int kScoreRows = 8;  // Q·Kᵀ register tile: rows × vectors of columns
-  static constexpr int kScoreVecs = 2;
-  static constexpr int kPvRows = 4;      // the forward's P·V register tile: rows × vectors of columns (6 × 4
-  static constexpr int kPvVecs = 4;      // measured 2% slower at D = 64)
+  static constexpr int kLanes = 16;                         // floats per vector
+  static constexpr int64_t kBq = ATTN_SWEEP_BQ;             // query rows per tile (64)
+  static constexpr int64_t kBk = ATTN_SWEEP_BK;             // keys per tile (128); a multiple of kScoreVecs·kLanes
+  static constexpr int kScoreRows = ATTN_SWEEP_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns (8 × 2)
+  static constexpr int kScoreVecs = ATTN_SWEEP_SCORE_VECS;
+  // The forward's P·V register tile, rows × vectors of columns (6 × 4): 24 accumulators, each value vector
+  // loaded once for 6 rows. Against 4 × 4 (session 9, medians of 5 pinned rounds): Intel Xeon (two 512-bit FMA
+  // pipes, values from L2 at D = 128) +2% to +8%, Zen 4 −1% to +8%.
+  static constexpr int kPvRows = ATTN_SWEEP_PV_ROWS;
+  static constexpr int kPvVecs = ATTN_SWEEP_PV_VECS;
   static constexpr int kUpdateRows = 4;  // the backward's rank updates (dV, dK, dQ): rows × vectors
   static constexpr int kUpdateVecs = 4;
   // The backward's blocks: kBackwardBq query rows × kBackwardBk keys. 128 keys = one dropout group (one
