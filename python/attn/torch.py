@@ -16,8 +16,10 @@ makes it reproducible) and the backward regenerates the same mask from it.
 
 Tensors: CPU, float32 (bool or float32 masks). Contiguous tensors reach the kernels as views (DLPack), never
 copied; the outputs are torch tensors over the memory attn wrote. Non-contiguous inputs are made contiguous
-first (one copy). CUDA tensors, other dtypes and bad shapes raise ValueError / TypeError naming the argument.
-attn uses torch.get_num_threads() threads.
+first (one copy). Other dtypes and bad shapes raise ValueError / TypeError naming the argument. attn uses
+torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
+scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
+refused there), differentiable through attn.cuda's autograd Function (not a custom op).
 
 Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), and the
 attention weights that MultiheadAttention returns with need_weights=True. A query row whose keys are all masked
@@ -178,6 +180,36 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     return out, weights
 
 
+# ---------------------------------------------------------------- CUDA tensors: attn.cuda
+def _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_alignment,
+                    key_padding_mask, window, alibi_slopes):
+    """CUDA tensors go to attn.cuda's kernels (bfloat16/float16, D = 64 or 128, forward and backward on the GPU,
+    an autograd Function rather than a custom op); the options those kernels lack are refused by name."""
+    from . import cuda as attn_cuda  # loads libattn_cuda only when a CUDA tensor arrives
+
+    for name, t in (("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor) or t.device != query.device:
+            where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor on {query.device} as query is, got {where}")
+    lacking = [name for name, given in (("attn_mask", attn_mask is not None), ("dropout_p", dropout_p > 0.0),
+                                         ("alibi_slopes", alibi_slopes is not None)) if given]
+    if lacking:
+        raise ValueError(f"{', '.join(lacking)}: not supported for CUDA tensors (attn.cuda has causal, window and "
+                         "key_padding_mask); move the tensors to the CPU for these options")
+    if query.dim() not in (3, 4) or key.dim() != query.dim() or value.dim() != query.dim():
+        raise ValueError(f"on CUDA, query, key and value must be [B, H, L, D] or [H, L, D], got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
+    unbatched = query.dim() == 3
+    if unbatched:
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    out = attn_cuda.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
+                                                 enable_gqa=enable_gqa, causal_alignment=causal_alignment,
+                                                 key_padding_mask=key_padding_mask, window=window)
+    return out.squeeze(0) if unbatched else out
+
+
 # ---------------------------------------------------------------- the functional form
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False, *, causal_alignment=None, key_padding_mask=None, window=0,
@@ -185,7 +217,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """torch.nn.functional.scaled_dot_product_attention computed by attn (forward and fused backward).
 
     query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 to 4 dimensions, CPU float32.
-    Returns (..., H, Lq, Dv).
+    Returns (..., H, Lq, Dv). CUDA tensors (3 or 4 dimensions, bfloat16/float16, D = Dv = 64 or 128) run on
+    attn.cuda's kernels, without attn_mask, dropout_p or alibi_slopes.
     attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float32 added to the scores.
     dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch); the mask's seed comes from
     torch's default generator. is_causal: query i sees keys j <= i (top-left). scale: default 1/sqrt(D).
@@ -195,6 +228,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     alibi_slopes (H,) float32. A row whose keys are all masked gives 0 (PyTorch: NaN).
     Differentiable in query, key and value.
     """
+    if isinstance(query, torch.Tensor) and query.is_cuda:
+        return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                               causal_alignment, key_padding_mask, window, alibi_slopes)
     _check_tensor(query, "query")
     _check_tensor(key, "key")
     _check_tensor(value, "value")

@@ -156,3 +156,50 @@ def test_dlpack_input_and_errors():
     with pytest.raises(ValueError, match="CUDA"):
         x = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)
         attn_cuda.scaled_dot_product_attention(x, x, x)
+
+
+def load_attn_torch():
+    """attn.torch: the installed package, or else the source tree's with a stand-in for the CPU extension (on the
+    GPU machine it is not built for that Python; CUDA tensors never reach it)."""
+    try:
+        import attn.torch as at
+        return at
+    except ImportError:
+        import sys
+        import types
+        for name in [n for n in sys.modules if n == "attn" or n.startswith("attn.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("attn")
+        pkg.__path__ = [os.path.join(_here, "..", "..", "python", "attn")]
+        sys.modules["attn"] = pkg
+        sys.modules["attn._attn"] = types.ModuleType("attn._attn")
+        return importlib.import_module("attn.torch")
+
+
+def test_attn_torch_sends_cuda_tensors_to_attn_cuda():
+    at = load_attn_torch()
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 2, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(2, 2, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    pad = torch.zeros(2, 300, dtype=torch.bool, device="cuda")
+    pad[1, 250:] = True
+    out = at.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, key_padding_mask=pad)
+    ref = attn_cuda.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, key_padding_mask=pad)
+    assert torch.equal(out, ref)
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref.float().square().sum().backward()
+    for g, t in zip(grads, (q, k, v)):
+        assert torch.equal(g, t.grad)
+    # unbatched [H, L, D]
+    one = at.scaled_dot_product_attention(q[0], k[0], v[0], enable_gqa=True)
+    assert torch.equal(one, attn_cuda.scaled_dot_product_attention(q[:1], k[:1], v[:1], enable_gqa=True)[0])
+    with pytest.raises(ValueError, match="attn_mask, dropout_p: not supported for CUDA"):
+        at.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(300, 300, dtype=torch.bool), dropout_p=0.1)
+    with pytest.raises(ValueError, match="key must be a tensor on cuda"):
+        at.scaled_dot_product_attention(q, k.cpu(), v)
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        at.scaled_dot_product_attention(q.float(), k.float(), v.float())

@@ -253,10 +253,14 @@ def test_errors_name_the_argument():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_tensor_is_refused_by_name():
-    x = torch.randn(1, 2, 4, 8)
-    with pytest.raises(ValueError, match="query is on cuda"):
-        at.scaled_dot_product_attention(x.cuda(), x, x)
+def test_cuda_tensors_what_attn_cuda_lacks_is_refused_by_name():
+    x = torch.randn(1, 2, 4, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="attn_mask, dropout_p: not supported for CUDA"):
+        at.scaled_dot_product_attention(x, x, x, attn_mask=torch.ones(4, 4, dtype=torch.bool), dropout_p=0.1)
+    with pytest.raises(ValueError, match="key must be a tensor on cuda"):
+        at.scaled_dot_product_attention(x, x.cpu(), x)
+    with pytest.raises(TypeError, match="query must be bfloat16 or float16"):
+        at.scaled_dot_product_attention(x.float(), x.float(), x.float())
 
 
 # ---------------------------------------------------------------- MultiheadAttention
