@@ -1,4 +1,5 @@
-# Type stubs for attn.torch (python/attn/torch.py): attn's kernels on CPU float32 torch tensors.
+# Type stubs for attn.torch (python/attn/torch.py): attn's kernels on CPU float32 torch tensors (CUDA tensors:
+# scaled_dot_product_attention through attn.cuda).
 from typing import List, Literal, Optional, Tuple
 
 import torch
