@@ -12,6 +12,7 @@
 #include "attn/attention.h"
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
 #include "cpu/dropout.h"
 #include "simd_levels.h"
@@ -28,6 +29,19 @@ double max_abs(const Tensor& t) {
 
 // Random123's kat_vectors for Philox4x32-7 (the dropout generator) and -10 (the same round function, cuRAND's
 // round count): counters and keys zero, all ones, and the digits of pi.
+// Every kernel buffer starts on a cache line (cpu/aligned_vector.h): glibc's malloc gives 16 bytes, and a large
+// block starts at a page + 16, which made every 512-bit load of a kernel buffer straddle two lines.
+TEST(KernelBuffers, AlignedVectorStartsOnACacheLineAtEverySize) {
+  for (size_t n : {1, 3, 17, 1000, 70000, 1 << 20}) {
+    detail::AlignedVector<float> a(n);
+    detail::AlignedVector<uint16_t> b(n);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u) << n;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 64, 0u) << n;
+    a.resize(2 * n + 5);  // growing moves the data to a new block: aligned as well
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u) << n;
+  }
+}
+
 TEST(Dropout, PhiloxMatchesRandom123KnownAnswers) {
   struct Known {
     uint32_t ctr[4], k0, k1, out7[4], out10[4];
