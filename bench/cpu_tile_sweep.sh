@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Relinks the `attn` tool once per variant of the AVX-512 fused kernels (the ATTN_SWEEP_* macros of
+# Relinks the `attn` tool once per variant of the AVX-512 kernels (the ATTN_SWEEP_* macros of
 # src/cpu/tile_traits.h, tile_kernels.h and attention_fused_kernels.cc: tile sizes, loop orders, one stage left
-# out) into build-sweep-cpu/NAME/attn, from an existing build in build/ (only the four AVX-512 kernel objects are
-# recompiled). Then times them side by side with bench/cpu_sweep.py, unless --build-only:
-#   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv6x4:-DATTN_SWEEP_PV_ROWS=6' ...
+# out) into build-sweep-cpu/NAME/attn, from an existing Makefile-generator build in build/ (only the AVX-512
+# kernel objects are recompiled; the AVX512_BF16 dot kernel keeps the built tile sizes). Then times them side by
+# side with bench/cpu_sweep.py, unless --build-only:
+#   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4' ...
 # Variants are compared on one machine; a variant that leaves a stage out (ATTN_SWEEP_SKIP) computes wrong
 # results and only says what that stage costs.
 set -euo pipefail
@@ -13,20 +14,25 @@ if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 out=$PWD/build-sweep-cpu
 flags=(-O3 -DNDEBUG -std=c++20 -fopenmp -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2
        -DATTN_TARGET=avx512 -Iinclude -Ibuild/include -Isrc -w)
-link=$(cat build/CMakeFiles/attn.dir/link.txt)
+link_txt=build/CMakeFiles/attn.dir/link.txt
+[ -f $link_txt ] || { echo "no $link_txt: build attn in build/ with CMake's Makefile generator first" >&2; exit 1; }
+link=$(cat $link_txt)
+[[ $link == *" -o attn "* ]] || { echo "$link_txt has no ' -o attn ': cannot relink" >&2; exit 1; }
 args=()
 for v in "$@"; do
   name=${v%%:*}; vflags=${v#*:}
-  mkdir -p "$out/$name"
-  objs=()
-  for src in attention_fused_kernels attention_backward_kernels attention_decode_kernels fma_peak_kernels; do
+  rm -rf "${out:?}/$name"; mkdir -p "$out/$name"
+  objs=(); pids=()
+  for src in attention_fused_kernels attention_backward_kernels attention_decode_kernels fma_peak_kernels \
+             attention_lowp_kernels; do
     # shellcheck disable=SC2086
-    c++ "${flags[@]}" $vflags -c src/cpu/$src.cc -o "$out/$name/$src.o" &
+    c++ "${flags[@]}" $vflags -c src/cpu/$src.cc -o "$out/$name/$src.o" & pids+=($!)
     objs+=("$out/$name/$src.o")
   done
-  wait
+  for pid in "${pids[@]}"; do wait "$pid" || { echo "$name: a kernel failed to compile" >&2; exit 1; }; done
   # the variant's objects first: the linker then never takes the archive's AVX-512 kernel members
-  (cd build && ${link/ -o attn / ${objs[*]} -o $out/$name/attn })
+  (cd build && eval "${link/ -o attn / ${objs[*]} -o $out/$name/attn }")
+  [ -x "$out/$name/attn" ] || { echo "$name: the relink made no $out/$name/attn" >&2; exit 1; }
   args+=("$name=$out/$name/attn")
   echo "built $out/$name/attn ($vflags)"
 done

@@ -27,8 +27,6 @@ double max_abs(const Tensor& t) {
   return m;
 }
 
-// Random123's kat_vectors for Philox4x32-7 (the dropout generator) and -10 (the same round function, cuRAND's
-// round count): counters and keys zero, all ones, and the digits of pi.
 // Every kernel buffer starts on a cache line (cpu/aligned_vector.h): glibc's malloc gives 16 bytes, and a large
 // block starts at a page + 16, which made every 512-bit load of a kernel buffer straddle two lines.
 TEST(KernelBuffers, AlignedVectorStartsOnACacheLineAtEverySize) {
@@ -42,6 +40,8 @@ TEST(KernelBuffers, AlignedVectorStartsOnACacheLineAtEverySize) {
   }
 }
 
+// Random123's kat_vectors for Philox4x32-7 (the dropout generator) and -10 (the same round function, cuRAND's
+// round count): counters and keys zero, all ones, and the digits of pi.
 TEST(Dropout, PhiloxMatchesRandom123KnownAnswers) {
   struct Known {
     uint32_t ctr[4], k0, k1, out7[4], out10[4];

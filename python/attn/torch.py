@@ -184,7 +184,8 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
 def _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_alignment,
                     key_padding_mask, window, alibi_slopes):
     """CUDA tensors go to attn.cuda's kernels (bfloat16/float16, D = 64 or 128, forward and backward on the GPU,
-    an autograd Function rather than a custom op); the options those kernels lack are refused by name."""
+    an autograd Function rather than a custom op: torch.compile does not trace it); the options those kernels
+    lack are refused by name. A CPU key_padding_mask is copied to the GPU."""
     from . import cuda as attn_cuda  # loads libattn_cuda only when a CUDA tensor arrives
 
     for name, t in (("key", key), ("value", value)):
@@ -202,7 +203,7 @@ def _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, e
     unbatched = query.dim() == 3
     if unbatched:
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        if key_padding_mask is not None:
+        if key_padding_mask is not None and key_padding_mask.dim() == 1:  # [Lk] or [1, Lk], as on the CPU
             key_padding_mask = key_padding_mask.unsqueeze(0)
     out = attn_cuda.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
                                                  enable_gqa=enable_gqa, causal_alignment=causal_alignment,

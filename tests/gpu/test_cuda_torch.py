@@ -159,8 +159,9 @@ def test_dlpack_input_and_errors():
 
 
 def load_attn_torch():
-    """attn.torch: the installed package, or else the source tree's with a stand-in for the CPU extension (on the
-    GPU machine it is not built for that Python; CUDA tensors never reach it)."""
+    """attn.torch: the installed package (so an installed attn must be this tree's), or else the source tree's with a
+    stand-in for the CPU extension (on the GPU machine it is not built for that Python; CUDA tensors never reach
+    it)."""
     try:
         import attn.torch as at
         return at
@@ -197,6 +198,10 @@ def test_attn_torch_sends_cuda_tensors_to_attn_cuda():
     # unbatched [H, L, D]
     one = at.scaled_dot_product_attention(q[0], k[0], v[0], enable_gqa=True)
     assert torch.equal(one, attn_cuda.scaled_dot_product_attention(q[:1], k[:1], v[:1], enable_gqa=True)[0])
+    # an unbatched call's key_padding_mask: [Lk] or [1, Lk], as on the CPU
+    ref1 = attn_cuda.scaled_dot_product_attention(q[1:], k[1:], v[1:], enable_gqa=True, key_padding_mask=pad[1:])[0]
+    for m in (pad[1], pad[1:]):
+        assert torch.equal(at.scaled_dot_product_attention(q[1], k[1], v[1], enable_gqa=True, key_padding_mask=m), ref1)
     with pytest.raises(ValueError, match="attn_mask, dropout_p: not supported for CUDA"):
         at.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(300, 300, dtype=torch.bool), dropout_p=0.1)
     with pytest.raises(ValueError, match="key must be a tensor on cuda"):
