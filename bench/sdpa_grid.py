@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The fp32 forward grid of the kernel issue: attn's fused SDPA against PyTorch's, in one run, one command.
 
-    /tmp/torchvenv/bin/python bench/sdpa_grid.py [--quick] [--threads 1 2] [--rounds 3] [--write docs/PERFORMANCE.md]
+    /tmp/torchvenv/bin/python bench/sdpa_grid.py [--quick] [--threads 1 2] [--rounds 3] [--write docs/performance/cpu_kernel.md]
 
 Grid: D in {32, 64, 128, 256} x L in {256, 1024, 4096, 16384} x {non-causal, causal} x {H = Hkv = 8, GQA H = 8,
 Hkv = 1}, B = 1, Lq = Lk = L, at each thread count of --threads (default: 1 and all cores). Per cell, attn

@@ -90,7 +90,7 @@ TEST(LowpAttention, WithinTwicePyTorchsErrorOnItsFixtures) {
       const Tensor& expected = st.at("expected_" + dt_name);
       const double torch_err = std::stod(st.metadata.at("torch_" + dt_name + "_err"));
       // PyTorch's float16 CPU kernel is far off on the decode fixtures (errors of 5-8, see the report in
-      // docs/PERFORMANCE.md): there the bound of the case-list test applies as well.
+      // docs/performance/low_precision.md): there the bound of the case-list test applies as well.
       const double bound = 2.0 * unit_roundoff(dt) * max_abs(to_dtype(v, DType::kFloat32)) + 1e-5;
       const double tol = std::min(2.0 * torch_err, bound);
       for (const LowpPath& path : lowp_paths(dt)) {
@@ -104,7 +104,7 @@ TEST(LowpAttention, WithinTwicePyTorchsErrorOnItsFixtures) {
           ASSERT_EQ(r.output.dtype(), dt);
           const double err = test::max_abs_diff(to_dtype(r.output, DType::kFloat32), expected);
           EXPECT_LE(err, tol) << "torch's error " << torch_err;
-          if (std::getenv("ATTN_LOWP_REPORT") && !weights)  // the ratios docs/PERFORMANCE.md quotes
+          if (std::getenv("ATTN_LOWP_REPORT") && !weights)  // the ratios docs/performance/low_precision.md quotes
             std::printf("%s %s %s: attn %.3g torch %.3g ratio %.2f\n", file.substr(file.rfind('/') + 1).c_str(),
                         dt_name.c_str(), path.name.c_str(), err, torch_err, torch_err > 0 ? err / torch_err : 0.0);
           ++checked;

@@ -37,7 +37,7 @@ struct TileTraits;
 
 // 32 zmm registers. On the Zen 4 development machine (one 512-bit FMA per cycle per core) all register tiles
 // that fit them measured within 2% of each other for long sequences; on an Intel Xeon (two) the score tiles
-// 12 × 2 and 6 × 4 were no better than 8 × 2 (bench/cpu_tile_sweep.sh, docs/PERFORMANCE.md). P·V keeps 4
+// 12 × 2 and 6 × 4 were no better than 8 × 2 (bench/cpu_tile_sweep.sh, docs/performance/cpu_kernel.md). P·V keeps 4
 // vectors of columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
 template <>
 struct TileTraits<SimdLevel::kAvx512> {

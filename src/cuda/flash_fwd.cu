@@ -19,7 +19,7 @@ namespace {
 // are issued at step t and run during n − 1 steps, one barrier a step). kLazyRescale: O is rescaled only when some
 // row of the warp has a new maximum.
 // The ATTN_FWD* macros exist for bench/cuda_tile_sweep.sh (a variant defines a head size's whole group); the
-// defaults are what it chose on an H200 (docs/PERFORMANCE.md).
+// defaults are what it chose on an H200 (docs/performance/gpu.md).
 #ifndef ATTN_FWD64_BR
 #define ATTN_FWD64_BR 128
 #define ATTN_FWD64_BC 64

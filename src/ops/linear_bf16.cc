@@ -1,7 +1,7 @@
 // Projections with bfloat16 weights through oneDNN's matmul primitive (Debian's libdnnl): one primitive per
 // weight matrix with the row count M a runtime dimension, the weights reordered once into the layout it prefers.
 // Chosen over OpenBLAS's sbgemm, which Debian's OpenBLAS 0.3.21 does not build (bench/bf16_gemm_bench.cc,
-// docs/PERFORMANCE.md: 1.7-2.6x float32 SGEMM on the models' projection shapes).
+// docs/performance/low_precision.md: 1.7-2.6x float32 SGEMM on the models' projection shapes).
 #include <oneapi/dnnl/dnnl.h>
 
 #include <omp.h>
