@@ -6,8 +6,8 @@
 // packing the weight matrix it has just packed the step before (sgemm_incopy was 13% of greedy translation's
 // time) and runs at 80-90% of the FMA peak; libxsmm's kernels read the operands where they lie and ran at
 // 99-100% of it on the model's shapes (M = 16-256 rows of 128-384 columns: 1.2-1.7x OpenBLAS; bench numbers
-// in docs/performance/translation.md). They want the weights as the column-major left operand, i.e. W transposed, so the
-// model keeps that copy, made on first use (inference only: a model that trains would make it stale;
+// in docs/performance/translation.md). They want the weights as the column-major left operand, i.e. W transposed, so
+// the model keeps that copy, made on first use (inference only: a model that trains would make it stale;
 // Transformer::quantize).
 // The kernels' sums run in the same k order as any GEMM's but with other partial sums than OpenBLAS's, so
 // results differ from the float32 training path in the last bits.
