@@ -25,8 +25,8 @@ struct AttentionCase {
 
   std::string name() const {
     static const char* masks[] = {"none", "bool", "float", "bool-empty-rows"};
-    return "B" + std::to_string(B) + " H" + std::to_string(H) + "/" + std::to_string(Hkv) + " Lq" + std::to_string(Lq) +
-           " Lk" + std::to_string(Lk) + " D" + std::to_string(D) + " Dv" + std::to_string(Dv) +
+    return std::string("B") + std::to_string(B) + " H" + std::to_string(H) + "/" + std::to_string(Hkv) + " Lq" +
+           std::to_string(Lq) + " Lk" + std::to_string(Lk) + " D" + std::to_string(D) + " Dv" + std::to_string(Dv) +
            " mask=" + masks[static_cast<int>(mask)] + "/" + std::to_string(mask_rank) + (key_padding ? " kpm" : "") +
            " causal=" + causal_name(causal) + (window ? " window=" + std::to_string(window) : "") +
            (alibi ? " alibi" : "") + (weights ? " weights" : "");

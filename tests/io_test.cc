@@ -1,5 +1,6 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -123,9 +124,9 @@ TEST(Safetensors, ReadsWhatPyTorchWrote) {
 
 // A safetensors image with one tensor of the given dtype holding raw bytes.
 std::vector<uint8_t> safetensors_image(const std::string& header, const std::vector<uint8_t>& data) {
-  std::vector<uint8_t> out(8);
+  std::vector<uint8_t> out(8 + header.size());
   for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(header.size() >> (8 * i));
-  out.insert(out.end(), header.begin(), header.end());
+  std::copy(header.begin(), header.end(), out.begin() + 8);
   out.insert(out.end(), data.begin(), data.end());
   return out;
 }

@@ -17,6 +17,16 @@
 namespace attn {
 namespace {
 
+// Generation options by position (an aggregate initialiser would leave the later members to GCC's
+// -Wmissing-field-initializers).
+GenerationOptions decoding(int beam, float length_penalty, int64_t max_length) {
+  GenerationOptions o;
+  o.beam = beam;
+  o.length_penalty = length_penalty;
+  o.max_length = max_length;
+  return o;
+}
+
 // Relative-plus-absolute closeness of two float tensors.
 double max_rel_err(const float* a, const float* b, int64_t n) {
   double m = 0.0;
@@ -132,7 +142,7 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
       for (size_t i = 0; i < inc_logits[b].size(); ++i) EXPECT_NEAR(inc_logits[b][i], full_logits[b][i], 1e-4);
     }
     // generate(beam = 1) is the same greedy path, stopping at EOS
-    const auto greedy = generate(m, src, {1, 0.0f, 12});
+    const auto greedy = generate(m, src, decoding(1, 0.0f, 12));
     for (size_t b = 0; b < greedy.size(); ++b) {
       const auto& f = full[b];
       std::vector<int32_t> until_eos;
@@ -166,8 +176,8 @@ double sequence_logprob(Transformer& m, const TokenBatch& src1, const std::vecto
 TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
   Transformer m = random_model(false);
   const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0, 9, 2, 0, 0, 0}, 3, 5};
-  const auto greedy = generate(m, src, {1, 0.0f, 10});
-  const auto beam = generate(m, src, {4, 0.0f, 10});
+  const auto greedy = generate(m, src, decoding(1, 0.0f, 10));
+  const auto beam = generate(m, src, decoding(4, 0.0f, 10));
   ASSERT_EQ(beam.size(), 3u);
   for (int64_t b = 0; b < 3; ++b) {
     TokenBatch one{std::vector<int32_t>(src.ids.begin() + b * 5, src.ids.begin() + (b + 1) * 5), 1, 5};
@@ -178,10 +188,10 @@ TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
 
 TEST(Transformer, BadInputAndCorruptCheckpoints) {
   Transformer m = random_model(false);
-  EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);                    // id outside the vocabulary
-  EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);                        // ids disagree with [B, L]
-  EXPECT_THROW(generate(m, {std::vector<int32_t>(30, 3), 1, 30}), ShapeError);  // longer than max_len
-  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, {0}), ArgumentError);                // beam 0
+  EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);                       // id outside the vocabulary
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);                           // ids disagree with [B, L]
+  EXPECT_THROW(generate(m, {std::vector<int32_t>(30, 3), 1, 30}), ShapeError);     // longer than max_len
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, decoding(0, 0.6f, 0)), ArgumentError);  // beam 0
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
   std::filesystem::remove_all(dir);
   std::mt19937 rng(9);  // every parameter off its initial value (LayerNorm weights start at 1 everywhere)
@@ -198,7 +208,7 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   }
   // and the loaded model computes what the saved one does (its named fields point at the loaded tensors)
   const TokenBatch src{{3, 4, 5, 2}, 1, 4};
-  EXPECT_EQ(generate(back, src, {2, 0.6f, 8}), generate(m, src, {2, 0.6f, 8}));
+  EXPECT_EQ(generate(back, src, decoding(2, 0.6f, 8)), generate(m, src, decoding(2, 0.6f, 8)));
   EXPECT_EQ(test::max_abs_diff(back.encode(src), m.encode(src)), 0.0);
   {  // an unknown activation is an error, not silently ReLU
     std::ofstream(dir / "config.json")

@@ -16,7 +16,8 @@ namespace {
 constexpr const char* kFn = "attn::cuda::attention";
 
 std::string shape(int64_t a, int64_t b, int64_t c, int64_t d) {
-  return "[" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + ", " + std::to_string(d) + "]";
+  return std::string("[") + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + ", " +
+         std::to_string(d) + "]";
 }
 
 void check_tensor(const DeviceTensor& t, const char* name, int64_t heads, int64_t len, int64_t D, int64_t B) {

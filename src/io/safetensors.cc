@@ -2,6 +2,7 @@
 // is checked against the bytes that are really there before a tensor is allocated.
 #include "attn/io/safetensors.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -155,10 +156,10 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  std::vector<uint8_t> out(8);
+  std::vector<uint8_t> out(8 + text.size());  // sized once (GCC 12 warned about insert after a size of 8)
   for (int i = 0; i < 8; ++i)
     out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-  out.insert(out.end(), text.begin(), text.end());
+  std::copy(text.begin(), text.end(), out.begin() + 8);
   for (const auto& [name, t] : tensors) {
     const auto* raw = static_cast<const uint8_t*>(t.raw());
     out.insert(out.end(), raw, raw + t.nbytes());

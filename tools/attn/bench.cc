@@ -252,7 +252,10 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
   for (int64_t i = 0; i < count; ++i) {
     std::string s;
     const int n = 8 + static_cast<int>(rng() % 17);  // 8..24 words
-    for (int w = 0; w < n; ++w) s += (w ? " " : "") + std::string(kWords[rng() % 20]);
+    for (int w = 0; w < n; ++w) {
+      if (w) s += ' ';
+      s += kWords[rng() % 20];
+    }
     sentences.push_back(s + ".");
   }
   const auto ms = time_runs(repeat, [&] { enc.embed(sentences, batch, threads); });
