@@ -17,7 +17,8 @@ dominates, attn fused against attn's unfused BLAS path and PyTorch.
 --write FILE replaces the text between the markers <!-- sdpa-grid:begin --> and <!-- sdpa-grid:end --> in FILE
 (appending them if absent) with the tables and the machine line (CPU, cores, load average at the start and end,
 peaks). The default run takes about 30 minutes on the 2-core development machine (most of it at L = 16384);
---quick: L in {1024, 4096}, D in {64, 128}, one round, H = Hkv only (about two minutes).
+--quick: L in {1024, 4096}, D in {64, 128}, one round unless --rounds says otherwise, H = Hkv only (about two
+minutes). --pin CPU runs the one-thread cells on that CPU.
 """
 import argparse
 import datetime
@@ -92,7 +93,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "attn"))
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and all)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds per cell")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating A/B rounds per cell (3; --quick: 1)")
+    ap.add_argument("--pin", type=int, metavar="CPU",
+                    help="run the one-thread cells (both sides, and their peak) on this CPU: a server's cores turbo to "
+                         "different clocks, and where an unpinned process lands moved one-thread cells by ±15–40%% on "
+                         "the Xeon of docs/performance/cpu_kernel.md")
     ap.add_argument("--seconds", type=float, default=0.25, help="about this much work per side and round")
     ap.add_argument("--dims", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384])
@@ -110,7 +115,13 @@ def main():
     import torch
     import torch.nn.functional as F
     if a.quick:
-        a.dims, a.lengths, a.rounds, a.no_gqa = [64, 128], [1024, 4096], 1, True
+        a.dims, a.lengths, a.no_gqa = [64, 128], [1024, 4096], True
+    if a.rounds is None:
+        a.rounds = 1 if a.quick else 3
+    all_cpus = os.sched_getaffinity(0)
+
+    def pin_for(threads):  # children (attn) inherit the mask; torch's one thread is this thread
+        os.sched_setaffinity(0, {a.pin} if a.pin is not None and threads == 1 else all_cpus)
     all_threads = os.cpu_count() or 1
     threads_list = a.threads or ([1, all_threads] if all_threads > 1 else [1])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -118,6 +129,7 @@ def main():
     load_start = load_average()
     peaks = {}
     for t in threads_list:
+        pin_for(t)
         peaks[t] = attn_json(a.attn, ["peak", "--threads", str(t), "--seconds", "0.5"])["gflops"]
     print(f"machine: {cpu}, {all_threads} CPUs, attn kernel {isa}; torch {torch.__version__}; "
           f"FMA peak {', '.join(f'{peaks[t]:.0f} GFLOP/s on {t} thread(s)' for t in threads_list)}; "
@@ -132,6 +144,7 @@ def main():
     print(header + "\n" + lines[-1], flush=True)
     summary = []
     for t in threads_list:
+        pin_for(t)
         torch.set_num_threads(t)
         rate = {}
         for c in cells:
@@ -153,6 +166,7 @@ def main():
         small_lines += [hdr, "|" + "---|" * 7]
         print("\n" + hdr + "\n" + small_lines[-1], flush=True)
         for t in threads_list:
+            pin_for(t)
             torch.set_num_threads(t)
             for L in (16, 32, 64):
                 c = dict(B=64, H=8, Hkv=8, L=L, D=64, causal=False)
