@@ -34,6 +34,9 @@ struct TileTraits;
 #ifndef ATTN_SWEEP_PV_VECS
 #define ATTN_SWEEP_PV_VECS 4
 #endif
+#ifndef ATTN_SWEEP_UPDATE_ROWS
+#define ATTN_SWEEP_UPDATE_ROWS 4
+#endif
 
 // 32 zmm registers. On the Zen 4 development machine (one 512-bit FMA per cycle per core) all register tiles
 // that fit them measured within 2% of each other for long sequences; on an Intel Xeon (two) the score tiles
@@ -51,8 +54,8 @@ struct TileTraits<SimdLevel::kAvx512> {
   // pipes, values from L2 at D = 128) +2% to +8%, Zen 4 −1% to +8%.
   static constexpr int kPvRows = ATTN_SWEEP_PV_ROWS;
   static constexpr int kPvVecs = ATTN_SWEEP_PV_VECS;
-  static constexpr int kUpdateRows = 4;  // the backward's rank updates (dV, dK, dQ): rows × vectors
-  static constexpr int kUpdateVecs = 4;
+  static constexpr int kUpdateRows = ATTN_SWEEP_UPDATE_ROWS;  // the backward's rank updates (dV, dK, dQ): rows ×
+  static constexpr int kUpdateVecs = 4;                       // vectors (4 × 4; 6 × 4: 2–10% slower, Zen 4)
   // The backward's blocks: kBackwardBq query rows × kBackwardBk keys. 128 keys = one dropout group (one
   // Philox block per lane, cpu/dropout.h), generated once per row and block.
   static constexpr int64_t kBackwardBq = 64;
