@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 build_only=0
 if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 out=$PWD/build-sweep-cpu
-flags=(-O3 -DNDEBUG -std=c++20 -fopenmp -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2
+flags=(-O3 -DNDEBUG -fPIC -std=c++20 -fopenmp -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2
        -DATTN_TARGET=avx512 -Iinclude -Ibuild/include -Isrc -w)
 link_txt=build/CMakeFiles/attn.dir/link.txt
 [ -f $link_txt ] || { echo "no $link_txt: build attn in build/ with CMake's Makefile generator first" >&2; exit 1; }

@@ -204,17 +204,13 @@ inline void dot_pv_tile(const uint32_t* P, int64_t p_rs, int64_t pairs, const ui
     for (int v = 0; v < C; ++v) _mm512_storeu_ps(acc + r * acc_rs + v * 16, a[r][v]);
 }
 
-// The vdpbf16ps P·V register tile stays 4 × 4 where float32's is 6 × 4 (6 × 4 measured 4% slower here, Zen 4);
-// the convert path's float32 P·V (rank_update) takes float32's 6 × 4.
-constexpr int kDotPvRows = 4;
-
 inline void dot_pv(const uint32_t* P, int64_t p_rs, int64_t rows, int64_t pairs, const uint16_t* vb, int64_t vecs,
                    float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += kDotPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(kDotPvRows, rows - r));
+  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
+    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
     for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
       const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
-      with_const<kDotPvRows>(R, [&](auto RR) {
+      with_const<Tiles::kPvRows>(R, [&](auto RR) {
         with_const<Tiles::kPvVecs>(C, [&](auto CC) {
           dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(P + r * p_rs, p_rs, pairs, vb + c * 32, vecs * 32,
                                                                 acc + r * acc_rs + c * 16, acc_rs);

@@ -29,7 +29,7 @@ struct TileTraits;
 #define ATTN_SWEEP_SCORE_VECS 2
 #endif
 #ifndef ATTN_SWEEP_PV_ROWS
-#define ATTN_SWEEP_PV_ROWS 6
+#define ATTN_SWEEP_PV_ROWS 4
 #endif
 #ifndef ATTN_SWEEP_PV_VECS
 #define ATTN_SWEEP_PV_VECS 4
@@ -49,9 +49,9 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int64_t kBk = ATTN_SWEEP_BK;             // keys per tile (128); a multiple of kScoreVecs·kLanes
   static constexpr int kScoreRows = ATTN_SWEEP_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns (8 × 2)
   static constexpr int kScoreVecs = ATTN_SWEEP_SCORE_VECS;
-  // The forward's P·V register tile, rows × vectors of columns (6 × 4): 24 accumulators, each value vector
-  // loaded once for 6 rows. Against 4 × 4 (session 9, medians of 5 pinned rounds): Intel Xeon (two 512-bit FMA
-  // pipes, values from L2 at D = 128) +2% to +8%, Zen 4 −1% to +8%.
+  // The forward's P·V register tile, rows × vectors of columns (4 × 4). 6 × 4 (each value vector loaded once
+  // for 6 rows): 2–10% slower on Zen 4 in builds made the same way; on an Intel Xeon its +2–8% could not be told
+  // apart from code layout (two builds of one source differed by 5%; docs/performance/cpu_kernel.md).
   static constexpr int kPvRows = ATTN_SWEEP_PV_ROWS;
   static constexpr int kPvVecs = ATTN_SWEEP_PV_VECS;
   static constexpr int kUpdateRows = ATTN_SWEEP_UPDATE_ROWS;  // the backward's rank updates (dV, dK, dQ): rows ×
