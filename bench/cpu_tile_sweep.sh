@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Relinks the `attn` tool once per variant of the AVX-512 kernels (the ATTN_SWEEP_* macros of
-# src/cpu/tile_traits.h, tile_kernels.h and attention_fused_kernels.cc: tile sizes, loop orders, one stage left
+# src/cpu/tile_traits.h, attention_fused_kernels.cc and attention_backward_kernels.cc: tile sizes, one stage left
 # out) into build-sweep-cpu/NAME/attn, from an existing Makefile-generator build in build/ (only the AVX-512
 # kernel objects are recompiled; the AVX512_BF16 dot kernel keeps the built tile sizes). Then times them side by
 # side with bench/cpu_sweep.py, unless --build-only:

@@ -37,10 +37,7 @@
 #ifndef ATTN_TARGET
 #error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
 #endif
-#ifndef ATTN_SWEEP_PV_CHUNK  // bench/cpu_tile_sweep.sh's variants (0: as built)
-#define ATTN_SWEEP_PV_CHUNK 0
-#endif
-#ifndef ATTN_SWEEP_SKIP
+#ifndef ATTN_SWEEP_SKIP  // bench/cpu_tile_sweep.sh's stage-left-out variants (0: as built)
 #define ATTN_SWEEP_SKIP 0
 #endif
 
@@ -326,15 +323,8 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (skip_zero) {
       rank_update_nonzero(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, ws.acc.data(), Dvp);
     } else if (!diagonal) {
-#if ATTN_SWEEP_PV_CHUNK  // bench/cpu_tile_sweep.sh: the keys in chunks whose values stay in L1 for all rows
-      for (int64_t jc = 0; jc < n; jc += ATTN_SWEEP_PV_CHUNK)
-        rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data() + jc, Tiles::kBk, 1, rows,
-                                                    std::min<int64_t>(ATTN_SWEEP_PV_CHUNK, n - jc), vt + jc * v_stride,
-                                                    v_stride, Dvp / W, ws.acc.data(), Dvp);
-#else
       rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W,
                                                   ws.acc.data(), Dvp);
-#endif
     } else {  // each block of kPvRows rows stops at its last row's last key: the rest of P is 0
       for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
         const int64_t block = std::min<int64_t>(Tiles::kPvRows, rows - r);

@@ -22,10 +22,6 @@
 #error "compile this file with -DATTN_TARGET=avx512|avx2|scalar"
 #endif
 
-#ifndef ATTN_SWEEP_QK_PANEL_OUTER
-#define ATTN_SWEEP_QK_PANEL_OUTER 0  // bench/cpu_tile_sweep.sh: 1 = panel-outer loop order
-#endif
-
 namespace attn::detail::ATTN_TARGET {
 
 using simd::Vec;
@@ -94,15 +90,6 @@ inline void gemm_abt_panels(const float* a, int64_t a_rs, const float* bt, int64
       }
     }
   };
-#if ATTN_SWEEP_QK_PANEL_OUTER  // bench/cpu_tile_sweep.sh: each panel through all row blocks (it stays in L1)
-  if (cols == round_up(cols, kPanel) && rows % R == 0) {
-    for (int64_t c0 = 0; c0 < cols; c0 += kPanel)
-      for (int64_t r = 0; r < rows; r += R)
-        gemm_abt_tile<R, C>(a + r * a_rs, a_rs, bt + c0 * depth, std::min(kPanel, total - c0), depth, kPanel,
-                            c + r * c_rs + c0, c_rs);
-    return;
-  }
-#endif
   int64_t r = 0;
   for (; r + R <= rows; r += R) row_block(std::integral_constant<int, R>{}, r);
   if (r < rows) with_const<R>(static_cast<int>(rows - r), [&](auto RR) { row_block(RR, r); });
