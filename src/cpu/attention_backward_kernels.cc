@@ -35,12 +35,6 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
-#ifndef ATTN_SWEEP_DIAGONAL_ROWS  // bench/cpu_tile_sweep.sh
-#define ATTN_SWEEP_DIAGONAL_ROWS 16
-#endif
-// A diagonal tile's parts (see run_key_blocks). Against whole 64-row tiles, causal L = 1024, 1 thread, Zen 4:
-// backward −4% (D = 64) and −7% (D = 128) in time with 16-row parts, −3% with 32.
-constexpr int64_t kDiagonalRows = ATTN_SWEEP_DIAGONAL_ROWS;
 
 struct BackwardPlan {
   int threads = 1;
@@ -184,11 +178,15 @@ void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& 
 // to ws.dk, ws.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ buffer).
 // packed_cols: the width of the block's packed Kᵀ and Vᵀ panels (ws.kt, ws.vt; pack_panels); `keys`: the block's
 // K rows (row stride k_rs, whole vectors wide); q_finite, dout_finite: the tile's checks.
+// `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
+// with r; the last row sees all n). Its products then stop at that triangle in register-tile steps: S and dP per
+// kScoreRows rows up to the block's last row's keys, dQ per kUpdateRows rows the same way, dK and dV per
+// kUpdateRows keys from the first row that sees them. An entry of P̃ or dS such a step reads past its row's
+// visible keys is 0, so the sums are those of the whole tile, without most of the hidden half's products.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
-                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, int64_t packed_cols,
-                const float* keys, int64_t k_rs, bool keys_finite, bool q_finite, bool dout_finite, float* dq_rows,
-                BackwardWorkspace& ws) {
-  const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, bool diagonal,
+                int64_t packed_cols, const float* keys, int64_t k_rs, bool keys_finite, bool q_finite, bool dout_finite,
+                float* dq_rows, BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp;
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
   const float* dout = g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
@@ -201,9 +199,26 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
     pack_rows(dout, p.o_sl, rows, p.Dv, ws.dout.data(), Dvp);
     dout = ws.dout.data(), dout_rs = Dvp;
   }
-  // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, cols]
-  gemm_abt_panels(q, q_rs, ws.kt.data(), packed_cols, p.D, rows, cols, ws.s.data(), kBk);
-  gemm_abt_panels(dout, dout_rs, ws.vt.data(), packed_cols, p.Dv, rows, cols, ws.ds.data(), kBk);
+  const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
+    if (!diagonal) return n;
+    int64_t lo, hi;
+    p.key_range(i0 + r, &lo, &hi);
+    return std::clamp<int64_t>(hi - j0, 0, n);
+  };
+  // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, ≤ n rounded up to whole vectors]
+  const auto scores = [&](int64_t r, int64_t block, int64_t cols) {
+    gemm_abt_panels(q + r * q_rs, q_rs, ws.kt.data(), packed_cols, p.D, block, cols, ws.s.data() + r * kBk, kBk);
+    gemm_abt_panels(dout + r * dout_rs, dout_rs, ws.vt.data(), packed_cols, p.Dv, block, cols, ws.ds.data() + r * kBk,
+                    kBk);
+  };
+  if (!diagonal) {
+    scores(0, rows, round_up(n, Tiles::kScoreVecs * W));
+  } else {
+    for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
+      const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r), cols = round_up(visible(r + block - 1), W);
+      if (cols > 0) scores(r, block, cols);
+    }
+  }
   const bool masked = tile_needs_mask(p, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
@@ -212,26 +227,50 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
+    float* pt = ws.pt.data() + r * kBk;
+    // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
+    const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
     if (masked) {  // the masking rule works on scaled scores (here in base 2, as the forward's)
       const Vec sv = Vec::set1(scale2);
       int64_t j = 0;
-      for (; j + W <= n; j += W) (Vec::load(s + j) * sv).store(s + j);
-      for (; j < n; ++j) s[j] *= scale2;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
+      for (; j + W <= len; j += W) (Vec::load(s + j) * sv).store(s + j);
+      for (; j < len; ++j) s[j] *= scale2;
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
     }
-    probabilities_row(s, n, masked ? 1.0f : scale2, row_lse[r]);
+    probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
     if (dropout)  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
-      dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, ws.pt.data() + r * kBk, dp, nullptr, s);
-    score_grads_row(s, dp, n, row_delta[r], p.scale);
+      dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
+    score_grads_row(s, dp, len, row_delta[r], p.scale);
+    if (len < n) {  // the diagonal's update steps may read up to the tile's last row's keys
+      std::fill(s + len, s + n, 0.0f);
+      std::fill(dp + len, dp + n, 0.0f);
+      if (dropout) std::fill(pt + len, pt + n, 0.0f);
+    }
   }
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
+  const auto update_dv = dout_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
+  const auto update_dk = q_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
+  const auto update_dq = keys_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
   // dV[n, Dvp] += P̃ᵀ · dO ; dK[n, Dp] += dSᵀ · Q ; dQ[rows, Dp] += dS · K
-  (dout_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
-      P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
-  (q_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
-      ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
-  (keys_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero)(
-      ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
+  if (!diagonal) {
+    update_dv(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
+    update_dk(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
+    update_dq(ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
+    return;
+  }
+  constexpr int64_t kSteps = Tiles::kUpdateRows;
+  for (int64_t j = 0, first = 0; j < n; j += kSteps) {  // keys [j, j + kSteps) from the first row that sees key j
+    while (visible(first) <= j) ++first;                // the last row sees all n keys
+    const int64_t block = std::min(kSteps, n - j), terms = rows - first;
+    update_dv(P_used + first * kBk + j, 1, kBk, block, terms, dout + first * dout_rs, dout_rs, Dvp / W,
+              ws.dv.data() + j * Dvp, Dvp);
+    update_dk(ws.ds.data() + first * kBk + j, 1, kBk, block, terms, q + first * q_rs, q_rs, Dp / W,
+              ws.dk.data() + j * Dp, Dp);
+  }
+  for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
+    const int64_t block = std::min(kSteps, rows - r), terms = visible(r + block - 1);
+    if (terms > 0) update_dq(ws.ds.data() + r * kBk, kBk, 1, block, terms, keys, k_rs, Dp / W, dq_rows + r * Dp, Dp);
+  }
 }
 
 // Every task: (b, kv head g, chunk c) walks its key blocks; see the file comment.
@@ -271,21 +310,16 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
           for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {  // aligned tiles: their checks are per tile
             const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
             // On the causal diagonal the tile's last row sees only the block's first keys: the rest are hidden
-            // from every row of the tile, so the tile stops there. A tile across the diagonal goes in parts of
-            // kDiagonalRows rows, each stopping at its own last row's keys (fewer products of hidden entries;
-            // dK and dV add the same terms in the same order).
+            // from every row of the tile, so the tile stops there; a tile across the diagonal trims its products
+            // to the visible triangle (query_tile).
             int64_t unused, first_hi, last_hi;
             p.key_range(i0, &unused, &first_hi);
             p.key_range(i0 + rows - 1, &unused, &last_hi);
-            const int64_t part_rows = std::min(first_hi, j0 + n) < std::min(last_hi, j0 + n) ? kDiagonalRows : rows;
-            for (int64_t i1 = i0; i1 < i0 + rows; i1 += part_rows) {
-              const int64_t sub_rows = std::min(part_rows, i0 + rows - i1);
-              p.key_range(i1 + sub_rows - 1, &unused, &last_hi);
-              const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
-              if (n_tile == 0) continue;
-              query_tile(p, g, plan, delta, b, h, i1, sub_rows, j0, n_tile, cols, keys, k_rs, keys_finite, q_ok[t] != 0,
-                         dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i1) * Dp, ws);
-            }
+            const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
+            if (n_tile == 0) continue;
+            const bool diagonal = std::clamp<int64_t>(first_hi - j0, 0, n) < n_tile;
+            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, diagonal, cols, keys, k_rs, keys_finite,
+                       q_ok[t] != 0, dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
       }
       for (int64_t jj = 0; jj < n; ++jj) {
