@@ -40,6 +40,9 @@ import sys
 import tempfile
 import time
 
+from malloc_policy import same_malloc_policy
+
+same_malloc_policy()  # before the peer is imported: see bench/malloc_policy.py
 import ctranslate2
 import numpy as np
 

@@ -19,6 +19,9 @@ import statistics
 import subprocess
 import time
 
+from malloc_policy import same_malloc_policy
+
+same_malloc_policy()  # before the peer is imported: see bench/malloc_policy.py
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +70,8 @@ def main():
     shapes = [dict(H=8, L=L, D=D, causal=causal) for L in a.lengths for D in a.dims for causal in (False, True)]
     if a.quick:
         shapes = [s for s in shapes if s["L"] <= 2048 and s["D"] == 64]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print("| threads | shape | attn fwd+bwd ms | attn bwd ms | attn bwd GFLOP/s (% peak) | torch fwd+bwd ms |"
           " torch bwd ms | torch / attn (fwd+bwd) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -25,6 +25,9 @@ import statistics
 import subprocess
 import time
 
+from malloc_policy import same_malloc_policy
+
+same_malloc_policy()  # before the peer is imported: see bench/malloc_policy.py
 import torch
 
 # attn bench train's defaults: the shipped model's vocabularies when --vocab is 0

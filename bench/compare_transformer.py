@@ -18,6 +18,9 @@ import re
 import subprocess
 import time
 
+from malloc_policy import same_malloc_policy
+
+same_malloc_policy()  # before the peer is imported: see bench/malloc_policy.py
 import torch
 
 

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from malloc_policy import same_malloc_policy
+
 torch = F = None  # imported in main(), after OMP_WAIT_POLICY is set
 
 BEGIN, END = "<!-- sdpa-grid:begin -->", "<!-- sdpa-grid:end -->"
@@ -90,6 +92,7 @@ def load_average():
 
 
 def main():
+    same_malloc_policy()  # before torch is imported: see bench/malloc_policy.py
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "attn"))
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and all)")
@@ -197,7 +200,8 @@ def main():
         block = [BEGIN,
                  f"Written by `{cmd.strip()}` on {datetime.date.today().isoformat()}: {cpu}, {all_threads} CPUs, attn "
                  f"kernel {isa}, PyTorch {torch.__version__} (F.scaled_dot_product_attention, no_grad), OMP_WAIT_POLICY="
-                 f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; FMA peak "
+                 f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, GLIBC_TUNABLES="
+                 f"{os.environ.get('GLIBC_TUNABLES', '(unset)')}; FMA peak "
                  + ", ".join(f"{peaks[t]:.0f} GFLOP/s on {t} thread{'s' if t > 1 else ''}" for t in threads_list)
                  + f" (`attn bench peak`, measured at the start); load average (1/5/15 min) {load_start} at the "
                  f"start, {load_end} at the end. Medians of alternating A/B rounds; B = 1.", "",
