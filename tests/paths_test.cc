@@ -129,5 +129,28 @@ TEST(Simd, Exp2IsAccurateOnEveryTarget) {
   }
 }
 
+// Its variant for tiles without hidden keys, whose arguments s − max are finite and <= 0.
+TEST(Simd, Exp2FiniteIsAccurateOnEveryTarget) {
+  using ExpFn = float (*)(float);
+  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {
+      {detail::SimdLevel::kScalar, detail::scalar::exp2_finite_for_test},
+      {detail::SimdLevel::kAvx2, detail::avx2::exp2_finite_for_test},
+      {detail::SimdLevel::kAvx512, detail::avx512::exp2_finite_for_test}};
+  for (const auto& [level, fn] : fns) {
+    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
+    double worst = 0.0;
+    for (double x = -125.0; x <= 0.0; x += 0.00731) {
+      const double want = std::exp2(static_cast<double>(static_cast<float>(x)));
+      const double got = fn(static_cast<float>(x));
+      worst = std::max(worst, std::fabs(got - want) / want);
+    }
+    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(-200.0f), 0.0f) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(-1000.0f), 0.0f) << detail::simd_level_name(level);
+    EXPECT_EQ(fn(0.0f), 1.0f);
+    EXPECT_TRUE(std::isnan(fn(NAN)));
+  }
+}
+
 }  // namespace
 }  // namespace attn

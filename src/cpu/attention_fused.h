@@ -22,14 +22,17 @@ void attention_fused(const AttentionProblem& p);
 namespace scalar {
 float exp_for_test(float x);
 float exp2_for_test(float x);
+float exp2_finite_for_test(float x);
 }  // namespace scalar
 namespace avx2 {
 float exp_for_test(float x);
 float exp2_for_test(float x);
+float exp2_finite_for_test(float x);
 }  // namespace avx2
 namespace avx512 {
 float exp_for_test(float x);
 float exp2_for_test(float x);
+float exp2_finite_for_test(float x);
 }  // namespace avx512
 // The fused backward (FlashAttention-2's), per instruction set.
 namespace scalar {

@@ -624,6 +624,13 @@ float exp2_for_test(float x) {
   return buf[0];
 }
 
+float exp2_finite_for_test(float x) {
+  float buf[W];
+  std::fill(buf, buf + W, x);
+  simd::exp2_finite(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+
 void attention_fused(const AttentionProblem& p) {
   if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
   const FusedPlan plan = plan_fused(p);

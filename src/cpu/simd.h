@@ -275,19 +275,36 @@ inline Vec exp2_unit(Vec r) {
 }
 #endif
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// 2^x for x in [−127, 127] or NaN, AVX2: one add rounds x to the nearest integer n in the low mantissa bits
+// of t = x + (1.5·2^23 + 127) (t's ulp is 1), which then hold n + 127, 2^n's biased exponent: n = t − that
+// constant, 2^n = t's bits shifted left by 23. Against round, convert, add and shift, and the compare and mask
+// that zeroed x < −126: three instructions fewer of the softmax's ~15. x = −127 gives exactly 0 (biased
+// exponent 0, mantissa 0): hidden keys (−inf, clamped) weigh exactly 0.
+inline Vec exp2_clamped(Vec xm) {
+  const __m256 shift = _mm256_set1_ps(12582912.0f + 127.0f);
+  const __m256 t = _mm256_add_ps(xm.v, shift);
+  const Vec n{_mm256_sub_ps(t, shift)};
+  const Vec pow2n{_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23))};
+  return exp2_fraction(xm - n) * pow2n;
+}
+#endif
+
 // 2^x for float lanes, the softmax's exponential once log2(e) is folded into the scores' scale: x = n + r,
 // n = round(x), |r| <= 1/2, 2^r by a degree-5 polynomial (relative error 1.6e-7, a minimax fit with the
 // constant term exactly 1), 2^n through the exponent; on AVX-512 n = ⌊x⌋, r in [0, 1) (exp2_unit). About half
 // the instructions of exp above: no Cody–Waite reduction, one polynomial term less, and on AVX-512 one
 // vreduceps for r and one scalef for 2^n with its range.
-// x <= −150 (including −inf) gives exactly 0, so hidden keys weigh exactly 0; x > 128 gives +inf
-// (AVX-512) or 2^128's neighbourhood clamped (others); a NaN gives NaN.
+// x <= −150 (AVX-512; −127 on AVX2, below −126 elsewhere; −inf included) gives exactly 0, so hidden keys weigh
+// exactly 0; x > 128 gives +inf (AVX-512) or 2^127's neighbourhood clamped (others); a NaN gives NaN.
 inline Vec exp2(Vec x) {
 #if defined(__AVX512F__)
   // scalef takes any exponent: below −149 the product rounds to 0 (2^−150 · 1 is a tie to even), so only the
   // polynomial's argument needs a finite x (x = −inf would give r = NaN)
   const Vec xm = Vec::min(Vec::set1(129.0f), Vec::max(Vec::set1(-150.0f), x));  // a NaN x passes through
   return Vec::scale_pow2_floor(exp2_unit(Vec::fraction_floor(xm)), xm);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return exp2_clamped(Vec::min(Vec::set1(127.0f), Vec::max(Vec::set1(-127.0f), x)));  // a NaN x passes through
 #else
   // 2^n through the exponent bits needs n in [−126, 127]; below −126 the result is set to 0
   const Vec xm = Vec::min(Vec::set1(127.0f), Vec::max(Vec::set1(-126.0f), x));
@@ -297,13 +314,15 @@ inline Vec exp2(Vec x) {
 #endif
 }
 
-// exp2 for finite x (a softmax tile without masked keys): on AVX-512 without the clamps, since scalef
-// takes any exponent (x far below −149 gives 0). An infinite x gives NaN here instead of 0 or inf, which the
-// fused kernel's check of each row's state catches (a row with non-finite scores is recomputed exactly).
-// Elsewhere it is exp2.
+// exp2 for finite x <= 127 (a softmax tile without masked keys, where x = s − max <= 0): on AVX-512 without
+// the clamps, since scalef takes any exponent (x far below −149 gives 0); on AVX2 without the upper one. An
+// infinite x gives NaN here instead of 0 or inf, which the fused kernel's check of each row's state catches (a
+// row with non-finite scores is recomputed exactly). Elsewhere it is exp2.
 inline Vec exp2_finite(Vec x) {
 #if defined(__AVX512F__)
   return Vec::scale_pow2_floor(exp2_unit(Vec::fraction_floor(x)), x);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return exp2_clamped(Vec::max(Vec::set1(-127.0f), x));
 #else
   return exp2(x);
 #endif
