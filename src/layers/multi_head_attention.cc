@@ -11,6 +11,7 @@
 
 #include "attn/error.h"
 #include "attn/io/safetensors.h"
+#include "cpu/threads.h"
 #include "layers/mha_layer.h"
 
 namespace attn {
@@ -255,6 +256,7 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
   if (options.num_threads < 0)
     throw ArgumentError(std::string(kWho) + ": num_threads must be >= 0, got " + std::to_string(options.num_threads));
   masks.num_threads = options.num_threads;
+  const detail::ThreadScope threads(options.num_threads);  // the projections' GEMMs (OpenBLAS's pool) too
 
   // out = MHA(query, key, value) : [B, Lq, E]; per-head weights [B, H, Lq, Lk] only when asked for
   MhaOutput out;

@@ -9,6 +9,7 @@
 #include "attn/error.h"
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
+#include "cpu/threads.h"
 #include "layers/mha_layer.h"
 #include "ops/nn.h"
 
@@ -146,6 +147,7 @@ std::vector<int32_t> SentenceEncoder::token_ids(const std::string& sentence) con
 
 std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, const std::vector<uint8_t>& pad, int64_t B,
                                             int64_t L, int num_threads, std::map<std::string, Tensor>* maps) const {
+  const detail::ThreadScope threads(num_threads);  // the GEMMs' pool (OpenBLAS, oneDNN) too, not only attention's
   const BertConfig& c = config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size, M = B * L, H = c.num_heads;
   const float eps = c.layer_norm_eps;

@@ -9,28 +9,9 @@
 #include <numeric>
 
 #include "attn/error.h"
+#include "cpu/threads.h"
 
 namespace attn {
-namespace {
-
-// Sets OpenMP's thread count (the kernels' and OpenBLAS's pool) for a scope; 0 leaves it alone.
-class ThreadScope {
- public:
-  explicit ThreadScope(int n) : saved_(omp_get_max_threads()), set_(n > 0) {
-    if (set_) omp_set_num_threads(n);
-  }
-  ~ThreadScope() {
-    if (set_) omp_set_num_threads(saved_);
-  }
-  ThreadScope(const ThreadScope&) = delete;
-  ThreadScope& operator=(const ThreadScope&) = delete;
-
- private:
-  int saved_;
-  bool set_;
-};
-
-}  // namespace
 
 Translator::Translator(std::shared_ptr<const Transformer> model, tasks::Vocab vocab)
     : model_(std::move(model)), vocab_(std::move(vocab)) {
@@ -85,7 +66,7 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   std::vector<size_t> order(ids.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a].size() > ids[b].size(); });
-  const ThreadScope threads(options.num_threads);
+  const detail::ThreadScope threads(options.num_threads);
   std::vector<std::string> out(sentences.size());
   // At most kStepHypotheses hypotheses (sentences × beam) decode together, greedy included (beam 4: 16
   // sentences; beam > 64: one): every step reads each one's caches, and beyond this the step's working set falls

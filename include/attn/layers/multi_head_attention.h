@@ -43,6 +43,7 @@ struct MhaOptions {
   bool need_weights = false;
   bool average_attn_weights = true;
   AttentionImpl impl = AttentionImpl::kAuto;
+  // threads of the whole call (the projections' GEMMs too); 0: OpenMP's default (OMP_NUM_THREADS or all cores)
   int num_threads = 0;
 };
 
