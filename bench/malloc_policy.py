@@ -1,8 +1,9 @@
 """The attn tool keeps freed memory mapped (glibc malloc thresholds set in tools/attn/main.cc: a kernel call's
 outputs then reuse pages instead of faulting fresh ones in). A peer measured beside it gets the same policy:
-same_malloc_policy() re-executes the calling script with GLIBC_TUNABLES set to it, before torch (or
-CTranslate2) is imported. A GLIBC_TUNABLES already in the environment is left as it is (export
-GLIBC_TUNABLES= to measure the peer with glibc's defaults)."""
+same_malloc_policy() re-executes the calling script (with its interpreter options) with those two thresholds
+added to GLIBC_TUNABLES, before torch (or CTranslate2) is imported. Thresholds already named in GLIBC_TUNABLES are
+left as they are; ATTN_BENCH_MALLOC=default skips the policy (the peer then runs with glibc's defaults, attn
+still with its own)."""
 import os
 import sys
 
@@ -10,6 +11,9 @@ TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=107
 
 
 def same_malloc_policy():
-    if "GLIBC_TUNABLES" in os.environ:
+    current = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in current or os.environ.get("ATTN_BENCH_MALLOC") == "default":
         return
-    os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, GLIBC_TUNABLES=TUNABLES))
+    argv = getattr(sys, "orig_argv", [sys.executable] + sys.argv)  # orig_argv keeps -u, -X ... (Python 3.10+)
+    env = dict(os.environ, GLIBC_TUNABLES=f"{current}:{TUNABLES}" if current else TUNABLES)
+    os.execve(sys.executable, [sys.executable] + argv[1:], env)

@@ -147,8 +147,8 @@ TEST(Simd, Exp2FiniteIsAccurateOnEveryTarget) {
     EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
     EXPECT_EQ(fn(-200.0f), 0.0f) << detail::simd_level_name(level);
     EXPECT_EQ(fn(-1000.0f), 0.0f) << detail::simd_level_name(level);
-    EXPECT_EQ(fn(0.0f), 1.0f);
-    EXPECT_TRUE(std::isnan(fn(NAN)));
+    EXPECT_EQ(fn(0.0f), 1.0f) << detail::simd_level_name(level);
+    EXPECT_TRUE(std::isnan(fn(NAN))) << detail::simd_level_name(level);
   }
 }
 

@@ -295,8 +295,8 @@ inline Vec exp2_clamped(Vec xm) {
 // constant term exactly 1), 2^n through the exponent; on AVX-512 n = ⌊x⌋, r in [0, 1) (exp2_unit). About half
 // the instructions of exp above: no Cody–Waite reduction, one polynomial term less, and on AVX-512 one
 // vreduceps for r and one scalef for 2^n with its range.
-// x <= −150 (AVX-512; −127 on AVX2, below −126 elsewhere; −inf included) gives exactly 0, so hidden keys weigh
-// exactly 0; x > 128 gives +inf (AVX-512) or 2^127's neighbourhood clamped (others); a NaN gives NaN.
+// x <= −150 (AVX-512; below −126.5 on AVX2, below −126 elsewhere; −inf included) gives exactly 0, so hidden keys
+// weigh exactly 0; x > 128 gives +inf (AVX-512) or 2^127's neighbourhood clamped (others); a NaN gives NaN.
 inline Vec exp2(Vec x) {
 #if defined(__AVX512F__)
   // scalef takes any exponent: below −149 the product rounds to 0 (2^−150 · 1 is a tie to even), so only the
