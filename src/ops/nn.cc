@@ -239,18 +239,23 @@ void add(float* out, const float* a, const float* b, int64_t n) {
 
 namespace {
 
+// v where mask is all ones, +0 where it is zero (a select written as bits, which vectorises; the same value as
+// `mask ? v : 0.0f`, NaN and infinities included).
+inline float keep_bits(float v, uint32_t mask) { return std::bit_cast<float>(std::bit_cast<uint32_t>(v) & mask); }
+
 // GELU's pieces in plain float and integer arithmetic, which `omp simd` vectorises (libm's erff and expf have no
 // vector forms without -ffast-math: the scalar calls were ~11% of a MiniLM forward).
 
 // e^x for x <= 0 (x < −87 gives 0): x = n·ln 2 + r with n rounded by adding 1.5·2^23 (its ulp is 1), r by
 // Cody–Waite's two-part ln 2, e^r by Cephes' degree-6 polynomial, 2^n through the exponent bits (simd::exp's
-// algorithm, written per lane).
+// algorithm, written per lane). An x below −87 computes garbage that the last step masks out as bits: with a
+// clamp, or a `?:` there, GCC moved the float operations behind a branch, and float operations under a branch
+// (they may trap) keep the AVX2 copy from vectorising (the AVX-512 one masks them).
 inline float exp_nonpositive(float x) {
   constexpr float kRound = 12582912.0f;  // 1.5·2^23, bits 0x4B400000
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float t = xc * 1.44269504088896341f + kRound;
+  const float t = x * 1.44269504088896341f + kRound;
   const float n = t - kRound;
-  float r = xc - n * 0.693359375f;
+  float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -259,9 +264,9 @@ inline float exp_nonpositive(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const int32_t biased = std::bit_cast<int32_t>(t) - 0x4B400000 + 127;  // n + 127, in [1, 127]
+  const int32_t biased = std::bit_cast<int32_t>(t) - 0x4B400000 + 127;  // n + 127, in [1, 127] when x >= −87
   const float e = y * std::bit_cast<float>(biased << 23);
-  return x < -87.0f ? 0.0f : e;
+  return keep_bits(e, x < -87.0f ? 0U : 0xffffffffU);  // x NaN: e is NaN
 }
 
 // Φ(x) = ½(1 + erf(x/√2)), erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7; PyTorch's vectorised erf is
@@ -274,8 +279,11 @@ inline float normal_cdf(float x) {
   poly = poly * t + 1.421413741f;
   poly = poly * t - 0.284496736f;
   poly = poly * t + 0.254829592f;
-  const float erfc_a = poly * t * exp_nonpositive(-a * a);  // 1 − erf(a)
-  return x >= 0.0f ? 1.0f - 0.5f * erfc_a : 0.5f * erfc_a;  // ½(1 ± erf(a)); x NaN: NaN either way
+  const float half_erfc = 0.5f * poly * t * exp_nonpositive(-a * a);  // ½(1 − erf(a))
+  // ½(1 + erf(a)) = 1 − half_erfc for x >= 0, half_erfc below: selects of constants only, so that every float
+  // operation runs unconditionally (a conditional one, which may trap, keeps the AVX2 copy from vectorising)
+  const float base = x >= 0.0f ? 1.0f : 0.0f, sign = x >= 0.0f ? -1.0f : 1.0f;
+  return base + sign * half_erfc;  // x NaN: NaN
 }
 
 ATTN_VECTOR_CLONES void gelu_range(float* out, const float* x, int64_t begin, int64_t end) {
@@ -341,10 +349,6 @@ inline uint32_t dropout_bits(uint32_t k0, uint32_t k1, int64_t i) {
   const uint64_t u = static_cast<uint64_t>(i);
   return mix32(mix32(static_cast<uint32_t>(u) ^ k0) + (k1 ^ static_cast<uint32_t>(u >> 32)));
 }
-
-// v where mask is all ones, +0 where it is zero (a select written as bits, which vectorises; the same value as
-// `mask ? v : 0.0f`, NaN and infinities included).
-inline float keep_bits(float v, uint32_t mask) { return std::bit_cast<float>(std::bit_cast<uint32_t>(v) & mask); }
 
 }  // namespace
 
