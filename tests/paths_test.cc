@@ -86,20 +86,33 @@ TEST(Paths, MaskedWeightsAreExactlyZero) {
   }
 }
 
+// The exponentials of each compiled target, in the order of SimdLevel; those this processor can run.
+using ExpFn = float (*)(float);
+std::vector<std::pair<detail::SimdLevel, ExpFn>> runnable(ExpFn scalar, ExpFn avx2, ExpFn avx512) {
+  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {
+      {detail::SimdLevel::kScalar, scalar}, {detail::SimdLevel::kAvx2, avx2}, {detail::SimdLevel::kAvx512, avx512}};
+  std::erase_if(
+      fns, [](const auto& f) { return static_cast<int>(f.first) > static_cast<int>(detail::simd_level_supported()); });
+  return fns;
+}
+
+// The largest |fn(x) − want(x)| / want(x) over x = lo, lo + step, ... <= hi, each x rounded to float first.
+double worst_relative_error(ExpFn fn, double (*want)(double), double lo, double hi, double step) {
+  double worst = 0.0;
+  for (double x = lo; x <= hi; x += step) {
+    const double w = want(static_cast<double>(static_cast<float>(x)));
+    worst = std::max(worst, std::fabs(fn(static_cast<float>(x)) - w) / w);
+  }
+  return worst;
+}
+
 TEST(Simd, ExpIsAccurateOnEveryTarget) {
-  using ExpFn = float (*)(float);
-  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {{detail::SimdLevel::kScalar, detail::scalar::exp_for_test},
-                                                          {detail::SimdLevel::kAvx2, detail::avx2::exp_for_test},
-                                                          {detail::SimdLevel::kAvx512, detail::avx512::exp_for_test}};
-  for (const auto& [level, fn] : fns) {
-    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
-    double worst = 0.0;
-    for (double x = -87.0; x <= 88.0; x += 0.0137) {
-      const double want = std::exp(static_cast<double>(static_cast<float>(x)));
-      const double got = fn(static_cast<float>(x));
-      worst = std::max(worst, std::fabs(got - want) / want);
-    }
-    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
+  for (const auto& [level, fn] :
+       runnable(detail::scalar::exp_for_test, detail::avx2::exp_for_test, detail::avx512::exp_for_test)) {
+    SCOPED_TRACE(detail::simd_level_name(level));
+    EXPECT_LT(worst_relative_error(
+                  fn, [](double x) { return std::exp(x); }, -87.0, 88.0, 0.0137),
+              2e-7);
     EXPECT_EQ(fn(-INFINITY), 0.0f);
     EXPECT_EQ(fn(-100.0f), 0.0f);
     EXPECT_EQ(fn(0.0f), 1.0f);
@@ -108,20 +121,13 @@ TEST(Simd, ExpIsAccurateOnEveryTarget) {
 
 // The fused kernel's softmax exponential: scores in base 2 (log2(e) folded into the scale).
 TEST(Simd, Exp2IsAccurateOnEveryTarget) {
-  using ExpFn = float (*)(float);
-  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {{detail::SimdLevel::kScalar, detail::scalar::exp2_for_test},
-                                                          {detail::SimdLevel::kAvx2, detail::avx2::exp2_for_test},
-                                                          {detail::SimdLevel::kAvx512, detail::avx512::exp2_for_test}};
-  for (const auto& [level, fn] : fns) {
-    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
-    double worst = 0.0;
-    for (double x = -125.0; x <= 127.0; x += 0.00731) {
-      const double want = std::exp2(static_cast<double>(static_cast<float>(x)));
-      const double got = fn(static_cast<float>(x));
-      worst = std::max(worst, std::fabs(got - want) / want);
-    }
-    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
-    EXPECT_EQ(fn(-INFINITY), 0.0f) << detail::simd_level_name(level);
+  for (const auto& [level, fn] :
+       runnable(detail::scalar::exp2_for_test, detail::avx2::exp2_for_test, detail::avx512::exp2_for_test)) {
+    SCOPED_TRACE(detail::simd_level_name(level));
+    EXPECT_LT(worst_relative_error(
+                  fn, [](double x) { return std::exp2(x); }, -125.0, 127.0, 0.00731),
+              2e-7);
+    EXPECT_EQ(fn(-INFINITY), 0.0f);
     EXPECT_EQ(fn(-200.0f), 0.0f);
     EXPECT_EQ(fn(0.0f), 1.0f);
     EXPECT_EQ(fn(-3.0f), 0.125f);
@@ -131,24 +137,16 @@ TEST(Simd, Exp2IsAccurateOnEveryTarget) {
 
 // Its variant for tiles without hidden keys, whose arguments s − max are finite and <= 0.
 TEST(Simd, Exp2FiniteIsAccurateOnEveryTarget) {
-  using ExpFn = float (*)(float);
-  std::vector<std::pair<detail::SimdLevel, ExpFn>> fns = {
-      {detail::SimdLevel::kScalar, detail::scalar::exp2_finite_for_test},
-      {detail::SimdLevel::kAvx2, detail::avx2::exp2_finite_for_test},
-      {detail::SimdLevel::kAvx512, detail::avx512::exp2_finite_for_test}};
-  for (const auto& [level, fn] : fns) {
-    if (static_cast<int>(level) > static_cast<int>(detail::simd_level_supported())) continue;
-    double worst = 0.0;
-    for (double x = -125.0; x <= 0.0; x += 0.00731) {
-      const double want = std::exp2(static_cast<double>(static_cast<float>(x)));
-      const double got = fn(static_cast<float>(x));
-      worst = std::max(worst, std::fabs(got - want) / want);
-    }
-    EXPECT_LT(worst, 2e-7) << detail::simd_level_name(level);
-    EXPECT_EQ(fn(-200.0f), 0.0f) << detail::simd_level_name(level);
-    EXPECT_EQ(fn(-1000.0f), 0.0f) << detail::simd_level_name(level);
-    EXPECT_EQ(fn(0.0f), 1.0f) << detail::simd_level_name(level);
-    EXPECT_TRUE(std::isnan(fn(NAN))) << detail::simd_level_name(level);
+  for (const auto& [level, fn] : runnable(detail::scalar::exp2_finite_for_test, detail::avx2::exp2_finite_for_test,
+                                          detail::avx512::exp2_finite_for_test)) {
+    SCOPED_TRACE(detail::simd_level_name(level));
+    EXPECT_LT(worst_relative_error(
+                  fn, [](double x) { return std::exp2(x); }, -125.0, 0.0, 0.00731),
+              2e-7);
+    EXPECT_EQ(fn(-200.0f), 0.0f);
+    EXPECT_EQ(fn(-1000.0f), 0.0f);
+    EXPECT_EQ(fn(0.0f), 1.0f);
+    EXPECT_TRUE(std::isnan(fn(NAN)));
   }
 }
 
