@@ -55,6 +55,10 @@ TEST(MiniLM, TokenIdsAndEmbeddingsMatchHuggingFace) {
   // one sentence alone equals the same sentence in a padded batch
   const Tensor alone = enc.embed({sentences[5]}, 1);
   for (int64_t d = 0; d < D; ++d) EXPECT_NEAR(alone.f32()[d], got.f32()[5 * D + d], 1e-5);
+  // one thread for the whole call (its GEMMs too): the same embeddings up to the GEMMs' summation order
+  const Tensor one_thread = enc.embed({sentences[0], sentences[1]}, 32, 1);
+  for (int64_t i = 0; i < 2 * D; ++i) EXPECT_NEAR(one_thread.f32()[i], got.f32()[i], 1e-5);
+  EXPECT_THROW(enc.embed({sentences[0]}, 32, -1), ArgumentError);
 }
 
 TEST(MiniLM, BadModelDirectoriesFailClearly) {

@@ -186,6 +186,7 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
 
 Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t batch_size, int num_threads) const {
   if (batch_size <= 0) throw ArgumentError("embed: batch_size must be positive, got " + std::to_string(batch_size));
+  if (num_threads < 0) throw ArgumentError("embed: num_threads must be >= 0, got " + std::to_string(num_threads));
   const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size;
   Tensor out({N, Hd});
   // batches of similar lengths pad less (sentence-transformers sorts the same way); rows go back in order
