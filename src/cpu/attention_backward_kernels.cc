@@ -35,6 +35,7 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
+static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
 
 struct BackwardPlan {
   int threads = 1;
@@ -150,6 +151,33 @@ void score_grads_row(const float* P, float* dp, int64_t n, float delta, float sc
   for (; j < n; ++j) dp[j] = P[j] == 0.0f ? 0.0f : scale * P[j] * (dp[j] - delta);
 }
 
+// probabilities_row, the dropout (dropout_row_segment) and score_grads_row in one pass over a row whose lse is
+// finite, bitwise their results: P = 2^(scale₂·s − lse₂), P̃ = c·Z ⊙ P into pt, dS = scale · P ⊙ (c·Z ⊙ dP̃ − Δ)
+// into dp. keep: the masks of the row's 128-key group, `offset` the row segment's first key in it (a multiple
+// of W); c = 1/(1 − p). P itself is not stored: with dropout only P̃ multiplies dO. One pass instead of three
+// over the row: dropout p = 0.1 cost the backward +6.6% over p = 0 before, +4.3% after (L 2048, D 64, 1 thread).
+void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, float scale2, float lse, float delta,
+                       float scale, const uint16_t* keep, int64_t offset, float c) {
+  const float lse2 = lse * kLog2e;
+  const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2), dv = Vec::set1(delta), gv = Vec::set1(scale);
+  const Vec cv = Vec::set1(c);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const uint32_t bits = dropout_lane_bits(keep, offset + j);
+    const Vec P = simd::exp2(Vec::fmadd(Vec::load(s + j), sv, lv));
+    Vec::masked_mul(bits, P, cv).store(pt + j);
+    const Vec dpj = Vec::masked_mul(bits, Vec::load(dp + j), cv);
+    Vec::zero_where_zero(P, gv * P * (dpj - dv)).store(dp + j);
+  }
+  for (; j < n; ++j) {
+    const float P = s[j] == kNegInf ? 0.0f : std::exp2(scale2 * s[j] - lse2);
+    const bool kept = (keep[(offset + j) / 16] >> ((offset + j) % 16) & 1u) != 0;
+    pt[j] = kept ? P * c : 0.0f;
+    const float dpj = kept ? dp[j] * c : 0.0f;
+    dp[j] = P == 0.0f ? 0.0f : scale * P * (dpj - delta);
+  }
+}
+
 // Per (b, h, aligned query tile): Δ_i = Σ_d dO_id · O_id for its rows (delta: [B, H, Lq]) and whether its
 // Q rows and dO rows are all finite (q_ok, dout_ok: [B, H, q_tiles]).
 void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
@@ -237,10 +265,16 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
       for (; j < len; ++j) s[j] *= scale2;
       mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
     }
-    probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
-    if (dropout)  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
-      dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
-    score_grads_row(s, dp, len, row_delta[r], p.scale);
+    if (dropout && std::isfinite(row_lse[r])) {  // the block lies in one dropout group (static_assert above)
+      DropoutGroupCache group;
+      dropout_row_grads(s, dp, pt, len, masked ? 1.0f : scale2, row_lse[r], row_delta[r], p.scale,
+                        dropout_group(p.dropout, b, h, i0 + r, j0, group), j0 % 128, p.dropout.scale);
+    } else {
+      probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
+      if (dropout)  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
+        dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
+      score_grads_row(s, dp, len, row_delta[r], p.scale);
+    }
     if (len < n) {  // the diagonal's update steps may read up to the tile's last row's keys
       std::fill(s + len, s + n, 0.0f);
       std::fill(dp + len, dp + n, 0.0f);

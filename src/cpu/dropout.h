@@ -182,6 +182,23 @@ struct DropoutGroupCache {
   uint16_t keep[8] = {};
 };
 
+// The keep masks of the 128-key group holding key j of row (b, h, i), generated into `cache` unless it holds
+// that group already.
+inline const uint16_t* dropout_group(const DropoutParams& d, int64_t b, int64_t h, int64_t i, int64_t j,
+                                     DropoutGroupCache& cache) {
+  if (j / 128 != cache.group) {
+    cache.group = j / 128;
+    dropout_keep_group(d, b, h, i, cache.group, cache.keep);
+  }
+  return cache.keep;
+}
+
+// The keep bits of keys [o, o + W) of a group's masks (o % 128, a multiple of W), lane t in bit t, as
+// Vec::masked_mul takes them (it reads the low W bits).
+inline uint32_t dropout_lane_bits(const uint16_t keep[8], int64_t o) {
+  return static_cast<uint32_t>(keep[o / 16]) >> (o % 16);
+}
+
 // Dropout of one row segment: s[jj] for keys j0 + jj, jj < n, becomes src[jj]·scale where the weight survives
 // and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite value); src = s (in
 // place) unless given (the backward's P̃ written beside P without a copy first). With s2 (the backward's
@@ -192,19 +209,14 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
                                 const float* src = nullptr) {
   DropoutGroupCache local;
   DropoutGroupCache& c = cache ? *cache : local;
-  uint16_t* keep = c.keep;
-  int64_t& group = c.group;
   if (src == nullptr) src = s;
   int64_t jj = 0;
   while (jj < n) {
     const int64_t j = j0 + jj;
-    if (j / 128 != group) {
-      group = j / 128;
-      dropout_keep_group(d, b, h, i, group, keep);
-    }
+    const uint16_t* keep = dropout_group(d, b, h, i, j, c);
     const int e = static_cast<int>(j % 128 / 16), t = static_cast<int>(j % 16);
     if (t % simd::Vec::W == 0 && jj + simd::Vec::W <= n) {  // a whole vector of keys: one masked product
-      const uint32_t bits = static_cast<uint32_t>(keep[e]) >> t;
+      const uint32_t bits = dropout_lane_bits(keep, j % 128);
       const simd::Vec scale = simd::Vec::set1(d.scale);
       simd::Vec::masked_mul(bits, simd::Vec::load(src + jj), scale).store(s + jj);
       if (s2) simd::Vec::masked_mul(bits, simd::Vec::load(s2 + jj), scale).store(s2 + jj);
