@@ -237,24 +237,70 @@ template <bool kFinite, bool kDropout>
   return sum.reduce_add() + tail;
 }
 
+// The first W lanes at s[j] of a row of n floats (lanes from n on: 0), without reading past n.
+[[gnu::always_inline]] inline Vec load_lanes(const float* s, int64_t j, int64_t n) {
+  if (j + W <= n) return Vec::load(s + j);
+  float buf[W] = {};
+  std::copy(s + j, s + n, buf);
+  return Vec::load(buf);
+}
+
+// The largest of the first vis of a row's n scores (a diagonal row whose visible keys are a prefix, see
+// softmax_tile): whole vectors, then the partial one with its lanes from vis on selected away.
+[[gnu::always_inline]] inline float row_max_prefix(const float* s, int64_t vis, int64_t n) {
+  const int64_t whole = vis / W * W;
+  float m = whole > 0 ? row_max(s, whole) : kNegInf;
+  if (vis > whole)
+    m = std::max(
+        m, Vec::first_lanes(load_lanes(s, whole, n), static_cast<int>(vis - whole), Vec::set1(kNegInf)).reduce_max());
+  return m;
+}
+
+// exp2_row for a row whose visible keys are its first vis of n (n ≤ vis rounded up to a vector): the scores
+// from vis on, computed or not, finite or not, weigh exactly 0 (selected after the exponential), so no
+// masking pass wrote −inf there first; the visible scores are finite unless the inputs were not (then, as in
+// exp2_row<true>, the row's state turns NaN and run_tiles redoes it exactly).
+template <bool kDropout>
+[[gnu::always_inline]] inline float exp2_prefix_row(float* s, int64_t vis, int64_t n, float m, const RowDropout& drop) {
+  const int64_t whole = vis / W * W;
+  float sum = whole > 0 ? exp2_row<true, kDropout>(s, whole, m, drop) : 0.0f;
+  if (vis > whole) {
+    const Vec e = Vec::first_lanes(simd::exp2_finite(load_lanes(s, whole, n) - Vec::set1(m)),
+                                   static_cast<int>(vis - whole), Vec::zero());
+    sum += e.reduce_add();
+    const Vec p =
+        kDropout ? Vec::masked_mul(dropout_lane_bits(drop.keep, drop.offset + whole), e, Vec::set1(drop.scale)) : e;
+    float buf[W];
+    p.store(buf);
+    std::copy(buf, buf + std::min<int64_t>(W, n - whole), s + whole);
+  }
+  return sum;
+}
+
 // The online-softmax step of one score tile, S = ws.s [rows, n] (base 2) for keys [j0, j0 + n): masks it
 // when `masked`, then for every row m' = max(m, rowmax S), P = 2^(S − m') in place, c = 2^(m − m'),
 // l = c·l + Σ P, acc = c·acc, m = m'. Done phase by phase over all rows, not row by row: each row's
 // chain (max, horizontal reduction, exponentials, sum, reduction) is long and serial, and rows side by
 // side keep the vector units busy; the corrections c of W rows are one vector exp2.
+// `prefix` (on the causal diagonal, with masked): no mask but the causal range applies and every row's visible
+// keys are a prefix of the tile, so the masking pass is skipped and each row's max and exponentials stop at its
+// last visible key (row_max_prefix, exp2_prefix_row): causal forward L 256 −4%, L 1024 −1 to −2% (D 32–128).
 void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
-                  bool masked, bool diagonal, int64_t Dvp, Workspace& ws) {
+                  bool masked, bool diagonal, bool prefix, int64_t Dvp, Workspace& ws) {
   float* m_new = ws.m_new.data();  // [rows]
   float* c = ws.c.data();          // [rows]
+  const auto visible = [&](int64_t r) { return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n; };
   // On the causal diagonal a row's scores end at its last visible key (rounded up to a vector; the
   // scores after it were perhaps never computed, see compute_scores): its P is 0 from there on.
-  const auto row_length = [&](int64_t r) {
-    return diagonal ? std::min(n, packed_width(visible_prefix(p, i0 + r, 1, j0, n))) : n;
-  };
+  const auto row_length = [&](int64_t vis) { return diagonal ? std::min(n, packed_width(vis)) : n; };
   // 1. masking and the new running maxima
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
-    const int64_t len = row_length(r);
+    const int64_t vis = visible(r), len = row_length(vis);
+    if (prefix) {
+      m_new[r] = std::max(ws.m[r], row_max_prefix(s, vis, len));
+      continue;
+    }
     if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
     m_new[r] = std::max(ws.m[r], row_max(s, len));
   }
@@ -272,21 +318,28 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   // 3. P = 2^(S − m'), l = c·l + Σ P, acc = c·acc
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
-    const int64_t len = row_length(r);
+    const int64_t vis = visible(r), len = row_length(vis);
     std::fill(s + len, s + n, 0.0f);
-    if (m_new[r] == kNegInf) {           // nothing visible yet: P = 0, state unchanged
-      for (int64_t j = 0; j < len; ++j)  // unless a visible score is NaN (max skips it): poison the row
+    if (m_new[r] == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+      // unless a visible score is NaN (max skips it): poison the row
+      for (int64_t j = 0; j < (prefix ? vis : len); ++j)
         if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
       std::fill(s, s + len, 0.0f);
       continue;
     }
     const float cr = ws.m[r] == kNegInf ? 0.0f : c[r];
+    const auto exponentials = [&](auto dropout, const RowDropout& drop) {
+      constexpr bool kDropout = decltype(dropout)::value;
+      if (prefix) return exp2_prefix_row<kDropout>(s, vis, len, m_new[r], drop);
+      return masked ? exp2_row<false, kDropout>(s, len, m_new[r], drop)
+                    : exp2_row<true, kDropout>(s, len, m_new[r], drop);
+    };
     float sum;
     if (!p.dropout.active()) {
-      sum = masked ? exp2_row<false, false>(s, len, m_new[r], {}) : exp2_row<true, false>(s, len, m_new[r], {});
+      sum = exponentials(std::false_type{}, {});
     } else {  // the tile lies in one dropout group (static_assert above); l counts every weight
       const RowDropout drop{dropout_group(p.dropout, b, h, i0 + r, j0, ws.drop[r]), j0 % 128, p.dropout.scale};
-      sum = masked ? exp2_row<false, true>(s, len, m_new[r], drop) : exp2_row<true, true>(s, len, m_new[r], drop);
+      sum = exponentials(std::true_type{}, drop);
     }
     ws.l[r] = ws.l[r] * cr + sum;
     ws.m[r] = m_new[r];
@@ -327,7 +380,12 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     if (ATTN_SWEEP_SKIP != 3)
       compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
-    if (ATTN_SWEEP_SKIP != 1) softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, Dvp, ws);
+    // on the diagonal with only the causal range masking and the tile's first key seen by every row (no window
+    // cut there), each row's visible keys are a prefix of the tile
+    int64_t lo_last, hi_last;
+    p.key_range(i0 + rows - 1, &lo_last, &hi_last);
+    const bool prefix = diagonal && only_range_masking(p) && lo_last <= j0;
+    if (ATTN_SWEEP_SKIP != 1) softmax_tile(p, b, h, i0, rows, j0, n, masked, diagonal, prefix, Dvp, ws);
     if (ATTN_SWEEP_SKIP == 2) continue;
     if (prefetch && j0 + Tiles::kBk < j_end) {
       const int64_t next = j0 + Tiles::kBk, width = packed_width(std::min(Tiles::kBk, p.Lk - next));

@@ -96,6 +96,10 @@ struct Vec {
     __mmask16 m = _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ);
     return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
   }
+  // lane l: l < count ? x : fill (count in [0, W])
+  static Vec first_lanes(Vec x, int count, Vec fill) {
+    return {_mm512_mask_mov_ps(fill.v, static_cast<__mmask16>((1u << count) - 1u), x.v)};
+  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 inline constexpr const char* kTargetName = "avx2";
@@ -162,6 +166,10 @@ struct Vec {
     __m256 m = _mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ);
     return {_mm256_andnot_ps(m, y.v)};
   }
+  static Vec first_lanes(Vec x, int count, Vec fill) {
+    const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return {_mm256_blendv_ps(fill.v, x.v, _mm256_castsi256_ps(first))};
+  }
 };
 #else
 inline constexpr const char* kTargetName = "scalar";
@@ -203,6 +211,7 @@ struct Vec {
   static Vec round(Vec x) { ATTN_LANEWISE(std::nearbyint(x.v[i])); }
   static Vec zero_below(Vec x, float t, Vec y) { ATTN_LANEWISE(x.v[i] < t ? 0.0f : y.v[i]); }
   static Vec zero_where_zero(Vec x, Vec y) { ATTN_LANEWISE(x.v[i] == 0.0f ? 0.0f : y.v[i]); }
+  static Vec first_lanes(Vec x, int count, Vec fill) { ATTN_LANEWISE(i < count ? x.v[i] : fill.v[i]); }
   static Vec masked_mul(uint32_t bits, Vec x, Vec y) { ATTN_LANEWISE((bits >> i & 1u) ? x.v[i] * y.v[i] : 0.0f); }
   static bool any_zero(Vec x) {
     bool z = false;
