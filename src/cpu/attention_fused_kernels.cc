@@ -2,12 +2,11 @@
 // ATTN_TARGET names the namespace (avx512, avx2, scalar) and the compiler flags pick simd::Vec.
 //
 // For each task (b, h, query tile of up to kBq rows, key split):
-//   qs = scale · Q_tile                                   // [rows, D]
 //   m = −inf, l = 0, acc = 0                              // [rows], [rows], [rows, Dv]
 //   for each key tile K_t, V_t (kBk keys) that the causal/window range can reach:
-//     S = qs · K_tᵀ                                       // [rows, kBk], never wider than a tile
+//     S = Q_tile · (scale · K_t)ᵀ                         // [rows, kBk], never wider than a tile
 //     S = mask(S)                                         // only on tiles that need it
-//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: qs carries log2 e)
+//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: K carries log2 e)
 //     l = c·l + rowsum P;  acc = c·acc + P · V_t;  m = m'
 //   out = acc / l  (0 where l = 0: a row with every key hidden)
 // The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
@@ -16,7 +15,8 @@
 //
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
-//   pack_keys         Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path)
+//   pack_keys         scale·log2(e)·Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path,
+//                     which scales its queries instead: pack_queries)
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
 //   write_weights     the second pass, when weights are asked for
@@ -49,14 +49,14 @@ static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 // masks softmax_tile applies as it writes P.
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Scores are kept in base 2: the queries are scaled by scale·log2(e), so P = 2^(s − m) (simd::exp2, cheaper
-// than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
+// Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e), so
+// P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  AlignedVector<float> qs;              // [kBq, D]      scaled queries of the tile
+  AlignedVector<float> qs;              // [kBq, D]      scaled queries of the tile (few-query path)
   AlignedVector<float> vp;              // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
   AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
   AlignedVector<float> acc;             // [kBq, Dvp]
@@ -106,11 +106,12 @@ int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int6
   return std::clamp<int64_t>(hi - j0, 0, n);
 }
 
-// S[rows, n] = qs · K[j0 : j0 + n]ᵀ for the rows' queries i0.... `kt` is the key tile already transposed
-// (see pack_keys), or nullptr for the few-query path, which takes dot products straight from K's rows.
+// S[rows, n] = scale·log2(e) · Q[i0 : i0 + rows] · K[j0 : j0 + n]ᵀ for head (b, h). `kt` is the key tile
+// already transposed and scaled (see pack_keys), multiplied by Q's rows where they lie; or nullptr for the
+// few-query path, which takes dot products of the scaled queries in ws.qs (pack_queries) with K's rows.
 // On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
-void compute_scores(const AttentionProblem& p, const float* k, const float* kt, int64_t i0, int64_t j0, int64_t n,
-                    int64_t rows, bool diagonal, Workspace& ws) {
+void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float* k, const float* kt, int64_t i0,
+                    int64_t j0, int64_t n, int64_t rows, bool diagonal, Workspace& ws) {
   const int64_t D = p.D;
   if (kt == nullptr) {
     for (int64_t jj = 0; jj < n; ++jj) {
@@ -120,19 +121,21 @@ void compute_scores(const AttentionProblem& p, const float* k, const float* kt, 
     return;
   }
   const int64_t kt_cols = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's width (pack_keys)
+  const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;           // [rows, D], row stride q_sl
   if (!diagonal) {
-    gemm_abt_panels(ws.qs.data(), D, kt, kt_cols, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
+    gemm_abt_panels(q, p.q_sl, kt, kt_cols, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
     return;
   }
   for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
     const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r);
     const int64_t cols = packed_width(visible_prefix(p, i0 + r, block, j0, n));
     if (cols > 0)
-      gemm_abt_panels(ws.qs.data() + r * D, D, kt, kt_cols, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
+      gemm_abt_panels(q + r * p.q_sl, p.q_sl, kt, kt_cols, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
   }
 }
 
-// Rows [i0, i0 + rows) of head (b, h): queries scaled by scale·log2(e) into ws.qs (scores in base 2).
+// Rows [i0, i0 + rows) of head (b, h): queries scaled by scale·log2(e) into ws.qs (scores in base 2), for the
+// few-query path (the packed path scales the keys instead, once per call).
 void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& ws) {
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
   const float qscale = p.scale * kLog2e;
@@ -378,7 +381,8 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     // ATTN_SWEEP_SKIP (bench/cpu_tile_sweep.sh, timing only: wrong results) leaves one stage out: 1 the
     // softmax, 2 P·V, 3 Q·Kᵀ.
     if (ATTN_SWEEP_SKIP != 3)
-      compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, diagonal, ws);
+      compute_scores(p, b, h, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows,
+                     diagonal, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     // on the diagonal with only the causal range masking and the tile's first key seen by every row (no window
     // cut there), each row's visible keys are a prefix of the tile
@@ -426,13 +430,15 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
 // computed term by term as attention_reference does (in base 2, as the fast path) (a value is only multiplied by a
 // nonzero weight, a NaN score poisons the row), in float. Non-finite rows are rare (corrupted inputs), so the fast path
 // pays only the check in row_state_finite.
-void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
-                     const float* qs_row, float* m_out, float* l_out, float* acc) {
+void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi, float* m_out,
+                     float* l_out, float* acc) {
   thread_local AlignedVector<float> s;  // [hi − lo]
   s.resize(static_cast<size_t>(hi - lo));
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
-  for (int64_t j = lo; j < hi; ++j) s[j - lo] = dot(qs_row, k + j * p.k_sl, p.D);
+  const float* q_row = p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl;
+  const float qscale = p.scale * kLog2e;
+  for (int64_t j = lo; j < hi; ++j) s[j - lo] = qscale * dot(q_row, k + j * p.k_sl, p.D);
   mask_row_segment(p, b, h, i, lo, hi, s.data(), kLog2e);
   float m = kNegInf;
   bool any_nan = false;
@@ -469,7 +475,8 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   for (int64_t j0 = 0; j0 < p.Lk; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
-    compute_scores(p, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, false, ws);
+    compute_scores(p, b, h, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, false,
+                   ws);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
@@ -573,15 +580,16 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
 // threads leave it together.
 
-// Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every query tile and
-// every head of a group, in panels (pack_panels, which pads each tile's last columns with 0).
+// scale·log2(e)·Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every
+// query tile and every head of a group, in panels (pack_panels, which pads each tile's last columns with 0). The
+// queries are then read where they lie: scaling them per tile was a pass of its own (forward 0 to −2%).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
     const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
     pack_panels(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
-                packed + t * plan.key_tile_floats);
+                packed + t * plan.key_tile_floats, p.scale * kLog2e);
   }
 }
 
@@ -612,7 +620,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     const TileTask t = tile_task(p, plan, task / plan.splits);
     int64_t lo, hi;
     split_key_range(p, plan, t, split, &lo, &hi);
-    pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
     std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
     std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
@@ -621,8 +629,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
       accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), ws);
       for (int64_t r = 0; r < t.rows; ++r)
         if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
-          exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
-                          ws.acc.data() + r * Dvp);
+          exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
       float* state = buf.partial + task * Tiles::kBq * plan.row_state;  // [kBq, row_state]
@@ -687,7 +694,7 @@ void write_weights(const AttentionProblem& p, const FusedPlan& plan, const Fused
 #pragma omp for schedule(dynamic, 1)
   for (int64_t index = 0; index < plan.tile_tasks; ++index) {
     const TileTask t = tile_task(p, plan, index);
-    pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
     write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.lse + t.bh * p.Lq + t.i0,
                        head_keys(p, plan, buf.packed, t.b, t.h), ws);
   }

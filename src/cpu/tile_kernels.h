@@ -175,9 +175,11 @@ inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
   return !std::isnan(acc.reduce_add() + tail);
 }
 
-// Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each) packed transposed into the panels of a
-// [depth, total] matrix (see kPanel; total ≥ n, a multiple of W), the columns from n on 0.
-inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t total, float* t) {
+// Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each), times `scale`, packed transposed into the panels
+// of a [depth, total] matrix (see kPanel; total ≥ n, a multiple of W), the columns from n on 0.
+inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int64_t depth, int64_t total, float* t,
+                        float scale = 1.0f) {
+  const Vec sv = Vec::set1(scale);
   for (int64_t c0 = 0; c0 < total; c0 += kPanel) {
     float* panel = t + c0 * depth;
     const int64_t width = std::min(kPanel, total - c0), keys = std::clamp<int64_t>(n - c0, 0, width);
@@ -189,16 +191,16 @@ inline void pack_panels(const float* x, int64_t x_rs, int64_t j0, int64_t n, int
       int64_t d = 0;
       for (; d + W <= depth; d += W) {
         Vec r[W];
-        for (int k = 0; k < W; ++k) r[k] = Vec::load(xj + k * x_rs + d);
+        for (int k = 0; k < W; ++k) r[k] = Vec::load(xj + k * x_rs + d) * sv;
         Vec::transpose(r);
         for (int k = 0; k < W; ++k) r[k].store(panel + (d + k) * width + jj);
       }
       for (; d < depth; ++d)
-        for (int k = 0; k < W; ++k) panel[d * width + jj + k] = xj[k * x_rs + d];
+        for (int k = 0; k < W; ++k) panel[d * width + jj + k] = xj[k * x_rs + d] * scale;
     }
     for (; jj < keys; ++jj) {
       const float* xj = x + (j0 + c0 + jj) * x_rs;
-      for (int64_t d = 0; d < depth; ++d) panel[d * width + jj] = xj[d];
+      for (int64_t d = 0; d < depth; ++d) panel[d * width + jj] = xj[d] * scale;
     }
   }
 }
