@@ -261,8 +261,9 @@ template <bool kFinite, bool kDropout>
 
 // exp2_row for a row whose visible keys are its first vis of n (n ≤ vis rounded up to a vector): the scores
 // from vis on, computed or not, finite or not, weigh exactly 0 (selected after the exponential), so no
-// masking pass wrote −inf there first; the visible scores are finite unless the inputs were not (then, as in
-// exp2_row<true>, the row's state turns NaN and run_tiles redoes it exactly).
+// masking pass wrote −inf there first; the visible scores go through exp2_finite as in exp2_row<true> (finite
+// unless the inputs were not: see simd::exp2_finite for what an infinite score gives, and run_tiles for the row
+// redone exactly when its state comes out non-finite).
 template <bool kDropout>
 [[gnu::always_inline]] inline float exp2_prefix_row(float* s, int64_t vis, int64_t n, float m, const RowDropout& drop) {
   const int64_t whole = vis / W * W;
@@ -360,8 +361,8 @@ void prefetch_rows(const float* x, int64_t rows, int64_t row_floats, int64_t str
     for (int64_t f = 0; f < row_floats; f += 64 / sizeof(float)) __builtin_prefetch(x + r * stride + f, 0, 2);
 }
 
-// Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); ws.qs already
-// holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
+// Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); on the few-query path
+// (kpack nullptr) ws.qs already holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
 // j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries).
 void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
                      int64_t j_end, int64_t Dvp, const float* kpack, Workspace& ws) {

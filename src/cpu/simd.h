@@ -324,9 +324,10 @@ inline Vec exp2(Vec x) {
 }
 
 // exp2 for finite x <= 127 (a softmax tile without masked keys, where x = s − max <= 0): on AVX-512 without
-// the clamps, since scalef takes any exponent (x far below −149 gives 0); on AVX2 without the upper one. An
-// infinite x gives NaN here instead of 0 or inf, which the fused kernel's check of each row's state catches (a
-// row with non-finite scores is recomputed exactly). Elsewhere it is exp2.
+// the clamps, since scalef takes any exponent (x far below −149 gives 0); on AVX2 without the upper one. On
+// AVX-512 an infinite x gives NaN here instead of 0 or inf, which the fused kernel's check of each row's state
+// catches (a row with non-finite scores is recomputed exactly); on AVX2 −inf gives exactly 0, as exp2 does.
+// Elsewhere it is exp2.
 inline Vec exp2_finite(Vec x) {
 #if defined(__AVX512F__)
   return Vec::scale_pow2_floor(exp2_unit(Vec::fraction_floor(x)), x);
