@@ -171,7 +171,7 @@ void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, float sc
   }
   for (; j < n; ++j) {
     const float P = s[j] == kNegInf ? 0.0f : std::exp2(scale2 * s[j] - lse2);
-    const bool kept = (keep[(offset + j) / 16] >> ((offset + j) % 16) & 1u) != 0;
+    const bool kept = dropout_kept(keep, offset + j);
     pt[j] = kept ? P * c : 0.0f;
     const float dpj = kept ? dp[j] * c : 0.0f;
     dp[j] = P == 0.0f ? 0.0f : scale * P * (dpj - delta);

@@ -183,6 +183,10 @@ struct RowDropout {
   const uint16_t* keep = nullptr;
   int64_t offset = 0;
   float scale = 1.0f;
+  // weights e of the tile's keys [j, j + W) as P holds them: dropped (0) or scaled
+  Vec apply(Vec e, int64_t j) const {
+    return Vec::masked_mul(dropout_lane_bits(keep, offset + j), e, Vec::set1(scale));
+  }
 };
 
 // s[0, n) = 2^(s − m) in place; returns their sum. kFinite: every s is finite (no masked key; see
@@ -192,10 +196,7 @@ struct RowDropout {
 template <bool kFinite, bool kDropout>
 [[gnu::always_inline]] inline float exp2_row(float* s, int64_t n, float m, const RowDropout& drop) {
   const auto exp2 = [](Vec x) { return kFinite ? simd::exp2_finite(x) : simd::exp2(x); };
-  const Vec scale = Vec::set1(drop.scale);
-  const auto stored = [&](Vec e, int64_t j) {  // what P holds at keys [j, j + W)
-    return kDropout ? Vec::masked_mul(dropout_lane_bits(drop.keep, drop.offset + j), e, scale) : e;
-  };
+  const auto stored = [&](Vec e, int64_t j) { return kDropout ? drop.apply(e, j) : e; };  // P at keys [j, j + W)
   constexpr int kVecs = Tiles::kBk / W;
   const Vec mv = Vec::set1(m);
   if (n == Tiles::kBk) {         // a whole tile: kVecs independent exponentials
@@ -272,8 +273,7 @@ template <bool kDropout>
     const Vec e = Vec::first_lanes(simd::exp2_finite(load_lanes(s, whole, n) - Vec::set1(m)),
                                    static_cast<int>(vis - whole), Vec::zero());
     sum += e.reduce_add();
-    const Vec p =
-        kDropout ? Vec::masked_mul(dropout_lane_bits(drop.keep, drop.offset + whole), e, Vec::set1(drop.scale)) : e;
+    const Vec p = kDropout ? drop.apply(e, whole) : e;
     float buf[W];
     p.store(buf);
     std::copy(buf, buf + std::min<int64_t>(W, n - whole), s + whole);

@@ -199,6 +199,9 @@ inline uint32_t dropout_lane_bits(const uint16_t keep[8], int64_t o) {
   return static_cast<uint32_t>(keep[o / 16]) >> (o % 16);
 }
 
+// Whether key o of a group (o % 128) survives, by its masks.
+inline bool dropout_kept(const uint16_t keep[8], int64_t o) { return (keep[o / 16] >> (o % 16) & 1u) != 0; }
+
 // Dropout of one row segment: s[jj] for keys j0 + jj, jj < n, becomes src[jj]·scale where the weight survives
 // and exactly 0 where it is dropped (a select, not a product: 0 even for a non-finite value); src = s (in
 // place) unless given (the backward's P̃ written beside P without a copy first). With s2 (the backward's
@@ -214,8 +217,7 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
   while (jj < n) {
     const int64_t j = j0 + jj;
     const uint16_t* keep = dropout_group(d, b, h, i, j, c);
-    const int e = static_cast<int>(j % 128 / 16), t = static_cast<int>(j % 16);
-    if (t % simd::Vec::W == 0 && jj + simd::Vec::W <= n) {  // a whole vector of keys: one masked product
+    if (j % simd::Vec::W == 0 && jj + simd::Vec::W <= n) {  // a whole vector of keys: one masked product
       const uint32_t bits = dropout_lane_bits(keep, j % 128);
       const simd::Vec scale = simd::Vec::set1(d.scale);
       simd::Vec::masked_mul(bits, simd::Vec::load(src + jj), scale).store(s + jj);
@@ -223,7 +225,7 @@ inline void dropout_row_segment(const DropoutParams& d, int64_t b, int64_t h, in
       jj += simd::Vec::W;
       continue;
     }
-    const bool kept = (keep[e] >> t & 1u) != 0;
+    const bool kept = dropout_kept(keep, j % 128);
     s[jj] = kept ? src[jj] * d.scale : 0.0f;
     if (s2) s2[jj] = kept ? s2[jj] * d.scale : 0.0f;
     ++jj;
