@@ -181,6 +181,57 @@ TEST(NonFinite, BackwardKeepsTheRule) {
   for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;  // head 1
 }
 
+// Finite inputs near the float range whose products stay moderate: with scale·log2(e) > 1, elements of 3e38
+// overflow once multiplied by it (the fused kernel scales the packed keys, or the few-query path its queries),
+// while every true score is finite (4 · 3e38 · 1e-38 = 12). Output, weights, lse and gradients must still be the
+// reference's, on every path: huge keys with 40 queries (packed keys), huge queries with 3 (the few-query path).
+TEST(NonFinite, ElementsNearTheFloatRangeWithModerateScores) {
+  const auto largest = [](const Tensor& t) {
+    double m = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
+    return m;
+  };
+  for (bool huge_queries : {false, true}) {
+    std::mt19937 rng(5);
+    const int64_t Lq = huge_queries ? 3 : 40, Lk = 37, D = 4;
+    Tensor q = test::random_tensor({1, 2, Lq, D}, rng), k = test::random_tensor({1, 2, Lk, D}, rng);
+    Tensor v = test::random_tensor({1, 2, Lk, D}, rng), d_out = test::random_tensor({1, 2, Lq, D}, rng);
+    Tensor& tiny = huge_queries ? k : q;
+    Tensor& huge = huge_queries ? q : k;
+    const int64_t L = huge_queries ? Lq : Lk, row = huge_queries ? 1 : 3;  // that row of each head is huge
+    for (int64_t i = 0; i < tiny.numel(); ++i) tiny.f32()[i] *= 1e-38f;
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t d = 0; d < D; ++d) huge.f32()[(h * L + row) * D + d] = d % 2 ? -3e38f : 3e38f;
+    for (bool causal : {false, true}) {
+      test::CaseInputs in;
+      in.q = q, in.k = k, in.v = v;
+      in.options.scale = 1.0f;
+      in.options.return_weights = true;
+      in.options.return_lse = true;
+      if (causal) in.options.causal = CausalAlignment::kBottomRight;
+      in.options.impl = AttentionImpl::kReference;
+      const AttentionResult ref = scaled_dot_product_attention(q, k, v, in.options);
+      const AttentionGrads ref_grads = scaled_dot_product_attention_backward(q, k, v, d_out, in.options);
+      ASSERT_TRUE(test::all_finite(ref.weights));
+      for_every_fast_path(in, [&](AttentionImpl impl, const std::string& path) {
+        SCOPED_TRACE(path + (huge_queries ? " huge queries" : " huge keys") + (causal ? " causal" : ""));
+        in.options.impl = impl;
+        const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
+        EXPECT_EQ(pattern_mismatch(r.output, ref.output, 2e-5), "");
+        EXPECT_EQ(pattern_mismatch(r.weights, ref.weights, 2e-5), "");
+        if (impl != AttentionImpl::kFused) return;
+        EXPECT_EQ(pattern_mismatch(r.lse, ref.lse, 2e-5), "");
+        const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, r.output, r.lse, d_out, in.options);
+        // dQ = scale·dS·K (dK = scale·dSᵀ·Q) is ~1e35 where K (Q) is huge: within 1e-4 of its largest element,
+        // float's rounding of dS times 3e38
+        EXPECT_EQ(pattern_mismatch(g.dq, ref_grads.dq, 1e-4 * std::max(1.0, largest(ref_grads.dq))), "");
+        EXPECT_EQ(pattern_mismatch(g.dk, ref_grads.dk, 1e-4 * std::max(1.0, largest(ref_grads.dk))), "");
+        EXPECT_EQ(pattern_mismatch(g.dv, ref_grads.dv, 1e-4), "");
+      });
+    }
+  }
+}
+
 // MultiHeadAttention: NaN and Inf in the padded positions of the key/value input change no output.
 TEST(NonFinite, MultiHeadAttentionIgnoresNaNAtPaddedPositions) {
   std::mt19937 rng(4);

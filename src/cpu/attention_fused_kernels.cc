@@ -16,7 +16,8 @@
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
 //   pack_keys         scale·log2(e)·Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path,
-//                     which scales its queries instead: pack_queries)
+//                     which scales its queries instead: pack_queries); where scale·log2(e) > 1 would overflow a
+//                     huge finite key (or query), the scores take the factor after the product instead
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
 //   write_weights     the second pass, when weights are asked for
@@ -110,13 +111,22 @@ int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int6
 // already transposed and scaled (see pack_keys), multiplied by Q's rows where they lie; or nullptr for the
 // few-query path, which takes dot products of the scaled queries in ws.qs (pack_queries) with K's rows.
 // On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
+// `after`: the factor left for the scores when the operands could not carry scale·log2(e) (ScoreScaling; 1 else).
 void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float* k, const float* kt, int64_t i0,
-                    int64_t j0, int64_t n, int64_t rows, bool diagonal, Workspace& ws) {
+                    int64_t j0, int64_t n, int64_t rows, bool diagonal, float after, Workspace& ws) {
   const int64_t D = p.D;
+  const auto scale_after = [&](int64_t r, int64_t count, int64_t cols) {  // rows [r, r + count), cols a multiple of W
+    if (after == 1.0f) return;
+    for (int64_t i = r; i < r + count; ++i)
+      for (int64_t j = 0; j < cols; j += W) {
+        float* x = ws.s.data() + i * Tiles::kBk + j;
+        (Vec::load(x) * Vec::set1(after)).store(x);
+      }
+  };
   if (kt == nullptr) {
     for (int64_t jj = 0; jj < n; ++jj) {
       const float* kj = k + (j0 + jj) * p.k_sl;
-      for (int64_t r = 0; r < rows; ++r) ws.s[r * Tiles::kBk + jj] = dot(ws.qs.data() + r * D, kj, D);
+      for (int64_t r = 0; r < rows; ++r) ws.s[r * Tiles::kBk + jj] = after * dot(ws.qs.data() + r * D, kj, D);
     }
     return;
   }
@@ -124,21 +134,24 @@ void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;           // [rows, D], row stride q_sl
   if (!diagonal) {
     gemm_abt_panels(q, p.q_sl, kt, kt_cols, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
+    scale_after(0, rows, packed_width(n));
     return;
   }
   for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
     const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r);
     const int64_t cols = packed_width(visible_prefix(p, i0 + r, block, j0, n));
-    if (cols > 0)
+    if (cols > 0) {
       gemm_abt_panels(q + r * p.q_sl, p.q_sl, kt, kt_cols, D, block, cols, ws.s.data() + r * Tiles::kBk, Tiles::kBk);
+      scale_after(r, block, cols);
+    }
   }
 }
 
-// Rows [i0, i0 + rows) of head (b, h): queries scaled by scale·log2(e) into ws.qs (scores in base 2), for the
-// few-query path (the packed path scales the keys instead, once per call).
-void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, Workspace& ws) {
+// Rows [i0, i0 + rows) of head (b, h): queries times qscale (scale·log2(e): scores in base 2, or 1, see
+// ScoreScaling) into ws.qs, for the few-query path (the packed path scales the keys instead, once per call).
+void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, float qscale,
+                  Workspace& ws) {
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
-  const float qscale = p.scale * kLog2e;
   const Vec qv = Vec::set1(qscale);
   for (int64_t r = 0; r < rows; ++r) {
     const float* qr = q + (i0 + r) * p.q_sl;
@@ -363,9 +376,10 @@ void prefetch_rows(const float* x, int64_t rows, int64_t row_floats, int64_t str
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); on the few-query path
 // (kpack nullptr) ws.qs already holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
-// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries).
+// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries); after
+// multiplies the scores where the operands could not carry scale·log2(e) (FusedPlan, 1 else).
 void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
-                     int64_t j_end, int64_t Dvp, const float* kpack, Workspace& ws) {
+                     int64_t j_end, int64_t Dvp, const float* kpack, float after, Workspace& ws) {
   const int64_t kvh = p.kv_head(h);
   const float* k = p.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
   const float* v = p.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
@@ -383,7 +397,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
     // softmax, 2 P·V, 3 Q·Kᵀ.
     if (ATTN_SWEEP_SKIP != 3)
       compute_scores(p, b, h, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows,
-                     diagonal, ws);
+                     diagonal, after, ws);
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     // on the diagonal with only the causal range masking and the tile's first key seen by every row (no window
     // cut there), each row's visible keys are a prefix of the tile
@@ -470,14 +484,14 @@ void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t
 }
 
 // Second pass: weights[b, h, i, :] = exp(S − lse_i) for rows [i0, i0 + rows); 0 where hidden.
-// lse: [rows], the rows' log-sum-exp; kpack as in accumulate_keys.
+// lse: [rows], the rows' log-sum-exp; kpack and after as in accumulate_keys.
 void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* lse,
-                        const float* kpack, Workspace& ws) {
+                        const float* kpack, float after, Workspace& ws) {
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   for (int64_t j0 = 0; j0 < p.Lk; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
     compute_scores(p, b, h, k, kpack ? kpack + j0 / Tiles::kBk * p.D * Tiles::kBk : nullptr, i0, j0, n, rows, false,
-                   ws);
+                   after, ws);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
@@ -512,7 +526,26 @@ struct FusedPlan {
   bool keys_packed = false;     // Kᵀ packed by pack_keys; the few-query path reads K's rows instead
   int64_t key_tiles = 0;        // ⌈Lk / kBk⌉
   int64_t key_tile_floats = 0;  // one packed key tile [D, kBk] (D at least 1)
+  // scale·log2(e), carried by the packed keys (the few-query path: its scaled queries), `operand`; or, where
+  // that product would overflow a finite key or query (scale·log2(e) > 1 and an element beyond FLT_MAX over
+  // it: the true scores may still be moderate), by every score after the product, `after` (one more pass
+  // over S; only such calls pay it).
+  float operand = 1.0f, after = 1.0f;
 };
+
+// Would x · f overflow for an element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)? f > 1 only;
+// |x| · f overflows exactly when the largest |x| times f does.
+bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L, int64_t D,
+                       float f) {
+  float largest = 0.0f;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < L; ++i) {
+        const float* row = x + b * sb + h * sh + i * sl;
+        for (int64_t d = 0; d < D; ++d) largest = std::max(largest, std::fabs(row[d]));
+      }
+  return std::isinf(largest * f);
+}
 
 FusedPlan plan_fused(const AttentionProblem& p) {
   FusedPlan plan;
@@ -531,6 +564,12 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
   plan.keys_packed = p.Lq > 4;
+  const float f = p.scale * kLog2e;
+  const bool overflows =
+      f > 1.0f && (plan.keys_packed ? scaling_overflows(p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D, f)
+                                    : scaling_overflows(p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D, f));
+  plan.operand = overflows ? 1.0f : f;
+  plan.after = overflows ? f : 1.0f;
   return plan;
 }
 
@@ -581,16 +620,17 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
 // threads leave it together.
 
-// scale·log2(e)·Kᵀ packed once per call as [B, Hkv, key tile, D, packed_width(keys of the tile)], shared by every
-// query tile and every head of a group, in panels (pack_panels, which pads each tile's last columns with 0). The
-// queries are then read where they lie: scaling them per tile was a pass of its own (forward 0 to −2%).
+// plan.operand·Kᵀ (scale·log2(e)·Kᵀ unless that overflows: FusedPlan) packed once per call as [B, Hkv, key tile, D,
+// packed_width(keys of the tile)], shared by every query tile and every head of a group, in panels (pack_panels, which
+// pads each tile's last columns with 0). The queries are then read where they lie: scaling them per tile was a pass of
+// its own (forward 0 to −2%).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
     const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
     pack_panels(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
-                packed + t * plan.key_tile_floats, p.scale * kLog2e);
+                packed + t * plan.key_tile_floats, plan.operand);
   }
 }
 
@@ -621,13 +661,13 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     const TileTask t = tile_task(p, plan, task / plan.splits);
     int64_t lo, hi;
     split_key_range(p, plan, t, split, &lo, &hi);
-    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, plan.operand, ws);
     std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
     std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
-      accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), ws);
+      accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
       for (int64_t r = 0; r < t.rows; ++r)
         if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
           exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp);
@@ -695,9 +735,9 @@ void write_weights(const AttentionProblem& p, const FusedPlan& plan, const Fused
 #pragma omp for schedule(dynamic, 1)
   for (int64_t index = 0; index < plan.tile_tasks; ++index) {
     const TileTask t = tile_task(p, plan, index);
-    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, ws);
+    if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, plan.operand, ws);
     write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.lse + t.bh * p.Lq + t.i0,
-                       head_keys(p, plan, buf.packed, t.b, t.h), ws);
+                       head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
   }
 }
 
