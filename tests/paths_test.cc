@@ -2,6 +2,7 @@
 // and the fused kernel at every SIMD level the machine has, with one and two threads. Also: the fused
 // kernel is deterministic for a given thread count, and the vectorised exp is accurate.
 #include <cstring>
+#include <random>
 
 #include "attention_cases.h"
 #include "attn/attention.h"
@@ -84,6 +85,39 @@ TEST(Paths, MaskedWeightsAreExactlyZero) {
             }
     }
   }
+}
+
+// Rows whose maximum rises (or falls) across key tiles by less and by more than the fused kernel's lazy-rescaling
+// threshold (softmax_tile keeps a row's max while scores stay within 2^8 of it): score(i, j) = a_i · t_j with
+// t_j = 12 · (j / 128) + 0.03 · (j % 128) and a_i from −1 to 1 (rising rows, falling rows, flat rows).
+TEST(Paths, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
+  const int64_t Lq = 33, Lk = 600, D = 8;
+  std::mt19937 rng(17);
+  Tensor q = test::random_tensor({1, 1, Lq, D}, rng), k = test::random_tensor({1, 1, Lk, D}, rng);
+  const Tensor v = test::random_tensor({1, 1, Lk, D}, rng);
+  for (int64_t i = 0; i < Lq; ++i) q.f32()[i * D] = -1.0f + 2.0f * static_cast<float>(i) / (Lq - 1);
+  for (int64_t j = 0; j < Lk; ++j) k.f32()[j * D] = 12.0f * static_cast<float>(j / 128) + 0.03f * (j % 128);
+  AttentionOptions o;
+  o.scale = 1.0f;
+  o.return_lse = true;
+  const detail::SimdLevel saved = detail::simd_level_active();
+  for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight}) {
+    o.causal = causal;
+    o.impl = AttentionImpl::kReference;
+    const AttentionResult ref = scaled_dot_product_attention(q, k, v, o);
+    o.impl = AttentionImpl::kFused;
+    for (auto level : test::simd_levels())
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(std::string("simd=") + detail::simd_level_name(level) + " threads=" + std::to_string(threads) +
+                     " causal=" + causal_name(causal));
+        detail::force_simd_level(level);
+        o.num_threads = threads;
+        const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
+        EXPECT_LE(test::max_abs_diff(r.output, ref.output), kTol);
+        EXPECT_LE(test::max_abs_diff(r.lse, ref.lse), 1e-4);  // lse reaches ~60: a few float ulps
+      }
+  }
+  detail::force_simd_level(saved);
 }
 
 // The exponentials of each compiled target, in the order of SimdLevel; those this processor can run.

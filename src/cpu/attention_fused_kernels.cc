@@ -8,6 +8,7 @@
 //     S = mask(S)                                         // only on tiles that need it
 //     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: K carries log2 e)
 //     l = c·l + rowsum P;  acc = c·acc + P · V_t;  m = m'
+//     (m' = m, no correction, while S stays below m + 8: lazy rescaling, see softmax_tile)
 //   out = acc / l  (0 where l = 0: a row with every key hidden)
 // The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
 // (decode: few queries, long K/V) each split keeps its own (m, l, acc) and they merge by log-sum-exp.
@@ -62,6 +63,7 @@ struct Workspace {
   AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
   AlignedVector<float> acc;             // [kBq, Dvp]
   AlignedVector<float> m, l;            // [kBq]    each row's running max (base 2) and sum
+  AlignedVector<float> lanes_l;         // [kBq, W] the running sums lane by lane, inside accumulate_keys
   AlignedVector<float> m_new, c;        // [kBq]    softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
   void reserve(int64_t D, int64_t Dvp) {
@@ -74,6 +76,7 @@ struct Workspace {
     grow(acc, Tiles::kBq * std::max<int64_t>(Dvp, 1));
     grow(m, Tiles::kBq);
     grow(l, Tiles::kBq);
+    grow(lanes_l, Tiles::kBq * W);
     grow(m_new, Tiles::kBq);
     grow(c, Tiles::kBq);
     if (drop.size() < static_cast<size_t>(Tiles::kBq)) drop.resize(static_cast<size_t>(Tiles::kBq));
@@ -174,20 +177,29 @@ template <int N, class Op>
   }
 }
 
-// The largest of s[0, n) (NaN lanes may be skipped: a NaN row is caught by row_state_finite).
-[[gnu::always_inline]] inline float row_max(const float* s, int64_t n) {
+// The first W lanes at s[j] of a row of n floats (lanes from n on: 0), without reading past n.
+[[gnu::always_inline]] inline Vec load_lanes(const float* s, int64_t j, int64_t n) {
+  if (j + W <= n) return Vec::load(s + j);
+  float buf[W] = {};
+  std::copy(s + j, s + n, buf);
+  return Vec::load(buf);
+}
+
+// Lane by lane, the largest of s[0, n) (lane i: of s[i], s[i + W], …; −inf where none), left unreduced: the
+// lazy rescaling of softmax_tile reduces it only when the row's max must move. (NaN lanes may be skipped: a
+// NaN row is caught by row_state_finite.)
+[[gnu::always_inline]] inline Vec row_max_lanes(const float* s, int64_t n) {
   constexpr int kVecs = Tiles::kBk / W;
   if (n == Tiles::kBk) {  // a whole tile: constant trip counts, a tree of maxima
     Vec x[kVecs];
     for (int v = 0; v < kVecs; ++v) x[v] = Vec::load(s + v * W);
-    return tree_reduce<kVecs>(x, [](Vec a, Vec b) { return Vec::max(a, b); }).reduce_max();
+    return tree_reduce<kVecs>(x, [](Vec a, Vec b) { return Vec::max(a, b); });
   }
   int64_t j = 0;
   Vec mx = Vec::set1(kNegInf);
   for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
-  float m = mx.reduce_max();
-  for (; j < n; ++j) m = std::max(m, s[j]);
-  return m;
+  if (j < n) mx = Vec::max(mx, Vec::first_lanes(load_lanes(s, j, n), static_cast<int>(n - j), Vec::set1(kNegInf)));
+  return mx;
 }
 
 // Dropout applied as P is written (exp2_row's kDropout): the keep masks of the row's 128-key group, the
@@ -202,12 +214,12 @@ struct RowDropout {
   }
 };
 
-// s[0, n) = 2^(s − m) in place; returns their sum. kFinite: every s is finite (no masked key; see
-// simd::exp2_finite for what an infinite input does then). kDropout: each weight is stored dropped (0) or
-// scaled by the same masked product as dropout_row_segment's, while the sum counts every weight (one pass
-// over the row where a separate dropout pass reloaded it: the forward's dropout cost 13.7% → 5.6%, L 2048).
+// s[0, n) = 2^(s − m) in place; returns their sum lane by lane (see row_max_lanes). kFinite: every s is finite (no
+// masked key; see simd::exp2_finite for what an infinite input does then). kDropout: each weight is stored dropped (0)
+// or scaled by the same masked product as dropout_row_segment's, while the sum counts every weight (one pass over the
+// row where a separate dropout pass reloaded it: the forward's dropout cost 13.7% → 5.6%, L 2048).
 template <bool kFinite, bool kDropout>
-[[gnu::always_inline]] inline float exp2_row(float* s, int64_t n, float m, const RowDropout& drop) {
+[[gnu::always_inline]] inline Vec exp2_row(float* s, int64_t n, float m, const RowDropout& drop) {
   const auto exp2 = [](Vec x) { return kFinite ? simd::exp2_finite(x) : simd::exp2(x); };
   const auto stored = [&](Vec e, int64_t j) { return kDropout ? drop.apply(e, j) : e; };  // P at keys [j, j + W)
   constexpr int kVecs = Tiles::kBk / W;
@@ -219,7 +231,7 @@ template <bool kFinite, bool kDropout>
         e[v] = exp2(Vec::load(s + v * W) - mv);
         stored(e[v], v * W).store(s + v * W);
       }
-      return tree_reduce<kVecs>(e, [](Vec a, Vec b) { return a + b; }).reduce_add();
+      return tree_reduce<kVecs>(e, [](Vec a, Vec b) { return a + b; });
     } else {  // AVX2's 16 do not fit its 16 registers (they went through the stack): four running sums
       Vec sum[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
       for (int v = 0; v < kVecs; v += 4)
@@ -228,7 +240,7 @@ template <bool kFinite, bool kDropout>
           stored(e, (v + u) * W).store(s + (v + u) * W);
           sum[u] = sum[u] + e;
         }
-      return tree_reduce<4>(sum, [](Vec a, Vec b) { return a + b; }).reduce_add();
+      return tree_reduce<4>(sum, [](Vec a, Vec b) { return a + b; });
     }
   }
   Vec sum = Vec::zero();
@@ -238,38 +250,25 @@ template <bool kFinite, bool kDropout>
     stored(e, j).store(s + j);
     sum = sum + e;
   }
-  float tail = 0.0f;
-  if (j < n) {
-    float buf[W], kept[W];
-    std::fill(buf, buf + W, kNegInf);
-    std::copy(s + j, s + n, buf);
-    const Vec e = exp2(Vec::load(buf) - mv);
-    e.store(buf);
+  if (j < n) {  // the last, partial vector: its lanes from n on count for nothing
+    const int count = static_cast<int>(n - j);
+    const Vec e = Vec::first_lanes(exp2(Vec::first_lanes(load_lanes(s, j, n), count, Vec::set1(kNegInf)) - mv), count,
+                                   Vec::zero());
+    float kept[W];
     stored(e, j).store(kept);
-    for (int64_t t = 0; t < n - j; ++t) {
-      tail += buf[t];
-      s[j + t] = kept[t];
-    }
+    std::copy(kept, kept + count, s + j);
+    sum = sum + e;
   }
-  return sum.reduce_add() + tail;
+  return sum;
 }
 
-// The first W lanes at s[j] of a row of n floats (lanes from n on: 0), without reading past n.
-[[gnu::always_inline]] inline Vec load_lanes(const float* s, int64_t j, int64_t n) {
-  if (j + W <= n) return Vec::load(s + j);
-  float buf[W] = {};
-  std::copy(s + j, s + n, buf);
-  return Vec::load(buf);
-}
-
-// The largest of the first vis of a row's n scores (a diagonal row whose visible keys are a prefix, see
+// row_max_lanes of the first vis of a row's n scores (a diagonal row whose visible keys are a prefix, see
 // softmax_tile): whole vectors, then the partial one with its lanes from vis on selected away.
-[[gnu::always_inline]] inline float row_max_prefix(const float* s, int64_t vis, int64_t n) {
+[[gnu::always_inline]] inline Vec row_max_prefix_lanes(const float* s, int64_t vis, int64_t n) {
   const int64_t whole = vis / W * W;
-  float m = whole > 0 ? row_max(s, whole) : kNegInf;
+  Vec m = whole > 0 ? row_max_lanes(s, whole) : Vec::set1(kNegInf);
   if (vis > whole)
-    m = std::max(
-        m, Vec::first_lanes(load_lanes(s, whole, n), static_cast<int>(vis - whole), Vec::set1(kNegInf)).reduce_max());
+    m = Vec::max(m, Vec::first_lanes(load_lanes(s, whole, n), static_cast<int>(vis - whole), Vec::set1(kNegInf)));
   return m;
 }
 
@@ -279,13 +278,13 @@ template <bool kFinite, bool kDropout>
 // unless the inputs were not: see simd::exp2_finite for what an infinite score gives, and run_tiles for the row
 // redone exactly when its state comes out non-finite).
 template <bool kDropout>
-[[gnu::always_inline]] inline float exp2_prefix_row(float* s, int64_t vis, int64_t n, float m, const RowDropout& drop) {
+[[gnu::always_inline]] inline Vec exp2_prefix_row(float* s, int64_t vis, int64_t n, float m, const RowDropout& drop) {
   const int64_t whole = vis / W * W;
-  float sum = whole > 0 ? exp2_row<true, kDropout>(s, whole, m, drop) : 0.0f;
+  Vec sum = whole > 0 ? exp2_row<true, kDropout>(s, whole, m, drop) : Vec::zero();
   if (vis > whole) {
     const Vec e = Vec::first_lanes(simd::exp2_finite(load_lanes(s, whole, n) - Vec::set1(m)),
                                    static_cast<int>(vis - whole), Vec::zero());
-    sum += e.reduce_add();
+    sum = sum + e;
     const Vec p = kDropout ? drop.apply(e, whole) : e;
     float buf[W];
     p.store(buf);
@@ -294,14 +293,20 @@ template <bool kDropout>
   return sum;
 }
 
+// Lazy rescaling: a row keeps its running max m while no score of a new tile exceeds m + kRescaleAbove (base 2),
+// so its weights 2^(s − m) stay ≤ 2^8 (FlashAttention-4 keeps its max the same way): no new max to reduce, no
+// correction, no rescaled accumulator. The result is the same up to rounding: out = acc / l for any common m.
+constexpr float kRescaleAbove = 8.0f;
+
 // The online-softmax step of one score tile, S = ws.s [rows, n] (base 2) for keys [j0, j0 + n): masks it
-// when `masked`, then for every row m' = max(m, rowmax S), P = 2^(S − m') in place, c = 2^(m − m'),
-// l = c·l + Σ P, acc = c·acc, m = m'. Done phase by phase over all rows, not row by row: each row's
-// chain (max, horizontal reduction, exponentials, sum, reduction) is long and serial, and rows side by
-// side keep the vector units busy; the corrections c of W rows are one vector exp2.
+// when `masked`, then for every row m' = m, or max(m, rowmax S) where a score exceeds m + kRescaleAbove (or m is
+// −inf), P = 2^(S − m') in place, c = 2^(m − m'), l = c·l + Σ P (ws.lanes_l, lane by lane: no horizontal sum
+// per tile), acc = c·acc, m = m'. Done phase by phase over all rows, not row by row: each row's chain (max,
+// exponentials, sum) is long and serial, and rows side by side keep the vector units busy; the corrections c
+// of W rows are one vector exp2.
 // `prefix` (on the causal diagonal, with masked): no mask but the causal range applies and every row's visible
 // keys are a prefix of the tile, so the masking pass is skipped and each row's max and exponentials stop at its
-// last visible key (row_max_prefix, exp2_prefix_row): causal forward L 256 −4%, L 1024 −1 to −2% (D 32–128).
+// last visible key (row_max_prefix_lanes, exp2_prefix_row): causal forward L 256 −4%, L 1024 −1 to −2% (D 32–128).
 void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
                   bool masked, bool diagonal, bool prefix, int64_t Dvp, Workspace& ws) {
   float* m_new = ws.m_new.data();  // [rows]
@@ -310,19 +315,20 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   // On the causal diagonal a row's scores end at its last visible key (rounded up to a vector; the
   // scores after it were perhaps never computed, see compute_scores): its P is 0 from there on.
   const auto row_length = [&](int64_t vis) { return diagonal ? std::min(n, packed_width(vis)) : n; };
-  // 1. masking and the new running maxima
+  // 1. masking and the new running maxima (kept where no score exceeds m + kRescaleAbove)
+  bool moved = false;
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
     const int64_t vis = visible(r), len = row_length(vis);
-    if (prefix) {
-      m_new[r] = std::max(ws.m[r], row_max_prefix(s, vis, len));
-      continue;
-    }
-    if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
-    m_new[r] = std::max(ws.m[r], row_max(s, len));
+    if (masked && !prefix) mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
+    const Vec mx = prefix ? row_max_prefix_lanes(s, vis, len) : row_max_lanes(s, len);
+    const float m = ws.m[r];
+    m_new[r] = m != kNegInf && !Vec::any_above(mx, m + kRescaleAbove) ? m : std::max(m, mx.reduce_max());
+    moved |= m_new[r] != m;
   }
   // 2. the corrections c = 2^(m − m'): 0 while m = −inf (nothing seen yet), exactly 1 where m' = m
-  for (int64_t r = 0; r < rows; r += W) {
+  if (!moved) std::fill(c, c + rows, 1.0f);
+  for (int64_t r = 0; moved && r < rows; r += W) {
     float m_old[W], m_cur[W];
     std::fill(m_old, m_old + W, 0.0f);
     std::fill(m_cur, m_cur + W, 0.0f);
@@ -336,11 +342,12 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * Tiles::kBk;
     const int64_t vis = visible(r), len = row_length(vis);
+    float* lanes_l = ws.lanes_l.data() + r * W;
     std::fill(s + len, s + n, 0.0f);
     if (m_new[r] == kNegInf) {  // nothing visible yet: P = 0, state unchanged
       // unless a visible score is NaN (max skips it): poison the row
       for (int64_t j = 0; j < (prefix ? vis : len); ++j)
-        if (std::isnan(s[j])) ws.l[r] = std::numeric_limits<float>::quiet_NaN();
+        if (std::isnan(s[j])) Vec::set1(std::numeric_limits<float>::quiet_NaN()).store(lanes_l);
       std::fill(s, s + len, 0.0f);
       continue;
     }
@@ -351,14 +358,14 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
       return masked ? exp2_row<false, kDropout>(s, len, m_new[r], drop)
                     : exp2_row<true, kDropout>(s, len, m_new[r], drop);
     };
-    float sum;
+    Vec sum;
     if (!p.dropout.active()) {
       sum = exponentials(std::false_type{}, {});
     } else {  // the tile lies in one dropout group (static_assert above); l counts every weight
       const RowDropout drop{dropout_group(p.dropout, b, h, i0 + r, j0, ws.drop[r]), j0 % 128, p.dropout.scale};
       sum = exponentials(std::true_type{}, drop);
     }
-    ws.l[r] = ws.l[r] * cr + sum;
+    (Vec::load(lanes_l) * Vec::set1(cr) + sum).store(lanes_l);
     ws.m[r] = m_new[r];
     if (cr != 1.0f) {
       float* acc = ws.acc.data() + r * Dvp;
@@ -387,6 +394,10 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   // A head's K and V larger than the L2 come from L3 or memory for every query tile: this tile's values are
   // asked for before its scores are computed, the next tile's keys before this tile's P·V.
   const bool prefetch = kpack != nullptr && (j_end - j_begin) * (p.D + p.Dv) * 4 > kPrefetchAboveBytes;
+  for (int64_t r = 0; r < rows; ++r) {  // l lane by lane while the tiles run (softmax_tile), reduced at the end
+    std::fill(ws.lanes_l.data() + r * W, ws.lanes_l.data() + (r + 1) * W, 0.0f);
+    ws.lanes_l[r * W] = ws.l[r];
+  }
   for (int64_t j0 = j_begin; j0 < j_end; j0 += Tiles::kBk) {
     const int64_t n = std::min(Tiles::kBk, j_end - j0);
     if (all_padding(p, b, j0, n)) continue;  // every key of the tile is padding: nothing to add
@@ -439,6 +450,7 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       }
     }
   }
+  for (int64_t r = 0; r < rows; ++r) ws.l[r] = Vec::load(ws.lanes_l.data() + r * W).reduce_add();
 }
 
 // The slow path for one row whose fast state came out non-finite: its (m, l, acc) over keys [lo, hi),

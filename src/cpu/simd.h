@@ -62,6 +62,7 @@ struct Vec {
     return {_mm512_mask_blend_ps(m, y.v, _mm512_setzero_ps())};
   }
   static bool any_zero(Vec x) { return _mm512_cmp_ps_mask(x.v, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0; }
+  static bool any_above(Vec x, float t) { return _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(t), _CMP_GT_OQ) != 0; }
   // r[i] = row i of a W × W block in, column i out (lanes and vectors swapped): 64 shuffles
   static void transpose(Vec r[W]) {
     __m512 t[16];
@@ -138,6 +139,9 @@ struct Vec {
     return {_mm256_andnot_ps(m, y.v)};
   }
   static bool any_zero(Vec x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0; }
+  static bool any_above(Vec x, float t) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(x.v, _mm256_set1_ps(t), _CMP_GT_OQ)) != 0;
+  }
   // r[i] = row i of a W × W block in, column i out: 24 shuffles
   static void transpose(Vec r[W]) {
     __m256 t[8], u[8];
@@ -217,6 +221,11 @@ struct Vec {
     bool z = false;
     for (float e : x.v) z |= e == 0.0f;
     return z;
+  }
+  static bool any_above(Vec x, float t) {  // a lane > t (NaN lanes: no)
+    bool a = false;
+    for (float e : x.v) a |= e > t;
+    return a;
   }
   static void transpose(Vec r[W]) {
     for (int i = 0; i < W; ++i)
