@@ -309,8 +309,14 @@ constexpr float kRescaleAbove = 8.0f;
 // last visible key (row_max_prefix_lanes, exp2_prefix_row): causal forward L 256 −4%, L 1024 −1 to −2% (D 32–128).
 void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n,
                   bool masked, bool diagonal, bool prefix, int64_t Dvp, Workspace& ws) {
-  float* m_new = ws.m_new.data();  // [rows]
-  float* c = ws.c.data();          // [rows]
+  // The buffers as local pointers: read through ws, their addresses were reloaded (from thread-local storage)
+  // after every store to a float, which might have changed them.
+  float* const m_new = ws.m_new.data();    // [rows]
+  float* const c = ws.c.data();            // [rows]
+  float* const m_run = ws.m.data();        // [rows]
+  float* const scores = ws.s.data();       // [rows, kBk]
+  float* const lanes = ws.lanes_l.data();  // [rows, W]
+  float* const acc_rows = ws.acc.data();   // [rows, Dvp]
   const auto visible = [&](int64_t r) { return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n; };
   // On the causal diagonal a row's scores end at its last visible key (rounded up to a vector; the
   // scores after it were perhaps never computed, see compute_scores): its P is 0 from there on.
@@ -318,11 +324,11 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   // 1. masking and the new running maxima (kept where no score exceeds m + kRescaleAbove)
   bool moved = false;
   for (int64_t r = 0; r < rows; ++r) {
-    float* s = ws.s.data() + r * Tiles::kBk;
+    float* s = scores + r * Tiles::kBk;
     const int64_t vis = visible(r), len = row_length(vis);
     if (masked && !prefix) mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
     const Vec mx = prefix ? row_max_prefix_lanes(s, vis, len) : row_max_lanes(s, len);
-    const float m = ws.m[r];
+    const float m = m_run[r];
     m_new[r] = m != kNegInf && !Vec::any_above(mx, m + kRescaleAbove) ? m : std::max(m, mx.reduce_max());
     moved |= m_new[r] != m;
   }
@@ -332,7 +338,7 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
     float m_old[W], m_cur[W];
     std::fill(m_old, m_old + W, 0.0f);
     std::fill(m_cur, m_cur + W, 0.0f);
-    std::copy(ws.m.data() + r, ws.m.data() + std::min(rows, r + W), m_old);
+    std::copy(m_run + r, m_run + std::min(rows, r + W), m_old);
     std::copy(m_new + r, m_new + std::min(rows, r + W), m_cur);
     float e[W];
     simd::exp2(Vec::load(m_old) - Vec::load(m_cur)).store(e);
@@ -340,9 +346,9 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   }
   // 3. P = 2^(S − m'), l = c·l + Σ P, acc = c·acc
   for (int64_t r = 0; r < rows; ++r) {
-    float* s = ws.s.data() + r * Tiles::kBk;
+    float* s = scores + r * Tiles::kBk;
     const int64_t vis = visible(r), len = row_length(vis);
-    float* lanes_l = ws.lanes_l.data() + r * W;
+    float* lanes_l = lanes + r * W;
     std::fill(s + len, s + n, 0.0f);
     if (m_new[r] == kNegInf) {  // nothing visible yet: P = 0, state unchanged
       // unless a visible score is NaN (max skips it): poison the row
@@ -351,7 +357,7 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
       std::fill(s, s + len, 0.0f);
       continue;
     }
-    const float cr = ws.m[r] == kNegInf ? 0.0f : c[r];
+    const float cr = m_run[r] == kNegInf ? 0.0f : c[r];
     const auto exponentials = [&](auto dropout, const RowDropout& drop) {
       constexpr bool kDropout = decltype(dropout)::value;
       if (prefix) return exp2_prefix_row<kDropout>(s, vis, len, m_new[r], drop);
@@ -366,9 +372,9 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
       sum = exponentials(std::true_type{}, drop);
     }
     (Vec::load(lanes_l) * Vec::set1(cr) + sum).store(lanes_l);
-    ws.m[r] = m_new[r];
+    m_run[r] = m_new[r];
     if (cr != 1.0f) {
-      float* acc = ws.acc.data() + r * Dvp;
+      float* acc = acc_rows + r * Dvp;
       for (int64_t d = 0; d < Dvp; d += W) (Vec::load(acc + d) * Vec::set1(cr)).store(acc + d);
     }
   }
