@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 
 #include "attention_cases.h"
 #include "attn/attention.h"
@@ -160,6 +161,35 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
     }
   }
   EXPECT_GT(checked, 1000);
+}
+
+// Rows whose maximum rises and falls across key tiles by less and by more than the lazy-rescaling threshold (the
+// row keeps its max while scores stay within 8 ln 2 of it), as Paths.RowMaximaThatMoveAcrossKeyTilesMatchTheReference
+// for float32: score(i, j) = a_i · t_j, t_j = 12 · (j / 128) + 0.03 · (j % 128), a_i from −1 to 1.
+TEST(LowpAttention, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
+  const int64_t Lq = 33, Lk = 600, D = 8;
+  std::mt19937 rng(17);
+  Tensor q = test::random_tensor({1, 1, Lq, D}, rng), k = test::random_tensor({1, 1, Lk, D}, rng);
+  const Tensor v = test::random_tensor({1, 1, Lk, D}, rng);
+  for (int64_t i = 0; i < Lq; ++i) q.f32()[i * D] = -1.0f + 2.0f * static_cast<float>(i) / (Lq - 1);
+  for (int64_t j = 0; j < Lk; ++j) k.f32()[j * D] = 12.0f * static_cast<float>(j / 128) + 0.03f * (j % 128);
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    const Tensor ql = to_dtype(q, dt), kl = to_dtype(k, dt), vl = to_dtype(v, dt);
+    AttentionOptions o;
+    o.scale = 1.0f;
+    o.impl = AttentionImpl::kReference;
+    const AttentionResult ref = scaled_dot_product_attention(
+        to_dtype(ql, DType::kFloat32), to_dtype(kl, DType::kFloat32), to_dtype(vl, DType::kFloat32), o);
+    const double tol = 2.0 * unit_roundoff(dt) * max_abs(to_dtype(vl, DType::kFloat32)) + 1e-5;
+    for (const LowpPath& path : lowp_paths(dt)) {
+      if (path.impl != AttentionImpl::kFused) continue;
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " via " + path.name);
+      PathGuard guard(path);
+      o.impl = path.impl;
+      const AttentionResult r = scaled_dot_product_attention(ql, kl, vl, o);
+      EXPECT_LE(test::max_abs_diff(to_dtype(r.output, DType::kFloat32), ref.output), tol);
+    }
+  }
 }
 
 TEST(LowpAttention, IsDeterministicForAThreadCount) {

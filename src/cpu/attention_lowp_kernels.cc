@@ -459,15 +459,16 @@ template <bool kFast>
 inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
                         float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
   // l: the row's W partial sums (summed once, in finish_sums: no horizontal add per tile)
-  float tile_max = kNegInf;
+  // Lazy rescaling, as the float32 kernel's softmax_tile: the row keeps its max m while no score exceeds
+  // m + 8 ln 2 (its weights then stay ≤ 2^8), with no horizontal max, no correction and no rescaled accumulator.
+  constexpr float kRescaleAbove = 8.0f * 0.693147180559945309f;
   int64_t j = 0;
-  {
-    Vec mx = Vec::set1(kNegInf);
-    for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
-    tile_max = mx.reduce_max();
-    for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
-  }
-  const float m_new = std::max(*m, tile_max);
+  Vec mx = Vec::set1(kNegInf);
+  for (; j + W <= n; j += W) mx = Vec::max(mx, Vec::load(s + j));
+  float tail_max = kNegInf;
+  for (; j < n; ++j) tail_max = std::max(tail_max, s[j]);
+  const bool keep = *m != kNegInf && !Vec::any_above(mx, *m + kRescaleAbove) && !(tail_max > *m + kRescaleAbove);
+  const float m_new = keep ? *m : std::max(*m, std::max(mx.reduce_max(), tail_max));
   if (m_new == kNegInf) {  // nothing visible yet; a NaN score (max skips it) poisons the row
     for (int64_t jj = 0; jj < n; ++jj)
       if (std::isnan(s[jj])) l[0] = std::numeric_limits<float>::quiet_NaN();
