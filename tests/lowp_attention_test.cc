@@ -164,15 +164,9 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
 }
 
 // Rows whose maximum rises and falls across key tiles by less and by more than the lazy-rescaling threshold (the
-// row keeps its max while scores stay within 8 ln 2 of it), as Paths.RowMaximaThatMoveAcrossKeyTilesMatchTheReference
-// for float32: score(i, j) = a_i · t_j, t_j = 12 · (j / 128) + 0.03 · (j % 128), a_i from −1 to 1.
+// row keeps its max while scores stay within 8 ln 2 of it; test::row_maxima_across_tiles), on every 16-bit path.
 TEST(LowpAttention, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
-  const int64_t Lq = 33, Lk = 600, D = 8;
-  std::mt19937 rng(17);
-  Tensor q = test::random_tensor({1, 1, Lq, D}, rng), k = test::random_tensor({1, 1, Lk, D}, rng);
-  const Tensor v = test::random_tensor({1, 1, Lk, D}, rng);
-  for (int64_t i = 0; i < Lq; ++i) q.f32()[i * D] = -1.0f + 2.0f * static_cast<float>(i) / (Lq - 1);
-  for (int64_t j = 0; j < Lk; ++j) k.f32()[j * D] = 12.0f * static_cast<float>(j / 128) + 0.03f * (j % 128);
+  const auto [q, k, v] = test::row_maxima_across_tiles();
   for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
     const Tensor ql = to_dtype(q, dt), kl = to_dtype(k, dt), vl = to_dtype(v, dt);
     AttentionOptions o;

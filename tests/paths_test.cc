@@ -88,28 +88,32 @@ TEST(Paths, MaskedWeightsAreExactlyZero) {
 }
 
 // Rows whose maximum rises (or falls) across key tiles by less and by more than the fused kernel's lazy-rescaling
-// threshold (softmax_tile keeps a row's max while scores stay within 2^8 of it): score(i, j) = a_i · t_j with
-// t_j = 12 · (j / 128) + 0.03 · (j % 128) and a_i from −1 to 1 (rising rows, falling rows, flat rows).
+// threshold (test::row_maxima_across_tiles): plain, causal, with dropout, and with 3 queries (the few-query path,
+// whose key splits merge their rows' states), on every target with 1 and 2 threads.
 TEST(Paths, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
-  const int64_t Lq = 33, Lk = 600, D = 8;
-  std::mt19937 rng(17);
-  Tensor q = test::random_tensor({1, 1, Lq, D}, rng), k = test::random_tensor({1, 1, Lk, D}, rng);
-  const Tensor v = test::random_tensor({1, 1, Lk, D}, rng);
-  for (int64_t i = 0; i < Lq; ++i) q.f32()[i * D] = -1.0f + 2.0f * static_cast<float>(i) / (Lq - 1);
-  for (int64_t j = 0; j < Lk; ++j) k.f32()[j * D] = 12.0f * static_cast<float>(j / 128) + 0.03f * (j % 128);
-  AttentionOptions o;
-  o.scale = 1.0f;
-  o.return_lse = true;
+  struct Variant {
+    int64_t Lq;
+    CausalAlignment causal;
+    float dropout_p;
+  };
   const detail::SimdLevel saved = detail::simd_level_active();
-  for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight}) {
-    o.causal = causal;
+  for (const Variant& c : {Variant{33, CausalAlignment::kNone, 0.0f}, Variant{33, CausalAlignment::kBottomRight, 0.0f},
+                           Variant{33, CausalAlignment::kNone, 0.2f}, Variant{3, CausalAlignment::kNone, 0.0f}}) {
+    const auto [q, k, v] = test::row_maxima_across_tiles(c.Lq);
+    AttentionOptions o;
+    o.scale = 1.0f;
+    o.return_lse = true;
+    o.causal = c.causal;
+    o.dropout_p = c.dropout_p;
+    o.dropout_seed = 3;
     o.impl = AttentionImpl::kReference;
     const AttentionResult ref = scaled_dot_product_attention(q, k, v, o);
     o.impl = AttentionImpl::kFused;
     for (auto level : test::simd_levels())
       for (int threads : {1, 2}) {
         SCOPED_TRACE(std::string("simd=") + detail::simd_level_name(level) + " threads=" + std::to_string(threads) +
-                     " causal=" + causal_name(causal));
+                     " Lq=" + std::to_string(c.Lq) + " causal=" + causal_name(c.causal) +
+                     " dropout=" + std::to_string(c.dropout_p));
         detail::force_simd_level(level);
         o.num_threads = threads;
         const AttentionResult r = scaled_dot_product_attention(q, k, v, o);

@@ -21,6 +21,23 @@ inline Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1.0f, fl
   return t;
 }
 
+// q [1, 1, Lq, 8], k and v [1, 1, Lk, 8] whose scores (scale 1) rise and fall across 128-key tiles by less and by
+// more than the kernels' lazy-rescaling threshold (a row keeps its max while its scores stay within 8 of it in
+// base 2, its weights ≤ 2^8): score(i, j) ≈ a_i · t_j, t_j = 12 · (j / 128) + 0.03 · (j % 128), a_i from −1 to 1
+// (rising, falling, flat rows). Lk = 597 ends on a partial vector on every target.
+struct QKV {
+  Tensor q, k, v;
+};
+inline QKV row_maxima_across_tiles(int64_t Lq = 33, int64_t Lk = 597) {
+  const int64_t D = 8;
+  std::mt19937 rng(17);
+  QKV x{random_tensor({1, 1, Lq, D}, rng), random_tensor({1, 1, Lk, D}, rng), random_tensor({1, 1, Lk, D}, rng)};
+  for (int64_t i = 0; i < Lq; ++i)
+    x.q.f32()[i * D] = -1.0f + 2.0f * static_cast<float>(i) / std::max<int64_t>(Lq - 1, 1);
+  for (int64_t j = 0; j < Lk; ++j) x.k.f32()[j * D] = 12.0f * static_cast<float>(j / 128) + 0.03f * (j % 128);
+  return x;
+}
+
 inline Tensor random_bool(Shape shape, std::mt19937& rng, double p_true) {
   Tensor t(std::move(shape), DType::kBool);
   std::bernoulli_distribution dist(p_true);

@@ -6,7 +6,7 @@
 //   for each key tile K_t, V_t (kBk keys) that the causal/window range can reach:
 //     S = Q_tile · (scale · K_t)ᵀ                         // [rows, kBk], never wider than a tile
 //     S = mask(S)                                         // only on tiles that need it
-//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: K carries log2 e)
+//     m' = max(m, rowmax S);  P = exp(S − m');  c = exp(m − m')   (base 2 in fact: K carries log2 e, or S)
 //     l = c·l + rowsum P;  acc = c·acc + P · V_t;  m = m'
 //     (m' = m, no correction, while S stays below m + 8: lazy rescaling, see softmax_tile)
 //   out = acc / l  (0 where l = 0: a row with every key hidden)
@@ -62,7 +62,8 @@ struct Workspace {
   AlignedVector<float> vp;              // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
   AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
   AlignedVector<float> acc;             // [kBq, Dvp]
-  AlignedVector<float> m, l;            // [kBq]    each row's running max (base 2) and sum
+  AlignedVector<float> m, l;            // [kBq]    each row's reference max (base 2; up to 8 below the true running
+                                        //          max: lazy rescaling, softmax_tile) and sum
   AlignedVector<float> lanes_l;         // [kBq, W] the running sums lane by lane, inside accumulate_keys
   AlignedVector<float> m_new, c;        // [kBq]    softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
@@ -111,10 +112,10 @@ int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int6
 }
 
 // S[rows, n] = scale·log2(e) · Q[i0 : i0 + rows] · K[j0 : j0 + n]ᵀ for head (b, h). `kt` is the key tile
-// already transposed and scaled (see pack_keys), multiplied by Q's rows where they lie; or nullptr for the
-// few-query path, which takes dot products of the scaled queries in ws.qs (pack_queries) with K's rows.
-// On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
-// `after`: the factor left for the scores when the operands could not carry scale·log2(e) (ScoreScaling; 1 else).
+// already transposed and times plan.operand (see pack_keys), multiplied by Q's rows where they lie; or nullptr for
+// the few-query path, which takes dot products of the queries in ws.qs (times plan.operand: pack_queries) with K's
+// rows. `after`: the factor left for the scores when the operands could not carry scale·log2(e) (FusedPlan; 1
+// else). On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
 void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float* k, const float* kt, int64_t i0,
                     int64_t j0, int64_t n, int64_t rows, bool diagonal, float after, Workspace& ws) {
   const int64_t D = p.D;
@@ -151,7 +152,7 @@ void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float
 }
 
 // Rows [i0, i0 + rows) of head (b, h): queries times qscale (scale·log2(e): scores in base 2, or 1, see
-// ScoreScaling) into ws.qs, for the few-query path (the packed path scales the keys instead, once per call).
+// FusedPlan) into ws.qs, for the few-query path (the packed path scales the keys instead, once per call).
 void pack_queries(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, float qscale,
                   Workspace& ws) {
   const float* q = p.q + b * p.q_sb + h * p.q_sh;
@@ -388,7 +389,7 @@ void prefetch_rows(const float* x, int64_t rows, int64_t row_floats, int64_t str
 }
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); on the few-query path
-// (kpack nullptr) ws.qs already holds the rows' scaled queries; updates ws.m, ws.l, ws.acc.
+// (kpack nullptr) ws.qs already holds the rows' queries (pack_queries); updates ws.m, ws.l, ws.acc.
 // j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries); after
 // multiplies the scores where the operands could not carry scale·log2(e) (FusedPlan, 1 else).
 void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
@@ -544,25 +545,31 @@ struct FusedPlan {
   bool keys_packed = false;     // Kᵀ packed by pack_keys; the few-query path reads K's rows instead
   int64_t key_tiles = 0;        // ⌈Lk / kBk⌉
   int64_t key_tile_floats = 0;  // one packed key tile [D, kBk] (D at least 1)
-  // scale·log2(e), carried by the packed keys (the few-query path: its scaled queries), `operand`; or, where
-  // that product would overflow a finite key or query (scale·log2(e) > 1 and an element beyond FLT_MAX over
-  // it: the true scores may still be moderate), by every score after the product, `after` (one more pass
-  // over S; only such calls pay it).
+  // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`; or, where that
+  // product would overflow a finite key or query (|scale·log2(e)| > 1 and an element beyond FLT_MAX over it:
+  // the true scores may still be moderate), by every score after the product, `after`. Calls with
+  // |scale·log2(e)| > 1 pay one scan of K (or Q) to decide; those that overflow, one more pass over S.
   float operand = 1.0f, after = 1.0f;
 };
 
-// Would x · f overflow for an element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)? f > 1 only;
-// |x| · f overflows exactly when the largest |x| times f does.
+// Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
 bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L, int64_t D,
                        float f) {
-  float largest = 0.0f;
+  const Vec fv = Vec::set1(std::fabs(f));
+  constexpr float kMax = std::numeric_limits<float>::max();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < L; ++i) {
         const float* row = x + b * sb + h * sh + i * sl;
-        for (int64_t d = 0; d < D; ++d) largest = std::max(largest, std::fabs(row[d]));
+        int64_t d = 0;
+        for (; d + W <= D; d += W) {  // |x|·|f| > FLT_MAX: it rounded to inf (an inf x too; NaN compares false)
+          const Vec v = Vec::load(row + d);
+          if (Vec::any_above(Vec::max(v, Vec::zero() - v) * fv, kMax)) return true;
+        }
+        for (; d < D; ++d)
+          if (std::fabs(row[d]) * std::fabs(f) > kMax) return true;
       }
-  return std::isinf(largest * f);
+  return false;
 }
 
 FusedPlan plan_fused(const AttentionProblem& p) {
@@ -583,9 +590,9 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.row_state = 2 + plan.Dvp;
   plan.keys_packed = p.Lq > 4;
   const float f = p.scale * kLog2e;
-  const bool overflows =
-      f > 1.0f && (plan.keys_packed ? scaling_overflows(p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D, f)
-                                    : scaling_overflows(p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D, f));
+  const bool overflows = std::fabs(f) > 1.0f &&
+                         (plan.keys_packed ? scaling_overflows(p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D, f)
+                                           : scaling_overflows(p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D, f));
   plan.operand = overflows ? 1.0f : f;
   plan.after = overflows ? f : 1.0f;
   return plan;
@@ -737,7 +744,7 @@ void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const fl
         for (int64_t s = 0; s < splits; ++s) {
           const float* state = state_of(s);
           const float c = state[0] == kNegInf ? 0.0f : std::exp2(state[0] - m);
-          if (c == 0.0f) continue;  // its weights are all 0 here: its values are never multiplied
+          if (c == 0.0f) continue;  // its weights, c·P, are all 0 in float here: its values are never multiplied
           l += c * state[1];
           for (int64_t d = 0; d < p.Dv; ++d) out[d] += c * state[2 + d];
         }

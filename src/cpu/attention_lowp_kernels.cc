@@ -458,7 +458,7 @@ inline Vec exp_minus(Vec s, float m) {
 template <bool kFast>
 inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
                         float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
-  // l: the row's W partial sums (summed once, in finish_sums: no horizontal add per tile)
+  // l: the row's W partial sums (summed once, when the row's tiles are done: no horizontal add per tile)
   // Lazy rescaling, as the float32 kernel's softmax_tile: the row keeps its max m while no score exceeds
   // m + 8 ln 2 (its weights then stay ≤ 2^8), with no horizontal max, no correction and no rescaled accumulator.
   constexpr float kRescaleAbove = 8.0f * 0.693147180559945309f;
