@@ -17,7 +17,7 @@
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
 //   pack_keys         scale·log2(e)·Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path,
-//                     which scales its queries instead: pack_queries); where scale·log2(e) > 1 would overflow a
+//                     which scales its queries instead: pack_queries); where |scale·log2(e)| > 1 would overflow a
 //                     huge finite key (or query), the scores take the factor after the product instead
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
