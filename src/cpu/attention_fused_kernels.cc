@@ -58,7 +58,7 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  AlignedVector<float> qs;              // [kBq, D]      scaled queries of the tile (few-query path)
+  AlignedVector<float> qs;              // [kBq, D]      the tile's queries times plan.operand (few-query path)
   AlignedVector<float> vp;              // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
   AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
   AlignedVector<float> acc;             // [kBq, Dvp]

@@ -333,8 +333,8 @@ inline Vec exp2(Vec x) {
 }
 
 // exp2 for finite x <= 127 (a softmax tile without masked keys, where x = s − m <= 8: m is the row's reference
-// max, lazily rescaled): on AVX-512 without
-// the clamps, since scalef takes any exponent (x far below −149 gives 0); on AVX2 without the upper one. On
+// max, lazily rescaled): on AVX-512 without the clamps, since scalef takes any exponent (x far below −149 gives
+// 0); on AVX2 without the upper one. On
 // AVX-512 an infinite x gives NaN here instead of 0 or inf, which the fused kernel's check of each row's state
 // catches (a row with non-finite scores is recomputed exactly); on AVX2 −inf gives exactly 0, as exp2 does.
 // Elsewhere it is exp2.
