@@ -28,6 +28,7 @@ bool decode_serves(const test::AttentionCase& c) {
 
 // out [B, H, Lq, Dv] through attention_decode, K rearranged into the transposed key blocks and stored as `type`;
 // deq_k, deq_v (if given) receive the K and V the cache holds, widened back to float32 ([B, Hkv, Lk, D] each).
+// scale: in.options.scale, else 1/√D.
 Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type = detail::KVType::kFloat32,
                   Tensor* deq_k = nullptr, Tensor* deq_v = nullptr) {
   const Shape& qs = in.q.shape();
@@ -78,7 +79,7 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
     p.k_scale = k_scale.data(), p.v_scale = v_scale.data(), p.s_sb = Hkv * Lk, p.s_sh = Lk;
   p.o = out.f32(), p.o_sb = H * Lq * Dv, p.o_sh = Lq * Dv, p.o_sl = Dv;
   if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+  p.scale = in.options.scale.value_or(1.0f / std::sqrt(static_cast<float>(D)));
   p.num_threads = threads;
   detail::attention_decode(p);
   return out;
@@ -169,6 +170,28 @@ TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
       EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
     }
   }
+}
+
+// Queries near the float range with tiny keys, so every score is moderate, and |scale| > 1: scale · q overflows
+// while scale · (q · k) does not. The kernel must give the reference's output (it keeps q unscaled and scales the
+// scores after the product), on every SIMD level, for scale 2 and −2.
+TEST(Decode, QueriesNearTheFloatRangeWithModerateScores) {
+  test::AttentionCase c;
+  c.B = 1, c.H = 2, c.Hkv = 2, c.Lq = 2, c.Lk = 21, c.D = 4, c.Dv = 4;
+  for (float scale : {2.0f, -2.0f})
+    for (auto level : test::simd_levels()) {
+      SCOPED_TRACE(std::string(detail::simd_level_name(level)) + " scale " + std::to_string(scale));
+      test::SimdGuard guard(level);
+      test::CaseInputs in = test::make_inputs(c, 7);
+      for (int64_t i = 0; i < in.k.numel(); ++i) in.k.f32()[i] *= 2e-38f;
+      for (int64_t h = 0; h < 2; ++h)  // row 1 of each head huge: 2.5e38 · 2 overflows
+        for (int64_t d = 0; d < 4; ++d) in.q.f32()[(h * 2 + 1) * 4 + d] = d % 2 ? -2.5e38f : 2.5e38f;
+      in.options.scale = scale;
+      in.options.impl = AttentionImpl::kReference;
+      const Tensor ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+      ASSERT_TRUE(test::all_finite(ref));
+      EXPECT_LE(test::max_abs_diff(run_decode(in, 1), ref), kTol);
+    }
 }
 
 }  // namespace

@@ -186,6 +186,41 @@ TEST(LowpAttention, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
   }
 }
 
+// bfloat16 queries near the float range (bfloat16 shares its exponent range) with tiny keys, so every score is
+// moderate, and |scale| > 1: scale · q overflows while scale · (q · k) does not. Every 16-bit path must give the
+// reference's output: the packed keys (40 queries) and the few-query path (3), scale 2 and −2.
+TEST(LowpAttention, QueriesNearTheFloatRangeWithModerateScores) {
+  for (int64_t Lq : {40, 3}) {
+    std::mt19937 rng(5);
+    const int64_t Lk = 37, D = 4;
+    Tensor q = test::random_tensor({1, 2, Lq, D}, rng), k = test::random_tensor({1, 2, Lk, D}, rng);
+    const Tensor v = test::random_tensor({1, 2, Lk, D}, rng);
+    for (int64_t i = 0; i < k.numel(); ++i)  // normal floats (vdpbf16ps reads subnormal inputs as 0)
+      k.f32()[i] = std::copysign(1.0f + std::fabs(k.f32()[i]), k.f32()[i]) * 2e-38f;
+    for (int64_t h = 0; h < 2; ++h)  // row 1 of each head huge: 2.5e38 · 2 overflows
+      for (int64_t d = 0; d < D; ++d) q.f32()[(h * Lq + 1) * D + d] = d % 2 ? -2.5e38f : 2.5e38f;
+    const DType dt = DType::kBFloat16;
+    const Tensor ql = to_dtype(q, dt), kl = to_dtype(k, dt), vl = to_dtype(v, dt);
+    for (float scale : {2.0f, -2.0f}) {
+      AttentionOptions o;
+      o.scale = scale;
+      o.impl = AttentionImpl::kReference;
+      const Tensor ref = scaled_dot_product_attention(to_dtype(ql, DType::kFloat32), to_dtype(kl, DType::kFloat32),
+                                                      to_dtype(vl, DType::kFloat32), o)
+                             .output;
+      ASSERT_TRUE(test::all_finite(ref));
+      const double tol = 2.0 * unit_roundoff(dt) * max_abs(to_dtype(vl, DType::kFloat32)) + 1e-5;
+      for (const LowpPath& path : lowp_paths(dt)) {
+        SCOPED_TRACE(path.name + " Lq " + std::to_string(Lq) + " scale " + std::to_string(scale));
+        PathGuard guard(path);
+        o.impl = path.impl;
+        const AttentionResult r = scaled_dot_product_attention(ql, kl, vl, o);
+        EXPECT_LE(test::max_abs_diff(to_dtype(r.output, DType::kFloat32), ref), tol);
+      }
+    }
+  }
+}
+
 TEST(LowpAttention, IsDeterministicForAThreadCount) {
   for (const test::AttentionCase& c : test::attention_cases(10)) {
     test::CaseInputs in = test::make_inputs(c, 5);

@@ -183,10 +183,19 @@ template <class T>
 void decode_row(const DecodeProblem& p, const float* q, const HeadBlocks<T>& hb, const uint8_t* pad, float* out,
                 float* s, float* qs) {
   const int64_t complete = p.Lk / kKeyBlock, padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
-  for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
+  // qs = scale · q, unless |scale| > 1 makes a finite element overflow (q near the float range, every score
+  // finite): then q as it is, and the scores take the scale after the product
+  bool overflows = false;
+  for (int64_t d = 0; d < p.D; ++d) {
+    qs[d] = q[d] * p.scale;
+    overflows |= std::isinf(qs[d]) && std::isfinite(q[d]);
+  }
+  if (overflows) std::copy(q, q + p.D, qs);
   block_scores(qs, hb, p.D, complete, s);
   if (p.Lk > complete * kKeyBlock)
     row_scores(qs, hb.kb(complete), p.D, p.Lk - complete * kKeyBlock, s + complete * kKeyBlock);
+  if (overflows)
+    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= p.scale;
   if (p.k_scale)
     for (int64_t j = 0; j < p.Lk; ++j) s[j] *= hb.ksb(j / kKeyBlock)[j % kKeyBlock];
   std::fill(s + p.Lk, s + padded, kNegInf);  // the last block's keys beyond Lk

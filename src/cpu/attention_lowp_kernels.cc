@@ -295,7 +295,8 @@ LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
 
 // Per-thread buffers.
 struct Workspace {
-  AlignedVector<float> qs;              // [kBq, D]       scale · Q tile, float32
+  AlignedVector<float> qs;              // [kBq, D]       scale · Q tile, float32 (unscaled when q_after ≠ 1)
+  float q_after = 1.0f;                 // the factor the scores still take after Q·Kᵀ (pack_queries)
   AlignedVector<uint32_t> qb;           // [kBq, Dp/2]    dot: the Q tile's bfloat16 pairs (unscaled)
   AlignedVector<float> s;               // [kBq, kBk]     scores, then probabilities
   AlignedVector<uint32_t> pb;           // [kBq, kBk/2]   dot: P's bfloat16 pairs
@@ -390,16 +391,28 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
 }
 
 // Rows [i0, i0 + rows) of head (b, h): scale · q into ws.qs; for dot also the raw bfloat16 pairs into ws.qb.
+// With |scale| > 1 a finite query element near bfloat16's (= float's) range can overflow once scaled while its
+// scores stay finite; then the tile's queries stay unscaled and the scores take the scale after the product
+// (ws.q_after), as the float32 kernel's FusedPlan::after.
 template <LowpType T>
 void pack_queries(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t b, int64_t h, int64_t i0, int64_t rows,
                   Workspace& ws) {
   const AttentionProblem& p = lp.p;
   const uint16_t* q = lp.q + b * p.q_sb + h * p.q_sh;
+  const bool may_overflow = std::fabs(p.scale) > 1.0f;
+  bool overflows = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* out = ws.qs.data() + r * p.D;
+    widen_row<T>(q + (i0 + r) * p.q_sl, p.D, out);
+    if (may_overflow)
+      for (int64_t d = 0; d < p.D && !overflows; ++d) overflows = std::isinf(out[d] * p.scale) && std::isfinite(out[d]);
+  }
+  ws.q_after = overflows ? p.scale : 1.0f;
   for (int64_t r = 0; r < rows; ++r) {
     const uint16_t* qr = q + (i0 + r) * p.q_sl;
     float* out = ws.qs.data() + r * p.D;
-    widen_row<T>(qr, p.D, out);
-    for (int64_t d = 0; d < p.D; ++d) out[d] *= p.scale;
+    if (!overflows)
+      for (int64_t d = 0; d < p.D; ++d) out[d] *= p.scale;
     if (plan.dot) {
       uint32_t* pairs = ws.qb.data() + r * plan.Dp / 2;
       for (int64_t d2 = 0; d2 < plan.Dp / 2; ++d2) {
@@ -525,6 +538,9 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(),
                       kBk);
     }
+    if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (pack_queries)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] *= ws.q_after;
     const bool masked = tile_needs_mask(p, i0, rows, j0, n);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = ws.s.data() + r * kBk;
@@ -575,10 +591,11 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
 }
 
 // The fp32 kernel's slow path for a row whose fast state came out non-finite: (m, l, acc) over keys [lo, hi)
-// term by term, a value multiplied only by a nonzero weight.
+// term by term, a value multiplied only by a nonzero weight. qs_row: the row's queries as ws.qs holds them, their
+// scores still to be multiplied by `after` (ws.q_after).
 template <LowpType T>
 void exact_row_state(const LowpAttentionProblem& lp, int64_t b, int64_t h, int64_t i, int64_t lo, int64_t hi,
-                     const float* qs_row, float* m_out, float* l_out, float* acc) {
+                     const float* qs_row, float after, float* m_out, float* l_out, float* acc) {
   const AttentionProblem& p = lp.p;
   thread_local AlignedVector<float> s;
   s.resize(static_cast<size_t>(hi - lo));
@@ -587,7 +604,7 @@ void exact_row_state(const LowpAttentionProblem& lp, int64_t b, int64_t h, int64
   for (int64_t j = lo; j < hi; ++j) {
     float d = 0.0f;
     for (int64_t e = 0; e < p.D; ++e) d += qs_row[e] * widen<T>(k[j * p.k_sl + e]);
-    s[j - lo] = d;
+    s[j - lo] = d * after;
   }
   mask_row_segment(p, b, h, i, lo, hi, s.data());
   float m = kNegInf;
@@ -663,7 +680,7 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
       for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
       for (int64_t r = 0; r < t.rows; ++r)
         if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
-          exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, &ws.m[r], &ws.l[r],
+          exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, ws.q_after, &ws.m[r], &ws.l[r],
                              ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
