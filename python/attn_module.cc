@@ -92,18 +92,20 @@ std::pair<nb::object, nb::object> sdpa(const Array& q, const Array& k, const Arr
 // checked device and dtype; a non-contiguous or wrongly typed tensor is refused here too, never misread.
 
 struct TorchTypes {
-  nb::object float32, boolean, from_numpy;
+  nb::object float32, boolean, bfloat16, float16, from_numpy;
 };
 
 const TorchTypes& torch_types() {
   static const TorchTypes* types = [] {
     nb::module_ torch = nb::module_::import_("torch");
-    return new TorchTypes{torch.attr("float32"), torch.attr("bool"), torch.attr("from_numpy")};
+    return new TorchTypes{torch.attr("float32"), torch.attr("bool"), torch.attr("bfloat16"), torch.attr("float16"),
+                          torch.attr("from_numpy")};
   }();
   return *types;
 }
 
-// A view of a contiguous CPU torch tensor (float32 or bool) as a Tensor; `arg` names it in errors.
+// A view of a contiguous CPU torch tensor (float32, bfloat16, float16 or bool) as a Tensor; `arg` names it in
+// errors.
 attn::Tensor torch_view(nb::handle t, const char* arg) {
   if (t.is_none()) return attn::Tensor();
   const TorchTypes& types = torch_types();
@@ -113,8 +115,13 @@ attn::Tensor torch_view(nb::handle t, const char* arg) {
     d = attn::DType::kFloat32;
   else if (dtype.is(types.boolean))
     d = attn::DType::kBool;
+  else if (dtype.is(types.bfloat16))
+    d = attn::DType::kBFloat16;
+  else if (dtype.is(types.float16))
+    d = attn::DType::kFloat16;
   else
-    throw attn::DTypeError(std::string(arg) + " must be float32 or bool, got " + nb::str(dtype).c_str());
+    throw attn::DTypeError(std::string(arg) + " must be float32, bfloat16, float16 or bool, got " +
+                           nb::str(dtype).c_str());
   if (!nb::cast<bool>(t.attr("is_contiguous")()))
     throw attn::ArgumentError(std::string(arg) + " must be contiguous (attn.torch calls .contiguous() first)");
   const nb::tuple sizes = nb::borrow<nb::tuple>(t.attr("shape"));
@@ -124,10 +131,13 @@ attn::Tensor torch_view(nb::handle t, const char* arg) {
   return attn::Tensor::borrow(std::move(shape), d, data);
 }
 
-// A torch tensor over (a share of) the float32 tensor's storage: no copy.
+// A torch tensor over (a share of) the tensor's storage (float32, float16, or bfloat16 through a uint16 view): no
+// copy.
 nb::object to_torch(const attn::Tensor& t) {
   if (!t.defined()) return nb::none();
-  return torch_types().from_numpy(to_numpy(t));
+  nb::object out = torch_types().from_numpy(to_numpy(t));
+  if (t.dtype() == attn::DType::kBFloat16) out = out.attr("view")(torch_types().bfloat16);
+  return out;
 }
 
 // The data pointers the last torch_sdpa / torch_sdpa_backward call on this thread read and wrote, for the tests
@@ -246,11 +256,12 @@ NB_MODULE(_attn, m) {
         "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a, "seed"_a, "return_weights"_a,
         "return_lse"_a, "num_threads"_a,
         "(out, lse or None, weights or None) as torch tensors over attn's memory, from contiguous CPU torch tensors "
-        "(float32;"
-        " bool or float32 masks) read in place; see attn.torch");
+        "(q, k, v float32, bfloat16 or float16, out in their dtype, lse and weights float32; bool or float32 masks) "
+        "read in place; see attn.torch");
   m.def("torch_sdpa_backward", &torch_sdpa_backward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "d_out"_a, "mask"_a.none(),
         "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a,
-        "seed"_a, "num_threads"_a, "(dq, dk, dv) as torch tensors from the forward's out and lse; see attn.torch");
+        "seed"_a, "num_threads"_a,
+        "(dq, dk, dv) as float32 torch tensors from the forward's out and lse (float32 tensors); see attn.torch");
   m.def(
       "_torch_last_pointers",
       [] {

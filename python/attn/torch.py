@@ -14,9 +14,13 @@ The forward and the backward are `torch.library` custom ops (``torch.ops.attn.sd
 output and row log-sum-exp; with dropout the forward draws a seed from torch's generator (``torch.manual_seed``
 makes it reproducible) and the backward regenerates the same mask from it.
 
-Tensors: CPU, float32 (bool or float32 masks). Contiguous tensors reach the kernels as views (DLPack), never
-copied; the outputs are torch tensors over the memory attn wrote. Non-contiguous inputs are made contiguous
-first (one copy). Other dtypes and bad shapes raise ValueError / TypeError naming the argument. attn uses
+Tensors: CPU, float32, bfloat16 or float16 (query, key and value share one; bool or float masks). Contiguous
+tensors reach the kernels as views of their memory, never copied; the outputs are torch tensors over the memory
+attn wrote. Non-contiguous inputs are made contiguous first (one copy), and a float mask of another dtype than
+float32 is widened to float32 (one copy). bfloat16/float16: the forward is attn's 16-bit kernel (float32 sums,
+the output rounded to the inputs' dtype, lse float32); the backward runs the float32 fused backward on the
+inputs, output and output gradient widened (one copy each, O(L)) and rounds the gradients to the inputs' dtype.
+Other dtypes and bad shapes raise ValueError / TypeError naming the argument. attn uses
 torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
 scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
 refused there), differentiable through attn.cuda's autograd Function (not a custom op).
@@ -40,6 +44,7 @@ from . import _attn
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention"]
 
 _ALIGNMENTS = ("none", "top-left", "bottom-right")
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)  # query, key and value (one of them for all three)
 
 
 # ---------------------------------------------------------------- argument checks (messages name the argument)
@@ -57,7 +62,33 @@ def _check_tensor(t, name, dtypes=(torch.float32,)):
 
 def _check_mask(t, name):
     if t is not None:
-        _check_tensor(t, name, (torch.bool, torch.float32))
+        _check_tensor(t, name, (torch.bool,) + _FLOATS)
+
+
+def _check_qkv(query, key, value):
+    """CPU tensors of one floating dtype (float32, bfloat16 or float16)."""
+    _check_tensor(query, "query", _FLOATS)
+    for t, name in ((key, "key"), (value, "value")):
+        _check_tensor(t, name, (query.dtype,))
+
+
+def _f32_mask(t):
+    """A float mask as float32 (the kernels add float32 masks); bool and None as they are."""
+    return t if t is None or t.dtype in (torch.bool, torch.float32) else t.float()
+
+
+def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                    dropout_p, seed):
+    """(dq, dk, dv) through attn's fused backward (contiguous tensors; seed an int). bfloat16/float16: the float32
+    backward on q, k, v, out and grad_out widened (one copy each), the gradients rounded to the inputs' dtype."""
+    dtype = q.dtype
+    if dtype != torch.float32:
+        q, k, v, out, grad_out = (t.float() for t in (q, k, v, out, grad_out))
+    dq, dk, dv = _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale,
+                                           window, alibi_slopes, dropout_p, seed, torch.get_num_threads())
+    if dtype != torch.float32:
+        dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
+    return dq, dk, dv
 
 
 def _no_grad_needed(t, name):
@@ -90,8 +121,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], key_padd
 @_sdpa.register_fake
 def _(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, return_weights):
     B, H, Lq, _ = q.shape
-    weights = q.new_empty(B, H, Lq, k.shape[2]) if return_weights else q.new_empty(0)
-    return q.new_empty(B, H, Lq, v.shape[3]), q.new_empty(B, H, Lq), weights
+    weights = q.new_empty(B, H, Lq, k.shape[2], dtype=torch.float32) if return_weights else q.new_empty(0)
+    return q.new_empty(B, H, Lq, v.shape[3]), q.new_empty(B, H, Lq, dtype=torch.float32), weights
 
 
 @torch.library.custom_op("attn::sdpa_backward", mutates_args=())
@@ -100,10 +131,9 @@ def _sdpa_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, gr
                    scale: Optional[float], window: int, alibi_slopes: Optional[Tensor], dropout_p: float,
                    seed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) of attn::sdpa from its saved out and lse and the output's gradient (fused backward)."""
-    return _attn.torch_sdpa_backward(q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(),
-                                     lse.contiguous(), grad_out.contiguous(), _c(attn_mask), _c(key_padding_mask),
-                                     causal, scale, window, _c(alibi_slopes), dropout_p, _seed_int(seed),
-                                     torch.get_num_threads())
+    return _fused_backward(q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse.contiguous(),
+                           grad_out.contiguous(), _c(attn_mask), _c(key_padding_mask), causal, scale, window,
+                           _c(alibi_slopes), dropout_p, _seed_int(seed))
 
 
 @_sdpa_backward.register_fake
@@ -152,8 +182,8 @@ class _EagerSdpa(torch.autograd.Function):
         q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes = ctx.saved_tensors
         causal, scale, window, dropout_p, seed = ctx.options
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        dq, dk, dv = _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal,
-                                               scale, window, alibi_slopes, dropout_p, seed, torch.get_num_threads())
+        dq, dk, dv = _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
+                                     alibi_slopes, dropout_p, seed)
         return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
@@ -163,7 +193,7 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     comes from torch's default generator."""
     # contiguous before the op, not only inside it: the saved tensors and the compiled graph's strides then agree
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    attn_mask, key_padding_mask, alibi_slopes = _c(attn_mask), _c(key_padding_mask), _c(alibi_slopes)
+    attn_mask, key_padding_mask, alibi_slopes = _c(_f32_mask(attn_mask)), _c(key_padding_mask), _c(alibi_slopes)
     scale = None if scale is None else float(scale)
     window, dropout_p = int(window), float(dropout_p)
     if torch.compiler.is_compiling() or type(q) is not torch.Tensor:
@@ -217,10 +247,12 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  alibi_slopes=None):
     """torch.nn.functional.scaled_dot_product_attention computed by attn (forward and fused backward).
 
-    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 to 4 dimensions, CPU float32.
-    Returns (..., H, Lq, Dv). CUDA tensors (3 or 4 dimensions, bfloat16/float16, D = Dv = 64 or 128) run on
-    attn.cuda's kernels, without attn_mask, dropout_p or alibi_slopes.
-    attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float32 added to the scores.
+    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 to 4 dimensions, CPU float32,
+    bfloat16 or float16 (one dtype for the three). Returns (..., H, Lq, Dv) in that dtype. CUDA tensors (3 or 4
+    dimensions, bfloat16/float16, D = Dv = 64 or 128) run on attn.cuda's kernels, without attn_mask, dropout_p or
+    alibi_slopes.
+    attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores (float32,
+    or the query's 16-bit dtype, widened to float32).
     dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch); the mask's seed comes from
     torch's default generator. is_causal: query i sees keys j <= i (top-left). scale: default 1/sqrt(D).
     enable_gqa: allow H to be a multiple of Hkv (grouped-query attention, K/V never repeated in memory).
@@ -232,9 +264,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if isinstance(query, torch.Tensor) and query.is_cuda:
         return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                causal_alignment, key_padding_mask, window, alibi_slopes)
-    _check_tensor(query, "query")
-    _check_tensor(key, "key")
-    _check_tensor(value, "value")
+    _check_qkv(query, key, value)
     _check_mask(attn_mask, "attn_mask")
     _no_grad_needed(attn_mask, "attn_mask")
     _no_grad_needed(alibi_slopes, "alibi_slopes")
@@ -373,8 +403,7 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            _check_tensor(t, name)
+        _check_qkv(query, key, value)
         _check_mask(attn_mask, "attn_mask")
         _check_mask(key_padding_mask, "key_padding_mask")
         _no_grad_needed(attn_mask, "attn_mask")
@@ -454,6 +483,7 @@ class MultiheadAttention(nn.Module):
                                      dropout_p, bool(need_weights))
         out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
         if need_weights:
+            weights = weights.to(out.dtype)  # float32 from the 16-bit inputs' widened path: as nn.MultiheadAttention
             if average_attn_weights:
                 weights = weights.mean(dim=1)
             if not batched:

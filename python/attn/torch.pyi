@@ -1,5 +1,5 @@
-# Type stubs for attn.torch (python/attn/torch.py): attn's kernels on CPU float32 torch tensors (CUDA tensors:
-# scaled_dot_product_attention through attn.cuda).
+# Type stubs for attn.torch (python/attn/torch.py): attn's kernels on CPU float32, bfloat16 and float16 torch tensors
+# (CUDA tensors: scaled_dot_product_attention through attn.cuda).
 from typing import List, Literal, Optional, Tuple
 
 import torch
@@ -13,7 +13,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  alibi_slopes: Optional[Tensor] = None) -> Tensor:
-    """query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv) -> (..., H, Lq, Dv).
+    """query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv) -> (..., H, Lq, Dv), one dtype for all
+    (float32, bfloat16 or float16).
     attn_mask broadcastable to (..., H, Lq, Lk) (bool True = may attend, or float added); key_padding_mask
     (B, Lk) bool True = padding; alibi_slopes (H,). Differentiable in query, key and value."""
 
