@@ -1,6 +1,9 @@
 """attn.torch against torch.nn.functional.scaled_dot_product_attention on CPU: forward+backward at one size and
 the per-call overhead at a tiny one (B=1, H=1, L=8), in the same process with the same threads.
-    python bench/compare_torch_sdpa.py [--L 1024] [--B 1] [--H 8] [--D 64] [--causal] [--seconds 2] [--threads N]"""
+    python bench/compare_torch_sdpa.py [--L 1024] [--B 1] [--H 8] [--D 64] [--causal] [--seconds 2] [--threads N]
+                                       [--dtype float32|bfloat16|float16]
+The tensors of both are in --dtype (16-bit: attn's 16-bit forward kernel and its float32 backward on widened copies;
+PyTorch's own 16-bit CPU kernels)."""
 import argparse
 import time
 
@@ -41,12 +44,14 @@ def main():
     p.add_argument("--causal", action="store_true")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (attn.torch follows it); 0 = as is")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    q, k, v = (torch.randn(a.B, a.H, a.L, a.D, requires_grad=True) for _ in range(3))
-    g = torch.randn(a.B, a.H, a.L, a.D)
+    dtype = getattr(torch, a.dtype)
+    q, k, v = (torch.randn(a.B, a.H, a.L, a.D).to(dtype).requires_grad_(True) for _ in range(3))
+    g = torch.randn(a.B, a.H, a.L, a.D).to(dtype)
 
     def step(sdpa):
         def run():
@@ -54,7 +59,7 @@ def main():
             torch.autograd.grad(out, (q, k, v), g)
         return run
 
-    print(f"threads {torch.get_num_threads()}, B={a.B} H={a.H} L={a.L} D={a.D} causal={a.causal}")
+    print(f"threads {torch.get_num_threads()}, B={a.B} H={a.H} L={a.L} D={a.D} causal={a.causal} {a.dtype}")
     t_torch, t_attn = pair(step(F.scaled_dot_product_attention), step(at.scaled_dot_product_attention), a.seconds)
     print(f"fwd+bwd  torch {t_torch * 1e3:8.2f} ms   attn.torch {t_attn * 1e3:8.2f} ms   "
           f"speed-up {t_torch / t_attn:.2f}x")
