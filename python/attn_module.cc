@@ -261,7 +261,8 @@ NB_MODULE(_attn, m) {
   m.def("torch_sdpa_backward", &torch_sdpa_backward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "d_out"_a, "mask"_a.none(),
         "key_padding_mask"_a.none(), "causal"_a, "scale"_a.none(), "window"_a, "alibi_slopes"_a.none(), "dropout_p"_a,
         "seed"_a, "num_threads"_a,
-        "(dq, dk, dv) as float32 torch tensors from the forward's out and lse (float32 tensors); see attn.torch");
+        "(dq, dk, dv) as torch tensors in the inputs' dtype (float32, bfloat16 or float16; lse float32) from the "
+        "forward's out and lse; see attn.torch");
   m.def(
       "_torch_last_pointers",
       [] {

@@ -18,8 +18,9 @@ Tensors: CPU, float32, bfloat16 or float16 (query, key and value share one; bool
 tensors reach the kernels as views of their memory, never copied; the outputs are torch tensors over the memory
 attn wrote. Non-contiguous inputs are made contiguous first (one copy), and a float mask of another dtype than
 float32 is widened to float32 (one copy). bfloat16/float16: the forward is attn's 16-bit kernel (float32 sums,
-the output rounded to the inputs' dtype, lse float32); the backward runs the float32 fused backward on the
-inputs, output and output gradient widened (one copy each, O(L)) and rounds the gradients to the inputs' dtype.
+the output rounded to the inputs' dtype, lse float32); the backward is attn's bfloat16 backward (vdpbf16ps, P̃ and
+dS rounded to bfloat16 for their products) where the processor has AVX512_BF16, else the float32 fused backward
+on the tensors widened (one copy each, O(L)); the gradients are rounded to the inputs' dtype.
 Other dtypes and bad shapes raise ValueError / TypeError naming the argument. attn uses
 torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
 scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
@@ -79,16 +80,11 @@ def _f32_mask(t):
 
 def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                     dropout_p, seed):
-    """(dq, dk, dv) through attn's fused backward (contiguous tensors; seed an int). bfloat16/float16: the float32
-    backward on q, k, v, out and grad_out widened (one copy each), the gradients rounded to the inputs' dtype."""
-    dtype = q.dtype
-    if dtype != torch.float32:
-        q, k, v, out, grad_out = (t.float() for t in (q, k, v, out, grad_out))
-    dq, dk, dv = _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale,
-                                           window, alibi_slopes, dropout_p, seed, torch.get_num_threads())
-    if dtype != torch.float32:
-        dq, dk, dv = dq.to(dtype), dk.to(dtype), dv.to(dtype)
-    return dq, dk, dv
+    """(dq, dk, dv) in the inputs' dtype through attn's fused backward (contiguous tensors; seed an int): float32;
+    bfloat16 on vdpbf16ps where the processor has AVX512_BF16 (else, and for float16, the float32 backward on the
+    tensors widened, the gradients rounded back)."""
+    return _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
+                                     alibi_slopes, dropout_p, seed, torch.get_num_threads())
 
 
 def _no_grad_needed(t, name):

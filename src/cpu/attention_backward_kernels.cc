@@ -25,6 +25,7 @@
 
 #include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
+#include "cpu/backward_rows.h"
 #include "cpu/dropout.h"
 #include "cpu/threads.h"
 #include "cpu/tile_kernels.h"
@@ -33,7 +34,6 @@ namespace attn::detail::ATTN_TARGET {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
 
@@ -59,17 +59,8 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.q_tiles = (p.Lq + kBq - 1) / kBq;
   plan.q_in_place = p.D > 0 && p.D % W == 0;
   plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
-  // Fewer (batch, kv head) pairs than 2 per thread: split the keys into chunks so every thread works, as
-  // long as the chunks' dQ buffers stay under 512 MB.
-  const int64_t pairs = p.B * p.Hkv;
-  if (pairs > 0 && pairs < 2 * plan.threads) {
-    plan.chunks = std::min<int64_t>((2 * plan.threads + pairs - 1) / pairs, plan.key_blocks);
-    const int64_t chunk_bytes = plan.dq_part_rows * plan.Dp * static_cast<int64_t>(sizeof(float));
-    plan.chunks =
-        std::min<int64_t>(plan.chunks, std::max<int64_t>(1, (int64_t{512} << 20) / std::max<int64_t>(chunk_bytes, 1)));
-  }
-  plan.chunks = std::max<int64_t>(plan.chunks, 1);
-  plan.tasks = pairs * plan.chunks;
+  plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.Dp);
+  plan.tasks = p.B * p.Hkv * plan.chunks;
   return plan;
 }
 
@@ -107,74 +98,6 @@ void pack_rows(const float* x, int64_t x_rs, int64_t rows, int64_t width, float*
   for (int64_t r = 0; r < rows; ++r) {
     std::copy(x + r * x_rs, x + r * x_rs + width, dst + r * dst_rs);
     std::fill(dst + r * dst_rs + width, dst + (r + 1) * dst_rs, 0.0f);
-  }
-}
-
-// The query rows [*lo, *hi) that may see some key of [j0, j0 + n) under the causal range and the window.
-void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_t* lo, int64_t* hi) {
-  *lo = 0, *hi = p.Lq;
-  if (p.causal == CausalAlignment::kNone) return;
-  const int64_t off = p.offset();  // query i sees keys j <= i + off (and j > i + off − window)
-  *lo = std::clamp<int64_t>(j0 - off, 0, p.Lq);
-  if (p.window > 0) *hi = std::clamp<int64_t>(j0 + n + p.window - 1 - off, 0, p.Lq);
-}
-
-// P = 2^(scale₂·s − lse₂) over n keys of one row, in place, with scale₂ = scale·log2(e) and lse₂ = lse·log2(e)
-// (the forward's base; simd::exp2 is about half of exp's instructions): exactly 0 for a hidden key
-// (s = −inf), whatever lse holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN)
-// is NaN where visible.
-void probabilities_row(float* s, int64_t n, float scale2, float lse) {
-  if (lse == kNegInf) {
-    std::fill(s, s + n, 0.0f);
-    return;
-  }
-  if (!std::isfinite(lse)) {
-    for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-    return;
-  }
-  const float lse2 = lse * kLog2e;
-  const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) simd::exp2(Vec::fmadd(Vec::load(s + j), sv, lv)).store(s + j);
-  for (; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::exp2(scale2 * s[j] - lse2);
-}
-
-// dS = scale · P ⊙ (dP − Δ) over n keys of one row, into dp; exactly 0 where P = 0 (a hidden or dropped-out
-// key's dP may be anything, NaN included).
-void score_grads_row(const float* P, float* dp, int64_t n, float delta, float scale) {
-  const Vec dv = Vec::set1(delta), sv = Vec::set1(scale);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const Vec pj = Vec::load(P + j);
-    Vec::zero_where_zero(pj, sv * pj * (Vec::load(dp + j) - dv)).store(dp + j);
-  }
-  for (; j < n; ++j) dp[j] = P[j] == 0.0f ? 0.0f : scale * P[j] * (dp[j] - delta);
-}
-
-// probabilities_row, the dropout (dropout_row_segment) and score_grads_row in one pass over a row whose lse is
-// finite, bitwise their results: P = 2^(scale₂·s − lse₂), P̃ = c·Z ⊙ P into pt, dS = scale · P ⊙ (c·Z ⊙ dP̃ − Δ)
-// into dp. keep: the masks of the row's 128-key group, `offset` the row segment's first key in it (a multiple
-// of W); c = 1/(1 − p). P itself is not stored: with dropout only P̃ multiplies dO. One pass instead of three
-// over the row: dropout p = 0.1 cost the backward +6.6% over p = 0 before, +4.3% after (L 2048, D 64, 1 thread).
-void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, float scale2, float lse, float delta,
-                       float scale, const uint16_t* keep, int64_t offset, float c) {
-  const float lse2 = lse * kLog2e;
-  const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2), dv = Vec::set1(delta), gv = Vec::set1(scale);
-  const Vec cv = Vec::set1(c);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const uint32_t bits = dropout_lane_bits(keep, offset + j);
-    const Vec P = simd::exp2(Vec::fmadd(Vec::load(s + j), sv, lv));
-    Vec::masked_mul(bits, P, cv).store(pt + j);
-    const Vec dpj = Vec::masked_mul(bits, Vec::load(dp + j), cv);
-    Vec::zero_where_zero(P, gv * P * (dpj - dv)).store(dp + j);
-  }
-  for (; j < n; ++j) {
-    const float P = s[j] == kNegInf ? 0.0f : std::exp2(scale2 * s[j] - lse2);
-    const bool kept = dropout_kept(keep, offset + j);
-    pt[j] = kept ? P * c : 0.0f;
-    const float dpj = kept ? dp[j] * c : 0.0f;
-    dp[j] = P == 0.0f ? 0.0f : scale * P * (dpj - delta);
   }
 }
 

@@ -30,6 +30,16 @@ struct LowpAttentionProblem {
   uint16_t* o = nullptr;        // [B, H, Lq, Dv]    with p's o strides
 };
 
+// The bfloat16 backward's problem: the forward's sizes, strides and options (p), its bfloat16 q, k, v, output and
+// output gradient (out, d_out with p's o strides), its float32 lse [B, H, Lq], and the bfloat16 gradients dq, dk, dv
+// in q's, k's and v's layouts.
+struct LowpBackwardProblem {
+  AttentionProblem p;
+  const uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *out = nullptr, *d_out = nullptr;
+  const float* lse = nullptr;
+  uint16_t *dq = nullptr, *dk = nullptr, *dv = nullptr;
+};
+
 namespace scalar {
 void attention_lowp(const LowpAttentionProblem& lp);
 }
@@ -41,7 +51,10 @@ void attention_lowp(const LowpAttentionProblem& lp);
 }
 namespace avx512bf16 {  // the avx512 kernel with vdpbf16ps for bfloat16 (float16 as avx512)
 void attention_lowp(const LowpAttentionProblem& lp);
-}
+// The bfloat16 backward on vdpbf16ps (attention_lowp_backward_kernels.cc); false, with nothing written, when an
+// input holds NaN or Inf (the caller then runs the float32 backward on the widened tensors).
+bool attention_backward_bf16(const LowpBackwardProblem& bp);
+}  // namespace avx512bf16
 
 // Does this processor have AVX512_BF16 (and AVX-512)?
 bool bf16_dot_supported();

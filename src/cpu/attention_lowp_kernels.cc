@@ -25,6 +25,7 @@
 #include "attn/half.h"
 #include "cpu/aligned_vector.h"
 #include "cpu/attention_lowp.h"
+#include "cpu/bf16_pairs.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
 #include "cpu/tile_kernels.h"
@@ -32,12 +33,6 @@
 
 #ifndef ATTN_TARGET
 #error "compile this file with -DATTN_TARGET=avx512bf16|avx512|avx2|scalar"
-#endif
-
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-#define ATTN_LOWP_DOT 1
-#else
-#define ATTN_LOWP_DOT 0
 #endif
 
 namespace attn::detail::ATTN_TARGET {
@@ -144,82 +139,6 @@ inline bool any_nonfinite(const uint16_t* x, int64_t rs, int64_t n, int64_t widt
   }
   return false;
 }
-
-// ---- The dot micro-kernels (vdpbf16ps): the pairs layout -------------------------------------------------------
-
-#if ATTN_LOWP_DOT
-// c[r·c_rs + col] = mul · Σ_d a(r, d)·bt(d, col) for R rows, `cols` columns (a multiple of C·16): a holds each
-// row's bfloat16 pairs (d, d+1) as uint32 (a_rs pairs a row), bt the pairs [pairs, bt_cols, 2].
-template <int R, int C>
-inline void dot_scores_tile(const uint32_t* a, int64_t a_rs, const uint16_t* bt, int64_t bt_cols, int64_t pairs,
-                            int64_t cols, float mul, float* c, int64_t c_rs) {
-  for (int64_t c0 = 0; c0 < cols; c0 += C * 16) {
-    __m512 acc[R][C];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < C; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t d2 = 0; d2 < pairs; ++d2) {
-      __m512i b[C];
-      for (int v = 0; v < C; ++v) b[v] = _mm512_loadu_si512(bt + (d2 * bt_cols + c0 + v * 16) * 2);
-      for (int r = 0; r < R; ++r) {
-        const __m512i ab = _mm512_set1_epi32(static_cast<int>(a[r * a_rs + d2]));
-        for (int v = 0; v < C; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)ab, (__m512bh)b[v]);
-      }
-    }
-    const __m512 m = _mm512_set1_ps(mul);
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < C; ++v) _mm512_storeu_ps(c + r * c_rs + c0 + v * 16, _mm512_mul_ps(acc[r][v], m));
-  }
-}
-
-// S[rows, cols] = mul · A · Bᵀ in the pairs layout; cols a multiple of kScoreVecs·16.
-inline void dot_scores(const uint32_t* a, int64_t a_rs, const uint16_t* bt, int64_t pairs, int64_t rows, int64_t cols,
-                       float mul, float* c, int64_t c_rs) {
-  constexpr int R = Tiles::kScoreRows, C = Tiles::kScoreVecs;
-  int64_t r = 0;
-  for (; r + R <= rows; r += R)
-    dot_scores_tile<R, C>(a + r * a_rs, a_rs, bt, kBk, pairs, cols, mul, c + r * c_rs, c_rs);
-  if (r < rows)
-    with_const<R>(static_cast<int>(rows - r), [&](auto RR) {
-      dot_scores_tile<decltype(RR)::value, C>(a + r * a_rs, a_rs, bt, kBk, pairs, cols, mul, c + r * c_rs, c_rs);
-    });
-}
-
-// acc[r, v·16 ...] += Σ_j2 P(r, pair j2) · V(pair j2, v·16 ...): P's rows as uint32 pairs (p_rs a row), V as
-// [pairs, Dvp, 2] (vb_rs = 2·Dvp values a pair row).
-template <int R, int C>
-inline void dot_pv_tile(const uint32_t* P, int64_t p_rs, int64_t pairs, const uint16_t* vb, int64_t vb_rs, float* acc,
-                        int64_t acc_rs) {
-  __m512 a[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < C; ++v) a[r][v] = _mm512_loadu_ps(acc + r * acc_rs + v * 16);
-  for (int64_t j2 = 0; j2 < pairs; ++j2) {
-    __m512i b[C];
-    for (int v = 0; v < C; ++v) b[v] = _mm512_loadu_si512(vb + j2 * vb_rs + v * 32);
-    for (int r = 0; r < R; ++r) {
-      const __m512i ab = _mm512_set1_epi32(static_cast<int>(P[r * p_rs + j2]));
-      for (int v = 0; v < C; ++v) a[r][v] = _mm512_dpbf16_ps(a[r][v], (__m512bh)ab, (__m512bh)b[v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < C; ++v) _mm512_storeu_ps(acc + r * acc_rs + v * 16, a[r][v]);
-}
-
-inline void dot_pv(const uint32_t* P, int64_t p_rs, int64_t rows, int64_t pairs, const uint16_t* vb, int64_t vecs,
-                   float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
-      with_const<Tiles::kPvRows>(R, [&](auto RR) {
-        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
-          dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(P + r * p_rs, p_rs, pairs, vb + c * 32, vecs * 32,
-                                                                acc + r * acc_rs + c * 16, acc_rs);
-        });
-      });
-    }
-  }
-}
-#endif
 
 // ---- The plan and the call's buffers ---------------------------------------------------------------------------
 
@@ -342,41 +261,19 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
     const uint16_t* v = lp.v + b * p.v_sb + g * p.v_sh + j0 * p.v_sl;  // [n, Dv]
     buf.v_nonfinite[t] = any_nonfinite<T>(v, p.v_sl, n, p.Dv);
     if (plan.dot) {
+#if ATTN_LOWP_DOT
       // Kᵀ: the pair (d, d+1) of key j is the uint32 at (d/2)·kBk + j
-      uint16_t* kt_out = buf.kb + t * plan.k_tile;
-      std::fill(kt_out, kt_out + plan.k_tile, uint16_t{0});
-      for (int64_t j = 0; j < n; ++j) {
-        const uint16_t* kj = k + j * p.k_sl;
-        for (int64_t d2 = 0; d2 < plan.Dp / 2; ++d2) {
-          const uint32_t pair = kj[2 * d2] | (2 * d2 + 1 < p.D ? static_cast<uint32_t>(kj[2 * d2 + 1]) << 16 : 0u);
-          std::memcpy(kt_out + (d2 * kBk + j) * 2, &pair, 4);
-        }
-      }
+      pack_transposed_pairs(k, p.k_sl, n, p.D, plan.Dp, kBk, buf.kb + t * plan.k_tile);
       // V: the pair (keys 2·j2, 2·j2 + 1) of column c is the uint32 at j2·Dvp + c
       uint16_t* vt_out = buf.vb + t * plan.v_tile;
       for (int64_t j2 = 0; j2 < kBk / 2; ++j2) {
-        uint16_t* out = vt_out + j2 * plan.Dvp * 2;
-        if (2 * j2 >= n) {
-          std::fill(out, out + plan.Dvp * 2, uint16_t{0});
-          continue;
-        }
-        const uint16_t* lo = v + 2 * j2 * p.v_sl;
-        const uint16_t* hi = 2 * j2 + 1 < n ? lo + p.v_sl : nullptr;
-        int64_t c = 0;
-#if ATTN_LOWP_DOT
-        for (; c + 16 <= p.Dv; c += 16) {
-          const __m512i first = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + c)));
-          const __m512i second =
-              hi ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi + c)))
-                 : _mm512_setzero_si512();
-          _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(first, _mm512_slli_epi32(second, 16)));
-        }
-#endif
-        for (; c < plan.Dvp; ++c) {
-          out[2 * c] = c < p.Dv ? lo[c] : uint16_t{0};
-          out[2 * c + 1] = c < p.Dv && hi ? hi[c] : uint16_t{0};
-        }
+        const uint16_t* lo = 2 * j2 < n ? v + 2 * j2 * p.v_sl : nullptr;
+        if (!lo)
+          std::fill(vt_out + j2 * plan.Dvp * 2, vt_out + (j2 + 1) * plan.Dvp * 2, uint16_t{0});
+        else
+          interleave_rows(lo, 2 * j2 + 1 < n ? lo + p.v_sl : nullptr, p.Dv, plan.Dvp, vt_out + j2 * plan.Dvp * 2);
       }
+#endif
     } else {
       // Kᵀ in the panels gemm_abt_panels streams, from the tile's keys widened
       thread_local AlignedVector<float> rows;  // [n, D] the tile's keys widened
@@ -531,8 +428,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
           ws.s[r * kBk + jj] = dot_wide(ws.qs.data() + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
     } else if (plan.dot) {
 #if ATTN_LOWP_DOT
-      dot_scores(ws.qb.data(), plan.Dp / 2, buf.kb + t * plan.k_tile, plan.Dp / 2, rows, cols, p.scale, ws.s.data(),
-                 kBk);
+      dot_scores(ws.qb.data(), plan.Dp / 2, buf.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale,
+                 ws.s.data(), kBk);
 #endif
     } else {
       gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(),
@@ -568,7 +465,7 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
                               (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
       }
-      dot_pv(ws.pb.data(), kBk / 2, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, ws.acc.data(), Dvp);
+      dot_pv(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, ws.acc.data(), Dvp);
 #endif
       continue;
     }

@@ -123,6 +123,8 @@ AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tens
                                                      const Tensor& out, const Tensor& lse, const Tensor& d_out,
                                                      const AttentionOptions& options) {
   const char* who = "scaled_dot_product_attention_backward";
+  if (detail::is_lowp(q.dtype()) || detail::is_lowp(k.dtype()) || detail::is_lowp(v.dtype()))
+    return detail::scaled_dot_product_attention_backward_lowp(q, k, v, out, lse, d_out, options);
   detail::AttentionProblem p = detail::make_problem(q, k, v, options, who);
   const Shape out_shape = {p.B, p.H, p.Lq, p.Dv};
   check_float(d_out, out_shape, who, "d_out");

@@ -4,6 +4,9 @@
 //     rounded to the input dtype; weights and lse stay float32
 // The output has the inputs' dtype (as PyTorch's); lse and weights are float32; masks and ALiBi slopes stay
 // bool/float32.
+// The backward on bfloat16/float16 q, k, v, out, d_out (lse float32), gradients in that dtype:
+//   bfloat16, fused, AVX512_BF16 active, inputs finite: the bfloat16 backward (cpu/attention_lowp_backward_kernels.cc)
+//   otherwise: the float32 backward on the tensors widened (exact), the gradients rounded to the dtype
 #include <string>
 
 #include "attn/error.h"
@@ -49,6 +52,47 @@ AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor&
   }
   attention_lowp(lp);
   return result;
+}
+
+AttentionGrads scaled_dot_product_attention_backward_lowp(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                          const Tensor& out, const Tensor& lse, const Tensor& d_out,
+                                                          const AttentionOptions& options) {
+  constexpr const char* kWho = "scaled_dot_product_attention_backward";
+  const DType dt = q.dtype();
+  for (const auto& [t, arg] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&d_out, "d_out"}}) {
+    if (!t->defined() && std::string(arg) != "out") throw ArgumentError(std::string(kWho) + ": " + arg + " is missing");
+    if (t->defined() && t->dtype() != dt)
+      throw DTypeError(std::string(kWho) + ": q, k, v, out and d_out must share one dtype; " + arg + " is " +
+                       dtype_name(t->dtype()) + " with shape " + shape_str(t->shape()) + " but q is " + dtype_name(dt));
+  }
+  AttentionProblem p = make_problem_shapes(q, k, v, options, kWho);
+  const Shape out_shape = {p.B, p.H, p.Lq, p.Dv};
+  if (d_out.shape() != out_shape)
+    throw ShapeError(std::string(kWho) + ": d_out has shape " + shape_str(d_out.shape()) + " but must be " +
+                     shape_str(out_shape));
+  const bool fused = options.impl != AttentionImpl::kReference;
+  if (fused && (!out.defined() || out.shape() != out_shape))
+    throw ShapeError(std::string(kWho) + ": out has shape " + (out.defined() ? shape_str(out.shape()) : "(none)") +
+                     " but must be " + shape_str(out_shape));
+  if (fused && (!lse.defined() || lse.dtype() != DType::kFloat32 || lse.shape() != Shape{p.B, p.H, p.Lq}))
+    throw ShapeError(std::string(kWho) + ": lse must be float32 " + shape_str({p.B, p.H, p.Lq}) + ", got " +
+                     (lse.defined() ? std::string(dtype_name(lse.dtype())) + " " + shape_str(lse.shape()) : "none"));
+  if (fused && dt == DType::kBFloat16 && bf16_dot_active()) {
+    AttentionGrads grads{Tensor(q.shape(), dt), Tensor(k.shape(), dt), Tensor(v.shape(), dt)};
+    LowpBackwardProblem bp;
+    bp.p = p;
+    bp.p.o_sb = p.H * p.Lq * p.Dv, bp.p.o_sh = p.Lq * p.Dv, bp.p.o_sl = p.Dv;  // out, d_out: contiguous
+    bp.q = static_cast<const uint16_t*>(q.raw()), bp.k = static_cast<const uint16_t*>(k.raw());
+    bp.v = static_cast<const uint16_t*>(v.raw()), bp.out = static_cast<const uint16_t*>(out.raw());
+    bp.d_out = static_cast<const uint16_t*>(d_out.raw()), bp.lse = lse.f32();
+    bp.dq = static_cast<uint16_t*>(grads.dq.raw()), bp.dk = static_cast<uint16_t*>(grads.dk.raw());
+    bp.dv = static_cast<uint16_t*>(grads.dv.raw());
+    if (avx512bf16::attention_backward_bf16(bp)) return grads;
+  }
+  const auto wide = [](const Tensor& t) { return t.defined() ? to_dtype(t, DType::kFloat32) : Tensor(); };
+  AttentionGrads g =
+      scaled_dot_product_attention_backward(wide(q), wide(k), wide(v), wide(out), lse, wide(d_out), options);
+  return {to_dtype(g.dq, dt), to_dtype(g.dk, dt), to_dtype(g.dv, dt)};
 }
 
 }  // namespace attn::detail

@@ -34,6 +34,11 @@ inline bool is_lowp(DType t) { return t == DType::kBFloat16 || t == DType::kFloa
 // scaled_dot_product_attention on bfloat16 or float16 q, k, v (src/ops/attention_lowp.cc).
 AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor& k, const Tensor& v,
                                                   const AttentionOptions& options);
+// scaled_dot_product_attention_backward on bfloat16 or float16 q, k, v, out and d_out (lse float32): the gradients in
+// that dtype (src/ops/attention_lowp.cc).
+AttentionGrads scaled_dot_product_attention_backward_lowp(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                          const Tensor& out, const Tensor& lse, const Tensor& d_out,
+                                                          const AttentionOptions& options);
 // Checks and broadcasts `mask` against [B, H, Lq, Lk] into p (shared by the public API and MHA).
 void set_mask(AttentionProblem& p, const Tensor& mask, const char* who, const char* arg);
 // Checks key_padding_mask [B, Lk] and the remaining options, fills them into p.

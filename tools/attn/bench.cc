@@ -81,11 +81,12 @@ double median_of(const std::vector<double>& ms) {
 
 // --backward: forward+backward (forward keeping lse, then the fused backward) and the backward alone.
 // FLOPs: the forward's 4·Lq·Lk·D per head, the backward 2.5× that (its five GEMMs to the forward's two),
-// halved when causal; the backward recomputes P, so it really does 3.5× the forward's FMAs.
+// halved when causal; the backward recomputes P, so it really does 3.5× the forward's FMAs. --dtype bf16: the
+// bfloat16 backward (vdpbf16ps) where the CPU has AVX512_BF16; f16: the float32 backward on widened copies.
 void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& k, const Tensor& v,
                              AttentionOptions o) {
   const int64_t G = k.dim(1), Lk = k.dim(2);
-  const Tensor d_out = random_tensor(q.shape(), 4);
+  const Tensor d_out = to_dtype(random_tensor(q.shape(), 4), q.dtype());
   o.return_lse = true;
   AttentionResult fwd;
   const auto both = time_runs(a.repeat, [&] {
@@ -140,7 +141,6 @@ void run_sdpa_bench(const SdpaBench& a) {
   if (!a.kv_dtype.empty()) return run_decode_cache_bench(a, G, Lk);
   // --dtype bf16|f16: the same random inputs rounded to it (nearest even)
   const DType dt = parse_dtype(a.dtype);
-  if (dt != DType::kFloat32 && a.backward) throw ArgumentError("--backward needs --dtype f32");
   const Tensor q = to_dtype(random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1), dt);
   const Tensor k = to_dtype(random_tensor({a.batch, G, Lk, a.head_dim}, 2), dt);
   const Tensor v = to_dtype(random_tensor({a.batch, G, Lk, a.head_dim}, 3), dt);

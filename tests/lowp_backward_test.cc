@@ -1,0 +1,131 @@
+// The backward on bfloat16/float16 tensors: the bfloat16 kernel (vdpbf16ps, where the processor has AVX512_BF16) and
+// the float32 backward on the widened tensors (every other case), against the double-precision reference on the
+// same rounded inputs, on the shared case list (every mask, GQA, odd sizes, fully masked rows, dropout), with 1 and
+// 2 threads. Bound: the bfloat16 kernel rounds P̃ and dS to bfloat16 before three of its products (relative 2^-9
+// each, in sums of |terms| up to the gradient's own scale) and the gradients once at the end; the widened path
+// only rounds at the end.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "attn/attention.h"
+#include "attn/error.h"
+
+#include "attention_cases.h"
+#include "cpu/attention_lowp.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
+  return m;
+}
+
+Tensor wide(const Tensor& t) { return to_dtype(t, DType::kFloat32); }
+
+// Forces the bfloat16 dot path on or off for its scope.
+class DotGuard {
+ public:
+  explicit DotGuard(bool on) { detail::force_bf16_dot(on); }
+  ~DotGuard() { detail::force_bf16_dot(true); }
+};
+
+TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
+  int checked = 0, kernel = 0;
+  const auto cases = test::attention_cases(40, 7);
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.return_weights = false;
+    if (n % 3 == 0) in.options.dropout_p = 0.2f, in.options.dropout_seed = n;
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      const double u = dt == DType::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+      const Tensor q = to_dtype(in.q, dt), k = to_dtype(in.k, dt), v = to_dtype(in.v, dt);
+      const Tensor d_out = to_dtype(test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng), dt);
+      AttentionOptions o = in.options;
+      o.impl = AttentionImpl::kFused;
+      o.return_lse = true;
+      const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
+      // the reference: the same rounded inputs and the same rounded output, in double precision
+      o.impl = AttentionImpl::kReference;
+      const AttentionGrads ref = scaled_dot_product_attention_backward(wide(q), wide(k), wide(v), wide(fwd.output),
+                                                                       fwd.lse, wide(d_out), o);
+      const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+      for (bool dot : {true, false})
+        for (int threads : {1, 2}) {
+          if (dot && (dt != DType::kBFloat16 || !detail::bf16_dot_supported())) continue;
+          SCOPED_TRACE(c.name() + (n % 3 == 0 ? " dropout " : " ") + dtype_name(dt) + (dot ? " dot" : " widened") +
+                       " threads=" + std::to_string(threads));
+          DotGuard guard(dot);
+          o.impl = AttentionImpl::kFused;
+          o.num_threads = threads;
+          const AttentionGrads g =
+              scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+          ASSERT_EQ(g.dq.dtype(), dt);
+          // both round each gradient once and take Δ from the rounded output (as PyTorch does): up to ~u of the
+          // largest gradient measured; the dot path also rounds P̃ and dS before their products
+          const double tol = (dot ? 2.0 : 1.5) * u * scale + 3e-5 * scale;
+          EXPECT_LE(test::max_abs_diff(wide(g.dq), ref.dq), tol);
+          EXPECT_LE(test::max_abs_diff(wide(g.dk), ref.dk), tol);
+          EXPECT_LE(test::max_abs_diff(wide(g.dv), ref.dv), tol);
+          ++checked;
+          kernel += dot;
+        }
+    }
+  }
+  EXPECT_GT(checked, 150);
+  if (detail::bf16_dot_supported()) {
+    EXPECT_GT(kernel, 50);
+  }
+}
+
+// Bitwise the same gradients from run to run for a thread count, also with the keys split into chunks.
+TEST(LowpBackward, DeterministicForAThreadCount) {
+  test::AttentionCase c;
+  c.Lq = 200, c.Lk = 700, c.D = 32, c.Dv = 32, c.causal = CausalAlignment::kBottomRight;
+  test::CaseInputs in = test::make_inputs(c, 3);
+  const Tensor q = to_dtype(in.q, DType::kBFloat16), k = to_dtype(in.k, DType::kBFloat16),
+               v = to_dtype(in.v, DType::kBFloat16);
+  std::mt19937 rng(4);
+  const Tensor d_out = to_dtype(test::random_tensor({1, 1, 200, 32}, rng), DType::kBFloat16);
+  in.options.dropout_p = 0.1f;
+  for (int threads : {2, 3}) {
+    in.options.num_threads = threads;
+    const AttentionGrads a = scaled_dot_product_attention_backward(q, k, v, d_out, in.options);
+    const AttentionGrads b = scaled_dot_product_attention_backward(q, k, v, d_out, in.options);
+    for (auto [x, y] : {std::pair{&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv}})
+      EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << "threads " << threads;
+  }
+}
+
+// A NaN in a padded key's value reaches no gradient (the kernel leaves non-finite inputs to the widened path, which
+// keeps the rule); one in a visible value reaches dQ of every row that sees it. Mixed dtypes are refused by name.
+TEST(LowpBackward, NonFiniteRuleAndDTypeChecks) {
+  std::mt19937 rng(2);
+  const Tensor q = to_dtype(test::random_tensor({1, 2, 4, 8}, rng), DType::kBFloat16);
+  const Tensor k = to_dtype(test::random_tensor({1, 2, 6, 8}, rng), DType::kBFloat16);
+  Tensor v = to_dtype(test::random_tensor({1, 2, 6, 8}, rng), DType::kBFloat16);
+  const Tensor d_out = to_dtype(test::random_tensor({1, 2, 4, 8}, rng), DType::kBFloat16);
+  AttentionOptions o;
+  o.key_padding_mask = Tensor({1, 6}, DType::kBool);
+  o.key_padding_mask.b8()[5] = 1;
+  auto* vb = static_cast<uint16_t*>(v.raw());
+  vb[(0 * 6 + 5) * 8 + 2] = 0x7fc0;  // head 0, key 5 (padding): NaN
+  AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+  EXPECT_TRUE(test::all_finite(wide(g.dq)) && test::all_finite(wide(g.dk)) && test::all_finite(wide(g.dv)));
+  vb[(0 * 6 + 1) * 8 + 2] = 0x7fc0;  // head 0, key 1 (visible): NaN
+  g = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+  const Tensor dq = wide(g.dq);
+  for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(dq.f32()[i])) << i;         // head 0
+  for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(dq.f32()[i])) << i;  // head 1
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, wide(v), d_out, o), DTypeError);
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, v, to_dtype(wide(d_out), DType::kFloat16), o), DTypeError);
+}
+
+}  // namespace
+}  // namespace attn
