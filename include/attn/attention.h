@@ -111,6 +111,10 @@ struct AttentionGrads {
 // and dropout regenerates the forward's mask. Memory O(L). Hidden keys receive no gradient, a fully masked
 // row passes none. The result is bitwise the same from run to run for a given num_threads.
 // With impl = kReference, plain loops in double precision (the readable spec), which ignore out and lse.
+// dtypes: q, k, v, out and d_out all float32, or all bfloat16 or all float16 (lse float32); the gradients have
+// their dtype. bfloat16 runs a bfloat16 backward (vdpbf16ps: P̃ and dS rounded to bfloat16 for their products,
+// float32 sums) where the processor has AVX512_BF16; otherwise 16-bit inputs go through the float32 backward,
+// widened exactly, and the gradients are rounded once.
 // Throws ShapeError, DTypeError or ArgumentError naming the argument and the shapes.
 AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                      const Tensor& out, const Tensor& lse, const Tensor& d_out,
