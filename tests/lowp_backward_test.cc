@@ -53,8 +53,8 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
       const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
       // the reference: the same rounded inputs and the same rounded output, in double precision
       o.impl = AttentionImpl::kReference;
-      const AttentionGrads ref = scaled_dot_product_attention_backward(wide(q), wide(k), wide(v), wide(fwd.output),
-                                                                       fwd.lse, wide(d_out), o);
+      const AttentionGrads ref =
+          scaled_dot_product_attention_backward(wide(q), wide(k), wide(v), wide(fwd.output), fwd.lse, wide(d_out), o);
       const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
       for (bool dot : {true, false})
         for (int threads : {1, 2}) {
@@ -64,8 +64,7 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
           DotGuard guard(dot);
           o.impl = AttentionImpl::kFused;
           o.num_threads = threads;
-          const AttentionGrads g =
-              scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+          const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
           ASSERT_EQ(g.dq.dtype(), dt);
           // both round each gradient once and take Δ from the rounded output (as PyTorch does): up to ~u of the
           // largest gradient measured; the dot path also rounds P̃ and dS before their products

@@ -35,22 +35,22 @@ static_assert(kBk % 32 == 0 && kBq % 2 == 0, "whole vectors of keys; pairs of qu
 
 struct Bf16BackwardPlan {
   int threads = 1;
-  int64_t Dp = 0, Dvp = 0;      // D, Dv rounded up to even: the pairs of S's and dP's products
-  int64_t D16 = 0, Dv16 = 0;    // D, Dv rounded up to whole vectors: the accumulators' widths
+  int64_t Dp = 0, Dvp = 0;    // D, Dv rounded up to even: the pairs of S's and dP's products
+  int64_t D16 = 0, Dv16 = 0;  // D, Dv rounded up to whole vectors: the accumulators' widths
   int64_t key_blocks = 0, chunks = 1, tasks = 0, q_tiles = 0;
-  int64_t dq_part_rows = 0;     // B · H · Lq
+  int64_t dq_part_rows = 0;  // B · H · Lq
 };
 
 // Per-thread buffers, grown once and reused.
 struct Bf16Workspace {
-  AlignedVector<uint16_t> kt, vt;  // [Dp/2, kBk, 2], [Dvp/2, kBk, 2]  the block's Kᵀ, Vᵀ pairs (S, dP)
-  AlignedVector<uint16_t> kp;      // [kBk/2, D16, 2]                  K in key pairs (dQ = dS·K)
-  AlignedVector<uint32_t> qa, da;  // [kBq, Dp/2], [kBq, Dvp/2]        the tile's Q and dO pairs along D (S, dP)
-  AlignedVector<uint16_t> qp, dop; // [kBq/2, D16, 2], [kBq/2, Dv16, 2] Q, dO in row pairs (dK, dV)
-  AlignedVector<float> s, pt, ds;  // [kBq, kBk]                       P, P̃ (dropout), dP then dS
-  AlignedVector<uint32_t> pT, dsT; // [kBq/2, kBk]                     P̃ᵀ, dSᵀ in row pairs (dV, dK)
-  AlignedVector<uint32_t> dsr;     // [kBq, kBk/2]                     dS in key pairs (dQ)
-  AlignedVector<float> dk, dv;     // [kBk, D16], [kBk, Dv16]          the block's gradients
+  AlignedVector<uint16_t> kt, vt;   // [Dp/2, kBk, 2], [Dvp/2, kBk, 2]  the block's Kᵀ, Vᵀ pairs (S, dP)
+  AlignedVector<uint16_t> kp;       // [kBk/2, D16, 2]                  K in key pairs (dQ = dS·K)
+  AlignedVector<uint32_t> qa, da;   // [kBq, Dp/2], [kBq, Dvp/2]        the tile's Q and dO pairs along D (S, dP)
+  AlignedVector<uint16_t> qp, dop;  // [kBq/2, D16, 2], [kBq/2, Dv16, 2] Q, dO in row pairs (dK, dV)
+  AlignedVector<float> s, pt, ds;   // [kBq, kBk]                       P, P̃ (dropout), dP then dS
+  AlignedVector<uint32_t> pT, dsT;  // [kBq/2, kBk]                     P̃ᵀ, dSᵀ in row pairs (dV, dK)
+  AlignedVector<uint32_t> dsr;      // [kBq, kBk/2]                     dS in key pairs (dQ)
+  AlignedVector<float> dk, dv;      // [kBk, D16], [kBk, Dv16]          the block's gradients
   void reserve(const Bf16BackwardPlan& plan) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -141,8 +141,12 @@ void narrow_out(const float* src, int64_t src_rs, int64_t rows, int64_t width, u
 }
 
 // One query tile against the key block in ws (keys [j0, j0 + n)): its shares of dK, dV (ws) and dQ (dq_rows).
+// `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
+// with r); its products then stop at that triangle, as the float32 backward's: S and dP per kScoreRows rows up to
+// their last row's keys, dQ per kPvRows rows the same way, dK and dV per kPvRows keys from the row pair of the
+// first row that sees them. What a step reads past a row's visible keys is 0 in P̃ and dS.
 void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, const float* delta, int64_t b, int64_t h,
-                int64_t i0, int64_t rows, int64_t j0, int64_t n, float* dq_rows, Bf16Workspace& ws) {
+                int64_t i0, int64_t rows, int64_t j0, int64_t n, bool diagonal, float* dq_rows, Bf16Workspace& ws) {
   const AttentionProblem& p = bp.p;
   const uint16_t* q = bp.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
   const uint16_t* dout = bp.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
@@ -150,9 +154,28 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   pack_row_pairs(dout, p.o_sl, rows, p.Dv, plan.Dvp, ws.da.data());
   pack_pair_rows(q, p.q_sl, rows, p.D, plan.D16, ws.qp.data());
   pack_pair_rows(dout, p.o_sl, rows, p.Dv, plan.Dv16, ws.dop.data());
+  const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
+    if (!diagonal) return n;
+    int64_t lo, hi;
+    p.key_range(i0 + r, &lo, &hi);
+    return std::clamp<int64_t>(hi - j0, 0, n);
+  };
   const int64_t cols = round_up(n, 32);  // whole score vectors and whole key pairs
-  dot_scores(ws.qa.data(), plan.Dp / 2, ws.kt.data(), kBk, plan.Dp / 2, rows, cols, 1.0f, ws.s.data(), kBk);
-  dot_scores(ws.da.data(), plan.Dvp / 2, ws.vt.data(), kBk, plan.Dvp / 2, rows, cols, 1.0f, ws.ds.data(), kBk);
+  // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, rows [r, r + block) up to c columns
+  const auto scores = [&](int64_t r, int64_t block, int64_t c) {
+    dot_scores(ws.qa.data() + r * plan.Dp / 2, plan.Dp / 2, ws.kt.data(), kBk, plan.Dp / 2, block, c, 1.0f,
+               ws.s.data() + r * kBk, kBk);
+    dot_scores(ws.da.data() + r * plan.Dvp / 2, plan.Dvp / 2, ws.vt.data(), kBk, plan.Dvp / 2, block, c, 1.0f,
+               ws.ds.data() + r * kBk, kBk);
+  };
+  if (!diagonal) {
+    scores(0, rows, cols);
+  } else {
+    for (int64_t r = 0; r < rows; r += Tiles::kScoreRows) {
+      const int64_t block = std::min<int64_t>(Tiles::kScoreRows, rows - r), c = round_up(visible(r + block - 1), 32);
+      if (c > 0) scores(r, block, c);
+    }
+  }
   const bool masked = tile_needs_mask(p, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = bp.lse + (b * p.H + h) * p.Lq + i0;
@@ -162,22 +185,24 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
     float* pt = ws.pt.data() + r * kBk;
+    // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
+    const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
     if (masked) {
-      for (int64_t j = 0; j < n; ++j) s[j] *= scale2;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
+      for (int64_t j = 0; j < len; ++j) s[j] *= scale2;
+      mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
     }
     if (dropout && std::isfinite(row_lse[r])) {
       DropoutGroupCache group;
-      dropout_row_grads(s, dp, pt, n, masked ? 1.0f : scale2, row_lse[r], row_delta[r], p.scale,
+      dropout_row_grads(s, dp, pt, len, masked ? 1.0f : scale2, row_lse[r], row_delta[r], p.scale,
                         dropout_group(p.dropout, b, h, i0 + r, j0, group), j0 % 128, p.dropout.scale);
     } else {
-      probabilities_row(s, n, masked ? 1.0f : scale2, row_lse[r]);
-      if (dropout) dropout_row_segment(p.dropout, b, h, i0 + r, j0, n, pt, dp, nullptr, s);
-      score_grads_row(s, dp, n, row_delta[r], p.scale);
+      probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
+      if (dropout) dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
+      score_grads_row(s, dp, len, row_delta[r], p.scale);
     }
-    std::fill(s + n, s + cols, 0.0f);  // the keys past n weigh nothing in the pairs below
-    std::fill(dp + n, dp + cols, 0.0f);
-    if (dropout) std::fill(pt + n, pt + cols, 0.0f);
+    std::fill(s + len, s + cols, 0.0f);  // the keys past len weigh nothing in the pairs below
+    std::fill(dp + len, dp + cols, 0.0f);
+    if (dropout) std::fill(pt + len, pt + cols, 0.0f);
   }
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
   narrow_transposed_pairs(P_used, rows, cols, ws.pT.data());
@@ -185,9 +210,27 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   narrow_rows(ws.ds.data(), rows, cols, ws.dsr.data());
   const int64_t row_pairs = (rows + 1) / 2;
   // dV[n, Dv16] += P̃ᵀ · dO ; dK[n, D16] += dSᵀ · Q ; dQ[rows, D16] += dS · K
-  dot_pv(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, ws.dv.data(), plan.Dv16);
-  dot_pv(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, ws.dk.data(), plan.D16);
-  dot_pv(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, ws.kp.data(), plan.D16 / 16, dq_rows, plan.D16);
+  if (!diagonal) {
+    dot_pv(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, ws.dv.data(), plan.Dv16);
+    dot_pv(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, ws.dk.data(), plan.D16);
+    dot_pv(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, ws.kp.data(), plan.D16 / 16, dq_rows, plan.D16);
+    return;
+  }
+  constexpr int64_t kSteps = Tiles::kPvRows;
+  for (int64_t j = 0, first = 0; j < n; j += kSteps) {  // keys [j, j + kSteps) from the row pair of the first row
+    while (visible(first) <= j) ++first;                // that sees key j (the last row sees all n keys)
+    const int64_t block = std::min(kSteps, n - j), r2 = first / 2;
+    dot_pv(ws.pT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.dop.data() + r2 * plan.Dv16 * 2,
+           plan.Dv16 / 16, ws.dv.data() + j * plan.Dv16, plan.Dv16);
+    dot_pv(ws.dsT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.qp.data() + r2 * plan.D16 * 2, plan.D16 / 16,
+           ws.dk.data() + j * plan.D16, plan.D16);
+  }
+  for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
+    const int64_t block = std::min(kSteps, rows - r), pairs = (visible(r + block - 1) + 1) / 2;
+    if (pairs > 0)
+      dot_pv(ws.dsr.data() + r * kBk / 2, kBk / 2, 1, block, pairs, ws.kp.data(), plan.D16 / 16, dq_rows + r * plan.D16,
+             plan.D16);
+  }
 }
 
 }  // namespace
@@ -251,11 +294,14 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
           for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
             for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {
               const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-              int64_t unused, last_hi;  // the tile's last row sees the block's first n_tile keys
+              // the tile's last row sees the block's first n_tile keys; its first row fewer: across the diagonal
+              int64_t unused, first_hi, last_hi;
+              p.key_range(i0, &unused, &first_hi);
               p.key_range(i0 + rows - 1, &unused, &last_hi);
               const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
               if (n_tile == 0) continue;
-              query_tile(bp, plan, deltas, b, h, i0, rows, j0, n_tile,
+              const bool diagonal = std::clamp<int64_t>(first_hi - j0, 0, n) < n_tile;
+              query_tile(bp, plan, deltas, b, h, i0, rows, j0, n_tile, diagonal,
                          dq_chunk + ((b * p.H + h) * p.Lq + i0) * plan.D16, ws);
             }
         }

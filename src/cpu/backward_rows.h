@@ -83,7 +83,7 @@ inline void score_grads_row(const float* P, float* dp, int64_t n, float delta, f
 // of W); c = 1/(1 − p). P itself is not stored: with dropout only P̃ multiplies dO. One pass instead of three
 // over the row: dropout p = 0.1 cost the backward +6.6% over p = 0 before, +4.3% after (L 2048, D 64, 1 thread).
 inline void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, float scale2, float lse, float delta,
-                       float scale, const uint16_t* keep, int64_t offset, float c) {
+                              float scale, const uint16_t* keep, int64_t offset, float c) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const float lse2 = lse * kLog2e;
   const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2), dv = Vec::set1(delta), gv = Vec::set1(scale);

@@ -67,8 +67,8 @@ inline void dot_scores(const uint32_t* a, int64_t a_rs, const uint16_t* bt, int6
 // acc[r, v·16 ...] += Σ_j2 A(r, pair j2) · B(pair j2, v·16 ...): A's pairs as uint32 at A[r·a_rs + j2·a_js], B as
 // [pairs, vecs·16, 2] (vb_rs = 2·vecs·16 values a pair row).
 template <int R, int C>
-inline void dot_pv_tile(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t pairs, const uint16_t* vb,
-                        int64_t vb_rs, float* acc, int64_t acc_rs) {
+inline void dot_pv_tile(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t pairs, const uint16_t* vb, int64_t vb_rs,
+                        float* acc, int64_t acc_rs) {
   __m512 a[R][C];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < C; ++v) a[r][v] = _mm512_loadu_ps(acc + r * acc_rs + v * 16);
@@ -93,8 +93,8 @@ inline void dot_pv(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t rows, 
       const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
       with_const<Tiles::kPvRows>(R, [&](auto RR) {
         with_const<Tiles::kPvVecs>(C, [&](auto CC) {
-          dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, pairs, vb + c * 32,
-                                                                vecs * 32, acc + r * acc_rs + c * 16, acc_rs);
+          dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, pairs, vb + c * 32, vecs * 32,
+                                                                acc + r * acc_rs + c * 16, acc_rs);
         });
       });
     }
