@@ -21,11 +21,7 @@
 namespace attn {
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
-  return m;
-}
+using test::max_abs;
 
 // Every kernel buffer starts on a cache line (cpu/aligned_vector.h): glibc's malloc gives 16 bytes, and a large
 // block starts at a page + 16, which made every 512-bit load of a kernel buffer straddle two lines.

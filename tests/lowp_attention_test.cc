@@ -54,11 +54,7 @@ class PathGuard {
 
 double unit_roundoff(DType dt) { return dt == DType::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11); }
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
-  return m;
-}
+using test::max_abs;
 
 std::vector<std::string> lowp_fixtures() {
   std::vector<std::string> out;

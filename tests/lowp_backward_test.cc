@@ -19,11 +19,7 @@
 namespace attn {
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
-  return m;
-}
+using test::max_abs;
 
 Tensor wide(const Tensor& t) { return to_dtype(t, DType::kFloat32); }
 

@@ -174,30 +174,13 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
   const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;
-  const float scale2 = p.scale * kLog2e;
   for (int64_t r = 0; r < rows; ++r) {
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
     float* pt = ws.pt.data() + r * kBk;
     // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
     const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
-    if (masked) {  // the masking rule works on scaled scores (here in base 2, as the forward's)
-      const Vec sv = Vec::set1(scale2);
-      int64_t j = 0;
-      for (; j + W <= len; j += W) (Vec::load(s + j) * sv).store(s + j);
-      for (; j < len; ++j) s[j] *= scale2;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
-    }
-    if (dropout && std::isfinite(row_lse[r])) {  // the block lies in one dropout group (static_assert above)
-      DropoutGroupCache group;
-      dropout_row_grads(s, dp, pt, len, masked ? 1.0f : scale2, row_lse[r], row_delta[r], p.scale,
-                        dropout_group(p.dropout, b, h, i0 + r, j0, group), j0 % 128, p.dropout.scale);
-    } else {
-      probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
-      if (dropout)  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
-        dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
-      score_grads_row(s, dp, len, row_delta[r], p.scale);
-    }
+    row_grads(p, b, h, i0 + r, j0, len, masked, row_lse[r], row_delta[r], s, dp, pt);
     if (len < n) {  // the diagonal's update steps may read up to the tile's last row's keys
       std::fill(s + len, s + n, 0.0f);
       std::fill(dp + len, dp + n, 0.0f);

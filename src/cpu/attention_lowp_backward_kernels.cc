@@ -180,26 +180,13 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   const bool dropout = p.dropout.active();
   const float* row_lse = bp.lse + (b * p.H + h) * p.Lq + i0;
   const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;
-  const float scale2 = p.scale * kLog2e;
   for (int64_t r = 0; r < rows; ++r) {  // the float32 path's row passes (attention_backward_kernels.cc)
     float* s = ws.s.data() + r * kBk;
     float* dp = ws.ds.data() + r * kBk;
     float* pt = ws.pt.data() + r * kBk;
     // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
     const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
-    if (masked) {
-      for (int64_t j = 0; j < len; ++j) s[j] *= scale2;
-      mask_row_segment(p, b, h, i0 + r, j0, j0 + len, s, kLog2e);
-    }
-    if (dropout && std::isfinite(row_lse[r])) {
-      DropoutGroupCache group;
-      dropout_row_grads(s, dp, pt, len, masked ? 1.0f : scale2, row_lse[r], row_delta[r], p.scale,
-                        dropout_group(p.dropout, b, h, i0 + r, j0, group), j0 % 128, p.dropout.scale);
-    } else {
-      probabilities_row(s, len, masked ? 1.0f : scale2, row_lse[r]);
-      if (dropout) dropout_row_segment(p.dropout, b, h, i0 + r, j0, len, pt, dp, nullptr, s);
-      score_grads_row(s, dp, len, row_delta[r], p.scale);
-    }
+    row_grads(p, b, h, i0 + r, j0, len, masked, row_lse[r], row_delta[r], s, dp, pt);
     std::fill(s + len, s + cols, 0.0f);  // the keys past len weigh nothing in the pairs below
     std::fill(dp + len, dp + cols, 0.0f);
     if (dropout) std::fill(pt + len, pt + cols, 0.0f);

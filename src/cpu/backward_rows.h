@@ -105,4 +105,29 @@ inline void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, f
   }
 }
 
+// One row of a backward tile over keys [j0, j0 + len): its raw scores s (unscaled Q·Kᵀ) and dP̃ (dp) in; P (s),
+// P̃ (pt, with dropout) and dS = scale · P ⊙ (dP − Δ) (dp) out, in place. masked: the tile needs the masking rule,
+// which works on scaled scores (here in base 2, as the forward's); lse and delta: the row's.
+inline void row_grads(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t len, bool masked,
+                      float lse, float delta, float* s, float* dp, float* pt) {
+  const float scale2 = p.scale * kLog2e;
+  if (masked) {
+    const Vec sv = Vec::set1(scale2);
+    int64_t j = 0;
+    for (; j + W <= len; j += W) (Vec::load(s + j) * sv).store(s + j);
+    for (; j < len; ++j) s[j] *= scale2;
+    mask_row_segment(p, b, h, i, j0, j0 + len, s, kLog2e);
+  }
+  if (p.dropout.active() && std::isfinite(lse)) {  // a key block lies in one dropout group (128 keys)
+    DropoutGroupCache group;
+    dropout_row_grads(s, dp, pt, len, masked ? 1.0f : scale2, lse, delta, p.scale,
+                      dropout_group(p.dropout, b, h, i, j0, group), j0 % 128, p.dropout.scale);
+  } else {
+    probabilities_row(s, len, masked ? 1.0f : scale2, lse);
+    if (p.dropout.active())  // P̃ = c·Z ⊙ P beside P; dP = c·Z ⊙ dP̃
+      dropout_row_segment(p.dropout, b, h, i, j0, len, pt, dp, nullptr, s);
+    score_grads_row(s, dp, len, delta, p.scale);
+  }
+}
+
 }  // namespace attn::detail::ATTN_TARGET
