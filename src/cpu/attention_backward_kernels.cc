@@ -252,12 +252,9 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
             // On the causal diagonal the tile's last row sees only the block's first keys: the rest are hidden
             // from every row of the tile, so the tile stops there; a tile across the diagonal trims its products
             // to the visible triangle (query_tile).
-            int64_t unused, first_hi, last_hi;
-            p.key_range(i0, &unused, &first_hi);
-            p.key_range(i0 + rows - 1, &unused, &last_hi);
-            const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
+            bool diagonal;
+            const int64_t n_tile = tile_keys(p, i0, rows, j0, n, &diagonal);
             if (n_tile == 0) continue;
-            const bool diagonal = std::clamp<int64_t>(first_hi - j0, 0, n) < n_tile;
             query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, diagonal, cols, keys, k_rs, keys_finite,
                        q_ok[t] != 0, dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }

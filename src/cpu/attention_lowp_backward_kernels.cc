@@ -281,13 +281,9 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
           for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
             for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {
               const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-              // the tile's last row sees the block's first n_tile keys; its first row fewer: across the diagonal
-              int64_t unused, first_hi, last_hi;
-              p.key_range(i0, &unused, &first_hi);
-              p.key_range(i0 + rows - 1, &unused, &last_hi);
-              const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
+              bool diagonal;
+              const int64_t n_tile = tile_keys(p, i0, rows, j0, n, &diagonal);
               if (n_tile == 0) continue;
-              const bool diagonal = std::clamp<int64_t>(first_hi - j0, 0, n) < n_tile;
               query_tile(bp, plan, deltas, b, h, i0, rows, j0, n_tile, diagonal,
                          dq_chunk + ((b * p.H + h) * p.Lq + i0) * plan.D16, ws);
             }

@@ -105,6 +105,18 @@ inline void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, f
   }
 }
 
+// How many of the block's n keys from j0 the query tile [i0, i0 + rows) meets: its last row sees the first n_tile of
+// them (0: the tile skips the block); *diagonal: its first row sees fewer, so the tile crosses the causal diagonal
+// and may trim its products to the visible triangle.
+inline int64_t tile_keys(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n, bool* diagonal) {
+  int64_t unused, first_hi, last_hi;
+  p.key_range(i0, &unused, &first_hi);
+  p.key_range(i0 + rows - 1, &unused, &last_hi);
+  const int64_t n_tile = std::clamp<int64_t>(last_hi - j0, 0, n);
+  *diagonal = std::clamp<int64_t>(first_hi - j0, 0, n) < n_tile;
+  return n_tile;
+}
+
 // One row of a backward tile over keys [j0, j0 + len): its raw scores s (unscaled Q·Kᵀ) and dP̃ (dp) in; P (s),
 // P̃ (pt, with dropout) and dS = scale · P ⊙ (dP − Δ) (dp) out, in place. masked: the tile needs the masking rule,
 // which works on scaled scores (here in base 2, as the forward's); lse and delta: the row's.
