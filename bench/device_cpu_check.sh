@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The CPU figures of a device session (the lent GPU machine's host: a 16-core Intel Xeon with AVX-512, AVX512_BF16
+# and AMX, PyTorch installed, no network, 15 minutes of device time for everything) in one prepared run of about
+# 8 minutes. Two halves:
+#
+#   bench/device_cpu_check.sh --prepare      here, after building build/ (CMake's Makefile generator): builds the
+#                                            stage-left-out variants of the AVX-512 kernel (bench/cpu_tile_sweep.sh)
+#                                            and packs them with their libraries into .bundle/cpu.txz (the bundle
+#                                            folder is in .git/info/exclude; carry the file)
+#   bench/device_cpu_check.sh --run OUT      there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"): unpacks, then
+#     1. attn bench peak, 1 and all threads
+#     2. where the forward's time goes: the variants side by side, pinned (bench/cpu_sweep.py; a variant that leaves a
+#        stage out gives wrong results and says what that stage costs: 1 − t(without)/t(all))
+#     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
+#     4. bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
+#     5. attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
+#   Each step's log lands in OUT (8 files at most come back); a step that fails does not stop the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+variants=(base: 'nosoftmax:-DATTN_SWEEP_SKIP=1' 'noqk:-DATTN_SWEEP_SKIP=3' 'nopv:-DATTN_SWEEP_SKIP=2')
+
+if [ "${1:-}" = --prepare ]; then
+  set -e
+  bench/cpu_tile_sweep.sh --build-only "${variants[@]}"
+  tmp=$(mktemp -d)
+  for v in "${variants[@]}"; do cp "build-sweep-cpu/${v%%:*}/attn" "$tmp/attn_${v%%:*}"; done
+  mkdir -p .bundle
+  ../shared/tools/device-bundle.sh .bundle/cpu.txz "$tmp"/attn_*
+  rm -rf "$tmp"
+  exit 0
+fi
+[ "${1:-}" = --run ] && [ -n "${2:-}" ] || { echo "usage: $0 --prepare | --run OUT_DIR" >&2; exit 2; }
+out=$2
+mkdir -p "$out"
+tar -C .bundle -xJf .bundle/cpu.txz || exit 1
+run=$PWD/.bundle/bundle/run
+wrapper=$PWD/.bundle/attn
+printf '#!/usr/bin/env bash\nexec %s attn_base "$@"\n' "$run" >"$wrapper" && chmod +x "$wrapper"
+cores=$(nproc)
+pin=$((cores > 4 ? 3 : cores - 1))  # the one-thread runs' CPU (not CPU 0, where the system's interrupts land)
+step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
+
+{
+  step "peak"
+  lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200
+  "$wrapper" bench peak --threads "$cores"
+  step "stage-left-out variants (forward)"
+  sweep=()
+  for v in "${variants[@]}"; do sweep+=("${v%%:*}=$run attn_${v%%:*}"); done
+  timeout 150 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
+    --shape 1:2:4096:64 --shape 1:2:4096:128 --shape 0:16:4096:64 --shape 0:16:4096:128
+} >"$out/peak_and_stages.log" 2>&1
+step "sdpa grid" >"$out/grid.log"
+timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin" \
+  >>"$out/grid.log" 2>&1
+step "forward + backward against PyTorch" >"$out/backward.log"
+timeout 150 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --threads 1 "$cores" --rounds 1 --repeat 2 \
+  --lengths 1024 --dims 64 128 >>"$out/backward.log" 2>&1
+{
+  step "bf16 backward"
+  for t in 1 "$cores"; do
+    for d in 64 128; do
+      for dt in f32 bf16; do
+        timeout 60 "$wrapper" bench sdpa --heads 8 --q-len 2048 --head-dim "$d" --threads "$t" --backward --dtype "$dt" \
+          --repeat 3
+      done
+    done
+  done
+} >"$out/bf16_backward.log" 2>&1
+tail -n 3 "$out"/*.log
