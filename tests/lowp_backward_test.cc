@@ -120,6 +120,32 @@ TEST(LowpBackward, NonFiniteRuleAndDTypeChecks) {
   for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(dq.f32()[i])) << i;  // head 1
   EXPECT_THROW(scaled_dot_product_attention_backward(q, k, wide(v), d_out, o), DTypeError);
   EXPECT_THROW(scaled_dot_product_attention_backward(q, k, v, to_dtype(wide(d_out), DType::kFloat16), o), DTypeError);
+  AttentionOptions with_lse = o;
+  with_lse.return_lse = true;
+  const AttentionResult fwd = scaled_dot_product_attention(q, k, v, with_lse);
+  EXPECT_THROW(
+      scaled_dot_product_attention_backward(q, k, v, fwd.output, to_dtype(fwd.lse, DType::kBFloat16), d_out, o),
+      DTypeError);
+  EXPECT_THROW(scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, Tensor(), o), ShapeError);
+}
+
+// Heads of size 0 (D = 0 with an explicit scale, or Dv = 0): no pairs to multiply, so the float32 backward runs;
+// the gradients are its, exactly, as on float32 inputs.
+TEST(LowpBackward, EmptyHeadSizesTakeTheFloat32Path) {
+  std::mt19937 rng(6);
+  for (auto [D, Dv] : {std::pair<int64_t, int64_t>{0, 4}, {4, 0}}) {
+    const Tensor q = test::random_tensor({1, 2, 3, D}, rng), k = test::random_tensor({1, 2, 5, D}, rng),
+                 v = test::random_tensor({1, 2, 5, Dv}, rng), d_out = test::random_tensor({1, 2, 3, Dv}, rng);
+    AttentionOptions o;
+    o.scale = 1.0f;
+    const auto bf = [](const Tensor& t) { return to_dtype(t, DType::kBFloat16); };
+    const AttentionGrads want =
+        scaled_dot_product_attention_backward(wide(bf(q)), wide(bf(k)), wide(bf(v)), wide(bf(d_out)), o);
+    const AttentionGrads got = scaled_dot_product_attention_backward(bf(q), bf(k), bf(v), bf(d_out), o);
+    EXPECT_EQ(test::max_abs_diff(wide(got.dq), wide(bf(want.dq))), 0.0) << D << " " << Dv;
+    EXPECT_EQ(test::max_abs_diff(wide(got.dk), wide(bf(want.dk))), 0.0) << D << " " << Dv;
+    EXPECT_EQ(test::max_abs_diff(wide(got.dv), wide(bf(want.dv))), 0.0) << D << " " << Dv;
+  }
 }
 
 }  // namespace

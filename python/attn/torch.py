@@ -61,9 +61,10 @@ def _check_tensor(t, name, dtypes=(torch.float32,)):
                         f"{tuple(t.shape)}")
 
 
-def _check_mask(t, name):
+def _check_mask(t, name, query_dtype):
+    """bool, or a float mask in float32 or the query's dtype."""
     if t is not None:
-        _check_tensor(t, name, (torch.bool,) + _FLOATS)
+        _check_tensor(t, name, tuple(dict.fromkeys((torch.bool, torch.float32, query_dtype))))
 
 
 def _check_qkv(query, key, value):
@@ -261,7 +262,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                causal_alignment, key_padding_mask, window, alibi_slopes)
     _check_qkv(query, key, value)
-    _check_mask(attn_mask, "attn_mask")
+    _check_mask(attn_mask, "attn_mask", query.dtype)
     _no_grad_needed(attn_mask, "attn_mask")
     _no_grad_needed(alibi_slopes, "alibi_slopes")
     if key_padding_mask is not None:
@@ -400,8 +401,8 @@ class MultiheadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         _check_qkv(query, key, value)
-        _check_mask(attn_mask, "attn_mask")
-        _check_mask(key_padding_mask, "key_padding_mask")
+        _check_mask(attn_mask, "attn_mask", query.dtype)
+        _check_mask(key_padding_mask, "key_padding_mask", query.dtype)
         _no_grad_needed(attn_mask, "attn_mask")
         _no_grad_needed(key_padding_mask, "key_padding_mask")
         batched = query.dim() == 3

@@ -33,7 +33,6 @@
 namespace attn::detail::ATTN_TARGET {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
 

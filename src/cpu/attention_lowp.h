@@ -52,7 +52,7 @@ void attention_lowp(const LowpAttentionProblem& lp);
 namespace avx512bf16 {  // the avx512 kernel with vdpbf16ps for bfloat16 (float16 as avx512)
 void attention_lowp(const LowpAttentionProblem& lp);
 // The bfloat16 backward on vdpbf16ps (attention_lowp_backward_kernels.cc); false, with nothing written, when an
-// input holds NaN or Inf (the caller then runs the float32 backward on the widened tensors).
+// input holds NaN or Inf or D or Dv is 0 (the caller then runs the float32 backward on the widened tensors).
 bool attention_backward_bf16(const LowpBackwardProblem& bp);
 }  // namespace avx512bf16
 

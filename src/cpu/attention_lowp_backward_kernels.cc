@@ -225,6 +225,7 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
 bool attention_backward_bf16(const LowpBackwardProblem& bp) {
   const AttentionProblem& p = bp.p;
   if (p.B == 0 || p.H == 0) return true;
+  if (p.D == 0 || p.Dv == 0) return false;  // no pairs to multiply: the float32 backward handles empty heads
   if (tensor_nonfinite(bp.q, p.B, p.H, p.Lq, p.D, p.q_sb, p.q_sh, p.q_sl) ||
       tensor_nonfinite(bp.k, p.B, p.Hkv, p.Lk, p.D, p.k_sb, p.k_sh, p.k_sl) ||
       tensor_nonfinite(bp.v, p.B, p.Hkv, p.Lk, p.Dv, p.v_sb, p.v_sh, p.v_sl) ||

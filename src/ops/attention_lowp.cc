@@ -59,22 +59,27 @@ AttentionGrads scaled_dot_product_attention_backward_lowp(const Tensor& q, const
                                                           const AttentionOptions& options) {
   constexpr const char* kWho = "scaled_dot_product_attention_backward";
   const DType dt = q.dtype();
+  for (const auto& [t, arg] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
+    if (!t->defined()) throw ArgumentError(std::string(kWho) + ": " + arg + " is missing");
+  }
   for (const auto& [t, arg] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}, {&d_out, "d_out"}}) {
-    if (!t->defined() && std::string(arg) != "out") throw ArgumentError(std::string(kWho) + ": " + arg + " is missing");
     if (t->defined() && t->dtype() != dt)
       throw DTypeError(std::string(kWho) + ": q, k, v, out and d_out must share one dtype; " + arg + " is " +
                        dtype_name(t->dtype()) + " with shape " + shape_str(t->shape()) + " but q is " + dtype_name(dt));
   }
   AttentionProblem p = make_problem_shapes(q, k, v, options, kWho);
   const Shape out_shape = {p.B, p.H, p.Lq, p.Dv};
-  if (d_out.shape() != out_shape)
-    throw ShapeError(std::string(kWho) + ": d_out has shape " + shape_str(d_out.shape()) + " but must be " +
-                     shape_str(out_shape));
+  if (!d_out.defined() || d_out.shape() != out_shape)
+    throw ShapeError(std::string(kWho) + ": d_out has shape " +
+                     (d_out.defined() ? shape_str(d_out.shape()) : "(none)") + " but must be " + shape_str(out_shape));
   const bool fused = options.impl != AttentionImpl::kReference;
   if (fused && (!out.defined() || out.shape() != out_shape))
     throw ShapeError(std::string(kWho) + ": out has shape " + (out.defined() ? shape_str(out.shape()) : "(none)") +
                      " but must be " + shape_str(out_shape));
-  if (fused && (!lse.defined() || lse.dtype() != DType::kFloat32 || lse.shape() != Shape{p.B, p.H, p.Lq}))
+  if (lse.defined() && lse.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(kWho) + ": lse must be float32, got " + dtype_name(lse.dtype()) + " with shape " +
+                     shape_str(lse.shape()));
+  if (fused && (!lse.defined() || lse.shape() != Shape{p.B, p.H, p.Lq}))
     throw ShapeError(std::string(kWho) + ": lse must be float32 " + shape_str({p.B, p.H, p.Lq}) + ", got " +
                      (lse.defined() ? std::string(dtype_name(lse.dtype())) + " " + shape_str(lse.shape()) : "none"));
   if (fused && dt == DType::kBFloat16 && bf16_dot_active()) {

@@ -160,5 +160,7 @@ def test_16bit_dtypes_are_checked_by_name():
         at.scaled_dot_product_attention(x.bfloat16(), x.half(), x.bfloat16())
     with pytest.raises(TypeError, match="value must be float16, got float32"):
         at.scaled_dot_product_attention(x.half(), x.half(), x)
-    with pytest.raises(TypeError, match="attn_mask must be bool or float32 or bfloat16 or float16, got int32"):
+    with pytest.raises(TypeError, match="attn_mask must be bool or float32 or float16, got int32"):
         at.scaled_dot_product_attention(x.half(), x.half(), x.half(), attn_mask=torch.ones(4, 4, dtype=torch.int32))
+    with pytest.raises(TypeError, match="attn_mask must be bool or float32 or bfloat16, got float16"):
+        at.scaled_dot_product_attention(x.bfloat16(), x.bfloat16(), x.bfloat16(), attn_mask=torch.zeros(4, 4).half())
