@@ -86,6 +86,22 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   return in;
 }
 
+// The backward tests' inputs for case n of a list: make_inputs(c, n) without weights, attention dropout (p 0.2,
+// seed n) on every third case, and an output gradient d_out [B, H, Lq, Dv] drawn with seed n.
+struct BackwardCaseInputs {
+  CaseInputs in;
+  Tensor d_out;
+};
+inline BackwardCaseInputs make_backward_inputs(const AttentionCase& c, size_t n) {
+  BackwardCaseInputs b{make_inputs(c, static_cast<uint32_t>(n)), Tensor({c.B, c.H, c.Lq, c.Dv})};
+  b.in.options.return_weights = false;
+  if (n % 3 == 0) b.in.options.dropout_p = 0.2f, b.in.options.dropout_seed = n;
+  std::mt19937 rng(static_cast<uint32_t>(n));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int64_t i = 0; i < b.d_out.numel(); ++i) b.d_out.f32()[i] = u(rng);
+  return b;
+}
+
 // The edge cases named in DEVELOPERS.md and the kernel issue, then `random` random combinations.
 inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7) {
   std::vector<AttentionCase> cases;

@@ -209,11 +209,7 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
   const auto cases = test::attention_cases(60, 5);
   for (size_t n = 0; n < cases.size(); ++n) {
     const test::AttentionCase& c = cases[n];
-    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
-    in.options.return_weights = false;
-    if (n % 3 == 0) in.options.dropout_p = 0.2f, in.options.dropout_seed = n;
-    std::mt19937 rng(static_cast<uint32_t>(n));
-    const Tensor d_out = test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng);
+    auto [in, d_out] = test::make_backward_inputs(c, n);
     in.options.impl = AttentionImpl::kReference;
     const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
     const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});

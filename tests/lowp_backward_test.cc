@@ -35,14 +35,11 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
   const auto cases = test::attention_cases(40, 7);
   for (size_t n = 0; n < cases.size(); ++n) {
     const test::AttentionCase& c = cases[n];
-    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
-    in.options.return_weights = false;
-    if (n % 3 == 0) in.options.dropout_p = 0.2f, in.options.dropout_seed = n;
-    std::mt19937 rng(static_cast<uint32_t>(n));
+    const auto [in, d_out32] = test::make_backward_inputs(c, n);
     for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
       const double u = dt == DType::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
       const Tensor q = to_dtype(in.q, dt), k = to_dtype(in.k, dt), v = to_dtype(in.v, dt);
-      const Tensor d_out = to_dtype(test::random_tensor({c.B, c.H, c.Lq, c.Dv}, rng), dt);
+      const Tensor d_out = to_dtype(d_out32, dt);
       AttentionOptions o = in.options;
       o.impl = AttentionImpl::kFused;
       o.return_lse = true;

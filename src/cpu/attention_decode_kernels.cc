@@ -185,11 +185,10 @@ void decode_row(const DecodeProblem& p, const float* q, const HeadBlocks<T>& hb,
   const int64_t complete = p.Lk / kKeyBlock, padded = (p.Lk + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
   // qs = scale · q, unless |scale| > 1 makes a finite element overflow (q near the float range, every score
   // finite): then q as it is, and the scores take the scale after the product
+  for (int64_t d = 0; d < p.D; ++d) qs[d] = q[d] * p.scale;
   bool overflows = false;
-  for (int64_t d = 0; d < p.D; ++d) {
-    qs[d] = q[d] * p.scale;
-    overflows |= std::isinf(qs[d]) && std::isfinite(q[d]);
-  }
+  if (std::fabs(p.scale) > 1.0f)  // only a factor above 1 can overflow a finite element
+    for (int64_t d = 0; d < p.D && !overflows; ++d) overflows = std::isinf(qs[d]) && std::isfinite(q[d]);
   if (overflows) std::copy(q, q + p.D, qs);
   block_scores(qs, hb, p.D, complete, s);
   if (p.Lk > complete * kKeyBlock)
