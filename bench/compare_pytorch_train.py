@@ -104,7 +104,9 @@ def attn_runs(a, env):
     for _ in range(a.repeat):  # one timed run per process keeps each value a single run, as PyTorch's
         line = subprocess.run(args + ["--repeat", "1"], check=True, capture_output=True, text=True,
                               env=env).stdout.strip().splitlines()[-1]
-        out.append(json.loads(line)["target_tokens_per_s"])
+        run = json.loads(line)
+        out.append(run["target_tokens_per_s"])
+        a.attn_blas = run.get("blas", "?")  # OpenBLAS's kernel family (OPENBLAS_CORETYPE or its own choice)
     return out
 
 
@@ -141,7 +143,9 @@ def main():
     print(f"training step (forward, label-smoothed CE, backward, clip, AdamW): d_model {a.d_model}, {a.heads} heads, "
           f"d_ff {a.d_ff}, {a.layers}+{a.layers} layers, vocab {a.vocab or f'{SHIPPED_SRC_VOCAB}/{SHIPPED_TGT_VOCAB}'}"
           f"; batch {a.batch} x (src {a.src_len}, tgt {a.tgt_len}), dropout {a.dropout}, {a.threads} threads; "
-          f"torch {torch.__version__}; {a.rounds} A/B rounds of {a.repeat} runs x {a.steps} steps\n")
+          f"torch {torch.__version__}; {a.rounds} A/B rounds of {a.repeat} runs x {a.steps} steps; attn's GEMMs: "
+          f"OpenBLAS {a.attn_blas} kernels (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}); "
+          f"PyTorch's: {'MKL' if torch.backends.mkl.is_available() else 'its default BLAS'}\n")
     print("| | attn | PyTorch | attn / PyTorch |")
     print("|---|---|---|---|")
     print(f"| target tokens/s, median | {ma:.0f} | {mp:.0f} | {ma / mp:.2f}x |")

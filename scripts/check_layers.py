@@ -34,7 +34,7 @@ SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "cuda"
 INCLUDE = re.compile(r'^\s*#\s*include\s+(?:"([^"]+)"|<(attn/[^>]+)>)', re.M)
 
 
-PUBLIC_TOP = {"tensor.h": "base", "half.h": "base", "error.h": "base", "attention.h": "base", "activation.h": "base",
+PUBLIC_TOP = {"tensor.h": "base", "half.h": "base", "error.h": "base", "attention.h": "base", "blas.h": "base", "activation.h": "base",
               "version.h": "base", "cuda.h": "cuda", "cuda_c.h": "cuda", "generation.h": "generation",
               "translator.h": "translate", "attn.h": "umbrella"}
 PUBLIC_DIRS = {"io": "base", "text": "base", "tasks": "base", "layers": "layers", "models": "models",

@@ -4,13 +4,17 @@
 // is the same); the counter-based dropout mask.
 #include <omp.h>
 
+#include <cctype>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "attn/attention.h"
+#include "attn/blas.h"
 #include "attn/error.h"
 #include "attn/half.h"
+#include "cpu/attention_fused.h"
 #include "ops/nn.h"
 #include "test_util.h"
 
@@ -307,6 +311,23 @@ TEST(Nn, DropoutMaskIsKeyedByTheGeneratorAndKeepsOneMinusP) {
   ops::dropout_forward(out.data(), keep.data(), x.data(), n, 0.0f, rng);
   EXPECT_EQ(rng, untouched);
   EXPECT_EQ(out, x);
+}
+
+// attn/blas.h: the family OpenBLAS runs, and the rule for whether it matches attn's own kernels.
+TEST(Blas, KernelsAreNamedAndComparedWithTheProcessor) {
+  const std::string name = blas_kernels();
+  ASSERT_FALSE(name.empty());
+  std::string lower = name;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const bool avx512_family = lower == "skylakex" || lower == "cooperlake" || lower == "sapphirerapids";
+  const detail::SimdLevel saved = detail::simd_level_active();
+  if (detail::simd_level_supported() == detail::SimdLevel::kAvx512) {
+    detail::force_simd_level(detail::SimdLevel::kAvx512);
+    EXPECT_EQ(blas_kernels_match_cpu(), avx512_family) << name;
+  }
+  detail::force_simd_level(detail::SimdLevel::kAvx2);  // attn's kernels below AVX-512: any family matches
+  EXPECT_TRUE(blas_kernels_match_cpu()) << name;
+  detail::force_simd_level(saved);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include "attn/activation.h"
 #include "attn/attention.h"
+#include "attn/blas.h"
 #include "attn/error.h"
 #include "attn/generation.h"
 #include "attn/io/npy.h"

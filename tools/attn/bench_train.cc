@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "attn/blas.h"
 #include "attn/error.h"
 #include "attn/models/transformer.h"
 #include "attn/train/trainer.h"
@@ -81,33 +84,42 @@ void run_train_bench(TrainBench a) {
   const size_t n = per_s.size();
   const double median = n % 2 ? per_s[n / 2] : 0.5 * (per_s[n / 2 - 1] + per_s[n / 2]);
   const double step_ms = 1e3 * static_cast<double>(a.batch * a.tgt_len) / median;
+  const std::string blas = blas_kernels();
   if (a.json) {
     std::printf(
         "{\"bench\": \"train\", \"d_model\": %lld, \"heads\": %lld, \"d_ff\": %lld, \"layers\": %lld, \"src_vocab\": "
         "%lld, \"tgt_vocab\": %lld, \"batch\": %lld, \"src_len\": %lld, \"tgt_len\": %lld, \"dropout\": %g, "
         "\"attention_dropout\": %g, \"threads\": %d, \"steps\": %d, \"repeat\": %d, \"parameters\": %lld, "
         "\"target_tokens_per_s\": %.1f, "
-        "\"min_tokens_per_s\": %.1f, \"max_tokens_per_s\": %.1f, \"step_ms\": %.3f, \"loss\": %.4f}\n",
+        "\"min_tokens_per_s\": %.1f, \"max_tokens_per_s\": %.1f, \"step_ms\": %.3f, \"loss\": %.4f, \"blas\": "
+        "\"%s\"}\n",
         static_cast<long long>(c.d_model), static_cast<long long>(c.num_heads), static_cast<long long>(c.d_ff),
         static_cast<long long>(a.layers), static_cast<long long>(c.src_vocab), static_cast<long long>(c.tgt_vocab),
         static_cast<long long>(a.batch), static_cast<long long>(a.src_len), static_cast<long long>(a.tgt_len),
         static_cast<double>(c.dropout), static_cast<double>(c.attention_dropout), threads, a.steps, a.repeat,
         static_cast<long long>(model.num_parameters()), median, per_s.front(), per_s.back(), step_ms,
-        static_cast<double>(loss));
+        static_cast<double>(loss), blas.c_str());
   } else {
     std::printf(
         "train step (forward, loss, backward, AdamW): d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, "
         "%lld parameters\n  batch %lld x (src %lld, tgt %lld) tokens, dropout %g (attention %g), %d threads, %d steps "
         "x %d "
         "repeats\n"
-        "  median %.1f target tokens/s (min %.1f, max %.1f), %.2f ms a step\n",
+        "  median %.1f target tokens/s (min %.1f, max %.1f), %.2f ms a step   blas %s\n",
         static_cast<long long>(c.d_model), static_cast<long long>(c.num_heads), static_cast<long long>(c.d_ff),
         static_cast<long long>(a.layers), static_cast<long long>(a.layers),
         static_cast<long long>(model.num_parameters()), static_cast<long long>(a.batch),
         static_cast<long long>(a.src_len), static_cast<long long>(a.tgt_len), static_cast<double>(c.dropout),
         static_cast<double>(c.attention_dropout), threads, a.steps, a.repeat, median, per_s.front(), per_s.back(),
-        step_ms);
+        step_ms, blas.c_str());
   }
+  // The linear layers' GEMMs are most of a step: say when OpenBLAS runs less than the processor has
+  if (!blas_kernels_match_cpu())
+    std::fprintf(stderr,
+                 "note: OpenBLAS runs its %s kernels (OPENBLAS_CORETYPE=%s) on a processor with AVX-512: its AVX-512 "
+                 "ones (OPENBLAS_CORETYPE=SkylakeX or Cooperlake, or its own choice) may be up to twice as fast "
+                 "(attn/blas.h)\n",
+                 blas.c_str(), std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "unset");
 }
 
 }  // namespace
