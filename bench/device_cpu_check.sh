@@ -8,7 +8,7 @@
 #                                            and packs them with their libraries into .bundle/cpu.txz (the bundle
 #                                            folder is in .git/info/exclude; carry the file)
 #   bench/device_cpu_check.sh --run OUT      there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"): unpacks, then
-#     1. attn bench peak, 1 and all threads
+#     1. attn bench peak, 1 and all threads; the OpenBLAS kernel family (attn bench train's "blas")
 #     2. where the forward's time goes: the variants side by side, pinned (bench/cpu_sweep.py; a variant that leaves a
 #        stage out gives wrong results and says what that stage costs: 1 − t(without)/t(all))
 #     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
@@ -44,6 +44,9 @@ step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
   step "peak"
   lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200
   "$wrapper" bench peak --threads "$cores"
+  # the linear layers' GEMM kernels (attn/blas.h): OpenBLAS's family, from the processor or OPENBLAS_CORETYPE
+  echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+  "$wrapper" bench train --steps 2 --warmup 1 --repeat 1 --json | tail -1
   step "stage-left-out variants (forward)"
   sweep=()
   for v in "${variants[@]}"; do sweep+=("${v%%:*}=$run attn_${v%%:*}"); done
