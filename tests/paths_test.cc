@@ -52,6 +52,38 @@ TEST(Paths, EveryPathMatchesTheReference) {
   EXPECT_GT(checked, 1000);
 }
 
+// The forward's 128-row query tiles (chosen for long K and V, TileTraits::kBqLong) forced on the shared cases, on
+// every target: the case list's lengths (up to a few hundred) then put rows 64–127 of a tile to work, and its
+// decode cases (key splits) store 128 rows of partial state per task.
+TEST(Paths, LongQueryTilesMatchTheReference) {
+  const auto cases = test::attention_cases(150);
+  const detail::SimdLevel saved = detail::simd_level_active();
+  int checked = 0;
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    in.options.impl = AttentionImpl::kReference;
+    const AttentionResult ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    in.options.impl = AttentionImpl::kFused;
+    for (auto level : test::simd_levels())
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(c.name() + " simd=" + detail::simd_level_name(level) + " threads=" + std::to_string(threads));
+        detail::force_simd_level(level);
+        detail::force_fused_query_tile(128);
+        in.options.num_threads = threads;
+        const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+        detail::force_fused_query_tile(0);
+        EXPECT_LE(test::max_abs_diff(r.output, ref.output), kTol);
+        if (c.weights) {
+          EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), kTol);
+        }
+        ++checked;
+      }
+  }
+  detail::force_simd_level(saved);
+  EXPECT_GT(checked, 800);
+}
+
 TEST(Paths, FusedIsDeterministicForAThreadCount) {
   for (const test::AttentionCase& c : test::attention_cases(20)) {
     test::CaseInputs in = test::make_inputs(c, 99);

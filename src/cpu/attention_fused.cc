@@ -52,6 +52,15 @@ SimdLevel& active_level() {
 SimdLevel simd_level_active() { return active_level(); }
 void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(level); }
 
+namespace {
+int64_t& fused_query_tile() {
+  static int64_t rows = 0;
+  return rows;
+}
+}  // namespace
+void force_fused_query_tile(int64_t rows) { fused_query_tile() = rows; }
+int64_t forced_fused_query_tile() { return fused_query_tile(); }
+
 double fma_peak_gflops(int threads, double seconds) {
   switch (simd_level_active()) {
     case SimdLevel::kAvx512: return avx512::fma_peak_gflops(threads, seconds);

@@ -65,6 +65,11 @@ SimdLevel simd_level_active();
 void force_simd_level(SimdLevel level);
 const char* simd_level_name(SimdLevel level);
 
+// The fused forward's query rows per task: 0 (the default) lets each call choose (TileTraits kBq, or kBqLong
+// where a head's K and V are long); tests force another (at most 128) to check that path on short cases.
+void force_fused_query_tile(int64_t rows);
+int64_t forced_fused_query_tile();
+
 // The fused path: runs the kernel of simd_level_active().
 void attention_fused(const AttentionProblem& p);
 // The fused backward of simd_level_active(): g.dq, g.dk, g.dv from p (its o unused), g.out, g.lse, g.d_out.

@@ -1,7 +1,7 @@
 // The fused attention kernel (FlashAttention-2 forward on a CPU). Compiled once per instruction set:
 // ATTN_TARGET names the namespace (avx512, avx2, scalar) and the compiler flags pick simd::Vec.
 //
-// For each task (b, h, query tile of up to kBq rows, key split):
+// For each task (b, h, query tile of up to bq rows, key split; bq = kBq, or kBqLong for long K and V):
 //   m = −inf, l = 0, acc = 0                              // [rows], [rows], [rows, Dv]
 //   for each key tile K_t, V_t (kBk keys) that the causal/window range can reach:
 //     S = Q_tile · (scale · K_t)ᵀ                         // [rows, kBk], never wider than a tile
@@ -22,7 +22,7 @@
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
 //   write_weights     the second pass, when weights are asked for
-// Tile sizes (kBq, kBk, the register tiles) are this target's Tiles (cpu/tile_traits.h).
+// Tile sizes (kBq, kBqLong, kBk, the register tiles) are this target's Tiles (cpu/tile_traits.h).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -48,6 +48,10 @@ namespace attn::detail::ATTN_TARGET {
 namespace {
 
 static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
+// A task's query rows: kBq, or kBqLong where a head's K and V are long (FusedPlan::bq); the per-thread buffers
+// hold the larger. force_fused_query_tile (tests) may ask for kBqMax on any target.
+constexpr int64_t kBqMax = 128;
+static_assert(Tiles::kBq <= kBqMax && Tiles::kBqLong <= kBqMax);
 // A key tile starts at a multiple of kBk and lies inside one 128-key dropout group (cpu/dropout.h), whose
 // masks softmax_tile applies as it writes P.
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
@@ -58,29 +62,29 @@ constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
-  AlignedVector<float> qs;              // [kBq, D]      the tile's queries times plan.operand (few-query path)
+  AlignedVector<float> qs;              // [bq, D]       the tile's queries times plan.operand (few-query path)
   AlignedVector<float> vp;              // [kBk, Dvp]    value tile padded to whole vectors (when Dv % W != 0)
-  AlignedVector<float> s;               // [kBq, kBk]    scores, then probabilities
-  AlignedVector<float> acc;             // [kBq, Dvp]
-  AlignedVector<float> m, l;            // [kBq]    each row's reference max (base 2; up to 8 below the true running
+  AlignedVector<float> s;               // [bq, kBk]     scores, then probabilities (bq: FusedPlan)
+  AlignedVector<float> acc;             // [bq, Dvp]
+  AlignedVector<float> m, l;            // [bq]     each row's reference max (base 2; up to 8 below the true running
                                         //          max: lazy rescaling, softmax_tile) and sum
-  AlignedVector<float> lanes_l;         // [kBq, W] the running sums lane by lane, inside accumulate_keys
-  AlignedVector<float> m_new, c;        // [kBq]    softmax_tile's new maxima and corrections
-  std::vector<DropoutGroupCache> drop;  // [kBq] each row's current dropout group
+  AlignedVector<float> lanes_l;         // [bq, W]  the running sums lane by lane, inside accumulate_keys
+  AlignedVector<float> m_new, c;        // [bq]     softmax_tile's new maxima and corrections
+  std::vector<DropoutGroupCache> drop;  // [bq] each row's current dropout group
   void reserve(int64_t D, int64_t Dvp) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
-    grow(qs, Tiles::kBq * std::max<int64_t>(D, 1));
+    grow(qs, kBqMax * std::max<int64_t>(D, 1));
     grow(vp, Tiles::kBk * Dvp);
-    grow(s, Tiles::kBq * Tiles::kBk);
-    grow(acc, Tiles::kBq * std::max<int64_t>(Dvp, 1));
-    grow(m, Tiles::kBq);
-    grow(l, Tiles::kBq);
-    grow(lanes_l, Tiles::kBq * W);
-    grow(m_new, Tiles::kBq);
-    grow(c, Tiles::kBq);
-    if (drop.size() < static_cast<size_t>(Tiles::kBq)) drop.resize(static_cast<size_t>(Tiles::kBq));
+    grow(s, kBqMax * Tiles::kBk);
+    grow(acc, kBqMax * std::max<int64_t>(Dvp, 1));
+    grow(m, kBqMax);
+    grow(l, kBqMax);
+    grow(lanes_l, kBqMax * W);
+    grow(m_new, kBqMax);
+    grow(c, kBqMax);
+    if (drop.size() < static_cast<size_t>(kBqMax)) drop.resize(static_cast<size_t>(kBqMax));
   }
 };
 
@@ -410,7 +414,8 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
 struct FusedPlan {
   int threads = 1;
   int64_t Dvp = 0;              // Dv rounded up to whole vectors: an accumulator row
-  int64_t query_tiles = 0;      // query tiles per head: ⌈Lq / kBq⌉
+  int64_t bq = 0;               // query rows per tile: Tiles::kBq, or kBqLong for long K and V (plan_fused)
+  int64_t query_tiles = 0;      // query tiles per head: ⌈Lq / bq⌉
   int64_t tile_tasks = 0;       // (batch, head, query tile) tasks: B · H · query_tiles
   int64_t splits = 1;           // key splits per tile task; > 1 only for decode (Lq <= 4, few tasks)
   int64_t row_state = 0;        // floats of one row's kept (m, l, acc): 2 + Dvp
@@ -451,7 +456,11 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   // costs more than the work.
   if (2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv) < (int64_t{1} << 18)) plan.threads = 1;
   plan.Dvp = round_up(p.Dv, W);
-  plan.query_tiles = (p.Lq + Tiles::kBq - 1) / Tiles::kBq;
+  plan.keys_packed = p.Lq > 4;
+  const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(float));  // one head's K and V
+  plan.bq = plan.keys_packed && kv_bytes >= Tiles::kLongKvBytes ? Tiles::kBqLong : Tiles::kBq;
+  if (const int64_t forced = forced_fused_query_tile(); forced > 0) plan.bq = std::min(forced, kBqMax);
+  plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
@@ -460,7 +469,6 @@ FusedPlan plan_fused(const AttentionProblem& p) {
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
-  plan.keys_packed = p.Lq > 4;
   const float f = p.scale * kLog2e;
   const bool overflows = std::fabs(f) > 1.0f &&
                          (plan.keys_packed ? scaling_overflows(p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D, f)
@@ -472,7 +480,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
 
 // The call's buffers shared by its threads; owned by the calling thread, grown once and reused.
 struct FusedBuffers {
-  float* partial;  // [tile_tasks, splits, kBq, row_state]  each split's row states, when splits > 1
+  float* partial;  // [tile_tasks, splits, bq, row_state]   each split's row states, when splits > 1
   float* lse;      // [B, H, Lq]                            each row's log-sum-exp (p.lse when asked for), when
                    //                                       lse or weights are asked for, else nullptr
   float* packed;   // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed
@@ -480,7 +488,7 @@ struct FusedBuffers {
 
 FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   thread_local AlignedVector<float> partial, lse, packed;
-  const int64_t partial_floats = plan.tile_tasks * plan.splits * Tiles::kBq * plan.row_state;
+  const int64_t partial_floats = plan.tile_tasks * plan.splits * plan.bq * plan.row_state;
   if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
     partial.resize(static_cast<size_t>(partial_floats));
   const int64_t lse_floats = p.B * p.H * p.Lq;
@@ -510,8 +518,8 @@ struct TileTask {
 TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t index) {
   const int64_t in_head = index % plan.query_tiles, bh = index / plan.query_tiles;
   const int64_t tile = p.causal != CausalAlignment::kNone ? plan.query_tiles - 1 - in_head : in_head;
-  const int64_t i0 = tile * Tiles::kBq;
-  return {bh / p.H, bh % p.H, bh, i0, std::min(Tiles::kBq, p.Lq - i0)};
+  const int64_t i0 = tile * plan.bq;
+  return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
 }
 
 // The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
@@ -570,7 +578,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
           exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
-      float* state = buf.partial + task * Tiles::kBq * plan.row_state;  // [kBq, row_state]
+      float* state = buf.partial + task * plan.bq * plan.row_state;  // [bq, row_state]
       for (int64_t r = 0; r < t.rows; ++r) {
         state[r * plan.row_state] = ws.m[r];
         state[r * plan.row_state + 1] = ws.l[r];
@@ -593,7 +601,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
 }
 
 // Merges the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic): out, and
-// lse when weights are asked for. partial: [tile_tasks, splits, kBq, row_state]; lse: [B, H, Lq].
+// lse when weights are asked for. partial: [tile_tasks, splits, bq, row_state]; lse: [B, H, Lq].
 void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const float* partial, float* lse) {
   const int64_t splits = plan.splits, row_state = plan.row_state;
 #pragma omp for schedule(static)
@@ -601,7 +609,7 @@ void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const fl
     const TileTask t = tile_task(p, plan, index);
     float* o = p.o + t.b * p.o_sb + t.h * p.o_sh;
     for (int64_t r = 0; r < t.rows; ++r) {
-      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * Tiles::kBq + r) * row_state; };
+      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * plan.bq + r) * row_state; };
       float m = kNegInf;
       bool poisoned = false;  // a split whose l is NaN makes the whole row NaN
       for (int64_t s = 0; s < splits; ++s) {
