@@ -257,8 +257,17 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
   }
 }
 
+// Software prefetch of K and V for heads whose K and V take at least this many bytes (the range being accumulated).
+// Zen 4 (issue #13): L 16384, D 128, 1 thread 80.4 → 86.1 GFLOP/s with it. Zen 5 (session 14, same-built A/B): it
+// cost 2–5% wherever K and V take 0.5–8 MB (L 1024–8192, D 64–128, 1 and 2 threads; ~2000 prefetch instructions a
+// key tile at D 128, for data mostly in the L2 or caught by the hardware prefetchers) and was −2% to +1% from 16 MB
+// on. Before that session it started at 512 KB (half a Zen 4 or Skylake-SP core's L2), a threshold set by
+// reasoning, never measured below 16 MB: a Zen 4 or Intel session should A/B ATTN_SWEEP_PREFETCH_KB=512 against this.
+#ifndef ATTN_SWEEP_PREFETCH_KB  // bench/cpu_tile_sweep.sh variants
+#define ATTN_SWEEP_PREFETCH_KB 16384
+#endif
+constexpr int64_t kPrefetchFromBytes = int64_t{ATTN_SWEEP_PREFETCH_KB} << 10;
 // Rows [0, rows) of `row_floats` floats, `stride` floats apart, asked into the L2 (prefetcht1).
-constexpr int64_t kPrefetchAboveBytes = 512 << 10;  // half of a Zen 4 or Skylake-SP core's L2
 void prefetch_rows(const float* x, int64_t rows, int64_t row_floats, int64_t stride) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t f = 0; f < row_floats; f += 64 / sizeof(float)) __builtin_prefetch(x + r * stride + f, 0, 2);
@@ -274,9 +283,9 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
   const float* k = p.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
   const float* v = p.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
   const bool pack_v = p.Dv % W != 0;
-  // A head's K and V larger than the L2 come from L3 or memory for every query tile: this tile's values are
-  // asked for before its scores are computed, the next tile's keys before this tile's P·V.
-  const bool prefetch = kpack != nullptr && (j_end - j_begin) * (p.D + p.Dv) * 4 > kPrefetchAboveBytes;
+  // A head's long K and V come from L3 or memory for every query tile: this tile's values are asked for before
+  // its scores are computed, the next tile's keys before this tile's P·V (kPrefetchFromBytes).
+  const bool prefetch = kpack != nullptr && (j_end - j_begin) * (p.D + p.Dv) * 4 >= kPrefetchFromBytes;
   for (int64_t r = 0; r < rows; ++r) {  // l lane by lane while the tiles run (softmax_tile), reduced at the end
     std::fill(ws.lanes_l.data() + r * W, ws.lanes_l.data() + (r + 1) * W, 0.0f);
     ws.lanes_l[r * W] = ws.l[r];
