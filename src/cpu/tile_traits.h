@@ -48,8 +48,9 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int64_t kBq = ATTN_SWEEP_BQ;  // query rows per tile (64)
   // Query rows per tile where a head's K and V together take at least kLongKvBytes (they then stream from the L3
   // or memory for every query tile; twice the rows halve that traffic). Zen 5, 1 thread, same-built A/B: H 1,
-  // L 16384, D 256 +12% (2 threads +9%), L 8192 D 256 +7%, L 16384 D 128 +2% (2 threads +5%); at L 4096 (8 MB at
-  // D 256) 0 to +2%, and at L ≤ 4096, D ≤ 128, where 64-row tiles keep the score tile in the L1, it is no gain.
+  // L 16384, D 256 +12–14% (2 threads +9–14%; two A/Bs), L 8192 D 256 +7%, L 16384 D 128 +2% (2 threads +5%); at L 4096
+  // (8 MB at D 256) 0 to +2%, and at L ≤ 4096, D ≤ 128, where 64-row tiles keep the score tile in the L1, it is no
+  // gain.
   static constexpr int64_t kBqLong = 128;
   static constexpr int64_t kLongKvBytes = int64_t{16} << 20;
   static constexpr int64_t kBk = ATTN_SWEEP_BK;             // keys per tile (128); a multiple of kScoreVecs·kLanes

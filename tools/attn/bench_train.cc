@@ -114,12 +114,14 @@ void run_train_bench(TrainBench a) {
         step_ms, blas.c_str());
   }
   // The linear layers' GEMMs are most of a step: say when OpenBLAS runs less than the processor has
-  if (!blas_kernels_match_cpu())
+  if (!blas_kernels_match_cpu()) {
+    const char* coretype = std::getenv("OPENBLAS_CORETYPE");
     std::fprintf(stderr,
                  "note: OpenBLAS runs its %s kernels (OPENBLAS_CORETYPE=%s) on a processor with AVX-512: its AVX-512 "
                  "ones (OPENBLAS_CORETYPE=SkylakeX or Cooperlake, or its own choice) may be up to twice as fast "
                  "(attn/blas.h)\n",
-                 blas.c_str(), std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "unset");
+                 blas.c_str(), coretype != nullptr ? coretype : "unset");
+  }
 }
 
 }  // namespace
