@@ -161,18 +161,29 @@ inline bool any_zero(const float* s, int64_t s_rs, int64_t rows, int64_t n) {
   return false;
 }
 
-// Are the n rows × width values (row stride x_rs) all finite?
+// Are the n rows × width values (row stride x_rs) all finite? Σ x·0 is 0 while every x is finite and NaN once
+// one is not, summed in 8 independent chains (two rows at a time, 4 vectors of each): with one chain the check ran at
+// an FMA's latency, 1024 dependent FMAs for a 128 × 128 value tile, ~2% of the causal forward at L 1024 (perf).
 inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
-  Vec acc = Vec::zero();  // Σ x·0: 0 while every x is finite, NaN once one is not
-  float tail = 0.0f;
   const Vec zero = Vec::zero();
-  for (int64_t j = 0; j < n; ++j) {
-    const float* row = x + j * x_rs;
+  float tail = 0.0f;
+  const auto add_row = [&](const float* row, Vec(&acc)[4]) {
     int64_t d = 0;
-    for (; d + W <= width; d += W) acc = Vec::fmadd(Vec::load(row + d), zero, acc);
+    for (; d + 4 * W <= width; d += 4 * W)
+      for (int u = 0; u < 4; ++u) acc[u] = Vec::fmadd(Vec::load(row + d + u * W), zero, acc[u]);
+    for (int u = 0; d + W <= width; d += W, ++u) acc[u] = Vec::fmadd(Vec::load(row + d), zero, acc[u]);
     for (; d < width; ++d) tail += row[d] * 0.0f;
+  };
+  Vec even[4] = {zero, zero, zero, zero}, odd[4] = {zero, zero, zero, zero};
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    add_row(x + j * x_rs, even);
+    add_row(x + (j + 1) * x_rs, odd);
   }
-  return !std::isnan(acc.reduce_add() + tail);
+  if (j < n) add_row(x + j * x_rs, even);
+  Vec sum = zero;
+  for (int u = 0; u < 4; ++u) sum = sum + even[u] + odd[u];
+  return !std::isnan(sum.reduce_add() + tail);
 }
 
 // Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each), times `scale`, packed transposed into the panels
