@@ -33,12 +33,13 @@ TEST(Paths, EveryPathMatchesTheReference) {
       int64_t query_tile = 0;  // > 0: the fused forward's query rows forced (detail::force_fused_query_tile)
     };
     std::vector<Run> runs = {{AttentionImpl::kUnfused, saved, 2}};
-    // The fused kernel as each call chooses its tiles, and with the 128-row query tiles it takes for long K and V
-    // (TileTraits::kBqLong) forced: the case list's lengths (up to 300) put rows 64–127 of a tile to work, and its
-    // decode cases (key splits) keep 128 rows of partial state per task.
+    // The fused kernel as each call chooses its tiles, and with long query tiles forced (as for long K and V,
+    // TileTraits::kBqLong), 160 rows: run 64 rows at a time, they put a task's second and third (partial) sub-tile to
+    // work on the case list's lengths (up to 300), and its decode cases (key splits) keep 160 rows of partial state
+    // per task.
     for (auto level : test::simd_levels())
       for (int threads : {1, 2})
-        for (int64_t query_tile : {0, 128}) runs.push_back({AttentionImpl::kFused, level, threads, query_tile});
+        for (int64_t query_tile : {0, 160}) runs.push_back({AttentionImpl::kFused, level, threads, query_tile});
     for (const Run& run : runs) {
       SCOPED_TRACE(c.name() + " impl=" + impl_name(run.impl) + " simd=" + detail::simd_level_name(run.simd) +
                    " threads=" + std::to_string(run.threads) + " query_tile=" + std::to_string(run.query_tile));

@@ -34,6 +34,12 @@ struct TileTraits;
 #ifndef ATTN_SWEEP_PV_VECS
 #define ATTN_SWEEP_PV_VECS 4
 #endif
+#ifndef ATTN_SWEEP_BQ_LONG
+#define ATTN_SWEEP_BQ_LONG 512
+#endif
+#ifndef ATTN_SWEEP_LONG_KV_KB
+#define ATTN_SWEEP_LONG_KV_KB 16384
+#endif
 #ifndef ATTN_SWEEP_UPDATE_ROWS
 #define ATTN_SWEEP_UPDATE_ROWS 4
 #endif
@@ -46,13 +52,16 @@ template <>
 struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int kLanes = 16;              // floats per vector
   static constexpr int64_t kBq = ATTN_SWEEP_BQ;  // query rows per tile (64)
-  // Query rows per tile where a head's K and V together take at least kLongKvBytes (they then stream from the L3
-  // or memory for every query tile; twice the rows halve that traffic). Zen 5, 1 thread, same-built A/B: H 1,
-  // L 16384, D 256 +12–14% (2 threads +9–14%; two A/Bs), L 8192 D 256 +7%, L 16384 D 128 +2% (2 threads +5%); at L 4096
-  // (8 MB at D 256) 0 to +2%, and at L ≤ 4096, D ≤ 128, where 64-row tiles keep the score tile in the L1, it is no
-  // gain.
-  static constexpr int64_t kBqLong = 128;
-  static constexpr int64_t kLongKvBytes = int64_t{16} << 20;
+  // Query rows per task where a head's K and V together take at least kLongKvBytes: they then stream from the L3 or
+  // memory once per task, and longer tasks divide that traffic. A task's rows still go kBq at a time through each
+  // key tile (accumulate_keys), so the scores and accumulators in use stay in the L1 while the key tile waits in the
+  // L2; plan_fused halves the rows while a call would have fewer than 4 tasks a thread. Zen 5, same-built A/B, 1
+  // thread: whole 128-row tiles against 64 (session 14) H 1, L 16384, D 256 +12–14%, D 128 +2%; 512 rows run 64 at a
+  // time against those (session 15) D 128 +7–8%, D 256 +6–10%, L 32768 D 64 +8%, 2 threads +8–10%; 256 rows gave
+  // half that, 1024 +2% more (fewer tasks). With the threshold at 1 MB, shapes with 1–8 MB of K and V gained
+  // nothing (±2%).
+  static constexpr int64_t kBqLong = ATTN_SWEEP_BQ_LONG;
+  static constexpr int64_t kLongKvBytes = int64_t{ATTN_SWEEP_LONG_KV_KB} << 10;
   static constexpr int64_t kBk = ATTN_SWEEP_BK;             // keys per tile (128); a multiple of kScoreVecs·kLanes
   static constexpr int kScoreRows = ATTN_SWEEP_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns (8 × 2)
   static constexpr int kScoreVecs = ATTN_SWEEP_SCORE_VECS;
@@ -74,7 +83,7 @@ template <>
 struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int kLanes = 8;
   static constexpr int64_t kBq = 64;
-  static constexpr int64_t kBqLong = 64;  // unmeasured on an AVX2-only machine: the tile stays (see AVX-512's)
+  static constexpr int64_t kBqLong = 512;  // as AVX-512: Zen 5's AVX2 kernel, L 16384, D 128 / 256: +13% / +21%
   static constexpr int64_t kLongKvBytes = int64_t{16} << 20;
   static constexpr int64_t kBk = 128;
   static constexpr int kScoreRows = 6;
