@@ -254,6 +254,27 @@ TEST(Backward, DeterministicForAThreadCount) {
   }
 }
 
+// Several key blocks per pass over the query tiles (the default where they fit, detail::force_backward_span) give
+// bitwise the gradients of one block per pass: every row takes its blocks' dQ terms, and every block its rows' dK and
+// dV terms, in the same order.
+TEST(Backward, KeyBlocksPerPassGiveTheSameBits) {
+  int compared = 0;
+  for (const test::AttentionCase& c : test::attention_cases(40, 7)) {
+    if (c.Lk <= 128) continue;  // one key block
+    auto [in, d_out] = test::make_backward_inputs(c, 11);
+    in.options.impl = AttentionImpl::kFused;
+    in.options.num_threads = 1;
+    detail::force_backward_span(1);
+    const AttentionGrads one = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+    detail::force_backward_span(0);
+    const AttentionGrads many = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+    for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
+      EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name();
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+}
+
 TEST(Backward, ChecksItsArguments) {
   std::mt19937 rng(2);
   const Tensor q = test::random_tensor({1, 2, 4, 8}, rng), k = test::random_tensor({1, 2, 6, 8}, rng);

@@ -35,6 +35,20 @@ namespace {
 
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
+// Key blocks per pass over the query tiles (BackwardPlan::span): at most kMaxSpan, their buffers within kSpanBytes.
+// Zen 5 (session 15), same-built A/Bs of the budget (chained), backward alone, against one block per pass, 1 thread:
+// H 1, L 16384, D 128: 512 KB (2 blocks) +13%, 1 MB +21%, 2 MB +26%, 4 MB +29%, 16 MB −15% (the blocks' buffers leave
+// the L3); H 2, L 4096, D 128: +5 / +13 / +19 / +21%; L 1024 ±1%. 2 threads, H 2, L 16384, D 128, against 512 KB:
+// 1 MB +5%, 2 MB +10%, 4 MB +12%. 2 MB is the budget: 16 threads share one L3 (unmeasured on the Xeon: A/B it with
+// bench/cpu_tile_sweep.sh and ATTN_SWEEP_BWD_SPAN_KB).
+#ifndef ATTN_SWEEP_BWD_SPAN  // bench/cpu_tile_sweep.sh variants
+#define ATTN_SWEEP_BWD_SPAN 16
+#endif
+#ifndef ATTN_SWEEP_BWD_SPAN_KB
+#define ATTN_SWEEP_BWD_SPAN_KB 2048
+#endif
+constexpr int64_t kMaxSpan = ATTN_SWEEP_BWD_SPAN;
+constexpr int64_t kSpanBytes = int64_t{ATTN_SWEEP_BWD_SPAN_KB} << 10;
 
 struct BackwardPlan {
   int threads = 1;
@@ -44,6 +58,8 @@ struct BackwardPlan {
   int64_t tasks = 0;         // B · Hkv · chunks
   int64_t dq_part_rows = 0;  // rows of one chunk's dQ buffer: B · H · Lq
   int64_t q_tiles = 0;       // ⌈Lq / kBq⌉ query tiles per head, aligned to multiples of kBq
+  int64_t span = 1;          // key blocks per pass over the query tiles (kMaxSpan at most; see plan_backward)
+  int64_t block_floats = 0;  // one key block's part of each per-block buffer of the workspace
   // Q rows and dO rows are read in place when their width is whole vectors, else packed per tile
   bool q_in_place = false, dout_in_place = false;
 };
@@ -60,31 +76,50 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.Dp);
   plan.tasks = p.B * p.Hkv * plan.chunks;
+  // A pass over the query tiles reads every tile's Q, dO, lse and Δ and reads and writes its dQ rows: span key
+  // blocks per pass divide that traffic by span, their packed keys and values and their dK and dV (and padded K rows,
+  // where D is not whole vectors) within kSpanBytes.
+  plan.block_floats = kBk * std::max(plan.Dp, plan.Dvp);
+  const int64_t block_bytes = (plan.q_in_place ? 4 : 5) * plan.block_floats * static_cast<int64_t>(sizeof(float));
+  plan.span = std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan);
+  if (const int64_t forced = forced_backward_span(); forced > 0) plan.span = std::min(forced, kMaxSpan);
   return plan;
 }
 
 // Per-thread buffers, grown once and reused across calls.
+// Key block s of a pass owns the part of each per-block buffer from s · plan.block_floats on.
 struct BackwardWorkspace {
-  AlignedVector<float> kt, vt;     // [D, kBk], [Dv, kBk]   the key block's Kᵀ and Vᵀ, in panels
-  AlignedVector<float> kb;         // [kBk, Dp]             its K rows, padded
+  AlignedVector<float> kt, vt;     // [span][D, kBk], [span][Dv, kBk]   each key block's Kᵀ and Vᵀ, in panels
+  AlignedVector<float> kb;         // [span][kBk, Dp]                   its K rows, padded
+  AlignedVector<float> dk, dv;     // [span][kBk, Dp], [span][kBk, Dvp] its gradients
   AlignedVector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
   AlignedVector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
-  AlignedVector<float> dk, dv;     // [kBk, Dp], [kBk, Dvp] the key block's gradients
-  void reserve(const AttentionProblem& p, const BackwardPlan& plan) {
+  void reserve(const BackwardPlan& plan) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
-    grow(kt, std::max<int64_t>(p.D, 1) * kBk);
-    grow(vt, std::max<int64_t>(p.Dv, 1) * kBk);
-    grow(kb, kBk * plan.Dp);
+    for (auto* b : {&kt, &vt, &kb, &dk, &dv}) grow(*b, plan.span * plan.block_floats);
     grow(q, kBq * plan.Dp);
     grow(dout, kBq * plan.Dvp);
     grow(s, kBq * kBk);
     grow(pt, kBq * kBk);
     grow(ds, kBq * kBk);
-    grow(dk, kBk * plan.Dp);
-    grow(dv, kBk * plan.Dvp);
   }
+};
+
+// One key block of a pass, keys [j0, j0 + n), and its parts of the workspace.
+struct KeyBlock {
+  int64_t j0 = 0, n = 0;
+  int64_t cols = 0;             // the width of its packed Kᵀ and Vᵀ panels (pack_panels)
+  float* kt = nullptr;          // [D, cols]  in panels
+  float* vt = nullptr;          // [Dv, cols] in panels
+  float* dk = nullptr;          // [n, Dp]
+  float* dv = nullptr;          // [n, Dvp]
+  const float* keys = nullptr;  // [n, ≥ D], row stride k_rs: its K rows in place (D whole vectors) or padded
+  int64_t k_rs = 0;
+  bool keys_finite = true;
+  bool all_padding = false;          // every key padding: nothing to add (its dK and dV stay 0)
+  int64_t tile_lo = 0, tile_hi = 0;  // the aligned query tiles [tile_lo, tile_hi) that may see it (query_range)
 };
 
 BackwardWorkspace& thread_workspace() {
@@ -124,20 +159,18 @@ void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& 
   }
 }
 
-// One query tile of head h against the key block in ws (keys [j0, j0 + n)): adds its share of dK and dV
-// to ws.dk, ws.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ buffer).
-// packed_cols: the width of the block's packed Kᵀ and Vᵀ panels (ws.kt, ws.vt; pack_panels); `keys`: the block's
-// K rows (row stride k_rs, whole vectors wide); q_finite, dout_finite: the tile's checks.
+// One query tile of head h against key block kb, of whose keys [kb.j0, kb.j0 + n) the tile may see (n ≤ kb.n):
+// adds its share of dK and dV to kb.dk, kb.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ
+// buffer). q_finite, dout_finite: the tile's checks.
 // `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
 // with r; the last row sees all n). Its products then stop at that triangle in register-tile steps: S and dP per
 // kScoreRows rows up to the block's last row's keys, dQ per kUpdateRows rows the same way, dK and dV per
 // kUpdateRows keys from the first row that sees them. An entry of P̃ or dS such a step reads past its row's
 // visible keys is 0, so the sums are those of the whole tile, without most of the hidden half's products.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
-                int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t n, bool diagonal,
-                int64_t packed_cols, const float* keys, int64_t k_rs, bool keys_finite, bool q_finite, bool dout_finite,
-                float* dq_rows, BackwardWorkspace& ws) {
-  const int64_t Dp = plan.Dp, Dvp = plan.Dvp;
+                int64_t b, int64_t h, int64_t i0, int64_t rows, const KeyBlock& kb, int64_t n, bool diagonal,
+                bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
+  const int64_t Dp = plan.Dp, Dvp = plan.Dvp, j0 = kb.j0;
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
   const float* dout = g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
   int64_t q_rs = p.q_sl, dout_rs = p.o_sl;
@@ -157,9 +190,8 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   };
   // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, ≤ n rounded up to whole vectors]
   const auto scores = [&](int64_t r, int64_t block, int64_t cols) {
-    gemm_abt_panels(q + r * q_rs, q_rs, ws.kt.data(), packed_cols, p.D, block, cols, ws.s.data() + r * kBk, kBk);
-    gemm_abt_panels(dout + r * dout_rs, dout_rs, ws.vt.data(), packed_cols, p.Dv, block, cols, ws.ds.data() + r * kBk,
-                    kBk);
+    gemm_abt_panels(q + r * q_rs, q_rs, kb.kt, kb.cols, p.D, block, cols, ws.s.data() + r * kBk, kBk);
+    gemm_abt_panels(dout + r * dout_rs, dout_rs, kb.vt, kb.cols, p.Dv, block, cols, ws.ds.data() + r * kBk, kBk);
   };
   if (!diagonal) {
     scores(0, rows, round_up(n, Tiles::kScoreVecs * W));
@@ -189,26 +221,26 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const float* P_used = dropout ? ws.pt.data() : ws.s.data();  // what multiplied V in the forward
   const auto update_dv = dout_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
   const auto update_dk = q_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
-  const auto update_dq = keys_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
+  const auto update_dq = kb.keys_finite ? rank_update<Tiles::kUpdateRows, Tiles::kUpdateVecs> : rank_update_nonzero;
   // dV[n, Dvp] += P̃ᵀ · dO ; dK[n, Dp] += dSᵀ · Q ; dQ[rows, Dp] += dS · K
   if (!diagonal) {
-    update_dv(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, ws.dv.data(), Dvp);
-    update_dk(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, ws.dk.data(), Dp);
-    update_dq(ws.ds.data(), kBk, 1, rows, n, keys, k_rs, Dp / W, dq_rows, Dp);
+    update_dv(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, kb.dv, Dvp);
+    update_dk(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, kb.dk, Dp);
+    update_dq(ws.ds.data(), kBk, 1, rows, n, kb.keys, kb.k_rs, Dp / W, dq_rows, Dp);
     return;
   }
   constexpr int64_t kSteps = Tiles::kUpdateRows;
   for (int64_t j = 0, first = 0; j < n; j += kSteps) {  // keys [j, j + kSteps) from the first row that sees key j
     while (visible(first) <= j) ++first;                // the last row sees all n keys
     const int64_t block = std::min(kSteps, n - j), terms = rows - first;
-    update_dv(P_used + first * kBk + j, 1, kBk, block, terms, dout + first * dout_rs, dout_rs, Dvp / W,
-              ws.dv.data() + j * Dvp, Dvp);
-    update_dk(ws.ds.data() + first * kBk + j, 1, kBk, block, terms, q + first * q_rs, q_rs, Dp / W,
-              ws.dk.data() + j * Dp, Dp);
+    update_dv(P_used + first * kBk + j, 1, kBk, block, terms, dout + first * dout_rs, dout_rs, Dvp / W, kb.dv + j * Dvp,
+              Dvp);
+    update_dk(ws.ds.data() + first * kBk + j, 1, kBk, block, terms, q + first * q_rs, q_rs, Dp / W, kb.dk + j * Dp, Dp);
   }
   for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
     const int64_t block = std::min(kSteps, rows - r), terms = visible(r + block - 1);
-    if (terms > 0) update_dq(ws.ds.data() + r * kBk, kBk, 1, block, terms, keys, k_rs, Dp / W, dq_rows + r * Dp, Dp);
+    if (terms > 0)
+      update_dq(ws.ds.data() + r * kBk, kBk, 1, block, terms, kb.keys, kb.k_rs, Dp / W, dq_rows + r * Dp, Dp);
   }
 }
 
@@ -228,39 +260,59 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
     float* dk = g.dk + b * p.k_sb + kvh * p.k_sh;
     float* dv = g.dv + b * p.v_sb + kvh * p.v_sh;
     const int64_t kb_lo = plan.key_blocks * c / plan.chunks, kb_hi = plan.key_blocks * (c + 1) / plan.chunks;
-    for (int64_t kb = kb_lo; kb < kb_hi; ++kb) {
-      const int64_t j0 = kb * kBk, n = std::min(kBk, p.Lk - j0);
-      std::fill(ws.dk.begin(), ws.dk.begin() + n * Dp, 0.0f);
-      std::fill(ws.dv.begin(), ws.dv.begin() + n * Dvp, 0.0f);
-      if (!all_padding(p, b, j0, n)) {
-        const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
-        pack_panels(k, p.k_sl, j0, n, p.D, cols, ws.kt.data());
-        pack_panels(v, p.v_sl, j0, n, p.Dv, cols, ws.vt.data());
-        const bool keys_finite = all_finite(k + j0 * p.k_sl, p.k_sl, n, p.D);
-        const float* keys = k + j0 * p.k_sl;  // K rows in place (D whole vectors) or padded
-        int64_t k_rs = p.k_sl;
+    // span key blocks per pass over the query tiles; each query row still takes its blocks' dQ terms in block
+    // order and each block its (head, tile) terms in the same order as one block per pass: the same sums
+    for (int64_t kb0 = kb_lo; kb0 < kb_hi; kb0 += plan.span) {
+      const int64_t blocks = std::min(plan.span, kb_hi - kb0);
+      KeyBlock kbs[kMaxSpan];
+      int64_t tile_lo = plan.q_tiles, tile_hi = 0;  // the pass's query tiles: every block's
+      for (int64_t s = 0; s < blocks; ++s) {
+        KeyBlock& kb = kbs[s];
+        const int64_t at = s * plan.block_floats;
+        kb.j0 = (kb0 + s) * kBk, kb.n = std::min(kBk, p.Lk - kb.j0);
+        kb.kt = ws.kt.data() + at, kb.vt = ws.vt.data() + at, kb.dk = ws.dk.data() + at, kb.dv = ws.dv.data() + at;
+        std::fill(kb.dk, kb.dk + kb.n * Dp, 0.0f);
+        std::fill(kb.dv, kb.dv + kb.n * Dvp, 0.0f);
+        kb.all_padding = all_padding(p, b, kb.j0, kb.n);
+        if (kb.all_padding) continue;
+        kb.cols = round_up(kb.n, Tiles::kScoreVecs * W);
+        pack_panels(k, p.k_sl, kb.j0, kb.n, p.D, kb.cols, kb.kt);
+        pack_panels(v, p.v_sl, kb.j0, kb.n, p.Dv, kb.cols, kb.vt);
+        kb.keys_finite = all_finite(k + kb.j0 * p.k_sl, p.k_sl, kb.n, p.D);
+        kb.keys = k + kb.j0 * p.k_sl, kb.k_rs = p.k_sl;
         if (!plan.q_in_place) {
-          pack_rows(keys, p.k_sl, n, p.D, ws.kb.data(), Dp);
-          keys = ws.kb.data(), k_rs = Dp;
+          float* padded = ws.kb.data() + at;
+          pack_rows(kb.keys, p.k_sl, kb.n, p.D, padded, Dp);
+          kb.keys = padded, kb.k_rs = Dp;
         }
         int64_t i_lo, i_hi;
-        query_range(p, j0, n, &i_lo, &i_hi);
-        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-          for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {  // aligned tiles: their checks are per tile
-            const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
+        query_range(p, kb.j0, kb.n, &i_lo, &i_hi);
+        kb.tile_lo = i_lo / kBq, kb.tile_hi = (i_hi + kBq - 1) / kBq;  // aligned tiles: their checks are per tile
+        tile_lo = std::min(tile_lo, kb.tile_lo);
+        tile_hi = std::max(tile_hi, kb.tile_hi);
+      }
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+        for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+          const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
+          for (int64_t s = 0; s < blocks; ++s) {
+            const KeyBlock& kb = kbs[s];
+            if (kb.all_padding || tile < kb.tile_lo || tile >= kb.tile_hi) continue;
             // On the causal diagonal the tile's last row sees only the block's first keys: the rest are hidden
             // from every row of the tile, so the tile stops there; a tile across the diagonal trims its products
             // to the visible triangle (query_tile).
             bool diagonal;
-            const int64_t n_tile = tile_keys(p, i0, rows, j0, n, &diagonal);
+            const int64_t n_tile = tile_keys(p, i0, rows, kb.j0, kb.n, &diagonal);
             if (n_tile == 0) continue;
-            query_tile(p, g, plan, delta, b, h, i0, rows, j0, n_tile, diagonal, cols, keys, k_rs, keys_finite,
-                       q_ok[t] != 0, dout_ok[t] != 0, dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
+            query_tile(p, g, plan, delta, b, h, i0, rows, kb, n_tile, diagonal, q_ok[t] != 0, dout_ok[t] != 0,
+                       dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
-      }
-      for (int64_t jj = 0; jj < n; ++jj) {
-        std::copy(ws.dk.data() + jj * Dp, ws.dk.data() + jj * Dp + p.D, dk + (j0 + jj) * p.k_sl);
-        std::copy(ws.dv.data() + jj * Dvp, ws.dv.data() + jj * Dvp + p.Dv, dv + (j0 + jj) * p.v_sl);
+        }
+      for (int64_t s = 0; s < blocks; ++s) {
+        const KeyBlock& kb = kbs[s];
+        for (int64_t jj = 0; jj < kb.n; ++jj) {
+          std::copy(kb.dk + jj * Dp, kb.dk + jj * Dp + p.D, dk + (kb.j0 + jj) * p.k_sl);
+          std::copy(kb.dv + jj * Dvp, kb.dv + jj * Dvp + p.Dv, dv + (kb.j0 + jj) * p.v_sl);
+        }
       }
     }
   }
@@ -301,7 +353,7 @@ void attention_backward_fused(const AttentionProblem& p, const AttentionGradient
 #pragma omp parallel num_threads(plan.threads)
   {
     BackwardWorkspace& ws = thread_workspace();
-    ws.reserve(p, plan);
+    ws.reserve(plan);
     row_deltas_and_checks(p, g, plan, deltas, q_ok, dout_ok);
     run_key_blocks(p, g, plan, deltas, q_ok, dout_ok, dq_parts, ws);
     reduce_dq(p, g, plan, dq_parts);

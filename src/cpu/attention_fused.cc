@@ -61,6 +61,15 @@ int64_t& fused_query_tile() {
 void force_fused_query_tile(int64_t rows) { fused_query_tile() = rows; }
 int64_t forced_fused_query_tile() { return fused_query_tile(); }
 
+namespace {
+int64_t& backward_span() {
+  static int64_t blocks = 0;
+  return blocks;
+}
+}  // namespace
+void force_backward_span(int64_t blocks) { backward_span() = blocks; }
+int64_t forced_backward_span() { return backward_span(); }
+
 double fma_peak_gflops(int threads, double seconds) {
   switch (simd_level_active()) {
     case SimdLevel::kAvx512: return avx512::fma_peak_gflops(threads, seconds);

@@ -71,6 +71,11 @@ const char* simd_level_name(SimdLevel level);
 void force_fused_query_tile(int64_t rows);
 int64_t forced_fused_query_tile();
 
+// The float32 backward's key blocks per pass over the query tiles: 0 (the default) lets each call choose; tests
+// force 1 to check that every span gives the same bits.
+void force_backward_span(int64_t blocks);
+int64_t forced_backward_span();
+
 // The fused path: runs the kernel of simd_level_active().
 void attention_fused(const AttentionProblem& p);
 // The fused backward of simd_level_active(): g.dq, g.dk, g.dv from p (its o unused), g.out, g.lse, g.d_out.
