@@ -35,12 +35,13 @@ namespace {
 
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
-// Key blocks per pass over the query tiles (BackwardPlan::span): at most kMaxSpan, their buffers within kSpanBytes.
-// Zen 5 (session 15), same-built A/Bs of the budget (chained), backward alone, against one block per pass, 1 thread:
-// H 1, L 16384, D 128: 512 KB (2 blocks) +13%, 1 MB +21%, 2 MB +26%, 4 MB +29%, 16 MB −15% (the blocks' buffers leave
-// the L3); H 2, L 4096, D 128: +5 / +13 / +19 / +21%; L 1024 ±1%. 2 threads, H 2, L 16384, D 128, against 512 KB:
-// 1 MB +5%, 2 MB +10%, 4 MB +12%. 2 MB is the budget: 16 threads share one L3 (unmeasured on the Xeon: A/B it with
-// bench/cpu_tile_sweep.sh and ATTN_SWEEP_BWD_SPAN_KB).
+// Key blocks per pass over the query tiles (BackwardPlan::span): at most kMaxSpan, their buffers within kSpanBytes,
+// where a pass's query side takes kSpanFromBytes. Zen 5 (session 15), same-built A/Bs, backward alone, 1 thread,
+// against one block per pass: H 1, L 16384, D 128: a 512 KB budget (2 blocks) +13%, 1 MB +21%, 2 MB +26%, 4 MB +29%, 16
+// MB −15% (the blocks' buffers leave the L3; chained A/Bs); 2 MB: D 64 +17%, 2 threads +26%. H 2, L 4096: 0 to +15%,
+// depending on how busy the machine's other tenants kept the L3; L 1024–2048: −1 to −3% (their query side stays in
+// the caches). 16 threads share one L3: unmeasured on the Xeon (A/B ATTN_SWEEP_BWD_SPAN_KB and _FROM_KB there with
+// bench/cpu_tile_sweep.sh).
 #ifndef ATTN_SWEEP_BWD_SPAN  // bench/cpu_tile_sweep.sh variants
 #define ATTN_SWEEP_BWD_SPAN 16
 #endif
@@ -49,6 +50,10 @@ static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.
 #endif
 constexpr int64_t kMaxSpan = ATTN_SWEEP_BWD_SPAN;
 constexpr int64_t kSpanBytes = int64_t{ATTN_SWEEP_BWD_SPAN_KB} << 10;
+#ifndef ATTN_SWEEP_BWD_SPAN_FROM_KB
+#define ATTN_SWEEP_BWD_SPAN_FROM_KB 8192
+#endif
+constexpr int64_t kSpanFromBytes = int64_t{ATTN_SWEEP_BWD_SPAN_FROM_KB} << 10;
 
 struct BackwardPlan {
   int threads = 1;
@@ -81,7 +86,11 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   // where D is not whole vectors) within kSpanBytes.
   plan.block_floats = kBk * std::max(plan.Dp, plan.Dvp);
   const int64_t block_bytes = (plan.q_in_place ? 4 : 5) * plan.block_floats * static_cast<int64_t>(sizeof(float));
-  plan.span = std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan);
+  // Only where a pass's query side (each head of the group: Q, dO, dQ read and written) takes kSpanFromBytes: below,
+  // it stays in the caches between passes and spans cost 1–3% (L 1024–2048).
+  const int64_t pass_bytes =
+      p.group() * p.Lq * (2 * plan.Dp + plan.Dp + plan.Dvp) * static_cast<int64_t>(sizeof(float));
+  plan.span = pass_bytes >= kSpanFromBytes ? std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan) : 1;
   if (const int64_t forced = forced_backward_span(); forced > 0) plan.span = std::min(forced, kMaxSpan);
   return plan;
 }
