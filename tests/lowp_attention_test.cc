@@ -16,6 +16,7 @@
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "cli_util.h"
+#include "cpu/attention_fused.h"
 #include "cpu/attention_lowp.h"
 #include "simd_levels.h"
 #include "test_util.h"
@@ -135,9 +136,14 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
                      (in.options.dropout_p > 0 ? " dropout" : ""));
         PathGuard guard(path);
         in.options.impl = path.impl;
-        for (int threads : {1, 2}) {
+        // as each call chooses its tiles, and with long query tiles forced (160 rows, 64 at a time: as for long K and
+        // V, TileTraits::kBqLong), on one thread and on two
+        for (auto [threads, query_tile] : {std::pair<int, int64_t>{1, 0}, {2, 0}, {1, 160}, {2, 160}}) {
+          SCOPED_TRACE("threads " + std::to_string(threads) + " query_tile " + std::to_string(query_tile));
           in.options.num_threads = threads;
+          detail::force_fused_query_tile(query_tile);
           const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
+          detail::force_fused_query_tile(0);
           ASSERT_EQ(r.output.dtype(), dt);
           EXPECT_LE(test::max_abs_diff(to_dtype(r.output, DType::kFloat32), ref.output), tol);
           ASSERT_EQ(r.lse.dtype(), DType::kFloat32);

@@ -3,7 +3,8 @@
 // 16-bit Q, K, V, with float32 accumulation, a float32 softmax and one rounding of the output. Compiled once
 // per instruction set (ATTN_TARGET = avx512bf16, avx512, avx2, scalar; attention_lowp.cc picks one).
 //
-// For each task (b, h, query tile of up to kBq rows, key split):
+// For each task (b, h, query tile of up to bq rows, key split; bq = kBq, or up to kBqLong where a head's K and V take
+// 16 MB or more, run kBq rows at a time through each key tile, as the float32 kernel's):
 //   S = Q_tile · K_tᵀ                  dot: vdpbf16ps on bfloat16 pairs, × scale   convert: (scale·Q) · K_tᵀ
 //   S = mask(S); online softmax (m, l) in float32, dropout as the fp32 kernel
 //   acc += P · V_t                     dot: P rounded to bfloat16, vdpbf16ps        convert: fp32 FMA
@@ -40,6 +41,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
+constexpr int64_t kBqMax = std::max<int64_t>(128, Tiles::kBqLong);  // force_fused_query_tile's limit
 static_assert(kBk % (Tiles::kScoreVecs * W) == 0 && kBk % 2 == 0);
 
 // ---- Conversions -------------------------------------------------------------------------------------------
@@ -148,6 +150,7 @@ struct LowpPlan {
   bool keys_packed = false;  // more than 4 queries: K and V packed once per call
   int64_t Dp = 0;            // D rounded up to even (pairs)
   int64_t Dvp = 0;           // Dv rounded up to whole vectors
+  int64_t bq = 0;            // query rows per task: kBq, or up to Tiles::kBqLong for long K and V (plan_lowp)
   int64_t query_tiles = 0, tile_tasks = 0, splits = 1, key_tiles = 0, row_state = 0;
   int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
 };
@@ -165,14 +168,21 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
   plan.dot = ATTN_LOWP_DOT && T == LowpType::kBFloat16;
   plan.Dp = round_up(std::max<int64_t>(p.D, 1), 2);
   plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
-  plan.query_tiles = (p.Lq + kBq - 1) / kBq;
+  plan.keys_packed = p.Lq > 4;
+  // long tasks where a head's K and V take kLongKvBytes, while every thread keeps several tasks; the rows go kBq at a
+  // time (accumulate_keys). Zen 5, bfloat16, 1 thread, H 1, against 64-row tasks: L 32768, D 128 +20% (64 rows: 353
+  // GFLOP/s against 410 at L 16384); L 16384, D 256 +12%
+  const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(uint16_t));
+  plan.bq = plan.keys_packed && kv_bytes >= Tiles::kLongKvBytes ? Tiles::kBqLong : kBq;
+  while (plan.bq > kBq && p.B * p.H * ((p.Lq + plan.bq - 1) / plan.bq) < 4 * plan.threads) plan.bq /= 2;
+  if (const int64_t forced = forced_fused_query_tile(); forced > 0) plan.bq = std::min(forced, kBqMax);
+  plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + kBk - 1) / kBk;
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
-  plan.keys_packed = p.Lq > 4;
   plan.k_tile = (plan.dot ? plan.Dp : std::max<int64_t>(p.D, 1)) * kBk;
   plan.v_tile = kBk * plan.Dvp;
   return plan;
@@ -180,7 +190,7 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
 
 // Owned by the calling thread, grown once and reused.
 struct LowpBuffers {
-  float* partial = nullptr;        // [tile_tasks, splits, kBq, row_state]   when splits > 1
+  float* partial = nullptr;        // [tile_tasks, splits, bq, row_state]    when splits > 1
   float* kf = nullptr;             // [B·Hkv·key_tiles, D, kBk]     convert, packed in panels (pack_panels)
   float* vf = nullptr;             // [B·Hkv·key_tiles, kBk, Dvp]   convert, packed
   uint16_t* kb = nullptr;          // [B·Hkv·key_tiles, Dp/2, kBk, 2]      dot, packed
@@ -197,7 +207,7 @@ LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
     return b.data();
   };
   LowpBuffers buf;
-  if (plan.splits > 1) buf.partial = grow(partial, plan.tile_tasks * plan.splits * kBq * plan.row_state);
+  if (plan.splits > 1) buf.partial = grow(partial, plan.tile_tasks * plan.splits * plan.bq * plan.row_state);
   if (plan.keys_packed) {
     const int64_t tiles = p.B * p.Hkv * plan.key_tiles;
     if (plan.dot) {
@@ -214,30 +224,30 @@ LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
 
 // Per-thread buffers.
 struct Workspace {
-  AlignedVector<float> qs;              // [kBq, D]       scale · Q tile, float32 (unscaled when q_after ≠ 1)
+  AlignedVector<float> qs;              // [bq, D]        scale · Q tile, float32 (unscaled when q_after ≠ 1)
   float q_after = 1.0f;                 // the factor the scores still take after Q·Kᵀ (pack_queries)
-  AlignedVector<uint32_t> qb;           // [kBq, Dp/2]    dot: the Q tile's bfloat16 pairs (unscaled)
-  AlignedVector<float> s;               // [kBq, kBk]     scores, then probabilities
+  AlignedVector<uint32_t> qb;           // [bq, Dp/2]     dot: the Q tile's bfloat16 pairs (unscaled)
+  AlignedVector<float> s;               // [kBq, kBk]     scores, then probabilities (kBq rows at a time)
   AlignedVector<uint32_t> pb;           // [kBq, kBk/2]   dot: P's bfloat16 pairs
   AlignedVector<float> vp;              // [kBk, Dvp]     a value tile widened (decode, non-finite tiles)
-  AlignedVector<float> acc;             // [kBq, Dvp]
-  AlignedVector<float> m, l;            // [kBq]
-  AlignedVector<float> lv;              // [kBq, W]       each row's partial sums of P (l = their sum)
-  std::vector<DropoutGroupCache> drop;  // [kBq]
-  void reserve(int64_t D, int64_t Dp, int64_t Dvp) {
+  AlignedVector<float> acc;             // [bq, Dvp]
+  AlignedVector<float> m, l;            // [bq]
+  AlignedVector<float> lv;              // [bq, W]        each row's partial sums of P (l = their sum)
+  std::vector<DropoutGroupCache> drop;  // [bq]
+  void reserve(int64_t D, int64_t Dp, int64_t Dvp, int64_t bq) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
-    grow(qs, kBq * std::max<int64_t>(D, 1));
-    grow(qb, kBq * Dp / 2);
+    grow(qs, bq * std::max<int64_t>(D, 1));
+    grow(qb, bq * Dp / 2);
     grow(s, kBq * kBk);
     grow(pb, kBq * kBk / 2);
     grow(vp, kBk * Dvp);
-    grow(acc, kBq * Dvp);
-    grow(m, kBq);
-    grow(l, kBq);
-    grow(lv, kBq * W);
-    grow(drop, kBq);
+    grow(acc, bq * Dvp);
+    grow(m, bq);
+    grow(l, bq);
+    grow(lv, bq * W);
+    grow(drop, bq);
   }
 };
 
@@ -408,10 +418,11 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     for (int64_t d = 0; d < Dvp; ++d) acc[d] *= c;
 }
 
-// Online softmax over keys [j_begin, j_end) (j_begin a multiple of kBk) for rows [i0, i0 + rows) of head (b, h).
+// Online softmax over keys [j_begin, j_end) (j_begin a multiple of kBk) for rows [task_i0, task_i0 + task_rows) of
+// head (b, h).
 template <LowpType T>
 void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf, int64_t b, int64_t h,
-                     int64_t i0, int64_t rows, int64_t j_begin, int64_t j_end, Workspace& ws) {
+                     int64_t task_i0, int64_t task_rows, int64_t j_begin, int64_t j_end, Workspace& ws) {
   const AttentionProblem& p = lp.p;
   const int64_t kvh = p.kv_head(h), Dvp = plan.Dvp;
   const uint16_t* k = lp.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
@@ -420,70 +431,83 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
     const int64_t n = std::min(kBk, j_end - j0), t = tile0 + j0 / kBk;
     if (all_padding(p, b, j0, n)) continue;
-    const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
-    // S = scale · Q·Kᵀ
-    if (!plan.keys_packed) {
-      for (int64_t jj = 0; jj < n; ++jj)
+    // the task's rows kBq at a time (one sub-tile when bq = kBq): the key tile, read once from the L3 or memory,
+    // serves all of them while each sub-tile's scores and accumulators stay in the L1
+    const auto sub_tile = [&](int64_t i0, int64_t rows, int64_t r0) {
+      const float* qs = ws.qs.data() + r0 * p.D;                              // [rows, D]
+      [[maybe_unused]] const uint32_t* qb = ws.qb.data() + r0 * plan.Dp / 2;  // [rows, Dp/2]
+      float* m = ws.m.data() + r0;                                            // [rows]
+      float* lv = ws.lv.data() + r0 * W;                                      // [rows, W]
+      float* acc = ws.acc.data() + r0 * Dvp;                                  // [rows, Dvp]
+      DropoutGroupCache* drop = ws.drop.data() + r0;                          // [rows]
+      const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+      // S = scale · Q·Kᵀ
+      if (!plan.keys_packed) {
+        for (int64_t jj = 0; jj < n; ++jj)
+          for (int64_t r = 0; r < rows; ++r)
+            ws.s[r * kBk + jj] = dot_wide(qs + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
+      } else if (plan.dot) {
+#if ATTN_LOWP_DOT
+        dot_scores(qb, plan.Dp / 2, buf.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale, ws.s.data(), kBk);
+#endif
+      } else {
+        gemm_abt_panels(qs, p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(), kBk);
+      }
+      if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (pack_queries)
         for (int64_t r = 0; r < rows; ++r)
-          ws.s[r * kBk + jj] = dot_wide(ws.qs.data() + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
-    } else if (plan.dot) {
-#if ATTN_LOWP_DOT
-      dot_scores(ws.qb.data(), plan.Dp / 2, buf.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale,
-                 ws.s.data(), kBk);
-#endif
-    } else {
-      gemm_abt_panels(ws.qs.data(), p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(),
-                      kBk);
-    }
-    if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (pack_queries)
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] *= ws.q_after;
-    const bool masked = tile_needs_mask(p, i0, rows, j0, n);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* s = ws.s.data() + r * kBk;
-      if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-      if (plan.dot && plan.keys_packed)
-        softmax_row<true>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
-                          &ws.drop[r]);
-      else
-        softmax_row<false>(p, b, h, i0 + r, j0, n, s, &ws.m[r], &ws.lv[r * W], ws.acc.data() + r * Dvp, Dvp,
-                           &ws.drop[r]);
-    }
-    // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
-    // takes the zero-skipping float32 update.
-    const bool nonfinite =
-        plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
-    const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
-    if (plan.keys_packed && !skip_zero && plan.dot) {
-#if ATTN_LOWP_DOT
-      const int64_t pairs = (n + 1) / 2;
-      for (int64_t r = 0; r < rows; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
+          for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] *= ws.q_after;
+      const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+      for (int64_t r = 0; r < rows; ++r) {
         float* s = ws.s.data() + r * kBk;
-        std::fill(s + n, s + round_up(n, 16), 0.0f);  // the odd key's partner (V's padding row is 0 too)
-        auto* pr = reinterpret_cast<__m256bh*>(ws.pb.data() + r * kBk / 2);
-        for (int64_t j = 0; j < 2 * pairs; j += 16)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
-                              (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+        if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+        if (plan.dot && plan.keys_packed)
+          softmax_row<true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
+        else
+          softmax_row<false>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
       }
-      dot_pv(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, ws.acc.data(), Dvp);
+      // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
+      // takes the zero-skipping float32 update.
+      const bool nonfinite =
+          plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
+      const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
+      if (plan.keys_packed && !skip_zero && plan.dot) {
+#if ATTN_LOWP_DOT
+        const int64_t pairs = (n + 1) / 2;
+        for (int64_t r = 0; r < rows; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
+          float* s = ws.s.data() + r * kBk;
+          std::fill(s + n, s + round_up(n, 16), 0.0f);  // the odd key's partner (V's padding row is 0 too)
+          auto* pr = reinterpret_cast<__m256bh*>(ws.pb.data() + r * kBk / 2);
+          for (int64_t j = 0; j < 2 * pairs; j += 16)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+        }
+        dot_pv(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, acc, Dvp);
 #endif
-      continue;
-    }
-    if (plan.dot && plan.keys_packed)  // the fallback multiplies the same bfloat16 weights as vdpbf16ps would
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] = bf16_to_float(float_to_bf16(ws.s[r * kBk + jj]));
-    const float* vt = nullptr;
-    if (plan.keys_packed && !plan.dot) {
-      vt = buf.vf + t * plan.v_tile;
-    } else {
-      for (int64_t jj = 0; jj < n; ++jj) {
-        widen_row<T>(v + (j0 + jj) * p.v_sl, p.Dv, ws.vp.data() + jj * Dvp);
-        std::fill(ws.vp.data() + jj * Dvp + p.Dv, ws.vp.data() + (jj + 1) * Dvp, 0.0f);
+        return;
       }
-      vt = ws.vp.data();
+      if (plan.dot && plan.keys_packed)  // the fallback multiplies the same bfloat16 weights as vdpbf16ps would
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] = bf16_to_float(float_to_bf16(ws.s[r * kBk + jj]));
+      const float* vt = nullptr;
+      if (plan.keys_packed && !plan.dot) {
+        vt = buf.vf + t * plan.v_tile;
+      } else {
+        for (int64_t jj = 0; jj < n; ++jj) {
+          widen_row<T>(v + (j0 + jj) * p.v_sl, p.Dv, ws.vp.data() + jj * Dvp);
+          std::fill(ws.vp.data() + jj * Dvp + p.Dv, ws.vp.data() + (jj + 1) * Dvp, 0.0f);
+        }
+        vt = ws.vp.data();
+      }
+      (skip_zero ? rank_update_nonzero : rank_update<Tiles::kPvRows, Tiles::kPvVecs>)(ws.s.data(), kBk, 1, rows, n, vt,
+                                                                                      Dvp, Dvp / W, acc, Dvp);
+    };
+    for (int64_t r0 = 0; r0 < task_rows; r0 += kBq) {
+      const int64_t sub = std::min(kBq, task_rows - r0);
+      int64_t lo_last, hi_last;
+      p.key_range(task_i0 + r0 + sub - 1, &lo_last, &hi_last);
+      if (hi_last <= j0) continue;  // the causal range ends before the tile for these rows
+      sub_tile(task_i0 + r0, sub, r0);
     }
-    (skip_zero ? rank_update_nonzero : rank_update<Tiles::kPvRows, Tiles::kPvVecs>)(ws.s.data(), kBk, 1, rows, n, vt,
-                                                                                    Dvp, Dvp / W, ws.acc.data(), Dvp);
   }
 }
 
@@ -537,8 +561,8 @@ struct TileTask {
 
 TileTask tile_task(const AttentionProblem& p, const LowpPlan& plan, int64_t index) {
   const int64_t tile = index % plan.query_tiles, bh = index / plan.query_tiles;
-  const int64_t i0 = tile * kBq;
-  return {bh / p.H, bh % p.H, bh, i0, std::min(kBq, p.Lq - i0)};
+  const int64_t i0 = tile * plan.bq;
+  return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
 }
 
 // The keys split `split` of task t covers: whole aligned key tiles of the rows' range, divided evenly.
@@ -581,7 +605,7 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
                              ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
-      float* state = buf.partial + task * kBq * plan.row_state;  // [kBq, row_state]
+      float* state = buf.partial + task * plan.bq * plan.row_state;  // [bq, row_state]
       for (int64_t r = 0; r < t.rows; ++r) {
         state[r * plan.row_state] = ws.m[r];
         state[r * plan.row_state + 1] = ws.l[r];
@@ -609,7 +633,7 @@ void merge_key_splits(const LowpAttentionProblem& lp, const LowpPlan& plan, cons
     uint16_t* o = lp.o + t.b * p.o_sb + t.h * p.o_sh;
     AlignedVector<float> out(static_cast<size_t>(p.Dv));
     for (int64_t r = 0; r < t.rows; ++r) {
-      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * kBq + r) * row_state; };
+      auto state_of = [&](int64_t s) { return partial + ((index * splits + s) * plan.bq + r) * row_state; };
       float m = kNegInf;
       bool poisoned = false;
       for (int64_t s = 0; s < splits; ++s) {
@@ -642,7 +666,7 @@ void run(const LowpAttentionProblem& lp) {
 #pragma omp parallel num_threads(plan.threads)
   {
     Workspace& ws = thread_workspace();
-    ws.reserve(p.D, plan.Dp, plan.Dvp);
+    ws.reserve(p.D, plan.Dp, plan.Dvp, plan.bq);
     if (plan.keys_packed) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
