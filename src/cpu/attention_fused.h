@@ -65,9 +65,9 @@ SimdLevel simd_level_active();
 void force_simd_level(SimdLevel level);
 const char* simd_level_name(SimdLevel level);
 
-// The fused forward's query rows per task: 0 (the default) lets each call choose (TileTraits kBq, or up to kBqLong
-// where a head's K and V are long); tests force another (at most 128, or kBqLong where larger) to check that path
-// on short cases.
+// The fused forwards' (float32 and 16-bit) query rows per task: 0 (the default) lets each call choose (TileTraits kBq,
+// or up to kBqLong where a head's K and V are long); tests force another (at most 128, or kBqLong where larger) to
+// check that path on short cases.
 void force_fused_query_tile(int64_t rows);
 int64_t forced_fused_query_tile();
 
