@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU figures of a device session (the lent GPU machine's host: a 16-core Intel Xeon with AVX-512, AVX512_BF16
 # and AMX, PyTorch installed, no network, 15 minutes of device time for everything) in one prepared run of about
-# 8 minutes. Two halves:
+# 9 minutes (each step capped). Two halves:
 #
 #   bench/device_cpu_check.sh --prepare      here, after building build/ (CMake's Makefile generator): builds the
 #                                            stage-left-out variants of the AVX-512 kernel (bench/cpu_tile_sweep.sh)
@@ -14,10 +14,16 @@
 #     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     4. bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     5. attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
+#     6. the long-sequence thresholds (session 15, measured only on 2-core Zen 5 VMs), all threads, against the build:
+#        the backward's key-block spans everywhere (spanall) and nowhere with the forward's long tasks off too
+#        (nolong); the forward's long tasks from 1 MB of K and V (long1m)
 #   Each step's log lands in OUT (8 files at most come back); a step that fails does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-variants=(base: 'nosoftmax:-DATTN_SWEEP_SKIP=1' 'noqk:-DATTN_SWEEP_SKIP=3' 'nopv:-DATTN_SWEEP_SKIP=2')
+variants=(base: 'nosoftmax:-DATTN_SWEEP_SKIP=1' 'noqk:-DATTN_SWEEP_SKIP=3' 'nopv:-DATTN_SWEEP_SKIP=2'
+          'spanall:-DATTN_SWEEP_BWD_SPAN_FROM_KB=0' 'long1m:-DATTN_SWEEP_LONG_KV_KB=1024'
+          'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1')
+stages=(base nosoftmax noqk nopv)
 
 if [ "${1:-}" = --prepare ]; then
   set -e
@@ -49,15 +55,15 @@ step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
   "$wrapper" bench train --steps 2 --warmup 1 --repeat 1 --json | tail -1
   step "stage-left-out variants (forward)"
   sweep=()
-  for v in "${variants[@]}"; do sweep+=("${v%%:*}=$run attn_${v%%:*}"); done
-  timeout 150 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
+  for v in "${stages[@]}"; do sweep+=("$v=$run attn_$v"); done
+  timeout 110 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
     --shape 1:2:4096:64 --shape 1:2:4096:128 --shape 0:16:4096:64 --shape 0:16:4096:128
 } >"$out/peak_and_stages.log" 2>&1
 step "sdpa grid" >"$out/grid.log"
 timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin" \
   >>"$out/grid.log" 2>&1
 step "forward + backward against PyTorch" >"$out/backward.log"
-timeout 150 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --threads 1 "$cores" --rounds 1 --repeat 2 \
+timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --threads 1 "$cores" --rounds 1 --repeat 2 \
   --lengths 1024 --dims 64 128 >>"$out/backward.log" 2>&1
 {
   step "bf16 backward"
@@ -70,4 +76,14 @@ timeout 150 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --thread
     done
   done
 } >"$out/bf16_backward.log" 2>&1
+{
+  step "long-sequence thresholds"
+  backward=() forward=()
+  for v in base spanall nolong; do backward+=("$v=$run attn_$v"); done
+  for v in base long1m nolong; do forward+=("$v=$run attn_$v"); done
+  timeout 60 python3 bench/cpu_sweep.py "${backward[@]}" --rounds 3 --repeat 1 \
+    --shape 0:16:2048:64:backward --shape 0:4:8192:128:backward --shape 0:1:16384:128:backward
+  timeout 45 python3 bench/cpu_sweep.py "${forward[@]}" --rounds 3 --repeat 1 \
+    --shape 0:16:4096:64 --shape 0:16:4096:128 --shape 0:8:16384:128
+} >"$out/thresholds.log" 2>&1
 tail -n 3 "$out"/*.log
