@@ -13,6 +13,7 @@
 #include "attn/error.h"
 
 #include "attention_cases.h"
+#include "cpu/attention_fused.h"
 #include "cpu/attention_lowp.h"
 #include "test_util.h"
 
@@ -93,6 +94,31 @@ TEST(LowpBackward, DeterministicForAThreadCount) {
     for (auto [x, y] : {std::pair{&a.dq, &b.dq}, {&a.dk, &b.dk}, {&a.dv, &b.dv}})
       EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << "threads " << threads;
   }
+}
+
+// Several key blocks per pass over the query tiles (long sequences; forced here: detail::force_backward_span) give the
+// bits of one block per pass, on the bfloat16 kernel (the float32 backward's own test covers the widened path).
+TEST(LowpBackward, KeyBlocksPerPassGiveTheSameBits) {
+  if (!detail::bf16_dot_supported()) GTEST_SKIP() << "no AVX512_BF16: the bfloat16 kernel is not built here";
+  int compared = 0;
+  for (const test::AttentionCase& c : test::attention_cases(40, 7)) {
+    if (c.Lk <= 128) continue;  // one key block
+    const auto [in, d_out32] = test::make_backward_inputs(c, 13);
+    const Tensor q = to_dtype(in.q, DType::kBFloat16), k = to_dtype(in.k, DType::kBFloat16),
+                 v = to_dtype(in.v, DType::kBFloat16), d_out = to_dtype(d_out32, DType::kBFloat16);
+    AttentionOptions o = in.options;
+    o.impl = AttentionImpl::kFused;
+    o.num_threads = 1;
+    detail::force_backward_span(1);
+    const AttentionGrads one = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+    detail::force_backward_span(3);
+    const AttentionGrads many = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+    detail::force_backward_span(0);
+    for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
+      EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name();
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
 }
 
 // A NaN in a padded key's value reaches no gradient (the kernel leaves non-finite inputs to the widened path, which

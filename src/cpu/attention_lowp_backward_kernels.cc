@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/aligned_vector.h"
+#include "cpu/attention_fused.h"
 #include "cpu/attention_lowp.h"
 #include "cpu/backward_rows.h"
 #include "cpu/bf16_pairs.h"
@@ -32,36 +33,54 @@ namespace {
 
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(kBk % 32 == 0 && kBq % 2 == 0, "whole vectors of keys; pairs of query rows");
+// Key blocks per pass over the query tiles, as the float32 backward's (attention_backward_kernels.cc): up to
+// kMaxSpan, their buffers within kSpanBytes, where a pass's query side takes kSpanFromBytes. Zen 5 (session 15), 1
+// thread, H 1, L 16384, backward alone against one block per pass: D 128 957 → 780 ms (+23%; 440 GFLOP/s, as at
+// L 2048), D 64 +9%; H 4, L 2048 (below the threshold) unchanged.
+constexpr int64_t kMaxSpan = 16;
+constexpr int64_t kSpanBytes = int64_t{2} << 20;
+constexpr int64_t kSpanFromBytes = int64_t{8} << 20;
 
 struct Bf16BackwardPlan {
   int threads = 1;
   int64_t Dp = 0, Dvp = 0;    // D, Dv rounded up to even: the pairs of S's and dP's products
   int64_t D16 = 0, Dv16 = 0;  // D, Dv rounded up to whole vectors: the accumulators' widths
   int64_t key_blocks = 0, chunks = 1, tasks = 0, q_tiles = 0;
+  int64_t span = 1;          // key blocks per pass over the query tiles
   int64_t dq_part_rows = 0;  // B · H · Lq
 };
 
 // Per-thread buffers, grown once and reused.
+// Key block s of a pass owns its part of kt, vt, kp, dk and dv, from s times one block's size on.
 struct Bf16Workspace {
-  AlignedVector<uint16_t> kt, vt;   // [Dp/2, kBk, 2], [Dvp/2, kBk, 2]  the block's Kᵀ, Vᵀ pairs (S, dP)
-  AlignedVector<uint16_t> kp;       // [kBk/2, D16, 2]                  K in key pairs (dQ = dS·K)
-  AlignedVector<uint32_t> qa, da;   // [kBq, Dp/2], [kBq, Dvp/2]        the tile's Q and dO pairs along D (S, dP)
+  AlignedVector<uint16_t> kt, vt;  // [span][Dp/2, kBk, 2], [span][Dvp/2, kBk, 2]  each block's Kᵀ, Vᵀ pairs (S, dP)
+  AlignedVector<uint16_t> kp;      // [span][kBk/2, D16, 2]                        K in key pairs (dQ = dS·K)
+  AlignedVector<uint32_t> qa, da;  // [kBq, Dp/2], [kBq, Dvp/2]        the tile's Q and dO pairs along D (S, dP)
   AlignedVector<uint16_t> qp, dop;  // [kBq/2, D16, 2], [kBq/2, Dv16, 2] Q, dO in row pairs (dK, dV)
   AlignedVector<float> s, pt, ds;   // [kBq, kBk]                       P, P̃ (dropout), dP then dS
   AlignedVector<uint32_t> pT, dsT;  // [kBq/2, kBk]                     P̃ᵀ, dSᵀ in row pairs (dV, dK)
   AlignedVector<uint32_t> dsr;      // [kBq, kBk/2]                     dS in key pairs (dQ)
-  AlignedVector<float> dk, dv;      // [kBk, D16], [kBk, Dv16]          the block's gradients
+  AlignedVector<float> dk, dv;      // [span][kBk, D16], [span][kBk, Dv16]  each block's gradients
   void reserve(const Bf16BackwardPlan& plan) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
-    grow(kt, plan.Dp * kBk), grow(vt, plan.Dvp * kBk), grow(kp, kBk * plan.D16);
+    grow(kt, plan.span * plan.Dp * kBk), grow(vt, plan.span * plan.Dvp * kBk), grow(kp, plan.span * kBk * plan.D16);
     grow(qa, kBq * plan.Dp / 2), grow(da, kBq * plan.Dvp / 2);
     grow(qp, kBq * plan.D16), grow(dop, kBq * plan.Dv16);
     grow(s, kBq * kBk), grow(pt, kBq * kBk), grow(ds, kBq * kBk);
     grow(pT, kBq / 2 * kBk), grow(dsT, kBq / 2 * kBk), grow(dsr, kBq * kBk / 2);
-    grow(dk, kBk * plan.D16), grow(dv, kBk * plan.Dv16);
+    grow(dk, plan.span * kBk * plan.D16), grow(dv, plan.span * kBk * plan.Dv16);
   }
+};
+
+// One key block of a pass, keys [j0, j0 + n), and its parts of the workspace.
+struct Bf16KeyBlock {
+  int64_t j0 = 0, n = 0;
+  const uint16_t *kt = nullptr, *vt = nullptr, *kp = nullptr;  // packed as Bf16Workspace's
+  float *dk = nullptr, *dv = nullptr;                          // [kBk, D16], [kBk, Dv16]
+  bool all_padding = false;
+  int64_t tile_lo = 0, tile_hi = 0;  // the aligned query tiles that may see it (query_range)
 };
 
 // n values at x (bfloat16 bits) contain NaN or Inf?
@@ -140,13 +159,10 @@ void narrow_out(const float* src, int64_t src_rs, int64_t rows, int64_t width, u
     for (int64_t d = 0; d < width; ++d) dst[r * dst_rs + d] = float_to_bf16(src[r * src_rs + d]);
 }
 
-// One query tile against the key block in ws (keys [j0, j0 + n)): its shares of dK, dV (ws) and dQ (dq_rows).
-// `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
-// with r); its products then stop at that triangle, as the float32 backward's: S and dP per kScoreRows rows up to
-// their last row's keys, dQ per kPvRows rows the same way, dK and dV per kPvRows keys from the row pair of the
-// first row that sees them. What a step reads past a row's visible keys is 0 in P̃ and dS.
-void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, const float* delta, int64_t b, int64_t h,
-                int64_t i0, int64_t rows, int64_t j0, int64_t n, bool diagonal, float* dq_rows, Bf16Workspace& ws) {
+// A query tile's Q and dO rows into ws: pairs along D (qa, da) and row pairs (qp, dop), once for every key block of a
+// pass.
+void pack_query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, int64_t b, int64_t h, int64_t i0,
+                     int64_t rows, Bf16Workspace& ws) {
   const AttentionProblem& p = bp.p;
   const uint16_t* q = bp.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
   const uint16_t* dout = bp.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
@@ -154,6 +170,19 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   pack_row_pairs(dout, p.o_sl, rows, p.Dv, plan.Dvp, ws.da.data());
   pack_pair_rows(q, p.q_sl, rows, p.D, plan.D16, ws.qp.data());
   pack_pair_rows(dout, p.o_sl, rows, p.Dv, plan.Dv16, ws.dop.data());
+}
+
+// One query tile (packed in ws: pack_query_tile) against key block kb, of whose keys [kb.j0, kb.j0 + n) it may see:
+// its shares of dK, dV (kb.dk, kb.dv) and dQ (dq_rows).
+// `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
+// with r); its products then stop at that triangle, as the float32 backward's: S and dP per kScoreRows rows up to
+// their last row's keys, dQ per kPvRows rows the same way, dK and dV per kPvRows keys from the row pair of the
+// first row that sees them. What a step reads past a row's visible keys is 0 in P̃ and dS.
+void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, const float* delta, int64_t b, int64_t h,
+                int64_t i0, int64_t rows, const Bf16KeyBlock& kb, int64_t n, bool diagonal, float* dq_rows,
+                Bf16Workspace& ws) {
+  const AttentionProblem& p = bp.p;
+  const int64_t j0 = kb.j0;
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
     if (!diagonal) return n;
     int64_t lo, hi;
@@ -163,9 +192,9 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   const int64_t cols = round_up(n, 32);  // whole score vectors and whole key pairs
   // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, rows [r, r + block) up to c columns
   const auto scores = [&](int64_t r, int64_t block, int64_t c) {
-    dot_scores(ws.qa.data() + r * plan.Dp / 2, plan.Dp / 2, ws.kt.data(), kBk, plan.Dp / 2, block, c, 1.0f,
+    dot_scores(ws.qa.data() + r * plan.Dp / 2, plan.Dp / 2, kb.kt, kBk, plan.Dp / 2, block, c, 1.0f,
                ws.s.data() + r * kBk, kBk);
-    dot_scores(ws.da.data() + r * plan.Dvp / 2, plan.Dvp / 2, ws.vt.data(), kBk, plan.Dvp / 2, block, c, 1.0f,
+    dot_scores(ws.da.data() + r * plan.Dvp / 2, plan.Dvp / 2, kb.vt, kBk, plan.Dvp / 2, block, c, 1.0f,
                ws.ds.data() + r * kBk, kBk);
   };
   if (!diagonal) {
@@ -198,9 +227,9 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   const int64_t row_pairs = (rows + 1) / 2;
   // dV[n, Dv16] += P̃ᵀ · dO ; dK[n, D16] += dSᵀ · Q ; dQ[rows, D16] += dS · K
   if (!diagonal) {
-    dot_pv(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, ws.dv.data(), plan.Dv16);
-    dot_pv(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, ws.dk.data(), plan.D16);
-    dot_pv(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, ws.kp.data(), plan.D16 / 16, dq_rows, plan.D16);
+    dot_pv(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, kb.dv, plan.Dv16);
+    dot_pv(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, kb.dk, plan.D16);
+    dot_pv(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, kb.kp, plan.D16 / 16, dq_rows, plan.D16);
     return;
   }
   constexpr int64_t kSteps = Tiles::kPvRows;
@@ -208,14 +237,14 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
     while (visible(first) <= j) ++first;                // that sees key j (the last row sees all n keys)
     const int64_t block = std::min(kSteps, n - j), r2 = first / 2;
     dot_pv(ws.pT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.dop.data() + r2 * plan.Dv16 * 2,
-           plan.Dv16 / 16, ws.dv.data() + j * plan.Dv16, plan.Dv16);
+           plan.Dv16 / 16, kb.dv + j * plan.Dv16, plan.Dv16);
     dot_pv(ws.dsT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.qp.data() + r2 * plan.D16 * 2, plan.D16 / 16,
-           ws.dk.data() + j * plan.D16, plan.D16);
+           kb.dk + j * plan.D16, plan.D16);
   }
   for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
     const int64_t block = std::min(kSteps, rows - r), pairs = (visible(r + block - 1) + 1) / 2;
     if (pairs > 0)
-      dot_pv(ws.dsr.data() + r * kBk / 2, kBk / 2, 1, block, pairs, ws.kp.data(), plan.D16 / 16, dq_rows + r * plan.D16,
+      dot_pv(ws.dsr.data() + r * kBk / 2, kBk / 2, 1, block, pairs, kb.kp, plan.D16 / 16, dq_rows + r * plan.D16,
              plan.D16);
   }
 }
@@ -238,16 +267,20 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
   plan.D16 = round_up(std::max<int64_t>(p.D, 1), 16), plan.Dv16 = round_up(std::max<int64_t>(p.Dv, 1), 16);
   plan.key_blocks = (p.Lk + kBk - 1) / kBk;
   plan.q_tiles = (p.Lq + kBq - 1) / kBq;
+  const int64_t group = p.group();
   plan.dq_part_rows = p.B * p.H * p.Lq;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.D16);
   plan.tasks = p.B * p.Hkv * plan.chunks;
+  const int64_t block_bytes = kBk * (2 * (plan.Dp + plan.Dvp + plan.D16) + 4 * (plan.D16 + plan.Dv16));
+  const int64_t pass_bytes = group * p.Lq * (2 * (p.D + p.Dv) + 8 * plan.D16);  // Q, dO; dQ read and written
+  plan.span = pass_bytes >= kSpanFromBytes ? std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan) : 1;
+  if (const int64_t forced = forced_backward_span(); forced > 0) plan.span = std::min(forced, kMaxSpan);
   thread_local AlignedVector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, D16]
   if (static_cast<int64_t>(delta.size()) < plan.dq_part_rows) delta.resize(static_cast<size_t>(plan.dq_part_rows));
   if (static_cast<int64_t>(dq_part.size()) < plan.chunks * plan.dq_part_rows * plan.D16)
     dq_part.resize(static_cast<size_t>(plan.chunks * plan.dq_part_rows * plan.D16));
   float* const deltas = delta.data();
   float* const dq_parts = dq_part.data();
-  const int64_t group = p.group();
 #pragma omp parallel num_threads(plan.threads)
   {
     thread_local Bf16Workspace ws;
@@ -273,29 +306,55 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
       const uint16_t* k = bp.k + b * p.k_sb + kvh * p.k_sh;
       const uint16_t* v = bp.v + b * p.v_sb + kvh * p.v_sh;
       const int64_t kb_lo = plan.key_blocks * c / plan.chunks, kb_hi = plan.key_blocks * (c + 1) / plan.chunks;
-      for (int64_t kb = kb_lo; kb < kb_hi; ++kb) {
-        const int64_t j0 = kb * kBk, n = std::min(kBk, p.Lk - j0);
-        std::fill(ws.dk.begin(), ws.dk.begin() + kBk * plan.D16, 0.0f);
-        std::fill(ws.dv.begin(), ws.dv.begin() + kBk * plan.Dv16, 0.0f);
-        if (!all_padding(p, b, j0, n)) {
-          pack_transposed_pairs(k + j0 * p.k_sl, p.k_sl, n, p.D, plan.Dp, kBk, ws.kt.data());
-          pack_transposed_pairs(v + j0 * p.v_sl, p.v_sl, n, p.Dv, plan.Dvp, kBk, ws.vt.data());
-          std::fill(ws.kp.begin(), ws.kp.begin() + kBk * plan.D16, uint16_t{0});
-          pack_pair_rows(k + j0 * p.k_sl, p.k_sl, n, p.D, plan.D16, ws.kp.data());
+      // span key blocks per pass; each row takes its blocks' dQ terms, and each block its rows' terms, in the order
+      // of one block per pass: the same sums
+      for (int64_t kb0 = kb_lo; kb0 < kb_hi; kb0 += plan.span) {
+        const int64_t blocks = std::min(plan.span, kb_hi - kb0);
+        Bf16KeyBlock kbs[kMaxSpan];
+        int64_t tile_lo = plan.q_tiles, tile_hi = 0;
+        for (int64_t s = 0; s < blocks; ++s) {
+          Bf16KeyBlock& kb = kbs[s];
+          kb.j0 = (kb0 + s) * kBk, kb.n = std::min(kBk, p.Lk - kb.j0);
+          uint16_t* kt = ws.kt.data() + s * plan.Dp * kBk;
+          uint16_t* vt = ws.vt.data() + s * plan.Dvp * kBk;
+          uint16_t* kp = ws.kp.data() + s * kBk * plan.D16;
+          kb.kt = kt, kb.vt = vt, kb.kp = kp;
+          kb.dk = ws.dk.data() + s * kBk * plan.D16, kb.dv = ws.dv.data() + s * kBk * plan.Dv16;
+          std::fill(kb.dk, kb.dk + kBk * plan.D16, 0.0f);
+          std::fill(kb.dv, kb.dv + kBk * plan.Dv16, 0.0f);
+          kb.all_padding = all_padding(p, b, kb.j0, kb.n);
+          if (kb.all_padding) continue;
+          pack_transposed_pairs(k + kb.j0 * p.k_sl, p.k_sl, kb.n, p.D, plan.Dp, kBk, kt);
+          pack_transposed_pairs(v + kb.j0 * p.v_sl, p.v_sl, kb.n, p.Dv, plan.Dvp, kBk, vt);
+          std::fill(kp, kp + kBk * plan.D16, uint16_t{0});
+          pack_pair_rows(k + kb.j0 * p.k_sl, p.k_sl, kb.n, p.D, plan.D16, kp);
           int64_t i_lo, i_hi;
-          query_range(p, j0, n, &i_lo, &i_hi);
-          for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-            for (int64_t tile = i_lo / kBq; tile * kBq < i_hi; ++tile) {
-              const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+          query_range(p, kb.j0, kb.n, &i_lo, &i_hi);
+          kb.tile_lo = i_lo / kBq, kb.tile_hi = (i_hi + kBq - 1) / kBq;
+          tile_lo = std::min(tile_lo, kb.tile_lo);
+          tile_hi = std::max(tile_hi, kb.tile_hi);
+        }
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+            const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+            bool packed = false;
+            for (int64_t s = 0; s < blocks; ++s) {
+              const Bf16KeyBlock& kb = kbs[s];
+              if (kb.all_padding || tile < kb.tile_lo || tile >= kb.tile_hi) continue;
               bool diagonal;
-              const int64_t n_tile = tile_keys(p, i0, rows, j0, n, &diagonal);
+              const int64_t n_tile = tile_keys(p, i0, rows, kb.j0, kb.n, &diagonal);
               if (n_tile == 0) continue;
-              query_tile(bp, plan, deltas, b, h, i0, rows, j0, n_tile, diagonal,
+              if (!packed) pack_query_tile(bp, plan, b, h, i0, rows, ws);
+              packed = true;
+              query_tile(bp, plan, deltas, b, h, i0, rows, kb, n_tile, diagonal,
                          dq_chunk + ((b * p.H + h) * p.Lq + i0) * plan.D16, ws);
             }
+          }
+        for (int64_t s = 0; s < blocks; ++s) {
+          const Bf16KeyBlock& kb = kbs[s];
+          narrow_out(kb.dk, plan.D16, kb.n, p.D, bp.dk + b * p.k_sb + kvh * p.k_sh + kb.j0 * p.k_sl, p.k_sl);
+          narrow_out(kb.dv, plan.Dv16, kb.n, p.Dv, bp.dv + b * p.v_sb + kvh * p.v_sh + kb.j0 * p.v_sl, p.v_sl);
         }
-        narrow_out(ws.dk.data(), plan.D16, n, p.D, bp.dk + b * p.k_sb + kvh * p.k_sh + j0 * p.k_sl, p.k_sl);
-        narrow_out(ws.dv.data(), plan.Dv16, n, p.Dv, bp.dv + b * p.v_sb + kvh * p.v_sh + j0 * p.v_sl, p.v_sl);
       }
     }
 #pragma omp for schedule(static)
