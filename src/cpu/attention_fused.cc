@@ -53,22 +53,13 @@ SimdLevel simd_level_active() { return active_level(); }
 void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(level); }
 
 namespace {
-int64_t& fused_query_tile() {
-  static int64_t rows = 0;
-  return rows;
-}
+// The tests' forced tile choices (0: each call chooses); constant-initialised, so safe before main.
+int64_t forced_query_rows = 0, forced_span_blocks = 0;
 }  // namespace
-void force_fused_query_tile(int64_t rows) { fused_query_tile() = rows; }
-int64_t forced_fused_query_tile() { return fused_query_tile(); }
-
-namespace {
-int64_t& backward_span() {
-  static int64_t blocks = 0;
-  return blocks;
-}
-}  // namespace
-void force_backward_span(int64_t blocks) { backward_span() = blocks; }
-int64_t forced_backward_span() { return backward_span(); }
+void force_fused_query_tile(int64_t rows) { forced_query_rows = rows; }
+int64_t forced_fused_query_tile() { return forced_query_rows; }
+void force_backward_span(int64_t blocks) { forced_span_blocks = blocks; }
+int64_t forced_backward_span() { return forced_span_blocks; }
 
 double fma_peak_gflops(int threads, double seconds) {
   switch (simd_level_active()) {

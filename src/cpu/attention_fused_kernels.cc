@@ -356,12 +356,14 @@ void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0
       v_stride = Dvp;
     }
     // The task's rows kBq at a time (one sub-tile when bq = kBq): a sub-tile's scores and accumulators stay in the
-    // L1 while the key tile, read from the L3 or memory once for all of them, stays in the L2.
-    for (int64_t r0 = 0; r0 < rows; r0 += Tiles::kBq) {
-      const int64_t sub = std::min(Tiles::kBq, rows - r0);
+    // L1 while the key tile, read from the L3 or memory once for all of them, stays in the L2. (The few-query path,
+    // whose scores read ws.qs from its first row, takes all its rows at once.)
+    const int64_t sub_rows = kpack != nullptr ? Tiles::kBq : rows;
+    for (int64_t r0 = 0; r0 < rows; r0 += sub_rows) {
+      const int64_t sub = std::min(sub_rows, rows - r0);
       if (visible_prefix(p, i0 + r0, sub, j0, n) == 0) continue;  // the causal range ends before the tile here
       // the next key tile's keys are asked for before the last sub-tile's P·V
-      const bool ask_next = prefetch && j0 + Tiles::kBk < j_end && r0 + Tiles::kBq >= rows;
+      const bool ask_next = prefetch && j0 + Tiles::kBk < j_end && r0 + sub_rows >= rows;
       accumulate_tile(p, b, h, k, kt, i0 + r0, sub, r0, j0, n, vt, v_stride, Dvp, after,
                       ask_next ? kt + p.D * Tiles::kBk : nullptr, ws);
     }
