@@ -168,29 +168,43 @@ void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& 
   }
 }
 
-// One query tile of head h against key block kb, of whose keys [kb.j0, kb.j0 + n) the tile may see (n ≤ kb.n):
-// adds its share of dK and dV to kb.dk, kb.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the chunk's dQ
-// buffer). q_finite, dout_finite: the tile's checks.
+// A query tile's Q and dO rows as the products read them: in place where their widths are whole vectors, else padded
+// into ws (once per pass: tile_rows).
+struct TileRows {
+  const float* q;     // [rows, ≥ D], row stride q_rs
+  const float* dout;  // [rows, ≥ Dv], row stride dout_rs
+  int64_t q_rs, dout_rs;
+};
+
+TileRows tile_rows(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, int64_t b,
+                   int64_t h, int64_t i0, int64_t rows, BackwardWorkspace& ws) {
+  TileRows tr{p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl, g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl, p.q_sl,
+              p.o_sl};
+  if (!plan.q_in_place) {
+    pack_rows(tr.q, p.q_sl, rows, p.D, ws.q.data(), plan.Dp);
+    tr.q = ws.q.data(), tr.q_rs = plan.Dp;
+  }
+  if (!plan.dout_in_place) {
+    pack_rows(tr.dout, p.o_sl, rows, p.Dv, ws.dout.data(), plan.Dvp);
+    tr.dout = ws.dout.data(), tr.dout_rs = plan.Dvp;
+  }
+  return tr;
+}
+
+// One query tile of head h (its rows: tr) against key block kb, of whose keys [kb.j0, kb.j0 + n) the tile may see
+// (n ≤ kb.n): adds its share of dK and dV to kb.dk, kb.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the
+// chunk's dQ buffer). q_finite, dout_finite: the tile's checks.
 // `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
 // with r; the last row sees all n). Its products then stop at that triangle in register-tile steps: S and dP per
 // kScoreRows rows up to the block's last row's keys, dQ per kUpdateRows rows the same way, dK and dV per
 // kUpdateRows keys from the first row that sees them. An entry of P̃ or dS such a step reads past its row's
 // visible keys is 0, so the sums are those of the whole tile, without most of the hidden half's products.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
-                int64_t b, int64_t h, int64_t i0, int64_t rows, const KeyBlock& kb, int64_t n, bool diagonal,
-                bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
+                int64_t b, int64_t h, int64_t i0, int64_t rows, const TileRows& tr, const KeyBlock& kb, int64_t n,
+                bool diagonal, bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp, j0 = kb.j0;
-  const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;
-  const float* dout = g.d_out + b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
-  int64_t q_rs = p.q_sl, dout_rs = p.o_sl;
-  if (!plan.q_in_place) {
-    pack_rows(q, p.q_sl, rows, p.D, ws.q.data(), Dp);
-    q = ws.q.data(), q_rs = Dp;
-  }
-  if (!plan.dout_in_place) {
-    pack_rows(dout, p.o_sl, rows, p.Dv, ws.dout.data(), Dvp);
-    dout = ws.dout.data(), dout_rs = Dvp;
-  }
+  const float *q = tr.q, *dout = tr.dout;
+  const int64_t q_rs = tr.q_rs, dout_rs = tr.dout_rs;
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
     if (!diagonal) return n;
     int64_t lo, hi;
@@ -303,6 +317,8 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
         for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
           const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0), t = (b * p.H + h) * plan.q_tiles + tile;
+          TileRows tr{};
+          bool have_rows = false;  // the tile's rows, padded once for all the pass's blocks where they need it
           for (int64_t s = 0; s < blocks; ++s) {
             const KeyBlock& kb = kbs[s];
             if (kb.all_padding || tile < kb.tile_lo || tile >= kb.tile_hi) continue;
@@ -312,7 +328,9 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
             bool diagonal;
             const int64_t n_tile = tile_keys(p, i0, rows, kb.j0, kb.n, &diagonal);
             if (n_tile == 0) continue;
-            query_tile(p, g, plan, delta, b, h, i0, rows, kb, n_tile, diagonal, q_ok[t] != 0, dout_ok[t] != 0,
+            if (!have_rows) tr = tile_rows(p, g, plan, b, h, i0, rows, ws);
+            have_rows = true;
+            query_tile(p, g, plan, delta, b, h, i0, rows, tr, kb, n_tile, diagonal, q_ok[t] != 0, dout_ok[t] != 0,
                        dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
           }
         }
