@@ -35,25 +35,6 @@ namespace {
 
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(128 % kBk == 0, "a key block spans one dropout group (cpu/dropout.h) at most");
-// Key blocks per pass over the query tiles (BackwardPlan::span): at most kMaxSpan, their buffers within kSpanBytes,
-// where a pass's query side takes kSpanFromBytes. Zen 5 (session 15), same-built A/Bs, backward alone, 1 thread,
-// against one block per pass: H 1, L 16384, D 128: a 512 KB budget (2 blocks) +13%, 1 MB +21%, 2 MB +26%, 4 MB +29%, 16
-// MB −15% (the blocks' buffers leave the L3; chained A/Bs); 2 MB: D 64 +17%, 2 threads +26%. H 2, L 4096: 0 to +15%,
-// depending on how busy the machine's other tenants kept the L3; L 1024–2048: −1 to −3% (their query side stays in
-// the caches). 16 threads share one L3: unmeasured on the Xeon (A/B ATTN_SWEEP_BWD_SPAN_KB and _FROM_KB there with
-// bench/cpu_tile_sweep.sh).
-#ifndef ATTN_SWEEP_BWD_SPAN  // bench/cpu_tile_sweep.sh variants
-#define ATTN_SWEEP_BWD_SPAN 16
-#endif
-#ifndef ATTN_SWEEP_BWD_SPAN_KB
-#define ATTN_SWEEP_BWD_SPAN_KB 2048
-#endif
-constexpr int64_t kMaxSpan = ATTN_SWEEP_BWD_SPAN;
-constexpr int64_t kSpanBytes = int64_t{ATTN_SWEEP_BWD_SPAN_KB} << 10;
-#ifndef ATTN_SWEEP_BWD_SPAN_FROM_KB
-#define ATTN_SWEEP_BWD_SPAN_FROM_KB 8192
-#endif
-constexpr int64_t kSpanFromBytes = int64_t{ATTN_SWEEP_BWD_SPAN_FROM_KB} << 10;
 
 struct BackwardPlan {
   int threads = 1;
@@ -63,7 +44,7 @@ struct BackwardPlan {
   int64_t tasks = 0;         // B · Hkv · chunks
   int64_t dq_part_rows = 0;  // rows of one chunk's dQ buffer: B · H · Lq
   int64_t q_tiles = 0;       // ⌈Lq / kBq⌉ query tiles per head, aligned to multiples of kBq
-  int64_t span = 1;          // key blocks per pass over the query tiles (kMaxSpan at most; see plan_backward)
+  int64_t span = 1;          // key blocks per pass over the query tiles (backward_span)
   int64_t block_floats = 0;  // one key block's part of each per-block buffer of the workspace
   // Q rows and dO rows are read in place when their width is whole vectors, else packed per tile
   bool q_in_place = false, dout_in_place = false;
@@ -81,17 +62,13 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.Dp);
   plan.tasks = p.B * p.Hkv * plan.chunks;
-  // A pass over the query tiles reads every tile's Q, dO, lse and Δ and reads and writes its dQ rows: span key
-  // blocks per pass divide that traffic by span, their packed keys and values and their dK and dV (and padded K rows,
-  // where D is not whole vectors) within kSpanBytes.
+  // key blocks per pass (backward_span): a block's packed keys and values, dK and dV (and padded K rows, where D is
+  // not whole vectors); a pass's Q, dO and dQ (read and written) of the group's heads
   plan.block_floats = kBk * std::max(plan.Dp, plan.Dvp);
   const int64_t block_bytes = (plan.q_in_place ? 4 : 5) * plan.block_floats * static_cast<int64_t>(sizeof(float));
-  // Only where a pass's query side (each head of the group: Q, dO, dQ read and written) takes kSpanFromBytes: below,
-  // it stays in the caches between passes and spans cost 1–3% (L 1024–2048).
   const int64_t pass_bytes =
       p.group() * p.Lq * (2 * plan.Dp + plan.Dp + plan.Dvp) * static_cast<int64_t>(sizeof(float));
-  plan.span = pass_bytes >= kSpanFromBytes ? std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan) : 1;
-  if (const int64_t forced = forced_backward_span(); forced > 0) plan.span = std::min(forced, kMaxSpan);
+  plan.span = backward_span(block_bytes, pass_bytes);
   return plan;
 }
 

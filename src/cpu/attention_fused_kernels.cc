@@ -25,7 +25,6 @@
 //   write_weights     the second pass, when weights are asked for
 // Tile sizes (kBq, kBqLong, kBk, the register tiles) are this target's Tiles (cpu/tile_traits.h).
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -52,12 +51,6 @@ namespace attn::detail::ATTN_TARGET {
 namespace {
 
 static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
-// A task's query rows: kBq, or up to kBqLong where a head's K and V are long (FusedPlan::bq), run kBq rows at a time
-// (accumulate_keys); force_fused_query_tile (tests) may ask for up to kBqMax on any target.
-constexpr int64_t kBqMax = std::max<int64_t>(128, Tiles::kBqLong);
-static_assert(Tiles::kBq <= kBqMax && Tiles::kBqLong <= kBqMax);
-static_assert(Tiles::kBqLong % Tiles::kBq == 0 && std::has_single_bit(uint64_t(Tiles::kBqLong / Tiles::kBq)),
-              "plan_fused halves a long tile down to kBq");
 // A key tile starts at a multiple of kBk and lies inside one 128-key dropout group (cpu/dropout.h), whose
 // masks softmax_tile applies as it writes P.
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
@@ -493,10 +486,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.Dvp = round_up(p.Dv, W);
   plan.keys_packed = p.Lq > 4;
   const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(float));  // one head's K and V
-  plan.bq = plan.keys_packed && kv_bytes >= Tiles::kLongKvBytes ? Tiles::kBqLong : Tiles::kBq;
-  // long query tiles only while every thread keeps several tasks (kBqLong is kBq times a power of 2)
-  while (plan.bq > Tiles::kBq && p.B * p.H * ((p.Lq + plan.bq - 1) / plan.bq) < 4 * plan.threads) plan.bq /= 2;
-  if (const int64_t forced = forced_fused_query_tile(); forced > 0) plan.bq = std::min(forced, kBqMax);
+  plan.bq = forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;

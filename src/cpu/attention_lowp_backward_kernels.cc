@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "cpu/aligned_vector.h"
-#include "cpu/attention_fused.h"
 #include "cpu/attention_lowp.h"
 #include "cpu/backward_rows.h"
 #include "cpu/bf16_pairs.h"
@@ -33,20 +32,13 @@ namespace {
 
 constexpr int64_t kBq = Tiles::kBackwardBq, kBk = Tiles::kBackwardBk;
 static_assert(kBk % 32 == 0 && kBq % 2 == 0, "whole vectors of keys; pairs of query rows");
-// Key blocks per pass over the query tiles, as the float32 backward's (attention_backward_kernels.cc): up to
-// kMaxSpan, their buffers within kSpanBytes, where a pass's query side takes kSpanFromBytes. Zen 5 (session 15), 1
-// thread, H 1, L 16384, backward alone against one block per pass: D 128 957 → 780 ms (+23%; 440 GFLOP/s, as at
-// L 2048), D 64 +9%; H 4, L 2048 (below the threshold) unchanged.
-constexpr int64_t kMaxSpan = 16;
-constexpr int64_t kSpanBytes = int64_t{2} << 20;
-constexpr int64_t kSpanFromBytes = int64_t{8} << 20;
 
 struct Bf16BackwardPlan {
   int threads = 1;
   int64_t Dp = 0, Dvp = 0;    // D, Dv rounded up to even: the pairs of S's and dP's products
   int64_t D16 = 0, Dv16 = 0;  // D, Dv rounded up to whole vectors: the accumulators' widths
   int64_t key_blocks = 0, chunks = 1, tasks = 0, q_tiles = 0;
-  int64_t span = 1;          // key blocks per pass over the query tiles
+  int64_t span = 1;          // key blocks per pass over the query tiles (backward_span)
   int64_t dq_part_rows = 0;  // B · H · Lq
 };
 
@@ -273,9 +265,8 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
   plan.tasks = p.B * p.Hkv * plan.chunks;
   const int64_t block_bytes = kBk * (2 * (plan.Dp + plan.Dvp + plan.D16) + 4 * (plan.D16 + plan.Dv16));
   const int64_t pass_bytes = group * p.Lq * (2 * (p.D + p.Dv) + 8 * plan.D16);  // Q, dO; dQ read and written
-  plan.span = pass_bytes >= kSpanFromBytes ? std::clamp<int64_t>(kSpanBytes / block_bytes, 1, kMaxSpan) : 1;
-  if (const int64_t forced = forced_backward_span(); forced > 0) plan.span = std::min(forced, kMaxSpan);
-  thread_local AlignedVector<float> delta, dq_part;  // [B, H, Lq], [chunks, B, H, Lq, D16]
+  plan.span = backward_span(block_bytes, pass_bytes);                           // cpu/backward_rows.h
+  thread_local AlignedVector<float> delta, dq_part;                             // [B, H, Lq], [chunks, B, H, Lq, D16]
   if (static_cast<int64_t>(delta.size()) < plan.dq_part_rows) delta.resize(static_cast<size_t>(plan.dq_part_rows));
   if (static_cast<int64_t>(dq_part.size()) < plan.chunks * plan.dq_part_rows * plan.D16)
     dq_part.resize(static_cast<size_t>(plan.chunks * plan.dq_part_rows * plan.D16));

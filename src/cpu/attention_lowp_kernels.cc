@@ -41,7 +41,6 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
-constexpr int64_t kBqMax = std::max<int64_t>(128, Tiles::kBqLong);  // force_fused_query_tile's limit
 static_assert(kBk % (Tiles::kScoreVecs * W) == 0 && kBk % 2 == 0);
 
 // ---- Conversions -------------------------------------------------------------------------------------------
@@ -169,13 +168,11 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
   plan.Dp = round_up(std::max<int64_t>(p.D, 1), 2);
   plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
   plan.keys_packed = p.Lq > 4;
-  // long tasks where a head's K and V take kLongKvBytes, while every thread keeps several tasks; the rows go kBq at a
-  // time (accumulate_keys). Zen 5, bfloat16, 1 thread, H 1, against 64-row tasks: L 32768, D 128 +20% (64 rows: 353
-  // GFLOP/s against 410 at L 16384); L 16384, D 256 +12%
+  // long tasks for long K and V (forward_task_rows), run kBq rows at a time (accumulate_keys). Zen 5, bfloat16, 1
+  // thread, H 1, against 64-row tasks: L 32768, D 128 +20% (64 rows: 353 GFLOP/s against 410 at L 16384); L 16384, D
+  // 256 +12%
   const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(uint16_t));
-  plan.bq = plan.keys_packed && kv_bytes >= Tiles::kLongKvBytes ? Tiles::kBqLong : kBq;
-  while (plan.bq > kBq && p.B * p.H * ((p.Lq + plan.bq - 1) / plan.bq) < 4 * plan.threads) plan.bq /= 2;
-  if (const int64_t forced = forced_fused_query_tile(); forced > 0) plan.bq = std::min(forced, kBqMax);
+  plan.bq = forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + kBk - 1) / kBk;

@@ -1,5 +1,6 @@
 // Internal: what the float32 fused backward (attention_backward_kernels.cc) and the bfloat16 one
-// (attention_lowp_backward_kernels.cc) share: the work division's key chunks, the query rows a key block meets,
+// (attention_lowp_backward_kernels.cc) share: the work division's key chunks and key blocks per pass, the query rows a
+// key block meets,
 // and the row passes from S and dP to P, P̃ and dS (float32, on either path). Included by kernel files compiled
 // with ATTN_TARGET.
 #pragma once
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/attention_fused.h"
 #include "cpu/attention_problem.h"
 #include "cpu/dropout.h"
 #include "cpu/simd.h"
@@ -21,6 +23,36 @@
 namespace attn::detail::ATTN_TARGET {
 
 inline constexpr float kLog2e = 1.44269504088896341f;
+
+// Key blocks per pass over the query tiles (both backwards): a pass reads every query tile's Q, dO, lse and Δ and
+// reads and writes its dQ rows; span key blocks per pass divide that traffic by span. At most kMaxSpan blocks, their
+// buffers (packed K and V, dK, dV) within kSpanBytes, and only where a pass's query side takes kSpanFromBytes: below,
+// it stays in the caches between passes and spans cost 1–3% (L 1024–2048). Zen 5 (session 15), same-built A/Bs,
+// float32 backward alone, 1 thread, against one block per pass: H 1, L 16384, D 128: a 512 KB budget (2 blocks) +13%,
+// 1 MB +21%, 2 MB +26%, 4 MB +29%, 16 MB −15% (the blocks' buffers leave the L3; chained A/Bs); 2 MB: D 64 +17%,
+// 2 threads +26%; bfloat16 +23% (D 128), +9% (D 64). H 2, L 4096: 0 to +15%, depending on how busy the machine's other
+// tenants kept the L3. 16 threads share one L3: unmeasured on the Xeon (A/B ATTN_SWEEP_BWD_SPAN_KB and _FROM_KB there
+// with bench/cpu_tile_sweep.sh, which rebuilds the float32 kernel only).
+#ifndef ATTN_SWEEP_BWD_SPAN  // bench/cpu_tile_sweep.sh variants
+#define ATTN_SWEEP_BWD_SPAN 16
+#endif
+#ifndef ATTN_SWEEP_BWD_SPAN_KB
+#define ATTN_SWEEP_BWD_SPAN_KB 2048
+#endif
+#ifndef ATTN_SWEEP_BWD_SPAN_FROM_KB
+#define ATTN_SWEEP_BWD_SPAN_FROM_KB 8192
+#endif
+inline constexpr int64_t kMaxSpan = ATTN_SWEEP_BWD_SPAN;
+inline constexpr int64_t kSpanBytes = int64_t{ATTN_SWEEP_BWD_SPAN_KB} << 10;
+inline constexpr int64_t kSpanFromBytes = int64_t{ATTN_SWEEP_BWD_SPAN_FROM_KB} << 10;
+
+// The span of a call whose key blocks need block_bytes of buffers each and whose passes read and write pass_bytes
+// of query side; detail::force_backward_span (tests) overrides it.
+inline int64_t backward_span(int64_t block_bytes, int64_t pass_bytes) {
+  if (const int64_t forced = forced_backward_span(); forced > 0) return std::min(forced, kMaxSpan);
+  if (pass_bytes < kSpanFromBytes) return 1;
+  return std::clamp<int64_t>(kSpanBytes / std::max<int64_t>(block_bytes, 1), 1, kMaxSpan);
+}
 
 // Key chunks per (batch, kv head): with fewer (batch, kv head) pairs than 2 per thread the keys split into chunks so
 // every thread works, as long as the chunks' dQ buffers (dq_floats each) stay under 512 MB.

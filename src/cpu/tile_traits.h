@@ -3,6 +3,8 @@
 // kLanes matches the vector width its compiler flags gave simd::Vec.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 
 #include "cpu/attention_fused.h"
@@ -55,7 +57,7 @@ struct TileTraits<SimdLevel::kAvx512> {
   // Query rows per task where a head's K and V together take at least kLongKvBytes: they then stream from the L3 or
   // memory once per task, and longer tasks divide that traffic. A task's rows still go kBq at a time through each
   // key tile (accumulate_keys), so the scores and accumulators in use stay in the L1 while the key tile waits in the
-  // L2; plan_fused halves the rows while a call would have fewer than 4 tasks a thread. Zen 5, same-built A/B, 1
+  // L2; forward_task_rows halves the rows while a call would have fewer than 4 tasks a thread. Zen 5, same-built A/B, 1
   // thread: whole 128-row tiles against 64 (session 14) H 1, L 16384, D 256 +12–14%, D 128 +2%; 512 rows run 64 at a
   // time against those (session 15) D 128 +7–8%, D 256 +6–10%, L 32768 D 64 +8%, 2 threads +8–10%; 256 rows gave
   // half that, 1024 +2% more (fewer tasks). With the threshold at 1 MB, shapes with 1–8 MB of K and V gained
@@ -99,6 +101,22 @@ struct TileTraits<SimdLevel::kAvx2> {
 // The portable Vec has 8 lanes, as AVX2's, and takes AVX2's shapes.
 template <>
 struct TileTraits<SimdLevel::kScalar> : TileTraits<SimdLevel::kAvx2> {};
+
+// Query rows per forward task (the float32 and 16-bit forwards' plans): T::kBq, or up to T::kBqLong where the keys are
+// packed and one head's K and V take kv_bytes ≥ T::kLongKvBytes (the kernels then run the rows kBq at a time through
+// each key tile), halved while the call would keep fewer than 4 tasks a thread (heads: B·H). force_fused_query_tile
+// (tests) overrides it, up to kForwardBqMax.
+template <class T>
+inline constexpr int64_t kForwardBqMax = std::max<int64_t>(128, T::kBqLong);
+template <class T>
+int64_t forward_task_rows(bool keys_packed, int64_t kv_bytes, int64_t heads, int64_t Lq, int threads) {
+  static_assert(T::kBqLong % T::kBq == 0 && std::has_single_bit(uint64_t(T::kBqLong / T::kBq)),
+                "a long task halves down to kBq");
+  if (const int64_t forced = forced_fused_query_tile(); forced > 0) return std::min(forced, kForwardBqMax<T>);
+  int64_t bq = keys_packed && kv_bytes >= T::kLongKvBytes ? T::kBqLong : T::kBq;
+  while (bq > T::kBq && heads * ((Lq + bq - 1) / bq) < 4 * threads) bq /= 2;
+  return bq;
+}
 
 namespace avx512 {
 using Tiles = TileTraits<SimdLevel::kAvx512>;
