@@ -13,7 +13,7 @@ build_only=0
 if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 out=$PWD/build-sweep-cpu
 flags=(-O3 -DNDEBUG -fPIC -std=c++20 -fopenmp -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2
-       -DATTN_TARGET=avx512 -Iinclude -Ibuild/include -Isrc -w)
+       -Iinclude -Ibuild/include -Isrc -w)
 link_txt=build/CMakeFiles/attn.dir/link.txt
 [ -f $link_txt ] || { echo "no $link_txt: build attn in build/ with CMake's Makefile generator first" >&2; exit 1; }
 link=$(cat $link_txt)
@@ -24,10 +24,13 @@ for v in "$@"; do
   rm -rf "${out:?}/$name"; mkdir -p "$out/$name"
   objs=(); pids=()
   for src in attention_fused_kernels attention_backward_kernels attention_decode_kernels fma_peak_kernels \
-             attention_lowp_kernels; do
+             attention_lowp_kernels bf16:attention_lowp_kernels bf16:attention_lowp_backward_kernels; do
+    target=avx512 extra=()
+    if [[ $src == bf16:* ]]; then src=${src#bf16:}; target=avx512bf16; extra=(-mavx512bf16); fi
     # shellcheck disable=SC2086
-    c++ "${flags[@]}" $vflags -c src/cpu/$src.cc -o "$out/$name/$src.o" & pids+=($!)
-    objs+=("$out/$name/$src.o")
+    c++ "${flags[@]}" "${extra[@]}" -DATTN_TARGET=$target $vflags -c src/cpu/$src.cc -o "$out/$name/$target-$src.o" &
+    pids+=($!)
+    objs+=("$out/$name/$target-$src.o")
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "$name: a kernel failed to compile" >&2; exit 1; }; done
   # the variant's objects first: the linker then never takes the archive's AVX-512 kernel members

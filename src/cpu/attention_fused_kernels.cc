@@ -301,17 +301,27 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
   // A hidden key's value is never multiplied (its weight is 0), even when it holds NaN or Inf: such a tile
   // takes the zero-skipping update, whose sums are bitwise those of the fast one where all is finite.
   const bool skip_zero = masked && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, n, p.Dv);
+  // acc[r0 : r0 + block] += P[r0 : r0 + block, :terms] · V_tile[:terms] (the register tile: see Tiles::kPvRows)
+  const bool row_tile = kt == nullptr || Dvp == Tiles::kRowPvVecs * W;
+  const auto update = [&](int64_t r0, int64_t block, int64_t terms) {
+    const float* P = ws.s.data() + r0 * Tiles::kBk;
+    if (row_tile)
+      rank_update<Tiles::kRowPvRows, Tiles::kRowPvVecs>(P, Tiles::kBk, 1, block, terms, vt, v_stride, Dvp / W,
+                                                        acc + r0 * Dvp, Dvp);
+    else
+      rank_update<Tiles::kPvRows, Tiles::kPvVecs>(P, Tiles::kBk, 1, block, terms, vt, v_stride, Dvp / W, acc + r0 * Dvp,
+                                                  Dvp);
+  };
   if (skip_zero) {
     rank_update_nonzero(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, acc, Dvp);
   } else if (!diagonal) {
-    rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data(), Tiles::kBk, 1, rows, n, vt, v_stride, Dvp / W, acc, Dvp);
-  } else {  // each block of kPvRows rows stops at its last row's last key: the rest of P is 0
-    for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
-      const int64_t block = std::min<int64_t>(Tiles::kPvRows, rows - r);
+    update(0, rows, n);
+  } else {  // each block of the tile's rows stops at its last row's last key: the rest of P is 0
+    const int64_t pv_rows = row_tile ? Tiles::kRowPvRows : Tiles::kPvRows;
+    for (int64_t r = 0; r < rows; r += pv_rows) {
+      const int64_t block = std::min<int64_t>(pv_rows, rows - r);
       const int64_t terms = visible_prefix(p, i0 + r, block, j0, n);
-      if (terms > 0)
-        rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data() + r * Tiles::kBk, Tiles::kBk, 1, block, terms, vt,
-                                                    v_stride, Dvp / W, acc + r * Dvp, Dvp);
+      if (terms > 0) update(r, block, terms);
     }
   }
 }

@@ -168,7 +168,7 @@ void pack_query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan
 // its shares of dK, dV (kb.dk, kb.dv) and dQ (dq_rows).
 // `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
 // with r); its products then stop at that triangle, as the float32 backward's: S and dP per kScoreRows rows up to
-// their last row's keys, dQ per kPvRows rows the same way, dK and dV per kPvRows keys from the row pair of the
+// their last row's keys, dQ per kUpdateRows rows the same way, dK and dV per kUpdateRows keys from the row pair of the
 // first row that sees them. What a step reads past a row's visible keys is 0 in P̃ and dS.
 void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, const float* delta, int64_t b, int64_t h,
                 int64_t i0, int64_t rows, const Bf16KeyBlock& kb, int64_t n, bool diagonal, float* dq_rows,
@@ -217,26 +217,27 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   narrow_transposed_pairs(ws.ds.data(), rows, cols, ws.dsT.data());
   narrow_rows(ws.ds.data(), rows, cols, ws.dsr.data());
   const int64_t row_pairs = (rows + 1) / 2;
+  constexpr auto update = dot_pv<Tiles::kUpdateRows, Tiles::kUpdateVecs>;  // the float32 backward's update tiles
   // dV[n, Dv16] += P̃ᵀ · dO ; dK[n, D16] += dSᵀ · Q ; dQ[rows, D16] += dS · K
   if (!diagonal) {
-    dot_pv(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, kb.dv, plan.Dv16);
-    dot_pv(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, kb.dk, plan.D16);
-    dot_pv(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, kb.kp, plan.D16 / 16, dq_rows, plan.D16);
+    update(ws.pT.data(), 1, kBk, n, row_pairs, ws.dop.data(), plan.Dv16 / 16, kb.dv, plan.Dv16);
+    update(ws.dsT.data(), 1, kBk, n, row_pairs, ws.qp.data(), plan.D16 / 16, kb.dk, plan.D16);
+    update(ws.dsr.data(), kBk / 2, 1, rows, cols / 2, kb.kp, plan.D16 / 16, dq_rows, plan.D16);
     return;
   }
-  constexpr int64_t kSteps = Tiles::kPvRows;
+  constexpr int64_t kSteps = Tiles::kUpdateRows;
   for (int64_t j = 0, first = 0; j < n; j += kSteps) {  // keys [j, j + kSteps) from the row pair of the first row
     while (visible(first) <= j) ++first;                // that sees key j (the last row sees all n keys)
     const int64_t block = std::min(kSteps, n - j), r2 = first / 2;
-    dot_pv(ws.pT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.dop.data() + r2 * plan.Dv16 * 2,
+    update(ws.pT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.dop.data() + r2 * plan.Dv16 * 2,
            plan.Dv16 / 16, kb.dv + j * plan.Dv16, plan.Dv16);
-    dot_pv(ws.dsT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.qp.data() + r2 * plan.D16 * 2, plan.D16 / 16,
+    update(ws.dsT.data() + r2 * kBk + j, 1, kBk, block, row_pairs - r2, ws.qp.data() + r2 * plan.D16 * 2, plan.D16 / 16,
            kb.dk + j * plan.D16, plan.D16);
   }
   for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
     const int64_t block = std::min(kSteps, rows - r), pairs = (visible(r + block - 1) + 1) / 2;
     if (pairs > 0)
-      dot_pv(ws.dsr.data() + r * kBk / 2, kBk / 2, 1, block, pairs, kb.kp, plan.D16 / 16, dq_rows + r * plan.D16,
+      update(ws.dsr.data() + r * kBk / 2, kBk / 2, 1, block, pairs, kb.kp, plan.D16 / 16, dq_rows + r * plan.D16,
              plan.D16);
   }
 }

@@ -478,7 +478,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
         }
-        dot_pv(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile, Dvp / 16, acc, Dvp);
+        dot_pv<Tiles::kBf16PvRows, Tiles::kBf16PvVecs>(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile,
+                                                       Dvp / 16, acc, Dvp);
 #endif
         return;
       }

@@ -84,15 +84,17 @@ inline void dot_pv_tile(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t p
     for (int v = 0; v < C; ++v) _mm512_storeu_ps(acc + r * acc_rs + v * 16, a[r][v]);
 }
 
-// acc[rows, vecs·16] += A[rows, 2·pairs] · B in register tiles of kPvRows × kPvVecs (see dot_pv_tile).
+// acc[rows, vecs·16] += A[rows, 2·pairs] · B in register tiles of kRows × kVecs (see dot_pv_tile; the forward's P·V:
+// Tiles::kBf16PvRows × kBf16PvVecs, the backward's updates: kUpdateRows × kUpdateVecs).
+template <int kRows, int kVecs>
 inline void dot_pv(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t pairs, const uint16_t* vb,
                    int64_t vecs, float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += Tiles::kPvRows) {
-    const int R = static_cast<int>(std::min<int64_t>(Tiles::kPvRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += Tiles::kPvVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(Tiles::kPvVecs, vecs - c));
-      with_const<Tiles::kPvRows>(R, [&](auto RR) {
-        with_const<Tiles::kPvVecs>(C, [&](auto CC) {
+  for (int64_t r = 0; r < rows; r += kRows) {
+    const int R = static_cast<int>(std::min<int64_t>(kRows, rows - r));
+    for (int64_t c = 0; c < vecs; c += kVecs) {
+      const int C = static_cast<int>(std::min<int64_t>(kVecs, vecs - c));
+      with_const<kRows>(R, [&](auto RR) {
+        with_const<kVecs>(C, [&](auto CC) {
           dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, pairs, vb + c * 32, vecs * 32,
                                                                 acc + r * acc_rs + c * 16, acc_rs);
         });

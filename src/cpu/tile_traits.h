@@ -31,10 +31,16 @@ struct TileTraits;
 #define ATTN_SWEEP_SCORE_VECS 2
 #endif
 #ifndef ATTN_SWEEP_PV_ROWS
-#define ATTN_SWEEP_PV_ROWS 4
+#define ATTN_SWEEP_PV_ROWS 8
 #endif
 #ifndef ATTN_SWEEP_PV_VECS
-#define ATTN_SWEEP_PV_VECS 4
+#define ATTN_SWEEP_PV_VECS 2
+#endif
+#ifndef ATTN_SWEEP_BF16_PV_ROWS
+#define ATTN_SWEEP_BF16_PV_ROWS 4
+#endif
+#ifndef ATTN_SWEEP_BF16_PV_VECS
+#define ATTN_SWEEP_BF16_PV_VECS 4
 #endif
 #ifndef ATTN_SWEEP_BQ_LONG
 #define ATTN_SWEEP_BQ_LONG 512
@@ -45,11 +51,13 @@ struct TileTraits;
 #ifndef ATTN_SWEEP_UPDATE_ROWS
 #define ATTN_SWEEP_UPDATE_ROWS 4
 #endif
+#ifndef ATTN_SWEEP_UPDATE_VECS
+#define ATTN_SWEEP_UPDATE_VECS 4
+#endif
 
 // 32 zmm registers. On the Zen 4 development machine (one 512-bit FMA per cycle per core) all register tiles
 // that fit them measured within 2% of each other for long sequences; on an Intel Xeon (two) the score tiles
-// 12 × 2 and 6 × 4 were no better than 8 × 2 (bench/cpu_tile_sweep.sh, docs/performance/cpu_kernel.md). P·V keeps 4
-// vectors of columns: with fewer, decode (1 query) streams V in narrow strips and loses ~25% bandwidth.
+// 12 × 2 and 6 × 4 were no better than 8 × 2 (bench/cpu_tile_sweep.sh, docs/performance/cpu_kernel.md).
 template <>
 struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int kLanes = 16;              // floats per vector
@@ -67,13 +75,25 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int64_t kBk = ATTN_SWEEP_BK;             // keys per tile (128); a multiple of kScoreVecs·kLanes
   static constexpr int kScoreRows = ATTN_SWEEP_SCORE_ROWS;  // Q·Kᵀ register tile: rows × vectors of columns (8 × 2)
   static constexpr int kScoreVecs = ATTN_SWEEP_SCORE_VECS;
-  // The forward's P·V register tile, rows × vectors of columns (4 × 4). 6 × 4 (each value vector loaded once
-  // for 6 rows): 2–10% slower on Zen 4 in builds made the same way; on an Intel Xeon its +2–8% could not be told
-  // apart from code layout (two builds of one source differed by 5%; docs/performance/cpu_kernel.md).
+  // The float32 forward's P·V register tiles, rows × vectors of columns. kPvRows × kPvVecs (8 × 2): each value vector
+  // serves 8 rows, so a 64-row tile reads the value tile (64 KB at D 128, more than the L1) 8 times where 4 × 4 read it
+  // 16. kRowPvRows × kRowPvVecs (4 × 4) where a value row is exactly kRowPvVecs vectors (D 64: the 32 KB value tile
+  // stays in the L1, and 4 × 4 loads less per FMA) and on the few-query path (1–4 rows, decode: 2-vector strips of V
+  // took 10–25% longer, 1 query over 2048 keys, D 128). Zen 5, same-built A/B against 4 × 4 everywhere (session 16),
+  // 1 thread: D 128 +2–4% (causal at L 1024 +4%), D 256 +2%, D 32 +4%, D 64 with 8 × 2 −2 to −4%; 2 threads D 128
+  // +1–3%. Before, on Zen 4: 6 × 4 2–10% slower than 4 × 4; on an Intel Xeon its +2–8% could not be told apart from
+  // code layout (docs/performance/cpu_kernel.md). 8 × 2 was not measured on those machines.
   static constexpr int kPvRows = ATTN_SWEEP_PV_ROWS;
   static constexpr int kPvVecs = ATTN_SWEEP_PV_VECS;
-  static constexpr int kUpdateRows = ATTN_SWEEP_UPDATE_ROWS;  // the backward's rank updates (dV, dK, dQ): rows ×
-  static constexpr int kUpdateVecs = 4;                       // vectors (4 × 4; 6 × 4: 2–10% slower, Zen 4)
+  static constexpr int kRowPvRows = 4;
+  static constexpr int kRowPvVecs = 4;
+  // The bfloat16 forward's P·V tile (vdpbf16ps on pairs of keys, bf16_pairs.h dot_pv): 4 × 4.
+  static constexpr int kBf16PvRows = ATTN_SWEEP_BF16_PV_ROWS;
+  static constexpr int kBf16PvVecs = ATTN_SWEEP_BF16_PV_VECS;
+  // The backwards' rank updates (dV, dK, dQ; float32 and bfloat16): rows × vectors (4 × 4; 6 × 4: 2–10% slower on
+  // Zen 4; 8 × 2 on Zen 5, session 16: −1% to +2%, so unchanged).
+  static constexpr int kUpdateRows = ATTN_SWEEP_UPDATE_ROWS;
+  static constexpr int kUpdateVecs = ATTN_SWEEP_UPDATE_VECS;
   // The backward's blocks: kBackwardBq query rows × kBackwardBk keys. 128 keys = one dropout group (one
   // Philox block per lane, cpu/dropout.h), generated once per row and block.
   static constexpr int64_t kBackwardBq = 64;
@@ -92,6 +112,8 @@ struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int kScoreVecs = 2;
   static constexpr int kPvRows = 6;  // 12 accumulators, 2 value vectors and a broadcast (4 × 2: 5% slower)
   static constexpr int kPvVecs = 2;
+  static constexpr int kRowPvRows = 6;
+  static constexpr int kRowPvVecs = 2;
   static constexpr int kUpdateRows = 4;
   static constexpr int kUpdateVecs = 2;
   static constexpr int64_t kBackwardBq = 64;
