@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU figures of a device session (the lent GPU machine's host: a 16-core Intel Xeon with AVX-512, AVX512_BF16
 # and AMX, PyTorch installed, no network, 15 minutes of device time for everything) in one prepared run of about
-# 9 minutes (each step capped). Two halves:
+# 9½ minutes (each step capped). Two halves:
 #
 #   bench/device_cpu_check.sh --prepare      here, after building build/ (CMake's Makefile generator): builds the
 #                                            stage-left-out variants of the AVX-512 kernel (bench/cpu_tile_sweep.sh)
@@ -9,21 +9,24 @@
 #                                            folder is in .git/info/exclude; carry the file)
 #   bench/device_cpu_check.sh --run OUT      there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"): unpacks, then
 #     1. attn bench peak, 1 and all threads; the OpenBLAS kernel family (attn bench train's "blas")
-#     2. where the forward's time goes: the variants side by side, pinned (bench/cpu_sweep.py; a variant that leaves a
-#        stage out gives wrong results and says what that stage costs: 1 − t(without)/t(all))
+#     2. the forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and the softmax's
+#        share, the variants side by side, pinned (bench/cpu_sweep.py; nosoftmax leaves that stage out: wrong results,
+#        and 1 − t(without)/t(all) is what it costs)
 #     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     4. bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     5. attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
 #     6. the long-sequence thresholds (session 15, measured only on 2-core Zen 5 VMs), all threads, against the build:
 #        the backward's key-block spans everywhere (spanall) and nowhere with the forward's long tasks off too
 #        (nolong); the forward's long tasks from 1 MB of K and V (long1m)
+#     7. the backward's update tile 8 × 2 (upd8x2; −1% to +2% on Zen 5) against 4 × 4, 1 and all threads
 #   Each step's log lands in OUT (8 files at most come back); a step that fails does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-variants=(base: 'nosoftmax:-DATTN_SWEEP_SKIP=1' 'noqk:-DATTN_SWEEP_SKIP=3' 'nopv:-DATTN_SWEEP_SKIP=2'
+variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'nosoftmax:-DATTN_SWEEP_SKIP=1'
+          'upd8x2:-DATTN_SWEEP_UPDATE_ROWS=8 -DATTN_SWEEP_UPDATE_VECS=2'
           'spanall:-DATTN_SWEEP_BWD_SPAN_FROM_KB=0' 'long1m:-DATTN_SWEEP_LONG_KV_KB=1024'
           'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1')
-stages=(base nosoftmax noqk nopv)
+stages=(base pv4x4 nosoftmax)
 
 if [ "${1:-}" = --prepare ]; then
   set -e
@@ -53,11 +56,11 @@ step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
   # the linear layers' GEMM kernels (attn/blas.h): OpenBLAS's family, from the processor or OPENBLAS_CORETYPE
   echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
   "$wrapper" bench train --steps 2 --warmup 1 --repeat 1 --json | tail -1
-  step "stage-left-out variants (forward)"
+  step "forward P·V tile and the softmax's share"
   sweep=()
   for v in "${stages[@]}"; do sweep+=("$v=$run attn_$v"); done
-  timeout 110 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
-    --shape 1:2:4096:64 --shape 1:2:4096:128 --shape 0:16:4096:64 --shape 0:16:4096:128
+  timeout 90 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
+    --shape 1:2:4096:128 --shape 1:8:1024:128:causal --shape 0:16:4096:128 --shape 0:16:1024:128:causal
 } >"$out/peak_and_stages.log" 2>&1
 step "sdpa grid" >"$out/grid.log"
 timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin" \
@@ -85,5 +88,8 @@ timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --thread
     --shape 0:16:2048:64:backward --shape 0:4:8192:128:backward --shape 0:1:16384:128:backward
   timeout 45 python3 bench/cpu_sweep.py "${forward[@]}" --rounds 3 --repeat 1 \
     --shape 0:16:4096:64 --shape 0:16:4096:128 --shape 0:8:16384:128
+  step "backward update tile"
+  timeout 40 python3 bench/cpu_sweep.py "base=$run attn_base" "upd8x2=$run attn_upd8x2" --pin "$pin" --rounds 3 \
+    --repeat 1 --shape 1:4:2048:128:backward --shape 0:16:2048:64:backward --shape 0:16:2048:128:backward
 } >"$out/thresholds.log" 2>&1
 tail -n 3 "$out"/*.log
