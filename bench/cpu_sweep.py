@@ -6,9 +6,9 @@ share of the FMA peak (the highest that `attn bench sdpa` measured on the shape)
     python3 bench/cpu_sweep.py base=build-sweep-cpu/base/attn 'pv6x4=bundle/run pv6x4' ...
 
 A variant is NAME=COMMAND: COMMAND (split as a shell would) runs the tool, e.g. through a device bundle's
-loader. --shape THREADS:H:L:D[:causal][:backward][:dropout=P][:dtype=T] (repeatable) replaces the default shapes;
+loader. --shape THREADS:H:L:D[:causal][:backward][:dropout=P][:dtype=T][:kv=LK] (repeatable) replaces the default shapes;
 threads 0 = all cores; `backward` times the fused backward alone (`attn bench sdpa --backward`) instead of the
-forward; `dropout=P` sets attention dropout; `dtype=bf16` (or f16) times the 16-bit kernels.
+forward; `dropout=P` sets attention dropout; `dtype=bf16` (or f16) times the 16-bit kernels; `kv=LK` sets the keys' length (default L).
 --pin CPU runs the one-thread shapes on that CPU (taskset): a server's cores turbo to different clocks, and
 where the process lands otherwise moves its time by ±15%.
 """
@@ -30,6 +30,7 @@ def run(cmd, shape, repeat, pin):
                   "--repeat", str(repeat), "--json"] + (["--causal"] if "causal" in rest else []) + (["--backward"] if "backward" in rest else [])
     args += [arg for x in rest if x.startswith("dropout=") for arg in ("--dropout", x.split("=", 1)[1])]
     args += [arg for x in rest if x.startswith("dtype=") for arg in ("--dtype", x.split("=", 1)[1])]
+    args += [arg for x in rest if x.startswith("kv=") for arg in ("--kv-len", x.split("=", 1)[1])]
     line = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     r = json.loads(line)
     if "backward" in rest:  # the backward alone: its time, rate and FLOPs (2.5× the forward's)
@@ -40,7 +41,7 @@ def run(cmd, shape, repeat, pin):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+", help="NAME=COMMAND")
-    ap.add_argument("--shape", action="append", help="THREADS:H:L:D[:causal][:backward][:dropout=P][:dtype=T]")
+    ap.add_argument("--shape", action="append", help="THREADS:H:L:D[:causal][:backward][:dropout=P][:dtype=T][:kv=LK]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per process (its median is one sample)")
     ap.add_argument("--pin", type=int, help="CPU to run the one-thread shapes on")
