@@ -299,8 +299,11 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
   // acc += P · V_tile
   float* const acc = ws.acc.data() + row0 * Dvp;  // [rows, Dvp]
   // A hidden key's value is never multiplied (its weight is 0), even when it holds NaN or Inf: such a tile
-  // takes the zero-skipping update, whose sums are bitwise those of the fast one where all is finite.
-  const bool skip_zero = masked && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, n, p.Dv);
+  // takes the zero-skipping update, whose sums are bitwise those of the fast one where all is finite. The value rows
+  // checked are those the fast update would read: on the causal diagonal, the keys the tile's last row sees.
+  const int64_t read_rows = diagonal ? visible_prefix(p, i0, rows, j0, n) : n;
+  const bool skip_zero =
+      masked && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, read_rows, p.Dv);
   // acc[r0 : r0 + block] += P[r0 : r0 + block, :terms] · V_tile[:terms] (the register tile: see Tiles::kPvRows)
   const bool row_tile = kt == nullptr || Dvp == Tiles::kRowPvVecs * W;
   const auto update = [&](int64_t r0, int64_t block, int64_t terms) {
@@ -613,9 +616,10 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
       accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
-      for (int64_t r = 0; r < t.rows; ++r)
-        if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
-          exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp);
+      if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv))
+        for (int64_t r = 0; r < t.rows; ++r)
+          if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
+            exact_row_state(p, t.b, t.h, t.i0 + r, lo, hi, &ws.m[r], &ws.l[r], ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
       float* state = buf.partial + task * plan.bq * plan.row_state;  // [bq, row_state]

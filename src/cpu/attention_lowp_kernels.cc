@@ -597,10 +597,11 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
     if (lo < hi) {
       accumulate_keys<T>(lp, plan, buf, t.b, t.h, t.i0, t.rows, lo, hi, ws);
       for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
-      for (int64_t r = 0; r < t.rows; ++r)
-        if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
-          exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, ws.q_after, &ws.m[r], &ws.l[r],
-                             ws.acc.data() + r * Dvp);
+      if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv))
+        for (int64_t r = 0; r < t.rows; ++r)
+          if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
+            exact_row_state<T>(lp, t.b, t.h, t.i0 + r, lo, hi, ws.qs.data() + r * p.D, ws.q_after, &ws.m[r], &ws.l[r],
+                               ws.acc.data() + r * Dvp);
     }
     if (plan.splits > 1) {
       float* state = buf.partial + task * plan.bq * plan.row_state;  // [bq, row_state]

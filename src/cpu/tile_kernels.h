@@ -163,27 +163,41 @@ inline bool any_zero(const float* s, int64_t s_rs, int64_t rows, int64_t n) {
 
 // Are the n rows × width values (row stride x_rs) all finite? Σ x·0 is 0 while every x is finite and NaN once
 // one is not, summed in 8 independent chains (two rows at a time, 4 vectors of each): with one chain the check ran at
-// an FMA's latency, 1024 dependent FMAs for a 128 × 128 value tile, ~2% of the causal forward at L 1024 (perf).
+// an FMA's latency, 1024 dependent FMAs for a 128 × 128 value tile, ~2% of the causal forward at L 1024 (perf). The
+// chains are named registers: held in arrays passed to a lambda, GCC kept them on the stack, each FMA a store and a
+// reload (causal L 256: 2% of the forward).
 inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
   const Vec zero = Vec::zero();
+  Vec e0 = zero, e1 = zero, e2 = zero, e3 = zero, o0 = zero, o1 = zero, o2 = zero, o3 = zero;
+  const int64_t wide = width / (4 * W) * (4 * W), whole = width / W * W;
   float tail = 0.0f;
-  const auto add_row = [&](const float* row, Vec(&acc)[4]) {
-    int64_t d = 0;
-    for (; d + 4 * W <= width; d += 4 * W)
-      for (int u = 0; u < 4; ++u) acc[u] = Vec::fmadd(Vec::load(row + d + u * W), zero, acc[u]);
-    for (int u = 0; d + W <= width; d += W, ++u) acc[u] = Vec::fmadd(Vec::load(row + d), zero, acc[u]);
-    for (; d < width; ++d) tail += row[d] * 0.0f;
-  };
-  Vec even[4] = {zero, zero, zero, zero}, odd[4] = {zero, zero, zero, zero};
-  int64_t j = 0;
-  for (; j + 2 <= n; j += 2) {
-    add_row(x + j * x_rs, even);
-    add_row(x + (j + 1) * x_rs, odd);
+  for (int64_t j = 0; j < n; j += 2) {
+    const float* r0 = x + j * x_rs;
+    const float* r1 = j + 1 < n ? r0 + x_rs : r0;  // an odd last row is checked twice
+    for (int64_t d = 0; d < wide; d += 4 * W) {
+      e0 = Vec::fmadd(Vec::load(r0 + d), zero, e0);
+      e1 = Vec::fmadd(Vec::load(r0 + d + W), zero, e1);
+      e2 = Vec::fmadd(Vec::load(r0 + d + 2 * W), zero, e2);
+      e3 = Vec::fmadd(Vec::load(r0 + d + 3 * W), zero, e3);
+      o0 = Vec::fmadd(Vec::load(r1 + d), zero, o0);
+      o1 = Vec::fmadd(Vec::load(r1 + d + W), zero, o1);
+      o2 = Vec::fmadd(Vec::load(r1 + d + 2 * W), zero, o2);
+      o3 = Vec::fmadd(Vec::load(r1 + d + 3 * W), zero, o3);
+    }
+    for (int64_t d = wide; d < whole; d += W) {
+      e1 = Vec::fmadd(Vec::load(r0 + d), zero, e1);
+      o1 = Vec::fmadd(Vec::load(r1 + d), zero, o1);
+    }
+    for (int64_t d = whole; d < width; ++d) tail += r0[d] * 0.0f + r1[d] * 0.0f;
   }
-  if (j < n) add_row(x + j * x_rs, even);
-  Vec sum = zero;
-  for (int u = 0; u < 4; ++u) sum = sum + even[u] + odd[u];
-  return !std::isnan(sum.reduce_add() + tail);
+  return !std::isnan(((e0 + e1) + (e2 + e3) + ((o0 + o1) + (o2 + o3))).reduce_add() + tail);
+}
+
+// Are a task's kept row sums l [rows] and accumulators acc [rows, width] (row stride acc_rs) all finite? One pass for
+// all its rows (a check per row, 64 of them, cost 1–2% of the causal forward at L 256); only where it fails need the
+// caller look for the rows to redo.
+inline bool rows_state_finite(const float* l, const float* acc, int64_t acc_rs, int64_t rows, int64_t width) {
+  return all_finite(l, 0, 1, rows) && all_finite(acc, acc_rs, rows, width);
 }
 
 // Rows j0 … j0 + n − 1 of X (row stride x_rs, depth values each), times `scale`, packed transposed into the panels
