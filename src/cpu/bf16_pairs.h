@@ -89,18 +89,10 @@ inline void dot_pv_tile(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t p
 template <int kRows, int kVecs>
 inline void dot_pv(const uint32_t* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t pairs, const uint16_t* vb,
                    int64_t vecs, float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += kRows) {
-    const int R = static_cast<int>(std::min<int64_t>(kRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += kVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(kVecs, vecs - c));
-      with_const<kRows>(R, [&](auto RR) {
-        with_const<kVecs>(C, [&](auto CC) {
-          dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, pairs, vb + c * 32, vecs * 32,
-                                                                acc + r * acc_rs + c * 16, acc_rs);
-        });
-      });
-    }
-  }
+  for_each_register_tile<kRows, kVecs>(rows, vecs, [&](auto RR, auto CC, int64_t r, int64_t c) {
+    dot_pv_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, pairs, vb + c * 32, vecs * 32,
+                                                          acc + r * acc_rs + c * 16, acc_rs);
+  });
 }
 
 // out[0, 2·width) = the pairs (lo[c], hi[c]) of two bfloat16 rows for c < n, zero from n to width (hi null: zero);

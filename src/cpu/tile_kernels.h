@@ -114,24 +114,28 @@ inline void rank_update_tile(const float* A, int64_t a_rs, int64_t a_js, int64_t
     for (int v = 0; v < C; ++v) a[r][v].store(acc + r * acc_rs + v * W);
 }
 
+// Calls tile(std::integral_constant<int, R>, std::integral_constant<int, C>, r, c) for the register tiles of
+// kRows × kVecs (R × C at the edges) that cover rows × vecs: row r, vector column c. Always inlined: left to GCC, the
+// backwards (float32 and bfloat16) and the causal forward at D 64 ran 3–5% slower than with the loops written out.
+template <int kRows, int kVecs, class F>
+[[gnu::always_inline]] inline void for_each_register_tile(int64_t rows, int64_t vecs, F&& tile) {
+  for (int64_t r = 0; r < rows; r += kRows)
+    for (int64_t c = 0; c < vecs; c += kVecs)
+      with_const<kRows>(static_cast<int>(std::min<int64_t>(kRows, rows - r)), [&](auto RR) {
+        with_const<kVecs>(static_cast<int>(std::min<int64_t>(kVecs, vecs - c)), [&](auto CC) { tile(RR, CC, r, c); });
+      });
+}
+
 // acc[rows, vecs·W] += A[rows, n] · B[n, vecs·W], A's element (r, j) at A[r·a_rs + j·a_js], in register
-// tiles of kRows × kVecs (the forward's P·V: Tiles::kPvRows × kPvVecs; the backward's updates: kUpdateRows ×
-// kUpdateVecs).
+// tiles of kRows × kVecs (the forward's P·V: Tiles::kPvRows × kPvVecs or kRowPvRows × kRowPvVecs; the backward's
+// updates: kUpdateRows × kUpdateVecs).
 template <int kRows, int kVecs>
 inline void rank_update(const float* A, int64_t a_rs, int64_t a_js, int64_t rows, int64_t n, const float* B,
                         int64_t b_rs, int64_t vecs, float* acc, int64_t acc_rs) {
-  for (int64_t r = 0; r < rows; r += kRows) {
-    const int R = static_cast<int>(std::min<int64_t>(kRows, rows - r));
-    for (int64_t c = 0; c < vecs; c += kVecs) {
-      const int C = static_cast<int>(std::min<int64_t>(kVecs, vecs - c));
-      with_const<kRows>(R, [&](auto RR) {
-        with_const<kVecs>(C, [&](auto CC) {
-          rank_update_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, n, B + c * W, b_rs,
-                                                                     acc + r * acc_rs + c * W, acc_rs);
-        });
-      });
-    }
-  }
+  for_each_register_tile<kRows, kVecs>(rows, vecs, [&](auto RR, auto CC, int64_t r, int64_t c) {
+    rank_update_tile<decltype(RR)::value, decltype(CC)::value>(A + r * a_rs, a_rs, a_js, n, B + c * W, b_rs,
+                                                               acc + r * acc_rs + c * W, acc_rs);
+  });
 }
 
 // rank_update over the terms with A(r, j) ≠ 0 only, each column's sum in the same order.
