@@ -9,9 +9,9 @@
 #                                            folder is in .git/info/exclude; carry the file)
 #   bench/device_cpu_check.sh --run OUT      there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"): unpacks, then
 #     1. attn bench peak, 1 and all threads; the OpenBLAS kernel family (attn bench train's "blas")
-#     2. the forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and the softmax's
-#        share, the variants side by side, pinned (bench/cpu_sweep.py; nosoftmax leaves that stage out: wrong results,
-#        and 1 − t(without)/t(all) is what it costs)
+#     2. the forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and 64-key tiles
+#        (bk64: a D 128 key or value tile of 32 KB stays in the L1, where session 9 suspected the L2), the variants
+#        side by side, pinned (bench/cpu_sweep.py)
 #     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     4. bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     5. attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
@@ -22,11 +22,11 @@
 #   Each step's log lands in OUT (8 files at most come back); a step that fails does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'nosoftmax:-DATTN_SWEEP_SKIP=1'
+variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'bk64:-DATTN_SWEEP_BK=64'
           'upd8x2:-DATTN_SWEEP_UPDATE_ROWS=8 -DATTN_SWEEP_UPDATE_VECS=2'
           'spanall:-DATTN_SWEEP_BWD_SPAN_FROM_KB=0' 'long1m:-DATTN_SWEEP_LONG_KV_KB=1024'
           'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1')
-stages=(base pv4x4 nosoftmax)
+stages=(base pv4x4 bk64)
 
 if [ "${1:-}" = --prepare ]; then
   set -e
@@ -56,7 +56,7 @@ step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
   # the linear layers' GEMM kernels (attn/blas.h): OpenBLAS's family, from the processor or OPENBLAS_CORETYPE
   echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
   "$wrapper" bench train --steps 2 --warmup 1 --repeat 1 --json | tail -1
-  step "forward P·V tile and the softmax's share"
+  step "forward P·V tile and key tile"
   sweep=()
   for v in "${stages[@]}"; do sweep+=("$v=$run attn_$v"); done
   timeout 90 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
