@@ -316,9 +316,9 @@ void widen_queries(const LowpAttentionProblem& lp, int64_t b, int64_t h, int64_t
       for (int64_t d = 0; d < p.D; ++d) ws.qs[r * p.D + d] *= p.scale;
 }
 
-// dot: rows [i0, i0 + rows) of head (b, h) as raw bfloat16 pairs (d, d + 1) into ws.qb, [rows, Dp/2]: each row's
-// bits as they lie (a copy, where a loop of 16-bit loads and shifts cost ~3% of the forward at L 1024, D 128), the
-// odd D's last pair padded with 0.
+// dot over packed keys: rows [i0, i0 + rows) of head (b, h) as raw bfloat16 pairs (d, d + 1) into ws.qb, [rows, Dp/2]:
+// each row's bits as they lie (a copy, where a loop of 16-bit loads and shifts cost ~3% of the forward at L 1024, D
+// 128), the odd D's last pair padded with 0.
 void pair_queries(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t b, int64_t h, int64_t i0, int64_t rows,
                   Workspace& ws) {
   const AttentionProblem& p = lp.p;
@@ -595,8 +595,10 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
     // the products read the queries as float (ws.qs) or, for vdpbf16ps over packed keys, as pairs (ws.qb), when the
     // float rows serve only a row redone term by term: made then
     const bool pairs_only = plan.dot && plan.keys_packed;
-    if (!pairs_only) widen_queries<T>(lp, t.b, t.h, t.i0, t.rows, ws);
-    if (plan.dot) pair_queries(lp, plan, t.b, t.h, t.i0, t.rows, ws);
+    if (pairs_only)
+      pair_queries(lp, plan, t.b, t.h, t.i0, t.rows, ws);
+    else
+      widen_queries<T>(lp, t.b, t.h, t.i0, t.rows, ws);
     std::fill(ws.m.begin(), ws.m.begin() + t.rows, kNegInf);
     std::fill(ws.l.begin(), ws.l.begin() + t.rows, 0.0f);
     std::fill(ws.lv.begin(), ws.lv.begin() + t.rows * W, 0.0f);
