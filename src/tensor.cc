@@ -57,7 +57,24 @@ int64_t shape_numel(const Shape& shape) {
 }
 
 namespace {
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTN_ADDRESS_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTN_ADDRESS_SANITIZER 1
+#endif
+#endif
+
 std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
+#ifdef ATTN_ADDRESS_SANITIZER
+  // Under AddressSanitizer (scripts/sanitize.sh, the fuzzers) a tensor gets exactly its bytes, so a kernel that reads
+  // or writes one element past a tensor is reported; the calloc below leaves 64–191 bytes of slack that would hide it
+  // (and that a borrowed NumPy or torch buffer does not have).
+  void* exact = nullptr;
+  if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) throw std::bad_alloc();
+  std::memset(exact, 0, nbytes);
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(exact), [](std::byte* q) { std::free(q); });
+#else
   // calloc, aligned by hand: a large block comes as fresh zero pages the kernel maps on first touch, so a tensor
   // never written (an inference model's gradients) costs no memset and no memory
   const size_t rounded = (nbytes + 63) / 64 * 64 + 64;  // never zero, a multiple of the alignment
@@ -65,6 +82,7 @@ std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
   if (p == nullptr) throw std::bad_alloc();
   const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
   return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
+#endif
 }
 }  // namespace
 
