@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # The CPU figures of a device session (the lent GPU machine's host: a 16-core Intel Xeon with AVX-512, AVX512_BF16
-# and AMX, PyTorch installed, no network, 15 minutes of device time for everything) in one prepared run of about
-# 9½ minutes (each step capped). Two halves:
+# and AMX, PyTorch installed, no network, 15 minutes of device time for everything) in prepared runs, each step
+# capped. Two halves:
 #
 #   bench/device_cpu_check.sh --prepare      here, after building build/ (CMake's Makefile generator): builds the
-#                                            stage-left-out variants of the AVX-512 kernel (bench/cpu_tile_sweep.sh)
-#                                            and packs them with their libraries into .bundle/cpu.txz (the bundle
-#                                            folder is in .git/info/exclude; carry the file)
-#   bench/device_cpu_check.sh --run OUT      there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"): unpacks, then
-#     1. attn bench peak, 1 and all threads; the OpenBLAS kernel family (attn bench train's "blas")
-#     2. the forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and 64-key tiles
-#        (bk64: a D 128 key or value tile of 32 KB stays in the L1, where session 9 suspected the L2), the variants
-#        side by side, pinned (bench/cpu_sweep.py)
-#     3. bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
-#     4. bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
-#     5. attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
-#     6. the long-sequence thresholds (session 15, measured only on 2-core Zen 5 VMs), all threads, against the build:
-#        the backward's key-block spans everywhere (spanall) and nowhere with the forward's long tasks off too
-#        (nolong); the forward's long tasks from 1 MB of K and V (long1m)
-#     7. the backward's update tile 8 × 2 (upd8x2; −1% to +2% on Zen 5) against 4 × 4, 1 and all threads
-#   Each step's log lands in OUT (8 files at most come back); a step that fails does not stop the others.
+#                                            variants of the AVX-512 kernel (bench/cpu_tile_sweep.sh) and packs them,
+#                                            with perf and objdump where this machine has them, with their libraries
+#                                            into .bundle/cpu.txz (~40 MB; the bundle folder is in .git/info/exclude;
+#                                            carry the file)
+#   bench/device_cpu_check.sh --run OUT [STEP...]   there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"):
+#                                            unpacks, then runs the steps named (default: all, about 10 minutes, more
+#                                            than one call allows with the start: split them over two calls, e.g.
+#                                            `perf stages grid` (~5 min) and `backward bf16 thresholds` (~4 min))
+#     perf        the Xeon's counters where the machine lets perf read them (session 9 had no profiler there): clock
+#                 under AVX-512 load (cycles against task-clock), L1 and LLC misses, TopdownL1, and perf record of the
+#                 1-thread forward (cycles and L1 misses by function, the two product loops annotated)
+#     stages      attn bench peak, 1 and all threads; the OpenBLAS kernel family (attn bench train's "blas"); the
+#                 forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and 64-key
+#                 tiles (bk64: a D 128 key or value tile of 32 KB stays in the L1, where session 9 suspected the L2),
+#                 the variants side by side, pinned (bench/cpu_sweep.py)
+#     grid        bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
+#     backward    bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
+#     bf16        attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
+#     thresholds  the long-sequence thresholds (session 15, measured only on 2-core Zen 5 VMs), all threads, against
+#                 the build: the backward's key-block spans everywhere (spanall) and nowhere with the forward's long
+#                 tasks off too (nolong); the forward's long tasks from 1 MB of K and V (long1m); then the backward's
+#                 update tile 8 × 2 (upd8x2; −1% to +2% on Zen 5) against 4 × 4, 1 and all threads
+#   Each step's log lands in OUT as STEP.log (8 files at most come back); a step that fails does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'bk64:-DATTN_SWEEP_BK=64'
@@ -33,23 +40,79 @@ if [ "${1:-}" = --prepare ]; then
   bench/cpu_tile_sweep.sh --build-only "${variants[@]}"
   tmp=$(mktemp -d)
   for v in "${variants[@]}"; do cp "build-sweep-cpu/${v%%:*}/attn" "$tmp/attn_${v%%:*}"; done
+  tools=()  # perf and objdump (perf annotate's disassembler), run there through the bundle's loader
+  for t in perf objdump; do command -v $t >/dev/null && tools+=("$(command -v $t)"); done
+  [ ${#tools[@]} = 2 ] || echo "no perf or objdump here (Debian: linux-perf, binutils): the perf step will say so" >&2
   mkdir -p .bundle
-  ../shared/tools/device-bundle.sh .bundle/cpu.txz "$tmp"/attn_*
+  ../shared/tools/device-bundle.sh .bundle/cpu.txz "$tmp"/attn_* "${tools[@]}"
   rm -rf "$tmp"
   exit 0
 fi
-[ "${1:-}" = --run ] && [ -n "${2:-}" ] || { echo "usage: $0 --prepare | --run OUT_DIR" >&2; exit 2; }
+[ "${1:-}" = --run ] && [ -n "${2:-}" ] || { echo "usage: $0 --prepare | --run OUT_DIR [STEP...]" >&2; exit 2; }
 out=$2
+shift 2
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(perf stages grid backward bf16 thresholds)
 mkdir -p "$out"
 tar -C .bundle -xJf .bundle/cpu.txz || exit 1
 run=$PWD/.bundle/bundle/run
 wrapper=$PWD/.bundle/attn
 printf '#!/usr/bin/env bash\nexec %s attn_base "$@"\n' "$run" >"$wrapper" && chmod +x "$wrapper"
+objdump=$PWD/.bundle/objdump
+printf '#!/usr/bin/env bash\nexec %s objdump "$@"\n' "$run" >"$objdump" && chmod +x "$objdump"
 cores=$(nproc)
 pin=$((cores > 4 ? 3 : cores - 1))  # the one-thread runs' CPU (not CPU 0, where the system's interrupts land)
 step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
-{
+# perf (about 1 minute): every command is allowed to fail (no counters in a VM, perf_event_paranoid, seccomp).
+# `attn bench sdpa` measures the FMA peak for 0.2 s first; the shapes below run 2–3 s, so the counts are ~90% kernel.
+step_perf() {
+  step "perf"
+  [ -x .bundle/bundle/perf ] || { echo "no perf in the bundle"; return; }
+  local perf=("$run" perf) tmp
+  tmp=$(mktemp -d)
+  echo "perf_event_paranoid $(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
+  local fwd=(bench sdpa --heads 8 --q-len 4096 --head-dim 128 --repeat 3)
+  local causal=(bench sdpa --heads 8 --q-len 1024 --head-dim 128 --causal --repeat 60)
+  local events=task-clock,cycles,ref-cycles,instructions,L1-dcache-loads,L1-dcache-load-misses,LLC-loads,LLC-load-misses
+  for t in 1 "$cores"; do
+    for shape in fwd causal; do
+      local args=("${fwd[@]}")
+      [ $shape = fwd ] || args=("${causal[@]}")
+      echo "-- perf stat, $shape, $t thread(s): ${args[*]}"
+      timeout 30 taskset -c "$([ "$t" = 1 ] && echo "$pin" || echo "0-$((cores - 1))")" "${perf[@]}" stat -e "$events" \
+        -- "$wrapper" "${args[@]}" --threads "$t" 2>&1 | grep -v '^$'
+    done
+  done
+  echo "-- perf stat -M TopdownL1, fwd, 1 thread"
+  timeout 30 taskset -c "$pin" "${perf[@]}" stat -M TopdownL1 -- "$wrapper" "${fwd[@]}" --threads 1 2>&1 | grep -v '^$'
+  echo "-- perf record, fwd, 1 thread (cycles and L1 misses; cpu-clock where there are no counters)"
+  timeout 40 taskset -c "$pin" "${perf[@]}" record -q -e cycles -e L1-dcache-load-misses -o "$tmp/perf.data" \
+    -- "$wrapper" "${fwd[@]}" --threads 1 >/dev/null 2>&1 ||
+    timeout 40 taskset -c "$pin" "${perf[@]}" record -q -e cpu-clock -o "$tmp/perf.data" \
+      -- "$wrapper" "${fwd[@]}" --threads 1 >/dev/null 2>&1
+  timeout 30 "${perf[@]}" report -i "$tmp/perf.data" --stdio --sort symbol 2>/dev/null | grep -v '^$' |
+    awk '/^# Samples|^# Event count/ {print; next} /^#/ {next} $1+0 >= 0.3' | cut -c1-160
+  for sym in 'attn::detail::avx512::gemm_abt_tile<8, 2>' 'attn::detail::avx512::rank_update<8, 2>'; do
+    echo "-- perf annotate $sym (lines at ≥ 0.5% of its samples)"
+    timeout 30 "${perf[@]}" annotate -i "$tmp/perf.data" --objdump="$objdump" --stdio -s "$sym" 2>/dev/null |
+      awk '/Percent|Samples|of event/ || $1+0 >= 0.5' | head -n 90
+  done
+  for shape in fwd causal; do  # at all threads: the share in OpenMP's waits (libgomp) against the kernels
+    local args=("${fwd[@]}")
+    [ $shape = fwd ] || args=("${causal[@]}")
+    echo "-- perf record, $shape, $cores threads"
+    timeout 40 "${perf[@]}" record -q -e cycles -o "$tmp/all.data" -- "$wrapper" "${args[@]}" --threads "$cores" \
+      >/dev/null 2>&1 ||
+      timeout 40 "${perf[@]}" record -q -e cpu-clock -o "$tmp/all.data" -- "$wrapper" "${args[@]}" --threads "$cores" \
+        >/dev/null 2>&1
+    timeout 30 "${perf[@]}" report -i "$tmp/all.data" --stdio --sort dso,symbol 2>/dev/null | grep -v '^$' |
+      awk '/^# Samples/ {print; next} /^#/ {next} $1+0 >= 0.5' | cut -c1-160
+  done
+  rm -rf "$tmp"
+}
+
+step_stages() {
   step "peak"
   lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-200
   "$wrapper" bench peak --threads "$cores"
@@ -57,18 +120,24 @@ step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
   echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
   "$wrapper" bench train --steps 2 --warmup 1 --repeat 1 --json | tail -1
   step "forward P·V tile and key tile"
-  sweep=()
+  local sweep=()
   for v in "${stages[@]}"; do sweep+=("$v=$run attn_$v"); done
   timeout 90 python3 bench/cpu_sweep.py "${sweep[@]}" --pin "$pin" --rounds 3 --repeat 3 \
     --shape 1:2:4096:128 --shape 1:8:1024:128:causal --shape 0:16:4096:128 --shape 0:16:1024:128:causal
-} >"$out/peak_and_stages.log" 2>&1
-step "sdpa grid" >"$out/grid.log"
-timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin" \
-  >>"$out/grid.log" 2>&1
-step "forward + backward against PyTorch" >"$out/backward.log"
-timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --threads 1 "$cores" --rounds 1 --repeat 2 \
-  --lengths 1024 --dims 64 128 >>"$out/backward.log" 2>&1
-{
+}
+
+step_grid() {
+  step "sdpa grid"
+  timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin"
+}
+
+step_backward() {
+  step "forward + backward against PyTorch"
+  timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --threads 1 "$cores" --rounds 1 --repeat 2 \
+    --lengths 1024 --dims 64 128
+}
+
+step_bf16() {
   step "bf16 backward"
   for t in 1 "$cores"; do
     for d in 64 128; do
@@ -78,10 +147,11 @@ timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --thread
       done
     done
   done
-} >"$out/bf16_backward.log" 2>&1
-{
+}
+
+step_thresholds() {
   step "long-sequence thresholds"
-  backward=() forward=()
+  local backward=() forward=()
   for v in base spanall nolong; do backward+=("$v=$run attn_$v"); done
   for v in base long1m nolong; do forward+=("$v=$run attn_$v"); done
   timeout 60 python3 bench/cpu_sweep.py "${backward[@]}" --rounds 3 --repeat 1 \
@@ -91,5 +161,10 @@ timeout 130 python3 bench/compare_pytorch_backward.py --attn "$wrapper" --thread
   step "backward update tile"
   timeout 40 python3 bench/cpu_sweep.py "base=$run attn_base" "upd8x2=$run attn_upd8x2" --pin "$pin" --rounds 3 \
     --repeat 1 --shape 1:4:2048:128:backward --shape 0:16:2048:64:backward --shape 0:16:2048:128:backward
-} >"$out/thresholds.log" 2>&1
-tail -n 3 "$out"/*.log
+}
+
+for s in "${steps[@]}"; do
+  declare -F "step_$s" >/dev/null || { echo "no step '$s' (perf stages grid backward bf16 thresholds)" >&2; continue; }
+  "step_$s" >"$out/$s.log" 2>&1
+  tail -n 3 "$out/$s.log"
+done
