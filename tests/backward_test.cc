@@ -16,6 +16,10 @@
 #include "cpu/attention_fused.h"
 #include "cpu/dropout.h"
 #include "simd_levels.h"
+// The backward's planner (inline, per target): its scalar copy, as the library's scalar kernels compile it
+#define ATTN_TARGET scalar
+#include "cpu/backward_rows.h"
+#undef ATTN_TARGET
 #include "test_util.h"
 
 namespace attn {
@@ -274,6 +278,37 @@ TEST(Backward, KeyBlocksPerPassGiveTheSameBits) {
     ++compared;
   }
   EXPECT_GT(compared, 10);
+}
+
+// The backward's tasks run the chunks that meet the most query rows first (cpu/backward_rows.h, backward_tasks): under
+// a causal mask the first keys' chunk meets every row and the last one few, so a dynamic schedule in pair-by-pair order
+// could leave a costly chunk for last. Every (pair, chunk) still runs exactly once.
+TEST(Backward, TasksRunTheCostliestChunksFirstAndEveryChunkOnce) {
+  namespace target = detail::scalar;
+  detail::AttentionProblem p;
+  p.B = 1, p.H = p.Hkv = 3, p.Lq = p.Lk = 1024, p.D = p.Dv = 64;
+  const auto order = [&](int64_t chunks) {
+    const target::BackwardTasks tasks = target::backward_tasks(p, 8, 128, chunks);
+    std::vector<int64_t> seen(static_cast<size_t>(tasks.pairs * chunks), 0), chunk_of_task;
+    for (int64_t task = 0; task < tasks.count(); ++task) {
+      int64_t pair, chunk;
+      tasks.at(task, &pair, &chunk);
+      ++seen[static_cast<size_t>(pair * chunks + chunk)];
+      chunk_of_task.push_back(chunk);
+    }
+    EXPECT_EQ(seen, std::vector<int64_t>(seen.size(), 1));
+    return chunk_of_task;
+  };
+  p.causal = CausalAlignment::kNone;  // every chunk meets every row: the chunks in key order, each across the pairs
+  EXPECT_EQ(order(2), (std::vector<int64_t>{0, 0, 0, 1, 1, 1}));
+  p.causal = CausalAlignment::kTopLeft;  // the first keys meet the most rows
+  EXPECT_EQ(order(2), (std::vector<int64_t>{0, 0, 0, 1, 1, 1}));
+  p.causal = CausalAlignment::kBottomRight, p.Lq = 256;  // keys before 768 meet every row: chunks 0 and 1 tie
+  EXPECT_EQ(order(4), (std::vector<int64_t>{0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3}));
+  p.window = 300, p.Lq = 1024;  // a window of 300 keys: the last chunk's keys meet the fewest rows, the first the most
+  const std::vector<int64_t> windowed = order(4);
+  EXPECT_EQ(windowed.back(), 3);
+  EXPECT_EQ(windowed.front(), 0);
 }
 
 TEST(Backward, ChecksItsArguments) {

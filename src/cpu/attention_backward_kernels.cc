@@ -5,9 +5,9 @@
 //   dS = P ⊙ (dP − Δ)      dQ = scale·dS·K      dK = scale·dSᵀ·Q
 // P is recomputed tile by tile from the forward's lse; no [Lq, Lk] matrix exists, memory is O(L).
 //
-// Work division: one task per (batch, kv head g, key chunk). A task walks its chunk's key blocks (kBk
-// keys); for each block it sweeps every query head of the group and every query tile (kBq rows) that
-// can see the block, accumulating the block's dK, dV in its workspace (it owns them: no other task
+// Work division: one task per (batch, kv head g, key chunk), the costliest chunks first (backward_tasks). A task
+// walks its chunk's key blocks (kBk keys); for each block it sweeps every query head of the group and every query
+// tile (kBq rows) that can see the block, accumulating the block's dK, dV in its workspace (it owns them: no other task
 // touches those keys) and each query row's dQ in the chunk's own dQ buffer. The chunks' dQ buffers are
 // summed in chunk order at the end. The chunk count depends only on the shape and the thread count, and
 // every sum runs in a fixed order: the gradients are bitwise the same from run to run for a given
@@ -41,7 +41,7 @@ struct BackwardPlan {
   int64_t Dp = 0, Dvp = 0;   // D, Dv rounded up to whole vectors (at least one)
   int64_t key_blocks = 0;    // ⌈Lk / kBk⌉
   int64_t chunks = 1;        // key chunks per (batch, kv head)
-  int64_t tasks = 0;         // B · Hkv · chunks
+  BackwardTasks tasks;       // B · Hkv · chunks, the costliest chunks first (backward_tasks)
   int64_t dq_part_rows = 0;  // rows of one chunk's dQ buffer: B · H · Lq
   int64_t q_tiles = 0;       // ⌈Lq / kBq⌉ query tiles per head, aligned to multiples of kBq
   int64_t span = 1;          // key blocks per pass over the query tiles (backward_span)
@@ -61,7 +61,7 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.q_in_place = p.D > 0 && p.D % W == 0;
   plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.Dp);
-  plan.tasks = p.B * p.Hkv * plan.chunks;
+  plan.tasks = backward_tasks(p, plan.key_blocks, kBk, plan.chunks);
   // key blocks per pass (backward_span): a block's packed keys and values, dK and dV (and padded K rows, where D is
   // not whole vectors); a pass's Q, dO and dQ (read and written) of the group's heads
   plan.block_floats = kBk * std::max(plan.Dp, plan.Dvp);
@@ -250,8 +250,10 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
                     BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp, group = p.group();
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t task = 0; task < plan.tasks; ++task) {
-    const int64_t c = task % plan.chunks, bg = task / plan.chunks, b = bg / p.Hkv, kvh = bg % p.Hkv;
+  for (int64_t task = 0; task < plan.tasks.count(); ++task) {
+    int64_t bg, c;
+    plan.tasks.at(task, &bg, &c);
+    const int64_t b = bg / p.Hkv, kvh = bg % p.Hkv;
     float* dq_chunk = dq_part + c * plan.dq_part_rows * Dp;  // [B, H, Lq, Dp]
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
       std::fill(dq_chunk + (b * p.H + h) * p.Lq * Dp, dq_chunk + (b * p.H + h + 1) * p.Lq * Dp, 0.0f);

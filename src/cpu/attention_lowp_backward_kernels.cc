@@ -37,7 +37,8 @@ struct Bf16BackwardPlan {
   int threads = 1;
   int64_t Dp = 0, Dvp = 0;    // D, Dv rounded up to even: the pairs of S's and dP's products
   int64_t D16 = 0, Dv16 = 0;  // D, Dv rounded up to whole vectors: the accumulators' widths
-  int64_t key_blocks = 0, chunks = 1, tasks = 0, q_tiles = 0;
+  int64_t key_blocks = 0, chunks = 1, q_tiles = 0;
+  BackwardTasks tasks;       // B · Hkv · chunks, the costliest chunks first (backward_tasks)
   int64_t span = 1;          // key blocks per pass over the query tiles (backward_span)
   int64_t dq_part_rows = 0;  // B · H · Lq
 };
@@ -263,7 +264,7 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
   const int64_t group = p.group();
   plan.dq_part_rows = p.B * p.H * p.Lq;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.D16);
-  plan.tasks = p.B * p.Hkv * plan.chunks;
+  plan.tasks = backward_tasks(p, plan.key_blocks, kBk, plan.chunks);
   const int64_t block_bytes = kBk * (2 * (plan.Dp + plan.Dvp + plan.D16) + 4 * (plan.D16 + plan.Dv16));
   const int64_t pass_bytes = group * p.Lq * (2 * (p.D + p.Dv) + 8 * plan.D16);  // Q, dO; dQ read and written
   plan.span = backward_span(block_bytes, pass_bytes);                           // cpu/backward_rows.h
@@ -290,8 +291,10 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
       deltas[row] = sum;
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < plan.tasks; ++task) {
-      const int64_t c = task % plan.chunks, bg = task / plan.chunks, b = bg / p.Hkv, kvh = bg % p.Hkv;
+    for (int64_t task = 0; task < plan.tasks.count(); ++task) {
+      int64_t bg, c;
+      plan.tasks.at(task, &bg, &c);
+      const int64_t b = bg / p.Hkv, kvh = bg % p.Hkv;
       float* dq_chunk = dq_parts + c * plan.dq_part_rows * plan.D16;  // [B, H, Lq, D16]
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
         std::fill(dq_chunk + (b * p.H + h) * p.Lq * plan.D16, dq_chunk + (b * p.H + h + 1) * p.Lq * plan.D16, 0.0f);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cpu/attention_fused.h"
 #include "cpu/attention_problem.h"
@@ -74,6 +75,51 @@ inline void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_
   const int64_t off = p.offset();  // query i sees keys j <= i + off (and j > i + off − window)
   *lo = std::clamp<int64_t>(j0 - off, 0, p.Lq);
   if (p.window > 0) *hi = std::clamp<int64_t>(j0 + n + p.window - 1 - off, 0, p.Lq);
+}
+
+// Both backwards' tasks, one per (batch · kv head pair, key chunk), in the order the dynamic schedule hands them out:
+// the chunks that meet the most query rows first, every pair's before any pair's next chunk. Under a causal mask the
+// first keys' chunk meets every row and the last one few (7 : 5 : 3 : 1 with 4 chunks), so in pair-by-pair order a
+// thread could take a costly chunk last while the others idle: 16 threads, H 8, causal, 4 chunks each, modelled at 67%
+// of the threads' time busy against 100% costliest first. Which thread runs a task never changes its sums, so the
+// gradients stay bitwise those of any order.
+#ifndef ATTN_SWEEP_BWD_PAIR_ORDER
+#define ATTN_SWEEP_BWD_PAIR_ORDER 0
+#endif
+struct BackwardTasks {
+  int64_t pairs = 0;                 // B · Hkv
+  std::vector<int64_t> chunk_order;  // [chunks] the chunks, the most query rows met first (ties in key order)
+  int64_t count() const { return pairs * static_cast<int64_t>(chunk_order.size()); }
+  // task's (batch · kv head pair, chunk)
+  void at(int64_t task, int64_t* pair, int64_t* chunk) const {
+#if ATTN_SWEEP_BWD_PAIR_ORDER  // bench/cpu_tile_sweep.sh variant: the order before session 17, pair by pair
+    *pair = task / static_cast<int64_t>(chunk_order.size());
+    *chunk = task % static_cast<int64_t>(chunk_order.size());
+#else
+    *pair = task % pairs;
+    *chunk = chunk_order[static_cast<size_t>(task / pairs)];
+#endif
+  }
+};
+
+// The tasks of a call whose key_blocks blocks of kBk keys divide into `chunks` chunks (key_chunks), chunk c taking
+// blocks [key_blocks·c / chunks, key_blocks·(c + 1) / chunks).
+inline BackwardTasks backward_tasks(const AttentionProblem& p, int64_t key_blocks, int64_t kBk, int64_t chunks) {
+  BackwardTasks tasks;
+  tasks.pairs = p.B * p.Hkv;
+  std::vector<int64_t> rows_met(static_cast<size_t>(chunks), 0);  // [chunks] Σ over its blocks of the rows they meet
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t kb = key_blocks * c / chunks; kb < key_blocks * (c + 1) / chunks; ++kb) {
+      int64_t lo, hi;
+      query_range(p, kb * kBk, std::min(kBk, p.Lk - kb * kBk), &lo, &hi);
+      rows_met[static_cast<size_t>(c)] += std::max<int64_t>(hi - lo, 0);
+    }
+  tasks.chunk_order.resize(static_cast<size_t>(chunks));
+  for (int64_t c = 0; c < chunks; ++c) tasks.chunk_order[static_cast<size_t>(c)] = c;
+  std::stable_sort(tasks.chunk_order.begin(), tasks.chunk_order.end(), [&](int64_t a, int64_t b) {
+    return rows_met[static_cast<size_t>(a)] > rows_met[static_cast<size_t>(b)];
+  });
+  return tasks;
 }
 
 // P = 2^(scale₂·s − lse₂) over n keys of one row, in place, with scale₂ = scale·log2(e) and lse₂ = lse·log2(e)
