@@ -11,7 +11,7 @@
 #   bench/device_cpu_check.sh --run OUT [STEP...]   there (device `run`, carry [".bundle/cpu.txz"], OUT "$OUT"):
 #                                            unpacks, then runs the steps named (default: all, about 10 minutes, more
 #                                            than one call allows with the start: split them over two calls, e.g.
-#                                            `perf stages grid` (~5 min) and `backward bf16 thresholds` (~4 min))
+#                                            `perf order stages grid` (~6 min) and `backward bf16 thresholds` (~4 min))
 #     perf        the Xeon's counters where the machine lets perf read them (session 9 had no profiler there): clock
 #                 under AVX-512 load (cycles against task-clock), L1 and LLC misses, TopdownL1, and perf record of the
 #                 1-thread forward (cycles and L1 misses by function, the two product loops annotated)
@@ -19,6 +19,9 @@
 #                 forward's P·V tile (session 16: 8 × 2, measured only on Zen 5) against 4 × 4 (pv4x4), and 64-key
 #                 tiles (bk64: a D 128 key or value tile of 32 KB stays in the L1, where session 9 suspected the L2),
 #                 the variants side by side, pinned (bench/cpu_sweep.py)
+#     order       the backward's task order (session 17: the costliest key chunks first) against the order before
+#                 (pairorder: pair by pair), all threads, causal, where a thread's last chunk could be a costly one
+#                 (16 threads, H 8: modelled at 67% of the threads' time busy, against 100%)
 #     grid        bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     backward    bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     bf16        attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
@@ -32,7 +35,7 @@ cd "$(dirname "$0")/.."
 variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'bk64:-DATTN_SWEEP_BK=64'
           'upd8x2:-DATTN_SWEEP_UPDATE_ROWS=8 -DATTN_SWEEP_UPDATE_VECS=2'
           'spanall:-DATTN_SWEEP_BWD_SPAN_FROM_KB=0' 'long1m:-DATTN_SWEEP_LONG_KV_KB=1024'
-          'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1')
+          'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1' 'pairorder:-DATTN_SWEEP_BWD_PAIR_ORDER=1')
 stages=(base pv4x4 bk64)
 
 if [ "${1:-}" = --prepare ]; then
@@ -52,7 +55,7 @@ fi
 out=$2
 shift 2
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(perf stages grid backward bf16 thresholds)
+[ ${#steps[@]} -gt 0 ] || steps=(perf order stages grid backward bf16 thresholds)
 mkdir -p "$out"
 tar -C .bundle -xJf .bundle/cpu.txz || exit 1
 run=$PWD/.bundle/bundle/run
@@ -126,6 +129,13 @@ step_stages() {
     --shape 1:2:4096:128 --shape 1:8:1024:128:causal --shape 0:16:4096:128 --shape 0:16:1024:128:causal
 }
 
+step_order() {
+  step "backward task order"
+  timeout 60 python3 bench/cpu_sweep.py "base=$run attn_base" "pairorder=$run attn_pairorder" --rounds 3 --repeat 3 \
+    --shape 0:8:1024:64:causal:backward --shape 0:8:1024:128:causal:backward --shape 0:16:2048:128:causal:backward \
+    --shape 0:8:1024:128:causal:backward:dtype=bf16 --shape 0:8:1024:128:backward
+}
+
 step_grid() {
   step "sdpa grid"
   timeout 200 python3 bench/sdpa_grid.py --attn "$wrapper" --quick --no-small --threads 1 "$cores" --pin "$pin"
@@ -164,7 +174,8 @@ step_thresholds() {
 }
 
 for s in "${steps[@]}"; do
-  declare -F "step_$s" >/dev/null || { echo "no step '$s' (perf stages grid backward bf16 thresholds)" >&2; continue; }
+  declare -F "step_$s" >/dev/null ||
+    { echo "no step '$s' (perf order stages grid backward bf16 thresholds)" >&2; continue; }
   "step_$s" >"$out/$s.log" 2>&1
   tail -n 3 "$out/$s.log"
 done
