@@ -376,9 +376,13 @@ inline Vec exp_minus(Vec s, float m) {
   return simd::exp(s - Vec::set1(m));
 }
 
-template <bool kFast>
+// With kPairs (the vdpbf16ps path, no dropout, finite values: nothing reads the float P after) P goes straight to
+// bfloat16 in pairs[0, round_up(n, 16)) (zeros past n), not back into s: one pass over P fewer than writing it as
+// float and converting it after.
+template <bool kFast, bool kPairs = false>
 inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
-                        float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop) {
+                        float* m, float* l, float* acc, int64_t Dvp, DropoutGroupCache* drop,
+                        [[maybe_unused]] uint32_t* pairs = nullptr) {
   // l: the row's W partial sums (summed once, when the row's tiles are done: no horizontal add per tile)
   // Lazy rescaling, as the float32 kernel's softmax_tile: the row keeps its max m while no score exceeds
   // m + 8 ln 2 (its weights then stay ≤ 2^8), with no horizontal max, no correction and no rescaled accumulator.
@@ -394,12 +398,23 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     for (int64_t jj = 0; jj < n; ++jj)
       if (std::isnan(s[jj])) l[0] = std::numeric_limits<float>::quiet_NaN();
     std::fill(s, s + n, 0.0f);
+    if constexpr (kPairs) std::fill(pairs, pairs + round_up(n, 16) / 2, 0u);
     return;
   }
+  // e = P[j, j + W): into s, or (kPairs) as W bfloat16 into pairs (vcvtneps2bf16: nearest even)
+  const auto put = [&](Vec e, int64_t at) {
+#if ATTN_LOWP_DOT
+    if constexpr (kPairs) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pairs + at / 2), (__m256i)_mm512_cvtneps_pbh(e.v));
+      return;
+    }
+#endif
+    e.store(s + at);
+  };
   Vec sum = Vec::zero();
   for (j = 0; j + W <= n; j += W) {
     const Vec e = exp_minus<kFast>(Vec::load(s + j), m_new);
-    e.store(s + j);
+    put(e, j);
     sum = sum + e;
   }
   if (j < n) {
@@ -407,9 +422,13 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     std::fill(buf, buf + W, kNegInf);
     std::copy(s + j, s + n, buf);
     const Vec e = exp_minus<kFast>(Vec::load(buf), m_new);  // exp(−inf) = 0 in the padding lanes
-    e.store(buf);
     sum = sum + e;
-    std::copy(buf, buf + (n - j), s + j);
+    if constexpr (kPairs) {
+      put(e, j);  // the padding lanes' zeros are the odd key's partner and the pairs' tail
+    } else {
+      e.store(buf);
+      std::copy(buf, buf + (n - j), s + j);
+    }
   }
   const float c = *m == kNegInf ? 0.0f : *m == m_new ? 1.0f : std::exp(*m - m_new);  // no libm call per row
   (c == 1.0f ? Vec::load(l) + sum : Vec::fmadd(Vec::load(l), Vec::set1(c), sum)).store(l);
@@ -458,23 +477,30 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] *= ws.q_after;
       const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+      // A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights takes the
+      // zero-skipping float32 update (below), which reads the float P.
+      const bool nonfinite =
+          plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
+      // P straight to bfloat16 pairs: the vdpbf16ps path where nothing reads the float P after (no dropout, which
+      // applies its masks to the float P, and finite values)
+      const bool to_pairs = ATTN_LOWP_DOT && plan.dot && plan.keys_packed && !nonfinite && !p.dropout.active();
       for (int64_t r = 0; r < rows; ++r) {
         float* s = ws.s.data() + r * kBk;
         if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-        if (plan.dot && plan.keys_packed)
+        if (to_pairs)
+          softmax_row<true, true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r],
+                                  ws.pb.data() + r * kBk / 2);
+        else if (plan.dot && plan.keys_packed)
           softmax_row<true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
         else
           softmax_row<false>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
       }
-      // acc += P · V. A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights
-      // takes the zero-skipping float32 update.
-      const bool nonfinite =
-          plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
+      // acc += P · V
       const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
       if (plan.keys_packed && !skip_zero && plan.dot) {
 #if ATTN_LOWP_DOT
         const int64_t pairs = (n + 1) / 2;
-        for (int64_t r = 0; r < rows; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
+        for (int64_t r = 0; r < rows && !to_pairs; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
           float* s = ws.s.data() + r * kBk;
           std::fill(s + n, s + round_up(n, 16), 0.0f);  // the odd key's partner (V's padding row is 0 too)
           auto* pr = reinterpret_cast<__m256bh*>(ws.pb.data() + r * kBk / 2);
