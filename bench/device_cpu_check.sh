@@ -21,7 +21,9 @@
 #                 the variants side by side, pinned (bench/cpu_sweep.py)
 #     order       the backward's task order (session 17: the costliest key chunks first) against the order before
 #                 (pairorder: pair by pair), all threads, causal, where a thread's last chunk could be a costly one
-#                 (16 threads, H 8: modelled at 67% of the threads' time busy, against 100%)
+#                 (16 threads, H 8: modelled at 67% of the threads' time busy, against 100%); then, 1 thread, the
+#                 forward with each task's K and V from the L3 (stride: consecutive tasks from different heads), as every
+#                 task reads them at 16 threads (Zen 5: ±1% at L 1024; a loss on the Xeon points at its L3)
 #     grid        bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     backward    bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     bf16        attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
@@ -35,7 +37,8 @@ cd "$(dirname "$0")/.."
 variants=(base: 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' 'bk64:-DATTN_SWEEP_BK=64'
           'upd8x2:-DATTN_SWEEP_UPDATE_ROWS=8 -DATTN_SWEEP_UPDATE_VECS=2'
           'spanall:-DATTN_SWEEP_BWD_SPAN_FROM_KB=0' 'long1m:-DATTN_SWEEP_LONG_KV_KB=1024'
-          'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1' 'pairorder:-DATTN_SWEEP_BWD_PAIR_ORDER=1')
+          'nolong:-DATTN_SWEEP_BQ_LONG=64 -DATTN_SWEEP_BWD_SPAN=1' 'pairorder:-DATTN_SWEEP_BWD_PAIR_ORDER=1'
+          'stride:-DATTN_SWEEP_TASK_STRIDE=1')
 stages=(base pv4x4 bk64)
 
 if [ "${1:-}" = --prepare ]; then
@@ -134,6 +137,9 @@ step_order() {
   timeout 60 python3 bench/cpu_sweep.py "base=$run attn_base" "pairorder=$run attn_pairorder" --rounds 3 --repeat 3 \
     --shape 0:8:1024:64:causal:backward --shape 0:8:1024:128:causal:backward --shape 0:16:2048:128:causal:backward \
     --shape 0:8:1024:128:causal:backward:dtype=bf16 --shape 0:8:1024:128:backward
+  step "forward tasks with K and V from the L3"
+  timeout 50 python3 bench/cpu_sweep.py "base=$run attn_base" "stride=$run attn_stride" --pin "$pin" --rounds 3 \
+    --repeat 3 --shape 1:8:1024:128 --shape 1:8:1024:64 --shape 1:8:1024:128:causal
 }
 
 step_grid() {

@@ -555,8 +555,18 @@ struct TileTask {
 // head's last query tiles (the most keys) come first, so that the dynamic schedule ends on cheap tiles and
 // the threads finish together. (Heaviest first across all heads measured 20% slower at L = 16384, H = 8:
 // eight heads' K and V, 32 MB, cycled through the L3 task by task.)
+// bench/device_cpu_check.sh's `stride` variant (timing only, the same results): consecutive tasks from different
+// heads, so that at 1 thread each task reads its K and V from the L3 as every task does at 16 threads, where the
+// threads take a head's query tiles side by side (Zen 5, 1 thread, H 8: L 1024 ±1%, L 2048 −3%).
+#ifndef ATTN_SWEEP_TASK_STRIDE
+#define ATTN_SWEEP_TASK_STRIDE 0
+#endif
 TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t index) {
+#if ATTN_SWEEP_TASK_STRIDE
+  const int64_t in_head = index / (p.B * p.H), bh = index % (p.B * p.H);
+#else
   const int64_t in_head = index % plan.query_tiles, bh = index / plan.query_tiles;
+#endif
   const int64_t tile = p.causal != CausalAlignment::kNone ? plan.query_tiles - 1 - in_head : in_head;
   const int64_t i0 = tile * plan.bq;
   return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
