@@ -23,7 +23,9 @@
 #                 (pairorder: pair by pair), all threads, causal, where a thread's last chunk could be a costly one
 #                 (16 threads, H 8: modelled at 67% of the threads' time busy, against 100%); then, 1 thread, the
 #                 forward with each task's K and V from the L3 (stride: consecutive tasks from different heads), as every
-#                 task reads them at 16 threads (Zen 5: ±1% at L 1024; a loss on the Xeon points at its L3)
+#                 task reads them at 16 threads (Zen 5: ±1% at L 1024; a loss on the Xeon points at its L3); then, all
+#                 threads, OMP_WAIT_POLICY passive (as bench/sdpa_grid.py runs both sides) against active (spinning
+#                 threads between calls and at the barriers): what waking the threads costs a call there
 #     grid        bench/sdpa_grid.py --quick against PyTorch, 1 and all threads
 #     backward    bench/compare_pytorch_backward.py, 1 and all threads (fp32 forward + backward)
 #     bf16        attn bench sdpa --backward --dtype f32 | bf16 (the bfloat16 backward on vdpbf16ps), 1 and all threads
@@ -140,6 +142,10 @@ step_order() {
   step "forward tasks with K and V from the L3"
   timeout 50 python3 bench/cpu_sweep.py "base=$run attn_base" "stride=$run attn_stride" --pin "$pin" --rounds 3 \
     --repeat 3 --shape 1:8:1024:128 --shape 1:8:1024:64 --shape 1:8:1024:128:causal
+  step "OpenMP wait policy"
+  timeout 60 python3 bench/cpu_sweep.py "active=env OMP_WAIT_POLICY=active $run attn_base" \
+    "passive=env OMP_WAIT_POLICY=passive $run attn_base" --rounds 3 --repeat 5 --shape 0:8:1024:64:causal \
+    --shape 0:8:1024:128 --shape 0:8:1024:64:causal:backward --shape 0:16:4096:64
 }
 
 step_grid() {
