@@ -73,15 +73,16 @@ pin=$((cores > 4 ? 3 : cores - 1))  # the one-thread runs' CPU (not CPU 0, where
 step() { echo "== $* ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
 # perf (about 1 minute): every command is allowed to fail (no counters in a VM, perf_event_paranoid, seccomp).
-# `attn bench sdpa` measures the FMA peak for 0.2 s first; the shapes below run 2–3 s, so the counts are ~90% kernel.
+# `attn bench sdpa --no-peak` leaves out its 0.2 s FMA-peak measurement, so the counts are the calls' (and the random
+# inputs' set-up, a few percent).
 step_perf() {
   step "perf"
   [ -x .bundle/bundle/perf ] || { echo "no perf in the bundle"; return; }
   local perf=("$run" perf) tmp
   tmp=$(mktemp -d)
   echo "perf_event_paranoid $(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
-  local fwd=(bench sdpa --heads 8 --q-len 4096 --head-dim 128 --repeat 3)
-  local causal=(bench sdpa --heads 8 --q-len 1024 --head-dim 128 --causal --repeat 60)
+  local fwd=(bench sdpa --no-peak --heads 8 --q-len 4096 --head-dim 128 --repeat 3)
+  local causal=(bench sdpa --no-peak --heads 8 --q-len 1024 --head-dim 128 --causal --repeat 60)
   local events=task-clock,cycles,ref-cycles,instructions,L1-dcache-loads,L1-dcache-load-misses,LLC-loads,LLC-load-misses
   for t in 1 "$cores"; do
     for shape in fwd causal; do

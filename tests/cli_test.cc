@@ -102,6 +102,20 @@ TEST_F(Cli, HelpSpellsOutTheMaskPolarity) {
   for (const char* sub : {"explain", "sdpa", "mha", "bench"}) EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
 }
 
+// attn bench sdpa reports its share of the FMA peak it measures (0.2 s), or, with --no-peak (for a profiler), neither.
+TEST_F(Cli, BenchSdpaMeasuresThePeakUnlessToldNot) {
+  for (const std::string backward : {"", " --backward"}) {
+    const std::string cmd = "bench sdpa --heads 1 --q-len 32 --head-dim 16 --repeat 1 --threads 1 --json" + backward;
+    const CliResult with = run(cmd);
+    ASSERT_EQ(with.status, 0) << with.err;
+    EXPECT_NE(with.out.find("\"peak_share\""), std::string::npos) << with.out;
+    const CliResult without = run(cmd + " --no-peak");
+    ASSERT_EQ(without.status, 0) << without.err;
+    EXPECT_EQ(without.out.find("peak_gflops"), std::string::npos) << without.out;
+    EXPECT_NE(without.out.find("\"median_ms\""), std::string::npos) << without.out;
+  }
+}
+
 TEST_F(Cli, ExplainWalksThroughAllFiveMechanisms) {
   const CliResult r = run("explain");
   ASSERT_EQ(r.status, 0) << r.err;

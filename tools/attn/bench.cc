@@ -55,6 +55,7 @@ void report(const char* what, const std::string& shape, const std::vector<double
 struct SdpaBench {
   int64_t batch = 1, heads = 8, kv_heads = 0, q_len = 1024, kv_len = 0, head_dim = 64;
   bool causal = false, json = false, backward = false;
+  bool no_peak = false;  // skip the 0.2 s FMA-peak measurement (and the shares): a profile then sees only the calls
   float dropout = 0.0f;
   int64_t window = 0;
   int threads = 0, repeat = 5, warmup = 1;
@@ -98,20 +99,26 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
   double fwd_flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                      static_cast<double>(a.batch * a.heads);
   if (a.causal) fwd_flops /= 2;
-  const double peak = measure_fma_peak(a.threads, 0.2);
   const double both_gflops = 3.5 * fwd_flops / (median_of(both) * 1e-3) / 1e9;
   const double bwd_gflops = 2.5 * fwd_flops / (median_of(bwd) * 1e-3) / 1e9;
   char extra[256];
-  std::snprintf(extra, sizeof extra,
-                ", \"backward_median_ms\": %.4f, \"backward_gflops\": %.2f, \"peak_gflops\": %.1f, "
-                "\"peak_share\": %.3f, \"backward_peak_share\": %.3f",
-                median_of(bwd), bwd_gflops, peak, both_gflops / peak, bwd_gflops / peak);
-  report("sdpa-forward-backward", sdpa_shape_json(a, G, Lk), both, 3.5 * fwd_flops, a.json, extra);
-  if (!a.json)
+  std::snprintf(extra, sizeof extra, ", \"backward_median_ms\": %.4f, \"backward_gflops\": %.2f", median_of(bwd),
+                bwd_gflops);
+  std::string extra_json = extra;
+  const double peak = a.no_peak ? 0.0 : measure_fma_peak(a.threads, 0.2);
+  if (peak > 0.0) {
+    std::snprintf(extra, sizeof extra, ", \"peak_gflops\": %.1f, \"peak_share\": %.3f, \"backward_peak_share\": %.3f",
+                  peak, both_gflops / peak, bwd_gflops / peak);
+    extra_json += extra;
+  }
+  report("sdpa-forward-backward", sdpa_shape_json(a, G, Lk), both, 3.5 * fwd_flops, a.json, extra_json);
+  if (a.json) return;
+  std::printf("  backward alone: median %.3f ms   %.1f GFLOP/s\n", median_of(bwd), bwd_gflops);
+  if (peak > 0.0)
     std::printf(
-        "  backward alone: median %.3f ms   %.1f GFLOP/s\n  %.0f%% (forward+backward) and %.0f%% (backward) "
-        "of this machine's FMA peak (%.1f GFLOP/s, measured now)\n",
-        median_of(bwd), bwd_gflops, 100.0 * both_gflops / peak, 100.0 * bwd_gflops / peak, peak);
+        "  %.0f%% (forward+backward) and %.0f%% (backward) of this machine's FMA peak (%.1f GFLOP/s, measured "
+        "now)\n",
+        100.0 * both_gflops / peak, 100.0 * bwd_gflops / peak, peak);
 }
 
 // --kv-dtype: decoding through attn::DecodeCache (the Transformer's cache: keys transposed in blocks, stored as
@@ -162,17 +169,20 @@ void run_sdpa_bench(const SdpaBench& a) {
       2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * static_cast<double>(dtype_size(dt));
   const double median = median_of(ms);
   // the machine's FMA ceiling at the same thread count, measured now: the share of it this call reached
-  const double peak = measure_fma_peak(a.threads, 0.2), gflops = flops / (median * 1e-3) / 1e9;
+  const double peak = a.no_peak ? 0.0 : measure_fma_peak(a.threads, 0.2), gflops = flops / (median * 1e-3) / 1e9;
   char extra[160];
-  std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f, \"peak_gflops\": %.1f, \"peak_share\": %.3f",
-                kv_bytes / (median * 1e-3) / 1e9, peak, gflops / peak);
+  std::snprintf(extra, sizeof extra, ", \"kv_gb_per_s\": %.2f", kv_bytes / (median * 1e-3) / 1e9);
+  std::string extra_json = extra;
   // vdpbf16ps retires as many instructions per cycle as vfmadd231ps with twice the multiply-adds per lane (Zen 4,
   // measured): the bf16 dot kernel's ceiling is twice the float32 FMA peak.
   const bool dot = std::string(fused_kernel_isa(dt)) == "avx512-bf16";
-  std::string extra_json = extra;
-  if (dot) extra_json += ", \"bf16_peak_share\": " + std::to_string(gflops / (2.0 * peak));
+  if (peak > 0.0) {
+    std::snprintf(extra, sizeof extra, ", \"peak_gflops\": %.1f, \"peak_share\": %.3f", peak, gflops / peak);
+    extra_json += extra;
+    if (dot) extra_json += ", \"bf16_peak_share\": " + std::to_string(gflops / (2.0 * peak));
+  }
   report("sdpa", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra_json, fused_kernel_isa(dt));
-  if (!a.json) {
+  if (!a.json && peak > 0.0) {
     std::printf("  %.0f%% of this machine's float32 FMA peak (%.1f GFLOP/s, measured now)", 100.0 * gflops / peak,
                 peak);
     if (dot) std::printf(", %.0f%% of the vdpbf16ps ceiling (twice that)", 50.0 * gflops / peak);
@@ -355,6 +365,8 @@ void add_bench(CLI::App& app) {
                    "peak share is of the float32 FMA peak")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   sdpa->add_flag("--backward", s->backward, "time forward+backward and the backward alone (fused backward)");
+  sdpa->add_flag("--no-peak", s->no_peak,
+                 "skip measuring the FMA peak (0.2 s) and the shares of it: a profiler then sees only the calls");
   sdpa->add_option("--dropout", s->dropout, "attention dropout probability (fused into the kernels)")
       ->check(CLI::Range(0.0, 1.0));
   sdpa->callback([s] { run_sdpa_bench(*s); });
