@@ -89,16 +89,20 @@ inline void query_range(const AttentionProblem& p, int64_t j0, int64_t n, int64_
 struct BackwardTasks {
   int64_t pairs = 0;                 // B · Hkv
   std::vector<int64_t> chunk_order;  // [chunks] the chunks, the most query rows met first (ties in key order)
+  // every chunk meets as many rows (no causal range or window): pair by pair, each pair's chunks in key order, so that
+  // consecutive tasks share a pair's Q and dO
+  bool by_pair = false;
   int64_t count() const { return pairs * static_cast<int64_t>(chunk_order.size()); }
   // task's (batch · kv head pair, chunk)
   void at(int64_t task, int64_t* pair, int64_t* chunk) const {
-#if ATTN_SWEEP_BWD_PAIR_ORDER  // bench/cpu_tile_sweep.sh variant: the order before session 17, pair by pair
-    *pair = task / static_cast<int64_t>(chunk_order.size());
-    *chunk = task % static_cast<int64_t>(chunk_order.size());
-#else
-    *pair = task % pairs;
-    *chunk = chunk_order[static_cast<size_t>(task / pairs)];
-#endif
+    const auto chunks = static_cast<int64_t>(chunk_order.size());
+    if (by_pair || ATTN_SWEEP_BWD_PAIR_ORDER) {  // the sweep variant: the order before session 17, pair by pair
+      *pair = task / chunks;
+      *chunk = task % chunks;
+    } else {
+      *pair = task % pairs;
+      *chunk = chunk_order[static_cast<size_t>(task / pairs)];
+    }
   }
 };
 
@@ -119,6 +123,7 @@ inline BackwardTasks backward_tasks(const AttentionProblem& p, int64_t key_block
   std::stable_sort(tasks.chunk_order.begin(), tasks.chunk_order.end(), [&](int64_t a, int64_t b) {
     return rows_met[static_cast<size_t>(a)] > rows_met[static_cast<size_t>(b)];
   });
+  tasks.by_pair = std::all_of(rows_met.begin(), rows_met.end(), [&](int64_t r) { return r == rows_met[0]; });
   return tasks;
 }
 
