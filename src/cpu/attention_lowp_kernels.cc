@@ -487,13 +487,16 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       for (int64_t r = 0; r < rows; ++r) {
         float* s = ws.s.data() + r * kBk;
         if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
-        if (to_pairs)
+        if (to_pairs) {  // (only where vdpbf16ps is compiled)
+#if ATTN_LOWP_DOT
           softmax_row<true, true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r],
                                   ws.pb.data() + r * kBk / 2);
-        else if (plan.dot && plan.keys_packed)
+#endif
+        } else if (plan.dot && plan.keys_packed) {
           softmax_row<true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
-        else
+        } else {
           softmax_row<false>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
+        }
       }
       // acc += P · V
       const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
