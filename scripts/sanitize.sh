@@ -18,9 +18,11 @@ cmake -S . -B "$out" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS="$flags" -DCMAKE
   -DATTN_BUILD_BENCH=OFF -DATTN_WITH_MPI=OFF >"$out/configure.log" 2>&1 || { cat "$out/configure.log"; exit 1; }
 cmake --build "$out" -j"$(nproc)" >"$out/build.log" 2>&1 || { tail -n 60 "$out/build.log"; exit 1; }
 ln -sfn "$PWD/build/pydeps" "$out/pydeps"  # the tests read the MiniLM model below their build directory
-# halt_on_error: the first report fails its test; detect_leaks: a leak is a failure too
-export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# halt_on_error: the first report fails its test; detect_leaks: a leak is a failure too; allocator_may_return_null:
+# an allocation too large for the machine throws std::bad_alloc, as without ASan. The caller's options come last
+# (e.g. detect_leaks=0 where LeakSanitizer cannot run).
+export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}
 ctest --test-dir "$out" --output-on-failure -j"$(nproc)" 2>&1 | tee "$out/ctest.log"
 echo "sanitizers: $(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 tests, \1 failed/p' \
   "$out/ctest.log") under AddressSanitizer and UndefinedBehaviorSanitizer"
