@@ -100,9 +100,13 @@ step_perf() {
     -- "$wrapper" "${fwd[@]}" --threads 1 >/dev/null 2>&1 ||
     timeout 40 taskset -c "$pin" "${perf[@]}" record -q -e cpu-clock -o "$tmp/perf.data" \
       -- "$wrapper" "${fwd[@]}" --threads 1 >/dev/null 2>&1
-  timeout 30 "${perf[@]}" report -i "$tmp/perf.data" --stdio --sort symbol 2>/dev/null | grep -v '^$' |
-    awk '/^# Samples|^# Event count/ {print; next} /^#/ {next} $1+0 >= 0.3' | cut -c1-160
-  for sym in 'attn::detail::avx512::gemm_abt_tile<8, 2>' 'attn::detail::avx512::rank_update<8, 2>'; do
+  timeout 30 "${perf[@]}" report -i "$tmp/perf.data" --stdio --sort symbol >"$tmp/report.txt" 2>/dev/null
+  grep -v '^$' "$tmp/report.txt" | awk '/^# Samples|^# Event count/ {print; next} /^#/ {next} $1+0 >= 0.3' |
+    cut -c1-160
+  local pattern sym
+  for pattern in 'gemm_abt_tile<8, 2>' 'rank_update<8, 2>'; do  # the names as this perf prints them (clones too)
+    sym=$(grep -F "$pattern" "$tmp/report.txt" | head -n 1 | sed 's/.*\[\.\] //; s/  .*$//')
+    [ -n "$sym" ] || { echo "-- no $pattern in the report"; continue; }
     echo "-- perf annotate $sym (lines at ≥ 0.5% of its samples)"
     timeout 30 "${perf[@]}" annotate -i "$tmp/perf.data" --objdump="$objdump" --stdio -s "$sym" 2>/dev/null |
       awk '/Percent|Samples|of event/ || $1+0 >= 0.5' | head -n 90
@@ -186,7 +190,14 @@ step_thresholds() {
     --repeat 1 --shape 1:4:2048:128:backward --shape 0:16:2048:64:backward --shape 0:16:2048:128:backward
 }
 
+# A call runs for at most 600 s: a step that would start in its last 60 s (ATTN_DEVICE_SECONDS, default 570, minus 60)
+# is skipped, so that the logs of those before come back whole.
+deadline=${ATTN_DEVICE_SECONDS:-570}
 for s in "${steps[@]}"; do
+  if [ "$SECONDS" -gt $((deadline - 60)) ]; then
+    echo "skipped $s: ${SECONDS} s gone of ${deadline}" | tee "$out/$s.log"
+    continue
+  fi
   declare -F "step_$s" >/dev/null ||
     { echo "no step '$s' (perf order stages grid backward bf16 thresholds)" >&2; continue; }
   "step_$s" >"$out/$s.log" 2>&1
