@@ -567,7 +567,7 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 #else
   const int64_t in_head = index % plan.query_tiles, bh = index / plan.query_tiles;
 #endif
-  const int64_t tile = p.causal != CausalAlignment::kNone ? plan.query_tiles - 1 - in_head : in_head;
+  const int64_t tile = forward_query_tile(p.causal != CausalAlignment::kNone, in_head, plan.query_tiles);
   const int64_t i0 = tile * plan.bq;
   return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
 }

@@ -590,8 +590,11 @@ struct TileTask {
   int64_t b, h, bh, i0, rows;
 };
 
+// Tasks go head by head, under a causal range each head's last query tiles first (forward_query_tile).
 TileTask tile_task(const AttentionProblem& p, const LowpPlan& plan, int64_t index) {
-  const int64_t tile = index % plan.query_tiles, bh = index / plan.query_tiles;
+  const int64_t bh = index / plan.query_tiles;
+  const int64_t tile =
+      forward_query_tile(p.causal != CausalAlignment::kNone, index % plan.query_tiles, plan.query_tiles);
   const int64_t i0 = tile * plan.bq;
   return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
 }

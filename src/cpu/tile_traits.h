@@ -125,6 +125,14 @@ struct TileTraits<SimdLevel::kAvx2> {
 template <>
 struct TileTraits<SimdLevel::kScalar> : TileTraits<SimdLevel::kAvx2> {};
 
+// The query tile the in_head-th task of a head takes (both forwards; tasks go head by head): in order, except under a
+// causal range, where each head's last tiles (they see the most keys) come first, so that the dynamic schedule ends on
+// cheap tiles and the threads finish together. Modelled (the tasks' costs by the keys they see, handed out as OpenMP's
+// dynamic schedule does): H 8, L 1024, 16 threads 88% of the threads' time busy in order, 100% last tiles first.
+inline int64_t forward_query_tile(bool causal, int64_t in_head, int64_t query_tiles) {
+  return causal ? query_tiles - 1 - in_head : in_head;
+}
+
 // Query rows per forward task (the float32 and 16-bit forwards' plans): T::kBq, or up to T::kBqLong where the keys are
 // packed and one head's K and V take kv_bytes ≥ T::kLongKvBytes (the kernels then run the rows kBq at a time through
 // each key tile), halved while the call would keep fewer than 4 tasks a thread (heads: B·H). force_fused_query_tile
