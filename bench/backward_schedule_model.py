@@ -3,7 +3,8 @@
 src/cpu/backward_rows.h's key_chunks divides them) handed out by OpenMP's dynamic schedule, one at a time, to the
 thread that is free first. A task's cost is the number of (query row, key) pairs its key blocks meet: under a causal
 mask the first keys' chunk meets every row, the last one few. Prints the share of the threads' time busy for the
-order before session 17 (pair by pair) and for backward_tasks's (the costliest chunks first):
+order and chunk count before session 17 (pair by pair) and for today's (backward_tasks: the costliest chunks first;
+key_chunks: more chunks where the tasks would leave the threads' last round part empty):
 
     python3 bench/backward_schedule_model.py --threads 16 --heads 8 --length 1024 --causal
 
@@ -16,11 +17,23 @@ import heapq
 KEY_BLOCK = 128  # Tiles::kBackwardBk
 
 
-def key_chunks(pairs, threads, key_blocks):
-    """src/cpu/backward_rows.h key_chunks (without its 512 MB cap on the chunks' dQ buffers)."""
-    if 0 < pairs < 2 * threads:
-        return max(1, min((2 * threads + pairs - 1) // pairs, key_blocks))
-    return 1
+def key_chunks(pairs, threads, key_blocks, balance=True):
+    """src/cpu/backward_rows.h key_chunks (without its 512 MB cap on the chunks' dQ buffers); balance=False: before
+    session 17, which did not add chunks where the tasks left the threads' last round part empty."""
+    if pairs <= 0 or key_blocks <= 1 or threads <= 1:
+        return 1
+    chunks = min((2 * threads + pairs - 1) // pairs, key_blocks) if pairs < 2 * threads else 1
+
+    def busy(c):
+        tasks = pairs * c
+        return tasks / (threads * -(-tasks // threads))
+
+    c = chunks + 1
+    while balance and c <= key_blocks and busy(chunks) < 0.95:
+        if busy(c) > busy(chunks):
+            chunks = c
+        c += 1
+    return chunks
 
 
 def busy_share(costs, threads):
@@ -32,9 +45,9 @@ def busy_share(costs, threads):
     return sum(costs) / threads / max(free_at)
 
 
-def model(threads, pairs, length, causal):
+def model(threads, pairs, length, causal, balance=True):
     blocks = (length + KEY_BLOCK - 1) // KEY_BLOCK
-    chunks = key_chunks(pairs, threads, blocks)
+    chunks = key_chunks(pairs, threads, blocks, balance)
 
     def rows_met(block):  # top-left causal: key j is seen by the rows i >= j
         return length - block * KEY_BLOCK if causal else length
@@ -53,13 +66,14 @@ def main():
     ap.add_argument("--length", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--causal", action="store_true")
     a = ap.parse_args()
-    print("| threads | pairs | L | chunks | pair by pair | costliest first |")
-    print("|---|---|---|---|---|---|")
+    print("| threads | pairs | L | before session 17: chunks, pair by pair | now: chunks, costliest first |")
+    print("|---|---|---|---|---|")
     for t in a.threads:
         for h in a.heads:
             for n in a.length:
-                chunks, before, after = model(t, h, n, a.causal)
-                print(f"| {t} | {h} | {n} | {chunks} | {before:.0%} | {after:.0%} |")
+                old_chunks, before, _ = model(t, h, n, a.causal, balance=False)
+                chunks, _, after = model(t, h, n, a.causal)
+                print(f"| {t} | {h} | {n} | {old_chunks}, {before:.0%} | {chunks}, {after:.0%} |")
 
 
 if __name__ == "__main__":

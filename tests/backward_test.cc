@@ -310,6 +310,25 @@ TEST(Backward, TasksRunTheCostliestChunksFirstAndEveryChunkOnce) {
   EXPECT_EQ(order(4), (std::vector<int64_t>{2, 2, 2, 3, 3, 3, 1, 1, 1, 0, 0, 0}));
 }
 
+// Key chunks (cpu/backward_rows.h): none on one thread; with few pairs enough for every thread; and more where the
+// tasks would leave the threads' last round part empty (5 pairs on 2 threads: 2 chunks, 10 tasks, 5 rounds).
+TEST(Backward, KeyChunksKeepTheThreadsBusy) {
+  namespace target = detail::scalar;
+  detail::AttentionProblem p;
+  p.B = 1, p.Lq = p.Lk = 1024, p.D = p.Dv = 64;
+  const auto chunks = [&](int64_t pairs, int threads) {
+    p.H = p.Hkv = pairs;
+    return target::key_chunks(p, threads, 8, p.H * p.Lq * p.D);
+  };
+  EXPECT_EQ(chunks(1, 1), 1);
+  EXPECT_EQ(chunks(5, 1), 1);
+  EXPECT_EQ(chunks(1, 2), 4);   // 2 tasks a thread
+  EXPECT_EQ(chunks(8, 2), 1);   // 4 pair tasks a thread, even
+  EXPECT_EQ(chunks(5, 2), 2);   // 5 pair tasks: 3 rounds for 2.5 tasks' work
+  EXPECT_EQ(chunks(9, 16), 7);  // 63 tasks in 4 rounds of 16
+  EXPECT_EQ(chunks(1, 16), 8);  // one chunk a key block at most
+}
+
 TEST(Backward, ChecksItsArguments) {
   std::mt19937 rng(2);
   const Tensor q = test::random_tensor({1, 2, 4, 8}, rng), k = test::random_tensor({1, 2, 6, 8}, rng);
