@@ -71,6 +71,11 @@ const char* simd_level_name(SimdLevel level);
 void force_fused_query_tile(int64_t rows);
 int64_t forced_fused_query_tile();
 
+// The float32 fused forward's tasks packing their own head's keys (FusedPlan::task_keys): false (the default) lets
+// each call choose; tests force it on to check that path on short cases.
+void force_task_keys(bool on);
+bool forced_task_keys();
+
 // The backwards' (float32 and bfloat16) key blocks per pass over the query tiles: 0 (the default) lets each call
 // choose; tests force 1 and several to check that they give the same bits.
 void force_backward_span(int64_t blocks);

@@ -70,6 +70,7 @@ struct Workspace {
   AlignedVector<float> lanes_l;         // [bq, W]  the running sums lane by lane, inside accumulate_keys
   AlignedVector<float> m_new, c;        // [bq]     softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [bq] each row's current dropout group
+  AlignedVector<float> kpack;           // [key_tiles, D, kBk] the task's head's Kᵀ (FusedPlan::task_keys)
   void reserve(int64_t D, int64_t Dvp, int64_t bq) {  // bq: the call's query rows per task (FusedPlan::bq)
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -463,12 +464,23 @@ struct FusedPlan {
   bool keys_packed = false;     // Kᵀ packed by pack_keys; the few-query path reads K's rows instead
   int64_t key_tiles = 0;        // ⌈Lk / kBk⌉
   int64_t key_tile_floats = 0;  // one packed key tile [D, kBk] (D at least 1)
+  // Each task packs its head's Kᵀ into its workspace (plan_fused says when), instead of pack_keys packing every head's
+  // into one buffer shared by the call's tasks.
+  bool task_keys = false;
   // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`; or, where that
   // product would overflow a finite key or query (|scale·log2(e)| > 1 and an element beyond FLT_MAX over it:
   // the true scores may still be moderate), by every score after the product, `after`. Calls with
   // |scale·log2(e)| > 1 pay one scan of K (or Q) to decide; those that overflow, one more pass over S.
   float operand = 1.0f, after = 1.0f;
 };
+
+// FusedPlan::task_keys from this many bytes of every head's packed keys together (more than the caches hold), for heads
+// whose packed keys fit the L2 (bench/cpu_tile_sweep.sh variants: ATTN_SWEEP_TASK_KEYS_FROM_KB).
+#ifndef ATTN_SWEEP_TASK_KEYS_FROM_KB
+#define ATTN_SWEEP_TASK_KEYS_FROM_KB 8192
+#endif
+constexpr int64_t kTaskKeysFromBytes = int64_t{ATTN_SWEEP_TASK_KEYS_FROM_KB} << 10;
+constexpr int64_t kTaskKeysMaxBytes = int64_t{512} << 10;
 
 // Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
 bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L, int64_t D,
@@ -504,6 +516,24 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
+  // Many short heads whose packed keys together outgrow the caches (an encoder's batch: B·H in the hundreds, L up to
+  // a few hundred): pack_keys wrote every head's Kᵀ out to memory and the tasks read it back, a third of the memory
+  // traffic of a call whose operands stream from memory anyway. Then each task takes a whole head's queries (run kBq at
+  // a time through each key tile) and packs the head's Kᵀ itself, into its workspace, where the products read it from
+  // the L2. Not with weights asked for (their pass reads the shared packed keys).
+  const int64_t head_key_bytes = plan.key_tiles * plan.key_tile_floats * static_cast<int64_t>(sizeof(float));
+  const int64_t head_rows = round_up(p.Lq, Tiles::kBq);
+  if (plan.keys_packed && !p.weights &&
+      (forced_task_keys() ||
+       (forced_fused_query_tile() == 0 && p.B * p.Hkv * head_key_bytes >= kTaskKeysFromBytes &&
+        head_key_bytes <= kTaskKeysMaxBytes && head_rows <= Tiles::kBqLong && p.B * p.H >= 4 * plan.threads))) {
+    plan.task_keys = true;
+    if (forced_fused_query_tile() == 0) {
+      plan.bq = std::min<int64_t>(head_rows, Tiles::kBqLong);
+      plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
+      plan.tile_tasks = p.B * p.H * plan.query_tiles;
+    }
+  }
   // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
@@ -535,7 +565,7 @@ FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   const bool own_lse = p.weights && !p.lse;
   if (own_lse && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
   const int64_t packed_floats = p.B * p.Hkv * plan.key_tiles * plan.key_tile_floats;
-  if (plan.keys_packed && static_cast<int64_t>(packed.size()) < packed_floats)
+  if (plan.keys_packed && !plan.task_keys && static_cast<int64_t>(packed.size()) < packed_floats)
     packed.resize(static_cast<size_t>(packed_floats));
   return {partial.data(), p.lse ? p.lse : own_lse ? lse.data() : nullptr, packed.data()};
 }
@@ -589,6 +619,17 @@ void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) 
   }
 }
 
+// FusedPlan::task_keys: the key tiles of [lo, hi) (lo a multiple of kBk) of kv head (b, kvh), packed as pack_keys packs
+// them, at their places in kpack ([key_tiles, D, kBk]).
+void pack_task_keys(const AttentionProblem& p, const FusedPlan& plan, int64_t b, int64_t kvh, int64_t lo, int64_t hi,
+                    float* kpack) {
+  for (int64_t j0 = lo; j0 < hi; j0 += Tiles::kBk) {
+    const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
+    pack_panels(p.k + b * p.k_sb + kvh * p.k_sh, p.k_sl, j0, n, p.D, packed_width(n),
+                kpack + j0 / Tiles::kBk * plan.key_tile_floats, plan.operand);
+  }
+}
+
 // The keys split `split` of task t covers, as a half-open range: whole, aligned key tiles of the range
 // the task's rows may see, divided evenly among the splits.
 void split_key_range(const AttentionProblem& p, const FusedPlan& plan, const TileTask& t, int64_t split, int64_t* lo,
@@ -625,7 +666,9 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
-      accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
+      const float* kpack = plan.task_keys ? ws.kpack.data() : head_keys(p, plan, buf.packed, t.b, t.h);
+      if (plan.task_keys) pack_task_keys(p, plan, t.b, p.kv_head(t.h), lo, hi, ws.kpack.data());
+      accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, kpack, plan.after, ws);
       if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv))
         for (int64_t r = 0; r < t.rows; ++r)
           if (!row_state_finite(ws.l[r], ws.acc.data() + r * Dvp, p.Dv))
@@ -730,7 +773,9 @@ void attention_fused(const AttentionProblem& p) {
   const auto steps = [&] {  // every thread of the team (the worksharing inside divides the work)
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan.Dvp, plan.bq);
-    if (plan.keys_packed && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf.packed);
+    if (plan.task_keys && static_cast<int64_t>(ws.kpack.size()) < plan.key_tiles * plan.key_tile_floats)
+      ws.kpack.resize(static_cast<size_t>(plan.key_tiles * plan.key_tile_floats));
+    if (plan.keys_packed && !plan.task_keys && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf.packed);
     run_tiles(p, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
     if (p.weights) write_weights(p, plan, buf, ws);
