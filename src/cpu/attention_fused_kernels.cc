@@ -510,10 +510,6 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   if (2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv) < (int64_t{1} << 18)) plan.threads = 1;
   plan.Dvp = round_up(p.Dv, W);
   plan.keys_packed = p.Lq > 4;
-  const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(float));  // one head's K and V
-  plan.bq = forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
-  plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
-  plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
   // Many short heads whose packed keys together outgrow the caches (an encoder's batch: B·H in the hundreds, L up to
@@ -523,17 +519,16 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   // the L2. Not with weights asked for (their pass reads the shared packed keys).
   const int64_t head_key_bytes = plan.key_tiles * plan.key_tile_floats * static_cast<int64_t>(sizeof(float));
   const int64_t head_rows = round_up(p.Lq, Tiles::kBq);
-  if (plan.keys_packed && !p.weights &&
-      (forced_task_keys() ||
-       (forced_fused_query_tile() == 0 && p.B * p.Hkv * head_key_bytes >= kTaskKeysFromBytes &&
-        head_key_bytes <= kTaskKeysMaxBytes && head_rows <= Tiles::kBqLong && p.B * p.H >= 4 * plan.threads))) {
-    plan.task_keys = true;
-    if (forced_fused_query_tile() == 0) {
-      plan.bq = std::min<int64_t>(head_rows, Tiles::kBqLong);
-      plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
-      plan.tile_tasks = p.B * p.H * plan.query_tiles;
-    }
-  }
+  const bool whole_heads = forced_fused_query_tile() == 0 && head_rows <= Tiles::kBqLong;
+  const bool many_short_heads = p.B * p.Hkv * head_key_bytes >= kTaskKeysFromBytes &&
+                                head_key_bytes <= kTaskKeysMaxBytes && p.B * p.H >= 4 * plan.threads;
+  plan.task_keys = plan.keys_packed && !p.weights && ((whole_heads && many_short_heads) || forced_task_keys());
+  const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(float));  // one head's K and V
+  plan.bq = plan.task_keys && whole_heads
+                ? head_rows
+                : forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
+  plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
+  plan.tile_tasks = p.B * p.H * plan.query_tiles;
   // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);

@@ -503,7 +503,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       if (plan.keys_packed && !skip_zero && plan.dot) {
 #if ATTN_LOWP_DOT
         const int64_t pairs = (n + 1) / 2;
-        for (int64_t r = 0; r < rows && !to_pairs; ++r) {  // P to bfloat16 (vcvtneps2bf16: nearest even)
+        for (int64_t r = 0; r < (to_pairs ? 0 : rows);
+             ++r) {  // P to bfloat16, where softmax_row has not (nearest even)
           float* s = ws.s.data() + r * kBk;
           std::fill(s + n, s + round_up(n, 16), 0.0f);  // the odd key's partner (V's padding row is 0 too)
           auto* pr = reinterpret_cast<__m256bh*>(ws.pb.data() + r * kBk / 2);
