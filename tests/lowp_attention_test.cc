@@ -136,14 +136,24 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
                      (in.options.dropout_p > 0 ? " dropout" : ""));
         PathGuard guard(path);
         in.options.impl = path.impl;
-        // as each call chooses its tiles, and with long query tiles forced (160 rows, 64 at a time: as for long K and
-        // V, TileTraits::kBqLong), on one thread and on two
-        for (auto [threads, query_tile] : {std::pair<int, int64_t>{1, 0}, {2, 0}, {1, 160}, {2, 160}}) {
-          SCOPED_TRACE("threads " + std::to_string(threads) + " query_tile " + std::to_string(query_tile));
-          in.options.num_threads = threads;
-          detail::force_fused_query_tile(query_tile);
+        // as each call chooses its tiles, with long query tiles forced (160 rows, 64 at a time: as for long K and
+        // V, TileTraits::kBqLong), and with each task packing its own head's K and V (whole heads: many short heads,
+        // LowpPlan::task_kv), on one thread and on two
+        struct Run {
+          int threads;
+          int64_t query_tile;
+          bool task_kv;
+        };
+        for (const Run run : {Run{1, 0, false}, Run{2, 0, false}, Run{1, 160, false}, Run{2, 160, false},
+                              Run{1, 0, true}, Run{2, 0, true}}) {
+          SCOPED_TRACE("threads " + std::to_string(run.threads) + " query_tile " + std::to_string(run.query_tile) +
+                       (run.task_kv ? " task_kv" : ""));
+          in.options.num_threads = run.threads;
+          detail::force_fused_query_tile(run.query_tile);
+          detail::force_task_keys(run.task_kv);
           const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
           detail::force_fused_query_tile(0);
+          detail::force_task_keys(false);
           ASSERT_EQ(r.output.dtype(), dt);
           EXPECT_LE(test::max_abs_diff(to_dtype(r.output, DType::kFloat32), ref.output), tol);
           ASSERT_EQ(r.lse.dtype(), DType::kFloat32);

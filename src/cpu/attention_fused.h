@@ -71,8 +71,8 @@ const char* simd_level_name(SimdLevel level);
 void force_fused_query_tile(int64_t rows);
 int64_t forced_fused_query_tile();
 
-// The float32 fused forward's tasks packing their own head's keys (FusedPlan::task_keys): false (the default) lets
-// each call choose; tests force it on to check that path on short cases.
+// The fused forwards' tasks packing their own head's operands (float32: FusedPlan::task_keys, 16-bit:
+// LowpPlan::task_kv): false (the default) lets each call choose; tests force it on to check that path on short cases.
 void force_task_keys(bool on);
 bool forced_task_keys();
 

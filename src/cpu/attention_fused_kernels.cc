@@ -474,14 +474,6 @@ struct FusedPlan {
   float operand = 1.0f, after = 1.0f;
 };
 
-// FusedPlan::task_keys from this many bytes of every head's packed keys together (more than the caches hold), for heads
-// whose packed keys fit the L2 (bench/cpu_tile_sweep.sh variants: ATTN_SWEEP_TASK_KEYS_FROM_KB).
-#ifndef ATTN_SWEEP_TASK_KEYS_FROM_KB
-#define ATTN_SWEEP_TASK_KEYS_FROM_KB 8192
-#endif
-constexpr int64_t kTaskKeysFromBytes = int64_t{ATTN_SWEEP_TASK_KEYS_FROM_KB} << 10;
-constexpr int64_t kTaskKeysMaxBytes = int64_t{512} << 10;
-
 // Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
 bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L, int64_t D,
                        float f) {
@@ -512,19 +504,16 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.keys_packed = p.Lq > 4;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
-  // Many short heads whose packed keys together outgrow the caches (an encoder's batch: B·H in the hundreds, L up to
-  // a few hundred): pack_keys wrote every head's Kᵀ out to memory and the tasks read it back, a third of the memory
-  // traffic of a call whose operands stream from memory anyway. Then each task takes a whole head's queries (run kBq at
-  // a time through each key tile) and packs the head's Kᵀ itself, into its workspace, where the products read it from
-  // the L2. Not with weights asked for (their pass reads the shared packed keys).
+  // Many short heads whose packed keys together outgrow the caches (an encoder's batch): each task takes a whole head
+  // and packs its Kᵀ itself (forward_whole_head_tasks). Not with weights asked for (their pass reads the shared packed
+  // keys).
   const int64_t head_key_bytes = plan.key_tiles * plan.key_tile_floats * static_cast<int64_t>(sizeof(float));
   const int64_t head_rows = round_up(p.Lq, Tiles::kBq);
-  const bool whole_heads = forced_fused_query_tile() == 0 && head_rows <= Tiles::kBqLong;
-  const bool many_short_heads = p.B * p.Hkv * head_key_bytes >= kTaskKeysFromBytes &&
-                                head_key_bytes <= kTaskKeysMaxBytes && p.B * p.H >= 4 * plan.threads;
-  plan.task_keys = plan.keys_packed && !p.weights && ((whole_heads && many_short_heads) || forced_task_keys());
+  plan.task_keys = plan.keys_packed && !p.weights &&
+                   (forward_whole_head_tasks<Tiles>(head_key_bytes, p.B * p.Hkv, p.B * p.H, p.Lq, plan.threads) ||
+                    forced_task_keys());
   const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(float));  // one head's K and V
-  plan.bq = plan.task_keys && whole_heads
+  plan.bq = plan.task_keys && forward_head_fits_a_task<Tiles>(p.Lq)
                 ? head_rows
                 : forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;

@@ -9,7 +9,8 @@
 //   S = mask(S); online softmax (m, l) in float32, dropout as the fp32 kernel
 //   acc += P · V_t                     dot: P rounded to bfloat16, vdpbf16ps        convert: fp32 FMA
 //   out = round16(acc / l)
-// Whole-call packing (more than 4 queries), shared by every query tile and every head of a group:
+// Whole-call packing (more than 4 queries), shared by every query tile and every head of a group (or, for many short
+// heads, LowpPlan::task_kv: each task packs its own head's, into its workspace):
 //   dot      Kᵀ as [key tile, D/2, kBk, 2] and V as [key tile, kBk/2, Dvp, 2] bfloat16: the pairs vdpbf16ps
 //            multiplies (zero-padded: odd D, odd key counts, Dv up to whole vectors)
 //   convert  Kᵀ as [key tile, D, kBk] and V as [key tile, kBk, Dvp] float32: the fp32 micro-kernels'
@@ -27,6 +28,7 @@
 #include "cpu/aligned_vector.h"
 #include "cpu/attention_lowp.h"
 #include "cpu/bf16_pairs.h"
+#include "cpu/lowp_convert.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
 #include "cpu/tile_kernels.h"
@@ -43,113 +45,18 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kBq = Tiles::kBq, kBk = Tiles::kBk;
 static_assert(kBk % (Tiles::kScoreVecs * W) == 0 && kBk % 2 == 0);
 
-// ---- Conversions -------------------------------------------------------------------------------------------
-
-template <LowpType T>
-inline float widen(uint16_t h) {
-  if constexpr (T == LowpType::kBFloat16) return bf16_to_float(h);
-  return f16_to_float(h);
-}
-
-template <LowpType T>
-inline uint16_t narrow(float f) {
-  if constexpr (T == LowpType::kBFloat16) return float_to_bf16(f);
-  return float_to_f16(f);
-}
-
-// W values at p widened to float32.
-template <LowpType T>
-inline Vec load_wide(const uint16_t* p) {
-#if defined(__AVX512F__)
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  if constexpr (T == LowpType::kBFloat16)
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
-  else
-    return {_mm512_cvtph_ps(h)};
-#elif defined(__AVX2__)
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if constexpr (T == LowpType::kBFloat16)
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
-  else
-    return {_mm256_cvtph_ps(h)};
-#else
-  float buf[W];
-  for (int i = 0; i < W; ++i) buf[i] = widen<T>(p[i]);
-  return Vec::load(buf);
-#endif
-}
-
-// dst[0, n) = src[0, n) widened.
-template <LowpType T>
-inline void widen_row(const uint16_t* src, int64_t n, float* dst) {
-  int64_t i = 0;
-  for (; i + W <= n; i += W) load_wide<T>(src + i).store(dst + i);
-  for (; i < n; ++i) dst[i] = widen<T>(src[i]);
-}
-
-// dst[0, n) = round16(src[0, n) · mul), to nearest even, NaN kept (the same bits as attn/half.h).
-template <LowpType T>
-inline void narrow_row(const float* src, int64_t n, float mul, uint16_t* dst) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(src + i), _mm512_set1_ps(mul));
-    __m256i h;
-    if constexpr (T == LowpType::kFloat16) {
-      h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else {
-      const __m512i u = _mm512_castps_si512(x);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-      const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-      r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-      h = _mm512_cvtepi32_epi16(r);
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), h);
-  }
-#elif defined(__AVX2__)
-  if constexpr (T == LowpType::kFloat16)
-    for (; i + 8 <= n; i += 8) {
-      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(src + i), _mm256_set1_ps(mul));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-    }
-#endif
-  for (; i < n; ++i) dst[i] = narrow<T>(src[i] * mul);
-}
-
-// Does any of the n × width 16-bit values (row stride rs) hold NaN or Inf (an all-ones exponent)?
-template <LowpType T>
-inline bool any_nonfinite(const uint16_t* x, int64_t rs, int64_t n, int64_t width) {
-  constexpr uint16_t kExp = T == LowpType::kBFloat16 ? 0x7f80 : 0x7c00;
-  for (int64_t j = 0; j < n; ++j) {
-    const uint16_t* row = x + j * rs;
-    int64_t d = 0;
-#if defined(__AVX512BW__)
-    const __m512i e = _mm512_set1_epi16(static_cast<short>(kExp));
-    for (; d + 32 <= width; d += 32)
-      if (_mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(row + d), e), e)) return true;
-#elif defined(__AVX2__)
-    const __m256i e = _mm256_set1_epi16(static_cast<short>(kExp));
-    for (; d + 16 <= width; d += 16)
-      if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(
-              _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d)), e), e)))
-        return true;
-#endif
-    for (; d < width; ++d)
-      if ((row[d] & kExp) == kExp) return true;
-  }
-  return false;
-}
-
 // ---- The plan and the call's buffers ---------------------------------------------------------------------------
 
 struct LowpPlan {
   int threads = 1;
   bool dot = false;          // vdpbf16ps (bfloat16 on the avx512bf16 build), else convert
-  bool keys_packed = false;  // more than 4 queries: K and V packed once per call
-  int64_t Dp = 0;            // D rounded up to even (pairs)
-  int64_t Dvp = 0;           // Dv rounded up to whole vectors
-  int64_t bq = 0;            // query rows per task: kBq, or up to Tiles::kBqLong for long K and V (plan_lowp)
+  bool keys_packed = false;  // more than 4 queries: K and V packed once per call (pack_kv)
+  // Each task takes a whole head and packs that head's K and V into its workspace (forward_whole_head_tasks: many
+  // short heads), instead of pack_kv packing every head's into the call's buffers shared by its tasks.
+  bool task_kv = false;
+  int64_t Dp = 0;   // D rounded up to even (pairs)
+  int64_t Dvp = 0;  // Dv rounded up to whole vectors
+  int64_t bq = 0;   // query rows per task: kBq, or up to Tiles::kBqLong for long K and V (plan_lowp)
   int64_t query_tiles = 0, tile_tasks = 0, splits = 1, key_tiles = 0, row_state = 0;
   int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
 };
@@ -171,17 +78,28 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
   // long tasks for long K and V (forward_task_rows), run kBq rows at a time (accumulate_keys). Zen 5, bfloat16, 1
   // thread, H 1, against 64-row tasks: L 32768, D 128 +20% (64 rows: 353 GFLOP/s against 410 at L 16384); L 16384, D
   // 256 +12%
+  plan.key_tiles = (p.Lk + kBk - 1) / kBk;
+  plan.k_tile = (plan.dot ? plan.Dp : std::max<int64_t>(p.D, 1)) * kBk;
+  plan.v_tile = kBk * plan.Dvp;
+  const int64_t head_bytes =
+      plan.key_tiles * (plan.k_tile + plan.v_tile) * static_cast<int64_t>(plan.dot ? sizeof(uint16_t) : sizeof(float));
+  // Not for grouped heads: their tasks would each pack their group's K and V again, where the shared packing served
+  // the group's heads from the caches (Zen 5, B 256, H 8, Hkv 1, L 128, D 64, bfloat16: −4% at 1 thread, −1% at 2;
+  // float32, whose values are not packed, ±1%).
+  plan.task_kv =
+      plan.keys_packed &&
+      ((p.H == p.Hkv && forward_whole_head_tasks<Tiles>(head_bytes, p.B * p.Hkv, p.B * p.H, p.Lq, plan.threads)) ||
+       forced_task_keys());
   const int64_t kv_bytes = p.Lk * (p.D + p.Dv) * static_cast<int64_t>(sizeof(uint16_t));
-  plan.bq = forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
+  plan.bq = plan.task_kv && forward_head_fits_a_task<Tiles>(p.Lq)
+                ? round_up(p.Lq, kBq)
+                : forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
-  plan.key_tiles = (p.Lk + kBk - 1) / kBk;
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
-  plan.k_tile = (plan.dot ? plan.Dp : std::max<int64_t>(p.D, 1)) * kBk;
-  plan.v_tile = kBk * plan.Dvp;
   return plan;
 }
 
@@ -205,7 +123,7 @@ LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
   };
   LowpBuffers buf;
   if (plan.splits > 1) buf.partial = grow(partial, plan.tile_tasks * plan.splits * plan.bq * plan.row_state);
-  if (plan.keys_packed) {
+  if (plan.keys_packed && !plan.task_kv) {
     const int64_t tiles = p.B * p.Hkv * plan.key_tiles;
     if (plan.dot) {
       buf.kb = grow(kb, tiles * plan.k_tile);
@@ -231,6 +149,10 @@ struct Workspace {
   AlignedVector<float> m, l;            // [bq]
   AlignedVector<float> lv;              // [bq, W]        each row's partial sums of P (l = their sum)
   std::vector<DropoutGroupCache> drop;  // [bq]
+  // LowpPlan::task_kv: the task's head's K and V packed as pack_kv packs them (LowpBuffers' layouts, key_tiles tiles)
+  AlignedVector<uint16_t> kb, vb;
+  AlignedVector<float> kf, vf;
+  std::vector<uint8_t> v_nonfinite;
   void reserve(int64_t D, int64_t Dp, int64_t Dvp, int64_t bq) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -246,6 +168,19 @@ struct Workspace {
     grow(lv, bq * W);
     grow(drop, bq);
   }
+  void reserve_head(const LowpPlan& plan) {  // LowpPlan::task_kv
+    auto grow = [](auto& b, int64_t n) {
+      if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+    };
+    if (plan.dot) {
+      grow(kb, plan.key_tiles * plan.k_tile);
+      grow(vb, plan.key_tiles * plan.v_tile);
+    } else {
+      grow(kf, plan.key_tiles * plan.k_tile);
+      grow(vf, plan.key_tiles * plan.v_tile);
+    }
+    grow(v_nonfinite, plan.key_tiles);
+  }
 };
 
 Workspace& thread_workspace() {
@@ -255,42 +190,90 @@ Workspace& thread_workspace() {
 
 // ---- Packing -----------------------------------------------------------------------------------------------------
 
-// Key tile t (of [B·Hkv·key_tiles]) packed: dot Kᵀ pairs [Dp/2, kBk, 2], convert Kᵀ [D, kBk]; value tile t packed:
-// dot [kBk/2, Dvp, 2], convert [kBk, Dvp]; zero padding everywhere; and whether the value tile is finite.
+// One head's packed K and V (pack_kv's layouts): key tile kt's Kᵀ at kb (dot) or kf (convert) + kt · k_tile, its values
+// at vb or vf + kt · v_tile, and whether they hold NaN or Inf at v_nonfinite[kt].
+struct HeadKv {
+  uint16_t* kb = nullptr;          // [key_tiles, Dp/2, kBk, 2]     dot
+  uint16_t* vb = nullptr;          // [key_tiles, kBk/2, Dvp, 2]    dot
+  float* kf = nullptr;             // [key_tiles, D, kBk]           convert
+  float* vf = nullptr;             // [key_tiles, kBk, Dvp]         convert
+  uint8_t* v_nonfinite = nullptr;  // [key_tiles]
+};
+
+// Kv head (b, g)'s tiles in the call's buffers (pack_kv), shared by the tasks.
+HeadKv call_head_kv(const AttentionProblem& p, const LowpPlan& plan, const LowpBuffers& buf, int64_t b, int64_t g) {
+  const int64_t tile0 = (b * p.Hkv + g) * plan.key_tiles;
+  HeadKv kv;
+  if (!plan.keys_packed || plan.task_kv) return kv;
+  if (plan.dot) {
+    kv.kb = buf.kb + tile0 * plan.k_tile;
+    kv.vb = buf.vb + tile0 * plan.v_tile;
+  } else {
+    kv.kf = buf.kf + tile0 * plan.k_tile;
+    kv.vf = buf.vf + tile0 * plan.v_tile;
+  }
+  kv.v_nonfinite = buf.v_nonfinite + tile0;
+  return kv;
+}
+
+// The task's own head's tiles (LowpPlan::task_kv), in its workspace.
+HeadKv task_head_kv(const LowpPlan& plan, Workspace& ws) {
+  HeadKv kv;
+  if (plan.dot) {
+    kv.kb = ws.kb.data();
+    kv.vb = ws.vb.data();
+  } else {
+    kv.kf = ws.kf.data();
+    kv.vf = ws.vf.data();
+  }
+  kv.v_nonfinite = ws.v_nonfinite.data();
+  return kv;
+}
+
+// Key tile kt of kv head (b, g) packed into kv: dot Kᵀ pairs [Dp/2, kBk, 2], convert Kᵀ [D, kBk]; its value tile: dot
+// [kBk/2, Dvp, 2], convert [kBk, Dvp]; zero padding everywhere; and whether the value tile is finite.
+template <LowpType T>
+void pack_kv_tile(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t b, int64_t g, int64_t kt,
+                  const HeadKv& kv) {
+  const AttentionProblem& p = lp.p;
+  const int64_t j0 = kt * kBk, n = std::min(kBk, p.Lk - j0);
+  const uint16_t* k = lp.k + b * p.k_sb + g * p.k_sh + j0 * p.k_sl;  // [n, D]
+  const uint16_t* v = lp.v + b * p.v_sb + g * p.v_sh + j0 * p.v_sl;  // [n, Dv]
+  kv.v_nonfinite[kt] = any_nonfinite<T>(v, p.v_sl, n, p.Dv);
+  if (plan.dot) {
+#if ATTN_LOWP_DOT
+    // Kᵀ: the pair (d, d+1) of key j is the uint32 at (d/2)·kBk + j
+    pack_transposed_pairs(k, p.k_sl, n, p.D, plan.Dp, kBk, kv.kb + kt * plan.k_tile);
+    // V: the pair (keys 2·j2, 2·j2 + 1) of column c is the uint32 at j2·Dvp + c
+    uint16_t* vt_out = kv.vb + kt * plan.v_tile;
+    for (int64_t j2 = 0; j2 < kBk / 2; ++j2) {
+      const uint16_t* lo = 2 * j2 < n ? v + 2 * j2 * p.v_sl : nullptr;
+      if (!lo)
+        std::fill(vt_out + j2 * plan.Dvp * 2, vt_out + (j2 + 1) * plan.Dvp * 2, uint16_t{0});
+      else
+        interleave_rows(lo, 2 * j2 + 1 < n ? lo + p.v_sl : nullptr, p.Dv, plan.Dvp, vt_out + j2 * plan.Dvp * 2);
+    }
+#endif
+  } else {
+    // Kᵀ in the panels gemm_abt_panels streams, from the tile's keys widened
+    thread_local AlignedVector<float> rows;  // [n, D] the tile's keys widened
+    rows.resize(static_cast<size_t>(n * p.D));
+    for (int64_t j = 0; j < n; ++j) widen_row<T>(k + j * p.k_sl, p.D, rows.data() + j * p.D);
+    pack_panels(rows.data(), p.D, 0, n, p.D, packed_key_cols(p, j0), kv.kf + kt * plan.k_tile);
+    float* vt_out = kv.vf + kt * plan.v_tile;  // [kBk, Dvp]
+    std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
+    for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
+  }
+}
+
+// Every kv head's tiles into the call's buffers, once per call (not with LowpPlan::task_kv).
 template <LowpType T>
 void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf) {
   const AttentionProblem& p = lp.p;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
-    const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles, b = bk / p.Hkv, g = bk % p.Hkv;
-    const int64_t j0 = kt * kBk, n = std::min(kBk, p.Lk - j0);
-    const uint16_t* k = lp.k + b * p.k_sb + g * p.k_sh + j0 * p.k_sl;  // [n, D]
-    const uint16_t* v = lp.v + b * p.v_sb + g * p.v_sh + j0 * p.v_sl;  // [n, Dv]
-    buf.v_nonfinite[t] = any_nonfinite<T>(v, p.v_sl, n, p.Dv);
-    if (plan.dot) {
-#if ATTN_LOWP_DOT
-      // Kᵀ: the pair (d, d+1) of key j is the uint32 at (d/2)·kBk + j
-      pack_transposed_pairs(k, p.k_sl, n, p.D, plan.Dp, kBk, buf.kb + t * plan.k_tile);
-      // V: the pair (keys 2·j2, 2·j2 + 1) of column c is the uint32 at j2·Dvp + c
-      uint16_t* vt_out = buf.vb + t * plan.v_tile;
-      for (int64_t j2 = 0; j2 < kBk / 2; ++j2) {
-        const uint16_t* lo = 2 * j2 < n ? v + 2 * j2 * p.v_sl : nullptr;
-        if (!lo)
-          std::fill(vt_out + j2 * plan.Dvp * 2, vt_out + (j2 + 1) * plan.Dvp * 2, uint16_t{0});
-        else
-          interleave_rows(lo, 2 * j2 + 1 < n ? lo + p.v_sl : nullptr, p.Dv, plan.Dvp, vt_out + j2 * plan.Dvp * 2);
-      }
-#endif
-    } else {
-      // Kᵀ in the panels gemm_abt_panels streams, from the tile's keys widened
-      thread_local AlignedVector<float> rows;  // [n, D] the tile's keys widened
-      rows.resize(static_cast<size_t>(n * p.D));
-      for (int64_t j = 0; j < n; ++j) widen_row<T>(k + j * p.k_sl, p.D, rows.data() + j * p.D);
-      pack_panels(rows.data(), p.D, 0, n, p.D, packed_key_cols(p, j0), buf.kf + t * plan.k_tile);
-      float* vt_out = buf.vf + t * plan.v_tile;  // [kBk, Dvp]
-      std::fill(vt_out, vt_out + plan.v_tile, 0.0f);
-      for (int64_t j = 0; j < n; ++j) widen_row<T>(v + j * p.v_sl, p.Dv, vt_out + j * plan.Dvp);
-    }
+    const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
+    pack_kv_tile<T>(lp, plan, bk / p.Hkv, bk % p.Hkv, kt, call_head_kv(p, plan, buf, bk / p.Hkv, bk % p.Hkv));
   }
 }
 
@@ -439,17 +422,16 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
 }
 
 // Online softmax over keys [j_begin, j_end) (j_begin a multiple of kBk) for rows [task_i0, task_i0 + task_rows) of
-// head (b, h).
+// head (b, h), whose packed K and V (when keys_packed) are kv's.
 template <LowpType T>
-void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf, int64_t b, int64_t h,
+void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const HeadKv& kv, int64_t b, int64_t h,
                      int64_t task_i0, int64_t task_rows, int64_t j_begin, int64_t j_end, Workspace& ws) {
   const AttentionProblem& p = lp.p;
   const int64_t kvh = p.kv_head(h), Dvp = plan.Dvp;
   const uint16_t* k = lp.k + b * p.k_sb + kvh * p.k_sh;  // [Lk, D]
   const uint16_t* v = lp.v + b * p.v_sb + kvh * p.v_sh;  // [Lk, Dv]
-  const int64_t tile0 = (b * p.Hkv + kvh) * plan.key_tiles;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBk) {
-    const int64_t n = std::min(kBk, j_end - j0), t = tile0 + j0 / kBk;
+    const int64_t n = std::min(kBk, j_end - j0), t = j0 / kBk;  // t: the head's key tile
     if (all_padding(p, b, j0, n)) continue;
     // the task's rows kBq at a time (one sub-tile when bq = kBq): the key tile, read once from the L3 or memory,
     // serves all of them while each sub-tile's scores and accumulators stay in the L1
@@ -468,10 +450,10 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
             ws.s[r * kBk + jj] = dot_wide(qs + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
       } else if (plan.dot) {
 #if ATTN_LOWP_DOT
-        dot_scores(qb, plan.Dp / 2, buf.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale, ws.s.data(), kBk);
+        dot_scores(qb, plan.Dp / 2, kv.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale, ws.s.data(), kBk);
 #endif
       } else {
-        gemm_abt_panels(qs, p.D, buf.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(), kBk);
+        gemm_abt_panels(qs, p.D, kv.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(), kBk);
       }
       if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (widen_queries)
         for (int64_t r = 0; r < rows; ++r)
@@ -480,7 +462,7 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       // A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights takes the
       // zero-skipping float32 update (below), which reads the float P.
       const bool nonfinite =
-          plan.keys_packed ? buf.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
+          plan.keys_packed ? kv.v_nonfinite[t] != 0 : any_nonfinite<T>(v + j0 * p.v_sl, p.v_sl, n, p.Dv);
       // P straight to bfloat16 pairs: the vdpbf16ps path where nothing reads the float P after (no dropout, which
       // applies its masks to the float P, and finite values)
       const bool to_pairs = ATTN_LOWP_DOT && plan.dot && plan.keys_packed && !nonfinite && !p.dropout.active();
@@ -512,7 +494,7 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
         }
-        dot_pv<Tiles::kBf16PvRows, Tiles::kBf16PvVecs>(ws.pb.data(), kBk / 2, 1, rows, pairs, buf.vb + t * plan.v_tile,
+        dot_pv<Tiles::kBf16PvRows, Tiles::kBf16PvVecs>(ws.pb.data(), kBk / 2, 1, rows, pairs, kv.vb + t * plan.v_tile,
                                                        Dvp / 16, acc, Dvp);
 #endif
         return;
@@ -522,7 +504,7 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
           for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] = bf16_to_float(float_to_bf16(ws.s[r * kBk + jj]));
       const float* vt = nullptr;
       if (plan.keys_packed && !plan.dot) {
-        vt = buf.vf + t * plan.v_tile;
+        vt = kv.vf + t * plan.v_tile;
       } else {
         for (int64_t jj = 0; jj < n; ++jj) {
           widen_row<T>(v + (j0 + jj) * p.v_sl, p.Dv, ws.vp.data() + jj * Dvp);
@@ -638,7 +620,11 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
     std::fill(ws.acc.begin(), ws.acc.begin() + t.rows * Dvp, 0.0f);
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
-      accumulate_keys<T>(lp, plan, buf, t.b, t.h, t.i0, t.rows, lo, hi, ws);
+      const int64_t g = p.kv_head(t.h);
+      const HeadKv kv = plan.task_kv ? task_head_kv(plan, ws) : call_head_kv(p, plan, buf, t.b, g);
+      if (plan.task_kv)  // the head's tiles the task reads, packed here
+        for (int64_t kt = lo / kBk; kt * kBk < hi; ++kt) pack_kv_tile<T>(lp, plan, t.b, g, kt, kv);
+      accumulate_keys<T>(lp, plan, kv, t.b, t.h, t.i0, t.rows, lo, hi, ws);
       for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
       if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv)) {
         if (pairs_only) widen_queries<T>(lp, t.b, t.h, t.i0, t.rows, ws);
@@ -711,7 +697,8 @@ void run(const LowpAttentionProblem& lp) {
   {
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan.Dp, plan.Dvp, plan.bq);
-    if (plan.keys_packed) pack_kv<T>(lp, plan, buf);
+    if (plan.task_kv) ws.reserve_head(plan);
+    if (plan.keys_packed && !plan.task_kv) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
   }

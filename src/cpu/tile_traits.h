@@ -149,6 +149,30 @@ int64_t forward_task_rows(bool keys_packed, int64_t kv_bytes, int64_t heads, int
   return bq;
 }
 
+// Both forwards (float32: FusedPlan::task_keys; 16-bit: LowpPlan::task_kv): many short heads whose packed operands
+// together outgrow the caches (an encoder's batch: B·H in the hundreds, L up to a few hundred). Packing them all once
+// per call wrote them out to memory for the tasks to read back, a third of the memory traffic of a call whose operands
+// stream from memory anyway. Then each task takes a whole head's queries (run kBq rows at a time through each key
+// tile) and packs that head's operands itself, into its workspace, where the products read them from the L2: from
+// kTaskPackFromBytes of every kv head's packed operands together (kv_heads: B·Hkv), for heads whose own take at most
+// kTaskPackMaxBytes (head_bytes), with at least 4 tasks a thread (heads: B·H) and a head's queries in one long task
+// (Lq ≤ kBqLong). bench/cpu_tile_sweep.sh variants: ATTN_SWEEP_TASK_KEYS_FROM_KB.
+#ifndef ATTN_SWEEP_TASK_KEYS_FROM_KB
+#define ATTN_SWEEP_TASK_KEYS_FROM_KB 8192
+#endif
+inline constexpr int64_t kTaskPackFromBytes = int64_t{ATTN_SWEEP_TASK_KEYS_FROM_KB} << 10;
+inline constexpr int64_t kTaskPackMaxBytes = int64_t{512} << 10;
+// Can one task take a head's Lq queries (kBqLong rows at most, and no query rows forced by a test)?
+template <class T>
+bool forward_head_fits_a_task(int64_t Lq) {
+  return forced_fused_query_tile() == 0 && (Lq + T::kBq - 1) / T::kBq * T::kBq <= T::kBqLong;
+}
+template <class T>
+bool forward_whole_head_tasks(int64_t head_bytes, int64_t kv_heads, int64_t heads, int64_t Lq, int threads) {
+  return forward_head_fits_a_task<T>(Lq) && kv_heads * head_bytes >= kTaskPackFromBytes &&
+         head_bytes <= kTaskPackMaxBytes && heads >= 4 * threads;
+}
+
 namespace avx512 {
 using Tiles = TileTraits<SimdLevel::kAvx512>;
 }
