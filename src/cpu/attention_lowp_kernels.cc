@@ -443,17 +443,41 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       float* acc = ws.acc.data() + r0 * Dvp;                                  // [rows, Dvp]
       DropoutGroupCache* drop = ws.drop.data() + r0;                          // [rows]
       const int64_t cols = round_up(n, Tiles::kScoreVecs * W);
+      // On the causal diagonal (the sub-tile's first row sees fewer of the tile's keys than its last) each block of
+      // kScoreRows rows stops at its last row's last visible key, rounded up to whole column steps (`len`): its
+      // scores, exponentials and products past it are skipped, their P is 0 (as the float32 kernel's diagonal).
+      const auto visible = [&](int64_t r) {  // how many of the tile's keys row r of the sub-tile may see at most
+        int64_t lo, hi;
+        p.key_range(i0 + r, &lo, &hi);
+        return std::clamp<int64_t>(hi - j0, 0, n);
+      };
+      const bool diagonal = plan.keys_packed && visible(0) < visible(rows - 1);
+      const auto len = [&](int64_t r) {  // the score columns of row r's block
+        if (!diagonal) return n;
+        const int64_t last = std::min(rows, (r / Tiles::kScoreRows + 1) * Tiles::kScoreRows) - 1;
+        return std::min(n, round_up(visible(last), Tiles::kScoreVecs * W));
+      };
       // S = scale · Q·Kᵀ
       if (!plan.keys_packed) {
         for (int64_t jj = 0; jj < n; ++jj)
           for (int64_t r = 0; r < rows; ++r)
             ws.s[r * kBk + jj] = dot_wide(qs + r * p.D, k + (j0 + jj) * p.k_sl, p.D, lp.type);
-      } else if (plan.dot) {
-#if ATTN_LOWP_DOT
-        dot_scores(qb, plan.Dp / 2, kv.kb + t * plan.k_tile, kBk, plan.Dp / 2, rows, cols, p.scale, ws.s.data(), kBk);
-#endif
       } else {
-        gemm_abt_panels(qs, p.D, kv.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, rows, cols, ws.s.data(), kBk);
+        const int64_t score_rows = diagonal ? Tiles::kScoreRows : rows;
+        for (int64_t r = 0; r < rows; r += score_rows) {
+          const int64_t block = std::min(score_rows, rows - r);
+          const int64_t block_cols = diagonal ? round_up(len(r), Tiles::kScoreVecs * W) : cols;
+          if (block_cols == 0) continue;
+          if (plan.dot) {
+#if ATTN_LOWP_DOT
+            dot_scores(qb + r * plan.Dp / 2, plan.Dp / 2, kv.kb + t * plan.k_tile, kBk, plan.Dp / 2, block, block_cols,
+                       p.scale, ws.s.data() + r * kBk, kBk);
+#endif
+          } else {
+            gemm_abt_panels(qs + r * p.D, p.D, kv.kf + t * plan.k_tile, packed_key_cols(p, j0), p.D, block, block_cols,
+                            ws.s.data() + r * kBk, kBk);
+          }
+        }
       }
       if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (widen_queries)
         for (int64_t r = 0; r < rows; ++r)
@@ -468,17 +492,19 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       const bool to_pairs = ATTN_LOWP_DOT && plan.dot && plan.keys_packed && !nonfinite && !p.dropout.active();
       for (int64_t r = 0; r < rows; ++r) {
         float* s = ws.s.data() + r * kBk;
-        if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s);
+        const int64_t nr = len(r);  // the keys past it are hidden from the row (the diagonal): P = 0 there
+        if (masked) mask_row_segment(p, b, h, i0 + r, j0, j0 + nr, s);
         if (to_pairs) {  // (only where vdpbf16ps is compiled)
 #if ATTN_LOWP_DOT
-          softmax_row<true, true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r],
+          softmax_row<true, true>(p, b, h, i0 + r, j0, nr, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r],
                                   ws.pb.data() + r * kBk / 2);
 #endif
         } else if (plan.dot && plan.keys_packed) {
-          softmax_row<true>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
+          softmax_row<true>(p, b, h, i0 + r, j0, nr, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
         } else {
-          softmax_row<false>(p, b, h, i0 + r, j0, n, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
+          softmax_row<false>(p, b, h, i0 + r, j0, nr, s, &m[r], &lv[r * W], acc + r * Dvp, Dvp, &drop[r]);
         }
+        if (!to_pairs) std::fill(s + nr, s + n, 0.0f);  // read by the passes over whole rows below
       }
       // acc += P · V
       const bool skip_zero = nonfinite && masked && any_zero(ws.s.data(), kBk, rows, n);
@@ -494,8 +520,16 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr) + j / 16,
                                 (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
         }
-        dot_pv<Tiles::kBf16PvRows, Tiles::kBf16PvVecs>(ws.pb.data(), kBk / 2, 1, rows, pairs, kv.vb + t * plan.v_tile,
-                                                       Dvp / 16, acc, Dvp);
+        // on the diagonal each block of rows stops at its last row's last visible key (its P is 0 past it)
+        static_assert(Tiles::kScoreRows % Tiles::kBf16PvRows == 0, "a P·V block lies in one block of scores");
+        const int64_t pv_rows = diagonal ? Tiles::kBf16PvRows : rows;
+        for (int64_t r = 0; r < rows; r += pv_rows) {
+          const int64_t block = std::min(pv_rows, rows - r), terms = diagonal ? visible(r + block - 1) : n;
+          if (terms > 0)
+            dot_pv<Tiles::kBf16PvRows, Tiles::kBf16PvVecs>(ws.pb.data() + r * kBk / 2, kBk / 2, 1, block,
+                                                           diagonal ? (terms + 1) / 2 : pairs, kv.vb + t * plan.v_tile,
+                                                           Dvp / 16, acc + r * Dvp, Dvp);
+        }
 #endif
         return;
       }
@@ -512,8 +546,18 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
         }
         vt = ws.vp.data();
       }
-      (skip_zero ? rank_update_nonzero : rank_update<Tiles::kPvRows, Tiles::kPvVecs>)(ws.s.data(), kBk, 1, rows, n, vt,
-                                                                                      Dvp, Dvp / W, acc, Dvp);
+      if (skip_zero) {
+        rank_update_nonzero(ws.s.data(), kBk, 1, rows, n, vt, Dvp, Dvp / W, acc, Dvp);
+        return;
+      }
+      static_assert(Tiles::kScoreRows % Tiles::kPvRows == 0, "a P·V block lies in one block of scores");
+      const int64_t pv_rows = diagonal ? Tiles::kPvRows : rows;  // on the diagonal, as the bfloat16 P·V above
+      for (int64_t r = 0; r < rows; r += pv_rows) {
+        const int64_t block = std::min(pv_rows, rows - r), terms = diagonal ? visible(r + block - 1) : n;
+        if (terms > 0)
+          rank_update<Tiles::kPvRows, Tiles::kPvVecs>(ws.s.data() + r * kBk, kBk, 1, block, terms, vt, Dvp, Dvp / W,
+                                                      acc + r * Dvp, Dvp);
+      }
     };
     for (int64_t r0 = 0; r0 < task_rows; r0 += kBq) {
       const int64_t sub = std::min(kBq, task_rows - r0);
