@@ -21,6 +21,7 @@
 #include "cpu/attention_lowp.h"
 #include "cpu/backward_rows.h"
 #include "cpu/bf16_pairs.h"
+#include "cpu/lowp_convert.h"
 #include "cpu/threads.h"
 
 #if !ATTN_LOWP_DOT
@@ -146,10 +147,10 @@ void narrow_rows(const float* x, int64_t rows, int64_t cols, uint32_t* out) {
     }
 }
 
-// rows × width float32 (row stride src_rs) rounded to bfloat16 into dst (row stride dst_rs).
+// rows × width float32 (row stride src_rs) rounded to bfloat16 into dst (row stride dst_rs), as float_to_bf16 rounds
+// (narrow_row: 16 at a time; vcvtneps2bf16 would flush subnormal gradients to 0).
 void narrow_out(const float* src, int64_t src_rs, int64_t rows, int64_t width, uint16_t* dst, int64_t dst_rs) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < width; ++d) dst[r * dst_rs + d] = float_to_bf16(src[r * src_rs + d]);
+  for (int64_t r = 0; r < rows; ++r) narrow_row<LowpType::kBFloat16>(src + r * src_rs, width, 1.0f, dst + r * dst_rs);
 }
 
 // A query tile's Q and dO rows into ws: pairs along D (qa, da) and row pairs (qp, dop), once for every key block of a
@@ -356,11 +357,18 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
     for (int64_t row = 0; row < plan.dq_part_rows; ++row) {  // dQ = Σ over chunks, in order, then rounded
       const int64_t i = row % p.Lq, bh = row / p.Lq;
       uint16_t* dq = bp.dq + (bh / p.H) * p.q_sb + (bh % p.H) * p.q_sh + i * p.q_sl;
-      const float* part = dq_parts + row * plan.D16;
-      for (int64_t d = 0; d < p.D; ++d) {
-        float sum = part[d];
-        for (int64_t c = 1; c < plan.chunks; ++c) sum += part[c * plan.dq_part_rows * plan.D16 + d];
-        dq[d] = float_to_bf16(sum);
+      const float* part = dq_parts + row * plan.D16;  // [chunks, dq_part_rows, D16] (D16: whole vectors)
+      if (plan.chunks == 1) {
+        narrow_row<LowpType::kBFloat16>(part, p.D, 1.0f, dq);
+        continue;
+      }
+      for (int64_t d = 0; d < p.D; d += 16) {  // each element summed over the chunks in order, as one at a time
+        __m512 x = _mm512_loadu_ps(part + d);
+        for (int64_t c = 1; c < plan.chunks; ++c)
+          x = _mm512_add_ps(x, _mm512_loadu_ps(part + c * plan.dq_part_rows * plan.D16 + d));
+        alignas(64) float sum[16];
+        _mm512_store_ps(sum, x);
+        narrow_row<LowpType::kBFloat16>(sum, std::min<int64_t>(16, p.D - d), 1.0f, dq + d);
       }
     }
   }
