@@ -111,33 +111,14 @@ inline void interleave_rows(const uint16_t* lo, const uint16_t* hi, int64_t n, i
   }
 }
 
-// 16 × 16 uint32: out[c · out_rs + r] = in[r · in_rs + c] (in_rs, out_rs in uint32), in 64 shuffles. After the 32- and
-// 64-bit unpacks, vector 4·g + e holds, in its 128-bit lane L, column 4·L + e of rows 4·g … 4·g + 3; the two rounds of
-// 128-bit block shuffles then gather each column's four blocks in row order.
+// 16 × 16 uint32: out[c · out_rs + r] = in[r · in_rs + c] (in_rs, out_rs in uint32), through Vec::transpose's register
+// shuffles (which move the 32-bit lanes' bits as they are).
 inline void transpose_16x16(const uint32_t* in, int64_t in_rs, uint32_t* out, int64_t out_rs) {
-  __m512i r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(in + i * in_rs);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit blocks: rows 4 apart, then 8 apart
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-  }
-  for (int c = 0; c < 16; ++c) _mm512_storeu_si512(out + c * out_rs, r[c]);  // r[c]: column c
+  static_assert(W == 16);
+  Vec r[16];
+  for (int i = 0; i < 16; ++i) r[i] = {_mm512_castsi512_ps(_mm512_loadu_si512(in + i * in_rs))};
+  Vec::transpose(r);
+  for (int c = 0; c < 16; ++c) _mm512_storeu_si512(out + c * out_rs, _mm512_castps_si512(r[c].v));
 }
 
 // Rows [0, n) of X (bfloat16, row stride x_rs, depth values each) transposed into the pairs [Dp/2, cols, 2]: the
