@@ -152,6 +152,38 @@ TEST(LowpBackward, NonFiniteRuleAndDTypeChecks) {
   EXPECT_THROW(scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, Tensor(), o), ShapeError);
 }
 
+// A NaN that a hidden score keeps from every gradient: in a padded key's K or V, or in the Q, dO or output row of a
+// query that sees no key. The bfloat16 kernel would multiply some of them by a zero weight (0 · NaN = NaN), so an input
+// holding one takes the widened float32 path, which keeps the rule. (A scan that skips q, k or d_out fails here; NaNs
+// in v or out under zero weights come out finite from the kernel too, so those two checks do not depend on the scan.)
+TEST(LowpBackward, NaNsThatNoVisibleScoreReachesStayOutOfEveryGradient) {
+  std::mt19937 rng(3);
+  const auto bf16 = [&](std::vector<int64_t> shape) {
+    return to_dtype(test::random_tensor(shape, rng), DType::kBFloat16);
+  };
+  AttentionOptions o;
+  o.key_padding_mask = Tensor({1, 40}, DType::kBool);
+  o.key_padding_mask.b8()[37] = 1;  // key 37 is padding
+  o.mask = Tensor({24, 40}, DType::kBool);
+  std::fill(o.mask.b8(), o.mask.b8() + 24 * 40, uint8_t{1});
+  std::fill(o.mask.b8() + 5 * 40, o.mask.b8() + 6 * 40, uint8_t{0});  // query 5 sees no key
+  o.return_lse = true;
+  const char* names[] = {"q", "k", "v", "d_out", "out"};
+  for (int which = 0; which < 5; ++which) {
+    SCOPED_TRACE(names[which]);
+    Tensor q = bf16({1, 2, 24, 32}), k = bf16({1, 2, 40, 32}), v = bf16({1, 2, 40, 32}), d_out = bf16({1, 2, 24, 32});
+    const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
+    Tensor out = fwd.output;
+    Tensor* target[] = {&q, &k, &v, &d_out, &out};
+    const int64_t row = which == 1 || which == 2 ? 37 : 5;  // the padded key, or the query that sees none (head 1)
+    static_cast<uint16_t*>(target[which]->raw())[(1 * (which == 1 || which == 2 ? 40 : 24) + row) * 32 + 7] = 0x7fc0;
+    const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, out, fwd.lse, d_out, o);
+    EXPECT_TRUE(test::all_finite(wide(g.dq)));
+    EXPECT_TRUE(test::all_finite(wide(g.dk)));
+    EXPECT_TRUE(test::all_finite(wide(g.dv)));
+  }
+}
+
 // Heads of size 0 (D = 0 with an explicit scale, or Dv = 0): no pairs to multiply, so the float32 backward runs;
 // the gradients are its, exactly, as on float32 inputs.
 TEST(LowpBackward, EmptyHeadSizesTakeTheFloat32Path) {
