@@ -15,6 +15,7 @@
 #include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
 #include "cpu/dropout.h"
+#include "ops/attention_problem.h"
 #include "simd_levels.h"
 // The backward's planner (inline, per target): its scalar copy, as the library's scalar kernels compile it
 #define ATTN_TARGET scalar
@@ -345,6 +346,43 @@ TEST(Backward, ChecksItsArguments) {
   } catch (const ShapeError& e) {
     EXPECT_NE(std::string(e.what()).find("lse"), std::string::npos) << e.what();
   }
+}
+
+// The fused backward writes every element of dq, dk and dv, whatever the buffers held: with one key chunk a task adds
+// dQ straight into dq (BackwardPlan::dq_in_place), so it must zero those rows itself. The public API's buffers come
+// zeroed, so this calls the kernel on buffers full of NaN, on one and two threads and every compiled target.
+TEST(Backward, OverwritesGradientBuffersThatHeldAnything) {
+  const auto cases = test::attention_cases(40, 7);
+  int compared = 0;
+  for (size_t n = 0; n < cases.size(); ++n) {
+    auto [in, d_out] = test::make_backward_inputs(cases[n], n);
+    in.options.return_lse = true;
+    in.options.return_weights = false;
+    const AttentionResult fwd = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
+    for (auto level : test::simd_levels())
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(cases[n].name() + " simd=" + detail::simd_level_name(level) +
+                     " threads=" + std::to_string(threads));
+        test::SimdGuard guard(level);
+        in.options.num_threads = threads;
+        in.options.impl = AttentionImpl::kFused;
+        const AttentionGrads want =
+            scaled_dot_product_attention_backward(in.q, in.k, in.v, fwd.output, fwd.lse, d_out, in.options);
+        const detail::AttentionProblem p = detail::make_problem(in.q, in.k, in.v, in.options, "test");
+        AttentionGrads got{Tensor(in.q.shape()), Tensor(in.k.shape()), Tensor(in.v.shape())};
+        for (Tensor* t : {&got.dq, &got.dk, &got.dv})
+          std::fill(t->f32(), t->f32() + t->numel(), std::numeric_limits<float>::quiet_NaN());
+        detail::AttentionGradients g;
+        g.out = fwd.output.f32(), g.lse = fwd.lse.f32(), g.d_out = d_out.f32();
+        g.dq = got.dq.f32(), g.dk = got.dk.f32(), g.dv = got.dv.f32();
+        detail::attention_backward_fused(p, g);
+        EXPECT_EQ(test::max_abs_diff(got.dq, want.dq), 0.0);
+        EXPECT_EQ(test::max_abs_diff(got.dk, want.dk), 0.0);
+        EXPECT_EQ(test::max_abs_diff(got.dv, want.dv), 0.0);
+        ++compared;
+      }
+  }
+  EXPECT_GT(compared, 100);
 }
 
 }  // namespace

@@ -9,15 +9,16 @@
 // walks its chunk's key blocks (kBk keys); for each block it sweeps every query head of the group and every query
 // tile (kBq rows) that can see the block, accumulating the block's dK, dV in its workspace (it owns them: no other task
 // touches those keys) and each query row's dQ in the chunk's own dQ buffer. The chunks' dQ buffers are
-// summed in chunk order at the end. The chunk count depends only on the shape and the thread count, and
-// every sum runs in a fixed order: the gradients are bitwise the same from run to run for a given
-// num_threads.
+// summed in chunk order at the end. With one chunk (one thread, or enough pairs for the threads) each task owns its
+// heads' rows outright: it computes their Δ and checks itself and adds dQ straight into dq (BackwardPlan::own_rows).
+// The chunk count depends only on the shape and the thread count, and every sum runs in a fixed order: the gradients
+// are bitwise the same from run to run for a given num_threads.
 //
 // One call, step by step (attention_backward_fused, at the end of the file):
 //   plan_backward     key blocks, chunks, threads
-//   row_deltas_and_checks  Δ for every row; which query tiles hold non-finite Q or dO
+//   row_deltas_and_checks  Δ for every row; which query tiles hold non-finite Q or dO (not with own_rows)
 //   run_key_blocks    every task above
-//   reduce_dq         dQ = Σ over chunks, in order
+//   reduce_dq         dQ = Σ over chunks, in order (not with own_rows and D whole vectors: dQ was added in place)
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -48,6 +49,10 @@ struct BackwardPlan {
   int64_t block_floats = 0;  // one key block's part of each per-block buffer of the workspace
   // Q rows and dO rows are read in place when their width is whole vectors, else packed per tile
   bool q_in_place = false, dout_in_place = false;
+  // One chunk: a task's (batch, kv head) rows are its own. It computes their Δ and checks as it starts (no pass over
+  // every head's O, dO and Q before the tasks: with many short heads they were out of the caches again by the time
+  // the tasks read them), and, where D is whole vectors (dq_in_place), adds dQ into dq itself (no dQ buffer, no copy).
+  bool own_rows = false, dq_in_place = false;
 };
 
 BackwardPlan plan_backward(const AttentionProblem& p) {
@@ -62,6 +67,8 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   plan.dout_in_place = p.Dv > 0 && p.Dv % W == 0;
   plan.chunks = key_chunks(p, plan.threads, plan.key_blocks, plan.dq_part_rows * plan.Dp);
   plan.tasks = backward_tasks(p, plan.key_blocks, kBk, plan.chunks);
+  plan.own_rows = plan.chunks == 1;
+  plan.dq_in_place = plan.own_rows && p.D == plan.Dp;
   // key blocks per pass (backward_span): a block's packed keys and values, dK and dV (and padded K rows, where D is
   // not whole vectors); a pass's Q, dO and dQ (read and written) of the group's heads
   plan.block_floats = kBk * std::max(plan.Dp, plan.Dvp);
@@ -121,28 +128,32 @@ void pack_rows(const float* x, int64_t x_rs, int64_t rows, int64_t width, float*
   }
 }
 
-// Per (b, h, aligned query tile): Δ_i = Σ_d dO_id · O_id for its rows (delta: [B, H, Lq]) and whether its
+// Aligned query tile t = (b, h, tile): Δ_i = Σ_d dO_id · O_id for its rows (delta: [B, H, Lq]) and whether its
 // Q rows and dO rows are all finite (q_ok, dout_ok: [B, H, q_tiles]).
+void tile_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, int64_t t,
+                            float* delta, uint8_t* q_ok, uint8_t* dout_ok) {
+  const int64_t tile = t % plan.q_tiles, bh = t / plan.q_tiles, b = bh / p.H, h = bh % p.H;
+  const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
+  const int64_t at = b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
+  for (int64_t r = 0; r < rows; ++r) {  // W lanes of partial sums, then the tail
+    const float* dor = g.d_out + at + r * p.o_sl;
+    const float* orow = g.out + at + r * p.o_sl;
+    Vec acc = Vec::zero();
+    int64_t d = 0;
+    for (; d + W <= p.Dv; d += W) acc = Vec::fmadd(Vec::load(dor + d), Vec::load(orow + d), acc);
+    float sum = acc.reduce_add();
+    for (; d < p.Dv; ++d) sum += dor[d] * orow[d];
+    delta[bh * p.Lq + i0 + r] = sum;
+  }
+  q_ok[t] = all_finite(p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl, p.q_sl, rows, p.D);
+  dout_ok[t] = all_finite(g.d_out + at, p.o_sl, rows, p.Dv);
+}
+
+// Every tile's Δ and checks, before the tasks (not with BackwardPlan::own_rows).
 void row_deltas_and_checks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
                            float* delta, uint8_t* q_ok, uint8_t* dout_ok) {
 #pragma omp for schedule(static)
-  for (int64_t t = 0; t < p.B * p.H * plan.q_tiles; ++t) {
-    const int64_t tile = t % plan.q_tiles, bh = t / plan.q_tiles, b = bh / p.H, h = bh % p.H;
-    const int64_t i0 = tile * kBq, rows = std::min(kBq, p.Lq - i0);
-    const int64_t at = b * p.o_sb + h * p.o_sh + i0 * p.o_sl;
-    for (int64_t r = 0; r < rows; ++r) {  // W lanes of partial sums, then the tail
-      const float* dor = g.d_out + at + r * p.o_sl;
-      const float* orow = g.out + at + r * p.o_sl;
-      Vec acc = Vec::zero();
-      int64_t d = 0;
-      for (; d + W <= p.Dv; d += W) acc = Vec::fmadd(Vec::load(dor + d), Vec::load(orow + d), acc);
-      float sum = acc.reduce_add();
-      for (; d < p.Dv; ++d) sum += dor[d] * orow[d];
-      delta[bh * p.Lq + i0 + r] = sum;
-    }
-    q_ok[t] = all_finite(p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl, p.q_sl, rows, p.D);
-    dout_ok[t] = all_finite(g.d_out + at, p.o_sl, rows, p.Dv);
-  }
+  for (int64_t t = 0; t < p.B * p.H * plan.q_tiles; ++t) tile_deltas_and_checks(p, g, plan, t, delta, q_ok, dout_ok);
 }
 
 // A query tile's Q and dO rows as the products read them: in place where their widths are whole vectors, else padded
@@ -178,7 +189,7 @@ TileRows tile_rows(const AttentionProblem& p, const AttentionGradients& g, const
 // visible keys is 0, so the sums are those of the whole tile, without most of the hidden half's products.
 void query_tile(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, const float* delta,
                 int64_t b, int64_t h, int64_t i0, int64_t rows, const TileRows& tr, const KeyBlock& kb, int64_t n,
-                bool diagonal, bool q_finite, bool dout_finite, float* dq_rows, BackwardWorkspace& ws) {
+                bool diagonal, bool q_finite, bool dout_finite, float* dq_rows, int64_t dq_rs, BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp, j0 = kb.j0;
   const float *q = tr.q, *dout = tr.dout;
   const int64_t q_rs = tr.q_rs, dout_rs = tr.dout_rs;
@@ -226,7 +237,7 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   if (!diagonal) {
     update_dv(P_used, 1, kBk, n, rows, dout, dout_rs, Dvp / W, kb.dv, Dvp);
     update_dk(ws.ds.data(), 1, kBk, n, rows, q, q_rs, Dp / W, kb.dk, Dp);
-    update_dq(ws.ds.data(), kBk, 1, rows, n, kb.keys, kb.k_rs, Dp / W, dq_rows, Dp);
+    update_dq(ws.ds.data(), kBk, 1, rows, n, kb.keys, kb.k_rs, Dp / W, dq_rows, dq_rs);
     return;
   }
   constexpr int64_t kSteps = Tiles::kUpdateRows;
@@ -240,23 +251,31 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   for (int64_t r = 0; r < rows; r += kSteps) {  // rows [r, r + kSteps) up to their last row's keys
     const int64_t block = std::min(kSteps, rows - r), terms = visible(r + block - 1);
     if (terms > 0)
-      update_dq(ws.ds.data() + r * kBk, kBk, 1, block, terms, kb.keys, kb.k_rs, Dp / W, dq_rows + r * Dp, Dp);
+      update_dq(ws.ds.data() + r * kBk, kBk, 1, block, terms, kb.keys, kb.k_rs, Dp / W, dq_rows + r * dq_rs, dq_rs);
   }
 }
 
 // Every task: (b, kv head g, chunk c) walks its key blocks; see the file comment.
-void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan,
-                    const float* delta, const uint8_t* q_ok, const uint8_t* dout_ok, float* dq_part,
-                    BackwardWorkspace& ws) {
+void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, const BackwardPlan& plan, float* delta,
+                    uint8_t* q_ok, uint8_t* dout_ok, float* dq_part, BackwardWorkspace& ws) {
   const int64_t Dp = plan.Dp, Dvp = plan.Dvp, group = p.group();
 #pragma omp for schedule(dynamic, 1)
   for (int64_t task = 0; task < plan.tasks.count(); ++task) {
     int64_t bg, c;
     plan.tasks.at(task, &bg, &c);
     const int64_t b = bg / p.Hkv, kvh = bg % p.Hkv;
-    float* dq_chunk = dq_part + c * plan.dq_part_rows * Dp;  // [B, H, Lq, Dp]
-    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-      std::fill(dq_chunk + (b * p.H + h) * p.Lq * Dp, dq_chunk + (b * p.H + h + 1) * p.Lq * Dp, 0.0f);
+    // head h's dQ rows: this chunk's buffer, [Lq, Dp], or (dq_in_place) dq's rows themselves, row stride q_sl
+    const int64_t dq_rs = plan.dq_in_place ? p.q_sl : Dp;
+    const auto dq_head = [&](int64_t h) {
+      return plan.dq_in_place ? g.dq + b * p.q_sb + h * p.q_sh
+                              : dq_part + (c * plan.dq_part_rows + (b * p.H + h) * p.Lq) * Dp;
+    };
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+      for (int64_t i = 0; i < p.Lq; ++i) std::fill(dq_head(h) + i * dq_rs, dq_head(h) + i * dq_rs + Dp, 0.0f);
+      if (plan.own_rows)
+        for (int64_t tile = 0; tile < plan.q_tiles; ++tile)
+          tile_deltas_and_checks(p, g, plan, (b * p.H + h) * plan.q_tiles + tile, delta, q_ok, dout_ok);
+    }
     const float* k = p.k + b * p.k_sb + kvh * p.k_sh;
     const float* v = p.v + b * p.v_sb + kvh * p.v_sh;
     float* dk = g.dk + b * p.k_sb + kvh * p.k_sh;
@@ -310,7 +329,7 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
             if (!have_rows) tr = tile_rows(p, g, plan, b, h, i0, rows, ws);
             have_rows = true;
             query_tile(p, g, plan, delta, b, h, i0, rows, tr, kb, n_tile, diagonal, q_ok[t] != 0, dout_ok[t] != 0,
-                       dq_chunk + ((b * p.H + h) * p.Lq + i0) * Dp, ws);
+                       dq_head(h) + i0 * dq_rs, dq_rs, ws);
           }
         }
       for (int64_t s = 0; s < blocks; ++s) {
@@ -350,7 +369,7 @@ void attention_backward_fused(const AttentionProblem& p, const AttentionGradient
   if (static_cast<int64_t>(checks.size()) < 2 * tiles) checks.resize(static_cast<size_t>(2 * tiles));
   const int64_t rows = p.B * p.H * p.Lq;
   if (static_cast<int64_t>(delta.size()) < rows) delta.resize(static_cast<size_t>(rows));
-  if (static_cast<int64_t>(dq_part.size()) < plan.chunks * rows * plan.Dp)
+  if (!plan.dq_in_place && static_cast<int64_t>(dq_part.size()) < plan.chunks * rows * plan.Dp)
     dq_part.resize(static_cast<size_t>(plan.chunks * rows * plan.Dp));
   float* const deltas = delta.data();  // the calling thread's buffers (thread_local: name them out here)
   float* const dq_parts = dq_part.data();
@@ -360,9 +379,9 @@ void attention_backward_fused(const AttentionProblem& p, const AttentionGradient
   {
     BackwardWorkspace& ws = thread_workspace();
     ws.reserve(plan);
-    row_deltas_and_checks(p, g, plan, deltas, q_ok, dout_ok);
+    if (!plan.own_rows) row_deltas_and_checks(p, g, plan, deltas, q_ok, dout_ok);
     run_key_blocks(p, g, plan, deltas, q_ok, dout_ok, dq_parts, ws);
-    reduce_dq(p, g, plan, dq_parts);
+    if (!plan.dq_in_place) reduce_dq(p, g, plan, dq_parts);
   }
 }
 
