@@ -275,21 +275,45 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
     dq_part.resize(static_cast<size_t>(plan.chunks * plan.dq_part_rows * plan.D16));
   float* const deltas = delta.data();
   float* const dq_parts = dq_part.data();
+  // One chunk: each task owns its (batch, kv head)'s rows, computes their Δ as it starts and rounds their dQ as it
+  // ends, while they are in its caches (the float32 backward's BackwardPlan::own_rows), instead of a pass over every
+  // row before the tasks and one after.
+  const bool own_rows = plan.chunks == 1;
+  const auto row_delta = [&](int64_t row) {  // Δ_i = Σ_d dO_id · O_id of row (b·H + h)·Lq + i
+    const int64_t i = row % p.Lq, bh = row / p.Lq, at = (bh / p.H) * p.o_sb + (bh % p.H) * p.o_sh + i * p.o_sl;
+    const uint16_t *dor = bp.d_out + at, *orow = bp.out + at;
+    __m512 acc = _mm512_setzero_ps();  // 32 products a step, exact, summed in float32
+    int64_t d = 0;
+    for (; d + 32 <= p.Dv; d += 32)
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(dor + d), (__m512bh)_mm512_loadu_si512(orow + d));
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; d < p.Dv; ++d) sum += bf16_to_float(dor[d]) * bf16_to_float(orow[d]);
+    deltas[row] = sum;
+  };
+  const auto round_dq = [&](int64_t row) {  // dQ = Σ over chunks, in order, then rounded
+    const int64_t i = row % p.Lq, bh = row / p.Lq;
+    uint16_t* dq = bp.dq + (bh / p.H) * p.q_sb + (bh % p.H) * p.q_sh + i * p.q_sl;
+    const float* part = dq_parts + row * plan.D16;  // [chunks, dq_part_rows, D16] (D16: whole vectors)
+    if (plan.chunks == 1) {
+      narrow_row<LowpType::kBFloat16>(part, p.D, 1.0f, dq);
+      return;
+    }
+    for (int64_t d = 0; d < p.D; d += 16) {  // each element summed over the chunks in order, as one at a time
+      __m512 x = _mm512_loadu_ps(part + d);
+      for (int64_t c = 1; c < plan.chunks; ++c)
+        x = _mm512_add_ps(x, _mm512_loadu_ps(part + c * plan.dq_part_rows * plan.D16 + d));
+      alignas(64) float sum[16];
+      _mm512_store_ps(sum, x);
+      narrow_row<LowpType::kBFloat16>(sum, std::min<int64_t>(16, p.D - d), 1.0f, dq + d);
+    }
+  };
 #pragma omp parallel num_threads(plan.threads)
   {
     thread_local Bf16Workspace ws;
     ws.reserve(plan);
+    if (!own_rows) {
 #pragma omp for schedule(static)
-    for (int64_t row = 0; row < plan.dq_part_rows; ++row) {  // Δ_i = Σ_d dO_id · O_id
-      const int64_t i = row % p.Lq, bh = row / p.Lq, at = (bh / p.H) * p.o_sb + (bh % p.H) * p.o_sh + i * p.o_sl;
-      const uint16_t *dor = bp.d_out + at, *orow = bp.out + at;
-      __m512 acc = _mm512_setzero_ps();  // 32 products a step, exact, summed in float32
-      int64_t d = 0;
-      for (; d + 32 <= p.Dv; d += 32)
-        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(dor + d), (__m512bh)_mm512_loadu_si512(orow + d));
-      float sum = _mm512_reduce_add_ps(acc);
-      for (; d < p.Dv; ++d) sum += bf16_to_float(dor[d]) * bf16_to_float(orow[d]);
-      deltas[row] = sum;
+      for (int64_t row = 0; row < plan.dq_part_rows; ++row) row_delta(row);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < plan.tasks.count(); ++task) {
@@ -297,8 +321,11 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
       plan.tasks.at(task, &bg, &c);
       const int64_t b = bg / p.Hkv, kvh = bg % p.Hkv;
       float* dq_chunk = dq_parts + c * plan.dq_part_rows * plan.D16;  // [B, H, Lq, D16]
-      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         std::fill(dq_chunk + (b * p.H + h) * p.Lq * plan.D16, dq_chunk + (b * p.H + h + 1) * p.Lq * plan.D16, 0.0f);
+        if (own_rows)
+          for (int64_t i = 0; i < p.Lq; ++i) row_delta((b * p.H + h) * p.Lq + i);
+      }
       const uint16_t* k = bp.k + b * p.k_sb + kvh * p.k_sh;
       const uint16_t* v = bp.v + b * p.v_sb + kvh * p.v_sh;
       const int64_t kb_lo = plan.key_blocks * c / plan.chunks, kb_hi = plan.key_blocks * (c + 1) / plan.chunks;
@@ -352,24 +379,13 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
           narrow_out(kb.dv, plan.Dv16, kb.n, p.Dv, bp.dv + b * p.v_sb + kvh * p.v_sh + kb.j0 * p.v_sl, p.v_sl);
         }
       }
+      if (own_rows)
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int64_t i = 0; i < p.Lq; ++i) round_dq((b * p.H + h) * p.Lq + i);
     }
+    if (!own_rows) {
 #pragma omp for schedule(static)
-    for (int64_t row = 0; row < plan.dq_part_rows; ++row) {  // dQ = Σ over chunks, in order, then rounded
-      const int64_t i = row % p.Lq, bh = row / p.Lq;
-      uint16_t* dq = bp.dq + (bh / p.H) * p.q_sb + (bh % p.H) * p.q_sh + i * p.q_sl;
-      const float* part = dq_parts + row * plan.D16;  // [chunks, dq_part_rows, D16] (D16: whole vectors)
-      if (plan.chunks == 1) {
-        narrow_row<LowpType::kBFloat16>(part, p.D, 1.0f, dq);
-        continue;
-      }
-      for (int64_t d = 0; d < p.D; d += 16) {  // each element summed over the chunks in order, as one at a time
-        __m512 x = _mm512_loadu_ps(part + d);
-        for (int64_t c = 1; c < plan.chunks; ++c)
-          x = _mm512_add_ps(x, _mm512_loadu_ps(part + c * plan.dq_part_rows * plan.D16 + d));
-        alignas(64) float sum[16];
-        _mm512_store_ps(sum, x);
-        narrow_row<LowpType::kBFloat16>(sum, std::min<int64_t>(16, p.D - d), 1.0f, dq + d);
-      }
+      for (int64_t row = 0; row < plan.dq_part_rows; ++row) round_dq(row);
     }
   }
   return true;
