@@ -144,11 +144,15 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
           int64_t query_tile;
           bool task_kv;
         };
+        // Weights are asked for (where the case asks) on the first run only: a call asking for them takes the
+        // widened float32 path, so the others bring the case's masks and shapes to the 16-bit kernel itself.
+        bool first = true;
         for (const Run run : {Run{1, 0, false}, Run{2, 0, false}, Run{1, 160, false}, Run{2, 160, false},
                               Run{1, 0, true}, Run{2, 0, true}}) {
           SCOPED_TRACE("threads " + std::to_string(run.threads) + " query_tile " + std::to_string(run.query_tile) +
-                       (run.task_kv ? " task_kv" : ""));
+                       (run.task_kv ? " task_kv" : "") + (c.weights && first ? " weights" : ""));
           in.options.num_threads = run.threads;
+          in.options.return_weights = c.weights && first;
           detail::force_fused_query_tile(run.query_tile);
           detail::force_task_keys(run.task_kv);
           const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
@@ -164,9 +168,10 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
             else
               EXPECT_NEAR(a, b, 1e-4 * (1.0 + std::fabs(b))) << i;
           }
-          if (c.weights) {
+          if (c.weights && first) {
             EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), 2e-5);
           }
+          first = false;
           ++checked;
         }
       }

@@ -180,8 +180,9 @@ TileRows tile_rows(const AttentionProblem& p, const AttentionGradients& g, const
 }
 
 // One query tile of head h (its rows: tr) against key block kb, of whose keys [kb.j0, kb.j0 + n) the tile may see
-// (n ≤ kb.n): adds its share of dK and dV to kb.dk, kb.dv and of dQ to dq_rows ([rows, Dp], the tile's rows of the
-// chunk's dQ buffer). q_finite, dout_finite: the tile's checks.
+// (n ≤ kb.n): adds its share of dK and dV to kb.dk, kb.dv and of dQ to dq_rows ([rows, Dp], row stride dq_rs: the
+// tile's rows of the chunk's dQ buffer, or of dq itself with BackwardPlan::dq_in_place). q_finite, dout_finite: the
+// tile's checks.
 // `diagonal`: the tile crosses the causal diagonal, row r seeing only the block's first visible(r) keys (growing
 // with r; the last row sees all n). Its products then stop at that triangle in register-tile steps: S and dP per
 // kScoreRows rows up to the block's last row's keys, dQ per kUpdateRows rows the same way, dK and dV per

@@ -51,12 +51,13 @@ struct LowpPlan {
   int threads = 1;
   bool dot = false;          // vdpbf16ps (bfloat16 on the avx512bf16 build), else convert
   bool keys_packed = false;  // more than 4 queries: K and V packed once per call (pack_kv)
-  // Each task takes a whole head and packs that head's K and V into its workspace (forward_whole_head_tasks: many
-  // short heads), instead of pack_kv packing every head's into the call's buffers shared by its tasks.
+  // Each task packs its head's K and V (the tiles it reads) into its workspace, instead of pack_kv packing every head's
+  // into the call's buffers shared by the tasks: many short heads (forward_whole_head_tasks), whose tasks then take a
+  // whole head's queries each; or forced by a test (detail::force_task_keys), with the tasks as the call chooses.
   bool task_kv = false;
   int64_t Dp = 0;   // D rounded up to even (pairs)
   int64_t Dvp = 0;  // Dv rounded up to whole vectors
-  int64_t bq = 0;   // query rows per task: kBq, or up to Tiles::kBqLong for long K and V (plan_lowp)
+  int64_t bq = 0;   // query rows per task: kBq, up to Tiles::kBqLong for long K and V, or a head's (task_kv)
   int64_t query_tiles = 0, tile_tasks = 0, splits = 1, key_tiles = 0, row_state = 0;
   int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
 };

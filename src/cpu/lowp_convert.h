@@ -1,6 +1,6 @@
-// Internal: float32 ↔ bfloat16/float16 conversions of the 16-bit forward (attention_lowp_kernels.cc), vectorised for
-// the target it is compiled for (ATTN_TARGET: AVX-512, AVX2 with F16C, or scalar), and the NaN/Inf test on 16-bit
-// rows.
+// Internal: float32 ↔ bfloat16/float16 conversions of the 16-bit kernels (the forward, attention_lowp_kernels.cc; the
+// bfloat16 backward's gradients, attention_lowp_backward_kernels.cc), vectorised for the target it is compiled for
+// (ATTN_TARGET: AVX-512, AVX2 with F16C, or scalar), and the NaN/Inf test on 16-bit rows.
 #pragma once
 
 #include <cstdint>
@@ -63,7 +63,9 @@ inline void narrow_row(const float* src, int64_t n, float mul, uint16_t* dst) {
   int64_t i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(src + i), _mm512_set1_ps(mul));
+    // mul = 1 is not multiplied: under flush-to-zero a product would flush a subnormal that float_to_bf16 keeps
+    const __m512 x =
+        mul == 1.0f ? _mm512_loadu_ps(src + i) : _mm512_mul_ps(_mm512_loadu_ps(src + i), _mm512_set1_ps(mul));
     __m256i h;
     if constexpr (T == LowpType::kFloat16) {
       h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -80,11 +82,12 @@ inline void narrow_row(const float* src, int64_t n, float mul, uint16_t* dst) {
 #elif defined(__AVX2__)
   if constexpr (T == LowpType::kFloat16)
     for (; i + 8 <= n; i += 8) {
-      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(src + i), _mm256_set1_ps(mul));
+      const __m256 x =
+          mul == 1.0f ? _mm256_loadu_ps(src + i) : _mm256_mul_ps(_mm256_loadu_ps(src + i), _mm256_set1_ps(mul));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
     }
 #endif
-  for (; i < n; ++i) dst[i] = narrow<T>(src[i] * mul);
+  for (; i < n; ++i) dst[i] = narrow<T>(mul == 1.0f ? src[i] : src[i] * mul);
 }
 
 // Does any of the n × width 16-bit values (row stride rs) hold NaN or Inf (an all-ones exponent)?
