@@ -272,7 +272,8 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
                               : dq_part + (c * plan.dq_part_rows + (b * p.H + h) * p.Lq) * Dp;
     };
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-      for (int64_t i = 0; i < p.Lq; ++i) std::fill(dq_head(h) + i * dq_rs, dq_head(h) + i * dq_rs + Dp, 0.0f);
+      float* const dq = dq_head(h);
+      for (int64_t i = 0; i < p.Lq; ++i) std::fill(dq + i * dq_rs, dq + i * dq_rs + Dp, 0.0f);
       if (plan.own_rows)
         for (int64_t tile = 0; tile < plan.q_tiles; ++tile)
           tile_deltas_and_checks(p, g, plan, (b * p.H + h) * plan.q_tiles + tile, delta, q_ok, dout_ok);

@@ -71,7 +71,8 @@ struct Workspace {
   AlignedVector<float> m_new, c;        // [bq]     softmax_tile's new maxima and corrections
   std::vector<DropoutGroupCache> drop;  // [bq] each row's current dropout group
   AlignedVector<float> kpack;           // [key_tiles, D, kBk] the task's head's Kᵀ (FusedPlan::task_keys)
-  void reserve(int64_t D, int64_t Dvp, int64_t bq) {  // bq: the call's query rows per task (FusedPlan::bq)
+  // bq: the call's query rows per task (FusedPlan::bq); kpack_floats: a head's packed keys with FusedPlan::task_keys
+  void reserve(int64_t D, int64_t Dvp, int64_t bq, int64_t kpack_floats) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
@@ -85,6 +86,7 @@ struct Workspace {
     grow(m_new, bq);
     grow(c, bq);
     if (drop.size() < static_cast<size_t>(bq)) drop.resize(static_cast<size_t>(bq));
+    grow(kpack, kpack_floats);
   }
 };
 
@@ -756,9 +758,7 @@ void attention_fused(const AttentionProblem& p) {
   const FusedBuffers buf = call_buffers(p, plan);
   const auto steps = [&] {  // every thread of the team (the worksharing inside divides the work)
     Workspace& ws = thread_workspace();
-    ws.reserve(p.D, plan.Dvp, plan.bq);
-    if (plan.task_keys && static_cast<int64_t>(ws.kpack.size()) < plan.key_tiles * plan.key_tile_floats)
-      ws.kpack.resize(static_cast<size_t>(plan.key_tiles * plan.key_tile_floats));
+    ws.reserve(p.D, plan.Dvp, plan.bq, plan.task_keys ? plan.key_tiles * plan.key_tile_floats : 0);
     if (plan.keys_packed && !plan.task_keys && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf.packed);
     run_tiles(p, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);

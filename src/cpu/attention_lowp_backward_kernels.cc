@@ -294,11 +294,7 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp) {
     const int64_t i = row % p.Lq, bh = row / p.Lq;
     uint16_t* dq = bp.dq + (bh / p.H) * p.q_sb + (bh % p.H) * p.q_sh + i * p.q_sl;
     const float* part = dq_parts + row * plan.D16;  // [chunks, dq_part_rows, D16] (D16: whole vectors)
-    if (plan.chunks == 1) {
-      narrow_row<LowpType::kBFloat16>(part, p.D, 1.0f, dq);
-      return;
-    }
-    for (int64_t d = 0; d < p.D; d += 16) {  // each element summed over the chunks in order, as one at a time
+    for (int64_t d = 0; d < p.D; d += 16) {         // each element summed over the chunks in order, as one at a time
       __m512 x = _mm512_loadu_ps(part + d);
       for (int64_t c = 1; c < plan.chunks; ++c)
         x = _mm512_add_ps(x, _mm512_loadu_ps(part + c * plan.dq_part_rows * plan.D16 + d));

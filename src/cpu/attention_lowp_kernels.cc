@@ -154,25 +154,22 @@ struct Workspace {
   AlignedVector<uint16_t> kb, vb;
   AlignedVector<float> kf, vf;
   std::vector<uint8_t> v_nonfinite;
-  void reserve(int64_t D, int64_t Dp, int64_t Dvp, int64_t bq) {
+  void reserve(int64_t D, const LowpPlan& plan) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     };
+    const int64_t bq = plan.bq;
     grow(qs, bq * std::max<int64_t>(D, 1));
-    grow(qb, bq * Dp / 2);
+    grow(qb, bq * plan.Dp / 2);
     grow(s, kBq * kBk);
     grow(pb, kBq * kBk / 2);
-    grow(vp, kBk * Dvp);
-    grow(acc, bq * Dvp);
+    grow(vp, kBk * plan.Dvp);
+    grow(acc, bq * plan.Dvp);
     grow(m, bq);
     grow(l, bq);
     grow(lv, bq * W);
     grow(drop, bq);
-  }
-  void reserve_head(const LowpPlan& plan) {  // LowpPlan::task_kv
-    auto grow = [](auto& b, int64_t n) {
-      if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
-    };
+    if (!plan.task_kv) return;
     if (plan.dot) {
       grow(kb, plan.key_tiles * plan.k_tile);
       grow(vb, plan.key_tiles * plan.v_tile);
@@ -201,38 +198,32 @@ struct HeadKv {
   uint8_t* v_nonfinite = nullptr;  // [key_tiles]
 };
 
-// Kv head (b, g)'s tiles in the call's buffers (pack_kv), shared by the tasks.
-HeadKv call_head_kv(const AttentionProblem& p, const LowpPlan& plan, const LowpBuffers& buf, int64_t b, int64_t g) {
-  const int64_t tile0 = (b * p.Hkv + g) * plan.key_tiles;
+// A head's tiles from tile0 on in buffers laid out as pack_kv's (kb, vb for dot, kf, vf for convert; the other pair
+// unused and perhaps null).
+HeadKv head_kv(const LowpPlan& plan, uint16_t* kb, uint16_t* vb, float* kf, float* vf, uint8_t* v_nonfinite,
+               int64_t tile0) {
   HeadKv kv;
-  if (!plan.keys_packed || plan.task_kv) return kv;
   if (plan.dot) {
-    kv.kb = buf.kb + tile0 * plan.k_tile;
-    kv.vb = buf.vb + tile0 * plan.v_tile;
+    kv.kb = kb + tile0 * plan.k_tile;
+    kv.vb = vb + tile0 * plan.v_tile;
   } else {
-    kv.kf = buf.kf + tile0 * plan.k_tile;
-    kv.vf = buf.vf + tile0 * plan.v_tile;
+    kv.kf = kf + tile0 * plan.k_tile;
+    kv.vf = vf + tile0 * plan.v_tile;
   }
-  kv.v_nonfinite = buf.v_nonfinite + tile0;
+  kv.v_nonfinite = v_nonfinite + tile0;
   return kv;
 }
 
-// The task's own head's tiles (LowpPlan::task_kv), in its workspace.
-HeadKv task_head_kv(const LowpPlan& plan, Workspace& ws) {
-  HeadKv kv;
-  if (plan.dot) {
-    kv.kb = ws.kb.data();
-    kv.vb = ws.vb.data();
-  } else {
-    kv.kf = ws.kf.data();
-    kv.vf = ws.vf.data();
-  }
-  kv.v_nonfinite = ws.v_nonfinite.data();
-  return kv;
+// Kv head (b, g)'s tiles: in the call's buffers (pack_kv, shared by the tasks), or with LowpPlan::task_kv in the
+// task's workspace (the task packs them); none on the few-query path, which packs nothing.
+HeadKv head_kv(const AttentionProblem& p, const LowpPlan& plan, const LowpBuffers& buf, Workspace& ws, int64_t b,
+               int64_t g) {
+  if (!plan.keys_packed) return {};
+  if (plan.task_kv)
+    return head_kv(plan, ws.kb.data(), ws.vb.data(), ws.kf.data(), ws.vf.data(), ws.v_nonfinite.data(), 0);
+  return head_kv(plan, buf.kb, buf.vb, buf.kf, buf.vf, buf.v_nonfinite, (b * p.Hkv + g) * plan.key_tiles);
 }
 
-// Key tile kt of kv head (b, g) packed into kv: dot Kᵀ pairs [Dp/2, kBk, 2], convert Kᵀ [D, kBk]; its value tile: dot
-// [kBk/2, Dvp, 2], convert [kBk, Dvp]; zero padding everywhere; and whether the value tile is finite.
 template <LowpType T>
 void pack_kv_tile(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t b, int64_t g, int64_t kt,
                   const HeadKv& kv) {
@@ -274,7 +265,8 @@ void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuf
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
-    pack_kv_tile<T>(lp, plan, bk / p.Hkv, bk % p.Hkv, kt, call_head_kv(p, plan, buf, bk / p.Hkv, bk % p.Hkv));
+    pack_kv_tile<T>(lp, plan, bk / p.Hkv, bk % p.Hkv, kt,
+                    head_kv(plan, buf.kb, buf.vb, buf.kf, buf.vf, buf.v_nonfinite, t - kt));
   }
 }
 
@@ -666,7 +658,7 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
       const int64_t g = p.kv_head(t.h);
-      const HeadKv kv = plan.task_kv ? task_head_kv(plan, ws) : call_head_kv(p, plan, buf, t.b, g);
+      const HeadKv kv = head_kv(p, plan, buf, ws, t.b, g);
       if (plan.task_kv)  // the head's tiles the task reads, packed here
         for (int64_t kt = lo / kBk; kt * kBk < hi; ++kt) pack_kv_tile<T>(lp, plan, t.b, g, kt, kv);
       accumulate_keys<T>(lp, plan, kv, t.b, t.h, t.i0, t.rows, lo, hi, ws);
@@ -741,8 +733,7 @@ void run(const LowpAttentionProblem& lp) {
 #pragma omp parallel num_threads(plan.threads)
   {
     Workspace& ws = thread_workspace();
-    ws.reserve(p.D, plan.Dp, plan.Dvp, plan.bq);
-    if (plan.task_kv) ws.reserve_head(plan);
+    ws.reserve(p.D, plan);
     if (plan.keys_packed && !plan.task_kv) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
