@@ -31,8 +31,9 @@ if [ ! -x build/venv/bin/python ]; then
 fi
 build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The wheel is built as a Python user would (python -m build --wheel), in this venv without build isolation so that
-# it reuses build/python-* from run to run, and the tests run against that installed wheel.
-build/venv/bin/python -m pip install -q scikit-build-core nanobind ninja build numpy pytest
+# it reuses build/python-* from run to run, and the tests run against that installed wheel. ml_dtypes: bfloat16 NumPy
+# arrays, the module's own bfloat16 type where it is installed (test_bfloat16_from_ml_dtypes skipped without it).
+build/venv/bin/python -m pip install -q scikit-build-core nanobind ninja build numpy pytest ml_dtypes
 # PyTorch, for attn.torch's tests (tests/python/test_torch.py skips without it); PyPI's default wheel, once per venv.
 build/venv/bin/python -c 'import torch' 2>/dev/null || build/venv/bin/python -m pip install -q torch
 rm -rf build/dist
