@@ -138,26 +138,31 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
         in.options.impl = path.impl;
         // as each call chooses its tiles, with long query tiles forced (160 rows, 64 at a time: as for long K and
         // V, TileTraits::kBqLong), and with each task packing its own head's K and V (whole heads: many short heads,
-        // LowpPlan::task_kv), on one thread and on two
+        // LowpPlan::task_kv), on one thread and on two; and on two with the shared K and V packed by the tasks alone,
+        // no packing pass first (as a late thread leaves them: detail::force_packing_by_tasks)
         struct Run {
           int threads;
           int64_t query_tile;
           bool task_kv;
+          bool by_tasks = false;
         };
         // Weights are asked for (where the case asks) on the first run only: a call asking for them takes the
         // widened float32 path, so the others bring the case's masks and shapes to the 16-bit kernel itself.
         bool first = true;
         for (const Run run : {Run{1, 0, false}, Run{2, 0, false}, Run{1, 160, false}, Run{2, 160, false},
-                              Run{1, 0, true}, Run{2, 0, true}}) {
+                              Run{1, 0, true}, Run{2, 0, true}, Run{2, 0, false, true}}) {
           SCOPED_TRACE("threads " + std::to_string(run.threads) + " query_tile " + std::to_string(run.query_tile) +
-                       (run.task_kv ? " task_kv" : "") + (c.weights && first ? " weights" : ""));
+                       (run.task_kv ? " task_kv" : "") + (run.by_tasks ? " by_tasks" : "") +
+                       (c.weights && first ? " weights" : ""));
           in.options.num_threads = run.threads;
           in.options.return_weights = c.weights && first;
           detail::force_fused_query_tile(run.query_tile);
           detail::force_task_keys(run.task_kv);
+          detail::force_packing_by_tasks(run.by_tasks);
           const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
           detail::force_fused_query_tile(0);
           detail::force_task_keys(false);
+          detail::force_packing_by_tasks(false);
           ASSERT_EQ(r.output.dtype(), dt);
           EXPECT_LE(test::max_abs_diff(to_dtype(r.output, DType::kFloat32), ref.output), tol);
           ASSERT_EQ(r.lse.dtype(), DType::kFloat32);

@@ -32,29 +32,40 @@ TEST(Paths, EveryPathMatchesTheReference) {
       int threads;
       int64_t query_tile = 0;  // > 0: the fused forward's query rows forced (detail::force_fused_query_tile)
       bool task_keys = false;  // each task packs its own head's keys (detail::force_task_keys)
+      bool by_tasks = false;   // no packing pass: the tasks pack the shared keys (detail::force_packing_by_tasks)
     };
     std::vector<Run> runs = {{AttentionImpl::kUnfused, saved, 2}};
     // The fused kernel as each call chooses its tiles, and with long query tiles forced (as for long K and V,
     // TileTraits::kBqLong), 160 rows: run 64 rows at a time, they put a task's second and third (partial) sub-tile to
     // work on the case list's lengths (up to 300), and its decode cases (key splits) keep 160 rows of partial state
-    // per task. Each with the tasks packing their own head's keys too (as for many short heads).
+    // per task. Each with the tasks packing their own head's keys too (as for many short heads), and, on 2 threads,
+    // with the shared keys packed by the tasks alone, no packing pass first (as a late thread leaves them).
     for (auto level : test::simd_levels())
       for (int threads : {1, 2})
-        for (int64_t query_tile : {0, 160})
+        for (int64_t query_tile : {0, 160}) {
           for (bool task_keys : {false, true})
             runs.push_back({AttentionImpl::kFused, level, threads, query_tile, task_keys});
+          if (threads == 2) runs.push_back({AttentionImpl::kFused, level, threads, query_tile, false, true});
+        }
+    // Keys of the same shape but other values: a call on them leaves its packed keys in the call's shared buffer, so a
+    // by_tasks run that failed to pack a tile would read them.
+    Tensor other_k = in.k.clone();
+    for (int64_t i = 0; i < other_k.numel(); ++i) other_k.f32()[i] = -other_k.f32()[i];
     for (const Run& run : runs) {
       SCOPED_TRACE(c.name() + " impl=" + impl_name(run.impl) + " simd=" + detail::simd_level_name(run.simd) +
                    " threads=" + std::to_string(run.threads) + " query_tile=" + std::to_string(run.query_tile) +
-                   " task_keys=" + std::to_string(run.task_keys));
+                   " task_keys=" + std::to_string(run.task_keys) + " by_tasks=" + std::to_string(run.by_tasks));
       detail::force_simd_level(run.simd);
       detail::force_fused_query_tile(run.query_tile);
       detail::force_task_keys(run.task_keys);
       in.options.impl = run.impl;
       in.options.num_threads = run.threads;
+      if (run.by_tasks) scaled_dot_product_attention(in.q, other_k, in.v, in.options);
+      detail::force_packing_by_tasks(run.by_tasks);
       const AttentionResult r = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
       detail::force_fused_query_tile(0);
       detail::force_task_keys(false);
+      detail::force_packing_by_tasks(false);
       EXPECT_LE(test::max_abs_diff(r.output, ref.output), kTol);
       if (c.weights) {
         EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), kTol);

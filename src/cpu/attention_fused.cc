@@ -55,8 +55,10 @@ void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(lev
 namespace {
 // The tests' forced tile choices (0: each call chooses); constant-initialised, so safe before main.
 int64_t forced_query_rows = 0, forced_span_blocks = 0;
-bool forced_own_keys = false;
+bool forced_own_keys = false, forced_tasks_pack = false;
 }  // namespace
+void force_packing_by_tasks(bool on) { forced_tasks_pack = on; }
+bool forced_packing_by_tasks() { return forced_tasks_pack; }
 void force_task_keys(bool on) { forced_own_keys = on; }
 bool forced_task_keys() { return forced_own_keys; }
 void force_fused_query_tile(int64_t rows) { forced_query_rows = rows; }

@@ -76,6 +76,12 @@ int64_t forced_fused_query_tile();
 void force_task_keys(bool on);
 bool forced_task_keys();
 
+// The fused forwards' packed operands shared by the call's tasks (float32: K; 16-bit: K and V) with no packing pass
+// before the tasks: every tile packed by the first task to need it (PackedOnDemand), as the tiles a late thread has not
+// packed yet are. False (the default): the pass runs; tests force it on to check the tasks' packing.
+void force_packing_by_tasks(bool on);
+bool forced_packing_by_tasks();
+
 // The backwards' (float32 and bfloat16) key blocks per pass over the query tiles: 0 (the default) lets each call
 // choose; tests force 1 and several to check that they give the same bits.
 void force_backward_span(int64_t blocks);

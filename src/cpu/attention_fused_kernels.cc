@@ -18,8 +18,9 @@
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
 //   pack_keys         scale·log2(e)·Kᵀ packed once per call into [D, ≤ kBk] tiles (not on the few-query path,
-//                     which scales its queries instead: pack_queries); where |scale·log2(e)| > 1 would overflow a
-//                     huge finite key (or query), the scores take the factor after the product instead
+//                     which scales its queries instead: pack_queries), each thread its share, no barrier after: a
+//                     task packs a tile still missing itself (pack_head_keys); where |scale·log2(e)| > 1 would
+//                     overflow a huge finite key (or query), the scores take the factor after the product instead
 //   run_tiles         every task above; with one split it finishes its rows (out, lse)
 //   merge_key_splits  with several key splits, each row's per-split (m, l, acc) merged into out and lse
 //   write_weights     the second pass, when weights are asked for
@@ -32,6 +33,7 @@
 
 #include "cpu/aligned_vector.h"
 #include "cpu/attention_fused.h"
+#include "cpu/packed_on_demand.h"
 #include "cpu/simd.h"
 #include "cpu/softmax_rows.h"
 #include "cpu/threads.h"
@@ -118,7 +120,7 @@ int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int6
 }
 
 // S[rows, n] = scale·log2(e) · Q[i0 : i0 + rows] · K[j0 : j0 + n]ᵀ for head (b, h). `kt` is the key tile
-// already transposed and times plan.operand (see pack_keys), multiplied by Q's rows where they lie; or nullptr for
+// already transposed and times plan.operand (see pack_head_keys), multiplied by Q's rows where they lie; or nullptr for
 // the few-query path, which takes dot products of the queries in ws.qs (times plan.operand: pack_queries) with K's
 // rows. `after`: the factor left for the scores when the operands could not carry scale·log2(e) (FusedPlan; 1
 // else). On the causal diagonal (`diagonal`) each block of kScoreRows rows stops at its last row's last key.
@@ -140,7 +142,7 @@ void compute_scores(const AttentionProblem& p, int64_t b, int64_t h, const float
     }
     return;
   }
-  const int64_t kt_cols = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's width (pack_keys)
+  const int64_t kt_cols = packed_width(std::min(Tiles::kBk, p.Lk - j0));  // the packed tile's width (pack_head_keys)
   const float* q = p.q + b * p.q_sb + h * p.q_sh + i0 * p.q_sl;           // [rows, D], row stride q_sl
   if (!diagonal) {
     gemm_abt_panels(q, p.q_sl, kt, kt_cols, D, rows, packed_width(n), ws.s.data(), Tiles::kBk);
@@ -338,7 +340,7 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); on the few-query path
 // (kpack nullptr) ws.qs already holds the rows' queries (pack_queries); updates ws.m, ws.l, ws.acc.
-// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_keys) or nullptr (few queries); after
+// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_head_keys) or nullptr (few queries); after
 // multiplies the scores where the operands could not carry scale·log2(e) (FusedPlan, 1 else).
 void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
                      int64_t j_end, int64_t Dvp, const float* kpack, float after, Workspace& ws) {
@@ -467,11 +469,11 @@ struct FusedPlan {
   int64_t tile_tasks = 0;       // (batch, head, query tile) tasks: B · H · query_tiles
   int64_t splits = 1;           // key splits per tile task; > 1 only for decode (Lq <= 4, few tasks)
   int64_t row_state = 0;        // floats of one row's kept (m, l, acc): 2 + Dvp
-  bool keys_packed = false;     // Kᵀ packed by pack_keys; the few-query path reads K's rows instead
+  bool keys_packed = false;     // Kᵀ packed (pack_head_keys); the few-query path reads K's rows instead
   int64_t key_tiles = 0;        // ⌈Lk / kBk⌉
   int64_t key_tile_floats = 0;  // one packed key tile [D, kBk] (D at least 1)
-  // Each task packs its head's Kᵀ into its workspace (plan_fused says when), instead of pack_keys packing every head's
-  // into one buffer shared by the call's tasks.
+  // Each task packs its head's Kᵀ into its workspace (plan_fused says when), instead of into one buffer shared by the
+  // call's tasks (pack_head_keys).
   bool task_keys = false;
   // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`; or, where that
   // product would overflow a finite key or query (|scale·log2(e)| > 1 and an element beyond FLT_MAX over it:
@@ -479,26 +481,6 @@ struct FusedPlan {
   // |scale·log2(e)| > 1 pay one scan of K (or Q) to decide; those that overflow, one more pass over S.
   float operand = 1.0f, after = 1.0f;
 };
-
-// Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
-bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L, int64_t D,
-                       float f) {
-  const Vec fv = Vec::set1(std::fabs(f));
-  constexpr float kMax = std::numeric_limits<float>::max();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < L; ++i) {
-        const float* row = x + b * sb + h * sh + i * sl;
-        int64_t d = 0;
-        for (; d + W <= D; d += W) {  // |x|·|f| > FLT_MAX: it rounded to inf (an inf x too; NaN compares false)
-          const Vec v = Vec::load(row + d);
-          if (Vec::any_above(Vec::max(v, Vec::zero() - v) * fv, kMax)) return true;
-        }
-        for (; d < D; ++d)
-          if (std::fabs(row[d]) * std::fabs(f) > kMax) return true;
-      }
-  return false;
-}
 
 FusedPlan plan_fused(const AttentionProblem& p) {
   FusedPlan plan;
@@ -540,14 +522,17 @@ FusedPlan plan_fused(const AttentionProblem& p) {
 
 // The call's buffers shared by its threads; owned by the calling thread, grown once and reused.
 struct FusedBuffers {
-  float* partial;  // [tile_tasks, splits, bq, row_state]   each split's row states, when splits > 1
-  float* lse;      // [B, H, Lq]                            each row's log-sum-exp (p.lse when asked for), when
-                   //                                       lse or weights are asked for, else nullptr
-  float* packed;   // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed
+  float* partial;        // [tile_tasks, splits, bq, row_state]   each split's row states, when splits > 1
+  float* lse;            // [B, H, Lq]                            each row's log-sum-exp (p.lse when asked for), when
+                         //                                       lse or weights are asked for, else nullptr
+  float* packed;         // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed and not task_keys
+  uint32_t* key_states;  // [B, Hkv, key_tiles]               each tile of `packed`: its PackedOnDemand state, 0 at
+                         //                                       the call's start
 };
 
 FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   thread_local AlignedVector<float> partial, lse, packed;
+  thread_local std::vector<uint32_t> key_states;
   const int64_t partial_floats = plan.tile_tasks * plan.splits * plan.bq * plan.row_state;
   if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
     partial.resize(static_cast<size_t>(partial_floats));
@@ -555,9 +540,13 @@ FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   const bool own_lse = p.weights && !p.lse;
   if (own_lse && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
   const int64_t packed_floats = p.B * p.Hkv * plan.key_tiles * plan.key_tile_floats;
-  if (plan.keys_packed && !plan.task_keys && static_cast<int64_t>(packed.size()) < packed_floats)
-    packed.resize(static_cast<size_t>(packed_floats));
-  return {partial.data(), p.lse ? p.lse : own_lse ? lse.data() : nullptr, packed.data()};
+  const int64_t tiles = p.B * p.Hkv * plan.key_tiles;
+  if (plan.keys_packed && !plan.task_keys) {
+    if (static_cast<int64_t>(packed.size()) < packed_floats) packed.resize(static_cast<size_t>(packed_floats));
+    if (static_cast<int64_t>(key_states.size()) < tiles) key_states.resize(static_cast<size_t>(tiles));
+    std::fill(key_states.begin(), key_states.begin() + tiles, 0u);
+  }
+  return {partial.data(), p.lse ? p.lse : own_lse ? lse.data() : nullptr, packed.data(), key_states.data()};
 }
 
 // Head (b, h)'s packed Kᵀ, [key_tiles, D, kBk] (shared by the heads of a group), or nullptr when the
@@ -598,26 +587,42 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
 // plan.operand·Kᵀ (scale·log2(e)·Kᵀ unless that overflows: FusedPlan) packed once per call as [B, Hkv, key tile, D,
 // packed_width(keys of the tile)], shared by every query tile and every head of a group, in panels (pack_panels, which
 // pads each tile's last columns with 0). The queries are then read where they lie: scaling them per tile was a pass of
-// its own (forward 0 to −2%).
-void pack_keys(const AttentionProblem& p, const FusedPlan& plan, float* packed) {
-#pragma omp for schedule(static)
+// its own (forward 0 to −2%). Key tile kt of kv head (b, kvh), packed at dst:
+void pack_key_tile(const AttentionProblem& p, const FusedPlan& plan, int64_t b, int64_t kvh, int64_t kt, float* dst) {
+  const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
+  pack_panels(p.k + b * p.k_sb + kvh * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n), dst, plan.operand);
+}
+
+// Every kv head's key tiles into buf.packed, each thread its static share, with no barrier after (PackedOnDemand): a
+// thread goes on to its tasks, which pack_head_keys what is still missing. With a barrier, 2 threads, L 256, under
+// OMP_WAIT_POLICY=passive, ran 10–18% slower (Zen 5); with the tasks alone packing, many short heads ran 4–13% slower
+// (the two threads start a head's tasks side by side, and one waited for the other's packing).
+void pack_keys(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf) {
+#pragma omp for schedule(static) nowait
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
-    const int64_t n = std::min(Tiles::kBk, p.Lk - kt * Tiles::kBk);
-    pack_panels(p.k + bk / p.Hkv * p.k_sb + bk % p.Hkv * p.k_sh, p.k_sl, kt * Tiles::kBk, n, p.D, packed_width(n),
-                packed + t * plan.key_tile_floats, plan.operand);
+    PackedOnDemand::pack_if_unclaimed(buf.key_states, t, [&](int64_t) {
+      pack_key_tile(p, plan, bk / p.Hkv, bk % p.Hkv, kt, buf.packed + t * plan.key_tile_floats);
+    });
   }
 }
 
-// FusedPlan::task_keys: the key tiles of [lo, hi) (lo a multiple of kBk) of kv head (b, kvh), packed as pack_keys packs
-// them, at their places in kpack ([key_tiles, D, kBk]).
+// The tiles of kv head (b, kvh) that hold keys [lo, hi), packed (by this task, or waited for).
+void pack_head_keys(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf, int64_t b, int64_t kvh,
+                    int64_t lo, int64_t hi) {
+  if (ATTN_SWEEP_SKIP == 5 || lo >= hi) return;
+  const int64_t head = (b * p.Hkv + kvh) * plan.key_tiles;
+  PackedOnDemand::ensure(buf.key_states + head, lo / Tiles::kBk, (hi + Tiles::kBk - 1) / Tiles::kBk, [&](int64_t kt) {
+    pack_key_tile(p, plan, b, kvh, kt, buf.packed + (head + kt) * plan.key_tile_floats);
+  });
+}
+
+// FusedPlan::task_keys: the key tiles of [lo, hi) (lo a multiple of kBk) of kv head (b, kvh), at their places in kpack
+// ([key_tiles, D, kBk]).
 void pack_task_keys(const AttentionProblem& p, const FusedPlan& plan, int64_t b, int64_t kvh, int64_t lo, int64_t hi,
                     float* kpack) {
-  for (int64_t j0 = lo; j0 < hi; j0 += Tiles::kBk) {
-    const int64_t n = std::min(Tiles::kBk, p.Lk - j0);
-    pack_panels(p.k + b * p.k_sb + kvh * p.k_sh, p.k_sl, j0, n, p.D, packed_width(n),
-                kpack + j0 / Tiles::kBk * plan.key_tile_floats, plan.operand);
-  }
+  for (int64_t kt = lo / Tiles::kBk; kt * Tiles::kBk < hi; ++kt)
+    pack_key_tile(p, plan, b, kvh, kt, kpack + kt * plan.key_tile_floats);
 }
 
 // The keys split `split` of task t covers, as a half-open range: whole, aligned key tiles of the range
@@ -641,8 +646,7 @@ void split_key_range(const AttentionProblem& p, const FusedPlan& plan, const Til
 // (m, l, acc) in buf.partial for merge_key_splits.
 void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf, Workspace& ws) {
   const int64_t Dvp = plan.Dvp;
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t task = 0; task < plan.tile_tasks * plan.splits; ++task) {
+  const auto run_task = [&](int64_t task) {
     const int64_t split = task % plan.splits;
     const TileTask t = tile_task(p, plan, task / plan.splits);
     int64_t lo, hi;
@@ -657,7 +661,10 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
     for (int64_t r = 0; r < t.rows; ++r) ws.drop[r].group = -1;
     if (lo < hi) {
       const float* kpack = plan.task_keys ? ws.kpack.data() : head_keys(p, plan, buf.packed, t.b, t.h);
-      if (plan.task_keys) pack_task_keys(p, plan, t.b, p.kv_head(t.h), lo, hi, ws.kpack.data());
+      if (plan.task_keys)
+        pack_task_keys(p, plan, t.b, p.kv_head(t.h), lo, hi, ws.kpack.data());
+      else if (plan.keys_packed)
+        pack_head_keys(p, plan, buf, t.b, p.kv_head(t.h), lo, hi);
       accumulate_keys(p, t.b, t.h, t.i0, t.rows, lo, hi, Dvp, kpack, plan.after, ws);
       if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv))
         for (int64_t r = 0; r < t.rows; ++r)
@@ -671,7 +678,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
         state[r * plan.row_state + 1] = ws.l[r];
         std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * plan.row_state + 2);
       }
-      continue;
+      return;
     }
     // out = acc / l ; lse = m + log l
     float* o = p.o + t.b * p.o_sb + t.h * p.o_sh;
@@ -684,6 +691,16 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
       for (; d < p.Dv; ++d) out[d] = acc[d] * inv;
       if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : kLn2 * (ws.m[r] + std::log2(ws.l[r]));
     }
+  };
+  // Nothing follows the tasks but the parallel region's end (one key split, no weights): no barrier of their own, so
+  // that a thread that finishes early waits once, not twice (2 threads, L 256, OMP_WAIT_POLICY=passive: 5–11%).
+  const int64_t tasks = plan.tile_tasks * plan.splits;
+  if (plan.splits == 1 && !p.weights) {
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
+  } else {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
   }
 }
 
@@ -728,6 +745,7 @@ void write_weights(const AttentionProblem& p, const FusedPlan& plan, const Fused
   for (int64_t index = 0; index < plan.tile_tasks; ++index) {
     const TileTask t = tile_task(p, plan, index);
     if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, plan.operand, ws);
+    if (plan.keys_packed) pack_head_keys(p, plan, buf, t.b, p.kv_head(t.h), 0, p.Lk);  // tiles no task needed
     write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.lse + t.bh * p.Lq + t.i0,
                        head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
   }
@@ -763,7 +781,8 @@ void attention_fused(const AttentionProblem& p) {
   const auto steps = [&] {  // every thread of the team (the worksharing inside divides the work)
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan.Dvp, plan.bq, plan.task_keys ? plan.key_tiles * plan.key_tile_floats : 0);
-    if (plan.keys_packed && !plan.task_keys && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf.packed);
+    if (plan.keys_packed && !plan.task_keys && !forced_packing_by_tasks() && ATTN_SWEEP_SKIP != 5)
+      pack_keys(p, plan, buf);
     run_tiles(p, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
     if (p.weights) write_weights(p, plan, buf, ws);

@@ -9,8 +9,9 @@
 //   S = mask(S); online softmax (m, l) in float32, dropout as the fp32 kernel
 //   acc += P · V_t                     dot: P rounded to bfloat16, vdpbf16ps        convert: fp32 FMA
 //   out = round16(acc / l)
-// Whole-call packing (more than 4 queries), shared by every query tile and every head of a group (or, for many short
-// heads, LowpPlan::task_kv: each task packs its own head's, into its workspace):
+// Whole-call packing (more than 4 queries), shared by every query tile and every head of a group, with no barrier
+// before the tasks (pack_kv, PackedOnDemand; or, for many short heads, LowpPlan::task_kv: each task packs its own
+// head's, into its workspace):
 //   dot      Kᵀ as [key tile, D/2, kBk, 2] and V as [key tile, kBk/2, Dvp, 2] bfloat16: the pairs vdpbf16ps
 //            multiplies (zero-padded: odd D, odd key counts, Dv up to whole vectors)
 //   convert  Kᵀ as [key tile, D, kBk] and V as [key tile, kBk, Dvp] float32: the fp32 micro-kernels'
@@ -29,6 +30,7 @@
 #include "cpu/attention_lowp.h"
 #include "cpu/bf16_pairs.h"
 #include "cpu/lowp_convert.h"
+#include "cpu/packed_on_demand.h"
 #include "cpu/simd.h"
 #include "cpu/threads.h"
 #include "cpu/tile_kernels.h"
@@ -51,8 +53,8 @@ struct LowpPlan {
   int threads = 1;
   bool dot = false;          // vdpbf16ps (bfloat16 on the avx512bf16 build), else convert
   bool keys_packed = false;  // more than 4 queries: K and V packed once per call (pack_kv)
-  // Each task packs its head's K and V (the tiles it reads) into its workspace, instead of pack_kv packing every head's
-  // into the call's buffers shared by the tasks: many short heads (forward_whole_head_tasks), whose tasks then take a
+  // Each task packs its head's K and V (the tiles it reads) into its workspace, instead of every head's into the call's
+  // buffers shared by the tasks: many short heads (forward_whole_head_tasks), whose tasks then take a
   // whole head's queries each; or forced by a test (detail::force_task_keys), with the tasks as the call chooses.
   bool task_kv = false;
   int64_t Dp = 0;   // D rounded up to even (pairs)
@@ -62,7 +64,7 @@ struct LowpPlan {
   int64_t k_tile = 0, v_tile = 0;  // elements of one packed key / value tile (uint16 for dot, float for convert)
 };
 
-// The width of key tile j0's packed Kᵀ panels (convert): its keys rounded up to whole column steps. pack_kv
+// The width of key tile j0's packed Kᵀ panels (convert): its keys rounded up to whole column steps. pack_kv_tile
 // packs that many columns; accumulate_keys multiplies a prefix of them.
 int64_t packed_key_cols(const AttentionProblem& p, int64_t j0) {
   return round_up(std::min(kBk, p.Lk - j0), Tiles::kScoreVecs * W);
@@ -112,12 +114,14 @@ struct LowpBuffers {
   uint16_t* kb = nullptr;          // [B·Hkv·key_tiles, Dp/2, kBk, 2]      dot, packed
   uint16_t* vb = nullptr;          // [B·Hkv·key_tiles, kBk/2, Dvp, 2]     dot, packed
   uint8_t* v_nonfinite = nullptr;  // [B·Hkv·key_tiles]  does the value tile hold NaN or Inf?
+  uint32_t* kv_states = nullptr;   // [B·Hkv·key_tiles]  each tile's PackedOnDemand state, 0 at the call's start
 };
 
 LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
   thread_local AlignedVector<float> partial, kf, vf;
   thread_local AlignedVector<uint16_t> kb, vb;
   thread_local std::vector<uint8_t> nonfinite;
+  thread_local std::vector<uint32_t> states;
   auto grow = [](auto& b, int64_t n) {
     if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
     return b.data();
@@ -134,6 +138,8 @@ LowpBuffers call_buffers(const AttentionProblem& p, const LowpPlan& plan) {
       buf.vf = grow(vf, tiles * plan.v_tile);
     }
     buf.v_nonfinite = grow(nonfinite, tiles);
+    buf.kv_states = grow(states, tiles);
+    std::fill(buf.kv_states, buf.kv_states + tiles, 0u);
   }
   return buf;
 }
@@ -150,7 +156,7 @@ struct Workspace {
   AlignedVector<float> m, l;            // [bq]
   AlignedVector<float> lv;              // [bq, W]        each row's partial sums of P (l = their sum)
   std::vector<DropoutGroupCache> drop;  // [bq]
-  // LowpPlan::task_kv: the task's head's K and V packed as pack_kv packs them (LowpBuffers' layouts, key_tiles tiles)
+  // LowpPlan::task_kv: the task's head's K and V packed as the call's are (LowpBuffers' layouts, key_tiles tiles)
   AlignedVector<uint16_t> kb, vb;
   AlignedVector<float> kf, vf;
   std::vector<uint8_t> v_nonfinite;
@@ -188,8 +194,8 @@ Workspace& thread_workspace() {
 
 // ---- Packing -----------------------------------------------------------------------------------------------------
 
-// One head's packed K and V (pack_kv's layouts): key tile kt's Kᵀ at kb (dot) or kf (convert) + kt · k_tile, its values
-// at vb or vf + kt · v_tile, and whether they hold NaN or Inf at v_nonfinite[kt].
+// One head's packed K and V (pack_kv_tile's layouts): key tile kt's Kᵀ at kb (dot) or kf (convert) + kt · k_tile, its
+// values at vb or vf + kt · v_tile, and whether they hold NaN or Inf at v_nonfinite[kt].
 struct HeadKv {
   uint16_t* kb = nullptr;          // [key_tiles, Dp/2, kBk, 2]     dot
   uint16_t* vb = nullptr;          // [key_tiles, kBk/2, Dvp, 2]    dot
@@ -198,7 +204,7 @@ struct HeadKv {
   uint8_t* v_nonfinite = nullptr;  // [key_tiles]
 };
 
-// A head's tiles from tile0 on in buffers laid out as pack_kv's (kb, vb for dot, kf, vf for convert; the other pair
+// A head's tiles from tile0 on in buffers laid out as LowpBuffers' (kb, vb for dot, kf, vf for convert; the other pair
 // unused and perhaps null).
 HeadKv head_kv(const LowpPlan& plan, uint16_t* kb, uint16_t* vb, float* kf, float* vf, uint8_t* v_nonfinite,
                int64_t tile0) {
@@ -214,7 +220,7 @@ HeadKv head_kv(const LowpPlan& plan, uint16_t* kb, uint16_t* vb, float* kf, floa
   return kv;
 }
 
-// Kv head (b, g)'s tiles: in the call's buffers (pack_kv, shared by the tasks), or with LowpPlan::task_kv in the
+// Kv head (b, g)'s tiles: in the call's buffers (shared by the tasks), or with LowpPlan::task_kv in the
 // task's workspace (the task packs them); none on the few-query path, which packs nothing.
 HeadKv head_kv(const AttentionProblem& p, const LowpPlan& plan, const LowpBuffers& buf, Workspace& ws, int64_t b,
                int64_t g) {
@@ -258,15 +264,18 @@ void pack_kv_tile(const LowpAttentionProblem& lp, const LowpPlan& plan, int64_t 
   }
 }
 
-// Every kv head's tiles into the call's buffers, once per call (not with LowpPlan::task_kv).
+// Every kv head's tiles into the call's buffers, each thread its static share, with no barrier after (PackedOnDemand,
+// as the float32 forward's pack_keys): the tasks pack what is still missing.
 template <LowpType T>
 void pack_kv(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf) {
   const AttentionProblem& p = lp.p;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
     const int64_t kt = t % plan.key_tiles, bk = t / plan.key_tiles;
-    pack_kv_tile<T>(lp, plan, bk / p.Hkv, bk % p.Hkv, kt,
-                    head_kv(plan, buf.kb, buf.vb, buf.kf, buf.vf, buf.v_nonfinite, t - kt));
+    PackedOnDemand::pack_if_unclaimed(buf.kv_states, t, [&](int64_t) {
+      pack_kv_tile<T>(lp, plan, bk / p.Hkv, bk % p.Hkv, kt,
+                      head_kv(plan, buf.kb, buf.vb, buf.kf, buf.vf, buf.v_nonfinite, t - kt));
+    });
   }
 }
 
@@ -638,8 +647,7 @@ template <LowpType T>
 void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpBuffers& buf, Workspace& ws) {
   const AttentionProblem& p = lp.p;
   const int64_t Dvp = plan.Dvp;
-#pragma omp for schedule(dynamic, 1)
-  for (int64_t task = 0; task < plan.tile_tasks * plan.splits; ++task) {
+  const auto run_task = [&](int64_t task) {
     const int64_t split = task % plan.splits;
     const TileTask t = tile_task(p, plan, task / plan.splits);
     int64_t lo, hi;
@@ -661,6 +669,9 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
       const HeadKv kv = head_kv(p, plan, buf, ws, t.b, g);
       if (plan.task_kv)  // the head's tiles the task reads, packed here
         for (int64_t kt = lo / kBk; kt * kBk < hi; ++kt) pack_kv_tile<T>(lp, plan, t.b, g, kt, kv);
+      else if (plan.keys_packed)  // or, those pack_kv has not packed yet, by the first task to need them
+        PackedOnDemand::ensure(buf.kv_states + (t.b * p.Hkv + g) * plan.key_tiles, lo / kBk, (hi + kBk - 1) / kBk,
+                               [&](int64_t kt) { pack_kv_tile<T>(lp, plan, t.b, g, kt, kv); });
       accumulate_keys<T>(lp, plan, kv, t.b, t.h, t.i0, t.rows, lo, hi, ws);
       for (int64_t r = 0; r < t.rows; ++r) ws.l[r] = Vec::load(&ws.lv[r * W]).reduce_add();
       if (!rows_state_finite(ws.l.data(), ws.acc.data(), Dvp, t.rows, p.Dv)) {
@@ -678,7 +689,7 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
         state[r * plan.row_state + 1] = ws.l[r];
         std::copy(ws.acc.data() + r * Dvp, ws.acc.data() + (r + 1) * Dvp, state + r * plan.row_state + 2);
       }
-      continue;
+      return;
     }
     uint16_t* o = lp.o + t.b * p.o_sb + t.h * p.o_sh;
     for (int64_t r = 0; r < t.rows; ++r) {  // l = 0: every key hidden; l = NaN: a poisoned row
@@ -686,6 +697,14 @@ void run_tiles(const LowpAttentionProblem& lp, const LowpPlan& plan, const LowpB
       narrow_row<T>(ws.acc.data() + r * Dvp, p.Dv, inv, o + (t.i0 + r) * p.o_sl);
       if (p.lse) p.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : ws.m[r] + std::log(ws.l[r]);
     }
+  };
+  const int64_t tasks = plan.tile_tasks * plan.splits;
+  if (plan.splits == 1) {  // nothing follows but the region's end: no barrier of the tasks' own (float32's run_tiles)
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
+  } else {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) run_task(task);
   }
 }
 
@@ -734,7 +753,7 @@ void run(const LowpAttentionProblem& lp) {
   {
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan);
-    if (plan.keys_packed && !plan.task_kv) pack_kv<T>(lp, plan, buf);
+    if (plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks()) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
   }

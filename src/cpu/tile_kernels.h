@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "cpu/simd.h"
@@ -195,6 +196,26 @@ inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
     for (int64_t d = whole; d < width; ++d) tail += r0[d] * 0.0f + r1[d] * 0.0f;
   }
   return !std::isnan(((e0 + e1) + (e2 + e3) + ((o0 + o1) + (o2 + o3))).reduce_add() + tail);
+}
+
+// Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
+inline bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L,
+                              int64_t D, float f) {
+  const Vec fv = Vec::set1(std::fabs(f));
+  constexpr float kMax = std::numeric_limits<float>::max();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < L; ++i) {
+        const float* row = x + b * sb + h * sh + i * sl;
+        int64_t d = 0;
+        for (; d + W <= D; d += W) {  // |x|·|f| > FLT_MAX: it rounded to inf (an inf x too; NaN compares false)
+          const Vec v = Vec::load(row + d);
+          if (Vec::any_above(Vec::max(v, Vec::zero() - v) * fv, kMax)) return true;
+        }
+        for (; d < D; ++d)
+          if (std::fabs(row[d]) * std::fabs(f) > kMax) return true;
+      }
+  return false;
 }
 
 // Are a task's kept row sums l [rows] and accumulators acc [rows, width] (row stride acc_rs) all finite? One pass for
