@@ -1,8 +1,10 @@
 // The machine's FMA ceiling, measured: independent chains of vector FMAs on registers, nothing from
 // memory, at the widest vectors of the instruction set this file is compiled for (-DATTN_TARGET=...).
-// Every benchmark states its share of this figure (attn bench peak, attn bench sdpa).
+// Every benchmark states its share of this figure (attn bench peak, attn bench sdpa). Also the tests' probes of this
+// target's vector exponentials (simd.h: exp, exp2, exp2_finite).
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "cpu/attention_fused.h"
@@ -45,6 +47,31 @@ double fma_peak_gflops(int threads, double seconds) {
   }
   // every lane of every chain feeds `sink`, whose value decides the result: no FMA can be optimised away
   return sink == 12345.0f ? 0.0 : total_flops / 1e9;
+}
+
+// x in every lane of one vector through the exponential, lane 0 out.
+float exp_for_test(float x) {
+  using simd::Vec;
+  float buf[Vec::W];
+  std::fill(buf, buf + Vec::W, x);
+  simd::exp(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+
+float exp2_for_test(float x) {
+  using simd::Vec;
+  float buf[Vec::W];
+  std::fill(buf, buf + Vec::W, x);
+  simd::exp2(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+
+float exp2_finite_for_test(float x) {
+  using simd::Vec;
+  float buf[Vec::W];
+  std::fill(buf, buf + Vec::W, x);
+  simd::exp2_finite(Vec::load(buf)).store(buf);
+  return buf[0];
 }
 
 }  // namespace attn::detail::ATTN_TARGET

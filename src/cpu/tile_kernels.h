@@ -198,6 +198,14 @@ inline bool all_finite(const float* x, int64_t x_rs, int64_t n, int64_t width) {
   return !std::isnan(((e0 + e1) + (e2 + e3) + ((o0 + o1) + (o2 + o3))).reduce_add() + tail);
 }
 
+// Rows [0, rows) of `row_elems` elements (float, or 16-bit), `stride` elements apart, asked into the L2 (prefetcht1).
+template <class E>
+inline void prefetch_rows(const E* x, int64_t rows, int64_t row_elems, int64_t stride) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t e = 0; e < row_elems; e += 64 / static_cast<int64_t>(sizeof(E)))
+      __builtin_prefetch(x + r * stride + e, 0, 2);
+}
+
 // Would x · f overflow for a finite element x of the [B, H, L, D] tensor at `x` (strides sb, sh, sl)?
 inline bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H, int64_t L,
                               int64_t D, float f) {
