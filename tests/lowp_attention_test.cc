@@ -121,6 +121,12 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
     for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
       test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
       const Tensor q = to_dtype(in.q, dt), k = to_dtype(in.k, dt), v = to_dtype(in.v, dt);
+      // K and V of the same shapes but other values: a call on them leaves its packed tiles in the call's shared
+      // buffers, so a by_tasks run below that failed to pack a tile would read them
+      Tensor other_k = in.k.clone(), other_v = in.v.clone();
+      for (int64_t i = 0; i < other_k.numel(); ++i) other_k.f32()[i] = -other_k.f32()[i];
+      for (int64_t i = 0; i < other_v.numel(); ++i) other_v.f32()[i] = -other_v.f32()[i];
+      const Tensor k_other = to_dtype(other_k, dt), v_other = to_dtype(other_v, dt);
       in.options.dropout_p = n % 7 == 3 ? 0.25f : 0.0f;  // dropout on some cases
       in.options.dropout_seed = n;
       in.options.return_lse = true;
@@ -158,6 +164,7 @@ TEST(LowpAttention, EveryPathMatchesTheReferenceOnTheCaseList) {
           in.options.return_weights = c.weights && first;
           detail::force_fused_query_tile(run.query_tile);
           detail::force_task_keys(run.task_kv);
+          if (run.by_tasks) scaled_dot_product_attention(q, k_other, v_other, in.options);
           detail::force_packing_by_tasks(run.by_tasks);
           const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
           detail::force_fused_query_tile(0);

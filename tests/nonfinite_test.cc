@@ -139,34 +139,40 @@ TEST(NonFinite, HiddenKeysNeverInfluenceAndVisibleNaNPoisonsExactlyItsRows) {
 // hidden ones with weight 0: a NaN or Inf value there must still reach exactly the rows that see its key (whichever
 // way the kernel gets there: the zero-skipping update, or the term-by-term redo of a row that came out non-finite).
 TEST(NonFinite, ValueOnTheCausalDiagonalPoisonsExactlyTheRowsThatSeeIt) {
-  for (int64_t D : {64, 128}) {  // the fast P·V's two register tiles (4 and 8 rows)
-    test::AttentionCase c;
-    c.Lq = c.Lk = 200, c.D = c.Dv = D, c.causal = CausalAlignment::kTopLeft;
-    const test::CaseInputs clean = test::make_inputs(c, 7);
-    for (int64_t j : {5, 70, 133, 199})
-      for (float value : {kNaN, kInf}) {
-        test::CaseInputs dirty = clean;
-        dirty.v = clean.v.clone();
-        for (int64_t d = 0; d < D; ++d) dirty.v.f32()[j * D + d] = value;
-        for_every_fast_path(dirty, [&](AttentionImpl impl, const std::string& path) {
-          SCOPED_TRACE("D " + std::to_string(D) + " key " + std::to_string(j) + " " + std::to_string(value) + " " +
-                       path);
-          dirty.options.impl = impl;
-          test::CaseInputs same = clean;
-          same.options.impl = impl, same.options.num_threads = dirty.options.num_threads;
-          const Tensor a = scaled_dot_product_attention(same.q, same.k, same.v, same.options).output;
-          const Tensor b = scaled_dot_product_attention(dirty.q, dirty.k, dirty.v, dirty.options).output;
-          for (int64_t i = 0; i < c.Lq; ++i)  // row i sees keys 0 … i
-            for (int64_t d = 0; d < D; ++d) {
-              const float x = b.f32()[i * D + d];
-              if (i < j)
-                ASSERT_NEAR(x, a.f32()[i * D + d], 1e-6) << "row " << i;
-              else
-                ASSERT_FALSE(std::isfinite(x)) << "row " << i;
-            }
-        });
-      }
-  }
+  struct Alignment {
+    CausalAlignment causal;
+    int64_t Lq;  // Lk = 200; bottom-right with more queries than keys: the first 30 rows see no key
+  };
+  for (const Alignment al : {Alignment{CausalAlignment::kTopLeft, 200}, Alignment{CausalAlignment::kBottomRight, 230}})
+    for (int64_t D : {64, 128}) {  // the fast P·V's two register tiles (4 and 8 rows)
+      test::AttentionCase c;
+      c.Lq = al.Lq, c.Lk = 200, c.D = c.Dv = D, c.causal = al.causal;
+      const int64_t offset = c.Lk - c.Lq;  // row i's last key: i + offset (top-left: Lq = Lk)
+      const test::CaseInputs clean = test::make_inputs(c, 7);
+      for (int64_t j : {5, 70, 133, 199})
+        for (float value : {kNaN, kInf}) {
+          test::CaseInputs dirty = clean;
+          dirty.v = clean.v.clone();
+          for (int64_t d = 0; d < D; ++d) dirty.v.f32()[j * D + d] = value;
+          for_every_fast_path(dirty, [&](AttentionImpl impl, const std::string& path) {
+            SCOPED_TRACE("Lq " + std::to_string(c.Lq) + " D " + std::to_string(D) + " key " + std::to_string(j) + " " +
+                         std::to_string(value) + " " + path);
+            dirty.options.impl = impl;
+            test::CaseInputs same = clean;
+            same.options.impl = impl, same.options.num_threads = dirty.options.num_threads;
+            const Tensor a = scaled_dot_product_attention(same.q, same.k, same.v, same.options).output;
+            const Tensor b = scaled_dot_product_attention(dirty.q, dirty.k, dirty.v, dirty.options).output;
+            for (int64_t i = 0; i < c.Lq; ++i)  // row i sees keys 0 … i + offset
+              for (int64_t d = 0; d < D; ++d) {
+                const float x = b.f32()[i * D + d];
+                if (i + offset < j)
+                  ASSERT_NEAR(x, a.f32()[i * D + d], 1e-6) << "row " << i;
+                else
+                  ASSERT_FALSE(std::isfinite(x)) << "row " << i;
+              }
+          });
+        }
+    }
 }
 
 TEST(NonFinite, MinusInfMaskHidesANaNScoreAndANaNScalePoisons) {

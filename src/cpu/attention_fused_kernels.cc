@@ -335,7 +335,8 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
 
 // Online softmax over keys [j_begin, j_end) for rows [i0, i0 + rows) of head (b, h); on the few-query path
 // (kpack nullptr) ws.qs already holds the rows' queries (pack_queries); updates ws.m, ws.l, ws.acc.
-// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_head_keys) or nullptr (few queries); after
+// j_begin is a multiple of kBk; kpack is this head's packed Kᵀ (pack_head_keys, or pack_task_keys into the task's
+// workspace) or nullptr (few queries); after
 // multiplies the scores where the operands could not carry scale·log2(e) (FusedPlan, 1 else).
 void accumulate_keys(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j_begin,
                      int64_t j_end, int64_t Dvp, const float* kpack, float after, Workspace& ws) {
@@ -470,11 +471,15 @@ struct FusedPlan {
   // Each task packs its head's Kᵀ into its workspace (plan_fused says when), instead of into one buffer shared by the
   // call's tasks (pack_head_keys).
   bool task_keys = false;
-  // Tasks taken task_group at a time (consecutive: whole heads, in order, with task_keys), each asking for the next
-  // one's Q, K and V while it computes: with task_keys every head comes from memory, and its first touches were the
-  // stall (Zen 5, B·H 512, L 128, D 64: +3% non-causal, +10% causal, 1 thread; +7% at 2 threads, where the next
-  // task under a dynamic schedule of single tasks is another thread's half the time: −4%). 4 with task_keys, fewer
-  // while the call would have fewer than 4 groups a thread; else 1 (nothing asked for).
+  // pack_keys runs before the tasks (keys_packed, not task_keys; a test may leave it to the tasks alone:
+  // detail::force_packing_by_tasks, read once here so that every thread meets the same work-shared loops)
+  bool pack_pass = false;
+  // Tasks taken task_group at a time (consecutive: with task_keys, whole heads in order, or a head's query tiles where
+  // its queries outnumber one task's rows), each asking for the next one's Q, K and V while it computes: with task_keys
+  // every head comes from memory, and its first touches were the stall (Zen 5, B·H 512, L 128, D 64: 1 thread +3%,
+  // causal +7%; 2 threads +7%, causal +13%; asking for the next task of a dynamic schedule of single tasks, another
+  // thread's half the time at 2 threads, measured −4% to +4% there). 4 with task_keys, fewer while the call would have
+  // fewer than 4 groups a thread; else 1 (nothing asked for).
   int64_t task_group = 1;
   // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`; or, where that
   // product would overflow a finite key or query (|scale·log2(e)| > 1 and an element beyond FLT_MAX over it:
@@ -508,6 +513,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   if (plan.task_keys) plan.task_group = std::clamp<int64_t>(plan.tile_tasks / (4 * plan.threads), 1, 4);
+  plan.pack_pass = plan.keys_packed && !plan.task_keys && !forced_packing_by_tasks();
   // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
@@ -583,8 +589,8 @@ TileTask tile_task(const AttentionProblem& p, const FusedPlan& plan, int64_t ind
   return {bh / p.H, bh % p.H, bh, i0, std::min(plan.bq, p.Lq - i0)};
 }
 
-// The steps below run inside the call's parallel region: each is one OpenMP work-shared loop, and all
-// threads leave it together.
+// The steps below run inside the call's parallel region, each one OpenMP work-shared loop. pack_keys ends in no
+// barrier (the tasks pack what is still missing), nor do the tasks where nothing follows them; the others do.
 
 // plan.operand·Kᵀ (scale·log2(e)·Kᵀ unless that overflows: FusedPlan) packed once per call as [B, Hkv, key tile, D,
 // packed_width(keys of the tile)], shared by every query tile and every head of a group, in panels (pack_panels, which
@@ -596,9 +602,9 @@ void pack_key_tile(const AttentionProblem& p, const FusedPlan& plan, int64_t b, 
 }
 
 // Every kv head's key tiles into buf.packed, each thread its static share, with no barrier after (PackedOnDemand): a
-// thread goes on to its tasks, which pack_head_keys what is still missing. With a barrier, 2 threads, L 256, under
-// OMP_WAIT_POLICY=passive, ran 10–18% slower (Zen 5); with the tasks alone packing, many short heads ran 4–13% slower
-// (the two threads start a head's tasks side by side, and one waited for the other's packing).
+// thread goes on to its tasks, which pack_head_keys what is still missing. With a barrier here and after the tasks,
+// 2 threads, L 256, under OMP_WAIT_POLICY=passive ran 4–47% slower (Zen 5); with the tasks alone packing, many short
+// heads ran 4–13% slower (the two threads start a head's tasks side by side, and one waited for the other's packing).
 void pack_keys(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf) {
 #pragma omp for schedule(static) nowait
   for (int64_t t = 0; t < p.B * p.Hkv * plan.key_tiles; ++t) {
@@ -668,7 +674,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
       else if (plan.keys_packed)
         pack_head_keys(p, plan, buf, t.b, p.kv_head(t.h), lo, hi);
       if (next_task >= 0) {  // the next task of its group (task_group): its Q, K and V asked into the L2
-        const TileTask n = tile_task(p, plan, next_task);
+        const TileTask n = tile_task(p, plan, next_task / plan.splits);
         const int64_t nkv = p.kv_head(n.h);
         prefetch_rows(p.q + n.b * p.q_sb + n.h * p.q_sh + n.i0 * p.q_sl, n.rows, p.D, p.q_sl);
         prefetch_rows(p.k + n.b * p.k_sb + nkv * p.k_sh, p.Lk, p.D, p.k_sl);
@@ -774,8 +780,7 @@ void attention_fused(const AttentionProblem& p) {
   const auto steps = [&] {  // every thread of the team (the worksharing inside divides the work)
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan.Dvp, plan.bq, plan.task_keys ? plan.key_tiles * plan.key_tile_floats : 0);
-    if (plan.keys_packed && !plan.task_keys && !forced_packing_by_tasks() && ATTN_SWEEP_SKIP != 5)
-      pack_keys(p, plan, buf);
+    if (plan.pack_pass && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf);
     run_tiles(p, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
     if (p.weights) write_weights(p, plan, buf, ws);

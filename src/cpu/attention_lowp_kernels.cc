@@ -749,11 +749,13 @@ void run(const LowpAttentionProblem& lp) {
   if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
   const LowpPlan plan = plan_lowp<T>(p);
   const LowpBuffers buf = call_buffers(p, plan);
+  // read once, outside the region: every thread must meet the same work-shared loops
+  const bool pack_pass = plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks();
 #pragma omp parallel num_threads(plan.threads)
   {
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan);
-    if (plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks()) pack_kv<T>(lp, plan, buf);
+    if (pack_pass) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
   }

@@ -49,29 +49,26 @@ double fma_peak_gflops(int threads, double seconds) {
   return sink == 12345.0f ? 0.0 : total_flops / 1e9;
 }
 
-// x in every lane of one vector through the exponential, lane 0 out.
+namespace {
+// x in every lane of one vector through f (an exponential of simd.h), lane 0 out.
+template <class F>
+float lane0_of(float x, F f) {
+  using simd::Vec;
+  float buf[Vec::W];
+  std::fill(buf, buf + Vec::W, x);
+  f(Vec::load(buf)).store(buf);
+  return buf[0];
+}
+}  // namespace
+
 float exp_for_test(float x) {
-  using simd::Vec;
-  float buf[Vec::W];
-  std::fill(buf, buf + Vec::W, x);
-  simd::exp(Vec::load(buf)).store(buf);
-  return buf[0];
+  return lane0_of(x, [](simd::Vec v) { return simd::exp(v); });
 }
-
 float exp2_for_test(float x) {
-  using simd::Vec;
-  float buf[Vec::W];
-  std::fill(buf, buf + Vec::W, x);
-  simd::exp2(Vec::load(buf)).store(buf);
-  return buf[0];
+  return lane0_of(x, [](simd::Vec v) { return simd::exp2(v); });
 }
-
 float exp2_finite_for_test(float x) {
-  using simd::Vec;
-  float buf[Vec::W];
-  std::fill(buf, buf + Vec::W, x);
-  simd::exp2_finite(Vec::load(buf)).store(buf);
-  return buf[0];
+  return lane0_of(x, [](simd::Vec v) { return simd::exp2_finite(v); });
 }
 
 }  // namespace attn::detail::ATTN_TARGET
