@@ -195,10 +195,7 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const float *q = tr.q, *dout = tr.dout;
   const int64_t q_rs = tr.q_rs, dout_rs = tr.dout_rs;
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
-    if (!diagonal) return n;
-    int64_t lo, hi;
-    p.key_range(i0 + r, &lo, &hi);
-    return std::clamp<int64_t>(hi - j0, 0, n);
+    return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n;
   };
   // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, ≤ n rounded up to whole vectors]
   const auto scores = [&](int64_t r, int64_t block, int64_t cols) {

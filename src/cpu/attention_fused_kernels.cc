@@ -110,15 +110,6 @@ float dot(const float* a, const float* b, int64_t n) {
 // takes any multiple of W columns), so a short sequence (L = 16) packs 16 columns, not kBk.
 int64_t packed_width(int64_t n) { return round_up(n, W); }
 
-// How many of the keys [j0, j0 + n) rows [i0, i0 + rows) may see at most: the causal diagonal ends the
-// last row's range inside a tile; the keys after it are hidden in every row (mask_row_segment writes
-// −inf there), so the products that would fill them are skipped.
-int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
-  int64_t lo, hi;
-  p.key_range(i0 + rows - 1, &lo, &hi);
-  return std::clamp<int64_t>(hi - j0, 0, n);
-}
-
 // S[rows, n] = scale·log2(e) · Q[i0 : i0 + rows] · K[j0 : j0 + n]ᵀ for head (b, h). `kt` is the key tile
 // already transposed and times plan.operand (see pack_head_keys), multiplied by Q's rows where they lie; or nullptr for
 // the few-query path, which takes dot products of the queries in ws.qs (times plan.operand: pack_queries) with K's
@@ -547,8 +538,7 @@ FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
   const int64_t lse_floats = p.B * p.H * p.Lq;
   const bool own_lse = p.weights && !p.lse;
   if (own_lse && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
-  const int64_t packed_floats = p.B * p.Hkv * plan.key_tiles * plan.key_tile_floats;
-  const int64_t tiles = p.B * p.Hkv * plan.key_tiles;
+  const int64_t tiles = p.B * p.Hkv * plan.key_tiles, packed_floats = tiles * plan.key_tile_floats;
   if (plan.keys_packed && !plan.task_keys) {
     if (static_cast<int64_t>(packed.size()) < packed_floats) packed.resize(static_cast<size_t>(packed_floats));
     if (static_cast<int64_t>(key_states.size()) < tiles) key_states.resize(static_cast<size_t>(tiles));

@@ -178,10 +178,7 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
   const AttentionProblem& p = bp.p;
   const int64_t j0 = kb.j0;
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
-    if (!diagonal) return n;
-    int64_t lo, hi;
-    p.key_range(i0 + r, &lo, &hi);
-    return std::clamp<int64_t>(hi - j0, 0, n);
+    return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n;
   };
   const int64_t cols = round_up(n, 32);  // whole score vectors and whole key pairs
   // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, rows [r, r + block) up to c columns

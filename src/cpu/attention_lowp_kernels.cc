@@ -57,6 +57,9 @@ struct LowpPlan {
   // buffers shared by the tasks: many short heads (forward_whole_head_tasks), whose tasks then take a
   // whole head's queries each; or forced by a test (detail::force_task_keys), with the tasks as the call chooses.
   bool task_kv = false;
+  // pack_kv runs before the tasks (keys_packed, not task_kv; a test may leave it to the tasks alone:
+  // detail::force_packing_by_tasks, read once here so that every thread meets the same work-shared loops)
+  bool pack_pass = false;
   int64_t Dp = 0;   // D rounded up to even (pairs)
   int64_t Dvp = 0;  // Dv rounded up to whole vectors
   int64_t bq = 0;   // query rows per task: kBq, up to Tiles::kBqLong for long K and V, or a head's (task_kv)
@@ -99,6 +102,7 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
                 : forward_task_rows<Tiles>(plan.keys_packed, kv_bytes, p.B * p.H, p.Lq, plan.threads);
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
+  plan.pack_pass = plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks();
   if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
@@ -448,11 +452,8 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       // On the causal diagonal (the sub-tile's first row sees fewer of the tile's keys than its last) each block of
       // kScoreRows rows stops at its last row's last visible key, rounded up to whole column steps (`len`): its
       // scores, exponentials and products past it are skipped, their P is 0 (as the float32 kernel's diagonal).
-      const auto visible = [&](int64_t r) {  // how many of the tile's keys row r of the sub-tile may see at most
-        int64_t lo, hi;
-        p.key_range(i0 + r, &lo, &hi);
-        return std::clamp<int64_t>(hi - j0, 0, n);
-      };
+      // how many of the tile's keys row r of the sub-tile may see at most
+      const auto visible = [&](int64_t r) { return visible_prefix(p, i0 + r, 1, j0, n); };
       const bool diagonal = plan.keys_packed && visible(0) < visible(rows - 1);
       const auto len = [&](int64_t r) {  // the score columns of row r's block
         if (!diagonal) return n;
@@ -749,13 +750,11 @@ void run(const LowpAttentionProblem& lp) {
   if (p.Lq == 0 || p.B == 0 || p.H == 0) return;
   const LowpPlan plan = plan_lowp<T>(p);
   const LowpBuffers buf = call_buffers(p, plan);
-  // read once, outside the region: every thread must meet the same work-shared loops
-  const bool pack_pass = plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks();
 #pragma omp parallel num_threads(plan.threads)
   {
     Workspace& ws = thread_workspace();
     ws.reserve(p.D, plan);
-    if (pack_pass) pack_kv<T>(lp, plan, buf);
+    if (plan.pack_pass) pack_kv<T>(lp, plan, buf);
     run_tiles<T>(lp, plan, buf, ws);
     if (plan.splits > 1) merge_key_splits<T>(lp, plan, buf.partial);
   }

@@ -7,6 +7,7 @@
 // Includes only public and standard headers: this is the bottom layer.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -153,6 +154,15 @@ inline bool all_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_
   for (int64_t j = 0; j < n; ++j)
     if (!pad[j]) return false;
   return true;
+}
+
+// How many of the keys [j0, j0 + n) rows [i0, i0 + rows) may see at most (a prefix of them: the causal range ends
+// the last row's inside a tile, and the keys after it are hidden in every row, so the products that would fill them
+// are skipped). With rows = 1: row i0's visible prefix on the causal diagonal.
+inline int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+  int64_t lo, hi;
+  p.key_range(i0 + rows - 1, &lo, &hi);
+  return std::clamp<int64_t>(hi - j0, 0, n);
 }
 
 // Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
