@@ -385,5 +385,43 @@ TEST(Backward, OverwritesGradientBuffersThatHeldAnything) {
   EXPECT_GT(compared, 100);
 }
 
+// The backward recomputes P from the forward's lse: P = exp(S − lse) sums to 1 over a row only where its S is the
+// forward's. With dO the identity (row i's gradient is 1 in column i), Σ_j dV[j, i] = Σ_j P_ij: each row's weights
+// (the math, no reference). Large scores (|S| in the hundreds: queries ×10, D 256, scale 2) make it sharp: each S
+// carries a float32 rounding error of ~1e-4 there, and a backward that summed Q·Kᵀ otherwise than the forward (the
+// scale applied after the product instead of carried by the packed keys) gave rows whose weights summed to 1 ± 3e-4.
+TEST(Backward, RecomputedWeightsSumToOneWhereTheScoresAreLarge) {
+  std::mt19937 rng(17);
+  const int64_t H = 2, L = 64, D = 256;
+  const Tensor q = test::random_tensor({1, H, L, D}, rng, -10.0f, 10.0f);
+  const Tensor k = test::random_tensor({1, H, L, D}, rng), v = test::random_tensor({1, H, L, L}, rng);
+  Tensor d_out({1, H, L, L});
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < L; ++i) d_out.f32()[(h * L + i) * L + i] = 1.0f;
+  for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight})
+    for (auto level : test::simd_levels()) {
+      SCOPED_TRACE(std::string(causal == CausalAlignment::kNone ? "non-causal" : "causal") +
+                   " simd=" + detail::simd_level_name(level));
+      test::SimdGuard guard(level);
+      AttentionOptions o;
+      o.impl = AttentionImpl::kFused;
+      o.scale = 2.0f;
+      o.causal = causal;
+      o.return_lse = true;
+      const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
+      const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+      double worst = 0.0;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < L; ++i) {
+          double weights = 0.0;
+          for (int64_t j = 0; j < L; ++j) weights += g.dv.f32()[(h * L + j) * L + i];
+          worst = std::max(worst, std::abs(weights - 1.0));
+        }
+      // what is left: the lse's float32 rounding at |lse| ≈ 340 (half an ulp, 1.5e-5) and its conversion to base 2
+      // (about as much): measured 2.1e-5, where the scores summed otherwise gave 2.8e-4
+      EXPECT_LE(worst, 5e-5);
+    }
+}
+
 }  // namespace
 }  // namespace attn

@@ -53,6 +53,8 @@ struct BackwardPlan {
   // every head's O, dO and Q before the tasks: with many short heads they were out of the caches again by the time
   // the tasks read them), and, where D is whole vectors (dq_in_place), adds dQ into dq itself (no dQ buffer, no copy).
   bool own_rows = false, dq_in_place = false;
+  // the scores' factor scale·log2(e), as the forward's (score_scaling): carried by the packed keys, or after
+  ScoreScaling scaling;
 };
 
 BackwardPlan plan_backward(const AttentionProblem& p) {
@@ -76,6 +78,7 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   const int64_t pass_bytes =
       p.group() * p.Lq * (2 * plan.Dp + plan.Dp + plan.Dvp) * static_cast<int64_t>(sizeof(float));
   plan.span = backward_span(block_bytes, pass_bytes);
+  plan.scaling = score_scaling(p.scale * kLog2e, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D);
   return plan;
 }
 
@@ -197,7 +200,8 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
     return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n;
   };
-  // S = Q·Kᵀ (scaled below) and dP̃ = dO·Vᵀ, [rows, ≤ n rounded up to whole vectors]
+  // S = Q·(operand·K)ᵀ (the forward's base-2 scores, bit for bit, once times scaling.after) and dP̃ = dO·Vᵀ,
+  // [rows, ≤ n rounded up to whole vectors]
   const auto scores = [&](int64_t r, int64_t block, int64_t cols) {
     gemm_abt_panels(q + r * q_rs, q_rs, kb.kt, kb.cols, p.D, block, cols, ws.s.data() + r * kBk, kBk);
     gemm_abt_panels(dout + r * dout_rs, dout_rs, kb.vt, kb.cols, p.Dv, block, cols, ws.ds.data() + r * kBk, kBk);
@@ -220,7 +224,7 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
     float* pt = ws.pt.data() + r * kBk;
     // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
     const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
-    row_grads(p, b, h, i0 + r, j0, len, masked, row_lse[r], row_delta[r], s, dp, pt);
+    row_grads(p, b, h, i0 + r, j0, len, masked, plan.scaling.after, row_lse[r], row_delta[r], s, dp, pt);
     if (len < n) {  // the diagonal's update steps may read up to the tile's last row's keys
       std::fill(s + len, s + n, 0.0f);
       std::fill(dp + len, dp + n, 0.0f);
@@ -296,7 +300,7 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
         kb.all_padding = all_padding(p, b, kb.j0, kb.n);
         if (kb.all_padding) continue;
         kb.cols = round_up(kb.n, Tiles::kScoreVecs * W);
-        pack_panels(k, p.k_sl, kb.j0, kb.n, p.D, kb.cols, kb.kt);
+        pack_panels(k, p.k_sl, kb.j0, kb.n, p.D, kb.cols, kb.kt, plan.scaling.operand);
         pack_panels(v, p.v_sl, kb.j0, kb.n, p.Dv, kb.cols, kb.vt);
         kb.keys_finite = all_finite(k + kb.j0 * p.k_sl, p.k_sl, kb.n, p.D);
         kb.keys = k + kb.j0 * p.k_sl, kb.k_rs = p.k_sl;

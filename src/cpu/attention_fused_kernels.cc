@@ -511,11 +511,10 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
   const float f = p.scale * kLog2e;
-  const bool overflows = std::fabs(f) > 1.0f &&
-                         (plan.keys_packed ? scaling_overflows(p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D, f)
-                                           : scaling_overflows(p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D, f));
-  plan.operand = overflows ? 1.0f : f;
-  plan.after = overflows ? f : 1.0f;
+  const ScoreScaling scaling = plan.keys_packed ? score_scaling(f, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D)
+                                                : score_scaling(f, p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D);
+  plan.operand = scaling.operand;
+  plan.after = scaling.after;
   return plan;
 }
 

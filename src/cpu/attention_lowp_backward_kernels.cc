@@ -206,7 +206,7 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
     float* pt = ws.pt.data() + r * kBk;
     // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
     const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
-    row_grads(p, b, h, i0 + r, j0, len, masked, row_lse[r], row_delta[r], s, dp, pt);
+    row_grads(p, b, h, i0 + r, j0, len, masked, p.scale * kLog2e, row_lse[r], row_delta[r], s, dp, pt);
     std::fill(s + len, s + cols, 0.0f);  // the keys past len weigh nothing in the pairs below
     std::fill(dp + len, dp + cols, 0.0f);
     if (dropout) std::fill(pt + len, pt + cols, 0.0f);

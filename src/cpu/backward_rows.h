@@ -208,17 +208,19 @@ inline int64_t tile_keys(const AttentionProblem& p, int64_t i0, int64_t rows, in
   return n_tile;
 }
 
-// One row of a backward tile over keys [j0, j0 + len): its raw scores s (unscaled Q·Kᵀ) and dP̃ (dp) in; P (s),
-// P̃ (pt, with dropout) and dS = scale · P ⊙ (dP − Δ) (dp) out, in place. masked: the tile needs the masking rule,
-// which works on scaled scores (here in base 2, as the forward's); lse and delta: the row's.
+// One row of a backward tile over keys [j0, j0 + len): its scores s and dP̃ (dp) in; P (s), P̃ (pt, with dropout) and
+// dS = scale · P ⊙ (dP − Δ) (dp) out, in place. scale2 times s gives the base-2 scores (the float32 backward's s
+// already are, as its forward's: scale2 = 1 unless ScoreScaling::after; the 16-bit backward's are Q·Kᵀ: scale·log2 e).
+// masked: the tile needs the masking rule, which works on base-2 scores, as the forward's; lse and delta: the row's.
 inline void row_grads(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t len, bool masked,
-                      float lse, float delta, float* s, float* dp, float* pt) {
-  const float scale2 = p.scale * kLog2e;
+                      float scale2, float lse, float delta, float* s, float* dp, float* pt) {
   if (masked) {
-    const Vec sv = Vec::set1(scale2);
-    int64_t j = 0;
-    for (; j + W <= len; j += W) (Vec::load(s + j) * sv).store(s + j);
-    for (; j < len; ++j) s[j] *= scale2;
+    if (scale2 != 1.0f) {
+      const Vec sv = Vec::set1(scale2);
+      int64_t j = 0;
+      for (; j + W <= len; j += W) (Vec::load(s + j) * sv).store(s + j);
+      for (; j < len; ++j) s[j] *= scale2;
+    }
     mask_row_segment(p, b, h, i, j0, j0 + len, s, kLog2e);
   }
   if (p.dropout.active() && std::isfinite(lse)) {  // a key block lies in one dropout group (128 keys)

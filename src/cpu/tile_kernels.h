@@ -226,6 +226,21 @@ inline bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl
   return false;
 }
 
+// The factor f = scale·log2(e) that makes Q·Kᵀ base-2 scores: carried by the packed operand x (K, or the few-query
+// path's Q), `operand`; or, where that product would overflow a finite element (|f| > 1 and an element beyond FLT_MAX
+// over it: the true scores may still be moderate), by every score after the product, `after`. The float32 forward
+// and backward decide it alike and pack K alike, so that the backward's recomputed scores are bitwise the forward's:
+// P = exp2(S − lse) then sums to 1 over a row, where a backward that applied the scale after the product got weights
+// summing to 1 ± 3e-4 at scores in the hundreds (Backward.RecomputedWeightsSumToOneWhereTheScoresAreLarge).
+struct ScoreScaling {
+  float operand = 1.0f, after = 1.0f;
+};
+inline ScoreScaling score_scaling(float f, const float* x, int64_t sb, int64_t sh, int64_t sl, int64_t B, int64_t H,
+                                  int64_t L, int64_t D) {
+  if (std::fabs(f) > 1.0f && scaling_overflows(x, sb, sh, sl, B, H, L, D, f)) return {1.0f, f};
+  return {f, 1.0f};
+}
+
 // Are a task's kept row sums l [rows] and accumulators acc [rows, width] (row stride acc_rs) all finite? One pass for
 // all its rows (a check per row, 64 of them, cost 1–2% of the causal forward at L 256); only where it fails need the
 // caller look for the rows to redo.
