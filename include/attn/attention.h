@@ -66,7 +66,8 @@ struct AttentionOptions {
   CausalAlignment causal = CausalAlignment::kNone;
   // Sliding window: with causal set, each query sees only its last `window` keys. 0 = no window.
   int64_t window = 0;
-  // ALiBi: alibi_slopes [H] float32; adds −slope_h · |i + offset − j| to each score.
+  // ALiBi: alibi_slopes [H] float32; adds −slope_h · |i + offset − j| to each score (offset Lk − Lq unless kTopLeft,
+  // without a causal mask too: FlashAttention's positions, queries aligned to the keys' end).
   Tensor alibi_slopes;
   // Attention-weight dropout (training), as PyTorch's dropout_p: after the softmax each weight is zeroed
   // with probability dropout_p and the survivors are scaled by 1/(1 − dropout_p). Which weights survive is a

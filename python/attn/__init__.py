@@ -103,7 +103,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     dropout_p must be 0 (inference).
     Extras: causal_alignment='top-left'|'bottom-right' (bottom-right: query i sees j <= i + Lk - Lq;
     setting it implies causal), key_padding_mask (B, Lk) bool True = padding, window (sliding window,
-    with causal), alibi_slopes (H,), return_weights (then returns (output, weights (..., H, Lq, Lk))).
+    with causal), alibi_slopes (H,) (adds -slope * |i + Lk - Lq - j|; |i - j| with 'top-left'), return_weights
+    (then returns (output, weights (..., H, Lq, Lk))).
     A query row whose keys are all masked gives 0 (PyTorch gives NaN).
     Low precision: query, key and value all float16 (NumPy) or all bfloat16 (ml_dtypes.bfloat16 arrays, or torch
     bfloat16 tensors) run attn's 16-bit kernel (float32 sums) and return the output in that dtype (bfloat16 as

@@ -255,7 +255,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     enable_gqa: allow H to be a multiple of Hkv (grouped-query attention, K/V never repeated in memory).
     Extras: causal_alignment 'top-left' | 'bottom-right' (query i sees j <= i + Lk - Lq; setting it implies
     causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
-    alibi_slopes (H,) float32. A row whose keys are all masked gives 0 (PyTorch: NaN).
+    alibi_slopes (H,) float32 (adds -slope * |i + Lk - Lq - j|, FlashAttention's positions; |i - j| with 'top-left').
+    A row whose keys are all masked gives 0 (PyTorch: NaN).
     Differentiable in query, key and value.
     """
     if isinstance(query, torch.Tensor) and query.is_cuda:
@@ -315,8 +316,11 @@ class MultiheadAttention(nn.Module):
       attn_output like query. attn_weights (N, L, S) averaged over heads, or (N, H, L, S) with
       average_attn_weights=False (unbatched: without N); not differentiable, before dropout.
       key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
-      bool True = NOT allowed to attend, or float added. is_causal: a causal (top-left) mask is applied
-      (with attn_mask, both apply: PyTorch takes is_causal as a hint that attn_mask is causal).
+      bool True = NOT allowed to attend, or float added. is_causal: a causal (top-left) mask is applied. With
+      attn_mask, as nn.MultiheadAttention (which takes is_causal as a hint that attn_mask is causal): attn_mask
+      alone where weights are returned or key_padding_mask is given, else the causal mask alone. (The two differ
+      only for an attn_mask that is not causal, or for the keys add_bias_kv and add_zero_attn append: attn_mask's
+      padding leaves those visible to every query, the causal mask hides them from the first queries.)
     """
 
     __constants__ = ["batch_first"]
@@ -431,6 +435,11 @@ class MultiheadAttention(nn.Module):
         if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
             raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} "
                              "disagree in batch size or key length")
+        if is_causal and attn_mask is not None:  # nn.MultiheadAttention takes is_causal as a hint about attn_mask:
+            if key_padding_mask is None and not need_weights:
+                attn_mask = None  # its fast path applies the causal mask alone, over every key (bias_k's, the zero one)
+            else:
+                is_causal = False  # else attn_mask alone (padded for bias_k and the zero key: every query sees those)
         q, k, v = self._project(query, key, value)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, -1)], dim=1)

@@ -358,6 +358,26 @@ def test_mha_matches_nn_multihead_attention(name):
     assert w2 is None and (y2 - y).abs().max() < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask")
+def test_mha_is_causal_with_appended_keys_follows_both_pytorch_paths():
+    # nn.MultiheadAttention takes is_causal as a hint about attn_mask: where it returns weights (or has a key padding
+    # mask) it applies attn_mask, padded so that bias_k's key and the zero key are seen by every query; else its
+    # fast path applies SDPA's causal mask alone over every key, which hides them from the first queries.
+    L, N = 6, 2
+    for kw in ({"add_bias_kv": True}, {"add_zero_attn": True}):
+        ours, theirs = twins(8, 2, batch_first=True, **kw)
+        x = randn(N, L, 8, seed=4, grad=False)
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(L)
+        for need_weights in (True, False):
+            y = ours(x, x, x, attn_mask=mask, is_causal=True, need_weights=need_weights)[0]
+            yt = theirs(x, x, x, attn_mask=mask, is_causal=True, need_weights=need_weights)[0]
+            assert (y - yt).abs().max() < 1e-5, (kw, need_weights)
+        kpm = torch.zeros(N, L, dtype=torch.bool)
+        y = ours(x, x, x, attn_mask=mask, is_causal=True, need_weights=False, key_padding_mask=kpm)[0]
+        yt = theirs(x, x, x, attn_mask=mask, is_causal=True, need_weights=False, key_padding_mask=kpm)[0]
+        assert (y - yt).abs().max() < 1e-5, (kw, "key_padding_mask")
+
+
 def test_mha_gradients_match_float64_pytorch():
     ours, theirs = twins(16, 4, batch_first=True)
     theirs.double()
