@@ -391,36 +391,38 @@ TEST(Backward, OverwritesGradientBuffersThatHeldAnything) {
 // carries a float32 rounding error of ~1e-4 there, and a backward that summed Q·Kᵀ otherwise than the forward (the
 // scale applied after the product instead of carried by the packed keys) gave rows whose weights summed to 1 ± 3e-4.
 TEST(Backward, RecomputedWeightsSumToOneWhereTheScoresAreLarge) {
-  std::mt19937 rng(17);
-  const int64_t H = 2, L = 64, D = 256;
-  const Tensor q = test::random_tensor({1, H, L, D}, rng, -10.0f, 10.0f);
-  const Tensor k = test::random_tensor({1, H, L, D}, rng), v = test::random_tensor({1, H, L, L}, rng);
-  Tensor d_out({1, H, L, L});
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < L; ++i) d_out.f32()[(h * L + i) * L + i] = 1.0f;
-  for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight})
-    for (auto level : test::simd_levels()) {
-      SCOPED_TRACE(std::string(causal == CausalAlignment::kNone ? "non-causal" : "causal") +
-                   " simd=" + detail::simd_level_name(level));
-      test::SimdGuard guard(level);
-      AttentionOptions o;
-      o.impl = AttentionImpl::kFused;
-      o.scale = 2.0f;
-      o.causal = causal;
-      o.return_lse = true;
-      const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
-      const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
-      double worst = 0.0;
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < L; ++i) {
-          double weights = 0.0;
-          for (int64_t j = 0; j < L; ++j) weights += g.dv.f32()[(h * L + j) * L + i];
-          worst = std::max(worst, std::abs(weights - 1.0));
-        }
-      // what is left: the lse's float32 rounding at |lse| ≈ 340 (half an ulp, 1.5e-5) and its conversion to base 2
-      // (about as much): measured 2.1e-5, where the scores summed otherwise gave 2.8e-4
-      EXPECT_LE(worst, 5e-5);
-    }
+  const int64_t Lk = 64, D = 256;
+  for (int64_t Lq : {64, 4})  // 4: the forward's few-query path (dot products of the scaled queries with K's rows)
+    for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight})
+      for (auto level : test::simd_levels()) {
+        SCOPED_TRACE("Lq " + std::to_string(Lq) + (causal == CausalAlignment::kNone ? " non-causal" : " causal") +
+                     " simd=" + detail::simd_level_name(level));
+        test::SimdGuard guard(level);
+        const int64_t H = Lq == 4 ? 32 : 2;  // 128 rows either way
+        std::mt19937 rng(17);
+        const Tensor q = test::random_tensor({1, H, Lq, D}, rng, -10.0f, 10.0f);
+        const Tensor k = test::random_tensor({1, H, Lk, D}, rng), v = test::random_tensor({1, H, Lk, Lq}, rng);
+        Tensor d_out({1, H, Lq, Lq});
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < Lq; ++i) d_out.f32()[(h * Lq + i) * Lq + i] = 1.0f;
+        AttentionOptions o;
+        o.impl = AttentionImpl::kFused;
+        o.scale = 2.0f;
+        o.causal = causal;
+        o.return_lse = true;
+        const AttentionResult fwd = scaled_dot_product_attention(q, k, v, o);
+        const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+        double worst = 0.0;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < Lq; ++i) {
+            double weights = 0.0;
+            for (int64_t j = 0; j < Lk; ++j) weights += g.dv.f32()[(h * Lk + j) * Lq + i];
+            worst = std::max(worst, std::abs(weights - 1.0));
+          }
+        // what is left: the lse's float32 rounding at |lse| ≈ 340 (half an ulp, 1.5e-5) and its conversion to base
+        // 2 (about as much): measured 2.1e-5, where the scores summed otherwise gave 2.8e-4
+        EXPECT_LE(worst, 5e-5);
+      }
 }
 
 }  // namespace

@@ -53,7 +53,10 @@ struct BackwardPlan {
   // every head's O, dO and Q before the tasks: with many short heads they were out of the caches again by the time
   // the tasks read them), and, where D is whole vectors (dq_in_place), adds dQ into dq itself (no dQ buffer, no copy).
   bool own_rows = false, dq_in_place = false;
-  // the scores' factor scale·log2(e), as the forward's (score_scaling): carried by the packed keys, or after
+  // The scores as the forward's, bit for bit: at most kFewQueries queries by dot products of the queries times the
+  // operand with K's rows (scores_by_dot), else Q times the packed operand·Kᵀ; the factor scale·log2(e) carried by
+  // that operand or applied after (score_scaling, decided on the same tensor as the forward's).
+  bool scores_by_dot = false;
   ScoreScaling scaling;
 };
 
@@ -78,7 +81,10 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   const int64_t pass_bytes =
       p.group() * p.Lq * (2 * plan.Dp + plan.Dp + plan.Dvp) * static_cast<int64_t>(sizeof(float));
   plan.span = backward_span(block_bytes, pass_bytes);
-  plan.scaling = score_scaling(p.scale * kLog2e, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D);
+  plan.scores_by_dot = p.Lq <= kFewQueries;
+  const float f = p.scale * kLog2e;
+  plan.scaling = plan.scores_by_dot ? score_scaling(f, p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D)
+                                    : score_scaling(f, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D);
   return plan;
 }
 
@@ -90,6 +96,7 @@ struct BackwardWorkspace {
   AlignedVector<float> dk, dv;     // [span][kBk, Dp], [span][kBk, Dvp] its gradients
   AlignedVector<float> q, dout;    // [kBq, Dp], [kBq, Dvp]  the query tile's Q and dO (when packed)
   AlignedVector<float> s, pt, ds;  // [kBq, kBk] ×3         P, P̃ (with dropout), dP then dS
+  AlignedVector<float> qs;         // [kFewQueries, D]      the queries times the operand (scores_by_dot)
   void reserve(const BackwardPlan& plan) {
     auto grow = [](auto& b, int64_t n) {
       if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
@@ -100,6 +107,7 @@ struct BackwardWorkspace {
     grow(s, kBq * kBk);
     grow(pt, kBq * kBk);
     grow(ds, kBq * kBk);
+    grow(qs, kFewQueries * plan.Dp);
   }
 };
 
@@ -200,10 +208,23 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
   const auto visible = [&](int64_t r) {  // the keys of the block row r may see: a prefix
     return diagonal ? visible_prefix(p, i0 + r, 1, j0, n) : n;
   };
-  // S = Q·(operand·K)ᵀ (the forward's base-2 scores, bit for bit, once times scaling.after) and dP̃ = dO·Vᵀ,
-  // [rows, ≤ n rounded up to whole vectors]
+  // S, the forward's base-2 scores bit for bit (BackwardPlan::scores_by_dot, scaling), and dP̃ = dO·Vᵀ, [rows, ≤ n
+  // rounded up to whole vectors]
+  const float after = plan.scaling.after;
   const auto scores = [&](int64_t r, int64_t block, int64_t cols) {
-    gemm_abt_panels(q + r * q_rs, q_rs, kb.kt, kb.cols, p.D, block, cols, ws.s.data() + r * kBk, kBk);
+    float* const s = ws.s.data() + r * kBk;
+    if (plan.scores_by_dot) {  // (pack_queries and compute_scores' few-query path, attention_fused_kernels.cc)
+      for (int64_t i = 0; i < block; ++i) {
+        float* qs = ws.qs.data() + i * p.D;
+        for (int64_t d = 0; d < p.D; ++d) qs[d] = q[(r + i) * q_rs + d] * plan.scaling.operand;
+        for (int64_t j = 0; j < cols; ++j)
+          s[i * kBk + j] = j < kb.n ? after * dot(qs, kb.keys + j * kb.k_rs, p.D) : 0.0f;
+      }
+    } else {
+      gemm_abt_panels(q + r * q_rs, q_rs, kb.kt, kb.cols, p.D, block, cols, s, kBk);
+      for (int64_t i = 0; i < block && after != 1.0f; ++i)  // (compute_scores' scale_after)
+        for (int64_t j = 0; j < cols; j += W) (Vec::load(s + i * kBk + j) * Vec::set1(after)).store(s + i * kBk + j);
+    }
     gemm_abt_panels(dout + r * dout_rs, dout_rs, kb.vt, kb.cols, p.Dv, block, cols, ws.ds.data() + r * kBk, kBk);
   };
   if (!diagonal) {
@@ -224,7 +245,7 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
     float* pt = ws.pt.data() + r * kBk;
     // this row's entries: its visible keys rounded up to whole vectors (the rest of them hidden by the mask)
     const int64_t len = diagonal ? std::min(n, round_up(visible(r), W)) : n;
-    row_grads(p, b, h, i0 + r, j0, len, masked, plan.scaling.after, row_lse[r], row_delta[r], s, dp, pt);
+    row_grads(p, b, h, i0 + r, j0, len, masked, 1.0f, row_lse[r], row_delta[r], s, dp, pt);
     if (len < n) {  // the diagonal's update steps may read up to the tile's last row's keys
       std::fill(s + len, s + n, 0.0f);
       std::fill(dp + len, dp + n, 0.0f);
@@ -300,7 +321,7 @@ void run_key_blocks(const AttentionProblem& p, const AttentionGradients& g, cons
         kb.all_padding = all_padding(p, b, kb.j0, kb.n);
         if (kb.all_padding) continue;
         kb.cols = round_up(kb.n, Tiles::kScoreVecs * W);
-        pack_panels(k, p.k_sl, kb.j0, kb.n, p.D, kb.cols, kb.kt, plan.scaling.operand);
+        if (!plan.scores_by_dot) pack_panels(k, p.k_sl, kb.j0, kb.n, p.D, kb.cols, kb.kt, plan.scaling.operand);
         pack_panels(v, p.v_sl, kb.j0, kb.n, p.Dv, kb.cols, kb.vt);
         kb.keys_finite = all_finite(k + kb.j0 * p.k_sl, p.k_sl, kb.n, p.D);
         kb.keys = k + kb.j0 * p.k_sl, kb.k_rs = p.k_sl;

@@ -97,15 +97,6 @@ Workspace& thread_workspace() {
   return ws;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  Vec acc = Vec::zero();
-  int64_t d = 0;
-  for (; d + W <= n; d += W) acc = Vec::fmadd(Vec::load(a + d), Vec::load(b + d), acc);
-  float s = acc.reduce_add();
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
-
 // A packed key tile of n keys is [D, packed_width(n)] in panels: its keys padded to whole vectors only (gemm_abt_panels
 // takes any multiple of W columns), so a short sequence (L = 16) packs 16 columns, not kBk.
 int64_t packed_width(int64_t n) { return round_up(n, W); }
@@ -486,7 +477,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   // costs more than the work.
   if (2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv) < (int64_t{1} << 18)) plan.threads = 1;
   plan.Dvp = round_up(p.Dv, W);
-  plan.keys_packed = p.Lq > 4;
+  plan.keys_packed = p.Lq > kFewQueries;
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
   // Many short heads whose packed keys together outgrow the caches (an encoder's batch): each task takes a whole head

@@ -210,7 +210,7 @@ inline int64_t tile_keys(const AttentionProblem& p, int64_t i0, int64_t rows, in
 
 // One row of a backward tile over keys [j0, j0 + len): its scores s and dP̃ (dp) in; P (s), P̃ (pt, with dropout) and
 // dS = scale · P ⊙ (dP − Δ) (dp) out, in place. scale2 times s gives the base-2 scores (the float32 backward's s
-// already are, as its forward's: scale2 = 1 unless ScoreScaling::after; the 16-bit backward's are Q·Kᵀ: scale·log2 e).
+// already are, as its forward's: scale2 = 1; the 16-bit backward's are Q·Kᵀ: scale·log2 e).
 // masked: the tile needs the masking rule, which works on base-2 scores, as the forward's; lse and delta: the row's.
 inline void row_grads(const AttentionProblem& p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t len, bool masked,
                       float scale2, float lse, float delta, float* s, float* dp, float* pt) {

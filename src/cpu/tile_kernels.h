@@ -226,12 +226,24 @@ inline bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl
   return false;
 }
 
-// The factor f = scale·log2(e) that makes Q·Kᵀ base-2 scores: carried by the packed operand x (K, or the few-query
-// path's Q), `operand`; or, where that product would overflow a finite element (|f| > 1 and an element beyond FLT_MAX
-// over it: the true scores may still be moderate), by every score after the product, `after`. The float32 forward
-// and backward decide it alike and pack K alike, so that the backward's recomputed scores are bitwise the forward's:
+// The factor f = scale·log2(e) that makes Q·Kᵀ base-2 scores: carried by the operand x (K packed, or the few queries),
+// `operand`; or, where that product would overflow a finite element (|f| > 1 and an element beyond FLT_MAX over it:
+// the true scores may still be moderate), by every score after the product, `after`. The float32 forward and backward
+// decide it alike and take the same products in the same order, so that the backward's recomputed scores are bitwise
+// the forward's:
 // P = exp2(S − lse) then sums to 1 over a row, where a backward that applied the scale after the product got weights
 // summing to 1 ± 3e-4 at scores in the hundreds (Backward.RecomputedWeightsSumToOneWhereTheScoresAreLarge).
+// The float32 forward scores at most kFewQueries queries (decode, a pooling query) by dot products of its queries,
+// times the operand, with K's rows (no packing of K for so few); the backward then scores them the same way.
+inline constexpr int64_t kFewQueries = 4;
+inline float dot(const float* a, const float* b, int64_t n) {
+  Vec acc = Vec::zero();
+  int64_t d = 0;
+  for (; d + W <= n; d += W) acc = Vec::fmadd(Vec::load(a + d), Vec::load(b + d), acc);
+  float s = acc.reduce_add();
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
 struct ScoreScaling {
   float operand = 1.0f, after = 1.0f;
 };
