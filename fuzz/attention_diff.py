@@ -28,6 +28,7 @@ import time
 
 import torch
 
+import attn
 import attn.torch as at
 
 # bound on the normalised error (output, gradients) per dtype: float32 sums of ~thousands of terms; 16-bit inputs
@@ -75,6 +76,9 @@ def draw(rng):
     c["magnitude"] = rng.choice([0.3, 1.0, 1.0, 3.0, 10.0])
     c["strided"] = rng.random() < 0.25
     c["threads"] = rng.choice([1, 2])
+    # also through the NumPy module (its own binding: strides, dtypes), with the weights, on one implementation
+    c["numpy"] = rng.random() < 0.3
+    c["impl"] = rng.choice(["auto", "fused", "unfused", "reference"])
     return c
 
 
@@ -181,6 +185,23 @@ def flash_gradients(c, q, k, v, mask, kpm, alibi, w, dtype):
     return dq, dk, dv
 
 
+def numpy_call(c, q, k, v, mask, kpm, alibi):
+    """attn.scaled_dot_product_attention on NumPy views of the same inputs (bfloat16 as torch tensors, which it takes
+    too); returns (output, weights) as torch tensors."""
+    def arr(t):
+        return t if t.dtype == torch.bfloat16 else t.detach().numpy()
+
+    out, weights = attn.scaled_dot_product_attention(
+        arr(q), arr(k), arr(v), attn_mask=None if mask is None else mask.float().numpy() if mask.is_floating_point()
+        else mask.numpy(), scale=c["scale"], enable_gqa=c["group"] > 1,
+        causal_alignment=None if c["causal"] == "none" else c["causal"],
+        key_padding_mask=None if kpm is None else kpm.numpy(), window=c["window"],
+        alibi_slopes=None if alibi is None else alibi.numpy(), return_weights=True, impl=c["impl"],
+        num_threads=c["threads"])
+    as_tensor = (lambda a: torch.from_numpy(a.astype("float32")))
+    return as_tensor(out), torch.from_numpy(weights)
+
+
 def run_case(c):
     """(output error, gradient error, bounds) of one configuration."""
     torch.set_num_threads(c["threads"])
@@ -202,6 +223,11 @@ def run_case(c):
             return math.inf
         return ((a.double() - r).abs().max() / max(1.0, r.abs().max().item())).item() if r.numel() else 0.0
 
+    e_out = err(out, ref)
+    if c.get("numpy"):  # the output and the weights (float32) from attn's NumPy module, on c["impl"]
+        numpy_out, weights = numpy_call(c, q, k, v, mask, kpm, alibi)
+        _, p = reference(c, q, k, v, mask, kpm, alibi, probabilities=True)
+        e_out = max(e_out, err(numpy_out, ref), err(weights, p))
     # the bound: the dtype's, or 10x what float32 arithmetic alone gives on this case, whichever is larger (large
     # scores and cancelling gradient terms cost float32 digits in any implementation)
     base_out, base_grad = BOUNDS[c["dtype"]]
@@ -209,8 +235,12 @@ def run_case(c):
     # (the 16-bit floor is the rounded output's: 3x, not 10x, so that it stays a bound where it is large)
     flash_floor = max(err(a, r) for a, r in zip(flash, rgrads)) * (10 if c["dtype"] == "f32" else 3)
     grad_floor = max(10 * max(err(a, r) for a, r in zip(grads32, rgrads)), flash_floor)
-    bounds = (max(base_out, 10 * err(ref32, ref)), max(base_grad, grad_floor))
-    return err(out, ref), max(err(a, r) for a, r in zip(grads, rgrads)), bounds
+    # scores of magnitude |S| carry float32 errors of |S|·2^-24 in the exponent, whatever sums them
+    kr = k.double().repeat_interleave(c["group"], dim=1)
+    scale = c["scale"] if c["scale"] is not None else 1 / math.sqrt(q.shape[-1])
+    smax = (q.double() @ kr.transpose(-1, -2)).abs().max().item() * scale if q.numel() and kr.numel() else 0.0
+    bounds = (max(base_out, 10 * err(ref32, ref), 16 * 2.0**-24 * smax), max(base_grad, grad_floor))
+    return e_out, max(err(a, r) for a, r in zip(grads, rgrads)), bounds
 
 
 def fuzz(seed, seconds=math.inf, cases=None, max_cost=1.5e8, failures=None, log=print):
