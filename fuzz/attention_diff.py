@@ -271,14 +271,20 @@ def fuzz(seed, seconds=math.inf, cases=None, max_cost=1.5e8, failures=None, log=
     return failed
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fuzz_arguments(description):
+    """The arguments both fuzzers take (fuzz/mha_diff.py too)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--cases", type=int, default=None, help="stop after this many cases (a fixed seed: a fixed set)")
     ap.add_argument("--seed", type=int, default=None, help="the draw's seed (default: from the clock)")
+    ap.add_argument("--replay", default=None, help="one configuration, as a printed JSON line")
+    return ap
+
+
+def main():
+    ap = fuzz_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--max-cost", type=float, default=1.5e8, help="skip configurations above B*H*Lq*Lk*(D+Dv)")
     ap.add_argument("--failures", default=None, help="append each failing configuration (JSON line) to this file")
-    ap.add_argument("--replay", default=None, help="one configuration, as a printed JSON line")
     args = ap.parse_args()
     if args.replay:
         c = json.loads(args.replay)

@@ -15,7 +15,6 @@ gradients' errors are relative to the case's largest gradient (see run_case).
 
 tests/python/test_attention_fuzz.py runs a fixed set of 500 cases (a fixed seed) in every test run.
 """
-import argparse
 import json
 import math
 import random
@@ -26,6 +25,7 @@ import warnings
 import torch
 
 import attn.torch as at
+from attention_diff import fuzz_arguments  # (this directory)
 
 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 warnings.filterwarnings("ignore", message=".*is_causal.*")
@@ -183,12 +183,7 @@ def fuzz(seed, seconds=math.inf, cases=None, log=print):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--cases", type=int, default=None, help="stop after this many cases (a fixed seed: a fixed set)")
-    ap.add_argument("--seed", type=int, default=None, help="the draw's seed (default: from the clock)")
-    ap.add_argument("--replay", default=None, help="one configuration, as a printed JSON line")
-    args = ap.parse_args()
+    args = fuzz_arguments(__doc__.split("\n\n")[0]).parse_args()
     if args.replay:
         worst = run_case(json.loads(args.replay))
         print(f"worst error / bound {worst}")
