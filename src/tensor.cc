@@ -71,10 +71,12 @@ namespace {
 
 // A tensor of kHugePagesFrom bytes or more asks the kernel for 2 MB pages (transparent huge pages, where the kernel's
 // policy is `madvise`, as Debian's and Ubuntu's are; `always` gives them anyway, `never` none), for the whole 2 MB
-// pages inside it. glibc maps such blocks fresh on every allocation (above its mmap threshold, at most 32 MB), and each
-// 4 KB page of a fresh mapping faults on its first write: a backward whose dK and dV take 128 MB (H 32, 4 queries over
+// pages inside it. glibc maps a block above its mmap threshold fresh on every allocation (the threshold grows with the
+// blocks freed, to 32 MB at most; smaller blocks come from the heap, where the advice is harmless), and each 4 KB page
+// of a fresh mapping faults on its first write: a backward whose dK and dV take 128 MB (H 32, 4 queries over
 // 4096 keys, D 128) spent two thirds of its time in page faults; a forward whose output takes 32 MB (B·H 256, L 256,
-// D 128) 19% (Zen 5, 1 thread, same-built A/B: 2.8× and +23% with them). ATTN_HUGE_PAGES=0 keeps 4 KB pages.
+// D 128) 19% (Zen 5, 1 thread, same-built A/B: 2.7× and +21% with them). Where the kernel's THP defrag policy compacts
+// memory on such a fault (`madvise`), a fault may wait for that; ATTN_HUGE_PAGES=0 keeps 4 KB pages.
 // (PyTorch asks the same with THP_MEM_ALLOC_ENABLE=1, which bench/malloc_policy.py gives the peer.)
 constexpr size_t kHugePagesFrom = size_t{4} << 20;
 [[maybe_unused]] void ask_for_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] size_t nbytes) {

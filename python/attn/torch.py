@@ -437,7 +437,7 @@ class MultiheadAttention(nn.Module):
                              "disagree in batch size or key length")
         if is_causal and attn_mask is not None:  # nn.MultiheadAttention takes is_causal as a hint about attn_mask:
             if key_padding_mask is None and not need_weights:
-                attn_mask = None  # its fast path applies the causal mask alone, over every key (bias_k's, the zero one)
+                attn_mask = None  # its SDPA branch: the causal mask alone, over every key (bias_k's, the zero one)
             else:
                 is_causal = False  # else attn_mask alone (padded for bias_k and the zero key: every query sees those)
         q, k, v = self._project(query, key, value)

@@ -497,7 +497,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   if (plan.task_keys) plan.task_group = std::clamp<int64_t>(plan.tile_tasks / (4 * plan.threads), 1, 4);
   plan.pack_pass = plan.keys_packed && !plan.task_keys && !forced_packing_by_tasks();
   // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
-  if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)
+  if (p.Lq <= kFewQueries && plan.tile_tasks < 2 * plan.threads)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;

@@ -80,7 +80,7 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
   plan.dot = ATTN_LOWP_DOT && T == LowpType::kBFloat16;
   plan.Dp = round_up(std::max<int64_t>(p.D, 1), 2);
   plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
-  plan.keys_packed = p.Lq > 4;
+  plan.keys_packed = p.Lq > kFewQueries;
   // long tasks for long K and V (forward_task_rows), run kBq rows at a time (accumulate_keys). Zen 5, bfloat16, 1
   // thread, H 1, against 64-row tasks: L 32768, D 128 +20% (64 rows: 353 GFLOP/s against 410 at L 16384); L 16384, D
   // 256 +12%

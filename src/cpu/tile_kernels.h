@@ -230,11 +230,11 @@ inline bool scaling_overflows(const float* x, int64_t sb, int64_t sh, int64_t sl
 // `operand`; or, where that product would overflow a finite element (|f| > 1 and an element beyond FLT_MAX over it:
 // the true scores may still be moderate), by every score after the product, `after`. The float32 forward and backward
 // decide it alike and take the same products in the same order, so that the backward's recomputed scores are bitwise
-// the forward's:
+// the forward's (but for a row the forward redoes term by term after a non-finite input, exact_row_state):
 // P = exp2(S − lse) then sums to 1 over a row, where a backward that applied the scale after the product got weights
 // summing to 1 ± 3e-4 at scores in the hundreds (Backward.RecomputedWeightsSumToOneWhereTheScoresAreLarge).
-// The float32 forward scores at most kFewQueries queries (decode, a pooling query) by dot products of its queries,
-// times the operand, with K's rows (no packing of K for so few); the backward then scores them the same way.
+// The forwards score at most kFewQueries queries (decode, a pooling query) by dot products of its queries, times the
+// operand, with K's rows (no packing of K for so few); the float32 backward then scores them the same way.
 inline constexpr int64_t kFewQueries = 4;
 inline float dot(const float* a, const float* b, int64_t n) {
   Vec acc = Vec::zero();

@@ -11,6 +11,14 @@ pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "fuzz"))
 import attention_diff  # noqa: E402
 import mha_diff  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():  # the fuzzers set 1 or 2 threads per case
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_random_configurations_match_float64_pytorch():
