@@ -127,16 +127,20 @@ def inputs(c):
     return q, k, v, mask, kpm, alibi, w
 
 
-def reference(c, q, k, v, mask, kpm, alibi, dtype=torch.float64, probabilities=False):
+def scale_of(c, q):
+    return c["scale"] if c["scale"] is not None else 1 / math.sqrt(q.shape[-1])
+
+
+def reference(c, q, k, v, mask, kpm, alibi, dtype=torch.float64):
     """Attention with attn's masking rules in dtype (float64: the truth; float32: how far float32 arithmetic alone
-    strays on this case); a row that sees no key gives 0 (and no gradient). ALiBi's distance is |i + Lk - Lq - j|
-    unless the alignment is top-left (FlashAttention's convention)."""
+    strays on this case): (output, weights P, the largest |scale·q·k|). A row that sees no key gives 0 (and no
+    gradient). ALiBi's distance is |i + Lk - Lq - j| unless the alignment is top-left (FlashAttention's convention)."""
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if c["group"] > 1:
         k, v = k.repeat_interleave(c["group"], dim=1), v.repeat_interleave(c["group"], dim=1)
     Lq, Lk = q.shape[-2], k.shape[-2]
-    scale = c["scale"] if c["scale"] is not None else 1 / math.sqrt(q.shape[-1])
-    s = q @ k.transpose(-1, -2) * scale
+    s = q @ k.transpose(-1, -2) * scale_of(c, q)
+    smax = s.detach().abs().max().item() if s.numel() else 0.0
     i = torch.arange(Lq)[:, None]
     j = torch.arange(Lk)[None, :]
     offset = 0 if c["causal"] == "top-left" else Lk - Lq
@@ -160,21 +164,21 @@ def reference(c, q, k, v, mask, kpm, alibi, dtype=torch.float64, probabilities=F
     seen = (~hidden).any(-1, keepdim=True)
     s = s.masked_fill(hidden, -math.inf).masked_fill(~seen, 0.0)
     p = torch.softmax(s, dim=-1) * seen
-    return (p @ v, p) if probabilities else p @ v
+    return p @ v, p, smax
 
 
-def flash_gradients(c, q, k, v, mask, kpm, alibi, w, dtype):
+def flash_gradients(c, q, k, v, o, p, w, dtype):
     """The gradients of q, k, v in float32 by FlashAttention-2's backward formulas (what attn's and PyTorch's fused
-    backwards compute): dS = P * (dO V^T - rowsum(dO * O)), with O and dO rounded to dtype first as the 16-bit
-    backwards see them. Where the softmax is nearly one-hot the two terms cancel, and any such backward keeps only
-    float32's (or the 16-bit output's) digits of their difference: this sets the bound's scale there."""
-    q, k, v = q.float(), k.float(), v.float()
+    backwards compute) from the float32 reference's output o and weights p: dS = P * (dO V^T - rowsum(dO * O)), with
+    O and dO rounded to dtype first as the 16-bit backwards see them. Where the softmax is nearly one-hot the two terms
+    cancel, and any such backward keeps only float32's (or the 16-bit output's) digits of their difference: this sets
+    the bound's scale there."""
+    q, k, v, o, p = q.float(), k.float(), v.float(), o.detach(), p.detach()
     kr, vr = k, v
     if c["group"] > 1:
         kr, vr = k.repeat_interleave(c["group"], dim=1), v.repeat_interleave(c["group"], dim=1)
-    o, p = reference(c, q, k, v, mask, kpm, alibi, torch.float32, probabilities=True)
     o, do = o.to(dtype).float(), w.to(dtype).float()
-    scale = c["scale"] if c["scale"] is not None else 1 / math.sqrt(q.shape[-1])
+    scale = scale_of(c, q)
     ds = p * (do @ vr.transpose(-1, -2) - (do * o).sum(-1, keepdim=True))
     dq = scale * ds @ kr
     dk = scale * ds.transpose(-1, -2) @ q
@@ -213,10 +217,10 @@ def run_case(c):
     out = at.scaled_dot_product_attention(*leaves, **kw)
     grads = torch.autograd.grad((out.double() * w).sum(), leaves)
     rleaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref = reference(c, *rleaves, mask, kpm, alibi)
+    ref, p, smax = reference(c, *rleaves, mask, kpm, alibi)
     rgrads = torch.autograd.grad((ref * w).sum(), rleaves)
     leaves32 = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
-    ref32 = reference(c, *leaves32, mask, kpm, alibi, torch.float32)
+    ref32, p32, _ = reference(c, *leaves32, mask, kpm, alibi, torch.float32)
     grads32 = torch.autograd.grad((ref32 * w).sum(), leaves32)
 
     def err(a, r):
@@ -227,12 +231,11 @@ def run_case(c):
     e_out = err(out, ref)
     if c.get("numpy"):  # the output and the weights (float32) from attn's NumPy module, on c["impl"]
         numpy_out, weights = numpy_call(c, q, k, v, mask, kpm, alibi)
-        _, p = reference(c, q, k, v, mask, kpm, alibi, probabilities=True)
-        e_out = max(e_out, err(numpy_out, ref), err(weights, p))
+        e_out = max(e_out, err(numpy_out, ref), err(weights, p.detach()))
     # the bound: the dtype's, or 10x what float32 arithmetic alone gives on this case, whichever is larger (large
     # scores and cancelling gradient terms cost float32 digits in any implementation)
     base_out, base_grad = BOUNDS[c["dtype"]]
-    flash = flash_gradients(c, q, k, v, mask, kpm, alibi, w, DTYPES[c["dtype"]])
+    flash = flash_gradients(c, q, k, v, ref32, p32, w, DTYPES[c["dtype"]])
     # (the 16-bit floor is the rounded output's: 3x, not 10x, so that it stays a bound where it is large)
     def floor(errors):  # a float32 reference that overflowed sets no floor (the dtype's bound stands)
         e = max(errors)
@@ -241,9 +244,6 @@ def run_case(c):
     flash_floor = floor(err(a, r) for a, r in zip(flash, rgrads)) * (10 if c["dtype"] == "f32" else 3)
     grad_floor = max(10 * floor(err(a, r) for a, r in zip(grads32, rgrads)), flash_floor)
     # scores of magnitude |S| carry float32 errors of |S|·2^-24 in the exponent, whatever sums them
-    kr = k.double().repeat_interleave(c["group"], dim=1)
-    scale = c["scale"] if c["scale"] is not None else 1 / math.sqrt(q.shape[-1])
-    smax = (q.double() @ kr.transpose(-1, -2)).abs().max().item() * scale if q.numel() and kr.numel() else 0.0
     bounds = (max(base_out, 10 * floor([err(ref32, ref)]), 16 * 2.0**-24 * smax), max(base_grad, grad_floor))
     return e_out, max(err(a, r) for a, r in zip(grads, rgrads)), bounds
 

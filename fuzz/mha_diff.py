@@ -15,6 +15,7 @@ gradients' errors are relative to the case's largest gradient (see run_case).
 
 tests/python/test_attention_fuzz.py runs a fixed set of 500 cases (a fixed seed) in every test run.
 """
+import copy
 import json
 import math
 import random
@@ -55,7 +56,8 @@ def draw(rng):
 
 
 def build(c):
-    """attn's module, PyTorch's float64 twin with the same state, and the call's arguments (None: an empty row)."""
+    """attn's module, PyTorch's float64 and float32 twins with the same state, and the call's arguments (None: an empty
+    row)."""
     g = torch.Generator().manual_seed(c["seed"])
     E = c["H"] * c["head_dim"]
     kw = dict(bias=c["bias"], add_bias_kv=c["add_bias_kv"], add_zero_attn=c["add_zero_attn"],
@@ -67,8 +69,9 @@ def build(c):
     with torch.no_grad():  # random biases too (nn's initialise them to 0)
         for p in ours.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    theirs = torch.nn.MultiheadAttention(E, c["H"], **kw).double()
-    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    theirs32 = torch.nn.MultiheadAttention(E, c["H"], **kw)  # float32: how far float32 alone strays on the case
+    theirs32.load_state_dict(ours.state_dict())
+    theirs = copy.deepcopy(theirs32).double()
     N, L, S = c["N"], c["L"], c["S"]
 
     def seq(n, d):
@@ -111,7 +114,7 @@ def build(c):
         return None
     args = dict(key_padding_mask=kpm, attn_mask=attn_mask, need_weights=c["need_weights"],
                 average_attn_weights=c["average"], is_causal=c["causal"])
-    return ours, theirs, (query, key, value), args
+    return ours, theirs, theirs32, (query, key, value), args
 
 
 def run_case(c):
@@ -119,12 +122,8 @@ def run_case(c):
     built = build(c)
     if built is None:
         return None
-    ours, theirs, inputs, args = built
+    ours, theirs, theirs32, inputs, args = built
     torch.set_num_threads(c["threads"])
-    theirs32 = torch.nn.MultiheadAttention(ours.embed_dim, ours.num_heads, bias=c["bias"],
-                                           add_bias_kv=c["add_bias_kv"], add_zero_attn=c["add_zero_attn"],
-                                           kdim=ours.kdim, vdim=ours.vdim, batch_first=ours.batch_first)
-    theirs32.load_state_dict(ours.state_dict())
 
     def call(module, dtype):
         xs = [x.to(dtype).requires_grad_(True) for x in inputs]

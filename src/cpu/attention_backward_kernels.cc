@@ -81,10 +81,8 @@ BackwardPlan plan_backward(const AttentionProblem& p) {
   const int64_t pass_bytes =
       p.group() * p.Lq * (2 * plan.Dp + plan.Dp + plan.Dvp) * static_cast<int64_t>(sizeof(float));
   plan.span = backward_span(block_bytes, pass_bytes);
-  plan.scores_by_dot = p.Lq <= kFewQueries;
-  const float f = p.scale * kLog2e;
-  plan.scaling = plan.scores_by_dot ? score_scaling(f, p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D)
-                                    : score_scaling(f, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D);
+  plan.scores_by_dot = scores_by_dot(p);
+  plan.scaling = score_scaling(p);
   return plan;
 }
 

@@ -56,9 +56,8 @@ static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 // A key tile starts at a multiple of kBk and lies inside one 128-key dropout group (cpu/dropout.h), whose
 // masks softmax_tile applies as it writes P.
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
-// Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e), so
-// P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
-constexpr float kLog2e = 1.44269504088896341f;
+// Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e) (kLog2e,
+// tile_kernels.h), so P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
 constexpr float kLn2 = 0.693147180559945309f;
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
@@ -463,10 +462,9 @@ struct FusedPlan {
   // thread's half the time at 2 threads, measured −4% to +4% there). 4 with task_keys, fewer while the call would have
   // fewer than 4 groups a thread; else 1 (nothing asked for).
   int64_t task_group = 1;
-  // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`; or, where that
-  // product would overflow a finite key or query (|scale·log2(e)| > 1 and an element beyond FLT_MAX over it:
-  // the true scores may still be moderate), by every score after the product, `after`. Calls with
-  // |scale·log2(e)| > 1 pay one scan of K (or Q) to decide; those that overflow, one more pass over S.
+  // scale·log2(e), carried by the packed keys (the few-query path: its queries), `operand`, or by every score after
+  // the product, `after` (score_scaling, tile_kernels.h, which the backward shares). Calls with |scale·log2(e)| > 1
+  // pay one scan of K (or Q) to decide; those that overflow, one more pass over S.
   float operand = 1.0f, after = 1.0f;
 };
 
@@ -477,7 +475,7 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   // costs more than the work.
   if (2 * p.B * p.H * p.Lq * p.Lk * (p.D + p.Dv) < (int64_t{1} << 18)) plan.threads = 1;
   plan.Dvp = round_up(p.Dv, W);
-  plan.keys_packed = p.Lq > kFewQueries;
+  plan.keys_packed = !scores_by_dot(p);
   plan.key_tiles = (p.Lk + Tiles::kBk - 1) / Tiles::kBk;
   plan.key_tile_floats = std::max<int64_t>(p.D, 1) * Tiles::kBk;
   // Many short heads whose packed keys together outgrow the caches (an encoder's batch): each task takes a whole head
@@ -497,13 +495,11 @@ FusedPlan plan_fused(const AttentionProblem& p) {
   if (plan.task_keys) plan.task_group = std::clamp<int64_t>(plan.tile_tasks / (4 * plan.threads), 1, 4);
   plan.pack_pass = plan.keys_packed && !plan.task_keys && !forced_packing_by_tasks();
   // Decode (few queries, long K/V, fewer tasks than threads): split the keys too, so every thread works.
-  if (p.Lq <= kFewQueries && plan.tile_tasks < 2 * plan.threads)
+  if (!plan.keys_packed && plan.tile_tasks < 2 * plan.threads)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;
-  const float f = p.scale * kLog2e;
-  const ScoreScaling scaling = plan.keys_packed ? score_scaling(f, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D)
-                                                : score_scaling(f, p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D);
+  const ScoreScaling scaling = score_scaling(p);
   plan.operand = scaling.operand;
   plan.after = scaling.after;
   return plan;

@@ -103,7 +103,8 @@ LowpPlan plan_lowp(const AttentionProblem& p) {
   plan.query_tiles = (p.Lq + plan.bq - 1) / plan.bq;
   plan.tile_tasks = p.B * p.H * plan.query_tiles;
   plan.pack_pass = plan.keys_packed && !plan.task_kv && !forced_packing_by_tasks();
-  if (p.Lq <= 4 && plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
+  if (!plan.keys_packed &&
+      plan.tile_tasks < 2 * plan.threads)  // decode: split the keys too (attention_fused_kernels.cc)
     plan.splits = std::min<int64_t>((2 * plan.threads + plan.tile_tasks - 1) / plan.tile_tasks, plan.key_tiles);
   plan.splits = std::max<int64_t>(plan.splits, 1);
   plan.row_state = 2 + plan.Dvp;

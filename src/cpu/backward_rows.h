@@ -23,8 +23,6 @@
 
 namespace attn::detail::ATTN_TARGET {
 
-inline constexpr float kLog2e = 1.44269504088896341f;
-
 // Key blocks per pass over the query tiles (both backwards): a pass reads every query tile's Q, dO, lse and Δ and
 // reads and writes its dQ rows; span key blocks per pass divide that traffic by span. At most kMaxSpan blocks, their
 // buffers (packed K and V, dK, dV) within kSpanBytes, and only where a pass's query side takes kSpanFromBytes: below,

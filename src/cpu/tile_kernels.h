@@ -31,6 +31,9 @@ static_assert(Tiles::kLanes == W, "this target's tile traits describe another ve
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Scores are kept in base 2 (simd::exp2 is cheaper than exp): the factor scale·log2(e) (ScoreScaling below).
+inline constexpr float kLog2e = 1.44269504088896341f;
+
 // Calls f(std::integral_constant<int, n>) for a runtime n in [1, N].
 template <int N, class F>
 inline void with_const(int n, F&& f) {
@@ -251,6 +254,14 @@ inline ScoreScaling score_scaling(float f, const float* x, int64_t sb, int64_t s
                                   int64_t L, int64_t D) {
   if (std::fabs(f) > 1.0f && scaling_overflows(x, sb, sh, sl, B, H, L, D, f)) return {1.0f, f};
   return {f, 1.0f};
+}
+// Does the float32 forward score p's queries by dot products (the few-query path) rather than against packed K?
+inline bool scores_by_dot(const AttentionProblem& p) { return p.Lq <= kFewQueries; }
+// p's scaling, decided on the operand that carries the factor: Q on the few-query path, else K
+inline ScoreScaling score_scaling(const AttentionProblem& p) {
+  const float f = p.scale * kLog2e;
+  return scores_by_dot(p) ? score_scaling(f, p.q, p.q_sb, p.q_sh, p.q_sl, p.B, p.H, p.Lq, p.D)
+                          : score_scaling(f, p.k, p.k_sb, p.k_sh, p.k_sl, p.B, p.Hkv, p.Lk, p.D);
 }
 
 // Are a task's kept row sums l [rows] and accumulators acc [rows, width] (row stride acc_rs) all finite? One pass for

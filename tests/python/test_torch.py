@@ -2,6 +2,8 @@
 the custom ops (opcheck, torch.compile); MultiheadAttention as a drop-in nn.MultiheadAttention; zero copies;
 errors that name the argument. Skipped when torch is not installed."""
 import math
+import os
+import sys
 
 import pytest
 
@@ -10,6 +12,9 @@ import torch.nn.functional as F  # noqa: E402
 
 import attn  # noqa: E402
 import attn.torch as at  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "fuzz"))
+import attention_diff  # noqa: E402
 
 TOL = 2e-5  # float32 attn against a float64 reference (values and gradients of O(1))
 
@@ -28,33 +33,9 @@ def grads(fn, *tensors):
 
 
 def reference(q, k, v, mask=None, causal="none", kpm=None, scale=None, gqa=False, window=0, alibi=None):
-    """float64 attention with attn's masking rules, through PyTorch's autograd."""
-    q, k, v = q.double(), k.double(), v.double()
-    if gqa:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    Lq, Lk = q.shape[-2], k.shape[-2]
-    s = q @ k.transpose(-1, -2) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
-    hidden = torch.zeros(Lq, Lk, dtype=torch.bool)
-    i = torch.arange(Lq)[:, None]
-    j = torch.arange(Lk)[None, :]
-    offset = 0 if causal != "bottom-right" else Lk - Lq
-    if causal != "none":
-        hidden = hidden | (j > i + offset)
-        if window:
-            hidden = hidden | (j <= i + offset - window)
-    if alibi is not None:
-        s = s - alibi.double()[:, None, None] * (i + offset - j).abs()
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            hidden = hidden | ~mask
-        else:
-            s = s + mask.double()
-    if kpm is not None:
-        hidden = hidden | kpm[:, None, None, :]
-    s = s.masked_fill(hidden, -math.inf)
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a fully masked row gives 0 in attn
-    return p @ v
+    """float64 attention with attn's masking rules, through PyTorch's autograd (fuzz/attention_diff.py's)."""
+    c = {"group": q.shape[1] // k.shape[1] if gqa else 1, "scale": scale, "causal": causal, "window": window}
+    return attention_diff.reference(c, q, k, v, mask, kpm, alibi)[0]
 
 
 CASES = {
@@ -362,7 +343,7 @@ def test_mha_matches_nn_multihead_attention(name):
 def test_mha_is_causal_with_appended_keys_follows_both_pytorch_paths():
     # nn.MultiheadAttention takes is_causal as a hint about attn_mask: where it returns weights (or has a key padding
     # mask) it applies attn_mask, padded so that bias_k's key and the zero key are seen by every query; else its
-    # fast path applies SDPA's causal mask alone over every key, which hides them from the first queries.
+    # SDPA branch applies the causal mask alone over every key, which hides them from the first queries.
     L, N = 6, 2
     for kw in ({"add_bias_kv": True}, {"add_zero_attn": True}):
         ours, theirs = twins(8, 2, batch_first=True, **kw)
