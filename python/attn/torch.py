@@ -316,8 +316,8 @@ class MultiheadAttention(nn.Module):
       attn_output like query. attn_weights (N, L, S) averaged over heads, or (N, H, L, S) with
       average_attn_weights=False (unbatched: without N); not differentiable, before dropout.
       key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
-      bool True = NOT allowed to attend, or float added. is_causal: a causal (top-left) mask is applied. With
-      attn_mask, as nn.MultiheadAttention (which takes is_causal as a hint that attn_mask is causal): attn_mask
+      bool True = NOT allowed to attend, or float added. is_causal: a hint that attn_mask is the causal (top-left)
+      mask; without attn_mask it raises RuntimeError, as nn.MultiheadAttention does. As there: attn_mask
       alone where weights are returned or key_padding_mask is given, else the causal mask alone. (The two differ
       only for an attn_mask that is not causal, or for the keys add_bias_kv and add_zero_attn append: attn_mask's
       padding leaves those visible to every query, the causal mask hides them from the first queries.)
@@ -435,7 +435,10 @@ class MultiheadAttention(nn.Module):
         if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
             raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} "
                              "disagree in batch size or key length")
-        if is_causal and attn_mask is not None:  # nn.MultiheadAttention takes is_causal as a hint about attn_mask:
+        if is_causal and attn_mask is None:  # as nn.MultiheadAttention: is_causal is only a hint about attn_mask
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                               "method `generate_square_subsequent_mask` to create this mask.")
+        if is_causal:  # nn.MultiheadAttention takes is_causal as a hint about attn_mask:
             if key_padding_mask is None and not need_weights:
                 attn_mask = None  # its SDPA branch: the causal mask alone, over every key (bias_k's, the zero one)
             else:

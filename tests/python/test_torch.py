@@ -359,6 +359,18 @@ def test_mha_is_causal_with_appended_keys_follows_both_pytorch_paths():
         assert (y - yt).abs().max() < 1e-5, (kw, "key_padding_mask")
 
 
+def test_mha_is_causal_without_attn_mask_raises_as_pytorch():
+    # nn.MultiheadAttention takes is_causal only as a hint about attn_mask and raises without one (its inference fast
+    # path, eval under no_grad, instead ignores is_causal and attends to every key; attn raises there too).
+    ours, theirs = twins(8, 2, batch_first=True)
+    x = randn(2, 5, 8, seed=5, grad=False)
+    for module in (ours, theirs):
+        with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+            module(x, x, x, is_causal=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Need attn_mask"):
+        ours.eval()(x, x, x, is_causal=True, need_weights=False)
+
+
 def test_mha_gradients_match_float64_pytorch():
     ours, theirs = twins(16, 4, batch_first=True)
     theirs.double()
