@@ -56,6 +56,9 @@ static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 // A key tile starts at a multiple of kBk and lies inside one 128-key dropout group (cpu/dropout.h), whose
 // masks softmax_tile applies as it writes P.
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
+// On a prefix diagonal (softmax_tile) a P·V block of rows reads P up to its last row's last key, which lies fewer than
+// kPvRows (or kRowPvRows) keys past any of its rows' last key: within the one vector softmax_tile zeroes past a row.
+static_assert(Tiles::kPvRows <= W && Tiles::kRowPvRows <= W, "a P·V block reaches one vector past a row at most");
 // Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e) (kLog2e,
 // tile_kernels.h), so P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
 constexpr float kLn2 = 0.693147180559945309f;
@@ -212,7 +215,14 @@ void softmax_tile(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, i
     float* s = scores + r * Tiles::kBk;
     const int64_t vis = visible(r), len = row_length(vis);
     float* lanes_l = lanes + r * W;
-    std::fill(s + len, s + n, 0.0f);
+    // P must be 0 wherever the P·V reads past the row's scores: up to n, or on a prefix diagonal up to its block's last
+    // row's last key, within one vector of len (the static_assert above); one vector store, no fill call (causal L 128
+    // +2%)
+    if (!prefix) {
+      std::fill(s + len, s + n, 0.0f);
+    } else if (len < n) {  // len is a multiple of W below kBk: the vector fits the row
+      Vec::zero().store(s + len);
+    }
     if (m_new[r] == kNegInf) {  // nothing visible yet: P = 0, state unchanged
       // unless a visible score is NaN (max skips it): poison the row
       for (int64_t j = 0; j < (prefix ? vis : len); ++j)

@@ -142,9 +142,13 @@ template <bool kDropout>
                                    static_cast<int>(vis - whole), Vec::zero());
     sum = sum + e;
     const Vec p = kDropout ? drop.apply(e, whole) : e;
-    float buf[W];
-    p.store(buf);
-    std::copy(buf, buf + std::min<int64_t>(W, n - whole), s + whole);
+    if (n - whole >= W) {  // the row holds the whole vector (all but a last tile's odd end): no copy through a buffer
+      p.store(s + whole);
+    } else {
+      float buf[W];
+      p.store(buf);
+      std::copy(buf, buf + (n - whole), s + whole);
+    }
   }
   return sum;
 }
