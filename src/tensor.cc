@@ -50,11 +50,14 @@ DType parse_dtype(const std::string& name) {
   throw ArgumentError("dtype must be f32, bf16 or f16 (float32, bfloat16, float16), got '" + name + "'");
 }
 
+// At most 2^60 elements: their bytes (up to 4 each) then fit in a size_t with room for alignment, where 2^62 float32s
+// had wrapped nbytes() to 0 (a header-only file or a bench flag then got a 128-byte buffer written far past its end).
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t s : shape) {
     if (s < 0) throw ShapeError("shape " + shape_str(shape) + " has a negative size");
-    if (s != 0 && n > (int64_t{1} << 62) / s) throw ShapeError("shape " + shape_str(shape) + " has too many elements");
+    if (s != 0 && n > (int64_t{1} << 60) / s)
+      throw ShapeError("shape " + shape_str(shape) + " has too many elements (more than 2^60)");
     n *= s;
   }
   return n;

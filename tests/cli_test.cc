@@ -78,6 +78,8 @@ TEST_F(Cli, BadInputFailsCleanlyAndLeavesNoOutput) {
       {"sdpa" + qkv + " --k " + path("missing.npy"), "missing.npy"},
       {"sdpa" + qkv + " --k " + path("k.npy") + " --weights " + path("nodir/w.npy"), "nodir"},
       {"mha --weights " + path("missing.safetensors") + " --num-heads 2 --query " + path("q.npy"), "--weights"},
+      {"sdpa" + qkv + " --k " + path("k.npy") + " --weights " + dir_.string(), "is a directory"},
+      {"sdpa" + qkv + " --k " + path("k.npy") + " --weights " + (dir_ / "." / "o.npy").string(), "both name"},
   };
   for (const auto& [args, needle] : cases) {
     const CliResult r = run(args + " --out " + path("o.npy"));
@@ -88,6 +90,20 @@ TEST_F(Cli, BadInputFailsCleanlyAndLeavesNoOutput) {
     for (const auto& e : fs::directory_iterator(dir_))
       EXPECT_EQ(e.path().string().find(".partial"), std::string::npos) << e.path();
   }
+}
+
+// Sizes whose bytes would wrap, and a header-only file that declares them: an error naming the shape, never a crash.
+TEST_F(Cli, HugeShapesAreRefusedNotAllocated) {
+  const CliResult bench = run("bench sdpa --q-len 4611686018427387904 --heads 1 --batch 1 --head-dim 1 --no-peak");
+  EXPECT_EQ(bench.status, 2);
+  EXPECT_NE(bench.err.find("too many elements"), std::string::npos) << bench.err;
+  io::write_npy(path("q0.npy"), Tensor({1, 1, int64_t{1} << 52, 0}));
+  io::write_npy(path("k0.npy"), Tensor({1, 1, 1024, 0}));
+  const CliResult r = run("sdpa --q " + path("q0.npy") + " --k " + path("k0.npy") + " --v " + path("k0.npy") +
+                          " --scale 1 --impl reference --out " + path("o.npy") + " --weights " + path("w.npy"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("too many elements"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(path("o.npy")));
 }
 
 TEST_F(Cli, HelpSpellsOutTheMaskPolarity) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "test_util.h"
@@ -211,6 +212,53 @@ TEST(Io, WritesAreAtomic) {
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
   EXPECT_EQ(files, 1u);
   std::filesystem::remove_all(dir);
+}
+
+// Files written together: all or none. A second path that is a directory, or that names the first file again, is
+// refused and removes the first's temporary; nothing appears until commit().
+TEST(Io, FileSetsAppearTogetherOrNotAtAll) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "attn_fileset_test";
+  fs::remove_all(dir);
+  fs::create_directories(dir / "sub");
+  const std::vector<uint8_t> bytes = {1, 2, 3};
+  const auto count = [&] {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
+    return n;
+  };
+  {
+    io::FileSet files;
+    files.add("--out", (dir / "a.npy").string(), bytes);
+    EXPECT_THROW(files.add("--weights", (dir / "sub").string(), bytes), ArgumentError);
+    EXPECT_THROW(files.add("--weights", (dir / "." / "a.npy").string(), bytes), ArgumentError);
+  }
+  EXPECT_EQ(count(), 1u);  // only "sub": no a.npy, no temporary
+  EXPECT_THROW(
+      io::check_output_paths({{"--out", (dir / "x").string()}, {"--png", (dir / "sub" / ".." / "x").string()}}),
+      ArgumentError);
+  io::check_output_paths({{"--out", (dir / "x").string()}, {"--png", ""}, {"--weights", (dir / "y").string()}});
+  {
+    io::FileSet files;
+    files.add("a", (dir / "a.npy").string(), bytes);
+    files.add("b", (dir / "b.npy").string(), bytes);
+    EXPECT_FALSE(fs::exists(dir / "a.npy"));
+    files.commit();
+  }
+  EXPECT_EQ(fs::file_size(dir / "a.npy"), 3u);
+  EXPECT_EQ(fs::file_size(dir / "b.npy"), 3u);
+  EXPECT_EQ(count(), 3u);
+  fs::remove_all(dir);
+}
+
+// Element counts stop at 2^60, so a tensor's bytes never wrap a size_t (2^62 float32s had made nbytes() 0 and the
+// buffer 128 bytes); a zero-element shape with one huge dimension stays valid.
+TEST(Tensor, ShapesOfMoreThanTwoToTheSixtyElementsAreRefused) {
+  EXPECT_THROW(Tensor({int64_t{1} << 31, int64_t{1} << 31}), ShapeError);
+  EXPECT_THROW(Tensor({1, 1, int64_t{1} << 52, 1024}), ShapeError);
+  EXPECT_THROW(shape_numel({int64_t{1} << 61}), ShapeError);
+  EXPECT_EQ(shape_numel({int64_t{1} << 60}), int64_t{1} << 60);
+  EXPECT_EQ(Tensor({int64_t{1} << 52, 0}).numel(), 0);
 }
 
 // Tensor::borrow, what the Python module's NumPy and torch paths rely on: a view of memory the tensor does not own,

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "attn/error.h"
+#include "attn/io/safetensors.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
 #include "attn/translator.h"
@@ -181,6 +182,55 @@ TEST(Training, SeedReproducesAndResumeContinuesExactly) {
   EXPECT_EQ(a, c) << "resuming at step 20 must continue the same run";
   const Transformer x = Transformer::load(straight.out_dir), y = Transformer::load(resumed.out_dir);
   for (const auto& [name, t] : x.params()) EXPECT_EQ(test::max_abs_diff(t, y.params().at(name)), 0.0) << name;
+  fs::remove_all(dir);
+}
+
+// A checkpoint that cannot be resumed, or a run that cannot write one, fails with an error that names the file, and
+// a failed save leaves the previous checkpoint as it was.
+TEST(Training, BadCheckpointsAndOptionsAreRefused) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "attn_bad_resume_test";
+  fs::remove_all(dir);
+  train::TrainOptions o = tiny_options(2);
+  o.train_examples = 64, o.batch_size = 8;
+  o.out_dir = (dir / "ckpt").string();
+  train::train_numbers(o);
+  // an optimizer moment of another shape (AdamW had read and written the parameter's size through it)
+  io::Safetensors opt = io::read_safetensors(o.out_dir + "/optimizer.safetensors");
+  std::map<std::string, Tensor> state = opt.tensors;
+  state["m.src_embed.weight"] = Tensor({1});
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state);
+  train::TrainOptions resumed = o;
+  resumed.steps = 3, resumed.resume_dir = o.out_dir, resumed.out_dir = (dir / "resumed").string();
+  EXPECT_THROW(
+      {
+        try {
+          train::train_numbers(resumed);
+        } catch (const ShapeError& e) {
+          EXPECT_NE(std::string(e.what()).find("m.src_embed.weight"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      ShapeError);
+  state.erase("v.generator.bias");
+  state["m.src_embed.weight"] = opt.tensors.at("m.src_embed.weight");
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state);
+  EXPECT_THROW(train::train_numbers(resumed), MissingTensorError);
+  { std::ofstream(o.out_dir + "/train_state.json") << "{\"step\": 1}"; }  // no epoch, batch_index or rng
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", opt.tensors);
+  EXPECT_THROW(train::train_numbers(resumed), FormatError);
+  EXPECT_FALSE(fs::exists(resumed.out_dir));
+  // an empty training pool, and a checkpoint file that is a directory: refused before any step
+  train::TrainOptions empty = o;
+  empty.train_examples = 0;
+  EXPECT_THROW(train::train_numbers(empty), ArgumentError);
+  train::TrainOptions blocked = o;
+  blocked.out_dir = (dir / "blocked").string();
+  fs::create_directories(dir / "blocked" / "optimizer.safetensors");
+  int steps = 0;
+  EXPECT_THROW(train::train_numbers(blocked, [&](int64_t, float) { ++steps; }), ArgumentError);
+  EXPECT_EQ(steps, 0);
+  EXPECT_FALSE(fs::exists(dir / "blocked" / "model.safetensors"));
   fs::remove_all(dir);
 }
 

@@ -221,6 +221,17 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
     std::ofstream(dir / "config.json") << json;
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
+  for (const auto& [key, value] : {std::pair{"\"max_len\": 20", "\"max_len\": 144115188075855872"},  // wraps max_len·E
+                                   std::pair{"\"bos_id\": 1", "\"bos_id\": 10"}}) {  // not a target token
+    std::string json = m.config().to_json();
+    ASSERT_NE(json.find(key), std::string::npos) << json;
+    json.replace(json.find(key), std::string(key).size(), value);
+    std::ofstream(dir / "config.json") << json;
+    EXPECT_THROW(Transformer::load(dir.string()), ArgumentError) << value;
+  }
+  m.save(dir.string());
+  io::write_safetensors((dir / "model.safetensors").string(), {});  // a model file without the model's tensors
+  EXPECT_THROW(Transformer::load(dir.string()), MissingTensorError);
   m.save(dir.string());
   {  // truncate the weights
     const auto path = dir / "model.safetensors";

@@ -58,22 +58,66 @@ std::string read_text(const std::string& path) {
 }
 
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error(path + ": write failed");
-    }
+  FileSet file;
+  file.add("", path, bytes);
+  file.commit();
+}
+
+namespace {
+std::string normal_path(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return (ec ? std::filesystem::path(path) : absolute).lexically_normal().string();
+}
+
+std::string named(const std::string& role, const std::string& path) { return role.empty() ? path : role + " " + path; }
+
+void check_not_directory(const std::string& role, const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ArgumentError(named(role, path) + ": is a directory; an output needs a file name");
+}
+}  // namespace
+
+void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs) {
+  std::vector<std::pair<std::string, std::string>> seen;  // (normal path, role)
+  for (const auto& [role, path] : outputs) {
+    if (path.empty()) continue;
+    check_not_directory(role, path);
+    const std::string normal = normal_path(path);
+    for (const auto& [other, other_role] : seen)
+      if (other == normal)
+        throw ArgumentError(other_role + " and " + role + " both name " + path + ": give each its own file");
+    seen.emplace_back(normal, role);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename the finished file into place (" + why + ")");
+}
+
+FileSet::~FileSet() {
+  for (const Staged& f : files_)
+    if (!f.temporary.empty()) std::remove(f.temporary.c_str());
+}
+
+void FileSet::add(const std::string& role, const std::string& path, const std::vector<uint8_t>& bytes) {
+  check_not_directory(role, path);
+  for (const Staged& f : files_)
+    if (normal_path(f.path) == normal_path(path))
+      throw ArgumentError(f.role + " and " + role + " both name " + path + ": give each its own file");
+  const std::string temporary = path + ".tmp-" + std::to_string(::getpid());
+  files_.push_back({role, path, temporary});  // before the write: a half-written temporary is removed too
+  std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+  if (!out) throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) throw Error(path + ": write failed");
+}
+
+void FileSet::commit() {
+  for (Staged& f : files_) {
+    if (std::rename(f.temporary.c_str(), f.path.c_str()) != 0)
+      throw Error(f.path + ": cannot rename the finished file into place (" + std::strerror(errno) + ")");
+    f.temporary.clear();  // renamed: nothing left to remove
   }
+  files_.clear();
 }
 
 }  // namespace attn::io

@@ -114,10 +114,16 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, u
   }
 }
 
+MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, Uninitialised) : config_(config) {
+  check_config(config_);
+}
+
+// Every tensor is checked against the config before any parameter is allocated (a header-only file that declared a
+// huge embed_dim had first allocated and filled four E×E random matrices), and none is initialised twice.
 MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::string, Tensor>& tensors,
                                                        const MultiHeadAttentionConfig& config,
                                                        const std::string& prefix) {
-  MultiHeadAttention m(config);
+  MultiHeadAttention m(config, Uninitialised{});
   const MultiHeadAttentionConfig& c = m.config_;
   const int64_t E = c.embed_dim, kv = c.num_kv_heads * m.head_dim();
   if (tensors.count(prefix + "in_proj_weight")) {

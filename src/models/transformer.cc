@@ -76,6 +76,15 @@ void check_config(const TransformerConfig& c) {
         " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
   if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0)
     bad("sizes must be positive");
+  for (const Shape& table : {Shape{c.max_len, c.d_model}, Shape{c.src_vocab, c.d_model}, Shape{c.tgt_vocab, c.d_model},
+                             Shape{c.d_ff, c.d_model}}) {  // the tables the model allocates: never a wrapped size
+    if (table[0] > (int64_t{1} << 40) / table[1])
+      bad("a [" + std::to_string(table[0]) + ", " + std::to_string(table[1]) +
+          "] table (max_len, a vocabulary or d_ff by d_model) would take more than 2^40 elements");
+  }
+  if (c.bos_id < 0 || c.bos_id >= c.tgt_vocab || c.eos_id < 0 || c.eos_id >= c.tgt_vocab)
+    bad("bos_id = " + std::to_string(c.bos_id) + " and eos_id = " + std::to_string(c.eos_id) +
+        " must be target tokens, in [0, tgt_vocab = " + std::to_string(c.tgt_vocab) + ")");
   if (c.dropout < 0 || c.dropout >= 1 || c.attention_dropout < 0 || c.attention_dropout >= 1)
     bad("dropout must be in [0, 1)");
 }
@@ -376,14 +385,16 @@ std::map<std::string, Tensor> Transformer::attention_maps() const {
 // ---------------------------------------------------------------- save / load
 void Transformer::save(const std::string& dir) const {
   std::filesystem::create_directories(dir);
-  io::write_safetensors(dir + "/model.safetensors", params_, {{"format", "attn-transformer-1"}});
-  const std::string tmp = dir + "/config.json.tmp";
-  {
-    std::ofstream out(tmp);
-    out << config_.to_json() << "\n";
-    if (!out) throw Error(dir + "/config.json: write failed");
-  }
-  std::filesystem::rename(tmp, dir + "/config.json");
+  io::FileSet files;
+  stage(files, dir);
+  files.commit();
+}
+
+void Transformer::stage(io::FileSet& files, const std::string& dir) const {
+  files.add("model.safetensors", dir + "/model.safetensors",
+            io::encode_safetensors(params_, {{"format", "attn-transformer-1"}}));
+  const std::string config = config_.to_json() + "\n";
+  files.add("config.json", dir + "/config.json", std::vector<uint8_t>(config.begin(), config.end()));
 }
 
 Transformer Transformer::load(const std::string& dir) {
@@ -397,7 +408,11 @@ Transformer Transformer::load(const std::string& dir) {
   io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
   io::widen_to_float32(st.tensors);
   for (auto& [name, t] : m.params_) {
-    Tensor& src = st.tensors.at(name);
+    const auto found = st.tensors.find(name);
+    if (found == st.tensors.end())
+      throw MissingTensorError(dir + "/model.safetensors: has no '" + name +
+                               "', which a model of its config.json needs");
+    Tensor& src = found->second;
     if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
       throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) +
                        " but the config needs " + shape_str(t.shape()));

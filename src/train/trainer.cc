@@ -163,30 +163,66 @@ float noam(const TrainOptions& o, int64_t step) {
          std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path + ".tmp");
-  out << text << "\n";
-  if (!out) throw Error(path + ": write failed");
-  out.close();
-  std::filesystem::rename(path + ".tmp", path);
+std::vector<uint8_t> text_bytes(const std::string& text) {
+  std::vector<uint8_t> bytes(text.begin(), text.end());
+  bytes.push_back('\n');
+  return bytes;
 }
 
+// The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
+// checkpoint whole, never a model from one step beside an optimizer state from another.
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, uint64_t shuffle_seed) {
-  model.save(dir);
-  write_text(dir + "/vocab.json", vocab.to_json());
+  std::filesystem::create_directories(dir);
+  io::FileSet files;
+  model.stage(files, dir);
+  files.add("vocab.json", dir + "/vocab.json", text_bytes(vocab.to_json()));
   std::map<std::string, Tensor> state;
   for (const auto& [name, t] : adam.m) state["m." + name] = t;
   for (const auto& [name, t] : adam.v) state["v." + name] = t;
-  io::write_safetensors(dir + "/optimizer.safetensors", state);
+  files.add("optimizer.safetensors", dir + "/optimizer.safetensors", io::encode_safetensors(state));
   std::ostringstream r;
   r << rng;
-  write_text(dir + "/train_state.json", nlohmann::json{{"step", adam.step},
-                                                       {"epoch", epoch},
-                                                       {"batch_index", batch_index},
-                                                       {"shuffle_seed", shuffle_seed},
-                                                       {"rng", r.str()}}
-                                            .dump(1));
+  files.add("train_state.json", dir + "/train_state.json",
+            text_bytes(nlohmann::json{
+                {"step", adam.step},
+                {"epoch", epoch},
+                {"batch_index", batch_index},
+                {"shuffle_seed", shuffle_seed},
+                {"rng",
+                 r.str()}}.dump(1)));
+  files.commit();
+}
+
+// A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's
+// parameter of its name: a moment of another shape would have been read and written past its end by AdamW.
+void resume_from(const std::string& dir, const Transformer& model, AdamState* adam, std::mt19937_64* rng,
+                 int64_t* epoch, int64_t* batch_index) {
+  const std::string opt_path = dir + "/optimizer.safetensors", state_path = dir + "/train_state.json";
+  const io::Safetensors opt = io::read_safetensors(opt_path);
+  for (const auto& [name, p] : model.params())
+    for (const char* moment : {"m.", "v."}) {
+      const std::string key = moment + name;
+      if (!opt.contains(key))
+        throw MissingTensorError(opt_path + ": has no '" + key + "' for the model's parameter '" + name + "'");
+      const Tensor& t = opt.at(key);
+      if (t.dtype() != DType::kFloat32 || t.shape() != p.shape())
+        throw ShapeError(opt_path + ": '" + key + "' is " + dtype_name(t.dtype()) + " " + shape_str(t.shape()) +
+                         ", but the parameter '" + name + "' is float32 " + shape_str(p.shape()));
+      (moment[0] == 'm' ? adam->m : adam->v)[name] = t.clone();
+    }
+  const std::string text = io::read_text(state_path);  // its errors name the path
+  try {
+    const nlohmann::json st = nlohmann::json::parse(text);
+    adam->step = st.at("step");
+    *epoch = st.at("epoch"), *batch_index = st.at("batch_index");
+    std::istringstream r(st.at("rng").get<std::string>());
+    r >> *rng;
+    if (!r || adam->step < 0 || *epoch < 0 || *batch_index < 0)
+      throw FormatError(state_path + ": a negative step, epoch or batch_index, or an unreadable rng state");
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(state_path + ": " + e.what());
+  }
 }
 
 // Data parallel: this rank's sentences of a global batch (contiguous, as even as possible; every rank takes the
@@ -268,6 +304,21 @@ double exact_match(const Transformer& model, const tasks::Vocab& vocab, const st
 
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step) {
   TrainOptions o = options;
+  if (o.train_examples < 1 || o.val_examples < 0 || o.batch_size < 1 || o.steps < 0 || o.eval_every < 0)
+    throw ArgumentError("train: train_examples (" + std::to_string(o.train_examples) + ") and batch_size (" +
+                        std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
+                        std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
+                        std::to_string(o.eval_every) + ") at least 0");
+  if (!o.out_dir.empty()) {  // a checkpoint path that cannot be written fails now, not after the first 1000 steps
+    std::error_code ec;
+    if (std::filesystem::exists(o.out_dir, ec) && !std::filesystem::is_directory(o.out_dir, ec))
+      throw ArgumentError("train: --out " + o.out_dir + " is a file; a checkpoint is a directory");
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const char* name :
+         {"model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "train_state.json"})
+      files.emplace_back(name, o.out_dir + "/" + name);
+    io::check_output_paths(files);
+  }
   const tasks::Vocab vocab = tasks::Vocab::numbers();
   o.model.src_vocab = static_cast<int64_t>(vocab.src.size());
   o.model.tgt_vocab = static_cast<int64_t>(vocab.tgt.size());
@@ -279,14 +330,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
-    const nlohmann::json st = nlohmann::json::parse(io::read_text(o.resume_dir + "/train_state.json"));
-    const io::Safetensors opt = io::read_safetensors(o.resume_dir + "/optimizer.safetensors");
-    for (const auto& [name, t] : model.params())
-      resumed.m[name] = opt.at("m." + name).clone(), resumed.v[name] = opt.at("v." + name).clone();
-    resumed.step = st.at("step");
-    epoch = st.at("epoch"), batch_index = st.at("batch_index");
-    std::istringstream r(st.at("rng").get<std::string>());
-    r >> rng;
+    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index);
   }
   TrainingStep step(model, step_options(o));
   if (!o.resume_dir.empty()) step.state() = std::move(resumed);

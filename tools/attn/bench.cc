@@ -388,7 +388,7 @@ void add_bench(CLI::App& app) {
   auto bw = std::make_shared<std::tuple<int64_t, int, int, bool>>(1024, 0, 5, false);
   CLI::App* band =
       bench->add_subcommand("bandwidth", "measure the memory read bandwidth (the decode kernel's roofline)");
-  band->add_option("--megabytes", std::get<0>(*bw), "buffer size");
+  band->add_option("--megabytes", std::get<0>(*bw), "buffer size")->check(CLI::Range(1, 1 << 20));
   band->add_option("--threads", std::get<1>(*bw), "threads; 0 = all cores");
   band->add_option("--repeat", std::get<2>(*bw), "timed runs")->check(CLI::PositiveNumber);
   band->add_flag("--json", std::get<3>(*bw), "one JSON line");

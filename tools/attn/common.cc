@@ -20,22 +20,10 @@ Tensor load_npy_flag(const std::string& flag, const std::string& path) {
   }
 }
 
-void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs) {
-  std::vector<std::string> temps;
-  try {
-    for (const auto& [path, tensor] : outputs) {
-      const std::string tmp = path + ".partial";
-      temps.push_back(tmp);
-      io::write_npy(tmp, tensor);
-    }
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      if (std::rename(temps[i].c_str(), outputs[i].first.c_str()) != 0)
-        throw Error(outputs[i].first + ": cannot move the finished file into place");
-    }
-  } catch (...) {
-    for (const std::string& t : temps) std::remove(t.c_str());
-    throw;
-  }
+void write_outputs(const std::vector<OutputFile>& outputs) {
+  io::FileSet files;
+  for (const OutputFile& o : outputs) files.add(o.flag, o.path, io::encode_npy(o.tensor));
+  files.commit();
 }
 
 std::vector<std::string> read_stdin_lines() {

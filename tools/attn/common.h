@@ -15,9 +15,15 @@ namespace attn::cli {
 // Reads a .npy given on the command line; errors name the flag ("--q Q.npy: ...").
 Tensor load_npy_flag(const std::string& flag, const std::string& path);
 
-// Writes every (path, tensor) pair or none: all go to temporary files first, then are renamed into
-// place; on any failure the temporaries are removed and the error is rethrown.
-void write_outputs(const std::vector<std::pair<std::string, Tensor>>& outputs);
+// One .npy output of a command: the flag that named it, its path, the tensor.
+struct OutputFile {
+  std::string flag, path;
+  Tensor tensor;
+};
+// Writes every output or none (io::FileSet): all go to temporary files first, then are renamed into place; on any
+// failure the temporaries are removed and the error is rethrown. Two outputs naming one file, or a directory, are
+// refused before anything is written (commands also call io::check_output_paths before their work).
+void write_outputs(const std::vector<OutputFile>& outputs);
 
 // Standard input, one item per line; the CR that ends a line of CRLF input is dropped.
 std::vector<std::string> read_stdin_lines();

@@ -83,7 +83,7 @@ void run_sdpa_ring(const RingSdpaArgs& a) {
       dist::ring_attention(dist::shard_sequence(q, 2, r, n, o.layout), dist::shard_sequence(k, 2, r, n, o.layout),
                            dist::shard_sequence(v, 2, r, n, o.layout), MPI_COMM_WORLD, o);
   const Tensor out = dist::gather_sequence(res.output, 2, MPI_COMM_WORLD, o.layout, 0);
-  if (r == 0) write_outputs({{a.out, out}});
+  if (r == 0) write_outputs({{"--out", a.out, out}});
 }
 
 }  // namespace attn::cli

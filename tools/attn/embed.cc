@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/npy.h"
 #include "attn/models/bert.h"
 #include "common.h"
@@ -56,6 +57,7 @@ struct EmbedArgs {
 // are embedded, and the exit status is non-zero at the end. --strict, or sentences given as arguments:
 // the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
+  io::check_output_paths({{"--out", a.out}});
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model), parse_dtype(a.dtype));
   const bool from_stdin = a.text.empty();
   const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;
@@ -77,7 +79,7 @@ void run_embed(const EmbedArgs& a) {
       if (!errors.failed(static_cast<size_t>(i))) std::copy_n(g.f32() + D * next++, D, e.f32() + D * i);
   }
   if (!a.out.empty()) {
-    write_outputs({{a.out, e}});
+    write_outputs({{"--out", a.out, e}});
   } else {
     for (int64_t i = 0; i < N; ++i) {
       for (int64_t d = 0; d < D; ++d) std::printf(d ? " %.6f" : "%.6f", static_cast<double>(e.f32()[i * D + d]));

@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/multi_head_attention.h"
 #include "common.h"
@@ -43,6 +44,7 @@ void run_mha(const MhaArgs& a) {
   if (a.key.empty() != a.value.empty())
     throw ArgumentError("--key and --value go together (give both, or neither for self-attention)");
   if (a.average && a.need_weights.empty()) throw ArgumentError("--average-attn-weights needs --need-weights FILE");
+  io::check_output_paths({{"--out", a.out}, {"--need-weights", a.need_weights}});
   io::Safetensors st;
   try {
     st = io::read_safetensors(a.weights);
@@ -64,8 +66,8 @@ void run_mha(const MhaArgs& a) {
   o.impl = parse_impl(a.impl);
   o.num_threads = a.threads;
   const MhaOutput r = mha.attention(query, key, value, o);
-  std::vector<std::pair<std::string, Tensor>> outputs = {{a.out, r.output}};
-  if (o.need_weights) outputs.emplace_back(a.need_weights, r.weights);
+  std::vector<OutputFile> outputs = {{"--out", a.out, r.output}};
+  if (o.need_weights) outputs.push_back({"--need-weights", a.need_weights, r.weights});
   write_outputs(outputs);
 }
 

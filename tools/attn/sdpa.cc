@@ -3,6 +3,7 @@
 
 #include "attn/attention.h"
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "common.h"
 #include "dist_cli.h"
 
@@ -32,6 +33,7 @@ void run_sdpa_on_ring(const SdpaArgs& a) {
 
 void run_sdpa(const SdpaArgs& a) {
   if (a.ring && !a.dtype.empty()) throw ArgumentError("--dtype is not supported with --ring");
+  io::check_output_paths({{"--out", a.out}, {"--weights", a.weights}});
   if (a.ring) return run_sdpa_on_ring(a);
   Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
   if (!a.dtype.empty()) {  // float32 (or float16) inputs rounded to the compute dtype, nearest even
@@ -51,8 +53,8 @@ void run_sdpa(const SdpaArgs& a) {
   const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
   // With --dtype the file holds the low-precision result widened to float32 (exact).
   const Tensor out = a.dtype.empty() ? r.output : to_dtype(r.output, DType::kFloat32);
-  std::vector<std::pair<std::string, Tensor>> outputs = {{a.out, out}};
-  if (!a.weights.empty()) outputs.emplace_back(a.weights, r.weights);
+  std::vector<OutputFile> outputs = {{"--out", a.out, out}};
+  if (!a.weights.empty()) outputs.push_back({"--weights", a.weights, r.weights});
   write_outputs(outputs);
 }
 

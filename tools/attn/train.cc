@@ -5,6 +5,7 @@
 #include <string>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/train/trainer.h"
 #include "common.h"
 #include "dist_cli.h"
@@ -36,16 +37,28 @@ void run_train(TrainArgs a) {
         static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
   // under mpirun: data parallel over the ranks, rank 0 writes the checkpoints, the log and the summary
   int rank = 0;
+  // the loss log grows under a temporary name and takes its own when the run ends well; a failed run removes it
+  io::check_output_paths({{"--loss-log", a.loss_log}});
+  const std::string log_partial = a.loss_log + ".partial";
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
   auto on_step = [&](int64_t step, float loss) {
     if (!a.loss_log.empty() && rank == 0) {
-      if (!log) log.reset(std::fopen(a.loss_log.c_str(), "w"));
+      if (!log) log.reset(std::fopen(log_partial.c_str(), "w"));
       if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write");
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
     }
   };
-  const train::TrainReport r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
-                                                    : train::train_numbers(a.o, on_step);
+  train::TrainReport r;
+  try {
+    r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
+                             : train::train_numbers(a.o, on_step);
+    if (log && (std::fclose(log.release()) != 0 || std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
+      throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
+  } catch (...) {
+    if (log) log.reset();
+    if (!a.loss_log.empty() && rank == 0) std::remove(log_partial.c_str());
+    throw;
+  }
   if (rank != 0) return;
   std::printf("trained %lld steps in %.0f s (%.0f target tokens/s): loss %.4f, validation exact match %.2f%%%s%s\n",
               static_cast<long long>(r.steps), r.seconds, r.tokens_per_second, static_cast<double>(r.last_loss),
@@ -91,8 +104,9 @@ void add_train(CLI::App& app) {
   sub->add_option("--clip", a->o.clip_norm, "gradient clipping (global norm)");
   sub->add_option("--weight-decay", a->o.weight_decay, "AdamW weight decay (matrices only)");
   sub->add_option("--seed", a->o.seed, "seed: data, initialisation, dropout; the same seed reproduces a run");
-  sub->add_option("--train-examples", a->o.train_examples, "size of the training pool");
-  sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)");
+  sub->add_option("--train-examples", a->o.train_examples, "size of the training pool")->check(CLI::PositiveNumber);
+  sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
   sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
   sub->add_option(

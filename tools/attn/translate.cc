@@ -171,7 +171,7 @@ void add_translate(CLI::App& app) {
   ev->add_option("--split", e->split, "test, validation or train")
       ->check(CLI::IsMember({"test", "validation", "train"}));
   ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
-  ev->add_option("--beam", e->beam, "beam width; 1 = greedy");
+  ev->add_option("--beam", e->beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));  // as translate's
   ev->add_option("--quantize", e->quantize, "none, int8 or bf16")->check(CLI::IsMember({"none", "int8", "bf16"}));
   ev->add_option("--seed", e->seed, "data seed");
   ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");

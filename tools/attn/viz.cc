@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/models/bert.h"
 #include "attn/models/transformer.h"
 #include "attn/tasks/numbers_en_zh.h"
@@ -116,6 +117,7 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
 
 void run_viz(const VizArgs& a) {
   if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
+  io::check_output_paths({{"--out", a.out}, {"--png", a.png}});  // the page waits for the PNG: neither a directory
   if (a.random_map > 0) return write_random_map(a.out, a.random_map);
   if (a.text.empty())
     throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
@@ -187,7 +189,7 @@ void add_viz(CLI::App& app) {
                   "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention "
                   "(BERT; default L = 0)");
   sub->add_option("--png-head", a->png_head, "which head for --png; default: the average of all heads");
-  sub->add_option("--beam", a->beam, "beam width for the translation");
+  sub->add_option("--beam", a->beam, "beam width for the translation")->check(CLI::Range(1, 64));
   sub->add_option("--random-map", a->random_map,
                   "instead: a random N x N causal map (checks that long inputs stay usable)");
   sub->callback([a] { run_viz(*a); });

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace attn::io {
@@ -20,5 +21,32 @@ std::string read_text(const std::string& path);
 // Writes `bytes` to path + ".tmp-XXXX" and renames it onto `path`; on failure removes the temporary
 // and throws attn::Error, so `path` is either the complete new file or untouched.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
+
+// Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
+// directory or names the same file as another (after lexical normalisation: "o.npy" and "./o.npy" are one file).
+// outputs: (role, path); empty paths are skipped. Commands call it before their work, so a bad path costs nothing.
+void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs);
+
+// Files that appear together or not at all (a checkpoint's files, an output and its weights). add() checks the path as
+// check_output_paths does and writes the bytes to a temporary beside it; commit() renames every temporary into place
+// once all are written. Destroyed without commit() (an exception on the way), it removes its temporaries, so a
+// failed command leaves no new file behind. Only a failing rename inside commit() (after every write succeeded, onto
+// paths checked not to be directories) can leave some files renamed and others not.
+class FileSet {
+ public:
+  FileSet() = default;
+  FileSet(const FileSet&) = delete;
+  FileSet& operator=(const FileSet&) = delete;
+  ~FileSet();
+  // role: what the path is, for messages (a flag, or the file's name in a checkpoint)
+  void add(const std::string& role, const std::string& path, const std::vector<uint8_t>& bytes);
+  void commit();
+
+ private:
+  struct Staged {
+    std::string role, path, temporary;
+  };
+  std::vector<Staged> files_;
+};
 
 }  // namespace attn::io

@@ -87,6 +87,9 @@ class MultiHeadAttention {
   Tensor b_q, b_k, b_v, b_o;  // [E], [Hkv·Dh], [Hkv·Dh], [E]   (undefined without bias)
 
  private:
+  struct Uninitialised {};
+  // parameters left undefined: from_state_dict fills them (after checking every tensor's shape)
+  MultiHeadAttention(const MultiHeadAttentionConfig& config, Uninitialised);
   MultiHeadAttentionConfig config_;
 };
 

@@ -22,6 +22,7 @@
 
 #include "attn/activation.h"
 #include "attn/attention.h"
+#include "attn/io/file.h"
 #include "attn/tensor.h"
 
 namespace attn {
@@ -148,8 +149,10 @@ class Transformer {
   std::unique_ptr<StepDecoder> start_decoding(const TokenBatch& src, int64_t hypotheses, int64_t positions,
                                               KVCacheType kv_cache = KVCacheType::kFloat32) const;
 
-  // A directory with model.safetensors and config.json.
+  // A directory with model.safetensors and config.json (both or neither are replaced: io::FileSet).
   void save(const std::string& dir) const;
+  // The same two files added to `files`, which a checkpoint commits with its own (dir must exist).
+  void stage(io::FileSet& files, const std::string& dir) const;
   static Transformer load(const std::string& dir);
 
  private:
