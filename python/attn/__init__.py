@@ -77,6 +77,15 @@ def _mask(x, name):
     return _f32(a, name)
 
 
+def _attention_mask(x, name):
+    """An attention mask as PyTorch takes one: bool, or floating point (added; as float32). Integer masks are refused
+    as PyTorch refuses them: a 0/1 int mask would otherwise add 1 to the keys it means to hide."""
+    if x is not None and not np.asarray(x).dtype == np.bool_ and not np.issubdtype(np.asarray(x).dtype, np.floating):
+        raise TypeError(f"{name} must be bool or floating point, got {np.asarray(x).dtype} with shape "
+                        f"{np.asarray(x).shape} (for a 0/1 mask: .astype(bool))")
+    return _mask(x, name)
+
+
 def _bool(x, name):
     if x is None:
         return None
@@ -121,7 +130,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"query has {q4.shape[1]} heads but key has {k4.shape[1]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {q.shape}, key {k.shape})")
     causal = causal_alignment or ("top-left" if is_causal else "none")
-    out, weights = _attn.sdpa(q4, k4, v4, _mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
+    out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
                               causal, None if scale is None else float(scale), int(window),
                               None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
                               bool(return_weights), impl, int(num_threads))
@@ -197,8 +206,8 @@ class MultiheadAttention:
                 key_padding_mask = np.asarray(key_padding_mask)[None]
         elif not self.batch_first:
             q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) if x.ndim == 3 else x for x in (q, k, v))
-        out, weights = self._m.forward(q, k, v, _mask(attn_mask, "attn_mask"),
-                                       _mask(key_padding_mask, "key_padding_mask"),
+        out, weights = self._m.forward(q, k, v, _attention_mask(attn_mask, "attn_mask"),
+                                       _attention_mask(key_padding_mask, "key_padding_mask"),
                                        bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
                                        int(num_threads))
         if unbatched:

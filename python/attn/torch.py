@@ -26,9 +26,9 @@ torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or
 scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
 refused there), differentiable through attn.cuda's autograd Function (not a custom op).
 
-Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), and the
-attention weights that MultiheadAttention returns with need_weights=True. A query row whose keys are all masked
-gives 0 (PyTorch: NaN).
+Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), the
+attention weights that MultiheadAttention returns with need_weights=True, and the gradients themselves (a double
+backward raises RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
 """
 import math
 from typing import Optional, Tuple
@@ -39,6 +39,7 @@ except ImportError as e:  # `import attn` works without PyTorch; attn.torch does
     raise ImportError("attn.torch needs PyTorch (pip install torch, or pip install attn[torch])") from e
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import _attn
 
@@ -175,6 +176,7 @@ class _EagerSdpa(torch.autograd.Function):
         return out, weights
 
     @staticmethod
+    @once_differentiable  # the fused backward is not itself differentiable: a double backward raises, never a silent 0
     def backward(ctx, grad_out, _grad_weights):
         q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes = ctx.saved_tensors
         causal, scale, window, dropout_p, seed = ctx.options
@@ -230,7 +232,7 @@ def _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, e
     unbatched = query.dim() == 3
     if unbatched:
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        if key_padding_mask is not None and key_padding_mask.dim() == 1:  # [Lk] or [1, Lk], as on the CPU
+        if key_padding_mask is not None and key_padding_mask.dim() == 1:  # [Lk] for the unbatched call
             key_padding_mask = key_padding_mask.unsqueeze(0)
     out = attn_cuda.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
                                                  enable_gqa=enable_gqa, causal_alignment=causal_alignment,
@@ -244,20 +246,24 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  alibi_slopes=None):
     """torch.nn.functional.scaled_dot_product_attention computed by attn (forward and fused backward).
 
-    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 to 4 dimensions, CPU float32,
-    bfloat16 or float16 (one dtype for the three). Returns (..., H, Lq, Dv) in that dtype. CUDA tensors (3 or 4
-    dimensions, bfloat16/float16, D = Dv = 64 or 128) run on attn.cuda's kernels, without attn_mask, dropout_p or
-    alibi_slopes.
+    query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv): 2 or more dimensions, CPU float32,
+    bfloat16 or float16 (one dtype for the three). The dimensions before the last two broadcast as in PyTorch (a
+    key of batch 1, one key head for every query head, five-dimensional inputs; fewer dimensions count as leading
+    1s); broadcast keys and values are copied, except one key head, which attn's grouped-query path reads for every
+    head. Returns (..., H, Lq, Dv) in that dtype. CUDA tensors (3 or 4 dimensions, bfloat16/float16, D = Dv = 64 or
+    128) run on attn.cuda's kernels, without attn_mask, dropout_p or alibi_slopes.
     attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores (float32,
     or the query's 16-bit dtype, widened to float32).
     dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch); the mask's seed comes from
-    torch's default generator. is_causal: query i sees keys j <= i (top-left). scale: default 1/sqrt(D).
+    torch's default generator. is_causal: query i sees keys j <= i (top-left); with attn_mask it raises
+    RuntimeError, as PyTorch does (causal_alignment='top-left' applies both). scale: default 1/sqrt(D).
     enable_gqa: allow H to be a multiple of Hkv (grouped-query attention, K/V never repeated in memory).
     Extras: causal_alignment 'top-left' | 'bottom-right' (query i sees j <= i + Lk - Lq; setting it implies
     causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
     alibi_slopes (H,) float32 (adds -slope * |i + Lk - Lq - j|, FlashAttention's positions; |i - j| with 'top-left').
     A row whose keys are all masked gives 0 (PyTorch: NaN).
-    Differentiable in query, key and value.
+    Differentiable in query, key and value, once: differentiating the gradients again (create_graph=True, then a
+    second backward through them) raises RuntimeError.
     """
     if isinstance(query, torch.Tensor) and query.is_cuda:
         return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -270,33 +276,68 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
     if alibi_slopes is not None:
         _check_tensor(alibi_slopes, "alibi_slopes")
-    n = query.dim()
-    if not 2 <= n <= 4:
-        raise ValueError(f"query must have 2 to 4 dimensions (..., L, E), got shape {tuple(query.shape)}")
-    if key.dim() != n or value.dim() != n:
-        raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} must "
-                         "have the same number of dimensions")
+    if min(query.dim(), key.dim(), value.dim()) < 2:
+        raise ValueError(f"query, key and value must have at least 2 dimensions (..., L, E), got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
+    n = max(query.dim(), key.dim(), value.dim())  # fewer dimensions broadcast as leading 1s, as in PyTorch
+    query, key, value = (t.reshape((1,) * (n - t.dim()) + tuple(t.shape)) for t in (query, key, value))
     if key.shape[-1] != query.shape[-1]:
         raise ValueError(f"query and key must have the same last dimension E, got query {tuple(query.shape)} and "
                          f"key {tuple(key.shape)}")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same length")
-    if n >= 3 and query.shape[-3] != key.shape[-3] and not enable_gqa:
+    if n >= 3 and query.shape[-3] != key.shape[-3] and not enable_gqa and 1 not in (query.shape[-3], key.shape[-3]):
         raise ValueError(f"query has {query.shape[-3]} heads but key has {key.shape[-3]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {tuple(query.shape)}, key {tuple(key.shape)})")
     if dropout_p and not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
         raise ValueError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
+    if is_causal and attn_mask is not None:  # PyTorch's own error (causal_alignment combines the two)
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
+    if is_causal and causal_alignment == "none":
+        raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
-    if n == 4:  # (the common case costs no reshapes)
+    if n == 4 and query.shape[0] == key.shape[0] == value.shape[0] and (key.shape[1] == query.shape[1] or enable_gqa
+                                                                        or key.shape[1] == 1):
         return _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
-                          dropout_p, False)[0]
-    lead = (1,) * (4 - n)
-    out = _attention(query.reshape(lead + tuple(query.shape)), key.reshape(lead + tuple(key.shape)),
-                     value.reshape(lead + tuple(value.shape)), attn_mask, key_padding_mask, causal, scale, window,
-                     alibi_slopes, dropout_p, False)[0]
-    return out.reshape(tuple(query.shape[:-1]) + (value.shape[-1],))
+                          dropout_p, False)[0]  # the common case: no reshapes
+    if n == 2:
+        out = _attention(query[None, None], key[None, None], value[None, None], attn_mask, key_padding_mask, causal,
+                         scale, window, alibi_slopes, dropout_p, False)[0]
+        return out[0, 0]
+    query, key, value, attn_mask, batch = _broadcast_batches(query, key, value, attn_mask, key_padding_mask)
+    out = _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
+                     False)[0]
+    return out.reshape(batch + tuple(out.shape[1:]))
+
+
+def _broadcast_batches(query, key, value, attn_mask, key_padding_mask):
+    """Inputs of 3 or more dimensions (..., H, L, E), as PyTorch's math path broadcasts them: the batch
+    dimensions (all but the last three) broadcast together and flatten into one, and a single head of query (or of
+    key and value, without enable_gqa) serves every head of the other (key and value: attn's grouped-query path, no
+    copy). Returns 4-D query, key, value and attn_mask, and the batch shape the output takes back."""
+    try:
+        batch = tuple(torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3]))
+    except RuntimeError as e:
+        raise ValueError(f"the batch dimensions of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+                         f"{tuple(value.shape)} do not broadcast") from e
+    if key.shape[-3] != value.shape[-3]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same number of heads")
+    if query.shape[-3] == 1 and key.shape[-3] > 1:  # one query head for every key head
+        query = query.expand(query.shape[:-3] + (key.shape[-3],) + query.shape[-2:])
+    if len(batch) > 1 and key_padding_mask is not None:
+        raise ValueError(f"key_padding_mask needs one batch dimension (query, key and value of 4 dimensions), got "
+                         f"query {tuple(query.shape)}")
+    flat = lambda t: t.expand(batch + tuple(t.shape[-3:])).reshape((-1,) + tuple(t.shape[-3:]))
+    query, key, value = flat(query), flat(key), flat(value)
+    if attn_mask is not None and attn_mask.dim() > 3:
+        m = attn_mask.reshape((1,) * max(0, len(batch) + 3 - attn_mask.dim()) + tuple(attn_mask.shape))
+        if m.dim() != len(batch) + 3:
+            raise ValueError(f"attn_mask {tuple(attn_mask.shape)} has more dimensions than query "
+                             f"{tuple(query.shape)}")
+        attn_mask = m.reshape((1,) + tuple(m.shape[-3:])) if m.shape[:-3].numel() == 1 else flat(m)
+    return query, key, value, attn_mask, batch
 
 
 # ---------------------------------------------------------------- the module
@@ -413,6 +454,9 @@ class MultiheadAttention(nn.Module):
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "
                              f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
+        if attn_mask is not None and attn_mask.dim() not in (2, 3):
+            raise ValueError(f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape "
+                             f"{tuple(attn_mask.shape)}")
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -465,13 +509,11 @@ class MultiheadAttention(nn.Module):
                 if attn_mask.shape != (L, S):
                     raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
                                      f"{tuple(attn_mask.shape)}")
-            elif attn_mask.dim() == 3 or (not batched and attn_mask.dim() == 4):
-                if attn_mask.numel() != N * H * L * S:
+            else:  # (N * H, L, S), or (1, H, L, S) from an unbatched call's (H, L, S): the exact shape, as PyTorch
+                if tuple(attn_mask.shape[-3:]) != (N * H if batched else H, L, S):
                     raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
-                                     f"{tuple(attn_mask.shape)}")
+                                     f"{tuple(attn_mask.shape[-3:])}")
                 attn_mask = attn_mask.reshape(N, H, L, S)
-            else:
-                raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
             mask = attn_mask.logical_not() if attn_mask.dtype == torch.bool else attn_mask
         padding = None
         if key_padding_mask is not None:
@@ -490,7 +532,10 @@ class MultiheadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         out, weights = _attention(q, k, v, mask, padding, "top-left" if is_causal else "none", None, 0, None,
                                      dropout_p, bool(need_weights))
-        out = self.out_proj(out.transpose(1, 2).reshape(N, L, E))
+        # (N, H, L, D) to the layout the caller's query has, so the output is contiguous there, as PyTorch's is
+        seq_first = batched and not self.batch_first
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, E) if seq_first
+                            else out.transpose(1, 2).reshape(N, L, E))
         if need_weights:
             weights = weights.to(out.dtype)  # float32 from the 16-bit inputs' widened path: as nn.MultiheadAttention
             if average_attn_weights:
@@ -501,6 +546,4 @@ class MultiheadAttention(nn.Module):
             weights = None
         if not batched:
             out = out.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)
         return out, weights

@@ -188,6 +188,12 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.MultiheadAttention(8, 2).load_state_dict({"in_proj_weight": rand(24, 8)}), KeyError,
      "out_proj.weight"),
     (lambda: attn.load_safetensors("/nonexistent.safetensors"), ValueError, "nonexistent"),
+    # integer masks, refused as PyTorch refuses them (a 0/1 int mask had been added to the scores as floats)
+    (lambda: attn.scaled_dot_product_attention(rand(1, 1, 5, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8),
+                                               attn_mask=np.ones((5, 6), np.int64)), TypeError, "attn_mask"),
+    (lambda: attn.MultiheadAttention(8, 2, batch_first=True)(rand(1, 4, 8), rand(1, 4, 8), rand(1, 4, 8),
+                                                             key_padding_mask=np.array([[0, 0, 1, 1]])),
+     TypeError, "key_padding_mask"),
 ])
 def test_bad_input_raises(call, exc, needle):
     with pytest.raises(exc) as e:

@@ -219,8 +219,8 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(x, x, x, key_padding_mask=torch.zeros(1, 4))
     with pytest.raises(ValueError, match="key is on meta"):
         at.scaled_dot_product_attention(x, x.to("meta"), x)
-    with pytest.raises(ValueError, match="enable_gqa"):
-        at.scaled_dot_product_attention(x, torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8))
+    with pytest.raises(ValueError, match="enable_gqa"):  # (one key head would broadcast, as in PyTorch)
+        at.scaled_dot_product_attention(torch.randn(1, 4, 4, 8), x, x)
     with pytest.raises(ValueError, match="last dimension"):
         at.scaled_dot_product_attention(x, torch.randn(1, 2, 4, 7), x)
     with pytest.raises(ValueError, match="mask"):
@@ -231,6 +231,59 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(x, x, x, attn_mask=torch.zeros(4, 4, requires_grad=True))
     with pytest.raises(ValueError, match="key_padding_mask requires grad"):
         at.MultiheadAttention(8, 2)(x[0], x[0], x[0], key_padding_mask=torch.zeros(4, requires_grad=True))
+
+
+@pytest.mark.parametrize("shapes, mask", [
+    (((2, 2, 5, 16), (1, 2, 7, 16), (1, 2, 7, 16)), None),             # key and value broadcast over the batch
+    (((2, 4, 5, 16), (2, 1, 7, 16), (2, 1, 7, 16)), None),             # one key head for all, without enable_gqa
+    (((2, 3, 4, 5, 16), (1, 3, 1, 7, 16), (3, 1, 7, 16)), (3, 1, 5, 7)),  # five dimensions, fewer for value
+    (((2, 1, 4, 5, 16), (2, 3, 1, 7, 16), (2, 3, 1, 7, 16)), (2, 1, 4, 5, 7)),  # one query head; a full-rank mask
+    (((1, 5, 16), (2, 7, 16), (2, 7, 16)), None),
+    (((3, 4, 16), (7, 16), (7, 16)), None),
+])
+def test_leading_dimensions_broadcast_as_in_pytorch(shapes, mask):
+    # PyTorch's math path broadcasts every dimension before the last two (the kernels take [B, H, L, E]).
+    g = torch.Generator().manual_seed(6)
+    xs = [torch.randn(*s, dtype=torch.float64, generator=g) for s in shapes]
+    m = None if mask is None else torch.randn(*mask, dtype=torch.float64, generator=g)
+    ref = [x.clone().requires_grad_() for x in xs]
+    want = F.scaled_dot_product_attention(*ref, attn_mask=m)
+    want.square().sum().backward()
+    ours = [x.float().requires_grad_() for x in xs]
+    got = at.scaled_dot_product_attention(*ours, attn_mask=None if m is None else m.float())
+    got.square().sum().backward()
+    assert got.shape == want.shape
+    assert (got.double() - want).abs().max() < 1e-5
+    for a, b in zip(ours, ref):
+        assert a.grad.shape == b.grad.shape and (a.grad.double() - b.grad).abs().max() < 1e-4
+
+
+def test_pytorch_refusals_are_kept():
+    q = randn(1, 2, 4, 8)
+    with pytest.raises(RuntimeError, match="Explicit attn_mask should not be set when is_causal=True"):
+        at.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(4, 4), is_causal=True)
+    with pytest.raises(ValueError, match="contradicts"):
+        at.scaled_dot_product_attention(q, q, q, is_causal=True, causal_alignment="none")
+    # the fused backward is not differentiable: a double backward raises (it had silently given no gradient)
+    g, = torch.autograd.grad(at.scaled_dot_product_attention(q, q, q).square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+    # MultiheadAttention: a 3-D attn_mask of the right size but the wrong shape, and a 4-D one, as PyTorch
+    m = at.MultiheadAttention(8, 2, batch_first=True)
+    x, y = randn(1, 3, 8, grad=False), randn(1, 4, 8, grad=False)
+    with pytest.raises(ValueError, match="attn_mask must be"):
+        m(x, y, y, attn_mask=torch.zeros(2, 4, 3))
+    with pytest.raises(ValueError, match="attn_mask must be"):
+        m(x[0], y[0], y[0], attn_mask=torch.zeros(1, 2, 3, 4))
+    assert m(x[0], y[0], y[0], attn_mask=torch.zeros(2, 3, 4))[0].shape == (3, 8)
+
+
+def test_sequence_first_mha_output_is_contiguous_as_pytorchs():
+    ours, theirs = twins(8, 2)
+    x = randn(5, 3, 8, seed=3, grad=False)
+    y, yt = ours(x, x, x)[0], theirs(x, x, x)[0]
+    assert y.is_contiguous() and yt.is_contiguous()
+    assert (y.view(15, 8) - yt.view(15, 8)).abs().max() < 1e-5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
