@@ -276,19 +276,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
     if alibi_slopes is not None:
         _check_tensor(alibi_slopes, "alibi_slopes")
-    if min(query.dim(), key.dim(), value.dim()) < 2:
+    qs, ks, vs = query.shape, key.shape, value.shape
+    n = len(qs)
+    if min(n, len(ks), len(vs)) < 2:
         raise ValueError(f"query, key and value must have at least 2 dimensions (..., L, E), got query "
-                         f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
-    n = max(query.dim(), key.dim(), value.dim())  # fewer dimensions broadcast as leading 1s, as in PyTorch
-    query, key, value = (t.reshape((1,) * (n - t.dim()) + tuple(t.shape)) for t in (query, key, value))
-    if key.shape[-1] != query.shape[-1]:
-        raise ValueError(f"query and key must have the same last dimension E, got query {tuple(query.shape)} and "
-                         f"key {tuple(key.shape)}")
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same length")
-    if n >= 3 and query.shape[-3] != key.shape[-3] and not enable_gqa and 1 not in (query.shape[-3], key.shape[-3]):
-        raise ValueError(f"query has {query.shape[-3]} heads but key has {key.shape[-3]}: pass enable_gqa=True for "
-                         f"grouped-query attention (query {tuple(query.shape)}, key {tuple(key.shape)})")
+                         f"{tuple(qs)}, key {tuple(ks)} and value {tuple(vs)}")
+    if not n == len(ks) == len(vs):  # fewer dimensions broadcast as leading 1s, as in PyTorch
+        n = max(n, len(ks), len(vs))
+        query, key, value = (t.reshape((1,) * (n - t.dim()) + tuple(t.shape)) for t in (query, key, value))
+        qs, ks, vs = query.shape, key.shape, value.shape
+    if ks[-1] != qs[-1]:
+        raise ValueError(f"query and key must have the same last dimension E, got query {tuple(qs)} and "
+                         f"key {tuple(ks)}")
+    if ks[-2] != vs[-2]:
+        raise ValueError(f"key {tuple(ks)} and value {tuple(vs)} must have the same length")
+    if n >= 3 and qs[-3] != ks[-3] and not enable_gqa and 1 not in (qs[-3], ks[-3]):
+        raise ValueError(f"query has {qs[-3]} heads but key has {ks[-3]}: pass enable_gqa=True for "
+                         f"grouped-query attention (query {tuple(qs)}, key {tuple(ks)})")
     if dropout_p and not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
@@ -298,8 +302,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and causal_alignment == "none":
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
-    if n == 4 and query.shape[0] == key.shape[0] == value.shape[0] and (key.shape[1] == query.shape[1] or enable_gqa
-                                                                        or key.shape[1] == 1):
+    if n == 4 and qs[0] == ks[0] == vs[0] and (ks[1] == qs[1] or enable_gqa or ks[1] == 1):
         return _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                           dropout_p, False)[0]  # the common case: no reshapes
     if n == 2:
