@@ -7,7 +7,7 @@ shapes that send the kernels down their other paths: key splits, heads packed by
 D and Dv, equal or not; bool or float masks in every broadcast shape (some rows fully masked, some -inf), key padding
 (some sequences all padding), both causal alignments, sliding windows, ALiBi, a custom scale, strided (transposed)
 inputs, 1 or 2 threads. It runs attn.torch.scaled_dot_product_attention and its backward, and compares the output and
-the gradients of q, k and v with PyTorch's float64 autograd over attn's masking rules (a fully masked row gives 0 and
+the gradients of q, k and v (and of a float mask, in half the cases that have one) with PyTorch's float64 autograd over attn's masking rules (a fully masked row gives 0 and
 zero gradients), the 16-bit inputs rounded first. The error is max |attn - reference| over the reference's largest
 magnitude (at least 1); a case above its dtype's bound is printed as a JSON line to replay (--replay) and appended to
 --failures.
@@ -73,6 +73,7 @@ def draw(rng):
     c["kpm_whole"] = rng.random() < 0.3  # one sequence all padding
     c["alibi"] = rng.random() < 0.15
     c["scale"] = round(rng.uniform(0.05, 2.0), 3) if rng.random() < 0.3 else None
+    c["mask_grad"] = c["mask"] == "float" and rng.random() < 0.5  # a learned bias: its gradient is compared too
     c["magnitude"] = rng.choice([0.3, 1.0, 1.0, 3.0, 10.0])
     c["strided"] = rng.random() < 0.25
     c["threads"] = rng.choice([1, 2])
@@ -213,14 +214,17 @@ def run_case(c):
     q, k, v, mask, kpm, alibi, w = inputs(c)
     kw = dict(attn_mask=mask, scale=c["scale"], enable_gqa=c["group"] > 1, key_padding_mask=kpm, window=c["window"],
               alibi_slopes=alibi, causal_alignment=None if c["causal"] == "none" else c["causal"])
-    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-    out = at.scaled_dot_product_attention(*leaves, **kw)
+    # q, k, v, and the float mask where the case differentiates it, as leaves (as drawn, float64, float32)
+    differentiated = (q, k, v, mask) if c.get("mask_grad") else (q, k, v)
+    masked = lambda ls: ls[3] if c.get("mask_grad") else mask  # noqa: E731
+    leaves = [t.detach().requires_grad_(True) for t in differentiated]
+    out = at.scaled_dot_product_attention(*leaves[:3], **{**kw, "attn_mask": masked(leaves)})
     grads = torch.autograd.grad((out.double() * w).sum(), leaves)
-    rleaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref, p, smax = reference(c, *rleaves, mask, kpm, alibi)
+    rleaves = [t.detach().double().requires_grad_(True) for t in differentiated]
+    ref, p, smax = reference(c, *rleaves[:3], masked(rleaves), kpm, alibi)
     rgrads = torch.autograd.grad((ref * w).sum(), rleaves)
-    leaves32 = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
-    ref32, p32, _ = reference(c, *leaves32, mask, kpm, alibi, torch.float32)
+    leaves32 = [t.detach().float().requires_grad_(True) for t in differentiated]
+    ref32, p32, _ = reference(c, *leaves32[:3], masked(leaves32), kpm, alibi, torch.float32)
     grads32 = torch.autograd.grad((ref32 * w).sum(), leaves32)
 
     def err(a, r):

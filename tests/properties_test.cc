@@ -4,6 +4,7 @@
 
 #include "attn/attention.h"
 #include "attn/layers/multi_head_attention.h"
+#include "simd_levels.h"
 #include "test_util.h"
 
 namespace attn {
@@ -90,6 +91,36 @@ TEST(Properties, WeightRowsSumToOneAndMaskedWeightsAreZero) {
     // a row with one visible key copies that key's value
     for (int64_t d = 0; d < 8; ++d) EXPECT_NEAR(r.output.f32()[d], v.f32()[7 * 8 + d], 1e-6) << impl_name(impl);
   }
+}
+
+// Where the scores run into the hundreds, a float32 lse is an ulp of several hundred away from the truth, and weights
+// taken as exp(S − lse) had each row summing to 1 ± 2·10⁻⁵ (a learned mask's gradient, P ∘ (dP − Σ P dP), takes
+// that error times |dP|); from the row's max and log2 of its sum they sum to 1 within float32 rounding. Every SIMD
+// level, the few-query path (key splits) and the packed one, causal or not.
+TEST(Properties, WeightRowsSumToOneWhereTheScoresAreLarge) {
+  for (int64_t Lq : {64, 2})
+    for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight})
+      for (auto level : test::simd_levels()) {
+        SCOPED_TRACE("Lq " + std::to_string(Lq) + " simd=" + detail::simd_level_name(level));
+        test::SimdGuard guard(level);
+        std::mt19937 rng(19);
+        const int64_t Lk = Lq == 2 ? 3000 : 200, D = 128;
+        const Tensor q = test::random_tensor({1, 2, Lq, D}, rng, -10.0f, 10.0f);
+        const Tensor k = test::random_tensor({1, 2, Lk, D}, rng), v = test::random_tensor({1, 2, Lk, 8}, rng);
+        AttentionOptions o;
+        o.impl = AttentionImpl::kFused;
+        o.scale = 2.0f;
+        o.causal = causal;
+        o.return_weights = true;
+        const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
+        double worst = 0.0;
+        for (int64_t row = 0; row < 2 * Lq; ++row) {
+          double sum = 0.0;
+          for (int64_t j = 0; j < Lk; ++j) sum += r.weights.f32()[row * Lk + j];
+          worst = std::max(worst, std::abs(sum - 1.0));
+        }
+        EXPECT_LE(worst, 3e-6);  // from the lse: up to 2e-5
+      }
 }
 
 TEST(Properties, FullyMaskedRowsGiveZeroNotNaN) {

@@ -26,9 +26,11 @@ torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or
 scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
 refused there), differentiable through attn.cuda's autograd Function (not a custom op).
 
-Not differentiable: attn_mask and alibi_slopes (refused with ValueError when they require grad), the
-attention weights that MultiheadAttention returns with need_weights=True, and the gradients themselves (a double
-backward raises RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
+A float attn_mask (or MultiheadAttention's float key_padding_mask) that requires grad, a learned bias, gets
+PyTorch's gradient: the score gradient summed over the dimensions the mask broadcasts across, from the weights the
+forward then also returns (O(B·H·Lq·Lk) memory, as PyTorch's math path; without dropout). Not differentiable:
+alibi_slopes (refused with ValueError when it requires grad), the attention weights that MultiheadAttention returns
+with need_weights=True, and the gradients themselves (a double backward raises RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
 """
 import math
 from typing import Optional, Tuple
@@ -89,6 +91,23 @@ def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, ca
                                      alibi_slopes, dropout_p, seed, torch.get_num_threads())
 
 
+def _mask_gradient(attn_mask, weights, v, grad_out):
+    """dL/dM for an additive float attn_mask (broadcastable to [B, H, Lq, Lk]): the score gradient
+    dS = P ∘ (dP − rowsum(P ∘ dP)), dP = dO·Vᵀ, from the forward's weights P (every mask, causal range and ALiBi
+    already in them; rows with every key hidden are 0), summed over the dimensions the mask broadcasts across.
+    O(B·H·Lq·Lk) memory, as PyTorch's math path; float32, then the mask's dtype."""
+    B, H, Lq, Lk = weights.shape
+    Hkv, Dv = v.shape[1], v.shape[3]
+    d_out = grad_out.float().reshape(B, Hkv, H // Hkv, Lq, Dv)  # a key head's query heads together (GQA)
+    d_p = torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk)
+    d_s = weights * (d_p - (weights * d_p).sum(-1, keepdim=True))
+    return d_s.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
+
+
+def _mask_needs_grad(attn_mask):
+    return attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
+
+
 def _no_grad_needed(t, name):
     if t is not None and t.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
@@ -142,19 +161,20 @@ def _(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, w
 def _setup_context(ctx, inputs, output):
     q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, _ = inputs
     out, lse, weights = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed)
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights)
     ctx.options = (causal, scale, window, dropout_p)
     ctx.mark_non_differentiable(lse, weights)
 
 
 def _backward(ctx, grad_out, _grad_lse, _grad_weights):
-    q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed = ctx.saved_tensors
+    q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights = ctx.saved_tensors
     causal, scale, window, dropout_p = ctx.options
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                 alibi_slopes, dropout_p, seed)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    d_mask = _mask_gradient(attn_mask, weights, v, grad_out) if ctx.needs_input_grad[3] else None
+    return dq, dk, dv, d_mask, None, None, None, None, None, None, None, None
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -169,7 +189,8 @@ class _EagerSdpa(torch.autograd.Function):
         out, lse, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window,
                                              alibi_slopes, dropout_p, seed, return_weights, True,
                                              torch.get_num_threads())
-        ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes)
+        ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes,
+                              weights if ctx.needs_input_grad[3] else None)
         ctx.options = (causal, scale, window, dropout_p, seed)
         if weights is not None:
             ctx.mark_non_differentiable(weights)
@@ -178,12 +199,13 @@ class _EagerSdpa(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the fused backward is not itself differentiable: a double backward raises, never a silent 0
     def backward(ctx, grad_out, _grad_weights):
-        q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes = ctx.saved_tensors
+        q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, weights = ctx.saved_tensors
         causal, scale, window, dropout_p, seed = ctx.options
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         dq, dk, dv = _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                      alibi_slopes, dropout_p, seed)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        d_mask = _mask_gradient(attn_mask, weights, v, grad_out) if ctx.needs_input_grad[3] else None
+        return dq, dk, dv, d_mask, None, None, None, None, None, None, None, None
 
 
 def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
@@ -195,15 +217,23 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     attn_mask, key_padding_mask, alibi_slopes = _c(_f32_mask(attn_mask)), _c(key_padding_mask), _c(alibi_slopes)
     scale = None if scale is None else float(scale)
     window, dropout_p = int(window), float(dropout_p)
+    # a float mask that requires grad (a learned bias): its gradient comes from the weights, which the forward then
+    # returns too (O(B·H·Lq·Lk) memory, as PyTorch's math path)
+    mask_grad = _mask_needs_grad(attn_mask)
+    if mask_grad and dropout_p > 0.0:
+        raise ValueError(f"attn_mask requires grad and dropout_p = {dropout_p}: attn differentiates a float mask only "
+                         "without dropout (pass attn_mask.detach(), or dropout_p=0)")
+    want_weights = need_weights or mask_grad
     if torch.compiler.is_compiling() or type(q) is not torch.Tensor:
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
         out, _, weights = _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
-                                seed, need_weights)
+                                seed, want_weights)
         return out, (weights if need_weights else None)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _EagerSdpa.apply(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
-                                dropout_p, seed, need_weights)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or mask_grad):
+        out, weights = _EagerSdpa.apply(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                                        dropout_p, seed, want_weights)
+        return out, (weights if need_weights else None)
     out, _, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                                        dropout_p, seed, need_weights, False, torch.get_num_threads())
     return out, weights
@@ -262,7 +292,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
     alibi_slopes (H,) float32 (adds -slope * |i + Lk - Lq - j|, FlashAttention's positions; |i - j| with 'top-left').
     A row whose keys are all masked gives 0 (PyTorch: NaN).
-    Differentiable in query, key and value, once: differentiating the gradients again (create_graph=True, then a
+    Differentiable in query, key and value, and in a float attn_mask that requires grad (without dropout; the
+    weights are then kept, O(B·H·Lq·Lk)), once: differentiating the gradients again (create_graph=True, then a
     second backward through them) raises RuntimeError.
     """
     if isinstance(query, torch.Tensor) and query.is_cuda:
@@ -270,7 +301,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                causal_alignment, key_padding_mask, window, alibi_slopes)
     _check_qkv(query, key, value)
     _check_mask(attn_mask, "attn_mask", query.dtype)
-    _no_grad_needed(attn_mask, "attn_mask")
     _no_grad_needed(alibi_slopes, "alibi_slopes")
     if key_padding_mask is not None:
         _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
@@ -451,8 +481,6 @@ class MultiheadAttention(nn.Module):
         _check_qkv(query, key, value)
         _check_mask(attn_mask, "attn_mask", query.dtype)
         _check_mask(key_padding_mask, "key_padding_mask", query.dtype)
-        _no_grad_needed(attn_mask, "attn_mask")
-        _no_grad_needed(key_padding_mask, "key_padding_mask")
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
             raise ValueError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "

@@ -13,7 +13,7 @@
 //   out = acc / l  (0 where l = 0: a row with every key hidden)
 // The [Lq, Lk] score matrix never exists; memory is linear in the length. With several key splits
 // (decode: few queries, long K/V) each split keeps its own (m, l, acc) and they merge by log-sum-exp.
-// Weights, when asked for, come from a second pass over K: w = exp(S − lse), lse = m + log l.
+// Weights, when asked for, come from a second pass over K: w = 2^((S − m) − log2 l), each row's (m, l) kept for it.
 //
 // One call, step by step (attention_fused, at the end of the file):
 //   plan_fused        how the work divides: query tiles, key splits, whether Kᵀ is packed, threads
@@ -62,6 +62,13 @@ static_assert(Tiles::kPvRows <= W && Tiles::kRowPvRows <= W, "a P·V block reach
 // Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e) (kLog2e,
 // tile_kernels.h), so P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
 constexpr float kLn2 = 0.693147180559945309f;
+
+// A row's (m, log2 l) for the weights pass (FusedBuffers::row_base): log2 l = kNoWeights where the row sees no key.
+constexpr float kNoWeights = std::numeric_limits<float>::infinity();
+void set_row_base(float* base, float m, float l) {
+  base[0] = m;
+  base[1] = l == 0.0f ? kNoWeights : std::log2(l);  // NaN stays NaN: a poisoned row
+}
 
 // Per-thread buffers, grown once and reused across calls (fresh pages are expensive to touch).
 struct Workspace {
@@ -415,9 +422,12 @@ void tile_key_range(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t
   p.key_range(i0 + rows - 1, &unused, hi);
 }
 
-// Second pass: weights[b, h, i, :] = exp(S − lse_i) for rows [i0, i0 + rows); 0 where hidden.
-// lse: [rows], the rows' log-sum-exp; kpack and after as in accumulate_keys.
-void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* lse,
+// Second pass: weights[b, h, i, :] = 2^((S − m_i) − log2 l_i) for rows [i0, i0 + rows); 0 where hidden.
+// base: [rows, 2], each row's (m, log2 l) in base 2 (set_row_base); kpack and after as in accumulate_keys. Not from the
+// lse: rounded to a float32 near |m| (scores in the hundreds), it had scaled a whole row's weights by up to 1 ± 2·10⁻⁵,
+// and a row's weights are to sum to 1 (a learned mask's gradient in attn.torch, dS = P ∘ (dP − Σ P dP), takes that
+// error times |dP| where the row is nearly one-hot). s − m is exact, log2 l small.
+void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t i0, int64_t rows, const float* base,
                         const float* kpack, float after, Workspace& ws) {
   const float* k = p.k + b * p.k_sb + p.kv_head(h) * p.k_sh;
   for (int64_t j0 = 0; j0 < p.Lk; j0 += Tiles::kBk) {
@@ -428,19 +438,19 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
       float* s = ws.s.data() + r * Tiles::kBk;
       float* w = p.weights + ((b * p.H + h) * p.Lq + i0 + r) * p.Lk + j0;
       mask_row_segment(p, b, h, i0 + r, j0, j0 + n, s, kLog2e);
-      if (lse[r] == kNegInf) {
-        std::fill(w, w + n, 0.0f);
-        continue;
-      }
-      if (std::isnan(lse[r])) {  // a poisoned row: NaN wherever a key is visible, 0 where hidden
+      const float m = base[2 * r], log2_l = base[2 * r + 1];
+      if (std::isnan(log2_l)) {  // a poisoned row: NaN wherever a key is visible, 0 where hidden
         for (int64_t j = 0; j < n; ++j) w[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
         continue;
       }
-      const float lse2 = lse[r] * kLog2e;  // in base 2, as the scores
-      const Vec lv = Vec::set1(lse2);
+      if (m == kNegInf || log2_l == kNoWeights) {  // no key visible
+        std::fill(w, w + n, 0.0f);
+        continue;
+      }
+      const Vec mv = Vec::set1(m), lv = Vec::set1(log2_l);
       int64_t j = 0;
-      for (; j + W <= n; j += W) simd::exp2(Vec::load(s + j) - lv).store(w + j);
-      for (; j < n; ++j) w[j] = std::exp2(s[j] - lse2);
+      for (; j + W <= n; j += W) simd::exp2((Vec::load(s + j) - mv) - lv).store(w + j);
+      for (; j < n; ++j) w[j] = std::exp2((s[j] - m) - log2_l);
     }
   }
 }
@@ -518,29 +528,29 @@ FusedPlan plan_fused(const AttentionProblem& p) {
 // The call's buffers shared by its threads; owned by the calling thread, grown once and reused.
 struct FusedBuffers {
   float* partial;        // [tile_tasks, splits, bq, row_state]   each split's row states, when splits > 1
-  float* lse;            // [B, H, Lq]                            each row's log-sum-exp (p.lse when asked for), when
-                         //                                       lse or weights are asked for, else nullptr
+  float* lse;            // [B, H, Lq]                            each row's log-sum-exp: p.lse, or nullptr
+  float* row_base;       // [B, H, Lq, 2]                         each row's (m, log2 l) when weights are asked for
   float* packed;         // [B, Hkv, key_tiles, D, kBk]           Kᵀ, when keys_packed and not task_keys
   uint32_t* key_states;  // [B, Hkv, key_tiles]               each tile of `packed`: its PackedOnDemand state, 0 at
                          //                                       the call's start
 };
 
 FusedBuffers call_buffers(const AttentionProblem& p, const FusedPlan& plan) {
-  thread_local AlignedVector<float> partial, lse, packed;
+  thread_local AlignedVector<float> partial, row_base, packed;
   thread_local std::vector<uint32_t> key_states;
   const int64_t partial_floats = plan.tile_tasks * plan.splits * plan.bq * plan.row_state;
   if (plan.splits > 1 && static_cast<int64_t>(partial.size()) < partial_floats)
     partial.resize(static_cast<size_t>(partial_floats));
-  const int64_t lse_floats = p.B * p.H * p.Lq;
-  const bool own_lse = p.weights && !p.lse;
-  if (own_lse && static_cast<int64_t>(lse.size()) < lse_floats) lse.resize(static_cast<size_t>(lse_floats));
+  const int64_t base_floats = 2 * p.B * p.H * p.Lq;
+  if (p.weights && static_cast<int64_t>(row_base.size()) < base_floats)
+    row_base.resize(static_cast<size_t>(base_floats));
   const int64_t tiles = p.B * p.Hkv * plan.key_tiles, packed_floats = tiles * plan.key_tile_floats;
   if (plan.keys_packed && !plan.task_keys) {
     if (static_cast<int64_t>(packed.size()) < packed_floats) packed.resize(static_cast<size_t>(packed_floats));
     if (static_cast<int64_t>(key_states.size()) < tiles) key_states.resize(static_cast<size_t>(tiles));
     std::fill(key_states.begin(), key_states.begin() + tiles, 0u);
   }
-  return {partial.data(), p.lse ? p.lse : own_lse ? lse.data() : nullptr, packed.data(), key_states.data()};
+  return {partial.data(), p.lse, p.weights ? row_base.data() : nullptr, packed.data(), key_states.data()};
 }
 
 // Head (b, h)'s packed Kᵀ, [key_tiles, D, kBk] (shared by the heads of a group), or nullptr when the
@@ -691,6 +701,7 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
       for (; d + W <= p.Dv; d += W) (Vec::load(acc + d) * Vec::set1(inv)).store(out + d);
       for (; d < p.Dv; ++d) out[d] = acc[d] * inv;
       if (buf.lse) buf.lse[t.bh * p.Lq + t.i0 + r] = ws.l[r] == 0.0f ? kNegInf : kLn2 * (ws.m[r] + std::log2(ws.l[r]));
+      if (buf.row_base) set_row_base(buf.row_base + 2 * (t.bh * p.Lq + t.i0 + r), ws.m[r], ws.l[r]);
     }
   };
   // Nothing follows the tasks but the parallel region's end (one key split, no weights): no barrier of their own, so
@@ -710,9 +721,11 @@ void run_tiles(const AttentionProblem& p, const FusedPlan& plan, const FusedBuff
   }
 }
 
-// Merges the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic): out, and
-// lse when weights are asked for. partial: [tile_tasks, splits, bq, row_state]; lse: [B, H, Lq].
-void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const float* partial, float* lse) {
+// Merges the splits of each (b, h, tile) row by log-sum-exp, in split order (deterministic): out, lse when asked
+// for, and the rows' (m, log2 l) when weights are. partial: [tile_tasks, splits, bq, row_state].
+void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf) {
+  const float* partial = buf.partial;
+  float* lse = buf.lse;
   const int64_t splits = plan.splits, row_state = plan.row_state;
 #pragma omp for schedule(static)
   for (int64_t index = 0; index < plan.tile_tasks; ++index) {
@@ -741,18 +754,19 @@ void merge_key_splits(const AttentionProblem& p, const FusedPlan& plan, const fl
         for (int64_t d = 0; d < p.Dv; ++d) out[d] /= l;
       }
       if (lse) lse[t.bh * p.Lq + t.i0 + r] = l == 0.0f ? kNegInf : kLn2 * (m + std::log2(l));
+      if (buf.row_base) set_row_base(buf.row_base + 2 * (t.bh * p.Lq + t.i0 + r), m, l);
     }
   }
 }
 
-// The weights pass: every tile task's rows of p.weights, from lse ([B, H, Lq]).
+// The weights pass: every tile task's rows of p.weights, from the rows' (m, log2 l) (buf.row_base).
 void write_weights(const AttentionProblem& p, const FusedPlan& plan, const FusedBuffers& buf, Workspace& ws) {
 #pragma omp for schedule(dynamic, 1)
   for (int64_t index = 0; index < plan.tile_tasks; ++index) {
     const TileTask t = tile_task(p, plan, index);
     if (!plan.keys_packed) pack_queries(p, t.b, t.h, t.i0, t.rows, plan.operand, ws);
     if (plan.keys_packed) pack_head_keys(p, plan, buf, t.b, p.kv_head(t.h), 0, p.Lk);  // tiles no task needed
-    write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.lse + t.bh * p.Lq + t.i0,
+    write_tile_weights(p, t.b, t.h, t.i0, t.rows, buf.row_base + 2 * (t.bh * p.Lq + t.i0),
                        head_keys(p, plan, buf.packed, t.b, t.h), plan.after, ws);
   }
 }
@@ -768,7 +782,7 @@ void attention_fused(const AttentionProblem& p) {
     ws.reserve(p.D, plan.Dvp, plan.bq, plan.task_keys ? plan.key_tiles * plan.key_tile_floats : 0);
     if (plan.pack_pass && ATTN_SWEEP_SKIP != 5) pack_keys(p, plan, buf);
     run_tiles(p, plan, buf, ws);
-    if (plan.splits > 1) merge_key_splits(p, plan, buf.partial, buf.lse);
+    if (plan.splits > 1) merge_key_splits(p, plan, buf);
     if (p.weights) write_weights(p, plan, buf, ws);
   };
   // One thread and no enclosing region: no parallel region (see plan_fused). Inside one (a translator's

@@ -227,10 +227,10 @@ def test_errors_name_the_argument():
         at.scaled_dot_product_attention(x, x, x, attn_mask=torch.ones(3, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="query must be float32"):
         at.MultiheadAttention(8, 2)(x[0].double(), x[0], x[0])
-    with pytest.raises(ValueError, match="attn_mask requires grad"):
-        at.scaled_dot_product_attention(x, x, x, attn_mask=torch.zeros(4, 4, requires_grad=True))
-    with pytest.raises(ValueError, match="key_padding_mask requires grad"):
-        at.MultiheadAttention(8, 2)(x[0], x[0], x[0], key_padding_mask=torch.zeros(4, requires_grad=True))
+    with pytest.raises(ValueError, match="alibi_slopes requires grad"):
+        at.scaled_dot_product_attention(x, x, x, alibi_slopes=torch.zeros(2, requires_grad=True))
+    with pytest.raises(ValueError, match="attn_mask requires grad and dropout_p"):
+        at.scaled_dot_product_attention(x, x, x, attn_mask=torch.zeros(4, 4, requires_grad=True), dropout_p=0.1)
 
 
 @pytest.mark.parametrize("shapes, mask", [
@@ -256,6 +256,52 @@ def test_leading_dimensions_broadcast_as_in_pytorch(shapes, mask):
     assert (got.double() - want).abs().max() < 1e-5
     for a, b in zip(ours, ref):
         assert a.grad.shape == b.grad.shape and (a.grad.double() - b.grad).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("q_shape, kv_shape, mask_shape, gqa, causal, via_op", [
+    ((2, 4, 5, 16), (2, 4, 7, 16), (5, 7), False, False, False),         # one bias for every batch and head
+    ((2, 4, 5, 16), (2, 4, 7, 16), (4, 5, 7), False, False, False),      # a bias per head (T5's relative positions)
+    ((2, 4, 5, 16), (2, 2, 7, 16), (2, 1, 5, 7), True, False, False),    # grouped-query attention
+    ((2, 4, 6, 16), (2, 4, 6, 16), (1, 4, 6, 6), False, True, False),    # with attn's causal_alignment
+    ((2, 4, 5, 16), (2, 4, 7, 16), (2, 4, 5, 7), False, False, True),    # the custom op's autograd (torch.compile's)
+])
+def test_learned_additive_masks_get_pytorchs_gradient(q_shape, kv_shape, mask_shape, gqa, causal, via_op):
+    # A float attn_mask that requires grad (a learned relative-position bias) is differentiated as PyTorch's math path
+    # does: dM = dS summed over the dimensions the mask broadcasts across.
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(*s, dtype=torch.float64, generator=g) for s in (q_shape, kv_shape, kv_shape))
+    m = torch.randn(*mask_shape, dtype=torch.float64, generator=g)
+    ref = [t.clone().requires_grad_() for t in (q, k, v, m)]
+    full = ref[3]
+    if causal:
+        L, S = q_shape[-2], kv_shape[-2]
+        full = full + torch.zeros(L, S, dtype=torch.float64).masked_fill(torch.ones(L, S).triu(1).bool(), -math.inf)
+    want = F.scaled_dot_product_attention(*ref[:3], attn_mask=full, enable_gqa=gqa)
+    w = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    (want * w).sum().backward()
+    ours = [t.float().requires_grad_() for t in (q, k, v, m)]
+    if via_op:
+        got = at._sdpa(*ours, None, "none", None, 0, None, 0.0, None, True)[0]
+    else:
+        got = at.scaled_dot_product_attention(*ours[:3], attn_mask=ours[3], enable_gqa=gqa,
+                                              causal_alignment="top-left" if causal else None)
+    (got * w.float()).sum().backward()
+    assert (got.double() - want).abs().max() < 1e-5
+    for a, b in zip(ours, ref):
+        assert a.grad.shape == b.grad.shape
+        assert (a.grad.double() - b.grad).abs().max() < 1e-5 * (1 + b.grad.abs().max())
+
+
+def test_mha_learned_masks_get_pytorchs_gradient():
+    ours, theirs = twins(8, 2, batch_first=True)
+    x = randn(2, 5, 8, seed=8, grad=False)
+    for module in (ours, theirs):
+        bias = torch.linspace(-1, 1, 25).reshape(5, 5).requires_grad_()
+        pad = torch.tensor([[0.0, 0.5, 0.0, -1.0, 0.0], [0.2, 0.0, 0.0, 0.0, -3.0]], requires_grad=True)
+        module(x, x, x, attn_mask=bias, key_padding_mask=pad)[0].square().sum().backward()
+        module.grads = (bias.grad, pad.grad)
+    for a, b in zip(ours.grads, theirs.grads):
+        assert (a - b).abs().max() < 1e-5 * (1 + b.abs().max())
 
 
 def test_pytorch_refusals_are_kept():
