@@ -28,9 +28,11 @@ refused there), differentiable through attn.cuda's autograd Function (not a cust
 
 A float attn_mask (or MultiheadAttention's float key_padding_mask) that requires grad, a learned bias, gets
 PyTorch's gradient: the score gradient summed over the dimensions the mask broadcasts across, from the weights the
-forward then also returns (O(B·H·Lq·Lk) memory, as PyTorch's math path; without dropout). Not differentiable:
-alibi_slopes (refused with ValueError when it requires grad), the attention weights that MultiheadAttention returns
-with need_weights=True, and the gradients themselves (a double backward raises RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
+forward then also returns (O(B·H·Lq·Lk) memory, as PyTorch's math path; without dropout). The attention weights
+MultiheadAttention returns with need_weights=True are differentiable too (a loss on them reaches query, key and a
+learned mask), though taken before dropout where PyTorch returns them after. Not differentiable: alibi_slopes
+(refused with ValueError when it requires grad) and the gradients themselves (a double backward raises
+RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
 """
 import math
 from typing import Optional, Tuple
@@ -91,17 +93,41 @@ def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, ca
                                      alibi_slopes, dropout_p, seed, torch.get_num_threads())
 
 
-def _mask_gradient(attn_mask, weights, v, grad_out):
-    """dL/dM for an additive float attn_mask (broadcastable to [B, H, Lq, Lk]): the score gradient
-    dS = P ∘ (dP − rowsum(P ∘ dP)), dP = dO·Vᵀ, from the forward's weights P (every mask, causal range and ALiBi
-    already in them; rows with every key hidden are 0), summed over the dimensions the mask broadcasts across.
-    O(B·H·Lq·Lk) memory, as PyTorch's math path; float32, then the mask's dtype."""
+def _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale, mask_grad):
+    """What the fused backward leaves out, from the forward's weights P [B, H, Lq, Lk] (every mask, causal range and
+    ALiBi already in them; rows with every key hidden are 0), in float32: the gradient of a float attn_mask that
+    requires grad, and the part of dq, dk that flows through the returned weights (MultiheadAttention's
+    need_weights, used in a loss). Both come from one score gradient dS = P ∘ (G − rowsum(P ∘ G)), G = dO·Vᵀ (where
+    the mask needs it) + dP̂ (the weights' own gradient): the mask's is dS summed over the dimensions it broadcasts
+    across; dq += scale·dS_w·K and dk += scale·dS_wᵀ·Q for the weights' part. O(B·H·Lq·Lk) memory, as PyTorch's math
+    path. Returns (dq_add or None, dk_add or None, d_mask or None)."""
+    if grad_weights is None and not mask_grad:
+        return None, None, None
     B, H, Lq, Lk = weights.shape
-    Hkv, Dv = v.shape[1], v.shape[3]
-    d_out = grad_out.float().reshape(B, Hkv, H // Hkv, Lq, Dv)  # a key head's query heads together (GQA)
-    d_p = torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk)
-    d_s = weights * (d_p - (weights * d_p).sum(-1, keepdim=True))
-    return d_s.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
+    Hkv, D, Dv = v.shape[1], q.shape[3], v.shape[3]
+    G = H // Hkv  # a key head's query heads, together (grouped-query attention)
+
+    def score_gradient(g):
+        return weights * (g - (weights * g).sum(-1, keepdim=True))
+
+    d_s_w = score_gradient(grad_weights.float()) if grad_weights is not None else None
+    d_mask = None
+    if mask_grad:
+        d_out = grad_out.float().reshape(B, Hkv, G, Lq, Dv)
+        d_p = torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk)
+        d_s = score_gradient(d_p) if d_s_w is None else score_gradient(d_p + grad_weights.float())
+        d_mask = d_s.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
+    if d_s_w is None:
+        return None, None, d_mask
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    d_s_w = d_s_w.reshape(B, Hkv, G, Lq, Lk)
+    dq = scale * torch.matmul(d_s_w, k.float().unsqueeze(2)).reshape(B, H, Lq, D)
+    dk = scale * torch.matmul(d_s_w.transpose(-1, -2), q.float().reshape(B, Hkv, G, Lq, D)).sum(2)
+    return dq, dk, d_mask
+
+
+def _add(g, extra):
+    return g if extra is None else (g.float() + extra).to(g.dtype)
 
 
 def _mask_needs_grad(attn_mask):
@@ -163,18 +189,22 @@ def _setup_context(ctx, inputs, output):
     out, lse, weights = output
     ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights)
     ctx.options = (causal, scale, window, dropout_p)
-    ctx.mark_non_differentiable(lse, weights)
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # weights no loss uses: None, not [B, H, Lq, Lk] zeros to multiply
 
 
-def _backward(ctx, grad_out, _grad_lse, _grad_weights):
+def _backward(ctx, grad_out, _grad_lse, grad_weights):
     q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights = ctx.saved_tensors
     causal, scale, window, dropout_p = ctx.options
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                 alibi_slopes, dropout_p, seed)
-    d_mask = _mask_gradient(attn_mask, weights, v, grad_out) if ctx.needs_input_grad[3] else None
-    return dq, dk, dv, d_mask, None, None, None, None, None, None, None, None
+    if grad_weights is not None and grad_weights.numel() == 0:
+        grad_weights = None  # no weights were returned (the op's empty placeholder)
+    dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
+                                        ctx.needs_input_grad[3])
+    return _add(dq, dq_w), _add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -189,23 +219,24 @@ class _EagerSdpa(torch.autograd.Function):
         out, lse, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window,
                                              alibi_slopes, dropout_p, seed, return_weights, True,
                                              torch.get_num_threads())
-        ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes,
-                              weights if ctx.needs_input_grad[3] else None)
+        ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, weights)
         ctx.options = (causal, scale, window, dropout_p, seed)
-        if weights is not None:
-            ctx.mark_non_differentiable(weights)
+        ctx.set_materialize_grads(False)  # weights no loss uses: None, not [B, H, Lq, Lk] zeros to multiply
         return out, weights
 
     @staticmethod
     @once_differentiable  # the fused backward is not itself differentiable: a double backward raises, never a silent 0
-    def backward(ctx, grad_out, _grad_weights):
+    def backward(ctx, grad_out, grad_weights):
         q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, weights = ctx.saved_tensors
         causal, scale, window, dropout_p, seed = ctx.options
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         dq, dk, dv = _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                      alibi_slopes, dropout_p, seed)
-        d_mask = _mask_gradient(attn_mask, weights, v, grad_out) if ctx.needs_input_grad[3] else None
-        return dq, dk, dv, d_mask, None, None, None, None, None, None, None, None
+        if weights is None:
+            grad_weights = None
+        dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
+                                            ctx.needs_input_grad[3])
+        return _add(dq, dq_w), _add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
 
 
 def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
@@ -388,7 +419,7 @@ class MultiheadAttention(nn.Module):
             average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights or None)
       query (L, N, E), key (S, N, kdim), value (S, N, vdim); (N, L, E)... with batch_first; unbatched (L, E).
       attn_output like query. attn_weights (N, L, S) averaged over heads, or (N, H, L, S) with
-      average_attn_weights=False (unbatched: without N); not differentiable, before dropout.
+      average_attn_weights=False (unbatched: without N); differentiable, before dropout (PyTorch: after).
       key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
       bool True = NOT allowed to attend, or float added. is_causal: a hint that attn_mask is the causal (top-left)
       mask; without attn_mask it raises RuntimeError, as nn.MultiheadAttention does. As there: attn_mask

@@ -304,6 +304,45 @@ def test_mha_learned_masks_get_pytorchs_gradient():
         assert (a - b).abs().max() < 1e-5 * (1 + b.abs().max())
 
 
+@pytest.mark.parametrize("num_kv_heads", [None, 1])
+def test_a_loss_on_mha_weights_reaches_the_inputs_as_in_pytorch(num_kv_heads):
+    # need_weights=True returns weights a loss may use (attention supervision); their gradient flows into query, key,
+    # the projections and a learned mask, as through nn.MultiheadAttention's. (GQA: against the float64 math.)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 5, 8, generator=g)
+    target = torch.rand(2, 2, 5, 5, generator=g)
+    torch.manual_seed(0)
+    ours = at.MultiheadAttention(8, 2, batch_first=True, num_kv_heads=num_kv_heads)
+    bias = torch.randn(5, 5, generator=g)
+    b_ours = bias.clone().requires_grad_()
+    y, w = ours(x, x, x, attn_mask=b_ours, average_attn_weights=False)
+    (y.square().sum() + (w - target).square().sum()).backward()
+    if num_kv_heads is None:
+        torch.manual_seed(0)
+        theirs = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        theirs.load_state_dict(ours.state_dict())
+        b_theirs = bias.clone().requires_grad_()
+        yt, wt = theirs(x, x, x, attn_mask=b_theirs, average_attn_weights=False)
+        (yt.square().sum() + (wt - target).square().sum()).backward()
+        pairs = [(b_ours.grad, b_theirs.grad)] + [(a.grad, b.grad) for a, b in zip(ours.parameters(),
+                                                                                  theirs.parameters())]
+    else:  # one kv head: the float64 math with the key and value projections shared by both heads
+        xd, E, D = x.double(), 8, 4
+        wq, wk, wv = (t.detach().double().requires_grad_() for t in ours.in_proj_weight.split([E, D, D]))
+        bq, bk, bv = (t.detach().double().requires_grad_() for t in ours.in_proj_bias.split([E, D, D]))
+        bd = bias.double().requires_grad_()
+        q = (xd @ wq.T + bq).view(2, 5, 2, D).transpose(1, 2)
+        k = (xd @ wk.T + bk).view(2, 5, 1, D).transpose(1, 2)
+        v = (xd @ wv.T + bv).view(2, 5, 1, D).transpose(1, 2)
+        p = torch.softmax(q @ k.transpose(-1, -2) / 2 + bd, -1)
+        o = (p @ v).transpose(1, 2).reshape(2, 5, E) @ ours.out_proj.weight.double().T + ours.out_proj.bias.double()
+        (o.square().sum() + (p - target).square().sum()).backward()
+        pairs = [(b_ours.grad, bd.grad), (ours.in_proj_weight.grad, torch.cat([wq.grad, wk.grad, wv.grad])),
+                 (ours.in_proj_bias.grad, torch.cat([bq.grad, bk.grad, bv.grad]))]
+    for a, b in pairs:
+        assert (a.double() - b.double()).abs().max() < 1e-4 * (1 + b.abs().max())
+
+
 def test_pytorch_refusals_are_kept():
     q = randn(1, 2, 4, 8)
     with pytest.raises(RuntimeError, match="Explicit attn_mask should not be set when is_causal=True"):
