@@ -76,7 +76,9 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     Shape shape;
     for (const auto& s : entry["shape"]) {
       if (!s.is_number_unsigned() || shape.size() >= 32) throw FormatError(where + " has a malformed shape");
-      shape.push_back(static_cast<int64_t>(std::min<uint64_t>(s.get<uint64_t>(), uint64_t{1} << 62)));
+      if (s.get<uint64_t>() > uint64_t{1} << 60)  // refused, not clamped: a zero-element tensor keeps its shape exact
+        throw FormatError(where + " has a dimension of " + std::to_string(s.get<uint64_t>()) + " (more than 2^60)");
+      shape.push_back(static_cast<int64_t>(s.get<uint64_t>()));
     }
     const auto& off = entry["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
