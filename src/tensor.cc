@@ -1,5 +1,6 @@
 #include "attn/tensor.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -53,10 +54,12 @@ DType parse_dtype(const std::string& name) {
 // At most 2^60 elements: their bytes (up to 4 each) then fit in a size_t with room for alignment, where 2^62 float32s
 // had wrapped nbytes() to 0 (a header-only file or a bench flag then got a 128-byte buffer written far past its end).
 int64_t shape_numel(const Shape& shape) {
+  for (int64_t s : shape)
+    if (s < 0) throw ShapeError("shape " + shape_str(shape) + " has a negative size");
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;  // {2^31, 2^31, 0} holds nothing
   int64_t n = 1;
   for (int64_t s : shape) {
-    if (s < 0) throw ShapeError("shape " + shape_str(shape) + " has a negative size");
-    if (s != 0 && n > (int64_t{1} << 60) / s)
+    if (n > (int64_t{1} << 60) / s)
       throw ShapeError("shape " + shape_str(shape) + " has too many elements (more than 2^60)");
     n *= s;
   }

@@ -259,6 +259,8 @@ TEST(Tensor, ShapesOfMoreThanTwoToTheSixtyElementsAreRefused) {
   EXPECT_THROW(shape_numel({int64_t{1} << 61}), ShapeError);
   EXPECT_EQ(shape_numel({int64_t{1} << 60}), int64_t{1} << 60);
   EXPECT_EQ(Tensor({int64_t{1} << 52, 0}).numel(), 0);
+  EXPECT_EQ(shape_numel({int64_t{1} << 31, int64_t{1} << 31, 0}), 0);  // a zero anywhere: nothing to overflow
+  EXPECT_THROW(shape_numel({int64_t{1} << 31, -1, 0}), ShapeError);
 }
 
 // Tensor::borrow, what the Python module's NumPy and torch paths rely on: a view of memory the tensor does not own,

@@ -231,6 +231,10 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   EXPECT_THROW(train::train_numbers(blocked, [&](int64_t, float) { ++steps; }), ArgumentError);
   EXPECT_EQ(steps, 0);
   EXPECT_FALSE(fs::exists(dir / "blocked" / "model.safetensors"));
+  { std::ofstream(dir / "afile") << "x"; }  // an --out under a regular file: refused before the first step too
+  blocked.out_dir = (dir / "afile" / "ckpt").string();
+  EXPECT_THROW(train::train_numbers(blocked, [&](int64_t, float) { ++steps; }), ArgumentError);
+  EXPECT_EQ(steps, 0);
   fs::remove_all(dir);
 }
 

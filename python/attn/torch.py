@@ -200,8 +200,11 @@ def _backward(ctx, grad_out, _grad_lse, grad_weights):
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                 alibi_slopes, dropout_p, seed)
-    if grad_weights is not None and grad_weights.numel() == 0:
-        grad_weights = None  # no weights were returned (the op's empty placeholder)
+    if weights.numel() == 0 and weights.dim() == 1:  # no weights were returned (the op's empty placeholder)
+        grad_weights = None
+        if ctx.needs_input_grad[3]:
+            raise RuntimeError("attn::sdpa: a float attn_mask that requires grad needs return_weights=True (its "
+                               "gradient is taken from the weights)")
     dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
                                         ctx.needs_input_grad[3])
     return _add(dq, dq_w), _add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
@@ -363,7 +366,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and causal_alignment == "none":
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
-    if n == 4 and qs[0] == ks[0] == vs[0] and (ks[1] == qs[1] or enable_gqa or ks[1] == 1):
+    if n == 4 and qs[0] == ks[0] == vs[0] and ks[1] == vs[1] and (ks[1] == qs[1] or enable_gqa or ks[1] == 1):
         return _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                           dropout_p, False)[0]  # the common case: no reshapes
     if n == 2:
@@ -387,7 +390,11 @@ def _broadcast_batches(query, key, value, attn_mask, key_padding_mask):
         raise ValueError(f"the batch dimensions of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
                          f"{tuple(value.shape)} do not broadcast") from e
     if key.shape[-3] != value.shape[-3]:
-        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same number of heads")
+        if 1 not in (key.shape[-3], value.shape[-3]):
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same number of "
+                             "heads (or one of them one)")
+        heads = max(key.shape[-3], value.shape[-3])  # one head of either serves every head of the other
+        key, value = (t.expand(t.shape[:-3] + (heads,) + t.shape[-2:]) for t in (key, value))
     if query.shape[-3] == 1 and key.shape[-3] > 1:  # one query head for every key head
         query = query.expand(query.shape[:-3] + (key.shape[-3],) + query.shape[-2:])
     if len(batch) > 1 and key_padding_mask is not None:

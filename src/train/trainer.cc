@@ -1,7 +1,8 @@
 // The training loop for numbers-en-zh: data, batches, AdamW + warm-up, clipping, checkpoints.
 #include "attn/train/trainer.h"
-
 #include "attn/translator.h"
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -313,6 +314,12 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     std::error_code ec;
     if (std::filesystem::exists(o.out_dir, ec) && !std::filesystem::is_directory(o.out_dir, ec))
       throw ArgumentError("train: --out " + o.out_dir + " is a file; a checkpoint is a directory");
+    // the nearest existing ancestor (the directory itself, or where it will be created) must be a writable directory
+    std::filesystem::path up = std::filesystem::absolute(o.out_dir, ec);
+    while (!std::filesystem::exists(up, ec) && up.has_parent_path() && up.parent_path() != up) up = up.parent_path();
+    if (!std::filesystem::is_directory(up, ec) || ::access(up.c_str(), W_OK) != 0)
+      throw ArgumentError("train: --out " + o.out_dir + " cannot be created or written (" + up.string() +
+                          " is not a writable directory)");
     std::vector<std::pair<std::string, std::string>> files;
     for (const char* name :
          {"model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "train_state.json"})

@@ -240,6 +240,7 @@ def test_errors_name_the_argument():
     (((2, 1, 4, 5, 16), (2, 3, 1, 7, 16), (2, 3, 1, 7, 16)), (2, 1, 4, 5, 7)),  # one query head; a full-rank mask
     (((1, 5, 16), (2, 7, 16), (2, 7, 16)), None),
     (((3, 4, 16), (7, 16), (7, 16)), None),
+    (((1, 4, 5, 16), (1, 4, 7, 16), (1, 1, 7, 16)), None),            # one value head for every key head
 ])
 def test_leading_dimensions_broadcast_as_in_pytorch(shapes, mask):
     # PyTorch's math path broadcasts every dimension before the last two (the kernels take [B, H, L, E]).
@@ -347,6 +348,10 @@ def test_pytorch_refusals_are_kept():
     q = randn(1, 2, 4, 8)
     with pytest.raises(RuntimeError, match="Explicit attn_mask should not be set when is_causal=True"):
         at.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(4, 4), is_causal=True)
+    m = torch.zeros(4, 4, requires_grad=True)  # the public op without the weights a mask's gradient comes from
+    o = torch.ops.attn.sdpa(q, q, q, m, None, "none", None, 0, None, 0.0, None, False)[0]
+    with pytest.raises(RuntimeError, match="needs return_weights=True"):
+        o.sum().backward()
     with pytest.raises(ValueError, match="contradicts"):
         at.scaled_dot_product_attention(q, q, q, is_causal=True, causal_alignment="none")
     # the fused backward is not differentiable: a double backward raises (it had silently given no gradient)

@@ -108,7 +108,9 @@ void add_train(CLI::App& app) {
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
-  sub->add_option("--loss-log", a->loss_log, "write each step's loss to this file (\"step loss\" per line)");
+  sub->add_option("--loss-log", a->loss_log,
+                  "write each step's loss to this file (\"step loss\" per line; FILE.partial while training, "
+                  "renamed to FILE when the run ends well)");
   sub->add_option(
       "--bucket-mb", a->data_parallel.bucket_mb,
       "under mpirun: MB of gradients per all-reduce, 0.25 by default (a bucket goes as soon as the backward has "
