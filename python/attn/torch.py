@@ -112,11 +112,10 @@ def _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale, m
 
     d_s_w = score_gradient(grad_weights.float()) if grad_weights is not None else None
     d_mask = None
-    if mask_grad:
+    if mask_grad:  # dS is linear in G: the output's part, plus the weights' part where there is one
         d_out = grad_out.float().reshape(B, Hkv, G, Lq, Dv)
-        d_p = torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk)
-        d_s = score_gradient(d_p) if d_s_w is None else score_gradient(d_p + grad_weights.float())
-        d_mask = d_s.sum_to_size(attn_mask.shape).to(attn_mask.dtype)
+        d_s = score_gradient(torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk))
+        d_mask = (d_s if d_s_w is None else d_s + d_s_w).sum_to_size(attn_mask.shape).to(attn_mask.dtype)
     if d_s_w is None:
         return None, None, d_mask
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -126,16 +125,21 @@ def _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale, m
     return dq, dk, d_mask
 
 
-def _add(g, extra):
-    return g if extra is None else (g.float() + extra).to(g.dtype)
+def _gradients(ctx, q, k, v, attn_mask, weights, grad_out, grad_weights, scale, dq, dk, dv):
+    """Both backwards' return value: the fused backward's dq, dk, dv with _weights_terms added (the weights' part of
+    dq and dk, the mask's gradient where ctx says it needs one), None for the options."""
+    dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
+                                        ctx.needs_input_grad[3])
+    add = lambda g, extra: g if extra is None else (g.float() + extra).to(g.dtype)  # noqa: E731
+    return add(dq, dq_w), add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
 
 
-def _mask_needs_grad(attn_mask):
-    return attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
+def _needs_grad(t):
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
 
 
 def _no_grad_needed(t, name):
-    if t is not None and t.requires_grad and torch.is_grad_enabled():
+    if _needs_grad(t):
         raise ValueError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
                          f"{name}.detach() if no gradient is wanted for it")
 
@@ -205,9 +209,7 @@ def _backward(ctx, grad_out, _grad_lse, grad_weights):
         if ctx.needs_input_grad[3]:
             raise RuntimeError("attn::sdpa: a float attn_mask that requires grad needs return_weights=True (its "
                                "gradient is taken from the weights)")
-    dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
-                                        ctx.needs_input_grad[3])
-    return _add(dq, dq_w), _add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
+    return _gradients(ctx, q, k, v, attn_mask, weights, grad_out, grad_weights, scale, dq, dk, dv)
 
 
 _sdpa.register_autograd(_backward, setup_context=_setup_context)
@@ -235,11 +237,8 @@ class _EagerSdpa(torch.autograd.Function):
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
         dq, dk, dv = _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                      alibi_slopes, dropout_p, seed)
-        if weights is None:
-            grad_weights = None
-        dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
-                                            ctx.needs_input_grad[3])
-        return _add(dq, dq_w), _add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
+        return _gradients(ctx, q, k, v, attn_mask, weights, grad_out, grad_weights if weights is not None else None,
+                          scale, dq, dk, dv)
 
 
 def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
@@ -253,7 +252,7 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     window, dropout_p = int(window), float(dropout_p)
     # a float mask that requires grad (a learned bias): its gradient comes from the weights, which the forward then
     # returns too (O(B·H·Lq·Lk) memory, as PyTorch's math path)
-    mask_grad = _mask_needs_grad(attn_mask)
+    mask_grad = _needs_grad(attn_mask)
     if mask_grad and dropout_p > 0.0:
         raise ValueError(f"attn_mask requires grad and dropout_p = {dropout_p}: attn differentiates a float mask only "
                          "without dropout (pass attn_mask.detach(), or dropout_p=0)")

@@ -443,7 +443,7 @@ void write_tile_weights(const AttentionProblem& p, int64_t b, int64_t h, int64_t
         for (int64_t j = 0; j < n; ++j) w[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
         continue;
       }
-      if (m == kNegInf || log2_l == kNoWeights) {  // no key visible
+      if (log2_l == kNoWeights) {  // no key visible (l = 0; m is then −inf too)
         std::fill(w, w + n, 0.0f);
         continue;
       }

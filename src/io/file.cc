@@ -72,24 +72,24 @@ std::string normal_path(const std::string& path) {
 
 std::string named(const std::string& role, const std::string& path) { return role.empty() ? path : role + " " + path; }
 
-void check_not_directory(const std::string& role, const std::string& path) {
+// One more output beside those taken (normal path, role): not a directory, none of them; added to `taken`.
+void take_output(const std::string& role, const std::string& path,
+                 std::vector<std::pair<std::string, std::string>>* taken) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ArgumentError(named(role, path) + ": is a directory; an output needs a file name");
+  std::string normal = normal_path(path);
+  for (const auto& [other, other_role] : *taken)
+    if (other == normal)
+      throw ArgumentError(other_role + " and " + role + " both name " + path + ": give each its own file");
+  taken->emplace_back(std::move(normal), role);
 }
 }  // namespace
 
 void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs) {
-  std::vector<std::pair<std::string, std::string>> seen;  // (normal path, role)
-  for (const auto& [role, path] : outputs) {
-    if (path.empty()) continue;
-    check_not_directory(role, path);
-    const std::string normal = normal_path(path);
-    for (const auto& [other, other_role] : seen)
-      if (other == normal)
-        throw ArgumentError(other_role + " and " + role + " both name " + path + ": give each its own file");
-    seen.emplace_back(normal, role);
-  }
+  std::vector<std::pair<std::string, std::string>> taken;
+  for (const auto& [role, path] : outputs)
+    if (!path.empty()) take_output(role, path, &taken);
 }
 
 FileSet::~FileSet() {
@@ -98,12 +98,9 @@ FileSet::~FileSet() {
 }
 
 void FileSet::add(const std::string& role, const std::string& path, const std::vector<uint8_t>& bytes) {
-  check_not_directory(role, path);
-  for (const Staged& f : files_)
-    if (normal_path(f.path) == normal_path(path))
-      throw ArgumentError(f.role + " and " + role + " both name " + path + ": give each its own file");
+  take_output(role, path, &taken_);
   const std::string temporary = path + ".tmp-" + std::to_string(::getpid());
-  files_.push_back({role, path, temporary});  // before the write: a half-written temporary is removed too
+  files_.push_back({path, temporary});  // before the write: a half-written temporary is removed too
   std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
   if (!out) throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
   out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
@@ -118,6 +115,7 @@ void FileSet::commit() {
     f.temporary.clear();  // renamed: nothing left to remove
   }
   files_.clear();
+  taken_.clear();
 }
 
 }  // namespace attn::io

@@ -195,6 +195,23 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
   files.commit();
 }
 
+// A checkpoint directory that cannot be written fails before the first step, not after it: the nearest existing
+// ancestor (the directory itself, or where it will be created) must be a writable directory, and no checkpoint file's
+// name an existing directory.
+void check_checkpoint_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::path up = std::filesystem::absolute(dir, ec);
+  while (!std::filesystem::exists(up, ec) && up.has_parent_path() && up.parent_path() != up) up = up.parent_path();
+  if (!std::filesystem::is_directory(up, ec) || ::access(up.c_str(), W_OK) != 0)
+    throw ArgumentError("train: --out " + dir + " cannot be created or written (" + up.string() +
+                        " is not a writable directory)");
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const char* name :
+       {"model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "train_state.json"})
+    files.emplace_back(name, dir + "/" + name);  // save_checkpoint's (and Transformer::stage's) files
+  io::check_output_paths(files);
+}
+
 // A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's
 // parameter of its name: a moment of another shape would have been read and written past its end by AdamW.
 void resume_from(const std::string& dir, const Transformer& model, AdamState* adam, std::mt19937_64* rng,
@@ -310,22 +327,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
                         std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
                         std::to_string(o.eval_every) + ") at least 0");
-  if (!o.out_dir.empty()) {  // a checkpoint path that cannot be written fails now, not after the first 1000 steps
-    std::error_code ec;
-    if (std::filesystem::exists(o.out_dir, ec) && !std::filesystem::is_directory(o.out_dir, ec))
-      throw ArgumentError("train: --out " + o.out_dir + " is a file; a checkpoint is a directory");
-    // the nearest existing ancestor (the directory itself, or where it will be created) must be a writable directory
-    std::filesystem::path up = std::filesystem::absolute(o.out_dir, ec);
-    while (!std::filesystem::exists(up, ec) && up.has_parent_path() && up.parent_path() != up) up = up.parent_path();
-    if (!std::filesystem::is_directory(up, ec) || ::access(up.c_str(), W_OK) != 0)
-      throw ArgumentError("train: --out " + o.out_dir + " cannot be created or written (" + up.string() +
-                          " is not a writable directory)");
-    std::vector<std::pair<std::string, std::string>> files;
-    for (const char* name :
-         {"model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "train_state.json"})
-      files.emplace_back(name, o.out_dir + "/" + name);
-    io::check_output_paths(files);
-  }
+  if (!o.out_dir.empty()) check_checkpoint_dir(o.out_dir);
   const tasks::Vocab vocab = tasks::Vocab::numbers();
   o.model.src_vocab = static_cast<int64_t>(vocab.src.size());
   o.model.tgt_vocab = static_cast<int64_t>(vocab.tgt.size());

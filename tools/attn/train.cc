@@ -55,7 +55,7 @@ void run_train(TrainArgs a) {
     if (log && (std::fclose(log.release()) != 0 || std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
       throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
   } catch (...) {
-    if (log) log.reset();
+    log.reset();
     if (!a.loss_log.empty() && rank == 0) std::remove(log_partial.c_str());
     throw;
   }

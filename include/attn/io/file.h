@@ -44,9 +44,10 @@ class FileSet {
 
  private:
   struct Staged {
-    std::string role, path, temporary;
+    std::string path, temporary;
   };
   std::vector<Staged> files_;
+  std::vector<std::pair<std::string, std::string>> taken_;  // (normal path, role) of files_, for add()'s checks
 };
 
 }  // namespace attn::io
