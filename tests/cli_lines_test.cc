@@ -175,5 +175,18 @@ TEST_F(CliLines, VizWritesBothFilesOrNeither) {
   expect_no_temporaries();
 }
 
+// The random map draws to --png alone too (it had tried to rename a page that was never written), and a failed PNG
+// leaves neither file.
+TEST_F(CliLines, VizRandomMapWritesThePngAlone) {
+  CliResult r = run("viz --random-map 40 --png " + path("random.png"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(slurp(path("random.png")).substr(1, 3), "PNG");
+  r = run("viz --random-map 40 --out " + path("r.html") + " --png " + path("r.png") + " --png-head 3");
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_NE(r.err.find("--png-head 3"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(path("r.html")) || fs::exists(path("r.png")));
+  expect_no_temporaries();
+}
+
 }  // namespace
 }  // namespace attn

@@ -176,7 +176,7 @@ status.textContent = "";
 
 }  // namespace
 
-void write_html_report(const std::string& path, const Report& report) {
+std::vector<uint8_t> html_report_bytes(const Report& report) {
   nlohmann::json maps = nlohmann::json::array();
   for (const AttentionMap& m : report.maps) {
     if (m.weights.rank() != 3 || m.weights.dim(1) != static_cast<int64_t>(m.rows.size()) ||
@@ -201,31 +201,41 @@ void write_html_report(const std::string& path, const Report& report) {
     title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
   for (size_t p; (p = page.find("__TITLE__")) != std::string::npos;) page.replace(p, 9, title);
   page.replace(page.find("__DATA__"), 8, json);
-  io::write_file_atomically(path, std::vector<uint8_t>(page.begin(), page.end()));
+  return {page.begin(), page.end()};
 }
 
-void write_heatmap_png(const std::string& path, const float* w, int64_t rows, int64_t cols, int cell) {
+void write_html_report(const std::string& path, const Report& report) {
+  io::write_file_atomically(path, html_report_bytes(report));
+}
+
+namespace {
+
+// libpng's write callback: appends to the std::vector<png_byte> behind png_get_io_ptr.
+void append_png_bytes(png_structp png, png_bytep data, png_size_t n) {
+  auto* out = static_cast<std::vector<png_byte>*>(png_get_io_ptr(png));
+  out->insert(out->end(), data, data + n);
+}
+
+}  // namespace
+
+std::vector<uint8_t> heatmap_png_bytes(const float* w, int64_t rows, int64_t cols, int cell) {
   if (rows <= 0 || cols <= 0 || cell <= 0) throw ArgumentError("PNG heatmap: empty map");
   const int64_t W = cols * cell, H = rows * cell;
   if (W > 16384 || H > 16384)
     throw ArgumentError("PNG heatmap: " + std::to_string(W) + "x" + std::to_string(H) +
                         " pixels is too large; lower the cell size");
-  const std::string tmp = path + ".partial";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(path + ": cannot create");
+  // Everything with a destructor lives before the setjmp: libpng's errors longjmp back to it, past any frame below.
+  std::vector<png_byte> out, row(static_cast<size_t>(W * 3));
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    throw Error(path + ": PNG encoding failed");
+    throw Error("PNG heatmap: encoding failed");
   }
-  png_init_io(png, f);
+  png_set_write_fn(png, &out, append_png_bytes, nullptr);
   png_set_IHDR(png, info, static_cast<png_uint_32>(W), static_cast<png_uint_32>(H), 8, PNG_COLOR_TYPE_RGB,
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
-  std::vector<png_byte> row(static_cast<size_t>(W * 3));
   for (int64_t y = 0; y < H; ++y) {
     for (int64_t x = 0; x < W; ++x) {
       const float t = std::sqrt(std::clamp(w[(y / cell) * cols + x / cell], 0.0f, 1.0f));  // same scale as the page
@@ -237,10 +247,7 @@ void write_heatmap_png(const std::string& path, const float* w, int64_t rows, in
   }
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
-  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": write failed");
-  }
+  return {out.begin(), out.end()};
 }
 
 }  // namespace attn::cli

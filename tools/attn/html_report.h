@@ -23,10 +23,13 @@ struct Report {
   std::vector<AttentionMap> maps;
 };
 
-// Writes the page atomically (temporary file + rename).
+// The page's bytes (ShapeError where a map's weights do not match its tokens), and the page written atomically
+// (temporary file + rename).
+std::vector<uint8_t> html_report_bytes(const Report& report);
 void write_html_report(const std::string& path, const Report& report);
 
-// A single heatmap [rows, cols] as a PNG, `cell` pixels per weight (white = 0 to dark blue = 1).
-void write_heatmap_png(const std::string& path, const float* weights, int64_t rows, int64_t cols, int cell);
+// A single heatmap, weights [rows, cols], as the bytes of a PNG, `cell` pixels per weight (white = 0 to dark blue =
+// 1). ArgumentError for an empty map or one over 16384 pixels a side.
+std::vector<uint8_t> heatmap_png_bytes(const float* weights, int64_t rows, int64_t cols, int cell);
 
 }  // namespace attn::cli

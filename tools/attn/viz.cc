@@ -34,8 +34,36 @@ struct VizArgs {
   int64_t random_map = 0;
 };
 
-// A random N x N causal map, to check that long inputs stay usable in the page.
-void write_random_map(const std::string& out, int64_t n) {
+// --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average, as PNG bytes.
+std::vector<uint8_t> map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps,
+                             const std::string& default_map, int cell) {
+  const std::string name = a.png_map.empty() ? default_map : a.png_map;
+  const auto it = maps.find(name);
+  if (it == maps.end())
+    throw ArgumentError("--png-map '" + name + "' is not a map of this model (e.g. " + default_map + ")");
+  const Tensor& w = it->second;
+  const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
+  if (a.png_head >= H)
+    throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
+  std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
+  for (int64_t h = 0; h < H; ++h)
+    if (a.png_head < 0 || a.png_head == h)
+      for (int64_t i = 0; i < Lq * Lk; ++i)
+        m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
+  return heatmap_png_bytes(m.data(), Lq, Lk, cell);
+}
+
+// --out and/or --png, both or neither (io::FileSet): a bad --png-map or an unwritable --png leaves no page behind.
+void write_viz_outputs(const VizArgs& a, const Report& r, const std::map<std::string, Tensor>& maps,
+                       const std::string& default_map, int cell) {
+  io::FileSet files;
+  if (!a.out.empty()) files.add("--out", a.out, html_report_bytes(r));
+  if (!a.png.empty()) files.add("--png", a.png, map_png(a, maps, default_map, cell));
+  files.commit();
+}
+
+// A random N x N causal map, to check that long inputs stay usable in the page (and the PNG).
+void write_random_map(const VizArgs& a, int64_t n) {
   if (n <= 0 || n > 8192) throw ArgumentError("--random-map must be in [1, 8192], got " + std::to_string(n));
   Tensor w({1, n, n});
   std::mt19937 rng(1);
@@ -52,43 +80,7 @@ void write_random_map(const std::string& out, int64_t n) {
            {"Long inputs: cells smaller than a pixel are aggregated (max)."},
            {}};
   r.maps.push_back({"Random masked self-attention", std::to_string(n) + " tokens", tokens, tokens, w, ""});
-  write_html_report(out, r);
-}
-
-// --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average.
-void write_map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps, const std::string& default_map,
-                   int cell) {
-  const std::string name = a.png_map.empty() ? default_map : a.png_map;
-  const auto it = maps.find(name);
-  if (it == maps.end())
-    throw ArgumentError("--png-map '" + name + "' is not a map of this model (e.g. " + default_map + ")");
-  const Tensor& w = it->second;
-  const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
-  if (a.png_head >= H)
-    throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
-  std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
-  for (int64_t h = 0; h < H; ++h)
-    if (a.png_head < 0 || a.png_head == h)
-      for (int64_t i = 0; i < Lq * Lk; ++i)
-        m[static_cast<size_t>(i)] += w.f32()[h * Lq * Lk + i] / (a.png_head < 0 ? static_cast<float>(H) : 1.0f);
-  write_heatmap_png(a.png, m.data(), Lq, Lk, cell);
-}
-
-// --out and/or --png, both or neither: the page waits under a temporary name until the PNG is written,
-// so a bad --png-map or an unwritable --png leaves no page behind.
-void write_viz_outputs(const VizArgs& a, const Report& r, const std::map<std::string, Tensor>& maps,
-                       const std::string& default_map, int cell) {
-  const std::string page = a.png.empty() ? a.out : a.out + ".partial";
-  if (!a.out.empty()) write_html_report(page, r);
-  if (a.png.empty()) return;
-  try {
-    write_map_png(a, maps, default_map, cell);
-    if (!a.out.empty() && std::rename(page.c_str(), a.out.c_str()) != 0)
-      throw Error(a.out + ": cannot move the finished file into place");
-  } catch (...) {
-    if (!a.out.empty()) std::remove(page.c_str());
-    throw;
-  }
+  write_viz_outputs(a, r, {{"random", w.reshape({1, 1, n, n})}}, "random", n <= 512 ? 4 : 1);
 }
 
 // A Hugging Face BERT directory (vocab.txt beside config.json): its self-attention, every layer and head.
@@ -117,8 +109,8 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
 
 void run_viz(const VizArgs& a) {
   if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
-  io::check_output_paths({{"--out", a.out}, {"--png", a.png}});  // the page waits for the PNG: neither a directory
-  if (a.random_map > 0) return write_random_map(a.out, a.random_map);
+  io::check_output_paths({{"--out", a.out}, {"--png", a.png}});  // before any work: neither a directory
+  if (a.random_map > 0) return write_random_map(a, a.random_map);
   if (a.text.empty())
     throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
   if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
