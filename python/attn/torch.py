@@ -21,8 +21,12 @@ float32 is widened to float32 (one copy). bfloat16/float16: the forward is attn'
 the output rounded to the inputs' dtype, lse float32); the backward is attn's bfloat16 backward (vdpbf16ps, P̃ and
 dS rounded to bfloat16 for their products) where the processor has AVX512_BF16, else the float32 fused backward
 on the tensors widened (one copy each, O(L)); the gradients are rounded to the inputs' dtype.
-Other dtypes and bad shapes raise ValueError / TypeError naming the argument. attn uses
-torch.get_num_threads() threads. CUDA tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
+Other dtypes and bad shapes raise attn.torch.DTypeError (a TypeError) / ArgumentError (a ValueError) naming the
+argument; both are RuntimeErrors too, as PyTorch's own checks raise (and AssertionErrors where nn.MultiheadAttention
+asserts). Under CPU autocast the inputs are cast to its dtype first, as PyTorch's autocast does for SDPA. A query
+viewed (B, H, L, D) over (B, L, H, D) memory gives an output in that layout, as PyTorch's does. torch.jit.trace
+records the custom op; meta tensors give the output's shape. attn uses torch.get_num_threads() threads. CUDA
+tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
 scaled_dot_product_attention only, with causal, window and key_padding_mask (attn_mask, dropout and ALiBi are
 refused there), differentiable through attn.cuda's autograd Function (not a custom op).
 
@@ -30,9 +34,12 @@ A float attn_mask (or MultiheadAttention's float key_padding_mask) that requires
 PyTorch's gradient: the score gradient summed over the dimensions the mask broadcasts across, from the weights the
 forward then also returns (O(B·H·Lq·Lk) memory, as PyTorch's math path; without dropout). The attention weights
 MultiheadAttention returns with need_weights=True are differentiable too (a loss on them reaches query, key and a
-learned mask), though taken before dropout where PyTorch returns them after. Not differentiable: alibi_slopes
-(refused with ValueError when it requires grad) and the gradients themselves (a double backward raises
-RuntimeError). A query row whose keys are all masked gives 0 (PyTorch's math path: NaN).
+learned mask). With dropout in training they are the weights after dropout, the ones that made the output, as
+PyTorch's: attn's weights, dropped by F.dropout on torch's generator and multiplied by V in torch (PyTorch's own math
+path, the same dropped weights for the same seed). Not differentiable: alibi_slopes (refused with ArgumentError when
+it requires grad) and the gradients themselves (a double backward raises RuntimeError). A query row whose keys are all
+masked gives 0, as PyTorch's SDPA (nn.MultiheadAttention's need_weights path: NaN). Not supported: float64, torch.vmap
+and torch.func transforms, torch.jit.script.
 """
 import math
 from typing import Optional, Tuple
@@ -47,36 +54,57 @@ from torch.autograd.function import once_differentiable
 
 from . import _attn
 
-__all__ = ["scaled_dot_product_attention", "MultiheadAttention"]
+__all__ = ["scaled_dot_product_attention", "MultiheadAttention", "ArgumentError", "DTypeError"]
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument (shape, value, option), named in the message: a ValueError, and a RuntimeError as PyTorch's own
+    checks raise, so code written against torch.nn.functional catches it unchanged."""
+
+
+class DTypeError(TypeError, RuntimeError):
+    """A tensor of a dtype attn does not take (or a non-tensor): a TypeError, and a RuntimeError as PyTorch raises."""
+
+
+class _ModuleArgumentError(ArgumentError, AssertionError):
+    """MultiheadAttention's checks where nn.MultiheadAttention asserts (embed_dim, key/value shapes, masks)."""
+
+
+class _ModuleDTypeError(DTypeError, AssertionError):
+    """A MultiheadAttention mask of a dtype nn.MultiheadAttention's assert refuses (integer masks)."""
 
 _ALIGNMENTS = ("none", "top-left", "bottom-right")
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)  # query, key and value (one of them for all three)
 
 
 # ---------------------------------------------------------------- argument checks (messages name the argument)
-def _check_tensor(t, name, dtypes=(torch.float32,)):
+def _check_tensor(t, name, dtypes=(torch.float32,), dtype_error=DTypeError, query=None):
+    """A CPU tensor (or a meta one: shapes only, through the custom op's fake kernel) of one of dtypes, on the query's
+    device where the query is given (of the two devices allowed, is_meta tells them apart)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} is on {t.device}: attn.torch runs on CPU tensors (move it with .cpu()); "
-                         "for bf16/fp16 attention on the GPU use attn.cuda.scaled_dot_product_attention")
+        raise DTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if query is not None and t.is_meta != query.is_meta:
+        raise ArgumentError(f"{name} is on {t.device}, but query is on {query.device}: move it there")
+    if t.device.type not in ("cpu", "meta"):
+        raise ArgumentError(f"{name} is on {t.device}: attn.torch runs on CPU tensors (move it with .cpu()); "
+                            "for bf16/fp16 attention on the GPU use attn.cuda.scaled_dot_product_attention")
     if t.dtype not in dtypes:
         want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must be {want}, got {str(t.dtype).replace('torch.', '')} with shape "
-                        f"{tuple(t.shape)}")
+        raise dtype_error(f"{name} must be {want}, got {str(t.dtype).replace('torch.', '')} with shape "
+                          f"{tuple(t.shape)}")
 
 
-def _check_mask(t, name, query_dtype):
-    """bool, or a float mask in float32 or the query's dtype."""
+def _check_mask(t, name, query, dtype_error=DTypeError):
+    """bool, or a float mask in float32 or the query's dtype, on the query's device."""
     if t is not None:
-        _check_tensor(t, name, tuple(dict.fromkeys((torch.bool, torch.float32, query_dtype))))
+        _check_tensor(t, name, tuple(dict.fromkeys((torch.bool, torch.float32, query.dtype))), dtype_error, query)
 
 
 def _check_qkv(query, key, value):
     """CPU tensors of one floating dtype (float32, bfloat16 or float16)."""
     _check_tensor(query, "query", _FLOATS)
     for t, name in ((key, "key"), (value, "value")):
-        _check_tensor(t, name, (query.dtype,))
+        _check_tensor(t, name, (query.dtype,), query=query)
 
 
 def _f32_mask(t):
@@ -140,7 +168,7 @@ def _needs_grad(t):
 
 def _no_grad_needed(t, name):
     if _needs_grad(t):
-        raise ValueError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
+        raise ArgumentError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
                          f"{name}.detach() if no gradient is wanted for it")
 
 
@@ -247,6 +275,11 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     comes from torch's default generator."""
     # contiguous before the op, not only inside it: the saved tensors and the compiled graph's strides then agree
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    _, heads, _, depth = q.shape
+    if heads == 0:  # no heads (PyTorch returns the empty output): nothing for the kernels to do
+        return _no_heads(q, k, v, need_weights)
+    if scale is None and depth == 0:  # D = 0: every Q·Kᵀ is 0, and PyTorch weighs by the masks alone
+        scale = 1.0
     attn_mask, key_padding_mask, alibi_slopes = _c(_f32_mask(attn_mask)), _c(key_padding_mask), _c(alibi_slopes)
     scale = None if scale is None else float(scale)
     window, dropout_p = int(window), float(dropout_p)
@@ -254,15 +287,31 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     # returns too (O(B·H·Lq·Lk) memory, as PyTorch's math path)
     mask_grad = _needs_grad(attn_mask)
     if mask_grad and dropout_p > 0.0:
-        raise ValueError(f"attn_mask requires grad and dropout_p = {dropout_p}: attn differentiates a float mask only "
-                         "without dropout (pass attn_mask.detach(), or dropout_p=0)")
+        raise ArgumentError(f"attn_mask requires grad and dropout_p = {dropout_p}: attn differentiates a float mask "
+                            "only without dropout (pass attn_mask.detach(), or dropout_p=0)")
     want_weights = need_weights or mask_grad
-    if torch.compiler.is_compiling() or type(q) is not torch.Tensor:
+    # the custom op wherever a graph is recorded (torch.compile; torch.jit.trace, which would otherwise keep the
+    # kernel's output as a constant), for tensor subclasses, and for meta tensors (its fake kernel gives the shapes)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or type(q) is not torch.Tensor or q.is_meta:
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
         out, _, weights = _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
                                 seed, want_weights)
         return out, (weights if need_weights else None)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
+    try:
+        return _eager_attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
+                                seed, need_weights, want_weights, mask_grad)
+    except (ArgumentError, DTypeError):
+        raise
+    except ValueError as e:  # the kernels' own checks (shapes the checks above leave to them): PyTorch's type too
+        raise ArgumentError(str(e)) from None
+    except TypeError as e:
+        raise DTypeError(str(e)) from None
+
+
+def _eager_attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed,
+                     need_weights, want_weights, mask_grad):
+    """_attention's eager path: _EagerSdpa where a gradient is wanted, else straight to the kernel."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or mask_grad):
         out, weights = _EagerSdpa.apply(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                                         dropout_p, seed, want_weights)
@@ -270,6 +319,57 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     out, _, weights = _attn.torch_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
                                        dropout_p, seed, need_weights, False, torch.get_num_threads())
     return out, weights
+
+
+def _no_heads(q, k, v, need_weights):
+    """(out, weights or None) for H = 0: empty, and differentiable where the inputs need grad (zero gradients)."""
+    B, _, Lq, _ = q.shape
+    out = q.new_zeros(B, 0, Lq, v.shape[-1])
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out = out + 0 * (q.sum() + k.sum() + v.sum())
+    return out, (q.new_zeros(B, 0, Lq, k.shape[2], dtype=torch.float32) if need_weights else None)
+
+
+def _dropped_weights_attention(q, k, v, attn_mask, key_padding_mask, causal, dropout_p):
+    """(out, weights) for MultiheadAttention's need_weights with dropout, as nn.MultiheadAttention computes them: attn's
+    weights (differentiable), dropped by F.dropout on torch's generator (the same seed drops the same weights), then
+    times V. The weights returned are the ones that made the output, as PyTorch's are."""
+    _, weights = _attention(q, k, v, attn_mask, key_padding_mask, causal, None, 0, None, 0.0, True)
+    weights = F.dropout(weights, p=dropout_p)
+    B, H, Lq, Lk = weights.shape
+    Hkv = v.shape[1]
+    out = torch.matmul(weights.to(v.dtype).reshape(B, Hkv, H // Hkv, Lq, Lk), v.unsqueeze(2))
+    return out.reshape(B, H, Lq, v.shape[-1]), weights
+
+
+def _autocast(*tensors):
+    """CPU autocast's cast for a lower-precision op (PyTorch lists SDPA among them): every floating tensor but a
+    float64 one to the autocast dtype."""
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
+def _common_kv_heads(query, key, value):
+    """enable_gqa with key and value of different head counts, both above 1 (PyTorch repeats each to the query's
+    heads): both repeated to the least common multiple of the two, which divides H, so the grouped-query path still
+    reads every key and value head for several query heads (one copy each)."""
+    H, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
+    if H % hk or H % hv:
+        raise ArgumentError(f"enable_gqa: the query's {H} heads must be a multiple of the key's {hk} and of the "
+                            f"value's {hv} (query {tuple(query.shape)}, key {tuple(key.shape)}, value "
+                            f"{tuple(value.shape)})")
+    g = math.lcm(hk, hv)
+    return key.repeat_interleave(g // hk, dim=-3), value.repeat_interleave(g // hv, dim=-3)
+
+
+def _layout_of(query, out):
+    """out in query's memory layout where query is (B, H, L, D) viewed over (B, L, H, D) memory (heads split from a
+    projection), as PyTorch's output is: out.transpose(1, 2).view(B, L, H * Dv) then works there too."""
+    if (not query.is_contiguous() and query.dim() == 4 and out.dim() == 4 and query.transpose(1, 2).is_contiguous()
+            and query.shape[1] > 1 and query.shape[2] > 1):
+        return out.transpose(1, 2).contiguous().transpose(1, 2)
+    return out
 
 
 # ---------------------------------------------------------------- CUDA tensors: attn.cuda
@@ -324,7 +424,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Extras: causal_alignment 'top-left' | 'bottom-right' (query i sees j <= i + Lk - Lq; setting it implies
     causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
     alibi_slopes (H,) float32 (adds -slope * |i + Lk - Lq - j|, FlashAttention's positions; |i - j| with 'top-left').
-    A row whose keys are all masked gives 0 (PyTorch: NaN).
+    A row whose keys are all masked gives 0, as PyTorch's. enable_gqa with key and value of different head counts
+    repeats both to a common count (one copy each), as PyTorch repeats them.
     Differentiable in query, key and value, and in a float attn_mask that requires grad (without dropout; the
     weights are then kept, O(B·H·Lq·Lk)), once: differentiating the gradients again (create_graph=True, then a
     second backward through them) raises RuntimeError.
@@ -332,50 +433,56 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if isinstance(query, torch.Tensor) and query.is_cuda:
         return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                causal_alignment, key_padding_mask, window, alibi_slopes)
+    if torch.is_autocast_enabled("cpu"):  # PyTorch's CPU autocast casts SDPA's inputs to its lower precision
+        query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     _check_qkv(query, key, value)
-    _check_mask(attn_mask, "attn_mask", query.dtype)
+    _check_mask(attn_mask, "attn_mask", query)
     _no_grad_needed(alibi_slopes, "alibi_slopes")
     if key_padding_mask is not None:
-        _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,))
+        _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,), query=query)
     if alibi_slopes is not None:
-        _check_tensor(alibi_slopes, "alibi_slopes")
+        _check_tensor(alibi_slopes, "alibi_slopes", query=query)
     qs, ks, vs = query.shape, key.shape, value.shape
     n = len(qs)
     if min(n, len(ks), len(vs)) < 2:
-        raise ValueError(f"query, key and value must have at least 2 dimensions (..., L, E), got query "
+        raise ArgumentError(f"query, key and value must have at least 2 dimensions (..., L, E), got query "
                          f"{tuple(qs)}, key {tuple(ks)} and value {tuple(vs)}")
     if not n == len(ks) == len(vs):  # fewer dimensions broadcast as leading 1s, as in PyTorch
         n = max(n, len(ks), len(vs))
         query, key, value = (t.reshape((1,) * (n - t.dim()) + tuple(t.shape)) for t in (query, key, value))
         qs, ks, vs = query.shape, key.shape, value.shape
     if ks[-1] != qs[-1]:
-        raise ValueError(f"query and key must have the same last dimension E, got query {tuple(qs)} and "
+        raise ArgumentError(f"query and key must have the same last dimension E, got query {tuple(qs)} and "
                          f"key {tuple(ks)}")
     if ks[-2] != vs[-2]:
-        raise ValueError(f"key {tuple(ks)} and value {tuple(vs)} must have the same length")
+        raise ArgumentError(f"key {tuple(ks)} and value {tuple(vs)} must have the same length")
     if n >= 3 and qs[-3] != ks[-3] and not enable_gqa and 1 not in (qs[-3], ks[-3]):
-        raise ValueError(f"query has {qs[-3]} heads but key has {ks[-3]}: pass enable_gqa=True for "
+        raise ArgumentError(f"query has {qs[-3]} heads but key has {ks[-3]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {tuple(qs)}, key {tuple(ks)})")
     if dropout_p and not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+        raise ArgumentError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
+        raise ArgumentError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
     if is_causal and attn_mask is not None:  # PyTorch's own error (causal_alignment combines the two)
         raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
     if is_causal and causal_alignment == "none":
-        raise ValueError("is_causal=True contradicts causal_alignment='none'")
+        raise ArgumentError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
+    if enable_gqa and n >= 3 and ks[-3] != vs[-3] and 1 not in (ks[-3], vs[-3]):
+        key, value = _common_kv_heads(query, key, value)
+        ks, vs = key.shape, value.shape
     if n == 4 and qs[0] == ks[0] == vs[0] and ks[1] == vs[1] and (ks[1] == qs[1] or enable_gqa or ks[1] == 1):
-        return _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
-                          dropout_p, False)[0]  # the common case: no reshapes
+        return _layout_of(query, _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window,
+                                            alibi_slopes, dropout_p, False)[0])  # the common case: no reshapes
     if n == 2:
         out = _attention(query[None, None], key[None, None], value[None, None], attn_mask, key_padding_mask, causal,
                          scale, window, alibi_slopes, dropout_p, False)[0]
         return out[0, 0]
+    given = query
     query, key, value, attn_mask, batch = _broadcast_batches(query, key, value, attn_mask, key_padding_mask)
     out = _attention(query, key, value, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
                      False)[0]
-    return out.reshape(batch + tuple(out.shape[1:]))
+    return _layout_of(given, out.reshape(batch + tuple(out.shape[1:])))
 
 
 def _broadcast_batches(query, key, value, attn_mask, key_padding_mask):
@@ -386,25 +493,25 @@ def _broadcast_batches(query, key, value, attn_mask, key_padding_mask):
     try:
         batch = tuple(torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3]))
     except RuntimeError as e:
-        raise ValueError(f"the batch dimensions of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+        raise ArgumentError(f"the batch dimensions of query {tuple(query.shape)}, key {tuple(key.shape)} and value "
                          f"{tuple(value.shape)} do not broadcast") from e
     if key.shape[-3] != value.shape[-3]:
         if 1 not in (key.shape[-3], value.shape[-3]):
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same number of "
+            raise ArgumentError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same number of "
                              "heads (or one of them one)")
         heads = max(key.shape[-3], value.shape[-3])  # one head of either serves every head of the other
         key, value = (t.expand(t.shape[:-3] + (heads,) + t.shape[-2:]) for t in (key, value))
     if query.shape[-3] == 1 and key.shape[-3] > 1:  # one query head for every key head
         query = query.expand(query.shape[:-3] + (key.shape[-3],) + query.shape[-2:])
     if len(batch) > 1 and key_padding_mask is not None:
-        raise ValueError(f"key_padding_mask needs one batch dimension (query, key and value of 4 dimensions), got "
+        raise ArgumentError(f"key_padding_mask needs one batch dimension (query, key and value of 4 dimensions), got "
                          f"query {tuple(query.shape)}")
     flat = lambda t: t.expand(batch + tuple(t.shape[-3:])).reshape((-1,) + tuple(t.shape[-3:]))
     query, key, value = flat(query), flat(key), flat(value)
     if attn_mask is not None and attn_mask.dim() > 3:
         m = attn_mask.reshape((1,) * max(0, len(batch) + 3 - attn_mask.dim()) + tuple(attn_mask.shape))
         if m.dim() != len(batch) + 3:
-            raise ValueError(f"attn_mask {tuple(attn_mask.shape)} has more dimensions than query "
+            raise ArgumentError(f"attn_mask {tuple(attn_mask.shape)} has more dimensions than query "
                              f"{tuple(query.shape)}")
         attn_mask = m.reshape((1,) + tuple(m.shape[-3:])) if m.shape[:-3].numel() == 1 else flat(m)
     return query, key, value, attn_mask, batch
@@ -425,7 +532,8 @@ class MultiheadAttention(nn.Module):
             average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights or None)
       query (L, N, E), key (S, N, kdim), value (S, N, vdim); (N, L, E)... with batch_first; unbatched (L, E).
       attn_output like query. attn_weights (N, L, S) averaged over heads, or (N, H, L, S) with
-      average_attn_weights=False (unbatched: without N); differentiable, before dropout (PyTorch: after).
+      average_attn_weights=False (unbatched: without N); differentiable; in training with dropout, after dropout
+      (as PyTorch's).
       key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
       bool True = NOT allowed to attend, or float added. is_causal: a hint that attn_mask is the causal (top-left)
       mask; without attn_mask it raises RuntimeError, as nn.MultiheadAttention does. As there: attn_mask
@@ -439,8 +547,8 @@ class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, num_kv_heads=None):
         if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} and "
-                             f"num_heads={num_heads} instead")
+            raise ArgumentError(f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} and "
+                                f"num_heads={num_heads} instead")
         factory = {"device": device, "dtype": dtype}
         super().__init__()
         self.embed_dim = embed_dim
@@ -453,9 +561,9 @@ class MultiheadAttention(nn.Module):
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
         if self.head_dim * num_heads != embed_dim:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+            raise _ModuleArgumentError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if self.num_kv_heads <= 0 or num_heads % self.num_kv_heads != 0:
-            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({num_heads})")
+            raise ArgumentError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({num_heads})")
         kv = self.num_kv_heads * self.head_dim
         self._kv_dim = kv
         if not self._qkv_same_embed_dim:
@@ -516,15 +624,15 @@ class MultiheadAttention(nn.Module):
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         _check_qkv(query, key, value)
-        _check_mask(attn_mask, "attn_mask", query.dtype)
-        _check_mask(key_padding_mask, "key_padding_mask", query.dtype)
+        _check_mask(attn_mask, "attn_mask", query, _ModuleDTypeError)
+        _check_mask(key_padding_mask, "key_padding_mask", query, _ModuleDTypeError)
         batched = query.dim() == 3
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
-            raise ValueError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "
-                             f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
+            raise _ModuleArgumentError(f"query, key and value must all be 3-D (batched) or 2-D (unbatched), got query "
+                                       f"{tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)}")
         if attn_mask is not None and attn_mask.dim() not in (2, 3):
-            raise ValueError(f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape "
-                             f"{tuple(attn_mask.shape)}")
+            raise _ModuleArgumentError(f"attn_mask must be 2-D (L, S) or 3-D (N * num_heads, L, S), got shape "
+                                       f"{tuple(attn_mask.shape)}")
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -540,13 +648,14 @@ class MultiheadAttention(nn.Module):
             value = key if same_kv else value.transpose(0, 1)
         N, L, E = query.shape
         if E != self.embed_dim:
-            raise ValueError(f"query has embedding size {E} but the module expects embed_dim={self.embed_dim}")
+            raise _ModuleArgumentError(f"query has embedding size {E} but the module expects "
+                                       f"embed_dim={self.embed_dim}")
         if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must end in kdim={self.kdim} "
-                             f"and vdim={self.vdim}")
+            raise _ModuleArgumentError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must end in "
+                                       f"kdim={self.kdim} and vdim={self.vdim}")
         if key.shape[:2] != value.shape[:2] or key.shape[0] != N:
-            raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} "
-                             "disagree in batch size or key length")
+            raise _ModuleArgumentError(f"query {tuple(query.shape)}, key {tuple(key.shape)} and value "
+                                       f"{tuple(value.shape)} disagree in batch size or key length")
         if is_causal and attn_mask is None:  # as nn.MultiheadAttention: is_causal is only a hint about attn_mask
             raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
                                "method `generate_square_subsequent_mask` to create this mask.")
@@ -575,18 +684,18 @@ class MultiheadAttention(nn.Module):
         if attn_mask is not None:
             if attn_mask.dim() == 2:
                 if attn_mask.shape != (L, S):
-                    raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
-                                     f"{tuple(attn_mask.shape)}")
+                    raise ArgumentError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                                        f"{tuple(attn_mask.shape)}")
             else:  # (N * H, L, S), or (1, H, L, S) from an unbatched call's (H, L, S): the exact shape, as PyTorch
                 if tuple(attn_mask.shape[-3:]) != (N * H if batched else H, L, S):
-                    raise ValueError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
-                                     f"{tuple(attn_mask.shape[-3:])}")
+                    raise ArgumentError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                                        f"{tuple(attn_mask.shape[-3:])}")
                 attn_mask = attn_mask.reshape(N, H, L, S)
             mask = attn_mask.logical_not() if attn_mask.dtype == torch.bool else attn_mask
         padding = None
         if key_padding_mask is not None:
             if tuple(key_padding_mask.shape) != (N, S):
-                raise ValueError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
+                raise _ModuleArgumentError(f"key_padding_mask must be ({N}, {S}), got {tuple(key_padding_mask.shape)}")
             if key_padding_mask.dtype == torch.bool:
                 padding = key_padding_mask
             else:  # a float padding mask is added to the scores: merge it into the float mask
@@ -598,8 +707,11 @@ class MultiheadAttention(nn.Module):
                 else:
                     mask = mask + add
         dropout_p = self.dropout if self.training else 0.0
-        out, weights = _attention(q, k, v, mask, padding, "top-left" if is_causal else "none", None, 0, None,
-                                     dropout_p, bool(need_weights))
+        causal = "top-left" if is_causal else "none"
+        if need_weights and dropout_p > 0.0:  # the weights after dropout, as PyTorch returns them
+            out, weights = _dropped_weights_attention(q, k, v, mask, padding, causal, dropout_p)
+        else:
+            out, weights = _attention(q, k, v, mask, padding, causal, None, 0, None, dropout_p, bool(need_weights))
         # (N, H, L, D) to the layout the caller's query has, so the output is contiguous there, as PyTorch's is
         seq_first = batched and not self.batch_first
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, E) if seq_first

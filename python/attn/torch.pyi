@@ -7,6 +7,12 @@ from torch import Tensor, nn
 
 __all__: List[str]
 
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument, named in the message; a RuntimeError too, as PyTorch's own checks raise."""
+
+class DTypeError(TypeError, RuntimeError):
+    """A tensor of a dtype attn does not take; a RuntimeError too, as PyTorch raises."""
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
                                  enable_gqa: bool = False, *,
