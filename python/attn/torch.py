@@ -605,6 +605,9 @@ class MultiheadAttention(nn.Module):
         if self.bias_v is not None:
             nn.init.xavier_normal_(self.bias_v)
 
+    # nn.MultiheadAttention's public helper (it reads num_heads only): the masks merged as its fast path merges them
+    merge_masks = nn.MultiheadAttention.merge_masks
+
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
                 f"batch_first={self.batch_first}")

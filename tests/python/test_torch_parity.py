@@ -142,3 +142,13 @@ def test_mha_returns_the_weights_after_dropout_as_pytorch(num_kv_heads):
         out_t, w_t = theirs(x, x, x, average_attn_weights=False)
         _close(w, w_t)
         _close(out, out_t)
+
+
+def test_mha_merge_masks_as_pytorchs():
+    ours, theirs = at.MultiheadAttention(8, 2, batch_first=True), torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(3, 5, 8)
+    attn_mask, padding = torch.randn(5, 5), torch.randn(3, 5)
+    for args in [(attn_mask, padding), (None, padding), (attn_mask, None), (None, None)]:
+        mine, their = ours.merge_masks(*args, x), theirs.merge_masks(*args, x)
+        assert mine[1] == their[1]
+        assert (mine[0] is None and their[0] is None) or torch.equal(mine[0], their[0])
