@@ -229,6 +229,28 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
     std::ofstream(dir / "config.json") << json;
     EXPECT_THROW(Transformer::load(dir.string()), ArgumentError) << value;
   }
+  for (const auto& [key, value] : {std::pair{"\"num_encoder_layers\": 2", "\"num_encoder_layers\": 100000"},
+                                   std::pair{"\"num_decoder_layers\": 2", "\"num_decoder_layers\": 1000"}}) {
+    std::string json = m.config().to_json();  // more layers than the file holds: refused before allocating them
+    ASSERT_NE(json.find(key), std::string::npos) << json;
+    json.replace(json.find(key), std::string(key).size(), value);
+    m.save(dir.string());
+    std::ofstream(dir / "config.json") << json;
+    EXPECT_THROW(Transformer::load(dir.string()), Error) << value;
+  }
+  {  // fewer layers than the file holds: a tensor the config has no place for (it had run on half the weights)
+    std::string json = m.config().to_json();
+    const std::string key = "\"num_decoder_layers\": 2";
+    ASSERT_NE(json.find(key), std::string::npos) << json;
+    json.replace(json.find(key), key.size(), "\"num_decoder_layers\": 1");
+    std::ofstream(dir / "config.json") << json;
+    try {
+      Transformer::load(dir.string());
+      ADD_FAILURE() << "a config with fewer layers than its file loaded";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("'decoder.layers.1."), std::string::npos) << e.what();
+    }
+  }
   m.save(dir.string());
   io::write_safetensors((dir / "model.safetensors").string(), {});  // a model file without the model's tensors
   EXPECT_THROW(Transformer::load(dir.string()), MissingTensorError);

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "attn/error.h"
@@ -68,6 +69,8 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
 
 namespace {
 
+constexpr int64_t kMaxLayers = 4096;  // per stack: far deeper than any trained model, and never a runaway loop
+
 void check_config(const TransformerConfig& c) {
   auto bad = [](const std::string& m) { throw ArgumentError("TransformerConfig: " + m); };
   if (c.src_vocab <= 0 || c.tgt_vocab <= 0) bad("src_vocab and tgt_vocab must be positive");
@@ -76,6 +79,9 @@ void check_config(const TransformerConfig& c) {
         " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
   if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0)
     bad("sizes must be positive");
+  if (c.num_encoder_layers > kMaxLayers || c.num_decoder_layers > kMaxLayers)
+    bad("num_encoder_layers = " + std::to_string(c.num_encoder_layers) + " and num_decoder_layers = " +
+        std::to_string(c.num_decoder_layers) + " must be at most " + std::to_string(kMaxLayers));
   for (const Shape& table : {Shape{c.max_len, c.d_model}, Shape{c.src_vocab, c.d_model}, Shape{c.tgt_vocab, c.d_model},
                              Shape{c.d_ff, c.d_model}}) {  // the tables the model allocates: never a wrapped size
     if (table[0] > (int64_t{1} << 40) / table[1])
@@ -114,32 +120,19 @@ std::vector<std::vector<std::string>> ready_groups(const TransformerConfig& c,
   return groups;
 }
 
-void xavier(Tensor& t, std::mt19937_64& rng) {
-  const float bound = std::sqrt(6.0f / static_cast<float>(t.dim(0) + t.dim(1)));
-  std::uniform_real_distribution<float> u(-bound, bound);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
-}
+// One parameter of a config's model: its name, shape and initialisation ('x' Xavier-uniform, 'e' normal with std
+// 1/√E, '1' ones, '0' zeros).
+struct ParameterSpec {
+  std::string name;
+  Shape shape;
+  char init;
+};
 
-}  // namespace
-
-// ---------------------------------------------------------------- parameters
-Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : Transformer(config, seed, true) {}
-
-Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool initialise) : config_(config) {
-  check_config(config_);
-  const int64_t E = config_.d_model, F = config_.d_ff;
-  std::mt19937_64 rng(seed);
-  auto add = [&](const std::string& name, Shape shape, char init) {
-    Tensor t(std::move(shape));
-    if (!initialise) init = '0';  // load() overwrites every parameter: zeros (fresh pages) are enough
-    if (init == 'x') xavier(t, rng);
-    if (init == '1') std::fill(t.f32(), t.f32() + t.numel(), 1.0f);
-    if (init == 'e') {
-      std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(static_cast<float>(E)));
-      for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = n(rng);
-    }
-    params_[name] = t;
-  };
+// Every parameter of a model of config c, in the order the constructor draws their initial values.
+std::vector<ParameterSpec> parameter_specs(const TransformerConfig& c) {
+  const int64_t E = c.d_model, F = c.d_ff;
+  std::vector<ParameterSpec> specs;
+  auto add = [&](const std::string& name, Shape shape, char init) { specs.push_back({name, std::move(shape), init}); };
   auto attention = [&](const std::string& p) {
     add(p + "in_proj_weight", {3 * E, E}, 'x');
     add(p + "in_proj_bias", {3 * E}, '0');
@@ -156,17 +149,17 @@ Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool in
       add(p + "norm" + std::to_string(n) + ".bias", {E}, '0');
     }
   };
-  add("src_embed.weight", {config_.src_vocab, E}, 'e');
-  add("tgt_embed.weight", {config_.tgt_vocab, E}, 'e');
-  if (config_.learned_positions) add("pos_embed.weight", {config_.max_len, E}, 'e');
-  for (int64_t l = 0; l < config_.num_encoder_layers; ++l) {
+  add("src_embed.weight", {c.src_vocab, E}, 'e');
+  add("tgt_embed.weight", {c.tgt_vocab, E}, 'e');
+  if (c.learned_positions) add("pos_embed.weight", {c.max_len, E}, 'e');
+  for (int64_t l = 0; l < c.num_encoder_layers; ++l) {
     const std::string p = "encoder.layers." + std::to_string(l) + ".";
     attention(p + "self_attn.");
     feed_forward_and_norms(p, 2);
   }
   add("encoder.norm.weight", {E}, '1');
   add("encoder.norm.bias", {E}, '0');
-  for (int64_t l = 0; l < config_.num_decoder_layers; ++l) {
+  for (int64_t l = 0; l < c.num_decoder_layers; ++l) {
     const std::string p = "decoder.layers." + std::to_string(l) + ".";
     attention(p + "self_attn.");
     attention(p + "multihead_attn.");
@@ -174,8 +167,37 @@ Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool in
   }
   add("decoder.norm.weight", {E}, '1');
   add("decoder.norm.bias", {E}, '0');
-  if (!config_.tie_embeddings) add("generator.weight", {config_.tgt_vocab, E}, 'x');
-  add("generator.bias", {config_.tgt_vocab}, '0');
+  if (!c.tie_embeddings) add("generator.weight", {c.tgt_vocab, E}, 'x');
+  add("generator.bias", {c.tgt_vocab}, '0');
+  return specs;
+}
+
+void xavier(Tensor& t, std::mt19937_64& rng) {
+  const float bound = std::sqrt(6.0f / static_cast<float>(t.dim(0) + t.dim(1)));
+  std::uniform_real_distribution<float> u(-bound, bound);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- parameters
+Transformer::Transformer(const TransformerConfig& config, uint64_t seed) : Transformer(config, seed, true) {}
+
+Transformer::Transformer(const TransformerConfig& config, uint64_t seed, bool initialise) : config_(config) {
+  check_config(config_);
+  const int64_t E = config_.d_model;
+  std::mt19937_64 rng(seed);
+  for (const ParameterSpec& spec : parameter_specs(config_)) {
+    Tensor t(spec.shape);
+    const char init = initialise ? spec.init : '0';  // load() overwrites every parameter: zeros (fresh pages) do
+    if (init == 'x') xavier(t, rng);
+    if (init == '1') std::fill(t.f32(), t.f32() + t.numel(), 1.0f);
+    if (init == 'e') {
+      std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(static_cast<float>(E)));
+      for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = n(rng);
+    }
+    params_[spec.name] = t;
+  }
   for (const auto& [name, t] : params_) grads_[name] = Tensor(t.shape());
   ready_groups_ = ready_groups(config_, params_);
   weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_));
@@ -404,20 +426,31 @@ Transformer Transformer::load(const std::string& dir) {
   } catch (const FormatError&) {
     throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
   }
-  Transformer m(TransformerConfig::from_json(text), 0, /*initialise=*/false);
+  const TransformerConfig config = TransformerConfig::from_json(text);
+  check_config(config);
   io::Safetensors st = io::read_safetensors(dir + "/model.safetensors");
   io::widen_to_float32(st.tensors);
-  for (auto& [name, t] : m.params_) {
-    const auto found = st.tensors.find(name);
+  // The file and the config agree, tensor for tensor, before the model allocates anything: a config that names more
+  // layers than the file holds fails here, not after allocating them (as load_state_dict's strict mode, a tensor the
+  // config has no place for is an error too: a config.json of another model had run with half its weights).
+  std::set<std::string> needed;
+  for (const ParameterSpec& spec : parameter_specs(config)) {
+    const auto found = st.tensors.find(spec.name);
     if (found == st.tensors.end())
-      throw MissingTensorError(dir + "/model.safetensors: has no '" + name +
+      throw MissingTensorError(dir + "/model.safetensors: has no '" + spec.name +
                                "', which a model of its config.json needs");
-    Tensor& src = found->second;
-    if (src.dtype() != DType::kFloat32 || src.shape() != t.shape())
-      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(src.shape()) +
-                       " but the config needs " + shape_str(t.shape()));
-    t = std::move(src);  // the file's tensor becomes the parameter (no copy)
+    const Tensor& src = found->second;
+    if (src.dtype() != DType::kFloat32 || src.shape() != spec.shape)
+      throw ShapeError(dir + "/model.safetensors: '" + spec.name + "' has shape " + shape_str(src.shape()) +
+                       " but the config needs " + shape_str(spec.shape));
+    needed.insert(spec.name);
   }
+  for (const auto& [name, t] : st.tensors)
+    if (!needed.count(name))
+      throw FormatError(dir + "/model.safetensors: has '" + name + "' " + shape_str(t.shape()) +
+                        ", which a model of its config.json does not (does config.json belong to this file?)");
+  Transformer m(config, 0, /*initialise=*/false);
+  for (auto& [name, t] : m.params_) t = std::move(st.tensors.at(name));  // the file's tensors, no copy
   m.weights_ = std::make_shared<const models::TransformerWeights>(models::bind(m.config_, m.params_, m.grads_));
   return m;
 }
