@@ -8,6 +8,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -235,6 +237,22 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   blocked.out_dir = (dir / "afile" / "ckpt").string();
   EXPECT_THROW(train::train_numbers(blocked, [&](int64_t, float) { ++steps; }), ArgumentError);
   EXPECT_EQ(steps, 0);
+  // a NaN or negative learning rate, clip norm, decay or smoothing: refused before the first step (they had trained to
+  // the end and written a checkpoint of NaNs)
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& set : std::vector<std::function<void(train::TrainOptions&)>>{
+           [&](train::TrainOptions& t) { t.lr_factor = nan; }, [](train::TrainOptions& t) { t.lr_factor = -1.0f; },
+           [&](train::TrainOptions& t) { t.clip_norm = nan; }, [](train::TrainOptions& t) { t.clip_norm = -1.0f; },
+           [](train::TrainOptions& t) { t.weight_decay = std::numeric_limits<float>::infinity(); },
+           [](train::TrainOptions& t) { t.label_smoothing = 1.0f; }, [](train::TrainOptions& t) { t.beta2 = 1.0f; },
+           [](train::TrainOptions& t) { t.adam_eps = 0.0f; }, [](train::TrainOptions& t) { t.warmup = -1; }}) {
+    train::TrainOptions bad = o;
+    bad.out_dir = (dir / "bad").string();
+    set(bad);
+    EXPECT_THROW(train::train_numbers(bad, [&](int64_t, float) { ++steps; }), ArgumentError);
+    EXPECT_EQ(steps, 0);
+    EXPECT_FALSE(fs::exists(dir / "bad"));
+  }
   fs::remove_all(dir);
 }
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
@@ -320,6 +321,29 @@ double exact_match(const Transformer& model, const tasks::Vocab& vocab, const st
   return examples.empty() ? 0.0 : static_cast<double>(right) / static_cast<double>(examples.size());
 }
 
+namespace {
+
+// The schedule's and AdamW's numbers, before the first step: a NaN or negative learning rate, clip norm or decay had
+// trained to the end and written a checkpoint of NaNs (or of a model trained uphill).
+void check_optimizer_options(const TrainOptions& o) {
+  const auto in = [](float x, float lo, float hi, bool hi_open) { return x >= lo && (hi_open ? x < hi : x <= hi); };
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const auto bad = [](const std::string& what, float x, const std::string& range) {
+    throw ArgumentError("train: " + what + " = " + std::to_string(x) + " must be " + range);
+  };
+  if (!(o.lr_factor > 0.0f && o.lr_factor < kInf)) bad("lr_factor (--lr-factor)", o.lr_factor, "finite and positive");
+  if (o.warmup < 0) bad("warmup (--warmup)", static_cast<float>(o.warmup), "at least 0");
+  if (!in(o.beta1, 0.0f, 1.0f, true) || !in(o.beta2, 0.0f, 1.0f, true))
+    bad("AdamW's beta1 and beta2, beta1", o.beta1, "in [0, 1) (beta2 = " + std::to_string(o.beta2) + ")");
+  if (!(o.adam_eps > 0.0f && o.adam_eps < kInf)) bad("adam_eps", o.adam_eps, "finite and positive");
+  if (!in(o.weight_decay, 0.0f, kInf, true)) bad("weight_decay (--weight-decay)", o.weight_decay, "finite and >= 0");
+  if (!in(o.label_smoothing, 0.0f, 1.0f, true))
+    bad("label_smoothing (--label-smoothing)", o.label_smoothing, "in [0, 1)");
+  if (!in(o.clip_norm, 0.0f, kInf, true)) bad("clip_norm (--clip)", o.clip_norm, "finite and >= 0 (0: no clipping)");
+}
+
+}  // namespace
+
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step) {
   TrainOptions o = options;
   if (o.train_examples < 1 || o.val_examples < 0 || o.batch_size < 1 || o.steps < 0 || o.eval_every < 0)
@@ -327,6 +351,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
                         std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
                         std::to_string(o.eval_every) + ") at least 0");
+  check_optimizer_options(o);
   if (!o.out_dir.empty()) check_checkpoint_dir(o.out_dir);
   const tasks::Vocab vocab = tasks::Vocab::numbers();
   o.model.src_vocab = static_cast<int64_t>(vocab.src.size());
