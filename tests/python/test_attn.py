@@ -320,3 +320,28 @@ def test_mixed_precisions_raise_type_error_naming_the_argument():
     q, k, v = _lowp_inputs()
     with pytest.raises(TypeError, match="k is float32"):
         attn.scaled_dot_product_attention(q.astype(np.float16), k, v.astype(np.float16), enable_gqa=True)
+
+
+def test_read_only_arrays_and_torch_tensors_that_require_grad_are_read():
+    # read-only inputs (np.load's mmap_mode="r", np.frombuffer, broadcast views) had been refused by the binding
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)
+    expected = attn.scaled_dot_product_attention(q, q, q, is_causal=True)
+    ro = q.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(attn.scaled_dot_product_attention(ro, ro, ro, is_causal=True), expected)
+    view = np.broadcast_to(q[:, :1], q.shape)
+    assert not view.flags.writeable
+    attn.scaled_dot_product_attention(view, view, view)
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(q.copy()).requires_grad_()
+    np.testing.assert_array_equal(attn.scaled_dot_product_attention(t, t, t, is_causal=True), expected)
+
+
+def test_contradictory_causal_arguments_raise():
+    q = np.ones((1, 1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="contradicts"):
+        attn.scaled_dot_product_attention(q, q, q, is_causal=True, causal_alignment="none")
+    with pytest.raises(ValueError, match="attn_mask"):  # PyTorch refuses the pair too
+        attn.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), is_causal=True)
+    attn.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), causal_alignment="top-left")
