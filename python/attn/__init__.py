@@ -116,13 +116,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv), 2 to 4 dimensions.
     attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores.
-    is_causal: query i sees keys j <= i (top-left, as PyTorch). enable_gqa: allow H a multiple of Hkv.
+    is_causal: query i sees keys j <= i (top-left, as PyTorch); with attn_mask it raises, as PyTorch does
+    (causal_alignment='top-left' applies both). enable_gqa: allow H a multiple of Hkv.
     dropout_p must be 0 (inference).
     Extras: causal_alignment='top-left'|'bottom-right' (bottom-right: query i sees j <= i + Lk - Lq;
     setting it implies causal), key_padding_mask (B, Lk) bool True = padding, window (sliding window,
     with causal), alibi_slopes (H,) (adds -slope * |i + Lk - Lq - j|; |i - j| with 'top-left'), return_weights
     (then returns (output, weights (..., H, Lq, Lk))).
-    A query row whose keys are all masked gives 0 (PyTorch gives NaN).
+    A query row whose keys are all masked gives 0, as PyTorch's SDPA. Read-only arrays are read in place; torch
+    tensors (gradients or not) are read through NumPy.
     Low precision: query, key and value all float16 (NumPy) or all bfloat16 (ml_dtypes.bfloat16 arrays, or torch
     bfloat16 tensors) run attn's 16-bit kernel (float32 sums) and return the output in that dtype (bfloat16 as
     ml_dtypes.bfloat16 when ml_dtypes is installed); weights stay float32.
