@@ -180,8 +180,17 @@ class MultiheadAttention:
         self._m = _attn.MultiHeadAttention(self.embed_dim, self.num_heads, self.num_kv_heads, self.kdim, self.vdim,
                                            self.bias, int(seed))
 
-    def load_state_dict(self, state_dict, prefix=""):
-        """Loads PyTorch's names from a dict of arrays (NumPy, or torch tensors via .numpy())."""
+    def load_state_dict(self, state_dict, prefix="", strict=True):
+        """Loads PyTorch's names from a dict of arrays (NumPy, or torch tensors via .numpy()); the keys under prefix.
+        strict (as torch's load_state_dict): a key under prefix that this layer has no parameter for raises KeyError
+        (it had been ignored silently: a q_proj_weight given to a layer with one in_proj_weight, say)."""
+        names = ["out_proj.weight"] + (["in_proj_weight"] if self.kdim == self.vdim == self.embed_dim else
+                                       ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
+        names += ["in_proj_bias", "out_proj.bias"] if self.bias else []
+        unexpected = [n for n in state_dict if n.startswith(prefix) and n[len(prefix):] not in names]
+        if strict and unexpected:
+            raise KeyError(f"unexpected key(s) in state_dict: {', '.join(unexpected)} (this layer has "
+                           f"{', '.join(prefix + n for n in names)}; pass strict=False to ignore them)")
         arrays = {}
         for name, t in state_dict.items():
             if not name.startswith(prefix):
@@ -206,7 +215,7 @@ class MultiheadAttention:
             kdim, vdim = get("k_proj_weight").shape[1], get("v_proj_weight").shape[1]
         layer = cls(wo.shape[0], num_heads, bias=get("in_proj_bias") is not None, kdim=kdim, vdim=vdim,
                     batch_first=batch_first, num_kv_heads=num_kv_heads)
-        return layer.load_state_dict(tensors, prefix)
+        return layer.load_state_dict(tensors, prefix, strict=False)  # a whole model's file: its other tensors
 
     def state_dict(self):
         return self._m.state_dict()

@@ -345,3 +345,18 @@ def test_contradictory_causal_arguments_raise():
     with pytest.raises(ValueError, match="attn_mask"):  # PyTorch refuses the pair too
         attn.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), is_causal=True)
     attn.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), causal_alignment="top-left")
+
+
+def test_mha_load_state_dict_is_strict_as_pytorchs():
+    rng = np.random.default_rng(4)
+    sd = {"in_proj_weight": rng.standard_normal((24, 8)), "in_proj_bias": np.zeros(24),
+          "out_proj.weight": rng.standard_normal((8, 8)), "out_proj.bias": np.zeros(8)}
+    with pytest.raises(KeyError, match="q_proj_weight"):  # a key this layer has no place for
+        attn.MultiheadAttention(8, 2).load_state_dict({**sd, "q_proj_weight": np.zeros((8, 8))})
+    attn.MultiheadAttention(8, 2).load_state_dict({**sd, "q_proj_weight": np.zeros((8, 8))}, strict=False)
+    # keys outside the prefix are another layer's: never unexpected
+    attn.MultiheadAttention(8, 2).load_state_dict({**{"a." + k: v for k, v in sd.items()}, "b.x": np.zeros(1)},
+                                                  prefix="a.")
+    with pytest.raises(KeyError, match="a.extra"):
+        attn.MultiheadAttention(8, 2).load_state_dict({**{"a." + k: v for k, v in sd.items()}, "a.extra": 0},
+                                                      prefix="a.")
