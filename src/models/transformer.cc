@@ -91,7 +91,7 @@ void check_config(const TransformerConfig& c) {
   if (c.bos_id < 0 || c.bos_id >= c.tgt_vocab || c.eos_id < 0 || c.eos_id >= c.tgt_vocab)
     bad("bos_id = " + std::to_string(c.bos_id) + " and eos_id = " + std::to_string(c.eos_id) +
         " must be target tokens, in [0, tgt_vocab = " + std::to_string(c.tgt_vocab) + ")");
-  if (c.dropout < 0 || c.dropout >= 1 || c.attention_dropout < 0 || c.attention_dropout >= 1)
+  if (!(c.dropout >= 0 && c.dropout < 1 && c.attention_dropout >= 0 && c.attention_dropout < 1))  // NaN too
     bad("dropout must be in [0, 1)");
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -199,9 +200,18 @@ std::vector<uint8_t> html_report_bytes(const Report& report) {
   std::string title;
   for (char c : report.title)
     title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
-  for (size_t p; (p = page.find("__TITLE__")) != std::string::npos;) page.replace(p, 9, title);
-  page.replace(page.find("__DATA__"), 8, json);
-  return {page.begin(), page.end()};
+  // the template's placeholders, in one pass over the template: a title or data that holds "__TITLE__" or
+  // "__DATA__" themselves is inserted as text (searching the page again had looped forever on such a title)
+  const std::string_view tmpl = page;
+  std::string out;
+  for (size_t p = 0;;) {
+    const size_t t = tmpl.find("__TITLE__", p), d = tmpl.find("__DATA__", p), at = std::min(t, d);
+    out.append(tmpl.substr(p, at == std::string_view::npos ? std::string_view::npos : at - p));
+    if (at == std::string_view::npos) break;
+    out += at == t ? title : json;
+    p = at + (at == t ? 9 : 8);
+  }
+  return {out.begin(), out.end()};
 }
 
 void write_html_report(const std::string& path, const Report& report) {
