@@ -195,9 +195,7 @@ class MultiheadAttention:
         for name, t in state_dict.items():
             if not name.startswith(prefix):
                 continue
-            if hasattr(t, "detach"):
-                t = t.detach().cpu().numpy()
-            arrays[name] = _mask(t, name)
+            arrays[name] = _mask(t, name)  # a torch tensor through _detached, as every input
         self._m = _attn.MultiHeadAttention.from_state_dict(arrays, self.embed_dim, self.num_heads, self.num_kv_heads,
                                                            self.kdim, self.vdim, self.bias, prefix)
         return self
