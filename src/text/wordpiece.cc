@@ -6,6 +6,8 @@
 #include <unicode/unistr.h>
 
 #include <fstream>
+#include <iterator>
+#include <limits>
 
 #include "attn/error.h"
 
@@ -53,7 +55,7 @@ WordPiece WordPiece::load(const std::string& path, bool lower_case) {
   w.lower_case_ = lower_case;
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    w.ids_.emplace(line, static_cast<int32_t>(w.tokens_.size()));
+    w.ids_[line] = static_cast<int32_t>(w.tokens_.size());  // a token listed twice: its last line, as Hugging Face
     w.tokens_.push_back(line);
   }
   w.cls_ = w.id("[CLS]"), w.sep_ = w.id("[SEP]"), w.pad_ = w.id("[PAD]"), w.unk_ = w.id("[UNK]");
@@ -126,18 +128,36 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
 }
 
 std::vector<std::string> WordPiece::tokenize(const std::string& text) const {
-  // special tokens written in the text ("[CLS]", "[SEP]", ...) stay whole, as Hugging Face's added tokens
-  static const char* kSpecial[] = {"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"};
-  for (const char* sp : kSpecial) {
-    const size_t at = text.find(sp);
-    if (at == std::string::npos || id(sp) < 0) continue;
-    std::vector<std::string> out = tokenize(text.substr(0, at));
-    out.push_back(sp);
-    for (const std::string& t : tokenize(text.substr(at + std::string(sp).size()))) out.push_back(t);
-    return out;
-  }
+  return tokenize_at_most(text, std::numeric_limits<size_t>::max());
+}
+
+std::vector<std::string> WordPiece::tokenize_at_most(const std::string& text, size_t max_tokens) const {
+  // special tokens written in the text ("[CLS]", "[SEP]", ...) stay whole, as Hugging Face's added tokens;
+  // the text is cut at each one in one pass (no two can overlap: each is a whole "[...]")
+  static const std::string kSpecial[] = {"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"};
+  constexpr size_t kCount = std::size(kSpecial);
+  size_t next[kCount];  // where each special token next occurs at or after pos (npos: nowhere)
+  for (size_t k = 0; k < kCount; ++k) next[k] = id(kSpecial[k]) < 0 ? std::string::npos : text.find(kSpecial[k]);
   std::vector<std::string> out;
+  size_t pos = 0;
+  while (out.size() < max_tokens) {
+    size_t first = kCount;
+    for (size_t k = 0; k < kCount; ++k) {
+      if (next[k] != std::string::npos && next[k] < pos) next[k] = text.find(kSpecial[k], pos);
+      if (next[k] != std::string::npos && (first == kCount || next[k] < next[first])) first = k;
+    }
+    const size_t end = first == kCount ? text.size() : next[first];
+    append_word_pieces(text.substr(pos, end - pos), max_tokens, out);
+    if (first == kCount) break;
+    if (out.size() < max_tokens) out.push_back(kSpecial[first]);
+    pos = end + kSpecial[first].size();
+  }
+  return out;
+}
+
+void WordPiece::append_word_pieces(const std::string& text, size_t max_tokens, std::vector<std::string>& out) const {
   for (const std::string& word : basic_tokens(text)) {
+    if (out.size() >= max_tokens) return;
     const icu::UnicodeString w = icu::UnicodeString::fromUTF8(word);
     if (w.countChar32() > 100) {
       out.push_back("[UNK]");
@@ -166,22 +186,23 @@ std::vector<std::string> WordPiece::tokenize(const std::string& text) const {
       pieces.push_back(found);
       start = end;
     }
-    if (bad)
+    if (bad) {
       out.push_back("[UNK]");
-    else
-      out.insert(out.end(), pieces.begin(), pieces.end());
+    } else {
+      for (std::string& piece : pieces) {
+        if (out.size() >= max_tokens) return;
+        out.push_back(std::move(piece));
+      }
+    }
   }
-  return out;
 }
 
 std::vector<int32_t> WordPiece::encode(const std::string& text, int64_t max_length) const {
   if (max_length < 2)
     throw ArgumentError("WordPiece::encode: max_length must be at least 2, got " + std::to_string(max_length));
   std::vector<int32_t> ids = {cls_};
-  for (const std::string& t : tokenize(text)) {
-    if (static_cast<int64_t>(ids.size()) + 1 >= max_length) break;
-    ids.push_back(id(t));
-  }
+  // only the tokens that fit are made: a long text is not tokenised past max_length
+  for (const std::string& t : tokenize_at_most(text, static_cast<size_t>(max_length - 2))) ids.push_back(id(t));
   ids.push_back(sep_);
   return ids;
 }

@@ -12,6 +12,7 @@
 // encode() adds [CLS] ... [SEP] and truncates to max_length.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -39,6 +40,11 @@ class WordPiece {
   int32_t unk_id() const { return unk_; }
 
  private:
+  // tokenize(), stopping once max_tokens tokens are made
+  std::vector<std::string> tokenize_at_most(const std::string& utf8, size_t max_tokens) const;
+  // step 4 on the words of one stretch of text without special tokens, appended to out up to max_tokens
+  void append_word_pieces(const std::string& utf8, size_t max_tokens, std::vector<std::string>& out) const;
+
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int32_t> ids_;
   int32_t cls_ = -1, sep_ = -1, pad_ = -1, unk_ = -1;
