@@ -229,6 +229,16 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
     std::ofstream(dir / "config.json") << json;
     EXPECT_THROW(Transformer::load(dir.string()), ArgumentError) << value;
   }
+  // whole numbers only, and only those that fit the field: 2^32 + 1 had wrapped to bos_id 1, 2.5 had been d_model 2
+  for (const auto& [key, value] :
+       {std::pair{"\"bos_id\": 1", "\"bos_id\": 4294967297"}, std::pair{"\"d_model\": 16", "\"d_model\": 16.5"},
+        std::pair{"\"max_len\": 20", "\"max_len\": 1e300"}, std::pair{"\"pad_id\": 0", "\"pad_id\": -2147483649"}}) {
+    std::string json = m.config().to_json();
+    ASSERT_NE(json.find(key), std::string::npos) << json;
+    json.replace(json.find(key), std::string(key).size(), value);
+    std::ofstream(dir / "config.json") << json;
+    EXPECT_THROW(Transformer::load(dir.string()), FormatError) << value;
+  }
   for (const auto& [key, value] : {std::pair{"\"num_encoder_layers\": 2", "\"num_encoder_layers\": 100000"},
                                    std::pair{"\"num_decoder_layers\": 2", "\"num_decoder_layers\": 1000"}}) {
     std::string json = m.config().to_json();  // more layers than the file holds: refused before allocating them

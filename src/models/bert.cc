@@ -10,6 +10,7 @@
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
 #include "cpu/threads.h"
+#include "io/json_fields.h"
 #include "layers/mha_layer.h"
 #include "ops/nn.h"
 
@@ -20,15 +21,27 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
   BertConfig c;
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
-    c.vocab_size = j.at("vocab_size"), c.hidden_size = j.at("hidden_size"), c.num_layers = j.at("num_hidden_layers");
-    c.num_heads = j.at("num_attention_heads"), c.intermediate_size = j.at("intermediate_size");
-    c.max_position = j.value("max_position_embeddings", 512), c.type_vocab_size = j.value("type_vocab_size", 2);
+    if (!j.is_object()) throw FormatError("expected a JSON object");
+    io::read_integer(j, "vocab_size", c.vocab_size), io::read_integer(j, "hidden_size", c.hidden_size);
+    io::read_integer(j, "num_hidden_layers", c.num_layers), io::read_integer(j, "num_attention_heads", c.num_heads);
+    io::read_integer(j, "intermediate_size", c.intermediate_size);
+    io::read_integer_if_present(j, "max_position_embeddings", c.max_position);
+    io::read_integer_if_present(j, "type_vocab_size", c.type_vocab_size);
     c.layer_norm_eps = j.value("layer_norm_eps", 1e-12f);
     const std::string act = j.value("hidden_act", std::string("gelu"));
-    if (act != "gelu") throw FormatError("config.json: hidden_act '" + act + "' is not supported (gelu)");
+    if (act != "gelu") throw FormatError("hidden_act '" + act + "' is not supported (gelu)");
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(std::string("config.json: ") + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(std::string("config.json: ") + e.what());
   }
+  // every table the model reads has at least one row (type_vocab_size 0 would leave token type 0 unread memory)
+  if (c.vocab_size <= 0 || c.max_position <= 0 || c.type_vocab_size <= 0 || c.intermediate_size <= 0 ||
+      c.num_layers < 0 || c.num_layers > 4096)
+    throw FormatError("config.json: vocab_size " + std::to_string(c.vocab_size) + ", max_position_embeddings " +
+                      std::to_string(c.max_position) + ", type_vocab_size " + std::to_string(c.type_vocab_size) +
+                      " and intermediate_size " + std::to_string(c.intermediate_size) +
+                      " must be positive, num_hidden_layers " + std::to_string(c.num_layers) + " in [0, 4096]");
   if (c.hidden_size <= 0 || c.num_heads <= 0 || c.hidden_size % c.num_heads != 0)
     throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) +
                       " is not a multiple of num_attention_heads " + std::to_string(c.num_heads));
@@ -74,8 +87,17 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   e.max_seq_length_ = e.config_.max_position;
   if (fs::exists(dir + "/sentence_bert_config.json")) {
     const auto j = nlohmann::json::parse(read_text(dir + "/sentence_bert_config.json"), nullptr, false);
-    if (j.is_object())
-      e.max_seq_length_ = std::min<int64_t>(j.value("max_seq_length", e.max_seq_length_), e.config_.max_position);
+    if (j.is_object()) {
+      try {
+        io::read_integer_if_present(j, "max_seq_length", e.max_seq_length_);
+      } catch (const Error& err) {
+        throw FormatError(dir + "/sentence_bert_config.json: " + err.what());
+      }
+      if (e.max_seq_length_ < 2)  // [CLS] and [SEP] at least
+        throw FormatError(dir + "/sentence_bert_config.json: max_seq_length must be at least 2, got " +
+                          std::to_string(e.max_seq_length_));
+      e.max_seq_length_ = std::min(e.max_seq_length_, e.config_.max_position);
+    }
   }
   if (fs::exists(dir + "/modules.json"))
     e.normalize_ = read_text(dir + "/modules.json").find("Normalize") != std::string::npos;

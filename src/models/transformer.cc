@@ -13,6 +13,7 @@
 #include "attn/error.h"
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
+#include "io/json_fields.h"
 #include "models/transformer_internal.h"
 
 namespace attn {
@@ -47,19 +48,28 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
   TransformerConfig c;
   try {
     const nlohmann::json j = nlohmann::json::parse(text);
-    if (!j.is_object()) throw FormatError("model config: expected a JSON object");
+    if (!j.is_object()) throw FormatError("expected a JSON object");
     const nlohmann::json known = nlohmann::json::parse(TransformerConfig{}.to_json());
     for (const auto& [key, value] : j.items())  // a misspelt key would otherwise be silently a default
-      if (!known.contains(key)) throw FormatError("model config: unknown key \"" + key + "\"");
-    c.src_vocab = j.at("src_vocab"), c.tgt_vocab = j.at("tgt_vocab"), c.d_model = j.at("d_model");
-    c.num_heads = j.at("num_heads"), c.d_ff = j.at("d_ff");
-    c.num_encoder_layers = j.at("num_encoder_layers"), c.num_decoder_layers = j.at("num_decoder_layers");
-    c.max_len = j.at("max_len"), c.norm_first = j.at("norm_first");
+      if (!known.contains(key)) throw FormatError("unknown key \"" + key + "\"");
+    for (const auto& [key, field] : {std::pair<const char*, int64_t*>{"src_vocab", &c.src_vocab},
+                                     {"tgt_vocab", &c.tgt_vocab},
+                                     {"d_model", &c.d_model},
+                                     {"num_heads", &c.num_heads},
+                                     {"d_ff", &c.d_ff},
+                                     {"num_encoder_layers", &c.num_encoder_layers},
+                                     {"num_decoder_layers", &c.num_decoder_layers},
+                                     {"max_len", &c.max_len}})
+      io::read_integer(j, key, *field);
+    c.norm_first = j.at("norm_first");
     c.activation = parse_activation(j.at("activation").get<std::string>());
     c.tie_embeddings = j.at("tie_embeddings"), c.learned_positions = j.at("learned_positions");
     c.dropout = j.at("dropout"), c.attention_dropout = j.at("attention_dropout");
-    c.pad_id = j.at("pad_id"), c.bos_id = j.at("bos_id"), c.eos_id = j.at("eos_id");
+    io::read_integer(j, "pad_id", c.pad_id), io::read_integer(j, "bos_id", c.bos_id);
+    io::read_integer(j, "eos_id", c.eos_id);
   } catch (const nlohmann::json::exception& e) {
+    throw FormatError(std::string("model config: ") + e.what());
+  } catch (const FormatError& e) {  // not an object, an unknown key, a size not whole or too large
     throw FormatError(std::string("model config: ") + e.what());
   } catch (const ArgumentError& e) {  // an unknown activation: never silently another one
     throw FormatError(std::string("model config: \"activation\": ") + e.what());
