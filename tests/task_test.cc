@@ -14,6 +14,7 @@
 #include <set>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/safetensors.h"
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/train/trainer.h"
@@ -26,6 +27,14 @@ namespace {
 
 using tasks::chinese_numeral;
 using tasks::english_words;
+
+// text with its first `from` replaced by `to` (which must be there)
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from << " is not in " << text;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return text;
+}
 
 TEST(Task, ExamplesFromTheIssue) {
   EXPECT_EQ(english_words(1234567), "one million two hundred thirty four thousand five hundred sixty seven");
@@ -72,6 +81,21 @@ TEST(Task, BadSourceTextIsRejectedClearly) {
   std::string longer;
   for (int i = 0; i < 40; ++i) longer += "one ";
   EXPECT_THROW(v.encode_source(longer, 32), ArgumentError);
+  EXPECT_THROW(tasks::make_examples(tasks::Split::kTest, -1, 0), ArgumentError);  // had been "vector::reserve"
+}
+
+// vocab.json comes back as written; a token listed twice (two ids for one word) is refused
+TEST(Task, VocabularyFilesRoundTripAndRefuseDuplicates) {
+  const tasks::Vocab v = tasks::Vocab::numbers();
+  const tasks::Vocab back = tasks::Vocab::from_json(v.to_json());
+  EXPECT_EQ(back.src, v.src);
+  EXPECT_EQ(back.tgt, v.tgt);
+  tasks::Vocab twice = v;
+  twice.tgt.push_back(twice.tgt[5]);
+  EXPECT_THROW(tasks::Vocab::from_json(twice.to_json()), FormatError);
+  twice = v;
+  twice.src.push_back(twice.src[7]);
+  EXPECT_THROW(tasks::Vocab::from_json(twice.to_json()), FormatError);
 }
 
 TEST(Task, GrammarAcceptsEveryCanonicalPhrase) {
@@ -218,9 +242,23 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   state["m.src_embed.weight"] = opt.tensors.at("m.src_embed.weight");
   io::write_safetensors(o.out_dir + "/optimizer.safetensors", state);
   EXPECT_THROW(train::train_numbers(resumed), MissingTensorError);
-  { std::ofstream(o.out_dir + "/train_state.json") << "{\"step\": 1}"; }  // no epoch, batch_index or rng
   io::write_safetensors(o.out_dir + "/optimizer.safetensors", opt.tensors);
-  EXPECT_THROW(train::train_numbers(resumed), FormatError);
+  const std::string good_state = io::read_text(o.out_dir + "/train_state.json");
+  // a checkpoint at step 2 resumed to --steps 2 or 1: refused (it had printed success and written nothing)
+  for (const int64_t steps_to_reach : {2, 1}) {
+    train::TrainOptions done = resumed;
+    done.steps = steps_to_reach;
+    EXPECT_THROW(train::train_numbers(done), ArgumentError);
+  }
+  // no epoch, batch_index or rng; a step that is not whole (2.5 had been 2); an epoch that would overflow when the
+  // run counts on; an integer past int64 (it had wrapped)
+  for (const std::string& bad_state :
+       {std::string("{\"step\": 1}"), replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
+        replaced(good_state, "\"epoch\": 0", "\"epoch\": 9223372036854775807"),
+        replaced(good_state, "\"batch_index\": ", "\"batch_index\": 18446744073709551615, \"x\": ")}) {
+    { std::ofstream(o.out_dir + "/train_state.json") << bad_state; }
+    EXPECT_THROW(train::train_numbers(resumed), FormatError) << bad_state;
+  }
   EXPECT_FALSE(fs::exists(resumed.out_dir));
   // an empty training pool, and a checkpoint file that is a directory: refused before any step
   train::TrainOptions empty = o;

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -199,8 +200,9 @@ Split split_of(int64_t n) {
 
 std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed) {
   std::mt19937_64 rng(mix(seed) ^ static_cast<uint64_t>(split));
+  if (count < 0) throw ArgumentError("make_examples: count must be at least 0, got " + std::to_string(count));
   std::vector<Example> out;
-  out.reserve(static_cast<size_t>(count));
+  out.reserve(static_cast<size_t>(std::min<int64_t>(count, int64_t{1} << 20)));  // more grows as they are made
   while (static_cast<int64_t>(out.size()) < count) {
     const int digits = 1 + static_cast<int>(rng() % 9);
     int64_t n = 0;
@@ -279,6 +281,13 @@ Vocab Vocab::from_json(const std::string& text) {
     const nlohmann::json j = nlohmann::json::parse(text);
     Vocab v{j.at("src").get<std::vector<std::string>>(), j.at("tgt").get<std::vector<std::string>>()};
     if (v.src.size() < 5 || v.tgt.size() < 5) throw FormatError("vocab.json: too few tokens");
+    for (const auto* side : {&v.src, &v.tgt}) {  // a token twice would have two ids: which one encodes it?
+      std::set<std::string> seen;
+      for (const std::string& token : *side)
+        if (!seen.insert(token).second)
+          throw FormatError(std::string("vocab.json: \"") + (side == &v.src ? "src" : "tgt") + "\" lists \"" + token +
+                            "\" twice");
+    }
     return v;
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(std::string("vocab.json: ") + e.what());

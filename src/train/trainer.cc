@@ -18,6 +18,7 @@
 #include "attn/error.h"
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
+#include "io/json_fields.h"
 #include "ops/nn.h"
 
 namespace attn::train {
@@ -233,13 +234,17 @@ void resume_from(const std::string& dir, const Transformer& model, AdamState* ad
   const std::string text = io::read_text(state_path);  // its errors name the path
   try {
     const nlohmann::json st = nlohmann::json::parse(text);
-    adam->step = st.at("step");
-    *epoch = st.at("epoch"), *batch_index = st.at("batch_index");
+    io::read_integer(st, "step", adam->step);
+    io::read_integer(st, "epoch", *epoch), io::read_integer(st, "batch_index", *batch_index);
     std::istringstream r(st.at("rng").get<std::string>());
     r >> *rng;
-    if (!r || adam->step < 0 || *epoch < 0 || *batch_index < 0)
-      throw FormatError(state_path + ": a negative step, epoch or batch_index, or an unreadable rng state");
+    constexpr int64_t kMaxCount = int64_t{1} << 62;  // counting on from here never overflows
+    if (!r || adam->step < 0 || *epoch < 0 || *batch_index < 0 || adam->step > kMaxCount || *epoch > kMaxCount ||
+        *batch_index > kMaxCount)
+      throw FormatError("step, epoch and batch_index must be in [0, 2^62], the rng state readable");
   } catch (const nlohmann::json::exception& e) {
+    throw FormatError(state_path + ": " + e.what());
+  } catch (const FormatError& e) {
     throw FormatError(state_path + ": " + e.what());
   }
 }
@@ -369,6 +374,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   TrainingStep step(model, step_options(o));
   if (!o.resume_dir.empty()) step.state() = std::move(resumed);
   const AdamState& adam = step.state();
+  if (!o.resume_dir.empty() && adam.step >= o.steps)  // nothing to do would look like success and write nothing
+    throw ArgumentError("train: steps (--steps) = " + std::to_string(o.steps) + " is the total to reach, but " +
+                        o.resume_dir + " has already taken " + std::to_string(adam.step) + " steps");
   // data: the training pool and the validation examples, both from the seed
   std::vector<Pair> data;
   for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, o.train_examples, o.seed))

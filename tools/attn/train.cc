@@ -25,8 +25,14 @@ void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
-  if (!launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
-      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0")
+  const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
+                     std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
+  if (rank0 && !a.o.resume_dir.empty())  // the model is the checkpoint's, not the flags' (they are ignored)
+    std::fprintf(stderr,
+                 "training numbers-en-zh: resuming %s (its model and optimizer state) up to step %lld, batches of "
+                 "%lld sentences\n",
+                 a.o.resume_dir.c_str(), static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
+  else if (rank0)
     std::fprintf(
         stderr,
         "training numbers-en-zh: d_model %lld, %lld heads, d_ff %lld, %lld+%lld layers, %s, %lld steps of %lld "
@@ -103,7 +109,8 @@ void add_train(CLI::App& app) {
   sub->add_option("--label-smoothing", a->o.label_smoothing, "label smoothing");
   sub->add_option("--clip", a->o.clip_norm, "gradient clipping (global norm)");
   sub->add_option("--weight-decay", a->o.weight_decay, "AdamW weight decay (matrices only)");
-  sub->add_option("--seed", a->o.seed, "seed: data, initialisation, dropout; the same seed reproduces a run");
+  sub->add_option("--seed", a->o.seed, "seed: data, initialisation, dropout; the same seed reproduces a run")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--train-examples", a->o.train_examples, "size of the training pool")->check(CLI::PositiveNumber);
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)")
       ->check(CLI::NonNegativeNumber);
