@@ -1,5 +1,7 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -216,6 +218,23 @@ TEST(Io, WritesAreAtomic) {
 
 // Files written together: all or none. A second path that is a directory, or that names the first file again, is
 // refused and removes the first's temporary; nothing appears until commit().
+// A pipe (a shell's <(...), /dev/stdin) has no size to trust: its bytes are read to the end, as a file's are (it had
+// been refused as "cannot determine the file size").
+TEST(Io, PipesAreReadToTheirEnd) {
+  int ends[2];
+  ASSERT_EQ(::pipe(ends), 0);
+  const std::string text = "{\"from\": \"a pipe\"}";
+  ASSERT_EQ(::write(ends[1], text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ::close(ends[1]);
+  EXPECT_EQ(io::read_text("/proc/self/fd/" + std::to_string(ends[0])), text);
+  ::close(ends[0]);
+  const auto dir = std::filesystem::temp_directory_path() / "attn_io_pipe";
+  std::filesystem::create_directories(dir);
+  EXPECT_THROW(io::read_file(dir.string()), FormatError);  // a directory: named as one
+  EXPECT_THROW(io::read_file((dir / "absent").string()), FormatError);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Io, FileSetsAppearTogetherOrNotAtAll) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / "attn_fileset_test";

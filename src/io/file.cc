@@ -18,14 +18,27 @@ namespace attn::io {
 std::vector<uint8_t> read_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw FormatError(path + ": is a directory, not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FormatError(path + ": cannot open (" + std::strerror(errno) + ")");
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  if (size < 0) throw FormatError(path + ": cannot determine the file size");
-  in.seekg(0, std::ios::beg);
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw FormatError(path + ": read failed");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // a FIFO waits here for its writer, as with cat
+  if (fd < 0) throw FormatError(path + ": cannot open (" + std::strerror(errno) + ")");
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close{fd};
+  // a regular file's size is only a first guess (it may grow or shrink while read); a pipe (<(...), /dev/stdin)
+  // has none: either way the bytes are read to the end
+  struct stat st {};
+  std::vector<uint8_t> bytes;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
+  uint8_t chunk[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw FormatError(path + ": read failed (" + std::strerror(errno) + ")");
+    }
+    bytes.insert(bytes.end(), chunk, chunk + n);
+  }
   return bytes;
 }
 
