@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/io/safetensors.h"
 #include "attn/models/bert.h"
+#include "attn/text/wordpiece.h"
 #include "test_util.h"
 
 namespace attn {
@@ -70,7 +72,35 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
                                           R"("num_attention_heads": 3, "intermediate_size": 4})";
   }
   EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);  // 10 is not a multiple of 3
+  // no token-type row (its embedding had been read past the table), sizes that are not whole or do not fit
+  for (const std::string extra : {R"(, "type_vocab_size": 0)", R"(, "max_position_embeddings": -4)",
+                                  R"(, "max_position_embeddings": 2.5)", R"(, "num_hidden_layers": 1e30)"}) {
+    std::ofstream(dir / "config.json") << R"({"vocab_size": 5, "hidden_size": 12, "num_hidden_layers": 1, )"
+                                          R"("num_attention_heads": 3, "intermediate_size": 4)"
+                                       << extra << "}";
+    EXPECT_THROW(BertConfig::from_hf_json(io::read_text((dir / "config.json").string())), FormatError) << extra;
+  }
   std::filesystem::remove_all(dir);
+}
+
+// WordPiece cuts the text at every special token in one pass (one recursion per token had overflowed the stack on
+// 20000 of them) and stops tokenising once encode() has max_length ids.
+TEST(MiniLM, SpecialTokensAndLongTextsTokenizeInOnePass) {
+  const text::WordPiece wp = text::WordPiece::load(minilm_dir() + "/vocab.txt");
+  EXPECT_EQ(wp.tokenize("a[SEP]b [CLS][MASK]c"), (std::vector<std::string>{"a", "[SEP]", "b", "[CLS]", "[MASK]", "c"}));
+  std::string many;
+  for (int i = 0; i < 20000; ++i) many += "[SEP]";
+  const std::vector<std::string> tokens = wp.tokenize(many + " the end");
+  ASSERT_EQ(tokens.size(), 20002u);
+  EXPECT_EQ(tokens[19999], "[SEP]");
+  EXPECT_EQ(tokens.back(), "end");
+  std::string long_text;
+  for (int i = 0; i < 100000; ++i) long_text += "word ";
+  const std::vector<int32_t> ids = wp.encode(long_text + many, 8);
+  ASSERT_EQ(ids.size(), 8u);
+  EXPECT_EQ(ids.front(), wp.cls_id());
+  EXPECT_EQ(ids.back(), wp.sep_id());
+  for (size_t i = 1; i + 1 < ids.size(); ++i) EXPECT_EQ(ids[i], wp.id("word"));
 }
 
 }  // namespace

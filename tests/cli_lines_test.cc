@@ -121,6 +121,30 @@ TEST_F(CliLines, TranslateNormalisesCaseSpacingAndCrlf) {
   EXPECT_EQ(r.err, "") << "normalised input is inside the grammar";
 }
 
+// Bytes that are not UTF-8 are named by offset, never echoed raw: translate's line fails as not UTF-8 (its unknown
+// word had been printed as it came), similar leaves the line out of the ranking (it had ranked it) and refuses such a
+// query.
+TEST_F(CliLines, TextThatIsNotUtf8IsReportedNotEchoedOrRanked) {
+  write("in.txt", "ten\none \xff\xfe\nfifteen\n");
+  CliResult r = run("translate < " + path("in.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "十\n\n十五\n") << r.err;
+  EXPECT_NE(r.err.find("line 2: not valid UTF-8 (byte 0xFF at offset 4)"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("\xff"), std::string::npos) << r.err;
+  const std::string model = " --model " + std::string(ATTN_MINILM_DIR);
+  write("s.txt", "A man is eating food.\nA man \xff is eating.\n\nA man is riding a horse.\n");
+  r = run("similar" + model + " \"A person eats a meal\" < " + path("s.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(lines(r.out).size(), 2u) << r.out;  // the two good sentences, ranked
+  EXPECT_EQ(r.out.find("\xff"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("line 2: not valid UTF-8"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 of 4 lines failed"), std::string::npos) << r.err;
+  r = run("similar" + model + " \"a \xff query\" < " + path("s.txt"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("the query: not valid UTF-8"), std::string::npos) << r.err;
+}
+
 TEST_F(CliLines, EmbedGivesARowOfNanForABadLineAndKeepsTheRest) {
   const std::string model = " --model " + std::string(ATTN_MINILM_DIR);
   CliResult r = run("embed" + model + " \"the cat sat\" \"a dog ran\" --out " + path("want.npy"));

@@ -403,7 +403,7 @@ void add_bench(CLI::App& app) {
   auto eb = std::make_shared<EmbedBench>();
   CLI::App* emb = bench->add_subcommand("embed", "sentence embeddings per second (BERT, e.g. all-MiniLM-L6-v2)");
   emb->add_option("--model", eb->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
-  emb->add_option("--count", eb->count, "sentences (8 to 24 words)")->check(CLI::PositiveNumber);
+  emb->add_option("--count", eb->count, "sentences (8 to 24 words)")->check(CLI::Range(int64_t{1}, kMaxCount));
   emb->add_option("--batch-size", eb->batch, "sentences per batch")->check(CLI::PositiveNumber);
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores");
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
@@ -423,7 +423,7 @@ void add_bench(CLI::App& app) {
   auto tb = std::make_shared<TranslateBench>();
   CLI::App* tr = bench->add_subcommand("translate", "translation throughput on the numbers-en-zh test split");
   tr->add_option("--model", tb->model, "model directory; default: the shipped model");
-  tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::PositiveNumber);
+  tr->add_option("--count", tb->count, "sentences of the test split")->check(CLI::Range(int64_t{1}, kMaxCount));
   tr->add_option("--beam", tb->options.beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));
   tr->add_option("--quantize", tb->quantize, "none, int8 or bf16 (the projections' inference copies)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));

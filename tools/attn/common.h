@@ -12,6 +12,10 @@
 
 namespace attn::cli {
 
+// The most sentences a --count may ask for (eval, bench translate, bench embed): 2^24, far past any test split,
+// and never a size that fails inside std::vector ("vector::reserve").
+inline constexpr int64_t kMaxCount = int64_t{1} << 24;
+
 // Reads a .npy given on the command line; errors name the flag ("--q Q.npy: ...").
 Tensor load_npy_flag(const std::string& flag, const std::string& path);
 

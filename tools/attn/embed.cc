@@ -96,11 +96,22 @@ struct SimilarArgs {
 };
 
 void run_similar(const SimilarArgs& a) {
+  if (const auto why = utf8_problem(a.query)) throw ArgumentError("the query: " + *why);
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model));
+  // a line that is not UTF-8 is reported with its number and left out of the ranking (the exit status says so)
   std::vector<std::string> sentences;
-  for (const std::string& s : read_stdin_lines())
-    if (!s.empty()) sentences.push_back(s);
-  if (sentences.empty()) throw ArgumentError("no sentences on standard input to rank (one per line)");
+  const std::vector<std::string> lines = read_stdin_lines();
+  LineErrors errors("line", false, false);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (const auto why = utf8_problem(lines[i]))
+      errors.fail(i, *why);
+    else if (!lines[i].empty())
+      sentences.push_back(lines[i]);
+  }
+  if (sentences.empty()) {
+    errors.finish(lines.size(), "no ranks");
+    throw ArgumentError("no sentences on standard input to rank (one per line)");
+  }
   std::vector<std::string> all = {a.query};
   all.insert(all.end(), sentences.begin(), sentences.end());
   const Tensor e = enc.embed(all);
@@ -118,6 +129,8 @@ void run_similar(const SimilarArgs& a) {
   std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
   const size_t n = a.top > 0 ? std::min<size_t>(static_cast<size_t>(a.top), ranked.size()) : ranked.size();
   for (size_t r = 0; r < n; ++r) std::printf("%.4f\t%s\n", ranked[r].first, sentences[ranked[r].second].c_str());
+  std::fflush(stdout);
+  errors.finish(lines.size(), "no ranks");
 }
 
 }  // namespace

@@ -80,6 +80,10 @@ void run_translate(const TranslateArgs& a) {
   LineErrors errors(from_stdin ? "line" : "", a.strict, a.strict || !from_stdin);
   std::vector<std::string> good;  // the normalised lines that can be translated
   for (size_t i = 0; i < lines.size(); ++i) {
+    if (const auto not_utf8 = utf8_problem(lines[i])) {  // never echoed raw to the terminal
+      errors.fail(i, *not_utf8);
+      continue;
+    }
     const std::string text = tasks::normalize_source(lines[i]);
     const std::optional<std::string> why = tasks::grammar_problem(text);
     try {
@@ -170,10 +174,10 @@ void add_translate(CLI::App& app) {
   ev->add_option("--model", e->model, "model directory; default: the shipped model");
   ev->add_option("--split", e->split, "test, validation or train")
       ->check(CLI::IsMember({"test", "validation", "train"}));
-  ev->add_option("--count", e->count, "examples")->check(CLI::PositiveNumber);
+  ev->add_option("--count", e->count, "examples")->check(CLI::Range(int64_t{1}, kMaxCount));
   ev->add_option("--beam", e->beam, "beam width; 1 = greedy")->check(CLI::Range(1, 64));  // as translate's
   ev->add_option("--quantize", e->quantize, "none, int8 or bf16")->check(CLI::IsMember({"none", "int8", "bf16"}));
-  ev->add_option("--seed", e->seed, "data seed");
+  ev->add_option("--seed", e->seed, "data seed")->check(CLI::NonNegativeNumber);
   ev->add_flag("--show-errors", e->show_errors, "print the examples it gets wrong");
   ev->callback([e] { run_eval(*e); });
 }

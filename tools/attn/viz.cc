@@ -180,7 +180,8 @@ void add_viz(CLI::App& app) {
                   "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
                   "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention "
                   "(BERT; default L = 0)");
-  sub->add_option("--png-head", a->png_head, "which head for --png; default: the average of all heads");
+  sub->add_option("--png-head", a->png_head, "which head for --png (0-based); default: the average of all heads")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--beam", a->beam, "beam width for the translation")->check(CLI::Range(1, 64));
   sub->add_option("--random-map", a->random_map,
                   "instead: a random N x N causal map (checks that long inputs stay usable)");
