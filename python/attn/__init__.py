@@ -27,8 +27,8 @@ def _f32(x, name):
     a = np.asarray(_detached(x))
     if a.dtype == np.bool_:
         raise TypeError(f"{name} must be a floating-point array, got bool with shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"{name} must be a numeric array, got {a.dtype}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be a real numeric array, got {a.dtype} with shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
@@ -321,5 +321,13 @@ def load_safetensors(path):
 
 
 def save_safetensors(path, tensors, metadata=None):
-    """Writes float32/bool arrays under their names (atomically)."""
-    _attn.save_safetensors(str(path), {n: _mask(t, n) for n, t in tensors.items()}, metadata or {})
+    """Writes arrays under their names (atomically): bool arrays as bool, floating-point ones as float32. Integer
+    arrays are refused (float32 would silently round those past 2^24): convert them as you mean to."""
+    out = {}
+    for n, t in tensors.items():
+        a = np.asarray(_detached(t))
+        if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"save_safetensors: tensor {n!r} is {a.dtype} with shape {a.shape}; it writes bool and "
+                            "floating-point arrays (as float32): convert it first, e.g. .astype(np.float32)")
+        out[n] = _mask(a, n)
+    _attn.save_safetensors(str(path), out, metadata or {})

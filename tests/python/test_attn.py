@@ -178,6 +178,11 @@ def test_safetensors_round_trip(tmp_path):
                                                key_padding_mask=np.ones((1, 6))), TypeError, "key_padding_mask"),
     (lambda: attn.scaled_dot_product_attention(np.ones((2, 2), bool), rand(2, 2), rand(2, 2)), TypeError, "query"),
     (lambda: attn.scaled_dot_product_attention("abc", rand(2, 2), rand(2, 2)), TypeError, "query"),
+    # complex numbers had lost their imaginary parts with only a ComplexWarning
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2) * 1j, rand(2, 2)), TypeError, "key"),
+    # integers past 2^24 had been rounded to float32 in silence
+    (lambda: attn.save_safetensors("/tmp/attn_never_written.safetensors", {"ids": np.arange(3)}), TypeError,
+     "'ids' is int64"),
     (lambda: attn.scaled_dot_product_attention(rand(8), rand(8), rand(8)), ValueError, "dimensions"),
     (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), dropout_p=0.1),
      ValueError, "dropout"),
