@@ -227,7 +227,8 @@ class MultiheadAttention:
             if key_padding_mask is not None:
                 key_padding_mask = np.asarray(key_padding_mask)[None]
         elif not self.batch_first:
-            q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) if x.ndim == 3 else x for x in (q, k, v))
+            self._check_sequence_first(q, k, v)  # before the transpose: messages in the caller's layout
+            q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) for x in (q, k, v))
         out, weights = self._m.forward(q, k, v, _attention_mask(attn_mask, "attn_mask"),
                                        _attention_mask(key_padding_mask, "key_padding_mask"),
                                        bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
@@ -240,6 +241,17 @@ class MultiheadAttention:
         return out, weights
 
     __call__ = forward
+
+    def _check_sequence_first(self, q, k, v):
+        """query (L, N, E), key (S, N, kdim), value (S, N, vdim), as batch_first=False takes them."""
+        n = q.shape[1] if q.ndim == 3 else None
+        for name, x, width in (("query", q, self.embed_dim), ("key", k, self.kdim), ("value", v, self.vdim)):
+            length = "L" if name == "query" else "S" if name == "key" else f"S = {k.shape[0]}"
+            if x.ndim != 3 or x.shape[1] != n or x.shape[2] != width or (name == "value" and x.shape[0] != k.shape[0]):
+                raise ValueError(
+                    f"MultiheadAttention: {name} has shape {list(x.shape)} but must be [{length}, N"
+                    f"{'' if n is None or name == 'query' else f' = {n}'}, {'E' if name == 'query' else name[0] + 'dim'}"
+                    f" = {width}] (sequence first: batch_first=False; query, key, value all 3-D or all 2-D)")
 
 
 def shipped_model_dir():

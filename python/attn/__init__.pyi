@@ -1,6 +1,6 @@
 # Type stubs for attn (python/attn/__init__.py): NumPy in, NumPy out. attn.torch has its own (torch.pyi).
 import os
-from typing import Dict, List, Literal, Mapping, Optional, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -10,6 +10,10 @@ __all__: List[str]
 
 ArrayLike = npt.ArrayLike
 F32 = npt.NDArray[np.float32]
+# attention's output: float32, or float16 / ml_dtypes.bfloat16 for such inputs (without ml_dtypes, torch bfloat16
+# inputs give a torch tensor)
+Out = npt.NDArray[Any]
+KvCache = Literal["f32", "bf16", "int8"]
 PathLike = Union[str, "os.PathLike[str]"]
 Alignment = Literal["top-left", "bottom-right"]
 Impl = Literal["auto", "fused", "unfused", "reference"]
@@ -21,7 +25,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                  causal_alignment: Optional[Alignment] = None,
                                  key_padding_mask: Optional[ArrayLike] = None, return_weights: Literal[False] = False,
                                  window: int = 0, alibi_slopes: Optional[ArrayLike] = None, impl: Impl = "auto",
-                                 num_threads: int = 0) -> F32:
+                                 num_threads: int = 0) -> Out:
     """query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv) -> (..., H, Lq, Dv)."""
 @overload
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
@@ -30,7 +34,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                  causal_alignment: Optional[Alignment] = None,
                                  key_padding_mask: Optional[ArrayLike] = None, return_weights: Literal[True],
                                  window: int = 0, alibi_slopes: Optional[ArrayLike] = None, impl: Impl = "auto",
-                                 num_threads: int = 0) -> Tuple[F32, F32]:
+                                 num_threads: int = 0) -> Tuple[Out, Out]:
     """(output (..., H, Lq, Dv), weights (..., H, Lq, Lk))."""
 
 class MultiheadAttention:
@@ -72,14 +76,14 @@ class Translator:
     def grammar_problem(text: str) -> Optional[str]: ...
     @overload
     def __call__(self, text: str, beam: int = 1, strict: bool = False, max_length: int = 0, batch_size: int = 64,
-                 num_threads: int = 0, kv_cache: str = "f32") -> str: ...
+                 num_threads: int = 0, kv_cache: KvCache = "f32") -> str: ...
     @overload
     def __call__(self, text: List[str], beam: int = 1, strict: bool = False, max_length: int = 0,
-                 batch_size: int = 64, num_threads: int = 0, kv_cache: str = "f32") -> List[str]: ...
+                 batch_size: int = 64, num_threads: int = 0, kv_cache: KvCache = "f32") -> List[str]: ...
 
 class SentenceEncoder:
     """A BERT sentence encoder: encode(sentences) -> float32 (N, hidden), mean-pooled and L2-normalised."""
-    def __init__(self, model_dir: Optional[PathLike] = None, quantize: str = "none",
+    def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none"] = "none",
                  dtype: Literal["f32", "bf16"] = "f32") -> None: ...
     def tokenize(self, sentence: str) -> List[int]: ...
     @overload

@@ -199,6 +199,9 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.MultiheadAttention(8, 2, batch_first=True)(rand(1, 4, 8), rand(1, 4, 8), rand(1, 4, 8),
                                                              key_padding_mask=np.array([[0, 0, 1, 1]])),
      TypeError, "key_padding_mask"),
+    # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
+    (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
+     "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),
 ])
 def test_bad_input_raises(call, exc, needle):
     with pytest.raises(exc) as e:
