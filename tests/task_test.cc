@@ -82,6 +82,20 @@ TEST(Task, BadSourceTextIsRejectedClearly) {
   for (int i = 0; i < 40; ++i) longer += "one ";
   EXPECT_THROW(v.encode_source(longer, 32), ArgumentError);
   EXPECT_THROW(tasks::make_examples(tasks::Split::kTest, -1, 0), ArgumentError);  // had been "vector::reserve"
+  // a megabyte-long word is quoted by its first 60 bytes and its length (it had been echoed whole, twice)
+  const std::string huge(1 << 20, 'x');
+  for (const auto& why : {tasks::grammar_problem("one " + huge).value_or(""), [&] {
+                            try {
+                              v.encode_source(huge, 32);
+                            } catch (const ArgumentError& e) {
+                              return std::string(e.what());
+                            }
+                            return std::string();
+                          }()}) {
+    EXPECT_NE(why.find("unknown word 'xxxx"), std::string::npos) << why.substr(0, 100);
+    EXPECT_NE(why.find("(1048576 bytes)"), std::string::npos) << why.substr(0, 100);
+    EXPECT_LT(why.size(), 400u);
+  }
 }
 
 // vocab.json comes back as written; a token listed twice (two ids for one word) is refused

@@ -26,7 +26,8 @@ void read_integer(const nlohmann::json& j, const std::string& key, Int& out) {
     }
   } else if (v.is_number_integer()) {
     const int64_t i = v.get<int64_t>();
-    if (i >= static_cast<int64_t>(Limits::min()) && (i < 0 || static_cast<uint64_t>(i) <= static_cast<uint64_t>(Limits::max()))) {
+    if (i >= static_cast<int64_t>(Limits::min()) &&
+        (i < 0 || static_cast<uint64_t>(i) <= static_cast<uint64_t>(Limits::max()))) {
       out = static_cast<Int>(i);
       return;
     }

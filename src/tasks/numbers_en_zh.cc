@@ -111,6 +111,15 @@ int64_t word_value(const std::string& word) {
   return word == "hundred" ? 100 : word == "thousand" ? 1000 : word == "million" ? 1'000'000 : -1;
 }
 
+// Input as an error message quotes it: whole up to 80 bytes, else its first 60 (never half a UTF-8 character) and how
+// long it was (a megabyte of text had been echoed whole).
+std::string excerpt(const std::string& text) {
+  if (text.size() <= 80) return text;
+  size_t cut = 60;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
 std::string join(const std::vector<std::string>& w) {
   std::string s;
   for (const auto& x : w) s += (s.empty() ? "" : " ") + x;
@@ -163,17 +172,17 @@ std::string normalize_source(const std::string& text) {
 
 std::optional<std::string> grammar_problem(const std::string& text) {
   const std::vector<std::string> w = words(normalize_source(text));
-  const std::string phrase = join(w);
+  const std::string canonical_input = join(w), phrase = excerpt(canonical_input);
   if (w.empty()) return "the input is empty: expected a number in English words, e.g. \"three hundred twelve\"";
   for (const std::string& word : w) {
     if (word_value(word) >= 0) continue;
-    std::string why = "unknown word '" + word + "' in \"" + phrase +
+    std::string why = "unknown word '" + excerpt(word) + "' in \"" + phrase +
                       "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million";
     std::vector<std::string> without_and;
     for (const std::string& x : w)
       if (x != "and") without_and.push_back(x);
     if (word == "and" && !without_and.empty() && !grammar_problem(join(without_and)))
-      why += "; the task writes no \"and\": \"" + join(without_and) + "\"";
+      why += "; the task writes no \"and\": \"" + excerpt(join(without_and)) + "\"";
     return why;
   }
   const Reading r = read_words(w);
@@ -182,7 +191,7 @@ std::optional<std::string> grammar_problem(const std::string& text) {
     return "\"" + phrase + "\" reads as " + (r.value < kSaturated ? std::to_string(r.value) : "10^18 or more") +
            ", outside the task's range [0, 999999999]";
   const std::string canonical = english_words(r.value);
-  if (canonical != phrase)
+  if (canonical != canonical_input)
     return "\"" + phrase + "\" (" + std::to_string(r.value) +
            ") is not in the task's grammar: the model was trained on \"" + canonical + "\"";
   return std::nullopt;
@@ -243,7 +252,7 @@ std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_l
     const auto it = std::find(src.begin() + 4, src.end(), word);
     if (it == src.end())
       throw ArgumentError(
-          "unknown word '" + word + "' in \"" + text +
+          "unknown word '" + excerpt(word) + "' in \"" + excerpt(text) +
           "\": the vocabulary is zero..nineteen, twenty..ninety, hundred, thousand, million (lower case)");
     ids.push_back(static_cast<int32_t>(it - src.begin()));
   }
