@@ -32,6 +32,35 @@ def _f32(x, name):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+_INT32 = (-2**31, 2**31 - 1)
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def _int(x, name, bounds=_INT32):
+    """An integer argument as the C++ side takes it: an int or NumPy integer (2.5 is not 2) that fits its type there
+    (a larger one had raised nanobind's 'incompatible function arguments' with every overload listed). The C++ side
+    checks the values that make sense (num_threads >= 0, ...)."""
+    import operator
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        i = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}") from None
+    if not bounds[0] <= i <= bounds[1]:
+        raise ValueError(f"{name} must be in [{bounds[0]}, {bounds[1]}], got {i}")
+    return i
+
+
+def _strings(items, name):
+    """A list of str from an iterable of them; anything else in it is a TypeError naming its index."""
+    out = list(items)
+    for i, item in enumerate(out):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+    return out
+
+
 def _detached(x):
     """A torch tensor as one NumPy can read (detached from autograd, on the CPU); anything else as it is."""
     if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
@@ -146,9 +175,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment or ("top-left" if is_causal else "none")
     out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
-                              causal, None if scale is None else float(scale), int(window),
+                              causal, None if scale is None else float(scale), _int(window, "window", _INT64),
                               None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
-                              bool(return_weights), impl, int(num_threads))
+                              bool(return_weights), impl, _int(num_threads, "num_threads"))
     out = out.reshape(out_shape[:-1] + (v.shape[-1],))
     if out.dtype == np.uint16:  # bfloat16 bits
         out = _bf16_out(out, kq or kk or kv)
@@ -173,12 +202,13 @@ class MultiheadAttention:
                  kdim=None, vdim=None, batch_first=False, *, num_kv_heads=None, seed=0):
         if dropout != 0.0 or add_bias_kv or add_zero_attn:
             raise ValueError("dropout, add_bias_kv and add_zero_attn are not supported")
-        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
-        self.num_kv_heads = int(num_kv_heads or num_heads)
-        self.kdim, self.vdim = int(kdim or embed_dim), int(vdim or embed_dim)
+        self.embed_dim, self.num_heads = _int(embed_dim, "embed_dim", _INT64), _int(num_heads, "num_heads", _INT64)
+        self.num_kv_heads = _int(num_heads if num_kv_heads is None else num_kv_heads, "num_kv_heads", _INT64)
+        self.kdim = _int(embed_dim if kdim is None else kdim, "kdim", _INT64)
+        self.vdim = _int(embed_dim if vdim is None else vdim, "vdim", _INT64)
         self.bias, self.batch_first = bool(bias), bool(batch_first)
         self._m = _attn.MultiHeadAttention(self.embed_dim, self.num_heads, self.num_kv_heads, self.kdim, self.vdim,
-                                           self.bias, int(seed))
+                                           self.bias, _int(seed, "seed", (0, 2**64 - 1)))
 
     def load_state_dict(self, state_dict, prefix="", strict=True):
         """Loads PyTorch's names from a dict of arrays (NumPy, or torch tensors via .numpy()); the keys under prefix.
@@ -232,7 +262,7 @@ class MultiheadAttention:
         out, weights = self._m.forward(q, k, v, _attention_mask(attn_mask, "attn_mask"),
                                        _attention_mask(key_padding_mask, "key_padding_mask"),
                                        bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
-                                       int(num_threads))
+                                       _int(num_threads, "num_threads"))
         if unbatched:
             out = out[0]
             weights = None if weights is None else weights[0]
@@ -287,13 +317,14 @@ class Translator:
     def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0, kv_cache="f32"):
         import warnings
         one = isinstance(text, str)
-        sentences = [text] if one else list(text)
+        sentences = [text] if one else _strings(text, "text")
         problems = [_attn.grammar_problem(s) for s in sentences]
         if strict and any(problems):
             raise ValueError(next(p for p in problems if p))
         # raises ValueError for unknown words, empty or over-long input; max_length 0 = derived from the input
         # kv_cache: how decoding stores keys and values, "f32", "bf16" or "int8" (a scale per token and head)
-        out = self._m.translate(sentences, int(beam), int(max_length), int(batch_size), int(num_threads), str(kv_cache))
+        out = self._m.translate(sentences, _int(beam, "beam"), _int(max_length, "max_length", _INT64),
+                                _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"), str(kv_cache))
         for p in problems:
             if p:
                 warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)
@@ -323,7 +354,8 @@ class SentenceEncoder:
 
     def encode(self, sentences, batch_size=32):
         one = isinstance(sentences, str)
-        out = self._m.embed([sentences] if one else list(sentences), int(batch_size))
+        batch = [sentences] if one else _strings(sentences, "sentences")
+        out = self._m.embed(batch, _int(batch_size, "batch_size", _INT64))
         return out[0] if one else out
 
 

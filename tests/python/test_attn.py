@@ -199,6 +199,15 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.MultiheadAttention(8, 2, batch_first=True)(rand(1, 4, 8), rand(1, 4, 8), rand(1, 4, 8),
                                                              key_padding_mask=np.array([[0, 0, 1, 1]])),
      TypeError, "key_padding_mask"),
+    # integers that do not fit the C++ type, floats for integers, non-str sentences: typed errors naming the argument
+    # (nanobind's 'incompatible function arguments' had listed every overload; 2.5 threads had been 2)
+    (lambda: attn.scaled_dot_product_attention(rand(1, 2, 4), rand(1, 2, 4), rand(1, 2, 4), num_threads=2**70),
+     ValueError, "num_threads"),
+    (lambda: attn.scaled_dot_product_attention(rand(1, 2, 4), rand(1, 2, 4), rand(1, 2, 4), num_threads=2.5),
+     TypeError, "num_threads"),
+    (lambda: attn.MultiheadAttention(8, 2, seed=-1), ValueError, "seed"),
+    (lambda: attn.Translator()(["one", 5]), TypeError, "text[1] must be a str"),
+    (lambda: attn.Translator()("one", beam=2**40), ValueError, "beam"),
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),
