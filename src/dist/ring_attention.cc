@@ -5,11 +5,14 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include <omp.h>
 
 #include "attn/dist/ring_attention.h"
 #include "attn/error.h"
@@ -39,8 +42,11 @@ struct LocalCheck {
 
 std::string shape_of(const Tensor& t) { return t.defined() ? shape_str(t.shape()) : "(none)"; }
 
-// The inputs of this rank alone: ranks, dtypes, the sizes that must agree, unsupported options.
-LocalCheck check_local(const char* fn, const Tensor& q, const Tensor& k, const Tensor& v, const RingOptions& o) {
+// The inputs of this rank alone: ranks, dtypes, the sizes that must agree, unsupported options, and what the per-block
+// SDPA would refuse (checked here, before any message: a rank that threw inside the ring would leave the others
+// waiting). `backward`: the reference backward is refused (it recomputes each block's softmax over that block alone).
+LocalCheck check_local(const char* fn, const Tensor& q, const Tensor& k, const Tensor& v, const RingOptions& o,
+                       bool backward = false) {
   LocalCheck c;
   const std::string f = fn;
   for (const auto& [name, t] : {std::pair{"q_local", &q}, {"k_local", &k}, {"v_local", &v}}) {
@@ -72,6 +78,11 @@ LocalCheck check_local(const char* fn, const Tensor& q, const Tensor& k, const T
   if (a.alibi_slopes.defined()) c.fail(kArgument, f + ": alibi_slopes are not supported");
   if (a.dropout_p != 0.0f) c.fail(kArgument, f + ": dropout_p is not supported");
   if (a.return_weights) c.fail(kArgument, f + ": return_weights is not supported (the weights are never whole)");
+  if (a.num_threads < 0) c.fail(kArgument, f + ": num_threads must be >= 0, got " + std::to_string(a.num_threads));
+  if (q.dim(3) == 0 && !a.scale) c.fail(kArgument, f + ": D = 0 needs an explicit scale" + shapes);
+  if (backward && a.impl == AttentionImpl::kReference)
+    c.fail(kArgument, f + ": impl reference is not supported (the reference backward recomputes the softmax over one "
+                          "block of keys, not from the whole row's lse); use auto, fused or unfused");
   return c;
 }
 
@@ -132,6 +143,15 @@ Ring agree(const char* fn, const detail::CommDup& comm, const LocalCheck& mine, 
   r.pad = h[kPad] != 0;
   r.layout = o.layout;
   r.causal = o.attention.causal != CausalAlignment::kNone;
+  // every block that will travel fits one MPI message (counted in floats), checked alike on every rank before any is
+  // sent; the sizes come from the agreed lengths, so all ranks reach the same verdict
+  const int64_t block_floats = r.B * r.Hkv * r.max_lk() * std::max(r.D, r.Dv);
+  if (block_floats > std::numeric_limits<int>::max())
+    throw ArgumentError(
+        me + "a K/V block of " + std::to_string(block_floats) + " floats (B " + std::to_string(r.B) + " x Hkv " +
+        std::to_string(r.Hkv) + " x the longest chunk " + std::to_string(r.max_lk()) +
+        " x max(D, Dv)) is more than one MPI message holds (2^31 - 1): use more ranks or split the heads "
+        "or the batch across calls");
   if (o.attention.causal == CausalAlignment::kBottomRight) {
     int64_t total_q = 0, total_k = 0;
     for (size_t s = 0; s < all.size(); ++s) total_q += r.lq[s], total_k += r.lk[s];
@@ -195,12 +215,14 @@ AttentionOptions task_options(const RingOptions& o, const Task& t, const Tensor&
   return a;
 }
 
-// acc rows [q0, q0 + n) and their lse  <-  the log-sum-exp merge with a block's (out [B, H, n, Dv], lse [B, H, n]).
-void merge(Tensor& acc, Tensor& acc_lse, int64_t q0, const Tensor& out, const Tensor& lse) {
+// acc rows [q0, q0 + n) and their lse  <-  the log-sum-exp merge with a block's (out [B, H, n, Dv], lse [B, H, n]), on
+// `threads` threads (0: the OpenMP default), as the kernels.
+void merge(Tensor& acc, Tensor& acc_lse, int64_t q0, const Tensor& out, const Tensor& lse, int threads) {
   const int64_t BH = out.dim(0) * out.dim(1), n = out.dim(2), Dv = out.dim(3), Lq = acc.dim(2);
   float *a = acc.f32(), *al = acc_lse.f32();
   const float *b = out.f32(), *bl = lse.f32();
-#pragma omp parallel for schedule(static)
+  const int team = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(team) schedule(static)
   for (int64_t row = 0; row < BH * n; ++row) {
     const int64_t bh = row / n, i = row % n;
     const float lb = bl[row];
@@ -247,11 +269,14 @@ void post(std::vector<MPI_Request>& reqs, bool send, const Tensor& t, int peer, 
           int64_t* bytes) {
   if (!t.defined()) return;
   MPI_Request req;
-  const int n = detail::mpi_count(static_cast<int64_t>(t.nbytes()), "ring_attention: a K/V block");
-  const int code = send ? MPI_Isend(t.raw(), n, MPI_BYTE, peer, tag, comm, &req)
-                        : MPI_Irecv(const_cast<void*>(t.raw()), n, MPI_BYTE, peer, tag, comm, &req);
+  // floats counted as floats (8 GB a message), padding flags as bytes; agree() checked both counts fit an int
+  const bool floats = t.dtype() == DType::kFloat32;
+  const MPI_Datatype type = floats ? MPI_FLOAT : MPI_BYTE;
+  const int n = detail::mpi_count(t.numel(), "ring_attention: a K/V block");
+  const int code = send ? MPI_Isend(t.raw(), n, type, peer, tag, comm, &req)
+                        : MPI_Irecv(const_cast<void*>(t.raw()), n, type, peer, tag, comm, &req);
   detail::check_mpi(code, send ? "ring_attention: MPI_Isend" : "ring_attention: MPI_Irecv");
-  if (send && bytes) *bytes += n;
+  if (send && bytes) *bytes += static_cast<int64_t>(t.nbytes());
   reqs.push_back(req);
 }
 
@@ -264,6 +289,23 @@ void pass_block(std::vector<MPI_Request>& reqs, const Ring& r, const Block& cur,
   post(reqs, true, cur.k, r.right(), kTagK, comm, bytes);
   post(reqs, true, cur.v, r.right(), kTagV, comm, bytes);
   post(reqs, true, cur.pad, r.right(), kTagPad, comm, bytes);
+}
+
+// After a step's messages are complete: whether any rank's compute failed, learnt by every rank, and all throw
+// together: the failing rank its own error, the others an Error naming it. (A rank that threw alone would have left
+// the others waiting for its next block, with its own receives still posted into freed buffers.)
+void agree_step(const detail::CommDup& c, const char* fn, const std::exception_ptr& error) {
+  if (c.size() == 1) {
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  const int mine = error ? c.rank() : -1;
+  int failed = -1;
+  detail::check_mpi(MPI_Allreduce(&mine, &failed, 1, MPI_INT, MPI_MAX, c.get()), "ring: MPI_Allreduce of a step");
+  if (error) std::rethrow_exception(error);
+  if (failed >= 0)
+    throw Error(std::string(fn) + " (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(failed) +
+                " failed in a step of the ring (its message says why)");
 }
 
 }  // namespace
@@ -292,15 +334,22 @@ RingResult ring_attention(const Tensor& q_local, const Tensor& k_local, const Te
       pass_block(reqs, r, cur, next, c.get(), &res.stats.bytes_sent);
       ex.start(std::move(reqs));
     }
-    for (const Task& t : plan_block(mine_q, detail::pieces_of(r.lk, src, r.layout), r)) {
-      AttentionOptions a = task_options(options, t, cur.pad);
-      a.return_lse = true;
-      const AttentionResult part = scaled_dot_product_attention(
-          rows(q_local, 2, t.q0, t.qn), rows(cur.k, 2, t.k0, t.kn), rows(cur.v, 2, t.k0, t.kn), a);
-      merge(res.output, lse, t.q0, part.output, part.lse);
+    std::exception_ptr error;  // the step's messages complete, and every rank hears of it, before it is thrown
+    try {
+      for (const Task& t : plan_block(mine_q, detail::pieces_of(r.lk, src, r.layout), r)) {
+        AttentionOptions a = task_options(options, t, cur.pad);
+        a.return_lse = true;
+        const AttentionResult part = scaled_dot_product_attention(
+            rows(q_local, 2, t.q0, t.qn), rows(cur.k, 2, t.k0, t.kn), rows(cur.v, 2, t.k0, t.kn), a);
+        merge(res.output, lse, t.q0, part.output, part.lse, options.attention.num_threads);
+      }
+    } catch (...) {
+      error = std::current_exception();
     }
     ++res.stats.steps;
-    if (s + 1 < r.size) res.stats.wait_seconds += ex.finish(), cur = next;
+    if (s + 1 < r.size) res.stats.wait_seconds += ex.finish();
+    agree_step(c, "ring_attention", error);
+    if (s + 1 < r.size) cur = next;
   }
   if (options.attention.return_lse) res.lse = lse;
   res.stats.seconds = detail::seconds_since(t0);
@@ -313,7 +362,7 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
   const auto t0 = std::chrono::steady_clock::now();
   detail::CommDup c(comm);
   const char* fn = "ring_attention_backward";
-  LocalCheck mine = check_local(fn, q_local, k_local, v_local, options);
+  LocalCheck mine = check_local(fn, q_local, k_local, v_local, options, /*backward=*/true);
   if (mine.verdict == kFine) {
     const Shape want_out{q_local.dim(0), q_local.dim(1), q_local.dim(2), v_local.dim(3)};
     for (const auto& [name, t, want] : {std::tuple{"out_local", &out_local, want_out},
@@ -355,17 +404,23 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
     Block grad = block_view(dbufs[dcur], r, src);
     std::fill(grad.k.f32(), grad.k.f32() + grad.k.numel(), 0.0f);
     std::fill(grad.v.f32(), grad.v.f32() + grad.v.numel(), 0.0f);
-    for (const Task& t : plan_block(mine_q, detail::pieces_of(r.lk, src, r.layout), r)) {
-      const AttentionGrads part = scaled_dot_product_attention_backward(
-          rows(q_local, 2, t.q0, t.qn), rows(cur.k, 2, t.k0, t.kn), rows(cur.v, 2, t.k0, t.kn),
-          rows(out_local, 2, t.q0, t.qn), rows(lse_local, 2, t.q0, t.qn), rows(d_out_local, 2, t.q0, t.qn),
-          task_options(options, t, cur.pad));
-      detail::put_rows(g.dq, 2, t.q0, part.dq, false);
-      detail::put_rows(grad.k, 2, t.k0, part.dk, false);
-      detail::put_rows(grad.v, 2, t.k0, part.dv, false);
+    std::exception_ptr error;  // as in the forward: thrown on every rank once the step's messages are complete
+    try {
+      for (const Task& t : plan_block(mine_q, detail::pieces_of(r.lk, src, r.layout), r)) {
+        const AttentionGrads part = scaled_dot_product_attention_backward(
+            rows(q_local, 2, t.q0, t.qn), rows(cur.k, 2, t.k0, t.kn), rows(cur.v, 2, t.k0, t.kn),
+            rows(out_local, 2, t.q0, t.qn), rows(lse_local, 2, t.q0, t.qn), rows(d_out_local, 2, t.q0, t.qn),
+            task_options(options, t, cur.pad));
+        detail::put_rows(g.dq, 2, t.q0, part.dq, false);
+        detail::put_rows(grad.k, 2, t.k0, part.dk, false);
+        detail::put_rows(grad.v, 2, t.k0, part.dv, false);
+      }
+    } catch (...) {
+      error = std::current_exception();
     }
     ++g.stats.steps;
     g.stats.wait_seconds += ex.finish();
+    agree_step(c, fn, error);
     if (s > 0) detail::put_rows(grad.k, 2, 0, incoming.k, false), detail::put_rows(grad.v, 2, 0, incoming.v, false);
     if (s + 1 < r.size) cur = next;
     prev_grad = grad;

@@ -1,6 +1,7 @@
 // Sequence layouts: which rows each rank holds, cutting a tensor into chunks and gathering them back.
 #include "sequence.h"
 
+#include <array>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -28,7 +29,7 @@ Split split_at(const Tensor& t, int dim, const char* what) {
   return s;
 }
 
-size_t element_size(const Tensor& t) { return t.dtype() == DType::kFloat32 ? 4 : 1; }
+size_t element_size(const Tensor& t) { return dtype_size(t.dtype()); }  // 2 for bfloat16 and float16 (had been 1)
 
 }  // namespace
 
@@ -149,14 +150,33 @@ Tensor gather_sequence(const Tensor& local, int dim, MPI_Comm comm, SequenceLayo
   if (dim < 0 || dim >= local.rank())
     throw ArgumentError("gather_sequence: dim " + std::to_string(dim) + " for a tensor of shape " +
                         shape_str(local.shape()));
-  const int64_t mine = local.dim(dim);
-  std::vector<int64_t> lengths(static_cast<size_t>(c.size()));
-  detail::check_mpi(MPI_Allgather(&mine, 1, MPI_INT64_T, lengths.data(), 1, MPI_INT64_T, c.get()),
-                    "gather_sequence: MPI_Allgather");
+  if (root < 0 || root >= c.size())
+    throw ArgumentError("gather_sequence: root " + std::to_string(root) + " is not a rank of " +
+                        std::to_string(c.size()));
+  // every rank's length, and what must agree (the root sizes every rank's message from its own): rank, dtype, dim,
+  // root and the sizes around dim
   Shape row_shape = local.shape();
   row_shape[static_cast<size_t>(dim)] = 1;
   const int64_t per_row = shape_numel(row_shape);
-  const size_t es = local.dtype() == DType::kFloat32 ? 4 : 1;
+  int64_t outer = 1;
+  for (int i = 0; i < dim; ++i) outer *= local.dim(i);
+  enum : size_t { kLength, kRank, kDType, kDim, kRoot, kOuter, kPerRow, kCount };
+  const std::array<int64_t, kCount> mine{local.dim(dim), local.rank(), static_cast<int64_t>(local.dtype()), dim, root,
+                                         outer,          per_row};
+  std::vector<std::array<int64_t, kCount>> headers(static_cast<size_t>(c.size()));
+  detail::check_mpi(MPI_Allgather(mine.data(), kCount, MPI_INT64_T, headers.data(), kCount, MPI_INT64_T, c.get()),
+                    "gather_sequence: MPI_Allgather");
+  std::vector<int64_t> lengths;
+  for (size_t s = 0; s < headers.size(); ++s) {
+    lengths.push_back(headers[s][kLength]);
+    for (size_t f = kRank; f < kCount; ++f)
+      if (headers[s][f] != headers[0][f])  // the same verdict on every rank: none waits in the Gatherv for the others
+        throw ShapeError("gather_sequence (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(s) +
+                         " disagrees with rank 0 on the tensor's rank, dtype, sizes other than dim, dim or root " +
+                         "(this rank: " + dtype_name(local.dtype()) + " " + shape_str(local.shape()) + ", dim " +
+                         std::to_string(dim) + ", root " + std::to_string(root) + ")");
+  }
+  const size_t es = dtype_size(local.dtype());
   std::vector<int> counts(lengths.size()), offsets(lengths.size());
   int64_t total = 0;
   for (size_t s = 0; s < lengths.size(); ++s) {

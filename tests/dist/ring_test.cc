@@ -176,9 +176,47 @@ TEST(RingAttention, MismatchedShapesFailOnEveryRank) {
   if (r == 0) o.attention.window = 3;  // unsupported, on rank 0 only
   EXPECT_THROW(ring_attention(q2.dim(1) == 2 ? q2 : test::random_tensor({1, 2, 8, 8}, rng), k, v, MPI_COMM_WORLD, o),
                ArgumentError);
-  // still in step: a correct call after the failures works
+  // what the per-block SDPA would refuse is refused before the ring starts, on every rank (a rank that threw inside
+  // the ring had left the others waiting): negative threads on rank 0 only; the reference backward, whose blocks
+  // would each recompute their own softmax (its gradients had been wrong)
   const Tensor q3 = test::random_tensor({1, 2, 8, 8}, rng);
+  RingOptions threads;
+  if (r == 0) threads.attention.num_threads = -1;
+  EXPECT_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD, threads), ArgumentError);
+  RingOptions reference;
+  reference.attention.impl = AttentionImpl::kReference;
+  reference.attention.return_lse = true;
+  const RingResult fwd = ring_attention(q3, k, v, MPI_COMM_WORLD, reference);  // the forward merges by lse: fine
+  EXPECT_THROW(ring_attention_backward(q3, k, v, fwd.output, fwd.lse, fwd.output, MPI_COMM_WORLD, reference),
+               ArgumentError);
+  // still in step: a correct call after the failures works
   EXPECT_NO_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD));
+}
+
+// 16-bit tensors cut and gather as float32 ones do (their 2-byte rows had been copied as 1-byte ones); ranks that
+// disagree on the dtype fail together in gather_sequence.
+TEST(Sequence, HalfPrecisionShardsAndGathers) {
+  const int r = rank(), n = size();
+  std::mt19937 rng(5);
+  const Tensor full = test::random_tensor({2, 3, 11, 5}, rng);
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16})
+    for (SequenceLayout layout : {SequenceLayout::kContiguous, SequenceLayout::kZigzag}) {
+      const Tensor low = to_dtype(full, dtype), widened = to_dtype(low, DType::kFloat32);
+      const Tensor mine = shard_sequence(low, 2, r, n, layout);
+      EXPECT_EQ(diff(to_dtype(mine, DType::kFloat32), shard_sequence(widened, 2, r, n, layout)), 0.0)
+          << layout_name(layout);
+      const Tensor back = gather_sequence(mine, 2, MPI_COMM_WORLD, layout);
+      if (r == 0) {
+        ASSERT_EQ(back.dtype(), dtype);
+        EXPECT_EQ(diff(to_dtype(back, DType::kFloat32), widened), 0.0) << layout_name(layout);
+      }
+    }
+  if (n > 1) {
+    const Tensor part = shard_sequence(full, 2, r, n, SequenceLayout::kContiguous);
+    EXPECT_THROW(gather_sequence(r == 1 ? to_dtype(part, DType::kFloat16) : part, 2, MPI_COMM_WORLD,
+                                 SequenceLayout::kContiguous),
+                 ShapeError);
+  }
 }
 
 TEST(Sequence, SegmentsCoverTheSequenceOnce) {

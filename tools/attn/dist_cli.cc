@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 
 #include "attn/dist/data_parallel.h"
@@ -41,10 +42,13 @@ train::TrainReport train_distributed(const train::TrainOptions& options, const D
                                      const std::function<void(int64_t, float)>& on_step, int* rank) {
   dist::MpiSession& mpi = mpi_session();
   *rank = mpi.rank();
-  if (!(data_parallel.bucket_mb > 0.0) || data_parallel.bucket_mb > 8192.0)
-    throw ArgumentError("--bucket-mb " + std::to_string(data_parallel.bucket_mb) + ": must be in (0, 8192]");
+  // a bucket is one MPI message of floats: at most 2^31 - 1 of them, just under 8192 MB
+  if (!(data_parallel.bucket_mb > 0.0) || data_parallel.bucket_mb >= 8192.0)
+    throw ArgumentError("--bucket-mb " + std::to_string(data_parallel.bucket_mb) +
+                        ": must be in (0, 8192) (one MPI message of float32 gradients)");
   dist::ReducerOptions reducer;
-  reducer.bucket_elements = std::max<int64_t>(1, std::llround(data_parallel.bucket_mb * (1 << 20) / sizeof(float)));
+  reducer.bucket_elements = std::clamp<int64_t>(std::llround(data_parallel.bucket_mb * (1 << 20) / sizeof(float)), 1,
+                                                std::numeric_limits<int>::max());
   reducer.overlap = dist::parse_gradient_overlap(data_parallel.overlap);
   dist::ReducerTimes times;
   const train::TrainReport r = dist::train_numbers_data_parallel(options, MPI_COMM_WORLD, reducer, on_step, &times);
