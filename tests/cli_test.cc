@@ -59,6 +59,14 @@ TEST_F(Cli, MhaMatchesPyTorchFixture) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_LE(test::max_abs_diff(io::read_npy(path("o.npy")), st.at("expected")), 1e-5);
   EXPECT_LE(test::max_abs_diff(io::read_npy(path("w.npy")), st.at("expected_weights")), 1e-5);
+  // a tensor the layer has no place for (nn.MultiheadAttention(add_bias_kv=True)'s bias_k): refused, not dropped
+  weights["bias_k"] = Tensor({1, 1, weights.at("out_proj.weight").dim(0)});
+  io::write_safetensors(path("w.safetensors"), weights);
+  const CliResult extra = run("mha --weights " + path("w.safetensors") + " --num-heads 4 --query " + path("x.npy") +
+                              " --out " + path("o2.npy"));
+  EXPECT_NE(extra.status, 0);
+  EXPECT_NE(extra.err.find("'bias_k'"), std::string::npos) << extra.err;
+  EXPECT_FALSE(std::filesystem::exists(path("o2.npy")));
 }
 
 TEST_F(Cli, BadInputFailsCleanlyAndLeavesNoOutput) {

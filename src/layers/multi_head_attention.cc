@@ -79,7 +79,8 @@ Tensor concat_rows(const std::vector<const Tensor*>& parts) {
 void require_input(const Tensor& t, const char* arg, int64_t B, int64_t width, const char* width_name) {
   if (!t.defined()) throw ArgumentError(std::string(kWho) + ": " + arg + " is missing");
   if (t.dtype() != DType::kFloat32)
-    throw DTypeError(std::string(kWho) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()));
+    throw DTypeError(std::string(kWho) + ": " + arg + " must be float32, got " + dtype_name(t.dtype()) +
+                     " with shape " + shape_str(t.shape()));
   if (t.rank() != 3 || (B >= 0 && t.dim(0) != B) || t.dim(2) != width)
     throw ShapeError(std::string(kWho) + ": " + arg + " has shape " + shape_str(t.shape()) + " but must be [B" +
                      (B >= 0 ? " = " + std::to_string(B) : std::string()) + ", L, " + width_name + " = " +

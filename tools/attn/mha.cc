@@ -1,5 +1,7 @@
 // attn mha: nn.MultiheadAttention on .npy inputs with weights from a .safetensors state dict.
+#include <map>
 #include <memory>
+#include <string>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -54,6 +56,18 @@ void run_mha(const MhaArgs& a) {
   }
   const MultiHeadAttention mha =
       MultiHeadAttention::from_state_dict(st.tensors, infer_config(st, a.num_heads, a.num_kv_heads));
+  // every tensor of the file is one the layer uses, as torch's strict load_state_dict: bias_k / bias_v (add_bias_kv)
+  // had been dropped in silence, and the output had differed from PyTorch's
+  const std::map<std::string, Tensor> used = mha.state_dict();
+  std::string unexpected;
+  for (const auto& [name, t] : st.tensors)
+    if (!used.count(name)) unexpected += (unexpected.empty() ? "'" : ", '") + name + "'";
+  if (!unexpected.empty())
+    throw ArgumentError(
+        "--weights " + a.weights + ": the layer has no parameter for " + unexpected +
+        " (nn.MultiheadAttention's add_bias_kv and add_zero_attn are not supported; the file should hold "
+        "in_proj_weight or q/k/v_proj_weight, out_proj.weight and, with bias, in_proj_bias and "
+        "out_proj.bias)");
   const Tensor query = load_npy_flag("--query", a.query);
   const Tensor key = a.key.empty() ? query : load_npy_flag("--key", a.key);
   const Tensor value = a.value.empty() ? query : load_npy_flag("--value", a.value);

@@ -72,7 +72,9 @@ void add_sdpa(CLI::App& app) {
   sub->add_option("--q", args->q, "queries Q [B, H, Lq, D] (.npy, float32, float64 or float16)")->required();
   sub->add_option("--k", args->k, "keys K [B, Hkv, Lk, D] (.npy)")->required();
   sub->add_option("--v", args->v, "values V [B, Hkv, Lk, Dv] (.npy)")->required();
-  sub->add_option("--out", args->out, "output [B, H, Lq, Dv] (.npy, float32); written only if everything succeeds")
+  sub->add_option(
+         "--out", args->out,
+         "output [B, H, Lq, Dv] (.npy: float32, or float16 for float16 inputs); written only if everything succeeds")
       ->required();
   sub->add_option("--mask", args->mask,
                   "mask broadcastable to [B, H, Lq, Lk] (.npy). bool: TRUE = MAY ATTEND (PyTorch SDPA polarity), "
