@@ -332,9 +332,10 @@ NB_MODULE(_attn, m) {
       .def(
           "translate",
           [](const attn::Translator& t, const std::vector<std::string>& sentences, int beam, int64_t max_length,
-             int64_t batch_size, int num_threads, const std::string& kv_cache) {
+             int64_t batch_size, int num_threads, const std::string& kv_cache, float length_penalty) {
             attn::TranslateOptions options;
             options.beam = beam;
+            options.length_penalty = length_penalty;
             options.max_length = max_length;
             options.batch_size = batch_size;
             options.num_threads = num_threads;
@@ -343,7 +344,7 @@ NB_MODULE(_attn, m) {
             return t.translate(sentences, options);
           },
           "sentences"_a, "beam"_a = 1, "max_length"_a = 0, "batch_size"_a = 64, "num_threads"_a = 0,
-          "kv_cache"_a = "f32");
+          "kv_cache"_a = "f32", "length_penalty"_a = 0.6f);
 
   m.def("normalize_source", &attn::tasks::normalize_source, "text"_a,
         "the numbers task's input normalisation (lower case, single spaces), as attn translate applies it");

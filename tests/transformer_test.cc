@@ -192,6 +192,10 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   EXPECT_THROW(generate(m, {{3, 4}, 1, 3}), ShapeError);                           // ids disagree with [B, L]
   EXPECT_THROW(generate(m, {std::vector<int32_t>(30, 3), 1, 30}), ShapeError);     // longer than max_len
   EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, decoding(0, 0.6f, 0)), ArgumentError);  // beam 0
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, decoding(kMaxBeam + 1, 0.6f, 0)), ArgumentError);
+  EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, decoding(2, std::nanf(""), 0)), ArgumentError);  // had made every score NaN
+  EXPECT_TRUE(generate(m, {{}, 0, 3}).empty());  // no sentences: no outputs (had read past an empty vector)
+  EXPECT_THROW(generate(m, {{}, -1, 3}), ShapeError);
   const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
   std::filesystem::remove_all(dir);
   std::mt19937 rng(9);  // every parameter off its initial value (LayerNorm weights start at 1 everywhere)

@@ -9,11 +9,14 @@
 
 namespace attn {
 
+inline constexpr int kMaxBeam = 1024;  // beyond any useful search; memory and time grow with the beam
+
 struct GenerationOptions {
-  int beam = 1;                 // hypotheses kept per sentence; 1 = greedy
-  float length_penalty = 0.6f;  // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none
+  int beam = 1;  // hypotheses kept per sentence, in [1, kMaxBeam]; 1 = greedy (a sentence ends at its first EOS)
+  float length_penalty = 0.6f;  // GNMT's ((5 + len) / 6)^alpha divides a hypothesis' log-probability; 0 = none; finite
   // Decoding steps per sentence, so at most this many output tokens, EOS included (a hypothesis still alive
-  // at the last step ends there, without EOS); 0 = the model's max_len, and never above it.
+  // at the last step ends there, without EOS; such a cut hypothesis is returned only when none ended with EOS);
+  // 0 = the model's max_len, and never above it.
   int64_t max_length = 0;
   // Per sentence [B], instead of max_length: each sentence stops at its own limit (its output then does not
   // depend on the other sentences of the batch).
@@ -23,7 +26,8 @@ struct GenerationOptions {
 
 // Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no
 // live hypothesis can beat its best finished one; a hypothesis still alive at max_length ends there.
-// Throws ArgumentError for a beam < 1 or a negative max_length, and what the model throws for bad tokens.
+// Throws ArgumentError for a beam outside [1, kMaxBeam], a negative max_length or a length_penalty that is not
+// finite, and what the model throws for bad tokens. B = 0 gives no outputs.
 std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
                                            const GenerationOptions& options = {});
 

@@ -302,7 +302,8 @@ class Translator:
 
     def __init__(self, model_dir=None, quantize="none"):
         import os
-        model_dir = model_dir or os.environ.get("ATTN_MODEL") or shipped_model_dir()
+        if model_dir is None:  # only None: an empty path is an error, not a silent fall-back to another model
+            model_dir = os.environ.get("ATTN_MODEL") or shipped_model_dir()
         self.model_dir = str(model_dir)
         if not os.path.exists(os.path.join(self.model_dir, "config.json")):
             raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
@@ -314,7 +315,8 @@ class Translator:
         """Why `text` is outside the task's grammar, as `attn translate` warns it, or None."""
         return _attn.grammar_problem(str(text))
 
-    def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0, kv_cache="f32"):
+    def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0, kv_cache="f32",
+                 length_penalty=0.6):
         import warnings
         one = isinstance(text, str)
         sentences = [text] if one else _strings(text, "text")
@@ -323,8 +325,10 @@ class Translator:
             raise ValueError(next(p for p in problems if p))
         # raises ValueError for unknown words, empty or over-long input; max_length 0 = derived from the input
         # kv_cache: how decoding stores keys and values, "f32", "bf16" or "int8" (a scale per token and head)
+        # length_penalty: GNMT's alpha, beam search ranks log P / ((5 + length) / 6)^alpha (0: raw log-probability)
         out = self._m.translate(sentences, _int(beam, "beam"), _int(max_length, "max_length", _INT64),
-                                _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"), str(kv_cache))
+                                _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"), str(kv_cache),
+                                float(length_penalty))
         for p in problems:
             if p:
                 warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)

@@ -29,8 +29,15 @@ void log_softmax_rows(float* z, int64_t rows, int64_t V) {
 
 struct Hypothesis {
   std::vector<int32_t> tokens;
-  float score;  // log-probability / length penalty
+  float score;    // log-probability / length penalty
+  bool complete;  // ended by EOS; else cut at the sentence's last position, where its EOS was never scored
 };
+
+// The one to return: a complete hypothesis before any cut one (a cut hypothesis never paid for its EOS, so its score
+// would flatter it: a truncated output had beaten a whole translation that fit), then the higher score.
+bool worse(const Hypothesis& a, const Hypothesis& z) {
+  return a.complete != z.complete ? !a.complete : a.score < z.score;
+}
 
 int64_t positions_for(const Transformer& model, int64_t max_length) {
   if (max_length < 0) throw ArgumentError("generate: max_length must be >= 0, got " + std::to_string(max_length));
@@ -94,10 +101,12 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
           // an ending counts only if it ranks among the K best continuations; weaker EOS candidates
           // would otherwise fill the finished list with early stops
           if (v == c.eos_id && static_cast<int64_t>(i) >= K) continue;
+          // a cut hypothesis counts only among the K best too
+          if (v != c.eos_id && static_cast<int64_t>(i) >= K) continue;
           std::vector<int32_t> out = seqs[static_cast<size_t>(n)];
           if (v != c.eos_id) out.push_back(v);
           finished[static_cast<size_t>(b)].push_back(
-              {out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty)});
+              {out, score / gnmt_penalty(static_cast<int64_t>(out.size()) + 1, length_penalty), v == c.eos_id});
           continue;
         }
         const int64_t row = s * K + filled++;
@@ -110,11 +119,15 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
       // Done when no live beam can still beat the best finished hypothesis: a live beam's log-probability
       // only falls, and its length penalty is at most the one of the longest output: Tb tokens cut at the
       // last position, scored as Tb + 1 (an ending's EOS counts).
+      // Beam 1 is greedy: its sentence ends at its first EOS, whatever the length penalty (the runner-up token had
+      // carried on where greedy stops).
       float best_finished = kNegInf, best_alive = kNegInf;
-      for (const Hypothesis& h : finished[static_cast<size_t>(b)]) best_finished = std::max(best_finished, h.score);
+      for (const Hypothesis& h : finished[static_cast<size_t>(b)])
+        if (h.complete) best_finished = std::max(best_finished, h.score);
       for (int64_t k = 0; k < filled; ++k) best_alive = std::max(best_alive, next_logp[static_cast<size_t>(s * K + k)]);
       const float alive_bound = best_alive / gnmt_penalty(length_penalty > 0.0f ? Tb + 1 : t + 2, length_penalty);
-      if (filled == 0 || best_finished >= alive_bound) done[static_cast<size_t>(b)] = true, ++ended;
+      if (filled == 0 || best_finished >= alive_bound || (K == 1 && best_finished > kNegInf))
+        done[static_cast<size_t>(b)] = true, ++ended;
     }
     if (ended == live) break;
     // the decoder state follows the reselected hypotheses (positions 0..t)
@@ -155,9 +168,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
   for (int64_t b = 0; b < B; ++b) {
     auto& f = finished[static_cast<size_t>(b)];
     if (f.empty()) continue;
-    best[static_cast<size_t>(b)] = std::max_element(f.begin(), f.end(), [](const Hypothesis& a, const Hypothesis& z) {
-                                     return a.score < z.score;
-                                   })->tokens;
+    best[static_cast<size_t>(b)] = std::max_element(f.begin(), f.end(), worse)->tokens;
   }
   return best;
 }
@@ -166,7 +177,18 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
 
 std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
                                            const GenerationOptions& options) {
-  if (options.beam < 1) throw ArgumentError("generate: beam must be >= 1, got " + std::to_string(options.beam));
+  if (options.beam < 1 || options.beam > kMaxBeam)
+    throw ArgumentError("generate: beam must be in [1, " + std::to_string(kMaxBeam) + "], got " +
+                        std::to_string(options.beam));
+  if (!std::isfinite(options.length_penalty))  // NaN had made every score NaN: no early stop, the first hypothesis
+    throw ArgumentError("generate: length_penalty must be finite, got " + std::to_string(options.length_penalty));
+  if (src.B < 0 || src.L < 0)
+    throw ShapeError("generate: src is [B = " + std::to_string(src.B) + ", L = " + std::to_string(src.L) + "]");
+  if (src.B == 0) {  // nothing to decode (the longest limit of no sentence had been read past the end)
+    if (!src.ids.empty())
+      throw ShapeError("generate: src has " + std::to_string(src.ids.size()) + " ids for B = 0 sentences");
+    return {};
+  }
   std::vector<int64_t> limit(static_cast<size_t>(src.B), positions_for(model, options.max_length));
   if (!options.max_lengths.empty()) {
     if (static_cast<int64_t>(options.max_lengths.size()) != src.B)

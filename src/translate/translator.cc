@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <numeric>
@@ -51,7 +52,11 @@ std::vector<int32_t> Translator::encode(const std::string& sentence) const {
 
 std::vector<std::string> Translator::translate(const std::vector<std::string>& sentences,
                                                const TranslateOptions& options) const {
-  if (options.beam < 1) throw ArgumentError("translate: beam must be >= 1, got " + std::to_string(options.beam));
+  if (options.beam < 1 || options.beam > kMaxBeam)
+    throw ArgumentError("translate: beam must be in [1, " + std::to_string(kMaxBeam) + "], got " +
+                        std::to_string(options.beam));
+  if (!std::isfinite(options.length_penalty))
+    throw ArgumentError("translate: length_penalty must be finite, got " + std::to_string(options.length_penalty));
   if (options.batch_size < 1)
     throw ArgumentError("translate: batch_size must be >= 1, got " + std::to_string(options.batch_size));
   if (options.max_length < 0)

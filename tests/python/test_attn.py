@@ -208,6 +208,8 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.MultiheadAttention(8, 2, seed=-1), ValueError, "seed"),
     (lambda: attn.Translator()(["one", 5]), TypeError, "text[1] must be a str"),
     (lambda: attn.Translator()("one", beam=2**40), ValueError, "beam"),
+    (lambda: attn.Translator()("one", beam=2, length_penalty=float("nan")), ValueError, "length_penalty"),
+    (lambda: attn.Translator(model_dir=""), ValueError, "not a model directory"),  # not the shipped one in silence
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),

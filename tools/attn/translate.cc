@@ -1,6 +1,7 @@
 // attn translate / attn eval / attn train: the numbers-en-zh translation task from the command line.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -63,6 +64,8 @@ struct TranslateArgs {
 void run_translate(const TranslateArgs& a) {
   if (a.options.beam < 1 || a.options.beam > 64)
     throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
+  if (!std::isfinite(a.options.length_penalty))
+    throw ArgumentError("--length-penalty must be finite, got " + std::to_string(a.options.length_penalty));
   const Translator translator = load_translator(a.model, a.quantize, a.dtype);
   TranslateOptions options = a.options;
   options.kv_cache = parse_kv_cache(a.kv_cache);
@@ -143,6 +146,9 @@ void add_translate(CLI::App& app) {
   sub->add_option("--model", t->model,
                   "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
+  sub->add_option("--length-penalty", t->options.length_penalty,
+                  "GNMT's alpha: beam search ranks log P / ((5 + length) / 6)^alpha; 0 = raw log-probability")
+      ->capture_default_str();
   sub->add_option("--quantize", t->quantize, "none or int8 (int8 weights and activations, oneDNN GEMMs)")
       ->check(CLI::IsMember({"none", "int8"}));
   sub->add_option("--dtype", t->dtype,
