@@ -18,8 +18,8 @@ struct GenerationOptions {
   // at the last step ends there, without EOS; such a cut hypothesis is returned only when none ended with EOS);
   // 0 = the model's max_len, and never above it.
   int64_t max_length = 0;
-  // Per sentence [B], instead of max_length: each sentence stops at its own limit (its output then does not
-  // depend on the other sentences of the batch).
+  // Per sentence [B], instead of max_length: each sentence stops at its own limit (its limit, then, does not
+  // depend on the other sentences of the batch; the GEMMs' row counts still do, so sums may differ in their last bits).
   std::vector<int64_t> max_lengths;
   KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values
 };

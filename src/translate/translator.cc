@@ -94,7 +94,9 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     g.beam = options.beam;
     g.length_penalty = options.length_penalty;
     g.kv_cache = options.kv_cache;
-    for (size_t b = 0; b < n; ++b) {  // each sentence's own limit: its output does not depend on its batch
+    // each sentence's own limit, whatever its batch (the batch still sets the GEMMs' row counts, and with them which
+    // kernel runs: sums may differ in their last bits from batch to batch, which can only matter at near-ties)
+    for (size_t b = 0; b < n; ++b) {
       const int64_t Li = static_cast<int64_t>(ids[order[i + b]].size());
       g.max_lengths.push_back(std::min(options.max_length > 0 ? options.max_length : 2 * Li + 8, c.max_len));
     }
