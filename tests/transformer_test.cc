@@ -186,6 +186,20 @@ TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
   }
 }
 
+// suppress_tokens are never chosen: with every token but 5 suppressed (EOS too), outputs are 5s up to the limit
+TEST(Transformer, SuppressedTokensAreNeverChosen) {
+  const Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0}, 2, 5};
+  for (int beam : {1, 3}) {
+    GenerationOptions o = decoding(beam, 0.6f, 8);
+    for (int32_t v = 0; v < m.config().tgt_vocab; ++v)
+      if (v != 5) o.suppress_tokens.push_back(v);
+    for (const auto& out : generate(m, src, o)) EXPECT_EQ(out, std::vector<int32_t>(8, 5)) << "beam " << beam;
+    o.suppress_tokens = {m.config().tgt_vocab};
+    EXPECT_THROW(generate(m, src, o), ArgumentError);
+  }
+}
+
 TEST(Transformer, BadInputAndCorruptCheckpoints) {
   Transformer m = random_model(false);
   EXPECT_THROW(generate(m, {{3, 99}, 1, 2}), ArgumentError);                       // id outside the vocabulary

@@ -22,6 +22,9 @@ struct GenerationOptions {
   // depend on the other sentences of the batch; the GEMMs' row counts still do, so sums may differ in their last bits).
   std::vector<int64_t> max_lengths;
   KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values
+  // Target ids never chosen, beside pad and BOS (which never are): e.g. an <unk> the output could not show. Each in
+  // [0, tgt_vocab).
+  std::vector<int32_t> suppress_tokens;
 };
 
 // Per sentence of src [B, Ls], the best target ids (without BOS/EOS). Beam search stops a sentence when no

@@ -49,8 +49,12 @@ int64_t positions_for(const Transformer& model, int64_t max_length) {
 // retain): the decoder holds the live ones in slots, sentence[s] being the one in slot s, with its K
 // hypotheses in rows s·K .. s·K + K − 1.
 std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const TransformerConfig& c, int64_t B, int64_t K,
-                                              const std::vector<int64_t>& limit, float length_penalty) {
+                                              const std::vector<int64_t>& limit, float length_penalty,
+                                              const std::vector<int32_t>& suppress) {
   const int64_t V = decoder.vocab_size(), T = *std::max_element(limit.begin(), limit.end());
+  std::vector<bool> candidate(static_cast<size_t>(V), true);  // [V]: may be chosen
+  candidate[static_cast<size_t>(c.pad_id)] = candidate[static_cast<size_t>(c.bos_id)] = false;
+  for (int32_t v : suppress) candidate[static_cast<size_t>(v)] = false;
   const float kNegInf = -std::numeric_limits<float>::infinity();
   int64_t live = B;                                       // sentences in the decoder
   std::vector<int64_t> sentence(static_cast<size_t>(B));  // [live]: slot -> sentence
@@ -89,7 +93,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
         if (logp[static_cast<size_t>(n)] == kNegInf) continue;
         const float* row = logits + n * V;
         for (int32_t v = 0; v < V; ++v)
-          if (v != c.pad_id && v != c.bos_id) cand.emplace_back(logp[static_cast<size_t>(n)] + row[v], n, v);
+          if (candidate[static_cast<size_t>(v)]) cand.emplace_back(logp[static_cast<size_t>(n)] + row[v], n, v);
       }
       const size_t keep = std::min<size_t>(cand.size(), static_cast<size_t>(2 * K));
       std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(keep), cand.end(),
@@ -189,6 +193,10 @@ std::vector<std::vector<int32_t>> generate(const Transformer& model, const Token
       throw ShapeError("generate: src has " + std::to_string(src.ids.size()) + " ids for B = 0 sentences");
     return {};
   }
+  for (int32_t v : options.suppress_tokens)
+    if (v < 0 || v >= model.config().tgt_vocab)
+      throw ArgumentError("generate: suppress_tokens holds " + std::to_string(v) +
+                          ", outside [0, tgt_vocab = " + std::to_string(model.config().tgt_vocab) + ")");
   std::vector<int64_t> limit(static_cast<size_t>(src.B), positions_for(model, options.max_length));
   if (!options.max_lengths.empty()) {
     if (static_cast<int64_t>(options.max_lengths.size()) != src.B)
@@ -202,7 +210,8 @@ std::vector<std::vector<int32_t>> generate(const Transformer& model, const Token
   }
   const int64_t T = *std::max_element(limit.begin(), limit.end());
   const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, options.beam, T, options.kv_cache);
-  return beam_search(*decoder, model.config(), src.B, options.beam, limit, options.length_penalty);
+  return beam_search(*decoder, model.config(), src.B, options.beam, limit, options.length_penalty,
+                     options.suppress_tokens);
 }
 
 std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,

@@ -94,6 +94,9 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     g.beam = options.beam;
     g.length_penalty = options.length_penalty;
     g.kv_cache = options.kv_cache;
+    // an <unk> would vanish from the text (decode_target shows only real characters): never chosen
+    for (size_t id = 0; id < vocab_.tgt.size(); ++id)
+      if (vocab_.tgt[id] == "<unk>") g.suppress_tokens.push_back(static_cast<int32_t>(id));
     // each sentence's own limit, whatever its batch (the batch still sets the GEMMs' row counts, and with them which
     // kernel runs: sums may differ in their last bits from batch to batch, which can only matter at near-ties)
     for (size_t b = 0; b < n; ++b) {
