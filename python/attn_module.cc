@@ -363,15 +363,16 @@ NB_MODULE(_attn, m) {
       .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
       .def(
           "embed",
-          [](const attn::SentenceEncoder& e, const std::vector<std::string>& sentences, int64_t batch_size) {
+          [](const attn::SentenceEncoder& e, const std::vector<std::string>& sentences, int64_t batch_size,
+             int num_threads) {
             attn::Tensor t;
             {
               nb::gil_scoped_release release;
-              t = e.embed(sentences, batch_size);
+              t = e.embed(sentences, batch_size, num_threads);
             }
             return to_numpy(t);
           },
-          "sentences"_a, "batch_size"_a = 32);
+          "sentences"_a, "batch_size"_a = 32, "num_threads"_a = 0);
 
   m.def(
       "load_safetensors",

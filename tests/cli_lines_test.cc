@@ -2,7 +2,10 @@
 // itself (reported on stderr with its number, an empty line or a row of NaN in its place, a non-zero exit
 // status at the end), --strict stops before writing anything, a phrase outside the numbers task's grammar
 // is translated with a warning, and no command leaves a partial output file behind.
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -210,6 +213,35 @@ TEST_F(CliLines, VizRandomMapWritesThePngAlone) {
   EXPECT_NE(r.err.find("--png-head 3"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(path("r.html")) || fs::exists(path("r.png")));
   expect_no_temporaries();
+}
+
+// Options that would do nothing are refused (they had been ignored), text that is not UTF-8 never reaches a page, a
+// model path holding "<!--<script" cannot blank the page (the inline data has no "<"), and output that cannot reach
+// standard output is a failure (a full disk had exited 0).
+TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
+  const std::string bert = " --model " + std::string(ATTN_MINILM_DIR);
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"five --out " + path("a.html") + " --png-head 2", "give --png"},
+           {"five --out " + path("a.html") + " --png-map x", "give --png"},
+           {"--random-map -3 --png " + path("a.png"), "--random-map must be in [1, 8192]"},
+           {"five --random-map 4 --png " + path("a.png"), "no text"},
+           {"hello --beam 3 --out " + path("a.html") + bert, "--beam is for a translation model"},
+           {"\"caf\xe9\" --out " + path("a.html") + bert, "the text: not valid UTF-8"}}) {
+    const CliResult r = run("viz " + args);
+    EXPECT_TRUE(failed_cleanly(r)) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(path("a.html")) || fs::exists(path("a.png")));
+  fs::create_directory_symlink(ATTN_MINILM_DIR, path("m<!--<script>"));
+  const CliResult r = run("viz hello --out " + path("p.html") + " --model '" + path("m<!--<script>") + "'");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string page = slurp(path("p.html"));
+  EXPECT_EQ(page.find("<!--<script"), std::string::npos);
+  EXPECT_NE(page.find("\\u003c!--\\u003cscript"), std::string::npos);
+  const int raw =
+      std::system((std::string(ATTN_BINARY) + " explain >/dev/full 2>" + path("full.err")).c_str());  // not run()'s
+  EXPECT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) > 0 && WEXITSTATUS(raw) < 128) << raw;
+  EXPECT_NE(slurp(path("full.err")).find("writing standard output failed"), std::string::npos);
 }
 
 }  // namespace

@@ -112,6 +112,12 @@ TEST_F(Cli, HugeShapesAreRefusedNotAllocated) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("too many elements"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(path("o.npy")));
+  // bench train's batch of 2^62 sentences had wrapped to an empty token vector and crashed (SIGSEGV)
+  const CliResult train =
+      run("bench train --batch 4611686018427387904 --src-len 4 --tgt-len 4 --layers 0 --steps 1 "
+          "--repeat 1 --warmup 0 --threads 1");
+  EXPECT_EQ(train.status, 2);
+  EXPECT_NE(train.err.find("--batch 4611686018427387904"), std::string::npos) << train.err;
 }
 
 TEST_F(Cli, HelpSpellsOutTheMaskPolarity) {

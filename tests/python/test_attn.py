@@ -210,6 +210,7 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.Translator()("one", beam=2**40), ValueError, "beam"),
     (lambda: attn.Translator()("one", beam=2, length_penalty=float("nan")), ValueError, "length_penalty"),
     (lambda: attn.Translator(model_dir=""), ValueError, "not a model directory"),  # not the shipped one in silence
+    (lambda: attn.Translator()("one \ud800"), ValueError, "text[0] is not valid Unicode"),
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),

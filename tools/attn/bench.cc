@@ -90,12 +90,15 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
   const Tensor d_out = to_dtype(random_tensor(q.shape(), 4), q.dtype());
   o.return_lse = true;
   AttentionResult fwd;
-  const auto both = time_runs(a.repeat, [&] {
-    fwd = scaled_dot_product_attention(q, k, v, o);
-    scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
-  });
-  const auto bwd =
-      time_runs(a.repeat, [&] { scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o); });
+  const auto both = time_runs(
+      a.repeat,
+      [&] {
+        fwd = scaled_dot_product_attention(q, k, v, o);
+        scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
+      },
+      a.warmup);
+  const auto bwd = time_runs(
+      a.repeat, [&] { scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o); }, a.warmup);
   double fwd_flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                      static_cast<double>(a.batch * a.heads);
   if (a.causal) fwd_flops /= 2;
@@ -125,12 +128,15 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
 // f32, bf16 or int8 with a scale per token and head): Lk cached positions, q_len new queries; the figure that
 // matters is the cache's bytes read per second (decode is memory-bound).
 void run_decode_cache_bench(const SdpaBench& a, int64_t G, int64_t Lk) {
-  if (a.causal || a.window || a.backward || a.dropout > 0.0f || a.dtype != "f32")
-    throw ArgumentError("--kv-dtype times the decoding cache: no --causal, --window, --backward, --dropout or --dtype");
+  if (a.causal || a.window || a.backward || a.dropout > 0.0f || a.dtype != "f32" || a.impl != "fused")
+    throw ArgumentError(
+        "--kv-dtype times the decoding cache (its own kernel): no --causal, --window, --backward, --dropout, --dtype "
+        "or --impl");
   DecodeCache cache(a.batch, G, a.head_dim, Lk, parse_kv_cache(a.kv_dtype));
   cache.append(random_tensor({a.batch, G, Lk, a.head_dim}, 2), random_tensor({a.batch, G, Lk, a.head_dim}, 3));
   const Tensor q = random_tensor({a.batch, a.heads, a.q_len, a.head_dim}, 1);
-  const auto ms = time_runs(a.repeat, [&] { cache.attend(q, Tensor(), a.threads); });
+  const auto ms = time_runs(
+      a.repeat, [&] { cache.attend(q, Tensor(), a.threads); }, a.warmup);
   const double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
                        static_cast<double>(a.batch * a.heads);
   const double median = median_of(ms), gb_s = static_cast<double>(cache.bytes()) / (median * 1e-3) / 1e9;
@@ -345,13 +351,13 @@ void add_bench(CLI::App& app) {
       "sdpa", "time scaled_dot_product_attention; GFLOP/s counts 4·Lq·Lk·D per head (halved when causal)");
   sdpa->add_option("--batch", s->batch, "B");
   sdpa->add_option("--heads", s->heads, "H");
-  sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)");
+  sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)")->check(CLI::NonNegativeNumber);
   sdpa->add_option("--q-len", s->q_len, "Lq");
   sdpa->add_option("--kv-len", s->kv_len, "Lk (default Lq)");
   sdpa->add_option("--head-dim", s->head_dim, "D = Dv");
   sdpa->add_flag("--causal", s->causal, "bottom-right causal mask");
   sdpa->add_option("--window", s->window, "sliding window W (with --causal)");
-  sdpa->add_option("--threads", s->threads, "threads; 0 = all cores");
+  sdpa->add_option("--threads", s->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sdpa->add_option("--impl", s->impl, "fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after the warm-up")->check(CLI::PositiveNumber);
@@ -378,7 +384,7 @@ void add_bench(CLI::App& app) {
   mha->add_option("--heads", m->heads, "H");
   mha->add_option("--len", m->len, "L");
   mha->add_flag("--causal", m->causal, "masked self-attention");
-  mha->add_option("--threads", m->threads, "threads; 0 = all cores");
+  mha->add_option("--threads", m->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   mha->add_option("--impl", m->impl, "fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   mha->add_option("--repeat", m->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
@@ -389,7 +395,7 @@ void add_bench(CLI::App& app) {
   CLI::App* band =
       bench->add_subcommand("bandwidth", "measure the memory read bandwidth (the decode kernel's roofline)");
   band->add_option("--megabytes", std::get<0>(*bw), "buffer size")->check(CLI::Range(1, 1 << 20));
-  band->add_option("--threads", std::get<1>(*bw), "threads; 0 = all cores");
+  band->add_option("--threads", std::get<1>(*bw), "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   band->add_option("--repeat", std::get<2>(*bw), "timed runs")->check(CLI::PositiveNumber);
   band->add_flag("--json", std::get<3>(*bw), "one JSON line");
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
@@ -405,7 +411,7 @@ void add_bench(CLI::App& app) {
   emb->add_option("--model", eb->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
   emb->add_option("--count", eb->count, "sentences (8 to 24 words)")->check(CLI::Range(int64_t{1}, kMaxCount));
   emb->add_option("--batch-size", eb->batch, "sentences per batch")->check(CLI::PositiveNumber);
-  emb->add_option("--threads", eb->threads, "threads; 0 = all cores");
+  emb->add_option("--threads", eb->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
   emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
@@ -415,7 +421,8 @@ void add_bench(CLI::App& app) {
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);
   CLI::App* peak = bench->add_subcommand("peak", "this machine's FMA ceiling (widest vectors, 1 thread and all)");
-  peak->add_option("--threads", std::get<0>(*pk), "threads for the second figure; 0 = all cores");
+  peak->add_option("--threads", std::get<0>(*pk), "threads for the second figure; 0 = all cores")
+      ->check(CLI::NonNegativeNumber);
   peak->add_option("--seconds", std::get<1>(*pk), "seconds per measurement")->check(CLI::PositiveNumber);
   peak->add_flag("--json", std::get<2>(*pk), "one JSON line");
   peak->callback([pk] { run_peak_bench(std::get<0>(*pk), std::get<1>(*pk), std::get<2>(*pk)); });

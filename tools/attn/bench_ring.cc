@@ -124,13 +124,14 @@ void add_bench_ring(CLI::App& bench) {
       "peak RSS and share of the time spent waiting for messages");
   sub->add_option("--batch", a->batch, "B");
   sub->add_option("--heads", a->heads, "H");
-  sub->add_option("--kv-heads", a->kv_heads, "Hkv (default H)");
+  sub->add_option("--kv-heads", a->kv_heads, "Hkv (default H)")->check(CLI::NonNegativeNumber);
   sub->add_option("--length", a->length, "L: the whole sequence, cut across the ranks")->check(CLI::PositiveNumber);
   sub->add_option("--head-dim", a->head_dim, "D = Dv");
   sub->add_flag("--causal", a->causal, "causal (top-left)");
   sub->add_option("--layout", a->layout, "contiguous or zigzag (default zigzag with --causal)")
       ->check(CLI::IsMember({"contiguous", "zigzag"}));
-  sub->add_option("--threads", a->threads, "threads per rank; 0 = the cores mpirun gave the rank");
+  sub->add_option("--threads", a->threads, "threads per rank; 0 = the cores mpirun gave the rank")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--repeat", a->repeat, "timed runs after the warm-up")->check(CLI::PositiveNumber);
   sub->add_option("--warmup", a->warmup, "untimed runs first (default 1)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--backward", a->backward, "also time the ring backward");

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -52,6 +53,13 @@ void run_train_bench(TrainBench a) {
   if (a.vocab > 0) c.src_vocab = c.tgt_vocab = a.vocab;
   if (c.src_vocab < 4 || c.tgt_vocab < 4) throw ArgumentError("--vocab must be at least 4 (3 special tokens + 1)");
   if (a.src_len < 1 || a.tgt_len < 1) throw ArgumentError("--src-len and --tgt-len must be positive");
+  if (c.src_vocab > std::numeric_limits<int32_t>::max())  // token ids are int32
+    throw ArgumentError("--vocab " + std::to_string(c.src_vocab) + " is more than int32 token ids hold");
+  // the batches' tokens: never a wrapped size (2^62 sentences had wrapped to an empty batch and crashed)
+  constexpr int64_t kMaxTokens = int64_t{1} << 32;
+  if (a.batch > kMaxTokens / std::max(a.src_len, a.tgt_len))
+    throw ArgumentError("--batch " + std::to_string(a.batch) + " x --src-len " + std::to_string(a.src_len) +
+                        " / --tgt-len " + std::to_string(a.tgt_len) + " is more than 2^32 tokens");
   c.max_len = std::max<int64_t>({c.max_len, a.src_len, a.tgt_len});
   const int threads = a.threads > 0 ? a.threads : omp_get_max_threads();
   omp_set_num_threads(threads);

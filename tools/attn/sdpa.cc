@@ -93,7 +93,7 @@ void add_sdpa(CLI::App& app) {
   sub->add_option("--impl", args->impl,
                   "implementation: auto (fused), fused, unfused (BLAS) or reference (double loops)")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
-  sub->add_option("--threads", args->threads, "threads; 0 = all cores");
+  sub->add_option("--threads", args->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sub->add_option("--dtype", args->dtype,
                   "compute in f32, bf16 or f16: q, k and v are rounded to it first (nearest even), the kernel sums "
                   "in float32, and --out holds the bf16/f16 result as float32. Masks stay bool/float32. Without it, "

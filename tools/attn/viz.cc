@@ -107,13 +107,24 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
   std::cout << tokens.size() << " tokens, " << r.maps.size() << " layers drawn\n";
 }
 
-void run_viz(const VizArgs& a) {
+void run_viz(const VizArgs& a, const CLI::App& sub) {
   if (a.out.empty() && a.png.empty()) throw ArgumentError("give --out FILE.html and/or --png FILE.png");
+  // options that would do nothing are refused, not ignored
+  if (a.png.empty() && (sub.count("--png-map") > 0 || sub.count("--png-head") > 0))
+    throw ArgumentError("--png-map and --png-head choose the map of --png FILE.png: give --png");
   io::check_output_paths({{"--out", a.out}, {"--png", a.png}});  // before any work: neither a directory
-  if (a.random_map > 0) return write_random_map(a, a.random_map);
+  if (sub.count("--random-map") > 0) {
+    if (!a.text.empty() || !a.model.empty() || sub.count("--beam") > 0)
+      throw ArgumentError("--random-map draws a random map: no text, --model or --beam");
+    return write_random_map(a, a.random_map);
+  }
   if (a.text.empty())
     throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
-  if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) return run_bert_viz(a, a.model);
+  if (const auto why = utf8_problem(a.text)) throw ArgumentError("the text: " + *why);  // it goes into the page
+  if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) {
+    if (sub.count("--beam") > 0) throw ArgumentError("--beam is for a translation model; " + a.model + " is BERT");
+    return run_bert_viz(a, a.model);
+  }
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
   const tasks::Vocab vocab = tasks::Vocab::load(dir);
@@ -185,7 +196,7 @@ void add_viz(CLI::App& app) {
   sub->add_option("--beam", a->beam, "beam width for the translation")->check(CLI::Range(1, 64));
   sub->add_option("--random-map", a->random_map,
                   "instead: a random N x N causal map (checks that long inputs stay usable)");
-  sub->callback([a] { run_viz(*a); });
+  sub->callback([a, sub] { run_viz(*a, *sub); });
 }
 
 }  // namespace attn::cli
