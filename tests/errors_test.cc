@@ -1,4 +1,8 @@
 // Bad input: a typed exception whose message names the argument and the shapes.
+#include <cmath>
+#include <limits>
+#include <random>
+
 #include "attn/attention.h"
 #include "attn/error.h"
 #include "attn/layers/multi_head_attention.h"
@@ -97,6 +101,48 @@ TEST(Errors, MultiHeadAttention) {
   sd["in_proj_weight"] = Tensor({20, 8});
   expect_error<ShapeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); },
                            {"in_proj_weight", "[20, 8]", "[24, 8]"});
+}
+
+// The public structs' fields and enums as a program may set them: checked where they are used (a replaced weight had
+// been read past its end, an unknown impl had returned zeros, a NaN scale had given each path its own answer).
+TEST(Errors, PublicFieldsAndEnumsAreChecked) {
+  MultiHeadAttentionConfig c;
+  c.embed_dim = 8, c.num_heads = 2;
+  MultiHeadAttention mha(c, 1);
+  std::mt19937 rng(3);
+  const Tensor x = test::random_tensor({1, 3, 8}, rng);
+  mha.w_o = Tensor({1});
+  expect_error<ShapeError>([&] { mha.self_attention(x); }, {"w_o", "[1]", "[8, 8]"});
+  mha = MultiHeadAttention(c, 1);
+  mha.b_q = Tensor();
+  expect_error<ShapeError>([&] { mha.self_attention(x); }, {"b_q", "undefined"});
+  const Tensor q = test::random_tensor({1, 1, 5, 4}, rng), k = test::random_tensor({1, 1, 3, 4}, rng);
+  AttentionOptions o;
+  o.impl = static_cast<AttentionImpl>(9);
+  expect_error<ArgumentError>([&] { scaled_dot_product_attention(q, k, k, o); }, {"impl 9"});
+  o = AttentionOptions();
+  o.causal = static_cast<CausalAlignment>(7);
+  expect_error<ArgumentError>([&] { scaled_dot_product_attention(q, k, k, o); }, {"causal 7"});
+  // D = 0 with a NaN scale: NaN scores, so NaN outputs, on every path (the fast ones had given the mean of V)
+  const Tensor q0({1, 1, 2, 0}), k0({1, 1, 3, 0});
+  const Tensor v0 = test::random_tensor({1, 1, 3, 2}, rng);
+  o = AttentionOptions();
+  o.scale = std::nanf("");
+  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused}) {
+    o.impl = impl;
+    const Tensor out = scaled_dot_product_attention(q0, k0, v0, o).output;
+    for (int64_t i = 0; i < out.numel(); ++i) EXPECT_TRUE(std::isnan(out.f32()[i])) << impl_name(impl);
+  }
+  expect_error<ArgumentError>([&] { measure_fma_peak(1, INFINITY); }, {"seconds"});
+  // a window past every key is no window (Lq > Lk, bottom-right: the first rows' last key is negative)
+  o = AttentionOptions();
+  o.causal = CausalAlignment::kBottomRight;
+  const Tensor plain = scaled_dot_product_attention(q, k, k, o).output;
+  o.window = std::numeric_limits<int64_t>::max();
+  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kFused}) {
+    o.impl = impl;
+    EXPECT_LE(test::max_abs_diff(scaled_dot_product_attention(q, k, k, o).output, plain), 1e-6) << impl_name(impl);
+  }
 }
 
 }  // namespace

@@ -223,18 +223,40 @@ TEST(Decoding, BeamOneIsGreedyAndACutHypothesisNeverBeatsAWholeOne) {
   sloped.length_penalty = 0.6f;
   EXPECT_EQ(t.translate(sentences, sloped), t.translate(sentences, greedy));
   for (int beam : {1, 4}) {
-    TranslateOptions o;
-    o.beam = beam;
-    const std::vector<std::string> free = t.translate(sentences, o);
+    TranslateOptions searched;
+    searched.beam = beam;
+    const std::vector<std::string> free = t.translate(sentences, searched);
     int changed = 0;
     for (size_t i = 0; i < sentences.size(); ++i) {
-      TranslateOptions fitted = o;
+      TranslateOptions fitted = searched;
       fitted.max_length = static_cast<int64_t>(tasks::utf8_chars(free[i]).size()) + 1;  // its characters and EOS
       changed += t.translate({sentences[i]}, fitted)[0] != free[i];
     }
     EXPECT_EQ(changed, 0) << "beam " << beam;
   }
   fs::remove_all(dir);
+}
+
+// TrainingStep checks what it is given (it had trusted it): a target outside the vocabulary (the loss had read past
+// its logits row, or crashed), a NaN learning rate and beta1 = 1 (every parameter NaN), a parameter replaced by
+// another shape (the forward had read past it).
+TEST(Training, TrainingStepChecksItsInputs) {
+  TransformerConfig c;
+  c.src_vocab = 12, c.tgt_vocab = 10, c.d_model = 16, c.num_heads = 2, c.d_ff = 32, c.max_len = 8;
+  c.num_encoder_layers = c.num_decoder_layers = 1;
+  Transformer m(c, 1);
+  train::TrainingStep step(m, train::StepOptions{});
+  std::mt19937_64 rng(1);
+  const TokenBatch src{{3, 4, 5, 2}, 1, 4}, tgt_in{{1, 3, 4}, 1, 3};
+  EXPECT_NO_THROW(step.run(src, tgt_in, {3, 4, 2}, 1e-3f, rng));
+  EXPECT_THROW(step.run(src, tgt_in, {3, 100000000, 2}, 1e-3f, rng), ArgumentError);
+  EXPECT_THROW(step.run(src, tgt_in, {3, -5, 2}, 1e-3f, rng), ArgumentError);
+  EXPECT_THROW(step.run(src, tgt_in, {3, 4, 2}, std::nanf(""), rng), ArgumentError);
+  train::StepOptions one;
+  one.beta1 = 1.0f;
+  EXPECT_THROW(train::TrainingStep(m, one), ArgumentError);
+  m.params()["encoder.layers.0.self_attn.in_proj_weight"] = Tensor({1});
+  EXPECT_THROW(m.forward(src, tgt_in), ShapeError);
 }
 
 TEST(Training, SeedReproducesAndResumeContinuesExactly) {

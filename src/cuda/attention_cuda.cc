@@ -2,6 +2,8 @@
 // them (src/cuda/flash_fwd.cu, flash_bwd.cu). Also the C entry points of attn/cuda_c.h that Python's ctypes calls.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -28,6 +30,25 @@ void check_tensor(const DeviceTensor& t, const char* name, int64_t heads, int64_
     throw ArgumentError(what + " has strides (" + std::to_string(t.sb) + ", " + std::to_string(t.sh) + ", " +
                         std::to_string(t.sl) + ") that are not multiples of 8 elements");
   if (t.sb < 0 || t.sh < 0 || t.sl < 0) throw ArgumentError(what + " has a negative stride");
+}
+
+// A tensor the kernels write: no two of its elements at one address (strides of 0, or rows shorter than D, would have
+// every block write the same memory). Sufficient and layout-free: sorted by stride, each dimension steps past the
+// whole extent of the one inside it (BHLD and BLHD both pass).
+void check_written(const DeviceTensor& t, const char* name, int64_t heads, int64_t len, int64_t D, int64_t B) {
+  check_tensor(t, name, heads, len, D, B);
+  std::array<std::pair<int64_t, int64_t>, 4> dims = {
+      {{1, D}, {t.sl, len}, {t.sh, heads}, {t.sb, B}}};  // stride, extent
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 0;  // elements covered by the dimensions inside
+  for (const auto& [stride, extent] : dims) {
+    if (extent <= 1) continue;
+    if (stride < std::max<int64_t>(span, 1))
+      throw ArgumentError(std::string(kFn) + ": " + name + " " + shape(B, heads, len, D) + " has strides (" +
+                          std::to_string(t.sb) + ", " + std::to_string(t.sh) + ", " + std::to_string(t.sl) +
+                          ", 1) under which elements overlap; a written tensor needs each of its own");
+    span = stride * extent;
+  }
 }
 
 detail::FlashParams make_params(const DeviceAttention& p) {
@@ -89,7 +110,7 @@ void check_cuda(int err, const char* what) {
 
 void attention_forward(const DeviceAttention& p) {
   detail::FlashParams f = make_params(p);
-  check_tensor(p.o, "o", p.H, p.Lq, p.D, p.B);
+  check_written(p.o, "o", p.H, p.Lq, p.D, p.B);
   check_cuda(detail::flash_forward(f, p.dtype == DType::kBFloat16), "forward launch");
 }
 
@@ -100,9 +121,9 @@ void attention_backward(const DeviceAttention& p, const DeviceAttentionGrads& g)
                         ", " + std::to_string(p.Lq) + "] from the forward is required");
   check_tensor(g.out, "out", p.H, p.Lq, p.D, p.B);
   check_tensor(g.d_out, "d_out", p.H, p.Lq, p.D, p.B);
-  check_tensor(g.dq, "dq", p.H, p.Lq, p.D, p.B);
-  check_tensor(g.dk, "dk", p.Hkv, p.Lk, p.D, p.B);
-  check_tensor(g.dv, "dv", p.Hkv, p.Lk, p.D, p.B);
+  check_written(g.dq, "dq", p.H, p.Lq, p.D, p.B);
+  check_written(g.dk, "dk", p.Hkv, p.Lk, p.D, p.B);
+  check_written(g.dv, "dv", p.Hkv, p.Lk, p.D, p.B);
   f.out = g.out.data, f.out_sb = g.out.sb, f.out_sh = g.out.sh, f.out_sl = g.out.sl;
   f.d_out = g.d_out.data, f.do_sb = g.d_out.sb, f.do_sh = g.d_out.sh, f.do_sl = g.d_out.sl;
   f.dq = g.dq.data, f.dq_sb = g.dq.sb, f.dq_sh = g.dq.sh, f.dq_sl = g.dq.sl;
@@ -137,6 +158,7 @@ namespace {
 attn::cuda::DeviceTensor tensor(const attn_cuda_tensor& t) { return {t.data, t.sb, t.sh, t.sl}; }
 
 attn::cuda::DeviceAttention problem(const attn_cuda_problem* c) {
+  if (c == nullptr) throw attn::ArgumentError("attn_cuda: the problem is null");
   attn::cuda::DeviceAttention p;
   p.B = c->B, p.H = c->H, p.Hkv = c->Hkv, p.Lq = c->Lq, p.Lk = c->Lk, p.D = c->D;
   p.dtype = c->dtype == 1 ? attn::cuda::DType::kFloat16 : attn::cuda::DType::kBFloat16;
@@ -175,6 +197,9 @@ int guarded(F&& f, char* error, int error_len) {
   } catch (const std::exception& e) {
     report(e.what());
     return ATTN_CUDA_RUNTIME_ERROR;
+  } catch (...) {  // nothing crosses the C boundary
+    report("attn_cuda: an unknown exception");
+    return ATTN_CUDA_RUNTIME_ERROR;
   }
 }
 
@@ -187,6 +212,7 @@ extern "C" int attn_cuda_forward(const attn_cuda_problem* p, char* error, int er
 extern "C" int attn_cuda_backward(const attn_cuda_problem* p, const attn_cuda_grads* g, char* error, int error_len) {
   return guarded(
       [&] {
+        if (g == nullptr) throw attn::ArgumentError("attn_cuda_backward: the gradients are null");
         attn::cuda::DeviceAttentionGrads grads{tensor(g->out), tensor(g->d_out), tensor(g->dq), tensor(g->dk),
                                                tensor(g->dv)};
         attn::cuda::attention_backward(problem(p), grads);

@@ -188,6 +188,22 @@ void xavier(Tensor& t, std::mt19937_64& rng) {
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
 }
 
+// params and grads hold every parameter of config c, float32 of its shape: checked before the named fields are bound
+// again to tensors someone replaced (one of another shape had been bound as it was, and the forward read past it).
+void check_replaced_tensors(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
+                            const std::map<std::string, Tensor>& grads) {
+  for (const ParameterSpec& spec : parameter_specs(c))
+    for (const auto& [what, tensors] : {std::pair{"parameter", &params}, std::pair{"gradient", &grads}}) {
+      const auto it = tensors->find(spec.name);
+      if (it == tensors->end())
+        throw MissingTensorError(std::string("Transformer: the ") + what + " '" + spec.name + "' is missing");
+      if (it->second.dtype() != DType::kFloat32 || it->second.shape() != spec.shape)
+        throw ShapeError(std::string("Transformer: the ") + what + " '" + spec.name + "' was replaced by " +
+                         dtype_name(it->second.dtype()) + " " + shape_str(it->second.shape()) + ", expected float32 " +
+                         shape_str(spec.shape));
+    }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- parameters
@@ -293,13 +309,16 @@ Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, boo
 }
 
 const models::TransformerWeights& Transformer::weights() {
-  if (!weights_->bound_to(params_, grads_))
+  if (!weights_->bound_to(params_, grads_)) {
+    check_replaced_tensors(config_, params_, grads_);
     weights_ =
         std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
+  }
   return *weights_;
 }
 
 void Transformer::quantize(Quantization quantization) {
+  check_replaced_tensors(config_, params_, grads_);
   quantization_ = quantization;
   weights_ = std::make_shared<const models::TransformerWeights>(models::bind(config_, params_, grads_, quantization_));
 }

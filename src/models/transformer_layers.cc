@@ -124,7 +124,8 @@ bool TransformerWeights::bound_to(const std::map<std::string, Tensor>& params,
 }
 
 void check_tokens(const TransformerConfig& c, const TokenBatch& t, int64_t vocab, const char* name) {
-  if (t.B <= 0 || t.L <= 0 || static_cast<int64_t>(t.ids.size()) != t.B * t.L)
+  if (t.B <= 0 || t.L <= 0 || t.B > static_cast<int64_t>(t.ids.size()) / t.L ||  // B·L never overflows below
+      static_cast<int64_t>(t.ids.size()) != t.B * t.L)
     throw ShapeError(std::string("Transformer: ") + name + " has " + std::to_string(t.ids.size()) +
                      " ids for [B, L] = [" + std::to_string(t.B) + ", " + std::to_string(t.L) + "]");
   if (t.L > c.max_len)

@@ -1,5 +1,6 @@
 // scaled_dot_product_attention: shape checks and dispatch. The only place that validates its inputs;
 // the paths in attention_reference.cc, attention_unfused.cc and cpu/ assume a valid AttentionProblem.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -13,7 +14,8 @@ const char* fused_kernel_isa() { return detail::simd_level_name(detail::simd_lev
 
 double measure_fma_peak(int threads, double seconds) {
   if (threads < 0) throw ArgumentError("measure_fma_peak: threads must be >= 0, got " + std::to_string(threads));
-  if (!(seconds > 0.0)) throw ArgumentError("measure_fma_peak: seconds must be positive");
+  if (!(seconds > 0.0 && seconds <= 60.0))  // an infinite one had never returned
+    throw ArgumentError("measure_fma_peak: seconds must be in (0, 60], got " + std::to_string(seconds));
   return detail::fma_peak_gflops(threads, seconds);
 }
 
@@ -107,13 +109,22 @@ void set_options(AttentionProblem& p, const AttentionOptions& options, const cha
                           " but must be [B, Lk] = " + shape_str({p.B, p.Lk}));
     p.key_padding = kpm.b8();
   }
+  // enums from outside the library's values: an unknown impl had run no kernel and returned zeros, an unknown
+  // alignment had been taken for bottom-right
+  if (static_cast<unsigned>(options.impl) > static_cast<unsigned>(AttentionImpl::kReference))
+    throw ArgumentError(std::string(who) + ": impl " + std::to_string(static_cast<unsigned>(options.impl)) +
+                        " is not an AttentionImpl");
+  if (static_cast<unsigned>(options.causal) > static_cast<unsigned>(CausalAlignment::kBottomRight))
+    throw ArgumentError(std::string(who) + ": causal " + std::to_string(static_cast<unsigned>(options.causal)) +
+                        " is not a CausalAlignment");
   p.causal = options.causal;
   if (options.window < 0)
     throw ArgumentError(std::string(who) + ": window must be >= 0, got " + std::to_string(options.window));
   if (options.window > 0 && options.causal == CausalAlignment::kNone)
     throw ArgumentError(std::string(who) + ": window = " + std::to_string(options.window) +
                         " needs a causal alignment (top-left or bottom-right)");
-  p.window = options.window;
+  // a window past every key is no limit at all: clamped, so key_range's last − window + 1 never overflows
+  p.window = std::min(options.window, p.Lq + p.Lk + 1);
   if (options.alibi_slopes.defined()) {
     require_float(options.alibi_slopes, who, "alibi_slopes");
     if (options.alibi_slopes.rank() != 1 || options.alibi_slopes.dim(0) != p.H)
@@ -175,6 +186,9 @@ AttentionProblem make_problem_shapes(const Tensor& q, const Tensor& k, const Ten
 }
 
 void run_problem(const AttentionProblem& p, AttentionImpl impl) {
+  // D = 0 with a NaN or infinite scale: every score is scale · 0 = NaN (as PyTorch's q @ kᵀ · scale), which the fast
+  // paths, skipping the empty product, had taken for 0; the reference computes it, and costs nothing here
+  if (p.D == 0 && !std::isfinite(p.scale)) impl = AttentionImpl::kReference;
   switch (impl) {
     case AttentionImpl::kReference: attention_reference(p); return;
     case AttentionImpl::kUnfused: attention_unfused(p); return;

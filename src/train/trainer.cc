@@ -282,7 +282,29 @@ StepOptions step_options(const TrainOptions& o) {
   return s;
 }
 
+namespace {
+
+// AdamW's and the loss's numbers (the flags train_numbers takes them from in brackets): beta1 = 1 or a NaN had made
+// every parameter NaN, a label smoothing of 2 or a negative clip norm had been taken as they came.
+void check_step_options(const StepOptions& o, const std::string& who) {
+  const auto in = [](float x, float lo, float hi, bool hi_open) { return x >= lo && (hi_open ? x < hi : x <= hi); };
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const auto bad = [&](const std::string& what, float x, const std::string& range) {
+    throw ArgumentError(who + ": " + what + " = " + std::to_string(x) + " must be " + range);
+  };
+  if (!in(o.beta1, 0.0f, 1.0f, true) || !in(o.beta2, 0.0f, 1.0f, true))
+    bad("AdamW's beta1 and beta2, beta1", o.beta1, "in [0, 1) (beta2 = " + std::to_string(o.beta2) + ")");
+  if (!(o.adam_eps > 0.0f && o.adam_eps < kInf)) bad("adam_eps", o.adam_eps, "finite and positive");
+  if (!in(o.weight_decay, 0.0f, kInf, true)) bad("weight_decay (--weight-decay)", o.weight_decay, "finite and >= 0");
+  if (!in(o.label_smoothing, 0.0f, 1.0f, true))
+    bad("label_smoothing (--label-smoothing)", o.label_smoothing, "in [0, 1)");
+  if (!in(o.clip_norm, 0.0f, kInf, true)) bad("clip_norm (--clip)", o.clip_norm, "finite and >= 0 (0: no clipping)");
+}
+
+}  // namespace
+
 TrainingStep::TrainingStep(Transformer& model, const StepOptions& options) : model_(&model), options_(options) {
+  check_step_options(options, "TrainingStep");
   for (const auto& [name, t] : model.params()) adam_.m[name] = Tensor(t.shape()), adam_.v[name] = Tensor(t.shape());
 }
 
@@ -290,9 +312,16 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
                         std::mt19937_64& rng) {
   Transformer& model = *model_;
   const TransformerConfig& c = model.config();
-  if (static_cast<int64_t>(tgt_out.size()) != tgt_in.B * tgt_in.L)
+  if (tgt_in.B < 0 || tgt_in.L < 0 || (tgt_in.L > 0 && tgt_in.B > static_cast<int64_t>(tgt_out.size()) / tgt_in.L) ||
+      static_cast<int64_t>(tgt_out.size()) != tgt_in.B * tgt_in.L)
     throw ShapeError("TrainingStep: tgt_out has " + std::to_string(tgt_out.size()) + " ids for tgt_in [B, Lt] = [" +
                      std::to_string(tgt_in.B) + ", " + std::to_string(tgt_in.L) + "]");
+  if (!(lr >= 0.0f && lr < std::numeric_limits<float>::infinity()))
+    throw ArgumentError("TrainingStep: lr = " + std::to_string(lr) + " must be finite and >= 0");
+  for (size_t i = 0; i < tgt_out.size(); ++i)  // the loss reads logits[target]: never outside the row
+    if (tgt_out[i] != c.pad_id && (tgt_out[i] < 0 || tgt_out[i] >= c.tgt_vocab))
+      throw ArgumentError("TrainingStep: tgt_out[" + std::to_string(i) + "] = " + std::to_string(tgt_out[i]) +
+                          " is outside the target vocabulary [0, " + std::to_string(c.tgt_vocab) + ")");
   model.zero_grad();
   const Tensor logits = model.forward(src, tgt_in, true, &rng);
   if (dlogits_.shape() != logits.shape()) dlogits_ = Tensor(logits.shape());
@@ -328,23 +357,13 @@ double exact_match(const Transformer& model, const tasks::Vocab& vocab, const st
 
 namespace {
 
-// The schedule's and AdamW's numbers, before the first step: a NaN or negative learning rate, clip norm or decay had
-// trained to the end and written a checkpoint of NaNs (or of a model trained uphill).
-void check_optimizer_options(const TrainOptions& o) {
-  const auto in = [](float x, float lo, float hi, bool hi_open) { return x >= lo && (hi_open ? x < hi : x <= hi); };
-  constexpr float kInf = std::numeric_limits<float>::infinity();
-  const auto bad = [](const std::string& what, float x, const std::string& range) {
-    throw ArgumentError("train: " + what + " = " + std::to_string(x) + " must be " + range);
-  };
-  if (!(o.lr_factor > 0.0f && o.lr_factor < kInf)) bad("lr_factor (--lr-factor)", o.lr_factor, "finite and positive");
-  if (o.warmup < 0) bad("warmup (--warmup)", static_cast<float>(o.warmup), "at least 0");
-  if (!in(o.beta1, 0.0f, 1.0f, true) || !in(o.beta2, 0.0f, 1.0f, true))
-    bad("AdamW's beta1 and beta2, beta1", o.beta1, "in [0, 1) (beta2 = " + std::to_string(o.beta2) + ")");
-  if (!(o.adam_eps > 0.0f && o.adam_eps < kInf)) bad("adam_eps", o.adam_eps, "finite and positive");
-  if (!in(o.weight_decay, 0.0f, kInf, true)) bad("weight_decay (--weight-decay)", o.weight_decay, "finite and >= 0");
-  if (!in(o.label_smoothing, 0.0f, 1.0f, true))
-    bad("label_smoothing (--label-smoothing)", o.label_smoothing, "in [0, 1)");
-  if (!in(o.clip_norm, 0.0f, kInf, true)) bad("clip_norm (--clip)", o.clip_norm, "finite and >= 0 (0: no clipping)");
+// The schedule's numbers, before the first step (AdamW's: check_step_options, which TrainingStep runs): a NaN or
+// negative learning rate had trained to the end and written a checkpoint of NaNs.
+void check_schedule_options(const TrainOptions& o) {
+  if (!(o.lr_factor > 0.0f && o.lr_factor < std::numeric_limits<float>::infinity()))
+    throw ArgumentError("train: lr_factor (--lr-factor) = " + std::to_string(o.lr_factor) +
+                        " must be finite and positive");
+  if (o.warmup < 0) throw ArgumentError("train: warmup (--warmup) = " + std::to_string(o.warmup) + " must be >= 0");
 }
 
 }  // namespace
@@ -356,7 +375,8 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
                         std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
                         std::to_string(o.eval_every) + ") at least 0");
-  check_optimizer_options(o);
+  check_schedule_options(o);
+  check_step_options(step_options(o), "train");
   if (!o.out_dir.empty()) check_checkpoint_dir(o.out_dir);
   const tasks::Vocab vocab = tasks::Vocab::numbers();
   o.model.src_vocab = static_cast<int64_t>(vocab.src.size());

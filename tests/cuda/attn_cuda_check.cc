@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attn/cuda.h"
+#include "attn/cuda_c.h"
 
 namespace {
 
@@ -263,9 +264,9 @@ int check_arguments() {
   failed += !throws<attn::ShapeError>("B = H = 2^40", [&] { attn::cuda::attention_forward(bad); });
   bad.B = 1, bad.H = 2, bad.Hkv = 2;
   failed += !throws<attn::ArgumentError>("null q", [&] { attn::cuda::attention_forward(bad); });
-  alignas(16) static uint16_t buffer[64];
-  bad.q = bad.k = bad.v = bad.o = {buffer, 0, 0, 64};
-  bad.q.sl = 60;  // rows not 16-byte aligned
+  alignas(16) static uint16_t buffer[2 * 4 * 64];
+  bad.q = bad.k = bad.v = bad.o = {buffer, 512, 256, 64};  // [1, 2, 4, 64], dense
+  bad.q.sl = 60;                                           // rows not 16-byte aligned
   failed += !throws<attn::ArgumentError>("q row stride 60", [&] { attn::cuda::attention_forward(bad); });
   bad.q.sl = 64;
   bad.window = 8;  // a window without causal masking
@@ -277,6 +278,19 @@ int check_arguments() {
   failed += !throws<attn::ArgumentError>("backward without lse", [&] {
     attn::cuda::attention_backward(bad, {bad.o, bad.o, bad.q, bad.k, bad.v});
   });
+  // a written tensor whose elements overlap (every block would write the same rows): refused
+  bad.o.sh = 0;
+  failed += !throws<attn::ArgumentError>("o with head stride 0", [&] { attn::cuda::attention_forward(bad); });
+  bad.o.sh = 256, bad.o.sl = 32;  // rows shorter than D
+  failed += !throws<attn::ArgumentError>("o with row stride 32 < D", [&] { attn::cuda::attention_forward(bad); });
+  bad.o.sl = 64;
+  // the C entry points: null problems and gradients are errors, not crashes
+  char message[128] = "";
+  if (attn_cuda_forward(nullptr, message, sizeof message) != ATTN_CUDA_ARGUMENT_ERROR ||
+      attn_cuda_backward(nullptr, nullptr, message, sizeof message) != ATTN_CUDA_ARGUMENT_ERROR) {
+    std::printf("FAIL: a null problem or gradients was not ATTN_CUDA_ARGUMENT_ERROR (%s)\n", message);
+    ++failed;
+  }
   return failed;
 }
 
