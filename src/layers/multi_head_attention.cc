@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <random>
-#include <tuple>
 #include <vector>
 
 #include "attn/error.h"
@@ -95,17 +94,16 @@ layers::MhaWeights weights_of(const MultiHeadAttention& m) {
   // the public fields as the config implies them: one replaced by another shape had been read past its end, an
   // undefined bias dropped in silence
   const int64_t E = c.embed_dim, kv = c.num_kv_heads * m.head_dim();
-  std::vector<std::tuple<const char*, const Tensor*, Shape>> fields = {
-      {"w_q", &m.w_q, {E, E}}, {"w_k", &m.w_k, {kv, c.kdim}}, {"w_v", &m.w_v, {kv, c.vdim}}, {"w_o", &m.w_o, {E, E}}};
-  if (c.bias)
-    fields.insert(fields.end(),
-                  {{"b_q", &m.b_q, {E}}, {"b_k", &m.b_k, {kv}}, {"b_v", &m.b_v, {kv}}, {"b_o", &m.b_o, {E}}});
-  for (const auto& [name, t, shape] : fields)
-    if (!t->defined() || t->dtype() != DType::kFloat32 || t->shape() != shape)
-      throw ShapeError(std::string(kWho) + ": the field " + name + " is " +
-                       (t->defined() ? std::string(dtype_name(t->dtype())) + " " + shape_str(t->shape())
-                                     : std::string("undefined")) +
-                       ", expected float32 " + shape_str(shape));
+  const auto check = [&](const char* name, const Tensor& t, const Shape& shape) {
+    if (!t.defined() || t.dtype() != DType::kFloat32 || t.shape() != shape)
+      throw ShapeError(
+          std::string(kWho) + ": the field " + name + " is " +
+          (t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) : std::string("undefined")) +
+          ", expected float32 " + shape_str(shape));
+  };
+  check("w_q", m.w_q, {E, E}), check("w_k", m.w_k, {kv, c.kdim}), check("w_v", m.w_v, {kv, c.vdim});
+  check("w_o", m.w_o, {E, E});
+  if (c.bias) check("b_q", m.b_q, {E}), check("b_k", m.b_k, {kv}), check("b_v", m.b_v, {kv}), check("b_o", m.b_o, {E});
   layers::MhaWeights w;
   w.w_q = m.w_q.f32(), w.w_k = m.w_k.f32(), w.w_v = m.w_v.f32(), w.w_o = m.w_o.f32();
   if (c.bias) w.b_q = m.b_q.f32(), w.b_k = m.b_k.f32(), w.b_v = m.b_v.f32(), w.b_o = m.b_o.f32();
