@@ -12,6 +12,8 @@ array-like (float64, non-contiguous, a torch CPU tensor) is converted first. Err
 
 For PyTorch (torch tensors, autograd, torch.compile, a drop-in nn.MultiheadAttention): `import attn.torch`.
 """
+import operator
+
 import numpy as np
 
 from . import _attn
@@ -40,7 +42,6 @@ def _int(x, name, bounds=_INT32):
     """An integer argument as the C++ side takes it: an int or NumPy integer (2.5 is not 2) that fits its type there
     (a larger one had raised nanobind's 'incompatible function arguments' with every overload listed). The C++ side
     checks the values that make sense (num_threads >= 0, ...)."""
-    import operator
     if isinstance(x, bool):
         raise TypeError(f"{name} must be an integer, got bool")
     try:

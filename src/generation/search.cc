@@ -102,11 +102,9 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
       for (size_t i = 0; i < keep && filled < K; ++i) {
         const auto [score, n, v] = cand[i];
         if (v == c.eos_id || last) {
-          // an ending counts only if it ranks among the K best continuations; weaker EOS candidates
-          // would otherwise fill the finished list with early stops
-          if (v == c.eos_id && static_cast<int64_t>(i) >= K) continue;
-          // a cut hypothesis counts only among the K best too
-          if (v != c.eos_id && static_cast<int64_t>(i) >= K) continue;
+          // an ending (EOS, or a cut at the last position) counts only if it ranks among the K best
+          // continuations; weaker candidates would otherwise fill the finished list with early stops
+          if (static_cast<int64_t>(i) >= K) continue;
           std::vector<int32_t> out = seqs[static_cast<size_t>(n)];
           if (v != c.eos_id) out.push_back(v);
           finished[static_cast<size_t>(b)].push_back(

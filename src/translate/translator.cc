@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <numeric>
@@ -55,8 +54,6 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   if (options.beam < 1 || options.beam > kMaxBeam)
     throw ArgumentError("translate: beam must be in [1, " + std::to_string(kMaxBeam) + "], got " +
                         std::to_string(options.beam));
-  if (!std::isfinite(options.length_penalty))
-    throw ArgumentError("translate: length_penalty must be finite, got " + std::to_string(options.length_penalty));
   if (options.batch_size < 1)
     throw ArgumentError("translate: batch_size must be >= 1, got " + std::to_string(options.batch_size));
   if (options.max_length < 0)
@@ -81,6 +78,14 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
   const size_t batch =
       static_cast<size_t>(std::min(options.batch_size, std::max<int64_t>(1, kStepHypotheses / options.beam)));
   const size_t batches = (order.size() + batch - 1) / batch;
+  // every batch decodes with these; an <unk> would vanish from the text (decode_target shows only real characters),
+  // so it is never chosen
+  GenerationOptions shared;
+  shared.beam = options.beam;
+  shared.length_penalty = options.length_penalty;
+  shared.kv_cache = options.kv_cache;
+  for (size_t id = 0; id < vocab_.tgt.size(); ++id)
+    if (vocab_.tgt[id] == "<unk>") shared.suppress_tokens.push_back(static_cast<int32_t>(id));
   const auto translate_batch = [&](size_t i) {  // sentences order[i, i + n)
     const size_t n = std::min(order.size() - i, batch);
     const int64_t L = static_cast<int64_t>(ids[order[i]].size());  // the longest source of the batch
@@ -90,13 +95,7 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
       const std::vector<int32_t>& row = ids[order[i + b]];
       std::copy(row.begin(), row.end(), src.ids.begin() + static_cast<std::ptrdiff_t>(b * static_cast<size_t>(L)));
     }
-    GenerationOptions g;
-    g.beam = options.beam;
-    g.length_penalty = options.length_penalty;
-    g.kv_cache = options.kv_cache;
-    // an <unk> would vanish from the text (decode_target shows only real characters): never chosen
-    for (size_t id = 0; id < vocab_.tgt.size(); ++id)
-      if (vocab_.tgt[id] == "<unk>") g.suppress_tokens.push_back(static_cast<int32_t>(id));
+    GenerationOptions g = shared;
     // each sentence's own limit, whatever its batch (the batch still sets the GEMMs' row counts, and with them which
     // kernel runs: sums may differ in their last bits from batch to batch, which can only matter at near-ties)
     for (size_t b = 0; b < n; ++b) {
