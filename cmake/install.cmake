@@ -4,7 +4,11 @@ include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 # The installed libattn.so and attn find OpenBLAS's OpenMP build outside the default library path.
-set_target_properties(attn_shared attn PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
+set_target_properties(attn_shared PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
+if(ATTN_BUILD_TOOL)  # the library alone (-DATTN_BUILD_TOOL=OFF) installs all but the tool
+  set_target_properties(attn PROPERTIES INSTALL_RPATH_USE_LINK_PATH ON)
+  install(TARGETS attn RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 
 # attn/dist (MPI) stays in the build tree: attn_dist is not installed
 install(DIRECTORY include/attn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN dist EXCLUDE)
@@ -13,12 +17,17 @@ install(TARGETS attn_shared attn_static EXPORT attnTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(TARGETS attn RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(EXPORT attnTargets NAMESPACE attn:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
 configure_package_config_file(cmake/attnConfig.cmake.in ${PROJECT_BINARY_DIR}/attnConfig.cmake
                               INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn
                               PATH_VARS CMAKE_INSTALL_DATADIR)
-write_basic_package_version_file(${PROJECT_BINARY_DIR}/attnConfigVersion.cmake COMPATIBILITY SameMajorVersion)
+# 0.x: a minor release may break the API, so find_package(attn 0.1) accepts 0.1.y only
+if(PROJECT_VERSION_MAJOR EQUAL 0)
+  set(ATTN_VERSION_COMPATIBILITY SameMinorVersion)
+else()
+  set(ATTN_VERSION_COMPATIBILITY SameMajorVersion)
+endif()
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/attnConfigVersion.cmake COMPATIBILITY ${ATTN_VERSION_COMPATIBILITY})
 install(FILES ${PROJECT_BINARY_DIR}/attnConfig.cmake ${PROJECT_BINARY_DIR}/attnConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/attn)
 

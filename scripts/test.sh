@@ -19,13 +19,13 @@ scripts/check_install.sh
 if ! python3 -c 'import sysconfig, os, venv; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
     2>/dev/null; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     python3 python3-dev python3-venv python3-pip >/dev/null
 fi
 if [ ! -x build/venv/bin/python ]; then
   python3 -m venv build/venv 2>/dev/null || {  # Debian: venv needs python3-venv
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3-venv python3-dev >/dev/null
     rm -rf build/venv && python3 -m venv build/venv; }
 fi
