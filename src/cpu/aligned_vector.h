@@ -2,13 +2,19 @@
 // glibc's malloc aligns to 16 bytes only, and a large block (mmap'd) starts at a page + 16: every 512-bit load
 // of a kernel buffer in a plain std::vector<float> then straddled two cache lines, which Intel cores (two
 // 512-bit loads a cycle, each from one line) pay for where Zen 4 (which splits them in halves anyway) barely does.
+// Per instruction-set target, as simd.h's functions: std::vector's members (resize, the destructor) are instantiated
+// for this allocator in every kernel build, and an AVX-512 copy merged by the linker into an AVX2 caller would
+// fault there; a distinct allocator type per target keeps each build's copies its own.
 #pragma once
 
 #include <cstddef>
 #include <new>
 #include <vector>
 
+#include "cpu/simd.h"  // ATTN_SIMD_NS
+
 namespace attn::detail {
+inline namespace ATTN_SIMD_NS {
 
 template <class T>
 struct CacheAlignedAllocator {
@@ -28,4 +34,5 @@ struct CacheAlignedAllocator {
 template <class T>
 using AlignedVector = std::vector<T, CacheAlignedAllocator<T>>;
 
+}  // namespace ATTN_SIMD_NS
 }  // namespace attn::detail

@@ -10,11 +10,14 @@ namespace attn::detail {
 SimdLevel simd_level_supported() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  // the avx512 build is compiled with -mavx512f/dq/bw/vl (CMakeLists.txt): every one must be there
+  // each build may use every extension it is compiled with (CMakeLists.txt: the avx512 one -mavx512f/dq/bw/vl, which
+  // GCC takes to imply F16C; the avx2 one -mavx2 -mfma -mf16c, whose 16-bit kernels convert with vcvtph2ps): a
+  // virtual machine can hide any of them
+  const bool f16c = __builtin_cpu_supports("f16c");
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
+      __builtin_cpu_supports("avx512vl") && f16c)
     return SimdLevel::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::kAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return SimdLevel::kAvx2;
 #endif
   return SimdLevel::kScalar;
 }
