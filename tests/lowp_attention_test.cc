@@ -250,6 +250,45 @@ TEST(LowpAttention, QueriesNearTheFloatRangeWithModerateScores) {
   }
 }
 
+// A row maximum beyond 2^127 (the scores finite): the AVX512_BF16 path's m·log2 e had overflowed and made every P 0.
+// One key: the output is that key's value exactly. And D = 0: every score is 0 · scale, so the mean of V for a finite
+// scale (the AVX512_BF16 path had read K's pair padding past an empty tensor) and NaN for a NaN one (the 16-bit
+// kernel had given the mean as well); from 8 queries on, the paths that pack K.
+TEST(LowpAttention, HugeRowMaximaAndEmptyDotProducts) {
+  for (const DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    const int64_t Lq = 8;
+    std::mt19937 rng(9);
+    const Tensor v = to_dtype(test::random_tensor({1, 1, 3, 2}, rng), dt);
+    const Tensor v1 = to_dtype(test::random_tensor({1, 1, 1, 2}, rng), dt);
+    const float big = dt == DType::kBFloat16 ? 0x1.cp63f : 60000.0f;  // bfloat16: score 2^127 · 1.53 (finite)
+    Tensor q({1, 1, Lq, 1}), k({1, 1, 1, 1});
+    for (int64_t i = 0; i < Lq; ++i) q.f32()[i] = big;
+    k.f32()[0] = dt == DType::kBFloat16 ? big : 60000.0f;
+    const Tensor ql = to_dtype(q, dt), kl = to_dtype(k, dt);
+    const Tensor q0({1, 1, Lq, 0}, dt), k0({1, 1, 3, 0}, dt);
+    const Tensor vf = to_dtype(v, DType::kFloat32), v1f = to_dtype(v1, DType::kFloat32);
+    const float v_mean[2] = {(vf.f32()[0] + vf.f32()[2] + vf.f32()[4]) / 3,
+                             (vf.f32()[1] + vf.f32()[3] + vf.f32()[5]) / 3};
+    for (const LowpPath& path : lowp_paths(dt)) {
+      SCOPED_TRACE(path.name + " " + dtype_name(dt));
+      PathGuard guard(path);
+      AttentionOptions o;
+      o.impl = path.impl;
+      o.scale = 1.0f;
+      const Tensor one = to_dtype(scaled_dot_product_attention(ql, kl, v1, o).output, DType::kFloat32);
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t d = 0; d < 2; ++d) EXPECT_EQ(one.f32()[i * 2 + d], v1f.f32()[d]) << "row " << i;
+      const Tensor mean = to_dtype(scaled_dot_product_attention(q0, k0, v, o).output, DType::kFloat32);
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t d = 0; d < 2; ++d)
+          EXPECT_NEAR(mean.f32()[i * 2 + d], v_mean[d], 4.0 * unit_roundoff(dt)) << "row " << i;
+      o.scale = std::nanf("");
+      const Tensor nan = to_dtype(scaled_dot_product_attention(q0, k0, v, o).output, DType::kFloat32);
+      for (int64_t i = 0; i < nan.numel(); ++i) EXPECT_TRUE(std::isnan(nan.f32()[i])) << i;
+    }
+  }
+}
+
 TEST(LowpAttention, IsDeterministicForAThreadCount) {
   for (const test::AttentionCase& c : test::attention_cases(10)) {
     test::CaseInputs in = test::make_inputs(c, 5);

@@ -77,7 +77,7 @@ template <LowpType T>
 LowpPlan plan_lowp(const AttentionProblem& p) {
   LowpPlan plan;
   plan.threads = resolve_threads(p.num_threads);
-  plan.dot = ATTN_LOWP_DOT && T == LowpType::kBFloat16;
+  plan.dot = ATTN_LOWP_DOT && T == LowpType::kBFloat16 && p.D > 0;  // D = 0: no pairs to multiply (and none to read)
   plan.Dp = round_up(std::max<int64_t>(p.D, 1), 2);
   plan.Dvp = round_up(std::max<int64_t>(p.Dv, 1), W);
   plan.keys_packed = p.Lq > kFewQueries;
@@ -344,11 +344,12 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 // e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
 // rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
 // polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
-// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN.
+// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. A row
+// maximum beyond ±2^127 takes simd::exp: there m·log2 e overflows, and every P had come out 0.
 template <bool kFast>
 inline Vec exp_minus(Vec s, float m) {
 #if ATTN_LOWP_DOT
-  if constexpr (kFast) {
+  if (kFast && std::fabs(m) < 0x1p127f) {
     const __m512 t = _mm512_max_ps(
         _mm512_set1_ps(-160.0f),  // NaN second: max returns it
         _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(-m * 1.44269504088896341f)));

@@ -7,6 +7,7 @@
 // The backward on bfloat16/float16 q, k, v, out, d_out (lse float32), gradients in that dtype:
 //   bfloat16, fused, AVX512_BF16 active, inputs finite: the bfloat16 backward (cpu/attention_lowp_backward_kernels.cc)
 //   otherwise: the float32 backward on the tensors widened (exact), the gradients rounded to the dtype
+#include <cmath>
 #include <string>
 
 #include "attn/error.h"
@@ -29,8 +30,11 @@ AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor&
                         : is_lowp(k.dtype()) ? "k"
                                              : "v"));
   }
-  const bool widened =
-      options.return_weights || options.impl == AttentionImpl::kReference || options.impl == AttentionImpl::kUnfused;
+  // D = 0 with a NaN or infinite scale: every score is 0 · scale (NaN), which only the reference computes so
+  const bool empty_product =
+      !q.shape().empty() && q.shape().back() == 0 && options.scale && !std::isfinite(*options.scale);
+  const bool widened = options.return_weights || options.impl == AttentionImpl::kReference ||
+                       options.impl == AttentionImpl::kUnfused || empty_product;
   if (widened) {  // exact widening: the float32 path sees the same values
     AttentionResult r = scaled_dot_product_attention(to_dtype(q, DType::kFloat32), to_dtype(k, DType::kFloat32),
                                                      to_dtype(v, DType::kFloat32), options);
