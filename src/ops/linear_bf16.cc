@@ -42,6 +42,15 @@ ATTN_VECTOR_CLONES void round_to_bf16(uint16_t* out, const float* x, int64_t n) 
   for (int64_t i = 0; i < n; ++i) out[i] = float_to_bf16(x[i]);
 }
 
+// out[0, n) = x rounded to bfloat16 and widened back (the values a bfloat16 GEMM multiplies)
+ATTN_VECTOR_CLONES void round_through_bf16(float* out, const float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(float_to_bf16(x[i]));
+}
+
+// oneDNN has no bfloat16 matmul on this processor (dnnl_unimplemented)
+struct Bf16Unsupported {};
+
 }  // namespace
 
 // One primitive per thread count: oneDNN fixes a primitive's thread count when it is created (from
@@ -57,7 +66,11 @@ struct Bf16Variant {
 
 struct Bf16Matmul {
   int64_t N = 0, K = 0;
-  std::vector<uint16_t> w;            // [N, K] the weights rounded to bfloat16
+  std::vector<uint16_t> w;  // [N, K] the weights rounded to bfloat16
+  // [N, K] w widened to float32, where oneDNN has no bfloat16 matmul (before AVX-512: Debian's oneDNN 2.6 needs
+  // avx512_core): the same products then come from OpenBLAS's SGEMM on the rounded values (exact widening, float32
+  // sums), at float32 speed; empty elsewhere
+  std::vector<float> widened;
   std::vector<float> zeros;           // [N] the bias of a call without one (the primitive always adds one)
   dnnl_memory_t zero_bias = nullptr;  // over zeros
   dnnl_memory_desc_t bias_md;
@@ -98,6 +111,7 @@ const Bf16Variant& Bf16Matmul::variant(int threads) const {
   dnnl_primitive_desc_t pd;
   const dnnl_status_t pd_made = dnnl_primitive_desc_create(&pd, &md, attr, engine(), nullptr);
   dnnl_primitive_attr_destroy(attr);
+  if (pd_made == dnnl_unimplemented) throw Bf16Unsupported{};
   check(pd_made, "matmul primitive desc");
   v.scratch_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
   const dnnl_memory_desc_t w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -138,7 +152,12 @@ QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K) {
   const dnnl_dims_t bias_dims = {1, N};
   check(dnnl_memory_desc_init_by_tag(&mm->bias_md, 2, bias_dims, dnnl_f32, dnnl_ab), "bias desc");
   check(dnnl_memory_create(&mm->zero_bias, &mm->bias_md, engine(), mm->zeros.data()), "bias memory");
-  mm->variant(omp_get_max_threads());  // the primitive for the current thread count, now rather than mid-call
+  try {
+    mm->variant(omp_get_max_threads());  // the primitive for the current thread count, now rather than mid-call
+  } catch (const Bf16Unsupported&) {
+    mm->widened.resize(mm->w.size());
+    for (size_t i = 0; i < mm->w.size(); ++i) mm->widened[i] = bf16_to_float(mm->w[i]);
+  }
   m.small_bf16 = small_gemm_bf16(mm->w.data(), N, K);
   m.bf16 = std::move(mm);
   return m;
@@ -156,6 +175,13 @@ void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, con
     if (static_cast<int64_t>(rows.size()) < M * K) rows.resize(static_cast<size_t>(M * K));
     round_to_bf16(rows.data(), x, M * K);
     if (small_gemm_bf16_run(y, rows.data(), *w.small_bf16, b, M, epilogue)) return;
+  }
+  if (!mm.widened.empty()) {             // no bfloat16 matmul here: x rounded to bfloat16, float32 GEMM
+    thread_local std::vector<float> xr;  // [M, K]
+    if (static_cast<int64_t>(xr.size()) < M * K) xr.resize(static_cast<size_t>(M * K));
+    round_through_bf16(xr.data(), x, M * K);
+    linear_forward(y, xr.data(), mm.widened.data(), b, M, N, K, epilogue);
+    return;
   }
   const Bf16Variant& v = mm.variant(omp_in_parallel() ? 1 : omp_get_max_threads());
   thread_local std::vector<float> product;  // [M, N] when accumulating into y
