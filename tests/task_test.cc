@@ -252,6 +252,26 @@ TEST(Training, TrainingStepChecksItsInputs) {
   EXPECT_THROW(step.run(src, tgt_in, {3, 100000000, 2}, 1e-3f, rng), ArgumentError);
   EXPECT_THROW(step.run(src, tgt_in, {3, -5, 2}, 1e-3f, rng), ArgumentError);
   EXPECT_THROW(step.run(src, tgt_in, {3, 4, 2}, std::nanf(""), rng), ArgumentError);
+  // nothing to learn (every target ignored; PyTorch's mean is NaN) and a non-finite loss: the step changes nothing
+  // (momentum and weight decay had moved the parameters, and a NaN had gone into every moment)
+  const auto snapshot = [&] {
+    std::map<std::string, Tensor> copy;
+    for (const auto& [name, t] : m.params()) copy[name] = t.clone();
+    return copy;
+  };
+  const auto unchanged = [&](const std::map<std::string, Tensor>& before, const char* what) {
+    EXPECT_EQ(step.state().step, 1) << what;
+    for (const auto& [name, t] : m.params())
+      if (name != "generator.bias") EXPECT_EQ(test::max_abs_diff(t, before.at(name)), 0.0) << what << " " << name;
+  };
+  std::map<std::string, Tensor> before = snapshot();
+  EXPECT_EQ(step.run(src, tgt_in, {c.pad_id, c.pad_id, c.pad_id}, 1e-3f, rng), 0.0f);
+  unchanged(before, "all pad");
+  m.params()["generator.bias"].f32()[3] = std::nanf("");
+  before = snapshot();
+  EXPECT_TRUE(std::isnan(step.run(src, tgt_in, {3, 4, 2}, 1e-3f, rng)));
+  unchanged(before, "NaN logits");
+  for (const auto& [name, t] : step.state().m) EXPECT_TRUE(test::all_finite(t)) << name;
   train::StepOptions one;
   one.beta1 = 1.0f;
   EXPECT_THROW(train::TrainingStep(m, one), ArgumentError);
@@ -277,6 +297,9 @@ TEST(Training, SeedReproducesAndResumeContinuesExactly) {
   train::TrainOptions resumed = straight;
   resumed.resume_dir = first_half.out_dir;
   resumed.out_dir = (dir / "resumed").string();
+  // the data order is the checkpoint's: another seed, pool or batch size in the options had silently trained on
+  // other batches from the saved position
+  resumed.seed += 5, resumed.train_examples += 8, resumed.batch_size += 3;
   train::train_numbers(resumed, [&](int64_t, float l) { c.push_back(l); });
   EXPECT_EQ(a, c) << "resuming at step 20 must continue the same run";
   const Transformer x = Transformer::load(straight.out_dir), y = Transformer::load(resumed.out_dir);
@@ -324,9 +347,10 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
     EXPECT_THROW(train::train_numbers(done), ArgumentError);
   }
   // no epoch, batch_index or rng; a step that is not whole (2.5 had been 2); an epoch that would overflow when the
-  // run counts on; an integer past int64 (it had wrapped)
+  // run counts on; an integer past int64 (it had wrapped); no batches
   for (const std::string& bad_state :
        {std::string("{\"step\": 1}"), replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
+        replaced(good_state, "\"batch_size\": 8", "\"batch_size\": 0"),
         replaced(good_state, "\"epoch\": 0", "\"epoch\": 9223372036854775807"),
         replaced(good_state, "\"batch_index\": ", "\"batch_index\": 18446744073709551615, \"x\": ")}) {
     { std::ofstream(o.out_dir + "/train_state.json") << bad_state; }

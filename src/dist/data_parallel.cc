@@ -91,6 +91,17 @@ void MpiGradientReducer::start(std::map<std::string, Tensor>& grads, float loss,
   deferred_ = false;
   int64_t total = 1;  // every gradient, then the share-weighted loss
   for (const auto& [name, g] : grads) total += g.numel();
+  if (!layout_agreed_) {  // ranks with other models or bucket sizes had sent all-reduces of different counts (a hang)
+    int64_t mine[4] = {total, -total, bucket_elements_, -bucket_elements_}, most[4];
+    detail::check_mpi(MPI_Allreduce(mine, most, 4, MPI_INT64_T, MPI_MAX, comm_), "MpiGradientReducer: MPI_Allreduce");
+    if (most[0] != -most[1] || most[2] != -most[3])
+      throw ArgumentError("MpiGradientReducer: the ranks disagree on the gradients' size (" + std::to_string(-most[1]) +
+                          " to " + std::to_string(most[0]) + " floats with the loss) or the bucket size (" +
+                          std::to_string(-most[3]) + " to " + std::to_string(most[2]) + " floats); rank " +
+                          std::to_string(rank_) + " has " + std::to_string(total) + " and " +
+                          std::to_string(bucket_elements_));
+    layout_agreed_ = true;
+  }
   used_ = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
   if (buckets_.size() < used_) buckets_.resize(used_);
   for (size_t b = 0; b < used_; ++b) {

@@ -131,10 +131,9 @@ void adam_step(const std::vector<ParamSlot>& slots, AdamState& a, const StepOpti
   }
 }
 
-// The factor that brings the gradients' global L2 norm down to max_norm (1 when it is already at most that, or
-// max_norm is 0). The squares are summed in double over fixed blocks of elements, then the blocks in order: the same
-// norm for any thread count.
-float clip_scale(const std::vector<ParamSlot>& slots, float max_norm) {
+// The gradients' global L2 norm. The squares are summed in double over fixed blocks of elements, then the blocks in
+// order: the same norm for any thread count.
+float gradient_norm(const std::vector<ParamSlot>& slots) {
   constexpr int64_t kBlock = 1 << 14;
   struct Block {
     const float* g;
@@ -155,7 +154,11 @@ float clip_scale(const std::vector<ParamSlot>& slots, float max_norm) {
   }
   double sq = 0.0;
   for (double x : partial) sq += x;
-  const float norm = static_cast<float>(std::sqrt(sq));
+  return static_cast<float>(std::sqrt(sq));
+}
+
+// The factor that brings a global norm down to max_norm (1 when it is already at most that, or max_norm is 0).
+float clip_scale(float norm, float max_norm) {
   return max_norm > 0.0f && norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
 }
 
@@ -174,8 +177,15 @@ std::vector<uint8_t> text_bytes(const std::string& text) {
 
 // The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
 // checkpoint whole, never a model from one step beside an optimizer state from another.
+// The data order (the pool, its batches and their shuffles) comes from seed, train_examples and batch_size: a
+// checkpoint keeps them, and resume_from takes them back, so that --resume continues the run it saved.
+struct DataSettings {
+  uint64_t seed = 1;
+  int64_t train_examples = 0, batch_size = 0;
+};
+
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
-                     const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, uint64_t shuffle_seed) {
+                     const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, const DataSettings& data) {
   std::filesystem::create_directories(dir);
   io::FileSet files;
   model.stage(files, dir);
@@ -191,7 +201,9 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
                 {"step", adam.step},
                 {"epoch", epoch},
                 {"batch_index", batch_index},
-                {"shuffle_seed", shuffle_seed},
+                {"shuffle_seed", data.seed},
+                {"train_examples", data.train_examples},
+                {"batch_size", data.batch_size},
                 {"rng",
                  r.str()}}.dump(1)));
   files.commit();
@@ -217,7 +229,7 @@ void check_checkpoint_dir(const std::string& dir) {
 // A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's
 // parameter of its name: a moment of another shape would have been read and written past its end by AdamW.
 void resume_from(const std::string& dir, const Transformer& model, AdamState* adam, std::mt19937_64* rng,
-                 int64_t* epoch, int64_t* batch_index) {
+                 int64_t* epoch, int64_t* batch_index, DataSettings* data) {
   const std::string opt_path = dir + "/optimizer.safetensors", state_path = dir + "/train_state.json";
   const io::Safetensors opt = io::read_safetensors(opt_path);
   for (const auto& [name, p] : model.params())
@@ -232,13 +244,20 @@ void resume_from(const std::string& dir, const Transformer& model, AdamState* ad
       (moment[0] == 'm' ? adam->m : adam->v)[name] = t.clone();
     }
   const std::string text = io::read_text(state_path);  // its errors name the path
+  constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
   try {
     const nlohmann::json st = nlohmann::json::parse(text);
     io::read_integer(st, "step", adam->step);
     io::read_integer(st, "epoch", *epoch), io::read_integer(st, "batch_index", *batch_index);
+    // (checkpoints before these were saved: the options' own)
+    io::read_integer_if_present(st, "shuffle_seed", data->seed);
+    io::read_integer_if_present(st, "train_examples", data->train_examples);
+    io::read_integer_if_present(st, "batch_size", data->batch_size);
+    if (data->train_examples < 1 || data->batch_size < 1 || data->train_examples > kMaxCount ||
+        data->batch_size > kMaxCount)
+      throw FormatError("train_examples and batch_size must be in [1, 2^62]");
     std::istringstream r(st.at("rng").get<std::string>());
     r >> *rng;
-    constexpr int64_t kMaxCount = int64_t{1} << 62;  // counting on from here never overflows
     if (!r || adam->step < 0 || *epoch < 0 || *batch_index < 0 || adam->step > kMaxCount || *epoch > kMaxCount ||
         *batch_index > kMaxCount)
       throw FormatError("step, epoch and batch_index must be in [0, 2^62], the rng state readable");
@@ -338,7 +357,17 @@ float TrainingStep::run(const TokenBatch& src, const TokenBatch& tgt_in, const s
     model.backward(dlogits_);
   }
   const std::vector<ParamSlot> slots = param_slots(model, adam_, options_);
-  adam_step(slots, adam_, options_, lr, clip_scale(slots, options_.clip_norm));
+  const float norm = gradient_norm(slots);
+  // A step that has nothing to learn or that would poison the model changes nothing (every rank decides alike: the
+  // loss and the gradients are the reduced ones): every target ignored (data parallel: the batch's loss and
+  // gradients exactly 0), where PyTorch's mean over no targets is NaN, and a loss or gradient that is not finite,
+  // which AdamW would carry into every moment and parameter it touches.
+  const bool nothing_to_learn =
+      options_.reducer ? loss == 0.0f && norm == 0.0f
+                       : std::none_of(tgt_out.begin(), tgt_out.end(), [&](int32_t t) { return t != c.pad_id; });
+  if (nothing_to_learn || !std::isfinite(loss) || !std::isfinite(norm))
+    return std::isfinite(norm) ? loss : std::numeric_limits<float>::quiet_NaN();
+  adam_step(slots, adam_, options_, lr, clip_scale(norm, options_.clip_norm));
   return loss;
 }
 
@@ -389,7 +418,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
-    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index);
+    DataSettings data{o.seed, o.train_examples, o.batch_size};
+    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index, &data);
+    o.seed = data.seed, o.train_examples = data.train_examples, o.batch_size = data.batch_size;
   }
   TrainingStep step(model, step_options(o));
   if (!o.resume_dir.empty()) step.state() = std::move(resumed);
@@ -426,6 +457,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     // data parallel: each rank's dropout from its own stream, drawn from the shared one (saved in checkpoints)
     std::mt19937_64 rank_rng(o.reducer ? rng() + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(o.reducer->rank()) : 0);
     const float loss = step.run(b.src, b.tgt_in, b.tgt_out, noam(o, adam.step + 1), o.reducer ? rank_rng : rng);
+    if (!std::isfinite(loss))  // TrainingStep left the model as it was: the last checkpoint stays the last good one
+      throw Error("train: step " + std::to_string(adam.step + 1) + "'s loss or gradients are not finite (loss " +
+                  std::to_string(loss) + "): training diverged; a smaller --lr-factor or a --clip norm may help");
     tokens += o.reducer ? batch_tokens : b.tokens;
     loss_window += loss, ++window;
     if (on_step) on_step(adam.step, loss);
@@ -434,7 +468,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     const bool eval_now = adam.step == o.steps || (o.eval_every > 0 && adam.step % o.eval_every == 0);
     if (eval_now && writer) {
       report.val_accuracy = exact_match(model, vocab, val);
-      if (!o.out_dir.empty()) save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index, o.seed);
+      if (!o.out_dir.empty())
+        save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index,
+                        {o.seed, o.train_examples, o.batch_size});
     }
     if (o.progress && writer && (adam.step % 10 == 0 || eval_now || adam.step == o.steps)) {
       const double frac = static_cast<double>(adam.step) / static_cast<double>(o.steps);

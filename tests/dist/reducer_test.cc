@@ -92,6 +92,20 @@ TEST(MpiGradientReducer, RefusesAGradientNamedTwiceNeverOrUnknown) {
   EXPECT_THROW(parse_gradient_overlap("async"), ArgumentError);
 }
 
+// Ranks whose gradients or buckets differ in size had sent all-reduces of different counts and waited on each other
+// (or failed inside MPI): the first step refuses it on every rank alike.
+TEST(MpiGradientReducer, RanksThatDisagreeOnTheLayoutAreRefused) {
+  const int r = rank();
+  for (GradientOverlap mode : kModes) {
+    std::map<std::string, Tensor> grads{{"a", Tensor({3})}, {"b", Tensor({r == 0 ? 2 : 5})}};
+    MpiGradientReducer reducer(MPI_COMM_WORLD, {1 << 20, mode});
+    EXPECT_THROW(reducer.begin_step(grads, 1.0f), ArgumentError);
+    std::map<std::string, Tensor> same{{"a", Tensor({3})}};
+    MpiGradientReducer buckets(MPI_COMM_WORLD, {r == 0 ? 2 : 1, mode});
+    EXPECT_THROW(buckets.reduce(same, 1.0f), ArgumentError);
+  }
+}
+
 // A 64-bit FNV-1a hash of a tensor's bytes: equal gradients on every rank, bit for bit.
 uint64_t hash_of(const Tensor& t) {
   uint64_t h = 1469598103934665603ull;

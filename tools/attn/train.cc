@@ -27,11 +27,10 @@ void run_train(TrainArgs a) {
   a.o.progress = !a.no_progress;
   const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
                      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
-  if (rank0 && !a.o.resume_dir.empty())  // the model is the checkpoint's, not the flags' (they are ignored)
+  if (rank0 && !a.o.resume_dir.empty())  // the model and the data order are the checkpoint's (run_cli refuses theirs)
     std::fprintf(stderr,
-                 "training numbers-en-zh: resuming %s (its model and optimizer state) up to step %lld, batches of "
-                 "%lld sentences\n",
-                 a.o.resume_dir.c_str(), static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
+                 "training numbers-en-zh: resuming %s (its model, optimizer state and data order) up to step %lld\n",
+                 a.o.resume_dir.c_str(), static_cast<long long>(a.o.steps));
   else if (rank0)
     std::fprintf(
         stderr,
@@ -89,7 +88,10 @@ void add_train(CLI::App& app) {
   sub->add_option("--task", a->task, "the task (numbers-en-zh)");
   sub->add_option("--out", a->o.out_dir,
                   "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
-  sub->add_option("--resume", a->o.resume_dir, "continue from this checkpoint directory");
+  sub->add_option(
+      "--resume", a->o.resume_dir,
+      "continue from this checkpoint directory: its model, optimizer state and data order (the model's "
+      "flags, --seed, --train-examples and --batch-size are the checkpoint's; given here they are ignored)");
   sub->add_option("--steps", a->o.steps, "optimizer steps")->check(CLI::PositiveNumber);
   sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")
       ->check(CLI::PositiveNumber);

@@ -105,6 +105,7 @@ class MpiGradientReducer : public train::GradientReducer {
   GradientOverlap mode_ = GradientOverlap::kNone;  // this step's: overlap_, or kNone inside reduce()
   bool deferred_ = false;  // overlap_ is kNone: gradients_ready only checks, finish_step calls reduce()
   bool stepping_ = false;
+  bool layout_agreed_ = false;  // the first step checked that every rank has the same gradients and buckets
   ReducerTimes times_;
   // kThread: the buckets to reduce, in order, and how many are done (this step)
   std::thread thread_;

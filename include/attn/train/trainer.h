@@ -52,7 +52,8 @@ class GradientReducer {
 struct TrainOptions {
   TransformerConfig model;  // vocab sizes are filled in from the task
   std::string out_dir;      // checkpoints go here ("" = none)
-  std::string resume_dir;   // continue from this checkpoint
+  std::string resume_dir;   // continue from this checkpoint: its model, optimizer state and data order (the seed,
+                            // train_examples and batch_size it saved replace these options')
   int64_t steps = 6000;
   int64_t batch_size = 64;  // sentences per batch
   float lr_factor = 1.0f;
@@ -104,7 +105,9 @@ class TrainingStep {
  public:
   // Fresh (zero) moments for every parameter of model, which must outlive this object.
   TrainingStep(Transformer& model, const StepOptions& options);
-  // src [B, Ls], tgt_in [B, Lt], tgt_out [B·Lt] (pad_id: not counted). Returns the batch's mean loss.
+  // src [B, Ls], tgt_in [B, Lt], tgt_out [B·Lt] (pad_id: not counted). Returns the batch's mean loss. A batch
+  // with every target pad_id (data parallel: the reduced loss and gradients exactly 0) leaves the model and the
+  // optimizer as they are and returns 0; so does a non-finite loss or gradient, and returns NaN or that loss.
   float run(const TokenBatch& src, const TokenBatch& tgt_in, const std::vector<int32_t>& tgt_out, float lr,
             std::mt19937_64& rng);
   AdamState& state() { return adam_; }
