@@ -18,6 +18,7 @@ import ctypes
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["scaled_dot_product_attention", "available", "library_path"]
 
@@ -138,6 +139,7 @@ class _Attention(torch.autograd.Function):
         return o, lse
 
     @staticmethod
+    @once_differentiable  # the kernel's gradients are not on the graph: a double backward raises, never a silent 0
     def backward(ctx, d_out, d_lse):
         q, k, v, o, lse = ctx.saved_tensors
         causal, window, scale, pad = ctx.options

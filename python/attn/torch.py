@@ -232,6 +232,9 @@ def _backward(ctx, grad_out, _grad_lse, grad_weights):
         grad_out = torch.zeros_like(out)
     dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
                                 alibi_slopes, dropout_p, seed)
+    if ctx.needs_input_grad[3] and dropout_p > 0.0:  # its dS would leave the dropout out: wrong, so refused
+        raise RuntimeError("attn::sdpa: a float attn_mask that requires grad needs dropout_p = 0 (attn.torch's "
+                           "scaled_dot_product_attention differentiates it under dropout through the dropped weights)")
     if weights.numel() == 0 and weights.dim() == 1:  # no weights were returned (the op's empty placeholder)
         grad_weights = None
         if ctx.needs_input_grad[3]:
@@ -286,9 +289,10 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     # a float mask that requires grad (a learned bias): its gradient comes from the weights, which the forward then
     # returns too (O(B·H·Lq·Lk) memory, as PyTorch's math path)
     mask_grad = _needs_grad(attn_mask)
-    if mask_grad and dropout_p > 0.0:
-        raise ArgumentError(f"attn_mask requires grad and dropout_p = {dropout_p}: attn differentiates a float mask "
-                            "only without dropout (pass attn_mask.detach(), or dropout_p=0)")
+    if mask_grad and dropout_p > 0.0:  # the mask's gradient through the dropped weights: F.dropout on them, times V
+        out, weights = _dropped_weights_attention(q, k, v, attn_mask, key_padding_mask, causal, dropout_p, scale,
+                                                  window, alibi_slopes)
+        return out, (weights if need_weights else None)
     want_weights = need_weights or mask_grad
     # the custom op wherever a graph is recorded (torch.compile; torch.jit.trace, which would otherwise keep the
     # kernel's output as a constant), for tensor subclasses, and for meta tensors (its fake kernel gives the shapes)
@@ -330,11 +334,13 @@ def _no_heads(q, k, v, need_weights):
     return out, (q.new_zeros(B, 0, Lq, k.shape[2], dtype=torch.float32) if need_weights else None)
 
 
-def _dropped_weights_attention(q, k, v, attn_mask, key_padding_mask, causal, dropout_p):
+def _dropped_weights_attention(q, k, v, attn_mask, key_padding_mask, causal, dropout_p, scale=None, window=0,
+                               alibi_slopes=None):
     """(out, weights) for MultiheadAttention's need_weights with dropout, as nn.MultiheadAttention computes them: attn's
     weights (differentiable), dropped by F.dropout on torch's generator (the same seed drops the same weights), then
-    times V. The weights returned are the ones that made the output, as PyTorch's are."""
-    _, weights = _attention(q, k, v, attn_mask, key_padding_mask, causal, None, 0, None, 0.0, True)
+    times V. The weights returned are the ones that made the output, as PyTorch's are. Also the path of a float mask
+    that requires grad under dropout (its gradient then flows through the dropped weights, exactly)."""
+    _, weights = _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, 0.0, True)
     weights = F.dropout(weights, p=dropout_p)
     B, H, Lq, Lk = weights.shape
     Hkv = v.shape[1]
@@ -426,8 +432,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     alibi_slopes (H,) float32 (adds -slope * |i + Lk - Lq - j|, FlashAttention's positions; |i - j| with 'top-left').
     A row whose keys are all masked gives 0, as PyTorch's. enable_gqa with key and value of different head counts
     repeats both to a common count (one copy each), as PyTorch repeats them.
-    Differentiable in query, key and value, and in a float attn_mask that requires grad (without dropout; the
-    weights are then kept, O(B·H·Lq·Lk)), once: differentiating the gradients again (create_graph=True, then a
+    Differentiable in query, key and value, and in a float attn_mask that requires grad (the weights are then kept,
+    O(B·H·Lq·Lk); with dropout they are dropped by F.dropout on torch's generator and multiplied by V), once: differentiating the gradients again (create_graph=True, then a
     second backward through them) raises RuntimeError.
     """
     if isinstance(query, torch.Tensor) and query.is_cuda:
@@ -451,6 +457,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         n = max(n, len(ks), len(vs))
         query, key, value = (t.reshape((1,) * (n - t.dim()) + tuple(t.shape)) for t in (query, key, value))
         qs, ks, vs = query.shape, key.shape, value.shape
+    if attn_mask is not None and attn_mask.dim() > 2:  # the mask broadcasts into the scores, never grows them
+        try:
+            scores = tuple(torch.broadcast_shapes(tuple(qs[:-2]), tuple(ks[:-2])))
+        except RuntimeError:  # (grouped-query heads, or shapes the checks below refuse)
+            scores = tuple(qs[:-2])
+        try:
+            grows = tuple(torch.broadcast_shapes(scores, tuple(attn_mask.shape[:-2]))) != scores
+        except RuntimeError:
+            grows = True
+        if grows:  # (it had been cut to the query's shape; PyTorch refuses it)
+            raise ArgumentError(f"attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores "
+                             f"{scores + (qs[-2], ks[-2])} of query {tuple(qs)} and key {tuple(ks)}")
     if ks[-1] != qs[-1]:
         raise ArgumentError(f"query and key must have the same last dimension E, got query {tuple(qs)} and "
                          f"key {tuple(ks)}")
@@ -459,6 +477,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if n >= 3 and qs[-3] != ks[-3] and not enable_gqa and 1 not in (qs[-3], ks[-3]):
         raise ArgumentError(f"query has {qs[-3]} heads but key has {ks[-3]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {tuple(qs)}, key {tuple(ks)})")
+    if n >= 3 and not enable_gqa and vs[-3] not in (1, max(qs[-3], ks[-3])):  # PyTorch's heads broadcast, no more
+        raise ArgumentError(f"value has {vs[-3]} heads, but query {tuple(qs)} and key {tuple(ks)} have "
+                         f"{max(qs[-3], ks[-3])}: pass enable_gqa=True for grouped-query attention")
     if dropout_p and not 0.0 <= dropout_p <= 1.0:
         raise ArgumentError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
@@ -711,7 +732,7 @@ class MultiheadAttention(nn.Module):
                     mask = mask + add
         dropout_p = self.dropout if self.training else 0.0
         causal = "top-left" if is_causal else "none"
-        if need_weights and dropout_p > 0.0:  # the weights after dropout, as PyTorch returns them
+        if (need_weights or _needs_grad(mask)) and dropout_p > 0.0:  # the weights after dropout, as PyTorch's
             out, weights = _dropped_weights_attention(q, k, v, mask, padding, causal, dropout_p)
         else:
             out, weights = _attention(q, k, v, mask, padding, causal, None, 0, None, dropout_p, bool(need_weights))

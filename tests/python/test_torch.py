@@ -229,8 +229,44 @@ def test_errors_name_the_argument():
         at.MultiheadAttention(8, 2)(x[0].double(), x[0], x[0])
     with pytest.raises(ValueError, match="alibi_slopes requires grad"):
         at.scaled_dot_product_attention(x, x, x, alibi_slopes=torch.zeros(2, requires_grad=True))
-    with pytest.raises(ValueError, match="attn_mask requires grad and dropout_p"):
-        at.scaled_dot_product_attention(x, x, x, attn_mask=torch.zeros(4, 4, requires_grad=True), dropout_p=0.1)
+    with pytest.raises(ValueError, match="value has 4 heads"):  # (PyTorch: 8 and 4 do not broadcast)
+        at.scaled_dot_product_attention(torch.randn(1, 8, 5, 16), torch.randn(1, 1, 7, 16), torch.randn(1, 4, 7, 16))
+    # a mask that would widen the scores (PyTorch refuses it: "doesn't match the broadcast shape"; a 2-D query had
+    # taken the mask's first [Lq, Lk] block)
+    for q_shape, mask_shape in [((4, 8), (1, 1, 4, 4)), ((4, 8), (2, 4, 4)), ((1, 1, 4, 8), (1, 3, 4, 4))]:
+        y = torch.randn(*q_shape)
+        with pytest.raises(RuntimeError, match="broadcast shape"):
+            F.scaled_dot_product_attention(y, y, y, attn_mask=torch.zeros(*mask_shape))
+        with pytest.raises(ValueError, match="does not broadcast to the scores"):
+            at.scaled_dot_product_attention(y, y, y, attn_mask=torch.zeros(*mask_shape))
+
+
+def test_learned_mask_under_dropout_gets_the_dropped_weights_gradient():
+    # A float mask that requires grad with dropout_p > 0 (it had raised): the weights dropped by F.dropout on torch's
+    # generator, times V, so the same seed gives the same output and gradients as that computation in PyTorch.
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(3))
+    m = torch.randn(5, 5, generator=g)
+    ours, ref = m.clone().requires_grad_(), m.clone().requires_grad_()
+    torch.manual_seed(3)
+    got = at.scaled_dot_product_attention(q, k, v, attn_mask=ours, dropout_p=0.3)
+    got.square().sum().backward()
+    torch.manual_seed(3)
+    w = F.dropout(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + ref, dim=-1), p=0.3)
+    want = w @ v
+    want.square().sum().backward()
+    assert (got - want).abs().max() < 1e-5 and (ours.grad - ref.grad).abs().max() < 1e-4
+    # the custom op itself refuses that gradient (its dS would leave the dropout out)
+    mo = m.clone().requires_grad_()
+    o = torch.ops.attn.sdpa(q, k, v, mo, None, "none", None, 0, None, 0.5, torch.tensor(1), True)[0]
+    with pytest.raises(RuntimeError, match="needs dropout_p = 0"):
+        o.sum().backward()
+    # MultiheadAttention in training with a learned mask and dropout (it had raised): the mask gets a gradient
+    mha = at.MultiheadAttention(8, 2, dropout=0.1, batch_first=True).train()
+    mask = torch.zeros(5, 5, requires_grad=True)
+    x = torch.randn(2, 5, 8)
+    mha(x, x, x, attn_mask=mask, need_weights=False)[0].sum().backward()
+    assert mask.grad is not None and torch.isfinite(mask.grad).all()
 
 
 @pytest.mark.parametrize("shapes, mask", [
@@ -241,6 +277,7 @@ def test_errors_name_the_argument():
     (((1, 5, 16), (2, 7, 16), (2, 7, 16)), None),
     (((3, 4, 16), (7, 16), (7, 16)), None),
     (((1, 4, 5, 16), (1, 4, 7, 16), (1, 1, 7, 16)), None),            # one value head for every key head
+    (((1, 5, 16), (3, 7, 16), (3, 7, 16)), (3, 5, 7)),                 # a mask as wide as the key's heads
 ])
 def test_leading_dimensions_broadcast_as_in_pytorch(shapes, mask):
     # PyTorch's math path broadcasts every dimension before the last two (the kernels take [B, H, L, E]).
