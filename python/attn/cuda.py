@@ -171,9 +171,11 @@ def scaled_dot_product_attention(query, key, value, is_causal=False, scale=None,
     if k.shape[1] != q.shape[1] and not enable_gqa:
         raise ValueError(f"query has {q.shape[1]} heads and key {k.shape[1]}: pass enable_gqa=True for grouped-query "
                          "attention")
-    causal = {None: 1 if is_causal else 0, "top-left": 1, "bottom-right": 2}.get(causal_alignment)
+    if is_causal and causal_alignment == "none":
+        raise ValueError("is_causal=True contradicts causal_alignment='none'")
+    causal = {None: 1 if is_causal else 0, "none": 0, "top-left": 1, "bottom-right": 2}.get(causal_alignment)
     if causal is None:
-        raise ValueError(f"causal_alignment must be 'top-left' or 'bottom-right', got {causal_alignment!r}")
+        raise ValueError(f"causal_alignment must be 'none', 'top-left' or 'bottom-right', got {causal_alignment!r}")
     pad = None
     if key_padding_mask is not None:
         m = _as_tensor_mask(key_padding_mask, q.shape[0], k.shape[2], q.device)

@@ -389,23 +389,30 @@ def _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, e
     for name, t in (("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor) or t.device != query.device:
             where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a tensor on {query.device} as query is, got {where}")
+            raise ArgumentError(f"{name} must be a tensor on {query.device} as query is, got {where}")
     lacking = [name for name, given in (("attn_mask", attn_mask is not None), ("dropout_p", dropout_p > 0.0),
                                          ("alibi_slopes", alibi_slopes is not None)) if given]
     if lacking:
-        raise ValueError(f"{', '.join(lacking)}: not supported for CUDA tensors (attn.cuda has causal, window and "
+        raise ArgumentError(f"{', '.join(lacking)}: not supported for CUDA tensors (attn.cuda has causal, window and "
                          "key_padding_mask); move the tensors to the CPU for these options")
     if query.dim() not in (3, 4) or key.dim() != query.dim() or value.dim() != query.dim():
-        raise ValueError(f"on CUDA, query, key and value must be [B, H, L, D] or [H, L, D], got query "
+        raise ArgumentError(f"on CUDA, query, key and value must be [B, H, L, D] or [H, L, D], got query "
                          f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
     unbatched = query.dim() == 3
     if unbatched:
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
         if key_padding_mask is not None and key_padding_mask.dim() == 1:  # [Lk] for the unbatched call
             key_padding_mask = key_padding_mask.unsqueeze(0)
-    out = attn_cuda.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
-                                                 enable_gqa=enable_gqa, causal_alignment=causal_alignment,
-                                                 key_padding_mask=key_padding_mask, window=window)
+    try:  # attn.cuda's own checks raise ValueError / TypeError: this module's types, as on the CPU
+        out = attn_cuda.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
+                                                     enable_gqa=enable_gqa, causal_alignment=causal_alignment,
+                                                     key_padding_mask=key_padding_mask, window=window)
+    except (ArgumentError, DTypeError):
+        raise
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    except TypeError as e:
+        raise DTypeError(str(e)) from None
     return out.squeeze(0) if unbatched else out
 
 
@@ -539,6 +546,11 @@ def _broadcast_batches(query, key, value, attn_mask, key_padding_mask):
 
 
 # ---------------------------------------------------------------- the module
+def _keeps_the_fast_path_away(module, args):
+    """MultiheadAttention's forward pre-hook: does nothing (its presence is what counts; see __init__)."""
+    return None
+
+
 class MultiheadAttention(nn.Module):
     """torch.nn.MultiheadAttention with attn's attention: same constructor, parameters, state_dict, forward.
 
@@ -609,6 +621,10 @@ class MultiheadAttention(nn.Module):
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
         self._reset_parameters()
+        # nn.TransformerEncoderLayer's inference fast path (eval, no grad) reads in_proj_weight and calls
+        # torch._transformer_encoder_layer_fwd itself: attn was never called there, and grouped-query weights made it
+        # raise. A module with forward hooks is one the fast path declines, so this one carries a hook that does nothing.
+        self.register_forward_pre_hook(_keeps_the_fast_path_away)
 
     def _reset_parameters(self):
         """nn.MultiheadAttention's initialisation, in its order (same seed, same weights)."""

@@ -694,3 +694,13 @@ def test_mha_drops_into_nn_transformer_encoder_layer():
     yt.square().sum().backward()
     for (name, p), (_, pt) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert (p.grad - pt.grad).abs().max() < 1e-4, name
+    # in eval without grad the layer's fast path (torch._transformer_encoder_layer_fwd) had taken attn's weights and
+    # never called it; with grouped-query weights it raised
+    calls, forward = [], ours.self_attn.forward
+    ours.self_attn.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # (a hook of ours would hide it)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        assert (ours(x, src_key_padding_mask=kpm) - theirs(x, src_key_padding_mask=kpm)).abs().max() < 1e-5
+        assert calls == [1]
+        ours.self_attn = at.MultiheadAttention(32, 4, batch_first=True, num_kv_heads=2).eval()
+        assert ours(x).shape == x.shape
