@@ -1,5 +1,5 @@
 # Installs headers, libattn.so + libattn.a, the attn tool, a CMake package (find_package(attn) ->
-# attn::attn, attn::attn_static) and a pkg-config file (attn.pc).
+# attn::attn, attn::attn_static, and attn::attn_cuda where libattn_cuda is built) and a pkg-config file (attn.pc).
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
@@ -11,7 +11,13 @@ if(ATTN_BUILD_TOOL)  # the library alone (-DATTN_BUILD_TOOL=OFF) installs all bu
 endif()
 
 # attn/dist (MPI) stays in the build tree: attn_dist is not installed
-install(DIRECTORY include/attn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN dist EXCLUDE)
+# attn/cuda.h and attn/cuda_c.h only with libattn_cuda behind them
+set(ATTN_CUDA_HEADERS_EXCLUDED)
+if(NOT ATTN_WITH_CUDA)
+  set(ATTN_CUDA_HEADERS_EXCLUDED PATTERN cuda.h EXCLUDE PATTERN cuda_c.h EXCLUDE)
+endif()
+install(DIRECTORY include/attn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} FILES_MATCHING PATTERN "*.h" PATTERN dist EXCLUDE
+        ${ATTN_CUDA_HEADERS_EXCLUDED})
 install(FILES ${PROJECT_BINARY_DIR}/include/attn/version.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/attn)
 install(TARGETS attn_shared attn_static EXPORT attnTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
