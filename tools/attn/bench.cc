@@ -143,7 +143,9 @@ void run_decode_cache_bench(const SdpaBench& a, int64_t G, int64_t Lk) {
   char extra[160];
   std::snprintf(extra, sizeof extra, ", \"kv_dtype\": \"%s\", \"kv_bytes\": %zu, \"kv_gb_per_s\": %.2f",
                 a.kv_dtype.c_str(), cache.bytes(), gb_s);
-  report("sdpa-decode", sdpa_shape_json(a, G, Lk), ms, flops, a.json, extra, "decode");
+  SdpaBench shown = a;
+  shown.impl = "decode-cache";  // its own kernel, not the fused one --impl names
+  report("sdpa-decode", sdpa_shape_json(shown, G, Lk), ms, flops, a.json, extra, "decode");
   if (!a.json)
     std::printf("  %s cache: %.1f MB read at %.1f GB/s\n", a.kv_dtype.c_str(), static_cast<double>(cache.bytes()) / 1e6,
                 gb_s);
