@@ -163,6 +163,8 @@ def scaled_dot_product_attention(query, key, value, is_causal=False, scale=None,
     log-sum-exp. Differentiable in query, key and value.
     """
     q, k, v = (_as_tensor(x, n) for x, n in ((query, "query"), (key, "key"), (value, "value")))
+    if not (q.device == k.device == v.device):  # the kernels run on q's device and read k and v there
+        raise ValueError(f"query, key and value must be on one device, got {q.device}, {k.device}, {v.device}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
