@@ -276,6 +276,94 @@ TEST(NonFinite, ElementsNearTheFloatRangeWithModerateScores) {
   }
 }
 
+// A float mask of torch.finfo(float32).min (what much PyTorch code adds for "masked") leaves its keys visible, as
+// PyTorch does: a row of nothing but that value weighs its keys equally (the mean of V, from the math), a row where
+// other keys score finitely gives it weight 0 (the reference). The fused paths' base-2 scores had overflowed to −inf
+// there and output 0. Rows 1-3 keep the reference's lse and gradients; row 0, whose every score lies beyond the
+// float range in base 2, keeps finite ones (its d_out 0: nothing flows from it).
+TEST(NonFinite, FloatMinimumMaskValuesWeighAsPyTorchs) {
+  constexpr float kMin = -std::numeric_limits<float>::max();
+  std::mt19937 rng(4);
+  const int64_t Lq = 40, Lk = 6, D = 8;  // (more queries than the few-query path takes: the packed keys' path)
+  Tensor q = test::random_tensor({1, 2, Lq, D}, rng), k = test::random_tensor({1, 2, Lk, D}, rng);
+  Tensor v = test::random_tensor({1, 2, Lk, D}, rng), d_out = test::random_tensor({1, 2, Lq, D}, rng);
+  // row i's kind i % 4: 0 every key kMin (its d_out 0), 1 keys 0-2 kMin, 2 key 5 −3e38, 3 key 1 +0.5
+  const auto kind = [](int64_t i) { return i % 4; };
+  Tensor mask({Lq, Lk});
+  for (int64_t i = 0; i < Lq; ++i)
+    for (int64_t j = 0; j < Lk; ++j) {
+      const bool set = kind(i) == 0 || (kind(i) == 1 && j < 3) || (kind(i) == 2 && j == 5) || (kind(i) == 3 && j == 1);
+      mask.f32()[i * Lk + j] = !set ? 0.0f : kind(i) == 2 ? -3e38f : kind(i) == 3 ? 0.5f : kMin;
+    }
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t i = 0; i < Lq; i += 4)
+      for (int64_t d = 0; d < D; ++d) d_out.f32()[(h * Lq + i) * D + d] = 0.0f;
+  test::CaseInputs in;
+  in.q = q, in.k = k, in.v = v;
+  in.options.mask = mask;
+  in.options.return_weights = true;
+  in.options.return_lse = true;
+  in.options.impl = AttentionImpl::kReference;
+  const AttentionResult ref = scaled_dot_product_attention(q, k, v, in.options);
+  const AttentionGrads ref_grads = scaled_dot_product_attention_backward(q, k, v, d_out, in.options);
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t d = 0; d < D; ++d) {
+      double mean = 0.0;
+      for (int64_t j = 0; j < Lk; ++j) mean += v.f32()[(h * Lk + j) * D + d] / static_cast<double>(Lk);
+      EXPECT_NEAR(ref.output.f32()[(h * Lq + 4) * D + d], mean, 1e-6) << "the reference, head " << h;
+    }
+  const auto finite_rows = [&](const Tensor& lse) {  // lse [1, 2, Lq] of the rows of kinds 1-3
+    std::vector<float> out;
+    for (int64_t r = 0; r < 2 * Lq; ++r)
+      if (kind(r % Lq) != 0) out.push_back(lse.f32()[r]);
+    return Tensor::borrow({static_cast<int64_t>(out.size())}, DType::kFloat32, out.data()).clone();
+  };
+  for_every_fast_path(in, [&](AttentionImpl impl, const std::string& path) {
+    SCOPED_TRACE(path);
+    in.options.impl = impl;
+    in.options.return_weights = impl != AttentionImpl::kFused;  // (weights take the unfused path)
+    const AttentionResult r = scaled_dot_product_attention(q, k, v, in.options);
+    EXPECT_EQ(pattern_mismatch(r.output, ref.output, 2e-5), "");
+    if (impl != AttentionImpl::kFused) {
+      EXPECT_EQ(pattern_mismatch(r.weights, ref.weights, 2e-5), "");
+      return;
+    }
+    EXPECT_EQ(pattern_mismatch(finite_rows(r.lse), finite_rows(ref.lse), 2e-5), "");
+    EXPECT_TRUE(test::all_finite(r.lse));
+    const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, r.output, r.lse, d_out, in.options);
+    EXPECT_EQ(pattern_mismatch(g.dq, ref_grads.dq, 1e-4), "");
+    EXPECT_EQ(pattern_mismatch(g.dk, ref_grads.dk, 1e-4), "");
+    EXPECT_EQ(pattern_mismatch(g.dv, ref_grads.dv, 1e-4), "");
+  });
+}
+
+// ALiBi slopes reach visible keys only: with a NaN or infinite slope a row whose keys the mask hides stays 0 (−inf
+// minus NaN had made it NaN on the fast paths), as the reference's; rows that see keys follow the reference (NaN).
+// 3 and 40 queries: the few-query path and the packed keys'.
+TEST(NonFinite, NonFiniteAlibiSlopesNeverReachHiddenKeys) {
+  for (const int64_t Lq : {3, 40}) {
+    std::mt19937 rng(6);
+    test::CaseInputs in;
+    in.q = test::random_tensor({1, 1, Lq, 4}, rng), in.k = test::random_tensor({1, 1, 5, 4}, rng);
+    in.v = test::random_tensor({1, 1, 5, 4}, rng);
+    in.options.mask = Tensor({Lq, 5}, DType::kBool);  // rows 1, 4, 7, ... see nothing
+    for (int64_t i = 0; i < Lq; ++i)
+      for (int64_t j = 0; j < 5; ++j) in.options.mask.b8()[i * 5 + j] = i % 3 != 1;
+    for (const float slope : {kNaN, kInf}) {
+      in.options.alibi_slopes = Tensor({1});
+      in.options.alibi_slopes.f32()[0] = slope;
+      in.options.impl = AttentionImpl::kReference;
+      const Tensor ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+      for (int64_t d = 0; d < 4; ++d) ASSERT_EQ(ref.f32()[1 * 4 + d], 0.0f) << "the reference, row 1";
+      for_every_fast_path(in, [&](AttentionImpl impl, const std::string& path) {
+        in.options.impl = impl;
+        const Tensor out = scaled_dot_product_attention(in.q, in.k, in.v, in.options).output;
+        EXPECT_EQ(pattern_mismatch(out, ref, 2e-5), "") << path << " slope " << slope << " Lq " << Lq;
+      });
+    }
+  }
+}
+
 // MultiHeadAttention: NaN and Inf in the padded positions of the key/value input change no output.
 TEST(NonFinite, MultiHeadAttentionIgnoresNaNAtPaddedPositions) {
   std::mt19937 rng(4);

@@ -133,6 +133,15 @@ inline BackwardTasks backward_tasks(const AttentionProblem& p, int64_t key_block
   return tasks;
 }
 
+// A finite lse in base 2, saturated as the forward saturates a huge float mask (mask_row_segment): a row whose
+// every score lies beyond −FLT_MAX / log2 e has lse ≈ −FLT_MAX · ln 2, whose product with log2 e may round past
+// −FLT_MAX, and −inf there had made P = 2^(+inf).
+inline float base2_lse(float lse) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  const float lse2 = lse * kLog2e;
+  return lse2 < -kMax ? -kMax : lse2 > kMax ? kMax : lse2;
+}
+
 // P = 2^(scale₂·s − lse₂) over n keys of one row, in place, with scale₂ = scale·log2(e) and lse₂ = lse·log2(e)
 // (the forward's base; simd::exp2 is about half of exp's instructions): exactly 0 for a hidden key
 // (s = −inf), whatever lse holds; a row with no visible key (lse = −inf) is all 0; a poisoned row (lse NaN)
@@ -147,7 +156,7 @@ inline void probabilities_row(float* s, int64_t n, float scale2, float lse) {
     for (int64_t j = 0; j < n; ++j) s[j] = s[j] == kNegInf ? 0.0f : std::numeric_limits<float>::quiet_NaN();
     return;
   }
-  const float lse2 = lse * kLog2e;
+  const float lse2 = base2_lse(lse);
   const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2);
   int64_t j = 0;
   for (; j + W <= n; j += W) simd::exp2(Vec::fmadd(Vec::load(s + j), sv, lv)).store(s + j);
@@ -174,7 +183,7 @@ inline void score_grads_row(const float* P, float* dp, int64_t n, float delta, f
 inline void dropout_row_grads(const float* s, float* dp, float* pt, int64_t n, float scale2, float lse, float delta,
                               float scale, const uint16_t* keep, int64_t offset, float c) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const float lse2 = lse * kLog2e;
+  const float lse2 = base2_lse(lse);
   const Vec lv = Vec::set1(-lse2), sv = Vec::set1(scale2), dv = Vec::set1(delta), gv = Vec::set1(scale);
   const Vec cv = Vec::set1(c);
   int64_t j = 0;
