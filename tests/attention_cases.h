@@ -16,7 +16,9 @@ enum class MaskKind { kNone, kBool, kFloat, kBoolWithEmptyRows };
 struct AttentionCase {
   int64_t B = 1, H = 1, Hkv = 1, Lq = 1, Lk = 1, D = 8, Dv = 8;
   MaskKind mask = MaskKind::kNone;
-  int mask_rank = 4;  // 2: [Lq, Lk], 3: [1, Lq, Lk] (broadcast over B), 4: [B, H, Lq, Lk]
+  // 2: [Lq, Lk], 3: [1, Lq, Lk] (broadcast over B and H), 4: [B, H, Lq, Lk], 5: [1, H, Lq, Lk] (over B),
+  // 6: [B, 1, 1, Lk] (over H and the queries: a padding mask)
+  int mask_rank = 4;
   bool key_padding = false;
   CausalAlignment causal = CausalAlignment::kNone;
   int64_t window = 0;
@@ -52,6 +54,8 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   in.v = fill({c.B, c.Hkv, c.Lk, c.Dv});
   Shape ms = c.mask_rank == 2   ? Shape{c.Lq, c.Lk}
              : c.mask_rank == 3 ? Shape{1, c.Lq, c.Lk}
+             : c.mask_rank == 5 ? Shape{1, c.H, c.Lq, c.Lk}
+             : c.mask_rank == 6 ? Shape{c.B, 1, 1, c.Lk}
                                 : Shape{c.B, c.H, c.Lq, c.Lk};
   if (c.mask == MaskKind::kBool || c.mask == MaskKind::kBoolWithEmptyRows) {
     Tensor m(ms, DType::kBool);
@@ -69,9 +73,12 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   }
   if (c.key_padding) {
     Tensor p({c.B, c.Lk}, DType::kBool);
-    for (int64_t b = 0; b < c.B; ++b)  // batch b pads its last b·Lk/(B+1) keys; the last batch pads all
+    // batch b pads its last b·Lk/(B+1) keys and every 7th from key 3 (holes inside), an odd b its first Lk/5 too
+    // (left padding); the last of several batches pads all
+    for (int64_t b = 0; b < c.B; ++b)
       for (int64_t j = 0; j < c.Lk; ++j)
-        p.b8()[b * c.Lk + j] = (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1);
+        p.b8()[b * c.Lk + j] =
+            (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1) || j % 7 == 3 || (b % 2 == 1 && j < c.Lk / 5);
     in.options.key_padding_mask = p;
   }
   if (c.alibi) {
@@ -133,6 +140,8 @@ inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7)
         c.Lq = 90, c.Lk = 70;  // more queries than keys: bottom-right leaves the first rows empty
         c.mask_rank = 2;
         cases.push_back(c);
+        c.mask_rank = kpm ? 6 : 5;  // a padding-shaped mask; one per head
+        cases.push_back(c);
       }
   for (CausalAlignment causal : {CausalAlignment::kTopLeft, CausalAlignment::kBottomRight})
     for (int64_t window : {1, 17, 64, 200}) {
@@ -171,7 +180,7 @@ inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7)
     c.D = pick({1, 4, 8, 16, 17, 32, 63, 64, 80});
     c.Dv = rng() % 3 == 0 ? pick({1, 5, 16, 24, 64}) : c.D;
     c.mask = static_cast<MaskKind>(rng() % 4);
-    c.mask_rank = static_cast<int>(pick({2, 3, 4}));
+    c.mask_rank = static_cast<int>(pick({2, 3, 4, 5, 6}));
     c.key_padding = rng() % 3 == 0;
     c.causal = causals[rng() % 3];
     c.window = c.causal != CausalAlignment::kNone && rng() % 4 == 0 ? pick({1, 8, 50}) : 0;

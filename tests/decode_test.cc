@@ -158,11 +158,11 @@ TEST(Decode, QuantizedCachesMatchTheReference) {
 TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
   test::AttentionCase c;
   c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16,
-  c.key_padding = true;  // batch 1 pads keys 15..19
+  c.key_padding = true;  // batch 0 pads keys 3, 10, 17; batch 1 keys 0..3, 10, 15..19
   for (auto level : test::simd_levels()) {
     test::SimdGuard guard(level);
     test::CaseInputs in = test::make_inputs(c, 5);
-    in.k.f32()[(0 * 20 + 3) * 16 + 2] = NAN;                  // batch 0, head 0, key 3: visible
+    in.k.f32()[(0 * 20 + 2) * 16 + 2] = NAN;                  // batch 0, head 0, key 2: visible
     in.v.f32()[((1 * 2 + 0) * 20 + 19) * 16 + 5] = INFINITY;  // batch 1, head 0, key 19: padding
     const Tensor out = run_decode(in, 1);
     for (int64_t e = 0; e < 16; ++e) {

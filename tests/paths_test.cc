@@ -1,8 +1,10 @@
 // Every fast path against the reference (the spec) on the shared case list: the unfused BLAS path,
 // and the fused kernel at every SIMD level the machine has, with one and two threads. Also: the fused
 // kernel is deterministic for a given thread count, and the vectorised exp is accurate.
+#include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include "attention_cases.h"
 #include "attn/attention.h"
@@ -15,6 +17,18 @@ namespace {
 
 constexpr double kTol = 2e-5;  // float32 kernels vs the double reference, inputs in [-1, 1]
 
+// "" when lse matches the reference's: −inf exactly where a row sees no key, else within a few float ulps of the
+// row's value (it reaches ~60 with ALiBi)
+std::string lse_mismatch(const Tensor& lse, const Tensor& ref) {
+  if (lse.shape() != ref.shape()) return "shape " + shape_str(lse.shape()) + " vs " + shape_str(ref.shape());
+  for (int64_t i = 0; i < lse.numel(); ++i) {
+    const float x = lse.f32()[i], r = ref.f32()[i];
+    if (std::isinf(r) ? x != r : !(std::fabs(x - r) <= 1e-5 * std::max(1.0f, std::fabs(r))))
+      return "row " + std::to_string(i) + ": " + std::to_string(x) + " vs reference " + std::to_string(r);
+  }
+  return "";
+}
+
 TEST(Paths, EveryPathMatchesTheReference) {
   const auto cases = test::attention_cases(150);
   ASSERT_GT(cases.size(), 200u);
@@ -24,6 +38,7 @@ TEST(Paths, EveryPathMatchesTheReference) {
     const test::AttentionCase& c = cases[n];
     test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
     in.options.impl = AttentionImpl::kReference;
+    in.options.return_lse = true;
     const AttentionResult ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options);
     ASSERT_TRUE(test::all_finite(ref.output)) << c.name();
     struct Run {
@@ -67,6 +82,7 @@ TEST(Paths, EveryPathMatchesTheReference) {
       detail::force_task_keys(false);
       detail::force_packing_by_tasks(false);
       EXPECT_LE(test::max_abs_diff(r.output, ref.output), kTol);
+      EXPECT_EQ(lse_mismatch(r.lse, ref.lse), "");
       if (c.weights) {
         EXPECT_LE(test::max_abs_diff(r.weights, ref.weights), kTol);
       }
