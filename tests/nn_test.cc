@@ -54,6 +54,34 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
   }
 }
 
+// Non-finite values through the int8 projection, as through float32's: a NaN or an infinity in a row of x makes that
+// row NaN (a NaN had been read as 0 and the row come out finite), a NaN weight its output column, and nothing else
+// changes; a row of subnormals keeps a normal scale (it had divided by a scale of 0).
+TEST(Nn, Int8LinearCarriesNonFiniteValuesAsFloat32) {
+  std::mt19937 rng(5);
+  const int64_t M = 4, N = 6, K = 33;
+  Tensor x = test::random_tensor({M, K}, rng), w = test::random_tensor({N, K}, rng, -0.3f, 0.3f);
+  const Tensor b = test::random_tensor({N}, rng);
+  x.f32()[1 * K + 5] = std::nanf("");
+  x.f32()[2 * K + 7] = INFINITY;
+  for (int64_t k = 0; k < K; ++k) x.f32()[3 * K + k] = 1e-40f * static_cast<float>(k % 3);
+  w.f32()[4 * K + 2] = std::nanf("");
+  const ops::QuantizedMatrix q = ops::quantize_rows(w.f32(), N, K);
+  Tensor y({M, N});
+  ops::linear_forward_int8(y.f32(), x.f32(), q, b.f32(), M);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const float got = y.f32()[m * N + n];
+      if (m == 1 || m == 2 || n == 4) {
+        EXPECT_TRUE(std::isnan(got)) << m << ", " << n;
+      } else if (m == 3) {
+        EXPECT_NEAR(got, b.f32()[n], 1e-6) << n;  // (x · w ≈ 1e-39)
+      } else {
+        EXPECT_TRUE(std::isfinite(got)) << m << ", " << n;
+      }
+    }
+}
+
 // Expects y [M, N] to be the linear map of x [M, K] and w [N, K] (each element read through round, e.g. to
 // bfloat16) with bias b and the epilogue (y0: y before, for accumulate), within float32's rounding of its sums.
 template <class Round>

@@ -239,8 +239,12 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
     std::ofstream(dir / "config.json") << json;
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
-  for (const auto& [key, value] : {std::pair{"\"max_len\": 20", "\"max_len\": 144115188075855872"},  // wraps max_len·E
-                                   std::pair{"\"bos_id\": 1", "\"bos_id\": 10"}}) {  // not a target token
+  for (const auto& [key, value] :
+       {std::pair{"\"max_len\": 20", "\"max_len\": 144115188075855872"},  // wraps max_len·E
+        std::pair{"\"bos_id\": 1", "\"bos_id\": 10"},                     // not a target token
+        // pad_id outside the vocabulary (generate() wrote past its table), or bos_id
+        std::pair{"\"pad_id\": 0", "\"pad_id\": -1"}, std::pair{"\"pad_id\": 0", "\"pad_id\": 10"},
+        std::pair{"\"pad_id\": 0", "\"pad_id\": 1"}}) {
     std::string json = m.config().to_json();
     ASSERT_NE(json.find(key), std::string::npos) << json;
     json.replace(json.find(key), std::string(key).size(), value);

@@ -101,6 +101,12 @@ void check_config(const TransformerConfig& c) {
   if (c.bos_id < 0 || c.bos_id >= c.tgt_vocab || c.eos_id < 0 || c.eos_id >= c.tgt_vocab)
     bad("bos_id = " + std::to_string(c.bos_id) + " and eos_id = " + std::to_string(c.eos_id) +
         " must be target tokens, in [0, tgt_vocab = " + std::to_string(c.tgt_vocab) + ")");
+  // pad_id marks padding in both sequences (the key padding masks); it had gone unchecked: generate() wrote past its
+  // candidate table for one outside the target vocabulary, and one equal to bos_id hid every target's first key
+  // from the teacher-forced decoder (not from the cached one)
+  if (c.pad_id < 0 || c.pad_id >= c.src_vocab || c.pad_id >= c.tgt_vocab || c.pad_id == c.bos_id)
+    bad("pad_id = " + std::to_string(c.pad_id) + " must be a source and a target token, in [0, " +
+        std::to_string(std::min(c.src_vocab, c.tgt_vocab)) + "), other than bos_id = " + std::to_string(c.bos_id));
   if (!(c.dropout >= 0 && c.dropout < 1 && c.attention_dropout >= 0 && c.attention_dropout < 1))  // NaN too
     bad("dropout must be in [0, 1)");
 }

@@ -136,13 +136,17 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
   m.scale.resize(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) {
     const float* row = w + n * K;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float scale = amax > 0.0f ? amax / levels : 1.0f;
+    float amax = 0.0f, poison = 0.0f;  // poison: NaN when the row holds a NaN or an infinity (x · 0)
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k])), poison += row[k] * 0.0f;
+    // a non-finite weight makes its outputs NaN, as in float32 (std::max had skipped a NaN: the row quantized
+    // without it); a subnormal maximum keeps a normal scale (amax / levels had underflowed to 0)
+    const float scale = poison != 0.0f ? poison
+                        : amax > 0.0f  ? std::max(amax / levels, std::numeric_limits<float>::min())
+                                       : 1.0f;
     m.scale[static_cast<size_t>(n)] = scale;
-    for (int64_t k = 0; k < K; ++k)
+    for (int64_t k = 0; k < K; ++k)  // (a NaN scale: any level will do, the scale carries the NaN)
       m.q[static_cast<size_t>(n * K + k)] =
-          static_cast<int8_t>(std::lrint(std::clamp(row[k] / scale, -levels, levels)));
+          std::isnan(scale) ? 0 : static_cast<int8_t>(std::lrint(std::clamp(row[k] / scale, -levels, levels)));
   }
   return m;
 }
@@ -153,12 +157,18 @@ namespace {
 ATTN_VECTOR_CLONES void quantize_activations(int8_t* xq, float* xs, const float* x, int64_t M, int64_t K) {
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
-    float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / scale;
-    xs[m] = scale;
+    float amax = 0.0f, poison = 0.0f;  // poison: NaN when the row holds a NaN or an infinity (x · 0)
+#pragma omp simd reduction(max : amax) reduction(+ : poison)
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k])), poison += row[k] * 0.0f;
     int8_t* q = xq + m * K;
+    if (poison != 0.0f) {  // NaN (never equal): the row's outputs NaN, as float32's (a NaN had been read as 0, an
+      xs[m] = poison;      // infinity converted to int past its range)
+      std::fill(q, q + K, int8_t{0});
+      continue;
+    }
+    const float scale = amax > 0.0f ? std::max(amax / 127.0f, std::numeric_limits<float>::min()) : 1.0f,
+                inv = 1.0f / scale;
+    xs[m] = scale;
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) {
       const float v = row[k] * inv;

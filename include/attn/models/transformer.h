@@ -124,7 +124,8 @@ class Transformer {
   void zero_grad();
 
   // Parameters and gradients by torch.nn.Transformer's names. Update them in place: the model's named
-  // fields point into them. A replaced tensor is noticed: forward() rebinds, the const methods throw.
+  // fields point into them. A replaced tensor is noticed: forward() rebinds, the const methods throw. A quantized
+  // model's projections use the copies quantize() made from the values then: call it again after changing them.
   std::map<std::string, Tensor>& params() { return params_; }
   const std::map<std::string, Tensor>& params() const { return params_; }
   std::map<std::string, Tensor>& grads() { return grads_; }
