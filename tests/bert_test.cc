@@ -80,6 +80,20 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
                                        << extra << "}";
     EXPECT_THROW(BertConfig::from_hf_json(io::read_text((dir / "config.json").string())), FormatError) << extra;
   }
+  // relative position embeddings (they had run as absolute ones)
+  EXPECT_THROW(BertConfig::from_hf_json(R"({"vocab_size": 5, "hidden_size": 12, "num_hidden_layers": 1, )"
+                                        R"("num_attention_heads": 3, "intermediate_size": 4, )"
+                                        R"("position_embedding_type": "relative_key"})"),
+               FormatError);
+  // the MiniLM directory with a tokenizer_config.json that does not parse (nlohmann's type_error had escaped), and
+  // without modules.json: pooled without normalising, as sentence-transformers builds a plain BERT
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(minilm_dir(), dir);
+  std::filesystem::remove(dir / "modules.json");
+  EXPECT_FALSE(SentenceEncoder::load(dir.string()).normalize());
+  EXPECT_TRUE(SentenceEncoder::load(minilm_dir()).normalize());
+  { std::ofstream(dir / "tokenizer_config.json") << "{\"do_lower_case\": "; }
+  EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);
   std::filesystem::remove_all(dir);
 }
 

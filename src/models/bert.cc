@@ -30,6 +30,10 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
     c.layer_norm_eps = j.value("layer_norm_eps", 1e-12f);
     const std::string act = j.value("hidden_act", std::string("gelu"));
     if (act != "gelu") throw FormatError("hidden_act '" + act + "' is not supported (gelu)");
+    // relative position embeddings (relative_key, ...) had loaded and run with absolute ones
+    const std::string positions = j.value("position_embedding_type", std::string("absolute"));
+    if (positions != "absolute")
+      throw FormatError("position_embedding_type '" + positions + "' is not supported (absolute)");
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(std::string("config.json: ") + e.what());
   } catch (const FormatError& e) {
@@ -74,9 +78,14 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   SentenceEncoder e;
   e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
   bool lower = true;
-  if (fs::exists(dir + "/tokenizer_config.json"))
-    lower =
-        nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false).value("do_lower_case", true);
+  if (fs::exists(dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
+    const nlohmann::json j = nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false);
+    if (!j.is_object() || (j.contains("do_lower_case") && !j["do_lower_case"].is_boolean()))
+      throw FormatError(dir +
+                        "/tokenizer_config.json: expected a JSON object whose do_lower_case, if any, is true "
+                        "or false");
+    lower = j.value("do_lower_case", true);
+  }
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
   io::widen_to_float32(e.params_);
@@ -99,8 +108,10 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
       e.max_seq_length_ = std::min(e.max_seq_length_, e.config_.max_position);
     }
   }
-  if (fs::exists(dir + "/modules.json"))
-    e.normalize_ = read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
+  // L2-normalised where the sentence-transformers pipeline has a Normalize module; a plain BERT directory (no
+  // modules.json) is pooled without one, as sentence-transformers builds it (it had been normalised)
+  e.normalize_ =
+      fs::exists(dir + "/modules.json") && read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;

@@ -36,9 +36,10 @@ class SentenceEncoder {
   // anything else throws DTypeError.
   static SentenceEncoder load(const std::string& dir, DType dtype = DType::kFloat32);
 
-  // [N, hidden_size] sentence embeddings in input order (mean pooling, L2-normalised when the model
-  // says so), computed in batches of batch_size sentences of similar length, padded to their longest, on
-  // num_threads threads (every kernel and GEMM of the call; 0: OpenMP's default).
+  // [N, hidden_size] sentence embeddings in input order (mean pooling, L2-normalised when the directory's
+  // modules.json lists a Normalize module, as sentence-transformers does), computed in batches of batch_size sentences
+  // of similar length, padded to their longest, on num_threads threads (every kernel and GEMM of the call; 0: OpenMP's
+  // default).
   Tensor embed(const std::vector<std::string>& sentences, int64_t batch_size = 32, int num_threads = 0) const;
   // The token ids embed() feeds the model: [CLS] ... [SEP], at most max_seq_length.
   std::vector<int32_t> token_ids(const std::string& sentence) const;
@@ -60,7 +61,7 @@ class SentenceEncoder {
   std::map<std::string, Tensor> params_;
   std::shared_ptr<const models::BertWeights> weights_;  // views into params_
   int64_t max_seq_length_ = 512;
-  bool normalize_ = true;
+  bool normalize_ = false;
 };
 
 }  // namespace attn
