@@ -68,6 +68,28 @@ TEST(Golden, SdpaMatchesPyTorch) {
   }
 }
 
+// The initial weights follow nn.MultiheadAttention's distributions (its bounds are the math of its
+// _reset_parameters): the packed in_proj_weight [3E, E] Xavier-uniform, U(±√(6 / 4E)); separate projections (kdim,
+// vdim ≠ E) U(±√(6 / (in + out))) each; out_proj nn.Linear's U(±1/√E) (Xavier had been 1.7× wider). Each bound is
+// the largest |w| within 10% over 4096 draws and more, never above it.
+TEST(Golden, MultiheadAttentionInitialisesAsPyTorch) {
+  const auto check = [](const Tensor& w, double bound, const char* name) {
+    double largest = 0.0;
+    for (int64_t i = 0; i < w.numel(); ++i) largest = std::max(largest, std::fabs(static_cast<double>(w.f32()[i])));
+    EXPECT_LE(largest, bound) << name;
+    EXPECT_GE(largest, 0.9 * bound) << name;
+  };
+  MultiHeadAttentionConfig c;
+  c.embed_dim = 64, c.num_heads = 4;
+  const MultiHeadAttention packed(c, 3);
+  check(packed.w_q, std::sqrt(6.0 / 256), "w_q"), check(packed.w_k, std::sqrt(6.0 / 256), "w_k");
+  check(packed.w_o, 1.0 / 8, "w_o");
+  c.kdim = 32, c.vdim = 48;
+  const MultiHeadAttention separate(c, 3);
+  check(separate.w_q, std::sqrt(6.0 / 128), "w_q"), check(separate.w_k, std::sqrt(6.0 / 96), "w_k");
+  check(separate.w_v, std::sqrt(6.0 / 112), "w_v"), check(separate.w_o, 1.0 / 8, "w_o");
+}
+
 TEST(Golden, MultiheadAttentionMatchesPyTorch) {
   const auto files = fixtures_with_prefix("mha_");
   ASSERT_GE(files.size(), 6u);

@@ -117,10 +117,16 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config, u
   check_config(config_);
   const int64_t E = config_.embed_dim, kv = config_.num_kv_heads * head_dim();
   std::mt19937_64 rng(seed);
-  w_q = xavier_uniform({E, E}, E, E + 2 * kv, rng);
-  w_k = xavier_uniform({kv, config_.kdim}, config_.kdim, E + 2 * kv, rng);
-  w_v = xavier_uniform({kv, config_.vdim}, config_.vdim, E + 2 * kv, rng);
-  w_o = xavier_uniform({E, E}, E, E, rng);
+  // nn.MultiheadAttention's bounds: one Xavier-uniform over the packed in_proj_weight [E + 2·kv, E] when kdim = vdim
+  // = E, else one per projection; out_proj keeps nn.Linear's default, U(±1/√E) (Xavier had been 1.7× wider)
+  const bool packed = config_.kdim == E && config_.vdim == E;
+  w_q = xavier_uniform({E, E}, E, packed ? E + 2 * kv : E, rng);
+  w_k = xavier_uniform({kv, config_.kdim}, config_.kdim, packed ? E + 2 * kv : kv, rng);
+  w_v = xavier_uniform({kv, config_.vdim}, config_.vdim, packed ? E + 2 * kv : kv, rng);
+  w_o = Tensor({E, E});
+  std::uniform_real_distribution<float> linear_default(-1.0f / std::sqrt(static_cast<float>(E)),
+                                                       1.0f / std::sqrt(static_cast<float>(E)));
+  for (int64_t i = 0; i < w_o.numel(); ++i) w_o.f32()[i] = linear_default(rng);
   if (config_.bias) {
     b_q = Tensor({E});
     b_k = Tensor({kv});

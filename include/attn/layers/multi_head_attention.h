@@ -54,8 +54,8 @@ struct MhaOutput {
 
 class MultiHeadAttention {
  public:
-  // Weights initialised as nn.MultiheadAttention does (Xavier-uniform projections, zero biases),
-  // from a fixed seed.
+  // Weights drawn from nn.MultiheadAttention's distributions (Xavier-uniform input projections, packed when
+  // kdim = vdim = embed_dim; out_proj U(±1/√E), nn.Linear's; zero biases), from a fixed seed.
   explicit MultiHeadAttention(const MultiHeadAttentionConfig& config, uint64_t seed = 0);
 
   // From PyTorch state-dict tensors, names under `prefix` (e.g. "self_attn."). Throws
