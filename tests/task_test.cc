@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -490,6 +491,30 @@ TEST(ShippedModel, Int8TranslatesTheTestSplitAsFloat32Does) {
   m.quantize(Quantization::kNone);
   std::mt19937_64 rng(1);
   EXPECT_NO_THROW(m.forward(src, tgt, true, &rng));
+}
+
+// One Translator from several threads at once (its header says its const methods may): each thread's translations
+// are the ones it gets alone, greedy and beam 4, with two OpenMP threads inside each call.
+TEST(ShippedModel, OneTranslatorTranslatesFromSeveralThreadsAtOnce) {
+  const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
+  std::vector<std::string> sentences;
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 24, 3)) sentences.push_back(e.source);
+  TranslateOptions options;
+  options.num_threads = 2;
+  std::vector<std::vector<std::string>> alone, together(4);
+  for (int w = 0; w < 4; ++w) {
+    options.beam = w % 2 ? 4 : 1;
+    alone.push_back(translator.translate(sentences, options));
+  }
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      TranslateOptions o = options;
+      o.beam = w % 2 ? 4 : 1;
+      together[static_cast<size_t>(w)] = translator.translate(sentences, o);
+    });
+  for (std::thread& t : threads) t.join();
+  for (int w = 0; w < 4; ++w) EXPECT_EQ(together[static_cast<size_t>(w)], alone[static_cast<size_t>(w)]) << w;
 }
 
 }  // namespace

@@ -32,6 +32,8 @@ struct TranslateOptions {
   KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values (int8: 4x fewer bytes)
 };
 
+// Its const methods may run on one Translator from several threads at once (their scratch and KV caches are per
+// thread; each thread keeps its cache pool, up to 256 MiB, for its next call).
 class Translator {
  public:
   // model_dir holds config.json and model.safetensors, and vocab.json (else the numbers task's

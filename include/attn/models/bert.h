@@ -29,6 +29,7 @@ struct BertConfig {
   static BertConfig from_hf_json(const std::string& text);  // throws FormatError
 };
 
+// Its const methods may run on one encoder from several threads at once (their scratch is per thread).
 class SentenceEncoder {
  public:
   // dtype kBFloat16: the dense layers (attention projections, feed-forward) run bfloat16 weights and inputs with
