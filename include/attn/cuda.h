@@ -8,7 +8,10 @@
 // sliding window, a key-padding mask; a row whose keys are all hidden gives 0 (lse −inf). Head size D ∈ {64,
 // 128} and Dv = D. Not on the GPU: boolean/float masks, ALiBi, dropout, attention weights.
 // Non-finite inputs: as on the CPU, except that a NaN/Inf in the value of a key hidden only by the causal or
-// window range inside a diagonal tile reaches the rows it is hidden from as 0·NaN (as in PyTorch's kernels).
+// window range inside a diagonal tile reaches the rows it is hidden from as 0·NaN (as in PyTorch's kernels); so
+// does a NaN/Inf in the key or value of a padding key (key_padding_mask) that shares a tile with visible keys
+// (padding is hidden by its score, not kept out of the tile: P·V is 0·NaN there), and a poisoned row's lse is
+// −inf rather than NaN (its output is NaN, as on the CPU).
 //
 // Every function validates its arguments and throws attn::ShapeError / attn::ArgumentError /
 // attn::DTypeError naming the argument and the shapes, and attn::Error for a CUDA failure. Kernels are queued
