@@ -65,6 +65,8 @@ void attention_unfused(const AttentionProblem& p) {
   thread_local std::vector<float> workspace;
   const size_t need = static_cast<size_t>(p.Lq * p.Lk);
   if (p.Lq == 0) return;
+  // num_threads for the GEMMs too (OpenBLAS's OpenMP pool), not only the softmax loop: they had run on every core
+  const ThreadScope threads(p.num_threads);
   // With dropout the GEMM reads the dropped weights and `weights` keeps the ones before dropout.
   const bool weights_in_place = p.weights != nullptr && !p.dropout.active();
   if (!weights_in_place && workspace.size() < need) workspace.resize(need);

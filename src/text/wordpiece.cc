@@ -5,38 +5,39 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <limits>
 
 #include "attn/error.h"
+#include "text/bert_unicode_tables.h"
 
 namespace attn::text {
 namespace {
 
-bool is_cjk(UChar32 c) {
-  return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
-         (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) ||
-         (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+// The character classes are Hugging Face's tokenizers' own (bert_unicode_tables.h, read off the library), not ICU's:
+// its categories are of an older Unicode, so ICU's had dropped characters it keeps (a new emoji, an unassigned
+// code point: [UNK] there), split off or stripped ones it leaves, and put CJK Extension E's first 256 characters apart.
+template <size_t N>
+bool in_table(const bert_tables::Range (&table)[N], UChar32 c) {
+  const auto* it = std::upper_bound(table, table + N, static_cast<uint32_t>(c),
+                                    [](uint32_t x, const bert_tables::Range& r) { return x < r.first; });
+  return it != table && static_cast<uint32_t>(c) <= (it - 1)->last;
 }
+
+bool is_cjk(UChar32 c) { return in_table(bert_tables::kCjk, c); }  // handle_chinese_chars: spaced apart
 
 bool is_whitespace(UChar32 c) {  // the BertNormalizer's: \t \n \r or the Unicode White_Space property
   return c == '\t' || c == '\n' || c == '\r' || u_isUWhiteSpace(c);
 }
 
-bool is_control(UChar32 c) {  // BERT's _is_control: category C*, except \t \n \r
-  if (c == '\t' || c == '\n' || c == '\r') return false;
-  const int8_t t = u_charType(c);
-  return t == U_CONTROL_CHAR || t == U_FORMAT_CHAR || t == U_UNASSIGNED || t == U_PRIVATE_USE_CHAR || t == U_SURROGATE;
-}
+bool is_removed(UChar32 c) { return in_table(bert_tables::kRemoved, c); }  // clean_text: NUL, U+FFFD, "control"
 
-bool is_punctuation(UChar32 c) {  // BERT's _is_punctuation: ASCII symbols, or category P*
-  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
-  const int8_t t = u_charType(c);
-  return t == U_DASH_PUNCTUATION || t == U_START_PUNCTUATION || t == U_END_PUNCTUATION ||
-         t == U_CONNECTOR_PUNCTUATION || t == U_OTHER_PUNCTUATION || t == U_INITIAL_PUNCTUATION ||
-         t == U_FINAL_PUNCTUATION;
-}
+bool is_mark(UChar32 c) { return in_table(bert_tables::kMark, c); }  // strip_accents drops it (after NFD)
+
+// BertPreTokenizer's punctuation: ASCII symbols and category P*
+bool is_punctuation(UChar32 c) { return in_table(bert_tables::kPunctuation, c); }
 
 bool is_split_space(UChar32 c) { return u_isUWhiteSpace(c); }  // the BertPreTokenizer's whitespace
 
@@ -82,7 +83,7 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
   icu::UnicodeString cleaned;
   for (int32_t i = 0; i < in.length(); i = in.moveIndex32(i, 1)) {
     const UChar32 c = in.char32At(i);
-    if (c == 0 || c == 0xFFFD || is_control(c)) continue;
+    if (is_removed(c)) continue;
     if (is_whitespace(c)) {
       cleaned.append(static_cast<UChar32>(' '));
     } else if (is_cjk(c)) {
@@ -101,7 +102,7 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
     cleaned.remove();
     for (int32_t i = 0; i < d.length(); i = d.moveIndex32(i, 1)) {
       const UChar32 c = d.char32At(i);
-      if (u_charType(c) == U_NON_SPACING_MARK) continue;
+      if (is_mark(c)) continue;
       icu::UnicodeString one(c);
       cleaned.append(one.toLower(icu::Locale::getRoot()));
     }

@@ -9,6 +9,9 @@
 //      punctuation character (ASCII symbols and Unicode P*)
 //   4. WordPiece: greedy longest match from the vocabulary, continuations prefixed "##"; a word with
 //      no full match, or over 100 characters, becomes [UNK]
+// The character classes of 1-3 (removed, CJK, non-spacing mark, punctuation) are the tokenizers library's own,
+// read off it by tests/fixtures/generate_wordpiece_tables.py: its Unicode data is older than ICU's, and a character
+// it does not know (a new emoji, an unassigned code point) stays, as [UNK]. NFD and lower-casing are ICU's.
 // encode() adds [CLS] ... [SEP] and truncates to max_length.
 #pragma once
 
