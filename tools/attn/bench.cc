@@ -81,6 +81,27 @@ double median_of(const std::vector<double>& ms) {
 }
 
 // --backward: forward+backward (forward keeping lse, then the fused backward) and the backward alone.
+// The forward's useful FLOPs: 4·D per (query, key) pair it attends, per head (two GEMMs of 2·D each): Lq·Lk pairs,
+// halved when causal (the kernel issue's count, for Lq = Lk), and counted row by row where the causal range is not
+// half the square: a window (each row its last W keys; halving had overstated the rate by about L / 2W) or
+// bottom-right causal with Lq ≠ Lk (a decode row sees every key; halving had understated it up to 2×).
+double sdpa_flops(const SdpaBench& a, int64_t Lk) {
+  const double per_pair = 4.0 * static_cast<double>(a.head_dim) * static_cast<double>(a.batch * a.heads);
+  double pairs = static_cast<double>(a.q_len) * static_cast<double>(Lk);
+  if (a.causal && (a.window > 0 || a.q_len != Lk)) {
+    pairs = 0.0;
+    const int64_t offset = Lk - a.q_len;  // bottom-right: row i sees keys j <= i + offset (and > i + offset − W)
+    for (int64_t i = 0; i < a.q_len; ++i) {
+      const int64_t hi = std::min(Lk, i + offset + 1),
+                    lo = a.window > 0 ? std::max<int64_t>(0, i + offset - a.window + 1) : 0;
+      pairs += static_cast<double>(std::max<int64_t>(0, hi - lo));
+    }
+  } else if (a.causal) {
+    pairs /= 2;
+  }
+  return per_pair * pairs;
+}
+
 // FLOPs: the forward's 4·Lq·Lk·D per head, the backward 2.5× that (its five GEMMs to the forward's two),
 // halved when causal; the backward recomputes P, so it really does 3.5× the forward's FMAs. --dtype bf16: the
 // bfloat16 backward (vdpbf16ps) where the CPU has AVX512_BF16; f16: the float32 backward on widened copies.
@@ -99,9 +120,7 @@ void run_sdpa_backward_bench(const SdpaBench& a, const Tensor& q, const Tensor& 
       a.warmup);
   const auto bwd = time_runs(
       a.repeat, [&] { scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o); }, a.warmup);
-  double fwd_flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
-                     static_cast<double>(a.batch * a.heads);
-  if (a.causal) fwd_flops /= 2;
+  const double fwd_flops = sdpa_flops(a, Lk);
   const double both_gflops = 3.5 * fwd_flops / (median_of(both) * 1e-3) / 1e9;
   const double bwd_gflops = 2.5 * fwd_flops / (median_of(bwd) * 1e-3) / 1e9;
   char extra[256];
@@ -168,10 +187,7 @@ void run_sdpa_bench(const SdpaBench& a) {
   if (a.backward) return run_sdpa_backward_bench(a, q, k, v, o);
   const auto ms = time_runs(
       a.repeat, [&] { scaled_dot_product_attention(q, k, v, o); }, a.warmup);
-  // 4·Lq·Lk·D per head (two GEMMs of 2·Lq·Lk·D), halved for causal
-  double flops = 4.0 * static_cast<double>(a.q_len) * static_cast<double>(Lk) * static_cast<double>(a.head_dim) *
-                 static_cast<double>(a.batch * a.heads);
-  if (a.causal) flops /= 2;
+  const double flops = sdpa_flops(a, Lk);
   // K and V bytes read per call, for the memory-bound decode case
   const double kv_bytes =
       2.0 * static_cast<double>(a.batch * G * Lk * a.head_dim) * static_cast<double>(dtype_size(dt));
@@ -350,7 +366,9 @@ void add_bench(CLI::App& app) {
 
   auto s = std::make_shared<SdpaBench>();
   CLI::App* sdpa = bench->add_subcommand(
-      "sdpa", "time scaled_dot_product_attention; GFLOP/s counts 4·Lq·Lk·D per head (halved when causal)");
+      "sdpa",
+      "time scaled_dot_product_attention; GFLOP/s counts 4·D per attended (query, key) pair per head: "
+      "4·Lq·Lk·D, halved when causal with Lq = Lk, row by row with a window or Lq != Lk");
   sdpa->add_option("--batch", s->batch, "B");
   sdpa->add_option("--heads", s->heads, "H");
   sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)")->check(CLI::NonNegativeNumber);
