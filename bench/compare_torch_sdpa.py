@@ -5,34 +5,46 @@ the per-call overhead at a tiny one (B=1, H=1, L=8), in the same process with th
 The tensors of both are in --dtype (16-bit: attn's 16-bit forward kernel and its float32 backward on widened copies;
 PyTorch's own 16-bit CPU kernels)."""
 import argparse
+import statistics
 import time
 
-import torch
-import torch.nn.functional as F
+from malloc_policy import same_malloc_policy
 
-import attn
-import attn.torch as at
+same_malloc_policy()  # before torch is imported: see bench/malloc_policy.py
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import attn  # noqa: E402
+import attn.torch as at  # noqa: E402
 
 
 def per_call(fn, seconds):
-    """Seconds per call: the best of 5 timed rounds (the shared machine's noise only ever adds time)."""
+    """The median seconds per call of 5 timed rounds (after one warm-up call)."""
+    return statistics.median(round_times(fn, seconds))
+
+
+def round_times(fn, seconds):
+    """Seconds per call in each of 5 timed rounds (after one warm-up call)."""
     fn()
-    best = float("inf")
+    times = []
     for _ in range(5):
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 5:
             fn()
             n += 1
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
+        times.append((time.perf_counter() - t0) / n)
+    return times
 
 
 def pair(fa, fb, seconds):
-    """per_call of both, alternated over 3 rounds so that a burst of load elsewhere hits both alike."""
-    a = b = float("inf")
+    """The median seconds per call of both over their 15 rounds, alternated A/B in 3 blocks so that a burst of load
+    elsewhere hits both alike (the project's rule: medians; this had reported the minimum)."""
+    a, b = [], []
     for _ in range(3):
-        a, b = min(a, per_call(fa, seconds / 3)), min(b, per_call(fb, seconds / 3))
-    return a, b
+        a += round_times(fa, seconds / 3)
+        b += round_times(fb, seconds / 3)
+    return statistics.median(a), statistics.median(b)
 
 
 def main():
