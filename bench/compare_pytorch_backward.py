@@ -8,8 +8,9 @@ Needs torch (pip). For every shape (L in {1024, 2048, 4096}, D in {64, 128}, cau
 thread count it alternates `attn bench sdpa --backward --json` and PyTorch (F.scaled_dot_product_attention
 forward + backward, its CPU flash kernel, torch.set_num_threads(threads)) for --rounds rounds of --repeat
 runs each, and prints a Markdown table of the medians: forward+backward ms, backward-alone ms, GFLOP/s
-(forward 4·L²·D·H, backward 2.5× that, halved when causal), share of the FMA peak `attn bench peak`
-measured in the same run, and PyTorch / attn. Also a dropout row (p = 0.1 vs 0) for the fused cost.
+(forward 4·L²·D·H, backward 2.5× that, halved when causal), share of the FMA peak that each `attn bench sdpa`
+process measures before it times (its peak_gflops, `attn bench peak`'s loop for 0.2 s; the median over the rounds),
+and PyTorch / attn. Also a dropout row (p = 0.1 vs 0) for the fused cost.
 """
 import argparse
 import json

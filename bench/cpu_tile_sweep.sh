@@ -4,7 +4,7 @@
 # out) into build-sweep-cpu/NAME/attn, from an existing Makefile-generator build in build/ (only the AVX-512
 # kernel objects are recompiled; the AVX512_BF16 dot kernel keeps the built tile sizes). Then times them side by
 # side with bench/cpu_sweep.py, unless --build-only:
-#   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4' ...
+#   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' ...
 # Variants are compared on one machine; a variant that leaves a stage out (ATTN_SWEEP_SKIP) computes wrong
 # results and only says what that stage costs.
 set -euo pipefail
