@@ -14,8 +14,8 @@
 //     - window W > 0 (needs causal): j <= i + offset − W          (each query sees its last W keys)
 //   the score of a visible key is  scale · q_i·k_j + float mask(b, h, i, j) − slope_h · |i + offset − j|
 //   (the last term only with ALiBi slopes). A key whose score is −inf is hidden too.
-// A row in which every key is hidden gives output 0 and weights 0, never NaN. (PyTorch's math backend
-// returns NaN there for boolean masks; attn defines the row as "attends to nothing".)
+// A row in which every key is hidden gives output 0 and weights 0, never NaN: "attends to nothing", as PyTorch
+// does since 2.5 on every backend (its math backend returned NaN there before).
 //
 // Non-finite values, the same on every path, instruction set, forward and backward (tests/nonfinite_test.cc):
 // IEEE arithmetic over the keys the masks leave visible.
