@@ -344,12 +344,12 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 // e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
 // rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
 // polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
-// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. A row
-// maximum beyond ±2^127 takes simd::exp: there m·log2 e overflows, and every P had come out 0.
+// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. Only for
+// |m| < 2^127 (softmax_row sees to it): beyond, m·log2 e overflows, and every P had come out 0.
 template <bool kFast>
 inline Vec exp_minus(Vec s, float m) {
 #if ATTN_LOWP_DOT
-  if (kFast && std::fabs(m) < 0x1p127f) {
+  if constexpr (kFast) {
     const __m512 t = _mm512_max_ps(
         _mm512_set1_ps(-160.0f),  // NaN second: max returns it
         _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(-m * 1.44269504088896341f)));
@@ -392,6 +392,9 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     if constexpr (kPairs) std::fill(pairs, pairs + round_up(n, 16) / 2, 0u);
     return;
   }
+  if constexpr (kFast)  // a row maximum beyond ±2^127 (or NaN): the exact exp, decided once per row, not per vector
+    if (!(std::fabs(m_new) < 0x1p127f))
+      return softmax_row<false, kPairs>(p, b, h, i, j0, n, s, m, l, acc, Dvp, drop, pairs);
   // e = P[j, j + W): into s, or (kPairs) as W bfloat16 into pairs (vcvtneps2bf16: nearest even)
   const auto put = [&](Vec e, int64_t at) {
 #if ATTN_LOWP_DOT
