@@ -225,6 +225,10 @@ TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
            {"five --out " + path("a.html") + " --png-map x", "give --png"},
            {"--random-map -3 --png " + path("a.png"), "--random-map must be in [1, 8192]"},
            {"five --random-map 4 --png " + path("a.png"), "no text"},
+           // checked against the model's names and heads before any work (it had been after the whole page)
+           {"five --png " + path("a.png") + " --png-map nope", "it has encoder.layers.0.self_attn"},
+           {"five --png " + path("a.png") + " --png-head 9", "--png-head 9: the model has 4 heads"},
+           {"--random-map 4 --png " + path("a.png") + " --png-map x", "(it has random)"},
            {"hello --beam 3 --out " + path("a.html") + bert, "--beam is for a translation model"},
            {"\"caf\xe9\" --out " + path("a.html") + bert, "the text: not valid UTF-8"}}) {
     const CliResult r = run("viz " + args);
@@ -238,6 +242,13 @@ TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
   const std::string page = slurp(path("p.html"));
   EXPECT_EQ(page.find("<!--<script"), std::string::npos);
   EXPECT_NE(page.find("\\u003c!--\\u003cscript"), std::string::npos);
+  // U+2028 escaped inside the script; bytes that are not UTF-8 as U+FFFD (JSON's dump had thrown, naming nothing)
+  fs::create_directory_symlink(ATTN_MINILM_DIR, path("m\xe2\x80\xa8\xff"));
+  const CliResult odd = run("viz hello --out " + path("q.html") + " --model '" + path("m\xe2\x80\xa8\xff") + "'");
+  ASSERT_EQ(odd.status, 0) << odd.err;
+  const std::string script = slurp(path("q.html")).substr(slurp(path("q.html")).find("<script"));
+  EXPECT_EQ(script.find("\xe2\x80\xa8"), std::string::npos);
+  EXPECT_NE(script.find("\\u2028\xef\xbf\xbd"), std::string::npos);
   const int raw =
       std::system((std::string(ATTN_BINARY) + " explain >/dev/full 2>" + path("full.err")).c_str());  // not run()'s
   EXPECT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) > 0 && WEXITSTATUS(raw) < 128) << raw;

