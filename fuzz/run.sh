@@ -18,18 +18,26 @@ fi
 out=build-fuzz
 mkdir -p "$out"
 sources="src/tensor.cc src/io/file.cc src/io/npy.cc src/io/safetensors.cc"
-found=0
-for reader in npy safetensors; do
+# One reader per core, side by side (each builds, then fuzzes for SECONDS): the two had run one after the other.
+fuzz_reader() {
+  local reader=$1
   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Isrc fuzz/fuzz_$reader.cc $sources -o "$out/fuzz_$reader"
-  corpus="$out/corpus_$reader"
+  local corpus="$out/corpus_$reader"
   mkdir -p "$corpus" "$out/artifacts_$reader"
   cp tests/fixtures/*.$reader "$corpus/" 2>/dev/null || true
-  [ "$reader" = npy ] || cp tests/fixtures/*.safetensors "$corpus/" 2>/dev/null || true
   echo "fuzzing the $reader reader for ${seconds}s"
   # -rss_limit_mb: a header that makes the reader allocate what the file does not back is a bug
   "$out/fuzz_$reader" "$corpus" -max_total_time="$seconds" -rss_limit_mb=512 -timeout=10 \
     -artifact_prefix="$out/artifacts_$reader/" -print_final_stats=1 2>"$out/log_$reader.txt" || true
+}
+fuzz_reader npy & npy_job=$!
+fuzz_reader safetensors & safetensors_job=$!
+wait $npy_job
+wait $safetensors_job
+found=0
+for reader in npy safetensors; do
+  echo "$reader:"
   tail -n 12 "$out/log_$reader.txt" | grep -E 'stat::number_of_executed_units|Done|ERROR' || true
   for f in "$out/artifacts_$reader"/*; do
     [ -e "$f" ] || continue

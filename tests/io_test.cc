@@ -1,6 +1,7 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
 #include <unistd.h>
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -49,7 +50,19 @@ TEST(Npy, RejectsWhatItDoesNotSupport) {
   } catch (const FormatError& e) {
     EXPECT_NE(std::string(e.what()).find("<i4"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(io::read_npy("/nonexistent/x.npy"), FormatError);
+  EXPECT_THROW(io::read_npy("/nonexistent/x.npy"), FormatError);  // a FileError is one
+  try {
+    io::read_npy("/nonexistent/x.npy");
+    ADD_FAILURE() << "read a file that does not exist";
+  } catch (const FileError& e) {
+    EXPECT_EQ(e.error_number(), ENOENT) << e.what();
+  }
+  try {
+    io::read_safetensors("/");
+    ADD_FAILURE() << "read a directory";
+  } catch (const FileError& e) {
+    EXPECT_EQ(e.error_number(), EISDIR) << e.what();
+  }
 }
 
 TEST(Npy, RoundTrip) {
@@ -87,9 +100,12 @@ TEST(Npy, LyingHeadersAreRejectedWithoutAllocating) {
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }", 16},  // 20 bytes claimed, 16 held
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", 16},  // 12 bytes claimed, 16 held
       {"{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", 16},
-      {"{'descr': '<f4', 'fortran_order': False }", 16},                 // no shape
-      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,", 16},     // unterminated
-      {"{'descr': '<f4, 'fortran_order': False, 'shape': (4,), }", 16},  // bad quotes
+      {"{'descr': '<f4', 'fortran_order': False }", 16},                       // no shape
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (3,", 16},           // unterminated
+      {"{'descr': '<f4, 'fortran_order': False, 'shape': (4,), }", 16},        // bad quotes
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (4,), } junk", 16},  // NumPy's literal_eval refuses these
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (4), }", 16},        // an int, not a tuple
+      {"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (4,), }", 16},  // given twice
       {"", 16},
   };
   for (const auto& [dict, data] : bad) {
@@ -169,6 +185,13 @@ TEST(Safetensors, RoundTripKeepsNamesShapesAndMetadata) {
   EXPECT_EQ(test::max_abs_diff(st.at("a"), m["a"]), 0.0);
   EXPECT_EQ(test::max_abs_diff(st.at("b.weight"), m["b.weight"]), 0.0);
   EXPECT_EQ(std::memcmp(st.at("mask").raw(), m["mask"].raw(), 4), 0);
+  // what the readers would refuse is refused when written: the metadata key as a tensor name (it had overwritten the
+  // metadata), more than 32 dimensions, a name that is not UTF-8
+  EXPECT_THROW(io::encode_safetensors({{"__metadata__", m["a"]}}), ArgumentError);
+  const Tensor deep(Shape(33, 1));
+  EXPECT_THROW(io::encode_safetensors({{"deep", deep}}), ArgumentError);
+  EXPECT_THROW(io::encode_npy(deep), ArgumentError);
+  EXPECT_THROW(io::encode_safetensors({{"caf\xe9", m["a"]}}), ArgumentError);
 }
 
 TEST(Safetensors, CorruptFilesAreRejected) {
@@ -184,6 +207,15 @@ TEST(Safetensors, CorruptFilesAreRejected) {
       R"({"x":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})",
       R"({"x":{"dtype":"F32","shape":[2]}})",
       R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0]}})",
+      // the tensors must tile the data: two on the same bytes (which had let a small file allocate without bound),
+      // a gap, bytes after the last
+      R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"y":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+      R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+      R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      // nested deeper than {name: {shape: [...]}}, an array of more than 64 items, metadata that is not a string
+      R"({"x":{"dtype":"F32","shape":[[4]],"data_offsets":[0,16]}})",
+      R"({"x":{"dtype":"F32","shape":[4,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data_offsets":[0,16]}})",
+      R"({"__metadata__":{"k":1},"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
       R"({"x":[1,2]})",
       R"([1,2])",
       R"({"x":)",
@@ -193,6 +225,12 @@ TEST(Safetensors, CorruptFilesAreRejected) {
     const auto img = safetensors_image(h, data);
     EXPECT_THROW(io::parse_safetensors(img.data(), img.size(), "mem"), FormatError) << h;
   }
+  // empty tensors share the offset they sit at; in any order
+  const auto empties = safetensors_image(
+      R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"
+      R"("f":{"dtype":"BF16","shape":[0,3],"data_offsets":[16,16]},"g":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})",
+      data);
+  EXPECT_EQ(io::parse_safetensors(empties.data(), empties.size(), "mem").tensors.size(), 4u);
   auto img = safetensors_image(R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data);
   EXPECT_NO_THROW(io::parse_safetensors(img.data(), img.size(), "mem"));
   for (size_t n = 0; n < img.size(); ++n)  // every truncation

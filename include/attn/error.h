@@ -39,6 +39,18 @@ class FormatError : public Error {
   using Error::Error;
 };
 
+// The operating system refused a file: it cannot be opened, read, created, written or renamed; error_number() is
+// the errno that said why (ENOENT, EACCES, EISDIR, ...). A FormatError, as code that caught an unreadable file as
+// one before this type existed still does. (Python: OSError, FileNotFoundError for ENOENT.)
+class FileError : public FormatError {
+ public:
+  FileError(const std::string& what, int error_number) : FormatError(what), error_number_(error_number) {}
+  int error_number() const { return error_number_; }
+
+ private:
+  int error_number_;
+};
+
 // A named tensor is missing from a weights file.
 class MissingTensorError : public Error {
  public:

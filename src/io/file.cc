@@ -5,21 +5,30 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "attn/error.h"
 
 namespace attn::io {
+namespace {
+
+// A FileError for the errno the failing call left: read once, before anything else can change it.
+[[noreturn]] void throw_file_error(const std::string& path, const char* what) {
+  const int e = errno;
+  throw FileError(path + ": " + what + " (" + std::strerror(e) + ")", e);
+}
+
+}  // namespace
 
 std::vector<uint8_t> read_file(const std::string& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw FormatError(path + ": is a directory, not a file");
+  if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // a FIFO waits here for its writer, as with cat
-  if (fd < 0) throw FormatError(path + ": cannot open (" + std::strerror(errno) + ")");
+  if (fd < 0) throw_file_error(path, "cannot open");
   struct Close {
     int fd;
     ~Close() { ::close(fd); }
@@ -35,7 +44,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
     if (n == 0) break;
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw FormatError(path + ": read failed (" + std::strerror(errno) + ")");
+      throw_file_error(path, "read failed");
     }
     bytes.insert(bytes.end(), chunk, chunk + n);
   }
@@ -44,9 +53,9 @@ std::vector<uint8_t> read_file(const std::string& path) {
 
 void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw FormatError(path + ": is a directory, not a file");
+  if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw FormatError(path + ": cannot open (" + std::strerror(errno) + ")");
+  if (fd < 0) throw_file_error(path, "cannot open");
   struct stat st {};
   void* map = MAP_FAILED;
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
@@ -112,19 +121,37 @@ FileSet::~FileSet() {
 
 void FileSet::add(const std::string& role, const std::string& path, const std::vector<uint8_t>& bytes) {
   take_output(role, path, &taken_);
-  const std::string temporary = path + ".tmp-" + std::to_string(::getpid());
+  // A temporary of its own (process id and a counter; O_EXCL: never one that exists, never through a symlink planted
+  // there), so two threads writing the same path (Python's save_safetensors releases the GIL) cannot interleave in
+  // one temporary; mode 0666 less the umask, as the file a plain open would create.
+  static std::atomic<uint64_t> counter{0};
+  int fd = -1;
+  std::string temporary;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    temporary = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+    fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && (errno != EEXIST || attempt >= 100)) throw_file_error(path, "cannot create its temporary");
+  }
   files_.push_back({path, temporary});  // before the write: a half-written temporary is removed too
-  std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error(path + ": cannot create (" + std::strerror(errno) + ")");
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.flush();
-  if (!out) throw Error(path + ": write failed");
+  const uint8_t* p = bytes.data();
+  for (size_t left = bytes.size(); left > 0;) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : EIO;
+      ::close(fd);
+      errno = e;
+      throw_file_error(path, "write failed");
+    }
+    p += n, left -= static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) throw_file_error(path, "write failed");  // NFS and quotas report late, at close
 }
 
 void FileSet::commit() {
   for (Staged& f : files_) {
     if (std::rename(f.temporary.c_str(), f.path.c_str()) != 0)
-      throw Error(f.path + ": cannot rename the finished file into place (" + std::strerror(errno) + ")");
+      throw_file_error(f.path, "cannot rename the finished file into place");
     f.temporary.clear();  // renamed: nothing left to remove
   }
   files_.clear();

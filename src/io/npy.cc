@@ -27,6 +27,8 @@ class HeaderParser {
       if (peek() == '}') break;
       const std::string key = string_literal();
       expect(':');
+      if ((key == "descr" && have_descr) || (key == "fortran_order" && have_fortran) || (key == "shape" && have_shape))
+        fail("'" + key + "' given twice");
       if (key == "descr") {
         *descr = string_literal();
         have_descr = true;
@@ -47,6 +49,9 @@ class HeaderParser {
       skip_ws();
       if (peek() != '}') fail("expected ',' or '}'");
     }
+    ++pos_;  // the '}'; after it only the padding (spaces, a final newline), as NumPy's literal_eval takes it
+    skip_ws();
+    if (pos_ != s_.size()) fail("bytes after the closing '}'");
     if (!have_descr || !have_fortran || !have_shape) fail("the header lacks 'descr', 'fortran_order' or 'shape'");
   }
 
@@ -88,9 +93,11 @@ class HeaderParser {
   Shape tuple() {
     expect('(');
     Shape shape;
+    bool comma_after_last = false;
     while (true) {
       skip_ws();
       if (peek() == ')') {
+        if (shape.size() == 1 && !comma_after_last) fail("(n) is not a tuple; NumPy writes (n,)");
         ++pos_;
         return shape;
       }
@@ -103,7 +110,8 @@ class HeaderParser {
       if (shape.size() >= 32) fail("more than 32 dimensions");
       shape.push_back(v);
       skip_ws();
-      if (peek() == ',')
+      comma_after_last = peek() == ',';
+      if (comma_after_last)
         ++pos_;
       else if (peek() != ')')
         fail("expected ',' or ')' in the shape");
@@ -198,6 +206,9 @@ std::vector<uint8_t> encode_npy(const Tensor& t) {
   if (t.dtype() == DType::kBFloat16)  // NumPy has no bfloat16 ('<V2' from ml_dtypes would not round-trip)
     throw DTypeError("write_npy: .npy has no bfloat16; convert to float32 first (to_dtype), shape " +
                      shape_str(t.shape()));
+  if (t.rank() > 32)  // what the reader refuses, refused here
+    throw ArgumentError("write_npy: the tensor has " + std::to_string(t.rank()) + " dimensions " +
+                        shape_str(t.shape()) + "; .npy readers (NumPy's, this one) take at most 32");
   std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
   // NumPy's tuple spelling: () for a scalar, (n,) for one dimension, (a, b) otherwise
   for (int i = 0; i < t.rank(); ++i) dict += (i ? ", " : "") + std::to_string(t.shape()[static_cast<size_t>(i)]);

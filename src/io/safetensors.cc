@@ -44,9 +44,22 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
   if (n > size - 8)
     throw FormatError(what + ": .safetensors header length " + std::to_string(n) +
                       " runs past the end of the file (size " + std::to_string(size) + ")");
+  // The header's shape is fixed: {name: {dtype, shape: [...], data_offsets: [b, e]}, __metadata__: {k: v}}, nothing
+  // deeper than 3 levels and no array longer than 64 (shapes have at most 32 dimensions): refused while parsing, as a
+  // DOM of deep or long arrays costs 10-40 times the bytes of its text.
+  int64_t items_at_depth_3 = 0;
+  const auto bounded = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
+    using E = nlohmann::json::parse_event_t;
+    if (depth > 3 || (depth == 3 && (event == E::object_start || event == E::array_start)))
+      throw FormatError(what + ": .safetensors header nests deeper than {name: {shape: [...]}}");
+    if (depth == 2 && (event == E::object_start || event == E::array_start)) items_at_depth_3 = 0;
+    if (depth == 3 && ++items_at_depth_3 > 64)
+      throw FormatError(what + ": .safetensors header has an array of more than 64 items");
+    return true;
+  };
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(data + 8, data + 8 + n);
+    header = nlohmann::json::parse(data + 8, data + 8 + n, bounded);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(what + ": .safetensors header is not valid JSON (" + e.what() + ")");
   }
@@ -55,12 +68,26 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
   const uint64_t body_size = size - 8 - n;
   Safetensors out;
   out.source = what;
+  // every tensor's entry checked before any is allocated, then their bytes must tile the data exactly (no overlap, no
+  // gap, nothing after: as the safetensors library requires): tensors sharing bytes had let a 2 MiB file allocate
+  // 16 GiB
+  struct Entry {
+    std::string name;
+    const DTypeInfo* info;
+    Shape shape;
+    int64_t numel;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
   for (const auto& [name, entry] : header.items()) {
     const std::string where = what + ": tensor '" + name + "'";
     if (name == "__metadata__") {
       if (!entry.is_object()) throw FormatError(what + ": __metadata__ is not an object");
-      for (const auto& [k, v] : entry.items())
-        if (v.is_string()) out.metadata[k] = v.get<std::string>();
+      for (const auto& [k, v] : entry.items()) {
+        if (!v.is_string())
+          throw FormatError(what + ": __metadata__ '" + k + "' is not a string (safetensors' metadata is str: str)");
+        out.metadata[k] = v.get<std::string>();
+      }
       continue;
     }
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets") ||
@@ -97,8 +124,31 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
         static_cast<uint64_t>(numel) * info->itemsize != end - begin)
       throw FormatError(where + " has shape " + shape_str(shape) + " of " + dt + " but " + std::to_string(end - begin) +
                         " bytes of data");
-    Tensor t(shape, info->dtype);
-    const uint8_t* src = body + begin;
+    entries.push_back({name, info, std::move(shape), numel, begin, end});
+  }
+  std::vector<const Entry*> by_offset;
+  for (const Entry& e : entries) by_offset.push_back(&e);
+  std::stable_sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t covered = 0;
+  for (const Entry* e : by_offset) {
+    if (e->begin != covered)
+      throw FormatError(what + ": tensor '" + e->name + "' has data_offsets [" + std::to_string(e->begin) + ", " +
+                        std::to_string(e->end) + "] but the tensors before it end at " + std::to_string(covered) +
+                        (e->begin < covered ? " (tensors may not share bytes)" : " (a gap)"));
+    covered = e->end;
+  }
+  if (covered != body_size)
+    throw FormatError(what + ": the tensors cover " + std::to_string(covered) + " of the " + std::to_string(body_size) +
+                      " bytes of data after the header");
+  for (const Entry& e : entries) {
+    const std::string& name = e.name;
+    const std::string dt = e.info->name;
+    const DTypeInfo* info = e.info;
+    const int64_t numel = e.numel;
+    Tensor t(e.shape, info->dtype);
+    const uint8_t* src = body + e.begin;
     if (info->dtype == DType::kBFloat16 || info->dtype == DType::kFloat16) {  // kept as they are
       if (numel != 0) std::memcpy(t.raw(), src, static_cast<size_t>(numel) * 2);
       out.tensors[name] = std::move(t);
@@ -149,6 +199,12 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (!t.defined()) throw ArgumentError("write_safetensors: tensor '" + name + "' is empty (undefined)");
+    // what the reader (this one, and the safetensors library) would refuse is refused here
+    if (name == "__metadata__")
+      throw ArgumentError("write_safetensors: a tensor may not be named '__metadata__' (the header's metadata key)");
+    if (t.rank() > 32)
+      throw ArgumentError("write_safetensors: tensor '" + name + "' has " + std::to_string(t.rank()) + " dimensions " +
+                          shape_str(t.shape()) + "; the format's readers take at most 32");
     const char* dt = t.dtype() == DType::kFloat32    ? "F32"
                      : t.dtype() == DType::kBFloat16 ? "BF16"
                      : t.dtype() == DType::kFloat16  ? "F16"
@@ -156,8 +212,16 @@ std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& ten
     header[name] = {{"dtype", dt}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception&) {  // a name or a metadata string that is not UTF-8
+    throw ArgumentError("write_safetensors: a tensor name or metadata string is not valid UTF-8");
+  }
   text.append((8 - text.size() % 8) % 8, ' ');
+  if (text.size() > kMaxHeader)
+    throw ArgumentError("write_safetensors: the header would be " + std::to_string(text.size()) +
+                        " bytes; readers take at most 100 MiB");
   std::vector<uint8_t> out(8 + text.size());  // sized once (GCC 12 warned about insert after a size of 8)
   for (int i = 0; i < 8; ++i)
     out[static_cast<size_t>(i)] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));

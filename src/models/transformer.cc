@@ -458,8 +458,8 @@ Transformer Transformer::load(const std::string& dir) {
   std::string text;
   try {
     text = io::read_text(dir + "/config.json");
-  } catch (const FormatError&) {
-    throw FormatError(dir + "/config.json: cannot open (is " + dir + " a model directory?)");
+  } catch (const FileError& e) {
+    throw FileError(dir + "/config.json: cannot open (is " + dir + " a model directory?)", e.error_number());
   }
   const TransformerConfig config = TransformerConfig::from_json(text);
   check_config(config);

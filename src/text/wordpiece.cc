@@ -6,6 +6,8 @@
 #include <unicode/unistr.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -51,7 +53,10 @@ std::string utf8(const icu::UnicodeString& s) {
 
 WordPiece WordPiece::load(const std::string& path, bool lower_case) {
   std::ifstream in(path);
-  if (!in) throw FormatError(path + ": cannot open the vocabulary");
+  if (!in) {
+    const int e = errno;
+    throw FileError(path + ": cannot open the vocabulary (" + std::strerror(e) + ")", e);
+  }
   WordPiece w;
   w.lower_case_ = lower_case;
   for (std::string line; std::getline(in, line);) {

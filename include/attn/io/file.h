@@ -1,5 +1,6 @@
-// attn/io/file.h: whole-file reads with a size cap, and atomic writes (what the readers and writers of
-// attn use; public so tools and bindings write their files the same way).
+// attn/io/file.h: whole-file reads and atomic writes (what the readers and writers of attn use; public so tools and
+// bindings write their files the same way). The reads have no size cap of their own: the parsers check every size a
+// header claims against the bytes read.
 #pragma once
 
 #include <cstddef>
@@ -11,15 +12,17 @@
 
 namespace attn::io {
 
-// The file's bytes; FormatError if it cannot be read.
+// The file's bytes (to the end, for a pipe too); FileError (a FormatError) if it cannot be opened or read.
 std::vector<uint8_t> read_file(const std::string& path);
 // Calls f(data, size) with the whole file mapped read-only (no copy: a model file's pages come straight from
-// the page cache), or read into memory where it cannot be mapped; FormatError as read_file.
+// the page cache), or read into memory where it cannot be mapped; FileError as read_file. A mapped file truncated by
+// another process while f reads it ends the process with SIGBUS, as with any mapping.
 void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f);
 // The file as text (configs, vocabularies, training state); FormatError if it cannot be read.
 std::string read_text(const std::string& path);
-// Writes `bytes` to path + ".tmp-XXXX" and renames it onto `path`; on failure removes the temporary
-// and throws attn::Error, so `path` is either the complete new file or untouched.
+// Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
+// `path`; on failure removes the temporary and throws FileError, so `path` is either the complete new file or
+// untouched. (No fsync: a crash of the machine itself may leave the old file or an empty one, as most writers.)
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
