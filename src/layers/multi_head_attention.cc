@@ -52,7 +52,10 @@ const Tensor& take(const std::map<std::string, Tensor>& tensors, const std::stri
     throw MissingTensorError(std::string(kWho) + ": the weights lack '" + name +
                              "' (they have: " + (have.empty() ? "nothing" : have) + ")");
   }
-  if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
+  if (it->second.dtype() != DType::kFloat32)
+    throw DTypeError(std::string(kWho) + ": '" + name + "' is " + dtype_name(it->second.dtype()) + " with shape " +
+                     shape_str(it->second.shape()) + " but the config needs float32 " + shape_str(shape));
+  if (it->second.shape() != shape)
     throw ShapeError(std::string(kWho) + ": '" + name + "' has shape " + shape_str(it->second.shape()) + " (" +
                      dtype_name(it->second.dtype()) + ") but the config needs float32 " + shape_str(shape));
   return it->second;

@@ -192,7 +192,8 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.MultiheadAttention(8, 2)(rand(1, 3, 6), rand(1, 3, 6), rand(1, 3, 6)), ValueError, "E = 8"),
     (lambda: attn.MultiheadAttention(8, 2).load_state_dict({"in_proj_weight": rand(24, 8)}), KeyError,
      "out_proj.weight"),
-    (lambda: attn.load_safetensors("/nonexistent.safetensors"), ValueError, "nonexistent"),
+    (lambda: attn.load_safetensors("/nonexistent.safetensors"), FileNotFoundError, "nonexistent"),
+    (lambda: attn.SentenceEncoder(FIXTURES, dtype="f16"), ValueError, "dtype"),
     # integer masks, refused as PyTorch refuses them (a 0/1 int mask had been added to the scores as floats)
     (lambda: attn.scaled_dot_product_attention(rand(1, 1, 5, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8),
                                                attn_mask=np.ones((5, 6), np.int64)), TypeError, "attn_mask"),
@@ -380,3 +381,48 @@ def test_mha_load_state_dict_is_strict_as_pytorchs():
     with pytest.raises(KeyError, match="a.extra"):
         attn.MultiheadAttention(8, 2).load_state_dict({**{"a." + k: v for k, v in sd.items()}, "a.extra": 0},
                                                       prefix="a.")
+
+
+# ---------------------------------------------------------------- what PyTorch and NumPy users hand over
+def test_torch_parameters_and_bfloat16_tensors_are_read():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    sd16 = {k: v.bfloat16() for k, v in torch.nn.MultiheadAttention(8, 2).state_dict().items()}
+    m = attn.MultiheadAttention(8, 2).load_state_dict(sd16)  # NumPy has no bfloat16: read as float32 (exact)
+    for name, t in sd16.items():
+        np.testing.assert_array_equal(m.state_dict()[name], t.float().numpy())
+    x = torch.randn(3, 1, 8).bfloat16()
+    np.testing.assert_array_equal(m(x, x, x)[0], m(x.float().numpy(), x.float().numpy(), x.float().numpy())[0])
+    # an nn.Parameter (its class lives in torch.nn.parameter) of bfloat16 takes the 16-bit kernel as a tensor does
+    q, k, v = _lowp_inputs()
+    params = [torch.nn.Parameter(torch.from_numpy(a).bfloat16()) for a in (q, k, v)]
+    out = attn.scaled_dot_product_attention(*params, enable_gqa=True)
+    assert out.dtype == torch.bfloat16 or out.dtype.name == "bfloat16"
+
+
+def test_state_dict_arrays_are_copies_of_the_weights():
+    for m, kdim in ((attn.MultiheadAttention(8, 2), 8), (attn.MultiheadAttention(8, 2, kdim=6, vdim=6), 6)):
+        q, kv = rand(3, 1, 8), rand(4, 1, kdim)  # (L, N, E): sequence first
+        before = m(q, kv, kv)[0]
+        for a in m.state_dict().values():  # out_proj.weight had been a writable view of the live weight
+            a[...] = 0
+        np.testing.assert_array_equal(m(q, kv, kv)[0], before)
+
+
+def test_byte_swapped_float16_and_bfloat16_masks():
+    q, k, v = _lowp_inputs()
+    q16, k16, v16 = q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)
+    out = attn.scaled_dot_product_attention(q16.astype(">f2"), k16, v16, enable_gqa=True)  # had become float32
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, attn.scaled_dot_product_attention(q16, k16, v16, enable_gqa=True))
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    mask = rand(9, 13).astype(ml_dtypes.bfloat16)  # had been refused: NumPy does not count bfloat16 as floating
+    np.testing.assert_array_equal(
+        attn.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+        attn.scaled_dot_product_attention(q, k, v, attn_mask=mask.astype(np.float32), enable_gqa=True))
+
+
+def test_from_safetensors_names_the_missing_projection(tmp_path):
+    attn.save_safetensors(tmp_path / "x.safetensors", {"out_proj.weight": rand(8, 8), "k_proj_weight": rand(8, 6)})
+    with pytest.raises(KeyError, match="v_proj_weight"):  # had been AttributeError on None
+        attn.MultiheadAttention.from_safetensors(tmp_path / "x.safetensors", 2)
