@@ -254,8 +254,6 @@ TEST(Io, WritesAreAtomic) {
   std::filesystem::remove_all(dir);
 }
 
-// Files written together: all or none. A second path that is a directory, or that names the first file again, is
-// refused and removes the first's temporary; nothing appears until commit().
 // A pipe (a shell's <(...), /dev/stdin) has no size to trust: its bytes are read to the end, as a file's are (it had
 // been refused as "cannot determine the file size").
 TEST(Io, PipesAreReadToTheirEnd) {
@@ -273,6 +271,8 @@ TEST(Io, PipesAreReadToTheirEnd) {
   std::filesystem::remove_all(dir);
 }
 
+// Files written together: all or none. A second path that is a directory, or that names the first file again, is
+// refused and removes the first's temporary; nothing appears until commit().
 TEST(Io, FileSetsAppearTogetherOrNotAtAll) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / "attn_fileset_test";

@@ -167,11 +167,13 @@ TEST(LowpErrors, FloatOnlyApisNameTheLowPrecisionArgument) {
                v = test::random_tensor({1, 2, 4, 8}, rng);
   const Tensor qb = to_dtype(q, DType::kBFloat16), kb = to_dtype(k, DType::kBFloat16),
                vb = to_dtype(v, DType::kBFloat16), kh = to_dtype(k, DType::kFloat16);
-  // mixed dtypes
-  expect_dtype_error([&] { scaled_dot_product_attention(qb, k, vb); }, "k");
-  expect_dtype_error([&] { scaled_dot_product_attention(q, kb, v); }, "k");
-  expect_dtype_error([&] { scaled_dot_product_attention(qb, kh, vb); }, "k");
-  expect_dtype_error([&] { scaled_dot_product_attention(qb, kb, v); }, "v");
+  // mixed dtypes: the argument at fault after "; " (every message starts "q, k and v must share one dtype")
+  expect_dtype_error([&] { scaled_dot_product_attention(qb, k, vb); }, "; k is float32");
+  expect_dtype_error([&] { scaled_dot_product_attention(q, kb, v); },
+                     "; q is float32 with shape [1, 2, 3, 8] but "
+                     "bfloat16 was given for k");
+  expect_dtype_error([&] { scaled_dot_product_attention(qb, kh, vb); }, "; k is float16");
+  expect_dtype_error([&] { scaled_dot_product_attention(qb, kb, v); }, "; v is float32");
   // masks and slopes stay bool/float32
   AttentionOptions o;
   o.mask = to_dtype(test::random_tensor({3, 4}, rng), DType::kBFloat16);
@@ -183,10 +185,11 @@ TEST(LowpErrors, FloatOnlyApisNameTheLowPrecisionArgument) {
   o = {};
   o.alibi_slopes = to_dtype(test::random_tensor({2}, rng), DType::kBFloat16);
   expect_dtype_error([&] { scaled_dot_product_attention(qb, kb, vb, o); }, "alibi_slopes");
-  // the backward is float32 only
+  // the backward takes one dtype for q, k, v, out and d_out
   const Tensor d = test::random_tensor({1, 2, 3, 8}, rng);
-  expect_dtype_error([&] { scaled_dot_product_attention_backward(qb, kb, vb, d); }, "q");
-  expect_dtype_error([&] { scaled_dot_product_attention_backward(q, k, v, to_dtype(d, DType::kBFloat16)); }, "d_out");
+  expect_dtype_error([&] { scaled_dot_product_attention_backward(qb, kb, vb, d); }, "; d_out is float32");
+  expect_dtype_error([&] { scaled_dot_product_attention_backward(q, k, v, to_dtype(d, DType::kBFloat16)); },
+                     "d_out must be float32, got bfloat16");
   // MultiHeadAttention
   MultiHeadAttentionConfig c;
   c.embed_dim = 8, c.num_heads = 2;

@@ -294,12 +294,24 @@ int check_arguments() {
   return failed;
 }
 
-int main() {
-  const int failed_arguments = check_arguments();
-  if (attn::cuda::device_count() == 0) {
-    std::printf("attn_cuda_check: argument checks %s; kernels SKIPPED (no CUDA device here: compiled, not run)\n",
-                failed_arguments ? "FAILED" : "passed");
+// attn_cuda_check: the argument checks, then the kernels (where there is a GPU). --arguments: the argument checks
+// only; --kernels: the kernels only, exit status 77 (CTest's SKIP_RETURN_CODE) without a GPU, so that a machine
+// without one shows them skipped, not passed.
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (!mode.empty() && mode != "--arguments" && mode != "--kernels") {
+    std::printf("usage: attn_cuda_check [--arguments | --kernels]\n");
+    return 2;
+  }
+  const int failed_arguments = mode == "--kernels" ? 0 : check_arguments();
+  if (mode == "--arguments") {
+    std::printf("attn_cuda_check: argument checks %s\n", failed_arguments ? "FAILED" : "passed");
     return failed_arguments ? 1 : 0;
+  }
+  if (attn::cuda::device_count() == 0) {
+    std::printf("attn_cuda_check: kernels SKIPPED (no CUDA device here: compiled, not run)%s\n",
+                mode.empty() ? (failed_arguments ? "; argument checks FAILED" : "; argument checks passed") : "");
+    return failed_arguments ? 1 : 77;
   }
   const auto none = CausalAlignment::kNone, tl = CausalAlignment::kTopLeft, br = CausalAlignment::kBottomRight;
   const auto bf = DType::kBFloat16, f16 = DType::kFloat16;

@@ -3,6 +3,7 @@ PyTorch names and return values, zero-copy views, errors as Python exceptions, t
 import glob
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -239,14 +240,20 @@ def test_gil_is_released_while_a_kernel_runs():
             attn.scaled_dot_product_attention(q, q, q, num_threads=1)
         done.set()
 
-    t = threading.Thread(target=work)
-    t0 = time.perf_counter()
-    t.start()
-    while not done.is_set():
-        ticks += 1
-        time.sleep(0.001)
-    t.join()
-    assert time.perf_counter() - t0 > 0.05, "the kernel ran too fast to tell"
+    # No forced switches (100 s interval): a thread holding the GIL keeps it until it releases it itself, so with the
+    # GIL held through the kernels the main thread would not tick at all until they were done. No clock is read:
+    # three 8-head 2048-token kernels on one thread take far longer than a few 1 ms sleeps on any machine.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+        t.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert ticks > 10, "the main thread could not run while the kernel ran: GIL held"
 
 
