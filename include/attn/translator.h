@@ -37,7 +37,8 @@ struct TranslateOptions {
 class Translator {
  public:
   // model_dir holds config.json and model.safetensors, and vocab.json (else the numbers task's
-  // vocabulary). Throws FormatError naming the directory for a missing or bad file.
+  // vocabulary). Throws FormatError naming the directory for a missing or bad file (a FileError, the
+  // FormatError with the errno, where the system refused to open or read one).
   // quantization kInt8: int8 projections (Transformer::quantize).
   static Translator load(const std::string& model_dir, Quantization quantization = Quantization::kNone);
   Translator(Transformer model, tasks::Vocab vocab);

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <exception>
 #include <filesystem>
 #include <numeric>
@@ -34,12 +35,17 @@ Translator Translator::borrowing(const Transformer& model, tasks::Vocab vocab) {
 
 Translator Translator::load(const std::string& dir, Quantization quantization) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(dir)) throw FormatError("model directory " + dir + " does not exist");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw FileError("model directory " + dir + (fs::exists(dir, ec) ? " is not a directory" : " does not exist"),
+                    fs::exists(dir, ec) ? ENOTDIR : ENOENT);
   try {
     Transformer model = Transformer::load(dir);
     // An owned model never trains: float32 takes the inference layout (Quantization::kFloat32).
     model.quantize(quantization == Quantization::kNone ? Quantization::kFloat32 : quantization);
     return Translator(std::move(model), tasks::Vocab::load(dir));
+  } catch (const FileError& e) {  // the errno kept (Python: FileNotFoundError, PermissionError, ...)
+    throw FileError("model directory " + dir + ": " + e.what(), e.error_number());
   } catch (const Error& e) {
     throw FormatError("model directory " + dir + ": " + e.what());
   }

@@ -378,7 +378,7 @@ void add_bench(CLI::App& app) {
   sdpa->add_flag("--causal", s->causal, "bottom-right causal mask");
   sdpa->add_option("--window", s->window, "sliding window W (with --causal)");
   sdpa->add_option("--threads", s->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
-  sdpa->add_option("--impl", s->impl, "fused, unfused or reference")
+  sdpa->add_option("--impl", s->impl, "auto (the dispatcher's choice), fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   sdpa->add_option("--repeat", s->repeat, "timed runs after the warm-up")->check(CLI::PositiveNumber);
   sdpa->add_option("--warmup", s->warmup, "untimed runs first (default 1)")->check(CLI::NonNegativeNumber);
@@ -405,7 +405,7 @@ void add_bench(CLI::App& app) {
   mha->add_option("--len", m->len, "L");
   mha->add_flag("--causal", m->causal, "masked self-attention");
   mha->add_option("--threads", m->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
-  mha->add_option("--impl", m->impl, "fused, unfused or reference")
+  mha->add_option("--impl", m->impl, "auto (the dispatcher's choice), fused, unfused or reference")
       ->check(CLI::IsMember({"auto", "fused", "unfused", "reference"}));
   mha->add_option("--repeat", m->repeat, "timed runs after one warm-up")->check(CLI::PositiveNumber);
   mha->add_flag("--json", m->json, "one JSON line");

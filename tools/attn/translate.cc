@@ -1,4 +1,4 @@
-// attn translate / attn eval / attn train: the numbers-en-zh translation task from the command line.
+// attn translate / attn eval: the numbers-en-zh translation task from the command line (attn train: train.cc).
 #include <unistd.h>
 
 #include <cmath>

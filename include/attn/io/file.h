@@ -18,7 +18,7 @@ std::vector<uint8_t> read_file(const std::string& path);
 // the page cache), or read into memory where it cannot be mapped; FileError as read_file. A mapped file truncated by
 // another process while f reads it ends the process with SIGBUS, as with any mapping.
 void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f);
-// The file as text (configs, vocabularies, training state); FormatError if it cannot be read.
+// The file as text (configs, vocabularies, training state); FileError as read_file.
 std::string read_text(const std::string& path);
 // Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
 // `path`; on failure removes the temporary and throws FileError, so `path` is either the complete new file or

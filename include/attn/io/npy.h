@@ -4,8 +4,10 @@
 // float16) and bool ('|b1'), C order. Writes float32, float16 or bool, format version 1 (version 2 when the
 // header needs it); bfloat16 has no NumPy dtype and throws DTypeError.
 // Throws FormatError on anything else: a bad magic, an unsupported dtype or Fortran order, a header
-// that is malformed or longer than 1 MiB, a shape whose byte count disagrees with the file's size (the
-// header is checked against the real size before anything is allocated).
+// that is malformed (bytes after its '}', (n) for (n,), a key given twice) or longer than 1 MiB, a shape whose
+// byte count disagrees with the file's size (the header is checked against the real size before anything is
+// allocated); FileError (a FormatError) where the system refuses the file. write_npy throws ArgumentError for
+// more than 32 dimensions (NumPy's limit).
 #pragma once
 
 #include <cstddef>

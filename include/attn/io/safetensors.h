@@ -3,8 +3,12 @@
 // Reads F32, BF16 and F16 (kept as float32, bfloat16, float16), F64, I64 and I32 (converted to float32) and
 // BOOL; writes F32, BF16, F16 and BOOL. Model loaders widen BF16/F16 weights to float32 (to_dtype).
 // Throws FormatError on a truncated or corrupt file: a header length past the file's end or over
-// 100 MiB, invalid JSON, a missing or mistyped field, an unsupported dtype, data offsets outside the
-// data or disagreeing with the shape. Nothing is allocated from a size the file has not backed.
+// 100 MiB, invalid JSON, a header nested deeper than {name: {shape: [...]}} or with an array of more than 64
+// items, a missing or mistyped field, metadata that is not a string, an unsupported dtype, data offsets
+// disagreeing with the shape, tensors that do not tile the data exactly (two on the same bytes, a gap, bytes
+// after the last: as the safetensors library requires); FileError (a FormatError) where the system refuses the
+// file. Nothing is allocated from a size the file has not backed. The writer throws ArgumentError for what a
+// reader would refuse: a tensor named __metadata__, more than 32 dimensions, a name that is not UTF-8.
 #pragma once
 
 #include <cstddef>

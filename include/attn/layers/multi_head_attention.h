@@ -59,12 +59,14 @@ class MultiHeadAttention {
   explicit MultiHeadAttention(const MultiHeadAttentionConfig& config, uint64_t seed = 0);
 
   // From PyTorch state-dict tensors, names under `prefix` (e.g. "self_attn."). Throws
-  // MissingTensorError for a missing name and ShapeError for a wrong shape.
+  // MissingTensorError for a missing name, DTypeError for one that is not float32 and ShapeError for a wrong shape.
   static MultiHeadAttention from_state_dict(const std::map<std::string, Tensor>& tensors,
                                             const MultiHeadAttentionConfig& config, const std::string& prefix = "");
   static MultiHeadAttention load(const std::string& safetensors_path, const MultiHeadAttentionConfig& config,
                                  const std::string& prefix = "");
-  // The weights under PyTorch's names (packed in_proj_* when kdim = vdim = E, as PyTorch does).
+  // The weights under PyTorch's names (packed in_proj_* when kdim = vdim = E, as PyTorch does). Like torch's, some
+  // entries share the layer's storage (out_proj.weight, q/k/v_proj_weight) and others are built (in_proj_*): clone()
+  // before writing into one.
   std::map<std::string, Tensor> state_dict(const std::string& prefix = "") const;
   void save(const std::string& safetensors_path) const;
 
