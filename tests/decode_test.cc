@@ -87,7 +87,7 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
 
 std::vector<test::AttentionCase> decode_cases() {
   std::vector<test::AttentionCase> cases;
-  for (const test::AttentionCase& c : test::attention_cases(150))
+  for (const test::AttentionCase& c : test::attention_cases(test::test_volume(150, 40)))
     if (decode_serves(c) && !c.weights) cases.push_back(c);
   for (int64_t Lq : {1, 3, 4})
     for (int64_t Lk : {1, 15, 16, 17, 33, 100})

@@ -218,7 +218,8 @@ TEST(Decoding, BeamOneIsGreedyAndACutHypothesisNeverBeatsAWholeOne) {
   train::train_numbers(o);
   const Translator t = Translator::load(dir.string());
   std::vector<std::string> sentences;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 200, 7)) sentences.push_back(e.source);
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, test::test_volume(200, 60), 7))
+    sentences.push_back(e.source);
   TranslateOptions greedy, sloped;
   greedy.length_penalty = 0.0f;
   sloped.length_penalty = 0.6f;
@@ -408,21 +409,26 @@ TEST(ShippedModel, ReachesNinetyNinePercentOnTheTestSplit) {
 
 // The decoding engine against fixed outputs for the whole test split (eval's 2000 sentences): greedy as
 // CTranslate2 4.8.5 float32 decodes the same weights (bench/convert_ctranslate2.py; identical on all 2000),
-// which is also what attn's engine gave before finished sentences left the batch; beam 4 as that engine gave
-// (CTranslate2 normalises length differently). Any batch size and thread count must give the same outputs.
+// which is also what attn's engine gave before finished sentences left the batch. The beam-4 column was written by
+// attn's engine of that time (CTranslate2 normalises length differently): it is only trusted because it equals the
+// greedy column, CTranslate2's, on every sentence, which the test checks first. Any batch size and thread count must
+// give the same outputs. (No committed script writes the file: CTranslate2 is not among the test dependencies.)
 TEST(ShippedModel, DecodingMatchesTheFixedTranslationsOfTheTestSplit) {
   const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
   std::ifstream in(std::string(ATTN_FIXTURE_DIR) + "/shipped_test_split_translations.tsv");
   ASSERT_TRUE(in) << "missing fixture";
   std::vector<std::string> sources, greedy, beam4;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 2000, 3)) sources.push_back(e.source);
+  const int count = test::test_volume(2000, 300);  // under the sanitizers the first 300
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, count, 3)) sources.push_back(e.source);
   for (std::string line; std::getline(in, line);) {
     const size_t tab = line.find('\t');
     ASSERT_NE(tab, std::string::npos) << line;
     greedy.push_back(line.substr(0, tab));
     beam4.push_back(line.substr(tab + 1));
   }
-  ASSERT_EQ(greedy.size(), sources.size());
+  ASSERT_EQ(greedy.size(), 2000u);
+  ASSERT_EQ(beam4, greedy) << "the beam-4 column must be CTranslate2's greedy output, sentence for sentence";
+  greedy.resize(sources.size()), beam4.resize(sources.size());
   // (a quantised KV cache may change at most 0.5% of the sentences: the translation issue's bar for int8)
   struct Run {
     int beam, batch_size, threads;
@@ -456,7 +462,7 @@ void scribble_on_the_stack(int) {
 
 TEST(ShippedModel, TranslationSurvivesSignals) {
   const std::string dir = std::string(ATTN_SOURCE_MODEL_DIR);
-  const auto [sources, targets] = test::test_split(600);
+  const auto [sources, targets] = test::test_split(test::test_volume(600, 200));
   struct sigaction handler {
   }, saved{};
   handler.sa_handler = scribble_on_the_stack;
@@ -471,7 +477,7 @@ TEST(ShippedModel, TranslationSurvivesSignals) {
       const auto got = translator.translate(sources, o);
       int right = 0;
       for (size_t i = 0; i < got.size(); ++i) right += got[i] == targets[i];
-      EXPECT_GE(right, 594) << "beam " << beam;  // 99%
+      EXPECT_GE(right, static_cast<int>(sources.size()) * 99 / 100) << "beam " << beam;
     }
   }
   setitimer(ITIMER_PROF, &off, nullptr);

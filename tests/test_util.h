@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -13,6 +14,24 @@
 namespace attn::test {
 
 inline std::string fixture(const std::string& name) { return std::string(ATTN_FIXTURE_DIR) + "/" + name; }
+
+// Under AddressSanitizer (scripts/sanitize.sh) every operation costs several times as much, and that run is there to
+// check memory, which needs every path and option reached, not volume: the heaviest tests take fewer random cases and
+// sentences there (their structured cases, every option and target, all stay). ATTN_TEST_VOLUME=small asks for the
+// same in any build, to check the smaller counts' thresholds.
+inline bool small_test_volume() {
+#if defined(__SANITIZE_ADDRESS__)
+  return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  return true;
+#endif
+#endif
+  const char* v = std::getenv("ATTN_TEST_VOLUME");
+  return v != nullptr && std::string(v) == "small";
+}
+// `full` in the normal runs, `small` under the sanitizers.
+inline int test_volume(int full, int small) { return small_test_volume() ? small : full; }
 
 inline Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
   Tensor t(std::move(shape));

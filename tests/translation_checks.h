@@ -4,11 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "attn/tasks/numbers_en_zh.h"
 #include "attn/translator.h"
+#include "test_util.h"
 
 namespace attn::test {
 
@@ -27,18 +29,20 @@ inline Sentences test_split(int64_t count) {
 }
 
 // The translation issue's bar for quantised inference: on eval's 2000 test sentences, greedy and beam 4, at most
-// 0.5% translated differently from float32 and at least 99% exact.
+// 0.5% translated differently from float32 and at least 99% exact. (Under the sanitizers the first 300, at most 2
+// different and 99% exact: a memory check of the same paths, not the bar.)
 inline void expect_translates_the_test_split_as_float32(const std::string& dir, Quantization q) {
   const Translator fp32 = Translator::load(dir), other = Translator::load(dir, q);
-  const Sentences s = test_split(2000);
+  const int count = test_volume(2000, 300);
+  const Sentences s = test_split(count);
   for (int beam : {1, 4}) {
     TranslateOptions o;
     o.beam = beam;
     const auto a = fp32.translate(s.sources, o), b = other.translate(s.sources, o);
     int differ = 0, right = 0;
     for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i], right += b[i] == s.targets[i];
-    EXPECT_LE(differ, 10) << quantization_name(q) << ", beam " << beam;  // 0.5% of 2000
-    EXPECT_GE(right, 1980) << quantization_name(q) << ", beam " << beam;
+    EXPECT_LE(differ, std::max(2, count / 200)) << quantization_name(q) << ", beam " << beam;  // 0.5%
+    EXPECT_GE(right, count * 99 / 100) << quantization_name(q) << ", beam " << beam;
   }
 }
 
