@@ -61,6 +61,19 @@ TEST(MiniLM, TokenIdsAndEmbeddingsMatchHuggingFace) {
   const Tensor one_thread = enc.embed({sentences[0], sentences[1]}, 32, 1);
   for (int64_t i = 0; i < 2 * D; ++i) EXPECT_NEAR(one_thread.f32()[i], got.f32()[i], 1e-5);
   EXPECT_THROW(enc.embed({sentences[0]}, 32, -1), ArgumentError);
+  // text that is not UTF-8 is refused, naming the sentence and the byte (its bad bytes had been dropped in silence)
+  try {
+    enc.embed({sentences[0], "caf\xe9 au lait"}, 32);
+    ADD_FAILURE() << "embedded text that is not UTF-8";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("sentences[1]: WordPiece: the text is not valid UTF-8 (byte 0xE9 at offset 3)"),
+        std::string::npos)
+        << e.what();
+  }
+  for (const char* bad : {"\x80", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82"})
+    EXPECT_THROW(enc.token_ids(bad), ArgumentError) << bad;
+  EXPECT_EQ(text::utf8_problem("caf\xc3\xa9 \xe4\xb8\x89 \xf0\x9f\x98\x80"), std::nullopt);
 }
 
 TEST(MiniLM, BadModelDirectoriesFailClearly) {

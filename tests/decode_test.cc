@@ -225,6 +225,16 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
     const Tensor got = cache.attend(in.q, in.options.key_padding_mask);
     EXPECT_LE(test::max_abs_diff(got, want), type == KVCacheType::kFloat32 ? kTol : 2e-2);
     EXPECT_THROW(cache.append(slice(in.k, 0, 4), slice(in.v, 0, 4)), ArgumentError);  // past the capacity
+    // reset: a new sequence in the same memory (other values: the old ones must not show through)
+    cache.reset();
+    EXPECT_EQ(cache.length(), 0);
+    Tensor k2 = in.k.clone(), v2 = in.v.clone();
+    for (int64_t i = 0; i < k2.numel(); ++i) k2.f32()[i] *= -0.5f, v2.f32()[i] += 1.0f;
+    cache.append(slice(k2, 0, 30), slice(v2, 0, 30));
+    AttentionOptions o;
+    o.impl = AttentionImpl::kReference;
+    const Tensor want2 = scaled_dot_product_attention(in.q, slice(k2, 0, 30), slice(v2, 0, 30), o).output;
+    EXPECT_LE(test::max_abs_diff(cache.attend(in.q), want2), type == KVCacheType::kFloat32 ? kTol : 2e-2);
   }
   // one position at a time, as decoding appends: the last, incomplete block is kept as rows and transposed when
   // it completes; attending at every length around the block edges

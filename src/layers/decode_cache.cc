@@ -38,6 +38,8 @@ DecodeCache::~DecodeCache() = default;
 DecodeCache::DecodeCache(DecodeCache&&) noexcept = default;
 DecodeCache& DecodeCache::operator=(DecodeCache&&) noexcept = default;
 
+void DecodeCache::reset() { impl_->length = 0; }  // every position, scales too, is written again before it is read
+
 int64_t DecodeCache::length() const { return impl_->length; }
 KVCacheType DecodeCache::type() const { return impl_->type; }
 size_t DecodeCache::bytes() const { return impl_->cache.bytes_held(); }

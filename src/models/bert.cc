@@ -225,8 +225,14 @@ Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t
   // batches of similar lengths pad less (sentence-transformers sorts the same way); rows go back in order
   std::vector<std::vector<int32_t>> enc(static_cast<size_t>(N));
   std::vector<int64_t> order(static_cast<size_t>(N));
-  for (int64_t i = 0; i < N; ++i)
-    enc[static_cast<size_t>(i)] = token_ids(sentences[static_cast<size_t>(i)]), order[static_cast<size_t>(i)] = i;
+  for (int64_t i = 0; i < N; ++i) {
+    try {
+      enc[static_cast<size_t>(i)] = token_ids(sentences[static_cast<size_t>(i)]);
+    } catch (const ArgumentError& e) {  // which sentence
+      throw ArgumentError("embed: sentences[" + std::to_string(i) + "]: " + e.what());
+    }
+    order[static_cast<size_t>(i)] = i;
+  }
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
     return enc[static_cast<size_t>(a)].size() > enc[static_cast<size_t>(b)].size();
   });

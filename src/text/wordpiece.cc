@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -82,7 +83,41 @@ const std::string& WordPiece::token(int32_t id) const {
   return tokens_[static_cast<size_t>(id)];
 }
 
+std::optional<std::string> utf8_problem(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+    const unsigned char c = byte(i);
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80)
+      len = 1, cp = c;
+    else if (c >= 0xC2 && c <= 0xDF)
+      len = 2, cp = c & 0x1Fu;
+    else if (c >= 0xE0 && c <= 0xEF)
+      len = 3, cp = c & 0x0Fu;
+    else if (c >= 0xF0 && c <= 0xF4)
+      len = 4, cp = c & 0x07u;
+    bool ok = len > 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      ok = (byte(i + k) & 0xC0) == 0x80;
+      cp = (cp << 6) | (byte(i + k) & 0x3Fu);
+    }
+    // overlong 3- and 4-byte forms, UTF-16 surrogates, beyond U+10FFFF
+    if (ok &&
+        ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
+      ok = false;
+    if (!ok) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02X", c);
+      return "not valid UTF-8 (byte " + std::string(hex) + " at offset " + std::to_string(i) + ")";
+    }
+    i += len;
+  }
+  return std::nullopt;
+}
+
 std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const {
+  if (const auto why = utf8_problem(text)) throw ArgumentError("WordPiece: the text is " + *why);
   const icu::UnicodeString in = icu::UnicodeString::fromUTF8(text);
   // 1-2: clean, and spaces around CJK ideographs
   icu::UnicodeString cleaned;

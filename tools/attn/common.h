@@ -9,6 +9,7 @@
 
 #include "attn/attention.h"
 #include "attn/tensor.h"
+#include "attn/text/wordpiece.h"
 
 namespace attn::cli {
 
@@ -32,8 +33,8 @@ void write_outputs(const std::vector<OutputFile>& outputs);
 // Standard input, one item per line; the CR that ends a line of CRLF input is dropped.
 std::vector<std::string> read_stdin_lines();
 
-// Why `s` is not valid UTF-8 (the first bad byte and its offset), or nullopt when it is.
-std::optional<std::string> utf8_problem(const std::string& s);
+// Why `s` is not valid UTF-8 (the first bad byte and its offset), or nullopt when it is (the library's).
+using text::utf8_problem;
 
 // Inputs read one per line, where a bad one costs only itself. Every problem goes to stderr as it is
 // found, numbered by `unit` ("attn: error: line 2: ...", "attn: warning: line 3: ..."; no number when

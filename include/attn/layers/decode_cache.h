@@ -35,6 +35,9 @@ class DecodeCache {
   // A row with every key hidden is 0. num_threads 0: OpenMP's default (small problems use one thread).
   Tensor attend(const Tensor& q, const Tensor& key_padding_mask = Tensor(), int num_threads = 0) const;
 
+  // Empties the cache for a new sequence, keeping its memory: the next append writes from position 0. (Dropping
+  // only the last positions is not offered: a completed block of keys is stored transposed.)
+  void reset();
   int64_t length() const;
   KVCacheType type() const;
   size_t bytes() const;  // memory the keys, values and scales take

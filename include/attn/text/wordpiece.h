@@ -12,16 +12,22 @@
 // The character classes of 1-3 (removed, CJK, non-spacing mark, punctuation) are the tokenizers library's own,
 // read off it by tests/fixtures/generate_wordpiece_tables.py: its Unicode data is older than ICU's, and a character
 // it does not know (a new emoji, an unassigned code point) stays, as [UNK]. NFD and lower-casing are ICU's.
-// encode() adds [CLS] ... [SEP] and truncates to max_length.
+// encode() adds [CLS] ... [SEP] and truncates to max_length. Text that is not valid UTF-8 throws ArgumentError (its
+// bad bytes had been dropped in silence; Hugging Face's tokenizers take only valid strings).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace attn::text {
+
+// Why `s` is not valid UTF-8 (the first bad byte and its offset: a stray continuation byte, an overlong form, a
+// surrogate, a code point past U+10FFFF, a sequence cut short), or nullopt when it is.
+std::optional<std::string> utf8_problem(const std::string& s);
 
 class WordPiece {
  public:
