@@ -149,6 +149,7 @@ def chinese_numeral(n):
             out += "亿"
         if p == 4 and (d[4] or d[5] or d[6] or d[7]):
             out += "万"
+            zero_pending = False
     return out[1:] if out.startswith("一十") else out
 
 

@@ -83,7 +83,10 @@ std::string chinese_numeral(int64_t n) {
       zero_pending = true;  // one 零 for the whole run, written only if a non-zero digit follows
     }
     if (p == 8 && d[8]) out += "亿";
-    if (p == 4 && (d[4] || d[5] || d[6] || d[7])) out += "万";
+    if (p == 4 && (d[4] || d[5] || d[6] || d[7])) {
+      out += "万";
+      zero_pending = false;  // a section's trailing zeros are not read: 201000 = 二十万一千, 200100 = 二十万零一百
+    }
   }
   if (out.rfind("一十", 0) == 0) out.erase(0, std::string("一").size());  // leading 一十 -> 十
   return out;
@@ -290,6 +293,13 @@ Vocab Vocab::from_json(const std::string& text) {
     const nlohmann::json j = nlohmann::json::parse(text);
     Vocab v{j.at("src").get<std::vector<std::string>>(), j.at("tgt").get<std::vector<std::string>>()};
     if (v.src.size() < 5 || v.tgt.size() < 5) throw FormatError("vocab.json: too few tokens");
+    const char* specials[] = {"<pad>", "<bos>", "<eos>", "<unk>"};  // the ids the encoders and decoders write
+    for (const auto* side : {&v.src, &v.tgt})
+      for (int id = 0; id < 4; ++id)
+        if ((*side)[id] != specials[id])
+          throw FormatError(std::string("vocab.json: \"") + (side == &v.src ? "src" : "tgt") + "\" has \"" +
+                            excerpt((*side)[id]) + "\" at id " + std::to_string(id) + ", expected \"" + specials[id] +
+                            "\" (ids 0..3 are <pad>, <bos>, <eos>, <unk>)");
     for (const auto* side : {&v.src, &v.tgt}) {  // a token twice would have two ids: which one encodes it?
       std::set<std::string> seen;
       for (const std::string& token : *side)
