@@ -244,7 +244,7 @@ TEST(Transformer, SuppressedTokensAreNeverChosen) {
     for (int32_t v = 0; v < m.config().tgt_vocab; ++v)
       if (v != 5) o.suppress_tokens.push_back(v);
     for (const auto& out : generate(m, src, o)) EXPECT_EQ(out, std::vector<int32_t>(8, 5)) << "beam " << beam;
-    o.suppress_tokens = {m.config().tgt_vocab};
+    o.suppress_tokens = {static_cast<int32_t>(m.config().tgt_vocab)};
     EXPECT_THROW(generate(m, src, o), ArgumentError);
   }
 }
@@ -462,15 +462,18 @@ TEST(Transformer, AReplacedParameterIsNoticed) {
 TEST(Transformer, PerSentenceLimitsMakeOutputsIndependentOfTheBatch) {
   const Transformer m = random_model(false);
   for (int beam : {1, 3}) {
-    GenerationOptions alone{beam, 0.6f, 0, {3}};
-    GenerationOptions both{beam, 0.6f, 0, {3, 9}};
+    GenerationOptions alone = decoding(beam, 0.6f, 0), both = alone;
+    alone.max_lengths = {3};
+    both.max_lengths = {3, 9};
     const auto a = generate(m, TokenBatch{{3, 4, 5, 2}, 1, 4}, alone);
     const auto b = generate(m, TokenBatch{{3, 4, 5, 2, 6, 7, 8, 2}, 2, 4}, both);
     EXPECT_LE(a[0].size(), 3u);
     EXPECT_EQ(b[0], a[0]) << "beam " << beam;
     EXPECT_GT(b[1].size(), 3u) << "beam " << beam;  // the other sentence did run longer
   }
-  EXPECT_THROW(generate(m, TokenBatch{{3, 4, 5, 2}, 1, 4}, {1, 0.6f, 0, {3, 4}}), ArgumentError);
+  GenerationOptions two_limits = decoding(1, 0.6f, 0);
+  two_limits.max_lengths = {3, 4};  // for one sentence
+  EXPECT_THROW(generate(m, TokenBatch{{3, 4, 5, 2}, 1, 4}, two_limits), ArgumentError);
 }
 
 }  // namespace
