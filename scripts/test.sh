@@ -37,6 +37,8 @@ build/venv/bin/python -m pip install -q scikit-build-core nanobind ninja build n
 # PyTorch, for attn.torch's tests (tests/python/test_torch.py skips without it); PyPI's default wheel, once per venv.
 build/venv/bin/python -c 'import torch' 2>/dev/null || build/venv/bin/python -m pip install -q torch
 rm -rf build/dist
+# (through ccache where setup.sh installed it: the library's objects then come from the main build's cache)
+if command -v ccache >/dev/null; then export CMAKE_CXX_COMPILER_LAUNCHER=ccache CMAKE_C_COMPILER_LAUNCHER=ccache; fi
 build/venv/bin/python -m build --wheel --no-isolation --outdir build/dist . >build/wheel.log 2>&1 ||
   { cat build/wheel.log; exit 1; }
 build/venv/bin/python -m pip install -q --force-reinstall --no-deps build/dist/attn-*.whl
