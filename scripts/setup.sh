@@ -34,6 +34,6 @@ fi
 # Through ccache: scripts/test.sh's wheel compiles the same sources with the same flags a second time (build/python-*),
 # and takes them from this build's cache instead; rebuilds after a small change reuse it too.
 launcher=""
-command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache"
+command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $launcher >/dev/null
 cmake --build build -j"$(nproc)"

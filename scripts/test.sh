@@ -37,9 +37,15 @@ build/venv/bin/python -m pip install -q scikit-build-core nanobind ninja build n
 # PyTorch, for attn.torch's tests (tests/python/test_torch.py skips without it); PyPI's default wheel, once per venv.
 build/venv/bin/python -c 'import torch' 2>/dev/null || build/venv/bin/python -m pip install -q torch
 rm -rf build/dist
-# (through ccache where setup.sh installed it: the library's objects then come from the main build's cache)
-if command -v ccache >/dev/null; then export CMAKE_CXX_COMPILER_LAUNCHER=ccache CMAKE_C_COMPILER_LAUNCHER=ccache; fi
-build/venv/bin/python -m build --wheel --no-isolation --outdir build/dist . >build/wheel.log 2>&1 ||
+# Through ccache where setup.sh installed it: the library's objects then come from the main build's cache, if the
+# compiler is called by the same name (ccache hashes it: the wheel's CMake would pick g++ where the main build has c++).
+wheel_env=()
+if command -v ccache >/dev/null; then
+  wheel_env=(CMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  main_cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:FILEPATH=//p' build/CMakeCache.txt)
+  if [ -n "$main_cxx" ]; then wheel_env+=(CXX="$main_cxx"); fi
+fi
+env "${wheel_env[@]}" build/venv/bin/python -m build --wheel --no-isolation --outdir build/dist . >build/wheel.log 2>&1 ||
   { cat build/wheel.log; exit 1; }
 build/venv/bin/python -m pip install -q --force-reinstall --no-deps build/dist/attn-*.whl
 build/venv/bin/python -m pytest -q -rs tests/python tests/gpu 2>&1 | tee build/pytest.log
