@@ -175,6 +175,7 @@ TEST(Task, GrammarAcceptsEveryCanonicalPhrase) {
   EXPECT_EQ(bad, 0);
   // normalised first: case and spacing are not the grammar's business
   EXPECT_EQ(tasks::normalize_source("  Three HUNDRED\ttwelve\r"), "three hundred twelve");
+  EXPECT_EQ(tasks::normalize_source("TWELVE \xC3\x89T\xC3\xA9"), "twelve \xC3\x89t\xC3\xA9");  // ASCII letters only
   EXPECT_EQ(tasks::grammar_problem("  Three HUNDRED\ttwelve\r"), std::nullopt);
   EXPECT_EQ(tasks::parse_english_words("One Million"), 1'000'000);
 }

@@ -1,7 +1,6 @@
 #include "attn/tasks/numbers_en_zh.h"
 
 #include <algorithm>
-#include <cctype>
 #include <filesystem>
 #include <random>
 #include <set>
@@ -169,7 +168,8 @@ Reading read_words(const std::vector<std::string>& w) {  // w [words], non-empty
 
 std::string normalize_source(const std::string& text) {
   std::string lower = text;
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (char& ch : lower)  // ASCII only: std::tolower follows the C locale, which a host program may set to Latin-1
+    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
   return join(words(lower));
 }
 
