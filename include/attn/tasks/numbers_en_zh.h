@@ -8,7 +8,8 @@
 // rule for the sections of four digits (亿 | 万 | units): a section's trailing zeros are not read, and one 零
 // stands for a run of zeros at the start or inside a section, or for a whole zero 万 section:
 // 201000 二十万一千, 200100 二十万零一百, 10010 一万零一十, 100001000 一亿零一千, 101000000 一亿零一百万.
-// tests/fixtures/numerals.tsv holds both sides as the num2words and cn2an packages write them.
+// tests/fixtures/numerals.tsv holds both sides as the num2words and cn2an packages write them (cn2an with one
+// correction, for the empty 万 section: tests/fixtures/generate_numerals.py).
 #pragma once
 
 #include <cstdint>
