@@ -176,6 +176,11 @@ TEST(Task, GrammarAcceptsEveryCanonicalPhrase) {
   // normalised first: case and spacing are not the grammar's business
   EXPECT_EQ(tasks::normalize_source("  Three HUNDRED\ttwelve\r"), "three hundred twelve");
   EXPECT_EQ(tasks::normalize_source("TWELVE \xC3\x89T\xC3\xA9"), "twelve \xC3\x89t\xC3\xA9");  // ASCII letters only
+  EXPECT_EQ(tasks::words("\tone\v\ftwo\r\n three\xC2\xA0"
+                         "four "),
+            (std::vector<std::string>{"one", "two",
+                                      "three\xC2\xA0"
+                                      "four"}));
   EXPECT_EQ(tasks::grammar_problem("  Three HUNDRED\ttwelve\r"), std::nullopt);
   EXPECT_EQ(tasks::parse_english_words("One Million"), 1'000'000);
 }

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <random>
 #include <set>
-#include <sstream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -324,10 +324,17 @@ std::vector<std::string> utf8_chars(const std::string& s) {
   return out;
 }
 
-std::vector<std::string> words(const std::string& s) {
-  std::istringstream in(s);
+std::vector<std::string> words(const std::string& s) {  // split at ASCII whitespace, whatever the global locale
   std::vector<std::string> out;
-  for (std::string w; in >> w;) out.push_back(w);
+  std::string w;
+  for (const char ch : s) {
+    if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r') {
+      if (!w.empty()) out.push_back(std::move(w)), w.clear();
+    } else {
+      w += ch;
+    }
+  }
+  if (!w.empty()) out.push_back(std::move(w));
   return out;
 }
 

@@ -72,6 +72,6 @@ struct Vocab {
 
 // Splits UTF-8 into characters (the target's tokens) and text into space-separated words.
 std::vector<std::string> utf8_chars(const std::string& s);
-std::vector<std::string> words(const std::string& s);
+std::vector<std::string> words(const std::string& s);  // at ASCII whitespace (U+00A0 and U+3000 stay inside words)
 
 }  // namespace attn::tasks
