@@ -294,18 +294,16 @@ Vocab Vocab::from_json(const std::string& text) {
     Vocab v{j.at("src").get<std::vector<std::string>>(), j.at("tgt").get<std::vector<std::string>>()};
     if (v.src.size() < 5 || v.tgt.size() < 5) throw FormatError("vocab.json: too few tokens");
     const char* specials[] = {"<pad>", "<bos>", "<eos>", "<unk>"};  // the ids the encoders and decoders write
-    for (const auto* side : {&v.src, &v.tgt})
+    for (const auto* side : {&v.src, &v.tgt}) {
+      const std::string name = side == &v.src ? "src" : "tgt";
       for (int id = 0; id < 4; ++id)
         if ((*side)[id] != specials[id])
-          throw FormatError(std::string("vocab.json: \"") + (side == &v.src ? "src" : "tgt") + "\" has \"" +
-                            excerpt((*side)[id]) + "\" at id " + std::to_string(id) + ", expected \"" + specials[id] +
+          throw FormatError("vocab.json: \"" + name + "\" has \"" + excerpt((*side)[id]) + "\" at id " +
+                            std::to_string(id) + ", expected \"" + specials[id] +
                             "\" (ids 0..3 are <pad>, <bos>, <eos>, <unk>)");
-    for (const auto* side : {&v.src, &v.tgt}) {  // a token twice would have two ids: which one encodes it?
-      std::set<std::string> seen;
+      std::set<std::string> seen;  // a token twice would have two ids: which one encodes it?
       for (const std::string& token : *side)
-        if (!seen.insert(token).second)
-          throw FormatError(std::string("vocab.json: \"") + (side == &v.src ? "src" : "tgt") + "\" lists \"" + token +
-                            "\" twice");
+        if (!seen.insert(token).second) throw FormatError("vocab.json: \"" + name + "\" lists \"" + token + "\" twice");
     }
     return v;
   } catch (const nlohmann::json::exception& e) {
