@@ -142,13 +142,17 @@ void MpiGradientReducer::gradients_ready(const std::vector<std::string>& names) 
 float MpiGradientReducer::finish_step() {
   const auto t0 = std::chrono::steady_clock::now();
   if (!stepping_) throw ArgumentError("MpiGradientReducer::finish_step: called without begin_step");
-  stepping_ = false;
   if (named_.size() != grads_->size()) {
+    // With nothing launched the step is dropped and a new one may begin. Once a bucket's all-reduce is in flight, the
+    // reducer stays in this step (begin_step throws), as after any exception inside one: a new step would refill
+    // buckets that MPI or the communication thread still reads and writes.
+    if (open_ == 0) stepping_ = false;
     for (auto& [name, g] : *grads_)  // the first one missing
       if (std::find(named_.begin(), named_.end(), g.f32()) == named_.end())
         throw Error("MpiGradientReducer::finish_step: the gradient '" + name + "' was never named ready (" +
                     std::to_string(named_.size()) + " of " + std::to_string(grads_->size()) + ")");
   }
+  stepping_ = false;
   if (deferred_) {
     times_.reducing += detail::seconds_since(t0);
     return reduce(*grads_, loss_);

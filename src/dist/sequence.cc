@@ -147,25 +147,35 @@ Tensor shard_sequence(const Tensor& full, int dim, int rank, int size, SequenceL
 
 Tensor gather_sequence(const Tensor& local, int dim, MPI_Comm comm, SequenceLayout layout, int root) {
   detail::CommDup c(comm);
-  if (dim < 0 || dim >= local.rank())
-    throw ArgumentError("gather_sequence: dim " + std::to_string(dim) + " for a tensor of shape " +
-                        shape_str(local.shape()));
-  if (root < 0 || root >= c.size())
-    throw ArgumentError("gather_sequence: root " + std::to_string(root) + " is not a rank of " +
-                        std::to_string(c.size()));
+  // A bad dim or root is told to every rank through the Allgather below (rank -1 in its header): had the rank that
+  // found it thrown here, the others would wait in the Allgather for it
+  const bool dim_ok = dim >= 0 && dim < local.rank(), root_ok = root >= 0 && root < c.size();
+  const std::string mistake =
+      !dim_ok    ? "dim " + std::to_string(dim) + " for a tensor of shape " + shape_str(local.shape())
+      : !root_ok ? "root " + std::to_string(root) + " is not a rank of " + std::to_string(c.size())
+                 : "";
   // every rank's length, and what must agree (the root sizes every rank's message from its own): rank, dtype, dim,
   // root and the sizes around dim
-  Shape row_shape = local.shape();
-  row_shape[static_cast<size_t>(dim)] = 1;
-  const int64_t per_row = shape_numel(row_shape);
-  int64_t outer = 1;
-  for (int i = 0; i < dim; ++i) outer *= local.dim(i);
   enum : size_t { kLength, kRank, kDType, kDim, kRoot, kOuter, kPerRow, kCount };
-  const std::array<int64_t, kCount> mine{local.dim(dim), local.rank(), static_cast<int64_t>(local.dtype()), dim, root,
-                                         outer,          per_row};
+  std::array<int64_t, kCount> mine{};
+  mine[kRank] = -1;
+  int64_t per_row = 0;
+  if (mistake.empty()) {
+    Shape row_shape = local.shape();
+    row_shape[static_cast<size_t>(dim)] = 1;
+    per_row = shape_numel(row_shape);
+    int64_t outer = 1;
+    for (int i = 0; i < dim; ++i) outer *= local.dim(i);
+    mine = {local.dim(dim), local.rank(), static_cast<int64_t>(local.dtype()), dim, root, outer, per_row};
+  }
   std::vector<std::array<int64_t, kCount>> headers(static_cast<size_t>(c.size()));
   detail::check_mpi(MPI_Allgather(mine.data(), kCount, MPI_INT64_T, headers.data(), kCount, MPI_INT64_T, c.get()),
                     "gather_sequence: MPI_Allgather");
+  if (!mistake.empty()) throw ArgumentError("gather_sequence: " + mistake);
+  for (size_t s = 0; s < headers.size(); ++s)
+    if (headers[s][kRank] < 0)
+      throw ArgumentError("gather_sequence (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(s) +
+                          " was given a dim or root it cannot use");
   std::vector<int64_t> lengths;
   for (size_t s = 0; s < headers.size(); ++s) {
     lengths.push_back(headers[s][kLength]);

@@ -86,6 +86,13 @@ TEST(MpiGradientReducer, RefusesAGradientNamedTwiceNeverOrUnknown) {
       reducer.begin_step(grads, 1.0f);
       EXPECT_THROW(reducer.gradients_ready({"c"}), ArgumentError);
     }
+    if (mode != GradientOverlap::kNone) {  // one-float buckets: "b"'s all-reduces start before finish_step fails
+      MpiGradientReducer reducer(MPI_COMM_WORLD, {1, mode});
+      reducer.begin_step(grads, 1.0f);
+      reducer.gradients_ready({"b"});
+      EXPECT_THROW(reducer.finish_step(), Error);
+      EXPECT_THROW(reducer.begin_step(grads, 1.0f), ArgumentError);  // had refilled the buckets still in flight
+    }
   }
   EXPECT_THROW(MpiGradientReducer(MPI_COMM_WORLD, {0, GradientOverlap::kNone}), ArgumentError);
   EXPECT_EQ(parse_gradient_overlap("thread"), GradientOverlap::kThread);

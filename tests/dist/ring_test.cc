@@ -194,7 +194,7 @@ TEST(RingAttention, MismatchedShapesFailOnEveryRank) {
 }
 
 // 16-bit tensors cut and gather as float32 ones do (their 2-byte rows had been copied as 1-byte ones); ranks that
-// disagree on the dtype fail together in gather_sequence.
+// disagree on the dtype, or where one has a bad dim or root, fail together in gather_sequence.
 TEST(Sequence, HalfPrecisionShardsAndGathers) {
   const int r = rank(), n = size();
   std::mt19937 rng(5);
@@ -216,6 +216,9 @@ TEST(Sequence, HalfPrecisionShardsAndGathers) {
     EXPECT_THROW(gather_sequence(r == 1 ? to_dtype(part, DType::kFloat16) : part, 2, MPI_COMM_WORLD,
                                  SequenceLayout::kContiguous),
                  ShapeError);
+    // a dim or root only rank 1 gets wrong: every rank throws (the others had waited for it in the Allgather)
+    EXPECT_THROW(gather_sequence(part, r == 1 ? 4 : 2, MPI_COMM_WORLD, SequenceLayout::kContiguous), ArgumentError);
+    EXPECT_THROW(gather_sequence(part, 2, MPI_COMM_WORLD, SequenceLayout::kContiguous, r == 1 ? n : 0), ArgumentError);
   }
 }
 
