@@ -148,5 +148,89 @@ TEST(MiniLM, SpecialTokensAndLongTextsTokenizeInOnePass) {
   for (size_t i = 1; i + 1 < ids.size(); ++i) EXPECT_EQ(ids[i], wp.id("word"));
 }
 
+// The same model in directories set up as other sentence-transformers models are: every pooling mode, modes side by
+// side, the older pooling keys, cased / accent-keeping tokenizers, no CJK splitting, sentence-transformers' own
+// do_lower_case, model_max_length. Each variant's directory is built from the fixture's metadata, as
+// tests/fixtures/generate_minilm.py built the one sentence-transformers 6.2 loaded; ids must be equal and embeddings
+// within 1e-4 (relative L2: a pooling that scales, as mean against mean_sqrt_len_tokens, fails it). Before, the
+// pooling config was never read (every model was mean-pooled) and strip_accents / tokenize_chinese_chars were ignored.
+TEST(MiniLM, EveryPoolingModeAndTokenizerSettingMatchSentenceTransformers) {
+  namespace fs = std::filesystem;
+  const io::Safetensors st = io::read_safetensors(test::fixture("minilm_variants.safetensors"));
+  const auto sentences = nlohmann::json::parse(st.metadata.at("sentences")).get<std::vector<std::string>>();
+  const nlohmann::json variants = nlohmann::json::parse(st.metadata.at("variants"));
+  const nlohmann::json max_lengths = nlohmann::json::parse(st.metadata.at("max_seq_length"));
+  const fs::path base = minilm_dir(), dir = fs::temp_directory_path() / "attn_minilm_variant";
+  ASSERT_GE(variants.size(), 13u);
+  for (const auto& [name, v] : variants.items()) {
+    SCOPED_TRACE(name);
+    fs::remove_all(dir);
+    fs::create_directories(dir / "1_Pooling");
+    for (const char* file : {"config.json", "vocab.txt", "model.safetensors"})
+      fs::create_symlink(base / file, dir / file);
+    nlohmann::json tok = nlohmann::json::parse(io::read_text((base / "tokenizer_config.json").string()));
+    if (v.contains("tokenizer_config")) tok.update(v["tokenizer_config"]);
+    std::ofstream(dir / "tokenizer_config.json") << tok.dump();
+    if (v.contains("sentence_bert_config"))
+      std::ofstream(dir / "sentence_bert_config.json") << v["sentence_bert_config"].dump();
+    else
+      fs::copy_file(base / "sentence_bert_config.json", dir / "sentence_bert_config.json");
+    const nlohmann::json modules =
+        v.contains("modules") ? v["modules"] : nlohmann::json::parse(io::read_text(base / "modules.json"));
+    std::ofstream(dir / "modules.json") << modules.dump();
+    const nlohmann::json pooling = v.contains("pooling")
+                                       ? v["pooling"]
+                                       : nlohmann::json{{"word_embedding_dimension", 384}, {"pooling_mode", "mean"}};
+    std::ofstream(dir / "1_Pooling" / "config.json") << pooling.dump();
+
+    const SentenceEncoder enc = SentenceEncoder::load(dir.string());
+    EXPECT_EQ(enc.max_seq_length(), max_lengths.at(name).get<int64_t>());
+    const Tensor& ids = st.at(name + ".ids");
+    for (size_t s = 0; s < sentences.size(); ++s) {
+      std::vector<int32_t> want;
+      for (int64_t i = 0; i < ids.dim(1) && ids.f32()[static_cast<int64_t>(s) * ids.dim(1) + i] >= 0; ++i)
+        want.push_back(static_cast<int32_t>(ids.f32()[static_cast<int64_t>(s) * ids.dim(1) + i]));
+      EXPECT_EQ(enc.token_ids(sentences[s]), want) << sentences[s];
+    }
+    const Tensor got = enc.embed(sentences, 8), &want = st.at(name + ".embeddings");
+    ASSERT_EQ(got.shape(), want.shape());
+    for (int64_t s = 0; s < got.dim(0); ++s) {
+      double err = 0, norm = 0;
+      for (int64_t d = 0; d < got.dim(1); ++d) {
+        const double a = got.f32()[s * got.dim(1) + d], b = want.f32()[s * got.dim(1) + d];
+        err += (a - b) * (a - b), norm += b * b;
+      }
+      EXPECT_LE(std::sqrt(err / norm), 1e-4) << sentences[static_cast<size_t>(s)];
+    }
+  }
+  // what sentence-transformers would refuse or run differently is refused, naming the file
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"modules.json", R"([{"type": "sentence_transformers.models.Transformer", "path": ""},
+                          {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+                          {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}])"},
+      {"modules.json", R"([{"type": "sentence_transformers.models.Transformer", "path": ""}])"},
+      {"1_Pooling/config.json", R"({"pooling_mode": "median"})"},
+      {"1_Pooling/config.json", R"({"word_embedding_dimension": 768, "pooling_mode": "mean"})"},
+      {"tokenizer_config.json", R"({"strip_accents": "yes"})"},
+      {"sentence_bert_config.json", "{"},
+  };
+  for (const auto& [file, text] : bad) {
+    fs::remove(dir / "modules.json");
+    std::ofstream(dir / "modules.json") << R"([{"type": "sentence_transformers.models.Transformer", "path": ""},
+                                               {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"}])";
+    fs::remove(dir / file);
+    std::ofstream(dir / file) << text;
+    try {
+      (void)SentenceEncoder::load(dir.string());
+      ADD_FAILURE() << file << " " << text << " was accepted";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+    }
+    fs::remove(dir / file);
+    std::ofstream(dir / file) << (file == "1_Pooling/config.json" ? R"({"pooling_mode": "mean"})" : "{}");
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace attn

@@ -13,7 +13,13 @@
 
 namespace attn::test {
 
-inline std::string fixture(const std::string& name) { return std::string(ATTN_FIXTURE_DIR) + "/" + name; }
+// appended in place: GCC 12's -Warray-bounds misreads the inlined temporary of `std::string(dir) + "/" + name`
+inline std::string fixture(const std::string& name) {
+  std::string path = ATTN_FIXTURE_DIR;
+  path += '/';
+  path += name;
+  return path;
+}
 
 // Under AddressSanitizer (scripts/sanitize.sh) every operation costs several times as much, and that run is there to
 // check memory, which needs every path and option reached, not volume: the heaviest tests take fewer random cases and

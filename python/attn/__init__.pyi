@@ -93,8 +93,9 @@ class Translator:
                  length_penalty: float = 0.6) -> List[str]: ...
 
 class SentenceEncoder:
-    """A BERT sentence encoder: encode(sentences) -> float32 (N, hidden), mean-pooled, L2-normalised where the
-    directory's modules.json lists Normalize (as sentence-transformers)."""
+    """A BERT sentence encoder: encode(sentences) -> float32 (N, hidden × pooling modes), pooled as the directory's
+    Pooling module says (mean for all-MiniLM-L6-v2), L2-normalised where its modules.json lists Normalize (as
+    sentence-transformers)."""
     def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none"] = "none",
                  dtype: Literal["f32", "bf16"] = "f32") -> None: ...
     def tokenize(self, sentence: str) -> List[int]: ...

@@ -52,6 +52,106 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
   return c;
 }
 
+const char* pooling_name(Pooling p) {
+  switch (p) {
+    case Pooling::kCls: return "cls";
+    case Pooling::kMax: return "max";
+    case Pooling::kMean: return "mean";
+    case Pooling::kMeanSqrtLen: return "mean_sqrt_len_tokens";
+    case Pooling::kWeightedMean: return "weightedmean";
+    case Pooling::kLastToken: return "lasttoken";
+  }
+  return "?";
+}
+
+namespace {
+
+nlohmann::json read_json_object(const std::string& path) {
+  const nlohmann::json j = nlohmann::json::parse(read_text(path), nullptr, false);
+  if (!j.is_object()) throw FormatError(path + ": expected a JSON object");
+  return j;
+}
+
+// key, if present, must be true or false (tokenizer files write null for "unset": null leaves out unset)
+void read_bool_if_present(const nlohmann::json& j, const std::string& path, const char* key, bool& out,
+                          bool* is_set = nullptr) {
+  if (!j.contains(key) || j[key].is_null()) return;
+  if (!j[key].is_boolean()) throw FormatError(path + ": " + key + " must be true, false or null");
+  out = j[key].get<bool>();
+  if (is_set) *is_set = true;
+}
+
+// 1_Pooling/config.json: "pooling_mode" (a name or a list of names), or sentence-transformers' older booleans,
+// which it reads in this order (none true: mean)
+std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
+  const nlohmann::json j = read_json_object(path);
+  static const std::pair<const char*, Pooling> kNames[] = {{"cls", Pooling::kCls},
+                                                           {"max", Pooling::kMax},
+                                                           {"mean", Pooling::kMean},
+                                                           {"mean_sqrt_len_tokens", Pooling::kMeanSqrtLen},
+                                                           {"weightedmean", Pooling::kWeightedMean},
+                                                           {"lasttoken", Pooling::kLastToken}};
+  static const char* kLegacyKeys[] = {"pooling_mode_cls_token",           "pooling_mode_max_tokens",
+                                      "pooling_mode_mean_tokens",         "pooling_mode_mean_sqrt_len_tokens",
+                                      "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"};
+  for (const char* key : {"embedding_dimension", "word_embedding_dimension"})
+    if (j.contains(key) && !(j[key].is_number_integer() && j[key].get<int64_t>() == hidden))
+      throw FormatError(path + ": " + key + " " + j[key].dump() + " is not the model's hidden_size " +
+                        std::to_string(hidden));
+  std::vector<Pooling> modes;
+  if (j.contains("pooling_mode")) {
+    const nlohmann::json& m = j["pooling_mode"];
+    const nlohmann::json names = m.is_array() ? m : nlohmann::json::array({m});
+    for (const nlohmann::json& name : names) {
+      const auto it = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& n) {
+        return name.is_string() && name.get<std::string>() == n.first;
+      });
+      if (it == std::end(kNames))
+        throw FormatError(path + ": pooling_mode " + name.dump() +
+                          " is not one of cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken");
+      modes.push_back(it->second);
+    }
+    if (modes.empty()) throw FormatError(path + ": pooling_mode names no mode");
+  } else {
+    for (size_t k = 0; k < std::size(kLegacyKeys); ++k) {
+      bool on = false;
+      read_bool_if_present(j, path, kLegacyKeys[k], on);
+      if (on) modes.push_back(kNames[k].second);
+    }
+    if (modes.empty()) modes.push_back(Pooling::kMean);
+  }
+  return modes;
+}
+
+// modules.json: Transformer, Pooling, then Normalize or nothing; sets pooling and normalize
+void read_modules(const std::string& dir, int64_t hidden, std::vector<Pooling>& pooling, bool& normalize) {
+  const std::string path = dir + "/modules.json";
+  const nlohmann::json j = nlohmann::json::parse(read_text(path), nullptr, false);
+  if (!j.is_array()) throw FormatError(path + ": expected a JSON array of modules");
+  bool pooled = false;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const nlohmann::json& m = j[i];
+    if (!m.is_object() || !m.contains("type") || !m["type"].is_string())
+      throw FormatError(path + ": module " + std::to_string(i) + " has no \"type\"");
+    const std::string type = m["type"].get<std::string>();
+    const std::string kind = type.substr(type.rfind('.') + 1);  // sentence_transformers.models.Pooling -> Pooling
+    const bool in_order =
+        (kind == "Transformer" && i == 0) || (kind == "Pooling" && i == 1) || (kind == "Normalize" && i == 2 && pooled);
+    if (!in_order)
+      throw FormatError(path + ": module " + std::to_string(i) + " is " + type +
+                        "; attn runs Transformer, Pooling and an optional Normalize, in this order");
+    if (kind == "Pooling") {
+      const std::string sub = m.value("path", std::string());
+      pooling = read_pooling(dir + "/" + sub + (sub.empty() ? "" : "/") + "config.json", hidden);
+      pooled = true;
+    }
+    normalize = normalize || kind == "Normalize";
+  }
+  if (!pooled) throw FormatError(path + ": no Pooling module after the Transformer");
+}
+
+}  // namespace
+
 namespace models {
 
 struct BertLayerWeights {
@@ -77,41 +177,53 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   namespace fs = std::filesystem;
   SentenceEncoder e;
   e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
-  bool lower = true;
+  // tokenizer_config.json: BertNormalizer's settings and the longest input (int(1e30) where unset)
+  text::WordPieceOptions tok;
+  int64_t model_max_length = e.config_.max_position;
   if (fs::exists(dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
-    const nlohmann::json j = nlohmann::json::parse(read_text(dir + "/tokenizer_config.json"), nullptr, false);
-    if (!j.is_object() || (j.contains("do_lower_case") && !j["do_lower_case"].is_boolean()))
-      throw FormatError(dir +
-                        "/tokenizer_config.json: expected a JSON object whose do_lower_case, if any, is true "
-                        "or false");
-    lower = j.value("do_lower_case", true);
+    const std::string path = dir + "/tokenizer_config.json";
+    const nlohmann::json j = read_json_object(path);
+    read_bool_if_present(j, path, "do_lower_case", tok.lower_case);
+    bool strip = false, strip_set = false;
+    read_bool_if_present(j, path, "strip_accents", strip, &strip_set);
+    if (strip_set) tok.strip_accents = strip;
+    read_bool_if_present(j, path, "tokenize_chinese_chars", tok.split_cjk);
+    if (j.contains("model_max_length")) {
+      const nlohmann::json& m = j["model_max_length"];
+      if (!m.is_number() || !(m.get<double>() >= 2))
+        throw FormatError(path + ": model_max_length must be a number >= 2, got " + m.dump());
+      if (m.get<double>() < static_cast<double>(model_max_length)) model_max_length = m.get<int64_t>();
+    }
   }
-  e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", lower);
+  // sentence_bert_config.json: max_seq_length, else min(max_position_embeddings, model_max_length), as
+  // sentence-transformers; its do_lower_case puts a lower-casing step ahead of the tokenizer's own (whose accent
+  // stripping still follows the tokenizer's do_lower_case)
+  e.max_seq_length_ = model_max_length;
+  if (fs::exists(dir + "/sentence_bert_config.json")) {
+    const std::string path = dir + "/sentence_bert_config.json";
+    const nlohmann::json j = read_json_object(path);  // (one that did not parse had been left out in silence)
+    try {
+      io::read_integer_if_present(j, "max_seq_length", e.max_seq_length_);
+    } catch (const Error& err) {
+      throw FormatError(path + ": " + err.what());
+    }
+    if (e.max_seq_length_ < 2)  // [CLS] and [SEP] at least
+      throw FormatError(path + ": max_seq_length must be at least 2, got " + std::to_string(e.max_seq_length_));
+    e.max_seq_length_ = std::min(e.max_seq_length_, e.config_.max_position);
+    bool st_lower = false;
+    read_bool_if_present(j, path, "do_lower_case", st_lower);
+    if (st_lower) tok.strip_accents = tok.strip_accents.value_or(tok.lower_case), tok.lower_case = true;
+  }
+  e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", tok);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
   io::widen_to_float32(e.params_);
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module
   if (!e.params_.count("embeddings.word_embeddings.weight") &&
       e.params_.count("bert.embeddings.word_embeddings.weight"))
     prefix = "bert.";
-  e.max_seq_length_ = e.config_.max_position;
-  if (fs::exists(dir + "/sentence_bert_config.json")) {
-    const auto j = nlohmann::json::parse(read_text(dir + "/sentence_bert_config.json"), nullptr, false);
-    if (j.is_object()) {
-      try {
-        io::read_integer_if_present(j, "max_seq_length", e.max_seq_length_);
-      } catch (const Error& err) {
-        throw FormatError(dir + "/sentence_bert_config.json: " + err.what());
-      }
-      if (e.max_seq_length_ < 2)  // [CLS] and [SEP] at least
-        throw FormatError(dir + "/sentence_bert_config.json: max_seq_length must be at least 2, got " +
-                          std::to_string(e.max_seq_length_));
-      e.max_seq_length_ = std::min(e.max_seq_length_, e.config_.max_position);
-    }
-  }
-  // L2-normalised where the sentence-transformers pipeline has a Normalize module; a plain BERT directory (no
-  // modules.json) is pooled without one, as sentence-transformers builds it (it had been normalised)
-  e.normalize_ =
-      fs::exists(dir + "/modules.json") && read_text(dir + "/modules.json").find("Normalize") != std::string::npos;
+  // the pipeline after the Transformer; a plain BERT directory (no modules.json) is mean-pooled without
+  // normalising, as sentence-transformers builds it (it had been normalised)
+  if (fs::exists(dir + "/modules.json")) read_modules(dir, e.config_.hidden_size, e.pooling_, e.normalize_);
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;
@@ -217,11 +329,44 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
   return x;
 }
 
+namespace {
+
+// out [Hd] = one pooling mode over x [n, Hd] (a sentence's n real tokens), in float as sentence-transformers
+void pool_tokens(Pooling mode, const float* x, int64_t n, int64_t Hd, float* out) {
+  switch (mode) {
+    case Pooling::kCls:
+    case Pooling::kLastToken: std::copy_n(x + (mode == Pooling::kCls ? 0 : n - 1) * Hd, Hd, out); return;
+    case Pooling::kMax:
+      std::copy_n(x, Hd, out);
+      for (int64_t i = 1; i < n; ++i)
+        for (int64_t d = 0; d < Hd; ++d) out[d] = std::max(out[d], x[i * Hd + d]);
+      return;
+    case Pooling::kMean:
+    case Pooling::kMeanSqrtLen:
+    case Pooling::kWeightedMean: {
+      const bool weighted = mode == Pooling::kWeightedMean;
+      std::fill(out, out + Hd, 0.0f);
+      for (int64_t i = 0; i < n; ++i) {
+        const float w = weighted ? static_cast<float>(i + 1) : 1.0f;
+        for (int64_t d = 0; d < Hd; ++d) out[d] += w * x[i * Hd + d];
+      }
+      const float count = static_cast<float>(n);
+      const float divisor = mode == Pooling::kMean          ? count
+                            : mode == Pooling::kMeanSqrtLen ? std::sqrt(count)
+                                                            : count * (count + 1.0f) / 2.0f;
+      for (int64_t d = 0; d < Hd; ++d) out[d] /= divisor;
+      return;
+    }
+  }
+}
+
+}  // namespace
+
 Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t batch_size, int num_threads) const {
   if (batch_size <= 0) throw ArgumentError("embed: batch_size must be positive, got " + std::to_string(batch_size));
   if (num_threads < 0) throw ArgumentError("embed: num_threads must be >= 0, got " + std::to_string(num_threads));
-  const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size;
-  Tensor out({N, Hd});
+  const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size, E = embedding_dim();
+  Tensor out({N, E});
   // batches of similar lengths pad less (sentence-transformers sorts the same way); rows go back in order
   std::vector<std::vector<int32_t>> enc(static_cast<size_t>(N));
   std::vector<int64_t> order(static_cast<size_t>(N));
@@ -252,17 +397,18 @@ Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t
       }
     }
     const std::vector<float> x = forward(ids, pad, B, L, num_threads, nullptr);
-    // mean over the real tokens, then L2 normalisation
+    // each pooling mode over the real tokens, side by side, then L2 normalisation of the whole row
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = order[static_cast<size_t>(s0 + b)];
-      float* e = out.f32() + row * Hd;
-      const int64_t n = static_cast<int64_t>(enc[static_cast<size_t>(row)].size());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t d = 0; d < Hd; ++d) e[d] += x[static_cast<size_t>((b * L + i) * Hd + d)];
+      const int64_t n = static_cast<int64_t>(enc[static_cast<size_t>(row)].size());  // >= 2: [CLS] ... [SEP]
+      const float* xb = x.data() + b * L * Hd;                                       // [n, Hd] real tokens
+      float* e = out.f32() + row * E;
+      for (size_t k = 0; k < pooling_.size(); ++k)
+        pool_tokens(pooling_[k], xb, n, Hd, e + static_cast<int64_t>(k) * Hd);
       double norm = 0.0;
-      for (int64_t d = 0; d < Hd; ++d) e[d] /= static_cast<float>(n), norm += static_cast<double>(e[d]) * e[d];
+      for (int64_t d = 0; d < E; ++d) norm += static_cast<double>(e[d]) * e[d];
       if (normalize_ && norm > 0.0)
-        for (int64_t d = 0; d < Hd; ++d) e[d] = static_cast<float>(e[d] / std::sqrt(norm));
+        for (int64_t d = 0; d < E; ++d) e[d] = static_cast<float>(e[d] / std::sqrt(norm));
     }
   }
   return out;

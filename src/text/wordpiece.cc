@@ -52,14 +52,16 @@ std::string utf8(const icu::UnicodeString& s) {
 
 }  // namespace
 
-WordPiece WordPiece::load(const std::string& path, bool lower_case) {
+WordPiece WordPiece::load(const std::string& path, const WordPieceOptions& options) {
   std::ifstream in(path);
   if (!in) {
     const int e = errno;
     throw FileError(path + ": cannot open the vocabulary (" + std::strerror(e) + ")", e);
   }
   WordPiece w;
-  w.lower_case_ = lower_case;
+  w.lower_case_ = options.lower_case;
+  w.strip_accents_ = options.strip_accents.value_or(options.lower_case);
+  w.split_cjk_ = options.split_cjk;
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     w.ids_[line] = static_cast<int32_t>(w.tokens_.size());  // a token listed twice: its last line, as Hugging Face
@@ -118,6 +120,9 @@ std::optional<std::string> utf8_problem(const std::string& s) {
 
 std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const {
   if (const auto why = utf8_problem(text)) throw ArgumentError("WordPiece: the text is " + *why);
+  if (text.size() > kMaxTextBytes)
+    throw ArgumentError("WordPiece: a text of " + std::to_string(text.size()) + " bytes is longer than the " +
+                        std::to_string(kMaxTextBytes) + " one call takes");
   const icu::UnicodeString in = icu::UnicodeString::fromUTF8(text);
   // 1-2: clean, and spaces around CJK ideographs
   icu::UnicodeString cleaned;
@@ -126,7 +131,7 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
     if (is_removed(c)) continue;
     if (is_whitespace(c)) {
       cleaned.append(static_cast<UChar32>(' '));
-    } else if (is_cjk(c)) {
+    } else if (split_cjk_ && is_cjk(c)) {
       cleaned.append(static_cast<UChar32>(' ')).append(c).append(static_cast<UChar32>(' '));
     } else {
       cleaned.append(c);
@@ -134,18 +139,27 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
   }
   // 3a: strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (full
   // mapping, no context: Σ is always σ), in this order, as Hugging Face's BertNormalizer does
-  if (lower_case_) {
+  auto lower = [](UChar32 c) { return icu::UnicodeString(c).toLower(icu::Locale::getRoot()); };
+  if (strip_accents_) {
     UErrorCode err = U_ZERO_ERROR;
     const icu::Normalizer2* nfd = icu::Normalizer2::getNFDInstance(err);
     if (U_FAILURE(err)) throw Error("WordPiece: ICU's NFD normaliser is unavailable");
     const icu::UnicodeString d = nfd->normalize(cleaned, err);
+    if (U_FAILURE(err))
+      throw ArgumentError(std::string("WordPiece: ICU's NFD failed on the text: ") + u_errorName(err));
     cleaned.remove();
     for (int32_t i = 0; i < d.length(); i = d.moveIndex32(i, 1)) {
       const UChar32 c = d.char32At(i);
       if (is_mark(c)) continue;
-      icu::UnicodeString one(c);
-      cleaned.append(one.toLower(icu::Locale::getRoot()));
+      if (lower_case_)
+        cleaned.append(lower(c));
+      else
+        cleaned.append(c);
     }
+  } else if (lower_case_) {
+    icu::UnicodeString lowered;
+    for (int32_t i = 0; i < cleaned.length(); i = cleaned.moveIndex32(i, 1)) lowered.append(lower(cleaned.char32At(i)));
+    cleaned = std::move(lowered);
   }
   // 3b: split on whitespace, and split off every punctuation character
   std::vector<std::string> out;

@@ -75,11 +75,11 @@ void run_embed(const EmbedArgs& a) {
     else
       good.push_back(sentences[i]);
   }
-  const int64_t N = static_cast<int64_t>(sentences.size()), D = enc.config().hidden_size;
-  Tensor e({N, D});  // [N, hidden]; NaN rows for the failed lines
+  const int64_t N = static_cast<int64_t>(sentences.size()), D = enc.embedding_dim();
+  Tensor e({N, D});  // [N, embedding_dim]; NaN rows for the failed lines
   std::fill(e.f32(), e.f32() + N * D, std::numeric_limits<float>::quiet_NaN());
   if (!good.empty()) {
-    const Tensor g = enc.embed(good, a.batch, a.threads);  // [good, hidden]
+    const Tensor g = enc.embed(good, a.batch, a.threads);  // [good, embedding_dim]
     for (int64_t i = 0, next = 0; i < N; ++i)
       if (!errors.failed(static_cast<size_t>(i))) std::copy_n(g.f32() + D * next++, D, e.f32() + D * i);
   }
@@ -145,7 +145,8 @@ void add_embed(CLI::App& app) {
   auto e = std::make_shared<EmbedArgs>();
   CLI::App* sub = app.add_subcommand("embed",
                                      "Sentence embeddings with a pretrained BERT (default: all-MiniLM-L6-v2): "
-                                     "mean pooling over the real tokens, L2-normalised");
+                                     "pooled over the real tokens as the model's Pooling module says (mean for "
+                                     "all-MiniLM-L6-v2), L2-normalised where it has a Normalize module");
   sub->add_option("text", e->text, "sentences; with none, one per line from standard input");
   sub->add_option("--model", e->model,
                   "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); "

@@ -1,11 +1,15 @@
 // attn/models/bert.h: a BERT encoder as sentence-transformers uses it (e.g. all-MiniLM-L6-v2):
 //   x = LayerNorm(word[id] + position[i] + token_type[0])
 //   per layer (post-norm): x = LN(x + SelfAttention(x)); x = LN(x + W2·gelu(W1·x))   (padding masked)
-//   embedding = L2-normalise(mean of x over the real tokens)
+//   embedding = L2-normalise(pooled x over the real tokens: the mean for all-MiniLM-L6-v2)
 // Loaded from any directory with a Hugging Face BERT config.json, vocab.txt and model.safetensors
 // (names "embeddings.*", "encoder.layer.N.*", optionally under a "bert." prefix); sizes come from the
-// config, nothing is hard-coded for one model. sentence_bert_config.json (max_seq_length) and
-// modules.json (a Normalize module) are read when present.
+// config, nothing is hard-coded for one model. Read when present, as sentence-transformers reads them:
+//   tokenizer_config.json: do_lower_case, strip_accents, tokenize_chinese_chars, model_max_length;
+//   sentence_bert_config.json: max_seq_length, do_lower_case (lower-cases ahead of the tokenizer's own settings);
+//   modules.json: Transformer, then Pooling (its config.json: pooling_mode, or the older pooling_mode_* keys), then
+//   an optional Normalize. Any other module (Dense, LayerNorm, ...) is a FormatError, not left out in silence.
+// Without modules.json a directory is a plain BERT: mean pooling, no normalisation, as sentence-transformers builds it.
 #pragma once
 
 #include <map>
@@ -29,6 +33,17 @@ struct BertConfig {
   static BertConfig from_hf_json(const std::string& text);  // throws FormatError
 };
 
+// sentence-transformers' pooling modes; several are concatenated in the order listed, each hidden_size wide.
+enum class Pooling {
+  kCls,           // the first token ([CLS])
+  kMax,           // the largest value of each dimension over the real tokens
+  kMean,          // their mean
+  kMeanSqrtLen,   // their sum over √(number of tokens) ("mean_sqrt_len_tokens")
+  kWeightedMean,  // Σ (i + 1)·x_i / Σ (i + 1): later tokens weigh more
+  kLastToken,     // the last real token ([SEP])
+};
+const char* pooling_name(Pooling p);  // sentence-transformers' name ("cls", "mean_sqrt_len_tokens", ...)
+
 // Its const methods may run on one encoder from several threads at once (their scratch is per thread).
 class SentenceEncoder {
  public:
@@ -37,8 +52,8 @@ class SentenceEncoder {
   // anything else throws DTypeError.
   static SentenceEncoder load(const std::string& dir, DType dtype = DType::kFloat32);
 
-  // [N, hidden_size] sentence embeddings in input order (mean pooling, L2-normalised when the directory's
-  // modules.json lists a Normalize module, as sentence-transformers does), computed in batches of batch_size sentences
+  // [N, embedding_dim()] sentence embeddings in input order (pooled as the directory's Pooling module says,
+  // L2-normalised when its modules.json lists a Normalize module), computed in batches of batch_size sentences
   // of similar length, padded to their longest, on num_threads threads (every kernel and GEMM of the call; 0: OpenMP's
   // default).
   Tensor embed(const std::vector<std::string>& sentences, int64_t batch_size = 32, int num_threads = 0) const;
@@ -51,6 +66,8 @@ class SentenceEncoder {
   const text::WordPiece& tokenizer() const { return tokenizer_; }
   int64_t max_seq_length() const { return max_seq_length_; }
   bool normalize() const { return normalize_; }
+  const std::vector<Pooling>& pooling() const { return pooling_; }
+  int64_t embedding_dim() const { return config_.hidden_size * static_cast<int64_t>(pooling_.size()); }
 
  private:
   // hidden states [B, L, hidden] for padded ids [B, L]; pad [B, L] (1 = padding)
@@ -63,6 +80,7 @@ class SentenceEncoder {
   std::shared_ptr<const models::BertWeights> weights_;  // views into params_
   int64_t max_seq_length_ = 512;
   bool normalize_ = false;
+  std::vector<Pooling> pooling_{Pooling::kMean};
 };
 
 }  // namespace attn

@@ -3,8 +3,9 @@
 // do_lower_case, tokenize_chinese_chars, accents stripped when lower-casing):
 //   0. special tokens written in the text ([CLS], [SEP], [PAD], [UNK], [MASK]) stay whole
 //   1. clean: drop NUL, U+FFFD and control characters; every whitespace character becomes a space
-//   2. put spaces around every CJK ideograph (one token per character)
-//   3. strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (full
+//   2. put spaces around every CJK ideograph (one token per character; WordPieceOptions::split_cjk)
+//   3. strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (each where
+//      WordPieceOptions says: by default both, as all-MiniLM-L6-v2's tokenizer does; full
 //      Unicode mapping without context: no final sigma); split on whitespace and split off every
 //      punctuation character (ASCII symbols and Unicode P*)
 //   4. WordPiece: greedy longest match from the vocabulary, continuations prefixed "##"; a word with
@@ -29,11 +30,24 @@ namespace attn::text {
 // surrogate, a code point past U+10FFFF, a sequence cut short), or nullopt when it is.
 std::optional<std::string> utf8_problem(const std::string& s);
 
+// Hugging Face's BertNormalizer settings, as tokenizer_config.json names them.
+struct WordPieceOptions {
+  bool lower_case = true;             // do_lower_case: step 3's lower-casing
+  std::optional<bool> strip_accents;  // step 3's NFD and dropped marks; unset (null): as lower_case
+  bool split_cjk = true;              // tokenize_chinese_chars: step 2
+};
+
 class WordPiece {
  public:
   // vocab.txt: one token per line, id = line number. Throws FormatError if unreadable or missing
   // [CLS], [SEP], [UNK] or [PAD].
-  static WordPiece load(const std::string& vocab_path, bool lower_case = true);
+  static WordPiece load(const std::string& vocab_path, const WordPieceOptions& options = {});
+  static WordPiece load(const std::string& vocab_path, bool lower_case) {
+    return load(vocab_path, WordPieceOptions{lower_case, std::nullopt, true});
+  }
+  // The longest text basic_tokens takes (bytes): ICU strings count their length in int32, and one that is cut down
+  // to fit had been tokenized as its first bytes, or as nothing.
+  static constexpr size_t kMaxTextBytes = size_t{1} << 28;
 
   std::vector<std::string> basic_tokens(const std::string& utf8) const;  // steps 1-3
   std::vector<std::string> tokenize(const std::string& utf8) const;      // steps 1-4, as strings
@@ -57,7 +71,7 @@ class WordPiece {
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int32_t> ids_;
   int32_t cls_ = -1, sep_ = -1, pad_ = -1, unk_ = -1;
-  bool lower_case_ = true;
+  bool lower_case_ = true, strip_accents_ = true, split_cjk_ = true;
 };
 
 }  // namespace attn::text
