@@ -23,8 +23,9 @@
 // attention (H a multiple of Hkv), impl, num_threads. A boolean or float mask, a window, ALiBi slopes,
 // dropout and return_weights throw ArgumentError. Every rank must call with the same B, H, Hkv, D, Dv,
 // layout and options: the ranks exchange their shapes first, and a mismatch throws ShapeError on every rank
-// (naming the rank and its shape) instead of hanging. An error on one rank alone (e.g. out of memory) does
-// leave the others waiting: the attn tool ends all ranks with MPI_Abort then.
+// (naming the rank and its shape) instead of hanging. An error one rank meets inside a step (e.g. out of memory in
+// its block's SDPA) is shared once the step's messages complete: every rank throws. One that fails outside the
+// exchange or inside MPI can leave the others waiting: the attn tool ends all ranks with MPI_Abort then.
 //
 // Thread support: the helper thread needs MPI_THREAD_SERIALIZED (MpiSession asks for it). Under
 // MPI_THREAD_SINGLE or FUNNELED the messages are completed after each block's compute instead (correct, not
