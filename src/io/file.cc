@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -145,6 +146,14 @@ void FileSet::add(const std::string& role, const std::string& path, const std::v
     }
     p += n, left -= static_cast<size_t>(n);
   }
+  // on the disk before commit() renames it: a crash between the two had been able to leave an empty file at path
+  // (the rename journaled, the data not yet written)
+  if (::fdatasync(fd) != 0 && errno != EINVAL && errno != EROFS) {  // EINVAL: a file that cannot be synced (a FIFO...)
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    throw_file_error(path, "cannot write it to the disk (fdatasync)");
+  }
   if (::close(fd) != 0) throw_file_error(path, "write failed");  // NFS and quotas report late, at close
 }
 
@@ -153,6 +162,16 @@ void FileSet::commit() {
     if (std::rename(f.temporary.c_str(), f.path.c_str()) != 0)
       throw_file_error(f.path, "cannot rename the finished file into place");
     f.temporary.clear();  // renamed: nothing left to remove
+  }
+  // the renames themselves on the disk: each directory once (best effort: some file systems cannot sync one)
+  std::vector<std::string> dirs;
+  for (const Staged& f : files_) {
+    const std::filesystem::path parent = std::filesystem::path(f.path).parent_path();
+    const std::string dir = parent.empty() ? std::string(".") : parent.string();
+    if (std::find(dirs.begin(), dirs.end(), dir) != dirs.end()) continue;
+    dirs.push_back(dir);
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) ::fsync(fd), ::close(fd);
   }
   files_.clear();
   taken_.clear();

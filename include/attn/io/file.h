@@ -22,7 +22,8 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 std::string read_text(const std::string& path);
 // Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
 // `path`; on failure removes the temporary and throws FileError, so `path` is either the complete new file or
-// untouched. (No fsync: a crash of the machine itself may leave the old file or an empty one, as most writers.)
+// untouched. The bytes reach the disk (fdatasync) before the rename, and the rename before it returns (fsync of the
+// directory): after a crash of the machine itself the path holds the old file or the new one, never an empty one.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
