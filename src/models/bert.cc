@@ -52,18 +52,6 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
   return c;
 }
 
-const char* pooling_name(Pooling p) {
-  switch (p) {
-    case Pooling::kCls: return "cls";
-    case Pooling::kMax: return "max";
-    case Pooling::kMean: return "mean";
-    case Pooling::kMeanSqrtLen: return "mean_sqrt_len_tokens";
-    case Pooling::kWeightedMean: return "weightedmean";
-    case Pooling::kLastToken: return "lasttoken";
-  }
-  return "?";
-}
-
 namespace {
 
 nlohmann::json read_json_object(const std::string& path) {

@@ -33,7 +33,8 @@ struct BertConfig {
   static BertConfig from_hf_json(const std::string& text);  // throws FormatError
 };
 
-// sentence-transformers' pooling modes; several are concatenated in the order listed, each hidden_size wide.
+// sentence-transformers' pooling modes (its names: cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken);
+// several are concatenated in the order the Pooling config lists them, each hidden_size wide.
 enum class Pooling {
   kCls,           // the first token ([CLS])
   kMax,           // the largest value of each dimension over the real tokens
@@ -42,7 +43,6 @@ enum class Pooling {
   kWeightedMean,  // Σ (i + 1)·x_i / Σ (i + 1): later tokens weigh more
   kLastToken,     // the last real token ([SEP])
 };
-const char* pooling_name(Pooling p);  // sentence-transformers' name ("cls", "mean_sqrt_len_tokens", ...)
 
 // Its const methods may run on one encoder from several threads at once (their scratch is per thread).
 class SentenceEncoder {
