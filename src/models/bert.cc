@@ -5,6 +5,7 @@
 #include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "attn/error.h"
 #include "attn/io/file.h"
@@ -60,28 +61,28 @@ nlohmann::json read_json_object(const std::string& path) {
   return j;
 }
 
-// key, if present, must be true or false (tokenizer files write null for "unset": null leaves out unset)
-void read_bool_if_present(const nlohmann::json& j, const std::string& path, const char* key, bool& out,
-                          bool* is_set = nullptr) {
-  if (!j.contains(key) || j[key].is_null()) return;
+// key's value: true, false, or nullopt where it is absent or null (tokenizer files write null for "unset")
+std::optional<bool> read_optional_bool(const nlohmann::json& j, const std::string& path, const char* key) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
   if (!j[key].is_boolean()) throw FormatError(path + ": " + key + " must be true, false or null");
-  out = j[key].get<bool>();
-  if (is_set) *is_set = true;
+  return j[key].get<bool>();
 }
 
 // 1_Pooling/config.json: "pooling_mode" (a name or a list of names), or sentence-transformers' older booleans,
 // which it reads in this order (none true: mean)
 std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
   const nlohmann::json j = read_json_object(path);
-  static const std::pair<const char*, Pooling> kNames[] = {{"cls", Pooling::kCls},
-                                                           {"max", Pooling::kMax},
-                                                           {"mean", Pooling::kMean},
-                                                           {"mean_sqrt_len_tokens", Pooling::kMeanSqrtLen},
-                                                           {"weightedmean", Pooling::kWeightedMean},
-                                                           {"lasttoken", Pooling::kLastToken}};
-  static const char* kLegacyKeys[] = {"pooling_mode_cls_token",           "pooling_mode_max_tokens",
-                                      "pooling_mode_mean_tokens",         "pooling_mode_mean_sqrt_len_tokens",
-                                      "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"};
+  // sentence-transformers' names, and its older boolean keys in the order it reads them
+  struct Mode {
+    const char *name, *legacy_key;
+    Pooling pooling;
+  };
+  static const Mode kModes[] = {{"cls", "pooling_mode_cls_token", Pooling::kCls},
+                                {"max", "pooling_mode_max_tokens", Pooling::kMax},
+                                {"mean", "pooling_mode_mean_tokens", Pooling::kMean},
+                                {"mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens", Pooling::kMeanSqrtLen},
+                                {"weightedmean", "pooling_mode_weightedmean_tokens", Pooling::kWeightedMean},
+                                {"lasttoken", "pooling_mode_lasttoken", Pooling::kLastToken}};
   for (const char* key : {"embedding_dimension", "word_embedding_dimension"})
     if (j.contains(key) && !(j[key].is_number_integer() && j[key].get<int64_t>() == hidden))
       throw FormatError(path + ": " + key + " " + j[key].dump() + " is not the model's hidden_size " +
@@ -91,21 +92,18 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
     const nlohmann::json& m = j["pooling_mode"];
     const nlohmann::json names = m.is_array() ? m : nlohmann::json::array({m});
     for (const nlohmann::json& name : names) {
-      const auto it = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& n) {
-        return name.is_string() && name.get<std::string>() == n.first;
+      const auto it = std::find_if(std::begin(kModes), std::end(kModes), [&](const Mode& mode) {
+        return name.is_string() && name.get<std::string>() == mode.name;
       });
-      if (it == std::end(kNames))
+      if (it == std::end(kModes))
         throw FormatError(path + ": pooling_mode " + name.dump() +
                           " is not one of cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken");
-      modes.push_back(it->second);
+      modes.push_back(it->pooling);
     }
     if (modes.empty()) throw FormatError(path + ": pooling_mode names no mode");
   } else {
-    for (size_t k = 0; k < std::size(kLegacyKeys); ++k) {
-      bool on = false;
-      read_bool_if_present(j, path, kLegacyKeys[k], on);
-      if (on) modes.push_back(kNames[k].second);
-    }
+    for (const Mode& m : kModes)
+      if (read_optional_bool(j, path, m.legacy_key).value_or(false)) modes.push_back(m.pooling);
     if (modes.empty()) modes.push_back(Pooling::kMean);
   }
   return modes;
@@ -171,11 +169,9 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   if (fs::exists(dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
     const std::string path = dir + "/tokenizer_config.json";
     const nlohmann::json j = read_json_object(path);
-    read_bool_if_present(j, path, "do_lower_case", tok.lower_case);
-    bool strip = false, strip_set = false;
-    read_bool_if_present(j, path, "strip_accents", strip, &strip_set);
-    if (strip_set) tok.strip_accents = strip;
-    read_bool_if_present(j, path, "tokenize_chinese_chars", tok.split_cjk);
+    tok.lower_case = read_optional_bool(j, path, "do_lower_case").value_or(tok.lower_case);
+    tok.strip_accents = read_optional_bool(j, path, "strip_accents");
+    tok.split_cjk = read_optional_bool(j, path, "tokenize_chinese_chars").value_or(tok.split_cjk);
     if (j.contains("model_max_length")) {
       const nlohmann::json& m = j["model_max_length"];
       if (!m.is_number() || !(m.get<double>() >= 2))
@@ -198,9 +194,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
     if (e.max_seq_length_ < 2)  // [CLS] and [SEP] at least
       throw FormatError(path + ": max_seq_length must be at least 2, got " + std::to_string(e.max_seq_length_));
     e.max_seq_length_ = std::min(e.max_seq_length_, e.config_.max_position);
-    bool st_lower = false;
-    read_bool_if_present(j, path, "do_lower_case", st_lower);
-    if (st_lower) tok.strip_accents = tok.strip_accents.value_or(tok.lower_case), tok.lower_case = true;
+    if (read_optional_bool(j, path, "do_lower_case").value_or(false))
+      tok.strip_accents = tok.strip_accents.value_or(tok.lower_case), tok.lower_case = true;
   }
   e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", tok);
   e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;

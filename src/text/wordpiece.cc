@@ -139,7 +139,6 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
   }
   // 3a: strip accents (NFD, drop non-spacing marks), then lower-case each character on its own (full
   // mapping, no context: Σ is always σ), in this order, as Hugging Face's BertNormalizer does
-  auto lower = [](UChar32 c) { return icu::UnicodeString(c).toLower(icu::Locale::getRoot()); };
   if (strip_accents_) {
     UErrorCode err = U_ZERO_ERROR;
     const icu::Normalizer2* nfd = icu::Normalizer2::getNFDInstance(err);
@@ -148,17 +147,13 @@ std::vector<std::string> WordPiece::basic_tokens(const std::string& text) const 
     if (U_FAILURE(err))
       throw ArgumentError(std::string("WordPiece: ICU's NFD failed on the text: ") + u_errorName(err));
     cleaned.remove();
-    for (int32_t i = 0; i < d.length(); i = d.moveIndex32(i, 1)) {
-      const UChar32 c = d.char32At(i);
-      if (is_mark(c)) continue;
-      if (lower_case_)
-        cleaned.append(lower(c));
-      else
-        cleaned.append(c);
-    }
-  } else if (lower_case_) {
+    for (int32_t i = 0; i < d.length(); i = d.moveIndex32(i, 1))
+      if (!is_mark(d.char32At(i))) cleaned.append(d.char32At(i));
+  }
+  if (lower_case_) {
     icu::UnicodeString lowered;
-    for (int32_t i = 0; i < cleaned.length(); i = cleaned.moveIndex32(i, 1)) lowered.append(lower(cleaned.char32At(i)));
+    for (int32_t i = 0; i < cleaned.length(); i = cleaned.moveIndex32(i, 1))
+      lowered.append(icu::UnicodeString(cleaned.char32At(i)).toLower(icu::Locale::getRoot()));
     cleaned = std::move(lowered);
   }
   // 3b: split on whitespace, and split off every punctuation character
