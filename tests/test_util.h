@@ -38,6 +38,12 @@ inline bool small_test_volume() {
 }
 // `full` in the normal runs, `small` under the sanitizers.
 inline int test_volume(int full, int small) { return small_test_volume() ? small : full; }
+// Under the sanitizers a test that runs each case through many configurations (SIMD targets, thread counts, forced
+// tiles) runs case `case_index` through every `stride`-th of them, offset by the case: consecutive cases still reach
+// every configuration, each case some, and each configuration ~1/stride of the cases. Every one in a normal run.
+inline bool config_sampled(size_t case_index, size_t config_index, size_t stride) {
+  return !small_test_volume() || (case_index + config_index) % stride == 0;
+}
 
 inline Tensor random_tensor(Shape shape, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
   Tensor t(std::move(shape));
