@@ -162,13 +162,6 @@ float clip_scale(float norm, float max_norm) {
   return max_norm > 0.0f && norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
 }
 
-float noam(const TrainOptions& o, int64_t step) {
-  const float s = static_cast<float>(std::max<int64_t>(step, 1)),
-              w = static_cast<float>(std::max<int64_t>(o.warmup, 1));
-  return o.lr_factor / std::sqrt(static_cast<float>(o.model.d_model)) *
-         std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
-}
-
 std::vector<uint8_t> text_bytes(const std::string& text) {
   std::vector<uint8_t> bytes(text.begin(), text.end());
   bytes.push_back('\n');
@@ -293,6 +286,11 @@ std::string eta(double seconds) {
 }
 
 }  // namespace
+
+float noam_learning_rate(float lr_factor, int64_t d_model, int64_t warmup, int64_t step) {
+  const float s = static_cast<float>(std::max<int64_t>(step, 1)), w = static_cast<float>(std::max<int64_t>(warmup, 1));
+  return lr_factor / std::sqrt(static_cast<float>(d_model)) * std::min(1.0f / std::sqrt(s), s * std::pow(w, -1.5f));
+}
 
 StepOptions step_options(const TrainOptions& o) {
   StepOptions s;
@@ -456,7 +454,9 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     const Batch b = make_batch(o.reducer ? shard_of(global, *o.reducer, &batch_tokens) : global, o.model);
     // data parallel: each rank's dropout from its own stream, drawn from the shared one (saved in checkpoints)
     std::mt19937_64 rank_rng(o.reducer ? rng() + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(o.reducer->rank()) : 0);
-    const float loss = step.run(b.src, b.tgt_in, b.tgt_out, noam(o, adam.step + 1), o.reducer ? rank_rng : rng);
+    const float loss =
+        step.run(b.src, b.tgt_in, b.tgt_out, noam_learning_rate(o.lr_factor, o.model.d_model, o.warmup, adam.step + 1),
+                 o.reducer ? rank_rng : rng);
     if (!std::isfinite(loss))  // TrainingStep left the model as it was: the last checkpoint stays the last good one
       throw Error("train: step " + std::to_string(adam.step + 1) + "'s loss or gradients are not finite (loss " +
                   std::to_string(loss) + "): training diverged; a smaller --lr-factor or a --clip norm may help");

@@ -96,6 +96,10 @@ struct StepOptions {
 };
 StepOptions step_options(const TrainOptions& o);
 
+// The learning rate of step `step` (1 = the first) under the original paper's warm-up schedule (the formula at the
+// top), which train_numbers follows: lr_factor · d_model^−0.5 · min(step^−0.5, step · warmup^−1.5).
+float noam_learning_rate(float lr_factor, int64_t d_model, int64_t warmup, int64_t step);
+
 // One teacher-forced training step of a model on a batch:
 //   zero_grad -> forward(training) -> label-smoothed cross-entropy over the targets that are not pad_id
 //   -> backward -> clipping by global norm -> AdamW at learning rate lr.
