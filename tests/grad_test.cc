@@ -1,6 +1,6 @@
 // Backward passes against central finite differences: scaled dot-product attention (every mask kind,
 // causal, GQA, attention dropout) and the whole Transformer (post-norm and pre-norm, ReLU and GELU, tied and untied
-// embeddings, learned positions, padding), with label-smoothed cross-entropy as the loss.
+// embeddings, learned positions, padding, dropout everywhere), with label-smoothed cross-entropy as the loss.
 #include "attention_cases.h"
 #include "attn/attention.h"
 #include "attn/models/transformer.h"
@@ -67,23 +67,33 @@ Batch toy_batch(const TransformerConfig& c) {
   return b;
 }
 
-double model_loss(Transformer& m, const Batch& b, float smoothing, Tensor* dlogits) {
-  const Tensor logits = m.forward(b.src, b.tgt_in, dlogits != nullptr, nullptr);
+// With dropout (`dropout_seed` ≥ 0) every call draws the same masks: its generator starts from that seed each time, so
+// the loss is a deterministic function of the parameters and finite differences see the dropped model.
+double model_loss(Transformer& m, const Batch& b, float smoothing, Tensor* dlogits, int64_t dropout_seed = -1) {
+  std::mt19937_64 rng(static_cast<uint64_t>(dropout_seed));
+  const bool dropout = dropout_seed >= 0;
+  const Tensor logits = m.forward(b.src, b.tgt_in, dlogits != nullptr || dropout, dropout ? &rng : nullptr);
   const int64_t M = b.tgt_in.B * b.tgt_in.L, V = m.config().tgt_vocab;
   return ops::cross_entropy_forward_backward(dlogits ? dlogits->f32() : nullptr, logits.f32(), b.tgt_out.data(), M, V,
                                              smoothing, m.config().pad_id);
 }
 
+// Variants 0–3: no dropout; 4 and 5 (variants 0 and 3 again): dropout on the residuals, feed-forward and embeddings
+// and on the attention weights, its masks the same in every forward (model_loss), so the backward must apply the
+// forward's masks.
 TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
-  for (int variant = 0; variant < 4; ++variant) {
+  for (int variant = 0; variant < 6; ++variant) {
+    const int shape = variant == 4 ? 0 : variant == 5 ? 3 : variant;
+    const int64_t dropout_seed = variant >= 4 ? 40 + variant : -1;
     TransformerConfig c;
     c.src_vocab = 8, c.tgt_vocab = 7, c.d_model = 8, c.num_heads = 2, c.d_ff = 12;
-    c.num_encoder_layers = 1 + variant % 2, c.num_decoder_layers = 1 + variant / 2, c.max_len = 8;
-    c.dropout = 0.0f;
-    c.norm_first = variant % 2 == 1;
-    c.activation = variant >= 2 ? Activation::kGelu : Activation::kRelu;
-    c.tie_embeddings = variant != 1;
-    c.learned_positions = variant == 3;
+    c.num_encoder_layers = 1 + shape % 2, c.num_decoder_layers = 1 + shape / 2, c.max_len = 8;
+    c.dropout = dropout_seed >= 0 ? 0.2f : 0.0f;
+    c.attention_dropout = dropout_seed >= 0 ? 0.25f : 0.0f;
+    c.norm_first = shape % 2 == 1;
+    c.activation = shape >= 2 ? Activation::kGelu : Activation::kRelu;
+    c.tie_embeddings = shape != 1;
+    c.learned_positions = shape == 3;
     Transformer m(c, 100 + static_cast<uint64_t>(variant));
     std::mt19937 init(variant);
     for (auto& [name, t] : m.params())  // non-trivial biases and norms, so their gradients matter
@@ -92,10 +102,12 @@ TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
           t.f32()[i] += 0.2f * (static_cast<float>(init() % 1000) / 500.0f - 1.0f);
     const Batch b = toy_batch(c);
     Tensor dlogits({b.tgt_in.B, b.tgt_in.L, c.tgt_vocab});
-    std::mt19937_64 rng(1);
+    if (dropout_seed >= 0) {  // the masks are a function of the seed, and they do drop something
+      EXPECT_EQ(model_loss(m, b, 0.1f, nullptr, dropout_seed), model_loss(m, b, 0.1f, nullptr, dropout_seed));
+      EXPECT_NE(model_loss(m, b, 0.1f, nullptr, dropout_seed), model_loss(m, b, 0.1f, nullptr, dropout_seed + 1));
+    }
     m.zero_grad();
-    m.forward(b.src, b.tgt_in, true, &rng);
-    model_loss(m, b, 0.1f, &dlogits);
+    model_loss(m, b, 0.1f, &dlogits, dropout_seed);
     m.backward(dlogits);
     std::mt19937 pick(7);
     for (auto& [name, t] : m.params()) {
@@ -104,9 +116,9 @@ TEST(Grad, TransformerBackwardMatchesFiniteDifferences) {
         const int64_t i = static_cast<int64_t>(pick() % static_cast<uint32_t>(t.numel()));
         const float saved = t.f32()[i], eps = 5e-3f;
         t.f32()[i] = saved + eps;
-        const double up = model_loss(m, b, 0.1f, nullptr);
+        const double up = model_loss(m, b, 0.1f, nullptr, dropout_seed);
         t.f32()[i] = saved - eps;
-        const double down = model_loss(m, b, 0.1f, nullptr);
+        const double down = model_loss(m, b, 0.1f, nullptr, dropout_seed);
         t.f32()[i] = saved;
         const double fd = (up - down) / (2.0 * eps);
         EXPECT_NEAR(g.f32()[i], fd, 1e-3 + 2e-2 * std::fabs(fd))
