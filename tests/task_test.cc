@@ -355,9 +355,12 @@ TEST(Training, SeedReproducesAndResumeContinuesExactly) {
   train::TrainOptions resumed = straight;
   resumed.resume_dir = first_half.out_dir;
   resumed.out_dir = (dir / "resumed").string();
-  // the data order is the checkpoint's: another seed, pool or batch size in the options had silently trained on
-  // other batches from the saved position
+  // the data order and the recipe are the checkpoint's: another seed, pool or batch size in the options had silently
+  // trained on other batches from the saved position, and another schedule, AdamW setting, smoothing or clip norm
+  // had changed the run from there
   resumed.seed += 5, resumed.train_examples += 8, resumed.batch_size += 3;
+  resumed.lr_factor *= 2.0f, resumed.warmup += 7, resumed.beta1 = 0.8f, resumed.beta2 = 0.95f;
+  resumed.adam_eps = 1e-6f, resumed.weight_decay = 0.3f, resumed.label_smoothing = 0.0f, resumed.clip_norm = 0.5f;
   train::train_numbers(resumed, [&](int64_t, float l) { c.push_back(l); });
   EXPECT_EQ(a, c) << "resuming at step 20 must continue the same run";
   const Transformer x = Transformer::load(straight.out_dir), y = Transformer::load(resumed.out_dir);
@@ -405,10 +408,15 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
     EXPECT_THROW(train::train_numbers(done), ArgumentError);
   }
   // no epoch, batch_index or rng; a step that is not whole (2.5 had been 2); an epoch that would overflow when the
-  // run counts on; an integer past int64 (it had wrapped); no batches
+  // run counts on; an integer past int64 (it had wrapped); no batches; a recipe that is not a number, or one the
+  // options would have refused
   for (const std::string& bad_state :
        {std::string("{\"step\": 1}"), replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
         replaced(good_state, "\"batch_size\": 8", "\"batch_size\": 0"),
+        replaced(good_state, "\"lr_factor\": ", "\"lr_factor\": \"fast\", \"x\": "),
+        replaced(good_state, "\"lr_factor\": ", "\"lr_factor\": -1, \"x\": "),
+        replaced(good_state, "\"beta2\": ", "\"beta2\": 1.0, \"x\": "),
+        replaced(good_state, "\"warmup\": ", "\"warmup\": -3, \"x\": "),
         replaced(good_state, "\"epoch\": 0", "\"epoch\": 9223372036854775807"),
         replaced(good_state, "\"batch_index\": ", "\"batch_index\": 18446744073709551615, \"x\": ")}) {
     { std::ofstream(o.out_dir + "/train_state.json") << bad_state; }

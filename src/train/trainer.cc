@@ -170,15 +170,36 @@ std::vector<uint8_t> text_bytes(const std::string& text) {
 
 // The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
 // checkpoint whole, never a model from one step beside an optimizer state from another.
-// The data order (the pool, its batches and their shuffles) comes from seed, train_examples and batch_size: a
-// checkpoint keeps them, and resume_from takes them back, so that --resume continues the run it saved.
-struct DataSettings {
+// What a checkpoint keeps of the options beside the model, and resume_from takes back, so that --resume continues the
+// run it saved whatever the options say: the data order (the pool, its batches and their shuffles come from seed,
+// train_examples and batch_size) and the recipe (the warm-up schedule, AdamW's settings, label smoothing, clipping),
+// as PyTorch's optimizer.load_state_dict restores its parameter groups' settings. A checkpoint from before a field
+// was saved leaves the options' own there.
+struct RunSettings {
   uint64_t seed = 1;
-  int64_t train_examples = 0, batch_size = 0;
+  int64_t train_examples = 0, batch_size = 0, warmup = 0;
+  float lr_factor = 1.0f, beta1 = 0.9f, beta2 = 0.98f, adam_eps = 1e-9f, weight_decay = 0.0f, label_smoothing = 0.0f,
+        clip_norm = 0.0f;
+
+  static RunSettings of(const TrainOptions& o) {
+    return {o.seed,  o.train_examples, o.batch_size,   o.warmup,          o.lr_factor, o.beta1,
+            o.beta2, o.adam_eps,       o.weight_decay, o.label_smoothing, o.clip_norm};
+  }
+  void apply_to(TrainOptions* o) const {
+    o->seed = seed, o->train_examples = train_examples, o->batch_size = batch_size, o->warmup = warmup;
+    o->lr_factor = lr_factor, o->beta1 = beta1, o->beta2 = beta2, o->adam_eps = adam_eps;
+    o->weight_decay = weight_decay, o->label_smoothing = label_smoothing, o->clip_norm = clip_norm;
+  }
+  // The recipe's float fields by their names in train_state.json.
+  template <class F>
+  void for_each_float(F&& f) {
+    f("lr_factor", lr_factor), f("beta1", beta1), f("beta2", beta2), f("adam_eps", adam_eps);
+    f("weight_decay", weight_decay), f("label_smoothing", label_smoothing), f("clip_norm", clip_norm);
+  }
 };
 
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
-                     const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, const DataSettings& data) {
+                     const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, RunSettings run) {
   std::filesystem::create_directories(dir);
   io::FileSet files;
   model.stage(files, dir);
@@ -189,16 +210,17 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
   files.add("optimizer.safetensors", dir + "/optimizer.safetensors", io::encode_safetensors(state));
   std::ostringstream r;
   r << rng;
-  files.add("train_state.json", dir + "/train_state.json",
-            text_bytes(nlohmann::json{
-                {"step", adam.step},
-                {"epoch", epoch},
-                {"batch_index", batch_index},
-                {"shuffle_seed", data.seed},
-                {"train_examples", data.train_examples},
-                {"batch_size", data.batch_size},
-                {"rng",
-                 r.str()}}.dump(1)));
+  nlohmann::json state_json{{"step", adam.step},
+                            {"epoch", epoch},
+                            {"batch_index", batch_index},
+                            {"shuffle_seed", run.seed},
+                            {"train_examples", run.train_examples},
+                            {"batch_size", run.batch_size},
+                            {"warmup", run.warmup},
+                            {"rng", r.str()}};
+  // a float widened to double, which JSON writes in full: read back and narrowed, the same float
+  run.for_each_float([&](const char* key, float v) { state_json[key] = static_cast<double>(v); });
+  files.add("train_state.json", dir + "/train_state.json", text_bytes(state_json.dump(1)));
   files.commit();
 }
 
@@ -222,7 +244,7 @@ void check_checkpoint_dir(const std::string& dir) {
 // A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's
 // parameter of its name: a moment of another shape would have been read and written past its end by AdamW.
 void resume_from(const std::string& dir, const Transformer& model, AdamState* adam, std::mt19937_64* rng,
-                 int64_t* epoch, int64_t* batch_index, DataSettings* data) {
+                 int64_t* epoch, int64_t* batch_index, RunSettings* run) {
   const std::string opt_path = dir + "/optimizer.safetensors", state_path = dir + "/train_state.json";
   const io::Safetensors opt = io::read_safetensors(opt_path);
   for (const auto& [name, p] : model.params())
@@ -243,12 +265,18 @@ void resume_from(const std::string& dir, const Transformer& model, AdamState* ad
     io::read_integer(st, "step", adam->step);
     io::read_integer(st, "epoch", *epoch), io::read_integer(st, "batch_index", *batch_index);
     // (checkpoints before these were saved: the options' own)
-    io::read_integer_if_present(st, "shuffle_seed", data->seed);
-    io::read_integer_if_present(st, "train_examples", data->train_examples);
-    io::read_integer_if_present(st, "batch_size", data->batch_size);
-    if (data->train_examples < 1 || data->batch_size < 1 || data->train_examples > kMaxCount ||
-        data->batch_size > kMaxCount)
+    io::read_integer_if_present(st, "shuffle_seed", run->seed);
+    io::read_integer_if_present(st, "train_examples", run->train_examples);
+    io::read_integer_if_present(st, "batch_size", run->batch_size);
+    io::read_integer_if_present(st, "warmup", run->warmup);
+    if (run->train_examples < 1 || run->batch_size < 1 || run->train_examples > kMaxCount ||
+        run->batch_size > kMaxCount)
       throw FormatError("train_examples and batch_size must be in [1, 2^62]");
+    run->for_each_float([&](const char* key, float& v) {  // (their ranges: train_numbers checks the options after)
+      if (!st.contains(key)) return;
+      if (!st.at(key).is_number()) throw FormatError(std::string("\"") + key + "\" must be a number");
+      v = static_cast<float>(st.at(key).get<double>());
+    });
     std::istringstream r(st.at("rng").get<std::string>());
     r >> *rng;
     if (!r || adam->step < 0 || *epoch < 0 || *batch_index < 0 || adam->step > kMaxCount || *epoch > kMaxCount ||
@@ -416,9 +444,15 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
-    DataSettings data{o.seed, o.train_examples, o.batch_size};
-    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index, &data);
-    o.seed = data.seed, o.train_examples = data.train_examples, o.batch_size = data.batch_size;
+    RunSettings run = RunSettings::of(o);
+    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index, &run);
+    run.apply_to(&o);
+    try {  // the checkpoint's recipe, checked as the options were
+      check_schedule_options(o);
+      check_step_options(step_options(o), "train");
+    } catch (const ArgumentError& e) {
+      throw FormatError(o.resume_dir + "/train_state.json: " + e.what());
+    }
   }
   TrainingStep step(model, step_options(o));
   if (!o.resume_dir.empty()) step.state() = std::move(resumed);
@@ -469,8 +503,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     if (eval_now && writer) {
       report.val_accuracy = exact_match(model, vocab, val);
       if (!o.out_dir.empty())
-        save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index,
-                        {o.seed, o.train_examples, o.batch_size});
+        save_checkpoint(o.out_dir, model, vocab, adam, rng, epoch, batch_index, RunSettings::of(o));
     }
     if (o.progress && writer && (adam.step % 10 == 0 || eval_now || adam.step == o.steps)) {
       const double frac = static_cast<double>(adam.step) / static_cast<double>(o.steps);

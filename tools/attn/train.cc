@@ -28,9 +28,10 @@ void run_train(TrainArgs a) {
   const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
                      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
   if (rank0 &&
-      !a.o.resume_dir.empty())  // the model and the data order are the checkpoint's (flags for them are ignored)
+      !a.o.resume_dir.empty())  // the model, data order and recipe are the checkpoint's (flags for them are ignored)
     std::fprintf(stderr,
-                 "training numbers-en-zh: resuming %s (its model, optimizer state and data order) up to step %lld\n",
+                 "training numbers-en-zh: resuming %s (its model, optimizer state, data order and recipe) up to step "
+                 "%lld\n",
                  a.o.resume_dir.c_str(), static_cast<long long>(a.o.steps));
   else if (rank0)
     std::fprintf(
@@ -91,8 +92,9 @@ void add_train(CLI::App& app) {
                   "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
   sub->add_option(
       "--resume", a->o.resume_dir,
-      "continue from this checkpoint directory: its model, optimizer state and data order (the model's "
-      "flags, --seed, --train-examples and --batch-size are the checkpoint's; given here they are ignored)");
+      "continue from this checkpoint directory: its model, optimizer state, data order and recipe (the model's "
+      "flags, --seed, --train-examples, --batch-size, --lr-factor, --warmup, --label-smoothing, --clip and "
+      "--weight-decay are the checkpoint's; given here they are ignored; --steps is the total to reach)");
   sub->add_option("--steps", a->o.steps, "optimizer steps")->check(CLI::PositiveNumber);
   sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")
       ->check(CLI::PositiveNumber);

@@ -52,8 +52,9 @@ class GradientReducer {
 struct TrainOptions {
   TransformerConfig model;  // vocab sizes are filled in from the task
   std::string out_dir;      // checkpoints go here ("" = none)
-  std::string resume_dir;   // continue from this checkpoint: its model, optimizer state and data order (the seed,
-                            // train_examples and batch_size it saved replace these options')
+  std::string resume_dir;   // continue from this checkpoint: its model, optimizer state, data order and recipe (the
+                            // seed, train_examples, batch_size, lr_factor, warmup, AdamW's settings, label_smoothing
+                            // and clip_norm it saved replace these options'; steps stays the total to reach)
   int64_t steps = 6000;
   int64_t batch_size = 64;  // sentences per batch
   float lr_factor = 1.0f;
