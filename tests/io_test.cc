@@ -271,6 +271,24 @@ TEST(Io, PipesAreReadToTheirEnd) {
   std::filesystem::remove_all(dir);
 }
 
+// A text (a config, a vocabulary) is read up to a cap: an endless source such as /dev/zero, given where a config was
+// expected, is refused once past it instead of read until memory runs out; a file of exactly the cap is read whole.
+TEST(Io, TextReadsStopAtTheirCap) {
+  const auto path = std::filesystem::temp_directory_path() / "attn_io_cap.txt";
+  const std::string text(100, 'x');
+  io::write_file_atomically(path.string(), std::vector<uint8_t>(text.begin(), text.end()));
+  EXPECT_EQ(io::read_text(path.string(), 100), text);
+  try {
+    io::read_text(path.string(), 99);
+    ADD_FAILURE() << "a text past its cap was read";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(io::read_text("/dev/zero", 1 << 20), FormatError);
+  EXPECT_EQ(io::read_file(path.string()).size(), 100u);  // binary reads take any size
+  std::filesystem::remove(path);
+}
+
 // Files written together: all or none. A second path that is a directory, or that names the first file again, is
 // refused and removes the first's temporary; nothing appears until commit().
 TEST(Io, FileSetsAppearTogetherOrNotAtAll) {

@@ -25,7 +25,9 @@ namespace {
 
 }  // namespace
 
-std::vector<uint8_t> read_file(const std::string& path) {
+namespace {
+// The file's bytes to its end, or FormatError past max_bytes.
+std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // a FIFO waits here for its writer, as with cat
@@ -38,7 +40,8 @@ std::vector<uint8_t> read_file(const std::string& path) {
   // has none: either way the bytes are read to the end
   struct stat st {};
   std::vector<uint8_t> bytes;
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+    bytes.reserve(std::min(static_cast<size_t>(st.st_size), max_bytes));
   uint8_t chunk[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd, chunk, sizeof chunk);
@@ -47,10 +50,15 @@ std::vector<uint8_t> read_file(const std::string& path) {
       if (errno == EINTR) continue;
       throw_file_error(path, "read failed");
     }
+    if (static_cast<size_t>(n) > max_bytes - bytes.size())
+      throw FormatError(path + ": longer than the " + std::to_string(max_bytes) + " bytes a text file may have");
     bytes.insert(bytes.end(), chunk, chunk + n);
   }
   return bytes;
 }
+}  // namespace
+
+std::vector<uint8_t> read_file(const std::string& path) { return read_bytes(path, SIZE_MAX); }
 
 void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f) {
   std::error_code ec;
@@ -75,8 +83,8 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
   f(static_cast<const uint8_t*>(map), static_cast<size_t>(st.st_size));
 }
 
-std::string read_text(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file(path);
+std::string read_text(const std::string& path, size_t max_bytes) {
+  const std::vector<uint8_t> bytes = read_bytes(path, max_bytes);
   return std::string(bytes.begin(), bytes.end());
 }
 

@@ -1,6 +1,6 @@
 // attn/io/file.h: whole-file reads and atomic writes (what the readers and writers of attn use; public so tools and
-// bindings write their files the same way). The reads have no size cap of their own: the parsers check every size a
-// header claims against the bytes read.
+// bindings write their files the same way). The binary reads have no size cap of their own (a model may be any size):
+// the parsers check every size a header claims against the bytes read. Text reads stop at a cap (read_text).
 #pragma once
 
 #include <cstddef>
@@ -18,8 +18,11 @@ std::vector<uint8_t> read_file(const std::string& path);
 // the page cache), or read into memory where it cannot be mapped; FileError as read_file. A mapped file truncated by
 // another process while f reads it ends the process with SIGBUS, as with any mapping.
 void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f);
-// The file as text (configs, vocabularies, training state); FileError as read_file.
-std::string read_text(const std::string& path);
+// The file as text (configs, vocabularies, training state); FileError as read_file. A text attn reads is small (a
+// tokenizer.json of a large vocabulary, tens of MB): one longer than max_bytes is a FormatError naming the path, read
+// no further, where `--model /dev/zero` or a runaway pipe had been read until memory ran out.
+inline constexpr size_t kMaxTextFileBytes = size_t{1} << 28;  // 256 MiB
+std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
 // Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
 // `path`; on failure removes the temporary and throws FileError, so `path` is either the complete new file or
 // untouched. The bytes reach the disk (fdatasync) before the rename, and the rename before it returns (fsync of the
