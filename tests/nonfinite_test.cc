@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 
 #include "attention_cases.h"
@@ -38,16 +39,16 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
 }
 
 // Runs `check(result, options description)` for the unfused path and the fused kernel at every SIMD
-// level with 1 and 2 threads. `sample`: under the sanitizers, each level with one of the two, by turns
-// (test::config_sampled); every one in a normal run.
+// level with 1 and 2 threads. With `sample` (the case list's test): under the sanitizers, each level with one of the
+// two (test::config_sampled); every one in a normal run, and in every call without it.
 template <class F>
-void for_every_fast_path(test::CaseInputs& in, F&& check, size_t sample = 0) {
+void for_every_fast_path(test::CaseInputs& in, F&& check, std::optional<size_t> sample = std::nullopt) {
   const detail::SimdLevel saved = detail::simd_level_active();
   check(AttentionImpl::kUnfused, std::string("unfused"));
   size_t config = 0;
   for (auto level : test::simd_levels())
     for (int threads : {1, 2}) {
-      if (!test::config_sampled(sample, config++, 2)) continue;
+      if (sample && !test::config_sampled(*sample, config++, 2)) continue;
       detail::force_simd_level(level);
       in.options.num_threads = threads;
       check(AttentionImpl::kFused,
