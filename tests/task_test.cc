@@ -14,6 +14,8 @@
 #include <set>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "attn/error.h"
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
@@ -417,12 +419,30 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
         replaced(good_state, "\"lr_factor\": ", "\"lr_factor\": -1, \"x\": "),
         replaced(good_state, "\"beta2\": ", "\"beta2\": 1.0, \"x\": "),
         replaced(good_state, "\"warmup\": ", "\"warmup\": -3, \"x\": "),
+        replaced(good_state, "\"adam_eps\": ", "\"adam_eps\": 1e300, \"x\": "),
         replaced(good_state, "\"epoch\": 0", "\"epoch\": 9223372036854775807"),
         replaced(good_state, "\"batch_index\": ", "\"batch_index\": 18446744073709551615, \"x\": ")}) {
     { std::ofstream(o.out_dir + "/train_state.json") << bad_state; }
     EXPECT_THROW(train::train_numbers(resumed), FormatError) << bad_state;
   }
   EXPECT_FALSE(fs::exists(resumed.out_dir));
+  // a checkpoint from before the recipe was saved: the options' recipe, checked as in a new run (a recipe the
+  // checkpoint holds replaces the options' unchecked: a NaN clip norm given with it is never used)
+  nlohmann::json old_state = nlohmann::json::parse(good_state);
+  for (const char* key :
+       {"lr_factor", "warmup", "beta1", "beta2", "adam_eps", "weight_decay", "label_smoothing", "clip_norm"})
+    ASSERT_EQ(old_state.erase(key), 1u) << key;
+  { std::ofstream(o.out_dir + "/train_state.json") << old_state.dump(); }
+  train::TrainOptions from_old = resumed;
+  from_old.out_dir = (dir / "from_old").string();
+  from_old.clip_norm = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(train::train_numbers(from_old), FormatError);
+  from_old.clip_norm = o.clip_norm;
+  EXPECT_EQ(train::train_numbers(from_old).steps, 3);
+  { std::ofstream(o.out_dir + "/train_state.json") << good_state; }
+  from_old.clip_norm = std::numeric_limits<float>::quiet_NaN();
+  from_old.out_dir = (dir / "from_new").string();
+  EXPECT_EQ(train::train_numbers(from_old).steps, 3);
   // an empty training pool, and a checkpoint file that is a directory: refused before any step
   train::TrainOptions empty = o;
   empty.train_examples = 0;

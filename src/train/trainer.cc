@@ -274,8 +274,10 @@ void resume_from(const std::string& dir, const Transformer& model, AdamState* ad
       throw FormatError("train_examples and batch_size must be in [1, 2^62]");
     run->for_each_float([&](const char* key, float& v) {  // (their ranges: train_numbers checks the options after)
       if (!st.contains(key)) return;
-      if (!st.at(key).is_number()) throw FormatError(std::string("\"") + key + "\" must be a number");
-      v = static_cast<float>(st.at(key).get<double>());
+      const nlohmann::json& x = st.at(key);
+      if (!x.is_number() || !(std::fabs(x.get<double>()) <= std::numeric_limits<float>::max()))
+        throw FormatError(std::string("\"") + key + "\" must be a number within float's range, got " + x.dump());
+      v = static_cast<float>(x.get<double>());
     });
     std::istringstream r(st.at("rng").get<std::string>());
     r >> *rng;
@@ -430,8 +432,10 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
                         std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
                         std::to_string(o.eval_every) + ") at least 0");
-  check_schedule_options(o);
-  check_step_options(step_options(o), "train");
+  if (o.resume_dir.empty()) {  // a resumed run takes the checkpoint's recipe, checked below
+    check_schedule_options(o);
+    check_step_options(step_options(o), "train");
+  }
   if (!o.out_dir.empty()) check_checkpoint_dir(o.out_dir);
   const tasks::Vocab vocab = tasks::Vocab::numbers();
   o.model.src_vocab = static_cast<int64_t>(vocab.src.size());
@@ -451,7 +455,8 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
       check_schedule_options(o);
       check_step_options(step_options(o), "train");
     } catch (const ArgumentError& e) {
-      throw FormatError(o.resume_dir + "/train_state.json: " + e.what());
+      throw FormatError(o.resume_dir +
+                        "/train_state.json (its recipe, or the options' where it holds none): " + e.what());
     }
   }
   TrainingStep step(model, step_options(o));
