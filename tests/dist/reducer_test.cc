@@ -102,6 +102,7 @@ TEST(MpiGradientReducer, RefusesAGradientNamedTwiceNeverOrUnknown) {
 // Ranks whose gradients or buckets differ in size had sent all-reduces of different counts and waited on each other
 // (or failed inside MPI): the first step refuses it on every rank alike.
 TEST(MpiGradientReducer, RanksThatDisagreeOnTheLayoutAreRefused) {
+  if (size() < 2) GTEST_SKIP() << "one rank has no other to disagree with";
   const int r = rank();
   for (GradientOverlap mode : kModes) {
     std::map<std::string, Tensor> grads{{"a", Tensor({3})}, {"b", Tensor({r == 0 ? 2 : 5})}};
