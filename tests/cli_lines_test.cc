@@ -255,5 +255,36 @@ TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
   EXPECT_NE(slurp(path("full.err")).find("writing standard output failed"), std::string::npos);
 }
 
+// Options that cannot apply, and outputs that would collide, are refused before any work; the loss log never replaces
+// a checkpoint file, and a failed run removes only a log it opened itself.
+TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
+  const auto tiny_with = [](int heads) {
+    return " --steps 2 --train-examples 16 --batch-size 8 --d-model 8 --heads " + std::to_string(heads) +
+           " --d-ff 8 --encoder-layers 1 --decoder-layers 1 --eval-every 0 --no-progress";
+  };
+  const std::string tiny = tiny_with(2);
+  write("keep.partial", "someone else's\n");
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"train" + tiny + " --out " + path("ck") + " --loss-log " + path("ck/train_state.json"), "--out's"},
+           {"train" + tiny_with(3) + " --out " + path("ck") + " --loss-log " + path("keep"), "num_heads = 3"},
+           {"train" + tiny + " --bucket-mb -1", "--bucket-mb"},
+           {"sdpa --q q.npy --k k.npy --v v.npy --out " + path("o.npy") + " --ring-layout zigzag", "--ring-layout"},
+           {"bench sdpa --batch 0 --no-peak", "--batch"}}) {
+    const CliResult r = run(args);
+    EXPECT_TRUE(failed_cleanly(r)) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(path("ck/train_state.json")) || fs::exists(path("o.npy")));
+  EXPECT_EQ(slurp(path("keep.partial")), "someone else's\n");  // not this run's: left alone
+}
+
+// similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).
+TEST_F(CliLines, SimilarPrintsLinesWhole) {
+  write("s.txt", std::string("A man is eating food.\nA man\0 is riding a horse.\n", 48));
+  const CliResult r = run("similar --model " + std::string(ATTN_MINILM_DIR) + " \"A person eats\" < " + path("s.txt"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find(std::string("A man\0 is riding a horse.\n", 26)), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace attn

@@ -235,9 +235,7 @@ void check_checkpoint_dir(const std::string& dir) {
     throw ArgumentError("train: --out " + dir + " cannot be created or written (" + up.string() +
                         " is not a writable directory)");
   std::vector<std::pair<std::string, std::string>> files;
-  for (const char* name :
-       {"model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "train_state.json"})
-    files.emplace_back(name, dir + "/" + name);  // save_checkpoint's (and Transformer::stage's) files
+  for (const std::string& name : checkpoint_file_names()) files.emplace_back(name, dir + "/" + name);
   io::check_output_paths(files);
 }
 
@@ -316,6 +314,12 @@ std::string eta(double seconds) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& checkpoint_file_names() {  // save_checkpoint's (and Transformer::stage's) files
+  static const std::vector<std::string> names = {"model.safetensors", "config.json", "vocab.json",
+                                                 "optimizer.safetensors", "train_state.json"};
+  return names;
+}
 
 float noam_learning_rate(float lr_factor, int64_t d_model, int64_t warmup, int64_t step) {
   const float s = static_cast<float>(std::max<int64_t>(step, 1)), w = static_cast<float>(std::max<int64_t>(warmup, 1));

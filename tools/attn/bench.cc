@@ -369,12 +369,14 @@ void add_bench(CLI::App& app) {
       "sdpa",
       "time scaled_dot_product_attention; GFLOP/s counts 4·D per attended (query, key) pair per head: "
       "4·Lq·Lk·D, halved when causal with Lq = Lk, row by row with a window or Lq != Lk");
-  sdpa->add_option("--batch", s->batch, "B");
-  sdpa->add_option("--heads", s->heads, "H");
+  // sizes of at least 1: an empty batch had timed nothing, and then counted the FLOPs of any --q-len row by row (the
+  // tensors' element counts are checked when they are made: "too many elements")
+  sdpa->add_option("--batch", s->batch, "B")->check(CLI::PositiveNumber);
+  sdpa->add_option("--heads", s->heads, "H")->check(CLI::PositiveNumber);
   sdpa->add_option("--kv-heads", s->kv_heads, "Hkv (default H)")->check(CLI::NonNegativeNumber);
-  sdpa->add_option("--q-len", s->q_len, "Lq");
-  sdpa->add_option("--kv-len", s->kv_len, "Lk (default Lq)");
-  sdpa->add_option("--head-dim", s->head_dim, "D = Dv");
+  sdpa->add_option("--q-len", s->q_len, "Lq")->check(CLI::PositiveNumber);
+  sdpa->add_option("--kv-len", s->kv_len, "Lk (default Lq)")->check(CLI::NonNegativeNumber);
+  sdpa->add_option("--head-dim", s->head_dim, "D = Dv")->check(CLI::PositiveNumber);
   sdpa->add_flag("--causal", s->causal, "bottom-right causal mask");
   sdpa->add_option("--window", s->window, "sliding window W (with --causal)");
   sdpa->add_option("--threads", s->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);

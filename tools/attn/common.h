@@ -31,6 +31,11 @@ struct OutputFile {
 void write_outputs(const std::vector<OutputFile>& outputs);
 
 // Standard input, one item per line; the CR that ends a line of CRLF input is dropped.
+// Standard input's lines (a "\r\n" ending too; a last line without a newline counts). At most kMaxStdinBytes and
+// kMaxStdinLines: past either an ArgumentError, where an endless source (`< /dev/zero`, `yes |`) had been read until
+// the machine ran out of memory.
+inline constexpr size_t kMaxStdinBytes = size_t{1} << 30;
+inline constexpr size_t kMaxStdinLines = size_t{1} << 24;
 std::vector<std::string> read_stdin_lines();
 
 // Why `s` is not valid UTF-8 (the first bad byte and its offset), or nullopt when it is (the library's).

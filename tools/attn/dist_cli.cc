@@ -42,10 +42,7 @@ train::TrainReport train_distributed(const train::TrainOptions& options, const D
                                      const std::function<void(int64_t, float)>& on_step, int* rank) {
   dist::MpiSession& mpi = mpi_session();
   *rank = mpi.rank();
-  // a bucket is one MPI message of floats: at most 2^31 - 1 of them, just under 8192 MB
-  if (!(data_parallel.bucket_mb > 0.0) || data_parallel.bucket_mb >= 8192.0)
-    throw ArgumentError("--bucket-mb " + std::to_string(data_parallel.bucket_mb) +
-                        ": must be in (0, 8192) (one MPI message of float32 gradients)");
+  // (--bucket-mb is in (0, 8192): run_train checked it)
   dist::ReducerOptions reducer;
   reducer.bucket_elements = std::clamp<int64_t>(std::llround(data_parallel.bucket_mb * (1 << 20) / sizeof(float)), 1,
                                                 std::numeric_limits<int>::max());

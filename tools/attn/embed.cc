@@ -134,7 +134,12 @@ void run_similar(const SimilarArgs& a) {
   for (size_t i = 0; i < sentences.size(); ++i) ranked.emplace_back(cosine(static_cast<int64_t>(i) + 1), i);
   std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
   const size_t n = a.top > 0 ? std::min<size_t>(static_cast<size_t>(a.top), ranked.size()) : ranked.size();
-  for (size_t r = 0; r < n; ++r) std::printf("%.4f\t%s\n", ranked[r].first, sentences[ranked[r].second].c_str());
+  for (size_t r = 0; r < n; ++r) {  // the line whole, NUL bytes too (%s had cut it at the first)
+    const std::string& line = sentences[ranked[r].second];
+    std::printf("%.4f\t", ranked[r].first);
+    std::fwrite(line.data(), 1, line.size(), stdout);
+    std::fputc('\n', stdout);
+  }
   std::fflush(stdout);
   errors.finish(lines.size(), "no ranks");
 }

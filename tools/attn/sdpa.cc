@@ -35,6 +35,7 @@ void run_sdpa(const SdpaArgs& a) {
   if (a.ring && !a.dtype.empty()) throw ArgumentError("--dtype is not supported with --ring");
   io::check_output_paths({{"--out", a.out}, {"--weights", a.weights}});
   if (a.ring) return run_sdpa_on_ring(a);
+  if (!a.ring_layout.empty()) throw ArgumentError("--ring-layout applies with --ring only");
   Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);
   if (!a.dtype.empty()) {  // float32 (or float16) inputs rounded to the compute dtype, nearest even
     const DType dt = parse_dtype(a.dtype);

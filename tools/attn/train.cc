@@ -23,6 +23,10 @@ struct TrainArgs {
 
 void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
+  // a bucket is one MPI message of floats: at most 2^31 - 1 of them, just under 8192 MB (checked without mpirun too)
+  if (!(a.data_parallel.bucket_mb > 0.0) || a.data_parallel.bucket_mb >= 8192.0)
+    throw ArgumentError("--bucket-mb " + std::to_string(a.data_parallel.bucket_mb) +
+                        ": must be in (0, 8192) (one MPI message of float32 gradients)");
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
   const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
@@ -44,14 +48,20 @@ void run_train(TrainArgs a) {
         static_cast<long long>(a.o.steps), static_cast<long long>(a.o.batch_size));
   // under mpirun: data parallel over the ranks, rank 0 writes the checkpoints, the log and the summary
   int rank = 0;
-  // the loss log grows under a temporary name and takes its own when the run ends well; a failed run removes it
-  io::check_output_paths({{"--loss-log", a.loss_log}});
+  // the loss log grows under a temporary name and takes its own when the run ends well; a failed run removes it. It
+  // may not be one of the checkpoint's files (renamed over it after the last save, it had replaced train_state.json).
+  std::vector<std::pair<std::string, std::string>> outputs = {{"--loss-log", a.loss_log}};
+  if (!a.loss_log.empty() && !a.o.out_dir.empty())
+    for (const std::string& name : train::checkpoint_file_names())
+      outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
+  io::check_output_paths(outputs);
   const std::string log_partial = a.loss_log + ".partial";
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
+  bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {
     if (!a.loss_log.empty() && rank == 0) {
-      if (!log) log.reset(std::fopen(log_partial.c_str(), "w"));
-      if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write");
+      if (!log) log.reset(std::fopen(log_partial.c_str(), "w")), log_opened = log != nullptr;
+      if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write " + log_partial);
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
     }
   };
@@ -59,11 +69,12 @@ void run_train(TrainArgs a) {
   try {
     r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
                              : train::train_numbers(a.o, on_step);
-    if (log && (std::fclose(log.release()) != 0 || std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
+    if (log && (std::ferror(log.get()) != 0 || std::fflush(log.get()) != 0 || std::fclose(log.release()) != 0 ||
+                std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
       throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
   } catch (...) {
     log.reset();
-    if (!a.loss_log.empty() && rank == 0) std::remove(log_partial.c_str());
+    if (log_opened) std::remove(log_partial.c_str());
     throw;
   }
   if (rank != 0) return;

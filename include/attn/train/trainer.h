@@ -125,6 +125,10 @@ class TrainingStep {
   Tensor dlogits_;  // [B, Lt, Vt], reused while the batch shape stays
 };
 
+// The files a checkpoint directory holds (model.safetensors, config.json, vocab.json, optimizer.safetensors,
+// train_state.json), which train_numbers replaces together.
+const std::vector<std::string>& checkpoint_file_names();
+
 // Trains (or resumes), writing checkpoints to out_dir. `on_step` (optional) sees (step, loss).
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step = nullptr);
 
