@@ -649,6 +649,25 @@ class MultiheadAttention(nn.Module):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
                 f"batch_first={self.batch_first}")
 
+    def _forward_nested(self, x, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
+        """nn.TransformerEncoder's inference path (eval, no grad, a src_key_padding_mask) nests the padded batch and
+        hands its layers the nested sequences, which a layer holding this module passes on (its own fast path declines
+        the module): self-attention over each sequence, as nn.MultiheadAttention's nested path, the output nested
+        alike. The sequences are padded, their padding masked, and the output nested again."""
+        if not (x is key and key is value) or not self.batch_first or key_padding_mask is not None or need_weights:
+            raise _ModuleArgumentError("nested query, key and value: only self-attention with batch_first=True, no "
+                                       "key_padding_mask and need_weights=False (nn.TransformerEncoder's inference "
+                                       "path) are supported")
+        lengths = [t.shape[0] for t in x.unbind()]
+        padded = x.to_padded_tensor(0.0)  # [N, L, E]
+        pad = torch.arange(padded.shape[1], device=padded.device)[None, :] >= torch.tensor(
+            lengths, device=padded.device)[:, None]
+        if attn_mask is not None:  # over the longest sequence, which the padding may not reach
+            attn_mask = attn_mask[..., :padded.shape[1], :padded.shape[1]]
+        out, _ = self.forward(padded, padded, padded, key_padding_mask=pad, need_weights=False, attn_mask=attn_mask,
+                              is_causal=is_causal)
+        return torch.nested.nested_tensor([out[i, :n] for i, n in enumerate(lengths)]), None
+
     def _project(self, query, key, value):
         E, kv = self.embed_dim, self._kv_dim
         b = self.in_proj_bias
@@ -663,6 +682,8 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        if query.is_nested or key.is_nested or value.is_nested:
+            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal)
         _check_qkv(query, key, value)
         _check_mask(attn_mask, "attn_mask", query, _ModuleDTypeError)
         _check_mask(key_padding_mask, "key_padding_mask", query, _ModuleDTypeError)
@@ -705,9 +726,9 @@ class MultiheadAttention(nn.Module):
             else:
                 is_causal = False  # else attn_mask alone (padded for bias_k and the zero key: every query sees those)
         q, k, v = self._project(query, key, value)
-        if self.bias_k is not None:
-            k = torch.cat([k, self.bias_k.expand(N, 1, -1)], dim=1)
-            v = torch.cat([v, self.bias_v.expand(N, 1, -1)], dim=1)
+        if self.bias_k is not None:  # in k's dtype: under autocast the projections are 16-bit and the biases float32
+            k = torch.cat([k, self.bias_k.expand(N, 1, -1).to(k.dtype)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(N, 1, -1).to(v.dtype)], dim=1)
             attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
             key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
         S = k.shape[1]
@@ -727,8 +748,8 @@ class MultiheadAttention(nn.Module):
                     raise ArgumentError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
                                         f"{tuple(attn_mask.shape)}")
             else:  # (N * H, L, S), or (1, H, L, S) from an unbatched call's (H, L, S): the exact shape, as PyTorch
-                if tuple(attn_mask.shape[-3:]) != (N * H if batched else H, L, S):
-                    raise ArgumentError(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                if tuple(attn_mask.shape[-3:]) != (N * H if batched else H, L, S):  # (unbatched: PyTorch asserts)
+                    raise (ArgumentError if batched else _ModuleArgumentError)(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
                                         f"{tuple(attn_mask.shape[-3:])}")
                 attn_mask = attn_mask.reshape(N, H, L, S)
             mask = attn_mask.logical_not() if attn_mask.dtype == torch.bool else attn_mask

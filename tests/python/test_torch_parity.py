@@ -1,6 +1,8 @@
 """attn.torch where PyTorch's behaviour is more than the numbers: tracing, autocast, layouts, degenerate shapes,
 exception types and MultiheadAttention's dropped weights. PyTorch (torch.nn.functional, nn.MultiheadAttention) is the
 reference throughout."""
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -144,11 +146,44 @@ def test_mha_returns_the_weights_after_dropout_as_pytorch(num_kv_heads):
         _close(out, out_t)
 
 
-def test_mha_merge_masks_as_pytorchs():
-    ours, theirs = at.MultiheadAttention(8, 2, batch_first=True), torch.nn.MultiheadAttention(8, 2, batch_first=True)
+def test_mha_takes_merge_masks_output_as_its_parts():
+    # merge_masks (nn.MultiheadAttention's own) folds attn_mask and key_padding_mask into one [N, H, L, S] mask: given
+    # that mask as an (N·H, L, S) attn_mask, the module gives what it gives for the two parts, as nn.MultiheadAttention
+    ours = at.MultiheadAttention(8, 2, batch_first=True)
+    theirs = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
     x = torch.randn(3, 5, 8)
-    attn_mask, padding = torch.randn(5, 5), torch.randn(3, 5)
-    for args in [(attn_mask, padding), (None, padding), (attn_mask, None), (None, None)]:
-        mine, their = ours.merge_masks(*args, x), theirs.merge_masks(*args, x)
-        assert mine[1] == their[1]
-        assert (mine[0] is None and their[0] is None) or torch.equal(mine[0], their[0])
+    attn_mask, padding = torch.randn(5, 5), torch.zeros(3, 5).masked_fill(torch.rand(3, 5) < 0.3, -math.inf)
+    padding[:, 0] = 0.0  # every row keeps a key
+    assert ours.merge_masks(None, padding, x) == (padding, 1)  # one mask alone comes back as it is
+    for parts in [(attn_mask, padding), (attn_mask, None)]:
+        merged, kind = ours.merge_masks(*parts, x)
+        assert kind == 2
+        whole = ours(x, x, x, attn_mask=merged.reshape(6, 5, 5), average_attn_weights=False)
+        split = ours(x, x, x, attn_mask=parts[0], key_padding_mask=parts[1], average_attn_weights=False)
+        reference = theirs(x, x, x, attn_mask=parts[0], key_padding_mask=parts[1], average_attn_weights=False)
+        for a, b, c in zip(whole, split, reference):
+            _close(a, b)
+            _close(a, c)
+
+
+def test_mha_bias_kv_under_cpu_autocast():
+    # the projections come out bfloat16 under autocast and bias_k / bias_v stay float32: concatenated, they had made
+    # key and value float32 beside a bfloat16 query, which the kernel refused
+    ours = at.MultiheadAttention(16, 4, add_bias_kv=True, batch_first=True)
+    theirs = torch.nn.MultiheadAttention(16, 4, add_bias_kv=True, batch_first=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = ours(x, x, x)
+        out_t, w_t = theirs(x, x, x)
+    assert out.dtype == out_t.dtype
+    _close(out.float(), out_t.float(), 3e-2)
+    _close(w.float(), w_t.float(), 3e-2)
+
+
+def test_unbatched_mha_mask_of_a_wrong_shape_asserts_as_pytorchs():
+    x = torch.randn(3, 8)
+    for module in (torch.nn.MultiheadAttention(8, 2), at.MultiheadAttention(8, 2)):
+        with pytest.raises(AssertionError):
+            module(x, x, x, attn_mask=torch.zeros(3, 3, 3))
