@@ -4,7 +4,7 @@
 # every mask, every compiled instruction set), the backwards, the 16-bit kernels, the file readers and the CLI, with
 # any out-of-bounds access, use after free, leak or undefined operation failing the run. (The numeric tests alone
 # cannot see a read past a buffer whose value is then multiplied by a zero weight.)
-#   scripts/sanitize.sh          (~9 minutes on 2 cores, 5 of them compiling; .ci/run calls it)
+#   scripts/sanitize.sh          (~7 minutes on 2 cores, 5 of them compiling; .ci/run calls it)
 # It needs scripts/setup.sh's packages and the MiniLM model it installs into build/pydeps; it runs setup.sh first
 # when build/ has no attn tool. MPI is left out (Open MPI's own allocations are not ours to check).
 set -euo pipefail
