@@ -27,7 +27,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_
 # Left out: the checks with no C++ of ours to instrument (format, layering) and the browser's page test (Chromium
 # dominates it; attn viz itself runs here in the CLI tests). The heaviest tests take fewer random cases and sentences
 # under AddressSanitizer (tests/test_util.h, small_test_volume), and those that run each case through many
-# configurations run it through a rotating share of them (test::config_sampled): every configuration is still reached.
+# configurations run it through a share of them, offset by a hash of the case (test::config_sampled): every configuration is still reached.
 ctest --test-dir "$out" --output-on-failure -j"$(nproc)" -E '^(browser|format|layering|layering_self_test)$' 2>&1 |
   tee "$out/ctest.log"
 echo "sanitizers: $(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 tests, \1 failed/p' \

@@ -105,7 +105,8 @@ TEST(Training, WeightDecayShrinksTheMatricesOnly) {
   }
 }
 
-// LambdaLR's learning rates for the shipped model's schedule (d_model 128, warm-up 500) at steps from 1 to 6000.
+// LambdaLR's learning rates for the default schedule (d_model 128, warm-up 500: TrainOptions' defaults) at steps from 1
+// to 6000.
 TEST(Training, WarmUpScheduleMatchesLambdaLR) {
   const io::Safetensors st = io::read_safetensors(test::fixture("train_steps.safetensors"));
   const nlohmann::json steps = nlohmann::json::parse(st.metadata.at("noam_steps"));

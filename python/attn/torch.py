@@ -749,8 +749,9 @@ class MultiheadAttention(nn.Module):
                                         f"{tuple(attn_mask.shape)}")
             else:  # (N * H, L, S), or (1, H, L, S) from an unbatched call's (H, L, S): the exact shape, as PyTorch
                 if tuple(attn_mask.shape[-3:]) != (N * H if batched else H, L, S):  # (unbatched: PyTorch asserts)
-                    raise (ArgumentError if batched else _ModuleArgumentError)(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
-                                        f"{tuple(attn_mask.shape[-3:])}")
+                    error = ArgumentError if batched else _ModuleArgumentError
+                    raise error(f"attn_mask must be ({L}, {S}) or ({N * H}, {L}, {S}), got "
+                                f"{tuple(attn_mask.shape[-3:])}")
                 attn_mask = attn_mask.reshape(N, H, L, S)
             mask = attn_mask.logical_not() if attn_mask.dtype == torch.bool else attn_mask
         padding = None

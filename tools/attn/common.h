@@ -30,7 +30,6 @@ struct OutputFile {
 // refused before anything is written (commands also call io::check_output_paths before their work).
 void write_outputs(const std::vector<OutputFile>& outputs);
 
-// Standard input, one item per line; the CR that ends a line of CRLF input is dropped.
 // Standard input's lines (a "\r\n" ending too; a last line without a newline counts). At most kMaxStdinBytes and
 // kMaxStdinLines: past either an ArgumentError, where an endless source (`< /dev/zero`, `yes |`) had been read until
 // the machine ran out of memory.

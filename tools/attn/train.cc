@@ -100,7 +100,8 @@ void add_train(CLI::App& app) {
       "gradients are summed over the ranks; rank 0 writes the checkpoints and the progress");
   sub->add_option("--task", a->task, "the task (numbers-en-zh)");
   sub->add_option("--out", a->o.out_dir,
-                  "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer state)");
+                  "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer.safetensors, "
+                  "train_state.json)");
   sub->add_option(
       "--resume", a->o.resume_dir,
       "continue from this checkpoint directory: its model, optimizer state, data order and recipe (the model's "
@@ -133,11 +134,11 @@ void add_train(CLI::App& app) {
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
   sub->add_option("--loss-log", a->loss_log,
                   "write each step's loss to this file (\"step loss\" per line; FILE.partial while training, "
-                  "renamed to FILE when the run ends well)");
+                  "renamed to FILE when the run ends well, removed when it fails; not one of --out's files)");
   sub->add_option(
       "--bucket-mb", a->data_parallel.bucket_mb,
-      "under mpirun: MB of gradients per all-reduce, 0.25 by default (a bucket goes as soon as the backward has "
-      "finished it)");
+      "under mpirun: MB of gradients per all-reduce, in (0, 8192), 0.25 by default (a bucket goes as soon as the "
+      "backward has finished it)");
   sub->add_option("--overlap", a->data_parallel.overlap,
                   "under mpirun: how the all-reduce runs beside the backward: thread (a communication thread), "
                   "nonblocking (MPI_Iallreduce from the backward) or none (after the backward); default thread")

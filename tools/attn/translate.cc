@@ -142,7 +142,7 @@ void add_translate(CLI::App& app) {
   CLI::App* sub =
       app.add_subcommand("translate",
                          "Translate English number words to Chinese numerals with an encoder-decoder Transformer.\n"
-                         "With no text, reads one sentence per line from standard input.");
+                         "With no text, reads one sentence per line from standard input (at most 1 GiB, 16 M lines).");
   sub->add_option("--model", t->model,
                   "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
