@@ -10,15 +10,10 @@
 #include "attn/models/transformer.h"
 #include "attn/train/trainer.h"
 #include "test_util.h"
+#include "token_batch_util.h"
 
 namespace attn {
 namespace {
-
-TokenBatch ids(const Tensor& t) {  // [B, L] of token ids held as floats
-  TokenBatch b{{}, t.dim(0), t.dim(1)};
-  for (int64_t i = 0; i < t.numel(); ++i) b.ids.push_back(static_cast<int32_t>(t.f32()[i]));
-  return b;
-}
 
 float meta_float(const io::Safetensors& st, const char* key) {
   return nlohmann::json::parse(st.metadata.at(key)).get<float>();
@@ -55,8 +50,8 @@ TEST(Training, StepsMatchPyTorchAdamWClippingAndWarmUp) {
     clipped += want.at("clipped").get<bool>();
     const float lr = train::noam_learning_rate(lr_factor, model.config().d_model, warmup, static_cast<int64_t>(k));
     EXPECT_NEAR(lr, want.at("lr").get<double>(), 1e-6 * want.at("lr").get<double>());
-    const TokenBatch src = ids(st.at(at + "src")), tgt_in = ids(st.at(at + "tgt_in"));
-    const float loss = step.run(src, tgt_in, ids(st.at(at + "tgt_out")).ids, lr, rng);
+    const TokenBatch src = test::token_batch(st.at(at + "src")), tgt_in = test::token_batch(st.at(at + "tgt_in"));
+    const float loss = step.run(src, tgt_in, test::token_batch(st.at(at + "tgt_out")).ids, lr, rng);
     EXPECT_NEAR(loss, want.at("loss").get<double>(), 2e-5 * want.at("loss").get<double>());
     double worst = 0.0;
     std::string worst_name;
@@ -91,7 +86,8 @@ TEST(Training, WeightDecayShrinksTheMatricesOnly) {
     o.weight_decay = weight_decay, o.clip_norm = 0.0f;
     train::TrainingStep step(model, o);
     std::mt19937_64 rng(1);
-    step.run(ids(st.at("step1.src")), ids(st.at("step1.tgt_in")), ids(st.at("step1.tgt_out")).ids, 0.01f, rng);
+    step.run(test::token_batch(st.at("step1.src")), test::token_batch(st.at("step1.tgt_in")),
+             test::token_batch(st.at("step1.tgt_out")).ids, 0.01f, rng);
     return model.params();
   };
   const auto without = run(0.0f), with = run(0.5f);

@@ -13,6 +13,7 @@
 #include "models/transformer_internal.h"
 #include "ops/nn.h"
 #include "test_util.h"
+#include "token_batch_util.h"
 
 namespace attn {
 namespace {
@@ -37,12 +38,6 @@ double max_rel_err(const float* a, const float* b, int64_t n) {
   return m;
 }
 
-TokenBatch ids(const Tensor& t) {
-  TokenBatch b{{}, t.dim(0), t.dim(1)};
-  for (int64_t i = 0; i < t.numel(); ++i) b.ids.push_back(static_cast<int32_t>(t.f32()[i]));
-  return b;
-}
-
 TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
   for (const char* name : {"transformer_post_relu", "transformer_pre_gelu", "transformer_post_gelu_untied_learned"}) {
     SCOPED_TRACE(name);
@@ -53,7 +48,8 @@ TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
       ASSERT_EQ(src.shape(), t.shape()) << pname;
       std::copy_n(src.f32(), src.numel(), t.f32());
     }
-    const TokenBatch src = ids(st.at("src")), tgt_in = ids(st.at("tgt_in")), tgt_out = ids(st.at("tgt_out"));
+    const TokenBatch src = test::token_batch(st.at("src")), tgt_in = test::token_batch(st.at("tgt_in")),
+                     tgt_out = test::token_batch(st.at("tgt_out"));
     m.zero_grad();
     const Tensor logits = m.forward(src, tgt_in, true, nullptr);
     EXPECT_LE(test::max_abs_diff(logits, st.at("expected_logits")), 2e-5);

@@ -3,7 +3,6 @@
 #include <sys/resource.h>
 
 #include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <random>
 
@@ -28,34 +27,19 @@ void write_outputs(const std::vector<OutputFile>& outputs) {
 }
 
 std::vector<std::string> read_stdin_lines() {
+  // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming /dev/stdin)
+  const std::string text = io::read_text("/dev/stdin", kMaxStdinBytes);
   std::vector<std::string> lines;
-  std::string line;
-  bool in_line = false;  // characters since the last newline: a last line without one still counts
-  const auto end_line = [&] {
+  for (size_t at = 0; at < text.size();) {  // a last line without a newline counts
     if (lines.size() >= kMaxStdinLines)
       throw ArgumentError("standard input: more than " + std::to_string(kMaxStdinLines) + " lines; give them in parts");
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(at, end - at);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     lines.push_back(std::move(line));
-    line.clear();
-    in_line = false;
-  };
-  char chunk[1 << 16];
-  size_t total = 0;
-  while (std::cin.read(chunk, sizeof chunk) || std::cin.gcount() > 0) {
-    const size_t n = static_cast<size_t>(std::cin.gcount());
-    if ((total += n) > kMaxStdinBytes)
-      throw ArgumentError("standard input: more than " + std::to_string(kMaxStdinBytes) + " bytes; give it in parts");
-    for (size_t i = 0; i < n;) {
-      const void* newline = std::memchr(chunk + i, '\n', n - i);
-      const size_t end = newline ? static_cast<size_t>(static_cast<const char*>(newline) - chunk) : n;
-      line.append(chunk + i, end - i);
-      in_line |= end > i;
-      if (!newline) break;
-      end_line();
-      i = end + 1;
-    }
+    at = end + 1;
   }
-  if (in_line) end_line();
   return lines;
 }
 

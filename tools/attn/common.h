@@ -31,7 +31,7 @@ struct OutputFile {
 void write_outputs(const std::vector<OutputFile>& outputs);
 
 // Standard input's lines (a "\r\n" ending too; a last line without a newline counts). At most kMaxStdinBytes and
-// kMaxStdinLines: past either an ArgumentError, where an endless source (`< /dev/zero`, `yes |`) had been read until
+// kMaxStdinLines: past either an error, where an endless source (`< /dev/zero`, `yes |`) had been read until
 // the machine ran out of memory.
 inline constexpr size_t kMaxStdinBytes = size_t{1} << 30;
 inline constexpr size_t kMaxStdinLines = size_t{1} << 24;

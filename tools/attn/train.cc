@@ -69,7 +69,7 @@ void run_train(TrainArgs a) {
   try {
     r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
                              : train::train_numbers(a.o, on_step);
-    if (log && (std::ferror(log.get()) != 0 || std::fflush(log.get()) != 0 || std::fclose(log.release()) != 0 ||
+    if (log && (std::ferror(log.get()) != 0 || std::fclose(log.release()) != 0 ||  // (fclose flushes)
                 std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
       throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
   } catch (...) {
