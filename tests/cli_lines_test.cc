@@ -255,7 +255,8 @@ TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
   EXPECT_NE(slurp(path("full.err")).find("writing standard output failed"), std::string::npos);
 }
 
-// Options that cannot apply, and outputs that would collide, are refused before any work; the loss log never replaces
+// Options that cannot apply (the checkpoint's recipe beside --resume), and outputs that would collide, are refused
+// before any work; the loss log never replaces
 // a checkpoint file, and a failed run removes only a log it opened itself.
 TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   const auto tiny_with = [](int heads) {
@@ -268,6 +269,8 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
            {"train" + tiny + " --out " + path("ck") + " --loss-log " + path("ck/train_state.json"), "--out's"},
            {"train" + tiny_with(3) + " --out " + path("ck") + " --loss-log " + path("keep"), "num_heads = 3"},
            {"train" + tiny + " --bucket-mb -1", "--bucket-mb"},
+           // a resumed run's recipe is the checkpoint's: a flag that would change it is refused, not ignored
+           {"train --resume " + path("ck") + " --steps 4 --lr-factor 2 --dropout 0", "--dropout, --lr-factor"},
            {"sdpa --q q.npy --k k.npy --v v.npy --out " + path("o.npy") + " --ring-layout zigzag", "--ring-layout"},
            {"bench sdpa --batch 0 --no-peak", "--batch"}}) {
     const CliResult r = run(args);

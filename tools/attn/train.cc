@@ -19,6 +19,7 @@ struct TrainArgs {
   bool no_progress = false;
   std::string loss_log;  // "step loss" per line
   DataParallelArgs data_parallel;
+  std::vector<std::string> checkpoint_flags_given;  // flags whose values a --resume takes from the checkpoint
 };
 
 void run_train(TrainArgs a) {
@@ -27,12 +28,17 @@ void run_train(TrainArgs a) {
   if (!(a.data_parallel.bucket_mb > 0.0) || a.data_parallel.bucket_mb >= 8192.0)
     throw ArgumentError("--bucket-mb " + std::to_string(a.data_parallel.bucket_mb) +
                         ": must be in (0, 8192) (one MPI message of float32 gradients)");
+  if (!a.o.resume_dir.empty() && !a.checkpoint_flags_given.empty()) {
+    std::string names;
+    for (const std::string& n : a.checkpoint_flags_given) names += (names.empty() ? "" : ", ") + n;
+    throw ArgumentError("--resume " + a.o.resume_dir + ": the model, data order and recipe are the checkpoint's; " +
+                        names + " cannot change them (start a new run with --out to train another recipe)");
+  }
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
   const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
                      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
-  if (rank0 &&
-      !a.o.resume_dir.empty())  // the model, data order and recipe are the checkpoint's (flags for them are ignored)
+  if (rank0 && !a.o.resume_dir.empty())  // the model, data order and recipe are the checkpoint's
     std::fprintf(stderr,
                  "training numbers-en-zh: resuming %s (its model, optimizer state, data order and recipe) up to step "
                  "%lld\n",
@@ -106,7 +112,7 @@ void add_train(CLI::App& app) {
       "--resume", a->o.resume_dir,
       "continue from this checkpoint directory: its model, optimizer state, data order and recipe (the model's "
       "flags, --seed, --train-examples, --batch-size, --lr-factor, --warmup, --label-smoothing, --clip and "
-      "--weight-decay are the checkpoint's; given here they are ignored; --steps is the total to reach)");
+      "--weight-decay are the checkpoint's and are refused beside it; --steps is the total to reach)");
   sub->add_option("--steps", a->o.steps, "optimizer steps")->check(CLI::PositiveNumber);
   sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")
       ->check(CLI::PositiveNumber);
@@ -143,7 +149,18 @@ void add_train(CLI::App& app) {
                   "under mpirun: how the all-reduce runs beside the backward: thread (a communication thread), "
                   "nonblocking (MPI_Iallreduce from the backward) or none (after the backward); default thread")
       ->check(CLI::IsMember({"none", "thread", "nonblocking"}));
-  sub->callback([a] { run_train(*a); });
+  // the flags --resume takes from the checkpoint: refused beside it rather than silently ignored
+  std::vector<CLI::Option*> checkpoint_owned;
+  for (const char* name :
+       {"--batch-size", "--d-model", "--heads", "--d-ff", "--encoder-layers", "--decoder-layers", "--pre-norm",
+        "--activation", "--no-tie-embeddings", "--learned-positions", "--dropout", "--attention-dropout", "--lr-factor",
+        "--warmup", "--label-smoothing", "--clip", "--weight-decay", "--seed", "--train-examples"})
+    checkpoint_owned.push_back(sub->get_option(name));
+  sub->callback([a, checkpoint_owned] {
+    for (const CLI::Option* opt : checkpoint_owned)
+      if (opt->count() > 0) a->checkpoint_flags_given.push_back(opt->get_name());
+    run_train(*a);
+  });
 }
 
 }  // namespace attn::cli
