@@ -279,6 +279,11 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   }
   EXPECT_FALSE(fs::exists(path("ck/train_state.json")) || fs::exists(path("o.npy")));
   EXPECT_EQ(slurp(path("keep.partial")), "someone else's\n");  // not this run's: left alone
+  // an option greedy decoding has no use for is named on stderr (a warning, as Hugging Face's generate), not refused
+  const CliResult greedy = run("translate --length-penalty 0.6 one hundred");
+  EXPECT_EQ(greedy.status, 0) << greedy.err;
+  EXPECT_NE(greedy.err.find("--length-penalty"), std::string::npos) << greedy.err;
+  EXPECT_EQ(run("translate --beam 2 --length-penalty 0.6 one hundred").err.find("--length-penalty"), std::string::npos);
 }
 
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).

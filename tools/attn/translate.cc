@@ -55,6 +55,7 @@ struct TranslateArgs {
   std::string model, quantize = "none", dtype = "f32", kv_cache = "f32";
   TranslateOptions options;
   bool strict = false;
+  bool length_penalty_given = false;  // on the command line, not the default
   std::vector<std::string> text;
 };
 
@@ -66,6 +67,10 @@ void run_translate(const TranslateArgs& a) {
     throw ArgumentError("--beam must be in [1, 64], got " + std::to_string(a.options.beam));
   if (!std::isfinite(a.options.length_penalty))
     throw ArgumentError("--length-penalty must be finite, got " + std::to_string(a.options.length_penalty));
+  if (a.length_penalty_given && a.options.beam == 1)  // greedy decoding ranks nothing (a warning, as HF's generate)
+    std::fprintf(stderr,
+                 "attn: warning: --length-penalty ranks beam search's hypotheses; with --beam 1 (greedy) it "
+                 "has no effect\n");
   const Translator translator = load_translator(a.model, a.quantize, a.dtype);
   TranslateOptions options = a.options;
   options.kv_cache = parse_kv_cache(a.kv_cache);
@@ -146,9 +151,11 @@ void add_translate(CLI::App& app) {
   sub->add_option("--model", t->model,
                   "model directory (config.json, model.safetensors, vocab.json); default: the shipped model");
   sub->add_option("--beam", t->options.beam, "beam width; 1 = greedy");
-  sub->add_option("--length-penalty", t->options.length_penalty,
-                  "GNMT's alpha: beam search ranks log P / ((5 + length) / 6)^alpha; 0 = raw log-probability")
-      ->capture_default_str();
+  CLI::Option* length_penalty =
+      sub->add_option("--length-penalty", t->options.length_penalty,
+                      "GNMT's alpha: beam search ranks log P / ((5 + length) / 6)^alpha; 0 = raw log-probability "
+                      "(beam search only)")
+          ->capture_default_str();
   sub->add_option("--quantize", t->quantize, "none or int8 (int8 weights and activations, oneDNN GEMMs)")
       ->check(CLI::IsMember({"none", "int8"}));
   sub->add_option("--dtype", t->dtype,
@@ -172,7 +179,10 @@ void add_translate(CLI::App& app) {
                 "stop at the first bad line, before printing anything, and treat a phrase outside the task's grammar "
                 "(e.g. \"ninety nine hundred\") as an error; without it a bad line of standard input gives an empty "
                 "output line, an error on stderr and a non-zero exit status at the end, and such a phrase a warning");
-  sub->callback([t] { run_translate(*t); });
+  sub->callback([t, length_penalty] {
+    t->length_penalty_given = length_penalty->count() > 0;
+    run_translate(*t);
+  });
 
   auto e = std::make_shared<EvalArgs>();
   CLI::App* ev = app.add_subcommand("eval", "Exact-match accuracy of a model on a split of the task");
