@@ -1,7 +1,9 @@
 """attn.torch against torch.nn.functional.scaled_dot_product_attention on CPU: forward+backward at one size and
 the per-call overhead at a tiny one (B=1, H=1, L=8), in the same process with the same threads.
     python bench/compare_torch_sdpa.py [--L 1024] [--B 1] [--H 8] [--D 64] [--causal] [--seconds 2] [--threads N]
-                                       [--dtype float32|bfloat16|float16]
+                                       [--dtype float32|bfloat16|float16] [--vmap N]
+--vmap N also times per-sample gradients, torch.func.vmap(torch.func.grad(loss)) over N samples of [B, H, L, D]
+(attn.torch folds the samples into one batch; PyTorch's SDPA has no batching rule and runs them one by one).
 The tensors of both are in --dtype (16-bit: attn's 16-bit forward kernel and its float32 backward on widened copies;
 PyTorch's own 16-bit CPU kernels)."""
 import argparse
@@ -57,6 +59,7 @@ def main():
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (attn.torch follows it); 0 = as is")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--vmap", type=int, default=0, help="also per-sample gradients over this many samples")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -81,6 +84,9 @@ def main():
     print(f"fwd      torch {t_torch * 1e3:8.2f} ms   attn.torch {t_attn * 1e3:8.2f} ms   "
           f"speed-up {t_torch / t_attn:.2f}x")
 
+    if a.vmap:
+        per_sample(a, dtype)
+
     # overhead: a tiny problem through attn.torch, against the extension called directly (kernel + binding)
     x = torch.randn(1, 1, 8, 8)
     xn, nt = x.numpy(), torch.get_num_threads()
@@ -95,6 +101,25 @@ def main():
     print(f"B=1 H=1 L=8: attn.torch {t_op * 1e6:.1f} us/call, {t_op_grad * 1e6:.1f} us with inputs requiring grad; "
           f"the extension called directly {t_raw * 1e6:.1f} us (NumPy entry {t_numpy * 1e6:.1f} us): "
           f"{(t_op - t_raw) * 1e6:.1f} us of attn.torch overhead; F.sdpa {t_torch * 1e6:.1f} us")
+
+def per_sample(a, dtype):
+    """vmap(grad) over a.vmap samples: both functions under the same transforms, alternated."""
+    from torch.func import grad, vmap
+
+    qs, ks, vs, gs = (torch.randn(a.vmap, a.B, a.H, a.L, a.D).to(dtype) for _ in range(4))
+
+    def run(sdpa):
+        loss = lambda q, k, v, g: (sdpa(q, k, v, is_causal=a.causal) * g).sum()  # noqa: E731
+        fn = vmap(grad(loss, argnums=(0, 1, 2)))
+        return lambda: fn(qs, ks, vs, gs)
+
+    import warnings
+    with warnings.catch_warnings():  # PyTorch's "no batching rule" warning, once per call
+        warnings.simplefilter("ignore")
+        t_torch, t_attn = pair(run(F.scaled_dot_product_attention), run(at.scaled_dot_product_attention), a.seconds)
+    print(f"vmap(grad) over {a.vmap} samples  torch {t_torch * 1e3:8.2f} ms   attn.torch {t_attn * 1e3:8.2f} ms   "
+          f"speed-up {t_torch / t_attn:.2f}x")
+
 
 if __name__ == "__main__":
     main()

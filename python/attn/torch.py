@@ -38,11 +38,14 @@ learned mask). With dropout in training they are the weights after dropout, the 
 PyTorch's: attn's weights, dropped by F.dropout on torch's generator and multiplied by V in torch (PyTorch's own math
 path, the same dropped weights for the same seed). Not differentiable: alibi_slopes (refused with ArgumentError when
 it requires grad) and the gradients themselves (a double backward raises RuntimeError). A query row whose keys are all
-masked gives 0, as PyTorch's SDPA (nn.MultiheadAttention's need_weights path: NaN). Not supported: float64, torch.vmap
-and torch.func transforms, torch.jit.script.
+masked gives 0, as PyTorch's SDPA (nn.MultiheadAttention's need_weights path: NaN).
+
+torch.func: vmap, grad, vjp, jacrev and their compositions (per-sample gradients with functional_call) work on CPU
+tensors; vmap folds its dimension into the batch, one kernel call for every sample (per sample only where ALiBi
+slopes vary with it, or with dropout, which follows vmap's randomness flag). Not supported: forward-mode AD (jvp,
+jacfwd, hessian) and second derivatives (RuntimeError), float64, torch.jit.script.
 """
 import math
-from typing import Optional, Tuple
 
 try:
     import torch
@@ -53,6 +56,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import _attn
+from ._torch_ops import FuncSdpa, _c, _fused_backward, _gradients, _sdpa, _sdpa_backward  # noqa: F401 (the ops)
 
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "ArgumentError", "DTypeError"]
 
@@ -112,56 +116,6 @@ def _f32_mask(t):
     return t if t is None or t.dtype in (torch.bool, torch.float32) else t.float()
 
 
-def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
-                    dropout_p, seed):
-    """(dq, dk, dv) in the inputs' dtype through attn's fused backward (contiguous tensors; seed an int): float32;
-    bfloat16 on vdpbf16ps where the processor has AVX512_BF16 (else, and for float16, the float32 backward on the
-    tensors widened, the gradients rounded back)."""
-    return _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
-                                     alibi_slopes, dropout_p, seed, torch.get_num_threads())
-
-
-def _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale, mask_grad):
-    """What the fused backward leaves out, from the forward's weights P [B, H, Lq, Lk] (every mask, causal range and
-    ALiBi already in them; rows with every key hidden are 0), in float32: the gradient of a float attn_mask that
-    requires grad, and the part of dq, dk that flows through the returned weights (MultiheadAttention's
-    need_weights, used in a loss). Both come from one score gradient dS = P ∘ (G − rowsum(P ∘ G)), G = dO·Vᵀ (where
-    the mask needs it) + dP̂ (the weights' own gradient): the mask's is dS summed over the dimensions it broadcasts
-    across; dq += scale·dS_w·K and dk += scale·dS_wᵀ·Q for the weights' part. O(B·H·Lq·Lk) memory, as PyTorch's math
-    path. Returns (dq_add or None, dk_add or None, d_mask or None)."""
-    if grad_weights is None and not mask_grad:
-        return None, None, None
-    B, H, Lq, Lk = weights.shape
-    Hkv, D, Dv = v.shape[1], q.shape[3], v.shape[3]
-    G = H // Hkv  # a key head's query heads, together (grouped-query attention)
-
-    def score_gradient(g):
-        return weights * (g - (weights * g).sum(-1, keepdim=True))
-
-    d_s_w = score_gradient(grad_weights.float()) if grad_weights is not None else None
-    d_mask = None
-    if mask_grad:  # dS is linear in G: the output's part, plus the weights' part where there is one
-        d_out = grad_out.float().reshape(B, Hkv, G, Lq, Dv)
-        d_s = score_gradient(torch.matmul(d_out, v.float().unsqueeze(2).transpose(-1, -2)).reshape(B, H, Lq, Lk))
-        d_mask = (d_s if d_s_w is None else d_s + d_s_w).sum_to_size(attn_mask.shape).to(attn_mask.dtype)
-    if d_s_w is None:
-        return None, None, d_mask
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    d_s_w = d_s_w.reshape(B, Hkv, G, Lq, Lk)
-    dq = scale * torch.matmul(d_s_w, k.float().unsqueeze(2)).reshape(B, H, Lq, D)
-    dk = scale * torch.matmul(d_s_w.transpose(-1, -2), q.float().reshape(B, Hkv, G, Lq, D)).sum(2)
-    return dq, dk, d_mask
-
-
-def _gradients(ctx, q, k, v, attn_mask, weights, grad_out, grad_weights, scale, dq, dk, dv):
-    """Both backwards' return value: the fused backward's dq, dk, dv with _weights_terms added (the weights' part of
-    dq and dk, the mask's gradient where ctx says it needs one), None for the options."""
-    dq_w, dk_w, d_mask = _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale,
-                                        ctx.needs_input_grad[3])
-    add = lambda g, extra: g if extra is None else (g.float() + extra).to(g.dtype)  # noqa: E731
-    return add(dq, dq_w), add(dk, dk_w), dv, d_mask, None, None, None, None, None, None, None, None
-
-
 def _needs_grad(t):
     return t is not None and t.requires_grad and torch.is_grad_enabled()
 
@@ -170,80 +124,6 @@ def _no_grad_needed(t, name):
     if _needs_grad(t):
         raise ArgumentError(f"{name} requires grad, but attn.torch differentiates query, key and value only: pass "
                          f"{name}.detach() if no gradient is wanted for it")
-
-
-def _c(t):
-    return None if t is None else t.contiguous()
-
-
-def _seed_int(seed):
-    return 0 if seed is None else int(seed.item())
-
-
-# ---------------------------------------------------------------- the custom ops
-@torch.library.custom_op("attn::sdpa", mutates_args=())
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
-          causal: str, scale: Optional[float], window: int, alibi_slopes: Optional[Tensor], dropout_p: float,
-          seed: Optional[Tensor], return_weights: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(out [B, H, Lq, Dv], lse [B, H, Lq], weights [B, H, Lq, Lk] or empty) from q [B, H, Lq, D],
-    k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; masks with attn.scaled_dot_product_attention's polarity."""
-    out, lse, weights = _attn.torch_sdpa(q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask),
-                                         _c(key_padding_mask), causal, scale, window, _c(alibi_slopes), dropout_p,
-                                         _seed_int(seed), return_weights, True, torch.get_num_threads())
-    return out, lse, (weights if weights is not None else q.new_empty(0))
-
-
-@_sdpa.register_fake
-def _(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, return_weights):
-    B, H, Lq, _ = q.shape
-    weights = q.new_empty(B, H, Lq, k.shape[2], dtype=torch.float32) if return_weights else q.new_empty(0)
-    return q.new_empty(B, H, Lq, v.shape[3]), q.new_empty(B, H, Lq, dtype=torch.float32), weights
-
-
-@torch.library.custom_op("attn::sdpa_backward", mutates_args=())
-def _sdpa_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor,
-                   attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], causal: str,
-                   scale: Optional[float], window: int, alibi_slopes: Optional[Tensor], dropout_p: float,
-                   seed: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) of attn::sdpa from its saved out and lse and the output's gradient (fused backward)."""
-    return _fused_backward(q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse.contiguous(),
-                           grad_out.contiguous(), _c(attn_mask), _c(key_padding_mask), causal, scale, window,
-                           _c(alibi_slopes), dropout_p, _seed_int(seed))
-
-
-@_sdpa_backward.register_fake
-def _(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as attn returns them
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed, _ = inputs
-    out, lse, weights = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights)
-    ctx.options = (causal, scale, window, dropout_p)
-    ctx.mark_non_differentiable(lse)
-    ctx.set_materialize_grads(False)  # weights no loss uses: None, not [B, H, Lq, Lk] zeros to multiply
-
-
-def _backward(ctx, grad_out, _grad_lse, grad_weights):
-    q, k, v, out, lse, attn_mask, key_padding_mask, alibi_slopes, seed, weights = ctx.saved_tensors
-    causal, scale, window, dropout_p = ctx.options
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv = _sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
-                                alibi_slopes, dropout_p, seed)
-    if ctx.needs_input_grad[3] and dropout_p > 0.0:  # its dS would leave the dropout out: wrong, so refused
-        raise RuntimeError("attn::sdpa: a float attn_mask that requires grad needs dropout_p = 0 (attn.torch's "
-                           "scaled_dot_product_attention differentiates it under dropout through the dropped weights)")
-    if weights.numel() == 0 and weights.dim() == 1:  # no weights were returned (the op's empty placeholder)
-        grad_weights = None
-        if ctx.needs_input_grad[3]:
-            raise RuntimeError("attn::sdpa: a float attn_mask that requires grad needs return_weights=True (its "
-                               "gradient is taken from the weights)")
-    return _gradients(ctx, q, k, v, attn_mask, weights, grad_out, grad_weights, scale, dq, dk, dv)
-
-
-_sdpa.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerSdpa(torch.autograd.Function):
@@ -296,10 +176,11 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     want_weights = need_weights or mask_grad
     # the custom op wherever a graph is recorded (torch.compile; torch.jit.trace, which would otherwise keep the
     # kernel's output as a constant), for tensor subclasses, and for meta tensors (its fake kernel gives the shapes)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or type(q) is not torch.Tensor or q.is_meta:
+    compiled = torch.compiler.is_compiling() or torch.jit.is_tracing() or type(q) is not torch.Tensor or q.is_meta
+    if compiled or torch._C._functorch.peek_interpreter_stack() is not None:  # (inside torch.func's transforms)
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
-        out, _, weights = _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p,
-                                seed, want_weights)
+        out, _, weights = (_sdpa if compiled else FuncSdpa.apply)(q, k, v, attn_mask, key_padding_mask, causal, scale,
+                                                                  window, alibi_slopes, dropout_p, seed, want_weights)
         return out, (weights if need_weights else None)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
     try:
