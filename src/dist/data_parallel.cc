@@ -12,6 +12,8 @@ namespace attn::dist {
 namespace {
 // The communication thread's pause between two MPI_Test calls on a bucket in flight.
 constexpr int kPollMicroseconds = 20;
+// FNV-1a over the positions of the gradients in the order they are named (the first step's check across ranks).
+constexpr uint64_t kOrderHashSeed = 1469598103934665603ull, kOrderHashPrime = 1099511628211ull;
 }  // namespace
 
 const char* gradient_overlap_name(GradientOverlap overlap) {
@@ -91,17 +93,20 @@ void MpiGradientReducer::start(std::map<std::string, Tensor>& grads, float loss,
   deferred_ = false;
   int64_t total = 1;  // every gradient, then the share-weighted loss
   for (const auto& [name, g] : grads) total += g.numel();
-  if (!layout_agreed_) {  // ranks with other models or bucket sizes had sent all-reduces of different counts (a hang)
-    int64_t mine[4] = {total, -total, bucket_elements_, -bucket_elements_}, most[4];
-    detail::check_mpi(MPI_Allreduce(mine, most, 4, MPI_INT64_T, MPI_MAX, comm_), "MpiGradientReducer: MPI_Allreduce");
-    if (most[0] != -most[1] || most[2] != -most[3])
-      throw ArgumentError("MpiGradientReducer: the ranks disagree on the gradients' size (" + std::to_string(-most[1]) +
-                          " to " + std::to_string(most[0]) + " floats with the loss) or the bucket size (" +
-                          std::to_string(-most[3]) + " to " + std::to_string(most[2]) + " floats); rank " +
-                          std::to_string(rank_) + " has " + std::to_string(total) + " and " +
-                          std::to_string(bucket_elements_));
+  if (!layout_agreed_) {  // ranks with other models or bucket sizes had sent all-reduces of different counts (a hang),
+    // and ranks in other overlap modes blocking and non-blocking all-reduces, which MPI does not match with each other
+    const auto configured = static_cast<int64_t>(overlap_);
+    int64_t mine[6] = {total, -total, bucket_elements_, -bucket_elements_, configured, -configured}, most[6];
+    detail::check_mpi(MPI_Allreduce(mine, most, 6, MPI_INT64_T, MPI_MAX, comm_), "MpiGradientReducer: MPI_Allreduce");
+    if (most[0] != -most[1] || most[2] != -most[3] || most[4] != -most[5])
+      throw ArgumentError(
+          "MpiGradientReducer: the ranks disagree on the gradients' size (" + std::to_string(-most[1]) + " to " +
+          std::to_string(most[0]) + " floats with the loss), the bucket size (" + std::to_string(-most[3]) + " to " +
+          std::to_string(most[2]) + " floats) or the overlap mode; rank " + std::to_string(rank_) + " has " +
+          std::to_string(total) + ", " + std::to_string(bucket_elements_) + " and " + gradient_overlap_name(overlap_));
     layout_agreed_ = true;
   }
+  order_hash_ = kOrderHashSeed;
   used_ = static_cast<size_t>((total + bucket_elements_ - 1) / bucket_elements_);
   if (buckets_.size() < used_) buckets_.resize(used_);
   for (size_t b = 0; b < used_; ++b) {
@@ -133,6 +138,8 @@ void MpiGradientReducer::gradients_ready(const std::vector<std::string>& names) 
     if (std::find(named_.begin(), named_.end(), g) != named_.end())
       throw Error("MpiGradientReducer::gradients_ready: '" + name + "' named twice in one step");
     named_.push_back(g);
+    if (!order_agreed_)  // the order the buckets are filled in, as positions in the map (the same names everywhere)
+      order_hash_ = (order_hash_ ^ static_cast<uint64_t>(std::distance(grads_->begin(), it))) * kOrderHashPrime;
     if (!deferred_) put(g, it->second.numel(), weight_);
   }
   if (mode_ == GradientOverlap::kNonBlocking) progress();
@@ -171,10 +178,25 @@ float MpiGradientReducer::finish_step() {
     }
   }
   times_.waiting += detail::seconds_since(waiting_from);
+  if (!order_agreed_) check_order();
   const float mean_loss = buckets_[used_ - 1].data.back();
   times_.reducing += detail::seconds_since(t0);
   ++times_.steps, times_.buckets += static_cast<int64_t>(used_);
   return mean_loss;
+}
+
+// The first step's buckets are summed (none in flight): did every rank fill them with the same gradients in the same
+// order? A rank whose backward named them in another order had its buckets summed element by element with other
+// tensors' gradients, silently wrong; every rank throws instead, before the step's gradients are used.
+void MpiGradientReducer::check_order() {
+  uint64_t mine[2] = {order_hash_, ~order_hash_}, most[2];  // the largest hash and the complement of the smallest
+  detail::check_mpi(MPI_Allreduce(mine, most, 2, MPI_UINT64_T, MPI_MAX, comm_), "MpiGradientReducer: MPI_Allreduce");
+  if (most[0] != ~most[1])
+    throw Error(
+        "MpiGradientReducer: the ranks named the gradients ready in different orders, so their buckets held "
+        "different tensors; gradients_ready must follow the same order on every rank (rank " +
+        std::to_string(rank_) + ")");
+  order_agreed_ = true;
 }
 
 // scale·grad[0 .. n) into the open bucket and the next ones; each bucket that fills up is launched.

@@ -112,6 +112,40 @@ TEST(MpiGradientReducer, RanksThatDisagreeOnTheLayoutAreRefused) {
     MpiGradientReducer buckets(MPI_COMM_WORLD, {r == 0 ? 2 : 1, mode});
     EXPECT_THROW(buckets.reduce(same, 1.0f), ArgumentError);
   }
+  // blocking and non-blocking all-reduces do not match in MPI
+  std::map<std::string, Tensor> grads{{"a", Tensor({3})}};
+  MpiGradientReducer modes(MPI_COMM_WORLD, {1 << 20, r == 0 ? GradientOverlap::kNone : GradientOverlap::kNonBlocking});
+  EXPECT_THROW(modes.begin_step(grads, 1.0f), ArgumentError);
+}
+
+// Ranks whose backwards name the gradients in different orders fill their buckets with different tensors: summed
+// element by element, silently wrong. The first step's finish_step throws on every rank; named in the same order (in
+// the next step), the reducer goes on.
+TEST(MpiGradientReducer, RanksThatNameGradientsInDifferentOrdersAreRefused) {
+  if (size() < 2) GTEST_SKIP() << "one rank has no other to disagree with";
+  for (GradientOverlap mode : {GradientOverlap::kThread, GradientOverlap::kNonBlocking}) {
+    SCOPED_TRACE(gradient_overlap_name(mode));
+    std::map<std::string, Tensor> grads{{"a", Tensor::from_floats({3}, {1, 1, 1})},
+                                        {"b", Tensor::from_floats({3}, {2, 2, 2})}};
+    MpiGradientReducer reducer(MPI_COMM_WORLD, {1 << 20, mode});
+    reducer.share = 1.0 / size();
+    reducer.begin_step(grads, 1.0f);
+    if (rank() == 0)
+      reducer.gradients_ready({"a", "b"});
+    else
+      reducer.gradients_ready({"b", "a"});
+    try {
+      reducer.finish_step();
+      ADD_FAILURE() << "finish_step did not throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("different orders"), std::string::npos) << e.what();
+    }
+    grads = {{"a", Tensor::from_floats({3}, {1, 1, 1})}, {"b", Tensor::from_floats({3}, {2, 2, 2})}};
+    reducer.begin_step(grads, 1.0f);
+    reducer.gradients_ready({"b", "a"});
+    EXPECT_FLOAT_EQ(reducer.finish_step(), 1.0f);
+    EXPECT_FLOAT_EQ(grads.at("b").f32()[2], 2.0f);
+  }
 }
 
 // A 64-bit FNV-1a hash of a tensor's bytes: equal gradients on every rank, bit for bit.

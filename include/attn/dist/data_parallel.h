@@ -66,7 +66,9 @@ class MpiGradientReducer : public train::GradientReducer {
   float reduce(std::map<std::string, Tensor>& grads, float loss) override;
   // Overlapped (train::GradientReducer): each gradient of `names` is scaled by share into the open bucket; a full
   // bucket starts its all-reduce. Every gradient of grads must be named exactly once between begin and finish
-  // (Error otherwise), in the same order on every rank (the backward's). finish_step waits for every bucket and
+  // (Error otherwise), in the same order on every rank (the backward's; the first step's finish_step checks it and
+  // throws Error on every rank where they differ). The ranks must agree on the gradients' sizes, the bucket size and
+  // the overlap mode (the first step's begin_step checks them: ArgumentError). finish_step waits for every bucket and
   // copies the sums back into grads. A step left by an exception is not resumed (begin_step throws after it).
   void begin_step(std::map<std::string, Tensor>& grads, float loss) override;
   void gradients_ready(const std::vector<std::string>& names) override;
@@ -90,6 +92,7 @@ class MpiGradientReducer : public train::GradientReducer {
   void progress();             // kNonBlocking: MPI_Testall over the buckets in flight
   static void unpack(const Bucket& bucket);
   void communicate();  // the communication thread's loop (kThread)
+  void check_order();  // the first step: every rank named the gradients in the same order (Error otherwise)
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
@@ -105,7 +108,9 @@ class MpiGradientReducer : public train::GradientReducer {
   GradientOverlap mode_ = GradientOverlap::kNone;  // this step's: overlap_, or kNone inside reduce()
   bool deferred_ = false;  // overlap_ is kNone: gradients_ready only checks, finish_step calls reduce()
   bool stepping_ = false;
-  bool layout_agreed_ = false;  // the first step checked that every rank has the same gradients and buckets
+  bool layout_agreed_ = false;  // the first step checked that every rank has the same gradients, buckets and mode
+  bool order_agreed_ = false;   // a step's end checked that every rank named the gradients in the same order
+  uint64_t order_hash_ = 0;     // of this step's order so far (until order_agreed_)
   ReducerTimes times_;
   // kThread: the buckets to reduce, in order, and how many are done (this step)
   std::thread thread_;
