@@ -23,7 +23,7 @@ dS rounded to bfloat16 for their products) where the processor has AVX512_BF16, 
 on the tensors widened (one copy each, O(L)); the gradients are rounded to the inputs' dtype.
 Other dtypes and bad shapes raise attn.torch.DTypeError (a TypeError) / ArgumentError (a ValueError) naming the
 argument; both are RuntimeErrors too, as PyTorch's own checks raise (and AssertionErrors where nn.MultiheadAttention
-asserts). Under CPU autocast the inputs are cast to its dtype first, as PyTorch's autocast does for SDPA. A query
+asserts). Under CPU or CUDA autocast the inputs are cast to its dtype first, as PyTorch's autocast does for SDPA. A query
 viewed (B, H, L, D) over (B, L, H, D) memory gives an output in that layout, as PyTorch's does. torch.jit.trace
 records the custom op; meta tensors give the output's shape. attn uses torch.get_num_threads() threads. CUDA
 tensors (bfloat16/float16, head size 64 or 128) go to attn.cuda's kernels:
@@ -229,10 +229,10 @@ def _dropped_weights_attention(q, k, v, attn_mask, key_padding_mask, causal, dro
     return out.reshape(B, H, Lq, v.shape[-1]), weights
 
 
-def _autocast(*tensors):
-    """CPU autocast's cast for a lower-precision op (PyTorch lists SDPA among them): every floating tensor but a
-    float64 one to the autocast dtype."""
-    dtype = torch.get_autocast_dtype("cpu")
+def _autocast(*tensors, device="cpu"):
+    """The device's autocast cast for a lower-precision op (PyTorch lists SDPA among them on the CPU and on CUDA):
+    every floating tensor but a float64 one to the autocast dtype."""
+    dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
                  else t for t in tensors)
 
@@ -325,6 +325,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     second backward through them) raises RuntimeError.
     """
     if isinstance(query, torch.Tensor) and query.is_cuda:
+        if torch.is_autocast_enabled("cuda"):  # float32 inputs become the autocast dtype, as PyTorch's SDPA's do
+            query, key, value = _autocast(query, key, value, device="cuda")
         return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                causal_alignment, key_padding_mask, window, alibi_slopes)
     if torch.is_autocast_enabled("cpu"):  # PyTorch's CPU autocast casts SDPA's inputs to its lower precision

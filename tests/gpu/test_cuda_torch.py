@@ -208,3 +208,12 @@ def test_attn_torch_sends_cuda_tensors_to_attn_cuda():
         at.scaled_dot_product_attention(q, k.cpu(), v)
     with pytest.raises(TypeError, match="bfloat16 or float16"):
         at.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    # under CUDA autocast float32 inputs are cast to its dtype first, as PyTorch's SDPA's are
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cuda", dtype=dtype):
+            cast = at.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+            want = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(2, 1),
+                                                  v.float().repeat_interleave(2, 1))
+        assert cast.dtype == want.dtype == dtype
+        assert torch.equal(cast, attn_cuda.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype),
+                                                                         enable_gqa=True))
