@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -146,6 +147,26 @@ TEST(MpiGradientReducer, RanksThatNameGradientsInDifferentOrdersAreRefused) {
     EXPECT_FLOAT_EQ(reducer.finish_step(), 1.0f);
     EXPECT_FLOAT_EQ(grads.at("b").f32()[2], 2.0f);
   }
+}
+
+// kThread needs MPI_THREAD_SERIALIZED (its thread makes the MPI calls); below it the reducer overlaps through
+// non-blocking all-reduces instead, with the same sums. CTest runs this under both levels (dist_np2_thread_single).
+TEST(MpiGradientReducer, CommunicationThreadNeedsSerializedMpi) {
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  const char* want_level = std::getenv("ATTN_TEST_MPI_THREAD");
+  if (want_level != nullptr && std::string(want_level) == "single") {
+    EXPECT_LT(level, MPI_THREAD_SERIALIZED);
+  }
+  MpiGradientReducer reducer(MPI_COMM_WORLD, {4, GradientOverlap::kThread});
+  EXPECT_EQ(reducer.overlap(),
+            level >= MPI_THREAD_SERIALIZED ? GradientOverlap::kThread : GradientOverlap::kNonBlocking);
+  std::map<std::string, Tensor> grads{{"a", Tensor::from_floats({5}, {1, 2, 3, 4, 5})}};
+  reducer.share = 1.0 / size();
+  reducer.begin_step(grads, 2.0f);
+  reducer.gradients_ready({"a"});
+  EXPECT_FLOAT_EQ(reducer.finish_step(), 2.0f);
+  EXPECT_FLOAT_EQ(grads.at("a").f32()[4], 5.0f);  // Σ over the ranks of (1/n)·5
 }
 
 // A 64-bit FNV-1a hash of a tensor's bytes: equal gradients on every rank, bit for bit.
