@@ -438,8 +438,20 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   from_old.clip_norm = std::numeric_limits<float>::quiet_NaN();
   EXPECT_THROW(train::train_numbers(from_old), FormatError);
   from_old.clip_norm = o.clip_norm;
+  from_old.resume_overrides = {"clip_norm", "lr_factor"};  // set by the caller: taken where the checkpoint lacks them
   EXPECT_EQ(train::train_numbers(from_old).steps, 3);
   { std::ofstream(o.out_dir + "/train_state.json") << good_state; }
+  // the same from a checkpoint that holds them: refused (its values would silently win), naming the field; so is a
+  // name that is no field of train_state.json
+  for (const std::vector<std::string>& overrides : std::vector<std::vector<std::string>>{{"clip_norm"}, {"clip"}}) try {
+      train::TrainOptions holds = from_old;
+      holds.resume_overrides = overrides;
+      train::train_numbers(holds);
+      ADD_FAILURE() << overrides[0] << " was accepted";
+    } catch (const ArgumentError& e) {
+      EXPECT_NE(std::string(e.what()).find(overrides[0]), std::string::npos) << e.what();
+    }
+  from_old.resume_overrides.clear();
   from_old.clip_norm = std::numeric_limits<float>::quiet_NaN();
   from_old.out_dir = (dir / "from_new").string();
   EXPECT_EQ(train::train_numbers(from_old).steps, 3);

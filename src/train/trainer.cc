@@ -190,6 +190,13 @@ struct RunSettings {
     o->lr_factor = lr_factor, o->beta1 = beta1, o->beta2 = beta2, o->adam_eps = adam_eps;
     o->weight_decay = weight_decay, o->label_smoothing = label_smoothing, o->clip_norm = clip_norm;
   }
+  // Whether key names one of these fields in train_state.json.
+  static bool has_key(const std::string& key) {
+    bool found = key == "shuffle_seed" || key == "train_examples" || key == "batch_size" || key == "warmup";
+    RunSettings any;
+    any.for_each_float([&](const char* name, float&) { found = found || key == name; });
+    return found;
+  }
   // The recipe's float fields by their names in train_state.json.
   template <class F>
   void for_each_float(F&& f) {
@@ -241,8 +248,8 @@ void check_checkpoint_dir(const std::string& dir) {
 
 // A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's
 // parameter of its name: a moment of another shape would have been read and written past its end by AdamW.
-void resume_from(const std::string& dir, const Transformer& model, AdamState* adam, std::mt19937_64* rng,
-                 int64_t* epoch, int64_t* batch_index, RunSettings* run) {
+void resume_from(const std::string& dir, const std::vector<std::string>& overrides, const Transformer& model,
+                 AdamState* adam, std::mt19937_64* rng, int64_t* epoch, int64_t* batch_index, RunSettings* run) {
   const std::string opt_path = dir + "/optimizer.safetensors", state_path = dir + "/train_state.json";
   const io::Safetensors opt = io::read_safetensors(opt_path);
   for (const auto& [name, p] : model.params())
@@ -260,6 +267,13 @@ void resume_from(const std::string& dir, const Transformer& model, AdamState* ad
   constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
   try {
     const nlohmann::json st = nlohmann::json::parse(text);
+    for (const std::string& key : overrides) {  // (names checked by train_numbers)
+      if (st.contains(key))
+        throw ArgumentError("train: resuming " + dir + ", whose train_state.json holds its own " + key + " (" +
+                            st.at(key).dump() +
+                            "): a resumed run keeps the checkpoint's data order and recipe, so it cannot be set "
+                            "(start a new run to train another recipe)");
+    }
     io::read_integer(st, "step", adam->step);
     io::read_integer(st, "epoch", *epoch), io::read_integer(st, "batch_index", *batch_index);
     // (checkpoints before these were saved: the options' own)
@@ -436,6 +450,10 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +
                         std::to_string(o.val_examples) + "), steps (" + std::to_string(o.steps) + ") and eval_every (" +
                         std::to_string(o.eval_every) + ") at least 0");
+  for (const std::string& key : o.resume_overrides)
+    if (!RunSettings::has_key(key))
+      throw ArgumentError("train: resume_overrides names '" + key + "', which is not a field of train_state.json's " +
+                          "data order or recipe");
   if (o.resume_dir.empty()) {  // a resumed run takes the checkpoint's recipe, checked below
     check_schedule_options(o);
     check_step_options(step_options(o), "train");
@@ -453,7 +471,7 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
     RunSettings run = RunSettings::of(o);
-    resume_from(o.resume_dir, model, &resumed, &rng, &epoch, &batch_index, &run);
+    resume_from(o.resume_dir, o.resume_overrides, model, &resumed, &rng, &epoch, &batch_index, &run);
     run.apply_to(&o);
     try {  // the checkpoint's recipe, checked as the options were
       check_schedule_options(o);

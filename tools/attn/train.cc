@@ -19,7 +19,7 @@ struct TrainArgs {
   bool no_progress = false;
   std::string loss_log;  // "step loss" per line
   DataParallelArgs data_parallel;
-  std::vector<std::string> checkpoint_flags_given;  // flags whose values a --resume takes from the checkpoint
+  std::vector<std::string> model_flags_given;  // flags for the model, which a --resume loads from the checkpoint
 };
 
 void run_train(TrainArgs a) {
@@ -28,11 +28,11 @@ void run_train(TrainArgs a) {
   if (!(a.data_parallel.bucket_mb > 0.0) || a.data_parallel.bucket_mb >= 8192.0)
     throw ArgumentError("--bucket-mb " + std::to_string(a.data_parallel.bucket_mb) +
                         ": must be in (0, 8192) (one MPI message of float32 gradients)");
-  if (!a.o.resume_dir.empty() && !a.checkpoint_flags_given.empty()) {
+  if (!a.o.resume_dir.empty() && !a.model_flags_given.empty()) {
     std::string names;
-    for (const std::string& n : a.checkpoint_flags_given) names += (names.empty() ? "" : ", ") + n;
-    throw ArgumentError("--resume " + a.o.resume_dir + ": the model, data order and recipe are the checkpoint's; " +
-                        names + " cannot change them (start a new run with --out to train another recipe)");
+    for (const std::string& n : a.model_flags_given) names += (names.empty() ? "" : ", ") + n;
+    throw ArgumentError("--resume " + a.o.resume_dir + ": the model is the checkpoint's; " + names +
+                        " cannot change it (start a new run with --out to train another model)");
   }
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
@@ -105,14 +105,16 @@ void add_train(CLI::App& app) {
       "Under mpirun (mpirun -np N attn train ...) data parallel: each rank trains on its shard of every batch, the "
       "gradients are summed over the ranks; rank 0 writes the checkpoints and the progress");
   sub->add_option("--task", a->task, "the task (numbers-en-zh)");
-  sub->add_option("--out", a->o.out_dir,
-                  "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer.safetensors, "
-                  "train_state.json)");
+  CLI::Option* out =
+      sub->add_option("--out", a->o.out_dir,
+                      "checkpoint directory (model.safetensors, config.json, vocab.json, optimizer.safetensors, "
+                      "train_state.json); default runs/numbers-en-zh, or with --resume the directory it resumes");
   sub->add_option(
       "--resume", a->o.resume_dir,
       "continue from this checkpoint directory: its model, optimizer state, data order and recipe (the model's "
       "flags, --seed, --train-examples, --batch-size, --lr-factor, --warmup, --label-smoothing, --clip and "
-      "--weight-decay are the checkpoint's and are refused beside it; --steps is the total to reach)");
+      "--weight-decay are the checkpoint's and are refused beside it, except a recipe flag an older checkpoint lacks; "
+      "--steps is the total to reach)");
   sub->add_option("--steps", a->o.steps, "optimizer steps")->check(CLI::PositiveNumber);
   sub->add_option("--batch-size", a->o.batch_size, "sentences per batch (bucketed by length)")
       ->check(CLI::PositiveNumber);
@@ -149,16 +151,31 @@ void add_train(CLI::App& app) {
                   "under mpirun: how the all-reduce runs beside the backward: thread (a communication thread), "
                   "nonblocking (MPI_Iallreduce from the backward) or none (after the backward); default thread")
       ->check(CLI::IsMember({"none", "thread", "nonblocking"}));
-  // the flags --resume takes from the checkpoint: refused beside it rather than silently ignored
-  std::vector<CLI::Option*> checkpoint_owned;
+  // the flags --resume takes from the checkpoint: refused beside it rather than silently ignored. The model's always
+  // (config.json holds every field); the data order's and recipe's where train_state.json holds them (the trainer
+  // checks: an older checkpoint without a field takes the flag's value)
+  std::vector<CLI::Option*> model_flags;
   for (const char* name :
-       {"--batch-size", "--d-model", "--heads", "--d-ff", "--encoder-layers", "--decoder-layers", "--pre-norm",
-        "--activation", "--no-tie-embeddings", "--learned-positions", "--dropout", "--attention-dropout", "--lr-factor",
-        "--warmup", "--label-smoothing", "--clip", "--weight-decay", "--seed", "--train-examples"})
-    checkpoint_owned.push_back(sub->get_option(name));
-  sub->callback([a, checkpoint_owned] {
-    for (const CLI::Option* opt : checkpoint_owned)
-      if (opt->count() > 0) a->checkpoint_flags_given.push_back(opt->get_name());
+       {"--d-model", "--heads", "--d-ff", "--encoder-layers", "--decoder-layers", "--pre-norm", "--activation",
+        "--no-tie-embeddings", "--learned-positions", "--dropout", "--attention-dropout"})
+    model_flags.push_back(sub->get_option(name));
+  std::vector<std::pair<CLI::Option*, std::string>> recipe_flags;  // and train_state.json's name of each
+  for (const auto& [flag, key] :
+       std::vector<std::pair<const char*, const char*>>{{"--seed", "shuffle_seed"},
+                                                        {"--train-examples", "train_examples"},
+                                                        {"--batch-size", "batch_size"},
+                                                        {"--warmup", "warmup"},
+                                                        {"--lr-factor", "lr_factor"},
+                                                        {"--label-smoothing", "label_smoothing"},
+                                                        {"--clip", "clip_norm"},
+                                                        {"--weight-decay", "weight_decay"}})
+    recipe_flags.emplace_back(sub->get_option(flag), key);
+  sub->callback([a, out, model_flags, recipe_flags] {
+    if (!a->o.resume_dir.empty() && out->count() == 0) a->o.out_dir = a->o.resume_dir;  // the run goes on where it was
+    for (const CLI::Option* opt : model_flags)
+      if (opt->count() > 0) a->model_flags_given.push_back(opt->get_name());
+    for (const auto& [opt, key] : recipe_flags)
+      if (opt->count() > 0) a->o.resume_overrides.push_back(key);
     run_train(*a);
   });
 }

@@ -55,6 +55,11 @@ struct TrainOptions {
   std::string resume_dir;   // continue from this checkpoint: its model, optimizer state, data order and recipe (the
                             // seed, train_examples, batch_size, lr_factor, warmup, AdamW's settings, label_smoothing
                             // and clip_norm it saved replace these options'; steps stays the total to reach)
+  // With resume_dir: the fields of the data order and recipe the caller set itself, by their names in
+  // train_state.json ("shuffle_seed" for seed, "train_examples", "batch_size", "warmup", "lr_factor", "beta1",
+  // "beta2", "adam_eps", "weight_decay", "label_smoothing", "clip_norm"). One the checkpoint holds is refused
+  // (ArgumentError: its value would silently win); one an older checkpoint lacks is taken from these options.
+  std::vector<std::string> resume_overrides;
   int64_t steps = 6000;
   int64_t batch_size = 64;  // sentences per batch
   float lr_factor = 1.0f;
