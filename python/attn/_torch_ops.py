@@ -164,7 +164,7 @@ def _folded(t, dim, n):
     if t is None:
         return None
     t = t.expand((n,) + tuple(t.shape)) if dim is None else t.movedim(dim, 0)
-    return t.reshape((-1,) + tuple(t.shape[2:]))
+    return t.reshape((n * t.shape[1],) + tuple(t.shape[2:]))  # (sizes spelled out: any of them may be 0)
 
 
 def _folded_mask(mask, dim, n, batch):
@@ -238,3 +238,10 @@ class FuncSdpa(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, *args):
         return _vmapped(FuncSdpa.apply, info, in_dims, args, alibi_at=8, tensors=3)
+
+
+# The custom ops batch the same way where vmap meets them (torch.compile tracing a vmapped function, tensor
+# subclasses); their generated autograd has no setup_context, so torch.func's grad goes through FuncSdpa instead.
+_sdpa.register_vmap(lambda info, in_dims, *args: _vmapped(_sdpa, info, in_dims, args, alibi_at=8, tensors=3))
+_sdpa_backward.register_vmap(
+    lambda info, in_dims, *args: _vmapped(_sdpa_backward, info, in_dims, args, alibi_at=11, tensors=6))

@@ -41,7 +41,7 @@ it requires grad) and the gradients themselves (a double backward raises Runtime
 masked gives 0, as PyTorch's SDPA (nn.MultiheadAttention's need_weights path: NaN).
 
 torch.func: vmap, grad, vjp, jacrev and their compositions (per-sample gradients with functional_call) work on CPU
-tensors; vmap folds its dimension into the batch, one kernel call for every sample (per sample only where ALiBi
+tensors (not on CUDA ones); vmap folds its dimension into the batch, one kernel call for every sample (per sample only where ALiBi
 slopes vary with it, or with dropout, which follows vmap's randomness flag). Not supported: forward-mode AD (jvp,
 jacfwd, hessian) and second derivatives (RuntimeError), float64, torch.jit.script.
 """
@@ -154,8 +154,8 @@ class _EagerSdpa(torch.autograd.Function):
 
 def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, need_weights):
     """(out, weights or None) on 4-D tensors. Under torch.compile (or for tensor subclasses) through the custom
-    op; eagerly through _EagerSdpa, or straight to the kernel when no gradient is wanted. With dropout the seed
-    comes from torch's default generator."""
+    op; inside torch.func's transforms through FuncSdpa; eagerly through _EagerSdpa, or straight to the kernel when no
+    gradient is wanted. With dropout the seed comes from torch's default generator."""
     # contiguous before the op, not only inside it: the saved tensors and the compiled graph's strides then agree
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     _, heads, _, depth = q.shape
@@ -175,12 +175,15 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
         return out, (weights if need_weights else None)
     want_weights = need_weights or mask_grad
     # the custom op wherever a graph is recorded (torch.compile; torch.jit.trace, which would otherwise keep the
-    # kernel's output as a constant), for tensor subclasses, and for meta tensors (its fake kernel gives the shapes)
-    compiled = torch.compiler.is_compiling() or torch.jit.is_tracing() or type(q) is not torch.Tensor or q.is_meta
-    if compiled or torch._C._functorch.peek_interpreter_stack() is not None:  # (inside torch.func's transforms)
+    # kernel's output as a constant), for tensor subclasses, and for meta tensors (its fake kernel gives the shapes);
+    # inside torch.func's transforms (vmap, grad, ...) the autograd Function with vmap rules they need
+    compiling = torch.compiler.is_compiling()
+    in_transform = not compiling and torch._C._functorch.peek_interpreter_stack() is not None
+    if compiling or in_transform or torch.jit.is_tracing() or type(q) is not torch.Tensor or q.is_meta:
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
-        out, _, weights = (_sdpa if compiled else FuncSdpa.apply)(q, k, v, attn_mask, key_padding_mask, causal, scale,
-                                                                  window, alibi_slopes, dropout_p, seed, want_weights)
+        out, _, weights = (FuncSdpa.apply if in_transform else _sdpa)(q, k, v, attn_mask, key_padding_mask, causal,
+                                                                      scale, window, alibi_slopes, dropout_p, seed,
+                                                                      want_weights)
         return out, (weights if need_weights else None)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
     try:

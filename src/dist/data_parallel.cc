@@ -94,9 +94,9 @@ void MpiGradientReducer::start(std::map<std::string, Tensor>& grads, float loss,
   int64_t total = 1;  // every gradient, then the share-weighted loss
   for (const auto& [name, g] : grads) total += g.numel();
   if (!layout_agreed_) {  // ranks with other models or bucket sizes had sent all-reduces of different counts (a hang),
-    // and ranks in other overlap modes blocking and non-blocking all-reduces, which MPI does not match with each other
-    const auto configured = static_cast<int64_t>(overlap_);
-    int64_t mine[6] = {total, -total, bucket_elements_, -bucket_elements_, configured, -configured}, most[6];
+    // and ranks that overlap beside ranks that do not blocking and non-blocking all-reduces, which MPI does not match
+    const int64_t blocking = overlap_ == GradientOverlap::kNone ? 1 : 0;  // (kThread and kNonBlocking match)
+    int64_t mine[6] = {total, -total, bucket_elements_, -bucket_elements_, blocking, -blocking}, most[6];
     detail::check_mpi(MPI_Allreduce(mine, most, 6, MPI_INT64_T, MPI_MAX, comm_), "MpiGradientReducer: MPI_Allreduce");
     if (most[0] != -most[1] || most[2] != -most[3] || most[4] != -most[5])
       throw ArgumentError(

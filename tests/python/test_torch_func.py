@@ -177,3 +177,22 @@ def test_unsupported_transforms_raise():
     for forward_mode in (lambda: torch.func.jvp(f, (q,), (q,)), lambda: torch.func.hessian(f)(q)):
         with pytest.raises(RuntimeError, match="jvp"):
             forward_mode()
+
+
+def test_vmap_of_empty_shapes_and_of_the_custom_op():
+    """Sizes of 0 (D = 0, no keys) fold too (a reshape with -1 had refused them); the custom op torch.ops.attn.sdpa,
+    which torch.compile and tensor subclasses reach, has the same vmap rule: per-sample results of the plain op."""
+    f = attn_fn({})
+    for shape_k in ((N, B, 2, 5, 0), (N, B, 2, 0, 0)):
+        q, k = torch.zeros(N, B, 2, 4, shape_k[-1]), torch.zeros(shape_k)
+        out = vmap(f, in_dims=(0, 0, 0, None, None, None))(q, k, k, None, None, None)
+        want = torch.stack([at.scaled_dot_product_attention(q[n], k[n], k[n]) for n in range(N)])
+        assert out.shape == want.shape and torch.equal(out, want)
+    q, k, v, mask, kpm, _ = sample_inputs(5, 7, 2, 2, {"attn_mask": "bool", "key_padding_mask": True}, seed=21)
+    op = lambda q, k, v, mask, kpm: torch.ops.attn.sdpa(q, k, v, mask, kpm, "bottom-right", None, 0, None, 0.0,  # noqa
+                                                        None, True)
+    got = vmap(op, in_dims=(0, None, 0, 0, 0))(q, k[0], v, mask, kpm)
+    for n in range(N):
+        want = op(q[n], k[0], v[n], mask[n], kpm[n])
+        for g, w in zip(got, want):
+            assert torch.equal(g[n], w)

@@ -68,8 +68,9 @@ class MpiGradientReducer : public train::GradientReducer {
   // bucket starts its all-reduce. Every gradient of grads must be named exactly once between begin and finish
   // (Error otherwise), in the same order on every rank (the backward's; the first step's finish_step checks it and
   // throws Error on every rank where they differ). The ranks must agree on the gradients' sizes, the bucket size and
-  // the overlap mode (the first step's begin_step checks them: ArgumentError). finish_step waits for every bucket and
-  // copies the sums back into grads. A step left by an exception is not resumed (begin_step throws after it).
+  // whether to overlap (kNone or not; the first step's begin_step checks them: ArgumentError). finish_step waits for
+  // every bucket and copies the sums back into grads. A step left by an exception is not resumed (begin_step throws
+  // after it).
   void begin_step(std::map<std::string, Tensor>& grads, float loss) override;
   void gradients_ready(const std::vector<std::string>& names) override;
   float finish_step() override;
@@ -108,7 +109,7 @@ class MpiGradientReducer : public train::GradientReducer {
   GradientOverlap mode_ = GradientOverlap::kNone;  // this step's: overlap_, or kNone inside reduce()
   bool deferred_ = false;  // overlap_ is kNone: gradients_ready only checks, finish_step calls reduce()
   bool stepping_ = false;
-  bool layout_agreed_ = false;  // the first step checked that every rank has the same gradients, buckets and mode
+  bool layout_agreed_ = false;  // the first step checked the ranks' gradients, buckets and kNone-or-not agree
   bool order_agreed_ = false;   // a step's end checked that every rank named the gradients in the same order
   uint64_t order_hash_ = 0;     // of this step's order so far (until order_agreed_)
   ReducerTimes times_;
