@@ -209,7 +209,11 @@ TEST(MiniLM, EveryPoolingModeAndTokenizerSettingMatchSentenceTransformers) {
                           {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
                           {"type": "sentence_transformers.models.Dense", "path": "2_Dense"}])"},
       {"modules.json", R"([{"type": "sentence_transformers.models.Transformer", "path": ""}])"},
+      // a path that is not a string (it had escaped as nlohmann's type_error, naming no file)
+      {"modules.json", R"([{"type": "sentence_transformers.models.Transformer", "path": ""},
+                          {"type": "sentence_transformers.models.Pooling", "path": 1}])"},
       {"1_Pooling/config.json", R"({"pooling_mode": "median"})"},
+      {"1_Pooling/config.json", R"({"pooling_mode": ["mean", "cls", "mean"]})"},  // a mode twice
       {"1_Pooling/config.json", R"({"word_embedding_dimension": 768, "pooling_mode": "mean"})"},
       {"tokenizer_config.json", R"({"strip_accents": "yes"})"},
       {"sentence_bert_config.json", "{"},
@@ -228,6 +232,15 @@ TEST(MiniLM, EveryPoolingModeAndTokenizerSettingMatchSentenceTransformers) {
     }
     fs::remove(dir / file);
     std::ofstream(dir / file) << (file == "1_Pooling/config.json" ? R"({"pooling_mode": "mean"})" : "{}");
+  }
+  // a vocab.txt that is a directory: an error naming it (it had read as an empty vocabulary)
+  fs::remove(dir / "vocab.txt");
+  fs::create_directory(dir / "vocab.txt");
+  try {
+    (void)SentenceEncoder::load(dir.string());
+    ADD_FAILURE() << "a directory vocab.txt was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocab.txt"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
 }

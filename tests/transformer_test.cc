@@ -285,8 +285,11 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   for (const auto& [key, value] :
-       {std::pair{"\"max_len\": 20", "\"max_len\": 144115188075855872"},  // wraps max_len·E
-        std::pair{"\"bos_id\": 1", "\"bos_id\": 10"},                     // not a target token
+       {std::pair{"\"max_len\": 20",
+                  "\"max_len\": 144115188075855872"},  // wraps max_len·E
+                                                       // a sinusoidal table of 4 TiB (it is computed, no file backs it)
+        std::pair{"\"max_len\": 20", "\"max_len\": 8589934592"}, std::pair{"\"max_len\": 20", "\"max_len\": 1048577"},
+        std::pair{"\"bos_id\": 1", "\"bos_id\": 10"},  // not a target token
         // pad_id outside the vocabulary (generate() wrote past its table), or bos_id
         std::pair{"\"pad_id\": 0", "\"pad_id\": -1"}, std::pair{"\"pad_id\": 0", "\"pad_id\": 10"},
         std::pair{"\"pad_id\": 0", "\"pad_id\": 1"}}) {

@@ -98,6 +98,9 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
       if (it == std::end(kModes))
         throw FormatError(path + ": pooling_mode " + name.dump() +
                           " is not one of cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken");
+      // a mode listed twice would only repeat columns (a million "mean"s had made each embedding 384 M floats)
+      if (std::find(modes.begin(), modes.end(), it->pooling) != modes.end())
+        throw FormatError(path + ": pooling_mode lists " + name.dump() + " twice");
       modes.push_back(it->pooling);
     }
     if (modes.empty()) throw FormatError(path + ": pooling_mode names no mode");
@@ -127,6 +130,9 @@ void read_modules(const std::string& dir, int64_t hidden, std::vector<Pooling>& 
       throw FormatError(path + ": module " + std::to_string(i) + " is " + type +
                         "; attn runs Transformer, Pooling and an optional Normalize, in this order");
     if (kind == "Pooling") {
+      if (m.contains("path") && !m["path"].is_string())
+        throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" must be a string, got " +
+                          m["path"].dump());
       const std::string sub = m.value("path", std::string());
       pooling = read_pooling(dir + "/" + sub + (sub.empty() ? "" : "/") + "config.json", hidden);
       pooled = true;

@@ -80,6 +80,8 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
 namespace {
 
 constexpr int64_t kMaxLayers = 4096;  // per stack: far deeper than any trained model, and never a runaway loop
+constexpr int64_t kMaxPositions = int64_t{1} << 20;      // max_len: a million positions
+constexpr int64_t kMaxPositionTable = int64_t{1} << 28;  // floats of a sinusoidal table (1 GiB)
 
 void check_config(const TransformerConfig& c) {
   auto bad = [](const std::string& m) { throw ArgumentError("TransformerConfig: " + m); };
@@ -98,6 +100,13 @@ void check_config(const TransformerConfig& c) {
       bad("a [" + std::to_string(table[0]) + ", " + std::to_string(table[1]) +
           "] table (max_len, a vocabulary or d_ff by d_model) would take more than 2^40 elements");
   }
+  // the sinusoidal position table is computed, not read: no file's size bounds it (config.json's "max_len":
+  // 8589934592 had asked for 4 TiB); learned positions are a [max_len, d_model] tensor the file must hold
+  if (c.max_len > kMaxPositions || (!c.learned_positions && c.max_len * c.d_model > kMaxPositionTable))
+    bad("max_len = " + std::to_string(c.max_len) + " must be at most " + std::to_string(kMaxPositions) +
+        (c.learned_positions
+             ? std::string()
+             : ", and max_len · d_model (the sinusoidal table) at most 2^28 = " + std::to_string(kMaxPositionTable)));
   if (c.bos_id < 0 || c.bos_id >= c.tgt_vocab || c.eos_id < 0 || c.eos_id >= c.tgt_vocab)
     bad("bos_id = " + std::to_string(c.bos_id) + " and eos_id = " + std::to_string(c.eos_id) +
         " must be target tokens, in [0, tgt_vocab = " + std::to_string(c.tgt_vocab) + ")");

@@ -9,11 +9,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iterator>
 #include <limits>
+#include <sstream>
 
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "text/bert_unicode_tables.h"
 
 namespace attn::text {
@@ -53,11 +54,9 @@ std::string utf8(const icu::UnicodeString& s) {
 }  // namespace
 
 WordPiece WordPiece::load(const std::string& path, const WordPieceOptions& options) {
-  std::ifstream in(path);
-  if (!in) {
-    const int e = errno;
-    throw FileError(path + ": cannot open the vocabulary (" + std::strerror(e) + ")", e);
-  }
+  // io::read_text: its size cap (vocab.txt a link to /dev/zero had grown one line until memory ran out), and a
+  // directory or an unreadable file is an error naming the path (a directory had read as an empty vocabulary)
+  std::istringstream in(io::read_text(path));
   WordPiece w;
   w.lower_case_ = options.lower_case;
   w.strip_accents_ = options.strip_accents.value_or(options.lower_case);
