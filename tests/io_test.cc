@@ -225,6 +225,26 @@ TEST(Safetensors, CorruptFilesAreRejected) {
     const auto img = safetensors_image(h, data);
     EXPECT_THROW(io::parse_safetensors(img.data(), img.size(), "mem"), FormatError) << h;
   }
+  // refused while parsing, by the guard on what the DOM would hold: an entry that is a long array, and a tensor
+  // entry of many keys (each had been read whole, 10-40 bytes of DOM per byte of text, before being rejected)
+  std::string long_array = R"({"t":[0)", many_keys = R"({"t":{"dtype":"F32")";
+  for (int i = 0; i < 100000; ++i) long_array += ",0", many_keys += ",\"a" + std::to_string(i) + "\":0";
+  for (const auto& [h, needle] : {std::pair{long_array + "]}", std::string("an entry that is an array")},
+                                  std::pair{many_keys + "}}", std::string("more than 8 keys")}}) {
+    const auto img = safetensors_image(h, data);
+    try {
+      (void)io::parse_safetensors(img.data(), img.size(), "mem");
+      ADD_FAILURE() << needle;
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+  // metadata may hold many keys
+  std::string metadata = R"({"__metadata__":{"k0":"v")";
+  for (int i = 1; i < 100; ++i) metadata += ",\"k" + std::to_string(i) + "\":\"v\"";
+  const auto with_metadata =
+      safetensors_image(metadata + R"(},"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data);
+  EXPECT_EQ(io::parse_safetensors(with_metadata.data(), with_metadata.size(), "mem").metadata.size(), 100u);
   // empty tensors share the offset they sit at; in any order
   const auto empties = safetensors_image(
       R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"
