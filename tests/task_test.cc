@@ -415,6 +415,8 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   for (const std::string& bad_state :
        {std::string("{\"step\": 1}"), replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
         replaced(good_state, "\"batch_size\": 8", "\"batch_size\": 0"),
+        replaced(good_state, "\"train_examples\": 64",
+                 "\"train_examples\": 4611686018427387904"),  // (had run out of memory)
         replaced(good_state, "\"lr_factor\": ", "\"lr_factor\": \"fast\", \"x\": "),
         replaced(good_state, "\"lr_factor\": ", "\"lr_factor\": -1, \"x\": "),
         replaced(good_state, "\"beta2\": ", "\"beta2\": 1.0, \"x\": "),
@@ -458,6 +460,8 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   // an empty training pool, and a checkpoint file that is a directory: refused before any step
   train::TrainOptions empty = o;
   empty.train_examples = 0;
+  EXPECT_THROW(train::train_numbers(empty), ArgumentError);
+  empty.train_examples = (int64_t{1} << 24) + 1;
   EXPECT_THROW(train::train_numbers(empty), ArgumentError);
   train::TrainOptions blocked = o;
   blocked.out_dir = (dir / "blocked").string();

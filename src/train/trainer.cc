@@ -175,6 +175,10 @@ std::vector<uint8_t> text_bytes(const std::string& text) {
 // train_examples and batch_size) and the recipe (the warm-up schedule, AdamW's settings, label smoothing, clipping),
 // as PyTorch's optimizer.load_state_dict restores its parameter groups' settings. A checkpoint from before a field
 // was saved leaves the options' own there.
+// The most examples a pool holds: each is generated and kept (2^62 from a checkpoint had run the machine out of
+// memory).
+constexpr int64_t kMaxExamples = int64_t{1} << 24;
+
 struct RunSettings {
   uint64_t seed = 1;
   int64_t train_examples = 0, batch_size = 0, warmup = 0;
@@ -281,9 +285,9 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
     io::read_integer_if_present(st, "train_examples", run->train_examples);
     io::read_integer_if_present(st, "batch_size", run->batch_size);
     io::read_integer_if_present(st, "warmup", run->warmup);
-    if (run->train_examples < 1 || run->batch_size < 1 || run->train_examples > kMaxCount ||
+    if (run->train_examples < 1 || run->batch_size < 1 || run->train_examples > kMaxExamples ||
         run->batch_size > kMaxCount)
-      throw FormatError("train_examples and batch_size must be in [1, 2^62]");
+      throw FormatError("train_examples must be in [1, 2^24] and batch_size in [1, 2^62]");
     run->for_each_float([&](const char* key, float& v) {  // (their ranges: train_numbers checks the options after)
       if (!st.contains(key)) return;
       const nlohmann::json& x = st.at(key);
@@ -445,6 +449,9 @@ void check_schedule_options(const TrainOptions& o) {
 
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step) {
   TrainOptions o = options;
+  if (o.train_examples > kMaxExamples || o.val_examples > kMaxExamples)  // (each one generated and kept)
+    throw ArgumentError("train: train_examples (" + std::to_string(o.train_examples) + ") and val_examples (" +
+                        std::to_string(o.val_examples) + ") must be at most 2^24");
   if (o.train_examples < 1 || o.val_examples < 0 || o.batch_size < 1 || o.steps < 0 || o.eval_every < 0)
     throw ArgumentError("train: train_examples (" + std::to_string(o.train_examples) + ") and batch_size (" +
                         std::to_string(o.batch_size) + ") must be at least 1, val_examples (" +

@@ -136,7 +136,8 @@ void add_train(CLI::App& app) {
   sub->add_option("--weight-decay", a->o.weight_decay, "AdamW weight decay (matrices only)");
   sub->add_option("--seed", a->o.seed, "seed: data, initialisation, dropout; the same seed reproduces a run")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--train-examples", a->o.train_examples, "size of the training pool")->check(CLI::PositiveNumber);
+  sub->add_option("--train-examples", a->o.train_examples, "size of the training pool")
+      ->check(CLI::Range(int64_t{1}, kMaxCount));
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
