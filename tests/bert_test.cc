@@ -233,6 +233,17 @@ TEST(MiniLM, EveryPoolingModeAndTokenizerSettingMatchSentenceTransformers) {
     fs::remove(dir / file);
     std::ofstream(dir / file) << (file == "1_Pooling/config.json" ? R"({"pooling_mode": "mean"})" : "{}");
   }
+  // an optional file that cannot be examined (a link to itself): an attn error naming it (std::filesystem's
+  // filesystem_error had escaped from fs::exists)
+  fs::remove(dir / "tokenizer_config.json");
+  fs::create_symlink("tokenizer_config.json", dir / "tokenizer_config.json");
+  try {
+    (void)SentenceEncoder::load(dir.string());
+    ADD_FAILURE() << "a looping tokenizer_config.json was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+  }
+  fs::remove(dir / "tokenizer_config.json");
   // a vocab.txt that is a directory: an error naming it (it had read as an empty vocabulary)
   fs::remove(dir / "vocab.txt");
   fs::create_directory(dir / "vocab.txt");

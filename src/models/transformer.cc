@@ -450,7 +450,9 @@ std::map<std::string, Tensor> Transformer::attention_maps() const {
 
 // ---------------------------------------------------------------- save / load
 void Transformer::save(const std::string& dir) const {
-  std::filesystem::create_directories(dir);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw FileError(dir + ": cannot create the model directory (" + ec.message() + ")", ec.value());
   io::FileSet files;
   stage(files, dir);
   files.commit();

@@ -211,7 +211,9 @@ struct RunSettings {
 
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, RunSettings run) {
-  std::filesystem::create_directories(dir);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw FileError(dir + ": cannot create the checkpoint directory (" + ec.message() + ")", ec.value());
   io::FileSet files;
   model.stage(files, dir);
   files.add("vocab.json", dir + "/vocab.json", text_bytes(vocab.to_json()));

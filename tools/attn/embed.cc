@@ -20,7 +20,9 @@ namespace attn::cli {
 std::string resolve_minilm_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_bert = [](const fs::path& p) {
-    return fs::exists(p / "config.json") && fs::exists(p / "vocab.txt") && fs::exists(p / "model.safetensors");
+    std::error_code ec;  // (a directory it may not read: not a model, and the loader names the file)
+    return fs::exists(p / "config.json", ec) && fs::exists(p / "vocab.txt", ec) &&
+           fs::exists(p / "model.safetensors", ec);
   };
   if (!flag.empty()) {
     if (!is_bert(flag))

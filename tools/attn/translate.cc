@@ -22,7 +22,8 @@ namespace attn::cli {
 std::string resolve_model_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_model = [](const fs::path& p) {
-    return fs::exists(p / "config.json") && fs::exists(p / "model.safetensors");
+    std::error_code ec;  // (a directory it may not read: not a model, and the loader names the file)
+    return fs::exists(p / "config.json", ec) && fs::exists(p / "model.safetensors", ec);
   };
   if (!flag.empty()) {
     if (!is_model(flag))

@@ -146,7 +146,8 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   if (a.text.empty())
     throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
   if (const auto why = utf8_problem(a.text)) throw ArgumentError("the text: " + *why);  // it goes into the page
-  if (!a.model.empty() && std::filesystem::exists(a.model + "/vocab.txt")) {
+  std::error_code unreadable;  // (a vocab.txt it cannot examine: the BERT loader names the error)
+  if (!a.model.empty() && (std::filesystem::exists(a.model + "/vocab.txt", unreadable) || unreadable)) {
     if (sub.count("--beam") > 0) throw ArgumentError("--beam is for a translation model; " + a.model + " is BERT");
     return run_bert_viz(a, a.model);
   }
