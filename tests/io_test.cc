@@ -1,5 +1,6 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cerrno>
 
@@ -271,6 +272,24 @@ TEST(Io, WritesAreAtomic) {
   size_t files = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
   EXPECT_EQ(files, 1u);
+  // a file replaced keeps its permissions; through a symbolic link the target is replaced and the link stays one
+  ::chmod(path.c_str(), 0600);
+  io::write_npy(path, Tensor::from_floats({1}, {3}));
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string link = (dir / "link.npy").string();
+  std::filesystem::create_symlink("x.npy", link);
+  io::write_npy(link, Tensor::from_floats({1}, {4}));
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(io::read_npy(path).f32()[0], 4.0f);
+  // a FIFO (or a device: /dev/stdout) is refused before anything is written, never replaced by a regular file
+  const std::string fifo = (dir / "fifo.npy").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THROW(io::write_npy(fifo, Tensor::from_floats({1}, {1})), ArgumentError);
+  EXPECT_THROW(io::check_output_paths({{"--out", "/dev/null"}}), ArgumentError);
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
   std::filesystem::remove_all(dir);
 }
 

@@ -109,6 +109,13 @@ void take_output(const std::string& role, const std::string& path,
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ArgumentError(named(role, path) + ": is a directory; an output needs a file name");
+  // outputs are written beside their path and renamed over it: a FIFO, a device or a socket there (/dev/stdout) had
+  // been replaced by a regular file
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw ArgumentError(named(role, path) +
+                        ": is not a regular file (a FIFO, a device or a socket); attn writes an output to a temporary "
+                        "and renames it into place, so give a file name");
   std::string normal = normal_path(path);
   for (const auto& [other, other_role] : *taken)
     if (other == normal)
@@ -128,11 +135,21 @@ FileSet::~FileSet() {
     if (!f.temporary.empty()) std::remove(f.temporary.c_str());
 }
 
-void FileSet::add(const std::string& role, const std::string& path, const std::vector<uint8_t>& bytes) {
-  take_output(role, path, &taken_);
+void FileSet::add(const std::string& role, const std::string& given, const std::vector<uint8_t>& bytes) {
+  take_output(role, given, &taken_);
+  // through a symbolic link: its target is replaced, the link kept (the link itself had become a regular file, its
+  // target left as it was)
+  std::string path = given;
+  std::error_code ec;
+  if (std::filesystem::is_symlink(given, ec)) {
+    const std::filesystem::path target = std::filesystem::weakly_canonical(given, ec);
+    if (!ec) path = target.string();
+  }
+  struct stat existing;  // a file replaced keeps its permissions (0600 had come back as 0666 less the umask)
+  const bool replaces = ::stat(path.c_str(), &existing) == 0;
   // A temporary of its own (process id and a counter; O_EXCL: never one that exists, never through a symlink planted
   // there), so two threads writing the same path (Python's save_safetensors releases the GIL) cannot interleave in
-  // one temporary; mode 0666 less the umask, as the file a plain open would create.
+  // one temporary; mode 0666 less the umask, as the file a plain open would create, or the replaced file's.
   static std::atomic<uint64_t> counter{0};
   int fd = -1;
   std::string temporary;
@@ -142,6 +159,7 @@ void FileSet::add(const std::string& role, const std::string& path, const std::v
     if (fd < 0 && (errno != EEXIST || attempt >= 100)) throw_file_error(path, "cannot create its temporary");
   }
   files_.push_back({path, temporary});  // before the write: a half-written temporary is removed too
+  if (replaces) (void)::fchmod(fd, existing.st_mode & 07777);
   const uint8_t* p = bytes.data();
   for (size_t left = bytes.size(); left > 0;) {
     const ssize_t n = ::write(fd, p, left);
