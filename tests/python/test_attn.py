@@ -159,10 +159,24 @@ def test_sentence_encoder_matches_the_fixture():
 
 
 def test_safetensors_round_trip(tmp_path):
-    tensors = {"a": rand(2, 3), "m": np.array([[True, False]])}
+    # 0-d arrays (CLIP's logit_scale) stay 0-d: they had come back as shape (1,)
+    tensors = {"a": rand(2, 3), "m": np.array([[True, False]]), "s": np.float32(2.5), "b": np.array(True)}
     attn.save_safetensors(tmp_path / "x.safetensors", tensors, {"k": "v"})
     back, meta = attn.load_safetensors(tmp_path / "x.safetensors")
-    assert np.array_equal(back["a"], tensors["a"]) and np.array_equal(back["m"], tensors["m"]) and meta == {"k": "v"}
+    assert meta == {"k": "v"}
+    for name, t in tensors.items():
+        assert back[name].shape == np.shape(t) and np.array_equal(back[name], t), name
+
+
+def test_misaligned_arrays_are_read_correctly():
+    """A buffer at an odd byte offset (np.frombuffer) is copied into an aligned array rather than read through a
+    misaligned float pointer."""
+    q = rand(1, 2, 5, 8)
+    raw = bytearray(q.nbytes + 1)
+    odd = np.frombuffer(raw, np.uint8)[1:].view(np.float32).reshape(q.shape)
+    odd[...] = q
+    assert not odd.flags.aligned
+    assert np.array_equal(attn.scaled_dot_product_attention(odd, odd, odd), attn.scaled_dot_product_attention(q, q, q))
 
 
 # ---------------------------------------------------------------- bad input: exceptions, never a crash
@@ -213,6 +227,23 @@ def test_safetensors_round_trip(tmp_path):
     (lambda: attn.Translator()("one", beam=2, length_penalty=float("nan")), ValueError, "length_penalty"),
     (lambda: attn.Translator(model_dir=""), ValueError, "not a model directory"),  # not the shipped one in silence
     (lambda: attn.Translator()("one \ud800"), ValueError, "text[0] is not valid Unicode"),
+    # arguments of the wrong type name themselves (nanobind's message had listed the C++ parameters), and an empty
+    # causal_alignment is not "no mask"; kdim, vdim, num_kv_heads of 0 (C++'s default, Python's 0: the two had
+    # disagreed on the layout); None in a state dict; metadata that is not str: str
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), causal_alignment=True), TypeError,
+     "causal_alignment"),
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), causal_alignment=""), ValueError,
+     "causal_alignment"),
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), impl=None), TypeError, "impl"),
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), scale="x"), TypeError, "scale"),
+    (lambda: attn.Translator()("one", beam=2, length_penalty=None), TypeError, "length_penalty"),
+    (lambda: attn.MultiheadAttention(8, 2, kdim=0), ValueError, "kdim"),
+    (lambda: attn.MultiheadAttention(8, 2, num_kv_heads=0), ValueError, "num_kv_heads"),
+    (lambda: attn.MultiheadAttention(8, 2).load_state_dict({"in_proj_weight": None}, strict=False), TypeError,
+     "in_proj_weight"),
+    (lambda: attn.save_safetensors("/tmp/attn_never_written.safetensors", {"a": rand(2)}, {"k": 1}), TypeError,
+     "metadata['k']"),
+    (lambda: attn.save_safetensors("/tmp/attn_never_written.safetensors", {1: rand(2)}), TypeError, "name"),
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),
@@ -364,6 +395,17 @@ def test_read_only_arrays_and_torch_tensors_that_require_grad_are_read():
     torch = pytest.importorskip("torch")
     t = torch.from_numpy(q.copy()).requires_grad_()
     np.testing.assert_array_equal(attn.scaled_dot_product_attention(t, t, t, is_causal=True), expected)
+
+
+def test_unbatched_multihead_attention_reads_a_torch_key_padding_mask():
+    """The unbatched path converts a torch mask as the batched one does (a bfloat16 one had raised torch's TypeError)."""
+    torch = pytest.importorskip("torch")
+    m, x = attn.MultiheadAttention(8, 2), rand(5, 8)
+    pad = np.array([False, False, False, True, True])
+    want = m(x, x, x, key_padding_mask=pad)[0]
+    np.testing.assert_array_equal(m(x, x, x, key_padding_mask=torch.from_numpy(pad))[0], want)
+    additive = torch.tensor([0, 0, 0, float("-inf"), float("-inf")], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(m(x, x, x, key_padding_mask=additive)[0], want)
 
 
 def test_contradictory_causal_arguments_raise():
