@@ -87,7 +87,9 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
   EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);  // 10 is not a multiple of 3
   // no token-type row (its embedding had been read past the table), sizes that are not whole or do not fit
   for (const std::string extra : {R"(, "type_vocab_size": 0)", R"(, "max_position_embeddings": -4)",
-                                  R"(, "max_position_embeddings": 2.5)", R"(, "num_hidden_layers": 1e30)"}) {
+                                  R"(, "max_position_embeddings": 2.5)", R"(, "num_hidden_layers": 1e30)",
+                                  // an epsilon that makes LayerNorm NaN, or inf as a float
+                                  R"(, "layer_norm_eps": -1)", R"(, "layer_norm_eps": 1e300)"}) {
     std::ofstream(dir / "config.json") << R"({"vocab_size": 5, "hidden_size": 12, "num_hidden_layers": 1, )"
                                           R"("num_attention_heads": 3, "intermediate_size": 4)"
                                        << extra << "}";

@@ -409,6 +409,11 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
     done.steps = steps_to_reach;
     EXPECT_THROW(train::train_numbers(done), ArgumentError);
   }
+  // a checkpoint of another vocabulary (its ids would be read as numbers-en-zh's)
+  const std::string good_vocab = io::read_text(o.out_dir + "/vocab.json");
+  { std::ofstream(o.out_dir + "/vocab.json") << replaced(good_vocab, "\"one\"", "\"uno\""); }
+  EXPECT_THROW(train::train_numbers(resumed), FormatError);
+  { std::ofstream(o.out_dir + "/vocab.json") << good_vocab; }
   // no epoch, batch_index or rng; a step that is not whole (2.5 had been 2); an epoch that would overflow when the
   // run counts on; an integer past int64 (it had wrapped); no batches; a recipe that is not a number, or one the
   // options would have refused

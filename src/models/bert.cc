@@ -28,7 +28,10 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
     io::read_integer(j, "intermediate_size", c.intermediate_size);
     io::read_integer_if_present(j, "max_position_embeddings", c.max_position);
     io::read_integer_if_present(j, "type_vocab_size", c.type_vocab_size);
-    c.layer_norm_eps = j.value("layer_norm_eps", 1e-12f);
+    // read as a double: one past float's range (1e300) had become inf, a negative one NaN embeddings
+    const double eps = j.value("layer_norm_eps", 1e-12);
+    if (!(eps >= 0.0 && eps <= 1.0)) throw FormatError("layer_norm_eps " + std::to_string(eps) + " must be in [0, 1]");
+    c.layer_norm_eps = static_cast<float>(eps);
     const std::string act = j.value("hidden_act", std::string("gelu"));
     if (act != "gelu") throw FormatError("hidden_act '" + act + "' is not supported (gelu)");
     // relative position embeddings (relative_key, ...) had loaded and run with absolute ones
@@ -50,6 +53,10 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
   if (c.hidden_size <= 0 || c.num_heads <= 0 || c.hidden_size % c.num_heads != 0)
     throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) +
                       " is not a multiple of num_attention_heads " + std::to_string(c.num_heads));
+  // sizes the weights back only where there are layers (with none, intermediate_size 2^60 had sized a buffer)
+  if (c.hidden_size > (int64_t{1} << 20) || c.intermediate_size > (int64_t{1} << 20))
+    throw FormatError("config.json: hidden_size " + std::to_string(c.hidden_size) + " and intermediate_size " +
+                      std::to_string(c.intermediate_size) + " must be at most 2^20");
   return c;
 }
 

@@ -479,6 +479,13 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
   if (!o.resume_dir.empty()) {
     model = Transformer::load(o.resume_dir);
     o.model = model.config();
+    // the task's vocabulary, which the checkpoint's must be (another one had been trained on with numbers' ids and
+    // then overwritten by them, leaving a checkpoint no Translator loads)
+    const tasks::Vocab saved = tasks::Vocab::load(o.resume_dir);
+    if (saved.src != vocab.src || saved.tgt != vocab.tgt)
+      throw FormatError(o.resume_dir + "/vocab.json: not the numbers-en-zh vocabulary this trainer uses (" +
+                        std::to_string(saved.src.size()) + " source and " + std::to_string(saved.tgt.size()) +
+                        " target tokens)");
     RunSettings run = RunSettings::of(o);
     resume_from(o.resume_dir, o.resume_overrides, model, &resumed, &rng, &epoch, &batch_index, &run);
     run.apply_to(&o);

@@ -244,6 +244,9 @@ def test_misaligned_arrays_are_read_correctly():
     (lambda: attn.save_safetensors("/tmp/attn_never_written.safetensors", {"a": rand(2)}, {"k": 1}), TypeError,
      "metadata['k']"),
     (lambda: attn.save_safetensors("/tmp/attn_never_written.safetensors", {1: rand(2)}), TypeError, "name"),
+    # a path with a NUL byte (C++ had read up to it: another file)
+    (lambda: attn.load_safetensors(FIXTURES + "/x\0.safetensors"), ValueError, "NUL"),
+    (lambda: attn.Translator(model_dir=attn.shipped_model_dir() + "\0x"), ValueError, "NUL"),
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),
