@@ -159,17 +159,19 @@ TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
   test::AttentionCase c;
   c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16,
   c.key_padding = true;  // batch 0 pads keys 3, 10, 17; batch 1 keys 0..3, 10, 15..19
-  for (auto level : test::simd_levels()) {
-    test::SimdGuard guard(level);
-    test::CaseInputs in = test::make_inputs(c, 5);
-    in.k.f32()[(0 * 20 + 2) * 16 + 2] = NAN;                  // batch 0, head 0, key 2: visible
-    in.v.f32()[((1 * 2 + 0) * 20 + 19) * 16 + 5] = INFINITY;  // batch 1, head 0, key 19: padding
-    const Tensor out = run_decode(in, 1);
-    for (int64_t e = 0; e < 16; ++e) {
-      EXPECT_TRUE(std::isnan(out.f32()[e])) << e;              // (b 0, h 0)
-      EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
+  // every cache type: an int8 cache gives the hidden key a NaN value scale, which its weight of 0 had multiplied
+  for (auto type : {detail::KVType::kFloat32, detail::KVType::kBFloat16, detail::KVType::kInt8})
+    for (auto level : test::simd_levels()) {
+      test::SimdGuard guard(level);
+      test::CaseInputs in = test::make_inputs(c, 5);
+      in.k.f32()[(0 * 20 + 2) * 16 + 2] = NAN;                  // batch 0, head 0, key 2: visible
+      in.v.f32()[((1 * 2 + 0) * 20 + 19) * 16 + 5] = INFINITY;  // batch 1, head 0, key 19: padding
+      const Tensor out = run_decode(in, 1, type);
+      for (int64_t e = 0; e < 16; ++e) {
+        EXPECT_TRUE(std::isnan(out.f32()[e])) << e;              // (b 0, h 0)
+        EXPECT_TRUE(std::isfinite(out.f32()[2 * 16 + e])) << e;  // (b 1, h 0)
+      }
     }
-  }
 }
 
 // Queries near the float range with tiny keys, so every score is moderate, and |scale| > 1: scale · q overflows

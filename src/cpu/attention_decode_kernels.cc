@@ -222,8 +222,9 @@ void decode_row(const DecodeProblem& p, const float* q, const HeadBlocks<T>& hb,
     std::fill(out, out + p.Dv, std::numeric_limits<float>::quiet_NaN());
     return;
   }
-  if (p.v_scale)
-    for (int64_t j = 0; j < p.Lk; ++j) s[j] *= hb.vsb(j / kKeyBlock)[j % kKeyBlock];
+  if (p.v_scale)  // a hidden key's weight stays exactly 0, so its value is skipped even where its scale is NaN
+    for (int64_t j = 0; j < p.Lk; ++j)
+      if (s[j] != 0.0f) s[j] *= hb.vsb(j / kKeyBlock)[j % kKeyBlock];
   weighted_values(s, p.Lk, hb, p.v_sl, p.Dv, 1.0f / l, out);
 }
 
