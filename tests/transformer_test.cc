@@ -292,7 +292,9 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
         std::pair{"\"bos_id\": 1", "\"bos_id\": 10"},  // not a target token
         // pad_id outside the vocabulary (generate() wrote past its table), or bos_id
         std::pair{"\"pad_id\": 0", "\"pad_id\": -1"}, std::pair{"\"pad_id\": 0", "\"pad_id\": 10"},
-        std::pair{"\"pad_id\": 0", "\"pad_id\": 1"}}) {
+        std::pair{"\"pad_id\": 0", "\"pad_id\": 1"},
+        // eos_id that search can never choose (it suppresses pad and bos): every output had run to max_length
+        std::pair{"\"eos_id\": 2", "\"eos_id\": 0"}, std::pair{"\"eos_id\": 2", "\"eos_id\": 1"}}) {
     std::string json = m.config().to_json();
     ASSERT_NE(json.find(key), std::string::npos) << json;
     json.replace(json.find(key), std::string(key).size(), value);
@@ -368,6 +370,7 @@ TEST(Transformer, StepDecoderRejectsMisuse) {
   EXPECT_THROW(d->step(bad.data(), 1), ArgumentError);  // outside the target vocabulary
   EXPECT_THROW(m.start_decoding(src, 0, 6), ArgumentError);
   EXPECT_THROW(m.start_decoding(src, 1, m.config().max_len + 1), ArgumentError);
+  EXPECT_THROW(m.start_decoding(src, int64_t{1} << 62, 1), ArgumentError);  // sentences × hypotheses had wrapped
 }
 
 // Finished sentences leave the batch (StepDecoder::retain): the sentences that stay decode as before.

@@ -116,6 +116,10 @@ void check_config(const TransformerConfig& c) {
   if (c.pad_id < 0 || c.pad_id >= c.src_vocab || c.pad_id >= c.tgt_vocab || c.pad_id == c.bos_id)
     bad("pad_id = " + std::to_string(c.pad_id) + " must be a source and a target token, in [0, " +
         std::to_string(std::min(c.src_vocab, c.tgt_vocab)) + "), other than bos_id = " + std::to_string(c.bos_id));
+  // eos_id equal to pad_id or bos_id could never be chosen (search suppresses both): every output ran to max_length
+  if (c.eos_id == c.pad_id || c.eos_id == c.bos_id)
+    bad("eos_id = " + std::to_string(c.eos_id) + " must differ from pad_id = " + std::to_string(c.pad_id) +
+        " and bos_id = " + std::to_string(c.bos_id));
   if (!(c.dropout >= 0 && c.dropout < 1 && c.attention_dropout >= 0 && c.attention_dropout < 1))  // NaN too
     bad("dropout must be in [0, 1)");
 }
