@@ -117,11 +117,30 @@ TEST_F(CliLines, TranslateWarnsAboutPhrasesOutsideTheGrammarAndStillTranslates) 
 }
 
 TEST_F(CliLines, TranslateNormalisesCaseSpacingAndCrlf) {
-  write("in.txt", "  Three HUNDRED\ttwelve \r\nTEN\r\n");
+  // a UTF-8 byte-order mark before line 1 is no part of it (it had made "three" an unknown word)
+  write("in.txt", "\xEF\xBB\xBF  Three HUNDRED\ttwelve \r\nTEN\r\n");
   const CliResult r = run("translate --strict < " + path("in.txt"));
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, "三百一十二\n十\n");
   EXPECT_EQ(r.err, "") << "normalised input is inside the grammar";
+}
+
+// Control characters from the input reach the terminal escaped: an unknown word holding ESC [2J (clear the screen)
+// or a C1 control had been printed raw inside the error.
+TEST_F(CliLines, ControlCharactersInErrorsAreEscaped) {
+  write("in.txt",
+        "ten\none \x1b[2J\ntwo \xc2\x9b"
+        "5m\n");
+  for (const std::string& flags : {std::string(), std::string(" --strict")}) {
+    const CliResult r = run("translate" + flags + " < " + path("in.txt"));
+    EXPECT_TRUE(failed_cleanly(r)) << r.status;
+    EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("\xc2\x9b"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("\\x1B[2j"), std::string::npos) << r.err;  // (lower-cased as the input is)
+    if (flags.empty()) {
+      EXPECT_NE(r.err.find("\\u009B5m"), std::string::npos) << r.err;
+    }
+  }
 }
 
 // Bytes that are not UTF-8 are named by offset, never echoed raw: translate's line fails as not UTF-8 (its unknown

@@ -30,7 +30,9 @@ std::vector<std::string> read_stdin_lines() {
   // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming /dev/stdin)
   const std::string text = io::read_text("/dev/stdin", kMaxStdinBytes);
   std::vector<std::string> lines;
-  for (size_t at = 0; at < text.size();) {  // a last line without a newline counts
+  // a UTF-8 byte-order mark (files saved by some editors) is not part of line 1 (it had made "one" an unknown word)
+  const size_t start = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  for (size_t at = start; at < text.size();) {  // a last line without a newline counts
     if (lines.size() >= kMaxStdinLines)
       throw ArgumentError("standard input: more than " + std::to_string(kMaxStdinLines) + " lines; give them in parts");
     size_t end = text.find('\n', at);
@@ -47,16 +49,37 @@ std::string LineErrors::where(size_t i) const {
   return unit_.empty() ? std::string() : unit_ + " " + std::to_string(i + 1) + ": ";
 }
 
+std::string terminal_safe(const std::string& message) {
+  std::string out;
+  out.reserve(message.size());
+  char code[8];
+  for (size_t i = 0; i < message.size(); ++i) {
+    const auto c = static_cast<unsigned char>(message[i]);
+    const auto next = i + 1 < message.size() ? static_cast<unsigned char>(message[i + 1]) : 0;
+    if ((c < 0x20 && c != '\t' && c != '\n') || c == 0x7f) {
+      std::snprintf(code, sizeof code, "\\x%02X", c);
+      out += code;
+    } else if (c == 0xC2 && next >= 0x80 && next <= 0x9F) {  // a C1 control in UTF-8
+      std::snprintf(code, sizeof code, "\\u%04X", next);
+      out += code;
+      ++i;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 void LineErrors::fail(size_t i, const std::string& why) {
   if (stop_at_error_) throw ArgumentError(where(i) + why);
-  std::cerr << "attn: error: " << where(i) << why << "\n";
+  std::cerr << "attn: error: " << terminal_safe(where(i) + why) << "\n";
   if (failed_.size() <= i) failed_.resize(i + 1, false);
   failed_[i] = true;
 }
 
 void LineErrors::warn(size_t i, const std::string& why) {
   if (strict_warnings_) throw ArgumentError(where(i) + why + " (an error under --strict)");
-  std::cerr << "attn: warning: " << where(i) << why << "\n";
+  std::cerr << "attn: warning: " << terminal_safe(where(i) + why) << "\n";
 }
 
 void LineErrors::finish(size_t count, const std::string& placeholder) const {

@@ -63,6 +63,10 @@ class LineErrors {
   std::vector<bool> failed_;  // [items seen], true where fail() was called
 };
 
+// A message for the terminal: C0 controls other than tab and newline, DEL and the C1 controls (U+0080..U+009F) escaped
+// as \xNN / \uNNNN, so that text from the input (an unknown word holding ESC [2J) cannot drive the terminal.
+std::string terminal_safe(const std::string& message);
+
 // Display width of a UTF-8 string in a terminal (CJK characters take two columns).
 int display_width(const std::string& utf8);
 // Pads to `width` columns on the right (or left when right_align).

@@ -53,13 +53,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     status = app.exit(e);
   } catch (const attn::Error& e) {
-    std::cerr << "attn: error: " << e.what() << "\n";
+    std::cerr << "attn: error: " << attn::cli::terminal_safe(e.what()) << "\n";
     status = 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "attn: error: out of memory\n";
     status = 3;
   } catch (const std::exception& e) {
-    std::cerr << "attn: error: " << e.what() << "\n";
+    std::cerr << "attn: error: " << attn::cli::terminal_safe(e.what()) << "\n";
     status = 2;
   }
   // What a command printed must have reached standard output: a full disk or a closed pipe is a failure, not a
