@@ -66,6 +66,13 @@ int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
+int64_t product_within(std::initializer_list<int64_t> factors, int64_t limit) {
+  int64_t n = 1;
+  for (const int64_t f : factors)
+    if (__builtin_mul_overflow(n, f, &n) || n > limit) return -1;
+  return n;
+}
+
 namespace {
 #if defined(__SANITIZE_ADDRESS__)
 #define ATTN_ADDRESS_SANITIZER 1

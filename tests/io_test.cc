@@ -228,10 +228,16 @@ TEST(Safetensors, CorruptFilesAreRejected) {
   }
   // refused while parsing, by the guard on what the DOM would hold: an entry that is a long array, and a tensor
   // entry of many keys (each had been read whole, 10-40 bytes of DOM per byte of text, before being rejected)
-  std::string long_array = R"({"t":[0)", many_keys = R"({"t":{"dtype":"F32")";
-  for (int i = 0; i < 100000; ++i) long_array += ",0", many_keys += ",\"a" + std::to_string(i) + "\":0";
+  std::string long_array = R"({"t":[0)", many_keys = R"({"t":{"dtype":"F32")", scalars = R"({"t0":0)",
+              huge_metadata = R"({"__metadata__":{"k":"v")";
+  for (int i = 0; i < 100000; ++i) {
+    long_array += ",0", many_keys += ",\"a" + std::to_string(i) + "\":0";
+    scalars += ",\"t" + std::to_string(i + 1) + "\":0", huge_metadata += ",\"k" + std::to_string(i) + "\":\"v\"";
+  }
   for (const auto& [h, needle] : {std::pair{long_array + "]}", std::string("an entry that is an array")},
-                                  std::pair{many_keys + "}}", std::string("more than 8 keys")}}) {
+                                  std::pair{many_keys + "}}", std::string("more than 8 keys")},
+                                  std::pair{scalars + "}", std::string("not {dtype, shape, data_offsets}")},
+                                  std::pair{huge_metadata + "}}", std::string("more than 65536 keys")}}) {
     const auto img = safetensors_image(h, data);
     try {
       (void)io::parse_safetensors(img.data(), img.size(), "mem");
@@ -283,6 +289,14 @@ TEST(Io, WritesAreAtomic) {
   io::write_npy(link, Tensor::from_floats({1}, {4}));
   EXPECT_TRUE(std::filesystem::is_symlink(link));
   EXPECT_EQ(io::read_npy(path).f32()[0], 4.0f);
+  // two outputs naming one file through a link are refused (the second rename had replaced the first output); a
+  // dangling link is followed too: its target is created, the link kept
+  EXPECT_THROW(io::check_output_paths({{"--out", path}, {"--weights", link}}), ArgumentError);
+  const std::string dangling = (dir / "dangling.npy").string();
+  std::filesystem::create_symlink("made.npy", dangling);
+  io::write_npy(dangling, Tensor::from_floats({1}, {5}));
+  EXPECT_TRUE(std::filesystem::is_symlink(dangling));
+  EXPECT_EQ(io::read_npy((dir / "made.npy").string()).f32()[0], 5.0f);
   // a FIFO (or a device: /dev/stdout) is refused before anything is written, never replaced by a regular file
   const std::string fifo = (dir / "fifo.npy").string();
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);

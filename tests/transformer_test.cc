@@ -285,12 +285,12 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   for (const auto& [key, value] :
-       {std::pair{"\"max_len\": 20",
-                  "\"max_len\": 144115188075855872"},  // wraps max_len·E
-                                                       // a sinusoidal table of 4 TiB (it is computed, no file backs it)
+       {// wraps max_len·E; a sinusoidal table of 4 TiB (it is computed, no file backs it); past 2^20 positions
+        std::pair{"\"max_len\": 20", "\"max_len\": 144115188075855872"},
         std::pair{"\"max_len\": 20", "\"max_len\": 8589934592"}, std::pair{"\"max_len\": 20", "\"max_len\": 1048577"},
-        std::pair{"\"bos_id\": 1", "\"bos_id\": 10"},  // not a target token
-        // pad_id outside the vocabulary (generate() wrote past its table), or bos_id
+        std::pair{"\"bos_id\": 1",
+                  "\"bos_id\": 10"},  // not a target token
+                                      // pad_id outside the vocabulary (generate() wrote past its table), or bos_id
         std::pair{"\"pad_id\": 0", "\"pad_id\": -1"}, std::pair{"\"pad_id\": 0", "\"pad_id\": 10"},
         std::pair{"\"pad_id\": 0", "\"pad_id\": 1"},
         // eos_id that search can never choose (it suppresses pad and bos): every output had run to max_length
@@ -371,6 +371,11 @@ TEST(Transformer, StepDecoderRejectsMisuse) {
   EXPECT_THROW(m.start_decoding(src, 0, 6), ArgumentError);
   EXPECT_THROW(m.start_decoding(src, 1, m.config().max_len + 1), ArgumentError);
   EXPECT_THROW(m.start_decoding(src, int64_t{1} << 62, 1), ArgumentError);  // sentences × hypotheses had wrapped
+  {  // a sinusoidal table past 2^28 floats (max_len 2^20 at d_model 512): refused, where learned positions are a tensor
+    TransformerConfig big = m.config();
+    big.max_len = int64_t{1} << 20, big.d_model = 512, big.num_heads = 8;
+    EXPECT_THROW(Transformer(big, 1), ArgumentError);  // (checked before anything is allocated)
+  }
 }
 
 // Finished sentences leave the batch (StepDecoder::retain): the sentences that stay decode as before.

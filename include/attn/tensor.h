@@ -29,8 +29,11 @@ const char* dtype_name(DType dtype);
 size_t dtype_size(DType dtype);
 // The dtype called "float32" | "bf16" | "bfloat16" | "f16" | "float16" (f32 too); ArgumentError otherwise.
 DType parse_dtype(const std::string& name);
-// Product of the sizes; throws ShapeError on a negative size or on overflow past 2^62 elements.
+// Product of the sizes; throws ShapeError on a negative size or on more than 2^60 elements.
 int64_t shape_numel(const Shape& shape);
+// The product of non-negative factors, or -1 once it would exceed `limit` (never overflowing on the way): for sizes
+// a tensor's own does not bound (work counts, caches sized from arguments).
+int64_t product_within(std::initializer_list<int64_t> factors, int64_t limit);
 
 class Tensor {
  public:

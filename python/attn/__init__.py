@@ -49,10 +49,12 @@ def _c_array(a, dtype=None):
 
 
 def _float(x, name):
-    """A real number argument (a NumPy scalar too); anything else is a TypeError naming it."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+    """A real number argument (a NumPy scalar or a 0-d array or tensor too); anything else is a TypeError naming it."""
+    a = np.asarray(_detached(x)) if not isinstance(x, (str, bytes)) and x is not None else None
+    if isinstance(x, bool) or a is None or a.ndim != 0 or a.dtype == np.bool_ or not (
+            np.issubdtype(a.dtype, np.integer) or _floating(a.dtype)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
-    return float(x)
+    return float(a)
 
 
 def _str(x, name, allowed=None):
@@ -162,10 +164,12 @@ def _bf16_out(bits, kind):
 
 
 def _mask(x, name):
-    """bool masks stay bool; anything else becomes float32 (additive)."""
+    """bool masks stay bool; anything else becomes float32 (additive). A 0-d one becomes shape (1,), which broadcasts
+    (C++ takes masks of rank 1 to 4)."""
     if x is None:
         return None
     a = np.asarray(_detached(x))
+    a = a.reshape(1) if a.ndim == 0 else a
     if a.dtype == np.bool_:
         return _c_array(a)
     return _f32(a, name)
@@ -237,7 +241,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     causal = causal_alignment if causal_alignment is not None else ("top-left" if is_causal else "none")
     out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
                               causal, None if scale is None else _float(scale, "scale"), _int(window, "window", _INT64),
-                              None if alibi_slopes is None else _f32(alibi_slopes, "alibi_slopes"),
+                              None if alibi_slopes is None else _f32(np.atleast_1d(_detached(alibi_slopes)),
+                                                                     "alibi_slopes"),
                               bool(return_weights), _str(impl, "impl"), _int(num_threads, "num_threads"))
     out = out.reshape(out_shape[:-1] + (v.shape[-1],))
     if out.dtype == np.uint16:  # bfloat16 bits

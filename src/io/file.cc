@@ -103,26 +103,48 @@ std::string normal_path(const std::string& path) {
 
 std::string named(const std::string& role, const std::string& path) { return role.empty() ? path : role + " " + path; }
 
-// One more output beside those taken (normal path, role): not a directory, none of them; added to `taken`.
-void take_output(const std::string& role, const std::string& path,
-                 std::vector<std::pair<std::string, std::string>>* taken) {
+// Where an output named `path` is written: through symbolic links (a dangling one too) to the file they name, so the
+// link is kept and its target replaced (the link itself had become a regular file).
+std::string output_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path at = path;
+  for (int hops = 0; hops < 40 && fs::is_symlink(at, ec); ++hops) {  // (40: the kernel's own limit)
+    const fs::path to = fs::read_symlink(at, ec);
+    if (ec) break;
+    at = to.is_absolute() ? to : at.parent_path() / to;
+  }
+  return at.string();
+}
+
+// One more output beside those taken (normal path of its target, role): not a directory, none of them; added to
+// `taken`. Returns the path to write (output_target).
+std::string take_output(const std::string& role, const std::string& given,
+                        std::vector<std::pair<std::string, std::string>>* taken) {
+  const std::string path = output_target(given);
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
-    throw ArgumentError(named(role, path) + ": is a directory; an output needs a file name");
+    throw ArgumentError(named(role, given) + ": is a directory; an output needs a file name");
   // outputs are written beside their path and renamed over it: a FIFO, a device or a socket there (/dev/stdout) had
   // been replaced by a regular file
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
-    throw ArgumentError(named(role, path) +
+    throw ArgumentError(named(role, given) +
                         ": is not a regular file (a FIFO, a device or a socket); attn writes an output to a temporary "
                         "and renames it into place, so give a file name");
-  std::string normal = normal_path(path);
+  std::string normal = normal_path(path);  // (two flags naming one file through a link are one file too)
   for (const auto& [other, other_role] : *taken)
     if (other == normal)
       throw ArgumentError(other_role + " and " + role + " both name " + path + ": give each its own file");
   taken->emplace_back(std::move(normal), role);
+  return path;
 }
 }  // namespace
+
+bool exists_or_unexaminable(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::exists(path, ec) || ec;
+}
 
 void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs) {
   std::vector<std::pair<std::string, std::string>> taken;
@@ -136,15 +158,7 @@ FileSet::~FileSet() {
 }
 
 void FileSet::add(const std::string& role, const std::string& given, const std::vector<uint8_t>& bytes) {
-  take_output(role, given, &taken_);
-  // through a symbolic link: its target is replaced, the link kept (the link itself had become a regular file, its
-  // target left as it was)
-  std::string path = given;
-  std::error_code ec;
-  if (std::filesystem::is_symlink(given, ec)) {
-    const std::filesystem::path target = std::filesystem::weakly_canonical(given, ec);
-    if (!ec) path = target.string();
-  }
+  const std::string path = take_output(role, given, &taken_);  // through symbolic links: the link kept
   struct stat existing;  // a file replaced keeps its permissions (0600 had come back as 0666 less the umask)
   const bool replaces = ::stat(path.c_str(), &existing) == 0;
   // A temporary of its own (process id and a counter; O_EXCL: never one that exists, never through a symlink planted

@@ -45,9 +45,10 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     throw FormatError(what + ": .safetensors header length " + std::to_string(n) +
                       " runs past the end of the file (size " + std::to_string(size) + ")");
   // The header's shape is fixed: {name: {dtype, shape: [...], data_offsets: [b, e]}, __metadata__: {k: v}}, nothing
-  // deeper than 3 levels, no array longer than 64 (shapes have at most 32 dimensions), no entry that is an array and
-  // no tensor entry of more than 8 keys: refused while parsing, as a DOM of deep or long arrays, or of many small
-  // values, costs 10-40 times the bytes of its text ({"t": [0, 0, ...]} filling the 100 MiB had built 50 M values).
+  // deeper than 3 levels, no array longer than 64 (shapes have at most 32 dimensions), no entry that is an array or a
+  // scalar, no tensor entry of more than 8 keys and no metadata of more than 65536: refused while parsing, as a DOM of
+  // deep or long arrays, or of many small values, costs 10-40 times the bytes of its text ({"t": [0, 0, ...]} filling
+  // the 100 MiB had built 50 M values).
   int64_t items_at_depth_3 = 0, keys_at_depth_2 = 0;
   bool in_metadata = false;
   const auto bounded = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
@@ -59,8 +60,12 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     if (depth == 1 && event == E::array_start)
       throw FormatError(what + ": .safetensors header has an entry that is an array, not {dtype, shape, data_offsets}");
     if (depth == 1 && event == E::object_start) keys_at_depth_2 = 0;
+    if (depth == 1 && event == E::value)
+      throw FormatError(what + ": .safetensors header has an entry that is not {dtype, shape, data_offsets}");
     if (depth == 2 && event == E::key && !in_metadata && ++keys_at_depth_2 > 8)
       throw FormatError(what + ": .safetensors header has a tensor entry of more than 8 keys");
+    if (depth == 2 && event == E::key && in_metadata && ++keys_at_depth_2 > 65536)  // (real files: a few hundred)
+      throw FormatError(what + ": .safetensors __metadata__ has more than 65536 keys");
     if (depth == 2 && (event == E::object_start || event == E::array_start)) items_at_depth_3 = 0;
     if (depth == 3 && ++items_at_depth_3 > 64)
       throw FormatError(what + ": .safetensors header has an array of more than 64 items");

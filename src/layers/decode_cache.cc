@@ -30,12 +30,11 @@ DecodeCache::DecodeCache(int64_t batch, int64_t kv_heads, int64_t head_dim, int6
     throw ArgumentError("DecodeCache: batch, kv_heads, head_dim and capacity must be >= 1, got " +
                         std::to_string(batch) + ", " + std::to_string(kv_heads) + ", " + std::to_string(head_dim) +
                         ", " + std::to_string(capacity));
-  int64_t floats = batch;  // keys or values: checked before any byte count is computed (2^62 had wrapped them)
-  for (const int64_t n : {kv_heads, head_dim, capacity})
-    if (__builtin_mul_overflow(floats, n, &floats) || floats > (int64_t{1} << 40))
-      throw ArgumentError("DecodeCache: batch · kv_heads · head_dim · capacity = " + std::to_string(batch) + " · " +
-                          std::to_string(kv_heads) + " · " + std::to_string(head_dim) + " · " +
-                          std::to_string(capacity) + " is more than 2^40 elements");
+  // keys or values: checked before any byte count is computed (2^62 had wrapped them)
+  if (product_within({batch, kv_heads, head_dim, capacity}, int64_t{1} << 40) < 0)
+    throw ArgumentError("DecodeCache: batch · kv_heads · head_dim · capacity = " + std::to_string(batch) + " · " +
+                        std::to_string(kv_heads) + " · " + std::to_string(head_dim) + " · " + std::to_string(capacity) +
+                        " is more than 2^40 elements");
   impl_->B = batch, impl_->Hkv = kv_heads, impl_->D = head_dim, impl_->type = type;
   impl_->cache.allocate(batch, capacity, kv_heads, head_dim, /*paged_blocks=*/false, kernel_type(type));
 }

@@ -119,14 +119,6 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
   return modes;
 }
 
-// Whether an optional file is there; one that cannot be examined (no permission, a link loop) counts as there, so
-// that reading it fails naming it instead of its settings being silently skipped (fs::exists had thrown
-// std::filesystem::filesystem_error, not an attn error).
-bool present(const std::string& path) {
-  std::error_code ec;
-  return std::filesystem::exists(path, ec) || ec;
-}
-
 // modules.json: Transformer, Pooling, then Normalize or nothing; sets pooling and normalize
 void read_modules(const std::string& dir, int64_t hidden, std::vector<Pooling>& pooling, bool& normalize) {
   const std::string path = dir + "/modules.json";
@@ -187,7 +179,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   // tokenizer_config.json: BertNormalizer's settings and the longest input (int(1e30) where unset)
   text::WordPieceOptions tok;
   int64_t model_max_length = e.config_.max_position;
-  if (present(dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
+  if (io::exists_or_unexaminable(
+          dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
     const std::string path = dir + "/tokenizer_config.json";
     const nlohmann::json j = read_json_object(path);
     tok.lower_case = read_optional_bool(j, path, "do_lower_case").value_or(tok.lower_case);
@@ -204,7 +197,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   // sentence-transformers; its do_lower_case puts a lower-casing step ahead of the tokenizer's own (whose accent
   // stripping still follows the tokenizer's do_lower_case)
   e.max_seq_length_ = model_max_length;
-  if (present(dir + "/sentence_bert_config.json")) {
+  if (io::exists_or_unexaminable(dir + "/sentence_bert_config.json")) {
     const std::string path = dir + "/sentence_bert_config.json";
     const nlohmann::json j = read_json_object(path);  // (one that did not parse had been left out in silence)
     try {
@@ -227,7 +220,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
     prefix = "bert.";
   // the pipeline after the Transformer; a plain BERT directory (no modules.json) is mean-pooled without
   // normalising, as sentence-transformers builds it (it had been normalised)
-  if (present(dir + "/modules.json")) read_modules(dir, e.config_.hidden_size, e.pooling_, e.normalize_);
+  if (io::exists_or_unexaminable(dir + "/modules.json"))
+    read_modules(dir, e.config_.hidden_size, e.pooling_, e.normalize_);
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;

@@ -199,13 +199,11 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
     throw ArgumentError("Transformer::start_decoding: hypotheses must be >= 1, got " + std::to_string(hypotheses));
   // the caches hold sentences · hypotheses · positions · d_model floats per layer: checked before it is computed
   // (2^62 hypotheses had wrapped the row count to 0 and the cross-attention had read past its buffers)
-  int64_t cache = src.B;
-  for (const int64_t n : {hypotheses, positions, config_.d_model})
-    if (__builtin_mul_overflow(cache, n, &cache) || cache > (int64_t{1} << 40))
-      throw ArgumentError("Transformer::start_decoding: " + std::to_string(src.B) + " sentences × " +
-                          std::to_string(hypotheses) + " hypotheses × " + std::to_string(positions) +
-                          " positions × d_model " + std::to_string(config_.d_model) +
-                          " is more than a cache of 2^40 floats");
+  if (product_within({src.B, hypotheses, positions, config_.d_model}, int64_t{1} << 40) < 0)
+    throw ArgumentError("Transformer::start_decoding: " + std::to_string(src.B) + " sentences × " +
+                        std::to_string(hypotheses) + " hypotheses × " + std::to_string(positions) +
+                        " positions × d_model " + std::to_string(config_.d_model) +
+                        " is more than a cache of 2^40 floats");
   if (positions < 1 || positions > config_.max_len)
     throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
                         std::to_string(config_.max_len) + "], got " + std::to_string(positions));

@@ -2,7 +2,6 @@
 // the paths in attention_reference.cc, attention_unfused.cc and cpu/ assume a valid AttentionProblem.
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <string>
 
 #include "attn/error.h"
@@ -155,20 +154,14 @@ AttentionProblem make_problem(const Tensor& q, const Tensor& k, const Tensor& v,
 
 namespace {
 
-// The product of dims, or -1 past `limit` (never overflowing on the way).
-int64_t product_within(std::initializer_list<int64_t> dims, int64_t limit) {
-  int64_t n = 1;
-  for (const int64_t d : dims)
-    if (__builtin_mul_overflow(n, d, &n) || n > limit) return -1;
-  return n;
-}
-
 // A tensor with a 0 in its shape holds no numbers, so the tensors' sizes bound neither the work nor the other
 // dimensions: q [1, 1, 2^52, 0] beside k [1, 1, 1024, 0] (128-byte .npy files) asked for 2^62 scores, a loop that
-// never ended, and strides and FLOP counts that overflowed int64. Refused: more than 2^50 (query, key) pairs, or more
-// than 2^60 multiply-adds, or a per-batch size past 2^62.
+// never ended, and strides and FLOP counts that overflowed int64. Refused: a dimension past 2^60 (so sums of two
+// never overflow), more than 2^50 (query, key) pairs, or more than 2^60 multiply-adds, or a per-batch size past 2^62.
 void check_work(const AttentionProblem& p, const char* who, const std::string& shapes) {
   constexpr int64_t kMaxPairs = int64_t{1} << 50, kMaxWork = int64_t{1} << 60, kMaxSize = int64_t{1} << 62;
+  for (const int64_t d : {p.B, p.H, p.Hkv, p.Lq, p.Lk, p.D, p.Dv})
+    if (d > kMaxWork) throw ArgumentError(std::string(who) + ": a dimension exceeds 2^60" + shapes);
   const int64_t pairs = product_within({p.B, p.H, p.Lq, std::max<int64_t>(p.Lk, 1)}, kMaxPairs);
   if (pairs < 0 || product_within({pairs, std::max<int64_t>(p.D + p.Dv, 1)}, kMaxWork) < 0)
     throw ArgumentError(std::string(who) + ": B·H·Lq·Lk = " + std::to_string(p.B) + "·" + std::to_string(p.H) + "·" +

@@ -285,8 +285,7 @@ std::string Vocab::to_json() const { return nlohmann::json{{"src", src}, {"tgt",
 
 Vocab Vocab::load(const std::string& model_dir) {
   const std::string path = model_dir + "/vocab.json";
-  std::error_code ec;  // (one it may not stat is read, and the reader names it)
-  return std::filesystem::exists(path, ec) || ec ? from_json(io::read_text(path)) : numbers();
+  return io::exists_or_unexaminable(path) ? from_json(io::read_text(path)) : numbers();
 }
 
 Vocab Vocab::from_json(const std::string& text) {

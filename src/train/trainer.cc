@@ -168,17 +168,15 @@ std::vector<uint8_t> text_bytes(const std::string& text) {
   return bytes;
 }
 
-// The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
-// checkpoint whole, never a model from one step beside an optimizer state from another.
+// The most examples a pool holds: each is generated and kept (2^62 from a checkpoint had run the machine out of
+// memory).
+constexpr int64_t kMaxExamples = int64_t{1} << 24;
+
 // What a checkpoint keeps of the options beside the model, and resume_from takes back, so that --resume continues the
 // run it saved whatever the options say: the data order (the pool, its batches and their shuffles come from seed,
 // train_examples and batch_size) and the recipe (the warm-up schedule, AdamW's settings, label smoothing, clipping),
 // as PyTorch's optimizer.load_state_dict restores its parameter groups' settings. A checkpoint from before a field
 // was saved leaves the options' own there.
-// The most examples a pool holds: each is generated and kept (2^62 from a checkpoint had run the machine out of
-// memory).
-constexpr int64_t kMaxExamples = int64_t{1} << 24;
-
 struct RunSettings {
   uint64_t seed = 1;
   int64_t train_examples = 0, batch_size = 0, warmup = 0;
@@ -209,6 +207,8 @@ struct RunSettings {
   }
 };
 
+// The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
+// checkpoint whole, never a model from one step beside an optimizer state from another.
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, RunSettings run) {
   std::error_code ec;

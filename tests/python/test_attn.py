@@ -168,15 +168,29 @@ def test_safetensors_round_trip(tmp_path):
         assert back[name].shape == np.shape(t) and np.array_equal(back[name], t), name
 
 
-def test_misaligned_arrays_are_read_correctly():
+def test_misaligned_arrays_are_read_correctly(monkeypatch):
     """A buffer at an odd byte offset (np.frombuffer) is copied into an aligned array rather than read through a
-    misaligned float pointer."""
+    misaligned float pointer (x86 reads it either way: what reaches the extension is checked)."""
     q = rand(1, 2, 5, 8)
     raw = bytearray(q.nbytes + 1)
     odd = np.frombuffer(raw, np.uint8)[1:].view(np.float32).reshape(q.shape)
     odd[...] = q
     assert not odd.flags.aligned
+    sdpa = attn._attn.sdpa
+
+    def aligned_only(*args):
+        assert all(a.flags.aligned for a in args[:3])
+        return sdpa(*args)
+    monkeypatch.setattr(attn._attn, "sdpa", aligned_only)
     assert np.array_equal(attn.scaled_dot_product_attention(odd, odd, odd), attn.scaled_dot_product_attention(q, q, q))
+
+
+def test_zero_dimensional_masks_and_scales_broadcast():
+    """A 0-d mask broadcasts as a (1,) one (np.require keeps 0-d, which C++ refuses); a 0-d scale is a number."""
+    q = rand(1, 1, 3, 4)
+    want = attn.scaled_dot_product_attention(q, q, q, scale=0.5)
+    np.testing.assert_array_equal(attn.scaled_dot_product_attention(q, q, q, attn_mask=np.array(True),
+                                                                    scale=np.array(0.5)), want)
 
 
 # ---------------------------------------------------------------- bad input: exceptions, never a crash
@@ -234,7 +248,8 @@ def test_misaligned_arrays_are_read_correctly():
      "causal_alignment"),
     (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), causal_alignment=""), ValueError,
      "causal_alignment"),
-    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), impl=None), TypeError, "impl"),
+    (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), impl=None), TypeError,
+     "impl must be a str"),
     (lambda: attn.scaled_dot_product_attention(rand(2, 2), rand(2, 2), rand(2, 2), scale="x"), TypeError, "scale"),
     (lambda: attn.Translator()("one", beam=2, length_penalty=None), TypeError, "length_penalty"),
     (lambda: attn.MultiheadAttention(8, 2, kdim=0), ValueError, "kdim"),

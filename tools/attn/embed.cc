@@ -20,9 +20,10 @@ namespace attn::cli {
 std::string resolve_minilm_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_bert = [](const fs::path& p) {
-    std::error_code ec;  // (a directory it may not read: not a model, and the loader names the file)
-    return fs::exists(p / "config.json", ec) && fs::exists(p / "vocab.txt", ec) &&
-           fs::exists(p / "model.safetensors", ec);
+    // (one it cannot examine counts: the loader then names the error, not "needs config.json ...")
+    return io::exists_or_unexaminable((p / "config.json").string()) &&
+           io::exists_or_unexaminable((p / "vocab.txt").string()) &&
+           io::exists_or_unexaminable((p / "model.safetensors").string());
   };
   if (!flag.empty()) {
     if (!is_bert(flag))

@@ -22,8 +22,9 @@ namespace attn::cli {
 std::string resolve_model_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_model = [](const fs::path& p) {
-    std::error_code ec;  // (a directory it may not read: not a model, and the loader names the file)
-    return fs::exists(p / "config.json", ec) && fs::exists(p / "model.safetensors", ec);
+    // (one it cannot examine counts: the loader then names the error, not "not a model directory")
+    return io::exists_or_unexaminable((p / "config.json").string()) &&
+           io::exists_or_unexaminable((p / "model.safetensors").string());
   };
   if (!flag.empty()) {
     if (!is_model(flag))

@@ -146,8 +146,7 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   if (a.text.empty())
     throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
   if (const auto why = utf8_problem(a.text)) throw ArgumentError("the text: " + *why);  // it goes into the page
-  std::error_code unreadable;  // (a vocab.txt it cannot examine: the BERT loader names the error)
-  if (!a.model.empty() && (std::filesystem::exists(a.model + "/vocab.txt", unreadable) || unreadable)) {
+  if (!a.model.empty() && io::exists_or_unexaminable(a.model + "/vocab.txt")) {  // (the BERT loader names errors)
     if (sub.count("--beam") > 0) throw ArgumentError("--beam is for a translation model; " + a.model + " is BERT");
     return run_bert_viz(a, a.model);
   }
@@ -167,7 +166,8 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   const std::string text = tasks::normalize_source(a.text);
   const std::vector<int32_t> src_ids = vocab.encode_source(text, model.config().max_len);
   if (const std::optional<std::string> why = tasks::grammar_problem(text))  // as attn translate warns it
-    std::cerr << "attn: warning: " << *why << "; translated anyway, but the model never saw such a phrase\n";
+    std::cerr << "attn: warning: " << terminal_safe(*why)
+              << "; translated anyway, but the model never saw such a phrase\n";
   const std::string translation = translate_one(model, vocab, text, a.beam);
   // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
   std::vector<int32_t> tgt = {model.config().bos_id};

@@ -24,15 +24,22 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 inline constexpr size_t kMaxTextFileBytes = size_t{1} << 28;  // 256 MiB
 std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
 // Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
-// `path`; on failure removes the temporary and throws FileError, so `path` is either the complete new file or
+// `path` (through symbolic links: onto the file they name, the link kept; a replaced file keeps its permissions);
+// on failure removes the temporary and throws FileError, so `path` is either the complete new file or
 // untouched. The bytes reach the disk (fdatasync) before the rename, and the rename before it returns (fsync of the
 // directory): after a crash of the machine itself the path holds the old file or the new one, never an empty one.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
-// directory or names the same file as another (after lexical normalisation: "o.npy" and "./o.npy" are one file).
+// directory, FIFO, device or socket, or names the same file as another (after following symbolic links and lexical
+// normalisation: "o.npy", "./o.npy" and a link to o.npy are one file).
 // outputs: (role, path); empty paths are skipped. Commands call it before their work, so a bad path costs nothing.
 void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs);
+
+// Whether `path` exists, one that cannot be examined (no permission, a link loop) counting as existing: reading it
+// then fails naming it, where "absent" would skip an optional file's settings in silence (and std::filesystem's
+// throwing exists() had let a filesystem_error escape).
+bool exists_or_unexaminable(const std::string& path);
 
 // Files that appear together or not at all (a checkpoint's files, an output and its weights). add() checks the path as
 // check_output_paths does and writes the bytes to a temporary beside it; commit() renames every temporary into place
