@@ -155,48 +155,63 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
 // random parents (reorder), and halfway a sentence leaves the batch (retain); 40 positions, so each hypothesis's
 // self-attention cache fills blocks of keys (16) and shares or copies them as parents repeat. Every step's logits
 // must be the full teacher-forced recompute's on that hypothesis's tokens (Transformer::logits, no cache).
+// bf16 and int8 caches round what they store, so there the reference is the same cache type decoding each hypothesis
+// alone, token by token, with nothing reordered or retained (every row is rounded on its own, so the two hold the
+// same bits): the paged copies and slot moves of those types are checked as exactly as float32's.
 TEST(Transformer, ReorderedAndRetainedHypothesesDecodeAsTheFullRecompute) {
   TransformerConfig c;
   c.src_vocab = 12, c.tgt_vocab = 10, c.d_model = 16, c.num_heads = 4, c.d_ff = 32, c.max_len = 48;
   c.num_encoder_layers = c.num_decoder_layers = 2, c.dropout = 0.0f;
   const Transformer m(c, 5);
   const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0, 9, 10, 11, 2, 0}, 3, 5};
-  const int64_t K = 4, P = 40, V = c.tgt_vocab;
-  std::unique_ptr<StepDecoder> dec = m.start_decoding(src, K, P);
-  std::vector<int64_t> sentence = {0, 1, 2};                  // the source sentence of each slot
-  std::vector<std::vector<int32_t>> hist(3 * K, {c.bos_id});  // each hypothesis's tokens so far
-  std::mt19937 rng(11);
-  for (int64_t t = 0; t < P; ++t) {
-    const int64_t N = static_cast<int64_t>(hist.size());
-    std::vector<int32_t> tokens;
-    for (const auto& h : hist) tokens.push_back(h.back());
-    const float* logits = dec->step(tokens.data(), t);
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t s = sentence[static_cast<size_t>(n / K)];
-      const TokenBatch src1{std::vector<int32_t>(src.ids.begin() + s * src.L, src.ids.begin() + (s + 1) * src.L), 1,
-                            src.L};
-      const auto& h = hist[static_cast<size_t>(n)];
-      const Tensor full = m.logits(src1, TokenBatch{h, 1, static_cast<int64_t>(h.size())});
-      for (int64_t v = 0; v < V; ++v)
-        ASSERT_NEAR(logits[n * V + v], full.f32()[t * V + v], 1e-4) << "t " << t << " hypothesis " << n;
+  for (const KVCacheType type : {KVCacheType::kFloat32, KVCacheType::kBFloat16, KVCacheType::kInt8}) {
+    SCOPED_TRACE(kv_cache_name(type));
+    const int64_t K = 4, P = type == KVCacheType::kFloat32 ? 40 : 24, V = c.tgt_vocab;
+    std::unique_ptr<StepDecoder> dec = m.start_decoding(src, K, P, type);
+    std::vector<int64_t> sentence = {0, 1, 2};                  // the source sentence of each slot
+    std::vector<std::vector<int32_t>> hist(3 * K, {c.bos_id});  // each hypothesis's tokens so far
+    std::mt19937 rng(11);
+    for (int64_t t = 0; t < P; ++t) {
+      const int64_t N = static_cast<int64_t>(hist.size());
+      std::vector<int32_t> tokens;
+      for (const auto& h : hist) tokens.push_back(h.back());
+      const float* logits = dec->step(tokens.data(), t);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t s = sentence[static_cast<size_t>(n / K)];
+        const TokenBatch src1{std::vector<int32_t>(src.ids.begin() + s * src.L, src.ids.begin() + (s + 1) * src.L), 1,
+                              src.L};
+        const auto& h = hist[static_cast<size_t>(n)];
+        std::vector<float> want(static_cast<size_t>(V));
+        if (type == KVCacheType::kFloat32) {
+          const Tensor full = m.logits(src1, TokenBatch{h, 1, static_cast<int64_t>(h.size())});
+          std::copy_n(full.f32() + t * V, V, want.begin());
+        } else {
+          std::unique_ptr<StepDecoder> alone = m.start_decoding(src1, 1, P, type);
+          const float* row = nullptr;
+          for (int64_t i = 0; i <= t; ++i) row = alone->step(&h[static_cast<size_t>(i)], i);
+          std::copy_n(row, V, want.begin());
+        }
+        for (int64_t v = 0; v < V; ++v)
+          ASSERT_NEAR(logits[n * V + v], want[static_cast<size_t>(v)], 1e-4) << "t " << t << " hypothesis " << n;
+      }
+      if (t + 1 == P) break;
+      if (t == 12) {  // sentence slot 0 leaves: slot 2 moves into it, slot 1 stays
+        dec->retain({2, 1});
+        sentence = {sentence[2], sentence[1]};
+        std::vector<std::vector<int32_t>> kept(hist.begin() + 2 * K, hist.end());
+        kept.insert(kept.end(), hist.begin() + K, hist.begin() + 2 * K);
+        hist = kept;
+      }
+      std::vector<int64_t> parent;
+      for (int64_t n = 0; n < static_cast<int64_t>(hist.size()); ++n) parent.push_back(n / K * K + rng() % K);
+      dec->reorder(parent, t);
+      std::vector<std::vector<int32_t>> next;
+      for (int64_t p : parent) {  // tokens 3.. (never pad, which the full recompute would mask, nor BOS or EOS)
+        next.push_back(hist[static_cast<size_t>(p)]);
+        next.back().push_back(static_cast<int32_t>(3 + rng() % (V - 3)));
+      }
+      hist = next;
     }
-    if (t + 1 == P) break;
-    if (t == 20) {  // sentence slot 0 leaves: slot 2 moves into it, slot 1 stays
-      dec->retain({2, 1});
-      sentence = {sentence[2], sentence[1]};
-      std::vector<std::vector<int32_t>> kept(hist.begin() + 2 * K, hist.end());
-      kept.insert(kept.end(), hist.begin() + K, hist.begin() + 2 * K);
-      hist = kept;
-    }
-    std::vector<int64_t> parent;
-    for (int64_t n = 0; n < static_cast<int64_t>(hist.size()); ++n) parent.push_back(n / K * K + rng() % K);
-    dec->reorder(parent, t);
-    std::vector<std::vector<int32_t>> next;
-    for (int64_t p : parent) {  // tokens 3.. (never pad, which the full recompute would mask, nor BOS or EOS)
-      next.push_back(hist[static_cast<size_t>(p)]);
-      next.back().push_back(static_cast<int32_t>(3 + rng() % (V - 3)));
-    }
-    hist = next;
   }
 }
 
