@@ -6,7 +6,8 @@ NumPy in, NumPy out, with PyTorch's names and semantics:
     q = np.random.rand(1, 8, 128, 64).astype(np.float32)
     out = attn.scaled_dot_product_attention(q, q, q, is_causal=True)
 
-Arrays that are already C-contiguous float32 (or bool, for masks) are used in place; anything else
+Arrays that are already C-contiguous, aligned float32 (or bool, for masks) are used in place, with the GIL released
+(another thread must not write into them, or resize the torch tensor they view, during the call); anything else
 array-like (float64, non-contiguous, a torch CPU tensor) is converted first. Errors raise ValueError
 (shapes, values, unreadable files' contents), TypeError (dtypes), KeyError (a missing weight), FileNotFoundError
 or OSError (a file that cannot be opened, read or written) or RuntimeError (anything else), with the C++ message.
