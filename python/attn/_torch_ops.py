@@ -197,6 +197,11 @@ def _vmapped(apply, info, in_dims, args, alibi_at, tensors):
             tuple(None if p else 0 for p in placeholder))
 
 
+# Where _vmapped finds the pieces of each op's arguments: the [B, ...] tensors first, then the masks, the slopes.
+_SDPA_ARGS = {"alibi_at": 8, "tensors": 3}  # q, k, v, attn_mask, key_padding_mask, causal, scale, window, slopes
+_SDPA_BACKWARD_ARGS = {"alibi_at": 11, "tensors": 6}  # q, k, v, out, lse, grad_out, the masks, ..., slopes
+
+
 class FuncSdpaBackward(torch.autograd.Function):
     """attn::sdpa_backward for torch.func: (dq, dk, dv), once differentiable."""
 
@@ -217,7 +222,7 @@ class FuncSdpaBackward(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        return _vmapped(FuncSdpaBackward.apply, info, in_dims, args, alibi_at=11, tensors=6)
+        return _vmapped(FuncSdpaBackward.apply, info, in_dims, args, **_SDPA_BACKWARD_ARGS)
 
 
 class FuncSdpa(torch.autograd.Function):
@@ -237,11 +242,11 @@ class FuncSdpa(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        return _vmapped(FuncSdpa.apply, info, in_dims, args, alibi_at=8, tensors=3)
+        return _vmapped(FuncSdpa.apply, info, in_dims, args, **_SDPA_ARGS)
 
 
 # The custom ops batch the same way where vmap meets them (torch.compile tracing a vmapped function, tensor
 # subclasses); their generated autograd has no setup_context, so torch.func's grad goes through FuncSdpa instead.
-_sdpa.register_vmap(lambda info, in_dims, *args: _vmapped(_sdpa, info, in_dims, args, alibi_at=8, tensors=3))
+_sdpa.register_vmap(lambda info, in_dims, *args: _vmapped(_sdpa, info, in_dims, args, **_SDPA_ARGS))
 _sdpa_backward.register_vmap(
-    lambda info, in_dims, *args: _vmapped(_sdpa_backward, info, in_dims, args, alibi_at=11, tensors=6))
+    lambda info, in_dims, *args: _vmapped(_sdpa_backward, info, in_dims, args, **_SDPA_BACKWARD_ARGS))

@@ -127,7 +127,9 @@ def _no_grad_needed(t, name):
 
 
 class _EagerSdpa(torch.autograd.Function):
-    """The eager path: the same kernels as the custom ops without their dispatch (tens of microseconds a call)."""
+    """The eager path: the same kernels as the custom ops without their dispatch (tens of microseconds a call). Not
+    FuncSdpa, which torch.func needs: a Function with setup_context and a vmap rule measured 73 µs a call with inputs
+    requiring grad (B = H = 1, L = 8) against this one's 22 µs."""
 
     @staticmethod
     def forward(ctx, q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed,

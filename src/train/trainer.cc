@@ -194,10 +194,16 @@ struct RunSettings {
   }
   // Whether key names one of these fields in train_state.json.
   static bool has_key(const std::string& key) {
-    bool found = key == "shuffle_seed" || key == "train_examples" || key == "batch_size" || key == "warmup";
+    bool found = false;
     RunSettings any;
+    any.for_each_integer([&](const char* name, auto&) { found = found || key == name; });
     any.for_each_float([&](const char* name, float&) { found = found || key == name; });
     return found;
+  }
+  // The data order's whole-number fields by their names in train_state.json.
+  template <class F>
+  void for_each_integer(F&& f) {
+    f("shuffle_seed", seed), f("train_examples", train_examples), f("batch_size", batch_size), f("warmup", warmup);
   }
   // The recipe's float fields by their names in train_state.json.
   template <class F>
@@ -223,14 +229,8 @@ void save_checkpoint(const std::string& dir, const Transformer& model, const tas
   files.add("optimizer.safetensors", dir + "/optimizer.safetensors", io::encode_safetensors(state));
   std::ostringstream r;
   r << rng;
-  nlohmann::json state_json{{"step", adam.step},
-                            {"epoch", epoch},
-                            {"batch_index", batch_index},
-                            {"shuffle_seed", run.seed},
-                            {"train_examples", run.train_examples},
-                            {"batch_size", run.batch_size},
-                            {"warmup", run.warmup},
-                            {"rng", r.str()}};
+  nlohmann::json state_json{{"step", adam.step}, {"epoch", epoch}, {"batch_index", batch_index}, {"rng", r.str()}};
+  run.for_each_integer([&](const char* key, auto v) { state_json[key] = v; });
   // a float widened to double, which JSON writes in full: read back and narrowed, the same float
   run.for_each_float([&](const char* key, float v) { state_json[key] = static_cast<double>(v); });
   files.add("train_state.json", dir + "/train_state.json", text_bytes(state_json.dump(1)));
@@ -283,10 +283,7 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
     io::read_integer(st, "step", adam->step);
     io::read_integer(st, "epoch", *epoch), io::read_integer(st, "batch_index", *batch_index);
     // (checkpoints before these were saved: the options' own)
-    io::read_integer_if_present(st, "shuffle_seed", run->seed);
-    io::read_integer_if_present(st, "train_examples", run->train_examples);
-    io::read_integer_if_present(st, "batch_size", run->batch_size);
-    io::read_integer_if_present(st, "warmup", run->warmup);
+    run->for_each_integer([&](const char* key, auto& v) { io::read_integer_if_present(st, key, v); });
     if (run->train_examples < 1 || run->batch_size < 1 || run->train_examples > kMaxExamples ||
         run->batch_size > kMaxCount)
       throw FormatError("train_examples must be in [1, 2^24] and batch_size in [1, 2^62]");
