@@ -143,6 +143,17 @@ TEST_F(CliLines, ControlCharactersInErrorsAreEscaped) {
   }
 }
 
+// An argument CLI11 refuses is quoted in its message: escaped too (CLI11's own message had printed it raw).
+TEST_F(CliLines, ControlCharactersInParseErrorsAreEscaped) {
+  for (const std::string& args : {std::string("bench sdpa --heads \"$(printf '\\033[2J')\""),
+                                  std::string("bench sdpa --heads 1 \"x$(printf '\\033[2J')\"")}) {
+    const CliResult r = run(args);
+    EXPECT_TRUE(failed_cleanly(r)) << r.status;
+    EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("\\x1B[2J"), std::string::npos) << r.err;
+  }
+}
+
 // Bytes that are not UTF-8 are named by offset, never echoed raw: translate's line fails as not UTF-8 (its unknown
 // word had been printed as it came), similar leaves the line out of the ranking (it had ranked it) and refuses such a
 // query.

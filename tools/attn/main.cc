@@ -47,6 +47,11 @@ int main(int argc, char** argv) {
   attn::cli::add_viz(app);
   attn::cli::add_embed(app);
   attn::cli::add_bench_ring(*app.get_subcommand("bench"));
+  // a parse error quotes the argument it refused: escaped as every other message (a terminal control sequence in an
+  // argument must not reach the terminal)
+  app.failure_message([](const CLI::App* from, const CLI::Error& e) {
+    return attn::cli::terminal_safe(CLI::FailureMessage::simple(from, e));
+  });
   int status = 0;
   try {
     app.parse(argc, argv);
