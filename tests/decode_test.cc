@@ -12,6 +12,7 @@
 #include "attention_cases.h"
 #include "attn/attention.h"
 #include "cpu/attention_decode.h"
+#include "layers/kv_cache.h"
 #include "simd_levels.h"
 #include "test_util.h"
 
@@ -124,6 +125,57 @@ TEST(Decode, MatchesTheReference) {
   EXPECT_GT(checked, 400);
 }
 
+// The Transformer's own caches (layers/kv_cache.h), contiguous and paged, written one position at a time for every
+// row in turn (so a row's blocks interleave with the others' in the pool, and each block is transposed when it
+// completes): the kernel must give exactly what it gives over the plain layout of run_decode (the same elements, the
+// same order of sums), on every level and cache type, with GQA and key padding. A layout whose head, row or block
+// strides were wrong reads other heads' or rows' values.
+TEST(Decode, TheTransformersCachesReadAsThePlainLayout) {
+  int checked = 0;
+  const auto cases = decode_cases();
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    if (c.D != c.Dv || c.B * c.Lk > 4000) continue;  // one head size for K and V, as a model's cache holds
+    test::CaseInputs in = test::make_inputs(c, static_cast<uint32_t>(n));
+    const int64_t B = c.B, Hkv = c.Hkv, Lk = c.Lk, D = c.D, width = Hkv * D;
+    std::vector<float> k_rows(static_cast<size_t>(B * width)), v_rows(k_rows.size());  // one position: [B, Hkv·D]
+    for (detail::KVType type : {detail::KVType::kFloat32, detail::KVType::kBFloat16, detail::KVType::kInt8})
+      for (bool paged : {false, true}) {
+        layers::KVCache cache;
+        cache.allocate(B, Lk + 5, Hkv, D, paged, type);
+        for (int64_t j = 0; j < Lk; ++j) {
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t g = 0; g < Hkv; ++g)
+              for (int64_t d = 0; d < D; ++d) {
+                const int64_t from = ((b * Hkv + g) * Lk + j) * D + d, to = b * width + g * D + d;
+                k_rows[static_cast<size_t>(to)] = in.k.f32()[from];
+                v_rows[static_cast<size_t>(to)] = in.v.f32()[from];
+              }
+          cache.write(k_rows.data(), v_rows.data(), width, B, j, 1);
+        }
+        for (auto level : test::simd_levels()) {
+          SCOPED_TRACE(c.name() + (paged ? " paged " : " contiguous ") + std::to_string(static_cast<int>(type)) +
+                       " simd=" + detail::simd_level_name(level));
+          test::SimdGuard guard(level);
+          const Tensor want = run_decode(in, 1, type);
+          Tensor got({B, c.H, c.Lq, D});
+          detail::DecodeProblem p;
+          cache.describe(p);
+          p.B = B, p.H = c.H, p.Hkv = Hkv, p.Lq = c.Lq, p.Lk = Lk, p.D = D, p.Dv = D;
+          p.q = in.q.f32(), p.q_sb = c.H * c.Lq * D, p.q_sh = c.Lq * D, p.q_sl = D;
+          p.o = got.f32(), p.o_sb = c.H * c.Lq * D, p.o_sh = c.Lq * D, p.o_sl = D;
+          if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
+          p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+          p.num_threads = 1;
+          detail::attention_decode(p);
+          EXPECT_EQ(test::max_abs_diff(got, want), 0.0);
+          ++checked;
+        }
+      }
+  }
+  EXPECT_GT(checked, 300);
+}
+
 // bfloat16 and int8 caches: against the reference on the K and V the cache holds (the kernel's own error), and
 // against the float32 inputs (the storage's error: relative ≤ 2e-2, the bar for an int8 cache).
 TEST(Decode, QuantizedCachesMatchTheReference) {
@@ -151,6 +203,18 @@ TEST(Decode, QuantizedCachesMatchTheReference) {
       }
   }
   EXPECT_GT(checked, 150);
+}
+
+// An int8 row of tiny values (max below ~3.7e-37, where 127 / max overflows float) is stored as any other: its
+// largest element as ±127 and the rest in proportion (the reciprocal had been inf, and x · inf converted to int8
+// undefined: 0 in practice, the whole token lost).
+TEST(Decode, Int8StoresRowsOfTinyValues) {
+  const float x[4] = {1e-37f, -5e-38f, 2e-38f, 0.0f};
+  int8_t q[4] = {};
+  const float scale = detail::store_kv(x, 4, detail::KVType::kInt8, q, 1);
+  EXPECT_EQ(q[0], 127);
+  EXPECT_EQ(q[3], 0);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(scale * q[i], x[i], 1e-37 / 254 * 1.01) << i;
 }
 
 // The fused kernel's rule for non-finite input: a NaN score poisons its row, a hidden key's value (here

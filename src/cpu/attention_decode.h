@@ -51,7 +51,10 @@ inline float store_kv(const float* x, int64_t n, KVType t, void* out, int64_t st
     for (int64_t i = 0; i < n; ++i) q[i * stride] = 0;
     return finite ? 1.0f : std::nanf("");
   }
-  const float scale = amax / 127.0f, inv = 127.0f / amax;
+  // inv in double: 127 / amax overflows float for amax below ~3.7e-37 (a row of tiny values), and x · inf had no
+  // defined conversion to int8
+  const float scale = amax / 127.0f;
+  const double inv = 127.0 / amax;
   for (int64_t i = 0; i < n; ++i) q[i * stride] = static_cast<int8_t>(std::lrint(x[i] * inv));
   return scale;
 }

@@ -66,8 +66,9 @@ int64_t KVCache::key_block_offset(int64_t n, int64_t blk) const {
 }
 int64_t KVCache::k_head_stride() const { return paged ? Dh * kBlock : blocks_per_row() * Dh * kBlock; }
 int64_t KVCache::value_offset(int64_t n, int64_t j) const {
-  return paged ? (block_of(n, j / kBlock) * kBlock + j % kBlock) * width : (n * capacity + j) * width;
+  return paged ? (block_of(n, j / kBlock) * Hkv * kBlock + j % kBlock) * Dh : (n * Hkv * capacity + j) * Dh;
 }
+int64_t KVCache::v_head_stride() const { return (paged ? kBlock : capacity) * Dh; }
 int64_t KVCache::scale_offset(int64_t n, int64_t g, int64_t j) const {
   return paged ? (block_of(n, j / kBlock) * Hkv + g) * kBlock + j % kBlock : (n * Hkv + g) * capacity + j;
 }
@@ -111,7 +112,7 @@ void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_
       const int64_t stride = detail::key_element_stride(j, end), vat = value_offset(n, j);
       for (int64_t g = 0; g < Hkv; ++g) {
         const float ks = detail::store_kv(kr + g * Dh, Dh, type, k + (at + g * k_head_stride()) * size, stride);
-        const float vs = detail::store_kv(vr + g * Dh, Dh, type, v + (vat + g * Dh) * size, 1);
+        const float vs = detail::store_kv(vr + g * Dh, Dh, type, v + (vat + g * v_head_stride()) * size, 1);
         if (scaled) {
           main.k_scale[static_cast<size_t>(scale_offset(n, g, j))] = ks;
           main.v_scale[static_cast<size_t>(scale_offset(n, g, j))] = vs;
@@ -122,13 +123,12 @@ void KVCache::write(const float* k_rows, const float* v_rows, int64_t ld, int64_
 }
 
 void KVCache::copy_block(int32_t from, int32_t to, int64_t kept) {
-  // an incomplete block's keys are rows: its first `kept` positions are contiguous in each head's part
+  // an incomplete block's keys are rows, as its values are: its first `kept` positions are contiguous in each head's
+  // part of both
   const int64_t size = detail::kv_type_size(type), head = Dh * kBlock;
   for (int64_t g = 0; g < Hkv; ++g)
-    std::copy_n(main.k.get() + (from * Hkv + g) * head * size, kept * Dh * size,
-                main.k.get() + (to * Hkv + g) * head * size);
-  std::copy_n(main.v.get() + from * kBlock * width * size, kept * width * size,
-              main.v.get() + to * kBlock * width * size);
+    for (std::byte* pool : {main.k.get(), main.v.get()})
+      std::copy_n(pool + (from * Hkv + g) * head * size, kept * Dh * size, pool + (to * Hkv + g) * head * size);
   if (type == detail::KVType::kInt8)
     for (int64_t g = 0; g < Hkv; ++g) {
       std::copy_n(main.k_scale.get() + (from * Hkv + g) * kBlock, kept, main.k_scale.get() + (to * Hkv + g) * kBlock);
@@ -174,8 +174,9 @@ void KVCache::copy_row(int64_t from, int64_t to, int64_t length) {
   for (int64_t g = 0; g < Hkv; ++g)
     std::copy_n(main.k.get() + (key_block_offset(from, 0) + g * k_head_stride()) * size, used,
                 main.k.get() + (key_block_offset(to, 0) + g * k_head_stride()) * size);
-  std::copy_n(main.v.get() + value_offset(from, 0) * size, length * width * size,
-              main.v.get() + value_offset(to, 0) * size);
+  for (int64_t g = 0; g < Hkv; ++g)
+    std::copy_n(main.v.get() + (value_offset(from, 0) + g * v_head_stride()) * size, length * Dh * size,
+                main.v.get() + (value_offset(to, 0) + g * v_head_stride()) * size);
   if (type == detail::KVType::kInt8)
     for (int64_t g = 0; g < Hkv; ++g) {
       std::copy_n(main.k_scale.get() + scale_offset(from, g, 0), length, main.k_scale.get() + scale_offset(to, g, 0));
@@ -202,13 +203,13 @@ void KVCache::move_rows(int64_t from, int64_t to, int64_t rows, int64_t length) 
 void KVCache::describe(detail::DecodeProblem& p) const {
   p.kv_type = type;
   p.kt = main.k.get(), p.v = main.v.get();
-  p.kt_sh = k_head_stride(), p.v_sh = Dh, p.v_sl = width;
+  p.kt_sh = k_head_stride(), p.v_sh = v_head_stride(), p.v_sl = Dh;
   if (paged) {
     p.block_table = table.data(), p.table_sb = blocks_per_row();
-    p.kt_sb = Hkv * Dh * kBlock, p.v_sb = kBlock * width;
+    p.kt_sb = Hkv * Dh * kBlock, p.v_sb = Hkv * kBlock * Dh;
   } else {
     p.block_table = nullptr, p.table_sb = 0;
-    p.kt_sb = Hkv * k_head_stride(), p.v_sb = capacity * width;
+    p.kt_sb = Hkv * k_head_stride(), p.v_sb = Hkv * v_head_stride();
   }
   if (type == detail::KVType::kInt8) {
     p.k_scale = main.k_scale.get(), p.v_scale = main.v_scale.get();

@@ -6,13 +6,17 @@
 //
 // Two ways to hold them:
 //   contiguous (cross-attention, greedy decoding, attn::DecodeCache): row n's positions one after another,
-//     k: [N, Hkv, ⌈capacity / kKeyBlock⌉, Dh, kKeyBlock]   v: [N, capacity, Hkv·Dh]   scales: [N, Hkv, capacity]
+//     k: [N, Hkv, ⌈capacity / kKeyBlock⌉, Dh, kKeyBlock]   v: [N, Hkv, capacity, Dh]   scales: [N, Hkv, capacity]
 //   paged (beam search's self-attention): a pool of blocks of kKeyBlock positions of one hypothesis, every head,
-//     k: [blocks, Hkv, Dh, kKeyBlock]   v: [blocks, kKeyBlock, Hkv·Dh]   scales: [blocks, Hkv, kKeyBlock]
+//     k: [blocks, Hkv, Dh, kKeyBlock]   v: [blocks, Hkv, kKeyBlock, Dh]   scales: [blocks, Hkv, kKeyBlock]
 //     and a table [N, ⌈capacity / kKeyBlock⌉] of each row's blocks. A complete block never changes again, so
 //     hypotheses that continue one another share theirs (reference counts): reordering the beams copies
 //     table entries and only the incomplete last block (vLLM's paged attention with shared prefixes), and the
 //     hypotheses of a sentence read the blocks they share from cache.
+// Values are head-major as the keys are: the kernel reads one head's values as one stream (a block's 16 rows of
+// Dh elements together). Token-major values ([.., Hkv·Dh] a position, the projection's layout) had made that stream
+// Dh elements every Hkv·Dh, a new 4 KB page every key at Hkv·Dh·4 ≥ 4 KB: the P·V pass then took 3× the Q·Kᵀ pass
+// over the same bytes (float32, 32 heads of 128, 8192 positions, one thread).
 // allocate() keeps memory it already holds when it is large enough, so a cache reused from one batch to the
 // next (the model's decoder keeps a per-thread pool) allocates and faults in its pages only once.
 #pragma once
@@ -56,10 +60,12 @@ struct KVCache {
 
  private:
   // Element offsets: of row n's key block blk (head 0; heads k_head_stride() apart), of position j's value
-  // row, and of the scale of (n, head g, position j). Paged: the block must exist.
+  // row (head 0; heads v_head_stride() apart), and of the scale of (n, head g, position j). Paged: the block must
+  // exist.
   int64_t key_block_offset(int64_t n, int64_t blk) const;
   int64_t k_head_stride() const;
   int64_t value_offset(int64_t n, int64_t j) const;
+  int64_t v_head_stride() const;
   int64_t scale_offset(int64_t n, int64_t g, int64_t j) const;
   int32_t block_of(int64_t n, int64_t blk) const { return table[static_cast<size_t>(n * blocks_per_row() + blk)]; }
   int32_t take_block();
