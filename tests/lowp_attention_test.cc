@@ -218,6 +218,32 @@ TEST(LowpAttention, RowMaximaThatMoveAcrossKeyTilesMatchTheReference) {
   }
 }
 
+// Large scores whose row maximum rises from one key tile to the next (2^21, then 2^21 + 6): the vdpbf16ps path's
+// exponential takes 2^(s·log2 e + a), a = −m·log2 e rounded to float, which scales a tile's weights by 2^(a's rounding
+// error), up to 2^±0.125 at |m·log2 e| ≈ 3·10^6. The correction between tiles must use the same rounded a's, or the
+// tiles weigh wrongly against each other (it had: −0.590 against the exact (e^−6 − 1) / (1 + 255·e^−6) = −0.6112).
+TEST(LowpAttention, LargeScoresWhoseMaximumRisesBetweenTiles) {
+  const int64_t Lq = 8, Lk = 256;  // 8 queries: the paths that pack K; two key tiles
+  Tensor q({1, 1, Lq, 2}), k({1, 1, Lk, 2}), v({1, 1, Lk, 1});
+  for (int64_t i = 0; i < Lq * 2; ++i) q.f32()[i] = 1.0f;
+  for (int64_t j = 0; j < Lk; ++j) {
+    k.f32()[j * 2] = 0x1p21f, k.f32()[j * 2 + 1] = j == 128 ? 6.0f : 0.0f;
+    v.f32()[j] = j < 128 ? 1.0f : -1.0f;
+  }
+  const double e6 = std::exp(-6.0), want = (e6 - 1.0) / (1.0 + 255.0 * e6);
+  const DType dt = DType::kBFloat16;  // (float16 cannot hold 2^21)
+  const Tensor ql = to_dtype(q, dt), kl = to_dtype(k, dt), vl = to_dtype(v, dt);
+  for (const LowpPath& path : lowp_paths(dt)) {
+    SCOPED_TRACE(path.name);
+    PathGuard guard(path);
+    AttentionOptions o;
+    o.impl = path.impl;
+    o.scale = 1.0f;
+    const Tensor out = to_dtype(scaled_dot_product_attention(ql, kl, vl, o).output, DType::kFloat32);
+    for (int64_t i = 0; i < Lq; ++i) EXPECT_NEAR(out.f32()[i], want, 4.0 * unit_roundoff(dt)) << "row " << i;
+  }
+}
+
 // bfloat16 queries near the float range (bfloat16 shares its exponent range) with tiny keys, so every score is
 // moderate, and |scale| > 1: scale · q overflows while scale · (q · k) does not. Every 16-bit path must give the
 // reference's output: the packed keys (40 queries) and the few-query path (3), scale 2 and −2.

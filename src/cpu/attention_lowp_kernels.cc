@@ -346,13 +346,20 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 // polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
 // operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. Only for
 // |m| < 2^127 (softmax_row sees to it): beyond, m·log2 e overflows, and every P had come out 0.
+// The fast path's offset a = −m·log2 e, rounded to float once (std::fma with 0: one rounding whatever the compiler
+// contracts), is off from the exact value by up to half an ulp of |m·log2 e|: every weight of the row comes out times
+// 2^(that error), which cancels in acc / l while m stays, but not where m changes, so the correction between two maxima
+// is 2^(a_new − a_old) of these same rounded offsets (fast_correction), not e^(m_old − m_new).
+inline float fast_offset(float m) { return std::fma(-m, 1.44269504088896341f, 0.0f); }
+inline float fast_correction(float m_old, float m_new) { return std::exp2(fast_offset(m_new) - fast_offset(m_old)); }
+
 template <bool kFast>
 inline Vec exp_minus(Vec s, float m) {
 #if ATTN_LOWP_DOT
   if constexpr (kFast) {
-    const __m512 t = _mm512_max_ps(
-        _mm512_set1_ps(-160.0f),  // NaN second: max returns it
-        _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(-m * 1.44269504088896341f)));
+    const __m512 t =
+        _mm512_max_ps(_mm512_set1_ps(-160.0f),  // NaN second: max returns it
+                      _mm512_fmadd_ps(s.v, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(fast_offset(m))));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
     __m512 y = _mm512_set1_ps(1.3333558146e-3f);                  // ln2^5 / 5!
@@ -424,7 +431,11 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
       std::copy(buf, buf + (n - j), s + j);
     }
   }
-  const float c = *m == kNegInf ? 0.0f : *m == m_new ? 1.0f : std::exp(*m - m_new);  // no libm call per row
+  // (a libm call only where the max changed, not per row)
+  const float c = *m == kNegInf            ? 0.0f
+                  : *m == m_new            ? 1.0f
+                  : kFast && ATTN_LOWP_DOT ? fast_correction(*m, m_new)
+                                           : std::exp(*m - m_new);
   (c == 1.0f ? Vec::load(l) + sum : Vec::fmadd(Vec::load(l), Vec::set1(c), sum)).store(l);
   *m = m_new;
   if (p.dropout.active()) dropout_row_segment(p.dropout, b, h, i, j0, n, s, nullptr, drop);
