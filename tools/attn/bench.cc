@@ -37,9 +37,14 @@ std::vector<double> time_runs(int repeat, F&& f, int warmup = 1) {
   return ms;
 }
 
+// The median of sorted times (the mean of the middle two for an even count).
+double median_of(const std::vector<double>& ms) {
+  return ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+}
+
 void report(const char* what, const std::string& shape, const std::vector<double>& ms, double flops, bool json,
             const std::string& extra_json, const char* isa = fused_kernel_isa()) {
-  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double median = median_of(ms);
   const double gflops = flops / (median * 1e-3) / 1e9;
   if (json) {
     std::printf(
@@ -74,10 +79,6 @@ std::string sdpa_shape_json(const SdpaBench& a, int64_t G, int64_t Lk) {
       a.causal ? "true" : "false", static_cast<long long>(a.window), a.threads, static_cast<double>(a.dropout),
       a.dtype.c_str());
   return shape;
-}
-
-double median_of(const std::vector<double>& ms) {
-  return ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
 }
 
 // --backward: forward+backward (forward keeping lse, then the fused backward) and the backward alone.
@@ -250,20 +251,26 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
   std::vector<float> buf(static_cast<size_t>(n), 1.0f);  // touched once here, not in the timed runs
   const int t = threads > 0 ? threads : omp_get_max_threads();
   volatile float sink = 0.0f;
+  // Each thread keeps 16 independent sums over its whole range (vector adds, one load per 4 bytes) and reduces them
+  // once: summing them into one float per 256-byte block, a chain of 16 dependent adds, had capped a thread at about
+  // 19 GB/s and made this "ceiling" the adding's, not the memory's.
   const auto ms = time_runs(repeat, [&] {
     float total = 0.0f;
-#pragma omp parallel for num_threads(t) reduction(+ : total) schedule(static)
-    for (int64_t blk = 0; blk < n / 64; ++blk) {
+#pragma omp parallel num_threads(t) reduction(+ : total)
+    {
       float acc[16] = {};
-      const float* p = buf.data() + blk * 64;
-      for (int r = 0; r < 4; ++r)
-        for (int i = 0; i < 16; ++i) acc[i] += p[r * 16 + i];
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < n / 64; ++blk) {
+        const float* p = buf.data() + blk * 64;
+        for (int r = 0; r < 4; ++r)
+          for (int i = 0; i < 16; ++i) acc[i] += p[r * 16 + i];
+      }
       for (float a : acc) total += a;
     }
     sink = total;
   });
   (void)sink;
-  const double median = ms[ms.size() / 2];
+  const double median = median_of(ms);
   const double gbs = static_cast<double>(n) * 4.0 / (median * 1e-3) / 1e9;
   if (json)
     std::printf(
@@ -293,7 +300,7 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
     sentences.push_back(s + ".");
   }
   const auto ms = time_runs(repeat, [&] { enc.embed(sentences, batch, threads); });
-  const double median = ms[ms.size() / 2];
+  const double median = median_of(ms);
   const double per_s = static_cast<double>(count) / (median * 1e-3);
   if (json)
     std::printf(
@@ -325,7 +332,7 @@ void run_translate_bench(const TranslateBench& a) {
   const auto ms = time_runs(a.repeat, [&] { out = translator.translate(sentences, options); });
   int64_t tokens = 0;
   for (const std::string& t : out) tokens += static_cast<int64_t>(tasks::utf8_chars(t).size()) + 1;
-  const double median = ms[ms.size() / 2], seconds = median * 1e-3;
+  const double median = median_of(ms), seconds = median * 1e-3;
   const double per_s = static_cast<double>(sentences.size()) / seconds, tok_s = static_cast<double>(tokens) / seconds;
   const int threads = a.options.num_threads > 0 ? a.options.num_threads : omp_get_max_threads();
   if (a.json)
