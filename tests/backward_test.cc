@@ -222,8 +222,8 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
     for (auto level : test::simd_levels())
       for (int threads : {1, 2}) {
         if (!test::config_sampled(n, config++, 2)) continue;
-        SCOPED_TRACE(c.name() + (n % 3 == 0 ? " dropout" : "") + " simd=" + detail::simd_level_name(level) +
-                     " threads=" + std::to_string(threads));
+        SCOPED_TRACE(c.name() + (test::backward_dropout(n) ? " dropout" : "") +
+                     " simd=" + detail::simd_level_name(level) + " threads=" + std::to_string(threads));
         test::SimdGuard guard(level);
         in.options.impl = AttentionImpl::kFused;
         in.options.num_threads = threads;

@@ -78,7 +78,7 @@ TEST(MiniLM, TokenIdsAndEmbeddingsMatchHuggingFace) {
 
 TEST(MiniLM, BadModelDirectoriesFailClearly) {
   EXPECT_THROW(SentenceEncoder::load("/nonexistent"), FormatError);
-  const auto dir = std::filesystem::temp_directory_path() / "attn_bad_bert";
+  const auto dir = test::fresh_temp_path("attn_bad_bert");
   std::filesystem::create_directories(dir);
   {
     std::ofstream(dir / "config.json") << R"({"vocab_size": 5, "hidden_size": 10, "num_hidden_layers": 1, )"
@@ -164,7 +164,7 @@ TEST(MiniLM, EveryPoolingModeAndTokenizerSettingMatchSentenceTransformers) {
   const auto sentences = nlohmann::json::parse(st.metadata.at("sentences")).get<std::vector<std::string>>();
   const nlohmann::json variants = nlohmann::json::parse(st.metadata.at("variants"));
   const nlohmann::json max_lengths = nlohmann::json::parse(st.metadata.at("max_seq_length"));
-  const fs::path base = minilm_dir(), dir = fs::temp_directory_path() / "attn_minilm_variant";
+  const fs::path base = minilm_dir(), dir = test::fresh_temp_path("attn_minilm_variant");
   ASSERT_GE(variants.size(), 13u);
   for (const auto& [name, v] : variants.items()) {
     SCOPED_TRACE(name);

@@ -267,7 +267,7 @@ TEST(Safetensors, CorruptFilesAreRejected) {
 }
 
 TEST(Io, WritesAreAtomic) {
-  const auto dir = std::filesystem::temp_directory_path() / "attn_io_test";
+  const auto dir = test::fresh_temp_path("attn_io_test");
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "x.npy").string();
   io::write_npy(path, Tensor::from_floats({2}, {1, 2}));
@@ -317,7 +317,7 @@ TEST(Io, PipesAreReadToTheirEnd) {
   ::close(ends[1]);
   EXPECT_EQ(io::read_text("/proc/self/fd/" + std::to_string(ends[0])), text);
   ::close(ends[0]);
-  const auto dir = std::filesystem::temp_directory_path() / "attn_io_pipe";
+  const auto dir = test::fresh_temp_path("attn_io_pipe");
   std::filesystem::create_directories(dir);
   EXPECT_THROW(io::read_file(dir.string()), FormatError);  // a directory: named as one
   EXPECT_THROW(io::read_file((dir / "absent").string()), FormatError);
@@ -327,7 +327,8 @@ TEST(Io, PipesAreReadToTheirEnd) {
 // A text (a config, a vocabulary) is read up to a cap: an endless source such as /dev/zero, given where a config was
 // expected, is refused once past it instead of read until memory runs out; a file of exactly the cap is read whole.
 TEST(Io, TextReadsStopAtTheirCap) {
-  const auto path = std::filesystem::temp_directory_path() / "attn_io_cap.txt";
+  const auto path = test::fresh_temp_path("attn_io_cap") / "cap.txt";
+  std::filesystem::create_directories(path.parent_path());
   const std::string text(100, 'x');
   io::write_file_atomically(path.string(), std::vector<uint8_t>(text.begin(), text.end()));
   EXPECT_EQ(io::read_text(path.string(), 100), text);
@@ -339,14 +340,14 @@ TEST(Io, TextReadsStopAtTheirCap) {
   }
   EXPECT_THROW(io::read_text("/dev/zero", 1 << 20), FormatError);
   EXPECT_EQ(io::read_file(path.string()).size(), 100u);  // binary reads take any size
-  std::filesystem::remove(path);
+  std::filesystem::remove_all(path.parent_path());
 }
 
 // Files written together: all or none. A second path that is a directory, or that names the first file again, is
 // refused and removes the first's temporary; nothing appears until commit().
 TEST(Io, FileSetsAppearTogetherOrNotAtAll) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "attn_fileset_test";
+  const fs::path dir = test::fresh_temp_path("attn_fileset_test");
   fs::remove_all(dir);
   fs::create_directories(dir / "sub");
   const std::vector<uint8_t> bytes = {1, 2, 3};

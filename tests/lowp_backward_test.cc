@@ -53,8 +53,8 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
       for (bool dot : {true, false})
         for (int threads : {1, 2}) {
           if (dot && (dt != DType::kBFloat16 || !detail::bf16_dot_supported())) continue;
-          SCOPED_TRACE(c.name() + (n % 3 == 0 ? " dropout " : " ") + dtype_name(dt) + (dot ? " dot" : " widened") +
-                       " threads=" + std::to_string(threads));
+          SCOPED_TRACE(c.name() + (test::backward_dropout(n) ? " dropout " : " ") + dtype_name(dt) +
+                       (dot ? " dot" : " widened") + " threads=" + std::to_string(threads));
           DotGuard guard(dot);
           o.impl = AttentionImpl::kFused;
           o.num_threads = threads;

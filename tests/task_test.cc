@@ -240,7 +240,7 @@ TEST(Training, ShortRunLowersTheLoss) {
 
 TEST(Training, EndsWithACheckpointWhenNeverEvaluatingInBetween) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "attn_eval_every_zero_test";
+  const fs::path dir = test::fresh_temp_path("attn_eval_every_zero_test");
   fs::remove_all(dir);
   train::TrainOptions o = tiny_options(5);  // eval_every = 0
   o.out_dir = dir.string();
@@ -258,7 +258,7 @@ TEST(Training, EndsWithACheckpointWhenNeverEvaluatingInBetween) {
 //    whose EOS was never scored, had beaten it: 25 of 200 sentences changed at beam 4).
 TEST(Decoding, BeamOneIsGreedyAndACutHypothesisNeverBeatsAWholeOne) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "attn_half_trained_test";
+  const fs::path dir = test::fresh_temp_path("attn_half_trained_test");
   fs::remove_all(dir);
   train::TrainOptions o;  // about 2 s: validation exact match near 50%
   o.model.d_model = 32, o.model.num_heads = 2, o.model.d_ff = 64, o.model.num_encoder_layers = 1;
@@ -341,7 +341,7 @@ TEST(Training, TrainingStepChecksItsInputs) {
 
 TEST(Training, SeedReproducesAndResumeContinuesExactly) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "attn_resume_test";
+  const fs::path dir = test::fresh_temp_path("attn_resume_test");
   fs::remove_all(dir);
   train::TrainOptions straight = tiny_options(40);
   straight.eval_every = 20;
@@ -374,7 +374,7 @@ TEST(Training, SeedReproducesAndResumeContinuesExactly) {
 // a failed save leaves the previous checkpoint as it was.
 TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   namespace fs = std::filesystem;
-  const fs::path dir = fs::temp_directory_path() / "attn_bad_resume_test";
+  const fs::path dir = test::fresh_temp_path("attn_bad_resume_test");
   fs::remove_all(dir);
   train::TrainOptions o = tiny_options(2);
   o.train_examples = 64, o.batch_size = 8;

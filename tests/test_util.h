@@ -3,8 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -12,6 +15,14 @@
 #include "attn/tensor.h"
 
 namespace attn::test {
+
+// A path of this process's own under the temp directory, whatever an aborted run left there removed (not created):
+// two test runs at once (two build trees) never share it.
+inline std::filesystem::path fresh_temp_path(const std::string& name) {
+  const auto path = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(path);
+  return path;
+}
 
 // appended in place: GCC 12's -Warray-bounds misreads the inlined temporary of `std::string(dir) + "/" + name`
 inline std::string fixture(const std::string& name) {

@@ -270,7 +270,7 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   EXPECT_THROW(generate(m, {{3, 4}, 1, 2}, decoding(2, std::nanf(""), 0)), ArgumentError);  // had made every score NaN
   EXPECT_TRUE(generate(m, {{}, 0, 3}).empty());  // no sentences: no outputs (had read past an empty vector)
   EXPECT_THROW(generate(m, {{}, -1, 3}), ShapeError);
-  const auto dir = std::filesystem::temp_directory_path() / "attn_bad_ckpt";
+  const auto dir = test::fresh_temp_path("attn_bad_ckpt");
   std::filesystem::remove_all(dir);
   std::mt19937 rng(9);  // every parameter off its initial value (LayerNorm weights start at 1 everywhere)
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
