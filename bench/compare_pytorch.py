@@ -71,9 +71,12 @@ TORCH_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float
 
 def torch_sdpa(c, repeat, dtype="f32"):
     dt = TORCH_DTYPES[dtype]
-    q = torch.randn(c["B"], c["H"], c["Lq"], c["D"]).to(dt)
-    k = torch.randn(c["B"], c["H"], c["Lk"], c["D"]).to(dt)
-    v = torch.randn(c["B"], c["H"], c["Lk"], c["D"]).to(dt)
+    # uniform in [-1, 1), as `attn bench` draws its inputs: the kernels' lazy rescaling makes speed depend a little on
+    # the data (normal inputs had given the two sides different scores)
+    uniform = lambda *shape: (torch.rand(*shape) * 2 - 1).to(dt)  # noqa: E731
+    q = uniform(c["B"], c["H"], c["Lq"], c["D"])
+    k = uniform(c["B"], c["H"], c["Lk"], c["D"])
+    v = uniform(c["B"], c["H"], c["Lk"], c["D"])
     mask = None
     causal = c["causal"]
     if causal and c["Lq"] == 1:  # one query at the end sees every key: no mask, as attn is given none
@@ -87,7 +90,7 @@ def torch_sdpa(c, repeat, dtype="f32"):
 
 def torch_mha(c, repeat):
     m = torch.nn.MultiheadAttention(c["E"], c["H"], batch_first=True).eval()
-    x = torch.randn(c["B"], c["L"], c["E"])
+    x = torch.rand(c["B"], c["L"], c["E"]) * 2 - 1
     with torch.no_grad():
         return time_torch(lambda: m(x, x, x, need_weights=False), repeat)
 
