@@ -266,6 +266,12 @@ TEST(Decode, QueriesNearTheFloatRangeWithModerateScores) {
 namespace attn {
 namespace {
 
+// The error a cache type's storage allows in an output of values in [-1, 1]: float32 the kernel's rounding; bfloat16
+// half an ulp of 2^-8 relative per element (8e-3 leaves twice that); int8 half a step of max|x| / 127 per element.
+double storage_tolerance(KVCacheType type) {
+  return type == KVCacheType::kFloat32 ? kTol : type == KVCacheType::kBFloat16 ? 8e-3 : 2e-2;
+}
+
 // The public DecodeCache: appended in pieces, its attention equals scaled_dot_product_attention over the whole
 // K/V (float32 exactly up to the kernel's rounding; int8 within its storage error); misuse is a typed error.
 TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
@@ -289,7 +295,7 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
     cache.append(slice(in.k, 20, 37), slice(in.v, 20, 37));
     EXPECT_EQ(cache.length(), 37);
     const Tensor got = cache.attend(in.q, in.options.key_padding_mask);
-    EXPECT_LE(test::max_abs_diff(got, want), type == KVCacheType::kFloat32 ? kTol : 2e-2);
+    EXPECT_LE(test::max_abs_diff(got, want), storage_tolerance(type));
     EXPECT_THROW(cache.append(slice(in.k, 0, 4), slice(in.v, 0, 4)), ArgumentError);  // past the capacity
     // reset: a new sequence in the same memory (other values: the old ones must not show through)
     cache.reset();
@@ -300,11 +306,11 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
     AttentionOptions o;
     o.impl = AttentionImpl::kReference;
     const Tensor want2 = scaled_dot_product_attention(in.q, slice(k2, 0, 30), slice(v2, 0, 30), o).output;
-    EXPECT_LE(test::max_abs_diff(cache.attend(in.q), want2), type == KVCacheType::kFloat32 ? kTol : 2e-2);
+    EXPECT_LE(test::max_abs_diff(cache.attend(in.q), want2), storage_tolerance(type));
   }
   // one position at a time, as decoding appends: the last, incomplete block is kept as rows and transposed when
   // it completes; attending at every length around the block edges
-  for (KVCacheType type : {KVCacheType::kFloat32, KVCacheType::kInt8}) {
+  for (KVCacheType type : {KVCacheType::kFloat32, KVCacheType::kBFloat16, KVCacheType::kInt8}) {
     DecodeCache steps(c.B, c.Hkv, c.D, 40, type);
     for (int64_t L = 1; L <= c.Lk; ++L) {
       steps.append(slice(in.k, L - 1, L), slice(in.v, L - 1, L));
@@ -313,7 +319,7 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
       AttentionOptions o;
       o.impl = AttentionImpl::kReference;
       const Tensor prefix = scaled_dot_product_attention(in.q, slice(in.k, 0, L), slice(in.v, 0, L), o).output;
-      EXPECT_LE(test::max_abs_diff(steps.attend(in.q), prefix), type == KVCacheType::kFloat32 ? kTol : 2e-2);
+      EXPECT_LE(test::max_abs_diff(steps.attend(in.q), prefix), storage_tolerance(type));
     }
   }
   DecodeCache cache(c.B, c.Hkv, c.D, 8);

@@ -46,11 +46,12 @@ std::vector<LowpPath> lowp_paths(DType dt) {
 // Forces a path for its scope.
 class PathGuard {
  public:
-  explicit PathGuard(const LowpPath& p) : simd_(p.level) { detail::force_bf16_dot(p.dot); }
-  ~PathGuard() { detail::force_bf16_dot(true); }  // back to the default: on where supported
+  explicit PathGuard(const LowpPath& p) : simd_(p.level), saved_dot_(detail::force_bf16_dot(p.dot)) {}
+  ~PathGuard() { detail::force_bf16_dot(saved_dot_); }  // as it was (ATTN_BF16_DOT=0 stays off)
 
  private:
   test::SimdGuard simd_;
+  bool saved_dot_;
 };
 
 double unit_roundoff(DType dt) { return dt == DType::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11); }

@@ -27,8 +27,11 @@ Tensor wide(const Tensor& t) { return to_dtype(t, DType::kFloat32); }
 // Forces the bfloat16 dot path on or off for its scope.
 class DotGuard {
  public:
-  explicit DotGuard(bool on) { detail::force_bf16_dot(on); }
-  ~DotGuard() { detail::force_bf16_dot(true); }
+  explicit DotGuard(bool on) : saved_(detail::force_bf16_dot(on)) {}
+  ~DotGuard() { detail::force_bf16_dot(saved_); }  // as it was (ATTN_BF16_DOT=0 stays off)
+
+ private:
+  bool saved_;
 };
 
 TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
@@ -49,7 +52,10 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
       o.impl = AttentionImpl::kReference;
       const AttentionGrads ref =
           scaled_dot_product_attention_backward(wide(q), wide(k), wide(v), wide(fwd.output), fwd.lse, wide(d_out), o);
-      const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+      // against the largest of the three gradients (no longer at least 1: small gradients had been held to an absolute
+      // 0.008). Not each against its own: where one key is visible dQ and dK are exactly 0 and hold the rounding of Δ
+      // summed over the rows, about u times dV's size (up to 1.2u at 65 queries), which no per-tensor bound allows.
+      const double scale = std::max({max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
       for (bool dot : {true, false})
         for (int threads : {1, 2}) {
           if (dot && (dt != DType::kBFloat16 || !detail::bf16_dot_supported())) continue;
@@ -58,16 +64,17 @@ TEST(LowpBackward, MatchesTheReferenceOnTheCaseList) {
           DotGuard guard(dot);
           o.impl = AttentionImpl::kFused;
           o.num_threads = threads;
+          const uint64_t runs = detail::bf16_backward_runs();
           const AttentionGrads g = scaled_dot_product_attention_backward(q, k, v, fwd.output, fwd.lse, d_out, o);
           ASSERT_EQ(g.dq.dtype(), dt);
+          kernel += detail::bf16_backward_runs() > runs;  // the vdpbf16ps kernel itself ran (it may decline)
           // both round each gradient once and take Δ from the rounded output (as PyTorch does): up to ~u of the
           // largest gradient measured; the dot path also rounds P̃ and dS before their products
-          const double tol = (dot ? 2.0 : 1.5) * u * scale + 3e-5 * scale;
+          const double tol = ((dot ? 2.0 : 1.5) * u + 3e-5) * scale + 1e-6;
           EXPECT_LE(test::max_abs_diff(wide(g.dq), ref.dq), tol);
           EXPECT_LE(test::max_abs_diff(wide(g.dk), ref.dk), tol);
           EXPECT_LE(test::max_abs_diff(wide(g.dv), ref.dv), tol);
           ++checked;
-          kernel += dot;
         }
     }
   }

@@ -6,7 +6,9 @@
 // Both are stored as uint16_t. Narrowing rounds to nearest, ties to even (as PyTorch's .to() and NumPy's
 // astype); a NaN stays a NaN (quiet, with its sign and its payload's top bits); float16 overflows to ±inf
 // from 65520 up and keeps subnormals. Widening is exact. The kernels convert whole vectors on their own
-// (src/cpu/attention_lowp_kernels.cc) with the same results.
+// (src/cpu/attention_lowp_kernels.cc) with the same results, with one exception: the bfloat16 kernels that run on
+// AVX512_BF16 (vdpbf16ps, vcvtneps2bf16) read and write bfloat16 subnormals (|x| < 2^-126 ≈ 1.2e-38) as zero, as the
+// instructions do (Intel's and AMD's, by their definition); ATTN_BF16_DOT=0 keeps them, at the widened kernels' speed.
 #pragma once
 
 #include <cstdint>

@@ -2,6 +2,7 @@
 // avx512 level the vdpbf16ps variant for bfloat16 where the processor has AVX512_BF16.
 #include "cpu/attention_lowp.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -17,17 +18,20 @@ bool bf16_dot_supported() {
 }
 
 namespace {
-bool& bf16_dot_flag() {
-  static bool on = [] {
+std::atomic<bool>& bf16_dot_flag() {  // (atomic: a test may switch it while another thread's call reads it)
+  static std::atomic<bool> on = [] {
     const char* env = std::getenv("ATTN_BF16_DOT");
     return bf16_dot_supported() && !(env != nullptr && std::strcmp(env, "0") == 0);
   }();
   return on;
 }
+std::atomic<uint64_t> bf16_backward_count{0};
 }  // namespace
 
 bool bf16_dot_active() { return bf16_dot_flag() && simd_level_active() == SimdLevel::kAvx512; }
-void force_bf16_dot(bool on) { bf16_dot_flag() = on && bf16_dot_supported(); }
+bool force_bf16_dot(bool on) { return bf16_dot_flag().exchange(on && bf16_dot_supported()); }
+void count_bf16_backward_run() { bf16_backward_count.fetch_add(1, std::memory_order_relaxed); }
+uint64_t bf16_backward_runs() { return bf16_backward_count.load(std::memory_order_relaxed); }
 
 const char* lowp_kernel_name(LowpType type) {
   if (type == LowpType::kBFloat16 && bf16_dot_active()) return "avx512-bf16";

@@ -59,9 +59,13 @@ bool attention_backward_bf16(const LowpBackwardProblem& bp);
 // Does this processor have AVX512_BF16 (and AVX-512)?
 bool bf16_dot_supported();
 // Whether bfloat16 uses vdpbf16ps at the avx512 level: where supported, unless ATTN_BF16_DOT=0 or
-// force_bf16_dot(false) (tests, benchmarks) turned it off.
+// force_bf16_dot(false) (tests, benchmarks) turned it off. force_bf16_dot returns the setting it replaced.
 bool bf16_dot_active();
-void force_bf16_dot(bool on);
+bool force_bf16_dot(bool on);
+// How many backward calls the vdpbf16ps kernel has completed (it declines non-finite input and D or Dv = 0, and the
+// widened float32 backward runs instead): the tests' witness that it ran.
+void count_bf16_backward_run();
+uint64_t bf16_backward_runs();
 // The kernel attention_lowp runs for `type` now: "avx512-bf16" | "avx512" | "avx2" | "scalar".
 const char* lowp_kernel_name(LowpType type);
 // Runs the kernel of simd_level_active() (and bf16_dot_active()).

@@ -96,7 +96,10 @@ AttentionGrads scaled_dot_product_attention_backward_lowp(const Tensor& q, const
     bp.d_out = static_cast<const uint16_t*>(d_out.raw()), bp.lse = lse.f32();
     bp.dq = static_cast<uint16_t*>(grads.dq.raw()), bp.dk = static_cast<uint16_t*>(grads.dk.raw());
     bp.dv = static_cast<uint16_t*>(grads.dv.raw());
-    if (avx512bf16::attention_backward_bf16(bp)) return grads;
+    if (avx512bf16::attention_backward_bf16(bp)) {
+      count_bf16_backward_run();
+      return grads;
+    }
   }
   const auto wide = [](const Tensor& t) { return t.defined() ? to_dtype(t, DType::kFloat32) : Tensor(); };
   AttentionGrads g =
