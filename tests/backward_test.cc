@@ -266,19 +266,24 @@ TEST(Backward, DeterministicForAThreadCount) {
 // dV terms, in the same order.
 TEST(Backward, KeyBlocksPerPassGiveTheSameBits) {
   int compared = 0;
-  for (const test::AttentionCase& c : test::attention_cases(40, 7)) {
+  for (const test::AttentionCase& c : test::attention_cases(test::test_volume(40, 10), 7)) {
     if (c.Lk <= 128) continue;  // one key block
     auto [in, d_out] = test::make_backward_inputs(c, 11);
     in.options.impl = AttentionImpl::kFused;
-    in.options.num_threads = 1;
-    detail::force_backward_span(1);
-    const AttentionGrads one = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
-    detail::force_backward_span(3);
-    const AttentionGrads many = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
-    for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
-      EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name();
-    detail::force_backward_span(0);
-    ++compared;
+    for (auto level : test::simd_levels())  // (every level: spans are forced only here)
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(c.name() + " simd=" + detail::simd_level_name(level) + " threads=" + std::to_string(threads));
+        test::SimdGuard guard(level);
+        in.options.num_threads = threads;
+        detail::force_backward_span(1);
+        const AttentionGrads one = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+        detail::force_backward_span(3);
+        const AttentionGrads many = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+        detail::force_backward_span(0);
+        for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
+          EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0);
+        ++compared;
+      }
   }
   EXPECT_GT(compared, 10);
 }

@@ -115,15 +115,17 @@ TEST(LowpBackward, KeyBlocksPerPassGiveTheSameBits) {
                  v = to_dtype(in.v, DType::kBFloat16), d_out = to_dtype(d_out32, DType::kBFloat16);
     AttentionOptions o = in.options;
     o.impl = AttentionImpl::kFused;
-    o.num_threads = 1;
-    detail::force_backward_span(1);
-    const AttentionGrads one = scaled_dot_product_attention_backward(q, k, v, d_out, o);
-    detail::force_backward_span(3);
-    const AttentionGrads many = scaled_dot_product_attention_backward(q, k, v, d_out, o);
-    detail::force_backward_span(0);
-    for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
-      EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name();
-    ++compared;
+    for (int threads : {1, 2}) {
+      o.num_threads = threads;
+      detail::force_backward_span(1);
+      const AttentionGrads one = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+      detail::force_backward_span(3);
+      const AttentionGrads many = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+      detail::force_backward_span(0);
+      for (auto [x, y] : {std::pair{&one.dq, &many.dq}, {&one.dk, &many.dk}, {&one.dv, &many.dv}})
+        EXPECT_EQ(std::memcmp(x->raw(), y->raw(), x->nbytes()), 0) << c.name() << " threads " << threads;
+      ++compared;
+    }
   }
   EXPECT_GT(compared, 10);
 }
