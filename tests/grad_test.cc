@@ -21,10 +21,49 @@ double sdpa_loss(const test::CaseInputs& in, const Tensor& r) {
   return s;
 }
 
+// Small cases of each option on its own, so that finite differences see every one whatever the random cases draw (the
+// size filter below drops the case list's option and window blocks).
+std::vector<test::AttentionCase> option_cases() {
+  std::vector<test::AttentionCase> out;
+  test::AttentionCase c;
+  c.B = 2, c.H = 2, c.Hkv = 1, c.Lq = 5, c.Lk = 7, c.D = 4, c.Dv = 3;  // GQA 2:1, Lq < Lk
+  for (test::MaskKind m : {test::MaskKind::kBool, test::MaskKind::kFloat, test::MaskKind::kBoolWithEmptyRows}) {
+    test::AttentionCase x = c;
+    x.mask = m;
+    out.push_back(x);
+  }
+  for (CausalAlignment a : {CausalAlignment::kTopLeft, CausalAlignment::kBottomRight}) {
+    test::AttentionCase x = c;
+    x.causal = a;
+    out.push_back(x);
+    x.Lq = 7, x.Lk = 5;  // more queries than keys: bottom-right leaves the first rows empty
+    out.push_back(x);
+  }
+  test::AttentionCase x = c;
+  x.key_padding = true;
+  out.push_back(x);
+  x = c;
+  x.causal = CausalAlignment::kBottomRight, x.window = 2;
+  out.push_back(x);
+  x.Lq = 7, x.Lk = 5;
+  out.push_back(x);
+  x = c;
+  x.alibi = true;
+  out.push_back(x);
+  return out;
+}
+
 TEST(Grad, AttentionBackwardMatchesFiniteDifferences) {
   int checked = 0, case_index = 0;
-  for (const test::AttentionCase& base : test::attention_cases(12, 3)) {
+  std::vector<test::AttentionCase> cases = option_cases();
+  for (const test::AttentionCase& c : test::attention_cases(12, 3)) cases.push_back(c);
+  bool seen_mask[4] = {}, seen_kpm = false, seen_window = false, seen_alibi = false, seen_gqa = false;
+  bool seen_causal[3] = {};
+  for (const test::AttentionCase& base : cases) {
     if (base.B * base.H * base.Lq * base.Lk * base.D > 60000) continue;  // keep it quick
+    seen_mask[static_cast<int>(base.mask)] = true, seen_causal[static_cast<int>(base.causal)] = true;
+    seen_kpm |= base.key_padding, seen_window |= base.window > 0, seen_alibi |= base.alibi;
+    seen_gqa |= base.H != base.Hkv;
     test::AttentionCase c = base;
     c.weights = false;
     test::CaseInputs in = test::make_inputs(c, 11);
@@ -51,6 +90,9 @@ TEST(Grad, AttentionBackwardMatchesFiniteDifferences) {
     }
   }
   EXPECT_GT(checked, 300);
+  for (int m = 0; m < 4; ++m) EXPECT_TRUE(seen_mask[m]) << "mask kind " << m;
+  for (int a = 0; a < 3; ++a) EXPECT_TRUE(seen_causal[a]) << "causal alignment " << a;
+  EXPECT_TRUE(seen_kpm && seen_window && seen_alibi && seen_gqa);
 }
 
 struct Batch {
