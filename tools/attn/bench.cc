@@ -13,6 +13,7 @@
 
 #include "attn/attention.h"
 #include "attn/error.h"
+#include "attn/io/file.h"
 #include "attn/layers/decode_cache.h"
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
@@ -283,7 +284,7 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
 void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json,
-                     const std::string& dtype) {
+                     const std::string& dtype, const std::string& sentences_file) {
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_dtype(dtype));
   static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
                                  "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
@@ -298,6 +299,17 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
       s += kWords[rng() % 20];
     }
     sentences.push_back(s + ".");
+  }
+  if (!sentences_file.empty()) {  // a peer's own sentences (bench/compare_minilm.py): both sides embed the same text
+    sentences.clear();
+    const std::string text = io::read_text(sentences_file);
+    for (size_t at = 0; at < text.size();) {
+      const size_t end = std::min(text.find('\n', at), text.size());
+      if (end > at) sentences.push_back(text.substr(at, end - at));
+      at = end + 1;
+    }
+    if (sentences.empty()) throw ArgumentError("attn bench embed: --sentences " + sentences_file + " holds no line");
+    count = static_cast<int64_t>(sentences.size());
   }
   const auto ms = time_runs(repeat, [&] { enc.embed(sentences, batch, threads); });
   const double median = median_of(ms);
@@ -430,7 +442,7 @@ void add_bench(CLI::App& app) {
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
 
   struct EmbedBench {
-    std::string model, dtype = "f32";
+    std::string model, dtype = "f32", sentences;
     int64_t count = 256, batch = 32;
     int threads = 0, repeat = 3;
     bool json = false;
@@ -443,10 +455,13 @@ void add_bench(CLI::App& app) {
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
+  emb->add_option("--sentences", eb->sentences,
+                  "a file of sentences, one a line, embedded instead of --count made-up ones");
   emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  emb->callback(
-      [eb] { run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, eb->dtype); });
+  emb->callback([eb] {
+    run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, eb->dtype, eb->sentences);
+  });
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);
   CLI::App* peak = bench->add_subcommand("peak", "this machine's FMA ceiling (widest vectors, 1 thread and all)");
