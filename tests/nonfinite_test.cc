@@ -194,17 +194,21 @@ TEST(NonFinite, MinusInfMaskHidesANaNScoreAndANaNScalePoisons) {
   for (int64_t i = 0; i < 3; ++i) mask.f32()[i * 5 + 2] = -kInf;  // key 2 hidden from every row
   AttentionOptions o;
   o.mask = mask;
-  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused}) {
-    o.impl = impl;
-    const Tensor clean = scaled_dot_product_attention(q, k, v, o).output;
-    Tensor kn = k.clone();
-    kn.f32()[2 * 8 + 1] = kNaN;
-    EXPECT_TRUE(bitwise_equal(scaled_dot_product_attention(q, kn, v, o).output, clean)) << impl_name(impl);
-    AttentionOptions nan_scale = o;
-    nan_scale.scale = kNaN;
-    const Tensor poisoned = scaled_dot_product_attention(q, k, v, nan_scale).output;
-    for (int64_t i = 0; i < poisoned.numel(); ++i) EXPECT_TRUE(std::isnan(poisoned.f32()[i])) << impl_name(impl);
-  }
+  for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused})
+    for (auto level : test::simd_levels()) {
+      if (impl != AttentionImpl::kFused && level != detail::simd_level_supported()) continue;
+      SCOPED_TRACE(std::string(impl_name(impl)) + " simd=" + detail::simd_level_name(level));
+      test::SimdGuard guard(level);
+      o.impl = impl;
+      const Tensor clean = scaled_dot_product_attention(q, k, v, o).output;
+      Tensor kn = k.clone();
+      kn.f32()[2 * 8 + 1] = kNaN;
+      EXPECT_TRUE(bitwise_equal(scaled_dot_product_attention(q, kn, v, o).output, clean));
+      AttentionOptions nan_scale = o;
+      nan_scale.scale = kNaN;
+      const Tensor poisoned = scaled_dot_product_attention(q, k, v, nan_scale).output;
+      for (int64_t i = 0; i < poisoned.numel(); ++i) EXPECT_TRUE(std::isnan(poisoned.f32()[i]));
+    }
 }
 
 // Backward: a NaN in a key and value that padding hides reaches no gradient; a NaN in a visible value
@@ -216,19 +220,23 @@ TEST(NonFinite, BackwardKeepsTheRule) {
   AttentionOptions o;
   o.key_padding_mask = Tensor({1, 6}, DType::kBool);
   for (int64_t j = 0; j < 6; ++j) o.key_padding_mask.b8()[j] = j == 5;
-  const AttentionGrads clean = scaled_dot_product_attention_backward(q, k, v, d_out, o);
-  Tensor kn = k.clone(), vn = v.clone();
-  for (int64_t h = 0; h < 2; ++h)
-    for (int64_t d = 0; d < 8; ++d) kn.f32()[(h * 6 + 5) * 8 + d] = vn.f32()[(h * 6 + 5) * 8 + d] = kNaN;
-  const AttentionGrads dirty = scaled_dot_product_attention_backward(q, kn, vn, d_out, o);
-  EXPECT_TRUE(bitwise_equal(clean.dq, dirty.dq));
-  EXPECT_TRUE(bitwise_equal(clean.dk, dirty.dk));
-  EXPECT_TRUE(bitwise_equal(clean.dv, dirty.dv));
-  Tensor vv = v.clone();
-  vv.f32()[0] = kNaN;  // head 0, key 0, visible to every row of head 0
-  const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, d_out, o);
-  for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;         // head 0
-  for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;  // head 1
+  for (auto level : test::simd_levels()) {  // (the fused backward, the default, on every level)
+    SCOPED_TRACE(std::string("simd=") + detail::simd_level_name(level));
+    test::SimdGuard guard(level);
+    const AttentionGrads clean = scaled_dot_product_attention_backward(q, k, v, d_out, o);
+    Tensor kn = k.clone(), vn = v.clone();
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t d = 0; d < 8; ++d) kn.f32()[(h * 6 + 5) * 8 + d] = vn.f32()[(h * 6 + 5) * 8 + d] = kNaN;
+    const AttentionGrads dirty = scaled_dot_product_attention_backward(q, kn, vn, d_out, o);
+    EXPECT_TRUE(bitwise_equal(clean.dq, dirty.dq));
+    EXPECT_TRUE(bitwise_equal(clean.dk, dirty.dk));
+    EXPECT_TRUE(bitwise_equal(clean.dv, dirty.dv));
+    Tensor vv = v.clone();
+    vv.f32()[0] = kNaN;  // head 0, key 0, visible to every row of head 0
+    const AttentionGrads g = scaled_dot_product_attention_backward(q, k, vv, d_out, o);
+    for (int64_t i = 0; i < 4 * 8; ++i) EXPECT_TRUE(std::isnan(g.dq.f32()[i])) << i;         // head 0
+    for (int64_t i = 4 * 8; i < 8 * 8; ++i) EXPECT_TRUE(std::isfinite(g.dq.f32()[i])) << i;  // head 1
+  }
 }
 
 // Finite inputs near the float range whose products stay moderate: with scale·log2(e) > 1, elements of 3e38
