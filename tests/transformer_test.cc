@@ -75,8 +75,17 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
     c.num_encoder_layers = 1, c.num_decoder_layers = 1;
     c.norm_first = st.metadata.at("norm_first") == "true";
     Transformer m(c);
+    size_t loaded = 0, fixture_params = 0;
     for (auto& [pname, t] : m.params())
-      if (st.contains(pname)) std::copy_n(st.at(pname).f32(), t.numel(), t.f32());
+      if (st.contains(pname)) {
+        ASSERT_EQ(st.at(pname).numel(), t.numel()) << pname;
+        std::copy_n(st.at(pname).f32(), t.numel(), t.f32());
+        ++loaded;
+      }
+    for (const auto& [key, t] : st.tensors)  // every parameter the fixture holds is one of the model's (a renamed one
+      fixture_params += key.find('.') != std::string::npos && key.rfind("grad.", 0) != 0;  // had been skipped silently)
+    EXPECT_EQ(loaded, fixture_params);
+    EXPECT_GT(loaded, 5u);
     m.zero_grad();
     const models::TransformerWeights net = models::bind(m.config(), m.params(), m.grads());
     const Tensor& x = st.at("x");
@@ -104,10 +113,13 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
       EXPECT_LE(max_rel_err(dmem.data(), st.at("grad.mem").f32(), B * Ls * E), 2e-3) << "d mem";
     }
     EXPECT_LE(max_rel_err(dx.data(), st.at("grad.x").f32(), M * E), 2e-3) << "d x";
+    size_t compared = 0;
     for (const auto& [pname, g] : m.grads())
       if (st.contains("grad." + pname)) {
         EXPECT_LE(max_rel_err(g.f32(), st.at("grad." + pname).f32(), g.numel()), 2e-3) << pname;
+        ++compared;
       }
+    EXPECT_EQ(compared, loaded);  // a gradient for every parameter loaded
   }
 }
 
