@@ -11,7 +11,7 @@ default shapes; threads 0 = all cores; `backward` times the fused backward alone
 of the forward; `dropout=P` sets attention dropout; `dtype=bf16` (or f16) times the 16-bit kernels; `kv=LK` sets the
 keys' length (default L); `cache=f32|bf16|int8` times the decoding kernel over an attn::DecodeCache of that type
 (`--kv-dtype`): a memory-bound kernel, so such a shape's share is of the read bandwidth (`attn bench bandwidth` at the
-shape's threads, run by the first variant in every round, the highest kept), not of the FMA peak.
+shape's threads, run by every variant in every round, the highest kept), not of the FMA peak.
 --pin CPU runs the one-thread shapes on that CPU (taskset): a server's cores turbo to different clocks, and
 where the process lands otherwise moves its time by ±15%.
 """
@@ -55,7 +55,7 @@ def main():
     ap.add_argument("variants", nargs="+", help="NAME=COMMAND")
     ap.add_argument("--shape", action="append",
                     help="THREADS:H:L:D[:causal][:backward][:dropout=P][:dtype=T][:kv=LK][:cache=T]")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, choices=range(1, 1000), metavar="N")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per process (its median is one sample)")
     ap.add_argument("--pin", type=int, help="CPU to run the one-thread shapes on")
     a = ap.parse_args()
@@ -67,8 +67,9 @@ def main():
         peak = 0.0  # the highest FMA peak (or bandwidth) any process measured (each one's own wanders ±5%)
         decode = ":cache=" in shape
         for rnd in range(a.rounds):  # alternate: each round starts one variant later
-            if decode:
-                peak = max(peak, bandwidth(variants[0][1], shape.split(":")[0], a.pin))
+            if decode:  # every variant's loop (an older binary's may be the capped one: the highest counts)
+                for _, cmd in variants:
+                    peak = max(peak, bandwidth(cmd, shape.split(":")[0], a.pin))
             for k in range(len(variants)):
                 name, cmd = variants[(k + rnd) % len(variants)]
                 r = run(cmd, shape, a.repeat, a.pin)

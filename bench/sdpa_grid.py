@@ -8,7 +8,8 @@ Hkv = 1}, B = 1, Lq = Lk = L, at each thread count of --threads (default: 1 and 
 (`attn bench sdpa --json`, a subprocess) and PyTorch (F.scaled_dot_product_attention under no_grad, its CPU flash
 kernel, torch.set_num_threads) alternate A/B for --rounds rounds; each side's figure is the median of its rounds,
 each round the median of its runs. Runs per round adapt to the cell's size (about --seconds of work); cells whose
-single run takes more than a few seconds get one round and no warm-up run. Which side goes first swaps every round. GFLOP/s count 4·L²·D·H, halved when
+single run takes more than a few seconds get one round and no warm-up run (attn first); elsewhere the side that goes
+first swaps every round. GFLOP/s count 4·L²·D·H, halved when
 causal; the share is of the highest FMA peak measured in the run at the same thread count (`attn bench peak`: three
 runs at the start, and the one every `attn bench sdpa` process makes after its timing). For
 causal cells the last column is the causal rate of useful FLOPs over the non-causal rate of the same shape.
@@ -174,10 +175,6 @@ def main():
                 f"{r['torch'] / r['fused']:.2f}× | {ratio} |")
             print(row(gf / peaks[t]), flush=True)  # (the peak so far; the table takes the run's highest)
             summary.append((t, c, gf, r["torch"] / r["fused"], ratio, row))
-    # shares of the highest peak any process measured in the whole run: a peak measured while another tenant took
-    # part of the machine (session 27: 215 GFLOP/s on 2 threads, 233 quiet) had overstated every share
-    summary = [(t, c, gf / peaks[t], speedup, ratio, row) for t, c, gf, speedup, ratio, row in summary]
-    lines += [row(share) for _, _, share, _, _, row in summary]
 
     small_lines = []
     if not a.no_small:
@@ -196,6 +193,11 @@ def main():
                 print(line, flush=True)
 
     load_end = load_average()
+    # shares of the highest peak any process measured in the whole run (the small shapes' processes included): a peak
+    # measured while another tenant took part of the machine (session 27: 215 GFLOP/s on 2 threads, 233 quiet) had
+    # overstated every share
+    summary = [(t, c, gf / peaks[t], speedup, ratio, row) for t, c, gf, speedup, ratio, row in summary]
+    lines += [row(share) for _, _, share, _, _, row in summary]
     # the targets of the issue, counted over the grid
     big = [s for s in summary if s[1]["L"] >= 1024 and s[1]["D"] in (64, 128)]
     lines_sum = [

@@ -4,6 +4,7 @@
 // every SIMD level the machine has.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "attn/error.h"
 #include "attn/half.h"
@@ -153,24 +154,61 @@ TEST(Decode, TheTransformersCachesReadAsThePlainLayout) {
               }
           cache.write(k_rows.data(), v_rows.data(), width, B, j, 1);
         }
+        const auto decode_from_cache = [&](const test::CaseInputs& x) {
+          const int64_t rows = x.q.dim(0);
+          Tensor got({rows, c.H, c.Lq, D});
+          detail::DecodeProblem p;
+          cache.describe(p);
+          p.B = rows, p.H = c.H, p.Hkv = Hkv, p.Lq = c.Lq, p.Lk = Lk, p.D = D, p.Dv = D;
+          p.q = x.q.f32(), p.q_sb = c.H * c.Lq * D, p.q_sh = c.Lq * D, p.q_sl = D;
+          p.o = got.f32(), p.o_sb = c.H * c.Lq * D, p.o_sh = c.Lq * D, p.o_sl = D;
+          if (x.options.key_padding_mask.defined()) p.key_padding = x.options.key_padding_mask.b8(), p.pad_sb = Lk;
+          p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+          p.num_threads = 1;
+          detail::attention_decode(p);
+          return got;
+        };
         for (auto level : test::simd_levels()) {
           SCOPED_TRACE(c.name() + (paged ? " paged " : " contiguous ") + std::to_string(static_cast<int>(type)) +
                        " simd=" + detail::simd_level_name(level));
           test::SimdGuard guard(level);
-          const Tensor want = run_decode(in, 1, type);
-          Tensor got({B, c.H, c.Lq, D});
-          detail::DecodeProblem p;
-          cache.describe(p);
-          p.B = B, p.H = c.H, p.Hkv = Hkv, p.Lq = c.Lq, p.Lk = Lk, p.D = D, p.Dv = D;
-          p.q = in.q.f32(), p.q_sb = c.H * c.Lq * D, p.q_sh = c.Lq * D, p.q_sl = D;
-          p.o = got.f32(), p.o_sb = c.H * c.Lq * D, p.o_sh = c.Lq * D, p.o_sl = D;
-          if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
-          p.scale = 1.0f / std::sqrt(static_cast<float>(D));
-          p.num_threads = 1;
-          detail::attention_decode(p);
-          EXPECT_EQ(test::max_abs_diff(got, want), 0.0);
+          EXPECT_EQ(test::max_abs_diff(decode_from_cache(in), run_decode(in, 1, type)), 0.0);
           ++checked;
         }
+        if (B < 2) continue;
+        // then the rows move as beam search and a shrinking batch move them: a paged cache's row b continues row b − 1
+        // (reorder: complete blocks shared, the incomplete one copied or handed over), a contiguous cache drops row 0
+        // (move_rows); the cache must read as the plain layout of the rows it now holds
+        std::vector<int64_t> rows;
+        if (paged) {
+          std::vector<int64_t> parent(static_cast<size_t>(B));
+          for (int64_t b = 0; b < B; ++b)  // 0 continues itself and in row 1 (a copy), b − 1 in row b (a handover)
+            parent[static_cast<size_t>(b)] = std::max<int64_t>(b - 1, 0), rows.push_back(std::max<int64_t>(b - 1, 0));
+          cache.reorder(parent, Lk);
+        } else {
+          cache.move_rows(1, 0, B - 1, Lk);
+          cache.N = B - 1;
+          for (int64_t b = 1; b < B; ++b) rows.push_back(b);
+        }
+        const auto take_rows = [&](const Tensor& t, bool all_rows_of_q) {  // t's batch rows `rows` (q: the first)
+          Shape shape = t.shape();
+          shape[0] = static_cast<int64_t>(rows.size());
+          Tensor out(shape, t.dtype());
+          const int64_t row_bytes = static_cast<int64_t>(t.nbytes()) / t.dim(0);
+          for (size_t r = 0; r < rows.size(); ++r)
+            std::memcpy(
+                static_cast<char*>(out.raw()) + static_cast<int64_t>(r) * row_bytes,
+                static_cast<const char*>(t.raw()) + (all_rows_of_q ? static_cast<int64_t>(r) : rows[r]) * row_bytes,
+                static_cast<size_t>(row_bytes));
+          return out;
+        };
+        test::CaseInputs moved = in;
+        moved.q = take_rows(in.q, true), moved.k = take_rows(in.k, false), moved.v = take_rows(in.v, false);
+        if (in.options.key_padding_mask.defined())
+          moved.options.key_padding_mask = take_rows(in.options.key_padding_mask, false);
+        SCOPED_TRACE(c.name() + (paged ? " paged, reordered " : " contiguous, moved ") +
+                     std::to_string(static_cast<int>(type)));
+        EXPECT_EQ(test::max_abs_diff(decode_from_cache(moved), run_decode(moved, 1, type)), 0.0);
       }
   }
   EXPECT_GT(checked, 300);

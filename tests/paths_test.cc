@@ -126,6 +126,18 @@ TEST(Paths, MaskedWeightsAreExactlyZero) {
     in.options.impl = AttentionImpl::kReference;
     const Tensor ref = scaled_dot_product_attention(in.q, in.k, in.v, in.options).weights;
     for (int64_t i = 0; i < ref.numel(); ++i) zeros += ref.f32()[i] == 0.0f;
+    // the reference itself, against an independent rule for causal ranges and key padding
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t i = 0; i < c.Lq; ++i)
+          for (int64_t j = 0; j < c.Lk; ++j) {
+            const int64_t off = c.causal == CausalAlignment::kTopLeft ? 0 : c.Lk - c.Lq;
+            const bool hidden_by_causal = c.causal != CausalAlignment::kNone && j > i + off;
+            const bool padded = c.key_padding && in.options.key_padding_mask.b8()[b * c.Lk + j];
+            if (hidden_by_causal || padded) {
+              ASSERT_EQ(ref.f32()[((b * c.H + h) * c.Lq + i) * c.Lk + j], 0.0f) << c.name();
+            }
+          }
     for (AttentionImpl impl : {AttentionImpl::kUnfused, AttentionImpl::kFused})
       for (auto level : test::simd_levels()) {
         if (impl != AttentionImpl::kFused && level != detail::simd_level_supported()) continue;

@@ -345,7 +345,7 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 // rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
 // polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
 // operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. Only for
-// |m| < 2^127 (softmax_row sees to it): beyond, m·log2 e overflows, and every P had come out 0.
+// |m| < 2^24 (softmax_row sees to it): the offset's rounding error stays within 2^±1 there (see fast_offset).
 // The fast path's offset a = −m·log2 e, rounded to float once (std::fma with 0: one rounding whatever the compiler
 // contracts), is off from the exact value by up to half an ulp of |m·log2 e|: every weight of the row comes out times
 // 2^(that error), which cancels in acc / l while m stays, but not where m changes, so the correction between two maxima
@@ -399,8 +399,11 @@ inline void softmax_row(const AttentionProblem& p, int64_t b, int64_t h, int64_t
     if constexpr (kPairs) std::fill(pairs, pairs + round_up(n, 16) / 2, 0u);
     return;
   }
-  if constexpr (kFast)  // a row maximum beyond ±2^127 (or NaN): the exact exp, decided once per row, not per vector
-    if (!(std::fabs(m_new) < 0x1p127f))
+  // A row maximum of 2^24 or more (or NaN): the exact exp, decided once per row, not per vector. Beyond, the rounding
+  // of a = −m·log2 e (fast_offset) reaches 2^±1 and more, and at |m·log2 e| ≥ 2^31 ±128: weights that overflow, or
+  // underflow into float subnormals, which vcvtneps2bf16 makes 0 (and beyond 2^127 m·log2 e itself overflows).
+  if constexpr (kFast)
+    if (!(std::fabs(m_new) < 0x1p24f))
       return softmax_row<false, kPairs>(p, b, h, i, j0, n, s, m, l, acc, Dvp, drop, pairs);
   // e = P[j, j + W): into s, or (kPairs) as W bfloat16 into pairs (vcvtneps2bf16: nearest even)
   const auto put = [&](Vec e, int64_t at) {

@@ -291,7 +291,7 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
                                  "which",     "tokens",   "matter", "for",      "translation", "today"};
   std::vector<std::string> sentences;
   std::mt19937 rng(3);
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t i = 0; i < count && sentences_file.empty(); ++i) {
     std::string s;
     const int n = 8 + static_cast<int>(rng() % 17);  // 8..24 words
     for (int w = 0; w < n; ++w) {
@@ -301,13 +301,16 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
     sentences.push_back(s + ".");
   }
   if (!sentences_file.empty()) {  // a peer's own sentences (bench/compare_minilm.py): both sides embed the same text
-    sentences.clear();
     const std::string text = io::read_text(sentences_file);
     for (size_t at = 0; at < text.size();) {
       const size_t end = std::min(text.find('\n', at), text.size());
-      if (end > at) sentences.push_back(text.substr(at, end - at));
+      const size_t stop = end > at && text[end - 1] == '\r' ? end - 1 : end;  // (a CRLF file)
+      if (stop > at) sentences.push_back(text.substr(at, stop - at));
       at = end + 1;
     }
+    if (static_cast<int64_t>(sentences.size()) > kMaxCount)
+      throw ArgumentError("attn bench embed: --sentences " + sentences_file + " holds more than " +
+                          std::to_string(kMaxCount) + " lines");
     if (sentences.empty()) throw ArgumentError("attn bench embed: --sentences " + sentences_file + " holds no line");
     count = static_cast<int64_t>(sentences.size());
   }
@@ -455,8 +458,8 @@ void add_bench(CLI::App& app) {
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   emb->add_option("--repeat", eb->repeat, "timed runs")->check(CLI::PositiveNumber);
   emb->add_flag("--json", eb->json, "one JSON line");
-  emb->add_option("--sentences", eb->sentences,
-                  "a file of sentences, one a line, embedded instead of --count made-up ones");
+  emb->add_option("--sentences", eb->sentences, "a file of sentences, one a line, embedded instead of made-up ones")
+      ->excludes(emb->get_option("--count"));
   emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   emb->callback([eb] {
