@@ -58,7 +58,8 @@ static_assert(Tiles::kBk % (Tiles::kScoreVecs * W) == 0);
 static_assert(128 % Tiles::kBk == 0, "a key tile spans one dropout group at most");
 // On a prefix diagonal (softmax_tile) a P·V block of rows reads P up to its last row's last key, which lies fewer than
 // kPvRows (or kRowPvRows) keys past any of its rows' last key: within the one vector softmax_tile zeroes past a row.
-static_assert(Tiles::kPvRows <= W && Tiles::kRowPvRows <= W, "a P·V block reaches one vector past a row at most");
+static_assert(Tiles::kPvRows <= W && Tiles::kRowPvRows <= W && Tiles::kFewPvRows <= W,
+              "a P·V block reaches one vector past a row at most");
 // Scores are kept in base 2: the keys (or, on the few-query path, the queries) are scaled by scale·log2(e) (kLog2e,
 // tile_kernels.h), so P = 2^(s − m) (simd::exp2, cheaper than exp) and the row's log-sum-exp is ln 2 · (m + log2 l).
 constexpr float kLn2 = 0.693147180559945309f;
@@ -309,10 +310,14 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
   const bool skip_zero =
       masked && !prefix && any_zero(ws.s.data(), Tiles::kBk, rows, n) && !all_finite(vt, v_stride, read_rows, p.Dv);
   // acc[r0 : r0 + block] += P[r0 : r0 + block, :terms] · V_tile[:terms] (the register tile: see Tiles::kPvRows)
-  const bool row_tile = kt == nullptr || Dvp == Tiles::kRowPvVecs * W;
+  const bool few = kt == nullptr, row_tile = Dvp == Tiles::kRowPvVecs * W;
   const auto update = [&](int64_t r0, int64_t block, int64_t terms) {
     const float* P = ws.s.data() + r0 * Tiles::kBk;
-    if (row_tile)
+    if (few)  // (a lone query row: its own tile, see Tiles::kLonePvVecs)
+      (block == 1 ? rank_update<1, Tiles::kLonePvVecs>
+                  : rank_update<Tiles::kFewPvRows, Tiles::kFewPvVecs>)(P, Tiles::kBk, 1, block, terms, vt, v_stride,
+                                                                       Dvp / W, acc + r0 * Dvp, Dvp);
+    else if (row_tile)
       rank_update<Tiles::kRowPvRows, Tiles::kRowPvVecs>(P, Tiles::kBk, 1, block, terms, vt, v_stride, Dvp / W,
                                                         acc + r0 * Dvp, Dvp);
     else
@@ -324,7 +329,7 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
   } else if (!diagonal) {
     update(0, rows, n);
   } else {  // each block of the tile's rows stops at its last row's last key: the rest of P is 0
-    const int64_t pv_rows = row_tile ? Tiles::kRowPvRows : Tiles::kPvRows;
+    const int64_t pv_rows = few ? Tiles::kFewPvRows : row_tile ? Tiles::kRowPvRows : Tiles::kPvRows;
     for (int64_t r = 0; r < rows; r += pv_rows) {
       const int64_t block = std::min<int64_t>(pv_rows, rows - r);
       const int64_t terms = visible_prefix(p, i0 + r, block, j0, n);

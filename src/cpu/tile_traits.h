@@ -48,6 +48,12 @@ struct TileTraits;
 #ifndef ATTN_SWEEP_LONG_KV_KB
 #define ATTN_SWEEP_LONG_KV_KB 16384
 #endif
+#ifndef ATTN_SWEEP_FEW_PV_ROWS
+#define ATTN_SWEEP_FEW_PV_ROWS 2
+#endif
+#ifndef ATTN_SWEEP_FEW_PV_VECS
+#define ATTN_SWEEP_FEW_PV_VECS 8
+#endif
 #ifndef ATTN_SWEEP_UPDATE_ROWS
 #define ATTN_SWEEP_UPDATE_ROWS 4
 #endif
@@ -87,6 +93,15 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int kPvVecs = ATTN_SWEEP_PV_VECS;
   static constexpr int kRowPvRows = 4;
   static constexpr int kRowPvVecs = 4;
+  // The few-query path's P·V (1–4 query rows: decode over long K/V, which streams from memory): a lone query row
+  // 1 × kLonePvVecs (16: a value row up to D 256 in one pass, the loads folded into the FMAs), more rows kFewPvRows ×
+  // kFewPvVecs (2 × 8). 4 × 4 had read each value row in column strips, all but the first from the L2, and a lone
+  // query used 4 of its 16 accumulators. Zen 4, H 32 (16 at D 256), Lk 8192, same-built A/B (bench/cpu_sweep.py, 3
+  // rounds), 1 thread: 1 query D 128 1.47–1.62×, D 256 1.54× (with 2 × 8: 0.98×), 4 queries D 128 1.16× (1 × 8:
+  // 0.92×), 2 queries D 64 1.00×; 2 threads, 1 query D 128 1.27–1.31×.
+  static constexpr int kLonePvVecs = 16;
+  static constexpr int kFewPvRows = ATTN_SWEEP_FEW_PV_ROWS;
+  static constexpr int kFewPvVecs = ATTN_SWEEP_FEW_PV_VECS;
   // The bfloat16 forward's P·V tile (vdpbf16ps on pairs of keys, bf16_pairs.h dot_pv): 4 × 4 (8 × 2 on Zen 5, session
   // 16: −2% to +1%).
   static constexpr int kBf16PvRows = ATTN_SWEEP_BF16_PV_ROWS;
@@ -115,6 +130,9 @@ struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int kPvVecs = 2;
   static constexpr int kRowPvRows = 6;
   static constexpr int kRowPvVecs = 2;
+  static constexpr int kLonePvVecs = 8;  // 8 accumulators, the value loads folded into the FMAs, and a broadcast
+  static constexpr int kFewPvRows = 1;
+  static constexpr int kFewPvVecs = 8;
   static constexpr int kUpdateRows = 4;
   static constexpr int kUpdateVecs = 2;
   static constexpr int64_t kBackwardBq = 64;
