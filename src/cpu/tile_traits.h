@@ -191,6 +191,17 @@ bool forward_whole_head_tasks(int64_t head_bytes, int64_t kv_heads, int64_t head
          head_bytes <= kTaskPackMaxBytes && heads >= 4 * threads;
 }
 
+// The fused forward's software prefetch of K and V for heads whose K and V take at least this many bytes (the range
+// being accumulated). Zen 4 (issue #13): L 16384, D 128, 1 thread 80.4 → 86.1 GFLOP/s with it. Zen 5 (session 14,
+// same-built A/B): it cost 2–5% wherever K and V take 0.5–8 MB (L 1024–8192, D 64–128, 1 and 2 threads; ~2000 prefetch
+// instructions a key tile at D 128, for data mostly in the L2 or caught by the hardware prefetchers) and was −2% to +1%
+// from 16 MB on. Before that session it started at 512 KB (half a Zen 4 or Skylake-SP core's L2), a threshold set by
+// reasoning, never measured below 16 MB: a Zen 4 or Intel session should A/B ATTN_SWEEP_PREFETCH_KB=512 against this.
+#ifndef ATTN_SWEEP_PREFETCH_KB  // bench/cpu_tile_sweep.sh variants
+#define ATTN_SWEEP_PREFETCH_KB 16384
+#endif
+inline constexpr int64_t kPrefetchFromBytes = int64_t{ATTN_SWEEP_PREFETCH_KB} << 10;
+
 namespace avx512 {
 using Tiles = TileTraits<SimdLevel::kAvx512>;
 }
