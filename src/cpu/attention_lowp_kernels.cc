@@ -339,13 +339,6 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
   return s;
 }
 
-// One row's softmax step on s[0, n) (already masked): updates m, l, rescales acc; s becomes P (dropped out).
-// Returns false when nothing is visible yet (s is zeroed, the state unchanged but for a NaN poisoning l).
-// e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
-// rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
-// polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
-// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. Only for
-// |m| < 2^24 (softmax_row sees to it): the offset's rounding error stays within 2^±1 there (see fast_offset).
 // The fast path's offset a = −m·log2 e, rounded to float once (std::fma with 0: one rounding whatever the compiler
 // contracts), is off from the exact value by up to half an ulp of |m·log2 e|: every weight of the row comes out times
 // 2^(that error), which cancels in acc / l while m stays, but not where m changes, so the correction between two maxima
@@ -353,6 +346,11 @@ float dot_wide(const float* a, const uint16_t* b, int64_t n, LowpType type) {
 inline float fast_offset(float m) { return std::fma(-m, 1.44269504088896341f, 0.0f); }
 inline float fast_correction(float m_old, float m_new) { return std::exp2(fast_offset(m_new) - fast_offset(m_old)); }
 
+// e^(s − m), the softmax's exponentials. The float32 kernel's simd::exp, except on the vdpbf16ps path, where P is
+// rounded to bfloat16 next: there 2^t with t = (s − m)·log2 e = n + f, |f| <= 1/2, 2^f a degree-5 Taylor
+// polynomial (relative error below 3e-6, a thousandth of bfloat16's rounding) and 2^n one vscalefps; 8 vector
+// operations instead of 19. t is clamped at −160, so a hidden key (s = −inf) gets exactly 0; NaN stays NaN. Only for
+// |m| < 2^24 (softmax_row sees to it): the offset's rounding error stays within 2^±1 there (see fast_offset).
 template <bool kFast>
 inline Vec exp_minus(Vec s, float m) {
 #if ATTN_LOWP_DOT
@@ -374,6 +372,8 @@ inline Vec exp_minus(Vec s, float m) {
   return simd::exp(s - Vec::set1(m));
 }
 
+// One row's softmax step on s[0, n) (already masked): updates m, l, rescales acc; s becomes P (dropped out).
+// Where nothing is visible yet, s is zeroed and the state stays as it was, but for a NaN score poisoning l.
 // With kPairs (the vdpbf16ps path, no dropout, finite values: nothing reads the float P after) P goes straight to
 // bfloat16 in pairs[0, round_up(n, 16)) (zeros past n), not back into s: one pass over P fewer than writing it as
 // float and converting it after.

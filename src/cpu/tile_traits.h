@@ -96,9 +96,8 @@ struct TileTraits<SimdLevel::kAvx512> {
   // The few-query path's P·V (1–4 query rows: decode over long K/V, which streams from memory): a lone query row
   // 1 × kLonePvVecs (16: a value row up to D 256 in one pass, the loads folded into the FMAs), more rows kFewPvRows ×
   // kFewPvVecs (2 × 8). 4 × 4 had read each value row in column strips, all but the first from the L2, and a lone
-  // query used 4 of its 16 accumulators. Zen 4, H 32 (16 at D 256), Lk 8192, same-built A/B (bench/cpu_sweep.py, 3
-  // rounds), 1 thread: 1 query D 128 1.47–1.62×, D 256 1.54× (with 2 × 8: 0.98×), 4 queries D 128 1.16× (1 × 8:
-  // 0.92×), 2 queries D 64 1.00×; 2 threads, 1 query D 128 1.27–1.31×.
+  // query used 4 of its 16 accumulators. Zen 4, H 32 (16 at D 256), Lk 8192, 1 thread (docs/performance/cpu_kernel.md,
+  // session 30): 1 query D 128 1.53×, D 256 1.63× (2 × 8 there: 0.98×), 4 queries D 128 1.56× (1 × 8: 0.92×).
   static constexpr int kLonePvVecs = 16;
   static constexpr int kFewPvRows = ATTN_SWEEP_FEW_PV_ROWS;
   static constexpr int kFewPvVecs = ATTN_SWEEP_FEW_PV_VECS;
