@@ -46,20 +46,21 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write("\n".join(sentences) + "\n")
         f.flush()
-        for rnd in range(a.rounds):
-            def run_attn():
-                out = subprocess.run([a.attn, "bench", "embed", "--model", model_dir, "--sentences", f.name,
-                                      "--batch-size", "32", "--threads", str(a.threads), "--json"],
-                                     check=True, capture_output=True, text=True).stdout
-                attn_rates.append(json.loads(out.strip().splitlines()[-1])["sentences_per_s"])
 
-            def run_torch():
-                ts = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    m.encode(sentences, batch_size=32)
-                    ts.append(time.perf_counter() - t0)
-                torch_rates.append(a.count / statistics.median(ts))
+        def run_attn():
+            out = subprocess.run([a.attn, "bench", "embed", "--model", model_dir, "--sentences", f.name, "--batch-size",
+                                  "32", "--threads", str(a.threads), "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            attn_rates.append(json.loads(out.strip().splitlines()[-1])["sentences_per_s"])
+
+        def run_torch():
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                m.encode(sentences, batch_size=32)
+                ts.append(time.perf_counter() - t0)
+            torch_rates.append(a.count / statistics.median(ts))
+        for rnd in range(a.rounds):  # alternating: each round starts with the other side
             for run in ((run_attn, run_torch) if rnd % 2 == 0 else (run_torch, run_attn)):
                 run()
     attn_rate, torch_rate = statistics.median(attn_rates), statistics.median(torch_rates)

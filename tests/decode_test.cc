@@ -28,13 +28,28 @@ bool decode_serves(const test::AttentionCase& c) {
   return all_visible && c.mask == test::MaskKind::kNone && !c.alibi && c.window == 0;
 }
 
+// p's query, output, padding and scale fields for `in` (p's cache fields already set), and the call: out [B, H, Lq,
+// Dv].
+Tensor decode_into(detail::DecodeProblem& p, const test::CaseInputs& in, int threads) {
+  const int64_t B = in.q.dim(0), H = in.q.dim(1), Lq = in.q.dim(2), D = in.q.dim(3), Dv = in.v.dim(3);
+  Tensor out({B, H, Lq, Dv});
+  p.B = B, p.H = H, p.Hkv = in.k.dim(1), p.Lq = Lq, p.Lk = in.k.dim(2), p.D = D, p.Dv = Dv;
+  p.q = in.q.f32(), p.q_sb = H * Lq * D, p.q_sh = Lq * D, p.q_sl = D;
+  p.o = out.f32(), p.o_sb = H * Lq * Dv, p.o_sh = Lq * Dv, p.o_sl = Dv;
+  if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = p.Lk;
+  p.scale = in.options.scale.value_or(1.0f / std::sqrt(static_cast<float>(D)));
+  p.num_threads = threads;
+  detail::attention_decode(p);
+  return out;
+}
+
 // out [B, H, Lq, Dv] through attention_decode, K rearranged into the transposed key blocks and stored as `type`;
 // deq_k, deq_v (if given) receive the K and V the cache holds, widened back to float32 ([B, Hkv, Lk, D] each).
 // scale: in.options.scale, else 1/√D.
 Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type = detail::KVType::kFloat32,
                   Tensor* deq_k = nullptr, Tensor* deq_v = nullptr) {
   const Shape& qs = in.q.shape();
-  const int64_t B = qs[0], H = qs[1], Lq = qs[2], D = qs[3], Hkv = in.k.dim(1), Lk = in.k.dim(2), Dv = in.v.dim(3);
+  const int64_t B = qs[0], D = qs[3], Hkv = in.k.dim(1), Lk = in.k.dim(2), Dv = in.v.dim(3);
   const int64_t head = detail::key_block_floats(D, Lk), size = detail::kv_type_size(type);
   std::vector<std::byte> kt(static_cast<size_t>(B * Hkv * head * size), std::byte{0x7f});  // unused keys: junk
   std::vector<std::byte> v(static_cast<size_t>(B * Hkv * Lk * Dv * size));
@@ -70,21 +85,13 @@ Tensor run_decode(const test::CaseInputs& in, int threads, detail::KVType type =
               widen(v.data(), static_cast<int64_t>(r) * Dv + e, v_scale[r]);
       }
   }
-  Tensor out({B, H, Lq, Dv});
   detail::DecodeProblem p;
-  p.B = B, p.H = H, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
-  p.q = in.q.f32(), p.q_sb = H * Lq * D, p.q_sh = Lq * D, p.q_sl = D;
   p.kv_type = type;
   p.kt = kt.data(), p.kt_sb = Hkv * head, p.kt_sh = head;
   p.v = v.data(), p.v_sb = Hkv * Lk * Dv, p.v_sh = Lk * Dv, p.v_sl = Dv;
   if (type == detail::KVType::kInt8)
     p.k_scale = k_scale.data(), p.v_scale = v_scale.data(), p.s_sb = Hkv * Lk, p.s_sh = Lk;
-  p.o = out.f32(), p.o_sb = H * Lq * Dv, p.o_sh = Lq * Dv, p.o_sl = Dv;
-  if (in.options.key_padding_mask.defined()) p.key_padding = in.options.key_padding_mask.b8(), p.pad_sb = Lk;
-  p.scale = in.options.scale.value_or(1.0f / std::sqrt(static_cast<float>(D)));
-  p.num_threads = threads;
-  detail::attention_decode(p);
-  return out;
+  return decode_into(p, in, threads);
 }
 
 std::vector<test::AttentionCase> decode_cases() {
@@ -155,18 +162,9 @@ TEST(Decode, TheTransformersCachesReadAsThePlainLayout) {
           cache.write(k_rows.data(), v_rows.data(), width, B, j, 1);
         }
         const auto decode_from_cache = [&](const test::CaseInputs& x) {
-          const int64_t rows = x.q.dim(0);
-          Tensor got({rows, c.H, c.Lq, D});
           detail::DecodeProblem p;
           cache.describe(p);
-          p.B = rows, p.H = c.H, p.Hkv = Hkv, p.Lq = c.Lq, p.Lk = Lk, p.D = D, p.Dv = D;
-          p.q = x.q.f32(), p.q_sb = c.H * c.Lq * D, p.q_sh = c.Lq * D, p.q_sl = D;
-          p.o = got.f32(), p.o_sb = c.H * c.Lq * D, p.o_sh = c.Lq * D, p.o_sl = D;
-          if (x.options.key_padding_mask.defined()) p.key_padding = x.options.key_padding_mask.b8(), p.pad_sb = Lk;
-          p.scale = 1.0f / std::sqrt(static_cast<float>(D));
-          p.num_threads = 1;
-          detail::attention_decode(p);
-          return got;
+          return decode_into(p, x, 1);
         };
         for (auto level : test::simd_levels()) {
           SCOPED_TRACE(c.name() + (paged ? " paged " : " contiguous ") + std::to_string(static_cast<int>(type)) +

@@ -13,7 +13,6 @@
 
 #include "attn/attention.h"
 #include "attn/error.h"
-#include "attn/io/file.h"
 #include "attn/layers/decode_cache.h"
 #include "attn/layers/multi_head_attention.h"
 #include "attn/models/bert.h"
@@ -301,16 +300,8 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
     sentences.push_back(s + ".");
   }
   if (!sentences_file.empty()) {  // a peer's own sentences (bench/compare_minilm.py): both sides embed the same text
-    const std::string text = io::read_text(sentences_file);
-    for (size_t at = 0; at < text.size();) {
-      const size_t end = std::min(text.find('\n', at), text.size());
-      const size_t stop = end > at && text[end - 1] == '\r' ? end - 1 : end;  // (a CRLF file)
-      if (stop > at) sentences.push_back(text.substr(at, stop - at));
-      at = end + 1;
-    }
-    if (static_cast<int64_t>(sentences.size()) > kMaxCount)
-      throw ArgumentError("attn bench embed: --sentences " + sentences_file + " holds more than " +
-                          std::to_string(kMaxCount) + " lines");
+    for (std::string& line : read_lines(sentences_file, "attn bench embed: --sentences " + sentences_file))
+      if (!line.empty()) sentences.push_back(std::move(line));
     if (sentences.empty()) throw ArgumentError("attn bench embed: --sentences " + sentences_file + " holds no line");
     count = static_cast<int64_t>(sentences.size());
   }

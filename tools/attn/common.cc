@@ -26,15 +26,17 @@ void write_outputs(const std::vector<OutputFile>& outputs) {
   files.commit();
 }
 
-std::vector<std::string> read_stdin_lines() {
-  // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming /dev/stdin)
-  const std::string text = io::read_text("/dev/stdin", kMaxStdinBytes);
+std::vector<std::string> read_stdin_lines() { return read_lines("/dev/stdin", "standard input"); }
+
+std::vector<std::string> read_lines(const std::string& path, const std::string& what) {
+  // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming the path)
+  const std::string text = io::read_text(path, kMaxStdinBytes);
   std::vector<std::string> lines;
   // a UTF-8 byte-order mark (files saved by some editors) is not part of line 1 (it had made "one" an unknown word)
   const size_t start = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
   for (size_t at = start; at < text.size();) {  // a last line without a newline counts
     if (lines.size() >= kMaxStdinLines)
-      throw ArgumentError("standard input: more than " + std::to_string(kMaxStdinLines) + " lines; give them in parts");
+      throw ArgumentError(what + ": more than " + std::to_string(kMaxStdinLines) + " lines; give them in parts");
     size_t end = text.find('\n', at);
     if (end == std::string::npos) end = text.size();
     std::string line = text.substr(at, end - at);

@@ -36,6 +36,8 @@ void write_outputs(const std::vector<OutputFile>& outputs);
 inline constexpr size_t kMaxStdinBytes = size_t{1} << 30;
 inline constexpr size_t kMaxStdinLines = size_t{1} << 24;
 std::vector<std::string> read_stdin_lines();
+// The same for a file (`what` names it in errors).
+std::vector<std::string> read_lines(const std::string& path, const std::string& what);
 
 // Why `s` is not valid UTF-8 (the first bad byte and its offset), or nullopt when it is (the library's).
 using text::utf8_problem;
