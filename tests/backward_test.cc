@@ -96,6 +96,25 @@ TEST(Dropout, DropsTheRequestedFractionAndGroupsAgreeWithTheDefinition) {
   EXPECT_FALSE(detail::make_dropout(0.0f, 0).active());
 }
 
+// Dropout leaves a weight's expected value as it was: the survivors' scale times the share that survives, by the
+// math (a uniform 16-bit u survives iff u >= threshold: (65536 − threshold)/65536 of them), is 1 at every p,
+// near 1 too (0.9999 keeps 7 of 65536: scaling by 1/(1 − p) had made it 1.068). p that rounds to 65536 drops
+// everything (scale 0), p below 2⁻¹⁷ rounds to none.
+TEST(Dropout, SurvivorsScaleKeepsTheExpectedWeight) {
+  for (float p : {1e-4f, 0.1f, 0.2f, 0.25f, 0.5f, 0.9f, 0.999f, 0.9999f, 65535.0f / 65536.0f}) {
+    const detail::DropoutParams d = detail::make_dropout(p, 0);
+    ASSERT_TRUE(d.active()) << p;
+    ASSERT_LT(d.threshold, 65536u) << p;
+    EXPECT_NEAR(static_cast<double>(d.scale) * (65536.0 - d.threshold) / 65536.0, 1.0, 1e-6) << p;
+    EXPECT_NEAR(d.threshold / 65536.0, p, 0.5 / 65536.0) << p;
+  }
+  const detail::DropoutParams all = detail::make_dropout(0.99999994f, 0);
+  EXPECT_EQ(all.threshold, 65536u);
+  EXPECT_EQ(all.scale, 0.0f);
+  EXPECT_FALSE(detail::make_dropout(0x1p-18f, 0).active());
+  EXPECT_EQ(detail::make_dropout(0x1p-18f, 0).scale, 1.0f);
+}
+
 // Every forward path drops the same weights: their outputs agree to float rounding (one differently
 // dropped weight would move an output by ~1/Lk). p = 1 gives 0; a bad p is an ArgumentError.
 TEST(Dropout, EveryForwardPathDropsTheSameWeights) {
@@ -237,6 +256,46 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
   EXPECT_GT(checked, test::small_test_volume() ? 250 : 500);
 }
 
+// The backward with the output and lse kept from another forward (a model's layer runs its forward on the path its
+// options pick and always the fused backward): from the unfused path and from the fused one at one thread on the
+// first level, the fused backward at 2 threads on every level gives the reference's gradients. An lse in another base
+// or convention, or a dropout mask that depended on the forward's tiling or threads, would fail here.
+TEST(Backward, TakesTheOutputAndLseOfAnyForwardPath) {
+  int checked = 0;
+  const auto cases = test::attention_cases(test::test_volume(30, 10), 13);
+  for (size_t n = 0; n < cases.size(); ++n) {
+    const test::AttentionCase& c = cases[n];
+    auto [in, d_out] = test::make_backward_inputs(c, n);
+    in.options.impl = AttentionImpl::kReference;
+    const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
+    const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+    for (AttentionImpl forward : {AttentionImpl::kUnfused, AttentionImpl::kFused}) {
+      AttentionOptions f = in.options;
+      f.impl = forward, f.num_threads = 1, f.return_lse = true;
+      AttentionResult r;
+      {
+        test::SimdGuard guard(test::simd_levels().front());
+        r = scaled_dot_product_attention(in.q, in.k, in.v, f);
+      }
+      size_t config = forward == AttentionImpl::kFused;  // (under the sanitizers every other level, by turns)
+      for (auto level : test::simd_levels()) {
+        if (!test::config_sampled(n, config++, 2)) continue;
+        SCOPED_TRACE(c.name() + (test::backward_dropout(n) ? " dropout" : "") + " forward " + impl_name(forward) +
+                     ", backward simd=" + detail::simd_level_name(level));
+        test::SimdGuard guard(level);
+        AttentionOptions b = in.options;
+        b.impl = AttentionImpl::kFused, b.num_threads = 2;
+        const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, r.output, r.lse, d_out, b);
+        EXPECT_LE(test::max_abs_diff(g.dq, ref.dq), 3e-5 * scale);
+        EXPECT_LE(test::max_abs_diff(g.dk, ref.dk), 3e-5 * scale);
+        EXPECT_LE(test::max_abs_diff(g.dv, ref.dv), 3e-5 * scale);
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 20);
+}
+
 // Bitwise the same gradients from run to run for a given thread count (fixed reduction order), also
 // when the keys are split into chunks (one head, long keys: the chunked dQ path).
 TEST(Backward, DeterministicForAThreadCount) {
@@ -263,16 +322,16 @@ TEST(Backward, DeterministicForAThreadCount) {
 
 // Several key blocks per pass over the query tiles (long sequences; forced here: detail::force_backward_span) give
 // bitwise the gradients of one block per pass: every row takes its blocks' dQ terms, and every block its rows' dK and
-// dV terms, in the same order.
+// dV terms, in the same order, and a block's dropout groups start where they did.
 TEST(Backward, KeyBlocksPerPassGiveTheSameBits) {
   int compared = 0;
   size_t case_index = 0;
   for (const test::AttentionCase& c : test::attention_cases(test::test_volume(40, 10), 7)) {
     if (c.Lk <= 128) continue;  // one key block
-    auto [in, d_out] = test::make_backward_inputs(c, 11);
+    ++case_index;
+    auto [in, d_out] = test::make_backward_inputs(c, case_index);  // dropout on every fourth (backward_dropout)
     in.options.impl = AttentionImpl::kFused;
     size_t config = 0;
-    ++case_index;
     for (auto level : test::simd_levels())  // (every level: spans are forced only here)
       for (int threads : {1, 2}) {
         if (!test::config_sampled(case_index, config++, 3)) continue;  // (a third under the sanitizers)

@@ -73,7 +73,8 @@ struct AttentionOptions {
   // with probability dropout_p and the survivors are scaled by 1/(1 − dropout_p). Which weights survive is a
   // pure function of (dropout_seed, b, h, i, j) (Philox4x32-7, src/cpu/dropout.h): the same on every path,
   // instruction set and thread count, and the backward regenerates it from the same options. dropout_p is
-  // rounded to a multiple of 2⁻¹⁶. Must be in [0, 1]; 1 gives output 0.
+  // rounded to a multiple of 2⁻¹⁶, p', and the survivors' scale is 1/(1 − p'), so dropout leaves each weight's
+  // expected value as it was (below 2⁻¹⁷: no dropout). Must be in [0, 1]; 1 gives output 0.
   float dropout_p = 0.0f;
   uint64_t dropout_seed = 0;
   // Also return the attention weights [B, H, Lq, Lk] (exact, from the row log-sum-exp; before dropout).

@@ -14,7 +14,9 @@
 // so one block per lane t and 16 lanes cover 128 consecutive keys, and each 16-bit half-word of the 16
 // lanes is 16 consecutive keys: a vector compare gives a row's keep mask directly.
 // The weight survives iff u16 >= threshold = round(p · 65536): the dropout probability is p rounded to a
-// multiple of 2⁻¹⁶ (|error| ≤ 7.7e-6). Survivors are scaled by 1/(1 − p).
+// multiple of 2⁻¹⁶ (|error| ≤ 7.7e-6). Survivors are scaled by 1/(1 − p') with that rounded p' = threshold/65536,
+// so a weight's expected value after dropout is the weight itself at every p (scaling by 1/(1 − p) had inflated
+// it by 6.8% at p = 0.9999, which keeps 7 of 65536); p below 2⁻¹⁷ rounds to no dropout.
 // Included by the kernels (compiled once per instruction set) and the reference (scalar).
 #pragma once
 
@@ -27,7 +29,7 @@ namespace attn::detail {
 
 struct DropoutParams {
   uint32_t threshold = 0;  // 0 = no dropout; 65536 = every weight dropped
-  float scale = 1.0f;      // 1/(1 − p) (0 when p = 1)
+  float scale = 1.0f;      // 65536/(65536 − threshold) = 1/(1 − p') (0 when every weight is dropped)
   uint64_t seed = 0;
   bool active() const { return threshold > 0; }
 };
@@ -40,7 +42,7 @@ inline DropoutParams make_dropout(float p, uint64_t seed) {
   if (!(p > 0.0f)) return d;
   const double t = std::nearbyint(static_cast<double>(p) * 65536.0);
   d.threshold = static_cast<uint32_t>(t > 65536.0 ? 65536.0 : t);
-  d.scale = p >= 1.0f ? 0.0f : 1.0f / (1.0f - p);
+  d.scale = d.threshold == 65536u ? 0.0f : static_cast<float>(65536.0 / (65536.0 - t));
   return d;
 }
 
