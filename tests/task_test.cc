@@ -3,6 +3,7 @@
 //   - training: a short run lowers the loss below a bound; a fixed seed reproduces a run bit for bit;
 //     resuming from a checkpoint continues exactly where the run stopped;
 //   - the shipped model (models/numbers-en-zh) reaches 99% exact match on the test split.
+#include <omp.h>
 #include <signal.h>
 #include <sys/time.h>
 
@@ -256,6 +257,31 @@ TEST(Training, EndsWithACheckpointWhenNeverEvaluatingInBetween) {
 //    that greedy takes);
 //  - a limit that fits a sentence's translation and its EOS gives that translation (a hypothesis cut at the limit,
 //    whose EOS was never scored, had beaten it: 25 of 200 sentences changed at beam 4).
+// num_threads sets every op's and GEMM's threads for the run (it had been read nowhere) and is put back after it; a
+// model too short for the task's longest targets (9-digit numbers: 17 characters, and EOS) is refused before the
+// first step, naming max_len (it had thrown a ShapeError from the first batch holding such a target, mid-run).
+TEST(Training, ThreadsAreTheOptionsAndShortModelsAreRefusedUpFront) {
+  const int before = omp_get_max_threads();
+  train::TrainOptions o = tiny_options(2);
+  o.train_examples = 64, o.batch_size = 8, o.num_threads = 1;
+  std::vector<int> threads;
+  train::train_numbers(o, [&](int64_t, float) { threads.push_back(omp_get_max_threads()); });
+  EXPECT_EQ(threads, std::vector<int>(2, 1));
+  EXPECT_EQ(omp_get_max_threads(), before);
+  o.num_threads = -1;
+  EXPECT_THROW(train::train_numbers(o), ArgumentError);
+  o = tiny_options(1000);
+  o.model.max_len = 16;  // every source fits (at most 15 words and EOS), not every target
+  int64_t steps = 0;
+  try {
+    train::train_numbers(o, [&](int64_t, float) { ++steps; });
+    ADD_FAILURE() << "a model of 16 positions trained on targets of up to 18";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("max_len = 16"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(steps, 0);
+}
+
 TEST(Decoding, BeamOneIsGreedyAndACutHypothesisNeverBeatsAWholeOne) {
   namespace fs = std::filesystem;
   const fs::path dir = test::fresh_temp_path("attn_half_trained_test");

@@ -18,6 +18,7 @@
 #include "attn/error.h"
 #include "attn/io/file.h"
 #include "attn/io/safetensors.h"
+#include "cpu/threads.h"
 #include "io/json_fields.h"
 #include "ops/nn.h"
 
@@ -448,6 +449,10 @@ void check_schedule_options(const TrainOptions& o) {
 
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step) {
   TrainOptions o = options;
+  if (o.num_threads < 0)
+    throw ArgumentError("train: num_threads = " + std::to_string(o.num_threads) +
+                        " (0: OpenMP's default; > 0: that many)");
+  const detail::ThreadScope threads(o.num_threads);  // every op of the step and the GEMMs' pool (OpenBLAS)
   if (o.train_examples > kMaxExamples || o.val_examples > kMaxExamples)  // (each one generated and kept)
     throw ArgumentError("train: train_examples (" + std::to_string(o.train_examples) + ") and val_examples (" +
                         std::to_string(o.val_examples) + ") must be at most 2^24");
@@ -502,8 +507,14 @@ TrainReport train_numbers(const TrainOptions& options, const std::function<void(
                         o.resume_dir + " has already taken " + std::to_string(adam.step) + " steps");
   // data: the training pool and the validation examples, both from the seed
   std::vector<Pair> data;
-  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, o.train_examples, o.seed))
+  for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTrain, o.train_examples, o.seed)) {
     data.push_back({vocab.encode_source(e.source, o.model.max_len), vocab.encode_target(e.target)});
+    // a target takes its characters and BOS (decoder input) or EOS (labels): refused here, not at its first batch
+    if (static_cast<int64_t>(data.back().tgt.size()) + 1 > o.model.max_len)
+      throw ArgumentError("train: model.max_len = " + std::to_string(o.model.max_len) + " positions, but the target " +
+                          e.target + " (of " + e.source + ") takes " + std::to_string(data.back().tgt.size() + 1) +
+                          " (its characters and EOS)");
+  }
   const std::vector<tasks::Example> val = tasks::make_examples(tasks::Split::kValidation, o.val_examples, o.seed + 1);
   const auto batches = bucket(data, o.batch_size);
   std::vector<size_t> order(batches.size());

@@ -141,6 +141,8 @@ void add_train(CLI::App& app) {
   sub->add_option("--eval-every", a->o.eval_every, "validate and checkpoint every N steps (0: only at the end)")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", a->no_progress, "no progress bar");
+  sub->add_option("--threads", a->o.num_threads, "threads (every rank's, under mpirun); 0 = all cores")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--loss-log", a->loss_log,
                   "write each step's loss to this file (\"step loss\" per line; FILE.partial while training, "
                   "renamed to FILE when the run ends well, removed when it fails; not one of --out's files)");

@@ -72,7 +72,7 @@ struct TrainOptions {
   int64_t val_examples = 500;
   int64_t eval_every = 1000;  // validation accuracy and a checkpoint every this many steps (0: only at the end)
   bool progress = true;       // a progress bar on stderr
-  int num_threads = 0;
+  int num_threads = 0;        // threads of every op and GEMM (0: OpenMP's default, OMP_NUM_THREADS or all cores)
   // Data parallel (nullptr: one process): each rank trains on its shard of every batch (the same global batches
   // and the same losses, within float reordering, for any number of ranks); only rank 0 validates, writes
   // checkpoints and shows progress. Dropout masks come from a per-rank stream drawn from the shared one.
@@ -81,7 +81,7 @@ struct TrainOptions {
 
 struct TrainReport {
   int64_t steps = 0;
-  float last_loss = 0.0f;     // mean loss of the last 100 steps
+  float last_loss = 0.0f;     // mean loss of the last window: this run's steps taken 100 at a time, the last fewer
   double val_accuracy = 0.0;  // exact match on the validation examples
   double seconds = 0.0;
   double tokens_per_second = 0.0;  // target tokens
