@@ -5,9 +5,11 @@
 // ifunc). The same source, so the same results up to the order of the double-precision LayerNorm sums' lanes
 // and, in float, the multiply-adds GCC fuses where FMA exists (a last bit; never in the integer dropout hash).
 // (A plain "avx2" clone has no FMA: GELU ran 28% slower in it on Zen 4.)
+// A test run sees only the copy its processor picks; scripts/sanitize.sh builds with ATTN_NO_VECTOR_CLONES, so CI
+// runs the whole suite once more through the baseline copy (the one an old or unknown x86-64 would take).
 #pragma once
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(ATTN_NO_VECTOR_CLONES)
 #define ATTN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ATTN_VECTOR_CLONES
