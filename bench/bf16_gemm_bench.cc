@@ -11,7 +11,6 @@
 #include <cblas.h>
 #include <dlfcn.h>
 #include <omp.h>
-#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "attn/half.h"
+#include "ops/onednn.h"  // the oneDNN 2 and 3 C APIs alike
 
 namespace {
 
@@ -60,24 +60,18 @@ struct OneDnnMatmul {
     const int64_t Mp = runtime_m ? DNNL_RUNTIME_DIM_VAL : M;
     check(dnnl_engine_create(&engine, dnnl_cpu, 0), "engine");
     check(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags), "stream");
-    const dnnl_dims_t a_dims = {Mp, K}, b_dims = {K, N}, c_dims = {Mp, N};
-    const dnnl_dims_t a_run = {M, K}, c_run = {M, N};
-    dnnl_memory_desc_t a_md, b_md, b_any, c_md;
-    check(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_bf16, dnnl_ab), "src md");
-    check(dnnl_memory_desc_init_by_tag(&b_md, 2, b_dims, dnnl_bf16, dnnl_ba), "weights md");  // W [N, K] = Wᵀ [K, N]
-    check(dnnl_memory_desc_init_by_tag(&b_any, 2, b_dims, dnnl_bf16, dnnl_format_tag_any), "weights any");
-    check(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_f32, dnnl_ab), "dst md");
-    dnnl_matmul_desc_t md;
-    check(dnnl_matmul_desc_init(&md, &a_md, &b_any, nullptr, &c_md), "matmul desc");
+    using attn::ops::onednn::MemoryDesc;
+    const MemoryDesc a_md(Mp, K, dnnl_bf16, dnnl_ab), b_md(K, N, dnnl_bf16, dnnl_ba),  // W [N, K] = Wᵀ [K, N]
+        b_any(K, N, dnnl_bf16, dnnl_format_tag_any), c_md(Mp, N, dnnl_f32, dnnl_ab);
     dnnl_primitive_desc_t pd;
-    check(dnnl_primitive_desc_create(&pd, &md, nullptr, engine, nullptr), "matmul pd");
+    check(attn::ops::onednn::matmul_primitive_desc(&pd, engine, a_md, b_any, nullptr, c_md, nullptr), "matmul pd");
     check(dnnl_primitive_create(&prim, pd), "matmul");
-    const dnnl_memory_desc_t* w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    check(dnnl_memory_create(&wei, w_md, engine, DNNL_MEMORY_ALLOCATE), "weights");
+    const MemoryDesc w_md = MemoryDesc::queried(pd, dnnl_query_weights_md);
+    check(dnnl_memory_create(&wei, w_md.desc(), engine, DNNL_MEMORY_ALLOCATE), "weights");
     dnnl_memory_t plain;
-    check(dnnl_memory_create(&plain, &b_md, engine, const_cast<uint16_t*>(w)), "plain weights");
+    check(dnnl_memory_create(&plain, b_md.desc(), engine, const_cast<uint16_t*>(w)), "plain weights");
     dnnl_primitive_desc_t rpd;
-    check(dnnl_reorder_primitive_desc_create(&rpd, &b_md, engine, w_md, engine, nullptr), "reorder pd");
+    check(dnnl_reorder_primitive_desc_create(&rpd, b_md.desc(), engine, w_md.desc(), engine, nullptr), "reorder pd");
     dnnl_primitive_t reorder;
     check(dnnl_primitive_create(&reorder, rpd), "reorder");
     dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, plain}, {DNNL_ARG_TO, wei}};
@@ -86,11 +80,9 @@ struct OneDnnMatmul {
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(rpd);
     dnnl_memory_destroy(plain);
-    dnnl_memory_desc_t a_exec, c_exec;  // with a runtime M, the memories carry the real one
-    check(dnnl_memory_desc_init_by_tag(&a_exec, 2, a_run, dnnl_bf16, dnnl_ab), "src md");
-    check(dnnl_memory_desc_init_by_tag(&c_exec, 2, c_run, dnnl_f32, dnnl_ab), "dst md");
-    check(dnnl_memory_create(&src, &a_exec, engine, DNNL_MEMORY_NONE), "src");
-    check(dnnl_memory_create(&dst, &c_exec, engine, DNNL_MEMORY_NONE), "dst");
+    const MemoryDesc a_exec(M, K, dnnl_bf16, dnnl_ab), c_exec(M, N, dnnl_f32, dnnl_ab);  // runtime M: the real one
+    check(dnnl_memory_create(&src, a_exec.desc(), engine, DNNL_MEMORY_NONE), "src");
+    check(dnnl_memory_create(&dst, c_exec.desc(), engine, DNNL_MEMORY_NONE), "dst");
     dnnl_primitive_desc_destroy(pd);
   }
   void run(const uint16_t* x, float* y) {

@@ -2,8 +2,6 @@
 // weight matrix with the row count M a runtime dimension, the weights reordered once into the layout it prefers.
 // Chosen over OpenBLAS's sbgemm, which Debian's OpenBLAS 0.3.21 does not build (bench/bf16_gemm_bench.cc,
 // docs/performance/low_precision.md: 1.7-2.6x float32 SGEMM on the models' projection shapes).
-#include <oneapi/dnnl/dnnl.h>
-
 #include <omp.h>
 
 #include <deque>
@@ -15,16 +13,15 @@
 #include "attn/half.h"
 #include "ops/clones.h"
 #include "ops/nn.h"
+#include "ops/onednn.h"
 
 namespace attn::ops {
 
 namespace {
 
-void check(dnnl_status_t s, const char* what) {
-  if (s != dnnl_success)
-    throw Error(std::string("linear_forward_bf16: oneDNN ") + what + " failed (status " +
-                std::to_string(static_cast<int>(s)) + ")");
-}
+using onednn::MemoryDesc;
+
+void check(dnnl_status_t s, const char* what) { onednn::check(s, "linear_forward_bf16", what); }
 
 dnnl_engine_t engine() {
   static dnnl_engine_t e = [] {
@@ -60,7 +57,7 @@ struct Bf16Variant {
   int threads = 0;
   dnnl_primitive_t prim = nullptr;
   dnnl_memory_t weights = nullptr;  // [K, N] in this primitive's layout
-  dnnl_memory_desc_t scratch_md;    // its scratchpad, given per call from a per-thread buffer (oneDNN's own
+  MemoryDesc scratch_md;            // its scratchpad, given per call from a per-thread buffer (oneDNN's own
                                     // would be allocated and freed, mmap and munmap, on every call)
 };
 
@@ -73,7 +70,7 @@ struct Bf16Matmul {
   std::vector<float> widened;
   std::vector<float> zeros;           // [N] the bias of a call without one (the primitive always adds one)
   dnnl_memory_t zero_bias = nullptr;  // over zeros
-  dnnl_memory_desc_t bias_md;
+  MemoryDesc bias_md;                 // [1, N] float32
   mutable std::mutex mutex;
   mutable std::deque<Bf16Variant> variants;  // a deque: references stay valid while others are added
   Bf16Matmul() = default;
@@ -97,33 +94,28 @@ const Bf16Variant& Bf16Matmul::variant(int threads) const {
   Bf16Variant v;
   v.threads = threads;
   // y[M, N] = x[M, K] · Wᵀ + b, Wᵀ [K, N] seen through W's rows ([N, K] row-major is [K, N] with tag ba)
-  const dnnl_dims_t a_dims = {DNNL_RUNTIME_DIM_VAL, K}, b_dims = {K, N}, c_dims = {DNNL_RUNTIME_DIM_VAL, N};
-  dnnl_memory_desc_t a_md, b_plain, b_any, c_md;
-  check(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_bf16, dnnl_ab), "src desc");
-  check(dnnl_memory_desc_init_by_tag(&b_plain, 2, b_dims, dnnl_bf16, dnnl_ba), "weights desc");
-  check(dnnl_memory_desc_init_by_tag(&b_any, 2, b_dims, dnnl_bf16, dnnl_format_tag_any), "weights desc");
-  check(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_f32, dnnl_ab), "dst desc");
-  dnnl_matmul_desc_t md;
-  check(dnnl_matmul_desc_init(&md, &a_md, &b_any, &bias_md, &c_md), "matmul desc");  // bias added in the GEMM
+  const MemoryDesc a_md(DNNL_RUNTIME_DIM_VAL, K, dnnl_bf16, dnnl_ab), b_plain(K, N, dnnl_bf16, dnnl_ba),
+      b_any(K, N, dnnl_bf16, dnnl_format_tag_any), c_md(DNNL_RUNTIME_DIM_VAL, N, dnnl_f32, dnnl_ab);
   dnnl_primitive_attr_t attr;
   check(dnnl_primitive_attr_create(&attr), "attributes");
   check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
-  dnnl_primitive_desc_t pd;
-  const dnnl_status_t pd_made = dnnl_primitive_desc_create(&pd, &md, attr, engine(), nullptr);
+  dnnl_primitive_desc_t pd;  // the bias added in the GEMM
+  const dnnl_status_t pd_made = onednn::matmul_primitive_desc(&pd, engine(), a_md, b_any, &bias_md, c_md, attr);
   dnnl_primitive_attr_destroy(attr);
   if (pd_made == dnnl_unimplemented) throw Bf16Unsupported{};
   check(pd_made, "matmul primitive desc");
-  v.scratch_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-  const dnnl_memory_desc_t w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  v.scratch_md = MemoryDesc::queried(pd, dnnl_query_scratchpad_md);
+  const MemoryDesc w_md = MemoryDesc::queried(pd, dnnl_query_weights_md);
   const dnnl_status_t made = dnnl_primitive_create(&v.prim, pd);
   dnnl_primitive_desc_destroy(pd);
   check(made, "matmul primitive");
   // the bfloat16 weights reordered into the primitive's layout
-  check(dnnl_memory_create(&v.weights, &w_md, engine(), DNNL_MEMORY_ALLOCATE), "weights memory");
+  check(dnnl_memory_create(&v.weights, w_md.desc(), engine(), DNNL_MEMORY_ALLOCATE), "weights memory");
   dnnl_memory_t plain;
-  check(dnnl_memory_create(&plain, &b_plain, engine(), const_cast<uint16_t*>(w.data())), "plain weights memory");
+  check(dnnl_memory_create(&plain, b_plain.desc(), engine(), const_cast<uint16_t*>(w.data())), "plain weights memory");
   dnnl_primitive_desc_t rpd;
-  check(dnnl_reorder_primitive_desc_create(&rpd, &b_plain, engine(), &w_md, engine(), nullptr), "reorder desc");
+  check(dnnl_reorder_primitive_desc_create(&rpd, b_plain.desc(), engine(), w_md.desc(), engine(), nullptr),
+        "reorder desc");
   dnnl_primitive_t reorder;
   const dnnl_status_t rmade = dnnl_primitive_create(&reorder, rpd);
   dnnl_primitive_desc_destroy(rpd);
@@ -137,7 +129,7 @@ const Bf16Variant& Bf16Matmul::variant(int threads) const {
   dnnl_primitive_destroy(reorder);
   dnnl_memory_destroy(plain);
   check(ran, "reorder run");
-  variants.push_back(v);
+  variants.push_back(std::move(v));
   return variants.back();
 }
 
@@ -149,9 +141,8 @@ QuantizedMatrix bf16_rows(const float* w, int64_t N, int64_t K) {
   mm->w.resize(static_cast<size_t>(N * K));
   for (size_t i = 0; i < mm->w.size(); ++i) mm->w[i] = float_to_bf16(w[i]);
   mm->zeros.assign(static_cast<size_t>(N), 0.0f);
-  const dnnl_dims_t bias_dims = {1, N};
-  check(dnnl_memory_desc_init_by_tag(&mm->bias_md, 2, bias_dims, dnnl_f32, dnnl_ab), "bias desc");
-  check(dnnl_memory_create(&mm->zero_bias, &mm->bias_md, engine(), mm->zeros.data()), "bias memory");
+  mm->bias_md = MemoryDesc(1, N, dnnl_f32, dnnl_ab);
+  check(dnnl_memory_create(&mm->zero_bias, mm->bias_md.desc(), engine(), mm->zeros.data()), "bias memory");
   try {
     mm->variant(omp_get_max_threads());  // the primitive for the current thread count, now rather than mid-call
   } catch (const Bf16Unsupported&) {
@@ -194,24 +185,21 @@ void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, con
   if (static_cast<int64_t>(xb.size()) < M * K) xb.resize(static_cast<size_t>(M * K));
   uint16_t* xbp = xb.data();
   round_to_bf16(xbp, x, M * K);
-  const dnnl_dims_t a_dims = {M, K}, c_dims = {M, N};
-  dnnl_memory_desc_t a_md, c_md;
-  check(dnnl_memory_desc_init_by_tag(&a_md, 2, a_dims, dnnl_bf16, dnnl_ab), "src desc");
-  check(dnnl_memory_desc_init_by_tag(&c_md, 2, c_dims, dnnl_f32, dnnl_ab), "dst desc");
+  const MemoryDesc a_md(M, K, dnnl_bf16, dnnl_ab), c_md(M, N, dnnl_f32, dnnl_ab);
   thread_local dnnl_stream_t stream = [] {
     dnnl_stream_t s;
     check(dnnl_stream_create(&s, engine(), dnnl_stream_default_flags), "stream");
     return s;
   }();
   dnnl_memory_t src, dst, bias = mm.zero_bias;
-  check(dnnl_memory_create(&src, &a_md, engine(), xbp), "src memory");
-  check(dnnl_memory_create(&dst, &c_md, engine(), out), "dst memory");
-  if (b) check(dnnl_memory_create(&bias, &mm.bias_md, engine(), const_cast<float*>(b)), "bias memory");
+  check(dnnl_memory_create(&src, a_md.desc(), engine(), xbp), "src memory");
+  check(dnnl_memory_create(&dst, c_md.desc(), engine(), out), "dst memory");
+  if (b) check(dnnl_memory_create(&bias, mm.bias_md.desc(), engine(), const_cast<float*>(b)), "bias memory");
   thread_local std::vector<uint8_t> scratch;
-  const size_t scratch_bytes = dnnl_memory_desc_get_size(&v.scratch_md);
+  const size_t scratch_bytes = dnnl_memory_desc_get_size(v.scratch_md.desc());
   if (scratch.size() < scratch_bytes + 64) scratch.resize(scratch_bytes + 64);
   dnnl_memory_t pad;
-  check(dnnl_memory_create(&pad, &v.scratch_md, engine(), scratch.data()), "scratchpad memory");
+  check(dnnl_memory_create(&pad, v.scratch_md.desc(), engine(), scratch.data()), "scratchpad memory");
   dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src},
                              {DNNL_ARG_WEIGHTS, v.weights},
                              {DNNL_ARG_BIAS, bias},

@@ -3,10 +3,10 @@
 
 #include "attn/error.h"
 #include "ops/clones.h"
+#include "ops/onednn.h"
 
 #include <cblas.h>
 #include <omp.h>
-#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <array>
@@ -118,13 +118,9 @@ namespace {
 // Without VNNI, oneDNN's int8 GEMM sums pairs of u8·s8 products in int16 (vpmaddubsw), which saturates
 // for |w| near 127 (its input A is shifted to u8); weights of at most 63 levels keep every pair exact there.
 // Whether oneDNN uses VNNI is its effective ISA, not the processor's: ONEDNN_MAX_CPU_ISA=AVX2 on a VNNI machine
-// runs the vpmaddubsw kernels (127 levels had saturated there). In its ISA masks, bit 0x40 is AVX-512 VNNI
-// (avx512_core_vnni and every ISA above it) and 0x400 AVX-VNNI (avx2_vnni, avx2_vnni_2).
+// runs the vpmaddubsw kernels (127 levels had saturated there).
 float weight_levels() {
-  static const float levels = [] {
-    const auto isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
-    return (isa & 0x40u) != 0 || (isa & 0x400u) != 0 ? 127.0f : 63.0f;
-  }();
+  static const float levels = [] { return onednn::effective_isa_has_vnni() ? 127.0f : 63.0f; }();
   return levels;
 }
 }  // namespace

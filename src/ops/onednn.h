@@ -17,8 +17,7 @@ namespace attn::ops::onednn {
 
 inline void check(dnnl_status_t s, const char* who, const char* what) {
   if (s != dnnl_success)
-    throw Error(std::string(who) + ": oneDNN " + what + " failed (status " + std::to_string(static_cast<int>(s)) +
-                ")");
+    throw Error(std::string(who) + ": oneDNN " + what + " failed (status " + std::to_string(static_cast<int>(s)) + ")");
 }
 
 // A 2-D memory descriptor, owned: desc() is what both versions' functions take (the struct's address, or the
