@@ -36,6 +36,7 @@
 #include <optional>
 #include <string>
 
+#include "attn/error.h"  // what the functions below throw
 #include "attn/tensor.h"
 
 namespace attn {

@@ -6,6 +6,7 @@
 #include "attn/blas.h"
 #include "attn/error.h"
 #include "attn/generation.h"
+#include "attn/half.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
 #include "attn/layers/decode_cache.h"

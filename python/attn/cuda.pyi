@@ -1,5 +1,5 @@
 # Type stubs for attn.cuda (python/attn/cuda.py): attn's CUDA kernels on bf16/fp16 GPU tensors.
-from typing import Any, List, Literal, Optional, Tuple, overload
+from typing import Any, List, Literal, Optional, Tuple, Union, overload
 
 from torch import Tensor
 
@@ -14,7 +14,7 @@ def available() -> bool:
 @overload
 def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
                                  scale: Optional[float] = None, enable_gqa: bool = False, *,
-                                 causal_alignment: Optional[Literal["top-left", "bottom-right"]] = None,
+                                 causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: Literal[False] = False) -> Tensor:
     """query (B, H, Lq, D), key/value (B, Hkv, Lk, D): CUDA torch tensors or DLPack producers, bf16 or fp16,
@@ -23,6 +23,13 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bo
 @overload
 def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
                                  scale: Optional[float] = None, enable_gqa: bool = False, *,
-                                 causal_alignment: Optional[Literal["top-left", "bottom-right"]] = None,
+                                 causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: Literal[True]) -> Tuple[Tensor, Tensor]: ...
+@overload
+def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
+                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
+                                 causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
+                                 key_padding_mask: Optional[Tensor] = None, window: int = 0,
+                                 return_lse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """return_lse known only at run time: the output, or (output, lse)."""
