@@ -401,11 +401,14 @@ TEST_F(LowpCli, SdpaDTypeMatchesTheLibrary) {
   EXPECT_NE(b.out.find("\"dtype\": \"bf16\""), std::string::npos) << b.out;
 }
 
-// attn translate --dtype bf16 (bf16 projections): the shipped model's answer; bf16 and int8 exclude each other.
+// attn translate --dtype bf16 (bf16 projections): the shipped model's answer, also spelt --quantize bf16 (as attn eval
+// and attn bench translate take it); bf16 and int8 exclude each other.
 TEST_F(LowpCli, TranslateDTypeBf16) {
-  const test::CliResult r = run("translate --dtype bf16 \"three hundred twelve\"");
-  ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(r.out, "三百一十二\n");
+  for (const char* flags : {"--dtype bf16", "--quantize bf16", "--dtype bf16 --quantize bf16"}) {
+    const test::CliResult r = run(std::string("translate ") + flags + " \"three hundred twelve\"");
+    ASSERT_EQ(r.status, 0) << flags << ": " << r.err;
+    EXPECT_EQ(r.out, "三百一十二\n") << flags;
+  }
   const test::CliResult both = run("translate --dtype bf16 --quantize int8 \"three\"");
   EXPECT_NE(both.status, 0);
   EXPECT_NE(both.err.find("--dtype bf16"), std::string::npos) << both.err;

@@ -47,9 +47,10 @@ std::string resolve_model_dir(const std::string& flag) {
 
 namespace {
 
-// --quantize int8 and --dtype bf16 both pick the projections' inference copies (Quantization).
+// --quantize int8 or bf16 and --dtype bf16 all pick the projections' inference copies (Quantization); --quantize bf16
+// is --dtype bf16 (as attn eval and attn bench translate spell it).
 Translator load_translator(const std::string& flag, const std::string& quantize, const std::string& dtype = "f32") {
-  if (dtype == "bf16" && quantize != "none") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
+  if (dtype == "bf16" && quantize == "int8") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
   return Translator::load(resolve_model_dir(flag), parse_quantization(dtype == "bf16" ? "bf16" : quantize));
 }
 
@@ -158,8 +159,9 @@ void add_translate(CLI::App& app) {
                       "GNMT's alpha: beam search ranks log P / ((5 + length) / 6)^alpha; 0 = raw log-probability "
                       "(beam search only)")
           ->capture_default_str();
-  sub->add_option("--quantize", t->quantize, "none or int8 (int8 weights and activations, oneDNN GEMMs)")
-      ->check(CLI::IsMember({"none", "int8"}));
+  sub->add_option("--quantize", t->quantize,
+                  "none, int8 (int8 weights and activations, oneDNN GEMMs) or bf16 (the same as --dtype bf16)")
+      ->check(CLI::IsMember({"none", "int8", "bf16"}));
   sub->add_option("--dtype", t->dtype,
                   "f32 or bf16: bf16 rounds every projection's weights and inputs to bfloat16 (float32 sums, oneDNN's "
                   "bf16 matmul; AVX512_BF16 where the CPU has it); attention and normalisation stay float32")
