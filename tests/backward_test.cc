@@ -227,6 +227,24 @@ TEST(Backward, MatchesPyTorchAutograd) {
   }
 }
 
+// A case's gradients by the reference, and their scale (the largest, at least 1): a fast path's are within 3e-5 of it.
+struct ReferenceGrads {
+  AttentionGrads grads;
+  double scale;
+};
+ReferenceGrads reference_grads(const test::CaseInputs& in, const Tensor& d_out) {
+  AttentionOptions o = in.options;
+  o.impl = AttentionImpl::kReference;
+  ReferenceGrads r{scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, o), 0.0};
+  r.scale = std::max({1.0, max_abs(r.grads.dq), max_abs(r.grads.dk), max_abs(r.grads.dv)});
+  return r;
+}
+void expect_near(const AttentionGrads& g, const ReferenceGrads& ref) {
+  EXPECT_LE(test::max_abs_diff(g.dq, ref.grads.dq), 3e-5 * ref.scale);
+  EXPECT_LE(test::max_abs_diff(g.dk, ref.grads.dk), 3e-5 * ref.scale);
+  EXPECT_LE(test::max_abs_diff(g.dv, ref.grads.dv), 3e-5 * ref.scale);
+}
+
 // The fused backward against the reference on the shared case list, every level, 1 and 2 threads.
 TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
   int checked = 0;
@@ -234,9 +252,7 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
   for (size_t n = 0; n < cases.size(); ++n) {
     const test::AttentionCase& c = cases[n];
     auto [in, d_out] = test::make_backward_inputs(c, n);
-    in.options.impl = AttentionImpl::kReference;
-    const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
-    const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+    const ReferenceGrads ref = reference_grads(in, d_out);
     size_t config = 0;  // under the sanitizers each target with one thread count, by turns (test::config_sampled)
     for (auto level : test::simd_levels())
       for (int threads : {1, 2}) {
@@ -246,10 +262,7 @@ TEST(Backward, FusedMatchesTheReferenceOnEveryCase) {
         test::SimdGuard guard(level);
         in.options.impl = AttentionImpl::kFused;
         in.options.num_threads = threads;
-        const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
-        EXPECT_LE(test::max_abs_diff(g.dq, ref.dq), 3e-5 * scale);
-        EXPECT_LE(test::max_abs_diff(g.dk, ref.dk), 3e-5 * scale);
-        EXPECT_LE(test::max_abs_diff(g.dv, ref.dv), 3e-5 * scale);
+        expect_near(scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options), ref);
         ++checked;
       }
   }
@@ -266,9 +279,7 @@ TEST(Backward, TakesTheOutputAndLseOfAnyForwardPath) {
   for (size_t n = 0; n < cases.size(); ++n) {
     const test::AttentionCase& c = cases[n];
     auto [in, d_out] = test::make_backward_inputs(c, n);
-    in.options.impl = AttentionImpl::kReference;
-    const AttentionGrads ref = scaled_dot_product_attention_backward(in.q, in.k, in.v, d_out, in.options);
-    const double scale = std::max({1.0, max_abs(ref.dq), max_abs(ref.dk), max_abs(ref.dv)});
+    const ReferenceGrads ref = reference_grads(in, d_out);
     for (AttentionImpl forward : {AttentionImpl::kUnfused, AttentionImpl::kFused}) {
       AttentionOptions f = in.options;
       f.impl = forward, f.num_threads = 1, f.return_lse = true;
@@ -285,10 +296,7 @@ TEST(Backward, TakesTheOutputAndLseOfAnyForwardPath) {
         test::SimdGuard guard(level);
         AttentionOptions b = in.options;
         b.impl = AttentionImpl::kFused, b.num_threads = 2;
-        const AttentionGrads g = scaled_dot_product_attention_backward(in.q, in.k, in.v, r.output, r.lse, d_out, b);
-        EXPECT_LE(test::max_abs_diff(g.dq, ref.dq), 3e-5 * scale);
-        EXPECT_LE(test::max_abs_diff(g.dk, ref.dk), 3e-5 * scale);
-        EXPECT_LE(test::max_abs_diff(g.dv, ref.dv), 3e-5 * scale);
+        expect_near(scaled_dot_product_attention_backward(in.q, in.k, in.v, r.output, r.lse, d_out, b), ref);
         ++checked;
       }
     }
