@@ -4,10 +4,12 @@
 // is the same); the counter-based dropout mask.
 #include <omp.h>
 
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "attn/attention.h"
@@ -356,6 +358,37 @@ TEST(Blas, KernelsAreNamedAndComparedWithTheProcessor) {
   detail::force_simd_level(detail::SimdLevel::kAvx2);  // attn's kernels below AVX-512: any family matches
   EXPECT_TRUE(blas_kernels_match_cpu()) << name;
   detail::force_simd_level(saved);
+}
+
+// OpenBLAS keeps one process-wide thread count and per-thread buffers sized by it (ops/blas_call.h): linear maps called
+// from user threads at 2, 3 and 4 threads at once each give the bits they give alone (unguarded, the 4-thread caller's
+// GEMMs had come out wrong, in 5-18 of 400).
+TEST(Blas, CallersOfDifferentThreadCountsAtOnceGetTheirOwnBits) {
+  constexpr int64_t M = 256, N = 256, K = 256;
+  std::mt19937 rng(3);
+  const Tensor x = test::random_tensor({M, K}, rng), w = test::random_tensor({N, K}, rng);
+  const std::vector<int> counts = {2, 3, 4};
+  std::vector<std::vector<float>> alone;
+  for (int t : counts) {
+    omp_set_num_threads(t);
+    alone.emplace_back(static_cast<size_t>(M * N));
+    ops::linear_forward(alone.back().data(), x.f32(), w.f32(), nullptr, M, N, K);
+  }
+  const int saved = omp_get_max_threads();
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> callers;
+  for (size_t c = 0; c < counts.size(); ++c)
+    callers.emplace_back([&, c] {
+      omp_set_num_threads(counts[c]);
+      std::vector<float> y(static_cast<size_t>(M * N));
+      for (int it = 0; it < test::test_volume(150, 30); ++it) {
+        ops::linear_forward(y.data(), x.f32(), w.f32(), nullptr, M, N, K);
+        wrong += y != alone[c];
+      }
+    });
+  for (std::thread& t : callers) t.join();
+  omp_set_num_threads(saved);
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 }  // namespace

@@ -26,8 +26,8 @@ struct TranslateOptions {
   // hypothesis' caches, and more than 64 of them decoded slower (greedy at 256: 0.82–0.88× the speed at 64).
   int64_t batch_size = 64;
   // OpenMP threads (the kernels' and, with OpenBLAS's OpenMP build, BLAS's) while translating; 0 = the current
-  // setting. It is the calling thread's setting; OpenBLAS keeps one global count, so concurrent translations
-  // from several threads should use the same value.
+  // setting. It is the calling thread's setting: concurrent translations from several threads may use different
+  // values (OpenBLAS keeps one global count, which attn changes only while no other GEMM of its own is running).
   int num_threads = 0;
   KVCacheType kv_cache = KVCacheType::kFloat32;  // how decoding stores keys and values (int8: 4x fewer bytes)
 };

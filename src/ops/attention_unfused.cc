@@ -1,8 +1,6 @@
 // The unfused path: two BLAS GEMMs around a materialised [Lq, Lk] score matrix per (batch, head).
 // Simple and fast for short sequences; its memory grows with Lq·Lk, which is what the fused kernel
 // (cpu/attention_fused.cc) avoids. Also the "unfused" peer in the benchmarks.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -10,6 +8,7 @@
 
 #include "cpu/threads.h"
 #include "ops/attention_problem.h"
+#include "ops/blas_call.h"
 
 namespace attn::detail {
 
@@ -81,9 +80,9 @@ void attention_unfused(const AttentionProblem& p) {
         for (int64_t i = 0; i < p.Lq * p.Lk; ++i) s[i] = 0.0f;
       } else {
         // s = scale · Q·Kᵀ : [Lq, Lk]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.Lq), static_cast<int>(p.Lk),
-                    static_cast<int>(p.D), p.scale, q, static_cast<int>(p.q_sl), k, static_cast<int>(p.k_sl), 0.0f, s,
-                    static_cast<int>(p.Lk));
+        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.Lq), static_cast<int>(p.Lk),
+                   static_cast<int>(p.D), p.scale, q, static_cast<int>(p.q_sl), k, static_cast<int>(p.k_sl), 0.0f, s,
+                   static_cast<int>(p.Lk));
       }
       // s += M ; s = softmax(s) row by row
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(p.num_threads))
@@ -102,9 +101,9 @@ void attention_unfused(const AttentionProblem& p) {
         for (int64_t i = 0; i < p.Lq; ++i)
           for (int64_t d = 0; d < p.Dv; ++d) o[i * p.o_sl + d] = 0.0f;
       } else if (p.Lq > 0 && p.Dv > 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(p.Lq), static_cast<int>(p.Dv),
-                    static_cast<int>(p.Lk), 1.0f, s, static_cast<int>(p.Lk), v, static_cast<int>(p.v_sl), 0.0f, o,
-                    static_cast<int>(p.o_sl));
+        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(p.Lq), static_cast<int>(p.Dv),
+                   static_cast<int>(p.Lk), 1.0f, s, static_cast<int>(p.Lk), v, static_cast<int>(p.v_sl), 0.0f, o,
+                   static_cast<int>(p.o_sl));
         recompute_nonfinite_rows(p, s, v, o);
       }
     }

@@ -2,12 +2,16 @@
 #include "attn/blas.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cctype>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 
 #include "cpu/attention_fused.h"
+#include "ops/blas_call.h"
 
 namespace attn {
 
@@ -25,3 +29,21 @@ bool blas_kernels_match_cpu() {
 }
 
 }  // namespace attn
+
+namespace attn::detail {
+
+void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K, float alpha,
+                const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  const auto call = [&] { cblas_sgemm(order, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc); };
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads <= 1) return call();
+  static std::shared_mutex count_in_force;  // (ops/blas_call.h)
+  {
+    const std::shared_lock lock(count_in_force);
+    if (openblas_get_num_threads() == threads) return call();
+  }
+  const std::unique_lock lock(count_in_force);
+  call();
+}
+
+}  // namespace attn::detail

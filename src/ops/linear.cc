@@ -10,11 +10,10 @@
 // in 2026 by PR #4855). A fixed row count selects brgemm kernels, which are safe, but a primitive per row count
 // costs 0.2-0.7 ms to create. tests/task_test.cc translates with a profiling timer's signals arriving to keep this
 // honest.
-#include <cblas.h>
-
 #include <algorithm>
 
 #include "attn/error.h"
+#include "ops/blas_call.h"
 #include "ops/clones.h"
 #include "ops/nn.h"
 
@@ -51,8 +50,9 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
   if (M == 0 || N == 0) return;
   linear_prologue(y, ldy, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += x·Wᵀ
   if (K > 0)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-                1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y, static_cast<int>(ldy));
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
+                       static_cast<int>(K), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y,
+                       static_cast<int>(ldy));
   if (epilogue.relu) relu_rows(y, ldy, M, N);
 }
 

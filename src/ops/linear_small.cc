@@ -14,7 +14,6 @@
 //
 // libxsmm's generated code keeps the stack pointer where it belongs (the oneDNN kernels that ruled out
 // oneDNN's f32 matmul, src/ops/linear.cc, do not): tests/task_test.cc translates under a profiling timer.
-#include <cblas.h>
 #include <libxsmm.h>
 
 #include <immintrin.h>
@@ -26,6 +25,7 @@
 
 #include "attn/error.h"
 #include "cpu/attention_fused.h"
+#include "ops/blas_call.h"
 #include "ops/nn.h"
 
 #include <omp.h>
@@ -120,8 +120,9 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
     last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
   }
   if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape: W as it is
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-                1.0f, x, static_cast<int>(K), w.small->w, static_cast<int>(K), 1.0f, y, static_cast<int>(N));
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
+                       static_cast<int>(K), 1.0f, x, static_cast<int>(K), w.small->w, static_cast<int>(K), 1.0f, y,
+                       static_cast<int>(N));
     if (epilogue.relu) relu_rows(y, N, M, N);
     return;
   }

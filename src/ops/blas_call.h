@@ -1,0 +1,19 @@
+// Internal: every OpenBLAS GEMM of the library goes through blas_sgemm (cblas_sgemm's arguments).
+//
+// OpenBLAS's OpenMP build (Debian's 0.3.21) keeps one process-wide thread count and a buffer per thread sized by it.
+// A call from outside a parallel region whose omp_get_max_threads() (2 or more) differs from that count resets both,
+// freeing the buffers of the threads above the new count, under the GEMM another thread may have in flight: user
+// threads calling at 2, 3 and 4 threads at once got garbage from the 4-thread one's GEMMs (5–18 of 400 256³ products
+// wrong by up to 36). So calls at the count in force run side by side (a shared lock), and a call that would change
+// it waits for them to finish (the exclusive lock). One-thread calls, and calls from inside a parallel region (which
+// OpenBLAS runs on the calling thread), touch neither and take no lock.
+#pragma once
+
+#include <cblas.h>
+
+namespace attn::detail {
+
+void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K, float alpha,
+                const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+}  // namespace attn::detail
