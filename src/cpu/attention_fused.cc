@@ -1,4 +1,5 @@
 // Chooses the fused and decoding kernels compiled for the best instruction set the processor has.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -46,28 +47,30 @@ SimdLevel initial_level() {
   return simd_level_supported();
 }
 
-SimdLevel& active_level() {
-  static SimdLevel level = initial_level();
+// Atomic, as the forced choices below: a test (or a program) may set it while another thread's call reads it.
+std::atomic<SimdLevel>& active_level() {
+  static std::atomic<SimdLevel> level{initial_level()};
   return level;
 }
 }  // namespace
 
-SimdLevel simd_level_active() { return active_level(); }
-void force_simd_level(SimdLevel level) { active_level() = clamp_to_supported(level); }
+SimdLevel simd_level_active() { return active_level().load(std::memory_order_relaxed); }
+void force_simd_level(SimdLevel level) { active_level().store(clamp_to_supported(level), std::memory_order_relaxed); }
 
 namespace {
 // The tests' forced tile choices (0: each call chooses); constant-initialised, so safe before main.
-int64_t forced_query_rows = 0, forced_span_blocks = 0;
-bool forced_own_keys = false, forced_tasks_pack = false;
+std::atomic<int64_t> forced_query_rows{0}, forced_span_blocks{0};
+std::atomic<bool> forced_own_keys{false}, forced_tasks_pack{false};
+constexpr auto kRelaxed = std::memory_order_relaxed;
 }  // namespace
-void force_packing_by_tasks(bool on) { forced_tasks_pack = on; }
-bool forced_packing_by_tasks() { return forced_tasks_pack; }
-void force_task_keys(bool on) { forced_own_keys = on; }
-bool forced_task_keys() { return forced_own_keys; }
-void force_fused_query_tile(int64_t rows) { forced_query_rows = rows; }
-int64_t forced_fused_query_tile() { return forced_query_rows; }
-void force_backward_span(int64_t blocks) { forced_span_blocks = blocks; }
-int64_t forced_backward_span() { return forced_span_blocks; }
+void force_packing_by_tasks(bool on) { forced_tasks_pack.store(on, kRelaxed); }
+bool forced_packing_by_tasks() { return forced_tasks_pack.load(kRelaxed); }
+void force_task_keys(bool on) { forced_own_keys.store(on, kRelaxed); }
+bool forced_task_keys() { return forced_own_keys.load(kRelaxed); }
+void force_fused_query_tile(int64_t rows) { forced_query_rows.store(rows, kRelaxed); }
+int64_t forced_fused_query_tile() { return forced_query_rows.load(kRelaxed); }
+void force_backward_span(int64_t blocks) { forced_span_blocks.store(blocks, kRelaxed); }
+int64_t forced_backward_span() { return forced_span_blocks.load(kRelaxed); }
 
 double fma_peak_gflops(int threads, double seconds) {
   switch (simd_level_active()) {
