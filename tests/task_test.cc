@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/time.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -662,26 +663,36 @@ TEST(ShippedModel, Int8TranslatesTheTestSplitAsFloat32Does) {
 
 // One Translator from several threads at once (its header says its const methods may): each thread's translations
 // are the ones it gets alone, greedy and beam 4, with two OpenMP threads inside each call.
+// Each kind of model (its projections float32, int8, bf16) from four threads at once, greedy and beam 4, at 1, 2 and
+// the default thread count, with float32 and int8 KV caches: what each thread gets is what the same call gives alone.
+// The threads start on a freshly loaded Translator, so its lazily made state (transposed weights, JIT kernels, bf16
+// primitives, cache pools) is made while they race; and their GEMMs run at different thread counts at once
+// (ops/blas_call.h).
 TEST(ShippedModel, OneTranslatorTranslatesFromSeveralThreadsAtOnce) {
-  const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
   std::vector<std::string> sentences;
   for (const tasks::Example& e : tasks::make_examples(tasks::Split::kTest, 24, 3)) sentences.push_back(e.source);
-  TranslateOptions options;
-  options.num_threads = 2;
-  std::vector<std::vector<std::string>> alone, together(4);
-  for (int w = 0; w < 4; ++w) {
-    options.beam = w % 2 ? 4 : 1;
-    alone.push_back(translator.translate(sentences, options));
+  const auto options_of = [](int w) {
+    TranslateOptions o;
+    o.beam = w % 2 ? 4 : 1;
+    o.num_threads = std::array{2, 1, 0, 2}[static_cast<size_t>(w)];
+    o.kv_cache = w < 2 ? KVCacheType::kFloat32 : KVCacheType::kInt8;
+    return o;
+  };
+  for (Quantization q : {Quantization::kNone, Quantization::kInt8, Quantization::kBFloat16}) {
+    SCOPED_TRACE(quantization_name(q));
+    std::vector<std::vector<std::string>> alone, together(4);
+    {
+      const Translator first = Translator::load(ATTN_SOURCE_MODEL_DIR, q);
+      for (int w = 0; w < 4; ++w) alone.push_back(first.translate(sentences, options_of(w)));
+    }
+    const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR, q);
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 4; ++w)
+      threads.emplace_back(
+          [&, w] { together[static_cast<size_t>(w)] = translator.translate(sentences, options_of(w)); });
+    for (std::thread& t : threads) t.join();
+    for (int w = 0; w < 4; ++w) EXPECT_EQ(together[static_cast<size_t>(w)], alone[static_cast<size_t>(w)]) << w;
   }
-  std::vector<std::thread> threads;
-  for (int w = 0; w < 4; ++w)
-    threads.emplace_back([&, w] {
-      TranslateOptions o = options;
-      o.beam = w % 2 ? 4 : 1;
-      together[static_cast<size_t>(w)] = translator.translate(sentences, o);
-    });
-  for (std::thread& t : threads) t.join();
-  for (int w = 0; w < 4; ++w) EXPECT_EQ(together[static_cast<size_t>(w)], alone[static_cast<size_t>(w)]) << w;
 }
 
 }  // namespace
