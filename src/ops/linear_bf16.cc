@@ -45,6 +45,15 @@ ATTN_VECTOR_CLONES void round_through_bf16(float* out, const float* x, int64_t n
   for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(float_to_bf16(x[i]));
 }
 
+// A thread's oneDNN stream on engine(), made on its first bf16 product and destroyed when the thread ends.
+struct ThreadStream {
+  dnnl_stream_t stream = nullptr;
+  ThreadStream() { check(dnnl_stream_create(&stream, engine(), dnnl_stream_default_flags), "stream"); }
+  ~ThreadStream() { dnnl_stream_destroy(stream); }
+  ThreadStream(const ThreadStream&) = delete;
+  ThreadStream& operator=(const ThreadStream&) = delete;
+};
+
 // oneDNN has no bfloat16 matmul on this processor (dnnl_unimplemented)
 struct Bf16Unsupported {};
 
@@ -186,11 +195,8 @@ void linear_forward_bf16(float* y, const float* x, const QuantizedMatrix& w, con
   uint16_t* xbp = xb.data();
   round_to_bf16(xbp, x, M * K);
   const MemoryDesc a_md(M, K, dnnl_bf16, dnnl_ab), c_md(M, N, dnnl_f32, dnnl_ab);
-  thread_local dnnl_stream_t stream = [] {
-    dnnl_stream_t s;
-    check(dnnl_stream_create(&s, engine(), dnnl_stream_default_flags), "stream");
-    return s;
-  }();
+  thread_local const ThreadStream thread_stream;  // destroyed with its thread (a pool's worker, a Python thread)
+  const dnnl_stream_t stream = thread_stream.stream;
   dnnl_memory_t src, dst, bias = mm.zero_bias;
   check(dnnl_memory_create(&src, a_md.desc(), engine(), xbp), "src memory");
   check(dnnl_memory_create(&dst, c_md.desc(), engine(), out), "dst memory");
