@@ -98,12 +98,16 @@ struct TorchTypes {
   nb::object float32, boolean, bfloat16, float16, from_numpy;
 };
 
+// Filled under the GIL, which every caller holds, not behind a function-local static's guard: a thread waiting on
+// that guard while holding the GIL would deadlock with the one filling it should the import let the GIL go. Two
+// threads may then both fill it; one copy is never freed, which is harmless.
 const TorchTypes& torch_types() {
-  static const TorchTypes* types = [] {
+  static const TorchTypes* types = nullptr;  // (constant-initialised: no guard)
+  if (types == nullptr) {
     nb::module_ torch = nb::module_::import_("torch");
-    return new TorchTypes{torch.attr("float32"), torch.attr("bool"), torch.attr("bfloat16"), torch.attr("float16"),
-                          torch.attr("from_numpy")};
-  }();
+    types = new TorchTypes{torch.attr("float32"), torch.attr("bool"), torch.attr("bfloat16"), torch.attr("float16"),
+                           torch.attr("from_numpy")};
+  }
   return *types;
 }
 
