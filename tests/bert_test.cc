@@ -76,6 +76,14 @@ TEST(MiniLM, TokenIdsAndEmbeddingsMatchHuggingFace) {
   EXPECT_EQ(text::utf8_problem("caf\xc3\xa9 \xe4\xb8\x89 \xf0\x9f\x98\x80"), std::nullopt);
 }
 
+// A default-constructed encoder holds no model: every call says so (they had read through a null pointer).
+TEST(MiniLM, AnEncoderWithoutAModelRefusesCalls) {
+  const SentenceEncoder none;
+  EXPECT_THROW(none.embed({"hi"}), ArgumentError);
+  EXPECT_THROW(none.token_ids("hi"), ArgumentError);
+  EXPECT_THROW(none.attention_maps("hi"), ArgumentError);
+}
+
 TEST(MiniLM, BadModelDirectoriesFailClearly) {
   EXPECT_THROW(SentenceEncoder::load("/nonexistent"), FormatError);
   const auto dir = test::fresh_temp_path("attn_bad_bert");

@@ -284,7 +284,18 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   return e;
 }
 
+namespace {
+// A default-constructed encoder holds no model: its calls had read through a null weights pointer.
+void require_model(const std::shared_ptr<const models::BertWeights>& weights, const char* fn) {
+  if (!weights)
+    throw ArgumentError(std::string(fn) +
+                        ": this SentenceEncoder holds no model (default-constructed); make one with "
+                        "SentenceEncoder::load(dir)");
+}
+}  // namespace
+
 std::vector<int32_t> SentenceEncoder::token_ids(const std::string& sentence) const {
+  require_model(weights_, "token_ids");
   return tokenizer_.encode(sentence, max_seq_length_);
 }
 
@@ -361,6 +372,7 @@ void pool_tokens(Pooling mode, const float* x, int64_t n, int64_t Hd, float* out
 }  // namespace
 
 Tensor SentenceEncoder::embed(const std::vector<std::string>& sentences, int64_t batch_size, int num_threads) const {
+  require_model(weights_, "embed");
   if (batch_size <= 0) throw ArgumentError("embed: batch_size must be positive, got " + std::to_string(batch_size));
   if (num_threads < 0) throw ArgumentError("embed: num_threads must be >= 0, got " + std::to_string(num_threads));
   const int64_t N = static_cast<int64_t>(sentences.size()), Hd = config_.hidden_size, E = embedding_dim();
