@@ -360,6 +360,21 @@ TEST(Blas, KernelsAreNamedAndComparedWithTheProcessor) {
   detail::force_simd_level(saved);
 }
 
+// A size OpenBLAS's int cannot hold is a ShapeError naming the op (2^32 + 16 had been cast to 16: a short product, no
+// error). The check comes before any operand is read, so tiny buffers stand in for the huge ones.
+TEST(Blas, SizesPastIntAreRefusedNotTruncated) {
+  float y = 0.0f, x = 1.0f, w = 1.0f;
+  for (int64_t K : {int64_t{1} << 31, (int64_t{1} << 32) + 16}) {
+    try {
+      ops::linear_forward(&y, &x, &w, nullptr, 1, 1, K);
+      ADD_FAILURE() << "K = " << K << " ran";
+    } catch (const ShapeError& e) {
+      EXPECT_NE(std::string(e.what()).find("linear_forward"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::to_string(K)), std::string::npos) << e.what();
+    }
+  }
+}
+
 // OpenBLAS keeps one process-wide thread count and per-thread buffers sized by it (ops/blas_call.h): linear maps called
 // from user threads at 2, 3 and 4 threads at once each give the bits they give alone (unguarded, the 4-thread caller's
 // GEMMs had come out wrong, in 5-18 of 400).

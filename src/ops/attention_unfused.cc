@@ -80,9 +80,8 @@ void attention_unfused(const AttentionProblem& p) {
         for (int64_t i = 0; i < p.Lq * p.Lk; ++i) s[i] = 0.0f;
       } else {
         // s = scale · Q·Kᵀ : [Lq, Lk]
-        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.Lq), static_cast<int>(p.Lk),
-                   static_cast<int>(p.D), p.scale, q, static_cast<int>(p.q_sl), k, static_cast<int>(p.k_sl), 0.0f, s,
-                   static_cast<int>(p.Lk));
+        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p.Lq, p.Lk, p.D, p.scale, q, p.q_sl, k, p.k_sl, 0.0f, s,
+                   p.Lk, "scaled_dot_product_attention (unfused): Q·Kᵀ");
       }
       // s += M ; s = softmax(s) row by row
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(p.num_threads))
@@ -101,9 +100,8 @@ void attention_unfused(const AttentionProblem& p) {
         for (int64_t i = 0; i < p.Lq; ++i)
           for (int64_t d = 0; d < p.Dv; ++d) o[i * p.o_sl + d] = 0.0f;
       } else if (p.Lq > 0 && p.Dv > 0) {
-        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(p.Lq), static_cast<int>(p.Dv),
-                   static_cast<int>(p.Lk), 1.0f, s, static_cast<int>(p.Lk), v, static_cast<int>(p.v_sl), 0.0f, o,
-                   static_cast<int>(p.o_sl));
+        blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p.Lq, p.Dv, p.Lk, 1.0f, s, p.Lk, v, p.v_sl, 0.0f, o,
+                   p.o_sl, "scaled_dot_product_attention (unfused): P·V");
         recompute_nonfinite_rows(p, s, v, o);
       }
     }

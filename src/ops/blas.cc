@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 
+#include "attn/error.h"
 #include "cpu/attention_fused.h"
 #include "ops/blas_call.h"
 
@@ -32,9 +34,19 @@ bool blas_kernels_match_cpu() {
 
 namespace attn::detail {
 
-void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K, float alpha,
-                const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
-  const auto call = [&] { cblas_sgemm(order, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc); };
+void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K,
+                float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                int64_t ldc, const char* who) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  if (std::max({M, N, K, lda, ldb, ldc}) > kMax)
+    throw ShapeError(std::string(who) + ": a GEMM of [" + std::to_string(M) + ", " + std::to_string(K) + "] x [" +
+                     std::to_string(K) + ", " + std::to_string(N) + "] (leading dimensions " + std::to_string(lda) +
+                     ", " + std::to_string(ldb) + ", " + std::to_string(ldc) +
+                     "): OpenBLAS takes sizes up to 2^31 - 1");
+  const auto i = [](int64_t v) { return static_cast<int>(v); };
+  const auto call = [&] {
+    cblas_sgemm(order, trans_a, trans_b, i(M), i(N), i(K), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
+  };
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads <= 1) return call();
   static std::shared_mutex count_in_force;  // (ops/blas_call.h)

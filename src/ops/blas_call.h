@@ -1,5 +1,8 @@
 // Internal: every OpenBLAS GEMM of the library goes through blas_sgemm (cblas_sgemm's arguments).
 //
+// Sizes come as int64 and are checked against the int OpenBLAS takes (a ShapeError naming the op and them: a K of 2^32
+// + 16 had been cast to 16, a silently short product).
+//
 // OpenBLAS's OpenMP build (Debian's 0.3.21) keeps one process-wide thread count and a buffer per thread sized by it.
 // A call from outside a parallel region whose omp_get_max_threads() (2 or more) differs from that count resets both,
 // freeing the buffers of the threads above the new count, under the GEMM another thread may have in flight: user
@@ -11,9 +14,12 @@
 
 #include <cblas.h>
 
+#include <cstdint>
+
 namespace attn::detail {
 
-void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int M, int N, int K, float alpha,
-                const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K,
+                float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                int64_t ldc, const char* who);  // who: the op, for the error
 
 }  // namespace attn::detail

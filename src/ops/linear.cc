@@ -50,9 +50,8 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
   if (M == 0 || N == 0) return;
   linear_prologue(y, ldy, b, M, N, epilogue.accumulate);  // y = b (or y + b), then y += x·Wᵀ
   if (K > 0)
-    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
-                       static_cast<int>(K), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(K), 1.0f, y,
-                       static_cast<int>(ldy));
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, ldx, w, K, 1.0f, y, ldy,
+                       "linear_forward");
   if (epilogue.relu) relu_rows(y, ldy, M, N);
 }
 

@@ -120,9 +120,8 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
     last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
   }
   if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape: W as it is
-    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
-                       static_cast<int>(K), 1.0f, x, static_cast<int>(K), w.small->w, static_cast<int>(K), 1.0f, y,
-                       static_cast<int>(N));
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w.small->w, K, 1.0f, y, N,
+                       "linear_forward_small");
     if (epilogue.relu) relu_rows(y, N, M, N);
     return;
   }

@@ -221,12 +221,10 @@ void linear_backward(float* dx, float* dw, float* db, const float* dy, const flo
   if (M == 0) return;
   // y = x·Wᵀ + b  =>  dx += dy·W [M, K];  dW += dyᵀ·x [N, K];  db += Σ_rows dy
   if (dx)
-    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(K),
-                       static_cast<int>(N), 1.0f, dy, static_cast<int>(N), w, static_cast<int>(K), 1.0f, dx,
-                       static_cast<int>(K));
-  detail::blas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(N), static_cast<int>(K),
-                     static_cast<int>(M), 1.0f, dy, static_cast<int>(N), x, static_cast<int>(K), 1.0f, dw,
-                     static_cast<int>(K));
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dy, N, w, K, 1.0f, dx, K,
+                       "linear_backward: dx");
+  detail::blas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dy, N, x, K, 1.0f, dw, K,
+                     "linear_backward: dW");
   if (db) {  // each thread owns a share of the columns, whose rows it adds in row order: any thread count agrees
 #pragma omp parallel if (M * N >= kParallelElements)
     {
