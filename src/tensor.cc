@@ -134,19 +134,17 @@ Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtyp
 }
 
 Tensor Tensor::from_floats(Shape shape, const std::vector<float>& values) {
+  if (static_cast<int64_t>(values.size()) != shape_numel(shape))  // before the allocation (a 2^40 shape had tried it)
+    throw ShapeError("Tensor::from_floats: " + std::to_string(values.size()) + " values for shape " + shape_str(shape));
   Tensor t(std::move(shape), DType::kFloat32);
-  if (static_cast<int64_t>(values.size()) != t.numel())
-    throw ShapeError("Tensor::from_floats: " + std::to_string(values.size()) + " values for shape " +
-                     shape_str(t.shape()));
   if (!values.empty()) std::memcpy(t.f32(), values.data(), values.size() * sizeof(float));
   return t;
 }
 
 Tensor Tensor::from_bools(Shape shape, const std::vector<uint8_t>& values) {
+  if (static_cast<int64_t>(values.size()) != shape_numel(shape))  // before the allocation (a 2^40 shape had tried it)
+    throw ShapeError("Tensor::from_bools: " + std::to_string(values.size()) + " values for shape " + shape_str(shape));
   Tensor t(std::move(shape), DType::kBool);
-  if (static_cast<int64_t>(values.size()) != t.numel())
-    throw ShapeError("Tensor::from_bools: " + std::to_string(values.size()) + " values for shape " +
-                     shape_str(t.shape()));
   for (size_t i = 0; i < values.size(); ++i) t.b8()[i] = values[i] ? 1 : 0;
   return t;
 }

@@ -59,6 +59,14 @@ TEST(Errors, ScaledDotProductAttention) {
   expect_error<ShapeError>(sdpa(q, k, v, o), {"alibi_slopes", "[3]"});
 }
 
+// Tensor::from_floats/from_bools compare the values with the shape before allocating (a 2^40-element shape with no
+// values had asked for 4 TiB first).
+TEST(Errors, TensorsFromValuesCheckBeforeAllocating) {
+  expect_error<ShapeError>([] { Tensor::from_floats({int64_t{1} << 40}, {}); }, {"from_floats", "0 values"});
+  expect_error<ShapeError>([] { Tensor::from_bools({int64_t{1} << 40}, {}); }, {"from_bools", "0 values"});
+  expect_error<ShapeError>([] { Tensor::from_floats({-1}, {}); }, {"negative"});
+}
+
 TEST(Errors, MultiHeadAttention) {
   expect_error<ArgumentError>(
       [] {
@@ -104,6 +112,15 @@ TEST(Errors, MultiHeadAttention) {
   sd["in_proj_weight"] = Tensor({24, 8}, DType::kBFloat16);  // the right shape, the wrong element type
   expect_error<DTypeError>([&] { MultiHeadAttention::from_state_dict(sd, mha.config()); },
                            {"in_proj_weight", "bfloat16", "float32"});
+  // biases given to a layer without (they had been dropped: outputs unlike the state dict's layer)
+  MultiHeadAttentionConfig no_bias = mha.config();
+  no_bias.bias = false;
+  sd = mha.state_dict();
+  expect_error<ArgumentError>([&] { MultiHeadAttention::from_state_dict(sd, no_bias); }, {"in_proj_bias", "bias"});
+  sd.erase("in_proj_bias");
+  expect_error<ArgumentError>([&] { MultiHeadAttention::from_state_dict(sd, no_bias); }, {"out_proj.bias"});
+  sd.erase("out_proj.bias");
+  EXPECT_NO_THROW(MultiHeadAttention::from_state_dict(sd, no_bias));
 }
 
 // The public structs' fields and enums as a program may set them: checked where they are used (a replaced weight had

@@ -99,6 +99,15 @@ TEST(Task, SplitsAreDisjointAndDeterministic) {
   for (const auto& e : test) EXPECT_EQ(tasks::parse_english_words(e.source), e.n);
 }
 
+// A vocabulary without the 4 specials and a word on a side, and a split that is none of the three, are
+// ArgumentErrors (the encoders had searched from past a side's end; make_examples had looped forever).
+TEST(Task, MalformedVocabulariesAndSplitsAreRefused) {
+  const tasks::Vocab tiny{{"<pad>", "<bos>", "<eos>"}, {"<pad>", "<bos>", "<eos>"}};
+  EXPECT_THROW(tiny.encode_source("one", 8), ArgumentError);
+  EXPECT_THROW(tiny.encode_target("一"), ArgumentError);
+  EXPECT_THROW(tasks::make_examples(static_cast<tasks::Split>(3), 1, 0), ArgumentError);
+}
+
 TEST(Task, BadSourceTextIsRejectedClearly) {
   const tasks::Vocab v = tasks::Vocab::numbers();
   try {

@@ -145,6 +145,9 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
     const auto inc = generate_greedy_logits(m, src, 12, &inc_logits);
     const auto full = generate_full_recompute(m, src, 12, &full_logits);
     ASSERT_EQ(inc, full);
+    // src's sizes are checked before anything is sized by them (B = -1 had reached an allocation)
+    for (const TokenBatch& bad : {TokenBatch{{3}, -1, 1}, TokenBatch{{3}, int64_t{1} << 40, 1}, TokenBatch{{3}, 2, 1}})
+      EXPECT_THROW(generate_full_recompute(m, bad, 4), ShapeError) << bad.B;
     for (size_t b = 0; b < inc_logits.size(); ++b) {
       ASSERT_EQ(inc_logits[b].size(), full_logits[b].size());
       for (size_t i = 0; i < inc_logits[b].size(); ++i) EXPECT_NEAR(inc_logits[b][i], full_logits[b][i], 1e-4);

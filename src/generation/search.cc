@@ -238,6 +238,11 @@ std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& mod
                                                           int64_t max_length,
                                                           std::vector<std::vector<float>>* step_logits) {
   const TransformerConfig& c = model.config();
+  // src's sizes before anything is sized by them (a B of -1 or 2^40 had reached the allocations first)
+  if (src.B < 0 || src.L < 0 || (src.L > 0 && src.B > static_cast<int64_t>(src.ids.size()) / src.L) ||
+      static_cast<int64_t>(src.ids.size()) != src.B * src.L)
+    throw ShapeError("generate_full_recompute: src is [B = " + std::to_string(src.B) +
+                     ", L = " + std::to_string(src.L) + "] with " + std::to_string(src.ids.size()) + " ids");
   const int64_t B = src.B, V = c.tgt_vocab, T = positions_for(model, max_length);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
   if (step_logits) step_logits->assign(static_cast<size_t>(B), {});

@@ -213,6 +213,9 @@ Split split_of(int64_t n) {
 std::vector<Example> make_examples(Split split, int64_t count, uint64_t seed) {
   std::mt19937_64 rng(mix(seed) ^ static_cast<uint64_t>(split));
   if (count < 0) throw ArgumentError("make_examples: count must be at least 0, got " + std::to_string(count));
+  if (split != Split::kTrain && split != Split::kValidation && split != Split::kTest)  // (no number is in another)
+    throw ArgumentError("make_examples: split " + std::to_string(static_cast<int>(split)) +
+                        " is none of train, validation, test");
   std::vector<Example> out;
   out.reserve(static_cast<size_t>(std::min<int64_t>(count, int64_t{1} << 20)));  // more grows as they are made
   while (static_cast<int64_t>(out.size()) < count) {
@@ -243,7 +246,17 @@ Vocab Vocab::numbers() {
   return v;
 }
 
+namespace {
+// Ids 0..3 are <pad>, <bos>, <eos>, <unk>; words start at 4 (a smaller side had been searched from past its end).
+void check_side(const std::vector<std::string>& side, const char* name, const char* fn) {
+  if (side.size() < 5)
+    throw ArgumentError(std::string(fn) + ": the vocabulary's " + name + " side has " + std::to_string(side.size()) +
+                        " tokens; it needs the 4 specials (<pad> <bos> <eos> <unk>) and at least one more");
+}
+}  // namespace
+
 std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_len) const {
+  check_side(src, "src", "encode_source");
   const std::vector<std::string> w = words(text);
   if (w.empty())
     throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
@@ -264,6 +277,7 @@ std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_l
 }
 
 std::vector<int32_t> Vocab::encode_target(const std::string& utf8) const {
+  check_side(tgt, "tgt", "encode_target");
   std::vector<int32_t> ids;
   for (const std::string& ch : utf8_chars(utf8)) {
     const auto it = std::find(tgt.begin() + 4, tgt.end(), ch);
