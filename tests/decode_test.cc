@@ -363,6 +363,9 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
   EXPECT_THROW(cache.append(Tensor({2, 2, 1, 24}), Tensor({2, 2, 2, 24})), ShapeError);  // k and v differ
   EXPECT_THROW(cache.attend(Tensor({2, 3, 1, 24})), ShapeError);                         // 3 heads over 2
   EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}, DType::kBool)), DTypeError);
+  EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}), Tensor({2, 0})), DTypeError);  // a float padding mask
+  EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}), Tensor({2, 1}, DType::kBool)), ShapeError);
+  EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}), Tensor(), -1), ArgumentError);  // (had meant all cores)
   EXPECT_THROW(DecodeCache(0, 1, 1, 1), ArgumentError);
   EXPECT_THROW(DecodeCache(1, 1, 1, (int64_t{1} << 62) + 16), ArgumentError);  // its byte counts had wrapped
   EXPECT_THROW(parse_kv_cache("fp8"), ArgumentError);

@@ -293,7 +293,7 @@ class MultiheadAttention:
                            f"{', '.join(prefix + n for n in names)}; pass strict=False to ignore them)")
         arrays = {}
         for name, t in state_dict.items():
-            if not name.startswith(prefix):
+            if not name.startswith(prefix) or name[len(prefix):] not in names:  # (strict=False: the others ignored)
                 continue
             if t is None:
                 raise TypeError(f"state_dict[{name!r}] is None, not an array")

@@ -87,10 +87,16 @@ Tensor DecodeCache::attend(const Tensor& q, const Tensor& key_padding_mask, int 
     throw ShapeError("DecodeCache::attend: q has shape " + shape_str(q.shape()) + ", expected [" + std::to_string(c.B) +
                      ", H, Lq, " + std::to_string(c.D) + "] with H a multiple of " + std::to_string(c.Hkv));
   if (key_padding_mask.defined() &&
-      (key_padding_mask.dtype() != DType::kBool || key_padding_mask.shape() != Shape{c.B, c.length}))
-    throw ShapeError("DecodeCache::attend: key_padding_mask must be bool [" + std::to_string(c.B) + ", " +
-                     std::to_string(c.length) + "], got " + dtype_name(key_padding_mask.dtype()) + " " +
-                     shape_str(key_padding_mask.shape()));
+      (key_padding_mask.dtype() != DType::kBool || key_padding_mask.shape() != Shape{c.B, c.length})) {
+    const std::string what = "DecodeCache::attend: key_padding_mask must be bool [" + std::to_string(c.B) + ", " +
+                             std::to_string(c.length) + "], got " + dtype_name(key_padding_mask.dtype()) + " " +
+                             shape_str(key_padding_mask.shape());
+    if (key_padding_mask.dtype() != DType::kBool) throw DTypeError(what);
+    throw ShapeError(what);
+  }
+  if (num_threads < 0)
+    throw ArgumentError("DecodeCache::attend: num_threads must be >= 0 (0: all cores), got " +
+                        std::to_string(num_threads));
   const int64_t H = q.dim(1), Lq = q.dim(2), D = c.D;
   Tensor out({c.B, H, Lq, D});
   detail::DecodeProblem p;

@@ -170,6 +170,12 @@ MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::strin
     m.b_k = Tensor::from_floats({kv}, std::vector<float>(b.f32() + E, b.f32() + E + kv));
     m.b_v = Tensor::from_floats({kv}, std::vector<float>(b.f32() + E + kv, b.f32() + E + 2 * kv));
     m.b_o = take(tensors, prefix + "out_proj.bias", {E}).clone();
+  } else {  // a state dict with biases loaded into a layer without: refused (they had been dropped, silently)
+    for (const char* name : {"in_proj_bias", "out_proj.bias"})
+      if (tensors.count(prefix + name))
+        throw ArgumentError(std::string(kWho) + ": the state dict has '" + prefix + name +
+                            "' but the config says bias = false (its outputs would differ from the state dict's "
+                            "layer); set bias = true");
   }
   return m;
 }
@@ -261,18 +267,17 @@ MhaOutput MultiHeadAttention::attention(const Tensor& query, const Tensor& key, 
                        " but must be [B, Lk] = " + shape_str({B, Lk}));
     if (kpm.dtype() == DType::kBool) {
       key_padding = kpm.b8();
+    } else if (!mask.defined()) {  // [B, 1, 1, Lk], broadcast over heads and queries: O(B·Lk), not O(B·Lq·Lk)
+      mask = kpm.reshape({B, 1, 1, Lk});
     } else {
-      const int64_t Hm = mask.defined() && mask.rank() == 4 ? H : 1;
+      const int64_t Hm = mask.rank() == 4 ? H : 1;
       Tensor merged({B, Hm, Lq, Lk});
       for (int64_t b = 0; b < B; ++b)
         for (int64_t h = 0; h < Hm; ++h)
           for (int64_t i = 0; i < Lq; ++i)
             for (int64_t j = 0; j < Lk; ++j) {
-              float base = 0.0f;
-              if (mask.defined()) {
-                const int64_t at = mask.rank() == 4 ? ((b * H + h) * Lq + i) * Lk + j : i * Lk + j;
-                base = mask.dtype() == DType::kBool ? (mask.b8()[at] ? 0.0f : -INFINITY) : mask.f32()[at];
-              }
+              const int64_t at = mask.rank() == 4 ? ((b * H + h) * Lq + i) * Lk + j : i * Lk + j;
+              const float base = mask.dtype() == DType::kBool ? (mask.b8()[at] ? 0.0f : -INFINITY) : mask.f32()[at];
               merged.f32()[((b * Hm + h) * Lq + i) * Lk + j] = base + kpm.f32()[b * Lk + j];
             }
       mask = merged;

@@ -442,6 +442,11 @@ def test_mha_load_state_dict_is_strict_as_pytorchs():
     with pytest.raises(KeyError, match="q_proj_weight"):  # a key this layer has no place for
         attn.MultiheadAttention(8, 2).load_state_dict({**sd, "q_proj_weight": np.zeros((8, 8))})
     attn.MultiheadAttention(8, 2).load_state_dict({**sd, "q_proj_weight": np.zeros((8, 8))}, strict=False)
+    # biases for a layer without: unexpected when strict, ignored when not (C++ alone refuses them: they would be lost)
+    with pytest.raises(KeyError, match="in_proj_bias"):
+        attn.MultiheadAttention(8, 2, bias=False).load_state_dict(sd)
+    no_bias = attn.MultiheadAttention(8, 2, bias=False).load_state_dict(sd, strict=False)
+    assert sorted(no_bias.state_dict()) == ["in_proj_weight", "out_proj.weight"]
     # keys outside the prefix are another layer's: never unexpected
     attn.MultiheadAttention(8, 2).load_state_dict({**{"a." + k: v for k, v in sd.items()}, "b.x": np.zeros(1)},
                                                   prefix="a.")
