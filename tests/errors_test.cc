@@ -59,6 +59,22 @@ TEST(Errors, ScaledDotProductAttention) {
   expect_error<ShapeError>(sdpa(q, k, v, o), {"alibi_slopes", "[3]"});
 }
 
+// The reference backward ignores out and lse, whatever they hold (a bool out had thrown an error naming nothing); the
+// fused one names them.
+TEST(Errors, ReferenceBackwardIgnoresOutAndLse) {
+  std::mt19937 rng(2);
+  const Tensor q = test::random_tensor({1, 2, 3, 4}, rng), d_out = test::random_tensor({1, 2, 3, 4}, rng);
+  AttentionOptions o;
+  o.impl = AttentionImpl::kReference;
+  const Tensor junk({2}, DType::kBool);
+  const AttentionGrads a = scaled_dot_product_attention_backward(q, q, q, junk, junk, d_out, o);
+  const AttentionGrads b = scaled_dot_product_attention_backward(q, q, q, d_out, o);
+  EXPECT_EQ(test::max_abs_diff(a.dq, b.dq), 0.0);
+  o.impl = AttentionImpl::kFused;
+  expect_error<DTypeError>([&] { scaled_dot_product_attention_backward(q, q, q, junk, junk, d_out, o); },
+                           {"out", "bool"});
+}
+
 // Tensor::from_floats/from_bools compare the values with the shape before allocating (a 2^40-element shape with no
 // values had asked for 4 TiB first).
 TEST(Errors, TensorsFromValuesCheckBeforeAllocating) {

@@ -57,6 +57,7 @@ TEST(Transformer, MatchesPyTorchForwardLossAndGradients) {
     const float loss = ops::cross_entropy_forward_backward(dlogits.f32(), logits.f32(), tgt_out.ids.data(),
                                                            tgt_in.B * tgt_in.L, m.config().tgt_vocab, 0.1f, 0);
     EXPECT_NEAR(loss, std::stod(st.metadata.at("loss")), 1e-5);
+    EXPECT_THROW(m.backward(Tensor(logits.shape(), DType::kBool)), DTypeError);  // named, before any gradient moves
     m.backward(dlogits);
     for (const auto& [pname, g] : m.grads()) {
       const Tensor& want = st.at("grad." + pname);

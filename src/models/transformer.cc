@@ -395,6 +395,8 @@ void Transformer::backward(const Tensor& dlogits, const BackwardOptions& options
   if (dlogits.shape() != Shape{B, Lt, c.tgt_vocab})
     throw ShapeError("Transformer::backward: dlogits has shape " + shape_str(dlogits.shape()) +
                      " but the forward gave " + shape_str({B, Lt, c.tgt_vocab}));
+  if (dlogits.dtype() != DType::kFloat32)
+    throw DTypeError("Transformer::backward: dlogits must be float32, got " + std::string(dtype_name(dlogits.dtype())));
   const models::TransformerWeights& net = weights();
   TransformerBackwardBuffers& s = k.back;  // allocated once per batch shape, reused from step to step
   // the next group of gradient_ready_groups() is final: tell the caller

@@ -134,8 +134,10 @@ AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tens
   }
   AttentionGrads grads{Tensor(q.shape()), Tensor(k.shape()), Tensor(v.shape())};
   detail::AttentionGradients g;
-  g.out = out.defined() ? out.f32() : nullptr;
-  g.lse = lse.defined() ? lse.f32() : nullptr;
+  const bool kept =
+      options.impl != AttentionImpl::kReference;  // (the reference ignores out and lse, whatever they are)
+  g.out = kept ? out.f32() : nullptr;
+  g.lse = kept ? lse.f32() : nullptr;
   g.d_out = d_out.f32();
   g.dq = grads.dq.f32(), g.dk = grads.dk.f32(), g.dv = grads.dv.f32();
   detail::run_backward(p, g, options.impl);
