@@ -6,6 +6,7 @@
 #include "attn/attention.h"
 #include "attn/error.h"
 #include "attn/layers/multi_head_attention.h"
+#include "attn/models/transformer.h"
 #include "test_util.h"
 
 namespace attn {
@@ -179,6 +180,12 @@ TEST(Errors, PublicFieldsAndEnumsAreChecked) {
     o.impl = impl;
     EXPECT_LE(test::max_abs_diff(scaled_dot_product_attention(q, k, k, o).output, plain), 1e-6) << impl_name(impl);
   }
+  // an activation that is neither (it had run GELU and been saved as "relu")
+  TransformerConfig tc;
+  tc.src_vocab = tc.tgt_vocab = 8, tc.d_model = 8, tc.num_heads = 2, tc.d_ff = 8, tc.max_len = 8;
+  tc.num_encoder_layers = tc.num_decoder_layers = 1;
+  tc.activation = static_cast<Activation>(5);
+  expect_error<ArgumentError>([&] { Transformer m(tc, 1); }, {"activation 5"});
 }
 
 }  // namespace

@@ -91,6 +91,8 @@ void check_config(const TransformerConfig& c) {
         " must be a positive multiple of num_heads = " + std::to_string(c.num_heads));
   if (c.d_ff <= 0 || c.max_len <= 0 || c.num_encoder_layers < 0 || c.num_decoder_layers < 0)
     bad("sizes must be positive");
+  if (c.activation != Activation::kRelu && c.activation != Activation::kGelu)  // (it had run GELU and saved "relu")
+    bad("activation " + std::to_string(static_cast<int>(c.activation)) + " is neither relu nor gelu");
   if (c.num_encoder_layers > kMaxLayers || c.num_decoder_layers > kMaxLayers)
     bad("num_encoder_layers = " + std::to_string(c.num_encoder_layers) + " and num_decoder_layers = " +
         std::to_string(c.num_decoder_layers) + " must be at most " + std::to_string(kMaxLayers));
