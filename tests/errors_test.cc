@@ -60,6 +60,17 @@ TEST(Errors, ScaledDotProductAttention) {
   expect_error<ShapeError>(sdpa(q, k, v, o), {"alibi_slopes", "[3]"});
 }
 
+// The unfused path refuses a head of more than 2^31 scores, naming them (it had asked for 4 TiB: std::bad_alloc); D = 0
+// keeps the inputs empty.
+TEST(Errors, UnfusedRefusesScoresPastItsCap) {
+  AttentionOptions o;
+  o.impl = AttentionImpl::kUnfused;
+  o.scale = 1.0f;  // (D = 0 needs one)
+  const Tensor q({1, 1, int64_t{1} << 16, 0}), k({1, 1, (int64_t{1} << 15) + 1, 0}),
+      v({1, 1, (int64_t{1} << 15) + 1, 1});
+  expect_error<ArgumentError>([&] { scaled_dot_product_attention(q, k, v, o); }, {"unfused", "[65536, 32769]"});
+}
+
 // The reference backward ignores out and lse, whatever they hold (a bool out had thrown an error naming nothing); the
 // fused one names them.
 TEST(Errors, ReferenceBackwardIgnoresOutAndLse) {

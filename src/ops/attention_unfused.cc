@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "attn/error.h"
 #include "cpu/threads.h"
 #include "ops/attention_problem.h"
 #include "ops/blas_call.h"
@@ -68,6 +70,14 @@ void attention_unfused(const AttentionProblem& p) {
   const ThreadScope threads(p.num_threads);
   // With dropout the GEMM reads the dropped weights and `weights` keeps the ones before dropout.
   const bool weights_in_place = p.weights != nullptr && !p.dropout.active();
+  // A head's scores past 2^31 floats (8 GiB): refused, naming the sizes, rather than left to fail as an allocation
+  // (q, k, v of 4 MB each at Lq = Lk = 2^20 had asked for 4 TiB: std::bad_alloc)
+  constexpr int64_t kMaxScores = int64_t{1} << 31;
+  if (!weights_in_place && p.Lq * p.Lk > kMaxScores)
+    throw ArgumentError("scaled_dot_product_attention (impl = unfused): a head's scores [Lq, Lk] = [" +
+                        std::to_string(p.Lq) + ", " + std::to_string(p.Lk) + "] would take " +
+                        std::to_string(p.Lq * p.Lk / (int64_t{1} << 28)) +
+                        " GiB; the unfused path materialises them (impl = fused needs memory O(Lq + Lk))");
   if (!weights_in_place && workspace.size() < need) workspace.resize(need);
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t h = 0; h < p.H; ++h) {
