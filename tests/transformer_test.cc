@@ -402,6 +402,12 @@ TEST(Transformer, StepDecoderRejectsMisuse) {
   EXPECT_THROW(m.start_decoding(src, 0, 6), ArgumentError);
   EXPECT_THROW(m.start_decoding(src, 1, m.config().max_len + 1), ArgumentError);
   EXPECT_THROW(m.start_decoding(src, int64_t{1} << 62, 1), ArgumentError);  // sentences × hypotheses had wrapped
+  try {  // a negative positions is named as such (it had been reported as a cache of more than 2^40 floats)
+    m.start_decoding(src, 1, -5);
+    ADD_FAILURE() << "positions -5 accepted";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("positions must be in"), std::string::npos) << e.what();
+  }
   {  // a sinusoidal table past 2^28 floats (max_len 2^20 at d_model 512): refused, where learned positions are a tensor
     TransformerConfig big = m.config();
     big.max_len = int64_t{1} << 20, big.d_model = 512, big.num_heads = 8;

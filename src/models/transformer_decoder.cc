@@ -197,6 +197,11 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
                                                          KVCacheType kv_cache) const {
   if (hypotheses < 1)
     throw ArgumentError("Transformer::start_decoding: hypotheses must be >= 1, got " + std::to_string(hypotheses));
+  models::check_tokens(config_, src, config_.src_vocab, "src");
+  // src and positions before the cache's size (a negative one had been reported as a cache of over 2^40 floats)
+  if (positions < 1 || positions > config_.max_len)
+    throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
+                        std::to_string(config_.max_len) + "], got " + std::to_string(positions));
   // the caches hold sentences · hypotheses · positions · d_model floats per layer: checked before it is computed
   // (2^62 hypotheses had wrapped the row count to 0 and the cross-attention had read past its buffers)
   if (product_within({src.B, hypotheses, positions, config_.d_model}, int64_t{1} << 40) < 0)
@@ -204,10 +209,6 @@ std::unique_ptr<StepDecoder> Transformer::start_decoding(const TokenBatch& src, 
                         std::to_string(hypotheses) + " hypotheses × " + std::to_string(positions) +
                         " positions × d_model " + std::to_string(config_.d_model) +
                         " is more than a cache of 2^40 floats");
-  if (positions < 1 || positions > config_.max_len)
-    throw ArgumentError("Transformer::start_decoding: positions must be in [1, max_len = " +
-                        std::to_string(config_.max_len) + "], got " + std::to_string(positions));
-  models::check_tokens(config_, src, config_.src_vocab, "src");
   const models::TransformerWeights& net = weights();  // checks that no parameter was replaced
   TransformerActivations& k = models::inference_activations();
   models::encode_impl(net, k, src, /*keep_weights=*/false, nullptr);
