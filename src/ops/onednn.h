@@ -1,7 +1,8 @@
 // Internal: the few oneDNN calls whose C API changed between oneDNN 2 (Debian 12's libdnnl-dev 2.6) and oneDNN 3
 // (Debian 13's 3.7): a memory descriptor was a struct its user owned and filled, and is now an opaque handle the
 // library creates and destroys; a matmul's operation descriptor is gone, its primitive descriptor made in one call.
-// The same source builds against either (DNNL_VERSION_MAJOR); tested with both (docs/ARCHITECTURE.md, ops/).
+// The same source builds against either (DNNL_VERSION_MAJOR): CI builds against Debian 12's 2.6, and the whole
+// attn_tests suite passed linked against oneDNN 3.2 from PyPI (onednn-devel-cpu-gomp 2023.2, session 31).
 #pragma once
 
 #include <oneapi/dnnl/dnnl.h>
@@ -29,16 +30,17 @@ class MemoryDesc {
   MemoryDesc(int64_t rows, int64_t cols, dnnl_data_type_t type, dnnl_format_tag_t tag) {
     const dnnl_dims_t dims = {rows, cols};
 #if DNNL_VERSION_MAJOR >= 3
-    check(dnnl_memory_desc_create_with_tag(&md_, 2, dims, type, tag), "oneDNN", "memory descriptor");
+    check(dnnl_memory_desc_create_with_tag(&md_, 2, dims, type, tag), "MemoryDesc", "memory descriptor creation");
 #else
-    check(dnnl_memory_desc_init_by_tag(&md_, 2, dims, type, tag), "oneDNN", "memory descriptor");
+    check(dnnl_memory_desc_init_by_tag(&md_, 2, dims, type, tag), "MemoryDesc", "memory descriptor creation");
 #endif
   }
   // A copy of the descriptor a primitive descriptor reports for `what` (dnnl_query_weights_md, ...), which outlives it.
   static MemoryDesc queried(const_dnnl_primitive_desc_t pd, dnnl_query_t what) {
     MemoryDesc m;
 #if DNNL_VERSION_MAJOR >= 3
-    check(dnnl_memory_desc_clone(&m.md_, dnnl_primitive_desc_query_md(pd, what, 0)), "oneDNN", "memory query");
+    check(dnnl_memory_desc_clone(&m.md_, dnnl_primitive_desc_query_md(pd, what, 0)), "MemoryDesc",
+          "memory descriptor query");
 #else
     m.md_ = *dnnl_primitive_desc_query_md(pd, what, 0);
 #endif
