@@ -499,6 +499,17 @@ TEST(Transformer, AReplacedParameterIsNoticed) {
   EXPECT_THROW(m.encode(src), ArgumentError);
   m.forward(src, TokenBatch{{1, 3}, 1, 2});
   EXPECT_EQ(test::max_abs_diff(m.encode(src), before), 0.0);
+  // one added is named (the optimizer had met it as a std::out_of_range)
+  m.params()["encoder.extra"] = Tensor({2});
+  try {
+    m.forward(src, TokenBatch{{1, 3}, 1, 2});
+    ADD_FAILURE() << "an added parameter went unnoticed";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("encoder.extra"), std::string::npos) << e.what();
+  }
+  m.params().erase("encoder.extra");
+  m.forward(src, TokenBatch{{1, 3}, 1, 2});
+  EXPECT_EQ(test::max_abs_diff(m.encode(src), before), 0.0);
 }
 
 // Each sentence's maximum length is its own (the Translator derives one per sentence): a random model

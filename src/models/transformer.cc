@@ -213,7 +213,13 @@ void xavier(Tensor& t, std::mt19937_64& rng) {
 // again to tensors someone replaced (one of another shape had been bound as it was, and the forward read past it).
 void check_replaced_tensors(const TransformerConfig& c, const std::map<std::string, Tensor>& params,
                             const std::map<std::string, Tensor>& grads) {
-  for (const ParameterSpec& spec : parameter_specs(c))
+  const std::vector<ParameterSpec> specs = parameter_specs(c);
+  for (const auto& [what, tensors] : {std::pair{"parameter", &params}, std::pair{"gradient", &grads}})
+    for (const auto& entry : *tensors)  // one added (the optimizer had met it as a std::out_of_range)
+      if (std::none_of(specs.begin(), specs.end(), [&](const ParameterSpec& s) { return s.name == entry.first; }))
+        throw ArgumentError(std::string("Transformer: a ") + what + " '" + entry.first +
+                            "' was added; this model has no such parameter");
+  for (const ParameterSpec& spec : specs)
     for (const auto& [what, tensors] : {std::pair{"parameter", &params}, std::pair{"gradient", &grads}}) {
       const auto it = tensors->find(spec.name);
       if (it == tensors->end())
