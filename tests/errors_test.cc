@@ -71,6 +71,21 @@ TEST(Errors, UnfusedRefusesScoresPastItsCap) {
   expect_error<ArgumentError>([&] { scaled_dot_product_attention(q, k, v, o); }, {"unfused", "[65536, 32769]"});
 }
 
+// D = Dv = 0: no output or gradient element, so nothing is computed, however many (query, key) pairs (2^50 empty pairs
+// had been walked one by one, for days).
+TEST(Errors, EmptyHeadsOverLongSequencesReturnAtOnce) {
+  const int64_t L = int64_t{1} << 25;
+  const Tensor q({1, 1, L, 0}), k({1, 1, L, 0}), d_out({1, 1, L, 0});
+  AttentionOptions o;
+  o.scale = 1.0f;
+  for (AttentionImpl impl : {AttentionImpl::kAuto, AttentionImpl::kFused, AttentionImpl::kUnfused}) {
+    o.impl = impl;
+    EXPECT_EQ(scaled_dot_product_attention(q, k, k, o).output.shape(), (Shape{1, 1, L, 0}));
+    const AttentionGrads g = scaled_dot_product_attention_backward(q, k, k, d_out, o);
+    EXPECT_EQ(g.dq.numel() + g.dk.numel() + g.dv.numel(), 0);
+  }
+}
+
 // The reference backward ignores out and lse, whatever they hold (a bool out had thrown an error naming nothing); the
 // fused one names them.
 TEST(Errors, ReferenceBackwardIgnoresOutAndLse) {

@@ -213,6 +213,9 @@ void run_problem(const AttentionProblem& p, AttentionImpl impl) {
   // D = 0 with a NaN or infinite scale: every score is scale · 0 = NaN (as PyTorch's q @ kᵀ · scale), which the fast
   // paths, skipping the empty product, had taken for 0; the reference computes it, and costs nothing here
   if (p.D == 0 && !std::isfinite(p.scale)) impl = AttentionImpl::kReference;
+  // No output element, and neither weights nor lse asked for: nothing to compute (q, k, v of [1, 1, 2^25, 0] had
+  // walked 2^50 empty (query, key) pairs)
+  if (p.Dv == 0 && p.weights == nullptr && p.lse == nullptr) return;
   switch (impl) {
     case AttentionImpl::kReference: attention_reference(p); return;
     case AttentionImpl::kUnfused: attention_unfused(p); return;

@@ -96,6 +96,7 @@ void attention_backward_reference(const AttentionProblem& p, const AttentionGrad
 }
 
 void run_backward(const AttentionProblem& p, const AttentionGradients& g, AttentionImpl impl) {
+  if (p.D == 0 && p.Dv == 0) return;  // dQ, dK and dV hold no element (the kernels had walked every pair anyway)
   if (impl == AttentionImpl::kReference)
     attention_backward_reference(p, g);
   else
@@ -148,6 +149,11 @@ AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tens
                                                      const Tensor& d_out, const AttentionOptions& options) {
   if (options.impl == AttentionImpl::kReference)
     return scaled_dot_product_attention_backward(q, k, v, Tensor(), Tensor(), d_out, options);
+  if (q.rank() == 4 && v.rank() == 4 && q.dim(3) == 0 && v.dim(3) == 0) {  // no gradient element: no forward either
+    AttentionOptions none = options;
+    none.impl = AttentionImpl::kReference;  // (which takes no out and lse; run_backward then returns at once)
+    return scaled_dot_product_attention_backward(q, k, v, Tensor(), Tensor(), d_out, none);
+  }
   AttentionOptions forward = options;
   forward.return_weights = false;
   forward.return_lse = true;
