@@ -299,6 +299,30 @@ TEST(NonFinite, ElementsNearTheFloatRangeWithModerateScores) {
 // other keys score finitely gives it weight 0 (the reference). The fused paths' base-2 scores had overflowed to −inf
 // there and output 0. Rows 1-3 keep the reference's lse and gradients; row 0, whose every score lies beyond the
 // float range in base 2, keeps finite ones (its d_out 0: nothing flows from it).
+// A row redone term by term (an infinite value) scores as the fast path does: q·k = 4e38 overflows float before the
+// scale 0.5 brings it back to 2e38, which the fast path never meets (it scales an operand first); the redone row had
+// taken the overflowed dot, inf − inf = NaN, where the reference gives +inf. (The unfused path's BLAS applies the
+// scale after its float sums: it still overflows there; the ± inf inputs' rule is the reference's, float for float.)
+TEST(NonFinite, RedoneRowsScoreAsTheFastPathDoes) {
+  for (int64_t Lq : {5, 3}) {  // the tiled path and the few-query path
+    Tensor q({1, 1, Lq, 2}), k({1, 1, 2, 2}), v({1, 1, 2, 1});
+    std::fill(q.f32(), q.f32() + q.numel(), 2e38f);
+    std::fill(k.f32(), k.f32() + k.numel(), 1.0f);
+    v.f32()[0] = 1.0f, v.f32()[1] = INFINITY;
+    AttentionOptions o;
+    o.scale = 0.5f;
+    o.impl = AttentionImpl::kReference;
+    const Tensor ref = scaled_dot_product_attention(q, k, v, o).output;
+    ASSERT_TRUE(std::isinf(ref.f32()[0]) && ref.f32()[0] > 0) << ref.f32()[0];
+    o.impl = AttentionImpl::kFused;
+    for (auto level : test::simd_levels()) {
+      test::SimdGuard guard(level);
+      EXPECT_EQ(pattern_mismatch(scaled_dot_product_attention(q, k, v, o).output, ref, 0.0), "")
+          << "Lq " << Lq << " " << detail::simd_level_name(level);
+    }
+  }
+}
+
 TEST(NonFinite, FloatMinimumMaskValuesWeighAsPyTorchs) {
   constexpr float kMin = -std::numeric_limits<float>::max();
   std::mt19937 rng(4);

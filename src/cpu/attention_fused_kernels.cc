@@ -388,7 +388,11 @@ void exact_row_state(const AttentionProblem& p, int64_t b, int64_t h, int64_t i,
   const float* v = p.v + b * p.v_sb + p.kv_head(h) * p.v_sh;
   const float* q_row = p.q + b * p.q_sb + h * p.q_sh + i * p.q_sl;
   const float qscale = p.scale * kLog2e;
-  for (int64_t j = lo; j < hi; ++j) s[j - lo] = qscale * dot(q_row, k + j * p.k_sl, p.D);
+  for (int64_t j = lo; j < hi; ++j) {  // in double: a dot that overflows float before its scale (q·k ~ 4e38 at scale
+    double sum = 0.0;                  // 0.5) stays finite, as on the fast path, which scales an operand first
+    for (int64_t d = 0; d < p.D; ++d) sum += static_cast<double>(q_row[d]) * k[j * p.k_sl + d];
+    s[j - lo] = static_cast<float>(static_cast<double>(qscale) * sum);
+  }
   mask_row_segment(p, b, h, i, lo, hi, s.data(), kLog2e);
   float m = kNegInf;
   bool any_nan = false;
