@@ -212,6 +212,15 @@ TEST(Errors, PublicFieldsAndEnumsAreChecked) {
   tc.num_encoder_layers = tc.num_decoder_layers = 1;
   tc.activation = static_cast<Activation>(5);
   expect_error<ArgumentError>([&] { Transformer m(tc, 1); }, {"activation 5"});
+  // weight matrices past 2^40 elements are refused before any is allocated (d_model 2^20: in_proj 12 TiB)
+  tc.activation = Activation::kRelu;
+  tc.d_model = int64_t{1} << 20, tc.num_heads = 1, tc.d_ff = 1, tc.max_len = 1, tc.src_vocab = tc.tgt_vocab = 3;
+  expect_error<ArgumentError>([&] { Transformer m(tc, 1); }, {"in_proj", "2^40"});
+  MultiHeadAttentionConfig mc;
+  mc.embed_dim = int64_t{1} << 20, mc.num_heads = 1;
+  expect_error<ArgumentError>([&] { MultiHeadAttention m(mc); }, {"embed_dim", "2^40"});
+  mc.embed_dim = int64_t{1} << 62;  // (3E had overflowed)
+  expect_error<ArgumentError>([&] { MultiHeadAttention m(mc); }, {"embed_dim", "2^40"});
 }
 
 }  // namespace

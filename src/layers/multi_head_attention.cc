@@ -6,6 +6,7 @@
 // transposing copy anywhere.
 #include "attn/layers/multi_head_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -34,6 +35,14 @@ void check_config(MultiHeadAttentionConfig& c) {
   if (c.num_heads % c.num_kv_heads != 0)
     throw ArgumentError(std::string(kWho) + ": num_heads H = " + std::to_string(c.num_heads) +
                         " is not a multiple of num_kv_heads Hkv = " + std::to_string(c.num_kv_heads));
+  // every weight matrix within 2^40 elements, as the Transformer's tables (embed_dim 2^20 had asked for 4 TiB, and
+  // past 2^61 E + 2·kv had overflowed)
+  constexpr int64_t kMaxElements = int64_t{1} << 40;
+  const int64_t widest = std::max({c.embed_dim, c.kdim, c.vdim});
+  if (c.embed_dim > kMaxElements || widest > kMaxElements / (3 * c.embed_dim))
+    throw ArgumentError(std::string(kWho) + ": embed_dim E = " + std::to_string(c.embed_dim) +
+                        ", kdim = " + std::to_string(c.kdim) + ", vdim = " + std::to_string(c.vdim) +
+                        ": a projection of 3E rows by max(E, kdim, vdim) would pass 2^40 elements");
 }
 
 Tensor xavier_uniform(Shape shape, int64_t fan_in, int64_t fan_out, std::mt19937_64& rng) {
