@@ -367,6 +367,10 @@ TEST(DecodeCache, AttendsLikeSdpaOverWhatWasAppended) {
   EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}), Tensor({2, 1}, DType::kBool)), ShapeError);
   EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24}), Tensor(), -1), ArgumentError);  // (had meant all cores)
   EXPECT_THROW(DecodeCache(0, 1, 1, 1), ArgumentError);
+  DecodeCache taken = std::move(cache);  // the moved-from one says so (its calls had dereferenced null)
+  EXPECT_EQ(taken.length(), 0);
+  EXPECT_THROW(cache.attend(Tensor({2, 4, 1, 24})), ArgumentError);  // NOLINT(bugprone-use-after-move)
+  EXPECT_THROW(cache.length(), ArgumentError);
   EXPECT_THROW(DecodeCache(1, 1, 1, (int64_t{1} << 62) + 16), ArgumentError);  // its byte counts had wrapped
   EXPECT_THROW(parse_kv_cache("fp8"), ArgumentError);
 }

@@ -43,14 +43,24 @@ DecodeCache::~DecodeCache() = default;
 DecodeCache::DecodeCache(DecodeCache&&) noexcept = default;
 DecodeCache& DecodeCache::operator=(DecodeCache&&) noexcept = default;
 
-void DecodeCache::reset() { impl_->length = 0; }  // every position, scales too, is written again before it is read
+namespace {
+// A moved-from cache holds no state: its calls had dereferenced null.
+template <class Impl>
+Impl& held(const std::unique_ptr<Impl>& impl, const char* fn) {
+  if (!impl) throw ArgumentError(std::string("DecodeCache::") + fn + ": this cache was moved from");
+  return *impl;
+}
+}  // namespace
 
-int64_t DecodeCache::length() const { return impl_->length; }
-KVCacheType DecodeCache::type() const { return impl_->type; }
-size_t DecodeCache::bytes() const { return impl_->cache.bytes_held(); }
+// every position, scales too, is written again before it is read
+void DecodeCache::reset() { held(impl_, "reset").length = 0; }
+
+int64_t DecodeCache::length() const { return held(impl_, "length").length; }
+KVCacheType DecodeCache::type() const { return held(impl_, "type").type; }
+size_t DecodeCache::bytes() const { return held(impl_, "bytes").cache.bytes_held(); }
 
 void DecodeCache::append(const Tensor& k, const Tensor& v) {
-  Impl& c = *impl_;
+  Impl& c = held(impl_, "append");
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{k, "k"}, {v, "v"}}) {
     if (!t.defined() || t.dtype() != DType::kFloat32)
       throw DTypeError(std::string("DecodeCache::append: ") + name + " must be a float32 tensor");
@@ -81,7 +91,7 @@ void DecodeCache::append(const Tensor& k, const Tensor& v) {
 }
 
 Tensor DecodeCache::attend(const Tensor& q, const Tensor& key_padding_mask, int num_threads) const {
-  const Impl& c = *impl_;
+  const Impl& c = held(impl_, "attend");
   if (!q.defined() || q.dtype() != DType::kFloat32) throw DTypeError("DecodeCache::attend: q must be a float32 tensor");
   if (q.rank() != 4 || q.dim(0) != c.B || q.dim(3) != c.D || q.dim(1) % c.Hkv != 0)
     throw ShapeError("DecodeCache::attend: q has shape " + shape_str(q.shape()) + ", expected [" + std::to_string(c.B) +
