@@ -104,8 +104,7 @@ void check_config(const TransformerConfig& c) {
   }
   if (c.d_model > (int64_t{1} << 40) / (3 * c.d_model))  // in_proj [3E, E] too (the tables bound d_model by 2^40)
     bad("d_model = " + std::to_string(c.d_model) +
-        ": the attention's in_proj [3 d_model, d_model] would take more "
-        "than 2^40 elements");
+        ": the attention's in_proj [3 d_model, d_model] would take more than 2^40 elements");
   // the sinusoidal position table is computed, not read: no file's size bounds it (config.json's "max_len":
   // 8589934592 had asked for 4 TiB); learned positions are a [max_len, d_model] tensor the file must hold
   if (c.max_len > kMaxPositions || (!c.learned_positions && c.max_len * c.d_model > kMaxPositionTable))

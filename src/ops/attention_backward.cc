@@ -135,8 +135,8 @@ AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tens
   }
   AttentionGrads grads{Tensor(q.shape()), Tensor(k.shape()), Tensor(v.shape())};
   detail::AttentionGradients g;
-  const bool kept =
-      options.impl != AttentionImpl::kReference;  // (the reference ignores out and lse, whatever they are)
+  // the fused backward reads out and lse; the reference ignores them, whatever they are
+  const bool kept = options.impl != AttentionImpl::kReference;
   g.out = kept ? out.f32() : nullptr;
   g.lse = kept ? lse.f32() : nullptr;
   g.d_out = d_out.f32();
