@@ -211,6 +211,45 @@ TEST(NonFinite, MinusInfMaskHidesANaNScoreAndANaNScalePoisons) {
     }
 }
 
+// A score of −inf (an infinite k) is not a hidden key: a NaN or +inf float mask there makes the row NaN, as
+// −inf + NaN and −inf + inf are in IEEE arithmetic (the reference); a finite mask leaves it −inf (weight 0); padding
+// hides the key from every mask value. The fast paths had taken any −inf score for hidden and given those rows finite
+// outputs.
+TEST(NonFinite, MinusInfScoreMeetsANaNOrInfiniteMaskAsIEEESays) {
+  std::mt19937 rng(13);
+  Tensor q = test::random_tensor({1, 1, 3, 8}, rng), k = test::random_tensor({1, 1, 5, 8}, rng);
+  Tensor v = test::random_tensor({1, 1, 5, 8}, rng);
+  for (int64_t i = 0; i < 3; ++i) q.f32()[i * 8] = 1.0f;  // every row's score for key 2 is −inf
+  k.f32()[2 * 8] = -kInf;
+  Tensor mask({3, 5});
+  for (int64_t i = 0; i < 15; ++i) mask.f32()[i] = 0.0f;
+  mask.f32()[0 * 5 + 2] = kNaN, mask.f32()[1 * 5 + 2] = kInf, mask.f32()[2 * 5 + 2] = -1.0f;
+  Tensor padding({1, 5}, DType::kBool);
+  for (int64_t j = 0; j < 5; ++j) padding.b8()[j] = j == 2;
+  for (bool padded : {false, true})
+    for (AttentionImpl impl : {AttentionImpl::kReference, AttentionImpl::kUnfused, AttentionImpl::kFused})
+      for (auto level : test::simd_levels()) {
+        if (impl != AttentionImpl::kFused && level != detail::simd_level_supported()) continue;
+        SCOPED_TRACE(std::string(impl_name(impl)) + " simd=" + detail::simd_level_name(level) +
+                     (padded ? " key 2 padded" : ""));
+        test::SimdGuard guard(level);
+        AttentionOptions o;
+        o.mask = mask, o.impl = impl, o.return_weights = true;
+        if (padded) o.key_padding_mask = padding;
+        const AttentionResult r = scaled_dot_product_attention(q, k, v, o);
+        for (int64_t i = 0; i < 3; ++i) {
+          const bool poisoned = !padded && i < 2;
+          for (int64_t d = 0; d < 8; ++d) {
+            const float x = r.output.f32()[i * 8 + d];
+            EXPECT_TRUE(poisoned ? std::isnan(x) : std::isfinite(x)) << i << " " << d;
+          }
+          if (!poisoned) {
+            EXPECT_EQ(r.weights.f32()[i * 5 + 2], 0.0f) << i;
+          }
+        }
+      }
+}
+
 // Backward: a NaN in a key and value that padding hides reaches no gradient; a NaN in a visible value
 // reaches dQ of every row that sees it.
 TEST(NonFinite, BackwardKeepsTheRule) {

@@ -129,14 +129,17 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
       if (!m[j * p.m_sk]) s[j - j0] = kHidden;
   } else if (p.float_mask) {
     const float* m = p.float_mask + p.mask_index(b, h, i, 0);
-    // A hidden key stays hidden; −inf hides it even from a NaN score. A finite value stays finite in base 2: beyond
-    // ±FLT_MAX / log2 e (torch.finfo(float32).min, the "masked" value of much PyTorch code) bias_scale · mj had
-    // overflowed to −inf and hidden the key (a row of them had given 0, not the mean of V); saturated, it weighs as
-    // in base e against finite scores, and keys that share such a value share the weight.
+    const uint8_t* pad = p.key_padding ? p.key_padding + b * p.Lk : nullptr;
+    // A padded key stays hidden; −inf hides a key even from a NaN score. A score that is −inf (an infinite q or k) is
+    // not hidden: it meets the mask as IEEE says (NaN or +inf there makes it NaN, as in the reference; it had been
+    // taken for hidden). A finite value stays finite in base 2: beyond ±FLT_MAX / log2 e (torch.finfo(float32).min,
+    // the "masked" value of much PyTorch code) bias_scale · mj had overflowed to −inf and hidden the key (a row of
+    // them had given 0, not the mean of V); saturated, it weighs as in base e against finite scores, and keys that
+    // share such a value share the weight.
     constexpr float kMax = std::numeric_limits<float>::max();
     for (int64_t j = a; j < e; ++j) {
       const float mj = m[j * p.m_sk];
-      if (s[j - j0] == kHidden) continue;
+      if (pad && pad[j]) continue;
       const float t = bias_scale * mj;  // (+inf and NaN stay as they are: the non-finite rule)
       const float bias = std::fabs(mj) <= kMax && std::fabs(t) > kMax ? std::copysign(kMax, t) : t;
       s[j - j0] = mj == kHidden ? kHidden : s[j - j0] + bias;
