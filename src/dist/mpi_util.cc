@@ -50,7 +50,7 @@ void check_mpi(int code, const char* what) {
 
 int mpi_count(int64_t n, const std::string& what) {
   if (n < 0 || n > INT_MAX)
-    throw ArgumentError(what + ": " + std::to_string(n) + " elements in one message, more than MPI's " +
+    throw ArgumentError(what + ": a count of " + std::to_string(n) + " in one message, more than MPI's " +
                         std::to_string(INT_MAX) + " (split the heads or the batch across calls)");
   return static_cast<int>(n);
 }
@@ -59,6 +59,17 @@ Exchange::Exchange() {
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   threaded_ = level >= MPI_THREAD_SERIALIZED;
+}
+
+RowType::RowType(int bytes) {
+  check_mpi(MPI_Type_contiguous(bytes, MPI_BYTE, &type_), "MPI_Type_contiguous");
+  const int committed = MPI_Type_commit(&type_);
+  if (committed != MPI_SUCCESS) MPI_Type_free(&type_);
+  check_mpi(committed, "MPI_Type_commit");
+}
+
+RowType::~RowType() {
+  if (type_ != MPI_DATATYPE_NULL) MPI_Type_free(&type_);
 }
 
 Exchange::~Exchange() {

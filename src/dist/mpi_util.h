@@ -35,6 +35,19 @@ void check_mpi(int code, const char* what);
 // An element count as MPI's int; throws ArgumentError naming `what` past INT_MAX elements.
 int mpi_count(int64_t n, const std::string& what);
 
+// A committed MPI datatype of `bytes` contiguous bytes (one row of a gather), freed on destruction.
+class RowType {
+ public:
+  explicit RowType(int bytes);
+  ~RowType();
+  RowType(const RowType&) = delete;
+  RowType& operator=(const RowType&) = delete;
+  MPI_Datatype get() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
 // Non-blocking messages completed by a helper thread while the caller computes:
 //   start(requests) -> compute -> finish() (returns the seconds spent waiting after the compute).
 // The helper polls MPI_Testall with short sleeps (a busy MPI_Waitall would take a core from the kernel).

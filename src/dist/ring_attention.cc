@@ -3,6 +3,7 @@
 // its backward (attn/attention.h); this file plans the blocks and moves the data.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -27,8 +28,9 @@ using detail::rows;
 
 enum Tag : int { kTagK = 11, kTagV, kTagPad, kTagDk, kTagDv };
 
-// What every rank tells the others before the ring starts: its verdict on its own inputs and its shapes.
-enum Field : size_t { kOk, kB, kH, kHkv, kD, kDv, kLq, kLk, kPad, kLayout, kCausal, kFields };
+// What every rank tells the others before the ring starts: its verdict on its own inputs, its shapes and the options
+// that change the numbers (the scale as its bit pattern, −1 for the default 1/√D; the implementation).
+enum Field : size_t { kOk, kB, kH, kHkv, kD, kDv, kLq, kLk, kPad, kLayout, kCausal, kScale, kImpl, kFields };
 using Header = std::array<int64_t, kFields>;
 enum Verdict : int64_t { kFine = 0, kShape, kDType, kArgument };
 
@@ -80,6 +82,12 @@ LocalCheck check_local(const char* fn, const Tensor& q, const Tensor& k, const T
   if (a.return_weights) c.fail(kArgument, f + ": return_weights is not supported (the weights are never whole)");
   if (a.num_threads < 0) c.fail(kArgument, f + ": num_threads must be >= 0, got " + std::to_string(a.num_threads));
   if (q.dim(3) == 0 && !a.scale) c.fail(kArgument, f + ": D = 0 needs an explicit scale" + shapes);
+  if (static_cast<int>(a.causal) > static_cast<int>(CausalAlignment::kBottomRight))
+    c.fail(kArgument, f + ": causal is not a CausalAlignment (" + std::to_string(static_cast<int>(a.causal)) + ")");
+  if (static_cast<int>(a.impl) > static_cast<int>(AttentionImpl::kReference))
+    c.fail(kArgument, f + ": impl is not an AttentionImpl (" + std::to_string(static_cast<int>(a.impl)) + ")");
+  if (static_cast<int>(o.layout) > static_cast<int>(SequenceLayout::kZigzag))
+    c.fail(kArgument, f + ": layout is not a SequenceLayout (" + std::to_string(static_cast<int>(o.layout)) + ")");
   if (backward && a.impl == AttentionImpl::kReference)
     c.fail(kArgument, f + ": impl reference is not supported (the reference backward recomputes the softmax over one "
                           "block of keys, not from the whole row's lse); use auto, fused or unfused");
@@ -110,6 +118,8 @@ Ring agree(const char* fn, const detail::CommDup& comm, const LocalCheck& mine, 
   h[kPad] = o.attention.key_padding_mask.defined();
   h[kLayout] = static_cast<int64_t>(o.layout);
   h[kCausal] = static_cast<int64_t>(o.attention.causal);
+  h[kScale] = o.attention.scale ? static_cast<int64_t>(std::bit_cast<uint32_t>(*o.attention.scale)) : -1;
+  h[kImpl] = static_cast<int64_t>(o.attention.impl);
   std::vector<Header> all(static_cast<size_t>(comm.size()));
   detail::check_mpi(MPI_Allgather(h.data(), kFields, MPI_INT64_T, all.data(), kFields, MPI_INT64_T, comm.get()),
                     "ring_attention: MPI_Allgather of the shapes");
@@ -129,10 +139,13 @@ Ring agree(const char* fn, const detail::CommDup& comm, const LocalCheck& mine, 
            std::to_string(x[kLk]) + ", " + std::to_string(x[kD]) + "|" + std::to_string(x[kDv]) +
            "], key_padding_mask " + (x[kPad] ? "given" : "none") + ", layout " +
            layout_name(static_cast<SequenceLayout>(x[kLayout])) + ", causal " +
-           causal_name(static_cast<CausalAlignment>(x[kCausal]));
+           causal_name(static_cast<CausalAlignment>(x[kCausal])) + ", scale " +
+           (x[kScale] < 0 ? std::string("default")
+                          : std::to_string(std::bit_cast<float>(static_cast<uint32_t>(x[kScale])))) +
+           ", impl " + impl_name(static_cast<AttentionImpl>(x[kImpl]));
   };
   for (size_t s = 1; s < all.size(); ++s)
-    for (Field f : {kB, kH, kHkv, kD, kDv, kPad, kLayout, kCausal})
+    for (Field f : {kB, kH, kHkv, kD, kDv, kPad, kLayout, kCausal, kScale, kImpl})
       if (all[s][f] != all[0][f])
         throw ShapeError(me + "the ranks disagree: rank " + std::to_string(s) + " has " + describe(all[s]) +
                          ", rank 0 has " + describe(all[0]) + " (only the lengths Lq, Lk may differ)");

@@ -1,6 +1,7 @@
 // Sequence layouts: which rows each rank holds, cutting a tensor into chunks and gathering them back.
 #include "sequence.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <memory>
@@ -176,28 +177,48 @@ Tensor gather_sequence(const Tensor& local, int dim, MPI_Comm comm, SequenceLayo
     if (headers[s][kRank] < 0)
       throw ArgumentError("gather_sequence (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(s) +
                           " was given a dim or root it cannot use");
+  const auto disagree = [&](size_t s) {
+    return ShapeError("gather_sequence (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(s) +
+                      " disagrees with rank 0 on the tensor's rank, dtype, sizes other than dim, dim or root " +
+                      "(this rank: " + dtype_name(local.dtype()) + " " + shape_str(local.shape()) + ", dim " +
+                      std::to_string(dim) + ", root " + std::to_string(root) + ")");
+  };
   std::vector<int64_t> lengths;
   for (size_t s = 0; s < headers.size(); ++s) {
     lengths.push_back(headers[s][kLength]);
     for (size_t f = kRank; f < kCount; ++f)
-      if (headers[s][f] != headers[0][f])  // the same verdict on every rank: none waits in the Gatherv for the others
-        throw ShapeError("gather_sequence (rank " + std::to_string(c.rank()) + "): rank " + std::to_string(s) +
-                         " disagrees with rank 0 on the tensor's rank, dtype, sizes other than dim, dim or root " +
-                         "(this rank: " + dtype_name(local.dtype()) + " " + shape_str(local.shape()) + ", dim " +
-                         std::to_string(dim) + ", root " + std::to_string(root) + ")");
+      if (headers[s][f] != headers[0][f]) throw disagree(s);  // the same verdict on every rank: none waits for another
   }
-  const size_t es = dtype_size(local.dtype());
+  // the sizes themselves, now that every rank has the same number of them ([1, 6, L, 4] and [2, 3, L, 4] have the same
+  // outer and per_row products: rank 1's rows had been read as rank 0's shape)
+  Shape others = local.shape();
+  others[static_cast<size_t>(dim)] = 0;
+  std::vector<int64_t> all_sizes(others.size() * headers.size());
+  detail::check_mpi(MPI_Allgather(others.data(), static_cast<int>(others.size()), MPI_INT64_T, all_sizes.data(),
+                                  static_cast<int>(others.size()), MPI_INT64_T, c.get()),
+                    "gather_sequence: MPI_Allgather of the sizes");
+  for (size_t s = 1; s < headers.size(); ++s)
+    if (!std::equal(all_sizes.begin(), all_sizes.begin() + static_cast<int64_t>(others.size()),
+                    all_sizes.begin() + static_cast<int64_t>(s * others.size())))
+      throw disagree(s);
+  // Counted in rows (one position along dim with every other index: an MPI type of row_bytes bytes), so a gather
+  // whose total passes 2 GiB still works; a rank past INT_MAX rows or a row past INT_MAX bytes is refused (alike on
+  // every rank: the sizes are the agreed ones).
+  const int64_t row_bytes = per_row * static_cast<int64_t>(dtype_size(local.dtype()));
   std::vector<int> counts(lengths.size()), offsets(lengths.size());
-  int64_t total = 0;
+  int64_t total_rows = 0;
   for (size_t s = 0; s < lengths.size(); ++s) {
-    counts[s] = detail::mpi_count(lengths[s] * per_row * static_cast<int64_t>(es), "gather_sequence");
-    offsets[s] = detail::mpi_count(total, "gather_sequence");
-    total += counts[s];
+    counts[s] = detail::mpi_count(lengths[s], "gather_sequence (rows of rank " + std::to_string(s) + ")");
+    offsets[s] = detail::mpi_count(total_rows, "gather_sequence (rows before rank " + std::to_string(s) + ")");
+    total_rows += lengths[s];
   }
-  std::vector<std::byte> all(c.rank() == root ? static_cast<size_t>(total) : 0);
-  detail::check_mpi(MPI_Gatherv(local.raw(), detail::mpi_count(static_cast<int64_t>(local.nbytes()), "gather_sequence"),
-                                MPI_BYTE, all.data(), counts.data(), offsets.data(), MPI_BYTE, root, c.get()),
-                    "gather_sequence: MPI_Gatherv");
+  std::vector<std::byte> all(c.rank() == root ? static_cast<size_t>(total_rows * row_bytes) : 0);
+  if (row_bytes > 0) {
+    const detail::RowType row(detail::mpi_count(row_bytes, "gather_sequence (bytes of one row)"));
+    detail::check_mpi(MPI_Gatherv(local.raw(), counts[static_cast<size_t>(c.rank())], row.get(), all.data(),
+                                  counts.data(), offsets.data(), row.get(), root, c.get()),
+                      "gather_sequence: MPI_Gatherv");
+  }
   if (c.rank() != root) return Tensor();
   Shape shape = local.shape();
   shape[static_cast<size_t>(dim)] = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
@@ -206,7 +227,7 @@ Tensor gather_sequence(const Tensor& local, int dim, MPI_Comm comm, SequenceLayo
     Shape part_shape = local.shape();
     part_shape[static_cast<size_t>(dim)] = lengths[static_cast<size_t>(s)];
     const Tensor part =
-        Tensor::borrow(part_shape, local.dtype(), all.data() + offsets[static_cast<size_t>(s)], nullptr);
+        Tensor::borrow(part_shape, local.dtype(), all.data() + offsets[static_cast<size_t>(s)] * row_bytes, nullptr);
     for (const detail::Piece& p : detail::pieces_of(lengths, s, layout))
       detail::put_rows(full, dim, p.global, detail::rows(part, dim, p.local, p.length), true);
   }

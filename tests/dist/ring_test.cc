@@ -190,6 +190,16 @@ TEST(RingAttention, MismatchedShapesFailOnEveryRank) {
   const RingResult fwd = ring_attention(q3, k, v, MPI_COMM_WORLD, reference);  // the forward merges by lse: fine
   EXPECT_THROW(ring_attention_backward(q3, k, v, fwd.output, fwd.lse, fwd.output, MPI_COMM_WORLD, reference),
                ArgumentError);
+  // options that change the numbers must agree too: a scale or an impl on rank 1 only (each rank had used its own)
+  RingOptions scaled;
+  if (r == 1) scaled.attention.scale = 0.5f;
+  EXPECT_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD, scaled), ShapeError);
+  RingOptions unfused;
+  if (r == 1) unfused.attention.impl = AttentionImpl::kUnfused;
+  EXPECT_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD, unfused), ShapeError);
+  RingOptions bad_enum;  // an out-of-range causal value on rank 0 only (it had run as top-left)
+  if (r == 0) bad_enum.attention.causal = static_cast<CausalAlignment>(7);
+  EXPECT_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD, bad_enum), ArgumentError);
   // still in step: a correct call after the failures works
   EXPECT_NO_THROW(ring_attention(q3, k, v, MPI_COMM_WORLD));
 }
@@ -217,6 +227,10 @@ TEST(Sequence, HalfPrecisionShardsAndGathers) {
     EXPECT_THROW(gather_sequence(r == 1 ? to_dtype(part, DType::kFloat16) : part, 2, MPI_COMM_WORLD,
                                  SequenceLayout::kContiguous),
                  ShapeError);
+    // the same element counts around dim in other sizes ([1, 6, L, 5] on rank 1, [2, 3, L, 5] elsewhere): rank 1's
+    // rows had been read in rank 0's shape
+    const Tensor reshaped = r == 1 ? test::random_tensor({1, 6, part.dim(2), 5}, rng) : part;
+    EXPECT_THROW(gather_sequence(reshaped, 2, MPI_COMM_WORLD, SequenceLayout::kContiguous), ShapeError);
     // a dim or root only rank 1 gets wrong: every rank throws (the others had waited for it in the Allgather)
     EXPECT_THROW(gather_sequence(part, r == 1 ? 4 : 2, MPI_COMM_WORLD, SequenceLayout::kContiguous), ArgumentError);
     EXPECT_THROW(gather_sequence(part, 2, MPI_COMM_WORLD, SequenceLayout::kContiguous, r == 1 ? n : 0), ArgumentError);
