@@ -1,5 +1,7 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cerrno>
@@ -9,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
+#include <thread>
 #include <vector>
 
 #include "attn/error.h"
@@ -341,6 +345,45 @@ TEST(Io, TextReadsStopAtTheirCap) {
   EXPECT_THROW(io::read_text("/dev/zero", 1 << 20), FormatError);
   EXPECT_EQ(io::read_file(path.string()).size(), 100u);  // binary reads take any size
   std::filesystem::remove_all(path.parent_path());
+}
+
+// A binary stream is read as far as its header says: /dev/zero given as a .npy or a .safetensors fails at its header
+// (both had been read until memory ran out), a valid file followed by an endless stream fails one chunk past its
+// stated size, and a valid file from a pipe that ends reads whole.
+TEST(Io, StreamsAreReadNoFurtherThanTheirHeaderSays) {
+  EXPECT_THROW(io::read_npy("/dev/zero"), FormatError);
+  EXPECT_THROW(io::read_safetensors("/dev/zero"), FormatError);
+  std::mt19937 rng(1);
+  const Tensor t = test::random_tensor({3, 5}, rng);
+  const std::vector<uint8_t> npy = io::encode_npy(t), st = io::encode_safetensors({{"t", t}});
+  for (const std::vector<uint8_t>* file : {&npy, &st})
+    for (bool endless : {false, true}) {
+      SCOPED_TRACE(std::string(file == &npy ? "npy" : "safetensors") + (endless ? " then endless zeros" : ""));
+      int ends[2];
+      ASSERT_EQ(::pipe(ends), 0);
+      std::thread writer([&] {
+        sigset_t pipe_signal;  // a write after the reader has gone fails with EPIPE instead of killing the test
+        sigemptyset(&pipe_signal);
+        sigaddset(&pipe_signal, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+        bool ok = ::write(ends[1], file->data(), file->size()) == static_cast<ssize_t>(file->size());
+        const std::vector<uint8_t> zeros(1 << 16);
+        while (ok && endless) ok = ::write(ends[1], zeros.data(), zeros.size()) > 0;
+        ::close(ends[1]);
+      });
+      const std::string path = "/proc/self/fd/" + std::to_string(ends[0]);
+      const auto read = [&] {
+        if (file == &npy) return io::read_npy(path);
+        return io::read_safetensors(path).at("t");
+      };
+      if (endless) {
+        EXPECT_THROW(read(), FormatError);
+      } else {
+        EXPECT_EQ(test::max_abs_diff(read(), t), 0.0);
+      }
+      ::close(ends[0]);  // the writer's next write fails: it ends
+      writer.join();
+    }
 }
 
 // Files written together: all or none. A second path that is a directory, or that names the first file again, is

@@ -26,8 +26,8 @@ namespace {
 }  // namespace
 
 namespace {
-// The file's bytes to its end, or FormatError past max_bytes.
-std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes) {
+// The file's bytes to its end, or FormatError past max_bytes (a text file's cap) or past the size its header states.
+std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes, const SizeFromHeader& size_from_header) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // a FIFO waits here for its writer, as with cat
@@ -42,6 +42,7 @@ std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes) {
   std::vector<uint8_t> bytes;
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
     bytes.reserve(std::min(static_cast<size_t>(st.st_size), max_bytes));
+  size_t stated = kSizeUnknown;  // the size the header states, once it does
   uint8_t chunk[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd, chunk, sizeof chunk);
@@ -53,14 +54,21 @@ std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes) {
     if (static_cast<size_t>(n) > max_bytes - bytes.size())
       throw FormatError(path + ": longer than the " + std::to_string(max_bytes) + " bytes a text file may have");
     bytes.insert(bytes.end(), chunk, chunk + n);
+    if (size_from_header && stated == kSizeUnknown) stated = size_from_header(bytes.data(), bytes.size());
+    if (bytes.size() > stated)
+      throw FormatError(path + ": longer than the " + std::to_string(stated) + " bytes its header accounts for" +
+                        (S_ISREG(st.st_mode) ? "" : " (read no further: a stream that does not end?)"));
   }
   return bytes;
 }
 }  // namespace
 
-std::vector<uint8_t> read_file(const std::string& path) { return read_bytes(path, SIZE_MAX); }
+std::vector<uint8_t> read_file(const std::string& path, const SizeFromHeader& size_from_header) {
+  return read_bytes(path, SIZE_MAX, size_from_header);
+}
 
-void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f) {
+void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f,
+                     const SizeFromHeader& size_from_header) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -71,7 +79,7 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
     map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) {  // empty, a pipe, or no mapping: read it
-    const std::vector<uint8_t> bytes = read_file(path);
+    const std::vector<uint8_t> bytes = read_file(path, size_from_header);
     f(bytes.data(), bytes.size());
     return;
   }
@@ -84,7 +92,7 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 }
 
 std::string read_text(const std::string& path, size_t max_bytes) {
-  const std::vector<uint8_t> bytes = read_bytes(path, max_bytes);
+  const std::vector<uint8_t> bytes = read_bytes(path, max_bytes, {});
   return std::string(bytes.begin(), bytes.end());
 }
 

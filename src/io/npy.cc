@@ -131,7 +131,11 @@ uint32_t read_le(const uint8_t* p, int bytes) {
 
 }  // namespace
 
-Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
+namespace {
+
+// Where the header ends (the data's offset): the magic, version and header length of the first 10 or 12 bytes
+// (size >= 10). FormatError for a bad magic, an unknown version or a header longer than 1 MiB.
+size_t npy_data_offset(const uint8_t* data, size_t size, const std::string& what) {
   static const uint8_t kMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size < 10 || std::memcmp(data, kMagic, 6) != 0)
     throw FormatError(what + ": not a .npy file (bad magic or shorter than 10 bytes; size " + std::to_string(size) +
@@ -144,43 +148,67 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
   const size_t header_len = read_le(data + 8, static_cast<int>(len_bytes));
   if (header_len > kMaxHeader)
     throw FormatError(what + ": .npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
+  return prefix + header_len;
+}
+
+struct NpyHeader {
+  size_t data_offset = 0;
+  std::string descr;
+  Shape shape;
+  size_t itemsize = 0;
+  DType dtype = DType::kFloat32;
+  int64_t numel = 0;
+};
+
+// The header of a .npy image whose first `size` bytes are at data; FormatError where it is malformed, unsupported or
+// runs past size.
+NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& what) {
+  NpyHeader h;
+  h.data_offset = npy_data_offset(data, size, what);
+  const size_t prefix = data[6] == 1 ? 10 : 12, header_len = h.data_offset - prefix;
   if (header_len > size - prefix)
     throw FormatError(what + ": .npy header length " + std::to_string(header_len) +
                       " runs past the end of the file (size " + std::to_string(size) + ")");
-  std::string descr;
   bool fortran = false;
-  Shape shape;
   HeaderParser(std::string_view(reinterpret_cast<const char*>(data + prefix), header_len), what)
-      .parse(&descr, &fortran, &shape);
+      .parse(&h.descr, &fortran, &h.shape);
   if (fortran)
     throw FormatError(what + ": Fortran-order .npy arrays are not supported; save with np.ascontiguousarray");
-  size_t itemsize;
-  DType dtype;
-  if (descr == "<f4")
-    itemsize = 4, dtype = DType::kFloat32;
-  else if (descr == "<f8")
-    itemsize = 8, dtype = DType::kFloat32;
-  else if (descr == "<f2")
-    itemsize = 2, dtype = DType::kFloat16;
-  else if (descr == "|b1")
-    itemsize = 1, dtype = DType::kBool;
+  if (h.descr == "<f4")
+    h.itemsize = 4, h.dtype = DType::kFloat32;
+  else if (h.descr == "<f8")
+    h.itemsize = 8, h.dtype = DType::kFloat32;
+  else if (h.descr == "<f2")
+    h.itemsize = 2, h.dtype = DType::kFloat16;
+  else if (h.descr == "|b1")
+    h.itemsize = 1, h.dtype = DType::kBool;
   else
-    throw FormatError(what + ": unsupported .npy dtype '" + descr + "' (expected '<f4', '<f8', '<f2' or '|b1')");
-  int64_t numel;
+    throw FormatError(what + ": unsupported .npy dtype '" + h.descr + "' (expected '<f4', '<f8', '<f2' or '|b1')");
   try {
-    numel = shape_numel(shape);
+    h.numel = shape_numel(h.shape);
   } catch (const ShapeError&) {
-    throw FormatError(what + ": .npy shape " + shape_str(shape) + " has too many elements");
+    throw FormatError(what + ": .npy shape " + shape_str(h.shape) + " has too many elements");
   }
-  const size_t body = size - prefix - header_len;
+  return h;
+}
+
+}  // namespace
+
+Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
+  const NpyHeader h = parse_npy_header(data, size, what);
+  const size_t itemsize = h.itemsize;
+  const std::string& descr = h.descr;
+  const Shape& shape = h.shape;
+  const int64_t numel = h.numel;
+  const size_t body = size - h.data_offset;
   if (static_cast<uint64_t>(numel) > body / itemsize || static_cast<size_t>(numel) * itemsize != body)
     throw FormatError(what + ": .npy shape " + shape_str(shape) + " of '" + descr + "' needs " +
                       (static_cast<uint64_t>(numel) > (uint64_t{1} << 60) / itemsize
                            ? std::string("too many")
                            : std::to_string(numel * itemsize)) +
                       " bytes but the file holds " + std::to_string(body));
-  Tensor t(shape, dtype);
-  const uint8_t* src = data + prefix + header_len;
+  Tensor t(shape, h.dtype);
+  const uint8_t* src = data + h.data_offset;
   if (descr == "<f4" || descr == "<f2") {
     if (body != 0) std::memcpy(t.raw(), src, body);
   } else if (descr == "<f8") {
@@ -196,7 +224,13 @@ Tensor parse_npy(const uint8_t* data, size_t size, const std::string& what) {
 }
 
 Tensor read_npy(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file(path);
+  // a stream is read as far as its header says: /dev/zero fails at its magic, not when memory runs out
+  const std::vector<uint8_t> bytes = read_file(path, [&](const uint8_t* data, size_t size) {
+    if (size < 12 || size < npy_data_offset(data, size, path)) return kSizeUnknown;
+    const NpyHeader h = parse_npy_header(data, size, path);
+    if (static_cast<uint64_t>(h.numel) > (uint64_t{1} << 60) / h.itemsize) return kSizeUnknown;  // parse_npy says so
+    return h.data_offset + static_cast<size_t>(h.numel) * h.itemsize;
+  });
   return parse_npy(bytes.data(), bytes.size(), path);
 }
 

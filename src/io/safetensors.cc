@@ -35,7 +35,11 @@ const Tensor& Safetensors::at(const std::string& name) const {
                            "' (the file has: " + (have.empty() ? "nothing" : have) + ")");
 }
 
-Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
+namespace {
+
+// The JSON header of a .safetensors image whose first `size` bytes are at data, and its length (*n): FormatError where
+// the length or the JSON is wrong or runs past size.
+nlohmann::json parse_header(const uint8_t* data, size_t size, const std::string& what, uint64_t* n_out) {
   if (size < 8) throw FormatError(what + ": not a .safetensors file (shorter than 8 bytes)");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
@@ -78,6 +82,15 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
     throw FormatError(what + ": .safetensors header is not valid JSON (" + e.what() + ")");
   }
   if (!header.is_object()) throw FormatError(what + ": .safetensors header is not a JSON object");
+  *n_out = n;
+  return header;
+}
+
+}  // namespace
+
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
+  uint64_t n = 0;
+  const nlohmann::json header = parse_header(data, size, what, &n);
   const uint8_t* body = data + 8 + n;
   const uint64_t body_size = size - 8 - n;
   Safetensors out;
@@ -202,7 +215,23 @@ void widen_to_float32(std::map<std::string, Tensor>& tensors) {
 
 Safetensors read_safetensors(const std::string& path) {
   Safetensors out;
-  with_file_bytes(path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path); });
+  // a stream is read as far as its header says (8 + N + the end of the last tensor's bytes; parse_safetensors checks
+  // the rest): /dev/zero fails at its empty header, not when memory runs out
+  const auto stated = [&](const uint8_t* data, size_t size) -> size_t {
+    if (size < 8) return kSizeUnknown;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+    if (n <= kMaxHeader && n > size - 8) return kSizeUnknown;
+    const nlohmann::json header = parse_header(data, size, path, &n);
+    uint64_t end = 0;
+    for (const auto& [name, entry] : header.items())
+      if (name != "__metadata__" && entry.contains("data_offsets") && entry["data_offsets"].is_array() &&
+          entry["data_offsets"].size() == 2 && entry["data_offsets"][1].is_number_unsigned())
+        end = std::max(end, std::min(entry["data_offsets"][1].get<uint64_t>(), uint64_t{1} << 60));
+    return static_cast<size_t>(8 + n + end);
+  };
+  with_file_bytes(
+      path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path); }, stated);
   return out;
 }
 

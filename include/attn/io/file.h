@@ -1,6 +1,7 @@
 // attn/io/file.h: whole-file reads and atomic writes (what the readers and writers of attn use; public so tools and
 // bindings write their files the same way). The binary reads have no size cap of their own (a model may be any size):
-// the parsers check every size a header claims against the bytes read. Text reads stop at a cap (read_text).
+// the parsers check every size a header claims against the bytes read, and a stream is read no further than its header
+// says (SizeFromHeader). Text reads stop at a cap (read_text).
 #pragma once
 
 #include <cstddef>
@@ -12,12 +13,22 @@
 
 namespace attn::io {
 
-// The file's bytes (to the end, for a pipe too); FileError (a FormatError) if it cannot be opened or read.
-std::vector<uint8_t> read_file(const std::string& path);
+// A format's whole size as its header states it: called with the bytes read so far, it returns kSizeUnknown until they
+// hold enough of the header to tell, then the size (or throws FormatError where the header is already wrong). The
+// reads stop there: a stream longer than its header says (`--q /dev/zero`, a runaway pipe), which had been read until
+// memory ran out, is a FormatError after at most one more chunk (64 KiB).
+inline constexpr size_t kSizeUnknown = SIZE_MAX;
+using SizeFromHeader = std::function<size_t(const uint8_t* data, size_t size)>;
+
+// The file's bytes (to the end, for a pipe too); FileError (a FormatError) if it cannot be opened or read; with
+// size_from_header, FormatError past the size it states.
+std::vector<uint8_t> read_file(const std::string& path, const SizeFromHeader& size_from_header = {});
 // Calls f(data, size) with the whole file mapped read-only (no copy: a model file's pages come straight from
-// the page cache), or read into memory where it cannot be mapped; FileError as read_file. A mapped file truncated by
-// another process while f reads it ends the process with SIGBUS, as with any mapping.
-void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f);
+// the page cache), or read into memory where it cannot be mapped (a pipe: read_file with size_from_header); FileError
+// as read_file. A mapped file truncated by another process while f reads it ends the process with SIGBUS, as with any
+// mapping.
+void with_file_bytes(const std::string& path, const std::function<void(const uint8_t*, size_t)>& f,
+                     const SizeFromHeader& size_from_header = {});
 // The file as text (configs, vocabularies, training state); FileError as read_file. A text attn reads is small (a
 // tokenizer.json of a large vocabulary, tens of MB): one longer than max_bytes is a FormatError naming the path, read
 // no further, where `--model /dev/zero` or a runaway pipe had been read until memory ran out.

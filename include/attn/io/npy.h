@@ -6,7 +6,8 @@
 // Throws FormatError on anything else: a bad magic, an unsupported dtype or Fortran order, a header
 // that is malformed (bytes after its '}', (n) for (n,), a key given twice) or longer than 1 MiB, a shape whose
 // byte count disagrees with the file's size (the header is checked against the real size before anything is
-// allocated); FileError (a FormatError) where the system refuses the file. write_npy throws ArgumentError for
+// allocated; a stream, a pipe, is read no further than the size its header states); FileError (a FormatError) where the
+// system refuses the file. write_npy throws ArgumentError for
 // more than 32 dimensions (NumPy's limit).
 #pragma once
 

@@ -7,7 +7,8 @@
 // items, a missing or mistyped field, metadata that is not a string, an unsupported dtype, data offsets
 // disagreeing with the shape, tensors that do not tile the data exactly (two on the same bytes, a gap, bytes
 // after the last: as the safetensors library requires); FileError (a FormatError) where the system refuses the
-// file. Nothing is allocated from a size the file has not backed. The writer throws ArgumentError for what a
+// file. Nothing is allocated from a size the file has not backed; a stream (a pipe) is read no further than its header
+// says (8 + N + the last tensor's end). The writer throws ArgumentError for what a
 // reader would refuse: a tensor named __metadata__, more than 32 dimensions, a name that is not UTF-8.
 #pragma once
 
