@@ -301,6 +301,38 @@ TEST(Io, WritesAreAtomic) {
   io::write_npy(dangling, Tensor::from_floats({1}, {5}));
   EXPECT_TRUE(std::filesystem::is_symlink(dangling));
   EXPECT_EQ(io::read_npy((dir / "made.npy").string()).f32()[0], 5.0f);
+  // one file through a linked directory, a hard link, or ".." after a linked directory (lexically, "sub/.." had been
+  // the directory itself): refused; a file of the directory a link's ".." leads to is another file
+  std::filesystem::create_directories(dir / "real" / "deep");
+  std::filesystem::create_directory_symlink("real", dir / "linkdir");
+  std::filesystem::create_directory_symlink("real/deep", dir / "deeplink");
+  for (bool exists : {false, true}) {
+    if (exists) io::write_npy((dir / "real" / "a.npy").string(), Tensor::from_floats({1}, {1}));
+    EXPECT_THROW(io::check_output_paths({{"--out", (dir / "linkdir" / "a.npy").string()},
+                                         {"--weights", (dir / "real" / "a.npy").string()}}),
+                 ArgumentError)
+        << exists;
+    EXPECT_THROW(io::check_output_paths({{"--out", (dir / "deeplink" / ".." / "a.npy").string()},
+                                         {"--weights", (dir / "real" / "a.npy").string()}}),
+                 ArgumentError)
+        << exists;
+  }
+  EXPECT_NO_THROW(io::check_output_paths(
+      {{"--out", (dir / "deeplink" / ".." / "b.npy").string()}, {"--weights", (dir / "b.npy").string()}}));
+  std::filesystem::create_hard_link(dir / "real" / "a.npy", dir / "hard.npy");
+  EXPECT_THROW(
+      io::check_output_paths(
+          {{"--out", (dir / "hard.npy").string()}, {"--weights", path}, {"--png", (dir / "real" / "a.npy").string()}}),
+      ArgumentError);
+  // a file name near NAME_MAX (255 bytes) is written: its temporary's name had been too long; set-user-ID bits of a
+  // replaced file are not carried over
+  const std::string long_name = (dir / (std::string(250, 'n') + ".npy")).string();
+  io::write_npy(long_name, Tensor::from_floats({1}, {6}));
+  EXPECT_EQ(io::read_npy(long_name).f32()[0], 6.0f);
+  ::chmod(long_name.c_str(), 04755);
+  io::write_npy(long_name, Tensor::from_floats({1}, {7}));
+  ASSERT_EQ(::stat(long_name.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
   // a FIFO (or a device: /dev/stdout) is refused before anything is written, never replaced by a regular file
   const std::string fifo = (dir / "fifo.npy").string();
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);

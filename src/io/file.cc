@@ -103,10 +103,16 @@ void write_file_atomically(const std::string& path, const std::vector<uint8_t>& 
 }
 
 namespace {
-std::string normal_path(const std::string& path) {
+// What makes two output paths one file: an existing file's device and inode (hard links, and paths through symbolically
+// linked directories, are one file), else the path with its existing directories' links resolved (weakly_canonical:
+// "linkdir/a.npy" and "realdir/a.npy" had been two files, and "sub/../x" lexically x even where sub is a link).
+std::string file_identity(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
   std::error_code ec;
-  const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
-  return (ec ? std::filesystem::path(path) : absolute).lexically_normal().string();
+  std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ec);
+  if (ec) resolved = std::filesystem::absolute(path, ec).lexically_normal();
+  return resolved.string();
 }
 
 std::string named(const std::string& role, const std::string& path) { return role.empty() ? path : role + " " + path; }
@@ -125,7 +131,7 @@ std::string output_target(const std::string& path) {
   return at.string();
 }
 
-// One more output beside those taken (normal path of its target, role): not a directory, none of them; added to
+// One more output beside those taken (identity of its target, role): not a directory, none of them; added to
 // `taken`. Returns the path to write (output_target).
 std::string take_output(const std::string& role, const std::string& given,
                         std::vector<std::pair<std::string, std::string>>* taken) {
@@ -140,11 +146,11 @@ std::string take_output(const std::string& role, const std::string& given,
     throw ArgumentError(named(role, given) +
                         ": is not a regular file (a FIFO, a device or a socket); attn writes an output to a temporary "
                         "and renames it into place, so give a file name");
-  std::string normal = normal_path(path);  // (two flags naming one file through a link are one file too)
+  std::string identity = file_identity(path);  // (two flags naming one file through a link are one file too)
   for (const auto& [other, other_role] : *taken)
-    if (other == normal)
+    if (other == identity)
       throw ArgumentError(other_role + " and " + role + " both name " + path + ": give each its own file");
-  taken->emplace_back(std::move(normal), role);
+  taken->emplace_back(std::move(identity), role);
   return path;
 }
 }  // namespace
@@ -175,13 +181,18 @@ void FileSet::add(const std::string& role, const std::string& given, const std::
   static std::atomic<uint64_t> counter{0};
   int fd = -1;
   std::string temporary;
+  // (a file name near NAME_MAX, 255 bytes, keeps its first 200 in the temporary's: the suffix had made the name too
+  // long)
+  const std::filesystem::path as_path(path);
+  const std::string name = as_path.filename().string();
+  const std::string stem = name.size() > 200 ? (as_path.parent_path() / name.substr(0, 200)).string() : path;
   for (int attempt = 0; fd < 0; ++attempt) {
-    temporary = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+    temporary = stem + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
     fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && (errno != EEXIST || attempt >= 100)) throw_file_error(path, "cannot create its temporary");
   }
   files_.push_back({path, temporary});  // before the write: a half-written temporary is removed too
-  if (replaces) (void)::fchmod(fd, existing.st_mode & 07777);
+  if (replaces) (void)::fchmod(fd, existing.st_mode & 0777);  // (not a set-user-ID, set-group-ID or sticky bit)
   const uint8_t* p = bytes.data();
   for (size_t left = bytes.size(); left > 0;) {
     const ssize_t n = ::write(fd, p, left);

@@ -34,7 +34,8 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 // no further, where `--model /dev/zero` or a runaway pipe had been read until memory ran out.
 inline constexpr size_t kMaxTextFileBytes = size_t{1} << 28;  // 256 MiB
 std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
-// Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively) and renames it onto
+// Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively; of a file name past
+// 200 bytes, its first 200) and renames it onto
 // `path` (through symbolic links: onto the file they name, the link kept; a replaced file keeps its permissions);
 // on failure removes the temporary and throws FileError, so `path` is either the complete new file or
 // untouched. The bytes reach the disk (fdatasync) before the rename, and the rename before it returns (fsync of the
@@ -42,8 +43,9 @@ std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBy
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
-// directory, FIFO, device or socket, or names the same file as another (after following symbolic links and lexical
-// normalisation: "o.npy", "./o.npy" and a link to o.npy are one file).
+// directory, FIFO, device or socket, or names the same file as another ("o.npy", "./o.npy", a link to o.npy, o.npy
+// through a linked directory and a hard link to it are one file: an existing file's device and inode, else the path
+// with its directories' links resolved).
 // outputs: (role, path); empty paths are skipped. Commands call it before their work, so a bad path costs nothing.
 void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs);
 
