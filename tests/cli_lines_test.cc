@@ -299,6 +299,8 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
            {"train" + tiny + " --out " + path("ck") + " --loss-log " + path("ck/train_state.json"), "--out's"},
            {"train" + tiny_with(3) + " --out " + path("ck") + " --loss-log " + path("keep"), "num_heads = 3"},
            {"train" + tiny + " --bucket-mb -1", "--bucket-mb"},
+           // its FILE.partial exists: someone else's, not truncated (it had been overwritten, then removed)
+           {"train" + tiny + " --out " + path("ck2") + " --loss-log " + path("keep"), "keep.partial exists"},
            // a resumed run's model is the checkpoint's: a flag that would change it is refused, not ignored
            {"train --resume " + path("ck") + " --steps 4 --heads 2 --dropout 0", "--heads, --dropout"},
            {"sdpa --q q.npy --k k.npy --v v.npy --out " + path("o.npy") + " --ring-layout zigzag", "--ring-layout"},

@@ -1,4 +1,8 @@
 // attn train: trains the encoder-decoder Transformer on numbers-en-zh, with a progress bar.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -66,7 +70,14 @@ void run_train(TrainArgs a) {
   bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {
     if (!a.loss_log.empty() && rank == 0) {
-      if (!log) log.reset(std::fopen(log_partial.c_str(), "w")), log_opened = log != nullptr;
+      if (!log) {  // created, never truncated: a FILE.partial that exists is someone else's (it had been overwritten)
+        const int fd = ::open(log_partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0 && errno == EEXIST)
+          throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
+                              " exists (another run's log?); remove it or choose another --loss-log");
+        if (fd >= 0) log.reset(::fdopen(fd, "w")), log_opened = true;
+        if (fd >= 0 && !log) ::close(fd);
+      }
       if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write " + log_partial);
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
     }
@@ -75,9 +86,10 @@ void run_train(TrainArgs a) {
   try {
     r = launched_by_mpirun() ? train_distributed(a.o, a.data_parallel, on_step, &rank)
                              : train::train_numbers(a.o, on_step);
-    if (log && (std::ferror(log.get()) != 0 || std::fclose(log.release()) != 0 ||  // (fclose flushes)
-                std::rename(log_partial.c_str(), a.loss_log.c_str()) != 0))
+    if (log && (std::ferror(log.get()) != 0 || std::fclose(log.release()) != 0))  // (fclose flushes)
       throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
+    // written as every output is (through a symbolic link to its target, on the disk before it appears)
+    if (log_opened) io::write_file_atomically(a.loss_log, io::read_file(log_partial)), std::remove(log_partial.c_str());
   } catch (...) {
     log.reset();
     if (log_opened) std::remove(log_partial.c_str());
