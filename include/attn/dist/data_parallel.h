@@ -7,7 +7,9 @@
 // ranks give the losses of one process within float reordering. By default a bucket is all-reduced as soon as the
 // backward has finished every gradient in it (Transformer::backward's on_gradients_ready hook), while the backward
 // goes on with the layers below. Rank 0 alone validates, writes checkpoints and shows progress; a checkpoint holds
-// no trace of N, so training resumes with any N.
+// no trace of N, so training resumes with any N. An error on one rank alone (rank 0's checkpoint write failing, an
+// exception from on_step there) is not shared: the other ranks wait in their next all-reduce. The attn tool ends every
+// rank with MPI_Abort then; a library caller should do the same (or catch and abort) rather than return.
 #pragma once
 
 #include <mpi.h>
