@@ -11,6 +11,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 
 #include "attn/models/bert.h"
@@ -111,8 +112,8 @@ const TorchTypes& torch_types() {
   return *types;
 }
 
-// A view of a contiguous CPU torch tensor (float32, bfloat16, float16 or bool) as a Tensor; `arg` names it in
-// errors.
+// A view of a contiguous CPU torch tensor (float32, bfloat16, float16 or bool) as a Tensor (a copy where its data is
+// not aligned to its element); `arg` names it in errors.
 attn::Tensor torch_view(nb::handle t, const char* arg) {
   if (t.is_none()) return attn::Tensor();
   const TorchTypes& types = torch_types();
@@ -134,7 +135,13 @@ attn::Tensor torch_view(nb::handle t, const char* arg) {
   const nb::tuple sizes = nb::borrow<nb::tuple>(t.attr("shape"));
   attn::Shape shape(sizes.size());
   for (size_t i = 0; i < shape.size(); ++i) shape[i] = nb::cast<int64_t>(sizes[i]);
-  auto* data = reinterpret_cast<void*>(nb::cast<uintptr_t>(t.attr("data_ptr")()));
+  const auto address = nb::cast<uintptr_t>(t.attr("data_ptr")());
+  auto* data = reinterpret_cast<void*>(address);
+  if (address % attn::dtype_size(d) != 0) {  // (torch.frombuffer at an odd offset): copied, not read misaligned
+    attn::Tensor aligned(std::move(shape), d);
+    if (aligned.nbytes() != 0) std::memcpy(aligned.raw(), data, aligned.nbytes());
+    return aligned;
+  }
   return attn::Tensor::borrow(std::move(shape), d, data);
 }
 

@@ -137,10 +137,10 @@ def _qkv(x, name):
         import torch
         if x.dtype in (torch.bfloat16, torch.float16):
             kind = "torch"
-            t = x.detach().cpu().contiguous()
+            t = x.detach().cpu().contiguous()  # (_c_array: copied where misaligned, torch.frombuffer at an odd offset)
             if x.dtype == torch.float16:
-                return t.numpy(), kind
-            return t.view(torch.int16).numpy().view(np.uint16), kind
+                return _c_array(t.numpy()), kind
+            return _c_array(t.view(torch.int16).numpy().view(np.uint16)), kind
     if x is None:
         raise ValueError(f"{name} is required")
     a = np.asarray(_detached(x))
@@ -240,17 +240,29 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and causal_alignment == "none":
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment if causal_alignment is not None else ("top-left" if is_causal else "none")
-    out, weights = _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
-                              causal, None if scale is None else _float(scale, "scale"), _int(window, "window", _INT64),
-                              None if alibi_slopes is None else _f32(np.atleast_1d(_detached(alibi_slopes)),
-                                                                     "alibi_slopes"),
-                              bool(return_weights), _str(impl, "impl"), _int(num_threads, "num_threads"))
+    if q4.shape[1] == 0 and k4.shape[1] == 0:  # no heads at all: PyTorch's empty output (H = Hkv = 0 had been refused)
+        out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
+        weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
+    else:
+        if scale is None and q4.shape[3] == 0:  # D = 0: every Q·Kᵀ is 0 and the masks alone weigh, as in PyTorch
+            scale = 1.0
+        out, weights = _sdpa_call(q4, k4, v4, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes,
+                                  return_weights, impl, num_threads)
     out = out.reshape(out_shape[:-1] + (v.shape[-1],))
     if out.dtype == np.uint16:  # bfloat16 bits
         out = _bf16_out(out, kq or kk or kv)
     if return_weights:
         return out, weights.reshape(out_shape[:-2] + (q.shape[-2], k.shape[-2]))
     return out
+
+
+def _sdpa_call(q4, k4, v4, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, return_weights, impl,
+               num_threads):
+    """(out, weights) from the kernel, every option checked and converted as the C++ side takes it."""
+    slopes = None if alibi_slopes is None else _f32(np.atleast_1d(_detached(alibi_slopes)), "alibi_slopes")
+    return _attn.sdpa(q4, k4, v4, _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask"),
+                      causal, None if scale is None else _float(scale, "scale"), _int(window, "window", _INT64),
+                      slopes, bool(return_weights), _str(impl, "impl"), _int(num_threads, "num_threads"))
 
 
 class MultiheadAttention:
@@ -283,17 +295,21 @@ class MultiheadAttention:
     def load_state_dict(self, state_dict, prefix="", strict=True):
         """Loads PyTorch's names from a dict of arrays (NumPy, or torch tensors via .numpy()); the keys under prefix.
         strict (as torch's load_state_dict): a key under prefix that this layer has no parameter for raises KeyError
-        (it had been ignored silently: a q_proj_weight given to a layer with one in_proj_weight, say)."""
+        (it had been ignored silently: a q_proj_weight given to a layer with one in_proj_weight, say), and so does a
+        parameter missing from it; strict=False ignores both (a missing parameter keeps its value, as in torch)."""
         names = ["out_proj.weight"] + (["in_proj_weight"] if self.kdim == self.vdim == self.embed_dim else
                                        ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
         names += ["in_proj_bias", "out_proj.bias"] if self.bias else []
-        unexpected = [n for n in state_dict if n.startswith(prefix) and n[len(prefix):] not in names]
-        if strict and unexpected:
-            raise KeyError(f"unexpected key(s) in state_dict: {', '.join(unexpected)} (this layer has "
-                           f"{', '.join(prefix + n for n in names)}; pass strict=False to ignore them)")
-        arrays = {}
+        ours = lambda n: isinstance(n, str) and n.startswith(prefix) and n[len(prefix):] in names  # noqa: E731
+        unexpected = [repr(n) for n in state_dict if not ours(n) and (not isinstance(n, str) or n.startswith(prefix))]
+        missing = [prefix + n for n in names if prefix + n not in state_dict]
+        if strict and (unexpected or missing):
+            raise KeyError(f"unexpected key(s) in state_dict: {', '.join(unexpected) or 'none'}; missing: "
+                           f"{', '.join(missing) or 'none'} (this layer has {', '.join(prefix + n for n in names)}; "
+                           "pass strict=False to ignore them)")
+        arrays = {prefix + n: a for n, a in self.state_dict().items() if prefix + n in missing}  # kept as they are
         for name, t in state_dict.items():
-            if not name.startswith(prefix) or name[len(prefix):] not in names:  # (strict=False: the others ignored)
+            if not ours(name):  # (strict=False: the others ignored)
                 continue
             if t is None:
                 raise TypeError(f"state_dict[{name!r}] is None, not an array")

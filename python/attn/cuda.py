@@ -15,6 +15,7 @@ The library is found through the ATTN_CUDA_LIBRARY environment variable, next to
 torch and that library (not attn's CPU extension), so it can be loaded on its own by file path.
 """
 import ctypes
+import numbers
 import os
 
 import torch
@@ -182,6 +183,10 @@ def scaled_dot_product_attention(query, key, value, is_causal=False, scale=None,
     if key_padding_mask is not None:
         m = _as_tensor_mask(key_padding_mask, q.shape[0], k.shape[2], q.device)
         pad = m.to(torch.uint8).contiguous()
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or not 0 <= window < 2**63:
+        raise ValueError(f"window must be an integer in [0, 2**63), got {window!r}")  # (ctypes had wrapped 2**64 + 3)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
     o, lse = _Attention.apply(_aligned(q), _aligned(k), _aligned(v), causal, int(window), scale, pad)
     return (o, lse) if return_lse else o
 

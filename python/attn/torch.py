@@ -46,6 +46,8 @@ slopes vary with it, or with dropout, which follows vmap's randomness flag). Not
 jacfwd, hessian) and second derivatives (RuntimeError), float64, torch.jit.script.
 """
 import math
+import numbers
+import operator
 
 try:
     import torch
@@ -109,6 +111,26 @@ def _check_qkv(query, key, value):
     _check_tensor(query, "query", _FLOATS)
     for t, name in ((key, "key"), (value, "value")):
         _check_tensor(t, name, (query.dtype,), query=query)
+
+
+def _scalar_options(scale, window, dropout_p):
+    """scale (None or a real number), window (an integer in int64) and dropout_p (a real number in [0, 1]), checked
+    before anything else (the CUDA route too): 2.5 had run as a window of 2, "2" as a scale of 2.0, 2**64 had come back
+    as nanobind's overload list."""
+    for x, name in ((scale, "scale"), (dropout_p, "dropout_p")):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Real)):
+            raise DTypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    if isinstance(window, bool):
+        raise DTypeError("window must be an integer, got bool")
+    try:
+        window = operator.index(window)
+    except TypeError:
+        raise DTypeError(f"window must be an integer, got {type(window).__name__} {window!r}") from None
+    if not -2**63 <= window < 2**63:
+        raise ArgumentError(f"window must fit int64, got {window}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ArgumentError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    return window
 
 
 def _f32_mask(t):
@@ -329,6 +351,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     O(B·H·Lq·Lk); with dropout they are dropped by F.dropout on torch's generator and multiplied by V), once: differentiating the gradients again (create_graph=True, then a
     second backward through them) raises RuntimeError.
     """
+    window = _scalar_options(scale, window, dropout_p)
     if isinstance(query, torch.Tensor) and query.is_cuda:
         if torch.is_autocast_enabled("cuda"):  # float32 inputs become the autocast dtype, as PyTorch's SDPA's do
             query, key, value = _autocast(query, key, value, device="cuda")
@@ -338,11 +361,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     _check_qkv(query, key, value)
     _check_mask(attn_mask, "attn_mask", query)
-    _no_grad_needed(alibi_slopes, "alibi_slopes")
     if key_padding_mask is not None:
         _check_tensor(key_padding_mask, "key_padding_mask", (torch.bool,), query=query)
-    if alibi_slopes is not None:
+    if alibi_slopes is not None:  # (a tensor before its requires_grad is read: a list had raised AttributeError)
         _check_tensor(alibi_slopes, "alibi_slopes", query=query)
+    _no_grad_needed(alibi_slopes, "alibi_slopes")
     qs, ks, vs = query.shape, key.shape, value.shape
     n = len(qs)
     if min(n, len(ks), len(vs)) < 2:
@@ -375,8 +398,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if n >= 3 and not enable_gqa and vs[-3] not in (1, max(qs[-3], ks[-3])):  # PyTorch's heads broadcast, no more
         raise ArgumentError(f"value has {vs[-3]} heads, but query {tuple(qs)} and key {tuple(ks)} have "
                          f"{max(qs[-3], ks[-3])}: pass enable_gqa=True for grouped-query attention")
-    if dropout_p and not 0.0 <= dropout_p <= 1.0:
-        raise ArgumentError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if causal_alignment is not None and causal_alignment not in _ALIGNMENTS:
         raise ArgumentError(f"causal_alignment must be one of {_ALIGNMENTS} or None, got {causal_alignment!r}")
     if is_causal and attn_mask is not None:  # PyTorch's own error (causal_alignment combines the two)
@@ -570,6 +591,9 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        for t, name in ((query, "query"), (key, "key"), (value, "value")):  # (before .is_nested is read)
+            if not isinstance(t, torch.Tensor):
+                raise _ModuleDTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if query.is_nested or key.is_nested or value.is_nested:
             return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal)
         _check_qkv(query, key, value)

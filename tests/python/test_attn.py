@@ -498,3 +498,32 @@ def test_from_safetensors_names_the_missing_projection(tmp_path):
     attn.save_safetensors(tmp_path / "x.safetensors", {"out_proj.weight": rand(8, 8), "k_proj_weight": rand(8, 6)})
     with pytest.raises(KeyError, match="v_proj_weight"):  # had been AttributeError on None
         attn.MultiheadAttention.from_safetensors(tmp_path / "x.safetensors", 2)
+
+
+def test_no_heads_and_no_head_dimension_as_pytorch():
+    # H = Hkv = 0: the empty output (it had been refused); D = 0 without a scale: the masks alone weigh, as PyTorch
+    z = np.zeros((1, 0, 4, 8), np.float32)
+    out, w = attn.scaled_dot_product_attention(z, z, z, return_weights=True)
+    assert out.shape == (1, 0, 4, 8) and w.shape == (1, 0, 4, 4)
+    rng = np.random.default_rng(0)
+    q, k = np.zeros((1, 2, 3, 0), np.float32), np.zeros((1, 2, 4, 0), np.float32)
+    v = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
+    mask = rng.standard_normal((3, 4)).astype(np.float32)
+    e = np.exp(mask - mask.max(-1, keepdims=True))
+    want = (e / e.sum(-1, keepdims=True)) @ v
+    np.testing.assert_allclose(attn.scaled_dot_product_attention(q, k, v, attn_mask=mask), want, atol=1e-5)
+
+
+def test_mha_load_state_dict_missing_keys_as_pytorchs():
+    rng = np.random.default_rng(5)
+    m = attn.MultiheadAttention(8, 2)
+    before = m.state_dict()
+    with pytest.raises(KeyError, match="missing: out_proj.bias"):
+        m.load_state_dict({k: v for k, v in before.items() if k != "out_proj.bias"})
+    new_in = rng.standard_normal((24, 8)).astype(np.float32)
+    m.load_state_dict({"in_proj_weight": new_in, 3: np.zeros(1)}, strict=False)  # the rest keep their values
+    after = m.state_dict()
+    np.testing.assert_array_equal(after["in_proj_weight"], new_in)
+    np.testing.assert_array_equal(after["out_proj.weight"], before["out_proj.weight"])
+    with pytest.raises(KeyError, match="3"):
+        m.load_state_dict({**before, 3: np.zeros(1)})

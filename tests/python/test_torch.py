@@ -730,3 +730,35 @@ def test_mha_in_nn_transformer_encoders_nested_inference_path():
     assert y.shape == yt.shape == x.shape
     assert (y - yt).abs().max() < 1e-5
     assert (y[1, -2:] == 0).all()  # the padding comes back as zeros, as PyTorch's
+
+
+def test_misaligned_tensors_are_copied_not_read_through_a_misaligned_pointer():
+    # torch.frombuffer at an odd offset: attn.torch (float32, float16) and the NumPy layer's torch float16 branch copy
+    # such data (they had handed the kernels a pointer not aligned to the element)
+    for dtype in (torch.float32, torch.float16):
+        size = torch.tensor([], dtype=dtype).element_size()
+        buffer = bytearray(3 * 2 * 5 * 8 * size + 1)
+        q = torch.frombuffer(buffer, dtype=dtype, offset=1, count=3 * 2 * 5 * 8).view(3, 2, 5, 8)
+        q.copy_(randn(3, 2, 5, 8, seed=1, grad=False).to(dtype))
+        assert q.data_ptr() % size == 1
+        want = F.scaled_dot_product_attention(q.float(), q.float(), q.float())
+        got = at.scaled_dot_product_attention(q, q, q).float()
+        assert (got - want).abs().max() < (2e-3 if dtype == torch.float16 else 1e-5)
+        assert attn._attn._torch_last_pointers()["query"] % size == 0  # the kernel read an aligned copy
+        if dtype == torch.float16:
+            numpy_layer = torch.from_numpy(attn.scaled_dot_product_attention(q, q, q).astype("float32"))
+            assert (numpy_layer - want).abs().max() < 2e-3
+
+
+def test_scalar_options_are_checked_not_coerced():
+    q = randn(1, 2, 4, 8, grad=False)
+    for kwargs, error in (({"window": 2.5, "is_causal": True}, at.DTypeError), ({"scale": "2"}, at.DTypeError),
+                          ({"window": 2**64, "is_causal": True}, at.ArgumentError),
+                          ({"dropout_p": "0.1"}, at.DTypeError), ({"dropout_p": -0.5}, at.ArgumentError),
+                          ({"dropout_p": float("nan")}, at.ArgumentError),
+                          ({"alibi_slopes": [0.5, 0.25]}, at.DTypeError)):
+        with pytest.raises(error):
+            at.scaled_dot_product_attention(q, q, q, **kwargs)
+    at.scaled_dot_product_attention(q, q, q, scale=2, window=torch.tensor(3).item(), is_causal=True)  # ints are reals
+    with pytest.raises(at.DTypeError, match="query must be a torch.Tensor"):
+        at.MultiheadAttention(8, 2)(q[0].numpy(), q[0], q[0])
