@@ -567,6 +567,31 @@ TEST(ShippedModel, TranslatesEveryNumberBelowAThousand) {
   }
 }
 
+// Bad options are named by translate itself, each before any work (a NaN length_penalty had come back as
+// "generate: ...").
+TEST(ShippedModel, BadTranslateOptionsAreNamed) {
+  const Translator translator = Translator::load(ATTN_SOURCE_MODEL_DIR);
+  const auto refused = [&](TranslateOptions o, const std::string& name) {
+    try {
+      translator.translate({"one"}, o);
+      ADD_FAILURE() << name << " accepted";
+    } catch (const ArgumentError& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("translate: " + name, 0), 0u) << e.what();
+    }
+  };
+  TranslateOptions o;
+  o.beam = 0;
+  refused(o, "beam");
+  o = {}, o.batch_size = 0;
+  refused(o, "batch_size");
+  o = {}, o.max_length = -1;
+  refused(o, "max_length");
+  o = {}, o.num_threads = -1;
+  refused(o, "num_threads");
+  o = {}, o.beam = 2, o.length_penalty = std::numeric_limits<float>::quiet_NaN();
+  refused(o, "length_penalty");
+}
+
 // The decoding engine against fixed outputs for the whole test split (eval's 2000 sentences): greedy and beam 4 as
 // CTranslate2 4.8.5 float32 decodes the same weights (tests/fixtures/generate_shipped_translations.py, which converts
 // them with bench/convert_ctranslate2.py). Its beam search ranks by the plain log-probability, attn's by GNMT's length

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <numeric>
@@ -66,6 +67,8 @@ std::vector<std::string> Translator::translate(const std::vector<std::string>& s
     throw ArgumentError("translate: max_length must be >= 0, got " + std::to_string(options.max_length));
   if (options.num_threads < 0)
     throw ArgumentError("translate: num_threads must be >= 0, got " + std::to_string(options.num_threads));
+  if (!std::isfinite(options.length_penalty))  // (named here, not as generate's)
+    throw ArgumentError("translate: length_penalty must be finite, got " + std::to_string(options.length_penalty));
   const TransformerConfig& c = model_->config();
   std::vector<std::vector<int32_t>> ids;
   ids.reserve(sentences.size());
