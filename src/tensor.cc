@@ -67,6 +67,8 @@ int64_t shape_numel(const Shape& shape) {
 }
 
 int64_t product_within(std::initializer_list<int64_t> factors, int64_t limit) {
+  // a zero factor makes it 0 whatever the others are ({2^30, 2^30, 0} had overflowed before it reached the 0)
+  if (std::find(factors.begin(), factors.end(), 0) != factors.end()) return 0;
   int64_t n = 1;
   for (const int64_t f : factors)
     if (__builtin_mul_overflow(n, f, &n) || n > limit) return -1;
@@ -128,7 +130,17 @@ std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
 }
 }  // namespace
 
+namespace {
+// A dtype the library knows: a value cast from elsewhere had been sized as 1 byte an element, and to_dtype wrote 2.
+void check_known(DType dtype, const char* who, const Shape& shape) {
+  if (dtype != DType::kFloat32 && dtype != DType::kBool && dtype != DType::kBFloat16 && dtype != DType::kFloat16)
+    throw DTypeError(std::string(who) + ": dtype " + std::to_string(static_cast<int>(dtype)) +
+                     " is not a DType (float32, bool, bfloat16, float16), shape " + shape_str(shape));
+}
+}  // namespace
+
 Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
+  check_known(dtype, "Tensor", shape_);
   numel_ = shape_numel(shape_);
   storage_ = allocate_zeroed(nbytes());
 }
@@ -150,6 +162,7 @@ Tensor Tensor::from_bools(Shape shape, const std::vector<uint8_t>& values) {
 }
 
 Tensor Tensor::borrow(Shape shape, DType dtype, void* data, std::shared_ptr<void> owner) {
+  check_known(dtype, "Tensor::borrow", shape);
   Tensor t;
   t.numel_ = shape_numel(shape);
   t.shape_ = std::move(shape);
@@ -212,6 +225,7 @@ Tensor Tensor::clone() const {
 Tensor to_dtype(const Tensor& t, DType dtype) {
   if (!t.defined()) throw ArgumentError("to_dtype: the tensor is empty (undefined)");
   if (t.dtype() == dtype) return t;
+  check_known(dtype, "to_dtype", t.shape());
   if (t.dtype() == DType::kBool || dtype == DType::kBool)
     throw DTypeError(std::string("to_dtype: cannot convert ") + dtype_name(t.dtype()) + " to " + dtype_name(dtype) +
                      " (shape " + shape_str(t.shape()) + ")");

@@ -86,6 +86,34 @@ TEST(Errors, EmptyHeadsOverLongSequencesReturnAtOnce) {
   }
 }
 
+// 2^60 heads of no query row: accepted as PyTorch takes them (product_within had overflowed before it reached the 0,
+// and refused them as too much work) and returned at once (no kernel walks the heads); likewise their backward. An
+// unknown dtype value is refused where a tensor is made (to_dtype had written 2 bytes an element into 1).
+TEST(Errors, ManyHeadsOfNoRowsReturnAtOnceAndUnknownDTypesAreNamed) {
+  const int64_t G = int64_t{1} << 30;
+  AttentionOptions o;
+  o.scale = 1.0f;
+  for (int64_t D : {0, 8}) {
+    const Tensor q({G, G, 0, D}), k({G, G, 0, D}), kd({G, G, 5, 0});
+    for (AttentionImpl impl : {AttentionImpl::kAuto, AttentionImpl::kUnfused, AttentionImpl::kReference}) {
+      o.impl = impl;
+      EXPECT_EQ(scaled_dot_product_attention(q, k, k, o).output.shape(), (Shape{G, G, 0, D}));
+      if (D == 0) {
+        EXPECT_EQ(scaled_dot_product_attention(q, kd, kd, o).output.shape(), (Shape{G, G, 0, 0}));
+      }
+      const AttentionGrads g = scaled_dot_product_attention_backward(q, k, k, q, o);
+      EXPECT_EQ(g.dq.numel() + g.dk.numel() + g.dv.numel(), 0);
+    }
+  }
+  EXPECT_EQ(product_within({G, G, 0}, 1), 0);
+  EXPECT_EQ(product_within({G, G, 2}, int64_t{1} << 60), -1);
+  const DType unknown = static_cast<DType>(7);
+  expect_error<DTypeError>([&] { Tensor({4}, unknown); }, {"dtype 7", "[4]"});
+  expect_error<DTypeError>([&] { to_dtype(Tensor({4096}), unknown); }, {"to_dtype", "[4096]"});
+  float x = 0;
+  expect_error<DTypeError>([&] { Tensor::borrow({1}, unknown, &x); }, {"borrow"});
+}
+
 // The reference backward ignores out and lse, whatever they hold (a bool out had thrown an error naming nothing); the
 // fused one names them.
 TEST(Errors, ReferenceBackwardIgnoresOutAndLse) {

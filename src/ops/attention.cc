@@ -216,6 +216,7 @@ void run_problem(const AttentionProblem& p, AttentionImpl impl) {
   // No output element, and neither weights nor lse asked for: nothing to compute (q, k, v of [1, 1, 2^25, 0] had
   // walked 2^50 empty (query, key) pairs)
   if (p.Dv == 0 && p.weights == nullptr && p.lse == nullptr) return;
+  if (p.B == 0 || p.H == 0 || p.Lq == 0) return;  // no query row: the output, weights and lse hold no element
   switch (impl) {
     case AttentionImpl::kReference: attention_reference(p); return;
     case AttentionImpl::kUnfused: attention_unfused(p); return;

@@ -96,7 +96,9 @@ void attention_backward_reference(const AttentionProblem& p, const AttentionGrad
 }
 
 void run_backward(const AttentionProblem& p, const AttentionGradients& g, AttentionImpl impl) {
-  if (p.D == 0 && p.Dv == 0) return;  // dQ, dK and dV hold no element (the kernels had walked every pair anyway)
+  // dQ, dK and dV hold no element: nothing to write (the kernels had walked every pair anyway, or every head)
+  const bool no_dq = p.B == 0 || p.H == 0 || p.Lq == 0 || p.D == 0;
+  if (no_dq && (p.B == 0 || p.Hkv == 0 || p.Lk == 0 || (p.D == 0 && p.Dv == 0))) return;
   if (impl == AttentionImpl::kReference)
     attention_backward_reference(p, g);
   else
