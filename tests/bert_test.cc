@@ -158,6 +158,24 @@ TEST(MiniLM, SpecialTokensAndLongTextsTokenizeInOnePass) {
   EXPECT_EQ(ids.front(), wp.cls_id());
   EXPECT_EQ(ids.back(), wp.sep_id());
   for (size_t i = 1; i + 1 < ids.size(); ++i) EXPECT_EQ(ids[i], wp.id("word"));
+  // a text past a chunk (64 KiB, cut at a space) tokenises as its sentences do one by one: no word is cut
+  const std::string sentence = "Caf\xc3\xa9 na\xc3\xafve r\xc3\xa9sum\xc3\xa9s, \xe4\xb8\x89\xe5\x8d\x81 DON'T-stop! ";
+  std::string page;
+  std::vector<std::string> want;
+  const std::vector<std::string> one = wp.tokenize(sentence);
+  while (page.size() < 200000) page += sentence, want.insert(want.end(), one.begin(), one.end());
+  EXPECT_EQ(wp.tokenize(page), want);
+  // the whole text is checked, with offsets from its start, whatever max_length keeps ("\xff" had passed encode at
+  // max_length 2, and an offset had counted from the last special token)
+  EXPECT_THROW(wp.encode("\xff", 2), ArgumentError);
+  EXPECT_THROW(wp.encode("a[SEP]\xff", 3), ArgumentError);
+  try {
+    wp.encode("[CLS] caf\xe9", 512);
+    ADD_FAILURE() << "encoded text that is not UTF-8";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("at offset 9"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(text::WordPiece().tokenize("a"), ArgumentError);  // no vocabulary (it had given ids of -1)
 }
 
 // The same model in directories set up as other sentence-transformers models are: every pooling mode, modes side by

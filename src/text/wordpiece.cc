@@ -181,6 +181,13 @@ std::vector<std::string> WordPiece::tokenize(const std::string& text) const {
 }
 
 std::vector<std::string> WordPiece::tokenize_at_most(const std::string& text, size_t max_tokens) const {
+  // the whole text, before any piece is cut from it: an offset then counts from its start (it had counted from the last
+  // special token), and a text is refused whatever max_tokens leaves of it ("\xff" had passed encode with max_length 2)
+  if (const auto why = utf8_problem(text)) throw ArgumentError("WordPiece: the text is " + *why);
+  if (text.size() > kMaxTextBytes)
+    throw ArgumentError("WordPiece: a text of " + std::to_string(text.size()) + " bytes is longer than the " +
+                        std::to_string(kMaxTextBytes) + " one call takes");
+  if (ids_.empty()) throw ArgumentError("WordPiece: no vocabulary (a default-constructed WordPiece; use load)");
   // special tokens written in the text ("[CLS]", "[SEP]", ...) stay whole, as Hugging Face's added tokens;
   // the text is cut at each one in one pass (no two can overlap: each is a whole "[...]")
   static const std::string kSpecial[] = {"[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"};
@@ -205,6 +212,19 @@ std::vector<std::string> WordPiece::tokenize_at_most(const std::string& text, si
 }
 
 void WordPiece::append_word_pieces(const std::string& text, size_t max_tokens, std::vector<std::string>& out) const {
+  // In chunks of about 64 KiB cut at an ASCII space, which no word crosses (the basic tokenizer splits there, and
+  // cleaning, NFD and accent stripping keep to a word): encode of a long text with a small max_length had normalised
+  // and split all of it (256 MB: over 4 GB of strings) to keep a few tokens.
+  constexpr size_t kChunk = size_t{1} << 16;
+  for (size_t pos = 0; pos < text.size() && out.size() < max_tokens;) {
+    const size_t cut = pos + kChunk >= text.size() ? std::string::npos : text.find(' ', pos + kChunk);
+    const size_t end = cut == std::string::npos ? text.size() : cut;
+    append_chunk_pieces(text.substr(pos, end - pos), max_tokens, out);
+    pos = end;
+  }
+}
+
+void WordPiece::append_chunk_pieces(const std::string& text, size_t max_tokens, std::vector<std::string>& out) const {
   for (const std::string& word : basic_tokens(text)) {
     if (out.size() >= max_tokens) return;
     const icu::UnicodeString w = icu::UnicodeString::fromUTF8(word);

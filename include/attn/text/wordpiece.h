@@ -67,6 +67,8 @@ class WordPiece {
   std::vector<std::string> tokenize_at_most(const std::string& utf8, size_t max_tokens) const;
   // step 4 on the words of one stretch of text without special tokens, appended to out up to max_tokens
   void append_word_pieces(const std::string& utf8, size_t max_tokens, std::vector<std::string>& out) const;
+  // the same on one chunk of such a stretch (append_word_pieces cuts it at spaces)
+  void append_chunk_pieces(const std::string& utf8, size_t max_tokens, std::vector<std::string>& out) const;
 
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int32_t> ids_;
