@@ -105,6 +105,13 @@ TEST(Errors, ManyHeadsOfNoRowsReturnAtOnceAndUnknownDTypesAreNamed) {
       EXPECT_EQ(g.dq.numel() + g.dk.numel() + g.dv.numel(), 0);
     }
   }
+  for (DType lowp : {DType::kBFloat16, DType::kFloat16}) {  // the 16-bit kernel's entry too
+    const Tensor q({G, G, 0, 8}, lowp), k({G, G, 0, 8}, lowp);
+    o.impl = AttentionImpl::kAuto;
+    EXPECT_EQ(scaled_dot_product_attention(q, k, k, o).output.shape(), (Shape{G, G, 0, 8}));
+    const AttentionGrads g = scaled_dot_product_attention_backward(q, k, k, q, o);
+    EXPECT_EQ(g.dq.numel() + g.dk.numel() + g.dv.numel(), 0);
+  }
   EXPECT_EQ(product_within({G, G, 0}, 1), 0);
   EXPECT_EQ(product_within({G, G, 2}, int64_t{1} << 60), -1);
   const DType unknown = static_cast<DType>(7);

@@ -54,6 +54,8 @@ AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor&
     result.lse = Tensor({lp.p.B, lp.p.H, lp.p.Lq});
     lp.p.lse = result.lse.f32();
   }
+  // nothing to write (no query row; or no value column and no lse): the kernel's heads are not walked (2^60 of them)
+  if (lp.p.B == 0 || lp.p.H == 0 || lp.p.Lq == 0 || (lp.p.Dv == 0 && !options.return_lse)) return result;
   attention_lowp(lp);
   return result;
 }
@@ -86,6 +88,8 @@ AttentionGrads scaled_dot_product_attention_backward_lowp(const Tensor& q, const
   if (fused && (!lse.defined() || lse.shape() != Shape{p.B, p.H, p.Lq}))
     throw ShapeError(std::string(kWho) + ": lse must be float32 " + shape_str({p.B, p.H, p.Lq}) + ", got " +
                      (lse.defined() ? std::string(dtype_name(lse.dtype())) + " " + shape_str(lse.shape()) : "none"));
+  if (q.numel() + k.numel() + v.numel() == 0)  // no gradient element to write (nor any head to walk)
+    return {Tensor(q.shape(), dt), Tensor(k.shape(), dt), Tensor(v.shape(), dt)};
   if (fused && dt == DType::kBFloat16 && bf16_dot_active()) {
     AttentionGrads grads{Tensor(q.shape(), dt), Tensor(k.shape(), dt), Tensor(v.shape(), dt)};
     LowpBackwardProblem bp;
