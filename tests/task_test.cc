@@ -116,6 +116,7 @@ TEST(Task, BadSourceTextIsRejectedClearly) {
   } catch (const ArgumentError& e) {
     EXPECT_NE(std::string(e.what()).find("twelfe"), std::string::npos);
   }
+  EXPECT_THROW(v.encode_source("one", 1), ArgumentError);  // max_len (it had said "reads at most 0")
   EXPECT_THROW(v.encode_source("", 32), ArgumentError);
   EXPECT_THROW(v.encode_source("   ", 32), ArgumentError);
   std::string longer;

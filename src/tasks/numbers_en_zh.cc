@@ -257,6 +257,8 @@ void check_side(const std::vector<std::string>& side, const char* name, const ch
 
 std::vector<int32_t> Vocab::encode_source(const std::string& text, int64_t max_len) const {
   check_side(src, "src", "encode_source");
+  if (max_len < 2)
+    throw ArgumentError("encode_source: max_len must be at least 2 (a word and <eos>), got " + std::to_string(max_len));
   const std::vector<std::string> w = words(text);
   if (w.empty())
     throw ArgumentError("the input is empty: expected a number in English words, e.g. \"three hundred twelve\"");
