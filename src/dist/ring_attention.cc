@@ -413,10 +413,12 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
       post(reqs, true, prev_grad.k, r.right(), kTagDk, c.get(), &g.stats.bytes_sent);
       post(reqs, true, prev_grad.v, r.right(), kTagDv, c.get(), &g.stats.bytes_sent);
     }
-    ex.start(std::move(reqs));
+    // (made before the messages start: nothing between start and the try below may throw past finish(), which would
+    // free buffers MPI still writes into)
     Block grad = block_view(dbufs[dcur], r, src);
     std::fill(grad.k.f32(), grad.k.f32() + grad.k.numel(), 0.0f);
     std::fill(grad.v.f32(), grad.v.f32() + grad.v.numel(), 0.0f);
+    ex.start(std::move(reqs));
     std::exception_ptr error;  // as in the forward: thrown on every rank once the step's messages are complete
     try {
       for (const Task& t : plan_block(mine_q, detail::pieces_of(r.lk, src, r.layout), r)) {
