@@ -68,7 +68,8 @@ def main():
     save("bad_k.npy", (B, Hkv, L, D + 1), [0.0] * (B * Hkv * L * (D + 1)))
     r = subprocess.run([*mpirun, "-np", "2", attn, "sdpa", "--q", "q.npy", "--k", "bad_k.npy", "--v", "v.npy",
                         "--out", "bad.npy", "--ring"], capture_output=True, text=True, timeout=180)
-    ok = r.returncode != 0 and "ring_attention" in r.stderr and not os.path.exists("bad.npy")
+    # named by the flags and the files' shapes (it had been the shards' names, "q_local", and their shapes)
+    ok = r.returncode != 0 and f"--k [{B}, {Hkv}, {L}, {D + 1}]" in r.stderr and not os.path.exists("bad.npy")
     failures += not ok
     print(f"mismatched k: status {r.returncode}, {'ok' if ok else 'FAILED: ' + r.stderr[-500:]}")
     return 1 if failures else 0

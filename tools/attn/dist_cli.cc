@@ -65,6 +65,17 @@ void run_sdpa_ring(const RingSdpaArgs& a) {
   for (const auto& [flag, t] : {std::pair{"--q", &q}, {"--k", &k}, {"--v", &v}})
     if (t->rank() != 4)
       throw ShapeError(std::string(flag) + " has shape " + shape_str(t->shape()) + "; --ring needs [B, H, L, D]");
+  // the whole tensors' sizes, named by their flags, before any is cut into the ranks' shards (a mismatch had been named
+  // by the shards' own names and shapes, and on the other ranks only as "rank 0 rejected its inputs")
+  const std::string shapes =
+      " (--q " + shape_str(q.shape()) + ", --k " + shape_str(k.shape()) + ", --v " + shape_str(v.shape()) + ")";
+  if (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0) || v.dim(1) != k.dim(1) || v.dim(2) != k.dim(2) ||
+      k.dim(3) != q.dim(3))
+    throw ShapeError("--q, --k and --v disagree" + shapes +
+                     "; expected [B, H, Lq, D], [B, Hkv, Lk, D], [B, Hkv, Lk, Dv]");
+  if (k.dim(1) == 0 || q.dim(1) % k.dim(1) != 0)
+    throw ShapeError("--q's heads H = " + std::to_string(q.dim(1)) +
+                     " are not a multiple of --k's Hkv = " + std::to_string(k.dim(1)) + shapes);
   dist::RingOptions o;
   o.attention.causal = parse_causal(a.causal);
   o.attention.scale = a.scale;
@@ -76,8 +87,9 @@ void run_sdpa_ring(const RingSdpaArgs& a) {
   const int r = mpi.rank(), n = mpi.size();
   if (!a.key_padding_mask.empty()) {
     const Tensor pad = load_npy_flag("--key-padding-mask", a.key_padding_mask);
-    if (pad.rank() != 2)
-      throw ShapeError("--key-padding-mask has shape " + shape_str(pad.shape()) + "; expected [B, Lk]");
+    if (pad.shape() != Shape{k.dim(0), k.dim(2)})
+      throw ShapeError("--key-padding-mask has shape " + shape_str(pad.shape()) +
+                       "; expected [B, Lk] = " + shape_str({k.dim(0), k.dim(2)}));
     o.attention.key_padding_mask = dist::shard_sequence(pad, 1, r, n, o.layout);
   }
   const dist::RingResult res =
