@@ -88,7 +88,10 @@ void MpiGradientReducer::begin_step(std::map<std::string, Tensor>& grads, float 
 
 void MpiGradientReducer::start(std::map<std::string, Tensor>& grads, float loss, GradientOverlap mode) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (stepping_) throw ArgumentError("MpiGradientReducer::begin_step: the previous step was not finished");
+  if (stepping_)  // (begin_step or reduce, whichever was called)
+    throw ArgumentError(
+        "MpiGradientReducer: a step is already open (begin_step or reduce called again before its "
+        "finish_step)");
   mode_ = mode;
   deferred_ = false;
   int64_t total = 1;  // every gradient, then the share-weighted loss

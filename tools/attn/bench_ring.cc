@@ -76,8 +76,9 @@ void run_ring_bench(const RingBench& a) {
     slowest = std::max(slowest, x[0]), slowest_bwd = std::max(slowest_bwd, x[2]);
     max_wait = std::max(max_wait, x[1]), max_rss = std::max(max_rss, x[4]);
   }
-  const double flops = 4.0 * static_cast<double>(a.batch * a.heads) * static_cast<double>(a.length) *
-                       static_cast<double>(a.length) * static_cast<double>(a.head_dim) * (a.causal ? 0.5 : 1.0);
+  const double flops = 4.0 * static_cast<double>(a.batch) * static_cast<double>(a.heads) *
+                       static_cast<double>(a.length) * static_cast<double>(a.length) * static_cast<double>(a.head_dim) *
+                       (a.causal ? 0.5 : 1.0);
   if (a.json) {
     std::printf(
         "{\"bench\": \"ring\", \"ranks\": %d, \"B\": %lld, \"H\": %lld, \"Hkv\": %lld, \"L\": %lld, \"D\": %lld, "
