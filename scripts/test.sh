@@ -33,9 +33,12 @@ build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The wheel is built as a Python user would (python -m build --wheel), in this venv without build isolation so that
 # it reuses build/python-* from run to run, and the tests run against that installed wheel. ml_dtypes: bfloat16 NumPy
 # arrays, the module's own bfloat16 type where it is installed (test_bfloat16_from_ml_dtypes skipped without it).
-build/venv/bin/python -m pip install -q scikit-build-core nanobind ninja build numpy pytest ml_dtypes
-# PyTorch, for attn.torch's tests (tests/python/test_torch.py skips without it); PyPI's default wheel, once per venv.
-build/venv/bin/python -c 'import torch' 2>/dev/null || build/venv/bin/python -m pip install -q torch
+# PyTorch, for attn.torch's tests. Pinned (scripts/requirements-test.txt); a venv that already has them is left as it is.
+build/venv/bin/python -m pip install -q -r scripts/requirements-test.txt
+# the tests that need them skip without them (importorskip): a torch or ml_dtypes that installs but does not import
+# would have let pytest pass with those tests skipped
+build/venv/bin/python -c 'import torch, ml_dtypes, numpy' ||
+  { echo "test.sh: torch, ml_dtypes or numpy does not import in build/venv" >&2; exit 1; }
 rm -rf build/dist
 # Through ccache where setup.sh installed it: the library's objects then come from the main build's cache, if the
 # compiler is called by the same name (ccache hashes it: the wheel's CMake would pick g++ where the main build has c++).
@@ -51,6 +54,7 @@ build/venv/bin/python -m pip install -q --force-reinstall --no-deps build/dist/a
 build/venv/bin/python -m pytest -q -rs tests/python tests/gpu 2>&1 | tee build/pytest.log
 pytest_passed=$(grep -oE '[0-9]+ passed' build/pytest.log | tail -1 | grep -oE '[0-9]+')
 sed -n '/^```python/,/^```/p' README.md | sed '1d;$d' > build/readme_quickstart.py
+[ -s build/readme_quickstart.py ] || { echo "test.sh: README.md has no \`\`\`python quick-start block" >&2; exit 1; }
 build/venv/bin/python build/readme_quickstart.py   # from the repository root, as a reader would
 echo "README Python quick-start ran"
 
