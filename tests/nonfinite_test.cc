@@ -211,11 +211,11 @@ TEST(NonFinite, MinusInfMaskHidesANaNScoreAndANaNScalePoisons) {
     }
 }
 
-// A score of −inf (an infinite k) is not a hidden key: a NaN or +inf float mask there makes the row NaN, as
-// −inf + NaN and −inf + inf are in IEEE arithmetic (the reference); a finite mask leaves it −inf (weight 0); padding
-// hides the key from every mask value. The fast paths had taken any −inf score for hidden and given those rows finite
-// outputs.
-TEST(NonFinite, MinusInfScoreMeetsANaNOrInfiniteMaskAsIEEESays) {
+// A score of −inf (an infinite k) is not a hidden key: a NaN or +inf float mask (or ALiBi term) there makes the row
+// NaN, as −inf + NaN and −inf + inf are in IEEE arithmetic (the reference); a finite mask leaves it −inf (weight 0);
+// padding hides the key from every mask value. The fast paths had taken any −inf score for hidden and given those rows
+// finite outputs.
+TEST(NonFinite, MinusInfScoreMeetsANaNOrInfiniteMaskOrSlopeAsIEEESays) {
   std::mt19937 rng(13);
   Tensor q = test::random_tensor({1, 1, 3, 8}, rng), k = test::random_tensor({1, 1, 5, 8}, rng);
   Tensor v = test::random_tensor({1, 1, 5, 8}, rng);
@@ -248,6 +248,21 @@ TEST(NonFinite, MinusInfScoreMeetsANaNOrInfiniteMaskAsIEEESays) {
           }
         }
       }
+  // The same for ALiBi: a +inf slope at distance 0 (inf · 0 = NaN) on that −inf score makes row 2 NaN in the
+  // reference; the fast paths had skipped the key as hidden and given the row 0 (its other keys all −inf).
+  AttentionOptions alibi;
+  alibi.alibi_slopes = Tensor::from_floats({1}, {kInf});
+  alibi.impl = AttentionImpl::kReference;
+  const Tensor ref = scaled_dot_product_attention(q, k, v, alibi).output;
+  for (int64_t d = 0; d < 8; ++d) ASSERT_TRUE(std::isnan(ref.f32()[2 * 8 + d])) << "the reference's row 2";
+  for (AttentionImpl impl : {AttentionImpl::kUnfused, AttentionImpl::kFused})
+    for (auto level : test::simd_levels()) {
+      if (impl != AttentionImpl::kFused && level != detail::simd_level_supported()) continue;
+      SCOPED_TRACE(std::string(impl_name(impl)) + " simd=" + detail::simd_level_name(level) + " ALiBi");
+      test::SimdGuard guard(level);
+      alibi.impl = impl;
+      EXPECT_EQ(pattern_mismatch(scaled_dot_product_attention(q, k, v, alibi).output, ref, 2e-5), "");
+    }
 }
 
 // Backward: a NaN in a key and value that padding hides reaches no gradient; a NaN in a visible value

@@ -13,7 +13,8 @@
 //     - causal: j > i + offset, offset = 0 (kTopLeft) or Lk − Lq (kBottomRight)
 //     - window W > 0 (needs causal): j <= i + offset − W          (each query sees its last W keys)
 //   the score of a visible key is  scale · q_i·k_j + float mask(b, h, i, j) − slope_h · |i + offset − j|
-//   (the last term only with ALiBi slopes). A key whose score is −inf is hidden too.
+//   (the last term only with ALiBi slopes), in IEEE arithmetic. A key whose whole score is −inf weighs 0, as a
+//   hidden one.
 // A row in which every key is hidden gives output 0 and weights 0, never NaN: "attends to nothing", as PyTorch
 // does since 2.5 on every backend (its math backend returned NaN there before).
 //
@@ -24,7 +25,8 @@
 //     value is only ever multiplied by a nonzero weight. So skipping hidden tiles is always correct.
 //   - A NaN anywhere a visible score depends on (the query row, a visible key, a visible float-mask entry,
 //     the scale) makes the row's output and its visible weights NaN; so does a +inf score (exp(inf − inf)),
-//     e.g. from an infinite query. A score of −inf hides its key, as a −inf mask entry does.
+//     e.g. from an infinite query. A score of −inf weighs 0, as a −inf mask entry does, unless a NaN or +inf float-mask
+//     entry or ALiBi term meets it (−inf + NaN, −inf + inf: NaN, so the row is NaN).
 //   - A NaN or ±Inf in a visible value reaches the output columns it touches as IEEE sums do (Inf, or NaN
 //     for Inf − Inf).
 //   - A row whose keys are all hidden stays 0, whatever the hidden keys hold.

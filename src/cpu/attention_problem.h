@@ -118,38 +118,34 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
   for (int64_t j = hi > j0 ? hi : j0; j < j1; ++j) s[j - j0] = kHidden;
   const int64_t a = lo > j0 ? lo : j0, e = hi < j1 ? hi : j1;
   if (a >= e) return;
-  if (p.key_padding) {
-    const uint8_t* pad = p.key_padding + b * p.Lk;
-    for (int64_t j = a; j < e; ++j)
-      if (pad[j]) s[j - j0] = kHidden;
-  }
-  if (p.bool_mask) {
-    const uint8_t* m = p.bool_mask + p.mask_index(b, h, i, 0);
-    for (int64_t j = a; j < e; ++j)
-      if (!m[j * p.m_sk]) s[j - j0] = kHidden;
-  } else if (p.float_mask) {
-    const float* m = p.float_mask + p.mask_index(b, h, i, 0);
-    const uint8_t* pad = p.key_padding ? p.key_padding + b * p.Lk : nullptr;
-    // A padded key stays hidden; −inf hides a key even from a NaN score. A score that is −inf (an infinite q or k) is
-    // not hidden: it meets the mask as IEEE says (NaN or +inf there makes it NaN, as in the reference; it had been
-    // taken for hidden). A finite value stays finite in base 2: beyond ±FLT_MAX / log2 e (torch.finfo(float32).min,
-    // the "masked" value of much PyTorch code) bias_scale · mj had overflowed to −inf and hidden the key (a row of
-    // them had given 0, not the mean of V); saturated, it weighs as in base e against finite scores, and keys that
-    // share such a value share the weight.
-    constexpr float kMax = std::numeric_limits<float>::max();
-    for (int64_t j = a; j < e; ++j) {
-      const float mj = m[j * p.m_sk];
-      if (pad && pad[j]) continue;
-      const float t = bias_scale * mj;  // (+inf and NaN stay as they are: the non-finite rule)
-      const float bias = std::fabs(mj) <= kMax && std::fabs(t) > kMax ? std::copysign(kMax, t) : t;
-      s[j - j0] = mj == kHidden ? kHidden : s[j - j0] + bias;
+  // Per key, as attention_reference: hidden (padding, a false bool mask, a −inf float mask) whatever its score; else
+  // score + mask − ALiBi in IEEE arithmetic. A score that is −inf (an infinite q or k) is not hidden: a NaN or +inf
+  // mask or slope makes it NaN, as in the reference (both steps had taken any −inf score for hidden). A finite mask
+  // value stays finite in base 2: beyond ±FLT_MAX / log2 e (torch.finfo(float32).min, the "masked" value of much
+  // PyTorch code) bias_scale · mj had overflowed to −inf and hidden the key (a row of them had given 0, not the mean of
+  // V); saturated, it weighs as in base e against finite scores, and keys that share such a value share the weight.
+  constexpr float kMax = std::numeric_limits<float>::max();
+  const uint8_t* pad = p.key_padding ? p.key_padding + b * p.Lk : nullptr;
+  const uint8_t* bm = p.bool_mask ? p.bool_mask + p.mask_index(b, h, i, 0) : nullptr;
+  const float* fm = p.float_mask ? p.float_mask + p.mask_index(b, h, i, 0) : nullptr;
+  const float slope = p.alibi_slopes ? bias_scale * p.alibi_slopes[h] : 0.0f;
+  const int64_t pos = i + p.offset();
+  for (int64_t j = a; j < e; ++j) {
+    float& x = s[j - j0];
+    if ((pad && pad[j]) || (bm && !bm[j * p.m_sk])) {
+      x = kHidden;
+      continue;
     }
-  }
-  if (p.alibi_slopes) {  // on visible keys only: a NaN or infinite slope had made a hidden key's −inf NaN
-    const float slope = bias_scale * p.alibi_slopes[h];
-    const int64_t pos = i + p.offset();
-    for (int64_t j = a; j < e; ++j)
-      if (s[j - j0] != kHidden) s[j - j0] -= slope * static_cast<float>(pos > j ? pos - j : j - pos);
+    if (fm) {
+      const float mj = fm[j * p.m_sk];
+      if (mj == kHidden) {
+        x = kHidden;
+        continue;
+      }
+      const float t = bias_scale * mj;  // (+inf and NaN stay as they are: the non-finite rule)
+      x += std::fabs(mj) <= kMax && std::fabs(t) > kMax ? std::copysign(kMax, t) : t;
+    }
+    if (p.alibi_slopes) x -= slope * static_cast<float>(pos > j ? pos - j : j - pos);
   }
 }
 
