@@ -301,8 +301,8 @@ TEST(Io, WritesAreAtomic) {
   io::write_npy(dangling, Tensor::from_floats({1}, {5}));
   EXPECT_TRUE(std::filesystem::is_symlink(dangling));
   EXPECT_EQ(io::read_npy((dir / "made.npy").string()).f32()[0], 5.0f);
-  // one file through a linked directory, a hard link, or ".." after a linked directory (lexically, "sub/.." had been
-  // the directory itself): refused; a file of the directory a link's ".." leads to is another file
+  // one file through a linked directory, or ".." after a linked directory (lexically, "sub/.." had been the directory
+  // itself): refused; a file of the directory a link's ".." leads to is another file
   std::filesystem::create_directories(dir / "real" / "deep");
   std::filesystem::create_directory_symlink("real", dir / "linkdir");
   std::filesystem::create_directory_symlink("real/deep", dir / "deeplink");
@@ -319,10 +319,13 @@ TEST(Io, WritesAreAtomic) {
   }
   EXPECT_NO_THROW(io::check_output_paths(
       {{"--out", (dir / "deeplink" / ".." / "b.npy").string()}, {"--weights", (dir / "b.npy").string()}}));
+  // a hard link is another name: each rename replaces its own entry, so both outputs are kept
   std::filesystem::create_hard_link(dir / "real" / "a.npy", dir / "hard.npy");
+  EXPECT_NO_THROW(io::check_output_paths(
+      {{"--out", (dir / "hard.npy").string()}, {"--weights", path}, {"--png", (dir / "real" / "a.npy").string()}}));
+  // relative names of a file that does not exist yet ("o.npy" and "./o.npy": one had been made absolute, not the other)
   EXPECT_THROW(
-      io::check_output_paths(
-          {{"--out", (dir / "hard.npy").string()}, {"--weights", path}, {"--png", (dir / "real" / "a.npy").string()}}),
+      io::check_output_paths({{"--out", "attn_io_never_written.npy"}, {"--weights", "./attn_io_never_written.npy"}}),
       ArgumentError);
   // a file name near NAME_MAX (255 bytes) is written: its temporary's name had been too long; set-user-ID bits of a
   // replaced file are not carried over

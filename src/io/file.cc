@@ -103,15 +103,23 @@ void write_file_atomically(const std::string& path, const std::vector<uint8_t>& 
 }
 
 namespace {
-// What makes two output paths one file: an existing file's device and inode (hard links, and paths through symbolically
-// linked directories, are one file), else the path with its existing directories' links resolved (weakly_canonical:
-// "linkdir/a.npy" and "realdir/a.npy" had been two files, and "sub/../x" lexically x even where sub is a link).
+// What makes two output paths one: the same directory entry, i.e. the same name in the same directory, the directory
+// known by its device and inode ("o.npy" and "./o.npy"; "linkdir/a.npy" and "realdir/a.npy", which lexical
+// normalisation had taken for two; "sub/../x" where sub is a link, which it had taken for x). Two hard links are two
+// entries: each rename replaces its own. Where the directory does not exist (the write fails later, naming it), its
+// absolute path with the links of its existing part resolved.
 std::string file_identity(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path as_path(path);
+  const fs::path parent = as_path.parent_path().empty() ? fs::path(".") : as_path.parent_path();
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  if (::stat(parent.c_str(), &st) == 0)
+    return "entry " + as_path.filename().string() + " of directory " + std::to_string(st.st_dev) + ":" +
+           std::to_string(st.st_ino);
   std::error_code ec;
-  std::filesystem::path resolved = std::filesystem::weakly_canonical(path, ec);
-  if (ec) resolved = std::filesystem::absolute(path, ec).lexically_normal();
+  const fs::path absolute = fs::absolute(as_path, ec);
+  fs::path resolved = fs::weakly_canonical(ec ? as_path : absolute, ec);
+  if (ec) resolved = absolute.lexically_normal();
   return resolved.string();
 }
 

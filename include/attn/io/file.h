@@ -43,9 +43,9 @@ std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBy
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
-// directory, FIFO, device or socket, or names the same file as another ("o.npy", "./o.npy", a link to o.npy, o.npy
-// through a linked directory and a hard link to it are one file: an existing file's device and inode, else the path
-// with its directories' links resolved).
+// directory, FIFO, device or socket, or names the same file as another ("o.npy", "./o.npy", a link to o.npy and o.npy
+// through a linked directory are one file: the same name in the same directory, known by its inode; a hard link is
+// another name, replaced on its own).
 // outputs: (role, path); empty paths are skipped. Commands call it before their work, so a bad path costs nothing.
 void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs);
 
