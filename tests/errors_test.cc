@@ -112,6 +112,11 @@ TEST(Errors, ManyHeadsOfNoRowsReturnAtOnceAndUnknownDTypesAreNamed) {
     const AttentionGrads g = scaled_dot_product_attention_backward(q, k, k, q, o);
     EXPECT_EQ(g.dq.numel() + g.dk.numel() + g.dv.numel(), 0);
   }
+  {  // ... but strides past int64 are refused even where a 0 empties the tensor (H·Lq·D of [0, 2^40, 2^40, 0])
+    const int64_t T = int64_t{1} << 40;
+    const Tensor q({0, T, T, 0}), k({0, T, T, 0});
+    expect_error<ArgumentError>([&] { scaled_dot_product_attention(q, k, k, o); }, {"2^62"});
+  }
   EXPECT_EQ(product_within({G, G, 0}, 1), 0);
   EXPECT_EQ(product_within({G, G, 2}, int64_t{1} << 60), -1);
   const DType unknown = static_cast<DType>(7);

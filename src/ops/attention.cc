@@ -167,9 +167,14 @@ void check_work(const AttentionProblem& p, const char* who, const std::string& s
     throw ArgumentError(std::string(who) + ": B·H·Lq·Lk = " + std::to_string(p.B) + "·" + std::to_string(p.H) + "·" +
                         std::to_string(p.Lq) + "·" + std::to_string(p.Lk) +
                         " (query, key) pairs is more work than attn takes (2^50 pairs, 2^60 multiply-adds)" + shapes);
-  for (const int64_t size : {product_within({p.H, p.Lq, p.D}, kMaxSize), product_within({p.Hkv, p.Lk, p.D}, kMaxSize),
-                             product_within({p.Hkv, p.Lk, p.Dv}, kMaxSize), product_within({p.H, p.Lq, p.Dv}, kMaxSize),
-                             product_within({p.H, p.Lq, std::max<int64_t>(p.Lk, 1)}, kMaxSize)})
+  // (each factor at least 1: the strides are these products, computed before anything looks for a 0 in them; q of
+  // [0, 2^40, 2^40, 0] holds nothing but its batch stride H·Lq·D would overflow on the way)
+  const auto at_least_1 = [](int64_t x) { return std::max<int64_t>(x, 1); };
+  const int64_t H = at_least_1(p.H), Hkv = at_least_1(p.Hkv), Lq = at_least_1(p.Lq), Lk = at_least_1(p.Lk);
+  const int64_t D = at_least_1(p.D), Dv = at_least_1(p.Dv);
+  for (const int64_t size : {product_within({H, Lq, D}, kMaxSize), product_within({Hkv, Lk, D}, kMaxSize),
+                             product_within({Hkv, Lk, Dv}, kMaxSize), product_within({H, Lq, Dv}, kMaxSize),
+                             product_within({H, Lq, Lk}, kMaxSize)})
     if (size < 0) throw ArgumentError(std::string(who) + ": a batch entry's size exceeds 2^62 elements" + shapes);
 }
 
