@@ -32,8 +32,8 @@ fi
 build/venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The wheel is built as a Python user would (python -m build --wheel), in this venv without build isolation so that
 # it reuses build/python-* from run to run, and the tests run against that installed wheel. ml_dtypes: bfloat16 NumPy
-# arrays, the module's own bfloat16 type where it is installed (test_bfloat16_from_ml_dtypes skipped without it).
-# PyTorch, for attn.torch's tests. Pinned (scripts/requirements-test.txt); a venv that already has them is left as it is.
+# arrays; PyTorch: attn.torch's tests. Pinned (scripts/requirements-test.txt): pip puts a venv's other versions back to
+# the pins, and leaves one that has them as it is.
 build/venv/bin/python -m pip install -q -r scripts/requirements-test.txt
 # the tests that need them skip without them (importorskip): a torch or ml_dtypes that installs but does not import
 # would have let pytest pass with those tests skipped

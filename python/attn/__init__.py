@@ -241,6 +241,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError("is_causal=True contradicts causal_alignment='none'")
     causal = causal_alignment if causal_alignment is not None else ("top-left" if is_causal else "none")
     if q4.shape[1] == 0 and k4.shape[1] == 0:  # no heads at all: PyTorch's empty output (H = Hkv = 0 had been refused)
+        if (k4.shape[0] != q4.shape[0] or v4.shape[:3] != k4.shape[:3] or k4.shape[3] != q4.shape[3]):
+            raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} must be (B, H, Lq, D), "
+                             "(B, Hkv, Lk, D) and (B, Hkv, Lk, Dv)")
+        _str(impl, "impl", ("auto", "fused", "unfused", "reference")), _int(num_threads, "num_threads")
         out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
         weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
     else:
@@ -297,16 +301,20 @@ class MultiheadAttention:
         strict (as torch's load_state_dict): a key under prefix that this layer has no parameter for raises KeyError
         (it had been ignored silently: a q_proj_weight given to a layer with one in_proj_weight, say), and so does a
         parameter missing from it; strict=False ignores both (a missing parameter keeps its value, as in torch)."""
+        return self._load(state_dict, prefix, unexpected_ok=not strict, missing_ok=not strict)
+
+    def _load(self, state_dict, prefix, unexpected_ok, missing_ok):
         names = ["out_proj.weight"] + (["in_proj_weight"] if self.kdim == self.vdim == self.embed_dim else
                                        ["q_proj_weight", "k_proj_weight", "v_proj_weight"])
         names += ["in_proj_bias", "out_proj.bias"] if self.bias else []
         ours = lambda n: isinstance(n, str) and n.startswith(prefix) and n[len(prefix):] in names  # noqa: E731
         unexpected = [repr(n) for n in state_dict if not ours(n) and (not isinstance(n, str) or n.startswith(prefix))]
         missing = [prefix + n for n in names if prefix + n not in state_dict]
-        if strict and (unexpected or missing):
+        if (unexpected and not unexpected_ok) or (missing and not missing_ok):
+            hint = "; pass strict=False to ignore them" if unexpected_ok == missing_ok else ""
             raise KeyError(f"unexpected key(s) in state_dict: {', '.join(unexpected) or 'none'}; missing: "
-                           f"{', '.join(missing) or 'none'} (this layer has {', '.join(prefix + n for n in names)}; "
-                           "pass strict=False to ignore them)")
+                           f"{', '.join(missing) or 'none'} (this layer has {', '.join(prefix + n for n in names)}"
+                           f"{hint})")
         arrays = {prefix + n: a for n, a in self.state_dict().items() if prefix + n in missing}  # kept as they are
         for name, t in state_dict.items():
             if not ours(name):  # (strict=False: the others ignored)
@@ -334,7 +342,9 @@ class MultiheadAttention:
             kdim, vdim = get("k_proj_weight").shape[1], get("v_proj_weight").shape[1]
         layer = cls(wo.shape[0], num_heads, bias=get("in_proj_bias") is not None, kdim=kdim, vdim=vdim,
                     batch_first=batch_first, num_kv_heads=num_kv_heads)
-        return layer.load_state_dict(tensors, prefix, strict=False)  # a whole model's file: its other tensors
+        # a whole model's file: its other tensors are not this layer's; every one of this layer's must be there (a
+        # missing q_proj_weight or out_proj.bias had been left at the new layer's own values)
+        return layer._load(tensors, prefix, unexpected_ok=True, missing_ok=False)
 
     def state_dict(self):
         """PyTorch's names -> float32 copies of the weights (writing into one leaves the layer as it is)."""

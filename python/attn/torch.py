@@ -117,8 +117,10 @@ def _scalar_options(scale, window, dropout_p):
     """scale (None or a real number), window (an integer in int64) and dropout_p (a real number in [0, 1]), checked
     before anything else (the CUDA route too): 2.5 had run as a window of 2, "2" as a scale of 2.0, 2**64 had come back
     as nanobind's overload list."""
-    for x, name in ((scale, "scale"), (dropout_p, "dropout_p")):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Real)):
+    for x, name in ((scale, "scale"), (dropout_p, "dropout_p")):  # what PyTorch's float arguments take: a bool too
+        # (dropout_p=self.training and p), and a 0-d real tensor that needs no gradient
+        zero_d = isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_complex() and not x.requires_grad
+        if x is not None and not zero_d and not isinstance(x, (numbers.Real, torch.SymInt, torch.SymFloat)):
             raise DTypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
     if isinstance(window, bool):
         raise DTypeError("window must be an integer, got bool")
@@ -128,7 +130,7 @@ def _scalar_options(scale, window, dropout_p):
         raise DTypeError(f"window must be an integer, got {type(window).__name__} {window!r}") from None
     if not -2**63 <= window < 2**63:
         raise ArgumentError(f"window must fit int64, got {window}")
-    if not 0.0 <= dropout_p <= 1.0:
+    if not 0.0 <= float(dropout_p) <= 1.0:
         raise ArgumentError(f"dropout_p must be in [0, 1], got {dropout_p}")
     return window
 
@@ -355,7 +357,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if isinstance(query, torch.Tensor) and query.is_cuda:
         if torch.is_autocast_enabled("cuda"):  # float32 inputs become the autocast dtype, as PyTorch's SDPA's do
             query, key, value = _autocast(query, key, value, device="cuda")
-        return _cuda_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        return _cuda_attention(query, key, value, attn_mask, float(dropout_p), is_causal,
+                               None if scale is None else float(scale), enable_gqa,
                                causal_alignment, key_padding_mask, window, alibi_slopes)
     if torch.is_autocast_enabled("cpu"):  # PyTorch's CPU autocast casts SDPA's inputs to its lower precision
         query, key, value, attn_mask = _autocast(query, key, value, attn_mask)

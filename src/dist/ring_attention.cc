@@ -400,6 +400,11 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
   detail::Exchange ex;
   for (int s = 0; s < r.size; ++s) {
     const int src = (r.rank - s + r.size) % r.size, next_src = (src - 1 + r.size) % r.size;
+    // this step's dK/dV, made before any message is posted: nothing between the first post and the guarded compute
+    // below may throw past finish() (the requests would be left writing into freed buffers)
+    Block grad = block_view(dbufs[dcur], r, src);
+    std::fill(grad.k.f32(), grad.k.f32() + grad.k.numel(), 0.0f);
+    std::fill(grad.v.f32(), grad.v.f32() + grad.v.numel(), 0.0f);
     std::vector<MPI_Request> reqs;
     Block next, incoming;
     if (s + 1 < r.size) {
@@ -413,11 +418,6 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
       post(reqs, true, prev_grad.k, r.right(), kTagDk, c.get(), &g.stats.bytes_sent);
       post(reqs, true, prev_grad.v, r.right(), kTagDv, c.get(), &g.stats.bytes_sent);
     }
-    // (made before the messages start: nothing between start and the try below may throw past finish(), which would
-    // free buffers MPI still writes into)
-    Block grad = block_view(dbufs[dcur], r, src);
-    std::fill(grad.k.f32(), grad.k.f32() + grad.k.numel(), 0.0f);
-    std::fill(grad.v.f32(), grad.v.f32() + grad.v.numel(), 0.0f);
     ex.start(std::move(reqs));
     std::exception_ptr error;  // as in the forward: thrown on every rank once the step's messages are complete
     try {

@@ -498,6 +498,12 @@ def test_from_safetensors_names_the_missing_projection(tmp_path):
     attn.save_safetensors(tmp_path / "x.safetensors", {"out_proj.weight": rand(8, 8), "k_proj_weight": rand(8, 6)})
     with pytest.raises(KeyError, match="v_proj_weight"):  # had been AttributeError on None
         attn.MultiheadAttention.from_safetensors(tmp_path / "x.safetensors", 2)
+    # every one of the layer's tensors must be in the file (a missing q_proj_weight or out_proj.bias had kept the new
+    # layer's own values), while the file's other tensors are another layer's
+    attn.save_safetensors(tmp_path / "y.safetensors", {"out_proj.weight": rand(8, 8), "k_proj_weight": rand(8, 6),
+                                                       "v_proj_weight": rand(8, 6), "other.weight": rand(2)})
+    with pytest.raises(KeyError, match="missing: q_proj_weight"):
+        attn.MultiheadAttention.from_safetensors(tmp_path / "y.safetensors", 2)
 
 
 def test_no_heads_and_no_head_dimension_as_pytorch():

@@ -760,5 +760,9 @@ def test_scalar_options_are_checked_not_coerced():
         with pytest.raises(error):
             at.scaled_dot_product_attention(q, q, q, **kwargs)
     at.scaled_dot_product_attention(q, q, q, scale=2, window=torch.tensor(3).item(), is_causal=True)  # ints are reals
+    # what PyTorch's own float arguments take: a bool dropout_p (dropout_p=self.training and p), a 0-d tensor scale
+    want = F.scaled_dot_product_attention(q, q, q, scale=0.5, dropout_p=False)
+    got = at.scaled_dot_product_attention(q, q, q, scale=torch.tensor(0.5), dropout_p=False)
+    assert (got - want).abs().max() < 1e-5
     with pytest.raises(at.DTypeError, match="query must be a torch.Tensor"):
         at.MultiheadAttention(8, 2)(q[0].numpy(), q[0], q[0])
