@@ -297,9 +297,9 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   write("keep.partial", "someone else's\n");
   for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
            {"train" + tiny + " --out " + path("ck") + " --loss-log " + path("ck/train_state.json"), "--out's"},
-           {"train" + tiny_with(3) + " --out " + path("ck") + " --loss-log " + path("keep"), "num_heads = 3"},
+           {"train" + tiny_with(3) + " --out " + path("ck") + " --loss-log " + path("heads.log"), "num_heads = 3"},
            {"train" + tiny + " --bucket-mb -1", "--bucket-mb"},
-           // its FILE.partial exists: someone else's, not truncated (it had been overwritten, then removed)
+           // its FILE.partial exists: someone else's, refused before the work (it had been overwritten, then removed)
            {"train" + tiny + " --out " + path("ck2") + " --loss-log " + path("keep"), "keep.partial exists"},
            // a resumed run's model is the checkpoint's: a flag that would change it is refused, not ignored
            {"train --resume " + path("ck") + " --steps 4 --heads 2 --dropout 0", "--heads, --dropout"},

@@ -66,6 +66,10 @@ void run_train(TrainArgs a) {
       outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
   io::check_output_paths(outputs);
   const std::string log_partial = a.loss_log + ".partial";
+  if (rank0 && !a.loss_log.empty() &&
+      io::exists_or_unexaminable(log_partial))  // before the work, not at its first step
+    throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
+                        " exists (another run's log?); remove it or choose another --loss-log");
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
   bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {
