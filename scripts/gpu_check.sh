@@ -39,6 +39,8 @@ grep -qE "failed|error" "$out/pytest.log" && status=1
 # a run where every test skipped (no torch, no CUDA device, libattn_cuda not loaded) passed nothing: a failure (a
 # single skip is allowed: the CuPy interop test, CuPy being installed by nothing here)
 grep -qE "[0-9]+ passed" "$out/pytest.log" || { echo "tests/gpu passed no test (see -rs above)"; status=1; }
+skipped=$(grep -oE "[0-9]+ skipped" "$out/pytest.log" | tail -1 | grep -oE "[0-9]+" || true)
+[ "${skipped:-0}" -le 1 ] || { echo "tests/gpu skipped $skipped tests (one, CuPy's, may skip)"; status=1; }
 
 step benchmark
 PYTHONUNBUFFERED=1 timeout 200 python3 bench/compare_torch_cuda.py --json "$out/bench.json" 2>&1 | tee "$out/bench.log" || status=1

@@ -311,6 +311,10 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   }
   EXPECT_FALSE(fs::exists(path("ck/train_state.json")) || fs::exists(path("o.npy")));
   EXPECT_EQ(slurp(path("keep.partial")), "someone else's\n");  // not this run's: left alone
+  // ... and refused before any work: no banner, no step (it had been found at the first step's log line)
+  const CliResult partial = run("train" + tiny + " --out " + path("ck3") + " --loss-log " + path("keep"));
+  EXPECT_TRUE(failed_cleanly(partial));
+  EXPECT_EQ(partial.err.find("training numbers-en-zh"), std::string::npos) << partial.err;
   // an option greedy decoding has no use for is named on stderr (a warning, as Hugging Face's generate), not refused
   const CliResult greedy = run("translate --length-penalty 0.6 one hundred");
   EXPECT_EQ(greedy.status, 0) << greedy.err;

@@ -248,13 +248,14 @@ TEST(NonFinite, MinusInfScoreMeetsANaNOrInfiniteMaskOrSlopeAsIEEESays) {
           }
         }
       }
-  // The same for ALiBi: a +inf slope at distance 0 (inf · 0 = NaN) on that −inf score makes row 2 NaN in the
-  // reference; the fast paths had skipped the key as hidden and given the row 0 (its other keys all −inf).
+  // The same for ALiBi: a +inf slope at distance 0 (inf · 0 = NaN) on that −inf score makes row 0 NaN in the
+  // reference (ALiBi's positions are bottom-right: row 0 sits at key Lk − Lq = 2); the fast paths had skipped the key
+  // as hidden and given the row 0 (its other keys all −inf).
   AttentionOptions alibi;
   alibi.alibi_slopes = Tensor::from_floats({1}, {kInf});
   alibi.impl = AttentionImpl::kReference;
   const Tensor ref = scaled_dot_product_attention(q, k, v, alibi).output;
-  for (int64_t d = 0; d < 8; ++d) ASSERT_TRUE(std::isnan(ref.f32()[2 * 8 + d])) << "the reference's row 2";
+  for (int64_t d = 0; d < 8; ++d) ASSERT_TRUE(std::isnan(ref.f32()[d])) << "the reference's row 0";
   for (AttentionImpl impl : {AttentionImpl::kUnfused, AttentionImpl::kFused})
     for (auto level : test::simd_levels()) {
       if (impl != AttentionImpl::kFused && level != detail::simd_level_supported()) continue;

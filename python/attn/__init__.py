@@ -244,7 +244,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         if (k4.shape[0] != q4.shape[0] or v4.shape[:3] != k4.shape[:3] or k4.shape[3] != q4.shape[3]):
             raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} must be (B, H, Lq, D), "
                              "(B, Hkv, Lk, D) and (B, Hkv, Lk, Dv)")
-        _str(impl, "impl", ("auto", "fused", "unfused", "reference")), _int(num_threads, "num_threads")
+        _str(impl, "impl", ("auto", "fused", "unfused", "reference"))
+        if _int(num_threads, "num_threads") < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
         weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
     else:

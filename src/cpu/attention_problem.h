@@ -119,9 +119,10 @@ inline void mask_row_segment(const AttentionProblem& p, int64_t b, int64_t h, in
   const int64_t a = lo > j0 ? lo : j0, e = hi < j1 ? hi : j1;
   if (a >= e) return;
   // Per key, as attention_reference: hidden (padding, a false bool mask, a −inf float mask) whatever its score; else
-  // score + mask − ALiBi in IEEE arithmetic. A score that is −inf (an infinite q or k) is not hidden: a NaN or +inf
-  // mask or slope makes it NaN, as in the reference (both steps had taken any −inf score for hidden). A finite mask
-  // value stays finite in base 2: beyond ±FLT_MAX / log2 e (torch.finfo(float32).min, the "masked" value of much
+  // score + mask − ALiBi in IEEE arithmetic (in float, where the reference sums in double: a sum or an ALiBi slope
+  // near FLT_MAX can overflow here and not there). A score that is −inf (an infinite q or k) is not hidden: a NaN or
+  // +inf mask or slope makes it NaN, as in the reference (both steps had taken any −inf score for hidden). A finite
+  // mask value stays finite in base 2: beyond ±FLT_MAX / log2 e (torch.finfo(float32).min, the "masked" value of much
   // PyTorch code) bias_scale · mj had overflowed to −inf and hidden the key (a row of them had given 0, not the mean of
   // V); saturated, it weighs as in base e against finite scores, and keys that share such a value share the weight.
   constexpr float kMax = std::numeric_limits<float>::max();

@@ -400,19 +400,18 @@ RingGrads ring_attention_backward(const Tensor& q_local, const Tensor& k_local, 
   detail::Exchange ex;
   for (int s = 0; s < r.size; ++s) {
     const int src = (r.rank - s + r.size) % r.size, next_src = (src - 1 + r.size) % r.size;
-    // this step's dK/dV, made before any message is posted: nothing between the first post and the guarded compute
-    // below may throw past finish() (the requests would be left writing into freed buffers)
+    // Every view of the step, and room for its requests, made before any message is posted: nothing between the first
+    // post and the guarded compute below may throw past finish() (the requests would write into freed buffers).
     Block grad = block_view(dbufs[dcur], r, src);
     std::fill(grad.k.f32(), grad.k.f32() + grad.k.numel(), 0.0f);
     std::fill(grad.v.f32(), grad.v.f32() + grad.v.numel(), 0.0f);
     std::vector<MPI_Request> reqs;
+    reqs.reserve(10);  // (at most 6 for the block, 4 for the gradients)
     Block next, incoming;
-    if (s + 1 < r.size) {
-      next = block_view(bufs[static_cast<size_t>(s % 2)], r, next_src);
-      pass_block(reqs, r, cur, next, c.get(), &g.stats.bytes_sent);
-    }
+    if (s + 1 < r.size) next = block_view(bufs[static_cast<size_t>(s % 2)], r, next_src);
+    if (s > 0) incoming = block_view(dbufs[din], r, src);
+    if (s + 1 < r.size) pass_block(reqs, r, cur, next, c.get(), &g.stats.bytes_sent);
     if (s > 0) {  // the previous block's dK/dV goes right; this block's partial sum arrives from the left
-      incoming = block_view(dbufs[din], r, src);
       post(reqs, false, incoming.k, r.left(), kTagDk, c.get(), nullptr);
       post(reqs, false, incoming.v, r.left(), kTagDv, c.get(), nullptr);
       post(reqs, true, prev_grad.k, r.right(), kTagDk, c.get(), &g.stats.bytes_sent);

@@ -1,5 +1,6 @@
 // attn train: trains the encoder-decoder Transformer on numbers-en-zh, with a progress bar.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -42,6 +43,11 @@ void run_train(TrainArgs a) {
   a.o.progress = !a.no_progress;
   const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
                      std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
+  const std::string log_partial = a.loss_log + ".partial";
+  struct stat partial_stat;  // (lstat: a dangling link there is someone's too)
+  if (rank0 && !a.loss_log.empty() && ::lstat(log_partial.c_str(), &partial_stat) == 0)  // before any work or output
+    throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
+                        " exists (another run's log?); remove it or choose another --loss-log");
   if (rank0 && !a.o.resume_dir.empty())  // the model, data order and recipe are the checkpoint's
     std::fprintf(stderr,
                  "training numbers-en-zh: resuming %s (its model, optimizer state, data order and recipe) up to step "
@@ -65,11 +71,6 @@ void run_train(TrainArgs a) {
     for (const std::string& name : train::checkpoint_file_names())
       outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
   io::check_output_paths(outputs);
-  const std::string log_partial = a.loss_log + ".partial";
-  if (rank0 && !a.loss_log.empty() &&
-      io::exists_or_unexaminable(log_partial))  // before the work, not at its first step
-    throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
-                        " exists (another run's log?); remove it or choose another --loss-log");
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
   bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {
