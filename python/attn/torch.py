@@ -117,6 +117,9 @@ def _scalar_options(scale, window, dropout_p):
     """scale (None or a real number), window (an integer in int64) and dropout_p (a real number in [0, 1]), checked
     before anything else (the CUDA route too): 2.5 had run as a window of 2, "2" as a scale of 2.0, 2**64 had come back
     as nanobind's overload list."""
+    if (scale is None or type(scale) is float) and type(window) is int and type(dropout_p) is float:  # the usual call:
+        if 0.0 <= dropout_p <= 1.0 and -2**63 <= window < 2**63:  # its checks without isinstance on ABCs (~1 µs)
+            return window
     for x, name in ((scale, "scale"), (dropout_p, "dropout_p")):  # what PyTorch's float arguments take: a bool too
         # (dropout_p=self.training and p), and a 0-d real tensor that needs no gradient
         zero_d = isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_complex() and not x.requires_grad
