@@ -3,6 +3,8 @@
 //   build/bench/attn_bench --benchmark_filter=Sdpa
 #include <benchmark/benchmark.h>
 
+#include <random>
+
 #include "attention_cases.h"
 #include "attn/attention.h"
 
@@ -28,6 +30,38 @@ BENCHMARK(BM_Sdpa)
                    {64, 128},
                    {0, 1},
                    {static_cast<int64_t>(AttentionImpl::kFused), static_cast<int64_t>(AttentionImpl::kUnfused)}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// The masked fused forward: key padding, a batch's last eighth of keys (a padded suffix: only the tiles that hold some
+// of it need the masking pass) or every 7th key (every tile does), with a float mask [Lq, Lk] or ALiBi slopes beside
+// the scattered padding. args: masks (0 suffix padding, 1 scattered, 2 scattered + float mask, 3 scattered + ALiBi),
+// threads
+void BM_SdpaMasked(benchmark::State& state) {
+  const int64_t L = 1024, D = 64, H = 8;
+  test::AttentionCase c;
+  c.B = 1, c.H = H, c.Hkv = H, c.Lq = L, c.Lk = L, c.D = D, c.Dv = D;
+  test::CaseInputs in = test::make_inputs(c, 3);
+  in.options.key_padding_mask = Tensor({1, L}, DType::kBool);
+  for (int64_t j = 0; j < L; ++j)
+    in.options.key_padding_mask.b8()[j] = state.range(0) == 0 ? j >= L - L / 8 : j % 7 == 3;
+  std::mt19937 rng(4);
+  const auto uniform = [&](Shape shape) {
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    Tensor t(std::move(shape));
+    for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = u(rng);
+    return t;
+  };
+  if (state.range(0) == 2) in.options.mask = uniform({L, L});
+  if (state.range(0) == 3) in.options.alibi_slopes = uniform({H});
+  in.options.num_threads = static_cast<int>(state.range(1));
+  for (auto _ : state) benchmark::DoNotOptimize(scaled_dot_product_attention(in.q, in.k, in.v, in.options));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(4.0 * L * L * D * H * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_SdpaMasked)
+    ->ArgNames({"masks", "threads"})
+    ->ArgsProduct({{0, 1, 2, 3}, {1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

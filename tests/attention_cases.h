@@ -73,12 +73,13 @@ inline CaseInputs make_inputs(const AttentionCase& c, uint32_t seed) {
   }
   if (c.key_padding) {
     Tensor p({c.B, c.Lk}, DType::kBool);
-    // batch b pads its last b·Lk/(B+1) keys and every 7th from key 3 (holes inside), an odd b its first Lk/5 too
-    // (left padding); the last of several batches pads all
+    // batch b pads its last b·Lk/(B+1) keys; an even b every 7th from key 3 too (holes inside: every key tile masks),
+    // an odd b its first Lk/5 (left padding; the key tiles between its ends have no padding, and skip the masking
+    // pass); the last of several batches pads all
     for (int64_t b = 0; b < c.B; ++b)
       for (int64_t j = 0; j < c.Lk; ++j)
-        p.b8()[b * c.Lk + j] =
-            (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1) || j % 7 == 3 || (b % 2 == 1 && j < c.Lk / 5);
+        p.b8()[b * c.Lk + j] = (b == c.B - 1 && c.B > 1) || j >= c.Lk - b * c.Lk / (c.B + 1) ||
+                               (b % 2 == 0 && j % 7 == 3) || (b % 2 == 1 && j < c.Lk / 5);
     in.options.key_padding_mask = p;
   }
   if (c.alibi) {
@@ -169,6 +170,8 @@ inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7)
     c.H = 2, c.Hkv = 1, c.Lq = Lq, c.Lk = 1000, c.D = 64, c.Dv = 64, c.causal = CausalAlignment::kBottomRight;
     cases.push_back(c);
     c.key_padding = true, c.weights = true, c.B = 1;
+    cases.push_back(c);
+    c.B = 3;  // batch 1: padded at both ends, its middle key tiles not at all
     cases.push_back(c);
   }
   std::mt19937 rng(seed);

@@ -233,7 +233,7 @@ void query_tile(const AttentionProblem& p, const AttentionGradients& g, const Ba
       if (cols > 0) scores(r, block, cols);
     }
   }
-  const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+  const bool masked = tile_needs_mask(p, b, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = g.lse + (b * p.H + h) * p.Lq + i0;
   const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;

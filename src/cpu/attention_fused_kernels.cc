@@ -274,7 +274,7 @@ void accumulate_tile(const AttentionProblem& p, int64_t b, int64_t h, const floa
   const bool diagonal = visible_prefix(p, i0, 1, j0, n) < visible_prefix(p, i0, rows, j0, n);
   if (ATTN_SWEEP_SKIP == 4 && diagonal) return;
   if (ATTN_SWEEP_SKIP != 3) compute_scores(p, b, h, k, kt, i0, j0, n, rows, diagonal, after, ws);
-  const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+  const bool masked = tile_needs_mask(p, b, i0, rows, j0, n);
   // on the diagonal with only the causal range masking and the tile's first key seen by every row (no window
   // cut there), each row's visible keys are a prefix of the tile
   int64_t lo_last, hi_last;

@@ -196,7 +196,7 @@ void query_tile(const LowpBackwardProblem& bp, const Bf16BackwardPlan& plan, con
       if (c > 0) scores(r, block, c);
     }
   }
-  const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+  const bool masked = tile_needs_mask(p, b, i0, rows, j0, n);
   const bool dropout = p.dropout.active();
   const float* row_lse = bp.lse + (b * p.H + h) * p.Lq + i0;
   const float* row_delta = delta + (b * p.H + h) * p.Lq + i0;

@@ -504,7 +504,7 @@ void accumulate_keys(const LowpAttentionProblem& lp, const LowpPlan& plan, const
       if (ws.q_after != 1.0f && !(plan.dot && plan.keys_packed))  // queries kept unscaled (widen_queries)
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t jj = 0; jj < n; ++jj) ws.s[r * kBk + jj] *= ws.q_after;
-      const bool masked = tile_needs_mask(p, i0, rows, j0, n);
+      const bool masked = tile_needs_mask(p, b, i0, rows, j0, n);
       // A hidden key's value is never multiplied: a tile with NaN/Inf values under zero weights takes the
       // zero-skipping float32 update (below), which reads the float P.
       const bool nonfinite =

@@ -175,8 +175,13 @@ inline int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t row
 }
 
 // Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
-inline bool tile_needs_mask(const AttentionProblem& p, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
-  if (!only_range_masking(p)) return true;
+inline bool tile_needs_mask(const AttentionProblem& p, int64_t b, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
+  if (p.has_mask() || p.alibi_slopes != nullptr) return true;
+  if (p.key_padding != nullptr) {  // a tile none of whose keys is padding masks as without it (a batch's padded
+    const uint8_t* pad = p.key_padding + b * p.Lk + j0;  // suffix leaves most tiles so: they had run the masking pass)
+    for (int64_t j = 0; j < n; ++j)
+      if (pad[j]) return true;
+  }
   int64_t lo_last, hi_last, lo_first, hi_first;
   p.key_range(i0 + rows - 1, &lo_last, &hi_last);
   p.key_range(i0, &lo_first, &hi_first);
