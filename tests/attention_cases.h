@@ -174,6 +174,14 @@ inline std::vector<AttentionCase> attention_cases(int random, uint32_t seed = 7)
     c.B = 3;  // batch 1: padded at both ends, its middle key tiles not at all
     cases.push_back(c);
   }
+  // the same with many queries (the packed-key tiles, the 16-bit kernels' bf16 pairs, the backward's query tiles):
+  // batch 1 pads its first 120 and last 150 keys, and the key tiles between see no padding
+  for (CausalAlignment causal : {CausalAlignment::kNone, CausalAlignment::kBottomRight}) {
+    AttentionCase c;
+    c.B = 3, c.H = 2, c.Hkv = 1, c.Lq = 80, c.Lk = 600, c.D = 64, c.Dv = 64, c.causal = causal;
+    c.key_padding = true, c.weights = causal == CausalAlignment::kNone;
+    cases.push_back(c);
+  }
   std::mt19937 rng(seed);
   auto pick = [&](std::initializer_list<int64_t> xs) { return *(xs.begin() + rng() % xs.size()); };
   for (int i = 0; i < random; ++i) {

@@ -258,7 +258,7 @@ TEST(Decode, Int8StoresRowsOfTinyValues) {
 TEST(Decode, NonFiniteInputFollowsTheFusedRule) {
   test::AttentionCase c;
   c.B = 3, c.H = 2, c.Hkv = 2, c.Lq = 1, c.Lk = 20, c.D = 16, c.Dv = 16,
-  c.key_padding = true;  // batch 0 pads keys 3, 10, 17; batch 1 keys 0..3, 10, 15..19
+  c.key_padding = true;  // batch 0 pads keys 3, 10, 17; batch 1 keys 0..3, 15..19
   // every cache type: an int8 cache gives the hidden key a NaN value scale, which its weight of 0 had multiplied
   for (auto type : {detail::KVType::kFloat32, detail::KVType::kBFloat16, detail::KVType::kInt8})
     for (auto level : test::simd_levels()) {
