@@ -165,6 +165,15 @@ inline bool all_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_
   return true;
 }
 
+// Is any key of [j0, j0 + n) padding in batch b?
+inline bool any_padding(const AttentionProblem& p, int64_t b, int64_t j0, int64_t n) {
+  if (p.key_padding == nullptr) return false;
+  const uint8_t* pad = p.key_padding + b * p.Lk + j0;
+  for (int64_t j = 0; j < n; ++j)
+    if (pad[j]) return true;
+  return false;
+}
+
 // How many of the keys [j0, j0 + n) rows [i0, i0 + rows) may see at most (a prefix of them: the causal range ends
 // the last row's inside a tile, and the keys after it are hidden in every row, so the products that would fill them
 // are skipped). With rows = 1: row i0's visible prefix on the causal diagonal.
@@ -177,11 +186,9 @@ inline int64_t visible_prefix(const AttentionProblem& p, int64_t i0, int64_t row
 // Does the key tile [j0, j0 + n) need the masking pass for rows [i0, i0 + rows)?
 inline bool tile_needs_mask(const AttentionProblem& p, int64_t b, int64_t i0, int64_t rows, int64_t j0, int64_t n) {
   if (p.has_mask() || p.alibi_slopes != nullptr) return true;
-  if (p.key_padding != nullptr) {  // a tile none of whose keys is padding masks as without it (a batch's padded
-    const uint8_t* pad = p.key_padding + b * p.Lk + j0;  // suffix leaves most tiles so: they had run the masking pass)
-    for (int64_t j = 0; j < n; ++j)
-      if (pad[j]) return true;
-  }
+  // a tile none of whose keys is padding masks as without it (a batch's padded suffix leaves most tiles so: they had
+  // run the masking pass)
+  if (any_padding(p, b, j0, n)) return true;
   int64_t lo_last, hi_last, lo_first, hi_first;
   p.key_range(i0 + rows - 1, &lo_last, &hi_last);
   p.key_range(i0, &lo_first, &hi_first);

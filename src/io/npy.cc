@@ -135,7 +135,7 @@ namespace {
 
 // Where the header ends (the data's offset): the magic, version and header length of the first 10 or 12 bytes
 // (size >= 10). FormatError for a bad magic, an unknown version or a header longer than 1 MiB.
-size_t npy_data_offset(const uint8_t* data, size_t size, const std::string& what) {
+size_t npy_data_offset(const uint8_t* data, size_t size, const std::string& what, size_t* prefix_out = nullptr) {
   static const uint8_t kMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size < 10 || std::memcmp(data, kMagic, 6) != 0)
     throw FormatError(what + ": not a .npy file (bad magic or shorter than 10 bytes; size " + std::to_string(size) +
@@ -148,6 +148,7 @@ size_t npy_data_offset(const uint8_t* data, size_t size, const std::string& what
   const size_t header_len = read_le(data + 8, static_cast<int>(len_bytes));
   if (header_len > kMaxHeader)
     throw FormatError(what + ": .npy header length " + std::to_string(header_len) + " exceeds 1 MiB");
+  if (prefix_out != nullptr) *prefix_out = prefix;
   return prefix + header_len;
 }
 
@@ -164,8 +165,9 @@ struct NpyHeader {
 // runs past size.
 NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& what) {
   NpyHeader h;
-  h.data_offset = npy_data_offset(data, size, what);
-  const size_t prefix = data[6] == 1 ? 10 : 12, header_len = h.data_offset - prefix;
+  size_t prefix = 0;  // the magic, version and header length
+  h.data_offset = npy_data_offset(data, size, what, &prefix);
+  const size_t header_len = h.data_offset - prefix;
   if (header_len > size - prefix)
     throw FormatError(what + ": .npy header length " + std::to_string(header_len) +
                       " runs past the end of the file (size " + std::to_string(size) + ")");

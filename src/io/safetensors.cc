@@ -39,10 +39,16 @@ namespace {
 
 // The JSON header of a .safetensors image whose first `size` bytes are at data, and its length (*n): FormatError where
 // the length or the JSON is wrong or runs past size.
-nlohmann::json parse_header(const uint8_t* data, size_t size, const std::string& what, uint64_t* n_out) {
-  if (size < 8) throw FormatError(what + ": not a .safetensors file (shorter than 8 bytes)");
+// The header's length N: the first 8 bytes, little-endian (size >= 8).
+uint64_t header_length(const uint8_t* data) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+  return n;
+}
+
+nlohmann::json parse_header(const uint8_t* data, size_t size, const std::string& what, uint64_t* n_out) {
+  if (size < 8) throw FormatError(what + ": not a .safetensors file (shorter than 8 bytes)");
+  const uint64_t n = header_length(data);
   if (n > kMaxHeader)
     throw FormatError(what + ": .safetensors header length " + std::to_string(n) + " exceeds 100 MiB");
   if (n > size - 8)
@@ -219,8 +225,7 @@ Safetensors read_safetensors(const std::string& path) {
   // the rest): /dev/zero fails at its empty header, not when memory runs out
   const auto stated = [&](const uint8_t* data, size_t size) -> size_t {
     if (size < 8) return kSizeUnknown;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+    uint64_t n = header_length(data);
     if (n <= kMaxHeader && n > size - 8) return kSizeUnknown;
     const nlohmann::json header = parse_header(data, size, path, &n);
     uint64_t end = 0;
