@@ -5,15 +5,25 @@
 # kernel objects are recompiled; the AVX512_BF16 dot kernel keeps the built tile sizes). Then times them side by
 # side with bench/cpu_sweep.py, unless --build-only:
 #   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' ...
+# --avx2 (first) recompiles the AVX2 kernels instead, for an AVX2-only machine (or ATTN_SIMD=avx2): their tile
+# sizes are the ATTN_SWEEP_AVX2_* macros; the stage-skipping macros apply to either.
 # Variants are compared on one machine; a variant that leaves a stage out (ATTN_SWEEP_SKIP) computes wrong
 # results and only says what that stage costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build_only=0
+build_only=0 target=avx512
+if [ "${1:-}" = --avx2 ]; then target=avx2; shift; fi
 if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 out=$PWD/build-sweep-cpu
-flags=(-O3 -DNDEBUG -fPIC -std=c++20 -fopenmp -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2
-       -Iinclude -Ibuild/include -Isrc -w)
+flags=(-O3 -DNDEBUG -fPIC -std=c++20 -fopenmp -Iinclude -Ibuild/include -Isrc -w)
+if [ $target = avx2 ]; then  # CMakeLists.txt's ATTN_FLAGS_avx2 and ATTN_FLAGS_avx512
+  flags+=(-mavx2 -mfma -mf16c); sources=(attention_fused_kernels attention_backward_kernels attention_decode_kernels
+                                         fma_peak_kernels attention_lowp_kernels)
+else
+  flags+=(-mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma -mavx2)
+  sources=(attention_fused_kernels attention_backward_kernels attention_decode_kernels fma_peak_kernels
+           attention_lowp_kernels bf16:attention_lowp_kernels bf16:attention_lowp_backward_kernels)
+fi
 link_txt=build/CMakeFiles/attn.dir/link.txt
 [ -f $link_txt ] || { echo "no $link_txt: build attn in build/ with CMake's Makefile generator first" >&2; exit 1; }
 link=$(cat $link_txt)
@@ -23,17 +33,16 @@ for v in "$@"; do
   name=${v%%:*}; vflags=${v#*:}
   rm -rf "${out:?}/$name"; mkdir -p "$out/$name"
   objs=(); pids=()
-  for src in attention_fused_kernels attention_backward_kernels attention_decode_kernels fma_peak_kernels \
-             attention_lowp_kernels bf16:attention_lowp_kernels bf16:attention_lowp_backward_kernels; do
-    target=avx512 extra=()
-    if [[ $src == bf16:* ]]; then src=${src#bf16:}; target=avx512bf16; extra=(-mavx512bf16); fi
+  for src in "${sources[@]}"; do
+    t=$target extra=()
+    if [[ $src == bf16:* ]]; then src=${src#bf16:}; t=avx512bf16; extra=(-mavx512bf16); fi
     # shellcheck disable=SC2086
-    c++ "${flags[@]}" "${extra[@]}" -DATTN_TARGET=$target $vflags -c src/cpu/$src.cc -o "$out/$name/$target-$src.o" &
+    c++ "${flags[@]}" "${extra[@]}" -DATTN_TARGET=$t $vflags -c src/cpu/$src.cc -o "$out/$name/$t-$src.o" &
     pids+=($!)
-    objs+=("$out/$name/$target-$src.o")
+    objs+=("$out/$name/$t-$src.o")
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "$name: a kernel failed to compile" >&2; exit 1; }; done
-  # the variant's objects first: the linker then never takes the archive's AVX-512 kernel members
+  # the variant's objects first: the linker then never takes the archive's members for these kernels
   (cd build && eval "${link/ -o attn / ${objs[*]} -o $out/$name/attn }")
   [ -x "$out/$name/attn" ] || { echo "$name: the relink made no $out/$name/attn" >&2; exit 1; }
   args+=("$name=$out/$name/attn")

@@ -115,25 +115,52 @@ struct TileTraits<SimdLevel::kAvx512> {
   static constexpr int64_t kBackwardBk = 128;
 };
 
+// The AVX2 kernels' sweep macros (bench/cpu_tile_sweep.sh --avx2).
+#ifndef ATTN_SWEEP_AVX2_BQ
+#define ATTN_SWEEP_AVX2_BQ 64
+#endif
+#ifndef ATTN_SWEEP_AVX2_BK
+#define ATTN_SWEEP_AVX2_BK 128
+#endif
+#ifndef ATTN_SWEEP_AVX2_SCORE_ROWS
+#define ATTN_SWEEP_AVX2_SCORE_ROWS 6
+#endif
+#ifndef ATTN_SWEEP_AVX2_SCORE_VECS
+#define ATTN_SWEEP_AVX2_SCORE_VECS 2
+#endif
+#ifndef ATTN_SWEEP_AVX2_PV_ROWS
+#define ATTN_SWEEP_AVX2_PV_ROWS 6
+#endif
+#ifndef ATTN_SWEEP_AVX2_PV_VECS
+#define ATTN_SWEEP_AVX2_PV_VECS 2
+#endif
+#ifndef ATTN_SWEEP_AVX2_UPDATE_ROWS
+#define ATTN_SWEEP_AVX2_UPDATE_ROWS 4
+#endif
+#ifndef ATTN_SWEEP_AVX2_UPDATE_VECS
+#define ATTN_SWEEP_AVX2_UPDATE_VECS 2
+#endif
+
 // 16 ymm registers: 6 × 2 score accumulators, 2 key vectors and a broadcast fit.
 template <>
 struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int kLanes = 8;
-  static constexpr int64_t kBq = 64;
+  static constexpr int64_t kBq = ATTN_SWEEP_AVX2_BQ;
   static constexpr int64_t kBqLong = 512;  // as AVX-512: Zen 5's AVX2 kernel, L 16384, D 128 / 256: +13% / +21%
   static constexpr int64_t kLongKvBytes = int64_t{16} << 20;
-  static constexpr int64_t kBk = 128;
-  static constexpr int kScoreRows = 6;
-  static constexpr int kScoreVecs = 2;
-  static constexpr int kPvRows = 6;  // 12 accumulators, 2 value vectors and a broadcast (4 × 2: 5% slower)
-  static constexpr int kPvVecs = 2;
-  static constexpr int kRowPvRows = 6;
-  static constexpr int kRowPvVecs = 2;
+  static constexpr int64_t kBk = ATTN_SWEEP_AVX2_BK;
+  static constexpr int kScoreRows = ATTN_SWEEP_AVX2_SCORE_ROWS;
+  static constexpr int kScoreVecs = ATTN_SWEEP_AVX2_SCORE_VECS;
+  static constexpr int kPvRows =
+      ATTN_SWEEP_AVX2_PV_ROWS;  // 12 accumulators, 2 value vectors and a broadcast (4 × 2: 5% slower)
+  static constexpr int kPvVecs = ATTN_SWEEP_AVX2_PV_VECS;
+  static constexpr int kRowPvRows = ATTN_SWEEP_AVX2_PV_ROWS;
+  static constexpr int kRowPvVecs = ATTN_SWEEP_AVX2_PV_VECS;
   static constexpr int kLonePvVecs = 8;  // 8 accumulators, the value loads folded into the FMAs, and a broadcast
   static constexpr int kFewPvRows = 1;
   static constexpr int kFewPvVecs = 8;
-  static constexpr int kUpdateRows = 4;
-  static constexpr int kUpdateVecs = 2;
+  static constexpr int kUpdateRows = ATTN_SWEEP_AVX2_UPDATE_ROWS;
+  static constexpr int kUpdateVecs = ATTN_SWEEP_AVX2_UPDATE_VECS;
   static constexpr int64_t kBackwardBq = 64;
   static constexpr int64_t kBackwardBk = 128;
 };
