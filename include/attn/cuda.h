@@ -8,10 +8,11 @@
 // sliding window, a key-padding mask; a row whose keys are all hidden gives 0 (lse −inf). Head size D ∈ {64,
 // 128} and Dv = D. Not on the GPU: boolean/float masks, ALiBi, dropout, attention weights.
 // Non-finite inputs: as on the CPU, except that a NaN/Inf in the value of a key hidden only by the causal or
-// window range inside a diagonal tile reaches the rows it is hidden from as 0·NaN (as in PyTorch's kernels); so
-// does a NaN/Inf in the key or value of a padding key (key_padding_mask) that shares a tile with visible keys
-// (padding is hidden by its score, not kept out of the tile: P·V is 0·NaN there), and a poisoned row's lse is
-// −inf rather than NaN (its output is NaN, as on the CPU).
+// window range inside a diagonal tile reaches the rows it is hidden from as 0·NaN (as in PyTorch's kernels), a
+// poisoned row's lse is −inf rather than NaN (its output is NaN, as on the CPU), and in the backward a NaN/Inf
+// query (or a row whose output is NaN) makes dK NaN for every key of the 128-key blocks it meets, hidden keys
+// included (the CPU's dK is NaN only for the keys the row sees). Padding keys (key_padding_mask) are loaded as
+// zeros, so whatever their K and V hold reaches no output or gradient, as on the CPU.
 //
 // Every function validates its arguments and throws attn::ShapeError / attn::ArgumentError /
 // attn::DTypeError naming the argument and the shapes, and attn::Error for a CUDA failure. Kernels are queued
@@ -35,7 +36,9 @@ struct DeviceTensor {
   int64_t sb = 0, sh = 0, sl = 0;
 };
 
-// One attention problem over device memory.
+// One attention problem over device memory. H and Hkv are positive; B, Lq and Lk may be 0, as on the CPU (Lk = 0: every
+// row sees no key and gives 0, lse −inf; B = 0 or Lq = 0: nothing to write but dk, dv = 0), and an empty tensor's data
+// may be null.
 struct DeviceAttention {
   int64_t B = 0, H = 0, Hkv = 0, Lq = 0, Lk = 0, D = 0;
   DType dtype = DType::kBFloat16;
@@ -62,7 +65,8 @@ struct DeviceAttentionGrads {
   DeviceTensor dv;     // dv: [B, Hkv, Lk, D]   (written)
 };
 
-// The forward: writes p.o (and p.lse when not null).
+// The forward: writes p.o (and p.lse when not null). A GPU whose shared memory per block is too small for a kernel
+// (the D = 128 backward needs 145 KB: sm_80 and sm_90 have it, sm_86/89/120 do not) gets an attn::Error saying so.
 void attention_forward(const DeviceAttention& p);
 // The backward (FlashAttention-2's: the weights recomputed from lse tile by tile, dQ accumulated in float32):
 // writes g.dq, g.dk, g.dv. Takes float32 workspace of B·H·Lq·(D + 1) floats from the stream-ordered allocator.

@@ -24,7 +24,7 @@ std::string shape(int64_t a, int64_t b, int64_t c, int64_t d) {
 
 void check_tensor(const DeviceTensor& t, const char* name, int64_t heads, int64_t len, int64_t D, int64_t B) {
   const std::string what = std::string(kFn) + ": " + name + " " + shape(B, heads, len, D);
-  if (t.data == nullptr) throw ArgumentError(what + " is null");
+  if (t.data == nullptr && B * heads * len > 0) throw ArgumentError(what + " is null");  // (an empty one may be)
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) throw ArgumentError(what + " is not 16-byte aligned");
   if (t.sb % 8 != 0 || t.sh % 8 != 0 || t.sl % 8 != 0)
     throw ArgumentError(what + " has strides (" + std::to_string(t.sb) + ", " + std::to_string(t.sh) + ", " +
@@ -37,6 +37,7 @@ void check_tensor(const DeviceTensor& t, const char* name, int64_t heads, int64_
 // whole extent of the one inside it (BHLD and BLHD both pass).
 void check_written(const DeviceTensor& t, const char* name, int64_t heads, int64_t len, int64_t D, int64_t B) {
   check_tensor(t, name, heads, len, D, B);
+  if (B * heads * len == 0) return;  // no element: none can share an address
   std::array<std::pair<int64_t, int64_t>, 4> dims = {
       {{1, D}, {t.sl, len}, {t.sh, heads}, {t.sb, B}}};  // stride, extent
   std::sort(dims.begin(), dims.end());
@@ -52,10 +53,11 @@ void check_written(const DeviceTensor& t, const char* name, int64_t heads, int64
 }
 
 detail::FlashParams make_params(const DeviceAttention& p) {
-  if (p.B <= 0 || p.H <= 0 || p.Hkv <= 0 || p.Lq <= 0 || p.Lk <= 0)
+  // as on the CPU, B, Lq and Lk may be 0: no rows (nothing to write), or rows that see no key (0, lse −inf)
+  if (p.B < 0 || p.H <= 0 || p.Hkv <= 0 || p.Lq < 0 || p.Lk < 0)
     throw ShapeError(std::string(kFn) + ": sizes B=" + std::to_string(p.B) + " H=" + std::to_string(p.H) +
                      " Hkv=" + std::to_string(p.Hkv) + " Lq=" + std::to_string(p.Lq) + " Lk=" + std::to_string(p.Lk) +
-                     " must be positive");
+                     ": H and Hkv must be positive, B, Lq and Lk at least 0");
   if (p.D != 64 && p.D != 128)
     throw ShapeError(std::string(kFn) + ": head size D=" + std::to_string(p.D) + " (q " + shape(p.B, p.H, p.Lq, p.D) +
                      "); the GPU kernels support D = 64 and 128");
@@ -106,17 +108,35 @@ void check_cuda(int err, const char* what) {
     throw Error(std::string(kFn) + ": " + what + ": " + cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
+// The kernel needs `bytes` of shared memory per block: more than the current device allows (sm_80 and sm_90 allow
+// every kernel here; sm_86, sm_89 and sm_120 allow 99 KB, less than the D = 128 backward's 145 KB) is an error that
+// says so, not the launch's "invalid argument".
+void check_shared_memory(int bytes, const char* kernel, int64_t D) {
+  int device = 0, limit = 0, major = 0, minor = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  if (bytes <= limit) return;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  throw Error(std::string(kFn) + ": the " + kernel + " at D=" + std::to_string(D) + " needs " + std::to_string(bytes) +
+              " bytes of shared memory per block; GPU " + std::to_string(device) + " (sm_" + std::to_string(major) +
+              std::to_string(minor) + ") allows " + std::to_string(limit) +
+              " (A100 and H100-class GPUs, sm_80 and sm_90, run it; D=64 needs less)");
+}
+
 }  // namespace
 
 void attention_forward(const DeviceAttention& p) {
   detail::FlashParams f = make_params(p);
   check_written(p.o, "o", p.H, p.Lq, p.D, p.B);
+  if (p.B == 0 || p.Lq == 0) return;  // no output row (Lk = 0: the kernel writes 0 and lse −inf)
+  check_shared_memory(detail::flash_forward_smem_bytes(f.D), "forward", p.D);
   check_cuda(detail::flash_forward(f, p.dtype == DType::kBFloat16), "forward launch");
 }
 
 void attention_backward(const DeviceAttention& p, const DeviceAttentionGrads& g) {
   detail::FlashParams f = make_params(p);
-  if (p.lse == nullptr)
+  if (p.lse == nullptr && p.B * p.H * p.Lq > 0)  // (empty, it may be null)
     throw ArgumentError(std::string(kFn) + "_backward: lse [" + std::to_string(p.B) + ", " + std::to_string(p.H) +
                         ", " + std::to_string(p.Lq) + "] from the forward is required");
   check_tensor(g.out, "out", p.H, p.Lq, p.D, p.B);
@@ -129,11 +149,14 @@ void attention_backward(const DeviceAttention& p, const DeviceAttentionGrads& g)
   f.dq = g.dq.data, f.dq_sb = g.dq.sb, f.dq_sh = g.dq.sh, f.dq_sl = g.dq.sl;
   f.dk = g.dk.data, f.dk_sb = g.dk.sb, f.dk_sh = g.dk.sh, f.dk_sl = g.dk.sl;
   f.dv = g.dv.data, f.dv_sb = g.dv.sb, f.dv_sh = g.dv.sh, f.dv_sl = g.dv.sl;
+  if (p.B == 0 || (p.Lq == 0 && p.Lk == 0)) return;  // no gradient element (Lq = 0: dk, dv are 0; Lk = 0: dq is 0)
+  check_shared_memory(detail::flash_backward_smem_bytes(f.D), "backward", p.D);
   // workspace: dq_accum [B, H, Lq, D] and delta [B, H, Lq], float32, stream-ordered
   const size_t rows = static_cast<size_t>(p.B * p.H * p.Lq);
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   void* work = nullptr;
-  check_cuda(cudaMallocAsync(&work, rows * (p.D + 1) * sizeof(float), stream), "workspace allocation");
+  check_cuda(cudaMallocAsync(&work, std::max<size_t>(rows * (p.D + 1) * sizeof(float), 1), stream),
+             "workspace allocation");
   f.dq_accum = static_cast<float*>(work);
   f.delta = f.dq_accum + rows * p.D;
   const int err = detail::flash_backward(f, p.dtype == DType::kBFloat16);

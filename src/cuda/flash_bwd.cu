@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(BwdTraits<kD>::kWarps * 32, 1) flash_bwd_kerne
 
   const T* k = static_cast<const T*>(p.k) + b * p.k_sb + hk * p.k_sh;
   const T* v = static_cast<const T*>(p.v) + b * p.v_sb + hk * p.v_sh;
-  load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0, p.Lk, tid);
-  load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid);
+  load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0, p.Lk, tid, rule.pad);
+  load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid, rule.pad);
 
   // The queries that see any of these keys: [q_lo, q_hi).
   const int last_key = min(n0 + kBc, p.Lk) - 1;
@@ -298,21 +298,25 @@ int launch_backward(const FlashParams& p) {
   using Tr = BwdTraits<kD>;
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.Lq;
+  // (each launch only where its grid is not empty: Lq = 0 has no query rows, Lk = 0 no key blocks)
   cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, rows * kD * sizeof(float), stream);
   if (err != cudaSuccess) return err;
-  bwd_preprocess<T, kD><<<(rows + 7) / 8, 256, 0, stream>>>(p);
+  if (rows > 0) bwd_preprocess<T, kD><<<(rows + 7) / 8, 256, 0, stream>>>(p);
   constexpr int smem = bwd_smem_bytes<kD>();
   auto kernel = flash_bwd_kernel<T, kD>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const dim3 grid((p.Lk + Tr::kBc - 1) / Tr::kBc, p.Hkv, p.B);
-  kernel<<<grid, Tr::kWarps * 32, smem, stream>>>(p);
+  if (p.Lk > 0) kernel<<<grid, Tr::kWarps * 32, smem, stream>>>(p);
   const int64_t blocks = (rows * kD + 255) / 256;
-  bwd_convert_dq<T, kD><<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, stream>>>(p);
+  if (rows > 0)
+    bwd_convert_dq<T, kD><<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 }  // namespace
+
+int flash_backward_smem_bytes(int D) { return D == 64 ? bwd_smem_bytes<64>() : bwd_smem_bytes<128>(); }
 
 int flash_backward(const FlashParams& p, bool bf16) {
   if (p.D == 64) return bf16 ? launch_backward<__nv_bfloat16, 64>(p) : launch_backward<__half, 64>(p);

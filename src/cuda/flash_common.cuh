@@ -117,9 +117,12 @@ struct LaneParts {
 };
 
 // Copies rows [row0, row0 + kRows) of a [*, kCols] global matrix (row stride `ld` elements) into a swizzled
-// tile; rows at or past `rows_end` become zeros. All kThreads threads call it; the caller commits.
+// tile; rows at or past `rows_end`, and rows r with hidden[r] set (a key-padding row: K and V of padding keys,
+// which may hold anything, NaN included, never reach a product), become zeros. All kThreads threads call it; the
+// caller commits.
 template <int kRows, int kCols, int kThreads, typename T>
-__device__ __forceinline__ void load_tile_async(T* tile, const T* g, int64_t ld, int row0, int rows_end, int tid) {
+__device__ __forceinline__ void load_tile_async(T* tile, const T* g, int64_t ld, int row0, int rows_end, int tid,
+                                                const uint8_t* hidden = nullptr) {
   constexpr int kChunks = kCols / 8;
   const uint32_t base = smem_u32(tile);
   constexpr int kSteps = (kRows * kChunks + kThreads - 1) / kThreads;
@@ -128,7 +131,7 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* g, int64_t ld,
     const int c = tid + step * kThreads;
     if (kRows * kChunks % kThreads != 0 && c >= kRows * kChunks) break;
     const int r = c / kChunks, ch = c % kChunks;
-    const bool valid = row0 + r < rows_end;
+    const bool valid = row0 + r < rows_end && (hidden == nullptr || !hidden[row0 + r]);
     const T* src = valid ? g + (row0 + r) * ld + ch * 8 : g;
     cp_async_16(base + 2u * SwizzledTile<kCols>::offset(r, ch), src, valid);
   }

@@ -105,9 +105,9 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
 
   // Copies step `tile`'s K (and, with a ring, V) into ring slot `slot`.
   auto load_kv = [&](int tile, int slot) {
-    load_tile_async<kBc, kD, kThreads>(sK + slot * kBc * kD, k, p.k_sl, tile * kBc, p.Lk, tid);
+    load_tile_async<kBc, kD, kThreads>(sK + slot * kBc * kD, k, p.k_sl, tile * kBc, p.Lk, tid, rule.pad);
     if constexpr (kStages >= 2)
-      load_tile_async<kBc, kD, kThreads>(sV + slot * kBc * kD, v, p.v_sl, tile * kBc, p.Lk, tid);
+      load_tile_async<kBc, kD, kThreads>(sV + slot * kBc * kD, v, p.v_sl, tile * kBc, p.Lk, tid, rule.pad);
   };
   load_tile_async<kBr, kD, kThreads>(sQ, q, p.q_sl, m0, p.Lq, tid);
   if (tile_lo < tile_hi) load_kv(tile_lo, 0);
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
       const int ahead = tile + kStages - 1;  // into the slot step tile − 1 used
       if (ahead < tile_hi) load_kv(ahead, (ahead - tile_lo) % kStages);
     } else {
-      load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid);
+      load_tile_async<kBc, kD, kThreads>(sV, v, p.v_sl, n0, p.Lk, tid, rule.pad);
     }
     cp_async_commit();
 
@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(FwdTraits<kD>::kWarps * 32, FwdTraits<kD>::kMi
     if constexpr (kStages == 1) {
       cp_async_wait<0>();
       __syncthreads();  // V[tile] is in; every warp is done with K[tile]
-      if (tile + 1 < tile_hi) load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0 + kBc, p.Lk, tid);
+      if (tile + 1 < tile_hi) load_tile_async<kBc, kD, kThreads>(sK, k, p.k_sl, n0 + kBc, p.Lk, tid, rule.pad);
       cp_async_commit();
     }
 
@@ -288,6 +288,8 @@ int launch_forward(const FlashParams& p) {
 }
 
 }  // namespace
+
+int flash_forward_smem_bytes(int D) { return D == 64 ? fwd_smem_bytes<__half, 64>() : fwd_smem_bytes<__half, 128>(); }
 
 int flash_forward(const FlashParams& p, bool bf16) {
   if (p.D == 64) return bf16 ? launch_forward<__nv_bfloat16, 64>(p) : launch_forward<__half, 64>(p);

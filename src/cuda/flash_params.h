@@ -49,5 +49,9 @@ struct FlashParams {
 // error code of the launch (0 = cudaSuccess); the caller turns it into an exception.
 int flash_forward(const FlashParams& p, bool bf16);
 int flash_backward(const FlashParams& p, bool bf16);
+// The dynamic shared memory (bytes per block) each kernel asks for at head size D (64 or 128), checked against the
+// device's opt-in limit before a launch.
+int flash_forward_smem_bytes(int D);
+int flash_backward_smem_bytes(int D);
 
 }  // namespace attn::cuda::detail

@@ -32,6 +32,8 @@ struct Case {
   bool padding;      // key-padding mask (batch 0 keeps every key; the last batch hides all its keys if B > 1)
   bool interleaved;  // [B, L, H, D] layout (strided heads) instead of [B, H, L, D]
   DType dtype;
+  bool poison_padding = false;  // padding keys' K and V hold NaN (as torch.empty garbage may): no output or gradient
+                                // may see them
 };
 
 double round_to(DType t, float x) {
@@ -76,7 +78,7 @@ struct Tensor4 {
   size_t index(int b, int h, int l, int d) const { return ((size_t(b) * heads + h) * L + l) * D + d; }
   Tensor4(int b, int h, int l, int d, bool inter)
       : B(b), heads(h), L(l), D(d), interleaved(inter), host(size_t(b) * h * l * d) {
-    check(cudaMalloc(&dev, host.size() * 2), "cudaMalloc");
+    check(cudaMalloc(&dev, std::max<size_t>(host.size() * 2, 16)), "cudaMalloc");  // (an empty tensor too)
   }
   ~Tensor4() { cudaFree(dev); }
   void upload(DType t) {
@@ -136,16 +138,22 @@ bool run_case(const Case& c, std::mt19937& rng) {
       dv(c.B, c.Hkv, c.Lk, c.D, c.interleaved);
   for (Tensor4* t : {&q, &k, &v, &d_out})
     for (double& x : t->host) x = round_to(c.dtype, normal(rng));
-  for (Tensor4* t : {&q, &k, &v, &d_out}) t->upload(c.dtype);
   std::vector<uint8_t> pad(size_t(c.B) * c.Lk, 0);
   if (c.padding)
     for (int b = 1; b < c.B; ++b)
       for (int j = 0; j < c.Lk; ++j) pad[size_t(b) * c.Lk + j] = (b == c.B - 1) || ((j * 7 + b) % 5 == 0);
+  if (c.poison_padding)
+    for (int b = 0; b < c.B; ++b)
+      for (int hk = 0; hk < c.Hkv; ++hk)
+        for (int j = 0; j < c.Lk; ++j)
+          if (pad[size_t(b) * c.Lk + j])
+            for (int d = 0; d < c.D; ++d) k.host[k.index(b, hk, j, d)] = v.host[v.index(b, hk, j, d)] = NAN;
+  for (Tensor4* t : {&q, &k, &v, &d_out}) t->upload(c.dtype);
   uint8_t* pad_dev = nullptr;
   float* lse_dev = nullptr;
-  check(cudaMalloc(&pad_dev, pad.size()), "cudaMalloc");
+  check(cudaMalloc(&pad_dev, std::max<size_t>(pad.size(), 1)), "cudaMalloc");
   check(cudaMemcpy(pad_dev, pad.data(), pad.size(), cudaMemcpyHostToDevice), "upload");
-  check(cudaMalloc(&lse_dev, sizeof(float) * c.B * c.H * c.Lq), "cudaMalloc");
+  check(cudaMalloc(&lse_dev, std::max<size_t>(sizeof(float) * c.B * c.H * c.Lq, 4)), "cudaMalloc");
 
   attn::cuda::DeviceAttention p;
   p.B = c.B, p.H = c.H, p.Hkv = c.Hkv, p.Lq = c.Lq, p.Lk = c.Lk, p.D = c.D, p.dtype = c.dtype;
@@ -190,7 +198,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
         double delta = 0;
         for (int d = 0; d < c.D; ++d) {
           double acc = 0;
-          for (int j = 0; j < c.Lk; ++j) acc += pr[j] * v.host[v.index(b, hk, j, d)];
+          for (int j = 0; j < c.Lk; ++j)
+            if (pr[j] != 0) acc += pr[j] * v.host[v.index(b, hk, j, d)];  // (a hidden key's value is never read)
           ro[o.index(b, h, i, d)] = acc;
           delta += acc * d_out.host[d_out.index(b, h, i, d)];
         }
@@ -284,6 +293,21 @@ int check_arguments() {
   bad.o.sh = 256, bad.o.sl = 32;  // rows shorter than D
   failed += !throws<attn::ArgumentError>("o with row stride 32 < D", [&] { attn::cuda::attention_forward(bad); });
   bad.o.sl = 64;
+  // empty problems (as on the CPU): no batch, or no query rows, is no work and no CUDA call, null tensors included
+  attn::cuda::DeviceAttention empty;
+  empty.B = 0, empty.H = 2, empty.Hkv = 2, empty.Lq = 4, empty.Lk = 4, empty.D = 64;
+  try {
+    attn::cuda::attention_forward(empty);
+    attn::cuda::attention_backward(empty, {});
+    empty.B = 1, empty.Lq = 0, empty.k = empty.v = bad.k;
+    attn::cuda::attention_forward(empty);
+    std::printf("ok   B = 0 and Lq = 0 are empty calls\n");
+  } catch (const std::exception& e) {
+    std::printf("FAIL an empty problem threw: %s\n", e.what());
+    ++failed;
+  }
+  empty.Lq = -1;
+  failed += !throws<attn::ShapeError>("Lq = -1", [&] { attn::cuda::attention_forward(empty); });
   // the C entry points: null problems and gradients are errors, not crashes
   char message[128] = "";
   if (attn_cuda_forward(nullptr, message, sizeof message) != ATTN_CUDA_ARGUMENT_ERROR ||
@@ -316,13 +340,23 @@ int main(int argc, char** argv) {
   const auto none = CausalAlignment::kNone, tl = CausalAlignment::kTopLeft, br = CausalAlignment::kBottomRight;
   const auto bf = DType::kBFloat16, f16 = DType::kFloat16;
   const std::vector<Case> cases = {
-      {1, 2, 2, 1, 1, 64, none, 0, false, false, bf},    {2, 2, 1, 77, 130, 64, none, 0, false, false, bf},
-      {1, 4, 2, 130, 77, 128, none, 0, false, true, bf}, {2, 2, 2, 200, 200, 64, tl, 0, false, false, bf},
-      {1, 2, 2, 150, 97, 128, tl, 0, false, false, f16}, {1, 4, 1, 97, 150, 64, br, 0, false, true, f16},
+      {1, 2, 2, 1, 1, 64, none, 0, false, false, bf},
+      {2, 2, 1, 77, 130, 64, none, 0, false, false, bf},
+      {1, 4, 2, 130, 77, 128, none, 0, false, true, bf},
+      {2, 2, 2, 200, 200, 64, tl, 0, false, false, bf},
+      {1, 2, 2, 150, 97, 128, tl, 0, false, false, f16},
+      {1, 4, 1, 97, 150, 64, br, 0, false, true, f16},
       {1, 2, 2, 150, 97, 128, br, 0, false, false, bf},  // Lq > Lk: the first rows see nothing
-      {1, 2, 2, 257, 257, 64, tl, 33, false, false, bf}, {2, 4, 2, 65, 300, 128, br, 100, false, false, f16},
+      {1, 2, 2, 257, 257, 64, tl, 33, false, false, bf},
+      {2, 4, 2, 65, 300, 128, br, 100, false, false, f16},
       {3, 2, 2, 70, 129, 64, none, 0, true, false, bf},  // the last batch is all padding
-      {3, 2, 1, 129, 70, 128, br, 0, true, true, bf},    {1, 2, 2, 300, 300, 128, none, 0, false, false, f16},
+      {3, 2, 1, 129, 70, 128, br, 0, true, true, bf},
+      {1, 2, 2, 300, 300, 128, none, 0, false, false, f16},
+      {3, 2, 2, 70, 200, 64, none, 0, true, false, bf, true},  // NaN in the padding keys' K and V
+      {3, 4, 2, 129, 150, 128, br, 0, true, true, f16, true},
+      {2, 2, 2, 70, 0, 64, none, 0, false, false, bf},   // no keys: output 0, lse −inf, dq 0
+      {2, 2, 1, 0, 70, 128, tl, 0, false, false, f16},   // no queries: dk and dv 0
+      {0, 2, 2, 16, 16, 64, none, 0, false, false, bf},  // an empty batch
   };
   std::mt19937 rng(12345);
   int failed = failed_arguments;
