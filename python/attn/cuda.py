@@ -153,16 +153,24 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def scaled_dot_product_attention(query, key, value, is_causal=False, scale=None, enable_gqa=False, *,
-                                 causal_alignment=None, key_padding_mask=None, window=0, return_lse=False):
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, causal_alignment=None, key_padding_mask=None, window=0,
+                                 return_lse=False):
     """torch.nn.functional.scaled_dot_product_attention on attn's CUDA kernels (forward and backward).
 
     query [B, H, Lq, D], key/value [B, Hkv, Lk, D] (Hkv = H unless enable_gqa), bfloat16 or float16 on a CUDA device.
+    The positional arguments are torch's; attn_mask must be None and dropout_p 0 (the GPU kernels take a
+    key_padding_mask, and no dropout).
     is_causal: query i sees keys j <= i (top-left); causal_alignment 'top-left' | 'bottom-right' (j <= i + Lk - Lq;
     setting it implies causal). window W (with causal): each query sees its last W keys. key_padding_mask [B, Lk]
     bool, True = padding. A row whose keys are all hidden gives 0. return_lse: also return the [B, H, Lq] float32
     log-sum-exp. Differentiable in query, key and value.
     """
+    if attn_mask is not None:
+        raise ValueError("attn_mask: the GPU kernels take no boolean or float mask; pass key_padding_mask [B, Lk] "
+                         "(True = padding) or use attn.torch on CPU tensors")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or dropout_p != 0:
+        raise ValueError(f"dropout_p must be 0 on the GPU (no attention dropout there), got {dropout_p!r}")
     q, k, v = (_as_tensor(x, n) for x, n in ((query, "query"), (key, "key"), (value, "value")))
     if not (q.device == k.device == v.device):  # the kernels run on q's device and read k and v there
         raise ValueError(f"query, key and value must be on one device, got {q.device}, {k.device}, {v.device}")

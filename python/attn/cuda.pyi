@@ -12,8 +12,8 @@ def available() -> bool:
     """True when libattn_cuda loads and sees a GPU."""
 
 @overload
-def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
-                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
+def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: Literal[False] = False) -> Tensor:
@@ -21,14 +21,14 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bo
     D in {64, 128}. key_padding_mask (B, Lk) bool True = padding. Returns (B, H, Lq, D), and with return_lse=True
     also the (B, H, Lq) float32 log-sum-exp. Differentiable in query, key and value."""
 @overload
-def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
-                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
+def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: Literal[True]) -> Tuple[Tensor, Tensor]: ...
 @overload
-def scaled_dot_product_attention(query: Any, key: Any, value: Any, is_causal: bool = False,
-                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
+def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  causal_alignment: Optional[Literal["none", "top-left", "bottom-right"]] = None,
                                  key_padding_mask: Optional[Tensor] = None, window: int = 0,
                                  return_lse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:

@@ -24,6 +24,18 @@ def test_non_tensors_are_rejected():
         ac.scaled_dot_product_attention([1.0], [1.0], [1.0])
 
 
+def test_torch_positional_order_refuses_a_mask_or_dropout():
+    """The positional arguments are F.scaled_dot_product_attention's: a mask or a dropout probability passed where
+    torch takes them is refused, not read as is_causal or scale."""
+    x = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="attn_mask: the GPU kernels take no boolean or float mask"):
+        ac.scaled_dot_product_attention(x, x, x, torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"dropout_p must be 0 on the GPU.*0\.1"):
+        ac.scaled_dot_product_attention(x, x, x, None, 0.1)
+    with pytest.raises(ValueError, match="query must be on a CUDA device"):  # None, 0.0: accepted, on to the tensors
+        ac.scaled_dot_product_attention(x, x, x, None, 0.0, True)
+
+
 def test_library_path_points_at_a_file_or_is_none():
     path = ac.library_path()
     assert path is None or path.endswith("libattn_cuda.so")
