@@ -200,8 +200,10 @@ def main():
     lines += [row(share) for _, _, share, _, _, row in summary]
     # the targets of the issue, counted over the grid
     big = [s for s in summary if s[1]["L"] >= 1024 and s[1]["D"] in (64, 128)]
+    bar = 0.75 if isa == "avx2" else 0.8  # the issue's share: 75% on AVX2-only machines, 80% with AVX-512
     lines_sum = [
-        f"- ≥ 80% of the peak (L ≥ 1024, D ∈ {{64, 128}}): {sum(s[2] >= 0.8 for s in big)} of {len(big)} cells "
+        f"- ≥ {100 * bar:.0f}% of the {isa} peak (L ≥ 1024, D ∈ {{64, 128}}): {sum(s[2] >= bar for s in big)} of "
+        f"{len(big)} cells "
         f"(lowest {100 * min((s[2] for s in big), default=0):.0f}%)",
         f"- ≥ 1.3× PyTorch: {sum(s[3] >= 1.3 for s in summary)} of {len(summary)} cells; faster than PyTorch: "
         f"{sum(s[3] > 1.0 for s in summary)} of {len(summary)} (range {min(s[3] for s in summary):.2f}–"
