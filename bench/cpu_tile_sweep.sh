@@ -4,16 +4,22 @@
 # out) into build-sweep-cpu/NAME/attn, from an existing Makefile-generator build in build/ (only the AVX-512
 # kernel objects are recompiled; the AVX512_BF16 dot kernel keeps the built tile sizes). Then times them side by
 # side with bench/cpu_sweep.py, unless --build-only:
-#   bench/cpu_tile_sweep.sh [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' ...
-# --avx2 (first) recompiles the AVX2 kernels instead, for an AVX2-only machine (or ATTN_SIMD=avx2): their tile
-# sizes are the ATTN_SWEEP_AVX2_* macros; the stage-skipping macros apply to either.
+#   bench/cpu_tile_sweep.sh [--avx2] [--build-only] 'base:' 'pv4x4:-DATTN_SWEEP_PV_ROWS=4 -DATTN_SWEEP_PV_VECS=4' ...
+# --avx2 recompiles the AVX2 kernels instead (their tile sizes are the ATTN_SWEEP_AVX2_* macros; the stage-skipping
+# macros apply to either) and times them under ATTN_SIMD=avx2, so that an AVX-512 machine runs them too.
 # Variants are compared on one machine; a variant that leaves a stage out (ATTN_SWEEP_SKIP) computes wrong
 # results and only says what that stage costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0 target=avx512
-if [ "${1:-}" = --avx2 ]; then target=avx2; shift; fi
-if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
+while [ $# -gt 0 ]; do
+  case $1 in
+    --avx2) target=avx2; shift ;;
+    --build-only) build_only=1; shift ;;
+    -*) echo "cpu_tile_sweep.sh: unknown option $1 (options: --avx2, --build-only; then NAME:FLAGS variants)" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
 out=$PWD/build-sweep-cpu
 flags=(-O3 -DNDEBUG -fPIC -std=c++20 -fopenmp -Iinclude -Ibuild/include -Isrc -w)
 if [ $target = avx2 ]; then  # CMakeLists.txt's ATTN_FLAGS_avx2 and ATTN_FLAGS_avx512
@@ -48,4 +54,5 @@ for v in "$@"; do
   args+=("$name=$out/$name/attn")
   echo "built $out/$name/attn ($vflags)"
 done
+if [ $target = avx2 ]; then export ATTN_SIMD=avx2; fi  # (an AVX-512 machine would otherwise run its AVX-512 kernels)
 [ $build_only = 1 ] || python3 bench/cpu_sweep.py "${args[@]}"

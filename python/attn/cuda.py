@@ -169,7 +169,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if attn_mask is not None:
         raise ValueError("attn_mask: the GPU kernels take no boolean or float mask; pass key_padding_mask [B, Lk] "
                          "(True = padding) or use attn.torch on CPU tensors")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or dropout_p != 0:
+    # 0 in any form F.sdpa takes: a bool (`self.training and p` in eval mode) or a 0-d tensor too
+    zero = isinstance(dropout_p, (numbers.Real, torch.Tensor)) and (
+        not isinstance(dropout_p, torch.Tensor) or dropout_p.dim() == 0) and float(dropout_p) == 0
+    if not zero:
         raise ValueError(f"dropout_p must be 0 on the GPU (no attention dropout there), got {dropout_p!r}")
     q, k, v = (_as_tensor(x, n) for x, n in ((query, "query"), (key, "key"), (value, "value")))
     if not (q.device == k.device == v.device):  # the kernels run on q's device and read k and v there

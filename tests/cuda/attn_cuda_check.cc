@@ -300,6 +300,7 @@ int check_arguments() {
     attn::cuda::attention_forward(empty);
     attn::cuda::attention_backward(empty, {});
     empty.B = 1, empty.Lq = 0, empty.k = empty.v = bad.k;
+    empty.q = empty.o = {nullptr, 128, 64, 1};  // an empty transpose's strides, as torch keeps them
     attn::cuda::attention_forward(empty);
     std::printf("ok   B = 0 and Lq = 0 are empty calls\n");
   } catch (const std::exception& e) {

@@ -143,8 +143,8 @@ def test_against_float64(case):
 
 
 def test_padding_keys_are_never_read():
-    """NaN in the K and V of padding keys (torch.empty garbage) reaches no output or gradient: bitwise the result
-    with finite values there (they are loaded as zeros)."""
+    """NaN in the K and V of padding keys (torch.empty garbage) reaches no output or gradient: the result with finite
+    values there, bitwise but for dq's atomic sums (they are loaded as zeros)."""
     gen = torch.Generator(device="cuda").manual_seed(7)
     B, H, Lq, Lk, D = 2, 2, 70, 200, 64
     q, k, v, d_out = (torch.randn(B, H, n, D, device="cuda", generator=gen).to(torch.bfloat16)
@@ -158,9 +158,12 @@ def test_padding_keys_are_never_read():
         out = attn_cuda.scaled_dot_product_attention(qa, ka, va, key_padding_mask=pad)
         out.backward(d_out)
         runs.append((out, qa.grad, ka.grad, va.grad))
-    for clean, poisoned in zip(*runs):
-        assert torch.isfinite(poisoned).all()
-        assert torch.equal(clean, poisoned)
+    for name, clean, poisoned in zip(("out", "dq", "dk", "dv"), *runs):
+        assert torch.isfinite(poisoned).all(), name
+        if name == "dq":  # float32 atomic adds of the key blocks, in scheduling order: equal to rounding
+            torch.testing.assert_close(poisoned, clean)
+        else:
+            assert torch.equal(clean, poisoned), name
 
 
 def test_empty_shapes_as_on_the_cpu():

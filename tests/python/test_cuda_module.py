@@ -32,8 +32,12 @@ def test_torch_positional_order_refuses_a_mask_or_dropout():
         ac.scaled_dot_product_attention(x, x, x, torch.ones(8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"dropout_p must be 0 on the GPU.*0\.1"):
         ac.scaled_dot_product_attention(x, x, x, None, 0.1)
-    with pytest.raises(ValueError, match="query must be on a CUDA device"):  # None, 0.0: accepted, on to the tensors
-        ac.scaled_dot_product_attention(x, x, x, None, 0.0, True)
+    for zero in (0.0, 0, False, torch.tensor(0.0)):  # accepted, on to the tensors (False: `self.training and p`)
+        with pytest.raises(ValueError, match="query must be on a CUDA device"):
+            ac.scaled_dot_product_attention(x, x, x, None, zero, True)
+    for bad in (True, "0", torch.zeros(2)):
+        with pytest.raises(ValueError, match="dropout_p must be 0 on the GPU"):
+            ac.scaled_dot_product_attention(x, x, x, None, bad)
 
 
 def test_library_path_points_at_a_file_or_is_none():
