@@ -247,6 +247,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _str(impl, "impl", ("auto", "fused", "unfused", "reference"))
         if _int(num_threads, "num_threads") < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        # the options' types and values as the kernel call takes them (a mask of strings, scale "2" or window 2.5 are
+        # refused here too)
+        _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask")
+        if scale is not None:
+            _float(scale, "scale")
+        _int(window, "window", _INT64)
+        if alibi_slopes is not None:
+            _f32(np.atleast_1d(_detached(alibi_slopes)), "alibi_slopes")
         out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
         weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
     else:

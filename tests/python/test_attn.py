@@ -511,6 +511,13 @@ def test_no_heads_and_no_head_dimension_as_pytorch():
     z = np.zeros((1, 0, 4, 8), np.float32)
     out, w = attn.scaled_dot_product_attention(z, z, z, return_weights=True)
     assert out.shape == (1, 0, 4, 8) and w.shape == (1, 0, 4, 4)
+    # with no heads the options are still checked as the kernel call checks them
+    for bad, match in (({"attn_mask": np.zeros((4, 4), np.int32)}, "attn_mask must be bool or floating point"),
+                       ({"key_padding_mask": np.zeros((1, 4), np.float32)}, "key_padding_mask must be a bool"),
+                       ({"scale": "2"}, "scale must be a real number"), ({"window": 2.5}, "window"),
+                       ({"alibi_slopes": ["a"]}, "alibi_slopes")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            attn.scaled_dot_product_attention(z, z, z, **bad)
     rng = np.random.default_rng(0)
     q, k = np.zeros((1, 2, 3, 0), np.float32), np.zeros((1, 2, 4, 0), np.float32)
     v = rng.standard_normal((1, 2, 4, 5)).astype(np.float32)
