@@ -260,7 +260,10 @@ TEST_F(CliLines, VizRefusesIdleOptionsAndEscapesItsData) {
            {"five --png " + path("a.png") + " --png-head 9", "--png-head 9: the model has 4 heads"},
            {"--random-map 4 --png " + path("a.png") + " --png-map x", "(it has random)"},
            {"hello --beam 3 --out " + path("a.html") + bert, "--beam is for a translation model"},
-           {"\"caf\xe9\" --out " + path("a.html") + bert, "the text: not valid UTF-8"}}) {
+           {"\"caf\xe9\" --out " + path("a.html") + bert, "the text: not valid UTF-8"},
+           // whitespace alone is no text (it had drawn [CLS] [SEP]); a missing folder fails before the work (after it)
+           {"\"   \" --out " + path("a.html") + bert, "give the text"},
+           {"five --out " + path("no_such_folder/a.html"), "its folder"}}) {
     const CliResult r = run("viz " + args);
     EXPECT_TRUE(failed_cleanly(r)) << args;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;

@@ -156,6 +156,11 @@ TEST_F(Cli, ExplainWalksThroughAllFiveMechanisms) {
   for (const char* s : {"Attention (scaled dot-product)", "Self-attention", "Multi-head self-attention",
                         "Cross-attention", "Masked self-attention", "-inf", "The family at a glance"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
+  // an --html whose folder is missing is refused before the walk-through prints (it had failed after it)
+  const CliResult bad = run("explain --html /nonexistent_attn_folder/x.html");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_EQ(bad.out, "");
+  EXPECT_NE(bad.err.find("its folder /nonexistent_attn_folder does not exist"), std::string::npos) << bad.err;
 }
 
 TEST_F(Cli, TranslateWithTheShippedModel) {

@@ -445,6 +445,18 @@ TEST(Io, FileSetsAppearTogetherOrNotAtAll) {
       io::check_output_paths({{"--out", (dir / "x").string()}, {"--png", (dir / "sub" / ".." / "x").string()}}),
       ArgumentError);
   io::check_output_paths({{"--out", (dir / "x").string()}, {"--png", ""}, {"--weights", (dir / "y").string()}});
+  // an output whose folder does not exist is refused before the work (it had failed as the file was written), unless
+  // the caller creates the folder (a checkpoint directory)
+  const std::string in_missing = (dir / "no_such_folder" / "x.html").string();
+  try {
+    io::check_output_paths({{"--html", in_missing}});
+    ADD_FAILURE() << "a missing folder was accepted";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("--html " + in_missing + ": its folder"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(io::check_output_paths({{"--html", in_missing}}, io::OutputFolders::kMayBeCreated));
+  EXPECT_NO_THROW(io::check_output_paths({{"--out", "attn_io_never_written_here.npy"}}));  // the working directory
   {
     io::FileSet files;
     files.add("a", (dir / "a.npy").string(), bytes);

@@ -141,12 +141,21 @@ std::string output_target(const std::string& path) {
 
 // One more output beside those taken (identity of its target, role): not a directory, none of them; added to
 // `taken`. Returns the path to write (output_target).
-std::string take_output(const std::string& role, const std::string& given,
+std::string take_output(const std::string& role, const std::string& given, OutputFolders folders,
                         std::vector<std::pair<std::string, std::string>>* taken) {
   const std::string path = output_target(given);
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ArgumentError(named(role, given) + ": is a directory; an output needs a file name");
+  if (folders == OutputFolders::kMustExist) {  // the temporary is made in the output's folder
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    const std::string folder = parent.empty() ? std::string(".") : parent.string();
+    if (!std::filesystem::is_directory(folder, ec))
+      throw ArgumentError(named(role, given) + ": its folder " + folder + " does not exist (attn creates none)");
+    if (::access(folder.c_str(), W_OK | X_OK) != 0)
+      throw ArgumentError(named(role, given) + ": its folder " + folder + " is not writable (" + std::strerror(errno) +
+                          ")");
+  }
   // outputs are written beside their path and renamed over it: a FIFO, a device or a socket there (/dev/stdout) had
   // been replaced by a regular file
   struct stat st;
@@ -168,10 +177,10 @@ bool exists_or_unexaminable(const std::string& path) {
   return std::filesystem::exists(path, ec) || ec;
 }
 
-void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs) {
+void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs, OutputFolders folders) {
   std::vector<std::pair<std::string, std::string>> taken;
   for (const auto& [role, path] : outputs)
-    if (!path.empty()) take_output(role, path, &taken);
+    if (!path.empty()) take_output(role, path, folders, &taken);
 }
 
 FileSet::~FileSet() {
@@ -180,7 +189,8 @@ FileSet::~FileSet() {
 }
 
 void FileSet::add(const std::string& role, const std::string& given, const std::vector<uint8_t>& bytes) {
-  const std::string path = take_output(role, given, &taken_);  // through symbolic links: the link kept
+  // through symbolic links: the link kept (a missing folder fails as the temporary is made, a FileError naming it)
+  const std::string path = take_output(role, given, OutputFolders::kMayBeCreated, &taken_);
   struct stat existing;  // a file replaced keeps its permissions (0600 had come back as 0666 less the umask)
   const bool replaces = ::stat(path.c_str(), &existing) == 0;
   // A temporary of its own (process id and a counter; O_EXCL: never one that exists, never through a symlink planted

@@ -250,7 +250,7 @@ void check_checkpoint_dir(const std::string& dir) {
                         " is not a writable directory)");
   std::vector<std::pair<std::string, std::string>> files;
   for (const std::string& name : checkpoint_file_names()) files.emplace_back(name, dir + "/" + name);
-  io::check_output_paths(files);
+  io::check_output_paths(files, io::OutputFolders::kMayBeCreated);
 }
 
 // A checkpoint's optimizer state and training position (train --resume), every tensor checked against the model's

@@ -70,7 +70,8 @@ void run_train(TrainArgs a) {
   if (!a.loss_log.empty() && !a.o.out_dir.empty())
     for (const std::string& name : train::checkpoint_file_names())
       outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
-  io::check_output_paths(outputs);
+  io::check_output_paths(outputs, io::OutputFolders::kMayBeCreated);  // (--out is created when the first checkpoint is)
+  io::check_output_paths({{"--loss-log", a.loss_log}});               // the log's folder must be there
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
   bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {

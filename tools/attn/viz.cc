@@ -114,12 +114,19 @@ void run_bert_viz(const VizArgs& a, const std::string& dir) {
   for (int32_t id : ids) tokens.push_back(enc.tokenizer().token(id));
   const auto maps = enc.attention_maps(a.text);
   Report r;
-  r.title = "attn viz: \"" + a.text + "\" through " + std::filesystem::path(dir).filename().string();
+  r.title = "attn viz: \"" + a.text + "\" through " + dir;  // (the last folder alone was "model" for MiniLM's)
   r.intro = {"Multi-head self-attention of every layer (" + std::to_string(enc.config().num_layers) + " layers x " +
                  std::to_string(enc.config().num_heads) +
                  " heads) of a pretrained BERT encoder, exact weights. Rows are "
                  "queries, columns keys; hover a cell, click a token to highlight what it attends to.",
              "Model: " + dir};
+  // the model reads at most max_seq_length tokens: a longer text is cut there, as embed() cuts it; said, not silent
+  if (static_cast<int64_t>(ids.size()) >= enc.max_seq_length()) {
+    const std::string cut = "the text fills the model's " + std::to_string(enc.max_seq_length()) +
+                            " tokens (max_seq_length): anything past them was cut, as attn embed cuts it";
+    std::cerr << "attn: warning: " << cut << "\n";
+    r.intro.push_back("Note: " + cut + ".");
+  }
   for (int64_t l = 0; l < enc.config().num_layers; ++l) {
     const Tensor& w = maps.at("encoder.layer." + std::to_string(l) + ".attention");
     r.maps.push_back({"Encoder self-attention", "layer " + std::to_string(l), tokens, tokens,
@@ -143,8 +150,10 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
       throw ArgumentError("--random-map draws a random map: no text, --model or --beam");
     return write_random_map(a, a.random_map);
   }
-  if (a.text.empty())
-    throw ArgumentError("give the text to translate, e.g. attn viz \"three hundred twelve\" --out viz.html");
+  if (a.text.find_first_not_of(" \t\n\r\f\v") == std::string::npos)  // (whitespace alone had drawn [CLS] [SEP])
+    throw ArgumentError(
+        "give the text: to translate, e.g. attn viz \"three hundred twelve\" --out viz.html, or to "
+        "encode with a BERT --model");
   if (const auto why = utf8_problem(a.text)) throw ArgumentError("the text: " + *why);  // it goes into the page
   if (!a.model.empty() && io::exists_or_unexaminable(a.model + "/vocab.txt")) {  // (the BERT loader names errors)
     if (sub.count("--beam") > 0) throw ArgumentError("--beam is for a translation model; " + a.model + " is BERT");

@@ -47,7 +47,11 @@ void write_file_atomically(const std::string& path, const std::vector<uint8_t>& 
 // through a linked directory are one file: the same name in the same directory, known by its inode; a hard link is
 // another name, replaced on its own).
 // outputs: (role, path); empty paths are skipped. Commands call it before their work, so a bad path costs nothing.
-void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs);
+// folders: whether each output's folder must already be a writable directory (a missing one had failed only when the
+// output was written, after the work), or may be created by the caller before it writes (a checkpoint directory).
+enum class OutputFolders { kMustExist, kMayBeCreated };
+void check_output_paths(const std::vector<std::pair<std::string, std::string>>& outputs,
+                        OutputFolders folders = OutputFolders::kMustExist);
 
 // Whether `path` exists, one that cannot be examined (no permission, a link loop) counting as existing: reading it
 // then fails naming it, where "absent" would skip an optional file's settings in silence (and std::filesystem's
