@@ -151,8 +151,9 @@ struct TileTraits<SimdLevel::kAvx2> {
   static constexpr int64_t kBk = ATTN_SWEEP_AVX2_BK;
   static constexpr int kScoreRows = ATTN_SWEEP_AVX2_SCORE_ROWS;
   static constexpr int kScoreVecs = ATTN_SWEEP_AVX2_SCORE_VECS;
-  static constexpr int kPvRows =
-      ATTN_SWEEP_AVX2_PV_ROWS;  // 12 accumulators, 2 value vectors and a broadcast (4 × 2: 5% slower)
+  // P·V: 12 accumulators, 2 value vectors and a broadcast (4 × 2: 5% slower on Zen 5; on Zen 3, session 33, 4 × 2
+  // with 4 × 2 scores −4% and 3 × 4 ±1%, docs/performance/zen3.md)
+  static constexpr int kPvRows = ATTN_SWEEP_AVX2_PV_ROWS;
   static constexpr int kPvVecs = ATTN_SWEEP_AVX2_PV_VECS;
   static constexpr int kRowPvRows = ATTN_SWEEP_AVX2_PV_ROWS;
   static constexpr int kRowPvVecs = ATTN_SWEEP_AVX2_PV_VECS;

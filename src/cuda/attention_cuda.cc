@@ -23,8 +23,8 @@ std::string shape(int64_t a, int64_t b, int64_t c, int64_t d) {
 }
 
 void check_tensor(const DeviceTensor& t, const char* name, int64_t heads, int64_t len, int64_t D, int64_t B) {
-  const std::string what = std::string(kFn) + ": " + name + " " + shape(B, heads, len, D);
   if (B * heads * len == 0) return;  // an empty tensor: any pointer and strides (torch keeps a transpose's)
+  const std::string what = std::string(kFn) + ": " + name + " " + shape(B, heads, len, D);
   if (t.data == nullptr) throw ArgumentError(what + " is null");
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) throw ArgumentError(what + " is not 16-byte aligned");
   if (t.sb % 8 != 0 || t.sh % 8 != 0 || t.sl % 8 != 0)
