@@ -2,7 +2,7 @@
 """Fails when an #include points up a layer, or when a tool includes a private header.
 
 The layers, bottom to top (docs/ARCHITECTURE.md); a file may include its own layer and the ones below:
-  base        src/{io,text,tasks}, src/tensor.cc, src/version.cc; the public attn/{tensor,error,
+  base        src/{io,text,tasks}, src/tensor.cc (and tensor_unfilled.h), src/version.cc; the public attn/{tensor,error,
               attention,activation,version}.h, attn/io/*, attn/text/*, attn/tasks/*
   cpu         src/cpu: the kernels and their contract (AttentionProblem, tile traits)
   cuda        src/cuda, attn/cuda.h, attn/cuda_c.h: the GPU kernels and their host API (libattn_cuda, a library of
@@ -30,7 +30,8 @@ RANK = {name: i for i, name in enumerate(ORDER)}
 SRC_LAYER = {"io": "base", "text": "base", "tasks": "base", "cpu": "cpu", "cuda": "cuda", "ops": "ops",
              "layers": "layers",
              "models": "models", "generation": "generation", "translate": "translate", "train": "train",
-             "dist": "dist"}
+             "dist": "dist",
+             "tensor_unfilled.h": "base"}  # (src's own top-level header, beside tensor.cc)
 INCLUDE = re.compile(r'^\s*#\s*include\s+(?:"([^"]+)"|<(attn/[^>]+)>)', re.M)
 
 

@@ -1,5 +1,7 @@
 #include "attn/tensor.h"
 
+#include "tensor_unfilled.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -128,6 +130,27 @@ std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
   return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
 #endif
 }
+
+// allocate_zeroed's block without the zeros (detail::unfilled_tensor): NaN bits (0xFF bytes) under AddressSanitizer and
+// without NDEBUG, else whatever the allocator hands over.
+std::shared_ptr<std::byte> allocate_unfilled(size_t nbytes) {
+#ifdef ATTN_ADDRESS_SANITIZER
+  void* exact = nullptr;
+  if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) throw std::bad_alloc();
+  std::memset(exact, 0xFF, nbytes);
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(exact), [](std::byte* q) { std::free(q); });
+#else
+  const size_t rounded = (nbytes + 63) / 64 * 64 + 64;
+  void* p = std::malloc(rounded + 64);
+  if (p == nullptr) throw std::bad_alloc();
+  const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
+  ask_for_huge_pages(p, rounded + 64);
+#ifndef NDEBUG
+  std::memset(reinterpret_cast<void*>(aligned), 0xFF, nbytes);
+#endif
+  return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
+#endif
+}
 }  // namespace
 
 namespace {
@@ -143,6 +166,13 @@ Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtyp
   check_known(dtype, "Tensor", shape_);
   numel_ = shape_numel(shape_);
   storage_ = allocate_zeroed(nbytes());
+}
+
+Tensor detail::unfilled_tensor(Shape shape, DType dtype) {
+  check_known(dtype, "unfilled_tensor", shape);
+  const int64_t numel = shape_numel(shape);
+  const std::shared_ptr<std::byte> storage = allocate_unfilled(static_cast<size_t>(numel) * dtype_size(dtype));
+  return Tensor::borrow(std::move(shape), dtype, storage.get(), storage);
 }
 
 Tensor Tensor::from_floats(Shape shape, const std::vector<float>& values) {

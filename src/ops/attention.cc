@@ -7,6 +7,7 @@
 #include "attn/error.h"
 #include "cpu/attention_fused.h"
 #include "ops/attention_problem.h"
+#include "tensor_unfilled.h"
 
 namespace attn {
 
@@ -238,7 +239,7 @@ AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, c
     return detail::scaled_dot_product_attention_lowp(q, k, v, options);
   detail::AttentionProblem p = detail::make_problem(q, k, v, options, "scaled_dot_product_attention");
   AttentionResult result;
-  result.output = Tensor({p.B, p.H, p.Lq, p.Dv});
+  result.output = detail::unfilled_tensor({p.B, p.H, p.Lq, p.Dv});  // every path writes every element
   p.o = result.output.f32();
   if (options.return_weights) {
     result.weights = Tensor({p.B, p.H, p.Lq, p.Lk});
