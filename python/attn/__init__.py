@@ -247,14 +247,25 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _str(impl, "impl", ("auto", "fused", "unfused", "reference"))
         if _int(num_threads, "num_threads") < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
-        # the options' types and values as the kernel call takes them (a mask of strings, scale "2" or window 2.5 are
-        # refused here too)
-        _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask")
+        # the options' types, values and shapes as the kernel call takes them (a mask of strings, scale "2", window
+        # 2.5 or -1, slopes for heads there are not, are refused here too)
+        mask, pad = _attention_mask(attn_mask, "attn_mask"), _bool(key_padding_mask, "key_padding_mask")
         if scale is not None:
             _float(scale, "scale")
-        _int(window, "window", _INT64)
-        if alibi_slopes is not None:
-            _f32(np.atleast_1d(_detached(alibi_slopes)), "alibi_slopes")
+        if _int(window, "window", _INT64) < 0 or (window > 0 and causal == "none"):
+            raise ValueError(f"window must be >= 0, and > 0 only with causal masking; got {window} (causal {causal!r})")
+        if alibi_slopes is not None and _f32(np.atleast_1d(_detached(alibi_slopes)), "alibi_slopes").shape != (0,):
+            raise ValueError(f"alibi_slopes must have one slope a query head, shape (0,), got "
+                             f"{np.shape(alibi_slopes)}")
+        scores = q4.shape[:3] + (k4.shape[2],)
+        if pad is not None and pad.shape != (q4.shape[0], k4.shape[2]):
+            raise ValueError(f"key_padding_mask must be (B, Lk) = {(q4.shape[0], k4.shape[2])}, got {pad.shape}")
+        if mask is not None:
+            try:
+                if np.broadcast_shapes(np.shape(mask), scores) != scores:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"attn_mask {np.shape(mask)} does not broadcast to the scores {scores}") from None
         out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
         weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
     else:

@@ -147,15 +147,6 @@ std::string take_output(const std::string& role, const std::string& given, Outpu
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw ArgumentError(named(role, given) + ": is a directory; an output needs a file name");
-  if (folders == OutputFolders::kMustExist) {  // the temporary is made in the output's folder
-    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-    const std::string folder = parent.empty() ? std::string(".") : parent.string();
-    if (!std::filesystem::is_directory(folder, ec))
-      throw ArgumentError(named(role, given) + ": its folder " + folder + " does not exist (attn creates none)");
-    if (::access(folder.c_str(), W_OK | X_OK) != 0)
-      throw ArgumentError(named(role, given) + ": its folder " + folder + " is not writable (" + std::strerror(errno) +
-                          ")");
-  }
   // outputs are written beside their path and renamed over it: a FIFO, a device or a socket there (/dev/stdout) had
   // been replaced by a regular file
   struct stat st;
@@ -163,6 +154,23 @@ std::string take_output(const std::string& role, const std::string& given, Outpu
     throw ArgumentError(named(role, given) +
                         ": is not a regular file (a FIFO, a device or a socket); attn writes an output to a temporary "
                         "and renames it into place, so give a file name");
+  if (folders == OutputFolders::kMustExist) {  // the temporary is made in the output's folder
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    const std::string folder = parent.empty() ? std::string(".") : parent.string();
+    struct stat fst;
+    if (::stat(folder.c_str(), &fst) != 0) {
+      const int err = errno;  // (ENOENT: missing; EACCES: a folder above it cannot be searched)
+      throw ArgumentError(named(role, given) + ": its folder " + folder +
+                          (err == ENOENT ? std::string(" does not exist (attn creates none)")
+                                         : " cannot be examined (" + std::string(std::strerror(err)) + ")"));
+    }
+    if (!S_ISDIR(fst.st_mode)) throw ArgumentError(named(role, given) + ": " + folder + " is not a folder");
+    if (::access(folder.c_str(), W_OK | X_OK) != 0) {
+      const int err = errno;
+      throw ArgumentError(named(role, given) + ": its folder " + folder + " is not writable (" + std::strerror(err) +
+                          ")");
+    }
+  }
   std::string identity = file_identity(path);  // (two flags naming one file through a link are one file too)
   for (const auto& [other, other_role] : *taken)
     if (other == identity)

@@ -515,7 +515,10 @@ def test_no_heads_and_no_head_dimension_as_pytorch():
     for bad, match in (({"attn_mask": np.zeros((4, 4), np.int32)}, "attn_mask must be bool or floating point"),
                        ({"key_padding_mask": np.zeros((1, 4), np.float32)}, "key_padding_mask must be a bool"),
                        ({"scale": "2"}, "scale must be a real number"), ({"window": 2.5}, "window"),
-                       ({"alibi_slopes": ["a"]}, "alibi_slopes")):
+                       ({"alibi_slopes": ["a"]}, "alibi_slopes"), ({"window": -1}, "window must be >= 0"),
+                       ({"window": 2}, "only with causal"), ({"alibi_slopes": [1.0, 2.0]}, "alibi_slopes must have"),
+                       ({"key_padding_mask": np.zeros(3, bool)}, "key_padding_mask must be"),
+                       ({"attn_mask": np.zeros((3, 4), bool)}, "does not broadcast")):
         with pytest.raises((TypeError, ValueError), match=match):
             attn.scaled_dot_product_attention(z, z, z, **bad)
     rng = np.random.default_rng(0)

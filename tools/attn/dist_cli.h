@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <optional>
 #include <string>
@@ -24,6 +25,14 @@ void run_sdpa_ring(const RingSdpaArgs& args);
 
 // Whether mpirun (Open MPI or a PMI launcher) started this process as one of several ranks.
 bool launched_by_mpirun();
+// Whether this process is rank 0 (the one that writes a command's outputs), from the launcher's environment, before
+// MPI starts; true outside mpirun.
+inline bool launcher_rank0() {
+  if (!launched_by_mpirun()) return true;
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"})
+    if (const char* v = std::getenv(name)) return std::string(v) == "0";
+  return true;
+}
 // The exit status of attn: MPI is finalised if it was started; a failure with several ranks ends them all
 // (MPI_Abort), so a rank that fails never leaves the others waiting.
 int finish_distributed(int status);

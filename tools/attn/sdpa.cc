@@ -33,7 +33,9 @@ void run_sdpa_on_ring(const SdpaArgs& a) {
 
 void run_sdpa(const SdpaArgs& a) {
   if (a.ring && !a.dtype.empty()) throw ArgumentError("--dtype is not supported with --ring");
-  io::check_output_paths({{"--out", a.out}, {"--weights", a.weights}});
+  // (with --ring only rank 0 writes: another rank's machine need not have the folder)
+  io::check_output_paths({{"--out", a.out}, {"--weights", a.weights}},
+                         launcher_rank0() ? io::OutputFolders::kMustExist : io::OutputFolders::kMayBeCreated);
   if (a.ring) return run_sdpa_on_ring(a);
   if (!a.ring_layout.empty()) throw ArgumentError("--ring-layout applies with --ring only");
   Tensor q = load_npy_flag("--q", a.q), k = load_npy_flag("--k", a.k), v = load_npy_flag("--v", a.v);

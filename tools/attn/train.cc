@@ -41,8 +41,7 @@ void run_train(TrainArgs a) {
   }
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
-  const bool rank0 = !launched_by_mpirun() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
-                     std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
+  const bool rank0 = launcher_rank0();
   const std::string log_partial = a.loss_log + ".partial";
   struct stat partial_stat;  // (lstat: a dangling link there is someone's too)
   if (rank0 && !a.loss_log.empty() && ::lstat(log_partial.c_str(), &partial_stat) == 0)  // before any work or output
@@ -71,7 +70,7 @@ void run_train(TrainArgs a) {
     for (const std::string& name : train::checkpoint_file_names())
       outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
   io::check_output_paths(outputs, io::OutputFolders::kMayBeCreated);  // (--out is created when the first checkpoint is)
-  io::check_output_paths({{"--loss-log", a.loss_log}});               // the log's folder must be there
+  if (rank0) io::check_output_paths({{"--loss-log", a.loss_log}});    // its folder must be there, where it is written
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
   bool log_opened = false;  // only a log this run opened is removed on failure
   auto on_step = [&](int64_t step, float loss) {
