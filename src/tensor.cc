@@ -110,43 +110,29 @@ constexpr size_t kHugePagesFrom = size_t{4} << 20;
 #endif
 }
 
-std::shared_ptr<std::byte> allocate_zeroed(size_t nbytes) {
+// A tensor's storage, 64-byte aligned: zeros (Tensor's constructor), or left unfilled for a kernel that writes every
+// element (detail::unfilled_tensor), then NaN bits (0xFF bytes) under AddressSanitizer and without NDEBUG, so that an
+// element left unwritten fails the tests rather than reading as whatever the allocator handed over.
+enum class Fill { kZeros, kUnfilled };
+std::shared_ptr<std::byte> allocate(size_t nbytes, Fill fill) {
 #ifdef ATTN_ADDRESS_SANITIZER
   // Under AddressSanitizer (scripts/sanitize.sh, the fuzzers) a tensor gets exactly its bytes, so a kernel that reads
   // or writes one element past a tensor is reported; the calloc below leaves 64–191 bytes of slack that would hide it
   // (and that a borrowed NumPy or torch buffer does not have).
   void* exact = nullptr;
   if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) throw std::bad_alloc();
-  std::memset(exact, 0, nbytes);
+  std::memset(exact, fill == Fill::kZeros ? 0 : 0xFF, nbytes);
   return std::shared_ptr<std::byte>(static_cast<std::byte*>(exact), [](std::byte* q) { std::free(q); });
 #else
   // calloc, aligned by hand: a large block comes as fresh zero pages the kernel maps on first touch, so a tensor
-  // never written (an inference model's gradients) costs no memset and no memory
+  // never written (an inference model's gradients) costs no memset and no memory; reused heap memory is memset
   const size_t rounded = (nbytes + 63) / 64 * 64 + 64;  // never zero, a multiple of the alignment
-  void* p = std::calloc(rounded + 64, 1);
-  if (p == nullptr) throw std::bad_alloc();
-  const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
-  ask_for_huge_pages(p, rounded + 64);
-  return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
-#endif
-}
-
-// allocate_zeroed's block without the zeros (detail::unfilled_tensor): NaN bits (0xFF bytes) under AddressSanitizer and
-// without NDEBUG, else whatever the allocator hands over.
-std::shared_ptr<std::byte> allocate_unfilled(size_t nbytes) {
-#ifdef ATTN_ADDRESS_SANITIZER
-  void* exact = nullptr;
-  if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) throw std::bad_alloc();
-  std::memset(exact, 0xFF, nbytes);
-  return std::shared_ptr<std::byte>(static_cast<std::byte*>(exact), [](std::byte* q) { std::free(q); });
-#else
-  const size_t rounded = (nbytes + 63) / 64 * 64 + 64;
-  void* p = std::malloc(rounded + 64);
+  void* p = fill == Fill::kZeros ? std::calloc(rounded + 64, 1) : std::malloc(rounded + 64);
   if (p == nullptr) throw std::bad_alloc();
   const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
   ask_for_huge_pages(p, rounded + 64);
 #ifndef NDEBUG
-  std::memset(reinterpret_cast<void*>(aligned), 0xFF, nbytes);
+  if (fill == Fill::kUnfilled) std::memset(reinterpret_cast<void*>(aligned), 0xFF, nbytes);
 #endif
   return std::shared_ptr<std::byte>(reinterpret_cast<std::byte*>(aligned), [p](std::byte*) { std::free(p); });
 #endif
@@ -165,13 +151,13 @@ void check_known(DType dtype, const char* who, const Shape& shape) {
 Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
   check_known(dtype, "Tensor", shape_);
   numel_ = shape_numel(shape_);
-  storage_ = allocate_zeroed(nbytes());
+  storage_ = allocate(nbytes(), Fill::kZeros);
 }
 
 Tensor detail::unfilled_tensor(Shape shape, DType dtype) {
   check_known(dtype, "unfilled_tensor", shape);
   const int64_t numel = shape_numel(shape);
-  const std::shared_ptr<std::byte> storage = allocate_unfilled(static_cast<size_t>(numel) * dtype_size(dtype));
+  const std::shared_ptr<std::byte> storage = allocate(static_cast<size_t>(numel) * dtype_size(dtype), Fill::kUnfilled);
   return Tensor::borrow(std::move(shape), dtype, storage.get(), storage);
 }
 
@@ -199,7 +185,7 @@ Tensor Tensor::borrow(Shape shape, DType dtype, void* data, std::shared_ptr<void
   t.dtype_ = dtype;
   if (data == nullptr) {
     if (t.numel_ != 0) throw ArgumentError("Tensor::borrow: null data for shape " + shape_str(t.shape_));
-    t.storage_ = allocate_zeroed(0);
+    t.storage_ = allocate(0, Fill::kZeros);
     return t;
   }
   // aliasing constructor: shares owner's lifetime, points at data
