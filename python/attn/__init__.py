@@ -262,10 +262,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             raise ValueError(f"key_padding_mask must be (B, Lk) = {(q4.shape[0], k4.shape[2])}, got {pad.shape}")
         if mask is not None:
             try:
-                if np.broadcast_shapes(np.shape(mask), scores) != scores:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"attn_mask {np.shape(mask)} does not broadcast to the scores {scores}") from None
+                grows = np.broadcast_shapes(np.shape(mask), scores) != scores
+            except ValueError:  # (shapes that do not broadcast at all)
+                grows = True
+            if grows:
+                raise ValueError(f"attn_mask {np.shape(mask)} does not broadcast to the scores {scores}")
         out = np.zeros(q4.shape[:3] + (v4.shape[3],), q4.dtype)
         weights = np.zeros(q4.shape[:3] + (k4.shape[2],), np.float32)
     else:
