@@ -96,6 +96,12 @@ std::string read_text(const std::string& path, size_t max_bytes) {
   return std::string(bytes.begin(), bytes.end());
 }
 
+std::string sibling_path(const std::string& path, const std::string& suffix) {
+  const std::filesystem::path as_path(path);
+  const std::string name = as_path.filename().string();
+  return (name.size() > 200 ? (as_path.parent_path() / name.substr(0, 200)).string() : path) + suffix;
+}
+
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
   FileSet file;
   file.add("", path, bytes);
@@ -207,13 +213,8 @@ void FileSet::add(const std::string& role, const std::string& given, const std::
   static std::atomic<uint64_t> counter{0};
   int fd = -1;
   std::string temporary;
-  // (a file name near NAME_MAX, 255 bytes, keeps its first 200 in the temporary's: the suffix had made the name too
-  // long)
-  const std::filesystem::path as_path(path);
-  const std::string name = as_path.filename().string();
-  const std::string stem = name.size() > 200 ? (as_path.parent_path() / name.substr(0, 200)).string() : path;
   for (int attempt = 0; fd < 0; ++attempt) {
-    temporary = stem + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+    temporary = sibling_path(path, ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)));
     fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && (errno != EEXIST || attempt >= 100)) throw_file_error(path, "cannot create its temporary");
   }

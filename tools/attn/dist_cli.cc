@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <limits>
 #include <memory>
 
@@ -22,12 +21,6 @@ std::unique_ptr<dist::MpiSession> g_session;
 dist::MpiSession& mpi_session() {
   if (!g_session) g_session = std::make_unique<dist::MpiSession>(nullptr, nullptr);
   return *g_session;
-}
-
-bool launched_by_mpirun() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
-    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return true;
-  return false;
 }
 
 int finish_distributed(int status) {

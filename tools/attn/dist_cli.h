@@ -24,7 +24,11 @@ struct RingSdpaArgs {
 void run_sdpa_ring(const RingSdpaArgs& args);
 
 // Whether mpirun (Open MPI or a PMI launcher) started this process as one of several ranks.
-bool launched_by_mpirun();
+inline bool launched_by_mpirun() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return true;
+  return false;
+}
 // Whether this process is rank 0 (the one that writes a command's outputs), from the launcher's environment, before
 // MPI starts; true outside mpirun.
 inline bool launcher_rank0() {

@@ -1,5 +1,4 @@
 // attn built without MPI: the distributed commands exist and explain how to get them.
-#include <cstdlib>
 
 #include "attn/error.h"
 #include "dist_cli.h"
@@ -12,12 +11,6 @@ constexpr const char* kWhy =
 }
 
 void run_sdpa_ring(const RingSdpaArgs&) { throw ArgumentError(std::string("--ring: ") + kWhy); }
-
-bool launched_by_mpirun() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
-    if (const char* v = std::getenv(name); v && std::atoi(v) > 1) return true;
-  return false;
-}
 
 train::TrainReport train_distributed(const train::TrainOptions&, const DataParallelArgs&,
                                      const std::function<void(int64_t, float)>&, int*) {

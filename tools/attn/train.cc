@@ -42,7 +42,7 @@ void run_train(TrainArgs a) {
   a.o.model.activation = parse_activation(a.activation);
   a.o.progress = !a.no_progress;
   const bool rank0 = launcher_rank0();
-  const std::string log_partial = a.loss_log + ".partial";
+  const std::string log_partial = io::sibling_path(a.loss_log, ".partial");
   struct stat partial_stat;  // (lstat: a dangling link there is someone's too)
   if (rank0 && !a.loss_log.empty() && ::lstat(log_partial.c_str(), &partial_stat) == 0)  // before any work or output
     throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +

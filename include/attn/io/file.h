@@ -42,6 +42,11 @@ std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBy
 // directory): after a crash of the machine itself the path holds the old file or the new one, never an empty one.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
+// A name for a file beside `path` that stands for it while it is made: path + suffix (".partial"), or, where the file
+// name is longer than 200 bytes, its first 200 bytes + suffix (a name near NAME_MAX, 255 bytes, plus the suffix had
+// been too long to create).
+std::string sibling_path(const std::string& path, const std::string& suffix);
+
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
 // directory, FIFO, device or socket, or names the same file as another ("o.npy", "./o.npy", a link to o.npy and o.npy
 // through a linked directory are one file: the same name in the same directory, known by its inode; a hard link is
