@@ -246,7 +246,7 @@ AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, c
     p.weights = result.weights.f32();
   }
   if (options.return_lse) {
-    result.lse = Tensor({p.B, p.H, p.Lq});
+    result.lse = detail::unfilled_tensor({p.B, p.H, p.Lq});  // as the output: every path writes every row's
     p.lse = result.lse.f32();
   }
   detail::run_problem(p, options.impl);

@@ -13,6 +13,7 @@
 #include "attn/error.h"
 #include "cpu/attention_lowp.h"
 #include "ops/attention_problem.h"
+#include "tensor_unfilled.h"
 
 namespace attn::detail {
 
@@ -48,10 +49,10 @@ AttentionResult scaled_dot_product_attention_lowp(const Tensor& q, const Tensor&
   lp.k = static_cast<const uint16_t*>(k.raw());
   lp.v = static_cast<const uint16_t*>(v.raw());
   AttentionResult result;
-  result.output = Tensor({lp.p.B, lp.p.H, lp.p.Lq, lp.p.Dv}, dt);
+  result.output = unfilled_tensor({lp.p.B, lp.p.H, lp.p.Lq, lp.p.Dv}, dt);  // the kernel writes every element
   lp.o = static_cast<uint16_t*>(result.output.raw());
   if (options.return_lse) {
-    result.lse = Tensor({lp.p.B, lp.p.H, lp.p.Lq});
+    result.lse = unfilled_tensor({lp.p.B, lp.p.H, lp.p.Lq});
     lp.p.lse = result.lse.f32();
   }
   // nothing to write (no query row; or no value column and no lse): the kernel's heads are not walked (2^60 of them)
