@@ -242,7 +242,7 @@ AttentionResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, c
   result.output = detail::unfilled_tensor({p.B, p.H, p.Lq, p.Dv});  // every path writes every element
   p.o = result.output.f32();
   if (options.return_weights) {
-    result.weights = Tensor({p.B, p.H, p.Lq, p.Lk});
+    result.weights = detail::unfilled_tensor({p.B, p.H, p.Lq, p.Lk});
     p.weights = result.weights.f32();
   }
   if (options.return_lse) {
