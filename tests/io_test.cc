@@ -336,6 +336,20 @@ TEST(Io, WritesAreAtomic) {
   io::write_npy(long_name, Tensor::from_floats({1}, {7}));
   ASSERT_EQ(::stat(long_name.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0755u);
+  // the stand-in names of long file names: within NAME_MAX with the suffix, cut between UTF-8 characters (a 3-byte
+  // "语" would straddle byte 191 here), and different for two names that share their first 200 bytes
+  const std::string wide = "x" + [] {
+    std::string s;
+    for (int i = 0; i < 80; ++i) s += "\xe8\xaf\xad";
+    return s;
+  }();
+  const std::string a = io::sibling_path("d/" + wide + "a", ".partial"),
+                    b = io::sibling_path("d/" + wide + "b", ".partial");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.substr(0, 2), "d/");
+  EXPECT_LE(a.size() - 2 - 8, 200u);                        // (the name before ".partial")
+  EXPECT_EQ(a.find("\xe8\xaf\xad-"), 2 + 1 + 3 * 62) << a;  // "x" + 63 whole characters (190 bytes), then the tag
+  EXPECT_EQ(io::sibling_path("d/short.log", ".partial"), "d/short.log.partial");
   // a FIFO (or a device: /dev/stdout) is refused before anything is written, never replaced by a regular file
   const std::string fifo = (dir / "fifo.npy").string();
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);

@@ -99,7 +99,17 @@ std::string read_text(const std::string& path, size_t max_bytes) {
 std::string sibling_path(const std::string& path, const std::string& suffix) {
   const std::filesystem::path as_path(path);
   const std::string name = as_path.filename().string();
-  return (name.size() > 200 ? (as_path.parent_path() / name.substr(0, 200)).string() : path) + suffix;
+  if (name.size() <= 200) return path + suffix;
+  // cut before a UTF-8 character that would not fit whole (a file system that checks names, such as ZFS with
+  // utf8only or exFAT, refuses half a character), then tell names that share their first bytes apart by a hash of
+  // the whole name (FNV-1a)
+  size_t cut = 191;
+  while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
+  uint32_t hash = 2166136261u;
+  for (const char c : name) hash = (hash ^ static_cast<unsigned char>(c)) * 16777619u;
+  char tag[10];
+  std::snprintf(tag, sizeof tag, "-%08x", static_cast<unsigned>(hash));
+  return (as_path.parent_path() / (name.substr(0, cut) + tag)).string() + suffix;
 }
 
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {

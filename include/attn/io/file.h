@@ -34,17 +34,17 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 // no further, where `--model /dev/zero` or a runaway pipe had been read until memory ran out.
 inline constexpr size_t kMaxTextFileBytes = size_t{1} << 28;  // 256 MiB
 std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
-// Writes `bytes` to a new temporary beside `path` (path + ".tmp-<pid>-<n>", created exclusively; of a file name past
-// 200 bytes, its first 200) and renames it onto
-// `path` (through symbolic links: onto the file they name, the link kept; a replaced file keeps its permissions);
-// on failure removes the temporary and throws FileError, so `path` is either the complete new file or
+// Writes `bytes` to a new temporary beside `path` (sibling_path(path, ".tmp-<pid>-<n>"), created exclusively) and
+// renames it onto `path` (through symbolic links: onto the file they name, the link kept; a replaced file keeps its
+// permissions); on failure removes the temporary and throws FileError, so `path` is either the complete new file or
 // untouched. The bytes reach the disk (fdatasync) before the rename, and the rename before it returns (fsync of the
 // directory): after a crash of the machine itself the path holds the old file or the new one, never an empty one.
 void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // A name for a file beside `path` that stands for it while it is made: path + suffix (".partial"), or, where the file
-// name is longer than 200 bytes, its first 200 bytes + suffix (a name near NAME_MAX, 255 bytes, plus the suffix had
-// been too long to create).
+// name is longer than 200 bytes, its first 191 bytes or fewer (whole UTF-8 characters), "-", 8 hex digits of a hash of
+// the whole name, then the suffix (a name near NAME_MAX, 255 bytes, plus the suffix had been too long to create; two
+// long names that begin alike get two names).
 std::string sibling_path(const std::string& path, const std::string& suffix);
 
 // Throws ArgumentError, naming the role (a flag such as "--weights") and the path, where an output path is an existing
