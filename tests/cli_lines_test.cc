@@ -318,8 +318,8 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   const CliResult partial = run("train" + tiny + " --out " + path("ck3") + " --loss-log " + path("keep"));
   EXPECT_TRUE(failed_cleanly(partial));
   EXPECT_EQ(partial.err.find("training numbers-en-zh"), std::string::npos) << partial.err;
-  // a log whose name is near NAME_MAX (255 bytes): its FILE.partial is io::sibling_path's shorter name (FILE + ".partial"
-  // had been too long to create, and the run failed at its first step)
+  // a log whose name is near NAME_MAX (255 bytes): its FILE.partial is io::sibling_path's shorter name (FILE +
+  // ".partial" had been too long to create, and the run failed at its first step)
   const std::string long_log = path(std::string(250, 'l'));
   const CliResult long_name = run("train" + tiny + " --out " + path("ck4") + " --loss-log " + long_log);
   ASSERT_EQ(long_name.status, 0) << long_name.err;
