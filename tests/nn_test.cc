@@ -254,6 +254,55 @@ TrainingOpsRun run_training_ops(int threads) {
   return r;
 }
 
+// The label-smoothed cross-entropy (float exponentials in vector lanes, sums in double) against its definition in
+// double: loss = mean over counted rows of (1 − ε)(lse − z_y) + ε·mean_c(lse − z_c), dz = (softmax − (1 − ε)·onehot −
+// ε/V) / n, each gradient entry within 1e-6 of the size of its terms ((p_c + ε/V + [c = y]) / n: float's rounding of
+// the difference). A vocabulary of 32003 (no vector width divides it), logits spread over ±30, one ignored row, and a
+// NaN logit whose row alone comes out NaN.
+TEST(Nn, CrossEntropyMatchesItsDefinitionInDouble) {
+  const int64_t M = 6, V = 32003;
+  const double eps = 0.1;
+  std::mt19937 rng(3);
+  Tensor logits = test::random_tensor({M, V}, rng, -30.0f, 30.0f);
+  std::vector<int32_t> targets = {5, 32002, -100, 0, 777, 9};
+  logits.f32()[0] = 40.0f;  // row 0's target 5 far from its max
+  std::vector<float> d(static_cast<size_t>(M * V), 7.0f);
+  int64_t counted = 0;
+  const float loss =
+      ops::cross_entropy_forward_backward(d.data(), logits.f32(), targets.data(), M - 1, V, 0.1f, -100, &counted);
+  ASSERT_EQ(counted, 4);
+  double want_loss = 0.0, worst = 0.0;
+  for (int64_t i = 0; i < M - 1; ++i) {
+    const float* z = logits.f32() + i * V;
+    const float* g = d.data() + i * V;
+    if (targets[static_cast<size_t>(i)] == -100) {
+      EXPECT_TRUE(std::all_of(g, g + V, [](float x) { return x == 0.0f; }));
+      continue;
+    }
+    double m = -std::numeric_limits<double>::infinity(), s = 0.0, mean = 0.0;
+    for (int64_t c = 0; c < V; ++c) m = std::max(m, static_cast<double>(z[c]));
+    for (int64_t c = 0; c < V; ++c) s += std::exp(static_cast<double>(z[c]) - m);
+    const double lse = m + std::log(s);
+    for (int64_t c = 0; c < V; ++c) mean += (lse - z[c]) / static_cast<double>(V);
+    const int32_t y = targets[static_cast<size_t>(i)];
+    want_loss += (1.0 - eps) * (lse - z[y]) + eps * mean;
+    for (int64_t c = 0; c < V; ++c) {
+      const double p_c = std::exp(z[c] - lse), smooth = eps / static_cast<double>(V);
+      const double want = (p_c - (c == y ? 1.0 - eps : 0.0) - smooth) / 4.0;
+      worst = std::max(worst, std::fabs(g[c] - want) / ((p_c + smooth + (c == y ? 1.0 : 0.0)) / 4.0));
+    }
+  }
+  EXPECT_NEAR(loss, want_loss / 4.0, 2e-6 * want_loss / 4.0);
+  EXPECT_LT(worst, 1e-6) << "largest error of a gradient entry, relative to its terms";
+  // a NaN logit: its row's loss and gradient are NaN, the other rows' gradients are untouched by it
+  logits.f32()[4 * V + 100] = std::numeric_limits<float>::quiet_NaN();
+  const float nan_loss =
+      ops::cross_entropy_forward_backward(d.data(), logits.f32(), targets.data(), M - 1, V, 0.1f, -100, nullptr);
+  EXPECT_TRUE(std::isnan(nan_loss));
+  EXPECT_TRUE(std::isnan(d[4 * V + 3]));
+  EXPECT_FALSE(std::isnan(d[3 * V + 3]));
+}
+
 // GELU's vectorised erf (Abramowitz & Stegun 7.1.26 over an exp in lane arithmetic) against the erf form in double.
 TEST(Nn, GeluMatchesTheErfFormInDouble) {
   std::vector<float> x;
