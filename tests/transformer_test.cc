@@ -124,9 +124,9 @@ TEST(Transformer, LayersMatchPyTorchForwardAndGradients) {
   }
 }
 
-Transformer random_model(bool norm_first) {
+Transformer random_model(bool norm_first, int64_t tgt_vocab = 10) {
   TransformerConfig c;
-  c.src_vocab = 12, c.tgt_vocab = 10, c.d_model = 16, c.num_heads = 4, c.d_ff = 32, c.max_len = 20;
+  c.src_vocab = 12, c.tgt_vocab = tgt_vocab, c.d_model = 16, c.num_heads = 4, c.d_ff = 32, c.max_len = 20;
   c.num_encoder_layers = 2, c.num_decoder_layers = 2, c.norm_first = norm_first, c.dropout = 0.0f;
   Transformer m(c, 3);
   std::mt19937 rng(4);
@@ -259,6 +259,44 @@ TEST(Transformer, BeamSearchFindsAtLeastAsLikelyATranslationAsGreedy) {
     TokenBatch one{std::vector<int32_t>(src.ids.begin() + b * 5, src.ids.begin() + (b + 1) * 5), 1, 5};
     EXPECT_GE(sequence_logprob(m, one, beam[static_cast<size_t>(b)]) + 1e-4,
               sequence_logprob(m, one, greedy[static_cast<size_t>(b)]));
+  }
+}
+
+// A vocabulary of 3001 (a subword model's size, past every vector width; beam search keeps each sentence's 2K best
+// candidates in one pass over its K·V scores, and the log-softmax runs in vector lanes): beam 1 is the argmax path of
+// the step logits up to EOS; and at a limit of one token, beam 4 gives an empty output (EOS) exactly when EOS ranks
+// among the 4 best first tokens, moved by its generator bias to rank 4, then to rank 5 (where the best token, cut at
+// the limit, is the output).
+TEST(Transformer, BeamSearchOverALargeVocabulary) {
+  Transformer m = random_model(false, 3001);
+  const TransformerConfig& c = m.config();
+  const TokenBatch src{{3, 4, 5, 6, 2, 7, 8, 2, 0, 0}, 2, 5};
+  const auto argmax = generate_greedy_logits(m, src, 10, nullptr);
+  const auto greedy = generate(m, src, decoding(1, 0.0f, 10));
+  for (size_t b = 0; b < 2; ++b) {
+    std::vector<int32_t> until_eos;
+    for (int32_t t : argmax[b]) {
+      if (t == c.eos_id) break;
+      until_eos.push_back(t);
+    }
+    EXPECT_EQ(greedy[b], until_eos) << "sentence " << b;
+  }
+  const TokenBatch one{{3, 4, 5, 6, 2}, 1, 5};
+  std::vector<std::vector<float>> first;
+  generate_greedy_logits(m, one, 1, &first);
+  std::vector<std::pair<float, int32_t>> others;  // the first step's logits of the tokens beam search may choose
+  for (int32_t v = 0; v < c.tgt_vocab; ++v)
+    if (v != c.eos_id && v != c.pad_id && v != c.bos_id) others.emplace_back(first[0][static_cast<size_t>(v)], v);
+  std::sort(others.begin(), others.end(), [](const auto& a, const auto& z) { return a.first > z.first; });
+  float* eos_bias = nullptr;
+  for (auto& [name, t] : m.params())
+    if (name == "generator.bias") eos_bias = t.f32() + c.eos_id;
+  ASSERT_NE(eos_bias, nullptr);
+  const float eos_logit = first[0][static_cast<size_t>(c.eos_id)], bias = *eos_bias;
+  for (const size_t rank : {4u, 5u}) {  // EOS between the others' (rank − 1)-th and rank-th logits
+    *eos_bias = bias + 0.5f * (others[rank - 2].first + others[rank - 1].first) - eos_logit;
+    const auto out = generate(m, one, decoding(4, 0.0f, 1));
+    EXPECT_EQ(out[0], rank <= 4 ? std::vector<int32_t>{} : std::vector<int32_t>{others[0].second}) << "rank " << rank;
   }
 }
 

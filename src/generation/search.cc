@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "attn/error.h"
+#include "ops/nn.h"
 
 namespace attn {
 namespace {
@@ -16,14 +17,32 @@ float gnmt_penalty(int64_t len, float alpha) {
   return alpha == 0.0f ? 1.0f : std::pow((5.0f + static_cast<float>(len)) / 6.0f, alpha);
 }
 
-void log_softmax_rows(float* z, int64_t rows, int64_t V) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = z + r * V;
-    const float m = *std::max_element(row, row + V);
-    double s = 0.0;
-    for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - m);
-    const float lse = m + static_cast<float>(std::log(s));
-    for (int64_t v = 0; v < V; ++v) row[v] -= lse;
+// Ahead in the ranking of candidates: the higher score; a NaN score (a model that produced NaN) after every number.
+bool ahead(float a, float z) { return !std::isnan(a) && (std::isnan(z) || a > z); }
+
+// best = the `count` best (score, row, token) candidates of rows [row0, row0 + K) of logits [·, V] (log-probabilities;
+// score = logp[row] + logits[row, token]), best first, over the tokens `candidate` allows and the rows whose logp is
+// not −inf; of equal scores, the one met first (row by row, token by token). One pass that keeps the best so far in
+// order: it had collected all K·V candidates and partially sorted them (2 MB and a sort per sentence and step at V =
+// 32000, K = 4).
+void select_best(std::vector<std::tuple<float, int64_t, int32_t>>& best, const float* logits,
+                 const std::vector<float>& logp, const std::vector<bool>& candidate, int64_t row0, int64_t K, int64_t V,
+                 int64_t count) {
+  best.clear();
+  for (int64_t n = row0; n < row0 + K; ++n) {
+    const float base = logp[static_cast<size_t>(n)];
+    if (base == -std::numeric_limits<float>::infinity()) continue;
+    const float* row = logits + n * V;
+    for (int64_t v = 0; v < V; ++v) {
+      const float score = base + row[v];
+      const bool full = static_cast<int64_t>(best.size()) == count;
+      if ((full && !ahead(score, std::get<0>(best.back()))) || !candidate[static_cast<size_t>(v)]) continue;
+      if (full) best.pop_back();
+      // after every entry it does not rank ahead of (the earlier of equal scores stays first)
+      const auto at =
+          std::find_if(best.begin(), best.end(), [&](const auto& e) { return ahead(score, std::get<0>(e)); });
+      best.emplace(at, score, n, static_cast<int32_t>(v));
+    }
   }
 }
 
@@ -75,7 +94,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
   for (int64_t t = 0; t < T && live > 0; ++t) {
     const int64_t N = live * K;
     float* logits = decoder.step(tokens.data(), t);  // [N, V] -> log-probabilities in place
-    log_softmax_rows(logits, N, V);
+    ops::log_softmax_rows(logits, N, V);
     parent.resize(static_cast<size_t>(N));
     std::iota(parent.begin(), parent.end(), int64_t{0});
     next_seqs.assign(static_cast<size_t>(N), {});
@@ -86,18 +105,9 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
       const int64_t b = sentence[static_cast<size_t>(s)];
       const int64_t Tb = limit[static_cast<size_t>(b)];
       const bool last = t + 1 == Tb;  // the sentence's last position: every candidate ends here
-      // candidates: (score, row, token) over the sentence's K beams
-      cand.clear();
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t n = s * K + k;
-        if (logp[static_cast<size_t>(n)] == kNegInf) continue;
-        const float* row = logits + n * V;
-        for (int32_t v = 0; v < V; ++v)
-          if (candidate[static_cast<size_t>(v)]) cand.emplace_back(logp[static_cast<size_t>(n)] + row[v], n, v);
-      }
-      const size_t keep = std::min<size_t>(cand.size(), static_cast<size_t>(2 * K));
-      std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(keep), cand.end(),
-                        [](const auto& a, const auto& z) { return std::get<0>(a) > std::get<0>(z); });
+      // candidates: the 2K best (score, row, token) over the sentence's K beams, best first
+      select_best(cand, logits, logp, candidate, s * K, K, V, 2 * K);
+      const size_t keep = cand.size();
       int64_t filled = 0;
       for (size_t i = 0; i < keep && filled < K; ++i) {
         const auto [score, n, v] = cand[i];

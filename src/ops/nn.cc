@@ -466,4 +466,26 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
   return n ? static_cast<float>(loss / static_cast<double>(n)) : 0.0f;
 }
 
+namespace {
+
+// One row of log_softmax_rows: the exponentials in float lanes (cross_entropy_row's), their sum in double.
+ATTN_VECTOR_CLONES void log_softmax_row(float* z, int64_t V) {
+  float m = z[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v]);
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t v = 0; v < V; ++v) s += static_cast<double>(exp_nonpositive(z[v] - m));
+  const float lse = m + static_cast<float>(std::log(s));
+#pragma omp simd
+  for (int64_t v = 0; v < V; ++v) z[v] -= lse;
+}
+
+}  // namespace
+
+void log_softmax_rows(float* z, int64_t rows, int64_t V) {
+  if (V <= 0) return;
+  for (int64_t r = 0; r < rows; ++r) log_softmax_row(z + r * V, V);
+}
+
 }  // namespace attn::ops

@@ -59,6 +59,10 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 float cross_entropy_forward_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t M, int64_t V,
                                      float smoothing, int32_t ignore_index, int64_t* counted = nullptr);
 
+// z = z − logsumexp(z) row by row, in place (log-softmax: a decoder's log-probabilities). z: [rows, V]. A row with a
+// NaN or +inf entry, or all −inf, comes out NaN.
+void log_softmax_rows(float* z, int64_t rows, int64_t V);
+
 struct Bf16Matmul;        // src/ops/linear_bf16.cc: oneDNN's bf16 matmul over one weight matrix
 struct SmallGemmWeights;  // src/ops/linear_small.cc: a float32 matrix and, built on first use, its transpose
 struct SmallGemmBf16;     // src/ops/linear_small.cc: bfloat16 weights in libxsmm's VNNI layout
