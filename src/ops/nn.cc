@@ -401,6 +401,23 @@ void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t
 
 namespace {
 
+// The largest of z[0, V), NaNs skipped (−inf where there is no other), for a row of logits: 16 running maxima side by
+// side, which the vector clones compute in two registers (an `omp simd reduction(max)` had stayed one scalar vmaxss
+// a logit, latency-bound: 15 of the cross-entropy's 23 ms at 512 × 32000).
+[[gnu::always_inline]] inline float row_max(const float* z, int64_t V) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes];
+  for (float& l : lanes) l = -std::numeric_limits<float>::infinity();
+  int64_t c = 0;
+  for (; c + kLanes <= V; c += kLanes)
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) lanes[j] = lanes[j] < z[c + j] ? z[c + j] : lanes[j];
+  for (; c < V; ++c) lanes[0] = lanes[0] < z[c] ? z[c] : lanes[0];
+  float m = lanes[0];
+  for (int j = 1; j < kLanes; ++j) m = m < lanes[j] ? lanes[j] : m;
+  return m;
+}
+
 // Row i of the label-smoothed cross-entropy: its loss term (1 − ε)·(lse − z_y) + ε·mean_c(lse − z_c), and, where dz is
 // not null, dloss/dz_c = (p_c − (1 − ε)·[c = y] − ε / V) / n. The exponentials e^(z_c − m) in float (exp_nonpositive:
 // z_c − m ≤ 0; Cephes' expf polynomial, which `omp simd` vectorises), their sum and Σ z in double lanes: libm's scalar
@@ -408,9 +425,7 @@ namespace {
 // the row's loss and gradient NaN; a +inf logit too (z − m = NaN).
 ATTN_VECTOR_CLONES double cross_entropy_row(float* dz, float* e, const float* z, int64_t V, int32_t y, double smoothing,
                                             int64_t n) {
-  float m = z[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 0; c < V; ++c) m = std::max(m, z[c]);
+  const float m = row_max(z, V);
   double s = 0.0, sum_z = 0.0;
 #pragma omp simd reduction(+ : s, sum_z)
   for (int64_t c = 0; c < V; ++c) {
@@ -470,9 +485,7 @@ namespace {
 
 // One row of log_softmax_rows: the exponentials in float lanes (cross_entropy_row's), their sum in double.
 ATTN_VECTOR_CLONES void log_softmax_row(float* z, int64_t V) {
-  float m = z[0];
-#pragma omp simd reduction(max : m)
-  for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v]);
+  const float m = row_max(z, V);
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t v = 0; v < V; ++v) s += static_cast<double>(exp_nonpositive(z[v] - m));
