@@ -301,6 +301,28 @@ TEST(Nn, CrossEntropyMatchesItsDefinitionInDouble) {
   EXPECT_TRUE(std::isnan(nan_loss));
   EXPECT_TRUE(std::isnan(d[4 * V + 3]));
   EXPECT_FALSE(std::isnan(d[3 * V + 3]));
+  // short rows: V = 37 (a vector's tail) whose largest logit is its last, 200 above the others (a row max that missed
+  // the tail would overflow the exponentials); V = 1 (loss 0, gradient 0); no smoothing with a −inf logit: a finite
+  // loss (the smoothing term had been 0·inf), the −inf entry's gradient 0
+  {
+    std::vector<float> z(37, 1.0f), g(37);
+    z[36] = 201.0f;
+    const int32_t y = 3;
+    const float l = ops::cross_entropy_forward_backward(g.data(), z.data(), &y, 1, 37, 0.1f, -100);
+    const double lse = 201.0 + std::log1p(36.0 * std::exp(-200.0));
+    EXPECT_NEAR(l, 0.9 * (lse - 1.0) + 0.1 * (lse - (36.0 + 201.0) / 37.0), 1e-4);
+    EXPECT_NEAR(g[36], 1.0 - 0.1 / 37.0, 1e-6);
+    EXPECT_NEAR(g[3], -0.9 - 0.1 / 37.0, 1e-6);
+    const float one = 5.0f;
+    float g1 = 7.0f;
+    const int32_t y0 = 0;
+    EXPECT_EQ(ops::cross_entropy_forward_backward(&g1, &one, &y0, 1, 1, 0.1f, -100), 0.0f);
+    EXPECT_NEAR(g1, 0.0f, 1e-7f);
+    z[5] = -std::numeric_limits<float>::infinity();
+    const float l0 = ops::cross_entropy_forward_backward(g.data(), z.data(), &y, 1, 37, 0.0f, -100);
+    EXPECT_NEAR(l0, lse - 1.0, 1e-4);
+    EXPECT_EQ(g[5], 0.0f);
+  }
 }
 
 // GELU's vectorised erf (Abramowitz & Stegun 7.1.26 over an exp in lane arithmetic) against the erf form in double.

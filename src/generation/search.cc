@@ -20,30 +20,36 @@ float gnmt_penalty(int64_t len, float alpha) {
 // Ahead in the ranking of candidates: the higher score; a NaN score (a model that produced NaN) after every number.
 bool ahead(float a, float z) { return !std::isnan(a) && (std::isnan(z) || a > z); }
 
-// best = the `count` best (score, row, token) candidates of rows [row0, row0 + K) of logits [·, V] (log-probabilities;
-// score = logp[row] + logits[row, token]), best first, over the tokens `candidate` allows and the rows whose logp is
-// not −inf; of equal scores, the one met first (row by row, token by token). One pass that keeps the best so far in
-// order: it had collected all K·V candidates and partially sorted them (2 MB and a sort per sentence and step at V =
-// 32000, K = 4).
-void select_best(std::vector<std::tuple<float, int64_t, int32_t>>& best, const float* logits,
-                 const std::vector<float>& logp, const std::vector<bool>& candidate, int64_t row0, int64_t K, int64_t V,
-                 int64_t count) {
+using Candidate = std::tuple<float, int64_t, int32_t>;  // (score, row, token)
+
+// a ranks before z: by score (ahead), then the one met first (row by row, token by token)
+bool ranks_before(const Candidate& a, const Candidate& z) {
+  const float sa = std::get<0>(a), sz = std::get<0>(z);
+  if (ahead(sa, sz) || ahead(sz, sa)) return ahead(sa, sz);
+  return std::tie(std::get<1>(a), std::get<2>(a)) < std::tie(std::get<1>(z), std::get<2>(z));
+}
+
+// best = the `count` best candidates of rows [row0, row0 + K) of logits [·, V] (log-probabilities; score = logp[row] +
+// logits[row, token]), best first (ranks_before), over the tokens `candidate` allows and the rows whose logp is not
+// −inf. One pass with the kept ones in a heap whose top is the worst kept: it had collected all K·V candidates and
+// partially sorted them (2 MB and a sort per sentence and step at V = 32000, K = 4).
+void select_best(std::vector<Candidate>& best, const float* logits, const std::vector<float>& logp,
+                 const std::vector<bool>& candidate, int64_t row0, int64_t K, int64_t V, int64_t count) {
   best.clear();
   for (int64_t n = row0; n < row0 + K; ++n) {
     const float base = logp[static_cast<size_t>(n)];
     if (base == -std::numeric_limits<float>::infinity()) continue;
     const float* row = logits + n * V;
     for (int64_t v = 0; v < V; ++v) {
-      const float score = base + row[v];
+      const Candidate c{base + row[v], n, static_cast<int32_t>(v)};
       const bool full = static_cast<int64_t>(best.size()) == count;
-      if ((full && !ahead(score, std::get<0>(best.back()))) || !candidate[static_cast<size_t>(v)]) continue;
-      if (full) best.pop_back();
-      // after every entry it does not rank ahead of (the earlier of equal scores stays first)
-      const auto at =
-          std::find_if(best.begin(), best.end(), [&](const auto& e) { return ahead(score, std::get<0>(e)); });
-      best.emplace(at, score, n, static_cast<int32_t>(v));
+      if ((full && !ranks_before(c, best.front())) || !candidate[static_cast<size_t>(v)]) continue;
+      if (full) std::pop_heap(best.begin(), best.end(), ranks_before), best.pop_back();
+      best.push_back(c);
+      std::push_heap(best.begin(), best.end(), ranks_before);
     }
   }
+  std::sort_heap(best.begin(), best.end(), ranks_before);  // best first
 }
 
 struct Hypothesis {
@@ -89,7 +95,7 @@ std::vector<std::vector<int32_t>> beam_search(StepDecoder& decoder, const Transf
   std::vector<std::vector<int32_t>> next_seqs;
   std::vector<float> next_logp;
   std::vector<int32_t> next_tokens;
-  std::vector<std::tuple<float, int64_t, int32_t>> cand;
+  std::vector<Candidate> cand;
 
   for (int64_t t = 0; t < T && live > 0; ++t) {
     const int64_t N = live * K;

@@ -434,8 +434,9 @@ ATTN_VECTOR_CLONES double cross_entropy_row(float* dz, float* e, const float* z,
     sum_z += static_cast<double>(z[c]);
   }
   const double lse = static_cast<double>(m) + std::log(s);
-  const double loss =
-      (1.0 - smoothing) * (lse - static_cast<double>(z[y])) + smoothing * (lse - sum_z / static_cast<double>(V));
+  // (no smoothing term without smoothing: a −inf logit makes it 0·inf, and PyTorch's loss stays finite)
+  const double loss = (1.0 - smoothing) * (lse - static_cast<double>(z[y])) +
+                      (smoothing == 0.0 ? 0.0 : smoothing * (lse - sum_z / static_cast<double>(V)));
   if (dz != nullptr) {
     const double dn = static_cast<double>(n);
     const float a = static_cast<float>(1.0 / (s * dn)), b = static_cast<float>(smoothing / static_cast<double>(V) / dn);
