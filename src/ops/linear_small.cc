@@ -38,20 +38,18 @@ constexpr int64_t kMaxWeightFloats = 64 * 1024;  // 256 KB: the copy stays in L2
 constexpr int64_t kRowBlock = 16;                // rows per kernel call (the last call takes the remainder)
 constexpr int64_t kMinRows = 8;                  // fewer rows: OpenBLAS (no kernel to generate for a GEMV)
 
-// libxsmm picks its code generator from the processor; ATTN_SIMD (and the tests' forced levels) choose for
-// our own kernels, and the first call here follows that choice: AVX2 kernels under ATTN_SIMD=avx2, none under
-// ATTN_SIMD=scalar (OpenBLAS instead). Later changes of level keep the kernels already generated.
+// libxsmm's kernels where AVX-512 is in use (ATTN_SIMD and the tests' forced levels choose for our own kernels; the
+// first call here follows that choice), OpenBLAS elsewhere. Not libxsmm's AVX2 ("hsw") kernels: on an AVX2-only AMD
+// Zen 3 they ran at 60–75% of the FMA peak on the translation model's shapes (rows 4–64 per call alike), OpenBLAS's at
+// 78–88% from 64 rows, weights packing included (docs/performance/zen3.md); `attn bench translate --threads 1` on
+// OpenBLAS: greedy 2550 → 2950 sentences/s, beam 4 975 → 1080.
 bool use_libxsmm() {
   static const bool use = [] {
-    switch (detail::simd_level_active()) {
-      case detail::SimdLevel::kScalar: return false;
-      case detail::SimdLevel::kAvx2: libxsmm_set_target_arch("hsw"); break;
-      case detail::SimdLevel::kAvx512: break;
-    }
+    if (detail::simd_level_active() != detail::SimdLevel::kAvx512) return false;
     libxsmm_init();
     return true;
   }();
-  return use && detail::simd_level_active() != detail::SimdLevel::kScalar;
+  return use && detail::simd_level_active() == detail::SimdLevel::kAvx512;
 }
 
 // y rows [rows, N] += x rows [rows, K] · wt [K, N]: column-major C (N × rows) += A (N × K) · B (K × rows), the
@@ -119,7 +117,7 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
     full = small_gemm_kernel(N, std::min(M, kRowBlock), K);
     last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
   }
-  if (full == nullptr || last == nullptr) {  // few rows, no AVX2, or libxsmm declined the shape: W as it is
+  if (full == nullptr || last == nullptr) {  // few rows, no AVX-512, or libxsmm declined the shape: W as it is
     detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w.small->w, K, 1.0f, y, N,
                        "linear_forward_small");
     if (epilogue.relu) relu_rows(y, N, M, N);

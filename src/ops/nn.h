@@ -84,7 +84,8 @@ struct QuantizedMatrix {
 // that only ever sees one sentence never makes it: start-up stays short).
 QuantizedMatrix small_gemm_weights(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 16 rows (in parallel when large
-// enough), OpenBLAS below 8 rows or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or nullptr
+// enough), OpenBLAS below 8 rows, without AVX-512 or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or
+// nullptr
 void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                           LinearEpilogue epilogue = {});
 // bfloat16 weights w [N, K] in libxsmm's VNNI layout for its AVX512_BF16 kernels (2x its float32 ones), when
