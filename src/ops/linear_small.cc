@@ -38,18 +38,15 @@ constexpr int64_t kMaxWeightFloats = 64 * 1024;  // 256 KB: the copy stays in L2
 constexpr int64_t kRowBlock = 16;                // rows per kernel call (the last call takes the remainder)
 constexpr int64_t kMinRows = 8;                  // fewer rows: OpenBLAS (no kernel to generate for a GEMV)
 
-// libxsmm's kernels where AVX-512 is in use (ATTN_SIMD and the tests' forced levels choose for our own kernels; the
-// first call here follows that choice), OpenBLAS elsewhere. Not libxsmm's AVX2 ("hsw") kernels: on an AVX2-only AMD
+// libxsmm's kernels while AVX-512 is in use (ATTN_SIMD and the tests' forced levels choose it for our own kernels,
+// call by call), OpenBLAS elsewhere. Not libxsmm's AVX2 ("hsw") kernels: on an AVX2-only AMD
 // Zen 3 they ran at 60–75% of the FMA peak on the translation model's shapes (rows 4–64 per call alike), OpenBLAS's at
 // 78–88% from 64 rows, weights packing included (docs/performance/zen3.md); `attn bench translate --threads 1` on
 // OpenBLAS: greedy 2550 → 2950 sentences/s, beam 4 975 → 1080.
 bool use_libxsmm() {
-  static const bool use = [] {
-    if (detail::simd_level_active() != detail::SimdLevel::kAvx512) return false;
-    libxsmm_init();
-    return true;
-  }();
-  return use && detail::simd_level_active() == detail::SimdLevel::kAvx512;
+  if (detail::simd_level_active() != detail::SimdLevel::kAvx512) return false;
+  static const bool initialised = (libxsmm_init(), true);
+  return initialised;
 }
 
 // y rows [rows, N] += x rows [rows, K] · wt [K, N]: column-major C (N × rows) += A (N × K) · B (K × rows), the
