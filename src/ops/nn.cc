@@ -423,9 +423,11 @@ namespace {
 // z_c − m ≤ 0; Cephes' expf polynomial, which `omp simd` vectorises), their sum and Σ z in double lanes: libm's scalar
 // double exp had taken 15–30% of a training step at V = 32000 (`attn bench train --vocab 32000`). Any NaN logit makes
 // the row's loss and gradient NaN; a +inf logit too (z − m = NaN).
-ATTN_VECTOR_CLONES double cross_entropy_row(float* dz, float* e, const float* z, int64_t V, int32_t y, double smoothing,
-                                            int64_t n) {
+// The exponentials go to dz itself, scaled there afterwards; to `scratch` ([V]) for the loss alone.
+ATTN_VECTOR_CLONES double cross_entropy_row(float* dz, float* scratch, const float* z, int64_t V, int32_t y,
+                                            double smoothing, int64_t n) {
   const float m = row_max(z, V);
+  float* const e = dz != nullptr ? dz : scratch;
   double s = 0.0, sum_z = 0.0;
 #pragma omp simd reduction(+ : s, sum_z)
   for (int64_t c = 0; c < V; ++c) {
@@ -440,11 +442,11 @@ ATTN_VECTOR_CLONES double cross_entropy_row(float* dz, float* e, const float* z,
   if (dz != nullptr) {
     const double dn = static_cast<double>(n);
     const float a = static_cast<float>(1.0 / (s * dn)), b = static_cast<float>(smoothing / static_cast<double>(V) / dn);
+    const double e_y = dz[y];
 #pragma omp simd
-    for (int64_t c = 0; c < V; ++c) dz[c] = e[c] * a - b;
+    for (int64_t c = 0; c < V; ++c) dz[c] = dz[c] * a - b;
     // the target's entry in double: p_y − (1 − ε) cancels where the model is right
-    dz[y] = static_cast<float>(
-        (static_cast<double>(e[y]) / s - (1.0 - smoothing) - smoothing / static_cast<double>(V)) / dn);
+    dz[y] = static_cast<float>((e_y / s - (1.0 - smoothing) - smoothing / static_cast<double>(V)) / dn);
   }
   return loss;
 }
@@ -463,8 +465,8 @@ float cross_entropy_forward_backward(float* dlogits, const float* logits, const 
   double* terms = row_loss.data();
 #pragma omp parallel if (M * V >= kParallelElements / 8)
   {
-    thread_local std::vector<float> e;  // [V] the row's exponentials
-    if (static_cast<int64_t>(e.size()) < V) e.resize(static_cast<size_t>(V));
+    thread_local std::vector<float> e;  // [V] the row's exponentials, for the loss alone (no dlogits)
+    if (!dlogits && static_cast<int64_t>(e.size()) < V) e.resize(static_cast<size_t>(V));
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M; ++i) {
       float* dz = dlogits ? dlogits + i * V : nullptr;
