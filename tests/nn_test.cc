@@ -56,6 +56,43 @@ TEST(Nn, Int8LinearIsWithinItsQuantisationError) {
   }
 }
 
+// The int8 projection's integer sums are exact: against the levels recomputed here by the documented rule (x / (max|x|
+// / 127) rounded half away from zero; W's levels as quantize_rows stored them) and their dot products in int64. The
+// rows hold the extreme levels side by side (±127 activations against weights of the largest level, of both signs):
+// where oneDNN's kernels pair u8·s8 products in int16 (below VNNI) a saturated pair or a wrong u8 shift shows here.
+TEST(Nn, Int8LinearSumsTheLevelsExactly) {
+  std::mt19937 rng(11);
+  const int64_t M = 9, N = 23, K = 70;
+  Tensor x = test::random_tensor({M, K}, rng, -1.0f, 1.0f), w = test::random_tensor({N, K}, rng, -0.5f, 0.5f);
+  for (int64_t k = 0; k < K; ++k) {
+    x.f32()[0 * K + k] = 1.0f;                  // every level +127 (u8 255)
+    x.f32()[1 * K + k] = -1.0f;                 // every level −127 (u8 1)
+    x.f32()[2 * K + k] = k % 2 ? 1.0f : -1.0f;  // alternating
+    w.f32()[0 * K + k] = 0.5f;                  // every weight its row's largest level
+    w.f32()[1 * K + k] = -0.5f;
+    w.f32()[2 * K + k] = k % 4 < 2 ? 0.5f : -0.5f;  // pairs of equal sign
+  }
+  const ops::QuantizedMatrix q = ops::quantize_rows(w.f32(), N, K);
+  Tensor y({M, N});
+  ops::linear_forward_int8(y.f32(), x.f32(), q, nullptr, M);
+  for (int64_t m = 0; m < M; ++m) {
+    float xmax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, std::fabs(x.f32()[m * K + k]));
+    const float xs = xmax / 127.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      int64_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = x.f32()[m * K + k] / xs;
+        const int64_t level = static_cast<int64_t>(v + (v >= 0.0f ? 0.5f : -0.5f));
+        ASSERT_LE(std::abs(level), 127);
+        sum += level * q.q[static_cast<size_t>(n * K + k)];
+      }
+      const double expected = static_cast<double>(xs) * q.scale[static_cast<size_t>(n)] * static_cast<double>(sum);
+      ASSERT_NEAR(y.f32()[m * N + n], expected, 2e-6 * std::fabs(expected) + 1e-30) << m << ", " << n << ", " << sum;
+    }
+  }
+}
+
 // Non-finite values through the int8 projection, as through float32's: a NaN or an infinity in a row of x makes that
 // row NaN (a NaN had been read as 0 and the row come out finite), a NaN weight its output column, and nothing else
 // changes; a row of subnormals keeps a normal scale (it had divided by a scale of 0).

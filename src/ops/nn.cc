@@ -145,22 +145,29 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
       m.q[static_cast<size_t>(n * K + k)] =
           std::isnan(scale) ? 0 : static_cast<int8_t>(std::lrint(std::clamp(row[k] / scale, -levels, levels)));
   }
+  m.u8_offset.resize(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) {  // |Σ| ≤ 127 · K: in int32 for K < 2^16
+    int64_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += m.q[static_cast<size_t>(n * K + k)];
+    m.u8_offset[static_cast<size_t>(n)] = static_cast<int32_t>(-128 * sum);
+  }
   return m;
 }
 
 namespace {
-// x[m, :] ≈ xs[m] · xq[m, :] for M rows of K (scale max|x| / 127; round half away from zero: a truncating
-// conversion, which vectorises)
-ATTN_VECTOR_CLONES void quantize_activations(int8_t* xq, float* xs, const float* x, int64_t M, int64_t K) {
+// x[m, :] ≈ xs[m] · (xq[m, :] − kShift) for M rows of K (scale max|x| / 127; round half away from zero: a
+// truncating conversion, which vectorises). kShift 0: int8 levels; 128: the same levels shifted to u8.
+template <class Level, int kShift>
+ATTN_VECTOR_CLONES void quantize_activations(Level* xq, float* xs, const float* x, int64_t M, int64_t K) {
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     float amax = 0.0f, poison = 0.0f;  // poison: NaN when the row holds a NaN or an infinity (x · 0)
 #pragma omp simd reduction(max : amax) reduction(+ : poison)
     for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[k])), poison += row[k] * 0.0f;
-    int8_t* q = xq + m * K;
+    Level* q = xq + m * K;
     if (poison != 0.0f) {  // NaN (never equal): the row's outputs NaN, as float32's (a NaN had been read as 0, an
       xs[m] = poison;      // infinity converted to int past its range)
-      std::fill(q, q + K, int8_t{0});
+      std::fill(q, q + K, static_cast<Level>(kShift));
       continue;
     }
     const float scale = amax > 0.0f ? std::max(amax / 127.0f, std::numeric_limits<float>::min()) : 1.0f,
@@ -169,7 +176,7 @@ ATTN_VECTOR_CLONES void quantize_activations(int8_t* xq, float* xs, const float*
 #pragma omp simd
     for (int64_t k = 0; k < K; ++k) {
       const float v = row[k] * inv;
-      q[k] = static_cast<int8_t>(static_cast<int32_t>(v + (v >= 0.0f ? 0.5f : -0.5f)));
+      q[k] = static_cast<Level>(static_cast<int32_t>(v + (v >= 0.0f ? 0.5f : -0.5f)) + kShift);
     }
   }
 }
@@ -198,19 +205,28 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
                          LinearEpilogue epilogue) {
   const int64_t N = w.N, K = w.K;
   if (M == 0 || N == 0) return;
-  thread_local std::vector<int8_t> xq;    // [M, K]
+  thread_local std::vector<uint8_t> xq;   // [M, K] int8 levels, or u8 (shifted by 128)
   thread_local std::vector<int32_t> acc;  // [M, N]
   thread_local std::vector<float> xs;     // [M]
   if (static_cast<int64_t>(xq.size()) < M * K) xq.resize(static_cast<size_t>(M * K));
   if (static_cast<int64_t>(acc.size()) < M * N) acc.resize(static_cast<size_t>(M * N));
   if (static_cast<int64_t>(xs.size()) < M) xs.resize(static_cast<size_t>(M));
-  quantize_activations(xq.data(), xs.data(), x, M, K);
-  // acc = xq · Wqᵀ  (row-major, int32)
-  const int32_t c_offset = 0;
-  const dnnl_status_t status = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq.data(), K, 0, w.q.data(), K, 0, 0.0f,
-                                                 acc.data(), N, &c_offset);
+  // acc = xq · Wqᵀ  (row-major, int32); in u8: (xq + 128) · Wqᵀ + u8_offset, the same sums
+  static const bool native_s8s8 = onednn::effective_isa_has_avx512_core();
+  dnnl_status_t status;
+  if (native_s8s8 || static_cast<int64_t>(w.u8_offset.size()) != N) {
+    auto* xq8 = reinterpret_cast<int8_t*>(xq.data());
+    quantize_activations<int8_t, 0>(xq8, xs.data(), x, M, K);
+    const int32_t c_offset = 0;
+    status =
+        dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq8, K, 0, w.q.data(), K, 0, 0.0f, acc.data(), N, &c_offset);
+  } else {
+    quantize_activations<uint8_t, 128>(xq.data(), xs.data(), x, M, K);
+    status = dnnl_gemm_u8s8s32('N', 'T', 'R', M, N, K, 1.0f, xq.data(), K, 0, w.q.data(), K, 0, 0.0f, acc.data(), N,
+                               w.u8_offset.data());
+  }
   if (status != dnnl_success)
-    throw Error("linear_forward_int8: oneDNN gemm_s8s8s32 failed (status " + std::to_string(static_cast<int>(status)) +
+    throw Error("linear_forward_int8: oneDNN's int8 GEMM failed (status " + std::to_string(static_cast<int>(status)) +
                 ")");
   const float relu_floor = epilogue.relu ? 0.0f : -std::numeric_limits<float>::infinity();
   scale_int8_sums(y, acc.data(), xs.data(), w.scale.data(), b, M, N, relu_floor, epilogue.accumulate);

@@ -97,4 +97,12 @@ inline bool effective_isa_has_vnni() {
   return has(dnnl_cpu_isa_avx512_core_vnni) || has(dnnl_cpu_isa_avx2_vnni);
 }
 
+// Whether the effective ISA has AVX-512 (avx512_core): oneDNN's int8 GEMM driver takes s8 x s8 natively only there;
+// below it, gemm_s8s8s32 shifts a copy of one operand to u8 and sums the other in plain loops on every call.
+inline bool effective_isa_has_avx512_core() {
+  const auto isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  const auto level = static_cast<unsigned>(dnnl_cpu_isa_avx512_core);
+  return (isa & level) == level;
+}
+
 }  // namespace attn::ops::onednn
