@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <atomic>
+#include <bit>
 #include <cctype>
 #include <cmath>
 #include <random>
@@ -17,6 +18,7 @@
 #include "attn/error.h"
 #include "attn/half.h"
 #include "cpu/attention_fused.h"
+#include "ops/blas_call.h"
 #include "ops/nn.h"
 #include "test_util.h"
 
@@ -480,6 +482,51 @@ TEST(Blas, SizesPastIntAreRefusedNotTruncated) {
       EXPECT_NE(std::string(e.what()).find("linear_forward"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find(std::to_string(K)), std::string::npos) << e.what();
     }
+  }
+}
+
+// Products of 1-3 rows run as one sgemv per row (ops/blas.cc), the others as sgemm: both against the float64 product,
+// for each operand stored either way, leading dimensions wider than the rows, alpha and beta (beta 0 over a NaN C:
+// not read). K = 0 leaves beta · C, as sgemm does (sgemv would have returned without scaling).
+TEST(Blas, FewRowsMatchTheFloat64ProductAsSgemmDoes) {
+  std::mt19937 rng(13);
+  const int64_t N = 37, K = 45, pad = 3;
+  for (int64_t M : {1, 2, 3, 4, 6})
+    for (CBLAS_TRANSPOSE ta : {CblasNoTrans, CblasTrans})
+      for (CBLAS_TRANSPOSE tb : {CblasNoTrans, CblasTrans})
+        for (auto [alpha, beta] : {std::pair{1.0f, 0.0f}, {2.5f, 1.0f}, {1.0f, -0.5f}}) {
+          SCOPED_TRACE("M " + std::to_string(M) + (ta == CblasTrans ? " Aᵀ" : " A") +
+                       (tb == CblasTrans ? " Bᵀ" : " B") + " beta " + std::to_string(beta));
+          // A: [M, K] (lda K + pad) or stored [K, M] (lda M + pad); B: [K, N] (ldb N + pad) or [N, K] (ldb K + pad)
+          const int64_t lda = (ta == CblasNoTrans ? K : M) + pad, ldb = (tb == CblasNoTrans ? N : K) + pad,
+                        ldc = N + pad;
+          const Tensor a = test::random_tensor({(ta == CblasNoTrans ? M : K) * lda}, rng),
+                       b = test::random_tensor({(tb == CblasNoTrans ? K : N) * ldb}, rng);
+          Tensor c = test::random_tensor({M * ldc}, rng);
+          if (beta == 0.0f) std::fill(c.f32(), c.f32() + M * ldc, std::nanf(""));
+          const Tensor c0 = c.clone();
+          detail::blas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, a.f32(), lda, b.f32(), ldb, beta, c.f32(), ldc,
+                             "test");
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double sum = 0.0, scale = 0.0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double p = static_cast<double>(ta == CblasNoTrans ? a.f32()[m * lda + k] : a.f32()[k * lda + m]) *
+                                 (tb == CblasNoTrans ? b.f32()[k * ldb + n] : b.f32()[n * ldb + k]);
+                sum += p, scale += std::fabs(p);
+              }
+              const double want = alpha * sum + (beta == 0.0f ? 0.0 : beta * c0.f32()[m * ldc + n]);
+              ASSERT_NEAR(c.f32()[m * ldc + n], want, 1e-6 * (alpha * scale + 1.0)) << m << ", " << n;
+            }
+          for (int64_t m = 0; m < M; ++m)  // the padding between rows is not written
+            for (int64_t n = N; n < ldc; ++n)
+              ASSERT_EQ(std::bit_cast<uint32_t>(c.f32()[m * ldc + n]), std::bit_cast<uint32_t>(c0.f32()[m * ldc + n]));
+        }
+  for (int64_t M : {1, 5}) {
+    std::vector<float> c(static_cast<size_t>(M * N), 2.0f);
+    const float a = 1.0f, b = 1.0f;
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, 0, 1.0f, &a, 1, &b, 1, 0.5f, c.data(), N, "test");
+    for (float v : c) ASSERT_EQ(v, 1.0f) << "M " << M;
   }
 }
 

@@ -1,4 +1,5 @@
-// Internal: every OpenBLAS GEMM of the library goes through blas_sgemm (cblas_sgemm's arguments).
+// Internal: every OpenBLAS GEMM of the library goes through blas_sgemm (cblas_sgemm's arguments). Row-major products
+// of fewer than 4 rows run as one sgemv per row (see blas.cc: OpenBLAS's GEMM packs all of op(B) on every call).
 //
 // Sizes come as int64 and are checked against the int OpenBLAS takes (a ShapeError naming the op and them: a K of 2^32
 // + 16 had been cast to 16, a silently short product).
