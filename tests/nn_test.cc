@@ -80,11 +80,11 @@ TEST(Nn, Int8LinearSumsTheLevelsExactly) {
   for (int64_t m = 0; m < M; ++m) {
     float xmax = 0.0f;
     for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, std::fabs(x.f32()[m * K + k]));
-    const float xs = xmax / 127.0f;
-    for (int64_t n = 0; n < N; ++n) {
+    const float xs = xmax / 127.0f, inv = 1.0f / xs;  // (x · (1 / scale), as documented: x / scale may differ by an
+    for (int64_t n = 0; n < N; ++n) {                 // ulp, and a tie then round the other way)
       int64_t sum = 0;
       for (int64_t k = 0; k < K; ++k) {
-        const float v = x.f32()[m * K + k] / xs;
+        const float v = x.f32()[m * K + k] * inv;
         const int64_t level = static_cast<int64_t>(v + (v >= 0.0f ? 0.5f : -0.5f));
         ASSERT_LE(std::abs(level), 127);
         sum += level * q.q[static_cast<size_t>(n * K + k)];
@@ -147,6 +147,7 @@ void expect_linear(const Tensor& y, const Tensor& y0, const Tensor& x, const Ten
 TEST(Nn, SmallGemmLinearMatchesTheFloat64Product) {
   std::mt19937 rng(5);
   for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{3, 384, 128},
+                         {5, 128, 256},
                          {8, 19, 128},
                          {9, 7, 33},
                          {31, 384, 128},

@@ -619,7 +619,7 @@ TEST(ShippedModel, DecodingMatchesTheFixedTranslationsOfTheTestSplit) {
     int beam, batch_size, threads;
     KVCacheType kv_cache = KVCacheType::kFloat32;
   };
-  // (batches of 1: every projection a matrix-vector product, ops/blas.cc)
+  // (batches of 1: the decoder's projections one row each, a matrix-vector product: ops/blas.cc)
   for (const Run r : {Run{1, 64, 1}, Run{1, 1, 1}, Run{1, 256, 2}, Run{1, 5, 2}, Run{4, 64, 2},
                       Run{1, 64, 2, KVCacheType::kInt8}, Run{4, 64, 2, KVCacheType::kInt8},
                       Run{1, 64, 2, KVCacheType::kBFloat16}, Run{4, 64, 2, KVCacheType::kBFloat16}}) {

@@ -34,10 +34,6 @@ bool blas_kernels_match_cpu() {
 
 namespace attn::detail {
 
-namespace {
-constexpr int64_t kGemvRows = 4;  // blas_sgemm: below this many rows, one sgemv per row
-}  // namespace
-
 void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                 int64_t ldc, const char* who) {
@@ -50,15 +46,22 @@ void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE tran
   const auto i = [](int64_t v) { return static_cast<int>(v); };
   // Fewer rows than OpenBLAS's micro-kernel holds (4 on Haswell/Zen, 1–3 of them wasted) run as one matrix-vector
   // product per row: OpenBLAS 0.3.21 packs the whole of op(B) for every GEMM call, so one row ran at 6 GFLOP/s against
-  // sgemv's 28–36 (N 128–2048, K 128–512, 1 thread, Zen 3): one sentence's decoding step. (Not for K = 0, where
-  // sgemv returns without applying beta.)
-  const bool by_rows = order == CblasRowMajor && M < kGemvRows && N > 0 && K > 0;
+  // sgemv's 28–36 (N 128–2048, K 128–512, 1 thread, Zen 3): one sentence's decoding step. Two or three rows only while
+  // op(B) stays in cache (each sgemv reads all of it: at most 16 MB, half of a Zen 3's L3); one row always.
+  // Not for K = 0 (sgemv returns without applying beta) nor for leading dimensions sgemm would refuse (sgemv reads
+  // strided rows without that check); C's row is zeroed first where beta = 0, which OpenBLAS builds since 0.3.27
+  // pass to a scaling that keeps a NaN in y.
+  constexpr int64_t kGemvCachedFloats = int64_t{4} << 20;
+  const bool by_rows = order == CblasRowMajor && M < kBlasGemvRows && N > 0 && K > 0 &&
+                       (M == 1 || N * K <= kGemvCachedFloats) && lda >= (trans_a == CblasNoTrans ? K : M) &&
+                       ldb >= (trans_b == CblasNoTrans ? N : K) && ldc >= N;
   const auto call = [&] {
     if (!by_rows) {
       cblas_sgemm(order, trans_a, trans_b, i(M), i(N), i(K), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
       return;
     }
     for (int64_t m = 0; m < M; ++m) {
+      if (beta == 0.0f) std::fill(c + m * ldc, c + m * ldc + N, 0.0f);
       // row m of op(A): a row of A, or a column of a stored transposed
       const float* x = trans_a == CblasNoTrans ? a + m * lda : a + m;
       const int incx = trans_a == CblasNoTrans ? 1 : i(lda);

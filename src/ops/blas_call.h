@@ -19,6 +19,9 @@
 
 namespace attn::detail {
 
+// Row-major products of fewer rows than this run as one sgemv per row (blas.cc says when and why).
+inline constexpr int64_t kBlasGemvRows = 4;
+
 void blas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                 int64_t ldc, const char* who);  // who: the op, for the error

@@ -11,7 +11,8 @@
 // Transformer::quantize).
 // The kernels' sums run in the same k order as any GEMM's but with other partial sums than OpenBLAS's, so
 // results differ from the float32 training path in the last bits. Without AVX-512 the projections stay with
-// OpenBLAS (use_libxsmm says why), which is handed the same transposed copy from 4 rows on (kBlasTransposedRows).
+// OpenBLAS (use_libxsmm says why), which is handed the same transposed copy from 4 rows on (detail::kBlasGemvRows:
+// below it sgemv on W).
 //
 // libxsmm's generated code keeps the stack pointer where it belongs (the oneDNN kernels that ruled out
 // oneDNN's f32 matmul, src/ops/linear.cc, do not): tests/task_test.cc translates under a profiling timer.
@@ -38,10 +39,10 @@ namespace {
 constexpr int64_t kMaxWeightFloats = 64 * 1024;  // 256 KB: the copy stays in L2 while the rows stream past
 constexpr int64_t kRowBlock = 16;                // rows per kernel call (the last call takes the remainder)
 constexpr int64_t kMinRows = 8;                  // fewer rows: OpenBLAS (no kernel to generate for a GEMV)
-// From this many rows OpenBLAS takes the transposed copy (wt [K, N], not transposed in the call) rather than W: its
-// packing of a [K, N] operand is faster, and the sums are the same bits (2–8% on the model's shapes, 1 thread, Zen
-// 3: M 64, N 128 72.5 → 75.3 GFLOP/s; M 16 54.8 → 59.2). Below it the rows go through sgemv on W (ops/blas.cc).
-constexpr int64_t kBlasTransposedRows = 4;
+// From detail::kBlasGemvRows rows OpenBLAS takes the transposed copy (wt [K, N], not transposed in the call) rather
+// than W: its packing of a [K, N] operand is faster, and the sums were the same bits on Zen 3's kernels (2–8% on the
+// model's shapes, 1 thread: M 64, N 128 72.5 → 75.3 GFLOP/s; M 16 54.8 → 59.2). Below it the rows go through sgemv
+// on W (ops/blas.cc).
 
 // libxsmm's kernels while AVX-512 is in use (ATTN_SIMD and the tests' forced levels choose it for our own kernels,
 // call by call), OpenBLAS elsewhere. Not libxsmm's AVX2 ("hsw") kernels: on an AVX2-only AMD
@@ -120,7 +121,7 @@ void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, co
     last = M % kRowBlock == 0 ? full : small_gemm_kernel(N, M % kRowBlock, K);
   }
   const bool with_libxsmm = full != nullptr && last != nullptr;
-  if (!with_libxsmm && M < kBlasTransposedRows) {  // a few rows (sgemv per row, ops/blas.cc): W as it is
+  if (!with_libxsmm && M < detail::kBlasGemvRows) {  // a few rows (sgemv per row, ops/blas.cc): W as it is
     detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w.small->w, K, 1.0f, y, N,
                        "linear_forward_small");
     if (epilogue.relu) relu_rows(y, N, M, N);

@@ -146,7 +146,8 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
           std::isnan(scale) ? 0 : static_cast<int8_t>(std::lrint(std::clamp(row[k] / scale, -levels, levels)));
   }
   m.u8_offset.resize(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) {  // |Σ| ≤ 127 · K: in int32 for K < 2^16
+  for (int64_t n = 0; n < N; ++n) {  // 128 · |Σ| ≤ 128 · 127 · K: int32 up to K = 132104; past it the offset wraps
+                                     // as oneDNN's int32 sums do, exact wherever the true product fits in int32
     int64_t sum = 0;
     for (int64_t k = 0; k < K; ++k) sum += m.q[static_cast<size_t>(n * K + k)];
     m.u8_offset[static_cast<size_t>(n)] = static_cast<int32_t>(-128 * sum);

@@ -82,12 +82,12 @@ struct QuantizedMatrix {
 };
 // w: [N, K] float32 (not copied: it must outlive the result) -> its small-GEMM form when it has at most 64 Ki
 // floats (its transpose stays in L2 while the rows stream past); else an empty one (N = 0): such a matrix
-// stays with OpenBLAS. The transpose is made by the first call with enough rows for libxsmm (a translator
-// that only ever sees one sentence never makes it: start-up stays short).
+// stays with OpenBLAS. The transpose is made by the first call with enough rows to use it (8 for libxsmm, 4 for
+// OpenBLAS: see linear_forward_small).
 QuantizedMatrix small_gemm_weights(const float* w, int64_t N, int64_t K);
 // y = x·Wᵀ + b with W given transposed: libxsmm's kernels over blocks of 16 rows (in parallel when large
-// enough), OpenBLAS below 8 rows, without AVX-512 or where libxsmm has no kernel. y: [M, N]; x: [M, K]; b: [N] or
-// nullptr
+// enough); OpenBLAS below 8 rows, without AVX-512 or where libxsmm has no kernel (on the transposed copy from 4 rows,
+// one sgemv per row on W below). y: [M, N]; x: [M, K]; b: [N] or nullptr
 void linear_forward_small(float* y, const float* x, const QuantizedMatrix& w, const float* b, int64_t M,
                           LinearEpilogue epilogue = {});
 // bfloat16 weights w [N, K] in libxsmm's VNNI layout for its AVX512_BF16 kernels (2x its float32 ones), when
