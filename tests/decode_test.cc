@@ -106,6 +106,10 @@ std::vector<test::AttentionCase> decode_cases() {
         c.key_padding = Lk > 15;  // the last batch entirely padding: its rows are 0
         cases.push_back(c);
       }
+  test::AttentionCase wide;  // values of more than one pass of 8 vectors on AVX-512 too: keys in chunks of 64
+  wide.B = 2, wide.H = 2, wide.Hkv = 1, wide.Lq = 1, wide.Lk = 150, wide.D = 144, wide.Dv = 144,
+  wide.key_padding = true;
+  cases.push_back(wide);
   test::AttentionCase big;  // enough work for a parallel region
   big.B = 2, big.H = 8, big.Hkv = 2, big.Lq = 2, big.Lk = 1000, big.D = 64, big.Dv = 64, big.key_padding = true;
   cases.push_back(big);
