@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def build_harness(ggml_dir, out_dir):
     build = os.path.join(ggml_dir, "build-attn")
-    if not os.path.isdir(build):
+    if not os.path.exists(os.path.join(build, "src", "libggml.so")):  # (a half-finished build is redone)
         subprocess.run(["cmake", "-S", ggml_dir, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
                         "-DGGML_BUILD_TESTS=OFF", "-DGGML_BUILD_EXAMPLES=OFF", "-DGGML_OPENMP=ON",
                         "-DBUILD_SHARED_LIBS=ON"], check=True, stdout=subprocess.DEVNULL)
@@ -53,24 +53,29 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--decode", action="store_true", help="also one query against Lk 8192 (H 32, D 128)")
     a = ap.parse_args()
+    a.threads = sorted(set(a.threads))  # (one CPU: [1, 1])
     out_dir = os.path.join(HERE, "..", "build", "bench")
     os.makedirs(out_dir, exist_ok=True)
     ggml_exe = build_harness(os.path.abspath(a.ggml), out_dir)
-    commit = subprocess.run(["git", "-C", a.ggml, "log", "-1", "--format=%h %cs"], capture_output=True,
-                            text=True).stdout.strip() or "unknown commit"
+    commit = ggml_commit(os.path.abspath(a.ggml))
+
+    def json_line(cmd):
+        try:
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        except subprocess.CalledProcessError as e:
+            raise SystemExit(f"{' '.join(cmd)} failed ({e.returncode}):\n{e.stderr}")
+        return json.loads(out.splitlines()[-1])
 
     def attn(t, L, D, causal, heads=a.heads, q_len=None, kv_dtype=None):
         cmd = [a.attn, "bench", "sdpa", "--heads", str(heads), "--q-len", str(q_len or L), "--kv-len", str(L),
                "--head-dim", str(D), "--threads", str(t), "--repeat", str(a.repeat), "--json"]
         cmd += ["--kv-dtype", kv_dtype] if kv_dtype else []
-        return json.loads(subprocess.run(cmd + (["--causal"] if causal else []), check=True, capture_output=True,
-                                         text=True).stdout.splitlines()[-1])
+        return json_line(cmd + (["--causal"] if causal else []))
 
     def ggml(t, L, D, causal, kv, heads=a.heads, q_len=None):
         cmd = [ggml_exe, "--heads", str(heads), "--kv-heads", str(heads), "--len", str(L), "--q-len", str(q_len or L),
                "--head-dim", str(D), "--kv-type", kv, "--threads", str(t), "--repeat", str(a.repeat)]
-        return json.loads(subprocess.run(cmd + (["--causal"] if causal else []), check=True, capture_output=True,
-                                         text=True).stdout.splitlines()[-1])
+        return json_line(cmd + (["--causal"] if causal else []))
 
     peak = {}
     rows = []
@@ -126,6 +131,19 @@ def main():
             print(f"| {t} | {med['attn']:.3f} | {gbs('attn', 4):.1f} | {med['f32']:.3f} | {gbs('f32', 4):.1f} | "
                   f"{med['f32'] / med['attn']:.2f}× | {med['attn-bf16']:.3f} | {gbs('attn-bf16', 2):.1f} | "
                   f"{med['f16']:.3f} | {gbs('f16', 2):.1f} | {med['f16'] / med['attn-bf16']:.2f}× |")
+
+
+def ggml_commit(ggml_dir):
+    """DIR's commit when DIR is the top of a git checkout (not a snapshot inside another repository), else unknown."""
+    try:
+        top = subprocess.run(["git", "-C", ggml_dir, "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True).stdout.strip()
+        if top and os.path.realpath(top) == os.path.realpath(ggml_dir):
+            return subprocess.run(["git", "-C", ggml_dir, "log", "-1", "--format=%h %cs"], capture_output=True,
+                                  text=True).stdout.strip()
+    except OSError:  # no git
+        pass
+    return "unknown commit (not a git checkout: name it in the notes)"
 
 
 def cpu_name():

@@ -165,10 +165,12 @@ void weighted_value_vectors(const float* p, int64_t j_begin, int64_t j_end, cons
   }
 }
 
-// Keys per chunk of weighted_values when a row of values takes more than one pass of 8 vectors (AVX2 from Dv 72,
-// AVX-512 from 136): each pass then reads the chunk's values, 64 rows (32 KB at Dv 128 in float32), from the cache
-// the first pass brought them into; one pass over all Lk keys per 8 vectors had read the values from memory once per
-// pass (AVX2, Lk 8192, Dv 128: the float32 cache's decode 19 ms against the plain kernel's 15).
+// Keys per chunk of weighted_values when a row of values is wider than one pass of 8 vectors (Dv > 8·W: AVX2 and the
+// scalar level from Dv 65, AVX-512 from 129; the passes after the 8-vector ones, and the element-wise tail, go over
+// the chunk too): each pass then reads the chunk's values, 64 rows (32 KB at Dv 128 in float32), from the cache the
+// first pass brought them into; a pass over all Lk keys had streamed the values from memory for each pass (AVX2, Lk
+// 8192, Dv 128: the float32 cache's decode 19 ms against the plain kernel's 15). (Rows of two to four narrower passes,
+// e.g. AVX-512 at Dv 80–112, are left as they were: not measured.)
 constexpr int64_t kValueChunkKeys = 64;
 static_assert(kValueChunkKeys % kKeyBlock == 0, "chunks of whole key blocks");
 
