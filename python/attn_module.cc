@@ -381,14 +381,16 @@ NB_MODULE(_attn, m) {
   nb::class_<attn::SentenceEncoder>(m, "SentenceEncoder")
       .def_static(
           "load",
-          [](const std::string& dir, const std::string& dtype) {
+          [](const std::string& dir, const std::string& dtype, const std::string& quantize) {
             const attn::DType d = attn::parse_dtype(dtype);
+            const attn::Quantization q = attn::parse_quantization(quantize);
             nb::gil_scoped_release release;
-            return attn::SentenceEncoder::load(dir, d);
+            return q == attn::Quantization::kNone ? attn::SentenceEncoder::load(dir, d)
+                                                  : attn::SentenceEncoder::load(dir, q);
           },
-          "dir"_a, "dtype"_a = "f32",
+          "dir"_a, "dtype"_a = "f32", "quantize"_a = "none",
           "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); dtype f32 or bf16 (the dense "
-          "layers in bfloat16)")
+          "layers in bfloat16); quantize none, int8 (the dense layers' int8 copies) or bf16")
       .def("token_ids", &attn::SentenceEncoder::token_ids, "sentence"_a)
       .def(
           "embed",

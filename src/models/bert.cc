@@ -157,7 +157,7 @@ struct BertLayerWeights {
   layers::MhaWeights attention;        // query/key/value/output dense [Hd, Hd] and biases
   const float *attn_ln_w, *attn_ln_b;  // attention.output.LayerNorm [Hd]
   const float *w1, *b1, *w2, *b2;      // intermediate.dense [F, Hd], [F]; output.dense [Hd, F], [Hd]
-  const ops::QuantizedMatrix *qw1 = nullptr, *qw2 = nullptr;  // bf16 copies of w1, w2 (load with kBFloat16)
+  const ops::QuantizedMatrix *qw1 = nullptr, *qw2 = nullptr;  // bf16 or int8 copies of w1, w2 (load's quantization)
   const float *out_ln_w, *out_ln_b;                           // output.LayerNorm [Hd]
 };
 
@@ -165,7 +165,7 @@ struct BertWeights {
   const float *word, *position, *token_type;  // [V, Hd], [max_position, Hd], [type_vocab, Hd]
   const float *emb_ln_w, *emb_ln_b;           // embeddings.LayerNorm [Hd]
   std::vector<BertLayerWeights> layers;
-  std::deque<ops::QuantizedMatrix> bf16;  // the dense layers' bf16 copies (a deque: pointers stay valid)
+  std::deque<ops::QuantizedMatrix> inference;  // the dense layers' bf16 or int8 copies (a deque: pointers stay valid)
 };
 
 }  // namespace models
@@ -173,6 +173,10 @@ struct BertWeights {
 SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
   if (dtype != DType::kFloat32 && dtype != DType::kBFloat16)
     throw DTypeError(std::string("SentenceEncoder::load: dtype must be float32 or bfloat16, got ") + dtype_name(dtype));
+  return load(dir, dtype == DType::kBFloat16 ? Quantization::kBFloat16 : Quantization::kNone);
+}
+
+SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quantization) {
   namespace fs = std::filesystem;
   SentenceEncoder e;
   e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
@@ -266,10 +270,11 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
     lw.w1 = P(L + "intermediate.dense.weight"), lw.b1 = P(L + "intermediate.dense.bias");
     lw.w2 = P(L + "output.dense.weight"), lw.b2 = P(L + "output.dense.bias");
     lw.out_ln_w = P(L + "output.LayerNorm.weight"), lw.out_ln_b = P(L + "output.LayerNorm.bias");
-    if (dtype == DType::kBFloat16) {
+    if (quantization == Quantization::kBFloat16 || quantization == Quantization::kInt8) {
       auto q = [&](const float* m, int64_t rows, int64_t cols) {
-        w->bf16.push_back(ops::bf16_rows(m, rows, cols));
-        return &w->bf16.back();
+        w->inference.push_back(quantization == Quantization::kInt8 ? ops::quantize_rows(m, rows, cols)
+                                                                   : ops::bf16_rows(m, rows, cols));
+        return &w->inference.back();
       };
       lw.attention.qw_q = q(lw.attention.w_q, Hd, Hd), lw.attention.qw_k = q(lw.attention.w_k, Hd, Hd);
       lw.attention.qw_v = q(lw.attention.w_v, Hd, Hd), lw.attention.qw_o = q(lw.attention.w_o, Hd, Hd);

@@ -156,6 +156,10 @@ def test_sentence_encoder_matches_the_fixture():
     assert cos.min() >= 0.99999
     ids = attn.SentenceEncoder(model).tokenize(sentences[0])
     assert ids == [int(x) for x in t["ids"][0] if x >= 0]
+    # int8 dense layers: close to float32 (the C++ test bounds it over the whole fixture), not equal to it
+    e8 = attn.SentenceEncoder(model, quantize="int8").encode(sentences)
+    cos8 = (e8 * e).sum(1) / np.linalg.norm(e8, axis=1) / np.linalg.norm(e, axis=1)
+    assert cos8.min() >= 0.96 and cos8.max() < 1.0
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -223,6 +227,8 @@ def test_zero_dimensional_masks_and_scales_broadcast():
      "out_proj.weight"),
     (lambda: attn.load_safetensors("/nonexistent.safetensors"), FileNotFoundError, "nonexistent"),
     (lambda: attn.SentenceEncoder(FIXTURES, dtype="f16"), ValueError, "dtype"),
+    (lambda: attn.SentenceEncoder(FIXTURES, quantize="int4"), ValueError, "quantize"),
+    (lambda: attn.SentenceEncoder(FIXTURES, quantize="int8", dtype="bf16"), ValueError, "exclude"),
     # integer masks, refused as PyTorch refuses them (a 0/1 int mask had been added to the scores as floats)
     (lambda: attn.scaled_dot_product_attention(rand(1, 1, 5, 8), rand(1, 1, 6, 8), rand(1, 1, 6, 8),
                                                attn_mask=np.ones((5, 6), np.int64)), TypeError, "attn_mask"),

@@ -283,8 +283,8 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
 void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json,
-                     const std::string& dtype, const std::string& sentences_file) {
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_dtype(dtype));
+                     const std::string& quantization, const std::string& sentences_file) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_quantization(quantization));
   static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
                                  "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
                                  "which",     "tokens",   "matter", "for",      "translation", "today"};
@@ -311,8 +311,9 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
   if (json)
     std::printf(
         "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"dtype\": \"%s\", "
-        "\"median_ms\": %.2f, \"sentences_per_s\": %.1f}\n",
-        static_cast<long long>(count), static_cast<long long>(batch), threads, dtype.c_str(), median, per_s);
+        "\"quantize\": \"%s\", \"median_ms\": %.2f, \"sentences_per_s\": %.1f}\n",
+        static_cast<long long>(count), static_cast<long long>(batch), threads, quantization == "bf16" ? "bf16" : "f32",
+        quantization.c_str(), median, per_s);
   else
     std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n",
                 static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
@@ -436,7 +437,7 @@ void add_bench(CLI::App& app) {
   band->callback([bw] { run_bandwidth_bench(std::get<0>(*bw), std::get<1>(*bw), std::get<2>(*bw), std::get<3>(*bw)); });
 
   struct EmbedBench {
-    std::string model, dtype = "f32", sentences;
+    std::string model, dtype = "f32", quantize = "none", sentences;
     int64_t count = 256, batch = 32;
     int threads = 0, repeat = 3;
     bool json = false;
@@ -453,8 +454,11 @@ void add_bench(CLI::App& app) {
       ->excludes(emb->get_option("--count"));
   emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  emb->add_option("--quantize", eb->quantize, "none, int8 or bf16 (as attn embed --quantize)")
+      ->check(CLI::IsMember({"none", "int8", "bf16"}));
   emb->callback([eb] {
-    run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, eb->dtype, eb->sentences);
+    run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json,
+                    embed_quantization(eb->dtype, eb->quantize), eb->sentences);
   });
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);

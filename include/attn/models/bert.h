@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "attn/models/quantization.h"
 #include "attn/tensor.h"
 #include "attn/text/wordpiece.h"
 
@@ -51,6 +52,10 @@ class SentenceEncoder {
   // float32 sums (oneDNN's bf16 matmul); embeddings, attention and LayerNorm stay float32. kFloat32 otherwise;
   // anything else throws DTypeError.
   static SentenceEncoder load(const std::string& dir, DType dtype = DType::kFloat32);
+  // The same with the dense layers' inference copies named as the Translator's: kBFloat16 is dtype kBFloat16;
+  // kInt8: int8 weights with a scale per output row, activations quantised per row on the fly, int32 sums (oneDNN;
+  // Transformer::quantize's int8); kNone and kFloat32: float32.
+  static SentenceEncoder load(const std::string& dir, Quantization quantization);
 
   // [N, embedding_dim()] sentence embeddings in input order (pooled as the directory's Pooling module says,
   // L2-normalised when its modules.json lists a Normalize module), computed in batches of batch_size sentences
