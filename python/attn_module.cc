@@ -384,6 +384,10 @@ NB_MODULE(_attn, m) {
           [](const std::string& dir, const std::string& dtype, const std::string& quantize) {
             const attn::DType d = attn::parse_dtype(dtype);
             const attn::Quantization q = attn::parse_quantization(quantize);
+            if (q != attn::Quantization::kNone && d != attn::DType::kFloat32 &&
+                !(q == attn::Quantization::kBFloat16 && d == attn::DType::kBFloat16))
+              throw attn::ArgumentError("SentenceEncoder.load: dtype " + dtype + " and quantize " + quantize +
+                                        " exclude each other");
             nb::gil_scoped_release release;
             return q == attn::Quantization::kNone ? attn::SentenceEncoder::load(dir, d)
                                                   : attn::SentenceEncoder::load(dir, q);

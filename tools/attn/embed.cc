@@ -71,8 +71,8 @@ struct EmbedArgs {
 // the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
   io::check_output_paths({{"--out", a.out}});
-  const SentenceEncoder enc =
-      SentenceEncoder::load(resolve_minilm_dir(a.model), parse_quantization(embed_quantization(a.dtype, a.quantize)));
+  const Quantization quantization = parse_quantization(embed_quantization(a.dtype, a.quantize));  // (usage first)
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model), quantization);
   const bool from_stdin = a.text.empty();
   const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;
   if (sentences.empty()) throw ArgumentError("no input: give sentences as arguments or one per line on standard input");
@@ -170,7 +170,7 @@ void add_embed(CLI::App& app) {
   sub->add_option("--threads", e->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   sub->add_option("--dtype", e->dtype,
                   "f32 or bf16: bf16 rounds every dense layer's weights and inputs to bfloat16 (float32 sums, oneDNN's "
-                  "bf16 matmul); embeddings, attention and LayerNorm stay float32")
+                  "bf16 matmul); embeddings, attention and LayerNorm stay float32 (bf16 excludes --quantize int8)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--quantize", e->quantize,
                   "none, int8 (every dense layer: int8 weights with a scale per output row, inputs quantised per row, "
