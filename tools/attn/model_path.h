@@ -3,6 +3,8 @@
 
 #include <string>
 
+#include "attn/models/quantization.h"
+
 namespace attn::cli {
 
 // --model if given; else $ATTN_MODEL; else <exe>/../share/attn/models/numbers-en-zh (installed);
@@ -14,8 +16,9 @@ std::string resolve_model_dir(const std::string& flag);
 // model.safetensors. (attn viz draws a BERT only when --model names one.)
 std::string resolve_minilm_dir(const std::string& flag);
 
-// The quantization of attn embed's and attn bench embed's --dtype (f32 | bf16) and --quantize (none | int8 | bf16):
-// --quantize bf16 is --dtype bf16; --dtype bf16 with --quantize int8 is an ArgumentError.
-std::string embed_quantization(const std::string& dtype, const std::string& quantize);
+// The projections' Quantization from a command's --dtype (f32 | bf16) and --quantize (none | int8 | bf16), as attn
+// translate, eval, embed and their benches spell them: --quantize bf16 is --dtype bf16; --dtype bf16 with --quantize
+// int8 is an ArgumentError.
+Quantization cli_quantization(const std::string& dtype, const std::string& quantize);
 
 }  // namespace attn::cli

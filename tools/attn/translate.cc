@@ -50,8 +50,8 @@ namespace {
 // --quantize int8 or bf16 and --dtype bf16 all pick the projections' inference copies (Quantization); --quantize bf16
 // is --dtype bf16 (as attn eval and attn bench translate spell it).
 Translator load_translator(const std::string& flag, const std::string& quantize, const std::string& dtype = "f32") {
-  if (dtype == "bf16" && quantize == "int8") throw ArgumentError("--dtype bf16 and --quantize int8 exclude each other");
-  return Translator::load(resolve_model_dir(flag), parse_quantization(dtype == "bf16" ? "bf16" : quantize));
+  const Quantization quantization = cli_quantization(dtype, quantize);
+  return Translator::load(resolve_model_dir(flag), quantization);
 }
 
 struct TranslateArgs {
