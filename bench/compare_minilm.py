@@ -92,7 +92,8 @@ def main():
             runs.append(lambda: run_attn("int8", attn8_rates))
             with tempfile.NamedTemporaryFile(suffix=".npy") as out:  # attn int8's embeddings against ST's float32
                 subprocess.run([a.attn, "embed", "--model", model_dir, "--quantize", "int8", "--out", out.name],
-                               input=f.name and open(f.name).read(), check=True, capture_output=True, text=True)
+                               input="\n".join(one_line(t) for t in sentences) + "\n", check=True, capture_output=True,
+                               text=True)  # (the lines the file above holds)
                 import numpy as np
                 lines = [one_line(t) for t in sentences]  # the text attn embedded
                 print("attn int8: " + cosine_line(np.load(out.name), m.encode(lines, batch_size=32)), flush=True)
