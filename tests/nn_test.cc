@@ -562,5 +562,28 @@ TEST(Blas, CallersOfDifferentThreadCountsAtOnceGetTheirOwnBits) {
   EXPECT_EQ(wrong.load(), 0);
 }
 
+// zero_fill and zero_streaming clear exactly [p, p + n): every offset from a 16-byte boundary (the streaming stores'
+// head and tail), sizes around the streaming and threading thresholds, 1 and 2 threads; the floats either side stay.
+TEST(Nn, ZeroFillsClearExactlyTheirRange) {
+  const int saved = omp_get_max_threads();
+  const std::vector<int64_t> sizes = {0, 1, 3, 5, 1000, (int64_t{1} << 18) + 3, (int64_t{2} << 18) + 7};
+  int wrong = 0;
+  for (int threads : {1, 2})
+    for (int64_t n : sizes)
+      for (int offset = 0; offset < 4; ++offset)
+        for (int streaming = 0; streaming < 2; ++streaming) {
+          omp_set_num_threads(threads);
+          std::vector<float> buf(static_cast<size_t>(n + 8), 7.0f);  // (vector storage: 16-byte aligned at least)
+          float* p = buf.data() + 2 + offset;
+          (streaming ? ops::zero_streaming : ops::zero_fill)(p, n);
+          for (int64_t i = 0; i < static_cast<int64_t>(buf.size()); ++i) {
+            const bool inside = buf.data() + i >= p && buf.data() + i < p + n;
+            wrong += buf[static_cast<size_t>(i)] != (inside ? 0.0f : 7.0f);
+          }
+        }
+  omp_set_num_threads(saved);
+  EXPECT_EQ(wrong, 0);
+}
+
 }  // namespace
 }  // namespace attn

@@ -98,13 +98,13 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerActivation
   add_to(dx, dr, n);
   float* df = grow(c.d_f_out, n);
   if (!c.keep.empty()) {  // f_drop = dropout(f)
-    std::fill(df, df + n, 0.0f);
+    ops::zero_fill(df, n);
     ops::dropout_backward(df, dr, c.keep.data(), n, dropout);
   } else {
     std::copy(dr, dr + n, df);
   }
   float* df_in = grow(c.d_f_in, n);  // (grow first: it may reallocate)
-  std::fill(df_in, df_in + n, 0.0f);
+  ops::zero_fill(df_in, n);
   return df;
 }
 

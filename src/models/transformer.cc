@@ -271,7 +271,8 @@ int64_t Transformer::num_parameters() const {
 }
 
 void Transformer::zero_grad() {
-  for (auto& [name, g] : grads_) std::fill(g.f32(), g.f32() + g.numel(), 0.0f);
+  // streaming stores: the backward reads the gradients back from memory later, in reverse order (ops::zero_streaming)
+  for (auto& [name, g] : grads_) ops::zero_streaming(g.f32(), g.numel());
 }
 
 // ---------------------------------------------------------------- forward / backward

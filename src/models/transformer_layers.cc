@@ -296,7 +296,7 @@ void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const Encoder
     layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
   });
   // x1 = sublayer(x, self-attention)
-  std::fill(dx, dx + M * E, 0.0f);
+  ops::zero_fill(dx, M * E);
   sublayer_backward(dx, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
     float* d_in = k.sa.d_f_in.data();
     layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
@@ -343,7 +343,7 @@ void decoder_layer_backward(float* dy, float* dmem, DecoderLayerActivations& k, 
     layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
   });
   // x1 = sublayer(y, masked self-attention)
-  std::fill(dy, dy + M * E, 0.0f);
+  ops::zero_fill(dy, M * E);
   sublayer_backward(dy, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
     float* d_in = k.sa.d_f_in.data();
     layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);

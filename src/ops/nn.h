@@ -135,10 +135,20 @@ inline float* grow(std::vector<float>& b, int64_t n) {
   return b.data();
 }
 
+// p[0, n) = 0 for a buffer used next right away (it stays in the caches), split over the threads from
+// kParallelZeroFloats on: a backward's activation gradients of a few MB, which one thread had zeroed while the others
+// waited.                                                                             [n]
+void zero_fill(float* p, int64_t n);
+// p[0, n) = 0 through streaming stores, which write whole cache lines to memory without first reading them in: for
+// buffers larger than the caches that are read again only later (a model's gradients, zeroed before its forward).
+// 176 MB of Transformer-base gradients, tensors of at most 4 MB each: memset (regular stores below glibc's
+// non-temporal threshold) 12.9 ms, streaming 4–5 ms on one thread (Zen 3). Small buffers take zero_fill. [n]
+void zero_streaming(float* p, int64_t n);
+
 // grow(b, n) with its first n floats set to zero: a gradient buffer about to be accumulated into.
 inline float* grow_zeroed(std::vector<float>& b, int64_t n) {
   float* p = grow(b, n);
-  std::fill(p, p + n, 0.0f);
+  zero_fill(p, n);
   return p;
 }
 
