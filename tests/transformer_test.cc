@@ -550,6 +550,24 @@ TEST(Transformer, AReplacedParameterIsNoticed) {
   EXPECT_EQ(test::max_abs_diff(m.encode(src), before), 0.0);
 }
 
+// forward() writes its logits into the last call's storage only when no tensor returned from it is alive: logits
+// kept across a second forward (here of another batch) keep their values; once dropped, their storage is reused.
+TEST(Transformer, LogitsStorageIsReusedOnlyOnceReleased) {
+  Transformer m = random_model(false);
+  const TokenBatch src{{3, 4, 5, 2}, 1, 4}, other{{5, 5, 6, 2}, 1, 4}, tgt_in{{1, 3, 4}, 1, 3};
+  const Tensor kept = m.forward(src, tgt_in);
+  const Tensor copy = kept.clone();
+  Tensor second = m.forward(other, tgt_in);
+  EXPECT_EQ(test::max_abs_diff(kept, copy), 0.0);  // not overwritten by the second call
+  EXPECT_NE(second.raw(), kept.raw());
+  EXPECT_GT(test::max_abs_diff(second, copy), 0.0);  // (the batches differ: a test that could fail)
+  const void* storage = second.raw();
+  second = Tensor();  // the last holder of the second call's logits lets go
+  const Tensor third = m.forward(src, tgt_in);
+  EXPECT_EQ(third.raw(), storage);                  // reused
+  EXPECT_EQ(test::max_abs_diff(third, copy), 0.0);  // and right
+}
+
 // Each sentence's maximum length is its own (the Translator derives one per sentence): a random model
 // rarely ends, so its outputs run to the limit; sentence 0 alone and beside a longer limit agree.
 TEST(Transformer, PerSentenceLimitsMakeOutputsIndependentOfTheBatch) {

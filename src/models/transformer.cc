@@ -327,10 +327,11 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
   ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b,
                           B * Lt, E);
 
-  // logits = LN(y)·W_genᵀ + b_gen
-  Tensor logits({B, Lt, c.tgt_vocab});
-  ops::linear_forward(logits.f32(), yn, net.gen_w, net.gen_q, net.gen_b, B * Lt, c.tgt_vocab, E);
-  return logits;
+  // logits = LN(y)·W_genᵀ + b_gen, into the last forward's storage when no one holds it any more
+  const int64_t n = B * Lt * c.tgt_vocab;
+  if (!k.logits || k.logits.use_count() > 1 || k.logits->numel() < n) k.logits = std::make_shared<Tensor>(Shape{n});
+  ops::linear_forward(k.logits->f32(), yn, net.gen_w, net.gen_q, net.gen_b, B * Lt, c.tgt_vocab, E);
+  return Tensor::borrow({B, Lt, c.tgt_vocab}, DType::kFloat32, k.logits->f32(), k.logits);
 }
 
 Tensor Transformer::forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training, std::mt19937_64* rng) {

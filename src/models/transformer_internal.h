@@ -49,6 +49,10 @@ struct TransformerActivations {
   const float* enc_out_pre = nullptr;
   const float* dec_out_pre = nullptr;
   layers::Buf mem, mem_mean, mem_rstd, dec_out, dec_mean, dec_rstd;
+  // The storage of the logits forward_impl returns (at least B·Lt·Vt floats), reused by the next forward while no
+  // tensor returned from it is still alive (the returned tensors borrow it: use_count counts them). A training step at
+  // a 32000-word vocabulary had page-faulted 65 MB of fresh logits in every step.
+  std::shared_ptr<Tensor> logits;
   TransformerBackwardBuffers back;
 };
 
