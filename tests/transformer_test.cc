@@ -551,7 +551,8 @@ TEST(Transformer, AReplacedParameterIsNoticed) {
 }
 
 // forward() writes its logits into the last call's storage only when no tensor returned from it is alive: logits
-// kept across a second forward (here of another batch) keep their values; once dropped, their storage is reused.
+// kept across a second forward (here of another batch) keep their values; once dropped, their storage is reused, unless
+// the new batch's logits would take less than half of it.
 TEST(Transformer, LogitsStorageIsReusedOnlyOnceReleased) {
   Transformer m = random_model(false);
   const TokenBatch src{{3, 4, 5, 2}, 1, 4}, other{{5, 5, 6, 2}, 1, 4}, tgt_in{{1, 3, 4}, 1, 3};
@@ -562,10 +563,15 @@ TEST(Transformer, LogitsStorageIsReusedOnlyOnceReleased) {
   EXPECT_NE(second.raw(), kept.raw());
   EXPECT_GT(test::max_abs_diff(second, copy), 0.0);  // (the batches differ: a test that could fail)
   const void* storage = second.raw();
-  second = Tensor();  // the last holder of the second call's logits lets go
-  const Tensor third = m.forward(src, tgt_in);
+  const Shape shape = second.shape();
+  second = Tensor();            // the last holder of the second call's logits lets go
+  const Tensor blocker(shape);  // (so that a fresh allocation could not land on the freed block)
+  Tensor third = m.forward(src, tgt_in);
   EXPECT_EQ(third.raw(), storage);                  // reused
   EXPECT_EQ(test::max_abs_diff(third, copy), 0.0);  // and right
+  third = Tensor();
+  const Tensor shorter = m.forward(src, TokenBatch{{1}, 1, 1});  // a third of the logits: a buffer of its own
+  EXPECT_NE(shorter.raw(), storage);
 }
 
 // Each sentence's maximum length is its own (the Translator derives one per sentence): a random model

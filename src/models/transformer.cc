@@ -2,6 +2,7 @@
 // Incremental decoding with a KV cache lives in transformer_decoder.cc.
 #include "attn/models/transformer.h"
 
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -327,9 +328,13 @@ Tensor models::forward_impl(const TransformerWeights& net, TransformerActivation
   ops::layer_norm_forward(yn, grow(k.dec_mean, B * Lt), grow(k.dec_rstd, B * Lt), y, net.dec_norm.w, net.dec_norm.b,
                           B * Lt, E);
 
-  // logits = LN(y)·W_genᵀ + b_gen, into the last forward's storage when no one holds it any more
+  // logits = LN(y)·W_genᵀ + b_gen, into the last forward's storage when no one holds it any more and it is not more
+  // than twice the size needed (one large evaluation batch does not pin its logits for the model's lifetime)
   const int64_t n = B * Lt * c.tgt_vocab;
-  if (!k.logits || k.logits.use_count() > 1 || k.logits->numel() < n) k.logits = std::make_shared<Tensor>(Shape{n});
+  const bool reuse = k.logits && k.logits.use_count() == 1 && k.logits->numel() >= n && k.logits->numel() <= 2 * n;
+  // (the last holder may have let go on another thread: its reads of the logits come before these writes)
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (!reuse) k.logits = std::make_shared<Tensor>(Shape{n});
   ops::linear_forward(k.logits->f32(), yn, net.gen_w, net.gen_q, net.gen_b, B * Lt, c.tgt_vocab, E);
   return Tensor::borrow({B, Lt, c.tgt_vocab}, DType::kFloat32, k.logits->f32(), k.logits);
 }

@@ -8,7 +8,7 @@
 
 #include <omp.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__SSE__)
 #include <immintrin.h>
 #endif
 
@@ -83,17 +83,19 @@ void zero_fill(float* p, int64_t n) {
 }
 
 void zero_streaming(float* p, int64_t n) {
-#if defined(__x86_64__) || defined(__i386__)
-  // the first 16-byte boundary at or after p (float* is 4-byte aligned), and the last before p + n
-  const int64_t head = std::min<int64_t>(n, static_cast<int64_t>((16 - reinterpret_cast<uintptr_t>(p) % 16) % 16 / 4));
+#if defined(__SSE__)
+  // the first 16-byte boundary at or after p, and the last before p + n; a borrowed buffer may be less than 4-byte
+  // aligned (Tensor::borrow takes any alignment): it takes zero_fill
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  const int64_t head = std::min<int64_t>(n, static_cast<int64_t>((16 - address % 16) % 16 / 4));
   const int64_t body = (n - head) / 4 * 4;
-  if (body * 4 < kStreamingZeroBytes) {
+  if (address % 4 != 0 || body * 4 < kStreamingZeroBytes) {
     zero_fill(p, n);
     return;
   }
   std::fill(p, p + head, 0.0f);
   float* const aligned = p + head;
-#pragma omp parallel if (body >= kParallelZeroFloats && !omp_in_parallel())
+#pragma omp parallel if (omp_get_max_threads() > 1 && !omp_in_parallel())
   {
     const auto [i0, i1] = column_share(body / 4, omp_get_thread_num(), omp_get_num_threads());
     for (int64_t i = i0; i < i1; ++i) _mm_stream_ps(aligned + 4 * i, _mm_setzero_ps());

@@ -139,10 +139,11 @@ inline float* grow(std::vector<float>& b, int64_t n) {
 // kParallelZeroFloats on: a backward's activation gradients of a few MB, which one thread had zeroed while the others
 // waited.                                                                             [n]
 void zero_fill(float* p, int64_t n);
-// p[0, n) = 0 through streaming stores, which write whole cache lines to memory without first reading them in: for
-// buffers larger than the caches that are read again only later (a model's gradients, zeroed before its forward).
-// 176 MB of Transformer-base gradients, tensors of at most 4 MB each: memset (regular stores below glibc's
-// non-temporal threshold) 12.9 ms, streaming 4–5 ms on one thread (Zen 3). Small buffers take zero_fill. [n]
+// p[0, n) = 0 through streaming stores, which write whole cache lines to memory without first reading them in, split
+// over the threads: for buffers larger than the caches that are read again only later (a model's gradients, zeroed
+// before its forward). Transformer-base's 176 MB of gradients (the shipped vocabularies: tensors of at most 4 MB):
+// memset, tensor by tensor below glibc's non-temporal threshold, 12.9 ms on Zen 3; streaming 4–5 ms. Buffers under
+// 2 MB take zero_fill (regular stores).                                                [n]
 void zero_streaming(float* p, int64_t n);
 
 // grow(b, n) with its first n floats set to zero: a gradient buffer about to be accumulated into.

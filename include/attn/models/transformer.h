@@ -101,7 +101,9 @@ class Transformer {
   Quantization quantization() const { return quantization_; }
 
   // Teacher-forced forward: src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, Vt]. With training = true,
-  // dropout is applied from `rng` and the activations are kept for backward().
+  // dropout is applied from `rng` and the activations are kept for backward(). The model keeps the logits' storage and
+  // writes the next forward's into it once the returned tensor and every copy of it are gone (a pointer into them
+  // must not outlive the tensor, as always).
   Tensor forward(const TokenBatch& src, const TokenBatch& tgt_in, bool training = false,
                  std::mt19937_64* rng = nullptr);
   // Accumulates dLoss/dParameter into grads() given dLoss/dlogits [B, Lt, Vt]. Needs forward(training).
