@@ -8,6 +8,8 @@
 #include <bit>
 #include <cctype>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -560,6 +562,58 @@ TEST(Blas, CallersOfDifferentThreadCountsAtOnceGetTheirOwnBits) {
   for (std::thread& t : callers) t.join();
   omp_set_num_threads(saved);
   EXPECT_EQ(wrong.load(), 0);
+}
+
+// GradWrite::kOverwrite writes dx as accumulating into zeros would, bit for bit, whatever dx held (NaN here), and the
+// element-wise ops may write it over their dout (in place); dW, db and the layer norm's dw, db still accumulate.
+TEST(Nn, OverwrittenGradientsEqualThoseAccumulatedIntoZeros) {
+  std::mt19937 rng(3);
+  const int64_t M = 37, C = 29, N = 11;
+  const Tensor x = test::random_tensor({M, C}, rng), dout = test::random_tensor({M, C}, rng);
+  const Tensor w = test::random_tensor({C}, rng), dy = test::random_tensor({M, N}, rng);
+  const Tensor wl = test::random_tensor({N, C}, rng);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const auto fresh = [&](float v) { return std::vector<float>(static_cast<size_t>(M * C), v); };
+  std::vector<float> mean(static_cast<size_t>(M)), rstd(static_cast<size_t>(M)), y = fresh(0.0f);
+  ops::layer_norm_forward(y.data(), mean.data(), rstd.data(), x.f32(), w.f32(), w.f32(), M, C);
+  {
+    std::vector<float> zeros = fresh(0.0f), over = fresh(nan), dw1(C, 0.5f), db1(C, 0.5f), dw2(C, 0.5f), db2(C, 0.5f);
+    ops::layer_norm_backward(zeros.data(), dw1.data(), db1.data(), dout.f32(), x.f32(), w.f32(), mean.data(),
+                             rstd.data(), M, C);
+    ops::layer_norm_backward(over.data(), dw2.data(), db2.data(), dout.f32(), x.f32(), w.f32(), mean.data(),
+                             rstd.data(), M, C, ops::GradWrite::kOverwrite);
+    EXPECT_EQ(std::memcmp(zeros.data(), over.data(), zeros.size() * 4), 0) << "layer_norm_backward";
+    EXPECT_EQ(dw1, dw2);
+    EXPECT_EQ(db1, db2);
+  }
+  {
+    std::vector<float> zeros = fresh(0.0f), over = fresh(nan), dw1(N * C, 0.5f), dw2(N * C, 0.5f), db1(N, 1.0f),
+                       db2(N, 1.0f);
+    ops::linear_backward(zeros.data(), dw1.data(), db1.data(), dy.f32(), x.f32(), wl.f32(), M, N, C);
+    ops::linear_backward(over.data(), dw2.data(), db2.data(), dy.f32(), x.f32(), wl.f32(), M, N, C,
+                         ops::GradWrite::kOverwrite);
+    EXPECT_EQ(std::memcmp(zeros.data(), over.data(), zeros.size() * 4), 0) << "linear_backward";
+    EXPECT_EQ(dw1, dw2);
+    EXPECT_EQ(db1, db2);
+  }
+  for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+    std::vector<float> zeros = fresh(0.0f), over = fresh(nan), in_place(dout.f32(), dout.f32() + M * C);
+    ops::activation_backward(zeros.data(), dout.f32(), x.f32(), M * C, a);
+    ops::activation_backward(over.data(), dout.f32(), x.f32(), M * C, a, ops::GradWrite::kOverwrite);
+    ops::activation_backward(in_place.data(), in_place.data(), x.f32(), M * C, a, ops::GradWrite::kOverwrite);
+    EXPECT_EQ(std::memcmp(zeros.data(), over.data(), zeros.size() * 4), 0) << activation_name(a);
+    EXPECT_EQ(std::memcmp(zeros.data(), in_place.data(), zeros.size() * 4), 0) << activation_name(a) << " in place";
+  }
+  {
+    std::vector<uint8_t> keep(static_cast<size_t>(M * C));
+    for (size_t i = 0; i < keep.size(); ++i) keep[i] = static_cast<uint8_t>(i % 3 != 0);
+    std::vector<float> zeros = fresh(0.0f), over = fresh(nan), in_place(dout.f32(), dout.f32() + M * C);
+    ops::dropout_backward(zeros.data(), dout.f32(), keep.data(), M * C, 0.3f);
+    ops::dropout_backward(over.data(), dout.f32(), keep.data(), M * C, 0.3f, ops::GradWrite::kOverwrite);
+    ops::dropout_backward(in_place.data(), in_place.data(), keep.data(), M * C, 0.3f, ops::GradWrite::kOverwrite);
+    EXPECT_EQ(std::memcmp(zeros.data(), over.data(), zeros.size() * 4), 0) << "dropout_backward";
+    EXPECT_EQ(std::memcmp(zeros.data(), in_place.data(), zeros.size() * 4), 0) << "dropout_backward in place";
+  }
 }
 
 // zero_fill and zero_streaming clear exactly [p, p + n): every offset from a 16-byte boundary (the streaming stores'

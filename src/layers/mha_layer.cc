@@ -99,8 +99,8 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
   const int64_t E = w.E, kv = w.kv_width();
   // out = heads·W_Oᵀ + b_O
   float* dheads = grow(acts.dheads, B * Lq * E);
-  ops::zero_fill(dheads, B * Lq * E);
-  ops::linear_backward(dheads, g.dw_o, g.db_o, dout, acts.heads.data(), w.w_o, B * Lq, E, E);
+  ops::linear_backward(dheads, g.dw_o, g.db_o, dout, acts.heads.data(), w.w_o, B * Lq, E, E,
+                       ops::GradWrite::kOverwrite);
   // heads = dropout(softmax(scale·Q·Kᵀ + M))·V: the fused backward writes dQ, dK, dV
   detail::AttentionGradients ag;
   ag.out = acts.heads.data(), ag.lse = acts.lse.data(), ag.d_out = dheads;

@@ -41,19 +41,17 @@ void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const 
                  float dropout, BackwardScratch& scratch) {
   const bool dropped = !c.keep.empty();
   const int64_t n = M * w.F;
+  // one buffer, written over by each step in turn (each is the only contribution): no zeroing
   // out = h_drop·W2ᵀ + b2   (h_drop is h itself without dropout)
-  float* dh = ops::grow_zeroed(scratch.d_h_drop, n);
-  ops::linear_backward(dh, w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F);
-  if (dropped) {  // h_drop = dropout(h)
-    float* t = ops::grow_zeroed(scratch.d_h, n);
-    ops::dropout_backward(t, dh, c.keep.data(), n, dropout);
-    dh = t;
-  }
+  float* dh = ops::grow(scratch.d_h, n);
+  ops::linear_backward(dh, w.dw2, w.db2, dout, dropped ? c.h_drop.data() : c.h.data(), w.w2, M, w.E, w.F,
+                       ops::GradWrite::kOverwrite);
+  // h_drop = dropout(h)
+  if (dropped) ops::dropout_backward(dh, dh, c.keep.data(), n, dropout, ops::GradWrite::kOverwrite);
   // h = act(h_pre)
-  float* dh_pre = ops::grow_zeroed(scratch.d_h_pre, n);
-  ops::activation_backward(dh_pre, dh, c.h_pre.data(), n, act);
+  ops::activation_backward(dh, dh, c.h_pre.data(), n, act, ops::GradWrite::kOverwrite);
   // h_pre = x·W1ᵀ + b1
-  ops::linear_backward(dx, w.dw1, w.db1, dh_pre, c.x, w.w1, M, w.F, w.E);
+  ops::linear_backward(dx, w.dw1, w.db1, dh, c.x, w.w1, M, w.F, w.E);
 }
 
 const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln,
@@ -90,16 +88,16 @@ float* sublayer_backward_output(float* dx, const float* dout, SublayerActivation
   const int64_t n = M * E;
   const float* dr = dout;
   if (!norm_first) {  // out = LN(r)
-    float* t = ops::grow_zeroed(scratch.d_r, n);
-    ops::layer_norm_backward(t, ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E);
+    float* t = ops::grow(scratch.d_r, n);
+    ops::layer_norm_backward(t, ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E,
+                             ops::GradWrite::kOverwrite);
     dr = t;
   }
   // r = x + f_drop
   add_to(dx, dr, n);
   float* df = grow(c.d_f_out, n);
   if (!c.keep.empty()) {  // f_drop = dropout(f)
-    ops::zero_fill(df, n);
-    ops::dropout_backward(df, dr, c.keep.data(), n, dropout);
+    ops::dropout_backward(df, dr, c.keep.data(), n, dropout, ops::GradWrite::kOverwrite);
   } else {
     std::copy(dr, dr + n, df);
   }

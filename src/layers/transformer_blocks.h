@@ -34,8 +34,8 @@ struct FeedForwardActivations {
 // of these for all its layers and from step to step: each buffer grows to the largest batch shape it has seen and
 // is never shrunk, so the backward allocates nothing once the shapes repeat.
 struct BackwardScratch {
-  Buf d_h_drop, d_h, d_h_pre;  // feed-forward: dLoss/dh_drop (linear2's input), /dh, /dh_pre   [M, F] each
-  Buf d_r;                     // post-norm sublayer: dLoss/dr, r = x + drop(F)             [M, E]
+  Buf d_h;  // feed-forward: dLoss/dh_drop, then /dh and /dh_pre in place (each written over the last)  [M, F]
+  Buf d_r;  // post-norm sublayer: dLoss/dr, r = x + drop(F)             [M, E]
 };
 
 // out = linear2(dropout(act(linear1(x))))          x, out: [M, E]

@@ -424,13 +424,14 @@ void Transformer::backward(const Tensor& dlogits, const BackwardOptions& options
     ++next_group;
   };
   // logits = yn·W_genᵀ + b_gen
-  float* dyn = grow_zeroed(s.d_dec_out, B * Lt * E);
-  ops::linear_backward(dyn, net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E);
+  float* dyn = grow(s.d_dec_out, B * Lt * E);
+  ops::linear_backward(dyn, net.gen_dw, net.gen_db, dlogits.f32(), k.dec_out.data(), net.gen_w, B * Lt, c.tgt_vocab, E,
+                       ops::GradWrite::kOverwrite);
   finished_group();  // generator.* (generator.weight is tgt_embed's gradient when tied: not yet final, not in it)
   // yn = LN_dec(y)
-  float* dy = grow_zeroed(s.d_dec, B * Lt * E);
+  float* dy = grow(s.d_dec, B * Lt * E);
   ops::layer_norm_backward(dy, net.dec_norm.dw, net.dec_norm.db, dyn, k.dec_out_pre, net.dec_norm.w, k.dec_mean.data(),
-                           k.dec_rstd.data(), B * Lt, E);
+                           k.dec_rstd.data(), B * Lt, E, ops::GradWrite::kOverwrite);
   finished_group();  // decoder.norm.*
   float* dmem = grow_zeroed(s.d_mem, B * Ls * E);
   for (int64_t l = c.num_decoder_layers - 1; l >= 0; --l) {
@@ -440,9 +441,9 @@ void Transformer::backward(const Tensor& dlogits, const BackwardOptions& options
   models::embed_backward(net, net.tgt_embed_d, k.tgt, k.tgt_keep, dy);
   finished_group();  // tgt_embed.weight (with the tied generator's contribution); pos_embed waits for the source
   // mem = LN_enc(x)
-  float* dx = grow_zeroed(s.d_enc, B * Ls * E);
+  float* dx = grow(s.d_enc, B * Ls * E);
   ops::layer_norm_backward(dx, net.enc_norm.dw, net.enc_norm.db, dmem, k.enc_out_pre, net.enc_norm.w, k.mem_mean.data(),
-                           k.mem_rstd.data(), B * Ls, E);
+                           k.mem_rstd.data(), B * Ls, E, ops::GradWrite::kOverwrite);
   finished_group();  // encoder.norm.*
   for (int64_t l = c.num_encoder_layers - 1; l >= 0; --l) {
     models::encoder_layer_backward(dx, k.enc[l], net.enc[l], net, B, Ls, s);

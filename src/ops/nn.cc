@@ -108,7 +108,8 @@ void zero_streaming(float* p, int64_t n) {
 }
 
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
-                         const float* mean, const float* rstd, int64_t M, int64_t C) {
+                         const float* mean, const float* rstd, int64_t M, int64_t C, GradWrite dx_write) {
+  const bool overwrite = dx_write == GradWrite::kOverwrite;  // (dx's old value, NaN included, does not count)
   // out = x̂ · w + b,  x̂ = (x − mean) · rstd
   // dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dx̂ = dout · w
 #pragma omp parallel if (M * C >= kParallelElements)
@@ -133,7 +134,7 @@ void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, con
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const float xh = (xi[c] - mi) * ri;
-        dxi[c] += ri * (di[c] * w[c] - a - xh * bb);
+        dxi[c] = (overwrite ? 0.0f : dxi[c]) + ri * (di[c] * w[c] - a - xh * bb);
       }
     }
     // dw, db: each thread owns a share of the columns and adds their rows in row order, as one thread would,
@@ -280,12 +281,12 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
 }
 
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
-                     int64_t N, int64_t K) {
+                     int64_t N, int64_t K, GradWrite dx_write) {
   if (M == 0) return;
   // y = x·Wᵀ + b  =>  dx += dy·W [M, K];  dW += dyᵀ·x [N, K];  db += Σ_rows dy
-  if (dx)
-    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dy, N, w, K, 1.0f, dx, K,
-                       "linear_backward: dx");
+  if (dx)  // (beta 0: BLAS then never reads C, whatever it held)
+    detail::blas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dy, N, w, K,
+                       dx_write == GradWrite::kOverwrite ? 0.0f : 1.0f, dx, K, "linear_backward: dx");
   detail::blas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dy, N, x, K, 1.0f, dw, K,
                      "linear_backward: dW");
   if (db) {  // each thread owns a share of the columns, whose rows it adds in row order: any thread count agrees
@@ -361,11 +362,12 @@ ATTN_VECTOR_CLONES void gelu_range(float* out, const float* x, int64_t begin, in
 }
 
 // d/dx x·Φ(x) = Φ(x) + x·φ(x)
-ATTN_VECTOR_CLONES void gelu_backward_range(float* dx, const float* dout, const float* x, int64_t begin, int64_t end) {
+ATTN_VECTOR_CLONES void gelu_backward_range(float* dx, const float* dout, const float* x, int64_t begin, int64_t end,
+                                            bool overwrite) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
     const float pdf = 0.39894228040143268f * exp_nonpositive(-0.5f * x[i] * x[i]);
-    dx[i] += dout[i] * (normal_cdf(x[i]) + x[i] * pdf);
+    dx[i] = (overwrite ? 0.0f : dx[i]) + dout[i] * (normal_cdf(x[i]) + x[i] * pdf);
   }
 }
 
@@ -384,18 +386,19 @@ void activation_forward(float* out, const float* x, int64_t n, Activation act) {
   }
 }
 
-void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act) {
+void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act, GradWrite write) {
+  const bool overwrite = write == GradWrite::kOverwrite;
   if (act == Activation::kRelu) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
     for (int64_t i = 0; i < n; ++i) {
       const float d = dout[i];  // loaded unconditionally: the select vectorises
-      dx[i] += x[i] > 0.0f ? d : 0.0f;
+      dx[i] = (overwrite ? 0.0f : dx[i]) + (x[i] > 0.0f ? d : 0.0f);
     }
   } else {
 #pragma omp parallel if (n >= kParallelElements / 4)
     {
       const auto [begin, end] = column_share(n, omp_get_thread_num(), omp_get_num_threads());
-      gelu_backward_range(dx, dout, x, begin, end);
+      gelu_backward_range(dx, dout, x, begin, end, overwrite);
     }
   }
 }
@@ -455,11 +458,13 @@ void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float
   }
 }
 
-void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p) {
+void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p, GradWrite write) {
   // out = x · keep / (1 − p)
   const float s = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+  const bool overwrite = write == GradWrite::kOverwrite;
 #pragma omp parallel for simd schedule(static) if (n >= kParallelElements)
-  for (int64_t i = 0; i < n; ++i) dx[i] += keep_bits(dout[i] * s, 0U - static_cast<uint32_t>(keep[i] != 0));
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = (overwrite ? 0.0f : dx[i]) + keep_bits(dout[i] * s, 0U - static_cast<uint32_t>(keep[i] != 0));
 }
 
 namespace {

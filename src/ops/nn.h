@@ -14,11 +14,18 @@
 
 namespace attn::ops {
 
+// How a backward op writes its input gradient dx: added to what dx holds (the rule above), or written over it, for a
+// buffer that op alone fills: no zeroing pass before it (Transformer-base's training step had zeroed ~270 MB of
+// activation gradients a step), and for the element-wise ops dx may then be dout itself (in place).
+enum class GradWrite { kAccumulate, kOverwrite };
+
 // out = (x − mean) · rstd · w + b, per row of C.        out, x: [M, C]; w, b: [C]; mean, rstd: [M]
 void layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b, int64_t M,
                         int64_t C, float eps = 1e-5f);
+// (dw, db accumulate either way; dx_write: see GradWrite)
 void layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
-                         const float* mean, const float* rstd, int64_t M, int64_t C);
+                         const float* mean, const float* rstd, int64_t M, int64_t C,
+                         GradWrite dx_write = GradWrite::kAccumulate);
 
 // What a linear map does beside the product (one or the other, not both).
 struct LinearEpilogue {
@@ -37,21 +44,24 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, const fl
 // y: [M, N] with rows ldy apart; b: [N] or nullptr
 void linear_prologue(float* y, int64_t ldy, const float* b, int64_t M, int64_t N, bool accumulate);
 void relu_rows(float* y, int64_t ldy, int64_t M, int64_t N);
+// (dW, db accumulate either way; dx_write: see GradWrite)
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
-                     int64_t N, int64_t K);
+                     int64_t N, int64_t K, GradWrite dx_write = GradWrite::kAccumulate);
 
 // out = a + b, element by element (out may be a or b)                                [n]
 void add(float* out, const float* a, const float* b, int64_t n);
 
 // out = act(x), GELU the exact erf form (PyTorch's default)                        [n]
 void activation_forward(float* out, const float* x, int64_t n, Activation act);
-void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act);
+void activation_backward(float* dx, const float* dout, const float* x, int64_t n, Activation act,
+                         GradWrite write = GradWrite::kAccumulate);
 
 // out = x · keep / (1 − p), keep ~ Bernoulli(1 − p), stored as a 0/1 byte mask       [n]
 // The mask comes from a counter-based generator keyed by one draw of rng: element i's bits depend on (key, i)
 // only, so the mask is the same for any thread count. out may be x (in place).
 void dropout_forward(float* out, uint8_t* keep, const float* x, int64_t n, float p, std::mt19937_64& rng);
-void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p);
+void dropout_backward(float* dx, const float* dout, const uint8_t* keep, int64_t n, float p,
+                      GradWrite write = GradWrite::kAccumulate);
 
 // Cross-entropy with label smoothing ε, averaged over the rows whose target is not ignore_index
 // (PyTorch's CrossEntropyLoss(label_smoothing=ε, ignore_index=...)). logits: [M, V], targets: [M].
