@@ -564,12 +564,12 @@ TEST(Blas, CallersOfDifferentThreadCountsAtOnceGetTheirOwnBits) {
   EXPECT_EQ(wrong.load(), 0);
 }
 
-// GradWrite::kOverwrite writes dx as accumulating into zeros would, bit for bit, whatever dx held (NaN here), and the
-// element-wise ops may write it over their dout (in place); dW, db and the layer norm's dw, db still accumulate.
-TEST(Nn, OverwrittenGradientsEqualThoseAccumulatedIntoZeros) {
+void check_overwritten_gradients(int64_t M, int64_t C) {
   std::mt19937 rng(3);
-  const int64_t M = 37, C = 29, N = 11;
-  const Tensor x = test::random_tensor({M, C}, rng), dout = test::random_tensor({M, C}, rng);
+  const int64_t N = 11;
+  const Tensor x = test::random_tensor({M, C}, rng);
+  Tensor dout = test::random_tensor({M, C}, rng);
+  dout.f32()[0] = -0.0f;
   const Tensor w = test::random_tensor({C}, rng), dy = test::random_tensor({M, N}, rng);
   const Tensor wl = test::random_tensor({N, C}, rng);
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -614,6 +614,21 @@ TEST(Nn, OverwrittenGradientsEqualThoseAccumulatedIntoZeros) {
     EXPECT_EQ(std::memcmp(zeros.data(), over.data(), zeros.size() * 4), 0) << "dropout_backward";
     EXPECT_EQ(std::memcmp(zeros.data(), in_place.data(), zeros.size() * 4), 0) << "dropout_backward in place";
   }
+}
+
+// GradWrite::kOverwrite writes dx as accumulating into zeros would, bit for bit, whatever dx held (NaN here), and the
+// element-wise ops may write it over their dout (in place); dW, db and the layer norm's dw, db still accumulate.
+// Shapes of 1 and 3 rows (the GEMM's sgemv path) and of 18300 elements (the threaded, vectorised loops), 1 and 2
+// threads, a −0 in dout.
+TEST(Nn, OverwrittenGradientsEqualThoseAccumulatedIntoZeros) {
+  const int saved = omp_get_max_threads();
+  for (const auto& [M, C] : std::vector<std::pair<int64_t, int64_t>>{{37, 29}, {1, 29}, {3, 29}, {300, 61}})
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE("M " + std::to_string(M) + ", C " + std::to_string(C) + ", threads " + std::to_string(threads));
+      omp_set_num_threads(threads);
+      check_overwritten_gradients(M, C);
+    }
+  omp_set_num_threads(saved);
 }
 
 // zero_fill and zero_streaming clear exactly [p, p + n): every offset from a 16-byte boundary (the streaming stores'

@@ -364,10 +364,19 @@ ATTN_VECTOR_CLONES void gelu_range(float* out, const float* x, int64_t begin, in
 // d/dx x·Φ(x) = Φ(x) + x·φ(x)
 ATTN_VECTOR_CLONES void gelu_backward_range(float* dx, const float* dout, const float* x, int64_t begin, int64_t end,
                                             bool overwrite) {
+  // two loops: a select on `overwrite` inside one had left every clone scalar
+  if (overwrite) {
 #pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    const float pdf = 0.39894228040143268f * exp_nonpositive(-0.5f * x[i] * x[i]);
-    dx[i] = (overwrite ? 0.0f : dx[i]) + dout[i] * (normal_cdf(x[i]) + x[i] * pdf);
+    for (int64_t i = begin; i < end; ++i) {
+      const float pdf = 0.39894228040143268f * exp_nonpositive(-0.5f * x[i] * x[i]);
+      dx[i] = 0.0f + dout[i] * (normal_cdf(x[i]) + x[i] * pdf);  // (0 + v: the bits of adding to a zeroed dx)
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float pdf = 0.39894228040143268f * exp_nonpositive(-0.5f * x[i] * x[i]);
+      dx[i] += dout[i] * (normal_cdf(x[i]) + x[i] * pdf);
+    }
   }
 }
 
