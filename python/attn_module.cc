@@ -411,16 +411,18 @@ NB_MODULE(_attn, m) {
 
   m.def(
       "load_safetensors",
-      [](const std::string& path) {
+      [](const std::string& path, const std::string& prefix) {
         attn::io::Safetensors st;
         {
           nb::gil_scoped_release release;
-          st = attn::io::read_safetensors(path);
+          st = attn::io::read_safetensors(path, prefix);
           attn::io::widen_to_float32(st.tensors);  // NumPy has no bfloat16: F16/BF16 come back as float32
         }
         return std::make_pair(to_numpy_map(st.tensors), st.metadata);
       },
-      "path"_a, "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays");
+      "path"_a, "prefix"_a = "",
+      "(tensors, metadata) of a .safetensors file; tensors as float32/bool NumPy arrays (those whose names start "
+      "with prefix)");
   m.def(
       "save_safetensors",
       [](const std::string& path, const std::map<std::string, Array>& tensors,

@@ -199,6 +199,34 @@ TEST(Safetensors, RoundTripKeepsNamesShapesAndMetadata) {
   EXPECT_THROW(io::encode_safetensors({{"caf\xe9", m["a"]}}), ArgumentError);
 }
 
+// A name prefix copies out only the tensors it starts (the metadata too); the header is still checked whole: a
+// corrupt entry of another name is refused all the same.
+TEST(Safetensors, APrefixReadsOnlyItsTensorsButChecksTheWholeFile) {
+  std::mt19937 rng(4);
+  std::map<std::string, Tensor> m = {{"enc.a", test::random_tensor({2, 3}, rng)},
+                                     {"enc.b", test::random_tensor({5}, rng)},
+                                     {"encoder.c", test::random_tensor({4}, rng)},
+                                     {"dec.a", test::random_tensor({7}, rng)}};
+  const auto bytes = io::encode_safetensors(m, {{"note", "hi"}});
+  const io::Safetensors st = io::parse_safetensors(bytes.data(), bytes.size(), "mem", "enc.");
+  EXPECT_EQ(st.tensors.size(), 2u);
+  EXPECT_EQ(test::max_abs_diff(st.at("enc.a"), m["enc.a"]), 0.0);
+  EXPECT_EQ(test::max_abs_diff(st.at("enc.b"), m["enc.b"]), 0.0);
+  EXPECT_FALSE(st.contains("encoder.c"));
+  EXPECT_EQ(st.metadata.at("note"), "hi");
+  EXPECT_EQ(io::parse_safetensors(bytes.data(), bytes.size(), "mem", "none.").tensors.size(), 0u);
+  EXPECT_EQ(io::parse_safetensors(bytes.data(), bytes.size(), "mem").tensors.size(), 4u);
+  const std::string path = test::fresh_temp_path("attn_io_prefix").string() + ".safetensors";
+  io::write_safetensors(path, m);
+  EXPECT_EQ(io::read_safetensors(path, "dec.").tensors.size(), 1u);
+  std::filesystem::remove(path);
+  // "b" lies about its shape: refused whatever the prefix
+  const auto bad = safetensors_image(
+      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,8]}})",
+      std::vector<uint8_t>(8, 0));
+  EXPECT_THROW(io::parse_safetensors(bad.data(), bad.size(), "mem", "a"), FormatError);
+}
+
 TEST(Safetensors, CorruptFilesAreRejected) {
   const std::vector<uint8_t> data(16, 0);
   const std::vector<std::string> bad = {

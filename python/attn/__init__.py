@@ -351,7 +351,8 @@ class MultiheadAttention:
     @classmethod
     def from_safetensors(cls, path, num_heads, *, prefix="", batch_first=False, num_kv_heads=None):
         """A layer whose sizes are read off a .safetensors state dict."""
-        tensors, _ = _attn.load_safetensors(_path(path, "path"))
+        # only this layer's tensors are read out of the file (a whole model's may hold gigabytes of others)
+        tensors, _ = _attn.load_safetensors(_path(path, "path"), _str(prefix, "prefix"))
         get = lambda n: tensors[prefix + n] if prefix + n in tensors else None  # noqa: E731
         wo = get("out_proj.weight")
         if wo is None:
@@ -503,10 +504,11 @@ class SentenceEncoder:
         return out[0] if one else out
 
 
-def load_safetensors(path):
+def load_safetensors(path, prefix=""):
     """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted, and I64/I32 too: exact only up
-    to 2^24, which position ids are) and bool arrays."""
-    return _attn.load_safetensors(_path(path, "path"))
+    to 2^24, which position ids are) and bool arrays; with a prefix, only the tensors whose names start with it (the
+    file is still checked whole; the others' bytes are not read)."""
+    return _attn.load_safetensors(_path(path, "path"), _str(prefix, "prefix"))
 
 
 def save_safetensors(path, tensors, metadata=None):

@@ -94,7 +94,8 @@ nlohmann::json parse_header(const uint8_t* data, size_t size, const std::string&
 
 }  // namespace
 
-Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what,
+                              const std::string& name_prefix) {
   uint64_t n = 0;
   const nlohmann::json header = parse_header(data, size, what, &n);
   const uint8_t* body = data + 8 + n;
@@ -177,6 +178,7 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
                       " bytes of data after the header");
   for (const Entry& e : entries) {
     const std::string& name = e.name;
+    if (name.compare(0, name_prefix.size(), name_prefix) != 0) continue;  // not asked for: its bytes stay unread
     const std::string dt = e.info->name;
     const DTypeInfo* info = e.info;
     const int64_t numel = e.numel;
@@ -219,7 +221,7 @@ void widen_to_float32(std::map<std::string, Tensor>& tensors) {
     if (t.dtype() == DType::kBFloat16 || t.dtype() == DType::kFloat16) t = to_dtype(t, DType::kFloat32);
 }
 
-Safetensors read_safetensors(const std::string& path) {
+Safetensors read_safetensors(const std::string& path, const std::string& name_prefix) {
   Safetensors out;
   // a stream is read as far as its header says (8 + N + the end of the last tensor's bytes; parse_safetensors checks
   // the rest): /dev/zero fails at its empty header, not when memory runs out
@@ -236,7 +238,7 @@ Safetensors read_safetensors(const std::string& path) {
     return static_cast<size_t>(8 + n + end);
   };
   with_file_bytes(
-      path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path); }, stated);
+      path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path, name_prefix); }, stated);
   return out;
 }
 

@@ -32,8 +32,11 @@ struct Safetensors {
   std::string source;  // the path or description it was read from, for messages
 };
 
-Safetensors read_safetensors(const std::string& path);
-Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what);
+// name_prefix: only the tensors whose names start with it are copied out (all when empty); the header is checked
+// whole either way, and a mapped file's other tensors are never read (one layer out of a whole model's file).
+Safetensors read_safetensors(const std::string& path, const std::string& name_prefix = "");
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what,
+                              const std::string& name_prefix = "");
 
 // Widens every bfloat16/float16 tensor of `tensors` to float32 (exact), in place: the model loaders' step,
 // so a checkpoint saved in BF16 or F16 loads into float32 models.
