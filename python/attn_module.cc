@@ -253,6 +253,8 @@ NB_MODULE(_attn, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const attn::MissingTensorError& e) {
       PyErr_SetString(PyExc_KeyError, e.what());
+    } catch (const attn::AllocationError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const attn::FileError& e) {
       // OSError(errno, message) is the subclass that errno names: FileNotFoundError, PermissionError, ...
       PyObject* error = PyObject_CallFunction(PyExc_OSError, "is", e.error_number(), e.what());

@@ -114,13 +114,17 @@ constexpr size_t kHugePagesFrom = size_t{4} << 20;
 // element (detail::unfilled_tensor), then NaN bits (0xFF bytes) under AddressSanitizer and without NDEBUG, so that an
 // element left unwritten fails the tests rather than reading as whatever the allocator handed over.
 enum class Fill { kZeros, kUnfilled };
-std::shared_ptr<std::byte> allocate(size_t nbytes, Fill fill) {
+[[noreturn]] void allocation_failed(size_t nbytes, const Shape& shape, DType dtype) {
+  throw AllocationError("Tensor: cannot allocate " + std::to_string(nbytes) + " bytes for shape " + shape_str(shape) +
+                        " of " + dtype_name(dtype));
+}
+std::shared_ptr<std::byte> allocate(size_t nbytes, Fill fill, const Shape& shape, DType dtype) {
 #ifdef ATTN_ADDRESS_SANITIZER
   // Under AddressSanitizer (scripts/sanitize.sh, the fuzzers) a tensor gets exactly its bytes, so a kernel that reads
   // or writes one element past a tensor is reported; the calloc below leaves 64–191 bytes of slack that would hide it
   // (and that a borrowed NumPy or torch buffer does not have).
   void* exact = nullptr;
-  if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) throw std::bad_alloc();
+  if (posix_memalign(&exact, 64, nbytes == 0 ? 1 : nbytes) != 0) allocation_failed(nbytes, shape, dtype);
   std::memset(exact, fill == Fill::kZeros ? 0 : 0xFF, nbytes);
   return std::shared_ptr<std::byte>(static_cast<std::byte*>(exact), [](std::byte* q) { std::free(q); });
 #else
@@ -128,7 +132,7 @@ std::shared_ptr<std::byte> allocate(size_t nbytes, Fill fill) {
   // never written (an inference model's gradients) costs no memset and no memory; reused heap memory is memset
   const size_t rounded = (nbytes + 63) / 64 * 64 + 64;  // never zero, a multiple of the alignment
   void* p = fill == Fill::kZeros ? std::calloc(rounded + 64, 1) : std::malloc(rounded + 64);
-  if (p == nullptr) throw std::bad_alloc();
+  if (p == nullptr) allocation_failed(nbytes, shape, dtype);
   const uintptr_t aligned = (reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64;
   ask_for_huge_pages(p, rounded + 64);
 #ifndef NDEBUG
@@ -151,13 +155,14 @@ void check_known(DType dtype, const char* who, const Shape& shape) {
 Tensor::Tensor(Shape shape, DType dtype) : shape_(std::move(shape)), dtype_(dtype) {
   check_known(dtype, "Tensor", shape_);
   numel_ = shape_numel(shape_);
-  storage_ = allocate(nbytes(), Fill::kZeros);
+  storage_ = allocate(nbytes(), Fill::kZeros, shape_, dtype_);
 }
 
 Tensor detail::unfilled_tensor(Shape shape, DType dtype) {
   check_known(dtype, "unfilled_tensor", shape);
   const int64_t numel = shape_numel(shape);
-  const std::shared_ptr<std::byte> storage = allocate(static_cast<size_t>(numel) * dtype_size(dtype), Fill::kUnfilled);
+  const std::shared_ptr<std::byte> storage =
+      allocate(static_cast<size_t>(numel) * dtype_size(dtype), Fill::kUnfilled, shape, dtype);
   return Tensor::borrow(std::move(shape), dtype, storage.get(), storage);
 }
 
@@ -185,7 +190,7 @@ Tensor Tensor::borrow(Shape shape, DType dtype, void* data, std::shared_ptr<void
   t.dtype_ = dtype;
   if (data == nullptr) {
     if (t.numel_ != 0) throw ArgumentError("Tensor::borrow: null data for shape " + shape_str(t.shape_));
-    t.storage_ = allocate(0, Fill::kZeros);
+    t.storage_ = allocate(0, Fill::kZeros, t.shape_, dtype);
     return t;
   }
   // aliasing constructor: shares owner's lifetime, points at data

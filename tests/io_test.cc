@@ -19,6 +19,7 @@
 #include "attn/io/file.h"
 #include "attn/io/npy.h"
 #include "attn/io/safetensors.h"
+#include "tensor_unfilled.h"
 #include "test_util.h"
 
 namespace attn {
@@ -216,15 +217,33 @@ TEST(Safetensors, APrefixReadsOnlyItsTensorsButChecksTheWholeFile) {
   EXPECT_EQ(st.metadata.at("note"), "hi");
   EXPECT_EQ(io::parse_safetensors(bytes.data(), bytes.size(), "mem", "none.").tensors.size(), 0u);
   EXPECT_EQ(io::parse_safetensors(bytes.data(), bytes.size(), "mem").tensors.size(), 4u);
-  const std::string path = test::fresh_temp_path("attn_io_prefix").string() + ".safetensors";
+  const auto dir = test::fresh_temp_path("attn_io_prefix");
+  std::filesystem::create_directories(dir);
+  const std::unique_ptr<const std::filesystem::path, void (*)(const std::filesystem::path*)> cleanup(
+      &dir, [](const std::filesystem::path* d) { std::filesystem::remove_all(*d); });
+  const std::string path = (dir / "m.safetensors").string();
   io::write_safetensors(path, m);
-  EXPECT_EQ(io::read_safetensors(path, "dec.").tensors.size(), 1u);
-  std::filesystem::remove(path);
+  const io::Safetensors dec = io::read_safetensors(path, "dec.");
+  EXPECT_EQ(dec.tensors.size(), 1u);
+  try {  // a missing name says which names the file was read for
+    dec.at("enc.a");
+    ADD_FAILURE() << "enc.a found";
+  } catch (const MissingTensorError& e) {
+    EXPECT_NE(std::string(e.what()).find("starting with 'dec.'"), std::string::npos) << e.what();
+  }
   // "b" lies about its shape: refused whatever the prefix
   const auto bad = safetensors_image(
       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,8]}})",
       std::vector<uint8_t>(8, 0));
   EXPECT_THROW(io::parse_safetensors(bad.data(), bad.size(), "mem", "a"), FormatError);
+  for (
+      const char* header :
+      {R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"X9","shape":[1],"data_offsets":[4,8]}})",
+       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})"}) {
+    const auto image = safetensors_image(header, std::vector<uint8_t>(8, 0));  // bad dtype, past the data, overlap
+    EXPECT_THROW(io::parse_safetensors(image.data(), image.size(), "mem", "a"), FormatError) << header;
+  }
 }
 
 TEST(Safetensors, CorruptFilesAreRejected) {
@@ -527,6 +546,25 @@ TEST(Tensor, ShapesOfMoreThanTwoToTheSixtyElementsAreRefused) {
   EXPECT_EQ(Tensor({int64_t{1} << 52, 0}).numel(), 0);
   EXPECT_EQ(shape_numel({int64_t{1} << 31, int64_t{1} << 31, 0}), 0);  // a zero anywhere: nothing to overflow
   EXPECT_THROW(shape_numel({int64_t{1} << 31, -1, 0}), ShapeError);
+}
+
+// A tensor this machine cannot hold (2^58 floats: 1 EiB) is an AllocationError naming its shape and dtype, not a bare
+// std::bad_alloc. (Not under AddressSanitizer, whose allocator ends the process on such a request.)
+TEST(Tensor, AnAllocationThatFailsNamesTheShape) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer aborts on a request this large";
+#else
+  for (bool unfilled : {false, true}) {
+    try {
+      const Shape shape = {int64_t{1} << 29, int64_t{1} << 29};
+      const Tensor t = unfilled ? detail::unfilled_tensor(shape) : Tensor(shape);
+      ADD_FAILURE() << "1 EiB was allocated";
+    } catch (const AllocationError& e) {
+      EXPECT_NE(std::string(e.what()).find("[536870912, 536870912]"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("float32"), std::string::npos) << e.what();
+    }
+  }
+#endif
 }
 
 // Tensor::borrow, what the Python module's NumPy and torch paths rely on: a view of memory the tensor does not own,

@@ -51,6 +51,13 @@ class FileError : public FormatError {
   int error_number_;
 };
 
+// Memory for a tensor could not be had (a shape too large for this machine): the message names the shape, the element
+// type and the bytes asked for. (Python: MemoryError; the attn tool exits with status 3, as on any exhausted memory.)
+class AllocationError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A named tensor is missing from a weights file.
 class MissingTensorError : public Error {
  public:

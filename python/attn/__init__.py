@@ -507,7 +507,7 @@ class SentenceEncoder:
 def load_safetensors(path, prefix=""):
     """(tensors, metadata) of a .safetensors file: float32 (F16/BF16/F64 converted, and I64/I32 too: exact only up
     to 2^24, which position ids are) and bool arrays; with a prefix, only the tensors whose names start with it (the
-    file is still checked whole; the others' bytes are not read)."""
+    file is still checked whole; a mapped file's other tensors are not read, a pipe is still read to its end)."""
     return _attn.load_safetensors(_path(path, "path"), _str(prefix, "prefix"))
 
 

@@ -31,8 +31,9 @@ const Tensor& Safetensors::at(const std::string& name) const {
   if (it != tensors.end()) return it->second;
   std::string have;
   for (const auto& [n, t] : tensors) have += (have.empty() ? "" : ", ") + n + " " + shape_str(t.shape());
-  throw MissingTensorError(source + ": no tensor named '" + name +
-                           "' (the file has: " + (have.empty() ? "nothing" : have) + ")");
+  throw MissingTensorError(source + ": no tensor named '" + name + "' (the file has" +
+                           (prefix.empty() ? "" : ", of the names starting with '" + prefix + "'") + ": " +
+                           (have.empty() ? "nothing" : have) + ")");
 }
 
 namespace {
@@ -102,6 +103,7 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
   const uint64_t body_size = size - 8 - n;
   Safetensors out;
   out.source = what;
+  out.prefix = name_prefix;
   // every tensor's entry checked before any is allocated, then their bytes must tile the data exactly (no overlap, no
   // gap, nothing after: as the safetensors library requires): tensors sharing bytes had let a 2 MiB file allocate
   // 16 GiB

@@ -191,7 +191,7 @@ MultiHeadAttention MultiHeadAttention::from_state_dict(const std::map<std::strin
 
 MultiHeadAttention MultiHeadAttention::load(const std::string& path, const MultiHeadAttentionConfig& config,
                                             const std::string& prefix) {
-  io::Safetensors st = io::read_safetensors(path);
+  io::Safetensors st = io::read_safetensors(path, prefix);  // this layer's tensors only
   io::widen_to_float32(st.tensors);
   return from_state_dict(st.tensors, config, prefix);
 }

@@ -512,14 +512,14 @@ def test_from_safetensors_names_the_missing_projection(tmp_path):
         attn.MultiheadAttention.from_safetensors(tmp_path / "y.safetensors", 2)
 
 
-def test_load_safetensors_with_a_prefix_reads_only_those_tensors(tmp_path):
+def test_load_safetensors_with_a_prefix_reads_only_those_tensors(tmp_path, monkeypatch):
     a, b, c = rand(3, 4), rand(5), rand(2, 2)
     attn.save_safetensors(tmp_path / "m.safetensors", {"l0.a": a, "l0.b": b, "l1.a": c}, {"k": "v"})
     t, meta = attn.load_safetensors(tmp_path / "m.safetensors", prefix="l0.")
     assert sorted(t) == ["l0.a", "l0.b"] and meta == {"k": "v"}
     assert np.array_equal(t["l0.a"], a) and np.array_equal(t["l0.b"], b)
     assert sorted(attn.load_safetensors(tmp_path / "m.safetensors")[0]) == ["l0.a", "l0.b", "l1.a"]
-    with pytest.raises(TypeError, match="prefix"):
+    with pytest.raises(TypeError, match="prefix must be a str"):
         attn.load_safetensors(tmp_path / "m.safetensors", prefix=1)
     # one layer out of a file of two: the same as out of its own file
     layer = {"in_proj_weight": rand(24, 8), "in_proj_bias": rand(24), "out_proj.weight": rand(8, 8),
@@ -529,9 +529,12 @@ def test_load_safetensors_with_a_prefix_reads_only_those_tensors(tmp_path):
     attn.save_safetensors(tmp_path / "two.safetensors", both)
     q = rand(2, 5, 8)
     want, _ = attn.MultiheadAttention.from_safetensors(tmp_path / "one.safetensors", 2, batch_first=True)(q, q, q)
+    asked = []
+    load = attn._attn.load_safetensors
+    monkeypatch.setattr(attn._attn, "load_safetensors", lambda path, prefix="": asked.append(prefix) or load(path, prefix))
     got, _ = attn.MultiheadAttention.from_safetensors(tmp_path / "two.safetensors", 2, prefix="enc.",
                                                       batch_first=True)(q, q, q)
-    assert np.array_equal(got, want)
+    assert np.array_equal(got, want) and asked == ["enc."]  # the file read for this layer's tensors alone
 
 
 def test_no_heads_and_no_head_dimension_as_pytorch():

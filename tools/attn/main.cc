@@ -57,6 +57,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     status = app.exit(e);
+  } catch (const attn::AllocationError& e) {  // (a tensor too large: its shape named)
+    std::cerr << "attn: error: out of memory: " << attn::cli::terminal_safe(e.what()) << "\n";
+    status = 3;
   } catch (const attn::Error& e) {
     std::cerr << "attn: error: " << attn::cli::terminal_safe(e.what()) << "\n";
     status = 2;

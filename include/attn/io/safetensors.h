@@ -30,6 +30,7 @@ struct Safetensors {
   const Tensor& at(const std::string& name) const;
   bool contains(const std::string& name) const { return tensors.count(name) != 0; }
   std::string source;  // the path or description it was read from, for messages
+  std::string prefix;  // the name prefix it was read with: only tensors whose names start with it are here
 };
 
 // name_prefix: only the tensors whose names start with it are copied out (all when empty); the header is checked
