@@ -95,7 +95,7 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
 }
 
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
-                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk) {
+                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk, ops::GradWrite dxq_write) {
   const int64_t E = w.E, kv = w.kv_width();
   // out = heads·W_Oᵀ + b_O
   float* dheads = grow(acts.dheads, B * Lq * E);
@@ -107,7 +107,7 @@ void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const f
   ag.dq = grow(acts.dq, B * Lq * E), ag.dk = grow(acts.dk, B * Lk * kv), ag.dv = grow(acts.dv, B * Lk * kv);
   detail::run_backward(acts.problem, ag, AttentionImpl::kFused);
   // Q = xq·W_Qᵀ + b_Q, K = xk·W_Kᵀ + b_K, V = xv·W_Vᵀ + b_V
-  ops::linear_backward(dxq, g.dw_q, g.db_q, ag.dq, acts.xq, w.w_q, B * Lq, E, E);
+  ops::linear_backward(dxq, g.dw_q, g.db_q, ag.dq, acts.xq, w.w_q, B * Lq, E, E, dxq_write);
   ops::linear_backward(dxk, g.dw_k, g.db_k, ag.dk, acts.xk, w.w_k, B * Lk, kv, w.kdim);
   ops::linear_backward(dxv, g.dw_v, g.db_v, ag.dv, acts.xv, w.w_v, B * Lk, kv, w.vdim);
 }

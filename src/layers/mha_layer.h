@@ -77,10 +77,12 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr,
                  float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr,
                  ops::LinearEpilogue out_epilogue = {});
-// dxq += dLoss/dxq, dxk += ..., dxv += ... (they may alias: self-attention accumulates all three into one);
-// parameter gradients accumulate into g.
+// dxq += dLoss/dxq, dxk += ..., dxv += ..., in that order (they may alias: self-attention accumulates all three into
+// one); dxq_write kOverwrite: dxq = dLoss/dxq, the first term of an aliased buffer. Parameter gradients accumulate
+// into g.
 void mha_backward(float* dxq, float* dxk, float* dxv, const MhaGrads& g, const float* dout, MhaActivations& acts,
-                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk);
+                  const MhaWeights& w, int64_t B, int64_t Lq, int64_t Lk,
+                  ops::GradWrite dxq_write = ops::GradWrite::kAccumulate);
 
 // Masked self-attention of one step: out [N, E] += MHA(x [N, E]) (one token per hypothesis at position t; out
 // may be x: the residual); writes k_t, v_t into the cache, then the new query sees positions 0..t.

@@ -38,7 +38,7 @@ void ff_forward_accumulate(float* x, FeedForwardActivations& c, const FfWeights&
 }
 
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
-                 float dropout, BackwardScratch& scratch) {
+                 float dropout, BackwardScratch& scratch, ops::GradWrite dx_write) {
   const bool dropped = !c.keep.empty();
   const int64_t n = M * w.F;
   // one buffer, written over by each step in turn (each is the only contribution): no zeroing
@@ -51,7 +51,7 @@ void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const 
   // h = act(h_pre)
   ops::activation_backward(dh, dh, c.h_pre.data(), n, act, ops::GradWrite::kOverwrite);
   // h_pre = x·W1ᵀ + b1
-  ops::linear_backward(dx, w.dw1, w.db1, dh, c.x, w.w1, M, w.F, w.E);
+  ops::linear_backward(dx, w.dw1, w.db1, dh, c.x, w.w1, M, w.F, w.E, dx_write);
 }
 
 const float* sublayer_input(SublayerActivations& c, const float* x, int64_t M, int64_t E, const LnWeights& ln,
@@ -83,26 +83,22 @@ void sublayer_output(float* out, SublayerActivations& c, int64_t M, int64_t E, c
   }
 }
 
-float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
-                                const LnWeights& ln, bool norm_first, float dropout, BackwardScratch& scratch) {
+const float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
+                                      const LnWeights& ln, bool norm_first, float dropout) {
   const int64_t n = M * E;
-  const float* dr = dout;
-  if (!norm_first) {  // out = LN(r)
-    float* t = ops::grow(scratch.d_r, n);
-    ops::layer_norm_backward(t, ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E,
+  grow(c.d_f_in, n);  // dLoss/dF_input: F's backward writes it over (its first contribution), then adds the rest
+  // r = x + f_drop (post-norm: out = LN(r); pre-norm: out = r): dx = dLoss/dr, the residual's share, written over
+  if (!norm_first) {
+    ops::layer_norm_backward(dx, ln.dw, ln.db, dout, c.r.data(), ln.w, c.mean.data(), c.rstd.data(), M, E,
                              ops::GradWrite::kOverwrite);
-    dr = t;
-  }
-  // r = x + f_drop
-  add_to(dx, dr, n);
-  float* df = grow(c.d_f_out, n);
-  if (!c.keep.empty()) {  // f_drop = dropout(f)
-    ops::dropout_backward(df, dr, c.keep.data(), n, dropout, ops::GradWrite::kOverwrite);
   } else {
-    std::copy(dr, dr + n, df);
+    std::copy(dout, dout + n, dx);
   }
-  float* df_in = grow(c.d_f_in, n);  // (grow first: it may reallocate)
-  ops::zero_fill(df_in, n);
+  const float* dr = dx;           // read by F's backward; sublayer_backward_input adds F's share to dx only after it
+  if (c.keep.empty()) return dr;  // f_drop = f
+  // f_drop = dropout(f)
+  float* df = grow(c.d_f_out, n);
+  ops::dropout_backward(df, dr, c.keep.data(), n, dropout, ops::GradWrite::kOverwrite);
   return df;
 }
 

@@ -35,14 +35,14 @@ struct FeedForwardActivations {
 // is never shrunk, so the backward allocates nothing once the shapes repeat.
 struct BackwardScratch {
   Buf d_h;  // feed-forward: dLoss/dh_drop, then /dh and /dh_pre in place (each written over the last)  [M, F]
-  Buf d_r;  // post-norm sublayer: dLoss/dr, r = x + drop(F)             [M, E]
 };
 
 // out = linear2(dropout(act(linear1(x))))          x, out: [M, E]
 void ff_forward(float* out, FeedForwardActivations& c, const FfWeights& w, const float* x, int64_t M, Activation act,
                 float dropout, std::mt19937_64* rng);
+// dx += dLoss/dx (dx_write kOverwrite: dx = dLoss/dx)
 void ff_backward(float* dx, const float* dout, FeedForwardActivations& c, const FfWeights& w, int64_t M, Activation act,
-                 float dropout, BackwardScratch& scratch);
+                 float dropout, BackwardScratch& scratch, ops::GradWrite dx_write = ops::GradWrite::kAccumulate);
 
 // Inference: x += linear2(act(linear1(in))), the bias, ReLU and the residual sum fused into the GEMMs.
 // in, x: [M, E] (in may be x: linear1 reads it whole before linear2 adds into it)
@@ -84,9 +84,11 @@ void residual_inference(float* x, SublayerActivations& c, int64_t M, int64_t E, 
   if (!norm_first) ops::layer_norm_forward(x, grow(c.mean, M), grow(c.rstd, M), x, ln.w, ln.b, M, E);  // in place
 }
 
-// Backward, first half: dx += the residual's share; returns dLoss/dF_out (in c.d_f_out).
-float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
-                                const LnWeights& ln, bool norm_first, float dropout, BackwardScratch& scratch);
+// Backward, first half: dx = the residual's share (written over: dx is the sublayer input's gradient, whose one
+// writer is this sublayer); returns dLoss/dF_out (c.d_f_out, or dx itself without dropout: F's backward must only
+// read it) and sizes c.d_f_in for F's backward, which writes it over (GradWrite::kOverwrite on its first term).
+const float* sublayer_backward_output(float* dx, const float* dout, SublayerActivations& c, int64_t M, int64_t E,
+                                      const LnWeights& ln, bool norm_first, float dropout);
 // Backward, second half: given dLoss/dF_input (c.d_f_in, filled by F's backward), dx += through LN (pre-norm)
 // or directly (post-norm).
 void sublayer_backward_input(float* dx, SublayerActivations& c, int64_t M, int64_t E, const LnWeights& ln,

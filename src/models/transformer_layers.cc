@@ -273,15 +273,16 @@ void encoder_layer_inference(float* x, EncoderLayerActivations& k, const Encoder
 }
 
 namespace {
-// The backward of one residual sublayer x_out = sublayer(x_in, F): dx_in += dLoss/dx_in given d_out = dLoss/dx_out.
-// F's backward runs between the two halves of the sublayer's backward.
+constexpr ops::GradWrite kOverwrite = ops::GradWrite::kOverwrite;
+
+// The backward of one residual sublayer x_out = sublayer(x_in, F): dx_in = dLoss/dx_in (written over: x_in has no
+// other reader) given d_out = dLoss/dx_out. F's backward runs between the two halves of the sublayer's backward and
+// writes sub.d_f_in over with its first term.
 template <class FBackward>
 void sublayer_backward(float* dx_in, const float* d_out, layers::SublayerActivations& sub,
-                       const layers::LnWeights& norm, const TransformerConfig& c, int64_t M,
-                       TransformerBackwardBuffers& s, FBackward&& f_backward) {
-  const float* df =
-      layers::sublayer_backward_output(dx_in, d_out, sub, M, c.d_model, norm, c.norm_first, c.dropout, s.blocks);
-  f_backward(df);  // fills sub.d_f_in
+                       const layers::LnWeights& norm, const TransformerConfig& c, int64_t M, FBackward&& f_backward) {
+  const float* df = layers::sublayer_backward_output(dx_in, d_out, sub, M, c.d_model, norm, c.norm_first, c.dropout);
+  f_backward(df);  // writes sub.d_f_in over
   layers::sublayer_backward_input(dx_in, sub, M, c.d_model, norm, c.norm_first);
 }
 }  // namespace
@@ -290,16 +291,15 @@ void encoder_layer_backward(float* dx, EncoderLayerActivations& k, const Encoder
                             const TransformerWeights& net, int64_t B, int64_t L, TransformerBackwardBuffers& s) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * L, E = c.d_model;
-  float* dx1 = layers::grow_zeroed(s.d1, M * E);
+  float* dx1 = grow(s.d1, M * E);
   // x2 = sublayer(x1, feed-forward)
-  sublayer_backward(dx1, dx, k.ff, w.norm2, c, M, s, [&](const float* df) {
-    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  sublayer_backward(dx1, dx, k.ff, w.norm2, c, M, [&](const float* df) {
+    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks, kOverwrite);
   });
   // x1 = sublayer(x, self-attention)
-  ops::zero_fill(dx, M * E);
-  sublayer_backward(dx, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
+  sublayer_backward(dx, dx1, k.sa, w.norm1, c, M, [&](const float* df) {
     float* d_in = k.sa.d_f_in.data();
-    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L);
+    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, L, L, kOverwrite);
   });
 }
 
@@ -333,20 +333,20 @@ void decoder_layer_backward(float* dy, float* dmem, DecoderLayerActivations& k, 
                             TransformerBackwardBuffers& s) {
   const TransformerConfig& c = net.c;
   const int64_t M = B * Lt, E = c.d_model;
-  float *dx2 = layers::grow_zeroed(s.d2, M * E), *dx1 = layers::grow_zeroed(s.d1, M * E);
+  float *dx2 = grow(s.d2, M * E), *dx1 = grow(s.d1, M * E);
   // x3 = sublayer(x2, feed-forward)
-  sublayer_backward(dx2, dy, k.ff, w.norm3, c, M, s, [&](const float* df) {
-    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks);
+  sublayer_backward(dx2, dy, k.ff, w.norm3, c, M, [&](const float* df) {
+    layers::ff_backward(k.ff.d_f_in.data(), df, k.ffn, w.ff, M, net.act(), c.dropout, s.blocks, kOverwrite);
   });
-  // x2 = sublayer(x1, cross-attention over mem)
-  sublayer_backward(dx1, dx2, k.ca, w.norm2, c, M, s, [&](const float* df) {
-    layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls);
+  // x2 = sublayer(x1, cross-attention over mem): dmem accumulates over the decoder's layers
+  sublayer_backward(dx1, dx2, k.ca, w.norm2, c, M, [&](const float* df) {
+    layers::mha_backward(k.ca.d_f_in.data(), dmem, dmem, w.cross_attn.g, df, k.cross_attn, w.cross_attn.w, B, Lt, Ls,
+                         kOverwrite);
   });
   // x1 = sublayer(y, masked self-attention)
-  ops::zero_fill(dy, M * E);
-  sublayer_backward(dy, dx1, k.sa, w.norm1, c, M, s, [&](const float* df) {
+  sublayer_backward(dy, dx1, k.sa, w.norm1, c, M, [&](const float* df) {
     float* d_in = k.sa.d_f_in.data();
-    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt);
+    layers::mha_backward(d_in, d_in, d_in, w.self_attn.g, df, k.self_attn, w.self_attn.w, B, Lt, Lt, kOverwrite);
   });
 }
 
