@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "attn/error.h"
 #include "attn/generation.h"
@@ -148,7 +149,10 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
     ASSERT_EQ(inc, full);
     // src's sizes are checked before anything is sized by them (B = -1 had reached an allocation)
     for (const TokenBatch& bad : {TokenBatch{{3}, -1, 1}, TokenBatch{{3}, int64_t{1} << 40, 1}, TokenBatch{{3}, 2, 1}})
-      EXPECT_THROW(generate_full_recompute(m, bad, 4), ShapeError) << bad.B;
+      for (const auto& decode : {std::function([&] { generate_full_recompute(m, bad, 4); }),
+                                 std::function([&] { generate_greedy_logits(m, bad, 4, nullptr); }),
+                                 std::function([&] { generate(m, bad); })})
+        EXPECT_THROW(decode(), ShapeError) << bad.B;
     for (size_t b = 0; b < inc_logits.size(); ++b) {
       ASSERT_EQ(inc_logits[b].size(), full_logits[b].size());
       for (size_t i = 0; i < inc_logits[b].size(); ++i) EXPECT_NEAR(inc_logits[b][i], full_logits[b][i], 1e-4);

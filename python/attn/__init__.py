@@ -58,13 +58,23 @@ def _float(x, name):
     return float(a)
 
 
+def _check_utf8(x, name):
+    """x (a str) has a UTF-8 form, which the C++ side takes: a lone surrogate ("\ud800", or a file name's byte outside
+    UTF-8 as os.fsdecode escapes it) is a ValueError naming the argument (nanobind's own was a bare TypeError)."""
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode: {e.reason} at index {e.start}") from None
+    return x
+
+
 def _str(x, name, allowed=None):
     """A str argument, one of allowed where given; anything else is a TypeError / ValueError naming it."""
     if not isinstance(x, str):
         raise TypeError(f"{name} must be a str, got {type(x).__name__} {x!r}")
     if allowed is not None and x not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {x!r}")
-    return x
+    return _check_utf8(x, name)
 
 
 def _path(p, name):
@@ -78,7 +88,7 @@ def _path(p, name):
     p = os.fsdecode(p) if isinstance(p, bytes) else p
     if "\0" in p:
         raise ValueError(f"{name} contains a NUL byte: {p!r}")
-    return p
+    return _check_utf8(p, name)
 
 
 _INT32 = (-2**31, 2**31 - 1)
@@ -106,10 +116,7 @@ def _strings(items, name):
     for i, item in enumerate(out):
         if not isinstance(item, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") has no UTF-8
-            raise ValueError(f"{name}[{i}] is not valid Unicode: {e.reason} at index {e.start}") from None
+        _check_utf8(item, f"{name}[{i}]")
     return out
 
 

@@ -64,6 +64,14 @@ bool worse(const Hypothesis& a, const Hypothesis& z) {
   return a.complete != z.complete ? !a.complete : a.score < z.score;
 }
 
+// src's sizes, checked before anything is sized by them (a B of -1 or 2^40 had reached the allocations first)
+void check_source_sizes(const char* who, const TokenBatch& src) {
+  if (src.B < 0 || src.L < 0 || (src.L > 0 && src.B > static_cast<int64_t>(src.ids.size()) / src.L) ||
+      static_cast<int64_t>(src.ids.size()) != src.B * src.L)
+    throw ShapeError(std::string(who) + ": src is [B = " + std::to_string(src.B) + ", L = " + std::to_string(src.L) +
+                     "] with " + std::to_string(src.ids.size()) + " ids");
+}
+
 int64_t positions_for(const Transformer& model, int64_t max_length) {
   if (max_length < 0) throw ArgumentError("generate: max_length must be >= 0, got " + std::to_string(max_length));
   return max_length > 0 ? std::min(max_length, model.config().max_len) : model.config().max_len;
@@ -200,13 +208,8 @@ std::vector<std::vector<int32_t>> generate(const Transformer& model, const Token
                         std::to_string(options.beam));
   if (!std::isfinite(options.length_penalty))  // NaN had made every score NaN: no early stop, the first hypothesis
     throw ArgumentError("generate: length_penalty must be finite, got " + std::to_string(options.length_penalty));
-  if (src.B < 0 || src.L < 0)
-    throw ShapeError("generate: src is [B = " + std::to_string(src.B) + ", L = " + std::to_string(src.L) + "]");
-  if (src.B == 0) {  // nothing to decode (the longest limit of no sentence had been read past the end)
-    if (!src.ids.empty())
-      throw ShapeError("generate: src has " + std::to_string(src.ids.size()) + " ids for B = 0 sentences");
-    return {};
-  }
+  check_source_sizes("generate", src);
+  if (src.B == 0) return {};  // nothing to decode (the longest limit of no sentence had been read past the end)
   for (int32_t v : options.suppress_tokens)
     if (v < 0 || v >= model.config().tgt_vocab)
       throw ArgumentError("generate: suppress_tokens holds " + std::to_string(v) +
@@ -232,6 +235,7 @@ std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& mode
                                                          int64_t max_length,
                                                          std::vector<std::vector<float>>* step_logits) {
   const TransformerConfig& c = model.config();
+  check_source_sizes("generate_greedy_logits", src);
   const int64_t B = src.B, V = c.tgt_vocab, T = positions_for(model, max_length);
   const std::unique_ptr<StepDecoder> decoder = model.start_decoding(src, 1, T);
   std::vector<int32_t> tokens(static_cast<size_t>(B), c.bos_id);
@@ -254,11 +258,7 @@ std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& mod
                                                           int64_t max_length,
                                                           std::vector<std::vector<float>>* step_logits) {
   const TransformerConfig& c = model.config();
-  // src's sizes before anything is sized by them (a B of -1 or 2^40 had reached the allocations first)
-  if (src.B < 0 || src.L < 0 || (src.L > 0 && src.B > static_cast<int64_t>(src.ids.size()) / src.L) ||
-      static_cast<int64_t>(src.ids.size()) != src.B * src.L)
-    throw ShapeError("generate_full_recompute: src is [B = " + std::to_string(src.B) +
-                     ", L = " + std::to_string(src.L) + "] with " + std::to_string(src.ids.size()) + " ids");
+  check_source_sizes("generate_full_recompute", src);
   const int64_t B = src.B, V = c.tgt_vocab, T = positions_for(model, max_length);
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
   if (step_logits) step_logits->assign(static_cast<size_t>(B), {});

@@ -268,6 +268,11 @@ def test_zero_dimensional_masks_and_scales_broadcast():
     # a path with a NUL byte (C++ had read up to it: another file)
     (lambda: attn.load_safetensors(FIXTURES + "/x\0.safetensors"), ValueError, "NUL"),
     (lambda: attn.Translator(model_dir=attn.shipped_model_dir() + "\0x"), ValueError, "NUL"),
+    # a lone surrogate in a str argument or a path (a file name's byte outside UTF-8, as os.fsdecode escapes it):
+    # nanobind's bare TypeError had named nothing
+    (lambda: attn.load_safetensors(FIXTURES + "/grad_sdpa_basic.safetensors", prefix="q\ud800"), ValueError,
+     "prefix is not valid Unicode"),
+    (lambda: attn.load_safetensors(b"/tmp/attn_\xff.safetensors"), ValueError, "path is not valid Unicode"),
     # sequence first: the shape as the caller gave it (the message had shown the transposed key, [2, 6, 8])
     (lambda: attn.MultiheadAttention(8, 2)(rand(5, 3, 8), rand(6, 2, 8), rand(6, 2, 8)), ValueError,
      "key has shape [6, 2, 8] but must be [S, N = 3, kdim = 8]"),
