@@ -101,6 +101,11 @@ struct Vec {
   static Vec first_lanes(Vec x, int count, Vec fill) {
     return {_mm512_mask_mov_ps(fill.v, static_cast<__mmask16>((1u << count) - 1u), x.v)};
   }
+  // lane l: bytes[l] != 0 ? y : x (reads W bytes)
+  static Vec select_nonzero_bytes(const uint8_t* bytes, Vec x, Vec y) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
+    return {_mm512_mask_mov_ps(x.v, _mm_test_epi8_mask(b, b), y.v)};
+  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 inline constexpr const char* kTargetName = "avx2";
@@ -174,6 +179,11 @@ struct Vec {
     const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     return {_mm256_blendv_ps(fill.v, x.v, _mm256_castsi256_ps(first))};
   }
+  static Vec select_nonzero_bytes(const uint8_t* bytes, Vec x, Vec y) {
+    const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes)));
+    const __m256i zero = _mm256_cmpeq_epi32(wide, _mm256_setzero_si256());
+    return {_mm256_blendv_ps(y.v, x.v, _mm256_castsi256_ps(zero))};
+  }
 };
 #else
 inline constexpr const char* kTargetName = "scalar";
@@ -216,6 +226,9 @@ struct Vec {
   static Vec zero_below(Vec x, float t, Vec y) { ATTN_LANEWISE(x.v[i] < t ? 0.0f : y.v[i]); }
   static Vec zero_where_zero(Vec x, Vec y) { ATTN_LANEWISE(x.v[i] == 0.0f ? 0.0f : y.v[i]); }
   static Vec first_lanes(Vec x, int count, Vec fill) { ATTN_LANEWISE(i < count ? x.v[i] : fill.v[i]); }
+  static Vec select_nonzero_bytes(const uint8_t* bytes, Vec x, Vec y) {
+    ATTN_LANEWISE(bytes[i] != 0 ? y.v[i] : x.v[i]);
+  }
   static Vec masked_mul(uint32_t bits, Vec x, Vec y) { ATTN_LANEWISE((bits >> i & 1u) ? x.v[i] * y.v[i] : 0.0f); }
   static bool any_zero(Vec x) {
     bool z = false;
