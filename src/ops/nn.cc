@@ -203,6 +203,21 @@ QuantizedMatrix quantize_rows(const float* w, int64_t N, int64_t K) {
 }
 
 namespace {
+// f(m0, m1) over rows [0, M) of `width` elements each, split over the OpenMP pool from kParallelElements on (no
+// parallel region below it: see layer_norm_forward).
+template <class F>
+void for_row_shares(int64_t M, int64_t width, F&& f) {
+  if (M * width < kParallelElements || M < 2) {
+    f(int64_t{0}, M);
+    return;
+  }
+#pragma omp parallel
+  {
+    const auto [m0, m1] = column_share(M, omp_get_thread_num(), omp_get_num_threads());
+    f(m0, m1);
+  }
+}
+
 // x[m, :] ≈ xs[m] · (xq[m, :] − kShift) for M rows of K (scale max|x| / 127; round half away from zero: a
 // truncating conversion, which vectorises). kShift 0: int8 levels; 128: the same levels shifted to u8.
 template <class Level, int kShift>
@@ -259,25 +274,35 @@ void linear_forward_int8(float* y, const float* x, const QuantizedMatrix& w, con
   if (static_cast<int64_t>(xq.size()) < M * K) xq.resize(static_cast<size_t>(M * K));
   if (static_cast<int64_t>(acc.size()) < M * N) acc.resize(static_cast<size_t>(M * N));
   if (static_cast<int64_t>(xs.size()) < M) xs.resize(static_cast<size_t>(M));
+  // the calling thread's buffers, as pointers: inside the row shares below, `xq` would name each worker's own
+  uint8_t* const levels = xq.data();
+  int32_t* const sums = acc.data();
+  float* const scales = xs.data();
   // acc = xq · Wqᵀ  (row-major, int32); in u8: (xq + 128) · Wqᵀ + u8_offset, the same sums
   static const bool native_s8s8 = onednn::effective_isa_has_avx512_core();
   dnnl_status_t status;
   if (native_s8s8 || static_cast<int64_t>(w.u8_offset.size()) != N) {
-    auto* xq8 = reinterpret_cast<int8_t*>(xq.data());
-    quantize_activations<int8_t, 0>(xq8, xs.data(), x, M, K);
+    auto* xq8 = reinterpret_cast<int8_t*>(levels);
+    for_row_shares(M, K, [&](int64_t m0, int64_t m1) {
+      quantize_activations<int8_t, 0>(xq8 + m0 * K, scales + m0, x + m0 * K, m1 - m0, K);
+    });
     const int32_t c_offset = 0;
-    status =
-        dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq8, K, 0, w.q.data(), K, 0, 0.0f, acc.data(), N, &c_offset);
+    status = dnnl_gemm_s8s8s32('N', 'T', 'F', M, N, K, 1.0f, xq8, K, 0, w.q.data(), K, 0, 0.0f, sums, N, &c_offset);
   } else {
-    quantize_activations<uint8_t, 128>(xq.data(), xs.data(), x, M, K);
-    status = dnnl_gemm_u8s8s32('N', 'T', 'R', M, N, K, 1.0f, xq.data(), K, 0, w.q.data(), K, 0, 0.0f, acc.data(), N,
+    for_row_shares(M, K, [&](int64_t m0, int64_t m1) {
+      quantize_activations<uint8_t, 128>(levels + m0 * K, scales + m0, x + m0 * K, m1 - m0, K);
+    });
+    status = dnnl_gemm_u8s8s32('N', 'T', 'R', M, N, K, 1.0f, levels, K, 0, w.q.data(), K, 0, 0.0f, sums, N,
                                w.u8_offset.data());
   }
   if (status != dnnl_success)
     throw Error("linear_forward_int8: oneDNN's int8 GEMM failed (status " + std::to_string(static_cast<int>(status)) +
                 ")");
   const float relu_floor = epilogue.relu ? 0.0f : -std::numeric_limits<float>::infinity();
-  scale_int8_sums(y, acc.data(), xs.data(), w.scale.data(), b, M, N, relu_floor, epilogue.accumulate);
+  for_row_shares(M, N, [&](int64_t m0, int64_t m1) {
+    scale_int8_sums(y + m0 * N, sums + m0 * N, scales + m0, w.scale.data(), b, m1 - m0, N, relu_floor,
+                    epilogue.accumulate);
+  });
 }
 
 void linear_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int64_t M,
