@@ -421,7 +421,7 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   io::Safetensors opt = io::read_safetensors(o.out_dir + "/optimizer.safetensors");
   std::map<std::string, Tensor> state = opt.tensors;
   state["m.src_embed.weight"] = Tensor({1});
-  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state);
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state, opt.metadata);
   train::TrainOptions resumed = o;
   resumed.steps = 3, resumed.resume_dir = o.out_dir, resumed.out_dir = (dir / "resumed").string();
   EXPECT_THROW(
@@ -436,10 +436,28 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
       ShapeError);
   state.erase("v.generator.bias");
   state["m.src_embed.weight"] = opt.tensors.at("m.src_embed.weight");
-  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state);
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", state, opt.metadata);
   EXPECT_THROW(train::train_numbers(resumed), MissingTensorError);
-  io::write_safetensors(o.out_dir + "/optimizer.safetensors", opt.tensors);
+  io::write_safetensors(o.out_dir + "/optimizer.safetensors", opt.tensors, opt.metadata);
   const std::string good_state = io::read_text(o.out_dir + "/train_state.json");
+  // a save killed between its renames: one save's model beside another's optimizer state and position (resumed, the
+  // model had trained on with the other step's moments from the other step's data position)
+  {
+    train::TrainOptions other = o;
+    other.out_dir = (dir / "other").string();
+    other.seed += 1;
+    train::train_numbers(other);
+    const std::string model = o.out_dir + "/model.safetensors";
+    fs::copy_file(model, dir / "model.keep");
+    fs::copy_file(other.out_dir + "/model.safetensors", model, fs::copy_options::overwrite_existing);
+    try {
+      train::train_numbers(resumed);
+      ADD_FAILURE() << "a checkpoint of two saves was resumed";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("different saves"), std::string::npos) << e.what();
+    }
+    fs::copy_file(dir / "model.keep", model, fs::copy_options::overwrite_existing);
+  }
   // a checkpoint at step 2 resumed to --steps 2 or 1: refused (it had printed success and written nothing)
   for (const int64_t steps_to_reach : {2, 1}) {
     train::TrainOptions done = resumed;
@@ -455,7 +473,8 @@ TEST(Training, BadCheckpointsAndOptionsAreRefused) {
   // run counts on; an integer past int64 (it had wrapped); no batches; a recipe that is not a number, or one the
   // options would have refused
   for (const std::string& bad_state :
-       {std::string("{\"step\": 1}"), replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
+       {"{\"step\": 1, \"checkpoint\": " + nlohmann::json::parse(good_state).at("checkpoint").dump() + "}",
+        replaced(good_state, "\"step\": 2", "\"step\": 2.5"),
         replaced(good_state, "\"batch_size\": 8", "\"batch_size\": 0"),
         replaced(good_state, "\"train_examples\": 64",
                  "\"train_examples\": 4611686018427387904"),  // (had run out of memory)

@@ -95,15 +95,16 @@ nlohmann::json parse_header(const uint8_t* data, size_t size, const std::string&
 
 }  // namespace
 
-Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what,
-                              const std::string& name_prefix) {
+namespace {
+// parse_safetensors, copying out the tensors whose names start with *name_prefix (none when it is null)
+Safetensors parse_checked(const uint8_t* data, size_t size, const std::string& what, const std::string* name_prefix) {
   uint64_t n = 0;
   const nlohmann::json header = parse_header(data, size, what, &n);
   const uint8_t* body = data + 8 + n;
   const uint64_t body_size = size - 8 - n;
   Safetensors out;
   out.source = what;
-  out.prefix = name_prefix;
+  if (name_prefix) out.prefix = *name_prefix;
   // every tensor's entry checked before any is allocated, then their bytes must tile the data exactly (no overlap, no
   // gap, nothing after: as the safetensors library requires): tensors sharing bytes had let a 2 MiB file allocate
   // 16 GiB
@@ -180,7 +181,7 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
                       " bytes of data after the header");
   for (const Entry& e : entries) {
     const std::string& name = e.name;
-    if (name.compare(0, name_prefix.size(), name_prefix) != 0) continue;  // not asked for: its bytes stay unread
+    if (!name_prefix || name.compare(0, name_prefix->size(), *name_prefix) != 0) continue;  // not asked for: unread
     const std::string dt = e.info->name;
     const DTypeInfo* info = e.info;
     const int64_t numel = e.numel;
@@ -217,13 +218,20 @@ Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::strin
   }
   return out;
 }
+}  // namespace
+
+Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what,
+                              const std::string& name_prefix) {
+  return parse_checked(data, size, what, &name_prefix);
+}
 
 void widen_to_float32(std::map<std::string, Tensor>& tensors) {
   for (auto& [name, t] : tensors)
     if (t.dtype() == DType::kBFloat16 || t.dtype() == DType::kFloat16) t = to_dtype(t, DType::kFloat32);
 }
 
-Safetensors read_safetensors(const std::string& path, const std::string& name_prefix) {
+namespace {
+Safetensors read_checked(const std::string& path, const std::string* name_prefix) {
   Safetensors out;
   // a stream is read as far as its header says (8 + N + the end of the last tensor's bytes; parse_safetensors checks
   // the rest): /dev/zero fails at its empty header, not when memory runs out
@@ -240,8 +248,17 @@ Safetensors read_safetensors(const std::string& path, const std::string& name_pr
     return static_cast<size_t>(8 + n + end);
   };
   with_file_bytes(
-      path, [&](const uint8_t* data, size_t size) { out = parse_safetensors(data, size, path, name_prefix); }, stated);
+      path, [&](const uint8_t* data, size_t size) { out = parse_checked(data, size, path, name_prefix); }, stated);
   return out;
+}
+}  // namespace
+
+Safetensors read_safetensors(const std::string& path, const std::string& name_prefix) {
+  return read_checked(path, &name_prefix);
+}
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+  return read_checked(path, nullptr).metadata;
 }
 
 std::vector<uint8_t> encode_safetensors(const std::map<std::string, Tensor>& tensors,

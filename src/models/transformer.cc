@@ -483,9 +483,11 @@ void Transformer::save(const std::string& dir) const {
   files.commit();
 }
 
-void Transformer::stage(io::FileSet& files, const std::string& dir) const {
-  files.add("model.safetensors", dir + "/model.safetensors",
-            io::encode_safetensors(params_, {{"format", "attn-transformer-1"}}));
+void Transformer::stage(io::FileSet& files, const std::string& dir,
+                        const std::map<std::string, std::string>& metadata) const {
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "attn-transformer-1";
+  files.add("model.safetensors", dir + "/model.safetensors", io::encode_safetensors(params_, meta));
   const std::string config = config_.to_json() + "\n";
   files.add("config.json", dir + "/config.json", std::vector<uint8_t>(config.begin(), config.end()));
 }

@@ -13,6 +13,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <random>
 #include <sstream>
 
 #include "attn/error.h"
@@ -215,22 +216,29 @@ struct RunSettings {
 };
 
 // The checkpoint's five files replace the previous ones together (io::FileSet): a failed save leaves the last
-// checkpoint whole, never a model from one step beside an optimizer state from another.
+// checkpoint whole, never a model from one step beside an optimizer state from another. A process killed between
+// two of the renames can still leave such a mix: the model, the optimizer state and train_state.json carry one id,
+// drawn anew for each save, which resume_from checks.
 void save_checkpoint(const std::string& dir, const Transformer& model, const tasks::Vocab& vocab, const AdamState& adam,
                      const std::mt19937_64& rng, int64_t epoch, int64_t batch_index, RunSettings run) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw FileError(dir + ": cannot create the checkpoint directory (" + ec.message() + ")", ec.value());
+  std::random_device entropy;  // (not the training's generator: saving leaves the run's random streams alone)
+  char id[40];
+  std::snprintf(id, sizeof id, "step %lld, %08x%08x", static_cast<long long>(adam.step), entropy(), entropy());
+  const std::map<std::string, std::string> checkpoint{{"checkpoint", id}};
   io::FileSet files;
-  model.stage(files, dir);
+  model.stage(files, dir, checkpoint);
   files.add("vocab.json", dir + "/vocab.json", text_bytes(vocab.to_json()));
   std::map<std::string, Tensor> state;
   for (const auto& [name, t] : adam.m) state["m." + name] = t;
   for (const auto& [name, t] : adam.v) state["v." + name] = t;
-  files.add("optimizer.safetensors", dir + "/optimizer.safetensors", io::encode_safetensors(state));
+  files.add("optimizer.safetensors", dir + "/optimizer.safetensors", io::encode_safetensors(state, checkpoint));
   std::ostringstream r;
   r << rng;
-  nlohmann::json state_json{{"step", adam.step}, {"epoch", epoch}, {"batch_index", batch_index}, {"rng", r.str()}};
+  nlohmann::json state_json{
+      {"step", adam.step}, {"epoch", epoch}, {"batch_index", batch_index}, {"rng", r.str()}, {"checkpoint", id}};
   run.for_each_integer([&](const char* key, auto v) { state_json[key] = v; });
   // a float widened to double, which JSON writes in full: read back and narrowed, the same float
   run.for_each_float([&](const char* key, float v) { state_json[key] = static_cast<double>(v); });
@@ -259,6 +267,25 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
                  AdamState* adam, std::mt19937_64* rng, int64_t* epoch, int64_t* batch_index, RunSettings* run) {
   const std::string opt_path = dir + "/optimizer.safetensors", state_path = dir + "/train_state.json";
   const io::Safetensors opt = io::read_safetensors(opt_path);
+  // one checkpoint's files (see save_checkpoint; checkpoints from before the ids have none)
+  const auto id_of = [](const std::map<std::string, std::string>& metadata) {
+    const auto it = metadata.find("checkpoint");
+    return it == metadata.end() ? std::string("none") : it->second;
+  };
+  const std::string model_id = id_of(io::read_safetensors_metadata(dir + "/model.safetensors"));
+  const std::string text = io::read_text(state_path);  // its errors name the path
+  std::string state_id = "none";
+  try {
+    const nlohmann::json st = nlohmann::json::parse(text);
+    if (st.contains("checkpoint")) state_id = st.at("checkpoint").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(state_path + ": " + e.what());
+  }
+  if (model_id != state_id || id_of(opt.metadata) != state_id)
+    throw FormatError(dir + ": its files come from different saves (model.safetensors: " + model_id +
+                      ", optimizer.safetensors: " + id_of(opt.metadata) + ", train_state.json: " + state_id +
+                      "), as a run killed while it saved leaves them; resuming would train a model with another "
+                      "step's optimizer state and data position. Resume from another checkpoint or start again.");
   for (const auto& [name, p] : model.params())
     for (const char* moment : {"m.", "v."}) {
       const std::string key = moment + name;
@@ -270,8 +297,7 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
                          ", but the parameter '" + name + "' is float32 " + shape_str(p.shape()));
       (moment[0] == 'm' ? adam->m : adam->v)[name] = t.clone();
     }
-  const std::string text = io::read_text(state_path);  // its errors name the path
-  constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
+  constexpr int64_t kMaxCount = int64_t{1} << 62;  // counting on from here never overflows
   try {
     const nlohmann::json st = nlohmann::json::parse(text);
     for (const std::string& key : overrides) {  // (names checked by train_numbers)
@@ -337,6 +363,20 @@ const std::vector<std::string>& checkpoint_file_names() {  // save_checkpoint's 
   static const std::vector<std::string> names = {"model.safetensors", "config.json", "vocab.json",
                                                  "optimizer.safetensors", "train_state.json"};
   return names;
+}
+
+int64_t checkpoint_step(const std::string& dir) {
+  const std::string path = dir + "/train_state.json";
+  const std::string text = io::read_text(path);  // its errors name the path
+  int64_t step = 0;
+  try {
+    io::read_integer(nlohmann::json::parse(text), "step", step);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(path + ": " + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(path + ": " + e.what());
+  }
+  return step;
 }
 
 float noam_learning_rate(float lr_factor, int64_t d_model, int64_t warmup, int64_t step) {

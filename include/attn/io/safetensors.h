@@ -38,6 +38,8 @@ struct Safetensors {
 Safetensors read_safetensors(const std::string& path, const std::string& name_prefix = "");
 Safetensors parse_safetensors(const uint8_t* data, size_t size, const std::string& what,
                               const std::string& name_prefix = "");
+// The file's __metadata__ alone, after the same checks of the whole file (no tensor is copied).
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path);
 
 // Widens every bfloat16/float16 tensor of `tensors` to float32 (exact), in place: the model loaders' step,
 // so a checkpoint saved in BF16 or F16 loads into float32 models.

@@ -144,8 +144,9 @@ class Transformer {
 
   // A directory with model.safetensors and config.json (both or neither are replaced: io::FileSet).
   void save(const std::string& dir) const;
-  // The same two files added to `files`, which a checkpoint commits with its own (dir must exist).
-  void stage(io::FileSet& files, const std::string& dir) const;
+  // The same two files added to `files`, which a checkpoint commits with its own (dir must exist); metadata: more
+  // __metadata__ entries for model.safetensors (a checkpoint's id).
+  void stage(io::FileSet& files, const std::string& dir, const std::map<std::string, std::string>& metadata = {}) const;
   static Transformer load(const std::string& dir);
 
  private:
