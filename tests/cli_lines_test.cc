@@ -351,6 +351,31 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
   EXPECT_EQ(run("translate --beam 2 --length-penalty 0.6 one hundred").err.find("--length-penalty"), std::string::npos);
 }
 
+// A resumed run continues its loss log as an uninterrupted run's reads: the lines up to the checkpoint's step, then
+// its own (it had held its own steps alone), also from the FILE.partial a killed run left (which had blocked --resume).
+TEST_F(CliLines, AResumedRunContinuesItsLossLog) {
+  const auto tiny = [](int steps) {
+    return " --steps " + std::to_string(steps) +
+           " --train-examples 16 --batch-size 8 --d-model 8 --heads 2 --d-ff 8 --encoder-layers 1 "
+           "--decoder-layers 1 --eval-every 0 --no-progress";
+  };
+  ASSERT_EQ(run("train" + tiny(4) + " --out " + path("straight") + " --loss-log " + path("straight.log")).status, 0);
+  const std::string straight = slurp(path("straight.log"));
+  ASSERT_EQ(std::count(straight.begin(), straight.end(), '\n'), 4) << straight;
+  for (const bool killed : {false, true}) {
+    const std::string dir = path(killed ? "killed" : "finished"), log = path(killed ? "killed.log" : "finished.log");
+    ASSERT_EQ(run("train" + tiny(2) + " --out " + dir + " --loss-log " + log).status, 0);
+    if (killed) {  // a resumed run killed at its fourth step: its steps 3 and a half-written 4 after the first two
+      write("killed.log.partial", slurp(log) + "3 1.5\n4 1.");
+      fs::remove(log);
+    }
+    const CliResult r = run("train --resume " + dir + " --steps 4 --no-progress --loss-log " + log);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(slurp(log), straight) << (killed ? "killed" : "finished");
+    EXPECT_FALSE(fs::exists(log + ".partial"));
+  }
+}
+
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).
 TEST_F(CliLines, SimilarPrintsLinesWhole) {
   write("s.txt", std::string("A man is eating food.\nA man\0 is riding a horse.\n", 48));

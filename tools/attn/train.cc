@@ -27,6 +27,25 @@ struct TrainArgs {
   std::vector<std::string> model_flags_given;  // flags for the model, which a --resume loads from the checkpoint
 };
 
+// The lines of a loss log ("step loss") up to `last_step`: from the first on, until one is not such a line (a killed
+// run's last, half written) or goes past it.
+std::string log_lines_up_to(const std::string& text, int64_t last_step) {
+  std::string kept;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    const size_t end = text.find('\n', begin);
+    if (end == std::string::npos) break;  // no line break: half written
+    const std::string line = text.substr(begin, end - begin);
+    long long step = 0;
+    double loss = 0.0;
+    char rest = 0;
+    if (std::sscanf(line.c_str(), "%lld %lf %c", &step, &loss, &rest) != 2 || step > last_step) break;
+    kept += line + "\n";
+    begin = end + 1;
+  }
+  return kept;
+}
+
 void run_train(TrainArgs a) {
   if (a.task != "numbers-en-zh") throw ArgumentError("--task: only numbers-en-zh exists, got '" + a.task + "'");
   // a bucket is one MPI message of floats: at most 2^31 - 1 of them, just under 8192 MB (checked without mpirun too)
@@ -44,9 +63,21 @@ void run_train(TrainArgs a) {
   const bool rank0 = launcher_rank0();
   const std::string log_partial = io::sibling_path(a.loss_log, ".partial");
   struct stat partial_stat;  // (lstat: a dangling link there is someone's too)
-  if (rank0 && !a.loss_log.empty() && ::lstat(log_partial.c_str(), &partial_stat) == 0)  // before any work or output
+  const bool partial_left = rank0 && !a.loss_log.empty() && ::lstat(log_partial.c_str(), &partial_stat) == 0;
+  // A resumed run continues the log, as an uninterrupted run's would read: the lines up to the checkpoint's step, from
+  // the FILE.partial a killed run left (which it takes over) or else from FILE, then its own. A new run never takes
+  // over a FILE.partial. (A resumed run's log had held its own steps alone, and a killed run's had blocked --resume.)
+  std::string carried;                         // the earlier steps' lines
+  if (partial_left && a.o.resume_dir.empty())  // before any work or output
     throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
-                        " exists (another run's log?); remove it or choose another --loss-log");
+                        " exists (another run's log, or a killed run's, which --resume continues); remove it or choose "
+                        "another --loss-log");
+  if (rank0 && !a.loss_log.empty() && !a.o.resume_dir.empty()) {
+    struct stat log_stat;
+    if (partial_left || ::stat(a.loss_log.c_str(), &log_stat) == 0)
+      carried = log_lines_up_to(io::read_text(partial_left ? log_partial : a.loss_log),
+                                train::checkpoint_step(a.o.resume_dir));
+  }
   if (rank0 && !a.o.resume_dir.empty())  // the model, data order and recipe are the checkpoint's
     std::fprintf(stderr,
                  "training numbers-en-zh: resuming %s (its model, optimizer state, data order and recipe) up to step "
@@ -72,16 +103,20 @@ void run_train(TrainArgs a) {
   io::check_output_paths(outputs, io::OutputFolders::kMayBeCreated);  // (--out is created when the first checkpoint is)
   if (rank0) io::check_output_paths({{"--loss-log", a.loss_log}});    // its folder must be there, where it is written
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
-  bool log_opened = false;  // only a log this run opened is removed on failure
+  bool log_started = false;  // this run writes FILE.partial, renamed to FILE when the run ends well
+  bool log_opened = false;   // only a log this run created is removed on failure (a killed run's it took over stays)
   auto on_step = [&](int64_t step, float loss) {
     if (!a.loss_log.empty() && rank == 0) {
-      if (!log) {  // created, never truncated: a FILE.partial that exists is someone else's (it had been overwritten)
-        const int fd = ::open(log_partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (!log) {  // created, never truncated, but the killed run's a resumed run takes over: a FILE.partial that
+                   // exists is someone else's (it had been overwritten)
+        const int fd =
+            ::open(log_partial.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (partial_left ? O_TRUNC : O_EXCL), 0666);
         if (fd < 0 && errno == EEXIST)
           throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
                               " exists (another run's log?); remove it or choose another --loss-log");
-        if (fd >= 0) log.reset(::fdopen(fd, "w")), log_opened = true;
+        if (fd >= 0) log.reset(::fdopen(fd, "w")), log_started = true, log_opened = !partial_left;
         if (fd >= 0 && !log) ::close(fd);
+        if (log) std::fputs(carried.c_str(), log.get());
       }
       if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write " + log_partial);
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
@@ -94,7 +129,8 @@ void run_train(TrainArgs a) {
     if (log && (std::ferror(log.get()) != 0 || std::fclose(log.release()) != 0))  // (fclose flushes)
       throw Error("--loss-log " + a.loss_log + ": cannot finish the file");
     // written as every output is (through a symbolic link to its target, on the disk before it appears)
-    if (log_opened) io::write_file_atomically(a.loss_log, io::read_file(log_partial)), std::remove(log_partial.c_str());
+    if (log_started)
+      io::write_file_atomically(a.loss_log, io::read_file(log_partial)), std::remove(log_partial.c_str());
   } catch (...) {
     log.reset();
     if (log_opened) std::remove(log_partial.c_str());
@@ -162,7 +198,9 @@ void add_train(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--loss-log", a->loss_log,
                   "write each step's loss to this file (\"step loss\" per line; FILE.partial while training, "
-                  "renamed to FILE when the run ends well, removed when it fails; not one of --out's files)");
+                  "renamed to FILE when the run ends well, removed when it fails; not one of --out's files); with "
+                  "--resume the log continues: the lines up to the checkpoint's step from FILE, or from the "
+                  "FILE.partial a killed run left, then the new ones");
   sub->add_option(
       "--bucket-mb", a->data_parallel.bucket_mb,
       "under mpirun: MB of gradients per all-reduce, in (0, 8192), 0.25 by default (a bucket goes as soon as the "

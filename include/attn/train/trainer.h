@@ -133,6 +133,9 @@ class TrainingStep {
 // The files a checkpoint directory holds (model.safetensors, config.json, vocab.json, optimizer.safetensors,
 // train_state.json), which train_numbers replaces together.
 const std::vector<std::string>& checkpoint_file_names();
+// The optimizer step a checkpoint directory was saved at (its train_state.json's "step"), which --resume continues
+// from; FileError / FormatError naming the file.
+int64_t checkpoint_step(const std::string& dir);
 
 // Trains (or resumes), writing checkpoints to out_dir. `on_step` (optional) sees (step, loss).
 TrainReport train_numbers(const TrainOptions& options, const std::function<void(int64_t, float)>& on_step = nullptr);
