@@ -351,9 +351,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     128) run on attn.cuda's kernels, without attn_mask, dropout_p or alibi_slopes.
     attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores (float32,
     or the query's 16-bit dtype, widened to float32).
-    dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch); the mask's seed comes from
-    torch's default generator. is_causal: query i sees keys j <= i (top-left); with attn_mask it raises
-    RuntimeError, as PyTorch does (causal_alignment='top-left' applies both). scale: default 1/sqrt(D).
+    dropout_p: attention-weight dropout (applied whenever > 0, as in PyTorch), rounded to a multiple of 2^-16
+    (below 2^-17: none), the survivors scaled by 1/(1 - the rounded p): each weight keeps its expected value; the
+    mask's seed comes from torch's default generator. is_causal: query i sees keys j <= i (top-left); with
+    attn_mask it raises RuntimeError, as PyTorch does (causal_alignment='top-left' applies both). scale: default 1/sqrt(D).
     enable_gqa: allow H to be a multiple of Hkv (grouped-query attention, K/V never repeated in memory).
     Extras: causal_alignment 'top-left' | 'bottom-right' (query i sees j <= i + Lk - Lq; setting it implies
     causal), key_padding_mask (B, Lk) bool True = padding, window W (with causal: each query sees its last W keys),
@@ -492,8 +493,9 @@ class MultiheadAttention(nn.Module):
       (as PyTorch's).
       key_padding_mask (N, S): bool True = ignore the key, or float added. attn_mask (L, S) or (N*H, L, S):
       bool True = NOT allowed to attend, or float added. is_causal: a hint that attn_mask is the causal (top-left)
-      mask; without attn_mask it raises RuntimeError, as nn.MultiheadAttention does. As there: attn_mask
-      alone where weights are returned or key_padding_mask is given, else the causal mask alone. (The two differ
+      mask; without attn_mask it raises RuntimeError, as nn.MultiheadAttention's general path does (its inference
+      fast path, in eval under no_grad with batch_first self-attention, ignores the hint and attends unmasked). As
+      there: attn_mask alone where weights are returned or key_padding_mask is given, else the causal mask alone. (The two differ
       only for an attn_mask that is not causal, or for the keys add_bias_kv and add_zero_attn append: attn_mask's
       padding leaves those visible to every query, the causal mask hides them from the first queries.)
     """
