@@ -105,11 +105,13 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
                                        << extra << "}";
     EXPECT_THROW(BertConfig::from_hf_json(io::read_text((dir / "config.json").string())), FormatError) << extra;
   }
-  // relative position embeddings (they had run as absolute ones)
-  EXPECT_THROW(BertConfig::from_hf_json(R"({"vocab_size": 5, "hidden_size": 12, "num_hidden_layers": 1, )"
-                                        R"("num_attention_heads": 3, "intermediate_size": 4, )"
-                                        R"("position_embedding_type": "relative_key"})"),
-               FormatError);
+  // relative position embeddings (they had run as absolute ones); another architecture with BERT's weight names
+  // (RoBERTa's positions start at pad_id + 1: it had loaded and run with BERT's)
+  const std::string sizes = R"({"vocab_size": 5, "hidden_size": 12, "num_hidden_layers": 1, )"
+                            R"("num_attention_heads": 3, "intermediate_size": 4, )";
+  EXPECT_THROW(BertConfig::from_hf_json(sizes + R"("position_embedding_type": "relative_key"})"), FormatError);
+  EXPECT_THROW(BertConfig::from_hf_json(sizes + R"("model_type": "roberta"})"), FormatError);
+  EXPECT_EQ(BertConfig::from_hf_json(sizes + R"("model_type": "bert"})").vocab_size, 5);
   // the MiniLM directory with a tokenizer_config.json that does not parse (nlohmann's type_error had escaped), and
   // without modules.json: pooled without normalising, as sentence-transformers builds a plain BERT
   std::filesystem::remove_all(dir);
@@ -118,6 +120,43 @@ TEST(MiniLM, BadModelDirectoriesFailClearly) {
   EXPECT_FALSE(SentenceEncoder::load(dir.string()).normalize());
   EXPECT_TRUE(SentenceEncoder::load(minilm_dir()).normalize());
   { std::ofstream(dir / "tokenizer_config.json") << "{\"do_lower_case\": "; }
+  EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);
+  std::filesystem::remove_all(dir);
+}
+
+// A word-embedding table with rows past vocab.txt's tokens (padded to a multiple of 8, as some checkpoints are, which
+// Hugging Face loads): the same embeddings (it had been refused); fewer rows than tokens: refused.
+TEST(MiniLM, AnEmbeddingTablePaddedPastTheVocabularyLoads) {
+  const auto dir = test::fresh_temp_path("attn_padded_bert");
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(minilm_dir(), dir, std::filesystem::copy_options::recursive);
+  const std::string weights = (dir / "model.safetensors").string(), config = (dir / "config.json").string();
+  io::Safetensors st = io::read_safetensors(weights);
+  std::string name;
+  for (const auto& [n, t] : st.tensors)
+    if (n.size() >= 22 && n.compare(n.size() - 22, 22, "word_embeddings.weight") == 0) name = n;
+  ASSERT_FALSE(name.empty());
+  const Tensor table = st.tensors.at(name);
+  const int64_t V = table.shape()[0], H = table.shape()[1];
+  Tensor padded({V + 6, H});  // (zeros)
+  std::copy(table.f32(), table.f32() + V * H, padded.f32());
+  st.tensors[name] = padded;
+  io::write_safetensors(weights, st.tensors, st.metadata);
+  const std::string text = io::read_text(config), from = "\"vocab_size\": " + std::to_string(V);
+  ASSERT_NE(text.find(from), std::string::npos);
+  const auto with_vocab = [&](int64_t rows) {
+    std::string t = text;
+    t.replace(t.find(from), from.size(), "\"vocab_size\": " + std::to_string(rows));
+    std::ofstream(config) << t;
+  };
+  with_vocab(V + 6);
+  const std::vector<std::string> sentences = {"A man is eating food.", "Padding rows are never read."};
+  EXPECT_EQ(test::max_abs_diff(SentenceEncoder::load(dir.string()).embed(sentences),
+                               SentenceEncoder::load(minilm_dir()).embed(sentences)),
+            0.0);
+  st.tensors[name] = Tensor({V - 1, H});
+  io::write_safetensors(weights, st.tensors, st.metadata);
+  with_vocab(V - 1);
   EXPECT_THROW(SentenceEncoder::load(dir.string()), FormatError);
   std::filesystem::remove_all(dir);
 }

@@ -32,6 +32,10 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
     const double eps = j.value("layer_norm_eps", 1e-12);
     if (!(eps >= 0.0 && eps <= 1.0)) throw FormatError("layer_norm_eps " + std::to_string(eps) + " must be in [0, 1]");
     c.layer_norm_eps = static_cast<float>(eps);
+    // another architecture of BERT's weight names (RoBERTa's positions start at pad_id + 1: it had loaded and given
+    // other embeddings than sentence-transformers' without a word)
+    const std::string type = j.value("model_type", std::string("bert"));
+    if (type != "bert") throw FormatError("model_type '" + type + "' is not supported (bert)");
     const std::string act = j.value("hidden_act", std::string("gelu"));
     if (act != "gelu") throw FormatError("hidden_act '" + act + "' is not supported (gelu)");
     // relative position embeddings (relative_key, ...) had loaded and run with absolute ones
@@ -283,9 +287,11 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
     w->layers.push_back(lw);
   }
   e.weights_ = std::move(w);
-  if (e.tokenizer_.size() != c.vocab_size)
-    throw FormatError(dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json says " +
-                      std::to_string(c.vocab_size));
+  // an embedding table larger than the vocabulary is padded (to a multiple of 8, or a tokenizer's trimmed list): its
+  // spare rows are never looked up, as in Hugging Face, which loads such models
+  if (e.tokenizer_.size() > c.vocab_size)
+    throw FormatError(dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json's " +
+                      "vocab_size " + std::to_string(c.vocab_size) + " rows: its last ids have no embedding");
   return e;
 }
 
