@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <thread>
 
 #include "attn/error.h"
 #include "attn/generation.h"
@@ -137,6 +139,18 @@ Transformer random_model(bool norm_first, int64_t tgt_vocab = 10) {
       t.f32()[c.pad_id] = t.f32()[c.bos_id] = -100.0f;  // never predicted, as in a trained model
     }
   return m;
+}
+
+// A decoder that outlives its thread's KV-cache pool (held by a thread_local made before the pool, so destroyed after
+// it at the thread's exit) frees its caches instead of giving them back to the destroyed pool (undefined behaviour
+// there: a push_back into a destroyed vector, which the sanitizer build shows).
+TEST(Transformer, ADecoderOutlivingItsThreadsCachePoolFreesItsCaches) {
+  const Transformer m = random_model(false);
+  std::thread([&] {
+    thread_local std::unique_ptr<StepDecoder> held;  // made here, before the pool
+    held = m.start_decoding(TokenBatch{{3, 4, 2}, 1, 3}, 1, 4);
+    EXPECT_NE(held->step(std::vector<int32_t>{m.config().bos_id}.data(), 0), nullptr);
+  }).join();
 }
 
 TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {

@@ -25,9 +25,14 @@ using layers::grow;
 enum class CacheKind { kSelf, kCross };
 constexpr size_t kPoolBytes = size_t{256} << 20;
 
+// Set when this thread's pool is destroyed (at the thread's exit, before static objects): a decoder that outlives it
+// (one held by a static) frees its caches instead of giving them back. Trivially destructible, so still readable then.
+thread_local bool pool_destroyed = false;
+
 struct CachePool {
   std::vector<layers::KVCache> caches[2];
   size_t bytes = 0;
+  ~CachePool() { pool_destroyed = true; }
 };
 
 CachePool& cache_pool() {
@@ -38,6 +43,7 @@ CachePool& cache_pool() {
 size_t cache_bytes(const layers::KVCache& c) { return c.bytes_held(); }
 
 std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
+  if (pool_destroyed) return std::vector<layers::KVCache>(n);
   CachePool& pool = cache_pool();
   std::vector<layers::KVCache>& free = pool.caches[static_cast<int>(kind)];
   std::vector<layers::KVCache> out(n);
@@ -50,6 +56,7 @@ std::vector<layers::KVCache> take_caches(CacheKind kind, size_t n) {
 }
 
 void give_back(CacheKind kind, std::vector<layers::KVCache>& caches) noexcept {
+  if (pool_destroyed) return;  // freed with `caches`
   CachePool& pool = cache_pool();
   std::vector<layers::KVCache>& free = pool.caches[static_cast<int>(kind)];
   for (layers::KVCache& c : caches) {
