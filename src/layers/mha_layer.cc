@@ -129,6 +129,27 @@ void mha_self_attention_step(float* out, const MhaWeights& w, const float* x, in
   ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, N, E, E, {.accumulate = true});
 }
 
+void mha_self_attention_packed(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t L,
+                               const PackedRows& packed, const MhaMasks& masks, float* weights) {
+  const int64_t E = w.E, kv = w.kv_width(), n = packed.count;
+  // Q, K, V of the packed rows, spread to their places in [B·L]
+  const Projections qkv = project_qkv(w, x, n);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = packed.rows[r];
+    std::copy_n(qkv.q + r * qkv.q_ld, E, packed.q + row * E);
+    std::copy_n(qkv.k + r * qkv.kv_ld, kv, packed.k + row * kv);
+    std::copy_n(qkv.v + r * qkv.kv_ld, kv, packed.v + row * kv);
+  }
+  // heads = softmax(scale·Q·Kᵀ + M)·V over [B, L]
+  detail::AttentionProblem p = make_problem(w, masks, B, L, L, packed.q, packed.k, packed.v, packed.heads);
+  p.weights = weights;
+  detail::run_problem(p, masks.impl);
+  // out = heads·W_Oᵀ + b_O over the packed rows
+  float* heads = ops::scratch(3, n * E);
+  for (int64_t r = 0; r < n; ++r) std::copy_n(packed.heads + packed.rows[r] * E, E, heads + r * E);
+  ops::linear_forward(out, heads, w.w_o, w.qw_o, w.b_o, n, E, E);
+}
+
 void mha_cross_kv(KVCache& cache, const MhaWeights& w, const float* memory, int64_t B, int64_t Ls,
                   detail::KVType kv_type) {
   const int64_t kv = w.kv_width();

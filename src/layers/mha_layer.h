@@ -77,6 +77,21 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
                  int64_t Lq, int64_t Lk, const MhaMasks& masks, MhaActivations* acts = nullptr,
                  float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr,
                  ops::LinearEpilogue out_epilogue = {});
+// A [B, L] batch's real rows, packed (the rest is padding, which masks.key_padding marks): packed row r is row rows[r]
+// of [B·L]. q, k, v, heads: work buffers in the [B·L] layout ([B·L, E], k and v [B·L, Hkv·Dh]) whose rows outside
+// `rows` are 0 and stay so, kept by the caller from layer to layer.
+struct PackedRows {
+  const int64_t* rows = nullptr;  // [count]
+  int64_t count = 0;
+  float *q = nullptr, *k = nullptr, *v = nullptr, *heads = nullptr;
+};
+
+// Inference self-attention over packed rows: out [count, E] = MHA(x [count, E]). The projections run on the packed
+// rows alone (a batch's padding had gone through them); the kernel reads Q, K, V in the [B, L] layout, whose padded
+// rows it never sees (key padding hides those keys; their queries' rows are dropped). weights as mha_forward's.
+void mha_self_attention_packed(float* out, const MhaWeights& w, const float* x, int64_t B, int64_t L,
+                               const PackedRows& packed, const MhaMasks& masks, float* weights = nullptr);
+
 // dxq += dLoss/dxq, dxk += ..., dxv += ..., in that order (they may alias: self-attention accumulates all three into
 // one); dxq_write kOverwrite: dxq = dLoss/dxq, the first term of an aliased buffer. Parameter gradients accumulate
 // into g.
