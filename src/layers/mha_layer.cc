@@ -53,6 +53,50 @@ Projections project_qkv(const MhaWeights& w, const float* x, int64_t N) {
   ops::linear_forward(p.v, x, w.w_v, w.qw_v, w.b_v, N, kv, w.vdim);
   return p;
 }
+// Consecutive sentences of a right-padded [B, L] batch attended as one problem over their first `len` rows.
+struct SentenceGroup {
+  int64_t b0, b1, len;
+  std::vector<uint8_t> padding;  // [b1 − b0, len], 1 = padding; empty: none
+};
+
+// A right-padded batch (each row's padding a suffix; else none) cut into groups of consecutive sentences whose
+// lengths stay within a factor of 2 of each other: a group's problem spans its longest sentence, so a short sentence's
+// queries no longer run against the longest's key tiles (the MiniLM parity fixture's batches pad short texts to 256).
+std::vector<SentenceGroup> group_sentences(const uint8_t* key_padding, int64_t B, int64_t L) {
+  if (key_padding == nullptr || B < 2) return {};
+  std::vector<int64_t> len(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const uint8_t* pad = key_padding + b * L;
+    int64_t n = 0;
+    while (n < L && !pad[n]) ++n;
+    for (int64_t j = n; j < L; ++j)
+      if (!pad[j]) return {};  // a hole: not right padding
+    if (n == 0) return {};       // a sentence of padding alone
+    len[static_cast<size_t>(b)] = n;
+  }
+  std::vector<SentenceGroup> groups;
+  int64_t lo = 0, hi = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = len[static_cast<size_t>(b)];
+    if (!groups.empty() && 2 * std::min(lo, n) > std::max(hi, n)) {
+      groups.back().b1 = b + 1, lo = std::min(lo, n), hi = std::max(hi, n);
+    } else {
+      groups.push_back({b, b + 1, 0, {}}), lo = n, hi = n;
+    }
+    groups.back().len = hi;
+  }
+  if (groups.size() == 1 && groups[0].len == L) return {};  // the batch itself
+  for (SentenceGroup& g : groups)
+    for (int64_t b = g.b0; b < g.b1; ++b)
+      if (len[static_cast<size_t>(b)] < g.len) {
+        g.padding.assign(static_cast<size_t>((g.b1 - g.b0) * g.len), 0);
+        for (int64_t c = g.b0; c < g.b1; ++c)
+          std::fill(g.padding.begin() + (c - g.b0) * g.len + len[static_cast<size_t>(c)],
+                    g.padding.begin() + (c - g.b0 + 1) * g.len, uint8_t{1});
+        break;
+      }
+  return groups;
+}
 }  // namespace
 
 void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* xk, const float* xv, int64_t B,
@@ -141,9 +185,25 @@ void mha_self_attention_packed(float* out, const MhaWeights& w, const float* x, 
     std::copy_n(qkv.v + r * qkv.kv_ld, kv, packed.v + row * kv);
   }
   // heads = softmax(scale·Q·Kᵀ + M)·V over [B, L]
-  detail::AttentionProblem p = make_problem(w, masks, B, L, L, packed.q, packed.k, packed.v, packed.heads);
-  p.weights = weights;
-  detail::run_problem(p, masks.impl);
+  const std::vector<SentenceGroup> groups =
+      weights == nullptr && !masks.mask.defined() && masks.causal == CausalAlignment::kNone
+          ? group_sentences(masks.key_padding, B, L)
+          : std::vector<SentenceGroup>{};
+  if (groups.empty()) {
+    detail::AttentionProblem p = make_problem(w, masks, B, L, L, packed.q, packed.k, packed.v, packed.heads);
+    p.weights = weights;
+    detail::run_problem(p, masks.impl);
+  }
+  // or group by group: sentences [b0, b1) over their first `len` rows (the batch's row strides), the padding of the
+  // group's shorter sentences as its own [b1 − b0, len] key padding
+  for (const SentenceGroup& g : groups) {
+    const int64_t n_b = g.b1 - g.b0, first = g.b0 * L;
+    detail::AttentionProblem p = make_problem(w, masks, n_b, g.len, g.len, packed.q + first * E, packed.k + first * kv,
+                                              packed.v + first * kv, packed.heads + first * E);
+    p.q_sb = p.o_sb = L * E, p.k_sb = p.v_sb = L * kv;
+    p.key_padding = g.padding.empty() ? nullptr : g.padding.data();
+    detail::run_problem(p, masks.impl);
+  }
   // out = heads·W_Oᵀ + b_O over the packed rows
   float* heads = ops::scratch(3, n * E);
   for (int64_t r = 0; r < n; ++r) std::copy_n(packed.heads + packed.rows[r] * E, E, heads + r * E);
