@@ -71,7 +71,7 @@ std::vector<SentenceGroup> group_sentences(const uint8_t* key_padding, int64_t B
     while (n < L && !pad[n]) ++n;
     for (int64_t j = n; j < L; ++j)
       if (!pad[j]) return {};  // a hole: not right padding
-    if (n == 0) return {};       // a sentence of padding alone
+    if (n == 0) return {};     // a sentence of padding alone
     len[static_cast<size_t>(b)] = n;
   }
   std::vector<SentenceGroup> groups;
