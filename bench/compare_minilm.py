@@ -101,7 +101,8 @@ def main():
             for i in range(len(runs)):
                 runs[(i + rnd) % len(runs)]()
     attn_rate, torch_rate = statistics.median(attn_rates), statistics.median(torch_rates)
-    print(f"all-MiniLM-L6-v2, {a.count} sentences of 8-24 words, batches of 32, {a.threads} threads, "
+    what = "the parity fixture's sentences (2 to 256 tokens)" if a.fixture else "sentences of 8-24 words"
+    print(f"all-MiniLM-L6-v2, {a.count} {what}, batches of 32, {a.threads} threads, "
           f"torch {torch.__version__}\n")
     print("| | attn | sentence-transformers (PyTorch) | attn / PyTorch |")
     print("|---|---|---|---|")
