@@ -33,7 +33,10 @@ struct TranslateOptions {
 };
 
 // Its const methods may run on one Translator from several threads at once (their scratch and KV caches are per
-// thread; each thread keeps its cache pool, up to 256 MiB, for its next call).
+// thread; each thread that decodes keeps its cache pool, up to 256 MiB, for its next call: the calling threads and,
+// where batches decode in parallel, the OpenMP workers each one's calls start, which live as long as it does). The
+// same OpenBLAS used by another library at another thread count during a call is outside that promise (OpenBLAS
+// keeps one global count).
 class Translator {
  public:
   // model_dir holds config.json and model.safetensors, and vocab.json (else the numbers task's
