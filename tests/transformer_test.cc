@@ -162,7 +162,8 @@ TEST(Transformer, IncrementalDecodingEqualsFullRecomputation) {
     const auto full = generate_full_recompute(m, src, 12, &full_logits);
     ASSERT_EQ(inc, full);
     // src's sizes are checked before anything is sized by them (B = -1 had reached an allocation)
-    for (const TokenBatch& bad : {TokenBatch{{3}, -1, 1}, TokenBatch{{3}, int64_t{1} << 40, 1}, TokenBatch{{3}, 2, 1}})
+    for (const TokenBatch& bad : {TokenBatch{{3}, -1, 1}, TokenBatch{{3}, int64_t{1} << 40, 1}, TokenBatch{{3}, 2, 1},
+                                  TokenBatch{{}, int64_t{1} << 40, 0}})
       for (const auto& decode : {std::function([&] { generate_full_recompute(m, bad, 4); }),
                                  std::function([&] { generate_greedy_logits(m, bad, 4, nullptr); }),
                                  std::function([&] { generate(m, bad); })})

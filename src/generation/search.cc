@@ -66,7 +66,8 @@ bool worse(const Hypothesis& a, const Hypothesis& z) {
 
 // src's sizes, checked before anything is sized by them (a B of -1 or 2^40 had reached the allocations first)
 void check_source_sizes(const char* who, const TokenBatch& src) {
-  if (src.B < 0 || src.L < 0 || (src.L > 0 && src.B > static_cast<int64_t>(src.ids.size()) / src.L) ||
+  if (src.B < 0 || src.L < 0 || (src.B > 0 && src.L == 0) ||
+      (src.L > 0 && src.B > static_cast<int64_t>(src.ids.size()) / src.L) ||
       static_cast<int64_t>(src.ids.size()) != src.B * src.L)
     throw ShapeError(std::string(who) + ": src is [B = " + std::to_string(src.B) + ", L = " + std::to_string(src.L) +
                      "] with " + std::to_string(src.ids.size()) + " ids");
