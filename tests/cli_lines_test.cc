@@ -354,10 +354,11 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
 // A resumed run continues its loss log as an uninterrupted run's reads: the lines up to the checkpoint's step, then
 // its own (it had held its own steps alone), also from the FILE.partial a killed run left (which had blocked --resume).
 TEST_F(CliLines, AResumedRunContinuesItsLossLog) {
-  const auto tiny = [](int steps) {
+  const auto tiny = [](int steps, int eval_every = 0) {
     return " --steps " + std::to_string(steps) +
            " --train-examples 16 --batch-size 8 --d-model 8 --heads 2 --d-ff 8 --encoder-layers 1 "
-           "--decoder-layers 1 --eval-every 0 --no-progress";
+           "--decoder-layers 1 --no-progress --eval-every " +
+           std::to_string(eval_every);
   };
   ASSERT_EQ(run("train" + tiny(4) + " --out " + path("straight") + " --loss-log " + path("straight.log")).status, 0);
   const std::string straight = slurp(path("straight.log"));
@@ -374,6 +375,33 @@ TEST_F(CliLines, AResumedRunContinuesItsLossLog) {
     EXPECT_EQ(slurp(log), straight) << (killed ? "killed" : "finished");
     EXPECT_FALSE(fs::exists(log + ".partial"));
   }
+  // a run killed for real (SIGKILL, mid-run): its FILE.partial holds every finished step's line (it had been buffered:
+  // up to 4 KB of lines lost), and --resume from its last checkpoint continues it without a gap
+  const std::string tiny_forever = tiny(1000000, 1) + " --threads 1";
+  const std::string killed = path("sigkill"), killed_log = path("sigkill.log");
+  std::system(("timeout -s KILL 3 " + std::string(ATTN_BINARY) + " train" + tiny_forever + " --out " + killed +
+               " --loss-log " + killed_log + " >/dev/null 2>&1")
+                  .c_str());
+  ASSERT_TRUE(fs::exists(killed_log + ".partial"));
+  ASSERT_FALSE(fs::exists(killed_log));
+  const std::string state = slurp(killed + "/train_state.json");
+  const int64_t at = std::stoll(state.substr(state.find("\"step\":") + 7));
+  ASSERT_GT(at, 0) << state;
+  const CliResult resumed = run("train --resume " + killed + " --steps " + std::to_string(at + 2) +
+                                " --no-progress --loss-log " + killed_log);
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  std::istringstream lines(slurp(killed_log));
+  int64_t expected = 1, step = 0;
+  std::string loss;
+  while (lines >> step >> loss) EXPECT_EQ(step, expected++);
+  EXPECT_EQ(expected, at + 3) << "the log's steps: 1 to " << expected - 1 << ", the checkpoint's " << at;
+  // a FILE.partial that is a link (to someone's file) is never taken over, not even by --resume: it had been truncated
+  write("target.txt", "someone's\n");
+  fs::create_symlink(path("target.txt"), path("linked.log.partial"));
+  const CliResult linked =
+      run("train --resume " + path("finished") + " --steps 5 --no-progress --loss-log " + path("linked.log"));
+  EXPECT_TRUE(failed_cleanly(linked)) << linked.err;
+  EXPECT_EQ(slurp(path("target.txt")), "someone's\n");
 }
 
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).

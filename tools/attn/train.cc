@@ -67,8 +67,9 @@ void run_train(TrainArgs a) {
   // A resumed run continues the log, as an uninterrupted run's would read: the lines up to the checkpoint's step, from
   // the FILE.partial a killed run left (which it takes over) or else from FILE, then its own. A new run never takes
   // over a FILE.partial. (A resumed run's log had held its own steps alone, and a killed run's had blocked --resume.)
-  std::string carried;                         // the earlier steps' lines
-  if (partial_left && a.o.resume_dir.empty())  // before any work or output
+  std::string carried;  // the earlier steps' lines
+  // before any work or output; a FILE.partial that is not a regular file (a link: to someone's file) is never taken
+  if (partial_left && (a.o.resume_dir.empty() || !S_ISREG(partial_stat.st_mode)))
     throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
                         " exists (another run's log, or a killed run's, which --resume continues); remove it or choose "
                         "another --loss-log");
@@ -107,16 +108,22 @@ void run_train(TrainArgs a) {
   bool log_opened = false;   // only a log this run created is removed on failure (a killed run's it took over stays)
   auto on_step = [&](int64_t step, float loss) {
     if (!a.loss_log.empty() && rank == 0) {
-      if (!log) {  // created, never truncated, but the killed run's a resumed run takes over: a FILE.partial that
-                   // exists is someone else's (it had been overwritten)
-        const int fd =
-            ::open(log_partial.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (partial_left ? O_TRUNC : O_EXCL), 0666);
+      if (!log) {  // created, never truncated: a FILE.partial that exists is someone else's (it had been
+                   // overwritten), but for the killed run's a resumed run takes over, replaced whole by the carried
+                   // lines (a rename: killed again meanwhile, it holds the old lines or the new, never fewer)
+        int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+        if (partial_left) {
+          io::write_file_atomically(log_partial, std::vector<uint8_t>(carried.begin(), carried.end()));
+          carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+        }
+        const int fd = ::open(log_partial.c_str(), flags, 0666);
         if (fd < 0 && errno == EEXIST)
           throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
                               " exists (another run's log?); remove it or choose another --loss-log");
-        if (fd >= 0) log.reset(::fdopen(fd, "w")), log_started = true, log_opened = !partial_left;
+        if (fd >= 0) log.reset(::fdopen(fd, partial_left ? "a" : "w")), log_started = true, log_opened = !partial_left;
         if (fd >= 0 && !log) ::close(fd);
-        if (log) std::fputs(carried.c_str(), log.get());
+        // a line at a time: a killed run's FILE.partial holds every step it finished, which --resume carries on
+        if (log) std::setvbuf(log.get(), nullptr, _IOLBF, BUFSIZ), std::fputs(carried.c_str(), log.get());
       }
       if (!log) throw Error("--loss-log " + a.loss_log + ": cannot write " + log_partial);
       std::fprintf(log.get(), "%lld %.9g\n", static_cast<long long>(step), static_cast<double>(loss));
