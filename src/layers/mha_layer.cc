@@ -53,6 +53,7 @@ Projections project_qkv(const MhaWeights& w, const float* x, int64_t N) {
   ops::linear_forward(p.v, x, w.w_v, w.qw_v, w.b_v, N, kv, w.vdim);
   return p;
 }
+
 // Consecutive sentences of a right-padded [B, L] batch attended as one problem over their first `len` rows.
 struct SentenceGroup {
   int64_t b0, b1, len;

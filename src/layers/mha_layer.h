@@ -78,8 +78,8 @@ void mha_forward(float* out, const MhaWeights& w, const float* xq, const float* 
                  float* weights = nullptr, float dropout = 0.0f, std::mt19937_64* rng = nullptr,
                  ops::LinearEpilogue out_epilogue = {});
 // A [B, L] batch's real rows, packed (the rest is padding, which masks.key_padding marks): packed row r is row rows[r]
-// of [B·L]. q, k, v, heads: work buffers in the [B·L] layout ([B·L, E], k and v [B·L, Hkv·Dh]) whose rows outside
-// `rows` are 0 and stay so, kept by the caller from layer to layer.
+// of [B·L]. q, k, v, heads: work buffers in the [B·L] layout ([B·L, E], k and v [B·L, Hkv·Dh]), kept by the caller
+// from layer to layer; q, k and v's rows outside `rows` are 0 and stay so (heads' are the kernel's, never read).
 struct PackedRows {
   const int64_t* rows = nullptr;  // [count]
   int64_t count = 0;
