@@ -273,19 +273,7 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
     return it == metadata.end() ? std::string("none") : it->second;
   };
   const std::string model_id = id_of(io::read_safetensors_metadata(dir + "/model.safetensors"));
-  const std::string text = io::read_text(state_path);  // its errors name the path
-  std::string state_id = "none";
-  try {
-    const nlohmann::json st = nlohmann::json::parse(text);
-    if (st.contains("checkpoint")) state_id = st.at("checkpoint").get<std::string>();
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(state_path + ": " + e.what());
-  }
-  if (model_id != state_id || id_of(opt.metadata) != state_id)
-    throw FormatError(dir + ": its files come from different saves (model.safetensors: " + model_id +
-                      ", optimizer.safetensors: " + id_of(opt.metadata) + ", train_state.json: " + state_id +
-                      "), as a run killed while it saved leaves them; resuming would train a model with another "
-                      "step's optimizer state and data position. Resume from another checkpoint or start again.");
+  std::string state_id = "none";  // (read with the rest of train_state.json below)
   for (const auto& [name, p] : model.params())
     for (const char* moment : {"m.", "v."}) {
       const std::string key = moment + name;
@@ -297,9 +285,11 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
                          ", but the parameter '" + name + "' is float32 " + shape_str(p.shape()));
       (moment[0] == 'm' ? adam->m : adam->v)[name] = t.clone();
     }
-  constexpr int64_t kMaxCount = int64_t{1} << 62;  // counting on from here never overflows
+  const std::string text = io::read_text(state_path);  // its errors name the path
+  constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
   try {
     const nlohmann::json st = nlohmann::json::parse(text);
+    if (st.contains("checkpoint")) state_id = st.at("checkpoint").get<std::string>();
     for (const std::string& key : overrides) {  // (names checked by train_numbers)
       if (st.contains(key))
         throw ArgumentError("train: resuming " + dir + ", whose train_state.json holds its own " + key + " (" +
@@ -331,6 +321,11 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
   } catch (const FormatError& e) {
     throw FormatError(state_path + ": " + e.what());
   }
+  if (model_id != state_id || id_of(opt.metadata) != state_id)
+    throw FormatError(dir + ": its files come from different saves (model.safetensors: " + model_id +
+                      ", optimizer.safetensors: " + id_of(opt.metadata) + ", train_state.json: " + state_id +
+                      "), as a run killed while it saved leaves them; resuming would train a model with another "
+                      "step's optimizer state and data position. Resume from another checkpoint or start again.");
 }
 
 // Data parallel: this rank's sentences of a global batch (contiguous, as even as possible; every rank takes the
