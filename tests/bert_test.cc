@@ -165,6 +165,45 @@ TEST(MiniLM, AnEmbeddingTablePaddedPastTheVocabularyLoads) {
   std::filesystem::remove_all(dir);
 }
 
+// Older sentence-transformers saves keep the Transformer's files in a folder named by modules.json ("0_Transformer",
+// "0_BERT"): loaded from there, as sentence-transformers loads them (the model's own folder had been read, missing its
+// config.json); a path that leaves the model's directory is refused, naming modules.json.
+TEST(MiniLM, TheTransformersFolderComesFromModulesJson) {
+  namespace fs = std::filesystem;
+  const fs::path dir = test::fresh_temp_path("attn_bert_subfolder");
+  fs::remove_all(dir);
+  fs::create_directories(dir / "0_Transformer");
+  for (const auto& entry : fs::directory_iterator(minilm_dir())) {
+    const std::string name = entry.path().filename().string();
+    const bool pipeline = name == "modules.json" || name == "1_Pooling";
+    fs::copy(entry.path(), pipeline ? dir / name : dir / "0_Transformer" / name, fs::copy_options::recursive);
+  }
+  const auto write_modules = [&](const std::string& transformer_path) {
+    std::ofstream(dir / "modules.json") << R"([{"type": "sentence_transformers.models.Transformer", "path": )"
+                                        << nlohmann::json(transformer_path).dump() << R"(},
+        {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+        {"type": "sentence_transformers.models.Normalize", "path": "2_Normalize"}])";
+  };
+  write_modules("0_Transformer");
+  const std::vector<std::string> sentences = {"A man is eating food.", "The Transformer lives in a folder."};
+  const SentenceEncoder moved = SentenceEncoder::load(dir.string());
+  EXPECT_TRUE(moved.normalize());
+  EXPECT_EQ(test::max_abs_diff(moved.embed(sentences), SentenceEncoder::load(minilm_dir()).embed(sentences)), 0.0);
+  write_modules("");  // the model's own folder holds no config.json
+  EXPECT_THROW(SentenceEncoder::load(dir.string()), Error);
+  for (const std::string& escape :
+       std::vector<std::string>{"../0_Transformer", "0_Transformer/../..", (dir / "0_Transformer").string()}) {
+    write_modules(escape);
+    try {
+      (void)SentenceEncoder::load(dir.string());
+      ADD_FAILURE() << escape << " was accepted";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("modules.json"), std::string::npos) << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
 // Characters whose class ICU (Unicode 15) and Hugging Face's tokenizers (its Unicode 8-era categories) see differently,
 // with the ids tokenizers 0.23.3 gives on this model's tokenizer.json (run by hand; they had been dropped, split or
 // stripped here): CJK Extension E's first characters (not spaced apart there), an unassigned code point and a

@@ -123,11 +123,38 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
   return modes;
 }
 
-// modules.json: Transformer, Pooling, then Normalize or nothing; sets pooling and normalize
-void read_modules(const std::string& dir, int64_t hidden, std::vector<Pooling>& pooling, bool& normalize) {
+// a module's "path" in modules.json: a folder inside the model's directory ("" for the directory itself)
+std::string module_folder(const nlohmann::json& m, const std::string& path, size_t i) {
+  if (!m.contains("path")) return "";
+  if (!m["path"].is_string())
+    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" must be a string, got " + m["path"].dump());
+  const std::filesystem::path sub(m["path"].get<std::string>());
+  for (const auto& part : sub)
+    if (part == "..")
+      throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + m["path"].dump() +
+                        " leaves the model's directory");
+  if (sub.is_absolute())
+    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + m["path"].dump() +
+                      " must be relative to the model's directory");
+  return sub.string();
+}
+
+std::string inside(const std::string& dir, const std::string& sub) { return sub.empty() ? dir : dir + "/" + sub; }
+
+// modules.json: Transformer, Pooling, then Normalize or nothing, checked in that order
+struct SentenceModules {
+  std::string transformer;  // the Transformer's folder inside the model's directory: its config.json, vocab.txt,
+                            // model.safetensors and tokenizer settings ("" as saved today; "0_Transformer" in older
+                            // sentence-transformers saves)
+  std::string pooling;      // the Pooling module's folder (its config.json)
+  bool normalize = false;
+};
+
+SentenceModules read_modules(const std::string& dir) {
   const std::string path = dir + "/modules.json";
   const nlohmann::json j = nlohmann::json::parse(read_text(path), nullptr, false);
   if (!j.is_array()) throw FormatError(path + ": expected a JSON array of modules");
+  SentenceModules modules;
   bool pooled = false;
   for (size_t i = 0; i < j.size(); ++i) {
     const nlohmann::json& m = j[i];
@@ -140,17 +167,12 @@ void read_modules(const std::string& dir, int64_t hidden, std::vector<Pooling>& 
     if (!in_order)
       throw FormatError(path + ": module " + std::to_string(i) + " is " + type +
                         "; attn runs Transformer, Pooling and an optional Normalize, in this order");
-    if (kind == "Pooling") {
-      if (m.contains("path") && !m["path"].is_string())
-        throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" must be a string, got " +
-                          m["path"].dump());
-      const std::string sub = m.value("path", std::string());
-      pooling = read_pooling(dir + "/" + sub + (sub.empty() ? "" : "/") + "config.json", hidden);
-      pooled = true;
-    }
-    normalize = normalize || kind == "Normalize";
+    if (kind == "Transformer") modules.transformer = module_folder(m, path, i);
+    if (kind == "Pooling") modules.pooling = module_folder(m, path, i), pooled = true;
+    modules.normalize = modules.normalize || kind == "Normalize";
   }
   if (!pooled) throw FormatError(path + ": no Pooling module after the Transformer");
+  return modules;
 }
 
 }  // namespace
@@ -183,13 +205,18 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
 SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quantization) {
   namespace fs = std::filesystem;
   SentenceEncoder e;
-  e.config_ = BertConfig::from_hf_json(read_text(dir + "/config.json"));
+  // modules.json: the pipeline after the Transformer, and where the Transformer's files are; a plain BERT directory
+  // (no modules.json) is mean-pooled without normalising, as sentence-transformers builds it
+  std::optional<SentenceModules> modules;
+  if (io::exists_or_unexaminable(dir + "/modules.json")) modules = read_modules(dir);
+  const std::string model_dir = inside(dir, modules ? modules->transformer : std::string());
+  e.config_ = BertConfig::from_hf_json(read_text(model_dir + "/config.json"));
   // tokenizer_config.json: BertNormalizer's settings and the longest input (int(1e30) where unset)
   text::WordPieceOptions tok;
   int64_t model_max_length = e.config_.max_position;
   if (io::exists_or_unexaminable(
-          dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
-    const std::string path = dir + "/tokenizer_config.json";
+          model_dir + "/tokenizer_config.json")) {  // (one that did not parse had thrown nlohmann's type_error)
+    const std::string path = model_dir + "/tokenizer_config.json";
     const nlohmann::json j = read_json_object(path);
     tok.lower_case = read_optional_bool(j, path, "do_lower_case").value_or(tok.lower_case);
     tok.strip_accents = read_optional_bool(j, path, "strip_accents");
@@ -205,8 +232,8 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
   // sentence-transformers; its do_lower_case puts a lower-casing step ahead of the tokenizer's own (whose accent
   // stripping still follows the tokenizer's do_lower_case)
   e.max_seq_length_ = model_max_length;
-  if (io::exists_or_unexaminable(dir + "/sentence_bert_config.json")) {
-    const std::string path = dir + "/sentence_bert_config.json";
+  if (io::exists_or_unexaminable(model_dir + "/sentence_bert_config.json")) {
+    const std::string path = model_dir + "/sentence_bert_config.json";
     const nlohmann::json j = read_json_object(path);  // (one that did not parse had been left out in silence)
     try {
       io::read_integer_if_present(j, "max_seq_length", e.max_seq_length_);
@@ -219,26 +246,26 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
     if (read_optional_bool(j, path, "do_lower_case").value_or(false))
       tok.strip_accents = tok.strip_accents.value_or(tok.lower_case), tok.lower_case = true;
   }
-  e.tokenizer_ = text::WordPiece::load(dir + "/vocab.txt", tok);
-  e.params_ = io::read_safetensors(dir + "/model.safetensors").tensors;
+  e.tokenizer_ = text::WordPiece::load(model_dir + "/vocab.txt", tok);
+  e.params_ = io::read_safetensors(model_dir + "/model.safetensors").tensors;
   io::widen_to_float32(e.params_);
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module
   if (!e.params_.count("embeddings.word_embeddings.weight") &&
       e.params_.count("bert.embeddings.word_embeddings.weight"))
     prefix = "bert.";
-  // the pipeline after the Transformer; a plain BERT directory (no modules.json) is mean-pooled without
-  // normalising, as sentence-transformers builds it (it had been normalised)
-  if (io::exists_or_unexaminable(dir + "/modules.json"))
-    read_modules(dir, e.config_.hidden_size, e.pooling_, e.normalize_);
+  if (modules) {
+    e.pooling_ = read_pooling(inside(dir, modules->pooling) + "/config.json", e.config_.hidden_size);
+    e.normalize_ = modules->normalize;
+  }
   // every weight the forward pass reads, with the shape the config implies
   const BertConfig& c = e.config_;
   const int64_t Hd = c.hidden_size, F = c.intermediate_size;
   auto expect = [&](const std::string& name, const Shape& shape) {
     const auto it = e.params_.find(prefix + name);
     if (it == e.params_.end())
-      throw MissingTensorError(dir + "/model.safetensors: no tensor named '" + prefix + name + "'");
+      throw MissingTensorError(model_dir + "/model.safetensors: no tensor named '" + prefix + name + "'");
     if (it->second.dtype() != DType::kFloat32 || it->second.shape() != shape)
-      throw ShapeError(dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) +
+      throw ShapeError(model_dir + "/model.safetensors: '" + name + "' has shape " + shape_str(it->second.shape()) +
                        ", config.json implies " + shape_str(shape));
   };
   expect("embeddings.word_embeddings.weight", {c.vocab_size, Hd});
@@ -290,7 +317,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
   // an embedding table larger than the vocabulary is padded (to a multiple of 8, or a tokenizer's trimmed list): its
   // spare rows are never looked up, as in Hugging Face, which loads such models
   if (e.tokenizer_.size() > c.vocab_size)
-    throw FormatError(dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json's " +
+    throw FormatError(model_dir + "/vocab.txt has " + std::to_string(e.tokenizer_.size()) + " tokens, config.json's " +
                       "vocab_size " + std::to_string(c.vocab_size) + " rows: its last ids have no embedding");
   return e;
 }

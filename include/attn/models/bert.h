@@ -8,7 +8,8 @@
 //   tokenizer_config.json: do_lower_case, strip_accents, tokenize_chinese_chars, model_max_length;
 //   sentence_bert_config.json: max_seq_length, do_lower_case (lower-cases ahead of the tokenizer's own settings);
 //   modules.json: Transformer, then Pooling (its config.json: pooling_mode, or the older pooling_mode_* keys), then
-//   an optional Normalize. Any other module (Dense, LayerNorm, ...) is a FormatError, not left out in silence.
+//   an optional Normalize. Any other module (Dense, LayerNorm, ...) is a FormatError, not left out in silence. The
+//   Transformer's "path" (older saves: "0_Transformer") is the folder inside `dir` that holds the files above.
 // Without modules.json a directory is a plain BERT: mean pooling, no normalisation, as sentence-transformers builds it.
 #pragma once
 
