@@ -14,6 +14,7 @@
 #include "io/json_fields.h"
 #include "layers/mha_layer.h"
 #include "ops/nn.h"
+#include "tensor_unfilled.h"
 
 namespace attn {
 using io::read_text;
@@ -354,8 +355,10 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     if (!pad[static_cast<size_t>(j)]) rows.push_back(j);
   const int64_t Mv = static_cast<int64_t>(rows.size());
   const bool packed = Mv < M;
-  std::vector<float> x(static_cast<size_t>(Mv * Hd)), y(x.size()), h(static_cast<size_t>(Mv * F)),
-      mean(static_cast<size_t>(Mv)), rstd(static_cast<size_t>(Mv));
+  std::vector<float> x(static_cast<size_t>(Mv * Hd)), mean(static_cast<size_t>(Mv)), rstd(static_cast<size_t>(Mv));
+  // y and h are written whole before each read: left unfilled (their zero-fill had been 2% of int8 embeddings)
+  Tensor y_storage = detail::unfilled_tensor({Mv, Hd}), h_storage = detail::unfilled_tensor({Mv, F});
+  float *const y = y_storage.f32(), *const h = h_storage.f32();  // [Mv, Hd], [Mv, F]
   // attention's [B, L] layout: Q, K, V and heads, their padded rows 0 (kept so from layer to layer)
   std::vector<float> qp(packed ? static_cast<size_t>(M * Hd) : 0), kp(qp.size()), vp(qp.size()), hp(qp.size());
   const layers::PackedRows pk{rows.data(), Mv, qp.data(), kp.data(), vp.data(), hp.data()};
@@ -364,10 +367,9 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
   for (int64_t r = 0; r < Mv; ++r) {
     const int64_t j = row_of(r), i = j % L;
     const float* word = w.word + ids[static_cast<size_t>(j)] * Hd;
-    for (int64_t d = 0; d < Hd; ++d)
-      y[static_cast<size_t>(r * Hd + d)] = word[d] + w.position[i * Hd + d] + w.token_type[d];
+    for (int64_t d = 0; d < Hd; ++d) y[r * Hd + d] = word[d] + w.position[i * Hd + d] + w.token_type[d];
   }
-  ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), w.emb_ln_w, w.emb_ln_b, Mv, Hd, eps);
+  ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y, w.emb_ln_w, w.emb_ln_b, Mv, Hd, eps);
   layers::MhaMasks masks;
   masks.key_padding = pad.data();
   masks.num_threads = num_threads;
@@ -377,20 +379,19 @@ std::vector<float> SentenceEncoder::forward(const std::vector<int32_t>& ids, con
     Tensor weights;
     if (maps) weights = Tensor({B, H, L, L});
     if (packed)
-      layers::mha_self_attention_packed(y.data(), lw.attention, x.data(), B, L, pk, masks,
-                                        maps ? weights.f32() : nullptr);
+      layers::mha_self_attention_packed(y, lw.attention, x.data(), B, L, pk, masks, maps ? weights.f32() : nullptr);
     else
-      layers::mha_forward(y.data(), lw.attention, x.data(), x.data(), x.data(), B, L, L, masks, nullptr,
+      layers::mha_forward(y, lw.attention, x.data(), x.data(), x.data(), B, L, L, masks, nullptr,
                           maps ? weights.f32() : nullptr);
     if (maps) (*maps)["encoder.layer." + std::to_string(l) + ".attention"] = weights;
-    for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.attn_ln_w, lw.attn_ln_b, Mv, Hd, eps);
+    ops::add(y, y, x.data(), Mv * Hd);  // (threaded: a serial loop here had left the other threads waiting)
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y, lw.attn_ln_w, lw.attn_ln_b, Mv, Hd, eps);
     // x = LN(x + W2·gelu(W1·x))
-    ops::linear_forward(h.data(), x.data(), lw.w1, lw.qw1, lw.b1, Mv, F, Hd);
-    ops::activation_forward(h.data(), h.data(), Mv * F, Activation::kGelu);
-    ops::linear_forward(y.data(), h.data(), lw.w2, lw.qw2, lw.b2, Mv, Hd, F);
-    for (size_t i = 0; i < y.size(); ++i) y[i] += x[i];
-    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y.data(), lw.out_ln_w, lw.out_ln_b, Mv, Hd, eps);
+    ops::linear_forward(h, x.data(), lw.w1, lw.qw1, lw.b1, Mv, F, Hd);
+    ops::activation_forward(h, h, Mv * F, Activation::kGelu);
+    ops::linear_forward(y, h, lw.w2, lw.qw2, lw.b2, Mv, Hd, F);
+    ops::add(y, y, x.data(), Mv * Hd);
+    ops::layer_norm_forward(x.data(), mean.data(), rstd.data(), y, lw.out_ln_w, lw.out_ln_b, Mv, Hd, eps);
   }
   if (!packed) return x;
   std::vector<float> out(static_cast<size_t>(M * Hd), 0.0f);  // [B, L, Hd] again, padding 0
