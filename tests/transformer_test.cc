@@ -12,7 +12,10 @@
 #include "attn/error.h"
 #include "attn/generation.h"
 #include "attn/io/safetensors.h"
+#include "attn/models/bert.h"
 #include "attn/models/transformer.h"
+#include "attn/tasks/numbers_en_zh.h"
+#include "attn/train/trainer.h"
 #include "models/transformer_internal.h"
 #include "ops/nn.h"
 #include "test_util.h"
@@ -434,6 +437,32 @@ TEST(Transformer, BadInputAndCorruptCheckpoints) {
   { std::ofstream(dir / "config.json") << "{\"d_model\": "; }
   EXPECT_THROW(Transformer::load(dir.string()), FormatError);
   EXPECT_THROW(Transformer::load((dir / "nowhere").string()), FormatError);
+  std::filesystem::remove_all(dir);
+}
+
+// A value nested 10^6 deep in a configuration file is a FormatError naming the file. nlohmann parses it without
+// recursion, but the error message's dump() of it recursed once a level and overflowed the stack (a crash).
+TEST(Transformer, DeeplyNestedConfigValuesAreFormatErrors) {
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  EXPECT_THROW(TransformerConfig::from_json("{\"src_vocab\": " + deep + "}"), FormatError);
+  EXPECT_THROW(BertConfig::from_hf_json("{\"vocab_size\": " + deep + "}"), FormatError);
+  EXPECT_THROW(tasks::Vocab::from_json("{\"src\": " + deep + "}"), FormatError);
+  const auto dir = test::fresh_temp_path("attn_deep_state");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "train_state.json") << "{\"step\": " << deep << "}";
+  try {
+    (void)train::checkpoint_step(dir.string());
+    ADD_FAILURE() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("train_state.json"), std::string::npos) << e.what();
+  }
+  // an error message quotes at most an excerpt of a value (a 1 MB string had been printed whole)
+  try {
+    (void)TransformerConfig::from_json("{\"src_vocab\": \"" + std::string(1000000, 'x') + "\"}");
+    ADD_FAILURE() << "accepted";
+  } catch (const FormatError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 300u);
+  }
   std::filesystem::remove_all(dir);
 }
 

@@ -13,6 +13,33 @@
 
 namespace attn::io {
 
+// The nesting any configuration file (config.json, train_state.json, vocab.json, tokenizer settings) may have: their
+// real depth is 1-3. nlohmann parses and destroys without recursion, but dump() and copies recurse once a level, so a
+// file of 10^6 '[' had overflowed the stack (a crash no catch stops) when an error message printed the value.
+inline constexpr int kMaxJsonDepth = 64;
+
+// nlohmann::json::parse(text, ..., allow_exceptions) for a configuration file (`what` names it, or
+// nothing where the caller adds the name): nesting deeper than
+// kMaxJsonDepth is a FormatError while parsing; otherwise as nlohmann's (its parse_error, or a discarded value without
+// exceptions).
+inline nlohmann::json parse_json(const std::string& text, const std::string& what, bool allow_exceptions = true) {
+  const auto bounded = [&what](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    if (depth > kMaxJsonDepth)
+      throw FormatError((what.empty() ? "" : what + ": ") + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
+                        " levels");
+    return true;
+  };
+  return nlohmann::json::parse(text, bounded, allow_exceptions);
+}
+
+// v as JSON text for an error message, at most ~80 bytes of it (a value of a file is untrusted: it may be a string
+// of megabytes).
+inline std::string json_excerpt(const nlohmann::json& v) {
+  std::string text = v.dump();
+  if (text.size() > 80) text = text.substr(0, 72) + "... (" + std::to_string(text.size()) + " bytes)";
+  return text;
+}
+
 // out = j[key] (which must exist: nlohmann's out_of_range otherwise, as j.at(key)).
 template <class Int>
 void read_integer(const nlohmann::json& j, const std::string& key, Int& out) {
@@ -40,7 +67,7 @@ void read_integer(const nlohmann::json& j, const std::string& key, Int& out) {
     }
   }
   throw FormatError("\"" + key + "\" must be a whole number in [" + std::to_string(Limits::min()) + ", " +
-                    std::to_string(Limits::max()) + "], got " + v.dump());
+                    std::to_string(Limits::max()) + "], got " + json_excerpt(v));
 }
 
 // out = j[key] when j has it; out keeps its value otherwise.

@@ -22,7 +22,7 @@ using io::read_text;
 BertConfig BertConfig::from_hf_json(const std::string& text) {
   BertConfig c;
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
+    const nlohmann::json j = io::parse_json(text, "");
     if (!j.is_object()) throw FormatError("expected a JSON object");
     io::read_integer(j, "vocab_size", c.vocab_size), io::read_integer(j, "hidden_size", c.hidden_size);
     io::read_integer(j, "num_hidden_layers", c.num_layers), io::read_integer(j, "num_attention_heads", c.num_heads);
@@ -68,7 +68,7 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
 namespace {
 
 nlohmann::json read_json_object(const std::string& path) {
-  const nlohmann::json j = nlohmann::json::parse(read_text(path), nullptr, false);
+  const nlohmann::json j = io::parse_json(read_text(path), path, false);
   if (!j.is_object()) throw FormatError(path + ": expected a JSON object");
   return j;
 }
@@ -97,7 +97,7 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
                                 {"lasttoken", "pooling_mode_lasttoken", Pooling::kLastToken}};
   for (const char* key : {"embedding_dimension", "word_embedding_dimension"})
     if (j.contains(key) && !(j[key].is_number_integer() && j[key].get<int64_t>() == hidden))
-      throw FormatError(path + ": " + key + " " + j[key].dump() + " is not the model's hidden_size " +
+      throw FormatError(path + ": " + key + " " + io::json_excerpt(j[key]) + " is not the model's hidden_size " +
                         std::to_string(hidden));
   std::vector<Pooling> modes;
   if (j.contains("pooling_mode")) {
@@ -108,11 +108,11 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
         return name.is_string() && name.get<std::string>() == mode.name;
       });
       if (it == std::end(kModes))
-        throw FormatError(path + ": pooling_mode " + name.dump() +
+        throw FormatError(path + ": pooling_mode " + io::json_excerpt(name) +
                           " is not one of cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken");
       // a mode listed twice would only repeat columns (a million "mean"s had made each embedding 384 M floats)
       if (std::find(modes.begin(), modes.end(), it->pooling) != modes.end())
-        throw FormatError(path + ": pooling_mode lists " + name.dump() + " twice");
+        throw FormatError(path + ": pooling_mode lists " + io::json_excerpt(name) + " twice");
       modes.push_back(it->pooling);
     }
     if (modes.empty()) throw FormatError(path + ": pooling_mode names no mode");
@@ -128,14 +128,15 @@ std::vector<Pooling> read_pooling(const std::string& path, int64_t hidden) {
 std::string module_folder(const nlohmann::json& m, const std::string& path, size_t i) {
   if (!m.contains("path")) return "";
   if (!m["path"].is_string())
-    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" must be a string, got " + m["path"].dump());
+    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" must be a string, got " +
+                      io::json_excerpt(m["path"]));
   const std::filesystem::path sub(m["path"].get<std::string>());
   for (const auto& part : sub)
     if (part == "..")
-      throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + m["path"].dump() +
+      throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + io::json_excerpt(m["path"]) +
                         " leaves the model's directory");
   if (sub.is_absolute())
-    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + m["path"].dump() +
+    throw FormatError(path + ": module " + std::to_string(i) + "'s \"path\" " + io::json_excerpt(m["path"]) +
                       " must be relative to the model's directory");
   return sub.string();
 }
@@ -153,7 +154,7 @@ struct SentenceModules {
 
 SentenceModules read_modules(const std::string& dir) {
   const std::string path = dir + "/modules.json";
-  const nlohmann::json j = nlohmann::json::parse(read_text(path), nullptr, false);
+  const nlohmann::json j = io::parse_json(read_text(path), path, false);
   if (!j.is_array()) throw FormatError(path + ": expected a JSON array of modules");
   SentenceModules modules;
   bool pooled = false;
@@ -225,7 +226,7 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
     if (j.contains("model_max_length")) {
       const nlohmann::json& m = j["model_max_length"];
       if (!m.is_number() || !(m.get<double>() >= 2))
-        throw FormatError(path + ": model_max_length must be a number >= 2, got " + m.dump());
+        throw FormatError(path + ": model_max_length must be a number >= 2, got " + io::json_excerpt(m));
       if (m.get<double>() < static_cast<double>(model_max_length)) model_max_length = m.get<int64_t>();
     }
   }

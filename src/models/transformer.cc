@@ -48,7 +48,7 @@ std::string TransformerConfig::to_json() const {
 TransformerConfig TransformerConfig::from_json(const std::string& text) {
   TransformerConfig c;
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
+    const nlohmann::json j = io::parse_json(text, "");
     if (!j.is_object()) throw FormatError("expected a JSON object");
     const nlohmann::json known = nlohmann::json::parse(TransformerConfig{}.to_json());
     for (const auto& [key, value] : j.items())  // a misspelt key would otherwise be silently a default

@@ -10,6 +10,7 @@
 
 #include "attn/error.h"
 #include "attn/io/file.h"
+#include "io/json_fields.h"
 
 namespace attn::tasks {
 namespace {
@@ -306,7 +307,7 @@ Vocab Vocab::load(const std::string& model_dir) {
 
 Vocab Vocab::from_json(const std::string& text) {
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
+    const nlohmann::json j = io::parse_json(text, "vocab.json");
     Vocab v{j.at("src").get<std::vector<std::string>>(), j.at("tgt").get<std::vector<std::string>>()};
     if (v.src.size() < 5 || v.tgt.size() < 5) throw FormatError("vocab.json: too few tokens");
     const char* specials[] = {"<pad>", "<bos>", "<eos>", "<unk>"};  // the ids the encoders and decoders write

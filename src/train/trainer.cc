@@ -288,12 +288,12 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
   const std::string text = io::read_text(state_path);  // its errors name the path
   constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
   try {
-    const nlohmann::json st = nlohmann::json::parse(text);
+    const nlohmann::json st = io::parse_json(text, state_path);
     if (st.contains("checkpoint")) state_id = st.at("checkpoint").get<std::string>();
     for (const std::string& key : overrides) {  // (names checked by train_numbers)
       if (st.contains(key))
         throw ArgumentError("train: resuming " + dir + ", whose train_state.json holds its own " + key + " (" +
-                            st.at(key).dump() +
+                            io::json_excerpt(st.at(key)) +
                             "): a resumed run keeps the checkpoint's data order and recipe, so it cannot be set "
                             "(start a new run to train another recipe)");
     }
@@ -308,7 +308,8 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
       if (!st.contains(key)) return;
       const nlohmann::json& x = st.at(key);
       if (!x.is_number() || !(std::fabs(x.get<double>()) <= std::numeric_limits<float>::max()))
-        throw FormatError(std::string("\"") + key + "\" must be a number within float's range, got " + x.dump());
+        throw FormatError(std::string("\"") + key + "\" must be a number within float's range, got " +
+                          io::json_excerpt(x));
       v = static_cast<float>(x.get<double>());
     });
     std::istringstream r(st.at("rng").get<std::string>());
@@ -365,7 +366,7 @@ int64_t checkpoint_step(const std::string& dir) {
   const std::string text = io::read_text(path);  // its errors name the path
   int64_t step = 0;
   try {
-    io::read_integer(nlohmann::json::parse(text), "step", step);
+    io::read_integer(io::parse_json(text, path), "step", step);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path + ": " + e.what());
   } catch (const FormatError& e) {
