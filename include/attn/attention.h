@@ -120,6 +120,12 @@ struct AttentionGrads {
 // their dtype. bfloat16 runs a bfloat16 backward (vdpbf16ps: P̃ and dS rounded to bfloat16 for their products,
 // float32 sums) where the processor has AVX512_BF16; otherwise 16-bit inputs go through the float32 backward,
 // widened exactly, and the gradients are rounded once.
+// A limit every flash backward shares (PyTorch's CPU one too): lse is one float, so a row whose every visible key
+// carries a huge finite float mask (|lse| ≳ 1e7: −1e9 or torch.finfo(float32).min on each key of a padded query row)
+// has lost log Σ exp in it, and that row's weights recomputed from lse are wrong (0, or the row's key count times
+// too large), so are its contributions to the gradients when its d_out is not 0. Padded rows get d_out 0 in
+// training (nothing flows from them); hide keys with −inf or a boolean or key-padding mask to avoid the question.
+// The reference (kReference) is exact there, in double.
 // Throws ShapeError, DTypeError or ArgumentError naming the argument and the shapes.
 AttentionGrads scaled_dot_product_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                      const Tensor& out, const Tensor& lse, const Tensor& d_out,
