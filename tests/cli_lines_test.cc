@@ -2,7 +2,10 @@
 // itself (reported on stderr with its number, an empty line or a row of NaN in its place, a non-zero exit
 // status at the end), --strict stops before writing anything, a phrase outside the numbers task's grammar
 // is translated with a warning, and no command leaves a partial output file behind.
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -69,6 +72,40 @@ TEST_F(CliLines, TranslateKeepsTheGoodLinesAroundABadOne) {
   r = run("translate < " + path("allbad.txt"));
   EXPECT_TRUE(failed_cleanly(r)) << r.status;
   EXPECT_EQ(r.out, "\n");
+}
+
+// Standard input is read from descriptor 0 where it stands: reopening /dev/stdin had started a file the shell had
+// partly read over from its beginning (translating its first line again) and had failed for a socket (ENXIO), what a
+// parent such as Node.js hands its children.
+TEST_F(CliLines, TranslateReadsStandardInputWhereItStandsSocketsIncluded) {
+  write("in.txt", "one\ntwo\n");
+  const std::string after_first_line = "{ IFS= read -r skipped; " + std::string(ATTN_BINARY) + " translate; } < " +
+                                       path("in.txt") + " > " + path("stdout") + " 2> " + path("stderr");
+  ASSERT_EQ(std::system(after_first_line.c_str()), 0) << slurp(path("stderr"));
+  EXPECT_EQ(slurp(path("stdout")), "\xe4\xba\x8c\n");  // 二, the second line's alone
+
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(sv[0], 0);
+    ::close(sv[0]), ::close(sv[1]);
+    const std::string out = path("stdout"), err = path("stderr");
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644),
+              e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(o, 1), ::dup2(e, 2);
+    ::execl(ATTN_BINARY, ATTN_BINARY, "translate", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(sv[0]);
+  const std::string text = "one\ntwo\n";
+  ASSERT_EQ(::write(sv[1], text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ::close(sv[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(path("stderr"));
+  EXPECT_EQ(slurp(path("stdout")), "\xe4\xb8\x80\n\xe4\xba\x8c\n");  // 一, 二
 }
 
 TEST_F(CliLines, TranslateStrictStopsAtTheFirstBadLineBeforePrintingAnything) {

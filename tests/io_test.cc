@@ -1,5 +1,6 @@
 // .npy and .safetensors: values written by NumPy/PyTorch read back exactly; round trips; every kind
 // of corrupt or lying header rejected with FormatError before any allocation it does not back.
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -485,6 +486,43 @@ TEST(Io, StreamsAreReadNoFurtherThanTheirHeaderSays) {
       ::close(ends[0]);  // the writer's next write fails: it ends
       writer.join();
     }
+}
+
+// A file's size is no reason to reserve memory before its header is read: a sparse file of a terabyte given as a .npy
+// fails at its header (a FormatError naming it; the reservation had been a bad_alloc naming nothing). A named FIFO
+// given as a .safetensors is read from the one descriptor opened (opened twice, the writer had been lost between).
+TEST(Io, SizesAndFifosAreNotTrustedBeforeTheHeader) {
+  const auto dir = test::fresh_temp_path("attn_io_sparse");
+  std::filesystem::create_directories(dir);
+  const std::string sparse = (dir / "big.npy").string();
+  const int fd = ::open(sparse.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  const bool made = ::ftruncate(fd, off_t{1} << 40) == 0;
+  ::close(fd);
+  if (made) {
+    try {
+      io::read_npy(sparse);
+      ADD_FAILURE() << "a file of zeros was read as a .npy";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(sparse), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove(sparse);
+  const std::string fifo = (dir / "weights.safetensors").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::mt19937 rng(2);
+  const Tensor t = test::random_tensor({4, 3}, rng);
+  const std::vector<uint8_t> bytes = io::encode_safetensors({{"t", t}});
+  std::thread writer([&] {  // one writer, one open: the reader must see it through
+    const int w = ::open(fifo.c_str(), O_WRONLY);
+    if (w >= 0) {
+      (void)!::write(w, bytes.data(), bytes.size());
+      ::close(w);
+    }
+  });
+  EXPECT_EQ(test::max_abs_diff(io::read_safetensors(fifo).at("t"), t), 0.0);
+  writer.join();
+  std::filesystem::remove_all(dir);
 }
 
 // Files written together: all or none. A second path that is a directory, or that names the first file again, is

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <new>
 
 #include "attn/error.h"
 
@@ -26,7 +27,47 @@ namespace {
 }  // namespace
 
 namespace {
-// The file's bytes to its end, or FormatError past max_bytes (a text file's cap) or past the size its header states.
+// fd's bytes from its offset to the end, or FormatError past max_bytes (a text file's cap) or past the size its header
+// states; `path` names it in errors. The memory is reserved from the smaller of the file's size (a regular file's, only
+// a first guess: it may grow or shrink while read) and the header's size once known, never from the file's size alone
+// (a sparse file of terabytes had been a bad_alloc naming nothing before its first bytes were checked); memory that
+// cannot be had is an AllocationError naming the path.
+std::vector<uint8_t> read_descriptor(int fd, const std::string& path, size_t max_bytes,
+                                     const SizeFromHeader& size_from_header) {
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  const size_t file_size = regular && st.st_size > 0 ? static_cast<size_t>(st.st_size) : 0;
+  std::vector<uint8_t> bytes;
+  try {
+    if (!size_from_header) bytes.reserve(std::min(file_size, max_bytes));
+    size_t stated = kSizeUnknown;  // the size the header states, once it does
+    uint8_t chunk[1 << 16];
+    for (;;) {
+      const ssize_t n = ::read(fd, chunk, sizeof chunk);
+      if (n == 0) break;
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_file_error(path, "read failed");
+      }
+      if (static_cast<size_t>(n) > max_bytes - bytes.size())
+        throw FormatError(path + ": longer than the " + std::to_string(max_bytes) + " bytes a text file may have");
+      bytes.insert(bytes.end(), chunk, chunk + n);
+      if (size_from_header && stated == kSizeUnknown) {
+        stated = size_from_header(bytes.data(), bytes.size());
+        if (stated != kSizeUnknown) bytes.reserve(std::max(bytes.size(), std::min(file_size, stated)));
+      }
+      if (bytes.size() > stated)
+        throw FormatError(path + ": longer than the " + std::to_string(stated) + " bytes its header accounts for" +
+                          (regular ? "" : " (read no further: a stream that does not end?)"));
+    }
+  } catch (const std::bad_alloc&) {
+    throw AllocationError(path + ": out of memory reading it (" + std::to_string(bytes.size()) + " bytes read, " +
+                          (file_size ? std::to_string(file_size) + " in the file" : std::string("a stream")) + ")");
+  }
+  return bytes;
+}
+
+// The file's bytes to its end (read_descriptor).
 std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes, const SizeFromHeader& size_from_header) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
@@ -36,30 +77,7 @@ std::vector<uint8_t> read_bytes(const std::string& path, size_t max_bytes, const
     int fd;
     ~Close() { ::close(fd); }
   } close{fd};
-  // a regular file's size is only a first guess (it may grow or shrink while read); a pipe (<(...), /dev/stdin)
-  // has none: either way the bytes are read to the end
-  struct stat st {};
-  std::vector<uint8_t> bytes;
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
-    bytes.reserve(std::min(static_cast<size_t>(st.st_size), max_bytes));
-  size_t stated = kSizeUnknown;  // the size the header states, once it does
-  uint8_t chunk[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, chunk, sizeof chunk);
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_file_error(path, "read failed");
-    }
-    if (static_cast<size_t>(n) > max_bytes - bytes.size())
-      throw FormatError(path + ": longer than the " + std::to_string(max_bytes) + " bytes a text file may have");
-    bytes.insert(bytes.end(), chunk, chunk + n);
-    if (size_from_header && stated == kSizeUnknown) stated = size_from_header(bytes.data(), bytes.size());
-    if (bytes.size() > stated)
-      throw FormatError(path + ": longer than the " + std::to_string(stated) + " bytes its header accounts for" +
-                        (S_ISREG(st.st_mode) ? "" : " (read no further: a stream that does not end?)"));
-  }
-  return bytes;
+  return read_descriptor(fd, path, max_bytes, size_from_header);
 }
 }  // namespace
 
@@ -73,13 +91,17 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
   if (std::filesystem::is_directory(path, ec)) throw FileError(path + ": is a directory, not a file", EISDIR);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_file_error(path, "cannot open");
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close{fd};
   struct stat st {};
   void* map = MAP_FAILED;
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
     map = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) {  // empty, a pipe, or no mapping: read it
-    const std::vector<uint8_t> bytes = read_file(path, size_from_header);
+  if (map == MAP_FAILED) {  // empty, a pipe, or no mapping: read from the descriptor already open (a named FIFO
+                            // opened a second time had lost its writer's bytes, or waited for a writer forever)
+    const std::vector<uint8_t> bytes = read_descriptor(fd, path, SIZE_MAX, size_from_header);
     f(bytes.data(), bytes.size());
     return;
   }
@@ -93,6 +115,11 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 
 std::string read_text(const std::string& path, size_t max_bytes) {
   const std::vector<uint8_t> bytes = read_bytes(path, max_bytes, {});
+  return std::string(bytes.begin(), bytes.end());
+}
+
+std::string read_standard_input(size_t max_bytes) {
+  const std::vector<uint8_t> bytes = read_descriptor(STDIN_FILENO, "standard input", max_bytes, {});
   return std::string(bytes.begin(), bytes.end());
 }
 

@@ -15,6 +15,8 @@ namespace attn::cli {
 Tensor load_npy_flag(const std::string& flag, const std::string& path) {
   try {
     return io::read_npy(path);
+  } catch (const AllocationError& e) {  // (exit status 3, as any exhausted memory: not a bad file)
+    throw AllocationError(flag + " " + path + ": " + e.what());
   } catch (const Error& e) {
     throw FormatError(flag + " " + path + ": " + e.what());
   }
@@ -26,11 +28,8 @@ void write_outputs(const std::vector<OutputFile>& outputs) {
   files.commit();
 }
 
-std::vector<std::string> read_stdin_lines() { return read_lines("/dev/stdin", "standard input"); }
-
-std::vector<std::string> read_lines(const std::string& path, const std::string& what) {
-  // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming the path)
-  const std::string text = io::read_text(path, kMaxStdinBytes);
+namespace {
+std::vector<std::string> split_lines(const std::string& text, const std::string& what) {
   std::vector<std::string> lines;
   // a UTF-8 byte-order mark (files saved by some editors) is not part of line 1 (it had made "one" an unknown word)
   const size_t start = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
@@ -45,6 +44,17 @@ std::vector<std::string> read_lines(const std::string& path, const std::string& 
     at = end + 1;
   }
   return lines;
+}
+}  // namespace
+
+// (descriptor 0 itself: /dev/stdin reopened had failed for a socket, and had started a half-read file over)
+std::vector<std::string> read_stdin_lines() {
+  return split_lines(io::read_standard_input(kMaxStdinBytes), "standard input");
+}
+
+std::vector<std::string> read_lines(const std::string& path, const std::string& what) {
+  // io::read_text reads a pipe to its end too, and stops past its cap (a FormatError naming the path)
+  return split_lines(io::read_text(path, kMaxStdinBytes), what);
 }
 
 std::string LineErrors::where(size_t i) const {

@@ -51,6 +51,8 @@ void run_mha(const MhaArgs& a) {
   try {
     st = io::read_safetensors(a.weights);
     io::widen_to_float32(st.tensors);
+  } catch (const AllocationError& e) {  // (exit status 3, as any exhausted memory: not a bad file)
+    throw AllocationError(std::string("--weights: ") + e.what());
   } catch (const Error& e) {
     throw FormatError(std::string("--weights: ") + e.what());
   }

@@ -34,6 +34,9 @@ void with_file_bytes(const std::string& path, const std::function<void(const uin
 // no further, where `--model /dev/zero` or a runaway pipe had been read until memory ran out.
 inline constexpr size_t kMaxTextFileBytes = size_t{1} << 28;  // 256 MiB
 std::string read_text(const std::string& path, size_t max_bytes = kMaxTextFileBytes);
+// The process's standard input as text, from where it stands to its end (read from descriptor 0: reopening /dev/stdin
+// fails for a socket and starts a file over from its beginning); errors as read_text, naming "standard input".
+std::string read_standard_input(size_t max_bytes = kMaxTextFileBytes);
 // Writes `bytes` to a new temporary beside `path` (sibling_path(path, ".tmp-<pid>-<n>"), created exclusively) and
 // renames it onto `path` (through symbolic links: onto the file they name, the link kept; a replaced file keeps its
 // permissions); on failure removes the temporary and throws FileError, so `path` is either the complete new file or
