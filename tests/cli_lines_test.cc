@@ -447,6 +447,13 @@ TEST_F(CliLines, AResumedRunContinuesItsLossLog) {
       run("train --resume " + path("finished") + " --steps 5 --no-progress --loss-log " + path("linked.log"));
   EXPECT_TRUE(failed_cleanly(linked)) << linked.err;
   EXPECT_EQ(slurp(path("target.txt")), "someone's\n");
+  // the log may not be a file of the checkpoint resumed from (it had replaced its train_state.json at the end)
+  const std::string state_before = slurp(path("finished") + "/train_state.json");
+  const CliResult onto_state = run("train --resume " + path("finished") + " --out " + path("elsewhere") +
+                                   " --steps 5 --no-progress --loss-log " + path("finished") + "/train_state.json");
+  EXPECT_TRUE(failed_cleanly(onto_state)) << onto_state.err;
+  EXPECT_NE(onto_state.err.find("--resume's train_state.json"), std::string::npos) << onto_state.err;
+  EXPECT_EQ(slurp(path("finished") + "/train_state.json"), state_before);
 }
 
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).

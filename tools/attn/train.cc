@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -101,6 +103,11 @@ void run_train(TrainArgs a) {
   if (!a.loss_log.empty() && !a.o.out_dir.empty())
     for (const std::string& name : train::checkpoint_file_names())
       outputs.emplace_back("--out's " + name, a.o.out_dir + "/" + name);
+  std::error_code ec;  // nor one of the checkpoint resumed from (it had replaced that train_state.json at the end)
+  if (!a.loss_log.empty() && !a.o.resume_dir.empty() &&
+      !(!a.o.out_dir.empty() && std::filesystem::equivalent(a.o.out_dir, a.o.resume_dir, ec)))
+    for (const std::string& name : train::checkpoint_file_names())
+      outputs.emplace_back("--resume's " + name, a.o.resume_dir + "/" + name);
   io::check_output_paths(outputs, io::OutputFolders::kMayBeCreated);  // (--out is created when the first checkpoint is)
   if (rank0) io::check_output_paths({{"--loss-log", a.loss_log}});    // its folder must be there, where it is written
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(nullptr, std::fclose);
@@ -112,15 +119,34 @@ void run_train(TrainArgs a) {
                    // overwritten), but for the killed run's a resumed run takes over, replaced whole by the carried
                    // lines (a rename: killed again meanwhile, it holds the old lines or the new, never fewer)
         int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+        const auto someone_elses = [&] {
+          return ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
+                               " exists (another run's log?); remove it or choose another --loss-log");
+        };
+        const bool carrying = partial_left || !carried.empty();
+        const std::vector<uint8_t> carried_bytes(carried.begin(), carried.end());
         if (partial_left) {
-          io::write_file_atomically(log_partial, std::vector<uint8_t>(carried.begin(), carried.end()));
-          carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+          io::write_file_atomically(log_partial, carried_bytes);
+        } else if (carrying) {  // a resumed run's FILE.partial starts with the earlier lines whole, or is not there:
+                                // written under another name, then linked to its own (which fails where one exists).
+                                // Written in place, a kill amid them had left a FILE.partial that --resume preferred
+                                // to the whole FILE, losing the lines it lacked.
+          const std::string staged = io::sibling_path(a.loss_log, ".partial-" + std::to_string(::getpid()));
+          io::write_file_atomically(staged, carried_bytes);
+          const int linked = ::link(staged.c_str(), log_partial.c_str()), link_errno = errno;
+          std::remove(staged.c_str());
+          if (linked != 0 && link_errno == EEXIST) throw someone_elses();
+          if (linked != 0)
+            throw FileError(
+                "--loss-log " + a.loss_log + ": cannot create " + log_partial + " (" + std::strerror(link_errno) + ")",
+                link_errno);
+          log_opened = true;  // (removed if this run fails: FILE keeps every line)
         }
+        if (carrying) carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
         const int fd = ::open(log_partial.c_str(), flags, 0666);
-        if (fd < 0 && errno == EEXIST)
-          throw ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
-                              " exists (another run's log?); remove it or choose another --loss-log");
-        if (fd >= 0) log.reset(::fdopen(fd, partial_left ? "a" : "w")), log_started = true, log_opened = !partial_left;
+        if (fd < 0 && errno == EEXIST) throw someone_elses();
+        if (fd >= 0)
+          log.reset(::fdopen(fd, carrying ? "a" : "w")), log_started = true, log_opened = log_opened || !partial_left;
         if (fd >= 0 && !log) ::close(fd);
         // a line at a time: a killed run's FILE.partial holds every step it finished, which --resume carries on
         if (log) std::setvbuf(log.get(), nullptr, _IOLBF, BUFSIZ), std::fputs(carried.c_str(), log.get());
