@@ -84,8 +84,8 @@ struct TileTraits<SimdLevel::kAvx512> {
   // The float32 forward's P·V register tiles, rows × vectors of columns. kPvRows × kPvVecs (8 × 2): each value vector
   // serves 8 rows, so a 64-row tile reads the value tile (64 KB at D 128, more than the L1) 8 times where 4 × 4 read it
   // 16. kRowPvRows × kRowPvVecs (4 × 4) where a value row is exactly kRowPvVecs vectors (D 64: the 32 KB value tile
-  // stays in the L1, and 4 × 4 loads less per FMA) and on the few-query path (1–4 rows, decode: 2-vector strips of V
-  // took 10–25% longer, 1 query over 2048 keys, D 128). Zen 5, same-built A/B against 4 × 4 everywhere (session 16),
+  // stays in the L1, and 4 × 4 loads less per FMA); the few-query path has its own tiles (kLonePvVecs, kFewPvRows
+  // below). Zen 5, same-built A/B against 4 × 4 everywhere (session 16),
   // 1 thread: D 128 +2–4% (causal at L 1024 +4%), D 256 +2%, D 32 +4%, D 64 with 8 × 2 −2 to −4%; 2 threads D 128
   // +1–3%. Before, on Zen 4: 6 × 4 2–10% slower than 4 × 4; on an Intel Xeon its +2–8% could not be told apart from
   // code layout (docs/performance/cpu_kernel.md). 8 × 2 was not measured on those machines.

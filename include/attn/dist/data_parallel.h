@@ -3,8 +3,9 @@
 //   mpirun -np N attn train ...   (tools/attn/train.cc uses train_numbers_data_parallel under mpirun)
 // Every rank builds the same model from the seed and the same global batches; each trains on its shard of every
 // batch (train::TrainOptions::reducer). The gradients, scaled by each rank's share of the batch's target tokens, are
-// summed over the ranks in buckets of `bucket_elements` floats, so every rank takes the same optimizer step and N
-// ranks give the losses of one process within float reordering. By default a bucket is all-reduced as soon as the
+// summed over the ranks in buckets of `bucket_elements` floats, so every rank takes the same optimizer step and,
+// without dropout, N ranks give the losses of one process within float reordering (each rank draws its own dropout
+// masks). By default a bucket is all-reduced as soon as the
 // backward has finished every gradient in it (Transformer::backward's on_gradients_ready hook), while the backward
 // goes on with the layers below. Rank 0 alone validates, writes checkpoints and shows progress; a checkpoint holds
 // no trace of N, so training resumes with any N. An error on one rank alone (rank 0's checkpoint write failing, an
@@ -34,8 +35,8 @@ enum class GradientOverlap : uint8_t {
   kNone,         // after the whole backward: blocking MPI_Allreduce of each bucket
   kThread,       // a communication thread all-reduces each bucket as soon as it is full (MPI_Iallreduce polled
                  // by MPI_Test with short sleeps; needs MPI_THREAD_SERIALIZED, with less kNonBlocking is used)
-  kNonBlocking,  // MPI_Iallreduce of each bucket as soon as it is full, progressed by MPI_Testall at each of the
-                 // backward's hooks, MPI_Waitall after it
+  kNonBlocking,  // MPI_Iallreduce of each bucket as soon as it is full, progressed by MPI_Test on each bucket in
+                 // flight at the backward's hooks, MPI_Wait on each after it
 };
 const char* gradient_overlap_name(GradientOverlap overlap);       // "none" | "thread" | "nonblocking"
 GradientOverlap parse_gradient_overlap(const std::string& name);  // ArgumentError naming the accepted values
@@ -92,7 +93,7 @@ class MpiGradientReducer : public train::GradientReducer {
   void start(std::map<std::string, Tensor>& grads, float loss, GradientOverlap mode);  // a step in this mode
   void put(float* grad, int64_t n, float scale);
   void launch(size_t bucket);  // the bucket is full: start its all-reduce as the mode says
-  void progress();             // kNonBlocking: MPI_Testall over the buckets in flight
+  void progress();             // kNonBlocking: MPI_Test on each bucket in flight
   static void unpack(const Bucket& bucket);
   void communicate();  // the communication thread's loop (kThread)
   void check_order();  // the first step: every rank named the gradients in the same order (Error otherwise)

@@ -74,8 +74,9 @@ struct TrainOptions {
   bool progress = true;       // a progress bar on stderr
   int num_threads = 0;        // threads of every op and GEMM (0: OpenMP's default, OMP_NUM_THREADS or all cores)
   // Data parallel (nullptr: one process): each rank trains on its shard of every batch (the same global batches
-  // and the same losses, within float reordering, for any number of ranks); only rank 0 validates, writes
-  // checkpoints and shows progress. Dropout masks come from a per-rank stream drawn from the shared one.
+  // and, without dropout, the same losses within float reordering for any number of ranks); only rank 0 validates,
+  // writes checkpoints and shows progress. Dropout masks come from a per-rank stream drawn from the shared one, so
+  // with dropout (the default 0.1) the losses depend on the number of ranks.
   GradientReducer* reducer = nullptr;
 };
 
