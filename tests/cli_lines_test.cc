@@ -364,7 +364,10 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
            // a resumed run's model is the checkpoint's: a flag that would change it is refused, not ignored
            {"train --resume " + path("ck") + " --steps 4 --heads 2 --dropout 0", "--heads, --dropout"},
            {"sdpa --q q.npy --k k.npy --v v.npy --out " + path("o.npy") + " --ring-layout zigzag", "--ring-layout"},
-           {"bench sdpa --batch 0 --no-peak", "--batch"}}) {
+           {"bench sdpa --batch 0 --no-peak", "--batch"},
+           {"bench mha --len 0", "--len"},
+           {"sdpa --q q.npy --k k.npy --v v.npy --out \"\"",
+            "--out: an empty path"}}) {  // (it had timed empty calls at 0 GFLOP/s, exit 0)
     const CliResult r = run(args);
     EXPECT_TRUE(failed_cleanly(r)) << args;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;

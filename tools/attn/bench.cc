@@ -415,10 +415,10 @@ void add_bench(CLI::App& app) {
 
   auto m = std::make_shared<MhaBench>();
   CLI::App* mha = bench->add_subcommand("mha", "time MultiHeadAttention self-attention forward");
-  mha->add_option("--batch", m->batch, "B");
-  mha->add_option("--embed-dim", m->embed_dim, "E");
-  mha->add_option("--heads", m->heads, "H");
-  mha->add_option("--len", m->len, "L");
+  mha->add_option("--batch", m->batch, "B")->check(CLI::PositiveNumber);
+  mha->add_option("--embed-dim", m->embed_dim, "E")->check(CLI::PositiveNumber);
+  mha->add_option("--heads", m->heads, "H")->check(CLI::PositiveNumber);
+  mha->add_option("--len", m->len, "L")->check(CLI::PositiveNumber);
   mha->add_flag("--causal", m->causal, "masked self-attention");
   mha->add_option("--threads", m->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);
   mha->add_option("--impl", m->impl, "auto (the dispatcher's choice), fused, unfused or reference")

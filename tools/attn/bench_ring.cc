@@ -123,11 +123,11 @@ void add_bench_ring(CLI::App& bench) {
       "ring",
       "ring attention under mpirun (mpirun -np N attn bench ring ...): time (the slowest rank), GFLOP/s, each rank's "
       "peak RSS and share of the time spent waiting for messages");
-  sub->add_option("--batch", a->batch, "B");
-  sub->add_option("--heads", a->heads, "H");
+  sub->add_option("--batch", a->batch, "B")->check(CLI::PositiveNumber);
+  sub->add_option("--heads", a->heads, "H")->check(CLI::PositiveNumber);
   sub->add_option("--kv-heads", a->kv_heads, "Hkv (default H)")->check(CLI::NonNegativeNumber);
   sub->add_option("--length", a->length, "L: the whole sequence, cut across the ranks")->check(CLI::PositiveNumber);
-  sub->add_option("--head-dim", a->head_dim, "D = Dv");
+  sub->add_option("--head-dim", a->head_dim, "D = Dv")->check(CLI::PositiveNumber);
   sub->add_flag("--causal", a->causal, "causal (top-left)");
   sub->add_option("--layout", a->layout, "contiguous or zigzag (default zigzag with --causal)")
       ->check(CLI::IsMember({"contiguous", "zigzag"}));

@@ -46,6 +46,7 @@ void run_mha(const MhaArgs& a) {
   if (a.key.empty() != a.value.empty())
     throw ArgumentError("--key and --value go together (give both, or neither for self-attention)");
   if (a.average && a.need_weights.empty()) throw ArgumentError("--average-attn-weights needs --need-weights FILE");
+  if (a.out.empty()) throw ArgumentError("--out: an empty path; name the file to write");  // (it had failed at the end)
   io::check_output_paths({{"--out", a.out}, {"--need-weights", a.need_weights}});
   io::Safetensors st;
   try {

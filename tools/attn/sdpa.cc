@@ -33,6 +33,7 @@ void run_sdpa_on_ring(const SdpaArgs& a) {
 
 void run_sdpa(const SdpaArgs& a) {
   if (a.ring && !a.dtype.empty()) throw ArgumentError("--dtype is not supported with --ring");
+  if (a.out.empty()) throw ArgumentError("--out: an empty path; name the file to write");  // (it had failed at the end)
   // (with --ring only rank 0 writes: another rank's machine need not have the folder)
   io::check_output_paths({{"--out", a.out}, {"--weights", a.weights}},
                          launcher_rank0() ? io::OutputFolders::kMustExist : io::OutputFolders::kMayBeCreated);
