@@ -86,8 +86,9 @@ struct BackwardOptions {
 
 class Transformer {
  public:
-  // Parameters initialised as PyTorch initialises them (Xavier-uniform matrices, N(0, 1/E) embeddings,
-  // zero biases, unit LayerNorm weights), from `seed`.
+  // Parameters initialised from `seed`: Xavier-uniform matrices (as nn.Transformer's _reset_parameters), N(0, 1/E)
+  // embeddings, zero biases (as nn.MultiheadAttention's; nn.Linear would draw the feed-forward and generator biases
+  // from U(±1/√fan_in)) and unit LayerNorm weights.
   explicit Transformer(const TransformerConfig& config, uint64_t seed = 0);
   ~Transformer();
   Transformer(Transformer&&) noexcept;
