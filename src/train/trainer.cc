@@ -159,9 +159,12 @@ float gradient_norm(const std::vector<ParamSlot>& slots) {
   return static_cast<float>(std::sqrt(sq));
 }
 
-// The factor that brings a global norm down to max_norm (1 when it is already at most that, or max_norm is 0).
+// The factor that brings a global norm down to max_norm, as torch.nn.utils.clip_grad_norm_: min(1, max_norm /
+// (norm + 1e-6)), so a norm within 1e-6 below max_norm is scaled too (it had been left alone); 1 where max_norm is 0.
 float clip_scale(float norm, float max_norm) {
-  return max_norm > 0.0f && norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
+  if (!(max_norm > 0.0f)) return 1.0f;
+  const float coefficient = max_norm / (norm + 1e-6f);
+  return coefficient < 1.0f ? coefficient : 1.0f;  // (a NaN norm: 1, the gradients are NaN either way)
 }
 
 std::vector<uint8_t> text_bytes(const std::string& text) {
