@@ -243,29 +243,42 @@ NB_MODULE(_attn, m) {
   m.attr("__version__") = attn::version();
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    // the message as a str, its bytes decoded as UTF-8 with an invalid byte escaped (\xff): a message quoting a file's
+    // bytes (a .safetensors header's) arrives whole, where PyErr_SetString's strict decoding had left an empty error
+    const auto message = [](const std::exception& e) {
+      return PyUnicode_DecodeUTF8(e.what(), static_cast<Py_ssize_t>(std::strlen(e.what())), "backslashreplace");
+    };
+    const auto set = [&](PyObject* type, const std::exception& e) {
+      if (PyObject* text = message(e)) {  // (else the decoding's MemoryError is set)
+        PyErr_SetObject(type, text);
+        Py_DECREF(text);
+      }
+    };
     try {
       std::rethrow_exception(p);
     } catch (const attn::ShapeError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set(PyExc_ValueError, e);
     } catch (const attn::ArgumentError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set(PyExc_ValueError, e);
     } catch (const attn::DTypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
+      set(PyExc_TypeError, e);
     } catch (const attn::MissingTensorError& e) {
-      PyErr_SetString(PyExc_KeyError, e.what());
+      set(PyExc_KeyError, e);
     } catch (const attn::AllocationError& e) {
-      PyErr_SetString(PyExc_MemoryError, e.what());
+      set(PyExc_MemoryError, e);
     } catch (const attn::FileError& e) {
       // OSError(errno, message) is the subclass that errno names: FileNotFoundError, PermissionError, ...
-      PyObject* error = PyObject_CallFunction(PyExc_OSError, "is", e.error_number(), e.what());
+      PyObject* text = message(e);
+      PyObject* error = text ? PyObject_CallFunction(PyExc_OSError, "iO", e.error_number(), text) : nullptr;
+      Py_XDECREF(text);
       if (error) {
         PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error)), error);
         Py_DECREF(error);
       }
     } catch (const attn::FormatError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set(PyExc_ValueError, e);
     } catch (const attn::Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
+      set(PyExc_RuntimeError, e);
     }
   });
 

@@ -10,6 +10,30 @@ from torch import Tensor
 from . import _attn
 
 
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument (shape, value, option), named in the message: a ValueError, and a RuntimeError as PyTorch's own
+    checks raise, so code written against torch.nn.functional catches it unchanged. (attn.torch.ArgumentError)"""
+
+
+class DTypeError(TypeError, RuntimeError):
+    """A tensor of a dtype attn does not take (or a non-tensor): a TypeError, and a RuntimeError as PyTorch raises.
+    (attn.torch.DTypeError)"""
+
+
+def _typed_errors(kernel, *args):
+    """kernel(*args) with the binding's ValueError / TypeError raised as ArgumentError / DTypeError, as attn.torch's
+    eager path raises them: the custom ops' kernels run where no check of attn.torch's comes first (a compiled graph,
+    torch.func), and a plain ValueError there had escaped code that catches RuntimeError as for PyTorch."""
+    try:
+        return kernel(*args)
+    except (ArgumentError, DTypeError):
+        raise
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    except TypeError as e:
+        raise DTypeError(str(e)) from None
+
+
 def _c(t):
     return None if t is None else t.contiguous()
 
@@ -23,8 +47,8 @@ def _fused_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, ca
     """(dq, dk, dv) in the inputs' dtype through attn's fused backward (contiguous tensors; seed an int): float32;
     bfloat16 on vdpbf16ps where the processor has AVX512_BF16 (else, and for float16, the float32 backward on the
     tensors widened, the gradients rounded back)."""
-    return _attn.torch_sdpa_backward(q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal, scale, window,
-                                     alibi_slopes, dropout_p, seed, torch.get_num_threads())
+    return _typed_errors(_attn.torch_sdpa_backward, q, k, v, out, lse, grad_out, attn_mask, key_padding_mask, causal,
+                         scale, window, alibi_slopes, dropout_p, seed, torch.get_num_threads())
 
 
 def _weights_terms(q, k, v, attn_mask, weights, grad_out, grad_weights, scale, mask_grad):
@@ -81,9 +105,9 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], key_padd
 def _sdpa_kernel(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed,
                  return_weights):
     """attn::sdpa's computation: attn's kernel on the tensors made contiguous."""
-    out, lse, weights = _attn.torch_sdpa(q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask),
-                                         _c(key_padding_mask), causal, scale, window, _c(alibi_slopes), dropout_p,
-                                         _seed_int(seed), return_weights, True, torch.get_num_threads())
+    out, lse, weights = _typed_errors(_attn.torch_sdpa, q.contiguous(), k.contiguous(), v.contiguous(), _c(attn_mask),
+                                      _c(key_padding_mask), causal, scale, window, _c(alibi_slopes), dropout_p,
+                                      _seed_int(seed), return_weights, True, torch.get_num_threads())
     return out, lse, (weights if weights is not None else q.new_empty(0))
 
 

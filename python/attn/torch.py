@@ -58,18 +58,12 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import _attn
-from ._torch_ops import FuncSdpa, _c, _fused_backward, _gradients, _sdpa, _sdpa_backward  # noqa: F401 (the ops)
+from ._torch_ops import (ArgumentError, DTypeError, FuncSdpa, _c, _fused_backward,  # noqa: F401 (the ops)
+                         _gradients, _sdpa, _sdpa_backward)
+
+ArgumentError.__module__ = DTypeError.__module__ = __name__  # (defined with the ops, which raise them too)
 
 __all__ = ["scaled_dot_product_attention", "MultiheadAttention", "ArgumentError", "DTypeError"]
-
-
-class ArgumentError(ValueError, RuntimeError):
-    """A bad argument (shape, value, option), named in the message: a ValueError, and a RuntimeError as PyTorch's own
-    checks raise, so code written against torch.nn.functional catches it unchanged."""
-
-
-class DTypeError(TypeError, RuntimeError):
-    """A tensor of a dtype attn does not take (or a non-tensor): a TypeError, and a RuntimeError as PyTorch raises."""
 
 
 class _ModuleArgumentError(ArgumentError, AssertionError):
@@ -217,6 +211,9 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
     compiling = torch.compiler.is_compiling()
     in_transform = not compiling and torch._C._functorch.peek_interpreter_stack() is not None
     if compiling or in_transform or torch._C._is_tracing() or type(q) is not torch.Tensor or q.is_meta:
+        # what the kernel checks, checked here too: a graph (and a meta tensor) then fails where it is made, and
+        # inside torch.func with the caller's shapes, not vmap's folded ones
+        _check_kernel_options(q, k, attn_mask, key_padding_mask, causal, window)
         seed = torch.randint(0, 2**62, (), dtype=torch.int64) if dropout_p > 0.0 else None
         out, _, weights = (FuncSdpa.apply if in_transform else _sdpa)(q, k, v, attn_mask, key_padding_mask, causal,
                                                                       scale, window, alibi_slopes, dropout_p, seed,
@@ -232,6 +229,29 @@ def _attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alib
         raise ArgumentError(str(e)) from None
     except TypeError as e:
         raise DTypeError(str(e)) from None
+
+
+def _check_kernel_options(q, k, attn_mask, key_padding_mask, causal, window):
+    """On 4-D q [B, H, Lq, D] and k [B, Hkv, Lk, D]: what attn's kernel would refuse beside the public function's
+    checks (the same messages' substance): the padding mask's shape, the mask's broadcast, the window."""
+    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Lk):
+        raise ArgumentError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)} but must be [B, Lk] = "
+                            f"{(B, Lk)} for query {tuple(q.shape)} and key {tuple(k.shape)}")
+    if attn_mask is not None:
+        scores = (B, H, Lq, Lk)
+        try:
+            fits = attn_mask.dim() <= 4 and tuple(torch.broadcast_shapes(tuple(attn_mask.shape), scores)) == scores
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ArgumentError(f"attn_mask {tuple(attn_mask.shape)} does not broadcast to the scores {scores} of "
+                                f"query {tuple(q.shape)} and key {tuple(k.shape)}")
+    if window < 0:
+        raise ArgumentError(f"window must be >= 0, got {window}")
+    if window > 0 and causal == "none":
+        raise ArgumentError(f"window = {window} needs a causal mask (is_causal=True or a causal_alignment): a window "
+                            "counts back from each query's last visible key")
 
 
 def _eager_attention(q, k, v, attn_mask, key_padding_mask, causal, scale, window, alibi_slopes, dropout_p, seed,

@@ -288,6 +288,13 @@ def test_corrupt_file_raises(tmp_path):
     p.write_bytes(b"\xff" * 8 + b"{}")
     with pytest.raises(ValueError, match="header length"):
         attn.load_safetensors(p)
+    # a message quoting bytes that are not UTF-8 (the parser's, of a header's) arrives whole, the byte escaped (strict
+    # decoding had raised an empty ValueError, the file and the reason lost)
+    header = b'{"w\xff": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    p.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(ValueError, match=r"bad\.safetensors: \.safetensors header is not valid JSON") as raised:
+        attn.load_safetensors(p)
+    assert "\\xff" in str(raised.value)
 
 
 def test_gil_is_released_while_a_kernel_runs():

@@ -92,6 +92,29 @@ def test_meta_tensors_give_the_output_shape():
         at.scaled_dot_product_attention(q, torch.randn(2, 2, 9, 8), v, enable_gqa=True)
 
 
+def test_the_kernels_own_checks_raise_typed_errors_on_every_path():
+    """What attn.torch leaves to the kernel (the padding mask's shape, the window) raises ArgumentError (a RuntimeError)
+    inside torch.func, on meta tensors, through the custom op and under torch.compile, as eagerly: a plain ValueError
+    had escaped the custom-op path, and meta tensors and tracing had checked nothing."""
+    q = torch.randn(2, 4, 6, 8)
+    bad_kpm = torch.zeros(3, 6, dtype=torch.bool)
+    calls = [dict(key_padding_mask=bad_kpm), dict(is_causal=True, window=-1), dict(window=2)]
+    for kwargs in calls:
+        f = lambda x: at.scaled_dot_product_attention(x, x, x, **kwargs)  # noqa: E731
+        with pytest.raises(at.ArgumentError):
+            f(q)
+        with pytest.raises(at.ArgumentError):
+            torch.func.vmap(f)(q[None])
+        with pytest.raises(at.ArgumentError):
+            f(q.to("meta"))
+        with pytest.raises(at.ArgumentError):
+            torch.compile(f, backend="eager")(q)
+        with pytest.raises(RuntimeError, match="key_padding_mask|window"):  # (dynamo's, naming ours)
+            torch.compile(f, backend="eager", fullgraph=True)(q)
+    with pytest.raises(RuntimeError, match="key_padding_mask"):  # the op itself, called directly
+        torch.ops.attn.sdpa(q, q, q, None, bad_kpm, "none", None, 0, None, 0.0, None, False)
+
+
 def test_bad_arguments_raise_pytorchs_exception_types_too():
     x = torch.randn(1, 2, 4, 8)
     # PyTorch's SDPA raises RuntimeError for all of these; attn's errors are ValueError / TypeError and RuntimeError
