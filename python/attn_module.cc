@@ -224,9 +224,11 @@ attn::MultiHeadAttentionConfig make_config(int64_t E, int64_t H, int64_t Hkv, in
   return c;
 }
 
+// Views of the arrays, no copy: their users only read them (write_safetensors) or copy them (from_state_dict), while
+// the caller's dict holds the arrays. (Each had been cloned with the GIL held: a multi-GB save took twice its memory.)
 std::map<std::string, attn::Tensor> views(const std::map<std::string, Array>& arrays) {
   std::map<std::string, attn::Tensor> out;
-  for (const auto& [name, a] : arrays) out[name] = view(a, name.c_str()).clone();
+  for (const auto& [name, a] : arrays) out[name] = view(a, name.c_str());
   return out;
 }
 

@@ -58,7 +58,8 @@ class MultiHeadAttention {
   // kdim = vdim = embed_dim; out_proj U(±1/√E), nn.Linear's; zero biases), from a fixed seed.
   explicit MultiHeadAttention(const MultiHeadAttentionConfig& config, uint64_t seed = 0);
 
-  // From PyTorch state-dict tensors, names under `prefix` (e.g. "self_attn."). Throws
+  // From PyTorch state-dict tensors, names under `prefix` (e.g. "self_attn."), copied (the layer keeps no reference to
+  // them: they may be views of a caller's memory, as the Python module's are). Throws
   // MissingTensorError for a missing name, DTypeError for one that is not float32 and ShapeError for a wrong shape.
   static MultiHeadAttention from_state_dict(const std::map<std::string, Tensor>& tensors,
                                             const MultiHeadAttentionConfig& config, const std::string& prefix = "");
