@@ -446,7 +446,7 @@ class Translator:
     @staticmethod
     def grammar_problem(text):
         """Why `text` is outside the task's grammar, as `attn translate` warns it, or None."""
-        return _attn.grammar_problem(str(text))
+        return _attn.grammar_problem(_check_utf8(str(text), "text"))  # (a lone surrogate: ValueError, as __call__)
 
     def __call__(self, text, beam=1, strict=False, max_length=0, batch_size=64, num_threads=0, kv_cache="f32",
                  length_penalty=0.6):

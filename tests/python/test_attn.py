@@ -247,6 +247,7 @@ def test_zero_dimensional_masks_and_scales_broadcast():
     (lambda: attn.Translator()("one", beam=2, length_penalty=float("nan")), ValueError, "length_penalty"),
     (lambda: attn.Translator(model_dir=""), ValueError, "not a model directory"),  # not the shipped one in silence
     (lambda: attn.Translator()("one \ud800"), ValueError, "text[0] is not valid Unicode"),
+    (lambda: attn.Translator.grammar_problem("one \ud800"), ValueError, "text is not valid Unicode"),
     # arguments of the wrong type name themselves (nanobind's message had listed the C++ parameters), and an empty
     # causal_alignment is not "no mask"; kdim, vdim, num_kv_heads of 0 (C++'s default, Python's 0: the two had
     # disagreed on the layout); None in a state dict; metadata that is not str: str
