@@ -289,6 +289,27 @@ TEST_F(CliLines, VizWritesBothFilesOrNeither) {
   expect_no_temporaries();
 }
 
+// A translation cut at the model's max_len (no end-of-sentence in time) is drawn: its decoder input is max_len tokens,
+// the last one produced never fed back (one more had been refused by the forward, where attn translate printed it).
+TEST_F(CliLines, VizDrawsATranslationCutAtMaxLen) {
+  const fs::path model = path("short_model");
+  fs::create_directories(model);
+  for (const auto& entry : fs::directory_iterator(ATTN_SOURCE_MODEL_DIR))
+    if (entry.path().filename() != "config.json") fs::create_symlink(entry.path(), model / entry.path().filename());
+  std::string config = slurp(std::string(ATTN_SOURCE_MODEL_DIR) + "/config.json");
+  const size_t at = config.find("\"max_len\":");
+  ASSERT_NE(at, std::string::npos);
+  const size_t end = config.find_first_of(",}", at);
+  write("short_model/config.json", config.substr(0, at) + "\"max_len\": 10" + config.substr(end));
+  const std::string text = "\"nine hundred ninety nine thousand nine hundred ninety nine\"";
+  const CliResult translated = run("translate --model " + model.string() + " " + text);
+  ASSERT_EQ(translated.status, 0) << translated.err;
+  const CliResult drawn = run("viz --model " + model.string() + " " + text + " --out " + path("cut.html"));
+  EXPECT_EQ(drawn.status, 0) << drawn.err;
+  EXPECT_EQ(drawn.out, translated.out);
+  EXPECT_TRUE(fs::exists(path("cut.html")));
+}
+
 // The random map draws to --png alone too (it had tried to rename a page that was never written), and a failed PNG
 // leaves neither file.
 TEST_F(CliLines, VizRandomMapWritesThePngAlone) {

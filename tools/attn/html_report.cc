@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -254,11 +255,22 @@ void write_html_report(const std::string& path, const Report& report) {
 
 namespace {
 
-// libpng's write callback: appends to the std::vector<png_byte> behind png_get_io_ptr.
+// libpng's write callback: appends to the std::vector<png_byte> behind png_get_io_ptr. No C++ exception may cross
+// libpng's C frames: memory that cannot be had is libpng's error (its longjmp), raised outside the catch.
 void append_png_bytes(png_structp png, png_bytep data, png_size_t n) {
   auto* out = static_cast<std::vector<png_byte>*>(png_get_io_ptr(png));
-  out->insert(out->end(), data, data + n);
+  bool failed = false;
+  try {
+    out->insert(out->end(), data, data + n);
+  } catch (const std::bad_alloc&) {
+    failed = true;
+  }
+  if (failed) png_error(png, "out of memory");
 }
+
+// libpng's flush callback: nothing to flush in memory (without one, libpng's default would fflush the vector as if it
+// were a FILE*, were it ever called).
+void flush_png_bytes(png_structp) {}
 
 }  // namespace
 
@@ -276,7 +288,7 @@ std::vector<uint8_t> heatmap_png_bytes(const float* w, int64_t rows, int64_t col
     png_destroy_write_struct(&png, &info);
     throw Error("PNG heatmap: encoding failed");
   }
-  png_set_write_fn(png, &out, append_png_bytes, nullptr);
+  png_set_write_fn(png, &out, append_png_bytes, flush_png_bytes);
   png_set_IHDR(png, info, static_cast<png_uint_32>(W), static_cast<png_uint_32>(H), 8, PNG_COLOR_TYPE_RGB,
                PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
@@ -288,9 +300,10 @@ std::vector<uint8_t> heatmap_png_bytes(const float* w, int64_t rows, int64_t col
         continue;
       }
       const float t = std::sqrt(std::clamp(v, 0.0f, 1.0f));  // same scale as the page
-      row[static_cast<size_t>(3 * x)] = static_cast<png_byte>(255 - 224 * t);
-      row[static_cast<size_t>(3 * x + 1)] = static_cast<png_byte>(255 - 177 * t);
-      row[static_cast<size_t>(3 * x + 2)] = static_cast<png_byte>(255 - 97 * t);
+      // rounded as the page's Math.round (a truncation had been a level darker)
+      row[static_cast<size_t>(3 * x)] = static_cast<png_byte>(std::lround(255 - 224 * t));
+      row[static_cast<size_t>(3 * x + 1)] = static_cast<png_byte>(std::lround(255 - 177 * t));
+      row[static_cast<size_t>(3 * x + 2)] = static_cast<png_byte>(std::lround(255 - 97 * t));
     }
     png_write_row(png, row.data());
   }

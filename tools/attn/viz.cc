@@ -165,6 +165,9 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   const tasks::Vocab vocab = tasks::Vocab::load(dir);
   {
     const TransformerConfig& c = model.config();
+    if (c.num_encoder_layers < 1 || c.num_decoder_layers < 1)  // (the default map, and the maps' forward, need both)
+      throw ArgumentError("viz draws a model of at least one encoder and one decoder layer; " + dir + " has " +
+                          std::to_string(c.num_encoder_layers) + " and " + std::to_string(c.num_decoder_layers));
     std::vector<std::string> map_names;
     for (int64_t l = 0; l < c.num_encoder_layers; ++l)
       map_names.push_back("encoder.layers." + std::to_string(l) + ".self_attn");
@@ -182,6 +185,10 @@ void run_viz(const VizArgs& a, const CLI::App& sub) {
   // teacher-forced pass over (source, BOS + translation): the maps of exactly this translation
   std::vector<int32_t> tgt = {model.config().bos_id};
   for (int32_t id : vocab.encode_target(translation)) tgt.push_back(id);
+  // a translation cut at max_len (no EOS in time) was fed back without its last token: max_len tokens in all (one
+  // more had been refused by the forward, where attn translate had printed it)
+  if (static_cast<int64_t>(tgt.size()) > model.config().max_len)
+    tgt.resize(static_cast<size_t>(model.config().max_len));
   const TokenBatch src{src_ids, 1, static_cast<int64_t>(src_ids.size())};
   const TokenBatch tgt_in{tgt, 1, static_cast<int64_t>(tgt.size())};
   model.forward(src, tgt_in);
