@@ -34,8 +34,8 @@ struct GenerationOptions {
 std::vector<std::vector<int32_t>> generate(const Transformer& model, const TokenBatch& src,
                                            const GenerationOptions& options = {});
 
-// Greedy decoding for exactly max_length steps (no stop at EOS), also returning each step's logits
-// [steps, Vt] per sentence: the incremental path, for comparison with the reference below.
+// Greedy decoding for exactly max_length steps (no stop at EOS; never <pad> or <bos>, as generate), also returning each
+// step's logits [steps, Vt] per sentence: the incremental path, for comparison with the reference below.
 std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,
                                                          int64_t max_length,
                                                          std::vector<std::vector<float>>* step_logits);

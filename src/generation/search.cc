@@ -232,6 +232,18 @@ std::vector<std::vector<int32_t>> generate(const Transformer& model, const Token
                      options.suppress_tokens);
 }
 
+namespace {
+// The greedy references' choice: the first largest logit among the tokens generate() may choose, not <pad> or <bos>
+// (a chosen <pad> would be fed back as a padded key, which the full recomputation hides and the cache does not: the
+// two references had parted there).
+int32_t greedy_choice(const float* row, int64_t V, const TransformerConfig& c) {
+  int64_t best = -1;
+  for (int64_t v = 0; v < V; ++v)
+    if (v != c.pad_id && v != c.bos_id && (best < 0 || row[v] > row[best])) best = v;
+  return static_cast<int32_t>(best < 0 ? 0 : best);
+}
+}  // namespace
+
 std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& model, const TokenBatch& src,
                                                          int64_t max_length,
                                                          std::vector<std::vector<float>>* step_logits) {
@@ -248,7 +260,7 @@ std::vector<std::vector<int32_t>> generate_greedy_logits(const Transformer& mode
       const float* row = logits + b * V;
       if (step_logits)
         (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
-      tokens[static_cast<size_t>(b)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      tokens[static_cast<size_t>(b)] = greedy_choice(row, V, c);
       out[static_cast<size_t>(b)].push_back(tokens[static_cast<size_t>(b)]);
     }
   }
@@ -271,7 +283,7 @@ std::vector<std::vector<int32_t>> generate_full_recompute(const Transformer& mod
       const float* row = logits.f32() + (b * prefix.L + prefix.L - 1) * V;
       if (step_logits)
         (*step_logits)[static_cast<size_t>(b)].insert((*step_logits)[static_cast<size_t>(b)].end(), row, row + V);
-      const int32_t tok = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      const int32_t tok = greedy_choice(row, V, c);
       out[static_cast<size_t>(b)].push_back(tok);
       for (int64_t i = 0; i < prefix.L; ++i) next.ids.push_back(prefix.at(b, i));
       next.ids.push_back(tok);
