@@ -315,7 +315,10 @@ NB_MODULE(_attn, m) {
       .def(
           "__init__",
           [](attn::MultiHeadAttention* self, int64_t E, int64_t H, int64_t Hkv, int64_t kdim, int64_t vdim, bool bias,
-             uint64_t seed) { new (self) attn::MultiHeadAttention(make_config(E, H, Hkv, kdim, vdim, bias), seed); },
+             uint64_t seed) {
+            nb::gil_scoped_release release;  // (O(E²) random weights: other Python threads run meanwhile)
+            new (self) attn::MultiHeadAttention(make_config(E, H, Hkv, kdim, vdim, bias), seed);
+          },
           "embed_dim"_a, "num_heads"_a, "num_kv_heads"_a, "kdim"_a, "vdim"_a, "bias"_a, "seed"_a)
       .def_static(
           "from_state_dict",
@@ -331,8 +334,12 @@ NB_MODULE(_attn, m) {
           [](const attn::MultiHeadAttention& m, const std::string& prefix) {
             // copies, every one: some of the C++ state dict shares the layer's storage (out_proj.weight) and some is
             // built (in_proj_weight), and writing into a live weight while another thread's forward reads it races
-            std::map<std::string, attn::Tensor> tensors = m.state_dict(prefix);
-            for (auto& [name, t] : tensors) t = t.clone();
+            std::map<std::string, attn::Tensor> tensors;
+            {
+              nb::gil_scoped_release release;  // (the copies: O(E²), other Python threads run meanwhile)
+              tensors = m.state_dict(prefix);
+              for (auto& [name, t] : tensors) t = t.clone();
+            }
             return to_numpy_map(tensors);
           },
           "prefix"_a = "")
