@@ -86,12 +86,12 @@ TEST_F(CliLines, TranslateReadsStandardInputWhereItStandsSocketsIncluded) {
 
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const std::string out = path("stdout"), err = path("stderr");  // (before the fork: the child only calls into the OS)
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     ::dup2(sv[0], 0);
     ::close(sv[0]), ::close(sv[1]);
-    const std::string out = path("stdout"), err = path("stderr");
     const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644),
               e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(o, 1), ::dup2(e, 2);
@@ -386,9 +386,8 @@ TEST_F(CliLines, IdleOptionsAndCollidingOutputsAreRefused) {
            {"train --resume " + path("ck") + " --steps 4 --heads 2 --dropout 0", "--heads, --dropout"},
            {"sdpa --q q.npy --k k.npy --v v.npy --out " + path("o.npy") + " --ring-layout zigzag", "--ring-layout"},
            {"bench sdpa --batch 0 --no-peak", "--batch"},
-           {"bench mha --len 0", "--len"},
-           {"sdpa --q q.npy --k k.npy --v v.npy --out \"\"",
-            "--out: an empty path"}}) {  // (it had timed empty calls at 0 GFLOP/s, exit 0)
+           {"bench mha --len 0", "--len"},  // (it had timed empty calls at 0 GFLOP/s, exit 0)
+           {"sdpa --q q.npy --k k.npy --v v.npy --out \"\"", "--out: an empty path"}}) {
     const CliResult r = run(args);
     EXPECT_TRUE(failed_cleanly(r)) << args;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": " << r.err;

@@ -16,8 +16,9 @@ makes it reproducible) and the backward regenerates the same mask from it.
 
 Tensors: CPU, float32, bfloat16 or float16 (query, key and value share one; bool or float masks). Contiguous
 tensors reach the kernels as views of their memory, never copied (read with the GIL released: no other thread may
-write or resize them during the call); the outputs are torch tensors over the memory attn wrote. Non-contiguous inputs are made contiguous first (one copy), and a float mask of another dtype than
-float32 is widened to float32 (one copy). bfloat16/float16: the forward is attn's 16-bit kernel (float32 sums,
+write or resize them during the call); the outputs are torch tensors over the memory attn wrote. Non-contiguous
+inputs are made contiguous first (one copy), and a float mask of another dtype than float32 is widened to float32
+(one copy). bfloat16/float16: the forward is attn's 16-bit kernel (float32 sums,
 the output rounded to the inputs' dtype, lse float32); the backward is attn's bfloat16 backward (vdpbf16ps, P̃ and
 dS rounded to bfloat16 for their products) where the processor has AVX512_BF16, else the float32 fused backward
 on the tensors widened (one copy each, O(L)); the gradients are rounded to the inputs' dtype.

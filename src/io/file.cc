@@ -186,7 +186,10 @@ std::string output_target(const std::string& path) {
 // `taken`. Returns the path to write (output_target).
 std::string take_output(const std::string& role, const std::string& given, OutputFolders folders,
                         std::vector<std::pair<std::string, std::string>>* taken) {
-  if (given.empty()) throw ArgumentError(role + ": an empty path; name the file to write");
+  if (given.empty()) {  // (a flag names itself; a library caller's empty path stays what open() makes of it)
+    if (role.empty()) throw FileError("an empty path: no file to write", ENOENT);
+    throw ArgumentError(role + ": an empty path; name the file to write");
+  }
   const std::string path = output_target(given);
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))

@@ -18,10 +18,9 @@ namespace attn::io {
 // file of 10^6 '[' had overflowed the stack (a crash no catch stops) when an error message printed the value.
 inline constexpr int kMaxJsonDepth = 64;
 
-// nlohmann::json::parse(text, ..., allow_exceptions) for a configuration file (`what` names it, or
-// nothing where the caller adds the name): nesting deeper than
-// kMaxJsonDepth is a FormatError while parsing; otherwise as nlohmann's (its parse_error, or a discarded value without
-// exceptions).
+// nlohmann::json::parse(text, ..., allow_exceptions) for a configuration file (`what` names it; empty where the
+// caller adds the name): nesting deeper than kMaxJsonDepth is a FormatError while parsing; otherwise as nlohmann's (its
+// parse_error, or a discarded value without exceptions).
 inline nlohmann::json parse_json(const std::string& text, const std::string& what, bool allow_exceptions = true) {
   const auto bounded = [&what](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
     if (depth > kMaxJsonDepth)
@@ -32,13 +31,18 @@ inline nlohmann::json parse_json(const std::string& text, const std::string& wha
   return nlohmann::json::parse(text, bounded, allow_exceptions);
 }
 
-// v as JSON text for an error message, at most ~80 bytes of it (a value of a file is untrusted: it may be a string
-// of megabytes).
-inline std::string json_excerpt(const nlohmann::json& v) {
-  std::string text = v.dump();
-  if (text.size() > 80) text = text.substr(0, 72) + "... (" + std::to_string(text.size()) + " bytes)";
-  return text;
+// Text from a file or a user for an error message: whole up to 80 bytes, else its first `keep` bytes (cut before a
+// UTF-8 character that would not fit whole) and how long it was (a file's value is untrusted: it may be a string of
+// megabytes, which had been echoed whole).
+inline std::string text_excerpt(const std::string& text, size_t keep = 72) {
+  if (text.size() <= 80) return text;
+  size_t cut = keep;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "... (" + std::to_string(text.size()) + " bytes)";
 }
+
+// v as JSON text for an error message, excerpted as text_excerpt does.
+inline std::string json_excerpt(const nlohmann::json& v) { return text_excerpt(v.dump()); }
 
 // out = j[key] (which must exist: nlohmann's out_of_range otherwise, as j.at(key)).
 template <class Int>

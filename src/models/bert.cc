@@ -36,13 +36,13 @@ BertConfig BertConfig::from_hf_json(const std::string& text) {
     // another architecture of BERT's weight names (RoBERTa's positions start at pad_id + 1: it had loaded and given
     // other embeddings than sentence-transformers' without a word)
     const std::string type = j.value("model_type", std::string("bert"));
-    if (type != "bert") throw FormatError("model_type '" + type + "' is not supported (bert)");
+    if (type != "bert") throw FormatError("model_type '" + io::text_excerpt(type) + "' is not supported (bert)");
     const std::string act = j.value("hidden_act", std::string("gelu"));
-    if (act != "gelu") throw FormatError("hidden_act '" + act + "' is not supported (gelu)");
+    if (act != "gelu") throw FormatError("hidden_act '" + io::text_excerpt(act) + "' is not supported (gelu)");
     // relative position embeddings (relative_key, ...) had loaded and run with absolute ones
     const std::string positions = j.value("position_embedding_type", std::string("absolute"));
     if (positions != "absolute")
-      throw FormatError("position_embedding_type '" + positions + "' is not supported (absolute)");
+      throw FormatError("position_embedding_type '" + io::text_excerpt(positions) + "' is not supported (absolute)");
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(std::string("config.json: ") + e.what());
   } catch (const FormatError& e) {
@@ -212,7 +212,12 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
   std::optional<SentenceModules> modules;
   if (io::exists_or_unexaminable(dir + "/modules.json")) modules = read_modules(dir);
   const std::string model_dir = inside(dir, modules ? modules->transformer : std::string());
-  e.config_ = BertConfig::from_hf_json(read_text(model_dir + "/config.json"));
+  const std::string config_text = read_text(model_dir + "/config.json");  // (its errors name the path)
+  try {  // (the parser's messages begin "config.json: "; the folder named, now that modules.json may choose it)
+    e.config_ = BertConfig::from_hf_json(config_text);
+  } catch (const FormatError& err) {
+    throw FormatError(model_dir + "/" + err.what());
+  }
   // tokenizer_config.json: BertNormalizer's settings and the longest input (int(1e30) where unset)
   text::WordPieceOptions tok;
   int64_t model_max_length = e.config_.max_position;

@@ -52,7 +52,7 @@ TransformerConfig TransformerConfig::from_json(const std::string& text) {
     if (!j.is_object()) throw FormatError("expected a JSON object");
     const nlohmann::json known = nlohmann::json::parse(TransformerConfig{}.to_json());
     for (const auto& [key, value] : j.items())  // a misspelt key would otherwise be silently a default
-      if (!known.contains(key)) throw FormatError("unknown key \"" + key + "\"");
+      if (!known.contains(key)) throw FormatError("unknown key \"" + io::text_excerpt(key) + "\"");
     for (const auto& [key, field] : {std::pair<const char*, int64_t*>{"src_vocab", &c.src_vocab},
                                      {"tgt_vocab", &c.tgt_vocab},
                                      {"d_model", &c.d_model},

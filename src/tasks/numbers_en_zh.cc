@@ -114,14 +114,8 @@ int64_t word_value(const std::string& word) {
   return word == "hundred" ? 100 : word == "thousand" ? 1000 : word == "million" ? 1'000'000 : -1;
 }
 
-// Input as an error message quotes it: whole up to 80 bytes, else its first 60 (never half a UTF-8 character) and how
-// long it was (a megabyte of text had been echoed whole).
-std::string excerpt(const std::string& text) {
-  if (text.size() <= 80) return text;
-  size_t cut = 60;
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-  return text.substr(0, cut) + "... (" + std::to_string(text.size()) + " bytes)";
-}
+// Input as an error message quotes it: whole up to 80 bytes, else its first 60 and how long it was.
+std::string excerpt(const std::string& text) { return io::text_excerpt(text, 60); }
 
 std::string join(const std::vector<std::string>& w) {
   std::string s;
@@ -320,7 +314,8 @@ Vocab Vocab::from_json(const std::string& text) {
                             "\" (ids 0..3 are <pad>, <bos>, <eos>, <unk>)");
       std::set<std::string> seen;  // a token twice would have two ids: which one encodes it?
       for (const std::string& token : *side)
-        if (!seen.insert(token).second) throw FormatError("vocab.json: \"" + name + "\" lists \"" + token + "\" twice");
+        if (!seen.insert(token).second)
+          throw FormatError("vocab.json: \"" + name + "\" lists \"" + excerpt(token) + "\" twice");
     }
     return v;
   } catch (const nlohmann::json::exception& e) {

@@ -444,7 +444,9 @@ void add_bench(CLI::App& app) {
   };
   auto eb = std::make_shared<EmbedBench>();
   CLI::App* emb = bench->add_subcommand("embed", "sentence embeddings per second (BERT, e.g. all-MiniLM-L6-v2)");
-  emb->add_option("--model", eb->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
+  emb->add_option("--model", eb->model,
+                  "a Hugging Face BERT directory (or a sentence-transformers one, by its modules.json); default: "
+                  "all-MiniLM-L6-v2");
   emb->add_option("--count", eb->count, "sentences (8 to 24 words)")->check(CLI::Range(int64_t{1}, kMaxCount));
   emb->add_option("--batch-size", eb->batch, "sentences per batch")->check(CLI::PositiveNumber);
   emb->add_option("--threads", eb->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);

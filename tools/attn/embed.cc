@@ -190,7 +190,9 @@ void add_embed(CLI::App& app) {
   auto s = std::make_shared<SimilarArgs>();
   CLI::App* sim = app.add_subcommand("similar", "Rank the sentences on standard input by cosine similarity to a query");
   sim->add_option("query", s->query, "the query sentence")->required();
-  sim->add_option("--model", s->model, "a Hugging Face BERT directory; default: all-MiniLM-L6-v2");
+  sim->add_option("--model", s->model,
+                  "a Hugging Face BERT directory (or a sentence-transformers one, by its modules.json); default: "
+                  "all-MiniLM-L6-v2");
   sim->add_option("--top", s->top, "print only the best N; 0 = all")->check(CLI::NonNegativeNumber);
   sim->add_option("--batch-size", s->batch, "sentences per batch")->check(CLI::PositiveNumber);
   sim->add_option("--threads", s->threads, "threads; 0 = all cores")->check(CLI::NonNegativeNumber);

@@ -123,30 +123,36 @@ void run_train(TrainArgs a) {
           return ArgumentError("--loss-log " + a.loss_log + ": " + log_partial +
                                " exists (another run's log?); remove it or choose another --loss-log");
         };
-        const bool carrying = partial_left || !carried.empty();
+        bool in_place = partial_left;  // FILE.partial holds the carried lines already: appended to
         const std::vector<uint8_t> carried_bytes(carried.begin(), carried.end());
         if (partial_left) {
           io::write_file_atomically(log_partial, carried_bytes);
-        } else if (carrying) {  // a resumed run's FILE.partial starts with the earlier lines whole, or is not there:
-                                // written under another name, then linked to its own (which fails where one exists).
-                                // Written in place, a kill amid them had left a FILE.partial that --resume preferred
-                                // to the whole FILE, losing the lines it lacked.
+        } else if (!carried.empty()) {  // a resumed run's FILE.partial starts with the earlier lines whole, or is not
+                                        // there: written under another name, then renamed to its own only where no
+                                        // file has it. Written in place, a kill amid them had left a FILE.partial that
+                                        // --resume preferred to the whole FILE, losing the lines it lacked.
           const std::string staged = io::sibling_path(a.loss_log, ".partial-" + std::to_string(::getpid()));
           io::write_file_atomically(staged, carried_bytes);
-          const int linked = ::link(staged.c_str(), log_partial.c_str()), link_errno = errno;
-          std::remove(staged.c_str());
-          if (linked != 0 && link_errno == EEXIST) throw someone_elses();
-          if (linked != 0)
+          const int moved = ::renameat2(AT_FDCWD, staged.c_str(), AT_FDCWD, log_partial.c_str(), RENAME_NOREPLACE),
+                    move_errno = errno;
+          if (moved != 0) std::remove(staged.c_str());
+          if (moved != 0 && move_errno == EEXIST) throw someone_elses();
+          // a file system without the flag (FAT, some network and FUSE mounts): the lines written after an exclusive
+          // create below, as before (a kill amid them may then leave fewer)
+          const bool unsupported =
+              move_errno == EINVAL || move_errno == ENOSYS || move_errno == EOPNOTSUPP || move_errno == EPERM;
+          if (moved != 0 && !unsupported)
             throw FileError(
-                "--loss-log " + a.loss_log + ": cannot create " + log_partial + " (" + std::strerror(link_errno) + ")",
-                link_errno);
-          log_opened = true;  // (removed if this run fails: FILE keeps every line)
+                "--loss-log " + a.loss_log + ": cannot create " + log_partial + " (" + std::strerror(move_errno) + ")",
+                move_errno);
+          in_place = moved == 0;
+          log_opened = in_place;  // (this run's: removed if it fails, FILE keeping every line)
         }
-        if (carrying) carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+        if (in_place) carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
         const int fd = ::open(log_partial.c_str(), flags, 0666);
         if (fd < 0 && errno == EEXIST) throw someone_elses();
         if (fd >= 0)
-          log.reset(::fdopen(fd, carrying ? "a" : "w")), log_started = true, log_opened = log_opened || !partial_left;
+          log.reset(::fdopen(fd, in_place ? "a" : "w")), log_started = true, log_opened = log_opened || !partial_left;
         if (fd >= 0 && !log) ::close(fd);
         // a line at a time: a killed run's FILE.partial holds every step it finished, which --resume carries on
         if (log) std::setvbuf(log.get(), nullptr, _IOLBF, BUFSIZ), std::fputs(carried.c_str(), log.get());

@@ -237,9 +237,11 @@ void add_viz(CLI::App& app) {
                          "Translate a sentence and draw every attention map (encoder self, decoder masked self, "
                          "cross) of every layer and head as one self-contained HTML page, or one map as a PNG");
   sub->add_option("text", a->text, "the sentence, e.g. \"three hundred twelve\"");
-  sub->add_option("--model", a->model,
-                  "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
-                  "BERT directory (vocab.txt, e.g. all-MiniLM-L6-v2) to draw its self-attention");
+  sub->add_option(
+      "--model", a->model,
+      "model directory: an attn translation model (default: the shipped one), or a Hugging Face "
+      "BERT directory (vocab.txt, or a sentence-transformers modules.json; e.g. all-MiniLM-L6-v2) to draw its "
+      "self-attention");
   sub->add_option("--out", a->out, "the HTML page to write (opens offline: inline canvas and JavaScript)");
   sub->add_option("--png", a->png, "write one map as a PNG heatmap (with or without --out)");
   sub->add_option("--png-map", a->png_map,
