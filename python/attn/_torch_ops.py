@@ -20,18 +20,21 @@ class DTypeError(TypeError, RuntimeError):
     (attn.torch.DTypeError)"""
 
 
-def _typed_errors(kernel, *args):
-    """kernel(*args) with the binding's ValueError / TypeError raised as ArgumentError / DTypeError, as attn.torch's
-    eager path raises them: the custom ops' kernels run where no check of attn.torch's comes first (a compiled graph,
-    torch.func), and a plain ValueError there had escaped code that catches RuntimeError as for PyTorch."""
+def _typed_errors(kernel, *args, **kwargs):
+    """kernel(*args, **kwargs) with the kernels' ValueError / TypeError raised as ArgumentError / DTypeError (both
+    RuntimeErrors, as PyTorch's checks raise): on every path, the custom ops' kernels included, which run where no check
+    of attn.torch's comes first (a compiled graph, torch.func; a plain ValueError had escaped there)."""
     try:
-        return kernel(*args)
-    except (ArgumentError, DTypeError):
-        raise
-    except ValueError as e:
-        raise ArgumentError(str(e)) from None
-    except TypeError as e:
-        raise DTypeError(str(e)) from None
+        return kernel(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise _retyped(e) from None
+
+
+def _retyped(e):
+    """A ValueError / TypeError as ArgumentError / DTypeError (itself where it is one already)."""
+    if isinstance(e, (ArgumentError, DTypeError)):
+        return e
+    return ArgumentError(str(e)) if isinstance(e, ValueError) else DTypeError(str(e))
 
 
 def _c(t):
