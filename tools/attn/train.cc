@@ -145,8 +145,7 @@ void run_train(TrainArgs a) {
             throw FileError(
                 "--loss-log " + a.loss_log + ": cannot create " + log_partial + " (" + std::strerror(move_errno) + ")",
                 move_errno);
-          in_place = moved == 0;
-          log_opened = in_place;  // (this run's: removed if it fails, FILE keeping every line)
+          in_place = moved == 0;  // (this run's FILE.partial either way: removed if it fails, FILE keeping every line)
         }
         if (in_place) carried.clear(), flags = O_WRONLY | O_APPEND | O_CLOEXEC;
         const int fd = ::open(log_partial.c_str(), flags, 0666);
