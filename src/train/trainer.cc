@@ -291,7 +291,7 @@ void resume_from(const std::string& dir, const std::vector<std::string>& overrid
   const std::string text = io::read_text(state_path);  // its errors name the path
   constexpr int64_t kMaxCount = int64_t{1} << 62;      // counting on from here never overflows
   try {
-    const nlohmann::json st = io::parse_json(text, state_path);
+    const nlohmann::json st = io::parse_json(text, "");
     if (st.contains("checkpoint")) state_id = st.at("checkpoint").get<std::string>();
     for (const std::string& key : overrides) {  // (names checked by train_numbers)
       if (st.contains(key))
@@ -369,7 +369,7 @@ int64_t checkpoint_step(const std::string& dir) {
   const std::string text = io::read_text(path);  // its errors name the path
   int64_t step = 0;
   try {
-    io::read_integer(io::parse_json(text, path), "step", step);
+    io::read_integer(io::parse_json(text, ""), "step", step);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path + ": " + e.what());
   } catch (const FormatError& e) {
