@@ -189,6 +189,16 @@ TEST(MiniLM, TheTransformersFolderComesFromModulesJson) {
   const SentenceEncoder moved = SentenceEncoder::load(dir.string());
   EXPECT_TRUE(moved.normalize());
   EXPECT_EQ(test::max_abs_diff(moved.embed(sentences), SentenceEncoder::load(minilm_dir()).embed(sentences)), 0.0);
+  // weights as pytorch_model.bin alone (older models): refused naming the file and the command that converts it
+  fs::rename(dir / "0_Transformer" / "model.safetensors", dir / "0_Transformer" / "pytorch_model.bin");
+  try {
+    (void)SentenceEncoder::load(dir.string());
+    ADD_FAILURE() << "loaded without model.safetensors";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("pytorch_model.bin"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("save_pretrained"), std::string::npos) << e.what();
+  }
+  fs::rename(dir / "0_Transformer" / "pytorch_model.bin", dir / "0_Transformer" / "model.safetensors");
   write_modules("");  // the model's own folder holds no config.json
   EXPECT_THROW(SentenceEncoder::load(dir.string()), Error);
   for (const std::string& escape :

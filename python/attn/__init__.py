@@ -216,7 +216,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     query (..., H, Lq, D), key (..., Hkv, Lk, D), value (..., Hkv, Lk, Dv), 2 to 4 dimensions.
     attn_mask: broadcastable to (..., H, Lq, Lk); bool True = may attend, or float added to the scores.
     is_causal: query i sees keys j <= i (top-left, as PyTorch); with attn_mask it raises, as PyTorch does
-    (causal_alignment='top-left' applies both). enable_gqa: allow H a multiple of Hkv.
+    (causal_alignment='top-left' applies both). enable_gqa: allow H a multiple of Hkv (one key and value head serves
+    every query head without it, as PyTorch broadcasts it).
     dropout_p must be 0 (inference).
     Extras: causal_alignment='top-left'|'bottom-right' (bottom-right: query i sees j <= i + Lk - Lq;
     setting it implies causal), key_padding_mask (B, Lk) bool True = padding (3-D and 2-D inputs have B = 1: their
@@ -236,7 +237,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"query {q.shape}, key {k.shape} and value {v.shape} must have the same number of dimensions")
     out_shape = q.shape
     q4, k4, v4 = _to_4d(q, "query"), _to_4d(k, "key"), _to_4d(v, "value")
-    if q4.shape[1] != k4.shape[1] and not enable_gqa:
+    # one key and value head serves every query head without enable_gqa too, as PyTorch broadcasts it (it had been
+    # refused here, not in attn.torch)
+    if q4.shape[1] != k4.shape[1] and not enable_gqa and k4.shape[1] != 1:
         raise ValueError(f"query has {q4.shape[1]} heads but key has {k4.shape[1]}: pass enable_gqa=True for "
                          f"grouped-query attention (query {q.shape}, key {k.shape})")
     if is_causal and attn_mask is not None:  # PyTorch's refusal (causal_alignment combines the two)

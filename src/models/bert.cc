@@ -254,6 +254,15 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quant
       tok.strip_accents = tok.strip_accents.value_or(tok.lower_case), tok.lower_case = true;
   }
   e.tokenizer_ = text::WordPiece::load(model_dir + "/vocab.txt", tok);
+  // many older models ship their weights as pytorch_model.bin alone: a pickle, which attn does not read (a pickle runs
+  // code as it loads); said so, with the one command that writes the safetensors file
+  if (!io::exists_or_unexaminable(model_dir + "/model.safetensors") &&
+      io::exists_or_unexaminable(model_dir + "/pytorch_model.bin"))
+    throw FormatError(
+        model_dir + ": has pytorch_model.bin but no model.safetensors; attn reads safetensors only " +
+        "(a pickle runs code as it loads). Write it once with transformers: python -c \"from transformers " +
+        "import AutoModel; AutoModel.from_pretrained('" + model_dir + "').save_pretrained('" + model_dir +
+        "', safe_serialization=True)\"");
   e.params_ = io::read_safetensors(model_dir + "/model.safetensors").tensors;
   io::widen_to_float32(e.params_);
   std::string prefix;  // "bert." when the weights come from a BertModel inside another module

@@ -352,6 +352,18 @@ def test_live_sdpa_parity(seed):
     assert np.abs(got - want).max() < 2e-5
 
 
+def test_one_key_head_serves_every_query_head_as_pytorch_broadcasts_it():
+    torch = _torch()
+    g = np.random.default_rng(3)
+    q = g.standard_normal((2, 4, 5, 8)).astype(np.float32)
+    k, v = (g.standard_normal((2, 1, 6, 8)).astype(np.float32) for _ in range(2))
+    want = torch.nn.functional.scaled_dot_product_attention(*(torch.from_numpy(x).double() for x in (q, k, v)))
+    got = attn.scaled_dot_product_attention(q, k, v)  # no enable_gqa (it had been refused)
+    assert got.shape == (2, 4, 5, 8) and np.abs(got - want.float().numpy()).max() < 2e-5
+    with pytest.raises(ValueError, match="enable_gqa"):  # two key heads for four query heads: still grouped only
+        attn.scaled_dot_product_attention(q, np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1))
+
+
 def test_live_multihead_attention_parity():
     torch = _torch()
     m = torch.nn.MultiheadAttention(16, 4).eval()  # PyTorch's defaults: (L, N, E)
