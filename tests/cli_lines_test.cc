@@ -497,6 +497,13 @@ TEST_F(CliLines, EmbedTakesAModelWhoseTransformerLivesInAFolder) {
   const CliResult direct = run("embed --model " + model.string() + " \"A man is eating food.\"");
   ASSERT_EQ(direct.status, 0) << direct.err;
   EXPECT_EQ(moved.out, direct.out);
+  // weights as pytorch_model.bin alone: refused with the conversion to run (it had been "needs model.safetensors")
+  fs::create_directories(path("bin_only"));
+  for (const char* name : {"config.json", "vocab.txt"}) fs::create_symlink(model / name, path("bin_only") + "/" + name);
+  fs::create_symlink(model / "model.safetensors", path("bin_only") + "/pytorch_model.bin");
+  const CliResult bin_only = run("embed --model " + path("bin_only") + " \"A man is eating food.\"");
+  EXPECT_TRUE(failed_cleanly(bin_only)) << bin_only.status;
+  EXPECT_NE(bin_only.err.find("save_pretrained"), std::string::npos) << bin_only.err;
 }
 
 // similar prints each ranked line whole: a NUL byte inside a line had cut it there (printf's %s).

@@ -22,10 +22,12 @@ std::string resolve_minilm_dir(const std::string& flag) {
   auto is_bert = [](const fs::path& p) {
     // (one it cannot examine counts: the loader then names the error, not "needs config.json ..."); a
     // sentence-transformers directory's modules.json may name another folder for them (older saves: 0_Transformer)
+    // (pytorch_model.bin in model.safetensors' place: the loader then says how to write the safetensors file)
     return io::exists_or_unexaminable((p / "modules.json").string()) ||
            (io::exists_or_unexaminable((p / "config.json").string()) &&
             io::exists_or_unexaminable((p / "vocab.txt").string()) &&
-            io::exists_or_unexaminable((p / "model.safetensors").string()));
+            (io::exists_or_unexaminable((p / "model.safetensors").string()) ||
+             io::exists_or_unexaminable((p / "pytorch_model.bin").string())));
   };
   if (!flag.empty()) {
     if (!is_bert(flag))
