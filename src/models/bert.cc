@@ -205,7 +205,6 @@ SentenceEncoder SentenceEncoder::load(const std::string& dir, DType dtype) {
 }
 
 SentenceEncoder SentenceEncoder::load(const std::string& dir, Quantization quantization) {
-  namespace fs = std::filesystem;
   SentenceEncoder e;
   // modules.json: the pipeline after the Transformer, and where the Transformer's files are; a plain BERT directory
   // (no modules.json) is mean-pooled without normalising, as sentence-transformers builds it

@@ -20,9 +20,9 @@ namespace attn::cli {
 std::string resolve_minilm_dir(const std::string& flag) {
   namespace fs = std::filesystem;
   auto is_bert = [](const fs::path& p) {
-    // (one it cannot examine counts: the loader then names the error, not "needs config.json ..."); a
-    // sentence-transformers directory's modules.json may name another folder for them (older saves: 0_Transformer)
-    // (pytorch_model.bin in model.safetensors' place: the loader then says how to write the safetensors file)
+    // (one it cannot examine counts, and so does pytorch_model.bin in model.safetensors' place: the loader then names
+    // the error, or how to write the safetensors file); a sentence-transformers directory's modules.json may name
+    // another folder for them (older saves: 0_Transformer)
     return io::exists_or_unexaminable((p / "modules.json").string()) ||
            (io::exists_or_unexaminable((p / "config.json").string()) &&
             io::exists_or_unexaminable((p / "vocab.txt").string()) &&
